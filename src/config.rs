@@ -1,0 +1,795 @@
+//! Configuration: the YAML file as written (`RawConfig`, lightly checked by serde)
+//! and the compiled `Settings` every command runs on (paths resolved, mapping
+//! compiled, limits parsed). Every mistake surfaces here, in `idsync validate`,
+//! with the file, line and column. Secrets are located here but read only when a
+//! command needs them (`TokenSource::read`), so an offline `plan` needs none.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::mapping::{Mapping, MappingError};
+use crate::scim::{Flavour, RateLimit, RetryPolicy};
+
+/// A configuration mistake, located in its file where possible.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    At {
+        file: String,
+        line: u64,
+        column: u64,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("{file}: {message}")]
+    File {
+        file: String,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("secret: {message}")]
+    Secret { message: String, hint: String },
+}
+
+impl ConfigError {
+    /// What the operator should do next, when we know.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ConfigError::At { hint, .. } | ConfigError::File { hint, .. } => hint.clone(),
+            ConfigError::Secret { hint, .. } => Some(hint.clone()),
+            ConfigError::Read { .. } => {
+                Some("check the path given with -c or IDSYNC_CONFIG".to_string())
+            }
+            ConfigError::Mapping(e) => e.hint(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Raw configuration, as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    source: Spanned<RawSource>,
+    mapping: Option<Spanned<String>>,
+    target: RawTarget,
+    #[serde(default)]
+    policy: RawPolicy,
+    state: Spanned<String>,
+    #[serde(default)]
+    schedule: Option<Spanned<RawSchedule>>,
+    #[serde(default)]
+    history_days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum RawSource {
+    Csv {
+        users: String,
+        #[serde(default)]
+        groups: Option<String>,
+        #[serde(default)]
+        key: Option<String>,
+        #[serde(default)]
+        delimiter: Option<char>,
+    },
+    Ldap {},
+    Entra {},
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: Spanned<String>,
+    base_url: Spanned<String>,
+    #[serde(default)]
+    token_env: Option<String>,
+    #[serde(default)]
+    token_file: Option<String>,
+    #[serde(default)]
+    rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    concurrency: Option<Spanned<u32>>,
+    #[serde(default)]
+    timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    page_size: Option<u32>,
+    #[serde(default)]
+    member_chunk: Option<u32>,
+    #[serde(default)]
+    retry: Option<RawRetry>,
+    #[serde(default)]
+    user_limit: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    per_second: u32,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default)]
+    max_attempts: Option<u32>,
+    #[serde(default)]
+    max_elapsed: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    remove_action: Option<RemoveAction>,
+    #[serde(default)]
+    max_removals: Option<Spanned<RawLimit>>,
+    #[serde(default)]
+    groups: Option<RawGroupPolicy>,
+    #[serde(default)]
+    skip_out_of_scope_deletions: bool,
+    #[serde(default)]
+    protect: Option<RawProtect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawLimit {
+    Count(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroupPolicy {
+    #[serde(default)]
+    provision: Option<bool>,
+    #[serde(default)]
+    delete: Option<bool>,
+    #[serde(default)]
+    on_rename: Option<OnRename>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProtect {
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    cron: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Compiled settings.
+
+/// What leaving the directory means for a user (Entra and PingOne's REMOVE_ACTION).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoveAction {
+    /// PATCH `active=false`: reversible.
+    Disable,
+    /// SCIM DELETE: on Atlassian, deactivates the account and unlinks the record.
+    Delete,
+}
+
+/// What to do when a group's name changes in the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRename {
+    /// Rename in place where the target allows it; on Atlassian keep the old name
+    /// and warn.
+    Keep,
+    /// Create the group under its new name, move the members, delete the old one.
+    Recreate,
+}
+
+/// The largest number of removals (disables and deletes of users, deletes of
+/// groups) one cycle may make without `--allow-deletes`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RemovalLimit {
+    Count(u64),
+    /// A percentage of the users idsync manages.
+    Percent(f64),
+}
+
+impl RemovalLimit {
+    /// The limit for a directory of `managed` users.
+    pub fn resolve(self, managed: usize) -> u64 {
+        match self {
+            RemovalLimit::Count(n) => n,
+            RemovalLimit::Percent(p) => ((managed as f64) * p / 100.0).floor() as u64,
+        }
+    }
+}
+
+impl fmt::Display for RemovalLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemovalLimit::Count(n) => write!(f, "{n}"),
+            RemovalLimit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// The rules the planner and guards follow.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub remove_action: RemoveAction,
+    pub max_removals: RemovalLimit,
+    pub provision_groups: bool,
+    pub delete_groups: bool,
+    pub on_rename: OnRename,
+    pub skip_out_of_scope_deletions: bool,
+    /// userNames (compared case-insensitively) idsync never changes.
+    pub protected_users: Vec<String>,
+    /// Group names (compared case-insensitively) idsync never changes.
+    pub protected_groups: Vec<String>,
+    /// Largest number of members per membership PATCH.
+    pub member_chunk: usize,
+    /// The target renames groups in place (generic SCIM) or not (Atlassian).
+    pub target_renames_groups: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            remove_action: RemoveAction::Disable,
+            max_removals: DEFAULT_MAX_REMOVALS,
+            provision_groups: true,
+            delete_groups: false,
+            on_rename: OnRename::Keep,
+            skip_out_of_scope_deletions: false,
+            protected_users: Vec::new(),
+            protected_groups: Vec::new(),
+            member_chunk: 100,
+            target_renames_groups: true,
+        }
+    }
+}
+
+/// Five percent of the directory: enough for a normal week of leavers, small
+/// enough that a broken source read cannot take a directory down with it.
+pub const DEFAULT_MAX_REMOVALS: RemovalLimit = RemovalLimit::Percent(5.0);
+
+/// Where the SCIM token comes from. It is read only when the target is contacted.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl TokenSource {
+    pub fn read(&self) -> Result<SecretString, ConfigError> {
+        match self {
+            TokenSource::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+                _ => Err(ConfigError::Secret {
+                    message: format!("the SCIM token variable {name} is not set"),
+                    hint: format!("export {name}=<the directory's API key> before running idsync"),
+                }),
+            },
+            TokenSource::File(path) => read_secret_file(path),
+        }
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| ConfigError::Secret {
+            message: format!("cannot read token file {}: {e}", path.display()),
+            hint: "check token_file in the target section".to_string(),
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(ConfigError::Secret {
+                message: format!(
+                    "token file {} can be read by other users (mode {:o})",
+                    path.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+                hint: format!("chmod 600 {}", path.display()),
+            });
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Secret {
+        message: format!("cannot read token file {}: {e}", path.display()),
+        hint: "check token_file in the target section".to_string(),
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::Secret {
+            message: format!("token file {} is empty", path.display()),
+            hint: "write the directory's API key into it".to_string(),
+        });
+    }
+    Ok(SecretString::from(token.to_string()))
+}
+
+/// The SCIM target, as the client and executor need it.
+#[derive(Clone, Debug)]
+pub struct TargetSettings {
+    pub flavour: Flavour,
+    pub base_url: String,
+    pub token: TokenSource,
+    pub rate_limit: Option<RateLimit>,
+    pub concurrency: usize,
+    pub timeout: Duration,
+    pub page_size: u32,
+    pub member_chunk: usize,
+    pub retry: RetryPolicy,
+    /// Warn before the directory grows past this many users (Atlassian's
+    /// per-directory limit; unconfirmed whether 5,000 or 20,000 holds).
+    pub user_limit: Option<u64>,
+}
+
+/// The CSV source convention of DESIGN.md.
+#[derive(Clone, Debug)]
+pub struct CsvSettings {
+    pub users: PathBuf,
+    pub groups: Option<PathBuf>,
+    pub key: String,
+    pub delimiter: u8,
+}
+
+/// Which directory to read.
+#[derive(Clone, Debug)]
+pub enum SourceSettings {
+    Csv(CsvSettings),
+}
+
+/// When the daemon runs a cycle.
+#[derive(Clone, Debug)]
+pub enum Schedule {
+    Interval(Duration),
+    Cron(Box<cron::Schedule>),
+}
+
+/// Everything a command needs, compiled once.
+#[derive(Debug)]
+pub struct Settings {
+    pub config_path: PathBuf,
+    /// Changes whenever the config or the mapping text changes.
+    pub fingerprint: String,
+    pub source: SourceSettings,
+    pub mapping: Mapping,
+    pub mapping_path: PathBuf,
+    pub target: TargetSettings,
+    pub policy: Policy,
+    pub state_path: PathBuf,
+    pub schedule: Schedule,
+    pub history_days: u32,
+}
+
+impl Settings {
+    /// Reads, expands and compiles the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Settings::compile(path, &text)
+    }
+
+    fn compile(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        let expanded = expand_env(text, &file)?;
+        let raw: RawConfig = serde_saphyr::from_str(&expanded).map_err(|e| yaml_error(&file, &e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+        };
+        let at = |loc: &serde_saphyr::Location, message: String, hint: Option<String>| ConfigError::At {
+            file: file.clone(),
+            line: loc.line(),
+            column: loc.column(),
+            message,
+            hint,
+        };
+
+        let source = match raw.source.value {
+            RawSource::Csv {
+                users,
+                groups,
+                key,
+                delimiter,
+            } => {
+                let delimiter = match delimiter {
+                    None => b',',
+                    Some(c) if c.is_ascii() => c as u8,
+                    Some(c) => {
+                        return Err(at(
+                            &raw.source.referenced,
+                            format!("the CSV delimiter {c:?} is not an ASCII character"),
+                            Some("use a single ASCII character such as ',' or ';'".into()),
+                        ));
+                    }
+                };
+                SourceSettings::Csv(CsvSettings {
+                    users: resolve(&users),
+                    groups: groups.as_deref().map(resolve),
+                    key: key.unwrap_or_else(|| "id".to_string()),
+                    delimiter,
+                })
+            }
+            RawSource::Ldap {} | RawSource::Entra {} => {
+                return Err(at(
+                    &raw.source.referenced,
+                    "this build of idsync reads CSV sources only".into(),
+                    Some("use `kind: csv`; LDAP and Entra sources are on the roadmap".into()),
+                ));
+            }
+        };
+
+        let (mapping_path, mapping) = match &raw.mapping {
+            Some(m) => {
+                let p = resolve(&m.value);
+                if !p.exists() {
+                    return Err(at(
+                        &m.referenced,
+                        format!("mapping file {} does not exist", p.display()),
+                        Some("paths are relative to the config file's folder".into()),
+                    ));
+                }
+                let mapping = Mapping::load(&p)?;
+                (p, mapping)
+            }
+            None => {
+                return Err(ConfigError::File {
+                    file,
+                    message: "no `mapping:` file is configured".into(),
+                    hint: Some("add `mapping: mappings/csv.yaml` (see the README)".into()),
+                });
+            }
+        };
+        let mapping_text = std::fs::read(&mapping_path).map_err(|source| ConfigError::Read {
+            path: mapping_path.clone(),
+            source,
+        })?;
+
+        let target = compile_target(&raw.target, &resolve, &at)?;
+        let policy = compile_policy(&raw.policy, &target, &at)?;
+
+        let schedule = match &raw.schedule {
+            None => Schedule::Interval(Duration::from_secs(40 * 60)),
+            Some(s) => match (&s.value.interval, &s.value.cron) {
+                (Some(i), None) => Schedule::Interval(parse_duration(i).map_err(|e| {
+                    at(&s.referenced, format!("schedule.interval: {e}"), Some("write it like 40m or 1h".into()))
+                })?),
+                (None, Some(c)) => Schedule::Cron(Box::new(parse_cron(c).map_err(|e| {
+                    at(
+                        &s.referenced,
+                        format!("schedule.cron {c:?}: {e}"),
+                        Some("use the 5-field form, e.g. \"*/40 * * * *\"".into()),
+                    )
+                })?)),
+                _ => {
+                    return Err(at(
+                        &s.referenced,
+                        "schedule needs exactly one of `interval` or `cron`".into(),
+                        Some("e.g. `schedule: { interval: 40m }`".into()),
+                    ));
+                }
+            },
+        };
+
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(text.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&mapping_text);
+        let fingerprint = hasher.finalize().to_hex()[..16].to_string();
+
+        Ok(Settings {
+            config_path: path.to_path_buf(),
+            fingerprint,
+            source,
+            mapping,
+            mapping_path,
+            target,
+            policy,
+            state_path: resolve(&raw.state.value),
+            schedule,
+            history_days: raw.history_days.unwrap_or(30),
+        })
+    }
+}
+
+type At<'a> = dyn Fn(&serde_saphyr::Location, String, Option<String>) -> ConfigError + 'a;
+
+fn compile_target(
+    raw: &RawTarget,
+    resolve: &dyn Fn(&str) -> PathBuf,
+    at: &At<'_>,
+) -> Result<TargetSettings, ConfigError> {
+    let flavour = match raw.kind.value.as_str() {
+        "atlassian" => Flavour::Atlassian,
+        "scim" => Flavour::Generic,
+        other => {
+            return Err(at(
+                &raw.kind.referenced,
+                format!("unknown target kind {other:?}"),
+                Some("use `atlassian` or `scim` (any SCIM 2.0 server)".into()),
+            ));
+        }
+    };
+    let base_url = raw.base_url.value.trim_end_matches('/').to_string();
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        return Err(at(
+            &raw.base_url.referenced,
+            format!("base_url {base_url:?} is not an http(s) URL"),
+            Some("e.g. https://api.atlassian.com/scim/directory/<directory id>".into()),
+        ));
+    }
+    let token = match (&raw.token_env, &raw.token_file) {
+        (Some(env), None) => TokenSource::Env(env.clone()),
+        (None, Some(file)) => TokenSource::File(resolve(file)),
+        _ => {
+            return Err(at(
+                &raw.base_url.referenced,
+                "the target needs exactly one of `token_env` or `token_file`".into(),
+                Some("tokens are never written in the config itself".into()),
+            ));
+        }
+    };
+    let concurrency = match &raw.concurrency {
+        None => 4,
+        Some(c) if c.value >= 1 && c.value <= 64 => c.value as usize,
+        Some(c) => {
+            return Err(at(
+                &c.referenced,
+                format!("concurrency {} is out of range", c.value),
+                Some("use 1 to 64".into()),
+            ));
+        }
+    };
+    let timeout = match &raw.timeout {
+        None => Duration::from_secs(30),
+        Some(t) => parse_duration(&t.value).map_err(|e| {
+            at(&t.referenced, format!("timeout: {e}"), Some("write it like 30s".into()))
+        })?,
+    };
+    let mut retry = RetryPolicy::default();
+    if let Some(r) = &raw.retry {
+        if let Some(n) = r.max_attempts {
+            retry.max_attempts = n.max(1);
+        }
+        if let Some(e) = &r.max_elapsed {
+            retry.max_elapsed = parse_duration(&e.value).map_err(|err| {
+                at(&e.referenced, format!("retry.max_elapsed: {err}"), Some("write it like 5m".into()))
+            })?;
+        }
+    }
+    let default_page = match flavour {
+        Flavour::Atlassian => 100,
+        Flavour::Generic => 100,
+    };
+    Ok(TargetSettings {
+        flavour,
+        base_url,
+        token,
+        rate_limit: raw.rate_limit.as_ref().map(|r| RateLimit {
+            per_second: r.per_second.max(1),
+            burst: r.burst.unwrap_or(r.per_second).max(1),
+        }),
+        concurrency,
+        timeout,
+        page_size: raw.page_size.unwrap_or(default_page).clamp(1, 1000),
+        member_chunk: raw.member_chunk.unwrap_or(100).clamp(1, 1000) as usize,
+        retry,
+        user_limit: raw.user_limit,
+    })
+}
+
+fn compile_policy(raw: &RawPolicy, target: &TargetSettings, at: &At<'_>) -> Result<Policy, ConfigError> {
+    let mut policy = Policy {
+        member_chunk: target.member_chunk,
+        target_renames_groups: target.flavour == Flavour::Generic,
+        ..Policy::default()
+    };
+    if let Some(a) = raw.remove_action {
+        policy.remove_action = a;
+    }
+    if let Some(limit) = &raw.max_removals {
+        policy.max_removals = parse_limit(&limit.value).map_err(|message| {
+            at(
+                &limit.referenced,
+                message,
+                Some("write a count (10) or a percentage of managed users (\"5%\")".into()),
+            )
+        })?;
+    }
+    if let Some(g) = &raw.groups {
+        policy.provision_groups = g.provision.unwrap_or(true);
+        policy.delete_groups = g.delete.unwrap_or(false);
+        policy.on_rename = g.on_rename.unwrap_or(OnRename::Keep);
+    }
+    policy.skip_out_of_scope_deletions = raw.skip_out_of_scope_deletions;
+    if let Some(p) = &raw.protect {
+        policy.protected_users = p.users.iter().map(|u| crate::model::fold(u)).collect();
+        policy.protected_groups = p.groups.iter().map(|g| crate::model::fold(g)).collect();
+    }
+    Ok(policy)
+}
+
+fn parse_limit(raw: &RawLimit) -> Result<RemovalLimit, String> {
+    match raw {
+        RawLimit::Count(n) => Ok(RemovalLimit::Count(*n)),
+        RawLimit::Text(t) => {
+            let t = t.trim();
+            if let Some(p) = t.strip_suffix('%') {
+                let p: f64 = p
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("max_removals {t:?} is not a percentage"))?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(format!("max_removals {t:?} is not between 0% and 100%"));
+                }
+                Ok(RemovalLimit::Percent(p))
+            } else {
+                t.parse()
+                    .map(RemovalLimit::Count)
+                    .map_err(|_| format!("max_removals {t:?} is neither a count nor a percentage"))
+            }
+        }
+    }
+}
+
+/// Parses `40m`, `30s`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration ({e})"))
+}
+
+/// Accepts the usual 5-field cron form (minute first) as well as the 6- and
+/// 7-field Quartz form the `cron` crate reads (seconds first).
+pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
+    let fields = text.split_whitespace().count();
+    let full = if fields == 5 { format!("0 {text}") } else { text.to_string() };
+    full.parse::<cron::Schedule>().map_err(|e| e.to_string())
+}
+
+/// Expands `${VAR}` from the environment; `$$` is a literal `$`. An unset variable
+/// is an error at its line and column.
+fn expand_env(text: &str, file: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (line_no, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        let mut column = 1;
+        while let Some(pos) = rest.find('$') {
+            out.push_str(&rest[..pos]);
+            column += rest[..pos].chars().count();
+            let after = &rest[pos + 1..];
+            if let Some(stripped) = after.strip_prefix('$') {
+                out.push('$');
+                rest = stripped;
+                column += 2;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let Some(end) = body.find('}') else {
+                    return Err(ConfigError::At {
+                        file: file.to_string(),
+                        line: line_no as u64 + 1,
+                        column: column as u64,
+                        message: "unterminated ${…}".into(),
+                        hint: Some("write ${NAME}, or $$ for a literal dollar sign".into()),
+                    });
+                };
+                let name = &body[..end];
+                let valid = !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !name.starts_with(|c: char| c.is_ascii_digit());
+                let value = if valid { std::env::var(name).ok() } else { None };
+                match value {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        return Err(ConfigError::At {
+                            file: file.to_string(),
+                            line: line_no as u64 + 1,
+                            column: column as u64,
+                            message: if valid {
+                                format!("environment variable {name} is not set")
+                            } else {
+                                format!("${{{name}}} is not a valid variable reference")
+                            },
+                            hint: Some(format!("export {name}=… or write the value in the file")),
+                        });
+                    }
+                }
+                column += end + 3;
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+                column += 1;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+fn yaml_error(file: &str, e: &serde_saphyr::Error) -> ConfigError {
+    let message = first_line(&e.to_string());
+    let hint = Some(
+        "see the configuration reference in the README; unknown keys are refused so typos show".into(),
+    );
+    match e.location() {
+        Some(loc) => ConfigError::At {
+            file: file.to_string(),
+            line: loc.line(),
+            column: loc.column(),
+            message,
+            hint,
+        },
+        None => ConfigError::File {
+            file: file.to_string(),
+            message,
+            hint,
+        },
+    }
+}
+
+/// serde-saphyr renders a source snippet after the message; we print our own
+/// location, so keep the message line only.
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_variables_and_reports_unset_ones_with_position() {
+        // SAFETY: tests in this module are the only users of this variable.
+        unsafe { std::env::set_var("IDSYNC_TEST_DIR_ID", "abc") };
+        let out = expand_env("url: x/${IDSYNC_TEST_DIR_ID}/y $$5\n", "c.yaml").unwrap();
+        assert_eq!(out, "url: x/abc/y $5\n");
+        let err = expand_env("a: 1\nb: ${IDSYNC_SURELY_UNSET_VAR}\n", "c.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.yaml:2:4: environment variable IDSYNC_SURELY_UNSET_VAR is not set"
+        );
+    }
+
+    #[test]
+    fn parses_removal_limits() {
+        assert_eq!(parse_limit(&RawLimit::Count(7)), Ok(RemovalLimit::Count(7)));
+        assert_eq!(parse_limit(&RawLimit::Text("5%".into())), Ok(RemovalLimit::Percent(5.0)));
+        assert_eq!(parse_limit(&RawLimit::Text("12".into())), Ok(RemovalLimit::Count(12)));
+        assert!(parse_limit(&RawLimit::Text("150%".into())).is_err());
+        assert!(parse_limit(&RawLimit::Text("lots".into())).is_err());
+        assert_eq!(RemovalLimit::Percent(5.0).resolve(50), 2);
+    }
+
+    #[test]
+    fn accepts_five_field_cron() {
+        assert!(parse_cron("*/40 * * * *").is_ok());
+        assert!(parse_cron("0 */40 * * * *").is_ok());
+        assert!(parse_cron("not cron").is_err());
+    }
+}

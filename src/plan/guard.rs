@@ -1,0 +1,69 @@
+//! Guards: checks a plan must pass before anything is applied. An empty source
+//! or removals above the configured limit stop the cycle (exit 3) with a message
+//! saying how many would be removed and how to proceed; nothing is changed.
+
+use crate::config::{Policy, RemovalLimit};
+use crate::model::Desired;
+use crate::plan::Plan;
+use crate::state::State;
+
+/// Why a guard stopped the cycle.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GuardStop {
+    #[error(
+        "the source returned no users in scope, but idsync manages {managed}; refusing to remove them all"
+    )]
+    EmptySource { managed: usize },
+    #[error(
+        "the plan removes {removals} objects ({disables} disables, {deletes} user deletes, {group_deletes} group deletes), above the limit of {limit} (max_removals {setting} of {managed} managed users)"
+    )]
+    TooManyRemovals {
+        removals: u64,
+        disables: u64,
+        deletes: u64,
+        group_deletes: u64,
+        limit: u64,
+        setting: RemovalLimit,
+        managed: usize,
+    },
+}
+
+impl GuardStop {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            GuardStop::EmptySource { .. } => {
+                "check the source (an empty export or a failed read looks like this); if everyone really left, run `idsync sync --allow-deletes`"
+            }
+            GuardStop::TooManyRemovals { .. } => {
+                "review them with `idsync plan`; if they are right, run `idsync sync --allow-deletes`, or save the plan with `plan --out` and apply it with `sync --plan`"
+            }
+        }
+    }
+}
+
+/// Checks `plan` against the policy. `allow_deletes` is the operator's reviewed
+/// override (`--allow-deletes`, or applying a saved plan).
+pub fn check(plan: &Plan, desired: &Desired, state: &State, policy: &Policy, allow_deletes: bool) -> Result<(), GuardStop> {
+    if allow_deletes {
+        return Ok(());
+    }
+    let managed = state.managed_users();
+    if desired.users.is_empty() && managed > 0 {
+        return Err(GuardStop::EmptySource { managed });
+    }
+    let s = &plan.summary;
+    let removals = s.removals();
+    let limit = policy.max_removals.resolve(managed);
+    if removals > limit {
+        return Err(GuardStop::TooManyRemovals {
+            removals,
+            disables: s.disable_users,
+            deletes: s.delete_users,
+            group_deletes: s.delete_groups,
+            limit,
+            setting: policy.max_removals,
+            managed,
+        });
+    }
+    Ok(())
+}

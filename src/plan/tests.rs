@@ -1,0 +1,620 @@
+//! Planner tests: table tests per behaviour, property tests against a model
+//! target, and golden snapshots of the rendered plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::{Policy, RemovalLimit, RemoveAction};
+use crate::model::{DesiredGroup, DesiredUser, Origin};
+use crate::report::{Style, plan_json, plan_text};
+
+fn attrs(pairs: &[(UserAttr, &str)]) -> UserAttrs {
+    pairs.iter().map(|(a, v)| (*a, v.to_string())).collect()
+}
+
+fn person(key: &str, email: &str, title: &str) -> DesiredUser {
+    DesiredUser {
+        key: SourceKey::new(key),
+        origin: Origin::new(format!("users.csv line {key}")),
+        attrs: attrs(&[
+            (UserAttr::UserName, email),
+            (UserAttr::Email, email),
+            (UserAttr::ExternalId, key),
+            (UserAttr::Title, title),
+        ]),
+        active: true,
+    }
+}
+
+fn pushed(d: &DesiredUser, status: Status) -> StateUser {
+    StateUser {
+        scim_id: ScimId::new(format!("id-{}", d.key)),
+        user_name: d.user_name().into(),
+        hash: AttrHash::of(&d.attrs, &BTreeSet::new()),
+        status,
+        ownership: Ownership::Created,
+        attrs: Some(d.attrs.clone()),
+    }
+}
+
+fn desired(users: Vec<DesiredUser>, groups: Vec<DesiredGroup>) -> Desired {
+    Desired {
+        users,
+        groups,
+        ..Desired::default()
+    }
+}
+
+fn state_of(users: &[(&DesiredUser, Status)]) -> State {
+    State {
+        users: users.iter().map(|(d, s)| (d.key.clone(), pushed(d, *s))).collect(),
+        ..State::default()
+    }
+}
+
+fn names(plan: &Plan) -> Vec<String> {
+    plan.operations
+        .iter()
+        .map(|op| format!("{} {}", op.name(), op.subject()))
+        .collect()
+}
+
+#[test]
+fn new_users_are_created_and_unchanged_ones_left_alone() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let state = state_of(&[(&a, Status::Active)]);
+    let plan = plan(&desired(vec![a, b], vec![]), &state, &Policy::default());
+    assert_eq!(names(&plan), ["create_user 2"]);
+    assert_eq!(plan.summary.create_users, 1);
+}
+
+#[test]
+fn an_update_patches_only_what_changed() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = state_of(&[(&a, Status::Active)]);
+    let mut a2 = a.clone();
+    a2.attrs.insert(UserAttr::Title, "Lead".into());
+    let plan = plan(&desired(vec![a2], vec![]), &state, &Policy::default());
+    let Operation::UpdateUser { changes, scim_id, .. } = &plan.operations[0] else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(scim_id.as_str(), "id-1");
+    assert_eq!(changes.keys().collect::<Vec<_>>(), [&UserAttr::Title]);
+    assert_eq!(changes[&UserAttr::Title].old.as_deref(), Some("Eng"));
+}
+
+#[test]
+fn an_email_change_is_an_update_of_the_same_id_not_a_delete_and_create() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = state_of(&[(&a, Status::Active)]);
+    let mut a2 = a.clone();
+    a2.attrs.insert(UserAttr::UserName, "a.new@x.com".into());
+    a2.attrs.insert(UserAttr::Email, "a.new@x.com".into());
+    let plan = plan(&desired(vec![a2], vec![]), &state, &Policy::default());
+    assert_eq!(names(&plan), ["update_user 1"]);
+    assert_eq!(plan.summary.removals(), 0);
+}
+
+#[test]
+fn leavers_follow_remove_action() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let state = state_of(&[(&a, Status::Active), (&b, Status::Active)]);
+    let d = desired(vec![a.clone()], vec![]);
+    let disable = plan(&d, &state, &Policy::default());
+    assert_eq!(names(&disable), ["disable_user 2"]);
+    let policy = Policy {
+        remove_action: RemoveAction::Delete,
+        ..Policy::default()
+    };
+    assert_eq!(names(&plan(&d, &state, &policy)), ["delete_user 2"]);
+}
+
+#[test]
+fn a_disabled_user_who_returns_is_enabled_with_the_same_id() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = state_of(&[(&a, Status::Disabled)]);
+    let plan = plan(&desired(vec![a], vec![]), &state, &Policy::default());
+    assert!(matches!(&plan.operations[..], [Operation::EnableUser { scim_id, changes, .. }]
+        if scim_id.as_str() == "id-1" && changes.is_empty()));
+}
+
+#[test]
+fn a_deleted_user_who_returns_is_created_again() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = state_of(&[(&a, Status::Removed)]);
+    assert_eq!(names(&plan(&desired(vec![a], vec![]), &state, &Policy::default())), ["create_user 1"]);
+}
+
+#[test]
+fn inactive_users_are_disabled_but_never_created() {
+    let mut a = person("1", "a@x.com", "Eng");
+    let mut b = person("2", "b@x.com", "Eng");
+    let state = state_of(&[(&a, Status::Active)]);
+    a.active = false;
+    b.active = false;
+    let plan = plan(&desired(vec![a, b], vec![]), &state, &Policy::default());
+    assert_eq!(names(&plan), ["disable_user 1"]);
+}
+
+#[test]
+fn create_only_attributes_are_not_updated() {
+    let a = person("1", "a@x.com", "Eng");
+    let mut d = desired(vec![a.clone()], vec![]);
+    d.create_only.insert(UserAttr::Title);
+    let mut state = state_of(&[(&a, Status::Active)]);
+    state.users.get_mut(&a.key).unwrap().hash = AttrHash::of(&a.attrs, &d.create_only);
+    d.users[0].attrs.insert(UserAttr::Title, "Changed".into());
+    assert!(plan(&d, &state, &Policy::default()).is_empty());
+}
+
+#[test]
+fn out_of_scope_users_can_be_left_alone() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let state = state_of(&[(&a, Status::Active), (&b, Status::Active)]);
+    let mut d = desired(vec![a], vec![]);
+    d.out_of_scope.insert(b.key.clone());
+    let plan1 = plan(&d, &state, &Policy::default());
+    assert!(matches!(&plan1.operations[..], [Operation::DisableUser { reason, .. }] if reason == "out of scope"));
+    let skip = Policy {
+        skip_out_of_scope_deletions: true,
+        ..Policy::default()
+    };
+    assert!(plan(&d, &state, &skip).is_empty());
+}
+
+#[test]
+fn protected_users_are_never_touched() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "Admin@x.com", "Eng"));
+    let state = state_of(&[(&a, Status::Active), (&b, Status::Active)]);
+    let policy = Policy {
+        protected_users: vec!["admin@x.com".into()],
+        ..Policy::default()
+    };
+    assert!(plan(&desired(vec![a], vec![]), &state, &policy).is_empty());
+}
+
+#[test]
+fn unknown_target_objects_are_never_in_a_plan() {
+    // Nothing in the state: nothing can be disabled, deleted or updated.
+    let plan = plan(&desired(vec![], vec![]), &State::default(), &Policy::default());
+    assert!(plan.is_empty());
+}
+
+fn group(key: &str, name: &str, members: &[&str]) -> DesiredGroup {
+    DesiredGroup {
+        key: GroupKey::new(key),
+        display_name: name.to_string(),
+        members: members.iter().map(|m| SourceKey::new(*m)).collect(),
+    }
+}
+
+fn with_group(mut state: State, key: &str, name: &str, members: &[&str]) -> State {
+    state.groups.insert(
+        GroupKey::new(key),
+        StateGroup {
+            scim_id: ScimId::new(format!("gid-{key}")),
+            display_name: name.to_string(),
+            status: Status::Active,
+            ownership: Ownership::Created,
+        },
+    );
+    state.memberships.insert(
+        GroupKey::new(key),
+        members.iter().map(|m| SourceKey::new(*m)).collect(),
+    );
+    state
+}
+
+#[test]
+fn membership_changes_are_diffed_and_chunked() {
+    let users: Vec<_> = (0..5).map(|i| person(&i.to_string(), &format!("{i}@x.com"), "Eng")).collect();
+    let state = with_group(
+        state_of(&users.iter().map(|u| (u, Status::Active)).collect::<Vec<_>>()),
+        "eng",
+        "Engineering",
+        &["0", "1"],
+    );
+    let d = desired(users.clone(), vec![group("eng", "Engineering", &["1", "2", "3", "4"])]);
+    let policy = Policy {
+        member_chunk: 2,
+        ..Policy::default()
+    };
+    let plan = plan(&d, &state, &policy);
+    assert_eq!(names(&plan), ["add_members eng", "add_members eng", "remove_members eng"]);
+    assert_eq!(plan.summary.add_members, 3);
+    assert_eq!(plan.summary.remove_members, 1);
+}
+
+#[test]
+fn group_renames_follow_the_target_and_on_rename() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = with_group(state_of(&[(&a, Status::Active)]), "eng", "Eng", &["1"]);
+    let d = desired(vec![a], vec![group("eng", "Engineering", &["1"])]);
+
+    let generic = plan(&d, &state, &Policy::default());
+    assert_eq!(names(&generic), ["update_group eng"]);
+
+    let atlassian = Policy {
+        target_renames_groups: false,
+        ..Policy::default()
+    };
+    let keep = plan(&d, &state, &atlassian);
+    assert!(keep.is_empty());
+    assert_eq!(keep.warnings.len(), 1);
+
+    let recreate = Policy {
+        on_rename: OnRename::Recreate,
+        ..atlassian
+    };
+    let plan = plan(&d, &state, &recreate);
+    assert_eq!(names(&plan), ["create_group eng", "add_members eng", "delete_group eng"]);
+    assert_eq!(plan.summary.removals(), 1);
+}
+
+#[test]
+fn group_deletion_is_opt_in() {
+    let state = with_group(State::default(), "old", "Old", &[]);
+    assert!(plan(&desired(vec![], vec![]), &state, &Policy::default()).is_empty());
+    let policy = Policy {
+        delete_groups: true,
+        ..Policy::default()
+    };
+    assert_eq!(names(&plan(&desired(vec![], vec![]), &state, &policy)), ["delete_group old"]);
+}
+
+#[test]
+fn members_who_will_not_exist_are_not_added() {
+    let mut a = person("1", "a@x.com", "Eng");
+    a.active = false;
+    let plan = plan(&desired(vec![a], vec![group("g", "G", &["1"])]), &State::default(), &Policy::default());
+    assert_eq!(names(&plan), ["create_group g"]);
+}
+
+#[test]
+fn guards_stop_empty_sources_and_mass_removals() {
+    let users: Vec<_> = (0..20).map(|i| person(&i.to_string(), &format!("{i}@x.com"), "Eng")).collect();
+    let state = state_of(&users.iter().map(|u| (u, Status::Active)).collect::<Vec<_>>());
+    let policy = Policy {
+        max_removals: RemovalLimit::Percent(10.0),
+        ..Policy::default()
+    };
+    let empty = desired(vec![], vec![]);
+    let p = plan(&empty, &state, &policy);
+    assert!(matches!(
+        guard::check(&p, &empty, &state, &policy, false),
+        Err(guard::GuardStop::EmptySource { managed: 20 })
+    ));
+    let half = desired(users[..10].to_vec(), vec![]);
+    let p = plan(&half, &state, &policy);
+    let stop = guard::check(&p, &half, &state, &policy, false).unwrap_err();
+    assert!(stop.to_string().contains("removes 10 objects"), "{stop}");
+    assert!(guard::check(&p, &half, &state, &policy, true).is_ok());
+    let two_leave = desired(users[..18].to_vec(), vec![]);
+    let p = plan(&two_leave, &state, &policy);
+    assert!(guard::check(&p, &two_leave, &state, &policy, false).is_ok());
+}
+
+#[test]
+fn full_resync_adopts_repairs_and_recreates() {
+    let (a, b, c) = (
+        person("1", "a@x.com", "Eng"),
+        person("2", "b@x.com", "Eng"),
+        person("3", "c@x.com", "Eng"),
+    );
+    // State knows a and b; b was deleted by hand; a's title was changed by hand;
+    // c exists in the target already (made by hand), unknown to the state.
+    let mut state = state_of(&[(&a, Status::Active), (&b, Status::Active)]);
+    state = with_group(state, "g", "G", &["1"]);
+    let mut drifted = a.attrs.clone();
+    drifted.insert(UserAttr::Title, "Hand-edited".into());
+    let target = TargetSnapshot {
+        users: vec![
+            RemoteUser {
+                id: ScimId::new("id-1"),
+                attrs: drifted,
+                active: true,
+            },
+            RemoteUser {
+                id: ScimId::new("hand-3"),
+                attrs: attrs(&[(UserAttr::UserName, "C@X.com"), (UserAttr::NickName, "cc")]),
+                active: true,
+            },
+            RemoteUser {
+                id: ScimId::new("stranger"),
+                attrs: attrs(&[(UserAttr::UserName, "stranger@x.com")]),
+                active: true,
+            },
+        ],
+        groups: vec![RemoteGroup {
+            id: ScimId::new("gid-g"),
+            display_name: "G".into(),
+            external_id: None,
+            members: vec![],
+        }],
+    };
+    let d = desired(vec![a, b, c], vec![group("g", "G", &["1"])]);
+    let (rebuilt, adopted) = reconcile(&d, &state, &target);
+    assert_eq!(names(&Plan { operations: adopted, ..empty_plan() }), ["adopt_user 3"]);
+    let plan = plan(&d, &rebuilt, &Policy::default());
+    assert_eq!(
+        names(&plan),
+        ["create_user 2", "update_user 1", "update_user 3", "add_members g"]
+    );
+    // The stranger is never touched, and c's hand-set nickName is not ours to remove.
+    let Operation::UpdateUser { changes, .. } = &plan.operations[2] else { panic!() };
+    assert!(!changes.contains_key(&UserAttr::NickName));
+}
+
+fn empty_plan() -> Plan {
+    Plan {
+        fingerprint: String::new(),
+        full: false,
+        summary: Summary::default(),
+        operations: vec![],
+        warnings: vec![],
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Golden snapshots.
+
+fn scenario() -> (Desired, State) {
+    let a = person("1", "ada@example.com", "Engineer");
+    let b = person("2", "bob@example.com", "Engineer");
+    let c = person("3", "chloé@example.com", "Designer");
+    let d = person("4", "dmitri@example.com", "Sales");
+    let state = with_group(
+        state_of(&[(&a, Status::Active), (&b, Status::Active), (&d, Status::Active)]),
+        "eng",
+        "Engineering",
+        &["1", "2", "4"],
+    );
+    let mut b2 = b.clone();
+    b2.attrs.insert(UserAttr::Title, "Lead \"Core\" Engineer".into());
+    let desired = desired(
+        vec![a, b2, c],
+        vec![group("eng", "Engineering", &["1", "2", "3"]), group("design", "Design", &["3"])],
+    );
+    (desired, state)
+}
+
+#[test]
+fn golden_plan_text() {
+    let (d, s) = scenario();
+    let plan = plan(&d, &s, &Policy::default());
+    insta::assert_snapshot!(plan_text(&plan, Style { color: false }));
+}
+
+#[test]
+fn golden_plan_json() {
+    let (d, s) = scenario();
+    let mut plan = plan(&d, &s, &Policy::default());
+    plan.fingerprint = "fixed".into();
+    insta::assert_snapshot!(plan_json(&plan));
+}
+
+// ---------------------------------------------------------------------------
+// Properties, against a model of the target that applies a plan the way the
+// executor does when every request succeeds.
+
+fn apply_model(state: &mut State, plan: &Plan, create_only: &BTreeSet<UserAttr>) {
+    let mut next_id = state.users.len() + state.groups.len();
+    for op in &plan.operations {
+        next_id += 1;
+        match op {
+            Operation::CreateUser { key, user_name, changes } => {
+                let attrs: UserAttrs = changes.iter().filter_map(|(a, c)| c.new.clone().map(|v| (*a, v))).collect();
+                state.users.insert(
+                    key.clone(),
+                    StateUser {
+                        scim_id: ScimId::new(format!("new-{next_id}")),
+                        user_name: user_name.as_str().into(),
+                        hash: AttrHash::of(&attrs, create_only),
+                        status: Status::Active,
+                        ownership: Ownership::Created,
+                        attrs: Some(attrs),
+                    },
+                );
+            }
+            Operation::UpdateUser { key, changes, .. } | Operation::EnableUser { key, changes, .. } => {
+                let u = state.users.get_mut(key).expect("updates only known users");
+                let attrs = u.attrs.get_or_insert_with(UserAttrs::new);
+                for (a, c) in changes {
+                    match &c.new {
+                        Some(v) => attrs.insert(*a, v.clone()),
+                        None => attrs.remove(a),
+                    };
+                }
+                u.hash = AttrHash::of(attrs, create_only);
+                if matches!(op, Operation::EnableUser { .. }) {
+                    u.status = Status::Active;
+                }
+            }
+            Operation::DisableUser { key, .. } => state.users.get_mut(key).unwrap().status = Status::Disabled,
+            Operation::DeleteUser { key, .. } => {
+                state.users.get_mut(key).unwrap().status = Status::Removed;
+                for m in state.memberships.values_mut() {
+                    m.remove(key);
+                }
+            }
+            Operation::CreateGroup { key, display_name } => {
+                state.memberships.remove(key);
+                state.groups.insert(
+                    key.clone(),
+                    StateGroup {
+                        scim_id: ScimId::new(format!("new-{next_id}")),
+                        display_name: display_name.clone(),
+                        status: Status::Active,
+                        ownership: Ownership::Created,
+                    },
+                );
+            }
+            Operation::UpdateGroup { key, display_name, .. } => {
+                state.groups.get_mut(key).unwrap().display_name = display_name.clone()
+            }
+            Operation::DeleteGroup { key, scim_id, .. } => {
+                let g = state.groups.get_mut(key).unwrap();
+                if g.scim_id == *scim_id {
+                    g.status = Status::Removed;
+                    state.memberships.remove(key);
+                }
+            }
+            Operation::AddMembers { key, members, .. } => {
+                state.memberships.entry(key.clone()).or_default().extend(members.iter().cloned())
+            }
+            Operation::RemoveMembers { key, members, .. } => {
+                let m = state.memberships.get_mut(key).unwrap();
+                for k in members {
+                    m.remove(k);
+                }
+            }
+            Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => {}
+        }
+    }
+}
+
+fn arb_user(key: usize) -> impl Strategy<Value = DesiredUser> {
+    (0..3usize, 0..3usize, any::<bool>(), prop::option::of(0..2usize)).prop_map(move |(mail, title, active, dept)| {
+        let email = format!("u{key}.{mail}@example.com");
+        let mut attrs = attrs(&[
+            (UserAttr::UserName, &email),
+            (UserAttr::Email, &email),
+            (UserAttr::Title, ["Eng", "Lead", "Müller & Co"][title]),
+        ]);
+        if let Some(d) = dept {
+            attrs.insert(UserAttr::Department, ["R&D", "Sales"][d].to_string());
+        }
+        DesiredUser {
+            key: SourceKey::new(format!("u{key}")),
+            origin: Origin::new("gen"),
+            attrs,
+            active,
+        }
+    })
+}
+
+fn arb_status() -> impl Strategy<Value = Status> {
+    prop_oneof![Just(Status::Active), Just(Status::Disabled), Just(Status::Removed)]
+}
+
+/// A random (desired, state) pair over a pool of 12 users and 4 groups.
+fn arb_world() -> impl Strategy<Value = (Desired, State)> {
+    let users = prop::collection::vec((prop::option::of((0..12usize).prop_flat_map(arb_user)), prop::option::of((arb_user(0), arb_status()))), 12);
+    let groups = prop::collection::vec(
+        (
+            prop::option::of((0..2usize, prop::collection::btree_set(0..12usize, 0..6))),
+            prop::option::of((0..2usize, prop::collection::btree_set(0..12usize, 0..6))),
+        ),
+        4,
+    );
+    (users, groups).prop_map(|(users, groups)| {
+        let mut d_users = BTreeMap::new();
+        let mut state = State::default();
+        for (i, (want, have)) in users.into_iter().enumerate() {
+            let key = SourceKey::new(format!("u{i}"));
+            if let Some(mut u) = want {
+                u.key = key.clone();
+                d_users.insert(key.clone(), u);
+            }
+            if let Some((mut u, status)) = have {
+                u.key = key.clone();
+                state.users.insert(key, pushed(&u, status));
+            }
+        }
+        let mut d_groups = Vec::new();
+        for (i, (want, have)) in groups.into_iter().enumerate() {
+            let key = GroupKey::new(format!("g{i}"));
+            if let Some((name, members)) = want {
+                d_groups.push(DesiredGroup {
+                    key: key.clone(),
+                    display_name: format!("Group {i}{}", ["", " (new)"][name]),
+                    members: members
+                        .into_iter()
+                        .map(|m| SourceKey::new(format!("u{m}")))
+                        .filter(|k| d_users.contains_key(k))
+                        .collect(),
+                });
+            }
+            if let Some((name, members)) = have {
+                state.groups.insert(
+                    key.clone(),
+                    StateGroup {
+                        scim_id: ScimId::new(format!("gid-{i}")),
+                        display_name: format!("Group {i}{}", ["", " (new)"][name]),
+                        status: Status::Active,
+                        ownership: Ownership::Created,
+                    },
+                );
+                let live: BTreeSet<SourceKey> = members
+                    .into_iter()
+                    .map(|m| SourceKey::new(format!("u{m}")))
+                    .filter(|k| state.users.get(k).is_some_and(|u| u.status != Status::Removed))
+                    .collect();
+                state.memberships.insert(key, live);
+            }
+        }
+        (desired(d_users.into_values().collect(), d_groups), state)
+    })
+}
+
+fn arb_policy() -> impl Strategy<Value = Policy> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 1..4usize).prop_map(
+        |(delete, groups_delete, renames, recreate, chunk)| Policy {
+            remove_action: if delete { RemoveAction::Delete } else { RemoveAction::Disable },
+            delete_groups: groups_delete,
+            target_renames_groups: renames,
+            on_rename: if recreate { OnRename::Recreate } else { OnRename::Keep },
+            member_chunk: chunk,
+            ..Policy::default()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn applying_a_plan_converges((d, mut state) in arb_world(), policy in arb_policy()) {
+        let first = plan(&d, &state, &policy);
+        apply_model(&mut state, &first, &d.create_only);
+        let second = plan(&d, &state, &policy);
+        prop_assert!(second.is_empty(), "first: {:#?}\nsecond: {:#?}", first.operations, second.operations);
+    }
+
+    #[test]
+    fn plans_only_touch_owned_objects((d, state) in arb_world(), policy in arb_policy()) {
+        let p = plan(&d, &state, &policy);
+        for op in &p.operations {
+            match op {
+                Operation::UpdateUser { key, scim_id, .. }
+                | Operation::EnableUser { key, scim_id, .. }
+                | Operation::DisableUser { key, scim_id, .. }
+                | Operation::DeleteUser { key, scim_id, .. } => {
+                    let s = state.users.get(key);
+                    prop_assert!(s.is_some_and(|s| s.status != Status::Removed && s.scim_id == *scim_id), "{op:?}");
+                }
+                Operation::UpdateGroup { key, scim_id, .. } | Operation::DeleteGroup { key, scim_id, .. } => {
+                    prop_assert!(state.groups.get(key).is_some_and(|g| g.scim_id == *scim_id), "{op:?}");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn removals_never_pass_the_limit_without_the_override((d, state) in arb_world(), policy in arb_policy(), limit in 0..5u64) {
+        let policy = Policy { max_removals: RemovalLimit::Count(limit), ..policy };
+        let p = plan(&d, &state, &policy);
+        if guard::check(&p, &d, &state, &policy, false).is_ok() {
+            prop_assert!(p.summary.removals() <= limit);
+        }
+        prop_assert!(guard::check(&p, &d, &state, &policy, true).is_ok());
+    }
+
+    #[test]
+    fn plans_are_deterministic((d, state) in arb_world(), policy in arb_policy()) {
+        prop_assert_eq!(plan(&d, &state, &policy), plan(&d, &state, &policy));
+    }
+}
