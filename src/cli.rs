@@ -15,6 +15,7 @@ use crate::apply::{Executor, Stop};
 use crate::config::{ConfigError, Schedule, Settings};
 use crate::model::{Desired, SourceKey, fold};
 use crate::plan::{self, Plan, TargetSnapshot, guard};
+use crate::quarantine;
 use crate::report::{self, Format, RunSummary, Style};
 use crate::scim::{ClientOptions, ScimClient, ScimError};
 use crate::source::{self, SourceError};
@@ -393,7 +394,15 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         .await
         .map_err(target_failure)?;
     println!("target: ok, authenticated at {}", settings.target.base_url);
-    println!("  {spc}");
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    println!(
+        "  capabilities: patch {}, filter {}{}, bulk {}, etag {}",
+        yes_no(spc.patch),
+        yes_no(spc.filter),
+        spc.filter_max_results.map(|n| format!(" (max {n} results)")).unwrap_or_default(),
+        yes_no(spc.bulk),
+        yes_no(spc.etag)
+    );
     Ok(Exit::Ok)
 }
 
@@ -581,6 +590,7 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
     let client = client(settings)?;
     if let Err(f) = preflight(&client).await {
         let _ = db.record_stopped_run("sync", f.exit as i32, &f.message);
+        let _ = quarantine::record(&db, Some(&f.message), chrono::Utc::now());
         return Err(f);
     }
 
@@ -673,6 +683,11 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
         summary.stopped.as_deref(),
         settings.history_days,
     )?;
+    let target_failure = match &outcome.stopped {
+        Some(stop @ (Stop::Unauthorized(_) | Stop::FailureBudget { .. })) => Some(stop.to_string()),
+        _ => None,
+    };
+    quarantine::record(&db, target_failure.as_deref(), chrono::Utc::now())?;
     let stats = client.stats();
     tracing::info!(
         applied = summary.applied,
@@ -734,6 +749,19 @@ async fn daemon(path: &Path) -> Result<Exit, Failure> {
                 continue;
             }
         };
+        if let Some(q) = held_by_quarantine(&settings) {
+            tracing::warn!(
+                until = ?q.until,
+                failed_cycles = q.failed_cycles,
+                reason = ?q.reason,
+                "target quarantined after repeated failures; skipping this cycle (run `idsync sync` by hand to try now)"
+            );
+            settings_wait(&settings.schedule, &shutdown).await;
+            if shutdown.load(Ordering::SeqCst) {
+                return Ok(Exit::Ok);
+            }
+            continue;
+        }
         let opts = SyncOptions {
             full: false,
             dry_run: false,
@@ -757,6 +785,13 @@ async fn daemon(path: &Path) -> Result<Exit, Failure> {
             return Ok(Exit::Ok);
         }
     }
+}
+
+/// The quarantine, when it holds scheduled cycles back now.
+fn held_by_quarantine(settings: &Settings) -> Option<quarantine::Quarantine> {
+    let db = StateDb::open_read_only(&settings.state_path).ok()??;
+    let q = quarantine::load(&db).ok()?;
+    q.holds(chrono::Utc::now()).then_some(q)
 }
 
 fn describe_schedule(s: &Schedule) -> String {
@@ -794,6 +829,7 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
     let runs = db.recent_runs(10)?;
     let failures = db.recent_failures(20)?;
     let pending = db.interrupted_ops()?;
+    let quarantine = quarantine::load(&db)?;
     let users = |s: Status| state.users.values().filter(|u| u.status == s).count();
     let groups = state.groups.values().filter(|g| g.status != Status::Removed).count();
     match format {
@@ -808,6 +844,7 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
                 "runs": runs,
                 "failures": failures,
                 "interrupted_operations": pending.len(),
+                "quarantine": quarantine,
             });
             println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
         }
@@ -821,6 +858,17 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
                 groups,
                 users(Status::Removed)
             );
+            if quarantine.failed_cycles > 0 {
+                println!(
+                    "Quarantine: {} failed cycle(s) in a row{}; last reason: {}",
+                    quarantine.failed_cycles,
+                    quarantine
+                        .until
+                        .map(|u| format!(", scheduled cycles held until {}", u.to_rfc3339()))
+                        .unwrap_or_default(),
+                    quarantine.reason.as_deref().map(report::quote).unwrap_or_default()
+                );
+            }
             if !pending.is_empty() {
                 println!(
                     "Pending: a run was interrupted with {} operation(s) in flight; the next sync resumes safely",

@@ -114,6 +114,8 @@ struct RawTarget {
     retry: Option<RawRetry>,
     #[serde(default)]
     user_limit: Option<u64>,
+    #[serde(default)]
+    verified_domains: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +255,10 @@ pub struct Policy {
     pub member_chunk: usize,
     /// The target renames groups in place (generic SCIM) or not (Atlassian).
     pub target_renames_groups: bool,
+    /// Email domains the target accepts (Atlassian: the organization's verified
+    /// domains), folded; empty = any. Users outside them are skipped with a
+    /// warning instead of failing.
+    pub verified_domains: Vec<String>,
 }
 
 impl Default for Policy {
@@ -268,6 +274,7 @@ impl Default for Policy {
             protected_groups: Vec::new(),
             member_chunk: 100,
             target_renames_groups: true,
+            verified_domains: Vec::new(),
         }
     }
 }
@@ -346,6 +353,7 @@ pub struct TargetSettings {
     /// Warn before the directory grows past this many users (Atlassian's
     /// per-directory limit; unconfirmed whether 5,000 or 20,000 holds).
     pub user_limit: Option<u64>,
+    pub verified_domains: Vec<String>,
 }
 
 /// The CSV source convention of DESIGN.md.
@@ -603,6 +611,7 @@ fn compile_target(
         member_chunk: raw.member_chunk.unwrap_or(100).clamp(1, 1000) as usize,
         retry,
         user_limit: raw.user_limit,
+        verified_domains: raw.verified_domains.clone(),
     })
 }
 
@@ -610,6 +619,11 @@ fn compile_policy(raw: &RawPolicy, target: &TargetSettings, at: &At<'_>) -> Resu
     let mut policy = Policy {
         member_chunk: target.member_chunk,
         target_renames_groups: target.flavour == Flavour::Generic,
+        verified_domains: target
+            .verified_domains
+            .iter()
+            .map(|d| crate::model::fold(d.trim().trim_start_matches('@')))
+            .collect(),
         ..Policy::default()
     };
     if let Some(a) = raw.remove_action {

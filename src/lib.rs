@@ -9,6 +9,7 @@ pub mod config;
 pub mod mapping;
 pub mod model;
 pub mod plan;
+pub mod quarantine;
 pub mod report;
 pub mod scim;
 pub mod source;

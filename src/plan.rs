@@ -312,6 +312,17 @@ pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
     for d in &desired.users {
         desired_keys.insert(&d.key);
         let live = state.users.get(&d.key).filter(|s| s.status != Status::Removed);
+        if let Some(domain) = unverified_domain(d, &policy.verified_domains) {
+            warnings.push(format!(
+                "user {:?} ({}) skipped: its email domain {domain:?} is not in target.verified_domains",
+                d.user_name(),
+                d.origin
+            ));
+            if live.is_some() {
+                present.insert(&d.key);
+            }
+            continue;
+        }
         if is_protected_user(d.user_name()) || live.is_some_and(|s| is_protected_user(&s.user_name)) {
             if live.is_some() {
                 present.insert(&d.key);
@@ -385,6 +396,17 @@ pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
         operations: ops,
         warnings,
     }
+}
+
+/// The user's email domain, when a verified-domains list is set and the domain
+/// is not on it.
+fn unverified_domain(d: &DesiredUser, verified: &[String]) -> Option<String> {
+    if verified.is_empty() {
+        return None;
+    }
+    let email = d.attrs.get(&UserAttr::Email).map(String::as_str).unwrap_or(d.user_name());
+    let domain = fold(email.rsplit_once('@').map_or("", |(_, d)| d));
+    (!verified.iter().any(|v| *v == domain)).then_some(domain)
 }
 
 fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &mut Vec<Operation>) {

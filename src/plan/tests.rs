@@ -176,6 +176,18 @@ fn protected_users_are_never_touched() {
 }
 
 #[test]
+fn users_outside_verified_domains_are_skipped_with_a_warning() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@elsewhere.org", "Eng"));
+    let policy = Policy {
+        verified_domains: vec!["x.com".into()],
+        ..Policy::default()
+    };
+    let plan = plan(&desired(vec![a, b], vec![]), &State::default(), &policy);
+    assert_eq!(names(&plan), ["create_user 1"]);
+    assert!(plan.warnings[0].contains("\"elsewhere.org\" is not in target.verified_domains"), "{:?}", plan.warnings);
+}
+
+#[test]
 fn unknown_target_objects_are_never_in_a_plan() {
     // Nothing in the state: nothing can be disabled, deleted or updated.
     let plan = plan(&desired(vec![], vec![]), &State::default(), &Policy::default());

@@ -1,0 +1,198 @@
+//! Planning benchmark: generates a CSV directory of N users and G groups, then
+//! measures (1) a plan from an empty state and (2) a no-change cycle (source read,
+//! mapping, state load, plan: the work `idsync sync` does before it has anything
+//! to send), each in a fresh process so peak memory (VmHWM) is that stage's own.
+//!
+//!     cargo run --release --example bench -- 100000 1000
+//!     cargo run --release --example bench -- 1000000 1000
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use idsync::config::Settings;
+use idsync::model::{AttrHash, SourceKey, UserAttr};
+use idsync::plan::{self, Operation};
+use idsync::state::{Ownership, State, StateDb, StateGroup, StateUser, Status};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--stage") => {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(stage(&args[2], Path::new(&args[3])));
+        }
+        _ => {
+            let users: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+            let groups: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000);
+            orchestrate(users, groups);
+        }
+    }
+}
+
+fn orchestrate(users: usize, groups: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let config = generate(dir.path(), users, groups);
+    println!(
+        "generated {users} users, {groups} groups, {} memberships in {:.1}s",
+        users * 2,
+        started.elapsed().as_secs_f64()
+    );
+    let me = std::env::current_exe().expect("current exe");
+    for name in ["empty-state-plan", "seed-state", "no-change-cycle"] {
+        let out = std::process::Command::new(&me)
+            .args(["--stage", name])
+            .arg(&config)
+            .output()
+            .expect("run stage");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+            std::process::exit(1);
+        }
+    }
+}
+
+fn generate(dir: &Path, users: usize, groups: usize) -> PathBuf {
+    let mut u = std::io::BufWriter::new(std::fs::File::create(dir.join("users.csv")).unwrap());
+    writeln!(u, "id,email,given_name,family_name,display_name,title,department,active").unwrap();
+    let given = ["Ada", "Bjørn", "Chloé", "Dmitri", "Elena", "José", "Zoë"];
+    let family = ["Lovelace", "Østergaard", "Müller", "Nuñez", "Hopper", "Tanaka"];
+    let titles = ["Engineer", "Senior Engineer", "Designer", "Account Executive"];
+    for i in 0..users {
+        let (g, f) = (given[i % given.len()], family[i % family.len()]);
+        writeln!(
+            u,
+            "u{i:07},user{i}@example.com,{g},{f},{g} {f},{},Dept {},true",
+            titles[i % titles.len()],
+            i % 50
+        )
+        .unwrap();
+    }
+    let mut g = std::io::BufWriter::new(std::fs::File::create(dir.join("groups.csv")).unwrap());
+    writeln!(g, "group,member").unwrap();
+    for i in 0..users {
+        writeln!(g, "team-{},u{i:07}", i % groups).unwrap();
+        writeln!(g, "site-{},u{i:07}", i % 10).unwrap();
+    }
+    let config = dir.join("bench.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "source: {{ kind: csv, users: users.csv, groups: groups.csv }}\n\
+             mapping: {}/mappings/csv.yaml\n\
+             target: {{ kind: scim, base_url: http://127.0.0.1:9/v2, token_env: BENCH_TOKEN }}\n\
+             policy: {{ max_removals: 5% }}\n\
+             state: bench.db\n",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn stage(name: &str, config: &Path) {
+    let settings = Settings::load(config).expect("config");
+    let t = Instant::now();
+    let dir = idsync::source::read(&settings.source).await.expect("source");
+    let read = t.elapsed();
+    let desired = settings.mapping.build(dir).expect("mapping");
+    let mapped = t.elapsed();
+    match name {
+        "empty-state-plan" => {
+            let plan = plan::plan(&desired, &State::default(), &settings.policy);
+            let total = t.elapsed();
+            println!(
+                "plan from empty state: {} operations; read {:.2}s, map {:.2}s, plan {:.2}s, total {:.2}s, peak RSS {:.0} MiB",
+                plan.operations.len(),
+                read.as_secs_f64(),
+                (mapped - read).as_secs_f64(),
+                (total - mapped).as_secs_f64(),
+                total.as_secs_f64(),
+                peak_rss_mib()
+            );
+        }
+        "seed-state" => {
+            // The state a successful first sync leaves behind.
+            let plan = plan::plan(&desired, &State::default(), &settings.policy);
+            let create_only = settings.mapping.create_only();
+            let mut state = State::default();
+            for (i, op) in plan.operations.iter().enumerate() {
+                match op {
+                    Operation::CreateUser { key, user_name, changes } => {
+                        let attrs: idsync::model::UserAttrs =
+                            changes.iter().filter_map(|(a, c)| c.new.clone().map(|v| (*a, v))).collect();
+                        state.users.insert(
+                            key.clone(),
+                            StateUser {
+                                scim_id: idsync::model::ScimId::new(format!("id-{i}")),
+                                user_name: attrs.get(&UserAttr::UserName).cloned().unwrap_or(user_name.clone()).into(),
+                                hash: AttrHash::of(&attrs, &create_only),
+                                status: Status::Active,
+                                ownership: Ownership::Created,
+                                attrs: Some(attrs),
+                            },
+                        );
+                    }
+                    Operation::CreateGroup { key, display_name } => {
+                        state.groups.insert(
+                            key.clone(),
+                            StateGroup {
+                                scim_id: idsync::model::ScimId::new(format!("g-{i}")),
+                                display_name: display_name.clone(),
+                                status: Status::Active,
+                                ownership: Ownership::Created,
+                            },
+                        );
+                    }
+                    Operation::AddMembers { key, members, .. } => {
+                        state
+                            .memberships
+                            .entry(key.clone())
+                            .or_default()
+                            .extend(members.iter().cloned());
+                    }
+                    _ => {}
+                }
+            }
+            let t = Instant::now();
+            let mut db = StateDb::open(&settings.state_path).expect("state");
+            db.replace(&state).expect("seed");
+            println!(
+                "seeded the state DB with {} users, {} groups in {:.2}s",
+                state.users.len(),
+                state.groups.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        _ => {
+            let mut db = StateDb::open_read_only(&settings.state_path).expect("state").expect("seeded");
+            let mut state = db.load().expect("load");
+            let loaded = t.elapsed();
+            let keys: Vec<SourceKey> = plan::keys_needing_attrs(&desired, &state).into_iter().cloned().collect();
+            db.load_attrs(&mut state, keys.iter()).expect("attrs");
+            let plan = plan::plan(&desired, &state, &settings.policy);
+            let total = t.elapsed();
+            assert!(plan.is_empty(), "a no-change cycle planned {} operations", plan.operations.len());
+            println!(
+                "no-change cycle: read {:.2}s, map {:.2}s, load state {:.2}s, plan {:.2}s, total {:.2}s, peak RSS {:.0} MiB",
+                read.as_secs_f64(),
+                (mapped - read).as_secs_f64(),
+                (loaded - mapped).as_secs_f64(),
+                (total - loaded).as_secs_f64(),
+                total.as_secs_f64(),
+                peak_rss_mib()
+            );
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Retries for SCIM requests, in two separate parts: the *policy* ([`classify`], a
+//! pure function deciding from one attempt's outcome whether to try again and how
+//! long the server asked us to wait) and the *mechanics* ([`run`]: attempt counting,
+//! exponential backoff with full jitter, caps on attempts, elapsed time and each
+//! wait). Nothing here knows about HTTP clients or SCIM resources.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+/// How hard to try before an operation is reported as failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// No retry is started that would end after this much time since the first attempt.
+    pub max_elapsed: Duration,
+    /// The backoff ceiling before the first retry; doubled per retry.
+    pub base_delay: Duration,
+    /// The longest single wait, whether from backoff or from the server's headers.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Rides out a short outage or a burst of 429s (a minute or two), but not a
+    /// target that is down: the cycle should fail and the next one try again.
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            max_elapsed: Duration::from_secs(120),
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What went wrong with a request that did not reach a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// The request or response did not complete in time.
+    Timeout,
+    /// No connection could be made (refused, DNS, TLS handshake).
+    Connect,
+    /// The connection broke while the request or response was in flight.
+    Interrupted,
+    /// The request could not be built or the response not decoded: trying again
+    /// gives the same result.
+    Local,
+}
+
+/// One attempt's failure, as far as retrying is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome<'a> {
+    /// A response with a non-success status, and the headers that say when to come back.
+    Status {
+        status: u16,
+        retry_after: Option<&'a str>,
+        rate_limit_reset: Option<&'a str>,
+    },
+    Transport(TransportKind),
+}
+
+/// The policy's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Do not retry: the same request would fail the same way.
+    Fatal,
+    /// Retry after exponential backoff.
+    Backoff,
+    /// Retry after the wait the server asked for (still capped by the mechanics).
+    After(Duration),
+}
+
+/// Decides whether an attempt's failure is worth retrying. `now` is only used to
+/// turn absolute times in headers (an HTTP-date, an ISO-8601 reset time) into a wait.
+pub fn classify(outcome: Outcome<'_>, now: SystemTime) -> Verdict {
+    match outcome {
+        Outcome::Transport(TransportKind::Local) => Verdict::Fatal,
+        // A POST that timed out may have succeeded; the retry then gets a 409,
+        // which the caller resolves by adopting the existing resource.
+        Outcome::Transport(_) => Verdict::Backoff,
+        Outcome::Status {
+            status,
+            retry_after,
+            rate_limit_reset,
+        } => match status {
+            // 503 may carry Retry-After too (RFC 9110 §10.2.3).
+            429 | 503 => server_wait(retry_after, rate_limit_reset, now)
+                .map_or(Verdict::Backoff, Verdict::After),
+            408 | 500 | 502 | 504 => Verdict::Backoff,
+            _ => Verdict::Fatal,
+        },
+    }
+}
+
+fn server_wait(
+    retry_after: Option<&str>,
+    reset: Option<&str>,
+    now: SystemTime,
+) -> Option<Duration> {
+    retry_after
+        .and_then(|v| parse_retry_after(v, now))
+        .or_else(|| reset.and_then(|v| parse_rate_limit_reset(v, now)))
+}
+
+/// `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3). A date in the
+/// past means "now".
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Integers at least this large in `X-RateLimit-Reset` are Unix times, smaller ones
+/// delta-seconds (both conventions exist; no delta is 30 years long).
+const EPOCH_SECONDS_THRESHOLD: u64 = 1_000_000_000;
+
+/// `X-RateLimit-Reset`: an ISO-8601 time (Atlassian's admin APIs), or an integer,
+/// read as Unix seconds or delta-seconds (other APIs). A time in the past means "now".
+pub fn parse_rate_limit_reset(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let at = if let Ok(n) = value.parse::<u64>() {
+        if n < EPOCH_SECONDS_THRESHOLD {
+            return Some(Duration::from_secs(n));
+        }
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(n))?
+    } else {
+        let parsed = chrono::DateTime::parse_from_rfc3339(value).ok()?;
+        let nanos = parsed.timestamp_nanos_opt()?;
+        match u64::try_from(nanos) {
+            Ok(n) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(n))?,
+            // Before 1970: long past.
+            Err(_) => return Some(Duration::ZERO),
+        }
+    };
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The exponential backoff ceiling before retry number `retry` (0-based):
+/// `base_delay * 2^retry`, capped at `max_delay`.
+pub fn backoff_ceiling(policy: &RetryPolicy, retry: u32) -> Duration {
+    let factor = 1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX);
+    policy
+        .base_delay
+        .checked_mul(factor)
+        .unwrap_or(policy.max_delay)
+        .min(policy.max_delay)
+}
+
+/// "Full jitter": a uniformly random wait up to the ceiling, so that many clients
+/// (or many concurrent operations) do not retry in lockstep. `unit` is in [0, 1].
+pub fn full_jitter(ceiling: Duration, unit: f64) -> Duration {
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// One attempt's result, as the operation reports it to [`run`].
+#[derive(Debug)]
+pub enum Attempt<T, E> {
+    Success(T),
+    /// Failed; retrying would not help.
+    Fatal(E),
+    /// Failed; worth another try, after `wait` if the server said so, else backoff.
+    Retryable {
+        error: E,
+        wait: Option<Duration>,
+    },
+}
+
+/// Runs `attempt` until it succeeds, fails fatally, or the policy's budget is spent
+/// (then the last error is returned). `attempt` gets the 1-based attempt number;
+/// `jitter` yields numbers in [0, 1]; `on_retry` sees each error that will be
+/// retried and the wait before the retry. Waits use tokio's clock.
+pub async fn run<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    mut jitter: impl FnMut() -> f64,
+    mut on_retry: impl FnMut(u32, &E, Duration),
+    mut attempt: F,
+) -> Result<T, E>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Attempt<T, E>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut number = 1u32;
+    loop {
+        let (error, wait) = match attempt(number).await {
+            Attempt::Success(value) => return Ok(value),
+            Attempt::Fatal(error) => return Err(error),
+            Attempt::Retryable { error, wait } => (error, wait),
+        };
+        if number >= policy.max_attempts {
+            return Err(error);
+        }
+        let wait = wait
+            .unwrap_or_else(|| full_jitter(backoff_ceiling(policy, number - 1), jitter()))
+            .min(policy.max_delay);
+        if started.elapsed() + wait > policy.max_elapsed {
+            return Err(error);
+        }
+        on_retry(number, &error, wait);
+        tokio::time::sleep(wait).await;
+        number += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    /// 2026-01-01T00:00:00Z
+    const NOW: u64 = 1_767_225_600;
+
+    fn status(status: u16) -> Outcome<'static> {
+        Outcome::Status {
+            status,
+            retry_after: None,
+            rate_limit_reset: None,
+        }
+    }
+
+    fn with_headers(
+        status: u16,
+        retry_after: Option<&'static str>,
+        reset: Option<&'static str>,
+    ) -> Outcome<'static> {
+        Outcome::Status {
+            status,
+            retry_after,
+            rate_limit_reset: reset,
+        }
+    }
+
+    #[test]
+    fn classification_table() {
+        let secs = Duration::from_secs;
+        let cases: Vec<(Outcome<'static>, Verdict)> = vec![
+            // Rate limited: server-given waits first, else backoff.
+            (status(429), Verdict::Backoff),
+            (with_headers(429, Some("7"), None), Verdict::After(secs(7))),
+            (
+                with_headers(429, Some(" 0 "), None),
+                Verdict::After(secs(0)),
+            ),
+            (
+                with_headers(429, Some("Thu, 01 Jan 2026 00:00:30 GMT"), None),
+                Verdict::After(secs(30)),
+            ),
+            (
+                with_headers(429, Some("Wed, 31 Dec 2025 23:00:00 GMT"), None),
+                Verdict::After(secs(0)),
+            ),
+            (
+                with_headers(429, None, Some("2026-01-01T00:01:00Z")),
+                Verdict::After(secs(60)),
+            ),
+            (
+                with_headers(429, None, Some("2026-01-01T01:00:05+01:00")),
+                Verdict::After(secs(5)),
+            ),
+            (
+                with_headers(429, None, Some("2026-01-01T00:00:02.500Z")),
+                Verdict::After(Duration::from_millis(2500)),
+            ),
+            (
+                with_headers(429, None, Some("2025-12-31T00:00:00Z")),
+                Verdict::After(secs(0)),
+            ),
+            (
+                with_headers(429, None, Some("1767225645")),
+                Verdict::After(secs(45)),
+            ),
+            (
+                with_headers(429, None, Some("12")),
+                Verdict::After(secs(12)),
+            ),
+            // Retry-After wins over X-RateLimit-Reset.
+            (
+                with_headers(429, Some("3"), Some("2026-01-01T00:01:00Z")),
+                Verdict::After(secs(3)),
+            ),
+            // An unreadable Retry-After falls through to the reset header, then to backoff.
+            (
+                with_headers(429, Some("soon"), Some("2026-01-01T00:00:09Z")),
+                Verdict::After(secs(9)),
+            ),
+            (
+                with_headers(429, Some("soon"), Some("later")),
+                Verdict::Backoff,
+            ),
+            (with_headers(429, Some("-5"), None), Verdict::Backoff),
+            // Server errors worth retrying.
+            (status(500), Verdict::Backoff),
+            (status(502), Verdict::Backoff),
+            (status(503), Verdict::Backoff),
+            (with_headers(503, Some("2"), None), Verdict::After(secs(2))),
+            (status(504), Verdict::Backoff),
+            (status(408), Verdict::Backoff),
+            // Everything else is the request's fault or permanent.
+            (status(400), Verdict::Fatal),
+            (status(401), Verdict::Fatal),
+            (status(403), Verdict::Fatal),
+            (status(404), Verdict::Fatal),
+            (status(409), Verdict::Fatal),
+            (status(412), Verdict::Fatal),
+            (with_headers(400, Some("5"), None), Verdict::Fatal),
+            (status(501), Verdict::Fatal),
+            (status(505), Verdict::Fatal),
+            // Transport.
+            (Outcome::Transport(TransportKind::Timeout), Verdict::Backoff),
+            (Outcome::Transport(TransportKind::Connect), Verdict::Backoff),
+            (
+                Outcome::Transport(TransportKind::Interrupted),
+                Verdict::Backoff,
+            ),
+            (Outcome::Transport(TransportKind::Local), Verdict::Fatal),
+        ];
+        for (outcome, expected) in cases {
+            assert_eq!(classify(outcome, at(NOW)), expected, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            max_elapsed: Duration::from_secs(600),
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        let ceilings: Vec<u128> = (0..6)
+            .map(|n| backoff_ceiling(&policy, n).as_millis())
+            .collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff_ceiling(&policy, 40), Duration::from_secs(1));
+        assert_eq!(backoff_ceiling(&policy, u32::MAX), Duration::from_secs(1));
+        assert_eq!(
+            full_jitter(Duration::from_secs(2), 0.25),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            full_jitter(Duration::from_secs(2), 7.0),
+            Duration::from_secs(2)
+        );
+        assert_eq!(full_jitter(Duration::from_secs(2), -1.0), Duration::ZERO);
+    }
+
+    fn policy(max_attempts: u32, max_elapsed_secs: u64) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            max_elapsed: Duration::from_secs(max_elapsed_secs),
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+        }
+    }
+
+    /// Fails `failures` times (with the given server wait), then succeeds.
+    async fn drive(
+        policy: RetryPolicy,
+        failures: u32,
+        wait: Option<Duration>,
+    ) -> (Result<u32, String>, Vec<Duration>, Duration) {
+        let start = tokio::time::Instant::now();
+        let mut waits = Vec::new();
+        let result = run(
+            &policy,
+            || 1.0,
+            |_, _: &String, w| waits.push(w),
+            |n| async move {
+                if n <= failures {
+                    Attempt::Retryable {
+                        error: format!("failure {n}"),
+                        wait,
+                    }
+                } else {
+                    Attempt::Success(n)
+                }
+            },
+        )
+        .await;
+        (result, waits, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_with_doubling_backoff_then_succeeds() {
+        let (result, waits, elapsed) = drive(policy(5, 600), 3, None).await;
+        assert_eq!(result, Ok(4));
+        let secs: Vec<u64> = waits.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4]);
+        assert_eq!(elapsed, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_after_max_attempts_with_last_error() {
+        let (result, waits, _) = drive(policy(3, 600), 10, None).await;
+        assert_eq!(result, Err("failure 3".to_owned()));
+        assert_eq!(waits.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_wait_is_used_and_capped_at_max_delay() {
+        let (result, waits, elapsed) =
+            drive(policy(5, 600), 2, Some(Duration::from_secs(3600))).await;
+        assert_eq!(result, Ok(3));
+        assert_eq!(waits, [Duration::from_secs(10), Duration::from_secs(10)]);
+        assert_eq!(elapsed, Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_before_a_wait_that_would_pass_max_elapsed() {
+        // Waits 1, 2, 4 (7 s) fit in 10 s; the next (8 s) would not.
+        let (result, waits, elapsed) = drive(policy(10, 10), 10, None).await;
+        assert_eq!(result, Err("failure 4".to_owned()));
+        assert_eq!(waits.len(), 3);
+        assert_eq!(elapsed, Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fatal_is_not_retried() {
+        let mut calls = 0;
+        let result: Result<(), &str> = run(
+            &policy(5, 600),
+            || 1.0,
+            |_, _, _| {},
+            |_| {
+                calls += 1;
+                async { Attempt::Fatal("no") }
+            },
+        )
+        .await;
+        assert_eq!(result, Err("no"));
+        assert_eq!(calls, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn jitter_scales_backoff() {
+        let mut waits = Vec::new();
+        let _ = run(
+            &policy(3, 600),
+            || 0.5,
+            |_, _: &(), w| waits.push(w),
+            |_| async {
+                Attempt::<(), ()>::Retryable {
+                    error: (),
+                    wait: None,
+                }
+            },
+        )
+        .await;
+        assert_eq!(waits, [Duration::from_millis(500), Duration::from_secs(1)]);
+    }
+}
