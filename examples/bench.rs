@@ -104,7 +104,7 @@ fn peak_rss_mib() -> f64 {
 async fn stage(name: &str, config: &Path) {
     let settings = Settings::load(config).expect("config");
     let t = Instant::now();
-    let dir = idsync::source::read(&settings.source).await.expect("source");
+    let dir = idsync::source::read(&settings.source, &settings.mapping.source_attributes()).await.expect("source");
     let read = t.elapsed();
     let desired = settings.mapping.build(dir).expect("mapping");
     let mapped = t.elapsed();

@@ -348,6 +348,7 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
 fn describe_source(settings: &Settings) -> String {
     match &settings.source {
         crate::config::SourceSettings::Csv(c) => format!("csv {}", c.users.display()),
+        crate::config::SourceSettings::Ldap(l) => format!("ldap {}", l.url()),
     }
 }
 
@@ -380,13 +381,8 @@ async fn preflight(client: &ScimClient) -> Result<(), Failure> {
 
 async fn check(settings: &Settings) -> Result<Exit, Failure> {
     let started = Instant::now();
-    let dir = source::read(&settings.source).await?;
-    println!(
-        "source: ok, {} users and {} groups read in {:.1}s",
-        dir.users.len(),
-        dir.groups.len(),
-        started.elapsed().as_secs_f64()
-    );
+    let what = source::check(&settings.source).await?;
+    println!("source: ok, {what} ({:.1}s)", started.elapsed().as_secs_f64());
     let client = client(settings)?;
     let spc = client.service_provider_config().await.map_err(target_failure)?;
     client
@@ -417,7 +413,7 @@ struct SyncOptions {
 /// listed.
 async fn desired(settings: &Settings) -> Result<Desired, Failure> {
     let started = Instant::now();
-    let dir = source::read(&settings.source).await?;
+    let dir = source::read(&settings.source, &settings.mapping.source_attributes()).await?;
     let read = started.elapsed();
     let users = dir.users.len();
     let desired = settings.mapping.build(dir).map_err(|errors| {
@@ -910,7 +906,7 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
 }
 
 async fn explain(settings: &Settings, who: &str) -> Result<Exit, Failure> {
-    let dir = source::read(&settings.source).await?;
+    let dir = source::read(&settings.source, &settings.mapping.source_attributes()).await?;
     let wanted = fold(who);
     let record = dir.users.iter().find(|u| {
         u.key.as_str() == who

@@ -52,7 +52,8 @@ impl ConfigError {
             ConfigError::Read { .. } => {
                 Some("check the path given with -c or IDSYNC_CONFIG".to_string())
             }
-            ConfigError::Mapping(e) => e.hint(),
+            // Mapping diagnostics carry their own `hint:` lines.
+            ConfigError::Mapping(_) => None,
         }
     }
 }
@@ -87,7 +88,7 @@ enum RawSource {
         #[serde(default)]
         delimiter: Option<char>,
     },
-    Ldap {},
+    Ldap(Box<crate::source::ldap::LdapConfig>),
     Entra {},
 }
 
@@ -369,6 +370,7 @@ pub struct CsvSettings {
 #[derive(Clone, Debug)]
 pub enum SourceSettings {
     Csv(CsvSettings),
+    Ldap(Box<crate::source::ldap::LdapSettings>),
 }
 
 /// When the daemon runs a cycle.
@@ -446,11 +448,18 @@ impl Settings {
                     delimiter,
                 })
             }
-            RawSource::Ldap {} | RawSource::Entra {} => {
+            RawSource::Ldap(ldap) => SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(|message| {
+                at(
+                    &raw.source.referenced,
+                    message,
+                    Some("see the LDAP source section of the README".into()),
+                )
+            })?)),
+            RawSource::Entra {} => {
                 return Err(at(
                     &raw.source.referenced,
-                    "this build of idsync reads CSV sources only".into(),
-                    Some("use `kind: csv`; LDAP and Entra sources are on the roadmap".into()),
+                    "this build of idsync reads CSV and LDAP sources only".into(),
+                    Some("use `kind: csv` or `kind: ldap`; the Entra ID source is on the roadmap".into()),
                 ));
             }
         };

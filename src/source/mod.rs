@@ -3,6 +3,9 @@
 //! anything is planned; adapters never return a partial directory.
 
 pub mod csv;
+pub mod ldap;
+
+use std::collections::BTreeSet;
 
 use crate::config::SourceSettings;
 use crate::model::SourceDirectory;
@@ -30,8 +33,12 @@ impl SourceError {
     }
 }
 
-/// Reads the configured source completely.
-pub async fn read(settings: &SourceSettings) -> Result<SourceDirectory, SourceError> {
+/// Reads the configured source completely. `attributes`: the source attributes
+/// the mapping references (LDAP asks the server for exactly these, plus the key).
+pub async fn read(
+    settings: &SourceSettings,
+    attributes: &BTreeSet<String>,
+) -> Result<SourceDirectory, SourceError> {
     match settings {
         SourceSettings::Csv(csv) => {
             let csv = csv.clone();
@@ -42,5 +49,22 @@ pub async fn read(settings: &SourceSettings) -> Result<SourceDirectory, SourceEr
                     hint: "this is a bug; please report it".into(),
                 })?
         }
+        SourceSettings::Ldap(ldap) => ldap::read(ldap, attributes).await,
+    }
+}
+
+/// `idsync check`: reach and authenticate without reading everything (a CSV
+/// source is read and counted).
+pub async fn check(settings: &SourceSettings) -> Result<String, SourceError> {
+    match settings {
+        SourceSettings::Csv(_) => {
+            let dir = read(settings, &BTreeSet::new()).await?;
+            Ok(format!(
+                "CSV source readable: {} users, {} groups",
+                dir.users.len(),
+                dir.groups.len()
+            ))
+        }
+        SourceSettings::Ldap(ldap) => ldap::check(ldap).await,
     }
 }

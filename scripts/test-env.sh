@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything idsync's tests need on a fresh Debian machine:
+#   - Debian packages: slapd + ldap-utils (LDAP e2e tests), wrk (benchmarks)
+#   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests)
+# The packaged slapd service is never left running: tests start their own slapd
+# on a loopback port.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ENV_DIR="$ROOT/.test-env"
+VENV="$ENV_DIR/venv"
+SCIM2_SERVER_VERSION="0.8.3"
+
+log() { printf 'test-env: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+    local missing=()
+    local pkg
+    for pkg in "$@"; do
+        if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            log "$pkg: already installed"
+        else
+            missing+=("$pkg")
+        fi
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$apt_updated" -eq 0 ]; then
+        log "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        apt_updated=1
+    fi
+    log "installing: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# --- slapd / ldap-utils --------------------------------------------------------
+install_slapd() {
+    if dpkg-query -W -f='${Status}' slapd 2>/dev/null | grep -q 'install ok installed' &&
+        dpkg-query -W -f='${Status}' ldap-utils 2>/dev/null | grep -q 'install ok installed'; then
+        log "slapd, ldap-utils: already installed"
+        return 0
+    fi
+    # Keep the package's postinst from starting the packaged instance: a
+    # policy-rc.d that answers 101 ("action forbidden") for the duration of the
+    # install. Only when none exists already, and removed afterwards.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    apt_install slapd ldap-utils || rc=$?
+    if [ "$made_policy" -eq 1 ]; then as_root rm -f "$policy"; fi
+    [ "$rc" -eq 0 ] || return "$rc"
+}
+
+stop_packaged_slapd() {
+    # If the packaged service runs anyway, stop it (by its own pid file).
+    local pidfile pid
+    for pidfile in /run/slapd/slapd.pid /var/run/slapd/slapd.pid; do
+        [ -f "$pidfile" ] || continue
+        pid="$(cat "$pidfile" 2>/dev/null || true)"
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            log "stopping the packaged slapd service (pid $pid)"
+            if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet slapd 2>/dev/null; then
+                as_root systemctl stop slapd || as_root kill "$pid" || true
+                as_root systemctl disable slapd >/dev/null 2>&1 || true
+            else
+                as_root kill "$pid" || true
+            fi
+        fi
+    done
+}
+
+install_slapd
+stop_packaged_slapd
+apt_install wrk
+
+# --- Python venv with scim2-server -------------------------------------------
+python_bin=""
+for cand in python3 /usr/bin/python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        python_bin="$cand"
+        break
+    fi
+done
+if [ -z "$python_bin" ]; then
+    apt_install python3 python3-venv
+    python_bin=/usr/bin/python3
+fi
+
+mkdir -p "$ENV_DIR"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    log "creating venv $VENV (with $("$python_bin" --version 2>&1))"
+    rm -rf "$VENV"
+    "$python_bin" -m venv "$VENV"
+else
+    log "venv $VENV: exists"
+fi
+
+installed_version="$("$VENV/bin/python" -m pip show scim2-server 2>/dev/null | sed -n 's/^Version: //p' || true)"
+if [ "$installed_version" = "$SCIM2_SERVER_VERSION" ] && [ -x "$VENV/bin/scim2-server" ]; then
+    log "scim2-server $SCIM2_SERVER_VERSION: already installed"
+else
+    log "installing scim2-server==$SCIM2_SERVER_VERSION into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "scim2-server==$SCIM2_SERVER_VERSION"
+fi
+
+log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk)"

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# THE test command (README, .ci/run): set up the test environment, then
+# formatting, lints and every test target. Exits non-zero on any failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "scripts/test-env.sh"
+bash scripts/test-env.sh
+
+export IDSYNC_SCIM2_SERVER="${IDSYNC_SCIM2_SERVER:-$ROOT/.test-env/venv/bin/scim2-server}"
+if [ ! -x "$IDSYNC_SCIM2_SERVER" ]; then
+    echo "error: scim2-server not found at $IDSYNC_SCIM2_SERVER" >&2
+    exit 1
+fi
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets --no-fail-fast"
+cargo test --all-targets --no-fail-fast

@@ -1,0 +1,674 @@
+//! Mapping and scope: turns source records into the desired SCIM users and groups.
+//!
+//! A mapping file is YAML, compiled once at load time ([`Mapping::load`]); every
+//! mistake is reported with the file, line and column and a `hint:` saying how to
+//! fix it. Mapping records ([`Mapping::build`]) never panics on bad values: a record
+//! the mapping cannot turn into a valid user is a [`RecordError`] naming the record.
+//! This module owns no I/O beyond reading the mapping file itself.
+//!
+//! # Mapping file format
+//!
+//! ```yaml
+//! users:
+//!   attributes:                  # SCIM attribute → rule
+//!     userName: { expr: "lower(trim(email))" }
+//!     emails: email                         # shorthand: copy a source attribute
+//!     name.givenName: { from: given_name }  # the same, explicit
+//!     displayName: { template: "{{ given_name }} {{ family_name }}", on: create }
+//!     organization: { value: "Acme" }       # constant text
+//!     externalId: { expr: "key" }           # `key` = the record's source key
+//!   active: { expr: "default(active, 'true')" }
+//!   required: [userName, emails]
+//!   scope:
+//!     include:
+//!       - { attribute: department, equals: Sales }
+//!       - all:                              # a rule with several clauses
+//!           - { attribute: title, regex: "^Eng" }
+//!           - { attribute: c, equals: de, ignore_case: true }
+//!     exclude:
+//!       - { attribute: email, absent: true }
+//!       - { attribute: employeeType, not_equals: Employee }
+//! groups:
+//!   displayName: { expr: "name" }           # `name` = the group's name, `key` its key
+//!   scope:
+//!     include: [ { attribute: name, regex: "^team-" } ]
+//! ```
+//!
+//! ## `users.attributes`
+//!
+//! Keys are SCIM attribute names: `userName`, `externalId`, `emails` (or `email`),
+//! `name.givenName`, `name.familyName`, `name.middleName`, `name.formatted`,
+//! `name.honorificPrefix`, `name.honorificSuffix`, `displayName`, `nickName`,
+//! `title`, `userType`, `preferredLanguage`, `locale`, `timezone`, `phoneNumbers`
+//! (or `phoneNumber`), and from the enterprise extension `department`,
+//! `organization`, `division`, `costCenter`, `employeeNumber`. `userName` must be
+//! mapped. Each value is a rule, exactly one of:
+//!
+//! - `attr_name` or `{ from: attr_name }`: the first non-empty value of a source
+//!   attribute (names are matched case-insensitively, as LDAP does; `key` is the
+//!   record's source key, and for groups `name` is the group's name);
+//! - `{ expr: "…" }`: an expression (below);
+//! - `{ template: "… {{ expr }} …" }`: text with expression placeholders. The result
+//!   is trimmed, and is empty when every placeholder is empty (so `"{{ a }} {{ b }}"`
+//!   with neither value leaves the attribute out);
+//! - `{ value: "…" }`: constant text.
+//!
+//! and may add `on: always` (the default: kept in step on every cycle) or
+//! `on: create` (written when idsync creates the user, never updated afterwards).
+//! An empty or all-whitespace result means the attribute is absent.
+//!
+//! ## `users.active`
+//!
+//! Optional rule deciding whether the account is active. Its result must be
+//! `true`/`false`, `yes`/`no` or `1`/`0` (any case); anything else, including an
+//! empty result, is an error for that record: write `default(active, 'true')` to
+//! treat a blank as active, or `if(condition, 'true', 'false')` for a condition.
+//! Without `active:`, every user in scope is active.
+//!
+//! ## `users.required`
+//!
+//! SCIM attributes that must not be empty (`userName` always is). A user in scope
+//! whose required attribute maps to empty is an error for that record, reported
+//! with all other record errors; nothing is synced in that cycle.
+//!
+//! ## `scope` (users and groups)
+//!
+//! A record is in scope if it matches ANY `include` rule (or there are none) and NO
+//! `exclude` rule; a rule is one clause, or `all: [clause, …]` whose clauses must
+//! all hold. A clause names an `attribute` (a source attribute; `key`, and for groups
+//! `name`, are the built-ins, and they are the only attributes groups have) and one
+//! test:
+//!
+//! - `equals: text`: some value equals the text;
+//! - `not_equals: text`: no value equals it (true when the attribute is absent);
+//! - `regex: "…"`: some value matches (anywhere: anchor with `^…$`);
+//! - `present: true` / `absent: true`: some value is / no value is non-empty;
+//!
+//! plus `ignore_case: true` for `equals`, `not_equals` and `regex`. Users out of
+//! scope are not mapped at all (their data can't fail a cycle) and are reported
+//! as out of scope; groups out of scope are dropped; group members who are not
+//! in-scope users are left out of the group.
+//!
+//! ## `groups`
+//!
+//! `displayName:` is a rule over `name` and `key` (default: `name`). Two groups
+//! with the same display name (case-insensitively) are an error.
+//!
+//! ## Expressions
+//!
+//! Used in `expr:` and inside `{{ … }}`. An expression is a string literal in
+//! single or double quotes (inside one, `\\` is a backslash and `\'` or `\"` the
+//! quote; any other backslash is kept, so `'\d+'` is a regex as written), a whole
+//! number (`-1`), a source attribute name (letters, digits, `_`, `-`, `.`; it
+//! yields the attribute's first non-empty value), `key` (the source key; `name` is
+//! the group's name for groups), or a function call. Every value is text; a
+//! missing attribute is the empty text. Conditions yield `'true'` or `''` (empty),
+//! and anything non-empty counts as true, so they compose.
+//!
+//! | function | result |
+//! |---|---|
+//! | `attr('Some Name')` | the attribute with a name bare words can't spell |
+//! | `first(attr)` | the attribute's first non-empty value (what a bare name gives) |
+//! | `lower(v)`, `upper(v)` | Unicode case mapping |
+//! | `trim(v)` | `v` without surrounding whitespace |
+//! | `join(sep, a, b, …)` | the non-empty values joined with `sep` |
+//! | `split(v, sep, i)` | the `i`-th part of `v` split on `sep` (0 is the first, -1 the last; `''` when there is none; `v` itself when `sep` is empty) |
+//! | `replace(v, from, to)` | every `from` in `v` replaced with `to` |
+//! | `coalesce(a, b, …)` | the first non-empty value |
+//! | `default(a, fallback)` | `a`, or `fallback` when `a` is empty |
+//! | `if(cond, then, else)` | `then` when `cond` is non-empty, else `else` |
+//! | `eq(a, b)`, `ne(a, b)` | condition: equal / not equal (case-sensitive; use `lower`) |
+//! | `present(a)` | condition: `a` is non-empty |
+//! | `matches(a, 'regex')` | condition: `a` matches the regex (anywhere; `(?i)` ignores case) |
+//! | `not(c)`, `and(c, …)`, `or(c, …)` | boolean logic over conditions |
+//! | `flag(v, mask)` | condition: `v` is a whole number with any bit of `mask` set: `flag(userAccountControl, 2)` is true for a disabled AD account |
+//!
+//! Unknown functions, wrong numbers of arguments, bad regexes, unknown SCIM
+//! attributes and unknown keys are errors when the mapping is loaded.
+
+mod compile;
+mod expr;
+mod scope;
+
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::model::{
+    Desired, DesiredGroup, DesiredUser, GroupKey, Origin, SourceAttrs, SourceDirectory,
+    SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs, fold,
+};
+use expr::{Expr, Record};
+use scope::Scope;
+
+/// A compiled mapping file.
+#[derive(Debug)]
+pub struct Mapping {
+    file: Arc<str>,
+    /// Sorted by attribute, so building a user's map only appends.
+    attributes: Vec<(UserAttr, Expr)>,
+    active: Option<Expr>,
+    /// `userName` first, then the file's `required:` list.
+    required: Vec<UserAttr>,
+    user_scope: Scope,
+    group_name: Expr,
+    group_scope: Scope,
+    source_attributes: BTreeSet<String>,
+    create_only: BTreeSet<UserAttr>,
+}
+
+/// One mistake in a mapping file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: Arc<str>,
+    /// 1-based; 0 when the position is unknown.
+    pub line: u64,
+    /// 1-based, in characters.
+    pub column: u64,
+    pub message: String,
+    pub hint: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.message)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )?;
+        }
+        write!(f, "\n  hint: {}", self.hint)
+    }
+}
+
+/// Why a mapping file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error(
+        "cannot read mapping file {}: {source}\n  hint: check the `mapping:` path in the config (relative paths resolve against the config file's folder)",
+        path.display()
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Every mistake found, in file order.
+    #[error("{}", join_lines(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn join_lines<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The record a [`RecordError`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordId {
+    User(SourceKey),
+    Group(GroupKey),
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordId::User(k) => write!(f, "user `{k}`"),
+            RecordId::Group(k) => write!(f, "group `{k}`"),
+        }
+    }
+}
+
+/// What is wrong with one source record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordProblem {
+    /// Required attributes that mapped to empty, with the source attributes their
+    /// rules read.
+    MissingRequired {
+        attributes: Vec<UserAttr>,
+        sources: Vec<String>,
+    },
+    /// The `active` rule gave something other than a boolean.
+    InvalidActive(String),
+    /// Another user, earlier in the source, has the same `userName`
+    /// (case-insensitively).
+    DuplicateUserName {
+        user_name: String,
+        other: SourceKey,
+        other_origin: Origin,
+    },
+    /// Another record, earlier in the source, has the same key.
+    DuplicateKey { other_origin: Origin },
+    /// The group's display name mapped to empty.
+    EmptyGroupName,
+    /// Another group, earlier in the source, has the same display name.
+    DuplicateGroupName {
+        display_name: String,
+        other: GroupKey,
+        other_origin: Origin,
+    },
+}
+
+/// A source record the mapping cannot turn into a valid SCIM object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub origin: Origin,
+    pub record: RecordId,
+    pub problem: RecordProblem,
+}
+
+fn quoted_list<T: fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl RecordError {
+    /// What to do about it.
+    pub fn hint(&self) -> String {
+        match &self.problem {
+            RecordProblem::MissingRequired { sources, .. } if sources.is_empty() => {
+                "fill in the source data, or leave the user out with a scope exclude rule".into()
+            }
+            RecordProblem::MissingRequired { sources, .. } => format!(
+                "fill in {} for this record in the source, or leave such users out with a scope rule such as `exclude: [{{ attribute: {}, absent: true }}]`",
+                quoted_list(sources),
+                sources[0]
+            ),
+            RecordProblem::InvalidActive(_) => "the `active` rule must give true/false, yes/no or 1/0: fix the source value, or wrap the rule in default(…, 'true')".into(),
+            RecordProblem::DuplicateUserName { .. } => "user names must be unique (compared case-insensitively): correct one of the two records in the source, or exclude one of them from scope".into(),
+            RecordProblem::DuplicateKey { .. } => "source keys must be unique: check the key column or attribute (`source.key`)".into(),
+            RecordProblem::EmptyGroupName => "give the group a name in the source, or change the groups.displayName rule".into(),
+            RecordProblem::DuplicateGroupName { .. } => "group display names must be unique (compared case-insensitively): rename one group, or exclude one with groups.scope".into(),
+        }
+    }
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: ", self.origin, self.record)?;
+        match &self.problem {
+            RecordProblem::MissingRequired { attributes, .. } => write!(
+                f,
+                "required attribute{} {} mapped to empty",
+                if attributes.len() == 1 { "" } else { "s" },
+                quoted_list(attributes)
+            )?,
+            RecordProblem::InvalidActive(v) if v.is_empty() => {
+                write!(f, "the `active` rule gave an empty value")?
+            }
+            RecordProblem::InvalidActive(v) => {
+                write!(f, "the `active` rule gave {v:?}, not true or false")?
+            }
+            RecordProblem::DuplicateUserName {
+                user_name,
+                other,
+                other_origin,
+            } => write!(
+                f,
+                "userName `{user_name}` is also the userName of user `{other}` ({other_origin})"
+            )?,
+            RecordProblem::DuplicateKey { other_origin } => {
+                write!(f, "the same key is also used at {other_origin}")?
+            }
+            RecordProblem::EmptyGroupName => write!(f, "the group's displayName mapped to empty")?,
+            RecordProblem::DuplicateGroupName {
+                display_name,
+                other,
+                other_origin,
+            } => write!(
+                f,
+                "displayName `{display_name}` is also the displayName of group `{other}` ({other_origin})"
+            )?,
+        }
+        write!(f, "\n  hint: {}", self.hint())
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    let v = value.trim();
+    let is = |s: &str| v.eq_ignore_ascii_case(s);
+    if is("true") || is("yes") || v == "1" {
+        Some(true)
+    } else if is("false") || is("no") || v == "0" {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// The hasher for the per-build indexes over a million keys: several times
+/// faster than SipHash on short strings, and still randomly seeded.
+type FastHash = foldhash::fast::RandomState;
+
+/// A user name as a case-insensitive hash key that borrows ASCII names (nearly
+/// all of them) instead of allocating a folded copy of each.
+struct FoldedKey<'a>(Cow<'a, str>);
+
+impl<'a> FoldedKey<'a> {
+    fn new(name: &'a str) -> Self {
+        // Non-ASCII names are folded up front; afterwards every key compares and
+        // hashes as its bytes with ASCII letters lowercased.
+        FoldedKey(if name.is_ascii() {
+            Cow::Borrowed(name)
+        } else {
+            Cow::Owned(fold(name))
+        })
+    }
+}
+
+impl PartialEq for FoldedKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_ignore_ascii_case(&other.0)
+    }
+}
+
+impl Eq for FoldedKey<'_> {}
+
+impl std::hash::Hash for FoldedKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut buf = [0u8; 64];
+        for chunk in self.0.as_bytes().chunks(buf.len()) {
+            let out = &mut buf[..chunk.len()];
+            out.copy_from_slice(chunk);
+            out.make_ascii_lowercase();
+            state.write(out);
+        }
+        state.write_u8(0xff);
+    }
+}
+
+impl Mapping {
+    /// Reads and compiles a mapping file.
+    pub fn load(path: &Path) -> Result<Mapping, MappingError> {
+        let text = std::fs::read_to_string(path).map_err(|source| MappingError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Mapping::parse(&text, &path.display().to_string())
+    }
+
+    /// Compiles mapping text; `file_name` names it in errors.
+    pub fn parse(text: &str, file_name: &str) -> Result<Mapping, MappingError> {
+        compile::compile(text, file_name)
+    }
+
+    /// The file the mapping was compiled from.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// Every source attribute the mapping reads, once each (compared
+    /// case-insensitively, first spelling kept): what LDAP and Graph should request.
+    pub fn source_attributes(&self) -> BTreeSet<String> {
+        self.source_attributes.clone()
+    }
+
+    /// SCIM attributes written only when a user is created.
+    pub fn create_only(&self) -> BTreeSet<UserAttr> {
+        self.create_only.clone()
+    }
+
+    /// Maps one user: `None` when the user is out of scope.
+    pub fn map_user(&self, user: &SourceUser) -> Result<Option<DesiredUser>, RecordError> {
+        match self.map_attrs(user.key.as_str(), &user.attrs) {
+            Ok(Some((attrs, active))) => Ok(Some(DesiredUser {
+                key: user.key.clone(),
+                origin: user.origin.clone(),
+                attrs,
+                active,
+            })),
+            Ok(None) => Ok(None),
+            Err(problem) => Err(RecordError {
+                origin: user.origin.clone(),
+                record: RecordId::User(user.key.clone()),
+                problem,
+            }),
+        }
+    }
+
+    /// Maps one group's display name: `None` when the group is out of scope.
+    pub fn map_group(&self, group: &SourceGroup) -> Result<Option<String>, RecordError> {
+        let empty = SourceAttrs::new();
+        self.group_display_name(group, &empty)
+            .map(|name| name.map(Cow::into_owned))
+            .map_err(|problem| RecordError {
+                origin: group.origin.clone(),
+                record: RecordId::Group(group.key.clone()),
+                problem,
+            })
+    }
+
+    fn group_display_name<'a>(
+        &'a self,
+        group: &'a SourceGroup,
+        empty: &'a SourceAttrs,
+    ) -> Result<Option<Cow<'a, str>>, RecordProblem> {
+        let rec = Record {
+            key: group.key.as_str(),
+            name: &group.name,
+            attrs: empty,
+        };
+        if !self.group_scope.contains(&rec) {
+            return Ok(None);
+        }
+        let name = self.group_name.eval(&rec);
+        if name.trim().is_empty() {
+            return Err(RecordProblem::EmptyGroupName);
+        }
+        Ok(Some(name))
+    }
+
+    fn map_attrs(
+        &self,
+        key: &str,
+        attrs: &SourceAttrs,
+    ) -> Result<Option<(UserAttrs, bool)>, RecordProblem> {
+        let rec = Record {
+            key,
+            name: "",
+            attrs,
+        };
+        if !self.user_scope.contains(&rec) {
+            return Ok(None);
+        }
+        let mut out = UserAttrs::new();
+        for (attr, expr) in &self.attributes {
+            let value = expr.eval(&rec);
+            if !value.trim().is_empty() {
+                out.insert(*attr, value.into_owned());
+            }
+        }
+        let missing: Vec<UserAttr> = self
+            .required
+            .iter()
+            .filter(|a| !out.contains_key(a))
+            .copied()
+            .collect();
+        if !missing.is_empty() {
+            let mut sources = BTreeSet::new();
+            for (attr, expr) in &self.attributes {
+                if missing.contains(attr) {
+                    expr.collect_attrs(&mut sources);
+                }
+            }
+            return Err(RecordProblem::MissingRequired {
+                attributes: missing,
+                sources: sources.into_iter().collect(),
+            });
+        }
+        let active = match &self.active {
+            None => true,
+            Some(rule) => {
+                let value = rule.eval(&rec);
+                parse_bool(&value)
+                    .ok_or_else(|| RecordProblem::InvalidActive(value.into_owned()))?
+            }
+        };
+        Ok(Some((out, active)))
+    }
+
+    /// Maps a whole source read into the desired state, sorted by key. Every
+    /// record error is collected; any error fails the whole build, since
+    /// provisioning a partial directory would deprovision the rest.
+    pub fn build(&self, dir: SourceDirectory) -> Result<Desired, Vec<RecordError>> {
+        let mut errors = Vec::new();
+        let mut users = Vec::with_capacity(dir.users.len());
+        let mut out_of_scope = Vec::new();
+        for user in dir.users {
+            match self.map_attrs(user.key.as_str(), &user.attrs) {
+                Ok(Some((attrs, active))) => users.push(DesiredUser {
+                    key: user.key,
+                    origin: user.origin,
+                    attrs,
+                    active,
+                }),
+                Ok(None) => out_of_scope.push(user.key),
+                Err(problem) => errors.push(RecordError {
+                    origin: user.origin,
+                    record: RecordId::User(user.key),
+                    problem,
+                }),
+            }
+        }
+
+        // In source order, so the later record is the one reported.
+        let mut seen: HashMap<FoldedKey<'_>, usize, FastHash> =
+            HashMap::with_capacity_and_hasher(users.len(), FastHash::default());
+        for (i, user) in users.iter().enumerate() {
+            match seen.entry(FoldedKey::new(user.user_name())) {
+                Entry::Occupied(first) => {
+                    let first = &users[*first.get()];
+                    errors.push(RecordError {
+                        origin: user.origin.clone(),
+                        record: RecordId::User(user.key.clone()),
+                        problem: RecordProblem::DuplicateUserName {
+                            user_name: user.user_name().to_owned(),
+                            other: first.key.clone(),
+                            other_origin: first.origin.clone(),
+                        },
+                    });
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(i);
+                }
+            }
+        }
+        drop(seen);
+
+        if !users.is_sorted_by(|a, b| a.key <= b.key) {
+            users.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        for pair in users.windows(2) {
+            if pair[0].key == pair[1].key {
+                errors.push(RecordError {
+                    origin: pair[1].origin.clone(),
+                    record: RecordId::User(pair[1].key.clone()),
+                    problem: RecordProblem::DuplicateKey {
+                        other_origin: pair[0].origin.clone(),
+                    },
+                });
+            }
+        }
+
+        let empty = SourceAttrs::new();
+        let mut ignored_members = dir.unresolved_members;
+        let mut groups: Vec<(DesiredGroup, Origin)> = Vec::with_capacity(dir.groups.len());
+        let mut names: HashMap<String, usize> = HashMap::with_capacity(dir.groups.len());
+        // Hashing the keys once beats a binary search per member over large,
+        // pointer-heavy user records.
+        let in_scope: HashSet<&str, FastHash> = if dir.groups.iter().any(|g| !g.members.is_empty())
+        {
+            users.iter().map(|u| u.key.as_str()).collect()
+        } else {
+            HashSet::default()
+        };
+        for group in dir.groups {
+            let display_name = match self.group_display_name(&group, &empty) {
+                Ok(Some(name)) => name.into_owned(),
+                Ok(None) => continue,
+                Err(problem) => {
+                    errors.push(RecordError {
+                        origin: group.origin.clone(),
+                        record: RecordId::Group(group.key.clone()),
+                        problem,
+                    });
+                    continue;
+                }
+            };
+            match names.entry(fold(&display_name)) {
+                Entry::Occupied(first) => {
+                    let (first, first_origin) = &groups[*first.get()];
+                    errors.push(RecordError {
+                        origin: group.origin.clone(),
+                        record: RecordId::Group(group.key.clone()),
+                        problem: RecordProblem::DuplicateGroupName {
+                            display_name,
+                            other: first.key.clone(),
+                            other_origin: first_origin.clone(),
+                        },
+                    });
+                    continue;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(groups.len());
+                }
+            }
+            let mut members = group.members;
+            members.sort_unstable();
+            members.dedup();
+            let before = members.len();
+            members.retain(|m| in_scope.contains(m.as_str()));
+            ignored_members += before - members.len();
+            groups.push((
+                DesiredGroup {
+                    key: group.key,
+                    display_name,
+                    members,
+                },
+                group.origin,
+            ));
+        }
+        drop(in_scope);
+        groups.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+        for pair in groups.windows(2) {
+            if pair[0].0.key == pair[1].0.key {
+                errors.push(RecordError {
+                    origin: pair[1].1.clone(),
+                    record: RecordId::Group(pair[1].0.key.clone()),
+                    problem: RecordProblem::DuplicateKey {
+                        other_origin: pair[0].1.clone(),
+                    },
+                });
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Desired {
+            users,
+            groups: groups.into_iter().map(|(g, _)| g).collect(),
+            // Bulk-built from (usually already sorted) keys: far cheaper than
+            // inserting one by one.
+            out_of_scope: out_of_scope.into_iter().collect(),
+            create_only: self.create_only.clone(),
+            ignored_members,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

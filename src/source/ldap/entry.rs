@@ -1,0 +1,326 @@
+//! From search entries to users: the stable key (entryUUID text, or AD's binary
+//! objectGUID in its canonical text form), attributes as the server names them
+//! plus the entry's DN as `dn`, and the DN index groups are resolved against.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use ldap3::SearchEntry;
+
+use super::{LdapSettings, SourceError, dn};
+use crate::model::{Origin, SourceAttrs, SourceKey, SourceUser};
+
+/// Reports at most this many problems; the rest are counted.
+const MAX_PROBLEMS: usize = 50;
+
+/// Collects record problems so the operator sees them all at once.
+#[derive(Default)]
+pub(super) struct Problems {
+    lines: Vec<String>,
+    more: usize,
+}
+
+impl Problems {
+    pub(super) fn push(&mut self, problem: String) {
+        if self.lines.len() < MAX_PROBLEMS {
+            self.lines.push(problem);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    pub(super) fn into_result(mut self, what: &str, hint: String) -> Result<(), SourceError> {
+        if self.lines.is_empty() {
+            return Ok(());
+        }
+        let total = self.lines.len() + self.more;
+        if self.more > 0 {
+            self.lines.push(format!("… and {} more", self.more));
+        }
+        Err(SourceError::Invalid {
+            summary: format!(
+                "{what}: {total} problem{} found; nothing was planned or changed",
+                if total == 1 { "" } else { "s" }
+            ),
+            problems: self.lines,
+            hint,
+        })
+    }
+}
+
+/// Shares one allocation per attribute name across all entries.
+#[derive(Default)]
+pub(super) struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    pub(super) fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(existing) = self.0.get(name) {
+            return existing.clone();
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+/// Formats an Active Directory objectGUID (16 bytes; the first three fields
+/// little-endian, the last two as stored) as the canonical lowercase text that
+/// AD tools show, e.g. `3d5fb375-9a8c-454d-a455-53c1b20e885d`.
+pub(super) fn guid_text(bytes: &[u8]) -> Option<String> {
+    let b: &[u8; 16] = bytes.try_into().ok()?;
+    Some(format!(
+        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        b[3],
+        b[2],
+        b[1],
+        b[0],
+        b[5],
+        b[4],
+        b[7],
+        b[6],
+        b[8],
+        b[9],
+        b[10],
+        b[11],
+        b[12],
+        b[13],
+        b[14],
+        b[15]
+    ))
+}
+
+/// Accepts a GUID some servers or proxies return as text (`{…}` or bare).
+fn guid_from_text(text: &str) -> Option<String> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix('{')
+        .and_then(|t| t.strip_suffix('}'))
+        .unwrap_or(t);
+    let groups: Vec<&str> = t.split('-').collect();
+    let shape_ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+    shape_ok.then(|| t.to_ascii_lowercase())
+}
+
+/// Values of `name` in the entry, case-insensitively, text and binary.
+fn values<'e>(entry: &'e SearchEntry, name: &str) -> (&'e [String], &'e [Vec<u8>]) {
+    let text = entry
+        .attrs
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or_default();
+    let binary = entry
+        .bin_attrs
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+        .unwrap_or_default();
+    (text, binary)
+}
+
+fn is_guid_attribute(name: &str) -> bool {
+    name.eq_ignore_ascii_case("objectGUID")
+}
+
+/// The entry's stable key from `attribute`, or why it has none.
+pub(super) fn key_of(entry: &SearchEntry, attribute: &str) -> Result<String, String> {
+    let (text, binary) = values(entry, attribute);
+    let mut keys: Vec<String> = Vec::with_capacity(1);
+    if is_guid_attribute(attribute) {
+        for raw in binary {
+            keys.push(
+                guid_text(raw).ok_or_else(|| {
+                    format!("its {attribute} is {} bytes long, not 16", raw.len())
+                })?,
+            );
+        }
+        for value in text {
+            // 16 random bytes are occasionally valid UTF-8 and then arrive as text.
+            let key = guid_from_text(value)
+                .or_else(|| guid_text(value.as_bytes()))
+                .ok_or_else(|| format!("its {attribute} {value:?} is not a GUID"))?;
+            keys.push(key);
+        }
+    } else {
+        if !binary.is_empty() {
+            return Err(format!("its {attribute} is binary, not text"));
+        }
+        keys.extend(text.iter().map(|v| v.trim().to_string()));
+    }
+    keys.retain(|k| !k.is_empty());
+    match keys.len() {
+        1 => Ok(keys.pop().unwrap_or_default()),
+        0 => Err(format!("it has no {attribute}")),
+        n => Err(format!(
+            "it has {n} values of {attribute}; the key must be single-valued"
+        )),
+    }
+}
+
+/// The users of one read and what groups need to find them.
+pub(super) struct Users {
+    pub(super) users: Vec<SourceUser>,
+    /// Normalised DN → index in `users`.
+    pub(super) by_dn: HashMap<String, usize>,
+}
+
+/// Turns user entries into `SourceUser`s as the search streams them in.
+pub(super) struct UserReader {
+    key_attribute: String,
+    names: Names,
+    dn_name: Arc<str>,
+    users: Users,
+    keys: HashMap<SourceKey, usize>,
+    problems: Problems,
+    context: String,
+}
+
+impl UserReader {
+    pub(super) fn new(settings: &LdapSettings) -> Self {
+        let mut names = Names::default();
+        let dn_name = names.get("dn");
+        UserReader {
+            key_attribute: settings.key_attribute.clone(),
+            names,
+            dn_name,
+            users: Users {
+                users: Vec::new(),
+                by_dn: HashMap::new(),
+            },
+            keys: HashMap::new(),
+            problems: Problems::default(),
+            context: format!(
+                "LDAP {} users under {} matching {}",
+                settings.url, settings.user_base_dn, settings.user_filter
+            ),
+        }
+    }
+
+    pub(super) fn add(&mut self, entry: SearchEntry) {
+        let key = match key_of(&entry, &self.key_attribute) {
+            Ok(key) => SourceKey::new(key),
+            Err(why) => {
+                self.problems.push(format!("{}: {why}", entry.dn));
+                return;
+            }
+        };
+        let index = self.users.users.len();
+        if let Some(&other) = self.keys.get(&key) {
+            self.problems.push(format!(
+                "{}: {} {key} is also the key of {}",
+                entry.dn, self.key_attribute, self.users.users[other].origin
+            ));
+            return;
+        }
+        self.keys.insert(key.clone(), index);
+        self.users.by_dn.insert(dn::normalize(&entry.dn), index);
+
+        let SearchEntry { dn, attrs, .. } = entry;
+        let guid_key = is_guid_attribute(&self.key_attribute);
+        let mut named: Vec<(String, Vec<String>)> = attrs
+            .into_iter()
+            // The binary objectGUID is replaced below by its text form.
+            .filter(|(name, _)| !(guid_key && is_guid_attribute(name)))
+            .collect();
+        named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut source_attrs = SourceAttrs::with_capacity(named.len() + 2);
+        source_attrs.push(self.dn_name.clone(), vec![dn.clone()]);
+        if guid_key {
+            let name = self.names.get(&self.key_attribute);
+            source_attrs.push(name, vec![key.as_str().to_string()]);
+        }
+        for (name, values) in named {
+            source_attrs.push(self.names.get(&name), values);
+        }
+        self.users.users.push(SourceUser {
+            key,
+            origin: Origin::new(dn),
+            attrs: source_attrs,
+        });
+    }
+
+    pub(super) fn finish(self) -> Result<Users, SourceError> {
+        let hint = format!(
+            "every user needs exactly one {} and keys must be unique; fix the entries, or \
+             narrow user_filter to exclude them",
+            self.key_attribute
+        );
+        self.problems.into_result(&self.context, hint)?;
+        Ok(self.users)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(text: &[(&str, &[&str])], binary: &[(&str, &[&[u8]])]) -> SearchEntry {
+        SearchEntry {
+            dn: "uid=x,ou=people,dc=example,dc=com".into(),
+            attrs: text
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+            bin_attrs: binary
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.iter().map(|b| b.to_vec()).collect()))
+                .collect(),
+        }
+    }
+
+    const GUID_BYTES: [u8; 16] = [
+        0x75, 0xb3, 0x5f, 0x3d, 0x8c, 0x9a, 0x4d, 0x45, 0xa4, 0x55, 0x53, 0xc1, 0xb2, 0x0e, 0x88,
+        0x5d,
+    ];
+
+    #[test]
+    fn object_guid_bytes_become_canonical_text() {
+        // Data1 = 0x3d5fb375 (bytes 75 b3 5f 3d, little-endian), Data2 = 0x9a8c
+        // (8c 9a), Data3 = 0x454d (4d 45), then bytes 8..16 as stored.
+        assert_eq!(
+            guid_text(&GUID_BYTES).as_deref(),
+            Some("3d5fb375-9a8c-454d-a455-53c1b20e885d")
+        );
+        assert_eq!(guid_text(&GUID_BYTES[..15]), None);
+    }
+
+    #[test]
+    fn object_guid_is_the_key_as_binary_or_text() {
+        let e = entry(&[], &[("objectGUID", &[&GUID_BYTES])]);
+        assert_eq!(
+            key_of(&e, "objectGUID").unwrap(),
+            "3d5fb375-9a8c-454d-a455-53c1b20e885d"
+        );
+        let e = entry(
+            &[("objectguid", &["{3D5FB375-9A8C-454D-A455-53C1B20E885D}"])],
+            &[],
+        );
+        assert_eq!(
+            key_of(&e, "objectGUID").unwrap(),
+            "3d5fb375-9a8c-454d-a455-53c1b20e885d"
+        );
+        // Sixteen bytes that happen to be valid UTF-8 arrive as text.
+        let ascii: [u8; 16] = *b"ABCDEFGHIJKLMNOP";
+        let e = entry(
+            &[("objectGUID", &[std::str::from_utf8(&ascii).unwrap()])],
+            &[],
+        );
+        assert_eq!(
+            key_of(&e, "objectGUID").unwrap(),
+            "44434241-4645-4847-494a-4b4c4d4e4f50"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_ambiguous_key_is_explained() {
+        let e = entry(&[("cn", &["x"])], &[]);
+        assert_eq!(key_of(&e, "entryUUID").unwrap_err(), "it has no entryUUID");
+        let e = entry(&[("uid", &["a", "b"])], &[]);
+        assert!(key_of(&e, "uid").unwrap_err().contains("2 values"));
+        let e = entry(&[], &[("objectGUID", &[&[1, 2, 3]])]);
+        assert!(key_of(&e, "objectGUID").unwrap_err().contains("3 bytes"));
+    }
+}

@@ -1,0 +1,500 @@
+//! Groups: read from `groupOfNames`/AD `group` (`member` DNs),
+//! `groupOfUniqueNames` (`uniqueMember` DNs, optional `#'…'B` suffix) and
+//! `posixGroup` (`memberUid` = a user's `uid`), then resolved against the users
+//! of the same read, with nested groups flattened (cycles tolerated). Members
+//! that are neither a user nor a group of this read are counted as unresolved.
+//! Active Directory's ranged `member;range=0-1499` values are fetched in full.
+
+use std::collections::{HashMap, HashSet};
+
+use ldap3::{Ldap, SearchEntry};
+
+use super::entry::{Problems, Users, key_of};
+use super::{LdapSettings, SourceError, connect, dn};
+use crate::model::{GroupKey, Origin, SourceGroup, fold};
+
+/// Bounds the follow-up requests for one AD ranged attribute: at AD's 1500
+/// values per range this is 15 million members, far beyond any real group.
+const MAX_RANGE_REQUESTS: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemberAttr {
+    Member,
+    UniqueMember,
+    MemberUid,
+}
+
+impl MemberAttr {
+    const ALL: [MemberAttr; 3] = [
+        MemberAttr::Member,
+        MemberAttr::UniqueMember,
+        MemberAttr::MemberUid,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            MemberAttr::Member => "member",
+            MemberAttr::UniqueMember => "uniqueMember",
+            MemberAttr::MemberUid => "memberUid",
+        }
+    }
+
+    /// `member`, `Member;range=0-1499`, … → the member attribute and, when the
+    /// server sent only a slice of the values, where the slice ends (`None`
+    /// for `*`, the last slice).
+    fn parse(description: &str) -> Option<(MemberAttr, Option<Option<u64>>)> {
+        let mut parts = description.split(';');
+        let base = parts.next()?;
+        let attr = MemberAttr::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(base))?;
+        let mut range = None;
+        for option in parts {
+            let Some(bounds) = option
+                .get(..6)
+                .filter(|p| p.eq_ignore_ascii_case("range="))
+                .map(|_| &option[6..])
+            else {
+                continue;
+            };
+            let end = bounds.split_once('-').map(|(_, end)| end)?;
+            range = Some(if end == "*" {
+                None
+            } else {
+                Some(end.parse().ok()?)
+            });
+        }
+        Some((attr, range))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Member {
+    /// A normalised DN.
+    Dn(String),
+    /// A posixGroup `memberUid`.
+    Uid(String),
+}
+
+#[derive(Debug)]
+pub(super) struct RawGroup {
+    key: GroupKey,
+    name: String,
+    dn: String,
+    members: Vec<Member>,
+}
+
+impl RawGroup {
+    fn add_members(&mut self, attr: MemberAttr, values: Vec<String>) {
+        self.members.extend(values.into_iter().map(|v| match attr {
+            MemberAttr::Member => Member::Dn(dn::normalize(&v)),
+            MemberAttr::UniqueMember => Member::Dn(dn::normalize(dn::strip_unique_member_uid(&v))),
+            MemberAttr::MemberUid => Member::Uid(v),
+        }));
+    }
+}
+
+/// A group whose member values came in slices: the next slice starts at `next`.
+struct PendingRange {
+    group: usize,
+    attr: MemberAttr,
+    next: u64,
+}
+
+/// Collects group entries as the search streams them in.
+pub(super) struct GroupReader {
+    key_attribute: String,
+    name_attribute: String,
+    groups: Vec<RawGroup>,
+    keys: HashMap<GroupKey, usize>,
+    pending: Vec<PendingRange>,
+    problems: Problems,
+    context: String,
+}
+
+impl GroupReader {
+    pub(super) fn new(settings: &LdapSettings) -> Self {
+        GroupReader {
+            key_attribute: settings.group_key_attribute.clone(),
+            name_attribute: settings.group_name_attribute.clone(),
+            groups: Vec::new(),
+            keys: HashMap::new(),
+            pending: Vec::new(),
+            problems: Problems::default(),
+            context: format!(
+                "LDAP {} groups under {} matching {}",
+                settings.url, settings.group_base_dn, settings.group_filter
+            ),
+        }
+    }
+
+    /// What the group search asks for.
+    pub(super) fn attributes(&self) -> Vec<String> {
+        let mut wanted = vec![self.key_attribute.clone()];
+        for name in [self.name_attribute.as_str()]
+            .into_iter()
+            .chain(MemberAttr::ALL.map(MemberAttr::name))
+        {
+            if !wanted.iter().any(|w| w.eq_ignore_ascii_case(name)) {
+                wanted.push(name.to_string());
+            }
+        }
+        wanted
+    }
+
+    pub(super) fn add(&mut self, entry: SearchEntry) {
+        let key = match key_of(&entry, &self.key_attribute) {
+            Ok(key) => GroupKey::new(key),
+            Err(why) => {
+                self.problems.push(format!("{}: {why}", entry.dn));
+                return;
+            }
+        };
+        let name = entry
+            .attrs
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&self.name_attribute))
+            .and_then(|(_, v)| v.iter().find(|v| !v.trim().is_empty()));
+        let Some(name) = name.cloned() else {
+            self.problems
+                .push(format!("{}: it has no {}", entry.dn, self.name_attribute));
+            return;
+        };
+        let index = self.groups.len();
+        if let Some(&other) = self.keys.get(&key) {
+            self.problems.push(format!(
+                "{}: {} {key} is also the key of {}",
+                entry.dn, self.key_attribute, self.groups[other].dn
+            ));
+            return;
+        }
+        self.keys.insert(key.clone(), index);
+        let SearchEntry { dn, attrs, .. } = entry;
+        let mut group = RawGroup {
+            key,
+            name,
+            dn,
+            members: Vec::new(),
+        };
+        for (description, values) in attrs {
+            let Some((attr, range)) = MemberAttr::parse(&description) else {
+                continue;
+            };
+            if let Some(Some(end)) = range {
+                self.pending.push(PendingRange {
+                    group: index,
+                    attr,
+                    next: end + 1,
+                });
+            }
+            group.add_members(attr, values);
+        }
+        self.groups.push(group);
+    }
+
+    /// Fetches the rest of every member list the server sent in slices (Active
+    /// Directory sends at most MaxValRange, 1500 by default, values at a time).
+    pub(super) async fn complete_ranges(
+        &mut self,
+        ldap: &mut Ldap,
+        settings: &LdapSettings,
+    ) -> Result<(), SourceError> {
+        for pending in std::mem::take(&mut self.pending) {
+            let mut next = pending.next;
+            let mut complete = false;
+            for _ in 0..MAX_RANGE_REQUESTS {
+                let group = &mut self.groups[pending.group];
+                let wanted = format!("{};range={next}-*", pending.attr.name());
+                let entry = connect::read_entry(ldap, settings, &group.dn, vec![wanted]).await?;
+                let mut end = None;
+                for (description, values) in entry.map(|e| e.attrs).unwrap_or_default() {
+                    if let Some((attr, Some(range))) = MemberAttr::parse(&description)
+                        && attr == pending.attr
+                    {
+                        group.add_members(attr, values);
+                        end = Some(range);
+                    }
+                }
+                match end {
+                    Some(None) => {
+                        complete = true;
+                        break;
+                    }
+                    Some(Some(last)) if last >= next => next = last + 1,
+                    _ => break,
+                }
+            }
+            if !complete {
+                return Err(SourceError::Unavailable {
+                    message: format!(
+                        "LDAP {}: the server sent only part of the {} values of {} (stopped at \
+                         value {next}); nothing was planned",
+                        settings.url,
+                        pending.attr.name(),
+                        self.groups[pending.group].dn
+                    ),
+                    hint: "the group may have changed during the read; run again".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(self) -> Result<Vec<RawGroup>, SourceError> {
+        let hint = format!(
+            "every group needs one {} and a {}; fix the entries, or narrow group_filter to \
+             exclude them",
+            self.key_attribute, self.name_attribute
+        );
+        self.problems.into_result(&self.context, hint)?;
+        Ok(self.groups)
+    }
+}
+
+/// Resolves members to user keys, flattening nested groups. Returns the groups
+/// (sorted by key, members sorted and without duplicates) and the number of
+/// unresolved direct memberships.
+pub(super) fn resolve(raw: Vec<RawGroup>, users: &Users) -> (Vec<SourceGroup>, usize) {
+    let group_by_dn: HashMap<String, usize> = raw
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (dn::normalize(&g.dn), i))
+        .collect();
+    let needs_uids = raw
+        .iter()
+        .any(|g| g.members.iter().any(|m| matches!(m, Member::Uid(_))));
+    let mut user_by_uid: HashMap<String, Vec<usize>> = HashMap::new();
+    if needs_uids {
+        for (index, user) in users.users.iter().enumerate() {
+            for uid in user.attrs.get("uid") {
+                user_by_uid.entry(fold(uid)).or_default().push(index);
+            }
+        }
+    }
+
+    let mut unresolved = 0;
+    let mut direct_users: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
+    let mut child_groups: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
+    for group in &raw {
+        let mut members: Vec<&Member> = group.members.iter().collect();
+        members.sort_unstable();
+        members.dedup();
+        let (mut found_users, mut found_groups) = (Vec::new(), Vec::new());
+        for member in members {
+            let resolved = match member {
+                Member::Dn(dn) => {
+                    if let Some(&user) = users.by_dn.get(dn) {
+                        found_users.push(user);
+                        true
+                    } else if let Some(&child) = group_by_dn.get(dn) {
+                        found_groups.push(child);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Member::Uid(uid) => match user_by_uid.get(&fold(uid)) {
+                    Some(matches) => {
+                        found_users.extend(matches);
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if !resolved {
+                unresolved += 1;
+                tracing::trace!(group = %group.dn, ?member, "group member is not a user of this read");
+            }
+        }
+        direct_users.push(found_users);
+        child_groups.push(found_groups);
+    }
+
+    let mut cycles = HashSet::new();
+    let flat = flatten(&direct_users, &child_groups, |from, to| {
+        if cycles.insert((from, to)) {
+            tracing::debug!(
+                group = %raw[from].dn,
+                member = %raw[to].dn,
+                "nested groups form a cycle; each member is counted once"
+            );
+        }
+    });
+
+    let mut groups: Vec<SourceGroup> = raw
+        .into_iter()
+        .zip(flat)
+        .map(|(group, members)| {
+            let mut members: Vec<_> = members
+                .into_iter()
+                .map(|u| users.users[u].key.clone())
+                .collect();
+            members.sort_unstable();
+            members.dedup();
+            SourceGroup {
+                key: group.key,
+                name: group.name,
+                origin: Origin::new(group.dn),
+                members,
+            }
+        })
+        .collect();
+    groups.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    (groups, unresolved)
+}
+
+/// For each group, every user reachable through nested groups (sorted, unique).
+/// `on_cycle(from, to)` is called for an edge that closes a cycle; the cycle is
+/// otherwise harmless: each group is visited once per traversal.
+fn flatten(
+    direct_users: &[Vec<usize>],
+    child_groups: &[Vec<usize>],
+    mut on_cycle: impl FnMut(usize, usize),
+) -> Vec<Vec<usize>> {
+    let n = direct_users.len();
+    // `visited[g] == root` marks g as seen in root's traversal: no clearing needed.
+    let mut visited = vec![usize::MAX; n];
+    let mut on_path = vec![false; n];
+    let mut out = Vec::with_capacity(n);
+    for root in 0..n {
+        let mut members = direct_users[root].clone();
+        visited[root] = root;
+        on_path[root] = true;
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        while let Some(top) = path.last_mut() {
+            let (group, next) = *top;
+            match child_groups[group].get(next) {
+                Some(&child) => {
+                    top.1 += 1;
+                    if on_path[child] {
+                        on_cycle(group, child);
+                    } else if visited[child] != root {
+                        visited[child] = root;
+                        on_path[child] = true;
+                        members.extend_from_slice(&direct_users[child]);
+                        path.push((child, 0));
+                    }
+                }
+                None => {
+                    on_path[group] = false;
+                    path.pop();
+                }
+            }
+        }
+        members.sort_unstable();
+        members.dedup();
+        out.push(members);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_groups_flatten_through_a_cycle() {
+        // 0 ⊃ 1 ⊃ 2 ⊃ 0 (a cycle), 2 ⊃ 3; 3 has no children; 4 contains itself.
+        let direct = vec![vec![10], vec![11, 10], vec![12], vec![13], vec![14]];
+        let children = vec![vec![1], vec![2], vec![0, 3], vec![], vec![4]];
+        let mut cycles = Vec::new();
+        let flat = flatten(&direct, &children, |a, b| cycles.push((a, b)));
+        assert_eq!(flat[0], vec![10, 11, 12, 13]);
+        assert_eq!(flat[1], vec![10, 11, 12, 13]);
+        assert_eq!(flat[2], vec![10, 11, 12, 13]);
+        assert_eq!(flat[3], vec![13]);
+        assert_eq!(flat[4], vec![14]);
+        assert!(cycles.contains(&(2, 0)), "{cycles:?}");
+        assert!(cycles.contains(&(4, 4)), "{cycles:?}");
+    }
+
+    #[test]
+    fn a_diamond_is_not_a_cycle() {
+        // 0 ⊃ 1, 0 ⊃ 2, 1 ⊃ 3, 2 ⊃ 3.
+        let direct = vec![vec![], vec![1], vec![2], vec![3]];
+        let children = vec![vec![1, 2], vec![3], vec![3], vec![]];
+        let mut cycles = 0;
+        let flat = flatten(&direct, &children, |_, _| cycles += 1);
+        assert_eq!(flat[0], vec![1, 2, 3]);
+        assert_eq!(cycles, 0);
+    }
+
+    #[test]
+    fn member_attribute_descriptions_and_ranges_parse() {
+        assert_eq!(
+            MemberAttr::parse("member"),
+            Some((MemberAttr::Member, None))
+        );
+        assert_eq!(
+            MemberAttr::parse("uniquemember"),
+            Some((MemberAttr::UniqueMember, None))
+        );
+        assert_eq!(
+            MemberAttr::parse("member;range=0-1499"),
+            Some((MemberAttr::Member, Some(Some(1499))))
+        );
+        assert_eq!(
+            MemberAttr::parse("member;Range=1500-*"),
+            Some((MemberAttr::Member, Some(None)))
+        );
+        assert_eq!(MemberAttr::parse("cn"), None);
+    }
+
+    fn raw(key: &str, dn: &str, members: &[Member]) -> RawGroup {
+        RawGroup {
+            key: GroupKey::new(key),
+            name: key.to_string(),
+            dn: dn.to_string(),
+            members: members.to_vec(),
+        }
+    }
+
+    #[test]
+    fn members_resolve_by_dn_uid_and_nesting_and_the_rest_are_counted() {
+        use crate::model::{SourceAttrs, SourceKey, SourceUser};
+        let user = |key: &str, dn: &str, uid: &str| {
+            let mut attrs = SourceAttrs::new();
+            attrs.push("uid".into(), vec![uid.to_string()]);
+            SourceUser {
+                key: SourceKey::new(key),
+                origin: Origin::new(dn),
+                attrs,
+            }
+        };
+        let list = vec![
+            user("k-ann", "uid=ann,ou=people,dc=x", "ann"),
+            user("k-bob", "uid=bob,ou=people,dc=x", "bob"),
+        ];
+        let by_dn = list
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (dn::normalize(&u.origin.to_string()), i))
+            .collect();
+        let users = Users { users: list, by_dn };
+        let dn_member = |d: &str| Member::Dn(dn::normalize(d));
+        let groups = vec![
+            raw(
+                "g-outer",
+                "cn=outer,ou=groups,dc=x",
+                &[
+                    dn_member("UID=ann, ou=People,dc=x"),
+                    dn_member("cn=inner,ou=groups,dc=x"),
+                    dn_member("uid=ghost,ou=elsewhere,dc=x"),
+                ],
+            ),
+            raw(
+                "g-inner",
+                "cn=inner,ou=groups,dc=x",
+                &[Member::Uid("BOB".into()), Member::Uid("nobody".into())],
+            ),
+        ];
+        let (groups, unresolved) = resolve(groups, &users);
+        assert_eq!(unresolved, 2);
+        assert_eq!(groups[0].key.as_str(), "g-inner");
+        assert_eq!(groups[0].members, vec![SourceKey::new("k-bob")]);
+        assert_eq!(
+            groups[1].members,
+            vec![SourceKey::new("k-ann"), SourceKey::new("k-bob")]
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Config compilation: defaults, and every mistake `idsync validate` must catch.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::*;
+
+fn parse(yaml: &str) -> LdapConfig {
+    serde_saphyr::from_str(yaml).expect("test YAML parses")
+}
+
+const MINIMAL: &str = "
+url: ldap://ldap.example.com
+bind_dn: cn=sync,dc=example,dc=com
+bind_password_env: LDAP_PASSWORD
+base_dn: dc=example,dc=com
+";
+
+fn compile_with(extra: &str) -> Result<LdapSettings, String> {
+    parse(&format!("{MINIMAL}{extra}")).compile(Path::new("/etc/idsync"))
+}
+
+fn compile_error(yaml: &str) -> String {
+    parse(yaml)
+        .compile(Path::new("/etc/idsync"))
+        .expect_err("should be refused")
+}
+
+#[test]
+fn defaults_fill_in() {
+    let s = compile_with("").unwrap();
+    assert_eq!(s.url, "ldap://ldap.example.com");
+    assert_eq!(s.user_base_dn, "dc=example,dc=com");
+    assert_eq!(s.group_base_dn, "dc=example,dc=com");
+    assert_eq!(s.user_filter, DEFAULT_USER_FILTER);
+    assert_eq!(s.group_filter, DEFAULT_GROUP_FILTER);
+    assert_eq!(s.key_attribute, "entryUUID");
+    assert_eq!(s.group_key_attribute, "entryUUID");
+    assert_eq!(s.group_name_attribute, "cn");
+    assert_eq!(s.page_size, 500);
+    assert_eq!(s.timeout, Duration::from_secs(30));
+    assert_eq!(s.tls, TlsVerify::System);
+    assert_eq!(s.password, PasswordSource::Env("LDAP_PASSWORD".into()));
+}
+
+#[test]
+fn active_directory_settings_compile() {
+    let s = compile_with(
+        "key_attribute: objectGUID\nuser_filter: (&(objectCategory=person)(objectClass=user))\n\
+         page_size: 1000\ntimeout: 2m\n",
+    )
+    .unwrap();
+    assert_eq!(
+        s.group_key_attribute, "objectGUID",
+        "groups follow the user key by default"
+    );
+    assert_eq!(s.page_size, 1000);
+    assert_eq!(s.timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_folder() {
+    let s = parse(
+        "url: ldaps://dc1.corp.example:636\nbind_dn: x\nbind_password_file: secrets/ldap\n\
+         base_dn: dc=corp\nca_file: ca.pem\n",
+    )
+    .compile(Path::new("/etc/idsync"))
+    .unwrap();
+    assert_eq!(
+        s.password,
+        PasswordSource::File("/etc/idsync/secrets/ldap".into())
+    );
+    assert_eq!(s.tls, TlsVerify::CaFile("/etc/idsync/ca.pem".into()));
+}
+
+#[test]
+fn url_must_be_ldap_or_ldaps_with_a_host_and_nothing_else() {
+    let with_url = |url: &str| compile_error(&MINIMAL.replace("ldap://ldap.example.com", url));
+    assert!(with_url("https://ldap.example.com").contains("scheme \"https\""));
+    assert!(with_url("ldap.example.com:389").contains("not"));
+    assert!(with_url("ldap:///").contains("names no host"));
+    assert!(with_url("ldap://h/dc=example,dc=com?uid").contains("DN or search part"));
+    assert!(with_url("ldap://u:p@h").contains("credentials"));
+}
+
+#[test]
+fn starttls_only_with_ldap_urls() {
+    let e = compile_error(&format!(
+        "{}starttls: true\n",
+        MINIMAL.replace("ldap://", "ldaps://")
+    ));
+    assert!(e.contains("starttls"), "{e}");
+    assert!(compile_with("starttls: true\n").is_ok());
+}
+
+#[test]
+fn tls_options_need_tls_and_do_not_mix() {
+    assert!(
+        compile_with("ca_file: ca.pem\n")
+            .unwrap_err()
+            .contains("no effect")
+    );
+    assert!(
+        compile_with("danger_skip_tls_verify: true\n")
+            .unwrap_err()
+            .contains("no effect")
+    );
+    let e = compile_with("starttls: true\nca_file: ca.pem\ndanger_skip_tls_verify: true\n")
+        .unwrap_err();
+    assert!(e.contains("contradict"), "{e}");
+    let s = compile_with("starttls: true\ndanger_skip_tls_verify: true\n").unwrap();
+    assert_eq!(s.tls, TlsVerify::Skip);
+}
+
+#[test]
+fn exactly_one_password_source() {
+    let e = compile_with("bind_password_file: /run/pw\n").unwrap_err();
+    assert!(e.contains("both"), "{e}");
+    let e = compile_error(&MINIMAL.replace("bind_password_env: LDAP_PASSWORD\n", ""));
+    assert!(e.contains("no bind password"), "{e}");
+    let e = compile_error(&MINIMAL.replace("LDAP_PASSWORD", "''"));
+    assert!(e.contains("empty"), "{e}");
+}
+
+#[test]
+fn page_size_range() {
+    assert!(
+        compile_with("page_size: 0\n")
+            .unwrap_err()
+            .contains("1 to 10000")
+    );
+    assert!(
+        compile_with("page_size: 10001\n")
+            .unwrap_err()
+            .contains("1 to 10000")
+    );
+    assert!(compile_with("page_size: 1\n").is_ok());
+    assert!(compile_with("page_size: 10000\n").is_ok());
+}
+
+#[test]
+fn bad_timeouts_filters_and_attribute_names_are_refused() {
+    assert!(
+        compile_with("timeout: soon\n")
+            .unwrap_err()
+            .contains("not a duration")
+    );
+    assert!(
+        compile_with("timeout: 0s\n")
+            .unwrap_err()
+            .contains("longer than zero")
+    );
+    let e = compile_with("user_filter: (&(objectClass=person)\n").unwrap_err();
+    assert!(e.contains("not a valid LDAP filter"), "{e}");
+    assert!(
+        compile_with("key_attribute: 'entry uuid'\n")
+            .unwrap_err()
+            .contains("attribute name")
+    );
+    assert!(
+        compile_error(&MINIMAL.replace("base_dn: dc=example,dc=com", "base_dn: ''"))
+            .contains("base_dn")
+    );
+}
+
+#[test]
+fn filters_are_passed_through_unchanged() {
+    // The operator writes the filter, escapes included: idsync never rewrites it.
+    let filter = r"(&(objectClass=inetOrgPerson)(|(cn=O\27Brien\2a)(description=a\28b\29c\5c)))";
+    let s = compile_with(&format!("user_filter: '{filter}'\n")).unwrap();
+    assert_eq!(s.user_filter, filter);
+}
+
+#[test]
+fn unknown_fields_are_refused() {
+    let e = serde_saphyr::from_str::<LdapConfig>(&format!("{MINIMAL}bind_password: hunter2\n"))
+        .expect_err("unknown field");
+    assert!(e.to_string().contains("bind_password"), "{e}");
+}
+
+#[test]
+fn the_config_section_works_inside_a_kind_tagged_enum() {
+    // How config.rs embeds it: `source: { kind: ldap, … }` (boxed: it is large).
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+    enum Source {
+        Ldap(Box<LdapConfig>),
+        #[allow(dead_code)]
+        Csv {
+            users: String,
+        },
+    }
+    let Source::Ldap(config) =
+        serde_saphyr::from_str::<Source>(&format!("kind: ldap\n{MINIMAL}")).unwrap()
+    else {
+        panic!("expected the ldap variant");
+    };
+    assert!(config.compile(Path::new("/")).is_ok());
+    let e = serde_saphyr::from_str::<Source>(&format!("kind: ldap\n{MINIMAL}pagesize: 5\n"))
+        .expect_err("unknown field inside the tagged enum");
+    assert!(e.to_string().contains("pagesize"), "{e}");
+}
+
+#[test]
+fn user_search_asks_for_the_key_and_uid_but_not_dn() {
+    let s = compile_with("").unwrap();
+    let wanted: BTreeSet<String> = ["mail", "DN", "givenName", "UID"].map(String::from).into();
+    assert_eq!(
+        user_attributes(&s, &wanted),
+        vec!["UID", "givenName", "mail", "entryUUID"]
+    );
+}
+
+#[test]
+fn password_files_open_to_others_or_empty_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let source = PasswordSource::File(file.clone());
+    let e = source.read().unwrap_err().to_string();
+    assert!(e.contains("open to other users"), "{e}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(source.read().unwrap().expose_secret(), "s3cret");
+    std::fs::write(&file, "\n").unwrap();
+    assert!(source.read().unwrap_err().to_string().contains("empty"));
+}

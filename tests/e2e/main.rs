@@ -1,0 +1,16 @@
+//! End-to-end tests: the built `idsync` binary against real servers.
+//!
+//! One integration-test binary (as ripgrep does) with a small shared harness.
+//! Every test starts its own `scim2-server` on a free loopback port and works in its
+//! own temporary directory, so tests are independent and run in parallel. The SCIM
+//! server comes from `scripts/test-env.sh` (`$IDSYNC_SCIM2_SERVER`, or
+//! `.test-env/venv/bin/scim2-server`).
+//!
+//! This binary does not own: unit tests of the planner, mapping or SCIM client
+//! (next to the code), fault injection (429/5xx) or LDAP sources.
+
+mod bad_input;
+mod cli;
+mod csv_sync;
+mod harness;
+mod selftest;

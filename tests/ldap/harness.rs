@@ -1,0 +1,363 @@
+//! Shared harness of the LDAP tests: a throw-away slapd (`Slapd`, started by
+//! `scripts/slapd.sh` in a temp dir on a free loopback port, killed by PID on
+//! drop, also on panic), an LDIF writer (`Ldif`), and configs for the adapter.
+
+#![allow(dead_code)] // not every test uses every helper
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use idsync::source::ldap::{LdapConfig, LdapSettings};
+
+pub const SUFFIX: &str = "dc=example,dc=com";
+pub const PEOPLE: &str = "ou=people,dc=example,dc=com";
+pub const GROUPS: &str = "ou=groups,dc=example,dc=com";
+pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=com";
+pub const ADMIN_PW: &str = "adminpass";
+pub const SYNC_DN: &str = "cn=sync,dc=example,dc=com";
+pub const SYNC_PW: &str = "syncpass";
+/// An account whose searches stop at 1000 entries, paged or not.
+pub const LIMITED_DN: &str = "cn=limited,dc=example,dc=com";
+pub const LIMITED_PW: &str = "limitedpass";
+/// The service account's size limit for unpaged searches (see scripts/slapd.sh).
+pub const SYNC_SIZE_LIMIT: usize = 1000;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slapd.sh")
+}
+
+/// A port nothing listens on right now (the kernel's pick, released at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running slapd of our own. Dropping it stops it.
+pub struct Slapd {
+    // Declared first so it is dropped last: the server's files live here.
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+    /// `ldaps://127.0.0.1:PORT` when started with TLS.
+    pub ldaps_url: Option<String>,
+}
+
+impl Slapd {
+    /// Starts a server with the base entries plus `ldif` (loaded offline with
+    /// slapadd, so no overlays run on it).
+    pub fn start(ldif: &str) -> Slapd {
+        Slapd::start_with(ldif, false)
+    }
+
+    /// Like `start`, with TLS: LDAPS on a second port and StartTLS on the first,
+    /// with a certificate from a throw-away CA (`ca_file()`).
+    pub fn start_tls(ldif: &str) -> Slapd {
+        Slapd::start_with(ldif, true)
+    }
+
+    fn start_with(ldif: &str, tls: bool) -> Slapd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data.ldif");
+        std::fs::write(&data, ldif).expect("write LDIF");
+        // A port picked free can be taken before slapd binds it: try a few.
+        let mut last = String::new();
+        for attempt in 0..3 {
+            let port = free_port();
+            let ldaps_port = free_port();
+            let server_dir = dir.path().join(format!("slapd-{attempt}"));
+            let mut command = Command::new("bash");
+            command
+                .arg(script())
+                .arg("start")
+                .arg(&server_dir)
+                .arg(port.to_string());
+            if tls {
+                command.arg("--ldaps-port").arg(ldaps_port.to_string());
+            }
+            let out = command
+                .arg(&data)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run scripts/slapd.sh");
+            if out.status.success() {
+                let slapd = Slapd {
+                    dir,
+                    port,
+                    url: format!("ldap://127.0.0.1:{port}"),
+                    ldaps_url: tls.then(|| format!("ldaps://127.0.0.1:{ldaps_port}")),
+                };
+                // The server directory is the attempt's; remember it for stop.
+                std::fs::write(
+                    slapd.dir.path().join("server-dir"),
+                    server_dir.as_os_str().as_encoded_bytes(),
+                )
+                .expect("note server dir");
+                return slapd;
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        panic!("slapd did not start:\n{last}");
+    }
+
+    fn server_dir(&self) -> PathBuf {
+        PathBuf::from(
+            std::fs::read_to_string(self.dir.path().join("server-dir")).expect("server dir"),
+        )
+    }
+
+    /// slapd's process id.
+    pub fn pid(&self) -> u32 {
+        let text = std::fs::read_to_string(self.server_dir().join("slapd.pid")).expect("pid file");
+        text.trim().parse().expect("a pid")
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to this slapd.
+    pub fn signal(&self, signal: &str) {
+        let status = kill(signal, self.pid()).expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// The PEM file of the CA that signed the server's certificate (TLS only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.server_dir().join("tls/ca.pem")
+    }
+
+    /// A password file with the sync account's password.
+    pub fn sync_password_file(&self) -> PathBuf {
+        self.password_file("sync.pw", SYNC_PW)
+    }
+
+    /// A file holding `password`, readable by the owner only.
+    pub fn password_file(&self, name: &str, password: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, format!("{password}\n")).expect("write password file");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        path
+    }
+
+    /// Settings for the adapter: the sync account, plus `extra` YAML lines.
+    pub fn settings(&self, extra: &str) -> LdapSettings {
+        let pw = self.password_file("sync.pw", SYNC_PW);
+        settings_for(&self.url, &pw, extra)
+    }
+
+    /// Settings for the adapter that bind as `bind_dn` with `password`.
+    pub fn settings_as(&self, bind_dn: &str, password: &str, extra: &str) -> LdapSettings {
+        let pw = self.password_file("other.pw", password);
+        settings_for(&self.url, &pw, &format!("bind_dn: {bind_dn}\n{extra}"))
+    }
+
+    /// Runs an OpenLDAP client tool against this server; returns its output.
+    pub fn tool(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(tool)
+            .args(["-x", "-o", "nettimeout=10", "-H", &self.url])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(input);
+        child.wait_with_output().expect("tool output")
+    }
+
+    /// Applies an LDIF change (add/modify/modrdn) as the rootdn.
+    pub fn modify(&self, ldif: &str) {
+        let out = self.tool("ldapmodify", &["-D", ADMIN_DN, "-w", ADMIN_PW], Some(ldif));
+        assert!(
+            out.status.success(),
+            "ldapmodify failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        let server_dir = self.server_dir();
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(&server_dir)
+            .stdin(Stdio::null())
+            .output();
+        // Belt and braces: if the script could not run, kill by the PID it recorded.
+        if let Ok(pid) = std::fs::read_to_string(server_dir.join("slapd.pid"))
+            && let Ok(pid) = pid.trim().parse::<u32>()
+        {
+            let _ = kill("KILL", pid);
+        }
+    }
+}
+
+/// Signals one process by PID (bash's builtin `kill`: no procps needed).
+fn kill(signal: &str, pid: u32) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("bash")
+        .args(["-c", "kill -s \"$1\" \"$2\"", "kill"])
+        .arg(signal)
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .status()
+}
+
+pub fn settings_for(url: &str, password_file: &Path, extra: &str) -> LdapSettings {
+    let mut yaml = format!(
+        "url: {url}\nbind_password_file: {}\nbase_dn: {SUFFIX}\n{extra}",
+        password_file.display()
+    );
+    // Defaults for what `extra` leaves out.
+    if !extra.contains("bind_dn:") {
+        yaml.push_str(&format!("bind_dn: {SYNC_DN}\n"));
+    }
+    if !extra.contains("timeout:") {
+        yaml.push_str("timeout: 10s\n");
+    }
+    let config: LdapConfig = serde_saphyr::from_str(&yaml).expect("test config parses");
+    config
+        .compile(Path::new("/"))
+        .expect("test config compiles")
+}
+
+/// Writes LDIF (RFC 2849), base64-encoding values that are not safe strings.
+#[derive(Default)]
+pub struct Ldif(String);
+
+impl Ldif {
+    pub fn entry(&mut self, dn: &str, attrs: &[(&str, &str)]) -> &mut Self {
+        self.line("dn", dn);
+        for (name, value) in attrs {
+            self.line(name, value);
+        }
+        self.0.push('\n');
+        self
+    }
+
+    fn line(&mut self, name: &str, value: &str) {
+        let safe = value.is_ascii()
+            && !value.starts_with([' ', ':', '<'])
+            && !value.ends_with(' ')
+            && !value.contains(['\n', '\r', '\0']);
+        if safe {
+            let _ = writeln!(self.0, "{name}: {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}:: {}", base64(value.as_bytes()));
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// First and last names that exercise UTF-8 handling.
+pub const NAMES: [(&str, &str); 5] = [
+    ("Jörg", "Müller"),
+    ("Inés", "Nuñez"),
+    ("Søren", "Østergaard"),
+    ("Ann", "Smith"),
+    ("Zoë", "Łukasiewicz"),
+];
+
+/// One generated person.
+pub struct Person {
+    pub dn: String,
+    pub uid: String,
+    pub given: &'static str,
+    pub family: &'static str,
+    pub mail: Option<String>,
+}
+
+/// Users 1..=n: every 10th has no mail, users 2 and 3 share one mail address,
+/// and every 500th has a non-ASCII DN (`cn=…`) instead of `uid=…`.
+pub fn people(n: usize) -> Vec<Person> {
+    (1..=n)
+        .map(|i| {
+            let (given, family) = NAMES[i % NAMES.len()];
+            let uid = format!("user{i:05}");
+            let dn = if i % 500 == 0 {
+                format!("cn={given} {family} {i},{PEOPLE}")
+            } else {
+                format!("uid={uid},{PEOPLE}")
+            };
+            let mail = match i {
+                2 | 3 => Some("shared@example.com".to_string()),
+                _ if i % 10 == 0 => None,
+                _ => Some(format!("{uid}@example.com")),
+            };
+            Person {
+                dn,
+                uid,
+                given,
+                family,
+                mail,
+            }
+        })
+        .collect()
+}
+
+pub fn add_people(ldif: &mut Ldif, people: &[Person]) {
+    for p in people {
+        let cn = format!(
+            "{} {} {}",
+            p.given,
+            p.family,
+            &p.uid[4..].trim_start_matches('0')
+        );
+        let mut attrs = vec![
+            ("objectClass", "inetOrgPerson"),
+            ("uid", p.uid.as_str()),
+            ("cn", cn.as_str()),
+            ("givenName", p.given),
+            ("sn", p.family),
+            ("title", "Engineer"),
+        ];
+        if let Some(mail) = &p.mail {
+            attrs.push(("mail", mail.as_str()));
+        }
+        ldif.entry(&p.dn, &attrs);
+    }
+}
+
+/// Runs `f` until it returns true or `limit` passes; returns the last answer.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
