@@ -56,10 +56,26 @@ fn orchestrate(users: usize, groups: usize) {
 
 fn generate(dir: &Path, users: usize, groups: usize) -> PathBuf {
     let mut u = std::io::BufWriter::new(std::fs::File::create(dir.join("users.csv")).unwrap());
-    writeln!(u, "id,email,given_name,family_name,display_name,title,department,active").unwrap();
+    writeln!(
+        u,
+        "id,email,given_name,family_name,display_name,title,department,active"
+    )
+    .unwrap();
     let given = ["Ada", "Bjørn", "Chloé", "Dmitri", "Elena", "José", "Zoë"];
-    let family = ["Lovelace", "Østergaard", "Müller", "Nuñez", "Hopper", "Tanaka"];
-    let titles = ["Engineer", "Senior Engineer", "Designer", "Account Executive"];
+    let family = [
+        "Lovelace",
+        "Østergaard",
+        "Müller",
+        "Nuñez",
+        "Hopper",
+        "Tanaka",
+    ];
+    let titles = [
+        "Engineer",
+        "Senior Engineer",
+        "Designer",
+        "Account Executive",
+    ];
     for i in 0..users {
         let (g, f) = (given[i % given.len()], family[i % family.len()]);
         writeln!(
@@ -104,7 +120,9 @@ fn peak_rss_mib() -> f64 {
 async fn stage(name: &str, config: &Path) {
     let settings = Settings::load(config).expect("config");
     let t = Instant::now();
-    let dir = idsync::source::read(&settings.source, &settings.mapping.source_attributes()).await.expect("source");
+    let dir = idsync::source::read(&settings.source, &settings.mapping.source_attributes())
+        .await
+        .expect("source");
     let read = t.elapsed();
     let desired = settings.mapping.build(dir).expect("mapping");
     let mapped = t.elapsed();
@@ -129,14 +147,24 @@ async fn stage(name: &str, config: &Path) {
             let mut state = State::default();
             for (i, op) in plan.operations.iter().enumerate() {
                 match op {
-                    Operation::CreateUser { key, user_name, changes } => {
-                        let attrs: idsync::model::UserAttrs =
-                            changes.iter().filter_map(|(a, c)| c.new.clone().map(|v| (*a, v))).collect();
+                    Operation::CreateUser {
+                        key,
+                        user_name,
+                        changes,
+                    } => {
+                        let attrs: idsync::model::UserAttrs = changes
+                            .iter()
+                            .filter_map(|(a, c)| c.new.clone().map(|v| (*a, v)))
+                            .collect();
                         state.users.insert(
                             key.clone(),
                             StateUser {
                                 scim_id: idsync::model::ScimId::new(format!("id-{i}")),
-                                user_name: attrs.get(&UserAttr::UserName).cloned().unwrap_or(user_name.clone()).into(),
+                                user_name: attrs
+                                    .get(&UserAttr::UserName)
+                                    .cloned()
+                                    .unwrap_or(user_name.clone())
+                                    .into(),
                                 hash: AttrHash::of(&attrs, &create_only),
                                 status: Status::Active,
                                 ownership: Ownership::Created,
@@ -176,14 +204,23 @@ async fn stage(name: &str, config: &Path) {
             );
         }
         _ => {
-            let mut db = StateDb::open_read_only(&settings.state_path).expect("state").expect("seeded");
+            let mut db = StateDb::open_read_only(&settings.state_path)
+                .expect("state")
+                .expect("seeded");
             let mut state = db.load().expect("load");
             let loaded = t.elapsed();
-            let keys: Vec<SourceKey> = plan::keys_needing_attrs(&desired, &state).into_iter().cloned().collect();
+            let keys: Vec<SourceKey> = plan::keys_needing_attrs(&desired, &state)
+                .into_iter()
+                .cloned()
+                .collect();
             db.load_attrs(&mut state, keys.iter()).expect("attrs");
             let plan = plan::plan(&desired, &state, &settings.policy);
             let total = t.elapsed();
-            assert!(plan.is_empty(), "a no-change cycle planned {} operations", plan.operations.len());
+            assert!(
+                plan.is_empty(),
+                "a no-change cycle planned {} operations",
+                plan.operations.len()
+            );
             println!(
                 "no-change cycle: read {:.2}s, map {:.2}s, load state {:.2}s, plan {:.2}s, total {:.2}s, peak RSS {:.0} MiB",
                 read.as_secs_f64(),

@@ -17,7 +17,10 @@ use crate::model::{AttrHash, GroupKey, ScimId, SourceKey, UserAttr, UserAttrs};
 use crate::plan::{Changes, Operation, Phase};
 use crate::report::FailedOp;
 use crate::scim::{ScimClient, ScimError};
-use crate::state::{OpRecord, Ownership, RunId, State, StateChange, StateDb, StateError, StateGroup, StateUser, Status};
+use crate::state::{
+    OpRecord, Ownership, RunId, State, StateChange, StateDb, StateError, StateGroup, StateUser,
+    Status,
+};
 
 /// Stop early when at least this many operations ran and more than half failed:
 /// the target is broken, and hammering it helps nobody.
@@ -45,9 +48,15 @@ impl std::fmt::Display for Stop {
         match self {
             Stop::Unauthorized(d) => write!(f, "the target refused the token: {d}"),
             Stop::FailureBudget { failed, done } => {
-                write!(f, "{failed} of {done} operations failed, so the cycle stopped")
+                write!(
+                    f,
+                    "{failed} of {done} operations failed, so the cycle stopped"
+                )
             }
-            Stop::Signal => write!(f, "interrupted by a signal; operations in flight were committed"),
+            Stop::Signal => write!(
+                f,
+                "interrupted by a signal; operations in flight were committed"
+            ),
         }
     }
 }
@@ -66,21 +75,52 @@ pub struct Outcome {
 /// futures own their inputs while the commit loop owns the state.
 enum Job {
     None,
-    CreateUser { attrs: UserAttrs, lookup_first: bool },
-    PatchUser { id: ScimId, changes: Vec<(UserAttr, Option<String>)>, active: Option<bool> },
-    DeleteUser { id: ScimId },
-    CreateGroup { name: String, external_id: String, lookup_first: bool },
-    RenameGroup { id: ScimId, name: String },
-    Members { group: ScimId, add: bool, ids: Vec<ScimId>, keys: Vec<SourceKey>, unresolved: usize },
-    DeleteGroup { id: ScimId },
+    CreateUser {
+        attrs: UserAttrs,
+        lookup_first: bool,
+    },
+    PatchUser {
+        id: ScimId,
+        changes: Vec<(UserAttr, Option<String>)>,
+        active: Option<bool>,
+    },
+    DeleteUser {
+        id: ScimId,
+    },
+    CreateGroup {
+        name: String,
+        external_id: String,
+        lookup_first: bool,
+    },
+    RenameGroup {
+        id: ScimId,
+        name: String,
+    },
+    Members {
+        group: ScimId,
+        add: bool,
+        ids: Vec<ScimId>,
+        keys: Vec<SourceKey>,
+        unresolved: usize,
+    },
+    DeleteGroup {
+        id: ScimId,
+    },
     Skip(String),
 }
 
 /// The request's result, before it is committed.
 enum Done {
     Ok,
-    Created { id: ScimId, ownership: Ownership, attrs: UserAttrs },
-    GroupCreated { id: ScimId, ownership: Ownership },
+    Created {
+        id: ScimId,
+        ownership: Ownership,
+        attrs: UserAttrs,
+    },
+    GroupCreated {
+        id: ScimId,
+        ownership: Ownership,
+    },
     Gone,
     Skipped(String),
     Failed(ScimError),
@@ -98,23 +138,32 @@ pub struct Executor<'a> {
 
 impl Executor<'_> {
     /// Applies `ops` (already checked by the guards) as run `command`.
-    pub async fn run(mut self, command: &str, ops: &[Operation]) -> Result<(Outcome, RunId), ApplyError> {
-        let interrupted: HashSet<(String, String)> = self.db.interrupted_ops()?.into_iter().collect();
+    pub async fn run(
+        mut self,
+        command: &str,
+        ops: &[Operation],
+    ) -> Result<(Outcome, RunId), ApplyError> {
+        let interrupted: HashSet<(String, String)> =
+            self.db.interrupted_ops()?.into_iter().collect();
         if !interrupted.is_empty() {
             tracing::warn!(
                 operations = interrupted.len(),
                 "a previous run was interrupted; creates it had started are looked up before being sent again"
             );
         }
-        let journal: Vec<(&'static str, String)> =
-            ops.iter().map(|op| (op.name(), op.subject().to_string())).collect();
+        let journal: Vec<(&'static str, String)> = ops
+            .iter()
+            .map(|op| (op.name(), op.subject().to_string()))
+            .collect();
         let run = self.db.begin_run(command, &journal)?;
 
         // Updates need the last pushed attributes (a saved plan arrives without them).
         let need: Vec<SourceKey> = ops
             .iter()
             .filter_map(|op| match op {
-                Operation::UpdateUser { key, .. } | Operation::EnableUser { key, .. } => Some(key.clone()),
+                Operation::UpdateUser { key, .. } | Operation::EnableUser { key, .. } => {
+                    Some(key.clone())
+                }
                 _ => None,
             })
             .filter(|k| self.state.users.get(k).is_some_and(|u| u.attrs.is_none()))
@@ -134,7 +183,8 @@ impl Executor<'_> {
                 .await?;
             seq = end;
         }
-        outcome.skipped += (ops.len() as u64).saturating_sub(outcome.applied + outcome.failed + outcome.skipped);
+        outcome.skipped +=
+            (ops.len() as u64).saturating_sub(outcome.applied + outcome.failed + outcome.skipped);
         self.progress.finish_and_clear();
         Ok((outcome, run))
     }
@@ -151,7 +201,8 @@ impl Executor<'_> {
         if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
             // Marked before any request leaves: after a crash, these are looked up
             // before being created again, so nothing is duplicated.
-            self.db.mark_started_from(run, first_seq as i64, ops.len() as i64)?;
+            self.db
+                .mark_started_from(run, first_seq as i64, ops.len() as i64)?;
         }
         let jobs: Vec<(usize, Job)> = ops
             .iter()
@@ -200,27 +251,38 @@ impl Executor<'_> {
     }
 
     fn live_user(&self, key: &SourceKey) -> Option<&StateUser> {
-        self.state.users.get(key).filter(|u| u.status != Status::Removed)
+        self.state
+            .users
+            .get(key)
+            .filter(|u| u.status != Status::Removed)
     }
 
     fn live_group(&self, key: &GroupKey) -> Option<&StateGroup> {
-        self.state.groups.get(key).filter(|g| g.status != Status::Removed)
+        self.state
+            .groups
+            .get(key)
+            .filter(|g| g.status != Status::Removed)
     }
 
     fn prepare(&self, op: &Operation, interrupted: &HashSet<(String, String)>) -> Job {
-        let was_started = || interrupted.contains(&(op.name().to_string(), op.subject().to_string()));
+        let was_started =
+            || interrupted.contains(&(op.name().to_string(), op.subject().to_string()));
         match op {
             Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => Job::None,
             Operation::CreateUser { changes, .. } => Job::CreateUser {
                 attrs: new_values(changes),
                 lookup_first: was_started(),
             },
-            Operation::UpdateUser { scim_id, changes, .. } => Job::PatchUser {
+            Operation::UpdateUser {
+                scim_id, changes, ..
+            } => Job::PatchUser {
                 id: scim_id.clone(),
                 changes: patch_list(changes),
                 active: None,
             },
-            Operation::EnableUser { scim_id, changes, .. } => Job::PatchUser {
+            Operation::EnableUser {
+                scim_id, changes, ..
+            } => Job::PatchUser {
                 id: scim_id.clone(),
                 changes: patch_list(changes),
                 active: Some(true),
@@ -230,22 +292,29 @@ impl Executor<'_> {
                 changes: Vec::new(),
                 active: Some(false),
             },
-            Operation::DeleteUser { scim_id, .. } => Job::DeleteUser { id: scim_id.clone() },
+            Operation::DeleteUser { scim_id, .. } => Job::DeleteUser {
+                id: scim_id.clone(),
+            },
             Operation::CreateGroup { key, display_name } => Job::CreateGroup {
                 name: display_name.clone(),
                 external_id: key.to_string(),
                 lookup_first: was_started(),
             },
             Operation::UpdateGroup {
-                scim_id, display_name, ..
+                scim_id,
+                display_name,
+                ..
             } => Job::RenameGroup {
                 id: scim_id.clone(),
                 name: display_name.clone(),
             },
-            Operation::AddMembers { key, members, .. } | Operation::RemoveMembers { key, members, .. } => {
+            Operation::AddMembers { key, members, .. }
+            | Operation::RemoveMembers { key, members, .. } => {
                 let add = matches!(op, Operation::AddMembers { .. });
                 let Some(group) = self.live_group(key) else {
-                    return Job::Skip(format!("group {key} does not exist in the target (its creation failed)"));
+                    return Job::Skip(format!(
+                        "group {key} does not exist in the target (its creation failed)"
+                    ));
                 };
                 let mut ids = Vec::with_capacity(members.len());
                 let mut keys = Vec::with_capacity(members.len());
@@ -257,7 +326,10 @@ impl Executor<'_> {
                 }
                 let unresolved = members.len() - ids.len();
                 if ids.is_empty() {
-                    return Job::Skip(format!("none of the {} members exists in the target yet", members.len()));
+                    return Job::Skip(format!(
+                        "none of the {} members exists in the target yet",
+                        members.len()
+                    ));
                 }
                 Job::Members {
                     group: group.scim_id.clone(),
@@ -267,7 +339,9 @@ impl Executor<'_> {
                     unresolved,
                 }
             }
-            Operation::DeleteGroup { scim_id, .. } => Job::DeleteGroup { id: scim_id.clone() },
+            Operation::DeleteGroup { scim_id, .. } => Job::DeleteGroup {
+                id: scim_id.clone(),
+            },
         }
     }
 
@@ -336,24 +410,36 @@ impl Executor<'_> {
     }
 
     /// The state change a successful (or "already gone") operation makes.
-    fn state_change(&self, op: &Operation, job: &Job, done: Done, record: &mut OpRecord) -> Option<StateChange> {
+    fn state_change(
+        &self,
+        op: &Operation,
+        job: &Job,
+        done: Done,
+        record: &mut OpRecord,
+    ) -> Option<StateChange> {
         match (op, done) {
             (Operation::AdoptUser { .. } | Operation::AdoptGroup { .. }, _) => None,
-            (Operation::CreateUser { key, user_name, .. }, Done::Created { id, ownership, attrs }) => {
-                Some(StateChange::PutUser {
-                    key: key.clone(),
-                    user: StateUser {
-                        scim_id: id,
-                        user_name: user_name.as_str().into(),
-                        hash: AttrHash::of(&attrs, &self.create_only),
-                        status: Status::Active,
-                        ownership,
-                        attrs: Some(attrs),
-                    },
-                })
-            }
             (
-                Operation::UpdateUser { key, changes, .. } | Operation::EnableUser { key, changes, .. },
+                Operation::CreateUser { key, user_name, .. },
+                Done::Created {
+                    id,
+                    ownership,
+                    attrs,
+                },
+            ) => Some(StateChange::PutUser {
+                key: key.clone(),
+                user: StateUser {
+                    scim_id: id,
+                    user_name: user_name.as_str().into(),
+                    hash: AttrHash::of(&attrs, &self.create_only),
+                    status: Status::Active,
+                    ownership,
+                    attrs: Some(attrs),
+                },
+            }),
+            (
+                Operation::UpdateUser { key, changes, .. }
+                | Operation::EnableUser { key, changes, .. },
                 Done::Ok,
             ) => {
                 let current = self.state.users.get(key)?;
@@ -405,21 +491,24 @@ impl Executor<'_> {
                 key: key.clone(),
                 status: Status::Disabled,
             }),
-            (Operation::DeleteUser { key, .. }, Done::Ok | Done::Gone) => Some(StateChange::UserStatus {
-                key: key.clone(),
-                status: Status::Removed,
-            }),
-            (Operation::CreateGroup { key, display_name }, Done::GroupCreated { id, ownership }) => {
-                Some(StateChange::PutGroup {
+            (Operation::DeleteUser { key, .. }, Done::Ok | Done::Gone) => {
+                Some(StateChange::UserStatus {
                     key: key.clone(),
-                    group: StateGroup {
-                        scim_id: id,
-                        display_name: display_name.clone(),
-                        status: Status::Active,
-                        ownership,
-                    },
+                    status: Status::Removed,
                 })
             }
+            (
+                Operation::CreateGroup { key, display_name },
+                Done::GroupCreated { id, ownership },
+            ) => Some(StateChange::PutGroup {
+                key: key.clone(),
+                group: StateGroup {
+                    scim_id: id,
+                    display_name: display_name.clone(),
+                    status: Status::Active,
+                    ownership,
+                },
+            }),
             (
                 Operation::UpdateGroup {
                     key, display_name, ..
@@ -435,9 +524,15 @@ impl Executor<'_> {
                     },
                 })
             }
-            (Operation::AddMembers { key, .. } | Operation::RemoveMembers { key, .. }, Done::Ok) => {
+            (
+                Operation::AddMembers { key, .. } | Operation::RemoveMembers { key, .. },
+                Done::Ok,
+            ) => {
                 let Job::Members {
-                    add, keys, unresolved, ..
+                    add,
+                    keys,
+                    unresolved,
+                    ..
                 } = job
                 else {
                     return None;
@@ -467,8 +562,10 @@ impl Executor<'_> {
             ) => {
                 record.outcome = "failed";
                 record.http_status = Some(404);
-                record.error =
-                    Some("the group no longer exists in the target; it will be created again next cycle".into());
+                record.error = Some(
+                    "the group no longer exists in the target; it will be created again next cycle"
+                        .into(),
+                );
                 Some(StateChange::GroupStatus {
                     key: key.clone(),
                     status: Status::Removed,
@@ -538,7 +635,11 @@ fn apply_to_state(state: &mut State, change: StateChange) {
             }
         }
         StateChange::PutGroup { key, group } => {
-            if state.groups.get(&key).is_some_and(|g| g.scim_id != group.scim_id) {
+            if state
+                .groups
+                .get(&key)
+                .is_some_and(|g| g.scim_id != group.scim_id)
+            {
                 state.memberships.remove(&key);
             }
             state.groups.insert(key, group);
@@ -569,16 +670,25 @@ async fn execute(client: &ScimClient, job: &Job) -> Done {
     let result = match job {
         Job::None => return Done::Ok,
         Job::Skip(why) => return Done::Skipped(why.clone()),
-        Job::CreateUser { attrs, lookup_first } => return create_user(client, attrs, *lookup_first).await,
+        Job::CreateUser {
+            attrs,
+            lookup_first,
+        } => return create_user(client, attrs, *lookup_first).await,
         Job::CreateGroup {
             name,
             external_id,
             lookup_first,
         } => return create_group(client, name, external_id, *lookup_first).await,
-        Job::PatchUser { id, changes, active } => client.patch_user(id, changes, *active).await,
+        Job::PatchUser {
+            id,
+            changes,
+            active,
+        } => client.patch_user(id, changes, *active).await,
         Job::DeleteUser { id } => client.delete_user(id).await,
         Job::RenameGroup { id, name } => client.rename_group(id, name).await,
-        Job::Members { group, add, ids, .. } => {
+        Job::Members {
+            group, add, ids, ..
+        } => {
             if *add {
                 client.add_members(group, ids).await
             } else {
@@ -632,18 +742,29 @@ async fn create_user(client: &ScimClient, attrs: &UserAttrs, lookup_first: bool)
         .map(|(a, v)| (*a, Some(v.clone())))
         .collect();
     if (!changes.is_empty() || !remote.active)
-        && let Err(e) = client.patch_user(&remote.id, &changes, (!remote.active).then_some(true)).await
+        && let Err(e) = client
+            .patch_user(&remote.id, &changes, (!remote.active).then_some(true))
+            .await
     {
         return Done::Failed(e);
     }
     Done::Created {
         id: remote.id,
-        ownership: if lookup_first { Ownership::Created } else { Ownership::Adopted },
+        ownership: if lookup_first {
+            Ownership::Created
+        } else {
+            Ownership::Adopted
+        },
         attrs: attrs.clone(),
     }
 }
 
-async fn create_group(client: &ScimClient, name: &str, external_id: &str, lookup_first: bool) -> Done {
+async fn create_group(
+    client: &ScimClient,
+    name: &str,
+    external_id: &str,
+    lookup_first: bool,
+) -> Done {
     if lookup_first {
         match client.find_group_by_display_name(name).await {
             Ok(Some(g)) => {
@@ -661,14 +782,16 @@ async fn create_group(client: &ScimClient, name: &str, external_id: &str, lookup
             id: g.id,
             ownership: Ownership::Created,
         },
-        Err(ScimError::Conflict { detail }) => match client.find_group_by_display_name(name).await {
-            Ok(Some(g)) => Done::GroupCreated {
-                id: g.id,
-                ownership: Ownership::Adopted,
-            },
-            Ok(None) => Done::Failed(ScimError::Conflict { detail }),
-            Err(e) => Done::Failed(e),
-        },
+        Err(ScimError::Conflict { detail }) => {
+            match client.find_group_by_display_name(name).await {
+                Ok(Some(g)) => Done::GroupCreated {
+                    id: g.id,
+                    ownership: Ownership::Adopted,
+                },
+                Ok(None) => Done::Failed(ScimError::Conflict { detail }),
+                Err(e) => Done::Failed(e),
+            }
+        }
         Err(e) => Done::Failed(e),
     }
 }

@@ -19,7 +19,7 @@ use crate::quarantine;
 use crate::report::{self, Format, RunSummary, Style};
 use crate::scim::{ClientOptions, ScimClient, ScimError};
 use crate::source::{self, SourceError};
-use crate::state::{State, StateDb, StateError, Status};
+use crate::state::{RunEnd, State, StateDb, StateError, Status};
 
 /// Exit codes (DESIGN.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +73,9 @@ impl From<StateError> for Failure {
             _ => Failure::new(
                 Exit::Usage,
                 e.to_string(),
-                Some("check the `state:` path and its permissions; the DB is never changed by a failed open"),
+                Some(
+                    "check the `state:` path and its permissions; the DB is never changed by a failed open",
+                ),
             ),
         }
     }
@@ -104,7 +106,11 @@ fn target_failure(e: ScimError) -> Failure {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "idsync", version, about = "Keep a SCIM 2.0 directory (Atlassian Cloud first) in step with your company directory")]
+#[command(
+    name = "idsync",
+    version,
+    about = "Keep a SCIM 2.0 directory (Atlassian Cloud first) in step with your company directory"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -206,7 +212,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format, cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -309,7 +318,9 @@ fn shutdown_flag() -> Arc<AtomicBool> {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -328,13 +339,20 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
     println!("{}: configuration is valid", path.display());
     println!("  source:  {}", describe_source(&settings));
     println!("  mapping: {}", settings.mapping_path.display());
-    println!("  target:  {} ({:?})", settings.target.base_url, settings.target.flavour);
+    println!(
+        "  target:  {} ({:?})",
+        settings.target.base_url, settings.target.flavour
+    );
     println!("  state:   {}", settings.state_path.display());
     println!(
         "  policy:  remove_action {:?}, max_removals {}, groups {}",
         settings.policy.remove_action,
         settings.policy.max_removals,
-        if settings.policy.provision_groups { "provisioned" } else { "not provisioned" }
+        if settings.policy.provision_groups {
+            "provisioned"
+        } else {
+            "not provisioned"
+        }
     );
     if let Err(e) = settings.target.token.read() {
         eprintln!("warning: {e}");
@@ -359,19 +377,28 @@ fn client(settings: &Settings) -> Result<ScimClient, Failure> {
         base_url: t.base_url.clone(),
         token,
         flavour: t.flavour,
-        rate_limit: t.rate_limit.clone(),
+        rate_limit: t.rate_limit,
         timeout: t.timeout,
-        retry: t.retry.clone(),
+        retry: t.retry,
         page_size: t.page_size,
         member_chunk: t.member_chunk,
     })
-    .map_err(|e| Failure::new(Exit::Usage, format!("target: {e}"), Some("check the target section of the config")))
+    .map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("target: {e}"),
+            Some("check the target section of the config"),
+        )
+    })
 }
 
 /// Reads the target's capabilities and makes one authenticated request, so a
 /// wrong token or URL stops the cycle before anything changes.
 async fn preflight(client: &ScimClient) -> Result<(), Failure> {
-    client.service_provider_config().await.map_err(target_failure)?;
+    client
+        .service_provider_config()
+        .await
+        .map_err(target_failure)?;
     client
         .find_user_by_user_name("idsync-connectivity-check@invalid")
         .await
@@ -382,9 +409,15 @@ async fn preflight(client: &ScimClient) -> Result<(), Failure> {
 async fn check(settings: &Settings) -> Result<Exit, Failure> {
     let started = Instant::now();
     let what = source::check(&settings.source).await?;
-    println!("source: ok, {what} ({:.1}s)", started.elapsed().as_secs_f64());
+    println!(
+        "source: ok, {what} ({:.1}s)",
+        started.elapsed().as_secs_f64()
+    );
     let client = client(settings)?;
-    let spc = client.service_provider_config().await.map_err(target_failure)?;
+    let spc = client
+        .service_provider_config()
+        .await
+        .map_err(target_failure)?;
     client
         .find_user_by_user_name("idsync-connectivity-check@invalid")
         .await
@@ -395,7 +428,9 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         "  capabilities: patch {}, filter {}{}, bulk {}, etag {}",
         yes_no(spc.patch),
         yes_no(spc.filter),
-        spc.filter_max_results.map(|n| format!(" (max {n} results)")).unwrap_or_default(),
+        spc.filter_max_results
+            .map(|n| format!(" (max {n} results)"))
+            .unwrap_or_default(),
         yes_no(spc.bulk),
         yes_no(spc.etag)
     );
@@ -494,7 +529,10 @@ async fn make_plan(
         state = rebuilt;
         adoptions = adopted;
     } else if let Some(db) = &db {
-        let keys: Vec<SourceKey> = plan::keys_needing_attrs(&desired, &state).into_iter().cloned().collect();
+        let keys: Vec<SourceKey> = plan::keys_needing_attrs(&desired, &state)
+            .into_iter()
+            .cloned()
+            .collect();
         db.load_attrs(&mut state, keys.iter())?;
     }
     let mut plan = plan::plan(&desired, &state, &settings.policy);
@@ -522,10 +560,20 @@ async fn make_plan(
 }
 
 fn fingerprint(settings: &Settings, generation: i64, full: bool) -> String {
-    format!("{}-{}{}", settings.fingerprint, generation, if full { "-full" } else { "" })
+    format!(
+        "{}-{}{}",
+        settings.fingerprint,
+        generation,
+        if full { "-full" } else { "" }
+    )
 }
 
-async fn plan_command(settings: &Settings, full: bool, format: Format, out: Option<&Path>) -> Result<Exit, Failure> {
+async fn plan_command(
+    settings: &Settings,
+    full: bool,
+    format: Format,
+    out: Option<&Path>,
+) -> Result<Exit, Failure> {
     let mut db = StateDb::open_read_only(&settings.state_path)?;
     let client = if full {
         let c = client(settings)?;
@@ -535,15 +583,29 @@ async fn plan_command(settings: &Settings, full: bool, format: Format, out: Opti
         None
     };
     let planned = make_plan(settings, db.as_mut(), full, client.as_ref()).await?;
-    if let Err(stop) = guard::check(&planned.plan, &planned.desired, &planned.state, &settings.policy, false) {
+    if let Err(stop) = guard::check(
+        &planned.plan,
+        &planned.desired,
+        &planned.state,
+        &settings.policy,
+        false,
+    ) {
         eprintln!("warning: `sync` would stop here: {stop}");
         eprintln!("hint: {}", stop.hint());
     }
     if let Some(path) = out {
         std::fs::write(path, report::plan_json(&planned.plan)).map_err(|e| {
-            Failure::new(Exit::Usage, format!("cannot write {}: {e}", path.display()), None)
+            Failure::new(
+                Exit::Usage,
+                format!("cannot write {}: {e}", path.display()),
+                None,
+            )
         })?;
-        eprintln!("plan saved to {}; apply it with `idsync sync --plan {}`", path.display(), path.display());
+        eprintln!(
+            "plan saved to {}; apply it with `idsync sync --plan {}`",
+            path.display(),
+            path.display()
+        );
     }
     match format {
         Format::Json => println!("{}", report::plan_json(&planned.plan)),
@@ -553,7 +615,11 @@ async fn plan_command(settings: &Settings, full: bool, format: Format, out: Opti
 }
 
 /// One sync cycle: read, plan, guard, apply.
-async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool>) -> Result<RunSummary, Failure> {
+async fn cycle(
+    settings: &Settings,
+    opts: &SyncOptions,
+    shutdown: Arc<AtomicBool>,
+) -> Result<RunSummary, Failure> {
     let started = Instant::now();
     if opts.dry_run {
         let mut db = StateDb::open_read_only(&settings.state_path)?;
@@ -565,9 +631,14 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
             None
         };
         let planned = make_plan(settings, db.as_mut(), opts.full, client.as_ref()).await?;
-        guard::check(&planned.plan, &planned.desired, &planned.state, &settings.policy, opts.allow_deletes)
-            .map_err(|stop| Failure::new(Exit::Guard, stop.to_string(), Some(stop.hint())))?;
-        print!("{}", report::plan_text(&planned.plan, Style::detect()));
+        guard::check(
+            &planned.plan,
+            &planned.desired,
+            &planned.state,
+            &settings.policy,
+            opts.allow_deletes,
+        )
+        .map_err(|stop| Failure::new(Exit::Guard, stop.to_string(), Some(stop.hint())))?;
         return Ok(RunSummary {
             summary: planned.plan.summary.clone(),
             applied: 0,
@@ -576,9 +647,10 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
             duration_ms: started.elapsed().as_millis() as u64,
             exit_code: 0,
             failures: Vec::new(),
-            warnings: planned.plan.warnings,
+            warnings: planned.plan.warnings.clone(),
             stopped: None,
             dry_run: true,
+            dry_run_plan: Some(planned.plan),
         });
     }
 
@@ -602,7 +674,9 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
                         "the saved plan {} is stale: the config, the mapping or the state changed since it was made",
                         path.display()
                     ),
-                    Some("make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)"),
+                    Some(
+                        "make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)",
+                    ),
                 ));
             }
             (plan, state, "sync --plan")
@@ -615,12 +689,20 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
                     return Err(f);
                 }
             };
-            if let Err(stop) =
-                guard::check(&planned.plan, &planned.desired, &planned.state, &settings.policy, opts.allow_deletes)
-            {
+            if let Err(stop) = guard::check(
+                &planned.plan,
+                &planned.desired,
+                &planned.state,
+                &settings.policy,
+                opts.allow_deletes,
+            ) {
                 let _ = db.record_stopped_run("sync", Exit::Guard as i32, &stop.to_string());
                 print_held(&planned.plan);
-                return Err(Failure::new(Exit::Guard, format!("{stop}; nothing was changed"), Some(stop.hint())));
+                return Err(Failure::new(
+                    Exit::Guard,
+                    format!("{stop}; nothing was changed"),
+                    Some(stop.hint()),
+                ));
             }
             if planned.rebuilt {
                 db.replace(&planned.state)?;
@@ -635,8 +717,10 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
     }
     let progress = indicatif::ProgressBar::new(plan.operations.len() as u64);
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} operations ({per_sec}, {eta} left)")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} operations ({per_sec}, {eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let executor = Executor {
         client: client.clone(),
@@ -668,15 +752,18 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
         warnings: plan.warnings.clone(),
         stopped: outcome.stopped.as_ref().map(ToString::to_string),
         dry_run: false,
+        dry_run_plan: None,
     };
     let summary_json = serde_json::to_string(&summary.summary).unwrap_or_default();
     db.finish_run(
         run,
-        summary.applied as i64,
-        summary.failed as i64,
-        exit_code,
-        &summary_json,
-        summary.stopped.as_deref(),
+        &RunEnd {
+            applied: summary.applied as i64,
+            failed: summary.failed as i64,
+            exit_code,
+            summary: &summary_json,
+            error: summary.stopped.as_deref(),
+        },
         settings.history_days,
     )?;
     let target_failure = match &outcome.stopped {
@@ -698,7 +785,11 @@ async fn cycle(settings: &Settings, opts: &SyncOptions, shutdown: Arc<AtomicBool
 
 /// Lists what a guard held back, so the operator can review it.
 fn print_held(plan: &Plan) {
-    let held: Vec<&plan::Operation> = plan.operations.iter().filter(|op| op.is_removal()).collect();
+    let held: Vec<&plan::Operation> = plan
+        .operations
+        .iter()
+        .filter(|op| op.is_removal())
+        .collect();
     eprintln!("held back {} removal(s):", held.len());
     let preview = Plan {
         operations: held.iter().take(50).map(|op| (*op).clone()).collect(),
@@ -716,8 +807,13 @@ fn print_held(plan: &Plan) {
 }
 
 fn load_saved_plan(path: &Path) -> Result<Plan, Failure> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Failure::new(Exit::Usage, format!("cannot read {}: {e}", path.display()), None))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("cannot read {}: {e}", path.display()),
+            None,
+        )
+    })?;
     serde_json::from_str(&text).map_err(|e| {
         Failure::new(
             Exit::Usage,
@@ -771,7 +867,9 @@ async fn daemon(path: &Path) -> Result<Exit, Failure> {
                 exit_code = summary.exit_code,
                 "cycle done"
             ),
-            Err(f) => tracing::error!(exit_code = f.exit as u8, error = %f.message, hint = ?f.hint, "cycle stopped"),
+            Err(f) => {
+                tracing::error!(exit_code = f.exit as u8, error = %f.message, hint = ?f.hint, "cycle stopped")
+            }
         }
         if shutdown.load(Ordering::SeqCst) {
             return Ok(Exit::Ok);
@@ -817,7 +915,10 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
     let Some(mut db) = StateDb::open_read_only(&settings.state_path)? else {
         match format {
             Format::Json => println!("{{\"runs\":[],\"managed_users\":0,\"managed_groups\":0}}"),
-            Format::Text => println!("No runs yet: {} does not exist.", settings.state_path.display()),
+            Format::Text => println!(
+                "No runs yet: {} does not exist.",
+                settings.state_path.display()
+            ),
         }
         return Ok(Exit::Ok);
     };
@@ -827,7 +928,11 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
     let pending = db.interrupted_ops()?;
     let quarantine = quarantine::load(&db)?;
     let users = |s: Status| state.users.values().filter(|u| u.status == s).count();
-    let groups = state.groups.values().filter(|g| g.status != Status::Removed).count();
+    let groups = state
+        .groups
+        .values()
+        .filter(|g| g.status != Status::Removed)
+        .count();
     match format {
         Format::Json => {
             let value = serde_json::json!({
@@ -842,7 +947,10 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
                 "interrupted_operations": pending.len(),
                 "quarantine": quarantine,
             });
-            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
         }
         Format::Text => {
             println!("State: {}", settings.state_path.display());
@@ -862,7 +970,11 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
                         .until
                         .map(|u| format!(", scheduled cycles held until {}", u.to_rfc3339()))
                         .unwrap_or_default(),
-                    quarantine.reason.as_deref().map(report::quote).unwrap_or_default()
+                    quarantine
+                        .reason
+                        .as_deref()
+                        .map(report::quote)
+                        .unwrap_or_default()
                 );
             }
             if !pending.is_empty() {
@@ -876,7 +988,10 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
                 println!("  none");
             }
             for r in &runs {
-                let code = r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "running/killed".into());
+                let code = r
+                    .exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "running/killed".into());
                 println!(
                     "  #{} {} {} exit {code}: {} planned, {} applied, {} failed{}",
                     r.id,
@@ -885,13 +1000,19 @@ fn status(settings: &Settings, format: Format) -> Result<Exit, Failure> {
                     r.planned,
                     r.applied,
                     r.failed,
-                    r.error.as_deref().map(|e| format!(" — {}", report::quote(e))).unwrap_or_default()
+                    r.error
+                        .as_deref()
+                        .map(|e| format!(" — {}", report::quote(e)))
+                        .unwrap_or_default()
                 );
             }
             if !failures.is_empty() {
                 println!("\nFailures of run #{}:", failures[0].run_id);
                 for f in &failures {
-                    let status = f.http_status.map(|s| format!(" HTTP {s}")).unwrap_or_default();
+                    let status = f
+                        .http_status
+                        .map(|s| format!(" HTTP {s}"))
+                        .unwrap_or_default();
                     println!(
                         "  {} {}{status}: {}",
                         f.op,
@@ -910,8 +1031,7 @@ async fn explain(settings: &Settings, who: &str) -> Result<Exit, Failure> {
     let wanted = fold(who);
     let record = dir.users.iter().find(|u| {
         u.key.as_str() == who
-            || u
-                .attrs
+            || u.attrs
                 .iter()
                 .any(|(_, values)| values.iter().any(|v| fold(v) == wanted && v.contains('@')))
     });
@@ -921,8 +1041,16 @@ async fn explain(settings: &Settings, who: &str) -> Result<Exit, Failure> {
         None => State::default(),
     };
     let Some(record) = record else {
-        println!("{} is not in the source ({}).", report::quote(who), describe_source(settings));
-        if let Some((key, u)) = state.users.iter().find(|(k, u)| k.as_str() == who || fold(&u.user_name) == wanted) {
+        println!(
+            "{} is not in the source ({}).",
+            report::quote(who),
+            describe_source(settings)
+        );
+        if let Some((key, u)) = state
+            .users
+            .iter()
+            .find(|(k, u)| k.as_str() == who || fold(&u.user_name) == wanted)
+        {
             println!(
                 "The state DB knows it as key {} (SCIM id {}, {}); the next sync applies remove_action {:?} unless it is protected or held by a guard.",
                 report::quote(key.as_str()),
@@ -933,15 +1061,35 @@ async fn explain(settings: &Settings, who: &str) -> Result<Exit, Failure> {
         }
         return Ok(Exit::Ok);
     };
-    println!("Source record: {} (key {})", record.origin, report::quote(record.key.as_str()));
+    println!(
+        "Source record: {} (key {})",
+        record.origin,
+        report::quote(record.key.as_str())
+    );
     for (name, values) in record.attrs.iter() {
-        println!("  {name}: {}", values.iter().map(|v| report::quote(v)).collect::<Vec<_>>().join(", "));
+        println!(
+            "  {name}: {}",
+            values
+                .iter()
+                .map(|v| report::quote(v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     match settings.mapping.map_user(record) {
         Err(e) => println!("\nMapping: cannot be mapped: {e}"),
-        Ok(None) => println!("\nMapping: out of scope (no include rule matches, or an exclude rule does)"),
+        Ok(None) => {
+            println!("\nMapping: out of scope (no include rule matches, or an exclude rule does)")
+        }
         Ok(Some(user)) => {
-            println!("\nMapping: in scope, {}", if user.active { "active" } else { "inactive in the source" });
+            println!(
+                "\nMapping: in scope, {}",
+                if user.active {
+                    "active"
+                } else {
+                    "inactive in the source"
+                }
+            );
             for (attr, value) in &user.attrs {
                 println!("  {attr}: {}", report::quote(value));
             }
@@ -967,8 +1115,17 @@ async fn explain(settings: &Settings, who: &str) -> Result<Exit, Failure> {
             if !history.is_empty() {
                 println!("\nHistory:");
                 for h in history {
-                    let status = h.http_status.map(|s| format!(" HTTP {s}")).unwrap_or_default();
-                    println!("  run #{} {} {}{status} {}", h.run_id, h.at, h.op, h.error.unwrap_or_default());
+                    let status = h
+                        .http_status
+                        .map(|s| format!(" HTTP {s}"))
+                        .unwrap_or_default();
+                    println!(
+                        "  run #{} {} {}{status} {}",
+                        h.run_id,
+                        h.at,
+                        h.op,
+                        h.error.unwrap_or_default()
+                    );
                 }
             }
         }

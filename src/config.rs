@@ -409,19 +409,25 @@ impl Settings {
     fn compile(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         let file = path.display().to_string();
         let expanded = expand_env(text, &file)?;
-        let raw: RawConfig = serde_saphyr::from_str(&expanded).map_err(|e| yaml_error(&file, &e))?;
+        let raw: RawConfig =
+            serde_saphyr::from_str(&expanded).map_err(|e| yaml_error(&file, &expanded, &e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
-            if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
         };
-        let at = |loc: &serde_saphyr::Location, message: String, hint: Option<String>| ConfigError::At {
-            file: file.clone(),
-            line: loc.line(),
-            column: loc.column(),
-            message,
-            hint,
-        };
+        let at =
+            |loc: &serde_saphyr::Location, message: String, hint: Option<String>| ConfigError::At {
+                file: file.clone(),
+                line: loc.line(),
+                column: loc.column(),
+                message,
+                hint,
+            };
 
         let source = match raw.source.value {
             RawSource::Csv {
@@ -448,18 +454,23 @@ impl Settings {
                     delimiter,
                 })
             }
-            RawSource::Ldap(ldap) => SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(|message| {
-                at(
-                    &raw.source.referenced,
-                    message,
-                    Some("see the LDAP source section of the README".into()),
-                )
-            })?)),
+            RawSource::Ldap(ldap) => {
+                SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(|message| {
+                    at(
+                        &raw.source.referenced,
+                        message,
+                        Some("see the LDAP source section of the README".into()),
+                    )
+                })?))
+            }
             RawSource::Entra {} => {
                 return Err(at(
                     &raw.source.referenced,
                     "this build of idsync reads CSV and LDAP sources only".into(),
-                    Some("use `kind: csv` or `kind: ldap`; the Entra ID source is on the roadmap".into()),
+                    Some(
+                        "use `kind: csv` or `kind: ldap`; the Entra ID source is on the roadmap"
+                            .into(),
+                    ),
                 ));
             }
         };
@@ -497,7 +508,11 @@ impl Settings {
             None => Schedule::Interval(Duration::from_secs(40 * 60)),
             Some(s) => match (&s.value.interval, &s.value.cron) {
                 (Some(i), None) => Schedule::Interval(parse_duration(i).map_err(|e| {
-                    at(&s.referenced, format!("schedule.interval: {e}"), Some("write it like 40m or 1h".into()))
+                    at(
+                        &s.referenced,
+                        format!("schedule.interval: {e}"),
+                        Some("write it like 40m or 1h".into()),
+                    )
                 })?),
                 (None, Some(c)) => Schedule::Cron(Box::new(parse_cron(c).map_err(|e| {
                     at(
@@ -588,7 +603,11 @@ fn compile_target(
     let timeout = match &raw.timeout {
         None => Duration::from_secs(30),
         Some(t) => parse_duration(&t.value).map_err(|e| {
-            at(&t.referenced, format!("timeout: {e}"), Some("write it like 30s".into()))
+            at(
+                &t.referenced,
+                format!("timeout: {e}"),
+                Some("write it like 30s".into()),
+            )
         })?,
     };
     let mut retry = RetryPolicy::default();
@@ -598,7 +617,11 @@ fn compile_target(
         }
         if let Some(e) = &r.max_elapsed {
             retry.max_elapsed = parse_duration(&e.value).map_err(|err| {
-                at(&e.referenced, format!("retry.max_elapsed: {err}"), Some("write it like 5m".into()))
+                at(
+                    &e.referenced,
+                    format!("retry.max_elapsed: {err}"),
+                    Some("write it like 5m".into()),
+                )
             })?;
         }
     }
@@ -624,7 +647,11 @@ fn compile_target(
     })
 }
 
-fn compile_policy(raw: &RawPolicy, target: &TargetSettings, at: &At<'_>) -> Result<Policy, ConfigError> {
+fn compile_policy(
+    raw: &RawPolicy,
+    target: &TargetSettings,
+    at: &At<'_>,
+) -> Result<Policy, ConfigError> {
     let mut policy = Policy {
         member_chunk: target.member_chunk,
         target_renames_groups: target.flavour == Flavour::Generic,
@@ -692,7 +719,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// 7-field Quartz form the `cron` crate reads (seconds first).
 pub fn parse_cron(text: &str) -> Result<cron::Schedule, String> {
     let fields = text.split_whitespace().count();
-    let full = if fields == 5 { format!("0 {text}") } else { text.to_string() };
+    let full = if fields == 5 {
+        format!("0 {text}")
+    } else {
+        text.to_string()
+    };
     full.parse::<cron::Schedule>().map_err(|e| e.to_string())
 }
 
@@ -725,7 +756,11 @@ fn expand_env(text: &str, file: &str) -> Result<String, ConfigError> {
                 let valid = !name.is_empty()
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     && !name.starts_with(|c: char| c.is_ascii_digit());
-                let value = if valid { std::env::var(name).ok() } else { None };
+                let value = if valid {
+                    std::env::var(name).ok()
+                } else {
+                    None
+                };
                 match value {
                     Some(v) => out.push_str(&v),
                     None => {
@@ -755,31 +790,72 @@ fn expand_env(text: &str, file: &str) -> Result<String, ConfigError> {
     Ok(out)
 }
 
-fn yaml_error(file: &str, e: &serde_saphyr::Error) -> ConfigError {
-    let message = first_line(&e.to_string());
+fn yaml_error(file: &str, text: &str, e: &serde_saphyr::Error) -> ConfigError {
+    let message = clean_message(&e.to_string());
     let hint = Some(
-        "see the configuration reference in the README; unknown keys are refused so typos show".into(),
+        "see the configuration reference in the README; unknown keys are refused so typos show"
+            .into(),
     );
-    match e.location() {
-        Some(loc) => ConfigError::At {
-            file: file.to_string(),
-            line: loc.line(),
-            column: loc.column(),
-            message,
-            hint,
-        },
-        None => ConfigError::File {
+    let Some(loc) = e.location() else {
+        return ConfigError::File {
             file: file.to_string(),
             message,
             hint,
-        },
+        };
+    };
+    // serde reports an unknown key at the start of its enclosing mapping; point
+    // at the key itself.
+    let (line, column) = unknown_field(&message)
+        .and_then(|field| find_key(text, field, loc.line(), loc.column()))
+        .unwrap_or((loc.line(), loc.column()));
+    ConfigError::At {
+        file: file.to_string(),
+        line,
+        column,
+        message,
+        hint,
     }
 }
 
-/// serde-saphyr renders a source snippet after the message; we print our own
-/// location, so keep the message line only.
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().to_string()
+/// serde-saphyr's message repeats the location (and renders a snippet after
+/// it); we print our own location, so keep the message itself.
+fn clean_message(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let re = regex::Regex::new(r"^line \d+ column \d+: |\s*at line \d+, column \d+$")
+        .expect("static regex");
+    re.replace_all(first, "").into_owned()
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// The 1-based line and column of `key:` at or after `line`:`column`.
+fn find_key(text: &str, key: &str, line: u64, column: u64) -> Option<(u64, u64)> {
+    let pattern = format!(r"(^|[\s{{,]){}\s*:", regex::escape(key));
+    let re = regex::Regex::new(&pattern).ok()?;
+    for (i, l) in text
+        .lines()
+        .enumerate()
+        .skip(line.saturating_sub(1) as usize)
+    {
+        let from = if i + 1 == line as usize {
+            l.char_indices()
+                .nth(column.saturating_sub(1) as usize)
+                .map_or(l.len(), |(b, _)| b)
+        } else {
+            0
+        };
+        if let Some(m) = re.find(&l[from..]) {
+            let lead =
+                m.as_str().len() - m.as_str().trim_start_matches([' ', '\t', '{', ',']).len();
+            let byte = from + m.start() + lead;
+            return Some((i as u64 + 1, l[..byte].chars().count() as u64 + 1));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -800,10 +876,32 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_are_reported_where_they_are() {
+        let text = "a: 1\ntarget:\n  kind: scim\n  tokn_env: X\n";
+        assert_eq!(find_key(text, "tokn_env", 3, 3), Some((4, 3)));
+        assert_eq!(
+            find_key("t: { kind: x, tokn_env: y }", "tokn_env", 1, 4),
+            Some((1, 15))
+        );
+        assert_eq!(
+            clean_message(
+                "error: line 4 column 3: unknown field `x`, expected y at line 4, column 3"
+            ),
+            "unknown field `x`, expected y"
+        );
+    }
+
+    #[test]
     fn parses_removal_limits() {
         assert_eq!(parse_limit(&RawLimit::Count(7)), Ok(RemovalLimit::Count(7)));
-        assert_eq!(parse_limit(&RawLimit::Text("5%".into())), Ok(RemovalLimit::Percent(5.0)));
-        assert_eq!(parse_limit(&RawLimit::Text("12".into())), Ok(RemovalLimit::Count(12)));
+        assert_eq!(
+            parse_limit(&RawLimit::Text("5%".into())),
+            Ok(RemovalLimit::Percent(5.0))
+        );
+        assert_eq!(
+            parse_limit(&RawLimit::Text("12".into())),
+            Ok(RemovalLimit::Count(12))
+        );
         assert!(parse_limit(&RawLimit::Text("150%".into())).is_err());
         assert!(parse_limit(&RawLimit::Text("lots".into())).is_err());
         assert_eq!(RemovalLimit::Percent(5.0).resolve(50), 2);

@@ -137,7 +137,11 @@ impl SourceAttrs {
 
     /// Adds values under `name`, merging with values already there.
     pub fn push(&mut self, name: Arc<str>, values: Vec<String>) {
-        match self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+        {
             Some((_, existing)) => existing.extend(values),
             None => self.0.push((name, values)),
         }
@@ -195,9 +199,7 @@ pub struct SourceDirectory {
 
 /// A SCIM user attribute idsync can manage. `active` is not one of them: it is
 /// decided by the source's `active` flag and the removal policy.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum UserAttr {
     #[serde(rename = "userName")]
     UserName,

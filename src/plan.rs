@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{OnRename, Policy, RemoveAction};
 use crate::model::{
-    AttrHash, Desired, DesiredGroup, DesiredUser, GroupKey, ScimId, SourceKey, UserAttr, UserAttrs, fold,
+    AttrHash, Desired, DesiredGroup, DesiredUser, GroupKey, ScimId, SourceKey, UserAttr, UserAttrs,
+    fold,
 };
 use crate::scim::{RemoteGroup, RemoteUser};
 use crate::state::{Ownership, State, StateGroup, StateUser, Status};
@@ -198,7 +199,9 @@ impl Operation {
     pub fn is_removal(&self) -> bool {
         matches!(
             self,
-            Operation::DisableUser { .. } | Operation::DeleteUser { .. } | Operation::DeleteGroup { .. }
+            Operation::DisableUser { .. }
+                | Operation::DeleteUser { .. }
+                | Operation::DeleteGroup { .. }
         )
     }
 
@@ -250,7 +253,9 @@ impl Summary {
                 Operation::UpdateGroup { .. } => s.update_groups += 1,
                 Operation::DeleteGroup { .. } => s.delete_groups += 1,
                 Operation::AddMembers { members, .. } => s.add_members += members.len() as u64,
-                Operation::RemoveMembers { members, .. } => s.remove_members += members.len() as u64,
+                Operation::RemoveMembers { members, .. } => {
+                    s.remove_members += members.len() as u64
+                }
             }
         }
         s
@@ -302,8 +307,10 @@ pub fn keys_needing_attrs<'a>(desired: &'a Desired, state: &State) -> Vec<&'a So
 pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
     let mut ops = Vec::new();
     let mut warnings = Vec::new();
-    let protected_users: HashSet<&str> = policy.protected_users.iter().map(String::as_str).collect();
-    let is_protected_user = |name: &str| !protected_users.is_empty() && protected_users.contains(fold(name).as_str());
+    let protected_users: HashSet<&str> =
+        policy.protected_users.iter().map(String::as_str).collect();
+    let is_protected_user =
+        |name: &str| !protected_users.is_empty() && protected_users.contains(fold(name).as_str());
 
     // Users that will exist in the target once the user phases ran.
     let mut present: HashSet<&SourceKey> = HashSet::with_capacity(desired.users.len());
@@ -311,7 +318,10 @@ pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
 
     for d in &desired.users {
         desired_keys.insert(&d.key);
-        let live = state.users.get(&d.key).filter(|s| s.status != Status::Removed);
+        let live = state
+            .users
+            .get(&d.key)
+            .filter(|s| s.status != Status::Removed);
         if let Some(domain) = unverified_domain(d, &policy.verified_domains) {
             warnings.push(format!(
                 "user {:?} ({}) skipped: its email domain {domain:?} is not in target.verified_domains",
@@ -323,7 +333,8 @@ pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
             }
             continue;
         }
-        if is_protected_user(d.user_name()) || live.is_some_and(|s| is_protected_user(&s.user_name)) {
+        if is_protected_user(d.user_name()) || live.is_some_and(|s| is_protected_user(&s.user_name))
+        {
             if live.is_some() {
                 present.insert(&d.key);
             }
@@ -338,7 +349,15 @@ pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
                         changes: d
                             .attrs
                             .iter()
-                            .map(|(a, v)| (*a, Change { old: None, new: Some(v.clone()) }))
+                            .map(|(a, v)| {
+                                (
+                                    *a,
+                                    Change {
+                                        old: None,
+                                        new: Some(v.clone()),
+                                    },
+                                )
+                            })
                             .collect(),
                     });
                     present.insert(&d.key);
@@ -366,14 +385,21 @@ pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
         if out_of_scope && policy.skip_out_of_scope_deletions {
             continue;
         }
-        let reason = if out_of_scope { "out of scope" } else { "not in the source" }.to_string();
+        let reason = if out_of_scope {
+            "out of scope"
+        } else {
+            "not in the source"
+        }
+        .to_string();
         match policy.remove_action {
-            RemoveAction::Disable if s.status == Status::Active => ops.push(Operation::DisableUser {
-                key: key.clone(),
-                user_name: s.user_name.to_string(),
-                scim_id: s.scim_id.clone(),
-                reason,
-            }),
+            RemoveAction::Disable if s.status == Status::Active => {
+                ops.push(Operation::DisableUser {
+                    key: key.clone(),
+                    user_name: s.user_name.to_string(),
+                    scim_id: s.scim_id.clone(),
+                    reason,
+                })
+            }
             RemoveAction::Disable => {}
             RemoveAction::Delete => ops.push(Operation::DeleteUser {
                 key: key.clone(),
@@ -404,9 +430,13 @@ fn unverified_domain(d: &DesiredUser, verified: &[String]) -> Option<String> {
     if verified.is_empty() {
         return None;
     }
-    let email = d.attrs.get(&UserAttr::Email).map(String::as_str).unwrap_or(d.user_name());
+    let email = d
+        .attrs
+        .get(&UserAttr::Email)
+        .map(String::as_str)
+        .unwrap_or(d.user_name());
     let domain = fold(email.rsplit_once('@').map_or("", |(_, d)| d));
-    (!verified.iter().any(|v| *v == domain)).then_some(domain)
+    (!verified.contains(&domain)).then_some(domain)
 }
 
 fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &mut Vec<Operation>) {
@@ -415,7 +445,14 @@ fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &m
     } else {
         diff(s.attrs.as_ref(), &d.attrs, &desired.create_only)
     };
-    let common = |changes| (d.key.clone(), d.user_name().to_string(), s.scim_id.clone(), changes);
+    let common = |changes| {
+        (
+            d.key.clone(),
+            d.user_name().to_string(),
+            s.scim_id.clone(),
+            changes,
+        )
+    };
     match (s.status, d.active) {
         (Status::Disabled, true) => {
             let (key, user_name, scim_id, changes) = common(changes);
@@ -499,13 +536,17 @@ fn plan_groups(
     warnings: &mut Vec<String>,
 ) {
     let protected: HashSet<&str> = policy.protected_groups.iter().map(String::as_str).collect();
-    let is_protected = |name: &str| !protected.is_empty() && protected.contains(fold(name).as_str());
+    let is_protected =
+        |name: &str| !protected.is_empty() && protected.contains(fold(name).as_str());
     let no_members = BTreeSet::new();
     let mut desired_keys = HashSet::new();
 
     for g in &desired.groups {
         desired_keys.insert(&g.key);
-        let live = state.groups.get(&g.key).filter(|s| s.status != Status::Removed);
+        let live = state
+            .groups
+            .get(&g.key)
+            .filter(|s| s.status != Status::Removed);
         if is_protected(&g.display_name) || live.is_some_and(|s| is_protected(&s.display_name)) {
             continue;
         }
@@ -559,7 +600,10 @@ fn plan_groups(
 
     if policy.delete_groups {
         for (key, s) in &state.groups {
-            if s.status == Status::Removed || desired_keys.contains(key) || is_protected(&s.display_name) {
+            if s.status == Status::Removed
+                || desired_keys.contains(key)
+                || is_protected(&s.display_name)
+            {
                 continue;
             }
             ops.push(Operation::DeleteGroup {
@@ -612,30 +656,37 @@ pub struct TargetSnapshot {
 /// desired objects found in the target by `userName`, then `externalId` (groups:
 /// `displayName`) are adopted. `state` must carry every live user's attributes.
 /// Returns the rebuilt state and the adoptions, for the plan to show.
-pub fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> (State, Vec<Operation>) {
+pub fn reconcile(
+    desired: &Desired,
+    state: &State,
+    target: &TargetSnapshot,
+) -> (State, Vec<Operation>) {
     let mut out = State {
         generation: state.generation,
         ..State::default()
     };
     let mut adopted = Vec::new();
-    let by_id: HashMap<&str, &RemoteUser> = target.users.iter().map(|u| (u.id.as_str(), u)).collect();
-    let desired_by_key: HashMap<&SourceKey, &DesiredUser> = desired.users.iter().map(|d| (&d.key, d)).collect();
+    let by_id: HashMap<&str, &RemoteUser> =
+        target.users.iter().map(|u| (u.id.as_str(), u)).collect();
+    let desired_by_key: HashMap<&SourceKey, &DesiredUser> =
+        desired.users.iter().map(|d| (&d.key, d)).collect();
     let mut claimed: HashSet<&str> = HashSet::new();
 
-    let observe = |remote: &RemoteUser, pushed: Option<&UserAttrs>, wanted: Option<&DesiredUser>| {
-        // Only attributes idsync manages for this user count as drift.
-        let attrs: UserAttrs = remote
-            .attrs
-            .iter()
-            .filter(|(a, _)| {
-                **a == UserAttr::UserName
-                    || pushed.is_some_and(|p| p.contains_key(a))
-                    || wanted.is_some_and(|w| w.attrs.contains_key(a))
-            })
-            .map(|(a, v)| (*a, v.clone()))
-            .collect();
-        (AttrHash::of(&attrs, &desired.create_only), attrs)
-    };
+    let observe =
+        |remote: &RemoteUser, pushed: Option<&UserAttrs>, wanted: Option<&DesiredUser>| {
+            // Only attributes idsync manages for this user count as drift.
+            let attrs: UserAttrs = remote
+                .attrs
+                .iter()
+                .filter(|(a, _)| {
+                    **a == UserAttr::UserName
+                        || pushed.is_some_and(|p| p.contains_key(a))
+                        || wanted.is_some_and(|w| w.attrs.contains_key(a))
+                })
+                .map(|(a, v)| (*a, v.clone()))
+                .collect();
+            (AttrHash::of(&attrs, &desired.create_only), attrs)
+        };
 
     for (key, s) in &state.users {
         let mut user = s.clone();
@@ -643,7 +694,8 @@ pub fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> (
             match by_id.get(s.scim_id.as_str()) {
                 Some(remote) => {
                     claimed.insert(remote.id.as_str());
-                    let (hash, attrs) = observe(remote, s.attrs.as_ref(), desired_by_key.get(key).copied());
+                    let (hash, attrs) =
+                        observe(remote, s.attrs.as_ref(), desired_by_key.get(key).copied());
                     user.user_name = remote
                         .attrs
                         .get(&UserAttr::UserName)
@@ -651,7 +703,11 @@ pub fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> (
                         .unwrap_or_else(|| s.user_name.clone());
                     user.hash = hash;
                     user.attrs = Some(attrs);
-                    user.status = if remote.active { Status::Active } else { Status::Disabled };
+                    user.status = if remote.active {
+                        Status::Active
+                    } else {
+                        Status::Disabled
+                    };
                 }
                 None => user.status = Status::Removed,
             }
@@ -673,14 +729,24 @@ pub fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> (
         }
     }
     for d in &desired.users {
-        if out.users.get(&d.key).is_some_and(|s| s.status != Status::Removed) {
+        if out
+            .users
+            .get(&d.key)
+            .is_some_and(|s| s.status != Status::Removed)
+        {
             continue;
         }
         let found = by_name
             .get(&fold(d.user_name()))
             .map(|u| (*u, MatchedBy::UserName))
-            .or_else(|| by_external.get(d.key.as_str()).map(|u| (*u, MatchedBy::ExternalId)));
-        let Some((remote, matched_by)) = found else { continue };
+            .or_else(|| {
+                by_external
+                    .get(d.key.as_str())
+                    .map(|u| (*u, MatchedBy::ExternalId))
+            });
+        let Some((remote, matched_by)) = found else {
+            continue;
+        };
         if !claimed.insert(remote.id.as_str()) {
             continue;
         }
@@ -695,17 +761,25 @@ pub fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> (
             d.key.clone(),
             StateUser {
                 scim_id: remote.id.clone(),
-                user_name: attrs.get(&UserAttr::UserName).map(|n| n.as_str().into()).unwrap_or_default(),
+                user_name: attrs
+                    .get(&UserAttr::UserName)
+                    .map(|n| n.as_str().into())
+                    .unwrap_or_default(),
                 hash,
                 attrs: Some(attrs),
-                status: if remote.active { Status::Active } else { Status::Disabled },
+                status: if remote.active {
+                    Status::Active
+                } else {
+                    Status::Disabled
+                },
                 ownership: Ownership::Adopted,
             },
         );
     }
 
     // Groups.
-    let groups_by_id: HashMap<&str, &RemoteGroup> = target.groups.iter().map(|g| (g.id.as_str(), g)).collect();
+    let groups_by_id: HashMap<&str, &RemoteGroup> =
+        target.groups.iter().map(|g| (g.id.as_str(), g)).collect();
     let mut claimed_groups: HashSet<&str> = HashSet::new();
     for (key, s) in &state.groups {
         let mut group = s.clone();
@@ -728,10 +802,16 @@ pub fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> (
         }
     }
     for g in &desired.groups {
-        if out.groups.get(&g.key).is_some_and(|s| s.status != Status::Removed) {
+        if out
+            .groups
+            .get(&g.key)
+            .is_some_and(|s| s.status != Status::Removed)
+        {
             continue;
         }
-        let Some(remote) = groups_by_name.get(&fold(&g.display_name)) else { continue };
+        let Some(remote) = groups_by_name.get(&fold(&g.display_name)) else {
+            continue;
+        };
         if !claimed_groups.insert(remote.id.as_str()) {
             continue;
         }
@@ -762,7 +842,9 @@ pub fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> (
         if g.status == Status::Removed {
             continue;
         }
-        let Some(remote) = groups_by_id.get(g.scim_id.as_str()) else { continue };
+        let Some(remote) = groups_by_id.get(g.scim_id.as_str()) else {
+            continue;
+        };
         let members: BTreeSet<SourceKey> = remote
             .members
             .iter()

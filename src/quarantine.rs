@@ -43,7 +43,10 @@ impl Quarantine {
 
 pub fn load(db: &StateDb) -> Result<Quarantine, StateError> {
     Ok(Quarantine {
-        failed_cycles: db.meta(FAILED_CYCLES)?.and_then(|v| v.parse().ok()).unwrap_or(0),
+        failed_cycles: db
+            .meta(FAILED_CYCLES)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
         until: db
             .meta(UNTIL)?
             .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
@@ -54,7 +57,11 @@ pub fn load(db: &StateDb) -> Result<Quarantine, StateError> {
 
 /// Records a cycle's health: a success lifts the quarantine; a failure of the
 /// target extends it.
-pub fn record(db: &StateDb, target_failed: Option<&str>, now: DateTime<Utc>) -> Result<Quarantine, StateError> {
+pub fn record(
+    db: &StateDb,
+    target_failed: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Quarantine, StateError> {
     let Some(reason) = target_failed else {
         db.set_meta(FAILED_CYCLES, None)?;
         db.set_meta(UNTIL, None)?;
@@ -98,6 +105,13 @@ mod tests {
         assert!(q.holds(now + chrono::Duration::minutes(59)));
         assert!(!q.holds(now + chrono::Duration::minutes(61)));
         let q = record(&db, None, now).unwrap();
-        assert_eq!(q, Quarantine { failed_cycles: 0, until: None, reason: None });
+        assert_eq!(
+            q,
+            Quarantine {
+                failed_cycles: 0,
+                until: None,
+                reason: None
+            }
+        );
     }
 }

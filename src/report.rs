@@ -47,7 +47,10 @@ pub fn quote(value: &str) -> String {
 
 /// A value shown bare when it is plain, quoted when it holds anything odd.
 fn show(value: &str) -> String {
-    if !value.is_empty() && value.chars().all(|c| !c.is_control() && c != '"') && !value.contains(char::is_whitespace) {
+    if !value.is_empty()
+        && value.chars().all(|c| !c.is_control() && c != '"')
+        && !value.contains(char::is_whitespace)
+    {
         value.to_string()
     } else {
         quote(value)
@@ -55,7 +58,11 @@ fn show(value: &str) -> String {
 }
 
 fn show_change(c: &Change) -> String {
-    let side = |v: &Option<String>| v.as_deref().map(quote).unwrap_or_else(|| "(none)".to_string());
+    let side = |v: &Option<String>| {
+        v.as_deref()
+            .map(quote)
+            .unwrap_or_else(|| "(none)".to_string())
+    };
     format!("{} → {}", side(&c.old), side(&c.new))
 }
 
@@ -90,35 +97,59 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
     for op in &plan.operations {
         let line = match op {
             Operation::AdoptUser {
-                user_name, matched_by, ..
+                user_name,
+                matched_by,
+                ..
             } => style.paint(
                 "36",
-                &format!("= adopt user {} (matched by {matched_by:?})", show(user_name)),
+                &format!(
+                    "= adopt user {} (matched by {matched_by:?})",
+                    show(user_name)
+                ),
             ),
-            Operation::AdoptGroup { display_name, .. } => {
-                style.paint("36", &format!("= adopt group {} (matched by displayName)", show(display_name)))
-            }
-            Operation::CreateUser { user_name, key, .. } => {
-                style.paint("32", &format!("+ create user {} (key {})", show(user_name), show(key.as_str())))
-            }
-            Operation::UpdateUser { user_name, changes, .. } => {
+            Operation::AdoptGroup { display_name, .. } => style.paint(
+                "36",
+                &format!(
+                    "= adopt group {} (matched by displayName)",
+                    show(display_name)
+                ),
+            ),
+            Operation::CreateUser { user_name, key, .. } => style.paint(
+                "32",
+                &format!(
+                    "+ create user {} (key {})",
+                    show(user_name),
+                    show(key.as_str())
+                ),
+            ),
+            Operation::UpdateUser {
+                user_name, changes, ..
+            } => {
                 let mut l = style.paint("33", &format!("~ update user {}", show(user_name)));
                 l.push('\n');
                 change_lines(&mut l, changes);
                 l.trim_end().to_string()
             }
-            Operation::EnableUser { user_name, changes, .. } => {
+            Operation::EnableUser {
+                user_name, changes, ..
+            } => {
                 let mut l = style.paint("33", &format!("~ enable user {}", show(user_name)));
                 l.push('\n');
                 change_lines(&mut l, changes);
                 l.trim_end().to_string()
             }
-            Operation::DisableUser { user_name, reason, .. } => {
-                style.paint("31", &format!("- disable user {} ({reason})", show(user_name)))
-            }
-            Operation::DeleteUser { user_name, reason, .. } => {
-                style.paint("31", &format!("- delete user {} ({reason})", show(user_name)))
-            }
+            Operation::DisableUser {
+                user_name, reason, ..
+            } => style.paint(
+                "31",
+                &format!("- disable user {} ({reason})", show(user_name)),
+            ),
+            Operation::DeleteUser {
+                user_name, reason, ..
+            } => style.paint(
+                "31",
+                &format!("- delete user {} ({reason})", show(user_name)),
+            ),
             Operation::CreateGroup { display_name, .. } => {
                 style.paint("32", &format!("+ create group {}", show(display_name)))
             }
@@ -128,19 +159,37 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
                 ..
             } => style.paint(
                 "33",
-                &format!("~ rename group {} → {}", quote(old_display_name), quote(display_name)),
+                &format!(
+                    "~ rename group {} → {}",
+                    quote(old_display_name),
+                    quote(display_name)
+                ),
             ),
             Operation::DeleteGroup {
-                display_name, reason, ..
-            } => style.paint("31", &format!("- delete group {} ({reason})", show(display_name))),
+                display_name,
+                reason,
+                ..
+            } => style.paint(
+                "31",
+                &format!("- delete group {} ({reason})", show(display_name)),
+            ),
             Operation::AddMembers {
-                display_name, members, ..
+                display_name,
+                members,
+                ..
             } => style.paint(
                 "32",
-                &format!("+ add {} member{} to group {}", members.len(), plural(members.len()), show(display_name)),
+                &format!(
+                    "+ add {} member{} to group {}",
+                    members.len(),
+                    plural(members.len()),
+                    show(display_name)
+                ),
             ),
             Operation::RemoveMembers {
-                display_name, members, ..
+                display_name,
+                members,
+                ..
             } => style.paint(
                 "31",
                 &format!(
@@ -194,6 +243,9 @@ pub struct RunSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
     pub dry_run: bool,
+    /// The plan a dry run stopped at, for the text output.
+    #[serde(skip)]
+    pub dry_run_plan: Option<Plan>,
 }
 
 pub fn run_json(run: &RunSummary) -> String {
@@ -203,6 +255,9 @@ pub fn run_json(run: &RunSummary) -> String {
 pub fn run_text(run: &RunSummary, style: Style) -> String {
     let mut out = String::new();
     if run.dry_run {
+        if let Some(plan) = &run.dry_run_plan {
+            out.push_str(&plan_text(plan, style));
+        }
         out.push_str("Dry run: nothing was changed.\n");
         return out;
     }
@@ -223,11 +278,24 @@ pub fn run_text(run: &RunSummary, style: Style) -> String {
         let _ = writeln!(out, "Stopped early: {stopped}");
     }
     for f in run.failures.iter().take(50) {
-        let status = f.http_status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
-        let _ = writeln!(out, "  ✗ {} {}{status}: {}", f.op, show(&f.subject), f.error);
+        let status = f
+            .http_status
+            .map(|s| format!(" (HTTP {s})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  ✗ {} {}{status}: {}",
+            f.op,
+            show(&f.subject),
+            f.error
+        );
     }
     if run.failures.len() > 50 {
-        let _ = writeln!(out, "  … and {} more (see `idsync status`)", run.failures.len() - 50);
+        let _ = writeln!(
+            out,
+            "  … and {} more (see `idsync status`)",
+            run.failures.len() - 50
+        );
     }
     if run.failed > 0 {
         out.push_str("Failed operations are retried on the next cycle.\n");

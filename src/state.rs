@@ -29,7 +29,11 @@ pub enum StateError {
     #[error("cannot use {}: {message}", .path.display())]
     Io { path: PathBuf, message: String },
     #[error("state DB {}: schema version {found} is newer than this idsync understands ({supported})", .path.display())]
-    TooNew { path: PathBuf, found: i64, supported: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("state DB {}: a stored value is corrupt: {message}", .path.display())]
     Corrupt { path: PathBuf, message: String },
 }
@@ -198,6 +202,18 @@ pub struct FailureRecord {
 }
 
 pub type RunId = i64;
+
+/// How a run ended, for its history entry.
+#[derive(Clone, Debug)]
+pub struct RunEnd<'a> {
+    pub applied: i64,
+    pub failed: i64,
+    pub exit_code: i32,
+    /// The plan summary, as JSON.
+    pub summary: &'a str,
+    /// Why it stopped early, if it did.
+    pub error: Option<&'a str>,
+}
 
 const SCHEMA_VERSION: i64 = 1;
 
@@ -401,9 +417,14 @@ impl StateDb {
     pub fn generation(&self) -> Result<i64, StateError> {
         let v: String = self
             .conn
-            .query_row("SELECT value FROM meta WHERE name = 'generation'", [], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'generation'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| self.err(e))?;
-        v.parse().map_err(|_| self.corrupt("meta.generation is not a number"))
+        v.parse()
+            .map_err(|_| self.corrupt("meta.generation is not a number"))
     }
 
     fn corrupt(&self, message: &str) -> StateError {
@@ -419,9 +440,11 @@ impl StateDb {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
         let generation: i64 = tx
-            .query_row("SELECT value FROM meta WHERE name = 'generation'", [], |r| {
-                r.get::<_, String>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'generation'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
             .map_err(|e| sqlite(&path, e))?
             .parse()
             .unwrap_or(0);
@@ -446,10 +469,14 @@ impl StateDb {
                 let hash: [u8; 16] = hash.try_into().map_err(|_| corrupt("bad hash"))?;
                 let user = StateUser {
                     scim_id: ScimId::new(row.get::<_, String>(1).map_err(|e| sqlite(&path, e))?),
-                    user_name: row.get::<_, String>(2).map_err(|e| sqlite(&path, e))?.into(),
+                    user_name: row
+                        .get::<_, String>(2)
+                        .map_err(|e| sqlite(&path, e))?
+                        .into(),
                     hash: AttrHash(hash),
                     status: Status::parse(&status).ok_or_else(|| corrupt("bad status"))?,
-                    ownership: Ownership::parse(&ownership).ok_or_else(|| corrupt("bad ownership"))?,
+                    ownership: Ownership::parse(&ownership)
+                        .ok_or_else(|| corrupt("bad ownership"))?,
                     attrs: None,
                 };
                 state.users.insert(SourceKey::new(key), user);
@@ -472,7 +499,8 @@ impl StateDb {
                     scim_id: ScimId::new(row.get::<_, String>(1).map_err(|e| sqlite(&path, e))?),
                     display_name: row.get(2).map_err(|e| sqlite(&path, e))?,
                     status: Status::parse(&status).ok_or_else(|| corrupt("bad status"))?,
-                    ownership: Ownership::parse(&ownership).ok_or_else(|| corrupt("bad ownership"))?,
+                    ownership: Ownership::parse(&ownership)
+                        .ok_or_else(|| corrupt("bad ownership"))?,
                 };
                 state.groups.insert(GroupKey::new(key), group);
             }
@@ -524,11 +552,17 @@ impl StateDb {
     pub fn user_attrs(&self, key: &SourceKey) -> Result<Option<UserAttrs>, StateError> {
         let json: Option<String> = self
             .conn
-            .query_row("SELECT attrs FROM users WHERE key = ?1", [key.as_str()], |r| r.get(0))
+            .query_row(
+                "SELECT attrs FROM users WHERE key = ?1",
+                [key.as_str()],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.err(e))?;
-        json.map(|j| serde_json::from_str(&j).map_err(|e| self.corrupt(&format!("user {key}: {e}"))))
-            .transpose()
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| self.corrupt(&format!("user {key}: {e}")))
+        })
+        .transpose()
     }
 
     /// Replaces the whole snapshot with `state` (the `--full` resync's rebuilt
@@ -644,7 +678,11 @@ impl StateDb {
             apply_change(&tx, change, &at).map_err(|e| sqlite(&path, e))?;
             bump_generation(&tx).map_err(|e| sqlite(&path, e))?;
         }
-        let journal_state = if record.outcome == "failed" { "failed" } else { "done" };
+        let journal_state = if record.outcome == "failed" {
+            "failed"
+        } else {
+            "done"
+        };
         tx.prepare_cached("UPDATE journal SET state = ?3 WHERE run_id = ?1 AND seq = ?2")
             .and_then(|mut s| s.execute(params![run, record.seq, journal_state]))
             .map_err(|e| sqlite(&path, e))?;
@@ -673,11 +711,7 @@ impl StateDb {
     pub fn finish_run(
         &mut self,
         run: RunId,
-        applied: i64,
-        failed: i64,
-        exit_code: i32,
-        summary: &str,
-        error: Option<&str>,
+        end: &RunEnd<'_>,
         keep_days: u32,
     ) -> Result<(), StateError> {
         let path = self.path.clone();
@@ -685,7 +719,7 @@ impl StateDb {
         let at = now();
         tx.execute(
             "UPDATE runs SET ended_at = ?2, applied = ?3, failed = ?4, exit_code = ?5, summary = ?6, error = ?7 WHERE id = ?1",
-            params![run, at, applied, failed, exit_code, summary, error],
+            params![run, at, end.applied, end.failed, end.exit_code, end.summary, end.error],
         )
         .map_err(|e| sqlite(&path, e))?;
         tx.execute(
@@ -709,7 +743,12 @@ impl StateDb {
 
     /// Records a cycle that stopped before applying anything (guard, source or
     /// target failure), so `status` shows it.
-    pub fn record_stopped_run(&mut self, command: &str, exit_code: i32, error: &str) -> Result<(), StateError> {
+    pub fn record_stopped_run(
+        &mut self,
+        command: &str,
+        exit_code: i32,
+        error: &str,
+    ) -> Result<(), StateError> {
         let at = now();
         self.conn
             .execute(
@@ -774,7 +813,11 @@ impl StateDb {
     }
 
     /// The log lines about one subject (a user's key or userName), newest first.
-    pub fn history_of(&self, subject: &str, limit: usize) -> Result<Vec<FailureRecord>, StateError> {
+    pub fn history_of(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<FailureRecord>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
@@ -800,7 +843,9 @@ impl StateDb {
     /// A named value in the meta table (quarantine counters and the like).
     pub fn meta(&self, name: &str) -> Result<Option<String>, StateError> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -856,7 +901,12 @@ fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn put_user(tx: &rusqlite::Transaction<'_>, key: &SourceKey, user: &StateUser, at: &str) -> rusqlite::Result<()> {
+fn put_user(
+    tx: &rusqlite::Transaction<'_>,
+    key: &SourceKey,
+    user: &StateUser,
+    at: &str,
+) -> rusqlite::Result<()> {
     let attrs = serde_json::to_string(user.attrs.as_ref().unwrap_or(&UserAttrs::new()))
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     tx.prepare_cached(
@@ -879,7 +929,12 @@ fn put_user(tx: &rusqlite::Transaction<'_>, key: &SourceKey, user: &StateUser, a
     Ok(())
 }
 
-fn put_group(tx: &rusqlite::Transaction<'_>, key: &GroupKey, group: &StateGroup, at: &str) -> rusqlite::Result<()> {
+fn put_group(
+    tx: &rusqlite::Transaction<'_>,
+    key: &GroupKey,
+    group: &StateGroup,
+    at: &str,
+) -> rusqlite::Result<()> {
     // A group recreated under a new id starts with no members pushed.
     tx.prepare_cached(
         "DELETE FROM memberships WHERE group_key = ?1
@@ -903,7 +958,11 @@ fn put_group(tx: &rusqlite::Transaction<'_>, key: &GroupKey, group: &StateGroup,
     Ok(())
 }
 
-fn apply_change(tx: &rusqlite::Transaction<'_>, change: &StateChange, at: &str) -> rusqlite::Result<()> {
+fn apply_change(
+    tx: &rusqlite::Transaction<'_>,
+    change: &StateChange,
+    at: &str,
+) -> rusqlite::Result<()> {
     match change {
         StateChange::PutUser { key, user } => put_user(tx, key, user, at),
         StateChange::UserStatus { key, status } => {
@@ -926,15 +985,17 @@ fn apply_change(tx: &rusqlite::Transaction<'_>, change: &StateChange, at: &str) 
             Ok(())
         }
         StateChange::MembersAdded { group, users } => {
-            let mut stmt =
-                tx.prepare_cached("INSERT OR IGNORE INTO memberships (group_key, user_key) VALUES (?1, ?2)")?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO memberships (group_key, user_key) VALUES (?1, ?2)",
+            )?;
             for user in users {
                 stmt.execute(params![group.as_str(), user.as_str()])?;
             }
             Ok(())
         }
         StateChange::MembersRemoved { group, users } => {
-            let mut stmt = tx.prepare_cached("DELETE FROM memberships WHERE group_key = ?1 AND user_key = ?2")?;
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM memberships WHERE group_key = ?1 AND user_key = ?2")?;
             for user in users {
                 stmt.execute(params![group.as_str(), user.as_str()])?;
             }
@@ -978,7 +1039,9 @@ mod tests {
         let path = dir.path().join("s/idsync.db");
         {
             let mut db = StateDb::open(&path).unwrap();
-            let run = db.begin_run("sync", &[("create_user", "k1".into())]).unwrap();
+            let run = db
+                .begin_run("sync", &[("create_user", "k1".into())])
+                .unwrap();
             let change = StateChange::PutUser {
                 key: SourceKey::new("k1"),
                 user: user("id-1", "a@x.com"),
@@ -1007,7 +1070,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idsync.db");
         let _first = StateDb::open(&path).unwrap();
-        assert!(matches!(StateDb::open(&path), Err(StateError::Locked { .. })));
+        assert!(matches!(
+            StateDb::open(&path),
+            Err(StateError::Locked { .. })
+        ));
     }
 
     #[test]
@@ -1024,16 +1090,33 @@ mod tests {
         let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
         let run = db.begin_run("sync", &[]).unwrap();
         let k = SourceKey::new("k1");
-        db.commit(run, &record(0), Some(&StateChange::PutUser { key: k.clone(), user: user("1", "a") }))
-            .unwrap();
+        db.commit(
+            run,
+            &record(0),
+            Some(&StateChange::PutUser {
+                key: k.clone(),
+                user: user("1", "a"),
+            }),
+        )
+        .unwrap();
         db.commit(
             run,
             &record(1),
-            Some(&StateChange::MembersAdded { group: GroupKey::new("g"), users: vec![k.clone()] }),
+            Some(&StateChange::MembersAdded {
+                group: GroupKey::new("g"),
+                users: vec![k.clone()],
+            }),
         )
         .unwrap();
-        db.commit(run, &record(2), Some(&StateChange::UserStatus { key: k, status: Status::Removed }))
-            .unwrap();
+        db.commit(
+            run,
+            &record(2),
+            Some(&StateChange::UserStatus {
+                key: k,
+                status: Status::Removed,
+            }),
+        )
+        .unwrap();
         let state = db.load().unwrap();
         assert!(state.memberships.is_empty());
     }

@@ -43,7 +43,13 @@ impl GuardStop {
 
 /// Checks `plan` against the policy. `allow_deletes` is the operator's reviewed
 /// override (`--allow-deletes`, or applying a saved plan).
-pub fn check(plan: &Plan, desired: &Desired, state: &State, policy: &Policy, allow_deletes: bool) -> Result<(), GuardStop> {
+pub fn check(
+    plan: &Plan,
+    desired: &Desired,
+    state: &State,
+    policy: &Policy,
+    allow_deletes: bool,
+) -> Result<(), GuardStop> {
     if allow_deletes {
         return Ok(());
     }

@@ -49,7 +49,10 @@ fn desired(users: Vec<DesiredUser>, groups: Vec<DesiredGroup>) -> Desired {
 
 fn state_of(users: &[(&DesiredUser, Status)]) -> State {
     State {
-        users: users.iter().map(|(d, s)| (d.key.clone(), pushed(d, *s))).collect(),
+        users: users
+            .iter()
+            .map(|(d, s)| (d.key.clone(), pushed(d, *s)))
+            .collect(),
         ..State::default()
     }
 }
@@ -77,7 +80,10 @@ fn an_update_patches_only_what_changed() {
     let mut a2 = a.clone();
     a2.attrs.insert(UserAttr::Title, "Lead".into());
     let plan = plan(&desired(vec![a2], vec![]), &state, &Policy::default());
-    let Operation::UpdateUser { changes, scim_id, .. } = &plan.operations[0] else {
+    let Operation::UpdateUser {
+        changes, scim_id, ..
+    } = &plan.operations[0]
+    else {
         panic!("{plan:?}")
     };
     assert_eq!(scim_id.as_str(), "id-1");
@@ -116,15 +122,20 @@ fn a_disabled_user_who_returns_is_enabled_with_the_same_id() {
     let a = person("1", "a@x.com", "Eng");
     let state = state_of(&[(&a, Status::Disabled)]);
     let plan = plan(&desired(vec![a], vec![]), &state, &Policy::default());
-    assert!(matches!(&plan.operations[..], [Operation::EnableUser { scim_id, changes, .. }]
-        if scim_id.as_str() == "id-1" && changes.is_empty()));
+    assert!(
+        matches!(&plan.operations[..], [Operation::EnableUser { scim_id, changes, .. }]
+        if scim_id.as_str() == "id-1" && changes.is_empty())
+    );
 }
 
 #[test]
 fn a_deleted_user_who_returns_is_created_again() {
     let a = person("1", "a@x.com", "Eng");
     let state = state_of(&[(&a, Status::Removed)]);
-    assert_eq!(names(&plan(&desired(vec![a], vec![]), &state, &Policy::default())), ["create_user 1"]);
+    assert_eq!(
+        names(&plan(&desired(vec![a], vec![]), &state, &Policy::default())),
+        ["create_user 1"]
+    );
 }
 
 #[test]
@@ -156,7 +167,9 @@ fn out_of_scope_users_can_be_left_alone() {
     let mut d = desired(vec![a], vec![]);
     d.out_of_scope.insert(b.key.clone());
     let plan1 = plan(&d, &state, &Policy::default());
-    assert!(matches!(&plan1.operations[..], [Operation::DisableUser { reason, .. }] if reason == "out of scope"));
+    assert!(
+        matches!(&plan1.operations[..], [Operation::DisableUser { reason, .. }] if reason == "out of scope")
+    );
     let skip = Policy {
         skip_out_of_scope_deletions: true,
         ..Policy::default()
@@ -166,7 +179,10 @@ fn out_of_scope_users_can_be_left_alone() {
 
 #[test]
 fn protected_users_are_never_touched() {
-    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "Admin@x.com", "Eng"));
+    let (a, b) = (
+        person("1", "a@x.com", "Eng"),
+        person("2", "Admin@x.com", "Eng"),
+    );
     let state = state_of(&[(&a, Status::Active), (&b, Status::Active)]);
     let policy = Policy {
         protected_users: vec!["admin@x.com".into()],
@@ -177,20 +193,31 @@ fn protected_users_are_never_touched() {
 
 #[test]
 fn users_outside_verified_domains_are_skipped_with_a_warning() {
-    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@elsewhere.org", "Eng"));
+    let (a, b) = (
+        person("1", "a@x.com", "Eng"),
+        person("2", "b@elsewhere.org", "Eng"),
+    );
     let policy = Policy {
         verified_domains: vec!["x.com".into()],
         ..Policy::default()
     };
     let plan = plan(&desired(vec![a, b], vec![]), &State::default(), &policy);
     assert_eq!(names(&plan), ["create_user 1"]);
-    assert!(plan.warnings[0].contains("\"elsewhere.org\" is not in target.verified_domains"), "{:?}", plan.warnings);
+    assert!(
+        plan.warnings[0].contains("\"elsewhere.org\" is not in target.verified_domains"),
+        "{:?}",
+        plan.warnings
+    );
 }
 
 #[test]
 fn unknown_target_objects_are_never_in_a_plan() {
     // Nothing in the state: nothing can be disabled, deleted or updated.
-    let plan = plan(&desired(vec![], vec![]), &State::default(), &Policy::default());
+    let plan = plan(
+        &desired(vec![], vec![]),
+        &State::default(),
+        &Policy::default(),
+    );
     assert!(plan.is_empty());
 }
 
@@ -221,20 +248,33 @@ fn with_group(mut state: State, key: &str, name: &str, members: &[&str]) -> Stat
 
 #[test]
 fn membership_changes_are_diffed_and_chunked() {
-    let users: Vec<_> = (0..5).map(|i| person(&i.to_string(), &format!("{i}@x.com"), "Eng")).collect();
+    let users: Vec<_> = (0..5)
+        .map(|i| person(&i.to_string(), &format!("{i}@x.com"), "Eng"))
+        .collect();
     let state = with_group(
-        state_of(&users.iter().map(|u| (u, Status::Active)).collect::<Vec<_>>()),
+        state_of(
+            &users
+                .iter()
+                .map(|u| (u, Status::Active))
+                .collect::<Vec<_>>(),
+        ),
         "eng",
         "Engineering",
         &["0", "1"],
     );
-    let d = desired(users.clone(), vec![group("eng", "Engineering", &["1", "2", "3", "4"])]);
+    let d = desired(
+        users.clone(),
+        vec![group("eng", "Engineering", &["1", "2", "3", "4"])],
+    );
     let policy = Policy {
         member_chunk: 2,
         ..Policy::default()
     };
     let plan = plan(&d, &state, &policy);
-    assert_eq!(names(&plan), ["add_members eng", "add_members eng", "remove_members eng"]);
+    assert_eq!(
+        names(&plan),
+        ["add_members eng", "add_members eng", "remove_members eng"]
+    );
     assert_eq!(plan.summary.add_members, 3);
     assert_eq!(plan.summary.remove_members, 1);
 }
@@ -261,7 +301,10 @@ fn group_renames_follow_the_target_and_on_rename() {
         ..atlassian
     };
     let plan = plan(&d, &state, &recreate);
-    assert_eq!(names(&plan), ["create_group eng", "add_members eng", "delete_group eng"]);
+    assert_eq!(
+        names(&plan),
+        ["create_group eng", "add_members eng", "delete_group eng"]
+    );
     assert_eq!(plan.summary.removals(), 1);
 }
 
@@ -273,21 +316,35 @@ fn group_deletion_is_opt_in() {
         delete_groups: true,
         ..Policy::default()
     };
-    assert_eq!(names(&plan(&desired(vec![], vec![]), &state, &policy)), ["delete_group old"]);
+    assert_eq!(
+        names(&plan(&desired(vec![], vec![]), &state, &policy)),
+        ["delete_group old"]
+    );
 }
 
 #[test]
 fn members_who_will_not_exist_are_not_added() {
     let mut a = person("1", "a@x.com", "Eng");
     a.active = false;
-    let plan = plan(&desired(vec![a], vec![group("g", "G", &["1"])]), &State::default(), &Policy::default());
+    let plan = plan(
+        &desired(vec![a], vec![group("g", "G", &["1"])]),
+        &State::default(),
+        &Policy::default(),
+    );
     assert_eq!(names(&plan), ["create_group g"]);
 }
 
 #[test]
 fn guards_stop_empty_sources_and_mass_removals() {
-    let users: Vec<_> = (0..20).map(|i| person(&i.to_string(), &format!("{i}@x.com"), "Eng")).collect();
-    let state = state_of(&users.iter().map(|u| (u, Status::Active)).collect::<Vec<_>>());
+    let users: Vec<_> = (0..20)
+        .map(|i| person(&i.to_string(), &format!("{i}@x.com"), "Eng"))
+        .collect();
+    let state = state_of(
+        &users
+            .iter()
+            .map(|u| (u, Status::Active))
+            .collect::<Vec<_>>(),
+    );
     let policy = Policy {
         max_removals: RemovalLimit::Percent(10.0),
         ..Policy::default()
@@ -348,14 +405,27 @@ fn full_resync_adopts_repairs_and_recreates() {
     };
     let d = desired(vec![a, b, c], vec![group("g", "G", &["1"])]);
     let (rebuilt, adopted) = reconcile(&d, &state, &target);
-    assert_eq!(names(&Plan { operations: adopted, ..empty_plan() }), ["adopt_user 3"]);
+    assert_eq!(
+        names(&Plan {
+            operations: adopted,
+            ..empty_plan()
+        }),
+        ["adopt_user 3"]
+    );
     let plan = plan(&d, &rebuilt, &Policy::default());
     assert_eq!(
         names(&plan),
-        ["create_user 2", "update_user 1", "update_user 3", "add_members g"]
+        [
+            "create_user 2",
+            "update_user 1",
+            "update_user 3",
+            "add_members g"
+        ]
     );
     // The stranger is never touched, and c's hand-set nickName is not ours to remove.
-    let Operation::UpdateUser { changes, .. } = &plan.operations[2] else { panic!() };
+    let Operation::UpdateUser { changes, .. } = &plan.operations[2] else {
+        panic!()
+    };
     assert!(!changes.contains_key(&UserAttr::NickName));
 }
 
@@ -378,16 +448,24 @@ fn scenario() -> (Desired, State) {
     let c = person("3", "chloé@example.com", "Designer");
     let d = person("4", "dmitri@example.com", "Sales");
     let state = with_group(
-        state_of(&[(&a, Status::Active), (&b, Status::Active), (&d, Status::Active)]),
+        state_of(&[
+            (&a, Status::Active),
+            (&b, Status::Active),
+            (&d, Status::Active),
+        ]),
         "eng",
         "Engineering",
         &["1", "2", "4"],
     );
     let mut b2 = b.clone();
-    b2.attrs.insert(UserAttr::Title, "Lead \"Core\" Engineer".into());
+    b2.attrs
+        .insert(UserAttr::Title, "Lead \"Core\" Engineer".into());
     let desired = desired(
         vec![a, b2, c],
-        vec![group("eng", "Engineering", &["1", "2", "3"]), group("design", "Design", &["3"])],
+        vec![
+            group("eng", "Engineering", &["1", "2", "3"]),
+            group("design", "Design", &["3"]),
+        ],
     );
     (desired, state)
 }
@@ -416,8 +494,15 @@ fn apply_model(state: &mut State, plan: &Plan, create_only: &BTreeSet<UserAttr>)
     for op in &plan.operations {
         next_id += 1;
         match op {
-            Operation::CreateUser { key, user_name, changes } => {
-                let attrs: UserAttrs = changes.iter().filter_map(|(a, c)| c.new.clone().map(|v| (*a, v))).collect();
+            Operation::CreateUser {
+                key,
+                user_name,
+                changes,
+            } => {
+                let attrs: UserAttrs = changes
+                    .iter()
+                    .filter_map(|(a, c)| c.new.clone().map(|v| (*a, v)))
+                    .collect();
                 state.users.insert(
                     key.clone(),
                     StateUser {
@@ -430,7 +515,8 @@ fn apply_model(state: &mut State, plan: &Plan, create_only: &BTreeSet<UserAttr>)
                     },
                 );
             }
-            Operation::UpdateUser { key, changes, .. } | Operation::EnableUser { key, changes, .. } => {
+            Operation::UpdateUser { key, changes, .. }
+            | Operation::EnableUser { key, changes, .. } => {
                 let u = state.users.get_mut(key).expect("updates only known users");
                 let attrs = u.attrs.get_or_insert_with(UserAttrs::new);
                 for (a, c) in changes {
@@ -444,7 +530,9 @@ fn apply_model(state: &mut State, plan: &Plan, create_only: &BTreeSet<UserAttr>)
                     u.status = Status::Active;
                 }
             }
-            Operation::DisableUser { key, .. } => state.users.get_mut(key).unwrap().status = Status::Disabled,
+            Operation::DisableUser { key, .. } => {
+                state.users.get_mut(key).unwrap().status = Status::Disabled
+            }
             Operation::DeleteUser { key, .. } => {
                 state.users.get_mut(key).unwrap().status = Status::Removed;
                 for m in state.memberships.values_mut() {
@@ -463,9 +551,9 @@ fn apply_model(state: &mut State, plan: &Plan, create_only: &BTreeSet<UserAttr>)
                     },
                 );
             }
-            Operation::UpdateGroup { key, display_name, .. } => {
-                state.groups.get_mut(key).unwrap().display_name = display_name.clone()
-            }
+            Operation::UpdateGroup {
+                key, display_name, ..
+            } => state.groups.get_mut(key).unwrap().display_name = display_name.clone(),
             Operation::DeleteGroup { key, scim_id, .. } => {
                 let g = state.groups.get_mut(key).unwrap();
                 if g.scim_id == *scim_id {
@@ -473,9 +561,11 @@ fn apply_model(state: &mut State, plan: &Plan, create_only: &BTreeSet<UserAttr>)
                     state.memberships.remove(key);
                 }
             }
-            Operation::AddMembers { key, members, .. } => {
-                state.memberships.entry(key.clone()).or_default().extend(members.iter().cloned())
-            }
+            Operation::AddMembers { key, members, .. } => state
+                .memberships
+                .entry(key.clone())
+                .or_default()
+                .extend(members.iter().cloned()),
             Operation::RemoveMembers { key, members, .. } => {
                 let m = state.memberships.get_mut(key).unwrap();
                 for k in members {
@@ -488,32 +578,48 @@ fn apply_model(state: &mut State, plan: &Plan, create_only: &BTreeSet<UserAttr>)
 }
 
 fn arb_user(key: usize) -> impl Strategy<Value = DesiredUser> {
-    (0..3usize, 0..3usize, any::<bool>(), prop::option::of(0..2usize)).prop_map(move |(mail, title, active, dept)| {
-        let email = format!("u{key}.{mail}@example.com");
-        let mut attrs = attrs(&[
-            (UserAttr::UserName, &email),
-            (UserAttr::Email, &email),
-            (UserAttr::Title, ["Eng", "Lead", "Müller & Co"][title]),
-        ]);
-        if let Some(d) = dept {
-            attrs.insert(UserAttr::Department, ["R&D", "Sales"][d].to_string());
-        }
-        DesiredUser {
-            key: SourceKey::new(format!("u{key}")),
-            origin: Origin::new("gen"),
-            attrs,
-            active,
-        }
-    })
+    (
+        0..3usize,
+        0..3usize,
+        any::<bool>(),
+        prop::option::of(0..2usize),
+    )
+        .prop_map(move |(mail, title, active, dept)| {
+            let email = format!("u{key}.{mail}@example.com");
+            let mut attrs = attrs(&[
+                (UserAttr::UserName, &email),
+                (UserAttr::Email, &email),
+                (UserAttr::Title, ["Eng", "Lead", "Müller & Co"][title]),
+            ]);
+            if let Some(d) = dept {
+                attrs.insert(UserAttr::Department, ["R&D", "Sales"][d].to_string());
+            }
+            DesiredUser {
+                key: SourceKey::new(format!("u{key}")),
+                origin: Origin::new("gen"),
+                attrs,
+                active,
+            }
+        })
 }
 
 fn arb_status() -> impl Strategy<Value = Status> {
-    prop_oneof![Just(Status::Active), Just(Status::Disabled), Just(Status::Removed)]
+    prop_oneof![
+        Just(Status::Active),
+        Just(Status::Disabled),
+        Just(Status::Removed)
+    ]
 }
 
 /// A random (desired, state) pair over a pool of 12 users and 4 groups.
 fn arb_world() -> impl Strategy<Value = (Desired, State)> {
-    let users = prop::collection::vec((prop::option::of((0..12usize).prop_flat_map(arb_user)), prop::option::of((arb_user(0), arb_status()))), 12);
+    let users = prop::collection::vec(
+        (
+            prop::option::of((0..12usize).prop_flat_map(arb_user)),
+            prop::option::of((arb_user(0), arb_status())),
+        ),
+        12,
+    );
     let groups = prop::collection::vec(
         (
             prop::option::of((0..2usize, prop::collection::btree_set(0..12usize, 0..6))),
@@ -562,7 +668,12 @@ fn arb_world() -> impl Strategy<Value = (Desired, State)> {
                 let live: BTreeSet<SourceKey> = members
                     .into_iter()
                     .map(|m| SourceKey::new(format!("u{m}")))
-                    .filter(|k| state.users.get(k).is_some_and(|u| u.status != Status::Removed))
+                    .filter(|k| {
+                        state
+                            .users
+                            .get(k)
+                            .is_some_and(|u| u.status != Status::Removed)
+                    })
                     .collect();
                 state.memberships.insert(key, live);
             }
@@ -572,16 +683,29 @@ fn arb_world() -> impl Strategy<Value = (Desired, State)> {
 }
 
 fn arb_policy() -> impl Strategy<Value = Policy> {
-    (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), 1..4usize).prop_map(
-        |(delete, groups_delete, renames, recreate, chunk)| Policy {
-            remove_action: if delete { RemoveAction::Delete } else { RemoveAction::Disable },
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        1..4usize,
+    )
+        .prop_map(|(delete, groups_delete, renames, recreate, chunk)| Policy {
+            remove_action: if delete {
+                RemoveAction::Delete
+            } else {
+                RemoveAction::Disable
+            },
             delete_groups: groups_delete,
             target_renames_groups: renames,
-            on_rename: if recreate { OnRename::Recreate } else { OnRename::Keep },
+            on_rename: if recreate {
+                OnRename::Recreate
+            } else {
+                OnRename::Keep
+            },
             member_chunk: chunk,
             ..Policy::default()
-        },
-    )
+        })
 }
 
 proptest! {

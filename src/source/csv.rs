@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use super::SourceError;
 use crate::config::CsvSettings;
-use crate::model::{GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser};
+use crate::model::{
+    GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser,
+};
 
 /// Reports at most this many problems; the rest are counted.
 const MAX_PROBLEMS: usize = 50;
@@ -90,8 +92,14 @@ fn file_name(path: &Path) -> String {
 }
 
 /// The header as UTF-8 names, BOM removed.
-fn header(reader: &mut csv::Reader<std::fs::File>, path: &Path) -> Result<Vec<Arc<str>>, SourceError> {
-    let record = reader.byte_headers().map_err(|e| csv_error(path, &e))?.clone();
+fn header(
+    reader: &mut csv::Reader<std::fs::File>,
+    path: &Path,
+) -> Result<Vec<Arc<str>>, SourceError> {
+    let record = reader
+        .byte_headers()
+        .map_err(|e| csv_error(path, &e))?
+        .clone();
     let mut names: Vec<Arc<str>> = Vec::with_capacity(record.len());
     for (i, field) in record.iter().enumerate() {
         let field = if i == 0 {
@@ -101,7 +109,11 @@ fn header(reader: &mut csv::Reader<std::fs::File>, path: &Path) -> Result<Vec<Ar
         };
         let name = std::str::from_utf8(field).map_err(|_| SourceError::Invalid {
             summary: format!("{}: the header row is not valid UTF-8", path.display()),
-            problems: vec![format!("{} line 1: column {} is not UTF-8", file_name(path), i + 1)],
+            problems: vec![format!(
+                "{} line 1: column {} is not UTF-8",
+                file_name(path),
+                i + 1
+            )],
             hint: "save the file as UTF-8".into(),
         })?;
         names.push(Arc::from(name.trim()));
@@ -119,7 +131,9 @@ fn header(reader: &mut csv::Reader<std::fs::File>, path: &Path) -> Result<Vec<Ar
 fn csv_error(path: &Path, e: &csv::Error) -> SourceError {
     let line = e.position().map(|p| p.line()).unwrap_or(0);
     let what = match e.kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => {
             format!("has {len} fields where the header has {expected_len}")
         }
         csv::ErrorKind::Io(io) => format!("cannot be read: {io}"),
@@ -137,10 +151,20 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
     let name = file_name(path);
     let mut reader = open(path, settings.delimiter)?;
     let columns = header(&mut reader, path)?;
-    let Some(key_index) = columns.iter().position(|c| c.eq_ignore_ascii_case(&settings.key)) else {
+    let Some(key_index) = columns
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(&settings.key))
+    else {
         return Err(SourceError::Invalid {
-            summary: format!("{}: there is no key column {:?}", path.display(), settings.key),
-            problems: vec![format!("{name} line 1: the columns are {}", columns.join(", "))],
+            summary: format!(
+                "{}: there is no key column {:?}",
+                path.display(),
+                settings.key
+            ),
+            problems: vec![format!(
+                "{name} line 1: the columns are {}",
+                columns.join(", ")
+            )],
             hint: "name the stable key column `id`, or set `source.key` to its name".into(),
         });
     };
@@ -191,7 +215,10 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
         let key = match std::str::from_utf8(&record[key_index]) {
             Ok(k) if !k.is_empty() => k,
             _ => {
-                problems.push(format!("{name} line {line}: the key column {:?} is empty", settings.key));
+                problems.push(format!(
+                    "{name} line {line}: the key column {:?} is empty",
+                    settings.key
+                ));
                 continue;
             }
         };
@@ -208,7 +235,10 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
         });
     }
     if !problems.is_empty() {
-        return Err(problems.into_error(path, "fix the rows listed above, then run again; nothing was changed"));
+        return Err(problems.into_error(
+            path,
+            "fix the rows listed above, then run again; nothing was changed",
+        ));
     }
     Ok(users)
 }
@@ -230,8 +260,14 @@ fn read_groups(
     let find = |wanted: &str| columns.iter().position(|c| c.eq_ignore_ascii_case(wanted));
     let (Some(group_index), Some(member_index)) = (find("group"), find("member")) else {
         return Err(SourceError::Invalid {
-            summary: format!("{}: a groups file needs the columns `group,member`", path.display()),
-            problems: vec![format!("{name} line 1: the columns are {}", columns.join(", "))],
+            summary: format!(
+                "{}: a groups file needs the columns `group,member`",
+                path.display()
+            ),
+            problems: vec![format!(
+                "{name} line 1: the columns are {}",
+                columns.join(", ")
+            )],
             hint: "one membership per row: group,member (member = a user's key)".into(),
         });
     };
@@ -296,7 +332,10 @@ fn read_groups(
         }
     }
     if !problems.is_empty() {
-        return Err(problems.into_error(path, "fix the rows listed above, then run again; nothing was changed"));
+        return Err(problems.into_error(
+            path,
+            "fix the rows listed above, then run again; nothing was changed",
+        ));
     }
     let groups = groups
         .into_iter()
@@ -364,7 +403,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"id,email\n1,a@x.com\n2,b@x.com\n1,c@x.com\n", None);
         let text = problems(read(&s).unwrap_err());
-        assert!(text.contains("users.csv line 4: key \"1\" is already used on line 2"), "{text}");
+        assert!(
+            text.contains("users.csv line 4: key \"1\" is already used on line 2"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -372,7 +414,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"id,email\n1,a@x.com\n2,b@x.com,extra\n", None);
         let text = problems(read(&s).unwrap_err());
-        assert!(text.contains("users.csv line 3: has 3 fields where the header has 2"), "{text}");
+        assert!(
+            text.contains("users.csv line 3: has 3 fields where the header has 2"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -380,7 +425,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"id,email,family_name\n1,a@x.com,M\xFCller\n", None);
         let text = problems(read(&s).unwrap_err());
-        assert!(text.contains("users.csv line 2: column \"family_name\" is not valid UTF-8"), "{text}");
+        assert!(
+            text.contains("users.csv line 2: column \"family_name\" is not valid UTF-8"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -388,7 +436,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"uid,email\n1,a@x.com\n", None);
         let err = read(&s).unwrap_err();
-        assert!(err.to_string().contains("the columns are uid, email"), "{err}");
+        assert!(
+            err.to_string().contains("the columns are uid, email"),
+            "{err}"
+        );
         assert!(err.hint().contains("source.key"));
     }
 
