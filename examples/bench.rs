@@ -15,6 +15,10 @@ use idsync::model::{AttrHash, SourceKey, UserAttr};
 use idsync::plan::{self, Operation};
 use idsync::state::{Ownership, State, StateDb, StateGroup, StateUser, Status};
 
+// The same allocator as the `idsync` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {

@@ -211,12 +211,17 @@ impl Executor<'_> {
             .collect();
         let client = self.client.clone();
         let shutdown = self.shutdown.clone();
+        // Set once the run must stop: no new request starts. Separate from
+        // `shutdown`, which belongs to the caller (a daemon reads it to decide
+        // whether to exit, so a failed cycle must not set it).
+        let halt = Arc::new(AtomicBool::new(false));
         let mut results = stream::iter(jobs)
             .map(|(seq, job)| {
                 let client = client.clone();
                 let shutdown = shutdown.clone();
+                let halt = halt.clone();
                 async move {
-                    if shutdown.load(Ordering::SeqCst) {
+                    if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
                         return (seq, job, Done::Skipped("interrupted".into()));
                     }
                     let done = execute(&client, &job).await;
@@ -241,10 +246,11 @@ impl Executor<'_> {
                         });
                     }
                 }
-                if outcome.stopped.is_some() {
-                    // Let requests in flight finish and commit; start no new ones.
-                    self.shutdown.store(true, Ordering::SeqCst);
-                }
+            }
+            // Also when `commit` stopped the run (a refused token).
+            if outcome.stopped.is_some() {
+                // Let requests in flight finish and commit; start no new ones.
+                halt.store(true, Ordering::SeqCst);
             }
         }
         Ok(())

@@ -106,20 +106,45 @@ impl fmt::Debug for UserName {
 }
 
 /// Where a source record came from, for error messages: `users.csv line 12`, a DN.
+/// Cheap to clone: the file name is shared, the line kept as a number.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin(Arc<str>);
+pub struct Origin {
+    name: Arc<str>,
+    line: Option<u64>,
+}
 
 impl Origin {
     pub fn new(value: impl Into<Arc<str>>) -> Self {
-        Self(value.into())
+        Self {
+            name: value.into(),
+            line: None,
+        }
+    }
+
+    /// A line of a file; `file` is shared by every record of that file.
+    pub fn line(file: Arc<str>, line: u64) -> Self {
+        Self {
+            name: file,
+            line: Some(line),
+        }
     }
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self.line {
+            Some(line) => write!(f, "{} line {line}", self.name),
+            None => f.write_str(&self.name),
+        }
     }
 }
+
+/// A fast, randomly seeded hasher for the large in-memory maps of a cycle.
+pub type FastHash = foldhash::fast::RandomState;
+/// A `HashMap` with [`FastHash`].
+pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHash>;
+/// A `HashSet` with [`FastHash`].
+pub type FastSet<K> = std::collections::HashSet<K, FastHash>;
 
 /// A source record's attributes: names as the source spells them (looked up
 /// case-insensitively, as LDAP does), each with zero or more values.
@@ -145,6 +170,12 @@ impl SourceAttrs {
             Some((_, existing)) => existing.extend(values),
             None => self.0.push((name, values)),
         }
+    }
+
+    /// Adds values under a name the record does not have yet (the caller knows
+    /// names are unique, as in a CSV header checked once).
+    pub fn push_unique(&mut self, name: Arc<str>, values: Vec<String>) {
+        self.0.push((name, values));
     }
 
     /// All values of `name` (case-insensitive); empty when absent.

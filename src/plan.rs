@@ -12,6 +12,8 @@ pub mod guard;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use crate::model::{FastHash, FastSet};
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{OnRename, Policy, RemoveAction};
@@ -313,8 +315,10 @@ pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
         |name: &str| !protected_users.is_empty() && protected_users.contains(fold(name).as_str());
 
     // Users that will exist in the target once the user phases ran.
-    let mut present: HashSet<&SourceKey> = HashSet::with_capacity(desired.users.len());
-    let mut desired_keys: HashSet<&SourceKey> = HashSet::with_capacity(desired.users.len());
+    let mut present: FastSet<&SourceKey> =
+        FastSet::with_capacity_and_hasher(desired.users.len(), FastHash::default());
+    let mut desired_keys: FastSet<&SourceKey> =
+        FastSet::with_capacity_and_hasher(desired.users.len(), FastHash::default());
 
     for d in &desired.users {
         desired_keys.insert(&d.key);
@@ -531,7 +535,7 @@ fn plan_groups(
     desired: &Desired,
     state: &State,
     policy: &Policy,
-    present: &HashSet<&SourceKey>,
+    present: &FastSet<&SourceKey>,
     ops: &mut Vec<Operation>,
     warnings: &mut Vec<String>,
 ) {
@@ -550,7 +554,10 @@ fn plan_groups(
         if is_protected(&g.display_name) || live.is_some_and(|s| is_protected(&s.display_name)) {
             continue;
         }
-        let wanted: Vec<&SourceKey> = g.members.iter().filter(|m| present.contains(m)).collect();
+        let mut wanted: Vec<&SourceKey> = g.members.iter().filter(|m| present.contains(m)).collect();
+        // Mappings hand members over sorted; sorting again costs one pass then.
+        wanted.sort_unstable();
+        wanted.dedup();
         match live {
             None => {
                 ops.push(Operation::CreateGroup {
@@ -589,11 +596,9 @@ fn plan_groups(
                         )),
                     }
                 }
-                let adds = wanted.iter().copied().filter(|m| !pushed.contains(*m));
-                push_members(ops, g, adds, true, policy.member_chunk);
-                let wanted_set: HashSet<&SourceKey> = wanted.iter().copied().collect();
-                let removes = pushed.iter().filter(|m| !wanted_set.contains(m));
-                push_members(ops, g, removes, false, policy.member_chunk);
+                let (adds, removes) = sorted_diff(&wanted, pushed);
+                push_members(ops, g, adds.into_iter(), true, policy.member_chunk);
+                push_members(ops, g, removes.into_iter(), false, policy.member_chunk);
             }
         }
     }
@@ -612,6 +617,32 @@ fn plan_groups(
                 display_name: s.display_name.clone(),
                 reason: "not in the source".to_string(),
             });
+        }
+    }
+}
+
+/// What to add to and remove from `pushed` to get `wanted`; both are sorted, so
+/// one merge pass does it.
+fn sorted_diff<'a>(
+    wanted: &[&'a SourceKey],
+    pushed: &'a BTreeSet<SourceKey>,
+) -> (Vec<&'a SourceKey>, Vec<&'a SourceKey>) {
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
+    let mut want = wanted.iter().copied().peekable();
+    let mut have = pushed.iter().peekable();
+    loop {
+        match (want.peek(), have.peek()) {
+            (Some(w), Some(h)) => match w.cmp(h) {
+                std::cmp::Ordering::Less => adds.extend(want.next()),
+                std::cmp::Ordering::Greater => removes.extend(have.next()),
+                std::cmp::Ordering::Equal => {
+                    want.next();
+                    have.next();
+                }
+            },
+            (Some(_), None) => adds.extend(want.next()),
+            (None, Some(_)) => removes.extend(have.next()),
+            (None, None) => return (adds, removes),
         }
     }
 }

@@ -8,14 +8,14 @@
 //! duplicates and without losing work. An advisory lock beside the DB allows one
 //! writer at a time; `plan` reads without it and writes nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AttrHash, GroupKey, ScimId, SourceKey, UserAttrs};
+use crate::model::{AttrHash, FastMap, GroupKey, ScimId, SourceKey, UserAttrs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -117,7 +117,7 @@ pub struct StateGroup {
 /// The last pushed snapshot: the planner's view of the target.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
-    pub users: HashMap<SourceKey, StateUser>,
+    pub users: FastMap<SourceKey, StateUser>,
     pub groups: BTreeMap<GroupKey, StateGroup>,
     pub memberships: BTreeMap<GroupKey, BTreeSet<SourceKey>>,
     /// Bumped by every write; part of a saved plan's fingerprint.
@@ -506,18 +506,36 @@ impl StateDb {
             }
         }
         {
+            // Rows arrive in key order (the primary key), so each group's set is
+            // built in bulk from a sorted run.
             let mut stmt = tx
-                .prepare("SELECT group_key, user_key FROM memberships")
+                .prepare("SELECT group_key, user_key FROM memberships ORDER BY group_key, user_key")
                 .map_err(|e| sqlite(&path, e))?;
             let mut rows = stmt.query([]).map_err(|e| sqlite(&path, e))?;
+            let mut current: Option<(String, Vec<SourceKey>)> = None;
             while let Some(row) = rows.next().map_err(|e| sqlite(&path, e))? {
-                let group: String = row.get(0).map_err(|e| sqlite(&path, e))?;
+                let group = row
+                    .get_ref(0)
+                    .map_err(|e| sqlite(&path, e))?
+                    .as_str()
+                    .map_err(|e| sqlite(&path, e.into()))?;
                 let user: String = row.get(1).map_err(|e| sqlite(&path, e))?;
+                match &mut current {
+                    Some((g, members)) if g == group => members.push(SourceKey::new(user)),
+                    _ => {
+                        if let Some((g, members)) = current.take() {
+                            state
+                                .memberships
+                                .insert(GroupKey::new(g), members.into_iter().collect());
+                        }
+                        current = Some((group.to_string(), vec![SourceKey::new(user)]));
+                    }
+                }
+            }
+            if let Some((g, members)) = current {
                 state
                     .memberships
-                    .entry(GroupKey::new(group))
-                    .or_default()
-                    .insert(SourceKey::new(user));
+                    .insert(GroupKey::new(g), members.into_iter().collect());
             }
         }
         tx.finish().map_err(|e| sqlite(&path, e))?;

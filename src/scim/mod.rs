@@ -477,9 +477,10 @@ impl ScimClient {
             ));
         }
         let body = resource::group_to_json(display_name, external_id);
-        let reply = self
-            .call(Method::POST, self.url(&["Groups"]), &[], Some(&body))
-            .await?;
+        let reply = match self.create_group_once(display_name, &body).await? {
+            GroupCreate::Sent(reply) => reply,
+            GroupCreate::Found(group) => return Ok(group),
+        };
         match self.created(&reply, &["Groups"]).await? {
             Some(created) => {
                 resource::group_from_json(&created).map_err(ScimError::InvalidResponse)
@@ -488,6 +489,48 @@ impl ScimClient {
                 "group created, but the response names no id".into(),
             )),
         }
+    }
+
+    /// POSTs a group with retries. Many servers (scim2-server among them) do not
+    /// enforce unique group names, so a retried POST whose first attempt reached
+    /// the server (the answer was lost, timed out, or a gateway failed after the
+    /// backend acted) would create a second group: before every retry, the group
+    /// is looked up by `displayName`, and an existing one is returned instead.
+    async fn create_group_once(
+        &self,
+        display_name: &str,
+        body: &Value,
+    ) -> Result<GroupCreate, ScimError> {
+        let url = self.url(&["Groups"]);
+        let bytes = body.to_string().into_bytes();
+        let inner = &self.inner;
+        retry::run(
+            &inner.retry,
+            fastrand::f64,
+            |attempt, error, wait| {
+                inner.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(method = "POST", path = url.path(), attempt, wait_ms = wait.as_millis() as u64, %error, "retrying SCIM request");
+            },
+            |attempt| {
+                let url = &url;
+                let bytes = &bytes;
+                async move {
+                    if attempt > 1 {
+                        match self.find_group_by_display_name(display_name).await {
+                            Ok(Some(group)) => return Attempt::Success(GroupCreate::Found(group)),
+                            Ok(None) => {}
+                            Err(error) => return Attempt::Retryable { error, wait: None },
+                        }
+                    }
+                    match self.attempt(&Method::POST, url, &[], Some(bytes)).await {
+                        Attempt::Success(reply) => Attempt::Success(GroupCreate::Sent(reply)),
+                        Attempt::Fatal(e) => Attempt::Fatal(e),
+                        Attempt::Retryable { error, wait } => Attempt::Retryable { error, wait },
+                    }
+                }
+            },
+        )
+        .await
     }
 
     /// Finds a group by `displayName`: an exact match first, else one differing
@@ -885,6 +928,14 @@ impl ScimClient {
             *cooldown = Some(until);
         }
     }
+}
+
+/// What a group POST with retries ended with.
+enum GroupCreate {
+    /// The target answered the POST.
+    Sent(Reply),
+    /// A retry found the group an earlier attempt had created.
+    Found(RemoteGroup),
 }
 
 /// Candidates from a search: filtered by the server, or the whole collection.

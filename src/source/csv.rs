@@ -4,7 +4,6 @@
 //! with its line number; one bad row fails the read, because a skipped user would
 //! be deprovisioned.
 
-use std::collections::HashMap;
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +11,8 @@ use std::sync::Arc;
 use super::SourceError;
 use crate::config::CsvSettings;
 use crate::model::{
-    GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser,
+    FastMap, FastSet, GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey,
+    SourceUser,
 };
 
 /// Reports at most this many problems; the rest are counted.
@@ -60,7 +60,7 @@ pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, SourceError> {
     let users = read_users(settings)?;
     let (groups, unresolved_members) = match &settings.groups {
         Some(path) => {
-            let known: HashMap<&str, ()> = users.iter().map(|u| (u.key.as_str(), ())).collect();
+            let known: FastSet<&str> = users.iter().map(|u| u.key.as_str()).collect();
             read_groups(path, settings.delimiter, &known)?
         }
         None => (Vec::new(), 0),
@@ -169,9 +169,27 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
         });
     };
 
+    if let Some(dup) = columns
+        .iter()
+        .enumerate()
+        .find(|(i, c)| !c.is_empty() && columns[..*i].iter().any(|o| o.eq_ignore_ascii_case(c)))
+    {
+        return Err(SourceError::Invalid {
+            summary: format!(
+                "{}: the column {:?} appears twice in the header",
+                path.display(),
+                &*dup.1
+            ),
+            problems: vec![format!(
+                "{name} line 1: the columns are {}",
+                columns.join(", ")
+            )],
+            hint: "give every column a distinct name".into(),
+        });
+    }
+    let file: Arc<str> = Arc::from(name.as_str());
     let mut problems = Problems::default();
     let mut users = Vec::new();
-    let mut seen: HashMap<Box<str>, u64> = HashMap::new();
     let mut record = csv::ByteRecord::new();
     loop {
         match reader.read_byte_record(&mut record) {
@@ -197,7 +215,7 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
             match std::str::from_utf8(field) {
                 Ok(value) => {
                     if !value.is_empty() {
-                        attrs.push(columns[i].clone(), vec![value.to_string()]);
+                        attrs.push_unique(columns[i].clone(), vec![value.to_string()]);
                     }
                 }
                 Err(_) => {
@@ -222,17 +240,22 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
                 continue;
             }
         };
-        if let Some(first) = seen.insert(key.into(), line) {
-            problems.push(format!(
-                "{name} line {line}: key {key:?} is already used on line {first}; keys must be unique"
-            ));
-            continue;
-        }
         users.push(SourceUser {
             key: SourceKey::new(key),
-            origin: Origin::new(format!("{name} line {line}")),
+            origin: Origin::line(file.clone(), line),
             attrs,
         });
+    }
+    let mut seen: FastMap<&str, &Origin> =
+        FastMap::with_capacity_and_hasher(users.len(), Default::default());
+    for user in &users {
+        if let Some(first) = seen.insert(user.key.as_str(), &user.origin) {
+            problems.push(format!(
+                "{}: key {:?} is already used on {first}; keys must be unique",
+                user.origin,
+                user.key.as_str()
+            ));
+        }
     }
     if !problems.is_empty() {
         return Err(problems.into_error(
@@ -252,7 +275,7 @@ struct GroupAcc {
 fn read_groups(
     path: &Path,
     delimiter: u8,
-    known_users: &HashMap<&str, ()>,
+    known_users: &FastSet<&str>,
 ) -> Result<(Vec<SourceGroup>, usize), SourceError> {
     let name = file_name(path);
     let mut reader = open(path, delimiter)?;
@@ -325,7 +348,7 @@ fn read_groups(
         if member.is_empty() {
             continue;
         }
-        if known_users.contains_key(member) {
+        if known_users.contains(member) {
             acc.members.push(SourceKey::new(member));
         } else {
             unresolved += 1;
@@ -346,7 +369,7 @@ fn read_groups(
             SourceGroup {
                 key,
                 name: acc.name,
-                origin: Origin::new(format!("{name} line {}", acc.line)),
+                origin: Origin::line(Arc::from(name.as_str()), acc.line),
                 members,
             }
         })
@@ -404,7 +427,7 @@ mod tests {
         let s = settings(&dir, b"id,email\n1,a@x.com\n2,b@x.com\n1,c@x.com\n", None);
         let text = problems(read(&s).unwrap_err());
         assert!(
-            text.contains("users.csv line 4: key \"1\" is already used on line 2"),
+            text.contains("users.csv line 4: key \"1\" is already used on users.csv line 2"),
             "{text}"
         );
     }
