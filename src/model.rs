@@ -110,14 +110,15 @@ impl fmt::Debug for UserName {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
     name: Arc<str>,
-    line: Option<u64>,
+    /// 1-based; 0 when the origin is not a line (a DN).
+    line: u32,
 }
 
 impl Origin {
     pub fn new(value: impl Into<Arc<str>>) -> Self {
         Self {
             name: value.into(),
-            line: None,
+            line: 0,
         }
     }
 
@@ -125,7 +126,7 @@ impl Origin {
     pub fn line(file: Arc<str>, line: u64) -> Self {
         Self {
             name: file,
-            line: Some(line),
+            line: u32::try_from(line).unwrap_or(u32::MAX),
         }
     }
 }
@@ -133,8 +134,8 @@ impl Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(line) => write!(f, "{} line {line}", self.name),
-            None => f.write_str(&self.name),
+            0 => f.write_str(&self.name),
+            line => write!(f, "{} line {line}", self.name),
         }
     }
 }

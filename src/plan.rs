@@ -554,7 +554,8 @@ fn plan_groups(
         if is_protected(&g.display_name) || live.is_some_and(|s| is_protected(&s.display_name)) {
             continue;
         }
-        let mut wanted: Vec<&SourceKey> = g.members.iter().filter(|m| present.contains(m)).collect();
+        let mut wanted: Vec<&SourceKey> =
+            g.members.iter().filter(|m| present.contains(m)).collect();
         // Mappings hand members over sorted; sorting again costs one pass then.
         wanted.sort_unstable();
         wanted.dedup();

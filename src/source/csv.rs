@@ -178,7 +178,7 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
             summary: format!(
                 "{}: the column {:?} appears twice in the header",
                 path.display(),
-                &*dup.1
+                dup.1
             ),
             problems: vec![format!(
                 "{name} line 1: the columns are {}",
