@@ -144,6 +144,11 @@ use crate::model::{
 use expr::{Expr, Record};
 use scope::Scope;
 
+/// The largest mapped value accepted. SCIM servers cap attributes far lower
+/// (names and titles at a few hundred characters); a value this large is a
+/// broken export, and sending it would fail that user on every cycle.
+pub const MAX_VALUE_BYTES: usize = 4096;
+
 /// A compiled mapping file.
 #[derive(Debug)]
 pub struct Mapping {
@@ -247,6 +252,8 @@ pub enum RecordProblem {
     },
     /// Another record, earlier in the source, has the same key.
     DuplicateKey { other_origin: Origin },
+    /// A mapped value is larger than any SCIM target takes.
+    TooLong { attribute: UserAttr, bytes: usize },
     /// The group's display name mapped to empty.
     EmptyGroupName,
     /// Another group, earlier in the source, has the same display name.
@@ -288,6 +295,7 @@ impl RecordError {
             RecordProblem::InvalidActive(_) => "the `active` rule must give true/false, yes/no or 1/0: fix the source value, or wrap the rule in default(…, 'true')".into(),
             RecordProblem::DuplicateUserName { .. } => "user names must be unique (compared case-insensitively): correct one of the two records in the source, or exclude one of them from scope".into(),
             RecordProblem::DuplicateKey { .. } => "source keys must be unique: check the key column or attribute (`source.key`)".into(),
+            RecordProblem::TooLong { .. } => format!("values are limited to {MAX_VALUE_BYTES} bytes: fix the source value, or stop mapping it"),
             RecordProblem::EmptyGroupName => "give the group a name in the source, or change the groups.displayName rule".into(),
             RecordProblem::DuplicateGroupName { .. } => "group display names must be unique (compared case-insensitively): rename one group, or exclude one with groups.scope".into(),
         }
@@ -320,6 +328,9 @@ impl fmt::Display for RecordError {
             )?,
             RecordProblem::DuplicateKey { other_origin } => {
                 write!(f, "the same key is also used at {other_origin}")?
+            }
+            RecordProblem::TooLong { attribute, bytes } => {
+                write!(f, "`{attribute}` would be {bytes} bytes long")?
             }
             RecordProblem::EmptyGroupName => write!(f, "the group's displayName mapped to empty")?,
             RecordProblem::DuplicateGroupName {
@@ -487,6 +498,12 @@ impl Mapping {
         let mut out = UserAttrs::new();
         for (attr, expr) in &self.attributes {
             let value = expr.eval(&rec);
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(RecordProblem::TooLong {
+                    attribute: *attr,
+                    bytes: value.len(),
+                });
+            }
             if !value.trim().is_empty() {
                 out.insert(*attr, value.into_owned());
             }

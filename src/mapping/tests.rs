@@ -687,3 +687,26 @@ pub(crate) fn generated_directory(n: usize) -> SourceDirectory {
         unresolved_members: 0,
     }
 }
+
+#[test]
+fn huge_values_are_rejected_per_record() {
+    let m = Mapping::parse(
+        "users:\n  attributes:\n    userName: email\n    title: title\n",
+        "m.yaml",
+    )
+    .unwrap();
+    let mut attrs = SourceAttrs::new();
+    attrs.push("email".into(), vec!["a@x.com".into()]);
+    attrs.push("title".into(), vec!["x".repeat(MAX_VALUE_BYTES + 1)]);
+    let user = SourceUser {
+        key: SourceKey::new("k1"),
+        origin: Origin::new("users.csv line 2"),
+        attrs,
+    };
+    let err = m.map_user(&user).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("users.csv line 2: user `k1`: `title` would be 4097 bytes long"),
+        "{err}"
+    );
+}
