@@ -280,6 +280,10 @@ pub struct Plan {
     pub operations: Vec<Operation>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Group members left out because they are not in-scope users (outside the
+    /// base DN, filtered out, unknown keys).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ignored_members: u64,
 }
 
 impl Plan {
@@ -425,6 +429,7 @@ pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
         summary: Summary::of(&ops),
         operations: ops,
         warnings,
+        ignored_members: desired.ignored_members as u64,
     }
 }
 

@@ -203,6 +203,14 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
         out.push_str(&line);
         out.push('\n');
     }
+    if plan.ignored_members > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} group member{} left out: not users in scope (outside the base DN, filtered out, or unknown)",
+            plan.ignored_members,
+            plural(plan.ignored_members as usize)
+        );
+    }
     for w in &plan.warnings {
         let _ = writeln!(out, "{} {w}", style.paint("33", "warning:"));
     }

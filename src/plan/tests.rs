@@ -436,6 +436,7 @@ fn empty_plan() -> Plan {
         summary: Summary::default(),
         operations: vec![],
         warnings: vec![],
+        ignored_members: 0,
     }
 }
 
