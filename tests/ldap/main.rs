@@ -3,6 +3,7 @@
 //! failures. Each test starts its own slapd (scripts/slapd.sh) on loopback.
 
 mod harness;
+mod sync;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
