@@ -56,6 +56,55 @@ fn orchestrate(users: usize, groups: usize) {
             std::process::exit(1);
         }
     }
+    // The real thing: `idsync plan` on the seeded state, as an operator runs it
+    // (source read and state load overlap there).
+    let idsync = me
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("idsync"));
+    match idsync.filter(|p| p.exists()) {
+        Some(bin) => {
+            let started = Instant::now();
+            let mut child = std::process::Command::new(&bin)
+                .args(["plan", "--format", "json", "-c"])
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("run idsync");
+            let status_file = format!("/proc/{}/status", child.id());
+            let mut peak_kib = 0f64;
+            let status = loop {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    break status;
+                }
+                if let Some(kib) = std::fs::read_to_string(&status_file)
+                    .ok()
+                    .as_deref()
+                    .and_then(vm_hwm_kib)
+                {
+                    peak_kib = peak_kib.max(kib);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            };
+            assert!(status.success(), "idsync plan failed: {status}");
+            println!(
+                "idsync plan (no changes, release binary): {:.2}s wall, peak RSS ≥ {:.0} MiB (sampled)",
+                started.elapsed().as_secs_f64(),
+                peak_kib / 1024.0
+            );
+        }
+        None => println!(
+            "(build the release binary with `cargo build --release` to also time `idsync plan`)"
+        ),
+    }
+}
+
+fn vm_hwm_kib(status: &str) -> Option<f64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn generate(dir: &Path, users: usize, groups: usize) -> PathBuf {
@@ -114,11 +163,7 @@ fn generate(dir: &Path, users: usize, groups: usize) -> PathBuf {
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    vm_hwm_kib(&status).map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 async fn stage(name: &str, config: &Path) {

@@ -507,11 +507,23 @@ async fn make_plan(
     full: bool,
     client: Option<&ScimClient>,
 ) -> Result<Planned, Failure> {
-    let desired = desired(settings).await?;
-    let (mut state, db) = match db {
-        Some(db) => (db.load()?, Some(db)),
-        None => (State::default(), None),
-    };
+    // The state DB is loaded on its own thread while the source is read and
+    // mapped: the two are independent, and on large directories each takes
+    // seconds.
+    let (desired, db, loaded) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let loader = scope.spawn(move || {
+                let mut db = db;
+                let loaded = db.as_mut().map(|db| db.load());
+                (db, loaded)
+            });
+            let desired = tokio::runtime::Handle::current().block_on(desired(settings));
+            let (db, loaded) = loader.join().expect("the state loader does not panic");
+            (desired, db, loaded)
+        })
+    });
+    let desired = desired?;
+    let mut state = loaded.transpose()?.unwrap_or_default();
     let mut adoptions = Vec::new();
     if full {
         let client = client.expect("a full plan has a client");

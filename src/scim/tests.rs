@@ -1089,3 +1089,57 @@ async fn a_429_holds_off_other_requests_too() {
     );
     first.await.expect("joined").expect("first");
 }
+
+/// A group POST whose answer was lost (here a 502 from a gateway after the
+/// backend acted) is not sent again when the group now exists: many servers
+/// (scim2-server among them) accept duplicate group names, so a blind retry
+/// would create a second group.
+#[tokio::test]
+async fn group_create_retry_looks_up_before_posting_again() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/scim/v2/Groups"))
+        .respond_with(scim_error(502, None, "bad gateway"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Groups"))
+        .respond_with(scim(200).set_body_json(list_json(
+            1,
+            vec![json!({"id": "g7", "displayName": "Eng"})],
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    let group = client.create_group("Eng", None).await.expect("found");
+    assert_eq!(group.id.as_str(), "g7");
+}
+
+/// When the lookup finds nothing, the retry is sent.
+#[tokio::test]
+async fn group_create_retry_posts_again_when_the_group_is_absent() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/scim/v2/Groups"))
+        .respond_with(scim_error(503, None, "unavailable"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/scim/v2/Groups"))
+        .respond_with(scim(201).set_body_json(json!({"id": "g8", "displayName": "Eng"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Groups"))
+        .respond_with(scim(200).set_body_json(list_json(0, vec![])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    let group = client.create_group("Eng", None).await.expect("created");
+    assert_eq!(group.id.as_str(), "g8");
+}

@@ -1396,3 +1396,28 @@ pub fn append_bytes(path: &Path, bytes: &[u8]) {
         .expect("open for append");
     f.write_all(bytes).expect("append");
 }
+
+// ---------------------------------------------------------------------------
+// Signals (used by the crash and fault tests)
+
+impl Running {
+    /// The PID of the `idsync` process.
+    pub fn pid(&self) -> u32 {
+        self.guard.id()
+    }
+
+    /// Sends `signal` (`KILL`, `TERM`, …) to exactly this PID with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        assert!(pid > 0, "no process to signal");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run kill(1)");
+        // The process may have ended on its own just before: that is fine.
+        let _ = status;
+    }
+}

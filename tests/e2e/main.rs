@@ -11,6 +11,9 @@
 
 mod bad_input;
 mod cli;
+mod crash;
 mod csv_sync;
+mod faults;
 mod harness;
+mod proxy;
 mod selftest;

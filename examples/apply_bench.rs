@@ -1,0 +1,421 @@
+//! Apply benchmark: pacing and throughput of `idsync sync` against a local
+//! `scim2-server` (path from `$IDSYNC_SCIM2_SERVER`, else `.test-env/venv/bin/`).
+//!
+//!     cargo run --release --example apply_bench -- [users] [rate] [concurrency]
+//!
+//! (a) syncs `users` users with `rate_limit: { per_second: rate, burst: 1 }` through
+//!     a counting proxy and reports the sustained request rate (over the middle
+//!     80% of the requests) and the most requests in any 1-second window; both
+//!     must be ≤ rate, the sustained one within 5% below it;
+//! (b) syncs `users` users with no rate limit at `concurrency` straight into a
+//!     fresh server and reports creates per second;
+//! (c) runs `wrk -t1 -c<concurrency> -d10s` against a fresh server, once with a
+//!     Lua script POSTing new users (the very body idsync sent in (a), with a
+//!     unique userName, email and externalId) and once GETting
+//!     `/v2/Users?count=1`, and reports requests per second and idsync's ratio.
+//!
+//! Every server and proxy it starts listens on 127.0.0.1 and is stopped by PID.
+//! Not a timed test: the numbers go in the README.
+
+#[path = "../tests/e2e/proxy.rs"]
+mod proxy;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proxy::{FaultProxy, max_in_window, pass_through, steady_rate};
+
+const TOKEN: &str = "apply-bench-token";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let users: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let rate: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(50);
+    let conc: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(4);
+    let idsync = idsync_binary();
+    println!("apply_bench: {users} users, rate {rate}/s, concurrency {conc}");
+    println!("idsync: {}", idsync.display());
+
+    // (a) pacing through the counting proxy.
+    let (sustained, max_window, template) = {
+        let server = Server::start();
+        let proxy = FaultProxy::start(server.port, pass_through());
+        let work = Work::new(users, &proxy.base_url(), Some(rate), conc);
+        let (secs, summary) = work.sync(&idsync);
+        let times = proxy.forwarded_times();
+        let sustained = steady_rate(&times, 0.1);
+        let max_window = max_in_window(&times, Duration::from_secs(1));
+        println!(
+            "(a) rate-limited sync: {} requests in {secs:.1}s; applied {}, failed {}",
+            times.len(),
+            summary_field(&summary, "applied"),
+            summary_field(&summary, "failed")
+        );
+        // One create exactly as idsync sends it: wrk sends the same body.
+        let template = proxy
+            .entries()
+            .iter()
+            .find(|e| e.kind == "POST /Users" && e.body.contains("bench0000000@example.com"))
+            .map(|e| e.body.clone())
+            .expect("a create of bench0000000 went through the proxy");
+        (sustained, max_window, template)
+    };
+
+    // (b) throughput, no rate limit, straight to the server.
+    let (b_rate, b_secs, b_cpu, b_server_cpu) = {
+        let server = Server::start();
+        let work = Work::new(users, &server.base_url(), None, conc);
+        let server_before = cpu_seconds(server.child.id());
+        let (secs, summary, cpu) = work.sync_timed(&idsync);
+        let server_cpu = cpu_seconds(server.child.id())
+            .zip(server_before)
+            .map(|(a, b)| a - b);
+        let applied = summary_field(&summary, "applied");
+        let duration_ms = summary_field(&summary, "duration_ms");
+        println!(
+            "(b) unlimited sync: {applied} operations in {duration_ms} ms (process {secs:.1}s)"
+        );
+        (
+            applied as f64 / (duration_ms.max(1) as f64 / 1000.0),
+            secs,
+            cpu,
+            server_cpu,
+        )
+    };
+
+    // (c) wrk at the same concurrency.
+    let wrk_post = {
+        let server = Server::start();
+        wrk(&server, conc, "post", &template)
+    };
+    let wrk_get = {
+        let server = Server::start();
+        // Something to list.
+        let work = Work::new(200, &server.base_url(), None, conc);
+        work.sync(&idsync);
+        wrk(&server, conc, "get", &template)
+    };
+
+    let limit = rate as f64;
+    // 0.5% allowance for timestamping at the proxy (thread scheduling).
+    let pacing_ok = sustained <= limit * 1.005;
+    let within = sustained >= limit * 0.95;
+    println!();
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!("| (a) configured rate (burst 1) | {rate} req/s, {users} users, concurrency {conc} |");
+    println!(
+        "| (a) sustained rate at the proxy (middle 80%) | {sustained:.2} req/s ({:.1}% of the limit) |",
+        sustained / limit * 100.0
+    );
+    println!("| (a) most requests in any 1 s window | {max_window} |");
+    println!(
+        "| (a) checks | sustained ≤ rate: {}; within 5% below: {}; max window ≤ rate + burst: {} |",
+        yes(pacing_ok),
+        yes(within),
+        yes(max_window as u32 <= rate + 1)
+    );
+    println!(
+        "| (b) idsync, no rate limit, concurrency {conc} | {b_rate:.0} creates/s ({users} users, {b_secs:.1}s process) |"
+    );
+    let show = |c: Option<f64>| c.map_or("n/a".to_owned(), |c| format!("{c:.2} s"));
+    println!(
+        "| (b) CPU during (b): idsync / scim2-server | {} / {} (wall {b_secs:.1} s, 2 cores shared) |",
+        show(b_cpu),
+        show(b_server_cpu)
+    );
+    println!("| (c) wrk -t1 -c{conc} -d10s POST /v2/Users | {wrk_post:.0} req/s |");
+    println!("| (c) wrk -t1 -c{conc} -d10s GET /v2/Users?count=1 | {wrk_get:.0} req/s |");
+    println!(
+        "| idsync / wrk (creates) | {:.0}% |",
+        if wrk_post > 0.0 {
+            b_rate / wrk_post * 100.0
+        } else {
+            0.0
+        }
+    );
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "NO" }
+}
+
+fn summary_field(summary: &str, key: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(summary)
+        .ok()
+        .and_then(|v| v[key].as_u64())
+        .unwrap_or(0)
+}
+
+/// The release `idsync` next to this example, built if missing.
+fn idsync_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("IDSYNC_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/examples/apply_bench → target/<profile>/idsync
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let bin = profile_dir.join("idsync");
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--bin", "idsync"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("cargo build");
+    assert!(status.success(), "building idsync failed");
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// `scim2-server` on loopback, killed by PID on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start() -> Server {
+        let program = std::env::var_os("IDSYNC_SCIM2_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".test-env/venv/bin/scim2-server")
+            });
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&program)
+                .args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--bearer-token", TOKEN])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+            let mut server = Server { child, port };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if matches!(server.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                if http_status(port, "/v2/Users?count=1") == Some(200) {
+                    return server;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // Not ready: `server` is dropped (killed) here; try another port.
+        }
+        panic!("scim2-server did not start ({})", program.display());
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v2", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill(); // SIGKILL to this PID
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of an authenticated GET, over a raw HTTP/1.0 connection.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A temporary directory with a CSV of `users` users and a config.
+struct Work {
+    dir: tempfile::TempDir,
+}
+
+impl Work {
+    fn new(users: usize, base_url: &str, rate: Option<u32>, conc: usize) -> Work {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut csv =
+            String::from("id,email,given_name,family_name,display_name,title,department,active\n");
+        for i in 0..users {
+            csv.push_str(&format!(
+                "b{i:07},bench{i:07}@example.com,Given{i},Family{i},Given{i} Family{i},Engineer,R&D,true\n"
+            ));
+        }
+        std::fs::write(dir.path().join("users.csv"), csv).expect("users.csv");
+        std::fs::create_dir_all(dir.path().join("state")).expect("state");
+        let mapping = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
+        let rate_line = rate
+            .map(|r| format!("  rate_limit: {{ per_second: {r}, burst: 1 }}\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "source: {{ kind: csv, users: users.csv }}\n\
+             mapping: {}\n\
+             target:\n\
+             \x20 kind: scim\n\
+             \x20 base_url: {base_url}\n\
+             \x20 token_env: APPLY_BENCH_TOKEN\n\
+             {rate_line}\
+             \x20 concurrency: {conc}\n\
+             \x20 timeout: 30s\n\
+             policy: {{ remove_action: disable, max_removals: 100% }}\n\
+             state: state/idsync.db\n",
+            mapping.display()
+        );
+        std::fs::write(dir.path().join("config.yaml"), config).expect("config");
+        Work { dir }
+    }
+
+    /// Runs `idsync sync --format json`; (wall seconds, summary JSON).
+    fn sync(&self, idsync: &Path) -> (f64, String) {
+        let (secs, summary, _) = self.sync_timed(idsync);
+        (secs, summary)
+    }
+
+    /// Like `sync`, plus idsync's CPU seconds (user + system, from /usr/bin/time
+    /// when present).
+    fn sync_timed(&self, idsync: &Path) -> (f64, String, Option<f64>) {
+        let time_out = self.dir.path().join("time.txt");
+        let timer = Path::new("/usr/bin/time");
+        let mut cmd = if timer.exists() {
+            let mut c = Command::new(timer);
+            c.args(["-f", "%U %S", "-o"]).arg(&time_out).arg(idsync);
+            c
+        } else {
+            Command::new(idsync)
+        };
+        let started = Instant::now();
+        let out = cmd
+            .args(["sync", "--format", "json", "-c"])
+            .arg(self.dir.path().join("config.yaml"))
+            .env("APPLY_BENCH_TOKEN", TOKEN)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run idsync");
+        let secs = started.elapsed().as_secs_f64();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "idsync sync failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cpu = std::fs::read_to_string(&time_out).ok().and_then(|t| {
+            let v: Vec<f64> = t
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 2).then(|| v[0] + v[1])
+        });
+        (secs, stdout, cpu)
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+const WRK_POST: &str = r#"
+local n = 0
+local prefix = tostring(os.time()) .. "-" .. tostring(math.random(1000000))
+request = function()
+  n = n + 1
+  local name = "wrk-" .. prefix .. "-" .. n .. "@example.com"
+  local ext = "w" .. prefix .. "-" .. n
+  local body = 'TEMPLATE'
+  return wrk.format("POST", "/v2/Users", nil, body)
+end
+"#;
+
+const WRK_GET: &str = r#"
+request = function()
+  return wrk.format("GET", "/v2/Users?count=1")
+end
+"#;
+
+/// `wrk -t1 -c<conc> -d10s` with an authenticated script; requests per second.
+fn wrk(server: &Server, conc: usize, kind: &str, template: &str) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join(format!("{kind}.lua"));
+    // idsync's own create body, with a Lua placeholder for the unique parts.
+    let lua_template = template
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'")
+        .replace("bench0000000@example.com", "'..name..'")
+        .replace("b0000000", "'..ext..'");
+    let body = if kind == "post" {
+        WRK_POST.replace("TEMPLATE", &lua_template)
+    } else {
+        WRK_GET.to_owned()
+    };
+    let header = format!(
+        "wrk.headers[\"Authorization\"] = \"Bearer {TOKEN}\"\nwrk.headers[\"Content-Type\"] = \"application/scim+json\"\nwrk.headers[\"Accept\"] = \"application/scim+json\"\n"
+    );
+    std::fs::write(&script, format!("{header}{body}")).expect("lua");
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{conc}"), "-d10s", "-s"])
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{}/", server.port))
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => {
+            println!("(c) wrk not available: {e}");
+            return 0.0;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let non2xx = text
+        .lines()
+        .find(|l| l.contains("Non-2xx"))
+        .map(str::trim)
+        .unwrap_or("all 2xx");
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Socket errors"))
+        .map(str::trim)
+        .unwrap_or("no socket errors");
+    println!("(c) wrk {kind}: {rps:.0} req/s ({non2xx}; {errors})");
+    rps
+}

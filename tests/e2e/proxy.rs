@@ -1,0 +1,594 @@
+//! A fault-injecting HTTP proxy on loopback, in front of a real `scim2-server`.
+//!
+//! `scim2-server` speaks HTTP/1.0 and closes the connection after every response,
+//! so the proxy works per connection: it reads one request (head and
+//! `Content-Length` body), asks the test's [`Schedule`] what to do with it, and
+//! then either forwards it upstream and relays the answer, or answers itself
+//! (429 with `Retry-After` or `X-RateLimit-Reset`, 5xx, a SCIM error), closes the
+//! connection without answering (before or after forwarding), or waits first (a
+//! slow answer). Every request is logged with its arrival time, what was done with
+//! it, and (when forwarded) the time it was forwarded, for counting and for the
+//! pacing measurements.
+//!
+//! Plain threads and blocking sockets (one thread per connection): simple, and
+//! usable from the synchronous tests and from `examples/apply_bench.rs`, which
+//! includes this file with `#[path]`. Safety: listens on 127.0.0.1 only; every
+//! socket has read/write time-outs; the accept loop ends on drop (or after at most
+//! 15 minutes).
+
+#![allow(dead_code)] // not every user of the proxy uses every helper
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest request head or body the proxy accepts.
+const MAX_REQUEST: usize = 8 * 1024 * 1024;
+/// Socket time-out for both sides.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// The accept loop never runs longer than this.
+const MAX_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// One request as the schedule sees it.
+#[derive(Debug, Clone)]
+pub struct Req {
+    /// 0-based arrival number over all requests.
+    pub seq: usize,
+    /// 0-based arrival number among requests of the same [`Req::kind`].
+    pub kind_seq: usize,
+    pub method: String,
+    /// Path and query, e.g. `/v2/Users?filter=…`.
+    pub path: String,
+    pub body: String,
+}
+
+impl Req {
+    /// `METHOD /Resource`, e.g. `POST /Users`, `PATCH /Groups`, `GET /ServiceProviderConfig`.
+    pub fn kind(&self) -> String {
+        kind_of(&self.method, &self.path)
+    }
+
+    pub fn is(&self, method: &str, resource: &str) -> bool {
+        self.method == method && resource_of(&self.path) == resource
+    }
+
+    /// A request that changes something (POST, PUT, PATCH, DELETE).
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
+    }
+}
+
+fn resource_of(path: &str) -> &str {
+    let path = path.split('?').next().unwrap_or("");
+    let mut segs = path.split('/').filter(|s| !s.is_empty());
+    match segs.next() {
+        Some("v2") => segs.next().unwrap_or(""),
+        Some(other) => other,
+        None => "",
+    }
+}
+
+pub fn kind_of(method: &str, path: &str) -> String {
+    format!("{method} /{}", resource_of(path))
+}
+
+/// What the proxy does with one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Forward it and relay the answer.
+    Forward,
+    /// `429` with `Retry-After: <seconds>`.
+    RetryAfter(u64),
+    /// `429` with `X-RateLimit-Reset: <ISO-8601 time this far ahead>`.
+    RateLimitReset(Duration),
+    /// Answer this status with a SCIM error body carrying `detail`.
+    Status(u16, String),
+    /// Close the connection without answering; nothing is forwarded.
+    Drop,
+    /// Forward it, let the server act, then close the connection without relaying
+    /// the answer (the client sees an error for a request that succeeded).
+    ForwardThenDrop,
+    /// Wait this long, then forward.
+    Delay(Duration),
+}
+
+impl Fault {
+    fn label(&self) -> &'static str {
+        match self {
+            Fault::Forward => "forward",
+            Fault::RetryAfter(_) => "429-retry-after",
+            Fault::RateLimitReset(_) => "429-reset",
+            Fault::Status(..) => "status",
+            Fault::Drop => "drop",
+            Fault::ForwardThenDrop => "forward-then-drop",
+            Fault::Delay(_) => "delay",
+        }
+    }
+
+    fn forwards(&self) -> bool {
+        matches!(
+            self,
+            Fault::Forward | Fault::ForwardThenDrop | Fault::Delay(_)
+        )
+    }
+}
+
+/// Decides the fate of each request; deterministic given the arrival order.
+pub type Schedule = Arc<dyn Fn(&Req) -> Fault + Send + Sync>;
+
+/// Forward everything.
+pub fn pass_through() -> Schedule {
+    Arc::new(|_| Fault::Forward)
+}
+
+/// A small deterministic RNG (xorshift64*), for seeded schedules.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo).max(1)
+    }
+}
+
+/// A seeded schedule: each request (by `seq`) gets `fault` with probability `p`,
+/// the same for the same seed and arrival order.
+pub fn seeded(seed: u64, p: f64, fault: Fault) -> Schedule {
+    Arc::new(move |req: &Req| {
+        let mut rng = Rng::new(seed ^ (req.seq as u64).wrapping_mul(0xA24B_AED4_963E_E407));
+        rng.next_u64();
+        if rng.unit() < p {
+            fault.clone()
+        } else {
+            Fault::Forward
+        }
+    })
+}
+
+/// One logged request.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: usize,
+    pub kind: String,
+    pub method: String,
+    pub path: String,
+    pub body: String,
+    pub fault: &'static str,
+    /// Since the proxy started.
+    pub arrived: Duration,
+    /// When it was sent upstream, if it was.
+    pub forwarded: Option<Duration>,
+    /// The status of the answer: the server's (also when the proxy then dropped
+    /// it) or the proxy's own; `None` when nothing answered.
+    pub status: Option<u16>,
+}
+
+#[derive(Default)]
+struct Log {
+    entries: Vec<Entry>,
+    per_kind: HashMap<String, usize>,
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    schedule: Mutex<Schedule>,
+    log: Mutex<Log>,
+    started: Instant,
+    stop: AtomicBool,
+    open: AtomicUsize,
+}
+
+/// The proxy; stops accepting and joins its accept loop on drop.
+pub struct FaultProxy {
+    port: u16,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port in front of `127.0.0.1:upstream_port`.
+    pub fn start(upstream_port: u16, schedule: Schedule) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy on 127.0.0.1");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let shared = Arc::new(Shared {
+            upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
+            schedule: Mutex::new(schedule),
+            log: Mutex::new(Log::default()),
+            started: Instant::now(),
+            stop: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || accept_loop(listener, shared))
+        };
+        FaultProxy {
+            port,
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT/v2`
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v2", self.port)
+    }
+
+    /// Replaces the schedule (e.g. to end a storm between two runs).
+    pub fn set_schedule(&self, schedule: Schedule) {
+        *self
+            .shared
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = schedule;
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .clone()
+    }
+
+    /// Forgets the log (the arrival counters go on).
+    pub fn clear_log(&self) {
+        self.shared
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .clear();
+    }
+
+    pub fn requests(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// Requests that change something (POST, PUT, PATCH, DELETE) so far.
+    pub fn writes(&self) -> usize {
+        self.entries()
+            .iter()
+            .filter(|e| matches!(e.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
+            .count()
+    }
+
+    /// Requests of one kind (`POST /Users`, …) so far.
+    pub fn count_kind(&self, kind: &str) -> usize {
+        self.entries().iter().filter(|e| e.kind == kind).count()
+    }
+
+    /// Requests that got the fault labelled `label` (`429-retry-after`, `drop`, …).
+    pub fn count_fault(&self, label: &str) -> usize {
+        self.entries().iter().filter(|e| e.fault == label).count()
+    }
+
+    /// Requests per kind, for messages.
+    pub fn summary(&self) -> String {
+        let mut counts: std::collections::BTreeMap<(String, &'static str), usize> =
+            Default::default();
+        for e in self.entries() {
+            *counts.entry((e.kind.clone(), e.fault)).or_default() += 1;
+        }
+        counts
+            .iter()
+            .map(|((k, f), n)| format!("{k} [{f}]: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Sorted times (since start) at which requests were forwarded upstream.
+    pub fn forwarded_times(&self) -> Vec<Duration> {
+        let mut t: Vec<Duration> = self.entries().iter().filter_map(|e| e.forwarded).collect();
+        t.sort();
+        t
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(1),
+        );
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // Connection threads end on their own (bounded by socket time-outs); give
+        // the ones in flight a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.shared.open.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let deadline = Instant::now() + MAX_LIFETIME;
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let shared = Arc::clone(&shared);
+        shared.open.fetch_add(1, Ordering::SeqCst);
+        std::thread::spawn(move || {
+            let _ = handle(stream, &shared);
+            shared.open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// Reads one HTTP request: (head bytes, body bytes).
+fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(pos) = find(&buf, b"\r\n\r\n") {
+            break pos + 4;
+        }
+        if buf.len() > MAX_REQUEST {
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = buf[..head_end].to_vec();
+    let text = String::from_utf8_lossy(&head);
+    let length = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_REQUEST);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Ok(Some((head, body)))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    client.set_read_timeout(Some(IO_TIMEOUT))?;
+    client.set_write_timeout(Some(IO_TIMEOUT))?;
+    let _ = client.set_nodelay(true);
+    let Some((head, body)) = read_request(&mut client)? else {
+        return Ok(());
+    };
+    let arrived = shared.started.elapsed();
+    let head_text = String::from_utf8_lossy(&head).into_owned();
+    let mut request_line = head_text.lines().next().unwrap_or("").split_whitespace();
+    let method = request_line.next().unwrap_or("").to_owned();
+    let path = request_line.next().unwrap_or("").to_owned();
+    let kind = kind_of(&method, &path);
+    let body_text = String::from_utf8_lossy(&body).into_owned();
+
+    // Number the request and decide its fate under one lock, so arrival order
+    // and schedule order agree.
+    let (seq, fault) = {
+        let mut log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        // A global counter that survives `clear_log`: the sum of per-kind counts.
+        let seq = log.per_kind.values().sum::<usize>();
+        let kind_seq = {
+            let n = log.per_kind.entry(kind.clone()).or_default();
+            let k = *n;
+            *n += 1;
+            k
+        };
+        let req = Req {
+            seq,
+            kind_seq,
+            method: method.clone(),
+            path: path.clone(),
+            body: body_text.clone(),
+        };
+        let schedule = Arc::clone(&*shared.schedule.lock().unwrap_or_else(|p| p.into_inner()));
+        let fault = schedule(&req);
+        log.entries.push(Entry {
+            seq,
+            kind: kind.clone(),
+            method,
+            path,
+            body: body_text,
+            fault: fault.label(),
+            arrived,
+            forwarded: None,
+            status: None,
+        });
+        (seq, fault)
+    };
+
+    if let Fault::Delay(d) = &fault {
+        std::thread::sleep(*d);
+    }
+    if fault.forwards() {
+        let forwarded = shared.started.elapsed();
+        {
+            let mut log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = log.entries.iter_mut().rev().find(|e| e.seq == seq) {
+                e.forwarded = Some(forwarded);
+            }
+        }
+        let mut up = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(10))?;
+        up.set_read_timeout(Some(IO_TIMEOUT))?;
+        up.set_write_timeout(Some(IO_TIMEOUT))?;
+        let _ = up.set_nodelay(true);
+        up.write_all(&head)?;
+        up.write_all(&body)?;
+        let mut response = Vec::new();
+        up.read_to_end(&mut response)?;
+        set_status(shared, seq, status_of(&response));
+        if fault == Fault::ForwardThenDrop {
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        client.write_all(&response)?;
+        let _ = client.flush();
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    let answer = match &fault {
+        Fault::RetryAfter(secs) => Some(response(
+            429,
+            &[("Retry-After", secs.to_string())],
+            &scim_error(429, "too many requests (proxy)"),
+        )),
+        Fault::RateLimitReset(ahead) => {
+            let at = chrono::Utc::now()
+                + chrono::Duration::from_std(*ahead).unwrap_or(chrono::Duration::seconds(1));
+            Some(response(
+                429,
+                &[(
+                    "X-RateLimit-Reset",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                )],
+                &scim_error(429, "too many requests (proxy)"),
+            ))
+        }
+        Fault::Status(status, detail) => Some(response(*status, &[], &scim_error(*status, detail))),
+        _ => None,
+    };
+    match answer {
+        Some(bytes) => {
+            set_status(shared, seq, status_of(&bytes));
+            client.write_all(&bytes)?;
+            let _ = client.flush();
+        }
+        None => {
+            // Fault::Drop: close without a word.
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+fn status_of(response: &[u8]) -> Option<u16> {
+    let line = response.split(|b| *b == b'\n').next()?;
+    std::str::from_utf8(line)
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn set_status(shared: &Shared, seq: usize, status: Option<u16>) {
+    let mut log = shared.log.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = log.entries.iter_mut().rev().find(|e| e.seq == seq) {
+        e.status = status;
+    }
+}
+
+fn scim_error(status: u16, detail: &str) -> String {
+    serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+        "status": status.to_string(),
+        "detail": detail,
+    })
+    .to_string()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn response(status: u16, headers: &[(&str, String)], body: &str) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("Content-Type: application/scim+json\r\n");
+    out.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    out.push_str(body);
+    out.into_bytes()
+}
+
+// ---------------------------------------------------------------------------
+// Pacing measurements over forwarded-request times
+
+/// The most requests in any window of length `window` (sliding, over sorted times).
+pub fn max_in_window(times: &[Duration], window: Duration) -> usize {
+    let mut best = 0;
+    let mut j = 0;
+    for i in 0..times.len() {
+        while times[i] - times[j] >= window {
+            j += 1;
+        }
+        best = best.max(i - j + 1);
+    }
+    best
+}
+
+/// Requests per second over the middle of the run: the times between the
+/// `skip`-th fraction and the `1 - skip`-th fraction of the requests.
+pub fn steady_rate(times: &[Duration], skip: f64) -> f64 {
+    if times.len() < 4 {
+        return 0.0;
+    }
+    let lo = ((times.len() as f64) * skip) as usize;
+    let hi = ((times.len() as f64) * (1.0 - skip)) as usize;
+    let hi = hi.clamp(lo + 1, times.len() - 1);
+    let span = (times[hi] - times[lo]).as_secs_f64();
+    if span <= 0.0 {
+        return f64::INFINITY;
+    }
+    (hi - lo) as f64 / span
+}
