@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything idsync's tests need on a fresh Debian machine:
-#   - Debian packages: slapd + ldap-utils (LDAP e2e tests), wrk (benchmarks)
+#   - Debian packages: slapd + ldap-utils (LDAP e2e tests), openssl (a throwaway CA for the
+#     LDAPS tests), ca-certificates (rustls reads the system store), wrk (benchmarks)
 #   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
@@ -80,7 +81,7 @@ stop_packaged_slapd() {
 
 install_slapd
 stop_packaged_slapd
-apt_install wrk
+apt_install wrk openssl ca-certificates
 
 # --- Python venv with scim2-server -------------------------------------------
 python_bin=""
