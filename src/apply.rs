@@ -26,6 +26,11 @@ use crate::state::{
 /// the target is broken, and hammering it helps nobody.
 const FAILURE_BUDGET_MIN_OPS: u64 = 20;
 
+/// Creates in flight per concurrency slot between two journal marks: large
+/// enough to keep the pipeline full, small enough that a crash costs few
+/// lookups on resume.
+const CREATE_WINDOW_PER_SLOT: usize = 16;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
@@ -175,10 +180,15 @@ impl Executor<'_> {
         let mut seq = 0usize;
         while seq < ops.len() && outcome.stopped.is_none() {
             let phase = ops[seq].phase();
-            let end = ops[seq..]
+            let mut end = ops[seq..]
                 .iter()
                 .position(|op| op.phase() != phase)
                 .map_or(ops.len(), |n| seq + n);
+            if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
+                // Creates run in windows, each marked started just before it is
+                // sent: after a crash only one window is looked up again.
+                end = end.min(seq + self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT);
+            }
             self.run_phase(run, seq, &ops[seq..end], phase, &interrupted, &mut outcome)
                 .await?;
             seq = end;
@@ -199,8 +209,9 @@ impl Executor<'_> {
         outcome: &mut Outcome,
     ) -> Result<(), ApplyError> {
         if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
-            // Marked before any request leaves: after a crash, these are looked up
-            // before being created again, so nothing is duplicated.
+            // Marked before any of this window's requests leaves: after a crash,
+            // these are looked up before being created again, so nothing is
+            // duplicated.
             self.db
                 .mark_started_from(run, first_seq as i64, ops.len() as i64)?;
         }
