@@ -35,9 +35,13 @@ fn main() {
 }
 
 fn orchestrate(users: usize, groups: usize) {
+    // BENCH_DIR keeps the generated directory and state for profiling.
     let dir = tempfile::tempdir().expect("tempdir");
+    let base =
+        std::env::var_os("BENCH_DIR").map_or_else(|| dir.path().to_path_buf(), PathBuf::from);
+    std::fs::create_dir_all(&base).expect("bench dir");
     let started = Instant::now();
-    let config = generate(dir.path(), users, groups);
+    let config = generate(&base, users, groups);
     println!(
         "generated {users} users, {groups} groups, {} memberships in {:.1}s",
         users * 2,

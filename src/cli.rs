@@ -606,13 +606,15 @@ async fn plan_command(
         eprintln!("hint: {}", stop.hint());
     }
     if let Some(path) = out {
-        std::fs::write(path, report::plan_json(&planned.plan)).map_err(|e| {
-            Failure::new(
-                Exit::Usage,
-                format!("cannot write {}: {e}", path.display()),
-                None,
-            )
-        })?;
+        std::fs::File::create(path)
+            .and_then(|file| report::write_plan_json(&planned.plan, file))
+            .map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("cannot write {}: {e}", path.display()),
+                    None,
+                )
+            })?;
         eprintln!(
             "plan saved to {}; apply it with `idsync sync --plan {}`",
             path.display(),
@@ -620,7 +622,15 @@ async fn plan_command(
         );
     }
     match format {
-        Format::Json => println!("{}", report::plan_json(&planned.plan)),
+        Format::Json => {
+            report::write_plan_json(&planned.plan, std::io::stdout().lock()).map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("cannot write the plan to stdout: {e}"),
+                    None,
+                )
+            })?
+        }
         Format::Text => print!("{}", report::plan_text(&planned.plan, Style::detect())),
     }
     Ok(Exit::Ok)

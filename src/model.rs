@@ -150,7 +150,46 @@ pub type FastSet<K> = std::collections::HashSet<K, FastHash>;
 /// A source record's attributes: names as the source spells them (looked up
 /// case-insensitively, as LDAP does), each with zero or more values.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SourceAttrs(Vec<(Arc<str>, Vec<String>)>);
+pub struct SourceAttrs(Vec<(Arc<str>, Values)>);
+
+/// An attribute's values. Almost every attribute has exactly one value (every
+/// CSV cell does), so that case is kept inline, without a vector of its own:
+/// at a million users this is hundreds of megabytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Values {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Values {
+    fn new(mut values: Vec<String>) -> Values {
+        if values.len() == 1 {
+            Values::One(values.pop().unwrap_or_default())
+        } else {
+            Values::Many(values)
+        }
+    }
+
+    fn as_slice(&self) -> &[String] {
+        match self {
+            Values::One(v) => std::slice::from_ref(v),
+            Values::Many(v) => v,
+        }
+    }
+
+    fn extend(&mut self, more: Vec<String>) {
+        let mut all = std::mem::replace(self, Values::Many(Vec::new())).into_vec();
+        all.extend(more);
+        *self = Values::new(all);
+    }
+
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Values::One(v) => vec![v],
+            Values::Many(v) => v,
+        }
+    }
+}
 
 impl SourceAttrs {
     pub fn new() -> Self {
@@ -169,14 +208,14 @@ impl SourceAttrs {
             .find(|(n, _)| n.eq_ignore_ascii_case(&name))
         {
             Some((_, existing)) => existing.extend(values),
-            None => self.0.push((name, values)),
+            None => self.0.push((name, Values::new(values))),
         }
     }
 
-    /// Adds values under a name the record does not have yet (the caller knows
-    /// names are unique, as in a CSV header checked once).
-    pub fn push_unique(&mut self, name: Arc<str>, values: Vec<String>) {
-        self.0.push((name, values));
+    /// Adds the single value of a name the record does not have yet (the caller
+    /// knows names are unique, as in a CSV header checked once).
+    pub fn push_unique(&mut self, name: Arc<str>, value: String) {
+        self.0.push((name, Values::One(value)));
     }
 
     /// All values of `name` (case-insensitive); empty when absent.
@@ -421,18 +460,20 @@ impl AttrHash {
     /// Hashes `attrs`, leaving out `skip` (attributes written only on create, so a
     /// difference there never makes an update).
     pub fn of(attrs: &UserAttrs, skip: &BTreeSet<UserAttr>) -> AttrHash {
-        let mut hasher = blake3::Hasher::new();
+        // One contiguous buffer hashed at once: much cheaper than many small
+        // incremental updates, and the same digest.
+        let mut bytes = Vec::with_capacity(256);
         for (attr, value) in attrs {
             if skip.contains(attr) {
                 continue;
             }
-            hasher.update(attr.name().as_bytes());
-            hasher.update(&[0]);
-            hasher.update(value.as_bytes());
-            hasher.update(&[0]);
+            bytes.extend_from_slice(attr.name().as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.push(0);
         }
         let mut out = [0u8; 16];
-        out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        out.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
         AttrHash(out)
     }
 }

@@ -449,10 +449,19 @@ fn unverified_domain(d: &DesiredUser, verified: &[String]) -> Option<String> {
 }
 
 fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &mut Vec<Operation>) {
-    let changes = if s.hash == AttrHash::of(&d.attrs, &desired.create_only) {
-        Changes::new()
-    } else {
-        diff(s.attrs.as_ref(), &d.attrs, &desired.create_only)
+    // The caller loaded the pushed attributes of exactly the users whose hash
+    // differs (`keys_needing_attrs`), so "not loaded" means "unchanged" and the
+    // hash need not be computed a second time.
+    let changes = match &s.attrs {
+        Some(old) => diff(Some(old), &d.attrs, &desired.create_only),
+        None => {
+            debug_assert_eq!(
+                s.hash,
+                AttrHash::of(&d.attrs, &desired.create_only),
+                "attributes of a changed user were not loaded"
+            );
+            Changes::new()
+        }
     };
     let common = |changes| {
         (

@@ -226,6 +226,16 @@ pub fn plan_json(plan: &Plan) -> String {
     serde_json::to_string_pretty(plan).expect("a plan always serialises")
 }
 
+/// Streams the plan as JSON, without building the whole text in memory first
+/// (a million operations would be a gigabyte of string).
+pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(out);
+    serde_json::to_writer_pretty(&mut out, plan).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
 /// One failed operation, for the run summary.
 #[derive(Clone, Debug, Serialize)]
 pub struct FailedOp {

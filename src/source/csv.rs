@@ -215,7 +215,7 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
             match std::str::from_utf8(field) {
                 Ok(value) => {
                     if !value.is_empty() {
-                        attrs.push_unique(columns[i].clone(), vec![value.to_string()]);
+                        attrs.push_unique(columns[i].clone(), value.to_string());
                     }
                 }
                 Err(_) => {
