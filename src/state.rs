@@ -816,16 +816,7 @@ impl StateDb {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([limit as i64], |r| {
-                Ok(FailureRecord {
-                    run_id: r.get(0)?,
-                    at: r.get(1)?,
-                    op: r.get(2)?,
-                    subject: r.get(3)?,
-                    http_status: r.get(4)?,
-                    error: r.get(5)?,
-                })
-            })
+            .query_map([limit as i64], failure_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -844,16 +835,7 @@ impl StateDb {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![subject, limit as i64], |r| {
-                Ok(FailureRecord {
-                    run_id: r.get(0)?,
-                    at: r.get(1)?,
-                    op: r.get(2)?,
-                    subject: r.get(3)?,
-                    http_status: r.get(4)?,
-                    error: r.get(5)?,
-                })
-            })
+            .query_map(params![subject, limit as i64], failure_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
@@ -879,6 +861,18 @@ impl StateDb {
         .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
+
+/// A `run_ops` row selected as (run_id, at, op, subject, http_status, error).
+fn failure_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailureRecord> {
+    Ok(FailureRecord {
+        run_id: r.get(0)?,
+        at: r.get(1)?,
+        op: r.get(2)?,
+        subject: r.get(3)?,
+        http_status: r.get(4)?,
+        error: r.get(5)?,
+    })
 }
 
 fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
