@@ -1157,6 +1157,7 @@ fn check_and_source_failures_exit_5_and_change_nothing() {
         "bound as cn=sync,dc=example,dc=com",
         SUFFIX,
         "readable",
+        "paged search accepted, the user filter matches entries, the group filter matches entries",
     ] {
         assert!(
             said.contains(what),

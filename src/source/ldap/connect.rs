@@ -189,6 +189,34 @@ pub(super) async fn base_exists(
     }
 }
 
+/// Runs the first page (one entry) of a search with the paged-results control:
+/// proves the filter is accepted, the account may search under `base`, and
+/// paged searches are allowed. Returns how many entries that page held (0 or 1).
+pub(super) async fn first_page(
+    ldap: &mut Ldap,
+    settings: &LdapSettings,
+    base: &str,
+    filter: &str,
+) -> Result<usize, SourceError> {
+    let what = format!("the sample search under {base}");
+    let control: ldap3::controls::RawControl = ldap3::controls::PagedResults {
+        size: 1,
+        cookie: Vec::new(),
+    }
+    .into();
+    let result = ldap
+        .with_timeout(settings.timeout)
+        .with_controls(vec![control])
+        .search(base, Scope::Subtree, filter, vec!["1.1"])
+        .await
+        .map_err(|e| lost(settings, &what, e))?;
+    let ldap3::SearchResult(entries, result) = result;
+    if result.rc != 0 {
+        return Err(search_error(settings, base, entries.len(), &result));
+    }
+    Ok(entries.len())
+}
+
 /// Result codes of RFC 4511 appendix A that need their own message.
 mod rc {
     pub const TIME_LIMIT: u32 = 3;

@@ -345,7 +345,28 @@ pub async fn check(settings: &LdapSettings) -> Result<String, SourceError> {
     for base in &bases {
         connect::base_exists(&mut ldap, settings, base).await?;
     }
+    let users = connect::first_page(
+        &mut ldap,
+        settings,
+        &settings.user_base_dn,
+        &settings.user_filter,
+    )
+    .await?;
+    let groups = connect::first_page(
+        &mut ldap,
+        settings,
+        &settings.group_base_dn,
+        &settings.group_filter,
+    )
+    .await?;
     connect::close(ldap).await;
+    let found = |n: usize, what: &str| {
+        if n > 0 {
+            format!("the {what} filter matches entries")
+        } else {
+            format!("the {what} filter matches NO entries")
+        }
+    };
     let transport = if settings.url.starts_with("ldaps://") {
         "LDAPS"
     } else if settings.starttls {
@@ -359,12 +380,17 @@ pub async fn check(settings: &LdapSettings) -> Result<String, SourceError> {
         TlsVerify::CaFile(_) => ", certificate verified against ca_file",
         TlsVerify::Skip => ", certificate NOT verified (danger_skip_tls_verify)",
     };
+    if users == 0 {
+        tracing::warn!(filter = %settings.user_filter, base = %settings.user_base_dn, "the user filter matches no entries");
+    }
     Ok(format!(
-        "LDAP {} reachable ({transport}{verify}); bound as {}; base DN{} {} readable",
+        "LDAP {} reachable ({transport}{verify}); bound as {}; base DN{} {} readable; paged search accepted, {}, {}",
         settings.url,
         settings.bind_dn,
         if bases.len() == 1 { "" } else { "s" },
-        bases.join(", ")
+        bases.join(", "),
+        found(users, "user"),
+        found(groups, "group")
     ))
 }
 
