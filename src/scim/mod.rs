@@ -367,25 +367,13 @@ impl ScimClient {
         if changes.is_empty() && active.is_none() {
             return Ok(());
         }
-        let url = self.url(&["Users", id.as_str()]);
-        if self.capabilities().patch {
-            let body = resource::patch_body(resource::user_patch_operations(changes, active));
-            self.call(Method::PATCH, url, &[], Some(&body)).await?;
-        } else {
-            // No PATCH: read, change, write back the whole resource.
-            let mut current = self
-                .call(Method::GET, url.clone(), &[], None)
-                .await?
-                .json()?;
-            if !current.is_object() {
-                return Err(ScimError::InvalidResponse(
-                    "user is not a JSON object".into(),
-                ));
-            }
-            resource::apply_user_changes(&mut current, changes, active);
-            self.call(Method::PUT, url, &[], Some(&current)).await?;
-        }
-        Ok(())
+        self.patch_resource(
+            "Users",
+            id,
+            resource::user_patch_operations(changes, active),
+            |user| resource::apply_user_changes(user, changes, active),
+        )
+        .await
     }
 
     /// Deletes a user; on Atlassian this deactivates the account and unlinks it.
@@ -643,33 +631,44 @@ impl ScimClient {
         .map(drop)
     }
 
-    /// PATCHes a group, or, when the target has no PATCH, applies `edit` to the
-    /// group read back and PUTs it.
+    /// PATCHes a group.
     async fn patch_group(
         &self,
         id: &ScimId,
         operations: Vec<Value>,
         edit: impl FnOnce(&mut Value),
     ) -> Result<(), ScimError> {
-        let url = self.url(&["Groups", id.as_str()]);
+        self.patch_resource("Groups", id, operations, edit).await
+    }
+
+    /// PATCHes a resource of `collection` (`Users`, `Groups`), or, when the
+    /// target has no PATCH, applies `edit` to the resource read back and PUTs it.
+    async fn patch_resource(
+        &self,
+        collection: &str,
+        id: &ScimId,
+        operations: Vec<Value>,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<(), ScimError> {
+        let url = self.url(&[collection, id.as_str()]);
         if self.capabilities().patch {
             let body = resource::patch_body(operations);
             self.call(Method::PATCH, url, &[], Some(&body)).await?;
         } else {
-            let mut group = self
+            let mut current = self
                 .call(Method::GET, url.clone(), &[], None)
                 .await?
                 .json()?;
-            if !group.is_object() {
-                return Err(ScimError::InvalidResponse(
-                    "group is not a JSON object".into(),
-                ));
+            if !current.is_object() {
+                return Err(ScimError::InvalidResponse(format!(
+                    "the {collection} resource {id} is not a JSON object"
+                )));
             }
-            edit(&mut group);
-            if let Some(obj) = group.as_object_mut() {
+            edit(&mut current);
+            if let Some(obj) = current.as_object_mut() {
                 obj.remove("meta");
             }
-            self.call(Method::PUT, url, &[], Some(&group)).await?;
+            self.call(Method::PUT, url, &[], Some(&current)).await?;
         }
         Ok(())
     }
