@@ -856,7 +856,7 @@ async fn daemon(path: &Path) -> Result<Exit, Failure> {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "config is invalid; skipping this cycle");
-                settings_wait(&Schedule::Interval(Duration::from_secs(60)), &shutdown).await;
+                wait_for_next_cycle(&Schedule::Interval(Duration::from_secs(60)), &shutdown).await;
                 if shutdown.load(Ordering::SeqCst) {
                     return Ok(Exit::Ok);
                 }
@@ -870,7 +870,7 @@ async fn daemon(path: &Path) -> Result<Exit, Failure> {
                 reason = ?q.reason,
                 "target quarantined after repeated failures; skipping this cycle (run `idsync sync` by hand to try now)"
             );
-            settings_wait(&settings.schedule, &shutdown).await;
+            wait_for_next_cycle(&settings.schedule, &shutdown).await;
             if shutdown.load(Ordering::SeqCst) {
                 return Ok(Exit::Ok);
             }
@@ -896,7 +896,7 @@ async fn daemon(path: &Path) -> Result<Exit, Failure> {
         if shutdown.load(Ordering::SeqCst) {
             return Ok(Exit::Ok);
         }
-        settings_wait(&settings.schedule, &shutdown).await;
+        wait_for_next_cycle(&settings.schedule, &shutdown).await;
         if shutdown.load(Ordering::SeqCst) {
             return Ok(Exit::Ok);
         }
@@ -918,7 +918,7 @@ fn describe_schedule(s: &Schedule) -> String {
 }
 
 /// Sleeps until the next cycle is due, waking early on shutdown.
-async fn settings_wait(schedule: &Schedule, shutdown: &AtomicBool) {
+async fn wait_for_next_cycle(schedule: &Schedule, shutdown: &AtomicBool) {
     let wait = match schedule {
         Schedule::Interval(d) => *d,
         Schedule::Cron(c) => c
