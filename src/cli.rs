@@ -17,7 +17,7 @@ use crate::model::{Desired, SourceKey, fold};
 use crate::plan::{self, Plan, TargetSnapshot, guard};
 use crate::quarantine;
 use crate::report::{self, Format, RunSummary, Style};
-use crate::scim::{ClientOptions, ScimClient, ScimError};
+use crate::scim::{ClientOptions, ScimClient, ScimError, ServiceProviderConfig};
 use crate::source::{self, SourceError};
 use crate::state::{RunEnd, State, StateDb, StateError, Status};
 
@@ -394,8 +394,8 @@ fn client(settings: &Settings) -> Result<ScimClient, Failure> {
 
 /// Reads the target's capabilities and makes one authenticated request, so a
 /// wrong token or URL stops the cycle before anything changes.
-async fn preflight(client: &ScimClient) -> Result<(), Failure> {
-    client
+async fn preflight(client: &ScimClient) -> Result<ServiceProviderConfig, Failure> {
+    let capabilities = client
         .service_provider_config()
         .await
         .map_err(target_failure)?;
@@ -403,7 +403,7 @@ async fn preflight(client: &ScimClient) -> Result<(), Failure> {
         .find_user_by_user_name("idsync-connectivity-check@invalid")
         .await
         .map_err(target_failure)?;
-    Ok(())
+    Ok(capabilities)
 }
 
 async fn check(settings: &Settings) -> Result<Exit, Failure> {
@@ -414,14 +414,7 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         started.elapsed().as_secs_f64()
     );
     let client = client(settings)?;
-    let spc = client
-        .service_provider_config()
-        .await
-        .map_err(target_failure)?;
-    client
-        .find_user_by_user_name("idsync-connectivity-check@invalid")
-        .await
-        .map_err(target_failure)?;
+    let spc = preflight(&client).await?;
     println!("target: ok, authenticated at {}", settings.target.base_url);
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     println!(
@@ -571,6 +564,21 @@ async fn make_plan(
     })
 }
 
+/// Plans without changing anything: the state DB opened read-only (none is
+/// created), the target read only for `--full`. Shared by `plan` and
+/// `sync --dry-run`, so a dry run is the same plan, rendered and stopped.
+async fn plan_read_only(settings: &Settings, full: bool) -> Result<Planned, Failure> {
+    let mut db = StateDb::open_read_only(&settings.state_path)?;
+    let client = if full {
+        let c = client(settings)?;
+        preflight(&c).await?;
+        Some(c)
+    } else {
+        None
+    };
+    make_plan(settings, db.as_mut(), full, client.as_ref()).await
+}
+
 fn fingerprint(settings: &Settings, generation: i64, full: bool) -> String {
     format!(
         "{}-{}{}",
@@ -586,15 +594,7 @@ async fn plan_command(
     format: Format,
     out: Option<&Path>,
 ) -> Result<Exit, Failure> {
-    let mut db = StateDb::open_read_only(&settings.state_path)?;
-    let client = if full {
-        let c = client(settings)?;
-        preflight(&c).await?;
-        Some(c)
-    } else {
-        None
-    };
-    let planned = make_plan(settings, db.as_mut(), full, client.as_ref()).await?;
+    let planned = plan_read_only(settings, full).await?;
     if let Err(stop) = guard::check(
         &planned.plan,
         &planned.desired,
@@ -644,15 +644,7 @@ async fn cycle(
 ) -> Result<RunSummary, Failure> {
     let started = Instant::now();
     if opts.dry_run {
-        let mut db = StateDb::open_read_only(&settings.state_path)?;
-        let client = if opts.full {
-            let c = client(settings)?;
-            preflight(&c).await?;
-            Some(c)
-        } else {
-            None
-        };
-        let planned = make_plan(settings, db.as_mut(), opts.full, client.as_ref()).await?;
+        let planned = plan_read_only(settings, opts.full).await?;
         guard::check(
             &planned.plan,
             &planned.desired,
@@ -756,7 +748,15 @@ async fn cycle(
     let (outcome, run) = executor
         .run(command, &plan.operations)
         .await
-        .map_err(|e| Failure::new(Exit::Usage, e.to_string(), None))?;
+        .map_err(|e| {
+            Failure::new(
+                Exit::Partial,
+                format!("the run stopped because the state DB could not be written: {e}"),
+                Some(
+                    "operations committed before this are safe; free disk space or fix the DB's permissions, then run sync again (it resumes without duplicates)",
+                ),
+            )
+        })?;
 
     let exit_code = match &outcome.stopped {
         Some(Stop::Unauthorized(_)) => Exit::Unreachable,

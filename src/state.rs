@@ -640,19 +640,9 @@ impl StateDb {
         Ok(run)
     }
 
-    /// Marks an operation as sent, before its request leaves: after a crash, a
-    /// `started` create may have happened on the target, so it is looked up before
-    /// being sent again.
-    pub fn mark_started(&self, run: RunId, seq: i64) -> Result<(), StateError> {
-        self.conn
-            .prepare_cached("UPDATE journal SET state = 'started' WHERE run_id = ?1 AND seq = ?2")
-            .and_then(|mut s| s.execute(params![run, seq]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Marks operations `first..first+count` of a run as started (see
-    /// `mark_started`), in one statement.
+    /// Marks operations `first..first+count` of a run as started, before their
+    /// requests leave: after a crash, a `started` create may have happened on the
+    /// target, so it is looked up before being sent again.
     pub fn mark_started_from(&self, run: RunId, first: i64, count: i64) -> Result<(), StateError> {
         self.conn
             .execute(
@@ -674,11 +664,6 @@ impl StateDb {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Runs that never finished (killed), newest first.
-    pub fn interrupted_runs(&self) -> Result<Vec<RunRecord>, StateError> {
-        self.runs("WHERE ended_at IS NULL ORDER BY id DESC", 100)
     }
 
     /// Commits one operation's outcome: its state change (if it succeeded), its
@@ -1071,7 +1056,11 @@ mod tests {
         assert_eq!(state.generation, 2);
         assert_eq!(state.users.len(), 1);
         assert_eq!(state.memberships[&GroupKey::new("g")].len(), 1);
-        assert_eq!(db.interrupted_runs().unwrap().len(), 1);
+        let unfinished = db.recent_runs(10).unwrap();
+        assert_eq!(
+            unfinished.iter().filter(|r| r.ended_at.is_none()).count(),
+            1
+        );
         let key = SourceKey::new("k1");
         db.load_attrs(&mut state, [&key]).unwrap();
         assert_eq!(state.users[&key], user("id-1", "a@x.com"));
