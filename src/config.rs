@@ -4,7 +4,6 @@
 //! with the file, line and column. Secrets are located here but read only when a
 //! command needs them (`TokenSource::read`), so an offline `plan` needs none.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +12,12 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::mapping::{Mapping, MappingError};
+use crate::model::Domain;
+use crate::plan::{OnRename, PlanOptions, Policy, RemovalLimit, RemoveAction};
 use crate::scim::{Flavour, RateLimit, RetryPolicy};
+use crate::source::Source;
+use crate::source::csv::{CsvConfig, CsvSettings};
+use crate::source::ldap::{LdapConfig, LdapSettings};
 
 /// A configuration mistake, located in its file where possible.
 #[derive(Debug, thiserror::Error)]
@@ -79,16 +83,8 @@ struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 enum RawSource {
-    Csv {
-        users: String,
-        #[serde(default)]
-        groups: Option<String>,
-        #[serde(default)]
-        key: Option<String>,
-        #[serde(default)]
-        delimiter: Option<char>,
-    },
-    Ldap(Box<crate::source::ldap::LdapConfig>),
+    Csv(CsvConfig),
+    Ldap(Box<LdapConfig>),
     Entra {},
 }
 
@@ -190,100 +186,6 @@ struct RawSchedule {
 // ---------------------------------------------------------------------------
 // Compiled settings.
 
-/// What leaving the directory means for a user (Entra and PingOne's REMOVE_ACTION).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RemoveAction {
-    /// PATCH `active=false`: reversible.
-    Disable,
-    /// SCIM DELETE: on Atlassian, deactivates the account and unlinks the record.
-    Delete,
-}
-
-/// What to do when a group's name changes in the source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnRename {
-    /// Rename in place where the target allows it; on Atlassian keep the old name
-    /// and warn.
-    Keep,
-    /// Create the group under its new name, move the members, delete the old one.
-    Recreate,
-}
-
-/// The largest number of removals (disables and deletes of users, deletes of
-/// groups) one cycle may make without `--allow-deletes`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RemovalLimit {
-    Count(u64),
-    /// A percentage of the users idsync manages.
-    Percent(f64),
-}
-
-impl RemovalLimit {
-    /// The limit for a directory of `managed` users.
-    pub fn resolve(self, managed: usize) -> u64 {
-        match self {
-            RemovalLimit::Count(n) => n,
-            RemovalLimit::Percent(p) => ((managed as f64) * p / 100.0).floor() as u64,
-        }
-    }
-}
-
-impl fmt::Display for RemovalLimit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RemovalLimit::Count(n) => write!(f, "{n}"),
-            RemovalLimit::Percent(p) => write!(f, "{p}%"),
-        }
-    }
-}
-
-/// The rules the planner and guards follow.
-#[derive(Clone, Debug)]
-pub struct Policy {
-    pub remove_action: RemoveAction,
-    pub max_removals: RemovalLimit,
-    pub provision_groups: bool,
-    pub delete_groups: bool,
-    pub on_rename: OnRename,
-    pub skip_out_of_scope_deletions: bool,
-    /// userNames (compared case-insensitively) idsync never changes.
-    pub protected_users: Vec<String>,
-    /// Group names (compared case-insensitively) idsync never changes.
-    pub protected_groups: Vec<String>,
-    /// Largest number of members per membership PATCH.
-    pub member_chunk: usize,
-    /// The target renames groups in place (generic SCIM) or not (Atlassian).
-    pub target_renames_groups: bool,
-    /// Email domains the target accepts (Atlassian: the organization's verified
-    /// domains), folded; empty = any. Users outside them are skipped with a
-    /// warning instead of failing.
-    pub verified_domains: Vec<String>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            remove_action: RemoveAction::Disable,
-            max_removals: DEFAULT_MAX_REMOVALS,
-            provision_groups: true,
-            delete_groups: false,
-            on_rename: OnRename::Keep,
-            skip_out_of_scope_deletions: false,
-            protected_users: Vec::new(),
-            protected_groups: Vec::new(),
-            member_chunk: 100,
-            target_renames_groups: true,
-            verified_domains: Vec::new(),
-        }
-    }
-}
-
-/// Five percent of the directory: enough for a normal week of leavers, small
-/// enough that a broken source read cannot take a directory down with it.
-pub const DEFAULT_MAX_REMOVALS: RemovalLimit = RemovalLimit::Percent(5.0);
-
 /// Where the SCIM token comes from. It is read only when the target is contacted.
 #[derive(Clone, Debug)]
 pub enum TokenSource {
@@ -357,20 +259,21 @@ pub struct TargetSettings {
     pub verified_domains: Vec<String>,
 }
 
-/// The CSV source convention of DESIGN.md.
-#[derive(Clone, Debug)]
-pub struct CsvSettings {
-    pub users: PathBuf,
-    pub groups: Option<PathBuf>,
-    pub key: String,
-    pub delimiter: u8,
-}
-
-/// Which directory to read.
+/// Which directory to read: one adapter's compiled settings.
 #[derive(Clone, Debug)]
 pub enum SourceSettings {
     Csv(CsvSettings),
-    Ldap(Box<crate::source::ldap::LdapSettings>),
+    Ldap(Box<LdapSettings>),
+}
+
+impl SourceSettings {
+    /// The configured adapter.
+    pub fn adapter(&self) -> &dyn Source {
+        match self {
+            SourceSettings::Csv(csv) => csv,
+            SourceSettings::Ldap(ldap) => ldap.as_ref(),
+        }
+    }
 }
 
 /// When the daemon runs a cycle.
@@ -406,6 +309,15 @@ impl Settings {
         Settings::compile(path, &text)
     }
 
+    /// What the planner needs from the config.
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            policy: self.policy.clone(),
+            config_fingerprint: self.fingerprint.clone(),
+            user_limit: self.target.user_limit,
+        }
+    }
+
     fn compile(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         let file = path.display().to_string();
         let expanded = expand_env(text, &file)?;
@@ -430,29 +342,14 @@ impl Settings {
             };
 
         let source = match raw.source.value {
-            RawSource::Csv {
-                users,
-                groups,
-                key,
-                delimiter,
-            } => {
-                let delimiter = match delimiter {
-                    None => b',',
-                    Some(c) if c.is_ascii() => c as u8,
-                    Some(c) => {
-                        return Err(at(
-                            &raw.source.referenced,
-                            format!("the CSV delimiter {c:?} is not an ASCII character"),
-                            Some("use a single ASCII character such as ',' or ';'".into()),
-                        ));
-                    }
-                };
-                SourceSettings::Csv(CsvSettings {
-                    users: resolve(&users),
-                    groups: groups.as_deref().map(resolve),
-                    key: key.unwrap_or_else(|| "id".to_string()),
-                    delimiter,
-                })
+            RawSource::Csv(csv) => {
+                SourceSettings::Csv(csv.compile(&base).map_err(|message| {
+                    at(
+                        &raw.source.referenced,
+                        message,
+                        Some("use a single ASCII character such as ',' or ';'".into()),
+                    )
+                })?)
             }
             RawSource::Ldap(ldap) => {
                 SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(|message| {
@@ -658,7 +555,7 @@ fn compile_policy(
         verified_domains: target
             .verified_domains
             .iter()
-            .map(|d| crate::model::fold(d.trim().trim_start_matches('@')))
+            .map(|d| Domain::new(d.trim().trim_start_matches('@')))
             .collect(),
         ..Policy::default()
     };
@@ -681,8 +578,8 @@ fn compile_policy(
     }
     policy.skip_out_of_scope_deletions = raw.skip_out_of_scope_deletions;
     if let Some(p) = &raw.protect {
-        policy.protected_users = p.users.iter().map(|u| crate::model::fold(u)).collect();
-        policy.protected_groups = p.groups.iter().map(|g| crate::model::fold(g)).collect();
+        policy.protected_users = p.users.iter().map(|u| u.as_str().into()).collect();
+        policy.protected_groups = p.groups.iter().map(|g| g.as_str().into()).collect();
     }
     Ok(policy)
 }

@@ -1,7 +1,12 @@
 //! idsync: keeps a SCIM 2.0 directory (Atlassian Cloud first) in step with a
 //! company directory. The pipeline, one module per stage:
-//! `source` → `mapping` → `plan` (pure, with `plan::guard`) → `apply` → `scim`,
-//! with `state` as the memory between runs and `report` for output.
+//!
+//! `source` (read) → `mapping` (desired snapshot) → `plan` (pure: one
+//! `PlanningInput` in, a `Plan` out; guards) → `apply` (executor over a
+//! `Target`) → `scim` (the SCIM client, a `Target`), with `state` as the memory
+//! between runs, `model` as the vocabulary every stage speaks, `sync` running
+//! one cycle end to end, `report` rendering, `config` compiling the file and
+//! `cli` dispatching.
 
 pub mod apply;
 pub mod cli;
@@ -9,8 +14,8 @@ pub mod config;
 pub mod mapping;
 pub mod model;
 pub mod plan;
-pub mod quarantine;
 pub mod report;
 pub mod scim;
 pub mod source;
 pub mod state;
+pub mod sync;

@@ -229,7 +229,10 @@ struct Compiler<'s> {
 }
 
 fn attribute_names() -> String {
-    UserAttr::ALL.map(UserAttr::name).join(", ")
+    UserAttr::all()
+        .map(UserAttr::name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Compiler<'_> {
@@ -504,8 +507,7 @@ impl Compiler<'_> {
         let mut create_only = BTreeSet::new();
         for (name, rule) in &users.attributes.value.0 {
             let Some(attr) = UserAttr::parse(&name.value) else {
-                let suggestion = UserAttr::ALL
-                    .into_iter()
+                let suggestion = UserAttr::all()
                     .find(|a| a.name().eq_ignore_ascii_case(&name.value))
                     .map(|a| format!("did you mean `{a}`? "))
                     .unwrap_or_default();

@@ -652,7 +652,7 @@ impl Mapping {
             groups.push((
                 DesiredGroup {
                     key: group.key,
-                    display_name,
+                    display_name: display_name.into(),
                     members,
                 },
                 group.origin,

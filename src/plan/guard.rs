@@ -2,10 +2,7 @@
 //! or removals above the configured limit stop the cycle (exit 3) with a message
 //! saying how many would be removed and how to proceed; nothing is changed.
 
-use crate::config::{Policy, RemovalLimit};
-use crate::model::Desired;
-use crate::plan::Plan;
-use crate::state::State;
+use super::{Plan, Policy, RemovalLimit};
 
 /// Why a guard stopped the cycle.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -13,7 +10,7 @@ pub enum GuardStop {
     #[error(
         "the source returned no users in scope, but idsync manages {managed}; refusing to remove them all"
     )]
-    EmptySource { managed: usize },
+    EmptySource { managed: u64 },
     #[error(
         "the plan removes {removals} objects ({disables} disables, {deletes} user deletes, {group_deletes} group deletes), above the limit of {limit} (max_removals {setting} of {managed} managed users)"
     )]
@@ -24,7 +21,7 @@ pub enum GuardStop {
         group_deletes: u64,
         limit: u64,
         setting: RemovalLimit,
-        managed: usize,
+        managed: u64,
     },
 }
 
@@ -43,18 +40,12 @@ impl GuardStop {
 
 /// Checks `plan` against the policy. `allow_deletes` is the operator's reviewed
 /// override (`--allow-deletes`, or applying a saved plan).
-pub fn check(
-    plan: &Plan,
-    desired: &Desired,
-    state: &State,
-    policy: &Policy,
-    allow_deletes: bool,
-) -> Result<(), GuardStop> {
+pub fn check(plan: &Plan, policy: &Policy, allow_deletes: bool) -> Result<(), GuardStop> {
     if allow_deletes {
         return Ok(());
     }
-    let managed = state.managed_users();
-    if desired.users.is_empty() && managed > 0 {
+    let managed = plan.managed_users;
+    if plan.source_users == 0 && managed > 0 {
         return Err(GuardStop::EmptySource { managed });
     }
     let s = &plan.summary;

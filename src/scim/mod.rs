@@ -6,6 +6,7 @@
 mod paging;
 pub mod resource;
 pub mod retry;
+mod target;
 #[cfg(test)]
 mod tests;
 
@@ -20,9 +21,9 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::model::{ScimId, UserAttr, UserAttrs, fold};
+use crate::model::{GroupName, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName};
 use paging::Pager;
-pub use resource::{RemoteGroup, RemoteUser, ServiceProviderConfig};
+pub use resource::ServiceProviderConfig;
 pub use retry::RetryPolicy;
 use retry::{Attempt, Outcome, TransportKind, Verdict};
 
@@ -402,7 +403,7 @@ impl ScimClient {
         &self,
         user_name: &str,
     ) -> Result<Option<RemoteUser>, ScimError> {
-        self.find_user(UserAttr::UserName, user_name, false).await
+        self.find_user(UserAttr::UserName, user_name).await
     }
 
     /// Finds a user by `externalId`, compared exactly (Atlassian treats it as case-sensitive).
@@ -410,28 +411,32 @@ impl ScimClient {
         &self,
         external_id: &str,
     ) -> Result<Option<RemoteUser>, ScimError> {
-        self.find_user(UserAttr::ExternalId, external_id, true)
-            .await
+        self.find_user(UserAttr::ExternalId, external_id).await
     }
 
     async fn find_user(
         &self,
         attr: UserAttr,
         value: &str,
-        case_sensitive: bool,
     ) -> Result<Option<RemoteUser>, ScimError> {
-        let wanted = fold(value);
+        // Compared as the attribute table says the target compares it.
+        let case_exact = attr.spec().case_exact;
+        let wanted = UserName::new(value);
         let matches = |u: &RemoteUser| {
             u.attrs.get(&attr).is_some_and(|v| {
-                if case_sensitive {
+                if case_exact {
                     v == value
                 } else {
-                    fold(v) == wanted
+                    UserName::new(v.as_str()) == wanted
                 }
             })
         };
         // What a server that honoured the filter could return, whichever way it compares.
-        let plausible = |u: &RemoteUser| u.attrs.get(&attr).is_some_and(|v| fold(v) == wanted);
+        let plausible = |u: &RemoteUser| {
+            u.attrs
+                .get(&attr)
+                .is_some_and(|v| UserName::new(v.as_str()) == wanted)
+        };
         match self
             .search("Users", attr.name(), value, resource::user_from_json)
             .await?
@@ -528,10 +533,10 @@ impl ScimClient {
         name: &str,
     ) -> Result<Option<RemoteGroup>, ScimError> {
         let pick = |groups: Vec<RemoteGroup>| -> (bool, Option<RemoteGroup>) {
-            let wanted = fold(name);
-            let any_other = groups.iter().any(|g| fold(&g.display_name) != wanted);
-            let exact = groups.iter().position(|g| g.display_name == name);
-            let folded = groups.iter().position(|g| fold(&g.display_name) == wanted);
+            let wanted = GroupName::new(name);
+            let any_other = groups.iter().any(|g| g.display_name != wanted);
+            let exact = groups.iter().position(|g| g.display_name.as_str() == name);
+            let folded = groups.iter().position(|g| g.display_name == wanted);
             let found = exact.or(folded).and_then(|i| groups.into_iter().nth(i));
             (any_other, found)
         };

@@ -4,28 +4,14 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::model::{ENTERPRISE_USER, ScimId, UserAttr, UserAttrs};
+use crate::model::{
+    AttrSchema, AttrShape, ENTERPRISE_USER, GroupName, RemoteGroup, RemoteUser, ScimId, UserAttr,
+    UserAttrs,
+};
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
-
-/// A user as the target holds it, reduced to the attributes idsync manages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteUser {
-    pub id: ScimId,
-    pub attrs: UserAttrs,
-    pub active: bool,
-}
-
-/// A group as the target holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteGroup {
-    pub id: ScimId,
-    pub display_name: String,
-    pub external_id: Option<String>,
-    pub members: Vec<ScimId>,
-}
 
 /// What `/ServiceProviderConfig` says the target can do. A capability the
 /// document leaves out counts as supported: the operation itself then fails
@@ -64,30 +50,15 @@ enum Slot {
     Phone,
 }
 
+/// Read off the attribute table.
 fn slot(attr: UserAttr) -> Slot {
-    match attr {
-        UserAttr::UserName => Slot::Top("userName"),
-        UserAttr::ExternalId => Slot::Top("externalId"),
-        UserAttr::Email => Slot::Email,
-        UserAttr::GivenName => Slot::Name("givenName"),
-        UserAttr::FamilyName => Slot::Name("familyName"),
-        UserAttr::MiddleName => Slot::Name("middleName"),
-        UserAttr::FormattedName => Slot::Name("formatted"),
-        UserAttr::HonorificPrefix => Slot::Name("honorificPrefix"),
-        UserAttr::HonorificSuffix => Slot::Name("honorificSuffix"),
-        UserAttr::DisplayName => Slot::Top("displayName"),
-        UserAttr::NickName => Slot::Top("nickName"),
-        UserAttr::Title => Slot::Top("title"),
-        UserAttr::UserType => Slot::Top("userType"),
-        UserAttr::PreferredLanguage => Slot::Top("preferredLanguage"),
-        UserAttr::Locale => Slot::Top("locale"),
-        UserAttr::Timezone => Slot::Top("timezone"),
-        UserAttr::PhoneNumber => Slot::Phone,
-        UserAttr::Department => Slot::Enterprise("department"),
-        UserAttr::Organization => Slot::Enterprise("organization"),
-        UserAttr::Division => Slot::Enterprise("division"),
-        UserAttr::CostCenter => Slot::Enterprise("costCenter"),
-        UserAttr::EmployeeNumber => Slot::Enterprise("employeeNumber"),
+    let spec = attr.spec();
+    match (spec.schema, spec.shape) {
+        (AttrSchema::Enterprise, _) => Slot::Enterprise(spec.key),
+        (AttrSchema::Core, AttrShape::Name) => Slot::Name(spec.key),
+        (AttrSchema::Core, AttrShape::MultiValued) if attr == UserAttr::Email => Slot::Email,
+        (AttrSchema::Core, AttrShape::MultiValued) => Slot::Phone,
+        (AttrSchema::Core, AttrShape::Single) => Slot::Top(spec.key),
     }
 }
 
@@ -287,7 +258,7 @@ pub fn user_from_json(resource: &Value) -> Result<RemoteUser, String> {
     let mut attrs = UserAttrs::new();
     let name = resource.get("name");
     let enterprise = resource.get(ENTERPRISE_USER);
-    for attr in UserAttr::ALL {
+    for attr in UserAttr::all() {
         let value = match slot(attr) {
             Slot::Top(key) => non_empty_str(resource.get(key)),
             Slot::Name(key) => non_empty_str(name.and_then(|n| n.get(key))),
@@ -324,11 +295,12 @@ pub fn group_to_json(display_name: &str, external_id: Option<&str>) -> Value {
 /// failing the whole list: one odd group should not stop every cycle.
 pub fn group_from_json(resource: &Value) -> Result<RemoteGroup, String> {
     let id = id_of(resource)?;
-    let display_name = resource
-        .get("displayName")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let display_name = GroupName::new(
+        resource
+            .get("displayName")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    );
     let members = resource
         .get("members")
         .and_then(Value::as_array)
@@ -481,7 +453,7 @@ mod tests {
     use super::*;
 
     fn full_attrs() -> UserAttrs {
-        UserAttr::ALL
+        UserAttr::all()
             .into_iter()
             .map(|a| (a, format!("v-{}", a.name())))
             .collect()

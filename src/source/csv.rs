@@ -4,12 +4,15 @@
 //! with its line number; one bad row fails the read, because a skipped user would
 //! be deprovisioned.
 
+use std::collections::BTreeSet;
 use std::collections::btree_map::{BTreeMap, Entry};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::SourceError;
-use crate::config::CsvSettings;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+
+use super::{Source, SourceError};
 use crate::model::{
     FastMap, FastSet, GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey,
     SourceUser,
@@ -52,6 +55,87 @@ impl Problems {
             problems: self.lines,
             hint: hint.to_string(),
         }
+    }
+}
+
+/// The `source:` section for `kind: csv`, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvConfig {
+    users: String,
+    #[serde(default)]
+    groups: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    delimiter: Option<char>,
+}
+
+impl CsvConfig {
+    /// Resolves paths against the config file's folder and checks the options.
+    pub fn compile(&self, config_dir: &Path) -> Result<CsvSettings, String> {
+        let resolve = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                config_dir.join(p)
+            }
+        };
+        let delimiter = match self.delimiter {
+            None => b',',
+            Some(c) if c.is_ascii() => c as u8,
+            Some(c) => return Err(format!("the CSV delimiter {c:?} is not an ASCII character")),
+        };
+        Ok(CsvSettings {
+            users: resolve(&self.users),
+            groups: self.groups.as_deref().map(resolve),
+            key: self.key.clone().unwrap_or_else(|| "id".to_string()),
+            delimiter,
+        })
+    }
+}
+
+/// The CSV source, compiled: a users file with a key column and an optional
+/// groups file.
+#[derive(Clone, Debug)]
+pub struct CsvSettings {
+    pub users: PathBuf,
+    pub groups: Option<PathBuf>,
+    pub key: String,
+    pub delimiter: u8,
+}
+
+impl Source for CsvSettings {
+    fn read<'a>(
+        &'a self,
+        _attributes: &'a BTreeSet<String>,
+    ) -> BoxFuture<'a, Result<SourceDirectory, SourceError>> {
+        let settings = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || read(&settings))
+                .await
+                .map_err(|e| SourceError::Unavailable {
+                    message: format!("the CSV reader stopped unexpectedly: {e}"),
+                    hint: "this is a bug; please report it".into(),
+                })?
+        })
+    }
+
+    /// A CSV source is read whole and counted.
+    fn check(&self) -> BoxFuture<'_, Result<String, SourceError>> {
+        Box::pin(async move {
+            let dir = self.read(&BTreeSet::new()).await?;
+            Ok(format!(
+                "CSV source readable: {} users, {} groups",
+                dir.users.len(),
+                dir.groups.len()
+            ))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("csv {}", self.users.display())
     }
 }
 

@@ -1,14 +1,36 @@
 //! Source adapters: read a whole directory into canonical records
 //! (`SourceDirectory`). A read that fails or is incomplete fails the cycle before
 //! anything is planned; adapters never return a partial directory.
+//!
+//! Each adapter owns its configuration as written (`CsvConfig`, `LdapConfig`) and
+//! as compiled (`CsvSettings`, `LdapSettings`) and implements [`Source`]; the
+//! top-level config composes them and picks one.
 
 pub mod csv;
 pub mod ldap;
 
 use std::collections::BTreeSet;
 
-use crate::config::SourceSettings;
+use futures_util::future::BoxFuture;
+
 use crate::model::SourceDirectory;
+
+/// A directory idsync reads from.
+pub trait Source: Send + Sync {
+    /// Reads the directory completely. `attributes`: the source attributes the
+    /// mapping references (LDAP asks the server for exactly these, plus the key).
+    fn read<'a>(
+        &'a self,
+        attributes: &'a BTreeSet<String>,
+    ) -> BoxFuture<'a, Result<SourceDirectory, SourceError>>;
+
+    /// `idsync check`: reaches and authenticates without reading everything, and
+    /// says what it found.
+    fn check(&self) -> BoxFuture<'_, Result<String, SourceError>>;
+
+    /// One line naming the source, for `validate` and messages.
+    fn describe(&self) -> String;
+}
 
 /// Why a source read failed. Either way nothing is planned from it.
 #[derive(Debug, thiserror::Error)]
@@ -30,41 +52,5 @@ impl SourceError {
         match self {
             SourceError::Invalid { hint, .. } | SourceError::Unavailable { hint, .. } => hint,
         }
-    }
-}
-
-/// Reads the configured source completely. `attributes`: the source attributes
-/// the mapping references (LDAP asks the server for exactly these, plus the key).
-pub async fn read(
-    settings: &SourceSettings,
-    attributes: &BTreeSet<String>,
-) -> Result<SourceDirectory, SourceError> {
-    match settings {
-        SourceSettings::Csv(csv) => {
-            let csv = csv.clone();
-            tokio::task::spawn_blocking(move || csv::read(&csv))
-                .await
-                .map_err(|e| SourceError::Unavailable {
-                    message: format!("the CSV reader stopped unexpectedly: {e}"),
-                    hint: "this is a bug; please report it".into(),
-                })?
-        }
-        SourceSettings::Ldap(ldap) => ldap::read(ldap, attributes).await,
-    }
-}
-
-/// `idsync check`: reach and authenticate without reading everything (a CSV
-/// source is read and counted).
-pub async fn check(settings: &SourceSettings) -> Result<String, SourceError> {
-    match settings {
-        SourceSettings::Csv(_) => {
-            let dir = read(settings, &BTreeSet::new()).await?;
-            Ok(format!(
-                "CSV source readable: {} users, {} groups",
-                dir.users.len(),
-                dir.groups.len()
-            ))
-        }
-        SourceSettings::Ldap(ldap) => ldap::check(ldap).await,
     }
 }

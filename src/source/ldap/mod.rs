@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
-use super::SourceError;
+use futures_util::future::BoxFuture;
+
+use super::{Source, SourceError};
 use crate::model::{SourceDirectory, SourceUser};
 
 /// Users: every inetOrgPerson (AD: set `(&(objectCategory=person)(objectClass=user))`).
@@ -256,6 +258,23 @@ impl LdapConfig {
             page_size: page_size as i32,
             timeout,
         })
+    }
+}
+
+impl Source for LdapSettings {
+    fn read<'a>(
+        &'a self,
+        attributes: &'a BTreeSet<String>,
+    ) -> BoxFuture<'a, Result<SourceDirectory, SourceError>> {
+        Box::pin(read(self, attributes))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<String, SourceError>> {
+        Box::pin(check(self))
+    }
+
+    fn describe(&self) -> String {
+        format!("ldap {}", self.url())
     }
 }
 

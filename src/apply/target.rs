@@ -1,0 +1,111 @@
+//! The target as the executor sees it: the requests one plan needs, and how they
+//! fail. The SCIM client implements it for real servers; tests implement it in
+//! memory to drive the real executor through failures, lost answers and stops.
+
+use std::future::Future;
+
+use crate::model::{
+    GroupName, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs, UserName,
+};
+
+/// How a request to the target failed, after the target's own retries.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// 404: the object does not exist (any more).
+    #[error("not found (HTTP 404)")]
+    NotFound,
+    /// 409: the object exists already (perhaps from an earlier attempt).
+    #[error("conflict (HTTP 409): {detail}")]
+    Conflict { detail: String },
+    /// 401/403: the credentials were refused. No other operation can succeed.
+    #[error("authentication refused (HTTP {status}): {detail}")]
+    Unauthorized { status: u16, detail: String },
+    /// Anything else: an HTTP error, an unreachable target, a bad answer.
+    #[error("{message}")]
+    Failed {
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+impl TargetError {
+    /// The HTTP status behind this error, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            TargetError::NotFound => Some(404),
+            TargetError::Conflict { .. } => Some(409),
+            TargetError::Unauthorized { status, .. } => Some(*status),
+            TargetError::Failed { status, .. } => *status,
+        }
+    }
+
+    pub fn is_auth(&self) -> bool {
+        matches!(self, TargetError::Unauthorized { .. })
+    }
+}
+
+/// A target directory idsync provisions into.
+pub trait Target: Clone + Send + Sync {
+    /// One cheap authenticated request: a wrong token or URL fails here, before
+    /// anything changes.
+    fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// Everything the target holds, for `--full`.
+    fn read_all(&self) -> impl Future<Output = Result<TargetSnapshot, TargetError>> + Send;
+
+    /// Creates an active user; a `userName` that exists gives
+    /// [`TargetError::Conflict`].
+    fn create_user(
+        &self,
+        attrs: &UserAttrs,
+    ) -> impl Future<Output = Result<ScimId, TargetError>> + Send;
+
+    /// The user with this `userName` (compared case-insensitively), if any.
+    fn find_user(
+        &self,
+        user_name: &UserName,
+    ) -> impl Future<Output = Result<Option<RemoteUser>, TargetError>> + Send;
+
+    /// Changes the given attributes (`None` removes one) and, if given, `active`.
+    fn patch_user(
+        &self,
+        id: &ScimId,
+        changes: &[(UserAttr, Option<String>)],
+        active: Option<bool>,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    fn delete_user(&self, id: &ScimId) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// Creates a group; an existing name may give [`TargetError::Conflict`].
+    fn create_group(
+        &self,
+        name: &GroupName,
+        external_id: &str,
+    ) -> impl Future<Output = Result<ScimId, TargetError>> + Send;
+
+    /// The group with this `displayName`, if any.
+    fn find_group(
+        &self,
+        name: &GroupName,
+    ) -> impl Future<Output = Result<Option<RemoteGroup>, TargetError>> + Send;
+
+    fn rename_group(
+        &self,
+        id: &ScimId,
+        name: &GroupName,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    fn add_members(
+        &self,
+        group: &ScimId,
+        members: &[ScimId],
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    fn remove_members(
+        &self,
+        group: &ScimId,
+        members: &[ScimId],
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    fn delete_group(&self, id: &ScimId) -> impl Future<Output = Result<(), TargetError>> + Send;
+}

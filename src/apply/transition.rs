@@ -1,0 +1,323 @@
+//! What a completed operation does to the state: one pure function from the
+//! state, the operation and the target's answer to a [`StateChange`] and the
+//! line the run's log records. The executor applies the change in memory and
+//! the store persists the same value; the property tests and the benchmark go
+//! through here too, so there is one definition of it.
+
+use std::collections::BTreeSet;
+
+use crate::model::{
+    AttrHash, Ownership, ScimId, SourceKey, State, StateChange, StateGroup, StateUser, Status,
+    UserAttr, UserAttrs, UserName,
+};
+use crate::plan::Operation;
+use crate::state::OpOutcome;
+
+use super::TargetError;
+
+/// The target's answer to one operation, once its requests are done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    /// Done (for adoptions: nothing needed sending).
+    Ok,
+    /// The user now exists with this id, holding `attrs`.
+    UserCreated {
+        id: ScimId,
+        ownership: Ownership,
+        attrs: UserAttrs,
+    },
+    GroupCreated {
+        id: ScimId,
+        ownership: Ownership,
+    },
+    /// 404: the object is gone from the target.
+    Gone,
+    /// Not sent, and why.
+    Skipped(String),
+    Failed(TargetError),
+}
+
+/// What committing one operation means.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub change: Option<StateChange>,
+    pub outcome: OpOutcome,
+    pub http_status: Option<u16>,
+    /// Why it failed or was skipped, or a note on a partial success.
+    pub error: Option<String>,
+}
+
+impl Transition {
+    fn applied(change: Option<StateChange>) -> Transition {
+        Transition {
+            change,
+            outcome: OpOutcome::Applied,
+            http_status: None,
+            error: None,
+        }
+    }
+
+    fn failed(change: Option<StateChange>, status: Option<u16>, error: String) -> Transition {
+        Transition {
+            change,
+            outcome: OpOutcome::Failed,
+            http_status: status,
+            error: Some(error),
+        }
+    }
+}
+
+/// The members of a membership operation that exist in the target, as their
+/// source keys: the ones the executor sends.
+pub fn members_present<'a>(state: &'a State, members: &'a [SourceKey]) -> Vec<&'a SourceKey> {
+    members
+        .iter()
+        .filter(|m| state.live_user(m).is_some())
+        .collect()
+}
+
+/// The state change and log line for `op` answered by `response`, given the
+/// state before it. `create_only`: attributes left out of the hash.
+pub fn transition(
+    state: &State,
+    op: &Operation,
+    response: Response,
+    create_only: &BTreeSet<UserAttr>,
+) -> Transition {
+    let response = match response {
+        Response::Failed(err) => {
+            return Transition::failed(None, err.status(), err.to_string());
+        }
+        Response::Skipped(why) => {
+            return Transition {
+                change: None,
+                outcome: OpOutcome::Skipped,
+                http_status: None,
+                error: Some(why),
+            };
+        }
+        other => other,
+    };
+    match (op, response) {
+        (
+            Operation::AdoptUser {
+                key,
+                user_name,
+                scim_id,
+                attrs,
+                active,
+                ..
+            },
+            Response::Ok,
+        ) => Transition::applied(Some(StateChange::PutUser {
+            key: key.clone(),
+            user: StateUser {
+                scim_id: scim_id.clone(),
+                user_name: user_name.clone(),
+                hash: AttrHash::of(attrs, create_only),
+                status: if *active {
+                    Status::Active
+                } else {
+                    Status::Disabled
+                },
+                ownership: Ownership::Adopted,
+                attrs: Some(attrs.clone()),
+            },
+        })),
+        (
+            Operation::AdoptGroup {
+                key,
+                display_name,
+                scim_id,
+            },
+            Response::Ok,
+        ) => Transition::applied(Some(StateChange::PutGroup {
+            key: key.clone(),
+            group: StateGroup {
+                scim_id: scim_id.clone(),
+                display_name: display_name.clone(),
+                status: Status::Active,
+                ownership: Ownership::Adopted,
+            },
+        })),
+        (
+            Operation::CreateUser { key, user_name, .. },
+            Response::UserCreated {
+                id,
+                ownership,
+                attrs,
+            },
+        ) => Transition::applied(Some(StateChange::PutUser {
+            key: key.clone(),
+            user: StateUser {
+                scim_id: id,
+                user_name: user_name.clone(),
+                hash: AttrHash::of(&attrs, create_only),
+                status: Status::Active,
+                ownership,
+                attrs: Some(attrs),
+            },
+        })),
+        (
+            Operation::UpdateUser { key, changes, .. } | Operation::EnableUser { key, changes, .. },
+            Response::Ok,
+        ) => {
+            let enable = matches!(op, Operation::EnableUser { .. });
+            let Some(current) = state.users.get(key) else {
+                return Transition::applied(None);
+            };
+            if changes.is_empty() {
+                // A plain re-enable: only the status changes.
+                return Transition::applied(enable.then(|| StateChange::UserStatus {
+                    key: key.clone(),
+                    status: Status::Active,
+                }));
+            }
+            let Some(pushed) = &current.attrs else {
+                // The request went out, but what the user holds now cannot be
+                // written down whole; recording nothing makes the next cycle
+                // compare again and send what still differs.
+                return Transition::failed(
+                    None,
+                    None,
+                    "the last pushed attributes were not loaded, so the result was not recorded; the next cycle checks this user again".into(),
+                );
+            };
+            let mut attrs = pushed.clone();
+            for (attr, c) in changes {
+                match &c.new {
+                    Some(v) => attrs.insert(*attr, v.clone()),
+                    None => attrs.remove(attr),
+                };
+            }
+            Transition::applied(Some(StateChange::PutUser {
+                key: key.clone(),
+                user: StateUser {
+                    scim_id: current.scim_id.clone(),
+                    user_name: attrs
+                        .get(&UserAttr::UserName)
+                        .map(|n| UserName::new(n.as_str()))
+                        .unwrap_or_else(|| current.user_name.clone()),
+                    hash: AttrHash::of(&attrs, create_only),
+                    status: if enable {
+                        Status::Active
+                    } else {
+                        current.status
+                    },
+                    ownership: current.ownership,
+                    attrs: Some(attrs),
+                },
+            }))
+        }
+        (
+            Operation::UpdateUser { key, .. }
+            | Operation::EnableUser { key, .. }
+            | Operation::DisableUser { key, .. },
+            Response::Gone,
+        ) => Transition::failed(
+            Some(StateChange::UserStatus {
+                key: key.clone(),
+                status: Status::Removed,
+            }),
+            Some(404),
+            "the user no longer exists in the target (deleted by hand?); it will be created again next cycle"
+                .into(),
+        ),
+        (Operation::DisableUser { key, .. }, Response::Ok) => {
+            Transition::applied(Some(StateChange::UserStatus {
+                key: key.clone(),
+                status: Status::Disabled,
+            }))
+        }
+        (Operation::DeleteUser { key, .. }, Response::Ok | Response::Gone) => {
+            Transition::applied(Some(StateChange::UserStatus {
+                key: key.clone(),
+                status: Status::Removed,
+            }))
+        }
+        (
+            Operation::CreateGroup { key, display_name },
+            Response::GroupCreated { id, ownership },
+        ) => Transition::applied(Some(StateChange::PutGroup {
+            key: key.clone(),
+            group: StateGroup {
+                scim_id: id,
+                display_name: display_name.clone(),
+                status: Status::Active,
+                ownership,
+            },
+        })),
+        (
+            Operation::UpdateGroup {
+                key, display_name, ..
+            },
+            Response::Ok,
+        ) => Transition::applied(state.groups.get(key).map(|current| StateChange::PutGroup {
+            key: key.clone(),
+            group: StateGroup {
+                display_name: display_name.clone(),
+                ..current.clone()
+            },
+        })),
+        (
+            Operation::AddMembers { key, members, .. }
+            | Operation::RemoveMembers { key, members, .. },
+            Response::Ok,
+        ) => {
+            let sent: Vec<SourceKey> = members_present(state, members)
+                .into_iter()
+                .cloned()
+                .collect();
+            let left = members.len() - sent.len();
+            let change = if matches!(op, Operation::AddMembers { .. }) {
+                StateChange::MembersAdded {
+                    group: key.clone(),
+                    users: sent,
+                }
+            } else {
+                StateChange::MembersRemoved {
+                    group: key.clone(),
+                    users: sent,
+                }
+            };
+            let mut t = Transition::applied(Some(change));
+            if left > 0 {
+                t.error = Some(format!(
+                    "{left} member(s) not yet in the target were left for the next cycle"
+                ));
+            }
+            t
+        }
+        (
+            Operation::UpdateGroup { key, .. }
+            | Operation::AddMembers { key, .. }
+            | Operation::RemoveMembers { key, .. },
+            Response::Gone,
+        ) => Transition::failed(
+            Some(StateChange::GroupStatus {
+                key: key.clone(),
+                status: Status::Removed,
+            }),
+            Some(404),
+            "the group no longer exists in the target; it will be created again next cycle".into(),
+        ),
+        (Operation::DeleteGroup { key, scim_id, .. }, Response::Ok | Response::Gone) => {
+            // After a recreate, the key already names the new group: only the old
+            // id is gone.
+            let current = state.groups.get(key);
+            Transition::applied(
+                current
+                    .filter(|g| g.scim_id == *scim_id)
+                    .map(|_| StateChange::GroupStatus {
+                        key: key.clone(),
+                        status: Status::Removed,
+                    }),
+            )
+        }
+        (_, _) => Transition::failed(
+            None,
+            None,
+            "unexpected response for this operation".into(),
+        ),
+    }
+}

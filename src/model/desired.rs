@@ -1,0 +1,89 @@
+//! The desired snapshot: what the mapping made of one complete source read, the
+//! target as it should be.
+
+use std::collections::BTreeSet;
+
+use super::{Email, GroupKey, GroupName, Origin, SourceKey, UserAttr, UserAttrs};
+
+/// A user as the target should have it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredUser {
+    pub key: SourceKey,
+    pub origin: Origin,
+    /// Always holds `userName` (the mapping refuses a user without one).
+    pub attrs: UserAttrs,
+    /// False when the source marks the user disabled: the target account is
+    /// deactivated (never created just to be deactivated).
+    pub active: bool,
+}
+
+impl DesiredUser {
+    pub fn user_name(&self) -> &str {
+        self.attrs
+            .get(&UserAttr::UserName)
+            .map(String::as_str)
+            .unwrap_or_default()
+    }
+
+    /// The user's email: the `emails` value, else the userName.
+    pub fn email(&self) -> Email {
+        Email::new(
+            self.attrs
+                .get(&UserAttr::Email)
+                .map(String::as_str)
+                .unwrap_or(self.user_name()),
+        )
+    }
+}
+
+/// A group as the target should have it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredGroup {
+    pub key: GroupKey,
+    pub display_name: GroupName,
+    /// Sorted and without duplicates; only keys of in-scope users.
+    pub members: Vec<SourceKey>,
+}
+
+/// What the mapping made of one complete source read: the desired state of the
+/// target, sorted by key.
+#[derive(Clone, Debug, Default)]
+pub struct Desired {
+    pub users: Vec<DesiredUser>,
+    pub groups: Vec<DesiredGroup>,
+    /// Users present in the source but outside the mapping's scope (for
+    /// `skip_out_of_scope_deletions`).
+    pub out_of_scope: BTreeSet<SourceKey>,
+    /// Attributes written only when a user is created, never updated.
+    pub create_only: BTreeSet<UserAttr>,
+    /// Group members that were not in-scope users (counted for the summary).
+    pub ignored_members: usize,
+}
+
+/// A digest of a user's managed attributes, to find unchanged users without
+/// comparing (or even loading) their last pushed attributes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttrHash(pub [u8; 16]);
+
+impl AttrHash {
+    /// Hashes `attrs`, leaving out `skip` (attributes written only on create, so a
+    /// difference there never makes an update).
+    pub fn of(attrs: &UserAttrs, skip: &BTreeSet<UserAttr>) -> AttrHash {
+        // One contiguous buffer hashed at once: much cheaper than many small
+        // incremental updates, and the same digest.
+        let mut bytes = Vec::with_capacity(256);
+        for (attr, value) in attrs {
+            if skip.contains(attr) {
+                continue;
+            }
+            bytes.extend_from_slice(attr.name().as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.push(0);
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&blake3::hash(&bytes).as_bytes()[..16]);
+        AttrHash(out)
+    }
+}
+

@@ -1,0 +1,27 @@
+//! The vocabulary of the pipeline, at the bottom of every import: typed
+//! identifiers (names compare case-insensitively by type), source records, the
+//! desired snapshot a mapping produces, the state as last pushed with the one
+//! way it changes, what a target holds, and the table of SCIM user attributes.
+//!
+//! Nothing here does I/O, and nothing here imports another idsync module.
+
+mod attr;
+mod desired;
+mod identity;
+mod record;
+mod remote;
+mod state;
+
+pub use attr::{AttrSchema, AttrShape, AttrSpec, ENTERPRISE_USER, UserAttr, UserAttrs};
+pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser};
+pub use identity::{Domain, Email, GroupKey, GroupName, ScimId, SourceKey, UserName, fold};
+pub use record::{Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceUser};
+pub use remote::{RemoteGroup, RemoteUser, TargetSnapshot};
+pub use state::{Ownership, State, StateChange, StateGroup, StateUser, Status};
+
+/// A fast, randomly seeded hasher for the large in-memory maps of a cycle.
+pub type FastHash = foldhash::fast::RandomState;
+/// A `HashMap` with [`FastHash`].
+pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHash>;
+/// A `HashSet` with [`FastHash`].
+pub type FastSet<K> = std::collections::HashSet<K, FastHash>;

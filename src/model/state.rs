@@ -1,0 +1,218 @@
+//! The state as idsync last pushed it — the planner's view of the target — and
+//! the one way it changes: a [`StateChange`], applied here in memory and
+//! persisted by the store from the same value.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{AttrHash, FastMap, GroupKey, GroupName, ScimId, SourceKey, UserAttrs, UserName};
+
+/// Whether idsync created an object or adopted one that already existed. Only
+/// objects with one of these are ever changed; everything else in the target is
+/// left alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ownership {
+    Created,
+    Adopted,
+}
+
+impl Ownership {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ownership::Created => "created",
+            Ownership::Adopted => "adopted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "created" => Some(Ownership::Created),
+            "adopted" => Some(Ownership::Adopted),
+            _ => None,
+        }
+    }
+}
+
+/// What the target holds for an object, as far as idsync last pushed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Disabled,
+    /// Deleted from the target (or found missing); a comeback creates it anew.
+    Removed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Disabled => "disabled",
+            Status::Removed => "removed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Status::Active),
+            "disabled" => Some(Status::Disabled),
+            "removed" => Some(Status::Removed),
+            _ => None,
+        }
+    }
+}
+
+/// One managed user as last pushed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateUser {
+    pub scim_id: ScimId,
+    pub user_name: UserName,
+    pub hash: AttrHash,
+    pub status: Status,
+    pub ownership: Ownership,
+    /// The last pushed attributes: loaded only for users whose hash differs from
+    /// the desired one (`StateDb::load_attrs`), to keep large states small.
+    pub attrs: Option<UserAttrs>,
+}
+
+/// One managed group as last pushed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateGroup {
+    pub scim_id: ScimId,
+    pub display_name: GroupName,
+    pub status: Status,
+    pub ownership: Ownership,
+}
+
+/// The last pushed snapshot: the planner's view of the target.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    pub users: FastMap<SourceKey, StateUser>,
+    pub groups: BTreeMap<GroupKey, StateGroup>,
+    pub memberships: BTreeMap<GroupKey, BTreeSet<SourceKey>>,
+    /// Bumped by every write; part of a saved plan's fingerprint.
+    pub generation: i64,
+}
+
+impl State {
+    /// Users idsync manages and has not removed.
+    pub fn managed_users(&self) -> usize {
+        self.users
+            .values()
+            .filter(|u| u.status != Status::Removed)
+            .count()
+    }
+}
+
+/// A row-level change to the state, committed together with an operation's
+/// outcome. [`State::apply`] is its meaning in memory; the store persists the
+/// same value, and a test holds the two to the same result.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateChange {
+    /// A user created, adopted or updated: its full pushed record.
+    PutUser {
+        key: SourceKey,
+        user: StateUser,
+    },
+    UserStatus {
+        key: SourceKey,
+        status: Status,
+    },
+    PutGroup {
+        key: GroupKey,
+        group: StateGroup,
+    },
+    GroupStatus {
+        key: GroupKey,
+        status: Status,
+    },
+    MembersAdded {
+        group: GroupKey,
+        users: Vec<SourceKey>,
+    },
+    MembersRemoved {
+        group: GroupKey,
+        users: Vec<SourceKey>,
+    },
+    /// The group's members as the target holds them (`--full`).
+    SetMembers {
+        group: GroupKey,
+        users: BTreeSet<SourceKey>,
+    },
+}
+
+impl State {
+    /// Applies a committed change in memory, exactly as the store persists it.
+    pub fn apply(&mut self, change: &StateChange) {
+        match change {
+            StateChange::PutUser { key, user } => {
+                self.users.insert(key.clone(), user.clone());
+            }
+            StateChange::UserStatus { key, status } => {
+                if let Some(u) = self.users.get_mut(key) {
+                    u.status = *status;
+                }
+                if *status == Status::Removed {
+                    for members in self.memberships.values_mut() {
+                        members.remove(key);
+                    }
+                    self.memberships.retain(|_, m| !m.is_empty());
+                }
+            }
+            StateChange::PutGroup { key, group } => {
+                // A group recreated under a new id starts with no members pushed.
+                if self
+                    .groups
+                    .get(key)
+                    .is_some_and(|g| g.scim_id != group.scim_id)
+                {
+                    self.memberships.remove(key);
+                }
+                self.groups.insert(key.clone(), group.clone());
+            }
+            StateChange::GroupStatus { key, status } => {
+                if let Some(g) = self.groups.get_mut(key) {
+                    g.status = *status;
+                }
+                if *status == Status::Removed {
+                    self.memberships.remove(key);
+                }
+            }
+            StateChange::MembersAdded { group, users } => {
+                if !users.is_empty() {
+                    self.memberships
+                        .entry(group.clone())
+                        .or_default()
+                        .extend(users.iter().cloned());
+                }
+            }
+            StateChange::MembersRemoved { group, users } => {
+                if let Some(m) = self.memberships.get_mut(group) {
+                    for u in users {
+                        m.remove(u);
+                    }
+                    if m.is_empty() {
+                        self.memberships.remove(group);
+                    }
+                }
+            }
+            StateChange::SetMembers { group, users } => {
+                if users.is_empty() {
+                    self.memberships.remove(group);
+                } else {
+                    self.memberships.insert(group.clone(), users.clone());
+                }
+            }
+        }
+    }
+
+    /// The live (not removed) user with `key`.
+    pub fn live_user(&self, key: &SourceKey) -> Option<&StateUser> {
+        self.users.get(key).filter(|u| u.status != Status::Removed)
+    }
+
+    /// The live (not removed) group with `key`.
+    pub fn live_group(&self, key: &GroupKey) -> Option<&StateGroup> {
+        self.groups.get(key).filter(|g| g.status != Status::Removed)
+    }
+}

@@ -1,0 +1,107 @@
+//! The planner's one input, gathered in one place before planning starts: the
+//! desired snapshot, the last pushed state with the attributes the planner will
+//! compare already loaded, for `--full` what the target holds, and the options.
+
+use crate::model::{AttrHash, Desired, SourceKey, State, Status, TargetSnapshot};
+
+use super::Policy;
+
+/// What a plan is made under, besides the data.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    pub policy: Policy,
+    /// Changes whenever the config or the mapping changes; with the state's
+    /// generation it ties a saved plan to what it was made from.
+    pub config_fingerprint: String,
+    /// Warn before the directory grows past this many managed users.
+    pub user_limit: Option<u64>,
+}
+
+/// Everything the planner needs. Built only by [`PlanningInput::new`], which
+/// loads the pushed attributes the planner compares, so no caller can forget to.
+#[derive(Clone, Debug)]
+pub struct PlanningInput {
+    pub(super) desired: Desired,
+    pub(super) state: State,
+    pub(super) target: Option<TargetSnapshot>,
+    pub(super) options: PlanOptions,
+}
+
+impl PlanningInput {
+    /// Gathers the input. `load_attrs` fills in the last pushed attributes of the
+    /// given users (the state DB's `load_attrs`): those whose desired attributes
+    /// hash differently from what was pushed, or, for `--full` (`target` given),
+    /// every managed user. A user the loader leaves without attributes is
+    /// compared against none, so every desired value is sent again: a wasted
+    /// request at worst, never a skipped update.
+    pub fn new<E>(
+        desired: Desired,
+        mut state: State,
+        target: Option<TargetSnapshot>,
+        options: PlanOptions,
+        load_attrs: impl FnOnce(&mut State, &[SourceKey]) -> Result<(), E>,
+    ) -> Result<PlanningInput, E> {
+        let keys = if target.is_some() {
+            state
+                .users
+                .iter()
+                .filter(|(_, u)| u.status != Status::Removed && u.attrs.is_none())
+                .map(|(k, _)| k.clone())
+                .collect()
+        } else {
+            keys_needing_attrs(&desired, &state)
+        };
+        if !keys.is_empty() {
+            load_attrs(&mut state, &keys)?;
+            for key in &keys {
+                if let Some(user) = state.users.get_mut(key) {
+                    user.attrs.get_or_insert_with(Default::default);
+                }
+            }
+        }
+        Ok(PlanningInput {
+            desired,
+            state,
+            target,
+            options,
+        })
+    }
+
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// The state as loaded (before any `--full` reconcile).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.target.is_some()
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.options.policy
+    }
+
+    /// Gives the state back (for the executor to start from).
+    pub fn into_state(self) -> State {
+        self.state
+    }
+}
+
+/// Users whose pushed attributes the planner must compare: those whose desired
+/// attributes hash differently from what was pushed.
+fn keys_needing_attrs(desired: &Desired, state: &State) -> Vec<SourceKey> {
+    desired
+        .users
+        .iter()
+        .filter(|d| match state.users.get(&d.key) {
+            Some(s) if s.status != Status::Removed && s.attrs.is_none() => {
+                s.hash != AttrHash::of(&d.attrs, &desired.create_only)
+            }
+            _ => false,
+        })
+        .map(|d| d.key.clone())
+        .collect()
+}

@@ -1,0 +1,402 @@
+//! Planning: a pure function from one [`PlanningInput`] (the desired snapshot,
+//! the last pushed state, for `--full` the target's contents, the policy) to a
+//! [`Plan`] — the operations that make the target match, in a stable order
+//! (executor phase, then key). No I/O, no clock: the same input always gives the
+//! same plan.
+//!
+//! It never touches an object the state does not record as created or adopted by
+//! idsync, and an email or userName change is an update of the same SCIM id.
+//! `--full` folds what the target really holds into the state first
+//! (`reconcile`), so the same planner also corrects hand-made drift. The guards
+//! (`guard`) check a plan before anyone acts on it.
+
+pub mod guard;
+mod input;
+mod planner;
+mod policy;
+mod reconcile;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{GroupKey, GroupName, ScimId, SourceKey, StateChange, UserAttr, UserAttrs, UserName};
+
+pub use input::{PlanOptions, PlanningInput};
+pub use planner::{diff, fingerprint, plan};
+pub use policy::{DEFAULT_MAX_REMOVALS, OnRename, Policy, RemovalLimit, RemoveAction};
+
+/// One attribute's change: `old` as last pushed, `new` as desired (`None` =
+/// absent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+pub type Changes = BTreeMap<UserAttr, Change>;
+
+/// How `--full` matched an existing target account to a source user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MatchedBy {
+    UserName,
+    ExternalId,
+    DisplayName,
+}
+
+/// One step of a plan. Operations name objects by source key; SCIM ids of objects
+/// created earlier in the same run are resolved by the executor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Operation {
+    /// `--full` only: an existing target account becomes managed by idsync, as
+    /// the target holds it (`attrs`, `active`); updates later in the plan bring
+    /// it in line.
+    AdoptUser {
+        key: SourceKey,
+        #[serde(rename = "userName")]
+        user_name: UserName,
+        scim_id: ScimId,
+        matched_by: MatchedBy,
+        attrs: UserAttrs,
+        active: bool,
+    },
+    AdoptGroup {
+        key: GroupKey,
+        #[serde(rename = "displayName")]
+        display_name: GroupName,
+        scim_id: ScimId,
+    },
+    CreateUser {
+        key: SourceKey,
+        #[serde(rename = "userName")]
+        user_name: UserName,
+        changes: Changes,
+    },
+    UpdateUser {
+        key: SourceKey,
+        #[serde(rename = "userName")]
+        user_name: UserName,
+        scim_id: ScimId,
+        changes: Changes,
+    },
+    /// Re-activates a disabled user (same SCIM id), with any attribute changes.
+    EnableUser {
+        key: SourceKey,
+        #[serde(rename = "userName")]
+        user_name: UserName,
+        scim_id: ScimId,
+        changes: Changes,
+    },
+    DisableUser {
+        key: SourceKey,
+        #[serde(rename = "userName")]
+        user_name: UserName,
+        scim_id: ScimId,
+        reason: String,
+    },
+    DeleteUser {
+        key: SourceKey,
+        #[serde(rename = "userName")]
+        user_name: UserName,
+        scim_id: ScimId,
+        reason: String,
+    },
+    CreateGroup {
+        key: GroupKey,
+        #[serde(rename = "displayName")]
+        display_name: GroupName,
+    },
+    /// Renames a group in place (targets that allow it).
+    UpdateGroup {
+        key: GroupKey,
+        scim_id: ScimId,
+        #[serde(rename = "displayName")]
+        display_name: GroupName,
+        old_display_name: GroupName,
+    },
+    DeleteGroup {
+        key: GroupKey,
+        scim_id: ScimId,
+        #[serde(rename = "displayName")]
+        display_name: GroupName,
+        reason: String,
+    },
+    AddMembers {
+        key: GroupKey,
+        #[serde(rename = "displayName")]
+        display_name: GroupName,
+        members: Vec<SourceKey>,
+    },
+    RemoveMembers {
+        key: GroupKey,
+        #[serde(rename = "displayName")]
+        display_name: GroupName,
+        members: Vec<SourceKey>,
+    },
+}
+
+/// The kinds of operation, as named in plan JSON, the journal and the run log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OpKind {
+    AdoptUser,
+    AdoptGroup,
+    CreateUser,
+    UpdateUser,
+    EnableUser,
+    DisableUser,
+    DeleteUser,
+    CreateGroup,
+    UpdateGroup,
+    DeleteGroup,
+    AddMembers,
+    RemoveMembers,
+}
+
+impl OpKind {
+    const ALL: [OpKind; 12] = [
+        OpKind::AdoptUser,
+        OpKind::AdoptGroup,
+        OpKind::CreateUser,
+        OpKind::UpdateUser,
+        OpKind::EnableUser,
+        OpKind::DisableUser,
+        OpKind::DeleteUser,
+        OpKind::CreateGroup,
+        OpKind::UpdateGroup,
+        OpKind::DeleteGroup,
+        OpKind::AddMembers,
+        OpKind::RemoveMembers,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::AdoptUser => "adopt_user",
+            OpKind::AdoptGroup => "adopt_group",
+            OpKind::CreateUser => "create_user",
+            OpKind::UpdateUser => "update_user",
+            OpKind::EnableUser => "enable_user",
+            OpKind::DisableUser => "disable_user",
+            OpKind::DeleteUser => "delete_user",
+            OpKind::CreateGroup => "create_group",
+            OpKind::UpdateGroup => "update_group",
+            OpKind::DeleteGroup => "delete_group",
+            OpKind::AddMembers => "add_members",
+            OpKind::RemoveMembers => "remove_members",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<OpKind> {
+        OpKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// The executor's phases, in dependency order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Adopt,
+    CreateUsers,
+    UpdateUsers,
+    CreateGroups,
+    UpdateGroups,
+    AddMembers,
+    RemoveMembers,
+    RemoveUsers,
+    DeleteGroups,
+}
+
+impl Operation {
+    pub fn phase(&self) -> Phase {
+        match self {
+            Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => Phase::Adopt,
+            Operation::CreateUser { .. } => Phase::CreateUsers,
+            Operation::UpdateUser { .. } | Operation::EnableUser { .. } => Phase::UpdateUsers,
+            Operation::CreateGroup { .. } => Phase::CreateGroups,
+            Operation::UpdateGroup { .. } => Phase::UpdateGroups,
+            Operation::AddMembers { .. } => Phase::AddMembers,
+            Operation::RemoveMembers { .. } => Phase::RemoveMembers,
+            Operation::DisableUser { .. } | Operation::DeleteUser { .. } => Phase::RemoveUsers,
+            Operation::DeleteGroup { .. } => Phase::DeleteGroups,
+        }
+    }
+
+    /// Which kind of operation this is.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Operation::AdoptUser { .. } => OpKind::AdoptUser,
+            Operation::AdoptGroup { .. } => OpKind::AdoptGroup,
+            Operation::CreateUser { .. } => OpKind::CreateUser,
+            Operation::UpdateUser { .. } => OpKind::UpdateUser,
+            Operation::EnableUser { .. } => OpKind::EnableUser,
+            Operation::DisableUser { .. } => OpKind::DisableUser,
+            Operation::DeleteUser { .. } => OpKind::DeleteUser,
+            Operation::CreateGroup { .. } => OpKind::CreateGroup,
+            Operation::UpdateGroup { .. } => OpKind::UpdateGroup,
+            Operation::DeleteGroup { .. } => OpKind::DeleteGroup,
+            Operation::AddMembers { .. } => OpKind::AddMembers,
+            Operation::RemoveMembers { .. } => OpKind::RemoveMembers,
+        }
+    }
+
+    /// The plan-JSON name of the operation.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The source key the operation is about.
+    pub fn subject(&self) -> &str {
+        match self {
+            Operation::AdoptUser { key, .. }
+            | Operation::CreateUser { key, .. }
+            | Operation::UpdateUser { key, .. }
+            | Operation::EnableUser { key, .. }
+            | Operation::DisableUser { key, .. }
+            | Operation::DeleteUser { key, .. } => key.as_str(),
+            Operation::AdoptGroup { key, .. }
+            | Operation::CreateGroup { key, .. }
+            | Operation::UpdateGroup { key, .. }
+            | Operation::DeleteGroup { key, .. }
+            | Operation::AddMembers { key, .. }
+            | Operation::RemoveMembers { key, .. } => key.as_str(),
+        }
+    }
+
+    /// The name people know the object by: the userName or group name.
+    pub fn display_subject(&self) -> &str {
+        match self {
+            Operation::AdoptUser { user_name, .. }
+            | Operation::CreateUser { user_name, .. }
+            | Operation::UpdateUser { user_name, .. }
+            | Operation::EnableUser { user_name, .. }
+            | Operation::DisableUser { user_name, .. }
+            | Operation::DeleteUser { user_name, .. } => user_name.as_str(),
+            Operation::AdoptGroup { display_name, .. }
+            | Operation::CreateGroup { display_name, .. }
+            | Operation::UpdateGroup { display_name, .. }
+            | Operation::DeleteGroup { display_name, .. }
+            | Operation::AddMembers { display_name, .. }
+            | Operation::RemoveMembers { display_name, .. } => display_name.as_str(),
+        }
+    }
+
+    /// Disables and deletes of users and deletes of groups: what the removal
+    /// limit counts.
+    pub fn is_removal(&self) -> bool {
+        matches!(
+            self,
+            Operation::DisableUser { .. }
+                | Operation::DeleteUser { .. }
+                | Operation::DeleteGroup { .. }
+        )
+    }
+
+    pub(crate) fn sort_key(&self) -> (Phase, &str) {
+        (self.phase(), self.subject())
+    }
+}
+
+/// Counts per operation kind, with the keys of DESIGN.md's plan JSON.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create_users: u64,
+    pub update_users: u64,
+    pub disable_users: u64,
+    pub delete_users: u64,
+    pub create_groups: u64,
+    pub update_groups: u64,
+    pub delete_groups: u64,
+    pub add_members: u64,
+    pub remove_members: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub enable_users: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adopt_users: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adopt_groups: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Summary {
+    pub fn of(operations: &[Operation]) -> Summary {
+        let mut s = Summary::default();
+        for op in operations {
+            match op {
+                Operation::AdoptUser { .. } => s.adopt_users += 1,
+                Operation::AdoptGroup { .. } => s.adopt_groups += 1,
+                Operation::CreateUser { .. } => s.create_users += 1,
+                Operation::UpdateUser { .. } => s.update_users += 1,
+                Operation::EnableUser { .. } => {
+                    s.enable_users += 1;
+                    s.update_users += 1;
+                }
+                Operation::DisableUser { .. } => s.disable_users += 1,
+                Operation::DeleteUser { .. } => s.delete_users += 1,
+                Operation::CreateGroup { .. } => s.create_groups += 1,
+                Operation::UpdateGroup { .. } => s.update_groups += 1,
+                Operation::DeleteGroup { .. } => s.delete_groups += 1,
+                Operation::AddMembers { members, .. } => s.add_members += members.len() as u64,
+                Operation::RemoveMembers { members, .. } => {
+                    s.remove_members += members.len() as u64
+                }
+            }
+        }
+        s
+    }
+
+    pub fn removals(&self) -> u64 {
+        self.disable_users + self.delete_users + self.delete_groups
+    }
+}
+
+/// A plan: a value, printable and serialisable, checked by the guards before the
+/// executor sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Ties a saved plan to the config, mapping and state it was made from.
+    pub fingerprint: String,
+    /// Made by `--full`: the target was read, and `observed` holds what it showed.
+    #[serde(default)]
+    pub full: bool,
+    pub summary: Summary,
+    pub operations: Vec<Operation>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// Group members left out because they are not in-scope users (outside the
+    /// base DN, filtered out, unknown keys).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ignored_members: u64,
+    /// What the guards weigh: users in scope in the source, and users idsync
+    /// manages now.
+    #[serde(default)]
+    pub source_users: u64,
+    #[serde(default)]
+    pub managed_users: u64,
+    /// `--full`: the state as the target really holds it (objects found missing,
+    /// attributes and memberships as found), committed by the executor after the
+    /// adoptions and before any other operation. Full plans are never saved.
+    #[serde(skip)]
+    pub observed: Vec<StateChange>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.operations.is_empty()
+    }
+
+    /// Users and groups whose recorded state `--full` corrects to what the
+    /// target holds.
+    pub fn observed_objects(&self) -> usize {
+        self.observed
+            .iter()
+            .filter(|c| !matches!(c, StateChange::SetMembers { .. }))
+            .count()
+    }
+}
+
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,428 @@
+//! The planner proper: desired snapshot against last pushed state, user by user
+//! and group by group.
+
+use std::collections::{BTreeSet, HashSet};
+
+use crate::model::{
+    Desired, DesiredGroup, DesiredUser, Domain, FastHash, FastSet, GroupName, SourceKey, State,
+    StateUser, Status, UserAttr, UserAttrs, UserName,
+};
+
+use super::reconcile::reconcile;
+use super::{Change, Changes, OnRename, Operation, Plan, PlanningInput, Policy, RemoveAction, Summary};
+
+/// Makes the plan: for `--full`, first folds what the target holds into the
+/// state (adoptions and observations), then diffs the desired snapshot against
+/// the state.
+pub fn plan(input: &PlanningInput) -> Plan {
+    let policy = &input.options.policy;
+    let desired = &input.desired;
+    let reconciled = input
+        .target
+        .as_ref()
+        .map(|target| reconcile(desired, &input.state, target));
+    let state = reconciled.as_ref().map_or(&input.state, |r| &r.state);
+
+    let (mut ops, mut warnings) = diff_state(desired, state, policy);
+    let managed_users = state.managed_users() as u64;
+    let mut observed = Vec::new();
+    if let Some(r) = reconciled {
+        let mut adoptions = r.adoptions;
+        adoptions.append(&mut ops);
+        ops = adoptions;
+        observed = r.observed;
+    }
+    let summary = Summary::of(&ops);
+    if let Some(limit) = input.options.user_limit {
+        let total = managed_users + summary.create_users;
+        if total > limit {
+            warnings.push(format!(
+                "the target directory would hold {total} managed users, above target.user_limit {limit}"
+            ));
+        }
+    }
+    Plan {
+        fingerprint: fingerprint(
+            &input.options.config_fingerprint,
+            input.state.generation,
+            input.is_full(),
+        ),
+        full: input.is_full(),
+        summary,
+        operations: ops,
+        warnings,
+        ignored_members: desired.ignored_members as u64,
+        source_users: desired.users.len() as u64,
+        managed_users,
+        observed,
+    }
+}
+
+/// Ties a plan to the config and mapping (`config`), the state generation it
+/// was made against, and whether it was a `--full` plan.
+pub fn fingerprint(config: &str, generation: i64, full: bool) -> String {
+    format!("{config}-{generation}{}", if full { "-full" } else { "" })
+}
+
+/// The operations (sorted) and warnings that take `state` to `desired`.
+fn diff_state(desired: &Desired, state: &State, policy: &Policy) -> (Vec<Operation>, Vec<String>) {
+    let mut ops = Vec::new();
+    let mut warnings = Vec::new();
+    let is_protected_user = |name: &UserName| {
+        !policy.protected_users.is_empty() && policy.protected_users.contains(name)
+    };
+
+    // Users that will exist in the target once the user phases ran.
+    let mut present: FastSet<&SourceKey> =
+        FastSet::with_capacity_and_hasher(desired.users.len(), FastHash::default());
+    let mut desired_keys: FastSet<&SourceKey> =
+        FastSet::with_capacity_and_hasher(desired.users.len(), FastHash::default());
+
+    for d in &desired.users {
+        desired_keys.insert(&d.key);
+        let live = state
+            .users
+            .get(&d.key)
+            .filter(|s| s.status != Status::Removed);
+        if let Some(domain) = unverified_domain(d, &policy.verified_domains) {
+            warnings.push(format!(
+                "user {:?} ({}) skipped: its email domain {:?} is not in target.verified_domains",
+                d.user_name(),
+                d.origin,
+                domain.folded()
+            ));
+            if live.is_some() {
+                present.insert(&d.key);
+            }
+            continue;
+        }
+        if !policy.protected_users.is_empty()
+            && (is_protected_user(&UserName::new(d.user_name()))
+                || live.is_some_and(|s| is_protected_user(&s.user_name)))
+        {
+            if live.is_some() {
+                present.insert(&d.key);
+            }
+            continue;
+        }
+        match live {
+            None => {
+                if d.active {
+                    ops.push(Operation::CreateUser {
+                        key: d.key.clone(),
+                        user_name: UserName::new(d.user_name()),
+                        changes: d
+                            .attrs
+                            .iter()
+                            .map(|(a, v)| {
+                                (
+                                    *a,
+                                    Change {
+                                        old: None,
+                                        new: Some(v.clone()),
+                                    },
+                                )
+                            })
+                            .collect(),
+                    });
+                    present.insert(&d.key);
+                }
+            }
+            Some(s) => {
+                present.insert(&d.key);
+                plan_existing_user(d, s, desired, &mut ops);
+            }
+        }
+    }
+
+    // Users we manage that the source no longer wants.
+    let mut leaving: Vec<(&SourceKey, &StateUser)> = state
+        .users
+        .iter()
+        .filter(|(k, s)| s.status != Status::Removed && !desired_keys.contains(k))
+        .collect();
+    leaving.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (key, s) in leaving {
+        if is_protected_user(&s.user_name) {
+            continue;
+        }
+        let out_of_scope = desired.out_of_scope.contains(key);
+        if out_of_scope && policy.skip_out_of_scope_deletions {
+            continue;
+        }
+        let reason = if out_of_scope {
+            "out of scope"
+        } else {
+            "not in the source"
+        }
+        .to_string();
+        match policy.remove_action {
+            RemoveAction::Disable if s.status == Status::Active => {
+                ops.push(Operation::DisableUser {
+                    key: key.clone(),
+                    user_name: s.user_name.clone(),
+                    scim_id: s.scim_id.clone(),
+                    reason,
+                })
+            }
+            RemoveAction::Disable => {}
+            RemoveAction::Delete => ops.push(Operation::DeleteUser {
+                key: key.clone(),
+                user_name: s.user_name.clone(),
+                scim_id: s.scim_id.clone(),
+                reason,
+            }),
+        }
+    }
+
+    if policy.provision_groups {
+        plan_groups(desired, state, policy, &present, &mut ops, &mut warnings);
+    }
+
+    ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    (ops, warnings)
+}
+
+/// The user's email domain, when a verified-domains list is set and the domain
+/// is not on it.
+fn unverified_domain(d: &DesiredUser, verified: &BTreeSet<Domain>) -> Option<Domain> {
+    if verified.is_empty() {
+        return None;
+    }
+    let domain = d.email().domain();
+    (!verified.contains(&domain)).then_some(domain)
+}
+
+fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &mut Vec<Operation>) {
+    // `PlanningInput::new` loaded the pushed attributes of exactly the users
+    // whose hash differs, so "not loaded" means "unchanged" and the hash need
+    // not be computed a second time.
+    let changes = match &s.attrs {
+        Some(old) => diff(Some(old), &d.attrs, &desired.create_only),
+        None => Changes::new(),
+    };
+    let common = |changes| {
+        (
+            d.key.clone(),
+            UserName::new(d.user_name()),
+            s.scim_id.clone(),
+            changes,
+        )
+    };
+    match (s.status, d.active) {
+        (Status::Disabled, true) => {
+            let (key, user_name, scim_id, changes) = common(changes);
+            ops.push(Operation::EnableUser {
+                key,
+                user_name,
+                scim_id,
+                changes,
+            });
+        }
+        (Status::Active, false) => {
+            if !changes.is_empty() {
+                let (key, user_name, scim_id, changes) = common(changes);
+                ops.push(Operation::UpdateUser {
+                    key,
+                    user_name,
+                    scim_id,
+                    changes,
+                });
+            }
+            ops.push(Operation::DisableUser {
+                key: d.key.clone(),
+                user_name: UserName::new(d.user_name()),
+                scim_id: s.scim_id.clone(),
+                reason: "inactive in the source".to_string(),
+            });
+        }
+        _ if !changes.is_empty() => {
+            let (key, user_name, scim_id, changes) = common(changes);
+            ops.push(Operation::UpdateUser {
+                key,
+                user_name,
+                scim_id,
+                changes,
+            });
+        }
+        _ => {}
+    }
+}
+
+/// The attribute-level difference between what was pushed and what is desired,
+/// leaving out create-only attributes.
+pub fn diff(old: Option<&UserAttrs>, new: &UserAttrs, create_only: &BTreeSet<UserAttr>) -> Changes {
+    let empty = UserAttrs::new();
+    let old = old.unwrap_or(&empty);
+    let mut changes = Changes::new();
+    for (attr, value) in new {
+        if create_only.contains(attr) {
+            continue;
+        }
+        if old.get(attr) != Some(value) {
+            changes.insert(
+                *attr,
+                Change {
+                    old: old.get(attr).cloned(),
+                    new: Some(value.clone()),
+                },
+            );
+        }
+    }
+    for (attr, value) in old {
+        if !new.contains_key(attr) && !create_only.contains(attr) && *attr != UserAttr::UserName {
+            changes.insert(
+                *attr,
+                Change {
+                    old: Some(value.clone()),
+                    new: None,
+                },
+            );
+        }
+    }
+    changes
+}
+
+fn plan_groups(
+    desired: &Desired,
+    state: &State,
+    policy: &Policy,
+    present: &FastSet<&SourceKey>,
+    ops: &mut Vec<Operation>,
+    warnings: &mut Vec<String>,
+) {
+    let is_protected = |name: &GroupName| policy.protected_groups.contains(name);
+    let no_members = BTreeSet::new();
+    let mut desired_keys = HashSet::new();
+
+    for g in &desired.groups {
+        desired_keys.insert(&g.key);
+        let live = state
+            .groups
+            .get(&g.key)
+            .filter(|s| s.status != Status::Removed);
+        if is_protected(&g.display_name) || live.is_some_and(|s| is_protected(&s.display_name)) {
+            continue;
+        }
+        let mut wanted: Vec<&SourceKey> =
+            g.members.iter().filter(|m| present.contains(m)).collect();
+        // Mappings hand members over sorted; sorting again costs one pass then.
+        wanted.sort_unstable();
+        wanted.dedup();
+        match live {
+            None => {
+                ops.push(Operation::CreateGroup {
+                    key: g.key.clone(),
+                    display_name: g.display_name.clone(),
+                });
+                push_members(ops, g, wanted.iter().copied(), true, policy.member_chunk);
+            }
+            Some(s) => {
+                let pushed = state.memberships.get(&g.key).unwrap_or(&no_members);
+                if s.display_name != g.display_name {
+                    match (policy.target_renames_groups, policy.on_rename) {
+                        (_, OnRename::Recreate) => {
+                            ops.push(Operation::CreateGroup {
+                                key: g.key.clone(),
+                                display_name: g.display_name.clone(),
+                            });
+                            push_members(ops, g, wanted.iter().copied(), true, policy.member_chunk);
+                            ops.push(Operation::DeleteGroup {
+                                key: g.key.clone(),
+                                scim_id: s.scim_id.clone(),
+                                display_name: s.display_name.clone(),
+                                reason: format!("renamed to {:?}", g.display_name.as_str()),
+                            });
+                            continue;
+                        }
+                        (true, OnRename::Keep) => ops.push(Operation::UpdateGroup {
+                            key: g.key.clone(),
+                            scim_id: s.scim_id.clone(),
+                            display_name: g.display_name.clone(),
+                            old_display_name: s.display_name.clone(),
+                        }),
+                        (false, OnRename::Keep) => warnings.push(format!(
+                            "group {:?} is now named {:?} in the source; the target cannot rename groups, so it keeps its old name (set policy.groups.on_rename: recreate to replace it)",
+                            s.display_name.as_str(),
+                            g.display_name.as_str()
+                        )),
+                    }
+                }
+                let (adds, removes) = sorted_diff(&wanted, pushed);
+                push_members(ops, g, adds.into_iter(), true, policy.member_chunk);
+                push_members(ops, g, removes.into_iter(), false, policy.member_chunk);
+            }
+        }
+    }
+
+    if policy.delete_groups {
+        for (key, s) in &state.groups {
+            if s.status == Status::Removed
+                || desired_keys.contains(key)
+                || is_protected(&s.display_name)
+            {
+                continue;
+            }
+            ops.push(Operation::DeleteGroup {
+                key: key.clone(),
+                scim_id: s.scim_id.clone(),
+                display_name: s.display_name.clone(),
+                reason: "not in the source".to_string(),
+            });
+        }
+    }
+}
+
+/// What to add to and remove from `pushed` to get `wanted`; both are sorted, so
+/// one merge pass does it.
+fn sorted_diff<'a>(
+    wanted: &[&'a SourceKey],
+    pushed: &'a BTreeSet<SourceKey>,
+) -> (Vec<&'a SourceKey>, Vec<&'a SourceKey>) {
+    let (mut adds, mut removes) = (Vec::new(), Vec::new());
+    let mut want = wanted.iter().copied().peekable();
+    let mut have = pushed.iter().peekable();
+    loop {
+        match (want.peek(), have.peek()) {
+            (Some(w), Some(h)) => match w.cmp(h) {
+                std::cmp::Ordering::Less => adds.extend(want.next()),
+                std::cmp::Ordering::Greater => removes.extend(have.next()),
+                std::cmp::Ordering::Equal => {
+                    want.next();
+                    have.next();
+                }
+            },
+            (Some(_), None) => adds.extend(want.next()),
+            (None, Some(_)) => removes.extend(have.next()),
+            (None, None) => return (adds, removes),
+        }
+    }
+}
+
+/// Membership changes, chunked so each becomes one PATCH.
+fn push_members<'a>(
+    ops: &mut Vec<Operation>,
+    g: &DesiredGroup,
+    members: impl Iterator<Item = &'a SourceKey>,
+    add: bool,
+    chunk: usize,
+) {
+    let members: Vec<SourceKey> = members.cloned().collect();
+    for part in members.chunks(chunk.max(1)) {
+        let (key, display_name, members) = (g.key.clone(), g.display_name.clone(), part.to_vec());
+        ops.push(if add {
+            Operation::AddMembers {
+                key,
+                display_name,
+                members,
+            }
+        } else {
+            Operation::RemoveMembers {
+                key,
+                display_name,
+                members,
+            }
+        });
+    }
+}
+

@@ -1,0 +1,104 @@
+//! The rules the planner and the guards follow, compiled from the config's
+//! `policy:` section (and what the target's flavour implies).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Domain, GroupName, UserName};
+
+/// What leaving the directory means for a user (Entra and PingOne's REMOVE_ACTION).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoveAction {
+    /// PATCH `active=false`: reversible.
+    Disable,
+    /// SCIM DELETE: on Atlassian, deactivates the account and unlinks the record.
+    Delete,
+}
+
+/// What to do when a group's name changes in the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRename {
+    /// Rename in place where the target allows it; on Atlassian keep the old name
+    /// and warn.
+    Keep,
+    /// Create the group under its new name, move the members, delete the old one.
+    Recreate,
+}
+
+/// The largest number of removals (disables and deletes of users, deletes of
+/// groups) one cycle may make without `--allow-deletes`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RemovalLimit {
+    Count(u64),
+    /// A percentage of the users idsync manages.
+    Percent(f64),
+}
+
+impl RemovalLimit {
+    /// The limit for a directory of `managed` users.
+    pub fn resolve(self, managed: u64) -> u64 {
+        match self {
+            RemovalLimit::Count(n) => n,
+            RemovalLimit::Percent(p) => ((managed as f64) * p / 100.0).floor() as u64,
+        }
+    }
+}
+
+impl fmt::Display for RemovalLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RemovalLimit::Count(n) => write!(f, "{n}"),
+            RemovalLimit::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// The rules the planner and guards follow.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub remove_action: RemoveAction,
+    pub max_removals: RemovalLimit,
+    pub provision_groups: bool,
+    pub delete_groups: bool,
+    pub on_rename: OnRename,
+    pub skip_out_of_scope_deletions: bool,
+    /// userNames idsync never changes.
+    pub protected_users: BTreeSet<UserName>,
+    /// Group names idsync never changes.
+    pub protected_groups: BTreeSet<GroupName>,
+    /// Largest number of members per membership PATCH.
+    pub member_chunk: usize,
+    /// The target renames groups in place (generic SCIM) or not (Atlassian).
+    pub target_renames_groups: bool,
+    /// Email domains the target accepts (Atlassian: the organization's verified
+    /// domains); empty = any. Users outside them are skipped with a warning
+    /// instead of failing.
+    pub verified_domains: BTreeSet<Domain>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            remove_action: RemoveAction::Disable,
+            max_removals: DEFAULT_MAX_REMOVALS,
+            provision_groups: true,
+            delete_groups: false,
+            on_rename: OnRename::Keep,
+            skip_out_of_scope_deletions: false,
+            protected_users: BTreeSet::new(),
+            protected_groups: BTreeSet::new(),
+            member_chunk: 100,
+            target_renames_groups: true,
+            verified_domains: BTreeSet::new(),
+        }
+    }
+}
+
+/// Five percent of the directory: enough for a normal week of leavers, small
+/// enough that a broken source read cannot take a directory down with it.
+pub const DEFAULT_MAX_REMOVALS: RemovalLimit = RemovalLimit::Percent(5.0);
+

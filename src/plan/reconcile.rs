@@ -1,0 +1,252 @@
+//! `--full`: folds what the target really holds into the state before planning.
+//! Objects missing from the target are marked removed (so they are created
+//! again), attributes and memberships become what the target holds (so drift is
+//! corrected), and desired objects found in the target by `userName`, then
+//! `externalId` (groups: `displayName`) are adopted.
+//!
+//! Everything it concludes is a value the executor commits: adoptions are
+//! operations, the rest are observed state changes. Applying both to the state
+//! gives exactly the state the plan was made against.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use crate::model::{
+    AttrHash, Desired, DesiredUser, GroupName, Ownership, RemoteGroup, RemoteUser, SourceKey,
+    State, StateChange, StateGroup, StateUser, Status, TargetSnapshot, UserAttr, UserAttrs,
+    UserName,
+};
+
+use super::{MatchedBy, Operation};
+
+/// What reconciling found.
+pub(super) struct Reconciled {
+    /// The state as the target holds it: what the plan is made against.
+    pub state: State,
+    /// Target objects that become managed, sorted.
+    pub adoptions: Vec<Operation>,
+    /// Corrections to what idsync recorded, committed after the adoptions.
+    pub observed: Vec<StateChange>,
+}
+
+/// Reconciles `state` (which carries every live user's attributes) with the
+/// target's contents.
+pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> Reconciled {
+    let mut out = state.clone();
+    out.memberships.clear();
+    let mut adoptions = Vec::new();
+    let mut observed = Vec::new();
+    let by_id: HashMap<&str, &RemoteUser> =
+        target.users.iter().map(|u| (u.id.as_str(), u)).collect();
+    let desired_by_key: HashMap<&SourceKey, &DesiredUser> =
+        desired.users.iter().map(|d| (&d.key, d)).collect();
+    let mut claimed: HashSet<&str> = HashSet::new();
+
+    let observe =
+        |remote: &RemoteUser, pushed: Option<&UserAttrs>, wanted: Option<&DesiredUser>| {
+            // Only attributes idsync manages for this user count as drift.
+            let attrs: UserAttrs = remote
+                .attrs
+                .iter()
+                .filter(|(a, _)| {
+                    **a == UserAttr::UserName
+                        || pushed.is_some_and(|p| p.contains_key(a))
+                        || wanted.is_some_and(|w| w.attrs.contains_key(a))
+                })
+                .map(|(a, v)| (*a, v.clone()))
+                .collect();
+            (AttrHash::of(&attrs, &desired.create_only), attrs)
+        };
+    let status_of = |remote: &RemoteUser| {
+        if remote.active {
+            Status::Active
+        } else {
+            Status::Disabled
+        }
+    };
+
+    let mut keys: Vec<&SourceKey> = state.users.keys().collect();
+    keys.sort_unstable();
+    for key in keys {
+        let s = &state.users[key];
+        if s.status == Status::Removed {
+            continue;
+        }
+        let change = match by_id.get(s.scim_id.as_str()) {
+            Some(remote) => {
+                claimed.insert(remote.id.as_str());
+                let (hash, attrs) =
+                    observe(remote, s.attrs.as_ref(), desired_by_key.get(key).copied());
+                StateChange::PutUser {
+                    key: key.clone(),
+                    user: StateUser {
+                        scim_id: s.scim_id.clone(),
+                        user_name: remote.user_name().unwrap_or_else(|| s.user_name.clone()),
+                        hash,
+                        status: status_of(remote),
+                        ownership: s.ownership,
+                        attrs: Some(attrs),
+                    },
+                }
+            }
+            None => StateChange::UserStatus {
+                key: key.clone(),
+                status: Status::Removed,
+            },
+        };
+        out.apply(&change);
+        observed.push(change);
+    }
+
+    let mut by_name: HashMap<UserName, &RemoteUser> = HashMap::new();
+    let mut by_external: HashMap<&str, &RemoteUser> = HashMap::new();
+    for u in &target.users {
+        if claimed.contains(u.id.as_str()) {
+            continue;
+        }
+        if let Some(name) = u.user_name() {
+            by_name.entry(name).or_insert(u);
+        }
+        if let Some(ext) = u.attrs.get(&UserAttr::ExternalId) {
+            by_external.entry(ext.as_str()).or_insert(u);
+        }
+    }
+    for d in &desired.users {
+        if out.live_user(&d.key).is_some() {
+            continue;
+        }
+        let found = by_name
+            .get(&UserName::new(d.user_name()))
+            .map(|u| (*u, MatchedBy::UserName))
+            .or_else(|| {
+                by_external
+                    .get(d.key.as_str())
+                    .map(|u| (*u, MatchedBy::ExternalId))
+            });
+        let Some((remote, matched_by)) = found else {
+            continue;
+        };
+        if !claimed.insert(remote.id.as_str()) {
+            continue;
+        }
+        let (hash, attrs) = observe(remote, None, Some(d));
+        let user_name = remote
+            .user_name()
+            .unwrap_or_else(|| UserName::new(d.user_name()));
+        out.users.insert(
+            d.key.clone(),
+            StateUser {
+                scim_id: remote.id.clone(),
+                user_name: user_name.clone(),
+                hash,
+                attrs: Some(attrs.clone()),
+                status: status_of(remote),
+                ownership: Ownership::Adopted,
+            },
+        );
+        adoptions.push(Operation::AdoptUser {
+            key: d.key.clone(),
+            user_name,
+            scim_id: remote.id.clone(),
+            matched_by,
+            attrs,
+            active: remote.active,
+        });
+    }
+
+    // Groups.
+    let groups_by_id: HashMap<&str, &RemoteGroup> =
+        target.groups.iter().map(|g| (g.id.as_str(), g)).collect();
+    let mut claimed_groups: HashSet<&str> = HashSet::new();
+    for (key, s) in &state.groups {
+        if s.status == Status::Removed {
+            continue;
+        }
+        let change = match groups_by_id.get(s.scim_id.as_str()) {
+            Some(remote) => {
+                claimed_groups.insert(remote.id.as_str());
+                StateChange::PutGroup {
+                    key: key.clone(),
+                    group: StateGroup {
+                        display_name: remote.display_name.clone(),
+                        status: Status::Active,
+                        ..s.clone()
+                    },
+                }
+            }
+            None => StateChange::GroupStatus {
+                key: key.clone(),
+                status: Status::Removed,
+            },
+        };
+        out.apply(&change);
+        observed.push(change);
+    }
+    let mut groups_by_name: HashMap<&GroupName, &RemoteGroup> = HashMap::new();
+    for g in &target.groups {
+        if !claimed_groups.contains(g.id.as_str()) {
+            groups_by_name.entry(&g.display_name).or_insert(g);
+        }
+    }
+    for g in &desired.groups {
+        if out.live_group(&g.key).is_some() {
+            continue;
+        }
+        let Some(remote) = groups_by_name.get(&g.display_name) else {
+            continue;
+        };
+        if !claimed_groups.insert(remote.id.as_str()) {
+            continue;
+        }
+        let group = StateGroup {
+            scim_id: remote.id.clone(),
+            display_name: remote.display_name.clone(),
+            status: Status::Active,
+            ownership: Ownership::Adopted,
+        };
+        out.apply(&StateChange::PutGroup {
+            key: g.key.clone(),
+            group,
+        });
+        adoptions.push(Operation::AdoptGroup {
+            key: g.key.clone(),
+            display_name: remote.display_name.clone(),
+            scim_id: remote.id.clone(),
+        });
+    }
+
+    // Memberships as the target holds them, for the users idsync manages.
+    let key_of: HashMap<&str, &SourceKey> = out
+        .users
+        .iter()
+        .filter(|(_, u)| u.status != Status::Removed)
+        .map(|(k, u)| (u.scim_id.as_str(), k))
+        .collect();
+    let mut memberships = Vec::new();
+    for (key, g) in &out.groups {
+        if g.status == Status::Removed {
+            continue;
+        }
+        let Some(remote) = groups_by_id.get(g.scim_id.as_str()) else {
+            continue;
+        };
+        let members: BTreeSet<SourceKey> = remote
+            .members
+            .iter()
+            .filter_map(|id| key_of.get(id.as_str()).map(|k| (*k).clone()))
+            .collect();
+        memberships.push(StateChange::SetMembers {
+            group: key.clone(),
+            users: members,
+        });
+    }
+    for change in memberships {
+        out.apply(&change);
+        observed.push(change);
+    }
+    adoptions.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    Reconciled {
+        state: out,
+        adoptions,
+        observed,
+    }
+}

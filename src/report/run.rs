@@ -1,0 +1,63 @@
+//! The summary of a `sync`.
+
+use std::fmt::Write as _;
+
+use crate::sync::RunSummary;
+
+use super::{Style, plan_text, show};
+
+pub fn run_json(run: &RunSummary) -> String {
+    serde_json::to_string_pretty(run).expect("a summary always serialises")
+}
+
+pub fn run_text(run: &RunSummary, style: Style) -> String {
+    let mut out = String::new();
+    if run.dry_run {
+        if let Some(plan) = &run.dry_run_plan {
+            out.push_str(&plan_text(plan, style));
+        }
+        out.push_str("Dry run: nothing was changed.\n");
+        return out;
+    }
+    let status = if run.failed == 0 && run.stopped.is_none() {
+        style.paint("32", "Sync complete")
+    } else {
+        style.paint("31", "Sync finished with failures")
+    };
+    let _ = writeln!(
+        out,
+        "{status}: {} applied, {} failed, {} skipped in {:.1}s.",
+        run.applied,
+        run.failed,
+        run.skipped,
+        run.duration_ms as f64 / 1000.0
+    );
+    if let Some(stopped) = &run.stopped {
+        let _ = writeln!(out, "Stopped early: {stopped}");
+    }
+    for f in run.failures.iter().take(50) {
+        let status = f
+            .http_status
+            .map(|s| format!(" (HTTP {s})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  ✗ {} {}{status}: {}",
+            f.op,
+            show(&f.subject),
+            f.error
+        );
+    }
+    if run.failures.len() > 50 {
+        let _ = writeln!(
+            out,
+            "  … and {} more (see `idsync status`)",
+            run.failures.len() - 50
+        );
+    }
+    if run.failed > 0 {
+        out.push_str("Failed operations are retried on the next cycle.\n");
+    }
+    out
+}
+

@@ -1,0 +1,98 @@
+//! `idsync status`: last runs, failures, pending work, quarantine.
+
+use std::fmt::Write as _;
+
+use crate::sync::inspect::StatusReport;
+
+use super::quote;
+
+pub fn status_json(report: &StatusReport) -> String {
+    if !report.exists {
+        return "{\"runs\":[],\"managed_users\":0,\"managed_groups\":0}".to_string();
+    }
+    // Through a `Value`, whose maps keep keys sorted: stable output, nested
+    // records included.
+    let value = serde_json::to_value(report).expect("a status report always serialises");
+    serde_json::to_string_pretty(&value).expect("a JSON value always serialises")
+}
+
+pub fn status_text(report: &StatusReport) -> String {
+    let mut out = String::new();
+    if !report.exists {
+        let _ = writeln!(
+            out,
+            "No runs yet: {} does not exist.",
+            report.state.display()
+        );
+        return out;
+    }
+    let _ = writeln!(out, "State: {}", report.state.display());
+    let _ = writeln!(
+        out,
+        "Managed: {} users ({} active, {} disabled), {} groups; {} users removed",
+        report.managed_users,
+        report.active_users,
+        report.disabled_users,
+        report.managed_groups,
+        report.removed_users
+    );
+    if let Some(q) = report.quarantine.as_ref().filter(|q| q.failed_cycles > 0) {
+        let _ = writeln!(
+            out,
+            "Quarantine: {} failed cycle(s) in a row{}; last reason: {}",
+            q.failed_cycles,
+            q.until
+                .map(|u| format!(", scheduled cycles held until {}", u.to_rfc3339()))
+                .unwrap_or_default(),
+            q.reason.as_deref().map(quote).unwrap_or_default()
+        );
+    }
+    if report.interrupted_operations > 0 {
+        let _ = writeln!(
+            out,
+            "Pending: a run was interrupted with {} operation(s) in flight; the next sync resumes safely",
+            report.interrupted_operations
+        );
+    }
+    out.push_str("\nRecent runs:\n");
+    if report.runs.is_empty() {
+        out.push_str("  none\n");
+    }
+    for r in &report.runs {
+        let code = r
+            .exit_code
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "running/killed".into());
+        let _ = writeln!(
+            out,
+            "  #{} {} {} exit {code}: {} planned, {} applied, {} failed{}",
+            r.id,
+            r.started_at,
+            r.command,
+            r.planned,
+            r.applied,
+            r.failed,
+            r.error
+                .as_deref()
+                .map(|e| format!(" — {}", quote(e)))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(first) = report.failures.first() {
+        let _ = writeln!(out, "\nFailures of run #{}:", first.run_id);
+        for f in &report.failures {
+            let status = f
+                .http_status
+                .map(|s| format!(" HTTP {s}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {} {}{status}: {}",
+                f.op,
+                quote(&f.subject),
+                f.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,89 @@
+//! The SCIM client as the executor's [`Target`].
+
+use crate::apply::{Target, TargetError};
+use crate::model::{
+    GroupName, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs, UserName,
+};
+
+use super::{ScimClient, ScimError};
+
+impl From<ScimError> for TargetError {
+    fn from(e: ScimError) -> Self {
+        match e {
+            ScimError::NotFound => TargetError::NotFound,
+            ScimError::Conflict { detail } => TargetError::Conflict { detail },
+            ScimError::Unauthorized { status, detail } => {
+                TargetError::Unauthorized { status, detail }
+            }
+            other => TargetError::Failed {
+                status: other.status(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl Target for ScimClient {
+    /// Reads the capabilities (later requests honour them) and makes one
+    /// authenticated lookup.
+    async fn check(&self) -> Result<(), TargetError> {
+        self.service_provider_config().await?;
+        self.find_user_by_user_name("idsync-connectivity-check@invalid")
+            .await?;
+        Ok(())
+    }
+
+    async fn read_all(&self) -> Result<TargetSnapshot, TargetError> {
+        let users = self.list_users().await?;
+        let groups = self.list_groups().await?;
+        tracing::info!(users = users.len(), groups = groups.len(), "target read");
+        Ok(TargetSnapshot { users, groups })
+    }
+
+    async fn create_user(&self, attrs: &UserAttrs) -> Result<ScimId, TargetError> {
+        Ok(ScimClient::create_user(self, attrs, true).await?.id)
+    }
+
+    async fn find_user(&self, user_name: &UserName) -> Result<Option<RemoteUser>, TargetError> {
+        Ok(self.find_user_by_user_name(user_name.as_str()).await?)
+    }
+
+    async fn patch_user(
+        &self,
+        id: &ScimId,
+        changes: &[(UserAttr, Option<String>)],
+        active: Option<bool>,
+    ) -> Result<(), TargetError> {
+        Ok(ScimClient::patch_user(self, id, changes, active).await?)
+    }
+
+    async fn delete_user(&self, id: &ScimId) -> Result<(), TargetError> {
+        Ok(ScimClient::delete_user(self, id).await?)
+    }
+
+    async fn create_group(&self, name: &GroupName, external_id: &str) -> Result<ScimId, TargetError> {
+        Ok(ScimClient::create_group(self, name.as_str(), Some(external_id))
+            .await?
+            .id)
+    }
+
+    async fn find_group(&self, name: &GroupName) -> Result<Option<RemoteGroup>, TargetError> {
+        Ok(self.find_group_by_display_name(name.as_str()).await?)
+    }
+
+    async fn rename_group(&self, id: &ScimId, name: &GroupName) -> Result<(), TargetError> {
+        Ok(ScimClient::rename_group(self, id, name.as_str()).await?)
+    }
+
+    async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+        Ok(ScimClient::add_members(self, group, members).await?)
+    }
+
+    async fn remove_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+        Ok(ScimClient::remove_members(self, group, members).await?)
+    }
+
+    async fn delete_group(&self, id: &ScimId) -> Result<(), TargetError> {
+        Ok(ScimClient::delete_group(self, id).await?)
+    }
+}

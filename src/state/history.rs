@@ -1,0 +1,197 @@
+//! The history of runs: when each ran, what it planned, applied and failed, and
+//! a line per operation; plus small named values (the quarantine's counters).
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{RunId, StateDb, StateError, now, sqlite};
+
+/// A run in the history.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub command: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub applied: i64,
+    pub failed: i64,
+    pub planned: i64,
+    pub error: Option<String>,
+}
+
+/// A failed operation from a recent run.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureRecord {
+    pub run_id: i64,
+    pub at: String,
+    pub op: String,
+    pub subject: String,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// How a run ended, for its history entry.
+#[derive(Clone, Debug)]
+pub struct RunEnd<'a> {
+    pub applied: i64,
+    pub failed: i64,
+    pub exit_code: i32,
+    /// The plan summary, as JSON.
+    pub summary: &'a str,
+    /// Why it stopped early, if it did.
+    pub error: Option<&'a str>,
+}
+
+impl StateDb {
+    /// Closes a run: its counts and exit code, the journal of it (and of any
+    /// interrupted run before it) cleared, history beyond `keep_days` pruned.
+    pub fn finish_run(
+        &mut self,
+        run: RunId,
+        end: &RunEnd<'_>,
+        keep_days: u32,
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
+        let at = now();
+        tx.execute(
+            "UPDATE runs SET ended_at = ?2, applied = ?3, failed = ?4, exit_code = ?5, summary = ?6, error = ?7 WHERE id = ?1",
+            params![run, at, end.applied, end.failed, end.exit_code, end.summary, end.error],
+        )
+        .map_err(|e| sqlite(&path, e))?;
+        tx.execute(
+            "UPDATE runs SET ended_at = ?2, error = 'interrupted' WHERE ended_at IS NULL AND id < ?1",
+            params![run, at],
+        )
+        .map_err(|e| sqlite(&path, e))?;
+        tx.execute("DELETE FROM journal WHERE run_id <= ?1", params![run])
+            .map_err(|e| sqlite(&path, e))?;
+        let cutoff = (chrono::Utc::now() - chrono::Duration::days(i64::from(keep_days)))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        tx.execute(
+            "DELETE FROM run_ops WHERE run_id IN (SELECT id FROM runs WHERE started_at < ?1)",
+            params![cutoff],
+        )
+        .map_err(|e| sqlite(&path, e))?;
+        tx.execute("DELETE FROM runs WHERE started_at < ?1", params![cutoff])
+            .map_err(|e| sqlite(&path, e))?;
+        tx.commit().map_err(|e| sqlite(&path, e))
+    }
+
+    /// Records a cycle that stopped before applying anything (guard, source or
+    /// target failure), so `status` shows it.
+    pub fn record_stopped_run(
+        &mut self,
+        command: &str,
+        exit_code: i32,
+        error: &str,
+    ) -> Result<(), StateError> {
+        let at = now();
+        self.conn
+            .execute(
+                "INSERT INTO runs (command, started_at, ended_at, exit_code, error) VALUES (?1, ?2, ?2, ?3, ?4)",
+                params![command, at, exit_code, error],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The most recent runs, newest first.
+    pub fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        self.runs("ORDER BY id DESC", limit)
+    }
+
+    fn runs(&self, clause: &str, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        let sql = format!(
+            "SELECT id, command, started_at, ended_at, exit_code, applied, failed, planned, error FROM runs {clause} LIMIT ?1"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    command: r.get(1)?,
+                    started_at: r.get(2)?,
+                    ended_at: r.get(3)?,
+                    exit_code: r.get(4)?,
+                    applied: r.get(5)?,
+                    failed: r.get(6)?,
+                    planned: r.get(7)?,
+                    error: r.get(8)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Failed operations of the latest run that had any.
+    pub fn recent_failures(&self, limit: usize) -> Result<Vec<FailureRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT run_id, at, op, subject, http_status, error FROM run_ops
+                 WHERE outcome = 'failed' AND run_id = (SELECT MAX(run_id) FROM run_ops WHERE outcome = 'failed')
+                 ORDER BY seq LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([limit as i64], failure_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The log lines about one subject (a user's key or userName), newest first.
+    pub fn history_of(
+        &self,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<FailureRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT run_id, at, op, subject, http_status, COALESCE(error, outcome) FROM run_ops
+                 WHERE subject = ?1 ORDER BY run_id DESC, seq DESC LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![subject, limit as i64], failure_row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// A named value in the meta table (quarantine counters and the like).
+    pub fn meta(&self, name: &str) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    pub fn set_meta(&self, name: &str, value: Option<&str>) -> Result<(), StateError> {
+        match value {
+            Some(v) => self.conn.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                params![name, v],
+            ),
+            None => self.conn.execute("DELETE FROM meta WHERE name = ?1", [name]),
+        }
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+/// A `run_ops` row selected as (run_id, at, op, subject, http_status, error).
+fn failure_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailureRecord> {
+    Ok(FailureRecord {
+        run_id: r.get(0)?,
+        at: r.get(1)?,
+        op: r.get(2)?,
+        subject: r.get(3)?,
+        http_status: r.get(4)?,
+        error: r.get(5)?,
+    })
+}
+

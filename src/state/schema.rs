@@ -1,0 +1,112 @@
+//! The schema: numbered migrations, each applied in one transaction with the
+//! version bump (`PRAGMA user_version`).
+
+use super::{StateDb, StateError, sqlite};
+
+/// The version this idsync writes.
+pub(super) const SCHEMA_VERSION: i64 = 2;
+/// The oldest version a read-only open understands without migrating (every
+/// migration since only removed what no reader uses).
+pub(super) const OLDEST_READABLE: i64 = 1;
+
+/// Numbered migrations; each runs in one transaction with the version bump.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+INSERT INTO meta (name, value) VALUES ('generation', '0');
+
+CREATE TABLE users (
+    key        TEXT PRIMARY KEY,
+    scim_id    TEXT NOT NULL,
+    user_name  TEXT NOT NULL,
+    attrs      TEXT NOT NULL,
+    hash       BLOB NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'removed')),
+    ownership  TEXT NOT NULL CHECK (ownership IN ('created', 'adopted')),
+    updated_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX users_user_name ON users (user_name COLLATE NOCASE);
+
+CREATE TABLE groups (
+    key          TEXT PRIMARY KEY,
+    scim_id      TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'removed')),
+    ownership    TEXT NOT NULL CHECK (ownership IN ('created', 'adopted')),
+    updated_at   TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE memberships (
+    group_key TEXT NOT NULL,
+    user_key  TEXT NOT NULL,
+    PRIMARY KEY (group_key, user_key)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE watermarks (
+    source     TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE runs (
+    id         INTEGER PRIMARY KEY,
+    command    TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at   TEXT,
+    exit_code  INTEGER,
+    planned    INTEGER NOT NULL DEFAULT 0,
+    applied    INTEGER NOT NULL DEFAULT 0,
+    failed     INTEGER NOT NULL DEFAULT 0,
+    summary    TEXT,
+    error      TEXT
+) STRICT;
+
+CREATE TABLE journal (
+    run_id  INTEGER NOT NULL,
+    seq     INTEGER NOT NULL,
+    op      TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    state   TEXT NOT NULL CHECK (state IN ('planned', 'started', 'done', 'failed')),
+    PRIMARY KEY (run_id, seq)
+) STRICT;
+
+CREATE TABLE run_ops (
+    run_id      INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    at          TEXT NOT NULL,
+    op          TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    http_status INTEGER,
+    error       TEXT
+) STRICT;
+CREATE INDEX run_ops_run ON run_ops (run_id);
+"#,
+    // 2: the watermarks table was never used; incremental sources keep their
+    // cursors with their own data.
+    "DROP TABLE watermarks;",
+];
+
+impl StateDb {
+    pub(super) fn migrate(&mut self) -> Result<(), StateError> {
+        let version = self.user_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let path = self.path.clone();
+            let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
+            tx.execute_batch(sql).map_err(|e| sqlite(&path, e))?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(|e| sqlite(&path, e))?;
+            tx.commit().map_err(|e| sqlite(&path, e))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! The store: loading the last pushed snapshot and persisting [`StateChange`]s —
+//! the same values the executor applies in memory with [`State::apply`].
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{StateDb, StateError, now, sqlite};
+use crate::model::{
+    AttrHash, GroupKey, GroupName, Ownership, ScimId, SourceKey, State, StateChange, StateGroup,
+    StateUser, Status, UserAttrs, UserName,
+};
+
+impl StateDb {
+    /// Loads the whole snapshot (without per-user attributes) in one read
+    /// transaction, so a concurrent writer cannot tear it.
+    pub fn load(&mut self) -> Result<State, StateError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
+        let generation: i64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'generation'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .map_err(|e| sqlite(&path, e))?
+            .parse()
+            .unwrap_or(0);
+        let mut state = State {
+            generation,
+            ..State::default()
+        };
+        {
+            let mut stmt = tx
+                .prepare("SELECT key, scim_id, user_name, hash, status, ownership FROM users")
+                .map_err(|e| sqlite(&path, e))?;
+            let mut rows = stmt.query([]).map_err(|e| sqlite(&path, e))?;
+            while let Some(row) = rows.next().map_err(|e| sqlite(&path, e))? {
+                let key: String = row.get(0).map_err(|e| sqlite(&path, e))?;
+                let hash: Vec<u8> = row.get(3).map_err(|e| sqlite(&path, e))?;
+                let status: String = row.get(4).map_err(|e| sqlite(&path, e))?;
+                let ownership: String = row.get(5).map_err(|e| sqlite(&path, e))?;
+                let corrupt = |what: &str| StateError::Corrupt {
+                    path: path.clone(),
+                    message: format!("user {key:?}: {what}"),
+                };
+                let hash: [u8; 16] = hash.try_into().map_err(|_| corrupt("bad hash"))?;
+                let user = StateUser {
+                    scim_id: ScimId::new(row.get::<_, String>(1).map_err(|e| sqlite(&path, e))?),
+                    user_name: UserName::new(
+                        row.get::<_, String>(2).map_err(|e| sqlite(&path, e))?,
+                    ),
+                    hash: AttrHash(hash),
+                    status: Status::parse(&status).ok_or_else(|| corrupt("bad status"))?,
+                    ownership: Ownership::parse(&ownership)
+                        .ok_or_else(|| corrupt("bad ownership"))?,
+                    attrs: None,
+                };
+                state.users.insert(SourceKey::new(key), user);
+            }
+        }
+        {
+            let mut stmt = tx
+                .prepare("SELECT key, scim_id, display_name, status, ownership FROM groups")
+                .map_err(|e| sqlite(&path, e))?;
+            let mut rows = stmt.query([]).map_err(|e| sqlite(&path, e))?;
+            while let Some(row) = rows.next().map_err(|e| sqlite(&path, e))? {
+                let key: String = row.get(0).map_err(|e| sqlite(&path, e))?;
+                let status: String = row.get(3).map_err(|e| sqlite(&path, e))?;
+                let ownership: String = row.get(4).map_err(|e| sqlite(&path, e))?;
+                let corrupt = |what: &str| StateError::Corrupt {
+                    path: path.clone(),
+                    message: format!("group {key:?}: {what}"),
+                };
+                let group = StateGroup {
+                    scim_id: ScimId::new(row.get::<_, String>(1).map_err(|e| sqlite(&path, e))?),
+                    display_name: GroupName::new(
+                        row.get::<_, String>(2).map_err(|e| sqlite(&path, e))?,
+                    ),
+                    status: Status::parse(&status).ok_or_else(|| corrupt("bad status"))?,
+                    ownership: Ownership::parse(&ownership)
+                        .ok_or_else(|| corrupt("bad ownership"))?,
+                };
+                state.groups.insert(GroupKey::new(key), group);
+            }
+        }
+        {
+            // Rows arrive in key order (the primary key), so each group's set is
+            // built in bulk from a sorted run.
+            let mut stmt = tx
+                .prepare("SELECT group_key, user_key FROM memberships ORDER BY group_key, user_key")
+                .map_err(|e| sqlite(&path, e))?;
+            let mut rows = stmt.query([]).map_err(|e| sqlite(&path, e))?;
+            let mut current: Option<(String, Vec<SourceKey>)> = None;
+            while let Some(row) = rows.next().map_err(|e| sqlite(&path, e))? {
+                let group = row
+                    .get_ref(0)
+                    .map_err(|e| sqlite(&path, e))?
+                    .as_str()
+                    .map_err(|e| sqlite(&path, e.into()))?;
+                let user: String = row.get(1).map_err(|e| sqlite(&path, e))?;
+                match &mut current {
+                    Some((g, members)) if g == group => members.push(SourceKey::new(user)),
+                    _ => {
+                        if let Some((g, members)) = current.take() {
+                            state
+                                .memberships
+                                .insert(GroupKey::new(g), members.into_iter().collect());
+                        }
+                        current = Some((group.to_string(), vec![SourceKey::new(user)]));
+                    }
+                }
+            }
+            if let Some((g, members)) = current {
+                state
+                    .memberships
+                    .insert(GroupKey::new(g), members.into_iter().collect());
+            }
+        }
+        tx.finish().map_err(|e| sqlite(&path, e))?;
+        Ok(state)
+    }
+
+    /// Loads the last pushed attributes of `keys` into `state`.
+    pub fn load_attrs<'a>(
+        &self,
+        state: &mut State,
+        keys: impl IntoIterator<Item = &'a SourceKey>,
+    ) -> Result<(), StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT attrs FROM users WHERE key = ?1")
+            .map_err(|e| self.err(e))?;
+        for key in keys {
+            let json: Option<String> = stmt
+                .query_row([key.as_str()], |r| r.get(0))
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if let (Some(json), Some(user)) = (json, state.users.get_mut(key)) {
+                let attrs: UserAttrs = serde_json::from_str(&json)
+                    .map_err(|e| self.corrupt(&format!("user {key}: attrs: {e}")))?;
+                user.attrs = Some(attrs);
+            }
+        }
+        Ok(())
+    }
+
+    /// The last pushed attributes of one user, for `explain`.
+    pub fn user_attrs(&self, key: &SourceKey) -> Result<Option<UserAttrs>, StateError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT attrs FROM users WHERE key = ?1",
+                [key.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| self.corrupt(&format!("user {key}: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Persists `changes` in one transaction, as one generation: a `--full`
+    /// resync's observations of the target, or a benchmark's seed. Each change
+    /// means what [`State::apply`] makes of it.
+    pub fn commit_changes(&mut self, changes: &[StateChange]) -> Result<(), StateError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
+        let at = now();
+        for change in changes {
+            apply_change(&tx, change, &at).map_err(|e| sqlite(&path, e))?;
+        }
+        bump_generation(&tx).map_err(|e| sqlite(&path, e))?;
+        tx.commit().map_err(|e| sqlite(&path, e))
+    }
+}
+
+pub(super) fn bump_generation(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE name = 'generation'",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
+fn put_user(
+    tx: &rusqlite::Transaction<'_>,
+    key: &SourceKey,
+    user: &StateUser,
+    at: &str,
+) -> rusqlite::Result<()> {
+    // A pushed user is always written whole: a change without attributes would
+    // erase what was pushed, so it is refused rather than stored as empty.
+    let attrs = user.attrs.as_ref().ok_or_else(|| {
+        rusqlite::Error::ToSqlConversionFailure(
+            format!("user {key}: a state change must carry the pushed attributes").into(),
+        )
+    })?;
+    let attrs = serde_json::to_string(attrs)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    tx.prepare_cached(
+        "INSERT INTO users (key, scim_id, user_name, attrs, hash, status, ownership, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (key) DO UPDATE SET scim_id = excluded.scim_id, user_name = excluded.user_name,
+            attrs = excluded.attrs, hash = excluded.hash, status = excluded.status,
+            ownership = excluded.ownership, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        key.as_str(),
+        user.scim_id.as_str(),
+        user.user_name.as_str(),
+        attrs,
+        &user.hash.0[..],
+        user.status.as_str(),
+        user.ownership.as_str(),
+        at
+    ])?;
+    Ok(())
+}
+
+fn put_group(
+    tx: &rusqlite::Transaction<'_>,
+    key: &GroupKey,
+    group: &StateGroup,
+    at: &str,
+) -> rusqlite::Result<()> {
+    // A group recreated under a new id starts with no members pushed.
+    tx.prepare_cached(
+        "DELETE FROM memberships WHERE group_key = ?1
+         AND EXISTS (SELECT 1 FROM groups WHERE key = ?1 AND scim_id != ?2)",
+    )?
+    .execute(params![key.as_str(), group.scim_id.as_str()])?;
+    tx.prepare_cached(
+        "INSERT INTO groups (key, scim_id, display_name, status, ownership, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (key) DO UPDATE SET scim_id = excluded.scim_id, display_name = excluded.display_name,
+            status = excluded.status, ownership = excluded.ownership, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        key.as_str(),
+        group.scim_id.as_str(),
+        group.display_name.as_str(),
+        group.status.as_str(),
+        group.ownership.as_str(),
+        at
+    ])?;
+    Ok(())
+}
+
+pub(super) fn apply_change(
+    tx: &rusqlite::Transaction<'_>,
+    change: &StateChange,
+    at: &str,
+) -> rusqlite::Result<()> {
+    match change {
+        StateChange::PutUser { key, user } => put_user(tx, key, user, at),
+        StateChange::UserStatus { key, status } => {
+            tx.prepare_cached("UPDATE users SET status = ?2, updated_at = ?3 WHERE key = ?1")?
+                .execute(params![key.as_str(), status.as_str(), at])?;
+            if *status == Status::Removed {
+                tx.prepare_cached("DELETE FROM memberships WHERE user_key = ?1")?
+                    .execute([key.as_str()])?;
+            }
+            Ok(())
+        }
+        StateChange::PutGroup { key, group } => put_group(tx, key, group, at),
+        StateChange::GroupStatus { key, status } => {
+            tx.prepare_cached("UPDATE groups SET status = ?2, updated_at = ?3 WHERE key = ?1")?
+                .execute(params![key.as_str(), status.as_str(), at])?;
+            if *status == Status::Removed {
+                tx.prepare_cached("DELETE FROM memberships WHERE group_key = ?1")?
+                    .execute([key.as_str()])?;
+            }
+            Ok(())
+        }
+        StateChange::MembersAdded { group, users } => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO memberships (group_key, user_key) VALUES (?1, ?2)",
+            )?;
+            for user in users {
+                stmt.execute(params![group.as_str(), user.as_str()])?;
+            }
+            Ok(())
+        }
+        StateChange::SetMembers { group, users } => {
+            tx.prepare_cached("DELETE FROM memberships WHERE group_key = ?1")?
+                .execute([group.as_str()])?;
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO memberships (group_key, user_key) VALUES (?1, ?2)",
+            )?;
+            for user in users {
+                stmt.execute(params![group.as_str(), user.as_str()])?;
+            }
+            Ok(())
+        }
+        StateChange::MembersRemoved { group, users } => {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM memberships WHERE group_key = ?1 AND user_key = ?2")?;
+            for user in users {
+                stmt.execute(params![group.as_str(), user.as_str()])?;
+            }
+            Ok(())
+        }
+    }
+}
+

@@ -1,0 +1,199 @@
+//! What `status` and `explain` show, gathered as plain data for `report` to
+//! render. Reads only: the state DB is opened read-only.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::model::{
+    Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName,
+};
+use crate::plan::RemoveAction;
+use crate::state::{FailureRecord, RunRecord, StateDb};
+
+use super::SyncError;
+use super::quarantine::{self, Quarantine};
+
+/// Runs and failures `status` lists.
+const STATUS_RUNS: usize = 10;
+const STATUS_FAILURES: usize = 20;
+/// Log lines `explain` lists for one user.
+const EXPLAIN_HISTORY: usize = 10;
+
+/// `idsync status`. Fields in alphabetical order: the JSON form lists them so.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub active_users: usize,
+    pub disabled_users: usize,
+    /// False when no state DB exists yet (no run has happened).
+    #[serde(skip)]
+    pub exists: bool,
+    pub failures: Vec<FailureRecord>,
+    pub interrupted_operations: usize,
+    pub managed_groups: usize,
+    pub managed_users: usize,
+    pub quarantine: Option<Quarantine>,
+    pub removed_users: usize,
+    pub runs: Vec<RunRecord>,
+    pub state: PathBuf,
+}
+
+pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
+    let mut report = StatusReport {
+        state: settings.state_path.clone(),
+        exists: false,
+        managed_users: 0,
+        active_users: 0,
+        disabled_users: 0,
+        removed_users: 0,
+        managed_groups: 0,
+        runs: Vec::new(),
+        failures: Vec::new(),
+        interrupted_operations: 0,
+        quarantine: None,
+    };
+    let Some(mut db) = StateDb::open_read_only(&settings.state_path)? else {
+        return Ok(report);
+    };
+    let state = db.load()?;
+    let users = |s: Status| state.users.values().filter(|u| u.status == s).count();
+    report.exists = true;
+    report.managed_users = state.managed_users();
+    report.active_users = users(Status::Active);
+    report.disabled_users = users(Status::Disabled);
+    report.removed_users = users(Status::Removed);
+    report.managed_groups = state
+        .groups
+        .values()
+        .filter(|g| g.status != Status::Removed)
+        .count();
+    report.runs = db.recent_runs(STATUS_RUNS)?;
+    report.failures = db.recent_failures(STATUS_FAILURES)?;
+    report.interrupted_operations = db.interrupted_ops()?.len();
+    report.quarantine = Some(quarantine::load(&db)?);
+    Ok(report)
+}
+
+/// `idsync explain USER`: the user's path through source, mapping and target.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    /// What the operator asked about.
+    pub asked: String,
+    /// The configured source, described.
+    pub source: String,
+    pub remove_action: RemoveAction,
+    pub found: Found,
+}
+
+#[derive(Clone, Debug)]
+pub enum Found {
+    /// Not in the source; the state may still know the user.
+    NotInSource { known: Option<KnownUser> },
+    InSource(Box<ExplainedUser>),
+}
+
+/// A user the state DB knows.
+#[derive(Clone, Debug)]
+pub struct KnownUser {
+    pub key: SourceKey,
+    pub scim_id: ScimId,
+    pub status: Status,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExplainedUser {
+    pub key: SourceKey,
+    pub origin: String,
+    /// The record's attributes as the source spells them.
+    pub attrs: Vec<(String, Vec<String>)>,
+    pub mapping: Mapped,
+    pub target: Option<Provisioned>,
+}
+
+/// What the mapping made of the record.
+#[derive(Clone, Debug)]
+pub enum Mapped {
+    Error(String),
+    OutOfScope,
+    InScope { active: bool, attrs: UserAttrs },
+}
+
+/// The user in the target, as last pushed.
+#[derive(Clone, Debug)]
+pub struct Provisioned {
+    pub scim_id: ScimId,
+    pub status: Status,
+    pub ownership: Ownership,
+    pub attrs: Option<UserAttrs>,
+    pub history: Vec<FailureRecord>,
+}
+
+pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, SyncError> {
+    let source = settings.source.adapter();
+    let dir = source.read(&settings.mapping.source_attributes()).await?;
+    let wanted = Email::new(who);
+    let record = dir.users.iter().find(|u| {
+        u.key.as_str() == who
+            || u.attrs.iter().any(|(_, values)| {
+                values
+                    .iter()
+                    .any(|v| v.contains('@') && Email::new(v.as_str()) == wanted)
+            })
+    });
+    let mut db = StateDb::open_read_only(&settings.state_path)?;
+    let state = match db.as_mut() {
+        Some(db) => db.load()?,
+        None => State::default(),
+    };
+    let mut explanation = Explanation {
+        asked: who.to_string(),
+        source: source.describe(),
+        remove_action: settings.policy.remove_action,
+        found: Found::NotInSource { known: None },
+    };
+    let Some(record) = record else {
+        let wanted = UserName::new(who);
+        let known = state
+            .users
+            .iter()
+            .find(|(k, u)| k.as_str() == who || u.user_name == wanted)
+            .map(|(key, u)| KnownUser {
+                key: key.clone(),
+                scim_id: u.scim_id.clone(),
+                status: u.status,
+            });
+        explanation.found = Found::NotInSource { known };
+        return Ok(explanation);
+    };
+    let mapping = match settings.mapping.map_user(record) {
+        Err(e) => Mapped::Error(e.to_string()),
+        Ok(None) => Mapped::OutOfScope,
+        Ok(Some(user)) => Mapped::InScope {
+            active: user.active,
+            attrs: user.attrs,
+        },
+    };
+    let target = match (state.users.get(&record.key), db.as_ref()) {
+        (Some(u), Some(db)) => Some(Provisioned {
+            scim_id: u.scim_id.clone(),
+            status: u.status,
+            ownership: u.ownership,
+            attrs: db.user_attrs(&record.key)?,
+            history: db.history_of(record.key.as_str(), EXPLAIN_HISTORY)?,
+        }),
+        _ => None,
+    };
+    explanation.found = Found::InSource(Box::new(ExplainedUser {
+        key: record.key.clone(),
+        origin: record.origin.to_string(),
+        attrs: record
+            .attrs
+            .iter()
+            .map(|(name, values)| (name.to_string(), values.to_vec()))
+            .collect(),
+        mapping,
+        target,
+    }));
+    Ok(explanation)
+}

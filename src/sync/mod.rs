@@ -1,0 +1,441 @@
+//! The engine: one sync cycle — read → map → plan → guard → apply → record —
+//! used by `sync`, by the daemon and by tests in-process. The planning half is
+//! shared with `plan` and `sync --dry-run`, so a dry run is the same plan,
+//! rendered and stopped. `inspect` gathers what `status` and `explain` show;
+//! `daemon` runs cycles on a schedule; `quarantine` backs scheduled cycles off
+//! a failing target.
+
+pub mod daemon;
+pub mod inspect;
+pub mod quarantine;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
+use crate::config::{ConfigError, Settings};
+use crate::model::{Desired, SourceKey, State};
+use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
+use crate::scim::{ClientOptions, ScimClient, ScimError};
+use crate::source::{Source, SourceError};
+use crate::state::{RunEnd, StateDb, StateError};
+
+/// Record errors listed in full before the rest are counted.
+const MAX_LISTED_RECORD_ERRORS: usize = 50;
+
+/// What `sync` was asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct SyncOptions {
+    /// Read the whole target too: adopt, repair drift, recreate what is missing.
+    pub full: bool,
+    /// Plan, guard and stop.
+    pub dry_run: bool,
+    /// Apply this saved plan instead of planning.
+    pub plan_file: Option<PathBuf>,
+    /// The operator's reviewed override of the removal guards.
+    pub allow_deletes: bool,
+}
+
+/// Why a cycle (or a plan) stopped. The command line turns each into an exit
+/// code and a hint.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Records the mapping refused; nothing was planned.
+    #[error(
+        "{total} source record{} cannot be mapped; nothing was planned or changed:\n{}",
+        if *.total == 1 { "" } else { "s" },
+        .listed.join("\n")
+    )]
+    Mapping { total: usize, listed: Vec<String> },
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The state DB failed while a run was applying: work committed before is safe.
+    #[error("the run stopped because the state DB could not be written: {0}")]
+    StateWrite(StateError),
+    #[error("target: {0}")]
+    TargetSetup(ScimError),
+    #[error("target: {0}")]
+    Target(TargetError),
+    /// A guard held the plan back; `held` are the removals it held.
+    #[error("{stop}{}", if *.dry_run { "" } else { "; nothing was changed" })]
+    Guard {
+        stop: GuardStop,
+        held: Vec<Operation>,
+        dry_run: bool,
+    },
+    #[error("cannot read {}: {message}", .path.display())]
+    PlanUnreadable { path: PathBuf, message: String },
+    #[error("{} is not an idsync plan: {message}", .path.display())]
+    NotAPlan { path: PathBuf, message: String },
+    #[error(
+        "the saved plan {} is stale: the config, the mapping or the state changed since it was made",
+        .path.display()
+    )]
+    StalePlan { path: PathBuf },
+}
+
+/// What a `sync` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub summary: Summary,
+    pub applied: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub duration_ms: u64,
+    pub exit_code: i32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FailedOp>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    pub dry_run: bool,
+    /// The plan a dry run stopped at, for the text output.
+    #[serde(skip)]
+    pub dry_run_plan: Option<Plan>,
+}
+
+/// The SCIM client for the configured target (reads the token).
+pub fn client(settings: &Settings) -> Result<ScimClient, SyncError> {
+    let t = &settings.target;
+    let token = t.token.read()?;
+    ScimClient::new(ClientOptions {
+        base_url: t.base_url.clone(),
+        token,
+        flavour: t.flavour,
+        rate_limit: t.rate_limit,
+        timeout: t.timeout,
+        retry: t.retry,
+        page_size: t.page_size,
+        member_chunk: t.member_chunk,
+    })
+    .map_err(SyncError::TargetSetup)
+}
+
+/// Reads the source and maps it; record errors fail with all of them listed.
+pub async fn desired(settings: &Settings, source: &dyn Source) -> Result<Desired, SyncError> {
+    let started = Instant::now();
+    let dir = source.read(&settings.mapping.source_attributes()).await?;
+    let read = started.elapsed();
+    let users = dir.users.len();
+    let desired = settings.mapping.build(dir).map_err(|errors| {
+        let total = errors.len();
+        let mut listed: Vec<String> = errors
+            .iter()
+            .take(MAX_LISTED_RECORD_ERRORS)
+            .map(|e| format!("  {e}"))
+            .collect();
+        if total > MAX_LISTED_RECORD_ERRORS {
+            listed.push(format!("  … and {} more", total - MAX_LISTED_RECORD_ERRORS));
+        }
+        SyncError::Mapping { total, listed }
+    })?;
+    tracing::info!(
+        users,
+        in_scope = desired.users.len(),
+        groups = desired.groups.len(),
+        read_ms = read.as_millis() as u64,
+        map_ms = (started.elapsed() - read).as_millis() as u64,
+        "source read"
+    );
+    if desired.ignored_members > 0 {
+        tracing::info!(
+            count = desired.ignored_members,
+            "group members that are not in-scope users were ignored"
+        );
+    }
+    Ok(desired)
+}
+
+/// Builds the one planning input: the source read and mapped, the state loaded
+/// (with the attributes the planner compares), and for `--full` the target read.
+pub async fn planning_input<T: Target>(
+    settings: &Settings,
+    source: &dyn Source,
+    db: Option<&mut StateDb>,
+    full_target: Option<&T>,
+) -> Result<PlanningInput, SyncError> {
+    // The state DB is loaded on its own thread while the source is read and
+    // mapped: the two are independent, and on large directories each takes
+    // seconds.
+    let (desired, db, loaded) = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let loader = scope.spawn(move || {
+                let mut db = db;
+                let loaded = db.as_mut().map(|db| db.load());
+                (db, loaded)
+            });
+            let desired = tokio::runtime::Handle::current().block_on(desired(settings, source));
+            let (db, loaded) = loader.join().expect("the state loader does not panic");
+            (desired, db, loaded)
+        })
+    });
+    let desired = desired?;
+    let state = loaded.transpose()?.unwrap_or_default();
+    let target = match full_target {
+        Some(t) => Some(t.read_all().await.map_err(SyncError::Target)?),
+        None => None,
+    };
+    let input = PlanningInput::new(
+        desired,
+        state,
+        target,
+        settings.plan_options(),
+        |state: &mut State, keys: &[SourceKey]| match &db {
+            Some(db) => db.load_attrs(state, keys.iter()),
+            None => Ok(()),
+        },
+    )?;
+    Ok(input)
+}
+
+/// Plans without changing anything: the state DB opened read-only (none is
+/// created), the target read only for `--full`. Shared by `plan` and
+/// `sync --dry-run`.
+pub async fn plan_read_only(
+    settings: &Settings,
+    full: bool,
+) -> Result<(Plan, PlanningInput), SyncError> {
+    let mut db = StateDb::open_read_only(&settings.state_path)?;
+    let target = if full {
+        let client = client(settings)?;
+        client.check().await.map_err(SyncError::Target)?;
+        Some(client)
+    } else {
+        None
+    };
+    let input =
+        planning_input(settings, settings.source.adapter(), db.as_mut(), target.as_ref()).await?;
+    let plan = plan::plan(&input);
+    Ok((plan, input))
+}
+
+/// Checks `plan` against the guards; a stop carries the removals it held back.
+pub fn guard(
+    plan: &Plan,
+    settings: &Settings,
+    allow_deletes: bool,
+    dry_run: bool,
+) -> Result<(), SyncError> {
+    plan::guard::check(plan, &settings.policy, allow_deletes).map_err(|stop| SyncError::Guard {
+        stop,
+        held: plan
+            .operations
+            .iter()
+            .filter(|op| op.is_removal())
+            .cloned()
+            .collect(),
+        dry_run,
+    })
+}
+
+/// One `sync` against the configured source and target.
+pub async fn sync(
+    settings: &Settings,
+    opts: &SyncOptions,
+    shutdown: Arc<AtomicBool>,
+    progress: &dyn Progress,
+) -> Result<RunSummary, SyncError> {
+    if opts.dry_run {
+        return dry_run(settings, opts).await;
+    }
+    let client = client(settings)?;
+    let summary = cycle(
+        settings,
+        settings.source.adapter(),
+        &client,
+        opts,
+        shutdown,
+        progress,
+    )
+    .await;
+    let stats = client.stats();
+    tracing::info!(
+        requests = stats.requests,
+        retries = stats.retries,
+        throttled = stats.throttled,
+        "target requests"
+    );
+    summary
+}
+
+async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
+    let started = Instant::now();
+    let (plan, _) = plan_read_only(settings, opts.full).await?;
+    guard(&plan, settings, opts.allow_deletes, true)?;
+    Ok(RunSummary {
+        summary: plan.summary.clone(),
+        applied: 0,
+        failed: 0,
+        skipped: plan.operations.len() as u64,
+        duration_ms: started.elapsed().as_millis() as u64,
+        exit_code: 0,
+        failures: Vec::new(),
+        warnings: plan.warnings.clone(),
+        stopped: None,
+        dry_run: true,
+        dry_run_plan: Some(plan),
+    })
+}
+
+/// One cycle against any source and target: plan (or load a saved plan),
+/// guard, apply, record. Nothing is changed when planning or a guard fails.
+pub async fn cycle<T: Target>(
+    settings: &Settings,
+    source: &dyn Source,
+    target: &T,
+    opts: &SyncOptions,
+    shutdown: Arc<AtomicBool>,
+    progress: &dyn Progress,
+) -> Result<RunSummary, SyncError> {
+    let started = Instant::now();
+    let mut db = StateDb::open(&settings.state_path)?;
+    if let Err(e) = target.check().await {
+        let e = SyncError::Target(e);
+        let _ = db.record_stopped_run("sync", exit_code_of(&e), &e.to_string());
+        let _ = quarantine::record(&db, Some(&e.to_string()), chrono::Utc::now());
+        return Err(e);
+    }
+
+    let (plan, state, command) = match &opts.plan_file {
+        Some(path) => {
+            let plan = load_saved_plan(path)?;
+            let state = state_for_saved_plan(&mut db, &plan)?;
+            let expected = plan::fingerprint(&settings.fingerprint, state.generation, false);
+            if plan.full || plan.fingerprint != expected {
+                return Err(SyncError::StalePlan { path: path.clone() });
+            }
+            (plan, state, "sync --plan")
+        }
+        None => {
+            let full_target = opts.full.then_some(target);
+            let input = match planning_input(settings, source, Some(&mut db), full_target).await {
+                Ok(input) => input,
+                Err(e) => {
+                    let _ = db.record_stopped_run("sync", exit_code_of(&e), &e.to_string());
+                    return Err(e);
+                }
+            };
+            let plan = plan::plan(&input);
+            if let Err(e) = guard(&plan, settings, opts.allow_deletes, false) {
+                let _ = db.record_stopped_run("sync", exit_code_of(&e), &e.to_string());
+                return Err(e);
+            }
+            let command = if opts.full { "sync --full" } else { "sync" };
+            (plan, input.into_state(), command)
+        }
+    };
+
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    let executor = Executor {
+        target: target.clone(),
+        db: &mut db,
+        state,
+        create_only: settings.mapping.create_only(),
+        concurrency: settings.target.concurrency,
+        shutdown,
+        progress,
+    };
+    let (outcome, run) = executor
+        .run(command, &plan)
+        .await
+        .map_err(SyncError::StateWrite)?;
+
+    let exit_code = match &outcome.stopped {
+        Some(Stop::Unauthorized(_)) => EXIT_UNREACHABLE,
+        _ if outcome.failed > 0 || outcome.stopped.is_some() => EXIT_PARTIAL,
+        _ => 0,
+    };
+    let summary = RunSummary {
+        summary: plan.summary.clone(),
+        applied: outcome.applied,
+        failed: outcome.failed,
+        skipped: outcome.skipped,
+        duration_ms: started.elapsed().as_millis() as u64,
+        exit_code,
+        failures: outcome.failures,
+        warnings: plan.warnings.clone(),
+        stopped: outcome.stopped.as_ref().map(ToString::to_string),
+        dry_run: false,
+        dry_run_plan: None,
+    };
+    let summary_json = serde_json::to_string(&summary.summary).unwrap_or_default();
+    db.finish_run(
+        run,
+        &RunEnd {
+            applied: summary.applied as i64,
+            failed: summary.failed as i64,
+            exit_code,
+            summary: &summary_json,
+            error: summary.stopped.as_deref(),
+        },
+        settings.history_days,
+    )?;
+    let target_failure = match &outcome.stopped {
+        Some(stop @ (Stop::Unauthorized(_) | Stop::FailureBudget { .. })) => Some(stop.to_string()),
+        _ => None,
+    };
+    quarantine::record(&db, target_failure.as_deref(), chrono::Utc::now())?;
+    tracing::info!(
+        applied = summary.applied,
+        failed = summary.failed,
+        "cycle finished"
+    );
+    Ok(summary)
+}
+
+/// Exit codes a finished run can have besides 0 (the rest belong to the
+/// command line).
+pub const EXIT_PARTIAL: i32 = 1;
+pub const EXIT_UNREACHABLE: i32 = 5;
+
+/// The exit code recorded in the history for a cycle that stopped before
+/// applying anything.
+fn exit_code_of(e: &SyncError) -> i32 {
+    match e {
+        SyncError::Guard { .. } => 3,
+        SyncError::Target(_) | SyncError::TargetSetup(_) => EXIT_UNREACHABLE,
+        SyncError::Source(SourceError::Unavailable { .. }) => EXIT_UNREACHABLE,
+        _ => 2,
+    }
+}
+
+/// The state a saved plan is applied to: loaded, with the pushed attributes of
+/// every user the plan updates (their new record is the old one plus the
+/// plan's changes).
+fn state_for_saved_plan(db: &mut StateDb, plan: &Plan) -> Result<State, SyncError> {
+    let mut state = db.load()?;
+    let keys: Vec<SourceKey> = plan
+        .operations
+        .iter()
+        .filter_map(|op| match op {
+            Operation::UpdateUser { key, .. } | Operation::EnableUser { key, .. } => {
+                Some(key.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    db.load_attrs(&mut state, keys.iter())?;
+    Ok(state)
+}
+
+fn load_saved_plan(path: &Path) -> Result<Plan, SyncError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SyncError::PlanUnreadable {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| SyncError::NotAPlan {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
