@@ -10,10 +10,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use idsync::apply::{Response, transition};
 use idsync::config::Settings;
-use idsync::model::{AttrHash, SourceKey, UserAttr};
-use idsync::plan::{self, Operation};
-use idsync::state::{Ownership, State, StateDb, StateGroup, StateUser, Status};
+use idsync::model::{Ownership, ScimId, SourceKey, State};
+use idsync::plan::{self, Operation, Plan, PlanningInput};
+use idsync::state::StateDb;
 
 // The same allocator as the `idsync` binary.
 #[global_allocator]
@@ -170,10 +171,34 @@ fn peak_rss_mib() -> f64 {
     vm_hwm_kib(&status).map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Plans `desired` against `state`, loading attributes from `db` as `sync` does.
+fn make_plan(
+    settings: &Settings,
+    desired: idsync::model::Desired,
+    state: State,
+    db: Option<&StateDb>,
+) -> Plan {
+    let input = PlanningInput::new(
+        desired,
+        state,
+        None,
+        settings.plan_options(),
+        |state: &mut State, keys: &[SourceKey]| match db {
+            Some(db) => db.load_attrs(state, keys.iter()),
+            None => Ok(()),
+        },
+    )
+    .expect("attrs");
+    plan::plan(&input)
+}
+
 async fn stage(name: &str, config: &Path) {
     let settings = Settings::load(config).expect("config");
     let t = Instant::now();
-    let dir = idsync::source::read(&settings.source, &settings.mapping.source_attributes())
+    let dir = settings
+        .source
+        .adapter()
+        .read(&settings.mapping.source_attributes())
         .await
         .expect("source");
     let read = t.elapsed();
@@ -181,7 +206,7 @@ async fn stage(name: &str, config: &Path) {
     let mapped = t.elapsed();
     match name {
         "empty-state-plan" => {
-            let plan = plan::plan(&desired, &State::default(), &settings.policy);
+            let plan = make_plan(&settings, desired, State::default(), None);
             let total = t.elapsed();
             println!(
                 "plan from empty state: {} operations; read {:.2}s, map {:.2}s, plan {:.2}s, total {:.2}s, peak RSS {:.0} MiB",
@@ -194,61 +219,37 @@ async fn stage(name: &str, config: &Path) {
             );
         }
         "seed-state" => {
-            // The state a successful first sync leaves behind.
-            let plan = plan::plan(&desired, &State::default(), &settings.policy);
+            // The state a successful first sync leaves behind: every operation of
+            // the first plan answered with success, through the executor's own
+            // state transition.
+            let plan = make_plan(&settings, desired, State::default(), None);
             let create_only = settings.mapping.create_only();
             let mut state = State::default();
+            let mut changes = Vec::with_capacity(plan.operations.len());
             for (i, op) in plan.operations.iter().enumerate() {
-                match op {
-                    Operation::CreateUser {
-                        key,
-                        user_name,
-                        changes,
-                    } => {
-                        let attrs: idsync::model::UserAttrs = changes
+                let response = match op {
+                    Operation::CreateUser { changes, .. } => Response::UserCreated {
+                        id: ScimId::new(format!("id-{i}")),
+                        ownership: Ownership::Created,
+                        attrs: changes
                             .iter()
                             .filter_map(|(a, c)| c.new.clone().map(|v| (*a, v)))
-                            .collect();
-                        state.users.insert(
-                            key.clone(),
-                            StateUser {
-                                scim_id: idsync::model::ScimId::new(format!("id-{i}")),
-                                user_name: attrs
-                                    .get(&UserAttr::UserName)
-                                    .cloned()
-                                    .unwrap_or(user_name.clone())
-                                    .into(),
-                                hash: AttrHash::of(&attrs, &create_only),
-                                status: Status::Active,
-                                ownership: Ownership::Created,
-                                attrs: Some(attrs),
-                            },
-                        );
-                    }
-                    Operation::CreateGroup { key, display_name } => {
-                        state.groups.insert(
-                            key.clone(),
-                            StateGroup {
-                                scim_id: idsync::model::ScimId::new(format!("g-{i}")),
-                                display_name: display_name.clone(),
-                                status: Status::Active,
-                                ownership: Ownership::Created,
-                            },
-                        );
-                    }
-                    Operation::AddMembers { key, members, .. } => {
-                        state
-                            .memberships
-                            .entry(key.clone())
-                            .or_default()
-                            .extend(members.iter().cloned());
-                    }
-                    _ => {}
+                            .collect(),
+                    },
+                    Operation::CreateGroup { .. } => Response::GroupCreated {
+                        id: ScimId::new(format!("g-{i}")),
+                        ownership: Ownership::Created,
+                    },
+                    _ => Response::Ok,
+                };
+                if let Some(change) = transition(&state, op, response, &create_only).change {
+                    state.apply(&change);
+                    changes.push(change);
                 }
             }
             let t = Instant::now();
             let mut db = StateDb::open(&settings.state_path).expect("state");
-            db.replace(&state).expect("seed");
+            db.commit_changes(&changes).expect("seed");
             println!(
                 "seeded the state DB with {} users, {} groups in {:.2}s",
                 state.users.len(),
@@ -260,14 +261,9 @@ async fn stage(name: &str, config: &Path) {
             let mut db = StateDb::open_read_only(&settings.state_path)
                 .expect("state")
                 .expect("seeded");
-            let mut state = db.load().expect("load");
+            let state = db.load().expect("load");
             let loaded = t.elapsed();
-            let keys: Vec<SourceKey> = plan::keys_needing_attrs(&desired, &state)
-                .into_iter()
-                .cloned()
-                .collect();
-            db.load_attrs(&mut state, keys.iter()).expect("attrs");
-            let plan = plan::plan(&desired, &state, &settings.policy);
+            let plan = make_plan(&settings, desired, state, Some(&db));
             let total = t.elapsed();
             assert!(
                 plan.is_empty(),

@@ -370,10 +370,10 @@ pub struct Plan {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ignored_members: u64,
     /// What the guards weigh: users in scope in the source, and users idsync
-    /// manages now.
-    #[serde(default)]
+    /// manages. Not saved: a saved plan has been reviewed and passes no guard.
+    #[serde(skip)]
     pub source_users: u64,
-    #[serde(default)]
+    #[serde(skip)]
     pub managed_users: u64,
     /// `--full`: the state as the target really holds it (objects found missing,
     /// attributes and memberships as found), committed by the executor after the
@@ -400,3 +400,5 @@ impl Plan {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -832,7 +832,7 @@ async fn real_server_walkthrough() {
     assert!(config.patch && config.filter);
 
     // A user with every managed attribute round-trips.
-    let mut attrs: UserAttrs = UserAttr::ALL
+    let mut attrs: UserAttrs = UserAttr::all()
         .into_iter()
         .map(|a| (a, format!("{}-{run}", a.name())))
         .collect();
@@ -978,7 +978,7 @@ async fn real_server_walkthrough() {
         .expect("rename");
     let groups = client.list_groups().await.expect("list groups");
     let listed = groups.iter().find(|g| g.id == group.id).expect("listed");
-    assert_eq!(listed.display_name, format!("{group_name}-renamed"));
+    assert_eq!(listed.display_name.as_str(), format!("{group_name}-renamed"));
     assert_eq!(listed.members.len(), 3);
 
     // Deletes.
