@@ -342,15 +342,13 @@ impl Settings {
             };
 
         let source = match raw.source.value {
-            RawSource::Csv(csv) => {
-                SourceSettings::Csv(csv.compile(&base).map_err(|message| {
-                    at(
-                        &raw.source.referenced,
-                        message,
-                        Some("use a single ASCII character such as ',' or ';'".into()),
-                    )
-                })?)
-            }
+            RawSource::Csv(csv) => SourceSettings::Csv(csv.compile(&base).map_err(|message| {
+                at(
+                    &raw.source.referenced,
+                    message,
+                    Some("use a single ASCII character such as ',' or ';'".into()),
+                )
+            })?),
             RawSource::Ldap(ldap) => {
                 SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(|message| {
                     at(

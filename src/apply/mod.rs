@@ -9,6 +9,8 @@
 
 mod resume;
 mod target;
+#[cfg(test)]
+mod tests;
 mod transition;
 
 use std::collections::BTreeSet;

@@ -86,4 +86,3 @@ impl AttrHash {
         AttrHash(out)
     }
 }
-

@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{GroupKey, GroupName, ScimId, SourceKey, StateChange, UserAttr, UserAttrs, UserName};
+use crate::model::{
+    GroupKey, GroupName, ScimId, SourceKey, StateChange, UserAttr, UserAttrs, UserName,
+};
 
 pub use input::{PlanOptions, PlanningInput};
 pub use planner::{diff, fingerprint, plan};
@@ -397,8 +399,7 @@ impl Plan {
     }
 }
 
-
-#[cfg(test)]
-mod tests;
 #[cfg(test)]
 pub(crate) mod testkit;
+#[cfg(test)]
+mod tests;

@@ -9,7 +9,9 @@ use crate::model::{
 };
 
 use super::reconcile::reconcile;
-use super::{Change, Changes, OnRename, Operation, Plan, PlanningInput, Policy, RemoveAction, Summary};
+use super::{
+    Change, Changes, OnRename, Operation, Plan, PlanningInput, Policy, RemoveAction, Summary,
+};
 
 /// Makes the plan: for `--full`, first folds what the target holds into the
 /// state (adoptions and observations), then diffs the desired snapshot against
@@ -425,4 +427,3 @@ fn push_members<'a>(
         });
     }
 }
-

@@ -101,4 +101,3 @@ impl Default for Policy {
 /// Five percent of the directory: enough for a normal week of leavers, small
 /// enough that a broken source read cannot take a directory down with it.
 pub const DEFAULT_MAX_REMOVALS: RemovalLimit = RemovalLimit::Percent(5.0);
-

@@ -237,4 +237,3 @@ pub fn arb_policy() -> impl Strategy<Value = Policy> {
             ..Policy::default()
         })
 }
-

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::testkit::*;
-use super::{Operation, Plan, PlanningInput, Policy, RemovalLimit, RemoveAction, OnRename, guard};
+use super::{OnRename, Operation, Plan, PlanningInput, Policy, RemovalLimit, RemoveAction, guard};
 use crate::model::{
-    AttrHash, Desired, GroupKey, RemoteGroup, RemoteUser, ScimId, SourceKey, State,
-    StateChange, Status, TargetSnapshot, UserAttr,
+    AttrHash, Desired, GroupKey, RemoteGroup, RemoteUser, ScimId, SourceKey, State, StateChange,
+    Status, TargetSnapshot, UserAttr,
 };
 use crate::report::{Style, plan_json, plan_text};
 

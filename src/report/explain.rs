@@ -11,7 +11,12 @@ pub fn explain_text(e: &Explanation) -> String {
     let mut out = String::new();
     let user = match &e.found {
         Found::NotInSource { known } => {
-            let _ = writeln!(out, "{} is not in the source ({}).", quote(&e.asked), e.source);
+            let _ = writeln!(
+                out,
+                "{} is not in the source ({}).",
+                quote(&e.asked),
+                e.source
+            );
             if let Some(k) = known {
                 let _ = writeln!(
                     out,

@@ -61,7 +61,6 @@ pub(crate) fn show(value: &str) -> String {
     }
 }
 
-
 pub(crate) fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }

@@ -74,7 +74,8 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
             Operation::UpdateUser {
                 user_name, changes, ..
             } => {
-                let mut l = style.paint("33", &format!("~ update user {}", show(user_name.as_str())));
+                let mut l =
+                    style.paint("33", &format!("~ update user {}", show(user_name.as_str())));
                 l.push('\n');
                 change_lines(&mut l, changes);
                 l.trim_end().to_string()
@@ -82,7 +83,8 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
             Operation::EnableUser {
                 user_name, changes, ..
             } => {
-                let mut l = style.paint("33", &format!("~ enable user {}", show(user_name.as_str())));
+                let mut l =
+                    style.paint("33", &format!("~ enable user {}", show(user_name.as_str())));
                 l.push('\n');
                 change_lines(&mut l, changes);
                 l.trim_end().to_string()
@@ -99,9 +101,10 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
                 "31",
                 &format!("- delete user {} ({reason})", show(user_name.as_str())),
             ),
-            Operation::CreateGroup { display_name, .. } => {
-                style.paint("32", &format!("+ create group {}", show(display_name.as_str())))
-            }
+            Operation::CreateGroup { display_name, .. } => style.paint(
+                "32",
+                &format!("+ create group {}", show(display_name.as_str())),
+            ),
             Operation::UpdateGroup {
                 display_name,
                 old_display_name,
@@ -219,4 +222,3 @@ pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result
     out.write_all(b"\n")?;
     out.flush()
 }
-

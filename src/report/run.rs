@@ -60,4 +60,3 @@ pub fn run_text(run: &RunSummary, style: Style) -> String {
     }
     out
 }
-

@@ -61,10 +61,16 @@ impl Target for ScimClient {
         Ok(ScimClient::delete_user(self, id).await?)
     }
 
-    async fn create_group(&self, name: &GroupName, external_id: &str) -> Result<ScimId, TargetError> {
-        Ok(ScimClient::create_group(self, name.as_str(), Some(external_id))
-            .await?
-            .id)
+    async fn create_group(
+        &self,
+        name: &GroupName,
+        external_id: &str,
+    ) -> Result<ScimId, TargetError> {
+        Ok(
+            ScimClient::create_group(self, name.as_str(), Some(external_id))
+                .await?
+                .id,
+        )
     }
 
     async fn find_group(&self, name: &GroupName) -> Result<Option<RemoteGroup>, TargetError> {

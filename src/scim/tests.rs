@@ -978,7 +978,10 @@ async fn real_server_walkthrough() {
         .expect("rename");
     let groups = client.list_groups().await.expect("list groups");
     let listed = groups.iter().find(|g| g.id == group.id).expect("listed");
-    assert_eq!(listed.display_name.as_str(), format!("{group_name}-renamed"));
+    assert_eq!(
+        listed.display_name.as_str(),
+        format!("{group_name}-renamed")
+    );
     assert_eq!(listed.members.len(), 3);
 
     // Deletes.

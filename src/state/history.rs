@@ -194,4 +194,3 @@ fn failure_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailureRecord> {
         error: r.get(5)?,
     })
 }
-

@@ -133,9 +133,7 @@ impl StateDb {
             store::bump_generation(&tx).map_err(|e| sqlite(&path, e))?;
         }
         tx.prepare_cached("UPDATE journal SET state = ?3 WHERE run_id = ?1 AND seq = ?2")
-            .and_then(|mut s| {
-                s.execute(params![run, record.seq, record.outcome.journal_state()])
-            })
+            .and_then(|mut s| s.execute(params![run, record.seq, record.outcome.journal_state()]))
             .map_err(|e| sqlite(&path, e))?;
         tx.prepare_cached(
             "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error)

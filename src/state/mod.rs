@@ -43,7 +43,6 @@ pub enum StateError {
     Corrupt { path: PathBuf, message: String },
 }
 
-
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -200,11 +199,10 @@ fn acquire_lock(db: &Path) -> Result<File, StateError> {
 mod tests {
     use std::collections::BTreeSet;
 
-    
-
     use super::*;
     use crate::model::{
-        AttrHash, GroupKey, Ownership, ScimId, SourceKey, StateChange, StateUser, Status, UserAttr, UserAttrs,
+        AttrHash, GroupKey, Ownership, ScimId, SourceKey, StateChange, StateUser, Status, UserAttr,
+        UserAttrs,
     };
 
     fn user(id: &str, name: &str) -> StateUser {
@@ -378,7 +376,8 @@ mod transition_tests {
                     }
                 }
             ),
-            (user_key(), arb_status()).prop_map(|(key, status)| StateChange::UserStatus { key, status }),
+            (user_key(), arb_status())
+                .prop_map(|(key, status)| StateChange::UserStatus { key, status }),
             (group_key(), 0..2usize, 0..2usize).prop_map(|(key, id, name)| StateChange::PutGroup {
                 group: StateGroup {
                     scim_id: ScimId::new(format!("gid-{key}-{id}")),
@@ -388,7 +387,8 @@ mod transition_tests {
                 },
                 key,
             }),
-            (group_key(), arb_status()).prop_map(|(key, status)| StateChange::GroupStatus { key, status }),
+            (group_key(), arb_status())
+                .prop_map(|(key, status)| StateChange::GroupStatus { key, status }),
             (group_key(), prop::collection::vec(user_key(), 0..3))
                 .prop_map(|(group, users)| StateChange::MembersAdded { group, users }),
             (group_key(), prop::collection::vec(user_key(), 0..3))

@@ -10,7 +10,8 @@ pub(super) const SCHEMA_VERSION: i64 = 2;
 pub(super) const OLDEST_READABLE: i64 = 1;
 
 /// Numbered migrations; each runs in one transaction with the version bump.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -306,4 +306,3 @@ pub(super) fn apply_change(
         }
     }
 }
-

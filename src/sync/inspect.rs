@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::model::{
-    Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName,
-};
+use crate::model::{Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName};
 use crate::plan::RemoveAction;
 use crate::state::{FailureRecord, RunRecord, StateDb};
 
@@ -89,7 +87,9 @@ pub struct Explanation {
 #[derive(Clone, Debug)]
 pub enum Found {
     /// Not in the source; the state may still know the user.
-    NotInSource { known: Option<KnownUser> },
+    NotInSource {
+        known: Option<KnownUser>,
+    },
     InSource(Box<ExplainedUser>),
 }
 

@@ -212,8 +212,13 @@ pub async fn plan_read_only(
     } else {
         None
     };
-    let input =
-        planning_input(settings, settings.source.adapter(), db.as_mut(), target.as_ref()).await?;
+    let input = planning_input(
+        settings,
+        settings.source.adapter(),
+        db.as_mut(),
+        target.as_ref(),
+    )
+    .await?;
     let plan = plan::plan(&input);
     Ok((plan, input))
 }

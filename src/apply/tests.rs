@@ -1,0 +1,660 @@
+//! The executor against an in-memory target that can fail, lose answers and
+//! crash between operations: convergence and ownership are properties of the
+//! planner and the real executor together, checked here with the real state
+//! store underneath.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use proptest::prelude::*;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::model::{
+    Desired, GroupName, RemoteGroup, RemoteUser, ScimId, SourceKey, State, Status, TargetSnapshot,
+    UserAttr, UserAttrs, UserName,
+};
+use crate::plan::testkit::{arb_policy, arb_world, options};
+use crate::plan::{Plan, PlanningInput, Policy};
+use crate::state::StateDb;
+
+/// What the in-memory target does to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// Refuses with a 500; nothing happens.
+    Fail,
+    /// Does it, but the answer is lost (a timeout after the server acted).
+    LoseAnswer,
+    /// Does it, then the process dies before the answer is committed.
+    Crash,
+}
+
+#[derive(Debug, Default)]
+struct World {
+    /// Like Atlassian when false: renaming a group is refused.
+    renames_groups: bool,
+    users: BTreeMap<ScimId, RemoteUser>,
+    groups: BTreeMap<ScimId, RemoteGroup>,
+    next_id: usize,
+    /// Requests seen so far (the index faults are keyed by).
+    calls: usize,
+    faults: BTreeMap<usize, Fault>,
+    /// Ids that existed before idsync ran and that it must never change.
+    foreign: BTreeSet<ScimId>,
+    touched_foreign: Vec<String>,
+}
+
+/// A SCIM-like target in memory: unique userNames and group names, 404 for
+/// unknown ids, and scripted faults.
+#[derive(Clone, Default)]
+struct MemoryTarget {
+    world: Arc<Mutex<World>>,
+    crashed: Arc<Notify>,
+}
+
+enum Verdict {
+    Answer,
+    Lose,
+    Crash,
+}
+
+impl MemoryTarget {
+    /// Runs one request: `effect` changes the world unless the scripted fault
+    /// refuses it.
+    async fn call<R>(
+        &self,
+        touches: Option<&ScimId>,
+        effect: impl FnOnce(&mut World) -> Result<R, TargetError>,
+    ) -> Result<R, TargetError> {
+        let verdict = {
+            let mut w = self.world.lock().unwrap();
+            let call = w.calls;
+            w.calls += 1;
+            let fault = w.faults.get(&call).copied();
+            if fault == Some(Fault::Fail) {
+                return Err(TargetError::Failed {
+                    status: Some(500),
+                    message: "HTTP 500: injected".into(),
+                });
+            }
+            if let Some(id) = touches
+                && w.foreign.contains(id)
+            {
+                w.touched_foreign.push(id.to_string());
+            }
+            let result = effect(&mut w);
+            match fault {
+                Some(Fault::LoseAnswer) => (Verdict::Lose, result),
+                Some(Fault::Crash) => (Verdict::Crash, result),
+                _ => (Verdict::Answer, result),
+            }
+        };
+        match verdict {
+            (Verdict::Answer, result) => result,
+            (Verdict::Lose, _) => Err(TargetError::Failed {
+                status: None,
+                message: "timed out".into(),
+            }),
+            (Verdict::Crash, _) => {
+                self.crashed.notify_one();
+                std::future::pending().await
+            }
+        }
+    }
+
+    fn fresh_id(w: &mut World, prefix: &str) -> ScimId {
+        w.next_id += 1;
+        ScimId::new(format!("{prefix}-{}", w.next_id))
+    }
+}
+
+fn user_name_of(attrs: &UserAttrs) -> UserName {
+    UserName::new(attrs.get(&UserAttr::UserName).cloned().unwrap_or_default())
+}
+
+impl Target for MemoryTarget {
+    async fn check(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn read_all(&self) -> Result<TargetSnapshot, TargetError> {
+        let w = self.world.lock().unwrap();
+        Ok(TargetSnapshot {
+            users: w.users.values().cloned().collect(),
+            groups: w.groups.values().cloned().collect(),
+        })
+    }
+
+    async fn create_user(&self, attrs: &UserAttrs) -> Result<ScimId, TargetError> {
+        self.call(None, |w| {
+            let name = user_name_of(attrs);
+            if w.users
+                .values()
+                .any(|u| u.user_name().as_ref() == Some(&name))
+            {
+                return Err(TargetError::Conflict {
+                    detail: "userName exists".into(),
+                });
+            }
+            let id = Self::fresh_id(w, "u");
+            w.users.insert(
+                id.clone(),
+                RemoteUser {
+                    id: id.clone(),
+                    attrs: attrs.clone(),
+                    active: true,
+                },
+            );
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn find_user(&self, user_name: &UserName) -> Result<Option<RemoteUser>, TargetError> {
+        self.call(None, |w| {
+            Ok(w.users
+                .values()
+                .find(|u| u.user_name().as_ref() == Some(user_name))
+                .cloned())
+        })
+        .await
+    }
+
+    async fn patch_user(
+        &self,
+        id: &ScimId,
+        changes: &[(UserAttr, Option<String>)],
+        active: Option<bool>,
+    ) -> Result<(), TargetError> {
+        self.call(Some(id), |w| {
+            let u = w.users.get_mut(id).ok_or(TargetError::NotFound)?;
+            for (attr, value) in changes {
+                match value {
+                    Some(v) => u.attrs.insert(*attr, v.clone()),
+                    None => u.attrs.remove(attr),
+                };
+            }
+            if let Some(a) = active {
+                u.active = a;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: &ScimId) -> Result<(), TargetError> {
+        self.call(Some(id), |w| {
+            w.users.remove(id).ok_or(TargetError::NotFound)?;
+            for g in w.groups.values_mut() {
+                g.members.retain(|m| m != id);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_group(
+        &self,
+        name: &GroupName,
+        external_id: &str,
+    ) -> Result<ScimId, TargetError> {
+        self.call(None, |w| {
+            if w.groups.values().any(|g| g.display_name == *name) {
+                return Err(TargetError::Conflict {
+                    detail: "displayName exists".into(),
+                });
+            }
+            let id = Self::fresh_id(w, "g");
+            w.groups.insert(
+                id.clone(),
+                RemoteGroup {
+                    id: id.clone(),
+                    display_name: name.clone(),
+                    external_id: Some(external_id.to_string()),
+                    members: Vec::new(),
+                },
+            );
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn find_group(&self, name: &GroupName) -> Result<Option<RemoteGroup>, TargetError> {
+        self.call(None, |w| {
+            Ok(w.groups.values().find(|g| g.display_name == *name).cloned())
+        })
+        .await
+    }
+
+    async fn rename_group(&self, id: &ScimId, name: &GroupName) -> Result<(), TargetError> {
+        self.call(Some(id), |w| {
+            if !w.renames_groups {
+                return Err(TargetError::Failed {
+                    status: None,
+                    message: "not supported by the target: renaming groups".into(),
+                });
+            }
+            w.groups
+                .get_mut(id)
+                .ok_or(TargetError::NotFound)?
+                .display_name = name.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+        self.call(Some(group), |w| {
+            let g = w.groups.get_mut(group).ok_or(TargetError::NotFound)?;
+            for m in members {
+                if !g.members.contains(m) {
+                    g.members.push(m.clone());
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+        self.call(Some(group), |w| {
+            let g = w.groups.get_mut(group).ok_or(TargetError::NotFound)?;
+            g.members.retain(|m| !members.contains(m));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_group(&self, id: &ScimId) -> Result<(), TargetError> {
+        self.call(Some(id), |w| {
+            w.groups.remove(id).ok_or(TargetError::NotFound)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A target holding what `state` says idsync pushed, plus accounts and a group
+/// nobody told idsync about.
+fn target_for(state: &State) -> MemoryTarget {
+    let target = MemoryTarget::default();
+    {
+        let mut w = target.world.lock().unwrap();
+        for u in state.users.values().filter(|u| u.status != Status::Removed) {
+            w.users.insert(
+                u.scim_id.clone(),
+                RemoteUser {
+                    id: u.scim_id.clone(),
+                    attrs: u.attrs.clone().unwrap_or_default(),
+                    active: u.status == Status::Active,
+                },
+            );
+        }
+        for (key, g) in &state.groups {
+            if g.status == Status::Removed {
+                continue;
+            }
+            let members = state
+                .memberships
+                .get(key)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| state.live_user(k).map(|u| u.scim_id.clone()))
+                .collect();
+            w.groups.insert(
+                g.scim_id.clone(),
+                RemoteGroup {
+                    id: g.scim_id.clone(),
+                    display_name: g.display_name.clone(),
+                    external_id: Some(key.to_string()),
+                    members,
+                },
+            );
+        }
+        let stranger = ScimId::new("stranger");
+        let mut attrs = UserAttrs::new();
+        attrs.insert(UserAttr::UserName, "stranger@elsewhere.org".into());
+        w.users.insert(
+            stranger.clone(),
+            RemoteUser {
+                id: stranger.clone(),
+                attrs,
+                active: true,
+            },
+        );
+        let admins = ScimId::new("admins");
+        w.groups.insert(
+            admins.clone(),
+            RemoteGroup {
+                id: admins.clone(),
+                display_name: GroupName::new("Site admins"),
+                external_id: None,
+                members: vec![stranger.clone()],
+            },
+        );
+        w.foreign = BTreeSet::from([stranger, admins]);
+    }
+    target
+}
+
+/// Writes `state` to a fresh DB through the store, as earlier runs would have.
+fn seed(db: &mut StateDb, state: &State) {
+    let mut changes = Vec::new();
+    for (key, user) in &state.users {
+        changes.push(crate::model::StateChange::PutUser {
+            key: key.clone(),
+            user: user.clone(),
+        });
+    }
+    for (key, group) in &state.groups {
+        changes.push(crate::model::StateChange::PutGroup {
+            key: key.clone(),
+            group: group.clone(),
+        });
+    }
+    for (group, users) in &state.memberships {
+        changes.push(crate::model::StateChange::SetMembers {
+            group: group.clone(),
+            users: users.clone(),
+        });
+    }
+    db.commit_changes(&changes).unwrap();
+}
+
+/// The plan for `desired` against what `db` holds, as `sync` makes it.
+fn plan_from_db(
+    db: &mut StateDb,
+    desired: &Desired,
+    policy: &Policy,
+    full: Option<TargetSnapshot>,
+) -> (Plan, State) {
+    let state = db.load().unwrap();
+    let input = PlanningInput::new(desired.clone(), state, full, options(policy), |s, keys| {
+        db.load_attrs(s, keys.iter())
+    })
+    .unwrap();
+    let plan = crate::plan::plan(&input);
+    (plan, input.into_state())
+}
+
+/// One executor run; returns false when the target "crashed" the process.
+async fn run_once(
+    db: &mut StateDb,
+    target: &MemoryTarget,
+    plan: &Plan,
+    state: State,
+    create_only: &BTreeSet<UserAttr>,
+    concurrency: usize,
+) -> bool {
+    let executor = Executor {
+        target: target.clone(),
+        db,
+        state,
+        create_only: create_only.clone(),
+        concurrency,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        progress: &NoProgress,
+    };
+    let crashed = target.crashed.clone();
+    tokio::select! {
+        result = executor.run("sync", plan) => {
+            result.unwrap();
+            true
+        }
+        _ = crashed.notified() => false,
+    }
+}
+
+/// The target holds what `desired` asks for, found through the state idsync
+/// recorded: each user once with its attributes and active flag, each group with
+/// its name and members; and nothing foreign was touched.
+fn assert_target_matches(
+    target: &MemoryTarget,
+    state: &State,
+    desired: &Desired,
+    policy: &Policy,
+) -> Result<(), TestCaseError> {
+    let w = target.world.lock().unwrap();
+    for d in &desired.users {
+        let name = UserName::new(d.user_name());
+        let found = w
+            .users
+            .values()
+            .filter(|u| u.user_name().as_ref() == Some(&name))
+            .count();
+        let Some(pushed) = state.live_user(&d.key) else {
+            // Never created just to be disabled.
+            prop_assert!(!d.active, "user {} was not provisioned", name);
+            prop_assert_eq!(found, 0, "user {} exists unrecorded", name);
+            continue;
+        };
+        prop_assert_eq!(found, 1, "user {} should exist once", name);
+        let remote = w.users.get(&pushed.scim_id);
+        prop_assert!(remote.is_some(), "user {} recorded with a missing id", name);
+        let remote = remote.unwrap();
+        prop_assert_eq!(&remote.attrs, &d.attrs, "attributes of {}", name);
+        prop_assert_eq!(remote.active, d.active, "active flag of {}", name);
+    }
+    if policy.provision_groups {
+        for g in &desired.groups {
+            let pushed = state.live_group(&g.key);
+            prop_assert!(pushed.is_some(), "group {} not provisioned", g.display_name);
+            let remote = w.groups.get(&pushed.unwrap().scim_id);
+            prop_assert!(
+                remote.is_some(),
+                "group {} recorded with a missing id",
+                g.display_name
+            );
+            let remote = remote.unwrap();
+            if policy.target_renames_groups || policy.on_rename == crate::plan::OnRename::Recreate {
+                prop_assert_eq!(&remote.display_name, &g.display_name);
+            }
+            let have: BTreeSet<&ScimId> = remote.members.iter().collect();
+            let want: BTreeSet<&ScimId> = g
+                .members
+                .iter()
+                .filter_map(|k| state.live_user(k).map(|u| &u.scim_id))
+                .collect();
+            prop_assert_eq!(have, want, "members of {}", g.display_name);
+        }
+    }
+    prop_assert!(
+        w.touched_foreign.is_empty(),
+        "foreign objects touched: {:?}",
+        w.touched_foreign
+    );
+    prop_assert!(w.users.contains_key(&ScimId::new("stranger")));
+    prop_assert!(w.groups.contains_key(&ScimId::new("admins")));
+    Ok(())
+}
+
+fn arb_faults() -> impl Strategy<Value = BTreeMap<usize, Fault>> {
+    prop::collection::btree_map(
+        0..40usize,
+        prop_oneof![
+            Just(Fault::Fail),
+            Just(Fault::LoseAnswer),
+            Just(Fault::Crash)
+        ],
+        0..4,
+    )
+}
+
+/// Cycles after the faulty one, each planned from the store; enough for any
+/// work a fault or a crash left behind.
+const RECOVERY_CYCLES: usize = 4;
+
+/// Gives every user a userName of its own key (`u3.1@example.com` for key
+/// `u3`), so no two keys ever want the same name: a reused or swapped address
+/// is a lifecycle case of its own, not what these properties are about.
+fn own_names(mut desired: Desired, mut state: State) -> (Desired, State) {
+    let rename = |key: &SourceKey, attrs: &mut UserAttrs| {
+        let old = attrs.get(&UserAttr::UserName).cloned().unwrap_or_default();
+        let rest = old.split_once('.').map_or(old.as_str(), |(_, r)| r);
+        let name = format!("{key}.{rest}");
+        attrs.insert(UserAttr::UserName, name.clone());
+        attrs.insert(UserAttr::Email, name.clone());
+        UserName::new(name)
+    };
+    for d in &mut desired.users {
+        rename(&d.key, &mut d.attrs);
+    }
+    for (key, u) in &mut state.users {
+        if let Some(attrs) = u.attrs.as_mut() {
+            u.user_name = rename(key, attrs);
+            u.hash = crate::model::AttrHash::of(attrs, &desired.create_only);
+        }
+    }
+    (desired, state)
+}
+
+fn converges(
+    desired: Desired,
+    state: State,
+    policy: Policy,
+    faults: BTreeMap<usize, Fault>,
+    concurrency: usize,
+    full_first: bool,
+) -> Result<(), TestCaseError> {
+    let (desired, state) = own_names(desired, state);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    seed(&mut db, &state);
+    let target = target_for(&state);
+    {
+        let mut w = target.world.lock().unwrap();
+        w.faults = faults;
+        w.renames_groups = policy.target_renames_groups;
+    }
+    let create_only = desired.create_only.clone();
+    let mut history = Vec::new();
+    for cycle in 0..=RECOVERY_CYCLES {
+        let full = (cycle == 0 && full_first).then(|| rt.block_on(target.read_all()).unwrap());
+        let (plan, loaded) = plan_from_db(&mut db, &desired, &policy, full);
+        history.push(
+            plan.operations
+                .iter()
+                .map(|op| format!("{} {}", op.name(), op.subject()))
+                .collect::<Vec<_>>(),
+        );
+        if plan.is_empty() && plan.observed.is_empty() {
+            break;
+        }
+        rt.block_on(run_once(
+            &mut db,
+            &target,
+            &plan,
+            loaded,
+            &create_only,
+            concurrency,
+        ));
+        // Faults only in the first cycle: recovery runs against a healthy target.
+        target.world.lock().unwrap().faults.clear();
+    }
+    let (last, _) = plan_from_db(&mut db, &desired, &policy, None);
+    prop_assert!(
+        last.is_empty(),
+        "not converged after {} cycles: {:#?}\nleft: {:#?}",
+        RECOVERY_CYCLES + 1,
+        history,
+        last.operations
+    );
+    let stored = db.load().unwrap();
+    assert_target_matches(&target, &stored, &desired, &policy)?;
+    // The state the executor kept in memory is the state the store holds: a
+    // full reconcile of the converged target changes nothing.
+    let snapshot = rt.block_on(target.read_all()).unwrap();
+    let (full, _) = plan_from_db(&mut db, &desired, &policy, Some(snapshot));
+    prop_assert!(
+        full.is_empty(),
+        "a --full plan after convergence: {:#?}",
+        full.operations
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn the_executor_converges_despite_failures_lost_answers_and_crashes(
+        (desired, state) in arb_world(),
+        policy in arb_policy(),
+        faults in arb_faults(),
+        concurrency in 1..4usize,
+        full_first in any::<bool>(),
+    ) {
+        // Deletions of users are allowed and groups may be deleted: the worst
+        // case for ownership.
+        converges(desired, state, policy, faults, concurrency, full_first)?;
+    }
+}
+
+#[test]
+fn a_crash_between_create_and_commit_resumes_without_a_duplicate() {
+    let (a, b) = (
+        crate::plan::testkit::person("1", "a@x.com", "Eng"),
+        crate::plan::testkit::person("2", "b@x.com", "Eng"),
+    );
+    let desired = crate::plan::testkit::desired(vec![a, b], vec![]);
+    // The second request (b's create) reaches the target, then the process dies.
+    let faults = BTreeMap::from([(1, Fault::Crash)]);
+    converges(
+        desired,
+        State::default(),
+        Policy::default(),
+        faults,
+        1,
+        false,
+    )
+    .unwrap();
+}
+
+#[test]
+fn adoptions_are_committed_like_any_other_operation() {
+    let a = crate::plan::testkit::person("1", "a@x.com", "Eng");
+    let desired = crate::plan::testkit::desired(vec![a.clone()], vec![]);
+    let target = target_for(&State::default());
+    // The account exists already (made by hand), in another case.
+    let mut attrs = a.attrs.clone();
+    attrs.insert(UserAttr::UserName, "A@X.com".into());
+    attrs.insert(UserAttr::Title, "Hand-made".into());
+    target.world.lock().unwrap().users.insert(
+        ScimId::new("hand"),
+        RemoteUser {
+            id: ScimId::new("hand"),
+            attrs,
+            active: false,
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    let snapshot = rt.block_on(target.read_all()).unwrap();
+    let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), Some(snapshot));
+    let names: Vec<&str> = plan.operations.iter().map(|op| op.name()).collect();
+    assert_eq!(names, ["adopt_user", "enable_user"]);
+    assert!(rt.block_on(run_once(
+        &mut db,
+        &target,
+        &plan,
+        state,
+        &BTreeSet::new(),
+        2
+    )));
+    let stored = db.load().unwrap();
+    let user = &stored.users[&SourceKey::new("1")];
+    assert_eq!(user.scim_id.as_str(), "hand");
+    assert_eq!(user.ownership, crate::model::Ownership::Adopted);
+    assert_eq!(user.status, Status::Active);
+    let (next, _) = plan_from_db(&mut db, &desired, &Policy::default(), None);
+    assert!(next.is_empty(), "{:#?}", next.operations);
+}
