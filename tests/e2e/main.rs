@@ -17,3 +17,4 @@ mod faults;
 mod harness;
 mod proxy;
 mod selftest;
+mod snapshots;
