@@ -19,22 +19,22 @@ const STATUS_FAILURES: usize = 20;
 /// Log lines `explain` lists for one user.
 const EXPLAIN_HISTORY: usize = 10;
 
-/// `idsync status`. Fields in alphabetical order: the JSON form lists them so.
+/// `idsync status`.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
-    pub active_users: usize,
-    pub disabled_users: usize,
+    pub state: PathBuf,
     /// False when no state DB exists yet (no run has happened).
     #[serde(skip)]
     pub exists: bool,
+    pub managed_users: usize,
+    pub active_users: usize,
+    pub disabled_users: usize,
+    pub removed_users: usize,
+    pub managed_groups: usize,
+    pub runs: Vec<RunRecord>,
     pub failures: Vec<FailureRecord>,
     pub interrupted_operations: usize,
-    pub managed_groups: usize,
-    pub managed_users: usize,
     pub quarantine: Option<Quarantine>,
-    pub removed_users: usize,
-    pub runs: Vec<RunRecord>,
-    pub state: PathBuf,
 }
 
 pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {

@@ -261,15 +261,17 @@ pub async fn sync(
         shutdown,
         progress,
     )
-    .await;
+    .await?;
     let stats = client.stats();
     tracing::info!(
+        applied = summary.applied,
+        failed = summary.failed,
         requests = stats.requests,
         retries = stats.retries,
         throttled = stats.throttled,
-        "target requests"
+        "cycle finished"
     );
-    summary
+    Ok(summary)
 }
 
 async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
@@ -331,7 +333,9 @@ pub async fn cycle<T: Target>(
             };
             let plan = plan::plan(&input);
             if let Err(e) = guard(&plan, settings, opts.allow_deletes, false) {
-                let _ = db.record_stopped_run("sync", exit_code_of(&e), &e.to_string());
+                if let SyncError::Guard { stop, .. } = &e {
+                    let _ = db.record_stopped_run("sync", exit_code_of(&e), &stop.to_string());
+                }
                 return Err(e);
             }
             let command = if opts.full { "sync --full" } else { "sync" };
@@ -391,11 +395,6 @@ pub async fn cycle<T: Target>(
         _ => None,
     };
     quarantine::record(&db, target_failure.as_deref(), chrono::Utc::now())?;
-    tracing::info!(
-        applied = summary.applied,
-        failed = summary.failed,
-        "cycle finished"
-    );
     Ok(summary)
 }
 
