@@ -138,8 +138,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, GroupKey, Origin, SourceAttrs, SourceDirectory,
-    SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs, fold,
+    Desired, DesiredGroup, DesiredUser, GroupKey, GroupName, Origin, SourceAttrs, SourceDirectory,
+    SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs, UserName,
 };
 use expr::{Expr, Record};
 use scope::Scope;
@@ -364,43 +364,6 @@ fn parse_bool(value: &str) -> Option<bool> {
 /// faster than SipHash on short strings, and still randomly seeded.
 type FastHash = foldhash::fast::RandomState;
 
-/// A user name as a case-insensitive hash key that borrows ASCII names (nearly
-/// all of them) instead of allocating a folded copy of each.
-struct FoldedKey<'a>(Cow<'a, str>);
-
-impl<'a> FoldedKey<'a> {
-    fn new(name: &'a str) -> Self {
-        // Non-ASCII names are folded up front; afterwards every key compares and
-        // hashes as its bytes with ASCII letters lowercased.
-        FoldedKey(if name.is_ascii() {
-            Cow::Borrowed(name)
-        } else {
-            Cow::Owned(fold(name))
-        })
-    }
-}
-
-impl PartialEq for FoldedKey<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.eq_ignore_ascii_case(&other.0)
-    }
-}
-
-impl Eq for FoldedKey<'_> {}
-
-impl std::hash::Hash for FoldedKey<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mut buf = [0u8; 64];
-        for chunk in self.0.as_bytes().chunks(buf.len()) {
-            let out = &mut buf[..chunk.len()];
-            out.copy_from_slice(chunk);
-            out.make_ascii_lowercase();
-            state.write(out);
-        }
-        state.write_u8(0xff);
-    }
-}
-
 impl Mapping {
     /// Reads and compiles a mapping file.
     pub fn load(path: &Path) -> Result<Mapping, MappingError> {
@@ -562,10 +525,10 @@ impl Mapping {
         }
 
         // In source order, so the later record is the one reported.
-        let mut seen: HashMap<FoldedKey<'_>, usize, FastHash> =
+        let mut seen: HashMap<UserName, usize, FastHash> =
             HashMap::with_capacity_and_hasher(users.len(), FastHash::default());
         for (i, user) in users.iter().enumerate() {
-            match seen.entry(FoldedKey::new(user.user_name())) {
+            match seen.entry(UserName::new(user.user_name())) {
                 Entry::Occupied(first) => {
                     let first = &users[*first.get()];
                     errors.push(RecordError {
@@ -603,7 +566,7 @@ impl Mapping {
         let empty = SourceAttrs::new();
         let mut ignored_members = dir.unresolved_members;
         let mut groups: Vec<(DesiredGroup, Origin)> = Vec::with_capacity(dir.groups.len());
-        let mut names: HashMap<String, usize> = HashMap::with_capacity(dir.groups.len());
+        let mut names: HashMap<GroupName, usize> = HashMap::with_capacity(dir.groups.len());
         // Hashing the keys once beats a binary search per member over large,
         // pointer-heavy user records.
         let in_scope: HashSet<&str, FastHash> = if dir.groups.iter().any(|g| !g.members.is_empty())
@@ -625,7 +588,7 @@ impl Mapping {
                     continue;
                 }
             };
-            match names.entry(fold(&display_name)) {
+            match names.entry(GroupName::new(display_name.as_str())) {
                 Entry::Occupied(first) => {
                     let (first, first_origin) = &groups[*first.get()];
                     errors.push(RecordError {

@@ -298,7 +298,7 @@ impl Operation {
     }
 }
 
-/// Counts per operation kind, with the keys of DESIGN.md's plan JSON.
+/// Counts per operation kind, with the keys of the plan JSON.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub create_users: u64,

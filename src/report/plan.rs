@@ -208,7 +208,7 @@ pub fn held_text(held: &[Operation], limit: usize) -> String {
     out
 }
 
-/// The plan as JSON (DESIGN.md's plan format).
+/// The plan as JSON (the documented plan format).
 pub fn plan_json(plan: &Plan) -> String {
     serde_json::to_string_pretty(plan).expect("a plan always serialises")
 }
