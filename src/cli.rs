@@ -549,3 +549,98 @@ impl Progress for ProgressBar {
         self.0.finish_and_clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::guard::GuardStop;
+
+    fn exit_of(e: SyncError) -> Exit {
+        Failure::from(e).exit
+    }
+
+    #[test]
+    fn every_failure_maps_to_its_documented_exit_code() {
+        let guard = SyncError::Guard {
+            stop: GuardStop::EmptySource { managed: 3 },
+            held: Vec::new(),
+            dry_run: false,
+        };
+        assert_eq!(exit_of(guard), Exit::Guard);
+        let refused = SyncError::Target(TargetError::Unauthorized {
+            status: 401,
+            detail: "no".into(),
+        });
+        let failure = Failure::from(refused);
+        assert_eq!(failure.exit, Exit::Unreachable);
+        assert!(failure.hint.unwrap().contains("token"));
+        let locked = SyncError::State(StateError::Locked {
+            path: "s.db.lock".into(),
+        });
+        assert_eq!(exit_of(locked), Exit::Locked);
+        let unavailable = SyncError::Source(SourceError::Unavailable {
+            message: "down".into(),
+            hint: "start it".into(),
+        });
+        assert_eq!(exit_of(unavailable), Exit::Unreachable);
+        let mapping = SyncError::Mapping {
+            total: 1,
+            listed: vec!["  users.csv line 2: no email".into()],
+        };
+        assert_eq!(exit_of(mapping), Exit::Usage);
+        let stale = SyncError::StalePlan {
+            path: "p.json".into(),
+        };
+        assert_eq!(exit_of(stale), Exit::Usage);
+        let disk = SyncError::StateWrite(StateError::Io {
+            path: "s.db".into(),
+            message: "disk full".into(),
+        });
+        assert_eq!(exit_of(disk), Exit::Partial);
+    }
+
+    #[test]
+    fn a_guard_stop_says_nothing_changed_only_when_it_was_a_real_sync() {
+        let stop = GuardStop::EmptySource { managed: 3 };
+        let real = SyncError::Guard {
+            stop: stop.clone(),
+            held: Vec::new(),
+            dry_run: false,
+        };
+        let dry = SyncError::Guard {
+            stop,
+            held: Vec::new(),
+            dry_run: true,
+        };
+        assert!(real.to_string().ends_with("; nothing was changed"));
+        assert!(!dry.to_string().contains("nothing was changed"));
+    }
+
+    #[test]
+    fn the_command_line_parses_every_command() {
+        for args in [
+            &["idsync", "validate", "-c", "x.yaml"][..],
+            &[
+                "idsync", "plan", "-c", "x.yaml", "--full", "--format", "json",
+            ],
+            &[
+                "idsync",
+                "sync",
+                "-c",
+                "x.yaml",
+                "--dry-run",
+                "--allow-deletes",
+            ],
+            &["idsync", "sync", "-c", "x.yaml", "--plan", "p.json"],
+            &["idsync", "status", "-c", "x.yaml", "--format", "json"],
+            &["idsync", "explain", "-c", "x.yaml", "ada@example.com"],
+            &["idsync", "daemon", "-c", "x.yaml"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
+        // A saved plan is applied as it is: no --full or --dry-run with it.
+        assert!(
+            Cli::try_parse_from(["idsync", "sync", "-c", "x", "--plan", "p", "--full"]).is_err()
+        );
+    }
+}

@@ -10,6 +10,8 @@
 mod resume;
 mod target;
 #[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
 mod tests;
 mod transition;
 

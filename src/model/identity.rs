@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn order_is_the_folded_order() {
-        let mut names = vec![UserName::new("b"), UserName::new("A"), UserName::new("a2")];
+        let mut names = [UserName::new("b"), UserName::new("A"), UserName::new("a2")];
         names.sort();
         let sorted: Vec<&str> = names.iter().map(UserName::as_str).collect();
         assert_eq!(sorted, ["A", "a2", "b"]);

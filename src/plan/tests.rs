@@ -393,7 +393,7 @@ fn a_forgotten_preload_cannot_hide_an_update() {
         Ok::<(), ()>(())
     })
     .unwrap();
-    assert_eq!(asked, [a.key.clone()]);
+    assert_eq!(asked, std::slice::from_ref(&a.key));
     let plan = crate::plan::plan(&input);
     assert_eq!(names(&plan), ["update_user 1"]);
 }

@@ -454,7 +454,6 @@ mod tests {
 
     fn full_attrs() -> UserAttrs {
         UserAttr::all()
-            .into_iter()
             .map(|a| (a, format!("v-{}", a.name())))
             .collect()
     }

@@ -833,7 +833,6 @@ async fn real_server_walkthrough() {
 
     // A user with every managed attribute round-trips.
     let mut attrs: UserAttrs = UserAttr::all()
-        .into_iter()
         .map(|a| (a, format!("{}-{run}", a.name())))
         .collect();
     let user_name = format!("Walk.{run}@Example.com");

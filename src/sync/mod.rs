@@ -8,6 +8,8 @@
 pub mod daemon;
 pub mod inspect;
 pub mod quarantine;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,333 @@
+//! An in-memory [`Target`] for tests: unique userNames and group names, 404
+//! for unknown ids, and scripted faults — refusals, lost answers, and crashes
+//! between a request and its commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+use super::{Target, TargetError};
+use crate::model::{
+    GroupName, RemoteGroup, RemoteUser, ScimId, State, Status, TargetSnapshot, UserAttr, UserAttrs,
+    UserName,
+};
+
+/// What the in-memory target does to one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Refuses with a 500; nothing happens.
+    Fail,
+    /// Does it, but the answer is lost (a timeout after the server acted).
+    LoseAnswer,
+    /// Does it, then the process dies before the answer is committed.
+    Crash,
+}
+
+#[derive(Debug, Default)]
+pub struct World {
+    /// Like Atlassian when false: renaming a group is refused.
+    pub renames_groups: bool,
+    pub users: BTreeMap<ScimId, RemoteUser>,
+    pub groups: BTreeMap<ScimId, RemoteGroup>,
+    pub next_id: usize,
+    /// Requests seen so far (the index faults are keyed by).
+    pub calls: usize,
+    pub faults: BTreeMap<usize, Fault>,
+    /// Ids that existed before idsync ran and that it must never change.
+    pub foreign: BTreeSet<ScimId>,
+    pub touched_foreign: Vec<String>,
+}
+
+/// A SCIM-like target in memory: unique userNames and group names, 404 for
+/// unknown ids, and scripted faults.
+#[derive(Clone, Default)]
+pub struct MemoryTarget {
+    pub world: Arc<Mutex<World>>,
+    pub crashed: Arc<Notify>,
+}
+
+enum Verdict {
+    Answer,
+    Lose,
+    Crash,
+}
+
+impl MemoryTarget {
+    /// Runs one request: `effect` changes the world unless the scripted fault
+    /// refuses it.
+    async fn call<R>(
+        &self,
+        touches: Option<&ScimId>,
+        effect: impl FnOnce(&mut World) -> Result<R, TargetError>,
+    ) -> Result<R, TargetError> {
+        let verdict = {
+            let mut w = self.world.lock().unwrap();
+            let call = w.calls;
+            w.calls += 1;
+            let fault = w.faults.get(&call).copied();
+            if fault == Some(Fault::Fail) {
+                return Err(TargetError::Failed {
+                    status: Some(500),
+                    message: "HTTP 500: injected".into(),
+                });
+            }
+            if let Some(id) = touches
+                && w.foreign.contains(id)
+            {
+                w.touched_foreign.push(id.to_string());
+            }
+            let result = effect(&mut w);
+            match fault {
+                Some(Fault::LoseAnswer) => (Verdict::Lose, result),
+                Some(Fault::Crash) => (Verdict::Crash, result),
+                _ => (Verdict::Answer, result),
+            }
+        };
+        match verdict {
+            (Verdict::Answer, result) => result,
+            (Verdict::Lose, _) => Err(TargetError::Failed {
+                status: None,
+                message: "timed out".into(),
+            }),
+            (Verdict::Crash, _) => {
+                self.crashed.notify_one();
+                std::future::pending().await
+            }
+        }
+    }
+
+    fn fresh_id(w: &mut World, prefix: &str) -> ScimId {
+        w.next_id += 1;
+        ScimId::new(format!("{prefix}-{}", w.next_id))
+    }
+}
+
+fn user_name_of(attrs: &UserAttrs) -> UserName {
+    UserName::new(attrs.get(&UserAttr::UserName).cloned().unwrap_or_default())
+}
+
+impl Target for MemoryTarget {
+    async fn check(&self) -> Result<(), TargetError> {
+        Ok(())
+    }
+
+    async fn read_all(&self) -> Result<TargetSnapshot, TargetError> {
+        let w = self.world.lock().unwrap();
+        Ok(TargetSnapshot {
+            users: w.users.values().cloned().collect(),
+            groups: w.groups.values().cloned().collect(),
+        })
+    }
+
+    async fn create_user(&self, attrs: &UserAttrs) -> Result<ScimId, TargetError> {
+        self.call(None, |w| {
+            let name = user_name_of(attrs);
+            if w.users
+                .values()
+                .any(|u| u.user_name().as_ref() == Some(&name))
+            {
+                return Err(TargetError::Conflict {
+                    detail: "userName exists".into(),
+                });
+            }
+            let id = Self::fresh_id(w, "u");
+            w.users.insert(
+                id.clone(),
+                RemoteUser {
+                    id: id.clone(),
+                    attrs: attrs.clone(),
+                    active: true,
+                },
+            );
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn find_user(&self, user_name: &UserName) -> Result<Option<RemoteUser>, TargetError> {
+        self.call(None, |w| {
+            Ok(w.users
+                .values()
+                .find(|u| u.user_name().as_ref() == Some(user_name))
+                .cloned())
+        })
+        .await
+    }
+
+    async fn patch_user(
+        &self,
+        id: &ScimId,
+        changes: &[(UserAttr, Option<String>)],
+        active: Option<bool>,
+    ) -> Result<(), TargetError> {
+        self.call(Some(id), |w| {
+            let u = w.users.get_mut(id).ok_or(TargetError::NotFound)?;
+            for (attr, value) in changes {
+                match value {
+                    Some(v) => u.attrs.insert(*attr, v.clone()),
+                    None => u.attrs.remove(attr),
+                };
+            }
+            if let Some(a) = active {
+                u.active = a;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: &ScimId) -> Result<(), TargetError> {
+        self.call(Some(id), |w| {
+            w.users.remove(id).ok_or(TargetError::NotFound)?;
+            for g in w.groups.values_mut() {
+                g.members.retain(|m| m != id);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_group(
+        &self,
+        name: &GroupName,
+        external_id: &str,
+    ) -> Result<ScimId, TargetError> {
+        self.call(None, |w| {
+            if w.groups.values().any(|g| g.display_name == *name) {
+                return Err(TargetError::Conflict {
+                    detail: "displayName exists".into(),
+                });
+            }
+            let id = Self::fresh_id(w, "g");
+            w.groups.insert(
+                id.clone(),
+                RemoteGroup {
+                    id: id.clone(),
+                    display_name: name.clone(),
+                    external_id: Some(external_id.to_string()),
+                    members: Vec::new(),
+                },
+            );
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn find_group(&self, name: &GroupName) -> Result<Option<RemoteGroup>, TargetError> {
+        self.call(None, |w| {
+            Ok(w.groups.values().find(|g| g.display_name == *name).cloned())
+        })
+        .await
+    }
+
+    async fn rename_group(&self, id: &ScimId, name: &GroupName) -> Result<(), TargetError> {
+        self.call(Some(id), |w| {
+            if !w.renames_groups {
+                return Err(TargetError::Failed {
+                    status: None,
+                    message: "not supported by the target: renaming groups".into(),
+                });
+            }
+            w.groups
+                .get_mut(id)
+                .ok_or(TargetError::NotFound)?
+                .display_name = name.clone();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+        self.call(Some(group), |w| {
+            let g = w.groups.get_mut(group).ok_or(TargetError::NotFound)?;
+            for m in members {
+                if !g.members.contains(m) {
+                    g.members.push(m.clone());
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+        self.call(Some(group), |w| {
+            let g = w.groups.get_mut(group).ok_or(TargetError::NotFound)?;
+            g.members.retain(|m| !members.contains(m));
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_group(&self, id: &ScimId) -> Result<(), TargetError> {
+        self.call(Some(id), |w| {
+            w.groups.remove(id).ok_or(TargetError::NotFound)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// A target holding what `state` says idsync pushed, plus accounts and a group
+/// nobody told idsync about.
+pub fn target_for(state: &State) -> MemoryTarget {
+    let target = MemoryTarget::default();
+    {
+        let mut w = target.world.lock().unwrap();
+        for u in state.users.values().filter(|u| u.status != Status::Removed) {
+            w.users.insert(
+                u.scim_id.clone(),
+                RemoteUser {
+                    id: u.scim_id.clone(),
+                    attrs: u.attrs.clone().unwrap_or_default(),
+                    active: u.status == Status::Active,
+                },
+            );
+        }
+        for (key, g) in &state.groups {
+            if g.status == Status::Removed {
+                continue;
+            }
+            let members = state
+                .memberships
+                .get(key)
+                .into_iter()
+                .flatten()
+                .filter_map(|k| state.live_user(k).map(|u| u.scim_id.clone()))
+                .collect();
+            w.groups.insert(
+                g.scim_id.clone(),
+                RemoteGroup {
+                    id: g.scim_id.clone(),
+                    display_name: g.display_name.clone(),
+                    external_id: Some(key.to_string()),
+                    members,
+                },
+            );
+        }
+        let stranger = ScimId::new("stranger");
+        let mut attrs = UserAttrs::new();
+        attrs.insert(UserAttr::UserName, "stranger@elsewhere.org".into());
+        w.users.insert(
+            stranger.clone(),
+            RemoteUser {
+                id: stranger.clone(),
+                attrs,
+                active: true,
+            },
+        );
+        let admins = ScimId::new("admins");
+        w.groups.insert(
+            admins.clone(),
+            RemoteGroup {
+                id: admins.clone(),
+                display_name: GroupName::new("Site admins"),
+                external_id: None,
+                members: vec![stranger.clone()],
+            },
+        );
+        w.foreign = BTreeSet::from([stranger, admins]);
+    }
+    target
+}

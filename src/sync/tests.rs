@@ -1,0 +1,198 @@
+//! Whole cycles in-process: a CSV source on disk, the real mapping, planner,
+//! guards, executor and state DB, and an in-memory target.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use super::*;
+use crate::apply::NoProgress;
+use crate::apply::testkit::MemoryTarget;
+use crate::model::UserName;
+
+const HEADER: &str = "id,email,given_name,family_name,display_name,title,department,active\n";
+
+/// A config with a CSV source of `users` rows (`id,email,title`) and one group
+/// holding everyone, written into `dir`.
+fn workspace(dir: &Path, users: &[(&str, &str, &str)]) -> PathBuf {
+    write_users(dir, users);
+    let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
+    let config = dir.join("idsync.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "source: {{ kind: csv, users: users.csv, groups: groups.csv }}\n\
+             mapping: {}\n\
+             target: {{ kind: scim, base_url: http://127.0.0.1:9/v2, token_env: IDSYNC_UNUSED }}\n\
+             policy: {{ max_removals: 1 }}\n\
+             state: state/idsync.db\n",
+            mapping.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn write_users(dir: &Path, users: &[(&str, &str, &str)]) {
+    let mut csv = HEADER.to_string();
+    let mut groups = "group,member\n".to_string();
+    for (id, email, title) in users {
+        csv.push_str(&format!("{id},{email},A,B,A B,{title},R&D,true\n"));
+        groups.push_str(&format!("everyone,{id}\n"));
+    }
+    std::fs::write(dir.join("users.csv"), csv).unwrap();
+    std::fs::write(dir.join("groups.csv"), groups).unwrap();
+}
+
+async fn run(settings: &Settings, target: &MemoryTarget) -> Result<RunSummary, SyncError> {
+    cycle(
+        settings,
+        settings.source.adapter(),
+        target,
+        &SyncOptions::default(),
+        Arc::new(AtomicBool::new(false)),
+        &NoProgress,
+    )
+    .await
+}
+
+fn user_names(target: &MemoryTarget) -> Vec<String> {
+    let w = target.world.lock().unwrap();
+    let mut names: Vec<String> = w
+        .users
+        .values()
+        .filter(|u| u.active)
+        .filter_map(|u| u.user_name().map(|n| n.to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_provisions_the_source_and_the_next_finds_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = [
+        ("e1", "ada@example.com", "Engineer"),
+        ("e2", "bob@example.com", "Designer"),
+        ("e3", "cy@example.com", "Lead"),
+    ];
+    let settings = Settings::load(&workspace(dir.path(), &people)).unwrap();
+    let target = MemoryTarget::default();
+
+    let first = run(&settings, &target).await.unwrap();
+    assert_eq!((first.exit_code, first.failed), (0, 0));
+    assert_eq!(first.summary.create_users, 3);
+    assert_eq!(
+        user_names(&target),
+        ["ada@example.com", "bob@example.com", "cy@example.com"]
+    );
+    let members = {
+        let w = target.world.lock().unwrap();
+        let everyone = w
+            .groups
+            .values()
+            .find(|g| g.display_name.as_str() == "everyone")
+            .expect("the group was created");
+        everyone.members.len()
+    };
+    assert_eq!(members, 3);
+
+    let second = run(&settings, &target).await.unwrap();
+    assert_eq!((second.applied, second.failed, second.skipped), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_stop_changes_nothing_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = [
+        ("e1", "ada@example.com", "Engineer"),
+        ("e2", "bob@example.com", "Designer"),
+        ("e3", "cy@example.com", "Lead"),
+    ];
+    let config = workspace(dir.path(), &people);
+    let settings = Settings::load(&config).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+
+    // Two of three leave at once, above max_removals 1.
+    write_users(dir.path(), &people[..1]);
+    let err = run(&settings, &target).await.unwrap_err();
+    let SyncError::Guard { held, dry_run, .. } = &err else {
+        panic!("expected a guard stop, got {err}");
+    };
+    assert!(!dry_run);
+    assert_eq!(held.len(), 2);
+    assert_eq!(user_names(&target).len(), 3, "nothing was disabled");
+    let report = inspect::status(&settings).unwrap();
+    assert_eq!(report.runs[0].exit_code, Some(3));
+    assert_eq!(report.active_users, 3);
+
+    // The operator's reviewed override lets it through.
+    let opts = SyncOptions {
+        allow_deletes: true,
+        ..SyncOptions::default()
+    };
+    let done = cycle(
+        &settings,
+        settings.source.adapter(),
+        &target,
+        &opts,
+        Arc::new(AtomicBool::new(false)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.summary.disable_users, 2);
+    assert_eq!(user_names(&target), ["ada@example.com"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_is_applied_only_against_the_state_it_was_made_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = [("e1", "ada@example.com", "Engineer")];
+    let config = workspace(dir.path(), &people);
+    let settings = Settings::load(&config).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+
+    write_users(dir.path(), &[("e1", "ada@example.com", "Principal")]);
+    let (plan, _) = plan_read_only(&settings, false).await.unwrap();
+    let saved = dir.path().join("plan.json");
+    std::fs::write(&saved, serde_json::to_string(&plan).unwrap()).unwrap();
+    let opts = SyncOptions {
+        plan_file: Some(saved.clone()),
+        ..SyncOptions::default()
+    };
+    let applied = cycle(
+        &settings,
+        settings.source.adapter(),
+        &target,
+        &opts,
+        Arc::new(AtomicBool::new(false)),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    assert_eq!((applied.applied, applied.failed), (1, 0));
+    {
+        let w = target.world.lock().unwrap();
+        let ada = w
+            .users
+            .values()
+            .find(|u| u.user_name() == Some(UserName::new("ada@example.com")))
+            .unwrap();
+        assert_eq!(ada.attrs[&crate::model::UserAttr::Title], "Principal");
+    }
+    // Applying it again: the state moved on since it was made.
+    let again = cycle(
+        &settings,
+        settings.source.adapter(),
+        &target,
+        &opts,
+        Arc::new(AtomicBool::new(false)),
+        &NoProgress,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(again, SyncError::StalePlan { .. }), "{again}");
+}
