@@ -45,11 +45,19 @@ fn write_users(dir: &Path, users: &[(&str, &str, &str)]) {
 }
 
 async fn run(settings: &Settings, target: &MemoryTarget) -> Result<RunSummary, SyncError> {
+    run_with(settings, target, &SyncOptions::default()).await
+}
+
+async fn run_with(
+    settings: &Settings,
+    target: &MemoryTarget,
+    opts: &SyncOptions,
+) -> Result<RunSummary, SyncError> {
     cycle(
         settings,
         settings.source.adapter(),
         target,
-        &SyncOptions::default(),
+        opts,
         Arc::new(AtomicBool::new(false)),
         &NoProgress,
     )
@@ -132,16 +140,7 @@ async fn a_guard_stop_changes_nothing_and_is_recorded() {
         allow_deletes: true,
         ..SyncOptions::default()
     };
-    let done = cycle(
-        &settings,
-        settings.source.adapter(),
-        &target,
-        &opts,
-        Arc::new(AtomicBool::new(false)),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
+    let done = run_with(&settings, &target, &opts).await.unwrap();
     assert_eq!(done.summary.disable_users, 2);
     assert_eq!(user_names(&target), ["ada@example.com"]);
 }
@@ -163,16 +162,7 @@ async fn a_saved_plan_is_applied_only_against_the_state_it_was_made_from() {
         plan_file: Some(saved.clone()),
         ..SyncOptions::default()
     };
-    let applied = cycle(
-        &settings,
-        settings.source.adapter(),
-        &target,
-        &opts,
-        Arc::new(AtomicBool::new(false)),
-        &NoProgress,
-    )
-    .await
-    .unwrap();
+    let applied = run_with(&settings, &target, &opts).await.unwrap();
     assert_eq!((applied.applied, applied.failed), (1, 0));
     {
         let w = target.world.lock().unwrap();
@@ -184,15 +174,6 @@ async fn a_saved_plan_is_applied_only_against_the_state_it_was_made_from() {
         assert_eq!(ada.attrs[&crate::model::UserAttr::Title], "Principal");
     }
     // Applying it again: the state moved on since it was made.
-    let again = cycle(
-        &settings,
-        settings.source.adapter(),
-        &target,
-        &opts,
-        Arc::new(AtomicBool::new(false)),
-        &NoProgress,
-    )
-    .await
-    .unwrap_err();
+    let again = run_with(&settings, &target, &opts).await.unwrap_err();
     assert!(matches!(again, SyncError::StalePlan { .. }), "{again}");
 }
