@@ -86,11 +86,12 @@ impl From<StateError> for Failure {
 
 impl From<SourceError> for Failure {
     fn from(e: SourceError) -> Self {
-        let exit = match e {
-            SourceError::Invalid { .. } => Exit::Usage,
-            SourceError::Unavailable { .. } => Exit::Unreachable,
+        let exit = if e.is_unavailable() {
+            Exit::Unreachable
+        } else {
+            Exit::Usage
         };
-        let hint = e.hint().to_string();
+        let hint = e.hint().into_owned();
         Failure {
             exit,
             message: e.to_string(),

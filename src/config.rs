@@ -15,9 +15,9 @@ use crate::mapping::{Mapping, MappingError};
 use crate::model::Domain;
 use crate::plan::{OnRename, PlanOptions, Policy, RemovalLimit, RemoveAction};
 use crate::scim::{Flavour, RateLimit, RetryPolicy};
-use crate::source::Source;
 use crate::source::csv::{CsvConfig, CsvSettings};
 use crate::source::ldap::{LdapConfig, LdapSettings};
+use crate::source::{Source, SourceConfigError};
 
 /// A configuration mistake, located in its file where possible.
 #[derive(Debug, thiserror::Error)]
@@ -65,10 +65,11 @@ impl ConfigError {
 // ---------------------------------------------------------------------------
 // Raw configuration, as written.
 
+/// The file as written; `S` is the `source:` section (see [`parse_raw`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
-    source: Spanned<RawSource>,
+struct RawConfig<S> {
+    source: Spanned<S>,
     mapping: Option<Spanned<String>>,
     target: RawTarget,
     #[serde(default)]
@@ -80,12 +81,169 @@ struct RawConfig {
     history_days: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+/// The `source:` section: `kind` picks the adapter, whose own config reads the
+/// other fields.
+#[derive(Debug)]
 enum RawSource {
     Csv(CsvConfig),
     Ldap(Box<LdapConfig>),
-    Entra {},
+    Entra,
+}
+
+/// The adapters `source.kind` can name.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SourceKind {
+    Csv,
+    Ldap,
+    Entra,
+}
+
+/// Reads only `source.kind`, ignoring everything else.
+#[derive(Deserialize)]
+struct SourceKindProbe {
+    source: SourceKindOnly,
+}
+
+#[derive(Deserialize)]
+struct SourceKindOnly {
+    kind: SourceKind,
+}
+
+/// `kind: entra` takes no other field yet.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntraConfig {}
+
+impl<S> RawConfig<S> {
+    fn map_source<T>(self, f: impl FnOnce(S) -> T) -> RawConfig<T> {
+        let RawConfig {
+            source,
+            mapping,
+            target,
+            policy,
+            state,
+            schedule,
+            history_days,
+        } = self;
+        RawConfig {
+            source: Spanned::new(f(source.value), source.referenced, source.defined),
+            mapping,
+            target,
+            policy,
+            state,
+            schedule,
+            history_days,
+        }
+    }
+}
+
+/// Parses the file. The `source:` section is read straight into the adapter's
+/// config picked by its `kind`, so that the adapter's `Spanned` fields keep their
+/// line and column: serde's internally tagged enums buffer a section before
+/// picking the variant, and lose them. Hence two passes: `kind` first, then the
+/// whole file with that adapter's config.
+fn parse_raw(file: &str, text: &str) -> Result<RawConfig<RawSource>, ConfigError> {
+    let error = |e: serde_saphyr::Error| yaml_error(file, text, &e);
+    let probe: SourceKindProbe = serde_saphyr::from_str(text).map_err(error)?;
+    let raw = match probe.source.kind {
+        SourceKind::Csv => serde_saphyr::from_str::<RawConfig<Kinded<CsvConfig>>>(text)
+            .map_err(error)?
+            .map_source(|s| RawSource::Csv(s.0)),
+        SourceKind::Ldap => serde_saphyr::from_str::<RawConfig<Kinded<LdapConfig>>>(text)
+            .map_err(error)?
+            .map_source(|s| RawSource::Ldap(Box::new(s.0))),
+        SourceKind::Entra => serde_saphyr::from_str::<RawConfig<Kinded<EntraConfig>>>(text)
+            .map_err(error)?
+            .map_source(|_| RawSource::Entra),
+    };
+    Ok(raw)
+}
+
+/// A source section read as `T` once its `kind` key is skipped: `T` sees every
+/// other key, straight from the YAML deserializer (nothing buffered).
+#[derive(Debug)]
+struct Kinded<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Kinded<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        T::deserialize(kinded::WithoutKind(deserializer)).map(Kinded)
+    }
+}
+
+mod kinded {
+    //! A deserializer wrapper that hides one mapping key, `kind`.
+
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, IgnoredAny, IntoDeserializer, MapAccess, Visitor};
+
+    pub(super) struct WithoutKind<D>(pub(super) D);
+
+    impl<'de, D: de::Deserializer<'de>> de::Deserializer<'de> for WithoutKind<D> {
+        type Error = D::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.0.deserialize_map(SkipKind(visitor))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            name: &'static str,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, D::Error> {
+            self.0.deserialize_struct(name, fields, SkipKind(visitor))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    struct SkipKind<V>(V);
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for SkipKind<V> {
+        type Value = V::Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.expecting(f)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+            self.0.visit_map(Keys(map))
+        }
+    }
+
+    struct Keys<A>(A);
+
+    impl<'de, A: MapAccess<'de>> MapAccess<'de> for Keys<A> {
+        type Error = A::Error;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, A::Error> {
+            loop {
+                match self.0.next_key::<String>()? {
+                    None => return Ok(None),
+                    Some(key) if key == "kind" => {
+                        self.0.next_value::<IgnoredAny>()?;
+                    }
+                    Some(key) => return seed.deserialize(key.into_deserializer()).map(Some),
+                }
+            }
+        }
+
+        fn next_value_seed<S: DeserializeSeed<'de>>(
+            &mut self,
+            seed: S,
+        ) -> Result<S::Value, A::Error> {
+            self.0.next_value_seed(seed)
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,8 +479,7 @@ impl Settings {
     fn compile(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         let file = path.display().to_string();
         let expanded = expand_env(text, &file)?;
-        let raw: RawConfig =
-            serde_saphyr::from_str(&expanded).map_err(|e| yaml_error(&file, &expanded, &e))?;
+        let raw = parse_raw(&file, &expanded)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
@@ -341,24 +498,14 @@ impl Settings {
                 hint,
             };
 
+        // An adapter's mistake is located at the offending field.
+        let refused = |e: SourceConfigError| at(&e.location, e.message, Some(e.hint));
         let source = match raw.source.value {
-            RawSource::Csv(csv) => SourceSettings::Csv(csv.compile(&base).map_err(|message| {
-                at(
-                    &raw.source.referenced,
-                    message,
-                    Some("use a single ASCII character such as ',' or ';'".into()),
-                )
-            })?),
+            RawSource::Csv(csv) => SourceSettings::Csv(csv.compile(&base).map_err(refused)?),
             RawSource::Ldap(ldap) => {
-                SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(|message| {
-                    at(
-                        &raw.source.referenced,
-                        message,
-                        Some("see the LDAP source section of the README".into()),
-                    )
-                })?))
+                SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(refused)?))
             }
-            RawSource::Entra {} => {
+            RawSource::Entra => {
                 return Err(at(
                     &raw.source.referenced,
                     "this build of idsync reads CSV and LDAP sources only".into(),
@@ -800,6 +947,140 @@ mod tests {
         assert!(parse_limit(&RawLimit::Text("150%".into())).is_err());
         assert!(parse_limit(&RawLimit::Text("lots".into())).is_err());
         assert_eq!(RemovalLimit::Percent(5.0).resolve(50), 2);
+    }
+
+    /// Everything but the `source:` section's body; `source:` is line 7.
+    const ALL_BUT_SOURCE: &str = "mapping: missing-mapping.yaml
+target:
+  kind: scim
+  base_url: https://scim.example
+  token_env: SCIM_TOKEN
+state: state.db
+source:";
+
+    /// Compiles a config whose `source:` section is `source` (a flow mapping, or
+    /// lines from line 8 on) and returns the error. The mapping file does not
+    /// exist: a source that compiles fails there.
+    fn config_error(source: &str) -> ConfigError {
+        let text = format!("{ALL_BUT_SOURCE}{source}");
+        Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text).expect_err("refused")
+    }
+
+    const LDAP: &str = "
+  kind: ldap
+  url: ldap://ldap.example.com
+  bind_dn: cn=sync,dc=example,dc=com
+  bind_password_env: LDAP_PASSWORD
+  base_dn: dc=example,dc=com
+";
+
+    #[test]
+    fn a_valid_source_gets_through() {
+        for source in [
+            LDAP,
+            "\n  kind: csv\n  users: users.csv\n  delimiter: ';'\n",
+        ] {
+            let e = config_error(source).to_string();
+            assert!(e.contains("mapping file"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ldap_mistakes_are_reported_at_their_field() {
+        // starttls with an ldaps:// URL: at `starttls`' value.
+        let e = config_error(&format!(
+            "{}  starttls: true\n",
+            LDAP.replace("ldap://", "ldaps://")
+        ));
+        assert!(
+            e.to_string().starts_with(
+                "/etc/idsync/idsync.yaml:13:13: `starttls: true` needs an ldap:// URL"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            e.hint().as_deref(),
+            Some("see the LDAP source section of the README")
+        );
+        // No password source: at bind_dn, the account it belongs to.
+        let e = config_error(&LDAP.replace("  bind_password_env: LDAP_PASSWORD\n", ""));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:10:12: no bind password"),
+            "{e}"
+        );
+        // An unparsable timeout: at its value.
+        let e = config_error(&format!("{LDAP}  page_size: 100\n  timeout: soon\n"));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:14:12: timeout \"soon\" is not a duration"),
+            "{e}"
+        );
+        // A bad filter in a flow mapping, `kind` not first.
+        let e = config_error(
+            " { url: ldap://h, bind_dn: x, kind: ldap, bind_password_env: P, base_dn: dc=x, user_filter: '(cn=' }\n",
+        );
+        assert!(
+            e.to_string().starts_with(
+                "/etc/idsync/idsync.yaml:7:100: `user_filter` \"(cn=\" is not a valid LDAP filter"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn aliases_work_in_the_source_section() {
+        let e = config_error(&format!(
+            "{LDAP}  user_base_dn: &people ou=people,dc=example,dc=com\n  group_base_dn: *people\n"
+        ));
+        assert!(e.to_string().contains("mapping file"), "{e}");
+        // The alias is reported where it is used.
+        let e = config_error(&format!(
+            "{LDAP}  user_base_dn: &bad '(cn='\n  group_filter: *bad\n"
+        ));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:14:17: `group_filter`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_csv_delimiter_is_reported_at_its_field() {
+        let e = config_error("\n  kind: csv\n  users: users.csv\n  delimiter: \"§\"\n");
+        assert!(
+            e.to_string().starts_with(
+                "/etc/idsync/idsync.yaml:10:14: the CSV delimiter '§' is not an ASCII"
+            ),
+            "{e}"
+        );
+        assert_eq!(
+            e.hint().as_deref(),
+            Some("use a single ASCII character such as ',' or ';'")
+        );
+    }
+
+    #[test]
+    fn source_sections_still_refuse_unknown_keys_and_kinds() {
+        let e = config_error(&format!("{LDAP}  pagesize: 5\n"));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/etc/idsync/idsync.yaml:13:3: unknown field `pagesize`"),
+            "{text}"
+        );
+        let e = config_error("\n  kind: csv\n  users: u.csv\n  url: ldap://h\n").to_string();
+        assert!(e.contains("unknown field `url`"), "{e}");
+        let e = config_error("\n  kind: ldif\n  users: u.csv\n").to_string();
+        assert!(e.contains("unknown variant `ldif`"), "{e}");
+        let e = config_error("\n  users: u.csv\n").to_string();
+        assert!(e.contains("missing field `kind`"), "{e}");
+        let e = config_error("\n  kind: entra\n").to_string();
+        assert!(
+            e.starts_with("/etc/idsync/idsync.yaml:8:3: this build of idsync reads CSV and LDAP"),
+            "{e}"
+        );
+        let e = config_error("\n  kind: entra\n  tenant: x\n").to_string();
+        assert!(e.contains("unknown field `tenant`"), "{e}");
     }
 
     #[test]

@@ -11,52 +11,13 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
+use serde_saphyr::Spanned;
 
-use super::{Source, SourceError};
+use super::{CsvFault, Problems, RowProblem, Source, SourceConfigError, SourceError, file_name};
 use crate::model::{
     FastMap, FastSet, GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey,
     SourceUser,
 };
-
-/// Reports at most this many problems; the rest are counted.
-const MAX_PROBLEMS: usize = 50;
-
-/// Collects problems so the operator sees all of them at once, not one per run.
-#[derive(Default)]
-struct Problems {
-    lines: Vec<String>,
-    more: usize,
-}
-
-impl Problems {
-    fn push(&mut self, problem: String) {
-        if self.lines.len() < MAX_PROBLEMS {
-            self.lines.push(problem);
-        } else {
-            self.more += 1;
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.lines.is_empty()
-    }
-
-    fn into_error(mut self, file: &Path, hint: &str) -> SourceError {
-        let total = self.lines.len() + self.more;
-        if self.more > 0 {
-            self.lines.push(format!("… and {} more", self.more));
-        }
-        SourceError::Invalid {
-            summary: format!(
-                "{}: {total} problem{} found; nothing was planned or changed",
-                file.display(),
-                if total == 1 { "" } else { "s" }
-            ),
-            problems: self.lines,
-            hint: hint.to_string(),
-        }
-    }
-}
 
 /// The `source:` section for `kind: csv`, as written.
 #[derive(Debug, Deserialize)]
@@ -67,13 +28,15 @@ pub struct CsvConfig {
     groups: Option<String>,
     #[serde(default)]
     key: Option<String>,
+    /// One ASCII character; `,` by default.
     #[serde(default)]
-    delimiter: Option<char>,
+    delimiter: Option<Spanned<char>>,
 }
 
 impl CsvConfig {
     /// Resolves paths against the config file's folder and checks the options.
-    pub fn compile(&self, config_dir: &Path) -> Result<CsvSettings, String> {
+    /// A mistake is reported at the offending field.
+    pub fn compile(&self, config_dir: &Path) -> Result<CsvSettings, SourceConfigError> {
         let resolve = |p: &str| {
             let p = Path::new(p);
             if p.is_absolute() {
@@ -82,10 +45,16 @@ impl CsvConfig {
                 config_dir.join(p)
             }
         };
-        let delimiter = match self.delimiter {
+        let delimiter = match &self.delimiter {
             None => b',',
-            Some(c) if c.is_ascii() => c as u8,
-            Some(c) => return Err(format!("the CSV delimiter {c:?} is not an ASCII character")),
+            Some(c) if c.value.is_ascii() => c.value as u8,
+            Some(c) => {
+                return Err(SourceConfigError {
+                    location: c.referenced,
+                    message: format!("the CSV delimiter {:?} is not an ASCII character", c.value),
+                    hint: "use a single ASCII character such as ',' or ';'".into(),
+                });
+            }
         };
         Ok(CsvSettings {
             users: resolve(&self.users),
@@ -115,9 +84,8 @@ impl Source for CsvSettings {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || read(&settings))
                 .await
-                .map_err(|e| SourceError::Unavailable {
-                    message: format!("the CSV reader stopped unexpectedly: {e}"),
-                    hint: "this is a bug; please report it".into(),
+                .map_err(|e| SourceError::ReaderStopped {
+                    reason: e.to_string(),
                 })?
         })
     }
@@ -157,9 +125,9 @@ pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, SourceError> {
 }
 
 fn open(path: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>, SourceError> {
-    let file = std::fs::File::open(path).map_err(|e| SourceError::Unavailable {
-        message: format!("cannot read {}: {e}", path.display()),
-        hint: "check the source paths in the config (relative to the config file's folder)".into(),
+    let file = std::fs::File::open(path).map_err(|source| SourceError::FileUnreadable {
+        file: path.to_path_buf(),
+        source,
     })?;
     Ok(csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -167,12 +135,6 @@ fn open(path: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>, Source
         .flexible(false)
         .trim(csv::Trim::All)
         .from_reader(file))
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// The header as UTF-8 names, BOM removed.
@@ -191,43 +153,52 @@ fn header(
         } else {
             field
         };
-        let name = std::str::from_utf8(field).map_err(|_| SourceError::Invalid {
-            summary: format!("{}: the header row is not valid UTF-8", path.display()),
-            problems: vec![format!(
-                "{} line 1: column {} is not UTF-8",
-                file_name(path),
-                i + 1
-            )],
-            hint: "save the file as UTF-8".into(),
+        let name = std::str::from_utf8(field).map_err(|_| SourceError::HeaderNotUtf8 {
+            file: path.to_path_buf(),
+            column: i + 1,
         })?;
         names.push(Arc::from(name.trim()));
     }
     if names.is_empty() || names.iter().all(|n| n.is_empty()) {
-        return Err(SourceError::Invalid {
-            summary: format!("{}: the file is empty or has no header row", path.display()),
-            problems: vec![],
-            hint: "the first row must name the columns (id,email,given_name,…)".into(),
+        return Err(SourceError::NoHeader {
+            file: path.to_path_buf(),
         });
     }
     Ok(names)
 }
 
-fn csv_error(path: &Path, e: &csv::Error) -> SourceError {
+/// Where a structural CSV error is, and what it is.
+fn csv_fault(e: &csv::Error) -> (u64, CsvFault) {
     let line = e.position().map(|p| p.line()).unwrap_or(0);
-    let what = match e.kind() {
+    let fault = match e.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
-        } => {
-            format!("has {len} fields where the header has {expected_len}")
-        }
-        csv::ErrorKind::Io(io) => format!("cannot be read: {io}"),
-        _ => e.to_string(),
+        } => CsvFault::FieldCount {
+            found: *len,
+            expected: *expected_len,
+        },
+        csv::ErrorKind::Io(io) => CsvFault::Unreadable {
+            reason: io.to_string(),
+        },
+        _ => CsvFault::Other {
+            reason: e.to_string(),
+        },
     };
-    SourceError::Invalid {
-        summary: format!("{}: line {line} is malformed; nothing was planned or changed", path.display()),
-        problems: vec![format!("{} line {line}: {what}", file_name(path))],
-        hint: "fix the row (fields with commas, quotes or line breaks must be quoted, \"\" inside quotes), then run again".into(),
+    (line, fault)
+}
+
+fn csv_error(path: &Path, e: &csv::Error) -> SourceError {
+    let (line, fault) = csv_fault(e);
+    SourceError::MalformedRow {
+        file: path.to_path_buf(),
+        line,
+        fault,
     }
+}
+
+/// The header's names, for messages.
+fn column_names(columns: &[Arc<str>]) -> Vec<String> {
+    columns.iter().map(|c| c.to_string()).collect()
 }
 
 fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
@@ -239,17 +210,10 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
         .iter()
         .position(|c| c.eq_ignore_ascii_case(&settings.key))
     else {
-        return Err(SourceError::Invalid {
-            summary: format!(
-                "{}: there is no key column {:?}",
-                path.display(),
-                settings.key
-            ),
-            problems: vec![format!(
-                "{name} line 1: the columns are {}",
-                columns.join(", ")
-            )],
-            hint: "name the stable key column `id`, or set `source.key` to its name".into(),
+        return Err(SourceError::MissingKeyColumn {
+            file: path.clone(),
+            key: settings.key.clone(),
+            columns: column_names(&columns),
         });
     };
 
@@ -258,22 +222,17 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
         .enumerate()
         .find(|(i, c)| !c.is_empty() && columns[..*i].iter().any(|o| o.eq_ignore_ascii_case(c)))
     {
-        return Err(SourceError::Invalid {
-            summary: format!(
-                "{}: the column {:?} appears twice in the header",
-                path.display(),
-                dup.1
-            ),
-            problems: vec![format!(
-                "{name} line 1: the columns are {}",
-                columns.join(", ")
-            )],
-            hint: "give every column a distinct name".into(),
+        return Err(SourceError::DuplicateColumn {
+            file: path.clone(),
+            column: dup.1.to_string(),
+            columns: column_names(&columns),
         });
     }
     let file: Arc<str> = Arc::from(name.as_str());
     let mut problems = Problems::default();
     let mut users = Vec::new();
+    // The line of each user, for duplicate keys.
+    let mut lines: Vec<u64> = Vec::new();
     let mut record = csv::ByteRecord::new();
     loop {
         match reader.read_byte_record(&mut record) {
@@ -282,10 +241,8 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
             Err(e) => {
                 // A structural error (field count, I/O) leaves the reader's position
                 // uncertain: report it and stop reading.
-                let SourceError::Invalid { problems: p, .. } = csv_error(path, &e) else {
-                    return Err(csv_error(path, &e));
-                };
-                p.into_iter().for_each(|x| problems.push(x));
+                let (line, fault) = csv_fault(&e);
+                problems.push(RowProblem::Malformed { line, fault });
                 break;
             }
         }
@@ -303,10 +260,10 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
                     }
                 }
                 Err(_) => {
-                    problems.push(format!(
-                        "{name} line {line}: column {:?} is not valid UTF-8",
-                        &*columns[i]
-                    ));
+                    problems.push(RowProblem::NotUtf8 {
+                        line,
+                        column: columns[i].to_string(),
+                    });
                     bad = true;
                 }
             }
@@ -317,37 +274,44 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
         let key = match std::str::from_utf8(&record[key_index]) {
             Ok(k) if !k.is_empty() => k,
             _ => {
-                problems.push(format!(
-                    "{name} line {line}: the key column {:?} is empty",
-                    settings.key
-                ));
+                problems.push(RowProblem::EmptyKey {
+                    line,
+                    key_column: settings.key.clone(),
+                });
                 continue;
             }
         };
+        lines.push(line);
         users.push(SourceUser {
             key: SourceKey::new(key),
             origin: Origin::line(file.clone(), line),
             attrs,
         });
     }
-    let mut seen: FastMap<&str, &Origin> =
+    let mut seen: FastMap<&str, u64> =
         FastMap::with_capacity_and_hasher(users.len(), Default::default());
-    for user in &users {
-        if let Some(first) = seen.insert(user.key.as_str(), &user.origin) {
-            problems.push(format!(
-                "{}: key {:?} is already used on {first}; keys must be unique",
-                user.origin,
-                user.key.as_str()
-            ));
+    for (user, &line) in users.iter().zip(&lines) {
+        if let Some(first_line) = seen.insert(user.key.as_str(), line) {
+            problems.push(RowProblem::DuplicateKey {
+                line,
+                key: user.key.as_str().to_string(),
+                first_line,
+            });
         }
     }
     if !problems.is_empty() {
-        return Err(problems.into_error(
-            path,
-            "fix the rows listed above, then run again; nothing was changed",
-        ));
+        return Err(bad_rows(path, problems));
     }
     Ok(users)
+}
+
+fn bad_rows(path: &Path, problems: Problems<RowProblem>) -> SourceError {
+    let (problems, more) = problems.into_parts();
+    SourceError::BadRows {
+        file: path.to_path_buf(),
+        problems,
+        more,
+    }
 }
 
 struct GroupAcc {
@@ -366,16 +330,9 @@ fn read_groups(
     let columns = header(&mut reader, path)?;
     let find = |wanted: &str| columns.iter().position(|c| c.eq_ignore_ascii_case(wanted));
     let (Some(group_index), Some(member_index)) = (find("group"), find("member")) else {
-        return Err(SourceError::Invalid {
-            summary: format!(
-                "{}: a groups file needs the columns `group,member`",
-                path.display()
-            ),
-            problems: vec![format!(
-                "{name} line 1: the columns are {}",
-                columns.join(", ")
-            )],
-            hint: "one membership per row: group,member (member = a user's key)".into(),
+        return Err(SourceError::MissingGroupColumns {
+            file: path.to_path_buf(),
+            columns: column_names(&columns),
         });
     };
     let id_index = find("group_id");
@@ -395,20 +352,31 @@ fn read_groups(
             continue;
         }
         let field = |i: usize| std::str::from_utf8(&record[i]);
-        let (Ok(group), Ok(member)) = (field(group_index), field(member_index)) else {
-            problems.push(format!("{name} line {line}: a value is not valid UTF-8"));
-            continue;
+        let not_utf8 = |i: usize| RowProblem::NotUtf8 {
+            line,
+            column: columns[i].to_string(),
         };
-        let id = match id_index.map(field) {
-            Some(Ok(id)) if !id.is_empty() => id,
-            Some(Err(_)) => {
-                problems.push(format!("{name} line {line}: group_id is not valid UTF-8"));
+        let (group, member) = match (field(group_index), field(member_index)) {
+            (Ok(group), Ok(member)) => (group, member),
+            (Err(_), _) => {
+                problems.push(not_utf8(group_index));
+                continue;
+            }
+            (_, Err(_)) => {
+                problems.push(not_utf8(member_index));
+                continue;
+            }
+        };
+        let id = match id_index.map(|i| (i, field(i))) {
+            Some((_, Ok(id))) if !id.is_empty() => id,
+            Some((i, Err(_))) => {
+                problems.push(not_utf8(i));
                 continue;
             }
             _ => group,
         };
         if group.is_empty() {
-            problems.push(format!("{name} line {line}: the group name is empty"));
+            problems.push(RowProblem::EmptyGroupName { line });
             continue;
         }
         let acc = match groups.entry(GroupKey::new(id)) {
@@ -420,10 +388,13 @@ fn read_groups(
             Entry::Occupied(o) => {
                 let acc = o.into_mut();
                 if acc.name != group {
-                    problems.push(format!(
-                        "{name} line {line}: group {id:?} is named {group:?} here but {:?} on line {}",
-                        acc.name, acc.line
-                    ));
+                    problems.push(RowProblem::GroupNameConflict {
+                        line,
+                        id: id.to_string(),
+                        name: group.to_string(),
+                        first_name: acc.name.clone(),
+                        first_line: acc.line,
+                    });
                     continue;
                 }
                 acc
@@ -439,10 +410,7 @@ fn read_groups(
         }
     }
     if !problems.is_empty() {
-        return Err(problems.into_error(
-            path,
-            "fix the rows listed above, then run again; nothing was changed",
-        ));
+        return Err(bad_rows(path, problems));
     }
     let groups = groups
         .into_iter()
@@ -482,8 +450,15 @@ mod tests {
         }
     }
 
-    fn problems(err: SourceError) -> String {
-        err.to_string()
+    /// The row problems of a `BadRows` error.
+    fn row_problems(err: SourceError) -> Vec<RowProblem> {
+        match err {
+            SourceError::BadRows { problems, more, .. } => {
+                assert_eq!(more, 0);
+                problems
+            }
+            other => panic!("expected BadRows, got {other:?}"),
+        }
     }
 
     #[test]
@@ -509,10 +484,26 @@ mod tests {
     fn duplicate_keys_name_both_lines() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"id,email\n1,a@x.com\n2,b@x.com\n1,c@x.com\n", None);
-        let text = problems(read(&s).unwrap_err());
+        let err = read(&s).unwrap_err();
+        assert!(!err.is_unavailable());
+        // What the operator sees: the file, the count, and both lines.
+        let text = err.to_string();
+        assert!(
+            text.contains("users.csv: 1 problem found; nothing was planned or changed\n"),
+            "{text}"
+        );
         assert!(
             text.contains("users.csv line 4: key \"1\" is already used on users.csv line 2"),
             "{text}"
+        );
+        assert!(err.hint().contains("fix the rows"), "{}", err.hint());
+        assert_eq!(
+            row_problems(err),
+            [RowProblem::DuplicateKey {
+                line: 4,
+                key: "1".into(),
+                first_line: 2
+            }]
         );
     }
 
@@ -520,10 +511,20 @@ mod tests {
     fn malformed_row_names_its_line() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"id,email\n1,a@x.com\n2,b@x.com,extra\n", None);
-        let text = problems(read(&s).unwrap_err());
-        assert!(
-            text.contains("users.csv line 3: has 3 fields where the header has 2"),
-            "{text}"
+        let problems = row_problems(read(&s).unwrap_err());
+        assert_eq!(
+            problems,
+            [RowProblem::Malformed {
+                line: 3,
+                fault: CsvFault::FieldCount {
+                    found: 3,
+                    expected: 2
+                }
+            }]
+        );
+        assert_eq!(
+            problems[0].render("users.csv"),
+            "users.csv line 3: has 3 fields where the header has 2"
         );
     }
 
@@ -531,10 +532,12 @@ mod tests {
     fn invalid_utf8_names_line_and_column() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"id,email,family_name\n1,a@x.com,M\xFCller\n", None);
-        let text = problems(read(&s).unwrap_err());
-        assert!(
-            text.contains("users.csv line 2: column \"family_name\" is not valid UTF-8"),
-            "{text}"
+        assert_eq!(
+            row_problems(read(&s).unwrap_err()),
+            [RowProblem::NotUtf8 {
+                line: 2,
+                column: "family_name".into()
+            }]
         );
     }
 
@@ -543,8 +546,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"uid,email\n1,a@x.com\n", None);
         let err = read(&s).unwrap_err();
+        let SourceError::MissingKeyColumn { key, columns, .. } = &err else {
+            panic!("expected MissingKeyColumn, got {err:?}");
+        };
+        assert_eq!(key, "id");
+        assert_eq!(columns, &["uid", "email"]);
         assert!(
-            err.to_string().contains("the columns are uid, email"),
+            err.to_string()
+                .ends_with("users.csv line 1: the columns are uid, email"),
             "{err}"
         );
         assert!(err.hint().contains("source.key"));
@@ -554,6 +563,100 @@ mod tests {
     fn empty_key_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"id,email\n,a@x.com\n", None);
-        assert!(problems(read(&s).unwrap_err()).contains("line 2: the key column \"id\" is empty"));
+        assert_eq!(
+            row_problems(read(&s).unwrap_err()),
+            [RowProblem::EmptyKey {
+                line: 2,
+                key_column: "id".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn header_problems_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(&settings(&dir, b"", None)).unwrap_err();
+        assert!(matches!(err, SourceError::NoHeader { .. }), "{err:?}");
+        let err = read(&settings(&dir, b"id,Email,email\n1,a,b\n", None)).unwrap_err();
+        assert!(
+            matches!(&err, SourceError::DuplicateColumn { column, .. } if column == "email"),
+            "{err:?}"
+        );
+        let err = read(&settings(&dir, b"id,e\xFCmail\n1,a\n", None)).unwrap_err();
+        assert!(
+            matches!(err, SourceError::HeaderNotUtf8 { column: 2, .. }),
+            "{err:?}"
+        );
+        let err = read(&settings(&dir, b"id\n1\n", Some(b"team,user\nx,1\n"))).unwrap_err();
+        assert!(
+            matches!(&err, SourceError::MissingGroupColumns { columns, .. } if columns == &["team", "user"]),
+            "{err:?}"
+        );
+        assert!(!err.is_unavailable());
+    }
+
+    #[test]
+    fn groups_file_problems_name_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(
+            &dir,
+            b"id\n1\n",
+            Some(b"group_id,group,member\ng1,eng,1\ng1,Eng,1\n,,1\ng2,s\xFCd,1\n"),
+        );
+        assert_eq!(
+            row_problems(read(&s).unwrap_err()),
+            [
+                RowProblem::GroupNameConflict {
+                    line: 3,
+                    id: "g1".into(),
+                    name: "Eng".into(),
+                    first_name: "eng".into(),
+                    first_line: 2
+                },
+                RowProblem::EmptyGroupName { line: 4 },
+                RowProblem::NotUtf8 {
+                    line: 5,
+                    column: "group".into()
+                },
+            ]
+        );
+        // A row that breaks the structure stops the read of the groups file.
+        let s = settings(&dir, b"id\n1\n", Some(b"group,member\neng,1\neng,1,x\n"));
+        let err = read(&s).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SourceError::MalformedRow {
+                    line: 3,
+                    fault: CsvFault::FieldCount { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(&dir, b"id\n1\n", None);
+        s.users = dir.path().join("nope.csv");
+        let err = read(&s).unwrap_err();
+        assert!(
+            matches!(&err, SourceError::FileUnreadable { file, .. } if file.ends_with("nope.csv")),
+            "{err:?}"
+        );
+        assert!(err.is_unavailable());
+    }
+
+    #[test]
+    fn a_non_ascii_delimiter_is_refused_at_its_field() {
+        let config: CsvConfig =
+            serde_saphyr::from_str("users: users.csv\ndelimiter: \"§\"\n").unwrap();
+        let err = config.compile(Path::new("/etc/idsync")).unwrap_err();
+        assert_eq!((err.location.line(), err.location.column()), (2, 12));
+        assert!(err.message.contains("not an ASCII character"), "{err}");
+        let config: CsvConfig = serde_saphyr::from_str("users: u.csv\ndelimiter: ;\n").unwrap();
+        assert_eq!(config.compile(Path::new("/")).unwrap().delimiter, b';');
     }
 }

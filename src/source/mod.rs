@@ -4,10 +4,20 @@
 //!
 //! Each adapter owns its configuration as written (`CsvConfig`, `LdapConfig`) and
 //! as compiled (`CsvSettings`, `LdapSettings`) and implements [`Source`]; the
-//! top-level config composes them and picks one.
+//! top-level config composes them and picks one. A configuration mistake is a
+//! [`SourceConfigError`] located at the offending field; a failed read is a
+//! [`SourceError`] that says what went wrong and whether the data is wrong or
+//! the source could not be read. Adapters never import the top-level config.
 
 pub mod csv;
+mod error;
 pub mod ldap;
+
+pub use error::{
+    BadEntries, BindRefusal, CaFileProblem, CsvFault, EntryProblem, KeyProblem, LdapOperation,
+    RowProblem, SearchLimit, SourceConfigError, SourceError,
+};
+pub(crate) use error::{Problems, file_name};
 
 use std::collections::BTreeSet;
 
@@ -30,27 +40,4 @@ pub trait Source: Send + Sync {
 
     /// One line naming the source, for `validate` and messages.
     fn describe(&self) -> String;
-}
-
-/// Why a source read failed. Either way nothing is planned from it.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The data is wrong: bad rows, duplicate keys. The operator must fix the data.
-    #[error("{summary}\n{}", .problems.join("\n"))]
-    Invalid {
-        summary: String,
-        problems: Vec<String>,
-        hint: String,
-    },
-    /// The source could not be read at all (missing file, server unreachable).
-    #[error("{message}")]
-    Unavailable { message: String, hint: String },
-}
-
-impl SourceError {
-    pub fn hint(&self) -> &str {
-        match self {
-            SourceError::Invalid { hint, .. } | SourceError::Unavailable { hint, .. } => hint,
-        }
-    }
 }

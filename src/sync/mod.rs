@@ -411,7 +411,7 @@ fn exit_code_of(e: &SyncError) -> i32 {
     match e {
         SyncError::Guard { .. } => 3,
         SyncError::Target(_) | SyncError::TargetSetup(_) => EXIT_UNREACHABLE,
-        SyncError::Source(SourceError::Unavailable { .. }) => EXIT_UNREACHABLE,
+        SyncError::Source(e) if e.is_unavailable() => EXIT_UNREACHABLE,
         _ => 2,
     }
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use idsync::model::{SourceDirectory, SourceUser};
-use idsync::source::SourceError;
 use idsync::source::ldap::{check, read};
+use idsync::source::{BindRefusal, EntryProblem, KeyProblem, SearchLimit, SourceError};
 
 fn wanted() -> BTreeSet<String> {
     ["mail", "givenName", "sn", "cn", "title", "dn"]
@@ -130,12 +130,22 @@ async fn a_read_the_server_cuts_short_fails_whole() {
         Ok(d) => panic!("a cut-short read must fail, got {} users", d.users.len()),
         Err(e) => e,
     };
-    let SourceError::Unavailable { message, hint } = &err else {
-        panic!("expected Unavailable, got {err:?}");
+    let SourceError::LimitExceeded {
+        limit: SearchLimit::Size,
+        entries,
+        base,
+        ..
+    } = &err
+    else {
+        panic!("expected a size limit, got {err:?}");
     };
+    assert_eq!(base, SUFFIX, "the users are searched under base_dn");
+    assert!(*entries <= 1000, "{entries}");
+    assert!(err.is_unavailable());
+    let message = err.to_string();
     assert!(message.contains("size limit exceeded"), "{message}");
     assert!(message.contains("nothing was planned"), "{message}");
-    assert!(hint.contains("page_size"), "{hint}");
+    assert!(err.hint().contains("page_size"), "{}", err.hint());
 }
 
 /// Groups of every flavour; expected members by uid.
@@ -342,9 +352,15 @@ async fn referrals_are_never_followed_and_never_crash() {
     )
     .await
     .expect_err("referral");
-    let SourceError::Unavailable { message, .. } = &err else {
-        panic!("expected Unavailable, got {err:?}");
+    let SourceError::Referral { base, refs, .. } = &err else {
+        panic!("expected Referral, got {err:?}");
     };
+    assert_eq!(base, &remote);
+    assert!(
+        refs.iter().any(|r| r.contains("ldap.elsewhere.example")),
+        "{refs:?}"
+    );
+    let message = err.to_string();
     assert!(message.contains("referr"), "{message}");
     assert!(message.contains("ldap.elsewhere.example"), "{message}");
 }
@@ -370,17 +386,28 @@ async fn users_without_the_key_attribute_are_named_and_fail_the_read() {
     )
     .await
     .expect_err("users without a key");
-    let SourceError::Invalid { problems, .. } = &err else {
-        panic!("expected Invalid, got {err:?}");
+    let SourceError::BadUsers(bad) = &err else {
+        panic!("expected BadUsers, got {err:?}");
     };
-    assert_eq!(problems.len(), 3, "{problems:?}");
-    for problem in problems {
+    assert_eq!((bad.problems.len(), bad.more), (3, 0), "{bad:?}");
+    assert_eq!(bad.key_attribute, "employeeNumber");
+    for problem in &bad.problems {
         assert!(
-            problem.contains(&format!(",{PEOPLE}: it has no employeeNumber")),
-            "{problem}"
+            matches!(problem, EntryProblem::Key {
+                dn,
+                attribute,
+                problem: KeyProblem::Missing,
+            } if dn.ends_with(&format!(",{PEOPLE}")) && attribute == "employeeNumber"),
+            "{problem:?}"
         );
     }
-    assert!(err.to_string().contains("3 problems found"), "{err}");
+    assert!(!err.is_unavailable());
+    let text = err.to_string();
+    assert!(text.contains("3 problems found"), "{text}");
+    assert!(
+        text.contains(&format!(",{PEOPLE}: it has no employeeNumber")),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -394,15 +421,22 @@ async fn a_wrong_password_is_a_bind_failure() {
             .expect_err("bind must fail"),
         check(&settings).await.expect_err("bind must fail"),
     ] {
-        let SourceError::Unavailable { message, hint } = &err else {
-            panic!("expected Unavailable, got {err:?}");
+        let SourceError::BindRefused {
+            dn,
+            reason: BindRefusal::InvalidCredentials,
+            ..
+        } = &err
+        else {
+            panic!("expected an invalid-credentials bind refusal, got {err:?}");
         };
+        assert_eq!(dn, SYNC_DN);
+        let (message, hint) = (err.to_string(), err.hint());
         assert!(
-            message.contains("bind as cn=sync,dc=example,dc=com refused"),
+            message.contains("bind as cn=sync,dc=example,dc=com refused: invalid credentials"),
             "{message}"
         );
-        assert!(message.contains("invalid credentials"), "{message}");
         assert!(!message.contains("not-the-password") && !hint.contains("not-the-password"));
+        assert!(!format!("{err:?}").contains("not-the-password"));
     }
 }
 
@@ -417,13 +451,15 @@ async fn an_unreachable_server_is_unavailable() {
     let err = read(&settings, &wanted())
         .await
         .expect_err("nothing listens");
-    let SourceError::Unavailable { message, .. } = &err else {
-        panic!("expected Unavailable, got {err:?}");
-    };
-    assert!(message.contains("cannot connect"), "{message}");
+    assert!(
+        matches!(&err, SourceError::ConnectFailed { url: u, .. } if u == &url),
+        "{err:?}"
+    );
+    assert!(err.is_unavailable());
+    assert!(err.to_string().contains("cannot connect"), "{err}");
     assert!(matches!(
         check(&settings).await,
-        Err(SourceError::Unavailable { .. })
+        Err(SourceError::ConnectFailed { .. })
     ));
 }
 
@@ -443,7 +479,13 @@ async fn a_server_that_stops_answering_times_out() {
         started.elapsed()
     );
     assert!(err.to_string().contains("no answer within 1s"), "{err}");
-    assert!(matches!(err, SourceError::Unavailable { .. }));
+    assert!(
+        matches!(
+            err,
+            SourceError::NoAnswer { timeout, .. } if timeout == Duration::from_secs(1)
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -460,6 +502,10 @@ async fn check_says_what_it_verified_and_finds_a_missing_base() {
     let err = check(&slapd.settings("group_base_dn: ou=nowhere,dc=example,dc=com\n"))
         .await
         .expect_err("missing base");
+    assert!(
+        matches!(&err, SourceError::BaseNotFound { base, .. } if base == "ou=nowhere,dc=example,dc=com"),
+        "{err:?}"
+    );
     assert!(
         err.to_string()
             .contains("base DN ou=nowhere,dc=example,dc=com does not exist"),
@@ -480,10 +526,11 @@ async fn starttls_against_a_server_without_tls_fails_cleanly() {
     let err = check(&slapd.settings("starttls: true\n"))
         .await
         .expect_err("no TLS configured");
-    let SourceError::Unavailable { message, .. } = &err else {
-        panic!("expected Unavailable, got {err:?}");
-    };
-    assert!(message.contains("StartTLS"), "{message}");
+    assert!(
+        matches!(err, SourceError::StartTlsRefused { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("StartTLS"), "{err}");
 }
 
 #[tokio::test]
@@ -529,6 +576,16 @@ async fn ldaps_and_starttls_verify_the_server_against_ca_file() {
     let err = check(&settings_for(&ldaps, &pw, ""))
         .await
         .expect_err("untrusted certificate");
+    assert!(
+        matches!(
+            err,
+            SourceError::TlsHandshake {
+                with_ca_file: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("TLS handshake failed"), "{err}");
     assert!(err.hint().contains("ca_file"), "{}", err.hint());
     let err = check(&settings_for(&slapd.url, &pw, "starttls: true\n"))
@@ -547,7 +604,7 @@ async fn ldaps_and_starttls_verify_the_server_against_ca_file() {
     let err = check(&settings_for(&plain_port, &pw, &with_ca))
         .await
         .expect_err("not a TLS port");
-    assert!(matches!(err, SourceError::Unavailable { .. }), "{err:?}");
+    assert!(err.is_unavailable(), "{err:?}");
 }
 
 /// `cargo test --test ldap -- --ignored --nocapture bench_`: 100,000 users

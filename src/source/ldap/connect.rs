@@ -10,7 +10,8 @@ use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry};
 use secrecy::ExposeSecret;
 
-use super::{LdapSettings, SourceError, TlsVerify};
+use super::{LdapSettings, TlsVerify};
+use crate::source::{BindRefusal, CaFileProblem, LdapOperation, SearchLimit, SourceError};
 
 /// Connects and binds.
 pub(super) async fn open(settings: &LdapSettings) -> Result<Ldap, SourceError> {
@@ -40,7 +41,7 @@ pub(super) async fn open(settings: &LdapSettings) -> Result<Ldap, SourceError> {
     let result = ldap
         .simple_bind(&settings.bind_dn, password.expose_secret())
         .await
-        .map_err(|e| lost(settings, "the bind", e))?;
+        .map_err(|e| lost(settings, LdapOperation::Bind, e))?;
     if result.rc != 0 {
         return Err(bind_error(settings, &result));
     }
@@ -58,38 +59,41 @@ pub(super) async fn close(mut ldap: Ldap) {
 fn client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, SourceError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let tls_error = |message: String| SourceError::Unavailable {
-        message,
-        hint: "ca_file must be a PEM file with the certificate of the CA that signed the \
-               directory server's certificate"
-            .into(),
+    let ca_error = |problem: CaFileProblem| SourceError::CaFile {
+        path: path.to_path_buf(),
+        problem,
     };
     let mut roots = rustls::RootCertStore::empty();
     let system = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(system.certs);
     let mut added = 0;
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| tls_error(format!("cannot read ca_file {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+        ca_error(CaFileProblem::Unreadable {
+            reason: e.to_string(),
+        })
+    })?;
     for cert in certs {
-        let cert = cert.map_err(|e| tls_error(format!("ca_file {}: {e}", path.display())))?;
+        let cert = cert.map_err(|e| {
+            ca_error(CaFileProblem::Malformed {
+                reason: e.to_string(),
+            })
+        })?;
         roots.add(cert).map_err(|e| {
-            tls_error(format!(
-                "ca_file {}: unusable certificate: {e}",
-                path.display()
-            ))
+            ca_error(CaFileProblem::UnusableCertificate {
+                reason: e.to_string(),
+            })
         })?;
         added += 1;
     }
     if added == 0 {
-        return Err(tls_error(format!(
-            "ca_file {} holds no PEM certificate",
-            path.display()
-        )));
+        return Err(ca_error(CaFileProblem::NoCertificate));
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(format!("TLS set-up failed: {e}")))?
+        .map_err(|e| SourceError::TlsSetup {
+            reason: e.to_string(),
+        })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(config)
@@ -112,11 +116,13 @@ pub(super) async fn search_each(
         Box::new(PagedResults::new(settings.page_size)),
     ];
     ldap.with_timeout(settings.timeout);
-    let what = format!("the search of {base}");
+    let what = || LdapOperation::Search {
+        base: base.to_string(),
+    };
     let mut stream = ldap
         .streaming_search_with(adapters, base, Scope::Subtree, filter, attributes)
         .await
-        .map_err(|e| lost(settings, &what, e))?;
+        .map_err(|e| lost(settings, what(), e))?;
     let mut count = 0usize;
     loop {
         match stream.next().await {
@@ -127,7 +133,7 @@ pub(super) async fn search_each(
             Ok(None) => break,
             Err(e) => {
                 let _ = stream.finish().await;
-                return Err(lost(settings, &what, e));
+                return Err(lost(settings, what(), e));
             }
         }
     }
@@ -158,12 +164,14 @@ pub(super) async fn read_entry(
     dn: &str,
     attributes: Vec<String>,
 ) -> Result<Option<SearchEntry>, SourceError> {
-    let what = format!("the read of {dn}");
     let result = ldap
         .with_timeout(settings.timeout)
         .search(dn, Scope::Base, "(objectClass=*)", attributes)
         .await
-        .map_err(|e| lost(settings, &what, e))?;
+        .map_err(|e| {
+            let operation = LdapOperation::ReadEntry { dn: dn.to_string() };
+            lost(settings, operation, e)
+        })?;
     let ldap3::SearchResult(entries, result) = result;
     if result.rc != 0 {
         return Err(search_error(settings, dn, 0, &result));
@@ -179,13 +187,7 @@ pub(super) async fn base_exists(
 ) -> Result<(), SourceError> {
     match read_entry(ldap, settings, base, vec!["1.1".into()]).await? {
         Some(_) => Ok(()),
-        None => Err(SourceError::Unavailable {
-            message: format!(
-                "LDAP {}: base DN {base} is not visible to {}",
-                settings.url, settings.bind_dn
-            ),
-            hint: "check the DN, and that the service account may read it".into(),
-        }),
+        None => Err(base_not_found(settings, base)),
     }
 }
 
@@ -198,7 +200,6 @@ pub(super) async fn first_page(
     base: &str,
     filter: &str,
 ) -> Result<usize, SourceError> {
-    let what = format!("the sample search under {base}");
     let control: ldap3::controls::RawControl = ldap3::controls::PagedResults {
         size: 1,
         cookie: Vec::new(),
@@ -209,7 +210,12 @@ pub(super) async fn first_page(
         .with_controls(vec![control])
         .search(base, Scope::Subtree, filter, vec!["1.1"])
         .await
-        .map_err(|e| lost(settings, &what, e))?;
+        .map_err(|e| {
+            let operation = LdapOperation::SampleSearch {
+                base: base.to_string(),
+            };
+            lost(settings, operation, e)
+        })?;
     let ldap3::SearchResult(entries, result) = result;
     if result.rc != 0 {
         return Err(search_error(settings, base, entries.len(), &result));
@@ -246,10 +252,11 @@ fn server_says(result: &LdapResult) -> String {
     }
 }
 
-fn unavailable(message: String, hint: impl Into<String>) -> SourceError {
-    SourceError::Unavailable {
-        message,
-        hint: hint.into(),
+fn base_not_found(settings: &LdapSettings, base: &str) -> SourceError {
+    SourceError::BaseNotFound {
+        url: settings.url.clone(),
+        base: base.to_string(),
+        bind_dn: settings.bind_dn.clone(),
     }
 }
 
@@ -267,67 +274,52 @@ fn tls_cause(e: &LdapError) -> Option<String> {
 }
 
 fn connect_error(settings: &LdapSettings, e: LdapError) -> SourceError {
-    let url = &settings.url;
-    if let Some(tls) = tls_cause(&e) {
-        let hint = match settings.tls {
-            TlsVerify::CaFile(_) => {
-                "check that ca_file holds the CA that signed the server's certificate \
-                                     and that the URL's host name is in the certificate"
-            }
-            _ => {
-                "if the server's certificate comes from a private CA, set ca_file to that CA's PEM file; \
-                  the URL's host name must be in the certificate"
-            }
+    let url = settings.url.clone();
+    if let Some(reason) = tls_cause(&e) {
+        return SourceError::TlsHandshake {
+            url,
+            reason,
+            with_ca_file: matches!(settings.tls, TlsVerify::CaFile(_)),
         };
-        return unavailable(format!("LDAP {url}: TLS handshake failed: {tls}"), hint);
     }
     match e {
-        LdapError::Timeout { .. } => unavailable(
-            format!(
-                "LDAP {url}: no connection within {}",
-                humantime::format_duration(settings.timeout)
-            ),
-            "check the URL's host and port, that the server runs, and firewalls; or raise timeout",
-        ),
-        LdapError::LdapResult { result } if settings.starttls => unavailable(
-            format!(
-                "LDAP {url}: the server refused StartTLS: {}",
-                server_says(&result)
-            ),
-            "use an ldaps:// URL, or ask the directory's administrators to enable StartTLS",
-        ),
-        other => unavailable(
-            format!("LDAP {url}: cannot connect: {other}"),
-            "check the URL's host and port, that the server runs, and firewalls",
-        ),
+        LdapError::Timeout { .. } => SourceError::ConnectTimeout {
+            url,
+            timeout: settings.timeout,
+        },
+        LdapError::LdapResult { result } if settings.starttls => SourceError::StartTlsRefused {
+            url,
+            server: server_says(&result),
+        },
+        other => SourceError::ConnectFailed {
+            url,
+            reason: other.to_string(),
+        },
     }
 }
 
 fn bind_error(settings: &LdapSettings, result: &LdapResult) -> SourceError {
-    let (url, dn) = (&settings.url, &settings.bind_dn);
-    let password = settings.password.describe();
-    match result.rc {
-        rc::INVALID_CREDENTIALS => unavailable(
-            format!("LDAP {url}: bind as {dn} refused: invalid credentials"),
-            format!(
-                "check bind_dn and the password in {password} (and that the account is not locked or expired)"
-            ),
-        ),
-        rc::CONFIDENTIALITY_REQUIRED | rc::STRONGER_AUTH_REQUIRED => unavailable(
-            format!(
-                "LDAP {url}: bind as {dn} refused: the server requires an encrypted connection ({})",
-                server_says(result)
-            ),
-            "use an ldaps:// URL or set `starttls: true`",
-        ),
-        rc::INAPPROPRIATE_AUTH | rc::AUTH_METHOD_NOT_SUPPORTED | rc::UNWILLING => unavailable(
-            format!("LDAP {url}: bind as {dn} refused: {}", server_says(result)),
-            "the account may not use a simple bind (or is disabled); check it with the directory's administrators",
-        ),
-        _ => unavailable(
-            format!("LDAP {url}: bind as {dn} failed: {}", server_says(result)),
-            "check bind_dn and the password, then run `idsync check`",
-        ),
+    let reason = match result.rc {
+        rc::INVALID_CREDENTIALS => BindRefusal::InvalidCredentials,
+        rc::CONFIDENTIALITY_REQUIRED | rc::STRONGER_AUTH_REQUIRED => {
+            BindRefusal::EncryptionRequired {
+                server: server_says(result),
+            }
+        }
+        rc::INAPPROPRIATE_AUTH | rc::AUTH_METHOD_NOT_SUPPORTED | rc::UNWILLING => {
+            BindRefusal::SimpleBindNotAllowed {
+                server: server_says(result),
+            }
+        }
+        _ => BindRefusal::Other {
+            server: server_says(result),
+        },
+    };
+    SourceError::BindRefused {
+        url: settings.url.clone(),
+        dn: settings.bind_dn.clone(),
+        reason,
+        password_source: settings.password.describe(),
     }
 }
 
@@ -338,107 +330,61 @@ fn search_error(
     entries: usize,
     result: &LdapResult,
 ) -> SourceError {
-    let url = &settings.url;
-    let cut_short = |limit: &str, hint: &str| {
-        unavailable(
-            format!(
-                "LDAP {url}: the server stopped the search of {base} after {entries} entries \
-                 ({limit}: {}); a partial directory is never used, nothing was planned",
-                server_says(result)
-            ),
-            hint.to_string(),
-        )
+    let url = settings.url.clone();
+    let server = server_says(result);
+    let limit = |limit: SearchLimit| SourceError::LimitExceeded {
+        url: url.clone(),
+        base: base.to_string(),
+        entries,
+        limit,
+        server: server.clone(),
     };
     match result.rc {
-        rc::SIZE_LIMIT => cut_short(
-            "size limit exceeded",
-            "the service account's limit applies to paged searches too: set page_size at or \
-             below the server's limit, or have the limit for paged searches raised (OpenLDAP: \
-             size.pr/size.prtotal; AD: MaxPageSize)",
-        ),
-        rc::TIME_LIMIT => cut_short(
-            "time limit exceeded",
-            "have the service account's time limit raised, or narrow user_filter / the base DNs",
-        ),
-        rc::ADMIN_LIMIT => cut_short(
-            "administrative limit exceeded",
-            "have the server's limits for the service account raised (AD: MaxResultSetSize)",
-        ),
-        rc::NO_SUCH_OBJECT => unavailable(
-            format!(
-                "LDAP {url}: base DN {base} does not exist (or is hidden from {})",
-                settings.bind_dn
-            ),
-            "check base_dn, user_base_dn and group_base_dn",
-        ),
-        rc::INVALID_DN_SYNTAX => unavailable(
-            format!(
-                "LDAP {url}: {base} is not a valid DN: {}",
-                server_says(result)
-            ),
-            "check base_dn, user_base_dn and group_base_dn",
-        ),
-        rc::REFERRAL => unavailable(
-            format!(
-                "LDAP {url}: the server does not hold {base} and referred the search to {}; \
-                 referrals are not followed",
-                if result.refs.is_empty() {
-                    "another server".to_string()
-                } else {
-                    result.refs.join(", ")
-                }
-            ),
-            "point url at a server that holds the base DN (for AD, a domain controller of that domain)",
-        ),
-        rc::UNAVAILABLE_CRITICAL_EXTENSION => unavailable(
-            format!(
-                "LDAP {url}: the server does not support paged results: {}",
-                server_says(result)
-            ),
-            "idsync reads with the paged results control (RFC 2696); enable it on the server",
-        ),
-        rc::INSUFFICIENT_ACCESS => unavailable(
-            format!(
-                "LDAP {url}: {} may not search {base}: {}",
-                settings.bind_dn,
-                server_says(result)
-            ),
-            "grant the service account read access to the users and groups",
-        ),
-        rc::BUSY | rc::UNAVAILABLE => unavailable(
-            format!(
-                "LDAP {url}: the server is busy or unavailable: {}",
-                server_says(result)
-            ),
-            "try again later",
-        ),
-        _ => unavailable(
-            format!(
-                "LDAP {url}: the search of {base} failed after {entries} entries: {}; nothing was planned",
-                server_says(result)
-            ),
-            "if the server mentions the page size, set page_size at or below its limit",
-        ),
+        rc::SIZE_LIMIT => limit(SearchLimit::Size),
+        rc::TIME_LIMIT => limit(SearchLimit::Time),
+        rc::ADMIN_LIMIT => limit(SearchLimit::Admin),
+        rc::NO_SUCH_OBJECT => base_not_found(settings, base),
+        rc::INVALID_DN_SYNTAX => SourceError::InvalidBaseDn {
+            url,
+            base: base.to_string(),
+            server,
+        },
+        rc::REFERRAL => SourceError::Referral {
+            url,
+            base: base.to_string(),
+            refs: result.refs.clone(),
+        },
+        rc::UNAVAILABLE_CRITICAL_EXTENSION => SourceError::PagingUnsupported { url, server },
+        rc::INSUFFICIENT_ACCESS => SourceError::AccessDenied {
+            url,
+            bind_dn: settings.bind_dn.clone(),
+            base: base.to_string(),
+            server,
+        },
+        rc::BUSY | rc::UNAVAILABLE => SourceError::ServerBusy { url, server },
+        _ => SourceError::SearchFailed {
+            url,
+            base: base.to_string(),
+            entries,
+            server,
+        },
     }
 }
 
-/// The connection failed in the middle of an operation.
-fn lost(settings: &LdapSettings, what: &str, e: LdapError) -> SourceError {
-    let url = &settings.url;
+/// The connection failed in the middle of `operation`.
+fn lost(settings: &LdapSettings, operation: LdapOperation, e: LdapError) -> SourceError {
+    let url = settings.url.clone();
     match e {
-        LdapError::Timeout { .. } => unavailable(
-            format!(
-                "LDAP {url}: {what} got no answer within {}; nothing was planned",
-                humantime::format_duration(settings.timeout)
-            ),
-            "raise timeout if the server is slow, or check the server's health",
-        ),
-        other => unavailable(
-            format!(
-                "LDAP {url}: the connection failed during {what}: {other}; nothing was planned"
-            ),
-            "check the server's health and the network, then run again",
-        ),
+        LdapError::Timeout { .. } => SourceError::NoAnswer {
+            url,
+            operation,
+            timeout: settings.timeout,
+        },
+        other => SourceError::ConnectionLost {
+            url,
+            operation,
+            reason: other.to_string(),
+        },
     }
 }
 
@@ -466,95 +412,147 @@ mod tests {
         }
     }
 
-    fn parts(e: SourceError) -> (String, String) {
-        match e {
-            SourceError::Unavailable { message, hint } => (message, hint),
-            other => panic!("expected Unavailable, got {other:?}"),
-        }
-    }
-
     #[test]
     fn limits_are_failed_reads_with_a_hint() {
-        let (message, hint) = parts(search_error(
-            &settings(),
-            "dc=corp",
-            1000,
-            &result(4, "", &[]),
-        ));
+        let err = search_error(&settings(), "dc=corp", 1000, &result(4, "", &[]));
         assert!(
-            message.contains("after 1000 entries (size limit exceeded"),
-            "{message}"
+            matches!(
+                &err,
+                SourceError::LimitExceeded {
+                    base,
+                    entries: 1000,
+                    limit: SearchLimit::Size,
+                    ..
+                } if base == "dc=corp"
+            ),
+            "{err:?}"
         );
-        assert!(message.contains("nothing was planned"), "{message}");
-        assert!(hint.contains("page_size"), "{hint}");
-        let (message, _) = parts(search_error(&settings(), "dc=corp", 7, &result(3, "", &[])));
-        assert!(message.contains("time limit exceeded"), "{message}");
-        let (message, _) = parts(search_error(
-            &settings(),
-            "dc=corp",
-            7,
-            &result(11, "", &[]),
-        ));
+        assert!(err.is_unavailable());
+        // What the operator sees.
+        let text = err.to_string();
         assert!(
-            message.contains("administrative limit exceeded"),
-            "{message}"
+            text.starts_with(
+                "LDAP ldap://dc1.corp.example: the server stopped the search of dc=corp after \
+                 1000 entries (size limit exceeded: "
+            ),
+            "{text}"
         );
+        assert!(text.ends_with("nothing was planned"), "{text}");
+        assert!(err.hint().contains("page_size"), "{}", err.hint());
+        assert!(matches!(
+            search_error(&settings(), "dc=corp", 7, &result(3, "", &[])),
+            SourceError::LimitExceeded {
+                limit: SearchLimit::Time,
+                ..
+            }
+        ));
+        assert!(matches!(
+            search_error(&settings(), "dc=corp", 7, &result(11, "", &[])),
+            SourceError::LimitExceeded {
+                limit: SearchLimit::Admin,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn missing_bases_referrals_and_bind_refusals_are_told_apart() {
-        let (message, hint) = parts(search_error(
-            &settings(),
-            "ou=x,dc=corp",
-            0,
-            &result(32, "", &[]),
-        ));
+        let err = search_error(&settings(), "ou=x,dc=corp", 0, &result(32, "", &[]));
         assert!(
-            message.contains("base DN ou=x,dc=corp does not exist"),
-            "{message}"
+            matches!(&err, SourceError::BaseNotFound { base, bind_dn, .. }
+                if base == "ou=x,dc=corp" && bind_dn == "cn=sync,dc=corp"),
+            "{err:?}"
         );
-        assert!(hint.contains("base_dn"), "{hint}");
+        assert!(err.hint().contains("base_dn"), "{}", err.hint());
         let refs = ["ldap://dc9.other.example/dc=other"];
-        let (message, _) = parts(search_error(
-            &settings(),
-            "dc=other",
-            0,
-            &result(10, "", &refs),
-        ));
+        let err = search_error(&settings(), "dc=other", 0, &result(10, "", &refs));
         assert!(
-            message.contains("referred the search to ldap://dc9.other.example/dc=other"),
-            "{message}"
+            matches!(&err, SourceError::Referral { refs, .. } if refs == &["ldap://dc9.other.example/dc=other"]),
+            "{err:?}"
         );
-        let (message, hint) = parts(bind_error(
+        assert!(
+            err.to_string()
+                .contains("referred the search to ldap://dc9.other.example/dc=other"),
+            "{err}"
+        );
+        let err = bind_error(
             &settings(),
             &result(49, "80090308: AcceptSecurityContext error", &[]),
-        ));
-        assert!(
-            message.contains("bind as cn=sync,dc=corp refused: invalid credentials"),
-            "{message}"
         );
-        assert!(hint.contains("the variable PW"), "{hint}");
-        let (message, hint) = parts(bind_error(
-            &settings(),
-            &result(13, "confidentiality required", &[]),
-        ));
         assert!(
-            message.contains("requires an encrypted connection"),
-            "{message}"
+            matches!(&err, SourceError::BindRefused {
+                dn,
+                reason: BindRefusal::InvalidCredentials,
+                ..
+            } if dn == "cn=sync,dc=corp"),
+            "{err:?}"
         );
-        assert!(hint.contains("starttls"), "{hint}");
+        assert_eq!(
+            err.to_string(),
+            "LDAP ldap://dc1.corp.example: bind as cn=sync,dc=corp refused: invalid credentials"
+        );
+        assert!(err.hint().contains("the variable PW"), "{}", err.hint());
+        let err = bind_error(&settings(), &result(13, "confidentiality required", &[]));
+        assert!(
+            matches!(
+                err,
+                SourceError::BindRefused {
+                    reason: BindRefusal::EncryptionRequired { .. },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.hint().contains("starttls"), "{}", err.hint());
+        assert!(matches!(
+            bind_error(&settings(), &result(53, "", &[])),
+            SourceError::BindRefused {
+                reason: BindRefusal::SimpleBindNotAllowed { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            search_error(&settings(), "dc=corp", 0, &result(50, "", &[])),
+            SourceError::AccessDenied { .. }
+        ));
+        assert!(matches!(
+            search_error(&settings(), "dc=corp", 0, &result(12, "", &[])),
+            SourceError::PagingUnsupported { .. }
+        ));
     }
 
     #[test]
     fn unusable_ca_files_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        let (message, _) = parts(client_config(&missing).unwrap_err());
-        assert!(message.contains("cannot read ca_file"), "{message}");
+        let err = client_config(&missing).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                SourceError::CaFile {
+                    problem: CaFileProblem::Unreadable { .. },
+                    path
+                } if path == &missing
+            ),
+            "{err:?}"
+        );
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
-        let (message, hint) = parts(client_config(&empty).unwrap_err());
-        assert!(message.contains("holds no PEM certificate"), "{message}");
-        assert!(hint.contains("PEM"), "{hint}");
+        let err = client_config(&empty).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SourceError::CaFile {
+                    problem: CaFileProblem::NoCertificate,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("ca_file {} holds no PEM certificate", empty.display())
+        );
+        assert!(err.hint().contains("PEM"), "{}", err.hint());
     }
 }

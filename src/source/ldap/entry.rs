@@ -7,46 +7,9 @@ use std::sync::Arc;
 
 use ldap3::SearchEntry;
 
-use super::{LdapSettings, SourceError, dn};
+use super::{LdapSettings, dn};
 use crate::model::{Origin, SourceAttrs, SourceKey, SourceUser};
-
-/// Reports at most this many problems; the rest are counted.
-const MAX_PROBLEMS: usize = 50;
-
-/// Collects record problems so the operator sees them all at once.
-#[derive(Default)]
-pub(super) struct Problems {
-    lines: Vec<String>,
-    more: usize,
-}
-
-impl Problems {
-    pub(super) fn push(&mut self, problem: String) {
-        if self.lines.len() < MAX_PROBLEMS {
-            self.lines.push(problem);
-        } else {
-            self.more += 1;
-        }
-    }
-
-    pub(super) fn into_result(mut self, what: &str, hint: String) -> Result<(), SourceError> {
-        if self.lines.is_empty() {
-            return Ok(());
-        }
-        let total = self.lines.len() + self.more;
-        if self.more > 0 {
-            self.lines.push(format!("… and {} more", self.more));
-        }
-        Err(SourceError::Invalid {
-            summary: format!(
-                "{what}: {total} problem{} found; nothing was planned or changed",
-                if total == 1 { "" } else { "s" }
-            ),
-            problems: self.lines,
-            hint,
-        })
-    }
-}
+use crate::source::{BadEntries, EntryProblem, KeyProblem, Problems, SourceError};
 
 /// Shares one allocation per attribute name across all entries.
 #[derive(Default)]
@@ -126,37 +89,33 @@ fn is_guid_attribute(name: &str) -> bool {
 }
 
 /// The entry's stable key from `attribute`, or why it has none.
-pub(super) fn key_of(entry: &SearchEntry, attribute: &str) -> Result<String, String> {
+pub(super) fn key_of(entry: &SearchEntry, attribute: &str) -> Result<String, KeyProblem> {
     let (text, binary) = values(entry, attribute);
     let mut keys: Vec<String> = Vec::with_capacity(1);
     if is_guid_attribute(attribute) {
         for raw in binary {
-            keys.push(
-                guid_text(raw).ok_or_else(|| {
-                    format!("its {attribute} is {} bytes long, not 16", raw.len())
-                })?,
-            );
+            keys.push(guid_text(raw).ok_or(KeyProblem::GuidLength { len: raw.len() })?);
         }
         for value in text {
             // 16 random bytes are occasionally valid UTF-8 and then arrive as text.
             let key = guid_from_text(value)
                 .or_else(|| guid_text(value.as_bytes()))
-                .ok_or_else(|| format!("its {attribute} {value:?} is not a GUID"))?;
+                .ok_or_else(|| KeyProblem::NotAGuid {
+                    value: value.clone(),
+                })?;
             keys.push(key);
         }
     } else {
         if !binary.is_empty() {
-            return Err(format!("its {attribute} is binary, not text"));
+            return Err(KeyProblem::Binary);
         }
         keys.extend(text.iter().map(|v| v.trim().to_string()));
     }
     keys.retain(|k| !k.is_empty());
     match keys.len() {
         1 => Ok(keys.pop().unwrap_or_default()),
-        0 => Err(format!("it has no {attribute}")),
-        n => Err(format!(
-            "it has {n} values of {attribute}; the key must be single-valued"
-        )),
+        0 => Err(KeyProblem::Missing),
+        count => Err(KeyProblem::SeveralValues { count }),
     }
 }
 
@@ -174,8 +133,10 @@ pub(super) struct UserReader {
     dn_name: Arc<str>,
     users: Users,
     keys: HashMap<SourceKey, usize>,
-    problems: Problems,
-    context: String,
+    problems: Problems<EntryProblem>,
+    url: String,
+    base: String,
+    filter: String,
 }
 
 impl UserReader {
@@ -192,27 +153,32 @@ impl UserReader {
             },
             keys: HashMap::new(),
             problems: Problems::default(),
-            context: format!(
-                "LDAP {} users under {} matching {}",
-                settings.url, settings.user_base_dn, settings.user_filter
-            ),
+            url: settings.url.clone(),
+            base: settings.user_base_dn.clone(),
+            filter: settings.user_filter.clone(),
         }
     }
 
     pub(super) fn add(&mut self, entry: SearchEntry) {
         let key = match key_of(&entry, &self.key_attribute) {
             Ok(key) => SourceKey::new(key),
-            Err(why) => {
-                self.problems.push(format!("{}: {why}", entry.dn));
+            Err(problem) => {
+                self.problems.push(EntryProblem::Key {
+                    dn: entry.dn,
+                    attribute: self.key_attribute.clone(),
+                    problem,
+                });
                 return;
             }
         };
         let index = self.users.users.len();
         if let Some(&other) = self.keys.get(&key) {
-            self.problems.push(format!(
-                "{}: {} {key} is also the key of {}",
-                entry.dn, self.key_attribute, self.users.users[other].origin
-            ));
+            self.problems.push(EntryProblem::DuplicateKey {
+                dn: entry.dn,
+                attribute: self.key_attribute.clone(),
+                key: key.as_str().to_string(),
+                other: self.users.users[other].origin.to_string(),
+            });
             return;
         }
         self.keys.insert(key.clone(), index);
@@ -243,13 +209,19 @@ impl UserReader {
     }
 
     pub(super) fn finish(self) -> Result<Users, SourceError> {
-        let hint = format!(
-            "every user needs exactly one {} and keys must be unique; fix the entries, or \
-             narrow user_filter to exclude them",
-            self.key_attribute
-        );
-        self.problems.into_result(&self.context, hint)?;
-        Ok(self.users)
+        if self.problems.is_empty() {
+            return Ok(self.users);
+        }
+        let (problems, more) = self.problems.into_parts();
+        Err(SourceError::BadUsers(Box::new(BadEntries {
+            url: self.url,
+            base: self.base,
+            filter: self.filter,
+            key_attribute: self.key_attribute,
+            name_attribute: None,
+            problems,
+            more,
+        })))
     }
 }
 
@@ -317,10 +289,33 @@ mod tests {
     #[test]
     fn a_missing_or_ambiguous_key_is_explained() {
         let e = entry(&[("cn", &["x"])], &[]);
-        assert_eq!(key_of(&e, "entryUUID").unwrap_err(), "it has no entryUUID");
+        assert_eq!(key_of(&e, "entryUUID").unwrap_err(), KeyProblem::Missing);
         let e = entry(&[("uid", &["a", "b"])], &[]);
-        assert!(key_of(&e, "uid").unwrap_err().contains("2 values"));
+        assert_eq!(
+            key_of(&e, "uid").unwrap_err(),
+            KeyProblem::SeveralValues { count: 2 }
+        );
         let e = entry(&[], &[("objectGUID", &[&[1, 2, 3]])]);
-        assert!(key_of(&e, "objectGUID").unwrap_err().contains("3 bytes"));
+        assert_eq!(
+            key_of(&e, "objectGUID").unwrap_err(),
+            KeyProblem::GuidLength { len: 3 }
+        );
+        let e = entry(&[("objectGUID", &["not-a-guid"])], &[]);
+        assert!(matches!(
+            key_of(&e, "objectGUID").unwrap_err(),
+            KeyProblem::NotAGuid { .. }
+        ));
+        let e = entry(&[], &[("uid", &[b"a"])]);
+        assert_eq!(key_of(&e, "uid").unwrap_err(), KeyProblem::Binary);
+        // What the operator sees for one entry.
+        let problem = EntryProblem::Key {
+            dn: "uid=x,dc=example".into(),
+            attribute: "uid".into(),
+            problem: KeyProblem::SeveralValues { count: 2 },
+        };
+        assert_eq!(
+            problem.to_string(),
+            "uid=x,dc=example: it has 2 values of uid; the key must be single-valued"
+        );
     }
 }

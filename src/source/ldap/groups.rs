@@ -9,9 +9,10 @@ use std::collections::{HashMap, HashSet};
 
 use ldap3::{Ldap, SearchEntry};
 
-use super::entry::{Problems, Users, key_of};
-use super::{LdapSettings, SourceError, connect, dn};
+use super::entry::{Users, key_of};
+use super::{LdapSettings, connect, dn};
 use crate::model::{GroupKey, Origin, SourceGroup, fold};
+use crate::source::{BadEntries, EntryProblem, Problems, SourceError};
 
 /// Bounds the follow-up requests for one AD ranged attribute: at AD's 1500
 /// values per range this is 15 million members, far beyond any real group.
@@ -108,8 +109,10 @@ pub(super) struct GroupReader {
     groups: Vec<RawGroup>,
     keys: HashMap<GroupKey, usize>,
     pending: Vec<PendingRange>,
-    problems: Problems,
-    context: String,
+    problems: Problems<EntryProblem>,
+    url: String,
+    base: String,
+    filter: String,
 }
 
 impl GroupReader {
@@ -121,10 +124,9 @@ impl GroupReader {
             keys: HashMap::new(),
             pending: Vec::new(),
             problems: Problems::default(),
-            context: format!(
-                "LDAP {} groups under {} matching {}",
-                settings.url, settings.group_base_dn, settings.group_filter
-            ),
+            url: settings.url.clone(),
+            base: settings.group_base_dn.clone(),
+            filter: settings.group_filter.clone(),
         }
     }
 
@@ -145,8 +147,12 @@ impl GroupReader {
     pub(super) fn add(&mut self, entry: SearchEntry) {
         let key = match key_of(&entry, &self.key_attribute) {
             Ok(key) => GroupKey::new(key),
-            Err(why) => {
-                self.problems.push(format!("{}: {why}", entry.dn));
+            Err(problem) => {
+                self.problems.push(EntryProblem::Key {
+                    dn: entry.dn,
+                    attribute: self.key_attribute.clone(),
+                    problem,
+                });
                 return;
             }
         };
@@ -156,16 +162,20 @@ impl GroupReader {
             .find(|(n, _)| n.eq_ignore_ascii_case(&self.name_attribute))
             .and_then(|(_, v)| v.iter().find(|v| !v.trim().is_empty()));
         let Some(name) = name.cloned() else {
-            self.problems
-                .push(format!("{}: it has no {}", entry.dn, self.name_attribute));
+            self.problems.push(EntryProblem::NoName {
+                dn: entry.dn,
+                attribute: self.name_attribute.clone(),
+            });
             return;
         };
         let index = self.groups.len();
         if let Some(&other) = self.keys.get(&key) {
-            self.problems.push(format!(
-                "{}: {} {key} is also the key of {}",
-                entry.dn, self.key_attribute, self.groups[other].dn
-            ));
+            self.problems.push(EntryProblem::DuplicateKey {
+                dn: entry.dn,
+                attribute: self.key_attribute.clone(),
+                key: key.as_str().to_string(),
+                other: self.groups[other].dn.clone(),
+            });
             return;
         }
         self.keys.insert(key.clone(), index);
@@ -225,15 +235,11 @@ impl GroupReader {
                 }
             }
             if !complete {
-                return Err(SourceError::Unavailable {
-                    message: format!(
-                        "LDAP {}: the server sent only part of the {} values of {} (stopped at \
-                         value {next}); nothing was planned",
-                        settings.url,
-                        pending.attr.name(),
-                        self.groups[pending.group].dn
-                    ),
-                    hint: "the group may have changed during the read; run again".into(),
+                return Err(SourceError::PartialMemberRange {
+                    url: settings.url.clone(),
+                    attribute: pending.attr.name().to_string(),
+                    group_dn: self.groups[pending.group].dn.clone(),
+                    stopped_at: next,
                 });
             }
         }
@@ -241,13 +247,19 @@ impl GroupReader {
     }
 
     pub(super) fn finish(self) -> Result<Vec<RawGroup>, SourceError> {
-        let hint = format!(
-            "every group needs one {} and a {}; fix the entries, or narrow group_filter to \
-             exclude them",
-            self.key_attribute, self.name_attribute
-        );
-        self.problems.into_result(&self.context, hint)?;
-        Ok(self.groups)
+        if self.problems.is_empty() {
+            return Ok(self.groups);
+        }
+        let (problems, more) = self.problems.into_parts();
+        Err(SourceError::BadGroups(Box::new(BadEntries {
+            url: self.url,
+            base: self.base,
+            filter: self.filter,
+            key_attribute: self.key_attribute,
+            name_attribute: Some(self.name_attribute),
+            problems,
+            more,
+        })))
     }
 }
 

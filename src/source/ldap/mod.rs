@@ -21,11 +21,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
-
 use futures_util::future::BoxFuture;
+use secrecy::SecretString;
+use serde_saphyr::Spanned;
 
-use super::{Source, SourceError};
+use super::{Source, SourceConfigError, SourceError};
 use crate::model::{SourceDirectory, SourceUser};
 
 /// Users: every inetOrgPerson (AD: set `(&(objectCategory=person)(objectClass=user))`).
@@ -43,47 +43,48 @@ const MAX_PAGE_SIZE: u32 = 10_000;
 /// whole read, which may legitimately take minutes on a big directory).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `source:` section for `kind: ldap`, as written in the config file.
+/// The `source:` section for `kind: ldap`, as written in the config file. Every
+/// field keeps its line and column, so a mistake is reported where it is.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapConfig {
     /// `ldap://host[:port]` or `ldaps://host[:port]`.
-    url: String,
+    url: Spanned<String>,
     #[serde(default)]
-    starttls: bool,
+    starttls: Option<Spanned<bool>>,
     /// A PEM file with the CA certificate(s) that signed the server's certificate,
     /// trusted in addition to the system's.
     #[serde(default)]
-    ca_file: Option<String>,
+    ca_file: Option<Spanned<String>>,
     #[serde(default)]
-    danger_skip_tls_verify: bool,
-    bind_dn: String,
+    danger_skip_tls_verify: Option<Spanned<bool>>,
+    bind_dn: Spanned<String>,
     #[serde(default)]
-    bind_password_env: Option<String>,
+    bind_password_env: Option<Spanned<String>>,
     #[serde(default)]
-    bind_password_file: Option<String>,
-    base_dn: String,
+    bind_password_file: Option<Spanned<String>>,
+    base_dn: Spanned<String>,
     #[serde(default)]
-    user_base_dn: Option<String>,
+    user_base_dn: Option<Spanned<String>>,
     #[serde(default)]
-    group_base_dn: Option<String>,
+    group_base_dn: Option<Spanned<String>>,
     #[serde(default)]
-    user_filter: Option<String>,
+    user_filter: Option<Spanned<String>>,
     #[serde(default)]
-    group_filter: Option<String>,
+    group_filter: Option<Spanned<String>>,
     /// `entryUUID` by default; `objectGUID` for Active Directory.
     #[serde(default)]
-    key_attribute: Option<String>,
+    key_attribute: Option<Spanned<String>>,
     /// Defaults to `key_attribute`.
     #[serde(default)]
-    group_key_attribute: Option<String>,
+    group_key_attribute: Option<Spanned<String>>,
     #[serde(default)]
-    group_name_attribute: Option<String>,
+    group_name_attribute: Option<Spanned<String>>,
     #[serde(default)]
-    page_size: Option<u32>,
+    page_size: Option<Spanned<u32>>,
     /// A humantime duration (`30s`, `2m`).
     #[serde(default)]
-    timeout: Option<String>,
+    timeout: Option<Spanned<String>>,
 }
 
 /// How the server's certificate is checked.
@@ -125,18 +126,39 @@ pub struct LdapSettings {
     timeout: Duration,
 }
 
+/// Where the README explains every field.
+const README_HINT: &str = "see the LDAP source section of the README";
+
+/// A configuration mistake at `field`'s value.
+fn refuse<T>(field: &Spanned<T>, message: impl Into<String>) -> SourceConfigError {
+    SourceConfigError {
+        location: field.referenced,
+        message: message.into(),
+        hint: README_HINT.into(),
+    }
+}
+
+/// A flag's value, `false` when it is not set.
+fn flag(field: &Option<Spanned<bool>>) -> bool {
+    field.as_ref().is_some_and(|f| f.value)
+}
+
 impl LdapConfig {
     /// Checks the section and resolves relative paths against `config_dir` (the
     /// config file's folder). No network and no secrets: `idsync validate` runs it.
-    pub fn compile(&self, config_dir: &Path) -> Result<LdapSettings, String> {
+    /// A mistake is reported at the offending field's line and column.
+    pub fn compile(&self, config_dir: &Path) -> Result<LdapSettings, SourceConfigError> {
         let url = compile_url(&self.url)?;
-        let tls_in_use = url.starts_with("ldaps://") || self.starttls;
-        if self.starttls && url.starts_with("ldaps://") {
-            return Err(
+        let starttls = flag(&self.starttls);
+        let tls_in_use = url.starts_with("ldaps://") || starttls;
+        if let Some(field) = self.starttls.as_ref().filter(|f| f.value)
+            && url.starts_with("ldaps://")
+        {
+            return Err(refuse(
+                field,
                 "`starttls: true` needs an ldap:// URL: ldaps:// is TLS from the start; \
-                 drop one of them"
-                    .into(),
-            );
+                 drop one of them",
+            ));
         }
         let resolve = |p: &str| -> PathBuf {
             let p = Path::new(p);
@@ -146,46 +168,72 @@ impl LdapConfig {
                 config_dir.join(p)
             }
         };
-        let tls = match (&self.ca_file, self.danger_skip_tls_verify) {
-            (Some(_), true) => {
-                return Err(
+        let skip_verify = self.danger_skip_tls_verify.as_ref().filter(|f| f.value);
+        let tls = match (&self.ca_file, skip_verify) {
+            (Some(_), Some(skip)) => {
+                return Err(refuse(
+                    skip,
                     "`ca_file` and `danger_skip_tls_verify` contradict each other: \
-                     keep `ca_file` and remove `danger_skip_tls_verify`"
-                        .into(),
-                );
+                     keep `ca_file` and remove `danger_skip_tls_verify`",
+                ));
             }
-            (Some(file), false) if file.trim().is_empty() => {
-                return Err("`ca_file` is empty".into());
+            (Some(file), None) if file.value.trim().is_empty() => {
+                return Err(refuse(file, "`ca_file` is empty"));
             }
-            (Some(file), false) => TlsVerify::CaFile(resolve(file)),
-            (None, true) => TlsVerify::Skip,
-            (None, false) => TlsVerify::System,
+            (Some(file), None) => TlsVerify::CaFile(resolve(&file.value)),
+            (None, Some(_)) => TlsVerify::Skip,
+            (None, None) => TlsVerify::System,
         };
-        if tls != TlsVerify::System && !tls_in_use {
-            return Err(format!(
-                "`{}` has no effect on a plain ldap:// connection: use an ldaps:// URL or \
-                 `starttls: true`",
-                if tls == TlsVerify::Skip {
-                    "danger_skip_tls_verify"
-                } else {
-                    "ca_file"
-                }
-            ));
+        if !tls_in_use {
+            let useless = match (&self.ca_file, skip_verify) {
+                (Some(file), _) => Some(("ca_file", file.referenced)),
+                (None, Some(skip)) => Some(("danger_skip_tls_verify", skip.referenced)),
+                (None, None) => None,
+            };
+            if let Some((field, location)) = useless {
+                return Err(SourceConfigError {
+                    location,
+                    message: format!(
+                        "`{field}` has no effect on a plain ldap:// connection: use an ldaps:// \
+                         URL or `starttls: true`"
+                    ),
+                    hint: README_HINT.into(),
+                });
+            }
         }
         let password = match (&self.bind_password_env, &self.bind_password_file) {
-            (Some(var), None) if !var.trim().is_empty() => PasswordSource::Env(var.trim().into()),
-            (None, Some(file)) if !file.trim().is_empty() => PasswordSource::File(resolve(file)),
-            (Some(_), Some(_)) => {
-                return Err(
-                    "both `bind_password_env` and `bind_password_file` are set: keep one".into(),
-                );
+            (Some(var), None) if !var.value.trim().is_empty() => {
+                PasswordSource::Env(var.value.trim().into())
+            }
+            (None, Some(file)) if !file.value.trim().is_empty() => {
+                PasswordSource::File(resolve(&file.value))
+            }
+            (Some(env), Some(file)) => {
+                // At the one written last: that is the one to reconsider.
+                let at = |l: &serde_saphyr::Location| (l.line(), l.column());
+                let later = if at(&file.referenced) > at(&env.referenced) {
+                    file.referenced
+                } else {
+                    env.referenced
+                };
+                return Err(SourceConfigError {
+                    location: later,
+                    message: "both `bind_password_env` and `bind_password_file` are set: keep one"
+                        .into(),
+                    hint: README_HINT.into(),
+                });
             }
             (None, None) => {
-                return Err("no bind password: set `bind_password_env` (an environment \
-                     variable's name) or `bind_password_file` (a file only idsync can read)"
-                    .into());
+                // Nothing to point at: the password goes with the bind DN.
+                return Err(refuse(
+                    &self.bind_dn,
+                    "no bind password: set `bind_password_env` (an environment variable's \
+                     name) or `bind_password_file` (a file only idsync can read)",
+                ));
             }
-            _ => return Err("the bind password setting is empty".into()),
+            (Some(empty), None) | (None, Some(empty)) => {
+                return Err(refuse(empty, "the bind password setting is empty"));
+            }
         };
         let bind_dn = non_empty("bind_dn", &self.bind_dn)?;
         let base_dn = non_empty("base_dn", &self.base_dn)?;
@@ -199,51 +247,62 @@ impl LdapConfig {
         };
         let user_filter = compile_filter(
             "user_filter",
-            self.user_filter.as_deref(),
+            self.user_filter.as_ref(),
             DEFAULT_USER_FILTER,
         )?;
         let group_filter = compile_filter(
             "group_filter",
-            self.group_filter.as_deref(),
+            self.group_filter.as_ref(),
             DEFAULT_GROUP_FILTER,
         )?;
         let key_attribute = compile_attribute(
             "key_attribute",
-            self.key_attribute.as_deref(),
+            self.key_attribute.as_ref(),
             DEFAULT_KEY_ATTRIBUTE,
         )?;
         let group_key_attribute = compile_attribute(
             "group_key_attribute",
-            self.group_key_attribute.as_deref(),
+            self.group_key_attribute.as_ref(),
             &key_attribute,
         )?;
         let group_name_attribute = compile_attribute(
             "group_name_attribute",
-            self.group_name_attribute.as_deref(),
+            self.group_name_attribute.as_ref(),
             DEFAULT_GROUP_NAME_ATTRIBUTE,
         )?;
-        let page_size = self.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
-        if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-            return Err(format!(
-                "page_size {page_size} is out of range: use 1 to {MAX_PAGE_SIZE} (at most the \
-                 server's limit; Active Directory's default MaxPageSize is 1000)"
-            ));
-        }
+        let page_size = match &self.page_size {
+            None => DEFAULT_PAGE_SIZE,
+            Some(size) if (1..=MAX_PAGE_SIZE).contains(&size.value) => size.value,
+            Some(size) => {
+                return Err(refuse(
+                    size,
+                    format!(
+                        "page_size {} is out of range: use 1 to {MAX_PAGE_SIZE} (at most the \
+                         server's limit; Active Directory's default MaxPageSize is 1000)",
+                        size.value
+                    ),
+                ));
+            }
+        };
         let timeout = match &self.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(text) => match humantime::parse_duration(text.trim()) {
+            Some(field) => match humantime::parse_duration(field.value.trim()) {
                 Ok(d) if !d.is_zero() => d,
-                Ok(_) => return Err("timeout must be longer than zero".into()),
+                Ok(_) => return Err(refuse(field, "timeout must be longer than zero")),
                 Err(e) => {
-                    return Err(format!(
-                        "timeout {text:?} is not a duration ({e}); write e.g. 30s or 2m"
+                    return Err(refuse(
+                        field,
+                        format!(
+                            "timeout {:?} is not a duration ({e}); write e.g. 30s or 2m",
+                            field.value
+                        ),
                     ));
                 }
             },
         };
         Ok(LdapSettings {
             url,
-            starttls: self.starttls,
+            starttls,
             tls,
             bind_dn,
             password,
@@ -428,65 +487,98 @@ fn user_attributes(settings: &LdapSettings, attributes: &BTreeSet<String>) -> Ve
     wanted
 }
 
-fn non_empty(field: &str, value: &str) -> Result<String, String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(format!("`{field}` is empty"));
+fn non_empty(field: &str, value: &Spanned<String>) -> Result<String, SourceConfigError> {
+    let text = value.value.trim();
+    if text.is_empty() {
+        return Err(refuse(value, format!("`{field}` is empty")));
     }
-    Ok(value.to_string())
+    Ok(text.to_string())
 }
 
-fn compile_url(url: &str) -> Result<String, String> {
-    let url = url.trim();
-    let parsed = url::Url::parse(url).map_err(|e| format!("url {url:?} is not a URL ({e})"))?;
+fn compile_url(field: &Spanned<String>) -> Result<String, SourceConfigError> {
+    let url = field.value.trim();
+    let parsed = url::Url::parse(url)
+        .map_err(|e| refuse(field, format!("url {url:?} is not a URL ({e})")))?;
     match parsed.scheme() {
         "ldap" | "ldaps" => {}
         other => {
-            return Err(format!(
-                "url scheme {other:?} is not supported: use ldap:// (optionally with \
-                 `starttls: true`) or ldaps://"
+            return Err(refuse(
+                field,
+                format!(
+                    "url scheme {other:?} is not supported: use ldap:// (optionally with \
+                     `starttls: true`) or ldaps://"
+                ),
             ));
         }
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!(
-            "url {url:?} names no host: write ldap://HOST[:PORT]"
+        return Err(refuse(
+            field,
+            format!("url {url:?} names no host: write ldap://HOST[:PORT]"),
         ));
     }
     if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some()
     {
-        return Err(format!(
-            "url {url:?} carries a DN or search part: give only ldap[s]://HOST[:PORT] and \
-             set base_dn, user_filter and group_filter separately"
+        return Err(refuse(
+            field,
+            format!(
+                "url {url:?} carries a DN or search part: give only ldap[s]://HOST[:PORT] and \
+                 set base_dn, user_filter and group_filter separately"
+            ),
         ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("url must not carry credentials: use bind_dn and bind_password_env".into());
+        return Err(refuse(
+            field,
+            "url must not carry credentials: use bind_dn and bind_password_env",
+        ));
     }
     Ok(url.trim_end_matches('/').to_string())
 }
 
 /// Filters are the operator's, passed to the server as written; only their
-/// syntax is checked here so a typo fails `validate`, not a 3 a.m. run.
-fn compile_filter(field: &str, value: Option<&str>, default: &str) -> Result<String, String> {
-    let filter = value.map(str::trim).unwrap_or(default);
+/// syntax is checked here so a typo fails `validate`, not a 3 a.m. run. The
+/// defaults are known to be valid.
+fn compile_filter(
+    field: &str,
+    value: Option<&Spanned<String>>,
+    default: &str,
+) -> Result<String, SourceConfigError> {
+    let Some(value) = value else {
+        return Ok(default.to_string());
+    };
+    let filter = value.value.trim();
     if ldap3::parse_filter(filter).is_err() {
-        return Err(format!(
-            "`{field}` {filter:?} is not a valid LDAP filter (RFC 4515): check the parentheses, \
-             and escape literal * ( ) \\ in values as \\2a \\28 \\29 \\5c"
+        return Err(refuse(
+            value,
+            format!(
+                "`{field}` {filter:?} is not a valid LDAP filter (RFC 4515): check the \
+                 parentheses, and escape literal * ( ) \\ in values as \\2a \\28 \\29 \\5c"
+            ),
         ));
     }
     Ok(filter.to_string())
 }
 
-fn compile_attribute(field: &str, value: Option<&str>, default: &str) -> Result<String, String> {
-    let name = value.map(str::trim).unwrap_or(default);
+/// An attribute name, or `default` (a valid name) when none is written.
+fn compile_attribute(
+    field: &str,
+    value: Option<&Spanned<String>>,
+    default: &str,
+) -> Result<String, SourceConfigError> {
+    let Some(value) = value else {
+        return Ok(default.to_string());
+    };
+    let name = value.value.trim();
     let valid = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ';'));
     if !valid {
-        return Err(format!("`{field}` {name:?} is not an LDAP attribute name"));
+        return Err(refuse(
+            value,
+            format!("`{field}` {name:?} is not an LDAP attribute name"),
+        ));
     }
     Ok(name.to_string())
 }
@@ -495,54 +587,36 @@ impl PasswordSource {
     /// Reads the bind password. An empty password is refused: LDAP treats a simple
     /// bind with an empty password as an anonymous bind that "succeeds".
     fn read(&self) -> Result<SecretString, SourceError> {
-        let unavailable =
-            |message: String, hint: String| SourceError::Unavailable { message, hint };
         match self {
             PasswordSource::Env(var) => match std::env::var(var) {
                 Ok(value) if !value.is_empty() => Ok(SecretString::from(value)),
-                _ => Err(unavailable(
-                    format!("the LDAP bind password variable {var} is not set"),
-                    format!("export {var}=<the service account's password> before running idsync"),
-                )),
+                _ => Err(SourceError::PasswordNotSet { var: var.clone() }),
             },
             PasswordSource::File(path) => {
+                let unreadable = |source| SourceError::PasswordFileUnreadable {
+                    path: path.clone(),
+                    source,
+                };
                 #[cfg(unix)]
                 {
                     use std::os::unix::fs::PermissionsExt;
-                    let meta = std::fs::metadata(path).map_err(|e| {
-                        unavailable(
-                            format!("cannot read bind password file {}: {e}", path.display()),
-                            "check bind_password_file in the source section".into(),
-                        )
-                    })?;
+                    let meta = std::fs::metadata(path).map_err(unreadable)?;
                     let mode = meta.permissions().mode();
                     if mode & 0o077 != 0 {
-                        return Err(unavailable(
-                            format!(
-                                "bind password file {} is open to other users (mode {:o})",
-                                path.display(),
-                                mode & 0o777
-                            ),
-                            format!("chmod 600 {}", path.display()),
-                        ));
+                        return Err(SourceError::PasswordFileExposed {
+                            path: path.clone(),
+                            mode: mode & 0o777,
+                        });
                     }
                 }
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    unavailable(
-                        format!("cannot read bind password file {}: {e}", path.display()),
-                        "check bind_password_file in the source section".into(),
-                    )
-                })?;
+                let text = std::fs::read_to_string(path).map_err(unreadable)?;
                 // Only the line ending an editor adds: spaces may be part of a password.
                 let password = text
                     .strip_suffix('\n')
                     .map(|t| t.strip_suffix('\r').unwrap_or(t))
                     .unwrap_or(&text);
                 if password.is_empty() {
-                    return Err(unavailable(
-                        format!("bind password file {} is empty", path.display()),
-                        "write the service account's password into it".into(),
-                    ));
+                    return Err(SourceError::PasswordFileEmpty { path: path.clone() });
                 }
                 Ok(SecretString::from(password.to_string()))
             }

@@ -17,13 +17,25 @@ base_dn: dc=example,dc=com
 ";
 
 fn compile_with(extra: &str) -> Result<LdapSettings, String> {
-    parse(&format!("{MINIMAL}{extra}")).compile(Path::new("/etc/idsync"))
+    parse(&format!("{MINIMAL}{extra}"))
+        .compile(Path::new("/etc/idsync"))
+        .map_err(|e| e.message)
 }
 
 fn compile_error(yaml: &str) -> String {
+    refusal(yaml).message
+}
+
+fn refusal(yaml: &str) -> SourceConfigError {
     parse(yaml)
         .compile(Path::new("/etc/idsync"))
         .expect_err("should be refused")
+}
+
+/// The line and column a refusal of `MINIMAL` + `extra` points at.
+fn refused_at(extra: &str) -> (u64, u64) {
+    let e = refusal(&format!("{MINIMAL}{extra}"));
+    (e.location.line(), e.location.column())
 }
 
 #[test]
@@ -179,26 +191,58 @@ fn unknown_fields_are_refused() {
 }
 
 #[test]
-fn the_config_section_works_inside_a_kind_tagged_enum() {
-    // How config.rs embeds it: `source: { kind: ldap, … }` (boxed: it is large).
-    #[derive(Debug, serde::Deserialize)]
-    #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-    enum Source {
-        Ldap(Box<LdapConfig>),
-        #[allow(dead_code)]
-        Csv {
-            users: String,
-        },
-    }
-    let Source::Ldap(config) =
-        serde_saphyr::from_str::<Source>(&format!("kind: ldap\n{MINIMAL}")).unwrap()
-    else {
-        panic!("expected the ldap variant");
+fn every_refusal_points_at_its_field() {
+    // MINIMAL takes lines 2 to 5 (it starts with a newline); `extra` starts on line 6.
+    assert_eq!(refused_at("page_size: 0\n"), (6, 12));
+    assert_eq!(refused_at("timeout: soon\n"), (6, 10));
+    assert_eq!(refused_at("user_filter: (cn=a\n"), (6, 14));
+    assert_eq!(refused_at("page_size: 10\ngroup_filter: x\n"), (7, 15));
+    assert_eq!(refused_at("key_attribute: 'a b'\n"), (6, 16));
+    assert_eq!(refused_at("group_key_attribute: ''\n"), (6, 22));
+    assert_eq!(refused_at("group_name_attribute: '!'\n"), (6, 23));
+    assert_eq!(refused_at("user_base_dn: ' '\n"), (6, 15));
+    assert_eq!(refused_at("group_base_dn: ''\n"), (6, 16));
+    assert_eq!(refused_at("ca_file: ca.pem\n"), (6, 10));
+    assert_eq!(refused_at("danger_skip_tls_verify: true\n"), (6, 25));
+    assert_eq!(
+        refused_at("starttls: true\nca_file: ca.pem\ndanger_skip_tls_verify: true\n"),
+        (8, 25)
+    );
+    assert_eq!(refused_at("starttls: true\nca_file: ' '\n"), (7, 10));
+    // Two password sources: at the one written last.
+    assert_eq!(refused_at("bind_password_file: /run/pw\n"), (6, 21));
+    let at = |yaml: &str| {
+        let e = refusal(yaml);
+        (e.location.line(), e.location.column())
     };
-    assert!(config.compile(Path::new("/")).is_ok());
-    let e = serde_saphyr::from_str::<Source>(&format!("kind: ldap\n{MINIMAL}pagesize: 5\n"))
-        .expect_err("unknown field inside the tagged enum");
-    assert!(e.to_string().contains("pagesize"), "{e}");
+    assert_eq!(
+        at(&MINIMAL.replace("ldap://ldap.example.com", "ldaps://h\nstarttls: true")),
+        (3, 11)
+    );
+    assert_eq!(
+        at(&MINIMAL.replace("ldap://ldap.example.com", "https://h")),
+        (2, 6)
+    );
+    // No password source: at bind_dn, which the password goes with.
+    assert_eq!(
+        at(&MINIMAL.replace("bind_password_env: LDAP_PASSWORD\n", "")),
+        (3, 10)
+    );
+    assert_eq!(at(&MINIMAL.replace("LDAP_PASSWORD", "''")), (4, 20));
+    assert_eq!(
+        at(&MINIMAL.replace("cn=sync,dc=example,dc=com", "''")),
+        (3, 10)
+    );
+    assert_eq!(
+        at(&MINIMAL.replace("base_dn: dc=example,dc=com", "base_dn: ''")),
+        (5, 10)
+    );
+    // The hint says where to read on.
+    assert!(
+        refusal(&format!("{MINIMAL}page_size: 0\n"))
+            .hint
+            .contains("README")
+    );
 }
 
 #[test]
@@ -219,11 +263,41 @@ fn password_files_open_to_others_or_empty_are_refused() {
     std::fs::write(&file, "s3cret\n").unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let source = PasswordSource::File(file.clone());
-    let e = source.read().unwrap_err().to_string();
-    assert!(e.contains("open to other users"), "{e}");
+    let e = source.read().unwrap_err();
+    assert!(
+        matches!(e, SourceError::PasswordFileExposed { mode: 0o644, .. }),
+        "{e:?}"
+    );
+    assert!(e.is_unavailable());
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "bind password file {} is open to other users (mode 644)",
+            file.display()
+        )
+    );
+    assert_eq!(e.hint(), format!("chmod 600 {}", file.display()));
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     use secrecy::ExposeSecret;
     assert_eq!(source.read().unwrap().expose_secret(), "s3cret");
     std::fs::write(&file, "\n").unwrap();
-    assert!(source.read().unwrap_err().to_string().contains("empty"));
+    assert!(matches!(
+        source.read().unwrap_err(),
+        SourceError::PasswordFileEmpty { .. }
+    ));
+    let missing = PasswordSource::File(dir.path().join("missing"));
+    assert!(matches!(
+        missing.read().unwrap_err(),
+        SourceError::PasswordFileUnreadable { .. }
+    ));
+    let unset = PasswordSource::Env("IDSYNC_TEST_SURELY_UNSET_PASSWORD".into());
+    let e = unset.read().unwrap_err();
+    assert!(
+        matches!(&e, SourceError::PasswordNotSet { var } if var == "IDSYNC_TEST_SURELY_UNSET_PASSWORD"),
+        "{e:?}"
+    );
+    assert!(
+        e.hint()
+            .starts_with("export IDSYNC_TEST_SURELY_UNSET_PASSWORD=")
+    );
 }
