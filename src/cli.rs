@@ -19,22 +19,10 @@ use crate::config::{ConfigError, Settings};
 use crate::report::{self, Format, Style};
 use crate::source::SourceError;
 use crate::state::StateError;
-use crate::sync::{self, SyncError, SyncOptions, inspect};
+use crate::sync::{self, Exit, SyncError, SyncOptions, inspect};
 
 /// Removals listed on stderr when a guard holds a plan back.
 const HELD_LISTED: usize = 50;
-
-/// Exit codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    Ok = 0,
-    Partial = 1,
-    Usage = 2,
-    Guard = 3,
-    Locked = 4,
-    Unreachable = 5,
-}
 
 /// A command's failure: what to print and how to exit.
 #[derive(Debug)]
@@ -56,103 +44,56 @@ impl Failure {
 
 impl From<ConfigError> for Failure {
     fn from(e: ConfigError) -> Self {
-        let hint = e.hint();
-        Failure {
-            exit: Exit::Usage,
-            message: e.to_string(),
-            hint,
-        }
-    }
-}
-
-impl From<StateError> for Failure {
-    fn from(e: StateError) -> Self {
-        match &e {
-            StateError::Locked { .. } => Failure::new(
-                Exit::Locked,
-                e.to_string(),
-                Some("wait for the other run to finish (one run at a time per state DB)"),
-            ),
-            _ => Failure::new(
-                Exit::Usage,
-                e.to_string(),
-                Some(
-                    "check the `state:` path and its permissions; the DB is never changed by a failed open",
-                ),
-            ),
-        }
+        SyncError::Config(e).into()
     }
 }
 
 impl From<SourceError> for Failure {
     fn from(e: SourceError) -> Self {
-        let exit = if e.is_unavailable() {
-            Exit::Unreachable
-        } else {
-            Exit::Usage
-        };
-        let hint = e.hint().into_owned();
-        Failure {
-            exit,
-            message: e.to_string(),
-            hint: Some(hint),
-        }
-    }
-}
-
-fn target_hint(auth: bool) -> &'static str {
-    if auth {
-        "check the SCIM token (token_env / token_file) and that it belongs to this directory"
-    } else {
-        "check target.base_url and that the target is reachable from here"
+        SyncError::Source(e).into()
     }
 }
 
 impl From<SyncError> for Failure {
     fn from(e: SyncError) -> Self {
-        let message = e.to_string();
-        match e {
-            SyncError::Config(e) => e.into(),
-            SyncError::Source(e) => e.into(),
-            SyncError::State(e) => e.into(),
-            SyncError::Mapping { .. } => Failure::new(
-                Exit::Usage,
-                message,
-                Some("fix the records (or the mapping) listed above, then run again"),
-            ),
-            SyncError::StateWrite(_) => Failure::new(
-                Exit::Partial,
-                message,
-                Some(
-                    "operations committed before this are safe; free disk space or fix the DB's permissions, then run sync again (it resumes without duplicates)",
-                ),
-            ),
-            SyncError::TargetSetup(_) => Failure::new(
-                Exit::Usage,
-                message,
-                Some("check the target section of the config"),
-            ),
-            SyncError::Target(e) => Failure::new(
-                Exit::Unreachable,
-                message,
-                Some(target_hint(matches!(e, TargetError::Unauthorized { .. }))),
-            ),
-            SyncError::Guard { stop, .. } => Failure::new(Exit::Guard, message, Some(stop.hint())),
-            SyncError::PlanUnreadable { .. } => Failure::new(Exit::Usage, message, None),
-            SyncError::NotAPlan { .. } => Failure::new(
-                Exit::Usage,
-                message,
-                Some("save plans with `idsync plan --out FILE`"),
-            ),
-            SyncError::StalePlan { .. } => Failure::new(
-                Exit::Usage,
-                message,
-                Some(
-                    "make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)",
-                ),
-            ),
+        Failure {
+            exit: e.exit(),
+            message: e.to_string(),
+            hint: hint(&e),
         }
     }
+}
+
+/// What the operator should do next.
+fn hint(e: &SyncError) -> Option<String> {
+    let text = match e {
+        SyncError::Config(e) => return e.hint(),
+        SyncError::Source(e) => return Some(e.hint().into_owned()),
+        SyncError::State(StateError::Locked { .. }) => {
+            "wait for the other run to finish (one run at a time per state DB)"
+        }
+        SyncError::State(_) => {
+            "check the `state:` path and its permissions; the DB is never changed by a failed open"
+        }
+        SyncError::Mapping { .. } => {
+            "fix the records (or the mapping) listed above, then run again"
+        }
+        SyncError::StateWrite(_) => {
+            "operations committed before this are safe; free disk space or fix the DB's permissions, then run sync again (it resumes without duplicates)"
+        }
+        SyncError::TargetSetup(_) => "check the target section of the config",
+        SyncError::Target(TargetError::Unauthorized { .. }) => {
+            "check the SCIM token (token_env / token_file) and that it belongs to this directory"
+        }
+        SyncError::Target(_) => "check target.base_url and that the target is reachable from here",
+        SyncError::Guard { stop, .. } => stop.hint(),
+        SyncError::PlanUnreadable { .. } => return None,
+        SyncError::NotAPlan { .. } => "save plans with `idsync plan --out FILE`",
+        SyncError::StalePlan { .. } => {
+            "make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)"
+        }
+    };
+    Some(text.to_string())
 }
 
 /// `--format`.
@@ -518,7 +459,7 @@ async fn sync_command(
     }
     Ok(match summary.exit_code {
         0 => Exit::Ok,
-        sync::EXIT_UNREACHABLE => Exit::Unreachable,
+        code if code == Exit::Unreachable as i32 => Exit::Unreachable,
         _ => Exit::Partial,
     })
 }
@@ -579,9 +520,9 @@ mod tests {
             path: "s.db.lock".into(),
         });
         assert_eq!(exit_of(locked), Exit::Locked);
-        let unavailable = SyncError::Source(SourceError::Unavailable {
-            message: "down".into(),
-            hint: "start it".into(),
+        let unavailable = SyncError::Source(SourceError::ConnectFailed {
+            url: "ldap://127.0.0.1:9".into(),
+            reason: "connection refused".into(),
         });
         assert_eq!(exit_of(unavailable), Exit::Unreachable);
         let mapping = SyncError::Mapping {

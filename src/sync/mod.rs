@@ -84,6 +84,44 @@ pub enum SyncError {
     StalePlan { path: PathBuf },
 }
 
+/// How a command ends, as its process exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// Some operations failed (or the run stopped early); the rest were applied.
+    Partial = 1,
+    /// A usage, configuration or data error: fix the input.
+    Usage = 2,
+    /// A guard stopped the cycle; nothing was changed.
+    Guard = 3,
+    /// Another run holds the state DB's lock.
+    Locked = 4,
+    /// The source or target is unreachable or refused the credentials.
+    Unreachable = 5,
+}
+
+impl SyncError {
+    /// The exit code this failure ends a command with.
+    pub fn exit(&self) -> Exit {
+        match self {
+            SyncError::Source(e) if e.is_unavailable() => Exit::Unreachable,
+            SyncError::State(StateError::Locked { .. }) => Exit::Locked,
+            SyncError::StateWrite(_) => Exit::Partial,
+            SyncError::Target(_) => Exit::Unreachable,
+            SyncError::Guard { .. } => Exit::Guard,
+            SyncError::Config(_)
+            | SyncError::Source(_)
+            | SyncError::Mapping { .. }
+            | SyncError::State(_)
+            | SyncError::TargetSetup(_)
+            | SyncError::PlanUnreadable { .. }
+            | SyncError::NotAPlan { .. }
+            | SyncError::StalePlan { .. } => Exit::Usage,
+        }
+    }
+}
+
 /// What a `sync` did.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
@@ -309,7 +347,7 @@ pub async fn cycle<T: Target>(
     let mut db = StateDb::open(&settings.state_path)?;
     if let Err(e) = target.check().await {
         let e = SyncError::Target(e);
-        let _ = db.record_stopped_run("sync", exit_code_of(&e), &e.to_string());
+        let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
         let _ = quarantine::record(&db, Some(&e.to_string()), chrono::Utc::now());
         return Err(e);
     }
@@ -329,14 +367,14 @@ pub async fn cycle<T: Target>(
             let input = match planning_input(settings, source, Some(&mut db), full_target).await {
                 Ok(input) => input,
                 Err(e) => {
-                    let _ = db.record_stopped_run("sync", exit_code_of(&e), &e.to_string());
+                    let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
                     return Err(e);
                 }
             };
             let plan = plan::plan(&input);
             if let Err(e) = guard(&plan, settings, opts.allow_deletes, false) {
                 if let SyncError::Guard { stop, .. } = &e {
-                    let _ = db.record_stopped_run("sync", exit_code_of(&e), &stop.to_string());
+                    let _ = db.record_stopped_run("sync", e.exit() as i32, &stop.to_string());
                 }
                 return Err(e);
             }
@@ -362,11 +400,12 @@ pub async fn cycle<T: Target>(
         .await
         .map_err(SyncError::StateWrite)?;
 
-    let exit_code = match &outcome.stopped {
-        Some(Stop::Unauthorized(_)) => EXIT_UNREACHABLE,
-        _ if outcome.failed > 0 || outcome.stopped.is_some() => EXIT_PARTIAL,
-        _ => 0,
+    let exit = match &outcome.stopped {
+        Some(Stop::Unauthorized(_)) => Exit::Unreachable,
+        _ if outcome.failed > 0 || outcome.stopped.is_some() => Exit::Partial,
+        _ => Exit::Ok,
     };
+    let exit_code = exit as i32;
     let summary = RunSummary {
         summary: plan.summary.clone(),
         applied: outcome.applied,
@@ -398,22 +437,6 @@ pub async fn cycle<T: Target>(
     };
     quarantine::record(&db, target_failure.as_deref(), chrono::Utc::now())?;
     Ok(summary)
-}
-
-/// Exit codes a finished run can have besides 0 (the rest belong to the
-/// command line).
-pub const EXIT_PARTIAL: i32 = 1;
-pub const EXIT_UNREACHABLE: i32 = 5;
-
-/// The exit code recorded in the history for a cycle that stopped before
-/// applying anything.
-fn exit_code_of(e: &SyncError) -> i32 {
-    match e {
-        SyncError::Guard { .. } => 3,
-        SyncError::Target(_) | SyncError::TargetSetup(_) => EXIT_UNREACHABLE,
-        SyncError::Source(e) if e.is_unavailable() => EXIT_UNREACHABLE,
-        _ => 2,
-    }
 }
 
 /// The state a saved plan is applied to: loaded, with the pushed attributes of
