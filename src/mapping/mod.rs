@@ -138,8 +138,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, GroupKey, GroupName, Origin, SourceAttrs, SourceDirectory,
-    SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs, UserName,
+    Desired, DesiredGroup, DesiredUser, FoldedRef, GroupKey, GroupName, Origin, SourceAttrs,
+    SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
 };
 use expr::{Expr, Record};
 use scope::Scope;
@@ -525,10 +525,10 @@ impl Mapping {
         }
 
         // In source order, so the later record is the one reported.
-        let mut seen: HashMap<UserName, usize, FastHash> =
+        let mut seen: HashMap<FoldedRef<'_>, usize, FastHash> =
             HashMap::with_capacity_and_hasher(users.len(), FastHash::default());
         for (i, user) in users.iter().enumerate() {
-            match seen.entry(UserName::new(user.user_name())) {
+            match seen.entry(FoldedRef(user.user_name())) {
                 Entry::Occupied(first) => {
                     let first = &users[*first.get()];
                     errors.push(RecordError {

@@ -184,6 +184,25 @@ macro_rules! folded_id {
     };
 }
 
+/// A name borrowed from a record, compared and hashed exactly as the identity
+/// types compare theirs: for indexes over many names the caller already holds,
+/// without a copy of each.
+#[derive(Clone, Copy, Debug)]
+pub struct FoldedRef<'a>(pub &'a str);
+
+impl PartialEq for FoldedRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0 || cmp_folded(self.0, other.0) == Ordering::Equal
+    }
+}
+impl Eq for FoldedRef<'_> {}
+
+impl Hash for FoldedRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_folded(self.0, state)
+    }
+}
+
 folded_id!(
     /// A SCIM `userName`. Targets compare user names case-insensitively, so do we.
     UserName
@@ -238,6 +257,19 @@ mod tests {
         let kelvin = UserName::new("\u{212a}im");
         assert_eq!(kelvin, UserName::new("KIM"));
         assert!(HashSet::from([kelvin]).contains(&UserName::new("kim")));
+    }
+
+    #[test]
+    fn a_borrowed_name_hashes_like_an_owned_one() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        for (a, b) in [("Ada@X.com", "ada@x.COM"), ("Caf\u{e9}", "CAFE\u{301}")] {
+            assert_eq!(FoldedRef(a), FoldedRef(b));
+            assert_eq!(
+                hasher.hash_one(FoldedRef(a)),
+                hasher.hash_one(UserName::new(b))
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@ mod state;
 
 pub use attr::{AttrSchema, AttrShape, AttrSpec, ENTERPRISE_USER, UserAttr, UserAttrs};
 pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser};
-pub use identity::{Domain, Email, GroupKey, GroupName, ScimId, SourceKey, UserName, fold};
+pub use identity::{
+    Domain, Email, FoldedRef, GroupKey, GroupName, ScimId, SourceKey, UserName, fold,
+};
 pub use record::{Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceUser};
 pub use remote::{RemoteGroup, RemoteUser, TargetSnapshot};
 pub use state::{Ownership, State, StateChange, StateGroup, StateUser, Status};
