@@ -86,6 +86,9 @@ fn hint(e: &SyncError) -> Option<String> {
             "check the SCIM token (token_env / token_file) and that it belongs to this directory"
         }
         SyncError::Target(_) => "check target.base_url and that the target is reachable from here",
+        SyncError::PartialListing { .. } => {
+            "the target (or a proxy in front of it) returned an incomplete listing: run again later; if those objects really were deleted in the target, run `idsync sync` without --full (an update answered 404 marks an object removed, and the next cycle recreates it)"
+        }
         SyncError::Guard { stop, .. } => stop.hint(),
         SyncError::PlanUnreadable { .. } => return None,
         SyncError::NotAPlan { .. } => "save plans with `idsync plan --out FILE`",
@@ -539,6 +542,14 @@ mod tests {
             message: "disk full".into(),
         });
         assert_eq!(exit_of(disk), Exit::Partial);
+        let short = SyncError::PartialListing {
+            collection: "Users",
+            listed: 0,
+            managed: 40,
+        };
+        let failure = Failure::from(short);
+        assert_eq!(failure.exit, Exit::Unreachable);
+        assert!(failure.hint.unwrap().contains("without --full"));
     }
 
     #[test]
