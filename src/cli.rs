@@ -184,7 +184,8 @@ enum Command {
         /// Apply a plan saved with `plan --out` (refused if config or state changed).
         #[arg(long, conflicts_with_all = ["full", "dry_run"])]
         plan: Option<PathBuf>,
-        /// Let removals above `max_removals` (or from an empty source) through.
+        /// Let removals above `max_removals` or `max_member_removals` (or from an
+        /// empty source) through.
         #[arg(long)]
         allow_deletes: bool,
         #[arg(long, value_enum, default_value = "text")]
@@ -351,9 +352,10 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
     );
     println!("  state:   {}", settings.state_path.display());
     println!(
-        "  policy:  remove_action {:?}, max_removals {}, groups {}",
+        "  policy:  remove_action {:?}, max_removals {}, max_member_removals {}, groups {}",
         settings.policy.remove_action,
         settings.policy.max_removals,
+        settings.policy.max_member_removals,
         if settings.policy.provision_groups {
             "provisioned"
         } else {

@@ -384,15 +384,18 @@ pub fn guard(
     allow_deletes: bool,
     dry_run: bool,
 ) -> Result<(), SyncError> {
-    plan::guard::check(plan, &settings.policy, allow_deletes).map_err(|stop| SyncError::Guard {
-        stop,
-        held: plan
+    plan::guard::check(plan, &settings.policy, allow_deletes).map_err(|stop| {
+        let held = plan
             .operations
             .iter()
-            .filter(|op| op.is_removal())
+            .filter(|op| stop.holds(op))
             .cloned()
-            .collect(),
-        dry_run,
+            .collect();
+        SyncError::Guard {
+            stop,
+            held,
+            dry_run,
+        }
     })
 }
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::faults::{assert_no_duplicates, rig};
-use crate::harness::{assert_target_matches, ops_of, str_at, summary_count};
+use crate::harness::{
+    ScimServer, Workspace, assert_target_matches, fresh_token, ops_of, str_at, summary_count,
+};
 use crate::proxy::{Fault, Schedule};
 
 /// The user who leaves in these tests.
@@ -174,4 +176,50 @@ fn a_refused_attribute_does_not_starve_the_leavers_disable() {
         "the leaver is still active: {}",
         rig.proxy.summary()
     );
+}
+
+#[test]
+fn emptying_every_group_is_held_by_the_member_removal_limit() {
+    let server = ScimServer::start(&fresh_token("empty-groups"));
+    let mut ws = Workspace::new(&server);
+    // The default limit (10% of managed memberships).
+    ws.max_member_removals = None;
+    let dir = crate::harness::Directory::generate(40, 4);
+    ws.write_directory(&dir);
+    ws.sync_ok();
+    let before = server.contents().normalized();
+    // Every member cell blank: each group stays, with nobody in it.
+    let mut emptied = dir.clone();
+    for members in emptied.groups.values_mut() {
+        members.clear();
+    }
+    ws.write_directory(&emptied);
+
+    let out = ws.run(&["sync", "--format", "json"]);
+    out.assert_code(3);
+    assert!(
+        out.stderr.contains("group memberships") && out.stderr.contains("max_member_removals 10%"),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stderr.contains("from group group-01"), "{}", out.dump());
+    assert_eq!(
+        server.contents().normalized(),
+        before,
+        "the guard let something through"
+    );
+    // `plan` shows what the guard would stop, and exits 0.
+    let plan = ws.run(&["plan"]);
+    plan.assert_code(0);
+    assert!(
+        plan.stderr.contains("max_member_removals"),
+        "{}",
+        plan.dump()
+    );
+
+    // Reviewed: --allow-deletes lets it through.
+    let out = ws.run(&["sync", "--allow-deletes", "--format", "json"]);
+    out.assert_code(0);
+    assert_target_matches(&emptied, &[], &server.contents());
+    ws.assert_plan_empty();
 }
