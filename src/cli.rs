@@ -86,6 +86,9 @@ fn hint(e: &SyncError) -> Option<String> {
             "check the SCIM token (token_env / token_file) and that it belongs to this directory"
         }
         SyncError::Target(_) => "check target.base_url and that the target is reachable from here",
+        SyncError::PartialListing { .. } => {
+            "the target (or a proxy in front of it) returned an incomplete listing: run again later; if those objects really were deleted in the target, run `idsync sync` without --full (an update answered 404 marks an object removed, and the next cycle recreates it)"
+        }
         SyncError::Guard { stop, .. } => stop.hint(),
         SyncError::PlanUnreadable { .. } => return None,
         SyncError::NotAPlan { .. } => "save plans with `idsync plan --out FILE`",
@@ -181,7 +184,8 @@ enum Command {
         /// Apply a plan saved with `plan --out` (refused if config or state changed).
         #[arg(long, conflicts_with_all = ["full", "dry_run"])]
         plan: Option<PathBuf>,
-        /// Let removals above `max_removals` (or from an empty source) through.
+        /// Let removals above `max_removals` or `max_member_removals` (or from an
+        /// empty source) through.
         #[arg(long)]
         allow_deletes: bool,
         #[arg(long, value_enum, default_value = "text")]
@@ -348,9 +352,10 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
     );
     println!("  state:   {}", settings.state_path.display());
     println!(
-        "  policy:  remove_action {:?}, max_removals {}, groups {}",
+        "  policy:  remove_action {:?}, max_removals {}, max_member_removals {}, groups {}",
         settings.policy.remove_action,
         settings.policy.max_removals,
+        settings.policy.max_member_removals,
         if settings.policy.provision_groups {
             "provisioned"
         } else {
@@ -539,6 +544,14 @@ mod tests {
             message: "disk full".into(),
         });
         assert_eq!(exit_of(disk), Exit::Partial);
+        let short = SyncError::PartialListing {
+            collection: "Users",
+            listed: 0,
+            managed: 40,
+        };
+        let failure = Failure::from(short);
+        assert_eq!(failure.exit, Exit::Unreachable);
+        assert!(failure.hint.unwrap().contains("without --full"));
     }
 
     #[test]

@@ -298,6 +298,8 @@ struct RawPolicy {
     #[serde(default)]
     max_removals: Option<Spanned<RawLimit>>,
     #[serde(default)]
+    max_member_removals: Option<Spanned<RawLimit>>,
+    #[serde(default)]
     groups: Option<RawGroupPolicy>,
     #[serde(default)]
     skip_out_of_scope_deletions: bool,
@@ -708,13 +710,26 @@ fn compile_policy(
         policy.remove_action = a;
     }
     if let Some(limit) = &raw.max_removals {
-        policy.max_removals = parse_limit(&limit.value).map_err(|message| {
+        policy.max_removals = parse_limit("max_removals", &limit.value).map_err(|message| {
             at(
                 &limit.referenced,
                 message,
                 Some("write a count (10) or a percentage of managed users (\"5%\")".into()),
             )
         })?;
+    }
+    if let Some(limit) = &raw.max_member_removals {
+        policy.max_member_removals =
+            parse_limit("max_member_removals", &limit.value).map_err(|message| {
+                at(
+                    &limit.referenced,
+                    message,
+                    Some(
+                        "write a count (25) or a percentage of managed group memberships (\"10%\")"
+                            .into(),
+                    ),
+                )
+            })?;
     }
     if let Some(g) = &raw.groups {
         policy.provision_groups = g.provision.unwrap_or(true);
@@ -729,7 +744,8 @@ fn compile_policy(
     Ok(policy)
 }
 
-fn parse_limit(raw: &RawLimit) -> Result<RemovalLimit, String> {
+/// Parses a removal limit; `key` names the setting in messages.
+fn parse_limit(key: &str, raw: &RawLimit) -> Result<RemovalLimit, String> {
     match raw {
         RawLimit::Count(n) => Ok(RemovalLimit::Count(*n)),
         RawLimit::Text(t) => {
@@ -738,15 +754,15 @@ fn parse_limit(raw: &RawLimit) -> Result<RemovalLimit, String> {
                 let p: f64 = p
                     .trim()
                     .parse()
-                    .map_err(|_| format!("max_removals {t:?} is not a percentage"))?;
+                    .map_err(|_| format!("{key} {t:?} is not a percentage"))?;
                 if !(0.0..=100.0).contains(&p) {
-                    return Err(format!("max_removals {t:?} is not between 0% and 100%"));
+                    return Err(format!("{key} {t:?} is not between 0% and 100%"));
                 }
                 Ok(RemovalLimit::Percent(p))
             } else {
                 t.parse()
                     .map(RemovalLimit::Count)
-                    .map_err(|_| format!("max_removals {t:?} is neither a count nor a percentage"))
+                    .map_err(|_| format!("{key} {t:?} is neither a count nor a percentage"))
             }
         }
     }
@@ -935,18 +951,37 @@ mod tests {
 
     #[test]
     fn parses_removal_limits() {
-        assert_eq!(parse_limit(&RawLimit::Count(7)), Ok(RemovalLimit::Count(7)));
+        let parse = |raw| parse_limit("max_removals", &raw);
+        assert_eq!(parse(RawLimit::Count(7)), Ok(RemovalLimit::Count(7)));
         assert_eq!(
-            parse_limit(&RawLimit::Text("5%".into())),
+            parse(RawLimit::Text("5%".into())),
             Ok(RemovalLimit::Percent(5.0))
         );
         assert_eq!(
-            parse_limit(&RawLimit::Text("12".into())),
+            parse(RawLimit::Text("12".into())),
             Ok(RemovalLimit::Count(12))
         );
-        assert!(parse_limit(&RawLimit::Text("150%".into())).is_err());
-        assert!(parse_limit(&RawLimit::Text("lots".into())).is_err());
+        assert!(parse(RawLimit::Text("150%".into())).is_err());
+        assert!(parse(RawLimit::Text("lots".into())).is_err());
         assert_eq!(RemovalLimit::Percent(5.0).resolve(50), 2);
+    }
+
+    #[test]
+    fn a_bad_member_removal_limit_is_reported_at_its_value() {
+        let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
+        let text = format!(
+            "mapping: {}\ntarget: {{ kind: scim, base_url: https://scim.example, token_env: T }}\nstate: s.db\nsource: {{ kind: csv, users: u.csv }}\npolicy:\n  max_removals: 5%\n  max_member_removals: 120%\n",
+            mapping.display()
+        );
+        let e = Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            e.starts_with(
+                "/etc/idsync/idsync.yaml:7:24: max_member_removals \"120%\" is not between 0% and 100%"
+            ),
+            "{e}"
+        );
     }
 
     /// Everything but the `source:` section's body; `source:` is line 7.

@@ -31,8 +31,11 @@ pub use resume::Interrupted;
 pub use target::{Target, TargetError};
 pub use transition::{Response, Transition, members_present, transition};
 
-/// Stop early when at least this many operations ran and more than half failed:
-/// the target is broken, and hammering it helps nobody.
+/// Stop early when at least this many operations ran and more than half failed
+/// because of the target (5xx, time-outs, exhausted retries): the target is
+/// broken, and hammering it helps nobody. Objects the target refuses (a 400 for
+/// one attribute, say) do not count: they must not starve the removals that
+/// come last.
 const FAILURE_BUDGET_MIN_OPS: u64 = 20;
 
 /// Creates in flight per concurrency slot between two journal marks: large
@@ -83,6 +86,9 @@ pub struct FailedOp {
 pub struct Outcome {
     pub applied: u64,
     pub failed: u64,
+    /// Of `failed`, the failures of the target itself ([`TargetError::is_transient`]):
+    /// what the failure budget weighs.
+    pub target_failed: u64,
     pub skipped: u64,
     pub failures: Vec<FailedOp>,
     pub stopped: Option<Stop>,
@@ -261,9 +267,9 @@ impl<T: Target> Executor<'_, T> {
                     outcome.stopped = Some(Stop::Signal);
                 } else {
                     let done = outcome.applied + outcome.failed;
-                    if done >= FAILURE_BUDGET_MIN_OPS && outcome.failed * 2 > done {
+                    if done >= FAILURE_BUDGET_MIN_OPS && outcome.target_failed * 2 > done {
                         outcome.stopped = Some(Stop::FailureBudget {
-                            failed: outcome.failed,
+                            failed: outcome.target_failed,
                             done,
                         });
                     }
@@ -360,6 +366,9 @@ impl<T: Target> Executor<'_, T> {
         if let Response::Failed(err) = &response {
             if err.is_auth() && outcome.stopped.is_none() {
                 outcome.stopped = Some(Stop::Unauthorized(err.to_string()));
+            }
+            if err.is_transient() {
+                outcome.target_failed += 1;
             }
             tracing::warn!(op = op.name(), subject = ?op.subject(), error = %err, "operation failed");
         }

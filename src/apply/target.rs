@@ -42,6 +42,25 @@ impl TargetError {
     pub fn is_auth(&self) -> bool {
         matches!(self, TargetError::Unauthorized { .. })
     }
+
+    /// The target itself failed (5xx, a timeout, a dropped connection, retries
+    /// exhausted, 429 that outlasted them): what the failure budget counts. A
+    /// deterministic refusal of one object (400, 409, 422 …) is that object's
+    /// failure and says nothing about the target's health; 401/403 stop the
+    /// run on their own.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TargetError::NotFound | TargetError::Conflict { .. } => false,
+            TargetError::Unauthorized { .. } => false,
+            TargetError::Failed { status, .. } => !status.is_some_and(is_deterministic_refusal),
+        }
+    }
+}
+
+/// A 4xx answer the same request would get again: the object is refused, the
+/// target is fine. Not 401/403 (credentials) nor 408/429 (the target is busy).
+fn is_deterministic_refusal(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 429)
 }
 
 /// A target directory idsync provisions into.
@@ -52,6 +71,18 @@ pub trait Target: Clone + Send + Sync {
 
     /// Everything the target holds, for `--full`.
     fn read_all(&self) -> impl Future<Output = Result<TargetSnapshot, TargetError>> + Send;
+
+    /// The user with this SCIM id; `None` only when the target answers 404.
+    fn get_user(
+        &self,
+        id: &ScimId,
+    ) -> impl Future<Output = Result<Option<RemoteUser>, TargetError>> + Send;
+
+    /// The group with this SCIM id, with its members; `None` only on a 404.
+    fn get_group(
+        &self,
+        id: &ScimId,
+    ) -> impl Future<Output = Result<Option<RemoteGroup>, TargetError>> + Send;
 
     /// Creates an active user; a `userName` that exists gives
     /// [`TargetError::Conflict`].

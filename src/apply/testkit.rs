@@ -18,6 +18,9 @@ use crate::model::{
 pub enum Fault {
     /// Refuses with a 500; nothing happens.
     Fail,
+    /// Refuses with a 400 (the object, not the target, is at fault); nothing
+    /// happens.
+    Refuse,
     /// Does it, but the answer is lost (a timeout after the server acted).
     LoseAnswer,
     /// Does it, then the process dies before the answer is committed.
@@ -37,6 +40,9 @@ pub struct World {
     /// Ids that existed before idsync ran and that it must never change.
     pub foreign: BTreeSet<ScimId>,
     pub touched_foreign: Vec<String>,
+    /// Ids `read_all` leaves out (a listing that under-reports); lookups by id
+    /// still find them.
+    pub hidden: BTreeSet<ScimId>,
 }
 
 /// A SCIM-like target in memory: unique userNames and group names, 404 for
@@ -70,6 +76,12 @@ impl MemoryTarget {
                 return Err(TargetError::Failed {
                     status: Some(500),
                     message: "HTTP 500: injected".into(),
+                });
+            }
+            if fault == Some(Fault::Refuse) {
+                return Err(TargetError::Failed {
+                    status: Some(400),
+                    message: "HTTP 400 (invalidValue): injected".into(),
                 });
             }
             if let Some(id) = touches
@@ -114,10 +126,29 @@ impl Target for MemoryTarget {
 
     async fn read_all(&self) -> Result<TargetSnapshot, TargetError> {
         let w = self.world.lock().unwrap();
+        let listed = |id: &ScimId| !w.hidden.contains(id);
         Ok(TargetSnapshot {
-            users: w.users.values().cloned().collect(),
-            groups: w.groups.values().cloned().collect(),
+            users: w
+                .users
+                .values()
+                .filter(|u| listed(&u.id))
+                .cloned()
+                .collect(),
+            groups: w
+                .groups
+                .values()
+                .filter(|g| listed(&g.id))
+                .cloned()
+                .collect(),
         })
+    }
+
+    async fn get_user(&self, id: &ScimId) -> Result<Option<RemoteUser>, TargetError> {
+        self.call(None, |w| Ok(w.users.get(id).cloned())).await
+    }
+
+    async fn get_group(&self, id: &ScimId) -> Result<Option<RemoteGroup>, TargetError> {
+        self.call(None, |w| Ok(w.groups.get(id).cloned())).await
     }
 
     async fn create_user(&self, attrs: &UserAttrs) -> Result<ScimId, TargetError> {

@@ -155,6 +155,7 @@ fn arb_faults() -> impl Strategy<Value = BTreeMap<usize, Fault>> {
         0..40usize,
         prop_oneof![
             Just(Fault::Fail),
+            Just(Fault::Refuse),
             Just(Fault::LoseAnswer),
             Just(Fault::Crash)
         ],
@@ -338,4 +339,104 @@ fn adoptions_are_committed_like_any_other_operation() {
     assert_eq!(user.status, Status::Active);
     let (next, _) = plan_from_db(&mut db, &desired, &Policy::default(), None);
     assert!(next.is_empty(), "{:#?}", next.operations);
+}
+
+#[test]
+fn refused_updates_do_not_starve_the_removals() {
+    // Every update is refused with a 400 (one attribute the target rejects),
+    // far more than the failure budget's minimum: the leaver is still
+    // disabled in the same cycle, after the updates.
+    const USERS: usize = 3 * FAILURE_BUDGET_MIN_OPS as usize;
+    let people: Vec<_> = (0..USERS)
+        .map(|i| crate::plan::testkit::person(&format!("{i:03}"), &format!("p{i}@x.com"), "Eng"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    let target = MemoryTarget::default();
+    let policy = Policy::default();
+    let first = crate::plan::testkit::desired(people.clone(), vec![]);
+    let (plan, state) = plan_from_db(&mut db, &first, &policy, None);
+    assert!(rt.block_on(run_once(
+        &mut db,
+        &target,
+        &plan,
+        state,
+        &BTreeSet::new(),
+        2
+    )));
+
+    // Everyone gets a new title; the last one leaves.
+    let mut stayers = people.clone();
+    let leaver = stayers.pop().unwrap();
+    for p in &mut stayers {
+        p.attrs.insert(UserAttr::Title, "Refused".into());
+    }
+    {
+        let mut w = target.world.lock().unwrap();
+        let from = w.calls;
+        w.faults = (from..from + USERS).map(|c| (c, Fault::Refuse)).collect();
+        // The disable is the last call: let it through.
+        w.faults.remove(&(from + USERS - 1));
+    }
+    let second = crate::plan::testkit::desired(stayers, vec![]);
+    let (plan, state) = plan_from_db(&mut db, &second, &policy, None);
+    assert_eq!(plan.summary.update_users as usize, USERS - 1);
+    assert_eq!(plan.summary.disable_users, 1);
+    let executor = Executor {
+        target: target.clone(),
+        db: &mut db,
+        state,
+        create_only: BTreeSet::new(),
+        concurrency: 2,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        progress: &NoProgress,
+    };
+    let (outcome, _) = rt.block_on(executor.run("sync", &plan)).unwrap();
+    assert_eq!(outcome.stopped, None);
+    assert_eq!(outcome.failed as usize, USERS - 1);
+    assert_eq!(outcome.applied, 1);
+    let stored = db.load().unwrap();
+    assert_eq!(stored.users[&leaver.key].status, Status::Disabled);
+    let w = target.world.lock().unwrap();
+    let remote = &w.users[&stored.users[&leaver.key].scim_id];
+    assert!(!remote.active, "the leaver keeps access");
+}
+
+#[test]
+fn target_failures_still_stop_the_cycle_early() {
+    // The same cycle against a target answering 500: the failure budget stops
+    // it long before the end.
+    let people: Vec<_> = (0..60)
+        .map(|i| crate::plan::testkit::person(&format!("{i:03}"), &format!("p{i}@x.com"), "Eng"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    let target = MemoryTarget::default();
+    target.world.lock().unwrap().faults = (0..60).map(|c| (c, Fault::Fail)).collect();
+    let desired = crate::plan::testkit::desired(people, vec![]);
+    let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
+    let executor = Executor {
+        target: target.clone(),
+        db: &mut db,
+        state,
+        create_only: BTreeSet::new(),
+        concurrency: 1,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        progress: &NoProgress,
+    };
+    let (outcome, _) = rt.block_on(executor.run("sync", &plan)).unwrap();
+    assert!(
+        matches!(outcome.stopped, Some(Stop::FailureBudget { .. })),
+        "{:?}",
+        outcome.stopped
+    );
+    assert_eq!(outcome.failed, FAILURE_BUDGET_MIN_OPS);
 }

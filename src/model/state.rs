@@ -95,6 +95,19 @@ pub struct State {
 }
 
 impl State {
+    /// Memberships idsync pushed into groups it manages and has not removed.
+    pub fn managed_memberships(&self) -> usize {
+        self.memberships
+            .iter()
+            .filter(|(g, _)| {
+                self.groups
+                    .get(*g)
+                    .is_some_and(|g| g.status != Status::Removed)
+            })
+            .map(|(_, members)| members.len())
+            .sum()
+    }
+
     /// Users idsync manages and has not removed.
     pub fn managed_users(&self) -> usize {
         self.users

@@ -1,8 +1,10 @@
-//! Guards: checks a plan must pass before anything is applied. An empty source
-//! or removals above the configured limit stop the cycle (exit 3) with a message
-//! saying how many would be removed and how to proceed; nothing is changed.
+//! Guards: checks a plan must pass before anything is applied. An empty source,
+//! removals above the configured limit, or group memberships removed above
+//! theirs (on Atlassian a membership is product access) stop the cycle (exit 3)
+//! with a message saying how many would be removed and how to proceed; nothing
+//! is changed.
 
-use super::{Plan, Policy, RemovalLimit};
+use super::{Operation, Plan, Policy, RemovalLimit};
 
 /// Why a guard stopped the cycle.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -23,6 +25,16 @@ pub enum GuardStop {
         setting: RemovalLimit,
         managed: u64,
     },
+    #[error(
+        "the plan removes {removals} group memberships (from {groups} groups), above the limit of {limit} (max_member_removals {setting} of {managed} managed memberships)"
+    )]
+    TooManyMemberRemovals {
+        removals: u64,
+        groups: u64,
+        limit: u64,
+        setting: RemovalLimit,
+        managed: u64,
+    },
 }
 
 impl GuardStop {
@@ -31,9 +43,21 @@ impl GuardStop {
             GuardStop::EmptySource { .. } => {
                 "check the source (an empty export or a failed read looks like this); if everyone really left, run `idsync sync --allow-deletes`"
             }
-            GuardStop::TooManyRemovals { .. } => {
+            GuardStop::TooManyRemovals { .. } | GuardStop::TooManyMemberRemovals { .. } => {
                 "review them with `idsync plan`; if they are right, run `idsync sync --allow-deletes`, or save the plan with `plan --out` and apply it with `sync --plan`"
             }
+        }
+    }
+}
+
+impl GuardStop {
+    /// Whether `op` is one of the removals this stop held back.
+    pub fn holds(&self, op: &Operation) -> bool {
+        match self {
+            GuardStop::TooManyMemberRemovals { .. } => {
+                matches!(op, Operation::RemoveMembers { .. })
+            }
+            GuardStop::EmptySource { .. } | GuardStop::TooManyRemovals { .. } => op.is_removal(),
         }
     }
 }
@@ -59,6 +83,30 @@ pub fn check(plan: &Plan, policy: &Policy, allow_deletes: bool) -> Result<(), Gu
             group_deletes: s.delete_groups,
             limit,
             setting: policy.max_removals,
+            managed,
+        });
+    }
+    check_member_removals(plan, policy)
+}
+
+/// Memberships removed, against `max_member_removals`.
+fn check_member_removals(plan: &Plan, policy: &Policy) -> Result<(), GuardStop> {
+    let removals = plan.summary.remove_members;
+    let managed = plan.managed_memberships;
+    let limit = policy.member_removal_limit(managed);
+    if removals > limit {
+        let mut groups: Vec<&str> = plan
+            .operations
+            .iter()
+            .filter(|op| matches!(op, Operation::RemoveMembers { .. }))
+            .map(Operation::subject)
+            .collect();
+        groups.dedup();
+        return Err(GuardStop::TooManyMemberRemovals {
+            removals,
+            groups: groups.len() as u64,
+            limit,
+            setting: policy.max_member_removals,
             managed,
         });
     }

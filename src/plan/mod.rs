@@ -26,7 +26,10 @@ use crate::model::{
 
 pub use input::{PlanOptions, PlanningInput};
 pub use planner::{diff, fingerprint, plan};
-pub use policy::{DEFAULT_MAX_REMOVALS, OnRename, Policy, RemovalLimit, RemoveAction};
+pub use policy::{
+    DEFAULT_MAX_MEMBER_REMOVALS, DEFAULT_MAX_REMOVALS, MEMBER_REMOVALS_FLOOR, OnRename, Policy,
+    RemovalLimit, RemoveAction,
+};
 
 /// One attribute's change: `old` as last pushed, `new` as desired (`None` =
 /// absent).
@@ -377,6 +380,10 @@ pub struct Plan {
     pub source_users: u64,
     #[serde(skip)]
     pub managed_users: u64,
+    /// Group memberships idsync manages (pushed into live groups), for the
+    /// membership removal limit.
+    #[serde(skip)]
+    pub managed_memberships: u64,
     /// `--full`: the state as the target really holds it (objects found missing,
     /// attributes and memberships as found), committed by the executor after the
     /// adoptions and before any other operation. Full plans are never saved.

@@ -27,6 +27,7 @@ pub fn plan(input: &PlanningInput) -> Plan {
 
     let (mut ops, mut warnings) = diff_state(desired, state, policy);
     let managed_users = state.managed_users() as u64;
+    let managed_memberships = state.managed_memberships() as u64;
     let mut observed = Vec::new();
     if let Some(r) = reconciled {
         let mut adoptions = r.adoptions;
@@ -56,6 +57,7 @@ pub fn plan(input: &PlanningInput) -> Plan {
         ignored_members: desired.ignored_members as u64,
         source_users: desired.users.len() as u64,
         managed_users,
+        managed_memberships,
         observed,
     }
 }

@@ -30,11 +30,12 @@ pub enum OnRename {
 }
 
 /// The largest number of removals (disables and deletes of users, deletes of
-/// groups) one cycle may make without `--allow-deletes`.
+/// groups; or removals of group members) one cycle may make without
+/// `--allow-deletes`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RemovalLimit {
     Count(u64),
-    /// A percentage of the users idsync manages.
+    /// A percentage of the users (memberships) idsync manages.
     Percent(f64),
 }
 
@@ -62,6 +63,9 @@ impl fmt::Display for RemovalLimit {
 pub struct Policy {
     pub remove_action: RemoveAction,
     pub max_removals: RemovalLimit,
+    /// The largest number of group memberships one cycle may remove without
+    /// `--allow-deletes` (a percentage is of the memberships idsync manages).
+    pub max_member_removals: RemovalLimit,
     pub provision_groups: bool,
     pub delete_groups: bool,
     pub on_rename: OnRename,
@@ -85,6 +89,7 @@ impl Default for Policy {
         Policy {
             remove_action: RemoveAction::Disable,
             max_removals: DEFAULT_MAX_REMOVALS,
+            max_member_removals: DEFAULT_MAX_MEMBER_REMOVALS,
             provision_groups: true,
             delete_groups: false,
             on_rename: OnRename::Keep,
@@ -101,3 +106,25 @@ impl Default for Policy {
 /// Five percent of the directory: enough for a normal week of leavers, small
 /// enough that a broken source read cannot take a directory down with it.
 pub const DEFAULT_MAX_REMOVALS: RemovalLimit = RemovalLimit::Percent(5.0);
+
+/// Ten percent of the memberships idsync manages. On Atlassian a group
+/// membership is product access, so emptying groups is a removal; but
+/// memberships move more than accounts do (a leaver within `max_removals`
+/// takes their memberships along, and people change teams), so the default
+/// leaves twice the room `max_removals` does.
+pub const DEFAULT_MAX_MEMBER_REMOVALS: RemovalLimit = RemovalLimit::Percent(10.0);
+
+/// A percentage `max_member_removals` never allows fewer removals than this: in
+/// a small directory (40 memberships) 10% would stop a cycle in which two
+/// people change teams. A count is taken as written.
+pub const MEMBER_REMOVALS_FLOOR: u64 = 10;
+
+impl Policy {
+    /// The most memberships one cycle may remove, out of `managed`.
+    pub fn member_removal_limit(&self, managed: u64) -> u64 {
+        match self.max_member_removals {
+            RemovalLimit::Count(n) => n,
+            percent => percent.resolve(managed).max(MEMBER_REMOVALS_FLOOR),
+        }
+    }
+}

@@ -297,6 +297,53 @@ fn guards_stop_empty_sources_and_mass_removals() {
 }
 
 #[test]
+fn emptying_groups_is_held_by_the_member_removal_limit() {
+    let users: Vec<_> = (0..30)
+        .map(|i| person(&format!("{i:02}"), &format!("{i}@x.com"), "Eng"))
+        .collect();
+    let keys: Vec<String> = users.iter().map(|u| u.key.to_string()).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let state = state_of(
+        &users
+            .iter()
+            .map(|u| (u, Status::Active))
+            .collect::<Vec<_>>(),
+    );
+    let state = with_group(state, "eng", "Engineering", &keys);
+    let policy = Policy::default();
+    let emptied = desired(users.clone(), vec![group("eng", "Engineering", &[])]);
+    let p = plan(&emptied, &state, &policy);
+    assert_eq!(p.managed_memberships, 30);
+    assert_eq!(p.summary.removals(), 0);
+    let stop = guard::check(&p, &policy, false).unwrap_err();
+    assert_eq!(
+        stop.to_string(),
+        "the plan removes 30 group memberships (from 1 groups), above the limit of 10 (max_member_removals 10% of 30 managed memberships)"
+    );
+    assert!(p.operations.iter().all(|op| stop.holds(op)));
+    assert!(guard::check(&p, &policy, true).is_ok());
+    // Ten leave the group: within the floor of a small directory.
+    let moved = desired(
+        users.clone(),
+        vec![group("eng", "Engineering", &keys[10..])],
+    );
+    assert!(guard::check(&plan(&moved, &state, &policy), &policy, false).is_ok());
+    // A count is taken as written.
+    let strict = Policy {
+        max_member_removals: RemovalLimit::Count(5),
+        ..Policy::default()
+    };
+    assert!(matches!(
+        guard::check(&plan(&moved, &state, &strict), &strict, false),
+        Err(guard::GuardStop::TooManyMemberRemovals {
+            removals: 10,
+            limit: 5,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn full_resync_adopts_repairs_and_recreates() {
     let (a, b, c) = (
         person("1", "a@x.com", "Eng"),

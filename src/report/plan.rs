@@ -190,6 +190,7 @@ pub fn held_text(held: &[Operation], limit: usize) -> String {
         ignored_members: 0,
         source_users: 0,
         managed_users: 0,
+        managed_memberships: 0,
         observed: Vec::new(),
     };
     for line in plan_text(&preview, Style { color: false })

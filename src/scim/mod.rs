@@ -384,6 +384,7 @@ impl ScimClient {
             .map(drop)
     }
 
+    /// The user with this id; `None` only when the target answers 404.
     pub async fn get_user(&self, id: &ScimId) -> Result<Option<RemoteUser>, ScimError> {
         match self
             .call(Method::GET, self.url(&["Users", id.as_str()]), &[], None)
@@ -553,6 +554,21 @@ impl ScimClient {
                 }
             },
             Candidates::All(groups) => Ok(pick(groups).1),
+        }
+    }
+
+    /// The group with this id, with its members; `None` only when the target
+    /// answers 404.
+    pub async fn get_group(&self, id: &ScimId) -> Result<Option<RemoteGroup>, ScimError> {
+        match self
+            .call(Method::GET, self.url(&["Groups", id.as_str()]), &[], None)
+            .await
+        {
+            Ok(reply) => resource::group_from_json(&reply.json()?)
+                .map(Some)
+                .map_err(ScimError::InvalidResponse),
+            Err(ScimError::NotFound) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

@@ -40,6 +40,14 @@ impl Target for ScimClient {
         Ok(TargetSnapshot { users, groups })
     }
 
+    async fn get_user(&self, id: &ScimId) -> Result<Option<RemoteUser>, TargetError> {
+        Ok(ScimClient::get_user(self, id).await?)
+    }
+
+    async fn get_group(&self, id: &ScimId) -> Result<Option<RemoteGroup>, TargetError> {
+        Ok(ScimClient::get_group(self, id).await?)
+    }
+
     async fn create_user(&self, attrs: &UserAttrs) -> Result<ScimId, TargetError> {
         Ok(ScimClient::create_user(self, attrs, true).await?.id)
     }

@@ -11,16 +11,18 @@ pub mod quarantine;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use futures_util::{StreamExt, stream};
 use serde::Serialize;
 
 use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
-use crate::model::{Desired, SourceKey, State};
+use crate::model::{Desired, ScimId, SourceKey, State, Status, TargetSnapshot};
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, ScimClient, ScimError};
 use crate::source::{Source, SourceError};
@@ -28,6 +30,14 @@ use crate::state::{RunEnd, StateDb, StateError};
 
 /// Record errors listed in full before the rest are counted.
 const MAX_LISTED_RECORD_ERRORS: usize = 50;
+
+/// `--full` believes a listing of the target only when it holds at least this
+/// share (percent) of the users (and of the groups) the state has as live. A
+/// listing that drops entries (a proxy, a broken page, an API that filters)
+/// would otherwise turn everyone it left out into "deleted by hand"; losing
+/// half of a directory by hand between two cycles is not a thing that happens,
+/// and the few objects that really were deleted are confirmed one by one.
+const MIN_LISTED_SHARE_PERCENT: u64 = 50;
 
 /// What `sync` was asked to do.
 #[derive(Clone, Debug, Default)]
@@ -66,6 +76,16 @@ pub enum SyncError {
     TargetSetup(ScimError),
     #[error("target: {0}")]
     Target(TargetError),
+    /// `--full`: the target's listing holds far fewer of the objects idsync
+    /// manages than the state: a failed read, not a mass deletion.
+    #[error(
+        "target: the listing of /{collection} holds {listed} of the {managed} {collection} idsync manages; a listing that short is treated as a failed read, and nothing was changed"
+    )]
+    PartialListing {
+        collection: &'static str,
+        listed: u64,
+        managed: u64,
+    },
     /// A guard held the plan back; `held` are the removals it held.
     #[error("{stop}{}", if *.dry_run { "" } else { "; nothing was changed" })]
     Guard {
@@ -108,7 +128,7 @@ impl SyncError {
             SyncError::Source(e) if e.is_unavailable() => Exit::Unreachable,
             SyncError::State(StateError::Locked { .. }) => Exit::Locked,
             SyncError::StateWrite(_) => Exit::Partial,
-            SyncError::Target(_) => Exit::Unreachable,
+            SyncError::Target(_) | SyncError::PartialListing { .. } => Exit::Unreachable,
             SyncError::Guard { .. } => Exit::Guard,
             SyncError::Config(_)
             | SyncError::Source(_)
@@ -221,7 +241,7 @@ pub async fn planning_input<T: Target>(
     let desired = desired?;
     let state = loaded.transpose()?.unwrap_or_default();
     let target = match full_target {
-        Some(t) => Some(t.read_all().await.map_err(SyncError::Target)?),
+        Some(t) => Some(read_target(t, &state, settings.target.concurrency).await?),
         None => None,
     };
     let input = PlanningInput::new(
@@ -235,6 +255,100 @@ pub async fn planning_input<T: Target>(
         },
     )?;
     Ok(input)
+}
+
+/// `--full`: the whole target, as far as idsync's own objects go, trusted.
+/// A listing far smaller than the state is a failed read; an object the state
+/// has as live that the listing left out is looked up by id, and only a 404
+/// makes it missing (so it is recreated, or its leaver's removal dropped).
+async fn read_target<T: Target>(
+    target: &T,
+    state: &State,
+    concurrency: usize,
+) -> Result<TargetSnapshot, SyncError> {
+    let mut snapshot = target.read_all().await.map_err(SyncError::Target)?;
+    let listed_users: HashSet<&ScimId> = snapshot.users.iter().map(|u| &u.id).collect();
+    let unlisted_users = unlisted(
+        "Users",
+        state
+            .users
+            .values()
+            .filter(|u| u.status != Status::Removed)
+            .map(|u| &u.scim_id),
+        &listed_users,
+    )?;
+    let listed_groups: HashSet<&ScimId> = snapshot.groups.iter().map(|g| &g.id).collect();
+    let unlisted_groups = unlisted(
+        "Groups",
+        state
+            .groups
+            .values()
+            .filter(|g| g.status != Status::Removed)
+            .map(|g| &g.scim_id),
+        &listed_groups,
+    )?;
+    let width = concurrency.max(1);
+    let users = confirm(&unlisted_users, width, |id| target.get_user(id)).await?;
+    let groups = confirm(&unlisted_groups, width, |id| target.get_group(id)).await?;
+    if !unlisted_users.is_empty() || !unlisted_groups.is_empty() {
+        tracing::warn!(
+            users = unlisted_users.len(),
+            users_found = users.len(),
+            groups = unlisted_groups.len(),
+            groups_found = groups.len(),
+            "the target's listing left out objects idsync manages; looked up by id, those found are kept"
+        );
+    }
+    snapshot.users.extend(users);
+    snapshot.groups.extend(groups);
+    Ok(snapshot)
+}
+
+/// The live ids (`managed`) the listing (`listed`) left out, or a
+/// [`SyncError::PartialListing`] when it left out too many to be believed.
+fn unlisted<'a>(
+    collection: &'static str,
+    managed: impl Iterator<Item = &'a ScimId>,
+    listed: &HashSet<&ScimId>,
+) -> Result<Vec<ScimId>, SyncError> {
+    let managed: Vec<&ScimId> = managed.collect();
+    let missing: Vec<ScimId> = managed
+        .iter()
+        .filter(|id| !listed.contains(*id))
+        .map(|id| (*id).clone())
+        .collect();
+    let (total, found) = (managed.len() as u64, (managed.len() - missing.len()) as u64);
+    if found * 100 < total * MIN_LISTED_SHARE_PERCENT {
+        return Err(SyncError::PartialListing {
+            collection,
+            listed: found,
+            managed: total,
+        });
+    }
+    Ok(missing)
+}
+
+/// Looks each id up (`width` at a time); returns the objects the target still
+/// holds. Any answer but the object or a 404 fails the read.
+async fn confirm<'a, R, F>(
+    ids: &'a [ScimId],
+    width: usize,
+    get: impl Fn(&'a ScimId) -> F,
+) -> Result<Vec<R>, SyncError>
+where
+    F: std::future::Future<Output = Result<Option<R>, TargetError>> + 'a,
+{
+    let found: Vec<Result<Option<R>, TargetError>> = stream::iter(ids.iter().map(get))
+        .buffer_unordered(width)
+        .collect()
+        .await;
+    let mut out = Vec::new();
+    for result in found {
+        if let Some(object) = result.map_err(SyncError::Target)? {
+            out.push(object);
+        }
+    }
+    Ok(out)
 }
 
 /// Plans without changing anything: the state DB opened read-only (none is
@@ -270,15 +384,18 @@ pub fn guard(
     allow_deletes: bool,
     dry_run: bool,
 ) -> Result<(), SyncError> {
-    plan::guard::check(plan, &settings.policy, allow_deletes).map_err(|stop| SyncError::Guard {
-        stop,
-        held: plan
+    plan::guard::check(plan, &settings.policy, allow_deletes).map_err(|stop| {
+        let held = plan
             .operations
             .iter()
-            .filter(|op| op.is_removal())
+            .filter(|op| stop.holds(op))
             .cloned()
-            .collect(),
-        dry_run,
+            .collect();
+        SyncError::Guard {
+            stop,
+            held,
+            dry_run,
+        }
     })
 }
 

@@ -177,3 +177,83 @@ async fn a_saved_plan_is_applied_only_against_the_state_it_was_made_from() {
     let again = run_with(&settings, &target, &opts).await.unwrap_err();
     assert!(matches!(again, SyncError::StalePlan { .. }), "{again}");
 }
+
+/// The SCIM id the target gave `user_name`.
+fn id_of(target: &MemoryTarget, user_name: &str) -> crate::model::ScimId {
+    let w = target.world.lock().unwrap();
+    w.users
+        .values()
+        .find(|u| u.user_name().is_some_and(|n| n.as_str() == user_name))
+        .map(|u| u.id.clone())
+        .expect("the user exists")
+}
+
+const FOUR: [(&str, &str, &str); 4] = [
+    ("e1", "ada@example.com", "Engineer"),
+    ("e2", "bob@example.com", "Designer"),
+    ("e3", "cy@example.com", "Lead"),
+    ("e4", "di@example.com", "Analyst"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sync_confirms_a_leaver_the_listing_left_out_and_disables_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    // Di leaves, and the target's listing does not show her.
+    let di = id_of(&target, "di@example.com");
+    target.world.lock().unwrap().hidden.insert(di.clone());
+    write_users(dir.path(), &FOUR[..3]);
+    let full = SyncOptions {
+        full: true,
+        ..SyncOptions::default()
+    };
+    let out = run_with(&settings, &target, &full).await.unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(out.summary.disable_users, 1);
+    assert!(!target.world.lock().unwrap().users[&di].active);
+    let again = run(&settings, &target).await.unwrap();
+    assert_eq!((again.applied, again.failed), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sync_refuses_a_listing_far_smaller_than_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    {
+        let mut w = target.world.lock().unwrap();
+        w.hidden = w.users.keys().cloned().collect();
+    }
+    let calls = target.world.lock().unwrap().calls;
+    let full = SyncOptions {
+        full: true,
+        ..SyncOptions::default()
+    };
+    let err = run_with(&settings, &target, &full).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SyncError::PartialListing {
+                listed: 0,
+                managed: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.exit(), Exit::Unreachable);
+    assert_eq!(
+        target.world.lock().unwrap().calls,
+        calls,
+        "nothing was sent"
+    );
+    let again = run(&settings, &target).await.unwrap();
+    assert_eq!(
+        (again.applied, again.failed),
+        (0, 0),
+        "the state still knows everyone"
+    );
+}

@@ -714,6 +714,9 @@ pub struct Workspace {
     pub remove_action: String,
     /// `policy.max_removals`, e.g. `100%`, `10%`, `5`.
     pub max_removals: String,
+    /// `policy.max_member_removals`, e.g. `100%`; `None` leaves it out (the
+    /// default applies).
+    pub max_member_removals: Option<String>,
     /// `policy.groups.delete`.
     pub groups_delete: bool,
     /// `target.timeout`.
@@ -747,6 +750,7 @@ impl Workspace {
             base_url: base_url.to_owned(),
             remove_action: "disable".into(),
             max_removals: "100%".into(),
+            max_member_removals: Some("100%".into()),
             groups_delete: true,
             timeout: "10s".into(),
             raw_config: None,
@@ -808,6 +812,7 @@ impl Workspace {
              policy:\n\
              \x20 remove_action: {remove_action}\n\
              \x20 max_removals: {max_removals}\n\
+             {member_limit}\
              \x20 groups: {{ provision: true, delete: {groups_delete} }}\n\
              state: state/idsync.db\n",
             mapping = Self::mapping_path().display(),
@@ -815,6 +820,11 @@ impl Workspace {
             timeout = self.timeout,
             remove_action = self.remove_action,
             max_removals = self.max_removals,
+            member_limit = self
+                .max_member_removals
+                .as_ref()
+                .map(|l| format!("  max_member_removals: {l}\n"))
+                .unwrap_or_default(),
             groups_delete = self.groups_delete,
         )
     }

@@ -56,6 +56,15 @@ impl Req {
         self.method == method && resource_of(&self.path) == resource
     }
 
+    /// A page of the whole collection (`GET /Users?startIndex=…`), as `--full`
+    /// reads it; not a lookup by id or by filter.
+    pub fn is_listing(&self, resource: &str) -> bool {
+        self.method == "GET"
+            && resource_of(&self.path) == resource
+            && self.path.contains("startIndex=")
+            && !self.path.contains("filter=")
+    }
+
     /// A request that changes something (POST, PUT, PATCH, DELETE).
     pub fn is_write(&self) -> bool {
         matches!(self.method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE")
@@ -94,6 +103,12 @@ pub enum Fault {
     ForwardThenDrop,
     /// Wait this long, then forward.
     Delay(Duration),
+    /// Forward a list request and relay the page without the resources whose
+    /// JSON contains any of these strings (`totalResults` and `itemsPerPage`
+    /// lowered to match): a listing that under-reports.
+    HideFromListing(Vec<String>),
+    /// Forward a list request and relay an empty page (`totalResults: 0`).
+    HideAllFromListing,
 }
 
 impl Fault {
@@ -106,13 +121,19 @@ impl Fault {
             Fault::Drop => "drop",
             Fault::ForwardThenDrop => "forward-then-drop",
             Fault::Delay(_) => "delay",
+            Fault::HideFromListing(_) => "hide-from-listing",
+            Fault::HideAllFromListing => "hide-all-from-listing",
         }
     }
 
     fn forwards(&self) -> bool {
         matches!(
             self,
-            Fault::Forward | Fault::ForwardThenDrop | Fault::Delay(_)
+            Fault::Forward
+                | Fault::ForwardThenDrop
+                | Fault::Delay(_)
+                | Fault::HideFromListing(_)
+                | Fault::HideAllFromListing
         )
     }
 }
@@ -466,6 +487,13 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             let _ = client.shutdown(Shutdown::Both);
             return Ok(());
         }
+        let response = match &fault {
+            Fault::HideFromListing(needles) => hide_resources(&response, |r| {
+                needles.iter().any(|n| r.contains(n.as_str()))
+            }),
+            Fault::HideAllFromListing => hide_resources(&response, |_| true),
+            _ => response,
+        };
         client.write_all(&response)?;
         let _ = client.flush();
         let _ = client.shutdown(Shutdown::Both);
@@ -504,6 +532,51 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     }
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// The list response `response` without the resources `hide` picks (it sees
+/// each resource's JSON text), its counts and `Content-Length` adjusted. Anything
+/// that is not a JSON list response is relayed as it is.
+fn hide_resources(response: &[u8], hide: impl Fn(&str) -> bool) -> Vec<u8> {
+    let Some(head_end) = find(response, b"\r\n\r\n").map(|p| p + 4) else {
+        return response.to_vec();
+    };
+    let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(&response[head_end..]) else {
+        return response.to_vec();
+    };
+    let Some(resources) = body
+        .get_mut("Resources")
+        .and_then(serde_json::Value::as_array_mut)
+    else {
+        return response.to_vec();
+    };
+    let before = resources.len();
+    resources.retain(|r| !hide(&r.to_string()));
+    let hidden = (before - resources.len()) as u64;
+    let kept = resources.len() as u64;
+    if let Some(total) = body.get("totalResults").and_then(serde_json::Value::as_u64) {
+        body["totalResults"] = total.saturating_sub(hidden).into();
+    }
+    if body.get("itemsPerPage").is_some() {
+        body["itemsPerPage"] = kept.into();
+    }
+    let body = body.to_string();
+    let head = String::from_utf8_lossy(&response[..head_end]);
+    let mut out = String::new();
+    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+        if line
+            .split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        {
+            out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        } else {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
 }
 
 fn status_of(response: &[u8]) -> Option<u16> {
