@@ -29,6 +29,7 @@ pub(super) fn compile(text: &str, file_name: &str) -> Result<Mapping, MappingErr
         src: text,
         file,
         diagnostics: Vec::new(),
+        member_of_slots: 0,
     };
     let mapping = c.mapping(raw);
     if c.diagnostics.is_empty() {
@@ -92,6 +93,7 @@ struct RawClause {
     present: Option<Spanned<bool>>,
     absent: Option<Spanned<bool>>,
     ignore_case: Option<Spanned<bool>>,
+    member_of: Option<Spanned<Vec<String>>>,
 }
 
 /// `users.attributes`, in file order, with the position of each key.
@@ -226,6 +228,8 @@ struct Compiler<'s> {
     src: &'s str,
     file: Arc<str>,
     diagnostics: Vec<Diagnostic>,
+    /// `member_of` clauses numbered so far (each gets the next slot).
+    member_of_slots: usize,
 }
 
 fn attribute_names() -> String {
@@ -374,7 +378,8 @@ impl Compiler<'_> {
             || r.regex.is_some()
             || r.present.is_some()
             || r.absent.is_some()
-            || r.ignore_case.is_some();
+            || r.ignore_case.is_some()
+            || r.member_of.is_some();
         if has_clause {
             self.error(
                 rule.referenced,
@@ -413,7 +418,10 @@ impl Compiler<'_> {
     fn clause(&mut self, raw: Spanned<RawClause>, kind: RecordKind) -> Option<Clause> {
         const TESTS: &str = "equals, not_equals, regex, present: true, absent: true";
         let at = raw.referenced;
-        let c = raw.value;
+        let mut c = raw.value;
+        if let Some(groups) = c.member_of.take() {
+            return self.member_of_clause(at, groups, &c, kind);
+        }
         let Some(attribute) = c.attribute else {
             self.error(
                 at,
@@ -497,7 +505,61 @@ impl Compiler<'_> {
             }
             Test::Present(want)
         };
-        Some(Clause { subject, test })
+        Some(Clause::Attr { subject, test })
+    }
+
+    /// `{ member_of: [group, …] }`: users only, and a clause of its own.
+    fn member_of_clause(
+        &mut self,
+        at: Location,
+        groups: Spanned<Vec<String>>,
+        rest: &RawClause,
+        kind: RecordKind,
+    ) -> Option<Clause> {
+        if kind == RecordKind::Group {
+            self.error(
+                at,
+                "`member_of` is a user scope clause",
+                "scope groups by `name` or `key` instead",
+            );
+            return None;
+        }
+        let mixed = rest.attribute.is_some()
+            || rest.equals.is_some()
+            || rest.not_equals.is_some()
+            || rest.regex.is_some()
+            || rest.present.is_some()
+            || rest.absent.is_some()
+            || rest.ignore_case.is_some();
+        if mixed {
+            self.error(
+                at,
+                "`member_of` is a clause of its own",
+                "put attribute tests in another clause, together under `all:` if both must hold",
+            );
+            return None;
+        }
+        let names: Vec<Box<str>> = groups
+            .value
+            .iter()
+            .map(|g| g.trim())
+            .filter(|g| !g.is_empty())
+            .map(Box::from)
+            .collect();
+        if names.is_empty() {
+            self.error(
+                groups.referenced,
+                "`member_of` lists no group",
+                "name groups by display name or key, e.g. member_of: [Atlassian users]",
+            );
+            return None;
+        }
+        let slot = self.member_of_slots;
+        self.member_of_slots += 1;
+        Some(Clause::MemberOf {
+            slot,
+            groups: names,
+        })
     }
 
     fn mapping(&mut self, raw: RawMapping) -> Mapping {

@@ -28,6 +28,8 @@ pub(crate) struct Record<'a> {
     /// The group's name; empty for users.
     pub name: &'a str,
     pub attrs: &'a SourceAttrs,
+    /// Group memberships for `member_of` scope clauses (empty for groups).
+    pub memberships: &'a super::scope::Memberships<'a>,
 }
 
 /// A compiled expression.
@@ -678,6 +680,7 @@ mod tests {
     fn run(expr: &str, a: &SourceAttrs) -> String {
         let e = compile(expr, RecordKind::User).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
         e.eval(&Record {
+            memberships: &crate::mapping::scope::Memberships::none(),
             key: "k-1",
             name: "",
             attrs: a,
@@ -825,6 +828,7 @@ mod tests {
             compile_template(src, RecordKind::User)
                 .unwrap()
                 .eval(&Record {
+                    memberships: &crate::mapping::scope::Memberships::none(),
                     key: "k",
                     name: "",
                     attrs: &a,

@@ -142,7 +142,10 @@ use crate::model::{
     SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
 };
 use expr::{Expr, Record};
-use scope::Scope;
+use scope::{Memberships, Scope};
+
+/// What group records see for `member_of` (a user-only clause).
+static NO_MEMBERSHIPS: Memberships<'static> = Memberships::none();
 
 /// The largest mapped value accepted. SCIM servers cap attributes far lower
 /// (names and titles at a few hundred characters); a value this large is a
@@ -256,6 +259,8 @@ pub enum RecordProblem {
     TooLong { attribute: UserAttr, bytes: usize },
     /// The group's display name mapped to empty.
     EmptyGroupName,
+    /// A `member_of` scope clause names a group the source does not have.
+    UnknownScopeGroup,
     /// Another group, earlier in the source, has the same display name.
     DuplicateGroupName {
         display_name: String,
@@ -296,6 +301,7 @@ impl RecordError {
             RecordProblem::DuplicateUserName { .. } => "user names must be unique (compared case-insensitively): correct one of the two records in the source, or exclude one of them from scope".into(),
             RecordProblem::DuplicateKey { .. } => "source keys must be unique: check the key column or attribute (`source.key`)".into(),
             RecordProblem::TooLong { .. } => format!("values are limited to {MAX_VALUE_BYTES} bytes: fix the source value, or stop mapping it"),
+            RecordProblem::UnknownScopeGroup => "check the group's name in the source (a renamed or deleted group would take every member out of scope), then correct `member_of` in the mapping; nothing was planned".into(),
             RecordProblem::EmptyGroupName => "give the group a name in the source, or change the groups.displayName rule".into(),
             RecordProblem::DuplicateGroupName { .. } => "group display names must be unique (compared case-insensitively): rename one group, or exclude one with groups.scope".into(),
         }
@@ -333,6 +339,10 @@ impl fmt::Display for RecordError {
                 write!(f, "`{attribute}` would be {bytes} bytes long")?
             }
             RecordProblem::EmptyGroupName => write!(f, "the group's displayName mapped to empty")?,
+            RecordProblem::UnknownScopeGroup => write!(
+                f,
+                "the users' scope has `member_of` this group, but the source has no group with that name or key"
+            )?,
             RecordProblem::DuplicateGroupName {
                 display_name,
                 other,
@@ -395,9 +405,17 @@ impl Mapping {
         self.create_only.clone()
     }
 
-    /// Maps one user: `None` when the user is out of scope.
-    pub fn map_user(&self, user: &SourceUser) -> Result<Option<DesiredUser>, RecordError> {
-        match self.map_attrs(user.key.as_str(), &user.attrs) {
+    /// Maps one user of a read whose groups are `groups` (for `member_of`
+    /// scope clauses): `None` when the user is out of scope.
+    pub fn map_user(
+        &self,
+        user: &SourceUser,
+        groups: &[SourceGroup],
+    ) -> Result<Option<DesiredUser>, RecordError> {
+        let memberships = self
+            .memberships(groups)
+            .map_err(|mut errors| errors.swap_remove(0))?;
+        match self.map_attrs(user.key.as_str(), &user.attrs, &memberships) {
             Ok(Some((attrs, active))) => Ok(Some(DesiredUser {
                 key: user.key.clone(),
                 origin: user.origin.clone(),
@@ -411,6 +429,25 @@ impl Mapping {
                 problem,
             }),
         }
+    }
+
+    /// Resolves the `member_of` scope clauses against a read's groups. A listed
+    /// group the source does not have fails the read: its members would all
+    /// drop out of scope, which looks exactly like a mass departure.
+    fn memberships<'d>(
+        &self,
+        groups: &'d [SourceGroup],
+    ) -> Result<Memberships<'d>, Vec<RecordError>> {
+        Memberships::resolve(self.user_scope.member_of(), groups).map_err(|missing| {
+            missing
+                .into_iter()
+                .map(|name| RecordError {
+                    origin: Origin::new(self.file.clone()),
+                    record: RecordId::Group(GroupKey::new(&*name)),
+                    problem: RecordProblem::UnknownScopeGroup,
+                })
+                .collect()
+        })
     }
 
     /// Maps one group's display name: `None` when the group is out of scope.
@@ -434,6 +471,7 @@ impl Mapping {
             key: group.key.as_str(),
             name: &group.name,
             attrs: empty,
+            memberships: &NO_MEMBERSHIPS,
         };
         if !self.group_scope.contains(&rec) {
             return Ok(None);
@@ -449,11 +487,13 @@ impl Mapping {
         &self,
         key: &str,
         attrs: &SourceAttrs,
+        memberships: &Memberships<'_>,
     ) -> Result<Option<(UserAttrs, bool)>, RecordProblem> {
         let rec = Record {
             key,
             name: "",
             attrs,
+            memberships,
         };
         if !self.user_scope.contains(&rec) {
             return Ok(None);
@@ -504,11 +544,12 @@ impl Mapping {
     /// record error is collected; any error fails the whole build, since
     /// provisioning a partial directory would deprovision the rest.
     pub fn build(&self, dir: SourceDirectory) -> Result<Desired, Vec<RecordError>> {
+        let memberships = self.memberships(&dir.groups)?;
         let mut errors = Vec::new();
         let mut users = Vec::with_capacity(dir.users.len());
         let mut out_of_scope = Vec::new();
         for user in dir.users {
-            match self.map_attrs(user.key.as_str(), &user.attrs) {
+            match self.map_attrs(user.key.as_str(), &user.attrs, &memberships) {
                 Ok(Some((attrs, active))) => users.push(DesiredUser {
                     key: user.key,
                     origin: user.origin,

@@ -3,11 +3,16 @@
 //! A record is in scope when it matches any include rule (or there are none) and
 //! no exclude rule; a rule matches when all of its clauses hold. This is the model
 //! of Entra ID's scoping filters (OR of AND-groups), plus exclusions that win.
+//! `member_of` clauses are Entra's "assigned users and groups", offered for every
+//! source: users who are members of any listed group (sources hand groups over
+//! with nesting already flattened, so membership is transitive).
+
+use std::collections::HashSet;
 
 use regex::Regex;
 
 use super::expr::Record;
-use crate::model::fold;
+use crate::model::{FastHash, GroupName, SourceGroup, fold};
 
 /// What a clause looks at.
 #[derive(Debug)]
@@ -32,9 +37,65 @@ pub(crate) enum Test {
 }
 
 #[derive(Debug)]
-pub(crate) struct Clause {
-    pub subject: Subject,
-    pub test: Test,
+pub(crate) enum Clause {
+    /// A test on an attribute's values.
+    Attr { subject: Subject, test: Test },
+    /// The user is a member of one of these groups (names or keys, as written).
+    /// `slot` indexes the resolved sets in [`Memberships`].
+    MemberOf { slot: usize, groups: Vec<Box<str>> },
+}
+
+/// The members of each `member_of` clause's groups, resolved against one source
+/// read: one set of user keys per clause, in slot order.
+#[derive(Debug, Default)]
+pub(crate) struct Memberships<'a> {
+    sets: Vec<HashSet<&'a str, FastHash>>,
+}
+
+impl<'a> Memberships<'a> {
+    /// No clause resolved (for records that have no memberships).
+    pub(crate) const fn none() -> Memberships<'a> {
+        Memberships { sets: Vec::new() }
+    }
+
+    /// Resolves every clause's group list against `groups`, by name
+    /// (case-insensitively) or by key. A listed group the source does not have is
+    /// returned as an error: its members would silently drop out of scope.
+    pub(crate) fn resolve<'c>(
+        clauses: impl Iterator<Item = &'c [Box<str>]>,
+        groups: &'a [SourceGroup],
+    ) -> Result<Memberships<'a>, Vec<Box<str>>> {
+        let mut sets = Vec::new();
+        let mut missing = Vec::new();
+        for wanted in clauses {
+            let mut set = HashSet::default();
+            for name in wanted {
+                let as_name = GroupName::new(&**name);
+                let found: Vec<&SourceGroup> = groups
+                    .iter()
+                    .filter(|g| {
+                        g.key.as_str() == &**name || GroupName::new(g.name.as_str()) == as_name
+                    })
+                    .collect();
+                if found.is_empty() {
+                    missing.push(name.clone());
+                }
+                for g in found {
+                    set.extend(g.members.iter().map(|m| m.as_str()));
+                }
+            }
+            sets.push(set);
+        }
+        if missing.is_empty() {
+            Ok(Memberships { sets })
+        } else {
+            Err(missing)
+        }
+    }
+
+    fn contains(&self, slot: usize, user: &str) -> bool {
+        self.sets.get(slot).is_some_and(|s| s.contains(user))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -54,12 +115,13 @@ fn equals(value: &str, text: &str, folded: bool) -> bool {
 
 impl Clause {
     fn holds(&self, rec: &Record<'_>) -> bool {
-        match &self.subject {
-            Subject::Attr(name) => self
-                .test
-                .check(rec.attrs.get(name).iter().map(String::as_str)),
-            Subject::Key => self.test.check(std::iter::once(rec.key)),
-            Subject::Name => self.test.check(std::iter::once(rec.name)),
+        match self {
+            Clause::Attr { subject, test } => match subject {
+                Subject::Attr(name) => test.check(rec.attrs.get(name).iter().map(String::as_str)),
+                Subject::Key => test.check(std::iter::once(rec.key)),
+                Subject::Name => test.check(std::iter::once(rec.name)),
+            },
+            Clause::MemberOf { slot, .. } => rec.memberships.contains(*slot, rec.key),
         }
     }
 }
@@ -82,13 +144,29 @@ impl Scope {
     }
 
     pub(crate) fn attributes(&self) -> impl Iterator<Item = &str> {
-        self.include
-            .iter()
-            .chain(&self.exclude)
-            .flatten()
-            .filter_map(|c| match &c.subject {
-                Subject::Attr(name) => Some(&**name),
+        self.clauses().filter_map(|c| match c {
+            Clause::Attr {
+                subject: Subject::Attr(name),
+                ..
+            } => Some(&**name),
+            _ => None,
+        })
+    }
+
+    /// The group lists of `member_of` clauses, in slot order.
+    pub(crate) fn member_of(&self) -> impl Iterator<Item = &[Box<str>]> {
+        let mut lists: Vec<(usize, &[Box<str>])> = self
+            .clauses()
+            .filter_map(|c| match c {
+                Clause::MemberOf { slot, groups } => Some((*slot, groups.as_slice())),
                 _ => None,
             })
+            .collect();
+        lists.sort_by_key(|(slot, _)| *slot);
+        lists.into_iter().map(|(_, groups)| groups)
+    }
+
+    fn clauses(&self) -> impl Iterator<Item = &Clause> {
+        self.include.iter().chain(&self.exclude).flatten()
     }
 }

@@ -76,7 +76,7 @@ fn employee(key: &str, line: usize, extra: &[(&str, &str)]) -> SourceUser {
 fn maps_the_documented_example() {
     let m = compile(BRIEF);
     let u = m
-        .map_user(&employee("u1", 2, &[("department", "Sales")]))
+        .map_user(&employee("u1", 2, &[("department", "Sales")]), &[])
         .unwrap()
         .expect("in scope");
     let names: Vec<_> = u
@@ -148,14 +148,15 @@ groups:
 "#,
     );
     let u = employee("u", 1, &[("title", "Engineer")]);
-    assert!(m.map_user(&u).unwrap().is_some());
+    assert!(m.map_user(&u, &[]).unwrap().is_some());
     assert_eq!(m.map_group(&group("ops", &[])).unwrap(), None);
 }
 
 #[test]
 fn scope_include_is_or_clauses_are_and_exclude_wins() {
     let m = compile(BRIEF);
-    let in_scope = |extra: &[(&str, &str)]| m.map_user(&employee("u", 1, extra)).unwrap().is_some();
+    let in_scope =
+        |extra: &[(&str, &str)]| m.map_user(&employee("u", 1, extra), &[]).unwrap().is_some();
     // First include rule.
     assert!(in_scope(&[("department", "Sales")]));
     assert!(
@@ -178,10 +179,10 @@ fn scope_include_is_or_clauses_are_and_exclude_wins() {
         1,
         &[("department", "Sales"), ("employeeType", "Employee")],
     );
-    assert_eq!(m.map_user(&no_email).unwrap(), None);
+    assert_eq!(m.map_user(&no_email, &[]).unwrap(), None);
     // not_equals holds when the attribute is absent, so the exclude applies.
     let no_type = user("y", 1, &[("department", "Sales"), ("email", "y@x")]);
-    assert_eq!(m.map_user(&no_type).unwrap(), None);
+    assert_eq!(m.map_user(&no_type, &[]).unwrap(), None);
 }
 
 #[test]
@@ -190,12 +191,12 @@ fn no_include_rules_means_everyone() {
         "users:\n  attributes:\n    userName: email\n  scope:\n    exclude:\n      - { attribute: key, regex: '^svc-' }\n",
     );
     assert!(
-        m.map_user(&user("u1", 1, &[("email", "a@x")]))
+        m.map_user(&user("u1", 1, &[("email", "a@x")]), &[])
             .unwrap()
             .is_some()
     );
     assert!(
-        m.map_user(&user("svc-1", 1, &[("email", "b@x")]))
+        m.map_user(&user("svc-1", 1, &[("email", "b@x")]), &[])
             .unwrap()
             .is_none()
     );
@@ -211,15 +212,18 @@ fn multi_valued_attributes_in_scope() {
         Arc::from("memberOf"),
         vec!["cn=Other".into(), "cn=staff".into()],
     );
-    assert!(m.map_user(&u).unwrap().is_some());
+    assert!(m.map_user(&u, &[]).unwrap().is_some());
 }
 
 #[test]
 fn active_values() {
     let m = compile(BRIEF);
     let active = |v: &str| {
-        m.map_user(&employee("u", 7, &[("department", "Sales"), ("active", v)]))
-            .map(|u| u.unwrap().active)
+        m.map_user(
+            &employee("u", 7, &[("department", "Sales"), ("active", v)]),
+            &[],
+        )
+        .map(|u| u.unwrap().active)
     };
     for v in ["true", "TRUE", "yes", "Yes", "1", "", " true "] {
         assert_eq!(active(v), Ok(true), "{v:?}");
@@ -240,7 +244,7 @@ fn missing_required_attribute_is_a_record_error() {
         "users:\n  attributes:\n    userName: { expr: 'lower(email)' }\n    emails: email\n    title: title\n  required: [emails, title]\n",
     );
     let e = m
-        .map_user(&user("u-12", 12, &[("email", "  ")]))
+        .map_user(&user("u-12", 12, &[("email", "  ")]), &[])
         .unwrap_err();
     assert_eq!(
         e.problem,
@@ -378,16 +382,19 @@ fn non_ascii_and_quoted_values_pass_through() {
         ("Østergaard", "ØSTERGAARD"),
     ] {
         let u = m
-            .map_user(&user(
-                "k",
-                1,
-                &[
-                    ("email", "Ünal.Øst@Example.com"),
-                    ("sn", sn),
-                    ("given", "O'Neil"),
-                    ("nick", "C:\\x"),
-                ],
-            ))
+            .map_user(
+                &user(
+                    "k",
+                    1,
+                    &[
+                        ("email", "Ünal.Øst@Example.com"),
+                        ("sn", sn),
+                        ("given", "O'Neil"),
+                        ("nick", "C:\\x"),
+                    ],
+                ),
+                &[],
+            )
             .unwrap()
             .unwrap();
         assert_eq!(u.attrs[&UserAttr::UserName], "ünal.øst@example.com");
@@ -482,19 +489,22 @@ fn default_mapping_files_compile_and_map() {
 
     let csv = load("csv.yaml");
     let u = csv
-        .map_user(&user(
-            "1001",
-            2,
-            &[
-                ("email", " ann.lee@example.com "),
-                ("given_name", "Ann"),
-                ("family_name", "Lee"),
-                ("display_name", ""),
-                ("title", "Engineer"),
-                ("department", "R&D"),
-                ("active", ""),
-            ],
-        ))
+        .map_user(
+            &user(
+                "1001",
+                2,
+                &[
+                    ("email", " ann.lee@example.com "),
+                    ("given_name", "Ann"),
+                    ("family_name", "Lee"),
+                    ("display_name", ""),
+                    ("title", "Engineer"),
+                    ("department", "R&D"),
+                    ("active", ""),
+                ],
+            ),
+            &[],
+        )
         .unwrap()
         .unwrap();
     assert_eq!(u.user_name(), "ann.lee@example.com");
@@ -518,22 +528,25 @@ fn default_mapping_files_compile_and_map() {
         ]
     );
     let off = user("1002", 3, &[("email", "b@x"), ("active", "false")]);
-    assert!(!csv.map_user(&off).unwrap().unwrap().active);
+    assert!(!csv.map_user(&off, &[]).unwrap().unwrap().active);
 
     let ldap = load("ldap-inetorgperson.yaml");
     let u = ldap
-        .map_user(&user(
-            "uuid-1",
-            2,
-            &[
-                ("mail", "ann@example.com"),
-                ("givenName", "Ann"),
-                ("sn", "Lee"),
-                ("cn", "Ann Lee"),
-                ("ou", "Research"),
-                ("employeeNumber", "42"),
-            ],
-        ))
+        .map_user(
+            &user(
+                "uuid-1",
+                2,
+                &[
+                    ("mail", "ann@example.com"),
+                    ("givenName", "Ann"),
+                    ("sn", "Lee"),
+                    ("cn", "Ann Lee"),
+                    ("ou", "Research"),
+                    ("employeeNumber", "42"),
+                ],
+            ),
+            &[],
+        )
         .unwrap()
         .unwrap();
     assert_eq!(u.attrs[&UserAttr::Department], "Research");
@@ -541,7 +554,7 @@ fn default_mapping_files_compile_and_map() {
     assert_eq!(u.attrs[&UserAttr::EmployeeNumber], "42");
     assert!(ldap.create_only().contains(&UserAttr::DisplayName));
     assert!(
-        ldap.map_user(&user("uuid-2", 3, &[("cn", "No Mail")]))
+        ldap.map_user(&user("uuid-2", 3, &[("cn", "No Mail")]), &[])
             .unwrap()
             .is_none()
     );
@@ -563,12 +576,12 @@ fn default_mapping_files_compile_and_map() {
             ],
         )
     };
-    let u = ad.map_user(&ad_user("512", "")).unwrap().unwrap();
+    let u = ad.map_user(&ad_user("512", ""), &[]).unwrap().unwrap();
     assert_eq!(u.user_name(), "ann@corp.example.com", "UPN fallback");
     assert_eq!(u.attrs[&UserAttr::Organization], "Acme");
     assert!(u.active);
     let u = ad
-        .map_user(&ad_user("514", "ann@example.com"))
+        .map_user(&ad_user("514", "ann@example.com"), &[])
         .unwrap()
         .unwrap();
     assert_eq!(u.user_name(), "ann@example.com");
@@ -581,25 +594,28 @@ fn default_mapping_files_compile_and_map() {
     computer
         .attrs
         .push(Arc::from("userPrincipalName"), vec!["pc01@corp".into()]);
-    assert!(ad.map_user(&computer).unwrap().is_none());
+    assert!(ad.map_user(&computer, &[]).unwrap().is_none());
 
     let entra = load("entra.yaml");
     let u = entra
-        .map_user(&user(
-            "0f1e",
-            2,
-            &[
-                ("userPrincipalName", "ann@contoso.com"),
-                ("mail", "Ann.Lee@contoso.com"),
-                ("givenName", "Ann"),
-                ("surname", "Lee"),
-                ("displayName", "Ann Lee"),
-                ("jobTitle", "CTO"),
-                ("companyName", "Contoso"),
-                ("employeeId", "7"),
-                ("accountEnabled", "false"),
-            ],
-        ))
+        .map_user(
+            &user(
+                "0f1e",
+                2,
+                &[
+                    ("userPrincipalName", "ann@contoso.com"),
+                    ("mail", "Ann.Lee@contoso.com"),
+                    ("givenName", "Ann"),
+                    ("surname", "Lee"),
+                    ("displayName", "Ann Lee"),
+                    ("jobTitle", "CTO"),
+                    ("companyName", "Contoso"),
+                    ("employeeId", "7"),
+                    ("accountEnabled", "false"),
+                ],
+            ),
+            &[],
+        )
         .unwrap()
         .unwrap();
     assert_eq!(u.user_name(), "Ann.Lee@contoso.com");
@@ -703,10 +719,124 @@ fn huge_values_are_rejected_per_record() {
         origin: Origin::new("users.csv line 2"),
         attrs,
     };
-    let err = m.map_user(&user).unwrap_err();
+    let err = m.map_user(&user, &[]).unwrap_err();
     assert!(
         err.to_string()
             .contains("users.csv line 2: user `k1`: `title` would be 4097 bytes long"),
         "{err}"
     );
+}
+
+const ASSIGNED: &str = r#"
+users:
+  attributes:
+    userName: email
+  scope:
+    include:
+      - member_of: [Atlassian Users, g-contractors]
+    exclude:
+      - all:
+          - member_of: [suspended]
+          - { attribute: email, regex: "@example\\.com$" }
+"#;
+
+fn directory(users: &[(&str, &str)], groups: Vec<SourceGroup>) -> SourceDirectory {
+    SourceDirectory {
+        users: users
+            .iter()
+            .enumerate()
+            .map(|(i, (key, email))| user(key, i + 2, &[("email", email)]))
+            .collect(),
+        groups,
+        unresolved_members: 0,
+    }
+}
+
+fn named(key: &str, name: &str, members: &[&str]) -> SourceGroup {
+    SourceGroup {
+        name: name.to_owned(),
+        ..group(key, members)
+    }
+}
+
+#[test]
+fn member_of_scopes_users_to_assigned_groups_by_name_or_key() {
+    let m = compile(ASSIGNED);
+    let dir = directory(
+        &[
+            ("u1", "a@example.com"),
+            ("u2", "b@example.com"),
+            ("u3", "c@partner.org"),
+            ("u4", "d@example.com"),
+        ],
+        vec![
+            // By display name, compared case-insensitively.
+            named("g1", "ATLASSIAN users", &["u1", "u2"]),
+            // By key.
+            named("g-contractors", "Contractors", &["u3"]),
+            named("g9", "suspended", &["u2", "u3"]),
+        ],
+    );
+    let desired = m.build(dir).unwrap();
+    let keys: Vec<&str> = desired.users.iter().map(|u| u.key.as_str()).collect();
+    // u2 is suspended and matches the exclusion; u3 is suspended but not at
+    // example.com; u4 is in no assigned group.
+    assert_eq!(keys, ["u1", "u3"]);
+    let out: Vec<&str> = desired.out_of_scope.iter().map(SourceKey::as_str).collect();
+    assert_eq!(out, ["u2", "u4"]);
+}
+
+#[test]
+fn member_of_a_group_the_source_does_not_have_fails_the_read() {
+    let m = compile(ASSIGNED);
+    // "Atlassian Users" was renamed in the directory: every member would leave
+    // scope, so nothing is planned.
+    let dir = directory(
+        &[("u1", "a@example.com")],
+        vec![
+            named("g1", "Atlassian Cloud Users", &["u1"]),
+            named("g-contractors", "Contractors", &[]),
+            named("g9", "suspended", &[]),
+        ],
+    );
+    let errors = m.build(dir).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].problem, RecordProblem::UnknownScopeGroup);
+    assert_eq!(
+        errors[0].record,
+        RecordId::Group(GroupKey::new("Atlassian Users"))
+    );
+    assert!(errors[0].to_string().contains("member_of"), "{}", errors[0]);
+}
+
+#[test]
+fn member_of_is_a_user_clause_of_its_own() {
+    let e = error(
+        r#"
+users:
+  attributes: { userName: email }
+  scope:
+    include: [ { member_of: [a], attribute: email, present: true } ]
+"#,
+    );
+    assert!(e.contains("`member_of` is a clause of its own"), "{e}");
+    let e = error(
+        r#"
+users:
+  attributes: { userName: email }
+groups:
+  scope:
+    include: [ { member_of: [a] } ]
+"#,
+    );
+    assert!(e.contains("`member_of` is a user scope clause"), "{e}");
+    let e = error(
+        r#"
+users:
+  attributes: { userName: email }
+  scope:
+    include: [ { member_of: [] } ]
+"#,
+    );
+    assert!(e.contains("`member_of` lists no group"), "{e}");
 }

@@ -166,7 +166,7 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
         explanation.found = Found::NotInSource { known };
         return Ok(explanation);
     };
-    let mapping = match settings.mapping.map_user(record) {
+    let mapping = match settings.mapping.map_user(record, &dir.groups) {
         Err(e) => Mapped::Error(e.to_string()),
         Ok(None) => Mapped::OutOfScope,
         Ok(Some(user)) => Mapped::InScope {
