@@ -92,6 +92,9 @@ fn hint(e: &SyncError) -> Option<String> {
         SyncError::StalePlan { .. } => {
             "make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)"
         }
+        SyncError::PlanMismatch { .. } => {
+            "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
+        }
     };
     Some(text.to_string())
 }
@@ -534,6 +537,16 @@ mod tests {
             path: "p.json".into(),
         };
         assert_eq!(exit_of(stale), Exit::Usage);
+        let edited = SyncError::PlanMismatch {
+            path: "p.json".into(),
+            mismatch: crate::plan::PlanMismatch {
+                index: 1,
+                op: "delete_user",
+                subject: "k1".into(),
+                reason: crate::plan::Mismatch::NotManaged,
+            },
+        };
+        assert_eq!(exit_of(edited), Exit::Usage);
         let disk = SyncError::StateWrite(StateError::Io {
             path: "s.db".into(),
             message: "disk full".into(),

@@ -82,6 +82,15 @@ pub enum SyncError {
         .path.display()
     )]
     StalePlan { path: PathBuf },
+    /// A saved plan names an object other than the one the state records.
+    #[error(
+        "the saved plan {} does not match the state DB, so none of it was applied: {mismatch}",
+        .path.display()
+    )]
+    PlanMismatch {
+        path: PathBuf,
+        mismatch: plan::PlanMismatch,
+    },
 }
 
 /// How a command ends, as its process exit code.
@@ -117,7 +126,8 @@ impl SyncError {
             | SyncError::TargetSetup(_)
             | SyncError::PlanUnreadable { .. }
             | SyncError::NotAPlan { .. }
-            | SyncError::StalePlan { .. } => Exit::Usage,
+            | SyncError::StalePlan { .. }
+            | SyncError::PlanMismatch { .. } => Exit::Usage,
         }
     }
 }
@@ -356,10 +366,21 @@ pub async fn cycle<T: Target>(
         Some(path) => {
             let plan = load_saved_plan(path)?;
             let state = state_for_saved_plan(&mut db, &plan)?;
-            let expected = plan::fingerprint(&settings.fingerprint, state.generation, false);
+            let expected = plan::fingerprint(
+                &settings.fingerprint,
+                state.generation,
+                false,
+                &plan.operations,
+            );
             if plan.full || plan.fingerprint != expected {
                 return Err(SyncError::StalePlan { path: path.clone() });
             }
+            // The fingerprint can be recomputed by anyone who reads the config:
+            // the operations themselves must name what the state records.
+            plan::verify_saved(&plan, &state).map_err(|mismatch| SyncError::PlanMismatch {
+                path: path.clone(),
+                mismatch,
+            })?;
             (plan, state, "sync --plan")
         }
         None => {
