@@ -92,6 +92,9 @@ fn hint(e: &SyncError) -> Option<String> {
         SyncError::StalePlan { .. } => {
             "make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)"
         }
+        SyncError::NoState { .. } => {
+            "if the state DB was lost, restore it from a backup; otherwise run `idsync sync --full` once: it reads the target and adopts existing users and groups by name"
+        }
         SyncError::PlanMismatch { .. } => {
             "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
         }
@@ -402,10 +405,16 @@ async fn plan(
     format: Format,
     out: Option<&Path>,
 ) -> Result<Exit, Failure> {
-    let (plan, _) = sync::plan_read_only(settings, full).await?;
+    let (plan, input) = sync::plan_read_only(settings, full).await?;
     if let Err(SyncError::Guard { stop, .. }) = sync::guard(&plan, settings, false, true) {
         eprintln!("warning: `sync` would stop here: {stop}");
         eprintln!("hint: {}", stop.hint());
+    }
+    if !full && let Some(stop) = sync::lost_state_stop(settings, input.state()).await {
+        eprintln!("warning: `sync` would stop here: {stop}");
+        if let Some(h) = hint(&stop) {
+            eprintln!("hint: {h}");
+        }
     }
     if let Some(path) = out {
         std::fs::File::create(path)

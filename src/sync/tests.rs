@@ -177,3 +177,40 @@ async fn a_saved_plan_is_applied_only_against_the_state_it_was_made_from() {
     let again = run_with(&settings, &target, &opts).await.unwrap_err();
     assert!(matches!(again, SyncError::StalePlan { .. }), "{again}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_without_state_against_a_populated_target_stops_until_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = [("e1", "ada@example.com", "Engineer")];
+    let settings = Settings::load(&workspace(dir.path(), &people)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    let calls = target.world.lock().unwrap().calls;
+
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let err = run(&settings, &target).await.unwrap_err();
+    assert!(matches!(err, SyncError::NoState { .. }), "{err}");
+    assert_eq!(err.exit(), Exit::Guard);
+    assert_eq!(
+        target.world.lock().unwrap().calls,
+        calls,
+        "nothing was sent"
+    );
+    let (_, input) = plan_read_only(&settings, false).await.unwrap();
+    assert!(records_nothing(input.state(), None).unwrap());
+    // The stop is recorded, and does not make the state look used.
+    let err = run(&settings, &target).await.unwrap_err();
+    assert!(matches!(err, SyncError::NoState { .. }), "{err}");
+
+    let full = SyncOptions {
+        full: true,
+        ..SyncOptions::default()
+    };
+    let adopted = run_with(&settings, &target, &full).await.unwrap();
+    assert_eq!(
+        (adopted.summary.adopt_users, adopted.summary.adopt_groups),
+        (1, 1)
+    );
+    let again = run(&settings, &target).await.unwrap();
+    assert_eq!((again.applied, again.failed), (0, 0));
+}

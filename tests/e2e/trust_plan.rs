@@ -149,3 +149,63 @@ fn untouched_saved_plan_still_applies() {
     assert_eq!(contents.users_named("renamed.person@example.com").len(), 1);
     ws.assert_plan_empty();
 }
+
+/// Removes the state DB and SQLite's files beside it (the lock file stays).
+fn remove_state_db(ws: &Workspace) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = ws.state_db().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn group_names(server: &ScimServer) -> Vec<String> {
+    let mut names: Vec<String> = server
+        .groups()
+        .iter()
+        .map(|g| str_at(g, "displayName").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn lost_state_db_stops_sync_until_full_adopts() {
+    let (server, ws, dir) = synced(20, 3);
+    let groups = group_names(&server);
+    assert_eq!(groups.len(), 3);
+    let before = server.contents().normalized();
+
+    // A 0-byte state DB, then none at all: both are no state.
+    remove_state_db(&ws);
+    std::fs::write(ws.state_db(), b"").expect("truncate the state DB");
+    for round in 0..2 {
+        let plan = ws.run(&["plan"]);
+        plan.assert_code(0);
+        assert!(
+            plan.stderr.contains("warning: `sync` would stop here")
+                && plan.stderr.contains("sync --full"),
+            "plan should warn (round {round})\n{}",
+            plan.dump()
+        );
+        let out = ws.run(&["sync"]);
+        out.assert_code(3);
+        assert!(
+            out.stderr.contains("records no users, groups or runs")
+                && out.stderr.contains("hint:")
+                && out.stderr.contains("idsync sync --full"),
+            "round {round}\n{}",
+            out.dump()
+        );
+        assert_eq!(server.contents().normalized(), before, "round {round}");
+        remove_state_db(&ws);
+    }
+
+    ws.run(&["sync", "--full", "--format", "json"])
+        .assert_code(0);
+    assert_eq!(group_names(&server), groups, "groups duplicated");
+    crate::harness::assert_target_matches(&dir, &[], &server.contents());
+    ws.assert_plan_empty();
+    ws.sync_ok();
+    assert_eq!(group_names(&server), groups);
+}
