@@ -66,7 +66,7 @@ impl StateDb {
                 message: e.to_string(),
             })?;
         }
-        let lock = acquire_lock(path)?;
+        let lock = acquire_lock(&canonical(path)?)?;
         let conn = Connection::open(path).map_err(|source| sqlite(path, source))?;
         let mut db = StateDb {
             conn,
@@ -172,6 +172,30 @@ fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
     }
 }
 
+/// The DB's path with symlinks resolved, so the lock follows the file and not
+/// the path string: two configs whose `state:` differ only by a symlink take
+/// the same lock. The file itself is resolved when it exists; otherwise its
+/// folder (which `open` has created) is, and the file name joined.
+fn canonical(path: &Path) -> Result<PathBuf, StateError> {
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return Ok(resolved);
+    }
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| StateError::Io {
+        path: path.to_path_buf(),
+        message: "the state path names no file".into(),
+    })?;
+    std::fs::canonicalize(dir)
+        .map(|dir| dir.join(name))
+        .map_err(|e| StateError::Io {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
 fn acquire_lock(db: &Path) -> Result<File, StateError> {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
@@ -272,6 +296,37 @@ mod tests {
         let _first = StateDb::open(&path).unwrap();
         assert!(matches!(
             StateDb::open(&path),
+            Err(StateError::Locked { .. })
+        ));
+    }
+
+    /// The lock file sits beside the path as written: through a symlinked
+    /// folder it is the same file (locks follow inodes), but a symlink to the
+    /// DB file itself named another lock file until the path was resolved.
+    #[cfg(unix)]
+    #[test]
+    fn a_second_writer_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let folder = dir.path().join("folder-link");
+        std::os::unix::fs::symlink(&real, &folder).unwrap();
+        let file = dir.path().join("file-link.db");
+        std::os::unix::fs::symlink(real.join("idsync.db"), &file).unwrap();
+
+        // The folder link first, before the DB file exists.
+        let first = StateDb::open(&folder.join("idsync.db")).unwrap();
+        for other in [real.join("idsync.db"), file.clone()] {
+            assert!(
+                matches!(StateDb::open(&other), Err(StateError::Locked { .. })),
+                "{} was not refused",
+                other.display()
+            );
+        }
+        drop(first);
+        let _first = StateDb::open(&file).unwrap();
+        assert!(matches!(
+            StateDb::open(&folder.join("idsync.db")),
             Err(StateError::Locked { .. })
         ));
     }
