@@ -417,7 +417,8 @@ async fn plan(
         }
     }
     if let Some(path) = out {
-        std::fs::File::create(path)
+        // Owner-only: the plan holds the values it will send.
+        crate::state::create_private(path, true)
             .and_then(|file| report::write_plan_json(&plan, file))
             .map_err(|e| {
                 Failure::new(

@@ -67,6 +67,9 @@ impl StateDb {
             })?;
         }
         let lock = acquire_lock(&canonical(path)?)?;
+        // Made owner-only before SQLite opens it: SQLite gives the `-wal` and
+        // `-shm` files it creates the DB file's permissions.
+        create_private(path, false).map_err(|e| io(path, e))?;
         let conn = Connection::open(path).map_err(|source| sqlite(path, source))?;
         let mut db = StateDb {
             conn,
@@ -75,6 +78,15 @@ impl StateDb {
         };
         db.configure()?;
         db.migrate()?;
+        // Files an older idsync left readable by others.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = PathBuf::from(side);
+            if side.exists() {
+                restrict(&side).map_err(|e| io(&side, e))?;
+            }
+        }
         Ok(db)
     }
 
@@ -165,6 +177,46 @@ impl StateDb {
     }
 }
 
+/// Owner read and write only: the state DB holds every managed user's
+/// attributes, a saved plan the values it will send.
+#[cfg(unix)]
+const PRIVATE_MODE: u32 = 0o600;
+
+/// Opens `path` for writing, creating it readable and writable by its owner
+/// only whatever the umask, and takes group and other access away from a file
+/// that exists already. `truncate` empties it.
+pub fn create_private(path: &Path, truncate: bool) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).write(true).truncate(truncate);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(PRIVATE_MODE);
+    }
+    let file = options.open(path)?;
+    restrict(path)?;
+    Ok(file)
+}
+
+/// Sets `path` owner-only (the mode given on create is only for new files).
+fn restrict(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_MODE))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn io(path: &Path, e: std::io::Error) -> StateError {
+    StateError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
 fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
     StateError::Sqlite {
         path: path.to_path_buf(),
@@ -200,15 +252,7 @@ fn acquire_lock(db: &Path) -> Result<File, StateError> {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
     let lock_path = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StateError::Io {
-            path: lock_path.clone(),
-            message: e.to_string(),
-        })?;
+    let file = create_private(&lock_path, false).map_err(|e| io(&lock_path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked { path: lock_path }),
@@ -329,6 +373,47 @@ mod tests {
             StateDb::open(&folder.join("idsync.db")),
             Err(StateError::Locked { .. })
         ));
+    }
+
+    /// The DB, its WAL and shared-memory files and the lock file are owner-only
+    /// whatever the umask, and so become files an older idsync left readable.
+    #[cfg(unix)]
+    #[test]
+    fn state_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // As an older idsync left them under umask 022.
+        for name in ["idsync.db.lock", "idsync.db"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+            std::fs::set_permissions(
+                dir.path().join(name),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+        }
+        let mut db = StateDb::open(&path).unwrap();
+        let run = db
+            .begin_run("sync", &[("create_user", "k1".into())])
+            .unwrap();
+        db.commit(run, &record(0), None).unwrap();
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 4, "{files:?}");
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        drop(db);
+        let fresh = tempfile::tempdir().unwrap();
+        let other = fresh.path().join("new.db");
+        let _db = StateDb::open(&other).unwrap();
+        for f in std::fs::read_dir(fresh.path()).unwrap() {
+            let f = f.unwrap().path();
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
     }
 
     #[test]

@@ -209,3 +209,28 @@ fn lost_state_db_stops_sync_until_full_adopts() {
     ws.sync_ok();
     assert_eq!(group_names(&server), groups);
 }
+
+#[test]
+fn state_files_and_saved_plans_are_owner_only_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = ScimServer::start(&crate::harness::fresh_token("mode"));
+    let mut ws = Workspace::new(&server);
+    ws.umask = Some(0o022);
+    let mut dir = crate::harness::Directory::generate(10, 2);
+    ws.write_directory(&dir);
+    ws.sync_ok();
+    dir.user_mut("u0003").title = "Planned".into();
+    ws.write_directory(&dir);
+    let (path, _) = save_plan(&ws);
+
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let state = ws.state_db().parent().unwrap().to_path_buf();
+    let files: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
+    for f in files.iter().chain([&std::path::PathBuf::from(&path)]) {
+        assert_eq!(mode(f), 0o600, "{} is not owner-only", f.display());
+    }
+}
