@@ -177,6 +177,13 @@ impl StateDb {
     }
 }
 
+fn write_pid(mut file: &File) -> std::io::Result<()> {
+    use std::io::Write as _;
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    file.flush()
+}
+
 /// Owner read and write only: the state DB holds every managed user's
 /// attributes, a saved plan the values it will send.
 #[cfg(unix)]
@@ -248,13 +255,65 @@ fn canonical(path: &Path) -> Result<PathBuf, StateError> {
         })
 }
 
-fn acquire_lock(db: &Path) -> Result<File, StateError> {
+fn lock_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
-    let lock_path = PathBuf::from(name);
+    PathBuf::from(name)
+}
+
+/// The run holding a state DB's lock, for `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LockHolder {
+    /// Its process id, as it wrote it into the lock file (absent when an older
+    /// idsync holds the lock).
+    pub pid: Option<u32>,
+}
+
+impl StateDb {
+    /// The run holding the lock of the DB at `path`, if a live one does (the OS
+    /// drops the lock of a process that died, whatever its PID line says).
+    /// Probes with a shared lock that is released at once: a sync starting in
+    /// that instant is refused as locked (exit 4) and can be started again.
+    pub fn lock_holder(path: &Path) -> Result<Option<LockHolder>, StateError> {
+        let Ok(db) = canonical(path) else {
+            return Ok(None);
+        };
+        let lock_path = lock_path(&db);
+        let mut file = match File::open(&lock_path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&lock_path, e)),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                use std::io::Read as _;
+                file.read_to_string(&mut text)
+                    .map_err(|e| io(&lock_path, e))?;
+                Ok(Some(LockHolder {
+                    pid: text.trim().parse().ok(),
+                }))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(StateError::Io {
+                path: lock_path,
+                message: format!("cannot probe the lock: {e}"),
+            }),
+        }
+    }
+}
+
+fn acquire_lock(db: &Path) -> Result<File, StateError> {
+    let lock_path = lock_path(db);
     let file = create_private(&lock_path, false).map_err(|e| io(&lock_path, e))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            // Only once the lock is ours: the PID of a live holder is never
+            // overwritten. `status` reads it to tell a run in progress from an
+            // interrupted one.
+            write_pid(&file).map_err(|e| io(&lock_path, e))?;
+            Ok(file)
+        }
         Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked { path: lock_path }),
         Err(std::fs::TryLockError::Error(e)) => Err(StateError::Io {
             path: lock_path,
@@ -414,6 +473,28 @@ mod tests {
             let f = f.unwrap().path();
             assert_eq!(mode(&f), 0o600, "{}", f.display());
         }
+    }
+
+    #[test]
+    fn the_lock_names_the_live_run_holding_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        assert_eq!(StateDb::lock_holder(&path).unwrap(), None);
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(
+            StateDb::lock_holder(&path).unwrap(),
+            Some(LockHolder {
+                pid: Some(std::process::id())
+            })
+        );
+        // Probing does not take the lock from the holder.
+        assert!(matches!(
+            StateDb::open(&path),
+            Err(StateError::Locked { .. })
+        ));
+        drop(db);
+        // The PID line stays behind, but nobody holds the lock.
+        assert_eq!(StateDb::lock_holder(&path).unwrap(), None);
     }
 
     #[test]

@@ -214,3 +214,42 @@ async fn a_sync_without_state_against_a_populated_target_stops_until_full() {
     let again = run(&settings, &target).await.unwrap();
     assert_eq!((again.applied, again.failed), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tells_a_running_sync_from_an_interrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = [("e1", "ada@example.com", "Engineer")];
+    let settings = Settings::load(&workspace(dir.path(), &people)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+
+    // A run in progress: the lock held, a run begun with work in its journal.
+    let mut db = StateDb::open(&settings.state_path).unwrap();
+    let started = db
+        .begin_run("sync", &[("update_user", "e1".into())])
+        .unwrap();
+    db.mark_started_from(started, 0, 1).unwrap();
+    let report = inspect::status(&settings).unwrap();
+    let pid = std::process::id();
+    assert_eq!(report.running.and_then(|r| r.pid), Some(pid));
+    let text = crate::report::status_text(&report);
+    assert!(text.contains(&format!("running (PID {pid})")), "{text}");
+    assert!(!text.contains("interrupted"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Pending: 1 operation(s) of the run that is running (PID {pid})"
+        )),
+        "{text}"
+    );
+    let json = crate::report::status_json(&report);
+    assert!(json.contains(&format!("\"pid\": {pid}")), "{json}");
+
+    // The same run, its process gone: interrupted.
+    drop(db);
+    let report = inspect::status(&settings).unwrap();
+    assert_eq!(report.running, None);
+    let text = crate::report::status_text(&report);
+    assert!(!text.contains("running"), "{text}");
+    assert!(text.contains("Pending: a run was interrupted"), "{text}");
+    assert!(text.contains("sync interrupted"), "{text}");
+}
