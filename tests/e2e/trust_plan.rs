@@ -1,5 +1,6 @@
 //! Trust boundaries end to end: a saved plan edited after review is refused
-//! before anything is sent.
+//! before anything is sent; a lost state DB does not pass for a first run; the
+//! state files and saved plans are owner-only.
 
 use serde_json::{Value, json};
 
