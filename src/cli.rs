@@ -95,6 +95,12 @@ fn hint(e: &SyncError) -> Option<String> {
         SyncError::StalePlan { .. } => {
             "make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)"
         }
+        SyncError::NoState { .. } => {
+            "if the state DB was lost, restore it from a backup; otherwise run `idsync sync --full` once: it reads the target and adopts existing users and groups by name"
+        }
+        SyncError::PlanMismatch { .. } => {
+            "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
+        }
     };
     Some(text.to_string())
 }
@@ -404,13 +410,20 @@ async fn plan(
     format: Format,
     out: Option<&Path>,
 ) -> Result<Exit, Failure> {
-    let (plan, _) = sync::plan_read_only(settings, full).await?;
+    let (plan, input) = sync::plan_read_only(settings, full).await?;
     if let Err(SyncError::Guard { stop, .. }) = sync::guard(&plan, settings, false, true) {
         eprintln!("warning: `sync` would stop here: {stop}");
         eprintln!("hint: {}", stop.hint());
     }
+    if !full && let Some(stop) = sync::lost_state_stop(settings, input.state()).await {
+        eprintln!("warning: `sync` would stop here: {stop}");
+        if let Some(h) = hint(&stop) {
+            eprintln!("hint: {h}");
+        }
+    }
     if let Some(path) = out {
-        std::fs::File::create(path)
+        // Owner-only: the plan holds the values it will send.
+        crate::state::create_private(path, true)
             .and_then(|file| report::write_plan_json(&plan, file))
             .map_err(|e| {
                 Failure::new(
@@ -539,6 +552,16 @@ mod tests {
             path: "p.json".into(),
         };
         assert_eq!(exit_of(stale), Exit::Usage);
+        let edited = SyncError::PlanMismatch {
+            path: "p.json".into(),
+            mismatch: crate::plan::PlanMismatch {
+                index: 1,
+                op: "delete_user",
+                subject: "k1".into(),
+                reason: crate::plan::Mismatch::NotManaged,
+            },
+        };
+        assert_eq!(exit_of(edited), Exit::Usage);
         let disk = SyncError::StateWrite(StateError::Io {
             path: "s.db".into(),
             message: "disk full".into(),

@@ -69,6 +69,11 @@ pub trait Target: Clone + Send + Sync {
     /// anything changes.
     fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
 
+    /// Whether the target holds any user or group at all: a cheap look (one
+    /// resource asked for per collection), made when the state DB records
+    /// nothing, to tell a first run from a lost state DB.
+    fn holds_anything(&self) -> impl Future<Output = Result<bool, TargetError>> + Send;
+
     /// Everything the target holds, for `--full`.
     fn read_all(&self) -> impl Future<Output = Result<TargetSnapshot, TargetError>> + Send;
 

@@ -124,6 +124,11 @@ impl Target for MemoryTarget {
         Ok(())
     }
 
+    async fn holds_anything(&self) -> Result<bool, TargetError> {
+        let w = self.world.lock().unwrap();
+        Ok(!w.users.is_empty() || !w.groups.is_empty())
+    }
+
     async fn read_all(&self) -> Result<TargetSnapshot, TargetError> {
         let w = self.world.lock().unwrap();
         let listed = |id: &ScimId| !w.hidden.contains(id);

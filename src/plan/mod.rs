@@ -8,13 +8,15 @@
 //! idsync, and an email or userName change is an update of the same SCIM id.
 //! `--full` folds what the target really holds into the state first
 //! (`reconcile`), so the same planner also corrects hand-made drift. The guards
-//! (`guard`) check a plan before anyone acts on it.
+//! (`guard`) check a plan before anyone acts on it; `verify` checks a saved plan
+//! against the state it is applied to.
 
 pub mod guard;
 mod input;
 mod planner;
 mod policy;
 mod reconcile;
+mod verify;
 
 use std::collections::BTreeMap;
 
@@ -30,6 +32,7 @@ pub use policy::{
     DEFAULT_MAX_MEMBER_REMOVALS, DEFAULT_MAX_REMOVALS, MEMBER_REMOVALS_FLOOR, OnRename, Policy,
     RemovalLimit, RemoveAction,
 };
+pub use verify::{Mismatch, PlanMismatch, verify_saved};
 
 /// One attribute's change: `old` as last pushed, `new` as desired (`None` =
 /// absent).
@@ -361,7 +364,8 @@ impl Summary {
 /// executor sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
-    /// Ties a saved plan to the config, mapping and state it was made from.
+    /// Ties a saved plan to the config, mapping and state it was made from, and
+    /// to its own operations.
     pub fingerprint: String,
     /// Made by `--full`: the target was read, and `observed` holds what it showed.
     #[serde(default)]

@@ -49,6 +49,7 @@ pub fn plan(input: &PlanningInput) -> Plan {
             &input.options.config_fingerprint,
             input.state.generation,
             input.is_full(),
+            &ops,
         ),
         full: input.is_full(),
         summary,
@@ -63,9 +64,18 @@ pub fn plan(input: &PlanningInput) -> Plan {
 }
 
 /// Ties a plan to the config and mapping (`config`), the state generation it
-/// was made against, and whether it was a `--full` plan.
-pub fn fingerprint(config: &str, generation: i64, full: bool) -> String {
-    format!("{config}-{generation}{}", if full { "-full" } else { "" })
+/// was made against, whether it was a `--full` plan, and its operations (a
+/// digest of their JSON), so a saved plan edited after review no longer matches.
+pub fn fingerprint(config: &str, generation: i64, full: bool, operations: &[Operation]) -> String {
+    // The JSON of typed operations is canonical: fields in declaration order,
+    // attribute maps sorted, and a plan read back from a file writes the same.
+    let json = serde_json::to_vec(operations).expect("operations always serialise");
+    let digest = blake3::hash(&json).to_hex();
+    format!(
+        "{config}-{generation}{}-{}",
+        if full { "-full" } else { "" },
+        &digest[..32]
+    )
 }
 
 /// The operations (sorted) and warnings that take `state` to `desired`.

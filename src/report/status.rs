@@ -44,25 +44,48 @@ pub fn status_text(report: &StatusReport) -> String {
             q.reason.as_deref().map(quote).unwrap_or_default()
         );
     }
+    let running = report.running.map(|holder| match holder.pid {
+        Some(pid) => format!("running (PID {pid})"),
+        None => "running".to_string(),
+    });
+    if let Some(running) = &running {
+        let _ = writeln!(out, "Now: a sync is {running}");
+    }
     if report.interrupted_operations > 0 {
-        let _ = writeln!(
-            out,
-            "Pending: a run was interrupted with {} operation(s) in flight; the next sync resumes safely",
-            report.interrupted_operations
-        );
+        match &running {
+            Some(running) => {
+                let _ = writeln!(
+                    out,
+                    "Pending: {} operation(s) of the run that is {running}",
+                    report.interrupted_operations
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "Pending: a run was interrupted with {} operation(s) in flight; the next sync resumes safely",
+                    report.interrupted_operations
+                );
+            }
+        }
     }
     out.push_str("\nRecent runs:\n");
     if report.runs.is_empty() {
         out.push_str("  none\n");
     }
+    // Only the newest run can be the one holding the lock.
+    let newest = report.runs.first().map(|r| r.id);
     for r in &report.runs {
-        let code = r
-            .exit_code
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "running/killed".into());
+        let code = match (r.exit_code, &running) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(running)) if Some(r.id) == newest && r.ended_at.is_none() => {
+                running.clone()
+            }
+            (None, _) => "interrupted".into(),
+        };
         let _ = writeln!(
             out,
-            "  #{} {} {} exit {code}: {} planned, {} applied, {} failed{}",
+            "  #{} {} {} {code}: {} planned, {} applied, {} failed{}",
             r.id,
             r.started_at,
             r.command,

@@ -453,6 +453,22 @@ impl ScimClient {
         }
     }
 
+    /// Whether a collection (`Users`, `Groups`) holds at least one resource:
+    /// one request for one resource, not a read of the collection.
+    pub async fn holds_any(&self, collection: &str) -> Result<bool, ScimError> {
+        let url = self.url(&[collection]);
+        let one = [("startIndex", "1".to_string()), ("count", "1".to_string())];
+        let reply = match self.call(Method::GET, url.clone(), &one, None).await {
+            // Some servers refuse any `count`: ask with their default page size.
+            Err(ScimError::Http { status: 400, .. }) => {
+                self.call(Method::GET, url, &[], None).await?
+            }
+            other => other?,
+        };
+        let page = resource::parse_list(reply.json()?).map_err(ScimError::InvalidResponse)?;
+        Ok(page.total.is_some_and(|n| n > 0) || !page.resources.is_empty())
+    }
+
     /// All users, every page.
     pub async fn list_users(&self) -> Result<Vec<RemoteUser>, ScimError> {
         self.list("Users", resource::user_from_json).await

@@ -33,6 +33,10 @@ impl Target for ScimClient {
         Ok(())
     }
 
+    async fn holds_anything(&self) -> Result<bool, TargetError> {
+        Ok(self.holds_any("Users").await? || self.holds_any("Groups").await?)
+    }
+
     async fn read_all(&self) -> Result<TargetSnapshot, TargetError> {
         let users = self.list_users().await?;
         let groups = self.list_groups().await?;

@@ -97,6 +97,19 @@ impl StateDb {
         Ok(())
     }
 
+    /// Whether any run ever had operations to apply (finished, failed or
+    /// killed). Runs stopped before planning (a guard, an unreachable target)
+    /// do not count.
+    pub fn ever_planned(&self) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE planned > 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// The most recent runs, newest first.
     pub fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
         self.runs("ORDER BY id DESC", limit)

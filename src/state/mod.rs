@@ -66,7 +66,10 @@ impl StateDb {
                 message: e.to_string(),
             })?;
         }
-        let lock = acquire_lock(path)?;
+        let lock = acquire_lock(&canonical(path)?)?;
+        // Made owner-only before SQLite opens it: SQLite gives the `-wal` and
+        // `-shm` files it creates the DB file's permissions.
+        create_private(path, false).map_err(|e| io(path, e))?;
         let conn = Connection::open(path).map_err(|source| sqlite(path, source))?;
         let mut db = StateDb {
             conn,
@@ -75,6 +78,15 @@ impl StateDb {
         };
         db.configure()?;
         db.migrate()?;
+        // Files an older idsync left readable by others.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = PathBuf::from(side);
+            if side.exists() {
+                restrict(&side).map_err(|e| io(&side, e))?;
+            }
+        }
         Ok(db)
     }
 
@@ -165,6 +177,53 @@ impl StateDb {
     }
 }
 
+fn write_pid(mut file: &File) -> std::io::Result<()> {
+    use std::io::Write as _;
+    file.set_len(0)?;
+    writeln!(file, "{}", std::process::id())?;
+    file.flush()
+}
+
+/// Owner read and write only: the state DB holds every managed user's
+/// attributes, a saved plan the values it will send.
+#[cfg(unix)]
+const PRIVATE_MODE: u32 = 0o600;
+
+/// Opens `path` for writing, creating it readable and writable by its owner
+/// only whatever the umask, and takes group and other access away from a file
+/// that exists already. `truncate` empties it.
+pub fn create_private(path: &Path, truncate: bool) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).write(true).truncate(truncate);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(PRIVATE_MODE);
+    }
+    let file = options.open(path)?;
+    restrict(path)?;
+    Ok(file)
+}
+
+/// Sets `path` owner-only (the mode given on create is only for new files).
+fn restrict(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_MODE))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn io(path: &Path, e: std::io::Error) -> StateError {
+    StateError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
 fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
     StateError::Sqlite {
         path: path.to_path_buf(),
@@ -172,21 +231,89 @@ fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
     }
 }
 
-fn acquire_lock(db: &Path) -> Result<File, StateError> {
+/// The DB's path with symlinks resolved, so the lock follows the file and not
+/// the path string: two configs whose `state:` differ only by a symlink take
+/// the same lock. The file itself is resolved when it exists; otherwise its
+/// folder (which `open` has created) is, and the file name joined.
+fn canonical(path: &Path) -> Result<PathBuf, StateError> {
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return Ok(resolved);
+    }
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    let name = path.file_name().ok_or_else(|| StateError::Io {
+        path: path.to_path_buf(),
+        message: "the state path names no file".into(),
+    })?;
+    std::fs::canonicalize(dir)
+        .map(|dir| dir.join(name))
+        .map_err(|e| StateError::Io {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+fn lock_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
-    let lock_path = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StateError::Io {
-            path: lock_path.clone(),
-            message: e.to_string(),
-        })?;
+    PathBuf::from(name)
+}
+
+/// The run holding a state DB's lock, for `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LockHolder {
+    /// Its process id, as it wrote it into the lock file (absent when an older
+    /// idsync holds the lock).
+    pub pid: Option<u32>,
+}
+
+impl StateDb {
+    /// The run holding the lock of the DB at `path`, if a live one does (the OS
+    /// drops the lock of a process that died, whatever its PID line says).
+    /// Probes with a shared lock that is released at once: a sync starting in
+    /// that instant is refused as locked (exit 4) and can be started again.
+    pub fn lock_holder(path: &Path) -> Result<Option<LockHolder>, StateError> {
+        let Ok(db) = canonical(path) else {
+            return Ok(None);
+        };
+        let lock_path = lock_path(&db);
+        let mut file = match File::open(&lock_path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&lock_path, e)),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                use std::io::Read as _;
+                file.read_to_string(&mut text)
+                    .map_err(|e| io(&lock_path, e))?;
+                Ok(Some(LockHolder {
+                    pid: text.trim().parse().ok(),
+                }))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(StateError::Io {
+                path: lock_path,
+                message: format!("cannot probe the lock: {e}"),
+            }),
+        }
+    }
+}
+
+fn acquire_lock(db: &Path) -> Result<File, StateError> {
+    let lock_path = lock_path(db);
+    let file = create_private(&lock_path, false).map_err(|e| io(&lock_path, e))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => {
+            // Only once the lock is ours: the PID of a live holder is never
+            // overwritten. `status` reads it to tell a run in progress from an
+            // interrupted one.
+            write_pid(&file).map_err(|e| io(&lock_path, e))?;
+            Ok(file)
+        }
         Err(std::fs::TryLockError::WouldBlock) => Err(StateError::Locked { path: lock_path }),
         Err(std::fs::TryLockError::Error(e)) => Err(StateError::Io {
             path: lock_path,
@@ -274,6 +401,100 @@ mod tests {
             StateDb::open(&path),
             Err(StateError::Locked { .. })
         ));
+    }
+
+    /// The lock file sits beside the path as written: through a symlinked
+    /// folder it is the same file (locks follow inodes), but a symlink to the
+    /// DB file itself named another lock file until the path was resolved.
+    #[cfg(unix)]
+    #[test]
+    fn a_second_writer_through_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let folder = dir.path().join("folder-link");
+        std::os::unix::fs::symlink(&real, &folder).unwrap();
+        let file = dir.path().join("file-link.db");
+        std::os::unix::fs::symlink(real.join("idsync.db"), &file).unwrap();
+
+        // The folder link first, before the DB file exists.
+        let first = StateDb::open(&folder.join("idsync.db")).unwrap();
+        for other in [real.join("idsync.db"), file.clone()] {
+            assert!(
+                matches!(StateDb::open(&other), Err(StateError::Locked { .. })),
+                "{} was not refused",
+                other.display()
+            );
+        }
+        drop(first);
+        let _first = StateDb::open(&file).unwrap();
+        assert!(matches!(
+            StateDb::open(&folder.join("idsync.db")),
+            Err(StateError::Locked { .. })
+        ));
+    }
+
+    /// The DB, its WAL and shared-memory files and the lock file are owner-only
+    /// whatever the umask, and so become files an older idsync left readable.
+    #[cfg(unix)]
+    #[test]
+    fn state_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // As an older idsync left them under umask 022.
+        for name in ["idsync.db.lock", "idsync.db"] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+            std::fs::set_permissions(
+                dir.path().join(name),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .unwrap();
+        }
+        let mut db = StateDb::open(&path).unwrap();
+        let run = db
+            .begin_run("sync", &[("create_user", "k1".into())])
+            .unwrap();
+        db.commit(run, &record(0), None).unwrap();
+        let files: Vec<PathBuf> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 4, "{files:?}");
+        for f in &files {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+        drop(db);
+        let fresh = tempfile::tempdir().unwrap();
+        let other = fresh.path().join("new.db");
+        let _db = StateDb::open(&other).unwrap();
+        for f in std::fs::read_dir(fresh.path()).unwrap() {
+            let f = f.unwrap().path();
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+    }
+
+    #[test]
+    fn the_lock_names_the_live_run_holding_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        assert_eq!(StateDb::lock_holder(&path).unwrap(), None);
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(
+            StateDb::lock_holder(&path).unwrap(),
+            Some(LockHolder {
+                pid: Some(std::process::id())
+            })
+        );
+        // Probing does not take the lock from the holder.
+        assert!(matches!(
+            StateDb::open(&path),
+            Err(StateError::Locked { .. })
+        ));
+        drop(db);
+        // The PID line stays behind, but nobody holds the lock.
+        assert_eq!(StateDb::lock_holder(&path).unwrap(), None);
     }
 
     #[test]

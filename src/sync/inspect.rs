@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::model::{Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName};
 use crate::plan::RemoveAction;
-use crate::state::{FailureRecord, RunRecord, StateDb};
+use crate::state::{FailureRecord, LockHolder, RunRecord, StateDb};
 
 use super::SyncError;
 use super::quarantine::{self, Quarantine};
@@ -35,6 +35,10 @@ pub struct StatusReport {
     pub failures: Vec<FailureRecord>,
     pub interrupted_operations: usize,
     pub quarantine: Option<Quarantine>,
+    /// The run holding the state DB's lock right now, if any: its unfinished
+    /// run and journal are in progress, not interrupted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<LockHolder>,
 }
 
 pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
@@ -50,6 +54,7 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
         failures: Vec::new(),
         interrupted_operations: 0,
         quarantine: None,
+        running: None,
     };
     let Some(mut db) = StateDb::open_read_only(&settings.state_path)? else {
         return Ok(report);
@@ -70,6 +75,7 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     report.failures = db.recent_failures(STATUS_FAILURES)?;
     report.interrupted_operations = db.interrupted_ops()?.len();
     report.quarantine = Some(quarantine::load(&db)?);
+    report.running = StateDb::lock_holder(&settings.state_path)?;
     Ok(report)
 }
 

@@ -24,9 +24,13 @@ use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
 use crate::model::{Desired, ScimId, SourceKey, State, Status, TargetSnapshot};
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
-use crate::scim::{ClientOptions, ScimClient, ScimError};
+use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
 use crate::source::{Source, SourceError};
 use crate::state::{RunEnd, StateDb, StateError};
+
+/// How long `plan` waits for the target when it looks whether a state-less
+/// sync would meet existing users or groups.
+const QUICK_LOOK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Record errors listed in full before the rest are counted.
 const MAX_LISTED_RECORD_ERRORS: usize = 50;
@@ -102,6 +106,22 @@ pub enum SyncError {
         .path.display()
     )]
     StalePlan { path: PathBuf },
+    /// The state DB records nothing idsync did, but the target holds users or
+    /// groups: a lost state DB, or a first run that should adopt.
+    #[error(
+        "the state DB {} records no users, groups or runs, but the target already holds users or groups (a lost or new state DB?); a plain sync would duplicate groups, so nothing was changed",
+        .path.display()
+    )]
+    NoState { path: PathBuf },
+    /// A saved plan names an object other than the one the state records.
+    #[error(
+        "the saved plan {} does not match the state DB, so none of it was applied: {mismatch}",
+        .path.display()
+    )]
+    PlanMismatch {
+        path: PathBuf,
+        mismatch: plan::PlanMismatch,
+    },
 }
 
 /// How a command ends, as its process exit code.
@@ -129,7 +149,7 @@ impl SyncError {
             SyncError::State(StateError::Locked { .. }) => Exit::Locked,
             SyncError::StateWrite(_) => Exit::Partial,
             SyncError::Target(_) | SyncError::PartialListing { .. } => Exit::Unreachable,
-            SyncError::Guard { .. } => Exit::Guard,
+            SyncError::Guard { .. } | SyncError::NoState { .. } => Exit::Guard,
             SyncError::Config(_)
             | SyncError::Source(_)
             | SyncError::Mapping { .. }
@@ -137,7 +157,8 @@ impl SyncError {
             | SyncError::TargetSetup(_)
             | SyncError::PlanUnreadable { .. }
             | SyncError::NotAPlan { .. }
-            | SyncError::StalePlan { .. } => Exit::Usage,
+            | SyncError::StalePlan { .. }
+            | SyncError::PlanMismatch { .. } => Exit::Usage,
         }
     }
 }
@@ -433,8 +454,13 @@ pub async fn sync(
 
 async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
     let started = Instant::now();
-    let (plan, _) = plan_read_only(settings, opts.full).await?;
+    let (plan, input) = plan_read_only(settings, opts.full).await?;
     guard(&plan, settings, opts.allow_deletes, true)?;
+    if !opts.full
+        && let Some(stop) = lost_state_stop(settings, input.state()).await
+    {
+        return Err(stop);
+    }
     Ok(RunSummary {
         summary: plan.summary.clone(),
         applied: 0,
@@ -473,10 +499,21 @@ pub async fn cycle<T: Target>(
         Some(path) => {
             let plan = load_saved_plan(path)?;
             let state = state_for_saved_plan(&mut db, &plan)?;
-            let expected = plan::fingerprint(&settings.fingerprint, state.generation, false);
+            let expected = plan::fingerprint(
+                &settings.fingerprint,
+                state.generation,
+                false,
+                &plan.operations,
+            );
             if plan.full || plan.fingerprint != expected {
                 return Err(SyncError::StalePlan { path: path.clone() });
             }
+            // The fingerprint can be recomputed by anyone who reads the config:
+            // the operations themselves must name what the state records.
+            plan::verify_saved(&plan, &state).map_err(|mismatch| SyncError::PlanMismatch {
+                path: path.clone(),
+                mismatch,
+            })?;
             (plan, state, "sync --plan")
         }
         None => {
@@ -499,6 +536,14 @@ pub async fn cycle<T: Target>(
             (plan, input.into_state(), command)
         }
     };
+
+    if !opts.full
+        && records_nothing(&state, Some(&db))?
+        && let Err(e) = refuse_populated_target(settings, target).await
+    {
+        let _ = db.record_stopped_run(command, e.exit() as i32, &e.to_string());
+        return Err(e);
+    }
 
     for w in &plan.warnings {
         tracing::warn!("{w}");
@@ -554,6 +599,71 @@ pub async fn cycle<T: Target>(
     };
     quarantine::record(&db, target_failure.as_deref(), chrono::Utc::now())?;
     Ok(summary)
+}
+
+/// Whether the state DB records nothing idsync ever did: no users, no groups,
+/// and no run that had operations (a run killed mid-way has its journal, and
+/// resumes). A deleted, emptied or replaced DB looks like this too.
+fn records_nothing(state: &State, db: Option<&StateDb>) -> Result<bool, StateError> {
+    if !state.users.is_empty() || !state.groups.is_empty() {
+        return Ok(false);
+    }
+    match db {
+        Some(db) => Ok(!db.ever_planned()?),
+        None => Ok(true),
+    }
+}
+
+/// Stops a plain sync without state against a target that already holds users
+/// or groups: users would be re-adopted through 409s, but groups would be
+/// created again beside the old ones on targets that allow duplicate names.
+/// `sync --full` adopts both by name.
+async fn refuse_populated_target<T: Target>(
+    settings: &Settings,
+    target: &T,
+) -> Result<(), SyncError> {
+    if target.holds_anything().await.map_err(SyncError::Target)? {
+        return Err(SyncError::NoState {
+            path: settings.state_path.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// For `plan` and `sync --dry-run`, which change nothing: the stop a plain
+/// `sync` would make because the state records nothing but the target holds
+/// users or groups. `None` when it would not, or when the target cannot be
+/// asked (no token, unreachable): planning never needs the target, so one
+/// quick attempt is made and its failure is only logged.
+pub async fn lost_state_stop(settings: &Settings, state: &State) -> Option<SyncError> {
+    let db = StateDb::open_read_only(&settings.state_path).ok()?;
+    if !records_nothing(state, db.as_ref()).ok()? {
+        return None;
+    }
+    let t = &settings.target;
+    let token = t.token.read().ok()?;
+    let client = ScimClient::new(ClientOptions {
+        base_url: t.base_url.clone(),
+        token,
+        flavour: t.flavour,
+        rate_limit: t.rate_limit,
+        timeout: t.timeout.min(QUICK_LOOK_TIMEOUT),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..t.retry
+        },
+        page_size: t.page_size,
+        member_chunk: t.member_chunk,
+    })
+    .ok()?;
+    match refuse_populated_target(settings, &client).await {
+        Ok(()) => None,
+        Err(e @ SyncError::NoState { .. }) => Some(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not tell whether the target is empty");
+            None
+        }
+    }
 }
 
 /// The state a saved plan is applied to: loaded, with the pushed attributes of

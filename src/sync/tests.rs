@@ -257,3 +257,79 @@ async fn a_full_sync_refuses_a_listing_far_smaller_than_the_state() {
         "the state still knows everyone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_without_state_against_a_populated_target_stops_until_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = [("e1", "ada@example.com", "Engineer")];
+    let settings = Settings::load(&workspace(dir.path(), &people)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    let calls = target.world.lock().unwrap().calls;
+
+    std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+    let err = run(&settings, &target).await.unwrap_err();
+    assert!(matches!(err, SyncError::NoState { .. }), "{err}");
+    assert_eq!(err.exit(), Exit::Guard);
+    assert_eq!(
+        target.world.lock().unwrap().calls,
+        calls,
+        "nothing was sent"
+    );
+    let (_, input) = plan_read_only(&settings, false).await.unwrap();
+    assert!(records_nothing(input.state(), None).unwrap());
+    // The stop is recorded, and does not make the state look used.
+    let err = run(&settings, &target).await.unwrap_err();
+    assert!(matches!(err, SyncError::NoState { .. }), "{err}");
+
+    let full = SyncOptions {
+        full: true,
+        ..SyncOptions::default()
+    };
+    let adopted = run_with(&settings, &target, &full).await.unwrap();
+    assert_eq!(
+        (adopted.summary.adopt_users, adopted.summary.adopt_groups),
+        (1, 1)
+    );
+    let again = run(&settings, &target).await.unwrap();
+    assert_eq!((again.applied, again.failed), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tells_a_running_sync_from_an_interrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let people = [("e1", "ada@example.com", "Engineer")];
+    let settings = Settings::load(&workspace(dir.path(), &people)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+
+    // A run in progress: the lock held, a run begun with work in its journal.
+    let mut db = StateDb::open(&settings.state_path).unwrap();
+    let started = db
+        .begin_run("sync", &[("update_user", "e1".into())])
+        .unwrap();
+    db.mark_started_from(started, 0, 1).unwrap();
+    let report = inspect::status(&settings).unwrap();
+    let pid = std::process::id();
+    assert_eq!(report.running.and_then(|r| r.pid), Some(pid));
+    let text = crate::report::status_text(&report);
+    assert!(text.contains(&format!("running (PID {pid})")), "{text}");
+    assert!(!text.contains("interrupted"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Pending: 1 operation(s) of the run that is running (PID {pid})"
+        )),
+        "{text}"
+    );
+    let json = crate::report::status_json(&report);
+    assert!(json.contains(&format!("\"pid\": {pid}")), "{json}");
+
+    // The same run, its process gone: interrupted.
+    drop(db);
+    let report = inspect::status(&settings).unwrap();
+    assert_eq!(report.running, None);
+    let text = crate::report::status_text(&report);
+    assert!(!text.contains("running"), "{text}");
+    assert!(text.contains("Pending: a run was interrupted"), "{text}");
+    assert!(text.contains("sync interrupted"), "{text}");
+}

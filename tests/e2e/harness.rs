@@ -723,6 +723,8 @@ pub struct Workspace {
     pub timeout: String,
     /// When set, written as `config.yaml` verbatim instead of the generated config.
     pub raw_config: Option<String>,
+    /// When set, `idsync` runs under this umask (through `sh -c 'umask …'`).
+    pub umask: Option<u32>,
 }
 
 impl Workspace {
@@ -754,6 +756,7 @@ impl Workspace {
             groups_delete: true,
             timeout: "10s".into(),
             raw_config: None,
+            umask: None,
         };
         ws.write_file("users.csv", Directory::default().users_csv().as_bytes());
         ws.write_file("groups.csv", Directory::default().groups_csv().as_bytes());
@@ -847,7 +850,16 @@ impl Workspace {
             }
             full.extend(rest.iter().map(|s| (*s).to_owned()));
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idsync"));
+        let mut cmd = match self.umask {
+            None => Command::new(env!("CARGO_BIN_EXE_idsync")),
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_idsync"));
+                sh
+            }
+        };
         cmd.args(&full)
             .current_dir(self.path())
             .env(TOKEN_ENV, &self.token)

@@ -19,4 +19,5 @@ mod harness;
 mod proxy;
 mod selftest;
 mod snapshots;
+mod trust_plan;
 mod trust_removals;
