@@ -56,9 +56,14 @@ impl From<SourceError> for Failure {
 
 impl From<SyncError> for Failure {
     fn from(e: SyncError) -> Self {
+        // What the target said is escaped: it must not forge lines of output.
+        let message = match &e {
+            SyncError::Target(_) | SyncError::TargetSetup(_) => report::escape(&e.to_string()),
+            _ => e.to_string(),
+        };
         Failure {
             exit: e.exit(),
-            message: e.to_string(),
+            message,
             hint: hint(&e),
         }
     }

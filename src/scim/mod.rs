@@ -4,6 +4,7 @@
 //! an operation is made (adopting a user after a 409 is the caller's decision).
 
 mod paging;
+pub mod redact;
 pub mod resource;
 pub mod retry;
 mod target;
@@ -23,6 +24,7 @@ use serde_json::Value;
 
 use crate::model::{GroupName, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName};
 use paging::Pager;
+use redact::Redactor;
 pub use resource::ServiceProviderConfig;
 pub use retry::RetryPolicy;
 use retry::{Attempt, Outcome, TransportKind, Verdict};
@@ -142,15 +144,20 @@ impl ScimError {
         matches!(self, ScimError::Unauthorized { .. })
     }
 
-    /// Maps a final non-success response to an error.
-    fn from_response(status: StatusCode, body: &[u8]) -> Self {
+    /// Maps a final non-success response to an error. What the target wrote
+    /// (detail, scimType) is cleaned by `redactor`: no credential, bounded size.
+    fn from_response(status: StatusCode, body: &[u8], redactor: &Redactor) -> Self {
         let parsed = resource::parse_error_body(body);
-        let detail = parsed.detail.unwrap_or_else(|| {
-            status
-                .canonical_reason()
-                .unwrap_or("no detail given")
-                .to_owned()
-        });
+        let detail = parsed.detail.map_or_else(
+            || {
+                status
+                    .canonical_reason()
+                    .unwrap_or("no detail given")
+                    .to_owned()
+            },
+            |d| redactor.clean(&d),
+        );
+        let scim_type = parsed.scim_type.map(|t| redactor.clean(&t));
         match status.as_u16() {
             401 | 403 => ScimError::Unauthorized {
                 status: status.as_u16(),
@@ -160,7 +167,7 @@ impl ScimError {
             409 => ScimError::Conflict { detail },
             code => ScimError::Http {
                 status: code,
-                scim_type: parsed.scim_type,
+                scim_type,
                 detail,
             },
         }
@@ -188,6 +195,8 @@ pub struct ScimClient {
 struct Inner {
     /// Holds the bearer token as a sensitive default header.
     http: reqwest::Client,
+    /// Cleans every string the target sends before it becomes an error.
+    redactor: Redactor,
     base: Url,
     flavour: Flavour,
     limiter: Option<DefaultDirectRateLimiter>,
@@ -281,6 +290,7 @@ impl ScimClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                redactor: Redactor::new(opts.token.clone()),
                 base,
                 flavour: opts.flavour,
                 limiter,
@@ -500,9 +510,9 @@ impl ScimClient {
         retry::run(
             &inner.retry,
             fastrand::f64,
-            |attempt, error, wait| {
+            |attempt, error: &ScimError, wait| {
                 inner.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(method = "POST", path = url.path(), attempt, wait_ms = wait.as_millis() as u64, %error, "retrying SCIM request");
+                tracing::warn!(method = "POST", path = url.path(), attempt, wait_ms = wait.as_millis() as u64, error = ?error.to_string(), "retrying SCIM request");
             },
             |attempt| {
                 let url = &url;
@@ -842,9 +852,9 @@ impl ScimClient {
         retry::run(
             &inner.retry,
             fastrand::f64,
-            |attempt, error, wait| {
+            |attempt, error: &ScimError, wait| {
                 inner.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%method, path = url.path(), attempt, wait_ms = wait.as_millis() as u64, %error, "retrying SCIM request");
+                tracing::warn!(%method, path = url.path(), attempt, wait_ms = wait.as_millis() as u64, error = ?error.to_string(), "retrying SCIM request");
             },
             |_| self.attempt(&method, &url, query, body.as_deref()),
         )
@@ -879,7 +889,7 @@ impl ScimClient {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return transport_failure(&e),
+            Err(e) => return transport_failure(&e, &inner.redactor),
         };
         let status = response.status();
         let header = |name: &str| {
@@ -894,7 +904,7 @@ impl ScimClient {
         let rate_limit_reset = header("x-ratelimit-reset");
         let body = match response.bytes().await {
             Ok(bytes) => bytes.to_vec(),
-            Err(e) => return transport_failure(&e),
+            Err(e) => return transport_failure(&e, &inner.redactor),
         };
         tracing::debug!(%method, path = url.path(), status = status.as_u16(), "SCIM request");
         if status.is_success() {
@@ -907,7 +917,7 @@ impl ScimClient {
         if status == StatusCode::TOO_MANY_REQUESTS {
             inner.throttled.fetch_add(1, Ordering::Relaxed);
         }
-        let error = ScimError::from_response(status, &body);
+        let error = ScimError::from_response(status, &body, &inner.redactor);
         let outcome = Outcome::Status {
             status: status.as_u16(),
             retry_after: retry_after.as_deref(),
@@ -996,9 +1006,10 @@ fn transport_kind(error: &reqwest::Error) -> TransportKind {
     }
 }
 
-fn transport_failure<T>(error: &reqwest::Error) -> Attempt<T, ScimError> {
+fn transport_failure<T>(error: &reqwest::Error, redactor: &Redactor) -> Attempt<T, ScimError> {
     let kind = transport_kind(error);
-    let error_value = ScimError::Transport(error_chain(error));
+    // A proxy's or TLS library's message may quote what the target sent.
+    let error_value = ScimError::Transport(redactor.clean(&error_chain(error)));
     verdict_to_attempt(
         retry::classify(Outcome::Transport(kind), SystemTime::now()),
         error_value,

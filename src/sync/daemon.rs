@@ -52,7 +52,7 @@ pub async fn run(path: &Path, shutdown: Arc<AtomicBool>) -> Result<(), ConfigErr
                     exit_code = summary.exit_code,
                     "cycle done"
                 ),
-                Err(e) => tracing::error!(error = %e, "cycle stopped"),
+                Err(e) => tracing::error!(error = ?e.to_string(), "cycle stopped"),
             }
         }
         if shutdown.load(Ordering::SeqCst) {

@@ -18,3 +18,4 @@ mod harness;
 mod proxy;
 mod selftest;
 mod snapshots;
+mod trust_output;
