@@ -270,7 +270,11 @@ fn init_logging(format: LogFormat, verbose: u8) {
 async fn run(command: Command) -> Result<Exit, Failure> {
     match command {
         Command::Validate { config } => validate(&config.config),
-        Command::Check { config } => check(&Settings::load(&config.config)?).await,
+        Command::Check { config } => {
+            let settings = Settings::load(&config.config)?;
+            warn_cleartext(&settings);
+            check(&settings).await
+        }
         Command::Plan {
             config,
             full,
@@ -289,6 +293,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             format,
         } => {
             let settings = Settings::load(&config.config)?;
+            warn_cleartext(&settings);
             let opts = SyncOptions {
                 full,
                 dry_run,
@@ -362,6 +367,7 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
             "not provisioned"
         }
     );
+    warn_cleartext(&settings);
     if let Err(e) = settings.target.token.read() {
         eprintln!("warning: {e}");
         if let Some(h) = e.hint() {
@@ -369,6 +375,17 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// Says loudly when the token would travel in clear text (see
+/// [`crate::config::TargetSettings::cleartext_warning`]).
+fn warn_cleartext(settings: &Settings) {
+    if let Some(warning) = settings.target.cleartext_warning() {
+        eprintln!("warning: {warning}");
+        eprintln!(
+            "hint: an http:// target is only safe on this machine (localhost, 127.0.0.1, ::1)"
+        );
+    }
 }
 
 async fn check(settings: &Settings) -> Result<Exit, Failure> {

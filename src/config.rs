@@ -517,6 +517,7 @@ impl Settings {
             }
         };
 
+        let target = compile_target(&raw.target, &resolve, &at)?;
         let (mapping_path, mapping) = match &raw.mapping {
             Some(m) => {
                 let p = resolve(&m.value);
@@ -543,7 +544,6 @@ impl Settings {
             source,
         })?;
 
-        let target = compile_target(&raw.target, &resolve, &at)?;
         let policy = compile_policy(&raw.policy, &target, &at)?;
 
         let schedule = match &raw.schedule {
@@ -613,13 +613,8 @@ fn compile_target(
         }
     };
     let base_url = raw.base_url.value.trim_end_matches('/').to_string();
-    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-        return Err(at(
-            &raw.base_url.referenced,
-            format!("base_url {base_url:?} is not an http(s) URL"),
-            Some("e.g. https://api.atlassian.com/scim/directory/<directory id>".into()),
-        ));
-    }
+    check_base_url(&base_url)
+        .map_err(|(message, hint)| at(&raw.base_url.referenced, message, Some(hint.into())))?;
     let token = match (&raw.token_env, &raw.token_file) {
         (Some(env), None) => TokenSource::Env(env.clone()),
         (None, Some(file)) => TokenSource::File(resolve(file)),
@@ -687,6 +682,55 @@ fn compile_target(
         user_limit: raw.user_limit,
         verified_domains: raw.verified_domains.clone(),
     })
+}
+
+/// The base URL is http(s), parses, and carries no credentials: a
+/// `user:password@` part would be printed by `validate` and sent as Basic auth
+/// beside the token. The URL is not repeated in the message when it has them.
+fn check_base_url(base_url: &str) -> Result<(), (String, &'static str)> {
+    const EXAMPLE: &str = "e.g. https://api.atlassian.com/scim/directory/<directory id>";
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        return Err((
+            format!("base_url {base_url:?} is not an http(s) URL"),
+            EXAMPLE,
+        ));
+    }
+    let url = url::Url::parse(base_url)
+        .map_err(|e| (format!("base_url is not a valid URL ({e})"), EXAMPLE))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err((
+            "base_url must not carry credentials (user:password@)".into(),
+            "remove them from the URL; the token comes from token_env or token_file",
+        ));
+    }
+    Ok(())
+}
+
+impl TargetSettings {
+    /// A warning when the token would cross the network in clear text: a plain
+    /// `http://` base URL to a host other than this machine.
+    pub fn cleartext_warning(&self) -> Option<String> {
+        let url = url::Url::parse(&self.base_url).ok()?;
+        if url.scheme() != "http" || is_loopback(&url) {
+            return None;
+        }
+        Some(format!(
+            "target base_url {} is plain http:// to another host: the SCIM token and every user's data cross the network in clear text; use https://",
+            url.host_str().unwrap_or_default()
+        ))
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
 }
 
 fn compile_policy(
@@ -1081,6 +1125,75 @@ source:";
         );
         let e = config_error("\n  kind: entra\n  tenant: x\n").to_string();
         assert!(e.contains("unknown field `tenant`"), "{e}");
+    }
+
+    /// Compiles a config whose target has `base_url: {url}` (line 4, column 13)
+    /// and an LDAP source; the mapping file does not exist.
+    fn with_base_url(url: &str) -> ConfigError {
+        let text = ALL_BUT_SOURCE.replace("https://scim.example", url) + LDAP;
+        Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text).expect_err("refused")
+    }
+
+    #[test]
+    fn credentials_in_base_url_are_refused_at_the_field() {
+        for url in [
+            "https://user:pw-secret@scim.example/v2",
+            "https://user@scim.example/v2",
+            "http://:pw-secret@127.0.0.1:8080",
+        ] {
+            let e = with_base_url(url);
+            let text = e.to_string();
+            assert!(
+                text.starts_with(
+                    "/etc/idsync/idsync.yaml:4:13: base_url must not carry credentials"
+                ),
+                "{url}: {text}"
+            );
+            assert!(!text.contains("pw-secret"), "{text}");
+            assert!(e.hint().unwrap().contains("token_env"));
+        }
+        let e = with_base_url("https://scim.example/v2").to_string();
+        assert!(e.contains("mapping file"), "{e}");
+    }
+
+    fn target_at(url: &str) -> TargetSettings {
+        TargetSettings {
+            flavour: Flavour::Generic,
+            base_url: url.into(),
+            token: TokenSource::Env("T".into()),
+            rate_limit: None,
+            concurrency: 4,
+            timeout: Duration::from_secs(30),
+            page_size: 100,
+            member_chunk: 100,
+            retry: RetryPolicy::default(),
+            user_limit: None,
+            verified_domains: vec![],
+        }
+    }
+
+    #[test]
+    fn plain_http_to_another_host_is_warned_about() {
+        for url in [
+            "http://scim.example.com/v2",
+            "http://10.0.0.5:8080/scim",
+            "http://[2001:db8::1]/scim",
+        ] {
+            let w = target_at(url).cleartext_warning();
+            assert!(
+                w.as_deref().is_some_and(|w| w.contains("clear text")),
+                "{url}: {w:?}"
+            );
+        }
+        for url in [
+            "https://scim.example.com/v2",
+            "http://127.0.0.1:8080/v2",
+            "http://127.5.5.5/v2",
+            "http://localhost:8080/v2",
+            "http://[::1]:8080/v2",
+        ] {
+            assert_eq!(target_at(url).cleartext_warning(), None, "{url}");
+        }
     }
 
     #[test]

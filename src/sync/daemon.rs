@@ -21,6 +21,9 @@ const RETRY_BROKEN_CONFIG: Duration = Duration::from_secs(60);
 pub async fn run(path: &Path, shutdown: Arc<AtomicBool>) -> Result<(), ConfigError> {
     let settings = Settings::load(path)?;
     tracing::info!(schedule = %describe_schedule(&settings.schedule), "daemon started");
+    if let Some(warning) = settings.target.cleartext_warning() {
+        tracing::warn!("{warning}");
+    }
     while !shutdown.load(Ordering::SeqCst) {
         let settings = match Settings::load(path) {
             Ok(s) => s,

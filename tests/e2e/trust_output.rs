@@ -186,3 +186,27 @@ fn a_bidi_override_in_a_name_is_shown_escaped_in_the_plan() {
         out.dump()
     );
 }
+
+#[test]
+fn credentials_in_base_url_are_refused_and_plain_http_is_warned_about() {
+    let mut ws = Workspace::with_target("https://sync:pw-in-url-77@scim.example.invalid/v2", "t0k");
+    ws.extra_secrets.push("pw-in-url-77".into());
+    let out = ws.run(&["validate"]);
+    out.assert_code(2);
+    // `base_url` is on line 5 of the generated config; its value at column 13.
+    assert!(
+        out.stderr
+            .contains("config.yaml:5:13: base_url must not carry credentials"),
+        "{}",
+        out.dump()
+    );
+    let ws = Workspace::with_target("http://scim.example.invalid/v2", "t0k");
+    let out = ws.run(&["validate"]);
+    out.assert_code(0);
+    assert!(
+        out.stderr
+            .contains("warning: target base_url scim.example.invalid is plain http://"),
+        "{}",
+        out.dump()
+    );
+}
