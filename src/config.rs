@@ -366,25 +366,23 @@ impl TokenSource {
     }
 }
 
+/// Permission bits of group and others: a token file with any of them is refused.
+#[cfg(unix)]
+const GROUP_OTHER_BITS: u32 = 0o077;
+
+/// Write bits of group and others on the token file's folder: whoever can
+/// write there can replace the file with their own token (or a FIFO).
+#[cfg(unix)]
+const FOLDER_WRITE_BITS: u32 = 0o022;
+
+/// root's user id: a token file root owns is trusted too.
+#[cfg(unix)]
+const ROOT_UID: u32 = 0;
+
 fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
+    // Before opening: opening a FIFO with no writer would block forever.
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| ConfigError::Secret {
-            message: format!("cannot read token file {}: {e}", path.display()),
-            hint: "check token_file in the target section".to_string(),
-        })?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ConfigError::Secret {
-                message: format!(
-                    "token file {} can be read by other users (mode {:o})",
-                    path.display(),
-                    meta.permissions().mode() & 0o777
-                ),
-                hint: format!("chmod 600 {}", path.display()),
-            });
-        }
-    }
+    check_secret_file(path, current_uid())?;
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Secret {
         message: format!("cannot read token file {}: {e}", path.display()),
         hint: "check token_file in the target section".to_string(),
@@ -397,6 +395,90 @@ fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
         });
     }
     Ok(SecretString::from(token.to_string()))
+}
+
+/// The effective user id of this process.
+#[cfg(unix)]
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn secret_error(message: String, hint: String) -> ConfigError {
+    ConfigError::Secret { message, hint }
+}
+
+/// A token file must be a regular file (not a FIFO, device or folder), owned
+/// by `uid` (idsync's user) or root, readable by nobody else, in a folder
+/// nobody else can write to.
+#[cfg(unix)]
+fn check_secret_file(path: &Path, uid: u32) -> Result<(), ConfigError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        secret_error(
+            format!("cannot read token file {shown}: {e}"),
+            "check token_file in the target section".into(),
+        )
+    })?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a folder"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(secret_error(
+            format!("token file {shown} is {what}, not a regular file"),
+            "point token_file at a plain file holding the token".into(),
+        ));
+    }
+    if meta.uid() != uid && meta.uid() != ROOT_UID {
+        return Err(secret_error(
+            format!(
+                "token file {shown} belongs to user id {}, not to idsync's user ({uid}) or root",
+                meta.uid()
+            ),
+            format!("chown the file to the user idsync runs as: chown $(id -u) {shown}"),
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & GROUP_OTHER_BITS != 0 {
+        return Err(secret_error(
+            format!("token file {shown} can be read by other users (mode {mode:o})"),
+            format!("chmod 600 {shown}"),
+        ));
+    }
+    // The folder the name is in, and the one the file really is in (a symlink).
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    for folder in [path.parent(), real.parent()].into_iter().flatten() {
+        let folder = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
+        let Ok(folder_meta) = std::fs::metadata(folder) else {
+            continue;
+        };
+        let folder_mode = folder_meta.mode() & 0o7777;
+        if folder_mode & FOLDER_WRITE_BITS != 0 {
+            return Err(secret_error(
+                format!(
+                    "token file {shown} is in {}, which other users can write to (mode {folder_mode:o}): they could replace it",
+                    folder.display()
+                ),
+                format!(
+                    "chmod go-w {}, or keep the token in a folder only idsync's user can write (e.g. /etc/idsync)",
+                    folder.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The SCIM target, as the client and executor need it.
@@ -1194,6 +1276,97 @@ source:";
         ] {
             assert_eq!(target_at(url).cleartext_warning(), None, "{url}");
         }
+    }
+
+    /// A folder only this user can write, with a token file of `mode` in it.
+    #[cfg(unix)]
+    fn token_in_private_folder(mode: u32) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "tok-abc\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, file)
+    }
+
+    #[cfg(unix)]
+    fn secret_message(result: Result<SecretString, ConfigError>) -> String {
+        match result {
+            Ok(_) => panic!("the token file was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_token_file_is_read() {
+        use secrecy::ExposeSecret;
+        let (_dir, file) = token_in_private_folder(0o600);
+        let token = read_secret_file(&file).expect("read");
+        assert_eq!(token.expose_secret(), "tok-abc");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_readable_by_others_or_owned_by_someone_else_is_refused() {
+        let (_dir, file) = token_in_private_folder(0o640);
+        assert!(secret_message(read_secret_file(&file)).contains("can be read by other users"));
+        let (_dir, file) = token_in_private_folder(0o600);
+        // A file of user A read by idsync running as user B (neither root).
+        let me = current_uid();
+        let (owner, runner) = if me == ROOT_UID {
+            std::os::unix::fs::chown(&file, Some(4242), None).expect("chown as root");
+            (4242, 4243)
+        } else {
+            (me, if me == 4242 { 4243 } else { 4242 })
+        };
+        let e = check_secret_file(&file, runner).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "belongs to user id {owner}, not to idsync's user ({runner}) or root"
+            )),
+            "{e}"
+        );
+        // root's own files are trusted.
+        if me == ROOT_UID {
+            std::os::unix::fs::chown(&file, Some(ROOT_UID), None).unwrap();
+            assert!(check_secret_file(&file, 4243).is_ok());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_in_a_folder_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, file) = token_in_private_folder(0o600);
+        for mode in [0o777, 0o1777, 0o770, 0o702] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = secret_message(read_secret_file(&file));
+            assert!(
+                e.contains("which other users can write to"),
+                "{mode:o}: {e}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_or_a_folder_as_token_file_is_refused_without_blocking() {
+        let (dir, _) = token_in_private_folder(0o600);
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // No writer: opening it would block this test forever.
+        let e = secret_message(read_secret_file(&fifo));
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let e = secret_message(read_secret_file(&sub));
+        assert!(e.contains("is a folder, not a regular file"), "{e}");
     }
 
     #[test]
