@@ -930,6 +930,21 @@ fn expand_env(text: &str, file: &str) -> Result<String, ConfigError> {
                     None
                 };
                 match value {
+                    // Expanded before YAML parsing: a line break would add keys
+                    // (`remove_action: delete`), other controls corrupt values.
+                    Some(v) if v.contains(char::is_control) => {
+                        return Err(ConfigError::At {
+                            file: file.to_string(),
+                            line: line_no as u64 + 1,
+                            column: column as u64,
+                            message: format!(
+                                "environment variable {name} holds a line break or another control character"
+                            ),
+                            hint: Some(format!(
+                                "a ${{VAR}} value must be one line of text: fix {name} (e.g. strip the trailing newline)"
+                            )),
+                        });
+                    }
                     Some(v) => out.push_str(&v),
                     None => {
                         return Err(ConfigError::At {
@@ -1041,6 +1056,33 @@ mod tests {
             err.to_string(),
             "c.yaml:2:4: environment variable IDSYNC_SURELY_UNSET_VAR is not set"
         );
+    }
+
+    #[test]
+    fn a_variable_with_a_line_break_cannot_add_keys() {
+        // SAFETY: tests in this module are the only users of these variables.
+        unsafe {
+            std::env::set_var(
+                "IDSYNC_TEST_NEWLINE_ID",
+                "abc\npolicy:\n  remove_action: delete",
+            );
+            std::env::set_var("IDSYNC_TEST_TAB_ID", "abc\tdef");
+            std::env::set_var("IDSYNC_TEST_CR_ID", "abc\r");
+        }
+        for name in [
+            "IDSYNC_TEST_NEWLINE_ID",
+            "IDSYNC_TEST_TAB_ID",
+            "IDSYNC_TEST_CR_ID",
+        ] {
+            let err = expand_env(&format!("a: 1\nurl: x/${{{name}}}\n"), "c.yaml").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "c.yaml:2:8: environment variable {name} holds a line break or another control character"
+                )
+            );
+            assert!(err.hint().unwrap().contains(name));
+        }
     }
 
     #[test]
