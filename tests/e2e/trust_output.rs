@@ -210,3 +210,29 @@ fn credentials_in_base_url_are_refused_and_plain_http_is_warned_about() {
         out.dump()
     );
 }
+
+#[test]
+fn explain_names_the_records_own_line_in_a_crlf_file() {
+    let server = crate::harness::ScimServer::start(&crate::harness::fresh_token("crlf"));
+    let ws = Workspace::new(&server);
+    let dir = crate::harness::Directory::generate(8, 1);
+    let line = dir.line_of(VICTIM);
+    for (ending, name) in [("\n", "LF"), ("\r\n", "CRLF")] {
+        ws.write_file(
+            "users.csv",
+            dir.users_csv().replace('\n', ending).as_bytes(),
+        );
+        ws.write_file(
+            "groups.csv",
+            dir.groups_csv().replace('\n', ending).as_bytes(),
+        );
+        let out = ws.run(&["explain", VICTIM]);
+        out.assert_code(0);
+        assert!(
+            out.stdout
+                .contains(&format!("Source record: users.csv line {line} ")),
+            "{name}: expected line {line}\n{}",
+            out.dump()
+        );
+    }
+}
