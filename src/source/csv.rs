@@ -128,10 +128,19 @@ pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, SourceError> {
 type Reader = csv::Reader<LineTracker<std::fs::File>>;
 
 fn open(path: &Path, delimiter: u8) -> Result<Reader, SourceError> {
-    let file = std::fs::File::open(path).map_err(|source| SourceError::FileUnreadable {
+    let unreadable = |source| SourceError::FileUnreadable {
         file: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    // A folder opens fine on Unix and fails at the first read, which the CSV
+    // parser would report as a malformed "line 0".
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if kind.is_dir() {
+        return Err(SourceError::IsAFolder {
+            file: path.to_path_buf(),
+        });
+    }
     Ok(csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
@@ -727,6 +736,19 @@ mod tests {
             "{err:?}"
         );
         assert!(err.is_unavailable());
+    }
+
+    #[test]
+    fn a_folder_as_users_file_is_a_data_error_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(&dir, b"id\n1\n", None);
+        s.users = dir.path().to_path_buf();
+        let err = read(&s).unwrap_err();
+        assert!(
+            err.to_string().ends_with("is a folder, not a CSV file"),
+            "{err}"
+        );
+        assert!(!err.is_unavailable());
     }
 
     #[test]

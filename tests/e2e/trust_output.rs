@@ -236,3 +236,46 @@ fn explain_names_the_records_own_line_in_a_crlf_file() {
         );
     }
 }
+
+#[test]
+fn a_users_file_that_is_a_folder_is_a_data_error_saying_so() {
+    let server = crate::harness::ScimServer::start(&crate::harness::fresh_token("folder"));
+    let ws = Workspace::new(&server);
+    std::fs::create_dir(ws.path().join("users-dir")).expect("mkdir");
+    let mut ws = ws;
+    crate::faults::edit_config(&mut ws, &[("users: users.csv", "users: users-dir")]);
+    for args in [&["plan"][..], &["sync"][..]] {
+        let out = ws.run(args);
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains("users-dir is a folder, not a CSV file")
+                && !out.stderr.contains("line 0"),
+            "{}",
+            out.dump()
+        );
+    }
+}
+
+#[test]
+fn a_read_only_state_db_is_an_environment_error_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_server, ws, _dir) = crate::harness::synced(5, 1);
+    // Root writes whatever the mode says: the refusal cannot be shown as root
+    // (the unit test in src/state covers the check itself).
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    if uid.is_ok_and(|uid| uid == 0) {
+        eprintln!("skipped: running as root");
+        return;
+    }
+    let db = ws.state_db();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+    let out = ws.run(&["sync"]);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod back");
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains(&format!("state DB {} cannot be written", db.display())),
+        "{}",
+        out.dump()
+    );
+}
