@@ -27,7 +27,7 @@ use paging::Pager;
 use redact::Redactor;
 pub use resource::ServiceProviderConfig;
 pub use retry::RetryPolicy;
-use retry::{Attempt, Outcome, TransportKind, Verdict};
+use retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
 
 const SCIM_JSON: &str = "application/scim+json";
 const ACCEPT_JSON: &str = "application/scim+json, application/json;q=0.9";
@@ -105,6 +105,13 @@ pub enum ScimError {
         scim_type: Option<String>,
         detail: String,
     },
+    /// The target rate-limits us (429) until later than `retry.max_elapsed` allows.
+    #[error(
+        "rate limited (HTTP 429): the target asks to wait {}s, more than the {:.1}s left of retry.max_elapsed",
+        .wait.as_secs_f64().ceil(),
+        .left.as_secs_f64()
+    )]
+    RateLimited { wait: Duration, left: Duration },
     #[error("cannot reach the target: {0}")]
     Transport(String),
     #[error("unexpected response from the target: {0}")]
@@ -132,6 +139,7 @@ impl ScimError {
         match self {
             ScimError::Conflict { .. } => Some(409),
             ScimError::NotFound => Some(404),
+            ScimError::RateLimited { .. } => Some(429),
             ScimError::Unauthorized { status, .. } | ScimError::Http { status, .. } => {
                 Some(*status)
             }
@@ -514,6 +522,7 @@ impl ScimClient {
                 inner.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(method = "POST", path = url.path(), attempt, wait_ms = wait.as_millis() as u64, error = ?error.to_string(), "retrying SCIM request");
             },
+            paced_too_long,
             |attempt| {
                 let url = &url;
                 let bytes = &bytes;
@@ -529,6 +538,7 @@ impl ScimClient {
                         Attempt::Success(reply) => Attempt::Success(GroupCreate::Sent(reply)),
                         Attempt::Fatal(e) => Attempt::Fatal(e),
                         Attempt::Retryable { error, wait } => Attempt::Retryable { error, wait },
+                        Attempt::Paced { error, wait } => Attempt::Paced { error, wait },
                     }
                 }
             },
@@ -856,6 +866,7 @@ impl ScimClient {
                 inner.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%method, path = url.path(), attempt, wait_ms = wait.as_millis() as u64, error = ?error.to_string(), "retrying SCIM request");
             },
+            paced_too_long,
             |_| self.attempt(&method, &url, query, body.as_deref()),
         )
         .await
@@ -924,8 +935,11 @@ impl ScimClient {
             rate_limit_reset: rate_limit_reset.as_deref(),
         };
         let verdict = retry::classify(outcome, SystemTime::now());
-        if let Verdict::After(wait) = verdict {
-            self.hold_off(wait.min(inner.retry.max_delay));
+        match verdict {
+            Verdict::After(wait) => self.hold_off(wait.min(inner.retry.max_delay)),
+            // The whole client waits for the reset, as long as a request may wait.
+            Verdict::Paced(wait) => self.hold_off(wait.min(inner.retry.max_elapsed)),
+            Verdict::Fatal | Verdict::Backoff => {}
         }
         verdict_to_attempt(verdict, error)
     }
@@ -1016,6 +1030,15 @@ fn transport_failure<T>(error: &reqwest::Error, redactor: &Redactor) -> Attempt<
     )
 }
 
+/// The error a paced request ends with when the target's reset is past
+/// `retry.max_elapsed`.
+fn paced_too_long(_: ScimError, t: PacedTooLong) -> ScimError {
+    ScimError::RateLimited {
+        wait: t.wait,
+        left: t.left,
+    }
+}
+
 fn verdict_to_attempt<T>(verdict: Verdict, error: ScimError) -> Attempt<T, ScimError> {
     match verdict {
         Verdict::Fatal => Attempt::Fatal(error),
@@ -1024,6 +1047,7 @@ fn verdict_to_attempt<T>(verdict: Verdict, error: ScimError) -> Attempt<T, ScimE
             error,
             wait: Some(wait),
         },
+        Verdict::Paced(wait) => Attempt::Paced { error, wait },
     }
 }
 

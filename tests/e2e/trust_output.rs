@@ -279,3 +279,74 @@ fn a_read_only_state_db_is_an_environment_error_naming_the_file() {
         out.dump()
     );
 }
+
+/// A rig whose retry budget is `retry` and whose target answers [`VICTIM`]'s
+/// create with `fault` the first `times` times.
+fn throttling_rig(tag: &str, retry: &str, fault: Fault, times: usize) -> Rig {
+    let mut r = rig(tag, 8, 1, crate::proxy::pass_through());
+    crate::faults::edit_config(
+        &mut r.ws,
+        &[(
+            crate::faults::DEFAULT_RATE,
+            &format!("{}\n  retry: {retry}", crate::faults::DEFAULT_RATE),
+        )],
+    );
+    let email = r.dir.user(VICTIM).email.clone();
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    r.proxy.set_schedule(Arc::new(move |req| {
+        if req.is("POST", "Users")
+            && req.body.contains(&email)
+            && answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < times
+        {
+            fault.clone()
+        } else {
+            Fault::Forward
+        }
+    }));
+    r
+}
+
+#[test]
+fn a_429_naming_its_reset_paces_without_using_up_attempts() {
+    // Four 429s in a row with Retry-After: 1, and only two attempts allowed.
+    let r = throttling_rig(
+        "paced",
+        "{ max_attempts: 2, max_elapsed: 1m }",
+        Fault::RetryAfter(1),
+        4,
+    );
+    let out = r.ws.run(&["sync", "--format", "json"]);
+    out.assert_code(0);
+    assert_eq!(
+        r.proxy.count_fault("429-retry-after"),
+        4,
+        "{}",
+        r.proxy.summary()
+    );
+    crate::faults::assert_exact(&r.server, &r.ws, &r.dir);
+}
+
+#[test]
+fn a_429_reset_past_max_elapsed_fails_the_operation_saying_why() {
+    let r = throttling_rig(
+        "paced-long",
+        "{ max_attempts: 6, max_elapsed: 3s }",
+        Fault::RetryAfter(120),
+        1,
+    );
+    let out = r.ws.run(&["sync"]);
+    out.assert_code(1);
+    assert!(
+        out.stdout.contains(
+            "(HTTP 429): rate limited (HTTP 429): the target asks to wait 120s, more than the "
+        ) && out.stdout.contains("s left of retry.max_elapsed"),
+        "{}",
+        out.dump()
+    );
+    assert_eq!(
+        r.proxy.count_fault("429-retry-after"),
+        1,
+        "{}",
+        r.proxy.summary()
+    );
+}
