@@ -56,9 +56,14 @@ impl From<SourceError> for Failure {
 
 impl From<SyncError> for Failure {
     fn from(e: SyncError) -> Self {
+        // What the target said is escaped: it must not forge lines of output.
+        let message = match &e {
+            SyncError::Target(_) | SyncError::TargetSetup(_) => report::escape(&e.to_string()),
+            _ => e.to_string(),
+        };
         Failure {
             exit: e.exit(),
-            message: e.to_string(),
+            message,
             hint: hint(&e),
         }
     }
@@ -275,7 +280,11 @@ fn init_logging(format: LogFormat, verbose: u8) {
 async fn run(command: Command) -> Result<Exit, Failure> {
     match command {
         Command::Validate { config } => validate(&config.config),
-        Command::Check { config } => check(&Settings::load(&config.config)?).await,
+        Command::Check { config } => {
+            let settings = Settings::load(&config.config)?;
+            warn_cleartext(&settings);
+            check(&settings).await
+        }
         Command::Plan {
             config,
             full,
@@ -294,6 +303,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             format,
         } => {
             let settings = Settings::load(&config.config)?;
+            warn_cleartext(&settings);
             let opts = SyncOptions {
                 full,
                 dry_run,
@@ -368,6 +378,7 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
             "not provisioned"
         }
     );
+    warn_cleartext(&settings);
     if let Err(e) = settings.target.token.read() {
         eprintln!("warning: {e}");
         if let Some(h) = e.hint() {
@@ -375,6 +386,17 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// Says loudly when the token would travel in clear text (see
+/// [`crate::config::TargetSettings::cleartext_warning`]).
+fn warn_cleartext(settings: &Settings) {
+    if let Some(warning) = settings.target.cleartext_warning() {
+        eprintln!("warning: {warning}");
+        eprintln!(
+            "hint: an http:// target is only safe on this machine (localhost, 127.0.0.1, ::1)"
+        );
+    }
 }
 
 async fn check(settings: &Settings) -> Result<Exit, Failure> {

@@ -368,25 +368,23 @@ impl TokenSource {
     }
 }
 
+/// Permission bits of group and others: a token file with any of them is refused.
+#[cfg(unix)]
+const GROUP_OTHER_BITS: u32 = 0o077;
+
+/// Write bits of group and others on the token file's folder: whoever can
+/// write there can replace the file with their own token (or a FIFO).
+#[cfg(unix)]
+const FOLDER_WRITE_BITS: u32 = 0o022;
+
+/// root's user id: a token file root owns is trusted too.
+#[cfg(unix)]
+const ROOT_UID: u32 = 0;
+
 fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
+    // Before opening: opening a FIFO with no writer would block forever.
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| ConfigError::Secret {
-            message: format!("cannot read token file {}: {e}", path.display()),
-            hint: "check token_file in the target section".to_string(),
-        })?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(ConfigError::Secret {
-                message: format!(
-                    "token file {} can be read by other users (mode {:o})",
-                    path.display(),
-                    meta.permissions().mode() & 0o777
-                ),
-                hint: format!("chmod 600 {}", path.display()),
-            });
-        }
-    }
+    check_secret_file(path, current_uid())?;
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Secret {
         message: format!("cannot read token file {}: {e}", path.display()),
         hint: "check token_file in the target section".to_string(),
@@ -399,6 +397,90 @@ fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
         });
     }
     Ok(SecretString::from(token.to_string()))
+}
+
+/// The effective user id of this process.
+#[cfg(unix)]
+fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn secret_error(message: String, hint: String) -> ConfigError {
+    ConfigError::Secret { message, hint }
+}
+
+/// A token file must be a regular file (not a FIFO, device or folder), owned
+/// by `uid` (idsync's user) or root, readable by nobody else, in a folder
+/// nobody else can write to.
+#[cfg(unix)]
+fn check_secret_file(path: &Path, uid: u32) -> Result<(), ConfigError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        secret_error(
+            format!("cannot read token file {shown}: {e}"),
+            "check token_file in the target section".into(),
+        )
+    })?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a folder"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(secret_error(
+            format!("token file {shown} is {what}, not a regular file"),
+            "point token_file at a plain file holding the token".into(),
+        ));
+    }
+    if meta.uid() != uid && meta.uid() != ROOT_UID {
+        return Err(secret_error(
+            format!(
+                "token file {shown} belongs to user id {}, not to idsync's user ({uid}) or root",
+                meta.uid()
+            ),
+            format!("chown the file to the user idsync runs as: chown $(id -u) {shown}"),
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & GROUP_OTHER_BITS != 0 {
+        return Err(secret_error(
+            format!("token file {shown} can be read by other users (mode {mode:o})"),
+            format!("chmod 600 {shown}"),
+        ));
+    }
+    // The folder the name is in, and the one the file really is in (a symlink).
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    for folder in [path.parent(), real.parent()].into_iter().flatten() {
+        let folder = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
+        let Ok(folder_meta) = std::fs::metadata(folder) else {
+            continue;
+        };
+        let folder_mode = folder_meta.mode() & 0o7777;
+        if folder_mode & FOLDER_WRITE_BITS != 0 {
+            return Err(secret_error(
+                format!(
+                    "token file {shown} is in {}, which other users can write to (mode {folder_mode:o}): they could replace it",
+                    folder.display()
+                ),
+                format!(
+                    "chmod go-w {}, or keep the token in a folder only idsync's user can write (e.g. /etc/idsync)",
+                    folder.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The SCIM target, as the client and executor need it.
@@ -519,6 +601,7 @@ impl Settings {
             }
         };
 
+        let target = compile_target(&raw.target, &resolve, &at)?;
         let (mapping_path, mapping) = match &raw.mapping {
             Some(m) => {
                 let p = resolve(&m.value);
@@ -545,7 +628,6 @@ impl Settings {
             source,
         })?;
 
-        let target = compile_target(&raw.target, &resolve, &at)?;
         let policy = compile_policy(&raw.policy, &target, &at)?;
 
         let schedule = match &raw.schedule {
@@ -615,13 +697,8 @@ fn compile_target(
         }
     };
     let base_url = raw.base_url.value.trim_end_matches('/').to_string();
-    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-        return Err(at(
-            &raw.base_url.referenced,
-            format!("base_url {base_url:?} is not an http(s) URL"),
-            Some("e.g. https://api.atlassian.com/scim/directory/<directory id>".into()),
-        ));
-    }
+    check_base_url(&base_url)
+        .map_err(|(message, hint)| at(&raw.base_url.referenced, message, Some(hint.into())))?;
     let token = match (&raw.token_env, &raw.token_file) {
         (Some(env), None) => TokenSource::Env(env.clone()),
         (None, Some(file)) => TokenSource::File(resolve(file)),
@@ -689,6 +766,55 @@ fn compile_target(
         user_limit: raw.user_limit,
         verified_domains: raw.verified_domains.clone(),
     })
+}
+
+/// The base URL is http(s), parses, and carries no credentials: a
+/// `user:password@` part would be printed by `validate` and sent as Basic auth
+/// beside the token. The URL is not repeated in the message when it has them.
+fn check_base_url(base_url: &str) -> Result<(), (String, &'static str)> {
+    const EXAMPLE: &str = "e.g. https://api.atlassian.com/scim/directory/<directory id>";
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        return Err((
+            format!("base_url {base_url:?} is not an http(s) URL"),
+            EXAMPLE,
+        ));
+    }
+    let url = url::Url::parse(base_url)
+        .map_err(|e| (format!("base_url is not a valid URL ({e})"), EXAMPLE))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err((
+            "base_url must not carry credentials (user:password@)".into(),
+            "remove them from the URL; the token comes from token_env or token_file",
+        ));
+    }
+    Ok(())
+}
+
+impl TargetSettings {
+    /// A warning when the token would cross the network in clear text: a plain
+    /// `http://` base URL to a host other than this machine.
+    pub fn cleartext_warning(&self) -> Option<String> {
+        let url = url::Url::parse(&self.base_url).ok()?;
+        if url.scheme() != "http" || is_loopback(&url) {
+            return None;
+        }
+        Some(format!(
+            "target base_url {} is plain http:// to another host: the SCIM token and every user's data cross the network in clear text; use https://",
+            url.host_str().unwrap_or_default()
+        ))
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
 }
 
 fn compile_policy(
@@ -820,6 +946,21 @@ fn expand_env(text: &str, file: &str) -> Result<String, ConfigError> {
                     None
                 };
                 match value {
+                    // Expanded before YAML parsing: a line break would add keys
+                    // (`remove_action: delete`), other controls corrupt values.
+                    Some(v) if v.contains(char::is_control) => {
+                        return Err(ConfigError::At {
+                            file: file.to_string(),
+                            line: line_no as u64 + 1,
+                            column: column as u64,
+                            message: format!(
+                                "environment variable {name} holds a line break or another control character"
+                            ),
+                            hint: Some(format!(
+                                "a ${{VAR}} value must be one line of text: fix {name} (e.g. strip the trailing newline)"
+                            )),
+                        });
+                    }
                     Some(v) => out.push_str(&v),
                     None => {
                         return Err(ConfigError::At {
@@ -931,6 +1072,33 @@ mod tests {
             err.to_string(),
             "c.yaml:2:4: environment variable IDSYNC_SURELY_UNSET_VAR is not set"
         );
+    }
+
+    #[test]
+    fn a_variable_with_a_line_break_cannot_add_keys() {
+        // SAFETY: tests in this module are the only users of these variables.
+        unsafe {
+            std::env::set_var(
+                "IDSYNC_TEST_NEWLINE_ID",
+                "abc\npolicy:\n  remove_action: delete",
+            );
+            std::env::set_var("IDSYNC_TEST_TAB_ID", "abc\tdef");
+            std::env::set_var("IDSYNC_TEST_CR_ID", "abc\r");
+        }
+        for name in [
+            "IDSYNC_TEST_NEWLINE_ID",
+            "IDSYNC_TEST_TAB_ID",
+            "IDSYNC_TEST_CR_ID",
+        ] {
+            let err = expand_env(&format!("a: 1\nurl: x/${{{name}}}\n"), "c.yaml").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "c.yaml:2:8: environment variable {name} holds a line break or another control character"
+                )
+            );
+            assert!(err.hint().unwrap().contains(name));
+        }
     }
 
     #[test]
@@ -1116,6 +1284,166 @@ source:";
         );
         let e = config_error("\n  kind: entra\n  tenant: x\n").to_string();
         assert!(e.contains("unknown field `tenant`"), "{e}");
+    }
+
+    /// Compiles a config whose target has `base_url: {url}` (line 4, column 13)
+    /// and an LDAP source; the mapping file does not exist.
+    fn with_base_url(url: &str) -> ConfigError {
+        let text = ALL_BUT_SOURCE.replace("https://scim.example", url) + LDAP;
+        Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text).expect_err("refused")
+    }
+
+    #[test]
+    fn credentials_in_base_url_are_refused_at_the_field() {
+        for url in [
+            "https://user:pw-secret@scim.example/v2",
+            "https://user@scim.example/v2",
+            "http://:pw-secret@127.0.0.1:8080",
+        ] {
+            let e = with_base_url(url);
+            let text = e.to_string();
+            assert!(
+                text.starts_with(
+                    "/etc/idsync/idsync.yaml:4:13: base_url must not carry credentials"
+                ),
+                "{url}: {text}"
+            );
+            assert!(!text.contains("pw-secret"), "{text}");
+            assert!(e.hint().unwrap().contains("token_env"));
+        }
+        let e = with_base_url("https://scim.example/v2").to_string();
+        assert!(e.contains("mapping file"), "{e}");
+    }
+
+    fn target_at(url: &str) -> TargetSettings {
+        TargetSettings {
+            flavour: Flavour::Generic,
+            base_url: url.into(),
+            token: TokenSource::Env("T".into()),
+            rate_limit: None,
+            concurrency: 4,
+            timeout: Duration::from_secs(30),
+            page_size: 100,
+            member_chunk: 100,
+            retry: RetryPolicy::default(),
+            user_limit: None,
+            verified_domains: vec![],
+        }
+    }
+
+    #[test]
+    fn plain_http_to_another_host_is_warned_about() {
+        for url in [
+            "http://scim.example.com/v2",
+            "http://10.0.0.5:8080/scim",
+            "http://[2001:db8::1]/scim",
+        ] {
+            let w = target_at(url).cleartext_warning();
+            assert!(
+                w.as_deref().is_some_and(|w| w.contains("clear text")),
+                "{url}: {w:?}"
+            );
+        }
+        for url in [
+            "https://scim.example.com/v2",
+            "http://127.0.0.1:8080/v2",
+            "http://127.5.5.5/v2",
+            "http://localhost:8080/v2",
+            "http://[::1]:8080/v2",
+        ] {
+            assert_eq!(target_at(url).cleartext_warning(), None, "{url}");
+        }
+    }
+
+    /// A folder only this user can write, with a token file of `mode` in it.
+    #[cfg(unix)]
+    fn token_in_private_folder(mode: u32) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "tok-abc\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, file)
+    }
+
+    #[cfg(unix)]
+    fn secret_message(result: Result<SecretString, ConfigError>) -> String {
+        match result {
+            Ok(_) => panic!("the token file was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_token_file_is_read() {
+        use secrecy::ExposeSecret;
+        let (_dir, file) = token_in_private_folder(0o600);
+        let token = read_secret_file(&file).expect("read");
+        assert_eq!(token.expose_secret(), "tok-abc");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_readable_by_others_or_owned_by_someone_else_is_refused() {
+        let (_dir, file) = token_in_private_folder(0o640);
+        assert!(secret_message(read_secret_file(&file)).contains("can be read by other users"));
+        let (_dir, file) = token_in_private_folder(0o600);
+        // A file of user A read by idsync running as user B (neither root).
+        let me = current_uid();
+        let (owner, runner) = if me == ROOT_UID {
+            std::os::unix::fs::chown(&file, Some(4242), None).expect("chown as root");
+            (4242, 4243)
+        } else {
+            (me, if me == 4242 { 4243 } else { 4242 })
+        };
+        let e = check_secret_file(&file, runner).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "belongs to user id {owner}, not to idsync's user ({runner}) or root"
+            )),
+            "{e}"
+        );
+        // root's own files are trusted.
+        if me == ROOT_UID {
+            std::os::unix::fs::chown(&file, Some(ROOT_UID), None).unwrap();
+            assert!(check_secret_file(&file, 4243).is_ok());
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_in_a_folder_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, file) = token_in_private_folder(0o600);
+        for mode in [0o777, 0o1777, 0o770, 0o702] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = secret_message(read_secret_file(&file));
+            assert!(
+                e.contains("which other users can write to"),
+                "{mode:o}: {e}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_or_a_folder_as_token_file_is_refused_without_blocking() {
+        let (dir, _) = token_in_private_folder(0o600);
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // No writer: opening it would block this test forever.
+        let e = secret_message(read_secret_file(&fifo));
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let e = secret_message(read_secret_file(&sub));
+        assert!(e.contains("is a folder, not a regular file"), "{e}");
     }
 
     #[test]

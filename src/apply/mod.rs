@@ -370,7 +370,8 @@ impl<T: Target> Executor<'_, T> {
             if err.is_transient() {
                 outcome.target_failed += 1;
             }
-            tracing::warn!(op = op.name(), subject = ?op.subject(), error = %err, "operation failed");
+            // Quoted and escaped: the error quotes what the target said.
+            tracing::warn!(op = op.name(), subject = ?op.subject(), error = ?err.to_string(), "operation failed");
         }
         let t = transition(&self.state, op, response, &self.create_only);
         let record = OpRecord {

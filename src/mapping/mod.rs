@@ -229,8 +229,8 @@ pub enum RecordId {
 impl fmt::Display for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RecordId::User(k) => write!(f, "user `{k}`"),
-            RecordId::Group(k) => write!(f, "group `{k}`"),
+            RecordId::User(k) => write!(f, "user {}", quoted(k)),
+            RecordId::Group(k) => write!(f, "group {}", quoted(k)),
         }
     }
 }
@@ -275,6 +275,12 @@ pub struct RecordError {
     pub origin: Origin,
     pub record: RecordId,
     pub problem: RecordProblem,
+}
+
+/// A directory value in a message: quoted, with control and format characters
+/// escaped, so a newline or a bidi override in a record cannot forge output.
+fn quoted(value: &impl fmt::Display) -> String {
+    format!("{:?}", value.to_string())
 }
 
 fn quoted_list<T: fmt::Display>(items: &[T]) -> String {
@@ -330,7 +336,9 @@ impl fmt::Display for RecordError {
                 other_origin,
             } => write!(
                 f,
-                "userName `{user_name}` is also the userName of user `{other}` ({other_origin})"
+                "userName {} is also the userName of user {} ({other_origin})",
+                quoted(user_name),
+                quoted(other)
             )?,
             RecordProblem::DuplicateKey { other_origin } => {
                 write!(f, "the same key is also used at {other_origin}")?
@@ -349,7 +357,9 @@ impl fmt::Display for RecordError {
                 other_origin,
             } => write!(
                 f,
-                "displayName `{display_name}` is also the displayName of group `{other}` ({other_origin})"
+                "displayName {} is also the displayName of group {} ({other_origin})",
+                quoted(display_name),
+                quoted(other)
             )?,
         }
         write!(f, "\n  hint: {}", self.hint())

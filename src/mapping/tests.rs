@@ -234,7 +234,7 @@ fn active_values() {
     let e = active("maybe").unwrap_err();
     assert_eq!(
         e.to_string(),
-        "users.csv line 7: user `u`: the `active` rule gave \"maybe\", not true or false\n  hint: the `active` rule must give true/false, yes/no or 1/0: fix the source value, or wrap the rule in default(…, 'true')"
+        "users.csv line 7: user \"u\": the `active` rule gave \"maybe\", not true or false\n  hint: the `active` rule must give true/false, yes/no or 1/0: fix the source value, or wrap the rule in default(…, 'true')"
     );
 }
 
@@ -255,7 +255,7 @@ fn missing_required_attribute_is_a_record_error() {
     );
     assert_eq!(
         e.to_string(),
-        "users.csv line 12: user `u-12`: required attributes `userName`, `emails`, `title` mapped to empty\n  hint: fill in `email`, `title` for this record in the source, or leave such users out with a scope rule such as `exclude: [{ attribute: email, absent: true }]`"
+        "users.csv line 12: user \"u-12\": required attributes `userName`, `emails`, `title` mapped to empty\n  hint: fill in `email`, `title` for this record in the source, or leave such users out with a scope rule such as `exclude: [{ attribute: email, absent: true }]`"
     );
 }
 
@@ -337,12 +337,12 @@ fn build_collects_every_record_error() {
     assert_eq!(
         text,
         [
-            "users.csv line 3: user `u2`: required attributes `userName`, `emails` mapped to empty",
-            "users.csv line 5: user `u4`: required attributes `userName`, `emails` mapped to empty",
-            "users.csv line 4: user `u3`: userName `jo@example.COM` is also the userName of user `u1` (users.csv line 2)",
-            "users.csv line 7: user `u6`: userName `MÜLLER@example.com` is also the userName of user `u5` (users.csv line 6)",
-            "users.csv line 8: user `u1`: the same key is also used at users.csv line 2",
-            "groups.csv group team: group `team`: displayName `team` is also the displayName of group `Team` (groups.csv group Team)",
+            "users.csv line 3: user \"u2\": required attributes `userName`, `emails` mapped to empty",
+            "users.csv line 5: user \"u4\": required attributes `userName`, `emails` mapped to empty",
+            "users.csv line 4: user \"u3\": userName \"jo@example.COM\" is also the userName of user \"u1\" (users.csv line 2)",
+            "users.csv line 7: user \"u6\": userName \"MÜLLER@example.com\" is also the userName of user \"u5\" (users.csv line 6)",
+            "users.csv line 8: user \"u1\": the same key is also used at users.csv line 2",
+            "groups.csv group team: group \"team\": displayName \"team\" is also the displayName of group \"Team\" (groups.csv group Team)",
         ]
     );
     assert!(errors.iter().all(|e| e.to_string().contains("\n  hint: ")));
@@ -722,7 +722,7 @@ fn huge_values_are_rejected_per_record() {
     let err = m.map_user(&user, &[]).unwrap_err();
     assert!(
         err.to_string()
-            .contains("users.csv line 2: user `k1`: `title` would be 4097 bytes long"),
+            .contains("users.csv line 2: user \"k1\": `title` would be 4097 bytes long"),
         "{err}"
     );
 }
@@ -839,4 +839,49 @@ users:
 "#,
     );
     assert!(e.contains("`member_of` lists no group"), "{e}");
+}
+
+#[test]
+fn record_errors_quote_and_escape_directory_values() {
+    let m = compile("users:\n  attributes:\n    userName: { from: email }\n    emails: email\n");
+    let dir = SourceDirectory {
+        users: vec![
+            user(
+                "k\n1",
+                2,
+                &[("email", "a\u{202e}b@example.com\nINFO forged")],
+            ),
+            user("k2", 3, &[("email", "a\u{202e}b@example.com\nINFO forged")]),
+        ],
+        groups: vec![],
+        unresolved_members: 0,
+    };
+    let errors = m.build(dir).unwrap_err();
+    let text = errors[0].to_string();
+    assert_eq!(
+        text.lines().next().unwrap(),
+        "users.csv line 3: user \"k2\": userName \"a\\u{202e}b@example.com\\nINFO forged\" is also the userName of user \"k\\n1\" (users.csv line 2)"
+    );
+    assert!(!text.contains('\u{202e}'), "{text}");
+}
+
+#[test]
+fn user_names_differing_only_in_unicode_normalisation_are_duplicates() {
+    let m = compile("users:\n  attributes:\n    userName: { from: email }\n    emails: email\n");
+    let dir = SourceDirectory {
+        users: vec![
+            // "josé" precomposed (NFC) and decomposed (NFD): the same name.
+            user("u1", 2, &[("email", "jos\u{e9}@example.com")]),
+            user("u2", 3, &[("email", "jose\u{301}@example.com")]),
+        ],
+        groups: vec![],
+        unresolved_members: 0,
+    };
+    let errors = m.build(dir).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        matches!(&errors[0].problem, RecordProblem::DuplicateUserName { other, .. } if other.as_str() == "u1"),
+        "{:?}",
+        errors[0]
+    );
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::model::Ownership;
 use crate::sync::inspect::{Explanation, Found, Mapped};
 
-use super::quote;
+use super::{escape, quote};
 
 pub fn explain_text(e: &Explanation) -> String {
     let mut out = String::new();
@@ -91,7 +91,7 @@ pub fn explain_text(e: &Explanation) -> String {
                         h.run_id,
                         h.at,
                         h.op,
-                        h.error.as_deref().unwrap_or_default()
+                        escape(h.error.as_deref().unwrap_or_default())
                     );
                 }
             }

@@ -44,21 +44,82 @@ impl Style {
     }
 }
 
-/// Quotes a directory value for display, escaping control characters.
+/// Quotes a directory value for display, escaping control and format
+/// characters (Rust's `Debug` escapes everything not printable, U+202E included).
 pub fn quote(value: &str) -> String {
     format!("{value:?}")
 }
 
-/// A value shown bare when it is plain, quoted when it holds anything odd.
+/// A value shown bare when it is plain, quoted when it holds anything odd:
+/// nothing, whitespace, a quote or backslash, a control or format character.
 pub(crate) fn show(value: &str) -> String {
-    if !value.is_empty()
-        && value.chars().all(|c| !c.is_control() && c != '"')
-        && !value.contains(char::is_whitespace)
-    {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| !c.is_whitespace() && !matches!(c, '"' | '\\') && !needs_escape(c));
+    if plain {
         value.to_string()
     } else {
         quote(value)
     }
+}
+
+/// Text that came from outside (a target's error message) with every control and
+/// format character escaped (`\n`, `\u{1b}`, `\u{202e}`) and the rest as it is:
+/// for messages that are read as prose, where quoting every `"` would hurt.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(needs_escape) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A character that must not reach a terminal or a log line as it is: a
+/// control character, a line or paragraph separator, or a format character.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format(c)
+}
+
+/// Unicode general category Cf (format): invisible characters that change how
+/// text around them is shown — zero-width spaces and joiners, bidirectional
+/// overrides and isolates (U+202E turns `gpj.exe` into `exe.jpg`), tags.
+/// From Unicode 15.1; a new Cf character is escaped once added here.
+const FORMAT_CHARACTERS: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{0600}', '\u{0605}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{06DD}', '\u{06DD}'),
+    ('\u{070F}', '\u{070F}'),
+    ('\u{0890}', '\u{0891}'),
+    ('\u{08E2}', '\u{08E2}'),
+    ('\u{180E}', '\u{180E}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFF9}', '\u{FFFB}'),
+    ('\u{110BD}', '\u{110BD}'),
+    ('\u{110CD}', '\u{110CD}'),
+    ('\u{13430}', '\u{1343F}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0001}', '\u{E0001}'),
+    ('\u{E0020}', '\u{E007F}'),
+];
+
+fn is_format(c: char) -> bool {
+    FORMAT_CHARACTERS
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
 }
 
 pub(crate) fn plural(n: usize) -> &'static str {
@@ -74,5 +135,28 @@ mod tests {
         assert_eq!(show("plain@example.com"), "plain@example.com");
         assert_eq!(show("evil\nINFO forged"), "\"evil\\nINFO forged\"");
         assert_eq!(show("\u{1b}[31mred"), "\"\\u{1b}[31mred\"");
+    }
+
+    #[test]
+    fn zero_width_and_bidi_characters_are_quoted_and_escaped() {
+        assert_eq!(show("ann\u{202e}gpj.exe"), "\"ann\\u{202e}gpj.exe\"");
+        assert_eq!(show("ad\u{200b}min"), "\"ad\\u{200b}min\"");
+        assert_eq!(show("\u{feff}bom"), "\"\\u{feff}bom\"");
+        assert_eq!(show("iso\u{2066}late"), "\"iso\\u{2066}late\"");
+        assert_eq!(show("tag\u{e0041}"), "\"tag\\u{e0041}\"");
+        assert_eq!(show("line\u{2028}sep"), "\"line\\u{2028}sep\"");
+        assert_eq!(show("back\\slash"), "\"back\\\\slash\"");
+        // Letters of any script, accents included, stay bare.
+        assert_eq!(show("José.Nuñez@例え.jp"), "José.Nuñez@例え.jp");
+        assert_eq!(show("Jose\u{301}"), "Jose\u{301}");
+    }
+
+    #[test]
+    fn target_text_is_escaped_but_stays_readable() {
+        assert_eq!(
+            escape("User \"a\" exists\nINFO forged\u{1b}[2J\u{202e}"),
+            "User \"a\" exists\\nINFO forged\\u{1b}[2J\\u{202e}"
+        );
+        assert_eq!(escape("plain text: fine"), "plain text: fine");
     }
 }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::sync::RunSummary;
 
-use super::{Style, plan_text, show};
+use super::{Style, escape, plan_text, show};
 
 pub fn run_json(run: &RunSummary) -> String {
     serde_json::to_string_pretty(run).expect("a summary always serialises")
@@ -33,7 +33,7 @@ pub fn run_text(run: &RunSummary, style: Style) -> String {
         run.duration_ms as f64 / 1000.0
     );
     if let Some(stopped) = &run.stopped {
-        let _ = writeln!(out, "Stopped early: {stopped}");
+        let _ = writeln!(out, "Stopped early: {}", escape(stopped));
     }
     for f in run.failures.iter().take(50) {
         let status = f
@@ -45,7 +45,7 @@ pub fn run_text(run: &RunSummary, style: Style) -> String {
             "  ✗ {} {}{status}: {}",
             f.op,
             show(&f.subject),
-            f.error
+            escape(&f.error)
         );
     }
     if run.failures.len() > 50 {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::sync::inspect::StatusReport;
 
-use super::quote;
+use super::{escape, quote};
 
 pub fn status_json(report: &StatusReport) -> String {
     if !report.exists {
@@ -110,7 +110,7 @@ pub fn status_text(report: &StatusReport) -> String {
                 "  {} {}{status}: {}",
                 f.op,
                 quote(&f.subject),
-                f.error.as_deref().unwrap_or("")
+                escape(f.error.as_deref().unwrap_or(""))
             );
         }
     }

@@ -4,6 +4,7 @@
 //! an operation is made (adopting a user after a 409 is the caller's decision).
 
 mod paging;
+pub mod redact;
 pub mod resource;
 pub mod retry;
 mod target;
@@ -23,9 +24,10 @@ use serde_json::Value;
 
 use crate::model::{GroupName, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName};
 use paging::Pager;
+use redact::Redactor;
 pub use resource::ServiceProviderConfig;
 pub use retry::RetryPolicy;
-use retry::{Attempt, Outcome, TransportKind, Verdict};
+use retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
 
 const SCIM_JSON: &str = "application/scim+json";
 const ACCEPT_JSON: &str = "application/scim+json, application/json;q=0.9";
@@ -103,6 +105,13 @@ pub enum ScimError {
         scim_type: Option<String>,
         detail: String,
     },
+    /// The target rate-limits us (429) until later than `retry.max_elapsed` allows.
+    #[error(
+        "rate limited (HTTP 429): the target asks to wait {}s, more than the {:.1}s left of retry.max_elapsed",
+        .wait.as_secs_f64().ceil(),
+        .left.as_secs_f64()
+    )]
+    RateLimited { wait: Duration, left: Duration },
     #[error("cannot reach the target: {0}")]
     Transport(String),
     #[error("unexpected response from the target: {0}")]
@@ -130,6 +139,7 @@ impl ScimError {
         match self {
             ScimError::Conflict { .. } => Some(409),
             ScimError::NotFound => Some(404),
+            ScimError::RateLimited { .. } => Some(429),
             ScimError::Unauthorized { status, .. } | ScimError::Http { status, .. } => {
                 Some(*status)
             }
@@ -142,15 +152,20 @@ impl ScimError {
         matches!(self, ScimError::Unauthorized { .. })
     }
 
-    /// Maps a final non-success response to an error.
-    fn from_response(status: StatusCode, body: &[u8]) -> Self {
+    /// Maps a final non-success response to an error. What the target wrote
+    /// (detail, scimType) is cleaned by `redactor`: no credential, bounded size.
+    fn from_response(status: StatusCode, body: &[u8], redactor: &Redactor) -> Self {
         let parsed = resource::parse_error_body(body);
-        let detail = parsed.detail.unwrap_or_else(|| {
-            status
-                .canonical_reason()
-                .unwrap_or("no detail given")
-                .to_owned()
-        });
+        let detail = parsed.detail.map_or_else(
+            || {
+                status
+                    .canonical_reason()
+                    .unwrap_or("no detail given")
+                    .to_owned()
+            },
+            |d| redactor.clean(&d),
+        );
+        let scim_type = parsed.scim_type.map(|t| redactor.clean(&t));
         match status.as_u16() {
             401 | 403 => ScimError::Unauthorized {
                 status: status.as_u16(),
@@ -160,7 +175,7 @@ impl ScimError {
             409 => ScimError::Conflict { detail },
             code => ScimError::Http {
                 status: code,
-                scim_type: parsed.scim_type,
+                scim_type,
                 detail,
             },
         }
@@ -188,6 +203,8 @@ pub struct ScimClient {
 struct Inner {
     /// Holds the bearer token as a sensitive default header.
     http: reqwest::Client,
+    /// Cleans every string the target sends before it becomes an error.
+    redactor: Redactor,
     base: Url,
     flavour: Flavour,
     limiter: Option<DefaultDirectRateLimiter>,
@@ -281,6 +298,7 @@ impl ScimClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
+                redactor: Redactor::new(opts.token.clone()),
                 base,
                 flavour: opts.flavour,
                 limiter,
@@ -517,10 +535,11 @@ impl ScimClient {
         retry::run(
             &inner.retry,
             fastrand::f64,
-            |attempt, error, wait| {
+            |attempt, error: &ScimError, wait| {
                 inner.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(method = "POST", path = url.path(), attempt, wait_ms = wait.as_millis() as u64, %error, "retrying SCIM request");
+                tracing::warn!(method = "POST", path = url.path(), attempt, wait_ms = wait.as_millis() as u64, error = ?error.to_string(), "retrying SCIM request");
             },
+            paced_too_long,
             |attempt| {
                 let url = &url;
                 let bytes = &bytes;
@@ -536,6 +555,7 @@ impl ScimClient {
                         Attempt::Success(reply) => Attempt::Success(GroupCreate::Sent(reply)),
                         Attempt::Fatal(e) => Attempt::Fatal(e),
                         Attempt::Retryable { error, wait } => Attempt::Retryable { error, wait },
+                        Attempt::Paced { error, wait } => Attempt::Paced { error, wait },
                     }
                 }
             },
@@ -874,10 +894,11 @@ impl ScimClient {
         retry::run(
             &inner.retry,
             fastrand::f64,
-            |attempt, error, wait| {
+            |attempt, error: &ScimError, wait| {
                 inner.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%method, path = url.path(), attempt, wait_ms = wait.as_millis() as u64, %error, "retrying SCIM request");
+                tracing::warn!(%method, path = url.path(), attempt, wait_ms = wait.as_millis() as u64, error = ?error.to_string(), "retrying SCIM request");
             },
+            paced_too_long,
             |_| self.attempt(&method, &url, query, body.as_deref()),
         )
         .await
@@ -911,7 +932,7 @@ impl ScimClient {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return transport_failure(&e),
+            Err(e) => return transport_failure(&e, &inner.redactor),
         };
         let status = response.status();
         let header = |name: &str| {
@@ -926,7 +947,7 @@ impl ScimClient {
         let rate_limit_reset = header("x-ratelimit-reset");
         let body = match response.bytes().await {
             Ok(bytes) => bytes.to_vec(),
-            Err(e) => return transport_failure(&e),
+            Err(e) => return transport_failure(&e, &inner.redactor),
         };
         tracing::debug!(%method, path = url.path(), status = status.as_u16(), "SCIM request");
         if status.is_success() {
@@ -939,15 +960,18 @@ impl ScimClient {
         if status == StatusCode::TOO_MANY_REQUESTS {
             inner.throttled.fetch_add(1, Ordering::Relaxed);
         }
-        let error = ScimError::from_response(status, &body);
+        let error = ScimError::from_response(status, &body, &inner.redactor);
         let outcome = Outcome::Status {
             status: status.as_u16(),
             retry_after: retry_after.as_deref(),
             rate_limit_reset: rate_limit_reset.as_deref(),
         };
         let verdict = retry::classify(outcome, SystemTime::now());
-        if let Verdict::After(wait) = verdict {
-            self.hold_off(wait.min(inner.retry.max_delay));
+        match verdict {
+            Verdict::After(wait) => self.hold_off(wait.min(inner.retry.max_delay)),
+            // The whole client waits for the reset, as long as a request may wait.
+            Verdict::Paced(wait) => self.hold_off(wait.min(inner.retry.max_elapsed)),
+            Verdict::Fatal | Verdict::Backoff => {}
         }
         verdict_to_attempt(verdict, error)
     }
@@ -1028,13 +1052,23 @@ fn transport_kind(error: &reqwest::Error) -> TransportKind {
     }
 }
 
-fn transport_failure<T>(error: &reqwest::Error) -> Attempt<T, ScimError> {
+fn transport_failure<T>(error: &reqwest::Error, redactor: &Redactor) -> Attempt<T, ScimError> {
     let kind = transport_kind(error);
-    let error_value = ScimError::Transport(error_chain(error));
+    // A proxy's or TLS library's message may quote what the target sent.
+    let error_value = ScimError::Transport(redactor.clean(&error_chain(error)));
     verdict_to_attempt(
         retry::classify(Outcome::Transport(kind), SystemTime::now()),
         error_value,
     )
+}
+
+/// The error a paced request ends with when the target's reset is past
+/// `retry.max_elapsed`.
+fn paced_too_long(_: ScimError, t: PacedTooLong) -> ScimError {
+    ScimError::RateLimited {
+        wait: t.wait,
+        left: t.left,
+    }
 }
 
 fn verdict_to_attempt<T>(verdict: Verdict, error: ScimError) -> Attempt<T, ScimError> {
@@ -1045,6 +1079,7 @@ fn verdict_to_attempt<T>(verdict: Verdict, error: ScimError) -> Attempt<T, ScimE
             error,
             wait: Some(wait),
         },
+        Verdict::Paced(wait) => Attempt::Paced { error, wait },
     }
 }
 

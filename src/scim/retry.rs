@@ -3,6 +3,10 @@
 //! long the server asked us to wait) and the *mechanics* ([`run`]: attempt counting,
 //! exponential backoff with full jitter, caps on attempts, elapsed time and each
 //! wait). Nothing here knows about HTTP clients or SCIM resources.
+//!
+//! A 429 that names its reset time is the target pacing us, not a failure: it
+//! does not use up `max_attempts`, its wait is honoured in full, and only
+//! `max_elapsed` bounds it (a reset later than that ends the request at once).
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -68,6 +72,9 @@ pub enum Verdict {
     Backoff,
     /// Retry after the wait the server asked for (still capped by the mechanics).
     After(Duration),
+    /// Rate limited (429) until a time the server named: wait that long and try
+    /// again, without counting an attempt.
+    Paced(Duration),
 }
 
 /// Decides whether an attempt's failure is worth retrying. `now` is only used to
@@ -83,8 +90,11 @@ pub fn classify(outcome: Outcome<'_>, now: SystemTime) -> Verdict {
             retry_after,
             rate_limit_reset,
         } => match status {
-            // 503 may carry Retry-After too (RFC 9110 §10.2.3).
-            429 | 503 => server_wait(retry_after, rate_limit_reset, now)
+            // The target pacing us; without a reset time, a failure like any.
+            429 => server_wait(retry_after, rate_limit_reset, now)
+                .map_or(Verdict::Backoff, Verdict::Paced),
+            // 503 may carry Retry-After too (RFC 9110 §10.2.3), but it is an outage.
+            503 => server_wait(retry_after, rate_limit_reset, now)
                 .map_or(Verdict::Backoff, Verdict::After),
             408 | 500 | 502 | 504 => Verdict::Backoff,
             _ => Verdict::Fatal,
@@ -166,16 +176,40 @@ pub enum Attempt<T, E> {
         error: E,
         wait: Option<Duration>,
     },
+    /// Not served yet: the server named when to come back ([`Verdict::Paced`]).
+    /// Does not count towards `max_attempts`.
+    Paced {
+        error: E,
+        wait: Duration,
+    },
+}
+
+/// The shortest wait after a paced answer: a target that answers 429 with a
+/// reset time of "now" still gets a breath between requests (and `max_elapsed`
+/// ends the request if it never lets us through).
+pub const MIN_PACED_WAIT: Duration = Duration::from_millis(100);
+
+/// Why [`run`] gave up on a paced request: the server's reset is later than the
+/// time left of `max_elapsed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacedTooLong {
+    /// What the server asked for.
+    pub wait: Duration,
+    /// What was left of `max_elapsed`.
+    pub left: Duration,
 }
 
 /// Runs `attempt` until it succeeds, fails fatally, or the policy's budget is spent
-/// (then the last error is returned). `attempt` gets the 1-based attempt number;
-/// `jitter` yields numbers in [0, 1]; `on_retry` sees each error that will be
-/// retried and the wait before the retry. Waits use tokio's clock.
+/// (then the last error is returned). `attempt` gets the 1-based attempt number
+/// (paced ones included); `jitter` yields numbers in [0, 1]; `on_retry` sees each
+/// error that will be retried and the wait before the retry; `too_long` turns
+/// the last error of a paced request whose reset is past `max_elapsed` into the
+/// error returned. Waits use tokio's clock.
 pub async fn run<T, E, F, Fut>(
     policy: &RetryPolicy,
     mut jitter: impl FnMut() -> f64,
     mut on_retry: impl FnMut(u32, &E, Duration),
+    too_long: impl FnOnce(E, PacedTooLong) -> E,
     mut attempt: F,
 ) -> Result<T, E>
 where
@@ -184,21 +218,34 @@ where
 {
     let started = tokio::time::Instant::now();
     let mut number = 1u32;
+    // Attempts that failed (paced ones do not count).
+    let mut failures = 0u32;
     loop {
         let (error, wait) = match attempt(number).await {
             Attempt::Success(value) => return Ok(value),
             Attempt::Fatal(error) => return Err(error),
-            Attempt::Retryable { error, wait } => (error, wait),
+            Attempt::Paced { error, wait } => {
+                let wait = wait.max(MIN_PACED_WAIT);
+                let left = policy.max_elapsed.saturating_sub(started.elapsed());
+                if wait > left {
+                    return Err(too_long(error, PacedTooLong { wait, left }));
+                }
+                (error, wait)
+            }
+            Attempt::Retryable { error, wait } => {
+                failures += 1;
+                if failures >= policy.max_attempts {
+                    return Err(error);
+                }
+                let wait = wait
+                    .unwrap_or_else(|| full_jitter(backoff_ceiling(policy, failures - 1), jitter()))
+                    .min(policy.max_delay);
+                if started.elapsed() + wait > policy.max_elapsed {
+                    return Err(error);
+                }
+                (error, wait)
+            }
         };
-        if number >= policy.max_attempts {
-            return Err(error);
-        }
-        let wait = wait
-            .unwrap_or_else(|| full_jitter(backoff_ceiling(policy, number - 1), jitter()))
-            .min(policy.max_delay);
-        if started.elapsed() + wait > policy.max_elapsed {
-            return Err(error);
-        }
         on_retry(number, &error, wait);
         tokio::time::sleep(wait).await;
         number += 1;
@@ -240,54 +287,54 @@ mod tests {
     fn classification_table() {
         let secs = Duration::from_secs;
         let cases: Vec<(Outcome<'static>, Verdict)> = vec![
-            // Rate limited: server-given waits first, else backoff.
+            // Rate limited: a named reset paces us (no attempt used), else backoff.
             (status(429), Verdict::Backoff),
-            (with_headers(429, Some("7"), None), Verdict::After(secs(7))),
+            (with_headers(429, Some("7"), None), Verdict::Paced(secs(7))),
             (
                 with_headers(429, Some(" 0 "), None),
-                Verdict::After(secs(0)),
+                Verdict::Paced(secs(0)),
             ),
             (
                 with_headers(429, Some("Thu, 01 Jan 2026 00:00:30 GMT"), None),
-                Verdict::After(secs(30)),
+                Verdict::Paced(secs(30)),
             ),
             (
                 with_headers(429, Some("Wed, 31 Dec 2025 23:00:00 GMT"), None),
-                Verdict::After(secs(0)),
+                Verdict::Paced(secs(0)),
             ),
             (
                 with_headers(429, None, Some("2026-01-01T00:01:00Z")),
-                Verdict::After(secs(60)),
+                Verdict::Paced(secs(60)),
             ),
             (
                 with_headers(429, None, Some("2026-01-01T01:00:05+01:00")),
-                Verdict::After(secs(5)),
+                Verdict::Paced(secs(5)),
             ),
             (
                 with_headers(429, None, Some("2026-01-01T00:00:02.500Z")),
-                Verdict::After(Duration::from_millis(2500)),
+                Verdict::Paced(Duration::from_millis(2500)),
             ),
             (
                 with_headers(429, None, Some("2025-12-31T00:00:00Z")),
-                Verdict::After(secs(0)),
+                Verdict::Paced(secs(0)),
             ),
             (
                 with_headers(429, None, Some("1767225645")),
-                Verdict::After(secs(45)),
+                Verdict::Paced(secs(45)),
             ),
             (
                 with_headers(429, None, Some("12")),
-                Verdict::After(secs(12)),
+                Verdict::Paced(secs(12)),
             ),
             // Retry-After wins over X-RateLimit-Reset.
             (
                 with_headers(429, Some("3"), Some("2026-01-01T00:01:00Z")),
-                Verdict::After(secs(3)),
+                Verdict::Paced(secs(3)),
             ),
             // An unreadable Retry-After falls through to the reset header, then to backoff.
             (
                 with_headers(429, Some("soon"), Some("2026-01-01T00:00:09Z")),
-                Verdict::After(secs(9)),
+                Verdict::Paced(secs(9)),
             ),
             (
                 with_headers(429, Some("soon"), Some("later")),
@@ -371,6 +418,7 @@ mod tests {
             &policy,
             || 1.0,
             |_, _: &String, w| waits.push(w),
+            |e, _| e,
             |n| async move {
                 if n <= failures {
                     Attempt::Retryable {
@@ -420,6 +468,83 @@ mod tests {
         assert_eq!(elapsed, Duration::from_secs(7));
     }
 
+    /// Answers each attempt from `script` (then succeeds): `Some(secs)` a paced
+    /// 429 naming a reset `secs` away, `None` a failure to back off from.
+    async fn drive_script(
+        policy: RetryPolicy,
+        script: Vec<Option<u64>>,
+    ) -> (Result<u32, String>, Vec<Duration>, Duration) {
+        let start = tokio::time::Instant::now();
+        let mut waits = Vec::new();
+        let script = &script;
+        let result = run(
+            &policy,
+            || 1.0,
+            |_, _: &String, w| waits.push(w),
+            |e, t| {
+                format!(
+                    "{e}; the reset is {}s away, {}s left",
+                    t.wait.as_secs(),
+                    t.left.as_secs()
+                )
+            },
+            |n| async move {
+                match script.get(n as usize - 1) {
+                    Some(Some(secs)) => Attempt::Paced {
+                        error: format!("429 #{n}"),
+                        wait: Duration::from_secs(*secs),
+                    },
+                    Some(None) => Attempt::Retryable {
+                        error: format!("failure {n}"),
+                        wait: None,
+                    },
+                    None => Attempt::Success(n),
+                }
+            },
+        )
+        .await;
+        (result, waits, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_answers_do_not_use_up_attempts() {
+        // Ten 429s naming a 1 s reset, with max_attempts 3: still served.
+        let (result, waits, elapsed) = drive_script(policy(3, 600), vec![Some(1); 10]).await;
+        assert_eq!(result, Ok(11));
+        assert_eq!(waits, vec![Duration::from_secs(1); 10]);
+        assert_eq!(elapsed, Duration::from_secs(10));
+        // Failures between them still count: two failures and paced answers
+        // pass, a third failure ends it.
+        let script = vec![None, Some(1), Some(1), None, Some(1), None];
+        let (result, _, _) = drive_script(policy(3, 600), script).await;
+        assert_eq!(result, Err("failure 6".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_wait_is_honoured_in_full_but_not_past_max_elapsed() {
+        // 45 s is more than max_delay (10 s): waited in full, as asked.
+        let (result, waits, _) = drive_script(policy(3, 600), vec![Some(45)]).await;
+        assert_eq!(result, Ok(2));
+        assert_eq!(waits, [Duration::from_secs(45)]);
+        // 60 s of waits fit in 100 s; a reset 50 s away does not: a clear error
+        // at once, without waiting for it.
+        let (result, waits, elapsed) =
+            drive_script(policy(3, 100), vec![Some(30), Some(30), Some(50)]).await;
+        assert_eq!(
+            result,
+            Err("429 #3; the reset is 50s away, 40s left".to_owned())
+        );
+        assert_eq!(waits.len(), 2);
+        assert_eq!(elapsed, Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_answer_with_no_wait_still_waits_a_little() {
+        let (result, waits, _) = drive_script(policy(3, 600), vec![Some(0); 3]).await;
+        assert_eq!(result, Ok(4));
+        assert_eq!(waits, vec![MIN_PACED_WAIT; 3]);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fatal_is_not_retried() {
         let mut calls = 0;
@@ -427,6 +552,7 @@ mod tests {
             &policy(5, 600),
             || 1.0,
             |_, _, _| {},
+            |e, _| e,
             |_| {
                 calls += 1;
                 async { Attempt::Fatal("no") }
@@ -444,6 +570,7 @@ mod tests {
             &policy(3, 600),
             || 0.5,
             |_, _: &(), w| waits.push(w),
+            |e, _| e,
             |_| async {
                 Attempt::<(), ()>::Retryable {
                     error: (),

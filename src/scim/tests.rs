@@ -1145,3 +1145,34 @@ async fn group_create_retry_posts_again_when_the_group_is_absent() {
     let group = client.create_group("Eng", None).await.expect("created");
     assert_eq!(group.id.as_str(), "g8");
 }
+
+#[tokio::test]
+async fn errors_from_the_target_carry_no_token_and_are_cut() {
+    let server = MockServer::start().await;
+    let echo = format!("bad request; you sent: Authorization: Bearer {TOKEN}\r\nX-Copy: {TOKEN}");
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users/u1"))
+        .respond_with(scim_error(400, Some(&format!("x{TOKEN}")), &echo))
+        .mount(&server)
+        .await;
+    let huge = "y".repeat(1_000_000);
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users/u2"))
+        .respond_with(scim_error(400, None, &huge))
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    let err = client.get_user(&ScimId::new("u1")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains(TOKEN), "{text}");
+    assert!(text.contains("Authorization: Bearer [redacted]"), "{text}");
+    assert!(text.contains("X-Copy: [redacted]"), "{text}");
+    let err = client.get_user(&ScimId::new("u2")).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.len() < redact::MAX_TARGET_TEXT + 100, "{}", text.len());
+    assert!(
+        text.ends_with("(cut, 1000000 bytes in all)"),
+        "{}",
+        &text[text.len() - 60..]
+    );
+}

@@ -4,8 +4,8 @@
 //! with its line number; one bad row fails the read, because a skipped user would
 //! be deprovisioned.
 
-use std::collections::BTreeSet;
 use std::collections::btree_map::{BTreeMap, Entry};
+use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -124,28 +124,115 @@ pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, SourceError> {
     })
 }
 
-fn open(path: &Path, delimiter: u8) -> Result<csv::Reader<std::fs::File>, SourceError> {
-    let file = std::fs::File::open(path).map_err(|source| SourceError::FileUnreadable {
+/// A CSV reader over a file, with the lines of its records.
+type Reader = csv::Reader<LineTracker<std::fs::File>>;
+
+fn open(path: &Path, delimiter: u8) -> Result<Reader, SourceError> {
+    let unreadable = |source| SourceError::FileUnreadable {
         file: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    // A folder opens fine on Unix and fails at the first read, which the CSV
+    // parser would report as a malformed "line 0".
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if kind.is_dir() {
+        return Err(SourceError::IsAFolder {
+            file: path.to_path_buf(),
+        });
+    }
     Ok(csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
         .flexible(false)
         .trim(csv::Trim::All)
-        .from_reader(file))
+        .from_reader(LineTracker::new(file)))
+}
+
+/// Passes a file through to the CSV parser and notes where each non-blank line
+/// starts, so a record's line is the line its first field is on.
+///
+/// The csv crate's `Position::line()` of a record counts only the line breaks
+/// read before the parser started on it: the `\n` of a CRLF (the parser ends a
+/// record at the `\r`) and blank lines before the record are not counted yet, so
+/// every line of a CRLF file was one too low (its first record "on" the header's
+/// line) and a record after a blank line was too.
+struct LineTracker<R> {
+    inner: R,
+    /// Bytes read so far.
+    offset: u64,
+    /// The 1-based line of the next byte.
+    line: u64,
+    /// The next byte starts a line (only `\r` seen since the last `\n`).
+    at_line_start: bool,
+    /// (byte offset, line) of non-blank lines read but not yet asked about.
+    starts: VecDeque<(u64, u64)>,
+}
+
+impl<R> LineTracker<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            offset: 0,
+            line: 1,
+            at_line_start: true,
+            starts: VecDeque::new(),
+        }
+    }
+
+    /// The line of the record (or error) at `position`: the first non-blank line
+    /// starting at or after it. Positions must be asked in file order.
+    fn line_of(&mut self, position: &csv::Position) -> u64 {
+        while self
+            .starts
+            .front()
+            .is_some_and(|&(offset, _)| offset < position.byte())
+        {
+            self.starts.pop_front();
+        }
+        self.starts
+            .front()
+            .map_or(position.line(), |&(_, line)| line)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for LineTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for &byte in &buf[..n] {
+            match byte {
+                b'\n' => {
+                    self.line += 1;
+                    self.at_line_start = true;
+                }
+                b'\r' => {}
+                _ => {
+                    if self.at_line_start {
+                        self.starts.push_back((self.offset, self.line));
+                    }
+                    self.at_line_start = false;
+                }
+            }
+            self.offset += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The line of the record just read (0 when unknown).
+fn record_line(reader: &mut Reader, record: &csv::ByteRecord) -> u64 {
+    match record.position() {
+        Some(position) => reader.get_mut().line_of(position),
+        None => 0,
+    }
 }
 
 /// The header as UTF-8 names, BOM removed.
-fn header(
-    reader: &mut csv::Reader<std::fs::File>,
-    path: &Path,
-) -> Result<Vec<Arc<str>>, SourceError> {
-    let record = reader
-        .byte_headers()
-        .map_err(|e| csv_error(path, &e))?
-        .clone();
+fn header(reader: &mut Reader, path: &Path) -> Result<Vec<Arc<str>>, SourceError> {
+    let record = match reader.byte_headers() {
+        Ok(record) => record.clone(),
+        Err(e) => return Err(csv_error(reader, path, &e)),
+    };
     let mut names: Vec<Arc<str>> = Vec::with_capacity(record.len());
     for (i, field) in record.iter().enumerate() {
         let field = if i == 0 {
@@ -168,8 +255,10 @@ fn header(
 }
 
 /// Where a structural CSV error is, and what it is.
-fn csv_fault(e: &csv::Error) -> (u64, CsvFault) {
-    let line = e.position().map(|p| p.line()).unwrap_or(0);
+fn csv_fault(reader: &mut Reader, e: &csv::Error) -> (u64, CsvFault) {
+    let line = e
+        .position()
+        .map_or(0, |position| reader.get_mut().line_of(position));
     let fault = match e.kind() {
         csv::ErrorKind::UnequalLengths {
             expected_len, len, ..
@@ -187,8 +276,8 @@ fn csv_fault(e: &csv::Error) -> (u64, CsvFault) {
     (line, fault)
 }
 
-fn csv_error(path: &Path, e: &csv::Error) -> SourceError {
-    let (line, fault) = csv_fault(e);
+fn csv_error(reader: &mut Reader, path: &Path, e: &csv::Error) -> SourceError {
+    let (line, fault) = csv_fault(reader, e);
     SourceError::MalformedRow {
         file: path.to_path_buf(),
         line,
@@ -241,12 +330,12 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
             Err(e) => {
                 // A structural error (field count, I/O) leaves the reader's position
                 // uncertain: report it and stop reading.
-                let (line, fault) = csv_fault(&e);
+                let (line, fault) = csv_fault(&mut reader, &e);
                 problems.push(RowProblem::Malformed { line, fault });
                 break;
             }
         }
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let line = record_line(&mut reader, &record);
         if record.iter().all(|f| f.is_empty()) {
             continue; // a blank line, not a user
         }
@@ -345,9 +434,9 @@ fn read_groups(
         match reader.read_byte_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
-            Err(e) => return Err(csv_error(path, &e)),
+            Err(e) => return Err(csv_error(&mut reader, path, &e)),
         }
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let line = record_line(&mut reader, &record);
         if record.iter().all(|f| f.is_empty()) {
             continue;
         }
@@ -650,6 +739,19 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_as_users_file_is_a_data_error_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(&dir, b"id\n1\n", None);
+        s.users = dir.path().to_path_buf();
+        let err = read(&s).unwrap_err();
+        assert!(
+            err.to_string().ends_with("is a folder, not a CSV file"),
+            "{err}"
+        );
+        assert!(!err.is_unavailable());
+    }
+
+    #[test]
     fn a_non_ascii_delimiter_is_refused_at_its_field() {
         let config: CsvConfig =
             serde_saphyr::from_str("users: users.csv\ndelimiter: \"§\"\n").unwrap();
@@ -658,5 +760,65 @@ mod tests {
         assert!(err.message.contains("not an ASCII character"), "{err}");
         let config: CsvConfig = serde_saphyr::from_str("users: u.csv\ndelimiter: ;\n").unwrap();
         assert_eq!(config.compile(Path::new("/")).unwrap().delimiter, b';');
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+    use std::io::Write;
+
+    /// The line of each user read from `users` (as `users.csv`).
+    fn user_lines(users: &[u8]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.csv");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(users)
+            .unwrap();
+        let settings = CsvSettings {
+            users: path,
+            groups: None,
+            key: "id".into(),
+            delimiter: b',',
+        };
+        read(&settings)
+            .unwrap()
+            .users
+            .iter()
+            .map(|u| format!("{} {}", u.key.as_str(), u.origin))
+            .collect()
+    }
+
+    const USERS: &str = "id,email\n1,a@x.com\n\n2,\"b\nb@x.com\"\n3,c@x.com\n";
+
+    #[test]
+    fn lines_are_counted_the_same_in_lf_and_crlf_files() {
+        let expected = [
+            "1 users.csv line 2",
+            "2 users.csv line 4",
+            "3 users.csv line 6",
+        ];
+        assert_eq!(user_lines(USERS.as_bytes()), expected, "LF");
+        assert_eq!(
+            user_lines(USERS.replace('\n', "\r\n").as_bytes()),
+            expected,
+            "CRLF"
+        );
+    }
+
+    #[test]
+    fn a_malformed_row_in_a_crlf_file_names_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.csv");
+        std::fs::write(&path, "id,email\r\n1,a@x.com\r\n\r\n2,b@x.com,surplus\r\n").unwrap();
+        let settings = CsvSettings {
+            users: path,
+            groups: None,
+            key: "id".into(),
+            delimiter: b',',
+        };
+        let err = read(&settings).unwrap_err().to_string();
+        assert!(err.contains("users.csv line 4: has 3 fields"), "{err}");
     }
 }

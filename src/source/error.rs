@@ -31,6 +31,9 @@ pub struct SourceConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     // -- CSV: the file is wrong ----------------------------------------------
+    /// The configured path is a folder, not a file.
+    #[error("{} is a folder, not a CSV file", .file.display())]
+    IsAFolder { file: PathBuf },
     /// The file has no header row (or is empty).
     #[error("{}: the file is empty or has no header row", .file.display())]
     NoHeader { file: PathBuf },
@@ -255,7 +258,8 @@ impl SourceError {
     pub fn is_unavailable(&self) -> bool {
         use SourceError::*;
         match self {
-            NoHeader { .. }
+            IsAFolder { .. }
+            | NoHeader { .. }
             | HeaderNotUtf8 { .. }
             | MalformedRow { .. }
             | MissingKeyColumn { .. }
@@ -297,6 +301,7 @@ impl SourceError {
         const FIX_ROWS: &str = "fix the rows listed above, then run again; nothing was changed";
         const CHECK_BASES: &str = "check base_dn, user_base_dn and group_base_dn";
         let text: &'static str = match self {
+            IsAFolder { .. } => "point source.users (or source.groups) at the CSV file itself",
             NoHeader { .. } => "the first row must name the columns (id,email,given_name,…)",
             HeaderNotUtf8 { .. } => "save the file as UTF-8",
             MalformedRow { .. } => {

@@ -17,7 +17,7 @@ mod store;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 pub use history::{FailureRecord, RunEnd, RunRecord};
 pub use journal::{JournalEntry, OpOutcome, OpRecord, RunId};
@@ -39,8 +39,28 @@ pub enum StateError {
         found: i64,
         supported: i64,
     },
+    /// The DB (or its folder) cannot be written: found at open, before any run.
+    #[error("state DB {} cannot be written: {message}", .path.display())]
+    ReadOnly { path: PathBuf, message: String },
     #[error("state DB {}: a stored value is corrupt: {message}", .path.display())]
     Corrupt { path: PathBuf, message: String },
+}
+
+/// Fails unless a write transaction can be made. SQLite opens a file it cannot
+/// write read-only without a word; the first write of a run would then fail
+/// and every operation be counted as failed, though nothing was attempted.
+fn check_writable(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
+    let refused = |e: rusqlite::Error| StateError::ReadOnly {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(refused)?;
+    // A write that is rolled back: nothing changes in a writable DB.
+    tx.execute_batch("CREATE TABLE idsync_write_probe (x)")
+        .map_err(refused)?;
+    tx.rollback().map_err(refused)
 }
 
 fn now() -> String {
@@ -77,6 +97,7 @@ impl StateDb {
             _lock: Some(lock),
         };
         db.configure()?;
+        check_writable(&mut db.conn, path)?;
         db.migrate()?;
         // Files an older idsync left readable by others.
         for suffix in ["-wal", "-shm"] {
@@ -331,6 +352,34 @@ mod tests {
         AttrHash, GroupKey, Ownership, ScimId, SourceKey, StateChange, StateUser, Status, UserAttr,
         UserAttrs,
     };
+
+    #[test]
+    fn a_db_that_cannot_be_written_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        drop(StateDb::open(&path).expect("create"));
+        // What SQLite falls back to for a file it may not write.
+        let mut conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let err = check_writable(&mut conn, &path).unwrap_err();
+        assert!(matches!(err, StateError::ReadOnly { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("state DB {} cannot be written: ", path.display())),
+            "{err}"
+        );
+        // A writable DB opens, and the probe leaves nothing behind.
+        let db = StateDb::open(&path).expect("open");
+        let probes: i64 = db
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'idsync_write_probe'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(probes, 0);
+    }
 
     fn user(id: &str, name: &str) -> StateUser {
         let mut attrs = UserAttrs::new();

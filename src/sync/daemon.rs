@@ -21,6 +21,9 @@ const RETRY_BROKEN_CONFIG: Duration = Duration::from_secs(60);
 pub async fn run(path: &Path, shutdown: Arc<AtomicBool>) -> Result<(), ConfigError> {
     let settings = Settings::load(path)?;
     tracing::info!(schedule = %describe_schedule(&settings.schedule), "daemon started");
+    if let Some(warning) = settings.target.cleartext_warning() {
+        tracing::warn!("{warning}");
+    }
     while !shutdown.load(Ordering::SeqCst) {
         let settings = match Settings::load(path) {
             Ok(s) => s,
@@ -52,7 +55,7 @@ pub async fn run(path: &Path, shutdown: Arc<AtomicBool>) -> Result<(), ConfigErr
                     exit_code = summary.exit_code,
                     "cycle done"
                 ),
-                Err(e) => tracing::error!(error = %e, "cycle stopped"),
+                Err(e) => tracing::error!(error = ?e.to_string(), "cycle stopped"),
             }
         }
         if shutdown.load(Ordering::SeqCst) {

@@ -182,9 +182,10 @@ fn storm_of_429_with_rate_limit_reset() {
 
 #[test]
 fn a_long_429_storm_fails_the_cycle_and_the_next_one_finishes() {
-    // Everything after the first 30 requests is throttled for 12 s, longer than a
-    // retry budget of 3 attempts: the cycle ends with failures (exit 1), and the
-    // next one completes.
+    // Everything after the first 30 requests is throttled for 12 s, longer than
+    // `retry.max_elapsed` (5 s; 429s naming their reset do not use up attempts,
+    // but max_elapsed bounds them): the cycle ends with failures (exit 1), and
+    // the next one completes.
     let storm_until: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
     let schedule: Schedule = {
         let storm_until = Arc::clone(&storm_until);
@@ -206,7 +207,7 @@ fn a_long_429_storm_fails_the_cycle_and_the_next_one_finishes() {
         &mut rig.ws,
         &[(
             DEFAULT_TIMEOUT_LINE,
-            "  retry: { max_attempts: 3, max_elapsed: 20s }\n  timeout: ",
+            "  retry: { max_attempts: 3, max_elapsed: 5s }\n  timeout: ",
         )],
     );
     let first = rig.ws.run(&["sync", "--format", "json"]);

@@ -19,5 +19,6 @@ mod harness;
 mod proxy;
 mod selftest;
 mod snapshots;
+mod trust_output;
 mod trust_plan;
 mod trust_removals;

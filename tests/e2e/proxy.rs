@@ -4,7 +4,8 @@
 //! so the proxy works per connection: it reads one request (head and
 //! `Content-Length` body), asks the test's [`Schedule`] what to do with it, and
 //! then either forwards it upstream and relays the answer, or answers itself
-//! (429 with `Retry-After` or `X-RateLimit-Reset`, 5xx, a SCIM error), closes the
+//! (429 with `Retry-After` or `X-RateLimit-Reset`, 5xx, a SCIM error, an error
+//! whose detail echoes the request's headers or is huge), closes the
 //! connection without answering (before or after forwarding), or waits first (a
 //! slow answer). Every request is logged with its arrival time, what was done with
 //! it, and (when forwarded) the time it was forwarded, for counting and for the
@@ -96,6 +97,12 @@ pub enum Fault {
     RateLimitReset(Duration),
     /// Answer this status with a SCIM error body carrying `detail`.
     Status(u16, String),
+    /// Answer this status with a SCIM error whose `detail` quotes the request's
+    /// head, every header included (`Authorization: Bearer …`), as some servers
+    /// and gateways do.
+    EchoHeaders(u16),
+    /// Answer this status with a SCIM error whose `detail` is this many bytes.
+    HugeDetail(u16, usize),
     /// Close the connection without answering; nothing is forwarded.
     Drop,
     /// Forward it, let the server act, then close the connection without relaying
@@ -118,6 +125,8 @@ impl Fault {
             Fault::RetryAfter(_) => "429-retry-after",
             Fault::RateLimitReset(_) => "429-reset",
             Fault::Status(..) => "status",
+            Fault::EchoHeaders(_) => "echo-headers",
+            Fault::HugeDetail(..) => "huge-detail",
             Fault::Drop => "drop",
             Fault::ForwardThenDrop => "forward-then-drop",
             Fault::Delay(_) => "delay",
@@ -518,6 +527,16 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             ))
         }
         Fault::Status(status, detail) => Some(response(*status, &[], &scim_error(*status, detail))),
+        Fault::EchoHeaders(status) => Some(response(
+            *status,
+            &[],
+            &scim_error(*status, &format!("bad request; you sent:\r\n{head_text}")),
+        )),
+        Fault::HugeDetail(status, size) => Some(response(
+            *status,
+            &[],
+            &scim_error(*status, &huge_detail(*size)),
+        )),
         _ => None,
     };
     match answer {
@@ -603,6 +622,13 @@ fn scim_error(status: u16, detail: &str) -> String {
         "detail": detail,
     })
     .to_string()
+}
+
+/// `size` bytes of text: a short marker, then filler.
+fn huge_detail(size: usize) -> String {
+    let mut detail = String::from("huge detail: ");
+    detail.extend(std::iter::repeat_n('x', size.saturating_sub(detail.len())));
+    detail
 }
 
 fn reason(status: u16) -> &'static str {
