@@ -519,17 +519,23 @@ async fn create_group<T: Target>(
     external_id: &str,
     lookup_first: bool,
 ) -> Response {
-    if lookup_first {
-        match target.find_group(name).await {
-            Ok(Some(g)) => {
-                return Response::GroupCreated {
-                    id: g.id,
-                    ownership: Ownership::Created,
-                };
-            }
-            Ok(None) => {}
-            Err(e) => return Response::Failed(e),
+    // Looked up first every time: many servers (scim2-server among them) do not
+    // refuse a second group with the same name, so a group made by hand, or by a
+    // run whose state was lost, would otherwise be duplicated. A group found
+    // here is adopted — unless an interrupted run of ours had just created it.
+    match target.find_group(name).await {
+        Ok(Some(g)) => {
+            return Response::GroupCreated {
+                id: g.id,
+                ownership: if lookup_first {
+                    Ownership::Created
+                } else {
+                    Ownership::Adopted
+                },
+            };
         }
+        Ok(None) => {}
+        Err(e) => return Response::Failed(e),
     }
     match target.create_group(name, external_id).await {
         Ok(id) => Response::GroupCreated {

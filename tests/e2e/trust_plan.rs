@@ -235,3 +235,28 @@ fn state_files_and_saved_plans_are_owner_only_under_umask_022() {
         assert_eq!(mode(f), 0o600, "{} is not owner-only", f.display());
     }
 }
+
+#[test]
+fn a_group_made_by_hand_with_a_new_source_groups_name_is_adopted_not_duplicated() {
+    // scim2-server, like many servers, accepts a second group with a taken name.
+    let (server, ws, mut dir) = synced(6, 2);
+    let by_hand = server.create_group("Platform Team", vec![]);
+    let first = dir.users[0].id.clone();
+    dir.groups
+        .insert("Platform Team".to_string(), vec![first.clone()]);
+    ws.write_directory(&dir);
+    ws.sync_ok();
+    let named: Vec<Value> = server
+        .groups()
+        .into_iter()
+        .filter(|g| str_at(g, "displayName") == "Platform Team")
+        .collect();
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(str_at(&named[0], "id"), by_hand);
+    assert_eq!(
+        named[0]["members"].as_array().map(Vec::len),
+        Some(1),
+        "{named:?}"
+    );
+    ws.assert_plan_empty();
+}
