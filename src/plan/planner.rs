@@ -69,8 +69,15 @@ pub fn plan(input: &PlanningInput) -> Plan {
 pub fn fingerprint(config: &str, generation: i64, full: bool, operations: &[Operation]) -> String {
     // The JSON of typed operations is canonical: fields in declaration order,
     // attribute maps sorted, and a plan read back from a file writes the same.
-    let json = serde_json::to_vec(operations).expect("operations always serialise");
-    let digest = blake3::hash(&json).to_hex();
+    // Streamed into the hasher: a million creates would be a gigabyte of text.
+    let mut hasher = blake3::Hasher::new();
+    {
+        use std::io::Write as _;
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
+        serde_json::to_writer(&mut buffered, operations).expect("operations always serialise");
+        buffered.flush().expect("hashing cannot fail");
+    }
+    let digest = hasher.finalize().to_hex();
     format!(
         "{config}-{generation}{}-{}",
         if full { "-full" } else { "" },
