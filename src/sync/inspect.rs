@@ -131,7 +131,19 @@ pub struct Provisioned {
 
 pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, SyncError> {
     let source = settings.source.adapter();
-    let dir = source.read(&settings.mapping.source_attributes()).await?;
+    let mut db = StateDb::open_read_only(&settings.state_path)?;
+    let attributes = settings.mapping.source_attributes();
+    // A source with a mirror continues from it (the updated mirror is dropped:
+    // `explain` writes nothing).
+    let dir = if source.uses_mirror() {
+        let mirror = match db.as_mut() {
+            Some(db) => db.load_mirror()?,
+            None => Default::default(),
+        };
+        source.read_mirrored(&attributes, mirror).await?.0
+    } else {
+        source.read(&attributes).await?
+    };
     let wanted = Email::new(who);
     let record = dir.users.iter().find(|u| {
         u.key.as_str() == who
@@ -141,7 +153,6 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
                     .any(|v| v.contains('@') && Email::new(v.as_str()) == wanted)
             })
     });
-    let mut db = StateDb::open_read_only(&settings.state_path)?;
     let state = match db.as_mut() {
         Some(db) => db.load()?,
         None => State::default(),
