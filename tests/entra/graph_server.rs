@@ -95,7 +95,9 @@ struct State {
     rounds: HashMap<u64, Vec<Value>>,
     snapshots: HashMap<u64, Snapshot>,
     next_id: u64,
-    tokens: BTreeSet<String>,
+    /// Access tokens handed out, with when they stop being accepted.
+    tokens: HashMap<String, Instant>,
+    token_lifetime: u64,
     secret: String,
     /// Knobs.
     pub users_per_page: usize,
@@ -128,7 +130,8 @@ impl GraphServer {
             rounds: HashMap::new(),
             snapshots: HashMap::new(),
             next_id: 1,
-            tokens: BTreeSet::new(),
+            tokens: HashMap::new(),
+            token_lifetime: 3599,
             secret: secret.to_string(),
             users_per_page: 200,
             members_per_page: 400,
@@ -196,6 +199,11 @@ impl GraphServer {
     /// The next `n` Graph requests are answered 429 with `Retry-After: secs`.
     pub fn throttle(&self, n: usize, secs: u64) {
         self.state.lock().unwrap().throttle = Some((n, secs));
+    }
+
+    /// Access tokens handed out from now on live `secs` seconds.
+    pub fn token_lifetime(&self, secs: u64) {
+        self.state.lock().unwrap().token_lifetime = secs;
     }
 
     /// Requests under `/v1.0/{resource}` are answered 403.
@@ -377,11 +385,15 @@ fn handle(req: &Request, base: &str, s: &mut State) -> Reply {
         }
         let token = format!("tok-{}", s.next_id);
         s.next_id += 1;
-        s.tokens.insert(token.clone());
+        let lifetime = s.token_lifetime;
+        s.tokens.insert(
+            token.clone(),
+            Instant::now() + Duration::from_secs(lifetime),
+        );
         return (
             200,
             vec![],
-            json!({"token_type": "Bearer", "expires_in": 3599, "access_token": token}),
+            json!({"token_type": "Bearer", "expires_in": lifetime, "access_token": token}),
         );
     }
     if req.method != "GET" || !path.starts_with("/v1.0/") {
@@ -393,11 +405,18 @@ fn handle(req: &Request, base: &str, s: &mut State) -> Reply {
         .find(|(k, _)| k == "authorization")
         .and_then(|(_, v)| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    if !bearer.is_some_and(|t| s.tokens.contains(&t)) {
+    let valid = bearer
+        .and_then(|t| s.tokens.get(&t).copied())
+        .is_some_and(|until| Instant::now() < until);
+    if !valid {
+        s.log.push(("401".into(), "unauthorized".into()));
         return (
             401,
             vec![],
-            graph_error("InvalidAuthenticationToken", "Access token is empty."),
+            graph_error(
+                "InvalidAuthenticationToken",
+                "Access token has expired or is not yet valid.",
+            ),
         );
     }
     if let Some((n, secs)) = s.throttle {

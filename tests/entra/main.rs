@@ -35,6 +35,7 @@ struct Setup {
     mapping: PathBuf,
     remove_action: &'static str,
     max_removals: &'static str,
+    full_every: &'static str,
 }
 
 impl Setup {
@@ -62,6 +63,7 @@ impl Setup {
             mapping: repo().join("mappings/entra.yaml"),
             remove_action: "disable",
             max_removals: "100%",
+            full_every: "24h",
         };
         setup.configure();
         setup
@@ -78,6 +80,7 @@ impl Setup {
              \x20 authority_url: {url}\n\
              \x20 graph_url: {url}\n\
              \x20 rate_limit: 500\n\
+             \x20 full_every: {full_every}\n\
              \x20 timeout: 10s\n\
              mapping: {mapping}\n\
              target:\n\
@@ -96,6 +99,7 @@ impl Setup {
             base = self.ws.base_url,
             remove = self.remove_action,
             max = self.max_removals,
+            full_every = self.full_every,
         ));
     }
 
@@ -646,4 +650,71 @@ fn check_gets_a_token_and_names_a_missing_permission_and_a_refused_secret() {
         out.stderr
     );
     assert!(!out.stderr.contains(&s.secret));
+}
+
+#[test]
+fn the_shipped_example_validates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_idsync"))
+        .args(["validate", "-c"])
+        .arg(repo().join("examples/entra.yaml"))
+        .current_dir(dir.path())
+        .env("ENTRA_TENANT_ID", "contoso.onmicrosoft.com")
+        .env("ENTRA_CLIENT_ID", CLIENT_ID)
+        .env(
+            "ATLASSIAN_DIRECTORY_ID",
+            "00000000-0000-0000-0000-000000000000",
+        )
+        .env_remove("IDSYNC_CONFIG")
+        .output()
+        .expect("run idsync");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("entra"), "{stdout}");
+}
+
+#[test]
+fn full_every_starts_a_full_round_and_a_short_lived_token_is_renewed() {
+    let mut s = Setup::new();
+    s.full_every = "2s";
+    s.configure();
+    // Tokens live 2 s (renewed at 9/10 of that) and Graph refuses them after.
+    s.graph.token_lifetime(2);
+    s.graph.edit(|d| *d = directory(10, 1));
+    s.sync_and_compare();
+    s.graph.clear_log();
+    s.sync_and_compare();
+    assert_eq!(
+        full_rounds(&s.graph.log()),
+        0,
+        "incremental within full_every"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    s.graph.clear_log();
+    s.sync_and_compare();
+    assert_eq!(full_rounds(&s.graph.log()), 1, "full_every passed");
+
+    // A slow read (Retry-After 1 s, three times) outlives the token: renewed.
+    s.graph.edit(|d| {
+        d.users
+            .get_mut(&uid(1))
+            .unwrap()
+            .insert("jobTitle".into(), json!("Lead"));
+    });
+    s.graph.throttle(3, 1);
+    s.graph.clear_log();
+    s.sync_and_compare();
+    assert!(s.graph.token_requests() >= 2, "{:?}", s.graph.log());
+    assert!(
+        !s.graph
+            .log()
+            .iter()
+            .any(|(_, p)| p.contains("unauthorized")),
+        "never refused"
+    );
 }
