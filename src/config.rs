@@ -1068,7 +1068,7 @@ source:";
         let e = config_error(&ENTRA.replace("  client_secret_env: ENTRA_SECRET\n", ""));
         assert!(
             e.to_string()
-                .starts_with("/etc/idsync/idsync.yaml:10:14: no client secret"),
+                .starts_with("/etc/idsync/idsync.yaml:10:14: no credential"),
             "{e}"
         );
         assert_eq!(
@@ -1078,9 +1078,23 @@ source:";
         let e = config_error(&format!("{ENTRA}  client_secret_file: /etc/s\n"));
         assert!(
             e.to_string()
-                .starts_with("/etc/idsync/idsync.yaml:12:23: both `client_secret_env`"),
+                .starts_with("/etc/idsync/idsync.yaml:12:23: `client_secret_env` and `client_secret_file` are set"),
             "{e}"
         );
+        let e = config_error(&format!(
+            "{}  certificate_file: app.pem\n",
+            ENTRA.replace("  client_secret_env: ENTRA_SECRET\n", "")
+        ));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:11:21: a certificate credential needs both"),
+            "{e}"
+        );
+        let e = config_error(&format!(
+            "{}  certificate_file: app.pem\n  private_key_file: app.key\n",
+            ENTRA.replace("  client_secret_env: ENTRA_SECRET\n", "")
+        ));
+        assert!(e.to_string().contains("mapping file"), "{e}");
         let e = config_error(&format!("{ENTRA}  full_every: daily\n"));
         assert!(
             e.to_string().starts_with(

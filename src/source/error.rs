@@ -255,10 +255,12 @@ pub enum SourceError {
     EntraSecretFile { path: PathBuf, problem: String },
     /// The token endpoint refused the credential. `reason` is what it said
     /// (Entra's `error` and `error_description`), never the secret.
-    #[error("Entra ID refused the credential of client {client_id} in tenant {tenant}: {reason}")]
+    /// `credential` says where the credential comes from, never its value.
+    #[error("Entra ID refused {credential} of client {client_id} in tenant {tenant}: {reason}")]
     EntraAuthRefused {
         tenant: String,
         client_id: String,
+        credential: String,
         reason: String,
     },
     /// No answer from the token endpoint or Graph (connection, TLS, timeout).
@@ -491,8 +493,9 @@ impl SourceError {
                 .into();
             }
             EntraAuthRefused { .. } => {
-                "check tenant_id, client_id and the client secret (secrets expire; make a new \
-                 one under Certificates & secrets of the app registration), then run `idsync check`"
+                "check tenant_id, client_id and the credential (secrets expire: make a new one \
+                 under Certificates & secrets of the app registration, or upload the \
+                 certificate there), then run `idsync check`"
             }
             GraphUnreachable { .. } => {
                 "check authority_url / graph_url, the network and proxies, or raise timeout"

@@ -99,6 +99,9 @@ struct State {
     tokens: HashMap<String, Instant>,
     token_lifetime: u64,
     secret: String,
+    /// A certificate credential accepted besides the secret: the public key
+    /// (PEM) and the expected `x5t` thumbprint.
+    certificate: Option<(Vec<u8>, String)>,
     /// Knobs.
     pub users_per_page: usize,
     pub members_per_page: usize,
@@ -133,6 +136,7 @@ impl GraphServer {
             tokens: HashMap::new(),
             token_lifetime: 3599,
             secret: secret.to_string(),
+            certificate: None,
             users_per_page: 200,
             members_per_page: 400,
             repeat_objects: true,
@@ -199,6 +203,12 @@ impl GraphServer {
     /// The next `n` Graph requests are answered 429 with `Retry-After: secs`.
     pub fn throttle(&self, n: usize, secs: u64) {
         self.state.lock().unwrap().throttle = Some((n, secs));
+    }
+
+    /// Also accepts client assertions signed by the key whose public half is
+    /// `public_key_pem`, naming the certificate by `x5t`.
+    pub fn accept_certificate(&self, public_key_pem: &[u8], x5t: &str) {
+        self.state.lock().unwrap().certificate = Some((public_key_pem.to_vec(), x5t.to_string()));
     }
 
     /// Access tokens handed out from now on live `secs` seconds.
@@ -371,10 +381,19 @@ fn handle(req: &Request, base: &str, s: &mut State) -> Reply {
     let (path, params) = query(&req.target);
     if req.method == "POST" && path == format!("/{TENANT}/oauth2/v2.0/token") {
         let form: HashMap<String, String> = query(&format!("?{}", req.body)).1;
-        let ok = form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
-            && form.get("client_secret") == Some(&s.secret)
+        let common = form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
             && form.get("grant_type").map(String::as_str) == Some("client_credentials")
             && form.get("scope") == Some(&format!("{base}/.default"));
+        let proof = match (form.get("client_secret"), form.get("client_assertion")) {
+            (Some(secret), None) => *secret == s.secret,
+            (None, Some(jwt)) => {
+                form.get("client_assertion_type").map(String::as_str)
+                    == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                    && assertion_ok(jwt, &format!("{base}{path}"), s.certificate.as_ref())
+            }
+            _ => false,
+        };
+        let ok = common && proof;
         if !ok {
             return (
                 401,
@@ -659,4 +678,30 @@ fn group_changes(s: &State, previous: Option<&Snapshot>, per_page: usize) -> Vec
         }
     }
     out
+}
+
+/// A client assertion as Entra checks it: RS256 signed by the registered
+/// certificate's key, named by its thumbprint, for this token endpoint, from
+/// the client, not expired.
+fn assertion_ok(jwt: &str, token_url: &str, certificate: Option<&(Vec<u8>, String)>) -> bool {
+    let Some((public_key, x5t)) = certificate else {
+        return false;
+    };
+    let Ok(header) = jsonwebtoken::decode_header(jwt) else {
+        return false;
+    };
+    if header.alg != jsonwebtoken::Algorithm::RS256 || header.x5t.as_deref() != Some(x5t.as_str()) {
+        return false;
+    }
+    let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(public_key) else {
+        return false;
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[token_url]);
+    validation.set_issuer(&[CLIENT_ID]);
+    validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+    match jsonwebtoken::decode::<Value>(jwt, &key, &validation) {
+        Ok(data) => data.claims["sub"] == CLIENT_ID && data.claims["jti"].is_string(),
+        Err(_) => false,
+    }
 }

@@ -36,6 +36,8 @@ struct Setup {
     remove_action: &'static str,
     max_removals: &'static str,
     full_every: &'static str,
+    /// The credential's lines of the `source:` section.
+    credential: String,
 }
 
 impl Setup {
@@ -64,6 +66,7 @@ impl Setup {
             remove_action: "disable",
             max_removals: "100%",
             full_every: "24h",
+            credential: "  client_secret_file: client-secret\n".into(),
         };
         setup.configure();
         setup
@@ -76,7 +79,7 @@ impl Setup {
              \x20 kind: entra\n\
              \x20 tenant_id: {TENANT}\n\
              \x20 client_id: {CLIENT_ID}\n\
-             \x20 client_secret_file: client-secret\n\
+             {credential}\
              \x20 authority_url: {url}\n\
              \x20 graph_url: {url}\n\
              \x20 rate_limit: 500\n\
@@ -100,6 +103,7 @@ impl Setup {
             remove = self.remove_action,
             max = self.max_removals,
             full_every = self.full_every,
+            credential = self.credential,
         ));
     }
 
@@ -717,4 +721,77 @@ fn full_every_starts_a_full_round_and_a_short_lived_token_is_renewed() {
             .any(|(_, p)| p.contains("unauthorized")),
         "never refused"
     );
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn a_certificate_credential_signs_a_client_assertion() {
+    use base64::Engine as _;
+    let mut s = Setup::new();
+    let dir = s.ws.path().to_path_buf();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "app.key",
+            "-out",
+            "app.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=idsync-test",
+        ],
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("app.key"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+    }
+    let public = openssl(&dir, &["pkey", "-in", "app.key", "-pubout"]);
+    let der = openssl(&dir, &["x509", "-in", "app.pem", "-outform", "DER"]);
+    let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
+    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha1.as_ref());
+    s.graph.accept_certificate(&public, &x5t);
+    s.credential = "  certificate_file: app.pem\n  private_key_file: app.key\n".into();
+    s.configure();
+    s.graph.edit(|d| *d = directory(5, 1));
+    s.run(&["check"]).assert_code(0);
+    s.sync_and_compare();
+
+    // Another key for the same certificate: refused, exit 5.
+    openssl(&dir, &["genrsa", "-out", "other.key", "2048"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("other.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+    }
+    s.credential = "  certificate_file: app.pem\n  private_key_file: other.key\n".into();
+    s.configure();
+    let out = s.run(&["sync"]);
+    out.assert_code(5);
+    assert!(out.stderr.contains("the certificate"), "{}", out.stderr);
+    assert!(!out.stderr.contains("PRIVATE KEY"), "{}", out.stderr);
 }

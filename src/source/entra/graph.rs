@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::EntraSettings;
+use super::credential::Loaded;
 use crate::source::SourceError;
 
 /// Attempts per request (the first one included).
@@ -46,7 +47,7 @@ struct Token {
 pub struct Graph<'a> {
     settings: &'a EntraSettings,
     http: reqwest::Client,
-    secret: SecretString,
+    credential: Loaded,
     token: Option<Token>,
     next_slot: Instant,
     /// Requests sent to Graph (the token endpoint not included).
@@ -64,7 +65,7 @@ pub fn shown(url: &str) -> String {
 impl<'a> Graph<'a> {
     /// Reads the secret; nothing is sent yet.
     pub fn new(settings: &'a EntraSettings) -> Result<Graph<'a>, SourceError> {
-        let secret = settings.secret.read()?;
+        let credential = settings.credential.read()?;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
@@ -77,7 +78,7 @@ impl<'a> Graph<'a> {
         Ok(Graph {
             settings,
             http,
-            secret,
+            credential,
             token: None,
             next_slot: Instant::now(),
             requests: 0,
@@ -100,18 +101,22 @@ impl<'a> Graph<'a> {
         }
         let url = self.token_url();
         let s = self.settings;
-        let form = [
+        let proof = self.credential.form_fields(&s.client_id, &url)?;
+        let scope = format!("{}/.default", s.graph_url);
+        let mut form: Vec<(&str, &str)> = vec![
             ("client_id", s.client_id.as_str()),
-            ("client_secret", self.secret.expose_secret()),
-            ("scope", &format!("{}/.default", s.graph_url)),
+            ("scope", &scope),
             ("grant_type", "client_credentials"),
         ];
+        form.extend(proof.iter().map(|(k, v)| (*k, v.expose_secret())));
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
             let sent = self.http.post(&url).form(&form).send().await;
             match sent {
-                Ok(r) if r.status().is_server_error() && attempt < MAX_ATTEMPTS => {}
+                Ok(r)
+                    if (r.status().is_server_error() || r.status().as_u16() == 429)
+                        && attempt < MAX_ATTEMPTS => {}
                 Ok(r) => break r,
                 Err(e) if attempt >= MAX_ATTEMPTS => {
                     return Err(SourceError::GraphUnreachable {
@@ -139,6 +144,7 @@ impl<'a> Graph<'a> {
             return Err(SourceError::EntraAuthRefused {
                 tenant: s.tenant_id.clone(),
                 client_id: s.client_id.clone(),
+                credential: s.credential.describe(),
                 reason,
             });
         }
@@ -219,7 +225,7 @@ impl<'a> Graph<'a> {
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+                .and_then(retry_after_secs);
             if status == 200 {
                 let text = response
                     .text()
@@ -285,6 +291,18 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// `Retry-After` as seconds, or as an HTTP date (seconds from now).
+fn retry_after_secs(value: &str) -> Option<u64> {
+    let value = value.trim();
+    value.parse().ok().or_else(|| {
+        let at = httpdate::parse_http_date(value).ok()?;
+        Some(
+            at.duration_since(std::time::SystemTime::now())
+                .map_or(0, |d| d.as_secs()),
+        )
+    })
+}
+
 /// The application permission reading `url` needs.
 fn permission_for(url: &str) -> Option<&'static str> {
     let path = shown(url);
@@ -328,6 +346,13 @@ fn plain(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        assert_eq!(retry_after_secs(" 7 "), Some(7));
+        assert_eq!(retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
+        assert_eq!(retry_after_secs("soon"), None);
+    }
 
     #[test]
     fn a_403_names_the_permission_of_the_resource() {

@@ -19,19 +19,20 @@
 //! the merge rules (`delta`). Does not own: storing the mirror (`state`), when it
 //! is committed (`sync`).
 
+mod credential;
 mod delta;
 mod graph;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use secrecy::SecretString;
 use serde_saphyr::Spanned;
 
 use super::{Source, SourceConfigError, SourceError};
 use crate::model::{Mirror, SourceDirectory};
+use credential::Credential;
 pub use delta::{PageStats, apply_groups, apply_users, directory};
 use graph::{Answer, Graph, shown};
 
@@ -59,6 +60,12 @@ pub struct EntraConfig {
     client_secret_env: Option<Spanned<String>>,
     #[serde(default)]
     client_secret_file: Option<Spanned<String>>,
+    /// A certificate credential: the certificate (PEM) registered with the
+    /// app, and its RSA private key (PEM, mode 600).
+    #[serde(default)]
+    certificate_file: Option<Spanned<String>>,
+    #[serde(default)]
+    private_key_file: Option<Spanned<String>>,
     #[serde(default)]
     authority_url: Option<Spanned<String>>,
     #[serde(default)]
@@ -74,19 +81,12 @@ pub struct EntraConfig {
     timeout: Option<Spanned<String>>,
 }
 
-/// Where the client secret is; read only when Graph is contacted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum SecretSource {
-    Env(String),
-    File(PathBuf),
-}
-
 /// A checked Entra source configuration (never the secret itself).
 #[derive(Clone, Debug)]
 pub struct EntraSettings {
     tenant_id: String,
     client_id: String,
-    secret: SecretSource,
+    credential: Credential,
     authority_url: String,
     graph_url: String,
     full_every: Duration,
@@ -169,41 +169,72 @@ impl EntraConfig {
         };
         let tenant_id = non_empty("tenant_id", &self.tenant_id)?;
         let client_id = non_empty("client_id", &self.client_id)?;
-        let secret = match (&self.client_secret_env, &self.client_secret_file) {
-            (Some(var), None) if !var.value.trim().is_empty() => {
-                SecretSource::Env(var.value.trim().into())
+        let resolve = |f: &Spanned<String>| {
+            let p = Path::new(f.value.trim());
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                config_dir.join(p)
             }
-            (None, Some(file)) if !file.value.trim().is_empty() => {
-                let p = Path::new(file.value.trim());
-                SecretSource::File(if p.is_absolute() {
-                    p.to_path_buf()
-                } else {
-                    config_dir.join(p)
-                })
-            }
-            (Some(env), Some(file)) => {
-                let at = |l: &serde_saphyr::Location| (l.line(), l.column());
-                let later = if at(&file.referenced) > at(&env.referenced) {
-                    file.referenced
-                } else {
-                    env.referenced
-                };
-                return Err(SourceConfigError {
-                    location: later,
-                    message: "both `client_secret_env` and `client_secret_file` are set: keep one"
-                        .into(),
-                    hint: README_HINT.into(),
-                });
-            }
-            (None, None) => {
+        };
+        let given: Vec<(&str, &Spanned<String>)> = [
+            ("client_secret_env", &self.client_secret_env),
+            ("client_secret_file", &self.client_secret_file),
+            ("certificate_file", &self.certificate_file),
+            ("private_key_file", &self.private_key_file),
+        ]
+        .into_iter()
+        .filter_map(|(name, f)| f.as_ref().map(|f| (name, f)))
+        .collect();
+        if let Some((name, empty)) = given.iter().find(|(_, f)| f.value.trim().is_empty()) {
+            return Err(refuse(*empty, format!("`{name}` is empty")));
+        }
+        let credential = match (
+            &self.client_secret_env,
+            &self.client_secret_file,
+            &self.certificate_file,
+            &self.private_key_file,
+        ) {
+            (Some(var), None, None, None) => Credential::SecretEnv(var.value.trim().into()),
+            (None, Some(file), None, None) => Credential::SecretFile(resolve(file)),
+            (None, None, Some(cert), Some(key)) => Credential::Certificate {
+                certificate: resolve(cert),
+                private_key: resolve(key),
+            },
+            (None, None, None, None) => {
                 return Err(refuse(
                     &self.client_id,
-                    "no client secret: set `client_secret_env` (an environment variable's name) \
-                     or `client_secret_file` (a file only idsync can read)",
+                    "no credential: set `client_secret_env` (an environment variable's name), \
+                     `client_secret_file` (a file only idsync can read), or \
+                     `certificate_file` and `private_key_file`",
                 ));
             }
-            (Some(empty), None) | (None, Some(empty)) => {
-                return Err(refuse(empty, "the client secret setting is empty"));
+            (None, None, Some(_), None) | (None, None, None, Some(_)) => {
+                let (_, field) = given[0];
+                return Err(refuse(
+                    field,
+                    "a certificate credential needs both `certificate_file` and `private_key_file`",
+                ));
+            }
+            _ => {
+                // At the one written last: that is the one to reconsider.
+                let at = |l: &serde_saphyr::Location| (l.line(), l.column());
+                let (_, later) = given
+                    .iter()
+                    .max_by_key(|(_, f)| at(&f.referenced))
+                    .expect("two or more are set");
+                return Err(refuse(
+                    *later,
+                    format!(
+                        "{} are set: use one credential (a client secret from a variable or a \
+                         file, or a certificate)",
+                        given
+                            .iter()
+                            .map(|(n, _)| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    ),
+                ));
             }
         };
         let authority_url = base_url(
@@ -230,48 +261,13 @@ impl EntraConfig {
         Ok(EntraSettings {
             tenant_id,
             client_id,
-            secret,
+            credential,
             authority_url,
             graph_url,
             full_every,
             rate_limit,
             timeout,
         })
-    }
-}
-
-impl SecretSource {
-    fn read(&self) -> Result<SecretString, SourceError> {
-        match self {
-            SecretSource::Env(var) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
-                _ => Err(SourceError::EntraSecretNotSet { var: var.clone() }),
-            },
-            SecretSource::File(path) => {
-                let problem = |problem: String| SourceError::EntraSecretFile {
-                    path: path.clone(),
-                    problem,
-                };
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let meta = std::fs::metadata(path).map_err(|e| problem(e.to_string()))?;
-                    let mode = meta.permissions().mode();
-                    if mode & 0o077 != 0 {
-                        return Err(problem(format!(
-                            "is open to other users (mode {:o})",
-                            mode & 0o777
-                        )));
-                    }
-                }
-                let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
-                let secret = text.trim();
-                if secret.is_empty() {
-                    return Err(problem("is empty".into()));
-                }
-                Ok(SecretString::from(secret.to_string()))
-            }
-        }
     }
 }
 
