@@ -391,6 +391,20 @@ fn cycles_follow_changes_attribute_disable_soft_delete_restore_and_delete() {
         "an incremental cycle with one change: {log:?}"
     );
 
+    // `plan` sees a change through the mirror and writes nothing: the state DB
+    // (mirror and links included) is byte for byte the same.
+    s.graph.edit(|d| {
+        d.users
+            .get_mut(&uid(6))
+            .unwrap()
+            .insert("department".into(), json!("Sales"));
+    });
+    let before = s.ws.state_bytes();
+    let plan = s.ws.plan_json();
+    assert_eq!(plan["summary"]["update_users"], 1, "{plan}");
+    assert_eq!(s.ws.state_bytes(), before, "plan wrote to the state DB");
+    s.sync_and_compare();
+
     // A disabled account is an ordinary change.
     s.graph.edit(|d| {
         d.users
