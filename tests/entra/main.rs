@@ -6,6 +6,8 @@
 //! the default mapping's rules and nested groups flattened).
 
 mod graph_server;
+#[path = "../e2e/proxy.rs"]
+mod proxy;
 #[path = "../e2e/harness.rs"]
 mod scim;
 
@@ -808,4 +810,48 @@ fn a_certificate_credential_signs_a_client_assertion() {
     out.assert_code(5);
     assert!(out.stderr.contains("the certificate"), "{}", out.stderr);
     assert!(!out.stderr.contains("PRIVATE KEY"), "{}", out.stderr);
+}
+
+#[test]
+fn a_failed_apply_keeps_the_link_and_the_next_cycle_reads_the_same_changes() {
+    let mut s = Setup::new();
+    let proxy = proxy::FaultProxy::start(s.scim.port(), proxy::pass_through());
+    s.ws.base_url = proxy.base_url();
+    s.configure();
+    s.graph.edit(|d| *d = directory(10, 1));
+    s.sync_and_compare();
+
+    // The target refuses the update: exit 1, the mirror and its link stay.
+    s.graph.edit(|d| {
+        d.users
+            .get_mut(&uid(1))
+            .unwrap()
+            .insert("jobTitle".into(), json!("Lead"));
+    });
+    proxy.set_schedule(std::sync::Arc::new(|r: &proxy::Req| {
+        if r.method == "PATCH" {
+            proxy::Fault::Status(400, "refused for the test".into())
+        } else {
+            proxy::Fault::Forward
+        }
+    }));
+    s.graph.clear_log();
+    let out = s.run(&["sync", "--format", "json"]);
+    out.assert_code(1);
+    let failed = delta_tokens(&s.graph.log());
+    assert_eq!(failed.len(), 1, "{:?}", s.graph.log());
+
+    // The target is back: the same changes are read again, from the same link.
+    proxy.set_schedule(proxy::pass_through());
+    s.graph.clear_log();
+    let summary = s.sync_and_compare();
+    assert_eq!(summary["summary"]["update_users"], 1, "{summary}");
+    assert_eq!(delta_tokens(&s.graph.log()), failed, "the same link again");
+    s.graph.clear_log();
+    s.ws.assert_plan_empty();
+    assert_ne!(
+        delta_tokens(&s.graph.log()),
+        failed,
+        "committed after the apply"
+    );
 }
