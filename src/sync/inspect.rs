@@ -35,6 +35,21 @@ pub struct StatusReport {
     pub failures: Vec<FailureRecord>,
     pub interrupted_operations: usize,
     pub quarantine: Option<Quarantine>,
+    /// For a source with a mirror (Entra ID): what the mirror holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorStatus>,
+}
+
+/// The committed mirror of an incremental source.
+#[derive(Clone, Debug, Serialize)]
+pub struct MirrorStatus {
+    pub users: usize,
+    pub groups: usize,
+    /// True when delta links are committed (the next cycle is incremental
+    /// unless a full round is due).
+    pub delta_links: bool,
+    /// When the last committed full round started (RFC 3339).
+    pub last_full_round: Option<String>,
 }
 
 pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
@@ -50,6 +65,7 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
         failures: Vec::new(),
         interrupted_operations: 0,
         quarantine: None,
+        mirror: None,
     };
     let Some(mut db) = StateDb::open_read_only(&settings.state_path)? else {
         return Ok(report);
@@ -70,6 +86,18 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     report.failures = db.recent_failures(STATUS_FAILURES)?;
     report.interrupted_operations = db.interrupted_ops()?.len();
     report.quarantine = Some(quarantine::load(&db)?);
+    if settings.source.adapter().uses_mirror() {
+        let mirror = db.load_mirror()?;
+        report.mirror = Some(MirrorStatus {
+            users: mirror.users.len(),
+            groups: mirror.groups.len(),
+            delta_links: mirror.has_links(),
+            last_full_round: mirror
+                .full_at
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        });
+    }
     Ok(report)
 }
 

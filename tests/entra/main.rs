@@ -442,6 +442,20 @@ fn cycles_follow_changes_attribute_disable_soft_delete_restore_and_delete() {
     s.graph.edit(|d| d.hard_delete(&uid(4)));
     s.sync_and_compare();
     s.ws.assert_plan_empty();
+
+    // `status` shows the mirror.
+    let out = s.run(&["status", "--format", "json"]);
+    out.assert_code(0);
+    let status = out.json();
+    assert_eq!(status["mirror"]["users"], 30, "{status}"); // 31 read, 1 deleted
+    assert_eq!(status["mirror"]["groups"], 4, "{status}");
+    assert_eq!(status["mirror"]["delta_links"], true, "{status}");
+    let out = s.run(&["status"]);
+    assert!(
+        out.stdout.contains("Source mirror: 30 users, 4 groups"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
