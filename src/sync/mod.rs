@@ -254,7 +254,15 @@ pub async fn planning_input<T: Target>(
     } else {
         None
     };
-    let mirror_in = old_mirror.clone();
+    // `--full` is a full resync on both sides: a source with a mirror reads
+    // everything again too (without links, the adapter starts a full round).
+    let mirror_in = old_mirror.clone().map(|mut m| {
+        if full_target.is_some() {
+            m.users_link = None;
+            m.groups_link = None;
+        }
+        m
+    });
     // The state DB is loaded on its own thread while the source is read and
     // mapped: the two are independent, and on large directories each takes
     // seconds.

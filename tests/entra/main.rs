@@ -534,6 +534,12 @@ fn an_expired_link_starts_a_full_round_410_and_400() {
     s.graph.clear_log();
     s.sync_and_compare();
     assert_eq!(full_rounds(&s.graph.log()), 0);
+
+    // `sync --full` is a full resync of the source too.
+    s.graph.clear_log();
+    s.run(&["sync", "--full"]).assert_code(0);
+    assert_eq!(full_rounds(&s.graph.log()), 1);
+    assert_matches(&s.graph.directory(), &s.scim.contents(), "disable");
 }
 
 #[test]
