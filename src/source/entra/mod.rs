@@ -360,7 +360,7 @@ pub async fn read(
     let mut graph = Graph::new(settings)?;
     let now = unix_now();
     let (updated, kind) = match full_round_reason(&mirror, &hash, now, settings.full_every) {
-        None => match incremental(&mut graph, &mirror).await? {
+        None => match incremental(&mut graph, mirror).await? {
             Some(m) => (m, "incremental"),
             None => {
                 tracing::warn!(
@@ -393,15 +393,11 @@ pub async fn read(
     Ok((dir, updated))
 }
 
-/// Continues from the committed links into a copy of `mirror`; `None` when
-/// Graph says a link is no longer valid.
-async fn incremental(
-    graph: &mut Graph<'_>,
-    mirror: &Mirror,
-) -> Result<Option<Mirror>, SourceError> {
-    let mut m = mirror.clone();
-    let (Some(users_link), Some(groups_link)) =
-        (mirror.users_link.clone(), mirror.groups_link.clone())
+/// Continues from the committed links, applying the changes to `mirror` (the
+/// engine's copy); `None` when Graph says a link is no longer valid.
+async fn incremental(graph: &mut Graph<'_>, mirror: Mirror) -> Result<Option<Mirror>, SourceError> {
+    let mut m = mirror;
+    let (Some(users_link), Some(groups_link)) = (m.users_link.clone(), m.groups_link.clone())
     else {
         return Ok(None);
     };
