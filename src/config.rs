@@ -16,6 +16,7 @@ use crate::model::Domain;
 use crate::plan::{OnRename, PlanOptions, Policy, RemovalLimit, RemoveAction};
 use crate::scim::{Flavour, RateLimit, RetryPolicy};
 use crate::source::csv::{CsvConfig, CsvSettings};
+use crate::source::entra::{EntraConfig, EntraSettings};
 use crate::source::ldap::{LdapConfig, LdapSettings};
 use crate::source::{Source, SourceConfigError};
 
@@ -87,7 +88,7 @@ struct RawConfig<S> {
 enum RawSource {
     Csv(CsvConfig),
     Ldap(Box<LdapConfig>),
-    Entra,
+    Entra(Box<EntraConfig>),
 }
 
 /// The adapters `source.kind` can name.
@@ -109,11 +110,6 @@ struct SourceKindProbe {
 struct SourceKindOnly {
     kind: SourceKind,
 }
-
-/// `kind: entra` takes no other field yet.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EntraConfig {}
 
 impl<S> RawConfig<S> {
     fn map_source<T>(self, f: impl FnOnce(S) -> T) -> RawConfig<T> {
@@ -155,7 +151,7 @@ fn parse_raw(file: &str, text: &str) -> Result<RawConfig<RawSource>, ConfigError
             .map_source(|s| RawSource::Ldap(Box::new(s.0))),
         SourceKind::Entra => serde_saphyr::from_str::<RawConfig<Kinded<EntraConfig>>>(text)
             .map_err(error)?
-            .map_source(|_| RawSource::Entra),
+            .map_source(|s| RawSource::Entra(Box::new(s.0))),
     };
     Ok(raw)
 }
@@ -506,6 +502,7 @@ pub struct TargetSettings {
 pub enum SourceSettings {
     Csv(CsvSettings),
     Ldap(Box<LdapSettings>),
+    Entra(Box<EntraSettings>),
 }
 
 impl SourceSettings {
@@ -514,6 +511,7 @@ impl SourceSettings {
         match self {
             SourceSettings::Csv(csv) => csv,
             SourceSettings::Ldap(ldap) => ldap.as_ref(),
+            SourceSettings::Entra(entra) => entra.as_ref(),
         }
     }
 }
@@ -589,15 +587,8 @@ impl Settings {
             RawSource::Ldap(ldap) => {
                 SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(refused)?))
             }
-            RawSource::Entra => {
-                return Err(at(
-                    &raw.source.referenced,
-                    "this build of idsync reads CSV and LDAP sources only".into(),
-                    Some(
-                        "use `kind: csv` or `kind: ldap`; the Entra ID source is on the roadmap"
-                            .into(),
-                    ),
-                ));
+            RawSource::Entra(entra) => {
+                SourceSettings::Entra(Box::new(entra.compile(&base).map_err(refused)?))
             }
         };
 
@@ -1231,6 +1222,68 @@ source:";
         );
     }
 
+    const ENTRA: &str = "
+  kind: entra
+  tenant_id: contoso.onmicrosoft.com
+  client_id: 11111111-2222-3333-4444-555555555555
+  client_secret_env: ENTRA_SECRET
+";
+
+    #[test]
+    fn entra_mistakes_are_reported_at_their_field() {
+        let e = config_error(ENTRA).to_string();
+        assert!(e.contains("mapping file"), "{e}");
+        let e = config_error(&ENTRA.replace("  client_secret_env: ENTRA_SECRET\n", ""));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:10:14: no credential"),
+            "{e}"
+        );
+        assert_eq!(
+            e.hint().as_deref(),
+            Some("see the Entra ID source section of the README")
+        );
+        let e = config_error(&format!("{ENTRA}  client_secret_file: /etc/s\n"));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:12:23: `client_secret_env` and `client_secret_file` are set"),
+            "{e}"
+        );
+        let e = config_error(&format!(
+            "{}  certificate_file: app.pem\n",
+            ENTRA.replace("  client_secret_env: ENTRA_SECRET\n", "")
+        ));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:11:21: a certificate credential needs both"),
+            "{e}"
+        );
+        let e = config_error(&format!(
+            "{}  certificate_file: app.pem\n  private_key_file: app.key\n",
+            ENTRA.replace("  client_secret_env: ENTRA_SECRET\n", "")
+        ));
+        assert!(e.to_string().contains("mapping file"), "{e}");
+        let e = config_error(&format!("{ENTRA}  full_every: daily\n"));
+        assert!(
+            e.to_string().starts_with(
+                "/etc/idsync/idsync.yaml:12:15: full_every \"daily\" is not a duration"
+            ),
+            "{e}"
+        );
+        let e = config_error(&format!("{ENTRA}  graph_url: ftp://graph\n"));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:12:14: graph_url"),
+            "{e}"
+        );
+        let e = config_error(&format!("{ENTRA}  rate_limit: 0\n"));
+        assert!(
+            e.to_string()
+                .starts_with("/etc/idsync/idsync.yaml:12:15: rate_limit 0 is out of range"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn aliases_work_in_the_source_section() {
         let e = config_error(&format!(
@@ -1278,10 +1331,7 @@ source:";
         let e = config_error("\n  users: u.csv\n").to_string();
         assert!(e.contains("missing field `kind`"), "{e}");
         let e = config_error("\n  kind: entra\n").to_string();
-        assert!(
-            e.starts_with("/etc/idsync/idsync.yaml:8:3: this build of idsync reads CSV and LDAP"),
-            "{e}"
-        );
+        assert!(e.contains("missing field `tenant_id`"), "{e}");
         let e = config_error("\n  kind: entra\n  tenant: x\n").to_string();
         assert!(e.contains("unknown field `tenant`"), "{e}");
     }

@@ -609,7 +609,6 @@ fn default_mapping_files_compile_and_map() {
                     ("surname", "Lee"),
                     ("displayName", "Ann Lee"),
                     ("jobTitle", "CTO"),
-                    ("companyName", "Contoso"),
                     ("employeeId", "7"),
                     ("accountEnabled", "false"),
                 ],
@@ -618,10 +617,28 @@ fn default_mapping_files_compile_and_map() {
         )
         .unwrap()
         .unwrap();
-    assert_eq!(u.user_name(), "Ann.Lee@contoso.com");
+    assert_eq!(u.user_name(), "ann@contoso.com");
     assert_eq!(u.attrs[&UserAttr::Title], "CTO");
     assert!(!u.active);
     assert!(entra.source_attributes().contains("accountEnabled"));
+    assert!(entra.source_attributes().contains("userType"));
+    let guest = entra
+        .map_user(
+            &user(
+                "0f1f",
+                3,
+                &[
+                    (
+                        "userPrincipalName",
+                        "bob_fabrikam.com#EXT#@contoso.onmicrosoft.com",
+                    ),
+                    ("userType", "Guest"),
+                ],
+            ),
+            &[],
+        )
+        .unwrap();
+    assert!(guest.is_none(), "guests are out of scope by default");
 }
 
 #[test]

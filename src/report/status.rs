@@ -33,6 +33,20 @@ pub fn status_text(report: &StatusReport) -> String {
         report.managed_groups,
         report.removed_users
     );
+    if let Some(m) = &report.mirror {
+        let _ = writeln!(
+            out,
+            "Source mirror: {} users, {} groups; last full round {}; {}",
+            m.users,
+            m.groups,
+            m.last_full_round.as_deref().unwrap_or("never"),
+            if m.delta_links {
+                "delta links committed"
+            } else {
+                "no delta link yet (the next cycle is a full round)"
+            }
+        );
+    }
     if let Some(q) = report.quarantine.as_ref().filter(|q| q.failed_cycles > 0) {
         let _ = writeln!(
             out,

@@ -249,6 +249,50 @@ pub enum SourceError {
         group_dn: String,
         stopped_at: u64,
     },
+
+    // -- Entra ID (Microsoft Graph) ---------------------------------------------
+    #[error("the Entra client secret variable {var} is not set")]
+    EntraSecretNotSet { var: String },
+    /// `client_secret_file` cannot be used; `problem` says why (never its content).
+    #[error("Entra client secret file {}: {problem}", .path.display())]
+    EntraSecretFile { path: PathBuf, problem: String },
+    /// The token endpoint refused the credential. `reason` is what it said
+    /// (Entra's `error` and `error_description`), never the secret.
+    /// `credential` says where the credential comes from, never its value.
+    #[error("Entra ID refused {credential} of client {client_id} in tenant {tenant}: {reason}")]
+    EntraAuthRefused {
+        tenant: String,
+        client_id: String,
+        credential: String,
+        reason: String,
+    },
+    /// No answer from the token endpoint or Graph (connection, TLS, timeout).
+    #[error("{url}: {reason}; nothing was planned")]
+    GraphUnreachable { url: String, reason: String },
+    /// Graph refused a request. `permission`: the application permission a 403
+    /// on this resource points to.
+    #[error("Graph {url}: HTTP {status} {code}: {message}; nothing was planned")]
+    GraphRefused {
+        url: String,
+        status: u16,
+        code: String,
+        message: String,
+        permission: Option<&'static str>,
+    },
+    /// Throttled longer than a cycle should wait, or on every retry.
+    #[error(
+        "Graph {url}: throttled (HTTP {status}, Retry-After {retry_after}s) {attempts} times; nothing was planned"
+    )]
+    GraphThrottled {
+        url: String,
+        status: u16,
+        retry_after: u64,
+        attempts: u32,
+    },
+    /// An answer idsync cannot use (not JSON, a link to another host, a round
+    /// that does not end).
+    #[error("Graph {url}: {reason}; nothing was planned")]
+    GraphBadAnswer { url: String, reason: String },
 }
 
 impl SourceError {
@@ -291,7 +335,14 @@ impl SourceError {
             | SearchFailed { .. }
             | NoAnswer { .. }
             | ConnectionLost { .. }
-            | PartialMemberRange { .. } => true,
+            | PartialMemberRange { .. }
+            | EntraSecretNotSet { .. }
+            | EntraSecretFile { .. }
+            | EntraAuthRefused { .. }
+            | GraphUnreachable { .. }
+            | GraphRefused { .. }
+            | GraphThrottled { .. }
+            | GraphBadAnswer { .. } => true,
         }
     }
 
@@ -433,6 +484,45 @@ impl SourceError {
             NoAnswer { .. } => "raise timeout if the server is slow, or check the server's health",
             ConnectionLost { .. } => "check the server's health and the network, then run again",
             PartialMemberRange { .. } => "the group may have changed during the read; run again",
+            EntraSecretNotSet { var } => {
+                return format!(
+                    "export {var}=<the app registration's client secret> before running idsync"
+                )
+                .into();
+            }
+            EntraSecretFile { path, .. } => {
+                return format!(
+                    "write the client secret into {} and chmod 600 it (group and others must not read it)",
+                    path.display()
+                )
+                .into();
+            }
+            EntraAuthRefused { .. } => {
+                "check tenant_id, client_id and the credential (secrets expire: make a new one \
+                 under Certificates & secrets of the app registration, or upload the \
+                 certificate there), then run `idsync check`"
+            }
+            GraphUnreachable { .. } => {
+                "check authority_url / graph_url, the network and proxies, or raise timeout"
+            }
+            GraphRefused {
+                permission: Some(permission),
+                ..
+            } => {
+                return format!(
+                    "grant the app registration the application permission {permission} \
+                     (Microsoft Graph, admin consent), then run `idsync check`"
+                )
+                .into();
+            }
+            GraphRefused { .. } => {
+                "run `idsync check`; the next cycle reads the same changes again"
+            }
+            GraphThrottled { .. } => {
+                "Graph's quota is shared by every app in the tenant: lower rate_limit or run \
+                 cycles less often; the next cycle reads the same changes again"
+            }
+            GraphBadAnswer { .. } => "check graph_url; the next cycle reads the same changes again",
         };
         Cow::Borrowed(text)
     }

@@ -10,8 +10,10 @@
 //! the source could not be read. Adapters never import the top-level config.
 
 pub mod csv;
+pub mod entra;
 mod error;
 pub mod ldap;
+mod nested;
 
 pub use error::{
     BadEntries, BindRefusal, CaFileProblem, CsvFault, EntryProblem, KeyProblem, LdapOperation,
@@ -23,7 +25,7 @@ use std::collections::BTreeSet;
 
 use futures_util::future::BoxFuture;
 
-use crate::model::SourceDirectory;
+use crate::model::{Mirror, SourceDirectory};
 
 /// A directory idsync reads from.
 pub trait Source: Send + Sync {
@@ -33,6 +35,25 @@ pub trait Source: Send + Sync {
         &'a self,
         attributes: &'a BTreeSet<String>,
     ) -> BoxFuture<'a, Result<SourceDirectory, SourceError>>;
+
+    /// True for a source that reports changes rather than a directory and keeps
+    /// a [`Mirror`] in the state DB between cycles (Entra ID): the engine then
+    /// calls [`Source::read_mirrored`] instead of [`Source::read`].
+    fn uses_mirror(&self) -> bool {
+        false
+    }
+
+    /// Reads the changes since `mirror` was committed, applies them to it, and
+    /// returns the whole directory and the updated mirror (to be committed by
+    /// the engine once the cycle applied). Sources without a mirror read
+    /// everything and hand the mirror back untouched.
+    fn read_mirrored<'a>(
+        &'a self,
+        attributes: &'a BTreeSet<String>,
+        mirror: Mirror,
+    ) -> BoxFuture<'a, Result<(SourceDirectory, Mirror), SourceError>> {
+        Box::pin(async move { Ok((self.read(attributes).await?, mirror)) })
+    }
 
     /// `idsync check`: reaches and authenticates without reading everything, and
     /// says what it found.

@@ -11,6 +11,7 @@
 
 mod history;
 mod journal;
+mod mirror;
 mod schema;
 mod store;
 

@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -88,6 +88,23 @@ CREATE INDEX run_ops_run ON run_ops (run_id);
     // 2: the watermarks table was never used; incremental sources keep their
     // cursors with their own data.
     "DROP TABLE watermarks;",
+    // 3: the mirror of an incremental source (Entra ID): the objects the mapping
+    // needs and the delta cursors, committed together after a cycle applied.
+    r#"
+CREATE TABLE mirror_users (
+    id    TEXT PRIMARY KEY,
+    props TEXT NOT NULL
+) STRICT;
+CREATE TABLE mirror_groups (
+    id           TEXT PRIMARY KEY,
+    display_name TEXT,
+    members      TEXT NOT NULL
+) STRICT;
+CREATE TABLE mirror_meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+"#,
 ];
 
 impl StateDb {

@@ -39,6 +39,21 @@ pub struct StatusReport {
     /// run and journal are in progress, not interrupted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running: Option<LockHolder>,
+    /// For a source with a mirror (Entra ID): what the mirror holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorStatus>,
+}
+
+/// The committed mirror of an incremental source.
+#[derive(Clone, Debug, Serialize)]
+pub struct MirrorStatus {
+    pub users: usize,
+    pub groups: usize,
+    /// True when delta links are committed (the next cycle is incremental
+    /// unless a full round is due).
+    pub delta_links: bool,
+    /// When the last committed full round started (RFC 3339).
+    pub last_full_round: Option<String>,
 }
 
 pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
@@ -55,6 +70,7 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
         interrupted_operations: 0,
         quarantine: None,
         running: None,
+        mirror: None,
     };
     let Some(mut db) = StateDb::open_read_only(&settings.state_path)? else {
         return Ok(report);
@@ -76,6 +92,18 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     report.interrupted_operations = db.interrupted_ops()?.len();
     report.quarantine = Some(quarantine::load(&db)?);
     report.running = StateDb::lock_holder(&settings.state_path)?;
+    if settings.source.adapter().uses_mirror() {
+        let mirror = db.load_mirror()?;
+        report.mirror = Some(MirrorStatus {
+            users: mirror.users.len(),
+            groups: mirror.groups.len(),
+            delta_links: mirror.has_links(),
+            last_full_round: mirror
+                .full_at
+                .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        });
+    }
     Ok(report)
 }
 
@@ -137,7 +165,19 @@ pub struct Provisioned {
 
 pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, SyncError> {
     let source = settings.source.adapter();
-    let dir = source.read(&settings.mapping.source_attributes()).await?;
+    let mut db = StateDb::open_read_only(&settings.state_path)?;
+    let attributes = settings.mapping.source_attributes();
+    // A source with a mirror continues from it (the updated mirror is dropped:
+    // `explain` writes nothing).
+    let dir = if source.uses_mirror() {
+        let mirror = match db.as_mut() {
+            Some(db) => db.load_mirror()?,
+            None => Default::default(),
+        };
+        source.read_mirrored(&attributes, mirror).await?.0
+    } else {
+        source.read(&attributes).await?
+    };
     let wanted = Email::new(who);
     let record = dir.users.iter().find(|u| {
         u.key.as_str() == who
@@ -147,7 +187,6 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
                     .any(|v| v.contains('@') && Email::new(v.as_str()) == wanted)
             })
     });
-    let mut db = StateDb::open_read_only(&settings.state_path)?;
     let state = match db.as_mut() {
         Some(db) => db.load()?,
         None => State::default(),

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
-use crate::model::{Desired, ScimId, SourceKey, State, Status, TargetSnapshot};
+use crate::model::{Desired, Mirror, ScimId, SourceKey, State, Status, TargetSnapshot};
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
 use crate::source::{Source, SourceError};
@@ -201,10 +201,31 @@ pub fn client(settings: &Settings) -> Result<ScimClient, SyncError> {
     .map_err(SyncError::TargetSetup)
 }
 
+/// A source's mirror before and after this cycle's read (see
+/// [`Source::uses_mirror`]): `new` is committed only once the cycle applied.
+#[derive(Clone, Debug)]
+pub struct MirrorUpdate {
+    pub old: Mirror,
+    pub new: Mirror,
+}
+
 /// Reads the source and maps it; record errors fail with all of them listed.
-pub async fn desired(settings: &Settings, source: &dyn Source) -> Result<Desired, SyncError> {
+/// A source with a mirror reads the changes since `mirror` and returns the
+/// updated mirror beside the snapshot.
+pub async fn desired(
+    settings: &Settings,
+    source: &dyn Source,
+    mirror: Option<Mirror>,
+) -> Result<(Desired, Option<Mirror>), SyncError> {
     let started = Instant::now();
-    let dir = source.read(&settings.mapping.source_attributes()).await?;
+    let attributes = settings.mapping.source_attributes();
+    let (dir, mirror) = match mirror {
+        Some(m) => {
+            let (dir, m) = source.read_mirrored(&attributes, m).await?;
+            (dir, Some(m))
+        }
+        None => (source.read(&attributes).await?, None),
+    };
     let read = started.elapsed();
     let users = dir.users.len();
     let desired = settings.mapping.build(dir).map_err(|errors| {
@@ -233,17 +254,36 @@ pub async fn desired(settings: &Settings, source: &dyn Source) -> Result<Desired
             "group members that are not in-scope users were ignored"
         );
     }
-    Ok(desired)
+    Ok((desired, mirror))
 }
 
 /// Builds the one planning input: the source read and mapped, the state loaded
 /// (with the attributes the planner compares), and for `--full` the target read.
+/// For a source with a mirror, also the mirror as loaded and as updated by the
+/// read (nothing is written here).
 pub async fn planning_input<T: Target>(
     settings: &Settings,
     source: &dyn Source,
-    db: Option<&mut StateDb>,
+    mut db: Option<&mut StateDb>,
     full_target: Option<&T>,
-) -> Result<PlanningInput, SyncError> {
+) -> Result<(PlanningInput, Option<MirrorUpdate>), SyncError> {
+    let old_mirror = if source.uses_mirror() {
+        Some(match db.as_mut() {
+            Some(db) => db.load_mirror()?,
+            None => Mirror::default(),
+        })
+    } else {
+        None
+    };
+    // `--full` is a full resync on both sides: a source with a mirror reads
+    // everything again too (without links, the adapter starts a full round).
+    let mirror_in = old_mirror.clone().map(|mut m| {
+        if full_target.is_some() {
+            m.users_link = None;
+            m.groups_link = None;
+        }
+        m
+    });
     // The state DB is loaded on its own thread while the source is read and
     // mapped: the two are independent, and on large directories each takes
     // seconds.
@@ -254,12 +294,16 @@ pub async fn planning_input<T: Target>(
                 let loaded = db.as_mut().map(|db| db.load());
                 (db, loaded)
             });
-            let desired = tokio::runtime::Handle::current().block_on(desired(settings, source));
+            let desired =
+                tokio::runtime::Handle::current().block_on(desired(settings, source, mirror_in));
             let (db, loaded) = loader.join().expect("the state loader does not panic");
             (desired, db, loaded)
         })
     });
-    let desired = desired?;
+    let (desired, new_mirror) = desired?;
+    let mirror = old_mirror
+        .zip(new_mirror)
+        .map(|(old, new)| MirrorUpdate { old, new });
     let state = loaded.transpose()?.unwrap_or_default();
     let target = match full_target {
         Some(t) => Some(read_target(t, &state, settings.target.concurrency).await?),
@@ -275,7 +319,7 @@ pub async fn planning_input<T: Target>(
             None => Ok(()),
         },
     )?;
-    Ok(input)
+    Ok((input, mirror))
 }
 
 /// `--full`: the whole target, as far as idsync's own objects go, trusted.
@@ -387,7 +431,8 @@ pub async fn plan_read_only(
     } else {
         None
     };
-    let input = planning_input(
+    // The updated mirror is dropped: a plan writes nothing.
+    let (input, _) = planning_input(
         settings,
         settings.source.adapter(),
         db.as_mut(),
@@ -495,7 +540,7 @@ pub async fn cycle<T: Target>(
         return Err(e);
     }
 
-    let (plan, state, command) = match &opts.plan_file {
+    let (plan, state, command, mirror) = match &opts.plan_file {
         Some(path) => {
             let plan = load_saved_plan(path)?;
             let state = state_for_saved_plan(&mut db, &plan)?;
@@ -514,17 +559,18 @@ pub async fn cycle<T: Target>(
                 path: path.clone(),
                 mismatch,
             })?;
-            (plan, state, "sync --plan")
+            (plan, state, "sync --plan", None)
         }
         None => {
             let full_target = opts.full.then_some(target);
-            let input = match planning_input(settings, source, Some(&mut db), full_target).await {
-                Ok(input) => input,
-                Err(e) => {
-                    let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
-                    return Err(e);
-                }
-            };
+            let (input, mirror) =
+                match planning_input(settings, source, Some(&mut db), full_target).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
+                        return Err(e);
+                    }
+                };
             let plan = plan::plan(&input);
             if let Err(e) = guard(&plan, settings, opts.allow_deletes, false) {
                 if let SyncError::Guard { stop, .. } = &e {
@@ -533,7 +579,7 @@ pub async fn cycle<T: Target>(
                 return Err(e);
             }
             let command = if opts.full { "sync --full" } else { "sync" };
-            (plan, input.into_state(), command)
+            (plan, input.into_state(), command, mirror)
         }
     };
 
@@ -561,6 +607,20 @@ pub async fn cycle<T: Target>(
         .run(command, &plan)
         .await
         .map_err(SyncError::StateWrite)?;
+
+    // The mirror (and its delta links) is committed only when the whole plan
+    // was applied (or was empty): otherwise the next cycle reads the same
+    // changes again.
+    if let Some(mirror) = &mirror {
+        if outcome.failed == 0 && outcome.stopped.is_none() {
+            db.save_mirror(&mirror.old, &mirror.new)
+                .map_err(SyncError::StateWrite)?;
+        } else {
+            tracing::info!(
+                "the plan was not applied completely; the source's changes are read again next cycle"
+            );
+        }
+    }
 
     let exit = match &outcome.stopped {
         Some(Stop::Unauthorized(_)) => Exit::Unreachable,

@@ -1,0 +1,337 @@
+//! The pure half of the Entra source: how delta pages change the mirror, and
+//! the directory the mirror stands for. No I/O, so every merge rule is tested
+//! on its own.
+//!
+//! Rules (Graph's documented behaviour):
+//! - an object may appear several times in one round: upsert by id; a property
+//!   present overwrites, an absent one keeps its value, `null` clears it;
+//! - a user with `@removed` (`changed`: soft-deleted, restorable; `deleted`:
+//!   gone) leaves the mirror; a restored user comes back as a plain object with
+//!   the same id;
+//! - a group's `members@delta` arrive in slices over several pages and add up;
+//!   a member entry with `@removed` is a removed membership, never a deleted
+//!   user; member entries carry only `@odata.type` and `id`, which say nothing
+//!   about the member's properties;
+//! - nested groups are flattened from the member edges (cycles tolerated).
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::model::{
+    GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, SourceAttrs, SourceDirectory, SourceGroup,
+    SourceKey, SourceUser,
+};
+use crate::source::nested::flatten;
+
+/// What one delta page did, for the logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageStats {
+    pub upserted: usize,
+    pub removed: usize,
+    pub member_changes: usize,
+}
+
+fn id_of(object: &Value) -> Option<&str> {
+    object
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+}
+
+/// A property's values as the mapping sees them; `None` for null (cleared).
+fn values(value: &Value) -> Option<Vec<String>> {
+    let one = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match value {
+        Value::Null => None,
+        Value::Array(items) => Some(items.iter().filter_map(one).collect()),
+        other => Some(one(other).into_iter().collect()),
+    }
+}
+
+/// Applies one page of `/users/delta` to `users`.
+pub fn apply_users(
+    users: &mut std::collections::BTreeMap<String, MirrorProps>,
+    page: &[Value],
+) -> PageStats {
+    let mut stats = PageStats::default();
+    for object in page {
+        let Some(id) = id_of(object) else { continue };
+        if object.get("@removed").is_some() {
+            if users.remove(id).is_some() {
+                stats.removed += 1;
+            }
+            continue;
+        }
+        let props = users.entry(id.to_string()).or_default();
+        let Some(fields) = object.as_object() else {
+            continue;
+        };
+        for (name, value) in fields {
+            // `id` is the key; annotations (`@odata.type`, `manager@delta`) are not
+            // properties.
+            if name == "id" || name.contains('@') || value.is_object() {
+                continue;
+            }
+            match values(value) {
+                Some(v) => {
+                    props.insert(name.clone(), v);
+                }
+                None => {
+                    props.remove(name);
+                }
+            }
+        }
+        stats.upserted += 1;
+    }
+    stats
+}
+
+/// Applies one page of `/groups/delta` to `groups`.
+pub fn apply_groups(
+    groups: &mut std::collections::BTreeMap<String, MirrorGroup>,
+    page: &[Value],
+) -> PageStats {
+    let mut stats = PageStats::default();
+    for object in page {
+        let Some(id) = id_of(object) else { continue };
+        if object.get("@removed").is_some() {
+            if groups.remove(id).is_some() {
+                stats.removed += 1;
+            }
+            continue;
+        }
+        let group = groups.entry(id.to_string()).or_default();
+        match object.get("displayName") {
+            Some(Value::String(name)) => group.display_name = Some(name.clone()),
+            Some(Value::Null) => group.display_name = None,
+            _ => {}
+        }
+        if let Some(members) = object.get("members@delta").and_then(Value::as_array) {
+            for member in members {
+                let Some(member_id) = id_of(member) else {
+                    continue;
+                };
+                if member.get("@removed").is_some() {
+                    group.members.remove(member_id);
+                } else {
+                    group.members.insert(member_id.to_string());
+                }
+                stats.member_changes += 1;
+            }
+        }
+        stats.upserted += 1;
+    }
+    stats
+}
+
+/// The whole directory the mirror stands for: every user (with `id` as an
+/// attribute besides the selected properties) and every named group, members
+/// flattened to users through nested groups. Member ids that are neither a
+/// user nor a group of the mirror (devices, out-of-scope objects) are counted.
+pub fn directory(mirror: &Mirror) -> SourceDirectory {
+    let users: Vec<SourceUser> = mirror
+        .users
+        .iter()
+        .map(|(id, props)| {
+            let mut attrs = SourceAttrs::with_capacity(props.len() + 1);
+            attrs.push_unique("id".into(), id.clone());
+            for (name, values) in props {
+                if !name.eq_ignore_ascii_case("id") {
+                    attrs.push(name.as_str().into(), values.clone());
+                }
+            }
+            SourceUser {
+                key: SourceKey::new(id.clone()),
+                origin: Origin::new(format!("Entra user {id}")),
+                attrs,
+            }
+        })
+        .collect();
+    let user_index: HashMap<&str, usize> = mirror
+        .users
+        .keys()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let group_ids: Vec<&String> = mirror.groups.keys().collect();
+    let group_index: HashMap<&str, usize> = group_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut unresolved = 0;
+    let mut direct_users = Vec::with_capacity(group_ids.len());
+    let mut child_groups = Vec::with_capacity(group_ids.len());
+    for group in mirror.groups.values() {
+        let (mut found_users, mut found_groups) = (Vec::new(), Vec::new());
+        for member in &group.members {
+            if let Some(&u) = user_index.get(member.as_str()) {
+                found_users.push(u);
+            } else if let Some(&g) = group_index.get(member.as_str()) {
+                found_groups.push(g);
+            } else {
+                unresolved += 1;
+            }
+        }
+        direct_users.push(found_users);
+        child_groups.push(found_groups);
+    }
+    let flat = flatten(&direct_users, &child_groups, |from, to| {
+        tracing::debug!(
+            group = %group_ids[from],
+            member = %group_ids[to],
+            "nested groups form a cycle; each member is counted once"
+        );
+    });
+    let mut unnamed = 0;
+    let groups: Vec<SourceGroup> = mirror
+        .groups
+        .iter()
+        .zip(flat)
+        .filter_map(|((id, group), members)| {
+            let Some(name) = group.display_name.clone().filter(|n| !n.trim().is_empty()) else {
+                unnamed += 1;
+                return None;
+            };
+            Some(SourceGroup {
+                key: GroupKey::new(id.clone()),
+                name,
+                origin: Origin::new(format!("Entra group {id}")),
+                members: members.into_iter().map(|u| users[u].key.clone()).collect(),
+            })
+        })
+        .collect();
+    if unnamed > 0 {
+        tracing::warn!(
+            count = unnamed,
+            "Entra groups without a displayName were left out"
+        );
+    }
+    SourceDirectory {
+        users,
+        groups,
+        unresolved_members: unresolved,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn users_of(pages: &[Value]) -> Mirror {
+        let mut m = Mirror::default();
+        for page in pages {
+            apply_users(&mut m.users, page.as_array().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn a_repeated_object_is_merged_present_overwrites_absent_keeps_null_clears() {
+        let m = users_of(&[
+            json!([{"id": "u1", "displayName": "Ann", "jobTitle": "Dev", "mail": "a@x"}]),
+            json!([{"id": "u1", "jobTitle": "Lead", "mail": null}]),
+        ]);
+        let u = &m.users["u1"];
+        assert_eq!(u["displayName"], vec!["Ann"]);
+        assert_eq!(u["jobTitle"], vec!["Lead"]);
+        assert!(!u.contains_key("mail"));
+        assert!(!u.contains_key("id"));
+    }
+
+    #[test]
+    fn booleans_and_lists_become_values_and_annotations_are_not_properties() {
+        let m = users_of(&[json!([{
+            "id": "u1", "accountEnabled": false, "@odata.type": "#microsoft.graph.user",
+            "proxyAddresses": ["SMTP:a@x", "smtp:b@x"], "manager@delta": [{"id": "m"}]
+        }])]);
+        let u = &m.users["u1"];
+        assert_eq!(u["accountEnabled"], vec!["false"]);
+        assert_eq!(u["proxyAddresses"].len(), 2);
+        assert_eq!(u.len(), 2, "{u:?}");
+    }
+
+    #[test]
+    fn a_removed_user_leaves_for_either_reason_and_a_restore_comes_back_with_the_same_id() {
+        let mut m = users_of(&[json!([
+            {"id": "u1", "mail": "a@x"}, {"id": "u2", "mail": "b@x"}, {"id": "u3", "mail": "c@x"}
+        ])]);
+        apply_users(
+            &mut m.users,
+            json!([{"id": "u1", "@removed": {"reason": "changed"}},
+                   {"id": "u2", "@removed": {"reason": "deleted"}}])
+            .as_array()
+            .unwrap(),
+        );
+        assert_eq!(m.users.keys().collect::<Vec<_>>(), vec!["u3"]);
+        apply_users(
+            &mut m.users,
+            json!([{"id": "u1", "mail": "a@x"}]).as_array().unwrap(),
+        );
+        assert!(m.users.contains_key("u1"));
+    }
+
+    #[test]
+    fn member_slices_add_up_and_a_removed_member_is_not_a_deleted_user() {
+        let mut m = users_of(&[json!([{"id": "u1"}, {"id": "u2"}, {"id": "u3"}])]);
+        for page in [
+            json!([{"id": "g", "displayName": "Eng", "members@delta": [
+                {"@odata.type": "#microsoft.graph.user", "id": "u1"},
+                {"@odata.type": "#microsoft.graph.user", "id": "u2"}]}]),
+            json!([{"id": "g", "members@delta": [
+                {"@odata.type": "#microsoft.graph.user", "id": "u3"}]}]),
+        ] {
+            apply_groups(&mut m.groups, page.as_array().unwrap());
+        }
+        assert_eq!(m.groups["g"].members.len(), 3);
+        assert_eq!(m.groups["g"].display_name.as_deref(), Some("Eng"));
+        apply_groups(
+            &mut m.groups,
+            json!([{"id": "g", "members@delta": [
+                {"@odata.type": "#microsoft.graph.user", "id": "u2", "@removed": {"reason": "deleted"}}]}])
+            .as_array()
+            .unwrap(),
+        );
+        assert_eq!(m.groups["g"].members.len(), 2);
+        assert!(
+            m.users.contains_key("u2"),
+            "a removed membership is not a deleted user"
+        );
+        assert!(
+            m.users["u1"].is_empty(),
+            "member entries never touch user properties"
+        );
+    }
+
+    #[test]
+    fn the_directory_flattens_nested_groups_through_a_cycle_and_counts_strangers() {
+        let mut m = users_of(&[json!([{"id": "u1", "mail": "a@x"}, {"id": "u2"}])]);
+        apply_groups(
+            &mut m.groups,
+            json!([
+                {"id": "ga", "displayName": "A", "members@delta": [{"id": "u1"}, {"id": "gb"}]},
+                {"id": "gb", "displayName": "B", "members@delta": [{"id": "u2"}, {"id": "ga"}, {"id": "device-1"}]},
+                {"id": "gc", "members@delta": [{"id": "u1"}]}
+            ])
+            .as_array()
+            .unwrap(),
+        );
+        let dir = directory(&m);
+        assert_eq!(dir.users.len(), 2);
+        assert_eq!(dir.users[0].attrs.first("id"), Some("u1"));
+        assert_eq!(dir.users[0].attrs.first("mail"), Some("a@x"));
+        assert_eq!(dir.groups.len(), 2, "the unnamed group is left out");
+        for g in &dir.groups {
+            let members: Vec<&str> = g.members.iter().map(|k| k.as_str()).collect();
+            assert_eq!(members, vec!["u1", "u2"], "{}", g.name);
+        }
+        assert_eq!(dir.unresolved_members, 1);
+    }
+}

@@ -1,0 +1,201 @@
+//! The mirror of an incremental source (see [`Mirror`]): loaded before a cycle
+//! reads the source, and saved — objects and cursors in one transaction — only
+//! after the cycle applied its plan. Saving writes the difference from the
+//! mirror that was loaded, so an incremental cycle writes a handful of rows.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{StateDb, StateError, sqlite};
+use crate::model::{Mirror, MirrorGroup, MirrorProps};
+
+const USERS_LINK: &str = "users_link";
+const GROUPS_LINK: &str = "groups_link";
+const SELECT_HASH: &str = "select_hash";
+const FULL_AT: &str = "full_at";
+
+impl StateDb {
+    /// The mirror as last committed; empty when none was (or the DB predates
+    /// mirrors and is opened read-only).
+    pub fn load_mirror(&mut self) -> Result<Mirror, StateError> {
+        let path = self.path.clone();
+        let err = |e| sqlite(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        let exists: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mirror_meta'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        let mut mirror = Mirror::default();
+        if exists.is_none() {
+            return Ok(mirror);
+        }
+        let corrupt = |what: String| StateError::Corrupt {
+            path: path.clone(),
+            message: what,
+        };
+        {
+            let mut stmt = tx
+                .prepare("SELECT name, value FROM mirror_meta")
+                .map_err(err)?;
+            let mut rows = stmt.query([]).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                let name: String = row.get(0).map_err(err)?;
+                let value: String = row.get(1).map_err(err)?;
+                match name.as_str() {
+                    USERS_LINK => mirror.users_link = Some(value),
+                    GROUPS_LINK => mirror.groups_link = Some(value),
+                    SELECT_HASH => mirror.select_hash = value,
+                    FULL_AT => {
+                        mirror.full_at = Some(value.parse().map_err(|_| {
+                            corrupt(format!("mirror_meta.full_at {value:?} is not a number"))
+                        })?);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        {
+            let mut stmt = tx
+                .prepare("SELECT id, props FROM mirror_users")
+                .map_err(err)?;
+            let mut rows = stmt.query([]).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                let id: String = row.get(0).map_err(err)?;
+                let json: String = row.get(1).map_err(err)?;
+                let props: MirrorProps = serde_json::from_str(&json)
+                    .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
+                mirror.users.insert(id, props);
+            }
+        }
+        {
+            let mut stmt = tx
+                .prepare("SELECT id, display_name, members FROM mirror_groups")
+                .map_err(err)?;
+            let mut rows = stmt.query([]).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                let id: String = row.get(0).map_err(err)?;
+                let display_name: Option<String> = row.get(1).map_err(err)?;
+                let json: String = row.get(2).map_err(err)?;
+                let members = serde_json::from_str(&json)
+                    .map_err(|e| corrupt(format!("mirror group {id:?}: {e}")))?;
+                mirror.groups.insert(
+                    id,
+                    MirrorGroup {
+                        display_name,
+                        members,
+                    },
+                );
+            }
+        }
+        tx.finish().map_err(err)?;
+        Ok(mirror)
+    }
+
+    /// Commits `new` (objects and cursors together, in one transaction),
+    /// writing only what differs from `old`, the mirror loaded at the start
+    /// of the cycle.
+    pub fn save_mirror(&mut self, old: &Mirror, new: &Mirror) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let err = |e| sqlite(&path, e);
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM mirror_users WHERE id = ?1")
+                .map_err(err)?;
+            for id in old.users.keys().filter(|id| !new.users.contains_key(*id)) {
+                delete.execute([id]).map_err(err)?;
+            }
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO mirror_users (id, props) VALUES (?1, ?2) \
+                     ON CONFLICT (id) DO UPDATE SET props = excluded.props",
+                )
+                .map_err(err)?;
+            for (id, props) in &new.users {
+                if old.users.get(id) != Some(props) {
+                    let json = serde_json::to_string(props).expect("strings serialize");
+                    upsert.execute(params![id, json]).map_err(err)?;
+                }
+            }
+            let mut delete = tx
+                .prepare_cached("DELETE FROM mirror_groups WHERE id = ?1")
+                .map_err(err)?;
+            for id in old.groups.keys().filter(|id| !new.groups.contains_key(*id)) {
+                delete.execute([id]).map_err(err)?;
+            }
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO mirror_groups (id, display_name, members) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (id) DO UPDATE SET display_name = excluded.display_name, \
+                     members = excluded.members",
+                )
+                .map_err(err)?;
+            for (id, group) in &new.groups {
+                if old.groups.get(id) != Some(group) {
+                    let json = serde_json::to_string(&group.members).expect("strings serialize");
+                    upsert
+                        .execute(params![id, group.display_name, json])
+                        .map_err(err)?;
+                }
+            }
+            tx.execute("DELETE FROM mirror_meta", []).map_err(err)?;
+            let mut meta = tx
+                .prepare_cached("INSERT INTO mirror_meta (name, value) VALUES (?1, ?2)")
+                .map_err(err)?;
+            let full_at = new.full_at.map(|t| t.to_string());
+            for (name, value) in [
+                (USERS_LINK, new.users_link.as_deref()),
+                (GROUPS_LINK, new.groups_link.as_deref()),
+                (SELECT_HASH, Some(new.select_hash.as_str())),
+                (FULL_AT, full_at.as_deref()),
+            ] {
+                if let Some(value) = value {
+                    meta.execute(params![name, value]).map_err(err)?;
+                }
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_round_trips_and_saves_only_differences() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(db.load_mirror().unwrap(), Mirror::default());
+        let mut m = Mirror::default();
+        m.users.insert(
+            "u1".into(),
+            [("mail".to_string(), vec!["a@x".to_string()])].into(),
+        );
+        m.users.insert("u2".into(), MirrorProps::new());
+        m.groups.insert(
+            "g1".into(),
+            MirrorGroup {
+                display_name: Some("Eng".into()),
+                members: ["u1".to_string(), "u2".to_string()].into(),
+            },
+        );
+        m.users_link = Some("https://g/v1.0/users/delta?$deltatoken=a".into());
+        m.groups_link = Some("https://g/v1.0/groups/delta?$deltatoken=b".into());
+        m.select_hash = "h".into();
+        m.full_at = Some(1_700_000_000);
+        db.save_mirror(&Mirror::default(), &m).unwrap();
+        assert_eq!(db.load_mirror().unwrap(), m);
+
+        let mut next = m.clone();
+        next.users.remove("u2");
+        next.groups.get_mut("g1").unwrap().members.remove("u2");
+        next.users_link = Some("https://g/v1.0/users/delta?$deltatoken=c".into());
+        db.save_mirror(&m, &next).unwrap();
+        assert_eq!(db.load_mirror().unwrap(), next);
+    }
+}
