@@ -19,7 +19,8 @@
 //!
 //! Every request is counted. Plain threads and blocking sockets, one request
 //! per connection (`Connection: close`); every socket has timeouts and the
-//! accept loop ends on drop or after at most 15 minutes.
+//! accept loop ends on drop or after at most 15 minutes. Depends on nothing
+//! test-only: `examples/entra_bench.rs` includes it with `#[path]`.
 
 #![allow(dead_code)] // not every test uses every knob
 
@@ -113,6 +114,8 @@ struct State {
     forbid: Option<&'static str>,
     /// Requests: (method, path with query).
     log: Vec<(String, String)>,
+    /// Time spent computing answers (under the lock), for the benchmark.
+    busy: Duration,
 }
 
 pub struct GraphServer {
@@ -144,6 +147,7 @@ impl GraphServer {
             throttle: None,
             forbid: None,
             log: Vec::new(),
+            busy: Duration::ZERO,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let accept = {
@@ -190,6 +194,12 @@ impl GraphServer {
         s.members_per_page = members;
     }
 
+    /// Whether every user of a round appears twice (first with only some
+    /// properties), as Graph may send them; on by default.
+    pub fn repeat_objects(&self, on: bool) {
+        self.state.lock().unwrap().repeat_objects = on;
+    }
+
     /// Every delta token handed out so far becomes unknown, answered with
     /// `status` (410 `SyncStateNotFound` or 400 `syncStateNotFound`).
     pub fn expire_tokens(&self, status: u16) {
@@ -227,7 +237,14 @@ impl GraphServer {
     }
 
     pub fn clear_log(&self) {
-        self.state.lock().unwrap().log.clear();
+        let mut s = self.state.lock().unwrap();
+        s.log.clear();
+        s.busy = Duration::ZERO;
+    }
+
+    /// Time spent computing answers since the log was last cleared.
+    pub fn busy(&self) -> Duration {
+        self.state.lock().unwrap().busy
     }
 
     /// Requests to Graph (not the token endpoint) so far.
@@ -370,7 +387,13 @@ fn serve(mut stream: TcpStream, port: u16, state: &Mutex<State>) {
         return;
     };
     let base = format!("http://127.0.0.1:{port}");
-    let (status, extra, body) = handle(&req, &base, &mut state.lock().unwrap());
+    let (status, extra, body) = {
+        let mut s = state.lock().unwrap();
+        let started = Instant::now();
+        let reply = handle(&req, &base, &mut s);
+        s.busy += started.elapsed();
+        reply
+    };
     respond(&mut stream, status, &extra, &body);
 }
 

@@ -875,3 +875,213 @@ fn a_failed_apply_keeps_the_link_and_the_next_cycle_reads_the_same_changes() {
         "committed after the apply"
     );
 }
+
+// ---------------------------------------------------------------------------
+// SIGKILL during an incremental cycle's apply, and after its last change
+// reached the target but before the mirror and its delta links were committed.
+
+/// Every user in the target once (by externalId and by userName), every group
+/// once (by displayName).
+fn assert_no_duplicates(target: &TargetContents) {
+    let mut external = BTreeSet::new();
+    let mut names = BTreeSet::new();
+    for u in &target.users {
+        assert!(
+            external.insert(str_at(u, "externalId").to_string()),
+            "user externalId {} twice in the target",
+            str_at(u, "externalId")
+        );
+        assert!(
+            names.insert(str_at(u, "userName").to_ascii_lowercase()),
+            "userName {} twice in the target",
+            str_at(u, "userName")
+        );
+    }
+    let mut groups = BTreeSet::new();
+    for g in &target.groups {
+        assert!(
+            groups.insert(str_at(g, "displayName").to_string()),
+            "group {} twice in the target",
+            str_at(g, "displayName")
+        );
+    }
+}
+
+/// Starts `sync`, SIGKILLs it (by PID) once `cond` holds or after `limit`;
+/// returns its exit code (-1 when the kill landed, otherwise the code it
+/// finished with first).
+fn sync_killed_when(s: &Setup, limit: Duration, cond: impl Fn() -> bool) -> i32 {
+    let mut running = s.ws.spawn(&["sync", "--format", "json"]);
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && running.is_running() && !cond() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    running.signal("KILL");
+    running.wait(Duration::from_secs(30)).code
+}
+
+/// Users in the target whose title is `title`.
+fn titled(target: &TargetContents, title: &str) -> usize {
+    target
+        .users
+        .iter()
+        .filter(|u| u["title"].as_str() == Some(title))
+        .count()
+}
+
+/// A Setup whose SCIM target sits behind a fault proxy, synced once with
+/// `users` users in 3 teams.
+fn setup_behind_proxy(users: usize) -> (Setup, proxy::FaultProxy) {
+    let mut s = Setup::new();
+    let proxy = proxy::FaultProxy::start(s.scim.port(), proxy::pass_through());
+    s.ws.base_url = proxy.base_url();
+    s.configure();
+    s.graph.edit(|d| *d = directory(users, 3));
+    s.sync_and_compare();
+    (s, proxy)
+}
+
+#[test]
+fn sigkill_while_applying_an_incremental_cycle_keeps_the_link_and_the_next_sync_converges() {
+    const USERS: usize = 60;
+    let (s, proxy) = setup_behind_proxy(USERS);
+    // One incremental change set: every title, a new user in a team, a leaver.
+    s.graph.edit(|d| {
+        for i in 0..USERS {
+            d.users
+                .get_mut(&uid(i))
+                .unwrap()
+                .insert("jobTitle".into(), json!("Lead"));
+        }
+        d.users
+            .insert(uid(500), user("new@contoso.com", "New", "Joiner", "Lead"));
+        d.groups.get_mut(&gid(0)).unwrap().members.insert(uid(500));
+        d.hard_delete(&uid(7));
+        for g in d.groups.values_mut() {
+            g.members.remove(&uid(7));
+        }
+    });
+    // Every write is held 40 ms: at concurrency 4 the apply takes about 0.7 s,
+    // so a kill after a third of the writes lands in the middle of it.
+    proxy.set_schedule(std::sync::Arc::new(|r: &proxy::Req| {
+        if r.is_write() {
+            proxy::Fault::Delay(Duration::from_millis(40))
+        } else {
+            proxy::Fault::Forward
+        }
+    }));
+    let mut stopped: Option<Vec<String>> = None;
+    for (run, at) in [20usize, 15].into_iter().enumerate() {
+        s.graph.clear_log();
+        proxy.clear_log();
+        let code = sync_killed_when(&s, Duration::from_secs(30), || proxy.writes() >= at);
+        // Let the writes still held at the proxy land.
+        std::thread::sleep(Duration::from_millis(300));
+        let leads = titled(&s.scim.contents(), "Lead");
+        eprintln!(
+            "run {run}: killed after {} writes -> exit {code}; {leads} users titled Lead",
+            proxy.writes()
+        );
+        assert_eq!(code, -1, "the kill did not land mid-apply (run {run})");
+        assert!(
+            (1..=USERS).contains(&leads),
+            "run {run}: nothing was applied before the kill"
+        );
+        let tokens = delta_tokens(&s.graph.log());
+        assert_eq!(tokens.len(), 1, "{:?}", s.graph.log());
+        assert_eq!(full_rounds(&s.graph.log()), 0, "incremental");
+        // The killed run committed no link: every run reads from the same one.
+        match &stopped {
+            None => stopped = Some(tokens),
+            Some(first) => assert_eq!(&tokens, first, "the link advanced after a kill"),
+        }
+    }
+    let stopped = stopped.unwrap();
+
+    // The next sync reads the same changes again, from the same link, and
+    // converges: the target matches the directory, nothing twice.
+    proxy.set_schedule(proxy::pass_through());
+    s.graph.clear_log();
+    s.sync_and_compare();
+    assert_eq!(delta_tokens(&s.graph.log()), stopped, "the same link again");
+    assert_eq!(full_rounds(&s.graph.log()), 0, "incremental");
+    let contents = s.scim.contents();
+    assert_no_duplicates(&contents);
+    assert_eq!(titled(&contents, "Lead"), USERS); // 59 kept + the joiner
+    s.graph.clear_log();
+    s.ws.assert_plan_empty();
+    let after = delta_tokens(&s.graph.log());
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, stopped, "committed after the complete apply");
+}
+
+#[test]
+fn sigkill_after_the_last_change_reached_the_target_before_the_link_commit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const USERS: usize = 30;
+    let (s, proxy) = setup_behind_proxy(USERS);
+    s.graph.edit(|d| {
+        for i in 0..USERS {
+            d.users
+                .get_mut(&uid(i))
+                .unwrap()
+                .insert("jobTitle".into(), json!("Staff"));
+        }
+    });
+    // The cycle's writes are USERS PATCHes. The last one is held 2 s at the
+    // proxy, then forwarded: idsync is killed while it waits for that answer,
+    // and the change still reaches the target afterwards. The target then
+    // holds every change of the cycle, but idsync neither recorded the last
+    // answer nor committed the mirror and its links.
+    let patches = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = patches.clone();
+    proxy.set_schedule(std::sync::Arc::new(move |r: &proxy::Req| {
+        if r.method == "PATCH" && seen.fetch_add(1, Ordering::SeqCst) + 1 == USERS {
+            proxy::Fault::Delay(Duration::from_secs(2))
+        } else {
+            proxy::Fault::Forward
+        }
+    }));
+    s.graph.clear_log();
+    proxy.clear_log();
+    let answered = || {
+        let e = proxy.entries();
+        let patches: Vec<_> = e.iter().filter(|e| e.method == "PATCH").collect();
+        patches.len() == USERS && patches.iter().filter(|e| e.status.is_some()).count() == USERS - 1
+    };
+    let code = sync_killed_when(&s, Duration::from_secs(30), || {
+        // Give idsync a moment to record the answers it has.
+        answered() && {
+            std::thread::sleep(Duration::from_millis(150));
+            true
+        }
+    });
+    assert_eq!(code, -1, "the kill did not land before the cycle ended");
+    assert!(answered(), "killed before the last change was sent");
+    let stopped = delta_tokens(&s.graph.log());
+    assert_eq!(stopped.len(), 1, "{:?}", s.graph.log());
+    // The held change lands (bounded wait): the target is already up to date.
+    assert!(
+        scim::wait_until(Duration::from_secs(10), || titled(
+            &s.scim.contents(),
+            "Staff"
+        ) == USERS),
+        "the held PATCH never reached the target"
+    );
+    assert_matches(&s.graph.directory(), &s.scim.contents(), "disable");
+
+    // The link did not advance: the next cycle asks for the same changes,
+    // converges, and only then commits the new link.
+    proxy.set_schedule(proxy::pass_through());
+    s.graph.clear_log();
+    let summary = s.sync_and_compare();
+    eprintln!("the sync after the kill: {}", summary["summary"]);
+    assert_eq!(delta_tokens(&s.graph.log()), stopped, "the same link again");
+    assert_eq!(full_rounds(&s.graph.log()), 0, "incremental");
+    assert_no_duplicates(&s.scim.contents());
+    s.graph.clear_log();
+    s.ws.assert_plan_empty();
+    let after = delta_tokens(&s.graph.log());
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, stopped, "committed after the complete apply");
+}
