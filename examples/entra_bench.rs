@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use graph_server::{CLIENT_ID, Directory, GraphServer, Group, TENANT};
 use idsync::apply::{Response, transition};
 use idsync::config::Settings;
-use idsync::model::{Mirror, Ownership, ScimId, State};
+use idsync::model::{Mirror, MirrorDigest, Ownership, ScimId, State};
 use idsync::plan::{self, Operation, PlanningInput};
 use idsync::state::StateDb;
 use serde_json::json;
@@ -306,7 +306,7 @@ fn seed(config: &Path) {
     }
     let mut db = StateDb::open(&settings.state_path).expect("state");
     db.commit_changes(&changes).expect("seed");
-    db.save_mirror(&Mirror::default(), &mirror)
+    db.save_mirror(&MirrorDigest::default(), &mirror)
         .expect("seed mirror");
 }
 

@@ -18,7 +18,7 @@ pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser};
 pub use identity::{
     Domain, Email, FoldedRef, GroupKey, GroupName, ScimId, SourceKey, UserName, fold,
 };
-pub use mirror::{Mirror, MirrorGroup, MirrorProps};
+pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
 pub use record::{Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceUser};
 pub use remote::{RemoteGroup, RemoteUser, TargetSnapshot};
 pub use state::{Ownership, State, StateChange, StateGroup, StateUser, Status};

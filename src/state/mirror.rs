@@ -6,7 +6,7 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::{StateDb, StateError, sqlite};
-use crate::model::{Mirror, MirrorGroup, MirrorProps};
+use crate::model::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
 
 const USERS_LINK: &str = "users_link";
 const GROUPS_LINK: &str = "groups_link";
@@ -97,7 +97,7 @@ impl StateDb {
     /// Commits `new` (objects and cursors together, in one transaction),
     /// writing only what differs from `old`, the mirror loaded at the start
     /// of the cycle.
-    pub fn save_mirror(&mut self, old: &Mirror, new: &Mirror) -> Result<(), StateError> {
+    pub fn save_mirror(&mut self, old: &MirrorDigest, new: &Mirror) -> Result<(), StateError> {
         let path = self.path.clone();
         let err = |e| sqlite(&path, e);
         let tx = self.conn.transaction().map_err(err)?;
@@ -105,7 +105,7 @@ impl StateDb {
             let mut delete = tx
                 .prepare_cached("DELETE FROM mirror_users WHERE id = ?1")
                 .map_err(err)?;
-            for id in old.users.keys().filter(|id| !new.users.contains_key(*id)) {
+            for id in old.removed_users(new) {
                 delete.execute([id]).map_err(err)?;
             }
             let mut upsert = tx
@@ -115,7 +115,7 @@ impl StateDb {
                 )
                 .map_err(err)?;
             for (id, props) in &new.users {
-                if old.users.get(id) != Some(props) {
+                if !old.user_unchanged(id, props) {
                     let json = serde_json::to_string(props).expect("strings serialize");
                     upsert.execute(params![id, json]).map_err(err)?;
                 }
@@ -123,7 +123,7 @@ impl StateDb {
             let mut delete = tx
                 .prepare_cached("DELETE FROM mirror_groups WHERE id = ?1")
                 .map_err(err)?;
-            for id in old.groups.keys().filter(|id| !new.groups.contains_key(*id)) {
+            for id in old.removed_groups(new) {
                 delete.execute([id]).map_err(err)?;
             }
             let mut upsert = tx
@@ -134,7 +134,7 @@ impl StateDb {
                 )
                 .map_err(err)?;
             for (id, group) in &new.groups {
-                if old.groups.get(id) != Some(group) {
+                if !old.group_unchanged(id, group) {
                     let json = serde_json::to_string(&group.members).expect("strings serialize");
                     upsert
                         .execute(params![id, group.display_name, json])
@@ -188,14 +188,14 @@ mod tests {
         m.groups_link = Some("https://g/v1.0/groups/delta?$deltatoken=b".into());
         m.select_hash = "h".into();
         m.full_at = Some(1_700_000_000);
-        db.save_mirror(&Mirror::default(), &m).unwrap();
+        db.save_mirror(&MirrorDigest::default(), &m).unwrap();
         assert_eq!(db.load_mirror().unwrap(), m);
 
         let mut next = m.clone();
         next.users.remove("u2");
         next.groups.get_mut("g1").unwrap().members.remove("u2");
         next.users_link = Some("https://g/v1.0/users/delta?$deltatoken=c".into());
-        db.save_mirror(&m, &next).unwrap();
+        db.save_mirror(&MirrorDigest::of(&m), &next).unwrap();
         assert_eq!(db.load_mirror().unwrap(), next);
     }
 }

@@ -22,7 +22,9 @@ use serde::Serialize;
 
 use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
-use crate::model::{Desired, Mirror, ScimId, SourceKey, State, Status, TargetSnapshot};
+use crate::model::{
+    Desired, Mirror, MirrorDigest, ScimId, SourceKey, State, Status, TargetSnapshot,
+};
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
 use crate::source::{Source, SourceError};
@@ -201,11 +203,12 @@ pub fn client(settings: &Settings) -> Result<ScimClient, SyncError> {
     .map_err(SyncError::TargetSetup)
 }
 
-/// A source's mirror before and after this cycle's read (see
-/// [`Source::uses_mirror`]): `new` is committed only once the cycle applied.
+/// A source's mirror after this cycle's read, with a digest of what it held
+/// before (see [`Source::uses_mirror`]): what changed is committed only once
+/// the cycle applied.
 #[derive(Clone, Debug)]
 pub struct MirrorUpdate {
-    pub old: Mirror,
+    pub old: MirrorDigest,
     pub new: Mirror,
 }
 
@@ -275,9 +278,12 @@ pub async fn planning_input<T: Target>(
     } else {
         None
     };
+    // A digest of the loaded mirror, not a copy: at 100,000 users a copy is
+    // hundreds of megabytes.
+    let old_digest = old_mirror.as_ref().map(MirrorDigest::of);
     // `--full` is a full resync on both sides: a source with a mirror reads
     // everything again too (without links, the adapter starts a full round).
-    let mirror_in = old_mirror.clone().map(|mut m| {
+    let mirror_in = old_mirror.map(|mut m| {
         if full_target.is_some() {
             m.users_link = None;
             m.groups_link = None;
@@ -301,7 +307,7 @@ pub async fn planning_input<T: Target>(
         })
     });
     let (desired, new_mirror) = desired?;
-    let mirror = old_mirror
+    let mirror = old_digest
         .zip(new_mirror)
         .map(|(old, new)| MirrorUpdate { old, new });
     let state = loaded.transpose()?.unwrap_or_default();
