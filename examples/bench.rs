@@ -10,10 +10,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use idsync::apply::{Response, transition};
+use idsync::apply::assume_success;
 use idsync::config::Settings;
-use idsync::model::{Ownership, ScimId, SourceKey, State};
-use idsync::plan::{self, Operation, Plan, PlanningInput};
+use idsync::model::{SourceKey, State};
+use idsync::plan::{self, Plan, PlanningInput};
 use idsync::state::StateDb;
 
 // The same allocator as the `idsync` binary.
@@ -223,33 +223,11 @@ async fn stage(name: &str, config: &Path) {
             // the first plan answered with success, through the executor's own
             // state transition.
             let plan = make_plan(&settings, desired, State::default(), None);
-            let create_only = settings.mapping.create_only();
-            let mut state = State::default();
-            let mut changes = Vec::with_capacity(plan.operations.len());
-            for (i, op) in plan.operations.iter().enumerate() {
-                let response = match op {
-                    Operation::CreateUser { changes, .. } => Response::UserCreated {
-                        id: ScimId::new(format!("id-{i}")),
-                        ownership: Ownership::Created,
-                        attrs: changes
-                            .iter()
-                            .filter_map(|(a, c)| c.new.clone().map(|v| (*a, v)))
-                            .collect(),
-                    },
-                    Operation::CreateGroup { .. } => Response::GroupCreated {
-                        id: ScimId::new(format!("g-{i}")),
-                        ownership: Ownership::Created,
-                    },
-                    _ => Response::Ok,
-                };
-                if let Some(change) = transition(&state, op, response, &create_only).change {
-                    state.apply(&change);
-                    changes.push(change);
-                }
-            }
+            let changes = assume_success(&State::default(), &plan, &settings.mapping.create_only());
             let t = Instant::now();
             let mut db = StateDb::open(&settings.state_path).expect("state");
             db.commit_changes(&changes).expect("seed");
+            let state = db.load().expect("load");
             println!(
                 "seeded the state DB with {} users, {} groups in {:.2}s",
                 state.users.len(),

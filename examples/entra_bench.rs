@@ -28,10 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use graph_server::{CLIENT_ID, Directory, GraphServer, Group, TENANT};
-use idsync::apply::{Response, transition};
+use idsync::apply::assume_success;
 use idsync::config::Settings;
-use idsync::model::{Mirror, MirrorDigest, Ownership, ScimId, State};
-use idsync::plan::{self, Operation, PlanningInput};
+use idsync::model::{Mirror, MirrorDigest, State};
+use idsync::plan::{self, PlanningInput};
 use idsync::state::StateDb;
 use serde_json::json;
 
@@ -280,30 +280,7 @@ fn seed(config: &Path) {
     )
     .expect("planning input");
     let plan = plan::plan(&input);
-    let create_only = settings.mapping.create_only();
-    let mut state = State::default();
-    let mut changes = Vec::with_capacity(plan.operations.len());
-    for (i, op) in plan.operations.iter().enumerate() {
-        let response = match op {
-            Operation::CreateUser { changes, .. } => Response::UserCreated {
-                id: ScimId::new(format!("id-{i}")),
-                ownership: Ownership::Created,
-                attrs: changes
-                    .iter()
-                    .filter_map(|(a, c)| c.new.clone().map(|v| (*a, v)))
-                    .collect(),
-            },
-            Operation::CreateGroup { .. } => Response::GroupCreated {
-                id: ScimId::new(format!("g-{i}")),
-                ownership: Ownership::Created,
-            },
-            _ => Response::Ok,
-        };
-        if let Some(change) = transition(&state, op, response, &create_only).change {
-            state.apply(&change);
-            changes.push(change);
-        }
-    }
+    let changes = assume_success(&State::default(), &plan, &settings.mapping.create_only());
     let mut db = StateDb::open(&settings.state_path).expect("state");
     db.commit_changes(&changes).expect("seed");
     db.save_mirror(&MirrorDigest::default(), &mirror)

@@ -29,7 +29,7 @@ use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
 
 pub use resume::Interrupted;
 pub use target::{Target, TargetError};
-pub use transition::{Response, Transition, members_present, transition};
+pub use transition::{Response, Transition, assume_success, members_present, transition};
 
 /// Stop early when at least this many operations ran and more than half failed
 /// because of the target (5xx, time-outs, exhausted retries): the target is

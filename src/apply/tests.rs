@@ -440,3 +440,18 @@ fn target_failures_still_stop_the_cycle_early() {
     );
     assert_eq!(outcome.failed, FAILURE_BUDGET_MIN_OPS);
 }
+
+#[test]
+fn assuming_every_request_succeeds_leaves_nothing_to_do() {
+    use crate::plan::testkit::{desired, group, person, plan};
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Ops"));
+    let d = desired(vec![a, b], vec![group("g", "G", &["1", "2"])]);
+    let first = plan(&d, &State::default(), &Policy::default());
+    let mut state = State::default();
+    for change in assume_success(&State::default(), &first, &d.create_only) {
+        state.apply(&change);
+    }
+    assert_eq!(state.managed_users(), 2);
+    let next = plan(&d, &state, &Policy::default());
+    assert!(next.is_empty(), "{:#?}", next.operations);
+}

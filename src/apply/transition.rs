@@ -321,3 +321,37 @@ pub fn transition(
         ),
     }
 }
+
+/// The state changes `plan` makes when every request succeeds, with made-up
+/// SCIM ids (`id-N`, `g-N`): what a completed run leaves behind, through the
+/// same transition. For benchmarks that seed a state DB without a target.
+pub fn assume_success(
+    state: &State,
+    plan: &crate::plan::Plan,
+    create_only: &BTreeSet<UserAttr>,
+) -> Vec<StateChange> {
+    let mut state = state.clone();
+    let mut changes = Vec::with_capacity(plan.operations.len());
+    for (i, op) in plan.operations.iter().enumerate() {
+        let response = match op {
+            Operation::CreateUser { changes, .. } => Response::UserCreated {
+                id: ScimId::new(format!("id-{i}")),
+                ownership: Ownership::Created,
+                attrs: changes
+                    .iter()
+                    .filter_map(|(a, c)| c.new.clone().map(|v| (*a, v)))
+                    .collect(),
+            },
+            Operation::CreateGroup { .. } => Response::GroupCreated {
+                id: ScimId::new(format!("g-{i}")),
+                ownership: Ownership::Created,
+            },
+            _ => Response::Ok,
+        };
+        if let Some(change) = transition(&state, op, response, create_only).change {
+            state.apply(&change);
+            changes.push(change);
+        }
+    }
+    changes
+}

@@ -1,3 +1,6 @@
+//! Mapping tests: compiling mapping files (and their diagnostics), mapping
+//! records, scope rules including `member_of`, and duplicate detection.
+
 use std::sync::Arc;
 
 use super::*;
