@@ -14,11 +14,10 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
-use crate::apply::{Progress, TargetError};
+use crate::apply::Progress;
 use crate::config::{ConfigError, Settings};
 use crate::report::{self, Format, Style};
 use crate::source::SourceError;
-use crate::state::StateError;
 use crate::sync::{self, Exit, SyncError, SyncOptions, inspect};
 
 /// Removals listed on stderr when a guard holds a plan back.
@@ -64,50 +63,9 @@ impl From<SyncError> for Failure {
         Failure {
             exit: e.exit(),
             message,
-            hint: hint(&e),
+            hint: e.hint(),
         }
     }
-}
-
-/// What the operator should do next.
-fn hint(e: &SyncError) -> Option<String> {
-    let text = match e {
-        SyncError::Config(e) => return e.hint(),
-        SyncError::Source(e) => return Some(e.hint().into_owned()),
-        SyncError::State(StateError::Locked { .. }) => {
-            "wait for the other run to finish (one run at a time per state DB)"
-        }
-        SyncError::State(_) => {
-            "check the `state:` path and its permissions; the DB is never changed by a failed open"
-        }
-        SyncError::Mapping { .. } => {
-            "fix the records (or the mapping) listed above, then run again"
-        }
-        SyncError::StateWrite(_) => {
-            "operations committed before this are safe; free disk space or fix the DB's permissions, then run sync again (it resumes without duplicates)"
-        }
-        SyncError::TargetSetup(_) => "check the target section of the config",
-        SyncError::Target(TargetError::Unauthorized { .. }) => {
-            "check the SCIM token (token_env / token_file) and that it belongs to this directory"
-        }
-        SyncError::Target(_) => "check target.base_url and that the target is reachable from here",
-        SyncError::PartialListing { .. } => {
-            "the target (or a proxy in front of it) returned an incomplete listing: run again later; if those objects really were deleted in the target, run `idsync sync` without --full (an update answered 404 marks an object removed, and the next cycle recreates it)"
-        }
-        SyncError::Guard { stop, .. } => stop.hint(),
-        SyncError::PlanUnreadable { .. } => return None,
-        SyncError::NotAPlan { .. } => "save plans with `idsync plan --out FILE`",
-        SyncError::StalePlan { .. } => {
-            "make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)"
-        }
-        SyncError::NoState { .. } => {
-            "if the state DB was lost, restore it from a backup; otherwise run `idsync sync --full` once: it reads the target and adopts existing users and groups by name"
-        }
-        SyncError::PlanMismatch { .. } => {
-            "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
-        }
-    };
-    Some(text.to_string())
 }
 
 /// `--format`.
@@ -439,7 +397,7 @@ async fn plan(
     }
     if !full && let Some(stop) = sync::lost_state_stop(settings, input.state()).await {
         eprintln!("warning: `sync` would stop here: {stop}");
-        if let Some(h) = hint(&stop) {
+        if let Some(h) = stop.hint() {
             eprintln!("hint: {h}");
         }
     }
@@ -535,7 +493,9 @@ impl Progress for ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::TargetError;
     use crate::plan::guard::GuardStop;
+    use crate::state::StateError;
 
     fn exit_of(e: SyncError) -> Exit {
         Failure::from(e).exit

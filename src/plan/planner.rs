@@ -101,10 +101,7 @@ fn diff_state(desired: &Desired, state: &State, policy: &Policy) -> (Vec<Operati
 
     for d in &desired.users {
         desired_keys.insert(&d.key);
-        let live = state
-            .users
-            .get(&d.key)
-            .filter(|s| s.status != Status::Removed);
+        let live = state.live_user(&d.key);
         if let Some(domain) = unverified_domain(d, &policy.verified_domains) {
             warnings.push(format!(
                 "user {:?} ({}) skipped: its email domain {:?} is not in target.verified_domains",
@@ -318,10 +315,7 @@ fn plan_groups(
 
     for g in &desired.groups {
         desired_keys.insert(&g.key);
-        let live = state
-            .groups
-            .get(&g.key)
-            .filter(|s| s.status != Status::Removed);
+        let live = state.live_group(&g.key);
         if is_protected(&g.display_name) || live.is_some_and(|s| is_protected(&s.display_name)) {
             continue;
         }

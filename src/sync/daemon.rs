@@ -55,7 +55,12 @@ pub async fn run(path: &Path, shutdown: Arc<AtomicBool>) -> Result<(), ConfigErr
                     exit_code = summary.exit_code,
                     "cycle done"
                 ),
-                Err(e) => tracing::error!(error = ?e.to_string(), "cycle stopped"),
+                Err(e) => tracing::error!(
+                    exit_code = e.exit() as u8,
+                    error = ?e.to_string(),
+                    hint = ?e.hint().unwrap_or_default(),
+                    "cycle stopped"
+                ),
             }
         }
         if shutdown.load(Ordering::SeqCst) {

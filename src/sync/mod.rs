@@ -104,7 +104,7 @@ pub enum SyncError {
     #[error("{} is not an idsync plan: {message}", .path.display())]
     NotAPlan { path: PathBuf, message: String },
     #[error(
-        "the saved plan {} is stale: the config, the mapping or the state changed since it was made",
+        "the saved plan {} is stale: the config, the mapping or the state changed since it was made, or the file was edited",
         .path.display()
     )]
     StalePlan { path: PathBuf },
@@ -144,6 +144,49 @@ pub enum Exit {
 }
 
 impl SyncError {
+    /// What the operator should do next.
+    pub fn hint(&self) -> Option<String> {
+        let text = match self {
+            SyncError::Config(e) => return e.hint(),
+            SyncError::Source(e) => return Some(e.hint().into_owned()),
+            SyncError::State(StateError::Locked { .. }) => {
+                "wait for the other run to finish (one run at a time per state DB)"
+            }
+            SyncError::State(_) => {
+                "check the `state:` path and its permissions; the DB is never changed by a failed open"
+            }
+            SyncError::Mapping { .. } => {
+                "fix the records (or the mapping) listed above, then run again"
+            }
+            SyncError::StateWrite(_) => {
+                "operations committed before this are safe; free disk space or fix the DB's permissions, then run sync again (it resumes without duplicates)"
+            }
+            SyncError::TargetSetup(_) => "check the target section of the config",
+            SyncError::Target(TargetError::Unauthorized { .. }) => {
+                "check the SCIM token (token_env / token_file) and that it belongs to this directory"
+            }
+            SyncError::Target(_) => {
+                "check target.base_url and that the target is reachable from here"
+            }
+            SyncError::PartialListing { .. } => {
+                "the target (or a proxy in front of it) returned an incomplete listing: run again later; if those objects really were deleted in the target, run `idsync sync` without --full (an update answered 404 marks an object removed, and the next cycle recreates it)"
+            }
+            SyncError::Guard { stop, .. } => stop.hint(),
+            SyncError::PlanUnreadable { .. } => return None,
+            SyncError::NotAPlan { .. } => "save plans with `idsync plan --out FILE`",
+            SyncError::StalePlan { .. } => {
+                "make a new plan with `idsync plan --out` and review it again (full plans cannot be saved: run `sync --full`)"
+            }
+            SyncError::NoState { .. } => {
+                "if the state DB was lost, restore it from a backup; otherwise run `idsync sync --full` once: it reads the target and adopts existing users and groups by name"
+            }
+            SyncError::PlanMismatch { .. } => {
+                "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
+            }
+        };
+        Some(text.to_string())
+    }
+
     /// The exit code this failure ends a command with.
     pub fn exit(&self) -> Exit {
         match self {
