@@ -448,7 +448,19 @@ impl ScimServer {
     }
 
     fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let url = format!("{}{path}", self.base_url());
+        self.request_at(&self.base_url(), method, path, body)
+    }
+
+    /// One request with this server's token to `base` (the server itself, or a
+    /// proxy in front of it): the status and the JSON answer.
+    pub fn request_at(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = format!("{base}{path}");
         self.runtime.block_on(async {
             let mut req = self
                 .http

@@ -225,6 +225,7 @@ struct Log {
 struct Shared {
     upstream: SocketAddr,
     schedule: Mutex<Schedule>,
+    quirks: Mutex<Vec<Arc<dyn Quirk>>>,
     log: Mutex<Log>,
     started: Instant,
     stop: AtomicBool,
@@ -246,6 +247,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream: SocketAddr::from(([127, 0, 0, 1], upstream_port)),
             schedule: Mutex::new(schedule),
+            quirks: Mutex::new(Vec::new()),
             log: Mutex::new(Log::default()),
             started: Instant::now(),
             stop: AtomicBool::new(false),
@@ -278,6 +280,11 @@ impl FaultProxy {
             .schedule
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = schedule;
+    }
+
+    /// Replaces the quirks played on every forwarded request, in order.
+    pub fn set_quirks(&self, quirks: Vec<Arc<dyn Quirk>>) {
+        *self.shared.quirks.lock().unwrap_or_else(|p| p.into_inner()) = quirks;
     }
 
     /// Every request so far, in arrival order.
@@ -483,14 +490,16 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 e.forwarded = Some(forwarded);
             }
         }
-        let mut up = TcpStream::connect_timeout(&shared.upstream, Duration::from_secs(10))?;
-        up.set_read_timeout(Some(IO_TIMEOUT))?;
-        up.set_write_timeout(Some(IO_TIMEOUT))?;
-        let _ = up.set_nodelay(true);
-        up.write_all(&head)?;
-        up.write_all(&body)?;
-        let mut response = Vec::new();
-        up.read_to_end(&mut response)?;
+        let quirks = shared
+            .quirks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let response = if quirks.is_empty() {
+            exchange(shared.upstream, &head, &body)?
+        } else {
+            play_quirks(&quirks, shared.upstream, &head_text, &body)?
+        };
         set_status(shared, seq, status_of(&response));
         if fault == Fault::ForwardThenDrop {
             let _ = client.shutdown(Shutdown::Both);
@@ -551,6 +560,170 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     }
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// One request/answer over a fresh upstream connection.
+fn exchange(upstream: SocketAddr, head: &[u8], body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut up = TcpStream::connect_timeout(&upstream, Duration::from_secs(10))?;
+    up.set_read_timeout(Some(IO_TIMEOUT))?;
+    up.set_write_timeout(Some(IO_TIMEOUT))?;
+    let _ = up.set_nodelay(true);
+    up.write_all(head)?;
+    up.write_all(body)?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    Ok(response)
+}
+
+// ---------------------------------------------------------------------------
+// Quirks: server behaviours played over the real server's
+
+/// A request as a quirk sees it, after the quirks before it.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: String,
+    /// Path and query, e.g. `/v2/Users?filter=...`.
+    pub path: String,
+    pub body: String,
+}
+
+impl Exchange {
+    /// The body as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    /// `/v2/Users/abc` → `Users`; `/v2/Users?filter=…` → `Users`.
+    pub fn resource(&self) -> &str {
+        resource_of(&self.path)
+    }
+}
+
+/// An answer as a quirk sees it, after the quirks before it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+
+    /// A SCIM error answer, as a server would give it.
+    pub fn error(status: u16, detail: &str) -> Answer {
+        Answer {
+            status,
+            body: scim_error(status, detail),
+        }
+    }
+}
+
+/// The real server, for a quirk's own questions (sent with the headers of the
+/// request being played, so they carry the same credentials).
+pub struct Upstream<'a> {
+    addr: SocketAddr,
+    headers: &'a [String],
+}
+
+impl Upstream<'_> {
+    /// Sends one request upstream and returns the answer.
+    pub fn call(&self, method: &str, path: &str, body: &str) -> Answer {
+        let head = request_head(method, path, self.headers, body.len());
+        match exchange(self.addr, head.as_bytes(), body.as_bytes()) {
+            Ok(bytes) => split_answer(&bytes).0,
+            Err(e) => Answer::error(502, &format!("proxy: upstream failed: {e}")),
+        }
+    }
+}
+
+/// A behaviour some SCIM servers have. Both hooks default to doing nothing.
+pub trait Quirk: Send + Sync {
+    /// Changes the request before it goes upstream, or answers it instead.
+    fn request(&self, _req: &mut Exchange, _upstream: &Upstream) -> Option<Answer> {
+        None
+    }
+
+    /// Changes the answer before it is relayed. `req` is the request as sent.
+    fn response(&self, _req: &Exchange, _answer: &mut Answer, _upstream: &Upstream) {}
+}
+
+/// Plays `quirks` over one forwarded request; returns the answer to relay.
+fn play_quirks(
+    quirks: &[Arc<dyn Quirk>],
+    upstream: SocketAddr,
+    head_text: &str,
+    body: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut lines = head_text.split("\r\n").filter(|l| !l.is_empty());
+    let mut request_line = lines.next().unwrap_or("").split_whitespace();
+    let mut req = Exchange {
+        method: request_line.next().unwrap_or("").to_owned(),
+        path: request_line.next().unwrap_or("").to_owned(),
+        body: String::from_utf8_lossy(body).into_owned(),
+    };
+    let headers: Vec<String> = lines
+        .filter(|l| {
+            !l.split_once(':')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        })
+        .map(str::to_owned)
+        .collect();
+    let up = Upstream {
+        addr: upstream,
+        headers: &headers,
+    };
+    for quirk in quirks {
+        if let Some(answer) = quirk.request(&mut req, &up) {
+            return Ok(response(answer.status, &[], &answer.body));
+        }
+    }
+    let head = request_head(&req.method, &req.path, &headers, req.body.len());
+    let bytes = exchange(upstream, head.as_bytes(), req.body.as_bytes())?;
+    let (mut answer, extra) = split_answer(&bytes);
+    for quirk in quirks {
+        quirk.response(&req, &mut answer, &up);
+    }
+    let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    Ok(response(answer.status, &extra, &answer.body))
+}
+
+/// A request head: the request line, `headers`, and a `Content-Length`.
+fn request_head(method: &str, path: &str, headers: &[String], len: usize) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str(&format!("Content-Length: {len}\r\n\r\n"));
+    head
+}
+
+/// An HTTP answer's status and body, and the headers worth relaying
+/// (`Location`, `ETag`, `Retry-After`; the rest are rebuilt).
+fn split_answer(bytes: &[u8]) -> (Answer, Vec<(String, String)>) {
+    let status = status_of(bytes).unwrap_or(502);
+    let (head, body) = match find(bytes, b"\r\n\r\n") {
+        Some(p) => (&bytes[..p], &bytes[p + 4..]),
+        None => (bytes, &[][..]),
+    };
+    let extra = String::from_utf8_lossy(head)
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| {
+            ["location", "etag", "retry-after"]
+                .iter()
+                .any(|h| k.trim().eq_ignore_ascii_case(h))
+        })
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let answer = Answer {
+        status,
+        body: String::from_utf8_lossy(body).into_owned(),
+    };
+    (answer, extra)
 }
 
 /// The list response `response` without the resources `hide` picks (it sees
@@ -633,6 +806,9 @@ fn huge_detail(size: usize) -> String {
 
 fn reason(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

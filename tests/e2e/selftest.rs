@@ -137,3 +137,58 @@ fn harness_mentions_line() {
     assert!(!mentions_line("line 112", 12));
     assert!(!mentions_line("took 12 ms", 12));
 }
+
+/// A quirk that stores every `title` upper-cased and refuses `DELETE`.
+struct ShoutingTitles;
+
+impl crate::proxy::Quirk for ShoutingTitles {
+    fn request(
+        &self,
+        req: &mut crate::proxy::Exchange,
+        _upstream: &crate::proxy::Upstream,
+    ) -> Option<crate::proxy::Answer> {
+        if req.method == "DELETE" {
+            return Some(crate::proxy::Answer::error(403, "deletes are refused here"));
+        }
+        if let Some(mut body) = req.json().filter(|_| req.method == "POST") {
+            if let Some(title) = body.get("title").and_then(|t| t.as_str()) {
+                body["title"] = title.to_uppercase().into();
+                req.body = body.to_string();
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn proxy_quirk_rewrites_requests_and_answers_itself() {
+    let server = ScimServer::start(&fresh_token("quirk"));
+    let proxy = crate::proxy::FaultProxy::start(server.port(), crate::proxy::pass_through());
+    proxy.set_quirks(vec![std::sync::Arc::new(ShoutingTitles)]);
+    let base = proxy.base_url();
+    let (status, created) = server.request_at(
+        &base,
+        reqwest::Method::POST,
+        "/Users",
+        Some(serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": "quirk@example.com",
+            "title": "Engineer",
+        })),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["title"], "ENGINEER", "{created}");
+    let id = created["id"].as_str().expect("id");
+    let (status, _) = server.request_at(
+        &base,
+        reqwest::Method::DELETE,
+        &format!("/Users/{id}"),
+        None,
+    );
+    assert_eq!(status, 403);
+    assert_eq!(
+        server.users().len(),
+        1,
+        "the refused DELETE never reached the server"
+    );
+}
