@@ -150,11 +150,11 @@ impl crate::proxy::Quirk for ShoutingTitles {
         if req.method == "DELETE" {
             return Some(crate::proxy::Answer::error(403, "deletes are refused here"));
         }
-        if let Some(mut body) = req.json().filter(|_| req.method == "POST") {
-            if let Some(title) = body.get("title").and_then(|t| t.as_str()) {
-                body["title"] = title.to_uppercase().into();
-                req.body = body.to_string();
-            }
+        if let Some(mut body) = req.json().filter(|_| req.method == "POST")
+            && let Some(title) = body.get("title").and_then(|t| t.as_str())
+        {
+            body["title"] = title.to_uppercase().into();
+            req.body = body.to_string();
         }
         None
     }
