@@ -1289,6 +1289,7 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
         let token = read_secret_file(&file);
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        use secrecy::ExposeSecret;
         assert_eq!(token.expect("accepted").expose_secret(), "tok-abc");
     }
 

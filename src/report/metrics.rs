@@ -262,8 +262,12 @@ mod tests {
         assert!(second.contains("\nidsync_throttled_total 0\n"));
         // Never a timestamp on a sample: two fields per sample line.
         for line in second.lines().filter(|l| !l.starts_with('#')) {
-            assert_eq!(line.rsplitn(2, ' ').count(), 2, "{line}");
-            assert!(!line.split_once("} ").map_or(line, |(_, v)| v).contains(' '));
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(
+                series.ends_with('}') || !series.contains(' '),
+                "a third field: {line}"
+            );
         }
     }
 
