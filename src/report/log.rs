@@ -33,15 +33,58 @@ pub fn log_text(records: &[LogRecord]) -> String {
             http,
             show(&r.subject)
         );
-        if let Some(name) = &r.name {
+        if let Some(name) = r.name.as_ref().filter(|n| **n != r.subject) {
             let _ = write!(out, " ({})", show(name));
         }
         out.push('\n');
+        if let Some(detail) = &r.detail {
+            detail_text(&mut out, detail);
+        }
         if let Some(error) = &r.error {
             let _ = writeln!(out, "    error: {}", escape(error));
         }
     }
     out
+}
+
+/// An operation's detail, indented under it: one line per changed attribute
+/// (`title: "Manager" → "Rear Admiral"`), the members, anything else as JSON.
+fn detail_text(out: &mut String, detail: &serde_json::Value) {
+    let Some(fields) = detail.as_object() else {
+        let _ = writeln!(out, "    {}", escape(&detail.to_string()));
+        return;
+    };
+    for (field, value) in fields {
+        match (field.as_str(), value) {
+            ("changes", serde_json::Value::Object(changes)) => {
+                for (attr, change) in changes {
+                    let _ = writeln!(
+                        out,
+                        "    {}: {} → {}",
+                        show(attr),
+                        value_text(&change["old"]),
+                        value_text(&change["new"])
+                    );
+                }
+            }
+            ("members", serde_json::Value::Array(members)) => {
+                let shown: Vec<String> = members.iter().map(value_text).collect();
+                let _ = writeln!(out, "    members: {}", shown.join(", "));
+            }
+            _ => {
+                let _ = writeln!(out, "    {}: {}", show(field), escape(&value.to_string()));
+            }
+        }
+    }
+}
+
+/// A JSON value as text: a string shown bare or quoted, null as `(none)`.
+fn value_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "(none)".to_string(),
+        serde_json::Value::String(s) => show(s),
+        other => escape(&other.to_string()),
+    }
 }
 
 /// The records as a JSON array.
@@ -65,6 +108,7 @@ pub fn log_csv(records: &[LogRecord]) -> String {
         "outcome",
         "http_status",
         "error",
+        "detail",
     ];
     let _ = writer.write_record(header);
     for r in records {
@@ -79,6 +123,7 @@ pub fn log_csv(records: &[LogRecord]) -> String {
             r.outcome.clone(),
             r.http_status.map(|s| s.to_string()).unwrap_or_default(),
             r.error.clone().unwrap_or_default(),
+            r.detail.as_ref().map(|d| d.to_string()).unwrap_or_default(),
         ];
         let _ = writer.write_record(fields.iter().map(|f| spreadsheet_safe(f)));
     }
@@ -111,6 +156,9 @@ mod tests {
             outcome: if error.is_some() { "failed" } else { "applied" }.into(),
             http_status: Some(if error.is_some() { 400 } else { 201 }),
             error: error.map(str::to_string),
+            detail: Some(serde_json::json!({
+                "changes": { "title": { "old": "Manager", "new": "Boss\nforged" } }
+            })),
         }
     }
 
@@ -125,7 +173,7 @@ mod tests {
         let mut reader = csv::Reader::from_reader(csv.as_bytes());
         let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].len(), 10);
+        assert_eq!(rows[0].len(), 11);
         assert_eq!(&rows[0][9], "'-1+1, \"bad\"\nline");
     }
 
@@ -135,7 +183,11 @@ mod tests {
             "k\n2026 run 1 forged",
             Some("boom\u{1b}[2J\nforged"),
         )]);
-        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.contains("    title: Manager → \"Boss\\nforged\"\n"),
+            "{text}"
+        );
         assert!(text.contains("\\n2026 run 1 forged"), "{text}");
         assert!(text.contains("error: boom\\u{1b}[2J\\nforged"), "{text}");
     }

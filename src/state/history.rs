@@ -52,14 +52,20 @@ pub struct LogRecord {
     pub seq: i64,
     pub at: String,
     pub command: String,
+    #[serde(rename = "action")]
     pub op: String,
     /// The object's source key.
+    #[serde(rename = "object_key")]
     pub subject: String,
     /// Its userName or group name, as the state records it now.
+    #[serde(rename = "object_name")]
     pub name: Option<String>,
     pub outcome: String,
     pub http_status: Option<i64>,
     pub error: Option<String>,
+    /// What the operation carried: `changes` (attribute → old, new) of an
+    /// update, `attributes` of a create, `members` added or removed.
+    pub detail: Option<serde_json::Value>,
 }
 
 /// How a run ended, for its history entry.
@@ -270,12 +276,21 @@ impl StateDb {
     pub fn op_log(&self, filter: &LogFilter) -> Result<Vec<LogRecord>, StateError> {
         let mut sql = String::from(
             "SELECT o.run_id, o.seq, o.at, o.op, o.subject, o.outcome, o.http_status, o.error,
-                    COALESCE(u.user_name, g.display_name), r.command
+                    COALESCE(u.user_name, g.display_name), r.command, {detail}
              FROM run_ops o
              JOIN runs r ON r.id = o.run_id
              LEFT JOIN users u ON u.key = o.subject AND o.op LIKE '%_user'
              LEFT JOIN groups g ON g.key = o.subject AND o.op NOT LIKE '%_user'
              WHERE 1 = 1",
+        )
+        // A file from before migration 4, opened read-only, has no detail.
+        .replace(
+            "{detail}",
+            if self.has_column("run_ops", "detail")? {
+                "o.detail"
+            } else {
+                "NULL"
+            },
         );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let mut arg = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
@@ -324,10 +339,23 @@ impl StateDb {
                     error: r.get(7)?,
                     name: r.get(8)?,
                     command: r.get(9)?,
+                    detail: r
+                        .get::<_, Option<String>>(10)?
+                        .and_then(|d| serde_json::from_str(&d).ok()),
                 })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn has_column(&self, table: &str, column: &str) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+                params![table, column],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// A named value in the meta table (quarantine counters and the like).

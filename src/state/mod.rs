@@ -403,7 +403,49 @@ mod tests {
             outcome: OpOutcome::Applied,
             http_status: Some(201),
             error: None,
+            detail: None,
         }
+    }
+
+    #[test]
+    fn the_log_keeps_an_operations_detail_and_reads_a_file_from_before_migration_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        {
+            let mut db = StateDb::open(&path).unwrap();
+            let run = db
+                .begin_run("sync", &[("update_user", "k1".into())])
+                .unwrap();
+            let mut r = record(0);
+            r.op = "update_user";
+            r.detail = Some(r#"{"changes":{"title":{"old":"A","new":"B"}}}"#.into());
+            db.commit(run, &r, None).unwrap();
+            db.commit(run, &record(1), None).unwrap();
+            let log = db
+                .op_log(&LogFilter {
+                    actions: vec!["update_user".into()],
+                    ..LogFilter::default()
+                })
+                .unwrap();
+            assert_eq!(log.len(), 1);
+            assert_eq!(
+                log[0].detail.as_ref().unwrap()["changes"]["title"]["new"],
+                "B"
+            );
+            // As migration 3 left it.
+            db.conn
+                .execute_batch("ALTER TABLE run_ops DROP COLUMN detail; PRAGMA user_version = 3;")
+                .unwrap();
+        }
+        let db = StateDb::open_read_only(&path).unwrap().expect("exists");
+        let log = db.op_log(&LogFilter::default()).unwrap();
+        assert_eq!(log.len(), 2);
+        assert!(log.iter().all(|r| r.detail.is_none()));
+        // A sync migrates it again.
+        drop(db);
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.user_version().unwrap(), schema::SCHEMA_VERSION);
+        assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 2);
     }
 
     #[test]
@@ -703,6 +745,7 @@ mod transition_tests {
                         outcome: OpOutcome::Applied,
                         http_status: None,
                         error: None,
+                        detail: None,
                     };
                     db.commit(run, &record, Some(c)).unwrap();
                     memory.apply(c);
