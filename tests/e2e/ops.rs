@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     Directory, ScimServer, UserRow, Workspace, closed_port_url, fresh_token, manifest_dir,
+    wait_until,
 };
 
 // ---------------------------------------------------------------------------
@@ -697,4 +698,106 @@ fn a_failing_webhook_leaves_the_exit_code_unchanged_and_its_url_unprinted() {
             assert_eq!(hook.bodies().len(), 1, "{what}");
         }
     }
+}
+
+/// The workspace's config without retries against the target, so a refused
+/// connection fails a cycle at once.
+fn without_retries(ws: &Workspace) -> String {
+    let config = ws.config_text();
+    assert!(config.contains("  timeout: 10s\n"));
+    config.replace(
+        "  timeout: 10s\n",
+        "  timeout: 10s\n  retry: { max_attempts: 1, max_elapsed: 1s }\n",
+    )
+}
+
+#[test]
+fn the_daemon_writes_the_metrics_file_after_each_cycle_failed_ones_too() {
+    // The target refuses connections: every cycle fails (exit 5); the second
+    // failure puts the target into quarantine.
+    let mut ws = Workspace::with_target(&closed_port_url(), &fresh_token("ops-daemon"));
+    ws.write_directory(&three_people());
+    ws.raw_config = Some(without_retries(&ws) + "schedule: { interval: 1s }\n");
+    let path = ws.path().join("daemon.prom");
+    let running = ws.spawn(&["daemon", "--metrics-file", path.to_str().unwrap()]);
+    let read = || std::fs::read_to_string(&path).unwrap_or_default();
+    let second_cycle = wait_until(Duration::from_secs(60), || {
+        read().contains("\nidsync_quarantined 1\n")
+    });
+    running.signal("TERM");
+    let out = running.wait(Duration::from_secs(30));
+    assert!(
+        second_cycle,
+        "no second cycle in the metrics file:\n{}\n{}",
+        read(),
+        out.dump()
+    );
+    out.assert_code(0);
+    let m = parse_exposition(&read());
+    assert_eq!(m.get("idsync_last_exit_code"), 5.0);
+    assert_eq!(m.get("idsync_last_success_timestamp_seconds"), 0.0);
+    assert_eq!(m.get("idsync_http_requests_total{code=\"none\"}"), 2.0);
+    assert_eq!(m.sum("idsync_operations_total", ""), 0.0);
+}
+
+#[test]
+fn entering_quarantine_is_posted_to_the_webhook_once() {
+    let hook = Webhook::start(Answer::Status(204));
+    let mut ws = Workspace::with_target(&closed_port_url(), &fresh_token("ops-notify-q"));
+    ws.write_directory(&three_people());
+    ws.raw_config =
+        Some(without_retries(&ws) + &format!("notify: {{ webhook_url_env: {WEBHOOK_ENV} }}\n"));
+    ws.env.push((WEBHOOK_ENV.into(), hook.url()));
+    ws.extra_secrets.push(hook.url());
+    // The first failed cycle is not worth a message; the second quarantines.
+    ws.run(&["sync"]).assert_code(5);
+    assert!(hook.bodies().is_empty(), "{:?}", hook.bodies());
+    ws.run(&["sync"]).assert_code(5);
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert!(bodies[0].contains("quarantined"), "{}", bodies[0]);
+    // Still quarantined: not posted again.
+    ws.run(&["sync"]).assert_code(5);
+    assert_eq!(hook.bodies().len(), 1);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_token_in_a_systemd_credentials_folder_is_read_through_credentials_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = ScimServer::start(&fresh_token("ops-credentials"));
+    let mut ws = Workspace::new(&server);
+    // As systemd lays out /run/credentials/UNIT: the folder 0500, files 0400.
+    let creds = ws.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("scim-token"), format!("{}\n", ws.token)).unwrap();
+    std::fs::set_permissions(
+        creds.join("scim-token"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let config = ws.config_text();
+    let needle = format!("token_env: {}", crate::harness::TOKEN_ENV);
+    assert!(config.contains(&needle));
+    ws.raw_config = Some(config.replace(
+        &needle,
+        "token_file: \"${CREDENTIALS_DIRECTORY}/scim-token\"",
+    ));
+    ws.write_directory(&three_people());
+    ws.env
+        .push(("CREDENTIALS_DIRECTORY".into(), creds.display().to_string()));
+    let run = ws.sync_ok();
+    assert_eq!(run["summary"]["create_users"], 3, "{run}");
+    // Outside systemd the variable is unset: a clear error pointing at LoadCredential=.
+    ws.env.clear();
+    let out = ws.run(&["validate"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("CREDENTIALS_DIRECTORY is not set")
+            && out.stderr.contains("LoadCredential="),
+        "{}",
+        out.stderr
+    );
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
