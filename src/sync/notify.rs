@@ -29,9 +29,7 @@ pub fn message(settings: &NotifySettings, facts: &CycleFacts, config: &Path) -> 
             .stopped
             .as_deref()
             .unwrap_or("a safety guard stopped it");
-        parts.push(format!(
-            "a safety guard stopped the cycle, nothing was changed: {why}"
-        ));
+        parts.push(format!("a safety guard stopped the cycle: {why}"));
     }
     if wants(NotifyEvent::Quarantine) && facts.entered_quarantine {
         parts.push(
