@@ -197,7 +197,7 @@ enum Command {
         /// Only this run (the run numbers `status` shows).
         #[arg(long)]
         run: Option<i64>,
-        /// Only operations on this user (source key or userName).
+        /// Only operations on this user (source key, userName or email).
         #[arg(long)]
         user: Option<String>,
         /// Only these operations (create_user, update_user, disable_user, add_members, ...).

@@ -37,7 +37,7 @@ pub struct LogFilter {
     /// Operations at or after this time (RFC 3339, UTC, as stored).
     pub since: Option<String>,
     pub run: Option<i64>,
-    /// A user's source key or userName (case-insensitive).
+    /// A user's source key, userName or email (both case-insensitive).
     pub user: Option<String>,
     /// Operation names (`create_user`, `add_members`, ...).
     pub actions: Vec<String>,
@@ -304,11 +304,11 @@ impl StateDb {
             arg(&mut sql, " AND o.run_id = ?", run.into());
         }
         if let Some(user) = &filter.user {
-            // A source key, or a userName (emails are userNames on Atlassian).
+            // A source key, a userName or the email idsync pushed.
             let n = args.len();
             args.push(user.clone().into());
             sql.push_str(&format!(
-                " AND o.op LIKE '%_user' AND (o.subject = ?{i} OR o.subject IN (SELECT key FROM users WHERE user_name = ?{i} COLLATE NOCASE))",
+                " AND o.op LIKE '%_user' AND (o.subject = ?{i} OR o.subject IN (SELECT key FROM users WHERE user_name = ?{i} COLLATE NOCASE OR lower(json_extract(attrs, '$.emails')) = lower(?{i})))",
                 i = n + 1
             ));
         }

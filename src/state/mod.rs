@@ -432,6 +432,33 @@ mod tests {
                 log[0].detail.as_ref().unwrap()["changes"]["title"]["new"],
                 "B"
             );
+            // By key, by userName, by the email pushed (case-insensitive).
+            let mut u = user("id-1", "ada");
+            u.attrs
+                .as_mut()
+                .unwrap()
+                .insert(UserAttr::Email, "Ada@Example.com".into());
+            let put = StateChange::PutUser {
+                key: SourceKey::new("k1"),
+                user: u,
+            };
+            let mut r = record(2);
+            r.subject = "k1".into();
+            db.commit(run, &r, Some(&put)).unwrap();
+            for who in ["k1", "ADA", "ada@example.COM"] {
+                let by_user = db
+                    .op_log(&LogFilter {
+                        user: Some(who.into()),
+                        ..LogFilter::default()
+                    })
+                    .unwrap();
+                assert_eq!(by_user.len(), 3, "{who}");
+            }
+            let nobody = LogFilter {
+                user: Some("grace@example.com".into()),
+                ..LogFilter::default()
+            };
+            assert!(db.op_log(&nobody).unwrap().is_empty());
             // As migration 3 left it.
             db.conn
                 .execute_batch("ALTER TABLE run_ops DROP COLUMN detail; PRAGMA user_version = 3;")
@@ -439,13 +466,13 @@ mod tests {
         }
         let db = StateDb::open_read_only(&path).unwrap().expect("exists");
         let log = db.op_log(&LogFilter::default()).unwrap();
-        assert_eq!(log.len(), 2);
+        assert_eq!(log.len(), 3);
         assert!(log.iter().all(|r| r.detail.is_none()));
         // A sync migrates it again.
         drop(db);
         let db = StateDb::open(&path).unwrap();
         assert_eq!(db.user_version().unwrap(), schema::SCHEMA_VERSION);
-        assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 2);
+        assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 3);
     }
 
     #[test]
