@@ -716,6 +716,30 @@ mod tests {
     }
 
     #[test]
+    fn log_filters_are_checked_and_since_becomes_a_cutoff() {
+        let f = log_filter(Some("2d"), Some(3), None, vec!["create_user".into()], None).unwrap();
+        let cutoff = chrono::DateTime::parse_from_rfc3339(f.since.as_deref().unwrap()).unwrap();
+        let age = chrono::Utc::now() - cutoff.with_timezone(&chrono::Utc);
+        assert!(
+            (age - chrono::Duration::days(2)).num_seconds().abs() < 60,
+            "{age}"
+        );
+        assert_eq!(f.run, Some(3));
+        let bad_since = log_filter(Some("lately"), None, None, Vec::new(), None).unwrap_err();
+        assert_eq!(bad_since.exit, Exit::Usage);
+        assert!(
+            bad_since.message.contains("--since"),
+            "{}",
+            bad_since.message
+        );
+        let bad_action =
+            log_filter(None, None, None, vec!["create_users".into()], None).unwrap_err();
+        assert_eq!(bad_action.exit, Exit::Usage);
+        let f = log_filter(None, None, None, Vec::new(), Some(LogOutcome::Failed)).unwrap();
+        assert_eq!(f.outcome.as_deref(), Some("failed"));
+    }
+
+    #[test]
     fn the_command_line_parses_every_command() {
         for args in [
             &["idsync", "validate", "-c", "x.yaml"][..],
