@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything idsync's tests need on a fresh Debian machine:
 #   - Debian packages: slapd + ldap-utils (LDAP e2e tests), openssl (a throwaway CA for the
-#     LDAPS tests), ca-certificates (rustls reads the system store), wrk (benchmarks)
+#     LDAPS tests), ca-certificates (rustls reads the system store), wrk (benchmarks),
+#     systemd (its `systemd-analyze verify` checks examples/systemd/; nothing is started,
+#     and it works in a container without systemd as PID 1)
 #   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
@@ -81,7 +83,7 @@ stop_packaged_slapd() {
 
 install_slapd
 stop_packaged_slapd
-apt_install wrk openssl ca-certificates
+apt_install wrk openssl ca-certificates systemd
 
 # --- Python venv with scim2-server -------------------------------------------
 python_bin=""

@@ -101,6 +101,22 @@ pub struct Cli {
     command: Command,
 }
 
+/// `log --outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogOutcome {
+    Applied,
+    Failed,
+    Skipped,
+}
+
+/// `log --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+    Csv,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -159,11 +175,39 @@ enum Command {
         allow_deletes: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+        /// Write Prometheus metrics here after the cycle (overrides `metrics_file:`).
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
     },
     /// Run cycles on the configured interval or cron schedule.
     Daemon {
         #[command(flatten)]
         config: ConfigArg,
+        /// Write Prometheus metrics here after each cycle (overrides `metrics_file:`).
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
+    },
+    /// The provisioning log: every operation of the runs kept for `history_days`.
+    Log {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only operations this recent (e.g. 2d, 12h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this run (the run numbers `status` shows).
+        #[arg(long)]
+        run: Option<i64>,
+        /// Only operations on this user (source key, userName or email).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only these operations (create_user, update_user, disable_user, add_members, ...).
+        #[arg(long, value_delimiter = ',')]
+        action: Vec<String>,
+        /// Only operations that ended so.
+        #[arg(long, value_enum)]
+        outcome: Option<LogOutcome>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: LogFormatArg,
     },
     /// Last runs, failures, pending work.
     Status {
@@ -259,8 +303,12 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             plan,
             allow_deletes,
             format,
+            metrics_file,
         } => {
-            let settings = Settings::load(&config.config)?;
+            let mut settings = Settings::load(&config.config)?;
+            if metrics_file.is_some() {
+                settings.metrics_file = metrics_file;
+            }
             warn_cleartext(&settings);
             let opts = SyncOptions {
                 full,
@@ -270,8 +318,36 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             };
             sync_command(&settings, &opts, format.into()).await
         }
-        Command::Daemon { config } => {
-            sync::daemon::run(&config.config, shutdown_flag()).await?;
+        Command::Daemon {
+            config,
+            metrics_file,
+        } => {
+            sync::daemon::run(
+                &config.config,
+                shutdown_flag(),
+                metrics_file,
+                report::metrics_text,
+            )
+            .await?;
+            Ok(Exit::Ok)
+        }
+        Command::Log {
+            config,
+            since,
+            run,
+            user,
+            action,
+            outcome,
+            format,
+        } => {
+            let settings = Settings::load(&config.config)?;
+            let filter = log_filter(since.as_deref(), run, user, action, outcome)?;
+            let records = inspect::log(&settings, &filter)?;
+            match format {
+                LogFormatArg::Text => print!("{}", report::log_text(&records)),
+                LogFormatArg::Json => println!("{}", report::log_json(&records)),
+                LogFormatArg::Csv => print!("{}", report::log_csv(&records)),
+            }
             Ok(Exit::Ok)
         }
         Command::Status { config, format } => {
@@ -437,7 +513,15 @@ async fn sync_command(
     format: Format,
 ) -> Result<Exit, Failure> {
     let progress = ProgressBar::new();
-    let summary = match sync::sync(settings, opts, shutdown_flag(), &progress).await {
+    let summary = match sync::observe::observed_sync(
+        settings,
+        opts,
+        shutdown_flag(),
+        &progress,
+        report::metrics_text,
+    )
+    .await
+    {
         Ok(summary) => summary,
         Err(e) => {
             if let SyncError::Guard {
@@ -459,6 +543,61 @@ async fn sync_command(
         0 => Exit::Ok,
         code if code == Exit::Unreachable as i32 => Exit::Unreachable,
         _ => Exit::Partial,
+    })
+}
+
+/// `log`'s filters, checked: a duration for `--since`, known operation names.
+fn log_filter(
+    since: Option<&str>,
+    run: Option<i64>,
+    user: Option<String>,
+    actions: Vec<String>,
+    outcome: Option<LogOutcome>,
+) -> Result<crate::state::LogFilter, Failure> {
+    let since = match since {
+        None => None,
+        Some(text) => {
+            let age = crate::config::parse_duration(text).map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("--since: {e}"),
+                    Some("write it like 2d or 12h"),
+                )
+            })?;
+            let age = chrono::Duration::from_std(age).map_err(|_| {
+                Failure::new(Exit::Usage, format!("--since {text:?} is too long"), None)
+            })?;
+            let cutoff = chrono::Utc::now()
+                .checked_sub_signed(age)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            Some(cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        }
+    };
+    if let Some(unknown) = actions
+        .iter()
+        .find(|a| crate::plan::OpKind::parse(a).is_none())
+    {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("--action {unknown:?} is not an operation"),
+            Some(
+                "use create_user, update_user, enable_user, disable_user, delete_user, adopt_user, create_group, update_group, delete_group, adopt_group, add_members or remove_members",
+            ),
+        ));
+    }
+    Ok(crate::state::LogFilter {
+        since,
+        run,
+        user,
+        actions,
+        outcome: outcome.map(|o| {
+            match o {
+                LogOutcome::Applied => "applied",
+                LogOutcome::Failed => "failed",
+                LogOutcome::Skipped => "skipped",
+            }
+            .to_string()
+        }),
     })
 }
 
@@ -577,6 +716,30 @@ mod tests {
     }
 
     #[test]
+    fn log_filters_are_checked_and_since_becomes_a_cutoff() {
+        let f = log_filter(Some("2d"), Some(3), None, vec!["create_user".into()], None).unwrap();
+        let cutoff = chrono::DateTime::parse_from_rfc3339(f.since.as_deref().unwrap()).unwrap();
+        let age = chrono::Utc::now() - cutoff.with_timezone(&chrono::Utc);
+        assert!(
+            (age - chrono::Duration::days(2)).num_seconds().abs() < 60,
+            "{age}"
+        );
+        assert_eq!(f.run, Some(3));
+        let bad_since = log_filter(Some("lately"), None, None, Vec::new(), None).unwrap_err();
+        assert_eq!(bad_since.exit, Exit::Usage);
+        assert!(
+            bad_since.message.contains("--since"),
+            "{}",
+            bad_since.message
+        );
+        let bad_action =
+            log_filter(None, None, None, vec!["create_users".into()], None).unwrap_err();
+        assert_eq!(bad_action.exit, Exit::Usage);
+        let f = log_filter(None, None, None, Vec::new(), Some(LogOutcome::Failed)).unwrap();
+        assert_eq!(f.outcome.as_deref(), Some("failed"));
+    }
+
+    #[test]
     fn the_command_line_parses_every_command() {
         for args in [
             &["idsync", "validate", "-c", "x.yaml"][..],
@@ -595,6 +758,33 @@ mod tests {
             &["idsync", "status", "-c", "x.yaml", "--format", "json"],
             &["idsync", "explain", "-c", "x.yaml", "ada@example.com"],
             &["idsync", "daemon", "-c", "x.yaml"],
+            &[
+                "idsync",
+                "daemon",
+                "-c",
+                "x.yaml",
+                "--metrics-file",
+                "m.prom",
+            ],
+            &["idsync", "sync", "-c", "x.yaml", "--metrics-file", "m.prom"],
+            &[
+                "idsync",
+                "log",
+                "-c",
+                "x.yaml",
+                "--since",
+                "2d",
+                "--run",
+                "3",
+                "--user",
+                "ada@example.com",
+                "--action",
+                "create_user,update_user",
+                "--outcome",
+                "failed",
+                "--format",
+                "csv",
+            ],
         ] {
             assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
         }

@@ -80,6 +80,10 @@ struct RawConfig<S> {
     schedule: Option<Spanned<RawSchedule>>,
     #[serde(default)]
     history_days: Option<u32>,
+    #[serde(default)]
+    metrics_file: Option<Spanned<String>>,
+    #[serde(default)]
+    notify: Option<Spanned<RawNotify>>,
 }
 
 /// The `source:` section: `kind` picks the adapter, whose own config reads the
@@ -121,6 +125,8 @@ impl<S> RawConfig<S> {
             state,
             schedule,
             history_days,
+            metrics_file,
+            notify,
         } = self;
         RawConfig {
             source: Spanned::new(f(source.value), source.referenced, source.defined),
@@ -130,6 +136,8 @@ impl<S> RawConfig<S> {
             state,
             schedule,
             history_days,
+            metrics_file,
+            notify,
         }
     }
 }
@@ -339,8 +347,38 @@ struct RawSchedule {
     cron: Option<String>,
 }
 
+/// `notify:` — a chat webhook told about cycles that need a person.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook_url_env: String,
+    #[serde(default)]
+    on: Option<Vec<NotifyEvent>>,
+}
+
 // ---------------------------------------------------------------------------
 // Compiled settings.
+
+/// What `notify:` can be told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    /// A guard stopped the cycle (exit 3).
+    GuardStop,
+    /// The target entered quarantine (scheduled cycles are held back).
+    Quarantine,
+    /// The cycle left operations failed (exit 1), or could not run at all.
+    Failures,
+}
+
+/// Where and when to post a notification. The webhook URL is a secret (it
+/// alone lets anyone post): it is read from the environment when a message is
+/// sent, and never logged.
+#[derive(Clone, Debug)]
+pub struct NotifySettings {
+    pub webhook_url_env: String,
+    pub on: Vec<NotifyEvent>,
+}
 
 /// Where the SCIM token comes from. It is read only when the target is contacted.
 #[derive(Clone, Debug)]
@@ -537,6 +575,9 @@ pub struct Settings {
     pub state_path: PathBuf,
     pub schedule: Schedule,
     pub history_days: u32,
+    /// Prometheus text written after every cycle (`metrics_file:` or `--metrics-file`).
+    pub metrics_file: Option<PathBuf>,
+    pub notify: Option<NotifySettings>,
 }
 
 impl Settings {
@@ -648,6 +689,32 @@ impl Settings {
             },
         };
 
+        let notify = match &raw.notify {
+            None => None,
+            Some(n) => {
+                let name = n.value.webhook_url_env.trim();
+                if name.is_empty()
+                    || name.contains(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                {
+                    return Err(at(
+                        &n.referenced,
+                        format!("notify.webhook_url_env {name:?} is not an environment variable name"),
+                        Some("name the variable that holds the webhook URL, e.g. `webhook_url_env: IDSYNC_WEBHOOK_URL`; the URL itself is a secret and never goes in the config".into()),
+                    ));
+                }
+                Some(NotifySettings {
+                    webhook_url_env: name.to_string(),
+                    on: n.value.on.clone().unwrap_or_else(|| {
+                        vec![
+                            NotifyEvent::GuardStop,
+                            NotifyEvent::Quarantine,
+                            NotifyEvent::Failures,
+                        ]
+                    }),
+                })
+            }
+        };
+
         let mut hasher = blake3::Hasher::new();
         hasher.update(text.as_bytes());
         hasher.update(&[0]);
@@ -665,6 +732,8 @@ impl Settings {
             state_path: resolve(&raw.state.value),
             schedule,
             history_days: raw.history_days.unwrap_or(30),
+            metrics_file: raw.metrics_file.as_ref().map(|m| resolve(&m.value)),
+            notify,
         })
     }
 }
@@ -963,7 +1032,11 @@ fn expand_env(text: &str, file: &str) -> Result<String, ConfigError> {
                             } else {
                                 format!("${{{name}}} is not a valid variable reference")
                             },
-                            hint: Some(format!("export {name}=… or write the value in the file")),
+                            hint: Some(if name == "CREDENTIALS_DIRECTORY" {
+                                "systemd sets CREDENTIALS_DIRECTORY only for a unit with `LoadCredential=` (see examples/systemd/idsync.service); outside systemd, point token_file at the file itself".to_string()
+                            } else {
+                                format!("export {name}=… or write the value in the file")
+                            }),
                         });
                     }
                 }
@@ -1141,6 +1214,83 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    fn compile_with(extra: &str) -> Result<Settings, ConfigError> {
+        let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
+        let text = format!(
+            "mapping: {}\ntarget: {{ kind: scim, base_url: https://scim.example, token_env: T }}\nstate: s.db\nsource: {{ kind: csv, users: u.csv }}\n{extra}",
+            mapping.display()
+        );
+        Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text)
+    }
+
+    #[test]
+    fn metrics_file_and_notify_are_read_with_their_defaults() {
+        let s = compile_with(
+            "metrics_file: metrics/idsync.prom\nnotify: { webhook_url_env: IDSYNC_WEBHOOK }\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            s.metrics_file.as_deref(),
+            Some(Path::new("/etc/idsync/metrics/idsync.prom"))
+        );
+        let notify = s.notify.expect("notify");
+        assert_eq!(notify.webhook_url_env, "IDSYNC_WEBHOOK");
+        assert_eq!(
+            notify.on,
+            [
+                NotifyEvent::GuardStop,
+                NotifyEvent::Quarantine,
+                NotifyEvent::Failures
+            ]
+        );
+        let s = compile_with("notify: { webhook_url_env: W, on: [guard_stop] }\n").unwrap();
+        assert_eq!(s.notify.unwrap().on, [NotifyEvent::GuardStop]);
+        let e = compile_with("notify: { webhook_url_env: W, on: [sometimes] }\n").unwrap_err();
+        assert!(e.to_string().contains("sometimes"), "{e}");
+        // The URL itself is refused where a variable name belongs.
+        let e =
+            compile_with("notify: { webhook_url_env: \"https://hooks.example/x\" }\n").unwrap_err();
+        assert!(
+            e.to_string().contains("not an environment variable name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_unset_credentials_directory_points_at_load_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        // Not set in tests (no systemd unit runs them).
+        if std::env::var_os("CREDENTIALS_DIRECTORY").is_some() {
+            return;
+        }
+        std::fs::write(
+            &path,
+            "target: { token_file: \"${CREDENTIALS_DIRECTORY}/scim-token\" }\n",
+        )
+        .unwrap();
+        let e = Settings::load(&path).unwrap_err();
+        assert!(
+            e.to_string().contains("CREDENTIALS_DIRECTORY is not set"),
+            "{e}"
+        );
+        assert!(e.hint().unwrap().contains("LoadCredential="), "{e:?}");
+    }
+
+    /// systemd's credentials folder (`/run/credentials/UNIT`): the folder is
+    /// the service user's, mode 0500, each credential a file of mode 0400.
+    #[cfg(unix)]
+    #[test]
+    fn a_token_file_in_a_systemd_credentials_folder_is_accepted() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, file) = token_in_private_folder(0o400);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+        let token = read_secret_file(&file);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(token.expect("accepted").expose_secret(), "tok-abc");
     }
 
     /// Everything but the `source:` section's body; `source:` is line 7.

@@ -381,6 +381,7 @@ impl<T: Target> Executor<'_, T> {
             outcome: t.outcome,
             http_status: t.http_status,
             error: t.error.clone(),
+            detail: op_detail(op),
         };
         self.db.commit(run, &record, t.change.as_ref())?;
         if let Some(change) = &t.change {
@@ -552,4 +553,17 @@ async fn create_group<T: Target>(
         },
         Err(e) => Response::Failed(e),
     }
+}
+
+/// What an operation carries besides its identity (an update's old and new
+/// values, a create's attributes, the members it adds or removes), as compact
+/// JSON for the provisioning log; `None` when it carries nothing more.
+fn op_detail(op: &Operation) -> Option<String> {
+    let serde_json::Value::Object(mut fields) = serde_json::to_value(op).ok()? else {
+        return None;
+    };
+    for identity in ["op", "key", "userName", "displayName", "scim_id"] {
+        fields.remove(identity);
+    }
+    (!fields.is_empty()).then(|| serde_json::Value::Object(fields).to_string())
 }

@@ -1,14 +1,19 @@
-//! Output for people and programs: plans, run summaries, `status` and `explain`,
-//! as text and JSON, rendered from plain data. Data goes to stdout; nothing here
+//! Output for people and programs: plans, run summaries, `status`, `explain`
+//! and the provisioning log as text and JSON (the log also as CSV), the metrics
+//! file, rendered from plain data. Data goes to stdout; nothing here
 //! logs. Directory values are printed quoted and escaped, so a name with a
 //! newline or an escape sequence cannot forge a line of output.
 
 mod explain;
+mod log;
+mod metrics;
 mod plan;
 mod run;
 mod status;
 
 pub use explain::explain_text;
+pub use log::{log_csv, log_json, log_text};
+pub use metrics::metrics_text;
 pub use plan::{held_text, plan_json, plan_text, write_plan_json};
 pub use run::{run_json, run_text};
 pub use status::{status_json, status_text};

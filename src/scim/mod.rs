@@ -219,6 +219,8 @@ struct Inner {
     requests: AtomicU64,
     retries: AtomicU64,
     throttled: AtomicU64,
+    /// Answers by HTTP status; 0 counts attempts that got no answer.
+    statuses: Mutex<std::collections::BTreeMap<u16, u64>>,
 }
 
 impl std::fmt::Debug for ScimClient {
@@ -311,6 +313,7 @@ impl ScimClient {
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
                 throttled: AtomicU64::new(0),
+                statuses: Mutex::new(std::collections::BTreeMap::new()),
             }),
         })
     }
@@ -325,6 +328,16 @@ impl ScimClient {
             retries: self.inner.retries.load(Ordering::Relaxed),
             throttled: self.inner.throttled.load(Ordering::Relaxed),
         }
+    }
+
+    /// Request attempts by the HTTP status they were answered with (0: no
+    /// answer: refused, timed out, cut off), since the client was built.
+    pub fn status_counts(&self) -> std::collections::BTreeMap<u16, u64> {
+        self.inner
+            .statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Reads `/ServiceProviderConfig` and remembers it: later calls honour its
@@ -930,11 +943,23 @@ impl ScimClient {
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, SCIM_JSON).body(body.to_vec());
         }
+        let count = |status: u16| {
+            *inner
+                .statuses
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(status)
+                .or_insert(0) += 1;
+        };
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return transport_failure(&e, &inner.redactor),
+            Err(e) => {
+                count(0);
+                return transport_failure(&e, &inner.redactor);
+            }
         };
         let status = response.status();
+        count(status.as_u16());
         let header = |name: &str| {
             response
                 .headers()

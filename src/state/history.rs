@@ -31,6 +31,43 @@ pub struct FailureRecord {
     pub error: Option<String>,
 }
 
+/// What `idsync log` asks for; every field narrows the log.
+#[derive(Clone, Debug, Default)]
+pub struct LogFilter {
+    /// Operations at or after this time (RFC 3339, UTC, as stored).
+    pub since: Option<String>,
+    pub run: Option<i64>,
+    /// A user's source key, userName or email (both case-insensitive).
+    pub user: Option<String>,
+    /// Operation names (`create_user`, `add_members`, ...).
+    pub actions: Vec<String>,
+    /// `applied`, `failed` or `skipped`.
+    pub outcome: Option<String>,
+}
+
+/// One line of the provisioning log: an operation of a run and how it ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogRecord {
+    pub run_id: i64,
+    pub seq: i64,
+    pub at: String,
+    pub command: String,
+    #[serde(rename = "action")]
+    pub op: String,
+    /// The object's source key.
+    #[serde(rename = "object_key")]
+    pub subject: String,
+    /// Its userName or group name, as the state records it now.
+    #[serde(rename = "object_name")]
+    pub name: Option<String>,
+    pub outcome: String,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+    /// What the operation carried: `changes` (attribute → old, new) of an
+    /// update, `attributes` of a create, `members` added or removed.
+    pub detail: Option<serde_json::Value>,
+}
+
 /// How a run ended, for its history entry.
 #[derive(Clone, Debug)]
 pub struct RunEnd<'a> {
@@ -171,6 +208,154 @@ impl StateDb {
             .query_map(params![subject, limit as i64], failure_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The id of the newest run in the history (0 when there is none): runs
+    /// after it are the ones a cycle about to start will record.
+    pub fn latest_run_id(&self) -> Result<i64, StateError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM runs", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// The operations of the runs after `after_run`, counted by (operation,
+    /// outcome), in that order.
+    pub fn op_counts_after(
+        &self,
+        after_run: i64,
+    ) -> Result<Vec<(String, String, u64)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT op, outcome, COUNT(*) FROM run_ops WHERE run_id > ?1
+                 GROUP BY op, outcome ORDER BY op, outcome",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([after_run], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The users and groups the state records, counted by (kind, status):
+    /// kind `user` or `group`, status `active`, `disabled` or `removed`.
+    pub fn object_counts(&self) -> Result<Vec<(&'static str, String, u64)>, StateError> {
+        let mut out = Vec::new();
+        for (kind, table) in [("user", "users"), ("group", "groups")] {
+            let sql =
+                format!("SELECT status, COUNT(*) FROM {table} GROUP BY status ORDER BY status");
+            let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (status, n) = row.map_err(|e| self.err(e))?;
+                out.push((kind, status, n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the newest run that ended with exit code 0 ended (RFC 3339).
+    pub fn last_success_at(&self) -> Result<Option<String>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT MAX(ended_at) FROM runs WHERE exit_code = 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The per-operation history (the provisioning log), oldest first, as
+    /// `filter` narrows it.
+    pub fn op_log(&self, filter: &LogFilter) -> Result<Vec<LogRecord>, StateError> {
+        let mut sql = String::from(
+            "SELECT o.run_id, o.seq, o.at, o.op, o.subject, o.outcome, o.http_status, o.error,
+                    COALESCE(u.user_name, g.display_name), r.command, {detail}
+             FROM run_ops o
+             JOIN runs r ON r.id = o.run_id
+             LEFT JOIN users u ON u.key = o.subject AND o.op LIKE '%_user'
+             LEFT JOIN groups g ON g.key = o.subject AND o.op NOT LIKE '%_user'
+             WHERE 1 = 1",
+        )
+        // A file from before migration 4, opened read-only, has no detail.
+        .replace(
+            "{detail}",
+            if self.has_column("run_ops", "detail")? {
+                "o.detail"
+            } else {
+                "NULL"
+            },
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, value: rusqlite::types::Value| {
+            args.push(value);
+            sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(since) = &filter.since {
+            arg(&mut sql, " AND o.at >= ?", since.clone().into());
+        }
+        if let Some(run) = filter.run {
+            arg(&mut sql, " AND o.run_id = ?", run.into());
+        }
+        if let Some(user) = &filter.user {
+            // A source key, a userName or the email idsync pushed.
+            let n = args.len();
+            args.push(user.clone().into());
+            sql.push_str(&format!(
+                " AND o.op LIKE '%_user' AND (o.subject = ?{i} OR o.subject IN (SELECT key FROM users WHERE user_name = ?{i} COLLATE NOCASE OR lower(json_extract(attrs, '$.emails')) = lower(?{i})))",
+                i = n + 1
+            ));
+        }
+        if !filter.actions.is_empty() {
+            let mut list = Vec::new();
+            for a in &filter.actions {
+                args.push(a.clone().into());
+                list.push(format!("?{}", args.len()));
+            }
+            sql.push_str(&format!(" AND o.op IN ({})", list.join(", ")));
+        }
+        if let Some(outcome) = &filter.outcome {
+            args.push(outcome.clone().into());
+            sql.push_str(&format!(" AND o.outcome = ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY o.run_id, o.seq");
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok(LogRecord {
+                    run_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    at: r.get(2)?,
+                    op: r.get(3)?,
+                    subject: r.get(4)?,
+                    outcome: r.get(5)?,
+                    http_status: r.get(6)?,
+                    error: r.get(7)?,
+                    name: r.get(8)?,
+                    command: r.get(9)?,
+                    detail: r
+                        .get::<_, Option<String>>(10)?
+                        .and_then(|d| serde_json::from_str(&d).ok()),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn has_column(&self, table: &str, column: &str) -> Result<bool, StateError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+                params![table, column],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
     }
 
     /// A named value in the meta table (quarantine counters and the like).

@@ -56,6 +56,9 @@ pub struct OpRecord {
     pub outcome: OpOutcome,
     pub http_status: Option<u16>,
     pub error: Option<String>,
+    /// What the operation carried (old → new values, attributes, members), as
+    /// JSON, for the provisioning log.
+    pub detail: Option<String>,
 }
 
 impl StateDb {
@@ -136,8 +139,8 @@ impl StateDb {
             .and_then(|mut s| s.execute(params![run, record.seq, record.outcome.journal_state()]))
             .map_err(|e| sqlite(&path, e))?;
         tx.prepare_cached(
-            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -148,7 +151,8 @@ impl StateDb {
                 record.subject,
                 record.outcome.as_str(),
                 record.http_status.map(i64::from),
-                record.error
+                record.error,
+                record.detail
             ])
         })
         .map_err(|e| sqlite(&path, e))?;

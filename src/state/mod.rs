@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-pub use history::{FailureRecord, RunEnd, RunRecord};
+pub use history::{FailureRecord, LogFilter, LogRecord, RunEnd, RunRecord};
 pub use journal::{JournalEntry, OpOutcome, OpRecord, RunId};
 
 #[derive(Debug, thiserror::Error)]
@@ -403,7 +403,76 @@ mod tests {
             outcome: OpOutcome::Applied,
             http_status: Some(201),
             error: None,
+            detail: None,
         }
+    }
+
+    #[test]
+    fn the_log_keeps_an_operations_detail_and_reads_a_file_from_before_migration_4() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        {
+            let mut db = StateDb::open(&path).unwrap();
+            let run = db
+                .begin_run("sync", &[("update_user", "k1".into())])
+                .unwrap();
+            let mut r = record(0);
+            r.op = "update_user";
+            r.detail = Some(r#"{"changes":{"title":{"old":"A","new":"B"}}}"#.into());
+            db.commit(run, &r, None).unwrap();
+            db.commit(run, &record(1), None).unwrap();
+            let log = db
+                .op_log(&LogFilter {
+                    actions: vec!["update_user".into()],
+                    ..LogFilter::default()
+                })
+                .unwrap();
+            assert_eq!(log.len(), 1);
+            assert_eq!(
+                log[0].detail.as_ref().unwrap()["changes"]["title"]["new"],
+                "B"
+            );
+            // By key, by userName, by the email pushed (case-insensitive).
+            let mut u = user("id-1", "ada");
+            u.attrs
+                .as_mut()
+                .unwrap()
+                .insert(UserAttr::Email, "Ada@Example.com".into());
+            let put = StateChange::PutUser {
+                key: SourceKey::new("k1"),
+                user: u,
+            };
+            let mut r = record(2);
+            r.subject = "k1".into();
+            db.commit(run, &r, Some(&put)).unwrap();
+            for who in ["k1", "ADA", "ada@example.COM"] {
+                let by_user = db
+                    .op_log(&LogFilter {
+                        user: Some(who.into()),
+                        ..LogFilter::default()
+                    })
+                    .unwrap();
+                assert_eq!(by_user.len(), 3, "{who}");
+            }
+            let nobody = LogFilter {
+                user: Some("grace@example.com".into()),
+                ..LogFilter::default()
+            };
+            assert!(db.op_log(&nobody).unwrap().is_empty());
+            // As migration 3 left it.
+            db.conn
+                .execute_batch("ALTER TABLE run_ops DROP COLUMN detail; PRAGMA user_version = 3;")
+                .unwrap();
+        }
+        let db = StateDb::open_read_only(&path).unwrap().expect("exists");
+        let log = db.op_log(&LogFilter::default()).unwrap();
+        assert_eq!(log.len(), 3);
+        assert!(log.iter().all(|r| r.detail.is_none()));
+        // A sync migrates it again.
+        drop(db);
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.user_version().unwrap(), schema::SCHEMA_VERSION);
+        assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 3);
     }
 
     #[test]
@@ -703,6 +772,7 @@ mod transition_tests {
                         outcome: OpOutcome::Applied,
                         http_status: None,
                         error: None,
+                        detail: None,
                     };
                     db.commit(run, &record, Some(c)).unwrap();
                     memory.apply(c);

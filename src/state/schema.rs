@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -105,6 +105,10 @@ CREATE TABLE mirror_meta (
     value TEXT NOT NULL
 ) STRICT;
 "#,
+    // 4: the provisioning log keeps what an operation sent: an update's old and
+    // new values, a create's attributes, the members added or removed (JSON;
+    // NULL for operations that carry none, and for rows written before).
+    "ALTER TABLE run_ops ADD COLUMN detail TEXT;",
 ];
 
 impl StateDb {

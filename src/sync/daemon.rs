@@ -2,7 +2,7 @@
 //! cycle is logged and the next one runs on time; the config is re-read each
 //! cycle so edits take effect; a quarantined target holds scheduled cycles back.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,14 +11,21 @@ use crate::apply::NoProgress;
 use crate::config::{ConfigError, Schedule, Settings};
 use crate::state::StateDb;
 
-use super::{SyncOptions, quarantine, sync};
+use super::observe::{MetricsRenderer, observed_sync};
+use super::{SyncOptions, quarantine};
 
 /// How long to wait before re-reading a config that failed to load.
 const RETRY_BROKEN_CONFIG: Duration = Duration::from_secs(60);
 
 /// Runs cycles until `shutdown` is set. Only a config that is invalid at start
-/// is an error.
-pub async fn run(path: &Path, shutdown: Arc<AtomicBool>) -> Result<(), ConfigError> {
+/// is an error. After each cycle the metrics file (`metrics_file`, or
+/// `metrics_file` given here, which wins) is rewritten with `render`.
+pub async fn run(
+    path: &Path,
+    shutdown: Arc<AtomicBool>,
+    metrics_file: Option<PathBuf>,
+    render: MetricsRenderer,
+) -> Result<(), ConfigError> {
     let settings = Settings::load(path)?;
     tracing::info!(schedule = %describe_schedule(&settings.schedule), "daemon started");
     if let Some(warning) = settings.target.cleartext_warning() {
@@ -26,7 +33,12 @@ pub async fn run(path: &Path, shutdown: Arc<AtomicBool>) -> Result<(), ConfigErr
     }
     while !shutdown.load(Ordering::SeqCst) {
         let settings = match Settings::load(path) {
-            Ok(s) => s,
+            Ok(mut s) => {
+                if metrics_file.is_some() {
+                    s.metrics_file = metrics_file.clone();
+                }
+                s
+            }
             Err(e) => {
                 tracing::error!(error = %e, "config is invalid; skipping this cycle");
                 wait_for_next_cycle(&Schedule::Interval(RETRY_BROKEN_CONFIG), &shutdown).await;
@@ -41,11 +53,12 @@ pub async fn run(path: &Path, shutdown: Arc<AtomicBool>) -> Result<(), ConfigErr
                 "target quarantined after repeated failures; skipping this cycle (run `idsync sync` by hand to try now)"
             );
         } else {
-            match sync(
+            match observed_sync(
                 &settings,
                 &SyncOptions::default(),
                 shutdown.clone(),
                 &NoProgress,
+                render,
             )
             .await
             {

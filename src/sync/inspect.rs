@@ -242,3 +242,14 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
     }));
     Ok(explanation)
 }
+
+/// The provisioning log `filter` selects, oldest first; empty without a state DB.
+pub fn log(
+    settings: &Settings,
+    filter: &crate::state::LogFilter,
+) -> Result<Vec<crate::state::LogRecord>, SyncError> {
+    match StateDb::open_read_only(&settings.state_path)? {
+        Some(db) => Ok(db.op_log(filter)?),
+        None => Ok(Vec::new()),
+    }
+}

@@ -3,10 +3,13 @@
 //! shared with `plan` and `sync --dry-run`, so a dry run is the same plan,
 //! rendered and stopped. `inspect` gathers what `status` and `explain` show;
 //! `daemon` runs cycles on a schedule; `quarantine` backs scheduled cycles off
-//! a failing target.
+//! a failing target; `observe` writes the metrics file and `notify` posts
+//! alerts after each cycle.
 
 pub mod daemon;
 pub mod inspect;
+pub mod notify;
+pub mod observe;
 pub mod quarantine;
 #[cfg(test)]
 mod tests;
@@ -227,6 +230,9 @@ pub struct RunSummary {
     /// The plan a dry run stopped at, for the text output.
     #[serde(skip)]
     pub dry_run_plan: Option<Plan>,
+    /// Users and groups in scope in the source, when it was read (for metrics).
+    #[serde(skip)]
+    pub source_objects: Option<observe::SourceCounts>,
 }
 
 /// The SCIM client for the configured target (reads the token).
@@ -525,10 +531,21 @@ pub async fn sync(
         return dry_run(settings, opts).await;
     }
     let client = client(settings)?;
+    sync_with(settings, &client, opts, shutdown, progress).await
+}
+
+/// One real (not dry) `sync` through `client`.
+pub async fn sync_with(
+    settings: &Settings,
+    client: &ScimClient,
+    opts: &SyncOptions,
+    shutdown: Arc<AtomicBool>,
+    progress: &dyn Progress,
+) -> Result<RunSummary, SyncError> {
     let summary = cycle(
         settings,
         settings.source.adapter(),
-        &client,
+        client,
         opts,
         shutdown,
         progress,
@@ -567,6 +584,7 @@ async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, 
         stopped: None,
         dry_run: true,
         dry_run_plan: Some(plan),
+        source_objects: Some(source_counts(&input)),
     })
 }
 
@@ -589,6 +607,7 @@ pub async fn cycle<T: Target>(
         return Err(e);
     }
 
+    let mut source_objects = None;
     let (plan, state, command, mirror) = match &opts.plan_file {
         Some(path) => {
             let plan = load_saved_plan(path)?;
@@ -628,6 +647,7 @@ pub async fn cycle<T: Target>(
                 return Err(e);
             }
             let command = if opts.full { "sync --full" } else { "sync" };
+            source_objects = Some(source_counts(&input));
             (plan, input.into_state(), command, mirror)
         }
     };
@@ -689,6 +709,7 @@ pub async fn cycle<T: Target>(
         stopped: outcome.stopped.as_ref().map(ToString::to_string),
         dry_run: false,
         dry_run_plan: None,
+        source_objects,
     };
     let summary_json = serde_json::to_string(&summary.summary).unwrap_or_default();
     db.finish_run(
@@ -708,6 +729,15 @@ pub async fn cycle<T: Target>(
     };
     quarantine::record(&db, target_failure.as_deref(), chrono::Utc::now())?;
     Ok(summary)
+}
+
+/// Users and groups in scope in the source, as the planning input holds them.
+fn source_counts(input: &PlanningInput) -> observe::SourceCounts {
+    let desired = input.desired();
+    observe::SourceCounts {
+        users: desired.users.len() as u64,
+        groups: desired.groups.len() as u64,
+    }
 }
 
 /// Whether the state DB records nothing idsync ever did: no users, no groups,

@@ -54,7 +54,7 @@ pub fn fresh_token(tag: &str) -> String {
     format!("tok-{tag}-{}-{n}-{nanos:09}-Zq7", std::process::id())
 }
 
-fn manifest_dir() -> PathBuf {
+pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -737,6 +737,8 @@ pub struct Workspace {
     pub raw_config: Option<String>,
     /// When set, `idsync` runs under this umask (through `sh -c 'umask …'`).
     pub umask: Option<u32>,
+    /// More environment variables for `idsync` (e.g. a webhook URL).
+    pub env: Vec<(String, String)>,
 }
 
 impl Workspace {
@@ -769,6 +771,7 @@ impl Workspace {
             timeout: "10s".into(),
             raw_config: None,
             umask: None,
+            env: Vec::new(),
         };
         ws.write_file("users.csv", Directory::default().users_csv().as_bytes());
         ws.write_file("groups.csv", Directory::default().groups_csv().as_bytes());
@@ -879,6 +882,7 @@ impl Workspace {
             .env_remove("IDSYNC_CONFIG")
             .env_remove("RUST_LOG")
             .env_remove("CLICOLOR_FORCE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

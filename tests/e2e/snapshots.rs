@@ -797,3 +797,90 @@ fn validate_output_for_a_good_config_and_for_an_unknown_key() {
         &r.apply(&format!("{}\n{}", transcript(&good), transcript(&bad))),
     );
 }
+
+// ---------------------------------------------------------------------------
+// log (the provisioning log)
+
+#[test]
+fn log_of_a_first_sync_a_guard_stop_and_a_failed_update_in_text_json_and_csv() {
+    let (server, mut ws) = fresh("snap-log");
+    let r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    // Run 1: the first sync.
+    ws.write_directory(&dir);
+    ws.sync_ok();
+    // Run 2: stopped by the removal guard; no operations.
+    ws.max_removals = "1".into();
+    let mut leavers = dir.clone();
+    for key in ["u2", "u3", "u4"] {
+        leavers.remove_user(key);
+    }
+    ws.write_directory(&leavers);
+    ws.run(&["sync"]).assert_code(3);
+    // Run 3: Alan was deleted by hand; his title change fails with 404.
+    let contents = server.contents();
+    let alan = contents.user_id("alan@example.com");
+    server.remove_group_member(&contents.group_id("finance"), &alan);
+    server.delete_user(&alan);
+    dir.user_mut("u3").title = "Senior Analyst".into();
+    ws.write_directory(&dir);
+    ws.run(&["sync"]).assert_code(1);
+
+    let text = ws.run(&["log"]);
+    text.assert_code(0);
+    assert!(
+        text.stdout
+            .contains("update_user    failed   404  u3 (alan@example.com)"),
+        "{}",
+        text.stdout
+    );
+    snap(
+        "log_text",
+        "log (text) after run 1 (first sync: 4 users, 2 groups, members), run 2 (guard stop, no operations), run 3 (update of alan@, deleted by hand, failed with 404): stdout",
+        &r.apply(&text.stdout),
+    );
+    let json = ws.run(&["log", "--format", "json"]);
+    json.assert_code(0);
+    let value = json.json();
+    let records = value.as_array().expect("an array");
+    assert_eq!(
+        records.iter().filter(|r| r["outcome"] == "failed").count(),
+        1,
+        "{value}"
+    );
+    let redacted = r.apply(&json.stdout);
+    assert_parses_as_json(&redacted);
+    snap(
+        "log_json",
+        "log --format json, same runs as log_text: stdout",
+        &redacted,
+    );
+    let csv_out = ws.run(&["log", "--format", "csv"]);
+    csv_out.assert_code(0);
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(csv_out.stdout.as_bytes())
+        .records()
+        .map(|r| r.expect("valid CSV"))
+        .collect();
+    assert_eq!(rows.len(), records.len());
+    snap(
+        "log_csv",
+        "log --format csv, same runs as log_text: stdout",
+        &r.apply(&csv_out.stdout),
+    );
+    let filtered = ws.run(&["log", "--user", "ALAN@example.com", "--outcome", "failed"]);
+    filtered.assert_code(0);
+    let by_action = ws.run(&["log", "--run", "1", "--action", "create_group,add_members"]);
+    by_action.assert_code(0);
+    let unknown = ws.run(&["log", "--action", "create_users"]);
+    unknown.assert_code(2);
+    snap(
+        "log_filtered",
+        "log --user ALAN@example.com --outcome failed; log --run 1 --action create_group,add_members; log --action create_users (unknown: exit 2)",
+        &r.apply(&format!(
+            "{}\n{}\n{}",
+            transcript(&filtered),
+            transcript(&by_action),
+            transcript(&unknown)
+        )),
+    );
+}

@@ -1,0 +1,194 @@
+//! The provisioning log (`idsync log`): one line per operation of the runs the
+//! state DB keeps (`history_days`), as text, JSON or CSV.
+//!
+//! Text shows directory values through [`show`] and messages through
+//! [`escape`], like every other text output. CSV is RFC 4180 with every field
+//! quoted, and a field that a spreadsheet would read as a formula (one that
+//! starts with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading
+//! `'`, so opening the export never runs a value a directory or a target sent.
+
+use std::fmt::Write;
+
+use crate::state::LogRecord;
+
+use super::{escape, show};
+
+/// One line per operation, oldest first; a failure's error on the next line.
+pub fn log_text(records: &[LogRecord]) -> String {
+    if records.is_empty() {
+        return "No operations in the log for this selection.\n".to_string();
+    }
+    let mut out = String::new();
+    for r in records {
+        let http = r
+            .http_status
+            .map_or_else(|| "-".to_string(), |s| s.to_string());
+        let _ = write!(
+            out,
+            "{}  run {}  {:<14} {:<8} {:>3}  {}",
+            r.at,
+            r.run_id,
+            r.op,
+            r.outcome,
+            http,
+            show(&r.subject)
+        );
+        if let Some(name) = r.name.as_ref().filter(|n| **n != r.subject) {
+            let _ = write!(out, " ({})", show(name));
+        }
+        out.push('\n');
+        if let Some(detail) = &r.detail {
+            detail_text(&mut out, detail);
+        }
+        if let Some(error) = &r.error {
+            let _ = writeln!(out, "    error: {}", escape(error));
+        }
+    }
+    out
+}
+
+/// An operation's detail, indented under it: one line per changed attribute
+/// (`title: "Manager" → "Rear Admiral"`), the members, anything else as JSON.
+fn detail_text(out: &mut String, detail: &serde_json::Value) {
+    let Some(fields) = detail.as_object() else {
+        let _ = writeln!(out, "    {}", escape(&detail.to_string()));
+        return;
+    };
+    for (field, value) in fields {
+        match (field.as_str(), value) {
+            ("changes", serde_json::Value::Object(changes)) => {
+                for (attr, change) in changes {
+                    let _ = writeln!(
+                        out,
+                        "    {}: {} → {}",
+                        show(attr),
+                        value_text(&change["old"]),
+                        value_text(&change["new"])
+                    );
+                }
+            }
+            ("members", serde_json::Value::Array(members)) => {
+                let shown: Vec<String> = members.iter().map(value_text).collect();
+                let _ = writeln!(out, "    members: {}", shown.join(", "));
+            }
+            _ => {
+                let _ = writeln!(out, "    {}: {}", show(field), escape(&value.to_string()));
+            }
+        }
+    }
+}
+
+/// A JSON value as text: a string shown bare or quoted, null as `(none)`.
+fn value_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "(none)".to_string(),
+        serde_json::Value::String(s) => show(s),
+        other => escape(&other.to_string()),
+    }
+}
+
+/// The records as a JSON array.
+pub fn log_json(records: &[LogRecord]) -> String {
+    serde_json::to_string_pretty(records).expect("log records serialize")
+}
+
+/// The records as CSV with a header row, every field quoted and neutralised.
+pub fn log_csv(records: &[LogRecord]) -> String {
+    let mut writer = csv::WriterBuilder::new()
+        .quote_style(csv::QuoteStyle::Always)
+        .from_writer(Vec::new());
+    let header = [
+        "run_id",
+        "seq",
+        "at",
+        "command",
+        "action",
+        "object_key",
+        "object_name",
+        "outcome",
+        "http_status",
+        "error",
+        "detail",
+    ];
+    let _ = writer.write_record(header);
+    for r in records {
+        let fields = [
+            r.run_id.to_string(),
+            r.seq.to_string(),
+            r.at.clone(),
+            r.command.clone(),
+            r.op.clone(),
+            r.subject.clone(),
+            r.name.clone().unwrap_or_default(),
+            r.outcome.clone(),
+            r.http_status.map(|s| s.to_string()).unwrap_or_default(),
+            r.error.clone().unwrap_or_default(),
+            r.detail.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+        ];
+        let _ = writer.write_record(fields.iter().map(|f| spreadsheet_safe(f)));
+    }
+    let bytes = writer.into_inner().unwrap_or_default();
+    String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
+}
+
+/// A field a spreadsheet would take for a formula, prefixed with `'`.
+fn spreadsheet_safe(field: &str) -> String {
+    if field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{field}")
+    } else {
+        field.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(subject: &str, error: Option<&str>) -> LogRecord {
+        LogRecord {
+            run_id: 7,
+            seq: 0,
+            at: "2026-01-02T03:04:05.000Z".into(),
+            command: "sync".into(),
+            op: "create_user".into(),
+            subject: subject.into(),
+            name: Some("ada@example.com".into()),
+            outcome: if error.is_some() { "failed" } else { "applied" }.into(),
+            http_status: Some(if error.is_some() { 400 } else { 201 }),
+            error: error.map(str::to_string),
+            detail: Some(serde_json::json!({
+                "changes": { "title": { "old": "Manager", "new": "Boss\nforged" } }
+            })),
+        }
+    }
+
+    #[test]
+    fn csv_quotes_every_field_and_neutralises_formulas() {
+        let csv = log_csv(&[record("=HYPERLINK(\"x\")", Some("-1+1, \"bad\"\nline"))]);
+        let mut lines = csv.lines();
+        assert!(lines.next().unwrap().starts_with("\"run_id\",\"seq\""));
+        assert!(csv.contains("\"'=HYPERLINK(\"\"x\"\")\""), "{csv}");
+        assert!(csv.contains("\"'-1+1, \"\"bad\"\"\nline\""), "{csv}");
+        // It reads back as two records of ten fields.
+        let mut reader = csv::Reader::from_reader(csv.as_bytes());
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].len(), 11);
+        assert_eq!(&rows[0][9], "'-1+1, \"bad\"\nline");
+    }
+
+    #[test]
+    fn text_escapes_controls_so_a_value_cannot_forge_a_line() {
+        let text = log_text(&[record(
+            "k\n2026 run 1 forged",
+            Some("boom\u{1b}[2J\nforged"),
+        )]);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.contains("    title: Manager → \"Boss\\nforged\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("\\n2026 run 1 forged"), "{text}");
+        assert!(text.contains("error: boom\\u{1b}[2J\\nforged"), "{text}");
+    }
+}

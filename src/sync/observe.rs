@@ -1,0 +1,263 @@
+//! What operators watch from outside a cycle: after every real cycle (`sync`
+//! and each daemon cycle, finished, failed or stopped) the facts of it are
+//! gathered into a [`CycleFacts`], written as a metrics file for
+//! node_exporter's textfile collector, and — when something needs a person —
+//! posted to the configured webhook ([`super::notify`]). Neither ever changes
+//! how the cycle ends: a metrics file that cannot be written or a webhook that
+//! fails is a warning.
+//!
+//! The metrics text itself is rendered by `report` (which `sync` does not
+//! import): callers pass the renderer in as a [`MetricsRenderer`].
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::apply::Progress;
+use crate::config::Settings;
+use crate::state::StateDb;
+
+use super::{Exit, RunSummary, SyncError, SyncOptions, client, notify, quarantine};
+
+/// Renders the metrics file from a cycle's facts and the previous file's text
+/// (counters continue from it).
+pub type MetricsRenderer = fn(&CycleFacts, Option<&str>) -> String;
+
+/// One cycle as metrics and notifications see it: counts and codes, never a
+/// user's or group's name.
+#[derive(Clone, Debug)]
+pub struct CycleFacts {
+    /// When the cycle ended.
+    pub finished_at: DateTime<Utc>,
+    pub duration: Duration,
+    pub exit_code: u8,
+    /// The newest run that ended with exit code 0, from the state DB's
+    /// history; `None` when the DB cannot tell (the renderer then keeps the
+    /// previous file's value).
+    pub last_success: Option<DateTime<Utc>>,
+    /// This cycle's operations by (operation, outcome).
+    pub operations: Vec<(String, String, u64)>,
+    /// What the state DB records after the cycle, by (kind, status).
+    pub objects: Vec<(&'static str, String, u64)>,
+    /// Users and groups the source held in scope, when the cycle read it.
+    pub source_objects: Option<SourceCounts>,
+    /// This cycle's SCIM requests by HTTP status (0: no answer).
+    pub http: BTreeMap<u16, u64>,
+    /// This cycle's 429 answers.
+    pub throttled: u64,
+    /// Whether scheduled cycles are held back now.
+    pub quarantined: bool,
+    /// Whether this cycle put the target into quarantine.
+    pub entered_quarantine: bool,
+    /// Operations that failed.
+    pub failed: u64,
+    /// Why the cycle stopped early or could not run (a guard, an error).
+    pub stopped: Option<String>,
+}
+
+/// Users and groups in scope in the source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceCounts {
+    pub users: u64,
+    pub groups: u64,
+}
+
+/// What is known before a cycle starts, to tell its own runs and a new
+/// quarantine apart afterwards.
+struct Before {
+    latest_run: Option<i64>,
+    quarantined: bool,
+}
+
+impl Before {
+    fn look(settings: &Settings) -> Before {
+        let db = StateDb::open_read_only(&settings.state_path).ok().flatten();
+        let now = Utc::now();
+        Before {
+            latest_run: db.as_ref().and_then(|db| db.latest_run_id().ok()),
+            quarantined: db
+                .as_ref()
+                .and_then(|db| quarantine::load(db).ok())
+                .is_some_and(|q| q.holds(now)),
+        }
+    }
+}
+
+/// One `sync` with its metrics file written and its notification sent. A dry
+/// run is not a cycle: it is run as it is, unobserved.
+pub async fn observed_sync(
+    settings: &Settings,
+    opts: &SyncOptions,
+    shutdown: Arc<AtomicBool>,
+    progress: &dyn Progress,
+    render: MetricsRenderer,
+) -> Result<RunSummary, SyncError> {
+    if opts.dry_run || (settings.metrics_file.is_none() && settings.notify.is_none()) {
+        return super::sync(settings, opts, shutdown, progress).await;
+    }
+    let before = Before::look(settings);
+    let started = Instant::now();
+    let (result, http, throttled) = match client(settings) {
+        Err(e) => (Err(e), BTreeMap::new(), 0),
+        Ok(client) => {
+            let result = super::sync_with(settings, &client, opts, shutdown, progress).await;
+            (result, client.status_counts(), client.stats().throttled)
+        }
+    };
+    let facts = gather(
+        settings,
+        &before,
+        &result,
+        started.elapsed(),
+        http,
+        throttled,
+    );
+    publish(settings, &facts, render).await;
+    result
+}
+
+/// The facts of a cycle that ended with `result`.
+fn gather(
+    settings: &Settings,
+    before: &Before,
+    result: &Result<RunSummary, SyncError>,
+    duration: Duration,
+    http: BTreeMap<u16, u64>,
+    throttled: u64,
+) -> CycleFacts {
+    let finished_at = Utc::now();
+    let (exit_code, failed, stopped, source_objects) = match result {
+        Ok(s) => (
+            s.exit_code as u8,
+            s.failed,
+            s.stopped.clone(),
+            s.source_objects,
+        ),
+        Err(e) => (e.exit() as u8, 0, Some(e.to_string()), None),
+    };
+    let db = StateDb::open_read_only(&settings.state_path).ok().flatten();
+    // Another run's lock (exit 4): this cycle recorded nothing of its own.
+    let operations = match (&db, before.latest_run) {
+        (Some(db), after) if exit_code != Exit::Locked as u8 => {
+            db.op_counts_after(after.unwrap_or(0)).unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    let objects = db
+        .as_ref()
+        .and_then(|db| db.object_counts().ok())
+        .unwrap_or_default();
+    let last_success = db
+        .as_ref()
+        .and_then(|db| db.last_success_at().ok().flatten())
+        .and_then(|at| DateTime::parse_from_rfc3339(&at).ok())
+        .map(|at| at.with_timezone(&Utc));
+    let quarantined = db
+        .as_ref()
+        .and_then(|db| quarantine::load(db).ok())
+        .is_some_and(|q| q.holds(finished_at));
+    CycleFacts {
+        finished_at,
+        duration,
+        exit_code,
+        last_success,
+        operations,
+        objects,
+        source_objects,
+        http,
+        throttled,
+        quarantined,
+        entered_quarantine: quarantined && !before.quarantined,
+        failed,
+        stopped,
+    }
+}
+
+/// Writes the metrics file and sends the notification a cycle calls for.
+pub async fn publish(settings: &Settings, facts: &CycleFacts, render: MetricsRenderer) {
+    if let Some(path) = &settings.metrics_file {
+        let previous = std::fs::read_to_string(path).ok();
+        let text = render(facts, previous.as_deref());
+        match write_atomically(path, text.as_bytes()) {
+            Ok(()) => tracing::debug!(path = %path.display(), "metrics written"),
+            Err(e) => tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot write the metrics file; the cycle itself is not affected"
+            ),
+        }
+    }
+    if let Some(notify) = &settings.notify
+        && let Some(message) = notify::message(notify, facts, &settings.config_path)
+    {
+        notify::send(notify, &message).await;
+    }
+}
+
+/// Writes `bytes` to a temporary file in `path`'s folder and renames it over
+/// `path`, so a reader (a scrape) sees the old file or the new one, never half.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the metrics path names no file"))?;
+    // node_exporter reads only `*.prom`: a temporary name that does not end so
+    // is never scraped.
+    let tmp = folder.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        // Readable by the collector whatever the umask (a unit's UMask=0077):
+        // the file holds counts, nothing secret.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_file_is_replaced_whole_and_no_temporary_file_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.prom");
+        write_atomically(&path, b"a 1\n").unwrap();
+        write_atomically(&path, b"a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("idsync.prom")]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "node_exporter runs as another user");
+        }
+        // A folder that does not exist: an error, not a panic.
+        assert!(write_atomically(&dir.path().join("no/such.prom"), b"x").is_err());
+    }
+}
