@@ -381,6 +381,12 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         yes_no(spc.bulk),
         yes_no(spc.etag)
     );
+    match client.page_size_in_force() {
+        Some(n) => println!("  paging: {n} per list request"),
+        None => println!(
+            "  paging: the target's default page size (it failed a list request carrying `count`)"
+        ),
+    }
     Ok(Exit::Ok)
 }
 
