@@ -387,6 +387,15 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
             "  paging: the target's default page size (it failed a list request carrying `count`)"
         ),
     }
+    // What earlier runs learned the target keeps (read-only: check writes nothing).
+    if let Ok(Some(db)) = crate::state::StateDb::open_read_only(&settings.state_path) {
+        for note in db.load_notes().unwrap_or_default() {
+            println!(
+                "  learned: {}; no longer compared",
+                crate::report::escape(&note.to_string())
+            );
+        }
+    }
     Ok(Exit::Ok)
 }
 

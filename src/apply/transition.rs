@@ -20,6 +20,9 @@ use super::TargetError;
 pub enum Response {
     /// Done (for adoptions: nothing needed sending).
     Ok,
+    /// A user PATCH done, the target answering that it holds these values of
+    /// the attributes sent with one (`None`: it holds none).
+    Kept(Vec<(UserAttr, Option<String>)>),
     /// The user now exists with this id, holding `attrs`.
     UserCreated {
         id: ScimId,
@@ -160,7 +163,7 @@ pub fn transition(
         })),
         (
             Operation::UpdateUser { key, changes, .. } | Operation::EnableUser { key, changes, .. },
-            Response::Ok,
+            response @ (Response::Ok | Response::Kept(_)),
         ) => {
             let enable = matches!(op, Operation::EnableUser { .. });
             let Some(current) = state.users.get(key) else {
@@ -189,6 +192,15 @@ pub fn transition(
                     Some(v) => attrs.insert(*attr, v.clone()),
                     None => attrs.remove(attr),
                 };
+            }
+            // What the target answered it holds, over what was sent.
+            if let Response::Kept(kept) = response {
+                for (attr, value) in kept {
+                    match value {
+                        Some(v) => attrs.insert(attr, v),
+                        None => attrs.remove(&attr),
+                    };
+                }
             }
             Transition::applied(Some(StateChange::PutUser {
                 key: key.clone(),
@@ -223,7 +235,7 @@ pub fn transition(
             "the user no longer exists in the target (deleted by hand?); it will be created again next cycle"
                 .into(),
         ),
-        (Operation::DisableUser { key, .. }, Response::Ok) => {
+        (Operation::DisableUser { key, .. }, Response::Ok | Response::Kept(_)) => {
             Transition::applied(Some(StateChange::UserStatus {
                 key: key.clone(),
                 status: Status::Disabled,

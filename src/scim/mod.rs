@@ -399,23 +399,28 @@ impl ScimClient {
     }
 
     /// Changes only the given attributes (`None` removes one) and, if given, `active`.
-    /// Nothing is sent when there is nothing to change.
+    /// Nothing is sent when there is nothing to change. Returns the user as the
+    /// target answered holding it, when the answer carried it.
     pub async fn patch_user(
         &self,
         id: &ScimId,
         changes: &[(UserAttr, Option<String>)],
         active: Option<bool>,
-    ) -> Result<(), ScimError> {
+    ) -> Result<Option<RemoteUser>, ScimError> {
         if changes.is_empty() && active.is_none() {
-            return Ok(());
+            return Ok(None);
         }
-        self.patch_resource(
-            "Users",
-            id,
-            resource::user_patch_operations(changes, active),
-            |user| resource::apply_user_changes(user, changes, active),
-        )
-        .await?;
+        let answered = self
+            .patch_resource(
+                "Users",
+                id,
+                resource::user_patch_operations(changes, active),
+                |user| resource::apply_user_changes(user, changes, active),
+            )
+            .await?;
+        let stored = answered
+            .filter(|body| resource::resource_id(body).is_ok_and(|got| got == *id))
+            .and_then(|body| resource::user_from_json(&body).ok());
         self.edit_cached_users(|users| {
             if let Some(user) = users.iter_mut().find(|u| u.id == *id) {
                 for (attr, value) in changes {
@@ -429,7 +434,7 @@ impl ScimClient {
                 }
             }
         });
-        Ok(())
+        Ok(stored)
     }
 
     /// Deletes a user; on Atlassian this deactivates the account and unlinks it.
@@ -750,22 +755,26 @@ impl ScimClient {
         operations: Vec<Value>,
         edit: impl FnOnce(&mut Value),
     ) -> Result<(), ScimError> {
-        self.patch_resource("Groups", id, operations, edit).await
+        self.patch_resource("Groups", id, operations, edit)
+            .await
+            .map(drop)
     }
 
     /// PATCHes a resource of `collection` (`Users`, `Groups`), or, when the
     /// target has no PATCH, applies `edit` to the resource read back and PUTs it.
+    /// Returns the answer's body when it is a JSON object (the resource as
+    /// stored, on most servers).
     async fn patch_resource(
         &self,
         collection: &str,
         id: &ScimId,
         operations: Vec<Value>,
         edit: impl FnOnce(&mut Value),
-    ) -> Result<(), ScimError> {
+    ) -> Result<Option<Value>, ScimError> {
         let url = self.url(&[collection, id.as_str()]);
-        if self.capabilities().patch {
+        let reply = if self.capabilities().patch {
             let body = resource::patch_body(operations);
-            self.call(Method::PATCH, url, &[], Some(&body)).await?;
+            self.call(Method::PATCH, url, &[], Some(&body)).await?
         } else {
             let mut current = self
                 .call(Method::GET, url.clone(), &[], None)
@@ -780,9 +789,11 @@ impl ScimClient {
             if let Some(obj) = current.as_object_mut() {
                 obj.remove("meta");
             }
-            self.call(Method::PUT, url, &[], Some(&current)).await?;
-        }
-        Ok(())
+            self.call(Method::PUT, url, &[], Some(&current)).await?
+        };
+        Ok(serde_json::from_slice::<Value>(&reply.body)
+            .ok()
+            .filter(Value::is_object))
     }
 
     /// The resource a create returned: the body, or (for servers answering 201
@@ -921,7 +932,9 @@ impl ScimClient {
         };
         tracing::debug!(
             collection,
-            page_size = pager.count().map_or_else(|| "target default".to_owned(), |n| n.to_string()),
+            page_size = pager
+                .count()
+                .map_or_else(|| "target default".to_owned(), |n| n.to_string()),
             "listing"
         );
         let mut all = Vec::new();

@@ -60,8 +60,8 @@ impl Target for ScimClient {
         Ok(ScimClient::get_group(self, id).await?)
     }
 
-    async fn create_user(&self, attrs: &UserAttrs) -> Result<ScimId, TargetError> {
-        Ok(ScimClient::create_user(self, attrs, true).await?.id)
+    async fn create_user(&self, attrs: &UserAttrs) -> Result<RemoteUser, TargetError> {
+        Ok(ScimClient::create_user(self, attrs, true).await?)
     }
 
     async fn find_user(&self, user_name: &UserName) -> Result<Option<RemoteUser>, TargetError> {
@@ -73,7 +73,7 @@ impl Target for ScimClient {
         id: &ScimId,
         changes: &[(UserAttr, Option<String>)],
         active: Option<bool>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<Option<RemoteUser>, TargetError> {
         Ok(ScimClient::patch_user(self, id, changes, active).await?)
     }
 

@@ -1265,7 +1265,11 @@ async fn page_size_is_the_advertised_max_results_within_the_flavour_limit() {
         .mount(&server)
         .await;
     let client = client_for(&server).await;
-    assert_eq!(client.page_size_in_force(), Some(100), "nothing advertised yet");
+    assert_eq!(
+        client.page_size_in_force(),
+        Some(100),
+        "nothing advertised yet"
+    );
     client.service_provider_config().await.expect("spc");
     assert_eq!(client.page_size_in_force(), Some(250));
     *advertised.lock().expect("lock") = 5000;
@@ -1329,7 +1333,10 @@ async fn user_listing_is_read_once_per_cycle_and_kept_up_to_date() {
     let mut attrs = UserAttrs::new();
     attrs.insert(UserAttr::UserName, "new@example.com".into());
     client.create_user(&attrs, true).await.expect("created");
-    client.delete_user(&ScimId::new("u1")).await.expect("deleted");
+    client
+        .delete_user(&ScimId::new("u1"))
+        .await
+        .expect("deleted");
     assert!(
         client
             .find_user_by_user_name("NEW@example.com")
@@ -1346,7 +1353,11 @@ async fn user_listing_is_read_once_per_cycle_and_kept_up_to_date() {
             .is_none(),
         "a delete is out of it"
     );
-    assert_eq!(requests.load(Ordering::SeqCst), listings, "no second listing");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        listings,
+        "no second listing"
+    );
     client.begin_cycle();
     client.list_users().await.expect("ok");
     assert_eq!(requests.load(Ordering::SeqCst), listings * 2);

@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -103,6 +103,16 @@ CREATE TABLE mirror_groups (
 CREATE TABLE mirror_meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
+) STRICT;
+"#,
+    // 4 (branch truth): user attributes the target did not keep as sent, one
+    // row per attribute, said once and no longer compared (see notes.rs).
+    r#"
+CREATE TABLE target_notes (
+    attr     TEXT PRIMARY KEY,
+    sent     TEXT NOT NULL,
+    stored   TEXT,
+    noted_at TEXT NOT NULL
 ) STRICT;
 "#,
 ];
