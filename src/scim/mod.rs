@@ -400,7 +400,9 @@ impl ScimClient {
 
     /// Changes only the given attributes (`None` removes one) and, if given, `active`.
     /// Nothing is sent when there is nothing to change. Returns the user as the
-    /// target answered holding it, when the answer carried it.
+    /// target holds it afterwards: the answer's resource, or (for an attribute
+    /// change answered without one) the user read back; `None` when neither
+    /// could be had.
     pub async fn patch_user(
         &self,
         id: &ScimId,
@@ -418,9 +420,15 @@ impl ScimClient {
                 |user| resource::apply_user_changes(user, changes, active),
             )
             .await?;
-        let stored = answered
+        let mut stored = answered
             .filter(|body| resource::resource_id(body).is_ok_and(|got| got == *id))
             .and_then(|body| resource::user_from_json(&body).ok());
+        // An answer without the resource (204) says nothing of what was kept:
+        // an attribute change is read back (one GET), so a value the target
+        // drops is seen now rather than planned again forever.
+        if stored.is_none() && !changes.is_empty() {
+            stored = self.get_user(id).await.ok().flatten();
+        }
         self.edit_cached_users(|users| {
             if let Some(user) = users.iter_mut().find(|u| u.id == *id) {
                 for (attr, value) in changes {
