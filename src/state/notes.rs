@@ -70,3 +70,52 @@ impl StateDb {
             .map_err(|e| sqlite(&self.path, e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(attr: UserAttr, sent: &str, stored: Option<&str>) -> AttrNote {
+        AttrNote {
+            attr,
+            sent: sent.into(),
+            stored: stored.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_note_is_recorded_once_per_attribute_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        let db = StateDb::open(&path).expect("open");
+        assert!(db.load_notes().expect("load").is_empty());
+        assert!(
+            db.record_note(&note(UserAttr::Title, "Lead", None))
+                .expect("note")
+        );
+        // The first value stays: said once, not rewritten every cycle.
+        assert!(
+            !db.record_note(&note(UserAttr::Title, "Other", Some("x")))
+                .expect("note")
+        );
+        assert!(
+            db.record_note(&note(UserAttr::ExternalId, "k1", None))
+                .expect("note")
+        );
+        drop(db);
+        let db = StateDb::open_read_only(&path)
+            .expect("open")
+            .expect("exists");
+        assert_eq!(
+            db.load_notes().expect("load"),
+            vec![
+                note(UserAttr::ExternalId, "k1", None),
+                note(UserAttr::Title, "Lead", None),
+            ]
+        );
+        drop(db);
+        let db = StateDb::open(&path).expect("open");
+        assert_eq!(db.clear_notes().expect("clear"), 2);
+        assert!(db.load_notes().expect("load").is_empty());
+    }
+}
