@@ -30,7 +30,7 @@ impl Target for ScimClient {
     async fn check(&self) -> Result<(), TargetError> {
         self.begin_cycle();
         let spc = self.service_provider_config().await?;
-        tracing::info!(
+        tracing::debug!(
             page_size = self.page_size_in_force(),
             advertised_max_results = spc.filter_max_results,
             filter = spc.filter,
