@@ -467,3 +467,28 @@ fn full_read_lists_users_once_at_the_advertised_page_size() {
         rig.proxy.summary()
     );
 }
+
+/// `check` after a sync against a target that fails `count` and drops
+/// `externalId`: what it learned (paging, capabilities, the note), as a
+/// snapshot.
+#[test]
+fn check_shows_what_was_learned_about_the_target() {
+    let rig = quirk_rig(
+        "checklearn",
+        3,
+        vec![Arc::new(FailsCount), Arc::new(DropsExternalId)],
+    );
+    sync(&rig.ws, &["sync"]);
+    let out = rig.ws.run(&["check"]);
+    out.assert_code(0);
+    let port = regex::Regex::new(r"127\.0\.0\.1:\d+").expect("regex");
+    let secs = regex::Regex::new(r"\(\d+\.\d+s\)").expect("regex");
+    let text = port.replace_all(&out.stdout, "127.0.0.1:[port]");
+    let text = secs.replace_all(&text, "([duration])");
+    let mut settings = insta::Settings::clone_current();
+    settings.set_description(
+        "check after one sync; the target answers 500 to `count` and drops externalId",
+    );
+    settings.set_omit_expression(true);
+    settings.bind(|| insta::assert_snapshot!("check_learned", text));
+}
