@@ -367,3 +367,63 @@ pub fn assume_success(
     }
     changes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Change, Changes};
+
+    #[test]
+    fn an_update_records_what_the_target_answered_it_keeps() {
+        let key = SourceKey::new("k1");
+        let mut pushed = UserAttrs::new();
+        pushed.insert(UserAttr::UserName, "ann@example.com".into());
+        pushed.insert(UserAttr::Title, "Engineer".into());
+        let mut state = State::default();
+        state.users.insert(
+            key.clone(),
+            StateUser {
+                scim_id: ScimId::new("u1"),
+                user_name: UserName::new("ann@example.com"),
+                hash: AttrHash::of(&pushed, &BTreeSet::new()),
+                status: Status::Active,
+                ownership: Ownership::Created,
+                attrs: Some(pushed),
+            },
+        );
+        let mut changes = Changes::new();
+        for (attr, new) in [
+            (UserAttr::Title, "Lead"),
+            (UserAttr::DisplayName, "Ann  Lee"),
+        ] {
+            changes.insert(
+                attr,
+                Change {
+                    old: None,
+                    new: Some(new.into()),
+                },
+            );
+        }
+        let op = Operation::UpdateUser {
+            key: key.clone(),
+            user_name: UserName::new("ann@example.com"),
+            scim_id: ScimId::new("u1"),
+            changes,
+        };
+        let kept = Response::Kept(vec![
+            (UserAttr::Title, None),
+            (UserAttr::DisplayName, Some("Ann Lee".into())),
+        ]);
+        let t = transition(&state, &op, kept, &BTreeSet::new());
+        let Some(StateChange::PutUser { user, .. }) = t.change else {
+            panic!("{t:?}");
+        };
+        let attrs = user.attrs.expect("attrs");
+        assert_eq!(attrs.get(&UserAttr::Title), None, "dropped: not recorded");
+        assert_eq!(
+            attrs.get(&UserAttr::DisplayName).map(String::as_str),
+            Some("Ann Lee"),
+            "recorded as stored"
+        );
+    }
+}
