@@ -228,6 +228,9 @@ struct Inner {
     /// The user collection as listed this cycle, kept up to date with the
     /// creates, changes and deletes sent since (see [`ScimClient::list_users`]).
     users: Mutex<Option<Vec<RemoteUser>>>,
+    /// Held while the users are listed: lookups that need the listing at the
+    /// same time (concurrent 409s) wait for one read instead of each making one.
+    listing_users: tokio::sync::Mutex<()>,
     /// When the target last asked us (429/503 with a wait) to hold off: every
     /// request waits for it, not only the one that was told.
     cooldown_until: Mutex<Option<tokio::time::Instant>>,
@@ -324,6 +327,7 @@ impl ScimClient {
                 warned_filter_ignored: AtomicBool::new(false),
                 count_refused: AtomicBool::new(false),
                 users: Mutex::new(None),
+                listing_users: tokio::sync::Mutex::new(()),
                 cooldown_until: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
@@ -552,6 +556,7 @@ impl ScimClient {
     /// then answered from that listing as kept up to date by this client's
     /// own creates, changes and deletes.
     pub async fn list_users(&self) -> Result<Vec<RemoteUser>, ScimError> {
+        let _one_at_a_time = self.inner.listing_users.lock().await;
         if let Some(users) = self.users_cache().as_ref() {
             return Ok(users.clone());
         }

@@ -1363,3 +1363,36 @@ async fn user_listing_is_read_once_per_cycle_and_kept_up_to_date() {
     client.list_users().await.expect("ok");
     assert_eq!(requests.load(Ordering::SeqCst), listings * 2);
 }
+
+#[tokio::test]
+async fn concurrent_lookups_share_one_listing() {
+    let server = MockServer::start().await;
+    let requests = Arc::new(AtomicUsize::new(0));
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/ServiceProviderConfig"))
+        .respond_with(scim(200).set_body_json(json!({"filter": {"supported": false}})))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .respond_with(QuirkyPager {
+            users: 5,
+            cap: 100,
+            repeat_past_end: false,
+            requests: requests.clone(),
+        })
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    client.service_provider_config().await.expect("spc");
+    let names = [
+        "user1@example.com",
+        "user3@example.com",
+        "user5@example.com",
+    ];
+    let found =
+        futures_util::future::join_all(names.iter().map(|n| client.find_user_by_user_name(n)))
+            .await;
+    assert!(found.into_iter().all(|f| f.expect("ok").is_some()));
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "one listing");
+}

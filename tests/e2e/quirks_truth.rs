@@ -492,3 +492,61 @@ fn check_shows_what_was_learned_about_the_target() {
     settings.set_omit_expression(true);
     settings.bind(|| insta::assert_snapshot!("check_learned", text));
 }
+
+/// `/ServiceProviderConfig` saying filters are not supported.
+struct NoFilter;
+
+impl Quirk for NoFilter {
+    fn response(&self, req: &Exchange, answer: &mut Answer, _up: &Upstream) {
+        if req.resource() != "ServiceProviderConfig" {
+            return;
+        }
+        if let Some(mut spc) = answer.json() {
+            spc["filter"]["supported"] = false.into();
+            answer.body = spc.to_string();
+        }
+    }
+}
+
+/// On a target without filter support, several creates answered 409 in one
+/// cycle are resolved from one listing of the users, not one each.
+#[test]
+fn conflicts_on_a_target_without_filters_share_one_listing() {
+    let mut rig = quirk_rig("nofilter409", 12, vec![Arc::new(NoFilter)]);
+    sync(&rig.ws, &["sync"]);
+    // Three newcomers whose accounts someone already made by hand.
+    for i in 101..=103 {
+        let row = UserRow::new(
+            &format!("u{i:04}"),
+            &format!("hand{i}@example.com"),
+            &format!("Given{i}"),
+            &format!("Family{i}"),
+        );
+        rig.server
+            .create_user(crate::harness::ScimServer::user_body(&row));
+        rig.dir.users.push(row);
+    }
+    rig.ws.write_directory(&rig.dir);
+    rig.proxy.clear_log();
+    sync(&rig.ws, &["sync"]);
+    let entries = rig.proxy.entries();
+    let conflicts = entries
+        .iter()
+        .filter(|e| e.kind == "POST /Users" && e.status == Some(409))
+        .count();
+    assert_eq!(conflicts, 3, "{}", rig.proxy.summary());
+    let listings = entries
+        .iter()
+        .filter(|e| {
+            e.kind == "GET /Users" && !e.path.contains("count=1&") && !e.path.ends_with("count=1")
+        })
+        .count();
+    assert_eq!(
+        listings,
+        1,
+        "one listing for three conflicts:\n{}",
+        rig.proxy.summary()
+    );
+    assert_target_matches(&rig.dir, &[], &rig.server.contents());
+    assert_plans_empty(&rig.ws, "after the adoptions");
+}
