@@ -457,6 +457,21 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         yes_no(spc.bulk),
         yes_no(spc.etag)
     );
+    match client.page_size_in_force() {
+        Some(n) => println!("  paging: {n} per list request"),
+        None => println!(
+            "  paging: the target's default page size (it failed a list request carrying `count`)"
+        ),
+    }
+    // What earlier runs learned the target keeps (read-only: check writes nothing).
+    if let Ok(Some(db)) = crate::state::StateDb::open_read_only(&settings.state_path) {
+        for note in db.load_notes().unwrap_or_default() {
+            println!(
+                "  learned: {}; no longer compared",
+                crate::report::escape(&note.to_string())
+            );
+        }
+    }
     Ok(Exit::Ok)
 }
 

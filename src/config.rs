@@ -526,7 +526,9 @@ pub struct TargetSettings {
     pub rate_limit: Option<RateLimit>,
     pub concurrency: usize,
     pub timeout: Duration,
-    pub page_size: u32,
+    /// Resources per list request; `None`: the target's advertised
+    /// `maxResults` (within the flavour's limit).
+    pub page_size: Option<u32>,
     pub member_chunk: usize,
     pub retry: RetryPolicy,
     /// Warn before the directory grows past this many users (Atlassian's
@@ -806,10 +808,6 @@ fn compile_target(
             })?;
         }
     }
-    let default_page = match flavour {
-        Flavour::Atlassian => 100,
-        Flavour::Generic => 100,
-    };
     Ok(TargetSettings {
         flavour,
         base_url,
@@ -820,7 +818,7 @@ fn compile_target(
         }),
         concurrency,
         timeout,
-        page_size: raw.page_size.unwrap_or(default_page).clamp(1, 1000),
+        page_size: raw.page_size.map(|p| p.clamp(1, 1000)),
         member_chunk: raw.member_chunk.unwrap_or(100).clamp(1, 1000) as usize,
         retry,
         user_limit: raw.user_limit,
@@ -1523,7 +1521,7 @@ source:";
             rate_limit: None,
             concurrency: 4,
             timeout: Duration::from_secs(30),
-            page_size: 100,
+            page_size: None,
             member_chunk: 100,
             retry: RetryPolicy::default(),
             user_limit: None,

@@ -7,6 +7,7 @@
 //! once, and so does a target where most calls fail. A stop request lets the
 //! operations in flight finish and commit, then stops.
 
+mod kept;
 mod resume;
 mod target;
 #[cfg(test)]
@@ -23,7 +24,9 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use serde::Serialize;
 
-use crate::model::{GroupName, Ownership, ScimId, State, UserAttr, UserAttrs, UserName};
+use crate::model::{
+    AttrNote, GroupName, Ownership, RemoteUser, ScimId, State, UserAttr, UserAttrs, UserName,
+};
 use crate::plan::{Changes, Operation, Phase, Plan};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
 
@@ -251,15 +254,17 @@ impl<T: Target> Executor<'_, T> {
                 let halt = halt.clone();
                 async move {
                     if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
-                        return (seq, Response::Skipped("interrupted".into()));
+                        return (seq, Response::Skipped("interrupted".into()), Vec::new());
                     }
-                    (seq, execute(&target, job).await)
+                    let (response, notes) = execute(&target, job).await;
+                    (seq, response, notes)
                 }
             })
             .buffer_unordered(self.concurrency.max(1));
 
-        while let Some((seq, response)) = results.next().await {
+        while let Some((seq, response, notes)) = results.next().await {
             let op = &ops[seq - first_seq];
+            self.note(op, &notes)?;
             self.commit(run, seq, op, response, outcome)?;
             self.progress.advance();
             if outcome.stopped.is_none() {
@@ -355,6 +360,21 @@ impl<T: Target> Executor<'_, T> {
         }
     }
 
+    /// Remembers the attributes the target did not keep as sent; says so the
+    /// first time only (per attribute, for this state DB).
+    fn note(&mut self, op: &Operation, notes: &[AttrNote]) -> Result<(), StateError> {
+        for note in notes {
+            if self.db.record_note(note)? {
+                tracing::warn!(
+                    subject = ?op.subject(),
+                    "{note}: idsync no longer compares `{}` for this target (see README, \"What the target keeps\")",
+                    note.attr.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn commit(
         &mut self,
         run: RunId,
@@ -415,11 +435,12 @@ fn patch_list(changes: &Changes) -> Vec<(UserAttr, Option<String>)> {
     changes.iter().map(|(a, c)| (*a, c.new.clone())).collect()
 }
 
-/// Sends one operation's requests.
-async fn execute<T: Target>(target: &T, job: Job) -> Response {
+/// Sends one operation's requests; with the attributes the target did not
+/// keep as sent (see [`kept`]).
+async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
     let result = match job {
-        Job::Record => return Response::Ok,
-        Job::Skip(why) => return Response::Skipped(why),
+        Job::Record => return (Response::Ok, Vec::new()),
+        Job::Skip(why) => return (Response::Skipped(why), Vec::new()),
         Job::CreateUser {
             attrs,
             lookup_first,
@@ -428,12 +449,31 @@ async fn execute<T: Target>(target: &T, job: Job) -> Response {
             name,
             external_id,
             lookup_first,
-        } => return create_group(target, &name, &external_id, lookup_first).await,
+        } => {
+            return (
+                create_group(target, &name, &external_id, lookup_first).await,
+                Vec::new(),
+            );
+        }
         Job::PatchUser {
             id,
             changes,
             active,
-        } => target.patch_user(&id, &changes, active).await,
+        } => {
+            return match target.patch_user(&id, &changes, active).await {
+                Ok(answer) => {
+                    let sent = changes
+                        .iter()
+                        .filter_map(|(a, v)| v.as_deref().map(|v| (*a, v)));
+                    match answer.as_ref().and_then(|a| kept::judge(sent, a)) {
+                        Some(k) => (Response::Kept(k.recorded), k.notes),
+                        None => (Response::Ok, Vec::new()),
+                    }
+                }
+                Err(TargetError::NotFound) => (Response::Gone, Vec::new()),
+                Err(e) => (Response::Failed(e), Vec::new()),
+            };
+        }
         Job::DeleteUser { id } => target.delete_user(&id).await,
         Job::RenameGroup { id, name } => target.rename_group(&id, &name).await,
         Job::Members { group, add, ids } => {
@@ -445,17 +485,36 @@ async fn execute<T: Target>(target: &T, job: Job) -> Response {
         }
         Job::DeleteGroup { id } => target.delete_group(&id).await,
     };
-    match result {
+    let response = match result {
         Ok(()) => Response::Ok,
         Err(TargetError::NotFound) => Response::Gone,
         Err(e) => Response::Failed(e),
-    }
+    };
+    (response, Vec::new())
+}
+
+/// `sent` as the target answered holding it (see [`kept::judge`]): the values
+/// to record, and the notes.
+fn as_stored(sent: UserAttrs, answer: &RemoteUser) -> (UserAttrs, Vec<AttrNote>) {
+    let Some(k) = kept::judge(sent.iter().map(|(a, v)| (*a, v.as_str())), answer) else {
+        return (sent, Vec::new());
+    };
+    let recorded = k
+        .recorded
+        .into_iter()
+        .filter_map(|(a, v)| v.map(|v| (a, v)))
+        .collect();
+    (recorded, k.notes)
 }
 
 /// Creates a user; on a conflict (the user exists, perhaps from a create that
 /// timed out but succeeded) finds it by `userName`, brings it in line and adopts
 /// it. `lookup_first`: an interrupted run may have created it already.
-async fn create_user<T: Target>(target: &T, attrs: UserAttrs, lookup_first: bool) -> Response {
+async fn create_user<T: Target>(
+    target: &T,
+    attrs: UserAttrs,
+    lookup_first: bool,
+) -> (Response, Vec<AttrNote>) {
     let user_name = UserName::new(
         attrs
             .get(&UserAttr::UserName)
@@ -464,54 +523,76 @@ async fn create_user<T: Target>(target: &T, attrs: UserAttrs, lookup_first: bool
     );
     if !lookup_first {
         match target.create_user(&attrs).await {
-            Ok(id) => {
-                return Response::UserCreated {
-                    id,
-                    ownership: Ownership::Created,
-                    attrs,
-                };
+            Ok(created) => {
+                let (attrs, notes) = as_stored(attrs, &created);
+                return (
+                    Response::UserCreated {
+                        id: created.id,
+                        ownership: Ownership::Created,
+                        attrs,
+                    },
+                    notes,
+                );
             }
             Err(TargetError::Conflict { .. }) => {}
-            Err(e) => return Response::Failed(e),
+            Err(e) => return (Response::Failed(e), Vec::new()),
         }
     }
     let existing = match target.find_user(&user_name).await {
         Ok(found) => found,
-        Err(e) => return Response::Failed(e),
+        Err(e) => return (Response::Failed(e), Vec::new()),
     };
     let Some(remote) = existing else {
         if lookup_first {
             // The interrupted create never reached the target: create it now.
             return Box::pin(create_user(target, attrs, false)).await;
         }
-        return Response::Failed(TargetError::Conflict {
-            detail: format!(
-                "the target reports a conflict for userName {:?} but no user with that name can be found",
-                user_name.as_str()
-            ),
-        });
+        return (
+            Response::Failed(TargetError::Conflict {
+                detail: format!(
+                    "the target reports a conflict for userName {:?} but no user with that name can be found",
+                    user_name.as_str()
+                ),
+            }),
+            Vec::new(),
+        );
     };
     let changes: Vec<(UserAttr, Option<String>)> = attrs
         .iter()
         .filter(|(a, v)| remote.attrs.get(a) != Some(v))
         .map(|(a, v)| (*a, Some(v.clone())))
         .collect();
-    if (!changes.is_empty() || !remote.active)
-        && let Err(e) = target
+    let mut answer = remote.clone();
+    if !changes.is_empty() || !remote.active {
+        match target
             .patch_user(&remote.id, &changes, (!remote.active).then_some(true))
             .await
-    {
-        return Response::Failed(e);
+        {
+            Ok(Some(patched)) => answer = patched,
+            // No resource in the answer: what was sent is what is known.
+            Ok(None) => {
+                for (a, v) in &changes {
+                    if let Some(v) = v {
+                        answer.attrs.insert(*a, v.clone());
+                    }
+                }
+            }
+            Err(e) => return (Response::Failed(e), Vec::new()),
+        }
     }
-    Response::UserCreated {
-        id: remote.id,
-        ownership: if lookup_first {
-            Ownership::Created
-        } else {
-            Ownership::Adopted
+    let (attrs, notes) = as_stored(attrs, &answer);
+    (
+        Response::UserCreated {
+            id: remote.id,
+            ownership: if lookup_first {
+                Ownership::Created
+            } else {
+                Ownership::Adopted
+            },
+            attrs,
         },
-        attrs,
-    }
+        notes,
+    )
 }
 
 async fn create_group<T: Target>(

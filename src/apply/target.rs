@@ -90,11 +90,11 @@ pub trait Target: Clone + Send + Sync {
     ) -> impl Future<Output = Result<Option<RemoteGroup>, TargetError>> + Send;
 
     /// Creates an active user; a `userName` that exists gives
-    /// [`TargetError::Conflict`].
+    /// [`TargetError::Conflict`]. Returns the user as the target stored it.
     fn create_user(
         &self,
         attrs: &UserAttrs,
-    ) -> impl Future<Output = Result<ScimId, TargetError>> + Send;
+    ) -> impl Future<Output = Result<RemoteUser, TargetError>> + Send;
 
     /// The user with this `userName` (compared case-insensitively), if any.
     fn find_user(
@@ -102,13 +102,15 @@ pub trait Target: Clone + Send + Sync {
         user_name: &UserName,
     ) -> impl Future<Output = Result<Option<RemoteUser>, TargetError>> + Send;
 
-    /// Changes the given attributes (`None` removes one) and, if given, `active`.
+    /// Changes the given attributes (`None` removes one) and, if given,
+    /// `active`. Returns the user as the target stored it, when its answer
+    /// said (`None`: an answer without the resource).
     fn patch_user(
         &self,
         id: &ScimId,
         changes: &[(UserAttr, Option<String>)],
         active: Option<bool>,
-    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+    ) -> impl Future<Output = Result<Option<RemoteUser>, TargetError>> + Send;
 
     fn delete_user(&self, id: &ScimId) -> impl Future<Output = Result<(), TargetError>> + Send;
 

@@ -156,7 +156,7 @@ impl Target for MemoryTarget {
         self.call(None, |w| Ok(w.groups.get(id).cloned())).await
     }
 
-    async fn create_user(&self, attrs: &UserAttrs) -> Result<ScimId, TargetError> {
+    async fn create_user(&self, attrs: &UserAttrs) -> Result<RemoteUser, TargetError> {
         self.call(None, |w| {
             let name = user_name_of(attrs);
             if w.users
@@ -168,15 +168,13 @@ impl Target for MemoryTarget {
                 });
             }
             let id = Self::fresh_id(w, "u");
-            w.users.insert(
-                id.clone(),
-                RemoteUser {
-                    id: id.clone(),
-                    attrs: attrs.clone(),
-                    active: true,
-                },
-            );
-            Ok(id)
+            let user = RemoteUser {
+                id: id.clone(),
+                attrs: attrs.clone(),
+                active: true,
+            };
+            w.users.insert(id, user.clone());
+            Ok(user)
         })
         .await
     }
@@ -196,7 +194,7 @@ impl Target for MemoryTarget {
         id: &ScimId,
         changes: &[(UserAttr, Option<String>)],
         active: Option<bool>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<Option<RemoteUser>, TargetError> {
         self.call(Some(id), |w| {
             let u = w.users.get_mut(id).ok_or(TargetError::NotFound)?;
             for (attr, value) in changes {
@@ -208,7 +206,7 @@ impl Target for MemoryTarget {
             if let Some(a) = active {
                 u.active = a;
             }
-            Ok(())
+            Ok(Some(u.clone()))
         })
         .await
     }

@@ -20,6 +20,9 @@ use super::TargetError;
 pub enum Response {
     /// Done (for adoptions: nothing needed sending).
     Ok,
+    /// A user PATCH done, the target answering that it holds these values of
+    /// the attributes sent with one (`None`: it holds none).
+    Kept(Vec<(UserAttr, Option<String>)>),
     /// The user now exists with this id, holding `attrs`.
     UserCreated {
         id: ScimId,
@@ -160,7 +163,7 @@ pub fn transition(
         })),
         (
             Operation::UpdateUser { key, changes, .. } | Operation::EnableUser { key, changes, .. },
-            Response::Ok,
+            response @ (Response::Ok | Response::Kept(_)),
         ) => {
             let enable = matches!(op, Operation::EnableUser { .. });
             let Some(current) = state.users.get(key) else {
@@ -189,6 +192,15 @@ pub fn transition(
                     Some(v) => attrs.insert(*attr, v.clone()),
                     None => attrs.remove(attr),
                 };
+            }
+            // What the target answered it holds, over what was sent.
+            if let Response::Kept(kept) = response {
+                for (attr, value) in kept {
+                    match value {
+                        Some(v) => attrs.insert(attr, v),
+                        None => attrs.remove(&attr),
+                    };
+                }
             }
             Transition::applied(Some(StateChange::PutUser {
                 key: key.clone(),
@@ -223,7 +235,7 @@ pub fn transition(
             "the user no longer exists in the target (deleted by hand?); it will be created again next cycle"
                 .into(),
         ),
-        (Operation::DisableUser { key, .. }, Response::Ok) => {
+        (Operation::DisableUser { key, .. }, Response::Ok | Response::Kept(_)) => {
             Transition::applied(Some(StateChange::UserStatus {
                 key: key.clone(),
                 status: Status::Disabled,
@@ -354,4 +366,64 @@ pub fn assume_success(
         }
     }
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Change, Changes};
+
+    #[test]
+    fn an_update_records_what_the_target_answered_it_keeps() {
+        let key = SourceKey::new("k1");
+        let mut pushed = UserAttrs::new();
+        pushed.insert(UserAttr::UserName, "ann@example.com".into());
+        pushed.insert(UserAttr::Title, "Engineer".into());
+        let mut state = State::default();
+        state.users.insert(
+            key.clone(),
+            StateUser {
+                scim_id: ScimId::new("u1"),
+                user_name: UserName::new("ann@example.com"),
+                hash: AttrHash::of(&pushed, &BTreeSet::new()),
+                status: Status::Active,
+                ownership: Ownership::Created,
+                attrs: Some(pushed),
+            },
+        );
+        let mut changes = Changes::new();
+        for (attr, new) in [
+            (UserAttr::Title, "Lead"),
+            (UserAttr::DisplayName, "Ann  Lee"),
+        ] {
+            changes.insert(
+                attr,
+                Change {
+                    old: None,
+                    new: Some(new.into()),
+                },
+            );
+        }
+        let op = Operation::UpdateUser {
+            key: key.clone(),
+            user_name: UserName::new("ann@example.com"),
+            scim_id: ScimId::new("u1"),
+            changes,
+        };
+        let kept = Response::Kept(vec![
+            (UserAttr::Title, None),
+            (UserAttr::DisplayName, Some("Ann Lee".into())),
+        ]);
+        let t = transition(&state, &op, kept, &BTreeSet::new());
+        let Some(StateChange::PutUser { user, .. }) = t.change else {
+            panic!("{t:?}");
+        };
+        let attrs = user.attrs.expect("attrs");
+        assert_eq!(attrs.get(&UserAttr::Title), None, "dropped: not recorded");
+        assert_eq!(
+            attrs.get(&UserAttr::DisplayName).map(String::as_str),
+            Some("Ann Lee"),
+            "recorded as stored"
+        );
+    }
 }

@@ -21,7 +21,7 @@ pub use identity::{
 pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
 pub use record::{Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceUser};
 pub use remote::{RemoteGroup, RemoteUser, TargetSnapshot};
-pub use state::{Ownership, State, StateChange, StateGroup, StateUser, Status};
+pub use state::{AttrNote, Ownership, State, StateChange, StateGroup, StateUser, Status};
 
 /// A fast, randomly seeded hasher for the large in-memory maps of a cycle.
 pub type FastHash = foldhash::fast::RandomState;

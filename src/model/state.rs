@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{AttrHash, FastMap, GroupKey, GroupName, ScimId, SourceKey, UserAttrs, UserName};
+use super::{
+    AttrHash, FastMap, GroupKey, GroupName, ScimId, SourceKey, UserAttr, UserAttrs, UserName,
+};
 
 /// Whether idsync created an object or adopted one that already existed. Only
 /// objects with one of these are ever changed; everything else in the target is
@@ -227,5 +229,37 @@ impl State {
     /// The live (not removed) group with `key`.
     pub fn live_group(&self, key: &GroupKey) -> Option<&StateGroup> {
         self.groups.get(key).filter(|g| g.status != Status::Removed)
+    }
+}
+
+/// A user attribute the target did not keep as idsync sent it (dropped, or
+/// stored another value): remembered per target, so it is said once and not
+/// compared again (see README, "What the target keeps").
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttrNote {
+    pub attr: UserAttr,
+    /// The value sent, as the first time it was not kept.
+    pub sent: String,
+    /// What the target then held; `None`: nothing.
+    pub stored: Option<String>,
+}
+
+impl std::fmt::Display for AttrNote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.stored {
+            None => write!(
+                f,
+                "the target does not keep `{}` (sent {:?}, stored none)",
+                self.attr.name(),
+                self.sent
+            ),
+            Some(stored) => write!(
+                f,
+                "the target keeps `{}` otherwise than sent (sent {:?}, stored {:?})",
+                self.attr.name(),
+                self.sent,
+                stored
+            ),
+        }
     }
 }

@@ -58,6 +58,13 @@ pub fn status_text(report: &StatusReport) -> String {
             q.reason.as_deref().map(quote).unwrap_or_default()
         );
     }
+    for note in &report.target_notes {
+        let _ = writeln!(
+            out,
+            "Target: {}; no longer compared",
+            escape(&note.to_string())
+        );
+    }
     let running = report.running.map(|holder| match holder.pid {
         Some(pid) => format!("running (PID {pid})"),
         None => "running".to_string(),

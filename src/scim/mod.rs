@@ -35,6 +35,13 @@ const ACCEPT_JSON: &str = "application/scim+json, application/json;q=0.9";
 /// Atlassian documents no larger page size; 100 is known to work.
 const ATLASSIAN_MAX_PAGE: u32 = 100;
 
+/// The largest page a generic target is asked for, whatever it advertises: a
+/// page is one response body held in memory.
+const GENERIC_MAX_PAGE: u32 = 1000;
+
+/// The page size when neither the configuration nor the target says one.
+const DEFAULT_PAGE: u32 = 100;
+
 /// The connect timeout never exceeds this, whatever the total timeout: a target
 /// that does not accept a connection in 10 s is down, not slow.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,15 +73,17 @@ pub struct ClientOptions {
     /// The whole request, connect included.
     pub timeout: Duration,
     pub retry: RetryPolicy,
-    /// Resources per list request (further capped by the target).
-    pub page_size: u32,
+    /// Resources per list request (further capped by the target's
+    /// `maxResults` and the flavour's limit); `None`: the target's `maxResults`
+    /// within the flavour's limit, else 100.
+    pub page_size: Option<u32>,
     /// Members per group PATCH request.
     pub member_chunk: usize,
 }
 
 impl ClientOptions {
     /// Options with the defaults: no rate limit, 30 s timeout, default retries,
-    /// pages and member chunks of 100.
+    /// pages at the target's `maxResults`, member chunks of 100.
     pub fn new(base_url: impl Into<String>, token: SecretString, flavour: Flavour) -> Self {
         Self {
             base_url: base_url.into(),
@@ -83,7 +92,7 @@ impl ClientOptions {
             rate_limit: None,
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
-            page_size: 100,
+            page_size: None,
             member_chunk: 100,
         }
     }
@@ -209,10 +218,19 @@ struct Inner {
     flavour: Flavour,
     limiter: Option<DefaultDirectRateLimiter>,
     retry: RetryPolicy,
-    page_size: u32,
+    page_size: Option<u32>,
     member_chunk: usize,
     capabilities: RwLock<ServiceProviderConfig>,
     warned_filter_ignored: AtomicBool,
+    /// The target failed a list request that carried `count`: this cycle pages
+    /// with its default page size.
+    count_refused: AtomicBool,
+    /// The user collection as listed this cycle, kept up to date with the
+    /// creates, changes and deletes sent since (see [`ScimClient::list_users`]).
+    users: Mutex<Option<Vec<RemoteUser>>>,
+    /// Held while the users are listed: lookups that need the listing at the
+    /// same time (concurrent 409s) wait for one read instead of each making one.
+    listing_users: tokio::sync::Mutex<()>,
     /// When the target last asked us (429/503 with a wait) to hold off: every
     /// request waits for it, not only the one that was told.
     cooldown_until: Mutex<Option<tokio::time::Instant>>,
@@ -264,7 +282,7 @@ impl ScimClient {
         if opts.timeout.is_zero() {
             return Err(ScimError::Config("timeout must be more than zero".into()));
         }
-        if opts.page_size == 0 || opts.member_chunk == 0 {
+        if opts.page_size == Some(0) || opts.member_chunk == 0 {
             return Err(ScimError::Config(
                 "page size and member chunk must be at least 1".into(),
             ));
@@ -309,6 +327,9 @@ impl ScimClient {
                 member_chunk: opts.member_chunk,
                 capabilities: RwLock::new(ServiceProviderConfig::default()),
                 warned_filter_ignored: AtomicBool::new(false),
+                count_refused: AtomicBool::new(false),
+                users: Mutex::new(None),
+                listing_users: tokio::sync::Mutex::new(()),
                 cooldown_until: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
@@ -380,39 +401,77 @@ impl ScimClient {
         let reply = self
             .call(Method::POST, self.url(&["Users"]), &[], Some(&body))
             .await?;
-        match self.created(&reply, &["Users"]).await? {
-            Some(created) => resource::user_from_json(&created).map_err(ScimError::InvalidResponse),
-            None => Err(ScimError::InvalidResponse(
-                "user created, but the response names no id".into(),
-            )),
-        }
+        let user = match self.created(&reply, &["Users"]).await? {
+            Some(created) => {
+                resource::user_from_json(&created).map_err(ScimError::InvalidResponse)?
+            }
+            None => {
+                return Err(ScimError::InvalidResponse(
+                    "user created, but the response names no id".into(),
+                ));
+            }
+        };
+        self.edit_cached_users(|users| users.push(user.clone()));
+        Ok(user)
     }
 
     /// Changes only the given attributes (`None` removes one) and, if given, `active`.
-    /// Nothing is sent when there is nothing to change.
+    /// Nothing is sent when there is nothing to change. Returns the user as the
+    /// target holds it afterwards: the answer's resource, or (for an attribute
+    /// change answered without one) the user read back; `None` when neither
+    /// could be had.
     pub async fn patch_user(
         &self,
         id: &ScimId,
         changes: &[(UserAttr, Option<String>)],
         active: Option<bool>,
-    ) -> Result<(), ScimError> {
+    ) -> Result<Option<RemoteUser>, ScimError> {
         if changes.is_empty() && active.is_none() {
-            return Ok(());
+            return Ok(None);
         }
-        self.patch_resource(
-            "Users",
-            id,
-            resource::user_patch_operations(changes, active),
-            |user| resource::apply_user_changes(user, changes, active),
-        )
-        .await
+        let answered = self
+            .patch_resource(
+                "Users",
+                id,
+                resource::user_patch_operations(changes, active),
+                |user| resource::apply_user_changes(user, changes, active),
+            )
+            .await?;
+        let mut stored = answered
+            .filter(|body| resource::resource_id(body).is_ok_and(|got| got == *id))
+            .and_then(|body| resource::user_from_json(&body).ok());
+        // An answer without the resource (204) says nothing of what was kept:
+        // an attribute change is read back (one GET), so a value the target
+        // drops is seen now rather than planned again forever.
+        if stored.is_none() && !changes.is_empty() {
+            stored = self.get_user(id).await.ok().flatten();
+        }
+        self.edit_cached_users(|users| {
+            if let Some(user) = users.iter_mut().find(|u| u.id == *id) {
+                for (attr, value) in changes {
+                    match value {
+                        Some(v) => user.attrs.insert(*attr, v.clone()),
+                        None => user.attrs.remove(attr),
+                    };
+                }
+                if let Some(active) = active {
+                    user.active = active;
+                }
+            }
+        });
+        Ok(stored)
     }
 
     /// Deletes a user; on Atlassian this deactivates the account and unlinks it.
     pub async fn delete_user(&self, id: &ScimId) -> Result<(), ScimError> {
-        self.call(Method::DELETE, self.url(&["Users", id.as_str()]), &[], None)
+        let result = self
+            .call(Method::DELETE, self.url(&["Users", id.as_str()]), &[], None)
             .await
-            .map(drop)
+            .map(drop);
+        if matches!(result, Ok(()) | Err(ScimError::NotFound)) {
+            self.edit_cached_users(|users| users.retain(|u| u.id != *id));
+        }
+        result
     }
 
     /// The user with this id; `None` only when the target answers 404.
@@ -473,36 +532,50 @@ impl ScimClient {
             .search("Users", attr.name(), value, resource::user_from_json)
             .await?
         {
-            Candidates::Filtered(users) if users.iter().all(plausible) => {
+            Some(users) if users.iter().all(plausible) => {
                 Ok(users.into_iter().find(|u| matches(u)))
             }
-            Candidates::Filtered(_) => {
+            Some(_) => {
                 self.warn_filter_ignored();
                 Ok(self.list_users().await?.into_iter().find(|u| matches(u)))
             }
-            Candidates::All(users) => Ok(users.into_iter().find(|u| matches(u))),
+            None => Ok(self.list_users().await?.into_iter().find(|u| matches(u))),
         }
     }
 
     /// Whether a collection (`Users`, `Groups`) holds at least one resource:
-    /// one request for one resource, not a read of the collection.
+    /// one request for one resource, not a read of the collection. Also the
+    /// connectivity probe of [`crate::apply::Target::check`].
     pub async fn holds_any(&self, collection: &str) -> Result<bool, ScimError> {
         let url = self.url(&[collection]);
-        let one = [("startIndex", "1".to_string()), ("count", "1".to_string())];
-        let reply = match self.call(Method::GET, url.clone(), &one, None).await {
-            // Some servers refuse any `count`: ask with their default page size.
-            Err(ScimError::Http { status: 400, .. }) => {
-                self.call(Method::GET, url, &[], None).await?
+        let page = if self.inner.count_refused.load(Ordering::Relaxed) {
+            self.list_page(&url, &[], false).await?
+        } else {
+            let one = [("startIndex", "1".to_string()), ("count", "1".to_string())];
+            match self.list_page(&url, &one, true).await {
+                // Some servers refuse or fail any `count`: ask with their default
+                // page size (one page, whatever its size).
+                Err(e) if count_may_be_at_fault(&e) => {
+                    self.count_failed(collection, &e);
+                    self.list_page(&url, &[], false).await?
+                }
+                other => other?,
             }
-            other => other?,
         };
-        let page = resource::parse_list(reply.json()?).map_err(ScimError::InvalidResponse)?;
         Ok(page.total.is_some_and(|n| n > 0) || !page.resources.is_empty())
     }
 
-    /// All users, every page.
+    /// All users, every page: read once per cycle (see [`Self::begin_cycle`]),
+    /// then answered from that listing as kept up to date by this client's
+    /// own creates, changes and deletes.
     pub async fn list_users(&self) -> Result<Vec<RemoteUser>, ScimError> {
-        self.list("Users", resource::user_from_json).await
+        let _one_at_a_time = self.inner.listing_users.lock().await;
+        if let Some(users) = self.users_cache().as_ref() {
+            return Ok(users.clone());
+        }
+        let users = self.list("Users", resource::user_from_json).await?;
+        *self.users_cache() = Some(users.clone());
+        Ok(users)
     }
 
     /// Creates a group. An existing `displayName` gives [`ScimError::Conflict`] on
@@ -594,7 +667,7 @@ impl ScimClient {
             .search("Groups", "displayName", name, resource::group_from_json)
             .await?
         {
-            Candidates::Filtered(groups) => match pick(groups) {
+            Some(groups) => match pick(groups) {
                 (_, Some(found)) => Ok(Some(found)),
                 (false, None) => Ok(None),
                 (true, None) => {
@@ -602,7 +675,7 @@ impl ScimClient {
                     Ok(pick(self.list_groups().await?).1)
                 }
             },
-            Candidates::All(groups) => Ok(pick(groups).1),
+            None => Ok(pick(self.list_groups().await?).1),
         }
     }
 
@@ -708,22 +781,26 @@ impl ScimClient {
         operations: Vec<Value>,
         edit: impl FnOnce(&mut Value),
     ) -> Result<(), ScimError> {
-        self.patch_resource("Groups", id, operations, edit).await
+        self.patch_resource("Groups", id, operations, edit)
+            .await
+            .map(drop)
     }
 
     /// PATCHes a resource of `collection` (`Users`, `Groups`), or, when the
     /// target has no PATCH, applies `edit` to the resource read back and PUTs it.
+    /// Returns the answer's body when it is a JSON object (the resource as
+    /// stored, on most servers).
     async fn patch_resource(
         &self,
         collection: &str,
         id: &ScimId,
         operations: Vec<Value>,
         edit: impl FnOnce(&mut Value),
-    ) -> Result<(), ScimError> {
+    ) -> Result<Option<Value>, ScimError> {
         let url = self.url(&[collection, id.as_str()]);
-        if self.capabilities().patch {
+        let reply = if self.capabilities().patch {
             let body = resource::patch_body(operations);
-            self.call(Method::PATCH, url, &[], Some(&body)).await?;
+            self.call(Method::PATCH, url, &[], Some(&body)).await?
         } else {
             let mut current = self
                 .call(Method::GET, url.clone(), &[], None)
@@ -738,9 +815,11 @@ impl ScimClient {
             if let Some(obj) = current.as_object_mut() {
                 obj.remove("meta");
             }
-            self.call(Method::PUT, url, &[], Some(&current)).await?;
-        }
-        Ok(())
+            self.call(Method::PUT, url, &[], Some(&current)).await?
+        };
+        Ok(serde_json::from_slice::<Value>(&reply.body)
+            .ok()
+            .filter(Value::is_object))
     }
 
     /// The resource a create returned: the body, or (for servers answering 201
@@ -774,15 +853,95 @@ impl ScimClient {
         reply.json().map(Some)
     }
 
+    /// The page size in force: the configured one, else the target's
+    /// advertised `maxResults`, else 100; never above what the target
+    /// advertises nor the flavour's limit (Atlassian 100, others 1000).
     fn page_size(&self) -> u32 {
-        let mut size = self.inner.page_size;
-        if let Some(max) = self.capabilities().filter_max_results {
-            size = size.min(max);
+        let cap = match self.inner.flavour {
+            Flavour::Atlassian => ATLASSIAN_MAX_PAGE,
+            Flavour::Generic => GENERIC_MAX_PAGE,
+        };
+        let advertised = self.capabilities().filter_max_results.filter(|n| *n > 0);
+        let size = match (self.inner.page_size, advertised) {
+            (Some(configured), Some(max)) => configured.min(max),
+            (Some(configured), None) => configured,
+            (None, Some(max)) => max,
+            (None, None) => DEFAULT_PAGE,
+        };
+        size.clamp(1, cap)
+    }
+
+    /// The page size list requests ask for (see [`Self::page_size`]); `None`
+    /// when the target failed a request with `count` this cycle.
+    pub fn page_size_in_force(&self) -> Option<u32> {
+        (!self.inner.count_refused.load(Ordering::Relaxed)).then(|| self.page_size())
+    }
+
+    /// Starts a cycle: forgets the user listing and what paging taught, so
+    /// this cycle's reads see the target as it is now.
+    pub fn begin_cycle(&self) {
+        *self.users_cache() = None;
+        self.inner.count_refused.store(false, Ordering::Relaxed);
+    }
+
+    fn users_cache(&self) -> std::sync::MutexGuard<'_, Option<Vec<RemoteUser>>> {
+        self.inner.users.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Edits the cycle's user listing, if there is one.
+    fn edit_cached_users(&self, edit: impl FnOnce(&mut Vec<RemoteUser>)) {
+        if let Some(users) = self.users_cache().as_mut() {
+            edit(users);
         }
-        if self.inner.flavour == Flavour::Atlassian {
-            size = size.min(ATLASSIAN_MAX_PAGE);
+    }
+
+    /// The first page of a list request that carries `count` failed: page with
+    /// the target's default page size from now on in this cycle, and say so.
+    fn count_failed(&self, collection: &str, error: &ScimError) {
+        if !self.inner.count_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                collection,
+                error = %error,
+                "the SCIM target failed a list request carrying `count`; paging with its default page size instead (no `count` sent this cycle)"
+            );
         }
-        size.max(1)
+    }
+
+    /// GETs one page of a list. A request carrying `count` is tried once
+    /// (not retried): any failure but a refused credential or a missing
+    /// collection makes the caller fall back to the target's default page size,
+    /// where the retry layer applies again.
+    async fn list_page(
+        &self,
+        url: &Url,
+        query: &[(&str, String)],
+        with_count: bool,
+    ) -> Result<resource::ListPage, ScimError> {
+        let reply = if with_count {
+            let once = RetryPolicy {
+                max_attempts: 1,
+                ..self.inner.retry
+            };
+            match self
+                .call_with(&once, Method::GET, url.clone(), query, None)
+                .await
+            {
+                // Nothing reached the target: says nothing of `count`; the
+                // attempts left are tried as usual.
+                Err(ScimError::Transport(_)) if self.inner.retry.max_attempts > 1 => {
+                    let rest = RetryPolicy {
+                        max_attempts: self.inner.retry.max_attempts - 1,
+                        ..self.inner.retry
+                    };
+                    self.call_with(&rest, Method::GET, url.clone(), query, None)
+                        .await?
+                }
+                other => other?,
+            }
+        } else {
+            self.call(Method::GET, url.clone(), query, None).await?
+        };
+        resource::parse_list(reply.json()?).map_err(ScimError::InvalidResponse)
     }
 
     /// Every resource of a collection, paged (see [`paging`]).
@@ -792,28 +951,35 @@ impl ScimClient {
         parse: fn(&Value) -> Result<T, String>,
     ) -> Result<Vec<T>, ScimError> {
         let url = self.url(&[collection]);
-        let mut pager = Pager::new(self.page_size());
+        let mut pager = if self.inner.count_refused.load(Ordering::Relaxed) {
+            Pager::with_server_page_size()
+        } else {
+            Pager::new(self.page_size())
+        };
+        tracing::debug!(
+            collection,
+            page_size = pager
+                .count()
+                .map_or_else(|| "target default".to_owned(), |n| n.to_string()),
+            "listing"
+        );
         let mut all = Vec::new();
         loop {
             let mut query = vec![("startIndex", pager.start_index().to_string())];
             if let Some(count) = pager.count() {
                 query.push(("count", count.to_string()));
             }
-            let reply = match self.call(Method::GET, url.clone(), &query, None).await {
-                // Some servers refuse any `count`: page with their default size instead.
-                Err(ScimError::Http { status: 400, .. })
-                    if pager.start_index() == 1 && pager.count().is_some() =>
-                {
-                    tracing::warn!(
-                        collection,
-                        "the SCIM target refused a page size; using its default"
-                    );
+            let first_with_count = pager.start_index() == 1 && pager.count().is_some();
+            let page = match self.list_page(&url, &query, first_with_count).await {
+                // Some servers refuse or fail any `count` (400, 500, a body that
+                // is no list): page with their default size instead.
+                Err(e) if first_with_count && count_may_be_at_fault(&e) => {
+                    self.count_failed(collection, &e);
                     pager = Pager::with_server_page_size();
                     continue;
                 }
                 other => other?,
             };
-            let page = resource::parse_list(reply.json()?).map_err(ScimError::InvalidResponse)?;
             let items = page
                 .resources
                 .iter()
@@ -836,17 +1002,17 @@ impl ScimClient {
         }
     }
 
-    /// Candidates for `attr eq value`: one filtered request, or the whole
-    /// collection when the target does not support filters.
+    /// Candidates for `attr eq value` from one filtered request; `None` when
+    /// the target does not support filters (the caller reads the collection).
     async fn search<T>(
         &self,
         collection: &str,
         attr: &str,
         value: &str,
         parse: fn(&Value) -> Result<T, String>,
-    ) -> Result<Candidates<T>, ScimError> {
+    ) -> Result<Option<Vec<T>>, ScimError> {
         if !self.capabilities().filter {
-            return self.list(collection, parse).await.map(Candidates::All);
+            return Ok(None);
         }
         let query = [("filter", resource::eq_filter(attr, value))];
         let reply = match self
@@ -860,7 +1026,7 @@ impl ScimClient {
                 ..
             }) if t == "invalidFilter" => {
                 self.warn_filter_ignored();
-                return self.list(collection, parse).await.map(Candidates::All);
+                return Ok(None);
             }
             other => other?,
         };
@@ -869,7 +1035,7 @@ impl ScimClient {
             .iter()
             .map(|r| parse(r).map_err(ScimError::InvalidResponse))
             .collect::<Result<Vec<_>, _>>()
-            .map(Candidates::Filtered)
+            .map(Some)
     }
 
     fn warn_filter_ignored(&self) {
@@ -902,10 +1068,23 @@ impl ScimClient {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Reply, ScimError> {
+        let policy = self.inner.retry;
+        self.call_with(&policy, method, url, query, body).await
+    }
+
+    /// [`Self::call`] with its own retry policy.
+    async fn call_with(
+        &self,
+        policy: &RetryPolicy,
+        method: Method,
+        url: Url,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Reply, ScimError> {
         let body = body.map(|b| b.to_string().into_bytes());
         let inner = &self.inner;
         retry::run(
-            &inner.retry,
+            policy,
             fastrand::f64,
             |attempt, error: &ScimError, wait| {
                 inner.retries.fetch_add(1, Ordering::Relaxed);
@@ -1023,10 +1202,11 @@ enum GroupCreate {
     Found(RemoteGroup),
 }
 
-/// Candidates from a search: filtered by the server, or the whole collection.
-enum Candidates<T> {
-    Filtered(Vec<T>),
-    All(Vec<T>),
+/// Whether a failed list request that carried `count` may have failed because
+/// of it: any answer but a refused credential or a missing collection, and not
+/// a target that could not be reached.
+fn count_may_be_at_fault(error: &ScimError) -> bool {
+    !error.is_auth() && !matches!(error, ScimError::NotFound | ScimError::Transport(_))
 }
 
 /// The ids in their first-seen order, each once.

@@ -24,12 +24,20 @@ impl From<ScimError> for TargetError {
 }
 
 impl Target for ScimClient {
-    /// Reads the capabilities (later requests honour them) and makes one
-    /// authenticated lookup.
+    /// Starts the cycle (forgets the last cycle's listing), reads the
+    /// capabilities (later requests honour them) and makes one cheap
+    /// authenticated request: one user asked for, never the collection.
     async fn check(&self) -> Result<(), TargetError> {
-        self.service_provider_config().await?;
-        self.find_user_by_user_name("idsync-connectivity-check@invalid")
-            .await?;
+        self.begin_cycle();
+        let spc = self.service_provider_config().await?;
+        tracing::debug!(
+            page_size = self.page_size_in_force(),
+            advertised_max_results = spc.filter_max_results,
+            filter = spc.filter,
+            patch = spc.patch,
+            "target capabilities read"
+        );
+        self.holds_any("Users").await?;
         Ok(())
     }
 
@@ -52,8 +60,8 @@ impl Target for ScimClient {
         Ok(ScimClient::get_group(self, id).await?)
     }
 
-    async fn create_user(&self, attrs: &UserAttrs) -> Result<ScimId, TargetError> {
-        Ok(ScimClient::create_user(self, attrs, true).await?.id)
+    async fn create_user(&self, attrs: &UserAttrs) -> Result<RemoteUser, TargetError> {
+        Ok(ScimClient::create_user(self, attrs, true).await?)
     }
 
     async fn find_user(&self, user_name: &UserName) -> Result<Option<RemoteUser>, TargetError> {
@@ -65,7 +73,7 @@ impl Target for ScimClient {
         id: &ScimId,
         changes: &[(UserAttr, Option<String>)],
         active: Option<bool>,
-    ) -> Result<(), TargetError> {
+    ) -> Result<Option<RemoteUser>, TargetError> {
         Ok(ScimClient::patch_user(self, id, changes, active).await?)
     }
 

@@ -439,7 +439,8 @@ async fn patch_answered_204_and_body_is_minimal() {
         .patch_user(&ScimId::new("u 1"), &[], None)
         .await
         .expect("no-op");
-    assert_eq!(client.stats().requests, 1);
+    // The PATCH, and the read back of what a 204 did not say (404 here: none).
+    assert_eq!(client.stats().requests, 2);
 }
 
 #[tokio::test]
@@ -681,7 +682,7 @@ async fn atlassian_refuses_rename_and_caps_page_size() {
         .await;
     let client = ScimClient::new(ClientOptions {
         flavour: Flavour::Atlassian,
-        page_size: 500,
+        page_size: Some(500),
         ..options(&format!("{}/scim/v2", server.uri()))
     })
     .expect("client");
@@ -819,7 +820,7 @@ async fn real_server_walkthrough() {
     let url = std::env::var("IDSYNC_TEST_SCIM_URL").expect("IDSYNC_TEST_SCIM_URL");
     let token = std::env::var("IDSYNC_TEST_SCIM_TOKEN").unwrap_or_default();
     let client = ScimClient::new(ClientOptions {
-        page_size: 7,
+        page_size: Some(7),
         ..ClientOptions::new(url, SecretString::from(token), Flavour::Generic)
     })
     .expect("client");
@@ -1175,4 +1176,223 @@ async fn errors_from_the_target_carry_no_token_and_are_cut() {
         "{}",
         &text[text.len() - 60..]
     );
+}
+
+/// Answers 500 to any request carrying `count`, else serves pages of 2 of 5 users.
+struct FailsCount {
+    with_count: Arc<AtomicUsize>,
+    without: Arc<AtomicUsize>,
+}
+
+impl Respond for FailsCount {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        if query_number(request, "count").is_some() {
+            self.with_count.fetch_add(1, Ordering::SeqCst);
+            return scim_error(500, None, "internal error");
+        }
+        self.without.fetch_add(1, Ordering::SeqCst);
+        let start = query_number(request, "startIndex").unwrap_or(1);
+        let resources = (start..start + 2)
+            .filter(|i| *i <= 5)
+            .map(|i| user_json(&format!("u{i}"), &format!("user{i}@example.com")))
+            .collect();
+        scim(200).set_body_json(list_json(5, resources))
+    }
+}
+
+async fn fails_count_server() -> (MockServer, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let server = MockServer::start().await;
+    let with_count = Arc::new(AtomicUsize::new(0));
+    let without = Arc::new(AtomicUsize::new(0));
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .respond_with(FailsCount {
+            with_count: with_count.clone(),
+            without: without.clone(),
+        })
+        .mount(&server)
+        .await;
+    (server, with_count, without)
+}
+
+#[tokio::test]
+async fn server_failing_count_with_500_is_paged_with_its_default_without_retrying_count() {
+    let (server, with_count, without) = fails_count_server().await;
+    let client = client_for(&server).await;
+    let started = Instant::now();
+    let users = client.list_users().await.expect("ok");
+    assert_eq!(users.len(), 5);
+    // One try with `count`, no retry of it, then three default-size pages.
+    assert_eq!(with_count.load(Ordering::SeqCst), 1);
+    assert_eq!(without.load(Ordering::SeqCst), 3);
+    assert_eq!(client.stats().retries, 0);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(client.page_size_in_force(), None);
+    // The probe of the same cycle sends no `count` either.
+    assert!(client.holds_any("Users").await.expect("ok"));
+    assert_eq!(with_count.load(Ordering::SeqCst), 1);
+    // A new cycle tries `count` again.
+    client.begin_cycle();
+    assert!(client.holds_any("Users").await.expect("ok"));
+    assert_eq!(with_count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn connectivity_check_probes_one_user_and_never_lists() {
+    let (server, with_count, without) = fails_count_server().await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/ServiceProviderConfig"))
+        .respond_with(scim(200).set_body_json(json!({"filter": {"supported": false}})))
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    crate::apply::Target::check(&client).await.expect("ok");
+    // The probe with count=1 failed, one default page followed: no listing.
+    assert_eq!(with_count.load(Ordering::SeqCst), 1);
+    assert_eq!(without.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn page_size_is_the_advertised_max_results_within_the_flavour_limit() {
+    let server = MockServer::start().await;
+    let advertised = Arc::new(std::sync::Mutex::new(250u32));
+    let seen = advertised.clone();
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/ServiceProviderConfig"))
+        .respond_with(move |_: &Request| {
+            let max = *seen.lock().expect("lock");
+            scim(200).set_body_json(json!({"filter": {"supported": true, "maxResults": max}}))
+        })
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    assert_eq!(
+        client.page_size_in_force(),
+        Some(100),
+        "nothing advertised yet"
+    );
+    client.service_provider_config().await.expect("spc");
+    assert_eq!(client.page_size_in_force(), Some(250));
+    *advertised.lock().expect("lock") = 5000;
+    client.service_provider_config().await.expect("spc");
+    assert_eq!(client.page_size_in_force(), Some(1000), "generic cap");
+
+    let atlassian = ScimClient::new(ClientOptions {
+        flavour: Flavour::Atlassian,
+        ..options(&format!("{}/scim/v2/", server.uri()))
+    })
+    .expect("client");
+    atlassian.service_provider_config().await.expect("spc");
+    assert_eq!(atlassian.page_size_in_force(), Some(100), "Atlassian cap");
+
+    let configured = ScimClient::new(ClientOptions {
+        page_size: Some(40),
+        ..options(&format!("{}/scim/v2/", server.uri()))
+    })
+    .expect("client");
+    configured.service_provider_config().await.expect("spc");
+    assert_eq!(configured.page_size_in_force(), Some(40));
+}
+
+#[tokio::test]
+async fn user_listing_is_read_once_per_cycle_and_kept_up_to_date() {
+    let server = MockServer::start().await;
+    let requests = Arc::new(AtomicUsize::new(0));
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/ServiceProviderConfig"))
+        .respond_with(scim(200).set_body_json(json!({"filter": {"supported": false}})))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .respond_with(QuirkyPager {
+            users: 3,
+            cap: 100,
+            repeat_past_end: false,
+            requests: requests.clone(),
+        })
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/scim/v2/Users"))
+        .respond_with(scim(201).set_body_json(user_json("u9", "new@example.com")))
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/scim/v2/Users/u1"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    client.service_provider_config().await.expect("spc");
+    assert_eq!(client.list_users().await.expect("ok").len(), 3);
+    let listings = requests.load(Ordering::SeqCst);
+    // Lookups without filter support answer from the listing.
+    for name in ["user2@example.com", "nobody@example.com"] {
+        client.find_user_by_user_name(name).await.expect("ok");
+    }
+    let mut attrs = UserAttrs::new();
+    attrs.insert(UserAttr::UserName, "new@example.com".into());
+    client.create_user(&attrs, true).await.expect("created");
+    client
+        .delete_user(&ScimId::new("u1"))
+        .await
+        .expect("deleted");
+    assert!(
+        client
+            .find_user_by_user_name("NEW@example.com")
+            .await
+            .expect("ok")
+            .is_some(),
+        "a create is in the listing"
+    );
+    assert!(
+        client
+            .find_user_by_user_name("user1@example.com")
+            .await
+            .expect("ok")
+            .is_none(),
+        "a delete is out of it"
+    );
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        listings,
+        "no second listing"
+    );
+    client.begin_cycle();
+    client.list_users().await.expect("ok");
+    assert_eq!(requests.load(Ordering::SeqCst), listings * 2);
+}
+
+#[tokio::test]
+async fn concurrent_lookups_share_one_listing() {
+    let server = MockServer::start().await;
+    let requests = Arc::new(AtomicUsize::new(0));
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/ServiceProviderConfig"))
+        .respond_with(scim(200).set_body_json(json!({"filter": {"supported": false}})))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .respond_with(QuirkyPager {
+            users: 5,
+            cap: 100,
+            repeat_past_end: false,
+            requests: requests.clone(),
+        })
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    client.service_provider_config().await.expect("spc");
+    let names = [
+        "user1@example.com",
+        "user3@example.com",
+        "user5@example.com",
+    ];
+    let found =
+        futures_util::future::join_all(names.iter().map(|n| client.find_user_by_user_name(n)))
+            .await;
+    assert!(found.into_iter().all(|f| f.expect("ok").is_some()));
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "one listing");
 }

@@ -12,6 +12,7 @@
 mod history;
 mod journal;
 mod mirror;
+mod notes;
 mod schema;
 mod store;
 

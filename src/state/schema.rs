@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -109,6 +109,16 @@ CREATE TABLE mirror_meta (
     // new values, a create's attributes, the members added or removed (JSON;
     // NULL for operations that carry none, and for rows written before).
     "ALTER TABLE run_ops ADD COLUMN detail TEXT;",
+    // 5: user attributes the target did not keep as sent, one
+    // row per attribute, said once and no longer compared (see notes.rs).
+    r#"
+CREATE TABLE target_notes (
+    attr     TEXT PRIMARY KEY,
+    sent     TEXT NOT NULL,
+    stored   TEXT,
+    noted_at TEXT NOT NULL
+) STRICT;
+"#,
 ];
 
 impl StateDb {

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::model::{Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName};
+use crate::model::{
+    AttrNote, Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName,
+};
 use crate::plan::RemoveAction;
 use crate::state::{FailureRecord, LockHolder, RunRecord, StateDb};
 
@@ -42,6 +44,9 @@ pub struct StatusReport {
     /// For a source with a mirror (Entra ID): what the mirror holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorStatus>,
+    /// Attributes the target did not keep as sent, no longer compared.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub target_notes: Vec<AttrNote>,
 }
 
 /// The committed mirror of an incremental source.
@@ -71,6 +76,7 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
         quarantine: None,
         running: None,
         mirror: None,
+        target_notes: Vec::new(),
     };
     let Some(mut db) = StateDb::open_read_only(&settings.state_path)? else {
         return Ok(report);
@@ -91,6 +97,7 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     report.failures = db.recent_failures(STATUS_FAILURES)?;
     report.interrupted_operations = db.interrupted_ops()?.len();
     report.quarantine = Some(quarantine::load(&db)?);
+    report.target_notes = db.load_notes()?;
     report.running = StateDb::lock_holder(&settings.state_path)?;
     if settings.source.adapter().uses_mirror() {
         let mirror = db.load_mirror()?;

@@ -355,7 +355,14 @@ pub async fn planning_input<T: Target>(
             (desired, db, loaded)
         })
     });
-    let (desired, new_mirror) = desired?;
+    let (mut desired, new_mirror) = desired?;
+    // Attributes the target does not keep as sent are not compared (see
+    // README, "What the target keeps"): like create-only ones.
+    if let Some(db) = db.as_ref() {
+        desired
+            .create_only
+            .extend(db.load_notes()?.into_iter().map(|n| n.attr));
+    }
     let mirror = old_digest
         .zip(new_mirror)
         .map(|(old, new)| MirrorUpdate { old, new });
@@ -663,11 +670,18 @@ pub async fn cycle<T: Target>(
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
+    let mut create_only = settings.mapping.create_only();
+    create_only.extend(
+        db.load_notes()
+            .map_err(SyncError::StateWrite)?
+            .into_iter()
+            .map(|n| n.attr),
+    );
     let executor = Executor {
         target: target.clone(),
         db: &mut db,
         state,
-        create_only: settings.mapping.create_only(),
+        create_only,
         concurrency: settings.target.concurrency,
         shutdown,
         progress,

@@ -18,6 +18,7 @@ mod faults;
 mod harness;
 mod ops;
 mod proxy;
+mod quirks_truth;
 mod selftest;
 mod snapshots;
 mod trust_output;
