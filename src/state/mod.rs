@@ -462,7 +462,10 @@ mod tests {
             assert!(db.op_log(&nobody).unwrap().is_empty());
             // As migration 3 left it.
             db.conn
-                .execute_batch("ALTER TABLE run_ops DROP COLUMN detail; PRAGMA user_version = 3;")
+                .execute_batch(
+                    "ALTER TABLE run_ops DROP COLUMN detail; DROP TABLE target_notes;
+                     PRAGMA user_version = 3;",
+                )
                 .unwrap();
         }
         let db = StateDb::open_read_only(&path).unwrap().expect("exists");
