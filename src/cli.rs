@@ -138,6 +138,9 @@ enum Command {
         /// Save the plan (JSON) for review and `sync --plan`.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also show the attributes each created user is created with.
+        #[arg(long)]
+        detail: bool,
     },
     /// Apply the plan to the target.
     Sync {
@@ -159,6 +162,9 @@ enum Command {
         allow_deletes: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+        /// With --dry-run: also show the attributes each created user is created with.
+        #[arg(long)]
+        detail: bool,
     },
     /// Run cycles on the configured interval or cron schedule.
     Daemon {
@@ -248,9 +254,10 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             full,
             format,
             out,
+            detail,
         } => {
             let settings = Settings::load(&config.config)?;
-            plan(&settings, full, format.into(), out.as_deref()).await
+            plan(&settings, full, format.into(), out.as_deref(), detail).await
         }
         Command::Sync {
             config,
@@ -259,6 +266,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             plan,
             allow_deletes,
             format,
+            detail,
         } => {
             let settings = Settings::load(&config.config)?;
             warn_cleartext(&settings);
@@ -268,7 +276,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
                 plan_file: plan,
                 allow_deletes,
             };
-            sync_command(&settings, &opts, format.into()).await
+            sync_command(&settings, &opts, format.into(), detail).await
         }
         Command::Daemon { config } => {
             sync::daemon::run(&config.config, shutdown_flag()).await?;
@@ -389,6 +397,7 @@ async fn plan(
     full: bool,
     format: Format,
     out: Option<&Path>,
+    detail: bool,
 ) -> Result<Exit, Failure> {
     let (plan, input) = sync::plan_read_only(settings, full).await?;
     if let Err(SyncError::Guard { stop, .. }) = sync::guard(&plan, settings, false, true) {
@@ -419,22 +428,36 @@ async fn plan(
         );
     }
     match format {
-        Format::Json => report::write_plan_json(&plan, std::io::stdout().lock()).map_err(|e| {
-            Failure::new(
-                Exit::Usage,
-                format!("cannot write the plan to stdout: {e}"),
-                None,
-            )
-        })?,
-        Format::Text => print!("{}", report::plan_text(&plan, Style::detect())),
+        Format::Json => print_plan_json(&plan)?,
+        Format::Text => print!("{}", report::plan_text(&plan, plan_view(detail))),
     }
     Ok(Exit::Ok)
+}
+
+fn plan_view(detail: bool) -> report::PlanView {
+    report::PlanView {
+        style: Style::detect(),
+        detail,
+    }
+}
+
+/// The plan document on stdout: `plan --format json` and `sync --dry-run
+/// --format json` print the same.
+fn print_plan_json(plan: &crate::plan::Plan) -> Result<(), Failure> {
+    report::write_plan_json(plan, std::io::stdout().lock()).map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("cannot write the plan to stdout: {e}"),
+            None,
+        )
+    })
 }
 
 async fn sync_command(
     settings: &Settings,
     opts: &SyncOptions,
     format: Format,
+    detail: bool,
 ) -> Result<Exit, Failure> {
     let progress = ProgressBar::new();
     let summary = match sync::sync(settings, opts, shutdown_flag(), &progress).await {
@@ -451,9 +474,12 @@ async fn sync_command(
             return Err(e.into());
         }
     };
-    match format {
-        Format::Json => println!("{}", report::run_json(&summary)),
-        Format::Text => print!("{}", report::run_text(&summary, Style::detect())),
+    // A dry run is the plan, rendered and stopped.
+    match (format, &summary.dry_run_plan) {
+        (Format::Json, Some(plan)) => print_plan_json(plan)?,
+        (Format::Text, Some(_)) => print!("{}", report::dry_run_text(&summary, plan_view(detail))),
+        (Format::Json, None) => println!("{}", report::run_json(&summary)),
+        (Format::Text, None) => print!("{}", report::run_text(&summary, Style::detect())),
     }
     Ok(match summary.exit_code {
         0 => Exit::Ok,

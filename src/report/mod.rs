@@ -9,8 +9,8 @@ mod run;
 mod status;
 
 pub use explain::explain_text;
-pub use plan::{held_text, plan_json, plan_text, write_plan_json};
-pub use run::{run_json, run_text};
+pub use plan::{MEMBERS_LISTED, PlanView, held_text, plan_json, plan_text, write_plan_json};
+pub use run::{dry_run_text, run_json, run_text};
 pub use status::{status_json, status_text};
 
 /// `--format`.
