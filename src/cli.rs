@@ -165,6 +165,10 @@ enum Command {
         /// With --dry-run: also show the attributes each created user is created with.
         #[arg(long)]
         detail: bool,
+        /// Provision on demand: plan and apply only this user (source key,
+        /// userName or email) and their memberships; repeatable.
+        #[arg(long, value_name = "KEY|EMAIL", conflicts_with_all = ["full", "plan"])]
+        only: Vec<String>,
     },
     /// Run cycles on the configured interval or cron schedule.
     Daemon {
@@ -267,6 +271,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             allow_deletes,
             format,
             detail,
+            only,
         } => {
             let settings = Settings::load(&config.config)?;
             warn_cleartext(&settings);
@@ -275,6 +280,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
                 dry_run,
                 plan_file: plan,
                 allow_deletes,
+                only,
             };
             sync_command(&settings, &opts, format.into(), detail).await
         }

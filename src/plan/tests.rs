@@ -497,17 +497,32 @@ fn golden_plan_text_in_detail_shows_what_a_created_user_is_created_with() {
 #[test]
 fn a_membership_change_names_its_members_up_to_the_limit() {
     let people: Vec<_> = (0..MEMBERS_LISTED + 3)
-        .map(|i| person(&format!("k{i:02}"), &format!("p{i}@example.com"), "Engineer"))
+        .map(|i| {
+            person(
+                &format!("k{i:02}"),
+                &format!("p{i}@example.com"),
+                "Engineer",
+            )
+        })
         .collect();
     let keys: Vec<String> = people.iter().map(|p| p.key.as_str().to_string()).collect();
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let d = desired(people, vec![group("eng", "Engineering", &keys)]);
     let plan = plan(&d, &State::default(), &Policy::default());
     let text = plan_text(&plan, PlanView::new(Style { color: false }));
-    assert!(text.contains("\nMemberships to add:\n  + add 23 members to group Engineering\n"), "{text}");
+    assert!(
+        text.contains("\nMemberships to add:\n  + add 23 members to group Engineering\n"),
+        "{text}"
+    );
     assert!(text.contains("      + key k00\n"), "{text}");
-    assert!(text.contains(&format!("      + key k{:02}\n", MEMBERS_LISTED - 1)), "{text}");
-    assert!(!text.contains(&format!("+ key k{:02}", MEMBERS_LISTED)), "{text}");
+    assert!(
+        text.contains(&format!("      + key k{:02}\n", MEMBERS_LISTED - 1)),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!("+ key k{:02}", MEMBERS_LISTED)),
+        "{text}"
+    );
     assert!(text.contains("      … and 3 more\n"), "{text}");
 }
 

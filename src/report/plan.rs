@@ -7,8 +7,8 @@
 
 use std::fmt::Write as _;
 
-use crate::plan::{Change, Changes, OpKind, Operation, Plan};
 use crate::model::SourceKey;
+use crate::plan::{Change, Changes, OpKind, Operation, Plan};
 
 use super::{Style, plural, quote, show};
 
@@ -231,7 +231,11 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
         );
     }
     for (kind, heading) in SECTIONS {
-        let mut ops = plan.operations.iter().filter(|op| op.kind() == kind).peekable();
+        let mut ops = plan
+            .operations
+            .iter()
+            .filter(|op| op.kind() == kind)
+            .peekable();
         if ops.peek().is_none() {
             continue;
         }

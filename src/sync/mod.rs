@@ -7,6 +7,7 @@
 
 pub mod daemon;
 pub mod inspect;
+pub mod only;
 pub mod quarantine;
 #[cfg(test)]
 mod tests;
@@ -56,6 +57,9 @@ pub struct SyncOptions {
     pub plan_file: Option<PathBuf>,
     /// The operator's reviewed override of the removal guards.
     pub allow_deletes: bool,
+    /// `--only`: plan and apply just these users (key, userName or email) and
+    /// their memberships.
+    pub only: Vec<String>,
 }
 
 /// Why a cycle (or a plan) stopped. The command line turns each into an exit
@@ -115,6 +119,11 @@ pub enum SyncError {
         .path.display()
     )]
     NoState { path: PathBuf },
+    /// `--only` named a user neither the source nor the state knows.
+    #[error(
+        "--only {asked:?}: no user with that key, userName or email is in the source or the state DB"
+    )]
+    UnknownUser { asked: String },
     /// A saved plan names an object other than the one the state records.
     #[error(
         "the saved plan {} does not match the state DB, so none of it was applied: {mismatch}",
@@ -180,6 +189,9 @@ impl SyncError {
             SyncError::NoState { .. } => {
                 "if the state DB was lost, restore it from a backup; otherwise run `idsync sync --full` once: it reads the target and adopts existing users and groups by name"
             }
+            SyncError::UnknownUser { .. } => {
+                "check the spelling; `idsync explain KEY|EMAIL` shows what the source and the state know"
+            }
             SyncError::PlanMismatch { .. } => {
                 "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
             }
@@ -203,6 +215,7 @@ impl SyncError {
             | SyncError::PlanUnreadable { .. }
             | SyncError::NotAPlan { .. }
             | SyncError::StalePlan { .. }
+            | SyncError::UnknownUser { .. }
             | SyncError::PlanMismatch { .. } => Exit::Usage,
         }
     }
@@ -492,6 +505,26 @@ pub async fn plan_read_only(
     Ok((plan, input))
 }
 
+/// `sync --only`: the plan cut down to the users asked for (unchanged when
+/// none were).
+fn restrict_to_only(
+    plan: Plan,
+    input: &PlanningInput,
+    settings: &Settings,
+    asked: &[String],
+) -> Result<Plan, SyncError> {
+    if asked.is_empty() {
+        return Ok(plan);
+    }
+    let keys = only::resolve(input, asked)?;
+    Ok(only::restrict(
+        plan,
+        &keys,
+        &settings.fingerprint,
+        input.state().generation,
+    ))
+}
+
 /// Checks `plan` against the guards; a stop carries the removals it held back.
 pub fn guard(
     plan: &Plan,
@@ -549,6 +582,7 @@ pub async fn sync(
 async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
     let started = Instant::now();
     let (plan, input) = plan_read_only(settings, opts.full).await?;
+    let plan = restrict_to_only(plan, &input, settings, &opts.only)?;
     guard(&plan, settings, opts.allow_deletes, true)?;
     if !opts.full
         && let Some(stop) = lost_state_stop(settings, input.state()).await
@@ -621,13 +655,24 @@ pub async fn cycle<T: Target>(
                     }
                 };
             let plan = plan::plan(&input);
+            let plan = match restrict_to_only(plan, &input, settings, &opts.only) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
+                    return Err(e);
+                }
+            };
             if let Err(e) = guard(&plan, settings, opts.allow_deletes, false) {
                 if let SyncError::Guard { stop, .. } = &e {
                     let _ = db.record_stopped_run("sync", e.exit() as i32, &stop.to_string());
                 }
                 return Err(e);
             }
-            let command = if opts.full { "sync --full" } else { "sync" };
+            let command = match (opts.full, opts.only.is_empty()) {
+                (true, _) => "sync --full",
+                (false, false) => "sync --only",
+                (false, true) => "sync",
+            };
             (plan, input.into_state(), command, mirror)
         }
     };

@@ -797,3 +797,76 @@ fn validate_output_for_a_good_config_and_for_an_unknown_key() {
         &r.apply(&format!("{}\n{}", transcript(&good), transcript(&bad))),
     );
 }
+
+// ---------------------------------------------------------------------------
+// sync --only
+
+/// Whether the target holds `user_name` as active.
+fn active_on_target(server: &ScimServer, user_name: &str) -> bool {
+    server.contents().user(user_name)["active"] != serde_json::Value::Bool(false)
+}
+
+#[test]
+fn sync_only_applies_just_the_named_users_and_their_memberships() {
+    let (server, ws) = fresh("snap-only");
+    let mut r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    // Pending for others: Ada's title, Edsger left; and a newcomer, Barbara,
+    // in engineering and in a new group `ops` beside Ada.
+    dir.user_mut("u1").title = "Principal Engineer".into();
+    dir.remove_user("u4");
+    dir.users.push(user(
+        "u5",
+        "barbara@example.com",
+        "Barbara",
+        "Liskov",
+        "Engineer",
+        "R&D",
+    ));
+    dir.groups
+        .get_mut("engineering")
+        .expect("engineering")
+        .push("u5".into());
+    dir.groups
+        .insert("ops".into(), vec!["u1".into(), "u5".into()]);
+    ws.write_directory(&dir);
+
+    let dry = ws.run(&["sync", "--only", "barbara@example.com", "--dry-run"]);
+    dry.assert_code(0);
+    let applied = ws.run(&["sync", "--only", "u5"]);
+    applied.assert_code(0);
+    r.learn(&server);
+    let contents = server.contents();
+    assert_eq!(str_at(contents.user("ada@example.com"), "title"), "Engineer");
+    assert!(active_on_target(&server, "edsger@example.com"));
+    assert!(active_on_target(&server, "barbara@example.com"));
+    let ops = contents.group("ops").expect("ops was created for Barbara");
+    assert_eq!(ops["members"].as_array().map(Vec::len), Some(1), "{ops}");
+
+    let unknown = ws.run(&["sync", "--only", "nobody@example.com"]);
+    unknown.assert_code(2);
+    assert!(unknown.stderr.contains("\"nobody@example.com\""), "{}", unknown.stderr);
+
+    // A leaver is removed (remove_action disable) only when named.
+    let leaver = ws.run(&["sync", "--only", "edsger@example.com"]);
+    leaver.assert_code(0);
+    assert!(!active_on_target(&server, "edsger@example.com"));
+
+    // What is left for the next normal cycle: Ada's update and her membership.
+    let (rest, _, plan) = plans(&ws, &r, false);
+    assert_eq!(operations(&plan).len(), 2, "{plan}");
+
+    let text = r.apply(&format!(
+        "{}\n{}\n{}\n{}\n$ idsync plan\n{rest}",
+        transcript_stdout(&dry),
+        transcript_stdout(&applied),
+        transcript(&unknown),
+        transcript_stdout(&leaver),
+    ));
+    snap(
+        "sync_only",
+        "sync --only after Ada's title changed, Edsger left and Barbara (u5) joined engineering and a new group ops beside Ada: a dry run and a run for Barbara, an unknown user, a run for the leaver Edsger, then the plan of what is left",
+        &text,
+    );
+}
