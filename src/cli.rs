@@ -182,6 +182,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// A plan that undoes what run RUN did (review it, then `sync --plan`).
+    Revert {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The run's number, as `idsync status` lists it.
+        run: i64,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+        /// Save the plan (JSON) for `sync --plan`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Why one user is or is not provisioned, and as what.
     Explain {
         #[command(flatten)]
@@ -293,6 +305,23 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             match Format::from(format) {
                 Format::Json => println!("{}", report::status_json(&report)),
                 Format::Text => print!("{}", report::status_text(&report)),
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Revert {
+            config,
+            run,
+            format,
+            out,
+        } => {
+            let settings = Settings::load(&config.config)?;
+            let plan = sync::revert::revert(&settings, run)?;
+            if let Some(path) = &out {
+                save_plan(&plan, path)?;
+            }
+            match Format::from(format) {
+                Format::Json => print_plan_json(&plan)?,
+                Format::Text => print!("{}", report::plan_text(&plan, plan_view(true))),
             }
             Ok(Exit::Ok)
         }
@@ -417,27 +446,33 @@ async fn plan(
         }
     }
     if let Some(path) = out {
-        // Owner-only: the plan holds the values it will send.
-        crate::state::create_private(path, true)
-            .and_then(|file| report::write_plan_json(&plan, file))
-            .map_err(|e| {
-                Failure::new(
-                    Exit::Usage,
-                    format!("cannot write {}: {e}", path.display()),
-                    None,
-                )
-            })?;
-        eprintln!(
-            "plan saved to {}; apply it with `idsync sync --plan {}`",
-            path.display(),
-            path.display()
-        );
+        save_plan(&plan, path)?;
     }
     match format {
         Format::Json => print_plan_json(&plan)?,
         Format::Text => print!("{}", report::plan_text(&plan, plan_view(detail))),
     }
     Ok(Exit::Ok)
+}
+
+/// Writes a plan for review and `sync --plan`.
+fn save_plan(plan: &crate::plan::Plan, path: &Path) -> Result<(), Failure> {
+    // Owner-only: the plan holds the values it will send.
+    crate::state::create_private(path, true)
+        .and_then(|file| report::write_plan_json(plan, file))
+        .map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                format!("cannot write {}: {e}", path.display()),
+                None,
+            )
+        })?;
+    eprintln!(
+        "plan saved to {}; apply it with `idsync sync --plan {}`",
+        path.display(),
+        path.display()
+    );
+    Ok(())
 }
 
 fn plan_view(detail: bool) -> report::PlanView {

@@ -31,6 +31,19 @@ pub struct FailureRecord {
     pub error: Option<String>,
 }
 
+/// An operation a run applied, with what it changed (`idsync revert`).
+#[derive(Clone, Debug)]
+pub struct AppliedOp {
+    pub seq: i64,
+    pub op: String,
+    pub subject: String,
+    /// JSON: what the operation destroyed that it does not carry (see the
+    /// schema's migration 4); `None` when nothing, or recorded before it.
+    pub old_values: Option<String>,
+    /// JSON: the operation as applied; `None` when recorded before migration 4.
+    pub new_values: Option<String>,
+}
+
 /// How a run ended, for its history entry.
 #[derive(Clone, Debug)]
 pub struct RunEnd<'a> {
@@ -108,6 +121,43 @@ impl StateDb {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))
+    }
+
+    /// One run from the history, if it is still kept.
+    pub fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
+        Ok(self
+            .runs(&format!("WHERE id = {id}"), 1)?
+            .into_iter()
+            .next())
+    }
+
+    /// Whether this DB records what each operation changed (schema 4 and
+    /// later; a read-only open does not migrate).
+    pub fn records_values(&self) -> Result<bool, StateError> {
+        Ok(self.user_version()? >= 4)
+    }
+
+    /// The operations run `id` applied, in the order it applied them.
+    pub fn applied_ops(&self, id: i64) -> Result<Vec<AppliedOp>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT seq, op, subject, old_values, new_values FROM run_ops
+                 WHERE run_id = ?1 AND outcome = 'applied' ORDER BY at, seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(AppliedOp {
+                    seq: r.get(0)?,
+                    op: r.get(1)?,
+                    subject: r.get(2)?,
+                    old_values: r.get(3)?,
+                    new_values: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// The most recent runs, newest first.

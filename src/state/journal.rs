@@ -56,6 +56,13 @@ pub struct OpRecord {
     pub outcome: OpOutcome,
     pub http_status: Option<u16>,
     pub error: Option<String>,
+    /// What the operation destroyed that it does not carry itself, as JSON
+    /// (see `idsync revert`).
+    #[serde(skip)]
+    pub old_values: Option<String>,
+    /// The operation as applied, as plan JSON.
+    #[serde(skip)]
+    pub new_values: Option<String>,
 }
 
 impl StateDb {
@@ -136,8 +143,8 @@ impl StateDb {
             .and_then(|mut s| s.execute(params![run, record.seq, record.outcome.journal_state()]))
             .map_err(|e| sqlite(&path, e))?;
         tx.prepare_cached(
-            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error, old_values, new_values)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -148,7 +155,9 @@ impl StateDb {
                 record.subject,
                 record.outcome.as_str(),
                 record.http_status.map(i64::from),
-                record.error
+                record.error,
+                record.old_values,
+                record.new_values
             ])
         })
         .map_err(|e| sqlite(&path, e))?;

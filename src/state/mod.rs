@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-pub use history::{FailureRecord, RunEnd, RunRecord};
+pub use history::{AppliedOp, FailureRecord, RunEnd, RunRecord};
 pub use journal::{JournalEntry, OpOutcome, OpRecord, RunId};
 
 #[derive(Debug, thiserror::Error)]
@@ -403,7 +403,42 @@ mod tests {
             outcome: OpOutcome::Applied,
             http_status: Some(201),
             error: None,
+            old_values: None,
+            new_values: None,
         }
+    }
+
+    #[test]
+    fn a_version_3_db_gains_the_old_and_new_values_of_each_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            // Back to version 3, as an older idsync left it.
+            db.conn
+                .execute_batch(
+                    "ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values; PRAGMA user_version = 3;",
+                )
+                .unwrap();
+        }
+        let read_only = StateDb::open_read_only(&path).unwrap().unwrap();
+        assert!(!read_only.records_values().unwrap());
+        drop(read_only);
+        let mut db = StateDb::open(&path).unwrap();
+        assert!(db.records_values().unwrap());
+        let run = db
+            .begin_run("sync", &[("delete_user", "k1".into())])
+            .unwrap();
+        let mut op = record(0);
+        op.old_values = Some(r#"{"attrs":{}}"#.into());
+        op.new_values = Some(r#"{"op":"delete_user"}"#.into());
+        db.commit(run, &op, None).unwrap();
+        let applied = db.applied_ops(run).unwrap();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(applied[0].old_values, op.old_values);
+        assert_eq!(applied[0].new_values, op.new_values);
+        assert!(db.run(run).unwrap().is_some());
+        assert!(db.run(run + 1).unwrap().is_none());
     }
 
     #[test]
@@ -703,6 +738,8 @@ mod transition_tests {
                         outcome: OpOutcome::Applied,
                         http_status: None,
                         error: None,
+                        old_values: None,
+                        new_values: None,
                     };
                     db.commit(run, &record, Some(c)).unwrap();
                     memory.apply(c);

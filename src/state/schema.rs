@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -104,6 +104,14 @@ CREATE TABLE mirror_meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) STRICT;
+"#,
+    // 4: what each applied operation changed, for `idsync revert`: `new_values`
+    // is the operation as applied (plan JSON), `old_values` what it destroyed
+    // that the operation does not carry (a deleted user's attributes and
+    // groups, a deleted group's members), both JSON text, NULL when none.
+    r#"
+ALTER TABLE run_ops ADD COLUMN old_values TEXT;
+ALTER TABLE run_ops ADD COLUMN new_values TEXT;
 "#,
 ];
 

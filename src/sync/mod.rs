@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod inspect;
 pub mod only;
 pub mod quarantine;
+pub mod revert;
 #[cfg(test)]
 mod tests;
 
@@ -119,6 +120,9 @@ pub enum SyncError {
         .path.display()
     )]
     NoState { path: PathBuf },
+    /// `revert RUN` cannot make a plan for that run.
+    #[error("cannot revert run #{run}: {reason}")]
+    CannotRevert { run: i64, reason: String },
     /// `--only` named a user neither the source nor the state knows.
     #[error(
         "--only {asked:?}: no user with that key, userName or email is in the source or the state DB"
@@ -189,6 +193,7 @@ impl SyncError {
             SyncError::NoState { .. } => {
                 "if the state DB was lost, restore it from a backup; otherwise run `idsync sync --full` once: it reads the target and adopts existing users and groups by name"
             }
+            SyncError::CannotRevert { .. } => "`idsync status` lists the runs the history keeps",
             SyncError::UnknownUser { .. } => {
                 "check the spelling; `idsync explain KEY|EMAIL` shows what the source and the state know"
             }
@@ -216,6 +221,7 @@ impl SyncError {
             | SyncError::NotAPlan { .. }
             | SyncError::StalePlan { .. }
             | SyncError::UnknownUser { .. }
+            | SyncError::CannotRevert { .. }
             | SyncError::PlanMismatch { .. } => Exit::Usage,
         }
     }
