@@ -182,6 +182,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
     },
+    /// Write one self-contained HTML page: runs over time, the last run's
+    /// operations, quarantine and guards.
+    Report {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The file to write.
+        #[arg(long)]
+        html: PathBuf,
+        /// The period shown, back from now (e.g. 30d, 12h).
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+    },
     /// A plan that undoes what run RUN did (review it, then `sync --plan`).
     Revert {
         #[command(flatten)]
@@ -306,6 +318,22 @@ async fn run(command: Command) -> Result<Exit, Failure> {
                 Format::Json => println!("{}", report::status_json(&report)),
                 Format::Text => print!("{}", report::status_text(&report)),
             }
+            Ok(Exit::Ok)
+        }
+        Command::Report {
+            config,
+            html,
+            since,
+        } => {
+            let data = inspect::report(&Settings::load(&config.config)?, since)?;
+            std::fs::write(&html, report::report_html(&data)).map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("cannot write {}: {e}", html.display()),
+                    None,
+                )
+            })?;
+            eprintln!("report written to {}", html.display());
             Ok(Exit::Ok)
         }
         Command::Revert {
@@ -662,6 +690,13 @@ mod tests {
             &["idsync", "status", "-c", "x.yaml", "--format", "json"],
             &["idsync", "explain", "-c", "x.yaml", "ada@example.com"],
             &["idsync", "daemon", "-c", "x.yaml"],
+            &[
+                "idsync", "sync", "-c", "x.yaml", "--only", "u1", "--only", "u2",
+            ],
+            &["idsync", "revert", "-c", "x.yaml", "3", "--out", "r.json"],
+            &[
+                "idsync", "report", "-c", "x.yaml", "--html", "r.html", "--since", "7d",
+            ],
         ] {
             assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
         }

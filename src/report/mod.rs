@@ -4,11 +4,13 @@
 //! newline or an escape sequence cannot forge a line of output.
 
 mod explain;
+mod html;
 mod plan;
 mod run;
 mod status;
 
 pub use explain::explain_text;
+pub use html::report_html;
 pub use plan::{MEMBERS_LISTED, PlanView, held_text, plan_json, plan_text, write_plan_json};
 pub use run::{dry_run_text, run_json, run_text};
 pub use status::{status_json, status_text};

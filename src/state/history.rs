@@ -44,6 +44,35 @@ pub struct AppliedOp {
     pub new_values: Option<String>,
 }
 
+/// A run as the report draws it: its counts, and the users and groups idsync
+/// managed when it ended (`None` for runs before schema 4 and runs that
+/// stopped before applying).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunPoint {
+    pub id: i64,
+    pub command: String,
+    pub started_at: String,
+    pub exit_code: Option<i64>,
+    pub planned: i64,
+    pub applied: i64,
+    pub failed: i64,
+    pub error: Option<String>,
+    pub managed_users: Option<i64>,
+    pub managed_groups: Option<i64>,
+}
+
+/// One line of a run's operation log.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpLine {
+    pub seq: i64,
+    pub at: String,
+    pub op: String,
+    pub subject: String,
+    pub outcome: String,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+}
+
 /// How a run ended, for its history entry.
 #[derive(Clone, Debug)]
 pub struct RunEnd<'a> {
@@ -71,6 +100,14 @@ impl StateDb {
         tx.execute(
             "UPDATE runs SET ended_at = ?2, applied = ?3, failed = ?4, exit_code = ?5, summary = ?6, error = ?7 WHERE id = ?1",
             params![run, at, end.applied, end.failed, end.exit_code, end.summary, end.error],
+        )
+        .map_err(|e| sqlite(&path, e))?;
+        tx.execute(
+            "UPDATE runs SET
+                managed_users = (SELECT count(*) FROM users WHERE status != 'removed'),
+                managed_groups = (SELECT count(*) FROM groups WHERE status != 'removed')
+             WHERE id = ?1",
+            params![run],
         )
         .map_err(|e| sqlite(&path, e))?;
         tx.execute(
@@ -129,6 +166,62 @@ impl StateDb {
             .runs(&format!("WHERE id = {id}"), 1)?
             .into_iter()
             .next())
+    }
+
+    /// The runs started at or after `since` (RFC 3339), oldest first.
+    pub fn runs_since(&self, since: &str) -> Result<Vec<RunPoint>, StateError> {
+        let counts = if self.records_values()? {
+            "managed_users, managed_groups"
+        } else {
+            "NULL, NULL"
+        };
+        let sql = format!(
+            "SELECT id, command, started_at, exit_code, planned, applied, failed, error, {counts}
+             FROM runs WHERE started_at >= ?1 ORDER BY id"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([since], |r| {
+                Ok(RunPoint {
+                    id: r.get(0)?,
+                    command: r.get(1)?,
+                    started_at: r.get(2)?,
+                    exit_code: r.get(3)?,
+                    planned: r.get(4)?,
+                    applied: r.get(5)?,
+                    failed: r.get(6)?,
+                    error: r.get(7)?,
+                    managed_users: r.get(8)?,
+                    managed_groups: r.get(9)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every logged operation of run `id`, in order.
+    pub fn run_log(&self, id: i64) -> Result<Vec<OpLine>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT seq, at, op, subject, outcome, http_status, error FROM run_ops
+                 WHERE run_id = ?1 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(OpLine {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    op: r.get(2)?,
+                    subject: r.get(3)?,
+                    outcome: r.get(4)?,
+                    http_status: r.get(5)?,
+                    error: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Whether this DB records what each operation changed (schema 4 and

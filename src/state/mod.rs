@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-pub use history::{AppliedOp, FailureRecord, RunEnd, RunRecord};
+pub use history::{AppliedOp, FailureRecord, OpLine, RunEnd, RunPoint, RunRecord};
 pub use journal::{JournalEntry, OpOutcome, OpRecord, RunId};
 
 #[derive(Debug, thiserror::Error)]

@@ -109,9 +109,13 @@ CREATE TABLE mirror_meta (
     // is the operation as applied (plan JSON), `old_values` what it destroyed
     // that the operation does not carry (a deleted user's attributes and
     // groups, a deleted group's members), both JSON text, NULL when none.
+    // And the users and groups idsync managed when each run ended, for the
+    // report's counts over time.
     r#"
 ALTER TABLE run_ops ADD COLUMN old_values TEXT;
 ALTER TABLE run_ops ADD COLUMN new_values TEXT;
+ALTER TABLE runs ADD COLUMN managed_users INTEGER;
+ALTER TABLE runs ADD COLUMN managed_groups INTEGER;
 "#,
 ];
 

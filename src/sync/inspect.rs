@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::Settings;
 use crate::model::{Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName};
 use crate::plan::RemoveAction;
-use crate::state::{FailureRecord, LockHolder, RunRecord, StateDb};
+use crate::state::{FailureRecord, LockHolder, OpLine, RunPoint, RunRecord, StateDb};
 
 use super::SyncError;
 use super::quarantine::{self, Quarantine};
@@ -105,6 +105,70 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
         });
     }
     Ok(report)
+}
+
+/// `idsync report --html`: the run history over a period, the last run's
+/// operations, and the quarantine and guards now.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportData {
+    /// When the report was made (RFC 3339).
+    pub generated_at: String,
+    /// The start of the period shown (RFC 3339).
+    pub since: String,
+    pub managed_users: usize,
+    pub managed_groups: usize,
+    /// Runs in the period, oldest first.
+    pub runs: Vec<RunPoint>,
+    /// The newest run that had operations, and its log.
+    pub last_run: Option<RunPoint>,
+    pub last_run_ops: Vec<OpLine>,
+    pub quarantine: Option<Quarantine>,
+    /// The removal guards as configured.
+    pub max_removals: String,
+    pub max_member_removals: String,
+    /// The newest run in the period, when a guard stopped it (exit 3): why.
+    pub guard_stop: Option<String>,
+}
+
+pub fn report(settings: &Settings, since: std::time::Duration) -> Result<ReportData, SyncError> {
+    let now = chrono::Utc::now();
+    let since = now - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
+    let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut data = ReportData {
+        generated_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        since: since.clone(),
+        managed_users: 0,
+        managed_groups: 0,
+        runs: Vec::new(),
+        last_run: None,
+        last_run_ops: Vec::new(),
+        quarantine: None,
+        max_removals: settings.policy.max_removals.to_string(),
+        max_member_removals: settings.policy.max_member_removals.to_string(),
+        guard_stop: None,
+    };
+    let Some(mut db) = StateDb::open_read_only(&settings.state_path)? else {
+        return Ok(data);
+    };
+    let state = db.load()?;
+    data.managed_users = state.managed_users();
+    data.managed_groups = state
+        .groups
+        .values()
+        .filter(|g| g.status != Status::Removed)
+        .count();
+    data.runs = db.runs_since(&since)?;
+    data.last_run = data.runs.iter().rev().find(|r| r.planned > 0).cloned();
+    if let Some(run) = &data.last_run {
+        data.last_run_ops = db.run_log(run.id)?;
+    }
+    data.guard_stop = data
+        .runs
+        .last()
+        .filter(|r| r.exit_code == Some(super::Exit::Guard as i64))
+        .and_then(|r| r.error.clone());
+    data.quarantine = Some(quarantine::load(&db)?);
+    Ok(data)
 }
 
 /// `idsync explain USER`: the user's path through source, mapping and target.
