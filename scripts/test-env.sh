@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of everything idsync's tests need on a fresh Debian machine:
 #   - Debian packages: slapd + ldap-utils (LDAP e2e tests), openssl (a throwaway CA for the
-#     LDAPS tests), ca-certificates (rustls reads the system store), wrk (benchmarks)
+#     LDAPS tests), ca-certificates (rustls reads the system store), wrk (benchmarks),
+#     chromium (the HTML report is opened headless in a test)
 #   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
@@ -81,7 +82,7 @@ stop_packaged_slapd() {
 
 install_slapd
 stop_packaged_slapd
-apt_install wrk openssl ca-certificates
+apt_install wrk openssl ca-certificates chromium
 
 # --- Python venv with scim2-server -------------------------------------------
 python_bin=""
@@ -113,4 +114,4 @@ else
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "scim2-server==$SCIM2_SERVER_VERSION"
 fi
 
-log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk)"
+log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk); chromium=$(command -v chromium)"
