@@ -82,7 +82,7 @@ fn member_lines(out: &mut String, sign: char, members: &[SourceKey]) {
 }
 
 /// One operation's lines, indented under its heading.
-fn op_lines(op: &Operation, view: PlanView) -> String {
+pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
     let style = view.style;
     let mut out = String::new();
     let mut head = |color: &str, text: String| {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::model::{Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName};
-use crate::plan::RemoveAction;
+use crate::plan::{self, Operation, PlanningInput, RemoveAction};
 use crate::state::{FailureRecord, LockHolder, OpLine, RunPoint, RunRecord, StateDb};
 
 use super::SyncError;
@@ -107,6 +107,38 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     Ok(report)
 }
 
+/// What the next cycle would send for `key`: the whole plan made from this
+/// read, cut down to the user (as `sync --only` does). A source that cannot be
+/// mapped plans nothing, and that is the answer.
+fn next_operations(
+    settings: &Settings,
+    dir: crate::model::SourceDirectory,
+    state: &State,
+    db: Option<&StateDb>,
+    key: &SourceKey,
+) -> Result<Vec<Operation>, String> {
+    let desired = settings.mapping.build(dir).map_err(|errors| {
+        format!(
+            "{} source record(s) cannot be mapped, so no cycle can be planned (see `idsync plan`)",
+            errors.len()
+        )
+    })?;
+    let input = PlanningInput::new(
+        desired,
+        state.clone(),
+        None,
+        settings.plan_options(),
+        |state: &mut State, keys: &[SourceKey]| match db {
+            Some(db) => db.load_attrs(state, keys.iter()),
+            None => Ok(()),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let plan = plan::plan(&input);
+    let only = std::collections::BTreeSet::from([key.clone()]);
+    Ok(super::only::restrict(plan, &only, &settings.fingerprint, state.generation).operations)
+}
+
 /// `idsync report --html`: the run history over a period, the last run's
 /// operations, and the quarantine and guards now.
 #[derive(Clone, Debug, Serialize)]
@@ -180,6 +212,13 @@ pub struct Explanation {
     pub source: String,
     pub remove_action: RemoveAction,
     pub found: Found,
+    /// The groups the source has the user in (display names).
+    pub source_groups: Vec<String>,
+    /// The groups idsync pushed the user into (display names).
+    pub target_groups: Vec<String>,
+    /// Exactly what the next cycle would send for this user (its own
+    /// operations and its memberships), or why no cycle could be planned.
+    pub next: Result<Vec<Operation>, String>,
 }
 
 #[derive(Clone, Debug)]
@@ -205,6 +244,8 @@ pub struct ExplainedUser {
     pub origin: String,
     /// The record's attributes as the source spells them.
     pub attrs: Vec<(String, Vec<String>)>,
+    /// Which scope rule puts the record in or out of scope.
+    pub scope: String,
     pub mapping: Mapped,
     pub target: Option<Provisioned>,
 }
@@ -255,11 +296,45 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
         Some(db) => db.load()?,
         None => State::default(),
     };
+    let subject = record.map(|r| r.key.clone()).or_else(|| {
+        let wanted = UserName::new(who);
+        state
+            .users
+            .iter()
+            .find(|(k, u)| k.as_str() == who || u.user_name == wanted)
+            .map(|(k, _)| k.clone())
+    });
+    let source_groups = match &subject {
+        Some(key) => dir
+            .groups
+            .iter()
+            .filter(|g| g.members.contains(key))
+            .map(|g| g.name.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    let target_groups = match &subject {
+        Some(key) => state
+            .memberships
+            .iter()
+            .filter(|(_, members)| members.contains(key))
+            .filter_map(|(g, _)| state.live_group(g))
+            .map(|g| g.display_name.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    let next = match &subject {
+        Some(key) => next_operations(settings, dir.clone(), &state, db.as_ref(), key),
+        None => Ok(Vec::new()),
+    };
     let mut explanation = Explanation {
         asked: who.to_string(),
         source: source.describe(),
         remove_action: settings.policy.remove_action,
         found: Found::NotInSource { known: None },
+        source_groups,
+        target_groups,
+        next,
     };
     let Some(record) = record else {
         let wanted = UserName::new(who);
@@ -275,6 +350,7 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
         explanation.found = Found::NotInSource { known };
         return Ok(explanation);
     };
+    let scope = settings.mapping.scope_verdict(record, &dir.groups);
     let mapping = match settings.mapping.map_user(record, &dir.groups) {
         Err(e) => Mapped::Error(e.to_string()),
         Ok(None) => Mapped::OutOfScope,
@@ -301,6 +377,7 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
             .iter()
             .map(|(name, values)| (name.to_string(), values.to_vec()))
             .collect(),
+        scope,
         mapping,
         target,
     }));

@@ -752,6 +752,13 @@ fn explain_an_in_scope_user_an_out_of_scope_user_a_leaver_and_an_unknown_one() {
             .users_named("contractor@example.com")
             .is_empty()
     );
+    // Pending for the next cycle: Ada's new title, and Ada into finance.
+    dir.user_mut("u1").title = "Principal Engineer".into();
+    dir.groups
+        .get_mut("finance")
+        .expect("finance")
+        .push("u1".into());
+    ws.write_directory(&dir);
 
     let mut text = String::new();
     for who in [
@@ -769,7 +776,7 @@ fn explain_an_in_scope_user_an_out_of_scope_user_a_leaver_and_an_unknown_one() {
     let text = r.apply(&text);
     snap(
         "explain",
-        "explain for ada@ (in scope, provisioned), u9 (department Contractors, out of scope), edsger@ (left the source, disabled) and nobody@ (unknown); mapping = mappings/csv.yaml + scope exclude department Contractors",
+        "explain for ada@ (in scope, provisioned; her title changed and she joined finance since the last sync), u9 (department Contractors, out of scope), edsger@ (left the source, disabled) and nobody@ (unknown); mapping = mappings/csv.yaml + scope exclude department Contractors",
         &text,
     );
 }
