@@ -417,12 +417,21 @@ mod tests {
             // Back to version 3, as an older idsync left it.
             db.conn
                 .execute_batch(
-                    "ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values; PRAGMA user_version = 3;",
+                    "ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values;
+                     ALTER TABLE runs DROP COLUMN managed_users; ALTER TABLE runs DROP COLUMN managed_groups;
+                     PRAGMA user_version = 3;",
                 )
                 .unwrap();
         }
         let read_only = StateDb::open_read_only(&path).unwrap().unwrap();
         assert!(!read_only.records_values().unwrap());
+        // The report reads an old file as it is: runs without counts.
+        assert!(
+            read_only
+                .runs_since("2000-01-01T00:00:00Z")
+                .unwrap()
+                .is_empty()
+        );
         drop(read_only);
         let mut db = StateDb::open(&path).unwrap();
         assert!(db.records_values().unwrap());
@@ -439,6 +448,18 @@ mod tests {
         assert_eq!(applied[0].new_values, op.new_values);
         assert!(db.run(run).unwrap().is_some());
         assert!(db.run(run + 1).unwrap().is_none());
+        let end = RunEnd {
+            applied: 1,
+            failed: 0,
+            exit_code: 0,
+            summary: "{}",
+            error: None,
+        };
+        db.finish_run(run, &end, 30).unwrap();
+        let points = db.runs_since("2000-01-01T00:00:00Z").unwrap();
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].managed_users, Some(0));
+        assert_eq!(points[0].managed_groups, Some(0));
     }
 
     #[test]

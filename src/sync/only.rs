@@ -112,3 +112,96 @@ pub fn restrict(
         ..plan
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GroupName, ScimId};
+
+    fn keys(names: &[&str]) -> Vec<SourceKey> {
+        names.iter().map(|k| SourceKey::new(*k)).collect()
+    }
+
+    fn plan_of(operations: Vec<Operation>) -> Plan {
+        Plan {
+            fingerprint: String::new(),
+            full: false,
+            summary: Summary::of(&operations),
+            operations,
+            warnings: Vec::new(),
+            ignored_members: 0,
+            source_users: 0,
+            managed_users: 0,
+            managed_memberships: 0,
+            observed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_named_users_operations_and_memberships_are_kept() {
+        let user = |key: &str| Operation::CreateUser {
+            key: SourceKey::new(key),
+            user_name: UserName::new(format!("{key}@example.com")),
+            changes: Default::default(),
+        };
+        let group = |key: &str| Operation::CreateGroup {
+            key: GroupKey::new(key),
+            display_name: GroupName::new(key),
+        };
+        let plan = plan_of(vec![
+            user("a"),
+            user("b"),
+            group("with-a"),
+            group("without-a"),
+            Operation::AddMembers {
+                key: GroupKey::new("with-a"),
+                display_name: GroupName::new("with-a"),
+                members: keys(&["a", "b"]),
+            },
+            Operation::AddMembers {
+                key: GroupKey::new("without-a"),
+                display_name: GroupName::new("without-a"),
+                members: keys(&["b"]),
+            },
+            Operation::RemoveMembers {
+                key: GroupKey::new("old"),
+                display_name: GroupName::new("old"),
+                members: keys(&["a", "c"]),
+            },
+            Operation::DisableUser {
+                key: SourceKey::new("c"),
+                user_name: UserName::new("c@example.com"),
+                scim_id: ScimId::new("id-c"),
+                reason: "not in the source".into(),
+            },
+        ]);
+        let only = BTreeSet::from([SourceKey::new("a")]);
+        let cut = restrict(plan, &only, "config", 7);
+        let names: Vec<String> = cut
+            .operations
+            .iter()
+            .map(|op| format!("{} {}", op.name(), op.subject()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "create_user a",
+                "create_group with-a",
+                "add_members with-a",
+                "remove_members old"
+            ]
+        );
+        for op in &cut.operations {
+            if let Operation::AddMembers { members, .. }
+            | Operation::RemoveMembers { members, .. } = op
+            {
+                assert_eq!(members, &keys(&["a"]));
+            }
+        }
+        assert_eq!(cut.summary, Summary::of(&cut.operations));
+        assert_eq!(
+            cut.fingerprint,
+            plan::fingerprint("config", 7, false, &cut.operations)
+        );
+    }
+}
