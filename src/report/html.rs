@@ -27,6 +27,8 @@ struct Mark {
     id: i64,
     title: String,
     x: String,
+    /// Where the run's number is written, under its bar.
+    label_x: String,
     y_applied: String,
     h_applied: String,
     y_failed: String,
@@ -98,6 +100,7 @@ fn ops_chart(runs: &[RunPoint]) -> OpsChart {
                     r.id, r.command, r.started_at, r.applied, r.failed
                 ),
                 x: num(x + width * 0.15),
+                label_x: num(x + width * 0.5),
                 y_applied: num(base - ha),
                 h_applied: num(ha),
                 y_failed: num(base - ha - hf),
