@@ -96,6 +96,19 @@ pub fn revert(settings: &Settings, id: i64) -> Result<Plan, SyncError> {
     let keys: Vec<SourceKey> = undo.attrs.keys().cloned().collect();
     db.load_attrs(&mut state, keys.iter())?;
     let mut plan = undo.into_plan(&state, settings.policy.remove_action, &run);
+    // Protected users and groups are never changed, by a revert either.
+    let (kept, protected): (Vec<Operation>, Vec<Operation>) = std::mem::take(&mut plan.operations)
+        .into_iter()
+        .partition(|op| !is_protected(op, &settings.policy));
+    for op in &protected {
+        plan.warnings.push(format!(
+            "left out: {} {:?}: protected by policy.protect",
+            op.name(),
+            op.display_subject()
+        ));
+    }
+    plan.summary = Summary::of(&kept);
+    plan.operations = kept;
     plan.fingerprint = plan::fingerprint(
         &settings.fingerprint,
         state.generation,
@@ -103,6 +116,31 @@ pub fn revert(settings: &Settings, id: i64) -> Result<Plan, SyncError> {
         &plan.operations,
     );
     Ok(plan)
+}
+
+/// Whether `op` touches a user or group `policy.protect` names.
+fn is_protected(op: &Operation, policy: &plan::Policy) -> bool {
+    match op {
+        Operation::AdoptUser { .. }
+        | Operation::CreateUser { .. }
+        | Operation::UpdateUser { .. }
+        | Operation::EnableUser { .. }
+        | Operation::DisableUser { .. }
+        | Operation::DeleteUser { .. } => policy
+            .protected_users
+            .contains(&UserName::new(op.display_subject())),
+        Operation::UpdateGroup {
+            old_display_name, ..
+        } => {
+            policy.protected_groups.contains(old_display_name)
+                || policy
+                    .protected_groups
+                    .contains(&GroupName::new(op.display_subject()))
+        }
+        _ => policy
+            .protected_groups
+            .contains(&GroupName::new(op.display_subject())),
+    }
 }
 
 impl Undo {
@@ -411,5 +449,164 @@ impl Undo {
             managed_memberships: state.managed_memberships() as u64,
             observed: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AttrHash, Ownership, ScimId, StateGroup, StateUser};
+
+    fn live_user(state: &mut State, key: &str, status: Status, title: &str) {
+        let attrs = UserAttrs::from([
+            (UserAttr::UserName, format!("{key}@example.com")),
+            (UserAttr::Title, title.to_string()),
+        ]);
+        state.users.insert(
+            SourceKey::new(key),
+            StateUser {
+                scim_id: ScimId::new(format!("id-{key}")),
+                user_name: UserName::new(format!("{key}@example.com")),
+                hash: AttrHash::of(&attrs, &BTreeSet::new()),
+                status,
+                ownership: Ownership::Created,
+                attrs: Some(attrs),
+            },
+        );
+    }
+
+    fn run_record() -> RunRecord {
+        RunRecord {
+            id: 7,
+            command: "sync".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            ended_at: None,
+            exit_code: Some(0),
+            applied: 0,
+            failed: 0,
+            planned: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn each_kind_of_operation_is_undone_against_the_state_as_it_is_now() {
+        let mut state = State::default();
+        live_user(&mut state, "dis", Status::Disabled, "Engineer");
+        live_user(&mut state, "upd", Status::Active, "Lead");
+        live_user(&mut state, "new", Status::Active, "Intern");
+        live_user(&mut state, "gone", Status::Removed, "Engineer");
+        state.groups.insert(
+            GroupKey::new("eng"),
+            StateGroup {
+                scim_id: ScimId::new("id-eng"),
+                display_name: GroupName::new("Engineering"),
+                status: Status::Active,
+                ownership: Ownership::Created,
+            },
+        );
+        state.memberships.insert(
+            GroupKey::new("eng"),
+            BTreeSet::from([SourceKey::new("new")]),
+        );
+        let user_op = |key: &str| {
+            (
+                SourceKey::new(key),
+                UserName::new(format!("{key}@example.com")),
+                ScimId::new(format!("id-{key}")),
+            )
+        };
+        let mut undo = Undo::default();
+        // Newest first, as `revert` folds them.
+        let (key, user_name, scim_id) = user_op("gone");
+        undo.fold(
+            Operation::DeleteUser {
+                key,
+                user_name,
+                scim_id,
+                reason: "not in the source".into(),
+            },
+            Destroyed {
+                attrs: Some(UserAttrs::from([(
+                    UserAttr::UserName,
+                    "gone@example.com".to_string(),
+                )])),
+                groups: vec![GroupKey::new("eng")],
+                members: Vec::new(),
+            },
+        );
+        undo.fold(
+            Operation::AddMembers {
+                key: GroupKey::new("eng"),
+                display_name: GroupName::new("Engineering"),
+                members: vec![SourceKey::new("new")],
+            },
+            Destroyed::default(),
+        );
+        let (key, user_name, _) = user_op("new");
+        undo.fold(
+            Operation::CreateUser {
+                key,
+                user_name,
+                changes: Changes::new(),
+            },
+            Destroyed::default(),
+        );
+        let (key, user_name, scim_id) = user_op("upd");
+        undo.fold(
+            Operation::UpdateUser {
+                key,
+                user_name,
+                scim_id,
+                changes: Changes::from([(
+                    UserAttr::Title,
+                    Change {
+                        old: Some("Engineer".into()),
+                        new: Some("Lead".into()),
+                    },
+                )]),
+            },
+            Destroyed::default(),
+        );
+        let (key, user_name, scim_id) = user_op("dis");
+        undo.fold(
+            Operation::DisableUser {
+                key,
+                user_name,
+                scim_id,
+                reason: "left".into(),
+            },
+            Destroyed::default(),
+        );
+
+        let plan = undo.into_plan(&state, RemoveAction::Disable, &run_record());
+        let names: Vec<String> = plan
+            .operations
+            .iter()
+            .map(|op| format!("{} {}", op.name(), op.subject()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "create_user gone",
+                "enable_user dis",
+                "update_user upd",
+                "add_members eng",
+                "remove_members eng",
+                "disable_user new",
+            ]
+        );
+        let Operation::UpdateUser { changes, .. } = &plan.operations[2] else {
+            panic!("{:?}", plan.operations[2]);
+        };
+        assert_eq!(
+            changes[&UserAttr::Title],
+            Change {
+                old: Some("Lead".into()),
+                new: Some("Engineer".into())
+            }
+        );
+        assert!(plan.warnings[0].contains("the next normal cycle applies the source again"));
+        assert!(plan.warnings.iter().any(|w| w.contains("new SCIM ids")));
     }
 }
