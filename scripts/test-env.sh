@@ -3,7 +3,8 @@
 #   - Debian packages: slapd + ldap-utils (LDAP e2e tests), openssl (a throwaway CA for the
 #     LDAPS tests), ca-certificates (rustls reads the system store), wrk (benchmarks),
 #     systemd (its `systemd-analyze verify` checks examples/systemd/; nothing is started,
-#     and it works in a container without systemd as PID 1)
+#     and it works in a container without systemd as PID 1), chromium (the HTML report
+#     is opened headless in a test)
 #   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
@@ -83,7 +84,7 @@ stop_packaged_slapd() {
 
 install_slapd
 stop_packaged_slapd
-apt_install wrk openssl ca-certificates systemd
+apt_install wrk openssl ca-certificates systemd chromium
 
 # --- Python venv with scim2-server -------------------------------------------
 python_bin=""
@@ -115,4 +116,4 @@ else
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "scim2-server==$SCIM2_SERVER_VERSION"
 fi
 
-log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk)"
+log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk); chromium=$(command -v chromium)"

@@ -154,6 +154,9 @@ enum Command {
         /// Save the plan (JSON) for review and `sync --plan`.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also show the attributes each created user is created with.
+        #[arg(long)]
+        detail: bool,
     },
     /// Apply the plan to the target.
     Sync {
@@ -178,6 +181,13 @@ enum Command {
         /// Write Prometheus metrics here after the cycle (overrides `metrics_file:`).
         #[arg(long)]
         metrics_file: Option<PathBuf>,
+        /// With --dry-run: also show the attributes each created user is created with.
+        #[arg(long)]
+        detail: bool,
+        /// Provision on demand: plan and apply only this user (source key,
+        /// userName or email) and their memberships; repeatable.
+        #[arg(long, value_name = "KEY|EMAIL", conflicts_with_all = ["full", "plan"])]
+        only: Vec<String>,
     },
     /// Run cycles on the configured interval or cron schedule.
     Daemon {
@@ -215,6 +225,30 @@ enum Command {
         config: ConfigArg,
         #[arg(long, value_enum, default_value = "text")]
         format: OutputFormat,
+    },
+    /// Write one self-contained HTML page: runs over time, the last run's
+    /// operations, quarantine and guards.
+    Report {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The file to write.
+        #[arg(long)]
+        html: PathBuf,
+        /// The period shown, back from now (e.g. 30d, 12h).
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+    },
+    /// A plan that undoes what run RUN did (review it, then `sync --plan`).
+    Revert {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The run's number, as `idsync status` lists it.
+        run: i64,
+        #[arg(long, value_enum, default_value = "text")]
+        format: OutputFormat,
+        /// Save the plan (JSON) for `sync --plan`.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Why one user is or is not provisioned, and as what.
     Explain {
@@ -292,9 +326,10 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             full,
             format,
             out,
+            detail,
         } => {
             let settings = Settings::load(&config.config)?;
-            plan(&settings, full, format.into(), out.as_deref()).await
+            plan(&settings, full, format.into(), out.as_deref(), detail).await
         }
         Command::Sync {
             config,
@@ -304,6 +339,8 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             allow_deletes,
             format,
             metrics_file,
+            detail,
+            only,
         } => {
             let mut settings = Settings::load(&config.config)?;
             if metrics_file.is_some() {
@@ -315,8 +352,9 @@ async fn run(command: Command) -> Result<Exit, Failure> {
                 dry_run,
                 plan_file: plan,
                 allow_deletes,
+                only,
             };
-            sync_command(&settings, &opts, format.into()).await
+            sync_command(&settings, &opts, format.into(), detail).await
         }
         Command::Daemon {
             config,
@@ -355,6 +393,39 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             match Format::from(format) {
                 Format::Json => println!("{}", report::status_json(&report)),
                 Format::Text => print!("{}", report::status_text(&report)),
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Report {
+            config,
+            html,
+            since,
+        } => {
+            let data = inspect::report(&Settings::load(&config.config)?, since)?;
+            std::fs::write(&html, report::report_html(&data)).map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("cannot write {}: {e}", html.display()),
+                    None,
+                )
+            })?;
+            eprintln!("report written to {}", html.display());
+            Ok(Exit::Ok)
+        }
+        Command::Revert {
+            config,
+            run,
+            format,
+            out,
+        } => {
+            let settings = Settings::load(&config.config)?;
+            let plan = sync::revert::revert(&settings, run)?;
+            if let Some(path) = &out {
+                save_plan(&plan, path)?;
+            }
+            match Format::from(format) {
+                Format::Json => print_plan_json(&plan)?,
+                Format::Text => print!("{}", report::plan_text(&plan, plan_view(true))),
             }
             Ok(Exit::Ok)
         }
@@ -480,6 +551,7 @@ async fn plan(
     full: bool,
     format: Format,
     out: Option<&Path>,
+    detail: bool,
 ) -> Result<Exit, Failure> {
     let (plan, input) = sync::plan_read_only(settings, full).await?;
     if let Err(SyncError::Guard { stop, .. }) = sync::guard(&plan, settings, false, true) {
@@ -493,39 +565,59 @@ async fn plan(
         }
     }
     if let Some(path) = out {
-        // Owner-only: the plan holds the values it will send.
-        crate::state::create_private(path, true)
-            .and_then(|file| report::write_plan_json(&plan, file))
-            .map_err(|e| {
-                Failure::new(
-                    Exit::Usage,
-                    format!("cannot write {}: {e}", path.display()),
-                    None,
-                )
-            })?;
-        eprintln!(
-            "plan saved to {}; apply it with `idsync sync --plan {}`",
-            path.display(),
-            path.display()
-        );
+        save_plan(&plan, path)?;
     }
     match format {
-        Format::Json => report::write_plan_json(&plan, std::io::stdout().lock()).map_err(|e| {
-            Failure::new(
-                Exit::Usage,
-                format!("cannot write the plan to stdout: {e}"),
-                None,
-            )
-        })?,
-        Format::Text => print!("{}", report::plan_text(&plan, Style::detect())),
+        Format::Json => print_plan_json(&plan)?,
+        Format::Text => print!("{}", report::plan_text(&plan, plan_view(detail))),
     }
     Ok(Exit::Ok)
+}
+
+/// Writes a plan for review and `sync --plan`.
+fn save_plan(plan: &crate::plan::Plan, path: &Path) -> Result<(), Failure> {
+    // Owner-only: the plan holds the values it will send.
+    crate::state::create_private(path, true)
+        .and_then(|file| report::write_plan_json(plan, file))
+        .map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                format!("cannot write {}: {e}", path.display()),
+                None,
+            )
+        })?;
+    eprintln!(
+        "plan saved to {}; apply it with `idsync sync --plan {}`",
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn plan_view(detail: bool) -> report::PlanView {
+    report::PlanView {
+        style: Style::detect(),
+        detail,
+    }
+}
+
+/// The plan document on stdout: `plan --format json` and `sync --dry-run
+/// --format json` print the same.
+fn print_plan_json(plan: &crate::plan::Plan) -> Result<(), Failure> {
+    report::write_plan_json(plan, std::io::stdout().lock()).map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("cannot write the plan to stdout: {e}"),
+            None,
+        )
+    })
 }
 
 async fn sync_command(
     settings: &Settings,
     opts: &SyncOptions,
     format: Format,
+    detail: bool,
 ) -> Result<Exit, Failure> {
     let progress = ProgressBar::new();
     let summary = match sync::observe::observed_sync(
@@ -550,9 +642,12 @@ async fn sync_command(
             return Err(e.into());
         }
     };
-    match format {
-        Format::Json => println!("{}", report::run_json(&summary)),
-        Format::Text => print!("{}", report::run_text(&summary, Style::detect())),
+    // A dry run is the plan, rendered and stopped.
+    match (format, &summary.dry_run_plan) {
+        (Format::Json, Some(plan)) => print_plan_json(plan)?,
+        (Format::Text, Some(_)) => print!("{}", report::dry_run_text(&summary, plan_view(detail))),
+        (Format::Json, None) => println!("{}", report::run_json(&summary)),
+        (Format::Text, None) => print!("{}", report::run_text(&summary, Style::detect())),
     }
     Ok(match summary.exit_code {
         0 => Exit::Ok,
@@ -799,6 +894,13 @@ mod tests {
                 "failed",
                 "--format",
                 "csv",
+            ],
+            &[
+                "idsync", "sync", "-c", "x.yaml", "--only", "u1", "--only", "u2",
+            ],
+            &["idsync", "revert", "-c", "x.yaml", "3", "--out", "r.json"],
+            &[
+                "idsync", "report", "-c", "x.yaml", "--html", "r.html", "--since", "7d",
             ],
         ] {
             assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");

@@ -25,7 +25,8 @@ use futures_util::stream;
 use serde::Serialize;
 
 use crate::model::{
-    AttrNote, GroupName, Ownership, RemoteUser, ScimId, State, UserAttr, UserAttrs, UserName,
+    AttrNote, GroupKey, GroupName, Ownership, RemoteUser, ScimId, SourceKey, State, UserAttr,
+    UserAttrs, UserName,
 };
 use crate::plan::{Changes, Operation, Phase, Plan};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
@@ -394,6 +395,11 @@ impl<T: Target> Executor<'_, T> {
             tracing::warn!(op = op.name(), subject = ?op.subject(), error = ?err.to_string(), "operation failed");
         }
         let t = transition(&self.state, op, response, &self.create_only);
+        let (old_values, new_values) = if t.outcome == OpOutcome::Applied {
+            (self.destroyed_values(op)?, serde_json::to_string(op).ok())
+        } else {
+            (None, None)
+        };
         let record = OpRecord {
             seq: seq as i64,
             op: op.name(),
@@ -402,6 +408,8 @@ impl<T: Target> Executor<'_, T> {
             http_status: t.http_status,
             error: t.error.clone(),
             detail: op_detail(op),
+            old_values,
+            new_values,
         };
         self.db.commit(run, &record, t.change.as_ref())?;
         if let Some(change) = &t.change {
@@ -421,6 +429,46 @@ impl<T: Target> Executor<'_, T> {
             }
         }
         Ok(())
+    }
+}
+
+impl<T: Target> Executor<'_, T> {
+    /// What a delete destroys that the operation does not carry, as JSON for
+    /// the history (`idsync revert` re-creates from it): a user's pushed
+    /// attributes and groups, a group's members.
+    fn destroyed_values(&self, op: &Operation) -> Result<Option<String>, StateError> {
+        let value = match op {
+            Operation::DeleteUser { key, .. } => {
+                let attrs = match self.state.users.get(key).and_then(|u| u.attrs.clone()) {
+                    Some(attrs) => Some(attrs),
+                    None => self.db.user_attrs(key)?,
+                };
+                let groups: Vec<&GroupKey> = self
+                    .state
+                    .memberships
+                    .iter()
+                    .filter(|(_, members)| members.contains(key))
+                    .map(|(g, _)| g)
+                    .collect();
+                let active = self
+                    .state
+                    .users
+                    .get(key)
+                    .is_some_and(|u| u.status == crate::model::Status::Active);
+                serde_json::json!({ "attrs": attrs, "groups": groups, "active": active })
+            }
+            Operation::DeleteGroup { key, .. } => {
+                let members: Vec<&SourceKey> = self
+                    .state
+                    .memberships
+                    .get(key)
+                    .map(|m| m.iter().collect())
+                    .unwrap_or_default();
+                serde_json::json!({ "members": members })
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(value.to_string()))
     }
 }
 

@@ -441,6 +441,20 @@ impl Mapping {
         }
     }
 
+    /// Which scope rule puts `user` in or out of scope, in words (`explain`).
+    pub fn scope_verdict(&self, user: &SourceUser, groups: &[SourceGroup]) -> String {
+        let Ok(memberships) = self.memberships(groups) else {
+            return "unknown: a `member_of` scope clause names a group the source does not have"
+                .into();
+        };
+        self.user_scope.verdict(&Record {
+            key: user.key.as_str(),
+            name: "",
+            attrs: &user.attrs,
+            memberships: &memberships,
+        })
+    }
+
     /// Resolves the `member_of` scope clauses against a read's groups. A listed
     /// group the source does not have fails the read: its members would all
     /// drop out of scope, which looks exactly like a mass departure.

@@ -138,6 +138,32 @@ impl Test {
 }
 
 impl Scope {
+    /// Which rule decided whether `rec` is in scope, in words (rules are
+    /// numbered from 1 in the order the mapping lists them).
+    pub(crate) fn verdict(&self, rec: &Record<'_>) -> String {
+        let rule = |clauses: &Vec<Clause>| clauses.iter().all(|c| c.holds(rec));
+        if let Some(i) = self.exclude.iter().position(rule) {
+            return format!("out of scope: exclude rule {} matches", i + 1);
+        }
+        if self.include.is_empty() {
+            return if self.exclude.is_empty() {
+                "in scope: the mapping has no scope rules".into()
+            } else {
+                format!(
+                    "in scope: none of the {} exclude rule(s) matches",
+                    self.exclude.len()
+                )
+            };
+        }
+        match self.include.iter().position(rule) {
+            Some(i) => format!("in scope: include rule {} matches", i + 1),
+            None => format!(
+                "out of scope: none of the {} include rule(s) matches",
+                self.include.len()
+            ),
+        }
+    }
+
     pub(crate) fn contains(&self, rec: &Record<'_>) -> bool {
         let rule = |clauses: &Vec<Clause>| clauses.iter().all(|c| c.holds(rec));
         (self.include.is_empty() || self.include.iter().any(rule)) && !self.exclude.iter().any(rule)

@@ -905,3 +905,37 @@ fn user_names_differing_only_in_unicode_normalisation_are_duplicates() {
         errors[0]
     );
 }
+
+#[test]
+fn the_scope_verdict_names_the_rule_that_decided() {
+    let m = compile(BRIEF);
+    let sales = employee("s", 2, &[("department", "Sales")]);
+    assert_eq!(
+        m.scope_verdict(&sales, &[]),
+        "in scope: include rule 1 matches"
+    );
+    let engineer = employee("e", 3, &[("title", "Engineer"), ("country", "DE")]);
+    assert_eq!(
+        m.scope_verdict(&engineer, &[]),
+        "in scope: include rule 2 matches"
+    );
+    let other = employee("o", 4, &[("department", "Finance")]);
+    assert_eq!(
+        m.scope_verdict(&other, &[]),
+        "out of scope: none of the 2 include rule(s) matches"
+    );
+    let contractor = employee(
+        "c",
+        5,
+        &[("department", "Sales"), ("employeeType", "Contractor")],
+    );
+    assert_eq!(
+        m.scope_verdict(&contractor, &[]),
+        "out of scope: exclude rule 2 matches"
+    );
+    let open = compile("users:\n  attributes:\n    userName: email\n");
+    assert_eq!(
+        open.scope_verdict(&sales, &[]),
+        "in scope: the mapping has no scope rules"
+    );
+}

@@ -11,7 +11,7 @@ use crate::model::{
     AttrHash, Desired, GroupKey, RemoteGroup, RemoteUser, ScimId, SourceKey, State, StateChange,
     Status, TargetSnapshot, UserAttr,
 };
-use crate::report::{Style, plan_json, plan_text};
+use crate::report::{MEMBERS_LISTED, PlanView, Style, plan_json, plan_text};
 
 fn names(plan: &Plan) -> Vec<String> {
     plan.operations
@@ -480,7 +480,50 @@ fn scenario() -> (Desired, State) {
 fn golden_plan_text() {
     let (d, s) = scenario();
     let plan = plan(&d, &s, &Policy::default());
-    insta::assert_snapshot!(plan_text(&plan, Style { color: false }));
+    insta::assert_snapshot!(plan_text(&plan, PlanView::new(Style { color: false })));
+}
+
+#[test]
+fn golden_plan_text_in_detail_shows_what_a_created_user_is_created_with() {
+    let (d, s) = scenario();
+    let plan = plan(&d, &s, &Policy::default());
+    let view = PlanView {
+        style: Style { color: false },
+        detail: true,
+    };
+    insta::assert_snapshot!(plan_text(&plan, view));
+}
+
+#[test]
+fn a_membership_change_names_its_members_up_to_the_limit() {
+    let people: Vec<_> = (0..MEMBERS_LISTED + 3)
+        .map(|i| {
+            person(
+                &format!("k{i:02}"),
+                &format!("p{i}@example.com"),
+                "Engineer",
+            )
+        })
+        .collect();
+    let keys: Vec<String> = people.iter().map(|p| p.key.as_str().to_string()).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let d = desired(people, vec![group("eng", "Engineering", &keys)]);
+    let plan = plan(&d, &State::default(), &Policy::default());
+    let text = plan_text(&plan, PlanView::new(Style { color: false }));
+    assert!(
+        text.contains("\nMemberships to add:\n  + add 23 members to group Engineering\n"),
+        "{text}"
+    );
+    assert!(text.contains("      + key k00\n"), "{text}");
+    assert!(
+        text.contains(&format!("      + key k{:02}\n", MEMBERS_LISTED - 1)),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!("+ key k{:02}", MEMBERS_LISTED)),
+        "{text}"
+    );
+    assert!(text.contains("      … and 3 more\n"), "{text}");
 }
 
 #[test]

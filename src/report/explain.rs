@@ -5,7 +5,41 @@ use std::fmt::Write as _;
 use crate::model::Ownership;
 use crate::sync::inspect::{Explanation, Found, Mapped};
 
-use super::{escape, quote};
+use super::plan::{PlanView, op_lines};
+use super::{Style, escape, quote, show};
+
+/// The user's groups on both sides, and what the next cycle would send.
+fn groups_and_next(out: &mut String, e: &Explanation) {
+    let list = |names: &[String]| {
+        if names.is_empty() {
+            "(none)".to_string()
+        } else {
+            names.iter().map(|n| show(n)).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let _ = writeln!(out, "\nGroups in the source: {}", list(&e.source_groups));
+    let _ = writeln!(
+        out,
+        "Groups in the target (as pushed): {}",
+        list(&e.target_groups)
+    );
+    match &e.next {
+        Err(why) => {
+            let _ = writeln!(out, "\nNext cycle: cannot be planned: {why}");
+        }
+        Ok(ops) if ops.is_empty() => out.push_str("\nNext cycle: nothing to send for this user.\n"),
+        Ok(ops) => {
+            out.push_str("\nNext cycle would send:\n");
+            let view = PlanView {
+                style: Style { color: false },
+                detail: true,
+            };
+            for op in ops {
+                out.push_str(&op_lines(op, view));
+            }
+        }
+    }
+}
 
 pub fn explain_text(e: &Explanation) -> String {
     let mut out = String::new();
@@ -20,12 +54,13 @@ pub fn explain_text(e: &Explanation) -> String {
             if let Some(k) = known {
                 let _ = writeln!(
                     out,
-                    "The state DB knows it as key {} (SCIM id {}, {}); the next sync applies remove_action {:?} unless it is protected or held by a guard.",
+                    "The state DB knows it as key {} (SCIM id {}, {}); a user who left the source gets remove_action {:?} (unless protected or held by a guard).",
                     quote(k.key.as_str()),
                     k.scim_id,
                     k.status.as_str(),
                     e.remove_action
                 );
+                groups_and_next(&mut out, e);
             }
             return out;
         }
@@ -41,13 +76,12 @@ pub fn explain_text(e: &Explanation) -> String {
         let values: Vec<String> = values.iter().map(|v| quote(v)).collect();
         let _ = writeln!(out, "  {name}: {}", values.join(", "));
     }
+    let _ = writeln!(out, "\nScope: {}", user.scope);
     match &user.mapping {
         Mapped::Error(e) => {
             let _ = writeln!(out, "\nMapping: cannot be mapped: {e}");
         }
-        Mapped::OutOfScope => out.push_str(
-            "\nMapping: out of scope (no include rule matches, or an exclude rule does)\n",
-        ),
+        Mapped::OutOfScope => out.push_str("\nMapping: not mapped (out of scope)\n"),
         Mapped::InScope { active, attrs } => {
             let _ = writeln!(
                 out,
@@ -98,5 +132,6 @@ pub fn explain_text(e: &Explanation) -> String {
         }
         None => out.push_str("\nTarget: not provisioned by idsync yet.\n"),
     }
+    groups_and_next(&mut out, e);
     out
 }

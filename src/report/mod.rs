@@ -5,6 +5,7 @@
 //! newline or an escape sequence cannot forge a line of output.
 
 mod explain;
+mod html;
 mod log;
 mod metrics;
 mod plan;
@@ -12,10 +13,11 @@ mod run;
 mod status;
 
 pub use explain::explain_text;
+pub use html::report_html;
 pub use log::{log_csv, log_json, log_text};
 pub use metrics::metrics_text;
-pub use plan::{held_text, plan_json, plan_text, write_plan_json};
-pub use run::{run_json, run_text};
+pub use plan::{MEMBERS_LISTED, PlanView, held_text, plan_json, plan_text, write_plan_json};
+pub use run::{dry_run_text, run_json, run_text};
 pub use status::{status_json, status_text};
 
 /// `--format`.

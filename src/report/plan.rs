@@ -1,10 +1,53 @@
 //! The terraform-style plan, its JSON form, and the removals a guard held back.
+//!
+//! The text plan is for a reviewer: a summary line, then the operations under
+//! one heading per kind ("Users to create", "Memberships to remove", …), each
+//! membership change naming its members (up to [`MEMBERS_LISTED`] a group).
+//! With `detail`, a created user shows every mapped attribute it is created with.
 
 use std::fmt::Write as _;
 
-use crate::plan::{Change, Changes, Operation, Plan};
+use crate::model::SourceKey;
+use crate::plan::{Change, Changes, OpKind, Operation, Plan};
 
 use super::{Style, plural, quote, show};
+
+/// Members named per group and membership operation before "… and N more".
+pub const MEMBERS_LISTED: usize = 20;
+
+/// How much the text plan shows.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanView {
+    pub style: Style,
+    /// Show the attributes a created user is created with.
+    pub detail: bool,
+}
+
+impl PlanView {
+    pub fn new(style: Style) -> PlanView {
+        PlanView {
+            style,
+            detail: false,
+        }
+    }
+}
+
+/// The headings, in the order a reviewer reads them (and the executor runs
+/// them, removals last).
+const SECTIONS: [(OpKind, &str); 12] = [
+    (OpKind::AdoptUser, "Users to adopt"),
+    (OpKind::AdoptGroup, "Groups to adopt"),
+    (OpKind::CreateUser, "Users to create"),
+    (OpKind::UpdateUser, "Users to update"),
+    (OpKind::EnableUser, "Users to enable"),
+    (OpKind::CreateGroup, "Groups to create"),
+    (OpKind::UpdateGroup, "Groups to rename"),
+    (OpKind::AddMembers, "Memberships to add"),
+    (OpKind::RemoveMembers, "Memberships to remove"),
+    (OpKind::DisableUser, "Users to disable"),
+    (OpKind::DeleteUser, "Users to delete"),
+    (OpKind::DeleteGroup, "Groups to delete"),
+];
 
 fn show_change(c: &Change) -> String {
     let side = |v: &Option<String>| {
@@ -21,8 +64,153 @@ fn change_lines(out: &mut String, changes: &Changes) {
     }
 }
 
-/// The human plan: one summary line, then one line per operation.
-pub fn plan_text(plan: &Plan, style: Style) -> String {
+fn created_lines(out: &mut String, changes: &Changes) {
+    for (attr, c) in changes {
+        if let Some(v) = &c.new {
+            let _ = writeln!(out, "      {attr}: {}", quote(v));
+        }
+    }
+}
+
+fn member_lines(out: &mut String, sign: char, members: &[SourceKey]) {
+    for m in members.iter().take(MEMBERS_LISTED) {
+        let _ = writeln!(out, "      {sign} key {}", show(m.as_str()));
+    }
+    if members.len() > MEMBERS_LISTED {
+        let _ = writeln!(out, "      … and {} more", members.len() - MEMBERS_LISTED);
+    }
+}
+
+/// One operation's lines, indented under its heading.
+pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
+    let style = view.style;
+    let mut out = String::new();
+    let mut head = |color: &str, text: String| {
+        let _ = writeln!(out, "  {}", style.paint(color, &text));
+    };
+    match op {
+        Operation::AdoptUser {
+            user_name,
+            matched_by,
+            ..
+        } => head(
+            "36",
+            format!(
+                "= adopt user {} (matched by {matched_by:?})",
+                show(user_name.as_str())
+            ),
+        ),
+        Operation::AdoptGroup { display_name, .. } => head(
+            "36",
+            format!(
+                "= adopt group {} (matched by displayName)",
+                show(display_name.as_str())
+            ),
+        ),
+        Operation::CreateUser {
+            user_name,
+            key,
+            changes,
+        } => {
+            head(
+                "32",
+                format!(
+                    "+ create user {} (key {})",
+                    show(user_name.as_str()),
+                    show(key.as_str())
+                ),
+            );
+            if view.detail {
+                created_lines(&mut out, changes);
+            }
+        }
+        Operation::UpdateUser {
+            user_name, changes, ..
+        } => {
+            head("33", format!("~ update user {}", show(user_name.as_str())));
+            change_lines(&mut out, changes);
+        }
+        Operation::EnableUser {
+            user_name, changes, ..
+        } => {
+            head("33", format!("~ enable user {}", show(user_name.as_str())));
+            change_lines(&mut out, changes);
+        }
+        Operation::DisableUser {
+            user_name, reason, ..
+        } => head(
+            "31",
+            format!("- disable user {} ({reason})", show(user_name.as_str())),
+        ),
+        Operation::DeleteUser {
+            user_name, reason, ..
+        } => head(
+            "31",
+            format!("- delete user {} ({reason})", show(user_name.as_str())),
+        ),
+        Operation::CreateGroup { display_name, .. } => head(
+            "32",
+            format!("+ create group {}", show(display_name.as_str())),
+        ),
+        Operation::UpdateGroup {
+            display_name,
+            old_display_name,
+            ..
+        } => head(
+            "33",
+            format!(
+                "~ rename group {} → {}",
+                quote(old_display_name.as_str()),
+                quote(display_name.as_str())
+            ),
+        ),
+        Operation::DeleteGroup {
+            display_name,
+            reason,
+            ..
+        } => head(
+            "31",
+            format!("- delete group {} ({reason})", show(display_name.as_str())),
+        ),
+        Operation::AddMembers {
+            display_name,
+            members,
+            ..
+        } => {
+            head(
+                "32",
+                format!(
+                    "+ add {} member{} to group {}",
+                    members.len(),
+                    plural(members.len()),
+                    show(display_name.as_str())
+                ),
+            );
+            member_lines(&mut out, '+', members);
+        }
+        Operation::RemoveMembers {
+            display_name,
+            members,
+            ..
+        } => {
+            head(
+                "31",
+                format!(
+                    "- remove {} member{} from group {}",
+                    members.len(),
+                    plural(members.len()),
+                    show(display_name.as_str())
+                ),
+            );
+            member_lines(&mut out, '-', members);
+        }
+    }
+    out
+}
+
+/// The human plan: one summary line, then the operations under a heading per
+/// kind.
+pub fn plan_text(plan: &Plan, view: PlanView) -> String {
     let mut out = String::new();
     let s = &plan.summary;
     if plan.operations.is_empty() {
@@ -41,118 +229,26 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
             s.add_members,
             s.remove_members
         );
-        out.push('\n');
     }
-    for op in &plan.operations {
-        let line = match op {
-            Operation::AdoptUser {
-                user_name,
-                matched_by,
-                ..
-            } => style.paint(
-                "36",
-                &format!(
-                    "= adopt user {} (matched by {matched_by:?})",
-                    show(user_name.as_str())
-                ),
-            ),
-            Operation::AdoptGroup { display_name, .. } => style.paint(
-                "36",
-                &format!(
-                    "= adopt group {} (matched by displayName)",
-                    show(display_name.as_str())
-                ),
-            ),
-            Operation::CreateUser { user_name, key, .. } => style.paint(
-                "32",
-                &format!(
-                    "+ create user {} (key {})",
-                    show(user_name.as_str()),
-                    show(key.as_str())
-                ),
-            ),
-            Operation::UpdateUser {
-                user_name, changes, ..
-            } => {
-                let mut l =
-                    style.paint("33", &format!("~ update user {}", show(user_name.as_str())));
-                l.push('\n');
-                change_lines(&mut l, changes);
-                l.trim_end().to_string()
-            }
-            Operation::EnableUser {
-                user_name, changes, ..
-            } => {
-                let mut l =
-                    style.paint("33", &format!("~ enable user {}", show(user_name.as_str())));
-                l.push('\n');
-                change_lines(&mut l, changes);
-                l.trim_end().to_string()
-            }
-            Operation::DisableUser {
-                user_name, reason, ..
-            } => style.paint(
-                "31",
-                &format!("- disable user {} ({reason})", show(user_name.as_str())),
-            ),
-            Operation::DeleteUser {
-                user_name, reason, ..
-            } => style.paint(
-                "31",
-                &format!("- delete user {} ({reason})", show(user_name.as_str())),
-            ),
-            Operation::CreateGroup { display_name, .. } => style.paint(
-                "32",
-                &format!("+ create group {}", show(display_name.as_str())),
-            ),
-            Operation::UpdateGroup {
-                display_name,
-                old_display_name,
-                ..
-            } => style.paint(
-                "33",
-                &format!(
-                    "~ rename group {} → {}",
-                    quote(old_display_name.as_str()),
-                    quote(display_name.as_str())
-                ),
-            ),
-            Operation::DeleteGroup {
-                display_name,
-                reason,
-                ..
-            } => style.paint(
-                "31",
-                &format!("- delete group {} ({reason})", show(display_name.as_str())),
-            ),
-            Operation::AddMembers {
-                display_name,
-                members,
-                ..
-            } => style.paint(
-                "32",
-                &format!(
-                    "+ add {} member{} to group {}",
-                    members.len(),
-                    plural(members.len()),
-                    show(display_name.as_str())
-                ),
-            ),
-            Operation::RemoveMembers {
-                display_name,
-                members,
-                ..
-            } => style.paint(
-                "31",
-                &format!(
-                    "- remove {} member{} from group {}",
-                    members.len(),
-                    plural(members.len()),
-                    show(display_name.as_str())
-                ),
-            ),
-        };
-        out.push_str(&line);
+    for (kind, heading) in SECTIONS {
+        let mut ops = plan
+            .operations
+            .iter()
+            .filter(|op| op.kind() == kind)
+            .peekable();
+        if ops.peek().is_none() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{heading}:");
+        for op in ops {
+            out.push_str(&op_lines(op, view));
+        }
+    }
+    if !plan.operations.is_empty()
+        && (plan.ignored_members > 0
+            || (plan.full && plan.observed_objects() > 0)
+            || !plan.warnings.is_empty())
+    {
         out.push('\n');
     }
     if plan.ignored_members > 0 {
@@ -172,32 +268,18 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
         );
     }
     for w in &plan.warnings {
-        let _ = writeln!(out, "{} {w}", style.paint("33", "warning:"));
+        let _ = writeln!(out, "{} {w}", view.style.paint("33", "warning:"));
     }
     out
 }
 
 /// Removals a guard held back, for the operator to review: a heading, then up
-/// to `limit` plan lines.
+/// to `limit` of them.
 pub fn held_text(held: &[Operation], limit: usize) -> String {
     let mut out = format!("held back {} removal(s):\n", held.len());
-    let preview = Plan {
-        fingerprint: String::new(),
-        full: false,
-        summary: Default::default(),
-        operations: held.iter().take(limit).cloned().collect(),
-        warnings: Vec::new(),
-        ignored_members: 0,
-        source_users: 0,
-        managed_users: 0,
-        managed_memberships: 0,
-        observed: Vec::new(),
-    };
-    for line in plan_text(&preview, Style { color: false })
-        .lines()
-        .filter(|l| l.starts_with('-'))
-    {
-        let _ = writeln!(out, "  {line}");
+    let view = PlanView::new(Style { color: false });
+    for op in held.iter().take(limit) {
+        out.push_str(&op_lines(op, view));
     }
     if held.len() > limit {
         let _ = writeln!(

@@ -4,20 +4,26 @@ use std::fmt::Write as _;
 
 use crate::sync::RunSummary;
 
-use super::{Style, escape, plan_text, show};
+use super::{PlanView, Style, escape, plan_text, show};
 
 pub fn run_json(run: &RunSummary) -> String {
     serde_json::to_string_pretty(run).expect("a summary always serialises")
 }
 
+/// `sync --dry-run`: the plan it stopped at, as `plan` shows it.
+pub fn dry_run_text(run: &RunSummary, view: PlanView) -> String {
+    let mut out = String::new();
+    if let Some(plan) = &run.dry_run_plan {
+        out.push_str(&plan_text(plan, view));
+    }
+    out.push_str("Dry run: nothing was changed.\n");
+    out
+}
+
 pub fn run_text(run: &RunSummary, style: Style) -> String {
     let mut out = String::new();
     if run.dry_run {
-        if let Some(plan) = &run.dry_run_plan {
-            out.push_str(&plan_text(plan, style));
-        }
-        out.push_str("Dry run: nothing was changed.\n");
-        return out;
+        return dry_run_text(run, PlanView::new(style));
     }
     let status = if run.failed == 0 && run.stopped.is_none() {
         style.paint("32", "Sync complete")

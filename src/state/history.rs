@@ -68,6 +68,48 @@ pub struct LogRecord {
     pub detail: Option<serde_json::Value>,
 }
 
+/// An operation a run applied, with what it changed (`idsync revert`).
+#[derive(Clone, Debug)]
+pub struct AppliedOp {
+    pub seq: i64,
+    pub op: String,
+    pub subject: String,
+    /// JSON: what the operation destroyed that it does not carry (see the
+    /// schema's migration 6); `None` when nothing, or recorded before it.
+    pub old_values: Option<String>,
+    /// JSON: the operation as applied; `None` when recorded before migration 6.
+    pub new_values: Option<String>,
+}
+
+/// A run as the report draws it: its counts, and the users and groups idsync
+/// managed when it ended (`None` for runs before schema 6 and runs that
+/// stopped before applying).
+#[derive(Clone, Debug, Serialize)]
+pub struct RunPoint {
+    pub id: i64,
+    pub command: String,
+    pub started_at: String,
+    pub exit_code: Option<i64>,
+    pub planned: i64,
+    pub applied: i64,
+    pub failed: i64,
+    pub error: Option<String>,
+    pub managed_users: Option<i64>,
+    pub managed_groups: Option<i64>,
+}
+
+/// One line of a run's operation log.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpLine {
+    pub seq: i64,
+    pub at: String,
+    pub op: String,
+    pub subject: String,
+    pub outcome: String,
+    pub http_status: Option<i64>,
+    pub error: Option<String>,
+}
+
 /// How a run ended, for its history entry.
 #[derive(Clone, Debug)]
 pub struct RunEnd<'a> {
@@ -95,6 +137,14 @@ impl StateDb {
         tx.execute(
             "UPDATE runs SET ended_at = ?2, applied = ?3, failed = ?4, exit_code = ?5, summary = ?6, error = ?7 WHERE id = ?1",
             params![run, at, end.applied, end.failed, end.exit_code, end.summary, end.error],
+        )
+        .map_err(|e| sqlite(&path, e))?;
+        tx.execute(
+            "UPDATE runs SET
+                managed_users = (SELECT count(*) FROM users WHERE status != 'removed'),
+                managed_groups = (SELECT count(*) FROM groups WHERE status != 'removed')
+             WHERE id = ?1",
+            params![run],
         )
         .map_err(|e| sqlite(&path, e))?;
         tx.execute(
@@ -145,6 +195,99 @@ impl StateDb {
                 |r| r.get(0),
             )
             .map_err(|e| self.err(e))
+    }
+
+    /// One run from the history, if it is still kept.
+    pub fn run(&self, id: i64) -> Result<Option<RunRecord>, StateError> {
+        Ok(self
+            .runs(&format!("WHERE id = {id}"), 1)?
+            .into_iter()
+            .next())
+    }
+
+    /// The runs started at or after `since` (RFC 3339), oldest first.
+    pub fn runs_since(&self, since: &str) -> Result<Vec<RunPoint>, StateError> {
+        let counts = if self.records_values()? {
+            "managed_users, managed_groups"
+        } else {
+            "NULL, NULL"
+        };
+        let sql = format!(
+            "SELECT id, command, started_at, exit_code, planned, applied, failed, error, {counts}
+             FROM runs WHERE started_at >= ?1 ORDER BY id"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([since], |r| {
+                Ok(RunPoint {
+                    id: r.get(0)?,
+                    command: r.get(1)?,
+                    started_at: r.get(2)?,
+                    exit_code: r.get(3)?,
+                    planned: r.get(4)?,
+                    applied: r.get(5)?,
+                    failed: r.get(6)?,
+                    error: r.get(7)?,
+                    managed_users: r.get(8)?,
+                    managed_groups: r.get(9)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Every logged operation of run `id`, in order.
+    pub fn run_log(&self, id: i64) -> Result<Vec<OpLine>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT seq, at, op, subject, outcome, http_status, error FROM run_ops
+                 WHERE run_id = ?1 ORDER BY seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(OpLine {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    op: r.get(2)?,
+                    subject: r.get(3)?,
+                    outcome: r.get(4)?,
+                    http_status: r.get(5)?,
+                    error: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Whether this DB records what each operation changed (schema 6 and
+    /// later; a read-only open does not migrate).
+    pub fn records_values(&self) -> Result<bool, StateError> {
+        Ok(self.user_version()? >= 6)
+    }
+
+    /// The operations run `id` applied, in the order it applied them.
+    pub fn applied_ops(&self, id: i64) -> Result<Vec<AppliedOp>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT seq, op, subject, old_values, new_values FROM run_ops
+                 WHERE run_id = ?1 AND outcome = 'applied' ORDER BY at, seq",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([id], |r| {
+                Ok(AppliedOp {
+                    seq: r.get(0)?,
+                    op: r.get(1)?,
+                    subject: r.get(2)?,
+                    old_values: r.get(3)?,
+                    new_values: r.get(4)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// The most recent runs, newest first.

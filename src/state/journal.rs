@@ -59,6 +59,13 @@ pub struct OpRecord {
     /// What the operation carried (old → new values, attributes, members), as
     /// JSON, for the provisioning log.
     pub detail: Option<String>,
+    /// What the operation destroyed that it does not carry itself, as JSON
+    /// (see `idsync revert`).
+    #[serde(skip)]
+    pub old_values: Option<String>,
+    /// The operation as applied, as plan JSON.
+    #[serde(skip)]
+    pub new_values: Option<String>,
 }
 
 impl StateDb {
@@ -139,8 +146,9 @@ impl StateDb {
             .and_then(|mut s| s.execute(params![run, record.seq, record.outcome.journal_state()]))
             .map_err(|e| sqlite(&path, e))?;
         tx.prepare_cached(
-            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error, detail,
+                                  old_values, new_values)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -152,7 +160,9 @@ impl StateDb {
                 record.outcome.as_str(),
                 record.http_status.map(i64::from),
                 record.error,
-                record.detail
+                record.detail,
+                record.old_values,
+                record.new_values
             ])
         })
         .map_err(|e| sqlite(&path, e))?;

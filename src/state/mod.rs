@@ -21,7 +21,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
-pub use history::{FailureRecord, LogFilter, LogRecord, RunEnd, RunRecord};
+pub use history::{
+    AppliedOp, FailureRecord, LogFilter, LogRecord, OpLine, RunEnd, RunPoint, RunRecord,
+};
 pub use journal::{JournalEntry, OpOutcome, OpRecord, RunId};
 
 #[derive(Debug, thiserror::Error)]
@@ -405,6 +407,8 @@ mod tests {
             http_status: Some(201),
             error: None,
             detail: None,
+            old_values: None,
+            new_values: None,
         }
     }
 
@@ -461,12 +465,7 @@ mod tests {
             };
             assert!(db.op_log(&nobody).unwrap().is_empty());
             // As migration 3 left it.
-            db.conn
-                .execute_batch(
-                    "ALTER TABLE run_ops DROP COLUMN detail; DROP TABLE target_notes;
-                     PRAGMA user_version = 3;",
-                )
-                .unwrap();
+            db.conn.execute_batch(BACK_TO_VERSION_3).unwrap();
         }
         let db = StateDb::open_read_only(&path).unwrap().expect("exists");
         let log = db.op_log(&LogFilter::default()).unwrap();
@@ -477,6 +476,61 @@ mod tests {
         let db = StateDb::open(&path).unwrap();
         assert_eq!(db.user_version().unwrap(), schema::SCHEMA_VERSION);
         assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 3);
+    }
+
+    /// Undoes migrations 4 to 6, as an idsync of schema version 3 left a file.
+    const BACK_TO_VERSION_3: &str = "ALTER TABLE run_ops DROP COLUMN detail;
+         DROP TABLE target_notes;
+         ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values;
+         ALTER TABLE runs DROP COLUMN managed_users; ALTER TABLE runs DROP COLUMN managed_groups;
+         PRAGMA user_version = 3;";
+
+    #[test]
+    fn a_version_3_db_gains_the_old_and_new_values_of_each_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("idsync.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            // Back to version 3, as an older idsync left it.
+            db.conn.execute_batch(BACK_TO_VERSION_3).unwrap();
+        }
+        let read_only = StateDb::open_read_only(&path).unwrap().unwrap();
+        assert!(!read_only.records_values().unwrap());
+        // The report reads an old file as it is: runs without counts.
+        assert!(
+            read_only
+                .runs_since("2000-01-01T00:00:00Z")
+                .unwrap()
+                .is_empty()
+        );
+        drop(read_only);
+        let mut db = StateDb::open(&path).unwrap();
+        assert!(db.records_values().unwrap());
+        let run = db
+            .begin_run("sync", &[("delete_user", "k1".into())])
+            .unwrap();
+        let mut op = record(0);
+        op.old_values = Some(r#"{"attrs":{}}"#.into());
+        op.new_values = Some(r#"{"op":"delete_user"}"#.into());
+        db.commit(run, &op, None).unwrap();
+        let applied = db.applied_ops(run).unwrap();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(applied[0].old_values, op.old_values);
+        assert_eq!(applied[0].new_values, op.new_values);
+        assert!(db.run(run).unwrap().is_some());
+        assert!(db.run(run + 1).unwrap().is_none());
+        let end = RunEnd {
+            applied: 1,
+            failed: 0,
+            exit_code: 0,
+            summary: "{}",
+            error: None,
+        };
+        db.finish_run(run, &end, 30).unwrap();
+        let points = db.runs_since("2000-01-01T00:00:00Z").unwrap();
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].managed_users, Some(0));
+        assert_eq!(points[0].managed_groups, Some(0));
     }
 
     #[test]
@@ -777,6 +831,8 @@ mod transition_tests {
                         http_status: None,
                         error: None,
                         detail: None,
+                        old_values: None,
+                        new_values: None,
                     };
                     db.commit(run, &record, Some(c)).unwrap();
                     memory.apply(c);

@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -118,6 +118,18 @@ CREATE TABLE target_notes (
     stored   TEXT,
     noted_at TEXT NOT NULL
 ) STRICT;
+"#,
+    // 6: what each applied operation changed, for `idsync revert`: `new_values`
+    // is the operation as applied (plan JSON), `old_values` what it destroyed
+    // that the operation does not carry (a deleted user's attributes and
+    // groups, a deleted group's members), both JSON text, NULL when none.
+    // And the users and groups idsync managed when each run ended, for the
+    // report's counts over time.
+    r#"
+ALTER TABLE run_ops ADD COLUMN old_values TEXT;
+ALTER TABLE run_ops ADD COLUMN new_values TEXT;
+ALTER TABLE runs ADD COLUMN managed_users INTEGER;
+ALTER TABLE runs ADD COLUMN managed_groups INTEGER;
 "#,
 ];
 

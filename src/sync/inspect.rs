@@ -9,8 +9,8 @@ use crate::config::Settings;
 use crate::model::{
     AttrNote, Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName,
 };
-use crate::plan::RemoveAction;
-use crate::state::{FailureRecord, LockHolder, RunRecord, StateDb};
+use crate::plan::{self, Operation, PlanningInput, RemoveAction};
+use crate::state::{FailureRecord, LockHolder, OpLine, RunPoint, RunRecord, StateDb};
 
 use super::SyncError;
 use super::quarantine::{self, Quarantine};
@@ -114,6 +114,102 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     Ok(report)
 }
 
+/// What the next cycle would send for `key`: the whole plan made from this
+/// read, cut down to the user (as `sync --only` does). A source that cannot be
+/// mapped plans nothing, and that is the answer.
+fn next_operations(
+    settings: &Settings,
+    dir: crate::model::SourceDirectory,
+    state: &State,
+    db: Option<&StateDb>,
+    key: &SourceKey,
+) -> Result<Vec<Operation>, String> {
+    let desired = settings.mapping.build(dir).map_err(|errors| {
+        format!(
+            "{} source record(s) cannot be mapped, so no cycle can be planned (see `idsync plan`)",
+            errors.len()
+        )
+    })?;
+    let input = PlanningInput::new(
+        desired,
+        state.clone(),
+        None,
+        settings.plan_options(),
+        |state: &mut State, keys: &[SourceKey]| match db {
+            Some(db) => db.load_attrs(state, keys.iter()),
+            None => Ok(()),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let plan = plan::plan(&input);
+    let only = std::collections::BTreeSet::from([key.clone()]);
+    Ok(super::only::restrict(plan, &only, &settings.fingerprint, state.generation).operations)
+}
+
+/// `idsync report --html`: the run history over a period, the last run's
+/// operations, and the quarantine and guards now.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportData {
+    /// When the report was made (RFC 3339).
+    pub generated_at: String,
+    /// The start of the period shown (RFC 3339).
+    pub since: String,
+    pub managed_users: usize,
+    pub managed_groups: usize,
+    /// Runs in the period, oldest first.
+    pub runs: Vec<RunPoint>,
+    /// The newest run that had operations, and its log.
+    pub last_run: Option<RunPoint>,
+    pub last_run_ops: Vec<OpLine>,
+    pub quarantine: Option<Quarantine>,
+    /// The removal guards as configured.
+    pub max_removals: String,
+    pub max_member_removals: String,
+    /// The newest run in the period, when a guard stopped it (exit 3): why.
+    pub guard_stop: Option<String>,
+}
+
+pub fn report(settings: &Settings, since: std::time::Duration) -> Result<ReportData, SyncError> {
+    let now = chrono::Utc::now();
+    let since = now - chrono::Duration::from_std(since).unwrap_or(chrono::Duration::MAX);
+    let since = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut data = ReportData {
+        generated_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        since: since.clone(),
+        managed_users: 0,
+        managed_groups: 0,
+        runs: Vec::new(),
+        last_run: None,
+        last_run_ops: Vec::new(),
+        quarantine: None,
+        max_removals: settings.policy.max_removals.to_string(),
+        max_member_removals: settings.policy.max_member_removals.to_string(),
+        guard_stop: None,
+    };
+    let Some(mut db) = StateDb::open_read_only(&settings.state_path)? else {
+        return Ok(data);
+    };
+    let state = db.load()?;
+    data.managed_users = state.managed_users();
+    data.managed_groups = state
+        .groups
+        .values()
+        .filter(|g| g.status != Status::Removed)
+        .count();
+    data.runs = db.runs_since(&since)?;
+    data.last_run = data.runs.iter().rev().find(|r| r.planned > 0).cloned();
+    if let Some(run) = &data.last_run {
+        data.last_run_ops = db.run_log(run.id)?;
+    }
+    data.guard_stop = data
+        .runs
+        .last()
+        .filter(|r| r.exit_code == Some(super::Exit::Guard as i64))
+        .and_then(|r| r.error.clone());
+    data.quarantine = Some(quarantine::load(&db)?);
+    Ok(data)
+}
+
 /// `idsync explain USER`: the user's path through source, mapping and target.
 #[derive(Clone, Debug)]
 pub struct Explanation {
@@ -123,6 +219,13 @@ pub struct Explanation {
     pub source: String,
     pub remove_action: RemoveAction,
     pub found: Found,
+    /// The groups the source has the user in (display names).
+    pub source_groups: Vec<String>,
+    /// The groups idsync pushed the user into (display names).
+    pub target_groups: Vec<String>,
+    /// Exactly what the next cycle would send for this user (its own
+    /// operations and its memberships), or why no cycle could be planned.
+    pub next: Result<Vec<Operation>, String>,
 }
 
 #[derive(Clone, Debug)]
@@ -148,6 +251,8 @@ pub struct ExplainedUser {
     pub origin: String,
     /// The record's attributes as the source spells them.
     pub attrs: Vec<(String, Vec<String>)>,
+    /// Which scope rule puts the record in or out of scope.
+    pub scope: String,
     pub mapping: Mapped,
     pub target: Option<Provisioned>,
 }
@@ -198,11 +303,45 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
         Some(db) => db.load()?,
         None => State::default(),
     };
+    let subject = record.map(|r| r.key.clone()).or_else(|| {
+        let wanted = UserName::new(who);
+        state
+            .users
+            .iter()
+            .find(|(k, u)| k.as_str() == who || u.user_name == wanted)
+            .map(|(k, _)| k.clone())
+    });
+    let source_groups = match &subject {
+        Some(key) => dir
+            .groups
+            .iter()
+            .filter(|g| g.members.contains(key))
+            .map(|g| g.name.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    let target_groups = match &subject {
+        Some(key) => state
+            .memberships
+            .iter()
+            .filter(|(_, members)| members.contains(key))
+            .filter_map(|(g, _)| state.live_group(g))
+            .map(|g| g.display_name.to_string())
+            .collect(),
+        None => Vec::new(),
+    };
+    let next = match &subject {
+        Some(key) => next_operations(settings, dir.clone(), &state, db.as_ref(), key),
+        None => Ok(Vec::new()),
+    };
     let mut explanation = Explanation {
         asked: who.to_string(),
         source: source.describe(),
         remove_action: settings.policy.remove_action,
         found: Found::NotInSource { known: None },
+        source_groups,
+        target_groups,
+        next,
     };
     let Some(record) = record else {
         let wanted = UserName::new(who);
@@ -218,6 +357,7 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
         explanation.found = Found::NotInSource { known };
         return Ok(explanation);
     };
+    let scope = settings.mapping.scope_verdict(record, &dir.groups);
     let mapping = match settings.mapping.map_user(record, &dir.groups) {
         Err(e) => Mapped::Error(e.to_string()),
         Ok(None) => Mapped::OutOfScope,
@@ -244,6 +384,7 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
             .iter()
             .map(|(name, values)| (name.to_string(), values.to_vec()))
             .collect(),
+        scope,
         mapping,
         target,
     }));

@@ -10,7 +10,9 @@ pub mod daemon;
 pub mod inspect;
 pub mod notify;
 pub mod observe;
+pub mod only;
 pub mod quarantine;
+pub mod revert;
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +61,9 @@ pub struct SyncOptions {
     pub plan_file: Option<PathBuf>,
     /// The operator's reviewed override of the removal guards.
     pub allow_deletes: bool,
+    /// `--only`: plan and apply just these users (key, userName or email) and
+    /// their memberships.
+    pub only: Vec<String>,
 }
 
 /// Why a cycle (or a plan) stopped. The command line turns each into an exit
@@ -118,6 +123,14 @@ pub enum SyncError {
         .path.display()
     )]
     NoState { path: PathBuf },
+    /// `revert RUN` cannot make a plan for that run.
+    #[error("cannot revert run #{run}: {reason}")]
+    CannotRevert { run: i64, reason: String },
+    /// `--only` named a user neither the source nor the state knows.
+    #[error(
+        "--only {asked:?}: no user with that key, userName or email is in the source or the state DB"
+    )]
+    UnknownUser { asked: String },
     /// A saved plan names an object other than the one the state records.
     #[error(
         "the saved plan {} does not match the state DB, so none of it was applied: {mismatch}",
@@ -183,6 +196,10 @@ impl SyncError {
             SyncError::NoState { .. } => {
                 "if the state DB was lost, restore it from a backup; otherwise run `idsync sync --full` once: it reads the target and adopts existing users and groups by name"
             }
+            SyncError::CannotRevert { .. } => "`idsync status` lists the runs the history keeps",
+            SyncError::UnknownUser { .. } => {
+                "check the spelling; `idsync explain KEY|EMAIL` shows what the source and the state know"
+            }
             SyncError::PlanMismatch { .. } => {
                 "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
             }
@@ -206,6 +223,8 @@ impl SyncError {
             | SyncError::PlanUnreadable { .. }
             | SyncError::NotAPlan { .. }
             | SyncError::StalePlan { .. }
+            | SyncError::UnknownUser { .. }
+            | SyncError::CannotRevert { .. }
             | SyncError::PlanMismatch { .. } => Exit::Usage,
         }
     }
@@ -505,6 +524,26 @@ pub async fn plan_read_only(
     Ok((plan, input))
 }
 
+/// `sync --only`: the plan cut down to the users asked for (unchanged when
+/// none were).
+fn restrict_to_only(
+    plan: Plan,
+    input: &PlanningInput,
+    settings: &Settings,
+    asked: &[String],
+) -> Result<Plan, SyncError> {
+    if asked.is_empty() {
+        return Ok(plan);
+    }
+    let keys = only::resolve(input, asked)?;
+    Ok(only::restrict(
+        plan,
+        &keys,
+        &settings.fingerprint,
+        input.state().generation,
+    ))
+}
+
 /// Checks `plan` against the guards; a stop carries the removals it held back.
 pub fn guard(
     plan: &Plan,
@@ -573,6 +612,7 @@ pub async fn sync_with(
 async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
     let started = Instant::now();
     let (plan, input) = plan_read_only(settings, opts.full).await?;
+    let plan = restrict_to_only(plan, &input, settings, &opts.only)?;
     guard(&plan, settings, opts.allow_deletes, true)?;
     if !opts.full
         && let Some(stop) = lost_state_stop(settings, input.state()).await
@@ -647,14 +687,25 @@ pub async fn cycle<T: Target>(
                     }
                 };
             let plan = plan::plan(&input);
+            let plan = match restrict_to_only(plan, &input, settings, &opts.only) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
+                    return Err(e);
+                }
+            };
             if let Err(e) = guard(&plan, settings, opts.allow_deletes, false) {
                 if let SyncError::Guard { stop, .. } = &e {
                     let _ = db.record_stopped_run("sync", e.exit() as i32, &stop.to_string());
                 }
                 return Err(e);
             }
-            let command = if opts.full { "sync --full" } else { "sync" };
             source_objects = Some(source_counts(&input));
+            let command = match (opts.full, opts.only.is_empty()) {
+                (true, _) => "sync --full",
+                (false, false) => "sync --only",
+                (false, true) => "sync",
+            };
             (plan, input.into_state(), command, mirror)
         }
     };

@@ -294,9 +294,12 @@ fn plan_and_dry_run_change_nothing() {
     let plan = ws.plan_json();
     assert!(operations(&plan).len() >= 5, "{plan}");
     ws.run(&["plan"]).assert_code(0);
-    ws.run(&["sync", "--dry-run", "--format", "json"])
+    // A dry run is the plan rendered and stopped: the same document.
+    let dry = ws
+        .run(&["sync", "--dry-run", "--format", "json"])
         .assert_code(0)
         .json();
+    assert_eq!(dry, plan, "sync --dry-run --format json is not the plan");
     ws.run(&["sync", "--dry-run"]).assert_code(0);
     ws.run(&["plan", "--full", "--format", "json"])
         .assert_code(0);

@@ -19,6 +19,7 @@ mod harness;
 mod ops;
 mod proxy;
 mod quirks_truth;
+mod report;
 mod selftest;
 mod snapshots;
 mod trust_output;

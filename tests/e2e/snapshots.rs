@@ -752,6 +752,13 @@ fn explain_an_in_scope_user_an_out_of_scope_user_a_leaver_and_an_unknown_one() {
             .users_named("contractor@example.com")
             .is_empty()
     );
+    // Pending for the next cycle: Ada's new title, and Ada into finance.
+    dir.user_mut("u1").title = "Principal Engineer".into();
+    dir.groups
+        .get_mut("finance")
+        .expect("finance")
+        .push("u1".into());
+    ws.write_directory(&dir);
 
     let mut text = String::new();
     for who in [
@@ -769,7 +776,7 @@ fn explain_an_in_scope_user_an_out_of_scope_user_a_leaver_and_an_unknown_one() {
     let text = r.apply(&text);
     snap(
         "explain",
-        "explain for ada@ (in scope, provisioned), u9 (department Contractors, out of scope), edsger@ (left the source, disabled) and nobody@ (unknown); mapping = mappings/csv.yaml + scope exclude department Contractors",
+        "explain for ada@ (in scope, provisioned; her title changed and she joined finance since the last sync), u9 (department Contractors, out of scope), edsger@ (left the source, disabled) and nobody@ (unknown); mapping = mappings/csv.yaml + scope exclude department Contractors",
         &text,
     );
 }
@@ -883,4 +890,203 @@ fn log_of_a_first_sync_a_guard_stop_and_a_failed_update_in_text_json_and_csv() {
             transcript(&unknown)
         )),
     );
+}
+
+// ---------------------------------------------------------------------------
+// sync --only
+
+/// Whether the target holds `user_name` as active.
+fn active_on_target(server: &ScimServer, user_name: &str) -> bool {
+    server.contents().user(user_name)["active"] != serde_json::Value::Bool(false)
+}
+
+#[test]
+fn sync_only_applies_just_the_named_users_and_their_memberships() {
+    let (server, ws) = fresh("snap-only");
+    let mut r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    // Pending for others: Ada's title, Edsger left; and a newcomer, Barbara,
+    // in engineering and in a new group `ops` beside Ada.
+    dir.user_mut("u1").title = "Principal Engineer".into();
+    dir.remove_user("u4");
+    dir.users.push(user(
+        "u5",
+        "barbara@example.com",
+        "Barbara",
+        "Liskov",
+        "Engineer",
+        "R&D",
+    ));
+    dir.groups
+        .get_mut("engineering")
+        .expect("engineering")
+        .push("u5".into());
+    dir.groups
+        .insert("ops".into(), vec!["u1".into(), "u5".into()]);
+    ws.write_directory(&dir);
+
+    let dry = ws.run(&["sync", "--only", "barbara@example.com", "--dry-run"]);
+    dry.assert_code(0);
+    let applied = ws.run(&["sync", "--only", "u5"]);
+    applied.assert_code(0);
+    r.learn(&server);
+    let contents = server.contents();
+    assert_eq!(
+        str_at(contents.user("ada@example.com"), "title"),
+        "Engineer"
+    );
+    assert!(active_on_target(&server, "edsger@example.com"));
+    assert!(active_on_target(&server, "barbara@example.com"));
+    let ops = contents.group("ops").expect("ops was created for Barbara");
+    assert_eq!(ops["members"].as_array().map(Vec::len), Some(1), "{ops}");
+
+    let unknown = ws.run(&["sync", "--only", "nobody@example.com"]);
+    unknown.assert_code(2);
+    assert!(
+        unknown.stderr.contains("\"nobody@example.com\""),
+        "{}",
+        unknown.stderr
+    );
+
+    // A leaver is removed (remove_action disable) only when named.
+    let leaver = ws.run(&["sync", "--only", "edsger@example.com"]);
+    leaver.assert_code(0);
+    assert!(!active_on_target(&server, "edsger@example.com"));
+
+    // What is left for the next normal cycle: Ada's update and her membership.
+    let (rest, _, plan) = plans(&ws, &r, false);
+    assert_eq!(operations(&plan).len(), 2, "{plan}");
+
+    let text = r.apply(&format!(
+        "{}\n{}\n{}\n{}\n$ idsync plan\n{rest}",
+        transcript_stdout(&dry),
+        transcript_stdout(&applied),
+        transcript(&unknown),
+        transcript_stdout(&leaver),
+    ));
+    snap(
+        "sync_only",
+        "sync --only after Ada's title changed, Edsger left and Barbara (u5) joined engineering and a new group ops beside Ada: a dry run and a run for Barbara, an unknown user, a run for the leaver Edsger, then the plan of what is left",
+        &text,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// revert
+
+/// The id of the newest run in the history.
+fn last_run_id(ws: &Workspace) -> String {
+    let status = ws.run(&["status", "--format", "json"]);
+    status.assert_code(0);
+    status.json()["runs"][0]["id"]
+        .as_i64()
+        .expect("a run in the history")
+        .to_string()
+}
+
+#[test]
+fn revert_of_a_run_that_disabled_changed_and_removed_members_restores_the_target_exactly() {
+    let (server, ws) = fresh("snap-revert");
+    let mut r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    let before = server.contents().normalized();
+
+    // The run to revert: Grace's title changes, Edsger leaves
+    // (disabled, out of engineering), Alan is taken out of finance.
+    dir.user_mut("u2").title = "Rear Admiral".into();
+    dir.remove_user("u4");
+    dir.groups.insert("finance".into(), Vec::new());
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    let run = last_run_id(&ws);
+    assert_ne!(server.contents().normalized(), before);
+
+    let shown = ws.run(&["revert", &run]);
+    shown.assert_code(0);
+    let saved = ws.run(&["revert", &run, "--out", "revert.json", "--format", "json"]);
+    saved.assert_code(0);
+    let plan = saved.json();
+    let applied = ws.run(&["sync", "--plan", "revert.json"]);
+    applied.assert_code(0);
+    assert_eq!(
+        server.contents().normalized(),
+        before,
+        "the revert did not restore the target as it was before run {run}"
+    );
+    // The source still says otherwise: the next cycle applies it again.
+    let (again, _, next) = plans(&ws, &r, false);
+    assert_eq!(operations(&next).len(), operations(&plan).len(), "{next}");
+
+    let text = r.apply(&format!(
+        "{}\n{}\n$ idsync plan\n{again}",
+        transcript_stdout(&shown),
+        transcript_stdout(&applied)
+    ));
+    snap(
+        "revert",
+        "revert of the run that changed Grace's title, disabled Edsger (out of engineering) and emptied finance; applied with sync --plan; then the plan of the next cycle, which applies the source again",
+        &text,
+    );
+}
+
+#[test]
+fn revert_recreates_deleted_users_and_groups_with_their_members() {
+    let (server, mut ws) = fresh("snap-revert-delete");
+    ws.remove_action = "delete".into();
+    ws.groups_delete = true;
+    let mut r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    let names = |c: &crate::harness::TargetContents| {
+        let mut users: Vec<(String, String, Vec<String>)> = c
+            .users
+            .iter()
+            .map(|u| {
+                (
+                    str_at(u, "userName").to_owned(),
+                    str_at(u, "title").to_owned(),
+                    Vec::new(),
+                )
+            })
+            .collect();
+        users.sort();
+        let mut groups: Vec<(String, Vec<String>)> = c
+            .groups
+            .iter()
+            .map(|g| {
+                let mut members: Vec<String> = g["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        let id = str_at(m, "value");
+                        c.users
+                            .iter()
+                            .find(|u| str_at(u, "id") == id)
+                            .map(|u| str_at(u, "userName").to_owned())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                members.sort();
+                (str_at(g, "displayName").to_owned(), members)
+            })
+            .collect();
+        groups.sort();
+        (users, groups)
+    };
+    let before = names(&server.contents());
+
+    dir.remove_user("u3");
+    dir.groups.remove("finance");
+    ws.write_directory(&dir);
+    ws.run(&["sync", "--allow-deletes"]).assert_code(0);
+    let run = last_run_id(&ws);
+    assert!(server.contents().users_named("alan@example.com").is_empty());
+
+    let saved = ws.run(&["revert", &run, "--out", "revert.json"]);
+    saved.assert_code(0);
+    assert!(saved.stdout.contains("new SCIM ids"), "{}", saved.stdout);
+    ws.run(&["sync", "--plan", "revert.json"]).assert_code(0);
+    assert_eq!(names(&server.contents()), before);
 }
