@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::{Target, TargetError};
 use crate::model::{
-    GroupName, RemoteGroup, RemoteUser, ScimId, State, Status, TargetSnapshot, UserAttr, UserAttrs,
-    UserName,
+    GroupName, MemberRef, RemoteGroup, RemoteMember, RemoteUser, ScimId, State, Status,
+    TargetSnapshot, UserAttr, UserAttrs, UserName,
 };
 
 /// What the in-memory target does to one request.
@@ -217,7 +217,7 @@ impl Target for MemoryTarget {
         self.call(Some(id), |w| {
             w.users.remove(id).ok_or(TargetError::NotFound)?;
             for g in w.groups.values_mut() {
-                g.members.retain(|m| m != id);
+                g.members.retain(|m| m.value != id.as_str());
             }
             Ok(())
         })
@@ -274,12 +274,12 @@ impl Target for MemoryTarget {
         .await
     }
 
-    async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+    async fn add_members(&self, group: &ScimId, members: &[MemberRef]) -> Result<(), TargetError> {
         self.call(Some(group), |w| {
             let g = w.groups.get_mut(group).ok_or(TargetError::NotFound)?;
             for m in members {
-                if !g.members.contains(m) {
-                    g.members.push(m.clone());
+                if !g.members.iter().any(|stored| stored.is(m)) {
+                    g.members.push(RemoteMember::id(m.id.as_str()));
                 }
             }
             Ok(())
@@ -287,10 +287,15 @@ impl Target for MemoryTarget {
         .await
     }
 
-    async fn remove_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+    async fn remove_members(
+        &self,
+        group: &ScimId,
+        members: &[MemberRef],
+    ) -> Result<(), TargetError> {
         self.call(Some(group), |w| {
             let g = w.groups.get_mut(group).ok_or(TargetError::NotFound)?;
-            g.members.retain(|m| !members.contains(m));
+            g.members
+                .retain(|stored| !members.iter().any(|m| stored.is(m)));
             Ok(())
         })
         .await
@@ -330,7 +335,11 @@ pub fn target_for(state: &State) -> MemoryTarget {
                 .get(key)
                 .into_iter()
                 .flatten()
-                .filter_map(|k| state.live_user(k).map(|u| u.scim_id.clone()))
+                .filter_map(|k| {
+                    state
+                        .live_user(k)
+                        .map(|u| RemoteMember::id(u.scim_id.as_str()))
+                })
                 .collect();
             w.groups.insert(
                 g.scim_id.clone(),
@@ -360,7 +369,7 @@ pub fn target_for(state: &State) -> MemoryTarget {
                 id: admins.clone(),
                 display_name: GroupName::new("Site admins"),
                 external_id: None,
-                members: vec![stranger.clone()],
+                members: vec![RemoteMember::id(stranger.as_str())],
             },
         );
         w.foreign = BTreeSet::from([stranger, admins]);

@@ -131,11 +131,11 @@ fn assert_target_matches(
             if policy.target_renames_groups || policy.on_rename == crate::plan::OnRename::Recreate {
                 prop_assert_eq!(&remote.display_name, &g.display_name);
             }
-            let have: BTreeSet<&ScimId> = remote.members.iter().collect();
-            let want: BTreeSet<&ScimId> = g
+            let have: BTreeSet<&str> = remote.members.iter().map(|m| m.value.as_str()).collect();
+            let want: BTreeSet<&str> = g
                 .members
                 .iter()
-                .filter_map(|k| state.live_user(k).map(|u| &u.scim_id))
+                .filter_map(|k| state.live_user(k).map(|u| u.scim_id.as_str()))
                 .collect();
             prop_assert_eq!(have, want, "members of {}", g.display_name);
         }

@@ -42,12 +42,17 @@ pub enum Mismatch {
     UnknownMember(SourceKey),
     /// Adoptions come only from `--full`, whose plans are never saved.
     Adoption,
+    /// Dangling member removals come only from `--full` too.
+    Dangling,
 }
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Mismatch::NotManaged => f.write_str("the state DB has no live object with this key"),
+            Mismatch::Dangling => f.write_str(
+                "dangling member removals come only from --full, whose plans are never saved",
+            ),
             Mismatch::AlreadyLive => f.write_str("the state DB already holds this key live"),
             Mismatch::ScimId { plan, state } => write!(
                 f,
@@ -206,6 +211,9 @@ impl<'a> Context<'a> {
                 display_name,
                 ..
             } => self.live_group(key, scim_id, display_name.as_str()),
+            Operation::RemoveMembers { dangling, .. } if !dangling.is_empty() => {
+                Err(Mismatch::Dangling)
+            }
             Operation::AddMembers { key, members, .. }
             | Operation::RemoveMembers { key, members, .. } => {
                 if self.state.live_group(key).is_none() && !self.created_groups.contains(key) {

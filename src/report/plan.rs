@@ -141,6 +141,25 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
             Operation::RemoveMembers {
                 display_name,
                 members,
+                dangling,
+                ..
+            } if members.is_empty() && !dangling.is_empty() => style.paint(
+                "31",
+                &format!(
+                    "- remove {} dangling member{} (no such user) from group {}: {}",
+                    dangling.len(),
+                    plural(dangling.len()),
+                    show(display_name.as_str()),
+                    dangling
+                        .iter()
+                        .map(|v| show(v))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Operation::RemoveMembers {
+                display_name,
+                members,
                 ..
             } => style.paint(
                 "31",

@@ -22,7 +22,9 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::model::{GroupName, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName};
+use crate::model::{
+    GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
+};
 use paging::Pager;
 use redact::Redactor;
 pub use resource::ServiceProviderConfig;
@@ -118,6 +120,10 @@ pub enum ScimError {
     InvalidResponse(String),
     #[error("invalid SCIM client configuration: {0}")]
     Config(String),
+    /// The target accepted a change but does not hold it when read back (a
+    /// membership PATCH answered 200 that changed nothing).
+    #[error("the change did not take: {0}")]
+    NotApplied(String),
     /// The caller asked for something that cannot be sent (no `userName`, say).
     #[error("invalid request: {0}")]
     InvalidInput(String),
@@ -213,6 +219,9 @@ struct Inner {
     member_chunk: usize,
     capabilities: RwLock<ServiceProviderConfig>,
     warned_filter_ignored: AtomicBool,
+    /// Learned: the target stores group members by userName, so member
+    /// changes go out by userName.
+    members_by_user_name: AtomicBool,
     /// When the target last asked us (429/503 with a wait) to hold off: every
     /// request waits for it, not only the one that was told.
     cooldown_until: Mutex<Option<tokio::time::Instant>>,
@@ -307,6 +316,7 @@ impl ScimClient {
                 member_chunk: opts.member_chunk,
                 capabilities: RwLock::new(ServiceProviderConfig::default()),
                 warned_filter_ignored: AtomicBool::new(false),
+                members_by_user_name: AtomicBool::new(false),
                 cooldown_until: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
@@ -393,6 +403,7 @@ impl ScimClient {
             |user| resource::apply_user_changes(user, changes, active),
         )
         .await
+        .map(drop)
     }
 
     /// Deletes a user; on Atlassian this deactivates the account and unlinks it.
@@ -631,49 +642,181 @@ impl ScimClient {
             },
         )
         .await
+        .map(drop)
     }
 
-    /// Adds members (SCIM user ids), `member_chunk` per request. Callers should
-    /// only add members not already there: some servers duplicate them.
-    pub async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), ScimError> {
+    /// Adds members, `member_chunk` per request, and checks the group holds
+    /// them afterwards (see [`Self::change_members`]). Callers should only add
+    /// members not already there: some servers duplicate them.
+    pub async fn add_members(
+        &self,
+        group: &ScimId,
+        members: &[MemberRef],
+    ) -> Result<(), ScimError> {
         // scim2-server stores an id twice when one request names it twice.
         let members = distinct(members);
         for chunk in members.chunks(self.inner.member_chunk) {
-            self.patch_group(group, vec![resource::members_add_operation(chunk)], |g| {
+            self.change_members(group, chunk, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes members, one `members[value eq "…"]` operation each,
+    /// `member_chunk` operations per request, and checks the group no longer
+    /// holds them.
+    pub async fn remove_members(
+        &self,
+        group: &ScimId,
+        members: &[MemberRef],
+    ) -> Result<(), ScimError> {
+        let members = distinct(members);
+        for chunk in members.chunks(self.inner.member_chunk) {
+            self.change_members(group, chunk, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether membership changes go out by `userName` (learned: the target
+    /// stores members by userName and ignores ids).
+    pub fn members_by_user_name(&self) -> bool {
+        self.inner.members_by_user_name.load(Ordering::Relaxed)
+    }
+
+    /// One membership PATCH, then what the group holds afterwards (the PATCH
+    /// answer when it carries the members, else the group read back): a
+    /// server may answer 200 and change nothing. A change that did not take is
+    /// sent once more in the other form — adds by `userName` instead of id (or
+    /// back), removals by the value the server shows it stores — and if the
+    /// group still does not hold what was asked, the change fails with
+    /// [`ScimError::NotApplied`]. The form that worked is remembered for the
+    /// next changes.
+    async fn change_members(
+        &self,
+        group: &ScimId,
+        chunk: &[MemberRef],
+        add: bool,
+    ) -> Result<(), ScimError> {
+        let by_name = self.members_by_user_name();
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|m| member_send_value(m, by_name))
+            .collect();
+        let held = self.send_members(group, &values, add).await?;
+        let unsettled = unsettled_members(&held, chunk, add);
+        if unsettled.is_empty() {
+            return Ok(());
+        }
+        let retry: Vec<String> = if add {
+            unsettled
+                .iter()
+                .map(|m| member_send_value(m, !by_name))
+                .filter(|v| !values.contains(v))
+                .collect()
+        } else {
+            // What the server shows it stores for them.
+            held.members
+                .iter()
+                .filter(|stored| unsettled.iter().any(|m| stored.is(m)))
+                .map(|stored| stored.value.clone())
+                .filter(|v| !values.contains(v))
+                .collect()
+        };
+        let held = if retry.is_empty() {
+            held
+        } else {
+            self.send_members(group, &retry, add).await?
+        };
+        let still = unsettled_members(&held, &unsettled, add);
+        if still.is_empty() {
+            let stored_by_name = if add {
+                !by_name
+            } else {
+                retry
+                    .iter()
+                    .any(|v| !unsettled.iter().any(|m| m.id.as_str() == v))
+            };
+            if stored_by_name != by_name
+                && self
+                    .inner
+                    .members_by_user_name
+                    .compare_exchange(
+                        by_name,
+                        stored_by_name,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                    group = %group,
+                    by_user_name = stored_by_name,
+                    "the SCIM target ignored a membership change by {}; it worked by {}, so member changes now go out that way",
+                    if by_name { "userName" } else { "id" },
+                    if stored_by_name { "userName" } else { "id" },
+                );
+            }
+            return Ok(());
+        }
+        let names: Vec<String> = still
+            .iter()
+            .map(|m| {
+                m.user_name
+                    .as_ref()
+                    .map_or_else(|| m.id.to_string(), |n| n.as_str().to_owned())
+            })
+            .collect();
+        Err(ScimError::NotApplied(format!(
+            "the target accepted {} {} member(s) {} group {group}, but the group read back {} them (by id, $ref and userName): {}",
+            if add { "adding" } else { "removing" },
+            still.len(),
+            if add { "to" } else { "from" },
+            if add { "does not hold" } else { "still holds" },
+            names.join(", ")
+        )))
+    }
+
+    /// Sends one membership PATCH (or, without PATCH, GET + PUT) with these
+    /// member values, and returns the group as it is afterwards.
+    async fn send_members(
+        &self,
+        group: &ScimId,
+        values: &[String],
+        add: bool,
+    ) -> Result<RemoteGroup, ScimError> {
+        let ops = if add {
+            vec![resource::members_add_operation(values)]
+        } else {
+            values
+                .iter()
+                .map(|v| resource::member_remove_operation(v))
+                .collect()
+        };
+        let reply = self
+            .patch_group(group, ops, |g| {
                 edit_members(g, |list| {
-                    for id in chunk {
-                        if !list.iter().any(|m| member_value(m) == Some(id.as_str())) {
-                            list.push(serde_json::json!({ "value": id.as_str() }));
+                    if add {
+                        for v in values {
+                            if !list.iter().any(|m| member_value(m) == Some(v.as_str())) {
+                                list.push(serde_json::json!({ "value": v }));
+                            }
                         }
+                    } else {
+                        list.retain(|m| {
+                            !values.iter().any(|v| member_value(m) == Some(v.as_str()))
+                        });
                     }
                 })
             })
             .await?;
+        // The answer, when it is the group with its members; else read it back.
+        if let Ok(body) = serde_json::from_slice::<Value>(&reply.body)
+            && body.get("members").is_some_and(Value::is_array)
+            && let Ok(held) = resource::group_from_json(&body)
+            && held.id == *group
+        {
+            return Ok(held);
         }
-        Ok(())
-    }
-
-    /// Removes members, one `members[value eq "id"]` operation each, `member_chunk`
-    /// operations per request.
-    pub async fn remove_members(
-        &self,
-        group: &ScimId,
-        members: &[ScimId],
-    ) -> Result<(), ScimError> {
-        let members = distinct(members);
-        for chunk in members.chunks(self.inner.member_chunk) {
-            let ops = chunk
-                .iter()
-                .map(resource::member_remove_operation)
-                .collect();
-            self.patch_group(group, ops, |g| {
-                edit_members(g, |list| {
-                    list.retain(|m| !chunk.iter().any(|id| member_value(m) == Some(id.as_str())))
-                })
-            })
-            .await?;
-        }
-        Ok(())
+        self.get_group(group).await?.ok_or(ScimError::NotFound)
     }
 
     /// Deletes a group. On Atlassian this strips the product roles it granted.
@@ -688,13 +831,13 @@ impl ScimClient {
         .map(drop)
     }
 
-    /// PATCHes a group.
+    /// PATCHes a group; the answer is returned.
     async fn patch_group(
         &self,
         id: &ScimId,
         operations: Vec<Value>,
         edit: impl FnOnce(&mut Value),
-    ) -> Result<(), ScimError> {
+    ) -> Result<Reply, ScimError> {
         self.patch_resource("Groups", id, operations, edit).await
     }
 
@@ -706,11 +849,11 @@ impl ScimClient {
         id: &ScimId,
         operations: Vec<Value>,
         edit: impl FnOnce(&mut Value),
-    ) -> Result<(), ScimError> {
+    ) -> Result<Reply, ScimError> {
         let url = self.url(&[collection, id.as_str()]);
         if self.capabilities().patch {
             let body = resource::patch_body(operations);
-            self.call(Method::PATCH, url, &[], Some(&body)).await?;
+            self.call(Method::PATCH, url, &[], Some(&body)).await
         } else {
             let mut current = self
                 .call(Method::GET, url.clone(), &[], None)
@@ -725,9 +868,8 @@ impl ScimClient {
             if let Some(obj) = current.as_object_mut() {
                 obj.remove("meta");
             }
-            self.call(Method::PUT, url, &[], Some(&current)).await?;
+            self.call(Method::PUT, url, &[], Some(&current)).await
         }
-        Ok(())
     }
 
     /// The resource a create returned: the body, or (for servers answering 201
@@ -1004,11 +1146,31 @@ enum Candidates<T> {
     All(Vec<T>),
 }
 
-/// The ids in their first-seen order, each once.
-fn distinct(ids: &[ScimId]) -> Vec<ScimId> {
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    ids.iter()
-        .filter(|id| seen.insert(id.as_str()))
+/// The members in their first-seen order, each id once.
+fn distinct(members: &[MemberRef]) -> Vec<MemberRef> {
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    members
+        .iter()
+        .filter(|m| seen.insert(m.id.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The `value` a membership change names a member by: its id, or its
+/// userName on a target that stores those (a member without one goes by id).
+fn member_send_value(member: &MemberRef, by_name: bool) -> String {
+    match (&member.user_name, by_name) {
+        (Some(name), true) => name.as_str().to_owned(),
+        _ => member.id.to_string(),
+    }
+}
+
+/// The members a change did not settle: for an add, those the group does not
+/// hold; for a removal, those it still holds.
+fn unsettled_members(held: &RemoteGroup, members: &[MemberRef], add: bool) -> Vec<MemberRef> {
+    members
+        .iter()
+        .filter(|m| held.members.iter().any(|stored| stored.is(m)) != add)
         .cloned()
         .collect()
 }

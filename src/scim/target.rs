@@ -2,7 +2,8 @@
 
 use crate::apply::{Target, TargetError};
 use crate::model::{
-    GroupName, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs, UserName,
+    GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs,
+    UserName,
 };
 
 use super::{ScimClient, ScimError};
@@ -15,6 +16,7 @@ impl From<ScimError> for TargetError {
             ScimError::Unauthorized { status, detail } => {
                 TargetError::Unauthorized { status, detail }
             }
+            ScimError::NotApplied(message) => TargetError::NotApplied { message },
             other => TargetError::Failed {
                 status: other.status(),
                 message: other.to_string(),
@@ -93,11 +95,15 @@ impl Target for ScimClient {
         Ok(ScimClient::rename_group(self, id, name.as_str()).await?)
     }
 
-    async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+    async fn add_members(&self, group: &ScimId, members: &[MemberRef]) -> Result<(), TargetError> {
         Ok(ScimClient::add_members(self, group, members).await?)
     }
 
-    async fn remove_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+    async fn remove_members(
+        &self,
+        group: &ScimId,
+        members: &[MemberRef],
+    ) -> Result<(), TargetError> {
         Ok(ScimClient::remove_members(self, group, members).await?)
     }
 

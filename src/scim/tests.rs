@@ -45,6 +45,14 @@ fn user_json(id: &str, user_name: &str) -> Value {
     })
 }
 
+/// A member by id alone.
+fn by_id(id: &ScimId) -> MemberRef {
+    MemberRef {
+        id: id.clone(),
+        user_name: None,
+    }
+}
+
 fn list_json(total: usize, resources: Vec<Value>) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
@@ -584,7 +592,10 @@ async fn members_are_patched_in_chunks() {
         .and(body_json(resource::patch_body(vec![json!(
             {"op": "add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}]}
         )])))
-        .respond_with(ResponseTemplate::new(204))
+        .respond_with(
+            scim(200)
+                .set_body_json(json!({"id": "g1", "members": [{"value": "u1"}, {"value": "u2"}]})),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -593,7 +604,9 @@ async fn members_are_patched_in_chunks() {
         .and(body_json(resource::patch_body(vec![json!(
             {"op": "add", "path": "members", "value": [{"value": "u3"}]}
         )])))
-        .respond_with(ResponseTemplate::new(204))
+        .respond_with(scim(200).set_body_json(json!(
+            {"id": "g1", "members": [{"value": "u1"}, {"value": "u2"}, {"value": "u3"}]}
+        )))
         .expect(1)
         .mount(&server)
         .await;
@@ -603,7 +616,11 @@ async fn members_are_patched_in_chunks() {
             json!({"op": "remove", "path": "members[value eq \"u1\"]"}),
             json!({"op": "remove", "path": "members[value eq \"u2\"]"}),
         ])))
-        .respond_with(scim(200).set_body_json(json!({"id": "g1", "displayName": "Eng"})))
+        .respond_with(
+            scim(200).set_body_json(
+                json!({"id": "g1", "displayName": "Eng", "members": [{"value": "u3"}]}),
+            ),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -616,20 +633,28 @@ async fn members_are_patched_in_chunks() {
         .expect(1)
         .mount(&server)
         .await;
+    // No body: the group is read back (an empty group leaves `members` out).
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Groups/g1"))
+        .respond_with(scim(200).set_body_json(json!({"id": "g1", "displayName": "Eng"})))
+        .expect(1)
+        .mount(&server)
+        .await;
     let client = ScimClient::new(ClientOptions {
         member_chunk: 2,
         ..options(&format!("{}/scim/v2", server.uri()))
     })
     .expect("client");
     let group = ScimId::new("g1");
-    let with_repeats: Vec<ScimId> = ids.iter().chain(&ids).cloned().collect();
+    let with_repeats: Vec<MemberRef> = ids.iter().chain(&ids).map(by_id).collect();
     client
         .add_members(&group, &with_repeats)
         .await
         .expect("added");
-    client.remove_members(&group, &ids).await.expect("removed");
+    let refs: Vec<MemberRef> = ids.iter().map(by_id).collect();
+    client.remove_members(&group, &refs).await.expect("removed");
     client.add_members(&group, &[]).await.expect("nothing");
-    assert_eq!(client.stats().requests, 4);
+    assert_eq!(client.stats().requests, 5);
 }
 
 #[tokio::test]
@@ -946,18 +971,22 @@ async fn real_server_walkthrough() {
         .await
         .expect("create group");
     assert_eq!(group.external_id, Some(format!("g-{run}")));
-    client.add_members(&group.id, &ids[..5]).await.expect("add");
+    let refs: Vec<MemberRef> = ids.iter().map(by_id).collect();
+    client
+        .add_members(&group.id, &refs[..5])
+        .await
+        .expect("add");
     // Repeats, within a request and across requests, must not duplicate members.
     client
-        .add_members(&group.id, &[ids[0].clone(), ids[0].clone()])
+        .add_members(&group.id, &[refs[0].clone(), refs[0].clone()])
         .await
         .expect("add again");
     client
-        .remove_members(&group.id, &ids[1..3])
+        .remove_members(&group.id, &refs[1..3])
         .await
         .expect("remove");
     client
-        .remove_members(&group.id, &[ScimId::new("not-a-member")])
+        .remove_members(&group.id, &[by_id(&ScimId::new("not-a-member"))])
         .await
         .expect("remove absent member");
     let found = client
@@ -966,7 +995,11 @@ async fn real_server_walkthrough() {
         .expect("find group")
         .expect("found");
     assert_eq!(found.id, group.id);
-    let mut members = found.members.clone();
+    let mut members: Vec<ScimId> = found
+        .members
+        .iter()
+        .map(|m| ScimId::new(m.value.as_str()))
+        .collect();
     members.sort();
     let mut want = vec![ids[0].clone(), ids[3].clone(), ids[4].clone()];
     want.sort();

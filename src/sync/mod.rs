@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
 use crate::model::{
-    Desired, Mirror, MirrorDigest, ScimId, SourceKey, State, Status, TargetSnapshot,
+    Desired, MemberResolver, Mirror, MirrorDigest, ScimId, SourceKey, State, Status, TargetSnapshot,
 };
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
@@ -415,7 +415,46 @@ async fn read_target<T: Target>(
     }
     snapshot.users.extend(users);
     snapshot.groups.extend(groups);
+    // Members of idsync's groups that name no listed user are looked up too:
+    // only a 404 makes one dangling (removed by the plan), so a listing that
+    // left a user out cannot cost that user a membership.
+    let unresolved = unresolved_members(&snapshot, state);
+    if !unresolved.is_empty() {
+        let found = confirm(&unresolved, width, |id| target.get_user(id)).await?;
+        tracing::info!(
+            members = unresolved.len(),
+            users_found = found.len(),
+            "group members that name no listed user were looked up by id; those not found are dangling"
+        );
+        snapshot.users.extend(found);
+    }
     Ok(snapshot)
+}
+
+/// The member values of live managed groups that resolve to no user of the
+/// snapshot (by id, `$ref` or userName), as the ids to look up, each once.
+fn unresolved_members(snapshot: &TargetSnapshot, state: &State) -> Vec<ScimId> {
+    let managed: HashSet<&ScimId> = state
+        .groups
+        .values()
+        .filter(|g| g.status != Status::Removed)
+        .map(|g| &g.scim_id)
+        .collect();
+    let resolver = MemberResolver::new(&snapshot.users);
+    let mut seen = HashSet::new();
+    snapshot
+        .groups
+        .iter()
+        .filter(|g| managed.contains(&g.id))
+        .flat_map(|g| g.members.iter())
+        .filter(|m| resolver.user_of(m).is_none())
+        .map(|m| {
+            m.ref_id
+                .clone()
+                .unwrap_or_else(|| ScimId::new(m.value.as_str()))
+        })
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
 }
 
 /// The live ids (`managed`) the listing (`listed`) left out, or a
