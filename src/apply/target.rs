@@ -104,6 +104,9 @@ pub trait Target: Clone + Send + Sync {
     ) -> impl Future<Output = Result<ScimId, TargetError>> + Send;
 
     /// The user with this `userName` (compared case-insensitively), if any.
+    /// Asked only where the user should exist (after a 409, or to resume an
+    /// interrupted create), so an implementation may look harder than one
+    /// filter (a target whose `eq` compares case-sensitively).
     fn find_user(
         &self,
         user_name: &UserName,

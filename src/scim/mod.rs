@@ -222,6 +222,14 @@ struct Inner {
     /// Learned: the target stores group members by userName, so member
     /// changes go out by userName.
     members_by_user_name: AtomicBool,
+    /// Whether the target refuses a second user with an existing userName:
+    /// set from its schema (`uniqueness`), or learned `false` from a listing
+    /// holding two users with one userName. `None`: unknown, trusted.
+    user_names_unique: RwLock<Option<bool>>,
+    /// The users listing made once per client (one cycle) for lookups an `eq`
+    /// filter answered suspiciously (see [`ScimClient::find_user_after_conflict`]).
+    lookup_listing: tokio::sync::Mutex<Option<Arc<Vec<RemoteUser>>>>,
+    warned_eq_case: AtomicBool,
     /// When the target last asked us (429/503 with a wait) to hold off: every
     /// request waits for it, not only the one that was told.
     cooldown_until: Mutex<Option<tokio::time::Instant>>,
@@ -317,6 +325,9 @@ impl ScimClient {
                 capabilities: RwLock::new(ServiceProviderConfig::default()),
                 warned_filter_ignored: AtomicBool::new(false),
                 members_by_user_name: AtomicBool::new(false),
+                user_names_unique: RwLock::new(None),
+                lookup_listing: tokio::sync::Mutex::new(None),
+                warned_eq_case: AtomicBool::new(false),
                 cooldown_until: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
@@ -363,15 +374,48 @@ impl ScimClient {
             .clone()
     }
 
+    /// Whether the target enforces unique userNames, as its schema says
+    /// (`uniqueness` of `userName`): `Some(false)` makes every create look the
+    /// userName up first; `None` (unknown) trusts the target's 409. A listing
+    /// that shows two users with one userName sets `Some(false)` too.
+    pub fn set_user_names_unique(&self, unique: Option<bool>) {
+        *self
+            .inner
+            .user_names_unique
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = unique;
+    }
+
+    /// What is known of userName uniqueness (see [`Self::set_user_names_unique`]).
+    pub fn user_names_unique(&self) -> Option<bool> {
+        *self
+            .inner
+            .user_names_unique
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Creates a user. An existing `userName` gives [`ScimError::Conflict`]; so does
-    /// the retry of a create that timed out but succeeded.
+    /// the retry of a create that timed out but succeeded. On a target known
+    /// not to enforce unique userNames, the userName is looked up first and
+    /// an existing user gives the same conflict, instead of a duplicate.
     pub async fn create_user(
         &self,
         attrs: &UserAttrs,
         active: bool,
     ) -> Result<RemoteUser, ScimError> {
-        if attrs.get(&UserAttr::UserName).is_none_or(|u| u.is_empty()) {
+        let Some(user_name) = attrs.get(&UserAttr::UserName).filter(|u| !u.is_empty()) else {
             return Err(ScimError::InvalidInput("a user needs a userName".into()));
+        };
+        if self.user_names_unique() == Some(false)
+            && let Some(existing) = self.find_user_after_conflict(user_name).await?
+        {
+            return Err(ScimError::Conflict {
+                detail: format!(
+                    "userName {:?} is taken by user {} (looked up before creating: this target does not refuse duplicate userNames)",
+                    user_name, existing.id
+                ),
+            });
         }
         let body = resource::user_to_json(attrs, active);
         let reply = self
@@ -436,6 +480,47 @@ impl ScimClient {
         self.find_user(UserAttr::UserName, user_name).await
     }
 
+    /// Finds a user by `userName` where one is known to exist (after a 409,
+    /// or before a create on a target that accepts duplicates): an empty
+    /// filter answer is suspect there, since some targets compare `eq`
+    /// case-sensitively although `userName` is not case-exact. The users are
+    /// then listed (once per client, that is once per cycle) and compared
+    /// case-insensitively.
+    pub async fn find_user_after_conflict(
+        &self,
+        user_name: &str,
+    ) -> Result<Option<RemoteUser>, ScimError> {
+        if let Some(found) = self.find_user_by_user_name(user_name).await? {
+            return Ok(Some(found));
+        }
+        let wanted = UserName::new(user_name);
+        let found = self
+            .users_for_lookup()
+            .await?
+            .iter()
+            .find(|u| u.user_name().as_ref() == Some(&wanted))
+            .cloned();
+        if found.is_some() && !self.inner.warned_eq_case.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                target_url = %self.inner.base,
+                "the SCIM target's userName eq filter missed a user that a listing holds (it compares case-sensitively?); lookups after a conflict fall back to the listing"
+            );
+        }
+        Ok(found)
+    }
+
+    /// The users listing for suspect lookups: read once per client and kept.
+    /// The one place to switch to a per-cycle listing cache.
+    async fn users_for_lookup(&self) -> Result<Arc<Vec<RemoteUser>>, ScimError> {
+        let mut cached = self.inner.lookup_listing.lock().await;
+        if let Some(users) = cached.as_ref() {
+            return Ok(users.clone());
+        }
+        let users = Arc::new(self.list_users().await?);
+        *cached = Some(users.clone());
+        Ok(users)
+    }
+
     /// Finds a user by `externalId`, compared exactly (Atlassian treats it as case-sensitive).
     pub async fn find_user_by_external_id(
         &self,
@@ -498,9 +583,21 @@ impl ScimClient {
         Ok(page.total.is_some_and(|n| n > 0) || !page.resources.is_empty())
     }
 
-    /// All users, every page.
+    /// All users, every page. A listing with two users of one userName
+    /// (case-insensitively) shows the target accepts duplicates: creates look
+    /// the userName up first from then on.
     pub async fn list_users(&self) -> Result<Vec<RemoteUser>, ScimError> {
-        self.list("Users", resource::user_from_json).await
+        let users = self.list("Users", resource::user_from_json).await?;
+        if self.user_names_unique() != Some(false)
+            && let Some(name) = duplicate_user_name(&users)
+        {
+            tracing::warn!(
+                user_name = name.as_str(),
+                "the SCIM target holds two users with one userName, so it does not refuse duplicates; every create looks the userName up first"
+            );
+            self.set_user_names_unique(Some(false));
+        }
+        Ok(users)
     }
 
     /// Creates a group. An existing `displayName` gives [`ScimError::Conflict`] on
@@ -1144,6 +1241,15 @@ enum GroupCreate {
 enum Candidates<T> {
     Filtered(Vec<T>),
     All(Vec<T>),
+}
+
+/// A userName two users share (compared case-insensitively), if any.
+fn duplicate_user_name(users: &[RemoteUser]) -> Option<UserName> {
+    let mut seen = std::collections::HashSet::with_capacity(users.len());
+    users
+        .iter()
+        .filter_map(RemoteUser::user_name)
+        .find(|name| !seen.insert(name.clone()))
 }
 
 /// The members in their first-seen order, each id once.

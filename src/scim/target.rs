@@ -59,7 +59,9 @@ impl Target for ScimClient {
     }
 
     async fn find_user(&self, user_name: &UserName) -> Result<Option<RemoteUser>, TargetError> {
-        Ok(self.find_user_by_user_name(user_name.as_str()).await?)
+        // Only asked when the user should exist (after a 409, or to resume an
+        // interrupted create): an empty filter answer is checked in a listing.
+        Ok(self.find_user_after_conflict(user_name.as_str()).await?)
     }
 
     async fn patch_user(
