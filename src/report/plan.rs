@@ -41,6 +41,13 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
             s.add_members,
             s.remove_members
         );
+        if s.remove_dangling_members > 0 {
+            let _ = writeln!(
+                out,
+                "Dangling members (no such user) to remove: {}.",
+                s.remove_dangling_members
+            );
+        }
         out.push('\n');
     }
     for op in &plan.operations {

@@ -1374,7 +1374,10 @@ async fn case_sensitive_eq_after_a_conflict_falls_back_to_one_listing() {
         .await;
     let client = client_for(&server).await;
     assert_eq!(
-        client.find_user_by_user_name("ann@x.com").await.expect("ok"),
+        client
+            .find_user_by_user_name("ann@x.com")
+            .await
+            .expect("ok"),
         None,
         "a plain lookup believes the filter"
     );
@@ -1385,7 +1388,10 @@ async fn case_sensitive_eq_after_a_conflict_falls_back_to_one_listing() {
         .expect("found in the listing");
     assert_eq!(found.id.as_str(), "u1");
     assert_eq!(
-        client.find_user_after_conflict("zed@x.com").await.expect("ok"),
+        client
+            .find_user_after_conflict("zed@x.com")
+            .await
+            .expect("ok"),
         None,
         "not in the (kept) listing either"
     );
