@@ -496,9 +496,9 @@ struct Ran {
 /// id or userName.
 fn no_dangling_members(rig: &Rig) {
     let base = rig.proxy.base_url();
-    let (_, groups) = rig
-        .server
-        .request_at(&base, reqwest::Method::GET, "/Groups?count=1000", None);
+    let (_, groups) =
+        rig.server
+            .request_at(&base, reqwest::Method::GET, "/Groups?count=1000", None);
     let users = rig.server.users();
     let known: HashSet<String> = users
         .iter()
@@ -547,7 +547,10 @@ fn members_stored_by_user_name_converge_and_patches_by_id_are_not_taken_for_succ
         .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
         .map(|m| str_at(&m, "value").to_owned())
         .collect();
-    assert!(!shown.is_empty() && shown.iter().all(|v| v.contains('@')), "{shown:?}");
+    assert!(
+        !shown.is_empty() && shown.iter().all(|v| v.contains('@')),
+        "{shown:?}"
+    );
 }
 
 #[test]
@@ -563,7 +566,12 @@ fn membership_changes_a_server_ignores_fail_clearly() {
     let rig = rig("q-members-ignored", 4, 2, pass_through());
     rig.proxy.set_quirks(vec![Arc::new(IgnoresMembers)]);
     let out = rig.ws.run(&["sync", "--format", "json"]);
-    assert_eq!(out.code, 1, "a membership change that did not take is a failure:\n{}", out.dump());
+    assert_eq!(
+        out.code,
+        1,
+        "a membership change that did not take is a failure:\n{}",
+        out.dump()
+    );
     let summary = out.json();
     let text = summary.to_string();
     assert!(text.contains("does not hold"), "{text}");
@@ -621,4 +629,79 @@ fn deleted_users_kept_in_groups_are_removed_by_full() {
         full_plan["summary"]["remove_dangling_members"].as_u64() >= Some(1),
         "{full_plan:#}"
     );
+}
+
+#[test]
+fn a_client_that_knows_user_names_are_not_unique_looks_up_before_creating() {
+    use idsync::model::{UserAttr, UserAttrs};
+    use idsync::scim::{ClientOptions, Flavour, ScimClient, ScimError};
+
+    let rig = rig("q-dup-client", 0, 0, pass_through());
+    rig.proxy
+        .set_quirks(vec![Arc::new(DuplicateUserNames::default())]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = || {
+        ScimClient::new(ClientOptions::new(
+            rig.proxy.base_url(),
+            rig.server.token().to_owned().into(),
+            Flavour::Generic,
+        ))
+        .expect("client")
+    };
+    let attrs = |name: &str| -> UserAttrs { [(UserAttr::UserName, name.to_owned())].into() };
+    let marked = || {
+        rig.server
+            .users()
+            .iter()
+            .filter(|u| str_at(u, "userName").contains(DUP_MARK))
+            .count()
+    };
+    let first = client();
+    runtime.block_on(async {
+        first
+            .create_user(&attrs("twin@example.com"), true)
+            .await
+            .expect("created");
+        // Unknown uniqueness: the target's answer is trusted, and this one
+        // accepts a duplicate (what the quirk plays).
+        first
+            .create_user(&attrs("TWIN@example.com"), true)
+            .await
+            .expect("accepted");
+    });
+    assert_eq!(marked(), 1, "the quirk accepted a duplicate");
+    runtime.block_on(async {
+        // A listing showing two users with one userName teaches the client.
+        let second = client();
+        assert_eq!(second.user_names_unique(), None);
+        second.list_users().await.expect("list");
+        assert_eq!(second.user_names_unique(), Some(false));
+        let err = second
+            .create_user(&attrs("Twin@Example.com"), true)
+            .await
+            .expect_err("looked up first");
+        assert!(matches!(err, ScimError::Conflict { .. }), "{err}");
+
+        // So does the schema (the caller sets it).
+        let third = client();
+        third.set_user_names_unique(Some(false));
+        first
+            .create_user(&attrs("solo@example.com"), true)
+            .await
+            .expect("created");
+        assert!(
+            third
+                .create_user(&attrs("SOLO@example.com"), true)
+                .await
+                .is_err()
+        );
+        third
+            .create_user(&attrs("new@example.com"), true)
+            .await
+            .expect("a free userName is created");
+    });
+    assert_eq!(marked(), 1, "no further duplicate");
 }
