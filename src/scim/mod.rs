@@ -798,7 +798,11 @@ impl ScimClient {
             .iter()
             .map(|m| member_send_value(m, by_name))
             .collect();
-        let held = self.send_members(group, &values, add).await?;
+        let held = self
+            .send_members(group, &values, add, |g| {
+                unsettled_members(g, chunk, add).is_empty()
+            })
+            .await?;
         let unsettled = unsettled_members(&held, chunk, add);
         if unsettled.is_empty() {
             return Ok(());
@@ -821,7 +825,10 @@ impl ScimClient {
         let held = if retry.is_empty() {
             held
         } else {
-            self.send_members(group, &retry, add).await?
+            self.send_members(group, &retry, add, |g| {
+                unsettled_members(g, &unsettled, add).is_empty()
+            })
+            .await?
         };
         let still = unsettled_members(&held, &unsettled, add);
         if still.is_empty() {
@@ -873,12 +880,14 @@ impl ScimClient {
     }
 
     /// Sends one membership PATCH (or, without PATCH, GET + PUT) with these
-    /// member values, and returns the group as it is afterwards.
+    /// member values, and returns the group as it is afterwards: the answer
+    /// when it shows the change `settled`, else the group read back.
     async fn send_members(
         &self,
         group: &ScimId,
         values: &[String],
         add: bool,
+        settled: impl Fn(&RemoteGroup) -> bool,
     ) -> Result<RemoteGroup, ScimError> {
         let ops = if add {
             vec![resource::members_add_operation(values)]
@@ -905,11 +914,14 @@ impl ScimClient {
                 })
             })
             .await?;
-        // The answer, when it is the group with its members; else read it back.
+        // The answer, when it is the group with its members and shows the
+        // change; else (no body, no members, or a body that may list only
+        // some members) the group read back.
         if let Ok(body) = serde_json::from_slice::<Value>(&reply.body)
             && body.get("members").is_some_and(Value::is_array)
             && let Ok(held) = resource::group_from_json(&body)
             && held.id == *group
+            && settled(&held)
         {
             return Ok(held);
         }

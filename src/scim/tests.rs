@@ -1449,3 +1449,26 @@ async fn a_listing_with_one_user_name_twice_shows_duplicates_are_accepted() {
     client.list_users().await.expect("list");
     assert_eq!(client.user_names_unique(), Some(false));
 }
+
+#[tokio::test]
+async fn a_patch_answer_listing_only_some_members_is_checked_by_reading_the_group() {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path("/scim/v2/Groups/g1"))
+        .respond_with(scim(200).set_body_json(json!({"id": "g1", "members": []})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Groups/g1"))
+        .respond_with(scim(200).set_body_json(json!({"id": "g1", "members": [{"value": "u1"}]})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    client
+        .add_members(&ScimId::new("g1"), &[named("u1", "ann@x.com")])
+        .await
+        .expect("the group read back holds u1");
+    assert!(!client.members_by_user_name());
+}
