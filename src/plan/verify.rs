@@ -415,6 +415,27 @@ mod tests {
     }
 
     #[test]
+    fn a_saved_plan_with_dangling_member_removals_is_refused() {
+        let (state, mut plan) = world();
+        let Operation::AddMembers {
+            key, display_name, ..
+        } = op_mut(&mut plan, "add_members").clone()
+        else {
+            unreachable!()
+        };
+        plan.operations.push(Operation::RemoveMembers {
+            key,
+            display_name,
+            members: Vec::new(),
+            dangling: vec!["some-id".into()],
+        });
+        assert_eq!(
+            verify_saved(&plan, &state).unwrap_err().reason,
+            Mismatch::Dangling
+        );
+    }
+
+    #[test]
     fn group_deletes_and_renames_must_match_id_and_name() {
         let (state, mut plan) = world();
         plan.operations.push(Operation::DeleteGroup {
