@@ -145,6 +145,7 @@ impl Target for MemoryTarget {
                 .filter(|g| listed(&g.id))
                 .cloned()
                 .collect(),
+            ..TargetSnapshot::default()
         })
     }
 

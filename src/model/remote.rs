@@ -78,6 +78,10 @@ pub struct RemoteGroup {
 pub struct TargetSnapshot {
     pub users: Vec<RemoteUser>,
     pub groups: Vec<RemoteGroup>,
+    /// Group member values that matched no listed user and were looked up by
+    /// id, answered 404: dangling, removable. An unresolved value not in here
+    /// (never looked up, or the lookup failed) is left alone.
+    pub gone_members: std::collections::HashSet<String>,
 }
 
 /// How a group's stored members resolve to the users a read found.

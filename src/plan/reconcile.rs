@@ -219,8 +219,8 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
 
     // Memberships as the target holds them, for the users idsync manages:
     // members resolve by id, then `$ref`, then userName (servers that store
-    // userNames). What resolves to no user is dangling (the caller has looked
-    // such values up by id already, so the users are gone).
+    // userNames). What resolves to no user and was looked up by id with a
+    // 404 (`gone_members`) is dangling.
     let resolver = MemberResolver::new(&target.users);
     let mut dangling = Vec::new();
     let key_of: HashMap<&str, &SourceKey> = out
@@ -243,12 +243,17 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
             .iter()
             .filter_map(|id| key_of.get(id.as_str()).map(|k| (*k).clone()))
             .collect();
-        if !resolved.unresolved.is_empty() {
+        let gone: Vec<String> = resolved
+            .unresolved
+            .into_iter()
+            .filter(|v| target.gone_members.contains(v))
+            .collect();
+        if !gone.is_empty() {
             dangling.push(Operation::RemoveMembers {
                 key: key.clone(),
                 display_name: g.display_name.clone(),
                 members: Vec::new(),
-                dangling: resolved.unresolved,
+                dangling: gone,
             });
         }
         memberships.push(StateChange::SetMembers {

@@ -380,6 +380,7 @@ fn full_resync_adopts_repairs_and_recreates() {
             external_id: None,
             members: vec![],
         }],
+        ..TargetSnapshot::default()
     };
     let d = desired(vec![a, b, c], vec![group("g", "G", &["1"])]);
     let input = PlanningInput::new(
@@ -461,8 +462,11 @@ fn full_resync_matches_members_stored_by_user_name_or_ref_and_removes_dangling_o
                 },
                 RemoteMember::id("id-3"),
                 RemoteMember::id("deleted-9"),
+                // Unresolved, but its lookup did not answer 404: kept.
+                RemoteMember::id("unknown-7"),
             ],
         }],
+        gone_members: ["deleted-9".to_owned()].into(),
     };
     let d = desired(vec![a, b, c], vec![group("g", "G", &["1", "2", "3"])]);
     let input = PlanningInput::new(

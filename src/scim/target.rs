@@ -43,7 +43,11 @@ impl Target for ScimClient {
         let users = self.list_users().await?;
         let groups = self.list_groups().await?;
         tracing::info!(users = users.len(), groups = groups.len(), "target read");
-        Ok(TargetSnapshot { users, groups })
+        Ok(TargetSnapshot {
+            users,
+            groups,
+            ..TargetSnapshot::default()
+        })
     }
 
     async fn get_user(&self, id: &ScimId) -> Result<Option<RemoteUser>, TargetError> {

@@ -23,7 +23,8 @@ use serde::Serialize;
 use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
 use crate::model::{
-    Desired, MemberResolver, Mirror, MirrorDigest, ScimId, SourceKey, State, Status, TargetSnapshot,
+    Desired, MemberResolver, Mirror, MirrorDigest, RemoteUser, ScimId, SourceKey, State, Status,
+    TargetSnapshot,
 };
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
@@ -420,20 +421,40 @@ async fn read_target<T: Target>(
     // left a user out cannot cost that user a membership.
     let unresolved = unresolved_members(&snapshot, state);
     if !unresolved.is_empty() {
-        let found = confirm(&unresolved, width, |id| target.get_user(id)).await?;
+        let answers: Vec<(String, Result<Option<RemoteUser>, TargetError>)> = stream::iter(
+            unresolved
+                .into_iter()
+                .map(|(value, id)| async move { (value, target.get_user(&id).await) }),
+        )
+        .buffer_unordered(width)
+        .collect()
+        .await;
+        for (value, answer) in answers {
+            match answer {
+                Ok(Some(user)) => snapshot.users.push(user),
+                Ok(None) => {
+                    snapshot.gone_members.insert(value);
+                }
+                // Not known to be gone: left alone.
+                Err(error) => tracing::warn!(
+                    member = ?value,
+                    error = ?error.to_string(),
+                    "a group member that names no listed user could not be looked up; it is kept"
+                ),
+            }
+        }
         tracing::info!(
-            members = unresolved.len(),
-            users_found = found.len(),
+            dangling = snapshot.gone_members.len(),
             "group members that name no listed user were looked up by id; those not found are dangling"
         );
-        snapshot.users.extend(found);
     }
     Ok(snapshot)
 }
 
 /// The member values of live managed groups that resolve to no user of the
-/// snapshot (by id, `$ref` or userName), as the ids to look up, each once.
-fn unresolved_members(snapshot: &TargetSnapshot, state: &State) -> Vec<ScimId> {
+/// snapshot (by id, `$ref` or userName), each once, with the id to look up
+/// (the `$ref`'s, else the value).
+fn unresolved_members(snapshot: &TargetSnapshot, state: &State) -> Vec<(String, ScimId)> {
     let managed: HashSet<&ScimId> = state
         .groups
         .values()
@@ -448,12 +469,14 @@ fn unresolved_members(snapshot: &TargetSnapshot, state: &State) -> Vec<ScimId> {
         .filter(|g| managed.contains(&g.id))
         .flat_map(|g| g.members.iter())
         .filter(|m| resolver.user_of(m).is_none())
+        .filter(|m| seen.insert(m.value.clone()))
         .map(|m| {
-            m.ref_id
+            let id = m
+                .ref_id
                 .clone()
-                .unwrap_or_else(|| ScimId::new(m.value.as_str()))
+                .unwrap_or_else(|| ScimId::new(m.value.as_str()));
+            (m.value.clone(), id)
         })
-        .filter(|id| seen.insert(id.clone()))
         .collect()
 }
 
