@@ -705,3 +705,65 @@ fn a_client_that_knows_user_names_are_not_unique_looks_up_before_creating() {
     });
     assert_eq!(marked(), 1, "no further duplicate");
 }
+
+/// Leaves one user out of every users listing (reads by id still find it).
+struct HidesFromListings(String);
+
+impl Quirk for HidesFromListings {
+    fn response(&self, req: &Exchange, answer: &mut Answer, _up: &Upstream) {
+        if req.method != "GET" || req.resource() != "Users" {
+            return;
+        }
+        let Some(mut body) = answer.json() else {
+            return;
+        };
+        if let Some(list) = body.get_mut("Resources").and_then(Value::as_array_mut) {
+            let before = list.len();
+            list.retain(|u| str_at(u, "id") != self.0);
+            if list.len() < before {
+                let total = body["totalResults"].as_u64().unwrap_or(1);
+                body["totalResults"] = json!(total - 1);
+                answer.body = body.to_string();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_member_the_listing_leaves_out_is_looked_up_and_not_taken_for_dangling() {
+    let rig = rig("q-hidden-member", 4, 2, pass_through());
+    sync_ok(&rig, &[]);
+    // A stranger an admin put in idsync's group by hand.
+    let stranger = UserRow::new("x1", "stranger@example.com", "Stran", "Ger");
+    let stranger_id = rig
+        .server
+        .create_user(crate::harness::ScimServer::user_body(&stranger));
+    let group = rig.server.contents().group_id("group-01");
+    let (status, answer) = rig.server.request_at(
+        &rig.server.base_url(),
+        reqwest::Method::PATCH,
+        &format!("/Groups/{group}"),
+        Some(json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [{"op": "add", "path": "members", "value": [{"value": stranger_id}]}],
+        })),
+    );
+    assert!(matches!(status, 200 | 204), "{status}: {answer}");
+    rig.proxy
+        .set_quirks(vec![Arc::new(HidesFromListings(stranger_id.clone()))]);
+    let plan = rig.ws.run(&["plan", "--full", "--format", "json"]);
+    assert_eq!(plan.code, 0, "{}", plan.dump());
+    let plan = plan.json();
+    assert_eq!(
+        plan["summary"]["remove_dangling_members"].as_u64(),
+        None,
+        "the hidden stranger is no dangling member: {plan:#}"
+    );
+    assert!(
+        rig.proxy
+            .entries()
+            .iter()
+            .any(|e| e.method == "GET" && e.path.ends_with(&format!("/Users/{stranger_id}"))),
+        "looked up by id"
+    );
+}
