@@ -25,6 +25,9 @@ pub enum Fault {
     LoseAnswer,
     /// Does it, then the process dies before the answer is committed.
     Crash,
+    /// Answers as if done, but reading back shows nothing happened (a
+    /// membership PATCH answered 200 that changed nothing).
+    NotApplied,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +79,11 @@ impl MemoryTarget {
                 return Err(TargetError::Failed {
                     status: Some(500),
                     message: "HTTP 500: injected".into(),
+                });
+            }
+            if fault == Some(Fault::NotApplied) {
+                return Err(TargetError::NotApplied {
+                    message: "the group read back does not hold the change: injected".into(),
                 });
             }
             if fault == Some(Fault::Refuse) {
