@@ -25,8 +25,8 @@ use futures_util::stream;
 use serde::Serialize;
 
 use crate::model::{
-    AttrNote, GroupKey, GroupName, Ownership, RemoteUser, ScimId, SourceKey, State, UserAttr,
-    UserAttrs, UserName,
+    AttrNote, GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State,
+    UserAttr, UserAttrs, UserName,
 };
 use crate::plan::{Changes, Operation, Phase, Plan};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
@@ -140,7 +140,7 @@ enum Job {
     Members {
         group: ScimId,
         add: bool,
-        ids: Vec<ScimId>,
+        members: Vec<MemberRef>,
     },
     DeleteGroup {
         id: ScimId,
@@ -339,11 +339,22 @@ impl<T: Target> Executor<'_, T> {
                         "group {key} does not exist in the target (its creation failed)"
                     ));
                 };
-                let ids: Vec<ScimId> = members_present(&self.state, members)
+                let mut refs: Vec<MemberRef> = members_present(&self.state, members)
                     .into_iter()
-                    .filter_map(|m| self.state.live_user(m).map(|u| u.scim_id.clone()))
+                    .filter_map(|m| self.state.live_user(m))
+                    .map(|u| MemberRef {
+                        id: u.scim_id.clone(),
+                        user_name: Some(u.user_name.clone()),
+                    })
                     .collect();
-                if ids.is_empty() {
+                if let Operation::RemoveMembers { dangling, .. } = op {
+                    // Named exactly as the target stores them; no user has them.
+                    refs.extend(dangling.iter().map(|value| MemberRef {
+                        id: ScimId::new(value.as_str()),
+                        user_name: None,
+                    }));
+                }
+                if refs.is_empty() {
                     return Job::Skip(format!(
                         "none of the {} members exists in the target yet",
                         members.len()
@@ -352,7 +363,7 @@ impl<T: Target> Executor<'_, T> {
                 Job::Members {
                     group: group.scim_id.clone(),
                     add: matches!(op, Operation::AddMembers { .. }),
-                    ids,
+                    members: refs,
                 }
             }
             Operation::DeleteGroup { scim_id, .. } => Job::DeleteGroup {
@@ -524,11 +535,15 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
         }
         Job::DeleteUser { id } => target.delete_user(&id).await,
         Job::RenameGroup { id, name } => target.rename_group(&id, &name).await,
-        Job::Members { group, add, ids } => {
+        Job::Members {
+            group,
+            add,
+            members,
+        } => {
             if add {
-                target.add_members(&group, &ids).await
+                target.add_members(&group, &members).await
             } else {
-                target.remove_members(&group, &ids).await
+                target.remove_members(&group, &members).await
             }
         }
         Job::DeleteGroup { id } => target.delete_group(&id).await,

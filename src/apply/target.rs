@@ -5,7 +5,8 @@
 use std::future::Future;
 
 use crate::model::{
-    GroupName, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs, UserName,
+    GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs,
+    UserName,
 };
 
 /// How a request to the target failed, after the target's own retries.
@@ -20,6 +21,11 @@ pub enum TargetError {
     /// 401/403: the credentials were refused. No other operation can succeed.
     #[error("authentication refused (HTTP {status}): {detail}")]
     Unauthorized { status: u16, detail: String },
+    /// The target accepted the change, but reading it back shows it did not
+    /// take (a membership PATCH answered 200 that changed nothing). The same
+    /// request would do the same again: this object's failure, not the target's.
+    #[error("{message}")]
+    NotApplied { message: String },
     /// Anything else: an HTTP error, an unreachable target, a bad answer.
     #[error("{message}")]
     Failed {
@@ -36,6 +42,7 @@ impl TargetError {
             TargetError::Conflict { .. } => Some(409),
             TargetError::Unauthorized { status, .. } => Some(*status),
             TargetError::Failed { status, .. } => *status,
+            TargetError::NotApplied { .. } => None,
         }
     }
 
@@ -51,7 +58,7 @@ impl TargetError {
     pub fn is_transient(&self) -> bool {
         match self {
             TargetError::NotFound | TargetError::Conflict { .. } => false,
-            TargetError::Unauthorized { .. } => false,
+            TargetError::Unauthorized { .. } | TargetError::NotApplied { .. } => false,
             TargetError::Failed { status, .. } => !status.is_some_and(is_deterministic_refusal),
         }
     }
@@ -97,6 +104,9 @@ pub trait Target: Clone + Send + Sync {
     ) -> impl Future<Output = Result<RemoteUser, TargetError>> + Send;
 
     /// The user with this `userName` (compared case-insensitively), if any.
+    /// Asked only where the user should exist (after a 409, or to resume an
+    /// interrupted create), so an implementation may look harder than one
+    /// filter (a target whose `eq` compares case-sensitively).
     fn find_user(
         &self,
         user_name: &UserName,
@@ -133,16 +143,19 @@ pub trait Target: Clone + Send + Sync {
         name: &GroupName,
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
+    /// Adds members; succeeds only when the group holds them afterwards
+    /// (matched by id, `$ref` or userName), else [`TargetError::NotApplied`].
     fn add_members(
         &self,
         group: &ScimId,
-        members: &[ScimId],
+        members: &[MemberRef],
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
+    /// Removes members; succeeds only when the group no longer holds them.
     fn remove_members(
         &self,
         group: &ScimId,
-        members: &[ScimId],
+        members: &[MemberRef],
     ) -> impl Future<Output = Result<(), TargetError>> + Send;
 
     fn delete_group(&self, id: &ScimId) -> impl Future<Output = Result<(), TargetError>> + Send;

@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 
 use super::{Target, TargetError};
 use crate::model::{
-    GroupName, RemoteGroup, RemoteUser, ScimId, State, Status, TargetSnapshot, UserAttr, UserAttrs,
-    UserName,
+    GroupName, MemberRef, RemoteGroup, RemoteMember, RemoteUser, ScimId, State, Status,
+    TargetSnapshot, UserAttr, UserAttrs, UserName,
 };
 
 /// What the in-memory target does to one request.
@@ -25,6 +25,9 @@ pub enum Fault {
     LoseAnswer,
     /// Does it, then the process dies before the answer is committed.
     Crash,
+    /// Answers as if done, but reading back shows nothing happened (a
+    /// membership PATCH answered 200 that changed nothing).
+    NotApplied,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +79,11 @@ impl MemoryTarget {
                 return Err(TargetError::Failed {
                     status: Some(500),
                     message: "HTTP 500: injected".into(),
+                });
+            }
+            if fault == Some(Fault::NotApplied) {
+                return Err(TargetError::NotApplied {
+                    message: "the group read back does not hold the change: injected".into(),
                 });
             }
             if fault == Some(Fault::Refuse) {
@@ -145,6 +153,7 @@ impl Target for MemoryTarget {
                 .filter(|g| listed(&g.id))
                 .cloned()
                 .collect(),
+            ..TargetSnapshot::default()
         })
     }
 
@@ -215,7 +224,7 @@ impl Target for MemoryTarget {
         self.call(Some(id), |w| {
             w.users.remove(id).ok_or(TargetError::NotFound)?;
             for g in w.groups.values_mut() {
-                g.members.retain(|m| m != id);
+                g.members.retain(|m| m.value != id.as_str());
             }
             Ok(())
         })
@@ -272,12 +281,12 @@ impl Target for MemoryTarget {
         .await
     }
 
-    async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+    async fn add_members(&self, group: &ScimId, members: &[MemberRef]) -> Result<(), TargetError> {
         self.call(Some(group), |w| {
             let g = w.groups.get_mut(group).ok_or(TargetError::NotFound)?;
             for m in members {
-                if !g.members.contains(m) {
-                    g.members.push(m.clone());
+                if !g.members.iter().any(|stored| stored.is(m)) {
+                    g.members.push(RemoteMember::id(m.id.as_str()));
                 }
             }
             Ok(())
@@ -285,10 +294,15 @@ impl Target for MemoryTarget {
         .await
     }
 
-    async fn remove_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+    async fn remove_members(
+        &self,
+        group: &ScimId,
+        members: &[MemberRef],
+    ) -> Result<(), TargetError> {
         self.call(Some(group), |w| {
             let g = w.groups.get_mut(group).ok_or(TargetError::NotFound)?;
-            g.members.retain(|m| !members.contains(m));
+            g.members
+                .retain(|stored| !members.iter().any(|m| stored.is(m)));
             Ok(())
         })
         .await
@@ -328,7 +342,11 @@ pub fn target_for(state: &State) -> MemoryTarget {
                 .get(key)
                 .into_iter()
                 .flatten()
-                .filter_map(|k| state.live_user(k).map(|u| u.scim_id.clone()))
+                .filter_map(|k| {
+                    state
+                        .live_user(k)
+                        .map(|u| RemoteMember::id(u.scim_id.as_str()))
+                })
                 .collect();
             w.groups.insert(
                 g.scim_id.clone(),
@@ -358,7 +376,7 @@ pub fn target_for(state: &State) -> MemoryTarget {
                 id: admins.clone(),
                 display_name: GroupName::new("Site admins"),
                 external_id: None,
-                members: vec![stranger.clone()],
+                members: vec![RemoteMember::id(stranger.as_str())],
             },
         );
         w.foreign = BTreeSet::from([stranger, admins]);

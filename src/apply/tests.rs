@@ -131,11 +131,11 @@ fn assert_target_matches(
             if policy.target_renames_groups || policy.on_rename == crate::plan::OnRename::Recreate {
                 prop_assert_eq!(&remote.display_name, &g.display_name);
             }
-            let have: BTreeSet<&ScimId> = remote.members.iter().collect();
-            let want: BTreeSet<&ScimId> = g
+            let have: BTreeSet<&str> = remote.members.iter().map(|m| m.value.as_str()).collect();
+            let want: BTreeSet<&str> = g
                 .members
                 .iter()
-                .filter_map(|k| state.live_user(k).map(|u| &u.scim_id))
+                .filter_map(|k| state.live_user(k).map(|u| u.scim_id.as_str()))
                 .collect();
             prop_assert_eq!(have, want, "members of {}", g.display_name);
         }
@@ -157,7 +157,8 @@ fn arb_faults() -> impl Strategy<Value = BTreeMap<usize, Fault>> {
             Just(Fault::Fail),
             Just(Fault::Refuse),
             Just(Fault::LoseAnswer),
-            Just(Fault::Crash)
+            Just(Fault::Crash),
+            Just(Fault::NotApplied)
         ],
         0..4,
     )
@@ -439,6 +440,62 @@ fn target_failures_still_stop_the_cycle_early() {
         outcome.stopped
     );
     assert_eq!(outcome.failed, FAILURE_BUDGET_MIN_OPS);
+}
+
+#[test]
+fn a_membership_change_the_target_did_not_take_is_failed_and_not_recorded() {
+    let people: Vec<_> = (0..3)
+        .map(|i| crate::plan::testkit::person(&format!("{i:03}"), &format!("p{i}@x.com"), "Eng"))
+        .collect();
+    let group = crate::plan::testkit::group("g", "G", &["000", "001", "002"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    let target = MemoryTarget::default();
+    let desired = crate::plan::testkit::desired(people, vec![group]);
+    let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
+    // Calls: three creates, one group lookup and create, then the members.
+    let members_call = plan
+        .operations
+        .iter()
+        .position(|op| op.name() == "add_members")
+        .expect("add_members")
+        + 1;
+    target
+        .world
+        .lock()
+        .unwrap()
+        .faults
+        .insert(members_call, Fault::NotApplied);
+    let executor = Executor {
+        target: target.clone(),
+        db: &mut db,
+        state,
+        create_only: BTreeSet::new(),
+        concurrency: 1,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        progress: &NoProgress,
+    };
+    let (outcome, _) = rt.block_on(executor.run("sync", &plan)).unwrap();
+    assert_eq!(outcome.failed, 1, "{:?}", outcome.failures);
+    assert_eq!(outcome.failures[0].op, "add_members");
+    assert_eq!(
+        outcome.target_failed, 0,
+        "the object's failure, not the target's"
+    );
+    let stored = db.load().unwrap();
+    assert!(
+        stored
+            .memberships
+            .get(&crate::model::GroupKey::new("g"))
+            .is_none_or(|m| m.is_empty()),
+        "nothing recorded as pushed"
+    );
+    let (again, _) = plan_from_db(&mut db, &desired, &Policy::default(), None);
+    assert!(again.operations.iter().any(|op| op.name() == "add_members"));
 }
 
 #[test]

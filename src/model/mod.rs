@@ -20,7 +20,10 @@ pub use identity::{
 };
 pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
 pub use record::{Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceUser};
-pub use remote::{RemoteGroup, RemoteUser, TargetSnapshot};
+pub use remote::{
+    MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,
+    TargetSnapshot,
+};
 pub use state::{AttrNote, Ownership, State, StateChange, StateGroup, StateUser, Status};
 
 /// A fast, randomly seeded hasher for the large in-memory maps of a cycle.

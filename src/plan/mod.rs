@@ -142,6 +142,10 @@ pub enum Operation {
         #[serde(rename = "displayName")]
         display_name: GroupName,
         members: Vec<SourceKey>,
+        /// `--full` only: member values the target stores that no user has
+        /// (a deleted user's id some servers keep), removed as stored.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dangling: Vec<String>,
     },
 }
 
@@ -322,6 +326,10 @@ pub struct Summary {
     pub adopt_users: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub adopt_groups: u64,
+    /// Dangling members removed (values no user has): not memberships of
+    /// anyone, so not weighed by the membership removal limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub remove_dangling_members: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -347,8 +355,11 @@ impl Summary {
                 Operation::UpdateGroup { .. } => s.update_groups += 1,
                 Operation::DeleteGroup { .. } => s.delete_groups += 1,
                 Operation::AddMembers { members, .. } => s.add_members += members.len() as u64,
-                Operation::RemoveMembers { members, .. } => {
-                    s.remove_members += members.len() as u64
+                Operation::RemoveMembers {
+                    members, dangling, ..
+                } => {
+                    s.remove_members += members.len() as u64;
+                    s.remove_dangling_members += dangling.len() as u64;
                 }
             }
         }

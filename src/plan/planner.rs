@@ -33,6 +33,11 @@ pub fn plan(input: &PlanningInput) -> Plan {
         let mut adoptions = r.adoptions;
         adoptions.append(&mut ops);
         ops = adoptions;
+        if !r.dangling.is_empty() {
+            ops.extend(r.dangling);
+            // Stable: the order within a phase and subject stays.
+            ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        }
         observed = r.observed;
     }
     let summary = Summary::of(&ops);
@@ -436,6 +441,7 @@ fn push_members<'a>(
                 key,
                 display_name,
                 members,
+                dangling: Vec::new(),
             }
         });
     }

@@ -11,9 +11,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::model::{
-    AttrHash, Desired, DesiredUser, GroupName, Ownership, RemoteGroup, RemoteUser, SourceKey,
-    State, StateChange, StateGroup, StateUser, Status, TargetSnapshot, UserAttr, UserAttrs,
-    UserName,
+    AttrHash, Desired, DesiredUser, GroupName, MemberResolver, Ownership, RemoteGroup, RemoteUser,
+    SourceKey, State, StateChange, StateGroup, StateUser, Status, TargetSnapshot, UserAttr,
+    UserAttrs, UserName,
 };
 
 use super::{MatchedBy, Operation};
@@ -26,6 +26,9 @@ pub(super) struct Reconciled {
     pub adoptions: Vec<Operation>,
     /// Corrections to what idsync recorded, committed after the adoptions.
     pub observed: Vec<StateChange>,
+    /// Removals of dangling members (stored values no user has) from the
+    /// groups idsync manages.
+    pub dangling: Vec<Operation>,
 }
 
 /// Reconciles `state` (which carries every live user's attributes) with the
@@ -214,7 +217,12 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
         });
     }
 
-    // Memberships as the target holds them, for the users idsync manages.
+    // Memberships as the target holds them, for the users idsync manages:
+    // members resolve by id, then `$ref`, then userName (servers that store
+    // userNames). What resolves to no user and was looked up by id with a
+    // 404 (`gone_members`) is dangling.
+    let resolver = MemberResolver::new(&target.users);
+    let mut dangling = Vec::new();
     let key_of: HashMap<&str, &SourceKey> = out
         .users
         .iter()
@@ -229,11 +237,25 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
         let Some(remote) = groups_by_id.get(g.scim_id.as_str()) else {
             continue;
         };
-        let members: BTreeSet<SourceKey> = remote
-            .members
+        let resolved = resolver.resolve(remote);
+        let members: BTreeSet<SourceKey> = resolved
+            .users
             .iter()
             .filter_map(|id| key_of.get(id.as_str()).map(|k| (*k).clone()))
             .collect();
+        let gone: Vec<String> = resolved
+            .unresolved
+            .into_iter()
+            .filter(|v| target.gone_members.contains(v))
+            .collect();
+        if !gone.is_empty() {
+            dangling.push(Operation::RemoveMembers {
+                key: key.clone(),
+                display_name: g.display_name.clone(),
+                members: Vec::new(),
+                dangling: gone,
+            });
+        }
         memberships.push(StateChange::SetMembers {
             group: key.clone(),
             users: members,
@@ -248,5 +270,6 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
         state: out,
         adoptions,
         observed,
+        dangling,
     }
 }

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use super::testkit::*;
 use super::{OnRename, Operation, Plan, PlanningInput, Policy, RemovalLimit, RemoveAction, guard};
 use crate::model::{
-    AttrHash, Desired, GroupKey, RemoteGroup, RemoteUser, ScimId, SourceKey, State, StateChange,
-    Status, TargetSnapshot, UserAttr,
+    AttrHash, Desired, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
+    StateChange, Status, TargetSnapshot, UserAttr,
 };
 use crate::report::{MEMBERS_LISTED, PlanView, Style, plan_json, plan_text};
 
@@ -380,6 +380,7 @@ fn full_resync_adopts_repairs_and_recreates() {
             external_id: None,
             members: vec![],
         }],
+        ..TargetSnapshot::default()
     };
     let d = desired(vec![a, b, c], vec![group("g", "G", &["1"])]);
     let input = PlanningInput::new(
@@ -421,6 +422,86 @@ fn full_resync_adopts_repairs_and_recreates() {
         users: BTreeSet::new(),
     }));
     assert_eq!(plan.observed_objects(), 3);
+}
+
+#[test]
+fn full_resync_matches_members_stored_by_user_name_or_ref_and_removes_dangling_ones() {
+    let (a, b, c) = (
+        person("1", "a@x.com", "Eng"),
+        person("2", "b@x.com", "Eng"),
+        person("3", "c@x.com", "Eng"),
+    );
+    let state = with_group(
+        state_of(&[
+            (&a, Status::Active),
+            (&b, Status::Active),
+            (&c, Status::Active),
+        ]),
+        "g",
+        "G",
+        &["1", "2", "3"],
+    );
+    let remote = |d: &crate::model::DesiredUser| RemoteUser {
+        id: ScimId::new(format!("id-{}", d.key)),
+        attrs: d.attrs.clone(),
+        active: true,
+    };
+    let target = TargetSnapshot {
+        users: vec![remote(&a), remote(&b), remote(&c)],
+        groups: vec![RemoteGroup {
+            id: ScimId::new("gid-g"),
+            display_name: "G".into(),
+            external_id: None,
+            members: vec![
+                // a by userName (another case), b by $ref, c by id; then a
+                // deleted user's id the server kept.
+                RemoteMember::id("A@X.com"),
+                RemoteMember {
+                    value: "whatever".into(),
+                    ref_id: Some(ScimId::new("id-2")),
+                },
+                RemoteMember::id("id-3"),
+                RemoteMember::id("deleted-9"),
+                // Unresolved, but its lookup did not answer 404: kept.
+                RemoteMember::id("unknown-7"),
+            ],
+        }],
+        gone_members: ["deleted-9".to_owned()].into(),
+    };
+    let d = desired(vec![a, b, c], vec![group("g", "G", &["1", "2", "3"])]);
+    let input = PlanningInput::new(
+        d,
+        state,
+        Some(target),
+        options(&Policy::default()),
+        |_, _| Ok::<(), ()>(()),
+    )
+    .unwrap();
+    let plan = crate::plan::plan(&input);
+    // Nobody is re-added: all three are members as the server stores them.
+    assert_eq!(names(&plan), ["remove_members g"]);
+    assert!(matches!(&plan.operations[0],
+        Operation::RemoveMembers { members, dangling, .. }
+            if members.is_empty() && dangling == &["deleted-9".to_owned()]));
+    assert_eq!(plan.summary.remove_members, 0);
+    assert_eq!(plan.summary.remove_dangling_members, 1);
+    let text = plan_text(&plan, PlanView::new(Style { color: false }));
+    assert!(
+        text.contains(
+            "- remove 1 dangling member (no such user) from group G\n      - value deleted-9\n"
+        ),
+        "{text}"
+    );
+    assert!(plan.observed.contains(&StateChange::SetMembers {
+        group: GroupKey::new("g"),
+        users: ["1", "2", "3"].into_iter().map(SourceKey::new).collect(),
+    }));
+    // Not weighed by the membership removal limit.
+    let none = Policy {
+        max_member_removals: RemovalLimit::Count(0),
+        ..Policy::default()
+    };
+    assert!(guard::check(&plan, &none, false).is_ok());
 }
 
 #[test]

@@ -42,12 +42,17 @@ pub enum Mismatch {
     UnknownMember(SourceKey),
     /// Adoptions come only from `--full`, whose plans are never saved.
     Adoption,
+    /// Dangling member removals come only from `--full` too.
+    Dangling,
 }
 
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Mismatch::NotManaged => f.write_str("the state DB has no live object with this key"),
+            Mismatch::Dangling => f.write_str(
+                "dangling member removals come only from --full, whose plans are never saved",
+            ),
             Mismatch::AlreadyLive => f.write_str("the state DB already holds this key live"),
             Mismatch::ScimId { plan, state } => write!(
                 f,
@@ -206,6 +211,9 @@ impl<'a> Context<'a> {
                 display_name,
                 ..
             } => self.live_group(key, scim_id, display_name.as_str()),
+            Operation::RemoveMembers { dangling, .. } if !dangling.is_empty() => {
+                Err(Mismatch::Dangling)
+            }
             Operation::AddMembers { key, members, .. }
             | Operation::RemoveMembers { key, members, .. } => {
                 if self.state.live_group(key).is_none() && !self.created_groups.contains(key) {
@@ -403,6 +411,27 @@ mod tests {
         assert_eq!(
             verify_saved(&plan, &state).unwrap_err().reason,
             Mismatch::UnknownMember(SourceKey::new("ghost"))
+        );
+    }
+
+    #[test]
+    fn a_saved_plan_with_dangling_member_removals_is_refused() {
+        let (state, mut plan) = world();
+        let Operation::AddMembers {
+            key, display_name, ..
+        } = op_mut(&mut plan, "add_members").clone()
+        else {
+            unreachable!()
+        };
+        plan.operations.push(Operation::RemoveMembers {
+            key,
+            display_name,
+            members: Vec::new(),
+            dangling: vec!["some-id".into()],
+        });
+        assert_eq!(
+            verify_saved(&plan, &state).unwrap_err().reason,
+            Mismatch::Dangling
         );
     }
 

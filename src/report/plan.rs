@@ -191,18 +191,42 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
         Operation::RemoveMembers {
             display_name,
             members,
+            dangling,
             ..
         } => {
-            head(
-                "31",
-                format!(
-                    "- remove {} member{} from group {}",
-                    members.len(),
-                    plural(members.len()),
-                    show(display_name.as_str())
-                ),
-            );
-            member_lines(&mut out, '-', members);
+            if !members.is_empty() || dangling.is_empty() {
+                head(
+                    "31",
+                    format!(
+                        "- remove {} member{} from group {}",
+                        members.len(),
+                        plural(members.len()),
+                        show(display_name.as_str())
+                    ),
+                );
+                member_lines(&mut out, '-', members);
+            }
+            if !dangling.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {}",
+                    style.paint(
+                        "31",
+                        &format!(
+                            "- remove {} dangling member{} (no such user) from group {}",
+                            dangling.len(),
+                            plural(dangling.len()),
+                            show(display_name.as_str())
+                        )
+                    )
+                );
+                for v in dangling.iter().take(MEMBERS_LISTED) {
+                    let _ = writeln!(out, "      - value {}", show(v));
+                }
+                if dangling.len() > MEMBERS_LISTED {
+                    let _ = writeln!(out, "      … and {} more", dangling.len() - MEMBERS_LISTED);
+                }
+            }
         }
     }
     out
@@ -229,6 +253,13 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
             s.add_members,
             s.remove_members
         );
+        if s.remove_dangling_members > 0 {
+            let _ = writeln!(
+                out,
+                "Dangling members (no such user) to remove: {}.",
+                s.remove_dangling_members
+            );
+        }
     }
     for (kind, heading) in SECTIONS {
         let mut ops = plan

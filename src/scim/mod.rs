@@ -22,7 +22,9 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::model::{GroupName, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName};
+use crate::model::{
+    GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
+};
 use paging::Pager;
 use redact::Redactor;
 pub use resource::ServiceProviderConfig;
@@ -127,6 +129,10 @@ pub enum ScimError {
     InvalidResponse(String),
     #[error("invalid SCIM client configuration: {0}")]
     Config(String),
+    /// The target accepted a change but does not hold it when read back (a
+    /// membership PATCH answered 200 that changed nothing).
+    #[error("the change did not take: {0}")]
+    NotApplied(String),
     /// The caller asked for something that cannot be sent (no `userName`, say).
     #[error("invalid request: {0}")]
     InvalidInput(String),
@@ -231,6 +237,14 @@ struct Inner {
     /// Held while the users are listed: lookups that need the listing at the
     /// same time (concurrent 409s) wait for one read instead of each making one.
     listing_users: tokio::sync::Mutex<()>,
+    /// Learned: the target stores group members by userName, so member
+    /// changes go out by userName.
+    members_by_user_name: AtomicBool,
+    /// Whether the target refuses a second user with an existing userName:
+    /// set from its schema (`uniqueness`), or learned `false` from a listing
+    /// holding two users with one userName. `None`: unknown, trusted.
+    user_names_unique: RwLock<Option<bool>>,
+    warned_eq_case: AtomicBool,
     /// When the target last asked us (429/503 with a wait) to hold off: every
     /// request waits for it, not only the one that was told.
     cooldown_until: Mutex<Option<tokio::time::Instant>>,
@@ -330,6 +344,9 @@ impl ScimClient {
                 count_refused: AtomicBool::new(false),
                 users: Mutex::new(None),
                 listing_users: tokio::sync::Mutex::new(()),
+                members_by_user_name: AtomicBool::new(false),
+                user_names_unique: RwLock::new(None),
+                warned_eq_case: AtomicBool::new(false),
                 cooldown_until: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
@@ -387,15 +404,48 @@ impl ScimClient {
             .clone()
     }
 
+    /// Whether the target enforces unique userNames, as its schema says
+    /// (`uniqueness` of `userName`): `Some(false)` makes every create look the
+    /// userName up first; `None` (unknown) trusts the target's 409. A listing
+    /// that shows two users with one userName sets `Some(false)` too.
+    pub fn set_user_names_unique(&self, unique: Option<bool>) {
+        *self
+            .inner
+            .user_names_unique
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = unique;
+    }
+
+    /// What is known of userName uniqueness (see [`Self::set_user_names_unique`]).
+    pub fn user_names_unique(&self) -> Option<bool> {
+        *self
+            .inner
+            .user_names_unique
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Creates a user. An existing `userName` gives [`ScimError::Conflict`]; so does
-    /// the retry of a create that timed out but succeeded.
+    /// the retry of a create that timed out but succeeded. On a target known
+    /// not to enforce unique userNames, the userName is looked up first and
+    /// an existing user gives the same conflict, instead of a duplicate.
     pub async fn create_user(
         &self,
         attrs: &UserAttrs,
         active: bool,
     ) -> Result<RemoteUser, ScimError> {
-        if attrs.get(&UserAttr::UserName).is_none_or(|u| u.is_empty()) {
+        let Some(user_name) = attrs.get(&UserAttr::UserName).filter(|u| !u.is_empty()) else {
             return Err(ScimError::InvalidInput("a user needs a userName".into()));
+        };
+        if self.user_names_unique() == Some(false)
+            && let Some(existing) = self.find_user_after_conflict(user_name).await?
+        {
+            return Err(ScimError::Conflict {
+                detail: format!(
+                    "userName {:?} is taken by user {} (looked up before creating: this target does not refuse duplicate userNames)",
+                    user_name, existing.id
+                ),
+            });
         }
         let body = resource::user_to_json(attrs, active);
         let reply = self
@@ -497,6 +547,35 @@ impl ScimClient {
         self.find_user(UserAttr::UserName, user_name).await
     }
 
+    /// Finds a user by `userName` where one is known to exist (after a 409,
+    /// or before a create on a target that accepts duplicates): an empty
+    /// filter answer is suspect there, since some targets compare `eq`
+    /// case-sensitively although `userName` is not case-exact. The users are
+    /// then listed (once per client, that is once per cycle) and compared
+    /// case-insensitively.
+    pub async fn find_user_after_conflict(
+        &self,
+        user_name: &str,
+    ) -> Result<Option<RemoteUser>, ScimError> {
+        if let Some(found) = self.find_user_by_user_name(user_name).await? {
+            return Ok(Some(found));
+        }
+        let wanted = UserName::new(user_name);
+        let found = self
+            .list_users()
+            .await?
+            .iter()
+            .find(|u| u.user_name().as_ref() == Some(&wanted))
+            .cloned();
+        if found.is_some() && !self.inner.warned_eq_case.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                target_url = %self.inner.base,
+                "the SCIM target's userName eq filter missed a user that a listing holds (it compares case-sensitively?); lookups after a conflict fall back to the listing"
+            );
+        }
+        Ok(found)
+    }
+
     /// Finds a user by `externalId`, compared exactly (Atlassian treats it as case-sensitive).
     pub async fn find_user_by_external_id(
         &self,
@@ -567,13 +646,24 @@ impl ScimClient {
 
     /// All users, every page: read once per cycle (see [`Self::begin_cycle`]),
     /// then answered from that listing as kept up to date by this client's
-    /// own creates, changes and deletes.
+    /// own creates, changes and deletes. A listing with two users of one
+    /// userName (case-insensitively) shows the target accepts duplicates:
+    /// creates look the userName up first from then on.
     pub async fn list_users(&self) -> Result<Vec<RemoteUser>, ScimError> {
         let _one_at_a_time = self.inner.listing_users.lock().await;
         if let Some(users) = self.users_cache().as_ref() {
             return Ok(users.clone());
         }
         let users = self.list("Users", resource::user_from_json).await?;
+        if self.user_names_unique() != Some(false)
+            && let Some(name) = duplicate_user_name(&users)
+        {
+            tracing::warn!(
+                user_name = name.as_str(),
+                "the SCIM target holds two users with one userName, so it does not refuse duplicates; every create looks the userName up first"
+            );
+            self.set_user_names_unique(Some(false));
+        }
         *self.users_cache() = Some(users.clone());
         Ok(users)
     }
@@ -717,49 +807,193 @@ impl ScimClient {
             },
         )
         .await
+        .map(drop)
     }
 
-    /// Adds members (SCIM user ids), `member_chunk` per request. Callers should
-    /// only add members not already there: some servers duplicate them.
-    pub async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), ScimError> {
+    /// Adds members, `member_chunk` per request, and checks the group holds
+    /// them afterwards (see [`Self::change_members`]). Callers should only add
+    /// members not already there: some servers duplicate them.
+    pub async fn add_members(
+        &self,
+        group: &ScimId,
+        members: &[MemberRef],
+    ) -> Result<(), ScimError> {
         // scim2-server stores an id twice when one request names it twice.
         let members = distinct(members);
         for chunk in members.chunks(self.inner.member_chunk) {
-            self.patch_group(group, vec![resource::members_add_operation(chunk)], |g| {
+            self.change_members(group, chunk, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes members, one `members[value eq "…"]` operation each,
+    /// `member_chunk` operations per request, and checks the group no longer
+    /// holds them.
+    pub async fn remove_members(
+        &self,
+        group: &ScimId,
+        members: &[MemberRef],
+    ) -> Result<(), ScimError> {
+        let members = distinct(members);
+        for chunk in members.chunks(self.inner.member_chunk) {
+            self.change_members(group, chunk, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether membership changes go out by `userName` (learned: the target
+    /// stores members by userName and ignores ids).
+    pub fn members_by_user_name(&self) -> bool {
+        self.inner.members_by_user_name.load(Ordering::Relaxed)
+    }
+
+    /// One membership PATCH, then what the group holds afterwards (the PATCH
+    /// answer when it carries the members, else the group read back): a
+    /// server may answer 200 and change nothing. A change that did not take is
+    /// sent once more in the other form — adds by `userName` instead of id (or
+    /// back), removals by the value the server shows it stores — and if the
+    /// group still does not hold what was asked, the change fails with
+    /// [`ScimError::NotApplied`]. The form that worked is remembered for the
+    /// next changes.
+    async fn change_members(
+        &self,
+        group: &ScimId,
+        chunk: &[MemberRef],
+        add: bool,
+    ) -> Result<(), ScimError> {
+        let by_name = self.members_by_user_name();
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|m| member_send_value(m, by_name))
+            .collect();
+        let held = self
+            .send_members(group, &values, add, |g| {
+                unsettled_members(g, chunk, add).is_empty()
+            })
+            .await?;
+        let unsettled = unsettled_members(&held, chunk, add);
+        if unsettled.is_empty() {
+            return Ok(());
+        }
+        let retry: Vec<String> = if add {
+            unsettled
+                .iter()
+                .map(|m| member_send_value(m, !by_name))
+                .filter(|v| !values.contains(v))
+                .collect()
+        } else {
+            // What the server shows it stores for them.
+            held.members
+                .iter()
+                .filter(|stored| unsettled.iter().any(|m| stored.is(m)))
+                .map(|stored| stored.value.clone())
+                .filter(|v| !values.contains(v))
+                .collect()
+        };
+        let held = if retry.is_empty() {
+            held
+        } else {
+            self.send_members(group, &retry, add, |g| {
+                unsettled_members(g, &unsettled, add).is_empty()
+            })
+            .await?
+        };
+        let still = unsettled_members(&held, &unsettled, add);
+        if still.is_empty() {
+            let stored_by_name = if add {
+                !by_name
+            } else {
+                retry
+                    .iter()
+                    .any(|v| !unsettled.iter().any(|m| m.id.as_str() == v))
+            };
+            if stored_by_name != by_name
+                && self
+                    .inner
+                    .members_by_user_name
+                    .compare_exchange(
+                        by_name,
+                        stored_by_name,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                    group = %group,
+                    by_user_name = stored_by_name,
+                    "the SCIM target ignored a membership change by {}; it worked by {}, so member changes now go out that way",
+                    if by_name { "userName" } else { "id" },
+                    if stored_by_name { "userName" } else { "id" },
+                );
+            }
+            return Ok(());
+        }
+        let names: Vec<String> = still
+            .iter()
+            .map(|m| {
+                m.user_name
+                    .as_ref()
+                    .map_or_else(|| m.id.to_string(), |n| n.as_str().to_owned())
+            })
+            .collect();
+        Err(ScimError::NotApplied(format!(
+            "the target accepted {} {} member(s) {} group {group}, but the group read back {} them (by id, $ref and userName): {}",
+            if add { "adding" } else { "removing" },
+            still.len(),
+            if add { "to" } else { "from" },
+            if add { "does not hold" } else { "still holds" },
+            names.join(", ")
+        )))
+    }
+
+    /// Sends one membership PATCH (or, without PATCH, GET + PUT) with these
+    /// member values, and returns the group as it is afterwards: the answer
+    /// when it shows the change `settled`, else the group read back.
+    async fn send_members(
+        &self,
+        group: &ScimId,
+        values: &[String],
+        add: bool,
+        settled: impl Fn(&RemoteGroup) -> bool,
+    ) -> Result<RemoteGroup, ScimError> {
+        let ops = if add {
+            vec![resource::members_add_operation(values)]
+        } else {
+            values
+                .iter()
+                .map(|v| resource::member_remove_operation(v))
+                .collect()
+        };
+        let reply = self
+            .patch_group(group, ops, |g| {
                 edit_members(g, |list| {
-                    for id in chunk {
-                        if !list.iter().any(|m| member_value(m) == Some(id.as_str())) {
-                            list.push(serde_json::json!({ "value": id.as_str() }));
+                    if add {
+                        for v in values {
+                            if !list.iter().any(|m| member_value(m) == Some(v.as_str())) {
+                                list.push(serde_json::json!({ "value": v }));
+                            }
                         }
+                    } else {
+                        list.retain(|m| {
+                            !values.iter().any(|v| member_value(m) == Some(v.as_str()))
+                        });
                     }
                 })
             })
             .await?;
+        // The answer, when it is the group with its members and shows the
+        // change; else (no body, no members, or a body that may list only
+        // some members) the group read back.
+        if let Some(body) = reply
+            && body.get("members").is_some_and(Value::is_array)
+            && let Ok(held) = resource::group_from_json(&body)
+            && held.id == *group
+            && settled(&held)
+        {
+            return Ok(held);
         }
-        Ok(())
-    }
-
-    /// Removes members, one `members[value eq "id"]` operation each, `member_chunk`
-    /// operations per request.
-    pub async fn remove_members(
-        &self,
-        group: &ScimId,
-        members: &[ScimId],
-    ) -> Result<(), ScimError> {
-        let members = distinct(members);
-        for chunk in members.chunks(self.inner.member_chunk) {
-            let ops = chunk
-                .iter()
-                .map(resource::member_remove_operation)
-                .collect();
-            self.patch_group(group, ops, |g| {
-                edit_members(g, |list| {
-                    list.retain(|m| !chunk.iter().any(|id| member_value(m) == Some(id.as_str())))
-                })
-            })
-            .await?;
-        }
-        Ok(())
+        self.get_group(group).await?.ok_or(ScimError::NotFound)
     }
 
     /// Deletes a group. On Atlassian this strips the product roles it granted.
@@ -774,16 +1008,14 @@ impl ScimClient {
         .map(drop)
     }
 
-    /// PATCHes a group.
+    /// PATCHes a group; the answer is returned.
     async fn patch_group(
         &self,
         id: &ScimId,
         operations: Vec<Value>,
         edit: impl FnOnce(&mut Value),
-    ) -> Result<(), ScimError> {
-        self.patch_resource("Groups", id, operations, edit)
-            .await
-            .map(drop)
+    ) -> Result<Option<Value>, ScimError> {
+        self.patch_resource("Groups", id, operations, edit).await
     }
 
     /// PATCHes a resource of `collection` (`Users`, `Groups`), or, when the
@@ -1209,11 +1441,40 @@ fn count_may_be_at_fault(error: &ScimError) -> bool {
     !error.is_auth() && !matches!(error, ScimError::NotFound | ScimError::Transport(_))
 }
 
-/// The ids in their first-seen order, each once.
-fn distinct(ids: &[ScimId]) -> Vec<ScimId> {
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    ids.iter()
-        .filter(|id| seen.insert(id.as_str()))
+/// A userName two users share (compared case-insensitively), if any.
+fn duplicate_user_name(users: &[RemoteUser]) -> Option<UserName> {
+    let mut seen = std::collections::HashSet::with_capacity(users.len());
+    users
+        .iter()
+        .filter_map(RemoteUser::user_name)
+        .find(|name| !seen.insert(name.clone()))
+}
+
+/// The members in their first-seen order, each id once.
+fn distinct(members: &[MemberRef]) -> Vec<MemberRef> {
+    let mut seen = std::collections::HashSet::with_capacity(members.len());
+    members
+        .iter()
+        .filter(|m| seen.insert(m.id.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// The `value` a membership change names a member by: its id, or its
+/// userName on a target that stores those (a member without one goes by id).
+fn member_send_value(member: &MemberRef, by_name: bool) -> String {
+    match (&member.user_name, by_name) {
+        (Some(name), true) => name.as_str().to_owned(),
+        _ => member.id.to_string(),
+    }
+}
+
+/// The members a change did not settle: for an add, those the group does not
+/// hold; for a removal, those it still holds.
+fn unsettled_members(held: &RemoteGroup, members: &[MemberRef], add: bool) -> Vec<MemberRef> {
+    members
+        .iter()
+        .filter(|m| held.members.iter().any(|stored| stored.is(m)) != add)
         .cloned()
         .collect()
 }

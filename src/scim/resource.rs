@@ -5,8 +5,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::model::{
-    AttrSchema, AttrShape, ENTERPRISE_USER, GroupName, RemoteGroup, RemoteUser, ScimId, UserAttr,
-    UserAttrs,
+    AttrSchema, AttrShape, ENTERPRISE_USER, GroupName, RemoteGroup, RemoteMember, RemoteUser,
+    ScimId, UserAttr, UserAttrs,
 };
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
@@ -304,12 +304,7 @@ pub fn group_from_json(resource: &Value) -> Result<RemoteGroup, String> {
     let members = resource
         .get("members")
         .and_then(Value::as_array)
-        .map(|list| {
-            list.iter()
-                .filter_map(|m| non_empty_str(m.get("value")))
-                .map(ScimId::new)
-                .collect()
-        })
+        .map(|list| list.iter().filter_map(member_from_json).collect())
         .unwrap_or_default();
     Ok(RemoteGroup {
         id,
@@ -319,22 +314,42 @@ pub fn group_from_json(resource: &Value) -> Result<RemoteGroup, String> {
     })
 }
 
+/// One entry of a group's `members`: `value` as stored (a string or, on a few
+/// servers, a number) and the last path segment of `$ref`, if any.
+fn member_from_json(member: &Value) -> Option<RemoteMember> {
+    let value = match member.get("value")? {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    let ref_id = member
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.trim_end_matches('/').rsplit('/').next())
+        .filter(|s| !s.is_empty())
+        .map(ScimId::new);
+    Some(RemoteMember { value, ref_id })
+}
+
 pub fn patch_body(operations: Vec<Value>) -> Value {
     json!({ "schemas": [PATCH_OP_SCHEMA], "Operations": operations })
 }
 
-pub fn members_add_operation(members: &[ScimId]) -> Value {
-    let value: Vec<Value> = members
+/// Adds members by the `value`s given: ids (RFC 7643), or userNames on
+/// servers that store those.
+pub fn members_add_operation<S: AsRef<str>>(values: &[S]) -> Value {
+    let value: Vec<Value> = values
         .iter()
-        .map(|m| json!({ "value": m.as_str() }))
+        .map(|m| json!({ "value": m.as_ref() }))
         .collect();
     json!({ "op": "add", "path": "members", "value": value })
 }
 
-/// One remove per member, by value filter: the value-list form of remove is not
-/// accepted everywhere (scim2-server rejects it, RFC 7644 §3.5.2.2 does not define it).
-pub fn member_remove_operation(member: &ScimId) -> Value {
-    json!({ "op": "remove", "path": format!("members[{}]", eq_filter("value", member.as_str())) })
+/// One remove per member, by value filter on what the server stores: the
+/// value-list form of remove is not accepted everywhere (scim2-server rejects
+/// it, RFC 7644 §3.5.2.2 does not define it).
+pub fn member_remove_operation(value: &str) -> Value {
+    json!({ "op": "remove", "path": format!("members[{}]", eq_filter("value", value)) })
 }
 
 pub fn group_rename_operation(display_name: &str) -> Value {
@@ -612,7 +627,7 @@ mod tests {
     #[test]
     fn member_remove_path_is_a_value_filter() {
         assert_eq!(
-            member_remove_operation(&ScimId::new("ab\"c")),
+            member_remove_operation("ab\"c"),
             json!({"op": "remove", "path": r#"members[value eq "ab\"c"]"#})
         );
     }
@@ -621,8 +636,12 @@ mod tests {
     fn group_round_trip() {
         let mut json = group_to_json("Eng", Some("g1"));
         json["id"] = Value::from("g");
-        json["members"] =
-            json!([{"value": "u1", "display": "x"}, {"value": "u2"}, {"display": "no value"}]);
+        json["members"] = json!([
+            {"value": "u1", "display": "x"},
+            {"value": "bob@x.com", "$ref": "https://h/scim/v2/Users/u2"},
+            {"value": 7},
+            {"display": "no value"}
+        ]);
         let group = group_from_json(&json).expect("parses");
         assert_eq!(
             group,
@@ -630,7 +649,14 @@ mod tests {
                 id: ScimId::new("g"),
                 display_name: "Eng".into(),
                 external_id: Some("g1".into()),
-                members: vec![ScimId::new("u1"), ScimId::new("u2")],
+                members: vec![
+                    RemoteMember::id("u1"),
+                    RemoteMember {
+                        value: "bob@x.com".into(),
+                        ref_id: Some(ScimId::new("u2")),
+                    },
+                    RemoteMember::id("7"),
+                ],
             }
         );
         assert!(group_to_json("Eng", None).get("externalId").is_none());

@@ -2,7 +2,8 @@
 
 use crate::apply::{Target, TargetError};
 use crate::model::{
-    GroupName, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs, UserName,
+    GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs,
+    UserName,
 };
 
 use super::{ScimClient, ScimError};
@@ -15,6 +16,7 @@ impl From<ScimError> for TargetError {
             ScimError::Unauthorized { status, detail } => {
                 TargetError::Unauthorized { status, detail }
             }
+            ScimError::NotApplied(message) => TargetError::NotApplied { message },
             other => TargetError::Failed {
                 status: other.status(),
                 message: other.to_string(),
@@ -49,7 +51,11 @@ impl Target for ScimClient {
         let users = self.list_users().await?;
         let groups = self.list_groups().await?;
         tracing::info!(users = users.len(), groups = groups.len(), "target read");
-        Ok(TargetSnapshot { users, groups })
+        Ok(TargetSnapshot {
+            users,
+            groups,
+            ..TargetSnapshot::default()
+        })
     }
 
     async fn get_user(&self, id: &ScimId) -> Result<Option<RemoteUser>, TargetError> {
@@ -65,7 +71,9 @@ impl Target for ScimClient {
     }
 
     async fn find_user(&self, user_name: &UserName) -> Result<Option<RemoteUser>, TargetError> {
-        Ok(self.find_user_by_user_name(user_name.as_str()).await?)
+        // Only asked when the user should exist (after a 409, or to resume an
+        // interrupted create): an empty filter answer is checked in a listing.
+        Ok(self.find_user_after_conflict(user_name.as_str()).await?)
     }
 
     async fn patch_user(
@@ -101,11 +109,15 @@ impl Target for ScimClient {
         Ok(ScimClient::rename_group(self, id, name.as_str()).await?)
     }
 
-    async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+    async fn add_members(&self, group: &ScimId, members: &[MemberRef]) -> Result<(), TargetError> {
         Ok(ScimClient::add_members(self, group, members).await?)
     }
 
-    async fn remove_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), TargetError> {
+    async fn remove_members(
+        &self,
+        group: &ScimId,
+        members: &[MemberRef],
+    ) -> Result<(), TargetError> {
         Ok(ScimClient::remove_members(self, group, members).await?)
     }
 

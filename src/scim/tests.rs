@@ -11,6 +11,7 @@ use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use super::*;
+use crate::apply::TargetError;
 
 const TOKEN: &str = "s3cret-token-value";
 
@@ -43,6 +44,14 @@ fn user_json(id: &str, user_name: &str) -> Value {
         "emails": [{"value": user_name, "primary": true}],
         "active": true
     })
+}
+
+/// A member by id alone.
+fn by_id(id: &ScimId) -> MemberRef {
+    MemberRef {
+        id: id.clone(),
+        user_name: None,
+    }
 }
 
 fn list_json(total: usize, resources: Vec<Value>) -> Value {
@@ -585,7 +594,10 @@ async fn members_are_patched_in_chunks() {
         .and(body_json(resource::patch_body(vec![json!(
             {"op": "add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}]}
         )])))
-        .respond_with(ResponseTemplate::new(204))
+        .respond_with(
+            scim(200)
+                .set_body_json(json!({"id": "g1", "members": [{"value": "u1"}, {"value": "u2"}]})),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -594,7 +606,9 @@ async fn members_are_patched_in_chunks() {
         .and(body_json(resource::patch_body(vec![json!(
             {"op": "add", "path": "members", "value": [{"value": "u3"}]}
         )])))
-        .respond_with(ResponseTemplate::new(204))
+        .respond_with(scim(200).set_body_json(json!(
+            {"id": "g1", "members": [{"value": "u1"}, {"value": "u2"}, {"value": "u3"}]}
+        )))
         .expect(1)
         .mount(&server)
         .await;
@@ -604,7 +618,11 @@ async fn members_are_patched_in_chunks() {
             json!({"op": "remove", "path": "members[value eq \"u1\"]"}),
             json!({"op": "remove", "path": "members[value eq \"u2\"]"}),
         ])))
-        .respond_with(scim(200).set_body_json(json!({"id": "g1", "displayName": "Eng"})))
+        .respond_with(
+            scim(200).set_body_json(
+                json!({"id": "g1", "displayName": "Eng", "members": [{"value": "u3"}]}),
+            ),
+        )
         .expect(1)
         .mount(&server)
         .await;
@@ -617,20 +635,28 @@ async fn members_are_patched_in_chunks() {
         .expect(1)
         .mount(&server)
         .await;
+    // No body: the group is read back (an empty group leaves `members` out).
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Groups/g1"))
+        .respond_with(scim(200).set_body_json(json!({"id": "g1", "displayName": "Eng"})))
+        .expect(1)
+        .mount(&server)
+        .await;
     let client = ScimClient::new(ClientOptions {
         member_chunk: 2,
         ..options(&format!("{}/scim/v2", server.uri()))
     })
     .expect("client");
     let group = ScimId::new("g1");
-    let with_repeats: Vec<ScimId> = ids.iter().chain(&ids).cloned().collect();
+    let with_repeats: Vec<MemberRef> = ids.iter().chain(&ids).map(by_id).collect();
     client
         .add_members(&group, &with_repeats)
         .await
         .expect("added");
-    client.remove_members(&group, &ids).await.expect("removed");
+    let refs: Vec<MemberRef> = ids.iter().map(by_id).collect();
+    client.remove_members(&group, &refs).await.expect("removed");
     client.add_members(&group, &[]).await.expect("nothing");
-    assert_eq!(client.stats().requests, 4);
+    assert_eq!(client.stats().requests, 5);
 }
 
 #[tokio::test]
@@ -947,18 +973,22 @@ async fn real_server_walkthrough() {
         .await
         .expect("create group");
     assert_eq!(group.external_id, Some(format!("g-{run}")));
-    client.add_members(&group.id, &ids[..5]).await.expect("add");
+    let refs: Vec<MemberRef> = ids.iter().map(by_id).collect();
+    client
+        .add_members(&group.id, &refs[..5])
+        .await
+        .expect("add");
     // Repeats, within a request and across requests, must not duplicate members.
     client
-        .add_members(&group.id, &[ids[0].clone(), ids[0].clone()])
+        .add_members(&group.id, &[refs[0].clone(), refs[0].clone()])
         .await
         .expect("add again");
     client
-        .remove_members(&group.id, &ids[1..3])
+        .remove_members(&group.id, &refs[1..3])
         .await
         .expect("remove");
     client
-        .remove_members(&group.id, &[ScimId::new("not-a-member")])
+        .remove_members(&group.id, &[by_id(&ScimId::new("not-a-member"))])
         .await
         .expect("remove absent member");
     let found = client
@@ -967,7 +997,11 @@ async fn real_server_walkthrough() {
         .expect("find group")
         .expect("found");
     assert_eq!(found.id, group.id);
-    let mut members = found.members.clone();
+    let mut members: Vec<ScimId> = found
+        .members
+        .iter()
+        .map(|m| ScimId::new(m.value.as_str()))
+        .collect();
     members.sort();
     let mut want = vec![ids[0].clone(), ids[3].clone(), ids[4].clone()];
     want.sort();
@@ -1395,4 +1429,266 @@ async fn concurrent_lookups_share_one_listing() {
             .await;
     assert!(found.into_iter().all(|f| f.expect("ok").is_some()));
     assert_eq!(requests.load(Ordering::SeqCst), 1, "one listing");
+}
+
+/// A group endpoint of a server that stores members by userName: adds and
+/// removals naming an id answer 204 and change nothing; naming a userName
+/// works. `ignore_all`: nothing works at all.
+struct UserNameMembers {
+    names: Vec<(&'static str, &'static str)>,
+    stored: std::sync::Mutex<Vec<String>>,
+    ignore_all: bool,
+}
+
+impl Respond for UserNameMembers {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let mut stored = self.stored.lock().expect("lock");
+        if request.method.as_str() == "PATCH" && !self.ignore_all {
+            let body: Value = serde_json::from_slice(&request.body).expect("json");
+            let is_name = |v: &str| self.names.iter().any(|(_, n)| *n == v);
+            for op in body["Operations"].as_array().expect("ops") {
+                match op["op"].as_str() {
+                    Some("add") => {
+                        for m in op["value"].as_array().expect("values") {
+                            let v = m["value"].as_str().expect("value");
+                            if is_name(v) && !stored.iter().any(|s| s == v) {
+                                stored.push(v.to_owned());
+                            }
+                        }
+                    }
+                    Some("remove") => {
+                        let path = op["path"].as_str().expect("path");
+                        let v = path
+                            .trim_start_matches("members[value eq \"")
+                            .trim_end_matches("\"]");
+                        stored.retain(|s| s != v);
+                    }
+                    _ => {}
+                }
+            }
+            return ResponseTemplate::new(204);
+        }
+        if request.method.as_str() == "PATCH" {
+            return ResponseTemplate::new(204);
+        }
+        let members: Vec<Value> = stored.iter().map(|v| json!({ "value": v })).collect();
+        scim(200).set_body_json(json!({"id": "g1", "displayName": "Eng", "members": members}))
+    }
+}
+
+fn named(id: &str, name: &str) -> MemberRef {
+    MemberRef {
+        id: ScimId::new(id),
+        user_name: Some(UserName::new(name)),
+    }
+}
+
+#[tokio::test]
+async fn members_stored_by_user_name_are_changed_by_user_name_and_checked() {
+    let server = MockServer::start().await;
+    let names = vec![("u1", "ann@x.com"), ("u2", "bob@x.com")];
+    Mock::given(path("/scim/v2/Groups/g1"))
+        .respond_with(UserNameMembers {
+            names: names.clone(),
+            stored: std::sync::Mutex::new(Vec::new()),
+            ignore_all: false,
+        })
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    let group = ScimId::new("g1");
+    let ann = named("u1", "ann@x.com");
+    let bob = named("u2", "bob@x.com");
+    client
+        .add_members(&group, std::slice::from_ref(&ann))
+        .await
+        .expect("added by userName after the id was ignored");
+    assert!(client.members_by_user_name(), "learned");
+    let requests = client.stats().requests;
+    client
+        .add_members(&group, std::slice::from_ref(&bob))
+        .await
+        .expect("added");
+    assert_eq!(
+        client.stats().requests - requests,
+        2,
+        "one PATCH by userName and one read back, no id attempt any more"
+    );
+    client
+        .remove_members(&group, std::slice::from_ref(&ann))
+        .await
+        .expect("removed by userName");
+    let held = client.get_group(&group).await.expect("get").expect("group");
+    let values: Vec<&str> = held.members.iter().map(|m| m.value.as_str()).collect();
+    assert_eq!(values, ["bob@x.com"]);
+}
+
+#[tokio::test]
+async fn a_member_removal_by_id_is_retried_by_the_stored_value() {
+    let server = MockServer::start().await;
+    Mock::given(path("/scim/v2/Groups/g1"))
+        .respond_with(UserNameMembers {
+            names: vec![("u1", "Ann@X.com")],
+            stored: std::sync::Mutex::new(vec!["Ann@X.com".into()]),
+            ignore_all: false,
+        })
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    assert!(!client.members_by_user_name());
+    client
+        .remove_members(&ScimId::new("g1"), &[named("u1", "ann@x.com")])
+        .await
+        .expect("the second removal names the value the group shows");
+    assert!(client.members_by_user_name(), "learned from the removal");
+}
+
+#[tokio::test]
+async fn a_membership_change_that_does_not_take_fails() {
+    let server = MockServer::start().await;
+    Mock::given(path("/scim/v2/Groups/g1"))
+        .respond_with(UserNameMembers {
+            names: vec![("u1", "ann@x.com")],
+            stored: std::sync::Mutex::new(vec!["u2".into()]),
+            ignore_all: true,
+        })
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    let err = client
+        .add_members(&ScimId::new("g1"), &[named("u1", "ann@x.com")])
+        .await
+        .expect_err("the group never holds ann");
+    assert!(matches!(err, ScimError::NotApplied(_)), "{err:?}");
+    assert!(err.to_string().contains("ann@x.com"), "{err}");
+    assert!(err.to_string().contains("does not hold"), "{err}");
+    let err = client
+        .remove_members(&ScimId::new("g1"), &[by_id(&ScimId::new("u2"))])
+        .await
+        .expect_err("u2 stays");
+    assert!(err.to_string().contains("still holds"), "{err}");
+    assert!(!TargetError::from(err).is_transient());
+}
+
+#[tokio::test]
+async fn case_sensitive_eq_after_a_conflict_falls_back_to_one_listing() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .and(query_param("filter", "userName eq \"ann@x.com\""))
+        .respond_with(scim(200).set_body_json(list_json(0, vec![])))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .and(query_param("filter", "userName eq \"zed@x.com\""))
+        .respond_with(scim(200).set_body_json(list_json(0, vec![])))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .and(query_param("startIndex", "1"))
+        .respond_with(scim(200).set_body_json(list_json(1, vec![user_json("u1", "Ann@X.com")])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    assert_eq!(
+        client
+            .find_user_by_user_name("ann@x.com")
+            .await
+            .expect("ok"),
+        None,
+        "a plain lookup believes the filter"
+    );
+    let found = client
+        .find_user_after_conflict("ann@x.com")
+        .await
+        .expect("ok")
+        .expect("found in the listing");
+    assert_eq!(found.id.as_str(), "u1");
+    assert_eq!(
+        client
+            .find_user_after_conflict("zed@x.com")
+            .await
+            .expect("ok"),
+        None,
+        "not in the (kept) listing either"
+    );
+}
+
+#[tokio::test]
+async fn creates_look_up_first_where_user_names_are_not_unique() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .and(query_param("filter", "userName eq \"ann@x.com\""))
+        .respond_with(scim(200).set_body_json(list_json(1, vec![user_json("u1", "ann@x.com")])))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/scim/v2/Users"))
+        .respond_with(scim(201).set_body_json(user_json("dup", "ann@x.com")))
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    let attrs: UserAttrs = [(UserAttr::UserName, "ann@x.com".to_owned())].into();
+    // Unknown: the target's own answer is trusted (today's behaviour).
+    assert_eq!(client.user_names_unique(), None);
+    let made = client.create_user(&attrs, true).await.expect("created");
+    assert_eq!(made.id.as_str(), "dup");
+    client.set_user_names_unique(Some(false));
+    let err = client
+        .create_user(&attrs, true)
+        .await
+        .expect_err("the existing user is found first");
+    assert!(matches!(err, ScimError::Conflict { .. }), "{err:?}");
+    assert!(err.to_string().contains("u1"), "{err}");
+    let posts = server
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .count();
+    assert_eq!(posts, 1, "no second POST");
+}
+
+#[tokio::test]
+async fn a_listing_with_one_user_name_twice_shows_duplicates_are_accepted() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .respond_with(scim(200).set_body_json(list_json(
+            2,
+            vec![user_json("u1", "Ann@x.com"), user_json("u2", "ann@X.com")],
+        )))
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    client.list_users().await.expect("list");
+    assert_eq!(client.user_names_unique(), Some(false));
+}
+
+#[tokio::test]
+async fn a_patch_answer_listing_only_some_members_is_checked_by_reading_the_group() {
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path("/scim/v2/Groups/g1"))
+        .respond_with(scim(200).set_body_json(json!({"id": "g1", "members": []})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Groups/g1"))
+        .respond_with(scim(200).set_body_json(json!({"id": "g1", "members": [{"value": "u1"}]})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    client
+        .add_members(&ScimId::new("g1"), &[named("u1", "ann@x.com")])
+        .await
+        .expect("the group read back holds u1");
+    assert!(!client.members_by_user_name());
 }

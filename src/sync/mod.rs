@@ -28,7 +28,8 @@ use serde::Serialize;
 use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
 use crate::model::{
-    Desired, Mirror, MirrorDigest, ScimId, SourceKey, State, Status, TargetSnapshot,
+    Desired, MemberResolver, Mirror, MirrorDigest, RemoteUser, ScimId, SourceKey, State, Status,
+    TargetSnapshot,
 };
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
@@ -447,7 +448,68 @@ async fn read_target<T: Target>(
     }
     snapshot.users.extend(users);
     snapshot.groups.extend(groups);
+    // Members of idsync's groups that name no listed user are looked up too:
+    // only a 404 makes one dangling (removed by the plan), so a listing that
+    // left a user out cannot cost that user a membership.
+    let unresolved = unresolved_members(&snapshot, state);
+    if !unresolved.is_empty() {
+        let answers: Vec<(String, Result<Option<RemoteUser>, TargetError>)> = stream::iter(
+            unresolved
+                .into_iter()
+                .map(|(value, id)| async move { (value, target.get_user(&id).await) }),
+        )
+        .buffer_unordered(width)
+        .collect()
+        .await;
+        for (value, answer) in answers {
+            match answer {
+                Ok(Some(user)) => snapshot.users.push(user),
+                Ok(None) => {
+                    snapshot.gone_members.insert(value);
+                }
+                // Not known to be gone: left alone.
+                Err(error) => tracing::warn!(
+                    member = ?value,
+                    error = ?error.to_string(),
+                    "a group member that names no listed user could not be looked up; it is kept"
+                ),
+            }
+        }
+        tracing::info!(
+            dangling = snapshot.gone_members.len(),
+            "group members that name no listed user were looked up by id; those not found are dangling"
+        );
+    }
     Ok(snapshot)
+}
+
+/// The member values of live managed groups that resolve to no user of the
+/// snapshot (by id, `$ref` or userName), each once, with the id to look up
+/// (the `$ref`'s, else the value).
+fn unresolved_members(snapshot: &TargetSnapshot, state: &State) -> Vec<(String, ScimId)> {
+    let managed: HashSet<&ScimId> = state
+        .groups
+        .values()
+        .filter(|g| g.status != Status::Removed)
+        .map(|g| &g.scim_id)
+        .collect();
+    let resolver = MemberResolver::new(&snapshot.users);
+    let mut seen = HashSet::new();
+    snapshot
+        .groups
+        .iter()
+        .filter(|g| managed.contains(&g.id))
+        .flat_map(|g| g.members.iter())
+        .filter(|m| resolver.user_of(m).is_none())
+        .filter(|m| seen.insert(m.value.clone()))
+        .map(|m| {
+            let id = m
+                .ref_id
+                .clone()
+                .unwrap_or_else(|| ScimId::new(m.value.as_str()));
+            (m.value.clone(), id)
+        })
+        .collect()
 }
 
 /// The live ids (`managed`) the listing (`listed`) left out, or a

@@ -89,10 +89,12 @@ pub fn restrict(
                     members,
                 })
             }
+            // Dangling members are nobody's: `--only` never removes them.
             Operation::RemoveMembers {
                 key,
                 display_name,
                 members,
+                dangling: _,
             } => {
                 let members: Vec<SourceKey> =
                     members.into_iter().filter(|m| keys.contains(m)).collect();
@@ -100,6 +102,7 @@ pub fn restrict(
                     key,
                     display_name,
                     members,
+                    dangling: Vec::new(),
                 })
             }
         };
@@ -167,6 +170,7 @@ mod tests {
                 key: GroupKey::new("old"),
                 display_name: GroupName::new("old"),
                 members: keys(&["a", "c"]),
+                dangling: Vec::new(),
             },
             Operation::DisableUser {
                 key: SourceKey::new("c"),

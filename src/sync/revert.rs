@@ -431,6 +431,7 @@ impl Undo {
                     key: key.clone(),
                     display_name: group.display_name.clone(),
                     members,
+                    dangling: Vec::new(),
                 });
             }
         }

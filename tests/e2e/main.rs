@@ -18,6 +18,7 @@ mod faults;
 mod harness;
 mod ops;
 mod proxy;
+mod quirks_members;
 mod quirks_truth;
 mod report;
 mod selftest;
