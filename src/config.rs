@@ -13,7 +13,7 @@ use serde_saphyr::Spanned;
 
 use crate::mapping::{Mapping, MappingError};
 use crate::model::Domain;
-use crate::plan::{OnRename, PlanOptions, Policy, RemovalLimit, RemoveAction};
+use crate::plan::{OnRename, PlanOptions, Policy, RemovalLimit, RemoveAction, ReuseAccounts};
 use crate::scim::{Flavour, RateLimit, RetryPolicy};
 use crate::source::csv::{CsvConfig, CsvSettings};
 use crate::source::entra::{EntraConfig, EntraSettings};
@@ -301,6 +301,8 @@ struct RawPolicy {
     skip_out_of_scope_deletions: bool,
     #[serde(default)]
     protect: Option<RawProtect>,
+    #[serde(default)]
+    reuse_accounts: Option<ReuseAccounts>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -825,6 +827,9 @@ fn compile_policy(
     };
     if let Some(a) = raw.remove_action {
         policy.remove_action = a;
+    }
+    if let Some(r) = raw.reuse_accounts {
+        policy.reuse_accounts = r;
     }
     if let Some(limit) = &raw.max_removals {
         policy.max_removals = parse_limit("max_removals", &limit.value).map_err(|message| {

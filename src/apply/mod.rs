@@ -23,8 +23,11 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use serde::Serialize;
 
-use crate::model::{GroupName, Ownership, ScimId, State, UserAttr, UserAttrs, UserName};
-use crate::plan::{Changes, Operation, Phase, Plan};
+use crate::model::{
+    GroupName, Ownership, RemoteUser, ScimId, SourceKey, State, Status, UserAttr, UserAttrs,
+    UserName,
+};
+use crate::plan::{Changes, NameStep, Operation, Phase, Plan, claimed_name, released_name};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
 
 pub use resume::Interrupted;
@@ -116,6 +119,15 @@ enum Job {
         attrs: UserAttrs,
         lookup_first: bool,
     },
+    /// `reuse_accounts: after_removal`: the leaver's account, re-enabled with
+    /// the new user's attributes.
+    TakeOver {
+        id: ScimId,
+        attrs: UserAttrs,
+        ownership: Ownership,
+    },
+    /// Not sent: the planner or the state refuses it, and why.
+    Refuse(String),
     PatchUser {
         id: ScimId,
         changes: Vec<(UserAttr, Option<String>)>,
@@ -194,6 +206,8 @@ impl<T: Target> Executor<'_, T> {
                 // sent: after a crash only one window is looked up again.
                 end = end.min(seq + self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT);
             }
+            // A userName taken from another user waits until that one let it go.
+            end = seq + names_free_until(&ops[seq..end]);
             self.run_phase(run, seq, &ops[seq..end], phase, &interrupted, &mut outcome)
                 .await?;
             seq = end;
@@ -260,6 +274,14 @@ impl<T: Target> Executor<'_, T> {
 
         while let Some((seq, response)) = results.next().await {
             let op = &ops[seq - first_seq];
+            let response = match response {
+                Response::Existing {
+                    remote,
+                    attrs,
+                    lookup_first,
+                } => self.settle_conflict(op, remote, attrs, lookup_first).await,
+                other => other,
+            };
             self.commit(run, seq, op, response, outcome)?;
             self.progress.advance();
             if outcome.stopped.is_none() {
@@ -284,12 +306,54 @@ impl<T: Target> Executor<'_, T> {
         Ok(())
     }
 
+    /// A create met an existing account with its userName: adopted only when no
+    /// other key's state row records that account (a leaver's account is never
+    /// handed to a new key silently).
+    async fn settle_conflict(
+        &self,
+        op: &Operation,
+        remote: RemoteUser,
+        attrs: UserAttrs,
+        lookup_first: bool,
+    ) -> Response {
+        let key = SourceKey::new(op.subject());
+        if let Some((holder, h)) = self.state.owner_of(&remote.id, &key) {
+            let user_name = UserName::new(op.display_subject());
+            return Response::Refused(refused(&key, &user_name, holder, h.status));
+        }
+        adopt_existing(&self.target, remote, attrs, lookup_first).await
+    }
+
     fn prepare(&self, op: &Operation, interrupted: &Interrupted) -> Job {
         match op {
             Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => Job::Record,
-            Operation::CreateUser { changes, .. } => Job::CreateUser {
-                attrs: new_values(changes),
-                lookup_first: interrupted.contains(op),
+            Operation::CreateUser {
+                key,
+                user_name,
+                changes,
+                name_step,
+            } => match name_step {
+                Some(NameStep::Refused { holder, status }) => {
+                    Job::Refuse(refused(key, user_name, holder, *status))
+                }
+                Some(NameStep::TakesOver { from, scim_id }) => {
+                    match self.state.users.get(from) {
+                        Some(h) if h.scim_id == *scim_id && h.status == Status::Disabled => {
+                            Job::TakeOver {
+                                id: scim_id.clone(),
+                                attrs: new_values(changes),
+                                ownership: h.ownership,
+                            }
+                        }
+                        _ => Job::Refuse(format!(
+                            "user {key} takes over the account of user {from} only once {from}'s removal is done, and it is not (it failed or the state changed); the next cycle tries again"
+                        )),
+                    }
+                }
+                _ => Job::CreateUser {
+                    attrs: new_values(changes),
+                    lookup_first: interrupted.contains(op),
+                },
             },
             Operation::UpdateUser {
                 scim_id, changes, ..
@@ -403,6 +467,22 @@ impl<T: Target> Executor<'_, T> {
     }
 }
 
+/// How many of `ops` (one phase) can run together: up to the first that takes
+/// a userName an earlier one of them releases.
+fn names_free_until(ops: &[Operation]) -> usize {
+    let mut released: Vec<UserName> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if !released.is_empty()
+            && let Some(name) = claimed_name(op)
+            && released.contains(&name)
+        {
+            return i.max(1);
+        }
+        released.extend(released_name(op));
+    }
+    ops.len()
+}
+
 fn new_values(changes: &Changes) -> UserAttrs {
     changes
         .iter()
@@ -419,6 +499,24 @@ async fn execute<T: Target>(target: &T, job: Job) -> Response {
     let result = match job {
         Job::Record => return Response::Ok,
         Job::Skip(why) => return Response::Skipped(why),
+        Job::Refuse(why) => return Response::Refused(why),
+        Job::TakeOver {
+            id,
+            attrs,
+            ownership,
+        } => {
+            let changes: Vec<(UserAttr, Option<String>)> =
+                attrs.iter().map(|(a, v)| (*a, Some(v.clone()))).collect();
+            return match target.patch_user(&id, &changes, Some(true)).await {
+                Ok(()) => Response::UserCreated {
+                    id,
+                    ownership,
+                    attrs,
+                },
+                Err(TargetError::NotFound) => Response::Gone,
+                Err(e) => Response::Failed(e),
+            };
+        }
         Job::CreateUser {
             attrs,
             lookup_first,
@@ -490,6 +588,21 @@ async fn create_user<T: Target>(target: &T, attrs: UserAttrs, lookup_first: bool
             ),
         });
     };
+    Response::Existing {
+        remote,
+        attrs,
+        lookup_first,
+    }
+}
+
+/// Brings an existing account found after a conflict (or a resumed create) in
+/// line with `attrs`, as the account of `key`.
+async fn adopt_existing<T: Target>(
+    target: &T,
+    remote: RemoteUser,
+    attrs: UserAttrs,
+    lookup_first: bool,
+) -> Response {
     let changes: Vec<(UserAttr, Option<String>)> = attrs
         .iter()
         .filter(|(a, v)| remote.attrs.get(a) != Some(v))
@@ -511,6 +624,16 @@ async fn create_user<T: Target>(target: &T, attrs: UserAttrs, lookup_first: bool
         },
         attrs,
     }
+}
+
+/// Why a create is refused: its userName belongs to another managed user's
+/// account.
+fn refused(key: &SourceKey, user_name: &UserName, holder: &SourceKey, status: Status) -> String {
+    format!(
+        "userName {:?} belongs to the account of user {holder} ({}), so user {key} is not created and {holder}'s account is not given to it (policy.reuse_accounts: never); free the address in the target (delete or rename {holder}'s account; remove_action: delete does it for leavers) or set policy.reuse_accounts: after_removal to hand a leaver's account to {key}",
+        user_name.as_str(),
+        status.as_str()
+    )
 }
 
 async fn create_group<T: Target>(

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::plan::{Change, Changes, Operation, Plan};
+use crate::plan::{Change, Changes, NameStep, Operation, Plan};
 
 use super::{Style, plural, quote, show};
 
@@ -154,6 +154,9 @@ pub fn plan_text(plan: &Plan, style: Style) -> String {
         };
         out.push_str(&line);
         out.push('\n');
+        if let Some(note) = step_note(op) {
+            let _ = writeln!(out, "    ↳ {note}");
+        }
     }
     if plan.ignored_members > 0 {
         let _ = writeln!(
@@ -222,4 +225,35 @@ pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result
     serde_json::to_writer_pretty(&mut out, plan).map_err(std::io::Error::other)?;
     out.write_all(b"\n")?;
     out.flush()
+}
+
+/// The line under an operation that moves a userName between users: what the
+/// planner decided, for the reviewer.
+fn step_note(op: &Operation) -> Option<String> {
+    let step = op.name_step()?;
+    Some(match (step, op) {
+        (NameStep::Frees { for_key }, Operation::RemoveMembers { .. }) => format!(
+            "runs first: the leaving account leaves its groups before its address goes to user {}",
+            show(for_key.as_str())
+        ),
+        (NameStep::Frees { for_key }, _) => format!(
+            "runs first: frees userName {} for user {}",
+            show(op.display_subject()),
+            show(for_key.as_str())
+        ),
+        (NameStep::Temporary { for_key }, _) => format!(
+            "temporary userName, to break a swap: user {} takes the old name, then this user gets its final one",
+            show(for_key.as_str())
+        ),
+        (NameStep::TakesOver { from, scim_id }, _) => format!(
+            "takes over the account of user {} (SCIM id {}) once its removal is done (policy.reuse_accounts: after_removal)",
+            show(from.as_str()),
+            show(scim_id.as_str())
+        ),
+        (NameStep::Refused { holder, status }, _) => format!(
+            "refused: the userName belongs to the account of user {} ({}); policy.reuse_accounts is never — free the address in the target, or set reuse_accounts: after_removal",
+            show(holder.as_str()),
+            status.as_str()
+        ),
+    })
 }

@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -105,6 +105,11 @@ CREATE TABLE mirror_meta (
     value TEXT NOT NULL
 ) STRICT;
 "#,
+    // 4: live users by SCIM id, so a commit and a load can check that one
+    // account belongs to one source key. Not UNIQUE: a DB written by an earlier
+    // version may hold two live rows for one id, and loading it must say so
+    // with a way out rather than fail the migration.
+    "CREATE INDEX users_live_scim_id ON users (scim_id) WHERE status != 'removed';",
 ];
 
 impl StateDb {

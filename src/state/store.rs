@@ -115,6 +115,24 @@ impl StateDb {
                     .insert(GroupKey::new(g), members.into_iter().collect());
             }
         }
+        let shared: Option<(String, String, String)> = tx
+            .query_row(
+                "SELECT scim_id, min(key), max(key) FROM users WHERE status != 'removed'
+                 GROUP BY scim_id HAVING count(*) > 1 LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| sqlite(&path, e))?;
+        if let Some((scim_id, a, b)) = shared {
+            return Err(StateError::Corrupt {
+                path: path.clone(),
+                message: format!(
+                    "users {a:?} and {b:?} both hold SCIM id {scim_id:?} (left by an earlier version that adopted a leaver's account for a new user); \
+                     mark the one that no longer owns the account as removed (UPDATE users SET status = 'removed' WHERE key = '…') and run `idsync plan --full`"
+                ),
+            });
+        }
         tx.finish().map_err(|e| sqlite(&path, e))?;
         Ok(state)
     }
@@ -201,6 +219,25 @@ fn put_user(
     })?;
     let attrs = serde_json::to_string(attrs)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    // One SCIM id belongs to one source key: a second live row for it would let
+    // a later removal of one key act on the other's account.
+    if user.status != Status::Removed {
+        let holder: Option<String> = tx
+            .prepare_cached(
+                "SELECT key FROM users WHERE scim_id = ?1 AND key != ?2 AND status != 'removed' LIMIT 1",
+            )?
+            .query_row(params![user.scim_id.as_str(), key.as_str()], |r| r.get(0))
+            .optional()?;
+        if let Some(holder) = holder {
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                format!(
+                    "user {key}: SCIM id {} already belongs to user {holder}; one account cannot be recorded for two keys",
+                    user.scim_id
+                )
+                .into(),
+            ));
+        }
+    }
     tx.prepare_cached(
         "INSERT INTO users (key, scim_id, user_name, attrs, hash, status, ownership, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -265,6 +302,15 @@ pub(super) fn apply_change(
                     .execute([key.as_str()])?;
             }
             Ok(())
+        }
+        StateChange::HandOver { from, key, user } => {
+            tx.prepare_cached(
+                "UPDATE users SET status = 'removed', updated_at = ?2 WHERE key = ?1",
+            )?
+            .execute(params![from.as_str(), at])?;
+            tx.prepare_cached("DELETE FROM memberships WHERE user_key = ?1")?
+                .execute([from.as_str()])?;
+            put_user(tx, key, user, at)
         }
         StateChange::PutGroup { key, group } => put_group(tx, key, group, at),
         StateChange::GroupStatus { key, status } => {

@@ -1,0 +1,428 @@
+//! userNames moving between managed users within one plan: a leaver's address
+//! given to a new hire, two users swapping addresses, a rotation of three.
+//! Targets keep userNames unique (Atlassian case-insensitively), so the order of
+//! the work matters and some of it needs a decision:
+//!
+//! - A name held by a user who renames away in this plan: the rename runs first
+//!   (before the creates when a create takes the name — the release phase).
+//! - A cycle of renames (A takes B's name, B takes A's): one user of the cycle
+//!   (the smallest key) first passes through a temporary userName
+//!   ([`temporary_user_name`]), then the others rename, then it takes its final
+//!   name. Each step is its own operation, so a crash between two resumes from
+//!   what was committed.
+//! - A name held by a user who left the source: with `remove_action: delete` the
+//!   leaver's account is deleted first (release phase) and the create then makes
+//!   a new account. Otherwise the leaver's (disabled) account keeps the name;
+//!   `policy.reuse_accounts` decides: `never` (the default) refuses the create,
+//!   naming both keys; `after_removal` hands the leaver's account to the new key
+//!   once the leaver's removal is done.
+//!
+//! The executor reads the same order back from the operations: within a phase,
+//! an operation that takes a name another one released starts a new batch
+//! ([`claimed_name`], [`released_name`]).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::model::{SourceKey, State, StateUser, Status, UserAttr, UserName};
+
+use super::{Change, NameStep, Operation, Phase, Policy, ReuseAccounts};
+
+/// The userName an operation takes in the target, if it takes one it did not
+/// hold: a create (not a refused one), or a rename.
+pub fn claimed_name(op: &Operation) -> Option<UserName> {
+    match op {
+        Operation::CreateUser {
+            user_name,
+            name_step,
+            ..
+        } => (!matches!(name_step, Some(NameStep::Refused { .. }))).then(|| user_name.clone()),
+        Operation::UpdateUser { changes, .. } | Operation::EnableUser { changes, .. } => {
+            rename(changes).map(|(_, new)| new)
+        }
+        _ => None,
+    }
+}
+
+/// The userName an operation frees in the target: a rename's old name, a
+/// deleted user's name, a disabled leaver's name that a takeover reuses.
+pub fn released_name(op: &Operation) -> Option<UserName> {
+    match op {
+        Operation::UpdateUser { changes, .. } | Operation::EnableUser { changes, .. } => {
+            rename(changes).map(|(old, _)| old)
+        }
+        Operation::DeleteUser { user_name, .. } => Some(user_name.clone()),
+        Operation::DisableUser {
+            user_name,
+            name_step: Some(NameStep::Frees { .. }),
+            ..
+        } => Some(user_name.clone()),
+        _ => None,
+    }
+}
+
+/// `(old, new)` when the changes rename the user (case-insensitively: a change
+/// of case alone frees nothing).
+fn rename(changes: &super::Changes) -> Option<(UserName, UserName)> {
+    let c = changes.get(&UserAttr::UserName)?;
+    let (old, new) = (
+        UserName::new(c.old.as_deref()?),
+        UserName::new(c.new.as_deref()?),
+    );
+    (old != new).then_some((old, new))
+}
+
+/// A temporary userName for `key` while it makes way in a swap:
+/// `idsync-tmp-<8 hex of the key's digest>+<local part>@<domain>`. It keeps the
+/// domain (Atlassian refuses unverified domains) and is a valid address for
+/// servers that check emails (RFC 5321: a local part of at most 64 characters,
+/// so the old local part is shortened). The same key always gets the same name,
+/// so a plan made again after a crash sends the same request.
+pub fn temporary_user_name(key: &SourceKey, current: &UserName) -> UserName {
+    let digest = blake3::hash(key.as_str().as_bytes()).to_hex();
+    let tag = format!("idsync-tmp-{}", &digest[..8]);
+    match current.as_str().rsplit_once('@') {
+        Some((local, domain)) => {
+            let room = 64 - tag.len() - 1;
+            let local: String = local.chars().take(room).collect();
+            UserName::new(format!("{tag}+{local}@{domain}"))
+        }
+        None => UserName::new(format!("{tag}+{}", current.as_str())),
+    }
+}
+
+/// Orders `ops` (by phase, then by how names pass from user to user, then by
+/// subject) and marks the steps that move names between users.
+pub(super) fn sequence(
+    mut ops: Vec<Operation>,
+    state: &State,
+    is_desired: &dyn Fn(&SourceKey) -> bool,
+    policy: &Policy,
+    warnings: &mut Vec<String>,
+) -> Vec<Operation> {
+    let claims: HashMap<UserName, usize> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| Some((claimed_name(op)?, i)))
+        .collect();
+    if !claims.is_empty() {
+        link(&mut ops, &claims, state, is_desired, policy, warnings);
+    }
+    sort(ops)
+}
+
+/// Whether any operation could take a name another user holds: only then is
+/// there anything to order (a first run's million creates is not).
+pub(super) fn may_move_names(ops: &[Operation], state: &State) -> bool {
+    ops.iter().any(|op| released_name(op).is_some())
+        || (ops.iter().any(|op| claimed_name(op).is_some())
+            && state.users.values().any(|u| u.status != Status::Removed))
+}
+
+/// Finds who holds each claimed name and decides what happens, adding the
+/// temporary steps that break cycles.
+fn link(
+    ops: &mut Vec<Operation>,
+    claims: &HashMap<UserName, usize>,
+    state: &State,
+    is_desired: &dyn Fn(&SourceKey) -> bool,
+    policy: &Policy,
+    warnings: &mut Vec<String>,
+) {
+    // One pass over the state: who holds a claimed name now.
+    let mut held: Vec<(usize, &SourceKey, &StateUser)> = state
+        .users
+        .iter()
+        .filter(|(_, u)| u.status != Status::Removed)
+        .filter_map(|(k, u)| {
+            let i = *claims.get(&u.user_name)?;
+            (ops[i].subject() != k.as_str()).then_some((i, k, u))
+        })
+        .collect();
+    held.sort_by(|a, b| a.1.cmp(b.1));
+    let user_op = |ops: &[Operation], key: &SourceKey, want: fn(&Operation) -> bool| {
+        ops.iter()
+            .position(|op| op.subject() == key.as_str() && want(op))
+    };
+    for (i, holder_key, holder) in held {
+        let claimer = SourceKey::new(ops[i].subject());
+        let releases_it =
+            |op: &Operation| released_name(op).is_some_and(|n| n == holder.user_name);
+        if user_op(ops, holder_key, |op| {
+            matches!(op, Operation::UpdateUser { .. } | Operation::EnableUser { .. })
+        })
+        .is_some_and(|j| releases_it(&ops[j]))
+        {
+            // The holder renames away in this plan: ordered below.
+            continue;
+        }
+        let removal = user_op(ops, holder_key, |op| {
+            matches!(
+                op,
+                Operation::DisableUser { .. } | Operation::DeleteUser { .. }
+            )
+        });
+        let leaving = !is_desired(holder_key);
+        let is_create = matches!(ops[i], Operation::CreateUser { .. });
+        match (removal.map(|r| &ops[r]), is_create) {
+            (Some(Operation::DeleteUser { .. }), _) => {
+                mark_frees(ops, removal.unwrap(), &claimer, holder_key);
+            }
+            (Some(Operation::DisableUser { .. }), true)
+                if leaving && policy.reuse_accounts == ReuseAccounts::AfterRemoval =>
+            {
+                mark_frees(ops, removal.unwrap(), &claimer, holder_key);
+                set_step(
+                    &mut ops[i],
+                    NameStep::TakesOver {
+                        from: holder_key.clone(),
+                        scim_id: holder.scim_id.clone(),
+                    },
+                );
+            }
+            (None, true)
+                if leaving
+                    && holder.status == Status::Disabled
+                    && policy.reuse_accounts == ReuseAccounts::AfterRemoval =>
+            {
+                set_step(
+                    &mut ops[i],
+                    NameStep::TakesOver {
+                        from: holder_key.clone(),
+                        scim_id: holder.scim_id.clone(),
+                    },
+                );
+            }
+            (_, true) => {
+                let status = match removal.map(|r| &ops[r]) {
+                    Some(Operation::DisableUser { .. }) => Status::Disabled,
+                    _ => holder.status,
+                };
+                set_step(
+                    &mut ops[i],
+                    NameStep::Refused {
+                        holder: holder_key.clone(),
+                        status,
+                    },
+                );
+            }
+            (_, false) => warnings.push(format!(
+                "user {claimer} is renamed to {:?}, which the account of user {holder_key} holds; the target will refuse the rename until that address is free",
+                holder.user_name.as_str()
+            )),
+        }
+    }
+    break_cycles(ops);
+    // Renames that free a name a create or an earlier-phase step takes run in the
+    // release phase too, and so do the renames they wait for, in turn.
+    loop {
+        let waits = waits_for(ops);
+        let mut moved = false;
+        for (i, j) in waits.iter().enumerate() {
+            let Some(j) = *j else { continue };
+            if ops[j].phase() > ops[i].phase()
+                && matches!(ops[j], Operation::UpdateUser { .. })
+                && ops[j].name_step().is_none()
+            {
+                let for_key = SourceKey::new(ops[i].subject());
+                set_step(&mut ops[j], NameStep::Frees { for_key });
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+}
+
+/// For each operation, the one that releases the name it claims (if in this plan).
+fn waits_for(ops: &[Operation]) -> Vec<Option<usize>> {
+    let releases: HashMap<UserName, usize> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| Some((released_name(op)?, i)))
+        .collect();
+    if releases.is_empty() {
+        return vec![None; ops.len()];
+    }
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| {
+            claimed_name(op)
+                .and_then(|n| releases.get(&n).copied())
+                .filter(|j| *j != i)
+        })
+        .collect()
+}
+
+/// The leaver's removal runs in the release phase, with its membership removals
+/// (so the account leaves its groups before anyone else holds the name).
+fn mark_frees(ops: &mut Vec<Operation>, removal: usize, for_key: &SourceKey, leaver: &SourceKey) {
+    set_step(
+        &mut ops[removal],
+        NameStep::Frees {
+            for_key: for_key.clone(),
+        },
+    );
+    let mut split = Vec::new();
+    for op in ops.iter_mut() {
+        if let Operation::RemoveMembers {
+            key,
+            display_name,
+            members,
+            name_step: None,
+        } = op
+            && let Some(at) = members.iter().position(|m| m == leaver)
+        {
+            members.remove(at);
+            split.push(Operation::RemoveMembers {
+                key: key.clone(),
+                display_name: display_name.clone(),
+                members: vec![leaver.clone()],
+                name_step: Some(NameStep::Frees {
+                    for_key: for_key.clone(),
+                }),
+            });
+        }
+    }
+    ops.retain(|op| !matches!(op, Operation::RemoveMembers { members, .. } if members.is_empty()));
+    ops.append(&mut split);
+}
+
+fn set_step(op: &mut Operation, step: NameStep) {
+    match op {
+        Operation::CreateUser { name_step, .. }
+        | Operation::UpdateUser { name_step, .. }
+        | Operation::DisableUser { name_step, .. }
+        | Operation::DeleteUser { name_step, .. }
+        | Operation::RemoveMembers { name_step, .. } => *name_step = Some(step),
+        _ => {}
+    }
+}
+
+/// Renames that wait on each other in a ring never start: the smallest key of
+/// each ring first moves to a temporary name (release phase), and its final
+/// rename then waits for the next user of the ring like any other.
+fn break_cycles(ops: &mut Vec<Operation>) {
+    let waits = waits_for(ops);
+    let mut seen = vec![false; ops.len()];
+    let mut temporaries = Vec::new();
+    for start in 0..ops.len() {
+        if seen[start] {
+            continue;
+        }
+        let mut path = Vec::new();
+        let mut on_path = HashSet::new();
+        let mut at = Some(start);
+        while let Some(i) = at {
+            if on_path.contains(&i) {
+                let ring = &path[path.iter().position(|p| *p == i).unwrap()..];
+                let pick = *ring
+                    .iter()
+                    .min_by_key(|p: &&usize| ops[**p].subject())
+                    .unwrap();
+                temporaries.push(pick);
+                break;
+            }
+            if seen[i] {
+                break;
+            }
+            seen[i] = true;
+            on_path.insert(i);
+            path.push(i);
+            at = waits[i];
+        }
+    }
+    for i in temporaries {
+        let Operation::UpdateUser {
+            key,
+            scim_id,
+            changes,
+            ..
+        } = &mut ops[i]
+        else {
+            continue;
+        };
+        let Some(old) = changes
+            .get(&UserAttr::UserName)
+            .and_then(|c| c.old.clone())
+        else {
+            continue;
+        };
+        let old = UserName::new(old);
+        let temporary = temporary_user_name(key, &old);
+        // Every attribute that holds the old name moves with it (on Atlassian
+        // the email is unique too); the final step starts from the temporary.
+        let mut first = super::Changes::new();
+        for (attr, c) in changes.iter_mut() {
+            if c.old.as_deref().is_some_and(|v| UserName::new(v) == old) {
+                first.insert(
+                    *attr,
+                    Change {
+                        old: c.old.clone(),
+                        new: Some(temporary.as_str().to_string()),
+                    },
+                );
+                c.old = Some(temporary.as_str().to_string());
+            }
+        }
+        // Who takes the old name is filled in below, once the step exists.
+        let step = Operation::UpdateUser {
+            key: key.clone(),
+            user_name: temporary,
+            scim_id: scim_id.clone(),
+            changes: first,
+            name_step: Some(NameStep::Temporary {
+                for_key: key.clone(),
+            }),
+        };
+        ops.push(step);
+    }
+    // Name the user who takes each temporary's old name.
+    let waits = waits_for(ops);
+    for (i, j) in waits.iter().enumerate() {
+        if let Some(j) = *j
+            && let Operation::UpdateUser {
+                name_step: Some(NameStep::Temporary { for_key }),
+                ..
+            } = &ops[j]
+            && for_key.as_str() == ops[j].subject()
+        {
+            let taker = SourceKey::new(ops[i].subject());
+            set_step(&mut ops[j], NameStep::Temporary { for_key: taker });
+        }
+    }
+}
+
+/// Sorts by phase, then by wave (an operation comes after the one that frees
+/// its name, when both run in the same phase), then by subject.
+fn sort(ops: Vec<Operation>) -> Vec<Operation> {
+    let waits = waits_for(&ops);
+    let mut wave: Vec<Option<u32>> = vec![None; ops.len()];
+    for start in 0..ops.len() {
+        let mut chain = Vec::new();
+        let mut at = Some(start);
+        let mut base = 0;
+        while let Some(i) = at {
+            if let Some(w) = wave[i] {
+                base = w + 1;
+                break;
+            }
+            if chain.contains(&i) || chain.len() > ops.len() {
+                break;
+            }
+            chain.push(i);
+            at = waits[i].filter(|j| ops[*j].phase() == ops[i].phase());
+        }
+        for i in chain.into_iter().rev() {
+            wave[i] = Some(base);
+            base += 1;
+        }
+    }
+    let mut keyed: Vec<(Phase, u32, Operation)> = ops
+        .into_iter()
+        .zip(wave)
+        .map(|(op, w)| (op.phase(), w.unwrap_or(0), op))
+        .collect();
+    keyed.sort_by(|a, b| (a.0, a.1, a.2.subject()).cmp(&(b.0, b.1, b.2.subject())));
+    keyed.into_iter().map(|(_, _, op)| op).collect()
+}
