@@ -418,11 +418,305 @@ fn sort(ops: Vec<Operation>) -> Vec<Operation> {
             base += 1;
         }
     }
-    let mut keyed: Vec<(Phase, u32, Operation)> = ops
+    // In the release phase a leaver leaves its groups before its removal, for
+    // a plan that reads in the order things happen.
+    let rank = |op: &Operation| u8::from(!matches!(op, Operation::RemoveMembers { .. }));
+    let mut keyed: Vec<(Phase, u32, u8, Operation)> = ops
         .into_iter()
         .zip(wave)
-        .map(|(op, w)| (op.phase(), w.unwrap_or(0), op))
+        .map(|(op, w)| (op.phase(), w.unwrap_or(0), rank(&op), op))
         .collect();
-    keyed.sort_by(|a, b| (a.0, a.1, a.2.subject()).cmp(&(b.0, b.1, b.2.subject())));
-    keyed.into_iter().map(|(_, _, op)| op).collect()
+    keyed.sort_by(|a, b| (a.0, a.1, a.2, a.3.subject()).cmp(&(b.0, b.1, b.2, b.3.subject())));
+    keyed.into_iter().map(|(_, _, _, op)| op).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ScimId, State};
+    use crate::plan::testkit::{desired, person, plan, state_of, with_group};
+    use crate::plan::{Plan, RemoveAction, verify_saved};
+    use crate::report::{Style, plan_text};
+
+    fn names(plan: &Plan) -> Vec<String> {
+        plan.operations
+            .iter()
+            .map(|op| format!("{} {} {}", op.name(), op.subject(), op.display_subject()))
+            .collect()
+    }
+
+    fn policy(remove: RemoveAction, reuse: ReuseAccounts) -> Policy {
+        Policy {
+            remove_action: remove,
+            reuse_accounts: reuse,
+            ..Policy::default()
+        }
+    }
+
+    fn step(plan: &Plan, i: usize) -> Option<&NameStep> {
+        plan.operations[i].name_step()
+    }
+
+    /// Leaver `1` held `a@x.com`; new hire `2` gets it in the same cycle.
+    fn reuse_world(leaver: Status) -> (crate::model::Desired, State) {
+        let old = person("1", "a@x.com", "Eng");
+        let new = person("2", "a@x.com", "Lead");
+        let stays = person("3", "c@x.com", "Eng");
+        let state = with_group(
+            state_of(&[(&old, leaver), (&stays, Status::Active)]),
+            "g",
+            "Staff",
+            &["1", "3"],
+        );
+        let d = desired(
+            vec![new, stays],
+            vec![crate::plan::testkit::group("g", "Staff", &["2", "3"])],
+        );
+        (d, state)
+    }
+
+    #[test]
+    fn a_leavers_address_is_refused_to_a_new_hire_under_never() {
+        let (d, state) = reuse_world(Status::Active);
+        let p = plan(
+            &d,
+            &state,
+            &policy(RemoveAction::Disable, ReuseAccounts::Never),
+        );
+        assert_eq!(
+            names(&p),
+            [
+                "create_user 2 a@x.com",
+                "add_members g Staff",
+                "remove_members g Staff",
+                "disable_user 1 a@x.com"
+            ]
+        );
+        assert_eq!(
+            step(&p, 0),
+            Some(&NameStep::Refused {
+                holder: SourceKey::new("1"),
+                status: Status::Disabled
+            })
+        );
+        // Next cycle, the leaver is disabled: still refused, still named.
+        let (d, state) = reuse_world(Status::Disabled);
+        let p = plan(
+            &d,
+            &state,
+            &policy(RemoveAction::Disable, ReuseAccounts::Never),
+        );
+        assert!(matches!(
+            step(&p, 0),
+            Some(NameStep::Refused { holder, status: Status::Disabled }) if holder.as_str() == "1"
+        ));
+        let text = plan_text(&p, Style { color: false });
+        assert!(
+            text.contains("refused: the userName belongs to the account of user 1 (disabled)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn with_remove_action_delete_the_leavers_account_is_deleted_before_the_create() {
+        for reuse in [ReuseAccounts::Never, ReuseAccounts::AfterRemoval] {
+            let (d, state) = reuse_world(Status::Active);
+            let p = plan(&d, &state, &policy(RemoveAction::Delete, reuse));
+            assert_eq!(
+                names(&p),
+                [
+                    "remove_members g Staff",
+                    "delete_user 1 a@x.com",
+                    "create_user 2 a@x.com",
+                    "add_members g Staff",
+                ]
+            );
+            assert_eq!(p.operations[0].phase(), Phase::Release);
+            assert_eq!(
+                step(&p, 1),
+                Some(&NameStep::Frees {
+                    for_key: SourceKey::new("2")
+                })
+            );
+            assert_eq!(step(&p, 2), None);
+            verify_saved(&p, &state).unwrap();
+        }
+    }
+
+    #[test]
+    fn after_removal_the_new_hire_takes_over_the_leavers_account_once_disabled() {
+        let (d, state) = reuse_world(Status::Active);
+        let p = plan(
+            &d,
+            &state,
+            &policy(RemoveAction::Disable, ReuseAccounts::AfterRemoval),
+        );
+        assert_eq!(
+            names(&p),
+            [
+                "remove_members g Staff",
+                "disable_user 1 a@x.com",
+                "create_user 2 a@x.com",
+                "add_members g Staff",
+            ]
+        );
+        assert!(matches!(step(&p, 1), Some(NameStep::Frees { .. })));
+        assert_eq!(
+            step(&p, 2),
+            Some(&NameStep::TakesOver {
+                from: SourceKey::new("1"),
+                scim_id: ScimId::new("id-1")
+            })
+        );
+        verify_saved(&p, &state).unwrap();
+        // A cycle later (the leaver already disabled), the same decision.
+        let (d, state) = reuse_world(Status::Disabled);
+        let p = plan(
+            &d,
+            &state,
+            &policy(RemoveAction::Disable, ReuseAccounts::AfterRemoval),
+        );
+        assert!(matches!(step(&p, 0), Some(NameStep::TakesOver { .. })));
+        let text = plan_text(&p, Style { color: false });
+        assert!(
+            text.contains("takes over the account of user 1 (SCIM id id-1)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_live_user_keeping_its_name_is_never_taken_over() {
+        let a = person("1", "a@x.com", "Eng");
+        let mut dup = person("2", "A@X.com", "Eng");
+        dup.attrs.insert(UserAttr::Title, "Lead".into());
+        let state = state_of(&[(&a, Status::Active)]);
+        let p = plan(
+            &desired(vec![a, dup], vec![]),
+            &state,
+            &policy(RemoveAction::Disable, ReuseAccounts::AfterRemoval),
+        );
+        assert!(matches!(
+            step(&p, 0),
+            Some(NameStep::Refused { status: Status::Active, .. })
+        ));
+    }
+
+    fn renamed(key: &str, from: &str, to: &str) -> (crate::model::DesiredUser, crate::model::DesiredUser) {
+        (person(key, from, "Eng"), person(key, to, "Eng"))
+    }
+
+    #[test]
+    fn two_users_swapping_addresses_pass_through_a_temporary_name() {
+        let (a0, a1) = renamed("1", "a@x.com", "b@x.com");
+        let (b0, b1) = renamed("2", "b@x.com", "a@x.com");
+        let state = state_of(&[(&a0, Status::Active), (&b0, Status::Active)]);
+        let p = plan(&desired(vec![a1, b1], vec![]), &state, &Policy::default());
+        let tmp = temporary_user_name(&SourceKey::new("1"), &UserName::new("a@x.com"));
+        assert!(tmp.as_str().starts_with("idsync-tmp-"), "{tmp}");
+        assert!(tmp.as_str().ends_with("+a@x.com"), "{tmp}");
+        assert_eq!(
+            names(&p),
+            [
+                format!("update_user 1 {tmp}"),
+                "update_user 2 a@x.com".into(),
+                "update_user 1 b@x.com".into(),
+            ]
+        );
+        assert_eq!(
+            step(&p, 0),
+            Some(&NameStep::Temporary {
+                for_key: SourceKey::new("2")
+            })
+        );
+        let Operation::UpdateUser { changes, .. } = &p.operations[2] else {
+            panic!()
+        };
+        assert_eq!(changes[&UserAttr::UserName].old.as_deref(), Some(tmp.as_str()));
+        assert_eq!(changes[&UserAttr::Email].old.as_deref(), Some(tmp.as_str()));
+        verify_saved(&p, &state).unwrap();
+        // The executor cuts the update phase where a name is taken back.
+        let text = plan_text(&p, Style { color: false });
+        assert!(text.contains("temporary userName, to break a swap"), "{text}");
+    }
+
+    #[test]
+    fn a_rotation_of_three_needs_one_temporary_name() {
+        let (a0, a1) = renamed("1", "a@x.com", "b@x.com");
+        let (b0, b1) = renamed("2", "b@x.com", "c@x.com");
+        let (c0, c1) = renamed("3", "c@x.com", "a@x.com");
+        let state = state_of(&[
+            (&a0, Status::Active),
+            (&b0, Status::Active),
+            (&c0, Status::Active),
+        ]);
+        let p = plan(&desired(vec![a1, b1, c1], vec![]), &state, &Policy::default());
+        let order: Vec<String> = p
+            .operations
+            .iter()
+            .map(|op| format!("{} {}", op.subject(), op.display_subject()))
+            .collect();
+        let tmp = temporary_user_name(&SourceKey::new("1"), &UserName::new("a@x.com"));
+        assert_eq!(
+            order,
+            [
+                format!("1 {tmp}"),
+                "3 a@x.com".into(),
+                "2 c@x.com".into(),
+                "1 b@x.com".into()
+            ]
+        );
+        verify_saved(&p, &state).unwrap();
+    }
+
+    #[test]
+    fn a_chain_of_renames_is_ordered_without_a_temporary_name() {
+        let (a0, a1) = renamed("1", "a@x.com", "b@x.com");
+        let (b0, b1) = renamed("2", "b@x.com", "new@x.com");
+        let state = state_of(&[(&a0, Status::Active), (&b0, Status::Active)]);
+        let p = plan(&desired(vec![a1, b1], vec![]), &state, &Policy::default());
+        assert_eq!(
+            names(&p),
+            ["update_user 2 new@x.com", "update_user 1 b@x.com"]
+        );
+        assert!(p.operations.iter().all(|op| op.name_step().is_none()));
+    }
+
+    #[test]
+    fn a_rename_that_frees_a_name_for_a_new_hire_runs_before_the_creates() {
+        let (b0, b1) = renamed("2", "b@x.com", "new@x.com");
+        let hire = person("9", "b@x.com", "Eng");
+        let state = state_of(&[(&b0, Status::Active)]);
+        let p = plan(&desired(vec![b1, hire], vec![]), &state, &Policy::default());
+        assert_eq!(
+            names(&p),
+            ["update_user 2 new@x.com", "create_user 9 b@x.com"]
+        );
+        assert_eq!(p.operations[0].phase(), Phase::Release);
+    }
+
+    #[test]
+    fn temporary_names_are_valid_addresses_even_for_long_local_parts() {
+        let long = format!("{}@x.com", "l".repeat(64));
+        let tmp = temporary_user_name(&SourceKey::new("k"), &UserName::new(long.as_str()));
+        let (local, domain) = tmp.as_str().rsplit_once('@').unwrap();
+        assert!(local.len() <= 64, "{tmp}");
+        assert_eq!(domain, "x.com");
+        assert_eq!(
+            tmp,
+            temporary_user_name(&SourceKey::new("k"), &UserName::new(long.as_str()))
+        );
+    }
+
+    #[test]
+    fn names_free_until_cuts_where_a_released_name_is_taken() {
+        let (a0, a1) = renamed("1", "a@x.com", "b@x.com");
+        let (b0, b1) = renamed("2", "b@x.com", "c@x.com");
+        let state = state_of(&[(&a0, Status::Active), (&b0, Status::Active)]);
+        let p = plan(&desired(vec![a1, b1], vec![]), &state, &Policy::default());
+        // 2 releases b, 1 takes it: two batches.
+        let released: Vec<_> = p.operations.iter().filter_map(released_name).collect();
+        let claimed: Vec<_> = p.operations.iter().filter_map(claimed_name).collect();
+        assert_eq!(released[0], UserName::new("b@x.com"));
+        assert_eq!(claimed[1], UserName::new("b@x.com"));
+    }
 }
