@@ -356,6 +356,12 @@ impl<T: Target> Executor<'_, T> {
                 },
             },
             Operation::UpdateUser {
+                key,
+                user_name,
+                name_step: Some(NameStep::Refused { holder, status }),
+                ..
+            } => Job::Refuse(rename_refused(key, user_name, holder, *status)),
+            Operation::UpdateUser {
                 scim_id, changes, ..
             } => Job::PatchUser {
                 id: scim_id.clone(),
@@ -631,6 +637,16 @@ async fn adopt_existing<T: Target>(
 fn refused(key: &SourceKey, user_name: &UserName, holder: &SourceKey, status: Status) -> String {
     format!(
         "userName {:?} belongs to the account of user {holder} ({}), so user {key} is not created and {holder}'s account is not given to it (policy.reuse_accounts: never); free the address in the target (delete or rename {holder}'s account; remove_action: delete does it for leavers) or set policy.reuse_accounts: after_removal to hand a leaver's account to {key}",
+        user_name.as_str(),
+        status.as_str()
+    )
+}
+
+/// Why a rename is refused: the new userName belongs to another managed user's
+/// account, and an existing user never takes over another account.
+fn rename_refused(key: &SourceKey, user_name: &UserName, holder: &SourceKey, status: Status) -> String {
+    format!(
+        "userName {:?} belongs to the account of user {holder} ({}), so user {key} cannot be renamed to it; free the address in the target (delete or rename {holder}'s account; remove_action: delete does it for leavers)",
         user_name.as_str(),
         status.as_str()
     )

@@ -71,8 +71,9 @@ pub enum NameStep {
     /// of `from` (gone from the source) once its removal is done — a PATCH of
     /// that SCIM id, not a POST.
     TakesOver { from: SourceKey, scim_id: ScimId },
-    /// `policy.reuse_accounts: never`: the userName belongs to `holder`'s account
-    /// (in `status`), so the create fails for this user without being sent.
+    /// The userName belongs to `holder`'s account (in `status`), which keeps it:
+    /// the create (`policy.reuse_accounts: never`) or rename fails for this user
+    /// without being sent.
     Refused { holder: SourceKey, status: Status },
 }
 

@@ -30,12 +30,11 @@ use super::{Change, NameStep, Operation, Phase, Policy, ReuseAccounts};
 /// The userName an operation takes in the target, if it takes one it did not
 /// hold: a create (not a refused one), or a rename.
 pub fn claimed_name(op: &Operation) -> Option<UserName> {
+    if matches!(op.name_step(), Some(NameStep::Refused { .. })) {
+        return None;
+    }
     match op {
-        Operation::CreateUser {
-            user_name,
-            name_step,
-            ..
-        } => (!matches!(name_step, Some(NameStep::Refused { .. }))).then(|| user_name.clone()),
+        Operation::CreateUser { user_name, .. } => Some(user_name.clone()),
         Operation::UpdateUser { changes, .. } | Operation::EnableUser { changes, .. } => {
             rename(changes).map(|(_, new)| new)
         }
@@ -46,6 +45,9 @@ pub fn claimed_name(op: &Operation) -> Option<UserName> {
 /// The userName an operation frees in the target: a rename's old name, a
 /// deleted user's name, a disabled leaver's name that a takeover reuses.
 pub fn released_name(op: &Operation) -> Option<UserName> {
+    if matches!(op.name_step(), Some(NameStep::Refused { .. })) {
+        return None;
+    }
     match op {
         Operation::UpdateUser { changes, .. } | Operation::EnableUser { changes, .. } => {
             rename(changes).map(|(old, _)| old)
@@ -205,10 +207,28 @@ fn link(
                     },
                 );
             }
-            (_, false) => warnings.push(format!(
-                "user {claimer} is renamed to {:?}, which the account of user {holder_key} holds; the target will refuse the rename until that address is free",
-                holder.user_name.as_str()
-            )),
+            (_, false) => {
+                // An existing user cannot take over another account: the name
+                // stays taken until the holder's account lets it go.
+                let status = match removal.map(|r| &ops[r]) {
+                    Some(Operation::DisableUser { .. }) => Status::Disabled,
+                    _ => holder.status,
+                };
+                if matches!(ops[i], Operation::UpdateUser { .. }) {
+                    set_step(
+                        &mut ops[i],
+                        NameStep::Refused {
+                            holder: holder_key.clone(),
+                            status,
+                        },
+                    );
+                } else {
+                    warnings.push(format!(
+                        "user {claimer} is renamed to {:?}, which the account of user {holder_key} holds; the target will refuse the rename until that address is free",
+                        holder.user_name.as_str()
+                    ));
+                }
+            }
         }
     }
     break_cycles(ops);
@@ -333,12 +353,18 @@ fn break_cycles(ops: &mut Vec<Operation>) {
         }
     }
     for i in temporaries {
-        let Operation::UpdateUser {
+        let (Operation::UpdateUser {
             key,
             scim_id,
             changes,
             ..
-        } = &mut ops[i]
+        }
+        | Operation::EnableUser {
+            key,
+            scim_id,
+            changes,
+            ..
+        }) = &mut ops[i]
         else {
             continue;
         };
