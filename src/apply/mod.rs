@@ -336,20 +336,18 @@ impl<T: Target> Executor<'_, T> {
                 Some(NameStep::Refused { holder, status }) => {
                     Job::Refuse(refused(key, user_name, holder, *status))
                 }
-                Some(NameStep::TakesOver { from, scim_id }) => {
-                    match self.state.users.get(from) {
-                        Some(h) if h.scim_id == *scim_id && h.status == Status::Disabled => {
-                            Job::TakeOver {
-                                id: scim_id.clone(),
-                                attrs: new_values(changes),
-                                ownership: h.ownership,
-                            }
+                Some(NameStep::TakesOver { from, scim_id }) => match self.state.users.get(from) {
+                    Some(h) if h.scim_id == *scim_id && h.status == Status::Disabled => {
+                        Job::TakeOver {
+                            id: scim_id.clone(),
+                            attrs: new_values(changes),
+                            ownership: h.ownership,
                         }
-                        _ => Job::Refuse(format!(
-                            "user {key} takes over the account of user {from} only once {from}'s removal is done, and it is not (it failed or the state changed); the next cycle tries again"
-                        )),
                     }
-                }
+                    _ => Job::Refuse(format!(
+                        "user {key} takes over the account of user {from} only once {from}'s removal is done, and it is not (it failed or the state changed); the next cycle tries again"
+                    )),
+                },
                 _ => Job::CreateUser {
                     attrs: new_values(changes),
                     lookup_first: interrupted.contains(op),
@@ -644,7 +642,12 @@ fn refused(key: &SourceKey, user_name: &UserName, holder: &SourceKey, status: St
 
 /// Why a rename is refused: the new userName belongs to another managed user's
 /// account, and an existing user never takes over another account.
-fn rename_refused(key: &SourceKey, user_name: &UserName, holder: &SourceKey, status: Status) -> String {
+fn rename_refused(
+    key: &SourceKey,
+    user_name: &UserName,
+    holder: &SourceKey,
+    status: Status,
+) -> String {
     format!(
         "userName {:?} belongs to the account of user {holder} ({}), so user {key} cannot be renamed to it; free the address in the target (delete or rename {holder}'s account; remove_action: delete does it for leavers)",
         user_name.as_str(),

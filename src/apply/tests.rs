@@ -487,9 +487,7 @@ fn arb_name_world() -> impl Strategy<Value = (Desired, State, Policy)> {
             let mut state = State::default();
             for (i, n) in had.iter().enumerate() {
                 let p = person(&format!("k{i}"), &name(*n), "Eng");
-                state
-                    .users
-                    .insert(p.key.clone(), pushed(&p, statuses[i]));
+                state.users.insert(p.key.clone(), pushed(&p, statuses[i]));
             }
             let users = want
                 .iter()
@@ -592,9 +590,18 @@ fn reuse_world() -> (Desired, State) {
 #[test]
 fn a_reused_address_converges_under_delete_and_after_removal_despite_crashes() {
     for (remove, reuse) in [
-        (crate::plan::RemoveAction::Delete, crate::plan::ReuseAccounts::Never),
-        (crate::plan::RemoveAction::Delete, crate::plan::ReuseAccounts::AfterRemoval),
-        (crate::plan::RemoveAction::Disable, crate::plan::ReuseAccounts::AfterRemoval),
+        (
+            crate::plan::RemoveAction::Delete,
+            crate::plan::ReuseAccounts::Never,
+        ),
+        (
+            crate::plan::RemoveAction::Delete,
+            crate::plan::ReuseAccounts::AfterRemoval,
+        ),
+        (
+            crate::plan::RemoveAction::Disable,
+            crate::plan::ReuseAccounts::AfterRemoval,
+        ),
     ] {
         for at in 0..5 {
             let (desired, state) = reuse_world();
@@ -674,7 +681,9 @@ fn a_conflict_with_a_removed_leavers_account_still_in_the_target_is_not_adopted(
     let outcome = cycle(&mut db, &target, &desired, &policy);
     assert_eq!(outcome.failed, 1, "{:?}", outcome.failures);
     assert!(
-        outcome.failures[0].error.contains("account of user 1 (removed)"),
+        outcome.failures[0]
+            .error
+            .contains("account of user 1 (removed)"),
         "{}",
         outcome.failures[0].error
     );
@@ -697,7 +706,10 @@ fn one_scim_id_is_never_recorded_for_two_live_keys() {
             user: twin,
         }])
         .unwrap_err();
-    assert!(err.to_string().contains("already belongs to user 1"), "{err}");
+    assert!(
+        err.to_string().contains("already belongs to user 1"),
+        "{err}"
+    );
     // A DB written by an earlier version that did it is refused on load, with
     // the way out.
     drop(db);

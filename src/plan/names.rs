@@ -147,10 +147,12 @@ fn link(
     };
     for (i, holder_key, holder) in held {
         let claimer = SourceKey::new(ops[i].subject());
-        let releases_it =
-            |op: &Operation| released_name(op).is_some_and(|n| n == holder.user_name);
+        let releases_it = |op: &Operation| released_name(op).is_some_and(|n| n == holder.user_name);
         if user_op(ops, holder_key, |op| {
-            matches!(op, Operation::UpdateUser { .. } | Operation::EnableUser { .. })
+            matches!(
+                op,
+                Operation::UpdateUser { .. } | Operation::EnableUser { .. }
+            )
         })
         .is_some_and(|j| releases_it(&ops[j]))
         {
@@ -368,10 +370,7 @@ fn break_cycles(ops: &mut Vec<Operation>) {
         else {
             continue;
         };
-        let Some(old) = changes
-            .get(&UserAttr::UserName)
-            .and_then(|c| c.old.clone())
-        else {
+        let Some(old) = changes.get(&UserAttr::UserName).and_then(|c| c.old.clone()) else {
             continue;
         };
         let old = UserName::new(old);
@@ -623,11 +622,18 @@ mod tests {
         );
         assert!(matches!(
             step(&p, 0),
-            Some(NameStep::Refused { status: Status::Active, .. })
+            Some(NameStep::Refused {
+                status: Status::Active,
+                ..
+            })
         ));
     }
 
-    fn renamed(key: &str, from: &str, to: &str) -> (crate::model::DesiredUser, crate::model::DesiredUser) {
+    fn renamed(
+        key: &str,
+        from: &str,
+        to: &str,
+    ) -> (crate::model::DesiredUser, crate::model::DesiredUser) {
         (person(key, from, "Eng"), person(key, to, "Eng"))
     }
 
@@ -657,12 +663,18 @@ mod tests {
         let Operation::UpdateUser { changes, .. } = &p.operations[2] else {
             panic!()
         };
-        assert_eq!(changes[&UserAttr::UserName].old.as_deref(), Some(tmp.as_str()));
+        assert_eq!(
+            changes[&UserAttr::UserName].old.as_deref(),
+            Some(tmp.as_str())
+        );
         assert_eq!(changes[&UserAttr::Email].old.as_deref(), Some(tmp.as_str()));
         verify_saved(&p, &state).unwrap();
         // The executor cuts the update phase where a name is taken back.
         let text = plan_text(&p, Style { color: false });
-        assert!(text.contains("temporary userName, to break a swap"), "{text}");
+        assert!(
+            text.contains("temporary userName, to break a swap"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -675,7 +687,11 @@ mod tests {
             (&b0, Status::Active),
             (&c0, Status::Active),
         ]);
-        let p = plan(&desired(vec![a1, b1, c1], vec![]), &state, &Policy::default());
+        let p = plan(
+            &desired(vec![a1, b1, c1], vec![]),
+            &state,
+            &Policy::default(),
+        );
         let order: Vec<String> = p
             .operations
             .iter()
