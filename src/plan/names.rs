@@ -233,6 +233,7 @@ fn link(
             }
         }
     }
+    ops.retain(|op| !matches!(op, Operation::RemoveMembers { members, .. } if members.is_empty()));
     break_cycles(ops);
     // Renames that free a name a create or an earlier-phase step takes run in the
     // release phase too, and so do the renames they wait for, in turn.
@@ -269,9 +270,10 @@ fn waits_for(ops: &[Operation]) -> Vec<Option<usize>> {
     ops.iter()
         .enumerate()
         .map(|(i, op)| {
+            // A user's own steps (temporary, then final) follow by phase.
             claimed_name(op)
                 .and_then(|n| releases.get(&n).copied())
-                .filter(|j| *j != i)
+                .filter(|j| *j != i && ops[*j].subject() != op.subject())
         })
         .collect()
 }
@@ -306,7 +308,8 @@ fn mark_frees(ops: &mut Vec<Operation>, removal: usize, for_key: &SourceKey, lea
             });
         }
     }
-    ops.retain(|op| !matches!(op, Operation::RemoveMembers { members, .. } if members.is_empty()));
+    // Emptied chunks are dropped once every claim is decided (indices hold
+    // until then).
     ops.append(&mut split);
 }
 
@@ -669,7 +672,13 @@ mod tests {
         );
         assert_eq!(changes[&UserAttr::Email].old.as_deref(), Some(tmp.as_str()));
         verify_saved(&p, &state).unwrap();
-        // The executor cuts the update phase where a name is taken back.
+        let steps: Vec<_> = p
+            .operations
+            .iter()
+            .map(|op| (op.phase(), op.name_step()))
+            .collect();
+        assert_eq!(steps[1], (Phase::UpdateUsers, None), "{steps:?}");
+        assert_eq!(steps[2], (Phase::UpdateUsers, None), "{steps:?}");
         let text = plan_text(&p, Style { color: false });
         assert!(
             text.contains("temporary userName, to break a swap"),

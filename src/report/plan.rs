@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::plan::{Change, Changes, NameStep, Operation, Plan};
+use crate::plan::{Change, Changes, NameStep, Operation, Plan, released_name};
 
 use super::{Style, plural, quote, show};
 
@@ -238,7 +238,11 @@ fn step_note(op: &Operation) -> Option<String> {
         ),
         (NameStep::Frees { for_key }, _) => format!(
             "runs first: frees userName {} for user {}",
-            show(op.display_subject()),
+            show(
+                released_name(op)
+                    .as_ref()
+                    .map_or(op.display_subject(), |n| n.as_str())
+            ),
             show(for_key.as_str())
         ),
         (NameStep::Temporary { for_key }, _) => format!(
