@@ -653,7 +653,7 @@ fn under_never_a_new_hire_is_refused_the_leavers_account_naming_both_keys() {
         );
     }
     let stored = db.load().unwrap();
-    assert!(stored.users.get(&SourceKey::new("2")).is_none());
+    assert!(!stored.users.contains_key(&SourceKey::new("2")));
     assert_eq!(stored.users[&SourceKey::new("1")].status, Status::Disabled);
     let w = target.world.lock().unwrap();
     let leaver = &w.users[&ScimId::new("id-1")];
@@ -687,7 +687,7 @@ fn a_conflict_with_a_removed_leavers_account_still_in_the_target_is_not_adopted(
         "{}",
         outcome.failures[0].error
     );
-    assert!(db.load().unwrap().users.get(&SourceKey::new("2")).is_none());
+    assert!(!db.load().unwrap().users.contains_key(&SourceKey::new("2")));
     assert!(!target.world.lock().unwrap().users[&ScimId::new("id-1")].active);
 }
 
