@@ -770,4 +770,40 @@ mod tests {
         assert_eq!(released[0], UserName::new("b@x.com"));
         assert_eq!(claimed[1], UserName::new("b@x.com"));
     }
+
+    #[test]
+    fn full_never_adopts_a_leavers_account_for_a_new_key() {
+        use crate::model::{RemoteUser, TargetSnapshot};
+        use crate::plan::testkit::options;
+        // Leaver 1 is disabled (live) or recorded removed while its account is
+        // still in the target; new hire 2 has its address.
+        for leaver in [Status::Disabled, Status::Removed] {
+            let old = person("1", "a@x.com", "Eng");
+            let state = state_of(&[(&old, leaver)]);
+            let target = TargetSnapshot {
+                users: vec![RemoteUser {
+                    id: ScimId::new("id-1"),
+                    attrs: old.attrs.clone(),
+                    active: false,
+                }],
+                groups: vec![],
+            };
+            let input = crate::plan::PlanningInput::new(
+                desired(vec![person("2", "a@x.com", "Lead")], vec![]),
+                state,
+                Some(target),
+                options(&Policy::default()),
+                |_, _| Ok::<(), ()>(()),
+            )
+            .unwrap();
+            let p = crate::plan::plan(&input);
+            assert!(
+                !p.operations
+                    .iter()
+                    .any(|op| matches!(op, Operation::AdoptUser { .. })),
+                "{leaver:?}: {:?}",
+                p.operations
+            );
+        }
+    }
 }
