@@ -724,3 +724,45 @@ fn one_scim_id_is_never_recorded_for_two_live_keys() {
     let err = StateDb::open(&path).unwrap().load().unwrap_err();
     assert!(err.to_string().contains("both hold SCIM id"), "{err}");
 }
+
+#[test]
+fn a_takeover_waits_when_the_leavers_disable_failed() {
+    let (desired, state) = reuse_world();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    seed(&mut db, &state);
+    let target = target_for(&state);
+    let policy = Policy {
+        reuse_accounts: crate::plan::ReuseAccounts::AfterRemoval,
+        ..Policy::default()
+    };
+    // Release phase: the leaver leaves group g (request 0), then its disable
+    // (request 1) is refused.
+    target.world.lock().unwrap().faults = BTreeMap::from([(1, Fault::Refuse)]);
+    let outcome = cycle(&mut db, &target, &desired, &policy);
+    let errors: Vec<&str> = outcome.failures.iter().map(|f| f.error.as_str()).collect();
+    assert_eq!(outcome.failed, 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("only once 1's removal is done")),
+        "{errors:?}"
+    );
+    {
+        let w = target.world.lock().unwrap();
+        let leaver = &w.users[&ScimId::new("id-1")];
+        assert_eq!(
+            leaver.attrs[&UserAttr::ExternalId],
+            "1",
+            "taken over too early"
+        );
+    }
+    // The next cycle finishes the work: the leaver's account is user 2's.
+    let outcome = cycle(&mut db, &target, &desired, &policy);
+    assert_eq!(outcome.failed, 0, "{:?}", outcome.failures);
+    let stored = db.load().unwrap();
+    assert_eq!(stored.users[&SourceKey::new("2")].scim_id.as_str(), "id-1");
+    assert_eq!(stored.users[&SourceKey::new("1")].status, Status::Removed);
+    let (next, _) = plan_from_db(&mut db, &desired, &policy, None);
+    assert!(next.is_empty(), "{:#?}", next.operations);
+}

@@ -806,4 +806,34 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_rename_to_an_address_a_disabled_leaver_keeps_is_refused_not_sent() {
+        let (a0, a1) = renamed("1", "a@x.com", "old@x.com");
+        let leaver = person("2", "old@x.com", "Eng");
+        let state = state_of(&[(&a0, Status::Active), (&leaver, Status::Disabled)]);
+        for reuse in [ReuseAccounts::Never, ReuseAccounts::AfterRemoval] {
+            let p = plan(
+                &desired(vec![a1.clone()], vec![]),
+                &state,
+                &policy(RemoveAction::Disable, reuse),
+            );
+            assert_eq!(names(&p), ["update_user 1 old@x.com"]);
+            assert!(matches!(
+                step(&p, 0),
+                Some(NameStep::Refused { holder, status: Status::Disabled }) if holder.as_str() == "2"
+            ));
+            assert_eq!(claimed_name(&p.operations[0]), None);
+        }
+        // Under delete, the leaver's account is deleted first instead.
+        let p = plan(
+            &desired(vec![a1], vec![]),
+            &state,
+            &policy(RemoveAction::Delete, ReuseAccounts::Never),
+        );
+        assert_eq!(
+            names(&p),
+            ["delete_user 2 old@x.com", "update_user 1 old@x.com"]
+        );
+    }
 }

@@ -254,6 +254,11 @@ fn step_note(op: &Operation) -> Option<String> {
             show(from.as_str()),
             show(scim_id.as_str())
         ),
+        (NameStep::Refused { holder, status }, Operation::UpdateUser { .. }) => format!(
+            "refused: the userName belongs to the account of user {} ({}); free the address in the target",
+            show(holder.as_str()),
+            status.as_str()
+        ),
         (NameStep::Refused { holder, status }, _) => format!(
             "refused: the userName belongs to the account of user {} ({}); policy.reuse_accounts is never — free the address in the target, or set reuse_accounts: after_removal",
             show(holder.as_str()),
