@@ -204,3 +204,82 @@ fn two_users_swapping_mail_converge_in_one_cycle() {
 fn three_users_rotating_mail_converge_in_one_cycle() {
     rotate(&["u0001", "u0003", "u0004"]);
 }
+
+/// Starts `sync`, SIGKILLs it once the proxy has seen `at` writes (or after
+/// `limit`); returns its exit code (-1 when the kill landed).
+fn sync_killed_at_write(
+    ws: &Workspace,
+    proxy: &crate::proxy::FaultProxy,
+    at: usize,
+    limit: std::time::Duration,
+) -> i32 {
+    let mut running = ws.spawn(&["sync", "--format", "json"]);
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline && running.is_running() && proxy.writes() < at {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    running.signal("KILL");
+    let out = running.wait(std::time::Duration::from_secs(30));
+    assert!(
+        (-1..=1).contains(&out.code),
+        "sync ended with exit {} before the kill\n{}",
+        out.code,
+        out.dump()
+    );
+    out.code
+}
+
+#[test]
+fn sigkill_between_the_steps_of_a_rotation_resumes_without_a_lost_or_shared_name() {
+    let rig = crate::faults::rig("lc-kill", 40, 3, crate::proxy::pass_through());
+    let (server, ws, mut dir) = (&rig.server, &rig.ws, rig.dir.clone());
+    ws.sync_ok();
+    // A ring of 20 users (skipping the one with padded email and the inactive
+    // one): each takes the next one's address. One temporary name, then 20
+    // renames that must run one after another.
+    let keys: Vec<String> = (10..=30)
+        .filter(|n| *n != 14)
+        .map(|n| format!("u{n:04}"))
+        .collect();
+    let before = server.contents();
+    let ids: Vec<String> = keys
+        .iter()
+        .map(|k| before.user_id(&dir.user(k).user_name()))
+        .collect();
+    let emails: Vec<String> = keys.iter().map(|k| dir.user(k).email.clone()).collect();
+    for (i, k) in keys.iter().enumerate() {
+        dir.user_mut(k).email = emails[(i + 1) % keys.len()].clone();
+    }
+    ws.write_directory(&dir);
+    let mut killed = 0;
+    for step in [2, 5, 9] {
+        let at = rig.proxy.writes() + step;
+        let code = sync_killed_at_write(ws, &rig.proxy, at, std::time::Duration::from_secs(20));
+        if code == -1 {
+            killed += 1;
+        }
+        let now = server.contents();
+        crate::faults::assert_no_duplicates(&now);
+        let temporary = now
+            .users
+            .iter()
+            .filter(|u| crate::harness::str_at(u, "userName").starts_with("idsync-tmp-"))
+            .count();
+        eprintln!(
+            "killed at write {} (aimed at {at}) -> exit {code}; {temporary} temporary name(s) on the target",
+            rig.proxy.writes()
+        );
+    }
+    assert!(killed > 0, "no kill landed inside a run");
+    ws.sync_ok();
+    let after = server.contents();
+    assert_target_matches(&dir, &[], &after);
+    for (k, id) in keys.iter().zip(&ids) {
+        assert_eq!(
+            &after.user_id(&dir.user(k).user_name()),
+            id,
+            "user {k} changed accounts"
+        );
+    }
+    ws.assert_plan_empty();
+}
