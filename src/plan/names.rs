@@ -141,40 +141,39 @@ fn link(
         })
         .collect();
     held.sort_by(|a, b| a.1.cmp(b.1));
-    let user_op = |ops: &[Operation], key: &SourceKey, want: fn(&Operation) -> bool| {
-        ops.iter()
-            .position(|op| op.subject() == key.as_str() && want(op))
-    };
+    // Each holder's own rename and removal in this plan, by key.
+    let mut renames: HashMap<String, usize> = HashMap::new();
+    let mut removals: HashMap<String, usize> = HashMap::new();
+    if !held.is_empty() {
+        for (j, op) in ops.iter().enumerate() {
+            let by_key = match op {
+                Operation::UpdateUser { .. } | Operation::EnableUser { .. } => &mut renames,
+                Operation::DisableUser { .. } | Operation::DeleteUser { .. } => &mut removals,
+                _ => continue,
+            };
+            by_key.entry(op.subject().to_string()).or_insert(j);
+        }
+    }
     for (i, holder_key, holder) in held {
         let claimer = SourceKey::new(ops[i].subject());
-        let releases_it = |op: &Operation| released_name(op).is_some_and(|n| n == holder.user_name);
-        if user_op(ops, holder_key, |op| {
-            matches!(
-                op,
-                Operation::UpdateUser { .. } | Operation::EnableUser { .. }
-            )
-        })
-        .is_some_and(|j| releases_it(&ops[j]))
+        if renames
+            .get(holder_key.as_str())
+            .is_some_and(|j| released_name(&ops[*j]).is_some_and(|n| n == holder.user_name))
         {
             // The holder renames away in this plan: ordered below.
             continue;
         }
-        let removal = user_op(ops, holder_key, |op| {
-            matches!(
-                op,
-                Operation::DisableUser { .. } | Operation::DeleteUser { .. }
-            )
-        });
+        let removal = removals.get(holder_key.as_str()).copied();
         let leaving = !is_desired(holder_key);
         let is_create = matches!(ops[i], Operation::CreateUser { .. });
-        match (removal.map(|r| &ops[r]), is_create) {
-            (Some(Operation::DeleteUser { .. }), _) => {
-                mark_frees(ops, removal.unwrap(), &claimer, holder_key);
+        match (removal.map(|r| (r, &ops[r])), is_create) {
+            (Some((r, Operation::DeleteUser { .. })), _) => {
+                mark_frees(ops, r, &claimer, holder_key);
             }
-            (Some(Operation::DisableUser { .. }), true)
+            (Some((r, Operation::DisableUser { .. })), true)
                 if leaving && policy.reuse_accounts == ReuseAccounts::AfterRemoval =>
             {
-                mark_frees(ops, removal.unwrap(), &claimer, holder_key);
+                mark_frees(ops, r, &claimer, holder_key);
                 set_step(
                     &mut ops[i],
                     NameStep::TakesOver {
