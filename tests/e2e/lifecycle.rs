@@ -158,9 +158,9 @@ fn a_leavers_mail_is_refused_to_a_new_hire_in_the_next_cycle_under_disable_never
 }
 
 /// Gives each of `keys` the email of the next one (the last gets the first's),
-/// syncs, and checks that every account kept its SCIM id and the target
-/// matches the source.
-fn rotate(keys: &[&str]) {
+/// syncs (or, `saved`, applies a plan saved with `plan --out`), and checks that
+/// every account kept its SCIM id and the target matches the source.
+fn rotate(keys: &[&str], saved: bool) {
     let (server, ws, mut dir) = synced(8, 3);
     let before = server.contents();
     let emails: Vec<String> = keys.iter().map(|k| dir.user(k).email.clone()).collect();
@@ -182,7 +182,14 @@ fn rotate(keys: &[&str]) {
         1,
         "one temporary name breaks the ring: {plan}"
     );
-    ws.sync_ok();
+    if saved {
+        // A reviewed plan applies as made: its steps check against the state
+        // one after another (the final rename starts from the temporary name).
+        ws.run(&["plan", "--out", "rotation.json"]).assert_code(0);
+        ws.run(&["sync", "--plan", "rotation.json"]).assert_code(0);
+    } else {
+        ws.sync_ok();
+    }
     let after = server.contents();
     assert_target_matches(&dir, &[], &after);
     for (k, id) in keys.iter().zip(&ids) {
@@ -197,12 +204,17 @@ fn rotate(keys: &[&str]) {
 
 #[test]
 fn two_users_swapping_mail_converge_in_one_cycle() {
-    rotate(&["u0001", "u0003"]);
+    rotate(&["u0001", "u0003"], false);
 }
 
 #[test]
 fn three_users_rotating_mail_converge_in_one_cycle() {
-    rotate(&["u0001", "u0003", "u0004"]);
+    rotate(&["u0001", "u0003", "u0004"], false);
+}
+
+#[test]
+fn a_saved_plan_of_a_rotation_applies_step_by_step() {
+    rotate(&["u0002", "u0005", "u0006"], true);
 }
 
 /// Starts `sync`, SIGKILLs it once the proxy has seen `at` writes (or after
