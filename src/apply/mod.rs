@@ -2,8 +2,9 @@
 //! (adopt → release userNames that others take → create users → update users →
 //! create groups → rename groups → add members → remove members → disable/delete
 //! users → delete groups), with bounded concurrency — inside a phase, an
-//! operation that takes a userName waits for the one that frees it — and commits each operation's outcome to the state DB as it
-//! completes ([`transition`] says what it changes). One failing object is
+//! operation that takes a userName waits for the one that frees it — and
+//! commits each operation's outcome to the state DB as it completes
+//! ([`transition`] says what it changes). One failing object is
 //! recorded with its reason and the run goes on; a refused token stops it at
 //! once, and so does a target where most calls fail. A stop request lets the
 //! operations in flight finish and commit, then stops.
