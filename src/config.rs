@@ -301,6 +301,12 @@ struct RawPolicy {
     skip_out_of_scope_deletions: bool,
     #[serde(default)]
     protect: Option<RawProtect>,
+    /// Whether a new key given a leaver's address takes over the leaver's
+    /// account: `never` (default: the create fails for that user, naming both
+    /// keys, while the leaver's account holds the address) or `after_removal`
+    /// (once the leaver is removed, the new key gets the same SCIM id,
+    /// re-enabled with its own attributes). Under `remove_action: delete` the
+    /// leaver's account is deleted first and a new one is created either way.
     #[serde(default)]
     reuse_accounts: Option<ReuseAccounts>,
 }
@@ -1146,6 +1152,28 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn reuse_accounts_defaults_to_never_and_refuses_unknown_values_at_their_line() {
+        let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
+        let config = |policy: &str| {
+            format!(
+                "mapping: {}\ntarget: {{ kind: scim, base_url: https://scim.example, token_env: T }}\nstate: s.db\nsource: {{ kind: csv, users: u.csv }}\npolicy:\n  remove_action: disable\n{policy}",
+                mapping.display()
+            )
+        };
+        let path = Path::new("/etc/idsync/idsync.yaml");
+        let default = Settings::compile(path, &config("")).expect("compiles");
+        assert_eq!(default.policy.reuse_accounts, ReuseAccounts::Never);
+        let after = Settings::compile(path, &config("  reuse_accounts: after_removal\n"))
+            .expect("compiles");
+        assert_eq!(after.policy.reuse_accounts, ReuseAccounts::AfterRemoval);
+        let e = Settings::compile(path, &config("  reuse_accounts: always\n"))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.starts_with("/etc/idsync/idsync.yaml:7:"), "{e}");
+        assert!(e.contains("after_removal"), "{e}");
     }
 
     /// Everything but the `source:` section's body; `source:` is line 7.
