@@ -6,6 +6,9 @@
 //!
 //! It never touches an object the state does not record as created or adopted by
 //! idsync, and an email or userName change is an update of the same SCIM id.
+//! When a userName passes from one managed user to another (a leaver's address
+//! reused, a swap), `names` orders the work and records the decision on the
+//! operations ([`NameStep`]).
 //! `--full` folds what the target really holds into the state first
 //! (`reconcile`), so the same planner also corrects hand-made drift. The guards
 //! (`guard`) check a plan before anyone acts on it; `verify` checks a saved plan
