@@ -766,3 +766,28 @@ fn a_takeover_waits_when_the_leavers_disable_failed() {
     let (next, _) = plan_from_db(&mut db, &desired, &policy, None);
     assert!(next.is_empty(), "{:#?}", next.operations);
 }
+
+#[test]
+fn the_transition_never_records_another_keys_account_for_a_create() {
+    let (_, state) = reuse_world();
+    let hire = crate::plan::testkit::person("2", "a@x.com", "Lead");
+    let op = crate::plan::Operation::CreateUser {
+        key: hire.key.clone(),
+        user_name: UserName::new("a@x.com"),
+        changes: Default::default(),
+        name_step: None,
+    };
+    let t = transition(
+        &state,
+        &op,
+        Response::UserCreated {
+            id: ScimId::new("id-1"),
+            ownership: crate::model::Ownership::Adopted,
+            attrs: hire.attrs.clone(),
+        },
+        &BTreeSet::new(),
+    );
+    assert_eq!(t.change, None);
+    assert_eq!(t.outcome, crate::state::OpOutcome::Failed);
+    assert!(t.error.unwrap().contains("belongs to user 1"));
+}
