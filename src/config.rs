@@ -13,7 +13,7 @@ use serde_saphyr::Spanned;
 
 use crate::mapping::{Mapping, MappingError};
 use crate::model::Domain;
-use crate::plan::{OnRename, PlanOptions, Policy, RemovalLimit, RemoveAction};
+use crate::plan::{OnRename, PlanOptions, Policy, RemovalLimit, RemoveAction, ReuseAccounts};
 use crate::scim::{Flavour, RateLimit, RetryPolicy};
 use crate::source::csv::{CsvConfig, CsvSettings};
 use crate::source::entra::{EntraConfig, EntraSettings};
@@ -309,6 +309,14 @@ struct RawPolicy {
     skip_out_of_scope_deletions: bool,
     #[serde(default)]
     protect: Option<RawProtect>,
+    /// Whether a new key given a leaver's address takes over the leaver's
+    /// account: `never` (default: the create fails for that user, naming both
+    /// keys, while the leaver's account holds the address) or `after_removal`
+    /// (once the leaver is removed, the new key gets the same SCIM id,
+    /// re-enabled with its own attributes). Under `remove_action: delete` the
+    /// leaver's account is deleted first and a new one is created either way.
+    #[serde(default)]
+    reuse_accounts: Option<ReuseAccounts>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -893,6 +901,9 @@ fn compile_policy(
     if let Some(a) = raw.remove_action {
         policy.remove_action = a;
     }
+    if let Some(r) = raw.reuse_accounts {
+        policy.reuse_accounts = r;
+    }
     if let Some(limit) = &raw.max_removals {
         policy.max_removals = parse_limit("max_removals", &limit.value).map_err(|message| {
             at(
@@ -1289,6 +1300,28 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         use secrecy::ExposeSecret;
         assert_eq!(token.expect("accepted").expose_secret(), "tok-abc");
+    }
+
+    #[test]
+    fn reuse_accounts_defaults_to_never_and_refuses_unknown_values_at_their_line() {
+        let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
+        let config = |policy: &str| {
+            format!(
+                "mapping: {}\ntarget: {{ kind: scim, base_url: https://scim.example, token_env: T }}\nstate: s.db\nsource: {{ kind: csv, users: u.csv }}\npolicy:\n  remove_action: disable\n{policy}",
+                mapping.display()
+            )
+        };
+        let path = Path::new("/etc/idsync/idsync.yaml");
+        let default = Settings::compile(path, &config("")).expect("compiles");
+        assert_eq!(default.policy.reuse_accounts, ReuseAccounts::Never);
+        let after = Settings::compile(path, &config("  reuse_accounts: after_removal\n"))
+            .expect("compiles");
+        assert_eq!(after.policy.reuse_accounts, ReuseAccounts::AfterRemoval);
+        let e = Settings::compile(path, &config("  reuse_accounts: always\n"))
+            .expect_err("refused")
+            .to_string();
+        assert!(e.starts_with("/etc/idsync/idsync.yaml:7:"), "{e}");
+        assert!(e.contains("after_removal"), "{e}");
     }
 
     /// Everything but the `source:` section's body; `source:` is line 7.

@@ -1,8 +1,10 @@
 //! The executor: applies a checked plan to a [`Target`] in dependency order
-//! (adopt → create users → update users → create groups → rename groups → add
-//! members → remove members → disable/delete users → delete groups), with bounded
-//! concurrency, and commits each operation's outcome to the state DB as it
-//! completes ([`transition`] says what it changes). One failing object is
+//! (adopt → release userNames that others take → create users → update users →
+//! create groups → rename groups → add members → remove members → disable/delete
+//! users → delete groups), with bounded concurrency — inside a phase, an
+//! operation that takes a userName waits for the one that frees it — and
+//! commits each operation's outcome to the state DB as it completes
+//! ([`transition`] says what it changes). One failing object is
 //! recorded with its reason and the run goes on; a refused token stops it at
 //! once, and so does a target where most calls fail. A stop request lets the
 //! operations in flight finish and commit, then stops.
@@ -26,9 +28,9 @@ use serde::Serialize;
 
 use crate::model::{
     AttrNote, GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State,
-    UserAttr, UserAttrs, UserName,
+    Status, UserAttr, UserAttrs, UserName,
 };
-use crate::plan::{Changes, Operation, Phase, Plan};
+use crate::plan::{Changes, NameStep, Operation, Phase, Plan, claimed_name, released_name};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
 
 pub use resume::Interrupted;
@@ -120,6 +122,15 @@ enum Job {
         attrs: UserAttrs,
         lookup_first: bool,
     },
+    /// `reuse_accounts: after_removal`: the leaver's account, re-enabled with
+    /// the new user's attributes.
+    TakeOver {
+        id: ScimId,
+        attrs: UserAttrs,
+        ownership: Ownership,
+    },
+    /// Not sent: the planner or the state refuses it, and why.
+    Refuse(String),
     PatchUser {
         id: ScimId,
         changes: Vec<(UserAttr, Option<String>)>,
@@ -198,6 +209,8 @@ impl<T: Target> Executor<'_, T> {
                 // sent: after a crash only one window is looked up again.
                 end = end.min(seq + self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT);
             }
+            // A userName taken from another user waits until that one let it go.
+            end = seq + names_free_until(&ops[seq..end]);
             self.run_phase(run, seq, &ops[seq..end], phase, &interrupted, &mut outcome)
                 .await?;
             seq = end;
@@ -265,6 +278,14 @@ impl<T: Target> Executor<'_, T> {
 
         while let Some((seq, response, notes)) = results.next().await {
             let op = &ops[seq - first_seq];
+            let (response, notes) = match response {
+                Response::Existing {
+                    remote,
+                    attrs,
+                    lookup_first,
+                } => self.settle_conflict(op, remote, attrs, lookup_first).await,
+                other => (other, notes),
+            };
             self.note(op, &notes)?;
             self.commit(run, seq, op, response, outcome)?;
             self.progress.advance();
@@ -290,13 +311,62 @@ impl<T: Target> Executor<'_, T> {
         Ok(())
     }
 
+    /// A create met an existing account with its userName: adopted only when no
+    /// other key's state row records that account (a leaver's account is never
+    /// handed to a new key silently).
+    async fn settle_conflict(
+        &self,
+        op: &Operation,
+        remote: RemoteUser,
+        attrs: UserAttrs,
+        lookup_first: bool,
+    ) -> (Response, Vec<AttrNote>) {
+        let key = SourceKey::new(op.subject());
+        if let Some((holder, h)) = self.state.owner_of(&remote.id, &key) {
+            let user_name = UserName::new(op.display_subject());
+            return (
+                Response::Refused(refused(&key, &user_name, holder, h.status)),
+                Vec::new(),
+            );
+        }
+        adopt_existing(&self.target, remote, attrs, lookup_first).await
+    }
+
     fn prepare(&self, op: &Operation, interrupted: &Interrupted) -> Job {
         match op {
             Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => Job::Record,
-            Operation::CreateUser { changes, .. } => Job::CreateUser {
-                attrs: new_values(changes),
-                lookup_first: interrupted.contains(op),
+            Operation::CreateUser {
+                key,
+                user_name,
+                changes,
+                name_step,
+            } => match name_step {
+                Some(NameStep::Refused { holder, status }) => {
+                    Job::Refuse(refused(key, user_name, holder, *status))
+                }
+                Some(NameStep::TakesOver { from, scim_id }) => match self.state.users.get(from) {
+                    Some(h) if h.scim_id == *scim_id && h.status == Status::Disabled => {
+                        Job::TakeOver {
+                            id: scim_id.clone(),
+                            attrs: new_values(changes),
+                            ownership: h.ownership,
+                        }
+                    }
+                    _ => Job::Refuse(format!(
+                        "user {key} takes over the account of user {from} only once {from}'s removal is done, and it is not (it failed or the state changed); the next cycle tries again"
+                    )),
+                },
+                _ => Job::CreateUser {
+                    attrs: new_values(changes),
+                    lookup_first: interrupted.contains(op),
+                },
             },
+            Operation::UpdateUser {
+                key,
+                user_name,
+                name_step: Some(NameStep::Refused { holder, status }),
+                ..
+            } => Job::Refuse(rename_refused(key, user_name, holder, *status)),
             Operation::UpdateUser {
                 scim_id, changes, ..
             } => Job::PatchUser {
@@ -465,7 +535,7 @@ impl<T: Target> Executor<'_, T> {
                     .state
                     .users
                     .get(key)
-                    .is_some_and(|u| u.status == crate::model::Status::Active);
+                    .is_some_and(|u| u.status == Status::Active);
                 serde_json::json!({ "attrs": attrs, "groups": groups, "active": active })
             }
             Operation::DeleteGroup { key, .. } => {
@@ -481,6 +551,22 @@ impl<T: Target> Executor<'_, T> {
         };
         Ok(Some(value.to_string()))
     }
+}
+
+/// How many of `ops` (one phase) can run together: up to the first that takes
+/// a userName an earlier one of them releases.
+fn names_free_until(ops: &[Operation]) -> usize {
+    let mut released: Vec<UserName> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        if !released.is_empty()
+            && let Some(name) = claimed_name(op)
+            && released.contains(&name)
+        {
+            return i.max(1);
+        }
+        released.extend(released_name(op));
+    }
+    ops.len()
 }
 
 fn new_values(changes: &Changes) -> UserAttrs {
@@ -500,6 +586,33 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
     let result = match job {
         Job::Record => return (Response::Ok, Vec::new()),
         Job::Skip(why) => return (Response::Skipped(why), Vec::new()),
+        Job::Refuse(why) => return (Response::Refused(why), Vec::new()),
+        Job::TakeOver {
+            id,
+            attrs,
+            ownership,
+        } => {
+            let changes: Vec<(UserAttr, Option<String>)> =
+                attrs.iter().map(|(a, v)| (*a, Some(v.clone()))).collect();
+            return match target.patch_user(&id, &changes, Some(true)).await {
+                Ok(answer) => {
+                    let (attrs, notes) = match answer {
+                        Some(stored) => as_stored(attrs, &stored),
+                        None => (attrs, Vec::new()),
+                    };
+                    (
+                        Response::UserCreated {
+                            id,
+                            ownership,
+                            attrs,
+                        },
+                        notes,
+                    )
+                }
+                Err(TargetError::NotFound) => (Response::Gone, Vec::new()),
+                Err(e) => (Response::Failed(e), Vec::new()),
+            };
+        }
         Job::CreateUser {
             attrs,
             lookup_first,
@@ -620,6 +733,24 @@ async fn create_user<T: Target>(
             Vec::new(),
         );
     };
+    (
+        Response::Existing {
+            remote,
+            attrs,
+            lookup_first,
+        },
+        Vec::new(),
+    )
+}
+
+/// Brings an existing account found after a conflict (or a resumed create) in
+/// line with `attrs`, as the account of `key`.
+async fn adopt_existing<T: Target>(
+    target: &T,
+    remote: RemoteUser,
+    attrs: UserAttrs,
+    lookup_first: bool,
+) -> (Response, Vec<AttrNote>) {
     let changes: Vec<(UserAttr, Option<String>)> = attrs
         .iter()
         .filter(|(a, v)| remote.attrs.get(a) != Some(v))
@@ -655,6 +786,31 @@ async fn create_user<T: Target>(
             attrs,
         },
         notes,
+    )
+}
+
+/// Why a create is refused: its userName belongs to another managed user's
+/// account.
+fn refused(key: &SourceKey, user_name: &UserName, holder: &SourceKey, status: Status) -> String {
+    format!(
+        "userName {:?} belongs to the account of user {holder} ({}), so user {key} is not created and {holder}'s account is not given to it (policy.reuse_accounts: never); free the address in the target (delete or rename {holder}'s account; remove_action: delete does it for leavers) or set policy.reuse_accounts: after_removal to hand a leaver's account to {key}",
+        user_name.as_str(),
+        status.as_str()
+    )
+}
+
+/// Why a rename is refused: the new userName belongs to another managed user's
+/// account, and an existing user never takes over another account.
+fn rename_refused(
+    key: &SourceKey,
+    user_name: &UserName,
+    holder: &SourceKey,
+    status: Status,
+) -> String {
+    format!(
+        "userName {:?} belongs to the account of user {holder} ({}), so user {key} cannot be renamed to it; free the address in the target (delete or rename {holder}'s account; remove_action: delete does it for leavers)",
+        user_name.as_str(),
+        status.as_str()
     )
 }
 

@@ -205,6 +205,18 @@ impl Target for MemoryTarget {
         active: Option<bool>,
     ) -> Result<Option<RemoteUser>, TargetError> {
         self.call(Some(id), |w| {
+            // userNames stay unique, case-insensitively (as on Atlassian).
+            if let Some((_, Some(name))) = changes.iter().find(|(a, _)| *a == UserAttr::UserName) {
+                let name = UserName::new(name.as_str());
+                if w.users
+                    .values()
+                    .any(|u| u.id != *id && u.user_name().as_ref() == Some(&name))
+                {
+                    return Err(TargetError::Conflict {
+                        detail: "userName exists".into(),
+                    });
+                }
+            }
             let u = w.users.get_mut(id).ok_or(TargetError::NotFound)?;
             for (attr, value) in changes {
                 match value {

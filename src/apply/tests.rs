@@ -201,6 +201,18 @@ fn converges(
     full_first: bool,
 ) -> Result<(), TestCaseError> {
     let (desired, state) = own_names(desired, state);
+    converges_as_named(desired, state, policy, faults, concurrency, full_first)
+}
+
+/// [`converges`] with the userNames as given: keys may trade names.
+fn converges_as_named(
+    desired: Desired,
+    state: State,
+    policy: Policy,
+    faults: BTreeMap<usize, Fault>,
+    concurrency: usize,
+    full_first: bool,
+) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -511,4 +523,328 @@ fn assuming_every_request_succeeds_leaves_nothing_to_do() {
     assert_eq!(state.managed_users(), 2);
     let next = plan(&d, &state, &Policy::default());
     assert!(next.is_empty(), "{:#?}", next.operations);
+}
+
+/// Lifecycle worlds: keys trading a small pool of userNames — swaps, rotations,
+/// chains, leavers whose address a new key takes — under the policies that let
+/// every such plan finish (`reuse_accounts: never` with `disable` refuses a
+/// reused address on purpose; it has tests of its own).
+fn arb_name_world() -> impl Strategy<Value = (Desired, State, Policy)> {
+    let keys = 5usize;
+    (
+        prop::sample::subsequence((0..keys).collect::<Vec<_>>(), 0..=keys).prop_shuffle(),
+        prop::sample::subsequence((0..keys).collect::<Vec<_>>(), 0..=keys).prop_shuffle(),
+        prop::collection::vec(arb_status_no_removed(), keys),
+        any::<bool>(),
+    )
+        .prop_map(move |(had, want, statuses, delete)| {
+            use crate::plan::testkit::{desired, person, pushed};
+            let name = |n: usize| format!("n{n}@example.com");
+            // Key i held name `had[i]` before and wants `want[i]` now.
+            let mut state = State::default();
+            for (i, n) in had.iter().enumerate() {
+                let p = person(&format!("k{i}"), &name(*n), "Eng");
+                state.users.insert(p.key.clone(), pushed(&p, statuses[i]));
+            }
+            let users = want
+                .iter()
+                .enumerate()
+                .map(|(i, n)| person(&format!("k{}", keys - 1 - i), &name(*n), "Eng"))
+                .collect();
+            let policy = Policy {
+                remove_action: if delete {
+                    crate::plan::RemoveAction::Delete
+                } else {
+                    crate::plan::RemoveAction::Disable
+                },
+                reuse_accounts: crate::plan::ReuseAccounts::AfterRemoval,
+                ..Policy::default()
+            };
+            (desired(users, vec![]), state, policy)
+        })
+}
+
+fn arb_status_no_removed() -> impl Strategy<Value = Status> {
+    prop_oneof![Just(Status::Active), Just(Status::Disabled)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    #[test]
+    fn names_moving_between_keys_converge_despite_failures_and_crashes(
+        (desired, state, policy) in arb_name_world(),
+        faults in arb_faults(),
+        concurrency in 1..4usize,
+    ) {
+        // Under `disable`, a user renamed to a leaver's address is refused for
+        // as long as the leaver's account holds it: not a convergence case.
+        if policy.remove_action == crate::plan::RemoveAction::Disable {
+            let leavers: Vec<&UserName> = state
+                .users
+                .iter()
+                .filter(|(k, _)| !desired.users.iter().any(|d| d.key == **k))
+                .map(|(_, u)| &u.user_name)
+                .collect();
+            prop_assume!(!desired.users.iter().any(|d| {
+                state.users.contains_key(&d.key)
+                    && leavers.contains(&&UserName::new(d.user_name()))
+            }));
+        }
+        converges_as_named(desired, state, policy, faults, concurrency, false)?;
+    }
+}
+
+fn swap_world(rotation: usize) -> (Desired, State) {
+    use crate::plan::testkit::{desired, person, state_of};
+    let name = |n: usize| format!("p{n}@example.com");
+    let before: Vec<_> = (0..rotation)
+        .map(|i| person(&format!("{i}"), &name(i), "Eng"))
+        .collect();
+    let after = (0..rotation)
+        .map(|i| person(&format!("{i}"), &name((i + 1) % rotation), "Eng"))
+        .collect();
+    let state = state_of(
+        &before
+            .iter()
+            .map(|p| (p, Status::Active))
+            .collect::<Vec<_>>(),
+    );
+    (desired(after, vec![]), state)
+}
+
+#[test]
+fn a_swap_resumes_after_a_crash_between_any_two_steps() {
+    for rotation in [2, 3] {
+        // One request per step: a crash after each of them in turn.
+        for at in 0..=rotation + 1 {
+            let (desired, state) = swap_world(rotation);
+            let faults = BTreeMap::from([(at, Fault::Crash)]);
+            converges_as_named(desired, state, Policy::default(), faults, 1, false)
+                .unwrap_or_else(|e| panic!("rotation {rotation}, crash at request {at}: {e}"));
+        }
+    }
+}
+
+/// Leaver `1` (in group `g`) held `a@x.com`; new hire `2` gets it.
+fn reuse_world() -> (Desired, State) {
+    use crate::plan::testkit::{desired, group, person, state_of, with_group};
+    let old = person("1", "a@x.com", "Eng");
+    let new = person("2", "a@x.com", "Lead");
+    let stays = person("3", "c@x.com", "Eng");
+    let state = with_group(
+        state_of(&[(&old, Status::Active), (&stays, Status::Active)]),
+        "g",
+        "Staff",
+        &["1", "3"],
+    );
+    (
+        desired(vec![new, stays], vec![group("g", "Staff", &["3"])]),
+        state,
+    )
+}
+
+#[test]
+fn a_reused_address_converges_under_delete_and_after_removal_despite_crashes() {
+    for (remove, reuse) in [
+        (
+            crate::plan::RemoveAction::Delete,
+            crate::plan::ReuseAccounts::Never,
+        ),
+        (
+            crate::plan::RemoveAction::Delete,
+            crate::plan::ReuseAccounts::AfterRemoval,
+        ),
+        (
+            crate::plan::RemoveAction::Disable,
+            crate::plan::ReuseAccounts::AfterRemoval,
+        ),
+    ] {
+        for at in 0..5 {
+            let (desired, state) = reuse_world();
+            let policy = Policy {
+                remove_action: remove,
+                reuse_accounts: reuse,
+                ..Policy::default()
+            };
+            let faults = BTreeMap::from([(at, Fault::Crash)]);
+            converges_as_named(desired, state, policy, faults, 1, false)
+                .unwrap_or_else(|e| panic!("{remove:?} {reuse:?}, crash at {at}: {e}"));
+        }
+    }
+}
+
+/// Plans and applies one cycle from `db`; the executor's outcome.
+fn cycle(db: &mut StateDb, target: &MemoryTarget, desired: &Desired, policy: &Policy) -> Outcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (plan, state) = plan_from_db(db, desired, policy, None);
+    let executor = Executor {
+        target: target.clone(),
+        db,
+        state,
+        create_only: BTreeSet::new(),
+        concurrency: 2,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        progress: &NoProgress,
+    };
+    rt.block_on(executor.run("sync", &plan)).unwrap().0
+}
+
+#[test]
+fn under_never_a_new_hire_is_refused_the_leavers_account_naming_both_keys() {
+    let (desired, state) = reuse_world();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    seed(&mut db, &state);
+    let target = target_for(&state);
+    for _ in 0..2 {
+        let outcome = cycle(&mut db, &target, &desired, &Policy::default());
+        assert_eq!(outcome.failed, 1, "{:?}", outcome.failures);
+        let error = &outcome.failures[0].error;
+        assert!(
+            error.contains("user 1") && error.contains("user 2") && error.contains("after_removal"),
+            "{error}"
+        );
+    }
+    let stored = db.load().unwrap();
+    assert!(!stored.users.contains_key(&SourceKey::new("2")));
+    assert_eq!(stored.users[&SourceKey::new("1")].status, Status::Disabled);
+    let w = target.world.lock().unwrap();
+    let leaver = &w.users[&ScimId::new("id-1")];
+    assert!(!leaver.active, "the leaver's account was re-enabled");
+    assert_eq!(leaver.attrs[&UserAttr::Title], "Eng");
+}
+
+#[test]
+fn a_conflict_with_a_removed_leavers_account_still_in_the_target_is_not_adopted() {
+    // The state says the leaver's account is gone, but the target still holds
+    // it (a delete the target acknowledged without doing): the planner sees no
+    // holder, the create meets a 409, and the lookup finds key 1's account.
+    let (desired, mut state) = reuse_world();
+    state.users.get_mut(&SourceKey::new("1")).unwrap().status = Status::Disabled;
+    let target = target_for(&state);
+    state.users.get_mut(&SourceKey::new("1")).unwrap().status = Status::Removed;
+    state.memberships.clear();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    seed(&mut db, &state);
+    let policy = Policy {
+        reuse_accounts: crate::plan::ReuseAccounts::AfterRemoval,
+        ..Policy::default()
+    };
+    let outcome = cycle(&mut db, &target, &desired, &policy);
+    assert_eq!(outcome.failed, 1, "{:?}", outcome.failures);
+    assert!(
+        outcome.failures[0]
+            .error
+            .contains("account of user 1 (removed)"),
+        "{}",
+        outcome.failures[0].error
+    );
+    assert!(!db.load().unwrap().users.contains_key(&SourceKey::new("2")));
+    assert!(!target.world.lock().unwrap().users[&ScimId::new("id-1")].active);
+}
+
+#[test]
+fn one_scim_id_is_never_recorded_for_two_live_keys() {
+    let (_, state) = reuse_world();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idsync.db");
+    let mut db = StateDb::open(&path).unwrap();
+    seed(&mut db, &state);
+    let mut twin = state.users[&SourceKey::new("1")].clone();
+    twin.attrs = Some(UserAttrs::new());
+    let err = db
+        .commit_changes(&[crate::model::StateChange::PutUser {
+            key: SourceKey::new("2"),
+            user: twin,
+        }])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("already belongs to user 1"),
+        "{err}"
+    );
+    // A DB written by an earlier version that did it is refused on load, with
+    // the way out.
+    drop(db);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO users (key, scim_id, user_name, attrs, hash, status, ownership, updated_at)
+         SELECT '2', scim_id, user_name, attrs, hash, status, ownership, updated_at FROM users WHERE key = '1'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = StateDb::open(&path).unwrap().load().unwrap_err();
+    assert!(err.to_string().contains("both hold SCIM id"), "{err}");
+}
+
+#[test]
+fn a_takeover_waits_when_the_leavers_disable_failed() {
+    let (desired, state) = reuse_world();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    seed(&mut db, &state);
+    let target = target_for(&state);
+    let policy = Policy {
+        reuse_accounts: crate::plan::ReuseAccounts::AfterRemoval,
+        ..Policy::default()
+    };
+    // Release phase: the leaver leaves group g (request 0), then its disable
+    // (request 1) is refused.
+    target.world.lock().unwrap().faults = BTreeMap::from([(1, Fault::Refuse)]);
+    let outcome = cycle(&mut db, &target, &desired, &policy);
+    let errors: Vec<&str> = outcome.failures.iter().map(|f| f.error.as_str()).collect();
+    assert_eq!(outcome.failed, 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("only once 1's removal is done")),
+        "{errors:?}"
+    );
+    {
+        let w = target.world.lock().unwrap();
+        let leaver = &w.users[&ScimId::new("id-1")];
+        assert_eq!(
+            leaver.attrs[&UserAttr::ExternalId],
+            "1",
+            "taken over too early"
+        );
+    }
+    // The next cycle finishes the work: the leaver's account is user 2's.
+    let outcome = cycle(&mut db, &target, &desired, &policy);
+    assert_eq!(outcome.failed, 0, "{:?}", outcome.failures);
+    let stored = db.load().unwrap();
+    assert_eq!(stored.users[&SourceKey::new("2")].scim_id.as_str(), "id-1");
+    assert_eq!(stored.users[&SourceKey::new("1")].status, Status::Removed);
+    let (next, _) = plan_from_db(&mut db, &desired, &policy, None);
+    assert!(next.is_empty(), "{:#?}", next.operations);
+}
+
+#[test]
+fn the_transition_never_records_another_keys_account_for_a_create() {
+    let (_, state) = reuse_world();
+    let hire = crate::plan::testkit::person("2", "a@x.com", "Lead");
+    let op = crate::plan::Operation::CreateUser {
+        key: hire.key.clone(),
+        user_name: UserName::new("a@x.com"),
+        changes: Default::default(),
+        name_step: None,
+    };
+    let t = transition(
+        &state,
+        &op,
+        Response::UserCreated {
+            id: ScimId::new("id-1"),
+            ownership: crate::model::Ownership::Adopted,
+            attrs: hire.attrs.clone(),
+        },
+        &BTreeSet::new(),
+    );
+    assert_eq!(t.change, None);
+    assert_eq!(t.outcome, crate::state::OpOutcome::Failed);
+    assert!(t.error.unwrap().contains("belongs to user 1"));
 }

@@ -7,10 +7,10 @@
 use std::collections::BTreeSet;
 
 use crate::model::{
-    AttrHash, Ownership, ScimId, SourceKey, State, StateChange, StateGroup, StateUser, Status,
-    UserAttr, UserAttrs, UserName,
+    AttrHash, Ownership, RemoteUser, ScimId, SourceKey, State, StateChange, StateGroup, StateUser,
+    Status, UserAttr, UserAttrs, UserName,
 };
-use crate::plan::Operation;
+use crate::plan::{NameStep, Operation};
 use crate::state::OpOutcome;
 
 use super::TargetError;
@@ -37,6 +37,15 @@ pub enum Response {
     Gone,
     /// Not sent, and why.
     Skipped(String),
+    /// Not sent or not adopted: the account is another user's (see `NameStep`).
+    Refused(String),
+    /// A create found an account with its userName (after a 409, or a resumed
+    /// create); the executor decides whether it may be adopted.
+    Existing {
+        remote: RemoteUser,
+        attrs: UserAttrs,
+        lookup_first: bool,
+    },
     Failed(TargetError),
 }
 
@@ -91,6 +100,7 @@ pub fn transition(
         Response::Failed(err) => {
             return Transition::failed(None, err.status(), err.to_string());
         }
+        Response::Refused(why) => return Transition::failed(None, None, why),
         Response::Skipped(why) => {
             return Transition {
                 change: None,
@@ -143,6 +153,59 @@ pub fn transition(
                 ownership: Ownership::Adopted,
             },
         })),
+        (
+            Operation::CreateUser {
+                key,
+                user_name,
+                name_step: Some(NameStep::TakesOver { from, .. }),
+                ..
+            },
+            Response::UserCreated {
+                id,
+                ownership,
+                attrs,
+            },
+        ) => Transition::applied(Some(StateChange::HandOver {
+            from: from.clone(),
+            key: key.clone(),
+            user: StateUser {
+                scim_id: id,
+                user_name: user_name.clone(),
+                hash: AttrHash::of(&attrs, create_only),
+                status: Status::Active,
+                ownership,
+                attrs: Some(attrs),
+            },
+        })),
+        (
+            Operation::CreateUser {
+                name_step: Some(NameStep::TakesOver { from, .. }),
+                ..
+            },
+            Response::Gone,
+        ) => Transition::failed(
+            Some(StateChange::UserStatus {
+                key: from.clone(),
+                status: Status::Removed,
+            }),
+            Some(404),
+            format!("the account of user {from} no longer exists in the target; the next cycle creates a new one"),
+        ),
+        (
+            Operation::CreateUser { key, .. },
+            Response::UserCreated {
+                id,
+                ownership: Ownership::Adopted,
+                ..
+            },
+        ) if state.owner_of(&id, key).is_some_and(|(_, u)| u.status != Status::Removed) => {
+            let (holder, _) = state.owner_of(&id, key).expect("checked");
+            Transition::failed(
+                None,
+                None,
+                format!("the account {id} belongs to user {holder}; it is not adopted for user {key}"),
+            )
+        }
         (
             Operation::CreateUser { key, user_name, .. },
             Response::UserCreated {
@@ -409,6 +472,7 @@ mod tests {
             user_name: UserName::new("ann@example.com"),
             scim_id: ScimId::new("u1"),
             changes,
+            name_step: None,
         };
         let kept = Response::Kept(vec![
             (UserAttr::Title, None),

@@ -133,6 +133,14 @@ pub enum StateChange {
         key: SourceKey,
         status: Status,
     },
+    /// The account of `from` (gone from the source) now belongs to `key`:
+    /// `from` is removed (with its memberships) and `key` holds the account, so
+    /// one SCIM id never has two live rows.
+    HandOver {
+        from: SourceKey,
+        key: SourceKey,
+        user: StateUser,
+    },
     PutGroup {
         key: GroupKey,
         group: StateGroup,
@@ -168,11 +176,15 @@ impl State {
                     u.status = *status;
                 }
                 if *status == Status::Removed {
-                    for members in self.memberships.values_mut() {
-                        members.remove(key);
-                    }
-                    self.memberships.retain(|_, m| !m.is_empty());
+                    self.forget_memberships(key);
                 }
+            }
+            StateChange::HandOver { from, key, user } => {
+                if let Some(u) = self.users.get_mut(from) {
+                    u.status = Status::Removed;
+                }
+                self.forget_memberships(from);
+                self.users.insert(key.clone(), user.clone());
             }
             StateChange::PutGroup { key, group } => {
                 // A group recreated under a new id starts with no members pushed.
@@ -219,6 +231,23 @@ impl State {
                 }
             }
         }
+    }
+
+    fn forget_memberships(&mut self, user: &SourceKey) {
+        for members in self.memberships.values_mut() {
+            members.remove(user);
+        }
+        self.memberships.retain(|_, m| !m.is_empty());
+    }
+
+    /// The key of another user (live, disabled, or removed) recorded with
+    /// `scim_id`: the account is that user's, not `key`'s. A scan: for the rare
+    /// paths (a 409, a resumed create), never per operation.
+    pub fn owner_of(&self, scim_id: &ScimId, key: &SourceKey) -> Option<(&SourceKey, &StateUser)> {
+        self.users
+            .iter()
+            .filter(|(k, u)| *k != key && u.scim_id == *scim_id)
+            .min_by_key(|(_, u)| u.status == Status::Removed)
     }
 
     /// The live (not removed) user with `key`.

@@ -6,6 +6,9 @@
 //!
 //! It never touches an object the state does not record as created or adopted by
 //! idsync, and an email or userName change is an update of the same SCIM id.
+//! When a userName passes from one managed user to another (a leaver's address
+//! reused, a swap), `names` orders the work and records the decision on the
+//! operations ([`NameStep`]).
 //! `--full` folds what the target really holds into the state first
 //! (`reconcile`), so the same planner also corrects hand-made drift. The guards
 //! (`guard`) check a plan before anyone acts on it; `verify` checks a saved plan
@@ -13,6 +16,7 @@
 
 pub mod guard;
 mod input;
+mod names;
 mod planner;
 mod policy;
 mod reconcile;
@@ -23,14 +27,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    GroupKey, GroupName, ScimId, SourceKey, StateChange, UserAttr, UserAttrs, UserName,
+    GroupKey, GroupName, ScimId, SourceKey, StateChange, Status, UserAttr, UserAttrs, UserName,
 };
 
 pub use input::{PlanOptions, PlanningInput};
+pub use names::{claimed_name, released_name, temporary_user_name};
 pub use planner::{diff, fingerprint, plan};
 pub use policy::{
     DEFAULT_MAX_MEMBER_REMOVALS, DEFAULT_MAX_REMOVALS, MEMBER_REMOVALS_FLOOR, OnRename, Policy,
-    RemovalLimit, RemoveAction,
+    RemovalLimit, RemoveAction, ReuseAccounts,
 };
 pub use verify::{Mismatch, PlanMismatch, verify_saved};
 
@@ -51,6 +56,32 @@ pub enum MatchedBy {
     UserName,
     ExternalId,
     DisplayName,
+}
+
+/// How an operation takes part in moving a userName from one managed user to
+/// another within one plan (a leaver's address given to a new hire, two users
+/// swapping addresses). Shown in the plan, so a reviewer sees the decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum NameStep {
+    /// Runs before the creates (the release phase): frees the userName that
+    /// `for_key` takes later in this plan.
+    Frees { for_key: SourceKey },
+    /// Breaks a cycle of renames: the user passes through a temporary userName
+    /// so that `for_key` can take this one; a later update gives the final name.
+    Temporary { for_key: SourceKey },
+    /// `policy.reuse_accounts: after_removal`: the new key takes over the account
+    /// of `from` (gone from the source) once its removal is done — a PATCH of
+    /// that SCIM id, not a POST.
+    TakesOver { from: SourceKey, scim_id: ScimId },
+    /// The userName belongs to `holder`'s account (in `status`), which keeps it:
+    /// the create (`policy.reuse_accounts: never`) or rename fails for this user
+    /// without being sent.
+    Refused { holder: SourceKey, status: Status },
+}
+
+fn no_step(step: &Option<NameStep>) -> bool {
+    step.is_none()
 }
 
 /// One step of a plan. Operations name objects by source key; SCIM ids of objects
@@ -81,6 +112,8 @@ pub enum Operation {
         #[serde(rename = "userName")]
         user_name: UserName,
         changes: Changes,
+        #[serde(default, skip_serializing_if = "no_step")]
+        name_step: Option<NameStep>,
     },
     UpdateUser {
         key: SourceKey,
@@ -88,6 +121,8 @@ pub enum Operation {
         user_name: UserName,
         scim_id: ScimId,
         changes: Changes,
+        #[serde(default, skip_serializing_if = "no_step")]
+        name_step: Option<NameStep>,
     },
     /// Re-activates a disabled user (same SCIM id), with any attribute changes.
     EnableUser {
@@ -103,6 +138,8 @@ pub enum Operation {
         user_name: UserName,
         scim_id: ScimId,
         reason: String,
+        #[serde(default, skip_serializing_if = "no_step")]
+        name_step: Option<NameStep>,
     },
     DeleteUser {
         key: SourceKey,
@@ -110,6 +147,8 @@ pub enum Operation {
         user_name: UserName,
         scim_id: ScimId,
         reason: String,
+        #[serde(default, skip_serializing_if = "no_step")]
+        name_step: Option<NameStep>,
     },
     CreateGroup {
         key: GroupKey,
@@ -146,6 +185,8 @@ pub enum Operation {
         /// (a deleted user's id some servers keep), removed as stored.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dangling: Vec<String>,
+        #[serde(default, skip_serializing_if = "no_step")]
+        name_step: Option<NameStep>,
     },
 }
 
@@ -208,6 +249,10 @@ impl OpKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     Adopt,
+    /// Frees userNames that creates and renames later in the plan take: the
+    /// leavers' removals (and their membership removals), renames away, and
+    /// the temporary names that break swaps.
+    Release,
     CreateUsers,
     UpdateUsers,
     CreateGroups,
@@ -220,6 +265,12 @@ pub enum Phase {
 
 impl Operation {
     pub fn phase(&self) -> Phase {
+        if matches!(
+            self.name_step(),
+            Some(NameStep::Frees { .. } | NameStep::Temporary { .. })
+        ) {
+            return Phase::Release;
+        }
         match self {
             Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => Phase::Adopt,
             Operation::CreateUser { .. } => Phase::CreateUsers,
@@ -230,6 +281,18 @@ impl Operation {
             Operation::RemoveMembers { .. } => Phase::RemoveMembers,
             Operation::DisableUser { .. } | Operation::DeleteUser { .. } => Phase::RemoveUsers,
             Operation::DeleteGroup { .. } => Phase::DeleteGroups,
+        }
+    }
+
+    /// The operation's part in moving a userName between users, if any.
+    pub fn name_step(&self) -> Option<&NameStep> {
+        match self {
+            Operation::CreateUser { name_step, .. }
+            | Operation::UpdateUser { name_step, .. }
+            | Operation::DisableUser { name_step, .. }
+            | Operation::DeleteUser { name_step, .. }
+            | Operation::RemoveMembers { name_step, .. } => name_step.as_ref(),
+            _ => None,
         }
     }
 

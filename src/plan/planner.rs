@@ -8,6 +8,7 @@ use crate::model::{
     StateUser, Status, UserAttr, UserAttrs, UserName,
 };
 
+use super::names;
 use super::reconcile::reconcile;
 use super::{
     Change, Changes, OnRename, Operation, Plan, PlanningInput, Policy, RemoveAction, Summary,
@@ -147,6 +148,7 @@ fn diff_state(desired: &Desired, state: &State, policy: &Policy) -> (Vec<Operati
                                 )
                             })
                             .collect(),
+                        name_step: None,
                     });
                     present.insert(&d.key);
                 }
@@ -186,6 +188,7 @@ fn diff_state(desired: &Desired, state: &State, policy: &Policy) -> (Vec<Operati
                     user_name: s.user_name.clone(),
                     scim_id: s.scim_id.clone(),
                     reason,
+                    name_step: None,
                 })
             }
             RemoveAction::Disable => {}
@@ -194,6 +197,7 @@ fn diff_state(desired: &Desired, state: &State, policy: &Policy) -> (Vec<Operati
                 user_name: s.user_name.clone(),
                 scim_id: s.scim_id.clone(),
                 reason,
+                name_step: None,
             }),
         }
     }
@@ -202,7 +206,12 @@ fn diff_state(desired: &Desired, state: &State, policy: &Policy) -> (Vec<Operati
         plan_groups(desired, state, policy, &present, &mut ops, &mut warnings);
     }
 
-    ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    if names::may_move_names(&ops, state) {
+        let is_desired = |k: &SourceKey| desired_keys.contains(k);
+        ops = names::sequence(ops, state, &is_desired, policy, &mut warnings);
+    } else {
+        ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    }
     (ops, warnings)
 }
 
@@ -250,6 +259,7 @@ fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &m
                     user_name,
                     scim_id,
                     changes,
+                    name_step: None,
                 });
             }
             ops.push(Operation::DisableUser {
@@ -257,6 +267,7 @@ fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &m
                 user_name: UserName::new(d.user_name()),
                 scim_id: s.scim_id.clone(),
                 reason: "inactive in the source".to_string(),
+                name_step: None,
             });
         }
         _ if !changes.is_empty() => {
@@ -266,6 +277,7 @@ fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &m
                 user_name,
                 scim_id,
                 changes,
+                name_step: None,
             });
         }
         _ => {}
@@ -442,6 +454,7 @@ fn push_members<'a>(
                 display_name,
                 members,
                 dangling: Vec::new(),
+                name_step: None,
             }
         });
     }

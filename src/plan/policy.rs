@@ -18,6 +18,22 @@ pub enum RemoveAction {
     Delete,
 }
 
+/// Whether a new source key whose userName belongs to the account of a user who
+/// left the source may take that account over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReuseAccounts {
+    /// Never: the create fails for the new user, naming both keys, until the
+    /// address is free in the target (with `remove_action: delete` the
+    /// leaver's account is deleted first, in the same plan, and the create
+    /// then succeeds).
+    #[default]
+    Never,
+    /// Once the leaver's removal is done, the new key takes over its account
+    /// (same SCIM id, re-enabled, attributes and externalId of the new user).
+    AfterRemoval,
+}
+
 /// What to do when a group's name changes in the source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +98,8 @@ pub struct Policy {
     /// domains); empty = any. Users outside them are skipped with a warning
     /// instead of failing.
     pub verified_domains: BTreeSet<Domain>,
+    /// Whether a reused address may take over a leaver's account.
+    pub reuse_accounts: ReuseAccounts,
 }
 
 impl Default for Policy {
@@ -99,6 +117,7 @@ impl Default for Policy {
             member_chunk: 100,
             target_renames_groups: true,
             verified_domains: BTreeSet::new(),
+            reuse_accounts: ReuseAccounts::Never,
         }
     }
 }

@@ -113,6 +113,14 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
             by_external.entry(ext.as_str()).or_insert(u);
         }
     }
+    // Accounts the state records for keys it marked removed are still those
+    // keys' accounts (a leaver's, say): never adopted for another key.
+    let removed_owner: HashMap<&str, &SourceKey> = state
+        .users
+        .iter()
+        .filter(|(_, u)| u.status == Status::Removed)
+        .map(|(k, u)| (u.scim_id.as_str(), k))
+        .collect();
     for d in &desired.users {
         if out.live_user(&d.key).is_some() {
             continue;
@@ -128,6 +136,12 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
         let Some((remote, matched_by)) = found else {
             continue;
         };
+        if removed_owner
+            .get(remote.id.as_str())
+            .is_some_and(|owner| **owner != d.key)
+        {
+            continue;
+        }
         if !claimed.insert(remote.id.as_str()) {
             continue;
         }
@@ -254,6 +268,7 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
                 display_name: g.display_name.clone(),
                 members: Vec::new(),
                 dangling: gone,
+                name_step: None,
             });
         }
         memberships.push(StateChange::SetMembers {

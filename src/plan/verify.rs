@@ -13,7 +13,7 @@ use std::fmt;
 
 use crate::model::{GroupKey, ScimId, SourceKey, State, StateUser, UserAttr, UserName};
 
-use super::{Operation, Plan};
+use super::{NameStep, Operation, Plan};
 
 /// The first operation of a saved plan that does not match the state, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl fmt::Display for PlanMismatch {
 /// Checks every operation of a saved plan against `state` (the state the plan's
 /// fingerprint names); the first that does not match refuses the plan.
 pub fn verify_saved(plan: &Plan, state: &State) -> Result<(), PlanMismatch> {
-    let ctx = Context::of(plan, state);
+    let mut ctx = Context::of(plan, state);
     for (i, op) in plan.operations.iter().enumerate() {
         ctx.check(op).map_err(|reason| PlanMismatch {
             index: i + 1,
@@ -108,6 +108,9 @@ struct Context<'a> {
     /// The userName an update renames a user to: a disable later in the same
     /// plan names the user by it.
     renamed: HashMap<&'a SourceKey, UserName>,
+    /// The userName a user holds at this point of the plan, once an earlier
+    /// operation renamed it (a swap passes through a temporary name).
+    current: HashMap<&'a SourceKey, UserName>,
 }
 
 impl<'a> Context<'a> {
@@ -118,6 +121,7 @@ impl<'a> Context<'a> {
             created_groups: HashSet::new(),
             deleted_groups: HashSet::new(),
             renamed: HashMap::new(),
+            current: HashMap::new(),
         };
         for op in &plan.operations {
             match op {
@@ -140,12 +144,17 @@ impl<'a> Context<'a> {
         ctx
     }
 
-    fn check(&self, op: &Operation) -> Result<(), Mismatch> {
+    fn check(&mut self, op: &'a Operation) -> Result<(), Mismatch> {
         match op {
             Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => Err(Mismatch::Adoption),
-            Operation::CreateUser { key, .. } => {
+            Operation::CreateUser { key, name_step, .. } => {
                 if self.state.live_user(key).is_some() {
                     return Err(Mismatch::AlreadyLive);
+                }
+                // A takeover names the leaver's account as the state holds it.
+                if let Some(NameStep::TakesOver { from, scim_id }) = name_step {
+                    let holder = self.state.live_user(from).ok_or(Mismatch::NotManaged)?;
+                    same_id(scim_id, &holder.scim_id)?;
                 }
                 Ok(())
             }
@@ -154,6 +163,7 @@ impl<'a> Context<'a> {
                 user_name,
                 scim_id,
                 changes,
+                ..
             }
             | Operation::EnableUser {
                 key,
@@ -167,10 +177,17 @@ impl<'a> Context<'a> {
                     Some(change) => change.old.as_deref().map(UserName::new),
                     None => Some(user_name.clone()),
                 };
-                match old {
-                    Some(old) => same_user_name(&old, s),
-                    None => Ok(()),
-                }
+                let result = match (old, self.current.get(key)) {
+                    (Some(old), Some(now)) if old == *now => Ok(()),
+                    (Some(old), Some(now)) => Err(Mismatch::Name {
+                        plan: old.to_string(),
+                        state: now.to_string(),
+                    }),
+                    (Some(old), None) => same_user_name(&old, s),
+                    (None, _) => Ok(()),
+                };
+                self.current.insert(key, user_name.clone());
+                result
             }
             Operation::DisableUser {
                 key,
@@ -428,6 +445,7 @@ mod tests {
             display_name,
             members: Vec::new(),
             dangling: vec!["some-id".into()],
+            name_step: None,
         });
         assert_eq!(
             verify_saved(&plan, &state).unwrap_err().reason,

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::model::SourceKey;
-use crate::plan::{Change, Changes, OpKind, Operation, Plan};
+use crate::plan::{Change, Changes, NameStep, OpKind, Operation, Plan, released_name};
 
 use super::{Style, plural, quote, show};
 
@@ -111,6 +111,7 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
             user_name,
             key,
             changes,
+            ..
         } => {
             head(
                 "32",
@@ -229,6 +230,9 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
             }
         }
     }
+    if let Some(note) = step_note(op) {
+        let _ = writeln!(out, "      ↳ {note}");
+    }
     out
 }
 
@@ -335,4 +339,44 @@ pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result
     serde_json::to_writer_pretty(&mut out, plan).map_err(std::io::Error::other)?;
     out.write_all(b"\n")?;
     out.flush()
+}
+
+/// The line under an operation that moves a userName between users: what the
+/// planner decided, for the reviewer.
+fn step_note(op: &Operation) -> Option<String> {
+    let step = op.name_step()?;
+    Some(match (step, op) {
+        (NameStep::Frees { for_key }, Operation::RemoveMembers { .. }) => format!(
+            "runs first: the leaving account leaves its groups before its address goes to user {}",
+            show(for_key.as_str())
+        ),
+        (NameStep::Frees { for_key }, _) => format!(
+            "runs first: frees userName {} for user {}",
+            show(
+                released_name(op)
+                    .as_ref()
+                    .map_or(op.display_subject(), |n| n.as_str())
+            ),
+            show(for_key.as_str())
+        ),
+        (NameStep::Temporary { for_key }, _) => format!(
+            "temporary userName, to break a swap: user {} takes the old name, then this user gets its final one",
+            show(for_key.as_str())
+        ),
+        (NameStep::TakesOver { from, scim_id }, _) => format!(
+            "takes over the account of user {} (SCIM id {}) once its removal is done (policy.reuse_accounts: after_removal)",
+            show(from.as_str()),
+            show(scim_id.as_str())
+        ),
+        (NameStep::Refused { holder, status }, Operation::UpdateUser { .. }) => format!(
+            "refused: the userName belongs to the account of user {} ({}); free the address in the target",
+            show(holder.as_str()),
+            status.as_str()
+        ),
+        (NameStep::Refused { holder, status }, _) => format!(
+            "refused: the userName belongs to the account of user {} ({}); policy.reuse_accounts is never — free the address in the target, or set reuse_accounts: after_removal",
+            show(holder.as_str()),
+            status.as_str()
+        ),
+    })
 }

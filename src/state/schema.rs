@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -131,6 +131,11 @@ ALTER TABLE run_ops ADD COLUMN new_values TEXT;
 ALTER TABLE runs ADD COLUMN managed_users INTEGER;
 ALTER TABLE runs ADD COLUMN managed_groups INTEGER;
 "#,
+    // 7: live users by SCIM id, so a commit and a load can check that one
+    // account belongs to one source key. Not UNIQUE: a DB written by an earlier
+    // version may hold two live rows for one id, and loading it must say so
+    // with a way out rather than fail the migration.
+    "CREATE INDEX users_live_scim_id ON users (scim_id) WHERE status != 'removed';",
 ];
 
 impl StateDb {

@@ -95,6 +95,7 @@ pub fn restrict(
                 display_name,
                 members,
                 dangling: _,
+                name_step,
             } => {
                 let members: Vec<SourceKey> =
                     members.into_iter().filter(|m| keys.contains(m)).collect();
@@ -103,6 +104,7 @@ pub fn restrict(
                     display_name,
                     members,
                     dangling: Vec::new(),
+                    name_step,
                 })
             }
         };
@@ -146,6 +148,7 @@ mod tests {
             key: SourceKey::new(key),
             user_name: UserName::new(format!("{key}@example.com")),
             changes: Default::default(),
+            name_step: None,
         };
         let group = |key: &str| Operation::CreateGroup {
             key: GroupKey::new(key),
@@ -171,12 +174,14 @@ mod tests {
                 display_name: GroupName::new("old"),
                 members: keys(&["a", "c"]),
                 dangling: Vec::new(),
+                name_step: None,
             },
             Operation::DisableUser {
                 key: SourceKey::new("c"),
                 user_name: UserName::new("c@example.com"),
                 scim_id: ScimId::new("id-c"),
                 reason: "not in the source".into(),
+                name_step: None,
             },
         ]);
         let only = BTreeSet::from([SourceKey::new("a")]);

@@ -236,6 +236,7 @@ impl Undo {
                 key: key.clone(),
                 user_name: user_name.clone(),
                 changes,
+                name_step: None,
             });
         }
         if !recreated.is_empty() {
@@ -266,12 +267,14 @@ impl Undo {
                     user_name,
                     scim_id,
                     reason,
+                    name_step: None,
                 },
                 RemoveAction::Disable => Operation::DisableUser {
                     key,
                     user_name,
                     scim_id,
                     reason,
+                    name_step: None,
                 },
             });
         }
@@ -324,6 +327,7 @@ impl Undo {
                     user_name: user_name.clone(),
                     scim_id: user.scim_id.clone(),
                     changes,
+                    name_step: None,
                 });
             }
             if disable {
@@ -332,6 +336,7 @@ impl Undo {
                     user_name,
                     scim_id: user.scim_id.clone(),
                     reason: reason.clone(),
+                    name_step: None,
                 });
             }
         }
@@ -432,6 +437,7 @@ impl Undo {
                     display_name: group.display_name.clone(),
                     members,
                     dangling: Vec::new(),
+                    name_step: None,
                 });
             }
         }
@@ -526,6 +532,7 @@ mod tests {
                 user_name,
                 scim_id,
                 reason: "not in the source".into(),
+                name_step: None,
             },
             Destroyed {
                 attrs: Some(UserAttrs::from([(
@@ -550,6 +557,7 @@ mod tests {
                 key,
                 user_name,
                 changes: Changes::new(),
+                name_step: None,
             },
             Destroyed::default(),
         );
@@ -566,6 +574,7 @@ mod tests {
                         new: Some("Lead".into()),
                     },
                 )]),
+                name_step: None,
             },
             Destroyed::default(),
         );
@@ -576,6 +585,7 @@ mod tests {
                 user_name,
                 scim_id,
                 reason: "left".into(),
+                name_step: None,
             },
             Destroyed::default(),
         );

@@ -16,6 +16,7 @@ mod crash;
 mod csv_sync;
 mod faults;
 mod harness;
+mod lifecycle;
 mod ops;
 mod proxy;
 mod quirks_members;

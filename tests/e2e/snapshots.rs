@@ -1090,3 +1090,78 @@ fn revert_recreates_deleted_users_and_groups_with_their_members() {
     ws.run(&["sync", "--plan", "revert.json"]).assert_code(0);
     assert_eq!(names(&server.contents()), before);
 }
+
+#[test]
+fn plan_for_two_users_swapping_addresses_passes_through_a_temporary_name() {
+    let (server, ws) = fresh("snap-swap");
+    let mut r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    dir.user_mut("u1").email = "grace@example.com".into();
+    dir.user_mut("u2").email = "ada@example.com".into();
+    ws.write_directory(&dir);
+    let (text, _, plan) = plans(&ws, &r, false);
+    assert_eq!(ops_of(&plan, "update_user").len(), 3, "{plan}");
+    snap(
+        "plan_swap_text",
+        "plan (text) after u1 (ada@) and u2 (grace@) swapped email addresses: u1 passes through a temporary userName",
+        &text,
+    );
+}
+
+#[test]
+fn plan_for_a_leavers_address_given_to_a_new_hire_shows_the_reuse_decision() {
+    let (server, ws) = fresh("snap-reuse");
+    let mut r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    dir.remove_user("u4");
+    dir.users.push(user(
+        "u5",
+        "edsger@example.com",
+        "Edna",
+        "Dijkstra",
+        "Intern",
+        "R&D",
+    ));
+    dir.groups
+        .get_mut("finance")
+        .expect("finance")
+        .push("u5".into());
+    ws.write_directory(&dir);
+    let (never, _, plan) = plans(&ws, &r, false);
+    assert_eq!(
+        ops_of(&plan, "create_user")[0]["name_step"]["step"],
+        "refused",
+        "{plan}"
+    );
+    let mut after = Workspace::new(&server);
+    after.raw_config = Some(config_with(
+        &ws,
+        "policy:\n",
+        "policy:\n  reuse_accounts: after_removal\n",
+    ));
+    after.write_directory(&dir);
+    std::fs::copy(ws.state_db(), after.state_db()).expect("copy the state");
+    let r_after = {
+        let mut r2 = Redactor::new(&after);
+        r2.learn(&server);
+        r2
+    };
+    let (takeover, _, plan) = plans(&after, &r_after, false);
+    assert_eq!(
+        ops_of(&plan, "create_user")[0]["name_step"]["step"],
+        "takes_over",
+        "{plan}"
+    );
+    snap(
+        "plan_reuse_never_text",
+        "plan (text), remove_action disable, reuse_accounts never: u4 (edsger@) left and new hire u5 has edsger@example.com",
+        &never,
+    );
+    snap(
+        "plan_reuse_after_removal_text",
+        "plan (text), remove_action disable, reuse_accounts after_removal: u4 (edsger@) left and new hire u5 has edsger@example.com",
+        &takeover,
+    );
+}
