@@ -905,3 +905,32 @@ fn user_names_differing_only_in_unicode_normalisation_are_duplicates() {
         errors[0]
     );
 }
+
+#[test]
+fn groups_sharing_a_display_name_are_held_and_users_still_map() {
+    let m = compile(ASSIGNED);
+    let dir = directory(
+        &[("u1", "a@example.com"), ("u2", "b@example.com")],
+        vec![
+            named("g1", "Atlassian Users", &["u1", "u2"]),
+            named("g-contractors", "Contractors", &["u1"]),
+            named("g-contractors-2", "CONTRACTORS", &["u2"]),
+            named("g-contractors-3", "contractors", &[]),
+            named("g9", "suspended", &[]),
+        ],
+    );
+    let desired = m.build(dir).unwrap();
+    let keys: Vec<&str> = desired.users.iter().map(|u| u.key.as_str()).collect();
+    assert_eq!(keys, ["u1", "u2"]);
+    let groups: Vec<&str> = desired.groups.iter().map(|g| g.key.as_str()).collect();
+    assert_eq!(groups, ["g1", "g9"]);
+    let held: Vec<&str> = desired.held_groups.iter().map(|g| g.key.as_str()).collect();
+    assert_eq!(
+        held,
+        ["g-contractors", "g-contractors-2", "g-contractors-3"]
+    );
+    let reason = &desired.held_groups[0].reason;
+    assert!(reason.contains("3 groups share the displayName"), "{reason}");
+    assert!(reason.contains("groups.csv group g-contractors-3"), "{reason}");
+    assert!(reason.contains("sAMAccountName"), "{reason}");
+}

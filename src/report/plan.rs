@@ -188,6 +188,7 @@ pub fn held_text(held: &[Operation], limit: usize) -> String {
         operations: held.iter().take(limit).cloned().collect(),
         warnings: Vec::new(),
         ignored_members: 0,
+        held_groups: 0,
         source_users: 0,
         managed_users: 0,
         managed_memberships: 0,

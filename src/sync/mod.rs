@@ -673,7 +673,9 @@ pub async fn cycle<T: Target>(
 
     let exit = match &outcome.stopped {
         Some(Stop::Unauthorized(_)) => Exit::Unreachable,
-        _ if outcome.failed > 0 || outcome.stopped.is_some() => Exit::Partial,
+        _ if outcome.failed > 0 || outcome.stopped.is_some() || plan.held_groups > 0 => {
+            Exit::Partial
+        }
         _ => Exit::Ok,
     };
     let exit_code = exit as i32;
