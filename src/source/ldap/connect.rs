@@ -273,8 +273,38 @@ fn tls_cause(e: &LdapError) -> Option<String> {
     }
 }
 
+/// The rustls error inside `e`, if it is one.
+fn rustls_error(e: &LdapError) -> Option<&rustls::Error> {
+    match e {
+        LdapError::Rustls { source } => Some(source),
+        LdapError::Io { source } => source
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }
+}
+
+/// True when the server's certificate chain verified but the certificate names
+/// no host at all (no subjectAltName).
+fn names_no_host(e: &LdapError) -> bool {
+    use rustls::CertificateError;
+    matches!(
+        rustls_error(e),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForNameContext { presented, .. }
+        )) if presented.is_empty()
+    )
+}
+
 fn connect_error(settings: &LdapSettings, e: LdapError) -> SourceError {
     let url = settings.url.clone();
+    if names_no_host(&e) {
+        let host = url::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_default();
+        return SourceError::TlsCertificateWithoutNames { url, host };
+    }
     if let Some(reason) = tls_cause(&e) {
         return SourceError::TlsHandshake {
             url,
