@@ -138,8 +138,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, FoldedRef, GroupKey, GroupName, HeldGroup, Origin, SourceAttrs,
-    SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
+    Desired, DesiredGroup, DesiredUser, FoldedRef, GroupKey, GroupName, HeldGroup, Origin,
+    SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
 };
 use expr::{Expr, Record};
 use scope::{Memberships, Scope};

@@ -930,7 +930,13 @@ fn groups_sharing_a_display_name_are_held_and_users_still_map() {
         ["g-contractors", "g-contractors-2", "g-contractors-3"]
     );
     let reason = &desired.held_groups[0].reason;
-    assert!(reason.contains("3 groups share the displayName"), "{reason}");
-    assert!(reason.contains("groups.csv group g-contractors-3"), "{reason}");
+    assert!(
+        reason.contains("3 groups share the displayName"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("groups.csv group g-contractors-3"),
+        "{reason}"
+    );
     assert!(reason.contains("sAMAccountName"), "{reason}");
 }

@@ -378,7 +378,10 @@ fn plan_groups(
 
     for held in &desired.held_groups {
         desired_keys.insert(&held.key);
-        warnings.push(format!("group {} ({}): {}", held.key, held.origin, held.reason));
+        warnings.push(format!(
+            "group {} ({}): {}",
+            held.key, held.origin, held.reason
+        ));
     }
     if policy.delete_groups {
         for (key, s) in &state.groups {

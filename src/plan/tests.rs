@@ -561,7 +561,11 @@ fn a_held_group_is_neither_deleted_nor_touched_and_the_plan_says_so() {
     assert_eq!(names(&plan), ["disable_user 2"]);
     assert_eq!(plan.held_groups, 1);
     assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
-    assert!(plan.warnings[0].contains("CN=Eng,OU=A,DC=x"), "{:?}", plan.warnings);
+    assert!(
+        plan.warnings[0].contains("CN=Eng,OU=A,DC=x"),
+        "{:?}",
+        plan.warnings
+    );
 
     let no_groups = Policy {
         provision_groups: false,

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use ldap3::{Ldap, SearchEntry};
 
-use super::entry::{Users, key_of};
-use super::{LdapSettings, connect, dn};
+use super::entry::{OBJECT_SID, Sid, Users, key_of};
+use super::{Flavour, LdapSettings, connect, dn};
 use crate::model::{GroupKey, Origin, SourceGroup, fold};
 use crate::source::nested::flatten;
 use crate::source::{BadEntries, EntryProblem, Problems, SourceError};
@@ -84,6 +84,8 @@ pub(super) struct RawGroup {
     name: String,
     dn: String,
     members: Vec<Member>,
+    /// Active Directory: the group's SID, which users name in `primaryGroupID`.
+    sid: Option<Sid>,
 }
 
 impl RawGroup {
@@ -106,6 +108,8 @@ struct PendingRange {
 /// Collects group entries as the search streams them in.
 pub(super) struct GroupReader {
     key_attribute: String,
+    /// Read `objectSid` (Active Directory), for primary group members.
+    sids: bool,
     name_attribute: String,
     groups: Vec<RawGroup>,
     keys: HashMap<GroupKey, usize>,
@@ -117,9 +121,10 @@ pub(super) struct GroupReader {
 }
 
 impl GroupReader {
-    pub(super) fn new(settings: &LdapSettings) -> Self {
+    pub(super) fn new(settings: &LdapSettings, flavour: Flavour, filter: &str) -> Self {
         GroupReader {
             key_attribute: settings.group_key_attribute.clone(),
+            sids: flavour == Flavour::ActiveDirectory,
             name_attribute: settings.group_name_attribute.clone(),
             groups: Vec::new(),
             keys: HashMap::new(),
@@ -127,16 +132,18 @@ impl GroupReader {
             problems: Problems::default(),
             url: settings.url.clone(),
             base: settings.group_base_dn.clone(),
-            filter: settings.group_filter.clone(),
+            filter: filter.to_string(),
         }
     }
 
     /// What the group search asks for.
     pub(super) fn attributes(&self) -> Vec<String> {
         let mut wanted = vec![self.key_attribute.clone()];
+        let sid = self.sids.then_some(OBJECT_SID);
         for name in [self.name_attribute.as_str()]
             .into_iter()
             .chain(MemberAttr::ALL.map(MemberAttr::name))
+            .chain(sid)
         {
             if !wanted.iter().any(|w| w.eq_ignore_ascii_case(name)) {
                 wanted.push(name.to_string());
@@ -180,12 +187,14 @@ impl GroupReader {
             return;
         }
         self.keys.insert(key.clone(), index);
+        let sid = if self.sids { Sid::of(&entry) } else { None };
         let SearchEntry { dn, attrs, .. } = entry;
         let mut group = RawGroup {
             key,
             name,
             dn,
             members: Vec::new(),
+            sid,
         };
         for (description, values) in attrs {
             let Some((attr, range)) = MemberAttr::parse(&description) else {
@@ -319,6 +328,14 @@ pub(super) fn resolve(raw: Vec<RawGroup>, users: &Users) -> (Vec<SourceGroup>, u
                 tracing::trace!(group = %group.dn, ?member, "group member is not a user of this read");
             }
         }
+        // Active Directory: users whose primary group this is (not in `member`).
+        if let Some(primary) = group
+            .sid
+            .as_ref()
+            .and_then(|sid| users.by_primary_group.get(sid))
+        {
+            found_users.extend(primary);
+        }
         direct_users.push(found_users);
         child_groups.push(found_groups);
     }
@@ -414,6 +431,7 @@ mod tests {
             name: key.to_string(),
             dn: dn.to_string(),
             members: members.to_vec(),
+            sid: None,
         }
     }
 
@@ -438,7 +456,11 @@ mod tests {
             .enumerate()
             .map(|(i, u)| (dn::normalize(&u.origin.to_string()), i))
             .collect();
-        let users = Users { users: list, by_dn };
+        let users = Users {
+            users: list,
+            by_dn,
+            by_primary_group: HashMap::new(),
+        };
         let dn_member = |d: &str| Member::Dn(dn::normalize(d));
         let groups = vec![
             raw(
