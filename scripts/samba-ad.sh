@@ -31,7 +31,7 @@
 # (DIR/private/tls/, no subjectAltName), as a freshly provisioned DC does.
 set -euo pipefail
 
-VERSION=4
+VERSION=5
 REALM=CORP.EXAMPLE.TEST
 DOMAIN=CORP
 BASE="DC=corp,DC=example,DC=test"
@@ -182,9 +182,9 @@ EOF
         for j in "$@"; do printf 'member: %s\n' "$j"; done
         printf '\n'
     }
-    group Platform OU=Groups platform 41 60
-    group Engineering OU=Groups engineering 1 40 "CN=Platform,OU=Groups,$BASE"
-    group Sales OU=Groups sales 61 100
+    group Platform OU=Groups eng-platform 41 60
+    group Engineering OU=Groups eng-all 1 40 "CN=Platform,OU=Groups,$BASE"
+    group Sales OU=Groups sales-all 61 100
     group "Cycle B" OU=Groups cycle-b 102 102
     group "Cycle A" OU=Groups cycle-a 101 101 "CN=Cycle B,OU=Groups,$BASE"
     printf 'dn: CN=Cycle B,OU=Groups,%s\nchangetype: modify\nadd: member\nmember: CN=Cycle A,OU=Groups,%s\n\n' "$BASE" "$BASE"
