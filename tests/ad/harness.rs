@@ -587,7 +587,11 @@ impl Expected {
                 ([u], _) => {
                     let active = u.get("active").and_then(Value::as_bool).unwrap_or(true);
                     let checks = [
-                        ("externalId", str_at(u, "externalId").to_string(), e.guid.clone()),
+                        (
+                            "externalId",
+                            str_at(u, "externalId").to_string(),
+                            e.guid.clone(),
+                        ),
                         ("active", active.to_string(), e.active.to_string()),
                         (
                             "name.givenName",

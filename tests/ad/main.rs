@@ -67,8 +67,14 @@ fn users_keep_their_scim_id_through_rename_move_disable_and_restore() {
     let target = server.contents();
     Expected::of(&samba, "cn").assert_matches(&target);
     assert!(target.users_named(&mail("s250")).is_empty());
-    assert!(target.group("Domain Admins").is_none(), "a system group was synced");
-    assert!(target.group("Administrators").is_none(), "a Builtin group was synced");
+    assert!(
+        target.group("Domain Admins").is_none(),
+        "a system group was synced"
+    );
+    assert!(
+        target.group("Administrators").is_none(),
+        "a Builtin group was synced"
+    );
     let all_hands = target.group("All Hands").expect("All Hands");
     assert_eq!(
         all_hands["members"].as_array().map(Vec::len),
@@ -182,7 +188,11 @@ fn groups_follow_renames_nesting_primary_groups_and_removal() {
         user_dn("s010")
     ));
     let vpn = samba.entry(&format!("CN=VPN Users,{GROUPS}"), &["member"]);
-    assert_eq!(vpn.texts("member").len(), 1, "AD keeps the primary member out of `member`");
+    assert_eq!(
+        vpn.texts("member").len(),
+        1,
+        "AD keeps the primary member out of `member`"
+    );
     op.assert_plan_empty();
     Expected::of(&samba, "cn").assert_matches(&server.contents());
 
@@ -219,7 +229,10 @@ fn a_shared_group_cn_holds_only_those_groups_until_sam_account_name_is_used() {
     let run = out.json();
     // Both groups are named; the leaver still goes; Support is left as it was.
     let warnings = run["warnings"].to_string();
-    assert!(warnings.contains(&format!("CN=Support,{GROUPS}")), "{warnings}");
+    assert!(
+        warnings.contains(&format!("CN=Support,{GROUPS}")),
+        "{warnings}"
+    );
     assert!(warnings.contains("CN=Support,OU=Contractors"), "{warnings}");
     assert!(warnings.contains("sAMAccountName"), "{warnings}");
     assert_eq!(summary(&run, "disable_users"), 1, "{run}");
@@ -231,7 +244,11 @@ fn a_shared_group_cn_holds_only_those_groups_until_sam_account_name_is_used() {
     let group = target.group("Support").expect("Support kept");
     assert_eq!(str_at(group, "id"), support);
     let members = group["members"].as_array().map(Vec::len);
-    assert_eq!(members, Some(3), "the held group's memberships were changed");
+    assert_eq!(
+        members,
+        Some(3),
+        "the held group's memberships were changed"
+    );
     Expected::of(&samba, "cn").assert_matches(&target);
 
     // Named by sAMAccountName (unique in a domain), every group syncs again.
@@ -239,7 +256,11 @@ fn a_shared_group_cn_holds_only_those_groups_until_sam_account_name_is_used() {
     op.sync(0);
     let target = server.contents();
     Expected::of(&samba, "sAMAccountName").assert_matches(&target);
-    assert_eq!(target.group_id("support-staff"), support, "renamed in place");
+    assert_eq!(
+        target.group_id("support-staff"),
+        support,
+        "renamed in place"
+    );
     op.assert_plan_empty();
 }
 
@@ -252,7 +273,10 @@ fn binds_as_dn_upn_and_down_level_name_over_tls_and_refuses_plain_ldap() {
         let out = op.run(&["check"]);
         out.assert_code(0);
         let text = format!("{}{}", out.stdout, out.stderr);
-        assert!(text.contains("LDAPS, certificate verified against ca_file"), "{text}");
+        assert!(
+            text.contains("LDAPS, certificate verified against ca_file"),
+            "{text}"
+        );
         assert!(
             text.contains("critical system groups") && text.contains("CN=Builtin"),
             "check does not say system groups are left out:\n{text}"

@@ -252,7 +252,9 @@ impl UserReader {
             // The binary objectGUID is replaced below by its text form; the
             // SID only served to find the primary group.
             .filter(|(name, _)| {
-                !(guid_key && is_guid_attribute(name)) && !name.eq_ignore_ascii_case(OBJECT_SID)
+                let replaced = guid_key && is_guid_attribute(name);
+                let sid = name.eq_ignore_ascii_case(OBJECT_SID);
+                !replaced && !sid
             })
             .collect();
         named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
