@@ -221,12 +221,20 @@ pub struct RunSummary {
     pub failures: Vec<FailedOp>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Source groups left unchanged (they share a name; named in `warnings`):
+    /// the run ends with exit 1 even when every operation succeeded.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub held_groups: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
     pub dry_run: bool,
     /// The plan a dry run stopped at, for the text output.
     #[serde(skip)]
     pub dry_run_plan: Option<Plan>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The SCIM client for the configured target (reads the token).
@@ -564,6 +572,7 @@ async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, 
         exit_code: 0,
         failures: Vec::new(),
         warnings: plan.warnings.clone(),
+        held_groups: plan.held_groups,
         stopped: None,
         dry_run: true,
         dry_run_plan: Some(plan),
@@ -688,6 +697,7 @@ pub async fn cycle<T: Target>(
         exit_code,
         failures: outcome.failures,
         warnings: plan.warnings.clone(),
+        held_groups: plan.held_groups,
         stopped: outcome.stopped.as_ref().map(ToString::to_string),
         dry_run: false,
         dry_run_plan: None,

@@ -227,6 +227,7 @@ fn a_shared_group_cn_holds_only_those_groups_until_sam_account_name_is_used() {
     let out = op.run(&["sync", "--format", "json"]);
     out.assert_code(1);
     let run = out.json();
+    assert_eq!(run["held_groups"], 2, "{run}");
     // Both groups are named; the leaver still goes; Support is left as it was.
     let warnings = run["warnings"].to_string();
     assert!(
