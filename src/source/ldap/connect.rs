@@ -179,6 +179,37 @@ pub(super) async fn read_entry(
     Ok(entries.into_iter().next().map(SearchEntry::construct))
 }
 
+/// The rootDSE's `supportedCapabilities`. A connection that fails is an
+/// error (a read must not change its defaults because of a hiccup); a server
+/// that refuses to show the rootDSE, or has none, gives nothing.
+pub(super) async fn root_capabilities(
+    ldap: &mut Ldap,
+    settings: &LdapSettings,
+) -> Result<Vec<String>, SourceError> {
+    let wanted = vec!["supportedCapabilities"];
+    let ldap3::SearchResult(entries, result) = ldap
+        .with_timeout(settings.timeout)
+        .search("", Scope::Base, "(objectClass=*)", wanted)
+        .await
+        .map_err(|e| {
+            let operation = LdapOperation::ReadEntry {
+                dn: "(the rootDSE)".into(),
+            };
+            lost(settings, operation, e)
+        })?;
+    if result.rc != 0 {
+        tracing::debug!(server = %server_says(&result), "the rootDSE is not readable");
+        return Ok(Vec::new());
+    }
+    Ok(entries
+        .into_iter()
+        .map(SearchEntry::construct)
+        .flat_map(|e| e.attrs)
+        .filter(|(name, _)| name.eq_ignore_ascii_case("supportedCapabilities"))
+        .flat_map(|(_, values)| values)
+        .collect())
+}
+
 /// Proves that `base` exists and is visible to the bind DN.
 pub(super) async fn base_exists(
     ldap: &mut Ldap,

@@ -388,30 +388,21 @@ impl LdapSettings {
     }
 }
 
-/// Reads the rootDSE's `supportedCapabilities`. A server that does not show
-/// them is taken for a plain LDAP server.
-async fn flavour(ldap: &mut ldap3::Ldap, settings: &LdapSettings) -> Flavour {
-    let wanted = vec!["supportedCapabilities".to_string()];
-    match connect::read_entry(ldap, settings, "", wanted).await {
-        Ok(Some(root)) => {
-            let is_ad = root
-                .attrs
-                .iter()
-                .filter(|(name, _)| name.eq_ignore_ascii_case("supportedCapabilities"))
-                .flat_map(|(_, values)| values)
-                .any(|v| AD_CAPABILITIES.contains(&v.trim()));
-            if is_ad {
-                Flavour::ActiveDirectory
-            } else {
-                Flavour::Other
-            }
-        }
-        Ok(None) => Flavour::Other,
-        Err(e) => {
-            tracing::debug!(error = %e, "the rootDSE is not readable; not treated as Active Directory");
+/// Whether the server is Active Directory, from the rootDSE's
+/// `supportedCapabilities`. A server that does not show them is taken for a
+/// plain LDAP server; a connection that fails here fails the read.
+async fn flavour(ldap: &mut ldap3::Ldap, settings: &LdapSettings) -> Result<Flavour, SourceError> {
+    let capabilities = connect::root_capabilities(ldap, settings).await?;
+    Ok(
+        if capabilities
+            .iter()
+            .any(|c| AD_CAPABILITIES.contains(&c.trim()))
+        {
+            Flavour::ActiveDirectory
+        } else {
             Flavour::Other
-        }
-    }
+        },
+    )
 }
 
 /// Reads every user and group completely. `attributes` are the user attributes
@@ -423,7 +414,7 @@ pub async fn read(
 ) -> Result<SourceDirectory, SourceError> {
     let started = Instant::now();
     let mut ldap = connect::open(settings).await?;
-    let flavour = flavour(&mut ldap, settings).await;
+    let flavour = flavour(&mut ldap, settings).await?;
     let group_filter = settings.group_filter(flavour);
 
     let mut users = entry::UserReader::new(settings, flavour);
@@ -482,7 +473,7 @@ pub async fn read(
 /// The answer says what was verified.
 pub async fn check(settings: &LdapSettings) -> Result<String, SourceError> {
     let mut ldap = connect::open(settings).await?;
-    let flavour = flavour(&mut ldap, settings).await;
+    let flavour = flavour(&mut ldap, settings).await?;
     let mut bases: Vec<&str> = vec![&settings.base_dn];
     for base in [&settings.user_base_dn, &settings.group_base_dn] {
         if !bases
