@@ -4,7 +4,8 @@
 #     LDAPS tests), ca-certificates (rustls reads the system store), wrk (benchmarks),
 #     systemd (its `systemd-analyze verify` checks examples/systemd/; nothing is started,
 #     and it works in a container without systemd as PID 1), chromium (the HTML report
-#     is opened headless in a test)
+#     is opened headless in a test), samba (a throw-away Active Directory DC for
+#     tests/ad)
 #   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
@@ -85,6 +86,29 @@ stop_packaged_slapd() {
 install_slapd
 stop_packaged_slapd
 apt_install wrk openssl ca-certificates systemd chromium
+
+# --- samba (the Active Directory tests) ----------------------------------------
+# tests/ad runs its own Samba AD DC (scripts/samba-ad.sh) from a folder of its own;
+# the packaged services must not start (they would take ports 389/636 and read
+# /etc/samba): the same policy-rc.d guard as for slapd.
+install_samba() {
+    if command -v samba-tool >/dev/null 2>&1 && [ -x /usr/sbin/samba ]; then
+        log "samba: already installed"
+        return 0
+    fi
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    # samba-tool needs python3-samba; the AD DC's LDB modules are in samba-dsdb-modules.
+    apt_install samba samba-dsdb-modules python3-samba || rc=$?
+    if [ "$made_policy" -eq 1 ]; then as_root rm -f "$policy"; fi
+    [ "$rc" -eq 0 ] || return "$rc"
+}
+install_samba
 
 # --- Python venv with scim2-server -------------------------------------------
 python_bin=""

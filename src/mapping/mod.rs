@@ -132,14 +132,14 @@ mod scope;
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, FoldedRef, GroupKey, GroupName, Origin, SourceAttrs,
-    SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
+    Desired, DesiredGroup, DesiredUser, FoldedRef, GroupKey, GroupName, HeldGroup, Origin,
+    SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
 };
 use expr::{Expr, Record};
 use scope::{Memberships, Scope};
@@ -261,12 +261,6 @@ pub enum RecordProblem {
     EmptyGroupName,
     /// A `member_of` scope clause names a group the source does not have.
     UnknownScopeGroup,
-    /// Another group, earlier in the source, has the same display name.
-    DuplicateGroupName {
-        display_name: String,
-        other: GroupKey,
-        other_origin: Origin,
-    },
 }
 
 /// A source record the mapping cannot turn into a valid SCIM object.
@@ -309,7 +303,6 @@ impl RecordError {
             RecordProblem::TooLong { .. } => format!("values are limited to {MAX_VALUE_BYTES} bytes: fix the source value, or stop mapping it"),
             RecordProblem::UnknownScopeGroup => "check the group's name in the source (a renamed or deleted group would take every member out of scope), then correct `member_of` in the mapping; nothing was planned".into(),
             RecordProblem::EmptyGroupName => "give the group a name in the source, or change the groups.displayName rule".into(),
-            RecordProblem::DuplicateGroupName { .. } => "group display names must be unique (compared case-insensitively): rename one group, or exclude one with groups.scope".into(),
         }
     }
 }
@@ -350,16 +343,6 @@ impl fmt::Display for RecordError {
             RecordProblem::UnknownScopeGroup => write!(
                 f,
                 "the users' scope has `member_of` this group, but the source has no group with that name or key"
-            )?,
-            RecordProblem::DuplicateGroupName {
-                display_name,
-                other,
-                other_origin,
-            } => write!(
-                f,
-                "displayName {} is also the displayName of group {} ({other_origin})",
-                quoted(display_name),
-                quoted(other)
             )?,
         }
         write!(f, "\n  hint: {}", self.hint())
@@ -632,6 +615,8 @@ impl Mapping {
         let mut ignored_members = dir.unresolved_members;
         let mut groups: Vec<(DesiredGroup, Origin)> = Vec::with_capacity(dir.groups.len());
         let mut names: HashMap<GroupName, usize> = HashMap::with_capacity(dir.groups.len());
+        // The first group with a name (an index into `groups`) → the later ones.
+        let mut shared_names: BTreeMap<usize, Vec<(GroupKey, Origin)>> = BTreeMap::new();
         // Hashing the keys once beats a binary search per member over large,
         // pointer-heavy user records.
         let in_scope: HashSet<&str, FastHash> = if dir.groups.iter().any(|g| !g.members.is_empty())
@@ -655,16 +640,12 @@ impl Mapping {
             };
             match names.entry(GroupName::new(display_name.as_str())) {
                 Entry::Occupied(first) => {
-                    let (first, first_origin) = &groups[*first.get()];
-                    errors.push(RecordError {
-                        origin: group.origin.clone(),
-                        record: RecordId::Group(group.key.clone()),
-                        problem: RecordProblem::DuplicateGroupName {
-                            display_name,
-                            other: first.key.clone(),
-                            other_origin: first_origin.clone(),
-                        },
-                    });
+                    // Common in Active Directory (a `cn` is unique only within
+                    // its OU): a problem of these groups, not of the whole read.
+                    shared_names
+                        .entry(*first.get())
+                        .or_default()
+                        .push((group.key, group.origin));
                     continue;
                 }
                 Entry::Vacant(slot) => {
@@ -687,6 +668,7 @@ impl Mapping {
             ));
         }
         drop(in_scope);
+        let held_groups = hold_shared_names(&mut groups, shared_names);
         groups.sort_by(|a, b| a.0.key.cmp(&b.0.key));
         for pair in groups.windows(2) {
             if pair[0].0.key == pair[1].0.key {
@@ -711,8 +693,49 @@ impl Mapping {
             out_of_scope: out_of_scope.into_iter().collect(),
             create_only: self.create_only.clone(),
             ignored_members,
+            held_groups,
         })
     }
+}
+
+/// Takes every group whose display name another group shares out of `groups`,
+/// and says why each is held: none of them can be told apart in the target.
+fn hold_shared_names(
+    groups: &mut Vec<(DesiredGroup, Origin)>,
+    shared_names: BTreeMap<usize, Vec<(GroupKey, Origin)>>,
+) -> Vec<HeldGroup> {
+    if shared_names.is_empty() {
+        return Vec::new();
+    }
+    let mut held = Vec::new();
+    for (first, others) in &shared_names {
+        let (group, origin) = &groups[*first];
+        let mut all = vec![(group.key.clone(), origin.clone())];
+        all.extend(others.iter().cloned());
+        let places = all
+            .iter()
+            .map(|(_, origin)| origin.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        for (key, origin) in &all {
+            held.push(HeldGroup {
+                key: key.clone(),
+                origin: origin.clone(),
+                reason: format!(
+                    "{} groups share the displayName {}: {places}; none of them is changed in the target this cycle (not created, renamed or deleted, memberships kept as they are); rename all but one in the source, exclude them with groups.scope, or map a name that is unique (Active Directory: group_name_attribute: sAMAccountName)",
+                    all.len(),
+                    quoted(&group.display_name)
+                ),
+            });
+        }
+    }
+    let mut index = 0;
+    groups.retain(|_| {
+        let keep = !shared_names.contains_key(&index);
+        index += 1;
+        keep
+    });
+    held
 }
 
 #[cfg(test)]

@@ -329,6 +329,8 @@ fn build_collects_every_record_error() {
             user("u6", 7, &[("email", "MÜLLER@example.com")]),
             user("u1", 8, &[("email", "other@example.com")]),
         ],
+        // Groups sharing a name are held (not an error): see
+        // groups_sharing_a_display_name_are_held_and_users_still_map.
         groups: vec![group("Team", &[]), group("team", &[])],
         unresolved_members: 0,
     };
@@ -345,7 +347,6 @@ fn build_collects_every_record_error() {
             "users.csv line 4: user \"u3\": userName \"jo@example.COM\" is also the userName of user \"u1\" (users.csv line 2)",
             "users.csv line 7: user \"u6\": userName \"MÜLLER@example.com\" is also the userName of user \"u5\" (users.csv line 6)",
             "users.csv line 8: user \"u1\": the same key is also used at users.csv line 2",
-            "groups.csv group team: group \"team\": displayName \"team\" is also the displayName of group \"Team\" (groups.csv group Team)",
         ]
     );
     assert!(errors.iter().all(|e| e.to_string().contains("\n  hint: ")));
@@ -938,4 +939,39 @@ fn the_scope_verdict_names_the_rule_that_decided() {
         open.scope_verdict(&sales, &[]),
         "in scope: the mapping has no scope rules"
     );
+}
+
+#[test]
+fn groups_sharing_a_display_name_are_held_and_users_still_map() {
+    let m = compile(ASSIGNED);
+    let dir = directory(
+        &[("u1", "a@example.com"), ("u2", "b@example.com")],
+        vec![
+            named("g1", "Atlassian Users", &["u1", "u2"]),
+            named("g-contractors", "Contractors", &["u1"]),
+            named("g-contractors-2", "CONTRACTORS", &["u2"]),
+            named("g-contractors-3", "contractors", &[]),
+            named("g9", "suspended", &[]),
+        ],
+    );
+    let desired = m.build(dir).unwrap();
+    let keys: Vec<&str> = desired.users.iter().map(|u| u.key.as_str()).collect();
+    assert_eq!(keys, ["u1", "u2"]);
+    let groups: Vec<&str> = desired.groups.iter().map(|g| g.key.as_str()).collect();
+    assert_eq!(groups, ["g1", "g9"]);
+    let held: Vec<&str> = desired.held_groups.iter().map(|g| g.key.as_str()).collect();
+    assert_eq!(
+        held,
+        ["g-contractors", "g-contractors-2", "g-contractors-3"]
+    );
+    let reason = &desired.held_groups[0].reason;
+    assert!(
+        reason.contains("3 groups share the displayName"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("groups.csv group g-contractors-3"),
+        "{reason}"
+    );
+    assert!(reason.contains("sAMAccountName"), "{reason}");
 }

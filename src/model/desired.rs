@@ -58,6 +58,20 @@ pub struct Desired {
     pub create_only: BTreeSet<UserAttr>,
     /// Group members that were not in-scope users (counted for the summary).
     pub ignored_members: usize,
+    /// Groups the source has but that cannot be synced this cycle (two groups
+    /// with one display name): left exactly as they are in the target — not
+    /// created, renamed or deleted, their memberships neither added nor removed —
+    /// as if their read were incomplete. The cycle ends with exit 1.
+    pub held_groups: Vec<HeldGroup>,
+}
+
+/// A source group left alone this cycle, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldGroup {
+    pub key: GroupKey,
+    pub origin: Origin,
+    /// Says what is wrong and how to fix it.
+    pub reason: String,
 }
 
 /// A digest of a user's managed attributes, to find unchanged users without

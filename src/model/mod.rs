@@ -14,7 +14,7 @@ mod remote;
 mod state;
 
 pub use attr::{AttrSchema, AttrShape, AttrSpec, ENTERPRISE_USER, UserAttr, UserAttrs};
-pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser};
+pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser, HeldGroup};
 pub use identity::{
     Domain, Email, FoldedRef, GroupKey, GroupName, ScimId, SourceKey, UserName, fold,
 };

@@ -452,6 +452,10 @@ pub struct Plan {
     /// base DN, filtered out, unknown keys).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ignored_members: u64,
+    /// Source groups left unchanged this cycle (their names are in
+    /// `warnings`): the cycle ends with exit 1 even when every operation succeeds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_groups: u64,
     /// What the guards weigh: users in scope in the source, and users idsync
     /// manages. Not saved: a saved plan has been reviewed and passes no guard.
     #[serde(skip)]

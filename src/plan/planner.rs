@@ -62,6 +62,12 @@ pub fn plan(input: &PlanningInput) -> Plan {
         operations: ops,
         warnings,
         ignored_members: desired.ignored_members as u64,
+        // Only groups that would be synced hold anything back.
+        held_groups: if policy.provision_groups {
+            desired.held_groups.len() as u64
+        } else {
+            0
+        },
         source_users: desired.users.len() as u64,
         managed_users,
         managed_memberships,
@@ -387,6 +393,13 @@ fn plan_groups(
         }
     }
 
+    for held in &desired.held_groups {
+        desired_keys.insert(&held.key);
+        warnings.push(format!(
+            "group {} ({}): {}",
+            held.key, held.origin, held.reason
+        ));
+    }
     if policy.delete_groups {
         for (key, s) in &state.groups {
             if s.status == Status::Removed

@@ -657,3 +657,43 @@ proptest! {
         prop_assert_eq!(plan(&d, &state, &policy), plan(&d, &state, &policy));
     }
 }
+
+#[test]
+fn a_held_group_is_neither_deleted_nor_touched_and_the_plan_says_so() {
+    use crate::model::{HeldGroup, Origin};
+    let a = person("1", "a@x.com", "Eng");
+    let b = person("2", "b@x.com", "Eng");
+    // "eng" lost a member (2 left the source) and shares its name with another group.
+    let state = with_group(
+        state_of(&[(&a, Status::Active), (&b, Status::Active)]),
+        "eng",
+        "Eng",
+        &["1", "2"],
+    );
+    let mut d = desired(vec![a], vec![]);
+    d.held_groups.push(HeldGroup {
+        key: GroupKey::new("eng"),
+        origin: Origin::new("CN=Eng,OU=A,DC=x"),
+        reason: "2 groups share the displayName \"Eng\"".into(),
+    });
+    let policy = Policy {
+        delete_groups: true,
+        ..Policy::default()
+    };
+    let plan = plan(&d, &state, &policy);
+    // The leaver is still disabled; the group is neither deleted nor emptied.
+    assert_eq!(names(&plan), ["disable_user 2"]);
+    assert_eq!(plan.held_groups, 1);
+    assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    assert!(
+        plan.warnings[0].contains("CN=Eng,OU=A,DC=x"),
+        "{:?}",
+        plan.warnings
+    );
+
+    let no_groups = Policy {
+        provision_groups: false,
+        ..policy
+    };
+    assert_eq!(super::testkit::plan(&d, &state, &no_groups).held_groups, 0);
+}

@@ -25,7 +25,9 @@ pub fn run_text(run: &RunSummary, style: Style) -> String {
     if run.dry_run {
         return dry_run_text(run, PlanView::new(style));
     }
-    let status = if run.failed == 0 && run.stopped.is_none() {
+    let status = if run.failed == 0 && run.stopped.is_none() && run.held_groups > 0 {
+        style.paint("33", "Sync complete, some groups held back")
+    } else if run.failed == 0 && run.stopped.is_none() {
         style.paint("32", "Sync complete")
     } else {
         style.paint("31", "Sync finished with failures")
@@ -63,6 +65,14 @@ pub fn run_text(run: &RunSummary, style: Style) -> String {
     }
     if run.failed > 0 {
         out.push_str("Failed operations are retried on the next cycle.\n");
+    }
+    if run.held_groups > 0 {
+        let _ = writeln!(
+            out,
+            "{} group(s) share a name with another group and were left unchanged (see the \
+             warnings); the run ends with exit 1 until the names are unique.",
+            run.held_groups
+        );
     }
     out
 }

@@ -145,6 +145,14 @@ pub enum SourceError {
         reason: String,
         with_ca_file: bool,
     },
+    /// The certificate verified against the trust store but names no host at
+    /// all (no subjectAltName): Samba's self-generated certificate is like that.
+    #[error(
+        "LDAP {url}: TLS handshake failed: the server's certificate names no host (it has no \
+         subjectAltName, and the subject's CN is not used to verify a host name), so it cannot \
+         be valid for {host}"
+    )]
+    TlsCertificateWithoutNames { url: String, host: String },
     #[error("LDAP {url}: no connection within {}", humantime::format_duration(*.timeout))]
     ConnectTimeout { url: String, timeout: Duration },
     /// `server`: what the server answered.
@@ -321,6 +329,7 @@ impl SourceError {
             | CaFile { .. }
             | TlsSetup { .. }
             | TlsHandshake { .. }
+            | TlsCertificateWithoutNames { .. }
             | ConnectTimeout { .. }
             | StartTlsRefused { .. }
             | ConnectFailed { .. }
@@ -385,6 +394,16 @@ impl SourceError {
                      group_filter to exclude them",
                     bad.key_attribute,
                     bad.name_attribute.as_deref().unwrap_or("name")
+                )
+                .into();
+            }
+            TlsCertificateWithoutNames { host, .. } => {
+                return format!(
+                    "issue the directory server a certificate whose subjectAltName names the host \
+                     idsync connects to (DNS:{host} or IP:{host}), signed by a CA in the system \
+                     trust store or in ca_file, and install it on the server (Samba: `tls \
+                     certfile` and `tls keyfile` in smb.conf; AD: the domain controller's \
+                     certificate from your enterprise CA)"
                 )
                 .into();
             }

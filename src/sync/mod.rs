@@ -244,6 +244,10 @@ pub struct RunSummary {
     pub failures: Vec<FailedOp>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Source groups left unchanged (they share a name; named in `warnings`):
+    /// the run ends with exit 1 even when every operation succeeded.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub held_groups: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
     pub dry_run: bool,
@@ -253,6 +257,10 @@ pub struct RunSummary {
     /// Users and groups in scope in the source, when it was read (for metrics).
     #[serde(skip)]
     pub source_objects: Option<observe::SourceCounts>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The SCIM client for the configured target (reads the token).
@@ -690,6 +698,7 @@ async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, 
         exit_code: 0,
         failures: Vec::new(),
         warnings: plan.warnings.clone(),
+        held_groups: plan.held_groups,
         stopped: None,
         dry_run: true,
         dry_run_plan: Some(plan),
@@ -820,7 +829,9 @@ pub async fn cycle<T: Target>(
 
     let exit = match &outcome.stopped {
         Some(Stop::Unauthorized(_)) => Exit::Unreachable,
-        _ if outcome.failed > 0 || outcome.stopped.is_some() => Exit::Partial,
+        _ if outcome.failed > 0 || outcome.stopped.is_some() || plan.held_groups > 0 => {
+            Exit::Partial
+        }
         _ => Exit::Ok,
     };
     let exit_code = exit as i32;
@@ -833,6 +844,7 @@ pub async fn cycle<T: Target>(
         exit_code,
         failures: outcome.failures,
         warnings: plan.warnings.clone(),
+        held_groups: plan.held_groups,
         stopped: outcome.stopped.as_ref().map(ToString::to_string),
         dry_run: false,
         dry_run_plan: None,

@@ -139,6 +139,7 @@ mod tests {
             managed_users: 0,
             managed_memberships: 0,
             observed: Vec::new(),
+            held_groups: 0,
         }
     }
 

@@ -455,6 +455,7 @@ impl Undo {
             managed_users: state.managed_users() as u64,
             managed_memberships: state.managed_memberships() as u64,
             observed: Vec::new(),
+            held_groups: 0,
         }
     }
 }

@@ -179,6 +179,37 @@ pub(super) async fn read_entry(
     Ok(entries.into_iter().next().map(SearchEntry::construct))
 }
 
+/// The rootDSE's `supportedCapabilities`. A connection that fails is an
+/// error (a read must not change its defaults because of a hiccup); a server
+/// that refuses to show the rootDSE, or has none, gives nothing.
+pub(super) async fn root_capabilities(
+    ldap: &mut Ldap,
+    settings: &LdapSettings,
+) -> Result<Vec<String>, SourceError> {
+    let wanted = vec!["supportedCapabilities"];
+    let ldap3::SearchResult(entries, result) = ldap
+        .with_timeout(settings.timeout)
+        .search("", Scope::Base, "(objectClass=*)", wanted)
+        .await
+        .map_err(|e| {
+            let operation = LdapOperation::ReadEntry {
+                dn: "(the rootDSE)".into(),
+            };
+            lost(settings, operation, e)
+        })?;
+    if result.rc != 0 {
+        tracing::debug!(server = %server_says(&result), "the rootDSE is not readable");
+        return Ok(Vec::new());
+    }
+    Ok(entries
+        .into_iter()
+        .map(SearchEntry::construct)
+        .flat_map(|e| e.attrs)
+        .filter(|(name, _)| name.eq_ignore_ascii_case("supportedCapabilities"))
+        .flat_map(|(_, values)| values)
+        .collect())
+}
+
 /// Proves that `base` exists and is visible to the bind DN.
 pub(super) async fn base_exists(
     ldap: &mut Ldap,
@@ -273,8 +304,38 @@ fn tls_cause(e: &LdapError) -> Option<String> {
     }
 }
 
+/// The rustls error inside `e`, if it is one.
+fn rustls_error(e: &LdapError) -> Option<&rustls::Error> {
+    match e {
+        LdapError::Rustls { source } => Some(source),
+        LdapError::Io { source } => source
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }
+}
+
+/// True when the server's certificate chain verified but the certificate names
+/// no host at all (no subjectAltName).
+fn names_no_host(e: &LdapError) -> bool {
+    use rustls::CertificateError;
+    matches!(
+        rustls_error(e),
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForNameContext { presented, .. }
+        )) if presented.is_empty()
+    )
+}
+
 fn connect_error(settings: &LdapSettings, e: LdapError) -> SourceError {
     let url = settings.url.clone();
+    if names_no_host(&e) {
+        let host = url::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_default();
+        return SourceError::TlsCertificateWithoutNames { url, host };
+    }
     if let Some(reason) = tls_cause(&e) {
         return SourceError::TlsHandshake {
             url,

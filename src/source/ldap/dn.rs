@@ -94,6 +94,12 @@ fn hex_pair(high: u8, low: u8) -> u8 {
     digit(high) << 4 | digit(low)
 }
 
+/// Whether `dn` lies in an Active Directory domain's `CN=Builtin` container
+/// (the built-in local groups: Administrators, Users, Guests, …).
+pub(super) fn is_in_builtin(dn: &str) -> bool {
+    normalize(dn).contains(",cn=builtin,dc=")
+}
+
 /// A `uniqueMember` value is a DN optionally followed by `#'<bits>'B` (RFC 4517
 /// Name and Optional UID); the DN is what names the member.
 pub(super) fn strip_unique_member_uid(value: &str) -> &str {
@@ -159,6 +165,17 @@ mod tests {
         assert_eq!(normalize(r"cn=\4Aane,ou=x"), "cn=jane,ou=x");
         // An escaped trailing space is significant.
         assert_ne!(normalize(r"cn=a\ ,ou=x"), normalize("cn=a,ou=x"));
+    }
+
+    #[test]
+    fn the_builtin_container_is_recognised_in_any_spelling() {
+        assert!(is_in_builtin(
+            "CN=Administrators,CN=Builtin,DC=corp,DC=example"
+        ));
+        assert!(is_in_builtin("cn=Users, cn=BUILTIN ,dc=corp"));
+        assert!(!is_in_builtin("CN=Users,CN=Users,DC=corp"));
+        assert!(!is_in_builtin("CN=Builtin Fans,OU=Groups,DC=corp"));
+        assert!(!is_in_builtin("CN=Builtin,OU=Groups,DC=corp"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ldap3::SearchEntry;
 
-use super::{LdapSettings, dn};
+use super::{Flavour, LdapSettings, dn};
 use crate::model::{Origin, SourceAttrs, SourceKey, SourceUser};
 use crate::source::{BadEntries, EntryProblem, KeyProblem, Problems, SourceError};
 
@@ -84,6 +84,52 @@ fn values<'e>(entry: &'e SearchEntry, name: &str) -> (&'e [String], &'e [Vec<u8>
     (text, binary)
 }
 
+/// Active Directory: the RID of the user's primary group (usually 513, Domain
+/// Users), a membership `member` does not show.
+pub(super) const PRIMARY_GROUP_ID: &str = "primaryGroupID";
+/// Active Directory: the object's security identifier (binary).
+pub(super) const OBJECT_SID: &str = "objectSid";
+
+/// An object's SID split into its domain part and its RID (the last
+/// sub-authority). A primary group is the group of the user's own domain
+/// whose RID is the user's `primaryGroupID`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Sid {
+    /// Revision, authority and every sub-authority but the last, with the
+    /// sub-authority count left out (it is one more than the domain's).
+    pub(super) domain: Vec<u8>,
+    pub(super) rid: u32,
+}
+
+impl Sid {
+    /// Parses the binary form: revision (1 byte), sub-authority count (1),
+    /// identifier authority (6, big-endian), sub-authorities (4 each,
+    /// little-endian).
+    pub(super) fn parse(bytes: &[u8]) -> Option<Sid> {
+        let count = usize::from(*bytes.get(1)?);
+        if count == 0 || bytes.len() != 8 + 4 * count {
+            return None;
+        }
+        let last = bytes.len() - 4;
+        let rid = u32::from_le_bytes(bytes[last..].try_into().ok()?);
+        let mut domain = Vec::with_capacity(last - 1);
+        domain.push(bytes[0]);
+        domain.extend_from_slice(&bytes[2..last]);
+        Some(Sid { domain, rid })
+    }
+
+    /// The SID of the entry's `objectSid` (binary, or text when its bytes
+    /// happen to be valid UTF-8).
+    pub(super) fn of(entry: &SearchEntry) -> Option<Sid> {
+        let (text, binary) = values(entry, OBJECT_SID);
+        binary
+            .iter()
+            .map(Vec::as_slice)
+            .chain(text.iter().map(|t| t.as_bytes()))
+            .find_map(Sid::parse)
+    }
+}
+
 fn is_guid_attribute(name: &str) -> bool {
     name.eq_ignore_ascii_case("objectGUID")
 }
@@ -124,6 +170,8 @@ pub(super) struct Users {
     pub(super) users: Vec<SourceUser>,
     /// Normalised DN → index in `users`.
     pub(super) by_dn: HashMap<String, usize>,
+    /// Active Directory: primary group (its domain and RID) → indexes in `users`.
+    pub(super) by_primary_group: HashMap<Sid, Vec<usize>>,
 }
 
 /// Turns user entries into `SourceUser`s as the search streams them in.
@@ -131,6 +179,8 @@ pub(super) struct UserReader {
     key_attribute: String,
     names: Names,
     dn_name: Arc<str>,
+    /// Index users by their primary group (Active Directory).
+    primary_groups: bool,
     users: Users,
     keys: HashMap<SourceKey, usize>,
     problems: Problems<EntryProblem>,
@@ -140,16 +190,18 @@ pub(super) struct UserReader {
 }
 
 impl UserReader {
-    pub(super) fn new(settings: &LdapSettings) -> Self {
+    pub(super) fn new(settings: &LdapSettings, flavour: Flavour) -> Self {
         let mut names = Names::default();
         let dn_name = names.get("dn");
         UserReader {
             key_attribute: settings.key_attribute.clone(),
             names,
             dn_name,
+            primary_groups: flavour == Flavour::ActiveDirectory,
             users: Users {
                 users: Vec::new(),
                 by_dn: HashMap::new(),
+                by_primary_group: HashMap::new(),
             },
             keys: HashMap::new(),
             problems: Problems::default(),
@@ -183,13 +235,27 @@ impl UserReader {
         }
         self.keys.insert(key.clone(), index);
         self.users.by_dn.insert(dn::normalize(&entry.dn), index);
+        if self.primary_groups
+            && let Some(group) = primary_group(&entry)
+        {
+            self.users
+                .by_primary_group
+                .entry(group)
+                .or_default()
+                .push(index);
+        }
 
         let SearchEntry { dn, attrs, .. } = entry;
         let guid_key = is_guid_attribute(&self.key_attribute);
         let mut named: Vec<(String, Vec<String>)> = attrs
             .into_iter()
-            // The binary objectGUID is replaced below by its text form.
-            .filter(|(name, _)| !(guid_key && is_guid_attribute(name)))
+            // The binary objectGUID is replaced below by its text form; the
+            // SID only served to find the primary group.
+            .filter(|(name, _)| {
+                let replaced = guid_key && is_guid_attribute(name);
+                let sid = name.eq_ignore_ascii_case(OBJECT_SID);
+                !replaced && !sid
+            })
             .collect();
         named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut source_attrs = SourceAttrs::with_capacity(named.len() + 2);
@@ -225,9 +291,53 @@ impl UserReader {
     }
 }
 
+/// The primary group of a user entry: its own SID's domain with the RID in
+/// `primaryGroupID`.
+fn primary_group(entry: &SearchEntry) -> Option<Sid> {
+    let (text, _) = values(entry, PRIMARY_GROUP_ID);
+    let rid = text.iter().find_map(|v| v.trim().parse::<u32>().ok())?;
+    let own = Sid::of(entry)?;
+    Some(Sid {
+        domain: own.domain,
+        rid,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// S-1-5-21-1004336348-1177238915-682003330-RID, as AD stores it.
+    fn sid_bytes(rid: u32) -> Vec<u8> {
+        let mut b = vec![1, 5, 0, 0, 0, 0, 0, 5];
+        for sub in [21u32, 1004336348, 1177238915, 682003330, rid] {
+            b.extend_from_slice(&sub.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn a_users_primary_group_is_its_domain_with_the_primary_group_rid() {
+        let user = entry(
+            &[("primaryGroupID", &["513"])],
+            &[("objectSid", &[&sid_bytes(1105)])],
+        );
+        let group = entry(&[], &[("objectSid", &[&sid_bytes(513)])]);
+        let primary = primary_group(&user).unwrap();
+        assert_eq!(primary.rid, 513);
+        assert_eq!(Some(primary), Sid::of(&group));
+        // Another domain's group with the same RID is not it.
+        let mut other = sid_bytes(513);
+        other[12] ^= 1;
+        assert_ne!(primary_group(&user), Sid::parse(&other));
+        // Malformed SIDs and missing values give nothing.
+        assert_eq!(Sid::parse(&sid_bytes(5)[..27]), None);
+        assert_eq!(Sid::parse(&[1, 0, 0, 0, 0, 0, 0, 5]), None);
+        assert_eq!(
+            primary_group(&entry(&[("primaryGroupID", &["513"])], &[])),
+            None
+        );
+    }
 
     fn entry(text: &[(&str, &[&str])], binary: &[(&str, &[&[u8]])]) -> SearchEntry {
         SearchEntry {

@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use ldap3::{Ldap, SearchEntry};
 
-use super::entry::{Users, key_of};
-use super::{LdapSettings, connect, dn};
+use super::entry::{OBJECT_SID, Sid, Users, key_of};
+use super::{Flavour, LdapSettings, connect, dn};
 use crate::model::{GroupKey, Origin, SourceGroup, fold};
 use crate::source::nested::flatten;
 use crate::source::{BadEntries, EntryProblem, Problems, SourceError};
@@ -84,6 +84,8 @@ pub(super) struct RawGroup {
     name: String,
     dn: String,
     members: Vec<Member>,
+    /// Active Directory: the group's SID, which users name in `primaryGroupID`.
+    sid: Option<Sid>,
 }
 
 impl RawGroup {
@@ -103,9 +105,43 @@ struct PendingRange {
     next: u64,
 }
 
+/// Reads one attribute slice of one entry: the server, or recorded answers in
+/// tests.
+trait RangeReader {
+    /// The entry's attributes as returned for `wanted` (e.g.
+    /// `member;range=1500-*`); none when the entry is gone.
+    async fn read(
+        &mut self,
+        dn: &str,
+        wanted: String,
+    ) -> Result<Vec<(String, Vec<String>)>, SourceError>;
+}
+
+struct Server<'a> {
+    ldap: &'a mut Ldap,
+    settings: &'a LdapSettings,
+}
+
+impl RangeReader for Server<'_> {
+    async fn read(
+        &mut self,
+        dn: &str,
+        wanted: String,
+    ) -> Result<Vec<(String, Vec<String>)>, SourceError> {
+        let entry = connect::read_entry(self.ldap, self.settings, dn, vec![wanted]).await?;
+        Ok(entry
+            .map(|e| e.attrs)
+            .unwrap_or_default()
+            .into_iter()
+            .collect())
+    }
+}
+
 /// Collects group entries as the search streams them in.
 pub(super) struct GroupReader {
     key_attribute: String,
+    /// Read `objectSid` (Active Directory), for primary group members.
+    sids: bool,
     name_attribute: String,
     groups: Vec<RawGroup>,
     keys: HashMap<GroupKey, usize>,
@@ -117,9 +153,10 @@ pub(super) struct GroupReader {
 }
 
 impl GroupReader {
-    pub(super) fn new(settings: &LdapSettings) -> Self {
+    pub(super) fn new(settings: &LdapSettings, flavour: Flavour, filter: &str) -> Self {
         GroupReader {
             key_attribute: settings.group_key_attribute.clone(),
+            sids: flavour == Flavour::ActiveDirectory,
             name_attribute: settings.group_name_attribute.clone(),
             groups: Vec::new(),
             keys: HashMap::new(),
@@ -127,16 +164,18 @@ impl GroupReader {
             problems: Problems::default(),
             url: settings.url.clone(),
             base: settings.group_base_dn.clone(),
-            filter: settings.group_filter.clone(),
+            filter: filter.to_string(),
         }
     }
 
     /// What the group search asks for.
     pub(super) fn attributes(&self) -> Vec<String> {
         let mut wanted = vec![self.key_attribute.clone()];
+        let sid = self.sids.then_some(OBJECT_SID);
         for name in [self.name_attribute.as_str()]
             .into_iter()
             .chain(MemberAttr::ALL.map(MemberAttr::name))
+            .chain(sid)
         {
             if !wanted.iter().any(|w| w.eq_ignore_ascii_case(name)) {
                 wanted.push(name.to_string());
@@ -180,12 +219,14 @@ impl GroupReader {
             return;
         }
         self.keys.insert(key.clone(), index);
+        let sid = if self.sids { Sid::of(&entry) } else { None };
         let SearchEntry { dn, attrs, .. } = entry;
         let mut group = RawGroup {
             key,
             name,
             dn,
             members: Vec::new(),
+            sid,
         };
         for (description, values) in attrs {
             let Some((attr, range)) = MemberAttr::parse(&description) else {
@@ -210,15 +251,24 @@ impl GroupReader {
         ldap: &mut Ldap,
         settings: &LdapSettings,
     ) -> Result<(), SourceError> {
+        self.complete_ranges_from(&mut Server { ldap, settings }, &settings.url)
+            .await
+    }
+
+    async fn complete_ranges_from(
+        &mut self,
+        server: &mut impl RangeReader,
+        url: &str,
+    ) -> Result<(), SourceError> {
         for pending in std::mem::take(&mut self.pending) {
             let mut next = pending.next;
             let mut complete = false;
             for _ in 0..MAX_RANGE_REQUESTS {
                 let group = &mut self.groups[pending.group];
                 let wanted = format!("{};range={next}-*", pending.attr.name());
-                let entry = connect::read_entry(ldap, settings, &group.dn, vec![wanted]).await?;
+                let attrs = server.read(&group.dn, wanted).await?;
                 let mut end = None;
-                for (description, values) in entry.map(|e| e.attrs).unwrap_or_default() {
+                for (description, values) in attrs {
                     if let Some((attr, Some(range))) = MemberAttr::parse(&description)
                         && attr == pending.attr
                     {
@@ -237,7 +287,7 @@ impl GroupReader {
             }
             if !complete {
                 return Err(SourceError::PartialMemberRange {
-                    url: settings.url.clone(),
+                    url: url.to_string(),
                     attribute: pending.attr.name().to_string(),
                     group_dn: self.groups[pending.group].dn.clone(),
                     stopped_at: next,
@@ -318,6 +368,14 @@ pub(super) fn resolve(raw: Vec<RawGroup>, users: &Users) -> (Vec<SourceGroup>, u
                 unresolved += 1;
                 tracing::trace!(group = %group.dn, ?member, "group member is not a user of this read");
             }
+        }
+        // Active Directory: users whose primary group this is (not in `member`).
+        if let Some(primary) = group
+            .sid
+            .as_ref()
+            .and_then(|sid| users.by_primary_group.get(sid))
+        {
+            found_users.extend(primary);
         }
         direct_users.push(found_users);
         child_groups.push(found_groups);
@@ -408,12 +466,143 @@ mod tests {
         assert_eq!(MemberAttr::parse("cn"), None);
     }
 
+    /// Answers shaped as Windows AD gives them (range retrieval, MS-ADTS
+    /// 3.1.1.3.1.3.3, MaxValRange 1500; Samba sends every value at once): the
+    /// search gives `member;range=0-1499`, each follow-up the next slice, the
+    /// last one ends in `*`.
+    struct Recorded {
+        answers: HashMap<String, Vec<(String, Vec<String>)>>,
+        asked: Vec<String>,
+    }
+
+    impl RangeReader for Recorded {
+        async fn read(
+            &mut self,
+            dn: &str,
+            wanted: String,
+        ) -> Result<Vec<(String, Vec<String>)>, SourceError> {
+            let asked = format!("{dn} {wanted}");
+            self.asked.push(asked.clone());
+            Ok(self.answers.get(&asked).cloned().unwrap_or_default())
+        }
+    }
+
+    fn dns(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("CN=u{i},OU=Staff,DC=corp")).collect()
+    }
+
+    fn reader() -> GroupReader {
+        GroupReader {
+            key_attribute: "objectGUID".into(),
+            sids: false,
+            name_attribute: "cn".into(),
+            groups: Vec::new(),
+            keys: HashMap::new(),
+            pending: Vec::new(),
+            problems: Problems::default(),
+            url: "ldaps://dc01:636".into(),
+            base: "DC=corp".into(),
+            filter: "(objectClass=group)".into(),
+        }
+    }
+
+    fn group_entry(dn: &str, guid: u8, attrs: Vec<(&str, Vec<String>)>) -> SearchEntry {
+        let mut text: HashMap<String, Vec<String>> =
+            attrs.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
+        text.insert(
+            "cn".into(),
+            vec![dn[3..dn.find(',').unwrap_or(dn.len())].to_string()],
+        );
+        SearchEntry {
+            dn: dn.into(),
+            attrs: text,
+            bin_attrs: HashMap::from([("objectGUID".to_string(), vec![vec![guid; 16]])]),
+        }
+    }
+
+    #[tokio::test]
+    async fn ranged_member_values_are_fetched_slice_by_slice_as_windows_ad_sends_them() {
+        let big = "CN=All Staff,OU=Groups,DC=corp";
+        let small = "CN=Small,OU=Groups,DC=corp";
+        let mut groups = reader();
+        groups.add(group_entry(
+            big,
+            1,
+            vec![("member;range=0-1499", dns(0..1500))],
+        ));
+        groups.add(group_entry(small, 2, vec![("member", dns(0..3))]));
+        let mut server = Recorded {
+            answers: HashMap::from([
+                (
+                    format!("{big} member;range=1500-*"),
+                    vec![("member;range=1500-2999".into(), dns(1500..3000))],
+                ),
+                (
+                    format!("{big} member;range=3000-*"),
+                    vec![("member;range=3000-*".into(), dns(3000..3200))],
+                ),
+            ]),
+            asked: Vec::new(),
+        };
+        groups
+            .complete_ranges_from(&mut server, "ldaps://dc01:636")
+            .await
+            .unwrap();
+        assert_eq!(
+            server.asked,
+            [
+                format!("{big} member;range=1500-*"),
+                format!("{big} member;range=3000-*")
+            ],
+            "only the sliced group is asked again, once per slice"
+        );
+        let raw = groups.finish().unwrap();
+        assert_eq!(raw[0].members.len(), 3200);
+        assert_eq!(
+            raw[0].members[3199],
+            Member::Dn(dn::normalize("CN=u3199,OU=Staff,DC=corp"))
+        );
+        assert_eq!(raw[1].members.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_range_that_stops_short_fails_the_read_naming_the_group() {
+        let big = "CN=All Staff,OU=Groups,DC=corp";
+        let mut groups = reader();
+        groups.add(group_entry(
+            big,
+            1,
+            vec![("member;range=0-1499", dns(0..1500))],
+        ));
+        // The group was deleted between the search and the follow-up.
+        let mut server = Recorded {
+            answers: HashMap::new(),
+            asked: Vec::new(),
+        };
+        let error = groups
+            .complete_ranges_from(&mut server, "ldaps://dc01:636")
+            .await
+            .unwrap_err();
+        match error {
+            SourceError::PartialMemberRange {
+                group_dn,
+                stopped_at,
+                ..
+            } => {
+                assert_eq!(group_dn, big);
+                assert_eq!(stopped_at, 1500);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
     fn raw(key: &str, dn: &str, members: &[Member]) -> RawGroup {
         RawGroup {
             key: GroupKey::new(key),
             name: key.to_string(),
             dn: dn.to_string(),
             members: members.to_vec(),
+            sid: None,
         }
     }
 
@@ -438,7 +627,11 @@ mod tests {
             .enumerate()
             .map(|(i, u)| (dn::normalize(&u.origin.to_string()), i))
             .collect();
-        let users = Users { users: list, by_dn };
+        let users = Users {
+            users: list,
+            by_dn,
+            by_primary_group: HashMap::new(),
+        };
         let dn_member = |d: &str| Member::Dn(dn::normalize(d));
         let groups = vec![
             raw(

@@ -82,6 +82,11 @@ pub struct LdapConfig {
     group_name_attribute: Option<Spanned<String>>,
     #[serde(default)]
     page_size: Option<Spanned<u32>>,
+    /// Active Directory only: also read the critical system groups (Domain
+    /// Admins, Schema Admins, …: `isCriticalSystemObject`) and the groups of
+    /// `CN=Builtin`. Default false.
+    #[serde(default)]
+    include_system_groups: Option<Spanned<bool>>,
     /// A humantime duration (`30s`, `2m`).
     #[serde(default)]
     timeout: Option<Spanned<String>>,
@@ -124,7 +129,23 @@ pub struct LdapSettings {
     group_name_attribute: String,
     page_size: i32,
     timeout: Duration,
+    include_system_groups: bool,
 }
+
+/// What the rootDSE says about the server: Active Directory (and Samba's AD
+/// DC) gets its own defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Flavour {
+    ActiveDirectory,
+    Other,
+}
+
+/// `supportedCapabilities` of Active Directory (LDAP_CAP_ACTIVE_DIRECTORY_OID)
+/// and of AD LDS (LDAP_CAP_ACTIVE_DIRECTORY_ADAM_OID).
+const AD_CAPABILITIES: [&str; 2] = ["1.2.840.113556.1.4.800", "1.2.840.113556.1.4.1851"];
+
+/// Leaves AD's critical system objects (Domain Admins, krbtgt's groups, …) out.
+const NOT_CRITICAL: &str = "(!(isCriticalSystemObject=TRUE))";
 
 /// Where the README explains every field.
 const README_HINT: &str = "see the LDAP source section of the README";
@@ -316,6 +337,7 @@ impl LdapConfig {
             group_name_attribute,
             page_size: page_size as i32,
             timeout,
+            include_system_groups: flag(&self.include_system_groups),
         })
     }
 }
@@ -347,6 +369,40 @@ impl LdapSettings {
     pub fn key_attribute(&self) -> &str {
         &self.key_attribute
     }
+
+    /// The group search's filter: on Active Directory, critical system
+    /// objects are left out unless `include_system_groups` is set.
+    fn group_filter(&self, flavour: Flavour) -> String {
+        if flavour == Flavour::ActiveDirectory && !self.include_system_groups {
+            format!("(&{}{NOT_CRITICAL})", self.group_filter)
+        } else {
+            self.group_filter.clone()
+        }
+    }
+
+    /// Whether a group entry at `dn` is read: on Active Directory the groups of
+    /// the `CN=Builtin` container (Administrators, Users, …) are not, unless
+    /// `include_system_groups` is set.
+    fn reads_group_at(&self, flavour: Flavour, dn: &str) -> bool {
+        flavour != Flavour::ActiveDirectory || self.include_system_groups || !dn::is_in_builtin(dn)
+    }
+}
+
+/// Whether the server is Active Directory, from the rootDSE's
+/// `supportedCapabilities`. A server that does not show them is taken for a
+/// plain LDAP server; a connection that fails here fails the read.
+async fn flavour(ldap: &mut ldap3::Ldap, settings: &LdapSettings) -> Result<Flavour, SourceError> {
+    let capabilities = connect::root_capabilities(ldap, settings).await?;
+    Ok(
+        if capabilities
+            .iter()
+            .any(|c| AD_CAPABILITIES.contains(&c.trim()))
+        {
+            Flavour::ActiveDirectory
+        } else {
+            Flavour::Other
+        },
+    )
 }
 
 /// Reads every user and group completely. `attributes` are the user attributes
@@ -358,10 +414,12 @@ pub async fn read(
 ) -> Result<SourceDirectory, SourceError> {
     let started = Instant::now();
     let mut ldap = connect::open(settings).await?;
+    let flavour = flavour(&mut ldap, settings).await?;
+    let group_filter = settings.group_filter(flavour);
 
-    let mut users = entry::UserReader::new(settings);
-    let mut raw_groups = groups::GroupReader::new(settings);
-    let user_attrs = user_attributes(settings, attributes);
+    let mut users = entry::UserReader::new(settings, flavour);
+    let mut raw_groups = groups::GroupReader::new(settings, flavour, &group_filter);
+    let user_attrs = user_attributes(settings, attributes, flavour);
     let group_attrs = raw_groups.attributes();
     // One search after the other: OpenLDAP keeps one paged search per connection
     // (a second one invalidates the first one's cookie). Entries are converted
@@ -379,9 +437,13 @@ pub async fn read(
         &mut ldap,
         settings,
         &settings.group_base_dn,
-        &settings.group_filter,
+        &group_filter,
         group_attrs,
-        |e| raw_groups.add(e),
+        |e| {
+            if settings.reads_group_at(flavour, &e.dn) {
+                raw_groups.add(e);
+            }
+        },
     )
     .await?;
     raw_groups.complete_ranges(&mut ldap, settings).await?;
@@ -411,6 +473,7 @@ pub async fn read(
 /// The answer says what was verified.
 pub async fn check(settings: &LdapSettings) -> Result<String, SourceError> {
     let mut ldap = connect::open(settings).await?;
+    let flavour = flavour(&mut ldap, settings).await?;
     let mut bases: Vec<&str> = vec![&settings.base_dn];
     for base in [&settings.user_base_dn, &settings.group_base_dn] {
         if !bases
@@ -434,7 +497,7 @@ pub async fn check(settings: &LdapSettings) -> Result<String, SourceError> {
         &mut ldap,
         settings,
         &settings.group_base_dn,
-        &settings.group_filter,
+        &settings.group_filter(flavour),
     )
     .await?;
     connect::close(ldap).await;
@@ -461,8 +524,20 @@ pub async fn check(settings: &LdapSettings) -> Result<String, SourceError> {
     if users == 0 {
         tracing::warn!(filter = %settings.user_filter, base = %settings.user_base_dn, "the user filter matches no entries");
     }
+    let active_directory = match flavour {
+        Flavour::Other => String::new(),
+        Flavour::ActiveDirectory if settings.include_system_groups => "; Active Directory: \
+            critical system groups and CN=Builtin are read (include_system_groups: true); \
+            primary group membership (primaryGroupID) is read"
+            .to_string(),
+        Flavour::ActiveDirectory => "; Active Directory: critical system groups \
+            (isCriticalSystemObject: Domain Admins, Schema Admins, …) and the groups of \
+            CN=Builtin are left out (set include_system_groups: true to read them); primary \
+            group membership (primaryGroupID) is read"
+            .to_string(),
+    };
     Ok(format!(
-        "LDAP {} reachable ({transport}{verify}); bound as {}; base DN{} {} readable; paged search accepted, {}, {}",
+        "LDAP {} reachable ({transport}{verify}); bound as {}; base DN{} {} readable; paged search accepted, {}, {}{active_directory}",
         settings.url,
         settings.bind_dn,
         if bases.len() == 1 { "" } else { "s" },
@@ -473,11 +548,19 @@ pub async fn check(settings: &LdapSettings) -> Result<String, SourceError> {
 }
 
 /// What the user search asks for: the mapping's attributes, the key, and `uid`
-/// (posixGroup members name users by uid). `dn` is not an attribute: every
-/// entry carries its DN.
-fn user_attributes(settings: &LdapSettings, attributes: &BTreeSet<String>) -> Vec<String> {
-    let mut wanted: Vec<String> = Vec::with_capacity(attributes.len() + 2);
-    let extra = [settings.key_attribute.as_str(), "uid"];
+/// (posixGroup members name users by uid); on Active Directory also
+/// `primaryGroupID` and `objectSid`, which name the user's primary group.
+/// `dn` is not an attribute: every entry carries its DN.
+fn user_attributes(
+    settings: &LdapSettings,
+    attributes: &BTreeSet<String>,
+    flavour: Flavour,
+) -> Vec<String> {
+    let mut wanted: Vec<String> = Vec::with_capacity(attributes.len() + 4);
+    let mut extra = vec![settings.key_attribute.as_str(), "uid"];
+    if flavour == Flavour::ActiveDirectory {
+        extra.extend([entry::PRIMARY_GROUP_ID, entry::OBJECT_SID]);
+    }
     for name in attributes.iter().map(String::as_str).chain(extra) {
         if name.eq_ignore_ascii_case("dn") || wanted.iter().any(|w| w.eq_ignore_ascii_case(name)) {
             continue;

@@ -250,9 +250,43 @@ fn user_search_asks_for_the_key_and_uid_but_not_dn() {
     let s = compile_with("").unwrap();
     let wanted: BTreeSet<String> = ["mail", "DN", "givenName", "UID"].map(String::from).into();
     assert_eq!(
-        user_attributes(&s, &wanted),
+        user_attributes(&s, &wanted, Flavour::Other),
         vec!["UID", "givenName", "mail", "entryUUID"]
     );
+    // Active Directory: the primary group comes from primaryGroupID and objectSid.
+    assert_eq!(
+        user_attributes(&s, &wanted, Flavour::ActiveDirectory),
+        vec![
+            "UID",
+            "givenName",
+            "mail",
+            "entryUUID",
+            "primaryGroupID",
+            "objectSid"
+        ]
+    );
+}
+
+#[test]
+fn active_directory_system_groups_are_left_out_unless_asked_for() {
+    let s = compile_with("group_filter: \"(objectClass=group)\"\n").unwrap();
+    assert_eq!(s.group_filter(Flavour::Other), "(objectClass=group)");
+    assert_eq!(
+        s.group_filter(Flavour::ActiveDirectory),
+        "(&(objectClass=group)(!(isCriticalSystemObject=TRUE)))"
+    );
+    let builtin = "CN=Administrators,CN=Builtin,DC=corp,DC=example";
+    assert!(s.reads_group_at(Flavour::Other, builtin));
+    assert!(!s.reads_group_at(Flavour::ActiveDirectory, builtin));
+    assert!(s.reads_group_at(Flavour::ActiveDirectory, "CN=Sales,OU=Groups,DC=corp"));
+
+    let all = compile_with("group_filter: \"(objectClass=group)\"\ninclude_system_groups: true\n")
+        .unwrap();
+    assert_eq!(
+        all.group_filter(Flavour::ActiveDirectory),
+        "(objectClass=group)"
+    );
+    assert!(all.reads_group_at(Flavour::ActiveDirectory, builtin));
 }
 
 #[test]

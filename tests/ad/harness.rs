@@ -1,0 +1,810 @@
+//! Shared harness of the Active Directory tests: a real Samba AD DC
+//! (`scripts/samba-ad.sh`) serving LDAP on 127.0.0.1 only, provisioned once per
+//! test binary into a template folder under the target dir (keyed by the
+//! script's VERSION) and copied per test, so every test starts from the same
+//! directory. Samba's ports (389, 636) are fixed: one instance runs at a time,
+//! serialised by a lock held as long as the `Samba` value lives (also across
+//! processes, with `flock`). Samba is stopped by its PID on drop, also on
+//! panic; every wait is bounded.
+//!
+//! `Operator` runs the built `idsync` binary against it and a real
+//! scim2-server; `Expected` is what the target must hold, computed from the
+//! directory itself (read with `ldapsearch` as the Administrator, never through
+//! idsync's reader) by applying `mappings/active-directory.yaml`'s rules by hand.
+
+#![allow(dead_code)] // not every test uses every helper
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::scim::{self, Output, ScimServer, TargetContents, str_at};
+
+pub const BASE: &str = "DC=corp,DC=example,DC=test";
+pub const STAFF: &str = "OU=Staff,DC=corp,DC=example,DC=test";
+pub const GROUPS: &str = "OU=Groups,DC=corp,DC=example,DC=test";
+pub const ADMIN: &str = "Administrator@corp.example.test";
+pub const ADMIN_PW: &str = "Admin-Passw0rd!";
+pub const SVC_DN: &str = "CN=svc-idsync,OU=Service Accounts,DC=corp,DC=example,DC=test";
+pub const SVC_UPN: &str = "svc-idsync@corp.example.test";
+pub const SVC_DOWN_LEVEL: &str = "CORP\\svc-idsync";
+pub const SVC_PW: &str = "Svc-Passw0rd!";
+pub const LDAPS_URL: &str = "ldaps://127.0.0.1:636";
+pub const LDAP_URL: &str = "ldap://127.0.0.1:389";
+pub const USER_FILTER: &str = "(&(objectCategory=person)(objectClass=user))";
+pub const GROUP_FILTER: &str = "(objectClass=group)";
+/// The show-deleted control: lists and changes objects in CN=Deleted Objects.
+const SHOW_DELETED: &str = "!1.2.840.113556.1.4.417";
+
+/// The environment variable the generated configs name in `bind_password_env`.
+const PASSWORD_ENV: &str = "IDSYNC_TEST_AD_PASSWORD";
+/// One `idsync` run may take this long before it is killed (debug build, 2 cores).
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+/// One LDAP client tool run may take this long.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn script() -> PathBuf {
+    repo().join("scripts/samba-ad.sh")
+}
+
+/// Runs `cmd` to completion, killing it after `limit`.
+fn run_bounded(mut cmd: Command, limit: Duration, stdin: Option<&str>) -> Output {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    let pipe = |p: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = pipe(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = pipe(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        code,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        args: vec![what],
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Samba
+
+/// The provisioned, populated domain every test copies (made once).
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("samba-ad-template");
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).arg("template").arg(&dir);
+        let out = run_bounded(cmd, Duration::from_secs(600), None);
+        assert_eq!(out.code, 0, "provisioning Samba failed:\n{}", out.dump());
+        dir
+    })
+}
+
+/// Serialises the tests of this binary (a `Mutex`) and of any other process
+/// (an `flock` on a file next to the template): Samba's ports are fixed.
+struct PortLock {
+    _thread: MutexGuard<'static, ()>,
+    file: std::fs::File,
+}
+
+impl PortLock {
+    fn take() -> PortLock {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let thread = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("samba-ad.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .expect("open the Samba lock file");
+        let deadline = Instant::now() + Duration::from_secs(900);
+        // SAFETY: flock on a file descriptor this value owns.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "another process held {} for 15 minutes",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        PortLock {
+            _thread: thread,
+            file,
+        }
+    }
+}
+
+impl Drop for PortLock {
+    fn drop(&mut self) {
+        // SAFETY: unlocking our own descriptor.
+        unsafe {
+            libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
+        }
+    }
+}
+
+/// A running Samba AD DC on a copy of the template. Dropping it stops it.
+pub struct Samba {
+    // Dropped in order: samba stopped (Drop), then its files, then the lock.
+    dir: tempfile::TempDir,
+    _lock: PortLock,
+}
+
+impl Samba {
+    /// Starts a fresh copy of the test domain, with the test CA's certificate.
+    pub fn start() -> Samba {
+        Samba::start_with(false)
+    }
+
+    /// Starts it with the certificate Samba generates for itself (no
+    /// subjectAltName), in `private/tls/`.
+    pub fn start_with_samba_certificate() -> Samba {
+        Samba::start_with(true)
+    }
+
+    fn start_with(own_certificate: bool) -> Samba {
+        // The lock first: provisioning starts a Samba too.
+        let lock = PortLock::take();
+        let template = template();
+        let dir = tempfile::Builder::new()
+            .prefix("idsync-samba-")
+            .tempdir()
+            .expect("temp dir");
+        let copy = dir.path().join("ad");
+        let mut cp = Command::new("cp");
+        cp.arg("-a").arg(template).arg(&copy);
+        let out = run_bounded(cp, Duration::from_secs(120), None);
+        assert_eq!(out.code, 0, "copying the template failed:\n{}", out.dump());
+        let samba = Samba { dir, _lock: lock };
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).arg("start").arg(&copy);
+        if own_certificate {
+            cmd.env("SAMBA_AD_TLS", "self");
+        }
+        let out = run_bounded(cmd, Duration::from_secs(120), None);
+        assert_eq!(out.code, 0, "Samba did not start:\n{}", out.dump());
+        samba
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().join("ad")
+    }
+
+    /// The PEM file of the test CA, which signed Samba's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir().join("tls/ca.pem")
+    }
+
+    /// The CA Samba made for its own certificate (`start_with_samba_certificate`).
+    pub fn samba_ca_file(&self) -> PathBuf {
+        self.dir().join("private/tls/ca.pem")
+    }
+
+    fn tool(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(tool);
+        cmd.env("LDAPTLS_CACERT", self.ca_file())
+            .args(["-x", "-o", "nettimeout=20", "-H", LDAPS_URL, "-D", ADMIN])
+            .args(["-w", ADMIN_PW])
+            .args(args);
+        run_bounded(cmd, TOOL_TIMEOUT, stdin)
+    }
+
+    /// Applies LDIF changes as the Administrator.
+    pub fn modify(&self, ldif: &str) {
+        let out = self.tool("ldapmodify", &[], Some(ldif));
+        assert_eq!(out.code, 0, "ldapmodify failed for\n{ldif}\n{}", out.dump());
+    }
+
+    /// Like `modify`, expecting the server to refuse.
+    pub fn modify_refused(&self, ldif: &str) -> Output {
+        let out = self.tool("ldapmodify", &[], Some(ldif));
+        assert_ne!(out.code, 0, "ldapmodify should have failed for\n{ldif}");
+        out
+    }
+
+    pub fn delete(&self, dn: &str) {
+        let out = self.tool("ldapdelete", &[dn], None);
+        assert_eq!(out.code, 0, "ldapdelete {dn} failed:\n{}", out.dump());
+    }
+
+    /// Entries under `base` matching `filter`, with `attrs`.
+    pub fn search(&self, base: &str, filter: &str, attrs: &[&str]) -> Vec<Entry> {
+        self.search_with(&[], base, filter, attrs)
+    }
+
+    fn search_with(&self, extra: &[&str], base: &str, filter: &str, attrs: &[&str]) -> Vec<Entry> {
+        let mut args = vec!["-LLL", "-o", "ldif-wrap=no"];
+        args.extend_from_slice(extra);
+        args.extend(["-b", base, filter]);
+        args.extend_from_slice(attrs);
+        let out = self.tool("ldapsearch", &args, None);
+        assert_eq!(out.code, 0, "ldapsearch {filter} failed:\n{}", out.dump());
+        parse_ldif(&out.stdout)
+    }
+
+    /// The one entry at `dn`.
+    pub fn entry(&self, dn: &str, attrs: &[&str]) -> Entry {
+        let mut args = vec!["-LLL", "-o", "ldif-wrap=no", "-s", "base", "-b", dn];
+        args.push("(objectClass=*)");
+        args.extend_from_slice(attrs);
+        let out = self.tool("ldapsearch", &args, None);
+        assert_eq!(out.code, 0, "reading {dn} failed:\n{}", out.dump());
+        parse_ldif(&out.stdout)
+            .pop()
+            .unwrap_or_else(|| panic!("no entry {dn}"))
+    }
+
+    /// Restores the deleted object whose `objectGUID` is `guid` to `dn` (as
+    /// AD's Recycle Bin-less reanimation does: the same object, the same GUID;
+    /// the attributes a tombstone drops are written again afterwards).
+    pub fn restore(&self, guid: &str, dn: &str, attrs: &[(&str, &str)]) {
+        let deleted = self.search_with(
+            &["-E", SHOW_DELETED],
+            &format!("CN=Deleted Objects,{BASE}"),
+            &format!("(objectGUID={})", guid_filter_value(guid)),
+            &["isDeleted"],
+        );
+        let tombstone = &deleted
+            .first()
+            .unwrap_or_else(|| panic!("no deleted object with objectGUID {guid}"))
+            .dn;
+        let ldif = format!(
+            "dn: {tombstone}\nchangetype: modify\ndelete: isDeleted\n-\nreplace: distinguishedName\ndistinguishedName: {dn}\n-\n"
+        );
+        let out = self.tool("ldapmodify", &["-e", SHOW_DELETED], Some(&ldif));
+        assert_eq!(out.code, 0, "restoring {guid} failed:\n{}", out.dump());
+        if !attrs.is_empty() {
+            let mut ldif = format!("dn: {dn}\nchangetype: modify\n");
+            for (name, value) in attrs {
+                ldif.push_str(&format!("replace: {name}\n{name}: {value}\n-\n"));
+            }
+            self.modify(&ldif);
+        }
+    }
+
+    /// A group's RID (the last sub-authority of its objectSid).
+    pub fn rid(&self, dn: &str) -> u32 {
+        let entry = self.entry(dn, &["objectSid"]);
+        let sid = entry.bytes("objectSid").expect("objectSid");
+        u32::from_le_bytes(sid[sid.len() - 4..].try_into().expect("4 bytes"))
+    }
+}
+
+impl Drop for Samba {
+    fn drop(&mut self) {
+        let dir = self.dir();
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // If the script could not run: kill by the PID it recorded.
+        if let Ok(pid) = std::fs::read_to_string(dir.join("run/samba.pid"))
+            && let Ok(pid) = pid.trim().parse::<i32>()
+        {
+            // SAFETY: a plain kill(2) of the samba process this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// LDIF
+
+/// One entry of `ldapsearch -LLL` output; values decoded (base64 ones as bytes).
+#[derive(Clone, Debug, Default)]
+pub struct Entry {
+    pub dn: String,
+    pub attrs: BTreeMap<String, Vec<Vec<u8>>>,
+}
+
+impl Entry {
+    /// The first value of `name` as text.
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.texts(name).into_iter().next()
+    }
+
+    pub fn texts(&self, name: &str) -> Vec<String> {
+        self.attrs
+            .get(&name.to_ascii_lowercase())
+            .map(|vs| {
+                vs.iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn bytes(&self, name: &str) -> Option<&[u8]> {
+        self.attrs
+            .get(&name.to_ascii_lowercase())
+            .and_then(|vs| vs.first())
+            .map(Vec::as_slice)
+    }
+
+    /// The objectGUID in its canonical text form (what idsync keys users by).
+    pub fn guid(&self) -> String {
+        let b = self.bytes("objectGUID").expect("objectGUID");
+        assert_eq!(b.len(), 16, "objectGUID of {}", self.dn);
+        let hex = |r: &[u8]| r.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let rev = |r: &[u8]| r.iter().rev().copied().collect::<Vec<u8>>();
+        format!(
+            "{}-{}-{}-{}-{}",
+            hex(&rev(&b[0..4])),
+            hex(&rev(&b[4..6])),
+            hex(&rev(&b[6..8])),
+            hex(&b[8..10]),
+            hex(&b[10..16])
+        )
+    }
+}
+
+fn parse_ldif(text: &str) -> Vec<Entry> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut entries = Vec::new();
+    let mut current: Option<Entry> = None;
+    for line in text.lines() {
+        if line.is_empty() {
+            entries.extend(current.take());
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let value = match rest.strip_prefix(':') {
+            Some(encoded) => b64.decode(encoded.trim()).expect("base64 value"),
+            None => rest.trim_start().as_bytes().to_vec(),
+        };
+        if name.eq_ignore_ascii_case("dn") {
+            entries.extend(current.take());
+            current = Some(Entry {
+                dn: String::from_utf8_lossy(&value).into_owned(),
+                ..Entry::default()
+            });
+        } else if let Some(entry) = current.as_mut() {
+            entry
+                .attrs
+                .entry(name.to_ascii_lowercase())
+                .or_default()
+                .push(value);
+        }
+    }
+    entries.extend(current);
+    entries
+}
+
+/// A GUID as an LDAP filter value: its 16 bytes escaped as `\xx`.
+fn guid_filter_value(guid: &str) -> String {
+    let hex: String = guid.chars().filter(|c| *c != '-').collect();
+    let byte = |i: usize| &hex[2 * i..2 * i + 2];
+    let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+    order.iter().map(|&i| format!("\\{}", byte(i))).collect()
+}
+
+/// `CN=x,…` in lower case with no spaces after commas: how DNs are compared.
+pub fn norm_dn(dn: &str) -> String {
+    dn.split(',')
+        .map(|p| p.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+// ---------------------------------------------------------------------------
+// What the target must hold
+
+/// A user as `mappings/active-directory.yaml` maps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpectedUser {
+    pub guid: String,
+    pub user_name: String,
+    pub given: String,
+    pub family: String,
+    pub active: bool,
+}
+
+/// The target, as computed from the directory.
+#[derive(Debug)]
+pub struct Expected {
+    /// In-scope users by userName, folded to lower case. Any other user in
+    /// the target must be inactive (removed under `remove_action: disable`).
+    pub users: BTreeMap<String, ExpectedUser>,
+    /// Groups by display name: the folded userNames of their flattened members.
+    pub groups: BTreeMap<String, BTreeSet<String>>,
+    /// Display names two or more groups share: such groups are held.
+    pub shared_names: BTreeSet<String>,
+}
+
+impl Expected {
+    /// Reads the directory and applies the mapping's rules; groups are named by
+    /// `name_attribute` (`cn` or `sAMAccountName`).
+    pub fn of(samba: &Samba, name_attribute: &str) -> Expected {
+        let users = samba.search(
+            BASE,
+            USER_FILTER,
+            &[
+                "objectGUID",
+                "objectSid",
+                "mail",
+                "userPrincipalName",
+                "givenName",
+                "sn",
+                "sAMAccountName",
+                "userAccountControl",
+                "primaryGroupID",
+            ],
+        );
+        let mut by_dn: HashMap<String, String> = HashMap::new();
+        let mut by_primary: HashMap<u32, Vec<String>> = HashMap::new();
+        let mut expected_users = BTreeMap::new();
+        for u in &users {
+            let Some(upn) = u.text("userPrincipalName") else {
+                continue;
+            };
+            let sam = u.text("sAMAccountName").unwrap_or_default();
+            if sam.ends_with('$') {
+                continue;
+            }
+            let user_name = u.text("mail").unwrap_or(upn).trim().to_string();
+            let uac: u32 = u
+                .text("userAccountControl")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            by_dn.insert(norm_dn(&u.dn), user_name.to_lowercase());
+            if let Some(rid) = u.text("primaryGroupID").and_then(|v| v.parse().ok()) {
+                by_primary
+                    .entry(rid)
+                    .or_default()
+                    .push(user_name.to_lowercase());
+            }
+            expected_users.insert(
+                user_name.to_lowercase(),
+                ExpectedUser {
+                    guid: u.guid(),
+                    user_name,
+                    given: u.text("givenName").unwrap_or_default(),
+                    family: u.text("sn").unwrap_or_default(),
+                    active: uac & 2 == 0,
+                },
+            );
+        }
+
+        let groups = samba.search(
+            BASE,
+            &format!("(&{GROUP_FILTER}(!(isCriticalSystemObject=TRUE)))"),
+            &["cn", "sAMAccountName", "member", "objectSid"],
+        );
+        let groups: Vec<&Entry> = groups
+            .iter()
+            .filter(|g| !norm_dn(&g.dn).contains(",cn=builtin,dc="))
+            .collect();
+        let index: HashMap<String, usize> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (norm_dn(&g.dn), i))
+            .collect();
+        let flatten = |start: usize| -> BTreeSet<String> {
+            let mut seen = BTreeSet::from([start]);
+            let mut todo = vec![start];
+            let mut members = BTreeSet::new();
+            while let Some(g) = todo.pop() {
+                let group = groups[g];
+                let sid = group.bytes("objectSid").expect("objectSid");
+                let rid = u32::from_le_bytes(sid[sid.len() - 4..].try_into().expect("rid"));
+                members.extend(by_primary.get(&rid).into_iter().flatten().cloned());
+                for m in group.texts("member") {
+                    let m = norm_dn(&m);
+                    if let Some(user) = by_dn.get(&m) {
+                        members.insert(user.clone());
+                    } else if let Some(&child) = index.get(&m)
+                        && seen.insert(child)
+                    {
+                        todo.push(child);
+                    }
+                }
+            }
+            members
+        };
+        let mut named: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, g) in groups.iter().enumerate() {
+            let name = g.text(name_attribute).expect("group name");
+            named.entry(name.to_lowercase()).or_default().push(i);
+        }
+        let mut expected_groups = BTreeMap::new();
+        let mut shared_names = BTreeSet::new();
+        for (folded, list) in named {
+            if list.len() > 1 {
+                shared_names.insert(folded);
+                continue;
+            }
+            let g = groups[list[0]];
+            expected_groups.insert(g.text(name_attribute).expect("name"), flatten(list[0]));
+        }
+        Expected {
+            users: expected_users,
+            groups: expected_groups,
+            shared_names,
+        }
+    }
+
+    /// Compares the target with this expectation; panics naming every difference.
+    pub fn assert_matches(&self, target: &TargetContents) {
+        let mut problems = Vec::new();
+        let mut id_to_name: HashMap<&str, String> = HashMap::new();
+        for u in &target.users {
+            id_to_name.insert(str_at(u, "id"), str_at(u, "userName").to_lowercase());
+        }
+        for (folded, e) in &self.users {
+            let found = target.users_named(&e.user_name);
+            match (found.as_slice(), e.active) {
+                ([], false) => {} // never created just to be disabled
+                ([], true) => problems.push(format!("user {} is missing", e.user_name)),
+                ([u], _) => {
+                    let active = u.get("active").and_then(Value::as_bool).unwrap_or(true);
+                    let checks = [
+                        (
+                            "externalId",
+                            str_at(u, "externalId").to_string(),
+                            e.guid.clone(),
+                        ),
+                        ("active", active.to_string(), e.active.to_string()),
+                        (
+                            "name.givenName",
+                            u.pointer("/name/givenName")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string(),
+                            e.given.clone(),
+                        ),
+                        (
+                            "name.familyName",
+                            u.pointer("/name/familyName")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string(),
+                            e.family.clone(),
+                        ),
+                        (
+                            "emails",
+                            u.pointer("/emails/0/value")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_lowercase(),
+                            folded.clone(),
+                        ),
+                    ];
+                    for (what, got, want) in checks {
+                        if got != want {
+                            problems.push(format!(
+                                "user {}: {what} is {got:?}, expected {want:?}",
+                                e.user_name
+                            ));
+                        }
+                    }
+                }
+                (many, _) => problems.push(format!(
+                    "{} users named {} in the target",
+                    many.len(),
+                    e.user_name
+                )),
+            }
+        }
+        for u in &target.users {
+            let name = str_at(u, "userName").to_lowercase();
+            let active = u.get("active").and_then(Value::as_bool).unwrap_or(true);
+            if !self.users.contains_key(&name) && active {
+                problems.push(format!(
+                    "user {name} is active in the target but not an in-scope user of the directory"
+                ));
+            }
+        }
+        for (name, members) in &self.groups {
+            let Some(g) = target.group(name) else {
+                problems.push(format!("group {name:?} is missing"));
+                continue;
+            };
+            let got: BTreeSet<String> = g
+                .get("members")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|m| id_to_name.get(str_at(m, "value")).cloned())
+                .collect();
+            // Members the target has as accounts (a disabled user never created is not).
+            let want: BTreeSet<String> = members
+                .iter()
+                .filter(|m| !target.users_named(m).is_empty())
+                .cloned()
+                .collect();
+            if got != want {
+                let extra: Vec<_> = got.difference(&want).collect();
+                let missing: Vec<_> = want.difference(&got).collect();
+                problems.push(format!(
+                    "group {name:?}: members not in the directory {extra:?}, missing {missing:?}"
+                ));
+            }
+        }
+        for g in &target.groups {
+            let name = str_at(g, "displayName");
+            if !self.groups.contains_key(name) && !self.shared_names.contains(&name.to_lowercase())
+            {
+                problems.push(format!("group {name:?} is in the target but not expected"));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "the target does not match the directory:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running idsync
+
+/// A temp dir with `config.yaml` (this AD → a scim2-server) and `state/`.
+pub struct Operator {
+    dir: tempfile::TempDir,
+    pub url: String,
+    pub bind_dn: String,
+    pub ca_file: Option<PathBuf>,
+    /// More `source:` lines, each ending in a newline.
+    pub extra_source: String,
+    scim_url: String,
+    token: String,
+}
+
+impl Operator {
+    pub fn new(samba: &Samba, server: &ScimServer) -> Operator {
+        let dir = tempfile::Builder::new()
+            .prefix("idsync-ad-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
+        Operator {
+            dir,
+            url: LDAPS_URL.into(),
+            bind_dn: SVC_DN.into(),
+            ca_file: Some(samba.ca_file()),
+            extra_source: String::new(),
+            scim_url: server.base_url(),
+            token: server.token().to_owned(),
+        }
+    }
+
+    fn config(&self) -> String {
+        let ca = self
+            .ca_file
+            .as_ref()
+            .map(|p| format!("  ca_file: {}\n", p.display()))
+            .unwrap_or_default();
+        format!(
+            "source:\n\
+             \x20 kind: ldap\n\
+             \x20 url: {url}\n\
+             {ca}\
+             \x20 bind_dn: '{bind_dn}'\n\
+             \x20 bind_password_env: {PASSWORD_ENV}\n\
+             \x20 base_dn: {BASE}\n\
+             \x20 user_filter: \"{USER_FILTER}\"\n\
+             \x20 group_filter: \"{GROUP_FILTER}\"\n\
+             \x20 key_attribute: objectGUID\n\
+             \x20 timeout: 20s\n\
+             {extra}\
+             mapping: {mapping}\n\
+             target:\n\
+             \x20 kind: scim\n\
+             \x20 base_url: {scim}\n\
+             \x20 token_env: {token_env}\n\
+             \x20 concurrency: 4\n\
+             \x20 timeout: 30s\n\
+             policy:\n\
+             \x20 remove_action: disable\n\
+             \x20 max_removals: 10%\n\
+             \x20 groups: {{ provision: true, delete: true }}\n\
+             state: state/idsync.db\n",
+            url = self.url,
+            bind_dn = self.bind_dn,
+            extra = self.extra_source,
+            mapping = repo().join("mappings/active-directory.yaml").display(),
+            scim = self.scim_url,
+            token_env = scim::TOKEN_ENV,
+        )
+    }
+
+    /// Runs `idsync SUB -c config.yaml REST…`; panics if a password or the
+    /// token shows up in what it printed.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let config = self.dir.path().join("config.yaml");
+        std::fs::write(&config, self.config()).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idsync"));
+        cmd.arg(args[0])
+            .arg("-c")
+            .arg(&config)
+            .args(&args[1..])
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env_remove("IDSYNC_CONFIG")
+            .env_remove("RUST_LOG")
+            .env(PASSWORD_ENV, SVC_PW)
+            .env(scim::TOKEN_ENV, &self.token);
+        let mut out = run_bounded(cmd, RUN_TIMEOUT, None);
+        out.args = args.iter().map(|s| s.to_string()).collect();
+        for secret in [SVC_PW, ADMIN_PW, self.token.as_str()] {
+            assert!(
+                !out.stdout.contains(secret) && !out.stderr.contains(secret),
+                "a secret appears in the output of `idsync {}`:\n{}",
+                args.join(" "),
+                out.dump()
+            );
+        }
+        out
+    }
+
+    /// `sync --format json`, which must exit `code`.
+    pub fn sync(&self, code: i32) -> Value {
+        self.run(&["sync", "--format", "json"])
+            .assert_code(code)
+            .json()
+    }
+
+    pub fn plan_json(&self) -> Value {
+        self.run(&["plan", "--format", "json"])
+            .assert_code(0)
+            .json()
+    }
+
+    pub fn assert_plan_empty(&self) {
+        let plan = self.plan_json();
+        assert!(
+            scim::operations(&plan).is_empty(),
+            "expected an empty plan, got:\n{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+    }
+}
