@@ -322,7 +322,7 @@ fn samba_s_own_certificate_without_names_is_refused_with_how_to_fix_it() {
 }
 
 #[test]
-#[ignore = "needs the lifecycle planner fix"]
+
 fn a_leavers_mail_given_to_a_new_hire_in_the_same_cycle_and_in_the_next() {
     let (samba, server) = started();
     let op = Operator::new(&samba, &server);
@@ -359,7 +359,7 @@ fn a_leavers_mail_given_to_a_new_hire_in_the_same_cycle_and_in_the_next() {
 }
 
 #[test]
-#[ignore = "needs the lifecycle planner fix"]
+
 fn two_users_swapping_mail_keep_their_accounts() {
     let (samba, server) = started();
     let op = Operator::new(&samba, &server);
