@@ -381,6 +381,12 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         yes_no(spc.bulk),
         yes_no(spc.etag)
     );
+    println!("  paging: {}", client.paging_note());
+    if let Some(schema) = client.schema() {
+        for note in schema.notes(&settings.mapping.target_attributes()) {
+            println!("  {note}");
+        }
+    }
     Ok(Exit::Ok)
 }
 

@@ -7,6 +7,7 @@ use std::future::Future;
 use crate::model::{
     GroupName, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs, UserName,
 };
+use crate::plan::TargetRules;
 
 /// How a request to the target failed, after the target's own retries.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +21,11 @@ pub enum TargetError {
     /// 401/403: the credentials were refused. No other operation can succeed.
     #[error("authentication refused (HTTP {status}): {detail}")]
     Unauthorized { status: u16, detail: String },
+    /// The target's published schema does not allow this change of this object
+    /// (an immutable `userName`, say): nothing was sent, and the same request
+    /// would be refused again. That object's failure, not the target's.
+    #[error("{detail}")]
+    Refused { detail: String },
     /// Anything else: an HTTP error, an unreachable target, a bad answer.
     #[error("{message}")]
     Failed {
@@ -36,6 +42,7 @@ impl TargetError {
             TargetError::Conflict { .. } => Some(409),
             TargetError::Unauthorized { status, .. } => Some(*status),
             TargetError::Failed { status, .. } => *status,
+            TargetError::Refused { .. } => None,
         }
     }
 
@@ -51,7 +58,7 @@ impl TargetError {
     pub fn is_transient(&self) -> bool {
         match self {
             TargetError::NotFound | TargetError::Conflict { .. } => false,
-            TargetError::Unauthorized { .. } => false,
+            TargetError::Unauthorized { .. } | TargetError::Refused { .. } => false,
             TargetError::Failed { status, .. } => !status.is_some_and(is_deterministic_refusal),
         }
     }
@@ -68,6 +75,13 @@ pub trait Target: Clone + Send + Sync {
     /// One cheap authenticated request: a wrong token or URL fails here, before
     /// anything changes.
     fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// How the target holds values, as far as [`Self::check`] learned it (its
+    /// schema): what the planner compares ignoring case, and what it does not
+    /// compare at all. Nothing learned: everything compared exactly.
+    fn rules(&self) -> TargetRules {
+        TargetRules::default()
+    }
 
     /// Whether the target holds any user or group at all: a cheap look (one
     /// resource asked for per collection), made when the state DB records

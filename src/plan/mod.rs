@@ -26,7 +26,7 @@ use crate::model::{
     GroupKey, GroupName, ScimId, SourceKey, StateChange, UserAttr, UserAttrs, UserName,
 };
 
-pub use input::{PlanOptions, PlanningInput};
+pub use input::{PlanOptions, PlanningInput, TargetRules};
 pub use planner::{diff, fingerprint, plan};
 pub use policy::{
     DEFAULT_MAX_MEMBER_REMOVALS, DEFAULT_MAX_REMOVALS, MEMBER_REMOVALS_FLOOR, OnRename, Policy,

@@ -7,6 +7,7 @@ mod paging;
 pub mod redact;
 pub mod resource;
 pub mod retry;
+pub mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use redact::Redactor;
 pub use resource::ServiceProviderConfig;
 pub use retry::RetryPolicy;
 use retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
+use schema::{PayloadShape, TargetSchema};
 
 const SCIM_JSON: &str = "application/scim+json";
 const ACCEPT_JSON: &str = "application/scim+json, application/json;q=0.9";
@@ -124,6 +126,10 @@ pub enum ScimError {
     /// The target cannot do this (a group rename on Atlassian).
     #[error("not supported by the target: {0}")]
     Unsupported(String),
+    /// The target's schema does not allow this change of this object; nothing
+    /// was sent (`userName` immutable, say). The same request would fail again.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn scim_type_suffix(scim_type: &Option<String>) -> String {
@@ -212,6 +218,8 @@ struct Inner {
     page_size: u32,
     member_chunk: usize,
     capabilities: RwLock<ServiceProviderConfig>,
+    /// What `/Schemas` and `/ResourceTypes` said; `None` until read.
+    schema: RwLock<Option<TargetSchema>>,
     warned_filter_ignored: AtomicBool,
     /// When the target last asked us (429/503 with a wait) to hold off: every
     /// request waits for it, not only the one that was told.
@@ -306,6 +314,7 @@ impl ScimClient {
                 page_size: opts.page_size,
                 member_chunk: opts.member_chunk,
                 capabilities: RwLock::new(ServiceProviderConfig::default()),
+                schema: RwLock::new(None),
                 warned_filter_ignored: AtomicBool::new(false),
                 cooldown_until: Mutex::new(None),
                 requests: AtomicU64::new(0),
@@ -353,6 +362,58 @@ impl ScimClient {
             .clone()
     }
 
+    /// Reads `/Schemas` and `/ResourceTypes` and remembers what they say: later
+    /// payloads are shaped by it (see [`schema`]). A server that does not serve
+    /// them (any error but a refused token) gets RFC 7643's defaults, and the
+    /// model says why. Read at the start of every cycle.
+    pub async fn read_schema(&self) -> Result<TargetSchema, ScimError> {
+        let fetch = |name: &'static str| async move {
+            match self.call(Method::GET, self.url(&[name]), &[], None).await {
+                Ok(reply) => reply
+                    .json()
+                    .map_err(|e| Err(format!("/{name} could not be read ({e})"))),
+                Err(e) if e.is_auth() => Err(Ok(e)),
+                Err(e) => Err(Err(format!("/{name} could not be read ({e})"))),
+            }
+        };
+        let model = match fetch("Schemas").await {
+            Ok(schemas) => {
+                let types = match fetch("ResourceTypes").await {
+                    Ok(doc) => Ok(doc),
+                    Err(Ok(auth)) => return Err(auth),
+                    Err(Err(why)) => Err(why),
+                };
+                TargetSchema::from_documents(&schemas, types.as_ref().map_err(Clone::clone))
+            }
+            Err(Ok(auth)) => return Err(auth),
+            Err(Err(why)) => TargetSchema::defaults(why),
+        };
+        if let schema::SchemaOrigin::Defaults { why } = &model.origin {
+            tracing::info!(target_url = %self.inner.base, "{why}; RFC 7643 defaults assumed");
+        }
+        *self.inner.schema.write().unwrap_or_else(|p| p.into_inner()) = Some(model.clone());
+        Ok(model)
+    }
+
+    /// The schema read last by [`Self::read_schema`], if any.
+    pub fn schema(&self) -> Option<TargetSchema> {
+        self.inner
+            .schema
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the target enforces unique `userName`s, as its schema says:
+    /// `None` when it did not say (schema not read, or not served).
+    pub fn user_names_unique(&self) -> Option<bool> {
+        self.schema().and_then(|s| s.user_names_unique())
+    }
+
+    fn payload_shape(&self) -> PayloadShape {
+        self.schema().map(|s| s.payload_shape()).unwrap_or_default()
+    }
+
     /// Creates a user. An existing `userName` gives [`ScimError::Conflict`]; so does
     /// the retry of a create that timed out but succeeded.
     pub async fn create_user(
@@ -363,7 +424,7 @@ impl ScimClient {
         if attrs.get(&UserAttr::UserName).is_none_or(|u| u.is_empty()) {
             return Err(ScimError::InvalidInput("a user needs a userName".into()));
         }
-        let body = resource::user_to_json(attrs, active);
+        let body = resource::user_to_json_shaped(attrs, active, &self.payload_shape());
         let reply = self
             .call(Method::POST, self.url(&["Users"]), &[], Some(&body))
             .await?;
@@ -376,21 +437,39 @@ impl ScimClient {
     }
 
     /// Changes only the given attributes (`None` removes one) and, if given, `active`.
-    /// Nothing is sent when there is nothing to change.
+    /// Nothing is sent when there is nothing to change. A change of an
+    /// attribute the target's schema marks immutable is refused here, unsent
+    /// ([`ScimError::Refused`]); read-only attributes are left out.
     pub async fn patch_user(
         &self,
         id: &ScimId,
         changes: &[(UserAttr, Option<String>)],
         active: Option<bool>,
     ) -> Result<(), ScimError> {
+        let shape = self.payload_shape();
+        if let Some((attr, value)) = changes.iter().find(|(a, _)| shape.immutable.contains(a)) {
+            let to = value
+                .as_deref()
+                .map_or_else(|| "nothing".to_owned(), |v| format!("{v:?}"));
+            return Err(ScimError::Refused(format!(
+                "the target does not allow changing {name} (immutable in its /Schemas): the change to {to} was not sent, nor the rest of this update; \
+                 keep the mapped {name} unchanged, or delete the account in the target and run `idsync sync --full` to create it again under the new value",
+                name = attr.name()
+            )));
+        }
+        let changes: Vec<(UserAttr, Option<String>)> = changes
+            .iter()
+            .filter(|(a, _)| !shape.not_sent.contains(a))
+            .cloned()
+            .collect();
         if changes.is_empty() && active.is_none() {
             return Ok(());
         }
         self.patch_resource(
             "Users",
             id,
-            resource::user_patch_operations(changes, active),
-            |user| resource::apply_user_changes(user, changes, active),
+            resource::user_patch_operations_shaped(&changes, active, &shape),
+            |user| resource::apply_user_changes_shaped(user, &changes, active, &shape),
         )
         .await
     }
@@ -759,6 +838,21 @@ impl ScimClient {
             .call(Method::GET, self.url(&segments), &[], None)
             .await?;
         reply.json().map(Some)
+    }
+
+    /// The page size in force and why, for `check`.
+    pub fn paging_note(&self) -> String {
+        let size = self.page_size();
+        let mut why = vec![format!("target.page_size {}", self.inner.page_size)];
+        if let Some(max) = self.capabilities().filter_max_results {
+            why.push(format!("the server's maxResults {max}"));
+        } else {
+            why.push("the server publishes no maxResults".to_owned());
+        }
+        if self.inner.flavour == Flavour::Atlassian {
+            why.push(format!("Atlassian's limit {ATLASSIAN_MAX_PAGE}"));
+        }
+        format!("{size} per page ({})", why.join(", "))
     }
 
     fn page_size(&self) -> u32 {

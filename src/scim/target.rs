@@ -4,6 +4,7 @@ use crate::apply::{Target, TargetError};
 use crate::model::{
     GroupName, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs, UserName,
 };
+use crate::plan::TargetRules;
 
 use super::{ScimClient, ScimError};
 
@@ -15,6 +16,7 @@ impl From<ScimError> for TargetError {
             ScimError::Unauthorized { status, detail } => {
                 TargetError::Unauthorized { status, detail }
             }
+            ScimError::Refused(detail) => TargetError::Refused { detail },
             other => TargetError::Failed {
                 status: other.status(),
                 message: other.to_string(),
@@ -24,13 +26,24 @@ impl From<ScimError> for TargetError {
 }
 
 impl Target for ScimClient {
-    /// Reads the capabilities (later requests honour them) and makes one
-    /// authenticated lookup.
+    /// Reads the capabilities and the schema (later requests honour them) and
+    /// makes one authenticated lookup.
     async fn check(&self) -> Result<(), TargetError> {
         self.service_provider_config().await?;
+        self.read_schema().await?;
         self.find_user_by_user_name("idsync-connectivity-check@invalid")
             .await?;
         Ok(())
+    }
+
+    fn rules(&self) -> TargetRules {
+        match self.schema() {
+            Some(schema) => TargetRules {
+                folded: schema.folded(),
+                unheld: schema.unheld(),
+            },
+            None => TargetRules::default(),
+        }
     }
 
     async fn holds_anything(&self) -> Result<bool, TargetError> {

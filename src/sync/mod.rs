@@ -25,7 +25,7 @@ use crate::config::{ConfigError, Settings};
 use crate::model::{
     Desired, Mirror, MirrorDigest, ScimId, SourceKey, State, Status, TargetSnapshot,
 };
-use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
+use crate::plan::{self, Operation, Plan, PlanningInput, Summary, TargetRules, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
 use crate::source::{Source, SourceError};
 use crate::state::{RunEnd, StateDb, StateError};
@@ -312,6 +312,7 @@ pub async fn planning_input<T: Target>(
     source: &dyn Source,
     mut db: Option<&mut StateDb>,
     full_target: Option<&T>,
+    rules: TargetRules,
 ) -> Result<(PlanningInput, Option<MirrorUpdate>), SyncError> {
     let old_mirror = if source.uses_mirror() {
         Some(match db.as_mut() {
@@ -358,11 +359,13 @@ pub async fn planning_input<T: Target>(
         Some(t) => Some(read_target(t, &state, settings.target.concurrency).await?),
         None => None,
     };
+    let mut options = settings.plan_options();
+    options.target_rules = rules;
     let input = PlanningInput::new(
         desired,
         state,
         target,
-        settings.plan_options(),
+        options,
         |state: &mut State, keys: &[SourceKey]| match &db {
             Some(db) => db.load_attrs(state, keys.iter()),
             None => Ok(()),
@@ -480,12 +483,14 @@ pub async fn plan_read_only(
     } else {
         None
     };
+    let rules = target.as_ref().map(Target::rules).unwrap_or_default();
     // The updated mirror is dropped: a plan writes nothing.
     let (input, _) = planning_input(
         settings,
         settings.source.adapter(),
         db.as_mut(),
         target.as_ref(),
+        rules,
     )
     .await?;
     let plan = plan::plan(&input);
@@ -613,7 +618,9 @@ pub async fn cycle<T: Target>(
         None => {
             let full_target = opts.full.then_some(target);
             let (input, mirror) =
-                match planning_input(settings, source, Some(&mut db), full_target).await {
+                match planning_input(settings, source, Some(&mut db), full_target, target.rules())
+                    .await
+                {
                     Ok(read) => read,
                     Err(e) => {
                         let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
