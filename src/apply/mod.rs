@@ -15,7 +15,7 @@ pub(crate) mod testkit;
 mod tests;
 mod transition;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -23,7 +23,9 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use serde::Serialize;
 
-use crate::model::{GroupName, Ownership, ScimId, State, UserAttr, UserAttrs, UserName};
+use crate::model::{
+    GroupKey, GroupName, Ownership, ScimId, SourceKey, State, UserAttr, UserAttrs, UserName,
+};
 use crate::plan::{Changes, Operation, Phase, Plan};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
 
@@ -127,6 +129,7 @@ enum Job {
     CreateGroup {
         name: GroupName,
         external_id: String,
+        members: Vec<ScimId>,
         lookup_first: bool,
     },
     RenameGroup {
@@ -174,6 +177,7 @@ impl<T: Target> Executor<'_, T> {
             .map(|op| (op.name(), op.subject().to_string()))
             .collect();
         let run = self.db.begin_run(command, &journal)?;
+        let first_members = first_members(ops);
 
         let mut outcome = Outcome::default();
         let mut observed_pending = !plan.observed.is_empty();
@@ -194,7 +198,11 @@ impl<T: Target> Executor<'_, T> {
                 // sent: after a crash only one window is looked up again.
                 end = end.min(seq + self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT);
             }
-            self.run_phase(run, seq, &ops[seq..end], phase, &interrupted, &mut outcome)
+            let ctx = PhaseContext {
+                interrupted: &interrupted,
+                first_members: &first_members,
+            };
+            self.run_phase(run, seq, &ops[seq..end], phase, &ctx, &mut outcome)
                 .await?;
             seq = end;
         }
@@ -223,7 +231,7 @@ impl<T: Target> Executor<'_, T> {
         first_seq: usize,
         ops: &[Operation],
         phase: Phase,
-        interrupted: &Interrupted,
+        ctx: &PhaseContext<'_>,
         outcome: &mut Outcome,
     ) -> Result<(), StateError> {
         if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
@@ -236,7 +244,7 @@ impl<T: Target> Executor<'_, T> {
         let jobs: Vec<(usize, Job)> = ops
             .iter()
             .enumerate()
-            .map(|(i, op)| (first_seq + i, self.prepare(op, interrupted)))
+            .map(|(i, op)| (first_seq + i, self.prepare(op, ctx)))
             .collect();
         let target = self.target.clone();
         let shutdown = self.shutdown.clone();
@@ -284,7 +292,8 @@ impl<T: Target> Executor<'_, T> {
         Ok(())
     }
 
-    fn prepare(&self, op: &Operation, interrupted: &Interrupted) -> Job {
+    fn prepare(&self, op: &Operation, ctx: &PhaseContext<'_>) -> Job {
+        let interrupted = ctx.interrupted;
         match op {
             Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => Job::Record,
             Operation::CreateUser { changes, .. } => Job::CreateUser {
@@ -316,6 +325,15 @@ impl<T: Target> Executor<'_, T> {
             Operation::CreateGroup { key, display_name } => Job::CreateGroup {
                 name: display_name.clone(),
                 external_id: key.to_string(),
+                // The members the plan adds next, for targets that want them
+                // in the POST (members required in their schema).
+                members: ctx
+                    .first_members
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| self.state.live_user(m).map(|u| u.scim_id.clone()))
+                    .collect(),
                 lookup_first: interrupted.contains(op),
             },
             Operation::UpdateGroup {
@@ -414,6 +432,34 @@ fn patch_list(changes: &Changes) -> Vec<(UserAttr, Option<String>)> {
     changes.iter().map(|(a, c)| (*a, c.new.clone())).collect()
 }
 
+/// What every operation of a phase is prepared with.
+struct PhaseContext<'a> {
+    interrupted: &'a Interrupted,
+    first_members: &'a HashMap<GroupKey, Vec<SourceKey>>,
+}
+
+/// The members the plan adds to each group it creates.
+fn first_members(ops: &[Operation]) -> HashMap<GroupKey, Vec<SourceKey>> {
+    let created: BTreeSet<&GroupKey> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Operation::CreateGroup { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect();
+    let mut out: HashMap<GroupKey, Vec<SourceKey>> = HashMap::new();
+    for op in ops {
+        if let Operation::AddMembers { key, members, .. } = op
+            && created.contains(key)
+        {
+            out.entry(key.clone())
+                .or_default()
+                .extend(members.iter().cloned());
+        }
+    }
+    out
+}
+
 /// Sends one operation's requests.
 async fn execute<T: Target>(target: &T, job: Job) -> Response {
     let result = match job {
@@ -426,8 +472,9 @@ async fn execute<T: Target>(target: &T, job: Job) -> Response {
         Job::CreateGroup {
             name,
             external_id,
+            members,
             lookup_first,
-        } => return create_group(target, &name, &external_id, lookup_first).await,
+        } => return create_group(target, &name, &external_id, &members, lookup_first).await,
         Job::PatchUser {
             id,
             changes,
@@ -517,6 +564,7 @@ async fn create_group<T: Target>(
     target: &T,
     name: &GroupName,
     external_id: &str,
+    members: &[ScimId],
     lookup_first: bool,
 ) -> Response {
     // Looked up first every time: many servers (scim2-server among them) do not
@@ -537,7 +585,7 @@ async fn create_group<T: Target>(
         Ok(None) => {}
         Err(e) => return Response::Failed(e),
     }
-    match target.create_group(name, external_id).await {
+    match target.create_group(name, external_id, members).await {
         Ok(id) => Response::GroupCreated {
             id,
             ownership: Ownership::Created,

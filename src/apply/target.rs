@@ -127,10 +127,14 @@ pub trait Target: Clone + Send + Sync {
     fn delete_user(&self, id: &ScimId) -> impl Future<Output = Result<(), TargetError>> + Send;
 
     /// Creates a group; an existing name may give [`TargetError::Conflict`].
+    /// `members` are the users the plan adds to it next: a target that
+    /// requires members gets them in the create (the later add then sends
+    /// only the others); others may ignore them.
     fn create_group(
         &self,
         name: &GroupName,
         external_id: &str,
+        members: &[ScimId],
     ) -> impl Future<Output = Result<ScimId, TargetError>> + Send;
 
     /// The group with this `displayName`, if any.

@@ -220,6 +220,9 @@ struct Inner {
     capabilities: RwLock<ServiceProviderConfig>,
     /// What `/Schemas` and `/ResourceTypes` said; `None` until read.
     schema: RwLock<Option<TargetSchema>>,
+    /// Members sent in a group's POST (targets requiring members), by group
+    /// id: the add that follows leaves them out.
+    sent_at_create: Mutex<std::collections::HashMap<String, Vec<ScimId>>>,
     warned_filter_ignored: AtomicBool,
     /// When the target last asked us (429/503 with a wait) to hold off: every
     /// request waits for it, not only the one that was told.
@@ -315,6 +318,7 @@ impl ScimClient {
                 member_chunk: opts.member_chunk,
                 capabilities: RwLock::new(ServiceProviderConfig::default()),
                 schema: RwLock::new(None),
+                sent_at_create: Mutex::new(Default::default()),
                 warned_filter_ignored: AtomicBool::new(false),
                 cooldown_until: Mutex::new(None),
                 requests: AtomicU64::new(0),
@@ -584,7 +588,47 @@ impl ScimClient {
             ));
         }
         let body = resource::group_to_json(display_name, external_id);
-        let reply = match self.create_group_once(display_name, &body).await? {
+        self.post_group(display_name, &body).await
+    }
+
+    /// Creates a group for the executor: on a target whose schema requires
+    /// `members`, with `first_members` in the POST (and a later
+    /// [`Self::add_members`] to this group leaves them out); a group without
+    /// members there is refused unsent. Elsewhere, as [`Self::create_group`].
+    pub async fn create_group_for(
+        &self,
+        display_name: &str,
+        external_id: Option<&str>,
+        first_members: &[ScimId],
+    ) -> Result<RemoteGroup, ScimError> {
+        if !self.schema().is_some_and(|s| s.group_members_required()) {
+            return self.create_group(display_name, external_id).await;
+        }
+        if display_name.is_empty() {
+            return Err(ScimError::InvalidInput(
+                "a group needs a displayName".into(),
+            ));
+        }
+        let members = distinct(first_members);
+        if members.is_empty() {
+            return Err(ScimError::Refused(format!(
+                "the target requires members in a new group (members required in its /Schemas), and group {display_name:?} has none that exist in the target yet; \
+                 it is created on the first cycle after it has a member"
+            )));
+        }
+        let body = resource::group_with_members_to_json(display_name, external_id, &members);
+        let group = self.post_group(display_name, &body).await?;
+        self.inner
+            .sent_at_create
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group.id.as_str().to_owned(), members);
+        Ok(group)
+    }
+
+    /// POSTs a group body and reads the created group back.
+    async fn post_group(&self, display_name: &str, body: &Value) -> Result<RemoteGroup, ScimError> {
+        let reply = match self.create_group_once(display_name, body).await? {
             GroupCreate::Sent(reply) => reply,
             GroupCreate::Found(group) => return Ok(group),
         };
@@ -716,7 +760,16 @@ impl ScimClient {
     /// only add members not already there: some servers duplicate them.
     pub async fn add_members(&self, group: &ScimId, members: &[ScimId]) -> Result<(), ScimError> {
         // scim2-server stores an id twice when one request names it twice.
-        let members = distinct(members);
+        let mut members = distinct(members);
+        let sent = self
+            .inner
+            .sent_at_create
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(group.as_str());
+        if let Some(sent) = sent {
+            members.retain(|m| !sent.contains(m));
+        }
         for chunk in members.chunks(self.inner.member_chunk) {
             self.patch_group(group, vec![resource::members_add_operation(chunk)], |g| {
                 edit_members(g, |list| {

@@ -90,12 +90,12 @@ impl Target for ScimClient {
         &self,
         name: &GroupName,
         external_id: &str,
+        members: &[ScimId],
     ) -> Result<ScimId, TargetError> {
-        Ok(
-            ScimClient::create_group(self, name.as_str(), Some(external_id))
-                .await?
-                .id,
-        )
+        Ok(self
+            .create_group_for(name.as_str(), Some(external_id), members)
+            .await?
+            .id)
     }
 
     async fn find_group(&self, name: &GroupName) -> Result<Option<RemoteGroup>, TargetError> {
