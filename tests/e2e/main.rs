@@ -17,6 +17,7 @@ mod csv_sync;
 mod faults;
 mod harness;
 mod proxy;
+mod quirks_schema;
 mod selftest;
 mod snapshots;
 mod trust_output;
