@@ -291,8 +291,8 @@ impl TargetSchema {
         match &self.origin {
             SchemaOrigin::Served => notes.push(format!(
                 "schema: read from /Schemas ({} User and {} Group attributes){}",
-                self.user.keys().filter(|k| !k.contains('.')).count(),
-                self.group.keys().filter(|k| !k.contains('.')).count(),
+                top_level(&self.user),
+                top_level(&self.group),
                 match &self.resource_types_note {
                     None => " and /ResourceTypes".to_owned(),
                     Some(why) => format!("; {why}"),
@@ -385,6 +385,13 @@ impl TargetSchema {
         }
         self.served.contains(&USER_SCHEMA.to_ascii_lowercase())
     }
+}
+
+/// How many attributes (not sub-attributes) a rule map holds.
+fn top_level(map: &HashMap<String, AttrRule>) -> usize {
+    map.keys()
+        .filter(|k| !k.rsplit(':').next().unwrap_or_default().contains('.'))
+        .count()
 }
 
 /// What user payloads carry on this target.
