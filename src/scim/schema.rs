@@ -151,9 +151,7 @@ impl TargetSchema {
             }
         }
         if !any {
-            return Self::defaults(
-                "/Schemas holds no User or Group schema that could be read; RFC 7643 defaults assumed",
-            );
+            return Self::defaults("/Schemas holds no User or Group schema that could be read");
         }
         model.origin = SchemaOrigin::Served;
         match resource_types {
