@@ -383,7 +383,8 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
     );
     println!("  paging: {}", client.paging_note());
     if let Some(schema) = client.schema() {
-        for note in schema.notes(&settings.mapping.target_attributes()) {
+        let shape = client.payload_shape();
+        for note in schema.notes(&settings.mapping.target_attributes(), &shape) {
             println!("  {note}");
         }
     }

@@ -414,8 +414,14 @@ impl ScimClient {
         self.schema().and_then(|s| s.user_names_unique())
     }
 
-    fn payload_shape(&self) -> PayloadShape {
-        self.schema().map(|s| s.payload_shape()).unwrap_or_default()
+    /// How user payloads are shaped for this target: as its schema says,
+    /// except that Atlassian always gets `emails.primary`, which it requires.
+    pub fn payload_shape(&self) -> PayloadShape {
+        let mut shape = self.schema().map(|s| s.payload_shape()).unwrap_or_default();
+        if self.inner.flavour == Flavour::Atlassian {
+            shape.email_primary = true;
+        }
+        shape
     }
 
     /// Creates a user. An existing `userName` gives [`ScimError::Conflict`]; so does

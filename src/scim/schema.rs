@@ -283,8 +283,9 @@ impl TargetSchema {
         }
     }
 
-    /// What the schema means for a mapping that writes `attrs`, one line each.
-    pub fn notes(&self, attrs: &BTreeSet<UserAttr>) -> Vec<String> {
+    /// What the schema means for a mapping that writes `attrs` with payloads
+    /// shaped as `shape` (the client's, which may differ by flavour), one line each.
+    pub fn notes(&self, attrs: &BTreeSet<UserAttr>, shape: &PayloadShape) -> Vec<String> {
         let mut notes = Vec::new();
         match &self.origin {
             SchemaOrigin::Served => notes.push(format!(
@@ -300,7 +301,6 @@ impl TargetSchema {
                 notes.push(format!("schema: {why}; RFC 7643 defaults assumed"))
             }
         }
-        let shape = self.payload_shape();
         let mut folded = Vec::new();
         for &attr in attrs {
             let name = attr.name();
@@ -708,7 +708,10 @@ mod tests {
         assert_eq!(s.unheld(), [UserAttr::ExternalId].into());
         assert_eq!(s.user_names_unique(), Some(false));
         assert!(s.group_members_required());
-        let notes = s.notes(&[UserAttr::UserName, UserAttr::ExternalId, UserAttr::Email].into());
+        let notes = s.notes(
+            &[UserAttr::UserName, UserAttr::ExternalId, UserAttr::Email].into(),
+            &shape,
+        );
         let text = notes.join("\n");
         assert!(text.contains("/ResourceTypes: HTTP 404"), "{text}");
         assert!(text.contains("externalId: read-only"), "{text}");
@@ -740,7 +743,10 @@ mod tests {
                 s.user_attr(UserAttr::Department),
                 Lookup::Published(_)
             ));
-            assert!(s.notes(&BTreeSet::new())[0].contains("RFC 7643 defaults"));
+            assert!(
+                s.notes(&BTreeSet::new(), &PayloadShape::default())[0]
+                    .contains("RFC 7643 defaults")
+            );
         }
         let s = TargetSchema::defaults("/Schemas: HTTP 404");
         assert_eq!(s.folded(), TargetSchema::defaults("x").folded());

@@ -1318,3 +1318,28 @@ async fn required_group_members_go_into_the_post_and_are_not_added_again() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn atlassian_keeps_the_primary_email_it_requires_whatever_its_schema_lists() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Schemas"))
+        .respond_with(scim(200).set_body_json(schemas_doc(
+            json!([{"name": "emails", "subAttributes": [{"name": "value"}]}]),
+            json!([]),
+        )))
+        .mount(&server)
+        .await;
+    let generic = client_for(&server).await;
+    generic.read_schema().await.expect("schema");
+    let shape = generic.payload_shape();
+    assert!(!shape.email_type && !shape.email_primary);
+    let atlassian = ScimClient::new(ClientOptions {
+        flavour: Flavour::Atlassian,
+        ..options(&format!("{}/scim/v2/", server.uri()))
+    })
+    .expect("client");
+    atlassian.read_schema().await.expect("schema");
+    let shape = atlassian.payload_shape();
+    assert!(!shape.email_type && shape.email_primary);
+}
