@@ -537,9 +537,13 @@ async fn create_user<T: Target>(target: &T, attrs: UserAttrs, lookup_first: bool
             ),
         });
     };
+    // Compared as the target holds values: a value differing only in case on
+    // an attribute it does not compare exactly is the same value (and changing
+    // it may be refused, as for an immutable userName).
+    let rules = target.rules();
     let changes: Vec<(UserAttr, Option<String>)> = attrs
         .iter()
-        .filter(|(a, v)| remote.attrs.get(a) != Some(v))
+        .filter(|(a, v)| !rules.unheld.contains(a) && !rules.holds(**a, remote.attrs.get(a), v))
         .map(|(a, v)| (*a, Some(v.clone())))
         .collect();
     if (!changes.is_empty() || !remote.active)

@@ -43,6 +43,8 @@ pub struct World {
     /// Ids `read_all` leaves out (a listing that under-reports); lookups by id
     /// still find them.
     pub hidden: BTreeSet<ScimId>,
+    /// What the target's schema would say (`Target::rules`).
+    pub rules: crate::plan::TargetRules,
 }
 
 /// A SCIM-like target in memory: unique userNames and group names, 404 for
@@ -122,6 +124,10 @@ fn user_name_of(attrs: &UserAttrs) -> UserName {
 impl Target for MemoryTarget {
     async fn check(&self) -> Result<(), TargetError> {
         Ok(())
+    }
+
+    fn rules(&self) -> crate::plan::TargetRules {
+        self.world.lock().unwrap().rules.clone()
     }
 
     async fn holds_anything(&self) -> Result<bool, TargetError> {

@@ -36,6 +36,17 @@ pub struct TargetRules {
     pub unheld: BTreeSet<UserAttr>,
 }
 
+impl TargetRules {
+    /// Whether the target holding `held` for `attr` holds `wanted`.
+    pub fn holds(&self, attr: UserAttr, held: Option<&String>, wanted: &str) -> bool {
+        match held {
+            Some(h) if self.folded.contains(&attr) => h.to_lowercase() == wanted.to_lowercase(),
+            Some(h) => h == wanted,
+            None => false,
+        }
+    }
+}
+
 /// Everything the planner needs. Built only by [`PlanningInput::new`], which
 /// loads the pushed attributes the planner compares, so no caller can forget to.
 #[derive(Clone, Debug)]

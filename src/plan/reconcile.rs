@@ -277,15 +277,12 @@ fn held_as(
     wanted: Option<&DesiredUser>,
     rules: &TargetRules,
 ) -> String {
-    if rules.folded.contains(&attr) {
-        let same = |v: &&String| v.to_lowercase() == held.to_lowercase();
-        if let Some(v) = wanted
-            .and_then(|w| w.attrs.get(&attr))
-            .filter(same)
-            .or_else(|| pushed.and_then(|p| p.get(&attr)).filter(same))
-        {
-            return v.clone();
-        }
-    }
-    held.to_owned()
+    let held_value = held.to_owned();
+    let same = |v: &&String| rules.holds(attr, Some(&held_value), v);
+    wanted
+        .and_then(|w| w.attrs.get(&attr))
+        .filter(same)
+        .or_else(|| pushed.and_then(|p| p.get(&attr)).filter(same))
+        .cloned()
+        .unwrap_or(held_value)
 }
