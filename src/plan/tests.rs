@@ -601,3 +601,25 @@ fn full_resync_folds_case_and_skips_attributes_the_target_does_not_hold() {
     };
     assert_eq!(changes.keys().collect::<Vec<_>>(), [&UserAttr::Email]);
 }
+
+/// A plain plan (no target read) does not plan a change of an attribute the
+/// target does not hold: `sync` would not send it either.
+#[test]
+fn plain_plan_skips_changes_of_attributes_the_target_does_not_hold() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = state_of(&[(&a, Status::Active)]);
+    let mut moved = a.clone();
+    moved.attrs.insert(UserAttr::ExternalId, "other".into());
+    moved.attrs.insert(UserAttr::Title, "Boss".into());
+    let mut opts = options(&Policy::default());
+    opts.target_rules.unheld = [UserAttr::ExternalId].into();
+    let input = PlanningInput::new(desired(vec![moved], vec![]), state, None, opts, |_, _| {
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    let plan = crate::plan::plan(&input);
+    let Some(Operation::UpdateUser { changes, .. }) = plan.operations.first() else {
+        panic!("{:?}", plan.operations)
+    };
+    assert_eq!(changes.keys().collect::<Vec<_>>(), [&UserAttr::Title]);
+}

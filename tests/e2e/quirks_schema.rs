@@ -587,6 +587,15 @@ fn quirk_read_only_external_id_is_never_sent_and_never_planned_again() {
         bodies.iter().all(|b| !b.contains("externalId")),
         "externalId was sent although the target publishes it read-only: {bodies:?}"
     );
+    // A plain plan reads the schema too, so it plans as `sync` will.
+    s.proxy.clear_log();
+    s.ws.assert_plan_empty();
+    assert_eq!(
+        s.proxy.count_kind("GET /Schemas"),
+        1,
+        "{}",
+        s.proxy.summary()
+    );
 }
 
 #[test]
