@@ -368,15 +368,22 @@ impl ScimClient {
 
     /// Reads `/Schemas` and `/ResourceTypes` and remembers what they say: later
     /// payloads are shaped by it (see [`schema`]). A server that does not serve
-    /// them (any error but a refused token) gets RFC 7643's defaults, and the
-    /// model says why. Read at the start of every cycle.
+    /// them (an error status, a body that is not a schema) gets RFC 7643's
+    /// defaults, and the model says why; a refused token or a target that
+    /// cannot be reached is an error. Read at the start of every cycle.
     pub async fn read_schema(&self) -> Result<TargetSchema, ScimError> {
         let fetch = |name: &'static str| async move {
             match self.call(Method::GET, self.url(&[name]), &[], None).await {
                 Ok(reply) => reply
                     .json()
                     .map_err(|e| Err(format!("/{name} could not be read ({e})"))),
-                Err(e) if e.is_auth() => Err(Ok(e)),
+                // Not an answer about the schema: the target cannot be asked.
+                Err(e)
+                    if e.is_auth()
+                        || matches!(e, ScimError::Transport(_) | ScimError::RateLimited { .. }) =>
+                {
+                    Err(Ok(e))
+                }
                 Err(e) => Err(Err(format!("/{name} could not be read ({e})"))),
             }
         };

@@ -1343,3 +1343,15 @@ async fn atlassian_keeps_the_primary_email_it_requires_whatever_its_schema_lists
     let shape = atlassian.payload_shape();
     assert!(!shape.email_type && shape.email_primary);
 }
+
+#[tokio::test]
+async fn a_target_that_cannot_be_reached_is_not_a_target_without_schemas() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let client = ScimClient::new(options(&format!("http://127.0.0.1:{port}/v2"))).expect("client");
+    let err = client.read_schema().await.expect_err("unreachable");
+    assert!(matches!(err, ScimError::Transport(_)), "{err:?}");
+    assert!(client.schema().is_none());
+}
