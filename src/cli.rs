@@ -534,6 +534,12 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
             "  paging: the target's default page size (it failed a list request carrying `count`)"
         ),
     }
+    if let Some(schema) = client.schema() {
+        let shape = client.payload_shape();
+        for note in schema.notes(&settings.mapping.target_attributes(), &shape) {
+            println!("  {note}");
+        }
+    }
     // What earlier runs learned the target keeps (read-only: check writes nothing).
     if let Ok(Some(db)) = crate::state::StateDb::open_read_only(&settings.state_path) {
         for note in db.load_notes().unwrap_or_default() {

@@ -606,6 +606,7 @@ impl Settings {
             policy: self.policy.clone(),
             config_fingerprint: self.fingerprint.clone(),
             user_limit: self.target.user_limit,
+            target_rules: Default::default(),
         }
     }
 

@@ -18,7 +18,7 @@ pub(crate) mod testkit;
 mod tests;
 mod transition;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,7 +30,9 @@ use crate::model::{
     AttrNote, GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State,
     Status, UserAttr, UserAttrs, UserName,
 };
-use crate::plan::{Changes, NameStep, Operation, Phase, Plan, claimed_name, released_name};
+use crate::plan::{
+    Changes, NameStep, Operation, Phase, Plan, TargetRules, claimed_name, released_name,
+};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
 
 pub use resume::Interrupted;
@@ -142,6 +144,7 @@ enum Job {
     CreateGroup {
         name: GroupName,
         external_id: String,
+        members: Vec<ScimId>,
         lookup_first: bool,
     },
     RenameGroup {
@@ -189,6 +192,7 @@ impl<T: Target> Executor<'_, T> {
             .map(|op| (op.name(), op.subject().to_string()))
             .collect();
         let run = self.db.begin_run(command, &journal)?;
+        let first_members = first_members(ops);
 
         let mut outcome = Outcome::default();
         let mut observed_pending = !plan.observed.is_empty();
@@ -211,7 +215,11 @@ impl<T: Target> Executor<'_, T> {
             }
             // A userName taken from another user waits until that one let it go.
             end = seq + names_free_until(&ops[seq..end]);
-            self.run_phase(run, seq, &ops[seq..end], phase, &interrupted, &mut outcome)
+            let ctx = PhaseContext {
+                interrupted: &interrupted,
+                first_members: &first_members,
+            };
+            self.run_phase(run, seq, &ops[seq..end], phase, &ctx, &mut outcome)
                 .await?;
             seq = end;
         }
@@ -240,7 +248,7 @@ impl<T: Target> Executor<'_, T> {
         first_seq: usize,
         ops: &[Operation],
         phase: Phase,
-        interrupted: &Interrupted,
+        ctx: &PhaseContext<'_>,
         outcome: &mut Outcome,
     ) -> Result<(), StateError> {
         if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
@@ -253,7 +261,7 @@ impl<T: Target> Executor<'_, T> {
         let jobs: Vec<(usize, Job)> = ops
             .iter()
             .enumerate()
-            .map(|(i, op)| (first_seq + i, self.prepare(op, interrupted)))
+            .map(|(i, op)| (first_seq + i, self.prepare(op, ctx)))
             .collect();
         let target = self.target.clone();
         let shutdown = self.shutdown.clone();
@@ -332,7 +340,8 @@ impl<T: Target> Executor<'_, T> {
         adopt_existing(&self.target, remote, attrs, lookup_first).await
     }
 
-    fn prepare(&self, op: &Operation, interrupted: &Interrupted) -> Job {
+    fn prepare(&self, op: &Operation, ctx: &PhaseContext<'_>) -> Job {
+        let interrupted = ctx.interrupted;
         match op {
             Operation::AdoptUser { .. } | Operation::AdoptGroup { .. } => Job::Record,
             Operation::CreateUser {
@@ -392,6 +401,15 @@ impl<T: Target> Executor<'_, T> {
             Operation::CreateGroup { key, display_name } => Job::CreateGroup {
                 name: display_name.clone(),
                 external_id: key.to_string(),
+                // The members the plan adds next, for targets that want them
+                // in the POST (members required in their schema).
+                members: ctx
+                    .first_members
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| self.state.live_user(m).map(|u| u.scim_id.clone()))
+                    .collect(),
                 lookup_first: interrupted.contains(op),
             },
             Operation::UpdateGroup {
@@ -580,6 +598,34 @@ fn patch_list(changes: &Changes) -> Vec<(UserAttr, Option<String>)> {
     changes.iter().map(|(a, c)| (*a, c.new.clone())).collect()
 }
 
+/// What every operation of a phase is prepared with.
+struct PhaseContext<'a> {
+    interrupted: &'a Interrupted,
+    first_members: &'a HashMap<GroupKey, Vec<SourceKey>>,
+}
+
+/// The members the plan adds to each group it creates.
+fn first_members(ops: &[Operation]) -> HashMap<GroupKey, Vec<SourceKey>> {
+    let created: BTreeSet<&GroupKey> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Operation::CreateGroup { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect();
+    let mut out: HashMap<GroupKey, Vec<SourceKey>> = HashMap::new();
+    for op in ops {
+        if let Operation::AddMembers { key, members, .. } = op
+            && created.contains(key)
+        {
+            out.entry(key.clone())
+                .or_default()
+                .extend(members.iter().cloned());
+        }
+    }
+    out
+}
+
 /// Sends one operation's requests; with the attributes the target did not
 /// keep as sent (see [`kept`]).
 async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
@@ -597,7 +643,7 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
             return match target.patch_user(&id, &changes, Some(true)).await {
                 Ok(answer) => {
                     let (attrs, notes) = match answer {
-                        Some(stored) => as_stored(attrs, &stored),
+                        Some(stored) => as_stored(attrs, &stored, &target.rules()),
                         None => (attrs, Vec::new()),
                     };
                     (
@@ -620,10 +666,11 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
         Job::CreateGroup {
             name,
             external_id,
+            members,
             lookup_first,
         } => {
             return (
-                create_group(target, &name, &external_id, lookup_first).await,
+                create_group(target, &name, &external_id, &members, lookup_first).await,
                 Vec::new(),
             );
         }
@@ -671,15 +718,30 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
 
 /// `sent` as the target answered holding it (see [`kept::judge`]): the values
 /// to record, and the notes.
-fn as_stored(sent: UserAttrs, answer: &RemoteUser) -> (UserAttrs, Vec<AttrNote>) {
-    let Some(k) = kept::judge(sent.iter().map(|(a, v)| (*a, v.as_str())), answer) else {
+fn as_stored(
+    sent: UserAttrs,
+    answer: &RemoteUser,
+    rules: &TargetRules,
+) -> (UserAttrs, Vec<AttrNote>) {
+    // What the schema says the target does not hold is not judged: it is
+    // recorded as wanted, and the planner never compares it.
+    let judged = sent
+        .iter()
+        .filter(|(a, _)| !rules.unheld.contains(a))
+        .map(|(a, v)| (*a, v.as_str()));
+    let Some(k) = kept::judge(judged, answer) else {
         return (sent, Vec::new());
     };
-    let recorded = k
+    let mut recorded: UserAttrs = k
         .recorded
         .into_iter()
         .filter_map(|(a, v)| v.map(|v| (a, v)))
         .collect();
+    for (a, v) in sent {
+        if rules.unheld.contains(&a) {
+            recorded.insert(a, v);
+        }
+    }
     (recorded, k.notes)
 }
 
@@ -700,7 +762,7 @@ async fn create_user<T: Target>(
     if !lookup_first {
         match target.create_user(&attrs).await {
             Ok(created) => {
-                let (attrs, notes) = as_stored(attrs, &created);
+                let (attrs, notes) = as_stored(attrs, &created, &target.rules());
                 return (
                     Response::UserCreated {
                         id: created.id,
@@ -751,9 +813,13 @@ async fn adopt_existing<T: Target>(
     attrs: UserAttrs,
     lookup_first: bool,
 ) -> (Response, Vec<AttrNote>) {
+    // Compared as the target holds values: a value differing only in case on
+    // an attribute it does not compare exactly is the same value (and changing
+    // it may be refused, as for an immutable userName).
+    let rules = target.rules();
     let changes: Vec<(UserAttr, Option<String>)> = attrs
         .iter()
-        .filter(|(a, v)| remote.attrs.get(a) != Some(v))
+        .filter(|(a, v)| !rules.unheld.contains(a) && !rules.holds(**a, remote.attrs.get(a), v))
         .map(|(a, v)| (*a, Some(v.clone())))
         .collect();
     let mut answer = remote.clone();
@@ -774,7 +840,7 @@ async fn adopt_existing<T: Target>(
             Err(e) => return (Response::Failed(e), Vec::new()),
         }
     }
-    let (attrs, notes) = as_stored(attrs, &answer);
+    let (attrs, notes) = as_stored(attrs, &answer, &rules);
     (
         Response::UserCreated {
             id: remote.id,
@@ -818,6 +884,7 @@ async fn create_group<T: Target>(
     target: &T,
     name: &GroupName,
     external_id: &str,
+    members: &[ScimId],
     lookup_first: bool,
 ) -> Response {
     // Looked up first every time: many servers (scim2-server among them) do not
@@ -838,7 +905,7 @@ async fn create_group<T: Target>(
         Ok(None) => {}
         Err(e) => return Response::Failed(e),
     }
-    match target.create_group(name, external_id).await {
+    match target.create_group(name, external_id, members).await {
         Ok(id) => Response::GroupCreated {
             id,
             ownership: Ownership::Created,

@@ -8,6 +8,7 @@ use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs,
     UserName,
 };
+use crate::plan::TargetRules;
 
 /// How a request to the target failed, after the target's own retries.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +27,11 @@ pub enum TargetError {
     /// request would do the same again: this object's failure, not the target's.
     #[error("{message}")]
     NotApplied { message: String },
+    /// The target's published schema does not allow this change of this object
+    /// (an immutable `userName`, say): nothing was sent, and the same request
+    /// would be refused again. That object's failure, not the target's.
+    #[error("{detail}")]
+    Refused { detail: String },
     /// Anything else: an HTTP error, an unreachable target, a bad answer.
     #[error("{message}")]
     Failed {
@@ -43,6 +49,7 @@ impl TargetError {
             TargetError::Unauthorized { status, .. } => Some(*status),
             TargetError::Failed { status, .. } => *status,
             TargetError::NotApplied { .. } => None,
+            TargetError::Refused { .. } => None,
         }
     }
 
@@ -58,7 +65,9 @@ impl TargetError {
     pub fn is_transient(&self) -> bool {
         match self {
             TargetError::NotFound | TargetError::Conflict { .. } => false,
-            TargetError::Unauthorized { .. } | TargetError::NotApplied { .. } => false,
+            TargetError::Unauthorized { .. }
+            | TargetError::NotApplied { .. }
+            | TargetError::Refused { .. } => false,
             TargetError::Failed { status, .. } => !status.is_some_and(is_deterministic_refusal),
         }
     }
@@ -75,6 +84,13 @@ pub trait Target: Clone + Send + Sync {
     /// One cheap authenticated request: a wrong token or URL fails here, before
     /// anything changes.
     fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// How the target holds values, as far as [`Self::check`] learned it (its
+    /// schema): what the planner compares ignoring case, and what it does not
+    /// compare at all. Nothing learned: everything compared exactly.
+    fn rules(&self) -> TargetRules {
+        TargetRules::default()
+    }
 
     /// Whether the target holds any user or group at all: a cheap look (one
     /// resource asked for per collection), made when the state DB records
@@ -125,10 +141,14 @@ pub trait Target: Clone + Send + Sync {
     fn delete_user(&self, id: &ScimId) -> impl Future<Output = Result<(), TargetError>> + Send;
 
     /// Creates a group; an existing name may give [`TargetError::Conflict`].
+    /// `members` are the users the plan adds to it next: a target that
+    /// requires members gets them in the create (the later add then sends
+    /// only the others); others may ignore them.
     fn create_group(
         &self,
         name: &GroupName,
         external_id: &str,
+        members: &[ScimId],
     ) -> impl Future<Output = Result<ScimId, TargetError>> + Send;
 
     /// The group with this `displayName`, if any.

@@ -46,6 +46,8 @@ pub struct World {
     /// Ids `read_all` leaves out (a listing that under-reports); lookups by id
     /// still find them.
     pub hidden: BTreeSet<ScimId>,
+    /// What the target's schema would say (`Target::rules`).
+    pub rules: crate::plan::TargetRules,
 }
 
 /// A SCIM-like target in memory: unique userNames and group names, 404 for
@@ -130,6 +132,10 @@ fn user_name_of(attrs: &UserAttrs) -> UserName {
 impl Target for MemoryTarget {
     async fn check(&self) -> Result<(), TargetError> {
         Ok(())
+    }
+
+    fn rules(&self) -> crate::plan::TargetRules {
+        self.world.lock().unwrap().rules.clone()
     }
 
     async fn holds_anything(&self) -> Result<bool, TargetError> {
@@ -247,6 +253,7 @@ impl Target for MemoryTarget {
         &self,
         name: &GroupName,
         external_id: &str,
+        _members: &[ScimId],
     ) -> Result<ScimId, TargetError> {
         self.call(None, |w| {
             if w.groups.values().any(|g| g.display_name == *name) {

@@ -354,6 +354,57 @@ fn adoptions_are_committed_like_any_other_operation() {
     assert!(next.is_empty(), "{:#?}", next.operations);
 }
 
+/// A create that meets an account differing only in case (the target compares
+/// userName and emails ignoring case) adopts it without a PATCH: changing the
+/// case of an immutable userName would be refused every cycle.
+#[test]
+fn a_create_adopting_an_account_in_another_case_sends_no_case_only_change() {
+    let a = crate::plan::testkit::person("1", "Ann@X.com", "Eng");
+    let desired = crate::plan::testkit::desired(vec![a.clone()], vec![]);
+    let target = target_for(&State::default());
+    let mut attrs = a.attrs.clone();
+    attrs.insert(UserAttr::UserName, "ann@x.com".into());
+    attrs.insert(UserAttr::Email, "ann@x.com".into());
+    {
+        let mut w = target.world.lock().unwrap();
+        w.rules.folded = [UserAttr::UserName, UserAttr::Email].into();
+        w.users.insert(
+            ScimId::new("hand"),
+            RemoteUser {
+                id: ScimId::new("hand"),
+                attrs,
+                active: true,
+            },
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
+    assert_eq!(plan.operations[0].name(), "create_user");
+    let calls_before = target.world.lock().unwrap().calls;
+    assert!(rt.block_on(run_once(
+        &mut db,
+        &target,
+        &plan,
+        state,
+        &BTreeSet::new(),
+        1
+    )));
+    let w = target.world.lock().unwrap();
+    // POST (409) and the lookup; no PATCH.
+    assert_eq!(w.calls - calls_before, 2);
+    assert_eq!(
+        w.users[&ScimId::new("hand")].attrs[&UserAttr::UserName],
+        "ann@x.com"
+    );
+    let stored = db.load().unwrap();
+    assert_eq!(stored.users[&SourceKey::new("1")].scim_id.as_str(), "hand");
+}
+
 #[test]
 fn refused_updates_do_not_starve_the_removals() {
     // Every update is refused with a 400 (one attribute the target rejects),

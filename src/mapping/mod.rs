@@ -393,6 +393,11 @@ impl Mapping {
         self.source_attributes.clone()
     }
 
+    /// Every SCIM user attribute the mapping writes.
+    pub fn target_attributes(&self) -> BTreeSet<UserAttr> {
+        self.attributes.iter().map(|(a, _)| *a).collect()
+    }
+
     /// SCIM attributes written only when a user is created.
     pub fn create_only(&self) -> BTreeSet<UserAttr> {
         self.create_only.clone()

@@ -2,7 +2,9 @@
 //! desired snapshot, the last pushed state with the attributes the planner will
 //! compare already loaded, for `--full` what the target holds, and the options.
 
-use crate::model::{AttrHash, Desired, SourceKey, State, Status, TargetSnapshot};
+use std::collections::BTreeSet;
+
+use crate::model::{AttrHash, Desired, SourceKey, State, Status, TargetSnapshot, UserAttr};
 
 use super::Policy;
 
@@ -15,6 +17,34 @@ pub struct PlanOptions {
     pub config_fingerprint: String,
     /// Warn before the directory grows past this many managed users.
     pub user_limit: Option<u64>,
+    /// How the target holds values, from its schema (empty when unknown).
+    pub target_rules: TargetRules,
+}
+
+/// What the target's schema says about comparing its values with idsync's,
+/// reduced to what the planner needs. Empty (compare everything exactly) when
+/// the target was not asked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetRules {
+    /// Attributes the target compares ignoring case (`caseExact` false): a
+    /// value it holds that differs from the wanted one only in case is the
+    /// wanted one (a server that lower-cases email domains is not drift).
+    pub folded: BTreeSet<UserAttr>,
+    /// Attributes the target does not hold as written (read-only, write-only,
+    /// never returned): never planned as changes, never compared with what the
+    /// target holds.
+    pub unheld: BTreeSet<UserAttr>,
+}
+
+impl TargetRules {
+    /// Whether the target holding `held` for `attr` holds `wanted`.
+    pub fn holds(&self, attr: UserAttr, held: Option<&String>, wanted: &str) -> bool {
+        match held {
+            Some(h) if self.folded.contains(&attr) => h.to_lowercase() == wanted.to_lowercase(),
+            Some(h) => h == wanted,
+            None => false,
+        }
+    }
 }
 
 /// Everything the planner needs. Built only by [`PlanningInput::new`], which

@@ -23,10 +23,17 @@ pub fn plan(input: &PlanningInput) -> Plan {
     let reconciled = input
         .target
         .as_ref()
-        .map(|target| reconcile(desired, &input.state, target));
+        .map(|target| reconcile(desired, &input.state, target, &input.options.target_rules));
     let state = reconciled.as_ref().map_or(&input.state, |r| &r.state);
+    // Attributes never planned as changes: create-only ones, and those the
+    // target does not hold.
+    let skip: BTreeSet<UserAttr> = desired
+        .create_only
+        .union(&input.options.target_rules.unheld)
+        .copied()
+        .collect();
 
-    let (mut ops, mut warnings) = diff_state(desired, state, policy);
+    let (mut ops, mut warnings) = diff_state(desired, state, policy, &skip);
     let managed_users = state.managed_users() as u64;
     let managed_memberships = state.managed_memberships() as u64;
     let mut observed = Vec::new();
@@ -98,7 +105,12 @@ pub fn fingerprint(config: &str, generation: i64, full: bool, operations: &[Oper
 }
 
 /// The operations (sorted) and warnings that take `state` to `desired`.
-fn diff_state(desired: &Desired, state: &State, policy: &Policy) -> (Vec<Operation>, Vec<String>) {
+fn diff_state(
+    desired: &Desired,
+    state: &State,
+    policy: &Policy,
+    skip: &BTreeSet<UserAttr>,
+) -> (Vec<Operation>, Vec<String>) {
     let mut ops = Vec::new();
     let mut warnings = Vec::new();
     let is_protected_user = |name: &UserName| {
@@ -161,7 +173,7 @@ fn diff_state(desired: &Desired, state: &State, policy: &Policy) -> (Vec<Operati
             }
             Some(s) => {
                 present.insert(&d.key);
-                plan_existing_user(d, s, desired, &mut ops);
+                plan_existing_user(d, s, skip, &mut ops);
             }
         }
     }
@@ -231,12 +243,17 @@ fn unverified_domain(d: &DesiredUser, verified: &BTreeSet<Domain>) -> Option<Dom
     (!verified.contains(&domain)).then_some(domain)
 }
 
-fn plan_existing_user(d: &DesiredUser, s: &StateUser, desired: &Desired, ops: &mut Vec<Operation>) {
+fn plan_existing_user(
+    d: &DesiredUser,
+    s: &StateUser,
+    skip: &BTreeSet<UserAttr>,
+    ops: &mut Vec<Operation>,
+) {
     // `PlanningInput::new` loaded the pushed attributes of exactly the users
     // whose hash differs, so "not loaded" means "unchanged" and the hash need
     // not be computed a second time.
     let changes = match &s.attrs {
-        Some(old) => diff(Some(old), &d.attrs, &desired.create_only),
+        Some(old) => diff(Some(old), &d.attrs, skip),
         None => Changes::new(),
     };
     let common = |changes| {

@@ -16,7 +16,7 @@ use crate::model::{
     UserAttrs, UserName,
 };
 
-use super::{MatchedBy, Operation};
+use super::{MatchedBy, Operation, TargetRules};
 
 /// What reconciling found.
 pub(super) struct Reconciled {
@@ -32,8 +32,13 @@ pub(super) struct Reconciled {
 }
 
 /// Reconciles `state` (which carries every live user's attributes) with the
-/// target's contents.
-pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapshot) -> Reconciled {
+/// target's contents, comparing as `rules` say the target holds values.
+pub(super) fn reconcile(
+    desired: &Desired,
+    state: &State,
+    target: &TargetSnapshot,
+    rules: &TargetRules,
+) -> Reconciled {
     let mut out = state.clone();
     out.memberships.clear();
     let mut adoptions = Vec::new();
@@ -47,7 +52,7 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
     let observe =
         |remote: &RemoteUser, pushed: Option<&UserAttrs>, wanted: Option<&DesiredUser>| {
             // Only attributes idsync manages for this user count as drift.
-            let attrs: UserAttrs = remote
+            let mut attrs: UserAttrs = remote
                 .attrs
                 .iter()
                 .filter(|(a, _)| {
@@ -55,8 +60,19 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
                         || pushed.is_some_and(|p| p.contains_key(a))
                         || wanted.is_some_and(|w| w.attrs.contains_key(a))
                 })
-                .map(|(a, v)| (*a, v.clone()))
+                .filter(|(a, _)| !rules.unheld.contains(a))
+                .map(|(a, v)| (*a, held_as(*a, v, pushed, wanted, rules)))
                 .collect();
+            // What the target does not hold is not compared: it stays as idsync
+            // recorded it (or as wanted, for a user adopted now).
+            for attr in &rules.unheld {
+                if let Some(v) = pushed
+                    .and_then(|p| p.get(attr))
+                    .or_else(|| wanted.and_then(|w| w.attrs.get(attr)))
+                {
+                    attrs.insert(*attr, v.clone());
+                }
+            }
             (AttrHash::of(&attrs, &desired.create_only), attrs)
         };
     let status_of = |remote: &RemoteUser| {
@@ -287,4 +303,24 @@ pub(super) fn reconcile(desired: &Desired, state: &State, target: &TargetSnapsho
         observed,
         dangling,
     }
+}
+
+/// The value the target holds for `attr`, as idsync compares it: for an
+/// attribute the target compares ignoring case, the wanted (or else the
+/// recorded) value when the held one differs from it only in case.
+fn held_as(
+    attr: UserAttr,
+    held: &str,
+    pushed: Option<&UserAttrs>,
+    wanted: Option<&DesiredUser>,
+    rules: &TargetRules,
+) -> String {
+    let held_value = held.to_owned();
+    let same = |v: &&String| rules.holds(attr, Some(&held_value), v);
+    wanted
+        .and_then(|w| w.attrs.get(&attr))
+        .filter(same)
+        .or_else(|| pushed.and_then(|p| p.get(&attr)).filter(same))
+        .cloned()
+        .unwrap_or(held_value)
 }

@@ -32,6 +32,7 @@ pub fn options(policy: &Policy) -> PlanOptions {
         policy: policy.clone(),
         config_fingerprint: "test".into(),
         user_limit: None,
+        target_rules: Default::default(),
     }
 }
 

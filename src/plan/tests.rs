@@ -697,3 +697,94 @@ fn a_held_group_is_neither_deleted_nor_touched_and_the_plan_says_so() {
     };
     assert_eq!(super::testkit::plan(&d, &state, &no_groups).held_groups, 0);
 }
+
+/// A `--full` plan against a target whose schema says emails are compared
+/// ignoring case (a server that lower-cases email domains) and externalId is
+/// read-only (a server that drops it): no update, and none again next time.
+#[test]
+fn full_resync_folds_case_and_skips_attributes_the_target_does_not_hold() {
+    let a = person("1", "Ann@Example.COM", "Eng");
+    let state = state_of(&[(&a, Status::Active)]);
+    let mut stored = a.attrs.clone();
+    stored.insert(UserAttr::Email, "Ann@example.com".into());
+    stored.insert(UserAttr::UserName, "ann@example.com".into());
+    stored.remove(&UserAttr::ExternalId);
+    let target = TargetSnapshot {
+        users: vec![RemoteUser {
+            id: ScimId::new("id-1"),
+            attrs: stored,
+            active: true,
+        }],
+        groups: vec![],
+        ..Default::default()
+    };
+    let plan_with = |rules: crate::plan::TargetRules| {
+        let mut opts = options(&Policy::default());
+        opts.target_rules = rules;
+        let input = PlanningInput::new(
+            desired(vec![a.clone()], vec![]),
+            state.clone(),
+            Some(target.clone()),
+            opts,
+            |_, _| Ok::<(), ()>(()),
+        )
+        .unwrap();
+        crate::plan::plan(&input)
+    };
+    // Compared exactly, every difference is drift.
+    let exact = plan_with(Default::default());
+    let Some(Operation::UpdateUser { changes, .. }) = exact.operations.first() else {
+        panic!("{:?}", exact.operations)
+    };
+    assert!(changes.contains_key(&UserAttr::Email));
+    assert!(changes.contains_key(&UserAttr::ExternalId));
+    // As the schema says: nothing to do.
+    let rules = crate::plan::TargetRules {
+        folded: [UserAttr::UserName, UserAttr::Email].into(),
+        unheld: [UserAttr::ExternalId].into(),
+    };
+    let folded = plan_with(rules.clone());
+    assert!(folded.operations.is_empty(), "{:?}", folded.operations);
+    // A real change of a folded attribute is still planned.
+    let mut moved = a.clone();
+    moved
+        .attrs
+        .insert(UserAttr::Email, "ann@elsewhere.com".into());
+    let mut opts = options(&Policy::default());
+    opts.target_rules = rules;
+    let input = PlanningInput::new(
+        desired(vec![moved], vec![]),
+        state.clone(),
+        Some(target.clone()),
+        opts,
+        |_, _| Ok::<(), ()>(()),
+    )
+    .unwrap();
+    let plan = crate::plan::plan(&input);
+    let Some(Operation::UpdateUser { changes, .. }) = plan.operations.first() else {
+        panic!("{:?}", plan.operations)
+    };
+    assert_eq!(changes.keys().collect::<Vec<_>>(), [&UserAttr::Email]);
+}
+
+/// A plain plan (no target read) does not plan a change of an attribute the
+/// target does not hold: `sync` would not send it either.
+#[test]
+fn plain_plan_skips_changes_of_attributes_the_target_does_not_hold() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = state_of(&[(&a, Status::Active)]);
+    let mut moved = a.clone();
+    moved.attrs.insert(UserAttr::ExternalId, "other".into());
+    moved.attrs.insert(UserAttr::Title, "Boss".into());
+    let mut opts = options(&Policy::default());
+    opts.target_rules.unheld = [UserAttr::ExternalId].into();
+    let input = PlanningInput::new(desired(vec![moved], vec![]), state, None, opts, |_, _| {
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    let plan = crate::plan::plan(&input);
+    let Some(Operation::UpdateUser { changes, .. }) = plan.operations.first() else {
+        panic!("{:?}", plan.operations)
+    };
+    assert_eq!(changes.keys().collect::<Vec<_>>(), [&UserAttr::Title]);
+}

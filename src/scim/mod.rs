@@ -7,6 +7,7 @@ mod paging;
 pub mod redact;
 pub mod resource;
 pub mod retry;
+pub mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ use redact::Redactor;
 pub use resource::ServiceProviderConfig;
 pub use retry::RetryPolicy;
 use retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
+use schema::{PayloadShape, TargetSchema};
 
 const SCIM_JSON: &str = "application/scim+json";
 const ACCEPT_JSON: &str = "application/scim+json, application/json;q=0.9";
@@ -139,6 +141,10 @@ pub enum ScimError {
     /// The target cannot do this (a group rename on Atlassian).
     #[error("not supported by the target: {0}")]
     Unsupported(String),
+    /// The target's schema does not allow this change of this object; nothing
+    /// was sent (`userName` immutable, say). The same request would fail again.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn scim_type_suffix(scim_type: &Option<String>) -> String {
@@ -227,6 +233,11 @@ struct Inner {
     page_size: Option<u32>,
     member_chunk: usize,
     capabilities: RwLock<ServiceProviderConfig>,
+    /// What `/Schemas` and `/ResourceTypes` said; `None` until read.
+    schema: RwLock<Option<TargetSchema>>,
+    /// Members sent in a group's POST (targets requiring members), by group
+    /// id: the add that follows leaves them out.
+    sent_at_create: Mutex<std::collections::HashMap<String, Vec<ScimId>>>,
     warned_filter_ignored: AtomicBool,
     /// The target failed a list request that carried `count`: this cycle pages
     /// with its default page size.
@@ -340,6 +351,8 @@ impl ScimClient {
                 page_size: opts.page_size,
                 member_chunk: opts.member_chunk,
                 capabilities: RwLock::new(ServiceProviderConfig::default()),
+                schema: RwLock::new(None),
+                sent_at_create: Mutex::new(Default::default()),
                 warned_filter_ignored: AtomicBool::new(false),
                 count_refused: AtomicBool::new(false),
                 users: Mutex::new(None),
@@ -416,13 +429,76 @@ impl ScimClient {
             .unwrap_or_else(|p| p.into_inner()) = unique;
     }
 
-    /// What is known of userName uniqueness (see [`Self::set_user_names_unique`]).
+    /// Whether the target enforces unique `userName`s: `Some(false)` once a
+    /// listing showed it does not (see [`Self::set_user_names_unique`]), else
+    /// what its schema says (`uniqueness`), else `None` (unknown: the target's
+    /// 409 is trusted).
     pub fn user_names_unique(&self) -> Option<bool> {
-        *self
+        let learned = *self
             .inner
             .user_names_unique
             .read()
+            .unwrap_or_else(|p| p.into_inner());
+        learned.or_else(|| self.schema().and_then(|s| s.user_names_unique()))
+    }
+
+    /// Reads `/Schemas` and `/ResourceTypes` and remembers what they say: later
+    /// payloads are shaped by it (see [`schema`]). A server that does not serve
+    /// them (an error status, a body that is not a schema) gets RFC 7643's
+    /// defaults, and the model says why; a refused token or a target that
+    /// cannot be reached is an error. Read at the start of every cycle.
+    pub async fn read_schema(&self) -> Result<TargetSchema, ScimError> {
+        let fetch = |name: &'static str| async move {
+            match self.call(Method::GET, self.url(&[name]), &[], None).await {
+                Ok(reply) => reply
+                    .json()
+                    .map_err(|e| Err(format!("/{name} could not be read ({e})"))),
+                // Not an answer about the schema: the target cannot be asked.
+                Err(e)
+                    if e.is_auth()
+                        || matches!(e, ScimError::Transport(_) | ScimError::RateLimited { .. }) =>
+                {
+                    Err(Ok(e))
+                }
+                Err(e) => Err(Err(format!("/{name} could not be read ({e})"))),
+            }
+        };
+        let model = match fetch("Schemas").await {
+            Ok(schemas) => {
+                let types = match fetch("ResourceTypes").await {
+                    Ok(doc) => Ok(doc),
+                    Err(Ok(auth)) => return Err(auth),
+                    Err(Err(why)) => Err(why),
+                };
+                TargetSchema::from_documents(&schemas, types.as_ref().map_err(Clone::clone))
+            }
+            Err(Ok(auth)) => return Err(auth),
+            Err(Err(why)) => TargetSchema::defaults(why),
+        };
+        if let schema::SchemaOrigin::Defaults { why } = &model.origin {
+            tracing::info!(target_url = %self.inner.base, "{why}; RFC 7643 defaults assumed");
+        }
+        *self.inner.schema.write().unwrap_or_else(|p| p.into_inner()) = Some(model.clone());
+        Ok(model)
+    }
+
+    /// The schema read last by [`Self::read_schema`], if any.
+    pub fn schema(&self) -> Option<TargetSchema> {
+        self.inner
+            .schema
+            .read()
             .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How user payloads are shaped for this target: as its schema says,
+    /// except that Atlassian always gets `emails.primary`, which it requires.
+    pub fn payload_shape(&self) -> PayloadShape {
+        let mut shape = self.schema().map(|s| s.payload_shape()).unwrap_or_default();
+        if self.inner.flavour == Flavour::Atlassian {
+            shape.email_primary = true;
+        }
+        shape
     }
 
     /// Creates a user. An existing `userName` gives [`ScimError::Conflict`]; so does
@@ -447,7 +523,7 @@ impl ScimClient {
                 ),
             });
         }
-        let body = resource::user_to_json(attrs, active);
+        let body = resource::user_to_json_shaped(attrs, active, &self.payload_shape());
         let reply = self
             .call(Method::POST, self.url(&["Users"]), &[], Some(&body))
             .await?;
@@ -466,16 +542,34 @@ impl ScimClient {
     }
 
     /// Changes only the given attributes (`None` removes one) and, if given, `active`.
-    /// Nothing is sent when there is nothing to change. Returns the user as the
-    /// target holds it afterwards: the answer's resource, or (for an attribute
-    /// change answered without one) the user read back; `None` when neither
-    /// could be had.
+    /// Nothing is sent when there is nothing to change. A change of an
+    /// attribute the target's schema marks immutable is refused here, unsent
+    /// ([`ScimError::Refused`]); read-only attributes are left out. Returns the
+    /// user as the target holds it afterwards: the answer's resource, or (for
+    /// an attribute change answered without one) the user read back; `None`
+    /// when neither could be had.
     pub async fn patch_user(
         &self,
         id: &ScimId,
         changes: &[(UserAttr, Option<String>)],
         active: Option<bool>,
     ) -> Result<Option<RemoteUser>, ScimError> {
+        let shape = self.payload_shape();
+        if let Some((attr, value)) = changes.iter().find(|(a, _)| shape.immutable.contains(a)) {
+            let to = value
+                .as_deref()
+                .map_or_else(|| "nothing".to_owned(), |v| format!("{v:?}"));
+            return Err(ScimError::Refused(format!(
+                "the target does not allow changing {name} (immutable in its /Schemas): the change to {to} was not sent, nor the rest of this update; \
+                 keep the mapped {name} unchanged, or delete the account in the target and run `idsync sync --full` to create it again under the new value",
+                name = attr.name()
+            )));
+        }
+        let changes: Vec<(UserAttr, Option<String>)> = changes
+            .iter()
+            .filter(|(a, _)| !shape.not_sent.contains(a))
+            .cloned()
+            .collect();
         if changes.is_empty() && active.is_none() {
             return Ok(None);
         }
@@ -483,8 +577,8 @@ impl ScimClient {
             .patch_resource(
                 "Users",
                 id,
-                resource::user_patch_operations(changes, active),
-                |user| resource::apply_user_changes(user, changes, active),
+                resource::user_patch_operations_shaped(&changes, active, &shape),
+                |user| resource::apply_user_changes_shaped(user, &changes, active, &shape),
             )
             .await?;
         let mut stored = answered
@@ -498,7 +592,7 @@ impl ScimClient {
         }
         self.edit_cached_users(|users| {
             if let Some(user) = users.iter_mut().find(|u| u.id == *id) {
-                for (attr, value) in changes {
+                for (attr, value) in &changes {
                     match value {
                         Some(v) => user.attrs.insert(*attr, v.clone()),
                         None => user.attrs.remove(attr),
@@ -681,7 +775,52 @@ impl ScimClient {
             ));
         }
         let body = resource::group_to_json(display_name, external_id);
-        let reply = match self.create_group_once(display_name, &body).await? {
+        self.post_group(display_name, &body).await
+    }
+
+    /// Creates a group for the executor: on a target whose schema requires
+    /// `members`, with `first_members` in the POST (and a later
+    /// [`Self::add_members`] to this group leaves them out); a group without
+    /// members there is refused unsent. Elsewhere, as [`Self::create_group`].
+    pub async fn create_group_for(
+        &self,
+        display_name: &str,
+        external_id: Option<&str>,
+        first_members: &[ScimId],
+    ) -> Result<RemoteGroup, ScimError> {
+        if !self.schema().is_some_and(|s| s.group_members_required()) {
+            return self.create_group(display_name, external_id).await;
+        }
+        if display_name.is_empty() {
+            return Err(ScimError::InvalidInput(
+                "a group needs a displayName".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(first_members.len());
+        let members: Vec<ScimId> = first_members
+            .iter()
+            .filter(|id| seen.insert(id.as_str()))
+            .cloned()
+            .collect();
+        if members.is_empty() {
+            return Err(ScimError::Refused(format!(
+                "the target requires members in a new group (members required in its /Schemas), and group {display_name:?} has none that exist in the target yet; \
+                 it is created on the first cycle after it has a member"
+            )));
+        }
+        let body = resource::group_with_members_to_json(display_name, external_id, &members);
+        let group = self.post_group(display_name, &body).await?;
+        self.inner
+            .sent_at_create
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group.id.as_str().to_owned(), members);
+        Ok(group)
+    }
+
+    /// POSTs a group body and reads the created group back.
+    async fn post_group(&self, display_name: &str, body: &Value) -> Result<RemoteGroup, ScimError> {
+        let reply = match self.create_group_once(display_name, body).await? {
             GroupCreate::Sent(reply) => reply,
             GroupCreate::Found(group) => return Ok(group),
         };
@@ -819,7 +958,16 @@ impl ScimClient {
         members: &[MemberRef],
     ) -> Result<(), ScimError> {
         // scim2-server stores an id twice when one request names it twice.
-        let members = distinct(members);
+        let mut members = distinct(members);
+        let sent = self
+            .inner
+            .sent_at_create
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(group.as_str());
+        if let Some(sent) = sent {
+            members.retain(|m| !sent.contains(&m.id));
+        }
         for chunk in members.chunks(self.inner.member_chunk) {
             self.change_members(group, chunk, true).await?;
         }

@@ -9,6 +9,8 @@ use crate::model::{
     ScimId, UserAttr, UserAttrs,
 };
 
+use super::schema::PayloadShape;
+
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
@@ -73,30 +75,53 @@ pub fn patch_path(attr: UserAttr) -> String {
     }
 }
 
-/// Exactly one email, primary, so targets that demand a primary (Atlassian) accept it.
-fn emails_value(value: &str) -> Value {
-    json!([{ "value": value, "type": "work", "primary": true }])
+/// Exactly one email, primary, so targets that demand a primary (Atlassian)
+/// accept it — with `type` and `primary` only where the target publishes them
+/// (some refuse a request that carries them).
+fn emails_value(value: &str, shape: &PayloadShape) -> Value {
+    let mut entry = Map::new();
+    entry.insert("value".into(), Value::from(value));
+    if shape.email_type {
+        entry.insert("type".into(), Value::from("work"));
+    }
+    if shape.email_primary {
+        entry.insert("primary".into(), Value::Bool(true));
+    }
+    Value::Array(vec![Value::Object(entry)])
 }
 
-fn phones_value(value: &str) -> Value {
-    json!([{ "value": value, "type": "work" }])
+fn phones_value(value: &str, shape: &PayloadShape) -> Value {
+    if shape.phone_type {
+        json!([{ "value": value, "type": "work" }])
+    } else {
+        json!([{ "value": value }])
+    }
 }
 
-fn attr_value(attr: UserAttr, value: &str) -> Value {
+fn attr_value(attr: UserAttr, value: &str, shape: &PayloadShape) -> Value {
     match slot(attr) {
-        Slot::Email => emails_value(value),
-        Slot::Phone => phones_value(value),
+        Slot::Email => emails_value(value, shape),
+        Slot::Phone => phones_value(value, shape),
         _ => Value::String(value.to_owned()),
     }
 }
 
-/// The full user resource for a POST (or a PUT when PATCH is unsupported).
+/// The full user resource for a POST, everything sent (the schema unknown).
 pub fn user_to_json(attrs: &UserAttrs, active: bool) -> Value {
+    user_to_json_shaped(attrs, active, &PayloadShape::default())
+}
+
+/// The full user resource for a POST, shaped for the target: read-only
+/// attributes left out, multi-valued entries with the sub-attributes it publishes.
+pub fn user_to_json_shaped(attrs: &UserAttrs, active: bool, shape: &PayloadShape) -> Value {
     let mut obj = Map::new();
     let mut name = Map::new();
     let mut enterprise = Map::new();
     // Empty values are the same as absent: some targets reject "" outright.
-    for (&attr, value) in attrs.iter().filter(|(_, v)| !v.is_empty()) {
+    for (&attr, value) in attrs
+        .iter()
+        .filter(|(a, v)| !v.is_empty() && !shape.not_sent.contains(a))
+    {
         match slot(attr) {
             Slot::Top(key) => {
                 obj.insert(key.into(), Value::String(value.clone()));
@@ -108,10 +133,10 @@ pub fn user_to_json(attrs: &UserAttrs, active: bool) -> Value {
                 enterprise.insert(key.into(), Value::String(value.clone()));
             }
             Slot::Email => {
-                obj.insert("emails".into(), emails_value(value));
+                obj.insert("emails".into(), emails_value(value, shape));
             }
             Slot::Phone => {
-                obj.insert("phoneNumbers".into(), phones_value(value));
+                obj.insert("phoneNumbers".into(), phones_value(value, shape));
             }
         }
     }
@@ -134,10 +159,20 @@ pub fn user_patch_operations(
     changes: &[(UserAttr, Option<String>)],
     active: Option<bool>,
 ) -> Vec<Value> {
+    user_patch_operations_shaped(changes, active, &PayloadShape::default())
+}
+
+/// [`user_patch_operations`] shaped for the target (read-only attributes left out).
+pub fn user_patch_operations_shaped(
+    changes: &[(UserAttr, Option<String>)],
+    active: Option<bool>,
+    shape: &PayloadShape,
+) -> Vec<Value> {
     let mut ops: Vec<Value> = changes
         .iter()
+        .filter(|(attr, _)| !shape.not_sent.contains(attr))
         .map(|(attr, value)| match value.as_deref().filter(|v| !v.is_empty()) {
-            Some(v) => json!({ "op": "replace", "path": patch_path(*attr), "value": attr_value(*attr, v) }),
+            Some(v) => json!({ "op": "replace", "path": patch_path(*attr), "value": attr_value(*attr, v, shape) }),
             None => json!({ "op": "remove", "path": patch_path(*attr) }),
         })
         .collect();
@@ -155,15 +190,27 @@ pub fn apply_user_changes(
     changes: &[(UserAttr, Option<String>)],
     active: Option<bool>,
 ) {
+    apply_user_changes_shaped(resource, changes, active, &PayloadShape::default());
+}
+
+/// [`apply_user_changes`] shaped for the target.
+pub fn apply_user_changes_shaped(
+    resource: &mut Value,
+    changes: &[(UserAttr, Option<String>)],
+    active: Option<bool>,
+    shape: &PayloadShape,
+) {
     let Some(obj) = resource.as_object_mut() else {
         return;
     };
-    for (attr, value) in changes {
+    for (attr, value) in changes.iter().filter(|(a, _)| !shape.not_sent.contains(a)) {
         let value = value.as_deref().filter(|v| !v.is_empty());
         match slot(*attr) {
             Slot::Top(key) => set_or_remove(obj, key, value.map(Value::from)),
-            Slot::Email => set_or_remove(obj, "emails", value.map(emails_value)),
-            Slot::Phone => set_or_remove(obj, "phoneNumbers", value.map(phones_value)),
+            Slot::Email => set_or_remove(obj, "emails", value.map(|v| emails_value(v, shape))),
+            Slot::Phone => {
+                set_or_remove(obj, "phoneNumbers", value.map(|v| phones_value(v, shape)))
+            }
             Slot::Name(key) => {
                 edit_sub_object(obj, "name", |name| {
                     set_or_remove(name, key, value.map(Value::from))
@@ -288,6 +335,20 @@ pub fn group_to_json(display_name: &str, external_id: Option<&str>) -> Value {
     if let Some(external_id) = external_id {
         obj["externalId"] = Value::from(external_id);
     }
+    obj
+}
+
+/// A group POST body with its first members (targets that require members).
+pub fn group_with_members_to_json(
+    display_name: &str,
+    external_id: Option<&str>,
+    members: &[ScimId],
+) -> Value {
+    let mut obj = group_to_json(display_name, external_id);
+    obj["members"] = members
+        .iter()
+        .map(|m| json!({ "value": m.as_str() }))
+        .collect();
     obj
 }
 
@@ -606,6 +667,46 @@ mod tests {
         assert_eq!(back.attrs, attrs);
         assert!(!back.active);
         assert!(resource.get("meta").is_none());
+    }
+
+    #[test]
+    fn a_shape_leaves_out_unpublished_sub_attributes_and_read_only_attributes() {
+        let shape = PayloadShape {
+            email_type: false,
+            email_primary: false,
+            phone_type: false,
+            not_sent: [UserAttr::ExternalId].into(),
+            immutable: Default::default(),
+        };
+        let attrs: UserAttrs = [
+            (UserAttr::UserName, "a@example.com".to_owned()),
+            (UserAttr::ExternalId, "k1".to_owned()),
+            (UserAttr::Email, "a@example.com".to_owned()),
+            (UserAttr::PhoneNumber, "123".to_owned()),
+        ]
+        .into();
+        assert_eq!(
+            user_to_json_shaped(&attrs, true, &shape),
+            json!({
+                "schemas": [USER_SCHEMA],
+                "userName": "a@example.com",
+                "emails": [{"value": "a@example.com"}],
+                "phoneNumbers": [{"value": "123"}],
+                "active": true,
+            })
+        );
+        let changes = [
+            (UserAttr::ExternalId, Some("k2".to_owned())),
+            (UserAttr::Email, Some("b@example.com".to_owned())),
+        ];
+        assert_eq!(
+            user_patch_operations_shaped(&changes, None, &shape),
+            vec![json!({"op": "replace", "path": "emails", "value": [{"value": "b@example.com"}]})]
+        );
+        let mut resource = user_to_json_shaped(&attrs, true, &shape);
+        apply_user_changes_shaped(&mut resource, &changes, None, &shape);
+        assert!(resource.get("externalId").is_none());
+        assert_eq!(resource["emails"], json!([{"value": "b@example.com"}]));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs,
     UserName,
 };
+use crate::plan::TargetRules;
 
 use super::{ScimClient, ScimError};
 
@@ -17,6 +18,7 @@ impl From<ScimError> for TargetError {
                 TargetError::Unauthorized { status, detail }
             }
             ScimError::NotApplied(message) => TargetError::NotApplied { message },
+            ScimError::Refused(detail) => TargetError::Refused { detail },
             other => TargetError::Failed {
                 status: other.status(),
                 message: other.to_string(),
@@ -27,7 +29,7 @@ impl From<ScimError> for TargetError {
 
 impl Target for ScimClient {
     /// Starts the cycle (forgets the last cycle's listing), reads the
-    /// capabilities (later requests honour them) and makes one cheap
+    /// capabilities and the schema (later requests honour them) and makes one cheap
     /// authenticated request: one user asked for, never the collection.
     async fn check(&self) -> Result<(), TargetError> {
         self.begin_cycle();
@@ -39,8 +41,19 @@ impl Target for ScimClient {
             patch = spc.patch,
             "target capabilities read"
         );
+        self.read_schema().await?;
         self.holds_any("Users").await?;
         Ok(())
+    }
+
+    fn rules(&self) -> TargetRules {
+        match self.schema() {
+            Some(schema) => TargetRules {
+                folded: schema.folded(),
+                unheld: schema.unheld(),
+            },
+            None => TargetRules::default(),
+        }
     }
 
     async fn holds_anything(&self) -> Result<bool, TargetError> {
@@ -93,12 +106,12 @@ impl Target for ScimClient {
         &self,
         name: &GroupName,
         external_id: &str,
+        members: &[ScimId],
     ) -> Result<ScimId, TargetError> {
-        Ok(
-            ScimClient::create_group(self, name.as_str(), Some(external_id))
-                .await?
-                .id,
-        )
+        Ok(self
+            .create_group_for(name.as_str(), Some(external_id), members)
+            .await?
+            .id)
     }
 
     async fn find_group(&self, name: &GroupName) -> Result<Option<RemoteGroup>, TargetError> {

@@ -31,7 +31,7 @@ use crate::model::{
     Desired, MemberResolver, Mirror, MirrorDigest, RemoteUser, ScimId, SourceKey, State, Status,
     TargetSnapshot,
 };
-use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
+use crate::plan::{self, Operation, Plan, PlanningInput, Summary, TargetRules, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
 use crate::source::{Source, SourceError};
 use crate::state::{RunEnd, StateDb, StateError};
@@ -346,6 +346,7 @@ pub async fn planning_input<T: Target>(
     source: &dyn Source,
     mut db: Option<&mut StateDb>,
     full_target: Option<&T>,
+    rules: TargetRules,
 ) -> Result<(PlanningInput, Option<MirrorUpdate>), SyncError> {
     let old_mirror = if source.uses_mirror() {
         Some(match db.as_mut() {
@@ -399,11 +400,13 @@ pub async fn planning_input<T: Target>(
         Some(t) => Some(read_target(t, &state, settings.target.concurrency).await?),
         None => None,
     };
+    let mut options = settings.plan_options();
+    options.target_rules = rules;
     let input = PlanningInput::new(
         desired,
         state,
         target,
-        settings.plan_options(),
+        options,
         |state: &mut State, keys: &[SourceKey]| match &db {
             Some(db) => db.load_attrs(state, keys.iter()),
             None => Ok(()),
@@ -582,12 +585,17 @@ pub async fn plan_read_only(
     } else {
         None
     };
+    let rules = match &target {
+        Some(client) => client.rules(),
+        None => quick_rules(settings).await,
+    };
     // The updated mirror is dropped: a plan writes nothing.
     let (input, _) = planning_input(
         settings,
         settings.source.adapter(),
         db.as_mut(),
         target.as_ref(),
+        rules,
     )
     .await?;
     let plan = plan::plan(&input);
@@ -750,7 +758,9 @@ pub async fn cycle<T: Target>(
         None => {
             let full_target = opts.full.then_some(target);
             let (input, mirror) =
-                match planning_input(settings, source, Some(&mut db), full_target).await {
+                match planning_input(settings, source, Some(&mut db), full_target, target.rules())
+                    .await
+                {
                     Ok(read) => read,
                     Err(e) => {
                         let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
@@ -908,19 +918,12 @@ async fn refuse_populated_target<T: Target>(
     Ok(())
 }
 
-/// For `plan` and `sync --dry-run`, which change nothing: the stop a plain
-/// `sync` would make because the state records nothing but the target holds
-/// users or groups. `None` when it would not, or when the target cannot be
-/// asked (no token, unreachable): planning never needs the target, so one
-/// quick attempt is made and its failure is only logged.
-pub async fn lost_state_stop(settings: &Settings, state: &State) -> Option<SyncError> {
-    let db = StateDb::open_read_only(&settings.state_path).ok()?;
-    if !records_nothing(state, db.as_ref()).ok()? {
-        return None;
-    }
+/// A client for one quick look that planning does not need: one attempt per
+/// request, a short timeout; `None` without a token.
+fn quick_client(settings: &Settings) -> Option<ScimClient> {
     let t = &settings.target;
     let token = t.token.read().ok()?;
-    let client = ScimClient::new(ClientOptions {
+    ScimClient::new(ClientOptions {
         base_url: t.base_url.clone(),
         token,
         flavour: t.flavour,
@@ -933,7 +936,37 @@ pub async fn lost_state_stop(settings: &Settings, state: &State) -> Option<SyncE
         page_size: t.page_size,
         member_chunk: t.member_chunk,
     })
-    .ok()?;
+    .ok()
+}
+
+/// For a plain `plan` (and `sync --dry-run`): what the target's schema says
+/// about the attributes it does not hold, so the plan leaves them out as
+/// `sync` will. One quick look; without a token, or when the target cannot be
+/// asked, the plan is made without it (it never needs the target).
+async fn quick_rules(settings: &Settings) -> TargetRules {
+    let Some(client) = quick_client(settings) else {
+        return TargetRules::default();
+    };
+    match client.read_schema().await {
+        Ok(_) => client.rules(),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the target's schema");
+            TargetRules::default()
+        }
+    }
+}
+
+/// For `plan` and `sync --dry-run`, which change nothing: the stop a plain
+/// `sync` would make because the state records nothing but the target holds
+/// users or groups. `None` when it would not, or when the target cannot be
+/// asked (no token, unreachable): planning never needs the target, so one
+/// quick attempt is made and its failure is only logged.
+pub async fn lost_state_stop(settings: &Settings, state: &State) -> Option<SyncError> {
+    let db = StateDb::open_read_only(&settings.state_path).ok()?;
+    if !records_nothing(state, db.as_ref()).ok()? {
+        return None;
+    }
+    let client = quick_client(settings)?;
     match refuse_populated_target(settings, &client).await {
         Ok(()) => None,
         Err(e @ SyncError::NoState { .. }) => Some(e),

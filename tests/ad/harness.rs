@@ -695,6 +695,8 @@ pub struct Operator {
     pub ca_file: Option<PathBuf>,
     /// More `source:` lines, each ending in a newline.
     pub extra_source: String,
+    /// More `policy:` lines, each ending in a newline.
+    pub extra_policy: String,
     scim_url: String,
     token: String,
 }
@@ -712,6 +714,7 @@ impl Operator {
             bind_dn: SVC_DN.into(),
             ca_file: Some(samba.ca_file()),
             extra_source: String::new(),
+            extra_policy: String::new(),
             scim_url: server.base_url(),
             token: server.token().to_owned(),
         }
@@ -747,10 +750,12 @@ impl Operator {
              \x20 remove_action: disable\n\
              \x20 max_removals: 10%\n\
              \x20 groups: {{ provision: true, delete: true }}\n\
+             {policy}\
              state: state/idsync.db\n",
             url = self.url,
             bind_dn = self.bind_dn,
             extra = self.extra_source,
+            policy = self.extra_policy,
             mapping = repo().join("mappings/active-directory.yaml").display(),
             scim = self.scim_url,
             token_env = scim::TOKEN_ENV,

@@ -322,21 +322,40 @@ fn samba_s_own_certificate_without_names_is_refused_with_how_to_fix_it() {
 }
 
 #[test]
-
 fn a_leavers_mail_given_to_a_new_hire_in_the_same_cycle_and_in_the_next() {
     let (samba, server) = started();
-    let op = Operator::new(&samba, &server);
+    let mut op = Operator::new(&samba, &server);
     op.sync(0);
 
-    // Same cycle: s020 leaves, n020 starts with s020's address.
+    // Same cycle: s020 leaves, n020 starts with s020's address. Under the
+    // default policy (remove_action: disable, reuse_accounts: never) the
+    // leaver's disabled account keeps the address: the new hire is refused,
+    // naming both keys, and the rest of the cycle goes through.
     let leaver = samba.entry(&user_dn("s020"), &["objectGUID"]).guid();
+    let leaver_id = server.contents().user_id(&mail("s020"));
     samba.delete(&user_dn("s020"));
     hire(&samba, "n020", &mail("s020"));
+    let hire_guid = samba.entry(&user_dn("n020"), &["objectGUID"]).guid();
+    let refused = op.run(&["sync"]);
+    refused.assert_code(1);
+    let said = refused.dump();
+    assert!(
+        said.contains(&leaver) && said.contains(&hire_guid) && said.contains("reuse_accounts"),
+        "{said}"
+    );
+    let target = server.contents();
+    let kept = target.user(&mail("s020"));
+    assert_eq!(str_at(kept, "externalId"), leaver);
+    assert_eq!(kept["active"], Value::Bool(false), "{kept}");
+
+    // With reuse_accounts: after_removal the new hire takes over the
+    // leaver's (disabled) account, as the plan says.
+    op.extra_policy = "  reuse_accounts: after_removal\n".into();
     op.sync(0);
     let target = server.contents();
-    let hire_guid = samba.entry(&user_dn("n020"), &["objectGUID"]).guid();
     let now = target.user(&mail("s020"));
     assert_eq!(str_at(now, "externalId"), hire_guid);
+    assert_eq!(target.user_id(&mail("s020")), leaver_id);
     assert!(
         !target
             .users
@@ -359,7 +378,6 @@ fn a_leavers_mail_given_to_a_new_hire_in_the_same_cycle_and_in_the_next() {
 }
 
 #[test]
-
 fn two_users_swapping_mail_keep_their_accounts() {
     let (samba, server) = started();
     let op = Operator::new(&samba, &server);

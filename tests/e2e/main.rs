@@ -20,6 +20,7 @@ mod lifecycle;
 mod ops;
 mod proxy;
 mod quirks_members;
+mod quirks_schema;
 mod quirks_truth;
 mod report;
 mod selftest;

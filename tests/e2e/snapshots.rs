@@ -1165,3 +1165,49 @@ fn plan_for_a_leavers_address_given_to_a_new_hire_shows_the_reuse_decision() {
         &takeover,
     );
 }
+
+// ---------------------------------------------------------------------------
+// `check`: what idsync learned of the target
+
+/// `check`, redacted (the source's read time too).
+fn check_transcript(ws: &Workspace) -> String {
+    let out = ws.run(&["check"]);
+    let text = Redactor::new(ws).apply(&transcript_stdout(&out));
+    Regex::new(r"\(\d+\.\d+s\)")
+        .expect("regex")
+        .replace_all(&text, "([duration])")
+        .into_owned()
+}
+
+#[test]
+fn check_against_scim2_server_says_paging_filter_patch_and_schema_notes() {
+    let (_server, ws) = fresh("check");
+    ws.write_directory(&small_directory());
+    snap(
+        "check_scim2_server",
+        "check against a plain scim2-server: its capabilities, the page size in force, and what its /Schemas means for the default CSV mapping",
+        &check_transcript(&ws),
+    );
+}
+
+#[test]
+fn check_against_a_quirky_schema_names_what_the_target_drops_refuses_and_requires() {
+    use crate::quirks_schema::{
+        ExternalIdReadOnly, GroupMembersRequired, RefusesEmailTypeAndPrimary, UserNameImmutable,
+    };
+    let server = ScimServer::start(&fresh_token("check-quirks"));
+    let proxy = crate::proxy::FaultProxy::start(server.port(), crate::proxy::pass_through());
+    proxy.set_quirks(vec![
+        std::sync::Arc::new(RefusesEmailTypeAndPrimary),
+        std::sync::Arc::new(ExternalIdReadOnly),
+        std::sync::Arc::new(UserNameImmutable),
+        std::sync::Arc::new(GroupMembersRequired),
+    ]);
+    let ws = Workspace::with_target(&proxy.base_url(), server.token());
+    ws.write_directory(&small_directory());
+    snap(
+        "check_quirky_schema",
+        "check against a server whose /Schemas publishes emails without type and primary, externalId read-only, userName immutable, and Group members required",
+        &check_transcript(&ws),
+    );
+}
