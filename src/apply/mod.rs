@@ -813,13 +813,19 @@ async fn adopt_existing<T: Target>(
     attrs: UserAttrs,
     lookup_first: bool,
 ) -> (Response, Vec<AttrNote>) {
-    // Compared as the target holds values: a value differing only in case on
-    // an attribute it does not compare exactly is the same value (and changing
-    // it may be refused, as for an immutable userName).
+    // Brought in line with the source, case included (once: later cycles
+    // compare as the target does) — except where the target does not hold the
+    // attribute, or cannot change it and already holds the value in another
+    // case (an immutable userName would refuse the change every cycle).
     let rules = target.rules();
     let changes: Vec<(UserAttr, Option<String>)> = attrs
         .iter()
-        .filter(|(a, v)| !rules.unheld.contains(a) && !rules.holds(**a, remote.attrs.get(a), v))
+        .filter(|(a, v)| {
+            let held = remote.attrs.get(a);
+            !rules.unheld.contains(a)
+                && held != Some(v)
+                && !(rules.fixed.contains(a) && rules.holds(**a, held, v))
+        })
         .map(|(a, v)| (*a, Some(v.clone())))
         .collect();
     let mut answer = remote.clone();

@@ -354,20 +354,19 @@ fn adoptions_are_committed_like_any_other_operation() {
     assert!(next.is_empty(), "{:#?}", next.operations);
 }
 
-/// A create that meets an account differing only in case (the target compares
-/// userName and emails ignoring case) adopts it without a PATCH: changing the
-/// case of an immutable userName would be refused every cycle.
-#[test]
-fn a_create_adopting_an_account_in_another_case_sends_no_case_only_change() {
+/// Runs one create of `Ann@X.com` against a target holding `ann@x.com` (made
+/// by hand) that compares userName ignoring case; `fixed`: the target's
+/// immutable attributes. Returns the requests made and the userName it holds.
+fn adopt_in_another_case(fixed: BTreeSet<UserAttr>) -> (usize, String) {
     let a = crate::plan::testkit::person("1", "Ann@X.com", "Eng");
     let desired = crate::plan::testkit::desired(vec![a.clone()], vec![]);
     let target = target_for(&State::default());
     let mut attrs = a.attrs.clone();
     attrs.insert(UserAttr::UserName, "ann@x.com".into());
-    attrs.insert(UserAttr::Email, "ann@x.com".into());
     {
         let mut w = target.world.lock().unwrap();
         w.rules.folded = [UserAttr::UserName, UserAttr::Email].into();
+        w.rules.fixed = fixed;
         w.users.insert(
             ScimId::new("hand"),
             RemoteUser {
@@ -394,15 +393,34 @@ fn a_create_adopting_an_account_in_another_case_sends_no_case_only_change() {
         &BTreeSet::new(),
         1
     )));
-    let w = target.world.lock().unwrap();
-    // POST (409) and the lookup; no PATCH.
-    assert_eq!(w.calls - calls_before, 2);
-    assert_eq!(
-        w.users[&ScimId::new("hand")].attrs[&UserAttr::UserName],
-        "ann@x.com"
-    );
     let stored = db.load().unwrap();
     assert_eq!(stored.users[&SourceKey::new("1")].scim_id.as_str(), "hand");
+    let w = target.world.lock().unwrap();
+    (
+        w.calls - calls_before,
+        w.users[&ScimId::new("hand")].attrs[&UserAttr::UserName].clone(),
+    )
+}
+
+/// A create that meets an account whose immutable userName differs only in
+/// case adopts it without a PATCH: the change would be refused every cycle.
+#[test]
+fn adopting_an_account_whose_immutable_user_name_differs_in_case_sends_no_change() {
+    let (calls, held) = adopt_in_another_case([UserAttr::UserName].into());
+    // POST (409) and the lookup; no PATCH.
+    assert_eq!(calls, 2);
+    assert_eq!(held, "ann@x.com");
+}
+
+/// Where the target can change it, an adopted account's case-only difference
+/// is brought in line with the source once (later cycles compare as the
+/// target does).
+#[test]
+fn adopting_an_account_in_another_case_fixes_the_case_where_the_target_can_change_it() {
+    let (calls, held) = adopt_in_another_case(BTreeSet::new());
+    // POST (409), the lookup, and one PATCH.
+    assert_eq!(calls, 3);
+    assert_eq!(held, "Ann@X.com");
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub struct TargetRules {
     /// never returned): never planned as changes, never compared with what the
     /// target holds.
     pub unheld: BTreeSet<UserAttr>,
+    /// Attributes the target does not let change once set (`immutable`). An
+    /// adopted account's case-only difference there is left as it is.
+    pub fixed: BTreeSet<UserAttr>,
 }
 
 impl TargetRules {

@@ -698,6 +698,49 @@ fn a_held_group_is_neither_deleted_nor_touched_and_the_plan_says_so() {
     assert_eq!(super::testkit::plan(&d, &state, &no_groups).held_groups, 0);
 }
 
+/// A `--full` plan that adopts an account made by hand in another case brings
+/// it in line once where the target can change the attribute (later cycles
+/// compare as the target does), and leaves an immutable one as it is.
+#[test]
+fn full_resync_brings_an_adopted_accounts_case_in_line_unless_immutable() {
+    let a = person("1", "Ann@Example.com", "Eng");
+    let mut held = a.attrs.clone();
+    held.insert(UserAttr::UserName, "ANN@example.com".into());
+    let target = TargetSnapshot {
+        users: vec![RemoteUser {
+            id: ScimId::new("hand"),
+            attrs: held,
+            active: true,
+        }],
+        ..Default::default()
+    };
+    let plan_with = |rules: crate::plan::TargetRules| {
+        let mut opts = options(&Policy::default());
+        opts.target_rules = rules;
+        let input = PlanningInput::new(
+            desired(vec![a.clone()], vec![]),
+            State::default(),
+            Some(target.clone()),
+            opts,
+            |_, _| Ok::<(), ()>(()),
+        )
+        .unwrap();
+        crate::plan::plan(&input)
+    };
+    let folded: std::collections::BTreeSet<UserAttr> = [UserAttr::UserName].into();
+    let mutable = plan_with(crate::plan::TargetRules {
+        folded: folded.clone(),
+        ..Default::default()
+    });
+    assert_eq!(names(&mutable), ["adopt_user 1", "update_user 1"]);
+    let immutable = plan_with(crate::plan::TargetRules {
+        folded: folded.clone(),
+        fixed: folded,
+        ..Default::default()
+    });
+    assert_eq!(names(&immutable), ["adopt_user 1"]);
+}
+
 /// A `--full` plan against a target whose schema says emails are compared
 /// ignoring case (a server that lower-cases email domains) and externalId is
 /// read-only (a server that drops it): no update, and none again next time.
@@ -742,6 +785,7 @@ fn full_resync_folds_case_and_skips_attributes_the_target_does_not_hold() {
     let rules = crate::plan::TargetRules {
         folded: [UserAttr::UserName, UserAttr::Email].into(),
         unheld: [UserAttr::ExternalId].into(),
+        ..Default::default()
     };
     let folded = plan_with(rules.clone());
     assert!(folded.operations.is_empty(), "{:?}", folded.operations);

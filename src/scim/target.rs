@@ -51,6 +51,7 @@ impl Target for ScimClient {
             Some(schema) => TargetRules {
                 folded: schema.folded(),
                 unheld: schema.unheld(),
+                fixed: self.payload_shape().immutable,
             },
             None => TargetRules::default(),
         }
