@@ -801,3 +801,52 @@ fn a_token_in_a_systemd_credentials_folder_is_read_through_credentials_directory
     );
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// The daemon on its own
+
+/// A daemon on a one-second interval picks up a change in the source without
+/// being asked, and a SIGTERM stops it cleanly (exit 0).
+#[test]
+fn the_daemon_picks_up_a_source_change_by_itself_and_stops_cleanly_on_sigterm() {
+    let (server, mut ws, mut dir) = crate::harness::synced(6, 2);
+    crate::faults::edit_config(
+        &mut ws,
+        &[(
+            "state: state/idsync.db\n",
+            "state: state/idsync.db\nschedule: { interval: 1s }\n",
+        )],
+    );
+    let mut daemon = ws.spawn(&["daemon"]);
+    let runs = |ws: &Workspace| -> usize {
+        let status = ws.run(&["status", "--format", "json"]);
+        if status.code != 0 {
+            return 0;
+        }
+        status.json()["runs"].as_array().map_or(0, Vec::len)
+    };
+    // One cycle of its own (the first sync was run by hand).
+    assert!(
+        wait_until(Duration::from_secs(60), || !daemon.is_running()
+            || runs(&ws) >= 2),
+        "the daemon ran no cycle"
+    );
+    assert!(daemon.is_running(), "the daemon exited after a cycle");
+
+    // The source changes; nobody asks.
+    let user = dir.users[0].clone();
+    dir.user_mut(&user.id).title = "Changed While Running".into();
+    ws.write_directory(&dir);
+    let picked_up = wait_until(Duration::from_secs(60), || {
+        server
+            .users()
+            .iter()
+            .any(|u| u["title"] == "Changed While Running")
+    });
+    assert!(picked_up, "the daemon did not apply the source's change");
+    crate::harness::assert_target_matches(&dir, &[], &server.contents());
+
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(15));
+    assert_eq!(out.code, 0, "{}", out.dump());
+}
