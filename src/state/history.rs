@@ -431,9 +431,9 @@ impl StateDb {
         .replace(
             "{detail}",
             if self.records_values()? {
-                "o.new_values"
+                "o.new_values, o.old_values"
             } else {
-                "NULL"
+                "NULL, NULL"
             },
         );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -483,9 +483,10 @@ impl StateDb {
                     error: r.get(7)?,
                     name: r.get(8)?,
                     command: r.get(9)?,
-                    detail: r
-                        .get::<_, Option<String>>(10)?
-                        .and_then(|op| op_detail(&op)),
+                    detail: match (r.get::<_, Option<String>>(10)?, r.get(11)?) {
+                        (Some(op), old) => op_detail(&op, old),
+                        (None, _) => None,
+                    },
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -517,13 +518,17 @@ impl StateDb {
 
 /// What an operation, recorded as plan JSON, carries besides what names it
 /// (an update's old and new values, a create's attributes, the members it adds
-/// or removes); `None` when nothing more, or the record does not parse.
-fn op_detail(new_values: &str) -> Option<serde_json::Value> {
+/// or removes), and under `deleted` what an applied delete destroyed (its
+/// `old_values`); `None` when nothing more, or the record does not parse.
+fn op_detail(new_values: &str, old_values: Option<String>) -> Option<serde_json::Value> {
     let serde_json::Value::Object(mut fields) = serde_json::from_str(new_values).ok()? else {
         return None;
     };
     for identity in ["op", "key", "userName", "displayName", "scim_id"] {
         fields.remove(identity);
+    }
+    if let Some(old) = old_values.and_then(|o| serde_json::from_str(&o).ok()) {
+        fields.insert("deleted".into(), old);
     }
     (!fields.is_empty()).then_some(serde_json::Value::Object(fields))
 }

@@ -564,6 +564,12 @@ mod tests {
         assert_eq!(applied.len(), 1);
         assert_eq!(applied[0].old_values, op.old_values);
         assert_eq!(applied[0].new_values, op.new_values);
+        // The log shows the same record: what the delete destroyed included.
+        let log = db.op_log(&LogFilter::default()).unwrap();
+        assert_eq!(
+            log[0].detail,
+            Some(serde_json::json!({"deleted": {"attrs": {}}}))
+        );
         assert!(db.run(run).unwrap().is_some());
         assert!(db.run(run + 1).unwrap().is_none());
         let end = RunEnd {
