@@ -64,8 +64,9 @@ pub struct LogRecord {
     pub http_status: Option<i64>,
     pub error: Option<String>,
     /// What the operation carried: `changes` (attribute → old, new) of an
-    /// update or a create, `members` added or removed; read from the
-    /// operation as recorded (`new_values`), less what names it.
+    /// update or a create, `members` added or removed, `deleted` what an
+    /// applied delete destroyed; read from the operation as recorded
+    /// (`new_values`, less what names it) and `old_values`.
     pub detail: Option<serde_json::Value>,
 }
 
