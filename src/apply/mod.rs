@@ -494,10 +494,11 @@ impl<T: Target> Executor<'_, T> {
             tracing::warn!(op = op.name(), subject = ?op.subject(), error = ?err.to_string(), "operation failed");
         }
         let t = transition(&self.state, op, response, &self.create_only);
-        let (old_values, new_values) = if t.outcome == OpOutcome::Applied {
-            (self.destroyed_values(op)?, serde_json::to_string(op).ok())
+        // What a failed or skipped operation destroyed: nothing.
+        let old_values = if t.outcome == OpOutcome::Applied {
+            self.destroyed_values(op)?
         } else {
-            (None, None)
+            None
         };
         let record = OpRecord {
             seq: seq as i64,
@@ -506,9 +507,9 @@ impl<T: Target> Executor<'_, T> {
             outcome: t.outcome,
             http_status: t.http_status,
             error: t.error.clone(),
-            detail: op_detail(op),
             old_values,
-            new_values,
+            // Every outcome: the log shows what a failed one tried to change.
+            new_values: serde_json::to_string(op).ok(),
         };
         self.db.commit(run, &record, t.change.as_ref())?;
         if let Some(change) = &t.change {
@@ -926,17 +927,4 @@ async fn create_group<T: Target>(
         },
         Err(e) => Response::Failed(e),
     }
-}
-
-/// What an operation carries besides its identity (an update's old and new
-/// values, a create's attributes, the members it adds or removes), as compact
-/// JSON for the provisioning log; `None` when it carries nothing more.
-fn op_detail(op: &Operation) -> Option<String> {
-    let serde_json::Value::Object(mut fields) = serde_json::to_value(op).ok()? else {
-        return None;
-    };
-    for identity in ["op", "key", "userName", "displayName", "scim_id"] {
-        fields.remove(identity);
-    }
-    (!fields.is_empty()).then(|| serde_json::Value::Object(fields).to_string())
 }

@@ -917,3 +917,64 @@ fn the_transition_never_records_another_keys_account_for_a_create() {
     assert_eq!(t.outcome, crate::state::OpOutcome::Failed);
     assert!(t.error.unwrap().contains("belongs to user 1"));
 }
+
+#[test]
+fn a_failed_update_is_recorded_once_and_the_log_shows_what_it_tried() {
+    // One record per operation: the operation as attempted (`new_values`) is
+    // what `idsync log` shows, for a failed one too; `revert` sees only the
+    // applied ones.
+    let ann = crate::plan::testkit::person("1", "ann@x.com", "Eng");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    let target = MemoryTarget::default();
+    let policy = Policy::default();
+    let first = crate::plan::testkit::desired(vec![ann.clone()], vec![]);
+    let (plan, state) = plan_from_db(&mut db, &first, &policy, None);
+    assert!(rt.block_on(run_once(
+        &mut db,
+        &target,
+        &plan,
+        state,
+        &BTreeSet::new(),
+        1
+    )));
+    let mut promoted = ann.clone();
+    promoted.attrs.insert(UserAttr::Title, "Lead".into());
+    {
+        let mut w = target.world.lock().unwrap();
+        let next = w.calls;
+        w.faults = BTreeMap::from([(next, Fault::Refuse)]);
+    }
+    let second = crate::plan::testkit::desired(vec![promoted], vec![]);
+    let (plan, state) = plan_from_db(&mut db, &second, &policy, None);
+    assert_eq!(plan.summary.update_users, 1);
+    let executor = Executor {
+        target: target.clone(),
+        db: &mut db,
+        state,
+        create_only: BTreeSet::new(),
+        concurrency: 1,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        progress: &NoProgress,
+    };
+    let (outcome, run) = rt.block_on(executor.run("sync", &plan)).unwrap();
+    assert_eq!(outcome.failed, 1);
+    let log = db
+        .op_log(&crate::state::LogFilter {
+            run: Some(run),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!(log[0].outcome, "failed");
+    assert_eq!(log[0].http_status, Some(400));
+    assert_eq!(
+        log[0].detail,
+        Some(serde_json::json!({"changes": {"title": {"old": "Eng", "new": "Lead"}}}))
+    );
+    assert!(db.applied_ops(run).unwrap().is_empty());
+}

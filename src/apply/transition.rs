@@ -69,6 +69,19 @@ impl Transition {
         }
     }
 
+    /// The status the executor knows from the response: a delete answered
+    /// 404 is done (the object is gone), and its log line says it was a 404.
+    /// Other successes carry no status: the target's calls do not return one.
+    fn answered(self, response: &Response) -> Transition {
+        match response {
+            Response::Gone => Transition {
+                http_status: Some(404),
+                ..self
+            },
+            _ => self,
+        }
+    }
+
     fn failed(change: Option<StateChange>, status: Option<u16>, error: String) -> Transition {
         Transition {
             change,
@@ -304,11 +317,12 @@ pub fn transition(
                 status: Status::Disabled,
             }))
         }
-        (Operation::DeleteUser { key, .. }, Response::Ok | Response::Gone) => {
+        (Operation::DeleteUser { key, .. }, response @ (Response::Ok | Response::Gone)) => {
             Transition::applied(Some(StateChange::UserStatus {
                 key: key.clone(),
                 status: Status::Removed,
             }))
+            .answered(&response)
         }
         (
             Operation::CreateGroup { key, display_name },
@@ -376,7 +390,7 @@ pub fn transition(
             Some(404),
             "the group no longer exists in the target; it will be created again next cycle".into(),
         ),
-        (Operation::DeleteGroup { key, scim_id, .. }, Response::Ok | Response::Gone) => {
+        (Operation::DeleteGroup { key, scim_id, .. }, response @ (Response::Ok | Response::Gone)) => {
             // After a recreate, the key already names the new group: only the old
             // id is gone.
             let current = state.groups.get(key);
@@ -388,6 +402,7 @@ pub fn transition(
                         status: Status::Removed,
                     }),
             )
+            .answered(&response)
         }
         (_, _) => Transition::failed(
             None,
@@ -489,5 +504,34 @@ mod tests {
             Some("Ann Lee"),
             "recorded as stored"
         );
+    }
+
+    #[test]
+    fn a_delete_answered_404_is_applied_and_logs_the_404() {
+        let state = State::default();
+        let user = Operation::DeleteUser {
+            key: SourceKey::new("k1"),
+            user_name: UserName::new("ann@example.com"),
+            scim_id: ScimId::new("u1"),
+            reason: "left".into(),
+            name_step: None,
+        };
+        let group = Operation::DeleteGroup {
+            key: crate::model::GroupKey::new("g1"),
+            scim_id: ScimId::new("g-1"),
+            display_name: crate::model::GroupName::new("Ops"),
+            reason: "gone from the source".into(),
+        };
+        for op in [&user, &group] {
+            let gone = transition(&state, op, Response::Gone, &BTreeSet::new());
+            assert_eq!(gone.outcome, OpOutcome::Applied, "{op:?}");
+            assert_eq!(gone.http_status, Some(404), "{op:?}");
+            assert_eq!(gone.error, None, "{op:?}");
+            // A delete the target did: no status the executor knows.
+            let done = transition(&state, op, Response::Ok, &BTreeSet::new());
+            assert_eq!(done.outcome, OpOutcome::Applied, "{op:?}");
+            assert_eq!(done.http_status, None, "{op:?}");
+            assert_eq!(done.change, gone.change, "{op:?}");
+        }
     }
 }

@@ -48,7 +48,8 @@ pub fn log_text(records: &[LogRecord]) -> String {
 }
 
 /// An operation's detail, indented under it: one line per changed attribute
-/// (`title: "Manager" → "Rear Admiral"`), the members, anything else as JSON.
+/// (`title: "Manager" → "Rear Admiral"`), the members, what a delete destroyed
+/// (`had title: Engineer`, `had groups: eng, ops`), anything else as JSON.
 fn detail_text(out: &mut String, detail: &serde_json::Value) {
     let Some(fields) = detail.as_object() else {
         let _ = writeln!(out, "    {}", escape(&detail.to_string()));
@@ -68,14 +69,38 @@ fn detail_text(out: &mut String, detail: &serde_json::Value) {
                 }
             }
             ("members", serde_json::Value::Array(members)) => {
-                let shown: Vec<String> = members.iter().map(value_text).collect();
-                let _ = writeln!(out, "    members: {}", shown.join(", "));
+                let _ = writeln!(out, "    members: {}", list_text(members));
+            }
+            ("deleted", serde_json::Value::Object(had)) => {
+                for (what, value) in had {
+                    match value {
+                        serde_json::Value::Object(attrs) => {
+                            for (attr, v) in attrs {
+                                let _ = writeln!(out, "    had {}: {}", show(attr), value_text(v));
+                            }
+                        }
+                        serde_json::Value::Array(items) => {
+                            let _ = writeln!(out, "    had {}: {}", show(what), list_text(items));
+                        }
+                        other => {
+                            let _ = writeln!(out, "    had {}: {}", show(what), value_text(other));
+                        }
+                    }
+                }
             }
             _ => {
                 let _ = writeln!(out, "    {}: {}", show(field), escape(&value.to_string()));
             }
         }
     }
+}
+
+/// A JSON list as text, comma-separated (`(none)` when empty).
+fn list_text(items: &[serde_json::Value]) -> String {
+    if items.is_empty() {
+        return "(none)".to_string();
+    }
+    items.iter().map(value_text).collect::<Vec<_>>().join(", ")
 }
 
 /// A JSON value as text: a string shown bare or quoted, null as `(none)`.
@@ -190,5 +215,32 @@ mod tests {
         );
         assert!(text.contains("\\n2026 run 1 forged"), "{text}");
         assert!(text.contains("error: boom\\u{1b}[2J\\nforged"), "{text}");
+    }
+
+    #[test]
+    fn a_delete_shows_what_it_destroyed() {
+        let mut r = record("k1", None);
+        r.op = "delete_user".into();
+        r.detail = Some(serde_json::json!({
+            "reason": "left the source",
+            "deleted": {
+                "attrs": { "title": "Engineer", "displayName": "Ada\nforged" },
+                "groups": ["eng", "ops"],
+                "active": true
+            }
+        }));
+        let text = log_text(&[r.clone()]);
+        for line in [
+            "    had title: Engineer\n",
+            "    had displayName: \"Ada\\nforged\"\n",
+            "    had groups: eng, ops\n",
+            "    had active: true\n",
+            "    reason: \"left the source\"\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        r.op = "delete_group".into();
+        r.detail = Some(serde_json::json!({ "deleted": { "members": [] } }));
+        assert!(log_text(&[r]).contains("    had members: (none)\n"));
     }
 }

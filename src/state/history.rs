@@ -64,7 +64,9 @@ pub struct LogRecord {
     pub http_status: Option<i64>,
     pub error: Option<String>,
     /// What the operation carried: `changes` (attribute → old, new) of an
-    /// update, `attributes` of a create, `members` added or removed.
+    /// update or a create, `members` added or removed, `deleted` what an
+    /// applied delete destroyed; read from the operation as recorded
+    /// (`new_values`, less what names it) and `old_values`.
     pub detail: Option<serde_json::Value>,
 }
 
@@ -75,14 +77,14 @@ pub struct AppliedOp {
     pub op: String,
     pub subject: String,
     /// JSON: what the operation destroyed that it does not carry (see the
-    /// schema's migration 6); `None` when nothing, or recorded before it.
+    /// schema's migration 5); `None` when nothing, or recorded before it.
     pub old_values: Option<String>,
-    /// JSON: the operation as applied; `None` when recorded before migration 6.
+    /// JSON: the operation as applied; `None` when recorded before migration 5.
     pub new_values: Option<String>,
 }
 
 /// A run as the report draws it: its counts, and the users and groups idsync
-/// managed when it ended (`None` for runs before schema 6 and runs that
+/// managed when it ended (`None` for runs before schema 5 and runs that
 /// stopped before applying).
 #[derive(Clone, Debug, Serialize)]
 pub struct RunPoint {
@@ -261,10 +263,10 @@ impl StateDb {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Whether this DB records what each operation changed (schema 6 and
+    /// Whether this DB records what each operation changed (schema 5 and
     /// later; a read-only open does not migrate).
     pub fn records_values(&self) -> Result<bool, StateError> {
-        Ok(self.user_version()? >= 6)
+        Ok(self.user_version()? >= 5)
     }
 
     /// The operations run `id` applied, in the order it applied them.
@@ -426,13 +428,13 @@ impl StateDb {
              LEFT JOIN groups g ON g.key = o.subject AND o.op NOT LIKE '%_user'
              WHERE 1 = 1",
         )
-        // A file from before migration 4, opened read-only, has no detail.
+        // A file from before migration 5, opened read-only, has no values.
         .replace(
             "{detail}",
-            if self.has_column("run_ops", "detail")? {
-                "o.detail"
+            if self.records_values()? {
+                "o.new_values, o.old_values"
             } else {
-                "NULL"
+                "NULL, NULL"
             },
         );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -482,23 +484,14 @@ impl StateDb {
                     error: r.get(7)?,
                     name: r.get(8)?,
                     command: r.get(9)?,
-                    detail: r
-                        .get::<_, Option<String>>(10)?
-                        .and_then(|d| serde_json::from_str(&d).ok()),
+                    detail: match (r.get::<_, Option<String>>(10)?, r.get(11)?) {
+                        (Some(op), old) => op_detail(&op, old),
+                        (None, _) => None,
+                    },
                 })
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    fn has_column(&self, table: &str, column: &str) -> Result<bool, StateError> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
-                params![table, column],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))
     }
 
     /// A named value in the meta table (quarantine counters and the like).
@@ -522,6 +515,23 @@ impl StateDb {
         .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
+
+/// What an operation, recorded as plan JSON, carries besides what names it
+/// (an update's old and new values, a create's attributes, the members it adds
+/// or removes), and under `deleted` what an applied delete destroyed (its
+/// `old_values`); `None` when nothing more, or the record does not parse.
+fn op_detail(new_values: &str, old_values: Option<String>) -> Option<serde_json::Value> {
+    let serde_json::Value::Object(mut fields) = serde_json::from_str(new_values).ok()? else {
+        return None;
+    };
+    for identity in ["op", "key", "userName", "displayName", "scim_id"] {
+        fields.remove(identity);
+    }
+    if let Some(old) = old_values.and_then(|o| serde_json::from_str(&o).ok()) {
+        fields.insert("deleted".into(), old);
+    }
+    (!fields.is_empty()).then_some(serde_json::Value::Object(fields))
 }
 
 /// A `run_ops` row selected as (run_id, at, op, subject, http_status, error).

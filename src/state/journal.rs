@@ -56,14 +56,12 @@ pub struct OpRecord {
     pub outcome: OpOutcome,
     pub http_status: Option<u16>,
     pub error: Option<String>,
-    /// What the operation carried (old → new values, attributes, members), as
-    /// JSON, for the provisioning log.
-    pub detail: Option<String>,
-    /// What the operation destroyed that it does not carry itself, as JSON
-    /// (see `idsync revert`).
+    /// What an applied operation destroyed that it does not carry itself, as
+    /// JSON (see `idsync revert`).
     #[serde(skip)]
     pub old_values: Option<String>,
-    /// The operation as applied, as plan JSON.
+    /// The operation as applied or attempted, as plan JSON: what `idsync log`
+    /// shows it carried and what `idsync revert` undoes.
     #[serde(skip)]
     pub new_values: Option<String>,
 }
@@ -146,9 +144,9 @@ impl StateDb {
             .and_then(|mut s| s.execute(params![run, record.seq, record.outcome.journal_state()]))
             .map_err(|e| sqlite(&path, e))?;
         tx.prepare_cached(
-            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error, detail,
+            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error,
                                   old_values, new_values)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -160,7 +158,6 @@ impl StateDb {
                 record.outcome.as_str(),
                 record.http_status.map(i64::from),
                 record.error,
-                record.detail,
                 record.old_values,
                 record.new_values
             ])

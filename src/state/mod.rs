@@ -406,14 +406,14 @@ mod tests {
             outcome: OpOutcome::Applied,
             http_status: Some(201),
             error: None,
-            detail: None,
             old_values: None,
             new_values: None,
         }
     }
 
     #[test]
-    fn the_log_keeps_an_operations_detail_and_reads_a_file_from_before_migration_4() {
+    fn the_log_shows_what_an_operation_carried_from_its_record_and_reads_a_file_from_before_migration_5()
+     {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idsync.db");
         {
@@ -421,22 +421,28 @@ mod tests {
             let run = db
                 .begin_run("sync", &[("update_user", "k1".into())])
                 .unwrap();
+            // A failed update: the log still shows what it tried to change.
             let mut r = record(0);
             r.op = "update_user";
-            r.detail = Some(r#"{"changes":{"title":{"old":"A","new":"B"}}}"#.into());
-            db.commit(run, &r, None).unwrap();
-            db.commit(run, &record(1), None).unwrap();
-            let log = db
-                .op_log(&LogFilter {
-                    actions: vec!["update_user".into()],
-                    ..LogFilter::default()
-                })
-                .unwrap();
-            assert_eq!(log.len(), 1);
-            assert_eq!(
-                log[0].detail.as_ref().unwrap()["changes"]["title"]["new"],
-                "B"
+            r.outcome = OpOutcome::Failed;
+            r.new_values = Some(
+                r#"{"op":"update_user","key":"k1","userName":"ada","scim_id":"id-1","changes":{"title":{"old":"A","new":"B"}}}"#
+                    .into(),
             );
+            db.commit(run, &r, None).unwrap();
+            // An operation that carries nothing but what names it.
+            let mut r = record(1);
+            r.op = "create_group";
+            r.subject = "g".into();
+            r.new_values = Some(r#"{"op":"create_group","key":"g","displayName":"G"}"#.into());
+            db.commit(run, &r, None).unwrap();
+            let log = db.op_log(&LogFilter::default()).unwrap();
+            assert_eq!(log.len(), 2);
+            assert_eq!(
+                log[0].detail,
+                Some(serde_json::json!({"changes": {"title": {"old": "A", "new": "B"}}}))
+            );
+            assert_eq!(log[1].detail, None);
             // By key, by userName, by the email pushed (case-insensitive).
             let mut u = user("id-1", "ada");
             u.attrs
@@ -457,7 +463,7 @@ mod tests {
                         ..LogFilter::default()
                     })
                     .unwrap();
-                assert_eq!(by_user.len(), 3, "{who}");
+                assert_eq!(by_user.len(), 2, "{who}");
             }
             let nobody = LogFilter {
                 user: Some("grace@example.com".into()),
@@ -478,13 +484,53 @@ mod tests {
         assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 3);
     }
 
-    /// Undoes migrations 4 to 7, as an idsync of schema version 3 left a file.
+    /// Undoes migrations 6 to 4, as an idsync of schema version 3 left a file.
     const BACK_TO_VERSION_3: &str = "DROP INDEX users_live_scim_id;
-         ALTER TABLE run_ops DROP COLUMN detail;
-         DROP TABLE target_notes;
          ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values;
          ALTER TABLE runs DROP COLUMN managed_users; ALTER TABLE runs DROP COLUMN managed_groups;
+         DROP TABLE target_notes;
          PRAGMA user_version = 3;";
+
+    /// The tables and columns of a state file, as SQLite declares them.
+    fn schema_of(db: &StateDb) -> Vec<(String, String)> {
+        let mut stmt = db
+            .conn
+            .prepare(
+                "SELECT m.name, group_concat(c.name || ' ' || c.type, ', ')
+                 FROM sqlite_master m JOIN pragma_table_info(m.name) c
+                 WHERE m.type = 'table' GROUP BY m.name ORDER BY m.name",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_operation_is_recorded_once_and_a_migrated_version_3_file_matches_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = StateDb::open(&dir.path().join("fresh.db")).unwrap();
+        let run_ops = schema_of(&fresh)
+            .into_iter()
+            .find(|(table, _)| table == "run_ops")
+            .unwrap()
+            .1;
+        assert!(run_ops.contains("new_values TEXT"), "{run_ops}");
+        assert!(run_ops.contains("old_values TEXT"), "{run_ops}");
+        assert!(!run_ops.contains("detail"), "{run_ops}");
+        let path = dir.path().join("old.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            db.conn.execute_batch(BACK_TO_VERSION_3).unwrap();
+        }
+        let migrated = StateDb::open(&path).unwrap();
+        assert_eq!(
+            migrated.user_version().unwrap(),
+            fresh.user_version().unwrap()
+        );
+        assert_eq!(schema_of(&migrated), schema_of(&fresh));
+    }
 
     #[test]
     fn a_version_3_db_gains_the_old_and_new_values_of_each_operation() {
@@ -518,6 +564,12 @@ mod tests {
         assert_eq!(applied.len(), 1);
         assert_eq!(applied[0].old_values, op.old_values);
         assert_eq!(applied[0].new_values, op.new_values);
+        // The log shows the same record: what the delete destroyed included.
+        let log = db.op_log(&LogFilter::default()).unwrap();
+        assert_eq!(
+            log[0].detail,
+            Some(serde_json::json!({"deleted": {"attrs": {}}}))
+        );
         assert!(db.run(run).unwrap().is_some());
         assert!(db.run(run + 1).unwrap().is_none());
         let end = RunEnd {
@@ -831,7 +883,6 @@ mod transition_tests {
                         outcome: OpOutcome::Applied,
                         http_status: None,
                         error: None,
-                        detail: None,
                         old_values: None,
                         new_values: None,
                     };

@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -105,11 +105,7 @@ CREATE TABLE mirror_meta (
     value TEXT NOT NULL
 ) STRICT;
 "#,
-    // 4: the provisioning log keeps what an operation sent: an update's old and
-    // new values, a create's attributes, the members added or removed (JSON;
-    // NULL for operations that carry none, and for rows written before).
-    "ALTER TABLE run_ops ADD COLUMN detail TEXT;",
-    // 5: user attributes the target did not keep as sent, one
+    // 4: user attributes the target did not keep as sent, one
     // row per attribute, said once and no longer compared (see notes.rs).
     r#"
 CREATE TABLE target_notes (
@@ -119,19 +115,21 @@ CREATE TABLE target_notes (
     noted_at TEXT NOT NULL
 ) STRICT;
 "#,
-    // 6: what each applied operation changed, for `idsync revert`: `new_values`
-    // is the operation as applied (plan JSON), `old_values` what it destroyed
+    // 5: what each operation did, one record read by `idsync log`, `revert`
+    // and `report`: `new_values` is the operation as applied or attempted
+    // (plan JSON: an update's old and new values, a create's attributes, the
+    // members added or removed), `old_values` what an applied one destroyed
     // that the operation does not carry (a deleted user's attributes and
-    // groups, a deleted group's members), both JSON text, NULL when none.
-    // And the users and groups idsync managed when each run ended, for the
-    // report's counts over time.
+    // groups, a deleted group's members), both JSON text, NULL when none and
+    // for rows written before. And the users and groups idsync managed when
+    // each run ended, for the report's counts over time.
     r#"
 ALTER TABLE run_ops ADD COLUMN old_values TEXT;
 ALTER TABLE run_ops ADD COLUMN new_values TEXT;
 ALTER TABLE runs ADD COLUMN managed_users INTEGER;
 ALTER TABLE runs ADD COLUMN managed_groups INTEGER;
 "#,
-    // 7: live users by SCIM id, so a commit and a load can check that one
+    // 6: live users by SCIM id, so a commit and a load can check that one
     // account belongs to one source key. Not UNIQUE: a DB written by an earlier
     // version may hold two live rows for one id, and loading it must say so
     // with a way out rather than fail the migration.

@@ -1,6 +1,6 @@
 //! `idsync revert RUN`: a reviewable plan that undoes what one run did to the
 //! objects it touched, built from the run's history (each applied operation
-//! is recorded with the values it changed; see the state schema's migration 6).
+//! is recorded with the values it changed; see the state schema's migration 5).
 //!
 //! Each operation is undone against the state as it is now: a user the run
 //! disabled is enabled, attribute values it changed are set back, memberships
