@@ -58,6 +58,20 @@ find_tool() {
     exit 1
 }
 
+# Whether process PID holds the socket listening on 127.0.0.1:PORT (read from
+# /proc: the listening socket's inode among the process's open files).
+owns_port() {
+    local pid="$1" hex inode
+    hex="$(printf '%04X' "$2")"
+    for inode in $(awk -v p=":$hex" '$2 ~ (p "$") && $4 == "0A" { print $10 }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null); do
+        if [ -n "$(find "/proc/$pid/fd" -lname "socket:\[$inode\]" 2>/dev/null | head -n 1)" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
 is_running() {
     local pidfile="$1/slapd.pid"
     [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
@@ -243,8 +257,16 @@ start() {
         fi
         if "$ldapwhoami" -x -o nettimeout=2 -H "ldap://127.0.0.1:$port" \
             -D "$SYNC_DN" -w "$SYNC_PW" >/dev/null 2>&1; then
-            echo "slapd running: $urls (pid $pid, log $dir/slapd.log)"
-            exit 0
+            # Something answered on the port: it must be this slapd, not another
+            # one that took the port first (this one then fails to bind and exits).
+            if owns_port "$pid" "$port"; then
+                echo "slapd running: $urls (pid $pid, log $dir/slapd.log)"
+                exit 0
+            fi
+            echo "error: port $port answers, but not from this slapd (taken by another server)" >&2
+            kill "$pid" 2>/dev/null || true
+            rm -f "$dir/slapd.pid"
+            exit 1
         fi
         sleep 0.1
     done

@@ -847,8 +847,18 @@ impl Workspace {
         )
     }
 
+    /// Writes `config.yaml` whole (a temporary file renamed over it), and only
+    /// when it changed: a daemon started earlier reads its config again every
+    /// cycle, and must never see it half written by a later `run`.
     pub fn write_config(&self) {
-        self.write_file("config.yaml", self.config_text().as_bytes());
+        let text = self.config_text();
+        let path = self.config_path();
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            return;
+        }
+        let tmp = self.path().join(".config.yaml.tmp");
+        std::fs::write(&tmp, text.as_bytes()).expect("write config");
+        std::fs::rename(&tmp, &path).expect("rename config into place");
     }
 
     fn command(&self, args: &[&str]) -> (Command, Vec<String>) {

@@ -831,7 +831,12 @@ fn the_daemon_picks_up_a_source_change_by_itself_and_stops_cleanly_on_sigterm() 
             || runs(&ws) >= 2),
         "the daemon ran no cycle"
     );
-    assert!(daemon.is_running(), "the daemon exited after a cycle");
+    if !daemon.is_running() {
+        panic!(
+            "the daemon exited after a cycle:\n{}",
+            daemon.wait(Duration::from_secs(5)).dump()
+        );
+    }
 
     // The source changes; nobody asks.
     let user = dir.users[0].clone();

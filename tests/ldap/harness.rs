@@ -118,9 +118,42 @@ impl Slapd {
     }
 
     /// Sends `signal` (e.g. `STOP`, `CONT`) to this slapd.
+    /// `STOP` returns once every thread of it has stopped (a stop is delivered
+    /// asynchronously), `CONT` once it runs again; both wait at most 5 s.
     pub fn signal(&self, signal: &str) {
-        let status = kill(signal, self.pid()).expect("run kill");
+        let pid = self.pid();
+        let status = kill(signal, pid).expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
+        let want_stopped = match signal {
+            "STOP" => true,
+            "CONT" => false,
+            _ => return,
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat"))
+                            .ok()
+                            .and_then(|stat| {
+                                stat.rsplit_once(") ")
+                                    .and_then(|(_, rest)| rest.chars().next())
+                            })
+                            .is_some_and(|state| state == 'T')
+                    })
+                })
+                .unwrap_or(false);
+            if stopped == want_stopped {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "slapd {pid} did not {} within 5 s",
+                if want_stopped { "stop" } else { "resume" }
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The PEM file of the CA that signed the server's certificate (TLS only).
