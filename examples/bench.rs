@@ -297,6 +297,15 @@ fn generate(dir: &Path, users: usize, groups: usize) -> PathBuf {
     config
 }
 
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     vm_hwm_kib(&status).map_or(f64::NAN, |kb| kb / 1024.0)
@@ -333,8 +342,10 @@ async fn stage(name: &str, config: &Path) {
         .await
         .expect("source");
     let read = t.elapsed();
+    let rss_read = rss_mib();
     let desired = settings.mapping.build(dir).expect("mapping");
     let mapped = t.elapsed();
+    let rss_mapped = rss_mib();
     match name {
         "empty-state-plan" => {
             let plan = make_plan(&settings, desired, State::default(), None);
@@ -372,6 +383,7 @@ async fn stage(name: &str, config: &Path) {
                 .expect("seeded");
             let state = db.load().expect("load");
             let loaded = t.elapsed();
+            let rss_loaded = rss_mib();
             let plan = make_plan(&settings, desired, state, Some(&db));
             let total = t.elapsed();
             assert!(
@@ -387,6 +399,9 @@ async fn stage(name: &str, config: &Path) {
                 (total - loaded).as_secs_f64(),
                 total.as_secs_f64(),
                 peak_rss_mib()
+            );
+            println!(
+                "  resident after the read {rss_read:.0} MiB, the mapping {rss_mapped:.0} MiB, the state load {rss_loaded:.0} MiB"
             );
         }
     }
