@@ -61,47 +61,178 @@ fn orchestrate(users: usize, groups: usize) {
             std::process::exit(1);
         }
     }
-    // The real thing: `idsync plan` on the seeded state, as an operator runs it
-    // (source read and state load overlap there).
+    // The real thing: the release `idsync` binary, as an operator runs it
+    // (source read and state load overlap there), several times over.
     let idsync = me
         .parent()
         .and_then(Path::parent)
-        .map(|dir| dir.join("idsync"));
-    match idsync.filter(|p| p.exists()) {
-        Some(bin) => {
-            let started = Instant::now();
-            let mut child = std::process::Command::new(&bin)
-                .args(["plan", "--format", "json", "-c"])
-                .arg(&config)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("run idsync");
-            let status_file = format!("/proc/{}/status", child.id());
-            let mut peak_kib = 0f64;
-            let status = loop {
-                if let Some(status) = child.try_wait().expect("wait") {
-                    break status;
-                }
-                if let Some(kib) = std::fs::read_to_string(&status_file)
-                    .ok()
-                    .as_deref()
-                    .and_then(vm_hwm_kib)
-                {
-                    peak_kib = peak_kib.max(kib);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            };
-            assert!(status.success(), "idsync plan failed: {status}");
-            println!(
-                "idsync plan (no changes, release binary): {:.2}s wall, peak RSS ≥ {:.0} MiB (sampled)",
-                started.elapsed().as_secs_f64(),
-                peak_kib / 1024.0
-            );
-        }
-        None => println!(
+        .map(|dir| dir.join("idsync"))
+        .filter(|p| p.exists());
+    let Some(idsync) = idsync else {
+        println!(
             "(build the release binary with `cargo build --release` to also time `idsync plan`)"
+        );
+        return;
+    };
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let empty = empty_state_config(&config);
+    let rows = [
+        (
+            format!("{users} users, no-change `idsync plan`"),
+            (0..runs)
+                .map(|_| run_idsync(&idsync, &["plan"], &config))
+                .collect::<Vec<_>>(),
+            targets(users, false),
         ),
+        (
+            format!("{users} users, empty state, `idsync plan --format json` ({users} creates)"),
+            (0..runs)
+                .map(|_| run_idsync(&idsync, &["plan", "--format", "json"], &empty))
+                .collect(),
+            targets(users, true),
+        ),
+    ];
+    println!();
+    println!(
+        "| scenario (CSV, {groups} groups, release `idsync`, {runs} runs) | wall time | CPU (user + sys) | peak RSS | target | met |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (scenario, runs, (wall_target, rss_target)) in rows {
+        let wall = Spread::of(runs.iter().map(|r| r.wall));
+        let cpu = Spread::of(runs.iter().map(|r| r.cpu));
+        let rss = Spread::of(runs.iter().map(|r| r.peak_mib));
+        let mut target = Vec::new();
+        let mut met = Vec::new();
+        if let Some(t) = wall_target {
+            target.push(format!("under {t} s"));
+            met.push(format!(
+                "{} (slowest {:.2}× the target)",
+                if wall.max < t { "✔" } else { "✘" },
+                wall.max / t
+            ));
+        }
+        if let Some(t) = rss_target {
+            target.push(format!("under {t} MiB"));
+            met.push(format!(
+                "{} (largest {:.2}× the target)",
+                if rss.max < t { "✔" } else { "✘" },
+                rss.max / t
+            ));
+        }
+        let none = || "—".to_string();
+        println!(
+            "| {scenario} | {} s | {} s | {} MiB | {} | {} |",
+            wall.show(2),
+            cpu.show(2),
+            rss.show(0),
+            if target.is_empty() {
+                none()
+            } else {
+                target.join(", ")
+            },
+            if met.is_empty() {
+                none()
+            } else {
+                met.join(", ")
+            },
+        );
+    }
+}
+
+/// The targets for a size, `(wall seconds, peak MiB)`: the no-change
+/// cycle, or the empty-state JSON plan (`creates`).
+fn targets(users: usize, creates: bool) -> (Option<f64>, Option<f64>) {
+    match (users, creates) {
+        (100_000, false) => (Some(0.5), None),
+        (1_000_000, false) => (Some(5.0), Some(512.0)),
+        (1_000_000, true) => (Some(8.0), Some(1024.0)),
+        _ => (None, None),
+    }
+}
+
+/// A copy of `config` with a state DB that does not exist: a first sync's plan.
+fn empty_state_config(config: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(config).expect("config");
+    let empty = config.with_file_name("bench-empty.yaml");
+    std::fs::write(&empty, text.replace("state: bench.db", "state: empty.db")).expect("config");
+    let _ = std::fs::remove_file(config.with_file_name("empty.db"));
+    empty
+}
+
+/// The smallest and largest of a figure over the runs.
+struct Spread {
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: impl Iterator<Item = f64>) -> Spread {
+        values.fold(
+            Spread {
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+            },
+            |s, v| Spread {
+                min: s.min.min(v),
+                max: s.max.max(v),
+            },
+        )
+    }
+
+    fn show(&self, decimals: usize) -> String {
+        let (min, max) = (
+            format!("{:.*}", decimals, self.min),
+            format!("{:.*}", decimals, self.max),
+        );
+        if min == max {
+            min
+        } else {
+            format!("{min}–{max}")
+        }
+    }
+}
+
+/// One run of the `idsync` binary: wall seconds, CPU seconds, peak RSS (MiB).
+struct Run {
+    wall: f64,
+    cpu: f64,
+    peak_mib: f64,
+}
+
+/// Runs `idsync ARGS -c CONFIG` (output discarded) and reaps it with `wait4`
+/// for its own CPU time and peak RSS (this process, forked from, is small).
+// Reaped by `wait4` (for its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+fn run_idsync(idsync: &Path, args: &[&str], config: &Path) -> Run {
+    let started = Instant::now();
+    let child = std::process::Command::new(idsync)
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run idsync");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for; the pointers are valid.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed().as_secs_f64();
+    assert_eq!(waited, pid, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "idsync {args:?} failed (status {status})"
+    );
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Run {
+        wall,
+        cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
+        peak_mib: usage.ru_maxrss as f64 / 1024.0,
     }
 }
 
@@ -166,6 +297,15 @@ fn generate(dir: &Path, users: usize, groups: usize) -> PathBuf {
     config
 }
 
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     vm_hwm_kib(&status).map_or(f64::NAN, |kb| kb / 1024.0)
@@ -202,8 +342,10 @@ async fn stage(name: &str, config: &Path) {
         .await
         .expect("source");
     let read = t.elapsed();
+    let rss_read = rss_mib();
     let desired = settings.mapping.build(dir).expect("mapping");
     let mapped = t.elapsed();
+    let rss_mapped = rss_mib();
     match name {
         "empty-state-plan" => {
             let plan = make_plan(&settings, desired, State::default(), None);
@@ -241,6 +383,7 @@ async fn stage(name: &str, config: &Path) {
                 .expect("seeded");
             let state = db.load().expect("load");
             let loaded = t.elapsed();
+            let rss_loaded = rss_mib();
             let plan = make_plan(&settings, desired, state, Some(&db));
             let total = t.elapsed();
             assert!(
@@ -256,6 +399,9 @@ async fn stage(name: &str, config: &Path) {
                 (total - loaded).as_secs_f64(),
                 total.as_secs_f64(),
                 peak_rss_mib()
+            );
+            println!(
+                "  resident after the read {rss_read:.0} MiB, the mapping {rss_mapped:.0} MiB, the state load {rss_loaded:.0} MiB"
             );
         }
     }

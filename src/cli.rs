@@ -577,6 +577,10 @@ async fn plan(
         Format::Json => print_plan_json(&plan)?,
         Format::Text => print!("{}", report::plan_text(&plan, plan_view(detail))),
     }
+    // The process ends here: freeing a million users' records one by one
+    // costs a tenth of the run, and the operating system takes the memory
+    // back at once.
+    std::mem::forget((plan, input));
     Ok(Exit::Ok)
 }
 
