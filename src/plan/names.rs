@@ -341,11 +341,15 @@ fn break_cycles(ops: &mut Vec<Operation>) {
         let mut at = Some(start);
         while let Some(i) = at {
             if on_path.contains(&i) {
-                let ring = &path[path.iter().position(|p| *p == i).unwrap()..];
+                let from = path
+                    .iter()
+                    .position(|p| *p == i)
+                    .expect("a node on the path is in it");
+                let ring = &path[from..];
                 let pick = *ring
                     .iter()
                     .min_by_key(|p: &&usize| ops[**p].subject())
-                    .unwrap();
+                    .expect("a ring holds at least one rename");
                 temporaries.push(pick);
                 break;
             }
