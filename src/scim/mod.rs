@@ -12,6 +12,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -26,6 +27,7 @@ use serde_json::Value;
 use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
 };
+use crate::plan::TargetRules;
 use paging::Pager;
 use redact::Redactor;
 pub use resource::ServiceProviderConfig;
@@ -221,6 +223,64 @@ pub struct ScimClient {
     inner: Arc<Inner>,
 }
 
+/// The cycle's user listing, in the target's order, with each user's place by
+/// id: the cycle's own changes edit it in place, without a scan per request.
+struct Listing {
+    users: Vec<RemoteUser>,
+    by_id: HashMap<String, usize>,
+}
+
+impl Listing {
+    fn new(users: Vec<RemoteUser>) -> Listing {
+        let by_id = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.id.as_str().to_owned(), i))
+            .collect();
+        Listing { users, by_id }
+    }
+
+    fn push(&mut self, user: RemoteUser) {
+        self.by_id
+            .insert(user.id.as_str().to_owned(), self.users.len());
+        self.users.push(user);
+    }
+
+    fn get_mut(&mut self, id: &ScimId) -> Option<&mut RemoteUser> {
+        let i = *self.by_id.get(id.as_str())?;
+        self.users.get_mut(i)
+    }
+
+    /// Removes a user, keeping the others' order (deletes are few: the
+    /// removal guards bound them).
+    fn remove(&mut self, id: &ScimId) {
+        if let Some(i) = self.by_id.remove(id.as_str()) {
+            self.users.remove(i);
+            for u in &self.users[i..] {
+                if let Some(at) = self.by_id.get_mut(u.id.as_str()) {
+                    *at -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// What the target's schema means for this client.
+struct Learned {
+    schema: Arc<TargetSchema>,
+    shape: Arc<PayloadShape>,
+    rules: TargetRules,
+}
+
+/// `shape` as `flavour` needs it: Atlassian always gets `emails.primary`,
+/// which it requires, whatever its schema lists.
+fn flavour_shape(mut shape: PayloadShape, flavour: Flavour) -> PayloadShape {
+    if flavour == Flavour::Atlassian {
+        shape.email_primary = true;
+    }
+    shape
+}
+
 struct Inner {
     /// Holds the bearer token as a sensitive default header.
     http: reqwest::Client,
@@ -233,8 +293,12 @@ struct Inner {
     page_size: Option<u32>,
     member_chunk: usize,
     capabilities: RwLock<ServiceProviderConfig>,
-    /// What `/Schemas` and `/ResourceTypes` said; `None` until read.
-    schema: RwLock<Option<TargetSchema>>,
+    /// What `/Schemas` and `/ResourceTypes` said and what it means for
+    /// payloads and comparisons, worked out once per read (every request
+    /// consults it); `None` until read.
+    learned: RwLock<Option<Arc<Learned>>>,
+    /// How payloads are shaped before the schema is read (the flavour's).
+    default_shape: Arc<PayloadShape>,
     /// Members sent in a group's POST (targets requiring members), by group
     /// id: the add that follows leaves them out.
     sent_at_create: Mutex<std::collections::HashMap<String, Vec<ScimId>>>,
@@ -244,7 +308,7 @@ struct Inner {
     count_refused: AtomicBool,
     /// The user collection as listed this cycle, kept up to date with the
     /// creates, changes and deletes sent since (see [`ScimClient::list_users`]).
-    users: Mutex<Option<Vec<RemoteUser>>>,
+    users: Mutex<Option<Listing>>,
     /// Held while the users are listed: lookups that need the listing at the
     /// same time (concurrent 409s) wait for one read instead of each making one.
     listing_users: tokio::sync::Mutex<()>,
@@ -351,7 +415,8 @@ impl ScimClient {
                 page_size: opts.page_size,
                 member_chunk: opts.member_chunk,
                 capabilities: RwLock::new(ServiceProviderConfig::default()),
-                schema: RwLock::new(None),
+                learned: RwLock::new(None),
+                default_shape: Arc::new(flavour_shape(PayloadShape::default(), opts.flavour)),
                 sent_at_create: Mutex::new(Default::default()),
                 warned_filter_ignored: AtomicBool::new(false),
                 count_refused: AtomicBool::new(false),
@@ -478,27 +543,50 @@ impl ScimClient {
         if let schema::SchemaOrigin::Defaults { why } = &model.origin {
             tracing::info!(target_url = %self.inner.base, "{why}; RFC 7643 defaults assumed");
         }
-        *self.inner.schema.write().unwrap_or_else(|p| p.into_inner()) = Some(model.clone());
+        let shape = flavour_shape(model.payload_shape(), self.inner.flavour);
+        let rules = TargetRules {
+            folded: model.folded(),
+            unheld: model.unheld(),
+            fixed: shape.immutable.clone(),
+        };
+        *self
+            .inner
+            .learned
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Learned {
+            schema: Arc::new(model.clone()),
+            shape: Arc::new(shape),
+            rules,
+        }));
         Ok(model)
     }
 
-    /// The schema read last by [`Self::read_schema`], if any.
-    pub fn schema(&self) -> Option<TargetSchema> {
+    fn learned(&self) -> Option<Arc<Learned>> {
         self.inner
-            .schema
+            .learned
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
+    /// The schema read last by [`Self::read_schema`], if any.
+    pub fn schema(&self) -> Option<Arc<TargetSchema>> {
+        self.learned().map(|l| Arc::clone(&l.schema))
+    }
+
     /// How user payloads are shaped for this target: as its schema says,
     /// except that Atlassian always gets `emails.primary`, which it requires.
-    pub fn payload_shape(&self) -> PayloadShape {
-        let mut shape = self.schema().map(|s| s.payload_shape()).unwrap_or_default();
-        if self.inner.flavour == Flavour::Atlassian {
-            shape.email_primary = true;
-        }
-        shape
+    pub fn payload_shape(&self) -> Arc<PayloadShape> {
+        self.learned().map_or_else(
+            || Arc::clone(&self.inner.default_shape),
+            |l| Arc::clone(&l.shape),
+        )
+    }
+
+    /// How idsync compares what this target holds, as its schema says (empty
+    /// until the schema is read).
+    pub fn rules(&self) -> TargetRules {
+        self.learned().map(|l| l.rules.clone()).unwrap_or_default()
     }
 
     /// Creates a user. An existing `userName` gives [`ScimError::Conflict`]; so does
@@ -591,7 +679,7 @@ impl ScimClient {
             stored = self.get_user(id).await.ok().flatten();
         }
         self.edit_cached_users(|users| {
-            if let Some(user) = users.iter_mut().find(|u| u.id == *id) {
+            if let Some(user) = users.get_mut(id) {
                 for (attr, value) in &changes {
                     match value {
                         Some(v) => user.attrs.insert(*attr, v.clone()),
@@ -613,7 +701,7 @@ impl ScimClient {
             .await
             .map(drop);
         if matches!(result, Ok(()) | Err(ScimError::NotFound)) {
-            self.edit_cached_users(|users| users.retain(|u| u.id != *id));
+            self.edit_cached_users(|users| users.remove(id));
         }
         result
     }
@@ -656,11 +744,8 @@ impl ScimClient {
         }
         let wanted = UserName::new(user_name);
         let found = self
-            .list_users()
-            .await?
-            .iter()
-            .find(|u| u.user_name().as_ref() == Some(&wanted))
-            .cloned();
+            .find_listed(|u| u.user_name().as_ref() == Some(&wanted))
+            .await?;
         if found.is_some() && !self.inner.warned_eq_case.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 target_url = %self.inner.base,
@@ -710,9 +795,9 @@ impl ScimClient {
             }
             Some(_) => {
                 self.warn_filter_ignored();
-                Ok(self.list_users().await?.into_iter().find(|u| matches(u)))
+                self.find_listed(matches).await
             }
-            None => Ok(self.list_users().await?.into_iter().find(|u| matches(u))),
+            None => self.find_listed(matches).await,
         }
     }
 
@@ -744,9 +829,33 @@ impl ScimClient {
     /// userName (case-insensitively) shows the target accepts duplicates:
     /// creates look the userName up first from then on.
     pub async fn list_users(&self) -> Result<Vec<RemoteUser>, ScimError> {
+        self.ensure_listed().await?;
+        Ok(self
+            .users_cache()
+            .as_ref()
+            .map(|l| l.users.clone())
+            .unwrap_or_default())
+    }
+
+    /// The user of this cycle's listing that `matches` (listing the users
+    /// first if this cycle has not): only the match is copied, so a lookup on
+    /// a target without filters costs a scan, not a copy of every user.
+    async fn find_listed(
+        &self,
+        matches: impl Fn(&RemoteUser) -> bool,
+    ) -> Result<Option<RemoteUser>, ScimError> {
+        self.ensure_listed().await?;
+        Ok(self
+            .users_cache()
+            .as_ref()
+            .and_then(|l| l.users.iter().find(|u| matches(u)).cloned()))
+    }
+
+    /// Lists the users unless this cycle already has.
+    async fn ensure_listed(&self) -> Result<(), ScimError> {
         let _one_at_a_time = self.inner.listing_users.lock().await;
-        if let Some(users) = self.users_cache().as_ref() {
-            return Ok(users.clone());
+        if self.users_cache().is_some() {
+            return Ok(());
         }
         let users = self.list("Users", resource::user_from_json).await?;
         if self.user_names_unique() != Some(false)
@@ -758,8 +867,8 @@ impl ScimClient {
             );
             self.set_user_names_unique(Some(false));
         }
-        *self.users_cache() = Some(users.clone());
-        Ok(users)
+        *self.users_cache() = Some(Listing::new(users));
+        Ok(())
     }
 
     /// Creates a group. An existing `displayName` gives [`ScimError::Conflict`] on
@@ -1264,12 +1373,12 @@ impl ScimClient {
         self.inner.count_refused.store(false, Ordering::Relaxed);
     }
 
-    fn users_cache(&self) -> std::sync::MutexGuard<'_, Option<Vec<RemoteUser>>> {
+    fn users_cache(&self) -> std::sync::MutexGuard<'_, Option<Listing>> {
         self.inner.users.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Edits the cycle's user listing, if there is one.
-    fn edit_cached_users(&self, edit: impl FnOnce(&mut Vec<RemoteUser>)) {
+    fn edit_cached_users(&self, edit: impl FnOnce(&mut Listing)) {
         if let Some(users) = self.users_cache().as_mut() {
             edit(users);
         }

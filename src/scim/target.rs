@@ -47,14 +47,7 @@ impl Target for ScimClient {
     }
 
     fn rules(&self) -> TargetRules {
-        match self.schema() {
-            Some(schema) => TargetRules {
-                folded: schema.folded(),
-                unheld: schema.unheld(),
-                fixed: self.payload_shape().immutable,
-            },
-            None => TargetRules::default(),
-        }
+        ScimClient::rules(self)
     }
 
     async fn holds_anything(&self) -> Result<bool, TargetError> {
