@@ -47,22 +47,9 @@ usage() {
     exit 2
 }
 
-find_tool() {
-    local name="$1" dir
-    if command -v "$name" >/dev/null 2>&1; then
-        command -v "$name"
-        return 0
-    fi
-    for dir in /usr/sbin /usr/bin /sbin; do
-        if [ -x "$dir/$name" ]; then
-            echo "$dir/$name"
-            return 0
-        fi
-    done
-    echo "error: $name not found" >&2
-    echo "hint: run scripts/test-env.sh (installs samba, ldap-utils and openssl)" >&2
-    exit 1
-}
+TOOLS_HINT="installs samba, ldap-utils and openssl"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 pid_of() {
     local pidfile="$1/run/samba.pid"

@@ -41,22 +41,9 @@ usage() {
     exit 2
 }
 
-find_tool() {
-    local name="$1" dir
-    if command -v "$name" >/dev/null 2>&1; then
-        command -v "$name"
-        return 0
-    fi
-    for dir in /usr/sbin /usr/bin /sbin; do
-        if [ -x "$dir/$name" ]; then
-            echo "$dir/$name"
-            return 0
-        fi
-    done
-    echo "error: $name not found" >&2
-    echo "hint: run scripts/test-env.sh (installs slapd and ldap-utils)" >&2
-    exit 1
-}
+TOOLS_HINT="installs slapd and ldap-utils"
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Whether process PID holds the socket listening on 127.0.0.1:PORT (read from
 # /proc: the listening socket's inode among the process's open files).
