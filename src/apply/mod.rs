@@ -814,18 +814,13 @@ async fn adopt_existing<T: Target>(
     attrs: UserAttrs,
     lookup_first: bool,
 ) -> (Response, Vec<AttrNote>) {
-    // Brought in line with the source, case included (once: later cycles
-    // compare as the target does) — except where the target does not hold the
-    // attribute, or cannot change it and already holds the value in another
-    // case (an immutable userName would refuse the change every cycle).
+    // Brought in line with the source (see `TargetRules::adopted_holds`),
+    // except what the target does not hold.
     let rules = target.rules();
     let changes: Vec<(UserAttr, Option<String>)> = attrs
         .iter()
         .filter(|(a, v)| {
-            let held = remote.attrs.get(a);
-            !rules.unheld.contains(a)
-                && held != Some(v)
-                && !(rules.fixed.contains(a) && rules.holds(**a, held, v))
+            !rules.unheld.contains(a) && !rules.adopted_holds(**a, remote.attrs.get(a), v)
         })
         .map(|(a, v)| (*a, Some(v.clone())))
         .collect();

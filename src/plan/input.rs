@@ -50,6 +50,18 @@ impl TargetRules {
             None => false,
         }
     }
+
+    /// Whether an account adopted now, holding `held`, already holds
+    /// `wanted`: compared exactly, so the account is brought in line once,
+    /// case included — except where the target cannot change the attribute
+    /// (an immutable userName would refuse the change every cycle).
+    pub fn adopted_holds(&self, attr: UserAttr, held: Option<&String>, wanted: &str) -> bool {
+        if self.fixed.contains(&attr) {
+            self.holds(attr, held, wanted)
+        } else {
+            held.is_some_and(|h| h == wanted)
+        }
+    }
 }
 
 /// Everything the planner needs. Built only by [`PlanningInput::new`], which

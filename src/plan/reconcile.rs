@@ -308,9 +308,8 @@ pub(super) fn reconcile(
 /// The value the target holds for `attr`, as idsync compares it: for an
 /// attribute the target compares ignoring case, the wanted (or else the
 /// recorded) value when the held one differs from it only in case. A user
-/// adopted now (nothing pushed yet) is compared exactly, so its account is
-/// brought in line once, case included — unless the target cannot change the
-/// attribute (an immutable userName would refuse it every cycle).
+/// adopted now (nothing pushed yet) is compared as
+/// [`TargetRules::adopted_holds`] says.
 fn held_as(
     attr: UserAttr,
     held: &str,
@@ -319,10 +318,10 @@ fn held_as(
     rules: &TargetRules,
 ) -> String {
     let held_value = held.to_owned();
-    if pushed.is_none() && !rules.fixed.contains(&attr) {
-        return held_value;
-    }
-    let same = |v: &&String| rules.holds(attr, Some(&held_value), v);
+    let same = |v: &&String| match pushed {
+        None => rules.adopted_holds(attr, Some(&held_value), v),
+        Some(_) => rules.holds(attr, Some(&held_value), v),
+    };
     wanted
         .and_then(|w| w.attrs.get(&attr))
         .filter(same)
