@@ -231,12 +231,7 @@ fn converges_as_named(
     for cycle in 0..=RECOVERY_CYCLES {
         let full = (cycle == 0 && full_first).then(|| rt.block_on(target.read_all()).unwrap());
         let (plan, loaded) = plan_from_db(&mut db, &desired, &policy, full);
-        history.push(
-            plan.operations
-                .iter()
-                .map(|op| format!("{} {}", op.name(), op.subject()))
-                .collect::<Vec<_>>(),
-        );
+        history.push(crate::plan::testkit::names(&plan));
         if plan.is_empty() && plan.observed.is_empty() {
             break;
         }

@@ -12,6 +12,14 @@ use crate::model::{
 use crate::plan::{OnRename, Plan, PlanOptions, PlanningInput, Policy, RemoveAction};
 
 /// Plans `desired` against `state` (whose pushed attributes are all loaded).
+/// The plan's operations as `"<name> <subject>"`, in order.
+pub fn names(plan: &Plan) -> Vec<String> {
+    plan.operations
+        .iter()
+        .map(|op| format!("{} {}", op.name(), op.subject()))
+        .collect()
+}
+
 pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
     crate::plan::plan(&input(desired, state, policy))
 }

@@ -6,19 +6,12 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::testkit::*;
-use super::{OnRename, Operation, Plan, PlanningInput, Policy, RemovalLimit, RemoveAction, guard};
+use super::{OnRename, Operation, PlanningInput, Policy, RemovalLimit, RemoveAction, guard};
 use crate::model::{
     AttrHash, Desired, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
     StateChange, Status, TargetSnapshot, UserAttr,
 };
 use crate::report::{MEMBERS_LISTED, PlanView, Style, plan_json, plan_text};
-
-fn names(plan: &Plan) -> Vec<String> {
-    plan.operations
-        .iter()
-        .map(|op| format!("{} {}", op.name(), op.subject()))
-        .collect()
-}
 
 #[test]
 fn new_users_are_created_and_unchanged_ones_left_alone() {

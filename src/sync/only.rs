@@ -187,11 +187,7 @@ mod tests {
         ]);
         let only = BTreeSet::from([SourceKey::new("a")]);
         let cut = restrict(plan, &only, "config", 7);
-        let names: Vec<String> = cut
-            .operations
-            .iter()
-            .map(|op| format!("{} {}", op.name(), op.subject()))
-            .collect();
+        let names = crate::plan::testkit::names(&cut);
         assert_eq!(
             names,
             [

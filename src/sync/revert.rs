@@ -592,11 +592,7 @@ mod tests {
         );
 
         let plan = undo.into_plan(&state, RemoveAction::Disable, &run_record());
-        let names: Vec<String> = plan
-            .operations
-            .iter()
-            .map(|op| format!("{} {}", op.name(), op.subject()))
-            .collect();
+        let names = crate::plan::testkit::names(&plan);
         assert_eq!(
             names,
             [
