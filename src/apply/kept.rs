@@ -26,20 +26,20 @@ pub fn judge<'a>(
     sent: impl IntoIterator<Item = (UserAttr, &'a str)>,
     answer: &RemoteUser,
 ) -> Option<Kept> {
-    answer.attrs.get(&UserAttr::UserName)?;
+    answer.attrs.get(UserAttr::UserName)?;
     let mut kept = Kept::default();
     for (attr, value) in sent {
-        let stored = answer.attrs.get(&attr);
+        let stored = answer.attrs.get(attr);
         let same = stored.is_some_and(|s| s == value || s.to_lowercase() == value.to_lowercase());
         if same || attr == UserAttr::UserName {
             kept.recorded.push((attr, Some(value.to_owned())));
             continue;
         }
-        kept.recorded.push((attr, stored.cloned()));
+        kept.recorded.push((attr, stored.map(str::to_owned)));
         kept.notes.push(AttrNote {
             attr,
             sent: value.to_owned(),
-            stored: stored.cloned(),
+            stored: stored.map(str::to_owned),
         });
     }
     Some(kept)

@@ -640,7 +640,7 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
             ownership,
         } => {
             let changes: Vec<(UserAttr, Option<String>)> =
-                attrs.iter().map(|(a, v)| (*a, Some(v.clone()))).collect();
+                attrs.iter().map(|(a, v)| (a, Some(v.to_owned()))).collect();
             return match target.patch_user(&id, &changes, Some(true)).await {
                 Ok(answer) => {
                     let (attrs, notes) = match answer {
@@ -726,10 +726,7 @@ fn as_stored(
 ) -> (UserAttrs, Vec<AttrNote>) {
     // What the schema says the target does not hold is not judged: it is
     // recorded as wanted, and the planner never compares it.
-    let judged = sent
-        .iter()
-        .filter(|(a, _)| !rules.unheld.contains(a))
-        .map(|(a, v)| (*a, v.as_str()));
+    let judged = sent.iter().filter(|(a, _)| !rules.unheld.contains(a));
     let Some(k) = kept::judge(judged, answer) else {
         return (sent, Vec::new());
     };
@@ -738,7 +735,7 @@ fn as_stored(
         .into_iter()
         .filter_map(|(a, v)| v.map(|v| (a, v)))
         .collect();
-    for (a, v) in sent {
+    for (a, v) in &sent {
         if rules.unheld.contains(&a) {
             recorded.insert(a, v);
         }
@@ -754,12 +751,7 @@ async fn create_user<T: Target>(
     attrs: UserAttrs,
     lookup_first: bool,
 ) -> (Response, Vec<AttrNote>) {
-    let user_name = UserName::new(
-        attrs
-            .get(&UserAttr::UserName)
-            .map(String::as_str)
-            .unwrap_or_default(),
-    );
+    let user_name = UserName::new(attrs.get(UserAttr::UserName).unwrap_or_default());
     if !lookup_first {
         match target.create_user(&attrs).await {
             Ok(created) => {
@@ -820,9 +812,9 @@ async fn adopt_existing<T: Target>(
     let changes: Vec<(UserAttr, Option<String>)> = attrs
         .iter()
         .filter(|(a, v)| {
-            !rules.unheld.contains(a) && !rules.adopted_holds(**a, remote.attrs.get(a), v)
+            !rules.unheld.contains(a) && !rules.adopted_holds(*a, remote.attrs.get(a), v)
         })
-        .map(|(a, v)| (*a, Some(v.clone())))
+        .map(|(a, v)| (a, Some(v.to_owned())))
         .collect();
     let mut answer = remote.clone();
     if !changes.is_empty() || !remote.active {

@@ -126,7 +126,7 @@ impl MemoryTarget {
 }
 
 fn user_name_of(attrs: &UserAttrs) -> UserName {
-    UserName::new(attrs.get(&UserAttr::UserName).cloned().unwrap_or_default())
+    UserName::new(attrs.get(UserAttr::UserName).unwrap_or_default())
 }
 
 impl Target for MemoryTarget {
@@ -379,7 +379,7 @@ pub fn target_for(state: &State) -> MemoryTarget {
         }
         let stranger = ScimId::new("stranger");
         let mut attrs = UserAttrs::new();
-        attrs.insert(UserAttr::UserName, "stranger@elsewhere.org".into());
+        attrs.insert(UserAttr::UserName, "stranger@elsewhere.org");
         w.users.insert(
             stranger.clone(),
             RemoteUser {

@@ -173,7 +173,7 @@ const RECOVERY_CYCLES: usize = 4;
 /// is a lifecycle case of its own, not what these properties are about.
 fn own_names(mut desired: Desired, mut state: State) -> (Desired, State) {
     let rename = |key: &SourceKey, attrs: &mut UserAttrs| {
-        let old = attrs.get(&UserAttr::UserName).cloned().unwrap_or_default();
+        let old = attrs.get(UserAttr::UserName).unwrap_or_default().to_owned();
         let rest = old.split_once('.').map_or(old.as_str(), |(_, r)| r);
         let name = format!("{key}.{rest}");
         attrs.insert(UserAttr::UserName, name.clone());
@@ -312,8 +312,8 @@ fn adoptions_are_committed_like_any_other_operation() {
     let target = target_for(&State::default());
     // The account exists already (made by hand), in another case.
     let mut attrs = a.attrs.clone();
-    attrs.insert(UserAttr::UserName, "A@X.com".into());
-    attrs.insert(UserAttr::Title, "Hand-made".into());
+    attrs.insert(UserAttr::UserName, "A@X.com");
+    attrs.insert(UserAttr::Title, "Hand-made");
     target.world.lock().unwrap().users.insert(
         ScimId::new("hand"),
         RemoteUser {
@@ -357,7 +357,7 @@ fn adopt_in_another_case(fixed: BTreeSet<UserAttr>) -> (usize, String) {
     let desired = crate::plan::testkit::desired(vec![a.clone()], vec![]);
     let target = target_for(&State::default());
     let mut attrs = a.attrs.clone();
-    attrs.insert(UserAttr::UserName, "ann@x.com".into());
+    attrs.insert(UserAttr::UserName, "ann@x.com");
     {
         let mut w = target.world.lock().unwrap();
         w.rules.folded = [UserAttr::UserName, UserAttr::Email].into();
@@ -393,7 +393,11 @@ fn adopt_in_another_case(fixed: BTreeSet<UserAttr>) -> (usize, String) {
     let w = target.world.lock().unwrap();
     (
         w.calls - calls_before,
-        w.users[&ScimId::new("hand")].attrs[&UserAttr::UserName].clone(),
+        w.users[&ScimId::new("hand")]
+            .attrs
+            .get(UserAttr::UserName)
+            .unwrap()
+            .to_owned(),
     )
 }
 
@@ -450,7 +454,7 @@ fn refused_updates_do_not_starve_the_removals() {
     let mut stayers = people.clone();
     let leaver = stayers.pop().unwrap();
     for p in &mut stayers {
-        p.attrs.insert(UserAttr::Title, "Refused".into());
+        p.attrs.insert(UserAttr::Title, "Refused");
     }
     {
         let mut w = target.world.lock().unwrap();
@@ -779,7 +783,7 @@ fn under_never_a_new_hire_is_refused_the_leavers_account_naming_both_keys() {
     let w = target.world.lock().unwrap();
     let leaver = &w.users[&ScimId::new("id-1")];
     assert!(!leaver.active, "the leaver's account was re-enabled");
-    assert_eq!(leaver.attrs[&UserAttr::Title], "Eng");
+    assert_eq!(leaver.attrs.get(UserAttr::Title).unwrap(), "Eng");
 }
 
 #[test]
@@ -873,7 +877,7 @@ fn a_takeover_waits_when_the_leavers_disable_failed() {
         let w = target.world.lock().unwrap();
         let leaver = &w.users[&ScimId::new("id-1")];
         assert_eq!(
-            leaver.attrs[&UserAttr::ExternalId],
+            leaver.attrs.get(UserAttr::ExternalId).unwrap(),
             "1",
             "taken over too early"
         );
@@ -938,7 +942,7 @@ fn a_failed_update_is_recorded_once_and_the_log_shows_what_it_tried() {
         1
     )));
     let mut promoted = ann.clone();
-    promoted.attrs.insert(UserAttr::Title, "Lead".into());
+    promoted.attrs.insert(UserAttr::Title, "Lead");
     {
         let mut w = target.world.lock().unwrap();
         let next = w.calls;

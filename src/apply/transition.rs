@@ -274,7 +274,7 @@ pub fn transition(
                 for (attr, value) in kept {
                     match value {
                         Some(v) => attrs.insert(attr, v),
-                        None => attrs.remove(&attr),
+                        None => attrs.remove(attr),
                     };
                 }
             }
@@ -283,8 +283,8 @@ pub fn transition(
                 user: StateUser {
                     scim_id: current.scim_id.clone(),
                     user_name: attrs
-                        .get(&UserAttr::UserName)
-                        .map(|n| UserName::new(n.as_str()))
+                        .get(UserAttr::UserName)
+                        .map(UserName::new)
                         .unwrap_or_else(|| current.user_name.clone()),
                     hash: AttrHash::of(&attrs, create_only),
                     status: if enable {
@@ -455,8 +455,8 @@ mod tests {
     fn an_update_records_what_the_target_answered_it_keeps() {
         let key = SourceKey::new("k1");
         let mut pushed = UserAttrs::new();
-        pushed.insert(UserAttr::UserName, "ann@example.com".into());
-        pushed.insert(UserAttr::Title, "Engineer".into());
+        pushed.insert(UserAttr::UserName, "ann@example.com");
+        pushed.insert(UserAttr::Title, "Engineer");
         let mut state = State::default();
         state.users.insert(
             key.clone(),
@@ -498,9 +498,9 @@ mod tests {
             panic!("{t:?}");
         };
         let attrs = user.attrs.expect("attrs");
-        assert_eq!(attrs.get(&UserAttr::Title), None, "dropped: not recorded");
+        assert_eq!(attrs.get(UserAttr::Title), None, "dropped: not recorded");
         assert_eq!(
-            attrs.get(&UserAttr::DisplayName).map(String::as_str),
+            attrs.get(UserAttr::DisplayName),
             Some("Ann Lee"),
             "recorded as stored"
         );

@@ -520,13 +520,13 @@ impl Mapping {
                 });
             }
             if !value.trim().is_empty() {
-                out.insert(*attr, value.into_owned());
+                out.insert(*attr, &value);
             }
         }
         let missing: Vec<UserAttr> = self
             .required
             .iter()
-            .filter(|a| !out.contains_key(a))
+            .filter(|a| !out.contains_key(**a))
             .copied()
             .collect();
         if !missing.is_empty() {

@@ -82,11 +82,7 @@ fn maps_the_documented_example() {
         .map_user(&employee("u1", 2, &[("department", "Sales")]), &[])
         .unwrap()
         .expect("in scope");
-    let names: Vec<_> = u
-        .attrs
-        .iter()
-        .map(|(a, v)| (a.name(), v.as_str()))
-        .collect();
+    let names: Vec<_> = u.attrs.iter().map(|(a, v)| (a.name(), v)).collect();
     assert_eq!(
         names,
         [
@@ -401,10 +397,13 @@ fn non_ascii_and_quoted_values_pass_through() {
             )
             .unwrap()
             .unwrap();
-        assert_eq!(u.attrs[&UserAttr::UserName], "ünal.øst@example.com");
-        assert_eq!(u.attrs[&UserAttr::FamilyName], upper);
         assert_eq!(
-            u.attrs[&UserAttr::DisplayName],
+            u.attrs.get(UserAttr::UserName).unwrap(),
+            "ünal.øst@example.com"
+        );
+        assert_eq!(u.attrs.get(UserAttr::FamilyName).unwrap(), upper);
+        assert_eq!(
+            u.attrs.get(UserAttr::DisplayName).unwrap(),
             format!("O'Neil \"{sn}\" \\ C:\\x")
         );
     }
@@ -512,10 +511,10 @@ fn default_mapping_files_compile_and_map() {
         .unwrap()
         .unwrap();
     assert_eq!(u.user_name(), "ann.lee@example.com");
-    assert_eq!(u.attrs[&UserAttr::Email], "ann.lee@example.com");
-    assert_eq!(u.attrs[&UserAttr::ExternalId], "1001");
+    assert_eq!(u.attrs.get(UserAttr::Email).unwrap(), "ann.lee@example.com");
+    assert_eq!(u.attrs.get(UserAttr::ExternalId).unwrap(), "1001");
     assert!(
-        !u.attrs.contains_key(&UserAttr::DisplayName),
+        !u.attrs.contains_key(UserAttr::DisplayName),
         "empty column → not sent"
     );
     assert!(u.active);
@@ -553,9 +552,9 @@ fn default_mapping_files_compile_and_map() {
         )
         .unwrap()
         .unwrap();
-    assert_eq!(u.attrs[&UserAttr::Department], "Research");
-    assert_eq!(u.attrs[&UserAttr::DisplayName], "Ann Lee");
-    assert_eq!(u.attrs[&UserAttr::EmployeeNumber], "42");
+    assert_eq!(u.attrs.get(UserAttr::Department).unwrap(), "Research");
+    assert_eq!(u.attrs.get(UserAttr::DisplayName).unwrap(), "Ann Lee");
+    assert_eq!(u.attrs.get(UserAttr::EmployeeNumber).unwrap(), "42");
     assert!(ldap.create_only().contains(&UserAttr::DisplayName));
     assert!(
         ldap.map_user(&user("uuid-2", 3, &[("cn", "No Mail")]), &[])
@@ -582,7 +581,7 @@ fn default_mapping_files_compile_and_map() {
     };
     let u = ad.map_user(&ad_user("512", ""), &[]).unwrap().unwrap();
     assert_eq!(u.user_name(), "ann@corp.example.com", "UPN fallback");
-    assert_eq!(u.attrs[&UserAttr::Organization], "Acme");
+    assert_eq!(u.attrs.get(UserAttr::Organization).unwrap(), "Acme");
     assert!(u.active);
     let u = ad
         .map_user(&ad_user("514", "ann@example.com"), &[])
@@ -622,7 +621,7 @@ fn default_mapping_files_compile_and_map() {
         .unwrap()
         .unwrap();
     assert_eq!(u.user_name(), "ann@contoso.com");
-    assert_eq!(u.attrs[&UserAttr::Title], "CTO");
+    assert_eq!(u.attrs.get(UserAttr::Title).unwrap(), "CTO");
     assert!(!u.active);
     assert!(entra.source_attributes().contains("accountEnabled"));
     assert!(entra.source_attributes().contains("userType"));

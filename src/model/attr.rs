@@ -1,7 +1,6 @@
 //! The SCIM user attributes idsync manages, described once: name, schema,
 //! placement in a resource and comparison rule.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -321,9 +320,6 @@ impl fmt::Display for UserAttr {
         f.write_str(self.name())
     }
 }
-
-/// The managed attributes of one user, each a single non-empty string.
-pub type UserAttrs = BTreeMap<UserAttr, String>;
 
 #[cfg(test)]
 mod tests {

@@ -19,20 +19,12 @@ pub struct DesiredUser {
 
 impl DesiredUser {
     pub fn user_name(&self) -> &str {
-        self.attrs
-            .get(&UserAttr::UserName)
-            .map(String::as_str)
-            .unwrap_or_default()
+        self.attrs.get(UserAttr::UserName).unwrap_or_default()
     }
 
     /// The user's email: the `emails` value, else the userName.
     pub fn email(&self) -> Email {
-        Email::new(
-            self.attrs
-                .get(&UserAttr::Email)
-                .map(String::as_str)
-                .unwrap_or(self.user_name()),
-        )
+        Email::new(self.attrs.get(UserAttr::Email).unwrap_or(self.user_name()))
     }
 }
 
@@ -87,7 +79,7 @@ impl AttrHash {
         // incremental updates, and the same digest.
         let mut bytes = Vec::with_capacity(256);
         for (attr, value) in attrs {
-            if skip.contains(attr) {
+            if skip.contains(&attr) {
                 continue;
             }
             bytes.extend_from_slice(attr.name().as_bytes());

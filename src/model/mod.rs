@@ -6,6 +6,7 @@
 //! Nothing here does I/O, and nothing here imports another idsync module.
 
 mod attr;
+mod attrs;
 mod desired;
 mod identity;
 mod mirror;
@@ -13,7 +14,8 @@ mod record;
 mod remote;
 mod state;
 
-pub use attr::{AttrSchema, AttrShape, AttrSpec, ENTERPRISE_USER, UserAttr, UserAttrs};
+pub use attr::{AttrSchema, AttrShape, AttrSpec, ENTERPRISE_USER, UserAttr};
+pub use attrs::UserAttrs;
 pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser, HeldGroup};
 pub use identity::{
     Domain, Email, FoldedRef, GroupKey, GroupName, ScimId, SourceKey, UserName, fold,

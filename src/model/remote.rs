@@ -17,9 +17,7 @@ pub struct RemoteUser {
 impl RemoteUser {
     /// The user's `userName`, when the target returned one.
     pub fn user_name(&self) -> Option<UserName> {
-        self.attrs
-            .get(&UserAttr::UserName)
-            .map(|n| UserName::new(n.as_str()))
+        self.attrs.get(UserAttr::UserName).map(UserName::new)
     }
 }
 

@@ -43,7 +43,7 @@ pub struct TargetRules {
 
 impl TargetRules {
     /// Whether the target holding `held` for `attr` holds `wanted`.
-    pub fn holds(&self, attr: UserAttr, held: Option<&String>, wanted: &str) -> bool {
+    pub fn holds(&self, attr: UserAttr, held: Option<&str>, wanted: &str) -> bool {
         match held {
             Some(h) if self.folded.contains(&attr) => h.to_lowercase() == wanted.to_lowercase(),
             Some(h) => h == wanted,
@@ -55,7 +55,7 @@ impl TargetRules {
     /// `wanted`: compared exactly, so the account is brought in line once,
     /// case included — except where the target cannot change the attribute
     /// (an immutable userName would refuse the change every cycle).
-    pub fn adopted_holds(&self, attr: UserAttr, held: Option<&String>, wanted: &str) -> bool {
+    pub fn adopted_holds(&self, attr: UserAttr, held: Option<&str>, wanted: &str) -> bool {
         if self.fixed.contains(&attr) {
             self.holds(attr, held, wanted)
         } else {

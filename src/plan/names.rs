@@ -621,7 +621,7 @@ mod tests {
     fn a_live_user_keeping_its_name_is_never_taken_over() {
         let a = person("1", "a@x.com", "Eng");
         let mut dup = person("2", "A@X.com", "Eng");
-        dup.attrs.insert(UserAttr::Title, "Lead".into());
+        dup.attrs.insert(UserAttr::Title, "Lead");
         let state = state_of(&[(&a, Status::Active)]);
         let p = plan(
             &desired(vec![a, dup], vec![]),

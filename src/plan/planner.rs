@@ -158,10 +158,10 @@ fn diff_state(
                             .iter()
                             .map(|(a, v)| {
                                 (
-                                    *a,
+                                    a,
                                     Change {
                                         old: None,
-                                        new: Some(v.clone()),
+                                        new: Some(v.to_owned()),
                                     },
                                 )
                             })
@@ -314,25 +314,25 @@ pub fn diff(old: Option<&UserAttrs>, new: &UserAttrs, create_only: &BTreeSet<Use
     let old = old.unwrap_or(&empty);
     let mut changes = Changes::new();
     for (attr, value) in new {
-        if create_only.contains(attr) {
+        if create_only.contains(&attr) {
             continue;
         }
         if old.get(attr) != Some(value) {
             changes.insert(
-                *attr,
+                attr,
                 Change {
-                    old: old.get(attr).cloned(),
-                    new: Some(value.clone()),
+                    old: old.get(attr).map(str::to_owned),
+                    new: Some(value.to_owned()),
                 },
             );
         }
     }
     for (attr, value) in old {
-        if !new.contains_key(attr) && !create_only.contains(attr) && *attr != UserAttr::UserName {
+        if !new.contains_key(attr) && !create_only.contains(&attr) && attr != UserAttr::UserName {
             changes.insert(
-                *attr,
+                attr,
                 Change {
-                    old: Some(value.clone()),
+                    old: Some(value.to_owned()),
                     new: None,
                 },
             );

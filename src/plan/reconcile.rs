@@ -56,12 +56,12 @@ pub(super) fn reconcile(
                 .attrs
                 .iter()
                 .filter(|(a, _)| {
-                    **a == UserAttr::UserName
+                    *a == UserAttr::UserName
                         || pushed.is_some_and(|p| p.contains_key(a))
                         || wanted.is_some_and(|w| w.attrs.contains_key(a))
                 })
                 .filter(|(a, _)| !rules.unheld.contains(a))
-                .map(|(a, v)| (*a, held_as(*a, v, pushed, wanted, rules)))
+                .map(|(a, v)| (a, held_as(a, v, pushed, wanted, rules)))
                 .collect();
             // What the target does not hold is not compared: it stays as idsync
             // recorded it (or as wanted, for a user adopted now).
@@ -70,7 +70,7 @@ pub(super) fn reconcile(
                     .and_then(|p| p.get(attr))
                     .or_else(|| wanted.and_then(|w| w.attrs.get(attr)))
                 {
-                    attrs.insert(*attr, v.clone());
+                    attrs.insert(*attr, v);
                 }
             }
             (AttrHash::of(&attrs, &desired.create_only), attrs)
@@ -125,8 +125,8 @@ pub(super) fn reconcile(
         if let Some(name) = u.user_name() {
             by_name.entry(name).or_insert(u);
         }
-        if let Some(ext) = u.attrs.get(&UserAttr::ExternalId) {
-            by_external.entry(ext.as_str()).or_insert(u);
+        if let Some(ext) = u.attrs.get(UserAttr::ExternalId) {
+            by_external.entry(ext).or_insert(u);
         }
     }
     // Accounts the state records for keys it marked removed are still those
@@ -317,15 +317,14 @@ fn held_as(
     wanted: Option<&DesiredUser>,
     rules: &TargetRules,
 ) -> String {
-    let held_value = held.to_owned();
-    let same = |v: &&String| match pushed {
-        None => rules.adopted_holds(attr, Some(&held_value), v),
-        Some(_) => rules.holds(attr, Some(&held_value), v),
+    let same = |v: &&str| match pushed {
+        None => rules.adopted_holds(attr, Some(held), v),
+        Some(_) => rules.holds(attr, Some(held), v),
     };
     wanted
-        .and_then(|w| w.attrs.get(&attr))
+        .and_then(|w| w.attrs.get(attr))
         .filter(same)
-        .or_else(|| pushed.and_then(|p| p.get(&attr)).filter(same))
-        .cloned()
-        .unwrap_or(held_value)
+        .or_else(|| pushed.and_then(|p| p.get(attr)).filter(same))
+        .unwrap_or(held)
+        .to_owned()
 }

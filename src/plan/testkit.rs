@@ -131,7 +131,7 @@ pub fn arb_user(key: usize) -> impl Strategy<Value = DesiredUser> {
                 (UserAttr::Title, ["Eng", "Lead", "Müller & Co"][title]),
             ]);
             if let Some(d) = dept {
-                attrs.insert(UserAttr::Department, ["R&D", "Sales"][d].to_string());
+                attrs.insert(UserAttr::Department, ["R&D", "Sales"][d]);
             }
             DesiredUser {
                 key: SourceKey::new(format!("u{key}")),

@@ -27,7 +27,7 @@ fn an_update_patches_only_what_changed() {
     let a = person("1", "a@x.com", "Eng");
     let state = state_of(&[(&a, Status::Active)]);
     let mut a2 = a.clone();
-    a2.attrs.insert(UserAttr::Title, "Lead".into());
+    a2.attrs.insert(UserAttr::Title, "Lead");
     let plan = plan(&desired(vec![a2], vec![]), &state, &Policy::default());
     let Operation::UpdateUser {
         changes, scim_id, ..
@@ -45,8 +45,8 @@ fn an_email_change_is_an_update_of_the_same_id_not_a_delete_and_create() {
     let a = person("1", "a@x.com", "Eng");
     let state = state_of(&[(&a, Status::Active)]);
     let mut a2 = a.clone();
-    a2.attrs.insert(UserAttr::UserName, "a.new@x.com".into());
-    a2.attrs.insert(UserAttr::Email, "a.new@x.com".into());
+    a2.attrs.insert(UserAttr::UserName, "a.new@x.com");
+    a2.attrs.insert(UserAttr::Email, "a.new@x.com");
     let plan = plan(&desired(vec![a2], vec![]), &state, &Policy::default());
     assert_eq!(names(&plan), ["update_user 1"]);
     assert_eq!(plan.summary.removals(), 0);
@@ -105,7 +105,7 @@ fn create_only_attributes_are_not_updated() {
     d.create_only.insert(UserAttr::Title);
     let mut state = state_of(&[(&a, Status::Active)]);
     state.users.get_mut(&a.key).unwrap().hash = AttrHash::of(&a.attrs, &d.create_only);
-    d.users[0].attrs.insert(UserAttr::Title, "Changed".into());
+    d.users[0].attrs.insert(UserAttr::Title, "Changed");
     assert!(plan(&d, &state, &Policy::default()).is_empty());
 }
 
@@ -348,7 +348,7 @@ fn full_resync_adopts_repairs_and_recreates() {
     let mut state = state_of(&[(&a, Status::Active), (&b, Status::Active)]);
     state = with_group(state, "g", "G", &["1"]);
     let mut drifted = a.attrs.clone();
-    drifted.insert(UserAttr::Title, "Hand-edited".into());
+    drifted.insert(UserAttr::Title, "Hand-edited");
     let target = TargetSnapshot {
         users: vec![
             RemoteUser {
@@ -409,7 +409,7 @@ fn full_resync_adopts_repairs_and_recreates() {
     }));
     assert!(plan.observed.iter().any(|c| matches!(c,
         StateChange::PutUser { key, user } if key.as_str() == "1"
-            && user.attrs.as_ref().unwrap()[&UserAttr::Title] == "Hand-edited")));
+            && user.attrs.as_ref().unwrap().get(UserAttr::Title).unwrap() == "Hand-edited")));
     assert!(plan.observed.contains(&StateChange::SetMembers {
         group: GroupKey::new("g"),
         users: BTreeSet::new(),
@@ -506,7 +506,7 @@ fn a_forgotten_preload_cannot_hide_an_update() {
     let mut state = state_of(&[(&a, Status::Active)]);
     state.users.get_mut(&a.key).unwrap().attrs = None;
     let mut moved = a.clone();
-    moved.attrs.insert(UserAttr::Title, "Lead".into());
+    moved.attrs.insert(UserAttr::Title, "Lead");
     let d = desired(vec![moved], vec![]);
     let mut asked = Vec::new();
     let input = PlanningInput::new(d, state, None, options(&Policy::default()), |_, keys| {
@@ -538,8 +538,7 @@ fn scenario() -> (Desired, State) {
         &["1", "2", "4"],
     );
     let mut b2 = b.clone();
-    b2.attrs
-        .insert(UserAttr::Title, "Lead \"Core\" Engineer".into());
+    b2.attrs.insert(UserAttr::Title, "Lead \"Core\" Engineer");
     let desired = desired(
         vec![a, b2, c],
         vec![
@@ -698,7 +697,7 @@ fn a_held_group_is_neither_deleted_nor_touched_and_the_plan_says_so() {
 fn full_resync_brings_an_adopted_accounts_case_in_line_unless_immutable() {
     let a = person("1", "Ann@Example.com", "Eng");
     let mut held = a.attrs.clone();
-    held.insert(UserAttr::UserName, "ANN@example.com".into());
+    held.insert(UserAttr::UserName, "ANN@example.com");
     let target = TargetSnapshot {
         users: vec![RemoteUser {
             id: ScimId::new("hand"),
@@ -742,9 +741,9 @@ fn full_resync_folds_case_and_skips_attributes_the_target_does_not_hold() {
     let a = person("1", "Ann@Example.COM", "Eng");
     let state = state_of(&[(&a, Status::Active)]);
     let mut stored = a.attrs.clone();
-    stored.insert(UserAttr::Email, "Ann@example.com".into());
-    stored.insert(UserAttr::UserName, "ann@example.com".into());
-    stored.remove(&UserAttr::ExternalId);
+    stored.insert(UserAttr::Email, "Ann@example.com");
+    stored.insert(UserAttr::UserName, "ann@example.com");
+    stored.remove(UserAttr::ExternalId);
     let target = TargetSnapshot {
         users: vec![RemoteUser {
             id: ScimId::new("id-1"),
@@ -784,9 +783,7 @@ fn full_resync_folds_case_and_skips_attributes_the_target_does_not_hold() {
     assert!(folded.operations.is_empty(), "{:?}", folded.operations);
     // A real change of a folded attribute is still planned.
     let mut moved = a.clone();
-    moved
-        .attrs
-        .insert(UserAttr::Email, "ann@elsewhere.com".into());
+    moved.attrs.insert(UserAttr::Email, "ann@elsewhere.com");
     let mut opts = options(&Policy::default());
     opts.target_rules = rules;
     let input = PlanningInput::new(
@@ -811,8 +808,8 @@ fn plain_plan_skips_changes_of_attributes_the_target_does_not_hold() {
     let a = person("1", "a@x.com", "Eng");
     let state = state_of(&[(&a, Status::Active)]);
     let mut moved = a.clone();
-    moved.attrs.insert(UserAttr::ExternalId, "other".into());
-    moved.attrs.insert(UserAttr::Title, "Boss".into());
+    moved.attrs.insert(UserAttr::ExternalId, "other");
+    moved.attrs.insert(UserAttr::Title, "Boss");
     let mut opts = options(&Policy::default());
     opts.target_rules.unheld = [UserAttr::ExternalId].into();
     let input = PlanningInput::new(desired(vec![moved], vec![]), state, None, opts, |_, _| {

@@ -598,7 +598,7 @@ impl ScimClient {
         attrs: &UserAttrs,
         active: bool,
     ) -> Result<RemoteUser, ScimError> {
-        let Some(user_name) = attrs.get(&UserAttr::UserName).filter(|u| !u.is_empty()) else {
+        let Some(user_name) = attrs.get(UserAttr::UserName).filter(|u| !u.is_empty()) else {
             return Err(ScimError::InvalidInput("a user needs a userName".into()));
         };
         if self.user_names_unique() == Some(false)
@@ -772,19 +772,19 @@ impl ScimClient {
         let case_exact = attr.spec().case_exact;
         let wanted = UserName::new(value);
         let matches = |u: &RemoteUser| {
-            u.attrs.get(&attr).is_some_and(|v| {
+            u.attrs.get(attr).is_some_and(|v| {
                 if case_exact {
                     v == value
                 } else {
-                    UserName::new(v.as_str()) == wanted
+                    UserName::new(v) == wanted
                 }
             })
         };
         // What a server that honoured the filter could return, whichever way it compares.
         let plausible = |u: &RemoteUser| {
             u.attrs
-                .get(&attr)
-                .is_some_and(|v| UserName::new(v.as_str()) == wanted)
+                .get(attr)
+                .is_some_and(|v| UserName::new(v) == wanted)
         };
         match self
             .search("Users", attr.name(), value, resource::user_from_json)

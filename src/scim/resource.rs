@@ -118,19 +118,19 @@ pub fn user_to_json_shaped(attrs: &UserAttrs, active: bool, shape: &PayloadShape
     let mut name = Map::new();
     let mut enterprise = Map::new();
     // Empty values are the same as absent: some targets reject "" outright.
-    for (&attr, value) in attrs
+    for (attr, value) in attrs
         .iter()
         .filter(|(a, v)| !v.is_empty() && !shape.not_sent.contains(a))
     {
         match slot(attr) {
             Slot::Top(key) => {
-                obj.insert(key.into(), Value::String(value.clone()));
+                obj.insert(key.into(), Value::String(value.to_owned()));
             }
             Slot::Name(key) => {
-                name.insert(key.into(), Value::String(value.clone()));
+                name.insert(key.into(), Value::String(value.to_owned()));
             }
             Slot::Enterprise(key) => {
-                enterprise.insert(key.into(), Value::String(value.clone()));
+                enterprise.insert(key.into(), Value::String(value.to_owned()));
             }
             Slot::Email => {
                 obj.insert("emails".into(), emails_value(value, shape));
@@ -592,8 +592,8 @@ mod tests {
             "active": "false"
         });
         let user = user_from_json(&json).expect("parses");
-        assert_eq!(user.attrs[&UserAttr::Email], "work@example.com");
-        assert_eq!(user.attrs[&UserAttr::PhoneNumber], "222");
+        assert_eq!(user.attrs.get(UserAttr::Email).unwrap(), "work@example.com");
+        assert_eq!(user.attrs.get(UserAttr::PhoneNumber).unwrap(), "222");
         assert!(!user.active);
     }
 
@@ -607,9 +607,9 @@ mod tests {
         });
         let user = user_from_json(&json).expect("parses");
         assert_eq!(user.id.as_str(), "7");
-        assert_eq!(user.attrs[&UserAttr::Email], "one@example.com");
-        assert_eq!(user.attrs[&UserAttr::PhoneNumber], "111");
-        assert!(!user.attrs.contains_key(&UserAttr::Title));
+        assert_eq!(user.attrs.get(UserAttr::Email).unwrap(), "one@example.com");
+        assert_eq!(user.attrs.get(UserAttr::PhoneNumber).unwrap(), "111");
+        assert!(!user.attrs.contains_key(UserAttr::Title));
         assert!(user.active);
     }
 

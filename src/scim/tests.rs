@@ -111,7 +111,7 @@ async fn retries_429_after_retry_after_seconds() {
         .await
         .expect("ok")
         .expect("found");
-    assert_eq!(user.attrs[&UserAttr::UserName], "a@example.com");
+    assert_eq!(user.attrs.get(UserAttr::UserName).unwrap(), "a@example.com");
     assert!(
         started.elapsed() >= Duration::from_millis(950),
         "{:?}",
@@ -865,9 +865,9 @@ async fn real_server_walkthrough() {
     let user_name = format!("Walk.{run}@Example.com");
     attrs.insert(UserAttr::UserName, user_name.clone());
     attrs.insert(UserAttr::Email, format!("walk.{run}@example.com"));
-    attrs.insert(UserAttr::Timezone, "Europe/Paris".into());
-    attrs.insert(UserAttr::Locale, "fr-FR".into());
-    attrs.insert(UserAttr::PreferredLanguage, "fr".into());
+    attrs.insert(UserAttr::Timezone, "Europe/Paris");
+    attrs.insert(UserAttr::Locale, "fr-FR");
+    attrs.insert(UserAttr::PreferredLanguage, "fr");
     let created = client.create_user(&attrs, true).await.expect("create");
     assert_eq!(created.attrs, attrs);
     let fetched = client
@@ -894,7 +894,7 @@ async fn real_server_walkthrough() {
         .expect("find")
         .expect("found");
     assert_eq!(found.id, created.id);
-    let external_id = &attrs[&UserAttr::ExternalId];
+    let external_id = &attrs.get(UserAttr::ExternalId).unwrap();
     assert_eq!(
         client
             .find_user_by_external_id(external_id)
@@ -1366,7 +1366,7 @@ async fn user_listing_is_read_once_per_cycle_and_kept_up_to_date() {
         client.find_user_by_user_name(name).await.expect("ok");
     }
     let mut attrs = UserAttrs::new();
-    attrs.insert(UserAttr::UserName, "new@example.com".into());
+    attrs.insert(UserAttr::UserName, "new@example.com");
     client.create_user(&attrs, true).await.expect("created");
     client
         .delete_user(&ScimId::new("u1"))

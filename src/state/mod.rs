@@ -387,7 +387,7 @@ mod tests {
 
     fn user(id: &str, name: &str) -> StateUser {
         let mut attrs = UserAttrs::new();
-        attrs.insert(UserAttr::UserName, name.to_string());
+        attrs.insert(UserAttr::UserName, name);
         StateUser {
             scim_id: ScimId::new(id),
             user_name: name.into(),
@@ -448,7 +448,7 @@ mod tests {
             u.attrs
                 .as_mut()
                 .unwrap()
-                .insert(UserAttr::Email, "Ada@Example.com".into());
+                .insert(UserAttr::Email, "Ada@Example.com");
             let put = StateChange::PutUser {
                 key: SourceKey::new("k1"),
                 user: u,

@@ -224,10 +224,10 @@ impl Undo {
                 .iter()
                 .map(|(a, v)| {
                     (
-                        *a,
+                        a,
                         Change {
                             old: None,
-                            new: Some(v.clone()),
+                            new: Some(v.to_owned()),
                         },
                     )
                 })
@@ -296,12 +296,12 @@ impl Undo {
                 .get(key)
                 .into_iter()
                 .flatten()
-                .filter(|(a, old)| current.get(a) != old.as_ref())
+                .filter(|(a, old)| current.get(*a) != old.as_deref())
                 .map(|(a, old)| {
                     (
                         *a,
                         Change {
-                            old: current.get(a).cloned(),
+                            old: current.get(a).map(str::to_owned),
                             new: old.clone(),
                         },
                     )

@@ -171,7 +171,10 @@ async fn a_saved_plan_is_applied_only_against_the_state_it_was_made_from() {
             .values()
             .find(|u| u.user_name() == Some(UserName::new("ada@example.com")))
             .unwrap();
-        assert_eq!(ada.attrs[&crate::model::UserAttr::Title], "Principal");
+        assert_eq!(
+            ada.attrs.get(crate::model::UserAttr::Title).unwrap(),
+            "Principal"
+        );
     }
     // Applying it again: the state moved on since it was made.
     let again = run_with(&settings, &target, &opts).await.unwrap_err();
