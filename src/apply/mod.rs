@@ -347,7 +347,7 @@ impl<T: Target> Executor<'_, T> {
             Operation::CreateUser {
                 key,
                 user_name,
-                changes,
+                attrs,
                 name_step,
             } => match name_step {
                 Some(NameStep::Refused { holder, status }) => {
@@ -357,7 +357,7 @@ impl<T: Target> Executor<'_, T> {
                     Some(h) if h.scim_id == *scim_id && h.status == Status::Disabled => {
                         Job::TakeOver {
                             id: scim_id.clone(),
-                            attrs: new_values(changes),
+                            attrs: attrs.clone(),
                             ownership: h.ownership,
                         }
                     }
@@ -366,7 +366,7 @@ impl<T: Target> Executor<'_, T> {
                     )),
                 },
                 _ => Job::CreateUser {
-                    attrs: new_values(changes),
+                    attrs: attrs.clone(),
                     lookup_first: interrupted.contains(op),
                 },
             },
@@ -586,13 +586,6 @@ fn names_free_until(ops: &[Operation]) -> usize {
         released.extend(released_name(op));
     }
     ops.len()
-}
-
-fn new_values(changes: &Changes) -> UserAttrs {
-    changes
-        .iter()
-        .filter_map(|(a, c)| c.new.clone().map(|v| (*a, v)))
-        .collect()
 }
 
 fn patch_list(changes: &Changes) -> Vec<(UserAttr, Option<String>)> {

@@ -899,7 +899,7 @@ fn the_transition_never_records_another_keys_account_for_a_create() {
     let op = crate::plan::Operation::CreateUser {
         key: hire.key.clone(),
         user_name: UserName::new("a@x.com"),
-        changes: Default::default(),
+        attrs: Default::default(),
         name_step: None,
     };
     let t = transition(

@@ -424,13 +424,10 @@ pub fn assume_success(
     let mut changes = Vec::with_capacity(plan.operations.len());
     for (i, op) in plan.operations.iter().enumerate() {
         let response = match op {
-            Operation::CreateUser { changes, .. } => Response::UserCreated {
+            Operation::CreateUser { attrs, .. } => Response::UserCreated {
                 id: ScimId::new(format!("id-{i}")),
                 ownership: Ownership::Created,
-                attrs: changes
-                    .iter()
-                    .filter_map(|(a, c)| c.new.clone().map(|v| (*a, v)))
-                    .collect(),
+                attrs: attrs.clone(),
             },
             Operation::CreateGroup { .. } => Response::GroupCreated {
                 id: ScimId::new(format!("g-{i}")),

@@ -84,6 +84,56 @@ fn no_step(step: &Option<NameStep>) -> bool {
     step.is_none()
 }
 
+/// A create's attributes in the plan's `changes` form: every value new.
+mod created {
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Change;
+    use crate::model::{UserAttr, UserAttrs};
+
+    #[derive(Serialize)]
+    struct New<'a> {
+        old: Option<&'a str>,
+        new: &'a str,
+    }
+
+    pub fn serialize<S: Serializer>(attrs: &UserAttrs, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (attr, value) in attrs {
+            map.serialize_entry(
+                &attr,
+                &New {
+                    old: None,
+                    new: value,
+                },
+            )?;
+        }
+        map.end()
+    }
+
+    /// A change that is not new (an `old` value, or no `new` one) does not
+    /// describe a create: refused, not guessed at.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<UserAttrs, D::Error> {
+        let changes = std::collections::BTreeMap::<UserAttr, Change>::deserialize(deserializer)?;
+        let mut pairs = Vec::with_capacity(changes.len());
+        for (attr, change) in changes {
+            match change {
+                Change {
+                    old: None,
+                    new: Some(value),
+                } => pairs.push((attr, value)),
+                _ => {
+                    return Err(serde::de::Error::custom(format!(
+                        "a create's `{attr}` must have \"old\": null and a \"new\" value"
+                    )));
+                }
+            }
+        }
+        Ok(pairs.into_iter().collect())
+    }
+}
+
 /// One step of a plan. Operations name objects by source key; SCIM ids of objects
 /// created earlier in the same run are resolved by the executor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +161,11 @@ pub enum Operation {
         key: SourceKey,
         #[serde(rename = "userName")]
         user_name: UserName,
-        changes: Changes,
+        /// The new user's attributes, as a copy of the desired ones (one
+        /// allocation). In plan JSON: `changes`, each `{"old": null, "new": …}`,
+        /// the same form as an update's.
+        #[serde(rename = "changes", with = "created")]
+        attrs: UserAttrs,
         #[serde(default, skip_serializing_if = "no_step")]
         name_step: Option<NameStep>,
     },

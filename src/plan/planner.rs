@@ -153,19 +153,7 @@ fn diff_state(
                     ops.push(Operation::CreateUser {
                         key: d.key.clone(),
                         user_name: UserName::new(d.user_name()),
-                        changes: d
-                            .attrs
-                            .iter()
-                            .map(|(a, v)| {
-                                (
-                                    a,
-                                    Change {
-                                        old: None,
-                                        new: Some(v.to_owned()),
-                                    },
-                                )
-                            })
-                            .collect(),
+                        attrs: d.attrs.clone(),
                         name_step: None,
                     });
                     present.insert(&d.key);

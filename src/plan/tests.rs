@@ -9,7 +9,7 @@ use super::testkit::*;
 use super::{OnRename, Operation, PlanningInput, Policy, RemovalLimit, RemoveAction, guard};
 use crate::model::{
     AttrHash, Desired, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
-    StateChange, Status, TargetSnapshot, UserAttr,
+    StateChange, Status, TargetSnapshot, UserAttr, UserName,
 };
 use crate::report::{MEMBERS_LISTED, PlanView, Style, plan_json, plan_text};
 
@@ -821,4 +821,31 @@ fn plain_plan_skips_changes_of_attributes_the_target_does_not_hold() {
         panic!("{:?}", plan.operations)
     };
     assert_eq!(changes.keys().collect::<Vec<_>>(), [&UserAttr::Title]);
+}
+
+#[test]
+fn a_create_is_written_as_new_changes_and_read_back_only_as_such() {
+    let op = Operation::CreateUser {
+        key: SourceKey::new("k1"),
+        user_name: UserName::new("ann@x.com"),
+        attrs: attrs(&[(UserAttr::UserName, "ann@x.com"), (UserAttr::Title, "Eng")]),
+        name_step: None,
+    };
+    let json = serde_json::to_value(&op).unwrap();
+    assert_eq!(
+        json["changes"],
+        serde_json::json!({
+            "userName": {"old": null, "new": "ann@x.com"},
+            "title": {"old": null, "new": "Eng"},
+        })
+    );
+    assert_eq!(
+        serde_json::from_value::<Operation>(json.clone()).unwrap(),
+        op
+    );
+    // An edited plan whose create claims an old value is refused.
+    let mut edited = json;
+    edited["changes"]["title"]["old"] = "Boss".into();
+    let err = serde_json::from_value::<Operation>(edited).unwrap_err();
+    assert!(err.to_string().contains("`title`"), "{err}");
 }

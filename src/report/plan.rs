@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::SourceKey;
+use crate::model::{SourceKey, UserAttrs};
 use crate::plan::{Change, Changes, NameStep, OpKind, Operation, Plan, released_name};
 
 use super::{Style, plural, quote, show};
@@ -64,11 +64,9 @@ fn change_lines(out: &mut String, changes: &Changes) {
     }
 }
 
-fn created_lines(out: &mut String, changes: &Changes) {
-    for (attr, c) in changes {
-        if let Some(v) = &c.new {
-            let _ = writeln!(out, "      {attr}: {}", quote(v));
-        }
+fn created_lines(out: &mut String, attrs: &UserAttrs) {
+    for (attr, value) in attrs {
+        let _ = writeln!(out, "      {attr}: {}", quote(value));
     }
 }
 
@@ -110,7 +108,7 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
         Operation::CreateUser {
             user_name,
             key,
-            changes,
+            attrs,
             ..
         } => {
             head(
@@ -122,7 +120,7 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
                 ),
             );
             if view.detail {
-                created_lines(&mut out, changes);
+                created_lines(&mut out, attrs);
             }
         }
         Operation::UpdateUser {

@@ -148,7 +148,7 @@ mod tests {
         let user = |key: &str| Operation::CreateUser {
             key: SourceKey::new(key),
             user_name: UserName::new(format!("{key}@example.com")),
-            changes: Default::default(),
+            attrs: Default::default(),
             name_step: None,
         };
         let group = |key: &str| Operation::CreateGroup {

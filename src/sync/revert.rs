@@ -220,22 +220,10 @@ impl Undo {
                 continue;
             }
             recreated.insert(key);
-            let changes = attrs
-                .iter()
-                .map(|(a, v)| {
-                    (
-                        a,
-                        Change {
-                            old: None,
-                            new: Some(v.to_owned()),
-                        },
-                    )
-                })
-                .collect();
             ops.push(Operation::CreateUser {
                 key: key.clone(),
                 user_name: user_name.clone(),
-                changes,
+                attrs: attrs.clone(),
                 name_step: None,
             });
         }
@@ -557,7 +545,7 @@ mod tests {
             Operation::CreateUser {
                 key,
                 user_name,
-                changes: Changes::new(),
+                attrs: UserAttrs::new(),
                 name_step: None,
             },
             Destroyed::default(),
