@@ -117,7 +117,7 @@ impl Clause {
     fn holds(&self, rec: &Record<'_>) -> bool {
         match self {
             Clause::Attr { subject, test } => match subject {
-                Subject::Attr(name) => test.check(rec.attrs.get(name).iter().map(String::as_str)),
+                Subject::Attr(name) => test.check(rec.attrs.get(name)),
                 Subject::Key => test.check(std::iter::once(rec.key)),
                 Subject::Name => test.check(std::iter::once(rec.name)),
             },

@@ -169,12 +169,27 @@ fn digits(mut len: usize) -> usize {
 }
 
 /// Most significant digit first; every digit but the last carries bit 6.
-fn push_len(buf: &mut String, len: usize) {
+pub(super) fn push_len(buf: &mut String, len: usize) {
     let n = digits(len);
     for i in (0..n).rev() {
         let digit = ((len >> (6 * i)) & 0x3f) as u8;
         let more = if i > 0 { 0x40 } else { 0 };
         buf.push(char::from(digit | more));
+    }
+}
+
+/// A length written by [`push_len`] at the start of `bytes`, and where the
+/// text after it starts.
+pub(super) fn read_len(bytes: &[u8]) -> (usize, usize) {
+    let mut len = 0usize;
+    let mut at = 0;
+    loop {
+        let digit = bytes[at];
+        at += 1;
+        len = (len << 6) | usize::from(digit & 0x3f);
+        if digit & 0x40 == 0 {
+            return (len, at);
+        }
     }
 }
 
@@ -188,16 +203,9 @@ impl<'a> Iterator for Iter<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let bytes = self.rest.as_bytes();
-        let (&index, mut at) = (bytes.first()?, 1);
-        let mut len = 0usize;
-        loop {
-            let digit = bytes[at];
-            at += 1;
-            len = (len << 6) | usize::from(digit & 0x3f);
-            if digit & 0x40 == 0 {
-                break;
-            }
-        }
+        let index = *bytes.first()?;
+        let (len, at) = read_len(&bytes[1..]);
+        let at = at + 1;
         let value = &self.rest[at..at + len];
         self.rest = &self.rest[at + len..];
         Some((ATTRS[usize::from(index)], value))

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::attrs::{push_len, read_len};
 use super::{GroupKey, SourceKey};
 
 /// Where a source record came from, for error messages: `users.csv line 12`, a DN.
@@ -43,94 +44,95 @@ impl fmt::Display for Origin {
 
 /// A source record's attributes: names as the source spells them (looked up
 /// case-insensitively, as LDAP does), each with zero or more values.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SourceAttrs(Vec<(Arc<str>, Values)>);
-
-/// An attribute's values. Almost every attribute has exactly one value (every
-/// CSV cell does), so that case is kept inline, without a vector of its own:
-/// at a million users this is hundreds of megabytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Values {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Values {
-    fn new(mut values: Vec<String>) -> Values {
-        if values.len() == 1 {
-            Values::One(values.pop().unwrap_or_default())
-        } else {
-            Values::Many(values)
-        }
-    }
-
-    fn as_slice(&self) -> &[String] {
-        match self {
-            Values::One(v) => std::slice::from_ref(v),
-            Values::Many(v) => v,
-        }
-    }
-
-    fn extend(&mut self, more: Vec<String>) {
-        let mut all = std::mem::replace(self, Values::Many(Vec::new())).into_vec();
-        all.extend(more);
-        *self = Values::new(all);
-    }
-
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Values::One(v) => vec![v],
-            Values::Many(v) => v,
-        }
-    }
-}
+///
+/// Held in one string, one entry per value: the name's length, the name, the
+/// value's length, the value (lengths framed as in [`UserAttrs`]), in the order
+/// pushed. At a million users this is a few hundred megabytes less than a
+/// vector of named string values per record.
+///
+/// [`UserAttrs`]: super::UserAttrs
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SourceAttrs(String);
 
 impl SourceAttrs {
     pub fn new() -> Self {
-        Self(Vec::new())
+        Self(String::new())
     }
 
-    pub fn with_capacity(capacity: usize) -> Self {
-        Self(Vec::with_capacity(capacity))
+    /// Room for about `names` single values of a typical size.
+    pub fn with_capacity(names: usize) -> Self {
+        Self(String::with_capacity(names * 24))
     }
 
-    /// Adds values under `name`, merging with values already there.
+    /// Adds values under `name`, after any values already there.
     pub fn push(&mut self, name: Arc<str>, values: Vec<String>) {
-        match self
-            .0
-            .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
-        {
-            Some((_, existing)) => existing.extend(values),
-            None => self.0.push((name, Values::new(values))),
+        for value in &values {
+            self.append(&name, value);
         }
     }
 
     /// Adds the single value of a name the record does not have yet (the caller
     /// knows names are unique, as in a CSV header checked once).
-    pub fn push_unique(&mut self, name: Arc<str>, value: String) {
-        self.0.push((name, Values::One(value)));
+    pub fn push_unique(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
+        self.append(name.as_ref(), value.as_ref());
     }
 
-    /// All values of `name` (case-insensitive); empty when absent.
-    pub fn get(&self, name: &str) -> &[String] {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or(&[])
+    /// Empties the record, keeping its buffer (to build the next one in).
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn append(&mut self, name: &str, value: &str) {
+        push_len(&mut self.0, name.len());
+        self.0.push_str(name);
+        push_len(&mut self.0, value.len());
+        self.0.push_str(value);
+    }
+
+    /// A copy without spare capacity: for a record built in a reused buffer.
+    pub fn compacted(&self) -> SourceAttrs {
+        let mut text = String::with_capacity(self.0.len());
+        text.push_str(&self.0);
+        SourceAttrs(text)
+    }
+
+    /// All values of `name` (case-insensitive), in order; none when absent.
+    pub fn get<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// The first non-empty value of `name`.
     pub fn first(&self, name: &str) -> Option<&str> {
-        self.get(name)
-            .iter()
-            .map(String::as_str)
-            .find(|v| !v.is_empty())
+        self.get(name).find(|v| !v.is_empty())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &[String])> {
-        self.0.iter().map(|(n, v)| (&**n, v.as_slice()))
+    /// Every value with its name, in the order pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest = self.0.as_str();
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let name;
+            (name, rest) = take(rest);
+            let value;
+            (value, rest) = take(rest);
+            Some((name, value))
+        })
+    }
+}
+
+/// Splits one length-framed string off the front of `rest`.
+fn take(rest: &str) -> (&str, &str) {
+    let (len, at) = read_len(rest.as_bytes());
+    (&rest[at..at + len], &rest[at + len..])
+}
+
+impl fmt::Debug for SourceAttrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -160,4 +162,30 @@ pub struct SourceDirectory {
     /// Members of groups that are not users of this read (outside the base DN,
     /// filtered out, unknown keys): counted, never provisioned.
     pub unresolved_members: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_attrs_keep_every_value_under_its_name_in_order() {
+        let mut attrs = SourceAttrs::new();
+        attrs.push("mail".into(), vec!["".into(), "a@x.com".into()]);
+        attrs.push_unique("cn", "Ann \u{1F600} Lee");
+        attrs.push("Mail".into(), vec!["b@x.com".into()]);
+        attrs.push_unique("title", "x".repeat(5000));
+        assert_eq!(
+            attrs.get("MAIL").collect::<Vec<_>>(),
+            ["", "a@x.com", "b@x.com"]
+        );
+        assert_eq!(attrs.first("mail"), Some("a@x.com"));
+        assert_eq!(attrs.first("cn"), Some("Ann \u{1F600} Lee"));
+        assert_eq!(attrs.get("title").next().map(str::len), Some(5000));
+        assert_eq!(attrs.get("sn").count(), 0);
+        assert_eq!(attrs.iter().count(), 5);
+        assert_eq!(attrs.compacted(), attrs);
+        attrs.clear();
+        assert_eq!(attrs, SourceAttrs::new());
+    }
 }

@@ -323,6 +323,8 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
     // The line of each user, for duplicate keys.
     let mut lines: Vec<u64> = Vec::new();
     let mut record = csv::ByteRecord::new();
+    // Each record is built here, then copied out at its exact size.
+    let mut scratch = SourceAttrs::with_capacity(columns.len());
     loop {
         match reader.read_byte_record(&mut record) {
             Ok(true) => {}
@@ -339,13 +341,13 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
         if record.iter().all(|f| f.is_empty()) {
             continue; // a blank line, not a user
         }
-        let mut attrs = SourceAttrs::with_capacity(columns.len());
+        scratch.clear();
         let mut bad = false;
         for (i, field) in record.iter().enumerate() {
             match std::str::from_utf8(field) {
                 Ok(value) => {
                     if !value.is_empty() {
-                        attrs.push_unique(columns[i].clone(), value.to_string());
+                        scratch.push_unique(&columns[i], value);
                     }
                 }
                 Err(_) => {
@@ -374,7 +376,7 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
         users.push(SourceUser {
             key: SourceKey::new(key),
             origin: Origin::line(file.clone(), line),
-            attrs,
+            attrs: scratch.compacted(),
         });
     }
     let mut seen: FastMap<&str, u64> =

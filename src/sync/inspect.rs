@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::model::{
-    AttrNote, Email, Ownership, ScimId, SourceKey, State, Status, UserAttrs, UserName,
+    AttrNote, Email, Ownership, ScimId, SourceAttrs, SourceKey, State, Status, UserAttrs, UserName,
 };
 use crate::plan::{self, Operation, PlanningInput, RemoveAction};
 use crate::state::{FailureRecord, LockHolder, OpLine, RunPoint, RunRecord, StateDb};
@@ -293,11 +293,9 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
     let wanted = Email::new(who);
     let record = dir.users.iter().find(|u| {
         u.key.as_str() == who
-            || u.attrs.iter().any(|(_, values)| {
-                values
-                    .iter()
-                    .any(|v| v.contains('@') && Email::new(v.as_str()) == wanted)
-            })
+            || u.attrs
+                .iter()
+                .any(|(_, v)| v.contains('@') && Email::new(v) == wanted)
     });
     let state = match db.as_mut() {
         Some(db) => db.load()?,
@@ -379,11 +377,7 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
     explanation.found = Found::InSource(Box::new(ExplainedUser {
         key: record.key.clone(),
         origin: record.origin.to_string(),
-        attrs: record
-            .attrs
-            .iter()
-            .map(|(name, values)| (name.to_string(), values.to_vec()))
-            .collect(),
+        attrs: grouped(&record.attrs),
         scope,
         mapping,
         target,
@@ -400,4 +394,16 @@ pub fn log(
         Some(db) => Ok(db.op_log(filter)?),
         None => Ok(Vec::new()),
     }
+}
+
+/// A record's values grouped under their names, in the order the names came.
+fn grouped(attrs: &SourceAttrs) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, value) in attrs.iter() {
+        match out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            Some((_, values)) => values.push(value.to_owned()),
+            None => out.push((name.to_owned(), vec![value.to_owned()])),
+        }
+    }
+    out
 }
