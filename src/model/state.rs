@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AttrHash, FastMap, GroupKey, GroupName, ScimId, SourceKey, UserAttr, UserAttrs, UserName,
+    AttrHash, FastHash, GroupKey, GroupName, ScimId, SourceKey, UserAttr, UserAttrs, UserName,
 };
 
 /// Whether idsync created an object or adopted one that already existed. Only
@@ -86,10 +86,15 @@ pub struct StateGroup {
     pub ownership: Ownership,
 }
 
+/// Managed users by key. An index map: the entries sit in one vector and the
+/// hash table holds only their positions, so a million users cost their
+/// entries plus 8 bytes a slot, not a power-of-two table of whole entries.
+pub type StateUsers = indexmap::IndexMap<SourceKey, StateUser, FastHash>;
+
 /// The last pushed snapshot: the planner's view of the target.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
-    pub users: FastMap<SourceKey, StateUser>,
+    pub users: StateUsers,
     pub groups: BTreeMap<GroupKey, StateGroup>,
     pub memberships: BTreeMap<GroupKey, BTreeSet<SourceKey>>,
     /// Bumped by every write; part of a saved plan's fingerprint.

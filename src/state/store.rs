@@ -29,6 +29,12 @@ impl StateDb {
             ..State::default()
         };
         {
+            // Sized once: growing a million entries by doubling would hold the
+            // old and the new vector at once.
+            let count: i64 = tx
+                .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+                .map_err(|e| sqlite(&path, e))?;
+            state.users.reserve(usize::try_from(count).unwrap_or(0));
             let mut stmt = tx
                 .prepare("SELECT key, scim_id, user_name, hash, status, ownership FROM users")
                 .map_err(|e| sqlite(&path, e))?;
