@@ -556,26 +556,50 @@ impl Mapping {
     /// record error is collected; any error fails the whole build, since
     /// provisioning a partial directory would deprovision the rest.
     pub fn build(&self, dir: SourceDirectory) -> Result<Desired, Vec<RecordError>> {
-        let memberships = self.memberships(&dir.groups)?;
-        let mut errors = Vec::new();
-        let mut users = Vec::with_capacity(dir.users.len());
-        let mut out_of_scope = Vec::new();
+        let mut mapper = self.user_mapper(&dir.groups, dir.users.len())?;
         for user in dir.users {
-            match self.map_attrs(user.key.as_str(), &user.attrs, &memberships) {
-                Ok(Some((attrs, active))) => users.push(DesiredUser {
-                    key: user.key,
-                    origin: user.origin,
-                    attrs,
-                    active,
-                }),
-                Ok(None) => out_of_scope.push(user.key),
-                Err(problem) => errors.push(RecordError {
-                    origin: user.origin,
-                    record: RecordId::User(user.key),
-                    problem,
-                }),
-            }
+            mapper.push(user);
         }
+        let users = mapper.finish();
+        self.build_groups(users, dir.groups, dir.unresolved_members)
+    }
+
+    /// Maps users one at a time, as a source hands them over (so a large
+    /// directory's records need not all be held at once); `groups` are the
+    /// read's groups, for `member_of` scope clauses. Then
+    /// [`Mapping::build_groups`] completes the desired state.
+    pub fn user_mapper<'m, 'g>(
+        &'m self,
+        groups: &'g [SourceGroup],
+        expected_users: usize,
+    ) -> Result<UserMapper<'m, 'g>, Vec<RecordError>> {
+        Ok(UserMapper {
+            mapping: self,
+            memberships: self.memberships(groups)?,
+            mapped: MappedUsers {
+                users: Vec::with_capacity(expected_users),
+                out_of_scope: Vec::new(),
+                errors: Vec::new(),
+            },
+        })
+    }
+
+    /// The desired state from users mapped by a [`UserMapper`] and the read's
+    /// groups: duplicate userNames and keys found, group names mapped, members
+    /// kept only when they are in-scope users. Every record error is collected;
+    /// any error fails the whole build, since provisioning a partial directory
+    /// would deprovision the rest.
+    pub fn build_groups(
+        &self,
+        mapped: MappedUsers,
+        source_groups: Vec<SourceGroup>,
+        unresolved_members: usize,
+    ) -> Result<Desired, Vec<RecordError>> {
+        let MappedUsers {
+            mut users,
+            out_of_scope,
+            mut errors,
+        } = mapped;
 
         // In source order, so the later record is the one reported.
         let mut seen: HashMap<FoldedRef<'_>, usize, FastHash> =
@@ -617,20 +641,20 @@ impl Mapping {
         }
 
         let empty = SourceAttrs::new();
-        let mut ignored_members = dir.unresolved_members;
-        let mut groups: Vec<(DesiredGroup, Origin)> = Vec::with_capacity(dir.groups.len());
-        let mut names: HashMap<GroupName, usize> = HashMap::with_capacity(dir.groups.len());
+        let mut ignored_members = unresolved_members;
+        let mut groups: Vec<(DesiredGroup, Origin)> = Vec::with_capacity(source_groups.len());
+        let mut names: HashMap<GroupName, usize> = HashMap::with_capacity(source_groups.len());
         // The first group with a name (an index into `groups`) → the later ones.
         let mut shared_names: BTreeMap<usize, Vec<(GroupKey, Origin)>> = BTreeMap::new();
         // Hashing the keys once beats a binary search per member over large,
         // pointer-heavy user records.
-        let in_scope: HashSet<&str, FastHash> = if dir.groups.iter().any(|g| !g.members.is_empty())
-        {
-            users.iter().map(|u| u.key.as_str()).collect()
-        } else {
-            HashSet::default()
-        };
-        for group in dir.groups {
+        let in_scope: HashSet<&str, FastHash> =
+            if source_groups.iter().any(|g| !g.members.is_empty()) {
+                users.iter().map(|u| u.key.as_str()).collect()
+            } else {
+                HashSet::default()
+            };
+        for group in source_groups {
             let display_name = match self.group_display_name(&group, &empty) {
                 Ok(Some(name)) => name.into_owned(),
                 Ok(None) => continue,
@@ -700,6 +724,58 @@ impl Mapping {
             ignored_members,
             held_groups,
         })
+    }
+}
+
+/// Maps a read's users one at a time (see [`Mapping::user_mapper`]).
+pub struct UserMapper<'m, 'g> {
+    mapping: &'m Mapping,
+    memberships: Memberships<'g>,
+    mapped: MappedUsers,
+}
+
+impl UserMapper<'_, '_> {
+    /// Maps one user: kept when in scope, noted when out of scope, its error
+    /// collected otherwise. The source record is not kept.
+    pub fn push(&mut self, user: SourceUser) {
+        let mapped = &mut self.mapped;
+        match self
+            .mapping
+            .map_attrs(user.key.as_str(), &user.attrs, &self.memberships)
+        {
+            Ok(Some((attrs, active))) => mapped.users.push(DesiredUser {
+                key: user.key,
+                origin: user.origin,
+                attrs,
+                active,
+            }),
+            Ok(None) => mapped.out_of_scope.push(user.key),
+            Err(problem) => mapped.errors.push(RecordError {
+                origin: user.origin,
+                record: RecordId::User(user.key),
+                problem,
+            }),
+        }
+    }
+
+    /// The users mapped so far, in the order given.
+    pub fn finish(self) -> MappedUsers {
+        self.mapped
+    }
+}
+
+/// Users mapped one by one, before the groups complete the desired state.
+#[derive(Debug, Default)]
+pub struct MappedUsers {
+    users: Vec<DesiredUser>,
+    out_of_scope: Vec<SourceKey>,
+    errors: Vec<RecordError>,
+}
+
+impl MappedUsers {
+    /// Users read (in scope, out of scope or in error).
+    pub fn read(&self) -> usize {
+        self.users.len() + self.out_of_scope.len() + self.errors.len()
     }
 }
 

@@ -26,7 +26,9 @@ pub use remote::{
     MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,
     TargetSnapshot,
 };
-pub use state::{AttrNote, Ownership, State, StateChange, StateGroup, StateUser, StateUsers, Status};
+pub use state::{
+    AttrNote, Ownership, State, StateChange, StateGroup, StateUser, StateUsers, Status,
+};
 
 /// A fast, randomly seeded hasher for the large in-memory maps of a cycle.
 pub type FastHash = foldhash::fast::RandomState;

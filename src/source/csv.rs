@@ -13,10 +13,12 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{CsvFault, Problems, RowProblem, Source, SourceConfigError, SourceError, file_name};
+use super::{
+    CsvFault, Problems, RowProblem, Source, SourceConfigError, SourceError, StreamedSource,
+    file_name,
+};
 use crate::model::{
-    FastMap, FastSet, GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey,
-    SourceUser,
+    FastSet, GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser,
 };
 
 /// The `source:` section for `kind: csv`, as written.
@@ -90,6 +92,10 @@ impl Source for CsvSettings {
         })
     }
 
+    fn streamed(&self) -> Option<Box<dyn StreamedSource>> {
+        Some(Box::new(self.clone()))
+    }
+
     /// A CSV source is read whole and counted.
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>> {
         Box::pin(async move {
@@ -107,13 +113,27 @@ impl Source for CsvSettings {
     }
 }
 
+impl StreamedSource for CsvSettings {
+    fn read_groups(&self) -> Result<Vec<SourceGroup>, SourceError> {
+        match &self.groups {
+            Some(path) => Ok(read_groups(path, self.delimiter, None)?.0),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn read_users(&self, each: &mut dyn FnMut(SourceUser)) -> Result<(), SourceError> {
+        each_user(self, each)
+    }
+}
+
 /// Reads the users file and, when configured, the groups file.
 pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, SourceError> {
-    let users = read_users(settings)?;
+    let mut users = Vec::new();
+    each_user(settings, &mut |user| users.push(user))?;
     let (groups, unresolved_members) = match &settings.groups {
         Some(path) => {
             let known: FastSet<&str> = users.iter().map(|u| u.key.as_str()).collect();
-            read_groups(path, settings.delimiter, &known)?
+            read_groups(path, settings.delimiter, Some(&known))?
         }
         None => (Vec::new(), 0),
     };
@@ -290,7 +310,9 @@ fn column_names(columns: &[Arc<str>]) -> Vec<String> {
     columns.iter().map(|c| c.to_string()).collect()
 }
 
-fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
+/// Hands each user of the users file to `each`, in file order; any bad row
+/// fails the read once the whole file was read.
+fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result<(), SourceError> {
     let path = &settings.users;
     let name = file_name(path);
     let mut reader = open(path, settings.delimiter)?;
@@ -319,9 +341,8 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
     }
     let file: Arc<str> = Arc::from(name.as_str());
     let mut problems = Problems::default();
-    let mut users = Vec::new();
-    // The line of each user, for duplicate keys.
-    let mut lines: Vec<u64> = Vec::new();
+    // Each user's key and line, for duplicate keys.
+    let mut keys: Vec<(SourceKey, u64)> = Vec::new();
     let mut record = csv::ByteRecord::new();
     // Each record is built here, then copied out at its exact size.
     let mut scratch = SourceAttrs::with_capacity(columns.len());
@@ -372,28 +393,38 @@ fn read_users(settings: &CsvSettings) -> Result<Vec<SourceUser>, SourceError> {
                 continue;
             }
         };
-        lines.push(line);
-        users.push(SourceUser {
+        keys.push((SourceKey::new(key), line));
+        each(SourceUser {
             key: SourceKey::new(key),
             origin: Origin::line(file.clone(), line),
             attrs: scratch.compacted(),
         });
     }
-    let mut seen: FastMap<&str, u64> =
-        FastMap::with_capacity_and_hasher(users.len(), Default::default());
-    for (user, &line) in users.iter().zip(&lines) {
-        if let Some(first_line) = seen.insert(user.key.as_str(), line) {
-            problems.push(RowProblem::DuplicateKey {
-                line,
-                key: user.key.as_str().to_string(),
+    // A key seen again is reported at each later line, in line order, against
+    // the first line that had it.
+    keys.sort_unstable();
+    let mut duplicates = Vec::new();
+    for run in keys.chunk_by(|a, b| a.0 == b.0) {
+        let first_line = run[0].1;
+        for (key, line) in &run[1..] {
+            duplicates.push(RowProblem::DuplicateKey {
+                line: *line,
+                key: key.as_str().to_string(),
                 first_line,
             });
         }
     }
+    duplicates.sort_by_key(|p| match p {
+        RowProblem::DuplicateKey { line, .. } => *line,
+        _ => 0,
+    });
+    for problem in duplicates {
+        problems.push(problem);
+    }
     if !problems.is_empty() {
         return Err(bad_rows(path, problems));
     }
-    Ok(users)
+    Ok(())
 }
 
 fn bad_rows(path: &Path, problems: Problems<RowProblem>) -> SourceError {
@@ -411,10 +442,12 @@ struct GroupAcc {
     members: Vec<SourceKey>,
 }
 
+/// The groups file. With `known_users`, members that are not among them are
+/// counted, not kept; without, every member is kept.
 fn read_groups(
     path: &Path,
     delimiter: u8,
-    known_users: &FastSet<&str>,
+    known_users: Option<&FastSet<&str>>,
 ) -> Result<(Vec<SourceGroup>, usize), SourceError> {
     let name = file_name(path);
     let mut reader = open(path, delimiter)?;
@@ -494,7 +527,7 @@ fn read_groups(
         if member.is_empty() {
             continue;
         }
-        if known_users.contains(member) {
+        if known_users.is_none_or(|known| known.contains(member)) {
             acc.members.push(SourceKey::new(member));
         } else {
             unresolved += 1;

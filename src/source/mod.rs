@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 
 use futures_util::future::BoxFuture;
 
-use crate::model::{Mirror, SourceDirectory};
+use crate::model::{Mirror, SourceDirectory, SourceGroup, SourceUser};
 
 /// A directory idsync reads from.
 pub trait Source: Send + Sync {
@@ -55,10 +55,32 @@ pub trait Source: Send + Sync {
         Box::pin(async move { Ok((self.read(attributes).await?, mirror)) })
     }
 
+    /// A source that can give its groups first and then its users one at a
+    /// time (CSV): the engine maps each user as it is read, so a large
+    /// directory's records never all sit in memory at once. `None` (the
+    /// default): the engine reads the whole directory with [`Source::read`].
+    fn streamed(&self) -> Option<Box<dyn StreamedSource>> {
+        None
+    }
+
     /// `idsync check`: reaches and authenticates without reading everything, and
     /// says what it found.
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>>;
 
     /// One line naming the source, for `validate` and messages.
     fn describe(&self) -> String;
+}
+
+/// A directory read in two passes, groups then users, each blocking (the
+/// engine runs them on a blocking thread). Together they are one complete
+/// read, all or nothing, exactly as [`Source::read`].
+pub trait StreamedSource: Send + 'static {
+    /// The groups, each member as the source names it: members that are not
+    /// users of this read are left in, for the mapping to count and ignore.
+    fn read_groups(&self) -> Result<Vec<SourceGroup>, SourceError>;
+
+    /// Hands every user to `each` in source order, keeping none. A bad record
+    /// still fails the read, once the whole file was read (so every problem is
+    /// reported at once).
+    fn read_users(&self, each: &mut dyn FnMut(SourceUser)) -> Result<(), SourceError>;
 }

@@ -27,13 +27,14 @@ use serde::Serialize;
 
 use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
+use crate::mapping::{Mapping, RecordError};
 use crate::model::{
     Desired, MemberResolver, Mirror, MirrorDigest, RemoteUser, ScimId, SourceKey, State, Status,
     TargetSnapshot,
 };
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, TargetRules, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
-use crate::source::{Source, SourceError};
+use crate::source::{Source, SourceError, StreamedSource};
 use crate::state::{RunEnd, StateDb, StateError};
 
 /// How long `plan` waits for the target when it looks whether a state-less
@@ -299,16 +300,31 @@ pub async fn desired(
 ) -> Result<(Desired, Option<Mirror>), SyncError> {
     let started = Instant::now();
     let attributes = settings.mapping.source_attributes();
-    let (dir, mirror) = match mirror {
-        Some(m) => {
-            let (dir, m) = source.read_mirrored(&attributes, m).await?;
-            (dir, Some(m))
-        }
-        None => (source.read(&attributes).await?, None),
+    let streamed = if mirror.is_none() {
+        source.streamed()
+    } else {
+        None
     };
-    let read = started.elapsed();
-    let users = dir.users.len();
-    let desired = settings.mapping.build(dir).map_err(|errors| {
+    let (built, users, mirror, read) = match (streamed, mirror) {
+        (Some(streamed), _) => {
+            // Blocking, on the thread that planning_input set aside for it.
+            let (built, users) = stream_mapped(streamed.as_ref(), &settings.mapping)?;
+            (built, users, None, started.elapsed())
+        }
+        (None, mirror) => {
+            let (dir, mirror) = match mirror {
+                Some(m) => {
+                    let (dir, m) = source.read_mirrored(&attributes, m).await?;
+                    (dir, Some(m))
+                }
+                None => (source.read(&attributes).await?, None),
+            };
+            let read = started.elapsed();
+            let users = dir.users.len();
+            (settings.mapping.build(dir), users, mirror, read)
+        }
+    };
+    let desired = built.map_err(|errors| {
         let total = errors.len();
         let mut listed: Vec<String> = errors
             .iter()
@@ -335,6 +351,28 @@ pub async fn desired(
         );
     }
     Ok((desired, mirror))
+}
+
+/// Reads a source that streams its users and maps each as it arrives (the
+/// records are never all held); returns the build and the number of users
+/// read. A failed read wins over mapping errors, as when the directory is read
+/// whole first.
+fn stream_mapped(
+    source: &dyn StreamedSource,
+    mapping: &Mapping,
+) -> Result<(Result<Desired, Vec<RecordError>>, usize), SourceError> {
+    let groups = source.read_groups()?;
+    let mut mapper = match mapping.user_mapper(&groups, 0) {
+        Ok(mapper) => mapper,
+        Err(errors) => {
+            source.read_users(&mut |_| {})?;
+            return Ok((Err(errors), 0));
+        }
+    };
+    source.read_users(&mut |user| mapper.push(user))?;
+    let mapped = mapper.finish();
+    let users = mapped.read();
+    Ok((mapping.build_groups(mapped, groups, 0), users))
 }
 
 /// Builds the one planning input: the source read and mapped, the state loaded

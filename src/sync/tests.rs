@@ -336,3 +336,93 @@ async fn status_tells_a_running_sync_from_an_interrupted_one() {
     assert!(text.contains("Pending: a run was interrupted"), "{text}");
     assert!(text.contains("sync interrupted"), "{text}");
 }
+
+/// What the engine maps from a CSV read whole and from the same files
+/// streamed user by user (the path a cycle takes).
+async fn whole_and_streamed(
+    settings: &Settings,
+) -> (Result<Desired, String>, Result<Desired, String>) {
+    let source = settings.source.adapter();
+    let attributes = settings.mapping.source_attributes();
+    let whole = match source.read(&attributes).await {
+        Ok(dir) => settings
+            .mapping
+            .build(dir)
+            .map_err(|e| format!("mapping: {}", e.len())),
+        Err(e) => Err(format!("source: {e}")),
+    };
+    let streamed = source.streamed().expect("a CSV source streams");
+    let streamed = match stream_mapped(streamed.as_ref(), &settings.mapping) {
+        Ok((built, _)) => built.map_err(|e| format!("mapping: {}", e.len())),
+        Err(e) => Err(format!("source: {e}")),
+    };
+    (whole, streamed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_csv_read_maps_to_exactly_what_a_whole_read_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = workspace(
+        dir.path(),
+        &[
+            ("3", "c@x.com", "Eng"),
+            ("1", "a@x.com", "Lead"),
+            ("2", "b@x.com", "Eng"),
+        ],
+    );
+    // Members that are not users, a repeated membership, an inactive user.
+    std::fs::write(
+        dir.path().join("groups.csv"),
+        "group,member\neveryone,1\neveryone,ghost\neveryone,1\nleads,1\nleads,2\nempty,nobody\n",
+    )
+    .unwrap();
+    let mut users = std::fs::read_to_string(dir.path().join("users.csv")).unwrap();
+    users.push_str("4,d@x.com,D,E,D E,Eng,R&D,false\n");
+    std::fs::write(dir.path().join("users.csv"), users).unwrap();
+    let settings = Settings::load(&config).unwrap();
+    let (whole, streamed) = whole_and_streamed(&settings).await;
+    let (whole, streamed) = (whole.unwrap(), streamed.unwrap());
+    assert_eq!(streamed.users, whole.users);
+    assert_eq!(streamed.groups, whole.groups);
+    assert_eq!(streamed.out_of_scope, whole.out_of_scope);
+    assert_eq!(streamed.ignored_members, whole.ignored_members);
+    assert_eq!(streamed.ignored_members, 2);
+    assert_eq!(streamed.held_groups, whole.held_groups);
+    assert_eq!(
+        streamed
+            .users
+            .iter()
+            .map(|u| u.key.as_str())
+            .collect::<Vec<_>>(),
+        ["1", "2", "3", "4"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_csv_read_with_bad_rows_fails_as_a_source_error_before_any_mapping_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = workspace(
+        dir.path(),
+        &[("1", "a@x.com", "Eng"), ("2", "b@x.com", "Eng")],
+    );
+    // A duplicate key (a source problem) and a user without an email (a
+    // mapping problem).
+    let mut users = std::fs::read_to_string(dir.path().join("users.csv")).unwrap();
+    users.push_str("1,again@x.com,A,B,A B,Eng,R&D,true\n5,,A,B,A B,Eng,R&D,true\n");
+    std::fs::write(dir.path().join("users.csv"), &users).unwrap();
+    let settings = Settings::load(&config).unwrap();
+    let (whole, streamed) = whole_and_streamed(&settings).await;
+    let whole = whole.unwrap_err();
+    assert!(
+        whole.starts_with("source: ") && whole.contains("line 4"),
+        "{whole}"
+    );
+    assert_eq!(streamed.unwrap_err(), whole);
+
+    // Without the duplicate, both report the mapping problem.
+    users = users.replace("1,again@x.com", "6,again@x.com");
+    std::fs::write(dir.path().join("users.csv"), &users).unwrap();
+    let (whole, streamed) = whole_and_streamed(&settings).await;
+    assert_eq!(whole.unwrap_err(), "mapping: 1");
+    assert_eq!(streamed.unwrap_err(), "mapping: 1");
+}
