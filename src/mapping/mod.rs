@@ -134,6 +134,7 @@ use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -601,29 +602,7 @@ impl Mapping {
             mut errors,
         } = mapped;
 
-        // In source order, so the later record is the one reported.
-        let mut seen: HashMap<FoldedRef<'_>, usize, FastHash> =
-            HashMap::with_capacity_and_hasher(users.len(), FastHash::default());
-        for (i, user) in users.iter().enumerate() {
-            match seen.entry(FoldedRef(user.user_name())) {
-                Entry::Occupied(first) => {
-                    let first = &users[*first.get()];
-                    errors.push(RecordError {
-                        origin: user.origin.clone(),
-                        record: RecordId::User(user.key.clone()),
-                        problem: RecordProblem::DuplicateUserName {
-                            user_name: user.user_name().to_owned(),
-                            other: first.key.clone(),
-                            other_origin: first.origin.clone(),
-                        },
-                    });
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(i);
-                }
-            }
-        }
-        drop(seen);
+        errors.extend(duplicate_user_names(&users));
 
         if !users.is_sorted_by(|a, b| a.key <= b.key) {
             users.sort_by(|a, b| a.key.cmp(&b.key));
@@ -725,6 +704,54 @@ impl Mapping {
             held_groups,
         })
     }
+}
+
+/// A user whose userName (compared folded) an earlier user already has, against
+/// the first one that has it, in source order: the later record is the one
+/// reported. Found by sorting digests of the folded names (16 bytes a user)
+/// rather than in a hash map of names, which at a million users was one of the
+/// largest allocations of a cycle.
+fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
+    let hasher = FastHash::default();
+    let mut digests: Vec<(u64, u32)> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (hasher.hash_one(FoldedRef(u.user_name())), i as u32))
+        .collect();
+    digests.sort_unstable();
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    for run in digests
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter(|run| run.len() > 1)
+    {
+        // Sorted by position, so the first equal name is the first occurrence.
+        for (j, &(_, later)) in run.iter().enumerate().skip(1) {
+            let later = later as usize;
+            let name = FoldedRef(users[later].user_name());
+            if let Some(&(_, first)) = run[..j]
+                .iter()
+                .find(|(_, k)| FoldedRef(users[*k as usize].user_name()) == name)
+            {
+                found.push((later, first as usize));
+            }
+        }
+    }
+    found.sort_unstable();
+    found
+        .into_iter()
+        .map(|(later, first)| {
+            let (user, first) = (&users[later], &users[first]);
+            RecordError {
+                origin: user.origin.clone(),
+                record: RecordId::User(user.key.clone()),
+                problem: RecordProblem::DuplicateUserName {
+                    user_name: user.user_name().to_owned(),
+                    other: first.key.clone(),
+                    other_origin: first.origin.clone(),
+                },
+            }
+        })
+        .collect()
 }
 
 /// Maps a read's users one at a time (see [`Mapping::user_mapper`]).

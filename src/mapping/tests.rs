@@ -974,3 +974,41 @@ fn groups_sharing_a_display_name_are_held_and_users_still_map() {
     );
     assert!(reason.contains("sAMAccountName"), "{reason}");
 }
+
+proptest::proptest! {
+    /// The sort-based check reports exactly what a map of names seen so far
+    /// would: each later user against the first with the same folded name.
+    #[test]
+    fn duplicate_user_names_are_each_later_user_against_the_first(
+        names in proptest::collection::vec("[aAbB]{1,2}(@[xX])?", 0..40)
+    ) {
+        let users: Vec<DesiredUser> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| DesiredUser {
+                key: SourceKey::new(format!("k{i}")),
+                origin: Origin::new(format!("row {i}")),
+                attrs: UserAttrs::from([(UserAttr::UserName, n.as_str())]),
+                active: true,
+            })
+            .collect();
+        let mut expected = Vec::new();
+        let mut first_seen: Vec<(String, usize)> = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            match first_seen.iter().find(|(f, _)| *f == n.to_lowercase()) {
+                Some((_, first)) => expected.push((format!("k{i}"), format!("k{first}"))),
+                None => first_seen.push((n.to_lowercase(), i)),
+            }
+        }
+        let got: Vec<(String, String)> = super::duplicate_user_names(&users)
+            .into_iter()
+            .map(|e| match (e.record, e.problem) {
+                (RecordId::User(k), RecordProblem::DuplicateUserName { other, .. }) => {
+                    (k.to_string(), other.to_string())
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        proptest::prop_assert_eq!(got, expected);
+    }
+}
