@@ -138,7 +138,7 @@ time_plan() {
     local bin="$1" t0 t1 read_ms
     t0=$(now_ms)
     BENCH_LDAP_PASSWORD=syncpass /usr/bin/time -f "%M" -o "$WORK/rss" \
-        "$bin" plan -c "$WORK/config.yaml" --format json >"$WORK/plan.json" 2>"$WORK/plan.log" || {
+        "$bin" plan -c "$WORK/config.yaml" --format json >/dev/null 2>"$WORK/plan.log" || {
         echo "error: $bin plan failed:" >&2
         cat "$WORK/plan.log" >&2
         exit 1
@@ -159,16 +159,18 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 results="$WORK/results"
 : >"$results"
 for run in $(seq 1 "$RUNS"); do
-    ls_ms=$(time_ldapsearch)
+    # Called directly (not in $(...)) so that a failure ends the script.
+    time_ldapsearch >"$WORK/ls.txt"
     if [ -n "$OLD" ] && [ $((run % 2)) = 0 ]; then
-        read -r old_read old_total old_kib <<<"$(time_plan "$OLD")"
-        read -r new_read new_total new_kib <<<"$(time_plan "$BIN")"
+        time_plan "$OLD" >"$WORK/old.txt"
+        time_plan "$BIN" >"$WORK/new.txt"
     else
-        read -r new_read new_total new_kib <<<"$(time_plan "$BIN")"
-        if [ -n "$OLD" ]; then
-            read -r old_read old_total old_kib <<<"$(time_plan "$OLD")"
-        fi
+        time_plan "$BIN" >"$WORK/new.txt"
+        [ -z "$OLD" ] || time_plan "$OLD" >"$WORK/old.txt"
     fi
+    ls_ms=$(cat "$WORK/ls.txt")
+    read -r new_read new_total new_kib <"$WORK/new.txt"
+    [ -z "$OLD" ] || read -r old_read old_total old_kib <"$WORK/old.txt"
     line="round $run: ldapsearch users+groups $ls_ms ms, idsync read $new_read ms"
     line="$line ($(ratio "$new_read" "$ls_ms")x); plan $new_total ms, peak RSS $(mib "$new_kib") MiB"
     if [ -n "$OLD" ]; then
