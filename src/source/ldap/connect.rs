@@ -10,6 +10,7 @@ use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry};
 use secrecy::ExposeSecret;
 
+use super::entry::Entry;
 use super::{LdapSettings, TlsVerify};
 use crate::source::{BindRefusal, CaFileProblem, LdapOperation, SearchLimit, SourceError};
 
@@ -107,10 +108,10 @@ pub(super) async fn search_each(
     base: &str,
     filter: &str,
     attributes: Vec<String>,
-    mut each: impl FnMut(SearchEntry),
+    mut each: impl FnMut(Entry),
 ) -> Result<usize, SourceError> {
-    // EntriesOnly drops referrals and intermediate messages, which
-    // `SearchEntry::construct` cannot parse; PagedResults fetches every page.
+    // EntriesOnly drops referrals and intermediate messages, which are not
+    // entries; PagedResults fetches every page.
     let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> = vec![
         Box::new(EntriesOnly::new()),
         Box::new(PagedResults::new(settings.page_size)),
@@ -127,7 +128,11 @@ pub(super) async fn search_each(
     loop {
         match stream.next().await {
             Ok(Some(entry)) => {
-                each(SearchEntry::construct(entry));
+                let Some(entry) = Entry::decode(entry) else {
+                    let _ = stream.finish().await;
+                    return Err(malformed(settings, what()));
+                };
+                each(entry);
                 count += 1;
             }
             Ok(None) => break,
@@ -163,7 +168,7 @@ pub(super) async fn read_entry(
     settings: &LdapSettings,
     dn: &str,
     attributes: Vec<String>,
-) -> Result<Option<SearchEntry>, SourceError> {
+) -> Result<Option<Entry>, SourceError> {
     let result = ldap
         .with_timeout(settings.timeout)
         .search(dn, Scope::Base, "(objectClass=*)", attributes)
@@ -176,7 +181,16 @@ pub(super) async fn read_entry(
     if result.rc != 0 {
         return Err(search_error(settings, dn, 0, &result));
     }
-    Ok(entries.into_iter().next().map(SearchEntry::construct))
+    match entries.into_iter().next() {
+        None => Ok(None),
+        Some(raw) => match Entry::decode(raw) {
+            Some(entry) => Ok(Some(entry)),
+            None => Err(malformed(
+                settings,
+                LdapOperation::ReadEntry { dn: dn.to_string() },
+            )),
+        },
+    }
 }
 
 /// The rootDSE's `supportedCapabilities`. A connection that fails is an
@@ -429,6 +443,16 @@ fn search_error(
             entries,
             server,
         },
+    }
+}
+
+/// The server answered `operation` with an entry that is not a well-formed
+/// SearchResultEntry (a DN or attribute name that is not UTF-8).
+fn malformed(settings: &LdapSettings, operation: LdapOperation) -> SourceError {
+    SourceError::ConnectionLost {
+        url: settings.url.clone(),
+        operation,
+        reason: "the server sent a malformed search result entry".into(),
     }
 }
 

@@ -14,6 +14,16 @@ fn must_stay_escaped(c: char) -> bool {
 
 /// The normal form of `dn`, used as the key of DN indexes.
 pub(super) fn normalize(dn: &str) -> String {
+    // Most DNs are ASCII without spaces or escapes (`uid=jdoe,ou=people,…`):
+    // their normal form is their lowercase.
+    if dn.bytes().all(|b| b.is_ascii() && b != b'\\' && b != b' ') {
+        return dn.to_ascii_lowercase();
+    }
+    normalize_any(dn)
+}
+
+/// `normalize` for any DN, character by character.
+fn normalize_any(dn: &str) -> String {
     let mut out = String::with_capacity(dn.len());
     let mut pending_spaces = 0usize;
     // At the start and right after a separator, spaces are insignificant.
@@ -21,7 +31,11 @@ pub(super) fn normalize(dn: &str) -> String {
     let bytes = dn.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        let c = dn[i..].chars().next().unwrap_or_default();
+        let c = if bytes[i].is_ascii() {
+            char::from(bytes[i])
+        } else {
+            dn[i..].chars().next().unwrap_or_default()
+        };
         match c {
             '\\' => {
                 if !at_boundary {
@@ -72,7 +86,7 @@ pub(super) fn normalize(dn: &str) -> String {
                 out.extend(std::iter::repeat_n(' ', pending_spaces));
                 pending_spaces = 0;
                 at_boundary = false;
-                out.extend(c.to_lowercase());
+                push_lowercase(&mut out, c);
             }
         }
         i += c.len_utf8();
@@ -84,6 +98,14 @@ fn push_value_char(out: &mut String, c: char) {
     if must_stay_escaped(c) {
         out.push('\\');
         out.push(c);
+    } else {
+        push_lowercase(out, c);
+    }
+}
+
+fn push_lowercase(out: &mut String, c: char) {
+    if c.is_ascii() {
+        out.push(c.to_ascii_lowercase());
     } else {
         out.extend(c.to_lowercase());
     }
@@ -126,6 +148,18 @@ pub(super) fn strip_unique_member_uid(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shortcut_for_plain_dns_agrees_with_the_general_rule() {
+        for dn in [
+            "uid=JDoe,ou=People,dc=Example,dc=com",
+            "CN=u1,OU=Staff+OU=x,DC=corp",
+            "",
+            "=,+",
+        ] {
+            assert_eq!(normalize(dn), normalize_any(dn), "{dn}");
+        }
+    }
 
     #[test]
     fn case_and_spaces_around_separators_do_not_matter() {

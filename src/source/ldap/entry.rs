@@ -5,15 +5,94 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use ldap3::SearchEntry;
+use ldap3::ResultEntry;
+use ldap3::asn1::{PL, StructureTag};
 
 use super::{Flavour, LdapSettings, dn};
-use crate::model::{Origin, SourceAttrs, SourceKey, SourceUser};
+use crate::model::{FastHash, Origin, SourceAttrs, SourceKey, SourceUser};
 use crate::source::{BadEntries, EntryProblem, KeyProblem, Problems, SourceError};
+
+/// A search result entry: its DN and its attributes in the order the server
+/// sent them, each attribute's values as text when all of them are UTF-8 and
+/// as bytes otherwise (AD's objectGUID and objectSid). What `ldap3`'s
+/// `SearchEntry` holds, decoded from the BER tree without copying a value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Entry {
+    pub(super) dn: String,
+    pub(super) attrs: Vec<(String, Vec<String>)>,
+    pub(super) bin_attrs: Vec<(String, Vec<Vec<u8>>)>,
+}
+
+impl Entry {
+    /// Decodes a SearchResultEntry (RFC 4511 section 4.5.2); `None` when it is
+    /// not one or is malformed (a DN or attribute name that is not UTF-8).
+    pub(super) fn decode(raw: ResultEntry) -> Option<Entry> {
+        let mut parts = constructed(raw.0.match_id(4)?)?.into_iter();
+        let dn = String::from_utf8(primitive(parts.next()?)?).ok()?;
+        let list = constructed(parts.next()?)?;
+        let mut entry = Entry {
+            dn,
+            attrs: Vec::with_capacity(list.len()),
+            bin_attrs: Vec::new(),
+        };
+        for attribute in list {
+            let mut attribute = constructed(attribute)?.into_iter();
+            let name = String::from_utf8(primitive(attribute.next()?)?).ok()?;
+            let raw_values = constructed(attribute.next()?)?;
+            let mut text: Vec<String> = Vec::with_capacity(raw_values.len());
+            let mut binary: Option<Vec<Vec<u8>>> = None;
+            for value in raw_values {
+                let bytes = primitive(value)?;
+                match (&mut binary, String::from_utf8(bytes)) {
+                    (None, Ok(value)) => text.push(value),
+                    (None, Err(e)) => {
+                        // One value is not text: the attribute is binary.
+                        let mut all: Vec<Vec<u8>> =
+                            text.drain(..).map(String::into_bytes).collect();
+                        all.push(e.into_bytes());
+                        binary = Some(all);
+                    }
+                    (Some(all), Ok(value)) => all.push(value.into_bytes()),
+                    (Some(all), Err(e)) => all.push(e.into_bytes()),
+                }
+            }
+            // A server sends each attribute once; were one sent twice, the
+            // text values of the last one count (as with `ldap3`'s map), the
+            // binary values of all of them.
+            match binary {
+                None => match entry.attrs.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, values)) => *values = text,
+                    None => entry.attrs.push((name, text)),
+                },
+                Some(values) => match entry.bin_attrs.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, all)) => all.extend(values),
+                    None => entry.bin_attrs.push((name, values)),
+                },
+            }
+        }
+        Some(entry)
+    }
+}
+
+/// The elements of a constructed BER value.
+fn constructed(tag: StructureTag) -> Option<Vec<StructureTag>> {
+    match tag.payload {
+        PL::C(elements) => Some(elements),
+        PL::P(_) => None,
+    }
+}
+
+/// The bytes of a primitive BER value.
+fn primitive(tag: StructureTag) -> Option<Vec<u8>> {
+    match tag.payload {
+        PL::P(bytes) => Some(bytes),
+        PL::C(_) => None,
+    }
+}
 
 /// Shares one allocation per attribute name across all entries.
 #[derive(Default)]
-pub(super) struct Names(HashSet<Arc<str>>);
+pub(super) struct Names(HashSet<Arc<str>, FastHash>);
 
 impl Names {
     pub(super) fn get(&mut self, name: &str) -> Arc<str> {
@@ -68,7 +147,7 @@ fn guid_from_text(text: &str) -> Option<String> {
 }
 
 /// Values of `name` in the entry, case-insensitively, text and binary.
-fn values<'e>(entry: &'e SearchEntry, name: &str) -> (&'e [String], &'e [Vec<u8>]) {
+fn values<'e>(entry: &'e Entry, name: &str) -> (&'e [String], &'e [Vec<u8>]) {
     let text = entry
         .attrs
         .iter()
@@ -120,7 +199,7 @@ impl Sid {
 
     /// The SID of the entry's `objectSid` (binary, or text when its bytes
     /// happen to be valid UTF-8).
-    pub(super) fn of(entry: &SearchEntry) -> Option<Sid> {
+    pub(super) fn of(entry: &Entry) -> Option<Sid> {
         let (text, binary) = values(entry, OBJECT_SID);
         binary
             .iter()
@@ -135,7 +214,7 @@ fn is_guid_attribute(name: &str) -> bool {
 }
 
 /// The entry's stable key from `attribute`, or why it has none.
-pub(super) fn key_of(entry: &SearchEntry, attribute: &str) -> Result<String, KeyProblem> {
+pub(super) fn key_of(entry: &Entry, attribute: &str) -> Result<String, KeyProblem> {
     let (text, binary) = values(entry, attribute);
     let mut keys: Vec<String> = Vec::with_capacity(1);
     if is_guid_attribute(attribute) {
@@ -169,7 +248,7 @@ pub(super) fn key_of(entry: &SearchEntry, attribute: &str) -> Result<String, Key
 pub(super) struct Users {
     pub(super) users: Vec<SourceUser>,
     /// Normalised DN → index in `users`.
-    pub(super) by_dn: HashMap<String, usize>,
+    pub(super) by_dn: HashMap<String, usize, FastHash>,
     /// Active Directory: primary group (its domain and RID) → indexes in `users`.
     pub(super) by_primary_group: HashMap<Sid, Vec<usize>>,
 }
@@ -182,7 +261,7 @@ pub(super) struct UserReader {
     /// Index users by their primary group (Active Directory).
     primary_groups: bool,
     users: Users,
-    keys: HashMap<SourceKey, usize>,
+    keys: HashMap<SourceKey, usize, FastHash>,
     problems: Problems<EntryProblem>,
     url: String,
     base: String,
@@ -200,10 +279,10 @@ impl UserReader {
             primary_groups: flavour == Flavour::ActiveDirectory,
             users: Users {
                 users: Vec::new(),
-                by_dn: HashMap::new(),
+                by_dn: HashMap::default(),
                 by_primary_group: HashMap::new(),
             },
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             problems: Problems::default(),
             url: settings.url.clone(),
             base: settings.user_base_dn.clone(),
@@ -211,7 +290,7 @@ impl UserReader {
         }
     }
 
-    pub(super) fn add(&mut self, entry: SearchEntry) {
+    pub(super) fn add(&mut self, entry: Entry) {
         let key = match key_of(&entry, &self.key_attribute) {
             Ok(key) => SourceKey::new(key),
             Err(problem) => {
@@ -245,18 +324,19 @@ impl UserReader {
                 .push(index);
         }
 
-        let SearchEntry { dn, attrs, .. } = entry;
+        let Entry {
+            dn,
+            attrs: mut named,
+            ..
+        } = entry;
         let guid_key = is_guid_attribute(&self.key_attribute);
-        let mut named: Vec<(String, Vec<String>)> = attrs
-            .into_iter()
-            // The binary objectGUID is replaced below by its text form; the
-            // SID only served to find the primary group.
-            .filter(|(name, _)| {
-                let replaced = guid_key && is_guid_attribute(name);
-                let sid = name.eq_ignore_ascii_case(OBJECT_SID);
-                !replaced && !sid
-            })
-            .collect();
+        // The binary objectGUID is replaced below by its text form; the SID
+        // only served to find the primary group.
+        named.retain(|(name, _)| {
+            let replaced = guid_key && is_guid_attribute(name);
+            let sid = name.eq_ignore_ascii_case(OBJECT_SID);
+            !replaced && !sid
+        });
         named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut source_attrs = SourceAttrs::with_capacity(named.len() + 2);
         source_attrs.push(self.dn_name.clone(), vec![dn.clone()]);
@@ -293,7 +373,7 @@ impl UserReader {
 
 /// The primary group of a user entry: its own SID's domain with the RID in
 /// `primaryGroupID`.
-fn primary_group(entry: &SearchEntry) -> Option<Sid> {
+fn primary_group(entry: &Entry) -> Option<Sid> {
     let (text, _) = values(entry, PRIMARY_GROUP_ID);
     let rid = text.iter().find_map(|v| v.trim().parse::<u32>().ok())?;
     let own = Sid::of(entry)?;
@@ -306,6 +386,7 @@ fn primary_group(entry: &SearchEntry) -> Option<Sid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ldap3::SearchEntry;
 
     /// S-1-5-21-1004336348-1177238915-682003330-RID, as AD stores it.
     fn sid_bytes(rid: u32) -> Vec<u8> {
@@ -339,8 +420,8 @@ mod tests {
         );
     }
 
-    fn entry(text: &[(&str, &[&str])], binary: &[(&str, &[&[u8]])]) -> SearchEntry {
-        SearchEntry {
+    fn entry(text: &[(&str, &[&str])], binary: &[(&str, &[&[u8]])]) -> Entry {
+        Entry {
             dn: "uid=x,ou=people,dc=example,dc=com".into(),
             attrs: text
                 .iter()
@@ -351,6 +432,78 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.iter().map(|b| b.to_vec()).collect()))
                 .collect(),
         }
+    }
+
+    /// A SearchResultEntry as the connection parses it off the wire.
+    fn raw_entry(dn: &str, attrs: &[(&str, &[&[u8]])]) -> ResultEntry {
+        use ldap3::asn1::TagClass;
+        let octets = |bytes: &[u8]| StructureTag {
+            class: TagClass::Universal,
+            id: 4,
+            payload: PL::P(bytes.to_vec()),
+        };
+        let sequence = |id: u64, elements: Vec<StructureTag>| StructureTag {
+            class: TagClass::Universal,
+            id,
+            payload: PL::C(elements),
+        };
+        let list = attrs
+            .iter()
+            .map(|(name, values)| {
+                let values = sequence(17, values.iter().map(|v| octets(v)).collect());
+                sequence(16, vec![octets(name.as_bytes()), values])
+            })
+            .collect();
+        let entry = StructureTag {
+            class: TagClass::Application,
+            id: 4,
+            payload: PL::C(vec![octets(dn.as_bytes()), sequence(16, list)]),
+        };
+        ResultEntry::new(entry)
+    }
+
+    #[test]
+    fn entries_decode_as_ldap3_decodes_them() {
+        let sid = sid_bytes(1105);
+        let attrs: &[(&str, &[&[u8]])] = &[
+            ("cn", &[b"J\xc3\xb6rg M\xc3\xbcller"]),
+            ("mail", &[b"a@example.com", b"b@example.com"]),
+            ("objectGUID", &[&GUID_BYTES]),
+            ("objectSid", &[&sid]),
+            ("empty", &[]),
+        ];
+        let dn = "CN=J\u{f6}rg,OU=Staff,DC=corp";
+        let ours = Entry::decode(raw_entry(dn, attrs)).unwrap();
+        let theirs = SearchEntry::construct(raw_entry(dn, attrs));
+        assert_eq!(ours.dn, theirs.dn);
+        let mut text = ours.attrs.clone();
+        text.sort();
+        let mut expected: Vec<_> = theirs.attrs.into_iter().collect();
+        expected.sort();
+        assert_eq!(text, expected);
+        let mut binary = ours.bin_attrs.clone();
+        binary.sort();
+        let mut expected: Vec<_> = theirs.bin_attrs.into_iter().collect();
+        expected.sort();
+        assert_eq!(binary, expected);
+        // In the server's order.
+        let names: Vec<&str> = ours.attrs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["cn", "mail", "empty"]);
+        assert_eq!(
+            key_of(&ours, "objectGUID").unwrap(),
+            guid_text(&GUID_BYTES).unwrap()
+        );
+        assert_eq!(Sid::of(&ours), Sid::parse(&sid));
+
+        // Not an entry, or a DN that is not UTF-8: nothing.
+        let mut not_entry = raw_entry(dn, attrs);
+        not_entry.0.id = 5;
+        assert_eq!(Entry::decode(not_entry), None);
+        let mut bad_dn = raw_entry(dn, attrs);
+        if let PL::C(parts) = &mut bad_dn.0.payload {
+            parts[0].payload = PL::P(vec![0xff, 0xfe]);
+        }
+        assert_eq!(Entry::decode(bad_dn), None);
     }
 
     const GUID_BYTES: [u8; 16] = [

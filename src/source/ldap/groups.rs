@@ -7,11 +7,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ldap3::{Ldap, SearchEntry};
+use ldap3::Ldap;
 
-use super::entry::{OBJECT_SID, Sid, Users, key_of};
+use super::entry::{Entry, OBJECT_SID, Sid, Users, key_of};
 use super::{Flavour, LdapSettings, connect, dn};
-use crate::model::{GroupKey, Origin, SourceGroup, fold};
+use crate::model::{FastHash, GroupKey, Origin, SourceGroup, fold};
 use crate::source::nested::flatten;
 use crate::source::{BadEntries, EntryProblem, Problems, SourceError};
 
@@ -129,11 +129,7 @@ impl RangeReader for Server<'_> {
         wanted: String,
     ) -> Result<Vec<(String, Vec<String>)>, SourceError> {
         let entry = connect::read_entry(self.ldap, self.settings, dn, vec![wanted]).await?;
-        Ok(entry
-            .map(|e| e.attrs)
-            .unwrap_or_default()
-            .into_iter()
-            .collect())
+        Ok(entry.map(|e| e.attrs).unwrap_or_default())
     }
 }
 
@@ -184,7 +180,7 @@ impl GroupReader {
         wanted
     }
 
-    pub(super) fn add(&mut self, entry: SearchEntry) {
+    pub(super) fn add(&mut self, entry: Entry) {
         let key = match key_of(&entry, &self.key_attribute) {
             Ok(key) => GroupKey::new(key),
             Err(problem) => {
@@ -220,7 +216,7 @@ impl GroupReader {
         }
         self.keys.insert(key.clone(), index);
         let sid = if self.sids { Sid::of(&entry) } else { None };
-        let SearchEntry { dn, attrs, .. } = entry;
+        let Entry { dn, attrs, .. } = entry;
         let mut group = RawGroup {
             key,
             name,
@@ -318,7 +314,7 @@ impl GroupReader {
 /// (sorted by key, members sorted and without duplicates) and the number of
 /// unresolved direct memberships.
 pub(super) fn resolve(raw: Vec<RawGroup>, users: &Users) -> (Vec<SourceGroup>, usize) {
-    let group_by_dn: HashMap<String, usize> = raw
+    let group_by_dn: HashMap<String, usize, FastHash> = raw
         .iter()
         .enumerate()
         .map(|(i, g)| (dn::normalize(&g.dn), i))
@@ -326,7 +322,7 @@ pub(super) fn resolve(raw: Vec<RawGroup>, users: &Users) -> (Vec<SourceGroup>, u
     let needs_uids = raw
         .iter()
         .any(|g| g.members.iter().any(|m| matches!(m, Member::Uid(_))));
-    let mut user_by_uid: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut user_by_uid: HashMap<String, Vec<usize>, FastHash> = HashMap::default();
     if needs_uids {
         for (index, user) in users.users.iter().enumerate() {
             for uid in user.attrs.get("uid") {
@@ -506,17 +502,17 @@ mod tests {
         }
     }
 
-    fn group_entry(dn: &str, guid: u8, attrs: Vec<(&str, Vec<String>)>) -> SearchEntry {
-        let mut text: HashMap<String, Vec<String>> =
+    fn group_entry(dn: &str, guid: u8, attrs: Vec<(&str, Vec<String>)>) -> Entry {
+        let mut text: Vec<(String, Vec<String>)> =
             attrs.into_iter().map(|(n, v)| (n.to_string(), v)).collect();
-        text.insert(
+        text.push((
             "cn".into(),
             vec![dn[3..dn.find(',').unwrap_or(dn.len())].to_string()],
-        );
-        SearchEntry {
+        ));
+        Entry {
             dn: dn.into(),
             attrs: text,
-            bin_attrs: HashMap::from([("objectGUID".to_string(), vec![vec![guid; 16]])]),
+            bin_attrs: vec![("objectGUID".to_string(), vec![vec![guid; 16]])],
         }
     }
 
