@@ -117,14 +117,13 @@ fn diff_state(
         !policy.protected_users.is_empty() && policy.protected_users.contains(name)
     };
 
-    // Users that will exist in the target once the user phases ran.
+    // Users that will exist in the target once the user phases ran. Every
+    // desired user with a live state record is in it (whatever else happens to
+    // that user below), so it also tells which live users the source still has.
     let mut present: FastSet<&SourceKey> =
-        FastSet::with_capacity_and_hasher(desired.users.len(), FastHash::default());
-    let mut desired_keys: FastSet<&SourceKey> =
         FastSet::with_capacity_and_hasher(desired.users.len(), FastHash::default());
 
     for d in &desired.users {
-        desired_keys.insert(&d.key);
         let live = state.live_user(&d.key);
         if let Some(domain) = unverified_domain(d, &policy.verified_domains) {
             warnings.push(format!(
@@ -170,7 +169,7 @@ fn diff_state(
     let mut leaving: Vec<(&SourceKey, &StateUser)> = state
         .users
         .iter()
-        .filter(|(k, s)| s.status != Status::Removed && !desired_keys.contains(k))
+        .filter(|(k, s)| s.status != Status::Removed && !present.contains(k))
         .collect();
     leaving.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (key, s) in leaving {
@@ -213,6 +212,8 @@ fn diff_state(
     }
 
     if names::may_move_names(&ops, state) {
+        // Only when a userName moves between users: a set of every key.
+        let desired_keys: FastSet<&SourceKey> = desired.users.iter().map(|d| &d.key).collect();
         let is_desired = |k: &SourceKey| desired_keys.contains(k);
         ops = names::sequence(ops, state, &is_desired, policy, &mut warnings);
     } else {
