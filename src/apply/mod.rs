@@ -539,7 +539,12 @@ impl<T: Target> Executor<'_, T> {
     fn destroyed_values(&self, op: &Operation) -> Result<Option<String>, StateError> {
         let value = match op {
             Operation::DeleteUser { key, .. } => {
-                let attrs = match self.state.users.get(key).and_then(|u| u.attrs.clone()) {
+                let attrs = match self
+                    .state
+                    .users
+                    .get(key)
+                    .and_then(|u| u.attrs.as_deref().cloned())
+                {
                     Some(attrs) => Some(attrs),
                     None => self.db.user_attrs(key)?,
                 };

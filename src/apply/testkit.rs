@@ -347,7 +347,7 @@ pub fn target_for(state: &State) -> MemoryTarget {
                 u.scim_id.clone(),
                 RemoteUser {
                     id: u.scim_id.clone(),
-                    attrs: u.attrs.clone().unwrap_or_default(),
+                    attrs: u.attrs.as_deref().cloned().unwrap_or_default(),
                     active: u.status == Status::Active,
                 },
             );

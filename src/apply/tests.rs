@@ -824,7 +824,7 @@ fn one_scim_id_is_never_recorded_for_two_live_keys() {
     let mut db = StateDb::open(&path).unwrap();
     seed(&mut db, &state);
     let mut twin = state.users[&SourceKey::new("1")].clone();
-    twin.attrs = Some(UserAttrs::new());
+    twin.attrs = Some(Box::new(UserAttrs::new()));
     let err = db
         .commit_changes(&[crate::model::StateChange::PutUser {
             key: SourceKey::new("2"),

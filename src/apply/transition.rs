@@ -147,7 +147,7 @@ pub fn transition(
                     Status::Disabled
                 },
                 ownership: Ownership::Adopted,
-                attrs: Some(attrs.clone()),
+                attrs: Some(Box::new(attrs.clone())),
             },
         })),
         (
@@ -187,7 +187,7 @@ pub fn transition(
                 hash: AttrHash::of(&attrs, create_only),
                 status: Status::Active,
                 ownership,
-                attrs: Some(attrs),
+                attrs: Some(Box::new(attrs)),
             },
         })),
         (
@@ -234,7 +234,7 @@ pub fn transition(
                 hash: AttrHash::of(&attrs, create_only),
                 status: Status::Active,
                 ownership,
-                attrs: Some(attrs),
+                attrs: Some(Box::new(attrs)),
             },
         })),
         (
@@ -463,7 +463,7 @@ mod tests {
                 hash: AttrHash::of(&pushed, &BTreeSet::new()),
                 status: Status::Active,
                 ownership: Ownership::Created,
-                attrs: Some(pushed),
+                attrs: Some(Box::new(pushed)),
             },
         );
         let mut changes = Changes::new();

@@ -73,8 +73,9 @@ pub struct StateUser {
     pub status: Status,
     pub ownership: Ownership,
     /// The last pushed attributes: loaded only for users whose hash differs from
-    /// the desired one (`StateDb::load_attrs`), to keep large states small.
-    pub attrs: Option<UserAttrs>,
+    /// the desired one (`StateDb::load_attrs`), to keep large states small
+    /// (boxed: a pointer, where most users have none).
+    pub attrs: Option<Box<UserAttrs>>,
 }
 
 /// One managed group as last pushed.

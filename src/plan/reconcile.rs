@@ -94,7 +94,7 @@ pub(super) fn reconcile(
             Some(remote) => {
                 claimed.insert(remote.id.as_str());
                 let (hash, attrs) =
-                    observe(remote, s.attrs.as_ref(), desired_by_key.get(key).copied());
+                    observe(remote, s.attrs.as_deref(), desired_by_key.get(key).copied());
                 StateChange::PutUser {
                     key: key.clone(),
                     user: StateUser {
@@ -103,7 +103,7 @@ pub(super) fn reconcile(
                         hash,
                         status: status_of(remote),
                         ownership: s.ownership,
-                        attrs: Some(attrs),
+                        attrs: Some(Box::new(attrs)),
                     },
                 }
             }
@@ -171,7 +171,7 @@ pub(super) fn reconcile(
                 scim_id: remote.id.clone(),
                 user_name: user_name.clone(),
                 hash,
-                attrs: Some(attrs.clone()),
+                attrs: Some(Box::new(attrs.clone())),
                 status: status_of(remote),
                 ownership: Ownership::Adopted,
             },

@@ -69,7 +69,7 @@ pub fn pushed(d: &DesiredUser, status: Status) -> StateUser {
         hash: AttrHash::of(&d.attrs, &BTreeSet::new()),
         status,
         ownership: Ownership::Created,
-        attrs: Some(d.attrs.clone()),
+        attrs: Some(Box::new(d.attrs.clone())),
     }
 }
 

@@ -394,7 +394,7 @@ mod tests {
             hash: AttrHash::of(&attrs, &BTreeSet::new()),
             status: Status::Active,
             ownership: Ownership::Created,
-            attrs: Some(attrs),
+            attrs: Some(Box::new(attrs)),
         }
     }
 
@@ -821,7 +821,7 @@ mod transition_tests {
                             } else {
                                 Ownership::Created
                             },
-                            attrs: Some(attrs),
+                            attrs: Some(Box::new(attrs)),
                         },
                         key,
                     }

@@ -152,7 +152,7 @@ impl StateDb {
             if let (Some(json), Some(user)) = (json, state.users.get_mut(key)) {
                 let attrs: UserAttrs = serde_json::from_str(&json)
                     .map_err(|e| self.corrupt(&format!("user {key}: attrs: {e}")))?;
-                user.attrs = Some(attrs);
+                user.attrs = Some(Box::new(attrs));
             }
         }
         Ok(())

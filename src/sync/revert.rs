@@ -466,7 +466,7 @@ mod tests {
                 hash: AttrHash::of(&attrs, &BTreeSet::new()),
                 status,
                 ownership: Ownership::Created,
-                attrs: Some(attrs),
+                attrs: Some(Box::new(attrs)),
             },
         );
     }
