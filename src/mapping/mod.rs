@@ -132,7 +132,7 @@ mod scope;
 
 use std::borrow::Cow;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
@@ -625,14 +625,11 @@ impl Mapping {
         let mut names: HashMap<GroupName, usize> = HashMap::with_capacity(source_groups.len());
         // The first group with a name (an index into `groups`) → the later ones.
         let mut shared_names: BTreeMap<usize, Vec<(GroupKey, Origin)>> = BTreeMap::new();
-        // Hashing the keys once beats a binary search per member over large,
-        // pointer-heavy user records.
-        let in_scope: HashSet<&str, FastHash> =
-            if source_groups.iter().any(|g| !g.members.is_empty()) {
-                users.iter().map(|u| u.key.as_str()).collect()
-            } else {
-                HashSet::default()
-            };
+        let in_scope = if source_groups.iter().any(|g| !g.members.is_empty()) {
+            UserIndex::of(&users)
+        } else {
+            UserIndex::default()
+        };
         for group in source_groups {
             let display_name = match self.group_display_name(&group, &empty) {
                 Ok(Some(name)) => name.into_owned(),
@@ -664,7 +661,7 @@ impl Mapping {
             members.sort_unstable();
             members.dedup();
             let before = members.len();
-            members.retain(|m| in_scope.contains(m.as_str()));
+            members.retain(|m| in_scope.contains(&users, m));
             ignored_members += before - members.len();
             groups.push((
                 DesiredGroup {
@@ -703,6 +700,36 @@ impl Mapping {
             ignored_members,
             held_groups,
         })
+    }
+}
+
+/// The positions of users by key, to tell whether a group member is an
+/// in-scope user. Hashing the keys once beats a binary search per member over
+/// large, pointer-heavy user records; and a table of 4-byte positions (the keys
+/// stay where they are) takes a quarter of a set of keys' 16 bytes a slot.
+#[derive(Default)]
+struct UserIndex {
+    hasher: FastHash,
+    positions: hashbrown::HashTable<u32>,
+}
+
+impl UserIndex {
+    fn of(users: &[DesiredUser]) -> UserIndex {
+        let hasher = FastHash::default();
+        let hash = |i: u32| hasher.hash_one(users[i as usize].key.as_str());
+        let mut positions = hashbrown::HashTable::with_capacity(users.len());
+        for i in 0..users.len() as u32 {
+            positions.insert_unique(hash(i), i, |&j| hash(j));
+        }
+        UserIndex { hasher, positions }
+    }
+
+    fn contains(&self, users: &[DesiredUser], key: &SourceKey) -> bool {
+        self.positions
+            .find(self.hasher.hash_one(key.as_str()), |&i| {
+                users[i as usize].key == *key
+            })
+            .is_some()
     }
 }
 
