@@ -1,6 +1,8 @@
 //! Source adapters: read a whole directory into canonical records
-//! (`SourceDirectory`). A read that fails or is incomplete fails the cycle before
-//! anything is planned; adapters never return a partial directory.
+//! (`SourceDirectory`), or, for a source that can ([`StreamedSource`]), its
+//! groups and then its users one at a time, for the engine to map as they
+//! arrive. A read that fails or is incomplete fails the cycle before anything
+//! is planned; adapters never return a partial directory.
 //!
 //! Each adapter owns its configuration as written (`CsvConfig`, `LdapConfig`) and
 //! as compiled (`CsvSettings`, `LdapSettings`) and implements [`Source`]; the

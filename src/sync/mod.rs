@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
@@ -308,8 +308,9 @@ pub async fn desired(
     let (built, users, mirror, read) = match (streamed, mirror) {
         (Some(streamed), _) => {
             // Blocking, on the thread that planning_input set aside for it.
-            let (built, users) = stream_mapped(streamed.as_ref(), &settings.mapping)?;
-            (built, users, None, started.elapsed())
+            // The read time includes mapping the users, done as they arrive.
+            let (built, users, read) = stream_mapped(streamed.as_ref(), &settings.mapping)?;
+            (built, users, None, read)
         }
         (None, mirror) => {
             let (dir, mirror) = match mirror {
@@ -354,25 +355,27 @@ pub async fn desired(
 }
 
 /// Reads a source that streams its users and maps each as it arrives (the
-/// records are never all held); returns the build and the number of users
-/// read. A failed read wins over mapping errors, as when the directory is read
-/// whole first.
+/// records are never all held); returns the build, the number of users read
+/// and how long the read took. A failed read wins over mapping errors, as when
+/// the directory is read whole first.
 fn stream_mapped(
     source: &dyn StreamedSource,
     mapping: &Mapping,
-) -> Result<(Result<Desired, Vec<RecordError>>, usize), SourceError> {
+) -> Result<(Result<Desired, Vec<RecordError>>, usize, Duration), SourceError> {
+    let started = Instant::now();
     let groups = source.read_groups()?;
     let mut mapper = match mapping.user_mapper(&groups, 0) {
         Ok(mapper) => mapper,
         Err(errors) => {
             source.read_users(&mut |_| {})?;
-            return Ok((Err(errors), 0));
+            return Ok((Err(errors), 0, started.elapsed()));
         }
     };
     source.read_users(&mut |user| mapper.push(user))?;
+    let read = started.elapsed();
     let mapped = mapper.finish();
     let users = mapped.read();
-    Ok((mapping.build_groups(mapped, groups, 0), users))
+    Ok((mapping.build_groups(mapped, groups, 0), users, read))
 }
 
 /// Builds the one planning input: the source read and mapped, the state loaded

@@ -353,7 +353,7 @@ async fn whole_and_streamed(
     };
     let streamed = source.streamed().expect("a CSV source streams");
     let streamed = match stream_mapped(streamed.as_ref(), &settings.mapping) {
-        Ok((built, _)) => built.map_err(|e| format!("mapping: {}", e.len())),
+        Ok((built, _, _)) => built.map_err(|e| format!("mapping: {}", e.len())),
         Err(e) => Err(format!("source: {e}")),
     };
     (whole, streamed)
