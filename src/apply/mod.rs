@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt;
-use futures_util::stream;
+use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 
 use crate::model::{
@@ -208,11 +208,6 @@ impl<T: Target> Executor<'_, T> {
                 .iter()
                 .position(|op| op.phase() != phase)
                 .map_or(ops.len(), |n| seq + n);
-            if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
-                // Creates run in windows, each marked started just before it is
-                // sent: after a crash only one window is looked up again.
-                end = end.min(seq + self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT);
-            }
             // A userName taken from another user waits until that one let it go.
             end = seq + names_free_until(&ops[seq..end]);
             let ctx = PhaseContext {
@@ -251,40 +246,58 @@ impl<T: Target> Executor<'_, T> {
         ctx: &PhaseContext<'_>,
         outcome: &mut Outcome,
     ) -> Result<(), StateError> {
-        if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
-            // Marked before any of this window's requests leaves: after a crash,
-            // these are looked up before being created again, so nothing is
-            // duplicated.
-            self.db
-                .mark_started_from(run, first_seq as i64, ops.len() as i64)?;
-        }
-        let jobs: Vec<(usize, Job)> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| (first_seq + i, self.prepare(op, ctx)))
-            .collect();
+        // Creates are marked started in windows, each just before its first
+        // request leaves: after a crash, a started create is looked up before
+        // being created again, so nothing is duplicated, and only about one
+        // window is looked up. The window slides: the next one is marked when
+        // the first of its operations is about to start, while the previous
+        // one's requests are still in flight, so the slots never wait for each
+        // other (and a new window does not send `concurrency` requests at the
+        // same instant).
+        let marks = matches!(phase, Phase::CreateUsers | Phase::CreateGroups);
+        let window = self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT;
+        let end_seq = first_seq + ops.len();
+        let mut marked_until = first_seq;
         let target = self.target.clone();
         let shutdown = self.shutdown.clone();
         // Set once the run must stop: no new request starts. Separate from
         // `shutdown`, which belongs to the caller (a daemon reads it to decide
         // whether to exit, so a failed cycle must not set it).
         let halt = Arc::new(AtomicBool::new(false));
-        let mut results = stream::iter(jobs)
-            .map(|(seq, job)| {
-                let target = target.clone();
-                let shutdown = shutdown.clone();
-                let halt = halt.clone();
-                async move {
-                    if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
-                        return (seq, Response::Skipped("interrupted".into()), Vec::new());
-                    }
-                    let (response, notes) = execute(&target, job).await;
-                    (seq, response, notes)
+        let launch = |seq: usize, job: Job| {
+            let target = target.clone();
+            let shutdown = shutdown.clone();
+            let halt = halt.clone();
+            async move {
+                if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
+                    return (seq, Response::Skipped("interrupted".into()), Vec::new());
                 }
-            })
-            .buffer_unordered(self.concurrency.max(1));
-
-        while let Some((seq, response, notes)) = results.next().await {
+                let (response, notes) = execute(&target, job).await;
+                (seq, response, notes)
+            }
+        };
+        let mut results = FuturesUnordered::new();
+        let mut next = first_seq;
+        loop {
+            // Each operation is prepared as it starts, against the state as
+            // the operations before it left it.
+            while results.len() < self.concurrency.max(1) && next < end_seq {
+                if marks && next >= marked_until {
+                    if halt.load(Ordering::SeqCst) {
+                        // Stopping: the window marked is closed (its operations
+                        // committed as interrupted); no new one starts.
+                        break;
+                    }
+                    let count = window.min(end_seq - next);
+                    self.db.mark_started_from(run, next as i64, count as i64)?;
+                    marked_until = next + count;
+                }
+                results.push(launch(next, self.prepare(&ops[next - first_seq], ctx)));
+                next += 1;
+            }
+            let Some((seq, response, notes)) = results.next().await else {
+                break;
+            };
             let op = &ops[seq - first_seq];
             let (response, notes) = match response {
                 Response::Existing {
