@@ -22,9 +22,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
+use tokio::task::JoinSet;
 
 use crate::model::{
     AttrNote, GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State,
@@ -250,38 +249,62 @@ impl<T: Target> Executor<'_, T> {
         // request leaves: after a crash, a started create is looked up before
         // being created again, so nothing is duplicated, and only about one
         // window is looked up. The window slides: the next one is marked when
-        // the first of its operations is about to start, while the previous
-        // one's requests are still in flight, so the slots never wait for each
+        // the first of its operations is queued, while the previous one's
+        // requests are still in flight, so the slots never wait for each
         // other (and a new window does not send `concurrency` requests at the
         // same instant).
         let marks = matches!(phase, Phase::CreateUsers | Phase::CreateGroups);
         let window = self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT;
         let end_seq = first_seq + ops.len();
         let mut marked_until = first_seq;
-        let target = self.target.clone();
-        let shutdown = self.shutdown.clone();
+        let slots = self.concurrency.max(1);
         // Set once the run must stop: no new request starts. Separate from
         // `shutdown`, which belongs to the caller (a daemon reads it to decide
         // whether to exit, so a failed cycle must not set it).
         let halt = Arc::new(AtomicBool::new(false));
-        let launch = |seq: usize, job: Job| {
-            let target = target.clone();
-            let shutdown = shutdown.clone();
+        // `slots` tasks send the requests, on the runtime's workers; this loop
+        // prepares operations into a queue of `slots` and commits what comes
+        // back. A slot whose request is answered takes the next prepared
+        // operation at once: it does not wait for this loop to commit the
+        // answer (nor do the slots start together after a busy moment).
+        // Answered but not yet committed are at most two per slot, as before
+        // a crash: each is done again or looked up on resume. Dropped (a
+        // stop, a crash in the tests), the set aborts what is in flight.
+        let (queue, queued) = tokio::sync::mpsc::channel::<(usize, Job)>(slots);
+        let queued = Arc::new(tokio::sync::Mutex::new(queued));
+        let (answer, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        let mut workers = JoinSet::new();
+        for _ in 0..slots {
+            let target = self.target.clone();
+            let shutdown = self.shutdown.clone();
             let halt = halt.clone();
-            async move {
-                if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
-                    return (seq, Response::Skipped("interrupted".into()), Vec::new());
+            let queued = queued.clone();
+            let answer = answer.clone();
+            workers.spawn(async move {
+                loop {
+                    let Some((seq, job)) = queued.lock().await.recv().await else {
+                        return;
+                    };
+                    let (response, notes) =
+                        if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
+                            (Response::Skipped("interrupted".into()), Vec::new())
+                        } else {
+                            execute(&target, job).await
+                        };
+                    if answer.send((seq, response, notes)).is_err() {
+                        return;
+                    }
                 }
-                let (response, notes) = execute(&target, job).await;
-                (seq, response, notes)
-            }
-        };
-        let mut results = FuturesUnordered::new();
+            });
+        }
+        drop(answer);
         let mut next = first_seq;
+        // Queued or in flight, not yet committed.
+        let mut pending = 0usize;
         loop {
-            // Each operation is prepared as it starts, against the state as
-            // the operations before it left it.
-            while results.len() < self.concurrency.max(1) && next < end_seq {
+            // Each operation is prepared as it is queued, against the state
+            // as the operations committed so far left it.
+            while next < end_seq {
                 if marks && next >= marked_until {
                     if halt.load(Ordering::SeqCst) {
                         // Stopping: the window marked is closed (its operations
@@ -292,12 +315,21 @@ impl<T: Target> Executor<'_, T> {
                     self.db.mark_started_from(run, next as i64, count as i64)?;
                     marked_until = next + count;
                 }
-                results.push(launch(next, self.prepare(&ops[next - first_seq], ctx)));
+                let Ok(permit) = queue.try_reserve() else {
+                    break;
+                };
+                permit.send((next, self.prepare(&ops[next - first_seq], ctx)));
                 next += 1;
+                pending += 1;
             }
-            let Some((seq, response, notes)) = results.next().await else {
+            if pending == 0 {
                 break;
+            }
+            let (seq, response, notes) = tokio::select! {
+                received = answers.recv() => received.expect("the slots answer every queued operation"),
+                Some(Err(e)) = workers.join_next() => std::panic::resume_unwind(e.into_panic()),
             };
+            pending -= 1;
             let op = &ops[seq - first_seq];
             let (response, notes) = match response {
                 Response::Existing {
