@@ -534,7 +534,7 @@ fn a_slow_create_does_not_hold_back_the_creates_after_its_window() {
     let dir = tempfile::tempdir().unwrap();
     let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
     let target = MemoryTarget::default();
-    assert!(2 * CREATE_WINDOW_PER_SLOT < 45);
+    const { assert!(2 * CREATE_WINDOW_PER_SLOT < 45) };
     target.world.lock().unwrap().hold = Some((0, 45));
     let desired = crate::plan::testkit::desired(people, vec![]);
     let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
