@@ -45,9 +45,8 @@ pub use transition::{Response, Transition, assume_success, members_present, tran
 /// come last.
 const FAILURE_BUDGET_MIN_OPS: u64 = 20;
 
-/// Creates in flight per concurrency slot between two journal marks: large
-/// enough to keep the pipeline full, small enough that a crash costs few
-/// lookups on resume.
+/// Creates marked started at a time (one journal write), per concurrency
+/// slot: few writes, and a crash costs few lookups on resume.
 const CREATE_WINDOW_PER_SLOT: usize = 16;
 
 /// Why the executor stopped before the end of the plan.
