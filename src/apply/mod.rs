@@ -22,9 +22,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::StreamExt;
-use futures_util::stream;
 use serde::Serialize;
+use tokio::task::JoinSet;
 
 use crate::model::{
     AttrNote, GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State,
@@ -46,9 +45,8 @@ pub use transition::{Response, Transition, assume_success, members_present, tran
 /// come last.
 const FAILURE_BUDGET_MIN_OPS: u64 = 20;
 
-/// Creates in flight per concurrency slot between two journal marks: large
-/// enough to keep the pipeline full, small enough that a crash costs few
-/// lookups on resume.
+/// Creates marked started at a time (one journal write), per concurrency
+/// slot: few writes, and a crash costs few lookups on resume.
 const CREATE_WINDOW_PER_SLOT: usize = 16;
 
 /// Why the executor stopped before the end of the plan.
@@ -208,11 +206,6 @@ impl<T: Target> Executor<'_, T> {
                 .iter()
                 .position(|op| op.phase() != phase)
                 .map_or(ops.len(), |n| seq + n);
-            if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
-                // Creates run in windows, each marked started just before it is
-                // sent: after a crash only one window is looked up again.
-                end = end.min(seq + self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT);
-            }
             // A userName taken from another user waits until that one let it go.
             end = seq + names_free_until(&ops[seq..end]);
             let ctx = PhaseContext {
@@ -251,40 +244,91 @@ impl<T: Target> Executor<'_, T> {
         ctx: &PhaseContext<'_>,
         outcome: &mut Outcome,
     ) -> Result<(), StateError> {
-        if matches!(phase, Phase::CreateUsers | Phase::CreateGroups) {
-            // Marked before any of this window's requests leaves: after a crash,
-            // these are looked up before being created again, so nothing is
-            // duplicated.
-            self.db
-                .mark_started_from(run, first_seq as i64, ops.len() as i64)?;
-        }
-        let jobs: Vec<(usize, Job)> = ops
-            .iter()
-            .enumerate()
-            .map(|(i, op)| (first_seq + i, self.prepare(op, ctx)))
-            .collect();
-        let target = self.target.clone();
-        let shutdown = self.shutdown.clone();
+        // Creates are marked started in windows, each just before its first
+        // request leaves: after a crash, a started create is looked up before
+        // being created again, so nothing is duplicated, and only about one
+        // window is looked up. The window slides: the next one is marked when
+        // the first of its operations is queued, while the previous one's
+        // requests are still in flight, so the slots never wait for each
+        // other (and a new window does not send `concurrency` requests at the
+        // same instant).
+        let marks = matches!(phase, Phase::CreateUsers | Phase::CreateGroups);
+        let window = self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT;
+        let end_seq = first_seq + ops.len();
+        let mut marked_until = first_seq;
+        let slots = self.concurrency.max(1);
         // Set once the run must stop: no new request starts. Separate from
         // `shutdown`, which belongs to the caller (a daemon reads it to decide
         // whether to exit, so a failed cycle must not set it).
         let halt = Arc::new(AtomicBool::new(false));
-        let mut results = stream::iter(jobs)
-            .map(|(seq, job)| {
-                let target = target.clone();
-                let shutdown = shutdown.clone();
-                let halt = halt.clone();
-                async move {
-                    if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
-                        return (seq, Response::Skipped("interrupted".into()), Vec::new());
+        // `slots` tasks send the requests, on the runtime's workers; this loop
+        // prepares operations into a queue of `slots` and commits what comes
+        // back. A slot whose request is answered takes the next prepared
+        // operation at once: it does not wait for this loop to commit the
+        // answer (nor do the slots start together after a busy moment).
+        // Answered but not yet committed are at most two per slot, as before
+        // a crash: each is done again or looked up on resume. Dropped (a
+        // stop, a crash in the tests), the set aborts what is in flight.
+        let (queue, queued) = tokio::sync::mpsc::channel::<(usize, Job)>(slots);
+        let queued = Arc::new(tokio::sync::Mutex::new(queued));
+        let (answer, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        let mut workers = JoinSet::new();
+        for _ in 0..slots {
+            let target = self.target.clone();
+            let shutdown = self.shutdown.clone();
+            let halt = halt.clone();
+            let queued = queued.clone();
+            let answer = answer.clone();
+            workers.spawn(async move {
+                loop {
+                    let Some((seq, job)) = queued.lock().await.recv().await else {
+                        return;
+                    };
+                    let (response, notes) =
+                        if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
+                            (Response::Skipped("interrupted".into()), Vec::new())
+                        } else {
+                            execute(&target, job).await
+                        };
+                    if answer.send((seq, response, notes)).is_err() {
+                        return;
                     }
-                    let (response, notes) = execute(&target, job).await;
-                    (seq, response, notes)
                 }
-            })
-            .buffer_unordered(self.concurrency.max(1));
-
-        while let Some((seq, response, notes)) = results.next().await {
+            });
+        }
+        drop(answer);
+        let mut next = first_seq;
+        // Queued or in flight, not yet committed.
+        let mut pending = 0usize;
+        loop {
+            // Each operation is prepared as it is queued, against the state
+            // as the operations committed so far left it.
+            while next < end_seq {
+                if marks && next >= marked_until {
+                    if halt.load(Ordering::SeqCst) {
+                        // Stopping: the window marked is closed (its operations
+                        // committed as interrupted); no new one starts.
+                        break;
+                    }
+                    let count = window.min(end_seq - next);
+                    self.db.mark_started_from(run, next as i64, count as i64)?;
+                    marked_until = next + count;
+                }
+                let Ok(permit) = queue.try_reserve() else {
+                    break;
+                };
+                permit.send((next, self.prepare(&ops[next - first_seq], ctx)));
+                next += 1;
+                pending += 1;
+            }
+            if pending == 0 {
+                break;
+            }
+            let (seq, response, notes) = tokio::select! {
+                received = answers.recv() => received.expect("the slots answer every queued operation"),
+                Some(Err(e)) = workers.join_next() => std::panic::resume_unwind(e.into_panic()),
+            };
+            pending -= 1;
             let op = &ops[seq - first_seq];
             let (response, notes) = match response {
                 Response::Existing {

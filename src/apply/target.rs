@@ -80,7 +80,7 @@ fn is_deterministic_refusal(status: u16) -> bool {
 }
 
 /// A target directory idsync provisions into.
-pub trait Target: Clone + Send + Sync {
+pub trait Target: Clone + Send + Sync + 'static {
     /// One cheap authenticated request: a wrong token or URL fails here, before
     /// anything changes.
     fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send;

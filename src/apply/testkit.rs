@@ -48,6 +48,9 @@ pub struct World {
     pub hidden: BTreeSet<ScimId>,
     /// What the target's schema would say (`Target::rules`).
     pub rules: crate::plan::TargetRules,
+    /// A slow request: request `.0` is answered only once `.1` requests have
+    /// been made.
+    pub hold: Option<(usize, usize)>,
 }
 
 /// A SCIM-like target in memory: unique userNames and group names, 404 for
@@ -72,10 +75,19 @@ impl MemoryTarget {
         touches: Option<&ScimId>,
         effect: impl FnOnce(&mut World) -> Result<R, TargetError>,
     ) -> Result<R, TargetError> {
-        let verdict = {
+        let (call, hold) = {
             let mut w = self.world.lock().unwrap();
             let call = w.calls;
             w.calls += 1;
+            (call, w.hold.filter(|(held, _)| *held == call))
+        };
+        if let Some((_, until)) = hold {
+            while self.world.lock().unwrap().calls < until {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        let verdict = {
+            let mut w = self.world.lock().unwrap();
             let fault = w.faults.get(&call).copied();
             if fault == Some(Fault::Fail) {
                 return Err(TargetError::Failed {

@@ -523,6 +523,50 @@ fn target_failures_still_stop_the_cycle_early() {
 }
 
 #[test]
+fn a_slow_create_does_not_hold_back_the_creates_after_its_window() {
+    // Creates are marked started window by window (concurrency × 16). The
+    // first create is answered only once 45 requests were made, more than one
+    // window holds: the other slot must go on into the next window meanwhile
+    // instead of waiting for the whole window to finish.
+    let people: Vec<_> = (0..60)
+        .map(|i| crate::plan::testkit::person(&format!("{i:03}"), &format!("p{i}@x.com"), "Eng"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    let target = MemoryTarget::default();
+    const { assert!(2 * CREATE_WINDOW_PER_SLOT < 45) };
+    target.world.lock().unwrap().hold = Some((0, 45));
+    let desired = crate::plan::testkit::desired(people, vec![]);
+    let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
+    let executor = Executor {
+        target: target.clone(),
+        db: &mut db,
+        state,
+        create_only: BTreeSet::new(),
+        concurrency: 2,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        progress: &NoProgress,
+    };
+    let run = async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            executor.run("sync", &plan),
+        )
+        .await
+    };
+    let (outcome, _) = rt
+        .block_on(run)
+        .expect("the other slot went on past the window")
+        .unwrap();
+    assert_eq!(outcome.applied, 60);
+    assert!(db.interrupted_ops().unwrap().is_empty());
+}
+
+#[test]
 fn a_membership_change_the_target_did_not_take_is_failed_and_not_recorded() {
     let people: Vec<_> = (0..3)
         .map(|i| crate::plan::testkit::person(&format!("{i:03}"), &format!("p{i}@x.com"), "Eng"))
