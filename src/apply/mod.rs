@@ -290,6 +290,11 @@ impl<T: Target> Executor<'_, T> {
                         } else {
                             execute(&target, job).await
                         };
+                    // A refused token stops the run at once: the slots do not
+                    // wait for the loop to commit this answer to know it.
+                    if matches!(&response, Response::Failed(e) if e.is_auth()) {
+                        halt.store(true, Ordering::SeqCst);
+                    }
                     if answer.send((seq, response, notes)).is_err() {
                         return;
                     }

@@ -354,14 +354,17 @@ pub async fn desired(
     Ok((desired, mirror))
 }
 
+/// What a streamed read gives: the build, the number of users read, and how
+/// long the read took (the users mapped as they arrived).
+type StreamedBuild = (Result<Desired, Vec<RecordError>>, usize, Duration);
+
 /// Reads a source that streams its users and maps each as it arrives (the
-/// records are never all held); returns the build, the number of users read
-/// and how long the read took. A failed read wins over mapping errors, as when
-/// the directory is read whole first.
+/// records are never all held). A failed read wins over mapping errors, as
+/// when the directory is read whole first.
 fn stream_mapped(
     source: &dyn StreamedSource,
     mapping: &Mapping,
-) -> Result<(Result<Desired, Vec<RecordError>>, usize, Duration), SourceError> {
+) -> Result<StreamedBuild, SourceError> {
     let started = Instant::now();
     let groups = source.read_groups()?;
     let mut mapper = match mapping.user_mapper(&groups, 0) {
