@@ -446,6 +446,7 @@ fn wrk(server: &Server, conc: usize, kind: &str, template: &str) -> f64 {
         "wrk.headers[\"Authorization\"] = \"Bearer {TOKEN}\"\nwrk.headers[\"Content-Type\"] = \"application/scim+json\"\nwrk.headers[\"Accept\"] = \"application/scim+json\"\n"
     );
     std::fs::write(&script, format!("{header}{body}")).expect("lua");
+    let server_before = cpu_seconds(server.child.id());
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{conc}"), "-d10s", "-s"])
         .arg(&script)
@@ -476,6 +477,13 @@ fn wrk(server: &Server, conc: usize, kind: &str, template: &str) -> f64 {
         .find(|l| l.contains("Socket errors"))
         .map(str::trim)
         .unwrap_or("no socket errors");
-    println!("(c) wrk {kind}: {rps:.0} req/s ({non2xx}; {errors})");
+    // What each request cost the server, to set beside idsync's (b).
+    let per_request = cpu_seconds(server.child.id())
+        .zip(server_before)
+        .map(|(a, b)| (a - b) / (rps * 10.0).max(1.0) * 1000.0);
+    println!(
+        "(c) wrk {kind}: {rps:.0} req/s ({non2xx}; {errors}); server CPU {} ms a request",
+        per_request.map_or("?".into(), |ms| format!("{ms:.2}"))
+    );
     rps
 }

@@ -487,10 +487,12 @@ fn refused_updates_do_not_starve_the_removals() {
     assert!(!remote.active, "the leaver keeps access");
 }
 
-#[test]
-fn target_failures_still_stop_the_cycle_early() {
-    // The same cycle against a target answering 500: the failure budget stops
-    // it long before the end.
+/// Sixty new users created through `target` at `concurrency` from a fresh
+/// state DB (within ten seconds, or the test fails): the outcome, and the DB.
+fn create_sixty(
+    target: &MemoryTarget,
+    concurrency: usize,
+) -> (Outcome, StateDb, tempfile::TempDir) {
     let people: Vec<_> = (0..60)
         .map(|i| crate::plan::testkit::person(&format!("{i:03}"), &format!("p{i}@x.com"), "Eng"))
         .collect();
@@ -500,8 +502,6 @@ fn target_failures_still_stop_the_cycle_early() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
-    let target = MemoryTarget::default();
-    target.world.lock().unwrap().faults = (0..60).map(|c| (c, Fault::Fail)).collect();
     let desired = crate::plan::testkit::desired(people, vec![]);
     let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
     let executor = Executor {
@@ -509,11 +509,31 @@ fn target_failures_still_stop_the_cycle_early() {
         db: &mut db,
         state,
         create_only: BTreeSet::new(),
-        concurrency: 1,
+        concurrency,
         shutdown: Arc::new(AtomicBool::new(false)),
         progress: &NoProgress,
     };
-    let (outcome, _) = rt.block_on(executor.run("sync", &plan)).unwrap();
+    let run = async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            executor.run("sync", &plan),
+        )
+        .await
+    };
+    let (outcome, _) = rt
+        .block_on(run)
+        .expect("the run ends within ten seconds")
+        .unwrap();
+    (outcome, db, dir)
+}
+
+#[test]
+fn target_failures_still_stop_the_cycle_early() {
+    // The same cycle against a target answering 500: the failure budget stops
+    // it long before the end.
+    let target = MemoryTarget::default();
+    target.world.lock().unwrap().faults = (0..60).map(|c| (c, Fault::Fail)).collect();
+    let (outcome, _, _) = create_sixty(&target, 1);
     assert!(
         matches!(outcome.stopped, Some(Stop::FailureBudget { .. })),
         "{:?}",
@@ -528,40 +548,10 @@ fn a_slow_create_does_not_hold_back_the_creates_after_its_window() {
     // first create is answered only once 45 requests were made, more than one
     // window holds: the other slot must go on into the next window meanwhile
     // instead of waiting for the whole window to finish.
-    let people: Vec<_> = (0..60)
-        .map(|i| crate::plan::testkit::person(&format!("{i:03}"), &format!("p{i}@x.com"), "Eng"))
-        .collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
     let target = MemoryTarget::default();
     const { assert!(2 * CREATE_WINDOW_PER_SLOT < 45) };
     target.world.lock().unwrap().hold = Some((0, 45));
-    let desired = crate::plan::testkit::desired(people, vec![]);
-    let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
-    let executor = Executor {
-        target: target.clone(),
-        db: &mut db,
-        state,
-        create_only: BTreeSet::new(),
-        concurrency: 2,
-        shutdown: Arc::new(AtomicBool::new(false)),
-        progress: &NoProgress,
-    };
-    let run = async {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            executor.run("sync", &plan),
-        )
-        .await
-    };
-    let (outcome, _) = rt
-        .block_on(run)
-        .expect("the other slot went on past the window")
-        .unwrap();
+    let (outcome, db, _dir) = create_sixty(&target, 2);
     assert_eq!(outcome.applied, 60);
     assert!(db.interrupted_ops().unwrap().is_empty());
 }
