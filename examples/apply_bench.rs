@@ -461,7 +461,7 @@ fn wrk(server: &Server, conc: usize, kind: &str, template: &str) -> f64 {
         }
     };
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rps = text
+    let rps: f64 = text
         .lines()
         .find(|l| l.trim_start().starts_with("Requests/sec:"))
         .and_then(|l| l.split_whitespace().nth(1))
