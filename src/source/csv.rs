@@ -316,6 +316,8 @@ fn column_names(columns: &[Arc<str>]) -> Vec<String> {
 /// fails the read once the whole file was read.
 fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result<(), SourceError> {
     let path = &settings.users;
+    // To tell, if the file must be read again, that it did not change.
+    let stamp = stamp(path);
     let name = file_name(path);
     let mut reader = open(path, settings.delimiter)?;
     let columns = header(&mut reader, path)?;
@@ -405,7 +407,7 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
             attrs: scratch.compacted(),
         });
     }
-    for problem in duplicate_keys(settings, key_index, keys)? {
+    for problem in duplicate_keys(settings, key_index, keys, &stamp)? {
         problems.push(problem);
     }
     if !problems.is_empty() {
@@ -422,6 +424,7 @@ fn duplicate_keys(
     settings: &CsvSettings,
     key_index: usize,
     mut keys: Vec<(u64, u64)>,
+    read: &Option<(u64, std::time::SystemTime)>,
 ) -> Result<Vec<RowProblem>, SourceError> {
     keys.sort_unstable();
     let runs: Vec<&[(u64, u64)]> = keys
@@ -430,6 +433,17 @@ fn duplicate_keys(
         .collect();
     if runs.is_empty() {
         return Ok(Vec::new());
+    }
+    // An export rewriting the file meanwhile would make the lines say
+    // something else: the read fails rather than judge from two versions.
+    let changed = || SourceError::FileUnreadable {
+        file: settings.users.clone(),
+        source: std::io::Error::other(
+            "the file changed while it was read; the next cycle reads it again",
+        ),
+    };
+    if read.is_none() || stamp(&settings.users) != *read {
+        return Err(changed());
     }
     let wanted: FastSet<u64> = runs
         .iter()
@@ -444,10 +458,14 @@ fn duplicate_keys(
         .map_err(|e| csv_error(&mut reader, &settings.users, &e))?
     {
         let line = record_line(&mut reader, &record);
-        if wanted.contains(&line) {
-            let key = String::from_utf8_lossy(&record[key_index]).into_owned();
-            at_line.insert(line, key);
+        if wanted.contains(&line)
+            && let Some(key) = record.get(key_index)
+        {
+            at_line.insert(line, String::from_utf8_lossy(key).into_owned());
         }
+    }
+    if wanted.iter().any(|line| !at_line.contains_key(line)) || stamp(&settings.users) != *read {
+        return Err(changed());
     }
     let mut duplicates = Vec::new();
     for run in runs {
@@ -468,6 +486,12 @@ fn duplicate_keys(
         _ => 0,
     });
     Ok(duplicates)
+}
+
+/// A file's size and modification time, to tell whether it changed.
+fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.len(), meta.modified().ok()?))
 }
 
 fn bad_rows(path: &Path, problems: Problems<RowProblem>) -> SourceError {
@@ -657,7 +681,7 @@ mod tests {
         );
         // Every line given the same digest, as if every key hashed alike.
         let digests = vec![(7, 2), (7, 3), (7, 4), (7, 6)];
-        let found = duplicate_keys(&s, 0, digests).unwrap();
+        let found = duplicate_keys(&s, 0, digests, &stamp(&s.users)).unwrap();
         let lines: Vec<(u64, u64)> = found
             .iter()
             .map(|p| match p {
@@ -668,6 +692,20 @@ mod tests {
             })
             .collect();
         assert_eq!(lines, [(4, 2), (6, 2)]);
+    }
+
+    #[test]
+    fn a_users_file_rewritten_before_its_duplicates_are_read_again_fails_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(&dir, b"id,email\n1,a@x.com\n1,b@x.com\n", None);
+        let read = stamp(&s.users);
+        std::fs::write(&s.users, b"id,email\n1,a@x.com\n2,b@x.com\n3,c@x.com\n").unwrap();
+        let err = duplicate_keys(&s, 0, vec![(7, 2), (7, 3)], &read).unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+        assert!(
+            err.to_string().contains("changed while it was read"),
+            "{err}"
+        );
     }
 
     #[test]
