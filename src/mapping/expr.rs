@@ -665,14 +665,13 @@ pub(crate) fn compile_template(src: &str, kind: RecordKind) -> Result<Expr, Expr
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
 
     fn attrs(pairs: &[(&str, &[&str])]) -> SourceAttrs {
         let mut a = SourceAttrs::new();
         for (n, v) in pairs {
-            a.push(Arc::from(*n), v.iter().map(|s| s.to_string()).collect());
+            a.push(n, v.iter());
         }
         a
     }

@@ -1,14 +1,12 @@
 //! Mapping tests: compiling mapping files (and their diagnostics), mapping
 //! records, scope rules including `member_of`, and duplicate detection.
 
-use std::sync::Arc;
-
 use super::*;
 
 fn user(key: &str, line: usize, attrs: &[(&str, &str)]) -> SourceUser {
     let mut a = SourceAttrs::with_capacity(attrs.len());
     for (n, v) in attrs {
-        a.push(Arc::from(*n), vec![v.to_string()]);
+        a.push(n, [v]);
     }
     SourceUser {
         key: SourceKey::new(key),
@@ -207,10 +205,7 @@ fn multi_valued_attributes_in_scope() {
         "users:\n  attributes:\n    userName: mail\n  scope:\n    include:\n      - { attribute: memberOf, equals: 'CN=Staff', ignore_case: true }\n",
     );
     let mut u = user("u1", 1, &[("mail", "a@x")]);
-    u.attrs.push(
-        Arc::from("memberOf"),
-        vec!["cn=Other".into(), "cn=staff".into()],
-    );
+    u.attrs.push("memberOf", ["cn=Other", "cn=staff"]);
     assert!(m.map_user(&u, &[]).unwrap().is_some());
 }
 
@@ -591,12 +586,8 @@ fn default_mapping_files_compile_and_map() {
     assert!(!u.active, "ACCOUNTDISABLE set");
     let mut computer = ad_user("4096", "");
     computer.attrs = SourceAttrs::new();
-    computer
-        .attrs
-        .push(Arc::from("sAMAccountName"), vec!["PC01$".into()]);
-    computer
-        .attrs
-        .push(Arc::from("userPrincipalName"), vec!["pc01@corp".into()]);
+    computer.attrs.push("sAMAccountName", ["PC01$"]);
+    computer.attrs.push("userPrincipalName", ["pc01@corp"]);
     assert!(ad.map_user(&computer, &[]).unwrap().is_none());
 
     let entra = load("entra.yaml");
@@ -669,7 +660,7 @@ fn maps_100k_users() {
 
 /// A directory of `n` users (a tenth of them inactive) in 100 groups.
 pub(crate) fn generated_directory(n: usize) -> SourceDirectory {
-    let names: Vec<Arc<str>> = [
+    let names = [
         "id",
         "email",
         "given_name",
@@ -678,10 +669,7 @@ pub(crate) fn generated_directory(n: usize) -> SourceDirectory {
         "title",
         "department",
         "active",
-    ]
-    .into_iter()
-    .map(Arc::from)
-    .collect();
+    ];
     let origin = Origin::new("users.csv");
     let users = (0..n)
         .map(|i| {
@@ -697,7 +685,7 @@ pub(crate) fn generated_directory(n: usize) -> SourceDirectory {
                 if i % 10 == 0 { "false" } else { "true" }.to_owned(),
             ];
             for (name, value) in names.iter().zip(values) {
-                attrs.push(name.clone(), vec![value]);
+                attrs.push(name, [value]);
             }
             SourceUser {
                 key: SourceKey::new(format!("{i:08}")),
@@ -732,8 +720,8 @@ fn huge_values_are_rejected_per_record() {
     )
     .unwrap();
     let mut attrs = SourceAttrs::new();
-    attrs.push("email".into(), vec!["a@x.com".into()]);
-    attrs.push("title".into(), vec!["x".repeat(MAX_VALUE_BYTES + 1)]);
+    attrs.push("email", ["a@x.com"]);
+    attrs.push("title", ["x".repeat(MAX_VALUE_BYTES + 1)]);
     let user = SourceUser {
         key: SourceKey::new("k1"),
         origin: Origin::new("users.csv line 2"),

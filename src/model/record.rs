@@ -64,17 +64,12 @@ impl SourceAttrs {
         Self(String::with_capacity(names * 24))
     }
 
-    /// Adds values under `name`, after any values already there.
-    pub fn push(&mut self, name: Arc<str>, values: Vec<String>) {
-        for value in &values {
-            self.append(&name, value);
+    /// Adds values under `name`, after any values already there (the name is
+    /// copied in: nothing is kept of the caller's strings).
+    pub fn push(&mut self, name: &str, values: impl IntoIterator<Item = impl AsRef<str>>) {
+        for value in values {
+            self.append(name, value.as_ref());
         }
-    }
-
-    /// Adds the single value of a name the record does not have yet (the caller
-    /// knows names are unique, as in a CSV header checked once).
-    pub fn push_unique(&mut self, name: impl AsRef<str>, value: impl AsRef<str>) {
-        self.append(name.as_ref(), value.as_ref());
     }
 
     /// Empties the record, keeping its buffer (to build the next one in).
@@ -171,10 +166,10 @@ mod tests {
     #[test]
     fn source_attrs_keep_every_value_under_its_name_in_order() {
         let mut attrs = SourceAttrs::new();
-        attrs.push("mail".into(), vec!["".into(), "a@x.com".into()]);
-        attrs.push_unique("cn", "Ann \u{1F600} Lee");
-        attrs.push("Mail".into(), vec!["b@x.com".into()]);
-        attrs.push_unique("title", "x".repeat(5000));
+        attrs.push("mail", ["", "a@x.com"]);
+        attrs.push("cn", ["Ann \u{1F600} Lee"]);
+        attrs.push("Mail", ["b@x.com"]);
+        attrs.push("title", ["x".repeat(5000)]);
         assert_eq!(
             attrs.get("MAIL").collect::<Vec<_>>(),
             ["", "a@x.com", "b@x.com"]

@@ -375,7 +375,7 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
             match std::str::from_utf8(field) {
                 Ok(value) => {
                     if !value.is_empty() {
-                        scratch.push_unique(&columns[i], value);
+                        scratch.push(&columns[i], [value]);
                     }
                 }
                 Err(_) => {

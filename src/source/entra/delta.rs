@@ -15,7 +15,6 @@
 //! - nested groups are flattened from the member edges (cycles tolerated).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -137,27 +136,15 @@ pub fn apply_groups(
 /// user nor a group of the mirror (devices, out-of-scope objects) are counted.
 pub fn directory(mirror: &Mirror) -> SourceDirectory {
     // Every user has the same few property names: one shared copy of each.
-    let mut names: HashMap<&str, Arc<str>> = HashMap::new();
-    let id_name: Arc<str> = "id".into();
     let users: Vec<SourceUser> = mirror
         .users
         .iter()
         .map(|(id, props)| {
             let mut attrs = SourceAttrs::with_capacity(props.len() + 1);
-            attrs.push_unique(id_name.clone(), id.clone());
+            attrs.push("id", [id]);
             for (name, values) in props {
-                if name.eq_ignore_ascii_case("id") {
-                    continue;
-                }
-                let name = names
-                    .entry(name.as_str())
-                    .or_insert_with(|| Arc::from(name.as_str()))
-                    .clone();
-                match values.as_slice() {
-                    // Property names are unique within a user (they are map
-                    // keys), so a single value needs no merge and no vector.
-                    [one] => attrs.push_unique(name, one.clone()),
-                    _ => attrs.push(name, values.clone()),
+                if !name.eq_ignore_ascii_case("id") {
+                    attrs.push(name, values);
                 }
             }
             SourceUser {

@@ -2,8 +2,7 @@
 //! objectGUID in its canonical text form), attributes as the server names them
 //! plus the entry's DN as `dn`, and the DN index groups are resolved against.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use ldap3::ResultEntry;
 use ldap3::asn1::{PL, StructureTag};
@@ -87,21 +86,6 @@ fn primitive(tag: StructureTag) -> Option<Vec<u8>> {
     match tag.payload {
         PL::P(bytes) => Some(bytes),
         PL::C(_) => None,
-    }
-}
-
-/// Shares one allocation per attribute name across all entries.
-#[derive(Default)]
-pub(super) struct Names(HashSet<Arc<str>, FastHash>);
-
-impl Names {
-    pub(super) fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(existing) = self.0.get(name) {
-            return existing.clone();
-        }
-        let name: Arc<str> = Arc::from(name);
-        self.0.insert(name.clone());
-        name
     }
 }
 
@@ -256,8 +240,6 @@ pub(super) struct Users {
 /// Turns user entries into `SourceUser`s as the search streams them in.
 pub(super) struct UserReader {
     key_attribute: String,
-    names: Names,
-    dn_name: Arc<str>,
     /// Index users by their primary group (Active Directory).
     primary_groups: bool,
     users: Users,
@@ -270,12 +252,8 @@ pub(super) struct UserReader {
 
 impl UserReader {
     pub(super) fn new(settings: &LdapSettings, flavour: Flavour) -> Self {
-        let mut names = Names::default();
-        let dn_name = names.get("dn");
         UserReader {
             key_attribute: settings.key_attribute.clone(),
-            names,
-            dn_name,
             primary_groups: flavour == Flavour::ActiveDirectory,
             users: Users {
                 users: Vec::new(),
@@ -339,13 +317,12 @@ impl UserReader {
         });
         named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut source_attrs = SourceAttrs::with_capacity(named.len() + 2);
-        source_attrs.push(self.dn_name.clone(), vec![dn.clone()]);
+        source_attrs.push("dn", [&dn]);
         if guid_key {
-            let name = self.names.get(&self.key_attribute);
-            source_attrs.push(name, vec![key.as_str().to_string()]);
+            source_attrs.push(&self.key_attribute, [key.as_str()]);
         }
-        for (name, values) in named {
-            source_attrs.push(self.names.get(&name), values);
+        for (name, values) in &named {
+            source_attrs.push(name, values);
         }
         self.users.users.push(SourceUser {
             key,

@@ -607,7 +607,7 @@ mod tests {
         use crate::model::{SourceAttrs, SourceKey, SourceUser};
         let user = |key: &str, dn: &str, uid: &str| {
             let mut attrs = SourceAttrs::new();
-            attrs.push("uid".into(), vec![uid.to_string()]);
+            attrs.push("uid", [uid]);
             SourceUser {
                 key: SourceKey::new(key),
                 origin: Origin::new(dn),
