@@ -94,8 +94,8 @@ impl Source for CsvSettings {
         })
     }
 
-    fn streamed(&self) -> Option<Box<dyn StreamedSource>> {
-        Some(Box::new(self.clone()))
+    fn streamed(&self) -> Option<&dyn StreamedSource> {
+        Some(self)
     }
 
     /// A CSV source is read whole and counted.

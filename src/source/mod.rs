@@ -61,7 +61,7 @@ pub trait Source: Send + Sync {
     /// time (CSV): the engine maps each user as it is read, so a large
     /// directory's records never all sit in memory at once. `None` (the
     /// default): the engine reads the whole directory with [`Source::read`].
-    fn streamed(&self) -> Option<Box<dyn StreamedSource>> {
+    fn streamed(&self) -> Option<&dyn StreamedSource> {
         None
     }
 
@@ -74,9 +74,9 @@ pub trait Source: Send + Sync {
 }
 
 /// A directory read in two passes, groups then users, each blocking (the
-/// engine runs them on a blocking thread). Together they are one complete
-/// read, all or nothing, exactly as [`Source::read`].
-pub trait StreamedSource: Send + 'static {
+/// engine calls them on a thread set aside for the read). Together they are
+/// one complete read, all or nothing, exactly as [`Source::read`].
+pub trait StreamedSource {
     /// The groups, each member as the source names it: members that are not
     /// users of this read are left in, for the mapping to count and ignore.
     fn read_groups(&self) -> Result<Vec<SourceGroup>, SourceError>;

@@ -292,8 +292,9 @@ pub struct MirrorUpdate {
 
 /// Reads the source and maps it; record errors fail with all of them listed.
 /// A source with a mirror reads the changes since `mirror` and returns the
-/// updated mirror beside the snapshot.
-pub async fn desired(
+/// updated mirror beside the snapshot. A streamed source is read blocking, on
+/// the calling thread: only for the thread `planning_input` sets aside.
+async fn desired(
     settings: &Settings,
     source: &dyn Source,
     mirror: Option<Mirror>,
@@ -307,9 +308,8 @@ pub async fn desired(
     };
     let (built, users, mirror, read) = match (streamed, mirror) {
         (Some(streamed), _) => {
-            // Blocking, on the thread that planning_input set aside for it.
             // The read time includes mapping the users, done as they arrive.
-            let (built, users, read) = stream_mapped(streamed.as_ref(), &settings.mapping)?;
+            let (built, users, read) = stream_mapped(streamed, &settings.mapping)?;
             (built, users, None, read)
         }
         (None, mirror) => {

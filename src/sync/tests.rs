@@ -352,7 +352,7 @@ async fn whole_and_streamed(
         Err(e) => Err(format!("source: {e}")),
     };
     let streamed = source.streamed().expect("a CSV source streams");
-    let streamed = match stream_mapped(streamed.as_ref(), &settings.mapping) {
+    let streamed = match stream_mapped(streamed, &settings.mapping) {
         Ok((built, _, _)) => built.map_err(|e| format!("mapping: {}", e.len())),
         Err(e) => Err(format!("source: {e}")),
     };
