@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 
 use crate::model::{
-    AttrHash, Ownership, RemoteUser, ScimId, SourceKey, State, StateChange, StateGroup, StateUser,
-    Status, UserAttr, UserAttrs, UserName,
+    Ownership, RemoteUser, ScimId, SourceKey, State, StateChange, StateGroup, StateUser, Status,
+    UserAttr, UserAttrs, UserName,
 };
 use crate::plan::{NameStep, Operation};
 use crate::state::OpOutcome;
@@ -137,18 +137,18 @@ pub fn transition(
             Response::Ok,
         ) => Transition::applied(Some(StateChange::PutUser {
             key: key.clone(),
-            user: StateUser {
-                scim_id: scim_id.clone(),
-                user_name: user_name.clone(),
-                hash: AttrHash::of(attrs, create_only),
-                status: if *active {
+            user: StateUser::pushed(
+                scim_id.clone(),
+                user_name.clone(),
+                attrs.clone(),
+                if *active {
                     Status::Active
                 } else {
                     Status::Disabled
                 },
-                ownership: Ownership::Adopted,
-                attrs: Some(Box::new(attrs.clone())),
-            },
+                Ownership::Adopted,
+                create_only,
+            ),
         })),
         (
             Operation::AdoptGroup {
@@ -181,14 +181,14 @@ pub fn transition(
         ) => Transition::applied(Some(StateChange::HandOver {
             from: from.clone(),
             key: key.clone(),
-            user: StateUser {
-                scim_id: id,
-                user_name: user_name.clone(),
-                hash: AttrHash::of(&attrs, create_only),
-                status: Status::Active,
+            user: StateUser::pushed(
+                id,
+                user_name.clone(),
+                attrs,
+                Status::Active,
                 ownership,
-                attrs: Some(Box::new(attrs)),
-            },
+                create_only,
+            ),
         })),
         (
             Operation::CreateUser {
@@ -228,14 +228,14 @@ pub fn transition(
             },
         ) => Transition::applied(Some(StateChange::PutUser {
             key: key.clone(),
-            user: StateUser {
-                scim_id: id,
-                user_name: user_name.clone(),
-                hash: AttrHash::of(&attrs, create_only),
-                status: Status::Active,
+            user: StateUser::pushed(
+                id,
+                user_name.clone(),
+                attrs,
+                Status::Active,
                 ownership,
-                attrs: Some(Box::new(attrs)),
-            },
+                create_only,
+            ),
         })),
         (
             Operation::UpdateUser { key, changes, .. } | Operation::EnableUser { key, changes, .. },
@@ -280,21 +280,21 @@ pub fn transition(
             }
             Transition::applied(Some(StateChange::PutUser {
                 key: key.clone(),
-                user: StateUser {
-                    scim_id: current.scim_id.clone(),
-                    user_name: attrs
+                user: StateUser::pushed(
+                    current.scim_id.clone(),
+                    attrs
                         .get(UserAttr::UserName)
                         .map(UserName::new)
                         .unwrap_or_else(|| current.user_name.clone()),
-                    hash: AttrHash::of(&attrs, create_only),
-                    status: if enable {
+                    *attrs,
+                    if enable {
                         Status::Active
                     } else {
                         current.status
                     },
-                    ownership: current.ownership,
-                    attrs: Some(attrs),
-                },
+                    current.ownership,
+                    create_only,
+                ),
             }))
         }
         (
@@ -457,14 +457,14 @@ mod tests {
         let mut state = State::default();
         state.users.insert(
             key.clone(),
-            StateUser {
-                scim_id: ScimId::new("u1"),
-                user_name: UserName::new("ann@example.com"),
-                hash: AttrHash::of(&pushed, &BTreeSet::new()),
-                status: Status::Active,
-                ownership: Ownership::Created,
-                attrs: Some(Box::new(pushed)),
-            },
+            StateUser::pushed(
+                ScimId::new("u1"),
+                UserName::new("ann@example.com"),
+                pushed,
+                Status::Active,
+                Ownership::Created,
+                &BTreeSet::new(),
+            ),
         );
         let mut changes = Changes::new();
         for (attr, new) in [

@@ -78,6 +78,28 @@ pub struct StateUser {
     pub attrs: Option<Box<UserAttrs>>,
 }
 
+impl StateUser {
+    /// A user as just pushed: its attributes as the target now holds them,
+    /// hashed as the planner compares them (leaving out `create_only`).
+    pub fn pushed(
+        scim_id: ScimId,
+        user_name: UserName,
+        attrs: UserAttrs,
+        status: Status,
+        ownership: Ownership,
+        create_only: &BTreeSet<UserAttr>,
+    ) -> StateUser {
+        StateUser {
+            scim_id,
+            user_name,
+            hash: AttrHash::of(&attrs, create_only),
+            status,
+            ownership,
+            attrs: Some(Box::new(attrs)),
+        }
+    }
+}
+
 /// One managed group as last pushed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateGroup {
