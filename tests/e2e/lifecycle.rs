@@ -162,15 +162,7 @@ fn a_leavers_mail_is_refused_to_a_new_hire_in_the_next_cycle_under_disable_never
 /// every account kept its SCIM id and the target matches the source.
 fn rotate(keys: &[&str], saved: bool) {
     let (server, ws, mut dir) = synced(8, 3);
-    let before = server.contents();
-    let emails: Vec<String> = keys.iter().map(|k| dir.user(k).email.clone()).collect();
-    let ids: Vec<String> = keys
-        .iter()
-        .map(|k| before.user_id(&dir.user(k).user_name()))
-        .collect();
-    for (i, k) in keys.iter().enumerate() {
-        dir.user_mut(k).email = emails[(i + 1) % keys.len()].clone();
-    }
+    let ids = rotate_mail(&server, &mut dir, keys);
     ws.write_directory(&dir);
     let plan = ws.plan_json();
     let temporaries: Vec<_> = ops_of(&plan, "update_user")
@@ -190,9 +182,40 @@ fn rotate(keys: &[&str], saved: bool) {
     } else {
         ws.sync_ok();
     }
+    assert_rotated(&server, &ws, &dir, keys, &ids);
+}
+
+/// Gives each of `keys` the next one's email (the last takes the first's) in
+/// `dir`; returns each one's account id on the target before.
+fn rotate_mail<K: AsRef<str>>(server: &ScimServer, dir: &mut Directory, keys: &[K]) -> Vec<String> {
+    let before = server.contents();
+    let ids = keys
+        .iter()
+        .map(|k| before.user_id(&dir.user(k.as_ref()).user_name()))
+        .collect();
+    let emails: Vec<String> = keys
+        .iter()
+        .map(|k| dir.user(k.as_ref()).email.clone())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        dir.user_mut(k.as_ref()).email = emails[(i + 1) % keys.len()].clone();
+    }
+    ids
+}
+
+/// After a rotation: the target matches the source, each of `keys` kept its
+/// account (`ids`), and nothing is left to do.
+fn assert_rotated<K: AsRef<str>>(
+    server: &ScimServer,
+    ws: &Workspace,
+    dir: &Directory,
+    keys: &[K],
+    ids: &[String],
+) {
     let after = server.contents();
-    assert_target_matches(&dir, &[], &after);
-    for (k, id) in keys.iter().zip(&ids) {
+    assert_target_matches(dir, &[], &after);
+    for (k, id) in keys.iter().zip(ids) {
+        let k = k.as_ref();
         assert_eq!(
             &after.user_id(&dir.user(k).user_name()),
             id,
@@ -253,15 +276,7 @@ fn sigkill_between_the_steps_of_a_rotation_resumes_without_a_lost_or_shared_name
         .filter(|n| *n != 14)
         .map(|n| format!("u{n:04}"))
         .collect();
-    let before = server.contents();
-    let ids: Vec<String> = keys
-        .iter()
-        .map(|k| before.user_id(&dir.user(k).user_name()))
-        .collect();
-    let emails: Vec<String> = keys.iter().map(|k| dir.user(k).email.clone()).collect();
-    for (i, k) in keys.iter().enumerate() {
-        dir.user_mut(k).email = emails[(i + 1) % keys.len()].clone();
-    }
+    let ids = rotate_mail(server, &mut dir, &keys);
     ws.write_directory(&dir);
     let mut killed = 0;
     for step in [2, 5, 9] {
@@ -284,14 +299,5 @@ fn sigkill_between_the_steps_of_a_rotation_resumes_without_a_lost_or_shared_name
     }
     assert!(killed > 0, "no kill landed inside a run");
     ws.sync_ok();
-    let after = server.contents();
-    assert_target_matches(&dir, &[], &after);
-    for (k, id) in keys.iter().zip(&ids) {
-        assert_eq!(
-            &after.user_id(&dir.user(k).user_name()),
-            id,
-            "user {k} changed accounts"
-        );
-    }
-    ws.assert_plan_empty();
+    assert_rotated(server, ws, &dir, &keys, &ids);
 }
