@@ -118,8 +118,11 @@ const fn spec(
 use AttrSchema::{Core, Enterprise};
 use AttrShape::{MultiValued, Name, Single};
 
+/// How many attributes idsync manages.
+pub(super) const ATTRIBUTE_COUNT: usize = 22;
+
 /// Every managed attribute, in `UserAttr` order (checked by a test).
-const ATTRIBUTES: [AttrSpec; 22] = [
+const ATTRIBUTES: [AttrSpec; ATTRIBUTE_COUNT] = [
     spec(
         UserAttr::UserName,
         "userName",
@@ -288,6 +291,11 @@ impl UserAttr {
     /// Every managed attribute.
     pub fn all() -> impl Iterator<Item = UserAttr> {
         ATTRIBUTES.iter().map(|s| s.attr)
+    }
+
+    /// The attribute at `index` in `UserAttr` order (`attr as usize`).
+    pub(super) fn at(index: usize) -> UserAttr {
+        ATTRIBUTES[index].attr
     }
 
     /// This attribute's row of the table.

@@ -20,9 +20,10 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::UserAttr;
+use super::attr::ATTRIBUTE_COUNT;
 
-/// The number of managed attributes (the width of a decoded table).
-const WIDTH: usize = 22;
+/// The width of a decoded table: one slot per managed attribute.
+const WIDTH: usize = ATTRIBUTE_COUNT;
 
 /// The managed attributes of one user, each a single non-empty string, in
 /// [`UserAttr`] order. Reads like a sorted map; a change rebuilds the
@@ -91,7 +92,7 @@ impl UserAttrs {
         let mut changed = false;
         for (i, slot) in table.iter_mut().enumerate() {
             if let Some(v) = *slot
-                && !keep(ATTRS[i], v)
+                && !keep(UserAttr::at(i), v)
             {
                 *slot = None;
                 changed = true;
@@ -128,35 +129,6 @@ impl UserAttrs {
         Self(buf.into_boxed_str())
     }
 }
-
-/// Every attribute by index.
-const ATTRS: [UserAttr; WIDTH] = {
-    use UserAttr::*;
-    [
-        UserName,
-        ExternalId,
-        Email,
-        GivenName,
-        FamilyName,
-        MiddleName,
-        FormattedName,
-        HonorificPrefix,
-        HonorificSuffix,
-        DisplayName,
-        NickName,
-        Title,
-        UserType,
-        PreferredLanguage,
-        Locale,
-        Timezone,
-        PhoneNumber,
-        Department,
-        Organization,
-        Division,
-        CostCenter,
-        EmployeeNumber,
-    ]
-};
 
 /// How many 6-bit digits a length takes.
 fn digits(mut len: usize) -> usize {
@@ -208,7 +180,7 @@ impl<'a> Iterator for Iter<'a> {
         let at = at + 1;
         let value = &self.rest[at..at + len];
         self.rest = &self.rest[at + len..];
-        Some((ATTRS[usize::from(index)], value))
+        Some((UserAttr::at(usize::from(index)), value))
     }
 }
 
@@ -298,8 +270,8 @@ mod tests {
 
     #[test]
     fn the_index_table_is_in_enum_order() {
-        for (i, attr) in ATTRS.iter().enumerate() {
-            assert_eq!(*attr as usize, i);
+        for attr in UserAttr::all() {
+            assert_eq!(UserAttr::at(attr as usize), attr);
         }
         assert_eq!(UserAttr::all().count(), WIDTH);
     }
@@ -317,7 +289,7 @@ mod tests {
     }
 
     fn attr() -> impl Strategy<Value = UserAttr> {
-        (0..WIDTH).prop_map(|i| ATTRS[i])
+        (0..WIDTH).prop_map(UserAttr::at)
     }
 
     proptest! {
