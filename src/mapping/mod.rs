@@ -511,7 +511,8 @@ impl Mapping {
         if !self.user_scope.contains(&rec) {
             return Ok(None);
         }
-        let mut out = UserAttrs::new();
+        // Evaluated first, packed once: a packed insert rebuilds the buffer.
+        let mut values: Vec<(UserAttr, Cow<'_, str>)> = Vec::with_capacity(self.attributes.len());
         for (attr, expr) in &self.attributes {
             let value = expr.eval(&rec);
             if value.len() > MAX_VALUE_BYTES {
@@ -521,13 +522,13 @@ impl Mapping {
                 });
             }
             if !value.trim().is_empty() {
-                out.insert(*attr, &value);
+                values.push((*attr, value));
             }
         }
         let missing: Vec<UserAttr> = self
             .required
             .iter()
-            .filter(|a| !out.contains_key(**a))
+            .filter(|a| !values.iter().any(|(v, _)| v == *a))
             .copied()
             .collect();
         if !missing.is_empty() {
@@ -550,7 +551,7 @@ impl Mapping {
                     .ok_or_else(|| RecordProblem::InvalidActive(value.into_owned()))?
             }
         };
-        Ok(Some((out, active)))
+        Ok(Some((values.into_iter().collect(), active)))
     }
 
     /// Maps a whole source read into the desired state, sorted by key. Every
