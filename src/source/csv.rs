@@ -436,11 +436,8 @@ fn duplicate_keys(
     }
     // An export rewriting the file meanwhile would make the lines say
     // something else: the read fails rather than judge from two versions.
-    let changed = || SourceError::FileUnreadable {
+    let changed = || SourceError::FileChanged {
         file: settings.users.clone(),
-        source: std::io::Error::other(
-            "the file changed while it was read; the next cycle reads it again",
-        ),
     };
     if read.is_none() || stamp(&settings.users) != *read {
         return Err(changed());
@@ -705,6 +702,11 @@ mod tests {
         assert!(
             err.to_string().contains("changed while it was read"),
             "{err}"
+        );
+        assert!(
+            err.hint().contains("rename it into place"),
+            "{}",
+            err.hint()
         );
     }
 

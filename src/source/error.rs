@@ -102,6 +102,10 @@ pub enum SourceError {
         file: PathBuf,
         source: std::io::Error,
     },
+    /// The file was rewritten while idsync read it (seen when a part had to be
+    /// read again): nothing is judged from two versions.
+    #[error("{} changed while it was read; nothing was planned, and the next cycle reads it again", .file.display())]
+    FileChanged { file: PathBuf },
     /// The blocking reader task ended without an answer (a bug).
     #[error("the CSV reader stopped unexpectedly: {reason}")]
     ReaderStopped { reason: String },
@@ -321,6 +325,7 @@ impl SourceError {
             | BadUsers(_)
             | BadGroups(_) => false,
             FileUnreadable { .. }
+            | FileChanged { .. }
             | ReaderStopped { .. }
             | PasswordNotSet { .. }
             | PasswordFileUnreadable { .. }
@@ -378,6 +383,9 @@ impl SourceError {
             BadRows { .. } => FIX_ROWS,
             FileUnreadable { .. } => {
                 "check the source paths in the config (relative to the config file's folder)"
+            }
+            FileChanged { .. } => {
+                "have the export write a temporary file and rename it into place, so a read never meets a file half-written"
             }
             ReaderStopped { .. } => "this is a bug; please report it",
             BadUsers(bad) => {
