@@ -4,9 +4,11 @@
 //! exponential backoff with full jitter, caps on attempts, elapsed time and each
 //! wait). Nothing here knows about HTTP clients or SCIM resources.
 //!
-//! A 429 that names its reset time is the target pacing us, not a failure: it
-//! does not use up `max_attempts`, its wait is honoured in full, and only
-//! `max_elapsed` bounds it (a reset later than that ends the request at once).
+//! A 429 is the target pacing us, not a failure: it does not use up
+//! `max_attempts`, its wait is honoured in full, and only `max_elapsed` bounds
+//! it (a reset later than that ends the request at once). A 429 whose reset
+//! cannot be read waits out the current rate-limit window (the rest of the
+//! minute: the windows targets count in), never spends an attempt.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -90,9 +92,12 @@ pub fn classify(outcome: Outcome<'_>, now: SystemTime) -> Verdict {
             retry_after,
             rate_limit_reset,
         } => match status {
-            // The target pacing us; without a reset time, a failure like any.
-            429 => server_wait(retry_after, rate_limit_reset, now)
-                .map_or(Verdict::Backoff, Verdict::Paced),
+            // The target pacing us; without a reset time it can read, the
+            // window it counts in is waited out.
+            429 => Verdict::Paced(
+                server_wait(retry_after, rate_limit_reset, now)
+                    .unwrap_or_else(|| rest_of_window(now)),
+            ),
             // 503 may carry Retry-After too (RFC 9110 §10.2.3), but it is an outage.
             503 => server_wait(retry_after, rate_limit_reset, now)
                 .map_or(Verdict::Backoff, Verdict::After),
@@ -127,25 +132,81 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// delta-seconds (both conventions exist; no delta is 30 years long).
 const EPOCH_SECONDS_THRESHOLD: u64 = 1_000_000_000;
 
-/// `X-RateLimit-Reset`: an ISO-8601 time (Atlassian's admin APIs), or an integer,
-/// read as Unix seconds or delta-seconds (other APIs). A time in the past means "now".
+/// Integers at least this large are Unix times in milliseconds (seconds would
+/// put them past the year 33,000).
+const EPOCH_MILLIS_THRESHOLD: u64 = 1_000_000_000_000;
+
+/// The window rate limits are counted in where the target does not say
+/// otherwise: Atlassian's admin APIs count per minute.
+pub const RATE_LIMIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// `X-RateLimit-Reset` in every form seen in the field: an ISO-8601 time, with
+/// seconds (and fractions) or written to the minute as Atlassian's admin APIs
+/// do (`2026-12-05T21:26Z`), with `Z` or an offset; an integer read as Unix
+/// milliseconds, Unix seconds or delta-seconds by its size. A time in the past
+/// means "now" — except a time written to the minute whose minute is not over:
+/// the window it names ends with that minute.
 pub fn parse_rate_limit_reset(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let at = if let Ok(n) = value.parse::<u64>() {
         if n < EPOCH_SECONDS_THRESHOLD {
             return Some(Duration::from_secs(n));
         }
-        SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(n))?
+        let since_epoch = if n >= EPOCH_MILLIS_THRESHOLD {
+            Duration::from_millis(n)
+        } else {
+            Duration::from_secs(n)
+        };
+        SystemTime::UNIX_EPOCH.checked_add(since_epoch)?
     } else {
-        let parsed = chrono::DateTime::parse_from_rfc3339(value).ok()?;
-        let nanos = parsed.timestamp_nanos_opt()?;
-        match u64::try_from(nanos) {
-            Ok(n) => SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(n))?,
+        let (parsed, to_the_minute) = parse_iso_time(value)?;
+        let Ok(nanos) = u64::try_from(parsed.timestamp_nanos_opt()?) else {
             // Before 1970: long past.
-            Err(_) => return Some(Duration::ZERO),
+            return Some(Duration::ZERO);
+        };
+        let at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))?;
+        match now.duration_since(at) {
+            Ok(past) if to_the_minute && past < RATE_LIMIT_WINDOW => {
+                return Some(RATE_LIMIT_WINDOW - past);
+            }
+            _ => at,
         }
     };
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An ISO-8601 time as rate-limit headers write it, and whether it was written
+/// to the minute (no seconds).
+fn parse_iso_time(value: &str) -> Option<(chrono::DateTime<chrono::FixedOffset>, bool)> {
+    use chrono::DateTime;
+    if let Ok(t) = DateTime::parse_from_rfc3339(value) {
+        return Some((t, false));
+    }
+    // chrono's `%z` does not take `Z`: spell UTC as an offset.
+    let value = match value.strip_suffix(['Z', 'z']) {
+        Some(rest) => format!("{rest}+00:00"),
+        None => value.to_owned(),
+    };
+    let value = value.replacen(['t', ' '], "T", 1);
+    ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z"]
+        .iter()
+        .enumerate()
+        .find_map(|(i, format)| {
+            DateTime::parse_from_str(&value, format)
+                .ok()
+                .map(|t| (t, i == 1))
+        })
+}
+
+/// What is left of the current rate-limit window (at most a minute): the wait
+/// after a 429 that says nothing readable about when to come back.
+pub fn rest_of_window(now: SystemTime) -> Duration {
+    let since_epoch = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let window = RATE_LIMIT_WINDOW.as_nanos();
+    let into = since_epoch.as_nanos() % window;
+    Duration::from_nanos((window - into) as u64)
 }
 
 /// The exponential backoff ceiling before retry number `retry` (0-based):
@@ -287,8 +348,9 @@ mod tests {
     fn classification_table() {
         let secs = Duration::from_secs;
         let cases: Vec<(Outcome<'static>, Verdict)> = vec![
-            // Rate limited: a named reset paces us (no attempt used), else backoff.
-            (status(429), Verdict::Backoff),
+            // Rate limited: a named reset paces us (no attempt used); without
+            // one readable, the rest of the minute's window (NOW is on a minute).
+            (status(429), Verdict::Paced(secs(60))),
             (with_headers(429, Some("7"), None), Verdict::Paced(secs(7))),
             (
                 with_headers(429, Some(" 0 "), None),
@@ -338,9 +400,12 @@ mod tests {
             ),
             (
                 with_headers(429, Some("soon"), Some("later")),
-                Verdict::Backoff,
+                Verdict::Paced(secs(60)),
             ),
-            (with_headers(429, Some("-5"), None), Verdict::Backoff),
+            (
+                with_headers(429, Some("-5"), None),
+                Verdict::Paced(secs(60)),
+            ),
             // Server errors worth retrying.
             (status(500), Verdict::Backoff),
             (status(502), Verdict::Backoff),
@@ -370,6 +435,66 @@ mod tests {
         for (outcome, expected) in cases {
             assert_eq!(classify(outcome, at(NOW)), expected, "{outcome:?}");
         }
+    }
+
+    /// Every form of `X-RateLimit-Reset` seen in the field, read at
+    /// 2026-01-01T00:00:20Z.
+    #[test]
+    fn rate_limit_reset_is_read_in_every_form_seen_in_the_field() {
+        let now = at(NOW + 20);
+        let secs = Duration::from_secs;
+        let cases: &[(&str, Option<Duration>)] = &[
+            // Atlassian's admin APIs: to the minute, UTC.
+            ("2026-01-01T00:01Z", Some(secs(40))),
+            ("2026-01-01T00:02Z", Some(secs(100))),
+            // To the minute, the minute not over yet: the window ends with it.
+            ("2026-01-01T00:00Z", Some(secs(40))),
+            // To the minute and long past: now.
+            ("2025-12-31T23:58Z", Some(Duration::ZERO)),
+            ("2026-01-01T01:01+01:00", Some(secs(40))),
+            ("2026-01-01T01:01+0100", Some(secs(40))),
+            ("2026-01-01t00:01z", Some(secs(40))),
+            // RFC 3339 with seconds, fractions, offsets.
+            ("2026-01-01T00:00:30Z", Some(secs(10))),
+            ("2026-01-01T00:00:20.250Z", Some(Duration::from_millis(250))),
+            ("2026-01-01T01:00:50+01:00", Some(secs(30))),
+            ("2026-01-01T00:00:50+0000", Some(secs(30))),
+            ("2026-01-01T00:00:10Z", Some(Duration::ZERO)),
+            // Unix seconds and milliseconds; seconds to wait.
+            ("1767225645", Some(secs(25))),
+            ("1767225645500", Some(Duration::from_millis(25_500))),
+            ("1767225600000", Some(Duration::ZERO)),
+            ("7", Some(secs(7))),
+            (" 0 ", Some(Duration::ZERO)),
+            // Unreadable.
+            ("", None),
+            ("soon", None),
+            ("-5", None),
+            ("2026-01-01", None),
+            ("2026-13-01T00:01Z", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_rate_limit_reset(value, now), *expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_reset_waits_out_the_current_minute() {
+        assert_eq!(rest_of_window(at(NOW)), Duration::from_secs(60));
+        assert_eq!(rest_of_window(at(NOW + 1)), Duration::from_secs(59));
+        assert_eq!(
+            rest_of_window(at(NOW + 59) + Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            classify(with_headers(429, None, Some("whenever")), at(NOW + 45)),
+            Verdict::Paced(Duration::from_secs(15))
+        );
+        // An outage is not a window: a 503 without a wait backs off.
+        assert_eq!(
+            classify(with_headers(503, None, Some("whenever")), at(NOW + 45)),
+            Verdict::Backoff
+        );
     }
 
     #[test]
