@@ -257,6 +257,24 @@ enum Command {
         /// The user's source key, userName or email.
         user: String,
     },
+    /// Look after the state DB.
+    State {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: StateAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateAction {
+    /// Forget the notes on values the target did not keep as sent (`status`
+    /// lists them). Nothing is sent: `sync --full` compares what the target
+    /// holds and sends what differs.
+    ForgetNotes {
+        /// Only the notes on this attribute (e.g. externalId, name.familyName).
+        attr: Option<String>,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -434,7 +452,41 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             print!("{}", report::explain_text(&explanation));
             Ok(Exit::Ok)
         }
+        Command::State {
+            config,
+            action: StateAction::ForgetNotes { attr },
+        } => forget_notes(&Settings::load(&config.config)?, attr.as_deref()),
     }
+}
+
+/// `state forget-notes`: clears what earlier answers showed the target does
+/// not keep, under the run lock.
+fn forget_notes(settings: &Settings, attr: Option<&str>) -> Result<Exit, Failure> {
+    let attr = match attr {
+        None => None,
+        Some(name) => Some(crate::model::UserAttr::parse(name).ok_or_else(|| {
+            Failure::new(
+                Exit::Usage,
+                format!("unknown user attribute {}", report::quote(name)),
+                Some("name a SCIM attribute as `idsync status` lists it, e.g. externalId or name.familyName"),
+            )
+        })?),
+    };
+    if !settings.state_path.exists() {
+        println!(
+            "No state DB at {}: no notes.",
+            settings.state_path.display()
+        );
+        return Ok(Exit::Ok);
+    }
+    let db = crate::state::StateDb::open(&settings.state_path).map_err(SyncError::from)?;
+    let forgotten = db.forget_notes(attr).map_err(SyncError::StateWrite)?;
+    println!(
+        "Forgot {forgotten} note(s){}.",
+        attr.map(|a| format!(" on `{}`", a.name()))
+            .unwrap_or_default()
+    );
+    Ok(Exit::Ok)
 }
 
 /// Set when SIGTERM or Ctrl-C arrives: the executor finishes what is in flight,
@@ -540,12 +592,13 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
             println!("  {note}");
         }
     }
-    // What earlier runs learned the target keeps (read-only: check writes nothing).
+    // What earlier answers showed the target keeps (read-only: check writes nothing).
     if let Ok(Some(db)) = crate::state::StateDb::open_read_only(&settings.state_path) {
-        for note in db.load_notes().unwrap_or_default() {
+        for note in db.note_summaries().unwrap_or_default() {
             println!(
-                "  learned: {}; no longer compared",
-                crate::report::escape(&note.to_string())
+                "  learned: {}; {}",
+                crate::report::escape(&note.to_string()),
+                report::NOTE_EFFECT
             );
         }
     }

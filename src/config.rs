@@ -607,6 +607,7 @@ impl Settings {
             config_fingerprint: self.fingerprint.clone(),
             user_limit: self.target.user_limit,
             target_rules: Default::default(),
+            notes: Vec::new(),
         }
     }
 

@@ -26,13 +26,14 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::model::{
-    AttrNote, GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State,
-    Status, UserAttr, UserAttrs, UserName,
+    GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State, Status,
+    UserAttr, UserAttrs, UserName,
 };
 use crate::plan::{
     Changes, NameStep, Operation, Phase, Plan, TargetRules, claimed_name, released_name,
 };
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
+use kept::Evidence;
 
 pub use resume::Interrupted;
 pub use target::{Target, TargetError};
@@ -286,7 +287,7 @@ impl<T: Target> Executor<'_, T> {
                     };
                     let (response, notes) =
                         if shutdown.load(Ordering::SeqCst) || halt.load(Ordering::SeqCst) {
-                            (Response::Skipped("interrupted".into()), Vec::new())
+                            (Response::Skipped("interrupted".into()), Evidence::default())
                         } else {
                             execute(&target, job).await
                         };
@@ -305,6 +306,7 @@ impl<T: Target> Executor<'_, T> {
         let mut next = first_seq;
         // Queued or in flight, not yet committed.
         let mut pending = 0usize;
+        let mut warned = BTreeSet::new();
         loop {
             // Each operation is prepared as it is queued, against the state
             // as the operations committed so far left it.
@@ -343,7 +345,7 @@ impl<T: Target> Executor<'_, T> {
                 } => self.settle_conflict(op, remote, attrs, lookup_first).await,
                 other => (other, notes),
             };
-            self.note(op, &notes)?;
+            self.note(op, &notes, &mut warned)?;
             self.commit(run, seq, op, response, outcome)?;
             self.progress.advance();
             if outcome.stopped.is_none() {
@@ -377,13 +379,13 @@ impl<T: Target> Executor<'_, T> {
         remote: RemoteUser,
         attrs: UserAttrs,
         lookup_first: bool,
-    ) -> (Response, Vec<AttrNote>) {
+    ) -> (Response, Evidence) {
         let key = SourceKey::new(op.subject());
         if let Some((holder, h)) = self.state.owner_of(&remote.id, &key) {
             let user_name = UserName::new(op.display_subject());
             return (
                 Response::Refused(refused(&key, &user_name, holder, h.status)),
-                Vec::new(),
+                Evidence::default(),
             );
         }
         adopt_existing(&self.target, remote, attrs, lookup_first).await
@@ -509,16 +511,30 @@ impl<T: Target> Executor<'_, T> {
         }
     }
 
-    /// Remembers the attributes the target did not keep as sent; says so the
-    /// first time only (per attribute, for this state DB).
-    fn note(&mut self, op: &Operation, notes: &[AttrNote]) -> Result<(), StateError> {
-        for note in notes {
-            if self.db.record_note(note)? {
+    /// Records what the target's answer to `op` showed it keeps for that
+    /// user. A note new for the user is logged: as a warning the first time
+    /// per attribute in this phase, then at debug level.
+    fn note(
+        &mut self,
+        op: &Operation,
+        evidence: &Evidence,
+        warned: &mut BTreeSet<UserAttr>,
+    ) -> Result<(), StateError> {
+        if evidence.is_empty() {
+            return Ok(());
+        }
+        let key = SourceKey::new(op.subject());
+        let new = self
+            .db
+            .record_answer(&key, &evidence.noted, &evidence.kept)?;
+        for note in evidence.noted.iter().filter(|n| new.contains(&n.attr)) {
+            if warned.insert(note.attr) {
                 tracing::warn!(
-                    subject = ?op.subject(),
-                    "{note}: idsync no longer compares `{}` for this target (see README, \"What the target keeps\")",
-                    note.attr.name()
+                    user = %key,
+                    "{note}: not sent again while the source value stays the same; `idsync status` counts such users, `sync --full` re-checks (later users are logged at debug level)"
                 );
+            } else {
+                tracing::debug!(user = %key, "{note}");
             }
         }
         Ok(())
@@ -676,11 +692,11 @@ fn first_members(ops: &[Operation]) -> HashMap<GroupKey, Vec<SourceKey>> {
 
 /// Sends one operation's requests; with the attributes the target did not
 /// keep as sent (see [`kept`]).
-async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
+async fn execute<T: Target>(target: &T, job: Job) -> (Response, Evidence) {
     let result = match job {
-        Job::Record => return (Response::Ok, Vec::new()),
-        Job::Skip(why) => return (Response::Skipped(why), Vec::new()),
-        Job::Refuse(why) => return (Response::Refused(why), Vec::new()),
+        Job::Record => return (Response::Ok, Evidence::default()),
+        Job::Skip(why) => return (Response::Skipped(why), Evidence::default()),
+        Job::Refuse(why) => return (Response::Refused(why), Evidence::default()),
         Job::TakeOver {
             id,
             attrs,
@@ -692,7 +708,7 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
                 Ok(answer) => {
                     let (attrs, notes) = match answer {
                         Some(stored) => as_stored(attrs, &stored, &target.rules()),
-                        None => (attrs, Vec::new()),
+                        None => (attrs, Evidence::default()),
                     };
                     (
                         Response::UserCreated {
@@ -703,8 +719,8 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
                         notes,
                     )
                 }
-                Err(TargetError::NotFound) => (Response::Gone, Vec::new()),
-                Err(e) => (Response::Failed(e), Vec::new()),
+                Err(TargetError::NotFound) => (Response::Gone, Evidence::default()),
+                Err(e) => (Response::Failed(e), Evidence::default()),
             };
         }
         Job::CreateUser {
@@ -719,7 +735,7 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
         } => {
             return (
                 create_group(target, &name, &external_id, &members, lookup_first).await,
-                Vec::new(),
+                Evidence::default(),
             );
         }
         Job::PatchUser {
@@ -733,12 +749,12 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
                         .iter()
                         .filter_map(|(a, v)| v.as_deref().map(|v| (*a, v)));
                     match answer.as_ref().and_then(|a| kept::judge(sent, a)) {
-                        Some(k) => (Response::Kept(k.recorded), k.notes),
-                        None => (Response::Ok, Vec::new()),
+                        Some(k) => (Response::Kept(k.recorded), k.evidence),
+                        None => (Response::Ok, Evidence::default()),
                     }
                 }
-                Err(TargetError::NotFound) => (Response::Gone, Vec::new()),
-                Err(e) => (Response::Failed(e), Vec::new()),
+                Err(TargetError::NotFound) => (Response::Gone, Evidence::default()),
+                Err(e) => (Response::Failed(e), Evidence::default()),
             };
         }
         Job::DeleteUser { id } => target.delete_user(&id).await,
@@ -761,21 +777,17 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Vec<AttrNote>) {
         Err(TargetError::NotFound) => Response::Gone,
         Err(e) => Response::Failed(e),
     };
-    (response, Vec::new())
+    (response, Evidence::default())
 }
 
 /// `sent` as the target answered holding it (see [`kept::judge`]): the values
 /// to record, and the notes.
-fn as_stored(
-    sent: UserAttrs,
-    answer: &RemoteUser,
-    rules: &TargetRules,
-) -> (UserAttrs, Vec<AttrNote>) {
+fn as_stored(sent: UserAttrs, answer: &RemoteUser, rules: &TargetRules) -> (UserAttrs, Evidence) {
     // What the schema says the target does not hold is not judged: it is
     // recorded as wanted, and the planner never compares it.
     let judged = sent.iter().filter(|(a, _)| !rules.unheld.contains(a));
     let Some(k) = kept::judge(judged, answer) else {
-        return (sent, Vec::new());
+        return (sent, Evidence::default());
     };
     let mut recorded: UserAttrs = k
         .recorded
@@ -787,7 +799,7 @@ fn as_stored(
             recorded.insert(a, v);
         }
     }
-    (recorded, k.notes)
+    (recorded, k.evidence)
 }
 
 /// Creates a user; on a conflict (the user exists, perhaps from a create that
@@ -797,7 +809,7 @@ async fn create_user<T: Target>(
     target: &T,
     attrs: UserAttrs,
     lookup_first: bool,
-) -> (Response, Vec<AttrNote>) {
+) -> (Response, Evidence) {
     let user_name = UserName::new(attrs.get(UserAttr::UserName).unwrap_or_default());
     if !lookup_first {
         match target.create_user(&attrs).await {
@@ -813,12 +825,12 @@ async fn create_user<T: Target>(
                 );
             }
             Err(TargetError::Conflict { .. }) => {}
-            Err(e) => return (Response::Failed(e), Vec::new()),
+            Err(e) => return (Response::Failed(e), Evidence::default()),
         }
     }
     let existing = match target.find_user(&user_name).await {
         Ok(found) => found,
-        Err(e) => return (Response::Failed(e), Vec::new()),
+        Err(e) => return (Response::Failed(e), Evidence::default()),
     };
     let Some(remote) = existing else {
         if lookup_first {
@@ -832,7 +844,7 @@ async fn create_user<T: Target>(
                     user_name.as_str()
                 ),
             }),
-            Vec::new(),
+            Evidence::default(),
         );
     };
     (
@@ -841,7 +853,7 @@ async fn create_user<T: Target>(
             attrs,
             lookup_first,
         },
-        Vec::new(),
+        Evidence::default(),
     )
 }
 
@@ -852,7 +864,7 @@ async fn adopt_existing<T: Target>(
     remote: RemoteUser,
     attrs: UserAttrs,
     lookup_first: bool,
-) -> (Response, Vec<AttrNote>) {
+) -> (Response, Evidence) {
     // Brought in line with the source (see `TargetRules::adopted_holds`),
     // except what the target does not hold.
     let rules = target.rules();
@@ -878,7 +890,7 @@ async fn adopt_existing<T: Target>(
                     }
                 }
             }
-            Err(e) => return (Response::Failed(e), Vec::new()),
+            Err(e) => return (Response::Failed(e), Evidence::default()),
         }
     }
     let (attrs, notes) = as_stored(attrs, &answer, &rules);

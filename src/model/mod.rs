@@ -27,7 +27,7 @@ pub use remote::{
     TargetSnapshot,
 };
 pub use state::{
-    AttrNote, Ownership, State, StateChange, StateGroup, StateUser, StateUsers, Status,
+    AttrNote, NoteSummary, Ownership, State, StateChange, StateGroup, StateUser, StateUsers, Status,
 };
 
 /// A fast, randomly seeded hasher for the large in-memory maps of a cycle.

@@ -289,13 +289,13 @@ impl State {
     }
 }
 
-/// A user attribute the target did not keep as idsync sent it (dropped, or
-/// stored another value): remembered per target, so it is said once and not
-/// compared again (see README, "What the target keeps").
+/// One user's value the target did not keep as idsync sent it (dropped, or
+/// stored another value), in the answer to a write: evidence about that user
+/// only (see README, "What the target keeps").
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct AttrNote {
     pub attr: UserAttr,
-    /// The value sent, as the first time it was not kept.
+    /// The value sent.
     pub sent: String,
     /// What the target then held; `None`: nothing.
     pub stored: Option<String>,
@@ -306,17 +306,43 @@ impl std::fmt::Display for AttrNote {
         match &self.stored {
             None => write!(
                 f,
-                "the target does not keep `{}` (sent {:?}, stored none)",
+                "the target did not keep `{}` (sent {:?}, stored none)",
                 self.attr.name(),
                 self.sent
             ),
             Some(stored) => write!(
                 f,
-                "the target keeps `{}` otherwise than sent (sent {:?}, stored {:?})",
+                "the target kept `{}` otherwise than sent (sent {:?}, stored {:?})",
                 self.attr.name(),
                 self.sent,
                 stored
             ),
         }
+    }
+}
+
+/// The notes on one attribute, over every managed user: how many users they
+/// rest on, and the latest as an example.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NoteSummary {
+    pub attr: UserAttr,
+    pub users: u64,
+    pub example: AttrNote,
+}
+
+impl std::fmt::Display for NoteSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = &self.example;
+        write!(
+            f,
+            "`{}` not kept as sent for {} user{} (e.g. sent {:?}, stored {})",
+            self.attr.name(),
+            self.users,
+            if self.users == 1 { "" } else { "s" },
+            e.sent,
+            e.stored
+                .as_deref()
+                .map_or_else(|| "none".to_owned(), |s| format!("{s:?}"))
+        )
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::model::{
-    AttrHash, Desired, DesiredUser, SourceKey, State, Status, TargetSnapshot, UserAttr,
+    AttrHash, Desired, DesiredUser, NoteSummary, SourceKey, State, Status, TargetSnapshot, UserAttr,
 };
 
 use super::Policy;
@@ -21,6 +21,10 @@ pub struct PlanOptions {
     pub user_limit: Option<u64>,
     /// How the target holds values, from its schema (empty when unknown).
     pub target_rules: TargetRules,
+    /// Values the target did not keep as sent, per attribute (from the state
+    /// DB): a plan that does not read the target says so rather than imply the
+    /// target holds what was sent.
+    pub notes: Vec<NoteSummary>,
 }
 
 /// What the target's schema says about comparing its values with idsync's,

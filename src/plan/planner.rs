@@ -49,6 +49,13 @@ pub fn plan(input: &PlanningInput) -> Plan {
         observed = r.observed;
     }
     let summary = Summary::of(&ops);
+    if !input.is_full() {
+        warnings.extend(input.options.notes.iter().map(|note| {
+            format!(
+                "the target did not keep values as sent: {note}; not sent again while the source value stays the same (`plan --full` compares what the target holds)"
+            )
+        }));
+    }
     if let Some(limit) = input.options.user_limit {
         let total = managed_users + summary.create_users;
         if total > limit {

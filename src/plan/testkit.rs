@@ -41,6 +41,7 @@ pub fn options(policy: &Policy) -> PlanOptions {
         config_fingerprint: "test".into(),
         user_limit: None,
         target_rules: Default::default(),
+        notes: Vec::new(),
     }
 }
 

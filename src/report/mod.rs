@@ -20,6 +20,10 @@ pub use plan::{MEMBERS_LISTED, PlanView, held_text, plan_json, plan_text, write_
 pub use run::{dry_run_text, run_json, run_text};
 pub use status::{status_json, status_text};
 
+/// What idsync does about values the target did not keep as sent, after each
+/// note in `status` and `check`.
+pub const NOTE_EFFECT: &str = "not sent again while the source value stays the same (`sync --full` re-checks; `idsync state forget-notes` forgets them)";
+
 /// `--format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

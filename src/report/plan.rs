@@ -240,7 +240,12 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
     let mut out = String::new();
     let s = &plan.summary;
     if plan.operations.is_empty() {
-        out.push_str("No changes. The target matches the source.\n");
+        // Only a plan that read the target knows what it holds.
+        out.push_str(if plan.full {
+            "No changes. The target matches the source.\n"
+        } else {
+            "No changes.\n"
+        });
     } else {
         let _ = writeln!(
             out,

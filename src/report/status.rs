@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::sync::inspect::StatusReport;
 
-use super::{escape, quote};
+use super::{NOTE_EFFECT, escape, quote};
 
 pub fn status_json(report: &StatusReport) -> String {
     if !report.exists {
@@ -59,11 +59,7 @@ pub fn status_text(report: &StatusReport) -> String {
         );
     }
     for note in &report.target_notes {
-        let _ = writeln!(
-            out,
-            "Target: {}; no longer compared",
-            escape(&note.to_string())
-        );
+        let _ = writeln!(out, "Target: {}; {NOTE_EFFECT}", escape(&note.to_string()));
     }
     let running = report.running.map(|holder| match holder.pid {
         Some(pid) => format!("running (PID {pid})"),

@@ -484,7 +484,7 @@ mod tests {
         assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 3);
     }
 
-    /// Undoes migrations 6 to 4, as an idsync of schema version 3 left a file.
+    /// Undoes migrations 7 to 4, as an idsync of schema version 3 left a file.
     const BACK_TO_VERSION_3: &str = "DROP INDEX users_live_scim_id;
          ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values;
          ALTER TABLE runs DROP COLUMN managed_users; ALTER TABLE runs DROP COLUMN managed_groups;

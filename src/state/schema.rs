@@ -4,7 +4,7 @@
 use super::{StateDb, StateError, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -134,6 +134,21 @@ ALTER TABLE runs ADD COLUMN managed_groups INTEGER;
     // version may hold two live rows for one id, and loading it must say so
     // with a way out rather than fail the migration.
     "CREATE INDEX users_live_scim_id ON users (scim_id) WHERE status != 'removed';",
+    // 7: notes are per user. One answer is evidence about one user's value,
+    // never about an attribute for everyone: version 4's notes (one row per
+    // attribute, from a single answer) are dropped, and the next answers write
+    // the evidence again where it holds.
+    r#"
+DROP TABLE target_notes;
+CREATE TABLE target_notes (
+    user_key TEXT NOT NULL,
+    attr     TEXT NOT NULL,
+    sent     TEXT NOT NULL,
+    stored   TEXT,
+    noted_at TEXT NOT NULL,
+    PRIMARY KEY (user_key, attr)
+) STRICT;
+"#,
 ];
 
 impl StateDb {

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::model::{
-    AttrNote, Email, Ownership, ScimId, SourceAttrs, SourceKey, State, Status, UserAttrs, UserName,
+    Email, NoteSummary, Ownership, ScimId, SourceAttrs, SourceKey, State, Status, UserAttrs,
+    UserName,
 };
 use crate::plan::{self, Operation, PlanningInput, RemoveAction};
 use crate::state::{FailureRecord, LockHolder, OpLine, RunPoint, RunRecord, StateDb};
@@ -44,9 +45,9 @@ pub struct StatusReport {
     /// For a source with a mirror (Entra ID): what the mirror holds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorStatus>,
-    /// Attributes the target did not keep as sent, no longer compared.
+    /// Values the target did not keep as sent, per attribute.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub target_notes: Vec<AttrNote>,
+    pub target_notes: Vec<NoteSummary>,
 }
 
 /// The committed mirror of an incremental source.
@@ -97,7 +98,7 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     report.failures = db.recent_failures(STATUS_FAILURES)?;
     report.interrupted_operations = db.interrupted_ops()?.len();
     report.quarantine = Some(quarantine::load(&db)?);
-    report.target_notes = db.load_notes()?;
+    report.target_notes = db.note_summaries()?;
     report.running = StateDb::lock_holder(&settings.state_path)?;
     if settings.source.adapter().uses_mirror() {
         let mirror = db.load_mirror()?;

@@ -428,14 +428,7 @@ pub async fn planning_input<T: Target>(
             (desired, db, loaded)
         })
     });
-    let (mut desired, new_mirror) = desired?;
-    // Attributes the target does not keep as sent are not compared (see
-    // README, "What the target keeps"): like create-only ones.
-    if let Some(db) = db.as_ref() {
-        desired
-            .create_only
-            .extend(db.load_notes()?.into_iter().map(|n| n.attr));
-    }
+    let (desired, new_mirror) = desired?;
     let mirror = old_digest
         .zip(new_mirror)
         .map(|(old, new)| MirrorUpdate { old, new });
@@ -446,6 +439,9 @@ pub async fn planning_input<T: Target>(
     };
     let mut options = settings.plan_options();
     options.target_rules = rules;
+    if let Some(db) = db.as_ref() {
+        options.notes = db.note_summaries()?;
+    }
     let input = PlanningInput::new(
         desired,
         state,
@@ -846,18 +842,11 @@ pub async fn cycle<T: Target>(
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
-    let mut create_only = settings.mapping.create_only();
-    create_only.extend(
-        db.load_notes()
-            .map_err(SyncError::StateWrite)?
-            .into_iter()
-            .map(|n| n.attr),
-    );
     let executor = Executor {
         target: target.clone(),
         db: &mut db,
         state,
-        create_only,
+        create_only: settings.mapping.create_only(),
         concurrency: settings.target.concurrency,
         shutdown,
         progress,

@@ -165,18 +165,30 @@ fn quirk_rig(tag: &str, n_users: usize, quirks: Vec<Arc<dyn Quirk>>) -> Rig {
     rig
 }
 
-/// Both `plan` and `plan --full` plan nothing.
-fn assert_plans_empty(ws: &Workspace, when: &str) {
-    for args in [
-        &["plan", "--format", "json"][..],
-        &["plan", "--full", "--format", "json"][..],
-    ] {
-        let plan = ws.run(args).assert_code(0).json();
+/// `plan` plans nothing, and `plan --full` nothing but the re-check of values
+/// the target did not keep: updates of `rechecked` attributes only, to the
+/// source's value. A note never hides the difference from `--full`.
+fn assert_plans_empty(ws: &Workspace, when: &str, rechecked: &[&str]) {
+    let plan = ws.run(&["plan", "--format", "json"]).assert_code(0).json();
+    assert!(
+        operations(&plan).is_empty(),
+        "{when}: `plan` is not empty:\n{}",
+        serde_json::to_string_pretty(&plan).unwrap_or_default()
+    );
+    let full = ws
+        .run(&["plan", "--full", "--format", "json"])
+        .assert_code(0)
+        .json();
+    for op in operations(&full) {
+        let changes: Vec<&String> = op["changes"]
+            .as_object()
+            .map(|c| c.keys().collect())
+            .unwrap_or_default();
         assert!(
-            operations(&plan).is_empty(),
-            "{when}: `{}` is not empty:\n{}",
-            args.join(" "),
-            serde_json::to_string_pretty(&plan).unwrap_or_default()
+            op["op"] == "update_user"
+                && !changes.is_empty()
+                && changes.iter().all(|c| rechecked.contains(&c.as_str())),
+            "{when}: `plan --full` plans more than re-checking {rechecked:?}: {op}"
         );
     }
 }
@@ -218,14 +230,14 @@ fn no_excuse(_: &mut Value, _: &UserRow) {}
 /// The scenario, each step compared with the source: initial sync, plans
 /// empty, attribute change, email change, leaver, membership change, hand
 /// drift + `--full`. Returns every sync's stderr, joined.
-fn scenario(rig: &mut Rig, excuse: Excuse) -> String {
+fn scenario(rig: &mut Rig, excuse: Excuse, rechecked: &[&str]) -> String {
     let mut logs = String::new();
     let mut gone: Vec<UserRow> = Vec::new();
     let check = |rig: &Rig, gone: &[UserRow], step: &str| {
         let target = excused(&rig.server.contents(), &rig.dir, gone, excuse);
         eprintln!("step: {step}");
         assert_target_matches(&rig.dir, gone, &target);
-        assert_plans_empty(&rig.ws, step);
+        assert_plans_empty(&rig.ws, step, rechecked);
     };
 
     logs += &sync(&rig.ws, &["sync"]).stderr;
@@ -294,14 +306,15 @@ fn scenario(rig: &mut Rig, excuse: Excuse) -> String {
 fn server_failing_count_with_500_is_paged_at_its_default_and_converges() {
     let mut rig = quirk_rig("count500", 30, vec![Arc::new(FailsCount)]);
     let started = Instant::now();
-    let logs = scenario(&mut rig, no_excuse);
+    let logs = scenario(&mut rig, no_excuse, &[]);
     assert!(logs.contains("`count`"), "the log names `count`:\n{logs}");
     assert!(
         !logs.contains("retrying SCIM request"),
         "a failed `count` is not retried:\n{logs}"
     );
     // A server that keeps everything gets no note about what it keeps.
-    assert!(!logs.contains("no longer compares"), "{logs}");
+    assert!(!logs.contains("not kept as sent"), "{logs}");
+    assert!(!logs.contains("did not keep"), "{logs}");
     // Every listing after the first failure of a cycle went without `count`:
     // at most one 500 per command that talked to the target.
     let failed = rig
@@ -334,20 +347,19 @@ fn excuse_external_id(u: &mut Value, row: &UserRow) {
 }
 
 #[test]
-fn server_dropping_external_id_is_recorded_as_stored_and_said_once() {
+fn server_dropping_external_id_is_noted_per_user_and_said_once_per_sync() {
     let mut rig = quirk_rig("dropext", 20, vec![Arc::new(DropsExternalId)]);
-    let logs = scenario(&mut rig, excuse_external_id);
-    let said = logs
-        .matches("the target does not keep `externalId`")
-        .count();
-    assert_eq!(said, 1, "said once, not every cycle:\n{logs}");
+    let logs = scenario(&mut rig, excuse_external_id, &["externalId"]);
+    // The initial sync creates 20 users: one warning, the rest at debug level.
+    let said = logs.matches("the target did not keep `externalId`").count();
+    assert_eq!(said, 1, "said once, not once per user:\n{logs}");
     let status = rig.ws.run(&["status"]);
     status.assert_code(0);
     assert!(
         status
             .stdout
-            .contains("Target: the target does not keep `externalId`"),
-        "{}",
+            .contains("Target: `externalId` not kept as sent for 19 users"),
+        "the 19 users still managed (one left):\n{}",
         status.dump()
     );
     let check = rig.ws.run(&["check"]);
@@ -355,9 +367,41 @@ fn server_dropping_external_id_is_recorded_as_stored_and_said_once() {
     assert!(
         check
             .stdout
-            .contains("learned: the target does not keep `externalId`"),
+            .contains("learned: `externalId` not kept as sent for 19 users"),
         "{}",
         check.dump()
+    );
+    // A plain plan does not imply the target holds what was sent.
+    let plan = rig.ws.run(&["plan"]);
+    plan.assert_code(0);
+    assert!(
+        !plan.stdout.contains("matches the source")
+            && plan
+                .stdout
+                .contains("the target did not keep values as sent: `externalId`"),
+        "{}",
+        plan.dump()
+    );
+    // Forgotten on request; the next `--full` finds the same and notes again.
+    let forget = rig.ws.run(&["state", "forget-notes", "externalId"]);
+    forget.assert_code(0);
+    assert!(
+        forget.stdout.contains("Forgot 19 note(s)"),
+        "{}",
+        forget.dump()
+    );
+    assert!(
+        !rig.ws.run(&["status"]).stdout.contains("not kept as sent"),
+        "forgotten"
+    );
+    sync(&rig.ws, &["sync", "--full"]);
+    // The leaver (disabled, out of the source) is not sent anything.
+    assert!(
+        rig.ws
+            .run(&["status"])
+            .stdout
+            .contains("`externalId` not kept as sent for 18 users"),
+        "re-checked"
     );
 }
 
@@ -373,20 +417,40 @@ fn excuse_title(u: &mut Value, row: &UserRow) {
     }
 }
 
+/// One user's answer is no evidence about another's: after u0002's title
+/// change was dropped, u0006's title change is still sent.
 #[test]
-fn server_dropping_title_on_patch_is_noted_and_not_patched_forever() {
+fn a_note_on_one_user_never_stops_updates_for_another() {
     let mut rig = quirk_rig("droptitle", 20, vec![Arc::new(DropsTitleOnPatch)]);
-    let logs = scenario(&mut rig, excuse_title);
+    let logs = scenario(&mut rig, excuse_title, &["title"]);
     assert_eq!(
-        logs.matches("keeps `title` otherwise than sent").count(),
+        logs.matches("kept `title` otherwise than sent").count(),
         1,
         "{logs}"
     );
     let status = rig.ws.run(&["status"]);
     assert!(
-        status.stdout.contains("`title`") && status.stdout.contains("Principal Quirk Engineer"),
+        status.stdout.contains(
+            "`title` not kept as sent for 1 user (e.g. sent \"Principal Quirk Engineer\""
+        ),
         "{}",
         status.dump()
+    );
+    rig.dir.user_mut("u0006").title = "Another Title".into();
+    rig.ws.write_directory(&rig.dir);
+    rig.proxy.clear_log();
+    sync(&rig.ws, &["sync"]);
+    let sent = rig
+        .proxy
+        .entries()
+        .iter()
+        .filter(|e| e.method == "PATCH" && e.body.contains("Another Title"))
+        .count();
+    assert_eq!(
+        sent,
+        1,
+        "u0006's title change was sent: {}",
+        rig.proxy.summary()
     );
 }
 
@@ -403,9 +467,9 @@ fn server_normalising_display_name_is_noted_once_and_converges() {
     let mut rig = quirk_rig("collapse", 20, vec![Arc::new(CollapsesDisplayName)]);
     rig.dir.user_mut("u0010").display_name = "Spaced   Out  Name".into();
     rig.ws.write_directory(&rig.dir);
-    let logs = scenario(&mut rig, excuse_display_name);
+    let logs = scenario(&mut rig, excuse_display_name, &["displayName"]);
     assert_eq!(
-        logs.matches("keeps `displayName` otherwise than sent")
+        logs.matches("kept `displayName` otherwise than sent")
             .count(),
         1,
         "{logs}"
@@ -551,5 +615,5 @@ fn conflicts_on_a_target_without_filters_share_one_listing() {
         rig.proxy.summary()
     );
     assert_target_matches(&rig.dir, &[], &rig.server.contents());
-    assert_plans_empty(&rig.ws, "after the adoptions");
+    assert_plans_empty(&rig.ws, "after the adoptions", &[]);
 }
