@@ -51,6 +51,39 @@ pub struct World {
     /// A slow request: request `.0` is answered only once `.1` requests have
     /// been made.
     pub hold: Option<(usize, usize)>,
+    /// What the target does with one user's value of one attribute, by
+    /// userName: drops it, or stores another value (every write, create or
+    /// PATCH). Absent: kept as sent.
+    pub keeps: BTreeMap<(UserName, UserAttr), Keep>,
+}
+
+/// How the in-memory target holds one user's value (see [`World::keeps`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keep {
+    Drop,
+    Store(String),
+}
+
+impl World {
+    /// `user` as this target holds it after a write.
+    fn hold(&self, user: &mut RemoteUser) {
+        let Some(name) = user.user_name() else {
+            return;
+        };
+        for ((who, attr), keep) in &self.keeps {
+            if *who != name || user.attrs.get(*attr).is_none() {
+                continue;
+            }
+            match keep {
+                Keep::Drop => {
+                    user.attrs.remove(attr);
+                }
+                Keep::Store(v) => {
+                    user.attrs.insert(*attr, v.clone());
+                }
+            }
+        }
+    }
 }
 
 /// A SCIM-like target in memory: unique userNames and group names, 404 for
@@ -195,11 +228,12 @@ impl Target for MemoryTarget {
                 });
             }
             let id = Self::fresh_id(w, "u");
-            let user = RemoteUser {
+            let mut user = RemoteUser {
                 id: id.clone(),
                 attrs: attrs.clone(),
                 active: true,
             };
+            w.hold(&mut user);
             w.users.insert(id, user.clone());
             Ok(user)
         })
@@ -235,7 +269,7 @@ impl Target for MemoryTarget {
                     });
                 }
             }
-            let u = w.users.get_mut(id).ok_or(TargetError::NotFound)?;
+            let mut u = w.users.get(id).cloned().ok_or(TargetError::NotFound)?;
             for (attr, value) in changes {
                 match value {
                     Some(v) => u.attrs.insert(*attr, v.clone()),
@@ -245,7 +279,9 @@ impl Target for MemoryTarget {
             if let Some(a) = active {
                 u.active = a;
             }
-            Ok(Some(u.clone()))
+            w.hold(&mut u);
+            w.users.insert(id.clone(), u.clone());
+            Ok(Some(u))
         })
         .await
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use proptest::prelude::*;
 
-use super::testkit::{Fault, MemoryTarget, target_for};
+use super::testkit::{Fault, Keep, MemoryTarget, target_for};
 use super::*;
 use crate::model::{
     Desired, RemoteUser, ScimId, SourceKey, State, Status, TargetSnapshot, UserAttr, UserAttrs,
@@ -1010,4 +1010,137 @@ fn a_failed_update_is_recorded_once_and_the_log_shows_what_it_tried() {
         Some(serde_json::json!({"changes": {"title": {"old": "Eng", "new": "Lead"}}}))
     );
     assert!(db.applied_ops(run).unwrap().is_empty());
+}
+
+/// How the random target of the property below holds one value.
+fn arb_keep() -> impl Strategy<Value = Option<Keep>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => Just(Some(Keep::Drop)),
+        1 => Just(Some(Keep::Store("held otherwise".into()))),
+    ]
+}
+
+/// The managed values the target holds otherwise than the source wants:
+/// (key, attribute).
+fn differences(target: &MemoryTarget, desired: &Desired) -> BTreeSet<(String, UserAttr)> {
+    let world = target.world.lock().unwrap();
+    let mut out = BTreeSet::new();
+    for d in &desired.users {
+        let name = UserName::new(d.user_name());
+        let Some(held) = world
+            .users
+            .values()
+            .find(|u| u.user_name().as_ref() == Some(&name))
+        else {
+            continue;
+        };
+        for (attr, wanted) in d.attrs.iter() {
+            if held.attrs.get(attr) != Some(wanted) {
+                out.insert((d.key.as_str().to_owned(), attr));
+            }
+        }
+    }
+    out
+}
+
+/// The plan `sync` would make, with the notes the state DB holds.
+fn plan_with_notes(db: &mut StateDb, desired: &Desired, full: Option<TargetSnapshot>) -> Plan {
+    let state = db.load().unwrap();
+    let mut opts = options(&Policy::default());
+    opts.notes = db.note_summaries().unwrap();
+    let input = PlanningInput::new(desired.clone(), state, full, opts, |s, keys| {
+        db.load_attrs(s, keys.iter())
+    })
+    .unwrap();
+    crate::plan::plan(&input)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// Targets that keep or drop each user's values at random: whatever
+    /// idsync learned, a plan never implies the target holds a value it does
+    /// not. A plain plan either sends the value or names its attribute in a
+    /// warning; `--full` plans every difference; a note rests only on users
+    /// whose value the target did not keep.
+    #[test]
+    fn no_note_ever_hides_a_real_difference(
+        keeps in proptest::collection::vec((arb_keep(), arb_keep()), 1..6),
+        changed in proptest::collection::vec(any::<bool>(), 6),
+    ) {
+        use crate::plan::testkit::{desired, person};
+        let users: Vec<_> = (0..keeps.len())
+            .map(|i| person(&format!("k{i}"), &format!("p{i}@example.com"), "Eng"))
+            .collect();
+        let target = MemoryTarget::default();
+        {
+            let mut world = target.world.lock().unwrap();
+            for (i, (title, external_id)) in keeps.iter().enumerate() {
+                let name = UserName::new(format!("p{i}@example.com").as_str());
+                for (attr, keep) in [(UserAttr::Title, title), (UserAttr::ExternalId, external_id)] {
+                    if let Some(keep) = keep {
+                        world.keeps.insert((name.clone(), attr), keep.clone());
+                    }
+                }
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("s.db")).unwrap();
+        let first = desired(users.clone(), vec![]);
+        let outcome = cycle(&mut db, &target, &first, &Policy::default());
+        prop_assert_eq!(outcome.failed, 0);
+        // Some titles change in the source; a second cycle sends them.
+        let mut users = users;
+        for (u, change) in users.iter_mut().zip(&changed) {
+            if *change {
+                u.attrs.insert(UserAttr::Title, "Lead".to_owned());
+            }
+        }
+        let second = desired(users, vec![]);
+        cycle(&mut db, &target, &second, &Policy::default());
+
+        let differ = differences(&target, &second);
+        let plain = plan_with_notes(&mut db, &second, None);
+        for (key, attr) in &differ {
+            let planned = plain.operations.iter().any(|op| {
+                op.subject() == key.as_str()
+                    && serde_json::to_value(op).unwrap()["changes"].get(attr.name()).is_some()
+            });
+            let warned = plain
+                .warnings
+                .iter()
+                .any(|w| w.contains(&format!("`{}` not kept as sent", attr.name())));
+            prop_assert!(planned || warned, "{key} {attr:?} differs, unsaid: {plain:?}");
+        }
+        let snapshot = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(target.read_all())
+            .unwrap();
+        let full = plan_with_notes(&mut db, &second, Some(snapshot));
+        for (key, attr) in &differ {
+            let planned = full.operations.iter().any(|op| {
+                op.subject() == key.as_str()
+                    && serde_json::to_value(op).unwrap()["changes"].get(attr.name()).is_some()
+            });
+            prop_assert!(planned, "--full leaves {key} {attr:?} out: {full:?}");
+        }
+        if differ.is_empty() {
+            prop_assert!(full.operations.is_empty(), "{full:?}");
+        }
+        // Notes rest only on users whose value the target did not keep.
+        let kept_by = |attr: UserAttr| {
+            keeps
+                .iter()
+                .filter(|(title, ext)| {
+                    let keep = if attr == UserAttr::Title { title } else { ext };
+                    keep.is_some()
+                })
+                .count() as u64
+        };
+        for note in db.note_summaries().unwrap() {
+            prop_assert!(note.users <= kept_by(note.attr), "{note:?}");
+        }
+    }
 }
