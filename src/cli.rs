@@ -602,7 +602,49 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
             );
         }
     }
+    if let Some(schema) = client.schema() {
+        missing_requirements(settings, &schema)?;
+    }
     Ok(Exit::Ok)
+}
+
+/// Fails `check` when the target's schema requires an attribute that nothing
+/// produces: every create would be refused (and is, unsent, by the client).
+fn missing_requirements(
+    settings: &Settings,
+    schema: &crate::scim::TargetSchema,
+) -> Result<(), Failure> {
+    let missing: Vec<_> = schema
+        .requirements(&settings.mapping.target_attributes())
+        .into_iter()
+        .filter(|r| r.meet == crate::scim::Meet::Missing)
+        .collect();
+    let Some(first) = missing.first() else {
+        return Ok(());
+    };
+    let names: Vec<String> = missing
+        .iter()
+        .map(|r| format!("{} {}", r.resource, r.path))
+        .collect();
+    let example = if first.resource == "User" {
+        format!(
+            "add a line under `users.attributes` in {}, e.g. `{}: <source attribute or expression>`, then `idsync validate` and `idsync check` again",
+            settings.mapping_path.display(),
+            first.path
+        )
+    } else {
+        "idsync cannot send it for groups; ask the target's administrator to make it optional"
+            .to_owned()
+    };
+    Err(Failure::new(
+        Exit::Usage,
+        format!(
+            "the target requires {} (required in its /Schemas) and the mapping does not produce {}: it would refuse every create",
+            names.join(", "),
+            if names.len() == 1 { "it" } else { "them" }
+        ),
+        Some(&example),
+    ))
 }
 
 async fn plan(

@@ -29,6 +29,9 @@ pub struct Kept {
     /// target holds none).
     pub recorded: Vec<(UserAttr, Option<String>)>,
     pub evidence: Evidence,
+    /// Name parts a `displayName` sent in the same write overwrote: the
+    /// values sent, to send again alone.
+    pub overwritten: Vec<(UserAttr, String)>,
 }
 
 /// The name parts a write carrying `displayName` may overwrite: Atlassian
@@ -48,8 +51,8 @@ const DERIVED_FROM_DISPLAY_NAME: &[UserAttr] = &[
 /// - A value held as sent, or differing only in case (how the target compares
 ///   case is the schema's business), is recorded as sent and kept.
 /// - A name part that differs while `displayName` was sent in the same write
-///   is recorded as held, without a note: the next plan sends the name part
-///   alone, which the target keeps.
+///   is recorded as held, without a note, and listed in `overwritten`: the
+///   executor sends it again alone, which the target keeps.
 /// - Any other difference is recorded as *sent*, with a note on this user: the
 ///   value is not sent again while the source keeps it (a target that drops
 ///   it would be patched every cycle), and `--full`, which compares what the
@@ -73,6 +76,7 @@ pub fn judge<'a>(
             kept.evidence.kept.push(attr);
         } else if display_name_sent && DERIVED_FROM_DISPLAY_NAME.contains(&attr) {
             kept.recorded.push((attr, stored.map(str::to_owned)));
+            kept.overwritten.push((attr, value.to_owned()));
         } else {
             kept.recorded.push((attr, Some(value.to_owned())));
             kept.evidence.noted.push(AttrNote {
@@ -152,6 +156,13 @@ mod tests {
         ];
         let kept = judge(sent, &got).expect("a representation");
         assert!(kept.evidence.noted.is_empty(), "{:?}", kept.evidence);
+        assert_eq!(
+            kept.overwritten,
+            [
+                (UserAttr::GivenName, "Ann".to_owned()),
+                (UserAttr::FamilyName, "Lee".to_owned()),
+            ]
+        );
         assert_eq!(
             kept.recorded[2..],
             [

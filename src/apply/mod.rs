@@ -29,11 +29,9 @@ use crate::model::{
     GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State, Status,
     UserAttr, UserAttrs, UserName,
 };
-use crate::plan::{
-    Changes, NameStep, Operation, Phase, Plan, TargetRules, claimed_name, released_name,
-};
+use crate::plan::{Changes, NameStep, Operation, Phase, Plan, claimed_name, released_name};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
-use kept::Evidence;
+use kept::{Evidence, Kept};
 
 pub use resume::Interrupted;
 pub use target::{Target, TargetError};
@@ -143,7 +141,7 @@ enum Job {
     CreateGroup {
         name: GroupName,
         external_id: String,
-        members: Vec<ScimId>,
+        members: Vec<MemberRef>,
         lookup_first: bool,
     },
     RenameGroup {
@@ -459,7 +457,12 @@ impl<T: Target> Executor<'_, T> {
                     .get(key)
                     .into_iter()
                     .flatten()
-                    .filter_map(|m| self.state.live_user(m).map(|u| u.scim_id.clone()))
+                    .filter_map(|m| {
+                        self.state.live_user(m).map(|u| MemberRef {
+                            id: u.scim_id.clone(),
+                            user_name: Some(u.user_name.clone()),
+                        })
+                    })
                     .collect(),
                 lookup_first: interrupted.contains(op),
             },
@@ -707,7 +710,7 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Evidence) {
             return match target.patch_user(&id, &changes, Some(true)).await {
                 Ok(answer) => {
                     let (attrs, notes) = match answer {
-                        Some(stored) => as_stored(attrs, &stored, &target.rules()),
+                        Some(stored) => as_stored(target, &id, attrs, &stored).await,
                         None => (attrs, Evidence::default()),
                     };
                     (
@@ -749,7 +752,10 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Evidence) {
                         .iter()
                         .filter_map(|(a, v)| v.as_deref().map(|v| (*a, v)));
                     match answer.as_ref().and_then(|a| kept::judge(sent, a)) {
-                        Some(k) => (Response::Kept(k.recorded), k.evidence),
+                        Some(k) => {
+                            let k = restore_overwritten(target, &id, k).await;
+                            (Response::Kept(k.recorded), k.evidence)
+                        }
                         None => (Response::Ok, Evidence::default()),
                     }
                 }
@@ -780,15 +786,22 @@ async fn execute<T: Target>(target: &T, job: Job) -> (Response, Evidence) {
     (response, Evidence::default())
 }
 
-/// `sent` as the target answered holding it (see [`kept::judge`]): the values
-/// to record, and the notes.
-fn as_stored(sent: UserAttrs, answer: &RemoteUser, rules: &TargetRules) -> (UserAttrs, Evidence) {
+/// `sent` as the target answered holding user `id` (see [`kept::judge`]): the
+/// values to record, and what the answer showed the target keeps.
+async fn as_stored<T: Target>(
+    target: &T,
+    id: &ScimId,
+    sent: UserAttrs,
+    answer: &RemoteUser,
+) -> (UserAttrs, Evidence) {
+    let rules = target.rules();
     // What the schema says the target does not hold is not judged: it is
     // recorded as wanted, and the planner never compares it.
     let judged = sent.iter().filter(|(a, _)| !rules.unheld.contains(a));
     let Some(k) = kept::judge(judged, answer) else {
         return (sent, Evidence::default());
     };
+    let k = restore_overwritten(target, id, k).await;
     let mut recorded: UserAttrs = k
         .recorded
         .into_iter()
@@ -800,6 +813,43 @@ fn as_stored(sent: UserAttrs, answer: &RemoteUser, rules: &TargetRules) -> (User
         }
     }
     (recorded, k.evidence)
+}
+
+/// Atlassian sets first and last name from a `displayName` it is sent: the
+/// name parts a write overwrote so are sent again at once, alone (which the
+/// target keeps), so the write converges in one operation. If that fails,
+/// what the target holds is recorded and the next cycle sends them again.
+async fn restore_overwritten<T: Target>(target: &T, id: &ScimId, mut kept: Kept) -> Kept {
+    let overwritten = std::mem::take(&mut kept.overwritten);
+    if overwritten.is_empty() {
+        return kept;
+    }
+    let changes: Vec<(UserAttr, Option<String>)> = overwritten
+        .iter()
+        .map(|(a, v)| (*a, Some(v.clone())))
+        .collect();
+    let again = match target.patch_user(id, &changes, None).await {
+        Ok(Some(answer)) => kept::judge(overwritten.iter().map(|(a, v)| (*a, v.as_str())), &answer),
+        // No resource in the answer: what was sent is what is known.
+        Ok(None) => Some(Kept {
+            recorded: changes,
+            ..Kept::default()
+        }),
+        Err(e) => {
+            tracing::debug!(user = %id, error = %e, "name parts overwritten by displayName not sent again; the next cycle sends them");
+            None
+        }
+    };
+    if let Some(again) = again {
+        for (attr, value) in again.recorded {
+            if let Some(slot) = kept.recorded.iter_mut().find(|(a, _)| *a == attr) {
+                slot.1 = value;
+            }
+        }
+        kept.evidence.noted.extend(again.evidence.noted);
+        kept.evidence.kept.extend(again.evidence.kept);
+    }
+    kept
 }
 
 /// Creates a user; on a conflict (the user exists, perhaps from a create that
@@ -814,7 +864,7 @@ async fn create_user<T: Target>(
     if !lookup_first {
         match target.create_user(&attrs).await {
             Ok(created) => {
-                let (attrs, notes) = as_stored(attrs, &created, &target.rules());
+                let (attrs, notes) = as_stored(target, &created.id, attrs, &created).await;
                 return (
                     Response::UserCreated {
                         id: created.id,
@@ -893,7 +943,7 @@ async fn adopt_existing<T: Target>(
             Err(e) => return (Response::Failed(e), Evidence::default()),
         }
     }
-    let (attrs, notes) = as_stored(attrs, &answer, &rules);
+    let (attrs, notes) = as_stored(target, &remote.id, attrs, &answer).await;
     (
         Response::UserCreated {
             id: remote.id,
@@ -937,7 +987,7 @@ async fn create_group<T: Target>(
     target: &T,
     name: &GroupName,
     external_id: &str,
-    members: &[ScimId],
+    members: &[MemberRef],
     lookup_first: bool,
 ) -> Response {
     // Looked up first every time: many servers (scim2-server among them) do not

@@ -148,7 +148,7 @@ pub trait Target: Clone + Send + Sync + 'static {
         &self,
         name: &GroupName,
         external_id: &str,
-        members: &[ScimId],
+        members: &[MemberRef],
     ) -> impl Future<Output = Result<ScimId, TargetError>> + Send;
 
     /// The group with this `displayName`, if any.

@@ -301,7 +301,7 @@ impl Target for MemoryTarget {
         &self,
         name: &GroupName,
         external_id: &str,
-        _members: &[ScimId],
+        _members: &[MemberRef],
     ) -> Result<ScimId, TargetError> {
         self.call(None, |w| {
             if w.groups.values().any(|g| g.display_name == *name) {

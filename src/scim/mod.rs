@@ -33,7 +33,8 @@ use redact::Redactor;
 pub use resource::ServiceProviderConfig;
 pub use retry::RetryPolicy;
 use retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
-use schema::{PayloadShape, TargetSchema};
+use schema::PayloadShape;
+pub use schema::{Meet, TargetSchema};
 
 const SCIM_JSON: &str = "application/scim+json";
 const ACCEPT_JSON: &str = "application/scim+json, application/json;q=0.9";
@@ -320,6 +321,11 @@ struct Inner {
     /// holding two users with one userName. `None`: unknown, trusted.
     user_names_unique: RwLock<Option<bool>>,
     warned_eq_case: AtomicBool,
+    /// How this cycle looks userNames up before creates (see
+    /// [`ScimClient::holder_of`]), once worked out.
+    create_lookup: tokio::sync::Mutex<Option<CreateLookup>>,
+    /// userName lookups made before creates this cycle.
+    create_lookups: AtomicU64,
     /// When the target last asked us (429/503 with a wait) to hold off: every
     /// request waits for it, not only the one that was told.
     cooldown_until: Mutex<Option<tokio::time::Instant>>,
@@ -425,6 +431,8 @@ impl ScimClient {
                 members_by_user_name: AtomicBool::new(false),
                 user_names_unique: RwLock::new(None),
                 warned_eq_case: AtomicBool::new(false),
+                create_lookup: tokio::sync::Mutex::new(None),
+                create_lookups: AtomicU64::new(0),
                 cooldown_until: Mutex::new(None),
                 requests: AtomicU64::new(0),
                 retries: AtomicU64::new(0),
@@ -601,17 +609,33 @@ impl ScimClient {
         let Some(user_name) = attrs.get(UserAttr::UserName).filter(|u| !u.is_empty()) else {
             return Err(ScimError::InvalidInput("a user needs a userName".into()));
         };
-        if self.user_names_unique() == Some(false)
-            && let Some(existing) = self.find_user_after_conflict(user_name).await?
-        {
+        // Known once the schema is read (RFC 7643's default: not case-exact).
+        let folds_case = self
+            .schema()
+            .is_some_and(|s| !s.case_exact(UserAttr::UserName));
+        let mut existing = if folds_case {
+            self.holder_of(user_name).await?
+        } else {
+            None
+        };
+        if existing.is_none() && self.user_names_unique() == Some(false) {
+            existing = self.find_user_after_conflict(user_name).await?;
+        }
+        if let Some(existing) = existing {
             return Err(ScimError::Conflict {
                 detail: format!(
-                    "userName {:?} is taken by user {} (looked up before creating: this target does not refuse duplicate userNames)",
+                    "userName {:?} is taken by user {} (looked up before creating: the target may not refuse it in another case, or at all)",
                     user_name, existing.id
                 ),
             });
         }
         let body = resource::user_to_json_shaped(attrs, active, &self.payload_shape());
+        self.refuse_incomplete(
+            &body,
+            "user",
+            &format!("user {user_name:?}"),
+            TargetSchema::required_user_paths,
+        )?;
         let reply = self
             .call(Method::POST, self.url(&["Users"]), &[], Some(&body))
             .await?;
@@ -805,6 +829,13 @@ impl ScimClient {
     /// one request for one resource, not a read of the collection. Also the
     /// connectivity probe of [`crate::apply::Target::check`].
     pub async fn holds_any(&self, collection: &str) -> Result<bool, ScimError> {
+        let page = self.first_page(collection).await?;
+        Ok(page.total.is_some_and(|n| n > 0) || !page.resources.is_empty())
+    }
+
+    /// The first page of a collection, one resource long where the target
+    /// takes `count`.
+    async fn first_page(&self, collection: &str) -> Result<resource::ListPage, ScimError> {
         let url = self.url(&[collection]);
         let page = if self.inner.count_refused.load(Ordering::Relaxed) {
             self.list_page(&url, &[], false).await?
@@ -820,7 +851,85 @@ impl ScimClient {
                 other => other?,
             }
         };
-        Ok(page.total.is_some_and(|n| n > 0) || !page.resources.is_empty())
+        Ok(page)
+    }
+
+    /// Before a create on a target whose `userName` is not case-exact: the
+    /// user it already holds under this userName in another case, whatever
+    /// it says about uniqueness (some servers enforce it case-sensitively and
+    /// would take `Ann@x.com` beside `ann@x.com`). Answered from the cycle's
+    /// listing when there is one; else by the `eq` filter, one request a
+    /// create, until those requests would have paid for a listing (then the
+    /// users are listed once for the cycle); listed at once on a target whose
+    /// `eq` compares case-sensitively or that has no filter.
+    async fn holder_of(&self, user_name: &str) -> Result<Option<RemoteUser>, ScimError> {
+        let wanted = UserName::new(user_name);
+        let is = |u: &RemoteUser| u.user_name().as_ref() == Some(&wanted);
+        if let Some(listing) = self.users_cache().as_ref() {
+            return Ok(listing.users.iter().find(|u| is(u)).cloned());
+        }
+        let Some(how) = self.create_lookup().await? else {
+            return Ok(None);
+        };
+        let made = self.inner.create_lookups.fetch_add(1, Ordering::Relaxed);
+        if !how.eq_folds_case || made >= how.listing_pages {
+            return self.find_listed(is).await;
+        }
+        self.find_user_by_user_name(user_name).await
+    }
+
+    /// Works out, once a cycle, how [`Self::holder_of`] looks names up: what
+    /// a listing would cost (from the first page's `totalResults`), and
+    /// whether `eq` finds a user the target holds when asked in another case.
+    /// `None` when the target cannot be asked (nothing is looked up then, and
+    /// its 409 is trusted); a refused credential is an error.
+    async fn create_lookup(&self) -> Result<Option<CreateLookup>, ScimError> {
+        let mut known = self.inner.create_lookup.lock().await;
+        if let Some(how) = *known {
+            return Ok(Some(how));
+        }
+        let page = match self.first_page("Users").await {
+            Ok(page) => page,
+            Err(e) if e.is_auth() => return Err(e),
+            Err(_) => return Ok(None),
+        };
+        let total = page.total.unwrap_or(page.resources.len() as u64);
+        let listing_pages = total.div_ceil(u64::from(self.page_size().max(1)));
+        let eq_folds_case = if !self.capabilities().filter {
+            false
+        } else {
+            let probe = page
+                .resources
+                .first()
+                .and_then(|r| resource::user_from_json(r).ok())
+                .and_then(|u| u.attrs.get(UserAttr::UserName).map(swap_case))
+                .filter(|probe| probe.chars().any(char::is_alphabetic));
+            match probe {
+                Some(probe) => match self
+                    .search("Users", "userName", &probe, resource::user_from_json)
+                    .await
+                {
+                    Ok(Some(found)) => !found.is_empty(),
+                    Ok(None) => false,
+                    Err(e) if e.is_auth() => return Err(e),
+                    Err(_) => false,
+                },
+                // Nothing to ask about (an empty target): a listing is one page.
+                None => true,
+            }
+        };
+        if !eq_folds_case && total > 0 {
+            tracing::debug!(
+                target_url = %self.inner.base,
+                "the SCIM target's userName eq filter compares case-sensitively (or there is none): creates look userNames up in one listing of the users"
+            );
+        }
+        let how = CreateLookup {
+            listing_pages,
+            eq_folds_case,
+        };
+        *known = Some(how);
+        Ok(Some(how))
     }
 
     /// All users, every page: read once per cycle (see [`Self::begin_cycle`]),
@@ -895,7 +1004,7 @@ impl ScimClient {
         &self,
         display_name: &str,
         external_id: Option<&str>,
-        first_members: &[ScimId],
+        first_members: &[MemberRef],
     ) -> Result<RemoteGroup, ScimError> {
         if !self.schema().is_some_and(|s| s.group_members_required()) {
             return self.create_group(display_name, external_id).await;
@@ -905,30 +1014,75 @@ impl ScimClient {
                 "a group needs a displayName".into(),
             ));
         }
-        let mut seen = std::collections::HashSet::with_capacity(first_members.len());
-        let members: Vec<ScimId> = first_members
-            .iter()
-            .filter(|id| seen.insert(id.as_str()))
-            .cloned()
-            .collect();
+        let members = distinct(first_members);
         if members.is_empty() {
             return Err(ScimError::Refused(format!(
                 "the target requires members in a new group (members required in its /Schemas), and group {display_name:?} has none that exist in the target yet; \
                  it is created on the first cycle after it has a member"
             )));
         }
-        let body = resource::group_with_members_to_json(display_name, external_id, &members);
+        let by_name = self.members_by_user_name();
+        let objects = members
+            .iter()
+            .map(|m| self.member_object(&member_send_value(m, by_name), m))
+            .collect();
+        let body = resource::group_with_members_to_json(display_name, external_id, objects);
         let group = self.post_group(display_name, &body).await?;
         self.inner
             .sent_at_create
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(group.id.as_str().to_owned(), members);
+            .insert(
+                group.id.as_str().to_owned(),
+                members.into_iter().map(|m| m.id).collect(),
+            );
         Ok(group)
+    }
+
+    /// A group member as this target wants it sent (see
+    /// [`resource::member_object`]).
+    fn member_object(&self, value: &str, member: &MemberRef) -> Value {
+        resource::member_object(
+            value,
+            member,
+            |id| self.url(&["Users", id.as_str()]).to_string(),
+            &self.payload_shape(),
+        )
+    }
+
+    /// Refuses, unsent, a create the target's schema says it would refuse:
+    /// `body` lacks a path the schema marks required (nothing could fill it).
+    fn refuse_incomplete(
+        &self,
+        body: &Value,
+        resource: &str,
+        what: &str,
+        required: impl FnOnce(&TargetSchema) -> Vec<String>,
+    ) -> Result<(), ScimError> {
+        let Some(schema) = self.schema() else {
+            return Ok(());
+        };
+        let missing = schema::missing_paths(body, &required(&schema));
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(ScimError::Refused(format!(
+            "{what} is not created: the target requires {} on every {resource} (required in its /Schemas) and idsync has no value for {} to send; \
+             map {} in the mapping (`idsync check` names what is missing)",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" },
+            if missing.len() == 1 { "it" } else { "them" },
+        )))
     }
 
     /// POSTs a group body and reads the created group back.
     async fn post_group(&self, display_name: &str, body: &Value) -> Result<RemoteGroup, ScimError> {
+        self.refuse_incomplete(
+            body,
+            "group",
+            &format!("group {display_name:?}"),
+            TargetSchema::required_group_paths,
+        )?;
         let reply = match self.create_group_once(display_name, body).await? {
             GroupCreate::Sent(reply) => reply,
             GroupCreate::Found(group) => return Ok(group),
@@ -1124,7 +1278,7 @@ impl ScimClient {
             .map(|m| member_send_value(m, by_name))
             .collect();
         let held = self
-            .send_members(group, &values, add, |g| {
+            .send_members(group, &values, chunk, add, |g| {
                 unsettled_members(g, chunk, add).is_empty()
             })
             .await?;
@@ -1150,7 +1304,7 @@ impl ScimClient {
         let held = if retry.is_empty() {
             held
         } else {
-            self.send_members(group, &retry, add, |g| {
+            self.send_members(group, &retry, &unsettled, add, |g| {
                 unsettled_members(g, &unsettled, add).is_empty()
             })
             .await?
@@ -1205,17 +1359,31 @@ impl ScimClient {
     }
 
     /// Sends one membership PATCH (or, without PATCH, GET + PUT) with these
-    /// member values, and returns the group as it is afterwards: the answer
-    /// when it shows the change `settled`, else the group read back.
+    /// member values (of `members`), and returns the group as it is
+    /// afterwards: the answer when it shows the change `settled`, else the
+    /// group read back.
     async fn send_members(
         &self,
         group: &ScimId,
         values: &[String],
+        members: &[MemberRef],
         add: bool,
         settled: impl Fn(&RemoteGroup) -> bool,
     ) -> Result<RemoteGroup, ScimError> {
+        let objects: Vec<Value> = values
+            .iter()
+            .map(|v| {
+                match members
+                    .iter()
+                    .find(|m| member_send_value(m, true) == *v || member_send_value(m, false) == *v)
+                {
+                    Some(m) => self.member_object(v, m),
+                    None => serde_json::json!({ "value": v }),
+                }
+            })
+            .collect();
         let ops = if add {
-            vec![resource::members_add_operation(values)]
+            vec![resource::members_add_operation(objects.clone())]
         } else {
             values
                 .iter()
@@ -1226,9 +1394,9 @@ impl ScimClient {
             .patch_group(group, ops, |g| {
                 edit_members(g, |list| {
                     if add {
-                        for v in values {
+                        for (v, object) in values.iter().zip(&objects) {
                             if !list.iter().any(|m| member_value(m) == Some(v.as_str())) {
-                                list.push(serde_json::json!({ "value": v }));
+                                list.push(object.clone());
                             }
                         }
                     } else {
@@ -1371,6 +1539,10 @@ impl ScimClient {
     pub fn begin_cycle(&self) {
         *self.users_cache() = None;
         self.inner.count_refused.store(false, Ordering::Relaxed);
+        self.inner.create_lookups.store(0, Ordering::Relaxed);
+        if let Ok(mut lookup) = self.inner.create_lookup.try_lock() {
+            *lookup = None;
+        }
     }
 
     fn users_cache(&self) -> std::sync::MutexGuard<'_, Option<Listing>> {
@@ -1681,6 +1853,29 @@ impl ScimClient {
             *cooldown = Some(until);
         }
     }
+}
+
+/// How a cycle looks userNames up before creates (see
+/// [`ScimClient::holder_of`]).
+#[derive(Clone, Copy, Debug)]
+struct CreateLookup {
+    /// Requests a listing of the users would take.
+    listing_pages: u64,
+    /// Whether the `eq` filter on userName ignores case, as the schema says.
+    eq_folds_case: bool,
+}
+
+/// `Ann@X.com` → `aNN@x.COM`: the same userName in another case.
+fn swap_case(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| {
+            if c.is_uppercase() {
+                c.to_lowercase().collect::<Vec<_>>()
+            } else {
+                c.to_uppercase().collect::<Vec<_>>()
+            }
+        })
+        .collect()
 }
 
 /// What a group POST with retries ended with.

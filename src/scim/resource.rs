@@ -10,6 +10,7 @@ use crate::model::{
 };
 
 use super::schema::PayloadShape;
+use crate::model::MemberRef;
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
@@ -140,6 +141,11 @@ pub fn user_to_json_shaped(attrs: &UserAttrs, active: bool, shape: &PayloadShape
             }
         }
     }
+    if shape.formatted_name && !name.contains_key("formatted") {
+        if let Some(formatted) = formatted_name(&name, attrs) {
+            name.insert("formatted".into(), Value::String(formatted));
+        }
+    }
     let mut schemas = vec![Value::from(USER_SCHEMA)];
     if !name.is_empty() {
         obj.insert("name".into(), Value::Object(name));
@@ -151,6 +157,32 @@ pub fn user_to_json_shaped(attrs: &UserAttrs, active: bool, shape: &PayloadShape
     obj.insert("schemas".into(), Value::Array(schemas));
     obj.insert("active".into(), Value::Bool(active));
     Value::Object(obj)
+}
+
+/// `name.formatted` as RFC 7643 §4.1.1 describes it: the name parts in
+/// display order, else the `displayName`.
+fn formatted_name(name: &Map<String, Value>, attrs: &UserAttrs) -> Option<String> {
+    let parts: Vec<&str> = [
+        "honorificPrefix",
+        "givenName",
+        "middleName",
+        "familyName",
+        "honorificSuffix",
+    ]
+    .iter()
+    .filter_map(|k| name.get(*k).and_then(Value::as_str))
+    .map(str::trim)
+    .filter(|p| !p.is_empty())
+    .collect();
+    if parts.is_empty() {
+        attrs
+            .get(UserAttr::DisplayName)
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned)
+    } else {
+        Some(parts.join(" "))
+    }
 }
 
 /// PATCH operations for the given changes: `replace` for a value, `remove` for
@@ -338,18 +370,41 @@ pub fn group_to_json(display_name: &str, external_id: Option<&str>) -> Value {
     obj
 }
 
-/// A group POST body with its first members (targets that require members).
+/// A group POST body with its first members (targets that require members),
+/// each as [`member_object`] makes it.
 pub fn group_with_members_to_json(
     display_name: &str,
     external_id: Option<&str>,
-    members: &[ScimId],
+    members: Vec<Value>,
 ) -> Value {
     let mut obj = group_to_json(display_name, external_id);
-    obj["members"] = members
-        .iter()
-        .map(|m| json!({ "value": m.as_str() }))
-        .collect();
+    obj["members"] = Value::Array(members);
     obj
+}
+
+/// One group member as sent: its `value` (an id, or a userName on targets
+/// that store those), and where the target requires them `$ref` (the
+/// member's URL, `user_url`), `display` (its userName) and `type`.
+pub fn member_object(
+    value: &str,
+    member: &MemberRef,
+    user_url: impl FnOnce(&ScimId) -> String,
+    shape: &PayloadShape,
+) -> Value {
+    let mut obj = Map::new();
+    obj.insert("value".into(), Value::from(value));
+    if shape.member_ref {
+        obj.insert("$ref".into(), Value::from(user_url(&member.id)));
+    }
+    if shape.member_display
+        && let Some(name) = &member.user_name
+    {
+        obj.insert("display".into(), Value::from(name.as_str()));
+    }
+    if shape.member_type {
+        obj.insert("type".into(), Value::from("User"));
+    }
+    Value::Object(obj)
 }
 
 /// Reads a group resource. A missing `displayName` reads as empty rather than
@@ -396,14 +451,9 @@ pub fn patch_body(operations: Vec<Value>) -> Value {
     json!({ "schemas": [PATCH_OP_SCHEMA], "Operations": operations })
 }
 
-/// Adds members by the `value`s given: ids (RFC 7643), or userNames on
-/// servers that store those.
-pub fn members_add_operation<S: AsRef<str>>(values: &[S]) -> Value {
-    let value: Vec<Value> = values
-        .iter()
-        .map(|m| json!({ "value": m.as_ref() }))
-        .collect();
-    json!({ "op": "add", "path": "members", "value": value })
+/// Adds these members (see [`member_object`]).
+pub fn members_add_operation(members: Vec<Value>) -> Value {
+    json!({ "op": "add", "path": "members", "value": members })
 }
 
 /// One remove per member, by value filter on what the server stores: the
@@ -676,7 +726,7 @@ mod tests {
             email_primary: false,
             phone_type: false,
             not_sent: [UserAttr::ExternalId].into(),
-            immutable: Default::default(),
+            ..PayloadShape::default()
         };
         let attrs: UserAttrs = [
             (UserAttr::UserName, "a@example.com".to_owned()),
@@ -823,6 +873,68 @@ mod tests {
                 etag: true,
                 ..ServiceProviderConfig::default()
             }
+        );
+    }
+
+    #[test]
+    fn a_required_name_formatted_is_made_from_the_name_parts_else_the_display_name() {
+        let shape = PayloadShape {
+            formatted_name: true,
+            ..PayloadShape::default()
+        };
+        let parts: UserAttrs = [
+            (UserAttr::UserName, "a@x.com".to_owned()),
+            (UserAttr::GivenName, "Ann".to_owned()),
+            (UserAttr::FamilyName, "Lee".to_owned()),
+            (UserAttr::HonorificSuffix, "PhD".to_owned()),
+            (UserAttr::DisplayName, "Lee, Ann".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let body = user_to_json_shaped(&parts, true, &shape);
+        assert_eq!(body["name"]["formatted"], "Ann Lee PhD");
+        let display_only: UserAttrs = [
+            (UserAttr::UserName, "a@x.com".to_owned()),
+            (UserAttr::DisplayName, "Ann Lee".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        let body = user_to_json_shaped(&display_only, true, &shape);
+        assert_eq!(body["name"], json!({"formatted": "Ann Lee"}));
+        // A mapped value wins; without the requirement nothing is added.
+        let mut mapped = parts.clone();
+        mapped.insert(UserAttr::FormattedName, "Dr Ann Lee".to_owned());
+        assert_eq!(
+            user_to_json_shaped(&mapped, true, &shape)["name"]["formatted"],
+            "Dr Ann Lee"
+        );
+        assert!(
+            user_to_json(&parts, true)["name"]
+                .get("formatted")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_member_carries_ref_display_and_type_where_required() {
+        let member = MemberRef {
+            id: ScimId::new("u1"),
+            user_name: Some(crate::model::UserName::new("ann@x.com")),
+        };
+        let url = |id: &ScimId| format!("https://t/scim/Users/{id}");
+        assert_eq!(
+            member_object("u1", &member, url, &PayloadShape::default()),
+            json!({"value": "u1"})
+        );
+        let shape = PayloadShape {
+            member_ref: true,
+            member_display: true,
+            member_type: true,
+            ..PayloadShape::default()
+        };
+        assert_eq!(
+            member_object("u1", &member, url, &shape),
+            json!({"value": "u1", "$ref": "https://t/scim/Users/u1", "display": "ann@x.com", "type": "User"})
         );
     }
 }

@@ -260,6 +260,98 @@ impl TargetSchema {
             .collect()
     }
 
+    /// Whether the published schema marks this User path required (and not
+    /// read-only: what the server sets itself is no client's business).
+    fn user_requires(&self, key: &str) -> bool {
+        self.user
+            .get(key)
+            .is_some_and(|r| r.required && r.mutability != Mutability::ReadOnly)
+    }
+
+    fn group_requires(&self, key: &str) -> bool {
+        self.group
+            .get(key)
+            .is_some_and(|r| r.required && r.mutability != Mutability::ReadOnly)
+    }
+
+    /// The User paths (lower case) a create must carry: required and not
+    /// read-only, leaving out what the server sets or idsync always sends.
+    pub fn required_user_paths(&self) -> Vec<String> {
+        required_paths(&self.user, &["username", "active", "schemas"])
+    }
+
+    /// The Group paths (lower case) a create must carry, as
+    /// [`Self::required_user_paths`].
+    pub fn required_group_paths(&self) -> Vec<String> {
+        required_paths(&self.group, &["displayname", "externalid", "schemas"])
+    }
+
+    /// What the target requires beyond what a mapping writing `mapped`
+    /// produces: each required attribute idsync fills in (as RFC 7643
+    /// defines it), and each that nothing produces (every create would be
+    /// refused). Attributes the mapping produces are left out.
+    pub fn requirements(&self, mapped: &BTreeSet<UserAttr>) -> Vec<Requirement> {
+        if !self.is_served() {
+            return Vec::new();
+        }
+        let any_part = NAME_PARTS.iter().any(|a| mapped.contains(a));
+        let formatted_from = if mapped.contains(&UserAttr::FormattedName) {
+            None
+        } else if any_part {
+            Some(Meet::Filled("from the name parts (else displayName)"))
+        } else if mapped.contains(&UserAttr::DisplayName) {
+            Some(Meet::Filled("from displayName"))
+        } else {
+            Some(Meet::Missing)
+        };
+        let mut out = Vec::new();
+        for key in self.required_user_paths() {
+            let meet = match key.as_str() {
+                "name" if any_part || mapped.contains(&UserAttr::FormattedName) => None,
+                "name" | "name.formatted" => formatted_from.clone(),
+                _ => match user_attr_at(&key) {
+                    Some(attr) if mapped.contains(&attr) => None,
+                    Some(_) => Some(Meet::Missing),
+                    None => match split_sub(&key) {
+                        // A sub-attribute matters only where its parent is sent.
+                        Some((parent, sub)) => match user_attr_at(&parent) {
+                            Some(attr) if mapped.contains(&attr) => {
+                                (!sent_sub_attribute(&parent, sub)).then_some(Meet::Missing)
+                            }
+                            Some(_) => None,
+                            None if key.starts_with("name.") => Some(Meet::Missing),
+                            None => None,
+                        },
+                        None => Some(Meet::Missing),
+                    },
+                },
+            };
+            if let Some(meet) = meet {
+                out.push(Requirement {
+                    resource: "User",
+                    path: published_path(&key),
+                    meet,
+                });
+            }
+        }
+        for key in self.required_group_paths() {
+            let meet = match key.as_str() {
+                // Sent with the first members (see `group_members_required`).
+                "members" | "members.value" => continue,
+                "members.$ref" => Meet::Filled("the target's URL of the member (…/Users/<id>)"),
+                "members.display" => Meet::Filled("the member's userName"),
+                "members.type" => Meet::Filled("\"User\""),
+                _ => Meet::Missing,
+            };
+            out.push(Requirement {
+                resource: "Group",
+                path: key,
+                meet,
+            });
+        }
+        out
+    }
+
     /// How user payloads must be shaped for this target.
     pub fn payload_shape(&self) -> PayloadShape {
         let sub = |parent: &str, sub: &str| -> bool {
@@ -280,6 +372,10 @@ impl TargetSchema {
             immutable: UserAttr::all()
                 .filter(|a| self.rule(*a).mutability == Mutability::Immutable)
                 .collect(),
+            formatted_name: self.user_requires("name.formatted") || self.user_requires("name"),
+            member_ref: self.group_requires("members.$ref"),
+            member_display: self.group_requires("members.display"),
+            member_type: self.group_requires("members.type"),
         }
     }
 
@@ -369,6 +465,14 @@ impl TargetSchema {
                     .to_owned(),
             );
         }
+        for r in self.requirements(attrs) {
+            if let Meet::Filled(how) = r.meet {
+                notes.push(format!(
+                    "{} {}: required by the target; idsync fills it in, {how}",
+                    r.resource, r.path
+                ));
+            }
+        }
         notes
     }
 
@@ -383,6 +487,121 @@ impl TargetSchema {
         }
         self.served.contains(&USER_SCHEMA.to_ascii_lowercase())
     }
+}
+
+/// The name parts `name.formatted` is made of, in order.
+const NAME_PARTS: [UserAttr; 5] = [
+    UserAttr::HonorificPrefix,
+    UserAttr::GivenName,
+    UserAttr::MiddleName,
+    UserAttr::FamilyName,
+    UserAttr::HonorificSuffix,
+];
+
+/// How idsync meets one attribute the target requires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Meet {
+    /// Derived as RFC 7643 defines it: how.
+    Filled(&'static str),
+    /// Nothing produces it: the target would refuse every create.
+    Missing,
+}
+
+/// One attribute the target's schema marks required, and how idsync meets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    /// `User` or `Group`.
+    pub resource: &'static str,
+    /// The attribute's path, as idsync names it where it knows it.
+    pub path: String,
+    pub meet: Meet,
+}
+
+/// The required, client-writable paths of a rule map, sorted, without `skip`
+/// and the common attributes.
+fn required_paths(map: &HashMap<String, AttrRule>, skip: &[&str]) -> Vec<String> {
+    let mut keys: Vec<String> = map
+        .iter()
+        .filter(|(k, r)| {
+            r.required
+                && r.mutability != Mutability::ReadOnly
+                && !is_common(k)
+                && !skip.contains(&k.as_str())
+        })
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// The managed attribute at a lower-case User path (for emails and phone
+/// numbers, the multi-valued attribute itself).
+fn user_attr_at(key: &str) -> Option<UserAttr> {
+    UserAttr::all().find(|a| attr_path(*a).eq_ignore_ascii_case(key))
+}
+
+/// A lower-case path's parent and sub-attribute (`emails.type` → `emails`,
+/// `type`), the enterprise extension's URN (which holds dots) kept whole.
+fn split_sub(key: &str) -> Option<(String, &str)> {
+    let enterprise = format!("{}:", ENTERPRISE_USER.to_ascii_lowercase());
+    match key.strip_prefix(&enterprise) {
+        Some(local) => local
+            .split_once('.')
+            .map(|(parent, sub)| (format!("{enterprise}{parent}"), sub)),
+        None => key
+            .split_once('.')
+            .map(|(parent, sub)| (parent.to_owned(), sub)),
+    }
+}
+
+/// `name.givenname` → `name.givenName` where idsync knows the attribute.
+fn published_path(key: &str) -> String {
+    user_attr_at(key).map_or_else(|| key.to_owned(), attr_path)
+}
+
+/// Whether idsync sends this sub-attribute of a multi-valued attribute it
+/// writes (`value` always; `type` and `primary` where the target publishes them).
+fn sent_sub_attribute(parent: &str, sub: &str) -> bool {
+    match (parent, sub) {
+        (_, "value") => true,
+        ("emails", "type" | "primary") | ("phonenumbers", "type") => true,
+        _ => false,
+    }
+}
+
+/// The required paths `body` (a resource about to be POSTed) lacks: a
+/// sub-attribute counts only where its parent is there (a required parent
+/// is its own path).
+pub fn missing_paths(body: &Value, required: &[String]) -> Vec<String> {
+    fn field<'a>(obj: &'a Value, name: &str) -> Option<&'a Value> {
+        obj.as_object()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+    }
+    let enterprise = ENTERPRISE_USER.to_ascii_lowercase();
+    required
+        .iter()
+        .filter(|key| {
+            let (container, rest) = match key.strip_prefix(&format!("{enterprise}:")) {
+                Some(rest) => match field(body, ENTERPRISE_USER) {
+                    Some(ext) => (ext, rest),
+                    None => return !rest.contains('.'),
+                },
+                None => (body, key.as_str()),
+            };
+            match rest.split_once('.') {
+                None => field(container, rest).is_none(),
+                Some((parent, sub)) => match field(container, parent) {
+                    None => false,
+                    Some(Value::Array(items)) => items.iter().any(|i| field(i, sub).is_none()),
+                    Some(obj) => field(obj, sub).is_none(),
+                },
+            }
+        })
+        .cloned()
+        .collect()
 }
 
 /// How many attributes (not sub-attributes) a rule map holds.
@@ -402,6 +621,14 @@ pub struct PayloadShape {
     pub not_sent: BTreeSet<UserAttr>,
     /// Immutable attributes: sent on create, never changed.
     pub immutable: BTreeSet<UserAttr>,
+    /// `name.formatted` (or `name`) is required: a create without one gets
+    /// it from the name parts, else `displayName` (RFC 7643 §4.1.1).
+    pub formatted_name: bool,
+    /// Group members carry `$ref` (the member's URL), `display` (its
+    /// userName) and `type` (`User`) where the target requires them.
+    pub member_ref: bool,
+    pub member_display: bool,
+    pub member_type: bool,
 }
 
 impl Default for PayloadShape {
@@ -413,6 +640,10 @@ impl Default for PayloadShape {
             phone_type: true,
             not_sent: BTreeSet::new(),
             immutable: BTreeSet::new(),
+            formatted_name: false,
+            member_ref: false,
+            member_display: false,
+            member_type: false,
         }
     }
 }
@@ -752,5 +983,119 @@ mod tests {
         assert_eq!(s.folded(), TargetSchema::defaults("x").folded());
         assert!(!s.folded().contains(&UserAttr::ExternalId));
         assert!(s.folded().contains(&UserAttr::UserName));
+    }
+
+    /// A server that marks more attributes required than RFC 7643's examples.
+    fn demanding() -> TargetSchema {
+        let doc = json!({"Resources": [
+            {"id": USER_SCHEMA, "attributes": [
+                {"name": "userName", "required": true},
+                {"name": "id", "required": true, "mutability": "readOnly"},
+                {"name": "name", "required": true, "subAttributes": [
+                    {"name": "formatted", "required": true}, {"name": "givenName"},
+                    {"name": "familyName"}, {"name": "middleName", "required": true}]},
+                {"name": "title", "required": true},
+                {"name": "nickName", "required": true},
+                {"name": "ims", "required": true},
+                {"name": "emails", "subAttributes": [
+                    {"name": "value", "required": true}, {"name": "display", "required": true}]},
+            ]},
+            {"id": GROUP_SCHEMA, "attributes": [
+                {"name": "displayName", "required": true},
+                {"name": "members", "subAttributes": [
+                    {"name": "value", "required": true}, {"name": "$ref", "required": true},
+                    {"name": "display", "required": true}]},
+                {"name": "owner", "required": true},
+            ]},
+        ]});
+        TargetSchema::from_documents(&doc, Err("no /ResourceTypes".into()))
+    }
+
+    #[test]
+    fn required_attributes_are_filled_where_rfc_7643_defines_them_and_named_where_nothing_can() {
+        let schema = demanding();
+        let mapped: BTreeSet<UserAttr> = [
+            UserAttr::UserName,
+            UserAttr::Email,
+            UserAttr::GivenName,
+            UserAttr::FamilyName,
+            UserAttr::Title,
+        ]
+        .into();
+        let got: Vec<(&str, String, Meet)> = schema
+            .requirements(&mapped)
+            .into_iter()
+            .map(|r| (r.resource, r.path, r.meet))
+            .collect();
+        let missing = Meet::Missing;
+        assert_eq!(
+            got,
+            [
+                ("User", "emails.display".to_owned(), missing.clone()),
+                ("User", "ims".to_owned(), missing.clone()),
+                (
+                    "User",
+                    "name.formatted".to_owned(),
+                    Meet::Filled("from the name parts (else displayName)")
+                ),
+                ("User", "name.middleName".to_owned(), missing.clone()),
+                ("User", "nickName".to_owned(), missing.clone()),
+                (
+                    "Group",
+                    "members.$ref".to_owned(),
+                    Meet::Filled("the target's URL of the member (…/Users/<id>)")
+                ),
+                (
+                    "Group",
+                    "members.display".to_owned(),
+                    Meet::Filled("the member's userName")
+                ),
+                ("Group", "owner".to_owned(), missing),
+            ]
+        );
+        let shape = schema.payload_shape();
+        assert!(shape.formatted_name && shape.member_ref && shape.member_display);
+        assert!(!shape.member_type);
+        // With only a displayName, `name` and `name.formatted` come from it.
+        let only_display: BTreeSet<UserAttr> = [UserAttr::UserName, UserAttr::DisplayName].into();
+        let filled: Vec<String> = schema
+            .requirements(&only_display)
+            .into_iter()
+            .filter(|r| r.meet == Meet::Filled("from displayName"))
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(filled, ["name", "name.formatted"]);
+        // RFC defaults (no /Schemas) require nothing more.
+        assert!(TargetSchema::defaults("x").requirements(&mapped).is_empty());
+    }
+
+    #[test]
+    fn a_create_body_missing_a_required_path_is_named() {
+        let required: Vec<String> = [
+            "name.formatted",
+            "title",
+            "emails.display",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user:department",
+        ]
+        .map(str::to_owned)
+        .into();
+        let body = json!({
+            "userName": "a@x.com",
+            "name": {"givenName": "A"},
+            "Title": "Eng",
+            "emails": [{"value": "a@x.com", "display": "A"}, {"value": "b@x.com"}],
+        });
+        assert_eq!(
+            missing_paths(&body, &required),
+            [
+                "name.formatted",
+                "emails.display",
+                "urn:ietf:params:scim:schemas:extension:enterprise:2.0:user:department"
+            ]
+        );
+        // A sub-attribute of something not sent is not missing by itself.
+        let body =
+            json!({"userName": "a@x.com", "title": "Eng", ENTERPRISE_USER: {"department": "D"}});
+        assert_eq!(missing_paths(&body, &required), Vec::<String>::new());
     }
 }

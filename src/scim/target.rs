@@ -100,7 +100,7 @@ impl Target for ScimClient {
         &self,
         name: &GroupName,
         external_id: &str,
-        members: &[ScimId],
+        members: &[MemberRef],
     ) -> Result<ScimId, TargetError> {
         Ok(self
             .create_group_for(name.as_str(), Some(external_id), members)

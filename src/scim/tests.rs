@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wiremock::matchers::{body_json, header, method, path, query_param};
+use wiremock::matchers::{body_json, header, method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use super::*;
@@ -1817,11 +1817,11 @@ async fn required_group_members_go_into_the_post_and_are_not_added_again() {
     let client = client_for(&server).await;
     client.read_schema().await.expect("schema");
     let members = [ScimId::new("u1"), ScimId::new("u2")];
+    let refs: Vec<MemberRef> = members.iter().map(by_id).collect();
     let group = client
-        .create_group_for("Eng", Some("g1"), &members)
+        .create_group_for("Eng", Some("g1"), &refs)
         .await
         .expect("created");
-    let refs: Vec<MemberRef> = members.iter().map(by_id).collect();
     client
         .add_members(&group.id, &refs)
         .await
@@ -1871,4 +1871,58 @@ async fn a_target_that_cannot_be_reached_is_not_a_target_without_schemas() {
     let err = client.read_schema().await.expect_err("unreachable");
     assert!(matches!(err, ScimError::Transport(_)), "{err:?}");
     assert!(client.schema().is_none());
+}
+
+/// A server whose schema says userName is unique and not case-exact, but
+/// whose `eq` (and uniqueness) compare case-sensitively: a create finds the
+/// account made by hand in another case in one listing, and posts nothing.
+#[tokio::test]
+async fn a_create_finds_a_case_variant_on_a_target_with_case_sensitive_eq() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Schemas"))
+        .respond_with(scim(200).set_body_json(schemas_doc(
+            json!([{"name": "userName", "caseExact": false, "uniqueness": "server"}]),
+            json!([]),
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .and(query_param_is_missing("filter"))
+        .respond_with(scim(200).set_body_json(list_json(
+            1,
+            vec![user_json("hand", "Pre.Existing@Example.com")],
+        )))
+        .mount(&server)
+        .await;
+    // `eq` compares case-sensitively: the probe in another case finds nothing.
+    Mock::given(method("GET"))
+        .and(path("/scim/v2/Users"))
+        .and(query_param(
+            "filter",
+            "userName eq \"pRE.eXISTING@eXAMPLE.COM\"",
+        ))
+        .respond_with(scim(200).set_body_json(list_json(0, vec![])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/scim/v2/Users"))
+        .respond_with(scim(201).set_body_json(user_json("dup", "pre.existing@example.com")))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    client.read_schema().await.expect("schema");
+    assert_eq!(client.user_names_unique(), Some(true));
+    let attrs: UserAttrs = [(UserAttr::UserName, "pre.existing@example.com".to_owned())].into();
+    let err = client
+        .create_user(&attrs, true)
+        .await
+        .expect_err("the account made by hand is found first");
+    assert!(
+        matches!(&err, ScimError::Conflict { detail } if detail.contains("hand")),
+        "{err:?}"
+    );
 }
