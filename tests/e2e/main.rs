@@ -10,6 +10,7 @@
 //! (next to the code), fault injection (429/5xx) or LDAP sources.
 
 mod assignment;
+mod atlassian;
 mod bad_input;
 mod cli;
 mod crash;
@@ -19,6 +20,7 @@ mod harness;
 mod lifecycle;
 mod ops;
 mod proxy;
+mod quirks_field;
 mod quirks_members;
 mod quirks_schema;
 mod quirks_truth;

@@ -4,7 +4,8 @@
 //! so the proxy works per connection: it reads one request (head and
 //! `Content-Length` body), asks the test's [`Schedule`] what to do with it, and
 //! then either forwards it upstream and relays the answer, or answers itself
-//! (429 with `Retry-After` or `X-RateLimit-Reset`, 5xx, a SCIM error, an error
+//! (429 with `Retry-After`, with `X-RateLimit-Reset`, or as a per-minute window
+//! with the reset written to the minute; 5xx, a SCIM error, an error
 //! whose detail echoes the request's headers or is huge), closes the
 //! connection without answering (before or after forwarding), or waits first (a
 //! slow answer). Every request is logged with its arrival time, what was done with
@@ -72,11 +73,14 @@ impl Req {
     }
 }
 
+/// The collection or endpoint a path names, after the base path: scim2-server's
+/// `/v2`, or an Atlassian-style `/scim/directory/{id}`.
 fn resource_of(path: &str) -> &str {
     let path = path.split('?').next().unwrap_or("");
     let mut segs = path.split('/').filter(|s| !s.is_empty());
     match segs.next() {
         Some("v2") => segs.next().unwrap_or(""),
+        Some("scim") => segs.nth(2).unwrap_or(""),
         Some(other) => other,
         None => "",
     }
@@ -95,6 +99,11 @@ pub enum Fault {
     RetryAfter(u64),
     /// `429` with `X-RateLimit-Reset: <ISO-8601 time this far ahead>`.
     RateLimitReset(Duration),
+    /// `429` as a per-minute window answers it (Atlassian's admin APIs):
+    /// `X-RateLimit-Limit: <this>`, `X-RateLimit-Remaining: 0` and
+    /// `X-RateLimit-Reset` written to the minute (`2026-12-05T21:26Z`), the
+    /// start of the next UTC minute; no `Retry-After`.
+    MinuteWindow(u32),
     /// Answer this status with a SCIM error body carrying `detail`.
     Status(u16, String),
     /// Answer this status with a SCIM error whose `detail` quotes the request's
@@ -124,6 +133,7 @@ impl Fault {
             Fault::Forward => "forward",
             Fault::RetryAfter(_) => "429-retry-after",
             Fault::RateLimitReset(_) => "429-reset",
+            Fault::MinuteWindow(_) => "429-minute",
             Fault::Status(..) => "status",
             Fault::EchoHeaders(_) => "echo-headers",
             Fault::HugeDetail(..) => "huge-detail",
@@ -228,6 +238,8 @@ struct Shared {
     quirks: Mutex<Vec<Arc<dyn Quirk>>>,
     log: Mutex<Log>,
     started: Instant,
+    /// The wall-clock time of `started`, to place entries against UTC times.
+    started_wall: chrono::DateTime<chrono::Utc>,
     stop: AtomicBool,
     open: AtomicUsize,
 }
@@ -250,6 +262,7 @@ impl FaultProxy {
             quirks: Mutex::new(Vec::new()),
             log: Mutex::new(Log::default()),
             started: Instant::now(),
+            started_wall: chrono::Utc::now(),
             stop: AtomicBool::new(false),
             open: AtomicUsize::new(0),
         });
@@ -341,6 +354,13 @@ impl FaultProxy {
             .map(|((k, f), n)| format!("{k} [{f}]: {n}"))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The wall-clock time of a moment given as time since the proxy started
+    /// (an entry's `arrived` or `forwarded`).
+    pub fn wall_time(&self, since_start: Duration) -> chrono::DateTime<chrono::Utc> {
+        self.shared.started_wall
+            + chrono::Duration::from_std(since_start).unwrap_or(chrono::Duration::zero())
     }
 
     /// Sorted times (since start) at which requests were forwarded upstream.
@@ -520,7 +540,7 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let answer = match &fault {
         Fault::RetryAfter(secs) => Some(response(
             429,
-            &[("Retry-After", secs.to_string())],
+            &[("Retry-After".into(), secs.to_string())],
             &scim_error(429, "too many requests (proxy)"),
         )),
         Fault::RateLimitReset(ahead) => {
@@ -529,11 +549,15 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             Some(response(
                 429,
                 &[(
-                    "X-RateLimit-Reset",
+                    "X-RateLimit-Reset".into(),
                     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 )],
                 &scim_error(429, "too many requests (proxy)"),
             ))
+        }
+        Fault::MinuteWindow(limit) => {
+            let answer = minute_window_429(*limit, chrono::Utc::now());
+            Some(response(answer.status, &answer.headers, &answer.body))
         }
         Fault::Status(status, detail) => Some(response(*status, &[], &scim_error(*status, detail))),
         Fault::EchoHeaders(status) => Some(response(
@@ -603,21 +627,77 @@ impl Exchange {
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
+    /// Headers relayed to the client besides the ones every answer gets
+    /// (`Content-Type`, `Content-Length`, `Connection`).
+    pub headers: Vec<(String, String)>,
     pub body: String,
 }
 
 impl Answer {
+    pub fn new(status: u16, body: String) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_str(&self.body).ok()
     }
 
     /// A SCIM error answer, as a server would give it.
     pub fn error(status: u16, detail: &str) -> Answer {
-        Answer {
-            status,
-            body: scim_error(status, detail),
-        }
+        Answer::new(status, scim_error(status, detail))
     }
+
+    /// A SCIM error answer with a `scimType`.
+    pub fn error_typed(status: u16, scim_type: &str, detail: &str) -> Answer {
+        let body = serde_json::json!({
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+            "status": status.to_string(),
+            "scimType": scim_type,
+            "detail": detail,
+        });
+        Answer::new(status, body.to_string())
+    }
+
+    pub fn with_header(mut self, name: &str, value: String) -> Answer {
+        self.headers.push((name.to_owned(), value));
+        self
+    }
+}
+
+/// The `429` a per-minute window gives at `now`: the limit, nothing remaining,
+/// and the reset at the start of the next UTC minute, written to the minute.
+pub fn minute_window_429(limit: u32, now: chrono::DateTime<chrono::Utc>) -> Answer {
+    Answer::error(429, "Rate limit exceeded: too many requests this minute")
+        .with_header("X-RateLimit-Limit", limit.to_string())
+        .with_header("X-RateLimit-Remaining", "0".into())
+        .with_header("X-RateLimit-Reset", to_the_minute(next_minute(now)))
+}
+
+/// The start of the UTC minute after `now`.
+pub fn next_minute(now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    let secs = now.timestamp().div_euclid(60) * 60 + 60;
+    chrono::DateTime::from_timestamp(secs, 0).unwrap_or(now)
+}
+
+/// Returns when the current UTC minute is at most `max` seconds old, sleeping
+/// into the next minute when it is older: a test of a per-minute window that
+/// must fill it, or see it shut for a while, starts early in a minute.
+pub fn wait_early_in_a_minute(max: u32) {
+    use chrono::Timelike;
+    let now = chrono::Utc::now();
+    if now.second() > max {
+        let next = next_minute(now) + chrono::Duration::seconds(1);
+        std::thread::sleep((next - now).to_std().unwrap_or_default());
+    }
+}
+
+/// `2026-12-05T21:26Z`: ISO-8601 to the minute, as Atlassian writes resets.
+pub fn to_the_minute(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%MZ").to_string()
 }
 
 /// The real server, for a quirk's own questions (sent with the headers of the
@@ -632,7 +712,7 @@ impl Upstream<'_> {
     pub fn call(&self, method: &str, path: &str, body: &str) -> Answer {
         let head = request_head(method, path, self.headers, body.len());
         match exchange(self.addr, head.as_bytes(), body.as_bytes()) {
-            Ok(bytes) => split_answer(&bytes).0,
+            Ok(bytes) => split_answer(&bytes),
             Err(e) => Answer::error(502, &format!("proxy: upstream failed: {e}")),
         }
     }
@@ -676,17 +756,16 @@ fn play_quirks(
     };
     for quirk in quirks {
         if let Some(answer) = quirk.request(&mut req, &up) {
-            return Ok(response(answer.status, &[], &answer.body));
+            return Ok(response(answer.status, &answer.headers, &answer.body));
         }
     }
     let head = request_head(&req.method, &req.path, &headers, req.body.len());
     let bytes = exchange(upstream, head.as_bytes(), req.body.as_bytes())?;
-    let (mut answer, extra) = split_answer(&bytes);
+    let mut answer = split_answer(&bytes);
     for quirk in quirks {
         quirk.response(&req, &mut answer, &up);
     }
-    let extra: Vec<(&str, String)> = extra.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    Ok(response(answer.status, &extra, &answer.body))
+    Ok(response(answer.status, &answer.headers, &answer.body))
 }
 
 /// A request head: the request line, `headers`, and a `Content-Length`.
@@ -700,30 +779,39 @@ fn request_head(method: &str, path: &str, headers: &[String], len: usize) -> Str
     head
 }
 
-/// An HTTP answer's status and body, and the headers worth relaying
-/// (`Location`, `ETag`, `Retry-After`; the rest are rebuilt).
-fn split_answer(bytes: &[u8]) -> (Answer, Vec<(String, String)>) {
+/// Headers of an upstream answer worth relaying; the rest are rebuilt.
+const RELAYED_HEADERS: &[&str] = &[
+    "location",
+    "etag",
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+];
+
+/// An HTTP answer's status, body, and the [`RELAYED_HEADERS`] it carries.
+fn split_answer(bytes: &[u8]) -> Answer {
     let status = status_of(bytes).unwrap_or(502);
     let (head, body) = match find(bytes, b"\r\n\r\n") {
         Some(p) => (&bytes[..p], &bytes[p + 4..]),
         None => (bytes, &[][..]),
     };
-    let extra = String::from_utf8_lossy(head)
+    let headers = String::from_utf8_lossy(head)
         .split("\r\n")
         .skip(1)
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| {
-            ["location", "etag", "retry-after"]
+            RELAYED_HEADERS
                 .iter()
                 .any(|h| k.trim().eq_ignore_ascii_case(h))
         })
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    let answer = Answer {
+    Answer {
         status,
+        headers,
         body: String::from_utf8_lossy(body).into_owned(),
-    };
-    (answer, extra)
+    }
 }
 
 /// The list response `response` without the resources `hide` picks (it sees
@@ -822,7 +910,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn response(status: u16, headers: &[(&str, String)], body: &str) -> Vec<u8> {
+fn response(status: u16, headers: &[(String, String)], body: &str) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));

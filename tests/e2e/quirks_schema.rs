@@ -18,13 +18,18 @@ use crate::harness::{
 use crate::proxy::{Answer, Exchange, FaultProxy, Quirk, Upstream, pass_through};
 
 const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
-const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+pub(crate) const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 
 // ---------------------------------------------------------------------------
 // Quirks
 
 /// Rewrites the attributes of schema `id` in a `/Schemas` answer.
-fn rewrite_schema(req: &Exchange, answer: &mut Answer, id: &str, edit: impl Fn(&mut Vec<Value>)) {
+pub(crate) fn rewrite_schema(
+    req: &Exchange,
+    answer: &mut Answer,
+    id: &str,
+    edit: impl Fn(&mut Vec<Value>),
+) {
     if req.method != "GET" || req.resource() != "Schemas" || answer.status != 200 {
         return;
     }
@@ -46,7 +51,7 @@ fn rewrite_schema(req: &Exchange, answer: &mut Answer, id: &str, edit: impl Fn(&
 }
 
 /// The attribute `name` of a schema's attribute list.
-fn attribute<'a>(attrs: &'a mut [Value], name: &str) -> &'a mut Value {
+pub(crate) fn attribute<'a>(attrs: &'a mut [Value], name: &str) -> &'a mut Value {
     attrs
         .iter_mut()
         .find(|a| a["name"] == name)

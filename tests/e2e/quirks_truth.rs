@@ -78,10 +78,7 @@ fn strip_user_attr(req: &mut Exchange, attr: &str, on_post: bool) -> Option<Answ
                 }
             }
             if ops.is_empty() {
-                return Some(Answer {
-                    status: 204,
-                    body: String::new(),
-                });
+                return Some(Answer::new(204, String::new()));
             }
         }
         _ => return None,
