@@ -807,9 +807,36 @@ impl Workspace {
         self.write_file("groups.csv", dir.groups_csv().as_bytes());
     }
 
-    /// The default CSV mapping shipped in the repository.
-    pub fn mapping_path() -> PathBuf {
+    /// The CSV mapping shipped in the repository, for Atlassian: name parts,
+    /// no displayName.
+    pub fn shipped_mapping_path() -> PathBuf {
         manifest_dir().join("mappings/csv.yaml")
+    }
+
+    /// The shipped CSV mapping with its line for other SCIM targets
+    /// uncommented (displayName sent too), as the tests against scim2-server
+    /// use it: written once per test binary beside the build.
+    pub fn mapping_path() -> PathBuf {
+        static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        PATH.get_or_init(|| {
+            let shipped = std::fs::read_to_string(Self::shipped_mapping_path())
+                .expect("read mappings/csv.yaml");
+            let line = "    # displayName: display_name\n";
+            assert!(
+                shipped.contains(line),
+                "mappings/csv.yaml lost its line for other SCIM targets"
+            );
+            let generic = shipped.replace(line, "    displayName: display_name\n");
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            let path = dir.join("csv-generic-scim.yaml");
+            // Written under a name of this process's own, then renamed: test
+            // binaries running at once never read a half-written file.
+            let tmp = dir.join(format!("csv-generic-scim.yaml.{}", std::process::id()));
+            std::fs::write(&tmp, generic).expect("write the generic mapping");
+            std::fs::rename(&tmp, &path).expect("rename the generic mapping");
+            path
+        })
+        .clone()
     }
 
     /// The config the knobs describe.

@@ -634,12 +634,16 @@ fn user_changes(s: &State, previous: Option<&Snapshot>, select: &[String]) -> Ve
         }
     }
     if s.repeat_objects && !out.is_empty() {
-        // Each changed user also comes first with only its displayName (the
-        // same object twice in one round; the later one completes it).
+        // Each changed user also comes first with only one of its selected
+        // properties (the same object twice in one round; the later one
+        // completes it).
+        let first = select.iter().find(|n| *n != "id");
         let partial: Vec<Value> = out
             .iter()
-            .map(|u| json!({"id": u["id"], "displayName": u.get("displayName").cloned().unwrap_or(Value::Null)}))
-            .filter(|_| select.iter().any(|n| n == "displayName"))
+            .filter_map(|u| {
+                let name = first?;
+                Some(json!({"id": u["id"], name.as_str(): u.get(name.as_str()).cloned().unwrap_or(Value::Null)}))
+            })
             .collect();
         let mut all = partial;
         all.append(&mut out);

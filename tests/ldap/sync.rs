@@ -528,7 +528,8 @@ fn expected(entries: &[Entry]) -> Want {
                     user_name: mail.trim().to_owned(),
                     given: get("givenName"),
                     family: get("sn"),
-                    display: get("cn"),
+                    // The mapping sends the name parts, not displayName.
+                    display: String::new(),
                     title: get("title"),
                     department,
                     employee_number: get("employeeNumber"),
