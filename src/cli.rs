@@ -55,9 +55,12 @@ impl From<SourceError> for Failure {
 
 impl From<SyncError> for Failure {
     fn from(e: SyncError) -> Self {
-        // What the target said is escaped: it must not forge lines of output.
+        // What a server said (the target, an LDAP server, Graph) is one line,
+        // escaped whole: it must not forge lines of output. The rest is
+        // escaped line by line when printed (see `print_failure`).
         let message = match &e {
             SyncError::Target(_) | SyncError::TargetSetup(_) => report::escape(&e.to_string()),
+            SyncError::Source(s) if s.is_unavailable() => report::escape(&e.to_string()),
             _ => e.to_string(),
         };
         Failure {
@@ -301,12 +304,20 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(f) => {
-            eprintln!("error: {}", f.message);
-            if let Some(hint) = &f.hint {
-                eprintln!("hint: {hint}");
-            }
+            print_failure(&f);
             ExitCode::from(f.exit as u8)
         }
+    }
+}
+
+/// `error: …` and `hint: …` on stderr. A message may be several lines that
+/// idsync composed (an error listing the records it refused); each line is
+/// escaped, so nothing in it from outside can start a line or reach the
+/// terminal raw.
+fn print_failure(f: &Failure) {
+    eprintln!("error: {}", report::escape_lines(&f.message));
+    if let Some(hint) = &f.hint {
+        eprintln!("hint: {}", report::escape_lines(hint));
     }
 }
 
@@ -320,14 +331,22 @@ fn init_logging(format: LogFormat, verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
         .with_target(false);
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     use std::io::IsTerminal;
     let ansi = !no_color && std::io::stderr().is_terminal();
+    // The formatters escape every message and field themselves: no log line
+    // carries a raw control character, whatever a call site passes.
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(ansi).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_writer(|| report::JsonSafe::new(std::io::stderr()))
+            .init(),
+        LogFormat::Text => builder
+            .with_writer(std::io::stderr)
+            .fmt_fields(report::LogFields)
+            .with_ansi(ansi)
+            .init(),
     }
 }
 
@@ -427,7 +446,10 @@ async fn run(command: Command) -> Result<Exit, Failure> {
                     None,
                 )
             })?;
-            eprintln!("report written to {}", html.display());
+            eprintln!(
+                "report written to {}",
+                report::escape(&html.display().to_string())
+            );
             Ok(Exit::Ok)
         }
         Command::Revert {
@@ -516,14 +538,16 @@ fn shutdown_flag() -> Arc<AtomicBool> {
 
 fn validate(path: &Path) -> Result<Exit, Failure> {
     let settings = Settings::load(path)?;
-    println!("{}: configuration is valid", path.display());
-    println!("  source:  {}", settings.source.adapter().describe());
-    println!("  mapping: {}", settings.mapping_path.display());
+    let esc = |text: &dyn std::fmt::Display| report::escape(&text.to_string());
+    println!("{}: configuration is valid", esc(&path.display()));
+    println!("  source:  {}", esc(&settings.source.adapter().describe()));
+    println!("  mapping: {}", esc(&settings.mapping_path.display()));
     println!(
         "  target:  {} ({:?})",
-        settings.target.base_url, settings.target.flavour
+        esc(&settings.target.base_url),
+        settings.target.flavour
     );
-    println!("  state:   {}", settings.state_path.display());
+    println!("  state:   {}", esc(&settings.state_path.display()));
     println!(
         "  policy:  remove_action {:?}, max_removals {}, max_member_removals {}, groups {}",
         settings.policy.remove_action,
@@ -537,9 +561,9 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
     );
     warn_cleartext(&settings);
     if let Err(e) = settings.target.token.read() {
-        eprintln!("warning: {e}");
+        eprintln!("warning: {}", esc(&e));
         if let Some(h) = e.hint() {
-            eprintln!("hint: {h} (needed by check and sync, not by plan)");
+            eprintln!("hint: {} (needed by check and sync, not by plan)", esc(&h));
         }
     }
     Ok(Exit::Ok)
@@ -549,7 +573,7 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
 /// [`crate::config::TargetSettings::cleartext_warning`]).
 fn warn_cleartext(settings: &Settings) {
     if let Some(warning) = settings.target.cleartext_warning() {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", report::escape(&warning.to_string()));
         eprintln!(
             "hint: an http:// target is only safe on this machine (localhost, 127.0.0.1, ::1)"
         );
@@ -560,7 +584,8 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
     let started = Instant::now();
     let what = settings.source.adapter().check().await?;
     println!(
-        "source: ok, {what} ({:.1}s)",
+        "source: ok, {} ({:.1}s)",
+        report::escape(&what.to_string()),
         started.elapsed().as_secs_f64()
     );
     let client = sync::client(settings)?;
@@ -568,7 +593,10 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         .await
         .map_err(|e| Failure::from(SyncError::Target(e)))?;
     let spc = client.capabilities();
-    println!("target: ok, authenticated at {}", settings.target.base_url);
+    println!(
+        "target: ok, authenticated at {}",
+        report::escape(settings.target.base_url.as_str())
+    );
     let yes_no = |b: bool| if b { "yes" } else { "no" };
     println!(
         "  capabilities: patch {}, filter {}{}, bulk {}, etag {}",
@@ -588,8 +616,10 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
     }
     if let Some(schema) = client.schema() {
         let shape = client.payload_shape();
+        // A note may quote what the target answered (why /ResourceTypes could
+        // not be read).
         for note in schema.notes(&settings.mapping.target_attributes(), &shape) {
-            println!("  {note}");
+            println!("  {}", report::escape(&note.to_string()));
         }
     }
     // What earlier answers showed the target keeps (read-only: check writes nothing).
@@ -597,7 +627,7 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         for note in db.note_summaries().unwrap_or_default() {
             println!(
                 "  learned: {}; {}",
-                crate::report::escape(&note.to_string()),
+                report::escape(&note.to_string()),
                 report::NOTE_EFFECT
             );
         }
@@ -656,13 +686,19 @@ async fn plan(
 ) -> Result<Exit, Failure> {
     let (plan, input) = sync::plan_read_only(settings, full).await?;
     if let Err(SyncError::Guard { stop, .. }) = sync::guard(&plan, settings, false, true) {
-        eprintln!("warning: `sync` would stop here: {stop}");
-        eprintln!("hint: {}", stop.hint());
+        eprintln!(
+            "warning: `sync` would stop here: {}",
+            report::escape(&stop.to_string())
+        );
+        eprintln!("hint: {}", report::escape(stop.hint()));
     }
     if !full && let Some(stop) = sync::lost_state_stop(settings, input.state()).await {
-        eprintln!("warning: `sync` would stop here: {stop}");
+        eprintln!(
+            "warning: `sync` would stop here: {}",
+            report::escape(&stop.to_string())
+        );
         if let Some(h) = stop.hint() {
-            eprintln!("hint: {h}");
+            eprintln!("hint: {}", report::escape(&h));
         }
     }
     if let Some(path) = out {
@@ -691,11 +727,8 @@ fn save_plan(plan: &crate::plan::Plan, path: &Path) -> Result<(), Failure> {
                 None,
             )
         })?;
-    eprintln!(
-        "plan saved to {}; apply it with `idsync sync --plan {}`",
-        path.display(),
-        path.display()
-    );
+    let path = report::escape(&path.display().to_string());
+    eprintln!("plan saved to {path}; apply it with `idsync sync --plan {path}`");
     Ok(())
 }
 
@@ -780,7 +813,11 @@ fn log_filter(
                 )
             })?;
             let age = chrono::Duration::from_std(age).map_err(|_| {
-                Failure::new(Exit::Usage, format!("--since {text:?} is too long"), None)
+                Failure::new(
+                    Exit::Usage,
+                    format!("--since {} is too long", report::quote(text)),
+                    None,
+                )
             })?;
             let cutoff = chrono::Utc::now()
                 .checked_sub_signed(age)
@@ -794,7 +831,7 @@ fn log_filter(
     {
         return Err(Failure::new(
             Exit::Usage,
-            format!("--action {unknown:?} is not an operation"),
+            format!("--action {} is not an operation", report::quote(unknown)),
             Some(
                 "use create_user, update_user, enable_user, disable_user, delete_user, adopt_user, create_group, update_group, delete_group, adopt_group, add_members or remove_members",
             ),

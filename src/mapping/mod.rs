@@ -275,7 +275,7 @@ pub struct RecordError {
 /// A directory value in a message: quoted, with control and format characters
 /// escaped, so a newline or a bidi override in a record cannot forge output.
 fn quoted(value: &impl fmt::Display) -> String {
-    format!("{:?}", value.to_string())
+    crate::report::quote(&value.to_string())
 }
 
 fn quoted_list<T: fmt::Display>(items: &[T]) -> String {

@@ -2,11 +2,13 @@
 //! operations and failures per run, managed users and groups over time, the
 //! last run's operations, the quarantine and the guards. The charts are SVG
 //! drawn here from numbers; the page is rendered by a minijinja template with
-//! HTML auto-escaping, so every value from outside (names, errors) is escaped.
+//! HTML auto-escaping, so every value from outside (names, errors) is escaped,
+//! and every string is [`super::escape`]d first, as in text output: a control
+//! character or a bidi override shows as `\u{202e}`, not as itself.
 //! No script, font, style sheet or image is loaded from anywhere: a
 //! Content-Security-Policy of `default-src 'none'` says so to the browser.
 
-use minijinja::{AutoEscape, Environment, context};
+use minijinja::{AutoEscape, Environment, Value, context};
 use serde::Serialize;
 
 use crate::state::RunPoint;
@@ -166,6 +168,12 @@ fn count_chart(runs: &[RunPoint]) -> CountChart {
 pub fn report_html(data: &ReportData) -> String {
     let mut env = Environment::new();
     env.set_auto_escape_callback(|_| AutoEscape::Html);
+    env.set_formatter(|out, state, value| match value.as_str() {
+        Some(text) if !value.is_safe() => {
+            minijinja::escape_formatter(out, state, &Value::from(super::escape(text)))
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    });
     env.add_template("report.html", TEMPLATE)
         .expect("the report template compiles");
     let ops = ops_chart(&data.runs);
@@ -215,7 +223,7 @@ mod tests {
                 subject: "<script>alert(1)</script>".into(),
                 outcome: "failed".into(),
                 http_status: Some(500),
-                error: Some("\"quoted\" & <b>bold</b>".into()),
+                error: Some("\"quoted\" & <b>bold</b>\nerror: fake\u{1b}[2J\u{202e}".into()),
             }],
             quarantine: None,
             max_removals: "5%".into(),
@@ -233,9 +241,10 @@ mod tests {
             "{html}"
         );
         assert!(
-            html.contains("&quot;quoted&quot; &amp; &lt;b&gt;bold&lt;&#x2f;b&gt;"),
+            html.contains("&quot;quoted&quot; &amp; &lt;b&gt;bold&lt;&#x2f;b&gt;\\nerror: fake\\u{1b}[2J\\u{202e}"),
             "{html}"
         );
+        assert!(!html.contains(['\u{1b}', '\u{202e}']), "{html}");
     }
 
     #[test]

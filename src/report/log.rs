@@ -2,16 +2,19 @@
 //! state DB keeps (`history_days`), as text, JSON or CSV.
 //!
 //! Text shows directory values through [`show`] and messages through
-//! [`escape`], like every other text output. CSV is RFC 4180 with every field
-//! quoted, and a field that a spreadsheet would read as a formula (one that
-//! starts with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading
-//! `'`, so opening the export never runs a value a directory or a target sent.
+//! [`escape`], like every other text output; JSON carries the same characters
+//! as `\u` escapes ([`json_text`]). CSV is RFC 4180 with every field quoted
+//! and escaped like text (the `detail` column is JSON), so a line of the file
+//! is a record and nothing in it reaches a terminal raw; and a field that a
+//! spreadsheet would read as a formula (one that starts with `=`, `+`, `-`,
+//! `@`) gets a leading `'`, so opening the export never runs a value a
+//! directory or a target sent.
 
 use std::fmt::Write;
 
 use crate::state::LogRecord;
 
-use super::{escape, show};
+use super::{escape, json_text, show};
 
 /// One line per operation, oldest first; a failure's error on the next line.
 pub fn log_text(records: &[LogRecord]) -> String {
@@ -114,7 +117,7 @@ fn value_text(value: &serde_json::Value) -> String {
 
 /// The records as a JSON array.
 pub fn log_json(records: &[LogRecord]) -> String {
-    serde_json::to_string_pretty(records).expect("log records serialize")
+    json_text(serde_json::to_string_pretty(records).expect("log records serialize"))
 }
 
 /// The records as CSV with a header row, every field quoted and neutralised.
@@ -148,9 +151,18 @@ pub fn log_csv(records: &[LogRecord]) -> String {
             r.outcome.clone(),
             r.http_status.map(|s| s.to_string()).unwrap_or_default(),
             r.error.clone().unwrap_or_default(),
-            r.detail.as_ref().map(|d| d.to_string()).unwrap_or_default(),
         ];
-        let _ = writer.write_record(fields.iter().map(|f| spreadsheet_safe(f)));
+        let detail = r
+            .detail
+            .as_ref()
+            .map(|d| json_text(d.to_string()))
+            .unwrap_or_default();
+        let _ = writer.write_record(
+            fields
+                .iter()
+                .map(|f| spreadsheet_safe(&escape(f)))
+                .chain([spreadsheet_safe(&detail)]),
+        );
     }
     let bytes = writer.into_inner().unwrap_or_default();
     String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8")
@@ -158,7 +170,7 @@ pub fn log_csv(records: &[LogRecord]) -> String {
 
 /// A field a spreadsheet would take for a formula, prefixed with `'`.
 fn spreadsheet_safe(field: &str) -> String {
-    if field.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    if field.starts_with(['=', '+', '-', '@']) {
         format!("'{field}")
     } else {
         field.to_string()
@@ -189,17 +201,27 @@ mod tests {
 
     #[test]
     fn csv_quotes_every_field_and_neutralises_formulas() {
-        let csv = log_csv(&[record("=HYPERLINK(\"x\")", Some("-1+1, \"bad\"\nline"))]);
+        let mut r = record(
+            "=HYPERLINK(\"x\")",
+            Some("-1+1, \"bad\"\nline\u{1b}[2J\u{202e}"),
+        );
+        r.detail = Some(serde_json::json!({ "changes": { "title": { "new": "a\u{202e}b\nc" } } }));
+        let csv = log_csv(&[r]);
         let mut lines = csv.lines();
         assert!(lines.next().unwrap().starts_with("\"run_id\",\"seq\""));
         assert!(csv.contains("\"'=HYPERLINK(\"\"x\"\")\""), "{csv}");
-        assert!(csv.contains("\"'-1+1, \"\"bad\"\"\nline\""), "{csv}");
-        // It reads back as two records of ten fields.
+        // One line per record: what came from outside is escaped.
+        assert_eq!(csv.lines().count(), 2, "{csv}");
+        assert!(!csv.contains(['\u{1b}', '\u{202e}']), "{csv}");
+        // It reads back as one record of eleven fields.
         let mut reader = csv::Reader::from_reader(csv.as_bytes());
         let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].len(), 11);
-        assert_eq!(&rows[0][9], "'-1+1, \"bad\"\nline");
+        assert_eq!(&rows[0][9], "'-1+1, \"bad\"\\nline\\u{1b}[2J\\u{202e}");
+        // The detail stays JSON, the same value.
+        let detail: serde_json::Value = serde_json::from_str(&rows[0][10]).unwrap();
+        assert_eq!(detail["changes"]["title"]["new"], "a\u{202e}b\nc");
     }
 
     #[test]

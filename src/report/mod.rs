@@ -1,10 +1,18 @@
 //! Output for people and programs: plans, run summaries, `status`, `explain`
 //! and the provisioning log as text and JSON (the log also as CSV), the metrics
-//! file, rendered from plain data. Data goes to stdout; nothing here
-//! logs. Directory values are printed quoted and escaped, so a name with a
-//! newline or an escape sequence cannot forge a line of output.
+//! file, rendered from plain data, and how a log line shows its fields. Data
+//! goes to stdout; nothing here logs.
+//!
+//! Every string from outside (what a target answers, source values, file
+//! contents) is escaped by one function, [`escape`]: in text, in log lines
+//! (the log formatter, [`LogFields`], escapes every field and message itself),
+//! in HTML, in CSV. [`show`] and [`quote`] are the same escape with quotes for
+//! values; JSON output carries the same characters as JSON `\u` escapes
+//! ([`json_text`]), so it stays lossless. A name with a newline, an escape
+//! sequence or a bidirectional override cannot forge or disguise a line.
 
 mod explain;
+mod fields;
 mod html;
 mod log;
 mod metrics;
@@ -13,6 +21,7 @@ mod run;
 mod status;
 
 pub use explain::explain_text;
+pub use fields::{JsonSafe, LogFields};
 pub use html::report_html;
 pub use log::{log_csv, log_json, log_text};
 pub use metrics::metrics_text;
@@ -55,10 +64,19 @@ impl Style {
     }
 }
 
-/// Quotes a directory value for display, escaping control and format
-/// characters (Rust's `Debug` escapes everything not printable, U+202E included).
+/// Quotes a directory value for display: `"`, `\\` and every character
+/// [`escape`] escapes are backslash-escaped.
 pub fn quote(value: &str) -> String {
-    format!("{value:?}")
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        push_escaped(&mut out, c);
+    }
+    out.push('"');
+    out
 }
 
 /// A value shown bare when it is plain, quoted when it holds anything odd:
@@ -78,24 +96,72 @@ pub(crate) fn show(value: &str) -> String {
 /// Text that came from outside (a target's error message) with every control and
 /// format character escaped (`\n`, `\u{1b}`, `\u{202e}`) and the rest as it is:
 /// for messages that are read as prose, where quoting every `"` would hurt.
+/// The one escaping function: [`quote`], [`show`], [`escape_lines`], the log
+/// formatter and the HTML report all escape through it.
 pub fn escape(text: &str) -> String {
     if !text.chars().any(needs_escape) {
         return text.to_string();
     }
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
-        if needs_escape(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+        push_escaped(&mut out, c);
     }
     out
 }
 
+/// Text idsync composed of several lines (an error listing the records it
+/// refused): each line [`escape`]d, the line breaks between them kept.
+pub fn escape_lines(text: &str) -> String {
+    text.split('\n').map(escape).collect::<Vec<_>>().join("\n")
+}
+
+/// JSON text as serde_json wrote it (it escapes `"`, `\\` and the C0 controls)
+/// with every other character [`escape`] would escape — DEL, C1 controls,
+/// line and paragraph separators, bidi overrides — written as a JSON `\u`
+/// escape: the same document for a parser, nothing raw for a terminal.
+/// Outside strings JSON holds no such character (its own line breaks and
+/// indentation are plain ASCII whitespace, left as they are), so the text
+/// stays valid.
+pub fn json_text(json: String) -> String {
+    if !json.chars().any(json_needs_escape) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    push_json_text(&mut out, &json);
+    out
+}
+
+/// [`json_text`] of `json`, appended to `out`.
+pub(crate) fn push_json_text(out: &mut String, json: &str) {
+    for c in json.chars() {
+        if json_needs_escape(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// What [`escape`] escapes, less the C0 controls: serde_json escapes those in
+/// strings, and outside strings they are the document's own whitespace.
+fn json_needs_escape(c: char) -> bool {
+    c >= '\u{7f}' && needs_escape(c)
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    if needs_escape(c) {
+        out.extend(c.escape_default());
+    } else {
+        out.push(c);
+    }
+}
+
 /// A character that must not reach a terminal or a log line as it is: a
 /// control character, a line or paragraph separator, or a format character.
-fn needs_escape(c: char) -> bool {
+pub(crate) fn needs_escape(c: char) -> bool {
     c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format(c)
 }
 
@@ -169,5 +235,52 @@ mod tests {
             "User \"a\" exists\\nINFO forged\\u{1b}[2J\\u{202e}"
         );
         assert_eq!(escape("plain text: fine"), "plain text: fine");
+        // Escaping twice changes nothing: a message escaped where it was
+        // built can pass through the log formatter again.
+        let once = escape("a\nb\u{1b}[2J\u{202e}");
+        assert_eq!(escape(&once), once);
+    }
+
+    #[test]
+    fn quote_and_show_escape_what_escape_escapes() {
+        for text in [
+            "a\nb",
+            "\u{1b}]0;t\u{7}",
+            "r\u{202e}l",
+            "\u{85}",
+            "\u{e0041}",
+            "\r\t\0",
+        ] {
+            assert_eq!(quote(text), format!("\"{}\"", escape(text)), "{text:?}");
+            assert_eq!(show(text), quote(text), "{text:?}");
+        }
+        assert_eq!(quote("say \"hi\" \\ bye"), "\"say \\\"hi\\\" \\\\ bye\"");
+        // Letters with combining marks are shown as they are.
+        assert_eq!(quote("Jose\u{301}"), "\"Jose\u{301}\"");
+    }
+
+    #[test]
+    fn lines_idsync_composed_keep_their_breaks_and_nothing_else_raw() {
+        assert_eq!(
+            escape_lines("3 records cannot be mapped:\n  line 2: \"a\u{1b}[2J\"\r"),
+            "3 records cannot be mapped:\n  line 2: \"a\\u{1b}[2J\"\\r"
+        );
+    }
+
+    #[test]
+    fn json_text_escapes_overrides_and_keeps_the_document() {
+        let value = serde_json::json!({ "name": "ann\u{202e}gpj.exe\u{2028}\u{85}\n", "n": 1 });
+        let text = json_text(serde_json::to_string_pretty(&value).unwrap());
+        assert!(
+            text.contains("ann\\u202egpj.exe\\u2028\\u0085\\n"),
+            "{text}"
+        );
+        assert!(!text.chars().any(json_needs_escape), "{text}");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            value
+        );
+        // The pretty printer's own line breaks stay.
+        assert!(text.contains("{\n"), "{text}");
     }
 }

@@ -331,14 +331,14 @@ pub fn held_text(held: &[Operation], limit: usize) -> String {
 
 /// The plan as JSON (the documented plan format).
 pub fn plan_json(plan: &Plan) -> String {
-    serde_json::to_string_pretty(plan).expect("a plan always serialises")
+    super::json_text(serde_json::to_string_pretty(plan).expect("a plan always serialises"))
 }
 
 /// Streams the plan as JSON, without building the whole text in memory first
 /// (a million operations would be a gigabyte of string).
 pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result<()> {
     use std::io::Write as _;
-    let mut out = std::io::BufWriter::new(out);
+    let mut out = super::JsonSafe::new(std::io::BufWriter::new(out));
     serde_json::to_writer_pretty(&mut out, plan).map_err(std::io::Error::other)?;
     out.write_all(b"\n")?;
     out.flush()

@@ -4,10 +4,10 @@ use std::fmt::Write as _;
 
 use crate::sync::RunSummary;
 
-use super::{PlanView, Style, escape, plan_text, show};
+use super::{PlanView, Style, escape, json_text, plan_text, show};
 
 pub fn run_json(run: &RunSummary) -> String {
-    serde_json::to_string_pretty(run).expect("a summary always serialises")
+    json_text(serde_json::to_string_pretty(run).expect("a summary always serialises"))
 }
 
 /// `sync --dry-run`: the plan it stopped at, as `plan` shows it.

@@ -4,13 +4,13 @@ use std::fmt::Write as _;
 
 use crate::sync::inspect::StatusReport;
 
-use super::{NOTE_EFFECT, escape, quote};
+use super::{NOTE_EFFECT, escape, json_text, quote};
 
 pub fn status_json(report: &StatusReport) -> String {
     if !report.exists {
         return "{\"runs\":[],\"managed_users\":0,\"managed_groups\":0}".to_string();
     }
-    serde_json::to_string_pretty(report).expect("a status report always serialises")
+    json_text(serde_json::to_string_pretty(report).expect("a status report always serialises"))
 }
 
 pub fn status_text(report: &StatusReport) -> String {

@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::report::{quote, show};
+
 /// Reports at most this many record problems; the rest are counted.
 const MAX_PROBLEMS: usize = 50;
 
@@ -57,10 +59,11 @@ pub enum SourceError {
     },
     /// The users file has no column named like the configured key.
     #[error(
-        "{}: there is no key column {key:?}\n{} line 1: the columns are {}",
+        "{}: there is no key column {}\n{} line 1: the columns are {}",
         .file.display(),
+        quote(.key),
         file_name(.file),
-        .columns.join(", ")
+        column_list(.columns)
     )]
     MissingKeyColumn {
         file: PathBuf,
@@ -69,10 +72,11 @@ pub enum SourceError {
     },
     /// Two header fields name the same column (case-insensitively).
     #[error(
-        "{}: the column {column:?} appears twice in the header\n{} line 1: the columns are {}",
+        "{}: the column {} appears twice in the header\n{} line 1: the columns are {}",
         .file.display(),
+        quote(.column),
         file_name(.file),
-        .columns.join(", ")
+        column_list(.columns)
     )]
     DuplicateColumn {
         file: PathBuf,
@@ -84,7 +88,7 @@ pub enum SourceError {
         "{}: a groups file needs the columns `group,member`\n{} line 1: the columns are {}",
         .file.display(),
         file_name(.file),
-        .columns.join(", ")
+        column_list(.columns)
     )]
     MissingGroupColumns { file: PathBuf, columns: Vec<String> },
     /// Rows that cannot become records, all of them at once: the first
@@ -622,14 +626,17 @@ impl RowProblem {
         let line = self.line();
         let what = match self {
             RowProblem::Malformed { fault, .. } => fault.to_string(),
-            RowProblem::NotUtf8 { column, .. } => format!("column {column:?} is not valid UTF-8"),
+            RowProblem::NotUtf8 { column, .. } => {
+                format!("column {} is not valid UTF-8", quote(column))
+            }
             RowProblem::EmptyKey { key_column, .. } => {
-                format!("the key column {key_column:?} is empty")
+                format!("the key column {} is empty", quote(key_column))
             }
             RowProblem::DuplicateKey {
                 key, first_line, ..
             } => format!(
-                "key {key:?} is already used on {file} line {first_line}; keys must be unique"
+                "key {} is already used on {file} line {first_line}; keys must be unique",
+                quote(key)
             ),
             RowProblem::EmptyGroupName { .. } => "the group name is empty".to_string(),
             RowProblem::GroupNameConflict {
@@ -639,7 +646,10 @@ impl RowProblem {
                 first_line,
                 ..
             } => format!(
-                "group {id:?} is named {name:?} here but {first_name:?} on line {first_line}"
+                "group {} is named {} here but {} on line {first_line}",
+                quote(id),
+                quote(name),
+                quote(first_name)
             ),
         };
         format!("{file} line {line}: {what}")
@@ -673,7 +683,9 @@ impl KeyProblem {
             KeyProblem::GuidLength { len } => {
                 format!("its {attribute} is {len} bytes long, not 16")
             }
-            KeyProblem::NotAGuid { value } => format!("its {attribute} {value:?} is not a GUID"),
+            KeyProblem::NotAGuid { value } => {
+                format!("its {attribute} {} is not a GUID", quote(value))
+            }
         }
     }
 }
@@ -901,6 +913,12 @@ fn bad_rows(file: &Path, problems: &[RowProblem], more: usize) -> String {
     let name = file_name(file);
     let listed = problems.iter().map(|p| p.render(&name));
     render_list(&file.display().to_string(), listed, more)
+}
+
+/// A header's column names, each shown escaped (a quoted header field may
+/// hold a line break).
+fn column_list(list: &[String]) -> String {
+    list.iter().map(|c| show(c)).collect::<Vec<_>>().join(", ")
 }
 
 /// "`what`: N problems found; …", then one listed problem per line, then how

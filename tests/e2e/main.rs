@@ -27,6 +27,7 @@ mod quirks_truth;
 mod report;
 mod selftest;
 mod snapshots;
+mod trust_hostile;
 mod trust_output;
 mod trust_plan;
 mod trust_removals;
