@@ -92,10 +92,23 @@ apt_install wrk openssl ca-certificates systemd chromium
 # the packaged services must not start (they would take ports 389/636 and read
 # /etc/samba): the same policy-rc.d guard as for slapd.
 install_samba() {
-    if command -v samba-tool >/dev/null 2>&1 && [ -x /usr/sbin/samba ]; then
+    # Provisioning reads the AD schema files and sets ACLs through the
+    # acl_xattr VFS module: on Debian 12 and later both are in packages of
+    # their own (samba-ad-provision, samba-vfs-modules) that samba only
+    # recommends.
+    local schema=/usr/share/samba/setup/ad-schema
+    local vfs=(/usr/lib/*/samba/vfs/acl_xattr.so)
+    if command -v samba-tool >/dev/null 2>&1 && [ -x /usr/sbin/samba ] && [ -d "$schema" ] && [ -e "${vfs[0]}" ]; then
         log "samba: already installed"
         return 0
     fi
+    local extra=()
+    local pkg
+    for pkg in samba-ad-provision samba-vfs-modules; do
+        if apt-cache show "$pkg" >/dev/null 2>&1; then
+            extra+=("$pkg")
+        fi
+    done
     local policy=/usr/sbin/policy-rc.d made_policy=0
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
@@ -104,7 +117,7 @@ install_samba() {
     fi
     local rc=0
     # samba-tool needs python3-samba; the AD DC's LDB modules are in samba-dsdb-modules.
-    apt_install samba samba-dsdb-modules python3-samba || rc=$?
+    apt_install samba samba-dsdb-modules python3-samba "${extra[@]}" || rc=$?
     if [ "$made_policy" -eq 1 ]; then as_root rm -f "$policy"; fi
     [ "$rc" -eq 0 ] || return "$rc"
 }

@@ -508,17 +508,15 @@ fn default_mapping_files_compile_and_map() {
     assert_eq!(u.user_name(), "ann.lee@example.com");
     assert_eq!(u.attrs.get(UserAttr::Email).unwrap(), "ann.lee@example.com");
     assert_eq!(u.attrs.get(UserAttr::ExternalId).unwrap(), "1001");
-    assert!(
-        !u.attrs.contains_key(UserAttr::DisplayName),
-        "empty column → not sent"
-    );
+    // For Atlassian: the name parts, never displayName.
+    assert_eq!(u.attrs.get(UserAttr::GivenName).unwrap(), "Ann");
+    assert!(!u.attrs.contains_key(UserAttr::DisplayName));
     assert!(u.active);
     assert_eq!(
         csv.source_attributes().into_iter().collect::<Vec<_>>(),
         [
             "active",
             "department",
-            "display_name",
             "email",
             "family_name",
             "given_name",
@@ -548,9 +546,9 @@ fn default_mapping_files_compile_and_map() {
         .unwrap()
         .unwrap();
     assert_eq!(u.attrs.get(UserAttr::Department).unwrap(), "Research");
-    assert_eq!(u.attrs.get(UserAttr::DisplayName).unwrap(), "Ann Lee");
+    assert!(!u.attrs.contains_key(UserAttr::DisplayName));
+    assert_eq!(u.attrs.get(UserAttr::FamilyName).unwrap(), "Lee");
     assert_eq!(u.attrs.get(UserAttr::EmployeeNumber).unwrap(), "42");
-    assert!(ldap.create_only().contains(&UserAttr::DisplayName));
     assert!(
         ldap.map_user(&user("uuid-2", 3, &[("cn", "No Mail")]), &[])
             .unwrap()

@@ -1062,7 +1062,10 @@ impl ScimClient {
         let Some(schema) = self.schema() else {
             return Ok(());
         };
-        let missing = schema::missing_paths(body, &required(&schema));
+        let missing: Vec<String> = schema::missing_paths(body, &required(&schema))
+            .iter()
+            .map(|p| schema::published_path(p))
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }

@@ -555,7 +555,7 @@ fn split_sub(key: &str) -> Option<(String, &str)> {
 }
 
 /// `name.givenname` → `name.givenName` where idsync knows the attribute.
-fn published_path(key: &str) -> String {
+pub fn published_path(key: &str) -> String {
     user_attr_at(key).map_or_else(|| key.to_owned(), attr_path)
 }
 
