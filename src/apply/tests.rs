@@ -1094,7 +1094,7 @@ proptest! {
         let mut users = users;
         for (u, change) in users.iter_mut().zip(&changed) {
             if *change {
-                u.attrs.insert(UserAttr::Title, "Lead".to_owned());
+                u.attrs.insert(UserAttr::Title, "Lead");
             }
         }
         let second = desired(users, vec![]);

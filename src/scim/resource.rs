@@ -141,10 +141,11 @@ pub fn user_to_json_shaped(attrs: &UserAttrs, active: bool, shape: &PayloadShape
             }
         }
     }
-    if shape.formatted_name && !name.contains_key("formatted") {
-        if let Some(formatted) = formatted_name(&name, attrs) {
-            name.insert("formatted".into(), Value::String(formatted));
-        }
+    if shape.formatted_name
+        && !name.contains_key("formatted")
+        && let Some(formatted) = formatted_name(&name, attrs)
+    {
+        name.insert("formatted".into(), Value::String(formatted));
     }
     let mut schemas = vec![Value::from(USER_SCHEMA)];
     if !name.is_empty() {
@@ -903,7 +904,7 @@ mod tests {
         assert_eq!(body["name"], json!({"formatted": "Ann Lee"}));
         // A mapped value wins; without the requirement nothing is added.
         let mut mapped = parts.clone();
-        mapped.insert(UserAttr::FormattedName, "Dr Ann Lee".to_owned());
+        mapped.insert(UserAttr::FormattedName, "Dr Ann Lee");
         assert_eq!(
             user_to_json_shaped(&mapped, true, &shape)["name"]["formatted"],
             "Dr Ann Lee"

@@ -562,11 +562,10 @@ pub fn published_path(key: &str) -> String {
 /// Whether idsync sends this sub-attribute of a multi-valued attribute it
 /// writes (`value` always; `type` and `primary` where the target publishes them).
 fn sent_sub_attribute(parent: &str, sub: &str) -> bool {
-    match (parent, sub) {
-        (_, "value") => true,
-        ("emails", "type" | "primary") | ("phonenumbers", "type") => true,
-        _ => false,
-    }
+    matches!(
+        (parent, sub),
+        (_, "value") | ("emails", "type" | "primary") | ("phonenumbers", "type")
+    )
 }
 
 /// The required paths `body` (a resource about to be POSTed) lacks: a
