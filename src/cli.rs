@@ -566,6 +566,12 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
             eprintln!("hint: {} (needed by check and sync, not by plan)", esc(&h));
         }
     }
+    // What the target required when a sync last read its schema: validate
+    // cannot ask it, but the mapping can be held against what it said.
+    if let Ok(Some(required)) = sync::required_recorded(&settings.state_path) {
+        let schema = crate::scim::TargetSchema::from_required(&required.user, &required.group);
+        missing_requirements(&settings, &schema, "as its /Schemas said at the last sync")?;
+    }
     Ok(Exit::Ok)
 }
 
@@ -633,16 +639,18 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         }
     }
     if let Some(schema) = client.schema() {
-        missing_requirements(settings, &schema)?;
+        missing_requirements(settings, &schema, "required in its /Schemas")?;
     }
     Ok(Exit::Ok)
 }
 
-/// Fails `check` when the target's schema requires an attribute that nothing
-/// produces: every create would be refused (and is, unsent, by the client).
+/// Fails `check` (and `validate`, against what the last sync recorded) when
+/// the target's schema requires an attribute that nothing produces: every
+/// create would be refused (and is, unsent, by the client).
 fn missing_requirements(
     settings: &Settings,
     schema: &crate::scim::TargetSchema,
+    said: &str,
 ) -> Result<(), Failure> {
     let missing: Vec<_> = schema
         .requirements(&settings.mapping.target_attributes())
@@ -669,7 +677,7 @@ fn missing_requirements(
     Err(Failure::new(
         Exit::Usage,
         format!(
-            "the target requires {} (required in its /Schemas) and the mapping does not produce {}: it would refuse every create",
+            "the target requires {} ({said}) and the mapping does not produce {}: it would refuse every create",
             names.join(", "),
             if names.len() == 1 { "it" } else { "them" }
         ),

@@ -34,7 +34,7 @@ use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
 use kept::{Evidence, Kept};
 
 pub use resume::Interrupted;
-pub use target::{Target, TargetError};
+pub use target::{RequiredPaths, Target, TargetError};
 pub use transition::{Response, Transition, assume_success, members_present, transition};
 
 /// Stop early when at least this many operations ran and more than half failed

@@ -79,6 +79,14 @@ fn is_deterministic_refusal(status: u16) -> bool {
     (400..500).contains(&status) && !matches!(status, 401 | 403 | 408 | 429)
 }
 
+/// What a target's schema requires on a create (lower-case paths), as
+/// `/Schemas` said it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequiredPaths {
+    pub user: Vec<String>,
+    pub group: Vec<String>,
+}
+
 /// A target directory idsync provisions into.
 pub trait Target: Clone + Send + Sync + 'static {
     /// One cheap authenticated request: a wrong token or URL fails here, before
@@ -90,6 +98,14 @@ pub trait Target: Clone + Send + Sync + 'static {
     /// compare at all. Nothing learned: everything compared exactly.
     fn rules(&self) -> TargetRules {
         TargetRules::default()
+    }
+
+    /// The attribute paths the target's schema requires on a create, as far
+    /// as [`Self::check`] learned them; `None` when it learned nothing.
+    /// Recorded in the state DB, so `validate` can hold a mapping against
+    /// them without reaching the target.
+    fn required_paths(&self) -> Option<RequiredPaths> {
+        None
     }
 
     /// Whether the target holds any user or group at all: a cheap look (one

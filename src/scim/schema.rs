@@ -121,6 +121,35 @@ impl TargetSchema {
         }
     }
 
+    /// A schema that says only what a target requires on a create, as a cycle
+    /// recorded it (lower-case paths): for checking a mapping against it
+    /// without reaching the target.
+    pub fn from_required(user: &[String], group: &[String]) -> Self {
+        let required = |paths: &[String]| {
+            paths
+                .iter()
+                .map(|p| {
+                    let rule = AttrRule {
+                        required: true,
+                        ..AttrRule::default()
+                    };
+                    (p.to_ascii_lowercase(), rule)
+                })
+                .collect()
+        };
+        Self {
+            origin: SchemaOrigin::Served,
+            resource_types_note: None,
+            user: required(user),
+            group: required(group),
+            served: [USER_SCHEMA, GROUP_SCHEMA, ENTERPRISE_USER]
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            user_extensions: None,
+        }
+    }
+
     /// Builds the model from the two documents; `resource_types` is `Err(why)`
     /// when `/ResourceTypes` could not be read.
     pub fn from_documents(schemas: &Value, resource_types: Result<&Value, String>) -> Self {

@@ -1,6 +1,6 @@
 //! The SCIM client as the executor's [`Target`].
 
-use crate::apply::{Target, TargetError};
+use crate::apply::{RequiredPaths, Target, TargetError};
 use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs,
     UserName,
@@ -48,6 +48,13 @@ impl Target for ScimClient {
 
     fn rules(&self) -> TargetRules {
         ScimClient::rules(self)
+    }
+
+    fn required_paths(&self) -> Option<RequiredPaths> {
+        self.schema().map(|s| RequiredPaths {
+            user: s.required_user_paths(),
+            group: s.required_group_paths(),
+        })
     }
 
     async fn holds_anything(&self) -> Result<bool, TargetError> {

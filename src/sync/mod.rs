@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 
-use crate::apply::{Executor, FailedOp, Progress, Stop, Target, TargetError};
+use crate::apply::{Executor, FailedOp, Progress, RequiredPaths, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
 use crate::mapping::{Mapping, RecordError};
 use crate::model::{
@@ -754,6 +754,28 @@ async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, 
     })
 }
 
+/// The state DB's record of what the target requires on a create (see
+/// [`required_recorded`]).
+const TARGET_REQUIRED: &str = "target_required";
+
+/// Records what the target's schema requires, for `validate`.
+fn record_required(db: &StateDb, required: &RequiredPaths) -> Result<(), StateError> {
+    let json = serde_json::to_string(required).expect("paths always serialise");
+    db.set_meta(TARGET_REQUIRED, Some(&json))
+}
+
+/// What the target required on a create when a cycle last read its schema,
+/// from the state DB at `path` (read only); `None` when no cycle recorded it.
+/// A record that does not parse is ignored: it is advice, not state.
+pub fn required_recorded(path: &Path) -> Result<Option<RequiredPaths>, StateError> {
+    let Some(db) = StateDb::open_read_only(path)? else {
+        return Ok(None);
+    };
+    Ok(db
+        .meta(TARGET_REQUIRED)?
+        .and_then(|json| serde_json::from_str(&json).ok()))
+}
+
 /// One cycle against any source and target: plan (or load a saved plan),
 /// guard, apply, record. Nothing is changed when planning or a guard fails.
 pub async fn cycle<T: Target>(
@@ -771,6 +793,9 @@ pub async fn cycle<T: Target>(
         let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
         let _ = quarantine::record(&db, Some(&e.to_string()), chrono::Utc::now());
         return Err(e);
+    }
+    if let Some(required) = target.required_paths() {
+        record_required(&db, &required).map_err(SyncError::StateWrite)?;
     }
 
     let mut source_objects = None;

@@ -12,6 +12,8 @@
 //!   existing one is accepted as a new user, and `userName eq` compares
 //!   case-sensitively, while `/Schemas` says `uniqueness: server`,
 //!   `caseExact: false`.
+//! - [`RequiresNickName`]: `/Schemas` marks `nickName` required (nothing
+//!   idsync can derive) and a create without one is refused.
 //! - [`Fault::MinuteWindow`]: 429s whose `X-RateLimit-Reset` is the next
 //!   minute, written to the minute.
 //!
@@ -60,6 +62,26 @@ impl Quirk for RequiresNameFormatted {
                     sub["required"] = json!(true);
                 }
             }
+        });
+    }
+}
+
+/// A user create must carry `nickName`, which RFC 7643 derives from nothing.
+pub struct RequiresNickName;
+
+impl Quirk for RequiresNickName {
+    fn request(&self, req: &mut Exchange, _: &Upstream) -> Option<Answer> {
+        if req.method != "POST" || req.resource() != "Users" {
+            return None;
+        }
+        let body = req.json()?;
+        let nick = body["nickName"].as_str().is_some_and(|n| !n.is_empty());
+        (!nick).then(|| Answer::error_typed(400, "invalidValue", "Field 'nickName' is required"))
+    }
+
+    fn response(&self, req: &Exchange, answer: &mut Answer, _: &Upstream) {
+        rewrite_schema(req, answer, USER_SCHEMA, |attrs| {
+            attrs.push(json!({"name": "nickName", "type": "string", "required": true}));
         });
     }
 }
@@ -342,6 +364,75 @@ fn required_name_formatted_is_filled_from_the_name_parts_and_every_create_succee
         "`check` does not say it fills name.formatted:\n{}",
         check.dump()
     );
+}
+
+/// A required attribute nothing produces: `check` fails naming it and the
+/// mapping line to add; a sync refuses every create unsent (exit 1, each
+/// user's operation naming it) and records what the target requires, so
+/// `validate` fails too; with the line added, everything converges.
+#[test]
+fn a_required_attribute_nothing_produces_fails_check_and_validate_and_is_never_sent() {
+    let mut rig = quirk_rig("q-nick", 6, Arc::new(RequiresNickName));
+    let check = rig.ws.run(&["check"]);
+    check.assert_code(2);
+    assert!(
+        check.stderr.contains("the target requires User nickName")
+            && check.stderr.contains("users.attributes")
+            && check
+                .stderr
+                .contains("nickName: <source attribute or expression>"),
+        "{}",
+        check.dump()
+    );
+    // Before any sync, validate has nothing recorded to hold the mapping to.
+    rig.ws.run(&["validate"]).assert_code(0);
+
+    let sync = rig.ws.run(&["sync"]);
+    sync.assert_code(1);
+    assert!(
+        sync.stderr
+            .contains("is not created: the target requires nickName"),
+        "{}",
+        sync.dump()
+    );
+    assert!(
+        sent(&rig.proxy, "POST /Users").is_empty(),
+        "a create the schema refuses was sent: {}",
+        rig.proxy.summary()
+    );
+    let validate = rig.ws.run(&["validate"]);
+    validate.assert_code(2);
+    assert!(
+        validate
+            .stderr
+            .contains("the target requires User nickName")
+            && validate.stderr.contains("at the last sync"),
+        "{}",
+        validate.dump()
+    );
+
+    // The line the hint names, added.
+    let mapping = std::fs::read_to_string(crate::harness::Workspace::mapping_path())
+        .expect("mapping")
+        .replace(
+            "    title: title\n",
+            "    title: title\n    nickName: { expr: \"given_name\" }\n",
+        );
+    rig.ws.write_file("mapping.yaml", mapping.as_bytes());
+    let config = rig.ws.config_text().replace(
+        &crate::harness::Workspace::mapping_path()
+            .display()
+            .to_string(),
+        "mapping.yaml",
+    );
+    rig.ws.raw_config = Some(config);
+    rig.ws.write_config();
+    rig.ws.run(&["validate"]).assert_code(0);
+    rig.ws.run(&["check"]).assert_code(0);
+    sync_ok(&rig, "with nickName mapped");
+    let posts = sent(&rig.proxy, "POST /Users");
+    assert_eq!(posts.len(), rig.dir.users.len(), "{}", rig.proxy.summary());
+    assert!(posts.iter().all(|(_, status)| *status == Some(201)));
 }
 
 #[test]
