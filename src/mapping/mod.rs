@@ -128,6 +128,7 @@
 
 mod compile;
 mod expr;
+mod memberships;
 mod scope;
 
 use std::borrow::Cow;
@@ -143,7 +144,8 @@ use crate::model::{
     SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
 };
 use expr::{Expr, Record};
-use scope::{Memberships, Scope};
+use memberships::Memberships;
+use scope::Scope;
 
 /// What group records see for `member_of` (a user-only clause).
 static NO_MEMBERSHIPS: Memberships<'static> = Memberships::none();

@@ -7,12 +7,10 @@
 //! source: users who are members of any listed group (sources hand groups over
 //! with nesting already flattened, so membership is transitive).
 
-use std::collections::HashSet;
-
 use regex::Regex;
 
 use super::expr::Record;
-use crate::model::{FastHash, GroupName, SourceGroup, fold};
+use crate::model::fold;
 
 /// What a clause looks at.
 #[derive(Debug)]
@@ -41,61 +39,8 @@ pub(crate) enum Clause {
     /// A test on an attribute's values.
     Attr { subject: Subject, test: Test },
     /// The user is a member of one of these groups (names or keys, as written).
-    /// `slot` indexes the resolved sets in [`Memberships`].
+    /// `slot` indexes the resolved sets in [`Memberships`](super::memberships::Memberships).
     MemberOf { slot: usize, groups: Vec<Box<str>> },
-}
-
-/// The members of each `member_of` clause's groups, resolved against one source
-/// read: one set of user keys per clause, in slot order.
-#[derive(Debug, Default)]
-pub(crate) struct Memberships<'a> {
-    sets: Vec<HashSet<&'a str, FastHash>>,
-}
-
-impl<'a> Memberships<'a> {
-    /// No clause resolved (for records that have no memberships).
-    pub(crate) const fn none() -> Memberships<'a> {
-        Memberships { sets: Vec::new() }
-    }
-
-    /// Resolves every clause's group list against `groups`, by name
-    /// (case-insensitively) or by key. A listed group the source does not have is
-    /// returned as an error: its members would silently drop out of scope.
-    pub(crate) fn resolve<'c>(
-        clauses: impl Iterator<Item = &'c [Box<str>]>,
-        groups: &'a [SourceGroup],
-    ) -> Result<Memberships<'a>, Vec<Box<str>>> {
-        let mut sets = Vec::new();
-        let mut missing = Vec::new();
-        for wanted in clauses {
-            let mut set = HashSet::default();
-            for name in wanted {
-                let as_name = GroupName::new(&**name);
-                let found: Vec<&SourceGroup> = groups
-                    .iter()
-                    .filter(|g| {
-                        g.key.as_str() == &**name || GroupName::new(g.name.as_str()) == as_name
-                    })
-                    .collect();
-                if found.is_empty() {
-                    missing.push(name.clone());
-                }
-                for g in found {
-                    set.extend(g.members.iter().map(|m| m.as_str()));
-                }
-            }
-            sets.push(set);
-        }
-        if missing.is_empty() {
-            Ok(Memberships { sets })
-        } else {
-            Err(missing)
-        }
-    }
-
-    fn contains(&self, slot: usize, user: &str) -> bool {
-        self.sets.get(slot).is_some_and(|s| s.contains(user))
-    }
 }
 
 #[derive(Debug, Default)]

@@ -57,6 +57,10 @@ pub enum UserAttr {
 
 /// The SCIM enterprise user extension's schema URN.
 pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+/// The SCIM core User schema's URN (RFC 7643 §4.1).
+pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+/// The SCIM core Group schema's URN (RFC 7643 §4.2).
+pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 
 /// The schema an attribute belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

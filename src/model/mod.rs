@@ -14,7 +14,9 @@ mod record;
 mod remote;
 mod state;
 
-pub use attr::{AttrSchema, AttrShape, AttrSpec, ENTERPRISE_USER, UserAttr};
+pub use attr::{
+    AttrSchema, AttrShape, AttrSpec, ENTERPRISE_USER, GROUP_SCHEMA, USER_SCHEMA, UserAttr,
+};
 pub use attrs::UserAttrs;
 pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser, HeldGroup};
 pub use identity::{

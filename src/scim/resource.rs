@@ -12,8 +12,7 @@ use crate::model::{
 use super::schema::PayloadShape;
 use crate::model::MemberRef;
 
-pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
-pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+pub use crate::model::{GROUP_SCHEMA, USER_SCHEMA};
 pub const PATCH_OP_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
 /// What `/ServiceProviderConfig` says the target can do. A capability the

@@ -18,9 +18,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
-use crate::model::{AttrSchema, AttrShape, ENTERPRISE_USER, UserAttr};
-
-use super::resource::{GROUP_SCHEMA, USER_SCHEMA};
+use crate::model::{AttrSchema, AttrShape, ENTERPRISE_USER, GROUP_SCHEMA, USER_SCHEMA, UserAttr};
 
 /// RFC 7643 §2.2 `mutability`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
