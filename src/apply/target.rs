@@ -4,11 +4,11 @@
 
 use std::future::Future;
 
+use crate::model::TargetRules;
 use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs,
     UserName,
 };
-use crate::plan::TargetRules;
 
 /// How a request to the target failed, after the target's own retries.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -47,7 +47,7 @@ pub struct World {
     /// still find them.
     pub hidden: BTreeSet<ScimId>,
     /// What the target's schema would say (`Target::rules`).
-    pub rules: crate::plan::TargetRules,
+    pub rules: crate::model::TargetRules,
     /// A slow request: request `.0` is answered only once `.1` requests have
     /// been made.
     pub hold: Option<(usize, usize)>,
@@ -179,7 +179,7 @@ impl Target for MemoryTarget {
         Ok(())
     }
 
-    fn rules(&self) -> crate::plan::TargetRules {
+    fn rules(&self) -> crate::model::TargetRules {
         self.world.lock().unwrap().rules.clone()
     }
 

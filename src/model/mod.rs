@@ -12,6 +12,7 @@ mod identity;
 mod mirror;
 mod record;
 mod remote;
+mod rules;
 mod state;
 
 pub use attr::{
@@ -28,6 +29,7 @@ pub use remote::{
     MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,
     TargetSnapshot,
 };
+pub use rules::TargetRules;
 pub use state::{
     AttrNote, NoteSummary, Ownership, State, StateChange, StateGroup, StateUser, StateUsers, Status,
 };

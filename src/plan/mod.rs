@@ -30,7 +30,7 @@ use crate::model::{
     GroupKey, GroupName, ScimId, SourceKey, StateChange, Status, UserAttr, UserAttrs, UserName,
 };
 
-pub use input::{PlanOptions, PlanningInput, TargetRules};
+pub use input::{PlanOptions, PlanningInput};
 pub use names::{claimed_name, released_name, temporary_user_name};
 pub use planner::{diff, fingerprint, plan};
 pub use policy::{

@@ -16,7 +16,8 @@ use crate::model::{
     UserAttrs, UserName,
 };
 
-use super::{MatchedBy, Operation, TargetRules};
+use super::{MatchedBy, Operation};
+use crate::model::TargetRules;
 
 /// What reconciling found.
 pub(super) struct Reconciled {

@@ -706,7 +706,7 @@ fn full_resync_brings_an_adopted_accounts_case_in_line_unless_immutable() {
         }],
         ..Default::default()
     };
-    let plan_with = |rules: crate::plan::TargetRules| {
+    let plan_with = |rules: crate::model::TargetRules| {
         let mut opts = options(&Policy::default());
         opts.target_rules = rules;
         let input = PlanningInput::new(
@@ -720,12 +720,12 @@ fn full_resync_brings_an_adopted_accounts_case_in_line_unless_immutable() {
         crate::plan::plan(&input)
     };
     let folded: std::collections::BTreeSet<UserAttr> = [UserAttr::UserName].into();
-    let mutable = plan_with(crate::plan::TargetRules {
+    let mutable = plan_with(crate::model::TargetRules {
         folded: folded.clone(),
         ..Default::default()
     });
     assert_eq!(names(&mutable), ["adopt_user 1", "update_user 1"]);
-    let immutable = plan_with(crate::plan::TargetRules {
+    let immutable = plan_with(crate::model::TargetRules {
         folded: folded.clone(),
         fixed: folded,
         ..Default::default()
@@ -753,7 +753,7 @@ fn full_resync_folds_case_and_skips_attributes_the_target_does_not_hold() {
         groups: vec![],
         ..Default::default()
     };
-    let plan_with = |rules: crate::plan::TargetRules| {
+    let plan_with = |rules: crate::model::TargetRules| {
         let mut opts = options(&Policy::default());
         opts.target_rules = rules;
         let input = PlanningInput::new(
@@ -774,7 +774,7 @@ fn full_resync_folds_case_and_skips_attributes_the_target_does_not_hold() {
     assert!(changes.contains_key(&UserAttr::Email));
     assert!(changes.contains_key(&UserAttr::ExternalId));
     // As the schema says: nothing to do.
-    let rules = crate::plan::TargetRules {
+    let rules = crate::model::TargetRules {
         folded: [UserAttr::UserName, UserAttr::Email].into(),
         unheld: [UserAttr::ExternalId].into(),
         ..Default::default()

@@ -24,10 +24,10 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use crate::model::TargetRules;
 use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
 };
-use crate::plan::TargetRules;
 use paging::Pager;
 use redact::Redactor;
 pub use resource::ServiceProviderConfig;

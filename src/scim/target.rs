@@ -1,11 +1,11 @@
 //! The SCIM client as the executor's [`Target`].
 
 use crate::apply::{RequiredPaths, Target, TargetError};
+use crate::model::TargetRules;
 use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, TargetSnapshot, UserAttr, UserAttrs,
     UserName,
 };
-use crate::plan::TargetRules;
 
 use super::{ScimClient, ScimError};
 

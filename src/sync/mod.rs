@@ -28,11 +28,12 @@ use serde::Serialize;
 use crate::apply::{Executor, FailedOp, Progress, RequiredPaths, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
 use crate::mapping::{Mapping, RecordError};
+use crate::model::TargetRules;
 use crate::model::{
     Desired, MemberResolver, Mirror, MirrorDigest, RemoteUser, ScimId, SourceKey, State, Status,
     TargetSnapshot,
 };
-use crate::plan::{self, Operation, Plan, PlanningInput, Summary, TargetRules, guard::GuardStop};
+use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
 use crate::source::{Source, SourceError, StreamedSource};
 use crate::state::{RunEnd, StateDb, StateError};
