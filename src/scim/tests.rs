@@ -32,6 +32,11 @@ fn options(base: &str) -> ClientOptions {
     }
 }
 
+/// A mock of `verb` on `at`, a path under the client's base (`/Users/u1`).
+fn on(verb: &str, at: &str) -> wiremock::MockBuilder {
+    Mock::given(method(verb)).and(path(format!("/scim/v2{at}")))
+}
+
 async fn client_for(server: &MockServer) -> ScimClient {
     ScimClient::new(options(&format!("{}/scim/v2/", server.uri()))).expect("client")
 }
@@ -91,15 +96,13 @@ fn query_number(request: &Request, name: &str) -> Option<usize> {
 #[tokio::test]
 async fn retries_429_after_retry_after_seconds() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users/u1"))
+    on("GET", "/Users/u1")
         .respond_with(scim_error(429, None, "slow down").insert_header("Retry-After", "1"))
         .up_to_n_times(1)
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users/u1"))
+    on("GET", "/Users/u1")
         .respond_with(scim(200).set_body_json(user_json("u1", "a@example.com")))
         .expect(1)
         .mount(&server)
@@ -131,8 +134,7 @@ async fn retries_429_after_retry_after_seconds() {
 async fn retries_429_at_x_ratelimit_reset() {
     let server = MockServer::start().await;
     let reset = chrono::Utc::now() + chrono::Duration::milliseconds(1200);
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users/u1"))
+    on("GET", "/Users/u1")
         .respond_with(
             scim_error(429, None, "rate limited")
                 .insert_header("X-RateLimit-Limit", "10")
@@ -142,8 +144,7 @@ async fn retries_429_at_x_ratelimit_reset() {
         .up_to_n_times(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users/u1"))
+    on("GET", "/Users/u1")
         .respond_with(scim(200).set_body_json(user_json("u1", "a@example.com")))
         .mount(&server)
         .await;
@@ -157,14 +158,12 @@ async fn retries_429_at_x_ratelimit_reset() {
 #[tokio::test]
 async fn retries_503_then_creates() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Users"))
+    on("POST", "/Users")
         .respond_with(scim_error(503, None, "maintenance"))
         .up_to_n_times(2)
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Users"))
+    on("POST", "/Users")
         .and(header("content-type", SCIM_JSON))
         .respond_with(scim(201).set_body_json(user_json("new-id", "a@example.com")))
         .expect(1)
@@ -224,8 +223,7 @@ impl Respond for RepeatingFirstPage {
 #[tokio::test]
 async fn server_repeating_first_page_forever_terminates() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .respond_with(RepeatingFirstPage)
         .mount(&server)
         .await;
@@ -269,8 +267,7 @@ impl Respond for QuirkyPager {
 async fn server_echoing_count_and_capping_pages_is_read_completely() {
     let server = MockServer::start().await;
     let requests = Arc::new(AtomicUsize::new(0));
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .respond_with(QuirkyPager {
             users: 5,
             cap: 2,
@@ -289,16 +286,14 @@ async fn server_echoing_count_and_capping_pages_is_read_completely() {
 #[tokio::test]
 async fn page_size_honours_max_results_and_the_request_count() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/ServiceProviderConfig"))
+    on("GET", "/ServiceProviderConfig")
         .respond_with(scim(200).set_body_json(json!({
             "patch": {"supported": true},
             "filter": {"supported": true, "maxResults": 3}
         })))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param("count", "3"))
         .respond_with(QuirkyPager {
             users: 7,
@@ -415,8 +410,7 @@ async fn conflict_and_not_found() {
 #[tokio::test]
 async fn patch_answered_204_and_body_is_minimal() {
     let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .and(path("/scim/v2/Users/u%201"))
+    on("PATCH", "/Users/u%201")
         .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
         .and(header("content-type", SCIM_JSON))
         .and(body_json(json!({
@@ -455,16 +449,14 @@ async fn patch_answered_204_and_body_is_minimal() {
 #[tokio::test]
 async fn created_without_body_is_read_from_location() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Groups"))
+    on("POST", "/Groups")
         .respond_with(ResponseTemplate::new(201).insert_header(
             "Location",
             format!("{}/scim/v2/Groups/g9", server.uri()).as_str(),
         ))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups/g9"))
+    on("GET", "/Groups/g9")
         .respond_with(scim(200).set_body_json(json!({"id": "g9", "displayName": "Eng"})))
         .expect(1)
         .mount(&server)
@@ -478,8 +470,7 @@ async fn created_without_body_is_read_from_location() {
 async fn filter_ignoring_server_falls_back_to_listing() {
     let server = MockServer::start().await;
     // Every GET /Users answers with all users, filter or not.
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .respond_with(scim(200).set_body_json(list_json(
             2,
             vec![
@@ -510,8 +501,7 @@ async fn filter_ignoring_server_falls_back_to_listing() {
 #[tokio::test]
 async fn filter_value_is_escaped_in_the_query() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param(
             "filter",
             r#"userName eq "o\"brien\\x@example.com""#,
@@ -533,8 +523,7 @@ async fn external_id_is_compared_exactly() {
     let server = MockServer::start().await;
     let mut user = user_json("u1", "a@example.com");
     user["externalId"] = Value::from("ABC");
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .respond_with(scim(200).set_body_json(list_json(1, vec![user])))
         .mount(&server)
         .await;
@@ -557,13 +546,11 @@ async fn external_id_is_compared_exactly() {
 #[tokio::test]
 async fn without_filter_support_lookups_list() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/ServiceProviderConfig"))
+    on("GET", "/ServiceProviderConfig")
         .respond_with(scim(200).set_body_json(json!({"filter": {"supported": false}})))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups"))
+    on("GET", "/Groups")
         .and(query_param("startIndex", "1"))
         .respond_with(scim(200).set_body_json(list_json(
             2,
@@ -589,8 +576,7 @@ async fn without_filter_support_lookups_list() {
 async fn members_are_patched_in_chunks() {
     let server = MockServer::start().await;
     let ids: Vec<ScimId> = (1..=3).map(|i| ScimId::new(format!("u{i}"))).collect();
-    Mock::given(method("PATCH"))
-        .and(path("/scim/v2/Groups/g1"))
+    on("PATCH", "/Groups/g1")
         .and(body_json(resource::patch_body(vec![json!(
             {"op": "add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}]}
         )])))
@@ -601,8 +587,7 @@ async fn members_are_patched_in_chunks() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("PATCH"))
-        .and(path("/scim/v2/Groups/g1"))
+    on("PATCH", "/Groups/g1")
         .and(body_json(resource::patch_body(vec![json!(
             {"op": "add", "path": "members", "value": [{"value": "u3"}]}
         )])))
@@ -612,8 +597,7 @@ async fn members_are_patched_in_chunks() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("PATCH"))
-        .and(path("/scim/v2/Groups/g1"))
+    on("PATCH", "/Groups/g1")
         .and(body_json(resource::patch_body(vec![
             json!({"op": "remove", "path": "members[value eq \"u1\"]"}),
             json!({"op": "remove", "path": "members[value eq \"u2\"]"}),
@@ -626,8 +610,7 @@ async fn members_are_patched_in_chunks() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("PATCH"))
-        .and(path("/scim/v2/Groups/g1"))
+    on("PATCH", "/Groups/g1")
         .and(body_json(resource::patch_body(vec![json!(
             {"op": "remove", "path": "members[value eq \"u3\"]"}
         )])))
@@ -636,8 +619,7 @@ async fn members_are_patched_in_chunks() {
         .mount(&server)
         .await;
     // No body: the group is read back (an empty group leaves `members` out).
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups/g1"))
+    on("GET", "/Groups/g1")
         .respond_with(scim(200).set_body_json(json!({"id": "g1", "displayName": "Eng"})))
         .expect(1)
         .mount(&server)
@@ -662,23 +644,20 @@ async fn members_are_patched_in_chunks() {
 #[tokio::test]
 async fn without_patch_support_users_are_put() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/ServiceProviderConfig"))
+    on("GET", "/ServiceProviderConfig")
         .respond_with(scim(200).set_body_json(json!({"patch": {"supported": false}})))
         .mount(&server)
         .await;
     let mut current = user_json("u1", "a@example.com");
     current["title"] = Value::from("Eng");
     current["meta"] = json!({"version": "W/\"1\""});
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users/u1"))
+    on("GET", "/Users/u1")
         .respond_with(scim(200).set_body_json(current))
         .mount(&server)
         .await;
     let mut expected = user_json("u1", "a@example.com");
     expected["title"] = Value::from("Lead");
-    Mock::given(method("PUT"))
-        .and(path("/scim/v2/Users/u1"))
+    on("PUT", "/Users/u1")
         .and(body_json(expected))
         .respond_with(scim(200).set_body_json(json!({"id": "u1"})))
         .expect(1)
@@ -699,8 +678,7 @@ async fn without_patch_support_users_are_put() {
 #[tokio::test]
 async fn atlassian_refuses_rename_and_caps_page_size() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups"))
+    on("GET", "/Groups")
         .and(query_param("count", "100"))
         .respond_with(scim(200).set_body_json(list_json(0, vec![])))
         .expect(1)
@@ -1055,8 +1033,7 @@ impl Respond for RefusesCount {
 #[tokio::test]
 async fn server_refusing_count_is_paged_with_its_default() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups"))
+    on("GET", "/Groups")
         .respond_with(RefusesCount)
         .expect(3)
         .mount(&server)
@@ -1072,8 +1049,7 @@ async fn invalid_filter_falls_back_to_listing() {
     let server = MockServer::start().await;
     let mut user = user_json("u1", "a@example.com");
     user["externalId"] = Value::from("k1");
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param("filter", r#"externalId eq "k1""#))
         .respond_with(scim_error(
             400,
@@ -1083,8 +1059,7 @@ async fn invalid_filter_falls_back_to_listing() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param("startIndex", "1"))
         .respond_with(scim(200).set_body_json(list_json(1, vec![user])))
         .expect(1)
@@ -1098,8 +1073,7 @@ async fn invalid_filter_falls_back_to_listing() {
 #[tokio::test]
 async fn a_429_holds_off_other_requests_too() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users/u1"))
+    on("GET", "/Users/u1")
         .respond_with(scim_error(429, None, "slow down").insert_header("Retry-After", "1"))
         .up_to_n_times(1)
         .mount(&server)
@@ -1134,14 +1108,12 @@ async fn a_429_holds_off_other_requests_too() {
 #[tokio::test]
 async fn group_create_retry_looks_up_before_posting_again() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Groups"))
+    on("POST", "/Groups")
         .respond_with(scim_error(502, None, "bad gateway"))
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups"))
+    on("GET", "/Groups")
         .respond_with(scim(200).set_body_json(list_json(
             1,
             vec![json!({"id": "g7", "displayName": "Eng"})],
@@ -1158,20 +1130,17 @@ async fn group_create_retry_looks_up_before_posting_again() {
 #[tokio::test]
 async fn group_create_retry_posts_again_when_the_group_is_absent() {
     let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Groups"))
+    on("POST", "/Groups")
         .respond_with(scim_error(503, None, "unavailable"))
         .up_to_n_times(1)
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Groups"))
+    on("POST", "/Groups")
         .respond_with(scim(201).set_body_json(json!({"id": "g8", "displayName": "Eng"})))
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups"))
+    on("GET", "/Groups")
         .respond_with(scim(200).set_body_json(list_json(0, vec![])))
         .expect(1)
         .mount(&server)
@@ -1185,14 +1154,12 @@ async fn group_create_retry_posts_again_when_the_group_is_absent() {
 async fn errors_from_the_target_carry_no_token_and_are_cut() {
     let server = MockServer::start().await;
     let echo = format!("bad request; you sent: Authorization: Bearer {TOKEN}\r\nX-Copy: {TOKEN}");
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users/u1"))
+    on("GET", "/Users/u1")
         .respond_with(scim_error(400, Some(&format!("x{TOKEN}")), &echo))
         .mount(&server)
         .await;
     let huge = "y".repeat(1_000_000);
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users/u2"))
+    on("GET", "/Users/u2")
         .respond_with(scim_error(400, None, &huge))
         .mount(&server)
         .await;
@@ -1238,8 +1205,7 @@ async fn fails_count_server() -> (MockServer, Arc<AtomicUsize>, Arc<AtomicUsize>
     let server = MockServer::start().await;
     let with_count = Arc::new(AtomicUsize::new(0));
     let without = Arc::new(AtomicUsize::new(0));
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .respond_with(FailsCount {
             with_count: with_count.clone(),
             without: without.clone(),
@@ -1274,8 +1240,7 @@ async fn server_failing_count_with_500_is_paged_with_its_default_without_retryin
 #[tokio::test]
 async fn connectivity_check_probes_one_user_and_never_lists() {
     let (server, with_count, without) = fails_count_server().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/ServiceProviderConfig"))
+    on("GET", "/ServiceProviderConfig")
         .respond_with(scim(200).set_body_json(json!({"filter": {"supported": false}})))
         .mount(&server)
         .await;
@@ -1291,8 +1256,7 @@ async fn page_size_is_the_advertised_max_results_within_the_flavour_limit() {
     let server = MockServer::start().await;
     let advertised = Arc::new(std::sync::Mutex::new(250u32));
     let seen = advertised.clone();
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/ServiceProviderConfig"))
+    on("GET", "/ServiceProviderConfig")
         .respond_with(move |_: &Request| {
             let max = *seen.lock().expect("lock");
             scim(200).set_body_json(json!({"filter": {"supported": true, "maxResults": max}}))
@@ -1332,13 +1296,11 @@ async fn page_size_is_the_advertised_max_results_within_the_flavour_limit() {
 async fn user_listing_is_read_once_per_cycle_and_kept_up_to_date() {
     let server = MockServer::start().await;
     let requests = Arc::new(AtomicUsize::new(0));
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/ServiceProviderConfig"))
+    on("GET", "/ServiceProviderConfig")
         .respond_with(scim(200).set_body_json(json!({"filter": {"supported": false}})))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .respond_with(QuirkyPager {
             users: 3,
             cap: 100,
@@ -1347,13 +1309,11 @@ async fn user_listing_is_read_once_per_cycle_and_kept_up_to_date() {
         })
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Users"))
+    on("POST", "/Users")
         .respond_with(scim(201).set_body_json(user_json("u9", "new@example.com")))
         .mount(&server)
         .await;
-    Mock::given(method("DELETE"))
-        .and(path("/scim/v2/Users/u1"))
+    on("DELETE", "/Users/u1")
         .respond_with(ResponseTemplate::new(204))
         .mount(&server)
         .await;
@@ -1402,13 +1362,11 @@ async fn user_listing_is_read_once_per_cycle_and_kept_up_to_date() {
 async fn concurrent_lookups_share_one_listing() {
     let server = MockServer::start().await;
     let requests = Arc::new(AtomicUsize::new(0));
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/ServiceProviderConfig"))
+    on("GET", "/ServiceProviderConfig")
         .respond_with(scim(200).set_body_json(json!({"filter": {"supported": false}})))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .respond_with(QuirkyPager {
             users: 5,
             cap: 100,
@@ -1573,20 +1531,17 @@ async fn a_membership_change_that_does_not_take_fails() {
 #[tokio::test]
 async fn case_sensitive_eq_after_a_conflict_falls_back_to_one_listing() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param("filter", "userName eq \"ann@x.com\""))
         .respond_with(scim(200).set_body_json(list_json(0, vec![])))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param("filter", "userName eq \"zed@x.com\""))
         .respond_with(scim(200).set_body_json(list_json(0, vec![])))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param("startIndex", "1"))
         .respond_with(scim(200).set_body_json(list_json(1, vec![user_json("u1", "Ann@X.com")])))
         .expect(1)
@@ -1620,14 +1575,12 @@ async fn case_sensitive_eq_after_a_conflict_falls_back_to_one_listing() {
 #[tokio::test]
 async fn creates_look_up_first_where_user_names_are_not_unique() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param("filter", "userName eq \"ann@x.com\""))
         .respond_with(scim(200).set_body_json(list_json(1, vec![user_json("u1", "ann@x.com")])))
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Users"))
+    on("POST", "/Users")
         .respond_with(scim(201).set_body_json(user_json("dup", "ann@x.com")))
         .mount(&server)
         .await;
@@ -1657,8 +1610,7 @@ async fn creates_look_up_first_where_user_names_are_not_unique() {
 #[tokio::test]
 async fn a_listing_with_one_user_name_twice_shows_duplicates_are_accepted() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .respond_with(scim(200).set_body_json(list_json(
             2,
             vec![user_json("u1", "Ann@x.com"), user_json("u2", "ann@X.com")],
@@ -1673,14 +1625,12 @@ async fn a_listing_with_one_user_name_twice_shows_duplicates_are_accepted() {
 #[tokio::test]
 async fn a_patch_answer_listing_only_some_members_is_checked_by_reading_the_group() {
     let server = MockServer::start().await;
-    Mock::given(method("PATCH"))
-        .and(path("/scim/v2/Groups/g1"))
+    on("PATCH", "/Groups/g1")
         .respond_with(scim(200).set_body_json(json!({"id": "g1", "members": []})))
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups/g1"))
+    on("GET", "/Groups/g1")
         .respond_with(scim(200).set_body_json(json!({"id": "g1", "members": [{"value": "u1"}]})))
         .expect(1)
         .mount(&server)
@@ -1716,8 +1666,7 @@ async fn a_target_without_schemas_gets_rfc_defaults_but_a_refused_token_fails() 
     assert!(why.contains("/Schemas") && why.contains("404"), "{why}");
     assert_eq!(client.user_names_unique(), None);
 
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Schemas"))
+    on("GET", "/Schemas")
         .respond_with(scim_error(401, None, "bad token"))
         .mount(&server)
         .await;
@@ -1728,8 +1677,7 @@ async fn a_target_without_schemas_gets_rfc_defaults_but_a_refused_token_fails() 
 #[tokio::test]
 async fn an_immutable_user_name_change_is_refused_without_being_sent() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Schemas"))
+    on("GET", "/Schemas")
         .respond_with(scim(200).set_body_json(schemas_doc(
             json!([{"name": "userName", "mutability": "immutable", "uniqueness": "none"},
                    {"name": "externalId", "mutability": "readOnly"},
@@ -1738,8 +1686,7 @@ async fn an_immutable_user_name_change_is_refused_without_being_sent() {
         )))
         .mount(&server)
         .await;
-    Mock::given(method("PATCH"))
-        .and(path("/scim/v2/Users/u1"))
+    on("PATCH", "/Users/u1")
         .and(body_json(json!({
             "schemas": [resource::PATCH_OP_SCHEMA],
             "Operations": [{"op": "replace", "path": "title", "value": "Boss"}]
@@ -1784,21 +1731,18 @@ async fn an_immutable_user_name_change_is_refused_without_being_sent() {
 #[tokio::test]
 async fn required_group_members_go_into_the_post_and_are_not_added_again() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Schemas"))
+    on("GET", "/Schemas")
         .respond_with(scim(200).set_body_json(schemas_doc(
             json!([{"name": "userName"}]),
             json!([{"name": "displayName"}, {"name": "members", "required": true}]),
         )))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Groups"))
+    on("GET", "/Groups")
         .respond_with(scim(200).set_body_json(list_json(0, vec![])))
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Groups"))
+    on("POST", "/Groups")
         .and(body_json(json!({
             "schemas": [resource::GROUP_SCHEMA], "displayName": "Eng", "externalId": "g1",
             "members": [{"value": "u1"}, {"value": "u2"}]
@@ -1839,8 +1783,7 @@ async fn required_group_members_go_into_the_post_and_are_not_added_again() {
 #[tokio::test]
 async fn atlassian_keeps_the_primary_email_it_requires_whatever_its_schema_lists() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Schemas"))
+    on("GET", "/Schemas")
         .respond_with(scim(200).set_body_json(schemas_doc(
             json!([{"name": "emails", "subAttributes": [{"name": "value"}]}]),
             json!([]),
@@ -1879,16 +1822,14 @@ async fn a_target_that_cannot_be_reached_is_not_a_target_without_schemas() {
 #[tokio::test]
 async fn a_create_finds_a_case_variant_on_a_target_with_case_sensitive_eq() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Schemas"))
+    on("GET", "/Schemas")
         .respond_with(scim(200).set_body_json(schemas_doc(
             json!([{"name": "userName", "caseExact": false, "uniqueness": "server"}]),
             json!([]),
         )))
         .mount(&server)
         .await;
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param_is_missing("filter"))
         .respond_with(scim(200).set_body_json(list_json(
             1,
@@ -1897,8 +1838,7 @@ async fn a_create_finds_a_case_variant_on_a_target_with_case_sensitive_eq() {
         .mount(&server)
         .await;
     // `eq` compares case-sensitively: the probe in another case finds nothing.
-    Mock::given(method("GET"))
-        .and(path("/scim/v2/Users"))
+    on("GET", "/Users")
         .and(query_param(
             "filter",
             "userName eq \"pRE.eXISTING@eXAMPLE.COM\"",
@@ -1907,8 +1847,7 @@ async fn a_create_finds_a_case_variant_on_a_target_with_case_sensitive_eq() {
         .expect(1)
         .mount(&server)
         .await;
-    Mock::given(method("POST"))
-        .and(path("/scim/v2/Users"))
+    on("POST", "/Users")
         .respond_with(scim(201).set_body_json(user_json("dup", "pre.existing@example.com")))
         .expect(0)
         .mount(&server)
