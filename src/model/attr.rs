@@ -320,11 +320,6 @@ impl UserAttr {
             _ => ATTRIBUTES.iter().find(|s| s.name == name).map(|s| s.attr),
         }
     }
-
-    /// Attributes that live in the enterprise user extension.
-    pub fn is_enterprise(self) -> bool {
-        self.spec().schema == AttrSchema::Enterprise
-    }
 }
 
 impl fmt::Display for UserAttr {
