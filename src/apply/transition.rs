@@ -7,10 +7,10 @@
 use std::collections::BTreeSet;
 
 use crate::model::{
-    Ownership, RemoteUser, ScimId, SourceKey, State, StateChange, StateGroup, StateUser, Status,
-    UserAttr, UserAttrs, UserName,
+    GroupKey, GroupName, Ownership, RemoteUser, ScimId, SourceKey, State, StateChange, StateGroup,
+    StateUser, Status, UserAttr, UserAttrs, UserName,
 };
-use crate::plan::{NameStep, Operation};
+use crate::plan::{Changes, NameStep, Operation};
 use crate::state::OpOutcome;
 
 use super::TargetError;
@@ -102,27 +102,20 @@ pub fn members_present<'a>(state: &'a State, members: &'a [SourceKey]) -> Vec<&'
 }
 
 /// The state change and log line for `op` answered by `response`, given the
-/// state before it. `create_only`: attributes left out of the hash.
+/// state before it. `create_only`: attributes left out of the hash. A table
+/// of named cases, one small function each.
 pub fn transition(
     state: &State,
     op: &Operation,
     response: Response,
     create_only: &BTreeSet<UserAttr>,
 ) -> Transition {
-    let response = match response {
-        Response::Failed(err) => {
-            return Transition::failed(None, err.status(), err.to_string());
-        }
-        Response::Refused(why) => return Transition::failed(None, None, why),
-        Response::Skipped(why) => {
-            return Transition {
-                change: None,
-                outcome: OpOutcome::Skipped,
-                http_status: None,
-                error: Some(why),
-            };
-        }
-        other => other,
+    let response = match settled_alike(response) {
+        Ok(response) => response,
+        Err(done) => return done,
+    };
+    let pushed = |id, user_name: &UserName, attrs, status, ownership| {
+        StateUser::pushed(id, user_name.clone(), attrs, status, ownership, create_only)
     };
     match (op, response) {
         (
@@ -135,21 +128,23 @@ pub fn transition(
                 ..
             },
             Response::Ok,
-        ) => Transition::applied(Some(StateChange::PutUser {
-            key: key.clone(),
-            user: StateUser::pushed(
-                scim_id.clone(),
-                user_name.clone(),
-                attrs.clone(),
-                if *active {
-                    Status::Active
-                } else {
-                    Status::Disabled
-                },
-                Ownership::Adopted,
-                create_only,
-            ),
-        })),
+        ) => {
+            let status = if *active {
+                Status::Active
+            } else {
+                Status::Disabled
+            };
+            put_user(
+                key,
+                pushed(
+                    scim_id.clone(),
+                    user_name,
+                    attrs.clone(),
+                    status,
+                    Ownership::Adopted,
+                ),
+            )
+        }
         (
             Operation::AdoptGroup {
                 key,
@@ -157,15 +152,7 @@ pub fn transition(
                 scim_id,
             },
             Response::Ok,
-        ) => Transition::applied(Some(StateChange::PutGroup {
-            key: key.clone(),
-            group: StateGroup {
-                scim_id: scim_id.clone(),
-                display_name: display_name.clone(),
-                status: Status::Active,
-                ownership: Ownership::Adopted,
-            },
-        })),
+        ) => put_group(key, scim_id.clone(), display_name, Ownership::Adopted),
         (
             Operation::CreateUser {
                 key,
@@ -181,14 +168,7 @@ pub fn transition(
         ) => Transition::applied(Some(StateChange::HandOver {
             from: from.clone(),
             key: key.clone(),
-            user: StateUser::pushed(
-                id,
-                user_name.clone(),
-                attrs,
-                Status::Active,
-                ownership,
-                create_only,
-            ),
+            user: pushed(id, user_name, attrs, Status::Active, ownership),
         })),
         (
             Operation::CreateUser {
@@ -196,14 +176,7 @@ pub fn transition(
                 ..
             },
             Response::Gone,
-        ) => Transition::failed(
-            Some(StateChange::UserStatus {
-                key: from.clone(),
-                status: Status::Removed,
-            }),
-            Some(404),
-            format!("the account of user {from} no longer exists in the target; the next cycle creates a new one"),
-        ),
+        ) => taken_over_account_gone(from),
         (
             Operation::CreateUser { key, .. },
             Response::UserCreated {
@@ -211,13 +184,11 @@ pub fn transition(
                 ownership: Ownership::Adopted,
                 ..
             },
-        ) if state.owner_of(&id, key).is_some_and(|(_, u)| u.status != Status::Removed) => {
-            let (holder, _) = state.owner_of(&id, key).expect("checked");
-            Transition::failed(
-                None,
-                None,
-                format!("the account {id} belongs to user {holder}; it is not adopted for user {key}"),
-            )
+        ) if state
+            .owner_of(&id, key)
+            .is_some_and(|(_, u)| u.status != Status::Removed) =>
+        {
+            anothers_account(state, key, &id)
         }
         (
             Operation::CreateUser { key, user_name, .. },
@@ -226,190 +197,279 @@ pub fn transition(
                 ownership,
                 attrs,
             },
-        ) => Transition::applied(Some(StateChange::PutUser {
-            key: key.clone(),
-            user: StateUser::pushed(
-                id,
-                user_name.clone(),
-                attrs,
-                Status::Active,
-                ownership,
-                create_only,
-            ),
-        })),
+        ) => put_user(key, pushed(id, user_name, attrs, Status::Active, ownership)),
         (
             Operation::UpdateUser { key, changes, .. } | Operation::EnableUser { key, changes, .. },
             response @ (Response::Ok | Response::Kept(_)),
         ) => {
             let enable = matches!(op, Operation::EnableUser { .. });
-            let Some(current) = state.users.get(key) else {
-                return Transition::applied(None);
-            };
-            if changes.is_empty() {
-                // A plain re-enable: only the status changes.
-                return Transition::applied(enable.then(|| StateChange::UserStatus {
-                    key: key.clone(),
-                    status: Status::Active,
-                }));
-            }
-            let Some(pushed) = &current.attrs else {
-                // The request went out, but what the user holds now cannot be
-                // written down whole; recording nothing makes the next cycle
-                // compare again and send what still differs.
-                return Transition::failed(
-                    None,
-                    None,
-                    "the last pushed attributes were not loaded, so the result was not recorded; the next cycle checks this user again".into(),
-                );
-            };
-            let mut attrs = pushed.clone();
-            for (attr, c) in changes {
-                match &c.new {
-                    Some(v) => attrs.insert(*attr, v.clone()),
-                    None => attrs.remove(attr),
-                };
-            }
-            // What the target answered it holds, over what was sent.
-            if let Response::Kept(kept) = response {
-                for (attr, value) in kept {
-                    match value {
-                        Some(v) => attrs.insert(attr, v),
-                        None => attrs.remove(attr),
-                    };
-                }
-            }
-            Transition::applied(Some(StateChange::PutUser {
-                key: key.clone(),
-                user: StateUser::pushed(
-                    current.scim_id.clone(),
-                    attrs
-                        .get(UserAttr::UserName)
-                        .map(UserName::new)
-                        .unwrap_or_else(|| current.user_name.clone()),
-                    *attrs,
-                    if enable {
-                        Status::Active
-                    } else {
-                        current.status
-                    },
-                    current.ownership,
-                    create_only,
-                ),
-            }))
+            updated_user(state, key, changes, enable, response, create_only)
         }
         (
             Operation::UpdateUser { key, .. }
             | Operation::EnableUser { key, .. }
             | Operation::DisableUser { key, .. },
             Response::Gone,
-        ) => Transition::failed(
-            Some(StateChange::UserStatus {
-                key: key.clone(),
-                status: Status::Removed,
-            }),
-            Some(404),
-            "the user no longer exists in the target (deleted by hand?); it will be created again next cycle"
-                .into(),
-        ),
+        ) => user_gone(key),
         (Operation::DisableUser { key, .. }, Response::Ok | Response::Kept(_)) => {
-            Transition::applied(Some(StateChange::UserStatus {
-                key: key.clone(),
-                status: Status::Disabled,
-            }))
+            user_status(key, Status::Disabled)
         }
         (Operation::DeleteUser { key, .. }, response @ (Response::Ok | Response::Gone)) => {
-            Transition::applied(Some(StateChange::UserStatus {
-                key: key.clone(),
-                status: Status::Removed,
-            }))
-            .answered(&response)
+            user_status(key, Status::Removed).answered(&response)
         }
         (
             Operation::CreateGroup { key, display_name },
             Response::GroupCreated { id, ownership },
-        ) => Transition::applied(Some(StateChange::PutGroup {
-            key: key.clone(),
-            group: StateGroup {
-                scim_id: id,
-                display_name: display_name.clone(),
-                status: Status::Active,
-                ownership,
-            },
-        })),
+        ) => put_group(key, id, display_name, ownership),
         (
             Operation::UpdateGroup {
                 key, display_name, ..
             },
             Response::Ok,
-        ) => Transition::applied(state.groups.get(key).map(|current| StateChange::PutGroup {
-            key: key.clone(),
-            group: StateGroup {
-                display_name: display_name.clone(),
-                ..current.clone()
-            },
-        })),
+        ) => renamed_group(state, key, display_name),
         (
             Operation::AddMembers { key, members, .. }
             | Operation::RemoveMembers { key, members, .. },
             Response::Ok,
         ) => {
-            let sent: Vec<SourceKey> = members_present(state, members)
-                .into_iter()
-                .cloned()
-                .collect();
-            let left = members.len() - sent.len();
-            let change = if matches!(op, Operation::AddMembers { .. }) {
-                StateChange::MembersAdded {
-                    group: key.clone(),
-                    users: sent,
-                }
-            } else {
-                StateChange::MembersRemoved {
-                    group: key.clone(),
-                    users: sent,
-                }
-            };
-            let mut t = Transition::applied(Some(change));
-            if left > 0 {
-                t.error = Some(format!(
-                    "{left} member(s) not yet in the target were left for the next cycle"
-                ));
-            }
-            t
+            let added = matches!(op, Operation::AddMembers { .. });
+            members_changed(state, key, members, added)
         }
         (
             Operation::UpdateGroup { key, .. }
             | Operation::AddMembers { key, .. }
             | Operation::RemoveMembers { key, .. },
             Response::Gone,
-        ) => Transition::failed(
-            Some(StateChange::GroupStatus {
+        ) => group_gone(key),
+        (
+            Operation::DeleteGroup { key, scim_id, .. },
+            response @ (Response::Ok | Response::Gone),
+        ) => deleted_group(state, key, scim_id).answered(&response),
+        (_, _) => Transition::failed(None, None, "unexpected response for this operation".into()),
+    }
+}
+
+/// The answers that end every operation alike (failed, refused, skipped), as
+/// their transition; any other answer back, for the operation to read.
+fn settled_alike(response: Response) -> Result<Response, Transition> {
+    match response {
+        Response::Failed(err) => Err(Transition::failed(None, err.status(), err.to_string())),
+        Response::Refused(why) => Err(Transition::failed(None, None, why)),
+        Response::Skipped(why) => Err(Transition {
+            change: None,
+            outcome: OpOutcome::Skipped,
+            http_status: None,
+            error: Some(why),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// A user recorded as pushed.
+fn put_user(key: &SourceKey, user: StateUser) -> Transition {
+    Transition::applied(Some(StateChange::PutUser {
+        key: key.clone(),
+        user,
+    }))
+}
+
+fn user_status(key: &SourceKey, status: Status) -> Transition {
+    Transition::applied(Some(StateChange::UserStatus {
+        key: key.clone(),
+        status,
+    }))
+}
+
+/// A group created or adopted, live under `display_name`.
+fn put_group(
+    key: &GroupKey,
+    scim_id: ScimId,
+    display_name: &GroupName,
+    ownership: Ownership,
+) -> Transition {
+    Transition::applied(Some(StateChange::PutGroup {
+        key: key.clone(),
+        group: StateGroup {
+            scim_id,
+            display_name: display_name.clone(),
+            status: Status::Active,
+            ownership,
+        },
+    }))
+}
+
+/// A takeover found the leaver's account deleted: the leaver is removed, and
+/// the next cycle creates a new account.
+fn taken_over_account_gone(from: &SourceKey) -> Transition {
+    Transition::failed(
+        Some(StateChange::UserStatus {
+            key: from.clone(),
+            status: Status::Removed,
+        }),
+        Some(404),
+        format!(
+            "the account of user {from} no longer exists in the target; the next cycle creates a new one"
+        ),
+    )
+}
+
+/// A create found an account another live key holds: never adopted.
+fn anothers_account(state: &State, key: &SourceKey, id: &ScimId) -> Transition {
+    let (holder, _) = state.owner_of(id, key).expect("checked by the caller");
+    Transition::failed(
+        None,
+        None,
+        format!("the account {id} belongs to user {holder}; it is not adopted for user {key}"),
+    )
+}
+
+/// An update (or re-enable) done: the pushed attributes with the changes
+/// sent, then what the target answered it holds over them.
+fn updated_user(
+    state: &State,
+    key: &SourceKey,
+    changes: &Changes,
+    enable: bool,
+    response: Response,
+    create_only: &BTreeSet<UserAttr>,
+) -> Transition {
+    let Some(current) = state.users.get(key) else {
+        return Transition::applied(None);
+    };
+    if changes.is_empty() {
+        // A plain re-enable: only the status changes.
+        return Transition::applied(enable.then(|| StateChange::UserStatus {
+            key: key.clone(),
+            status: Status::Active,
+        }));
+    }
+    let Some(pushed) = &current.attrs else {
+        // The request went out, but what the user holds now cannot be
+        // written down whole; recording nothing makes the next cycle
+        // compare again and send what still differs.
+        return Transition::failed(
+            None,
+            None,
+            "the last pushed attributes were not loaded, so the result was not recorded; the next cycle checks this user again".into(),
+        );
+    };
+    let mut attrs = pushed.clone();
+    for (attr, c) in changes {
+        match &c.new {
+            Some(v) => attrs.insert(*attr, v.clone()),
+            None => attrs.remove(attr),
+        };
+    }
+    // What the target answered it holds, over what was sent.
+    if let Response::Kept(kept) = response {
+        for (attr, value) in kept {
+            match value {
+                Some(v) => attrs.insert(attr, v),
+                None => attrs.remove(attr),
+            };
+        }
+    }
+    put_user(
+        key,
+        StateUser::pushed(
+            current.scim_id.clone(),
+            attrs
+                .get(UserAttr::UserName)
+                .map(UserName::new)
+                .unwrap_or_else(|| current.user_name.clone()),
+            *attrs,
+            if enable {
+                Status::Active
+            } else {
+                current.status
+            },
+            current.ownership,
+            create_only,
+        ),
+    )
+}
+
+/// A user the target no longer has (404): removed, created again next cycle.
+fn user_gone(key: &SourceKey) -> Transition {
+    Transition::failed(
+        Some(StateChange::UserStatus {
+            key: key.clone(),
+            status: Status::Removed,
+        }),
+        Some(404),
+        "the user no longer exists in the target (deleted by hand?); it will be created again next cycle"
+            .into(),
+    )
+}
+
+fn renamed_group(state: &State, key: &GroupKey, display_name: &GroupName) -> Transition {
+    Transition::applied(state.groups.get(key).map(|current| StateChange::PutGroup {
+        key: key.clone(),
+        group: StateGroup {
+            display_name: display_name.clone(),
+            ..current.clone()
+        },
+    }))
+}
+
+/// Members added or removed: those that exist in the target were sent; the
+/// others wait for the next cycle.
+fn members_changed(
+    state: &State,
+    key: &GroupKey,
+    members: &[SourceKey],
+    added: bool,
+) -> Transition {
+    let sent: Vec<SourceKey> = members_present(state, members)
+        .into_iter()
+        .cloned()
+        .collect();
+    let left = members.len() - sent.len();
+    let change = if added {
+        StateChange::MembersAdded {
+            group: key.clone(),
+            users: sent,
+        }
+    } else {
+        StateChange::MembersRemoved {
+            group: key.clone(),
+            users: sent,
+        }
+    };
+    let mut t = Transition::applied(Some(change));
+    if left > 0 {
+        t.error = Some(format!(
+            "{left} member(s) not yet in the target were left for the next cycle"
+        ));
+    }
+    t
+}
+
+/// A group the target no longer has (404): removed, created again next cycle.
+fn group_gone(key: &GroupKey) -> Transition {
+    Transition::failed(
+        Some(StateChange::GroupStatus {
+            key: key.clone(),
+            status: Status::Removed,
+        }),
+        Some(404),
+        "the group no longer exists in the target; it will be created again next cycle".into(),
+    )
+}
+
+/// A group deleted. After a recreate, the key already names the new group:
+/// only the old id is gone.
+fn deleted_group(state: &State, key: &GroupKey, scim_id: &ScimId) -> Transition {
+    Transition::applied(
+        state
+            .groups
+            .get(key)
+            .filter(|g| g.scim_id == *scim_id)
+            .map(|_| StateChange::GroupStatus {
                 key: key.clone(),
                 status: Status::Removed,
             }),
-            Some(404),
-            "the group no longer exists in the target; it will be created again next cycle".into(),
-        ),
-        (Operation::DeleteGroup { key, scim_id, .. }, response @ (Response::Ok | Response::Gone)) => {
-            // After a recreate, the key already names the new group: only the old
-            // id is gone.
-            let current = state.groups.get(key);
-            Transition::applied(
-                current
-                    .filter(|g| g.scim_id == *scim_id)
-                    .map(|_| StateChange::GroupStatus {
-                        key: key.clone(),
-                        status: Status::Removed,
-                    }),
-            )
-            .answered(&response)
-        }
-        (_, _) => Transition::failed(
-            None,
-            None,
-            "unexpected response for this operation".into(),
-        ),
-    }
+    )
 }
 
 /// The state changes `plan` makes when every request succeeds, with made-up
