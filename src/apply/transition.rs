@@ -5,6 +5,7 @@
 //! through here too, so there is one definition of it.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 
 use crate::model::{
     GroupKey, GroupName, Ownership, RemoteUser, ScimId, SourceKey, State, StateChange, StateGroup,
@@ -111,8 +112,8 @@ pub fn transition(
     create_only: &BTreeSet<UserAttr>,
 ) -> Transition {
     let response = match settled_alike(response) {
-        Ok(response) => response,
-        Err(done) => return done,
+        ControlFlow::Continue(response) => response,
+        ControlFlow::Break(done) => return done,
     };
     let pushed = |id, user_name: &UserName, attrs, status, ownership| {
         StateUser::pushed(id, user_name.clone(), attrs, status, ownership, create_only)
@@ -251,17 +252,19 @@ pub fn transition(
 
 /// The answers that end every operation alike (failed, refused, skipped), as
 /// their transition; any other answer back, for the operation to read.
-fn settled_alike(response: Response) -> Result<Response, Transition> {
+fn settled_alike(response: Response) -> ControlFlow<Transition, Response> {
     match response {
-        Response::Failed(err) => Err(Transition::failed(None, err.status(), err.to_string())),
-        Response::Refused(why) => Err(Transition::failed(None, None, why)),
-        Response::Skipped(why) => Err(Transition {
+        Response::Failed(err) => {
+            ControlFlow::Break(Transition::failed(None, err.status(), err.to_string()))
+        }
+        Response::Refused(why) => ControlFlow::Break(Transition::failed(None, None, why)),
+        Response::Skipped(why) => ControlFlow::Break(Transition {
             change: None,
             outcome: OpOutcome::Skipped,
             http_status: None,
             error: Some(why),
         }),
-        other => Ok(other),
+        other => ControlFlow::Continue(other),
     }
 }
 
