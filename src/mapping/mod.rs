@@ -139,8 +139,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, FoldedRef, GroupKey, GroupName, HeldGroup, Origin,
-    SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
+    Desired, DesiredGroup, DesiredUser, FastHash, FoldedRef, GroupKey, GroupName, HeldGroup,
+    Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
 };
 use expr::{Expr, Record};
 use scope::{Memberships, Scope};
@@ -363,10 +363,6 @@ fn parse_bool(value: &str) -> Option<bool> {
         None
     }
 }
-
-/// The hasher for the per-build indexes over a million keys: several times
-/// faster than SipHash on short strings, and still randomly seeded.
-type FastHash = foldhash::fast::RandomState;
 
 impl Mapping {
     /// Reads and compiles a mapping file.
