@@ -16,6 +16,7 @@ pub mod mapping;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod retry;
 pub mod scim;
 pub mod secret;
 pub mod source;
