@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -15,10 +15,12 @@ use crate::mapping::{Mapping, MappingError};
 use crate::model::Domain;
 use crate::plan::{OnRename, PlanOptions, Policy, RemovalLimit, RemoveAction, ReuseAccounts};
 use crate::scim::{Flavour, RateLimit, RetryPolicy};
+use crate::secret;
 use crate::source::csv::{CsvConfig, CsvSettings};
 use crate::source::entra::{EntraConfig, EntraSettings};
 use crate::source::ldap::{LdapConfig, LdapSettings};
 use crate::source::{Source, SourceConfigError};
+use crate::yaml::{find_key, unknown_field};
 
 /// A configuration mistake, located in its file where possible.
 #[derive(Debug, thiserror::Error)]
@@ -410,28 +412,12 @@ impl TokenSource {
     }
 }
 
-/// Permission bits of group and others: a token file with any of them is refused.
-#[cfg(unix)]
-const GROUP_OTHER_BITS: u32 = 0o077;
-
-/// Write bits of group and others on the token file's folder: whoever can
-/// write there can replace the file with their own token (or a FIFO).
-#[cfg(unix)]
-const FOLDER_WRITE_BITS: u32 = 0o022;
-
-/// root's user id: a token file root owns is trusted too.
-#[cfg(unix)]
-const ROOT_UID: u32 = 0;
-
+/// Reads the SCIM token from `path`, a file held to the rule every secret
+/// file is ([`secret::check_secret_file`]).
 fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
-    // Before opening: opening a FIFO with no writer would block forever.
-    #[cfg(unix)]
-    check_secret_file(path, current_uid())?;
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Secret {
-        message: format!("cannot read token file {}: {e}", path.display()),
-        hint: "check token_file in the target section".to_string(),
-    })?;
-    let token = text.trim();
+    let text = secret::read(path)
+        .map_err(|e| secret_error(e.message("token file"), e.hint("token_file")))?;
+    let token = text.expose_secret().trim();
     if token.is_empty() {
         return Err(ConfigError::Secret {
             message: format!("token file {} is empty", path.display()),
@@ -441,88 +427,8 @@ fn read_secret_file(path: &Path) -> Result<SecretString, ConfigError> {
     Ok(SecretString::from(token.to_string()))
 }
 
-/// The effective user id of this process.
-#[cfg(unix)]
-fn current_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
 fn secret_error(message: String, hint: String) -> ConfigError {
     ConfigError::Secret { message, hint }
-}
-
-/// A token file must be a regular file (not a FIFO, device or folder), owned
-/// by `uid` (idsync's user) or root, readable by nobody else, in a folder
-/// nobody else can write to.
-#[cfg(unix)]
-fn check_secret_file(path: &Path, uid: u32) -> Result<(), ConfigError> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| {
-        secret_error(
-            format!("cannot read token file {shown}: {e}"),
-            "check token_file in the target section".into(),
-        )
-    })?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let what = if kind.is_dir() {
-            "a folder"
-        } else if kind.is_fifo() {
-            "a FIFO"
-        } else if kind.is_socket() {
-            "a socket"
-        } else {
-            "a device"
-        };
-        return Err(secret_error(
-            format!("token file {shown} is {what}, not a regular file"),
-            "point token_file at a plain file holding the token".into(),
-        ));
-    }
-    if meta.uid() != uid && meta.uid() != ROOT_UID {
-        return Err(secret_error(
-            format!(
-                "token file {shown} belongs to user id {}, not to idsync's user ({uid}) or root",
-                meta.uid()
-            ),
-            format!("chown the file to the user idsync runs as: chown $(id -u) {shown}"),
-        ));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & GROUP_OTHER_BITS != 0 {
-        return Err(secret_error(
-            format!("token file {shown} can be read by other users (mode {mode:o})"),
-            format!("chmod 600 {shown}"),
-        ));
-    }
-    // The folder the name is in, and the one the file really is in (a symlink).
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    for folder in [path.parent(), real.parent()].into_iter().flatten() {
-        let folder = if folder.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            folder
-        };
-        let Ok(folder_meta) = std::fs::metadata(folder) else {
-            continue;
-        };
-        let folder_mode = folder_meta.mode() & 0o7777;
-        if folder_mode & FOLDER_WRITE_BITS != 0 {
-            return Err(secret_error(
-                format!(
-                    "token file {shown} is in {}, which other users can write to (mode {folder_mode:o}): they could replace it",
-                    folder.display()
-                ),
-                format!(
-                    "chmod go-w {}, or keep the token in a folder only idsync's user can write (e.g. /etc/idsync)",
-                    folder.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The SCIM target, as the client and executor need it.
@@ -1101,40 +1007,11 @@ fn clean_message(text: &str) -> String {
     re.replace_all(first, "").into_owned()
 }
 
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split('`').next()
-}
-
-/// The 1-based line and column of `key:` at or after `line`:`column`.
-fn find_key(text: &str, key: &str, line: u64, column: u64) -> Option<(u64, u64)> {
-    let pattern = format!(r"(^|[\s{{,]){}\s*:", regex::escape(key));
-    let re = regex::Regex::new(&pattern).ok()?;
-    for (i, l) in text
-        .lines()
-        .enumerate()
-        .skip(line.saturating_sub(1) as usize)
-    {
-        let from = if i + 1 == line as usize {
-            l.char_indices()
-                .nth(column.saturating_sub(1) as usize)
-                .map_or(l.len(), |(b, _)| b)
-        } else {
-            0
-        };
-        if let Some(m) = re.find(&l[from..]) {
-            let lead =
-                m.as_str().len() - m.as_str().trim_start_matches([' ', '\t', '{', ',']).len();
-            let byte = from + m.start() + lead;
-            return Some((i as u64 + 1, l[..byte].chars().count() as u64 + 1));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(unix)]
+    use crate::secret::{ROOT_UID, check_secret_file, current_uid};
 
     #[test]
     fn expands_variables_and_reports_unset_ones_with_position() {

@@ -6,7 +6,8 @@
 //! `Target`) → `scim` (the SCIM client, a `Target`), with `state` as the memory
 //! between runs, `model` as the vocabulary every stage speaks, `sync` running
 //! one cycle end to end, `report` rendering, `config` compiling the file and
-//! `cli` dispatching.
+//! `cli` dispatching. `secret` (the rule every credential file is held to) and
+//! `yaml` (where a YAML mistake is) are leaves any stage may use.
 
 pub mod apply;
 pub mod cli;
@@ -15,7 +16,10 @@ pub mod mapping;
 pub mod model;
 pub mod plan;
 pub mod report;
+pub mod retry;
 pub mod scim;
+pub mod secret;
 pub mod source;
 pub mod state;
 pub mod sync;
+pub mod yaml;

@@ -15,6 +15,7 @@ use super::expr::{self, Expr, ExprError, RecordKind};
 use super::scope::{Clause, Scope, Subject, Test};
 use super::{Diagnostic, Mapping, MappingError};
 use crate::model::{UserAttr, fold};
+use crate::yaml::{find_key, unknown_field};
 
 pub(super) fn compile(text: &str, file_name: &str) -> Result<Mapping, MappingError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -173,7 +174,7 @@ fn yaml_diagnostic(file: &Arc<str>, src: &str, err: &serde_saphyr::Error) -> Dia
     }
     let hint = if let Some(field) = unknown_field(&message) {
         // The parser reports the enclosing map; point at the key itself.
-        if let Some((l, c)) = find_key(src, line, column, field) {
+        if let Some((l, c)) = find_key(src, field, line, column) {
             (line, column) = (l, c);
         }
         "remove or rename this key; the valid keys are listed above"
@@ -193,35 +194,6 @@ fn yaml_diagnostic(file: &Arc<str>, src: &str, err: &serde_saphyr::Error) -> Dia
         message,
         hint: hint.into(),
     }
-}
-
-fn unknown_field(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(&rest[..rest.find('`')?])
-}
-
-/// The first place at or after (line, column) where `key` is written as a map key.
-fn find_key(src: &str, line: u64, column: u64, key: &str) -> Option<(u64, u64)> {
-    let first = usize::try_from(line).ok()?.checked_sub(1)?;
-    for (n, text) in src.lines().enumerate().skip(first) {
-        let skip = if n == first {
-            usize::try_from(column).ok()?.saturating_sub(1)
-        } else {
-            0
-        };
-        let chars: Vec<char> = text.chars().collect();
-        let key: Vec<char> = key.chars().collect();
-        for start in skip..chars.len() {
-            let before_ok = start == 0 || matches!(chars[start - 1], ' ' | '{' | ',' | '\t');
-            if before_ok && chars[start..].starts_with(&key) {
-                let after = chars[start + key.len()..].iter().find(|c| **c != ' ');
-                if after == Some(&':') {
-                    return Some((n as u64 + 1, start as u64 + 1));
-                }
-            }
-        }
-    }
-    None
 }
 
 struct Compiler<'s> {

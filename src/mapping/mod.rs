@@ -140,8 +140,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, FoldedRef, GroupKey, GroupName, HeldGroup, Origin,
-    SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
+    Desired, DesiredGroup, DesiredUser, FastHash, FoldedRef, GroupKey, GroupName, HeldGroup,
+    Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
 };
 use expr::{Expr, Record};
 use memberships::Memberships;
@@ -365,10 +365,6 @@ fn parse_bool(value: &str) -> Option<bool> {
         None
     }
 }
-
-/// The hasher for the per-build indexes over a million keys: several times
-/// faster than SipHash on short strings, and still randomly seeded.
-type FastHash = foldhash::fast::RandomState;
 
 impl Mapping {
     /// Reads and compiles a mapping file.

@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashSet};
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, Domain, FastHash, FastSet, GroupName, SourceKey, State,
-    StateUser, Status, UserAttr, UserAttrs, UserName,
+    Desired, DesiredGroup, DesiredUser, Domain, FastHash, FastSet, SourceKey, State, StateUser,
+    Status, UserAttr, UserAttrs, UserName,
 };
 
 use super::names;
@@ -120,9 +120,6 @@ fn diff_state(
 ) -> (Vec<Operation>, Vec<String>) {
     let mut ops = Vec::new();
     let mut warnings = Vec::new();
-    let is_protected_user = |name: &UserName| {
-        !policy.protected_users.is_empty() && policy.protected_users.contains(name)
-    };
 
     // Users that will exist in the target once the user phases ran. Every
     // desired user with a live state record is in it (whatever else happens to
@@ -144,9 +141,10 @@ fn diff_state(
             }
             continue;
         }
+        // The emptiness test spares building every userName when nothing is protected.
         if !policy.protected_users.is_empty()
-            && (is_protected_user(&UserName::new(d.user_name()))
-                || live.is_some_and(|s| is_protected_user(&s.user_name)))
+            && (policy.protects_user(&UserName::new(d.user_name()))
+                || live.is_some_and(|s| policy.protects_user(&s.user_name)))
         {
             if live.is_some() {
                 present.insert(&d.key);
@@ -180,7 +178,7 @@ fn diff_state(
         .collect();
     leaving.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (key, s) in leaving {
-        if is_protected_user(&s.user_name) {
+        if policy.protects_user(&s.user_name) {
             continue;
         }
         let out_of_scope = desired.out_of_scope.contains(key);
@@ -345,14 +343,15 @@ fn plan_groups(
     ops: &mut Vec<Operation>,
     warnings: &mut Vec<String>,
 ) {
-    let is_protected = |name: &GroupName| policy.protected_groups.contains(name);
     let no_members = BTreeSet::new();
     let mut desired_keys = HashSet::new();
 
     for g in &desired.groups {
         desired_keys.insert(&g.key);
         let live = state.live_group(&g.key);
-        if is_protected(&g.display_name) || live.is_some_and(|s| is_protected(&s.display_name)) {
+        if policy.protects_group(&g.display_name)
+            || live.is_some_and(|s| policy.protects_group(&s.display_name))
+        {
             continue;
         }
         let mut wanted: Vec<&SourceKey> =
@@ -417,7 +416,7 @@ fn plan_groups(
         for (key, s) in &state.groups {
             if s.status == Status::Removed
                 || desired_keys.contains(key)
-                || is_protected(&s.display_name)
+                || policy.protects_group(&s.display_name)
             {
                 continue;
             }

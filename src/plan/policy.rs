@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::Operation;
 use crate::model::{Domain, GroupName, UserName};
 
 /// What leaving the directory means for a user (Entra and PingOne's REMOVE_ACTION).
@@ -144,6 +145,39 @@ impl Policy {
         match self.max_member_removals {
             RemovalLimit::Count(n) => n,
             percent => percent.resolve(managed).max(MEMBER_REMOVALS_FLOOR),
+        }
+    }
+
+    /// Whether `policy.protect` names this user: idsync never changes it.
+    pub fn protects_user(&self, name: &UserName) -> bool {
+        self.protected_users.contains(name)
+    }
+
+    /// Whether `policy.protect` names this group: idsync never changes it.
+    pub fn protects_group(&self, name: &GroupName) -> bool {
+        self.protected_groups.contains(name)
+    }
+
+    /// Whether `op` touches a protected user or group, under any name it
+    /// carries (a rename, under its old name too).
+    pub fn protects(&self, op: &Operation) -> bool {
+        match op {
+            Operation::AdoptUser { user_name, .. }
+            | Operation::CreateUser { user_name, .. }
+            | Operation::UpdateUser { user_name, .. }
+            | Operation::EnableUser { user_name, .. }
+            | Operation::DisableUser { user_name, .. }
+            | Operation::DeleteUser { user_name, .. } => self.protects_user(user_name),
+            Operation::UpdateGroup {
+                display_name,
+                old_display_name,
+                ..
+            } => self.protects_group(display_name) || self.protects_group(old_display_name),
+            Operation::AdoptGroup { display_name, .. }
+            | Operation::CreateGroup { display_name, .. }
+            | Operation::DeleteGroup { display_name, .. }
+            | Operation::AddMembers { display_name, .. }
+            | Operation::RemoveMembers { display_name, .. } => self.protects_group(display_name),
         }
     }
 }

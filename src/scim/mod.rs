@@ -33,6 +33,8 @@ use crate::model::TargetRules;
 use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
 };
+pub use crate::retry::RetryPolicy;
+use crate::retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
 use learned::{Learned, flavour_shape};
 use listing::Listing;
 use lookup::CreateLookup;
@@ -40,8 +42,6 @@ use members::{distinct, member_send_value};
 use paging::Pager;
 use redact::Redactor;
 pub use resource::ServiceProviderConfig;
-pub use retry::RetryPolicy;
-use retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
 use schema::PayloadShape;
 pub use schema::{Meet, TargetSchema};
 use transport::{Reply, error_chain, paced_too_long, rate_limiter};
@@ -653,7 +653,7 @@ impl ScimClient {
         let url = self.url(&["Groups"]);
         let bytes = body.to_string().into_bytes();
         let inner = &self.inner;
-        retry::run(
+        crate::retry::run(
             &inner.retry,
             fastrand::f64,
             |attempt, error: &ScimError, wait| {

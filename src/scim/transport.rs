@@ -38,7 +38,7 @@ impl ScimClient {
     ) -> Result<Reply, ScimError> {
         let body = body.map(|b| b.to_string().into_bytes());
         let inner = &self.inner;
-        retry::run(
+        crate::retry::run(
             policy,
             fastrand::f64,
             |attempt, error: &ScimError, wait| {
@@ -132,7 +132,7 @@ impl ScimClient {
             Verdict::Paced(wait) => self.hold_off(wait.min(inner.retry.max_elapsed)),
             Verdict::Fatal | Verdict::Backoff => {}
         }
-        verdict_to_attempt(verdict, error)
+        verdict.attempt(error)
     }
 
     /// Makes every request wait `wait` from now (or longer, if already asked to).
@@ -177,29 +177,14 @@ pub(super) fn rate_limiter(limit: RateLimit) -> Result<DefaultDirectRateLimiter,
     ))
 }
 
-pub(super) fn transport_kind(error: &reqwest::Error) -> TransportKind {
-    if error.is_timeout() {
-        TransportKind::Timeout
-    } else if error.is_connect() {
-        TransportKind::Connect
-    } else if error.is_builder() || error.is_decode() || error.is_redirect() {
-        TransportKind::Local
-    } else {
-        TransportKind::Interrupted
-    }
-}
-
 pub(super) fn transport_failure<T>(
     error: &reqwest::Error,
     redactor: &Redactor,
 ) -> Attempt<T, ScimError> {
-    let kind = transport_kind(error);
+    let kind = TransportKind::of(error);
     // A proxy's or TLS library's message may quote what the target sent.
     let error_value = ScimError::Transport(redactor.clean(&error_chain(error)));
-    verdict_to_attempt(
-        retry::classify(Outcome::Transport(kind), SystemTime::now()),
-        error_value,
-    )
+    retry::classify(Outcome::Transport(kind), SystemTime::now()).attempt(error_value)
 }
 
 /// The error a paced request ends with when the target's reset is past
@@ -208,18 +193,6 @@ pub(super) fn paced_too_long(_: ScimError, t: PacedTooLong) -> ScimError {
     ScimError::RateLimited {
         wait: t.wait,
         left: t.left,
-    }
-}
-
-pub(super) fn verdict_to_attempt<T>(verdict: Verdict, error: ScimError) -> Attempt<T, ScimError> {
-    match verdict {
-        Verdict::Fatal => Attempt::Fatal(error),
-        Verdict::Backoff => Attempt::Retryable { error, wait: None },
-        Verdict::After(wait) => Attempt::Retryable {
-            error,
-            wait: Some(wait),
-        },
-        Verdict::Paced(wait) => Attempt::Paced { error, wait },
     }
 }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::report::{quote, show};
+use crate::secret::{Problem, SecretFileError};
 
 /// Reports at most this many record problems; the rest are counted.
 const MAX_PROBLEMS: usize = 50;
@@ -135,6 +136,9 @@ pub enum SourceError {
     PasswordFileExposed { path: PathBuf, mode: u32 },
     #[error("bind password file {} is empty", .path.display())]
     PasswordFileEmpty { path: PathBuf },
+    /// Not a regular file, someone else's, or in a folder others can write to.
+    #[error("{}", .0.message("bind password file"))]
+    PasswordFileRefused(SecretFileError),
 
     // -- LDAP: TLS and the connection ----------------------------------------
     /// `ca_file` cannot be used as a trust anchor.
@@ -269,7 +273,8 @@ pub enum SourceError {
     // -- Entra ID (Microsoft Graph) ---------------------------------------------
     #[error("the Entra client secret variable {var} is not set")]
     EntraSecretNotSet { var: String },
-    /// `client_secret_file` cannot be used; `problem` says why (never its content).
+    /// `client_secret_file`, `private_key_file` or `certificate_file` cannot be
+    /// used; `problem` says why (never its content).
     #[error("Entra client secret file {}: {problem}", .path.display())]
     EntraSecretFile { path: PathBuf, problem: String },
     /// The token endpoint refused the credential. `reason` is what it said
@@ -312,6 +317,18 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// The bind password file refused by the secret-file rule.
+    pub fn password_file(e: SecretFileError) -> SourceError {
+        match e.problem {
+            Problem::Unreadable(source) => SourceError::PasswordFileUnreadable {
+                path: e.path,
+                source,
+            },
+            Problem::Exposed { mode } => SourceError::PasswordFileExposed { path: e.path, mode },
+            _ => SourceError::PasswordFileRefused(e),
+        }
+    }
+
     /// True when the source could not be read (a missing file, an unreachable
     /// server, a refused bind, a cut-short search: exit 5); false when it was
     /// read and the data is wrong (exit 2).
@@ -335,6 +352,7 @@ impl SourceError {
             | PasswordFileUnreadable { .. }
             | PasswordFileExposed { .. }
             | PasswordFileEmpty { .. }
+            | PasswordFileRefused(_)
             | CaFile { .. }
             | TlsSetup { .. }
             | TlsHandshake { .. }
@@ -430,6 +448,7 @@ impl SourceError {
                 return format!("chmod 600 {}", path.display()).into();
             }
             PasswordFileEmpty { .. } => "write the service account's password into it",
+            PasswordFileRefused(e) => return e.hint("bind_password_file").into(),
             CaFile { .. } | TlsSetup { .. } => {
                 "ca_file must be a PEM file with the certificate of the CA that signed the \
                  directory server's certificate"
@@ -523,7 +542,7 @@ impl SourceError {
             }
             EntraSecretFile { path, .. } => {
                 return format!(
-                    "write the client secret into {} and chmod 600 it (group and others must not read it)",
+                    "make {} a regular file holding the credential, owned by idsync's user, chmod 600 (group and others must not read it), in a folder only that user can write to",
                     path.display()
                 )
                 .into();

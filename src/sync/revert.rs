@@ -99,7 +99,7 @@ pub fn revert(settings: &Settings, id: i64) -> Result<Plan, SyncError> {
     // Protected users and groups are never changed, by a revert either.
     let (kept, protected): (Vec<Operation>, Vec<Operation>) = std::mem::take(&mut plan.operations)
         .into_iter()
-        .partition(|op| !is_protected(op, &settings.policy));
+        .partition(|op| !settings.policy.protects(op));
     for op in &protected {
         plan.warnings.push(format!(
             "left out: {} {:?}: protected by policy.protect",
@@ -116,31 +116,6 @@ pub fn revert(settings: &Settings, id: i64) -> Result<Plan, SyncError> {
         &plan.operations,
     );
     Ok(plan)
-}
-
-/// Whether `op` touches a user or group `policy.protect` names.
-fn is_protected(op: &Operation, policy: &plan::Policy) -> bool {
-    match op {
-        Operation::AdoptUser { .. }
-        | Operation::CreateUser { .. }
-        | Operation::UpdateUser { .. }
-        | Operation::EnableUser { .. }
-        | Operation::DisableUser { .. }
-        | Operation::DeleteUser { .. } => policy
-            .protected_users
-            .contains(&UserName::new(op.display_subject())),
-        Operation::UpdateGroup {
-            old_display_name, ..
-        } => {
-            policy.protected_groups.contains(old_display_name)
-                || policy
-                    .protected_groups
-                    .contains(&GroupName::new(op.display_subject()))
-        }
-        _ => policy
-            .protected_groups
-            .contains(&GroupName::new(op.display_subject())),
-    }
 }
 
 impl Undo {

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::secret::{self, SecretFileError};
 use crate::source::SourceError;
 
 /// A client assertion is valid this long (Entra accepts up to 10 minutes).
@@ -48,10 +49,10 @@ impl Credential {
                 _ => Err(SourceError::EntraSecretNotSet { var: var.clone() }),
             },
             Credential::SecretFile(path) => {
-                let text = read_private(path)?;
+                let text = secret::read(path).map_err(file_problem)?;
                 let secret = text.expose_secret().trim();
                 if secret.is_empty() {
-                    return Err(file_problem(path, "is empty"));
+                    return Err(bad_content(path, "is empty"));
                 }
                 Ok(Loaded::Secret(SecretString::from(secret.to_string())))
             }
@@ -59,21 +60,20 @@ impl Credential {
                 certificate,
                 private_key,
             } => {
-                let pem_text = std::fs::read(certificate)
-                    .map_err(|e| file_problem(certificate, &e.to_string()))?;
+                let pem_text = secret::read_public(certificate).map_err(file_problem)?;
                 let der = pem::parse_many(&pem_text)
                     .ok()
                     .and_then(|blocks| blocks.into_iter().find(|b| b.tag() == "CERTIFICATE"))
-                    .ok_or_else(|| file_problem(certificate, "holds no PEM CERTIFICATE"))?;
+                    .ok_or_else(|| bad_content(certificate, "holds no PEM CERTIFICATE"))?;
                 let sha1 = aws_lc_rs::digest::digest(
                     &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
                     der.contents(),
                 );
                 let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.contents());
-                let key_text = read_private(private_key)?;
+                let key_text = secret::read(private_key).map_err(file_problem)?;
                 let key =
                     jsonwebtoken::EncodingKey::from_rsa_pem(key_text.expose_secret().as_bytes())
-                        .map_err(|_| file_problem(private_key, "is not a PEM RSA private key"))?;
+                        .map_err(|_| bad_content(private_key, "is not a PEM RSA private key"))?;
                 Ok(Loaded::Certificate {
                     key: Box::new(key),
                     x5t: URL_SAFE_NO_PAD.encode(sha1.as_ref()),
@@ -136,27 +136,111 @@ impl Loaded {
     }
 }
 
-fn file_problem(path: &Path, problem: &str) -> SourceError {
+/// A credential file refused by the secret-file rule.
+fn file_problem(e: SecretFileError) -> SourceError {
+    SourceError::EntraSecretFile {
+        problem: e.problem.to_string(),
+        path: e.path,
+    }
+}
+
+/// A credential file read, whose content is unusable.
+fn bad_content(path: &Path, problem: &str) -> SourceError {
     SourceError::EntraSecretFile {
         path: path.to_path_buf(),
         problem: problem.to_string(),
     }
 }
 
-/// A file only idsync's user may read (mode 600 or stricter).
-fn read_private(path: &Path) -> Result<SecretString, SourceError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|e| file_problem(path, &e.to_string()))?;
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(file_problem(
-                path,
-                &format!("is open to other users (mode {:o})", mode & 0o777),
-            ));
-        }
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// `credential.read()`'s error, or a panic if it is accepted or blocks
+    /// (a FIFO with no writer never returns from `open`).
+    fn refusal(credential: Credential) -> String {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(credential.read().err().map(|e| e.to_string()));
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("reading the credential blocked")
+            .expect("the credential was accepted")
     }
-    let text = std::fs::read_to_string(path).map_err(|e| file_problem(path, &e.to_string()))?;
-    Ok(SecretString::from(text))
+
+    fn private_folder() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+
+    fn fifo(dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // Owner-only, so that only its kind can refuse it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    #[test]
+    fn an_entra_secret_file_that_is_a_fifo_is_refused_without_blocking() {
+        let dir = private_folder();
+        let path = fifo(dir.path(), "secret");
+        let e = refusal(Credential::SecretFile(path.clone()));
+        assert_eq!(
+            e,
+            format!(
+                "Entra client secret file {}: is a FIFO, not a regular file",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn an_entra_certificate_or_key_that_is_a_fifo_is_refused_without_blocking() {
+        let dir = private_folder();
+        let key = dir.path().join("app.key");
+        std::fs::write(&key, "not a key").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let certificate = fifo(dir.path(), "app.pem");
+        let e = refusal(Credential::Certificate {
+            certificate: certificate.clone(),
+            private_key: key,
+        });
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+        assert!(e.contains(&certificate.display().to_string()), "{e}");
+        let pem = dir.path().join("cert.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = refusal(Credential::Certificate {
+            certificate: pem,
+            private_key: fifo(dir.path(), "fifo.key"),
+        });
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn an_entra_secret_file_in_a_folder_others_can_write_is_refused() {
+        let dir = private_folder();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = refusal(Credential::SecretFile(path));
+        assert!(
+            e.contains("which other users can write to (mode 777)"),
+            "{e}"
+        );
+    }
 }

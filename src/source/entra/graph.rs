@@ -4,24 +4,32 @@
 //! 5xx and connection errors with backoff). The secret and the token are never
 //! logged or put in an error.
 
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::EntraSettings;
 use super::credential::Loaded;
+use crate::retry::{self, Attempt, Outcome, RetryPolicy, TransportKind, Verdict};
 use crate::source::SourceError;
 
-/// Attempts per request (the first one included).
-const MAX_ATTEMPTS: u32 = 6;
 /// A `Retry-After` longer than this ends the cycle (the next one reads the
 /// same changes again) rather than blocking it.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
-/// The first backoff after a 5xx or a connection error; doubled each time.
-const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-/// Backoffs never exceed this.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How hard a Graph request (or a token request) is tried: six attempts,
+/// backoff from 500 ms doubled each time, and a `Retry-After` up to
+/// [`MAX_RETRY_AFTER`] waited in full ([`classify`] ends the request on a longer
+/// one). The attempts bound the total; no time limit beyond that.
+const RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 6,
+    max_elapsed: Duration::MAX,
+    base_delay: Duration::from_millis(500),
+    max_delay: MAX_RETRY_AFTER,
+};
 /// A token is renewed this long before it expires (or at 9/10 of its life when
 /// that comes first).
 const RENEW_MARGIN: Duration = Duration::from_secs(300);
@@ -29,6 +37,29 @@ const RENEW_MARGIN: Duration = Duration::from_secs(300);
 /// The error codes of an expired or unknown delta token (matched
 /// case-insensitively, on 400 and 410 only).
 const RESYNC_CODES: [&str; 2] = ["syncstatenotfound", "resyncrequired"];
+
+/// Graph's retry *policy* (the mechanics are `crate::retry`'s): 429 and 503
+/// wait their `Retry-After` and back off without one, but a `Retry-After`
+/// longer than [`MAX_RETRY_AFTER`] ends the request; other 5xx and failed
+/// connections back off; everything else is final (a 401 renews the token
+/// once: the caller's decision, not a status's).
+pub fn classify(outcome: Outcome<'_>, now: SystemTime) -> Verdict {
+    match outcome {
+        Outcome::Transport(TransportKind::Local) => Verdict::Fatal,
+        Outcome::Transport(_) => Verdict::Backoff,
+        Outcome::Status {
+            status: 429 | 503,
+            retry_after,
+            ..
+        } => match retry_after.and_then(|v| retry::parse_retry_after(v, now)) {
+            Some(wait) if wait > MAX_RETRY_AFTER => Verdict::Fatal,
+            Some(wait) => Verdict::After(wait),
+            None => Verdict::Backoff,
+        },
+        Outcome::Status { status, .. } if status >= 500 => Verdict::Backoff,
+        Outcome::Status { .. } => Verdict::Fatal,
+    }
+}
 
 /// A Graph answer.
 pub enum Answer {
@@ -43,15 +74,16 @@ struct Token {
     renew_at: Instant,
 }
 
-/// One Graph session: a client, the credential, the cached token.
+/// One Graph session: a client, the credential, the cached token. Shared by
+/// the attempts of a request, hence the locks (never held across a wait).
 pub struct Graph<'a> {
     settings: &'a EntraSettings,
     http: reqwest::Client,
     credential: Loaded,
-    token: Option<Token>,
-    next_slot: Instant,
+    token: Mutex<Option<Token>>,
+    next_slot: Mutex<Instant>,
     /// Requests sent to Graph (the token endpoint not included).
-    pub requests: u64,
+    requests: AtomicU64,
 }
 
 /// `scheme://host/path` of `url`, without the query (delta and skip tokens).
@@ -59,6 +91,16 @@ pub fn shown(url: &str) -> String {
     match url.split_once('?') {
         Some((base, _)) => base.to_string(),
         None => url.to_string(),
+    }
+}
+
+/// Logs a retry the mechanics are about to wait for.
+fn log_retry(url: &str, attempt: u32, error: &SourceError, wait: Duration) {
+    let wait_s = wait.as_secs_f64();
+    if matches!(error, SourceError::GraphThrottled { .. }) {
+        tracing::info!(url = %shown(url), attempt, wait_s, "Graph throttled; waiting as asked");
+    } else {
+        tracing::debug!(url = %shown(url), attempt, wait_s, error = %error, "Graph request failed; retrying");
     }
 }
 
@@ -79,10 +121,15 @@ impl<'a> Graph<'a> {
             settings,
             http,
             credential,
-            token: None,
-            next_slot: Instant::now(),
-            requests: 0,
+            token: Mutex::new(None),
+            next_slot: Mutex::new(Instant::now()),
+            requests: AtomicU64::new(0),
         })
+    }
+
+    /// Requests sent to Graph so far (the token endpoint not included).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     fn token_url(&self) -> String {
@@ -92,9 +139,13 @@ impl<'a> Graph<'a> {
         )
     }
 
+    fn cached_token(&self) -> std::sync::MutexGuard<'_, Option<Token>> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A valid access token: the cached one, or a new one.
-    async fn token(&mut self) -> Result<SecretString, SourceError> {
-        if let Some(t) = &self.token
+    async fn token(&self) -> Result<SecretString, SourceError> {
+        if let Some(t) = &*self.cached_token()
             && Instant::now() < t.renew_at
         {
             return Ok(t.value.clone());
@@ -109,45 +160,14 @@ impl<'a> Graph<'a> {
             ("grant_type", "client_credentials"),
         ];
         form.extend(proof.iter().map(|(k, v)| (*k, v.expose_secret())));
-        let mut attempt = 0;
-        let response = loop {
-            attempt += 1;
-            let sent = self.http.post(&url).form(&form).send().await;
-            match sent {
-                Ok(r)
-                    if (r.status().is_server_error() || r.status().as_u16() == 429)
-                        && attempt < MAX_ATTEMPTS => {}
-                Ok(r) => break r,
-                Err(e) if attempt >= MAX_ATTEMPTS => {
-                    return Err(SourceError::GraphUnreachable {
-                        url,
-                        reason: plain(&e),
-                    });
-                }
-                Err(_) => {}
-            }
-            tokio::time::sleep(backoff(attempt)).await;
-        };
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let error = body["error"].as_str().unwrap_or("");
-            let description = body["error_description"]
-                .as_str()
-                .and_then(|d| d.lines().next())
-                .unwrap_or("");
-            let reason = match (error, description) {
-                ("", "") => format!("HTTP {}", status.as_u16()),
-                (e, "") => format!("HTTP {}: {e}", status.as_u16()),
-                (e, d) => format!("HTTP {}: {e}: {d}", status.as_u16()),
-            };
-            return Err(SourceError::EntraAuthRefused {
-                tenant: s.tenant_id.clone(),
-                client_id: s.client_id.clone(),
-                credential: s.credential.describe(),
-                reason,
-            });
-        }
+        let body = retry::run(
+            &RETRY,
+            fastrand::f64,
+            |attempt, error, wait| log_retry(&url, attempt, error, wait),
+            |error, _| error,
+            |_| self.token_attempt(&url, &form),
+        )
+        .await?;
         let Some(access) = body["access_token"].as_str().filter(|t| !t.is_empty()) else {
             return Err(SourceError::GraphBadAnswer {
                 url,
@@ -162,7 +182,7 @@ impl<'a> Graph<'a> {
         );
         let margin = RENEW_MARGIN.min(lifetime / 10);
         let value = SecretString::from(access.to_string());
-        self.token = Some(Token {
+        *self.cached_token() = Some(Token {
             value: value.clone(),
             renew_at: Instant::now() + lifetime.saturating_sub(margin),
         });
@@ -173,18 +193,67 @@ impl<'a> Graph<'a> {
         Ok(value)
     }
 
-    /// Waits for this request's slot under `rate_limit`.
-    async fn pace(&mut self) {
-        let now = Instant::now();
-        if self.next_slot > now {
-            tokio::time::sleep(self.next_slot - now).await;
+    /// One POST to the token endpoint: its JSON answer, or why not.
+    async fn token_attempt(&self, url: &str, form: &[(&str, &str)]) -> Attempt<Value, SourceError> {
+        let response = match self.http.post(url).form(form).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let error = SourceError::GraphUnreachable {
+                    url: url.to_string(),
+                    reason: plain(&e),
+                };
+                return classify(Outcome::Transport(TransportKind::of(&e)), SystemTime::now())
+                    .attempt(error);
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = header(&response, "retry-after");
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Attempt::Success(body);
         }
+        let error = body["error"].as_str().unwrap_or("");
+        let description = body["error_description"]
+            .as_str()
+            .and_then(|d| d.lines().next())
+            .unwrap_or("");
+        let reason = match (error, description) {
+            ("", "") => format!("HTTP {status}"),
+            (e, "") => format!("HTTP {status}: {e}"),
+            (e, d) => format!("HTTP {status}: {e}: {d}"),
+        };
+        let s = self.settings;
+        let refused = SourceError::EntraAuthRefused {
+            tenant: s.tenant_id.clone(),
+            client_id: s.client_id.clone(),
+            credential: s.credential.describe(),
+            reason,
+        };
+        let outcome = Outcome::Status {
+            status,
+            retry_after: retry_after.as_deref(),
+            rate_limit_reset: None,
+        };
+        classify(outcome, SystemTime::now()).attempt(refused)
+    }
+
+    /// Waits for this request's slot under `rate_limit`.
+    async fn pace(&self) {
         let interval = Duration::from_secs_f64(1.0 / f64::from(self.settings.rate_limit.max(1)));
-        self.next_slot = self.next_slot.max(Instant::now()) + interval;
+        let slot = {
+            let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = (*next).max(Instant::now());
+            *next = slot + interval;
+            slot
+        };
+        let now = Instant::now();
+        if slot > now {
+            tokio::time::sleep(slot - now).await;
+        }
     }
 
     /// GET `url` (absolute, under `graph_url`), retried as documented above.
-    pub async fn get(&mut self, url: &str) -> Result<Answer, SourceError> {
+    pub async fn get(&self, url: &str) -> Result<Answer, SourceError> {
         let graph = &self.settings.graph_url;
         if !url.starts_with(&format!("{graph}/")) {
             return Err(SourceError::GraphBadAnswer {
@@ -192,115 +261,126 @@ impl<'a> Graph<'a> {
                 reason: format!("a link outside graph_url {graph} is not followed"),
             });
         }
-        let mut refreshed = false;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let token = self.token().await?;
-            self.pace().await;
-            self.requests += 1;
-            let sent = self
-                .http
-                .get(url)
-                .bearer_auth(token.expose_secret())
-                .header("Accept", "application/json")
-                .send()
-                .await;
-            let response = match sent {
-                Ok(r) => r,
+        let refreshed = AtomicBool::new(false);
+        retry::run(
+            &RETRY,
+            fastrand::f64,
+            |attempt, error, wait| log_retry(url, attempt, error, wait),
+            |error, _| error,
+            |attempt| self.get_attempt(url, attempt, &refreshed),
+        )
+        .await
+    }
+
+    /// One GET; `attempt` is its number, `refreshed` whether the token was
+    /// renewed after a 401 already.
+    async fn get_attempt(
+        &self,
+        url: &str,
+        attempt: u32,
+        refreshed: &AtomicBool,
+    ) -> Attempt<Answer, SourceError> {
+        let token = match self.token().await {
+            Ok(token) => token,
+            Err(e) => return Attempt::Fatal(e),
+        };
+        self.pace().await;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose_secret())
+            .header("Accept", "application/json")
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let error = SourceError::GraphUnreachable {
+                    url: shown(url),
+                    reason: plain(&e),
+                };
+                return classify(Outcome::Transport(TransportKind::of(&e)), SystemTime::now())
+                    .attempt(error);
+            }
+        };
+        let status = response.status().as_u16();
+        let retry_after = header(&response, "retry-after");
+        if status == 200 {
+            let text = match response.text().await {
+                Ok(text) => text,
                 Err(e) => {
-                    if attempt >= MAX_ATTEMPTS {
-                        return Err(SourceError::GraphUnreachable {
-                            url: shown(url),
-                            reason: plain(&e),
-                        });
-                    }
-                    tracing::debug!(url = %shown(url), attempt, "Graph request failed; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
-                    continue;
-                }
-            };
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(retry_after_secs);
-            if status == 200 {
-                let text = response
-                    .text()
-                    .await
-                    .map_err(|e| SourceError::GraphUnreachable {
+                    return Attempt::Fatal(SourceError::GraphUnreachable {
                         url: shown(url),
                         reason: plain(&e),
-                    })?;
-                return serde_json::from_str(&text).map(Answer::Ok).map_err(|e| {
-                    SourceError::GraphBadAnswer {
-                        url: shown(url),
-                        reason: format!("the answer is not JSON ({e})"),
-                    }
-                });
-            }
-            if status == 429 || status == 503 {
-                let wait = retry_after.map(Duration::from_secs);
-                let too_long = wait.is_some_and(|w| w > MAX_RETRY_AFTER);
-                if attempt >= MAX_ATTEMPTS || too_long {
-                    return Err(SourceError::GraphThrottled {
-                        url: shown(url),
-                        status,
-                        retry_after: retry_after.unwrap_or(0),
-                        attempts: attempt,
                     });
                 }
-                let wait = wait.unwrap_or_else(|| backoff(attempt));
-                tracing::info!(url = %shown(url), status, wait_s = wait.as_secs_f64(), "Graph throttled; waiting as asked");
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            if status >= 500 && attempt < MAX_ATTEMPTS {
-                tokio::time::sleep(backoff(attempt)).await;
-                continue;
-            }
-            if status == 401 && !refreshed {
-                // The token may have been revoked or expired early: one fresh try.
-                refreshed = true;
-                self.token = None;
-                continue;
-            }
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            let code = body["error"]["code"].as_str().unwrap_or("").to_string();
-            if (status == 400 || status == 410)
-                && RESYNC_CODES.iter().any(|c| c.eq_ignore_ascii_case(&code))
-            {
-                return Ok(Answer::Resync { status, code });
-            }
-            let message = body["error"]["message"]
-                .as_str()
-                .and_then(|m| m.lines().next())
-                .unwrap_or("")
-                .to_string();
-            let permission = (status == 403).then(|| permission_for(url)).flatten();
-            return Err(SourceError::GraphRefused {
+            };
+            return match serde_json::from_str(&text) {
+                Ok(value) => Attempt::Success(Answer::Ok(value)),
+                Err(e) => Attempt::Fatal(SourceError::GraphBadAnswer {
+                    url: shown(url),
+                    reason: format!("the answer is not JSON ({e})"),
+                }),
+            };
+        }
+        let now = SystemTime::now();
+        let outcome = Outcome::Status {
+            status,
+            retry_after: retry_after.as_deref(),
+            rate_limit_reset: None,
+        };
+        if status == 429 || status == 503 {
+            let waited = retry_after
+                .as_deref()
+                .and_then(|v| retry::parse_retry_after(v, now));
+            let error = SourceError::GraphThrottled {
                 url: shown(url),
                 status,
-                code,
-                message,
-                permission,
-            });
+                retry_after: waited.map_or(0, |w| w.as_secs()),
+                attempts: attempt,
+            };
+            return classify(outcome, now).attempt(error);
         }
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+        if (status == 400 || status == 410)
+            && RESYNC_CODES.iter().any(|c| c.eq_ignore_ascii_case(&code))
+        {
+            return Attempt::Success(Answer::Resync { status, code });
+        }
+        let message = body["error"]["message"]
+            .as_str()
+            .and_then(|m| m.lines().next())
+            .unwrap_or("")
+            .to_string();
+        let permission = (status == 403).then(|| permission_for(url)).flatten();
+        let error = SourceError::GraphRefused {
+            url: shown(url),
+            status,
+            code,
+            message,
+            permission,
+        };
+        if status == 401 && !refreshed.swap(true, Ordering::Relaxed) {
+            // The token may have been revoked or expired early: one fresh try, at once.
+            *self.cached_token() = None;
+            return Attempt::Retryable {
+                error,
+                wait: Some(Duration::ZERO),
+            };
+        }
+        classify(outcome, now).attempt(error)
     }
 }
 
-/// `Retry-After` as seconds, or as an HTTP date (seconds from now).
-fn retry_after_secs(value: &str) -> Option<u64> {
-    let value = value.trim();
-    value.parse().ok().or_else(|| {
-        let at = httpdate::parse_http_date(value).ok()?;
-        Some(
-            at.duration_since(std::time::SystemTime::now())
-                .map_or(0, |d| d.as_secs()),
-        )
-    })
+/// A header's value, if it is text.
+fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The application permission reading `url` needs.
@@ -313,12 +393,6 @@ fn permission_for(url: &str) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    let exp = FIRST_BACKOFF.saturating_mul(1 << attempt.saturating_sub(1).min(10));
-    let jitter = Duration::from_millis(fastrand::u64(0..=100));
-    exp.min(MAX_BACKOFF) + jitter
 }
 
 /// A reqwest error without the URL (it may carry a delta token).
@@ -348,10 +422,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_is_seconds_or_a_date() {
-        assert_eq!(retry_after_secs(" 7 "), Some(7));
-        assert_eq!(retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"), Some(0));
-        assert_eq!(retry_after_secs("soon"), None);
+    fn graph_classification_table() {
+        // 2026-01-01T00:00:00Z
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        let secs = Duration::from_secs;
+        let status = |status, retry_after| Outcome::Status {
+            status,
+            retry_after,
+            rate_limit_reset: None,
+        };
+        let cases = [
+            // Throttled: Retry-After in seconds or as a date, waited in full up
+            // to MAX_RETRY_AFTER; longer ends the request; unreadable backs off.
+            (status(429, Some(" 7 ")), Verdict::After(secs(7))),
+            (status(503, Some("120")), Verdict::After(secs(120))),
+            (
+                status(429, Some("Thu, 01 Jan 2026 00:00:30 GMT")),
+                Verdict::After(secs(30)),
+            ),
+            (
+                status(429, Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+                Verdict::After(secs(0)),
+            ),
+            (status(429, Some("121")), Verdict::Fatal),
+            (status(503, Some("3600")), Verdict::Fatal),
+            (status(429, Some("soon")), Verdict::Backoff),
+            (status(429, None), Verdict::Backoff),
+            (status(503, None), Verdict::Backoff),
+            // Other server errors back off; Retry-After is not read there.
+            (status(500, Some("3600")), Verdict::Backoff),
+            (status(502, None), Verdict::Backoff),
+            (status(504, None), Verdict::Backoff),
+            // The request's fault, or answered by the caller (401, resync).
+            (status(400, None), Verdict::Fatal),
+            (status(401, None), Verdict::Fatal),
+            (status(403, None), Verdict::Fatal),
+            (status(404, None), Verdict::Fatal),
+            (status(410, None), Verdict::Fatal),
+            (Outcome::Transport(TransportKind::Timeout), Verdict::Backoff),
+            (Outcome::Transport(TransportKind::Connect), Verdict::Backoff),
+            (
+                Outcome::Transport(TransportKind::Interrupted),
+                Verdict::Backoff,
+            ),
+            (Outcome::Transport(TransportKind::Local), Verdict::Fatal),
+        ];
+        for (outcome, expected) in cases {
+            assert_eq!(classify(outcome, now), expected, "{outcome:?}");
+        }
     }
 
     #[test]

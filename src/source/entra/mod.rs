@@ -357,27 +357,21 @@ pub async fn read(
     let started = Instant::now();
     let select = user_select(attributes);
     let hash = select_hash(&select);
-    let mut graph = Graph::new(settings)?;
+    let graph = Graph::new(settings)?;
     let now = unix_now();
     let (updated, kind) = match full_round_reason(&mirror, &hash, now, settings.full_every) {
-        None => match incremental(&mut graph, mirror).await? {
+        None => match incremental(&graph, mirror).await? {
             Some(m) => (m, "incremental"),
             None => {
                 tracing::warn!(
                     "the Entra delta link expired or is unknown to Graph; starting a full round"
                 );
-                (
-                    full(&mut graph, settings, &select, hash, now).await?,
-                    "full",
-                )
+                (full(&graph, settings, &select, hash, now).await?, "full")
             }
         },
         Some(reason) => {
             tracing::info!(reason, "Entra full round");
-            (
-                full(&mut graph, settings, &select, hash, now).await?,
-                "full",
-            )
+            (full(&graph, settings, &select, hash, now).await?, "full")
         }
     };
     let dir = directory(&updated);
@@ -386,7 +380,7 @@ pub async fn read(
         users = dir.users.len(),
         groups = dir.groups.len(),
         unresolved_members = dir.unresolved_members,
-        graph_requests = graph.requests,
+        graph_requests = graph.requests(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Entra directory read"
     );
@@ -395,7 +389,7 @@ pub async fn read(
 
 /// Continues from the committed links, applying the changes to `mirror` (the
 /// engine's copy); `None` when Graph says a link is no longer valid.
-async fn incremental(graph: &mut Graph<'_>, mirror: Mirror) -> Result<Option<Mirror>, SourceError> {
+async fn incremental(graph: &Graph<'_>, mirror: Mirror) -> Result<Option<Mirror>, SourceError> {
     let mut m = mirror;
     let (Some(users_link), Some(groups_link)) = (m.users_link.clone(), m.groups_link.clone())
     else {
@@ -419,7 +413,7 @@ async fn incremental(graph: &mut Graph<'_>, mirror: Mirror) -> Result<Option<Mir
 
 /// A full round into an empty mirror.
 async fn full(
-    graph: &mut Graph<'_>,
+    graph: &Graph<'_>,
     settings: &EntraSettings,
     select: &str,
     select_hash: String,
@@ -456,7 +450,7 @@ async fn full(
 /// each page's objects to `apply`. The link in progress is local to the round;
 /// only the final delta link is returned. `None`: the link was expired.
 async fn round(
-    graph: &mut Graph<'_>,
+    graph: &Graph<'_>,
     start: &str,
     mut apply: impl FnMut(&[serde_json::Value]) -> PageStats,
 ) -> Result<Option<String>, SourceError> {
@@ -494,7 +488,7 @@ async fn round(
 
 /// `idsync check`: a token, one user and one group.
 pub async fn check(settings: &EntraSettings) -> Result<String, SourceError> {
-    let mut graph = Graph::new(settings)?;
+    let graph = Graph::new(settings)?;
     let mut found = Vec::new();
     for what in ["users", "groups"] {
         let url = format!("{}/v1.0/{what}?$select=id&$top=1", settings.graph_url);

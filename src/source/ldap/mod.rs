@@ -22,11 +22,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_saphyr::Spanned;
 
 use super::{Source, SourceConfigError, SourceError};
 use crate::model::{SourceDirectory, SourceUser};
+use crate::secret;
 
 /// Users: every inetOrgPerson (AD: set `(&(objectCategory=person)(objectClass=user))`).
 pub const DEFAULT_USER_FILTER: &str = "(objectClass=inetOrgPerson)";
@@ -676,28 +677,13 @@ impl PasswordSource {
                 _ => Err(SourceError::PasswordNotSet { var: var.clone() }),
             },
             PasswordSource::File(path) => {
-                let unreadable = |source| SourceError::PasswordFileUnreadable {
-                    path: path.clone(),
-                    source,
-                };
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let meta = std::fs::metadata(path).map_err(unreadable)?;
-                    let mode = meta.permissions().mode();
-                    if mode & 0o077 != 0 {
-                        return Err(SourceError::PasswordFileExposed {
-                            path: path.clone(),
-                            mode: mode & 0o777,
-                        });
-                    }
-                }
-                let text = std::fs::read_to_string(path).map_err(unreadable)?;
+                let text = secret::read(path).map_err(SourceError::password_file)?;
+                let text = text.expose_secret();
                 // Only the line ending an editor adds: spaces may be part of a password.
                 let password = text
                     .strip_suffix('\n')
                     .map(|t| t.strip_suffix('\r').unwrap_or(t))
-                    .unwrap_or(&text);
+                    .unwrap_or(text);
                 if password.is_empty() {
                     return Err(SourceError::PasswordFileEmpty { path: path.clone() });
                 }

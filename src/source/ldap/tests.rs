@@ -335,3 +335,59 @@ fn password_files_open_to_others_or_empty_are_refused() {
             .starts_with("export IDSYNC_TEST_SURELY_UNSET_PASSWORD=")
     );
 }
+
+/// `source.read()`'s error, or a panic if it is accepted or blocks (a FIFO
+/// with no writer never returns from `open`).
+fn password_refusal(source: PasswordSource) -> SourceError {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(source.read().err());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5))
+        .expect("reading the password blocked")
+        .expect("the password was accepted")
+}
+
+#[test]
+fn a_bind_password_file_that_is_a_fifo_is_refused_without_blocking() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pw");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    // Owner-only, so that only its kind can refuse it.
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let e = password_refusal(PasswordSource::File(fifo.clone()));
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "bind password file {} is a FIFO, not a regular file",
+            fifo.display()
+        )
+    );
+    assert!(e.is_unavailable());
+    assert_eq!(
+        e.hint(),
+        "point bind_password_file at a plain file holding the secret"
+    );
+}
+
+#[test]
+fn a_bind_password_file_in_a_folder_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let e = password_refusal(PasswordSource::File(file));
+    assert!(
+        e.to_string()
+            .contains("which other users can write to (mode 1777): they could replace it"),
+        "{e}"
+    );
+    assert!(e.hint().starts_with("chmod go-w "), "{}", e.hint());
+}
