@@ -692,15 +692,17 @@ async fn plan(
     out: Option<&Path>,
     detail: bool,
 ) -> Result<Exit, Failure> {
-    let (plan, input) = sync::plan_read_only(settings, full).await?;
-    if let Err(SyncError::Guard { stop, .. }) = sync::guard(&plan, settings, false, true) {
-        eprintln!(
-            "warning: `sync` would stop here: {}",
-            report::escape(&stop.to_string())
-        );
-        eprintln!("hint: {}", report::escape(stop.hint()));
-    }
-    if !full && let Some(stop) = sync::lost_state_stop(settings, input.state()).await {
+    let opts = SyncOptions {
+        full,
+        ..SyncOptions::default()
+    };
+    let sync::Planned {
+        plan,
+        input,
+        would_stop,
+        ..
+    } = sync::preview(settings, &opts, sync::Purpose::Review).await?;
+    for stop in &would_stop {
         eprintln!(
             "warning: `sync` would stop here: {}",
             report::escape(&stop.to_string())

@@ -1,8 +1,9 @@
 //! The engine: one sync cycle — read → map → plan → guard → apply → record —
-//! used by `sync`, by the daemon and by tests in-process. The planning half is
-//! shared with `plan` and `sync --dry-run`, so a dry run is the same plan,
-//! rendered and stopped. `inspect` gathers what `status` and `explain` show;
-//! `daemon` runs cycles on a schedule; `quarantine` backs scheduled cycles off
+//! as named steps, of which every command runs a prefix (see [`cycle`]):
+//! `sync` and the daemon all of them, `plan` and `sync --dry-run` the
+//! planning half, so a dry run is the same plan, rendered and stopped.
+//! `inspect` gathers what `status` and `explain` show; `daemon` runs cycles
+//! on a schedule; `quarantine` backs scheduled cycles off
 //! a failing target; `observe` writes the metrics file and `notify` posts
 //! alerts after each cycle.
 
@@ -611,36 +612,120 @@ where
     Ok(out)
 }
 
-/// Plans without changing anything: the state DB opened read-only (none is
-/// created), the target read only for `--full`. Shared by `plan` and
-/// `sync --dry-run`.
-pub async fn plan_read_only(
+impl SyncOptions {
+    /// The command a run is recorded under in the history, whether it
+    /// finished or stopped.
+    pub fn command(&self) -> &'static str {
+        match (&self.plan_file, self.full, self.only.is_empty()) {
+            (Some(_), _, _) => "sync --plan",
+            (None, true, _) => "sync --full",
+            (None, false, false) => "sync --only",
+            (None, false, true) => "sync",
+        }
+    }
+}
+
+/// What a plan is made for: it decides whether a stop is an error and how
+/// hard the target is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// `plan`: the stops a sync would make are shown beside the plan.
+    Review,
+    /// `sync --dry-run`: the stops a sync would make end it, as errors.
+    DryRun,
+    /// A real sync.
+    Sync,
+}
+
+/// Steps 3–6 done: a plan a sync may apply.
+pub struct Planned {
+    pub plan: Plan,
+    pub input: PlanningInput,
+    /// For a source with a mirror: the mirror to commit once the plan applied.
+    mirror: Option<MirrorUpdate>,
+    /// [`Purpose::Review`] only: the stops a sync of this plan would make, in
+    /// the order it would meet them.
+    pub would_stop: Vec<SyncError>,
+}
+
+/// Steps 3–6, the one sequence every command that plans runs: plan, `--only`,
+/// guards, lost state. `target` is read for `--full` and asked whether it
+/// holds anything when the state records nothing. A [`Purpose::Review`]
+/// collects the stops; the others fail at the first.
+async fn plan_checked<T: Target>(
     settings: &Settings,
-    full: bool,
-) -> Result<(Plan, PlanningInput), SyncError> {
+    source: &dyn Source,
+    mut db: Option<&mut StateDb>,
+    target: Option<&T>,
+    rules: TargetRules,
+    opts: &SyncOptions,
+    purpose: Purpose,
+) -> Result<Planned, SyncError> {
+    let full_target = target.filter(|_| opts.full);
+    let (input, mirror) =
+        planning_input(settings, source, db.as_deref_mut(), full_target, rules).await?;
+    let plan = plan::plan(&input);
+    let plan = restrict_to_only(plan, &input, settings, &opts.only)?;
+    let mut would_stop = Vec::new();
+    let mut stop = |e: SyncError| match purpose {
+        Purpose::Review => {
+            would_stop.push(e);
+            Ok(())
+        }
+        Purpose::DryRun | Purpose::Sync => Err(e),
+    };
+    if let Err(e) = guard(
+        &plan,
+        settings,
+        opts.allow_deletes,
+        purpose != Purpose::Sync,
+    ) {
+        stop(e)?;
+    }
+    if !opts.full
+        && let Some(e) = lost_state(settings, input.state(), db.as_deref(), target, purpose).await?
+    {
+        stop(e)?;
+    }
+    Ok(Planned {
+        plan,
+        input,
+        mirror,
+        would_stop,
+    })
+}
+
+/// Steps 1 and 3–6 without changing anything, for `plan` and
+/// `sync --dry-run`: the state DB opened read-only (none is created), the
+/// target read only for `--full`; otherwise one quick look at its schema (so
+/// the plan leaves out what it does not hold, as `sync` will) and, when the
+/// state records nothing, at whether it holds anything.
+pub async fn preview(
+    settings: &Settings,
+    opts: &SyncOptions,
+    purpose: Purpose,
+) -> Result<Planned, SyncError> {
     let mut db = StateDb::open_read_only(&settings.state_path)?;
-    let target = if full {
+    let (target, rules) = if opts.full {
         let client = client(settings)?;
         client.check().await.map_err(SyncError::Target)?;
-        Some(client)
+        let rules = client.rules();
+        (Some(client), rules)
     } else {
-        None
+        let client = quick_client(settings);
+        let rules = quick_rules(client.as_ref()).await;
+        (client, rules)
     };
-    let rules = match &target {
-        Some(client) => client.rules(),
-        None => quick_rules(settings).await,
-    };
-    // The updated mirror is dropped: a plan writes nothing.
-    let (input, _) = planning_input(
+    plan_checked(
         settings,
         settings.source.adapter(),
         db.as_mut(),
         target.as_ref(),
         rules,
+        opts,
+        purpose,
     )
-    .await?;
-    let plan = plan::plan(&input);
-    Ok((plan, input))
+    .await
 }
 
 /// `sync --only`: the plan cut down to the users asked for (unchanged when
@@ -664,7 +749,7 @@ fn restrict_to_only(
 }
 
 /// Checks `plan` against the guards; a stop carries the removals it held back.
-pub fn guard(
+fn guard(
     plan: &Plan,
     settings: &Settings,
     allow_deletes: bool,
@@ -685,6 +770,94 @@ pub fn guard(
     })
 }
 
+/// Would a plain sync stop on a lost state DB? It does when the state records
+/// nothing idsync did but `target` holds users or groups: users would be
+/// re-adopted through 409s, but groups would be created again beside the old
+/// ones on targets that allow duplicate names (`sync --full` adopts both by
+/// name). Returns that stop, or `None`.
+///
+/// A real sync fails when it cannot tell. `plan` and a dry run never need the
+/// target: without one (no token) they do not ask, and a failure to answer is
+/// only logged.
+async fn lost_state<T: Target>(
+    settings: &Settings,
+    state: &State,
+    db: Option<&StateDb>,
+    target: Option<&T>,
+    purpose: Purpose,
+) -> Result<Option<SyncError>, SyncError> {
+    let must_know = purpose == Purpose::Sync;
+    let nothing = match records_nothing(state, db) {
+        Ok(nothing) => nothing,
+        Err(e) if must_know => return Err(e.into()),
+        Err(_) => false,
+    };
+    let Some(target) = target.filter(|_| nothing) else {
+        return Ok(None);
+    };
+    match target.holds_anything().await {
+        Ok(true) => Ok(Some(SyncError::NoState {
+            path: settings.state_path.clone(),
+        })),
+        Ok(false) => Ok(None),
+        Err(e) if must_know => Err(SyncError::Target(e)),
+        Err(e) => {
+            tracing::debug!(error = %SyncError::Target(e), "could not tell whether the target is empty");
+            Ok(None)
+        }
+    }
+}
+
+/// Whether the state DB records nothing idsync ever did: no users, no groups,
+/// and no run that had operations (a run killed mid-way has its journal, and
+/// resumes). A deleted, emptied or replaced DB looks like this too.
+fn records_nothing(state: &State, db: Option<&StateDb>) -> Result<bool, StateError> {
+    if !state.users.is_empty() || !state.groups.is_empty() {
+        return Ok(false);
+    }
+    match db {
+        Some(db) => Ok(!db.ever_planned()?),
+        None => Ok(true),
+    }
+}
+
+/// A client for one quick look that planning does not need: one attempt per
+/// request, a short timeout; `None` without a token.
+fn quick_client(settings: &Settings) -> Option<ScimClient> {
+    let t = &settings.target;
+    let token = t.token.read().ok()?;
+    ScimClient::new(ClientOptions {
+        base_url: t.base_url.clone(),
+        token,
+        flavour: t.flavour,
+        rate_limit: t.rate_limit,
+        timeout: t.timeout.min(QUICK_LOOK_TIMEOUT),
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..t.retry
+        },
+        page_size: t.page_size,
+        member_chunk: t.member_chunk,
+    })
+    .ok()
+}
+
+/// What the target's schema says about the attributes it does not hold, from
+/// one quick look; without a client, or when the target cannot be asked, the
+/// plan is made without it (it never needs the target).
+async fn quick_rules(client: Option<&ScimClient>) -> TargetRules {
+    let Some(client) = client else {
+        return TargetRules::default();
+    };
+    match client.read_schema().await {
+        Ok(_) => client.rules(),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the target's schema");
+            TargetRules::default()
+        }
+    }
+}
+
 /// One `sync` against the configured source and target.
 pub async fn sync(
     settings: &Settings,
@@ -696,18 +869,21 @@ pub async fn sync(
         return dry_run(settings, opts).await;
     }
     let client = client(settings)?;
-    sync_with(settings, &client, opts, shutdown, progress).await
+    let mut db = StateDb::open(&settings.state_path)?;
+    sync_with(settings, &client, &mut db, opts, shutdown, progress).await
 }
 
-/// One real (not dry) `sync` through `client`.
+/// One real (not dry) `sync` through `client`, on the state DB `db`.
 pub async fn sync_with(
     settings: &Settings,
     client: &ScimClient,
+    db: &mut StateDb,
     opts: &SyncOptions,
     shutdown: Arc<AtomicBool>,
     progress: &dyn Progress,
 ) -> Result<RunSummary, SyncError> {
-    let summary = cycle(
+    let summary = cycle_on(
+        db,
         settings,
         settings.source.adapter(),
         client,
@@ -728,16 +904,10 @@ pub async fn sync_with(
     Ok(summary)
 }
 
+/// `sync --dry-run`: steps 1 and 3–6, the plan rendered and stopped.
 async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
     let started = Instant::now();
-    let (plan, input) = plan_read_only(settings, opts.full).await?;
-    let plan = restrict_to_only(plan, &input, settings, &opts.only)?;
-    guard(&plan, settings, opts.allow_deletes, true)?;
-    if !opts.full
-        && let Some(stop) = lost_state_stop(settings, input.state()).await
-    {
-        return Err(stop);
-    }
+    let Planned { plan, input, .. } = preview(settings, opts, Purpose::DryRun).await?;
     Ok(RunSummary {
         summary: plan.summary.clone(),
         applied: 0,
@@ -777,8 +947,24 @@ pub fn required_recorded(path: &Path) -> Result<Option<RequiredPaths>, StateErro
         .and_then(|json| serde_json::from_str(&json).ok()))
 }
 
-/// One cycle against any source and target: plan (or load a saved plan),
-/// guard, apply, record. Nothing is changed when planning or a guard fails.
+/// One cycle against any source and target: all the steps, from opening the
+/// state DB to recording how the run ended. Nothing is changed when planning
+/// or a guard fails. The steps, of which every command runs a prefix:
+///
+/// 1. open: the state DB, once (read-only for `plan` and `--dry-run`);
+/// 2. check: the target answers, and what its schema requires is recorded;
+/// 3. plan: the source read and mapped, the state loaded, the target read for
+///    `--full` — or, for `sync --plan`, the saved plan loaded and verified;
+/// 4. only: for `--only`, the plan cut down to the users asked for;
+/// 5. guard: the removal guards;
+/// 6. lost state: nothing recorded, but a populated target ([`SyncError::NoState`]);
+/// 7. apply: the executor;
+/// 8. record: how the run ended — `finish` after 7, `stopped` before it,
+///    under the one name [`SyncOptions::command`] gives.
+///
+/// `plan` runs 1 and 3–6 and shows a stop as a warning; `sync --dry-run` runs
+/// the same and ends at a stop; `sync`, `--only`, `--full` and the daemon run
+/// them all; `sync --plan` skips 4 and 5 (the plan was reviewed as it is).
 pub async fn cycle<T: Target>(
     settings: &Settings,
     source: &dyn Source,
@@ -787,105 +973,49 @@ pub async fn cycle<T: Target>(
     shutdown: Arc<AtomicBool>,
     progress: &dyn Progress,
 ) -> Result<RunSummary, SyncError> {
-    let started = Instant::now();
     let mut db = StateDb::open(&settings.state_path)?;
-    if let Err(e) = target.check().await {
-        let e = SyncError::Target(e);
-        let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
-        let _ = quarantine::record(&db, Some(&e.to_string()), chrono::Utc::now());
-        return Err(e);
-    }
-    if let Some(required) = target.required_paths() {
-        record_required(&db, &required).map_err(SyncError::StateWrite)?;
-    }
+    cycle_on(&mut db, settings, source, target, opts, shutdown, progress).await
+}
 
-    let mut source_objects = None;
-    let (plan, state, command, mirror) = match &opts.plan_file {
-        Some(path) => {
-            let plan = load_saved_plan(path)?;
-            let state = state_for_saved_plan(&mut db, &plan)?;
-            let expected = plan::fingerprint(
-                &settings.fingerprint,
-                state.generation,
-                false,
-                &plan.operations,
-            );
-            if plan.full || plan.fingerprint != expected {
-                return Err(SyncError::StalePlan { path: path.clone() });
-            }
-            // The fingerprint can be recomputed by anyone who reads the config:
-            // the operations themselves must name what the state records.
-            plan::verify_saved(&plan, &state).map_err(|mismatch| SyncError::PlanMismatch {
-                path: path.clone(),
-                mismatch,
-            })?;
-            (plan, state, "sync --plan", None)
-        }
-        None => {
-            let full_target = opts.full.then_some(target);
-            let (input, mirror) =
-                match planning_input(settings, source, Some(&mut db), full_target, target.rules())
-                    .await
-                {
-                    Ok(read) => read,
-                    Err(e) => {
-                        let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
-                        return Err(e);
-                    }
-                };
-            let plan = plan::plan(&input);
-            let plan = match restrict_to_only(plan, &input, settings, &opts.only) {
-                Ok(plan) => plan,
-                Err(e) => {
-                    let _ = db.record_stopped_run("sync", e.exit() as i32, &e.to_string());
-                    return Err(e);
-                }
-            };
-            if let Err(e) = guard(&plan, settings, opts.allow_deletes, false) {
-                if let SyncError::Guard { stop, .. } = &e {
-                    let _ = db.record_stopped_run("sync", e.exit() as i32, &stop.to_string());
-                }
-                return Err(e);
-            }
-            source_objects = Some(source_counts(&input));
-            let command = match (opts.full, opts.only.is_empty()) {
-                (true, _) => "sync --full",
-                (false, false) => "sync --only",
-                (false, true) => "sync",
-            };
-            (plan, input.into_state(), command, mirror)
-        }
+/// Steps 2–8 on a state DB already open: a stop before anything was applied
+/// is recorded here, for every command alike.
+async fn cycle_on<T: Target>(
+    db: &mut StateDb,
+    settings: &Settings,
+    source: &dyn Source,
+    target: &T,
+    opts: &SyncOptions,
+    shutdown: Arc<AtomicBool>,
+    progress: &dyn Progress,
+) -> Result<RunSummary, SyncError> {
+    let started = Instant::now();
+    let command = opts.command();
+    let ready = match prepare(db, settings, source, target, opts).await {
+        Ok(ready) => ready,
+        Err(e) => return Err(stopped(db, command, e)),
     };
-
-    if !opts.full
-        && records_nothing(&state, Some(&db))?
-        && let Err(e) = refuse_populated_target(settings, target).await
-    {
-        let _ = db.record_stopped_run(command, e.exit() as i32, &e.to_string());
-        return Err(e);
-    }
-
-    for w in &plan.warnings {
+    for w in &ready.plan.warnings {
         tracing::warn!("{w}");
     }
     let executor = Executor {
         target: target.clone(),
-        db: &mut db,
-        state,
+        db: &mut *db,
+        state: ready.state,
         create_only: settings.mapping.create_only(),
         concurrency: settings.target.concurrency,
         shutdown,
         progress,
     };
     let (outcome, run) = executor
-        .run(command, &plan)
+        .run(command, &ready.plan)
         .await
         .map_err(SyncError::StateWrite)?;
+    let plan = ready.plan;
 
     // The mirror (and its delta links) is committed only when the whole plan
     // was applied (or was empty): otherwise the next cycle reads the same
     // changes again.
-    if let Some(mirror) = &mirror {
+    if let Some(mirror) = &ready.mirror {
         if outcome.failed == 0 && outcome.stopped.is_none() {
             db.save_mirror(&mirror.old, &mirror.new)
                 .map_err(SyncError::StateWrite)?;
@@ -903,40 +1033,140 @@ pub async fn cycle<T: Target>(
         }
         _ => Exit::Ok,
     };
-    let exit_code = exit as i32;
+    let target_failure = match &outcome.stopped {
+        Some(stop @ (Stop::Unauthorized(_) | Stop::FailureBudget { .. })) => Some(stop.to_string()),
+        _ => None,
+    };
     let summary = RunSummary {
         summary: plan.summary.clone(),
         applied: outcome.applied,
         failed: outcome.failed,
         skipped: outcome.skipped,
         duration_ms: started.elapsed().as_millis() as u64,
-        exit_code,
+        exit_code: exit as i32,
         failures: outcome.failures,
         warnings: plan.warnings.clone(),
         held_groups: plan.held_groups,
         stopped: outcome.stopped.as_ref().map(ToString::to_string),
         dry_run: false,
         dry_run_plan: None,
-        source_objects,
+        source_objects: ready.source_objects,
     };
+    finish(db, settings, run, &summary, target_failure.as_deref())?;
+    Ok(summary)
+}
+
+/// Steps 2–6 done for a real sync: what the executor is given.
+struct Ready {
+    plan: Plan,
+    state: State,
+    mirror: Option<MirrorUpdate>,
+    source_objects: Option<observe::SourceCounts>,
+}
+
+/// Steps 2–6 of a real sync: check the target, then plan and check the plan
+/// (or load a saved plan and check it for a lost state DB).
+async fn prepare<T: Target>(
+    db: &mut StateDb,
+    settings: &Settings,
+    source: &dyn Source,
+    target: &T,
+    opts: &SyncOptions,
+) -> Result<Ready, SyncError> {
+    check_target(db, target).await?;
+    let Some(path) = &opts.plan_file else {
+        let planned = plan_checked(
+            settings,
+            source,
+            Some(db),
+            Some(target),
+            target.rules(),
+            opts,
+            Purpose::Sync,
+        )
+        .await?;
+        return Ok(Ready {
+            source_objects: Some(source_counts(&planned.input)),
+            plan: planned.plan,
+            state: planned.input.into_state(),
+            mirror: planned.mirror,
+        });
+    };
+    let (plan, state) = saved_plan(db, settings, path)?;
+    if !opts.full
+        && let Some(stop) =
+            lost_state(settings, &state, Some(db), Some(target), Purpose::Sync).await?
+    {
+        return Err(stop);
+    }
+    Ok(Ready {
+        plan,
+        state,
+        mirror: None,
+        source_objects: None,
+    })
+}
+
+/// Step 2: the target answers (a failure counts towards its quarantine), and
+/// what its schema requires is recorded for `validate`.
+async fn check_target<T: Target>(db: &StateDb, target: &T) -> Result<(), SyncError> {
+    if let Err(e) = target.check().await {
+        let e = SyncError::Target(e);
+        if let Err(record) = quarantine::record(db, Some(&e.to_string()), chrono::Utc::now()) {
+            tracing::warn!(error = %record, "could not record the target's failure for its quarantine");
+        }
+        return Err(e);
+    }
+    if let Some(required) = target.required_paths() {
+        record_required(db, &required).map_err(SyncError::StateWrite)?;
+    }
+    Ok(())
+}
+
+/// Step 8 for a cycle that stopped before anything was applied: the stop is
+/// recorded under `command`, so `status` shows it, and `e` is handed back.
+/// A failure to record it is logged, not returned: the operator needs to
+/// know why the cycle stopped more than that the history missed it.
+fn stopped(db: &mut StateDb, command: &str, e: SyncError) -> SyncError {
+    // A guard stop is recorded as the stop itself: "nothing was changed" goes
+    // without saying in the history.
+    let reason = match &e {
+        SyncError::Guard { stop, .. } => stop.to_string(),
+        e => e.to_string(),
+    };
+    if let Err(record) = db.record_stopped_run(command, e.exit() as i32, &reason) {
+        tracing::warn!(
+            error = %record,
+            stopped = %reason,
+            "could not record the stopped run in the state DB's history"
+        );
+    }
+    e
+}
+
+/// Step 8 for a run the executor ran: its end in the history, and the
+/// target's quarantine cleared or counted on.
+fn finish(
+    db: &mut StateDb,
+    settings: &Settings,
+    run: i64,
+    summary: &RunSummary,
+    target_failure: Option<&str>,
+) -> Result<(), SyncError> {
     let summary_json = serde_json::to_string(&summary.summary).unwrap_or_default();
     db.finish_run(
         run,
         &RunEnd {
             applied: summary.applied as i64,
             failed: summary.failed as i64,
-            exit_code,
+            exit_code: summary.exit_code,
             summary: &summary_json,
             error: summary.stopped.as_deref(),
         },
         settings.history_days,
     )?;
-    let target_failure = match &outcome.stopped {
-        Some(stop @ (Stop::Unauthorized(_) | Stop::FailureBudget { .. })) => Some(stop.to_string()),
-        _ => None,
-    };
-    quarantine::record(&db, target_failure.as_deref(), chrono::Utc::now())?;
-    Ok(summary)
+    quarantine::record(db, target_failure, chrono::Utc::now())?;
+    Ok(())
 }
 
 /// Users and groups in scope in the source, as the planning input holds them.
@@ -948,92 +1178,33 @@ fn source_counts(input: &PlanningInput) -> observe::SourceCounts {
     }
 }
 
-/// Whether the state DB records nothing idsync ever did: no users, no groups,
-/// and no run that had operations (a run killed mid-way has its journal, and
-/// resumes). A deleted, emptied or replaced DB looks like this too.
-fn records_nothing(state: &State, db: Option<&StateDb>) -> Result<bool, StateError> {
-    if !state.users.is_empty() || !state.groups.is_empty() {
-        return Ok(false);
-    }
-    match db {
-        Some(db) => Ok(!db.ever_planned()?),
-        None => Ok(true),
-    }
-}
-
-/// Stops a plain sync without state against a target that already holds users
-/// or groups: users would be re-adopted through 409s, but groups would be
-/// created again beside the old ones on targets that allow duplicate names.
-/// `sync --full` adopts both by name.
-async fn refuse_populated_target<T: Target>(
+/// Step 3 for `sync --plan`: the saved plan, loaded and checked against the
+/// state it was made from, with that state.
+fn saved_plan(
+    db: &mut StateDb,
     settings: &Settings,
-    target: &T,
-) -> Result<(), SyncError> {
-    if target.holds_anything().await.map_err(SyncError::Target)? {
-        return Err(SyncError::NoState {
-            path: settings.state_path.clone(),
+    path: &Path,
+) -> Result<(Plan, State), SyncError> {
+    let plan = load_saved_plan(path)?;
+    let state = state_for_saved_plan(db, &plan)?;
+    let expected = plan::fingerprint(
+        &settings.fingerprint,
+        state.generation,
+        false,
+        &plan.operations,
+    );
+    if plan.full || plan.fingerprint != expected {
+        return Err(SyncError::StalePlan {
+            path: path.to_path_buf(),
         });
     }
-    Ok(())
-}
-
-/// A client for one quick look that planning does not need: one attempt per
-/// request, a short timeout; `None` without a token.
-fn quick_client(settings: &Settings) -> Option<ScimClient> {
-    let t = &settings.target;
-    let token = t.token.read().ok()?;
-    ScimClient::new(ClientOptions {
-        base_url: t.base_url.clone(),
-        token,
-        flavour: t.flavour,
-        rate_limit: t.rate_limit,
-        timeout: t.timeout.min(QUICK_LOOK_TIMEOUT),
-        retry: RetryPolicy {
-            max_attempts: 1,
-            ..t.retry
-        },
-        page_size: t.page_size,
-        member_chunk: t.member_chunk,
-    })
-    .ok()
-}
-
-/// For a plain `plan` (and `sync --dry-run`): what the target's schema says
-/// about the attributes it does not hold, so the plan leaves them out as
-/// `sync` will. One quick look; without a token, or when the target cannot be
-/// asked, the plan is made without it (it never needs the target).
-async fn quick_rules(settings: &Settings) -> TargetRules {
-    let Some(client) = quick_client(settings) else {
-        return TargetRules::default();
-    };
-    match client.read_schema().await {
-        Ok(_) => client.rules(),
-        Err(e) => {
-            tracing::debug!(error = %e, "could not read the target's schema");
-            TargetRules::default()
-        }
-    }
-}
-
-/// For `plan` and `sync --dry-run`, which change nothing: the stop a plain
-/// `sync` would make because the state records nothing but the target holds
-/// users or groups. `None` when it would not, or when the target cannot be
-/// asked (no token, unreachable): planning never needs the target, so one
-/// quick attempt is made and its failure is only logged.
-pub async fn lost_state_stop(settings: &Settings, state: &State) -> Option<SyncError> {
-    let db = StateDb::open_read_only(&settings.state_path).ok()?;
-    if !records_nothing(state, db.as_ref()).ok()? {
-        return None;
-    }
-    let client = quick_client(settings)?;
-    match refuse_populated_target(settings, &client).await {
-        Ok(()) => None,
-        Err(e @ SyncError::NoState { .. }) => Some(e),
-        Err(e) => {
-            tracing::debug!(error = %e, "could not tell whether the target is empty");
-            None
-        }
-    }
+    // The fingerprint can be recomputed by anyone who reads the config: the
+    // operations themselves must name what the state records.
+    plan::verify_saved(&plan, &state).map_err(|mismatch| SyncError::PlanMismatch {
+        path: path.to_path_buf(),
+        mismatch,
+    })?;
+    Ok((plan, state))
 }
 
 /// The state a saved plan is applied to: loaded, with the pushed attributes of

@@ -22,7 +22,7 @@ use crate::apply::Progress;
 use crate::config::Settings;
 use crate::state::StateDb;
 
-use super::{Exit, RunSummary, SyncError, SyncOptions, client, notify, quarantine};
+use super::{RunSummary, SyncError, SyncOptions, client, notify, quarantine};
 
 /// Renders the metrics file from a cycle's facts and the previous file's text
 /// (counters continue from it).
@@ -68,24 +68,31 @@ pub struct SourceCounts {
 }
 
 /// What is known before a cycle starts, to tell its own runs and a new
-/// quarantine apart afterwards.
+/// quarantine apart afterwards: read from the state DB the cycle holds, so
+/// no other run comes between.
 struct Before {
     latest_run: Option<i64>,
     quarantined: bool,
 }
 
 impl Before {
-    fn look(settings: &Settings) -> Before {
-        let db = StateDb::open_read_only(&settings.state_path).ok().flatten();
-        let now = Utc::now();
+    fn look(db: &StateDb) -> Before {
         Before {
-            latest_run: db.as_ref().and_then(|db| db.latest_run_id().ok()),
-            quarantined: db
-                .as_ref()
-                .and_then(|db| quarantine::load(db).ok())
-                .is_some_and(|q| q.holds(now)),
+            latest_run: db.latest_run_id().ok(),
+            quarantined: quarantine::load(db)
+                .ok()
+                .is_some_and(|q| q.holds(Utc::now())),
         }
     }
+}
+
+/// A cycle that ran, as observed: the state DB it held, handed over when it
+/// ended, and what its client counted.
+struct Ran {
+    db: StateDb,
+    before: Before,
+    http: BTreeMap<u16, u64>,
+    throttled: u64,
 }
 
 /// One `sync` with its metrics file written and its notification sent. A dry
@@ -100,35 +107,40 @@ pub async fn observed_sync(
     if opts.dry_run || (settings.metrics_file.is_none() && settings.notify.is_none()) {
         return super::sync(settings, opts, shutdown, progress).await;
     }
-    let before = Before::look(settings);
     let started = Instant::now();
-    let (result, http, throttled) = match client(settings) {
-        Err(e) => (Err(e), BTreeMap::new(), 0),
-        Ok(client) => {
-            let result = super::sync_with(settings, &client, opts, shutdown, progress).await;
-            (result, client.status_counts(), client.stats().throttled)
-        }
+    // The state DB is opened once, by the cycle, after the client (a missing
+    // token creates no DB).
+    let (result, ran) = match client(settings) {
+        Err(e) => (Err(e), None),
+        Ok(client) => match StateDb::open(&settings.state_path) {
+            Err(e) => (Err(SyncError::from(e)), None),
+            Ok(mut db) => {
+                let before = Before::look(&db);
+                let result =
+                    super::sync_with(settings, &client, &mut db, opts, shutdown, progress).await;
+                let ran = Ran {
+                    db,
+                    before,
+                    http: client.status_counts(),
+                    throttled: client.stats().throttled,
+                };
+                (result, Some(ran))
+            }
+        },
     };
-    let facts = gather(
-        settings,
-        &before,
-        &result,
-        started.elapsed(),
-        http,
-        throttled,
-    );
+    let facts = gather(settings, ran, &result, started.elapsed());
     publish(settings, &facts, render).await;
     result
 }
 
-/// The facts of a cycle that ended with `result`.
+/// The facts of a cycle that ended with `result`. A cycle that never held
+/// the state DB (no token, another run's lock) recorded nothing of its own:
+/// the DB is only read, for what it records.
 fn gather(
     settings: &Settings,
-    before: &Before,
+    ran: Option<Ran>,
     result: &Result<RunSummary, SyncError>,
     duration: Duration,
-    http: BTreeMap<u16, u64>,
-    throttled: u64,
 ) -> CycleFacts {
     let finished_at = Utc::now();
     let (exit_code, failed, stopped, source_objects) = match result {
@@ -140,12 +152,19 @@ fn gather(
         ),
         Err(e) => (e.exit() as u8, 0, Some(e.to_string()), None),
     };
-    let db = StateDb::open_read_only(&settings.state_path).ok().flatten();
-    // Another run's lock (exit 4): this cycle recorded nothing of its own.
-    let operations = match (&db, before.latest_run) {
-        (Some(db), after) if exit_code != Exit::Locked as u8 => {
-            db.op_counts_after(after.unwrap_or(0)).unwrap_or_default()
-        }
+    let (db, before, http, throttled) = match ran {
+        Some(ran) => (Some(ran.db), Some(ran.before), ran.http, ran.throttled),
+        None => (
+            StateDb::open_read_only(&settings.state_path).ok().flatten(),
+            None,
+            BTreeMap::new(),
+            0,
+        ),
+    };
+    let operations = match (&db, &before) {
+        (Some(db), Some(before)) => db
+            .op_counts_after(before.latest_run.unwrap_or(0))
+            .unwrap_or_default(),
         _ => Vec::new(),
     };
     let objects = db
@@ -161,6 +180,7 @@ fn gather(
         .as_ref()
         .and_then(|db| quarantine::load(db).ok())
         .is_some_and(|q| q.holds(finished_at));
+    let entered_quarantine = before.is_some_and(|b| quarantined && !b.quarantined);
     CycleFacts {
         finished_at,
         duration,
@@ -172,7 +192,7 @@ fn gather(
         http,
         throttled,
         quarantined,
-        entered_quarantine: quarantined && !before.quarantined,
+        entered_quarantine,
         failed,
         stopped,
     }

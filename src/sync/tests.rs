@@ -64,6 +64,19 @@ async fn run_with(
     .await
 }
 
+/// What `plan` shows: the plan and its input, the state DB read only.
+async fn plan_read_only(
+    settings: &Settings,
+    full: bool,
+) -> Result<(Plan, PlanningInput), SyncError> {
+    let opts = SyncOptions {
+        full,
+        ..SyncOptions::default()
+    };
+    let planned = preview(settings, &opts, Purpose::Review).await?;
+    Ok((planned.plan, planned.input))
+}
+
 fn user_names(target: &MemoryTarget) -> Vec<String> {
     let w = target.world.lock().unwrap();
     let mut names: Vec<String> = w
@@ -425,4 +438,122 @@ async fn a_streamed_csv_read_with_bad_rows_fails_as_a_source_error_before_any_ma
     let (whole, streamed) = whole_and_streamed(&settings).await;
     assert_eq!(whole.unwrap_err(), "mapping: 1");
     assert_eq!(streamed.unwrap_err(), "mapping: 1");
+}
+
+/// The newest run in the history: (command, exit code, error).
+fn latest_run(settings: &Settings) -> (String, Option<i64>, Option<String>) {
+    let report = inspect::status(settings).unwrap();
+    let run = report.runs.into_iter().next().expect("a run is recorded");
+    (run.command, run.exit_code, run.error)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_full_sync_is_recorded_as_sync_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    {
+        let mut w = target.world.lock().unwrap();
+        w.hidden = w.users.keys().cloned().collect();
+    }
+    let full = SyncOptions {
+        full: true,
+        ..SyncOptions::default()
+    };
+    let err = run_with(&settings, &target, &full).await.unwrap_err();
+    assert!(matches!(err, SyncError::PartialListing { .. }), "{err}");
+    let (command, exit_code, error) = latest_run(&settings);
+    assert_eq!(command, "sync --full");
+    assert_eq!(exit_code, Some(Exit::Unreachable as i64));
+    assert_eq!(error, Some(err.to_string()));
+
+    // A successful one has the same name.
+    target.world.lock().unwrap().hidden.clear();
+    run_with(&settings, &target, &full).await.unwrap();
+    assert_eq!(latest_run(&settings).0, "sync --full");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_only_sync_is_recorded_as_sync_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    let only = |who: &str| SyncOptions {
+        only: vec![who.to_string()],
+        ..SyncOptions::default()
+    };
+    let err = run_with(&settings, &target, &only("nobody@example.com"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::UnknownUser { .. }), "{err}");
+    let (command, exit_code, _) = latest_run(&settings);
+    assert_eq!(command, "sync --only");
+    assert_eq!(exit_code, Some(Exit::Usage as i64));
+
+    let mut moved = FOUR;
+    moved[0].2 = "Principal";
+    write_users(dir.path(), &moved);
+    let done = run_with(&settings, &target, &only("e1")).await.unwrap();
+    assert_eq!(done.applied, 1);
+    assert_eq!(latest_run(&settings).0, "sync --only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_saved_plan_is_recorded_as_sync_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    let saved = dir.path().join("plan.json");
+    let opts = SyncOptions {
+        plan_file: Some(saved.clone()),
+        ..SyncOptions::default()
+    };
+
+    std::fs::write(&saved, "not a plan").unwrap();
+    let err = run_with(&settings, &target, &opts).await.unwrap_err();
+    assert!(matches!(err, SyncError::NotAPlan { .. }), "{err}");
+    assert_eq!(
+        latest_run(&settings),
+        (
+            "sync --plan".to_string(),
+            Some(Exit::Usage as i64),
+            Some(err.to_string())
+        )
+    );
+
+    // A plan made before the state moved on.
+    let mut moved = FOUR;
+    moved[0].2 = "Principal";
+    write_users(dir.path(), &moved);
+    let (plan, _) = plan_read_only(&settings, false).await.unwrap();
+    std::fs::write(&saved, serde_json::to_string(&plan).unwrap()).unwrap();
+    run(&settings, &target).await.unwrap();
+    let err = run_with(&settings, &target, &opts).await.unwrap_err();
+    assert!(matches!(err, SyncError::StalePlan { .. }), "{err}");
+    assert_eq!(latest_run(&settings).0, "sync --plan");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_that_cannot_be_recorded_still_fails_with_its_own_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    let runs = inspect::status(&settings).unwrap().runs.len();
+    // The history refuses new runs; the rest of the DB works.
+    rusqlite::Connection::open(&settings.state_path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_runs BEFORE INSERT ON runs
+             BEGIN SELECT RAISE(ABORT, 'the history is full'); END;",
+        )
+        .unwrap();
+    std::fs::remove_file(dir.path().join("users.csv")).unwrap();
+
+    let err = run(&settings, &target).await.unwrap_err();
+    assert!(matches!(err, SyncError::Source(_)), "{err}");
+    assert_eq!(inspect::status(&settings).unwrap().runs.len(), runs);
 }
