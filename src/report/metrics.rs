@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::sync::observe::CycleFacts;
+use crate::sync::facts::CycleFacts;
 
 const LAST_SUCCESS: &str = "idsync_last_success_timestamp_seconds";
 const OPERATIONS: &str = "idsync_operations_total";
@@ -206,7 +206,7 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::observe::SourceCounts;
+    use crate::sync::facts::SourceCounts;
     use std::time::Duration;
 
     fn facts() -> CycleFacts {

@@ -8,6 +8,7 @@
 //! alerts after each cycle.
 
 pub mod daemon;
+pub mod facts;
 pub mod inspect;
 pub mod notify;
 pub mod observe;
@@ -259,7 +260,7 @@ pub struct RunSummary {
     pub dry_run_plan: Option<Plan>,
     /// Users and groups in scope in the source, when it was read (for metrics).
     #[serde(skip)]
-    pub source_objects: Option<observe::SourceCounts>,
+    pub source_objects: Option<facts::SourceCounts>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -1061,7 +1062,7 @@ struct Ready {
     plan: Plan,
     state: State,
     mirror: Option<MirrorUpdate>,
-    source_objects: Option<observe::SourceCounts>,
+    source_objects: Option<facts::SourceCounts>,
 }
 
 /// Steps 2–6 of a real sync: check the target, then plan and check the plan
@@ -1170,9 +1171,9 @@ fn finish(
 }
 
 /// Users and groups in scope in the source, as the planning input holds them.
-fn source_counts(input: &PlanningInput) -> observe::SourceCounts {
+fn source_counts(input: &PlanningInput) -> facts::SourceCounts {
     let desired = input.desired();
-    observe::SourceCounts {
+    facts::SourceCounts {
         users: desired.users.len() as u64,
         groups: desired.groups.len() as u64,
     }

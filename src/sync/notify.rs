@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::config::{NotifyEvent, NotifySettings};
 
 use super::Exit;
-use super::observe::CycleFacts;
+use super::facts::CycleFacts;
 
 /// How long one post may take, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(5);

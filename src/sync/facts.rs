@@ -1,0 +1,47 @@
+//! A cycle as metrics and notifications see it ([`CycleFacts`]): gathered by
+//! `observe`, read by `notify` and by the metrics renderer. Plain data in a
+//! module of its own, so neither reader imports the other.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// One cycle as metrics and notifications see it: counts and codes, never a
+/// user's or group's name.
+#[derive(Clone, Debug)]
+pub struct CycleFacts {
+    /// When the cycle ended.
+    pub finished_at: DateTime<Utc>,
+    pub duration: Duration,
+    pub exit_code: u8,
+    /// The newest run that ended with exit code 0, from the state DB's
+    /// history; `None` when the DB cannot tell (the renderer then keeps the
+    /// previous file's value).
+    pub last_success: Option<DateTime<Utc>>,
+    /// This cycle's operations by (operation, outcome).
+    pub operations: Vec<(String, String, u64)>,
+    /// What the state DB records after the cycle, by (kind, status).
+    pub objects: Vec<(&'static str, String, u64)>,
+    /// Users and groups the source held in scope, when the cycle read it.
+    pub source_objects: Option<SourceCounts>,
+    /// This cycle's SCIM requests by HTTP status (0: no answer).
+    pub http: BTreeMap<u16, u64>,
+    /// This cycle's 429 answers.
+    pub throttled: u64,
+    /// Whether scheduled cycles are held back now.
+    pub quarantined: bool,
+    /// Whether this cycle put the target into quarantine.
+    pub entered_quarantine: bool,
+    /// Operations that failed.
+    pub failed: u64,
+    /// Why the cycle stopped early or could not run (a guard, an error).
+    pub stopped: Option<String>,
+}
+
+/// Users and groups in scope in the source.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceCounts {
+    pub users: u64,
+    pub groups: u64,
+}
