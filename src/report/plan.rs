@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use crate::model::{SourceKey, UserAttrs};
+use crate::model::{GroupName, SourceKey, UserAttrs};
 use crate::plan::{Change, Changes, NameStep, OpKind, Operation, Plan, released_name};
 
 use super::{Style, plural, quote, show};
@@ -192,46 +192,55 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
             members,
             dangling,
             ..
-        } => {
-            if !members.is_empty() || dangling.is_empty() {
-                head(
-                    "31",
-                    format!(
-                        "- remove {} member{} from group {}",
-                        members.len(),
-                        plural(members.len()),
-                        show(display_name.as_str())
-                    ),
-                );
-                member_lines(&mut out, '-', members);
-            }
-            if !dangling.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "  {}",
-                    style.paint(
-                        "31",
-                        &format!(
-                            "- remove {} dangling member{} (no such user) from group {}",
-                            dangling.len(),
-                            plural(dangling.len()),
-                            show(display_name.as_str())
-                        )
-                    )
-                );
-                for v in dangling.iter().take(MEMBERS_LISTED) {
-                    let _ = writeln!(out, "      - value {}", show(v));
-                }
-                if dangling.len() > MEMBERS_LISTED {
-                    let _ = writeln!(out, "      … and {} more", dangling.len() - MEMBERS_LISTED);
-                }
-            }
-        }
+        } => removal_lines(&mut out, style, display_name, members, dangling),
     }
     if let Some(note) = step_note(op) {
         let _ = writeln!(out, "      ↳ {note}");
     }
     out
+}
+
+/// A membership removal: the members idsync removes, and the dangling values
+/// (no such user) it removes as the group stores them.
+fn removal_lines(
+    out: &mut String,
+    style: Style,
+    display_name: &GroupName,
+    members: &[SourceKey],
+    dangling: &[String],
+) {
+    let head = |out: &mut String, text: String| {
+        let _ = writeln!(out, "  {}", style.paint("31", &text));
+    };
+    if !members.is_empty() || dangling.is_empty() {
+        head(
+            out,
+            format!(
+                "- remove {} member{} from group {}",
+                members.len(),
+                plural(members.len()),
+                show(display_name.as_str())
+            ),
+        );
+        member_lines(out, '-', members);
+    }
+    if !dangling.is_empty() {
+        head(
+            out,
+            format!(
+                "- remove {} dangling member{} (no such user) from group {}",
+                dangling.len(),
+                plural(dangling.len()),
+                show(display_name.as_str())
+            ),
+        );
+        for v in dangling.iter().take(MEMBERS_LISTED) {
+            let _ = writeln!(out, "      - value {}", show(v));
+        }
+        if dangling.len() > MEMBERS_LISTED {
+            let _ = writeln!(out, "      … and {} more", dangling.len() - MEMBERS_LISTED);
+        }
+    }
 }
 
 /// The human plan: one summary line, then the operations under a heading per

@@ -182,81 +182,9 @@ impl LdapConfig {
                  drop one of them",
             ));
         }
-        let resolve = |p: &str| -> PathBuf {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                config_dir.join(p)
-            }
-        };
-        let skip_verify = self.danger_skip_tls_verify.as_ref().filter(|f| f.value);
-        let tls = match (&self.ca_file, skip_verify) {
-            (Some(_), Some(skip)) => {
-                return Err(refuse(
-                    skip,
-                    "`ca_file` and `danger_skip_tls_verify` contradict each other: \
-                     keep `ca_file` and remove `danger_skip_tls_verify`",
-                ));
-            }
-            (Some(file), None) if file.value.trim().is_empty() => {
-                return Err(refuse(file, "`ca_file` is empty"));
-            }
-            (Some(file), None) => TlsVerify::CaFile(resolve(&file.value)),
-            (None, Some(_)) => TlsVerify::Skip,
-            (None, None) => TlsVerify::System,
-        };
-        if !tls_in_use {
-            let useless = match (&self.ca_file, skip_verify) {
-                (Some(file), _) => Some(("ca_file", file.referenced)),
-                (None, Some(skip)) => Some(("danger_skip_tls_verify", skip.referenced)),
-                (None, None) => None,
-            };
-            if let Some((field, location)) = useless {
-                return Err(SourceConfigError {
-                    location,
-                    message: format!(
-                        "`{field}` has no effect on a plain ldap:// connection: use an ldaps:// \
-                         URL or `starttls: true`"
-                    ),
-                    hint: README_HINT.into(),
-                });
-            }
-        }
-        let password = match (&self.bind_password_env, &self.bind_password_file) {
-            (Some(var), None) if !var.value.trim().is_empty() => {
-                PasswordSource::Env(var.value.trim().into())
-            }
-            (None, Some(file)) if !file.value.trim().is_empty() => {
-                PasswordSource::File(resolve(&file.value))
-            }
-            (Some(env), Some(file)) => {
-                // At the one written last: that is the one to reconsider.
-                let at = |l: &serde_saphyr::Location| (l.line(), l.column());
-                let later = if at(&file.referenced) > at(&env.referenced) {
-                    file.referenced
-                } else {
-                    env.referenced
-                };
-                return Err(SourceConfigError {
-                    location: later,
-                    message: "both `bind_password_env` and `bind_password_file` are set: keep one"
-                        .into(),
-                    hint: README_HINT.into(),
-                });
-            }
-            (None, None) => {
-                // Nothing to point at: the password goes with the bind DN.
-                return Err(refuse(
-                    &self.bind_dn,
-                    "no bind password: set `bind_password_env` (an environment variable's \
-                     name) or `bind_password_file` (a file only idsync can read)",
-                ));
-            }
-            (Some(empty), None) | (None, Some(empty)) => {
-                return Err(refuse(empty, "the bind password setting is empty"));
-            }
-        };
+        let resolve = |p: &str| resolve_path(config_dir, p);
+        let tls = self.compile_tls(tls_in_use, &resolve)?;
+        let password = self.compile_password(&resolve)?;
         let bind_dn = non_empty("bind_dn", &self.bind_dn)?;
         let base_dn = non_empty("base_dn", &self.base_dn)?;
         let user_base_dn = match &self.user_base_dn {
@@ -292,36 +220,8 @@ impl LdapConfig {
             self.group_name_attribute.as_ref(),
             DEFAULT_GROUP_NAME_ATTRIBUTE,
         )?;
-        let page_size = match &self.page_size {
-            None => DEFAULT_PAGE_SIZE,
-            Some(size) if (1..=MAX_PAGE_SIZE).contains(&size.value) => size.value,
-            Some(size) => {
-                return Err(refuse(
-                    size,
-                    format!(
-                        "page_size {} is out of range: use 1 to {MAX_PAGE_SIZE} (at most the \
-                         server's limit; Active Directory's default MaxPageSize is 1000)",
-                        size.value
-                    ),
-                ));
-            }
-        };
-        let timeout = match &self.timeout {
-            None => DEFAULT_TIMEOUT,
-            Some(field) => match humantime::parse_duration(field.value.trim()) {
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => return Err(refuse(field, "timeout must be longer than zero")),
-                Err(e) => {
-                    return Err(refuse(
-                        field,
-                        format!(
-                            "timeout {:?} is not a duration ({e}); write e.g. 30s or 2m",
-                            field.value
-                        ),
-                    ));
-                }
-            },
-        };
+        let page_size = self.compile_page_size()?;
+        let timeout = self.compile_timeout()?;
         Ok(LdapSettings {
             url,
             starttls,
@@ -340,6 +240,137 @@ impl LdapConfig {
             timeout,
             include_system_groups: flag(&self.include_system_groups),
         })
+    }
+
+    /// How the server's certificate is checked; settings that contradict
+    /// each other, or that a plain ldap:// connection would ignore, refused.
+    fn compile_tls(
+        &self,
+        tls_in_use: bool,
+        resolve: &dyn Fn(&str) -> PathBuf,
+    ) -> Result<TlsVerify, SourceConfigError> {
+        let skip_verify = self.danger_skip_tls_verify.as_ref().filter(|f| f.value);
+        let tls = match (&self.ca_file, skip_verify) {
+            (Some(_), Some(skip)) => {
+                return Err(refuse(
+                    skip,
+                    "`ca_file` and `danger_skip_tls_verify` contradict each other: \
+                     keep `ca_file` and remove `danger_skip_tls_verify`",
+                ));
+            }
+            (Some(file), None) if file.value.trim().is_empty() => {
+                return Err(refuse(file, "`ca_file` is empty"));
+            }
+            (Some(file), None) => TlsVerify::CaFile(resolve(&file.value)),
+            (None, Some(_)) => TlsVerify::Skip,
+            (None, None) => TlsVerify::System,
+        };
+        if !tls_in_use {
+            let useless = match (&self.ca_file, skip_verify) {
+                (Some(file), _) => Some(("ca_file", file.referenced)),
+                (None, Some(skip)) => Some(("danger_skip_tls_verify", skip.referenced)),
+                (None, None) => None,
+            };
+            if let Some((field, location)) = useless {
+                return Err(SourceConfigError {
+                    location,
+                    message: format!(
+                        "`{field}` has no effect on a plain ldap:// connection: use an ldaps:// \
+                         URL or `starttls: true`"
+                    ),
+                    hint: README_HINT.into(),
+                });
+            }
+        }
+        Ok(tls)
+    }
+
+    /// Where the bind password comes from: an environment variable or a file,
+    /// exactly one.
+    fn compile_password(
+        &self,
+        resolve: &dyn Fn(&str) -> PathBuf,
+    ) -> Result<PasswordSource, SourceConfigError> {
+        match (&self.bind_password_env, &self.bind_password_file) {
+            (Some(var), None) if !var.value.trim().is_empty() => {
+                Ok(PasswordSource::Env(var.value.trim().into()))
+            }
+            (None, Some(file)) if !file.value.trim().is_empty() => {
+                Ok(PasswordSource::File(resolve(&file.value)))
+            }
+            (Some(env), Some(file)) => {
+                // At the one written last: that is the one to reconsider.
+                let at = |l: &serde_saphyr::Location| (l.line(), l.column());
+                let later = if at(&file.referenced) > at(&env.referenced) {
+                    file.referenced
+                } else {
+                    env.referenced
+                };
+                Err(SourceConfigError {
+                    location: later,
+                    message: "both `bind_password_env` and `bind_password_file` are set: keep one"
+                        .into(),
+                    hint: README_HINT.into(),
+                })
+            }
+            (None, None) => {
+                // Nothing to point at: the password goes with the bind DN.
+                Err(refuse(
+                    &self.bind_dn,
+                    "no bind password: set `bind_password_env` (an environment variable's \
+                     name) or `bind_password_file` (a file only idsync can read)",
+                ))
+            }
+            (Some(empty), None) | (None, Some(empty)) => {
+                Err(refuse(empty, "the bind password setting is empty"))
+            }
+        }
+    }
+
+    fn compile_page_size(&self) -> Result<u32, SourceConfigError> {
+        Ok(match &self.page_size {
+            None => DEFAULT_PAGE_SIZE,
+            Some(size) if (1..=MAX_PAGE_SIZE).contains(&size.value) => size.value,
+            Some(size) => {
+                return Err(refuse(
+                    size,
+                    format!(
+                        "page_size {} is out of range: use 1 to {MAX_PAGE_SIZE} (at most the \
+                         server's limit; Active Directory's default MaxPageSize is 1000)",
+                        size.value
+                    ),
+                ));
+            }
+        })
+    }
+
+    fn compile_timeout(&self) -> Result<Duration, SourceConfigError> {
+        Ok(match &self.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(field) => match humantime::parse_duration(field.value.trim()) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => return Err(refuse(field, "timeout must be longer than zero")),
+                Err(e) => {
+                    return Err(refuse(
+                        field,
+                        format!(
+                            "timeout {:?} is not a duration ({e}); write e.g. 30s or 2m",
+                            field.value
+                        ),
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// `p` as written, or resolved against the config file's folder.
+fn resolve_path(config_dir: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_dir.join(p)
     }
 }
 
