@@ -26,6 +26,18 @@ impl StateDb {
         kept: &[UserAttr],
     ) -> Result<Vec<UserAttr>, StateError> {
         let err = |e| sqlite(&self.path, e);
+        if noted.is_empty() {
+            // The common answer keeps everything: a read, not a write, when
+            // this user has no note to clear.
+            let any = self
+                .conn
+                .prepare_cached("SELECT 1 FROM target_notes WHERE user_key = ?1")
+                .and_then(|mut s| s.exists([key.as_str()]))
+                .map_err(err)?;
+            if !any {
+                return Ok(Vec::new());
+            }
+        }
         let now = chrono::Utc::now().to_rfc3339();
         let mut new = Vec::new();
         for note in noted {
