@@ -293,6 +293,10 @@ impl ScimClient {
 pub(super) struct Listing {
     pub(super) users: Vec<RemoteUser>,
     pub(super) by_id: HashMap<String, usize>,
+    /// userName (compared as [`UserName`] does) → the first user holding it:
+    /// built by the first lookup by name, kept by [`Self::push`] (the
+    /// cycle's creates), dropped by any other change.
+    by_name: Option<HashMap<UserName, usize>>,
 }
 
 impl Listing {
@@ -302,23 +306,49 @@ impl Listing {
             .enumerate()
             .map(|(i, u)| (u.id.as_str().to_owned(), i))
             .collect();
-        Listing { users, by_id }
+        Listing {
+            users,
+            by_id,
+            by_name: None,
+        }
     }
 
     pub(super) fn push(&mut self, user: RemoteUser) {
+        if let (Some(index), Some(name)) = (self.by_name.as_mut(), user.user_name()) {
+            index.entry(name).or_insert(self.users.len());
+        }
         self.by_id
             .insert(user.id.as_str().to_owned(), self.users.len());
         self.users.push(user);
     }
 
     pub(super) fn get_mut(&mut self, id: &ScimId) -> Option<&mut RemoteUser> {
+        // The caller may change the userName.
+        self.by_name = None;
         let i = *self.by_id.get(id.as_str())?;
         self.users.get_mut(i)
+    }
+
+    /// The first user holding `name`: a look in an index, not a scan, so a
+    /// cycle's thousands of creates do not each walk the listing.
+    pub(super) fn by_user_name(&mut self, name: &UserName) -> Option<&RemoteUser> {
+        let users = &self.users;
+        let index = self.by_name.get_or_insert_with(|| {
+            let mut index = HashMap::with_capacity(users.len());
+            for (i, u) in users.iter().enumerate() {
+                if let Some(n) = u.user_name() {
+                    index.entry(n).or_insert(i);
+                }
+            }
+            index
+        });
+        index.get(name).and_then(|i| users.get(*i))
     }
 
     /// Removes a user, keeping the others' order (deletes are few: the
     /// removal guards bound them).
     pub(super) fn remove(&mut self, id: &ScimId) {
+        self.by_name = None;
         if let Some(i) = self.by_id.remove(id.as_str()) {
             self.users.remove(i);
             for u in &self.users[i..] {
@@ -344,4 +374,39 @@ pub(super) fn duplicate_user_name(users: &[RemoteUser]) -> Option<UserName> {
         .iter()
         .filter_map(RemoteUser::user_name)
         .find(|name| !seen.insert(name.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str, name: &str) -> RemoteUser {
+        RemoteUser {
+            id: ScimId::new(id),
+            attrs: [(UserAttr::UserName, name.to_owned())].into(),
+            active: true,
+        }
+    }
+
+    #[test]
+    fn a_user_name_is_found_by_index_through_creates_and_renames() {
+        let mut listing = Listing::new(vec![user("a", "Ann@X.com"), user("b", "ann@x.com")]);
+        let find =
+            |l: &mut Listing, n: &str| l.by_user_name(&UserName::new(n)).map(|u| u.id.clone());
+        // Case-insensitively, the first holder.
+        assert_eq!(find(&mut listing, "ANN@x.com"), Some(ScimId::new("a")));
+        // A create after the index was built is found.
+        listing.push(user("c", "Cy@x.com"));
+        assert_eq!(find(&mut listing, "cy@X.COM"), Some(ScimId::new("c")));
+        // A rename through get_mut is seen, not a stale index.
+        listing
+            .get_mut(&ScimId::new("c"))
+            .expect("listed")
+            .attrs
+            .insert(UserAttr::UserName, "dee@x.com");
+        assert_eq!(find(&mut listing, "cy@x.com"), None);
+        assert_eq!(find(&mut listing, "dee@x.com"), Some(ScimId::new("c")));
+        listing.remove(&ScimId::new("a"));
+        assert_eq!(find(&mut listing, "ann@x.com"), Some(ScimId::new("b")));
+    }
 }

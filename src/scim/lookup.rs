@@ -110,16 +110,22 @@ impl ScimClient {
     /// `eq` compares case-sensitively or that has no filter.
     pub(super) async fn holder_of(&self, user_name: &str) -> Result<Option<RemoteUser>, ScimError> {
         let wanted = UserName::new(user_name);
-        let is = |u: &RemoteUser| u.user_name().as_ref() == Some(&wanted);
-        if let Some(listing) = self.users_cache().as_ref() {
-            return Ok(listing.users.iter().find(|u| is(u)).cloned());
+        let listed = |client: &Self| {
+            client
+                .users_cache()
+                .as_mut()
+                .and_then(|l| l.by_user_name(&wanted).cloned())
+        };
+        if self.users_cache().is_some() {
+            return Ok(listed(self));
         }
         let Some(how) = self.create_lookup().await? else {
             return Ok(None);
         };
         let made = self.inner.create_lookups.fetch_add(1, Ordering::Relaxed);
         if !how.eq_folds_case || made >= how.listing_pages {
-            return self.find_listed(is).await;
+            self.ensure_listed().await?;
+            return Ok(listed(self));
         }
         self.find_user_by_user_name(user_name).await
     }
