@@ -103,6 +103,10 @@ impl ScimClient {
             .learned
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(Learned {
+            required: RequiredPaths {
+                user: model.required_user_paths(),
+                group: model.required_group_paths(),
+            },
             schema: Arc::new(model.clone()),
             shape: Arc::new(shape),
             rules,
@@ -144,6 +148,8 @@ pub(super) struct Learned {
     schema: Arc<TargetSchema>,
     shape: Arc<PayloadShape>,
     rules: TargetRules,
+    /// What a create must carry, worked out once (every create checks it).
+    pub(super) required: RequiredPaths,
 }
 
 /// `shape` as `flavour` needs it: Atlassian always gets `emails.primary`,

@@ -29,6 +29,7 @@ use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use crate::apply::RequiredPaths;
 use crate::model::TargetRules;
 use crate::model::{
     GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
@@ -431,12 +432,7 @@ impl ScimClient {
             });
         }
         let body = resource::user_to_json_shaped(attrs, active, &self.payload_shape());
-        self.refuse_incomplete(
-            &body,
-            "user",
-            &format!("user {user_name:?}"),
-            TargetSchema::required_user_paths,
-        )?;
+        self.refuse_incomplete(&body, Resource::User, || format!("user {user_name:?}"))?;
         let reply = self
             .call(Method::POST, self.url(&["Users"]), &[], Some(&body))
             .await?;
@@ -595,37 +591,49 @@ impl ScimClient {
     fn refuse_incomplete(
         &self,
         body: &Value,
-        resource: &str,
-        what: &str,
-        required: impl FnOnce(&TargetSchema) -> Vec<String>,
+        resource: Resource,
+        what: impl FnOnce() -> String,
     ) -> Result<(), ScimError> {
-        let Some(schema) = self.schema() else {
+        let Some(learned) = self.learned() else {
             return Ok(());
         };
-        let missing: Vec<String> = schema::missing_paths(body, &required(&schema))
+        let required = match resource {
+            Resource::User => &learned.required.user,
+            Resource::Group => &learned.required.group,
+        };
+        let missing: Vec<String> = schema::missing_paths(body, required)
             .iter()
             .map(|p| schema::published_path(p))
             .collect();
         if missing.is_empty() {
             return Ok(());
         }
+        let (it, fix) = match (resource, missing.len()) {
+            (Resource::User, 1) => (
+                "it",
+                "map it in the mapping (`idsync check` names the line to add)",
+            ),
+            (Resource::User, _) => (
+                "them",
+                "map them in the mapping (`idsync check` names the lines to add)",
+            ),
+            // A group carries only its name, its key and its members.
+            (Resource::Group, _) => (
+                "it",
+                "idsync sends no other group attribute: ask the target's administrator to make it optional",
+            ),
+        };
         Err(ScimError::Refused(format!(
-            "{what} is not created: the target requires {} on every {resource} (required in its /Schemas) and idsync has no value for {} to send; \
-             map {} in the mapping (`idsync check` names what is missing)",
+            "{} is not created: the target requires {} on every {} (required in its /Schemas) and idsync has no value for {it} to send; {fix}",
+            what(),
             missing.join(", "),
-            if missing.len() == 1 { "it" } else { "them" },
-            if missing.len() == 1 { "it" } else { "them" },
+            resource.noun(),
         )))
     }
 
     /// POSTs a group body and reads the created group back.
     async fn post_group(&self, display_name: &str, body: &Value) -> Result<RemoteGroup, ScimError> {
-        self.refuse_incomplete(
-            body,
-            "group",
-            &format!("group {display_name:?}"),
-            TargetSchema::required_group_paths,
-        )?;
+        self.refuse_incomplete(body, Resource::Group, || format!("group {display_name:?}"))?;
         let reply = match self.create_group_once(display_name, body).await? {
             GroupCreate::Sent(reply) => reply,
             GroupCreate::Found(group) => return Ok(group),
@@ -842,6 +850,22 @@ impl ScimClient {
             .call(Method::GET, self.url(&segments), &[], None)
             .await?;
         reply.json().map(Some)
+    }
+}
+
+/// The kind of resource a create makes.
+#[derive(Clone, Copy, Debug)]
+enum Resource {
+    User,
+    Group,
+}
+
+impl Resource {
+    fn noun(self) -> &'static str {
+        match self {
+            Resource::User => "user",
+            Resource::Group => "group",
+        }
     }
 }
 

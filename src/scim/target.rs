@@ -51,10 +51,7 @@ impl Target for ScimClient {
     }
 
     fn required_paths(&self) -> Option<RequiredPaths> {
-        self.schema().map(|s| RequiredPaths {
-            user: s.required_user_paths(),
-            group: s.required_group_paths(),
-        })
+        self.learned().map(|l| l.required.clone())
     }
 
     async fn holds_anything(&self) -> Result<bool, TargetError> {
