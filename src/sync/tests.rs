@@ -44,6 +44,16 @@ fn write_users(dir: &Path, users: &[(&str, &str, &str)]) {
     std::fs::write(dir.join("groups.csv"), groups).unwrap();
 }
 
+/// A workspace of the four users of [`FOUR`], synced once into an in-memory
+/// target.
+async fn synced_four() -> (tempfile::TempDir, Settings, MemoryTarget) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
+    let target = MemoryTarget::default();
+    run(&settings, &target).await.unwrap();
+    (dir, settings, target)
+}
+
 async fn run(settings: &Settings, target: &MemoryTarget) -> Result<RunSummary, SyncError> {
     run_with(settings, target, &SyncOptions::default()).await
 }
@@ -213,10 +223,7 @@ const FOUR: [(&str, &str, &str); 4] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_sync_confirms_a_leaver_the_listing_left_out_and_disables_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
-    let target = MemoryTarget::default();
-    run(&settings, &target).await.unwrap();
+    let (dir, settings, target) = synced_four().await;
     // Di leaves, and the target's listing does not show her.
     let di = id_of(&target, "di@example.com");
     target.world.lock().unwrap().hidden.insert(di.clone());
@@ -235,10 +242,7 @@ async fn a_full_sync_confirms_a_leaver_the_listing_left_out_and_disables_them() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_sync_refuses_a_listing_far_smaller_than_the_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
-    let target = MemoryTarget::default();
-    run(&settings, &target).await.unwrap();
+    let (_dir, settings, target) = synced_four().await;
     {
         let mut w = target.world.lock().unwrap();
         w.hidden = w.users.keys().cloned().collect();
@@ -449,10 +453,7 @@ fn latest_run(settings: &Settings) -> (String, Option<i64>, Option<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_full_sync_is_recorded_as_sync_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
-    let target = MemoryTarget::default();
-    run(&settings, &target).await.unwrap();
+    let (_dir, settings, target) = synced_four().await;
     {
         let mut w = target.world.lock().unwrap();
         w.hidden = w.users.keys().cloned().collect();
@@ -476,10 +477,7 @@ async fn a_failed_full_sync_is_recorded_as_sync_full() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_only_sync_is_recorded_as_sync_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
-    let target = MemoryTarget::default();
-    run(&settings, &target).await.unwrap();
+    let (dir, settings, target) = synced_four().await;
     let only = |who: &str| SyncOptions {
         only: vec![who.to_string()],
         ..SyncOptions::default()
@@ -502,10 +500,7 @@ async fn a_failed_only_sync_is_recorded_as_sync_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_saved_plan_is_recorded_as_sync_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
-    let target = MemoryTarget::default();
-    run(&settings, &target).await.unwrap();
+    let (dir, settings, target) = synced_four().await;
     let saved = dir.path().join("plan.json");
     let opts = SyncOptions {
         plan_file: Some(saved.clone()),
@@ -538,10 +533,7 @@ async fn a_refused_saved_plan_is_recorded_as_sync_plan() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_run_that_cannot_be_recorded_still_fails_with_its_own_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
-    let target = MemoryTarget::default();
-    run(&settings, &target).await.unwrap();
+    let (dir, settings, target) = synced_four().await;
     let runs = inspect::status(&settings).unwrap().runs.len();
     // The history refuses new runs; the rest of the DB works.
     rusqlite::Connection::open(&settings.state_path)
