@@ -138,12 +138,16 @@ impl ScimClient {
     pub(super) async fn create_lookup(&self) -> Result<Option<CreateLookup>, ScimError> {
         let mut known = self.inner.create_lookup.lock().await;
         if let Some(how) = *known {
-            return Ok(Some(how));
+            return Ok(how);
         }
         let page = match self.first_page("Users").await {
             Ok(page) => page,
             Err(e) if e.is_auth() => return Err(e),
-            Err(_) => return Ok(None),
+            // Not asked again this cycle: one failed look, not one per create.
+            Err(_) => {
+                *known = Some(None);
+                return Ok(None);
+            }
         };
         let total = page.total.unwrap_or(page.resources.len() as u64);
         let listing_pages = total.div_ceil(u64::from(self.page_size().max(1)));
@@ -180,7 +184,7 @@ impl ScimClient {
             listing_pages,
             eq_folds_case,
         };
-        *known = Some(how);
+        *known = Some(Some(how));
         Ok(Some(how))
     }
 }

@@ -276,7 +276,8 @@ struct Inner {
     warned_eq_case: AtomicBool,
     /// How this cycle looks userNames up before creates (see
     /// [`ScimClient::holder_of`]), once worked out.
-    create_lookup: tokio::sync::Mutex<Option<CreateLookup>>,
+    /// `Some(None)`: worked out, and the target could not be asked.
+    create_lookup: tokio::sync::Mutex<Option<Option<CreateLookup>>>,
     /// userName lookups made before creates this cycle.
     create_lookups: AtomicU64,
     /// When the target last asked us (429/503 with a wait) to hold off: every
