@@ -18,6 +18,7 @@ use crate::apply::Progress;
 use crate::config::{ConfigError, Settings};
 use crate::report::{self, Format, Style};
 use crate::source::SourceError;
+use crate::state::OpOutcome;
 use crate::sync::{self, Exit, SyncError, SyncOptions, inspect};
 
 /// Removals listed on stderr when a guard holds a plan back.
@@ -285,7 +286,11 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { Exit::Usage as u8 } else { 0 };
+            let code = if e.use_stderr() {
+                Exit::Usage.code()
+            } else {
+                0
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -298,14 +303,14 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(Exit::Usage as u8);
+            return ExitCode::from(Exit::Usage.code());
         }
     };
     match runtime.block_on(run(cli.command)) {
-        Ok(exit) => ExitCode::from(exit as u8),
+        Ok(exit) => ExitCode::from(exit.code()),
         Err(f) => {
             print_failure(&f);
-            ExitCode::from(f.exit as u8)
+            ExitCode::from(f.exit.code())
         }
     }
 }
@@ -798,8 +803,7 @@ async fn sync_command(
         (Format::Text, None) => print!("{}", report::run_text(&summary, Style::detect())),
     }
     Ok(match summary.exit_code {
-        0 => Exit::Ok,
-        code if code == Exit::Unreachable as i32 => Exit::Unreachable,
+        exit @ (Exit::Ok | Exit::Unreachable) => exit,
         _ => Exit::Partial,
     })
 }
@@ -835,30 +839,29 @@ fn log_filter(
             Some(cutoff.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         }
     };
-    if let Some(unknown) = actions
+    let actions = actions
         .iter()
-        .find(|a| crate::plan::OpKind::parse(a).is_none())
-    {
-        return Err(Failure::new(
-            Exit::Usage,
-            format!("--action {} is not an operation", report::quote(unknown)),
-            Some(
-                "use create_user, update_user, enable_user, disable_user, delete_user, adopt_user, create_group, update_group, delete_group, adopt_group, add_members or remove_members",
-            ),
-        ));
-    }
+        .map(|a| {
+            crate::model::OpKind::parse(a).ok_or_else(|| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("--action {} is not an operation", report::quote(a)),
+                    Some(
+                        "use create_user, update_user, enable_user, disable_user, delete_user, adopt_user, create_group, update_group, delete_group, adopt_group, add_members or remove_members",
+                    ),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(crate::state::LogFilter {
         since,
         run,
         user,
         actions,
-        outcome: outcome.map(|o| {
-            match o {
-                LogOutcome::Applied => "applied",
-                LogOutcome::Failed => "failed",
-                LogOutcome::Skipped => "skipped",
-            }
-            .to_string()
+        outcome: outcome.map(|o| match o {
+            LogOutcome::Applied => OpOutcome::Applied,
+            LogOutcome::Failed => OpOutcome::Failed,
+            LogOutcome::Skipped => OpOutcome::Skipped,
         }),
     })
 }
@@ -998,7 +1001,7 @@ mod tests {
             log_filter(None, None, None, vec!["create_users".into()], None).unwrap_err();
         assert_eq!(bad_action.exit, Exit::Usage);
         let f = log_filter(None, None, None, Vec::new(), Some(LogOutcome::Failed)).unwrap();
-        assert_eq!(f.outcome.as_deref(), Some("failed"));
+        assert_eq!(f.outcome, Some(OpOutcome::Failed));
     }
 
     #[test]

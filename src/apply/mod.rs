@@ -26,8 +26,8 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::model::{
-    GroupKey, GroupName, MemberRef, Ownership, RemoteUser, ScimId, SourceKey, State, Status,
-    UserAttr, UserAttrs, UserName,
+    GroupKey, GroupName, MemberRef, OpKind, Ownership, RemoteUser, ScimId, SourceKey, State,
+    Status, UserAttr, UserAttrs, UserName,
 };
 use crate::plan::{Changes, NameStep, Operation, Phase, Plan, claimed_name, released_name};
 use crate::state::{OpOutcome, OpRecord, RunId, StateDb, StateError};
@@ -80,7 +80,7 @@ impl std::fmt::Display for Stop {
 /// One failed operation, for the run summary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FailedOp {
-    pub op: &'static str,
+    pub op: OpKind,
     pub subject: String,
     pub http_status: Option<u16>,
     pub error: String,
@@ -378,11 +378,12 @@ impl<T: Target> Executor<'_, T> {
         attrs: UserAttrs,
         lookup_first: bool,
     ) -> (Response, Evidence) {
-        let key = SourceKey::new(op.subject());
-        if let Some((holder, h)) = self.state.owner_of(&remote.id, &key) {
-            let user_name = UserName::new(op.display_subject());
+        let (Some(key), Some(user_name)) = (op.user_key(), op.user_name()) else {
+            unreachable!("only a user's create meets a userName conflict");
+        };
+        if let Some((holder, h)) = self.state.owner_of(&remote.id, key) {
             return (
-                Response::Refused(refused(&key, &user_name, holder, h.status)),
+                Response::Refused(refused(key, user_name, holder, h.status)),
                 Evidence::default(),
             );
         }
@@ -523,13 +524,12 @@ impl<T: Target> Executor<'_, T> {
         evidence: &Evidence,
         warned: &mut BTreeSet<UserAttr>,
     ) -> Result<(), StateError> {
-        if evidence.is_empty() {
+        let Some(key) = op.user_key().filter(|_| !evidence.is_empty()) else {
             return Ok(());
-        }
-        let key = SourceKey::new(op.subject());
+        };
         let new = self
             .db
-            .record_answer(&key, &evidence.noted, &evidence.kept)?;
+            .record_answer(key, &evidence.noted, &evidence.kept)?;
         for note in evidence.noted.iter().filter(|n| new.contains(&n.attr)) {
             if warned.insert(note.attr) {
                 tracing::warn!(
@@ -570,7 +570,7 @@ impl<T: Target> Executor<'_, T> {
         };
         let record = OpRecord {
             seq: seq as i64,
-            op: op.name(),
+            op: op.kind(),
             subject: op.subject().to_string(),
             outcome: t.outcome,
             http_status: t.http_status,
@@ -589,7 +589,7 @@ impl<T: Target> Executor<'_, T> {
             OpOutcome::Failed => {
                 outcome.failed += 1;
                 outcome.failures.push(FailedOp {
-                    op: op.name(),
+                    op: op.kind(),
                     subject: op.display_subject().to_string(),
                     http_status: t.http_status,
                     error: t.error.unwrap_or_default(),

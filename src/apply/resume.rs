@@ -3,7 +3,8 @@
 
 use std::collections::HashSet;
 
-use crate::plan::{OpKind, Operation};
+use crate::model::OpKind;
+use crate::plan::Operation;
 use crate::state::JournalEntry;
 
 /// Operations of an interrupted run that were started but never committed.
@@ -15,12 +16,7 @@ impl Interrupted {
     /// ignored: they can only be from another version, and were never creates
     /// this one can resume).
     pub fn from_journal(entries: Vec<JournalEntry>) -> Interrupted {
-        Interrupted(
-            entries
-                .into_iter()
-                .filter_map(|e| Some((OpKind::parse(&e.op)?, e.subject)))
-                .collect(),
-        )
+        Interrupted(entries.into_iter().map(|e| (e.op, e.subject)).collect())
     }
 
     pub fn len(&self) -> usize {

@@ -98,7 +98,7 @@ fn assert_target_matches(
 ) -> Result<(), TestCaseError> {
     let w = target.world.lock().unwrap();
     for d in &desired.users {
-        let name = UserName::new(d.user_name());
+        let name = d.user_name();
         let found = w
             .users
             .values()
@@ -595,7 +595,7 @@ fn a_membership_change_the_target_did_not_take_is_failed_and_not_recorded() {
     };
     let (outcome, _) = rt.block_on(executor.run("sync", &plan)).unwrap();
     assert_eq!(outcome.failed, 1, "{:?}", outcome.failures);
-    assert_eq!(outcome.failures[0].op, "add_members");
+    assert_eq!(outcome.failures[0].op, OpKind::AddMembers);
     assert_eq!(
         outcome.target_failed, 0,
         "the object's failure, not the target's"
@@ -690,7 +690,7 @@ proptest! {
                 .collect();
             prop_assume!(!desired.users.iter().any(|d| {
                 state.users.contains_key(&d.key)
-                    && leavers.contains(&&UserName::new(d.user_name()))
+                    && leavers.contains(&&d.user_name())
             }));
         }
         converges_as_named(desired, state, policy, faults, concurrency, false)?;
@@ -1003,7 +1003,7 @@ fn a_failed_update_is_recorded_once_and_the_log_shows_what_it_tried() {
         })
         .unwrap();
     assert_eq!(log.len(), 1, "{log:#?}");
-    assert_eq!(log[0].outcome, "failed");
+    assert_eq!(log[0].outcome, OpOutcome::Failed);
     assert_eq!(log[0].http_status, Some(400));
     assert_eq!(
         log[0].detail,
@@ -1027,7 +1027,7 @@ fn differences(target: &MemoryTarget, desired: &Desired) -> BTreeSet<(String, Us
     let world = target.world.lock().unwrap();
     let mut out = BTreeSet::new();
     for d in &desired.users {
-        let name = UserName::new(d.user_name());
+        let name = d.user_name();
         let Some(held) = world
             .users
             .values()
@@ -1104,7 +1104,7 @@ proptest! {
         let plain = plan_with_notes(&mut db, &second, None);
         for (key, attr) in &differ {
             let planned = plain.operations.iter().any(|op| {
-                op.subject() == key.as_str()
+                op.subject().as_str() == key.as_str()
                     && serde_json::to_value(op).unwrap()["changes"].get(attr.name()).is_some()
             });
             let warned = plain
@@ -1121,7 +1121,7 @@ proptest! {
         let full = plan_with_notes(&mut db, &second, Some(snapshot));
         for (key, attr) in &differ {
             let planned = full.operations.iter().any(|op| {
-                op.subject() == key.as_str()
+                op.subject().as_str() == key.as_str()
                     && serde_json::to_value(op).unwrap()["changes"].get(attr.name()).is_some()
             });
             prop_assert!(planned, "--full leaves {key} {attr:?} out: {full:?}");

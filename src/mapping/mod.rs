@@ -140,8 +140,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, FastHash, FoldedRef, GroupKey, GroupName, HeldGroup,
-    Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
+    Desired, DesiredGroup, DesiredUser, FastHash, GroupKey, GroupName, HeldGroup, Origin,
+    SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
 };
 use expr::{Expr, Record};
 use memberships::Memberships;
@@ -742,7 +742,7 @@ fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
     let mut digests: Vec<(u64, u32)> = users
         .iter()
         .enumerate()
-        .map(|(i, u)| (hasher.hash_one(FoldedRef(u.user_name())), i as u32))
+        .map(|(i, u)| (hasher.hash_one(u.user_name_ref()), i as u32))
         .collect();
     digests.sort_unstable();
     let mut found: Vec<(usize, usize)> = Vec::new();
@@ -753,10 +753,10 @@ fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
         // Sorted by position, so the first equal name is the first occurrence.
         for (j, &(_, later)) in run.iter().enumerate().skip(1) {
             let later = later as usize;
-            let name = FoldedRef(users[later].user_name());
+            let name = users[later].user_name_ref();
             if let Some(&(_, first)) = run[..j]
                 .iter()
-                .find(|(_, k)| FoldedRef(users[*k as usize].user_name()) == name)
+                .find(|(_, k)| users[*k as usize].user_name_ref() == name)
             {
                 found.push((later, first as usize));
             }
@@ -771,7 +771,7 @@ fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
                 origin: user.origin.clone(),
                 record: RecordId::User(user.key.clone()),
                 problem: RecordProblem::DuplicateUserName {
-                    user_name: user.user_name().to_owned(),
+                    user_name: user.user_name().to_string(),
                     other: first.key.clone(),
                     other_origin: first.origin.clone(),
                 },

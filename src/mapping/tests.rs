@@ -505,7 +505,7 @@ fn default_mapping_files_compile_and_map() {
         )
         .unwrap()
         .unwrap();
-    assert_eq!(u.user_name(), "ann.lee@example.com");
+    assert_eq!(u.user_name().as_str(), "ann.lee@example.com");
     assert_eq!(u.attrs.get(UserAttr::Email).unwrap(), "ann.lee@example.com");
     assert_eq!(u.attrs.get(UserAttr::ExternalId).unwrap(), "1001");
     // For Atlassian: the name parts, never displayName.
@@ -573,14 +573,18 @@ fn default_mapping_files_compile_and_map() {
         )
     };
     let u = ad.map_user(&ad_user("512", ""), &[]).unwrap().unwrap();
-    assert_eq!(u.user_name(), "ann@corp.example.com", "UPN fallback");
+    assert_eq!(
+        u.user_name().as_str(),
+        "ann@corp.example.com",
+        "UPN fallback"
+    );
     assert_eq!(u.attrs.get(UserAttr::Organization).unwrap(), "Acme");
     assert!(u.active);
     let u = ad
         .map_user(&ad_user("514", "ann@example.com"), &[])
         .unwrap()
         .unwrap();
-    assert_eq!(u.user_name(), "ann@example.com");
+    assert_eq!(u.user_name().as_str(), "ann@example.com");
     assert!(!u.active, "ACCOUNTDISABLE set");
     let mut computer = ad_user("4096", "");
     computer.attrs = SourceAttrs::new();
@@ -609,7 +613,7 @@ fn default_mapping_files_compile_and_map() {
         )
         .unwrap()
         .unwrap();
-    assert_eq!(u.user_name(), "ann@contoso.com");
+    assert_eq!(u.user_name().as_str(), "ann@contoso.com");
     assert_eq!(u.attrs.get(UserAttr::Title).unwrap(), "CTO");
     assert!(!u.active);
     assert!(entra.source_attributes().contains("accountEnabled"));

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use super::{Email, GroupKey, GroupName, Origin, SourceKey, UserAttr, UserAttrs};
+use super::{
+    Email, FoldedRef, GroupKey, GroupName, Origin, SourceKey, UserAttr, UserAttrs, UserName,
+};
 
 /// A user as the target should have it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,13 +20,28 @@ pub struct DesiredUser {
 }
 
 impl DesiredUser {
-    pub fn user_name(&self) -> &str {
-        self.attrs.get(UserAttr::UserName).unwrap_or_default()
+    /// The userName, as operations carry it.
+    pub fn user_name(&self) -> UserName {
+        UserName::new(self.user_name_text())
+    }
+
+    /// The userName borrowed, compared and hashed as [`UserName`] is: for
+    /// indexes over every user without a copy of each name.
+    pub fn user_name_ref(&self) -> FoldedRef<'_> {
+        FoldedRef(self.user_name_text())
     }
 
     /// The user's email: the `emails` value, else the userName.
     pub fn email(&self) -> Email {
-        Email::new(self.attrs.get(UserAttr::Email).unwrap_or(self.user_name()))
+        Email::new(
+            self.attrs
+                .get(UserAttr::Email)
+                .unwrap_or(self.user_name_text()),
+        )
+    }
+
+    fn user_name_text(&self) -> &str {
+        self.attrs.get(UserAttr::UserName).unwrap_or_default()
     }
 }
 

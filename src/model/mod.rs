@@ -8,8 +8,10 @@
 mod attr;
 mod attrs;
 mod desired;
+mod exit;
 mod identity;
 mod mirror;
+mod op;
 mod record;
 mod remote;
 mod rules;
@@ -20,10 +22,12 @@ pub use attr::{
 };
 pub use attrs::UserAttrs;
 pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser, HeldGroup};
+pub use exit::Exit;
 pub use identity::{
     Domain, Email, FoldedRef, GroupKey, GroupName, ScimId, SourceKey, UserName, fold,
 };
 pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
+pub use op::OpKind;
 pub use record::{Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceUser};
 pub use remote::{
     MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,

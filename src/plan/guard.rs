@@ -95,7 +95,7 @@ fn check_member_removals(plan: &Plan, policy: &Policy) -> Result<(), GuardStop> 
     let managed = plan.managed_memberships;
     let limit = policy.member_removal_limit(managed);
     if removals > limit {
-        let mut groups: Vec<&str> = plan
+        let mut groups: Vec<_> = plan
             .operations
             .iter()
             .filter(|op| matches!(op, Operation::RemoveMembers { .. }))

@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    GroupKey, GroupName, ScimId, SourceKey, StateChange, Status, UserAttr, UserAttrs, UserName,
+    GroupKey, GroupName, OpKind, ScimId, SourceKey, StateChange, Status, UserAttr, UserAttrs,
+    UserName,
 };
 
 pub use input::{PlanOptions, PlanningInput};
@@ -244,61 +245,6 @@ pub enum Operation {
     },
 }
 
-/// The kinds of operation, as named in plan JSON, the journal and the run log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum OpKind {
-    AdoptUser,
-    AdoptGroup,
-    CreateUser,
-    UpdateUser,
-    EnableUser,
-    DisableUser,
-    DeleteUser,
-    CreateGroup,
-    UpdateGroup,
-    DeleteGroup,
-    AddMembers,
-    RemoveMembers,
-}
-
-impl OpKind {
-    const ALL: [OpKind; 12] = [
-        OpKind::AdoptUser,
-        OpKind::AdoptGroup,
-        OpKind::CreateUser,
-        OpKind::UpdateUser,
-        OpKind::EnableUser,
-        OpKind::DisableUser,
-        OpKind::DeleteUser,
-        OpKind::CreateGroup,
-        OpKind::UpdateGroup,
-        OpKind::DeleteGroup,
-        OpKind::AddMembers,
-        OpKind::RemoveMembers,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            OpKind::AdoptUser => "adopt_user",
-            OpKind::AdoptGroup => "adopt_group",
-            OpKind::CreateUser => "create_user",
-            OpKind::UpdateUser => "update_user",
-            OpKind::EnableUser => "enable_user",
-            OpKind::DisableUser => "disable_user",
-            OpKind::DeleteUser => "delete_user",
-            OpKind::CreateGroup => "create_group",
-            OpKind::UpdateGroup => "update_group",
-            OpKind::DeleteGroup => "delete_group",
-            OpKind::AddMembers => "add_members",
-            OpKind::RemoveMembers => "remove_members",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<OpKind> {
-        OpKind::ALL.into_iter().find(|k| k.name() == name)
-    }
-}
-
 /// The executor's phases, in dependency order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -373,21 +319,39 @@ impl Operation {
         self.kind().name()
     }
 
-    /// The source key the operation is about.
-    pub fn subject(&self) -> &str {
+    /// The user or group the operation is about, by its source key.
+    pub fn subject(&self) -> Subject<'_> {
         match self {
             Operation::AdoptUser { key, .. }
             | Operation::CreateUser { key, .. }
             | Operation::UpdateUser { key, .. }
             | Operation::EnableUser { key, .. }
             | Operation::DisableUser { key, .. }
-            | Operation::DeleteUser { key, .. } => key.as_str(),
+            | Operation::DeleteUser { key, .. } => Subject::User(key),
             Operation::AdoptGroup { key, .. }
             | Operation::CreateGroup { key, .. }
             | Operation::UpdateGroup { key, .. }
             | Operation::DeleteGroup { key, .. }
             | Operation::AddMembers { key, .. }
-            | Operation::RemoveMembers { key, .. } => key.as_str(),
+            | Operation::RemoveMembers { key, .. } => Subject::Group(key),
+        }
+    }
+
+    /// The user's key, for an operation on a user.
+    pub fn user_key(&self) -> Option<&SourceKey> {
+        self.subject().user()
+    }
+
+    /// The userName, for an operation on a user.
+    pub fn user_name(&self) -> Option<&UserName> {
+        match self {
+            Operation::AdoptUser { user_name, .. }
+            | Operation::CreateUser { user_name, .. }
+            | Operation::UpdateUser { user_name, .. }
+            | Operation::EnableUser { user_name, .. }
+            | Operation::DisableUser { user_name, .. }
+            | Operation::DeleteUser { user_name, .. } => Some(user_name),
+            _ => None,
         }
     }
 
@@ -420,8 +384,52 @@ impl Operation {
         )
     }
 
-    pub(crate) fn sort_key(&self) -> (Phase, &str) {
+    pub(crate) fn sort_key(&self) -> (Phase, Subject<'_>) {
         (self.phase(), self.subject())
+    }
+}
+
+/// What an operation is about: a user or a group, by its source key. Ordered
+/// by the key's text (then users before groups), as plans are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Subject<'a> {
+    User(&'a SourceKey),
+    Group(&'a GroupKey),
+}
+
+impl<'a> Subject<'a> {
+    pub fn as_str(&self) -> &'a str {
+        match self {
+            Subject::User(key) => key.as_str(),
+            Subject::Group(key) => key.as_str(),
+        }
+    }
+
+    /// The user's key, when the subject is a user.
+    pub fn user(&self) -> Option<&'a SourceKey> {
+        match self {
+            Subject::User(key) => Some(key),
+            Subject::Group(_) => None,
+        }
+    }
+}
+
+impl Ord for Subject<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let rank = |s: &Subject<'_>| matches!(s, Subject::Group(_));
+        (self.as_str(), rank(self)).cmp(&(other.as_str(), rank(other)))
+    }
+}
+
+impl PartialOrd for Subject<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

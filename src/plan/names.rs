@@ -137,13 +137,13 @@ fn link(
         .filter(|(_, u)| u.status != Status::Removed)
         .filter_map(|(k, u)| {
             let i = *claims.get(&u.user_name)?;
-            (ops[i].subject() != k.as_str()).then_some((i, k, u))
+            (ops[i].user_key() != Some(k)).then_some((i, k, u))
         })
         .collect();
     held.sort_by(|a, b| a.1.cmp(b.1));
     // Each holder's own rename and removal in this plan, by key.
-    let mut renames: HashMap<String, usize> = HashMap::new();
-    let mut removals: HashMap<String, usize> = HashMap::new();
+    let mut renames: HashMap<SourceKey, usize> = HashMap::new();
+    let mut removals: HashMap<SourceKey, usize> = HashMap::new();
     if !held.is_empty() {
         for (j, op) in ops.iter().enumerate() {
             let by_key = match op {
@@ -151,19 +151,23 @@ fn link(
                 Operation::DisableUser { .. } | Operation::DeleteUser { .. } => &mut removals,
                 _ => continue,
             };
-            by_key.entry(op.subject().to_string()).or_insert(j);
+            if let Some(key) = op.user_key() {
+                by_key.entry(key.clone()).or_insert(j);
+            }
         }
     }
     for (i, holder_key, holder) in held {
-        let claimer = SourceKey::new(ops[i].subject());
+        let Some(claimer) = ops[i].user_key().cloned() else {
+            continue;
+        };
         if renames
-            .get(holder_key.as_str())
+            .get(holder_key)
             .is_some_and(|j| released_name(&ops[*j]).is_some_and(|n| n == holder.user_name))
         {
             // The holder renames away in this plan: ordered below.
             continue;
         }
-        let removal = removals.get(holder_key.as_str()).copied();
+        let removal = removals.get(holder_key).copied();
         let leaving = !is_desired(holder_key);
         let is_create = matches!(ops[i], Operation::CreateUser { .. });
         match (removal.map(|r| (r, &ops[r])), is_create) {
@@ -245,8 +249,9 @@ fn link(
                 && matches!(ops[j], Operation::UpdateUser { .. })
                 && ops[j].name_step().is_none()
             {
-                let for_key = SourceKey::new(ops[i].subject());
-                set_step(&mut ops[j], NameStep::Frees { for_key });
+                if let Some(for_key) = ops[i].user_key().cloned() {
+                    set_step(&mut ops[j], NameStep::Frees { for_key });
+                }
                 moved = true;
             }
         }
@@ -418,9 +423,9 @@ fn break_cycles(ops: &mut Vec<Operation>) {
                 name_step: Some(NameStep::Temporary { for_key }),
                 ..
             } = &ops[j]
-            && for_key.as_str() == ops[j].subject()
+            && ops[j].user_key() == Some(for_key)
+            && let Some(taker) = ops[i].user_key().cloned()
         {
-            let taker = SourceKey::new(ops[i].subject());
             set_step(&mut ops[j], NameStep::Temporary { for_key: taker });
         }
     }

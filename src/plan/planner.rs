@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use crate::model::{
     Desired, DesiredGroup, DesiredUser, Domain, FastHash, FastSet, SourceKey, State, StateUser,
-    Status, UserAttr, UserAttrs, UserName,
+    Status, UserAttr, UserAttrs,
 };
 
 use super::names;
@@ -143,7 +143,7 @@ fn diff_state(
         }
         // The emptiness test spares building every userName when nothing is protected.
         if !policy.protected_users.is_empty()
-            && (policy.protects_user(&UserName::new(d.user_name()))
+            && (policy.protects_user(&d.user_name())
                 || live.is_some_and(|s| policy.protects_user(&s.user_name)))
         {
             if live.is_some() {
@@ -156,7 +156,7 @@ fn diff_state(
                 if d.active {
                     ops.push(Operation::CreateUser {
                         key: d.key.clone(),
-                        user_name: UserName::new(d.user_name()),
+                        user_name: d.user_name(),
                         attrs: d.attrs.clone(),
                         name_step: None,
                     });
@@ -250,14 +250,7 @@ fn plan_existing_user(
         Some(old) => diff(Some(old), &d.attrs, skip),
         None => Changes::new(),
     };
-    let common = |changes| {
-        (
-            d.key.clone(),
-            UserName::new(d.user_name()),
-            s.scim_id.clone(),
-            changes,
-        )
-    };
+    let common = |changes| (d.key.clone(), d.user_name(), s.scim_id.clone(), changes);
     match (s.status, d.active) {
         (Status::Disabled, true) => {
             let (key, user_name, scim_id, changes) = common(changes);
@@ -281,7 +274,7 @@ fn plan_existing_user(
             }
             ops.push(Operation::DisableUser {
                 key: d.key.clone(),
-                user_name: UserName::new(d.user_name()),
+                user_name: d.user_name(),
                 scim_id: s.scim_id.clone(),
                 reason: "inactive in the source".to_string(),
                 name_step: None,

@@ -214,7 +214,7 @@ impl<'a> Reconciling<'a> {
                 continue;
             }
             let found = by_name
-                .get(&UserName::new(d.user_name()))
+                .get(&d.user_name())
                 .map(|u| (*u, MatchedBy::UserName))
                 .or_else(|| {
                     by_external
@@ -239,9 +239,7 @@ impl<'a> Reconciling<'a> {
 
     fn adopt_user(&mut self, d: &DesiredUser, remote: &RemoteUser, matched_by: MatchedBy) {
         let (hash, attrs) = self.held_attrs(remote, None, Some(d));
-        let user_name = remote
-            .user_name()
-            .unwrap_or_else(|| UserName::new(d.user_name()));
+        let user_name = remote.user_name().unwrap_or_else(|| d.user_name());
         self.out.users.insert(
             d.key.clone(),
             StateUser {

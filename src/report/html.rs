@@ -192,13 +192,19 @@ pub fn report_html(data: &ReportData) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::OpKind;
+    use crate::state::OpOutcome;
 
     fn run(id: i64, applied: i64, failed: i64) -> RunPoint {
         RunPoint {
             id,
             command: "sync".into(),
             started_at: format!("2026-01-0{id}T00:00:00Z"),
-            exit_code: Some(if failed > 0 { 1 } else { 0 }),
+            exit_code: Some(if failed > 0 {
+                crate::model::Exit::Partial
+            } else {
+                crate::model::Exit::Ok
+            }),
             planned: applied + failed,
             applied,
             failed,
@@ -219,9 +225,9 @@ mod tests {
             last_run_ops: vec![crate::state::OpLine {
                 seq: 0,
                 at: "2026-01-02T00:00:00Z".into(),
-                op: "update_user".into(),
+                op: OpKind::UpdateUser,
                 subject: "<script>alert(1)</script>".into(),
-                outcome: "failed".into(),
+                outcome: OpOutcome::Failed,
                 http_status: Some(500),
                 error: Some("\"quoted\" & <b>bold</b>\nerror: fake\u{1b}[2J\u{202e}".into()),
             }],

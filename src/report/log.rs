@@ -145,10 +145,10 @@ pub fn log_csv(records: &[LogRecord]) -> String {
             r.seq.to_string(),
             r.at.clone(),
             r.command.clone(),
-            r.op.clone(),
+            r.op.to_string(),
             r.subject.clone(),
             r.name.clone().unwrap_or_default(),
-            r.outcome.clone(),
+            r.outcome.to_string(),
             r.http_status.map(|s| s.to_string()).unwrap_or_default(),
             r.error.clone().unwrap_or_default(),
         ];
@@ -180,6 +180,8 @@ fn spreadsheet_safe(field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::OpKind;
+    use crate::state::OpOutcome;
 
     fn record(subject: &str, error: Option<&str>) -> LogRecord {
         LogRecord {
@@ -187,10 +189,14 @@ mod tests {
             seq: 0,
             at: "2026-01-02T03:04:05.000Z".into(),
             command: "sync".into(),
-            op: "create_user".into(),
+            op: OpKind::CreateUser,
             subject: subject.into(),
             name: Some("ada@example.com".into()),
-            outcome: if error.is_some() { "failed" } else { "applied" }.into(),
+            outcome: if error.is_some() {
+                OpOutcome::Failed
+            } else {
+                OpOutcome::Applied
+            },
             http_status: Some(if error.is_some() { 400 } else { 201 }),
             error: error.map(str::to_string),
             detail: Some(serde_json::json!({
@@ -242,7 +248,7 @@ mod tests {
     #[test]
     fn a_delete_shows_what_it_destroyed() {
         let mut r = record("k1", None);
-        r.op = "delete_user".into();
+        r.op = OpKind::DeleteUser;
         r.detail = Some(serde_json::json!({
             "reason": "left the source",
             "deleted": {
@@ -261,7 +267,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} in {text}");
         }
-        r.op = "delete_group".into();
+        r.op = OpKind::DeleteGroup;
         r.detail = Some(serde_json::json!({ "deleted": { "members": [] } }));
         assert!(log_text(&[r]).contains("    had members: (none)\n"));
     }

@@ -47,7 +47,7 @@ pub fn metrics_text(facts: &CycleFacts, previous: Option<&str>) -> String {
         &mut out,
         "idsync_last_exit_code",
         "Exit code of the last cycle (0 ok, 1 failures, 2 input, 3 guard stop, 4 locked, 5 unreachable).",
-        &[(String::new(), f64::from(facts.exit_code))],
+        &[(String::new(), f64::from(facts.exit_code.code()))],
     );
     gauge(
         &mut out,
@@ -213,7 +213,7 @@ mod tests {
         CycleFacts {
             finished_at: chrono::DateTime::from_timestamp(1_700_000_000, 500_000_000).unwrap(),
             duration: Duration::from_millis(1500),
-            exit_code: 1,
+            exit_code: crate::model::Exit::Partial,
             last_success: None,
             operations: vec![
                 ("create_user".into(), "applied".into(), 3),

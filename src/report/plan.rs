@@ -7,8 +7,9 @@
 
 use std::fmt::Write as _;
 
+use crate::model::OpKind;
 use crate::model::{GroupName, SourceKey, UserAttrs};
-use crate::plan::{Change, Changes, NameStep, OpKind, Operation, Plan, released_name};
+use crate::plan::{Change, Changes, NameStep, Operation, Plan, released_name};
 
 use super::{Style, plural, quote, show};
 

@@ -4,7 +4,8 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use super::{RunId, StateDb, StateError, now, sqlite};
+use super::{OpOutcome, RunId, StateDb, StateError, now, sqlite};
+use crate::model::{Exit, OpKind};
 
 /// A run in the history.
 #[derive(Clone, Debug, Serialize)]
@@ -13,7 +14,7 @@ pub struct RunRecord {
     pub command: String,
     pub started_at: String,
     pub ended_at: Option<String>,
-    pub exit_code: Option<i64>,
+    pub exit_code: Option<Exit>,
     pub applied: i64,
     pub failed: i64,
     pub planned: i64,
@@ -25,7 +26,7 @@ pub struct RunRecord {
 pub struct FailureRecord {
     pub run_id: i64,
     pub at: String,
-    pub op: String,
+    pub op: OpKind,
     pub subject: String,
     pub http_status: Option<i64>,
     pub error: Option<String>,
@@ -39,10 +40,8 @@ pub struct LogFilter {
     pub run: Option<i64>,
     /// A user's source key, userName or email (both case-insensitive).
     pub user: Option<String>,
-    /// Operation names (`create_user`, `add_members`, ...).
-    pub actions: Vec<String>,
-    /// `applied`, `failed` or `skipped`.
-    pub outcome: Option<String>,
+    pub actions: Vec<OpKind>,
+    pub outcome: Option<OpOutcome>,
 }
 
 /// One line of the provisioning log: an operation of a run and how it ended.
@@ -53,14 +52,14 @@ pub struct LogRecord {
     pub at: String,
     pub command: String,
     #[serde(rename = "action")]
-    pub op: String,
+    pub op: OpKind,
     /// The object's source key.
     #[serde(rename = "object_key")]
     pub subject: String,
     /// Its userName or group name, as the state records it now.
     #[serde(rename = "object_name")]
     pub name: Option<String>,
-    pub outcome: String,
+    pub outcome: OpOutcome,
     pub http_status: Option<i64>,
     pub error: Option<String>,
     /// What the operation carried: `changes` (attribute → old, new) of an
@@ -74,7 +73,7 @@ pub struct LogRecord {
 #[derive(Clone, Debug)]
 pub struct AppliedOp {
     pub seq: i64,
-    pub op: String,
+    pub op: OpKind,
     pub subject: String,
     /// JSON: what the operation destroyed that it does not carry (see the
     /// schema's migration 5); `None` when nothing, or recorded before it.
@@ -91,7 +90,7 @@ pub struct RunPoint {
     pub id: i64,
     pub command: String,
     pub started_at: String,
-    pub exit_code: Option<i64>,
+    pub exit_code: Option<Exit>,
     pub planned: i64,
     pub applied: i64,
     pub failed: i64,
@@ -105,9 +104,9 @@ pub struct RunPoint {
 pub struct OpLine {
     pub seq: i64,
     pub at: String,
-    pub op: String,
+    pub op: OpKind,
     pub subject: String,
-    pub outcome: String,
+    pub outcome: OpOutcome,
     pub http_status: Option<i64>,
     pub error: Option<String>,
 }
@@ -117,7 +116,7 @@ pub struct OpLine {
 pub struct RunEnd<'a> {
     pub applied: i64,
     pub failed: i64,
-    pub exit_code: i32,
+    pub exit_code: Exit,
     /// The plan summary, as JSON.
     pub summary: &'a str,
     /// Why it stopped early, if it did.
@@ -173,7 +172,7 @@ impl StateDb {
     pub fn record_stopped_run(
         &mut self,
         command: &str,
-        exit_code: i32,
+        exit_code: Exit,
         error: &str,
     ) -> Result<(), StateError> {
         let at = now();
@@ -460,13 +459,13 @@ impl StateDb {
         if !filter.actions.is_empty() {
             let mut list = Vec::new();
             for a in &filter.actions {
-                args.push(a.clone().into());
+                args.push(a.name().to_owned().into());
                 list.push(format!("?{}", args.len()));
             }
             sql.push_str(&format!(" AND o.op IN ({})", list.join(", ")));
         }
         if let Some(outcome) = &filter.outcome {
-            args.push(outcome.clone().into());
+            args.push(outcome.as_str().to_owned().into());
             sql.push_str(&format!(" AND o.outcome = ?{}", args.len()));
         }
         sql.push_str(" ORDER BY o.run_id, o.seq");

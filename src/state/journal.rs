@@ -3,10 +3,11 @@
 //! any point resumes without duplicates.
 
 use rusqlite::params;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use serde::Serialize;
 
 use super::{StateDb, StateError, now, sqlite, store};
-use crate::model::StateChange;
+use crate::model::{Exit, OpKind, StateChange};
 
 pub type RunId = i64;
 
@@ -28,6 +29,12 @@ impl OpOutcome {
         }
     }
 
+    pub fn parse(text: &str) -> Option<OpOutcome> {
+        [OpOutcome::Applied, OpOutcome::Failed, OpOutcome::Skipped]
+            .into_iter()
+            .find(|o| o.as_str() == text)
+    }
+
     /// The journal state an operation with this outcome ends in.
     fn journal_state(self) -> &'static str {
         match self {
@@ -37,12 +44,17 @@ impl OpOutcome {
     }
 }
 
+impl std::fmt::Display for OpOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An operation of an interrupted run that was started but never finished: it
 /// may have happened on the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JournalEntry {
-    /// The operation's plan name (`create_user`, ...).
-    pub op: String,
+    pub op: OpKind,
     /// The source key it was about.
     pub subject: String,
 }
@@ -51,7 +63,7 @@ pub struct JournalEntry {
 #[derive(Clone, Debug, Serialize)]
 pub struct OpRecord {
     pub seq: i64,
-    pub op: &'static str,
+    pub op: OpKind,
     pub subject: String,
     pub outcome: OpOutcome,
     pub http_status: Option<u16>,
@@ -155,7 +167,7 @@ impl StateDb {
                 at,
                 record.op,
                 record.subject,
-                record.outcome.as_str(),
+                record.outcome,
                 record.http_status.map(i64::from),
                 record.error,
                 record.old_values,
@@ -164,5 +176,51 @@ impl StateDb {
         })
         .map_err(|e| sqlite(&path, e))?;
         tx.commit().map_err(|e| sqlite(&path, e))
+    }
+}
+
+// Operation kinds and outcomes are stored by name; a name this idsync does
+// not know is a corrupt row, not a string passed on.
+
+impl ToSql for OpKind {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.name()))
+    }
+}
+
+impl FromSql for OpKind {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        OpKind::parse(name).ok_or_else(|| unknown("operation", name))
+    }
+}
+
+impl ToSql for OpOutcome {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for OpOutcome {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let name = value.as_str()?;
+        OpOutcome::parse(name).ok_or_else(|| unknown("outcome", name))
+    }
+}
+
+fn unknown(what: &str, name: &str) -> FromSqlError {
+    FromSqlError::Other(format!("unknown {what} {name:?}").into())
+}
+
+impl ToSql for Exit {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(i64::from(self.code())))
+    }
+}
+
+impl FromSql for Exit {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let code = value.as_i64()?;
+        Exit::from_code(code).ok_or_else(|| unknown("exit code", &code.to_string()))
     }
 }

@@ -352,6 +352,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::model::OpKind;
     use crate::model::{
         AttrHash, GroupKey, Ownership, ScimId, SourceKey, StateChange, StateUser, Status, UserAttr,
         UserAttrs,
@@ -401,7 +402,7 @@ mod tests {
     fn record(seq: i64) -> OpRecord {
         OpRecord {
             seq,
-            op: "create_user",
+            op: OpKind::CreateUser,
             subject: "k1".into(),
             outcome: OpOutcome::Applied,
             http_status: Some(201),
@@ -423,7 +424,7 @@ mod tests {
                 .unwrap();
             // A failed update: the log still shows what it tried to change.
             let mut r = record(0);
-            r.op = "update_user";
+            r.op = OpKind::UpdateUser;
             r.outcome = OpOutcome::Failed;
             r.new_values = Some(
                 r#"{"op":"update_user","key":"k1","userName":"ada","scim_id":"id-1","changes":{"title":{"old":"A","new":"B"}}}"#
@@ -432,7 +433,7 @@ mod tests {
             db.commit(run, &r, None).unwrap();
             // An operation that carries nothing but what names it.
             let mut r = record(1);
-            r.op = "create_group";
+            r.op = OpKind::CreateGroup;
             r.subject = "g".into();
             r.new_values = Some(r#"{"op":"create_group","key":"g","displayName":"G"}"#.into());
             db.commit(run, &r, None).unwrap();
@@ -575,7 +576,7 @@ mod tests {
         let end = RunEnd {
             applied: 1,
             failed: 0,
-            exit_code: 0,
+            exit_code: crate::model::Exit::Ok,
             summary: "{}",
             error: None,
         };
@@ -878,7 +879,7 @@ mod transition_tests {
                 for (seq, c) in changes.iter().enumerate() {
                     let record = OpRecord {
                         seq: seq as i64,
-                        op: "test",
+                        op: crate::model::OpKind::UpdateUser,
                         subject: String::new(),
                         outcome: OpOutcome::Applied,
                         http_status: None,

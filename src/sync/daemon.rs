@@ -65,11 +65,11 @@ pub async fn run(
                 Ok(summary) => tracing::info!(
                     applied = summary.applied,
                     failed = summary.failed,
-                    exit_code = summary.exit_code,
+                    exit_code = summary.exit_code.code(),
                     "cycle done"
                 ),
                 Err(e) => tracing::error!(
-                    exit_code = e.exit() as u8,
+                    exit_code = e.exit().code(),
                     error = ?e.to_string(),
                     hint = ?e.hint().unwrap_or_default(),
                     "cycle stopped"

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::model::Exit;
+
 /// One cycle as metrics and notifications see it: counts and codes, never a
 /// user's or group's name.
 #[derive(Clone, Debug)]
@@ -14,7 +16,7 @@ pub struct CycleFacts {
     /// When the cycle ended.
     pub finished_at: DateTime<Utc>,
     pub duration: Duration,
-    pub exit_code: u8,
+    pub exit_code: Exit,
     /// The newest run that ended with exit code 0, from the state DB's
     /// history; `None` when the DB cannot tell (the renderer then keeps the
     /// previous file's value).

@@ -205,7 +205,7 @@ pub fn report(settings: &Settings, since: std::time::Duration) -> Result<ReportD
     data.guard_stop = data
         .runs
         .last()
-        .filter(|r| r.exit_code == Some(super::Exit::Guard as i64))
+        .filter(|r| r.exit_code == Some(super::Exit::Guard))
         .and_then(|r| r.error.clone());
     data.quarantine = Some(quarantine::load(&db)?);
     Ok(data)

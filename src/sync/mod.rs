@@ -30,6 +30,7 @@ use serde::Serialize;
 use crate::apply::{Executor, FailedOp, Progress, RequiredPaths, Stop, Target, TargetError};
 use crate::config::{ConfigError, Settings};
 use crate::mapping::{Mapping, RecordError};
+pub use crate::model::Exit;
 use crate::model::TargetRules;
 use crate::model::{
     Desired, MemberResolver, Mirror, MirrorDigest, RemoteUser, ScimId, SourceKey, State, Status,
@@ -147,23 +148,6 @@ pub enum SyncError {
     },
 }
 
-/// How a command ends, as its process exit code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Exit {
-    Ok = 0,
-    /// Some operations failed (or the run stopped early); the rest were applied.
-    Partial = 1,
-    /// A usage, configuration or data error: fix the input.
-    Usage = 2,
-    /// A guard stopped the cycle; nothing was changed.
-    Guard = 3,
-    /// Another run holds the state DB's lock.
-    Locked = 4,
-    /// The source or target is unreachable or refused the credentials.
-    Unreachable = 5,
-}
-
 impl SyncError {
     /// What the operator should do next.
     pub fn hint(&self) -> Option<String> {
@@ -243,7 +227,7 @@ pub struct RunSummary {
     pub failed: u64,
     pub skipped: u64,
     pub duration_ms: u64,
-    pub exit_code: i32,
+    pub exit_code: Exit,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<FailedOp>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -915,7 +899,7 @@ async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, 
         failed: 0,
         skipped: plan.operations.len() as u64,
         duration_ms: started.elapsed().as_millis() as u64,
-        exit_code: 0,
+        exit_code: Exit::Ok,
         failures: Vec::new(),
         warnings: plan.warnings.clone(),
         held_groups: plan.held_groups,
@@ -1044,7 +1028,7 @@ async fn cycle_on<T: Target>(
         failed: outcome.failed,
         skipped: outcome.skipped,
         duration_ms: started.elapsed().as_millis() as u64,
-        exit_code: exit as i32,
+        exit_code: exit,
         failures: outcome.failures,
         warnings: plan.warnings.clone(),
         held_groups: plan.held_groups,
@@ -1135,7 +1119,7 @@ fn stopped(db: &mut StateDb, command: &str, e: SyncError) -> SyncError {
         SyncError::Guard { stop, .. } => stop.to_string(),
         e => e.to_string(),
     };
-    if let Err(record) = db.record_stopped_run(command, e.exit() as i32, &reason) {
+    if let Err(record) = db.record_stopped_run(command, e.exit(), &reason) {
         tracing::warn!(
             error = %record,
             stopped = %reason,

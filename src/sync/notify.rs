@@ -24,7 +24,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub fn message(settings: &NotifySettings, facts: &CycleFacts, config: &Path) -> Option<String> {
     let wants = |e: NotifyEvent| settings.on.contains(&e);
     let mut parts = Vec::new();
-    if wants(NotifyEvent::GuardStop) && facts.exit_code == Exit::Guard as u8 {
+    if wants(NotifyEvent::GuardStop) && facts.exit_code == Exit::Guard {
         let why = facts
             .stopped
             .as_deref()
@@ -37,8 +37,7 @@ pub fn message(settings: &NotifySettings, facts: &CycleFacts, config: &Path) -> 
                 .to_string(),
         );
     }
-    if wants(NotifyEvent::Failures) && (facts.failed > 0 || facts.exit_code == Exit::Partial as u8)
-    {
+    if wants(NotifyEvent::Failures) && (facts.failed > 0 || facts.exit_code == Exit::Partial) {
         parts.push(format!(
             "{} operation{} failed (exit {}); they are retried next cycle",
             facts.failed,
@@ -114,7 +113,7 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn facts(exit_code: u8, failed: u64, entered_quarantine: bool) -> CycleFacts {
+    fn facts(exit_code: Exit, failed: u64, entered_quarantine: bool) -> CycleFacts {
         CycleFacts {
             finished_at: chrono::Utc::now(),
             duration: Duration::from_secs(1),
@@ -128,7 +127,7 @@ mod tests {
             quarantined: entered_quarantine,
             entered_quarantine,
             failed,
-            stopped: (exit_code == 3).then(|| "the plan removes 9 objects".to_string()),
+            stopped: (exit_code == Exit::Guard).then(|| "the plan removes 9 objects".to_string()),
         }
     }
 
@@ -146,20 +145,23 @@ mod tests {
     #[test]
     fn only_the_configured_events_make_a_message() {
         let config = Path::new("/etc/idsync/idsync.yaml");
-        assert_eq!(message(&all(), &facts(0, 0, false), config), None);
-        let guard = message(&all(), &facts(3, 0, false), config).unwrap();
+        assert_eq!(message(&all(), &facts(Exit::Ok, 0, false), config), None);
+        let guard = message(&all(), &facts(Exit::Guard, 0, false), config).unwrap();
         assert!(
             guard.contains("safety guard") && guard.contains("removes 9"),
             "{guard}"
         );
-        let failed = message(&all(), &facts(1, 2, false), config).unwrap();
+        let failed = message(&all(), &facts(Exit::Partial, 2, false), config).unwrap();
         assert!(failed.contains("2 operations failed (exit 1)"), "{failed}");
-        let q = message(&all(), &facts(5, 0, true), config).unwrap();
+        let q = message(&all(), &facts(Exit::Unreachable, 0, true), config).unwrap();
         assert!(q.contains("quarantined"), "{q}");
         let only_guard = NotifySettings {
             on: vec![NotifyEvent::GuardStop],
             ..all()
         };
-        assert_eq!(message(&only_guard, &facts(1, 2, true), config), None);
+        assert_eq!(
+            message(&only_guard, &facts(Exit::Partial, 2, true), config),
+            None
+        );
     }
 }

@@ -106,13 +106,8 @@ fn gather(
 ) -> CycleFacts {
     let finished_at = Utc::now();
     let (exit_code, failed, stopped, source_objects) = match result {
-        Ok(s) => (
-            s.exit_code as u8,
-            s.failed,
-            s.stopped.clone(),
-            s.source_objects,
-        ),
-        Err(e) => (e.exit() as u8, 0, Some(e.to_string()), None),
+        Ok(s) => (s.exit_code, s.failed, s.stopped.clone(), s.source_objects),
+        Err(e) => (e.exit(), 0, Some(e.to_string()), None),
     };
     let (db, before, http, throttled) = match ran {
         Some(ran) => (Some(ran.db), Some(ran.before), ran.http, ran.throttled),

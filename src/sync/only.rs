@@ -29,9 +29,7 @@ fn find(input: &PlanningInput, who: &str) -> Option<SourceKey> {
     let wanted_email = Email::new(who);
     let wanted_name = UserName::new(who);
     if let Some(user) = desired.users.iter().find(|u| {
-        u.key.as_str() == who
-            || UserName::new(u.user_name()) == wanted_name
-            || u.email() == wanted_email
+        u.key.as_str() == who || u.user_name() == wanted_name || u.email() == wanted_email
     }) {
         return Some(user.key.clone());
     }

@@ -452,7 +452,7 @@ mod tests {
             command: "sync".into(),
             started_at: "2026-01-01T00:00:00Z".into(),
             ended_at: None,
-            exit_code: Some(0),
+            exit_code: Some(crate::model::Exit::Ok),
             applied: 0,
             failed: 0,
             planned: 0,

@@ -111,7 +111,7 @@ async fn a_cycle_provisions_the_source_and_the_next_finds_nothing_to_do() {
     let target = MemoryTarget::default();
 
     let first = run(&settings, &target).await.unwrap();
-    assert_eq!((first.exit_code, first.failed), (0, 0));
+    assert_eq!((first.exit_code, first.failed), (Exit::Ok, 0));
     assert_eq!(first.summary.create_users, 3);
     assert_eq!(
         user_names(&target),
@@ -155,7 +155,7 @@ async fn a_guard_stop_changes_nothing_and_is_recorded() {
     assert_eq!(held.len(), 2);
     assert_eq!(user_names(&target).len(), 3, "nothing was disabled");
     let report = inspect::status(&settings).unwrap();
-    assert_eq!(report.runs[0].exit_code, Some(3));
+    assert_eq!(report.runs[0].exit_code, Some(Exit::Guard));
     assert_eq!(report.active_users, 3);
 
     // The operator's reviewed override lets it through.
@@ -233,7 +233,7 @@ async fn a_full_sync_confirms_a_leaver_the_listing_left_out_and_disables_them() 
         ..SyncOptions::default()
     };
     let out = run_with(&settings, &target, &full).await.unwrap();
-    assert_eq!(out.exit_code, 0, "{out:?}");
+    assert_eq!(out.exit_code, Exit::Ok, "{out:?}");
     assert_eq!(out.summary.disable_users, 1);
     assert!(!target.world.lock().unwrap().users[&di].active);
     let again = run(&settings, &target).await.unwrap();
@@ -445,7 +445,7 @@ async fn a_streamed_csv_read_with_bad_rows_fails_as_a_source_error_before_any_ma
 }
 
 /// The newest run in the history: (command, exit code, error).
-fn latest_run(settings: &Settings) -> (String, Option<i64>, Option<String>) {
+fn latest_run(settings: &Settings) -> (String, Option<Exit>, Option<String>) {
     let report = inspect::status(settings).unwrap();
     let run = report.runs.into_iter().next().expect("a run is recorded");
     (run.command, run.exit_code, run.error)
@@ -466,7 +466,7 @@ async fn a_failed_full_sync_is_recorded_as_sync_full() {
     assert!(matches!(err, SyncError::PartialListing { .. }), "{err}");
     let (command, exit_code, error) = latest_run(&settings);
     assert_eq!(command, "sync --full");
-    assert_eq!(exit_code, Some(Exit::Unreachable as i64));
+    assert_eq!(exit_code, Some(Exit::Unreachable));
     assert_eq!(error, Some(err.to_string()));
 
     // A successful one has the same name.
@@ -488,7 +488,7 @@ async fn a_failed_only_sync_is_recorded_as_sync_only() {
     assert!(matches!(err, SyncError::UnknownUser { .. }), "{err}");
     let (command, exit_code, _) = latest_run(&settings);
     assert_eq!(command, "sync --only");
-    assert_eq!(exit_code, Some(Exit::Usage as i64));
+    assert_eq!(exit_code, Some(Exit::Usage));
 
     let mut moved = FOUR;
     moved[0].2 = "Principal";
@@ -514,7 +514,7 @@ async fn a_refused_saved_plan_is_recorded_as_sync_plan() {
         latest_run(&settings),
         (
             "sync --plan".to_string(),
-            Some(Exit::Usage as i64),
+            Some(Exit::Usage),
             Some(err.to_string())
         )
     );
