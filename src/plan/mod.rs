@@ -14,7 +14,7 @@
 //! (`guard`) check a plan before anyone acts on it; `verify` checks a saved plan
 //! against the state it is applied to.
 
-pub mod guard;
+pub(crate) mod guard;
 mod input;
 mod names;
 mod planner;

@@ -11,7 +11,7 @@ use crate::model::{
     AttrHash, Desired, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
     StateChange, Status, TargetSnapshot, UserAttr, UserName,
 };
-use crate::report::{MEMBERS_LISTED, PlanView, Style, plan_json, plan_text};
+use crate::report::{MEMBERS_LISTED, PlanView, Style, plan_text, write_plan_json};
 
 #[test]
 fn new_users_are_created_and_unchanged_ones_left_alone() {
@@ -604,7 +604,9 @@ fn golden_plan_json() {
     let (d, s) = scenario();
     let mut plan = plan(&d, &s, &Policy::default());
     plan.fingerprint = "fixed".into();
-    insta::assert_snapshot!(plan_json(&plan));
+    let mut json = Vec::new();
+    write_plan_json(&plan, &mut json).unwrap();
+    insta::assert_snapshot!(String::from_utf8(json).unwrap());
 }
 
 // ---------------------------------------------------------------------------

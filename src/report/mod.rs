@@ -25,7 +25,9 @@ pub use fields::{JsonSafe, LogFields};
 pub use html::report_html;
 pub use log::{log_csv, log_json, log_text};
 pub use metrics::metrics_text;
-pub use plan::{MEMBERS_LISTED, PlanView, held_text, plan_json, plan_text, write_plan_json};
+#[cfg(test)]
+pub use plan::MEMBERS_LISTED;
+pub use plan::{PlanView, held_text, plan_text, write_plan_json};
 pub use run::{dry_run_text, run_json, run_text};
 pub use status::{status_json, status_text};
 

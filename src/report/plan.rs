@@ -339,11 +339,6 @@ pub fn held_text(held: &[Operation], limit: usize) -> String {
     out
 }
 
-/// The plan as JSON (the documented plan format).
-pub fn plan_json(plan: &Plan) -> String {
-    super::json_text(serde_json::to_string_pretty(plan).expect("a plan always serialises"))
-}
-
 /// Streams the plan as JSON, without building the whole text in memory first
 /// (a million operations would be a gigabyte of string).
 pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result<()> {

@@ -8,10 +8,10 @@ mod listing;
 mod lookup;
 mod members;
 mod paging;
-pub mod redact;
-pub mod resource;
-pub mod retry;
-pub mod schema;
+pub(crate) mod redact;
+pub(crate) mod resource;
+pub(crate) mod retry;
+pub(crate) mod schema;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -432,7 +432,7 @@ impl ScimClient {
                 ),
             });
         }
-        let body = resource::user_to_json_shaped(attrs, active, &self.payload_shape());
+        let body = resource::user_to_json(attrs, active, &self.payload_shape());
         self.refuse_incomplete(&body, Resource::User, || format!("user {user_name:?}"))?;
         let reply = self
             .call(Method::POST, self.url(&["Users"]), &[], Some(&body))
@@ -487,8 +487,8 @@ impl ScimClient {
             .patch_resource(
                 "Users",
                 id,
-                resource::user_patch_operations_shaped(&changes, active, &shape),
-                |user| resource::apply_user_changes_shaped(user, &changes, active, &shape),
+                resource::user_patch_operations(&changes, active, &shape),
+                |user| resource::apply_user_changes(user, &changes, active, &shape),
             )
             .await?;
         let mut stored = answered

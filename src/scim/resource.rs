@@ -106,14 +106,9 @@ fn attr_value(attr: UserAttr, value: &str, shape: &PayloadShape) -> Value {
     }
 }
 
-/// The full user resource for a POST, everything sent (the schema unknown).
-pub fn user_to_json(attrs: &UserAttrs, active: bool) -> Value {
-    user_to_json_shaped(attrs, active, &PayloadShape::default())
-}
-
 /// The full user resource for a POST, shaped for the target: read-only
 /// attributes left out, multi-valued entries with the sub-attributes it publishes.
-pub fn user_to_json_shaped(attrs: &UserAttrs, active: bool, shape: &PayloadShape) -> Value {
+pub fn user_to_json(attrs: &UserAttrs, active: bool, shape: &PayloadShape) -> Value {
     let mut obj = Map::new();
     let mut name = Map::new();
     let mut enterprise = Map::new();
@@ -185,17 +180,10 @@ fn formatted_name(name: &Map<String, Value>, attrs: &UserAttrs) -> Option<String
     }
 }
 
-/// PATCH operations for the given changes: `replace` for a value, `remove` for
-/// `None` (or an empty value), and `active` last.
+/// PATCH operations for the given changes, shaped for the target (read-only
+/// attributes left out): `replace` for a value, `remove` for `None` (or an
+/// empty value), and `active` last.
 pub fn user_patch_operations(
-    changes: &[(UserAttr, Option<String>)],
-    active: Option<bool>,
-) -> Vec<Value> {
-    user_patch_operations_shaped(changes, active, &PayloadShape::default())
-}
-
-/// [`user_patch_operations`] shaped for the target (read-only attributes left out).
-pub fn user_patch_operations_shaped(
     changes: &[(UserAttr, Option<String>)],
     active: Option<bool>,
     shape: &PayloadShape,
@@ -214,19 +202,10 @@ pub fn user_patch_operations_shaped(
     ops
 }
 
-/// Applies the same changes as [`user_patch_operations`] to a full resource, for
-/// targets without PATCH (GET, modify, PUT). Attributes idsync does not manage
-/// are left as the server returned them.
+/// Applies the same changes as [`user_patch_operations`] to a full resource,
+/// for targets without PATCH (GET, modify, PUT). Attributes idsync does not
+/// manage are left as the server returned them.
 pub fn apply_user_changes(
-    resource: &mut Value,
-    changes: &[(UserAttr, Option<String>)],
-    active: Option<bool>,
-) {
-    apply_user_changes_shaped(resource, changes, active, &PayloadShape::default());
-}
-
-/// [`apply_user_changes`] shaped for the target.
-pub fn apply_user_changes_shaped(
     resource: &mut Value,
     changes: &[(UserAttr, Option<String>)],
     active: Option<bool>,
@@ -587,7 +566,7 @@ mod tests {
     #[test]
     fn every_attribute_round_trips() {
         let attrs = full_attrs();
-        let mut json = user_to_json(&attrs, false);
+        let mut json = user_to_json(&attrs, false, &PayloadShape::default());
         json["id"] = Value::from("42");
         let back = user_from_json(&json).expect("parses");
         assert_eq!(back.id.as_str(), "42");
@@ -604,7 +583,7 @@ mod tests {
             (UserAttr::Department, "R&D".to_owned()),
         ]
         .into();
-        let json = user_to_json(&attrs, true);
+        let json = user_to_json(&attrs, true, &PayloadShape::default());
         assert_eq!(
             json,
             json!({
@@ -621,7 +600,7 @@ mod tests {
     #[test]
     fn no_enterprise_schema_without_enterprise_attributes() {
         let attrs: UserAttrs = [(UserAttr::UserName, "a".to_owned())].into();
-        let json = user_to_json(&attrs, true);
+        let json = user_to_json(&attrs, true, &PayloadShape::default());
         assert_eq!(json["schemas"], json!([USER_SCHEMA]));
         assert!(json.get(ENTERPRISE_USER).is_none());
         assert!(json.get("name").is_none());
@@ -679,6 +658,7 @@ mod tests {
                 (UserAttr::NickName, Some(String::new())),
             ],
             Some(false),
+            &PayloadShape::default(),
         );
         assert_eq!(
             ops,
@@ -697,7 +677,7 @@ mod tests {
     #[test]
     fn applying_changes_to_a_resource_matches_the_patch() {
         let mut attrs = full_attrs();
-        let mut resource = user_to_json(&attrs, true);
+        let mut resource = user_to_json(&attrs, true, &PayloadShape::default());
         resource["id"] = Value::from("1");
         resource["meta"] = json!({"version": "W/\"1\""});
         let changes = vec![
@@ -706,7 +686,12 @@ mod tests {
             (UserAttr::CostCenter, None),
             (UserAttr::Title, None),
         ];
-        apply_user_changes(&mut resource, &changes, Some(false));
+        apply_user_changes(
+            &mut resource,
+            &changes,
+            Some(false),
+            &PayloadShape::default(),
+        );
         for (attr, value) in &changes {
             match value {
                 Some(v) => attrs.insert(*attr, v.clone()),
@@ -736,7 +721,7 @@ mod tests {
         ]
         .into();
         assert_eq!(
-            user_to_json_shaped(&attrs, true, &shape),
+            user_to_json(&attrs, true, &shape),
             json!({
                 "schemas": [USER_SCHEMA],
                 "userName": "a@example.com",
@@ -750,11 +735,11 @@ mod tests {
             (UserAttr::Email, Some("b@example.com".to_owned())),
         ];
         assert_eq!(
-            user_patch_operations_shaped(&changes, None, &shape),
+            user_patch_operations(&changes, None, &shape),
             vec![json!({"op": "replace", "path": "emails", "value": [{"value": "b@example.com"}]})]
         );
-        let mut resource = user_to_json_shaped(&attrs, true, &shape);
-        apply_user_changes_shaped(&mut resource, &changes, None, &shape);
+        let mut resource = user_to_json(&attrs, true, &shape);
+        apply_user_changes(&mut resource, &changes, None, &shape);
         assert!(resource.get("externalId").is_none());
         assert_eq!(resource["emails"], json!([{"value": "b@example.com"}]));
     }
@@ -891,7 +876,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let body = user_to_json_shaped(&parts, true, &shape);
+        let body = user_to_json(&parts, true, &shape);
         assert_eq!(body["name"]["formatted"], "Ann Lee PhD");
         let display_only: UserAttrs = [
             (UserAttr::UserName, "a@x.com".to_owned()),
@@ -899,17 +884,17 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let body = user_to_json_shaped(&display_only, true, &shape);
+        let body = user_to_json(&display_only, true, &shape);
         assert_eq!(body["name"], json!({"formatted": "Ann Lee"}));
         // A mapped value wins; without the requirement nothing is added.
         let mut mapped = parts.clone();
         mapped.insert(UserAttr::FormattedName, "Dr Ann Lee");
         assert_eq!(
-            user_to_json_shaped(&mapped, true, &shape)["name"]["formatted"],
+            user_to_json(&mapped, true, &shape)["name"]["formatted"],
             "Dr Ann Lee"
         );
         assert!(
-            user_to_json(&parts, true)["name"]
+            user_to_json(&parts, true, &PayloadShape::default())["name"]
                 .get("formatted")
                 .is_none()
         );

@@ -932,11 +932,26 @@ pub fn required_recorded(path: &Path) -> Result<Option<RequiredPaths>, StateErro
         .and_then(|json| serde_json::from_str(&json).ok()))
 }
 
+/// The whole cycle, the state DB opened here: for tests against any target.
+#[cfg(test)]
+pub async fn cycle<T: Target>(
+    settings: &Settings,
+    source: &dyn Source,
+    target: &T,
+    opts: &SyncOptions,
+    shutdown: Arc<AtomicBool>,
+    progress: &dyn Progress,
+) -> Result<RunSummary, SyncError> {
+    let mut db = StateDb::open(&settings.state_path)?;
+    cycle_on(&mut db, settings, source, target, opts, shutdown, progress).await
+}
+
 /// One cycle against any source and target: all the steps, from opening the
 /// state DB to recording how the run ended. Nothing is changed when planning
 /// or a guard fails. The steps, of which every command runs a prefix:
 ///
-/// 1. open: the state DB, once (read-only for `plan` and `--dry-run`);
+/// 1. open: the state DB, once, by the caller (read-only for `plan` and
+///    `--dry-run`), which hands it in;
 /// 2. check: the target answers, and what its schema requires is recorded;
 /// 3. plan: the source read and mapped, the state loaded, the target read for
 ///    `--full` — or, for `sync --plan`, the saved plan loaded and verified;
@@ -950,20 +965,8 @@ pub fn required_recorded(path: &Path) -> Result<Option<RequiredPaths>, StateErro
 /// `plan` runs 1 and 3–6 and shows a stop as a warning; `sync --dry-run` runs
 /// the same and ends at a stop; `sync`, `--only`, `--full` and the daemon run
 /// them all; `sync --plan` skips 4 and 5 (the plan was reviewed as it is).
-pub async fn cycle<T: Target>(
-    settings: &Settings,
-    source: &dyn Source,
-    target: &T,
-    opts: &SyncOptions,
-    shutdown: Arc<AtomicBool>,
-    progress: &dyn Progress,
-) -> Result<RunSummary, SyncError> {
-    let mut db = StateDb::open(&settings.state_path)?;
-    cycle_on(&mut db, settings, source, target, opts, shutdown, progress).await
-}
-
-/// Steps 2–8 on a state DB already open: a stop before anything was applied
-/// is recorded here, for every command alike.
+///
+/// A stop before anything was applied is recorded here, for every command alike.
 async fn cycle_on<T: Target>(
     db: &mut StateDb,
     settings: &Settings,
