@@ -565,7 +565,7 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
         }
     );
     warn_cleartext(&settings);
-    if let Err(e) = settings.target.token.read() {
+    if let Err(e) = settings.target.token.read().map_err(ConfigError::from) {
         eprintln!("warning: {}", esc(&e));
         if let Some(h) = e.hint() {
             eprintln!("hint: {} (needed by check and sync, not by plan)", esc(&h));
@@ -581,7 +581,7 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
 }
 
 /// Says loudly when the token would travel in clear text (see
-/// [`crate::config::TargetSettings::cleartext_warning`]).
+/// [`crate::scim::config::TargetSettings::cleartext_warning`]).
 fn warn_cleartext(settings: &Settings) {
     if let Some(warning) = settings.target.cleartext_warning() {
         eprintln!("warning: {}", report::escape(&warning.to_string()));
@@ -819,7 +819,7 @@ fn log_filter(
     let since = match since {
         None => None,
         Some(text) => {
-            let age = crate::config::parse_duration(text).map_err(|e| {
+            let age = crate::yaml::parse_duration(text).map_err(|e| {
                 Failure::new(
                     Exit::Usage,
                     format!("--since: {e}"),

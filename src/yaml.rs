@@ -1,7 +1,9 @@
 //! Where a YAML mistake is: serde reports an unknown key at the start of the
 //! map that holds it; [`find_key`] finds the key itself, so the config and the
-//! mapping file both point at the line and column to fix. Imports nothing of
-//! idsync.
+//! mapping file both point at the line and column to fix; [`parse_duration`]
+//! reads a duration as the config writes it. Imports nothing of idsync.
+
+use std::time::Duration;
 
 /// The key named by serde's "unknown field `…`" message.
 pub fn unknown_field(message: &str) -> Option<&str> {
@@ -34,6 +36,11 @@ pub fn find_key(text: &str, key: &str, line: u64, column: u64) -> Option<(u64, u
         }
     }
     None
+}
+
+/// Parses `40m`, `30s`, `1h 30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration ({e})"))
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@
 //! `--full` folds what the target really holds into the state first
 //! (`reconcile`), so the same planner also corrects hand-made drift. The guards
 //! (`guard`) check a plan before anyone acts on it; `verify` checks a saved plan
-//! against the state it is applied to.
+//! against the state it is applied to. `config` reads the `policy:` section of
+//! the configuration into a [`Policy`].
 
+pub(crate) mod config;
 pub(crate) mod guard;
 mod input;
 mod names;

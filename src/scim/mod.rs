@@ -2,7 +2,9 @@
 //! (Atlassian Cloud or a generic SCIM server), paced by a token bucket and retried
 //! per [`retry`]. It speaks HTTP and SCIM; it knows nothing of plans, state, or why
 //! an operation is made (adopting a user after a 409 is the caller's decision).
+//! Its `config` part reads the `target:` section of the configuration.
 
+pub(crate) mod config;
 mod learned;
 mod listing;
 mod lookup;

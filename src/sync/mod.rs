@@ -254,7 +254,7 @@ fn is_zero(n: &u64) -> bool {
 /// The SCIM client for the configured target (reads the token).
 pub fn client(settings: &Settings) -> Result<ScimClient, SyncError> {
     let t = &settings.target;
-    let token = t.token.read()?;
+    let token = t.token.read().map_err(ConfigError::from)?;
     ScimClient::new(ClientOptions {
         base_url: t.base_url.clone(),
         token,

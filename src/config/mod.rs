@@ -1,0 +1,314 @@
+//! Configuration: the YAML file as written (`RawConfig`, lightly checked by serde)
+//! and the compiled `Settings` every command runs on (paths resolved, mapping
+//! compiled, limits parsed). Every mistake surfaces here, in `idsync validate`,
+//! with the file, line and column. Each section's owner reads and compiles it —
+//! the source adapters `source:`, `scim::config` `target:`, `plan::config`
+//! `policy:` — and says where a mistake is; this module places it in the file.
+//! Here are only the file's shape and the order of compilation, with its parts:
+//! `${VAR}` expansion (`env`), YAML errors (`located`), the `source:` section's
+//! two-pass read (`kinded`), `schedule:` and `notify:`. Secrets are located but
+//! read only when a command needs them (`TokenSource::read`), so an offline
+//! `plan` needs none.
+
+mod env;
+mod error;
+mod kinded;
+mod located;
+mod notify;
+mod schedule;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::{Location, Spanned};
+
+use crate::mapping::Mapping;
+use crate::model::Domain;
+use crate::plan::config::PolicyConfig;
+use crate::plan::{PlanOptions, Policy};
+use crate::scim::Flavour;
+use crate::scim::config::{TargetConfig, TargetSettings};
+use crate::source::csv::{CsvConfig, CsvSettings};
+use crate::source::entra::{EntraConfig, EntraSettings};
+use crate::source::ldap::{LdapConfig, LdapSettings};
+use crate::source::{Source, SourceConfigError};
+use env::expand_env;
+pub use error::ConfigError;
+use kinded::Kinded;
+use located::yaml_error;
+use notify::RawNotify;
+pub use notify::{NotifyEvent, NotifySettings};
+use schedule::RawSchedule;
+pub use schedule::{Schedule, parse_cron};
+
+// ---------------------------------------------------------------------------
+// Raw configuration, as written.
+
+/// The file as written; `S` is the `source:` section (see [`parse_raw`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig<S> {
+    source: Spanned<S>,
+    mapping: Option<Spanned<String>>,
+    target: TargetConfig,
+    #[serde(default)]
+    policy: PolicyConfig,
+    state: Spanned<String>,
+    #[serde(default)]
+    schedule: Option<Spanned<RawSchedule>>,
+    #[serde(default)]
+    history_days: Option<u32>,
+    #[serde(default)]
+    metrics_file: Option<Spanned<String>>,
+    #[serde(default)]
+    notify: Option<Spanned<RawNotify>>,
+}
+
+/// The `source:` section: `kind` picks the adapter, whose own config reads the
+/// other fields.
+#[derive(Debug)]
+enum RawSource {
+    Csv(CsvConfig),
+    Ldap(Box<LdapConfig>),
+    Entra(Box<EntraConfig>),
+}
+
+/// The adapters `source.kind` can name.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SourceKind {
+    Csv,
+    Ldap,
+    Entra,
+}
+
+/// Reads only `source.kind`, ignoring everything else.
+#[derive(Deserialize)]
+struct SourceKindProbe {
+    source: SourceKindOnly,
+}
+
+#[derive(Deserialize)]
+struct SourceKindOnly {
+    kind: SourceKind,
+}
+
+impl<S> RawConfig<S> {
+    fn map_source<T>(self, f: impl FnOnce(S) -> T) -> RawConfig<T> {
+        let RawConfig {
+            source,
+            mapping,
+            target,
+            policy,
+            state,
+            schedule,
+            history_days,
+            metrics_file,
+            notify,
+        } = self;
+        RawConfig {
+            source: Spanned::new(f(source.value), source.referenced, source.defined),
+            mapping,
+            target,
+            policy,
+            state,
+            schedule,
+            history_days,
+            metrics_file,
+            notify,
+        }
+    }
+}
+
+/// Parses the file. The `source:` section is read straight into the adapter's
+/// config picked by its `kind`, so that the adapter's `Spanned` fields keep their
+/// line and column: serde's internally tagged enums buffer a section before
+/// picking the variant, and lose them. Hence two passes: `kind` first, then the
+/// whole file with that adapter's config.
+fn parse_raw(file: &str, text: &str) -> Result<RawConfig<RawSource>, ConfigError> {
+    let error = |e: serde_saphyr::Error| yaml_error(file, text, &e);
+    let probe: SourceKindProbe = serde_saphyr::from_str(text).map_err(error)?;
+    let raw = match probe.source.kind {
+        SourceKind::Csv => serde_saphyr::from_str::<RawConfig<Kinded<CsvConfig>>>(text)
+            .map_err(error)?
+            .map_source(|s| RawSource::Csv(s.0)),
+        SourceKind::Ldap => serde_saphyr::from_str::<RawConfig<Kinded<LdapConfig>>>(text)
+            .map_err(error)?
+            .map_source(|s| RawSource::Ldap(Box::new(s.0))),
+        SourceKind::Entra => serde_saphyr::from_str::<RawConfig<Kinded<EntraConfig>>>(text)
+            .map_err(error)?
+            .map_source(|s| RawSource::Entra(Box::new(s.0))),
+    };
+    Ok(raw)
+}
+
+// ---------------------------------------------------------------------------
+// Compiled settings.
+
+/// Which directory to read: one adapter's compiled settings.
+#[derive(Clone, Debug)]
+pub enum SourceSettings {
+    Csv(CsvSettings),
+    Ldap(Box<LdapSettings>),
+    Entra(Box<EntraSettings>),
+}
+
+impl SourceSettings {
+    /// The configured adapter.
+    pub fn adapter(&self) -> &dyn Source {
+        match self {
+            SourceSettings::Csv(csv) => csv,
+            SourceSettings::Ldap(ldap) => ldap.as_ref(),
+            SourceSettings::Entra(entra) => entra.as_ref(),
+        }
+    }
+}
+
+/// Everything a command needs, compiled once.
+#[derive(Debug)]
+pub struct Settings {
+    pub config_path: PathBuf,
+    /// Changes whenever the config or the mapping text changes.
+    pub fingerprint: String,
+    pub source: SourceSettings,
+    pub mapping: Mapping,
+    pub mapping_path: PathBuf,
+    pub target: TargetSettings,
+    pub policy: Policy,
+    pub state_path: PathBuf,
+    pub schedule: Schedule,
+    pub history_days: u32,
+    /// Prometheus text written after every cycle (`metrics_file:` or `--metrics-file`).
+    pub metrics_file: Option<PathBuf>,
+    pub notify: Option<NotifySettings>,
+}
+
+impl Settings {
+    /// Reads, expands and compiles the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Settings::compile(path, &text)
+    }
+
+    /// What the planner needs from the config.
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions {
+            policy: self.policy.clone(),
+            config_fingerprint: self.fingerprint.clone(),
+            user_limit: self.target.user_limit,
+            target_rules: Default::default(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn compile(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        let expanded = expand_env(text, &file)?;
+        let raw = parse_raw(&file, &expanded)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &str| -> PathBuf {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        // A section's mistake is located at the offending field.
+        let at = |location: &Location, message: String, hint: String| {
+            ConfigError::at(&file, location, message, hint)
+        };
+
+        let refused = |e: SourceConfigError| at(&e.location, e.message, e.hint);
+        let source = match raw.source.value {
+            RawSource::Csv(csv) => SourceSettings::Csv(csv.compile(&base).map_err(refused)?),
+            RawSource::Ldap(ldap) => {
+                SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(refused)?))
+            }
+            RawSource::Entra(entra) => {
+                SourceSettings::Entra(Box::new(entra.compile(&base).map_err(refused)?))
+            }
+        };
+
+        let target = raw
+            .target
+            .compile(&base)
+            .map_err(|e| at(&e.location, e.message, e.hint))?;
+        let (mapping_path, mapping) = match &raw.mapping {
+            Some(m) => {
+                let p = resolve(&m.value);
+                if !p.exists() {
+                    return Err(at(
+                        &m.referenced,
+                        format!("mapping file {} does not exist", p.display()),
+                        "paths are relative to the config file's folder".into(),
+                    ));
+                }
+                let mapping = Mapping::load(&p)?;
+                (p, mapping)
+            }
+            None => {
+                return Err(ConfigError::File {
+                    file,
+                    message: "no `mapping:` file is configured".into(),
+                    hint: Some("add `mapping: mappings/csv.yaml` (see the README)".into()),
+                });
+            }
+        };
+        let mapping_text = std::fs::read(&mapping_path).map_err(|source| ConfigError::Read {
+            path: mapping_path.clone(),
+            source,
+        })?;
+
+        let policy = raw
+            .policy
+            .compile(target_policy(&target))
+            .map_err(|e| at(&e.location, e.message, e.hint))?;
+        let schedule = Schedule::compile(raw.schedule.as_ref(), &file)?;
+        let notify = match &raw.notify {
+            None => None,
+            Some(n) => Some(NotifySettings::compile(n, &file)?),
+        };
+
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(text.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&mapping_text);
+        let fingerprint = hasher.finalize().to_hex()[..16].to_string();
+
+        Ok(Settings {
+            config_path: path.to_path_buf(),
+            fingerprint,
+            source,
+            mapping,
+            mapping_path,
+            target,
+            policy,
+            state_path: resolve(&raw.state.value),
+            schedule,
+            history_days: raw.history_days.unwrap_or(30),
+            metrics_file: raw.metrics_file.as_ref().map(|m| resolve(&m.value)),
+            notify,
+        })
+    }
+}
+
+/// The default policy with what the target decides: the member chunk, whether
+/// it renames groups, its verified domains. `policy:` applies over it.
+fn target_policy(target: &TargetSettings) -> Policy {
+    Policy {
+        member_chunk: target.member_chunk,
+        target_renames_groups: target.flavour == Flavour::Generic,
+        verified_domains: target
+            .verified_domains
+            .iter()
+            .map(|d| Domain::new(d.trim().trim_start_matches('@')))
+            .collect(),
+        ..Policy::default()
+    }
+}
