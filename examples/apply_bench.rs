@@ -20,7 +20,7 @@
 //! Every server and proxy it starts listens on 127.0.0.1 and is stopped by PID.
 //! Not a timed test: the numbers go in the README.
 
-#[path = "../tests/e2e/proxy.rs"]
+#[path = "../tests/support/proxy.rs"]
 mod proxy;
 
 use std::io::{Read, Write};

@@ -480,12 +480,15 @@ fn every_compile_error_is_reported() {
     assert_eq!(lines.len(), 3, "{e}");
 }
 
-#[test]
-fn default_mapping_files_compile_and_map() {
+/// One of the mapping files shipped in `mappings/`.
+fn default_mapping(name: &str) -> Mapping {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
-    let load = |name: &str| Mapping::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"));
+    Mapping::load(&dir.join(name)).unwrap_or_else(|e| panic!("{e}"))
+}
 
-    let csv = load("csv.yaml");
+#[test]
+fn default_csv_mapping_compiles_and_maps() {
+    let csv = default_mapping("csv.yaml");
     let u = csv
         .map_user(
             &user(
@@ -525,8 +528,11 @@ fn default_mapping_files_compile_and_map() {
     );
     let off = user("1002", 3, &[("email", "b@x"), ("active", "false")]);
     assert!(!csv.map_user(&off, &[]).unwrap().unwrap().active);
+}
 
-    let ldap = load("ldap-inetorgperson.yaml");
+#[test]
+fn default_ldap_mapping_compiles_and_maps() {
+    let ldap = default_mapping("ldap-inetorgperson.yaml");
     let u = ldap
         .map_user(
             &user(
@@ -554,8 +560,11 @@ fn default_mapping_files_compile_and_map() {
             .unwrap()
             .is_none()
     );
+}
 
-    let ad = load("active-directory.yaml");
+#[test]
+fn default_active_directory_mapping_compiles_and_maps() {
+    let ad = default_mapping("active-directory.yaml");
     let ad_user = |uac: &str, mail: &str| {
         user(
             "guid-1",
@@ -591,8 +600,11 @@ fn default_mapping_files_compile_and_map() {
     computer.attrs.push("sAMAccountName", ["PC01$"]);
     computer.attrs.push("userPrincipalName", ["pc01@corp"]);
     assert!(ad.map_user(&computer, &[]).unwrap().is_none());
+}
 
-    let entra = load("entra.yaml");
+#[test]
+fn default_entra_mapping_compiles_and_maps() {
+    let entra = default_mapping("entra.yaml");
     let u = entra
         .map_user(
             &user(

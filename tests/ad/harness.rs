@@ -15,17 +15,20 @@
 #![allow(dead_code)] // not every test uses every helper
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::Value;
 
-use crate::scim::{self, Output, ScimServer, TargetContents, str_at};
+pub use crate::support::ldap::{Entry, norm_dn};
+use crate::support::ldap::{client, search};
+use crate::support::process::{Output, kill, repo, run_bounded};
+use crate::support::scim::{ScimServer, TargetContents, str_at};
+pub use crate::support::workdir::Idsync;
+use crate::support::workdir::{Workdir, scim_target_yaml};
 
 pub const BASE: &str = "DC=corp,DC=example,DC=test";
 pub const STAFF: &str = "OU=Staff,DC=corp,DC=example,DC=test";
@@ -50,55 +53,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// One LDAP client tool run may take this long.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn script() -> PathBuf {
     repo().join("scripts/samba-ad.sh")
-}
-
-/// Runs `cmd` to completion, killing it after `limit`.
-fn run_bounded(mut cmd: Command, limit: Duration, stdin: Option<&str>) -> Output {
-    let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("run {what}: {e}"));
-    let mut input = child.stdin.take().expect("stdin");
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(input);
-    let pipe = |p: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = pipe(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = pipe(child.stderr.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + limit;
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code().unwrap_or(-1);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        code,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        args: vec![what],
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -219,10 +175,9 @@ impl Samba {
     }
 
     fn tool(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(tool);
+        let mut cmd = client(tool, LDAPS_URL, 20);
         cmd.env("LDAPTLS_CACERT", self.ca_file())
-            .args(["-x", "-o", "nettimeout=20", "-H", LDAPS_URL, "-D", ADMIN])
-            .args(["-w", ADMIN_PW])
+            .args(["-D", ADMIN, "-w", ADMIN_PW])
             .args(args);
         run_bounded(cmd, TOOL_TIMEOUT, stdin)
     }
@@ -251,23 +206,18 @@ impl Samba {
     }
 
     fn search_with(&self, extra: &[&str], base: &str, filter: &str, attrs: &[&str]) -> Vec<Entry> {
-        let mut args = vec!["-LLL", "-o", "ldif-wrap=no"];
-        args.extend_from_slice(extra);
-        args.extend(["-b", base, filter]);
-        args.extend_from_slice(attrs);
-        let out = self.tool("ldapsearch", &args, None);
-        assert_eq!(out.code, 0, "ldapsearch {filter} failed:\n{}", out.dump());
-        parse_ldif(&out.stdout)
+        search(
+            |args| self.tool("ldapsearch", args, None),
+            extra,
+            base,
+            filter,
+            attrs,
+        )
     }
 
     /// The one entry at `dn`.
     pub fn entry(&self, dn: &str, attrs: &[&str]) -> Entry {
-        let mut args = vec!["-LLL", "-o", "ldif-wrap=no", "-s", "base", "-b", dn];
-        args.push("(objectClass=*)");
-        args.extend_from_slice(attrs);
-        let out = self.tool("ldapsearch", &args, None);
-        assert_eq!(out.code, 0, "reading {dn} failed:\n{}", out.dump());
-        parse_ldif(&out.stdout)
+        self.search_with(&["-s", "base"], dn, "(objectClass=*)", attrs)
             .pop()
             .unwrap_or_else(|| panic!("no entry {dn}"))
     }
@@ -321,50 +271,17 @@ impl Drop for Samba {
             .status();
         // If the script could not run: kill by the PID it recorded.
         if let Ok(pid) = std::fs::read_to_string(dir.join("run/samba.pid"))
-            && let Ok(pid) = pid.trim().parse::<i32>()
+            && let Ok(pid) = pid.trim().parse::<u32>()
         {
-            // SAFETY: a plain kill(2) of the samba process this test started.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
+            let _ = kill("KILL", pid);
         }
     }
 }
 
 // ---------------------------------------------------------------------------
-// LDIF
-
-/// One entry of `ldapsearch -LLL` output; values decoded (base64 ones as bytes).
-#[derive(Clone, Debug, Default)]
-pub struct Entry {
-    pub dn: String,
-    pub attrs: BTreeMap<String, Vec<Vec<u8>>>,
-}
+// GUIDs
 
 impl Entry {
-    /// The first value of `name` as text.
-    pub fn text(&self, name: &str) -> Option<String> {
-        self.texts(name).into_iter().next()
-    }
-
-    pub fn texts(&self, name: &str) -> Vec<String> {
-        self.attrs
-            .get(&name.to_ascii_lowercase())
-            .map(|vs| {
-                vs.iter()
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub fn bytes(&self, name: &str) -> Option<&[u8]> {
-        self.attrs
-            .get(&name.to_ascii_lowercase())
-            .and_then(|vs| vs.first())
-            .map(Vec::as_slice)
-    }
-
     /// The objectGUID in its canonical text form (what idsync keys users by).
     pub fn guid(&self) -> String {
         let b = self.bytes("objectGUID").expect("objectGUID");
@@ -382,57 +299,12 @@ impl Entry {
     }
 }
 
-fn parse_ldif(text: &str) -> Vec<Entry> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let mut entries = Vec::new();
-    let mut current: Option<Entry> = None;
-    for line in text.lines() {
-        if line.is_empty() {
-            entries.extend(current.take());
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((name, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let value = match rest.strip_prefix(':') {
-            Some(encoded) => b64.decode(encoded.trim()).expect("base64 value"),
-            None => rest.trim_start().as_bytes().to_vec(),
-        };
-        if name.eq_ignore_ascii_case("dn") {
-            entries.extend(current.take());
-            current = Some(Entry {
-                dn: String::from_utf8_lossy(&value).into_owned(),
-                ..Entry::default()
-            });
-        } else if let Some(entry) = current.as_mut() {
-            entry
-                .attrs
-                .entry(name.to_ascii_lowercase())
-                .or_default()
-                .push(value);
-        }
-    }
-    entries.extend(current);
-    entries
-}
-
 /// A GUID as an LDAP filter value: its 16 bytes escaped as `\xx`.
 fn guid_filter_value(guid: &str) -> String {
     let hex: String = guid.chars().filter(|c| *c != '-').collect();
     let byte = |i: usize| &hex[2 * i..2 * i + 2];
     let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
     order.iter().map(|&i| format!("\\{}", byte(i))).collect()
-}
-
-/// `CN=x,…` in lower case with no spaces after commas: how DNs are compared.
-pub fn norm_dn(dn: &str) -> String {
-    dn.split(',')
-        .map(|p| p.trim().to_ascii_lowercase())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 // ---------------------------------------------------------------------------
@@ -689,7 +561,7 @@ impl Expected {
 
 /// A temp dir with `config.yaml` (this AD → a scim2-server) and `state/`.
 pub struct Operator {
-    dir: tempfile::TempDir,
+    dir: Workdir,
     pub url: String,
     pub bind_dn: String,
     pub ca_file: Option<PathBuf>,
@@ -698,16 +570,12 @@ pub struct Operator {
     /// More `policy:` lines, each ending in a newline.
     pub extra_policy: String,
     scim_url: String,
-    token: String,
 }
 
 impl Operator {
     pub fn new(samba: &Samba, server: &ScimServer) -> Operator {
-        let dir = tempfile::Builder::new()
-            .prefix("idsync-ad-e2e-")
-            .tempdir()
-            .expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
+        let mut dir = Workdir::new("idsync-ad-e2e-", server.token());
+        dir.run_timeout = RUN_TIMEOUT;
         Operator {
             dir,
             url: LDAPS_URL.into(),
@@ -716,7 +584,6 @@ impl Operator {
             extra_source: String::new(),
             extra_policy: String::new(),
             scim_url: server.base_url(),
-            token: server.token().to_owned(),
         }
     }
 
@@ -740,12 +607,7 @@ impl Operator {
              \x20 timeout: 20s\n\
              {extra}\
              mapping: {mapping}\n\
-             target:\n\
-             \x20 kind: scim\n\
-             \x20 base_url: {scim}\n\
-             \x20 token_env: {token_env}\n\
-             \x20 concurrency: 4\n\
-             \x20 timeout: 30s\n\
+             {target}\
              policy:\n\
              \x20 remove_action: disable\n\
              \x20 max_removals: 10%\n\
@@ -757,38 +619,8 @@ impl Operator {
             extra = self.extra_source,
             policy = self.extra_policy,
             mapping = repo().join("mappings/active-directory.yaml").display(),
-            scim = self.scim_url,
-            token_env = scim::TOKEN_ENV,
+            target = scim_target_yaml(&self.scim_url, "30s"),
         )
-    }
-
-    /// Runs `idsync SUB -c config.yaml REST…`; panics if a password or the
-    /// token shows up in what it printed.
-    pub fn run(&self, args: &[&str]) -> Output {
-        let config = self.dir.path().join("config.yaml");
-        std::fs::write(&config, self.config()).expect("write config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_idsync"));
-        cmd.arg(args[0])
-            .arg("-c")
-            .arg(&config)
-            .args(&args[1..])
-            .current_dir(self.dir.path())
-            .env("NO_COLOR", "1")
-            .env_remove("IDSYNC_CONFIG")
-            .env_remove("RUST_LOG")
-            .env(PASSWORD_ENV, SVC_PW)
-            .env(scim::TOKEN_ENV, &self.token);
-        let mut out = run_bounded(cmd, RUN_TIMEOUT, None);
-        out.args = args.iter().map(|s| s.to_string()).collect();
-        for secret in [SVC_PW, ADMIN_PW, self.token.as_str()] {
-            assert!(
-                !out.stdout.contains(secret) && !out.stderr.contains(secret),
-                "a secret appears in the output of `idsync {}`:\n{}",
-                args.join(" "),
-                out.dump()
-            );
-        }
-        out
     }
 
     /// `sync --format json`, which must exit `code`.
@@ -797,19 +629,14 @@ impl Operator {
             .assert_code(code)
             .json()
     }
+}
 
-    pub fn plan_json(&self) -> Value {
-        self.run(&["plan", "--format", "json"])
-            .assert_code(0)
-            .json()
-    }
-
-    pub fn assert_plan_empty(&self) {
-        let plan = self.plan_json();
-        assert!(
-            scim::operations(&plan).is_empty(),
-            "expected an empty plan, got:\n{}",
-            serde_json::to_string_pretty(&plan).unwrap_or_default()
-        );
+impl Idsync for Operator {
+    /// Runs `idsync SUB -c config.yaml REST…`; panics if a password or the
+    /// token shows up in what it printed.
+    fn run(&self, args: &[&str]) -> Output {
+        let env = [(PASSWORD_ENV, SVC_PW)];
+        self.dir
+            .run_with(&self.config(), args, &env, &[SVC_PW, ADMIN_PW])
     }
 }

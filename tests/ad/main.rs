@@ -9,15 +9,15 @@
 //! groups, a group of 1,651 members. Each test runs on its own copy of it, one
 //! at a time (Samba's ports are fixed).
 
-#[path = "../e2e/harness.rs"]
-mod scim;
-
 mod harness;
+#[path = "../support/mod.rs"]
+mod support;
 
 use serde_json::Value;
 
 use harness::*;
-use scim::{ScimServer, fresh_token, str_at};
+use support::process::fresh_token;
+use support::scim::{ScimServer, str_at, summary_count};
 
 fn started() -> (Samba, ScimServer) {
     let samba = Samba::start();
@@ -34,7 +34,7 @@ fn mail(name: &str) -> String {
 }
 
 fn summary(run: &Value, key: &str) -> u64 {
-    scim::summary_count(run, key)
+    summary_count(run, key)
 }
 
 fn active(server: &ScimServer, user_name: &str) -> bool {

@@ -688,9 +688,18 @@ fn assert_refused(reply: &Reply, status: u16, scim_type: &str, detail: &str, wha
 #[test]
 fn atlassian_stand_in_answers_as_documented() {
     let s = StandIn::start("atl-self", Limit::None);
-    let users = StandIn::at("/Users");
+    answers_the_directory_paths_only(&s);
+    let ann_id = creates_need_one_primary_email_on_a_verified_domain(&s);
+    user_names_are_unique_case_insensitively(&s);
+    let lee_id = display_name_overwrites_the_name_parts(&s);
+    filters_are_one_eq_on_documented_attributes(&s);
+    groups_have_unique_names_members_by_id_and_no_rename(&s, &ann_id, &lee_id);
+    pages_hold_at_most_100(&s);
+    delete_unlinks(&s, &ann_id);
+}
 
-    // Paths: the directory's only.
+/// Paths: the directory's only.
+fn answers_the_directory_paths_only(s: &StandIn) {
     let spc = s.call("GET", &StandIn::at("/ServiceProviderConfig"), None);
     assert_eq!(spc.status, 200);
     assert_eq!(spc.body["filter"]["maxResults"], json!(MAX_PAGE));
@@ -701,8 +710,12 @@ fn atlassian_stand_in_answers_as_documented() {
     ] {
         assert_eq!(s.call("GET", &other, None).status, 404, "{other}");
     }
+}
 
-    // Creates: a primary email on a verified domain; locations rewritten.
+/// Creates: a primary email on a verified domain; locations rewritten.
+/// Returns the id of the user created.
+fn creates_need_one_primary_email_on_a_verified_domain(s: &StandIn) -> String {
+    let users = StandIn::at("/Users");
     let ann = s.call(
         "POST",
         &users,
@@ -758,8 +771,13 @@ fn atlassian_stand_in_answers_as_documented() {
         "is not verified",
         "email change to an unverified domain",
     );
+    ann_id
+}
 
-    // userName unique case-insensitively, in Atlassian's words.
+/// userName unique case-insensitively, in Atlassian's words (`ann@example.com`
+/// exists).
+fn user_names_are_unique_case_insensitively(s: &StandIn) {
+    let users = StandIn::at("/Users");
     let twin = s.call(
         "POST",
         &users,
@@ -775,9 +793,12 @@ fn atlassian_stand_in_answers_as_documented() {
             "detail": "Resource [USER]: with email[ANN@Example.com] already exists.",
         })
     );
+}
 
-    // displayName overwrites first and last name; name parts alone do not
-    // touch displayName.
+/// displayName overwrites first and last name; name parts alone do not
+/// touch displayName. Returns the id of the user created.
+fn display_name_overwrites_the_name_parts(s: &StandIn) -> String {
+    let users = StandIn::at("/Users");
     let lee = s.call(
         "POST",
         &users,
@@ -815,8 +836,12 @@ fn atlassian_stand_in_answers_as_documented() {
     let read = s.call("GET", &lee_path, None).body;
     assert_eq!(read["name"]["givenName"], "Solo", "{read}");
     assert_eq!(read["name"].get("familyName"), None, "{read}");
+    str_at(&lee.body, "id").to_owned()
+}
 
-    // Filters: one `eq` on the documented attributes.
+/// Filters: one `eq` on the documented attributes.
+fn filters_are_one_eq_on_documented_attributes(s: &StandIn) {
+    let users = StandIn::at("/Users");
     let found = s.call(
         "GET",
         &format!("{users}?{}", eq_query("userName", "ANN@example.com")),
@@ -852,8 +877,10 @@ fn atlassian_stand_in_answers_as_documented() {
             filter,
         );
     }
+}
 
-    // Groups: unique names, members by id, no rename, one filter.
+/// Groups: unique names, members by id, no rename, one filter.
+fn groups_have_unique_names_members_by_id_and_no_rename(s: &StandIn, ann_id: &str, lee_id: &str) {
     let groups = StandIn::at("/Groups");
     let group = json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
@@ -897,7 +924,7 @@ fn atlassian_stand_in_answers_as_documented() {
         &group_path,
         Some(patch(json!([
             { "op": "replace", "path": "displayName", "value": "Engineering" },
-            { "op": "add", "path": "members", "value": [{ "value": str_at(&lee.body, "id") }] },
+            { "op": "add", "path": "members", "value": [{ "value": lee_id }] },
         ]))),
     );
     assert!(matches!(same_name.status, 200 | 204), "{}", same_name.body);
@@ -917,8 +944,12 @@ fn atlassian_stand_in_answers_as_documented() {
         "Resource [GROUP] invalid filter",
         "a group filter on id",
     );
+}
 
-    // Pages of at most 100, whatever is asked.
+/// Pages of at most 100, whatever is asked (107 users: two made before, 105
+/// here).
+fn pages_hold_at_most_100(s: &StandIn) {
+    let users = StandIn::at("/Users");
     for i in 0..105 {
         let name = format!("page{i:03}@example.com");
         let reply = s.call("POST", &users, Some(user_body(&name, "Page", "User", None)));
@@ -938,8 +969,11 @@ fn atlassian_stand_in_answers_as_documented() {
     assert_eq!(rest.body["Resources"].as_array().map(Vec::len), Some(7));
     let listed = rest.body.to_string();
     assert!(!listed.contains("/v2/"), "a /v2/ location leaked: {listed}");
+}
 
-    // DELETE unlinks: the id is gone, and coming back is a new POST.
+/// DELETE unlinks: the id is gone, and coming back is a new POST.
+fn delete_unlinks(s: &StandIn, ann_id: &str) {
+    let users = StandIn::at("/Users");
     let deleted = s.call("DELETE", &StandIn::at(&format!("/Users/{ann_id}")), None);
     assert_eq!(deleted.status, 204);
     assert_eq!(
@@ -1346,9 +1380,21 @@ fn lifecycle_source() -> Source {
 #[test]
 fn atlassian_stand_in_lifecycle_converges_exactly() {
     let mut rig = Rig::start("atl-life", Limit::None, lifecycle_source());
+    initial_sync_skips_the_unverified_domain(&mut rig);
+    attribute_changes_converge(&mut rig);
+    membership_moves_converge(&mut rig);
+    a_disabled_leaver_comes_back_to_the_same_account(&mut rig);
+    a_deleted_leaver_comes_back_as_a_new_account(&mut rig);
+    a_group_rename_is_kept_then_recreated(&mut rig);
+    assert_no_display_name_sent(&rig);
+    drift_by_hand_is_repaired(&mut rig);
+    assert_nothing_refused_nor_unverified_sent(&rig);
+    a_sync_without_changes_writes_nothing(&mut rig);
+}
 
-    // Initial sync: users on the unverified domain are skipped with a warning
-    // and never sent.
+/// Initial sync: users on the unverified domain are skipped with a warning
+/// and never sent.
+fn initial_sync_skips_the_unverified_domain(rig: &mut Rig) {
     rig.sync("the initial sync", &[]);
     rig.assert_settled("the initial sync");
     for skipped in ["pat@", "sam@"] {
@@ -1361,11 +1407,13 @@ fn atlassian_stand_in_lifecycle_converges_exactly() {
             rig.logs
         );
     }
+}
 
-    // Attribute changes: a title, a department and an email (so userName),
-    // a first name with the display name, a family name alone (no display
-    // name), a marriage (family and display name), and the contractor moving
-    // to the verified domain.
+/// Attribute changes: a title, a department and an email (so userName),
+/// a first name with the display name, a family name alone (no display
+/// name), a marriage (family and display name), and the contractor moving
+/// to the verified domain.
+fn attribute_changes_converge(rig: &mut Rig) {
     rig.source.user_mut("u02").title = "Staff Engineer".into();
     let u03 = rig.source.user_mut("u03");
     u03.department = "Platform".into();
@@ -1380,17 +1428,21 @@ fn atlassian_stand_in_lifecycle_converges_exactly() {
     rig.source.user_mut("c01").email = "pat@example.com".into();
     rig.sync("attribute changes", &[]);
     rig.assert_settled("attribute changes");
+}
 
-    // Membership moves.
+/// Membership moves.
+fn membership_moves_converge(rig: &mut Rig) {
     rig.source.leave("g1", "u02");
     rig.source.join("g2", "u02");
     rig.source.join("g4", "u07");
     rig.source.leave("g3", "u01");
     rig.sync("membership moves", &[]);
     rig.assert_settled("membership moves");
+}
 
-    // A leaver is disabled (and leaves their groups), then comes back to the
-    // same account.
+/// A leaver is disabled (and leaves their groups), then comes back to the
+/// same account.
+fn a_disabled_leaver_comes_back_to_the_same_account(rig: &mut Rig) {
     let before = rig.id_of("u05");
     let (leaver, groups) = rig.source.remove_user("u05");
     rig.disabled.push(leaver.clone());
@@ -1404,9 +1456,11 @@ fn atlassian_stand_in_lifecycle_converges_exactly() {
     rig.sync("the leaver back", &[]);
     rig.assert_settled("the leaver back");
     assert_eq!(rig.id_of("u05"), before, "re-enabled, not created again");
+}
 
-    // remove_action: delete: the record is unlinked (404), and a return is a
-    // new account.
+/// remove_action: delete: the record is unlinked (404), and a return is a
+/// new account.
+fn a_deleted_leaver_comes_back_as_a_new_account(rig: &mut Rig) {
     rig.knobs.remove_action = "delete";
     let gone_id = rig.id_of("u09");
     let (leaver, groups) = rig.source.remove_user("u09");
@@ -1423,9 +1477,13 @@ fn atlassian_stand_in_lifecycle_converges_exactly() {
     rig.sync("the deleted leaver back", &[]);
     rig.assert_settled("the deleted leaver back");
     assert_ne!(rig.id_of("u09"), gone_id, "a new POST, a new id");
+}
 
-    // A group renamed in the source: Atlassian cannot rename, so under
-    // `keep` the target keeps the old name (and the group stays managed)...
+/// A group renamed in the source: Atlassian cannot rename, so under
+/// `keep` the target keeps the old name (and the group stays managed); under
+/// `recreate` the new group is made, filled, and the old one deleted. No
+/// rename is ever sent.
+fn a_group_rename_is_kept_then_recreated(rig: &mut Rig) {
     rig.source.groups.get_mut("g1").expect("g1").0 = "Platform Engineering".into();
     rig.names.insert("g1".into(), "Engineering".into());
     rig.source.join("g1", "u10");
@@ -1459,9 +1517,11 @@ fn atlassian_stand_in_lifecycle_converges_exactly() {
         .map(|e| e.body)
         .collect();
     assert!(renames.is_empty(), "a rename was sent: {renames:?}");
+}
 
-    // So far, the shipped mapping sent the name parts, never displayName
-    // (which Atlassian would turn into other name parts).
+/// So far, the shipped mapping sent the name parts, never displayName
+/// (which Atlassian would turn into other name parts).
+fn assert_no_display_name_sent(rig: &Rig) {
     let display_names: Vec<String> = rig
         .standin
         .proxy
@@ -1472,10 +1532,12 @@ fn atlassian_stand_in_lifecycle_converges_exactly() {
         .map(|e| format!("{} {} {}", e.method, e.path, e.body))
         .collect();
     assert!(display_names.is_empty(), "{display_names:#?}");
+}
 
-    // Drift made by hand in Atlassian's admin: a title, a display name (which
-    // overwrites the name parts: idsync sends those back; the display name is
-    // not idsync's), a membership removed, an account deleted.
+/// Drift made by hand in Atlassian's admin: a title, a display name (which
+/// overwrites the name parts: idsync sends those back; the display name is
+/// not idsync's), a membership removed, an account deleted.
+fn drift_by_hand_is_repaired(rig: &mut Rig) {
     let u10 = rig.id_of("u10");
     let u11 = rig.id_of("u11");
     let u12 = rig.id_of("u12");
@@ -1505,9 +1567,11 @@ fn atlassian_stand_in_lifecycle_converges_exactly() {
     assert_eq!(deleted.status, 204);
     rig.sync("drift by hand + sync --full", &["--full"]);
     rig.assert_settled("drift by hand + sync --full");
+}
 
-    // Never a request Atlassian refuses; never one for the user still on the
-    // unverified domain.
+/// Never a request Atlassian refuses; never one for the user still on the
+/// unverified domain.
+fn assert_nothing_refused_nor_unverified_sent(rig: &Rig) {
     let refused = rig.standin.refusals();
     assert!(refused.is_empty(), "{refused:#?}");
     let unverified: Vec<String> = rig
@@ -1519,8 +1583,10 @@ fn atlassian_stand_in_lifecycle_converges_exactly() {
         .map(|e| format!("{} {} {}", e.method, e.path, e.body))
         .collect();
     assert!(unverified.is_empty(), "{unverified:#?}");
+}
 
-    // Nothing changed: nothing written.
+/// Nothing changed: nothing written.
+fn a_sync_without_changes_writes_nothing(rig: &mut Rig) {
     rig.standin.proxy.clear_log();
     rig.sync("a sync without changes", &[]);
     let writes: Vec<String> = rig

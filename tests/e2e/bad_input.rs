@@ -4,7 +4,8 @@
 //! into a deprovisioned user.
 
 use crate::harness::{
-    Directory, GROUPS_HEADER, ScimServer, Workspace, assert_target_matches, mentions_line, synced,
+    Directory, GROUPS_HEADER, Idsync, ScimServer, Workspace, assert_target_matches, mentions_line,
+    synced,
 };
 
 /// `users.csv` of `dir` as lines (header first), to be edited by a test.

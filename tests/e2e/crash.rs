@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::faults::{assert_exact, assert_no_duplicates, rig};
-use crate::harness::{Directory, ScimServer, Workspace, assert_target_matches, fresh_token};
+use crate::harness::{
+    Directory, Idsync, ScimServer, Workspace, assert_target_matches, fresh_token,
+};
 use crate::proxy::{Fault, Rng, Schedule, pass_through};
 
 /// How long one uninterrupted first sync of `dir` takes here (its own server).

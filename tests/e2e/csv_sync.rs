@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::harness::{
-    Directory, ENTERPRISE_SCHEMA, ScimServer, SilentTarget, UserRow, Workspace,
-    assert_target_matches, closed_port_url, fresh_token, operations, ops_of, str_at, summary_count,
-    synced, wait_until,
+    Directory, ENTERPRISE_SCHEMA, Idsync, SUMMARY_KEYS, ScimServer, SilentTarget, UserRow,
+    Workspace, assert_target_matches, closed_port_url, fresh_token, operations, ops_of, str_at,
+    summary_count, synced, wait_until,
 };
 
 #[test]
@@ -43,17 +43,7 @@ fn initial_sync_creates_everything_and_second_plan_is_empty() {
 
     let plan = ws.plan_json();
     assert_eq!(operations(&plan).len(), 0, "second plan: {plan}");
-    for key in [
-        "create_users",
-        "update_users",
-        "disable_users",
-        "delete_users",
-        "create_groups",
-        "update_groups",
-        "delete_groups",
-        "add_members",
-        "remove_members",
-    ] {
+    for key in SUMMARY_KEYS {
         assert_eq!(summary_count(&plan, key), 0, "summary.{key} of {plan}");
     }
     assert!(plan["fingerprint"].is_string(), "{plan}");

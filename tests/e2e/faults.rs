@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    Directory, Output, ScimServer, TargetContents, Workspace, assert_target_matches, fresh_token,
-    str_at,
+    Directory, Idsync, Output, ScimServer, TargetContents, Workspace, assert_target_matches,
+    fresh_token, str_at,
 };
 use crate::proxy::{Fault, FaultProxy, Schedule, max_in_window, seeded, steady_rate};
 

@@ -7,7 +7,7 @@
 //! and touches nothing that is not the new user's.
 
 use crate::harness::{
-    Directory, ScimServer, UserRow, Workspace, assert_target_matches, ops_of, synced,
+    Directory, Idsync, ScimServer, UserRow, Workspace, assert_target_matches, ops_of, synced,
 };
 
 /// Writes the workspace's config with `policy.reuse_accounts: REUSE` (and the

@@ -1,6 +1,7 @@
 //! End-to-end tests: the built `idsync` binary against real servers.
 //!
-//! One integration-test binary (as ripgrep does) with a small shared harness.
+//! One integration-test binary (as ripgrep does) with a small harness
+//! (`harness.rs`) over what every test binary shares (`tests/support`).
 //! Every test starts its own `scim2-server` on a free loopback port and works in its
 //! own temporary directory, so tests are independent and run in parallel. The SCIM
 //! server comes from `scripts/test-env.sh` (`$IDSYNC_SCIM2_SERVER`, or
@@ -19,7 +20,6 @@ mod faults;
 mod harness;
 mod lifecycle;
 mod ops;
-mod proxy;
 mod quirks_field;
 mod quirks_members;
 mod quirks_schema;
@@ -27,7 +27,12 @@ mod quirks_truth;
 mod report;
 mod selftest;
 mod snapshots;
+#[path = "../support/mod.rs"]
+mod support;
 mod trust_hostile;
 mod trust_output;
 mod trust_plan;
 mod trust_removals;
+
+// The tests name the proxy `crate::proxy`.
+use support::proxy;

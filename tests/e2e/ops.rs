@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Directory, ScimServer, UserRow, Workspace, closed_port_url, fresh_token, manifest_dir,
+    Directory, Idsync, ScimServer, UserRow, Workspace, closed_port_url, fresh_token, manifest_dir,
     wait_until,
 };
 

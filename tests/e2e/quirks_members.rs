@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use crate::faults::{Rig, assert_no_duplicates, rig};
-use crate::harness::{UserRow, assert_target_matches, str_at};
+use crate::harness::{Idsync, UserRow, assert_target_matches, str_at};
 use crate::proxy::{Answer, Exchange, Quirk, Upstream, pass_through};
 
 // ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::harness::{
-    Directory, ENTERPRISE_SCHEMA, ScimServer, UserRow, Workspace, fresh_token, operations, str_at,
+    Directory, ENTERPRISE_SCHEMA, Idsync, ScimServer, UserRow, Workspace, fresh_token, operations,
+    str_at,
 };
 use crate::proxy::{Answer, Exchange, FaultProxy, Quirk, Upstream, pass_through};
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use regex::Regex;
 
-use crate::harness::{ChildGuard, Directory, ScimServer, UserRow, Workspace, fresh_token};
+use crate::harness::{ChildGuard, Directory, Idsync, ScimServer, UserRow, Workspace, fresh_token};
 
 /// How long one Chromium run may take before it is killed.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(90);

@@ -18,7 +18,8 @@ use regex::Regex;
 use serde_json::json;
 
 use crate::harness::{
-    Directory, Output, ScimServer, UserRow, Workspace, fresh_token, operations, ops_of, str_at,
+    Directory, Idsync, Output, ScimServer, UserRow, Workspace, fresh_token, operations, ops_of,
+    str_at,
 };
 
 // ---------------------------------------------------------------------------

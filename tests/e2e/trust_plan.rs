@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{ScimServer, Workspace, operations, ops_of, str_at, synced};
+use crate::harness::{Idsync, ScimServer, Workspace, operations, ops_of, str_at, synced};
 
 /// `plan --out plan.json`; returns the path (as an argument) and the saved JSON.
 fn save_plan(ws: &Workspace) -> (String, Value) {

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::faults::{assert_no_duplicates, rig};
 use crate::harness::{
-    ScimServer, Workspace, assert_target_matches, fresh_token, ops_of, str_at, summary_count,
+    Idsync, ScimServer, Workspace, assert_target_matches, fresh_token, ops_of, str_at,
+    summary_count,
 };
 use crate::proxy::{Fault, Schedule};
 

@@ -6,25 +6,19 @@
 //! the default mapping's rules and nested groups flattened).
 
 mod graph_server;
-#[path = "../e2e/proxy.rs"]
-mod proxy;
-#[path = "../e2e/harness.rs"]
-mod scim;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use graph_server::{CLIENT_ID, Directory, GraphServer, Group, Props, TENANT};
-use scim::{
-    ENTERPRISE_SCHEMA, Output, ScimServer, TOKEN_ENV, TargetContents, Workspace, fresh_token,
-    str_at,
-};
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::process::{Output, Running, fresh_token, repo, wait_until};
+use support::proxy;
+use support::scim::{ENTERPRISE_SCHEMA, ScimServer, TargetContents, closed_port_url, str_at};
+use support::workdir::{Idsync, Workdir, scim_target_yaml};
 
 /// A Graph stand-in, a SCIM server and a workspace whose config reads the
 /// one into the other with `mappings/entra.yaml` (or `mapping.yaml` in the
@@ -32,7 +26,9 @@ fn repo() -> PathBuf {
 struct Setup {
     graph: GraphServer,
     scim: ScimServer,
-    ws: Workspace,
+    ws: Workdir,
+    /// `target.base_url`: the SCIM server, or a proxy in front of it.
+    base_url: String,
     secret: String,
     mapping: PathBuf,
     remove_action: &'static str,
@@ -47,7 +43,7 @@ impl Setup {
         let secret = fresh_token("entra-secret");
         let graph = GraphServer::start(&secret);
         let scim = ScimServer::start(&fresh_token("entra"));
-        let mut ws = Workspace::new(&scim);
+        let mut ws = Workdir::new("idsync-entra-", scim.token());
         ws.extra_secrets.push(secret.clone());
         ws.write_file("client-secret", format!("{secret}\n").as_bytes());
         #[cfg(unix)]
@@ -59,7 +55,8 @@ impl Setup {
             )
             .expect("chmod");
         }
-        let mut setup = Setup {
+        Setup {
+            base_url: scim.base_url(),
             graph,
             scim,
             ws,
@@ -69,14 +66,13 @@ impl Setup {
             max_removals: "100%",
             full_every: "24h",
             credential: "  client_secret_file: client-secret\n".into(),
-        };
-        setup.configure();
-        setup
+        }
     }
 
-    fn configure(&mut self) {
+    /// The config the fields describe.
+    fn config(&self) -> String {
         let url = self.graph.url();
-        self.ws.raw_config = Some(format!(
+        format!(
             "source:\n\
              \x20 kind: entra\n\
              \x20 tenant_id: {TENANT}\n\
@@ -88,12 +84,7 @@ impl Setup {
              \x20 full_every: {full_every}\n\
              \x20 timeout: 10s\n\
              mapping: {mapping}\n\
-             target:\n\
-             \x20 kind: scim\n\
-             \x20 base_url: {base}\n\
-             \x20 token_env: {TOKEN_ENV}\n\
-             \x20 concurrency: 4\n\
-             \x20 timeout: 10s\n\
+             {target}\
              policy:\n\
              \x20 remove_action: {remove}\n\
              \x20 max_removals: {max}\n\
@@ -101,34 +92,40 @@ impl Setup {
              \x20 groups: {{ provision: true, delete: true }}\n\
              state: state/idsync.db\n",
             mapping = self.mapping.display(),
-            base = self.ws.base_url,
+            target = scim_target_yaml(&self.base_url, "10s"),
             remove = self.remove_action,
             max = self.max_removals,
             full_every = self.full_every,
             credential = self.credential,
-        ));
+        )
     }
 
     /// Uses `text` as the mapping from now on.
     fn write_mapping(&mut self, text: &str) {
         self.ws.write_file("mapping.yaml", text.as_bytes());
         self.mapping = self.ws.path().join("mapping.yaml");
-        self.configure();
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        self.ws.run(args)
+    /// Starts `idsync ARGS` in the background.
+    fn spawn(&self, args: &[&str]) -> Running {
+        self.ws.spawn(&self.config(), args)
     }
 
     /// `sync`, exit 0, then the target compared with the directory.
     fn sync_and_compare(&self) -> Value {
-        let summary = self.ws.sync_ok();
+        let summary = self.sync_ok();
         assert_matches(
             &self.graph.directory(),
             &self.scim.contents(),
             self.remove_action,
         );
         summary
+    }
+}
+
+impl Idsync for Setup {
+    fn run(&self, args: &[&str]) -> Output {
+        self.ws.run(&self.config(), args)
     }
 }
 
@@ -337,7 +334,7 @@ fn cycles_follow_changes_attribute_disable_soft_delete_restore_and_delete() {
     s.graph.edit(|d| *d = dir);
 
     // `plan` reads but writes nothing: no state DB.
-    let plan = s.ws.plan_json();
+    let plan = s.plan_json();
     assert_eq!(plan["summary"]["create_users"], 30);
     assert!(!s.ws.state_db().exists(), "plan created the state DB");
 
@@ -369,7 +366,7 @@ fn cycles_follow_changes_attribute_disable_soft_delete_restore_and_delete() {
             .any(|(_, p)| p == "/v1.0/groups/delta?$select=displayName,members"),
         "{log:?}"
     );
-    s.ws.assert_plan_empty();
+    s.assert_plan_empty();
 
     // `explain` reads through the mirror, as a cycle does, and writes nothing.
     let out = s.run(&["explain", "user7@contoso.com"]);
@@ -402,7 +399,7 @@ fn cycles_follow_changes_attribute_disable_soft_delete_restore_and_delete() {
             .insert("department".into(), json!("Sales"));
     });
     let before = s.ws.state_bytes();
-    let plan = s.ws.plan_json();
+    let plan = s.plan_json();
     assert_eq!(plan["summary"]["update_users"], 1, "{plan}");
     assert_eq!(s.ws.state_bytes(), before, "plan wrote to the state DB");
     s.sync_and_compare();
@@ -441,7 +438,7 @@ fn cycles_follow_changes_attribute_disable_soft_delete_restore_and_delete() {
     // A permanent delete.
     s.graph.edit(|d| d.hard_delete(&uid(4)));
     s.sync_and_compare();
-    s.ws.assert_plan_empty();
+    s.assert_plan_empty();
 
     // `status` shows the mirror.
     let out = s.run(&["status", "--format", "json"]);
@@ -506,7 +503,7 @@ fn membership_changes_in_a_1000_member_group_arrive_in_slices() {
     let summary = s.sync_and_compare();
     assert_eq!(summary["summary"]["remove_members"], 20, "{summary}");
     assert_eq!(summary["summary"]["add_members"], 5, "{summary}");
-    s.ws.assert_plan_empty();
+    s.assert_plan_empty();
 }
 
 #[test]
@@ -559,7 +556,7 @@ fn a_mapping_change_that_selects_other_properties_starts_a_full_round() {
         "    department: department\n    organization: companyName\n",
     ));
     s.graph.clear_log();
-    let summary = s.ws.sync_ok();
+    let summary = s.sync_ok();
     assert_eq!(summary["summary"]["update_users"], 10, "{summary}");
     let log = s.graph.log();
     assert_eq!(full_rounds(&log), 1);
@@ -568,7 +565,7 @@ fn a_mapping_change_that_selects_other_properties_starts_a_full_round() {
         "{log:?}"
     );
     s.graph.clear_log();
-    s.ws.assert_plan_empty();
+    s.assert_plan_empty();
 }
 
 #[test]
@@ -618,7 +615,6 @@ fn throttling_is_honoured_and_a_long_retry_after_fails_the_cycle_keeping_the_lin
 fn a_cycle_that_does_not_apply_keeps_the_link_and_the_next_reads_the_same_changes() {
     let mut s = Setup::new();
     s.max_removals = "1";
-    s.configure();
     s.graph.edit(|d| *d = directory(10, 1));
     s.sync_and_compare();
     // Three leavers: the removal guard stops the cycle after the read.
@@ -637,12 +633,10 @@ fn a_cycle_that_does_not_apply_keeps_the_link_and_the_next_reads_the_same_change
     assert_eq!(stopped.len(), 1);
 
     // The target is down: exit 5, nothing read or committed.
-    let base = s.ws.base_url.clone();
-    s.ws.base_url = scim::closed_port_url();
-    s.configure();
+    let base = s.base_url.clone();
+    s.base_url = closed_port_url();
     s.run(&["sync"]).assert_code(5);
-    s.ws.base_url = base;
-    s.configure();
+    s.base_url = base;
 
     // Reviewed: the same changes are read again from the same link.
     s.graph.clear_log();
@@ -650,7 +644,7 @@ fn a_cycle_that_does_not_apply_keeps_the_link_and_the_next_reads_the_same_change
     assert_eq!(delta_tokens(&s.graph.log()), stopped);
     assert_matches(&s.graph.directory(), &s.scim.contents(), "disable");
     s.graph.clear_log();
-    s.ws.assert_plan_empty();
+    s.assert_plan_empty();
     assert_ne!(
         delta_tokens(&s.graph.log()),
         stopped,
@@ -722,7 +716,6 @@ fn the_shipped_example_validates() {
 fn full_every_starts_a_full_round_and_a_short_lived_token_is_renewed() {
     let mut s = Setup::new();
     s.full_every = "2s";
-    s.configure();
     // Tokens live 2 s (renewed at 9/10 of that) and Graph refuses them after.
     s.graph.token_lifetime(2);
     s.graph.edit(|d| *d = directory(10, 1));
@@ -808,7 +801,6 @@ fn a_certificate_credential_signs_a_client_assertion() {
     let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha1.as_ref());
     s.graph.accept_certificate(&public, &x5t);
     s.credential = "  certificate_file: app.pem\n  private_key_file: app.key\n".into();
-    s.configure();
     s.graph.edit(|d| *d = directory(5, 1));
     s.run(&["check"]).assert_code(0);
     s.sync_and_compare();
@@ -825,7 +817,6 @@ fn a_certificate_credential_signs_a_client_assertion() {
         .expect("chmod");
     }
     s.credential = "  certificate_file: app.pem\n  private_key_file: other.key\n".into();
-    s.configure();
     let out = s.run(&["sync"]);
     out.assert_code(5);
     assert!(out.stderr.contains("the certificate"), "{}", out.stderr);
@@ -836,8 +827,7 @@ fn a_certificate_credential_signs_a_client_assertion() {
 fn a_failed_apply_keeps_the_link_and_the_next_cycle_reads_the_same_changes() {
     let mut s = Setup::new();
     let proxy = proxy::FaultProxy::start(s.scim.port(), proxy::pass_through());
-    s.ws.base_url = proxy.base_url();
-    s.configure();
+    s.base_url = proxy.base_url();
     s.graph.edit(|d| *d = directory(10, 1));
     s.sync_and_compare();
 
@@ -868,7 +858,7 @@ fn a_failed_apply_keeps_the_link_and_the_next_cycle_reads_the_same_changes() {
     assert_eq!(summary["summary"]["update_users"], 1, "{summary}");
     assert_eq!(delta_tokens(&s.graph.log()), failed, "the same link again");
     s.graph.clear_log();
-    s.ws.assert_plan_empty();
+    s.assert_plan_empty();
     assert_ne!(
         delta_tokens(&s.graph.log()),
         failed,
@@ -911,7 +901,7 @@ fn assert_no_duplicates(target: &TargetContents) {
 /// returns its exit code (-1 when the kill landed, otherwise the code it
 /// finished with first).
 fn sync_killed_when(s: &Setup, limit: Duration, cond: impl Fn() -> bool) -> i32 {
-    let mut running = s.ws.spawn(&["sync", "--format", "json"]);
+    let mut running = s.spawn(&["sync", "--format", "json"]);
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline && running.is_running() && !cond() {
         std::thread::sleep(Duration::from_millis(2));
@@ -934,8 +924,7 @@ fn titled(target: &TargetContents, title: &str) -> usize {
 fn setup_behind_proxy(users: usize) -> (Setup, proxy::FaultProxy) {
     let mut s = Setup::new();
     let proxy = proxy::FaultProxy::start(s.scim.port(), proxy::pass_through());
-    s.ws.base_url = proxy.base_url();
-    s.configure();
+    s.base_url = proxy.base_url();
     s.graph.edit(|d| *d = directory(users, 3));
     s.sync_and_compare();
     (s, proxy)
@@ -1009,7 +998,7 @@ fn sigkill_while_applying_an_incremental_cycle_keeps_the_link_and_the_next_sync_
     assert_no_duplicates(&contents);
     assert_eq!(titled(&contents, "Lead"), USERS); // 59 kept + the joiner
     s.graph.clear_log();
-    s.ws.assert_plan_empty();
+    s.assert_plan_empty();
     let after = delta_tokens(&s.graph.log());
     assert_eq!(after.len(), 1);
     assert_ne!(after, stopped, "committed after the complete apply");
@@ -1062,7 +1051,7 @@ fn sigkill_after_the_last_change_reached_the_target_before_the_link_commit() {
     assert_eq!(stopped.len(), 1, "{:?}", s.graph.log());
     // The held change lands (bounded wait): the target is already up to date.
     assert!(
-        scim::wait_until(Duration::from_secs(10), || titled(
+        wait_until(Duration::from_secs(10), || titled(
             &s.scim.contents(),
             "Staff"
         ) == USERS),
@@ -1080,7 +1069,7 @@ fn sigkill_after_the_last_change_reached_the_target_before_the_link_commit() {
     assert_eq!(full_rounds(&s.graph.log()), 0, "incremental");
     assert_no_duplicates(&s.scim.contents());
     s.graph.clear_log();
-    s.ws.assert_plan_empty();
+    s.assert_plan_empty();
     let after = delta_tokens(&s.graph.log());
     assert_eq!(after.len(), 1);
     assert_ne!(after, stopped, "committed after the complete apply");

@@ -1,17 +1,19 @@
 //! Shared harness of the LDAP tests: a throw-away slapd (`Slapd`, started by
 //! `scripts/slapd.sh` in a temp dir on a free loopback port, killed by PID on
-//! drop, also on panic), an LDIF writer (`Ldif`), and configs for the adapter.
+//! drop, also on panic), LDIF (`Ldif`, from `tests/support`), and configs for
+//! the adapter.
 
 #![allow(dead_code)] // not every test uses every helper
 
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use idsync::source::ldap::{LdapConfig, LdapSettings};
+
+pub use crate::support::ldap::Ldif;
+pub use crate::support::process::{Output, free_port, wait_until};
+use crate::support::process::{kill, run_bounded};
 
 pub const SUFFIX: &str = "dc=example,dc=com";
 pub const PEOPLE: &str = "ou=people,dc=example,dc=com";
@@ -25,17 +27,11 @@ pub const LIMITED_DN: &str = "cn=limited,dc=example,dc=com";
 pub const LIMITED_PW: &str = "limitedpass";
 /// The service account's size limit for unpaged searches (see scripts/slapd.sh).
 pub const SYNC_SIZE_LIMIT: usize = 1000;
+/// One LDAP client tool run may take this long.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slapd.sh")
-}
-
-/// A port nothing listens on right now (the kernel's pick, released at once).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// A running slapd of our own. Dropping it stops it.
@@ -187,32 +183,34 @@ impl Slapd {
         settings_for(&self.url, &pw, &format!("bind_dn: {bind_dn}\n{extra}"))
     }
 
-    /// Runs an OpenLDAP client tool against this server; returns its output.
+    /// Runs an OpenLDAP client tool against this server (bounded: 60 s);
+    /// returns its output.
     pub fn tool(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(tool)
-            .args(["-x", "-o", "nettimeout=10", "-H", &self.url])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
-        let mut input = child.stdin.take().expect("stdin");
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).expect("write stdin");
-        }
-        drop(input);
-        child.wait_with_output().expect("tool output")
+        let mut cmd = crate::support::ldap::client(tool, &self.url, 10);
+        cmd.args(args);
+        run_bounded(cmd, TOOL_TIMEOUT, stdin)
+    }
+
+    /// A plain (unpaged) search of every person under `PEOPLE`, as the sync
+    /// account: it stops at the size limit.
+    pub fn plain_search_as_sync(&self) -> Output {
+        let args = [
+            "-D",
+            SYNC_DN,
+            "-w",
+            SYNC_PW,
+            "-b",
+            PEOPLE,
+            "(objectClass=inetOrgPerson)",
+            "1.1",
+        ];
+        self.tool("ldapsearch", &args, None)
     }
 
     /// Applies an LDIF change (add/modify/modrdn) as the rootdn.
     pub fn modify(&self, ldif: &str) {
         let out = self.tool("ldapmodify", &["-D", ADMIN_DN, "-w", ADMIN_PW], Some(ldif));
-        assert!(
-            out.status.success(),
-            "ldapmodify failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(out.code, 0, "ldapmodify failed: {}", out.stderr);
     }
 }
 
@@ -234,16 +232,6 @@ impl Drop for Slapd {
     }
 }
 
-/// Signals one process by PID (bash's builtin `kill`: no procps needed).
-fn kill(signal: &str, pid: u32) -> std::io::Result<std::process::ExitStatus> {
-    Command::new("bash")
-        .args(["-c", "kill -s \"$1\" \"$2\"", "kill"])
-        .arg(signal)
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .status()
-}
-
 pub fn settings_for(url: &str, password_file: &Path, extra: &str) -> LdapSettings {
     let mut yaml = format!(
         "url: {url}\nbind_password_file: {}\nbase_dn: {SUFFIX}\n{extra}",
@@ -260,56 +248,6 @@ pub fn settings_for(url: &str, password_file: &Path, extra: &str) -> LdapSetting
     config
         .compile(Path::new("/"))
         .expect("test config compiles")
-}
-
-/// Writes LDIF (RFC 2849), base64-encoding values that are not safe strings.
-#[derive(Default)]
-pub struct Ldif(String);
-
-impl Ldif {
-    pub fn entry(&mut self, dn: &str, attrs: &[(&str, &str)]) -> &mut Self {
-        self.line("dn", dn);
-        for (name, value) in attrs {
-            self.line(name, value);
-        }
-        self.0.push('\n');
-        self
-    }
-
-    fn line(&mut self, name: &str, value: &str) {
-        let safe = value.is_ascii()
-            && !value.starts_with([' ', ':', '<'])
-            && !value.ends_with(' ')
-            && !value.contains(['\n', '\r', '\0']);
-        if safe {
-            let _ = writeln!(self.0, "{name}: {value}");
-        } else {
-            let _ = writeln!(self.0, "{name}:: {}", base64(value.as_bytes()));
-        }
-    }
-
-    pub fn text(&self) -> &str {
-        &self.0
-    }
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// First and last names that exercise UTF-8 handling.
@@ -378,19 +316,5 @@ pub fn add_people(ldif: &mut Ldif, people: &[Person]) {
             attrs.push(("mail", mail.as_str()));
         }
         ldif.entry(&p.dn, &attrs);
-    }
-}
-
-/// Runs `f` until it returns true or `limit` passes; returns the last answer.
-pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -3,6 +3,8 @@
 //! failures. Each test starts its own slapd (scripts/slapd.sh) on loopback.
 
 mod harness;
+#[path = "../support/mod.rs"]
+mod support;
 mod sync;
 
 use std::collections::{BTreeSet, HashMap};
@@ -40,25 +42,8 @@ async fn reads_2500_users_through_paging_despite_the_size_limit() {
 
     // The service account cannot list them without paging: slapd stops a plain
     // search at 1000 entries with "size limit exceeded" (ldapsearch exit code 4).
-    let plain = slapd.tool(
-        "ldapsearch",
-        &[
-            "-D",
-            SYNC_DN,
-            "-w",
-            SYNC_PW,
-            "-b",
-            PEOPLE,
-            "(objectClass=inetOrgPerson)",
-            "1.1",
-        ],
-        None,
-    );
-    assert_eq!(
-        plain.status.code(),
-        Some(4),
-        "unpaged search should hit the size limit"
-    );
+    let plain = slapd.plain_search_as_sync();
+    assert_eq!(plain.code, 4, "unpaged search should hit the size limit");
 
     let settings = slapd.settings("");
     let started = Instant::now();
@@ -263,7 +248,7 @@ async fn a_renamed_user_keeps_its_key_and_group_membership() {
         people[0].dn
     ));
     // refint rewrites group members asynchronously.
-    let updated = eventually(Duration::from_secs(5), || {
+    let updated = wait_until(Duration::from_secs(5), || {
         let out = slapd.tool(
             "ldapsearch",
             &[
@@ -278,7 +263,7 @@ async fn a_renamed_user_keeps_its_key_and_group_membership() {
             ],
             None,
         );
-        String::from_utf8_lossy(&out.stdout).contains("cn=engineering")
+        out.stdout.contains("cn=engineering")
     });
     assert!(updated, "refint should follow the rename in cn=engineering");
 
@@ -659,7 +644,7 @@ async fn bench_read_100k_users() {
         ],
         None,
     );
-    assert!(out.status.success());
+    assert_eq!(out.code, 0, "{}", out.dump());
     eprintln!(
         "ldapsearch (paged, same attributes): {:?}",
         started.elapsed()

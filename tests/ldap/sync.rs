@@ -9,22 +9,24 @@
 //! idsync's reader), applies the mapping's rules by hand, flattens nested groups
 //! and compares the SCIM server's users and groups attribute by attribute.
 
-#[path = "../e2e/harness.rs"]
-mod scim;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::{
     ADMIN_DN, ADMIN_PW, GROUPS, LIMITED_DN, LIMITED_PW, Ldif, PEOPLE, SUFFIX, SYNC_DN, SYNC_PW,
-    Slapd,
+    Slapd, wait_until,
 };
-use scim::{ENTERPRISE_SCHEMA, Output, ScimServer, TargetContents, fresh_token, str_at};
+use crate::support::compare::{Diffs, index_by, member_ids};
+use crate::support::ldap::{Entry, base64, norm_dn, search};
+use crate::support::process::{Output, fresh_token, repo, run_bounded};
+use crate::support::scim::{
+    ENTERPRISE_SCHEMA, SUMMARY_KEYS, ScimServer, TargetContents, attr, operations, str_at,
+    summary_count,
+};
+use crate::support::workdir::{Idsync, Workdir, idsync_command, scim_target_yaml};
 
 /// The environment variable the generated configs name in `bind_password_env`.
 const PASSWORD_ENV: &str = "IDSYNC_TEST_LDAP_PASSWORD";
@@ -33,19 +35,14 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 /// refint rewrites `member` values about 100 ms after a rename or delete.
 const REFINT_WAIT: Duration = Duration::from_secs(10);
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 // ---------------------------------------------------------------------------
 // Running idsync
 
 /// A temp dir with `config.yaml` (LDAP source → SCIM target) and `state/`.
 struct Operator {
-    dir: tempfile::TempDir,
+    dir: Workdir,
     ldap_url: String,
     scim_url: String,
-    token: String,
     /// `source.bind_dn`.
     bind_dn: String,
     /// What `PASSWORD_ENV` holds for the next runs.
@@ -58,16 +55,12 @@ struct Operator {
 
 impl Operator {
     fn new(slapd: &Slapd, server: &ScimServer) -> Operator {
-        let dir = tempfile::Builder::new()
-            .prefix("idsync-ldap-e2e-")
-            .tempdir()
-            .expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
+        let mut dir = Workdir::new("idsync-ldap-e2e-", server.token());
+        dir.run_timeout = RUN_TIMEOUT;
         Operator {
             dir,
             ldap_url: slapd.url.clone(),
             scim_url: server.base_url(),
-            token: server.token().to_owned(),
             bind_dn: SYNC_DN.to_owned(),
             password: SYNC_PW.to_owned(),
             ldap_timeout: "10s",
@@ -86,12 +79,7 @@ impl Operator {
              \x20 timeout: {timeout}\n\
              {extra}\
              mapping: {mapping}\n\
-             target:\n\
-             \x20 kind: scim\n\
-             \x20 base_url: {scim}\n\
-             \x20 token_env: {token_env}\n\
-             \x20 concurrency: 4\n\
-             \x20 timeout: 30s\n\
+             {target}\
              policy:\n\
              \x20 remove_action: disable\n\
              \x20 max_removals: 5%\n\
@@ -102,121 +90,23 @@ impl Operator {
             timeout = self.ldap_timeout,
             extra = self.extra_source,
             mapping = repo().join("mappings/ldap-inetorgperson.yaml").display(),
-            scim = self.scim_url,
-            token_env = scim::TOKEN_ENV,
+            target = scim_target_yaml(&self.scim_url, "30s"),
         )
-    }
-
-    /// Runs `idsync SUB -c config.yaml REST…`; panics if a password or the token
-    /// shows up in what it printed.
-    fn run(&self, args: &[&str]) -> Output {
-        let config = self.dir.path().join("config.yaml");
-        std::fs::write(&config, self.config()).expect("write config");
-        let mut full: Vec<String> = vec![args[0].to_owned(), "-c".into()];
-        full.push(config.display().to_string());
-        full.extend(args[1..].iter().map(|s| (*s).to_owned()));
-        run_idsync(
-            self.dir.path(),
-            &full,
-            &[
-                (PASSWORD_ENV, self.password.as_str()),
-                (scim::TOKEN_ENV, self.token.as_str()),
-            ],
-            &[
-                self.password.as_str(),
-                SYNC_PW,
-                ADMIN_PW,
-                LIMITED_PW,
-                self.token.as_str(),
-            ],
-        )
-    }
-
-    fn sync_ok(&self) -> Value {
-        self.run(&["sync", "--format", "json"])
-            .assert_code(0)
-            .json()
-    }
-
-    fn plan_json(&self) -> Value {
-        self.run(&["plan", "--format", "json"])
-            .assert_code(0)
-            .json()
-    }
-
-    fn assert_plan_empty(&self) {
-        let plan = self.plan_json();
-        assert!(
-            scim::operations(&plan).is_empty(),
-            "expected an empty plan, got:\n{}",
-            serde_json::to_string_pretty(&plan).unwrap_or_default()
-        );
     }
 
     fn state_db(&self) -> PathBuf {
-        self.dir.path().join("state/idsync.db")
+        self.dir.state_db()
     }
 }
 
-/// Runs the built binary with `env`, bounded by `RUN_TIMEOUT`, and checks that
-/// none of `secrets` appears in its output.
-fn run_idsync(cwd: &Path, args: &[String], env: &[(&str, &str)], secrets: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_idsync"));
-    cmd.args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .env_remove("IDSYNC_CONFIG")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
+impl Idsync for Operator {
+    /// Runs `idsync SUB -c config.yaml REST…`; panics if a password or the
+    /// token shows up in what it printed.
+    fn run(&self, args: &[&str]) -> Output {
+        let env = [(PASSWORD_ENV, self.password.as_str())];
+        let secrets = [self.password.as_str(), SYNC_PW, ADMIN_PW, LIMITED_PW];
+        self.dir.run_with(&self.config(), args, &env, &secrets)
     }
-    let mut child = cmd.spawn().expect("spawn idsync");
-    let pipe = |p: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = pipe(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = pipe(child.stderr.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait for idsync") {
-            break status.code().unwrap_or(-1);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "`idsync {}` did not finish within {RUN_TIMEOUT:?}",
-                args.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = Output {
-        code,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        args: args.to_vec(),
-    };
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        for (stream, text) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
-            assert!(
-                !text.contains(secret),
-                "a secret appears in the {stream} of `idsync {}`:\n{}",
-                args.join(" "),
-                output.dump()
-            );
-        }
-    }
-    output
 }
 
 // ---------------------------------------------------------------------------
@@ -348,125 +238,25 @@ fn directory(n: usize) -> String {
 // ---------------------------------------------------------------------------
 // The directory as the rootdn sees it, and what the target should hold
 
-/// One entry of `ldapsearch -LLL` output: DN and attributes (names lower-cased).
-#[derive(Debug, Clone)]
-struct Entry {
-    dn: String,
-    attrs: BTreeMap<String, Vec<String>>,
-}
-
-impl Entry {
-    fn first(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .get(&name.to_lowercase())
-            .and_then(|v| v.iter().map(String::as_str).find(|s| !s.trim().is_empty()))
-    }
-
-    fn all(&self, name: &str) -> &[String] {
-        self.attrs
-            .get(&name.to_lowercase())
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-    }
-
-    fn has_class(&self, class: &str) -> bool {
-        self.all("objectClass")
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(class))
-    }
+/// `ldapsearch` as the rootdn (no size limit) under `base`.
+fn search_as_admin(slapd: &Slapd, base: &str, filter: &str, attrs: &[&str]) -> Vec<Entry> {
+    search(
+        |args| slapd.tool("ldapsearch", args, None),
+        &["-D", ADMIN_DN, "-w", ADMIN_PW],
+        base,
+        filter,
+        attrs,
+    )
 }
 
 /// Every user and group under the suffix, read as the rootdn (no size limit).
 fn read_as_admin(slapd: &Slapd) -> Vec<Entry> {
-    let out = slapd.tool(
-        "ldapsearch",
-        &[
-            "-LLL",
-            "-o",
-            "ldif-wrap=no",
-            "-D",
-            ADMIN_DN,
-            "-w",
-            ADMIN_PW,
-            "-b",
-            SUFFIX,
-            "(|(objectClass=inetOrgPerson)(objectClass=groupOfNames))",
-            "*",
-            "entryUUID",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "ldapsearch as admin failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_ldif(&String::from_utf8(out.stdout).expect("ldapsearch prints UTF-8 LDIF"))
-}
-
-fn parse_ldif(text: &str) -> Vec<Entry> {
-    let mut entries = Vec::new();
-    for block in text.split("\n\n") {
-        let mut dn = None;
-        let mut attrs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for line in block
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            let (name, value) = if let Some((n, v)) = line.split_once(":: ") {
-                let bytes = base64_decode(v.trim());
-                (n, String::from_utf8(bytes).expect("UTF-8 value"))
-            } else if let Some((n, v)) = line.split_once(": ") {
-                (n, v.to_owned())
-            } else if let Some(n) = line.strip_suffix(':') {
-                (n, String::new())
-            } else {
-                panic!("unexpected LDIF line {line:?}");
-            };
-            if name.eq_ignore_ascii_case("dn") {
-                dn = Some(value);
-            } else {
-                attrs.entry(name.to_lowercase()).or_default().push(value);
-            }
-        }
-        if let Some(dn) = dn {
-            entries.push(Entry { dn, attrs });
-        }
-    }
-    entries
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {text:?}"),
-        }
-    };
-    let mut out = Vec::new();
-    for chunk in text.as_bytes().chunks(4) {
-        let data: Vec<u8> = chunk.iter().copied().filter(|&c| c != b'=').collect();
-        let n = data
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &c)| n | value(c) << (18 - 6 * i));
-        for i in 0..data.len().saturating_sub(1) {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
-}
-
-/// DNs compared the way the tests write them (case and spaces after commas).
-fn norm_dn(dn: &str) -> String {
-    dn.split(',')
-        .map(|rdn| rdn.trim().to_lowercase())
-        .collect::<Vec<_>>()
-        .join(",")
+    search_as_admin(
+        slapd,
+        SUFFIX,
+        "(|(objectClass=inetOrgPerson)(objectClass=groupOfNames))",
+        &["*", "entryUUID"],
+    )
 }
 
 /// What the default inetOrgPerson mapping makes of one directory user.
@@ -506,18 +296,18 @@ fn expected(entries: &[Entry]) -> Want {
     let mut group_members: HashMap<String, Vec<String>> = HashMap::new();
     let mut groups_raw = Vec::new();
     for e in entries {
-        let key = e.first("entryUUID").expect("entryUUID").to_owned();
+        let key = e.first("entryUUID").expect("entryUUID");
         if e.has_class("inetOrgPerson") {
             let Some(mail) = e.first("mail") else {
                 out_of_scope.insert(key);
                 continue;
             };
             key_of_dn.insert(norm_dn(&e.dn), key.clone());
-            let get = |a: &str| e.first(a).unwrap_or("").trim().to_owned();
+            let get = |a: &str| e.first(a).unwrap_or_default().trim().to_owned();
             let department = e
                 .first("departmentNumber")
                 .or_else(|| e.first("ou"))
-                .unwrap_or("")
+                .unwrap_or_default()
                 .trim()
                 .to_owned();
             users.insert(
@@ -538,13 +328,9 @@ fn expected(entries: &[Entry]) -> Want {
         } else if e.has_class("groupOfNames") {
             group_members.insert(
                 norm_dn(&e.dn),
-                e.all("member").iter().map(|m| norm_dn(m)).collect(),
+                e.texts("member").iter().map(|m| norm_dn(m)).collect(),
             );
-            groups_raw.push((
-                key,
-                e.first("cn").expect("group cn").to_owned(),
-                e.dn.clone(),
-            ));
+            groups_raw.push((key, e.first("cn").expect("group cn"), e.dn.clone()));
         }
     }
     let mut groups = BTreeMap::new();
@@ -573,20 +359,6 @@ fn expected(entries: &[Entry]) -> Want {
     }
 }
 
-fn enterprise<'a>(u: &'a Value, field: &str) -> &'a str {
-    u.get(ENTERPRISE_SCHEMA)
-        .and_then(|e| e.get(field))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
-fn name_part<'a>(u: &'a Value, field: &str) -> &'a str {
-    u.get("name")
-        .and_then(|n| n.get(field))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
 /// Checks that the target holds exactly `want` (users active) plus `disabled`
 /// (keys removed from the directory: inactive, still there), and returns the
 /// SCIM id of every user by key. Panics listing every difference.
@@ -595,23 +367,33 @@ fn assert_target(
     disabled: &BTreeSet<String>,
     target: &TargetContents,
 ) -> HashMap<String, String> {
-    let mut diffs: Vec<String> = Vec::new();
-    let mut by_key: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for u in &target.users {
-        by_key.entry(str_at(u, "externalId")).or_default().push(u);
+    let mut diffs = Diffs::default();
+    let by_key = index_by(&target.users, "externalId", false);
+    check_user_keys(&mut diffs, want, disabled, target, &by_key);
+    let mut ids = check_disabled(&mut diffs, disabled, &by_key);
+    ids.extend(check_wanted_users(&mut diffs, want, &by_key));
+    check_groups(&mut diffs, want, &ids, target);
+    diffs.finish(target);
+    ids
+}
+
+/// userNames held twice, users the directory does not have (or has out of
+/// scope), and externalIds held twice.
+fn check_user_keys(
+    diffs: &mut Diffs,
+    want: &Want,
+    disabled: &BTreeSet<String>,
+    target: &TargetContents,
+    by_key: &BTreeMap<String, Vec<&Value>>,
+) {
+    for (name, found) in index_by(&target.users, "userName", true) {
+        if found.len() > 1 {
+            diffs.push(format!("{} users with userName {name:?}", found.len()));
+        }
     }
-    let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for u in &target.users {
-        *names
-            .entry(str_at(u, "userName").to_lowercase())
-            .or_default() += 1;
-    }
-    for (name, n) in names.iter().filter(|(_, n)| **n > 1) {
-        diffs.push(format!("{n} users with userName {name:?}"));
-    }
-    for (key, found) in &by_key {
-        if !want.users.contains_key(*key) && !disabled.contains(*key) {
-            let what = if want.out_of_scope.contains(*key) {
+    for (key, found) in by_key {
+        if !want.users.contains_key(key) && !disabled.contains(key) {
+            let what = if want.out_of_scope.contains(key) {
                 "a user without mail (out of scope)"
             } else {
                 "an unexpected user"
@@ -622,9 +404,18 @@ fn assert_target(
             diffs.push(format!("{} users with externalId {key:?}", found.len()));
         }
     }
+}
+
+/// Users removed from the directory: still on the target, inactive. Returns
+/// their SCIM ids by key.
+fn check_disabled(
+    diffs: &mut Diffs,
+    disabled: &BTreeSet<String>,
+    by_key: &BTreeMap<String, Vec<&Value>>,
+) -> HashMap<String, String> {
     let mut ids = HashMap::new();
     for key in disabled {
-        match by_key.get(key.as_str()) {
+        match by_key.get(key) {
             None => diffs.push(format!("disabled user {key} is gone from the target")),
             Some(found) => {
                 ids.insert(key.clone(), str_at(found[0], "id").to_owned());
@@ -636,8 +427,19 @@ fn assert_target(
             }
         }
     }
+    ids
+}
+
+/// Every user of the directory, attribute by attribute. Returns their SCIM ids
+/// by key.
+fn check_wanted_users(
+    diffs: &mut Diffs,
+    want: &Want,
+    by_key: &BTreeMap<String, Vec<&Value>>,
+) -> HashMap<String, String> {
+    let mut ids = HashMap::new();
     for (key, w) in &want.users {
-        let Some(found) = by_key.get(key.as_str()) else {
+        let Some(found) = by_key.get(key) else {
             diffs.push(format!(
                 "missing user {} ({}) on the target",
                 w.user_name, w.dn
@@ -646,50 +448,42 @@ fn assert_target(
         };
         let u = found[0];
         ids.insert(key.clone(), str_at(u, "id").to_owned());
-        let who = format!("user {} ({})", w.user_name, w.dn);
-        let mut check = |what: &str, got: &str, want: &str| {
-            if got != want {
-                diffs.push(format!("{who}: {what}: target {got:?}, directory {want:?}"));
-            }
-        };
-        check("userName", str_at(u, "userName"), &w.user_name);
-        check("externalId", str_at(u, "externalId"), &w.key);
-        check("name.givenName", name_part(u, "givenName"), &w.given);
-        check("name.familyName", name_part(u, "familyName"), &w.family);
-        check("displayName", str_at(u, "displayName"), &w.display);
-        check("title", str_at(u, "title"), &w.title);
-        check("department", enterprise(u, "department"), &w.department);
-        check(
-            "employeeNumber",
-            enterprise(u, "employeeNumber"),
-            &w.employee_number,
-        );
-        let emails = u
-            .get("emails")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let email_ok = emails.len() == 1
-            && str_at(&emails[0], "value") == w.user_name
-            && emails[0].get("primary").and_then(Value::as_bool) == Some(true)
-            && str_at(&emails[0], "type") == "work";
-        if !email_ok {
-            diffs.push(format!("{who}: emails: target {}", Value::Array(emails)));
-        }
-        if u.get("active").and_then(Value::as_bool) != Some(true) {
-            diffs.push(format!("{who}: not active on the target"));
-        }
+        check_user(diffs, w, u);
     }
+    ids
+}
 
-    let mut groups_by_key: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
-    for g in &target.groups {
-        groups_by_key
-            .entry(str_at(g, "externalId"))
-            .or_default()
-            .push(g);
+/// One user on the target against the directory.
+fn check_user(diffs: &mut Diffs, w: &WantUser, u: &Value) {
+    let who = format!("user {} ({})", w.user_name, w.dn);
+    let enterprise = |field: &str| attr(u, &[ENTERPRISE_SCHEMA, field]);
+    diffs.check(&who, "userName", str_at(u, "userName"), &w.user_name);
+    diffs.check(&who, "externalId", str_at(u, "externalId"), &w.key);
+    let given = attr(u, &["name", "givenName"]);
+    diffs.check(&who, "name.givenName", given, &w.given);
+    let family = attr(u, &["name", "familyName"]);
+    diffs.check(&who, "name.familyName", family, &w.family);
+    diffs.check(&who, "displayName", str_at(u, "displayName"), &w.display);
+    diffs.check(&who, "title", str_at(u, "title"), &w.title);
+    diffs.check(&who, "department", enterprise("department"), &w.department);
+    let number = enterprise("employeeNumber");
+    diffs.check(&who, "employeeNumber", number, &w.employee_number);
+    diffs.check_one_work_email(&who, u, &w.user_name);
+    if u.get("active").and_then(Value::as_bool) != Some(true) {
+        diffs.push(format!("{who}: not active on the target"));
     }
+}
+
+/// Groups by externalId, their names, and their members by SCIM id.
+fn check_groups(
+    diffs: &mut Diffs,
+    want: &Want,
+    ids: &HashMap<String, String>,
+    target: &TargetContents,
+) {
+    let groups_by_key = index_by(&target.groups, "externalId", false);
     for (key, found) in &groups_by_key {
-        if !want.groups.contains_key(*key) {
+        if !want.groups.contains_key(key) {
             diffs.push(format!(
                 "unexpected group on the target: externalId {key:?}"
             ));
@@ -703,7 +497,7 @@ fn assert_target(
         .map(|(k, id)| (id.as_str(), k.as_str()))
         .collect();
     for (key, w) in &want.groups {
-        let Some(found) = groups_by_key.get(key.as_str()) else {
+        let Some(found) = groups_by_key.get(key) else {
             diffs.push(format!("missing group {:?} on the target", w.name));
             continue;
         };
@@ -715,11 +509,6 @@ fn assert_target(
                 str_at(g, "displayName")
             ));
         }
-        let got: BTreeSet<String> = g
-            .get("members")
-            .and_then(Value::as_array)
-            .map(|ms| ms.iter().map(|m| str_at(m, "value").to_owned()).collect())
-            .unwrap_or_default();
         let want_ids: BTreeSet<String> = w
             .members
             .iter()
@@ -729,57 +518,19 @@ fn assert_target(
                     .unwrap_or_else(|| format!("<no id for {k}>"))
             })
             .collect();
-        if got != want_ids {
-            let show = |set: Vec<&String>| {
-                set.iter()
-                    .map(|id| {
-                        key_of_id
-                            .get(id.as_str())
-                            .map_or_else(|| id.to_string(), |k| format!("{k}={id}"))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            diffs.push(format!(
-                "group {:?}: members missing [{}], not expected [{}]",
-                w.name,
-                show(want_ids.difference(&got).collect()),
-                show(got.difference(&want_ids).collect())
-            ));
-        }
+        diffs.members(&w.name, &want_ids, &member_ids(g), |id| {
+            key_of_id.get(id).map(|k| k.to_string())
+        });
     }
-    if !diffs.is_empty() {
-        let mut msg = format!(
-            "the target does not match the directory ({} differences; target: {} users, {} groups):\n",
-            diffs.len(),
-            target.users.len(),
-            target.groups.len()
-        );
-        for d in diffs.iter().take(60) {
-            msg.push_str(&format!("  - {d}\n"));
-        }
-        panic!("{msg}");
-    }
-    ids
 }
 
 fn count(summary: &Value, key: &str) -> u64 {
-    scim::summary_count(summary, key)
+    summary_count(summary, key)
 }
 
 /// Asserts the run summary's counts: every key not named is 0.
 fn assert_summary(summary: &Value, nonzero: &[(&str, u64)]) {
-    for key in [
-        "create_users",
-        "update_users",
-        "disable_users",
-        "delete_users",
-        "create_groups",
-        "update_groups",
-        "delete_groups",
-        "add_members",
-        "remove_members",
-    ] {
+    for key in SUMMARY_KEYS {
         let want = nonzero
             .iter()
             .find(|(k, _)| *k == key)
@@ -793,39 +544,13 @@ fn tool_ok(slapd: &Slapd, tool: &str, args: &[&str], stdin: Option<&str>) {
     let mut full = vec!["-D", ADMIN_DN, "-w", ADMIN_PW];
     full.extend_from_slice(args);
     let out = slapd.tool(tool, &full, stdin);
-    assert!(
-        out.status.success(),
-        "{tool} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.code, 0, "{tool} {args:?} failed: {}", out.stderr);
 }
 
 /// DNs of the groups that list `dn` as a member, read as the rootdn.
 fn groups_with_member(slapd: &Slapd, dn: &str) -> Vec<String> {
     let filter = format!("(member={})", escape_filter(dn));
-    let out = slapd.tool(
-        "ldapsearch",
-        &[
-            "-LLL",
-            "-o",
-            "ldif-wrap=no",
-            "-D",
-            ADMIN_DN,
-            "-w",
-            ADMIN_PW,
-            "-b",
-            GROUPS,
-            &filter,
-            "1.1",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_ldif(&String::from_utf8_lossy(&out.stdout))
+    search_as_admin(slapd, GROUPS, &filter, &["1.1"])
         .into_iter()
         .map(|e| e.dn)
         .collect()
@@ -847,7 +572,7 @@ fn escape_filter(value: &str) -> String {
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     assert!(
-        crate::harness::eventually(REFINT_WAIT, &mut cond),
+        wait_until(REFINT_WAIT, &mut cond),
         "{what} did not happen within {REFINT_WAIT:?}"
     );
 }
@@ -863,32 +588,25 @@ fn ldap_directory_syncs_into_scim_and_follows_edits() {
     let n = 2500;
     let slapd = Slapd::start(&directory(n));
     let server = ScimServer::start(&fresh_token("ldap-e2e"));
-    let op = Operator::new(&slapd, &server);
+    assert_only_paging_reads_everyone(&slapd, &server);
+    let mut edits = Edits::initial_sync(slapd, server, n);
+    edits.attribute_change();
+    edits.user_deleted();
+    edits.dn_renamed();
+    edits.user_added_to_a_group();
+    edits.membership_moved();
+    edits.mail_removed_and_restored();
+    assert!(edits.op.state_db().exists());
+}
 
-    // The sync account cannot list the users without paging.
-    let plain = slapd.tool(
-        "ldapsearch",
-        &[
-            "-D",
-            SYNC_DN,
-            "-w",
-            SYNC_PW,
-            "-b",
-            PEOPLE,
-            "(objectClass=inetOrgPerson)",
-            "1.1",
-        ],
-        None,
-    );
-    assert_eq!(
-        plain.status.code(),
-        Some(4),
-        "a plain search must hit the size limit"
-    );
+/// The sync account cannot list the users without paging; an account whose
+/// server stops paged searches at 1000 entries too has its read cut short, and
+/// a partial directory is never used (exit 5, nothing done).
+fn assert_only_paging_reads_everyone(slapd: &Slapd, server: &ScimServer) {
+    let plain = slapd.plain_search_as_sync();
+    assert_eq!(plain.code, 4, "a plain search must hit the size limit");
 
-    // An account whose server stops paged searches at 1000 entries too: the read
-    // is cut short, and a partial directory is never used (exit 5, nothing done).
-    let mut limited = Operator::new(&slapd, &server);
+    let mut limited = Operator::new(slapd, server);
     limited.bind_dn = LIMITED_DN.to_owned();
     limited.password = LIMITED_PW.to_owned();
     for cmd in [&["plan"][..], &["sync"]] {
@@ -897,43 +615,244 @@ fn ldap_directory_syncs_into_scim_and_follows_edits() {
         assert!(out.stderr.contains("size limit"), "{}", out.dump());
     }
     assert!(server.users().is_empty() && server.groups().is_empty());
+}
 
-    // Initial sync.
-    let started = Instant::now();
-    let summary = op.sync_ok();
-    eprintln!("initial sync of {n} users: {:?}", started.elapsed());
-    let want = expected(&read_as_admin(&slapd));
-    let in_scope = want.users.len() as u64;
-    assert_eq!(
-        in_scope,
-        (n - n / 50) as u64,
-        "users without mail are out of scope"
-    );
-    assert_eq!(want.out_of_scope.len(), n / 50);
-    assert_summary(
-        &summary,
-        &[
-            ("create_users", in_scope),
-            ("create_groups", want.groups.len() as u64),
-            (
-                "add_members",
-                want.groups.values().map(|g| g.members.len() as u64).sum(),
-            ),
-        ],
-    );
-    let mut disabled: BTreeSet<String> = BTreeSet::new();
-    let ids = assert_target(&want, &disabled, &server.contents());
-    // Nesting flattened: all-staff = engineering (teams 01, 02, user 3) + user 4.
-    let all_staff = want
-        .groups
+/// The key of generated user `i` in `want`.
+fn user_key(want: &Want, i: usize) -> String {
+    let dn = norm_dn(&user_dn(i));
+    want.users
         .values()
-        .find(|g| g.name == "all-staff")
-        .expect("all-staff");
-    let engineering = want
-        .groups
+        .find(|u| norm_dn(&u.dn) == dn)
+        .unwrap_or_else(|| panic!("no user {dn}"))
+        .key
+        .clone()
+}
+
+/// The group named `name` in `want`.
+fn want_group<'a>(want: &'a Want, name: &str) -> &'a WantGroup {
+    want.groups
         .values()
-        .find(|g| g.name == "engineering")
-        .expect("engineering");
+        .find(|g| g.name == name)
+        .unwrap_or_else(|| panic!("no group {name}"))
+}
+
+/// A directory synced once, and what each edit after it checks.
+struct Edits {
+    slapd: Slapd,
+    server: ScimServer,
+    op: Operator,
+    /// The SCIM id of every user by key after the first sync.
+    ids: HashMap<String, String>,
+    /// Keys removed from the directory: disabled on the target.
+    disabled: BTreeSet<String>,
+}
+
+impl Edits {
+    /// The first sync of `n` users: everyone in scope created, nesting
+    /// flattened, nothing left to do.
+    fn initial_sync(slapd: Slapd, server: ScimServer, n: usize) -> Edits {
+        let op = Operator::new(&slapd, &server);
+        let started = Instant::now();
+        let summary = op.sync_ok();
+        eprintln!("initial sync of {n} users: {:?}", started.elapsed());
+        let want = expected(&read_as_admin(&slapd));
+        let in_scope = want.users.len() as u64;
+        assert_eq!(
+            in_scope,
+            (n - n / 50) as u64,
+            "users without mail are out of scope"
+        );
+        assert_eq!(want.out_of_scope.len(), n / 50);
+        let members = want.groups.values().map(|g| g.members.len() as u64).sum();
+        let groups = want.groups.len() as u64;
+        assert_summary(
+            &summary,
+            &[
+                ("create_users", in_scope),
+                ("create_groups", groups),
+                ("add_members", members),
+            ],
+        );
+        let disabled = BTreeSet::new();
+        let ids = assert_target(&want, &disabled, &server.contents());
+        assert_nesting_flattened(&want, n);
+        op.assert_plan_empty();
+        Edits {
+            slapd,
+            server,
+            op,
+            ids,
+            disabled,
+        }
+    }
+
+    /// What the target should hold now, read from the directory.
+    fn want(&self) -> Want {
+        expected(&read_as_admin(&self.slapd))
+    }
+
+    fn modify(&self, ldif: &str) {
+        tool_ok(&self.slapd, "ldapmodify", &[], Some(ldif));
+    }
+
+    /// The target compared with `want`; no user changed SCIM id. Returns the
+    /// ids now.
+    fn assert_target(&self, want: &Want) -> HashMap<String, String> {
+        let now = assert_target(want, &self.disabled, &self.server.contents());
+        for (key, id) in &self.ids {
+            if let Some(now) = now.get(key) {
+                assert_eq!(now, id, "user {key} changed SCIM id");
+            }
+        }
+        now
+    }
+
+    /// Step 1: An attribute change.
+    fn attribute_change(&self) {
+        self.modify(&format!(
+            "dn: {}\nchangetype: modify\nreplace: title\ntitle: Principal Engineer\n",
+            user_dn(5)
+        ));
+        let summary = self.op.sync_ok();
+        assert_summary(&summary, &[("update_users", 1)]);
+        let want = self.want();
+        assert_eq!(want.users[&user_key(&want, 5)].title, "Principal Engineer");
+        self.assert_target(&want);
+        self.op.assert_plan_empty();
+    }
+
+    /// Step 2: a user deleted from the directory: disabled on the target, same id.
+    fn user_deleted(&mut self) {
+        let gone_dn = user_dn(17);
+        let gone_key = user_key(&self.want(), 17);
+        let slapd = &self.slapd;
+        assert!(!groups_with_member(slapd, &gone_dn).is_empty());
+        tool_ok(slapd, "ldapdelete", &[&gone_dn], None);
+        wait_for("refint removing the deleted user from its groups", || {
+            groups_with_member(slapd, &gone_dn).is_empty()
+        });
+        let summary = self.op.sync_ok();
+        assert_summary(&summary, &[("disable_users", 1), ("remove_members", 1)]);
+        self.disabled.insert(gone_key.clone());
+        let want = self.want();
+        assert!(!want.users.contains_key(&gone_key));
+        let now = self.assert_target(&want);
+        assert_eq!(
+            now[&gone_key], self.ids[&gone_key],
+            "the disabled user keeps its SCIM id"
+        );
+        self.op.assert_plan_empty();
+    }
+
+    /// Step 3: a DN rename (modrdn): the same SCIM user, nothing created or removed.
+    fn dn_renamed(&self) {
+        let old_dn = user_dn(8);
+        let renamed_key = user_key(&self.want(), 8);
+        let new_dn = format!("uid=renamed00008,{PEOPLE}");
+        let slapd = &self.slapd;
+        let groups_before = groups_with_member(slapd, &old_dn);
+        assert_eq!(groups_before.len(), 1, "user 8 is in team-08");
+        tool_ok(
+            slapd,
+            "ldapmodrdn",
+            &["-r", &old_dn, "uid=renamed00008"],
+            None,
+        );
+        wait_for("refint rewriting the renamed user's memberships", || {
+            groups_with_member(slapd, &old_dn).is_empty()
+                && groups_with_member(slapd, &new_dn).len() == groups_before.len()
+        });
+        let plan = self.op.plan_json();
+        assert!(
+            operations(&plan).is_empty(),
+            "a DN rename changes no mapped attribute and no membership: {plan}"
+        );
+        let summary = self.op.sync_ok();
+        assert_summary(&summary, &[]);
+        let want = self.want();
+        assert_eq!(norm_dn(&want.users[&renamed_key].dn), norm_dn(&new_dn));
+        let now = self.assert_target(&want);
+        assert_eq!(now[&renamed_key], self.ids[&renamed_key]);
+    }
+
+    /// Step 4: a new user, non-ASCII, added to a group in the same change.
+    fn user_added_to_a_group(&self) {
+        let mut add = Ldif::default();
+        let new_user_dn = format!("uid=neu,{PEOPLE}");
+        add.entry(
+            &new_user_dn,
+            &[
+                ("objectClass", "inetOrgPerson"),
+                ("uid", "neu"),
+                ("cn", "Åsa Öberg-Nuñez"),
+                ("givenName", "Åsa"),
+                ("sn", "Öberg-Nuñez"),
+                ("mail", "asa.oberg@example.com"),
+                ("title", "Tëster"),
+                ("departmentNumber", "QA"),
+            ],
+        );
+        tool_ok(&self.slapd, "ldapadd", &[], Some(add.text()));
+        self.modify(&format!(
+            "dn:: {}\nchangetype: modify\nadd: member\nmember: {new_user_dn}\n",
+            base64(&format!("cn=Fußball-Team,{GROUPS}"))
+        ));
+        let summary = self.op.sync_ok();
+        assert_summary(&summary, &[("create_users", 1), ("add_members", 1)]);
+        self.assert_target(&self.want());
+        self.op.assert_plan_empty();
+    }
+
+    /// Step 5: a membership change: user 11 moves from team-01 to team-02, which also
+    /// reaches engineering and all-staff only through nesting (no change there).
+    fn membership_moved(&self) {
+        let u11 = user_dn(11);
+        self.modify(&format!(
+            "dn: {}\nchangetype: modify\ndelete: member\nmember: {u11}\n\n\
+             dn: {}\nchangetype: modify\nadd: member\nmember: {u11}\n",
+            team_dn(1),
+            team_dn(2)
+        ));
+        let summary = self.op.sync_ok();
+        assert_summary(&summary, &[("add_members", 1), ("remove_members", 1)]);
+        self.assert_target(&self.want());
+        self.op.assert_plan_empty();
+    }
+
+    /// Step 6: a user leaves the mapping's scope (mail deleted): disabled like a
+    /// leaver, and removed from team-01 and, through nesting, engineering and
+    /// all-staff. Step 7, mail back: the same account is enabled again, not recreated.
+    fn mail_removed_and_restored(&mut self) {
+        let u21 = user_dn(21);
+        let key21 = user_key(&self.want(), 21);
+        self.modify(&format!("dn: {u21}\nchangetype: modify\ndelete: mail\n"));
+        let summary = self.op.sync_ok();
+        assert_summary(&summary, &[("disable_users", 1), ("remove_members", 3)]);
+        self.disabled.insert(key21.clone());
+        let want = self.want();
+        assert!(want.out_of_scope.contains(&key21));
+        self.assert_target(&want);
+        self.op.assert_plan_empty();
+
+        self.modify(&format!(
+            "dn: {u21}\nchangetype: modify\nadd: mail\nmail: {}\n",
+            user_mail(21)
+        ));
+        let summary = self.op.sync_ok();
+        assert_eq!(count(&summary, "create_users"), 0, "{summary}");
+        assert_eq!(count(&summary, "add_members"), 3, "{summary}");
+        self.disabled.remove(&key21);
+        let now = self.assert_target(&self.want());
+        assert_eq!(now[&key21], self.ids[&key21], "re-enabled, not recreated");
+        self.op.assert_plan_empty();
+    }
+}
+
+/// Nesting flattened: all-staff = engineering (teams 01, 02, user 3) + user 4;
+/// a member outside the base DN is ignored.
+fn assert_nesting_flattened(want: &Want, n: usize) {
+    let all_staff = want_group(want, "all-staff");
+    let engineering = want_group(want, "engineering");
     assert!(all_staff.members.is_superset(&engineering.members));
     assert_eq!(
         engineering.members.len(),
@@ -941,203 +860,11 @@ fn ldap_directory_syncs_into_scim_and_follows_edits() {
             .filter(|i| !i.is_multiple_of(50) && (i % TEAMS == 1 || i % TEAMS == 2 || *i == 3))
             .count()
     );
-    let empty = want
-        .groups
-        .values()
-        .find(|g| g.name == "empty-ish")
-        .expect("empty-ish");
+    let empty = want_group(want, "empty-ish");
     assert!(
         empty.members.is_empty(),
         "a member outside the base DN is ignored"
     );
-    op.assert_plan_empty();
-
-    let user_key = |want: &Want, i: usize| -> String {
-        let dn = norm_dn(&user_dn(i));
-        want.users
-            .values()
-            .find(|u| norm_dn(&u.dn) == dn)
-            .unwrap_or_else(|| panic!("no user {dn}"))
-            .key
-            .clone()
-    };
-    let assert_same_ids = |new: &HashMap<String, String>| {
-        for (key, id) in &ids {
-            if let Some(now) = new.get(key) {
-                assert_eq!(now, id, "user {key} changed SCIM id");
-            }
-        }
-    };
-
-    // 1. An attribute change.
-    tool_ok(
-        &slapd,
-        "ldapmodify",
-        &[],
-        Some(&format!(
-            "dn: {}\nchangetype: modify\nreplace: title\ntitle: Principal Engineer\n",
-            user_dn(5)
-        )),
-    );
-    let summary = op.sync_ok();
-    assert_summary(&summary, &[("update_users", 1)]);
-    let want = expected(&read_as_admin(&slapd));
-    assert_eq!(want.users[&user_key(&want, 5)].title, "Principal Engineer");
-    assert_same_ids(&assert_target(&want, &disabled, &server.contents()));
-    op.assert_plan_empty();
-
-    // 2. A user deleted from the directory: disabled on the target, same id.
-    let gone_dn = user_dn(17);
-    let gone_key = user_key(&want, 17);
-    assert!(!groups_with_member(&slapd, &gone_dn).is_empty());
-    tool_ok(&slapd, "ldapdelete", &[&gone_dn], None);
-    wait_for("refint removing the deleted user from its groups", || {
-        groups_with_member(&slapd, &gone_dn).is_empty()
-    });
-    let summary = op.sync_ok();
-    assert_summary(&summary, &[("disable_users", 1), ("remove_members", 1)]);
-    disabled.insert(gone_key.clone());
-    let want = expected(&read_as_admin(&slapd));
-    assert!(!want.users.contains_key(&gone_key));
-    let now = assert_target(&want, &disabled, &server.contents());
-    assert_eq!(
-        now[&gone_key], ids[&gone_key],
-        "the disabled user keeps its SCIM id"
-    );
-    assert_same_ids(&now);
-    op.assert_plan_empty();
-
-    // 3. A DN rename (modrdn): the same SCIM user, nothing created or removed.
-    let old_dn = user_dn(8);
-    let renamed_key = user_key(&want, 8);
-    let new_dn = format!("uid=renamed00008,{PEOPLE}");
-    let groups_before = groups_with_member(&slapd, &old_dn);
-    assert_eq!(groups_before.len(), 1, "user 8 is in team-08");
-    tool_ok(
-        &slapd,
-        "ldapmodrdn",
-        &["-r", &old_dn, "uid=renamed00008"],
-        None,
-    );
-    wait_for("refint rewriting the renamed user's memberships", || {
-        groups_with_member(&slapd, &old_dn).is_empty()
-            && groups_with_member(&slapd, &new_dn).len() == groups_before.len()
-    });
-    let plan = op.plan_json();
-    assert!(
-        scim::operations(&plan).is_empty(),
-        "a DN rename changes no mapped attribute and no membership: {plan}"
-    );
-    let summary = op.sync_ok();
-    assert_summary(&summary, &[]);
-    let want = expected(&read_as_admin(&slapd));
-    assert_eq!(norm_dn(&want.users[&renamed_key].dn), norm_dn(&new_dn));
-    let now = assert_target(&want, &disabled, &server.contents());
-    assert_eq!(now[&renamed_key], ids[&renamed_key]);
-    assert_same_ids(&now);
-
-    // 4. A new user, non-ASCII, added to a group in the same change.
-    let mut add = Ldif::default();
-    let new_user_dn = format!("uid=neu,{PEOPLE}");
-    add.entry(
-        &new_user_dn,
-        &[
-            ("objectClass", "inetOrgPerson"),
-            ("uid", "neu"),
-            ("cn", "Åsa Öberg-Nuñez"),
-            ("givenName", "Åsa"),
-            ("sn", "Öberg-Nuñez"),
-            ("mail", "asa.oberg@example.com"),
-            ("title", "Tëster"),
-            ("departmentNumber", "QA"),
-        ],
-    );
-    tool_ok(&slapd, "ldapadd", &[], Some(add.text()));
-    tool_ok(
-        &slapd,
-        "ldapmodify",
-        &[],
-        Some(&format!(
-            "dn:: {}\nchangetype: modify\nadd: member\nmember: {new_user_dn}\n",
-            b64(&format!("cn=Fußball-Team,{GROUPS}"))
-        )),
-    );
-    let summary = op.sync_ok();
-    assert_summary(&summary, &[("create_users", 1), ("add_members", 1)]);
-    let want = expected(&read_as_admin(&slapd));
-    let now = assert_target(&want, &disabled, &server.contents());
-    assert_same_ids(&now);
-    op.assert_plan_empty();
-
-    // 5. A membership change: user 11 moves from team-01 to team-02, which also
-    // reaches engineering and all-staff only through nesting (no change there).
-    let u11 = user_dn(11);
-    tool_ok(
-        &slapd,
-        "ldapmodify",
-        &[],
-        Some(&format!(
-            "dn: {}\nchangetype: modify\ndelete: member\nmember: {u11}\n\n\
-             dn: {}\nchangetype: modify\nadd: member\nmember: {u11}\n",
-            team_dn(1),
-            team_dn(2)
-        )),
-    );
-    let summary = op.sync_ok();
-    assert_summary(&summary, &[("add_members", 1), ("remove_members", 1)]);
-    let want = expected(&read_as_admin(&slapd));
-    let now = assert_target(&want, &disabled, &server.contents());
-    assert_same_ids(&now);
-    op.assert_plan_empty();
-
-    // 6. A user leaves the mapping's scope (mail deleted): disabled like a
-    // leaver, and removed from team-01 and, through nesting, engineering and
-    // all-staff. 7. Mail back: the same account is enabled again, not recreated.
-    let u21 = user_dn(21);
-    let key21 = user_key(&want, 21);
-    tool_ok(
-        &slapd,
-        "ldapmodify",
-        &[],
-        Some(&format!("dn: {u21}\nchangetype: modify\ndelete: mail\n")),
-    );
-    let summary = op.sync_ok();
-    assert_summary(&summary, &[("disable_users", 1), ("remove_members", 3)]);
-    disabled.insert(key21.clone());
-    let want = expected(&read_as_admin(&slapd));
-    assert!(want.out_of_scope.contains(&key21));
-    assert_same_ids(&assert_target(&want, &disabled, &server.contents()));
-    op.assert_plan_empty();
-
-    tool_ok(
-        &slapd,
-        "ldapmodify",
-        &[],
-        Some(&format!(
-            "dn: {u21}\nchangetype: modify\nadd: mail\nmail: {}\n",
-            user_mail(21)
-        )),
-    );
-    let summary = op.sync_ok();
-    assert_eq!(count(&summary, "create_users"), 0, "{summary}");
-    assert_eq!(count(&summary, "add_members"), 3, "{summary}");
-    disabled.remove(&key21);
-    let want = expected(&read_as_admin(&slapd));
-    let now = assert_target(&want, &disabled, &server.contents());
-    assert_eq!(now[&key21], ids[&key21], "re-enabled, not recreated");
-    assert_same_ids(&now);
-    op.assert_plan_empty();
-    assert!(op.state_db().exists());
-}
-
-fn b64(text: &str) -> String {
-    // Reuse the LDIF writer's encoding: an entry with one attribute `x`.
-    let mut l = Ldif::default();
-    l.entry("dc=x", &[("x", text)]);
-    let line = l.text().lines().nth(1).expect("x line").to_owned();
-    line.strip_prefix("x:: ")
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("expected base64: {line}"))
 }
 
 /// `check` says what it verified; a refused bind, a stopped server and a server
@@ -1188,7 +915,8 @@ fn check_and_source_failures_exit_5_and_change_nothing() {
         .into_iter()
         .find(|e| norm_dn(&e.dn) == norm_dn(&user_dn(50)))
         .expect("user 50");
-    let out = op.run(&["explain", no_mail.first("entryUUID").expect("entryUUID")]);
+    let key = no_mail.first("entryUUID").expect("entryUUID");
+    let out = op.run(&["explain", &key]);
     out.assert_code(0);
     assert!(out.stdout.contains("out of scope"), "{}", out.dump());
     let before = server.contents().normalized();
@@ -1202,7 +930,7 @@ fn check_and_source_failures_exit_5_and_change_nothing() {
             user_dn(1)
         )),
     );
-    assert_eq!(scim::operations(&op.plan_json()).len(), 1);
+    assert_eq!(operations(&op.plan_json()).len(), 1);
 
     // A wrong bind password.
     op.password = "wr0ng-Pa55-Zq7-not-it".into();
@@ -1228,7 +956,7 @@ fn check_and_source_failures_exit_5_and_change_nothing() {
     );
     op.password = SYNC_PW.into();
     assert_eq!(
-        scim::operations(&op.plan_json()).len(),
+        operations(&op.plan_json()).len(),
         1,
         "the change is still pending"
     );
@@ -1352,13 +1080,13 @@ fn ldap_examples_validate() {
             )][..],
         ),
     ] {
-        let path = repo().join(example);
-        let args = vec![
-            "validate".to_owned(),
-            "-c".into(),
-            path.display().to_string(),
-        ];
-        let out = run_idsync(dir.path(), &args, env, &[]);
+        let mut cmd = idsync_command(None);
+        cmd.arg("validate")
+            .arg("-c")
+            .arg(repo().join(example))
+            .current_dir(dir.path())
+            .envs(env.iter().copied());
+        let out = run_bounded(cmd, RUN_TIMEOUT, None);
         out.assert_code(0);
         assert!(out.stdout.contains("ldap"), "{}", out.dump());
     }
