@@ -899,6 +899,7 @@ mod tests {
     use super::*;
     use crate::apply::TargetError;
     use crate::plan::guard::GuardStop;
+    use crate::source::ldap::LdapError;
     use crate::state::StateError;
 
     fn exit_of(e: SyncError) -> Exit {
@@ -924,10 +925,10 @@ mod tests {
             path: "s.db.lock".into(),
         });
         assert_eq!(exit_of(locked), Exit::Locked);
-        let unavailable = SyncError::Source(SourceError::ConnectFailed {
+        let unavailable = SyncError::Source(SourceError::from(LdapError::ConnectFailed {
             url: "ldap://127.0.0.1:9".into(),
             reason: "connection refused".into(),
-        });
+        }));
         assert_eq!(exit_of(unavailable), Exit::Unreachable);
         let mapping = SyncError::Mapping {
             total: 1,

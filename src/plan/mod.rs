@@ -13,7 +13,8 @@
 //! (`reconcile`), so the same planner also corrects hand-made drift. The guards
 //! (`guard`) check a plan before anyone acts on it; `verify` checks a saved plan
 //! against the state it is applied to. `config` reads the `policy:` section of
-//! the configuration into a [`Policy`].
+//! the configuration into a [`Policy`]. `revert` plans the undoing of a past
+//! run's operations, against the state as it is now.
 
 pub(crate) mod config;
 pub(crate) mod guard;
@@ -22,6 +23,7 @@ mod names;
 mod planner;
 mod policy;
 mod reconcile;
+mod revert;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -40,6 +42,7 @@ pub use policy::{
     DEFAULT_MAX_MEMBER_REMOVALS, DEFAULT_MAX_REMOVALS, MEMBER_REMOVALS_FLOOR, OnRename, Policy,
     RemovalLimit, RemoveAction, ReuseAccounts,
 };
+pub use revert::{Destroyed, RevertedRun, Undo, revert};
 pub use verify::{Mismatch, PlanMismatch, verify_saved};
 
 /// One attribute's change: `old` as last pushed, `new` as desired (`None` =

@@ -8,7 +8,8 @@
 //! as compiled (`CsvSettings`, `LdapSettings`) and implements [`Source`]; the
 //! top-level config composes them and picks one. A configuration mistake is a
 //! [`SourceConfigError`] located at the offending field; a failed read is a
-//! [`SourceError`] that says what went wrong and whether the data is wrong or
+//! [`SourceError`]: the adapter's own error (`CsvError`, `LdapError`,
+//! `EntraError`), which says what went wrong and whether the data is wrong or
 //! the source could not be read. Adapters never import the top-level config.
 
 pub mod csv;
@@ -16,12 +17,9 @@ pub mod entra;
 mod error;
 pub mod ldap;
 mod nested;
+mod problems;
 
-pub use error::{
-    BadEntries, BindRefusal, CaFileProblem, CsvFault, EntryProblem, KeyProblem, LdapOperation,
-    RowProblem, SearchLimit, SourceConfigError, SourceError,
-};
-pub(crate) use error::{Problems, file_name};
+pub use error::{SourceConfigError, SourceError};
 
 use std::collections::BTreeSet;
 

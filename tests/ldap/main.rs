@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use idsync::model::{SourceDirectory, SourceUser};
-use idsync::source::ldap::{check, read};
-use idsync::source::{BindRefusal, EntryProblem, KeyProblem, SearchLimit, SourceError};
+use idsync::source::ldap::{
+    BindRefusal, EntryProblem, KeyProblem, LdapError, SearchLimit, check, read,
+};
 
 fn wanted() -> BTreeSet<String> {
     ["mail", "givenName", "sn", "cn", "title", "dn"]
@@ -115,7 +116,7 @@ async fn a_read_the_server_cuts_short_fails_whole() {
         Ok(d) => panic!("a cut-short read must fail, got {} users", d.users.len()),
         Err(e) => e,
     };
-    let SourceError::LimitExceeded {
+    let LdapError::LimitExceeded {
         limit: SearchLimit::Size,
         entries,
         base,
@@ -337,7 +338,7 @@ async fn referrals_are_never_followed_and_never_crash() {
     )
     .await
     .expect_err("referral");
-    let SourceError::Referral { base, refs, .. } = &err else {
+    let LdapError::Referral { base, refs, .. } = &err else {
         panic!("expected Referral, got {err:?}");
     };
     assert_eq!(base, &remote);
@@ -371,7 +372,7 @@ async fn users_without_the_key_attribute_are_named_and_fail_the_read() {
     )
     .await
     .expect_err("users without a key");
-    let SourceError::BadUsers(bad) = &err else {
+    let LdapError::BadUsers(bad) = &err else {
         panic!("expected BadUsers, got {err:?}");
     };
     assert_eq!((bad.problems.len(), bad.more), (3, 0), "{bad:?}");
@@ -406,7 +407,7 @@ async fn a_wrong_password_is_a_bind_failure() {
             .expect_err("bind must fail"),
         check(&settings).await.expect_err("bind must fail"),
     ] {
-        let SourceError::BindRefused {
+        let LdapError::BindRefused {
             dn,
             reason: BindRefusal::InvalidCredentials,
             ..
@@ -437,14 +438,14 @@ async fn an_unreachable_server_is_unavailable() {
         .await
         .expect_err("nothing listens");
     assert!(
-        matches!(&err, SourceError::ConnectFailed { url: u, .. } if u == &url),
+        matches!(&err, LdapError::ConnectFailed { url: u, .. } if u == &url),
         "{err:?}"
     );
     assert!(err.is_unavailable());
     assert!(err.to_string().contains("cannot connect"), "{err}");
     assert!(matches!(
         check(&settings).await,
-        Err(SourceError::ConnectFailed { .. })
+        Err(LdapError::ConnectFailed { .. })
     ));
 }
 
@@ -467,7 +468,7 @@ async fn a_server_that_stops_answering_times_out() {
     assert!(
         matches!(
             err,
-            SourceError::NoAnswer { timeout, .. } if timeout == Duration::from_secs(1)
+            LdapError::NoAnswer { timeout, .. } if timeout == Duration::from_secs(1)
         ),
         "{err:?}"
     );
@@ -488,7 +489,7 @@ async fn check_says_what_it_verified_and_finds_a_missing_base() {
         .await
         .expect_err("missing base");
     assert!(
-        matches!(&err, SourceError::BaseNotFound { base, .. } if base == "ou=nowhere,dc=example,dc=com"),
+        matches!(&err, LdapError::BaseNotFound { base, .. } if base == "ou=nowhere,dc=example,dc=com"),
         "{err:?}"
     );
     assert!(
@@ -511,10 +512,7 @@ async fn starttls_against_a_server_without_tls_fails_cleanly() {
     let err = check(&slapd.settings("starttls: true\n"))
         .await
         .expect_err("no TLS configured");
-    assert!(
-        matches!(err, SourceError::StartTlsRefused { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, LdapError::StartTlsRefused { .. }), "{err:?}");
     assert!(err.to_string().contains("StartTLS"), "{err}");
 }
 
@@ -564,7 +562,7 @@ async fn ldaps_and_starttls_verify_the_server_against_ca_file() {
     assert!(
         matches!(
             err,
-            SourceError::TlsHandshake {
+            LdapError::TlsHandshake {
                 with_ca_file: false,
                 ..
             }

@@ -10,8 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::error::EntraError;
 use crate::secret::{self, SecretFileError};
-use crate::source::SourceError;
 
 /// A client assertion is valid this long (Entra accepts up to 10 minutes).
 const ASSERTION_LIFETIME_S: u64 = 600;
@@ -40,13 +40,13 @@ pub enum Loaded {
 }
 
 impl Credential {
-    pub fn read(&self) -> Result<Loaded, SourceError> {
+    pub fn read(&self) -> Result<Loaded, EntraError> {
         match self {
             Credential::SecretEnv(var) => match std::env::var(var) {
                 Ok(v) if !v.trim().is_empty() => {
                     Ok(Loaded::Secret(SecretString::from(v.trim().to_string())))
                 }
-                _ => Err(SourceError::EntraSecretNotSet { var: var.clone() }),
+                _ => Err(EntraError::SecretNotSet { var: var.clone() }),
             },
             Credential::SecretFile(path) => {
                 let text = secret::read(path).map_err(file_problem)?;
@@ -101,7 +101,7 @@ impl Loaded {
         &self,
         client_id: &str,
         token_url: &str,
-    ) -> Result<Vec<(&'static str, SecretString)>, SourceError> {
+    ) -> Result<Vec<(&'static str, SecretString)>, EntraError> {
         match self {
             Loaded::Secret(secret) => Ok(vec![("client_secret", secret.clone())]),
             Loaded::Certificate { key, x5t, x5t_s256 } => {
@@ -122,7 +122,7 @@ impl Loaded {
                     "exp": now + ASSERTION_LIFETIME_S,
                 });
                 let jwt = jsonwebtoken::encode(&header, &claims, key).map_err(|e| {
-                    SourceError::GraphBadAnswer {
+                    EntraError::GraphBadAnswer {
                         url: token_url.to_string(),
                         reason: format!("cannot sign the client assertion: {e}"),
                     }
@@ -137,16 +137,16 @@ impl Loaded {
 }
 
 /// A credential file refused by the secret-file rule.
-fn file_problem(e: SecretFileError) -> SourceError {
-    SourceError::EntraSecretFile {
+fn file_problem(e: SecretFileError) -> EntraError {
+    EntraError::SecretFile {
         problem: e.problem.to_string(),
         path: e.path,
     }
 }
 
 /// A credential file read, whose content is unusable.
-fn bad_content(path: &Path, problem: &str) -> SourceError {
-    SourceError::EntraSecretFile {
+fn bad_content(path: &Path, problem: &str) -> EntraError {
+    EntraError::SecretFile {
         path: path.to_path_buf(),
         problem: problem.to_string(),
     }

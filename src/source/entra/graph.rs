@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::EntraSettings;
 use super::credential::Loaded;
+use super::error::EntraError;
 use crate::retry::{self, Attempt, Outcome, RetryPolicy, TransportKind, Verdict};
-use crate::source::SourceError;
 
 /// A `Retry-After` longer than this ends the cycle (the next one reads the
 /// same changes again) rather than blocking it.
@@ -95,9 +95,9 @@ pub fn shown(url: &str) -> String {
 }
 
 /// Logs a retry the mechanics are about to wait for.
-fn log_retry(url: &str, attempt: u32, error: &SourceError, wait: Duration) {
+fn log_retry(url: &str, attempt: u32, error: &EntraError, wait: Duration) {
     let wait_s = wait.as_secs_f64();
-    if matches!(error, SourceError::GraphThrottled { .. }) {
+    if matches!(error, EntraError::GraphThrottled { .. }) {
         tracing::info!(url = %shown(url), attempt, wait_s, "Graph throttled; waiting as asked");
     } else {
         tracing::debug!(url = %shown(url), attempt, wait_s, error = %error, "Graph request failed; retrying");
@@ -106,14 +106,14 @@ fn log_retry(url: &str, attempt: u32, error: &SourceError, wait: Duration) {
 
 impl<'a> Graph<'a> {
     /// Reads the secret; nothing is sent yet.
-    pub fn new(settings: &'a EntraSettings) -> Result<Graph<'a>, SourceError> {
+    pub fn new(settings: &'a EntraSettings) -> Result<Graph<'a>, EntraError> {
         let credential = settings.credential.read()?;
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .user_agent(concat!("idsync/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| SourceError::GraphUnreachable {
+            .map_err(|e| EntraError::GraphUnreachable {
                 url: settings.graph_url.clone(),
                 reason: format!("HTTP client set-up failed: {e}"),
             })?;
@@ -144,7 +144,7 @@ impl<'a> Graph<'a> {
     }
 
     /// A valid access token: the cached one, or a new one.
-    async fn token(&self) -> Result<SecretString, SourceError> {
+    async fn token(&self) -> Result<SecretString, EntraError> {
         if let Some(t) = &*self.cached_token()
             && Instant::now() < t.renew_at
         {
@@ -169,7 +169,7 @@ impl<'a> Graph<'a> {
         )
         .await?;
         let Some(access) = body["access_token"].as_str().filter(|t| !t.is_empty()) else {
-            return Err(SourceError::GraphBadAnswer {
+            return Err(EntraError::GraphBadAnswer {
                 url,
                 reason: "the token endpoint's answer has no access_token".into(),
             });
@@ -194,11 +194,11 @@ impl<'a> Graph<'a> {
     }
 
     /// One POST to the token endpoint: its JSON answer, or why not.
-    async fn token_attempt(&self, url: &str, form: &[(&str, &str)]) -> Attempt<Value, SourceError> {
+    async fn token_attempt(&self, url: &str, form: &[(&str, &str)]) -> Attempt<Value, EntraError> {
         let response = match self.http.post(url).form(form).send().await {
             Ok(r) => r,
             Err(e) => {
-                let error = SourceError::GraphUnreachable {
+                let error = EntraError::GraphUnreachable {
                     url: url.to_string(),
                     reason: plain(&e),
                 };
@@ -223,7 +223,7 @@ impl<'a> Graph<'a> {
             (e, d) => format!("HTTP {status}: {e}: {d}"),
         };
         let s = self.settings;
-        let refused = SourceError::EntraAuthRefused {
+        let refused = EntraError::AuthRefused {
             tenant: s.tenant_id.clone(),
             client_id: s.client_id.clone(),
             credential: s.credential.describe(),
@@ -253,10 +253,10 @@ impl<'a> Graph<'a> {
     }
 
     /// GET `url` (absolute, under `graph_url`), retried as documented above.
-    pub async fn get(&self, url: &str) -> Result<Answer, SourceError> {
+    pub async fn get(&self, url: &str) -> Result<Answer, EntraError> {
         let graph = &self.settings.graph_url;
         if !url.starts_with(&format!("{graph}/")) {
-            return Err(SourceError::GraphBadAnswer {
+            return Err(EntraError::GraphBadAnswer {
                 url: shown(url),
                 reason: format!("a link outside graph_url {graph} is not followed"),
             });
@@ -279,7 +279,7 @@ impl<'a> Graph<'a> {
         url: &str,
         attempt: u32,
         refreshed: &AtomicBool,
-    ) -> Attempt<Answer, SourceError> {
+    ) -> Attempt<Answer, EntraError> {
         let token = match self.token().await {
             Ok(token) => token,
             Err(e) => return Attempt::Fatal(e),
@@ -296,7 +296,7 @@ impl<'a> Graph<'a> {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
-                let error = SourceError::GraphUnreachable {
+                let error = EntraError::GraphUnreachable {
                     url: shown(url),
                     reason: plain(&e),
                 };
@@ -310,7 +310,7 @@ impl<'a> Graph<'a> {
             let text = match response.text().await {
                 Ok(text) => text,
                 Err(e) => {
-                    return Attempt::Fatal(SourceError::GraphUnreachable {
+                    return Attempt::Fatal(EntraError::GraphUnreachable {
                         url: shown(url),
                         reason: plain(&e),
                     });
@@ -318,7 +318,7 @@ impl<'a> Graph<'a> {
             };
             return match serde_json::from_str(&text) {
                 Ok(value) => Attempt::Success(Answer::Ok(value)),
-                Err(e) => Attempt::Fatal(SourceError::GraphBadAnswer {
+                Err(e) => Attempt::Fatal(EntraError::GraphBadAnswer {
                     url: shown(url),
                     reason: format!("the answer is not JSON ({e})"),
                 }),
@@ -334,7 +334,7 @@ impl<'a> Graph<'a> {
             let waited = retry_after
                 .as_deref()
                 .and_then(|v| retry::parse_retry_after(v, now));
-            let error = SourceError::GraphThrottled {
+            let error = EntraError::GraphThrottled {
                 url: shown(url),
                 status,
                 retry_after: waited.map_or(0, |w| w.as_secs()),
@@ -355,7 +355,7 @@ impl<'a> Graph<'a> {
             .unwrap_or("")
             .to_string();
         let permission = (status == 403).then(|| permission_for(url)).flatten();
-        let error = SourceError::GraphRefused {
+        let error = EntraError::GraphRefused {
             url: shown(url),
             status,
             code,

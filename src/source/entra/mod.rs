@@ -21,6 +21,7 @@
 
 mod credential;
 mod delta;
+mod error;
 mod graph;
 
 use std::collections::BTreeSet;
@@ -34,6 +35,7 @@ use super::{Source, SourceConfigError, SourceError};
 use crate::model::{Mirror, SourceDirectory};
 use credential::Credential;
 pub use delta::{PageStats, apply_groups, apply_users, directory};
+pub use error::EntraError;
 use graph::{Answer, Graph, shown};
 
 pub const DEFAULT_AUTHORITY_URL: &str = "https://login.microsoftonline.com";
@@ -293,11 +295,11 @@ impl Source for EntraSettings {
         attributes: &'a BTreeSet<String>,
         mirror: Mirror,
     ) -> BoxFuture<'a, Result<(SourceDirectory, Mirror), SourceError>> {
-        Box::pin(read(self, attributes, mirror))
+        Box::pin(async move { Ok(read(self, attributes, mirror).await?) })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>> {
-        Box::pin(check(self))
+        Box::pin(async move { Ok(check(self).await?) })
     }
 
     fn describe(&self) -> String {
@@ -353,7 +355,7 @@ pub async fn read(
     settings: &EntraSettings,
     attributes: &BTreeSet<String>,
     mirror: Mirror,
-) -> Result<(SourceDirectory, Mirror), SourceError> {
+) -> Result<(SourceDirectory, Mirror), EntraError> {
     let started = Instant::now();
     let select = user_select(attributes);
     let hash = select_hash(&select);
@@ -389,7 +391,7 @@ pub async fn read(
 
 /// Continues from the committed links, applying the changes to `mirror` (the
 /// engine's copy); `None` when Graph says a link is no longer valid.
-async fn incremental(graph: &Graph<'_>, mirror: Mirror) -> Result<Option<Mirror>, SourceError> {
+async fn incremental(graph: &Graph<'_>, mirror: Mirror) -> Result<Option<Mirror>, EntraError> {
     let mut m = mirror;
     let (Some(users_link), Some(groups_link)) = (m.users_link.clone(), m.groups_link.clone())
     else {
@@ -418,7 +420,7 @@ async fn full(
     select: &str,
     select_hash: String,
     now: i64,
-) -> Result<Mirror, SourceError> {
+) -> Result<Mirror, EntraError> {
     let mut m = Mirror {
         select_hash,
         full_at: Some(now),
@@ -429,7 +431,7 @@ async fn full(
         "{}/v1.0/groups/delta?$select={GROUP_SELECT}",
         settings.graph_url
     );
-    let stale = |url: &str| SourceError::GraphBadAnswer {
+    let stale = |url: &str| EntraError::GraphBadAnswer {
         url: shown(url),
         reason: "a new delta round was answered as expired".into(),
     };
@@ -453,7 +455,7 @@ async fn round(
     graph: &Graph<'_>,
     start: &str,
     mut apply: impl FnMut(&[serde_json::Value]) -> PageStats,
-) -> Result<Option<String>, SourceError> {
+) -> Result<Option<String>, EntraError> {
     let mut next = start.to_string();
     for _ in 0..MAX_PAGES_PER_ROUND {
         let page = match graph.get(&next).await? {
@@ -463,7 +465,7 @@ async fn round(
                 return Ok(None);
             }
         };
-        let bad = |reason: &str| SourceError::GraphBadAnswer {
+        let bad = |reason: &str| EntraError::GraphBadAnswer {
             url: shown(&next),
             reason: reason.to_string(),
         };
@@ -480,14 +482,14 @@ async fn round(
             None => return Err(bad("a delta page with neither a nextLink nor a deltaLink")),
         }
     }
-    Err(SourceError::GraphBadAnswer {
+    Err(EntraError::GraphBadAnswer {
         url: shown(start),
         reason: format!("the delta round did not end within {MAX_PAGES_PER_ROUND} pages"),
     })
 }
 
 /// `idsync check`: a token, one user and one group.
-pub async fn check(settings: &EntraSettings) -> Result<String, SourceError> {
+pub async fn check(settings: &EntraSettings) -> Result<String, EntraError> {
     let graph = Graph::new(settings)?;
     let mut found = Vec::new();
     for what in ["users", "groups"] {
@@ -502,7 +504,7 @@ pub async fn check(settings: &EntraSettings) -> Result<String, SourceError> {
                 });
             }
             Answer::Resync { status, code } => {
-                return Err(SourceError::GraphRefused {
+                return Err(EntraError::GraphRefused {
                     url: shown(&url),
                     status,
                     code,

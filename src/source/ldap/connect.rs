@@ -1,21 +1,22 @@
 //! The connection: TLS set-up (system roots, an extra CA file, or — only when
 //! asked — no verification), bind, paged searches with a timeout per operation,
-//! and the translation of every failure into a `SourceError` that says whether
+//! and the translation of every failure into an `LdapError` that says whether
 //! the server was unreachable, TLS failed, the bind was refused, a base DN is
 //! missing or the server cut the read short.
 
 use std::sync::Arc;
 
+use ldap3::LdapError as ClientError;
 use ldap3::adapters::{Adapter, EntriesOnly, PagedResults};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapResult, Scope, SearchEntry};
 use secrecy::ExposeSecret;
 
 use super::entry::Entry;
+use super::error::{BindRefusal, CaFileProblem, LdapError, LdapOperation, SearchLimit};
 use super::{LdapSettings, TlsVerify};
-use crate::source::{BindRefusal, CaFileProblem, LdapOperation, SearchLimit, SourceError};
 
 /// Connects and binds.
-pub(super) async fn open(settings: &LdapSettings) -> Result<Ldap, SourceError> {
+pub(super) async fn open(settings: &LdapSettings) -> Result<Ldap, LdapError> {
     let password = settings.password.read()?;
     let mut conn_settings = LdapConnSettings::new()
         .set_conn_timeout(settings.timeout)
@@ -57,10 +58,10 @@ pub(super) async fn close(mut ldap: Ldap) {
 }
 
 /// A rustls configuration trusting the system's roots plus the CAs in `path`.
-fn client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, SourceError> {
+fn client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, LdapError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let ca_error = |problem: CaFileProblem| SourceError::CaFile {
+    let ca_error = |problem: CaFileProblem| LdapError::CaFile {
         path: path.to_path_buf(),
         problem,
     };
@@ -92,7 +93,7 @@ fn client_config(path: &std::path::Path) -> Result<rustls::ClientConfig, SourceE
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| SourceError::TlsSetup {
+        .map_err(|e| LdapError::TlsSetup {
             reason: e.to_string(),
         })?
         .with_root_certificates(roots)
@@ -109,7 +110,7 @@ pub(super) async fn search_each(
     filter: &str,
     attributes: Vec<String>,
     mut each: impl FnMut(Entry),
-) -> Result<usize, SourceError> {
+) -> Result<usize, LdapError> {
     // EntriesOnly drops referrals and intermediate messages, which are not
     // entries; PagedResults fetches every page.
     let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> = vec![
@@ -168,7 +169,7 @@ pub(super) async fn read_entry(
     settings: &LdapSettings,
     dn: &str,
     attributes: Vec<String>,
-) -> Result<Option<Entry>, SourceError> {
+) -> Result<Option<Entry>, LdapError> {
     let result = ldap
         .with_timeout(settings.timeout)
         .search(dn, Scope::Base, "(objectClass=*)", attributes)
@@ -199,7 +200,7 @@ pub(super) async fn read_entry(
 pub(super) async fn root_capabilities(
     ldap: &mut Ldap,
     settings: &LdapSettings,
-) -> Result<Vec<String>, SourceError> {
+) -> Result<Vec<String>, LdapError> {
     let wanted = vec!["supportedCapabilities"];
     let ldap3::SearchResult(entries, result) = ldap
         .with_timeout(settings.timeout)
@@ -229,7 +230,7 @@ pub(super) async fn base_exists(
     ldap: &mut Ldap,
     settings: &LdapSettings,
     base: &str,
-) -> Result<(), SourceError> {
+) -> Result<(), LdapError> {
     match read_entry(ldap, settings, base, vec!["1.1".into()]).await? {
         Some(_) => Ok(()),
         None => Err(base_not_found(settings, base)),
@@ -244,7 +245,7 @@ pub(super) async fn first_page(
     settings: &LdapSettings,
     base: &str,
     filter: &str,
-) -> Result<usize, SourceError> {
+) -> Result<usize, LdapError> {
     let control: ldap3::controls::RawControl = ldap3::controls::PagedResults {
         size: 1,
         cookie: Vec::new(),
@@ -297,8 +298,8 @@ fn server_says(result: &LdapResult) -> String {
     }
 }
 
-fn base_not_found(settings: &LdapSettings, base: &str) -> SourceError {
-    SourceError::BaseNotFound {
+fn base_not_found(settings: &LdapSettings, base: &str) -> LdapError {
+    LdapError::BaseNotFound {
         url: settings.url.clone(),
         base: base.to_string(),
         bind_dn: settings.bind_dn.clone(),
@@ -306,11 +307,11 @@ fn base_not_found(settings: &LdapSettings, base: &str) -> SourceError {
 }
 
 /// The TLS error inside `e`, if it is one.
-fn tls_cause(e: &LdapError) -> Option<String> {
+fn tls_cause(e: &ClientError) -> Option<String> {
     match e {
-        LdapError::Rustls { source } => Some(source.to_string()),
-        LdapError::DNSName { source } => Some(source.to_string()),
-        LdapError::Io { source } => source
+        ClientError::Rustls { source } => Some(source.to_string()),
+        ClientError::DNSName { source } => Some(source.to_string()),
+        ClientError::Io { source } => source
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             .map(ToString::to_string),
@@ -319,10 +320,10 @@ fn tls_cause(e: &LdapError) -> Option<String> {
 }
 
 /// The rustls error inside `e`, if it is one.
-fn rustls_error(e: &LdapError) -> Option<&rustls::Error> {
+fn rustls_error(e: &ClientError) -> Option<&rustls::Error> {
     match e {
-        LdapError::Rustls { source } => Some(source),
-        LdapError::Io { source } => source
+        ClientError::Rustls { source } => Some(source),
+        ClientError::Io { source } => source
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
         _ => None,
@@ -331,7 +332,7 @@ fn rustls_error(e: &LdapError) -> Option<&rustls::Error> {
 
 /// True when the server's certificate chain verified but the certificate names
 /// no host at all (no subjectAltName).
-fn names_no_host(e: &LdapError) -> bool {
+fn names_no_host(e: &ClientError) -> bool {
     use rustls::CertificateError;
     matches!(
         rustls_error(e),
@@ -341,39 +342,39 @@ fn names_no_host(e: &LdapError) -> bool {
     )
 }
 
-fn connect_error(settings: &LdapSettings, e: LdapError) -> SourceError {
+fn connect_error(settings: &LdapSettings, e: ClientError) -> LdapError {
     let url = settings.url.clone();
     if names_no_host(&e) {
         let host = url::Url::parse(&url)
             .ok()
             .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
             .unwrap_or_default();
-        return SourceError::TlsCertificateWithoutNames { url, host };
+        return LdapError::TlsCertificateWithoutNames { url, host };
     }
     if let Some(reason) = tls_cause(&e) {
-        return SourceError::TlsHandshake {
+        return LdapError::TlsHandshake {
             url,
             reason,
             with_ca_file: matches!(settings.tls, TlsVerify::CaFile(_)),
         };
     }
     match e {
-        LdapError::Timeout { .. } => SourceError::ConnectTimeout {
+        ClientError::Timeout { .. } => LdapError::ConnectTimeout {
             url,
             timeout: settings.timeout,
         },
-        LdapError::LdapResult { result } if settings.starttls => SourceError::StartTlsRefused {
+        ClientError::LdapResult { result } if settings.starttls => LdapError::StartTlsRefused {
             url,
             server: server_says(&result),
         },
-        other => SourceError::ConnectFailed {
+        other => LdapError::ConnectFailed {
             url,
             reason: other.to_string(),
         },
     }
 }
 
-fn bind_error(settings: &LdapSettings, result: &LdapResult) -> SourceError {
+fn bind_error(settings: &LdapSettings, result: &LdapResult) -> LdapError {
     let reason = match result.rc {
         rc::INVALID_CREDENTIALS => BindRefusal::InvalidCredentials,
         rc::CONFIDENTIALITY_REQUIRED | rc::STRONGER_AUTH_REQUIRED => {
@@ -390,7 +391,7 @@ fn bind_error(settings: &LdapSettings, result: &LdapResult) -> SourceError {
             server: server_says(result),
         },
     };
-    SourceError::BindRefused {
+    LdapError::BindRefused {
         url: settings.url.clone(),
         dn: settings.bind_dn.clone(),
         reason,
@@ -404,10 +405,10 @@ fn search_error(
     base: &str,
     entries: usize,
     result: &LdapResult,
-) -> SourceError {
+) -> LdapError {
     let url = settings.url.clone();
     let server = server_says(result);
-    let limit = |limit: SearchLimit| SourceError::LimitExceeded {
+    let limit = |limit: SearchLimit| LdapError::LimitExceeded {
         url: url.clone(),
         base: base.to_string(),
         entries,
@@ -419,25 +420,25 @@ fn search_error(
         rc::TIME_LIMIT => limit(SearchLimit::Time),
         rc::ADMIN_LIMIT => limit(SearchLimit::Admin),
         rc::NO_SUCH_OBJECT => base_not_found(settings, base),
-        rc::INVALID_DN_SYNTAX => SourceError::InvalidBaseDn {
+        rc::INVALID_DN_SYNTAX => LdapError::InvalidBaseDn {
             url,
             base: base.to_string(),
             server,
         },
-        rc::REFERRAL => SourceError::Referral {
+        rc::REFERRAL => LdapError::Referral {
             url,
             base: base.to_string(),
             refs: result.refs.clone(),
         },
-        rc::UNAVAILABLE_CRITICAL_EXTENSION => SourceError::PagingUnsupported { url, server },
-        rc::INSUFFICIENT_ACCESS => SourceError::AccessDenied {
+        rc::UNAVAILABLE_CRITICAL_EXTENSION => LdapError::PagingUnsupported { url, server },
+        rc::INSUFFICIENT_ACCESS => LdapError::AccessDenied {
             url,
             bind_dn: settings.bind_dn.clone(),
             base: base.to_string(),
             server,
         },
-        rc::BUSY | rc::UNAVAILABLE => SourceError::ServerBusy { url, server },
-        _ => SourceError::SearchFailed {
+        rc::BUSY | rc::UNAVAILABLE => LdapError::ServerBusy { url, server },
+        _ => LdapError::SearchFailed {
             url,
             base: base.to_string(),
             entries,
@@ -448,8 +449,8 @@ fn search_error(
 
 /// The server answered `operation` with an entry that is not a well-formed
 /// SearchResultEntry (a DN or attribute name that is not UTF-8).
-fn malformed(settings: &LdapSettings, operation: LdapOperation) -> SourceError {
-    SourceError::ConnectionLost {
+fn malformed(settings: &LdapSettings, operation: LdapOperation) -> LdapError {
+    LdapError::ConnectionLost {
         url: settings.url.clone(),
         operation,
         reason: "the server sent a malformed search result entry".into(),
@@ -457,15 +458,15 @@ fn malformed(settings: &LdapSettings, operation: LdapOperation) -> SourceError {
 }
 
 /// The connection failed in the middle of `operation`.
-fn lost(settings: &LdapSettings, operation: LdapOperation, e: LdapError) -> SourceError {
+fn lost(settings: &LdapSettings, operation: LdapOperation, e: ClientError) -> LdapError {
     let url = settings.url.clone();
     match e {
-        LdapError::Timeout { .. } => SourceError::NoAnswer {
+        ClientError::Timeout { .. } => LdapError::NoAnswer {
             url,
             operation,
             timeout: settings.timeout,
         },
-        other => SourceError::ConnectionLost {
+        other => LdapError::ConnectionLost {
             url,
             operation,
             reason: other.to_string(),
@@ -503,7 +504,7 @@ mod tests {
         assert!(
             matches!(
                 &err,
-                SourceError::LimitExceeded {
+                LdapError::LimitExceeded {
                     base,
                     entries: 1000,
                     limit: SearchLimit::Size,
@@ -526,14 +527,14 @@ mod tests {
         assert!(err.hint().contains("page_size"), "{}", err.hint());
         assert!(matches!(
             search_error(&settings(), "dc=corp", 7, &result(3, "", &[])),
-            SourceError::LimitExceeded {
+            LdapError::LimitExceeded {
                 limit: SearchLimit::Time,
                 ..
             }
         ));
         assert!(matches!(
             search_error(&settings(), "dc=corp", 7, &result(11, "", &[])),
-            SourceError::LimitExceeded {
+            LdapError::LimitExceeded {
                 limit: SearchLimit::Admin,
                 ..
             }
@@ -544,7 +545,7 @@ mod tests {
     fn missing_bases_referrals_and_bind_refusals_are_told_apart() {
         let err = search_error(&settings(), "ou=x,dc=corp", 0, &result(32, "", &[]));
         assert!(
-            matches!(&err, SourceError::BaseNotFound { base, bind_dn, .. }
+            matches!(&err, LdapError::BaseNotFound { base, bind_dn, .. }
                 if base == "ou=x,dc=corp" && bind_dn == "cn=sync,dc=corp"),
             "{err:?}"
         );
@@ -552,7 +553,7 @@ mod tests {
         let refs = ["ldap://dc9.other.example/dc=other"];
         let err = search_error(&settings(), "dc=other", 0, &result(10, "", &refs));
         assert!(
-            matches!(&err, SourceError::Referral { refs, .. } if refs == &["ldap://dc9.other.example/dc=other"]),
+            matches!(&err, LdapError::Referral { refs, .. } if refs == &["ldap://dc9.other.example/dc=other"]),
             "{err:?}"
         );
         assert!(
@@ -565,7 +566,7 @@ mod tests {
             &result(49, "80090308: AcceptSecurityContext error", &[]),
         );
         assert!(
-            matches!(&err, SourceError::BindRefused {
+            matches!(&err, LdapError::BindRefused {
                 dn,
                 reason: BindRefusal::InvalidCredentials,
                 ..
@@ -581,7 +582,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                SourceError::BindRefused {
+                LdapError::BindRefused {
                     reason: BindRefusal::EncryptionRequired { .. },
                     ..
                 }
@@ -591,18 +592,18 @@ mod tests {
         assert!(err.hint().contains("starttls"), "{}", err.hint());
         assert!(matches!(
             bind_error(&settings(), &result(53, "", &[])),
-            SourceError::BindRefused {
+            LdapError::BindRefused {
                 reason: BindRefusal::SimpleBindNotAllowed { .. },
                 ..
             }
         ));
         assert!(matches!(
             search_error(&settings(), "dc=corp", 0, &result(50, "", &[])),
-            SourceError::AccessDenied { .. }
+            LdapError::AccessDenied { .. }
         ));
         assert!(matches!(
             search_error(&settings(), "dc=corp", 0, &result(12, "", &[])),
-            SourceError::PagingUnsupported { .. }
+            LdapError::PagingUnsupported { .. }
         ));
     }
 
@@ -614,7 +615,7 @@ mod tests {
         assert!(
             matches!(
                 &err,
-                SourceError::CaFile {
+                LdapError::CaFile {
                     problem: CaFileProblem::Unreadable { .. },
                     path
                 } if path == &missing
@@ -627,7 +628,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                SourceError::CaFile {
+                LdapError::CaFile {
                     problem: CaFileProblem::NoCertificate,
                     ..
                 }

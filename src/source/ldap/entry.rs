@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use ldap3::ResultEntry;
 use ldap3::asn1::{PL, StructureTag};
 
+use super::error::{BadEntries, EntryProblem, KeyProblem, LdapError};
 use super::{Flavour, LdapSettings, dn};
 use crate::model::{FastHash, Origin, SourceAttrs, SourceKey, SourceUser};
-use crate::source::{BadEntries, EntryProblem, KeyProblem, Problems, SourceError};
+use crate::source::problems::Problems;
 
 /// A search result entry: its DN and its attributes in the order the server
 /// sent them, each attribute's values as text when all of them are UTF-8 and
@@ -331,12 +332,12 @@ impl UserReader {
         });
     }
 
-    pub(super) fn finish(self) -> Result<Users, SourceError> {
+    pub(super) fn finish(self) -> Result<Users, LdapError> {
         if self.problems.is_empty() {
             return Ok(self.users);
         }
         let (problems, more) = self.problems.into_parts();
-        Err(SourceError::BadUsers(Box::new(BadEntries {
+        Err(LdapError::BadUsers(Box::new(BadEntries {
             url: self.url,
             base: self.base,
             filter: self.filter,

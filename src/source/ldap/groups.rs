@@ -10,10 +10,11 @@ use std::collections::{HashMap, HashSet};
 use ldap3::Ldap;
 
 use super::entry::{Entry, OBJECT_SID, Sid, Users, key_of};
+use super::error::{BadEntries, EntryProblem, LdapError};
 use super::{Flavour, LdapSettings, connect, dn};
 use crate::model::{FastHash, GroupKey, Origin, SourceGroup, fold};
 use crate::source::nested::flatten;
-use crate::source::{BadEntries, EntryProblem, Problems, SourceError};
+use crate::source::problems::Problems;
 
 /// Bounds the follow-up requests for one AD ranged attribute: at AD's 1500
 /// values per range this is 15 million members, far beyond any real group.
@@ -114,7 +115,7 @@ trait RangeReader {
         &mut self,
         dn: &str,
         wanted: String,
-    ) -> Result<Vec<(String, Vec<String>)>, SourceError>;
+    ) -> Result<Vec<(String, Vec<String>)>, LdapError>;
 }
 
 struct Server<'a> {
@@ -127,7 +128,7 @@ impl RangeReader for Server<'_> {
         &mut self,
         dn: &str,
         wanted: String,
-    ) -> Result<Vec<(String, Vec<String>)>, SourceError> {
+    ) -> Result<Vec<(String, Vec<String>)>, LdapError> {
         let entry = connect::read_entry(self.ldap, self.settings, dn, vec![wanted]).await?;
         Ok(entry.map(|e| e.attrs).unwrap_or_default())
     }
@@ -246,7 +247,7 @@ impl GroupReader {
         &mut self,
         ldap: &mut Ldap,
         settings: &LdapSettings,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), LdapError> {
         self.complete_ranges_from(&mut Server { ldap, settings }, &settings.url)
             .await
     }
@@ -255,7 +256,7 @@ impl GroupReader {
         &mut self,
         server: &mut impl RangeReader,
         url: &str,
-    ) -> Result<(), SourceError> {
+    ) -> Result<(), LdapError> {
         for pending in std::mem::take(&mut self.pending) {
             let mut next = pending.next;
             let mut complete = false;
@@ -282,7 +283,7 @@ impl GroupReader {
                 }
             }
             if !complete {
-                return Err(SourceError::PartialMemberRange {
+                return Err(LdapError::PartialMemberRange {
                     url: url.to_string(),
                     attribute: pending.attr.name().to_string(),
                     group_dn: self.groups[pending.group].dn.clone(),
@@ -293,12 +294,12 @@ impl GroupReader {
         Ok(())
     }
 
-    pub(super) fn finish(self) -> Result<Vec<RawGroup>, SourceError> {
+    pub(super) fn finish(self) -> Result<Vec<RawGroup>, LdapError> {
         if self.problems.is_empty() {
             return Ok(self.groups);
         }
         let (problems, more) = self.problems.into_parts();
-        Err(SourceError::BadGroups(Box::new(BadEntries {
+        Err(LdapError::BadGroups(Box::new(BadEntries {
             url: self.url,
             base: self.base,
             filter: self.filter,
@@ -476,7 +477,7 @@ mod tests {
             &mut self,
             dn: &str,
             wanted: String,
-        ) -> Result<Vec<(String, Vec<String>)>, SourceError> {
+        ) -> Result<Vec<(String, Vec<String>)>, LdapError> {
             let asked = format!("{dn} {wanted}");
             self.asked.push(asked.clone());
             Ok(self.answers.get(&asked).cloned().unwrap_or_default())
@@ -580,7 +581,7 @@ mod tests {
             .await
             .unwrap_err();
         match error {
-            SourceError::PartialMemberRange {
+            LdapError::PartialMemberRange {
                 group_dn,
                 stopped_at,
                 ..

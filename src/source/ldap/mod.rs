@@ -15,7 +15,13 @@
 mod connect;
 mod dn;
 mod entry;
+mod error;
 mod groups;
+
+pub use error::{
+    BadEntries, BindRefusal, CaFileProblem, EntryProblem, KeyProblem, LdapError, LdapOperation,
+    SearchLimit,
+};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -379,11 +385,11 @@ impl Source for LdapSettings {
         &'a self,
         attributes: &'a BTreeSet<String>,
     ) -> BoxFuture<'a, Result<SourceDirectory, SourceError>> {
-        Box::pin(read(self, attributes))
+        Box::pin(async move { Ok(read(self, attributes).await?) })
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>> {
-        Box::pin(check(self))
+        Box::pin(async move { Ok(check(self).await?) })
     }
 
     fn describe(&self) -> String {
@@ -423,7 +429,7 @@ impl LdapSettings {
 /// Whether the server is Active Directory, from the rootDSE's
 /// `supportedCapabilities`. A server that does not show them is taken for a
 /// plain LDAP server; a connection that fails here fails the read.
-async fn flavour(ldap: &mut ldap3::Ldap, settings: &LdapSettings) -> Result<Flavour, SourceError> {
+async fn flavour(ldap: &mut ldap3::Ldap, settings: &LdapSettings) -> Result<Flavour, LdapError> {
     let capabilities = connect::root_capabilities(ldap, settings).await?;
     Ok(
         if capabilities
@@ -443,7 +449,7 @@ async fn flavour(ldap: &mut ldap3::Ldap, settings: &LdapSettings) -> Result<Flav
 pub async fn read(
     settings: &LdapSettings,
     attributes: &BTreeSet<String>,
-) -> Result<SourceDirectory, SourceError> {
+) -> Result<SourceDirectory, LdapError> {
     let started = Instant::now();
     let mut ldap = connect::open(settings).await?;
     let flavour = flavour(&mut ldap, settings).await?;
@@ -503,7 +509,7 @@ pub async fn read(
 /// Connects, binds and reads each configured base DN's entry: proves that the
 /// server is reachable, TLS verifies, the bind is accepted and the bases exist.
 /// The answer says what was verified.
-pub async fn check(settings: &LdapSettings) -> Result<String, SourceError> {
+pub async fn check(settings: &LdapSettings) -> Result<String, LdapError> {
     let mut ldap = connect::open(settings).await?;
     let flavour = flavour(&mut ldap, settings).await?;
     let mut bases: Vec<&str> = vec![&settings.base_dn];
@@ -701,14 +707,14 @@ fn compile_attribute(
 impl PasswordSource {
     /// Reads the bind password. An empty password is refused: LDAP treats a simple
     /// bind with an empty password as an anonymous bind that "succeeds".
-    fn read(&self) -> Result<SecretString, SourceError> {
+    fn read(&self) -> Result<SecretString, LdapError> {
         match self {
             PasswordSource::Env(var) => match std::env::var(var) {
                 Ok(value) if !value.is_empty() => Ok(SecretString::from(value)),
-                _ => Err(SourceError::PasswordNotSet { var: var.clone() }),
+                _ => Err(LdapError::PasswordNotSet { var: var.clone() }),
             },
             PasswordSource::File(path) => {
-                let text = secret::read(path).map_err(SourceError::password_file)?;
+                let text = secret::read(path).map_err(LdapError::password_file)?;
                 let text = text.expose_secret();
                 // Only the line ending an editor adds: spaces may be part of a password.
                 let password = text
@@ -716,7 +722,7 @@ impl PasswordSource {
                     .map(|t| t.strip_suffix('\r').unwrap_or(t))
                     .unwrap_or(text);
                 if password.is_empty() {
-                    return Err(SourceError::PasswordFileEmpty { path: path.clone() });
+                    return Err(LdapError::PasswordFileEmpty { path: path.clone() });
                 }
                 Ok(SecretString::from(password.to_string()))
             }

@@ -299,7 +299,7 @@ fn password_files_open_to_others_or_empty_are_refused() {
     let source = PasswordSource::File(file.clone());
     let e = source.read().unwrap_err();
     assert!(
-        matches!(e, SourceError::PasswordFileExposed { mode: 0o644, .. }),
+        matches!(e, LdapError::PasswordFileExposed { mode: 0o644, .. }),
         "{e:?}"
     );
     assert!(e.is_unavailable());
@@ -317,17 +317,17 @@ fn password_files_open_to_others_or_empty_are_refused() {
     std::fs::write(&file, "\n").unwrap();
     assert!(matches!(
         source.read().unwrap_err(),
-        SourceError::PasswordFileEmpty { .. }
+        LdapError::PasswordFileEmpty { .. }
     ));
     let missing = PasswordSource::File(dir.path().join("missing"));
     assert!(matches!(
         missing.read().unwrap_err(),
-        SourceError::PasswordFileUnreadable { .. }
+        LdapError::PasswordFileUnreadable { .. }
     ));
     let unset = PasswordSource::Env("IDSYNC_TEST_SURELY_UNSET_PASSWORD".into());
     let e = unset.read().unwrap_err();
     assert!(
-        matches!(&e, SourceError::PasswordNotSet { var } if var == "IDSYNC_TEST_SURELY_UNSET_PASSWORD"),
+        matches!(&e, LdapError::PasswordNotSet { var } if var == "IDSYNC_TEST_SURELY_UNSET_PASSWORD"),
         "{e:?}"
     );
     assert!(
@@ -338,7 +338,7 @@ fn password_files_open_to_others_or_empty_are_refused() {
 
 /// `source.read()`'s error, or a panic if it is accepted or blocks (a FIFO
 /// with no writer never returns from `open`).
-fn password_refusal(source: PasswordSource) -> SourceError {
+fn password_refusal(source: PasswordSource) -> LdapError {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(source.read().err());

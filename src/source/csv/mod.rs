@@ -14,14 +14,17 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::{
-    CsvFault, Problems, RowProblem, Source, SourceConfigError, SourceError, StreamedSource,
-    file_name,
-};
+mod error;
+
+pub use error::{CsvError, CsvFault, RowProblem};
+
+use super::problems::Problems;
+use super::{Source, SourceConfigError, SourceError, StreamedSource};
 use crate::model::{
     FastHash, FastMap, FastSet, GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup,
     SourceKey, SourceUser,
 };
+use error::file_name;
 
 /// The `source:` section for `kind: csv`, as written.
 #[derive(Debug, Deserialize)]
@@ -86,11 +89,12 @@ impl Source for CsvSettings {
     ) -> BoxFuture<'a, Result<SourceDirectory, SourceError>> {
         let settings = self.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || read(&settings))
+            let read = tokio::task::spawn_blocking(move || read(&settings))
                 .await
-                .map_err(|e| SourceError::ReaderStopped {
+                .map_err(|e| CsvError::ReaderStopped {
                     reason: e.to_string(),
-                })?
+                })?;
+            Ok(read?)
         })
     }
 
@@ -124,12 +128,12 @@ impl StreamedSource for CsvSettings {
     }
 
     fn read_users(&self, each: &mut dyn FnMut(SourceUser)) -> Result<(), SourceError> {
-        each_user(self, each)
+        Ok(each_user(self, each)?)
     }
 }
 
 /// Reads the users file and, when configured, the groups file.
-pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, SourceError> {
+pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, CsvError> {
     let mut users = Vec::new();
     each_user(settings, &mut |user| users.push(user))?;
     let (groups, unresolved_members) = match &settings.groups {
@@ -149,8 +153,8 @@ pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, SourceError> {
 /// A CSV reader over a file, with the lines of its records.
 type Reader = csv::Reader<LineTracker<std::fs::File>>;
 
-fn open(path: &Path, delimiter: u8) -> Result<Reader, SourceError> {
-    let unreadable = |source| SourceError::FileUnreadable {
+fn open(path: &Path, delimiter: u8) -> Result<Reader, CsvError> {
+    let unreadable = |source| CsvError::FileUnreadable {
         file: path.to_path_buf(),
         source,
     };
@@ -159,7 +163,7 @@ fn open(path: &Path, delimiter: u8) -> Result<Reader, SourceError> {
     // parser would report as a malformed "line 0".
     let kind = file.metadata().map_err(unreadable)?.file_type();
     if kind.is_dir() {
-        return Err(SourceError::IsAFolder {
+        return Err(CsvError::IsAFolder {
             file: path.to_path_buf(),
         });
     }
@@ -250,7 +254,7 @@ fn record_line(reader: &mut Reader, record: &csv::ByteRecord) -> u64 {
 }
 
 /// The header as UTF-8 names, BOM removed.
-fn header(reader: &mut Reader, path: &Path) -> Result<Vec<Arc<str>>, SourceError> {
+fn header(reader: &mut Reader, path: &Path) -> Result<Vec<Arc<str>>, CsvError> {
     let record = match reader.byte_headers() {
         Ok(record) => record.clone(),
         Err(e) => return Err(csv_error(reader, path, &e)),
@@ -262,14 +266,14 @@ fn header(reader: &mut Reader, path: &Path) -> Result<Vec<Arc<str>>, SourceError
         } else {
             field
         };
-        let name = std::str::from_utf8(field).map_err(|_| SourceError::HeaderNotUtf8 {
+        let name = std::str::from_utf8(field).map_err(|_| CsvError::HeaderNotUtf8 {
             file: path.to_path_buf(),
             column: i + 1,
         })?;
         names.push(Arc::from(name.trim()));
     }
     if names.is_empty() || names.iter().all(|n| n.is_empty()) {
-        return Err(SourceError::NoHeader {
+        return Err(CsvError::NoHeader {
             file: path.to_path_buf(),
         });
     }
@@ -298,9 +302,9 @@ fn csv_fault(reader: &mut Reader, e: &csv::Error) -> (u64, CsvFault) {
     (line, fault)
 }
 
-fn csv_error(reader: &mut Reader, path: &Path, e: &csv::Error) -> SourceError {
+fn csv_error(reader: &mut Reader, path: &Path, e: &csv::Error) -> CsvError {
     let (line, fault) = csv_fault(reader, e);
-    SourceError::MalformedRow {
+    CsvError::MalformedRow {
         file: path.to_path_buf(),
         line,
         fault,
@@ -314,7 +318,7 @@ fn column_names(columns: &[Arc<str>]) -> Vec<String> {
 
 /// Hands each user of the users file to `each`, in file order; any bad row
 /// fails the read once the whole file was read.
-fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result<(), SourceError> {
+fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result<(), CsvError> {
     let path = &settings.users;
     // To tell, if the file must be read again, that it did not change.
     let stamp = stamp(path);
@@ -325,7 +329,7 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
         .iter()
         .position(|c| c.eq_ignore_ascii_case(&settings.key))
     else {
-        return Err(SourceError::MissingKeyColumn {
+        return Err(CsvError::MissingKeyColumn {
             file: path.clone(),
             key: settings.key.clone(),
             columns: column_names(&columns),
@@ -337,7 +341,7 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
         .enumerate()
         .find(|(i, c)| !c.is_empty() && columns[..*i].iter().any(|o| o.eq_ignore_ascii_case(c)))
     {
-        return Err(SourceError::DuplicateColumn {
+        return Err(CsvError::DuplicateColumn {
             file: path.clone(),
             column: dup.1.to_string(),
             columns: column_names(&columns),
@@ -425,7 +429,7 @@ fn duplicate_keys(
     key_index: usize,
     mut keys: Vec<(u64, u64)>,
     read: &Option<(u64, std::time::SystemTime)>,
-) -> Result<Vec<RowProblem>, SourceError> {
+) -> Result<Vec<RowProblem>, CsvError> {
     keys.sort_unstable();
     let runs: Vec<&[(u64, u64)]> = keys
         .chunk_by(|a, b| a.0 == b.0)
@@ -436,7 +440,7 @@ fn duplicate_keys(
     }
     // An export rewriting the file meanwhile would make the lines say
     // something else: the read fails rather than judge from two versions.
-    let changed = || SourceError::FileChanged {
+    let changed = || CsvError::FileChanged {
         file: settings.users.clone(),
     };
     if read.is_none() || stamp(&settings.users) != *read {
@@ -491,9 +495,9 @@ fn stamp(path: &Path) -> Option<(u64, std::time::SystemTime)> {
     Some((meta.len(), meta.modified().ok()?))
 }
 
-fn bad_rows(path: &Path, problems: Problems<RowProblem>) -> SourceError {
+fn bad_rows(path: &Path, problems: Problems<RowProblem>) -> CsvError {
     let (problems, more) = problems.into_parts();
-    SourceError::BadRows {
+    CsvError::BadRows {
         file: path.to_path_buf(),
         problems,
         more,
@@ -512,13 +516,13 @@ fn read_groups(
     path: &Path,
     delimiter: u8,
     known_users: Option<&FastSet<&str>>,
-) -> Result<(Vec<SourceGroup>, usize), SourceError> {
+) -> Result<(Vec<SourceGroup>, usize), CsvError> {
     let name = file_name(path);
     let mut reader = open(path, delimiter)?;
     let columns = header(&mut reader, path)?;
     let find = |wanted: &str| columns.iter().position(|c| c.eq_ignore_ascii_case(wanted));
     let (Some(group_index), Some(member_index)) = (find("group"), find("member")) else {
-        return Err(SourceError::MissingGroupColumns {
+        return Err(CsvError::MissingGroupColumns {
             file: path.to_path_buf(),
             columns: column_names(&columns),
         });
@@ -639,9 +643,9 @@ mod tests {
     }
 
     /// The row problems of a `BadRows` error.
-    fn row_problems(err: SourceError) -> Vec<RowProblem> {
+    fn row_problems(err: CsvError) -> Vec<RowProblem> {
         match err {
-            SourceError::BadRows { problems, more, .. } => {
+            CsvError::BadRows { problems, more, .. } => {
                 assert_eq!(more, 0);
                 problems
             }
@@ -776,7 +780,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = settings(&dir, b"uid,email\n1,a@x.com\n", None);
         let err = read(&s).unwrap_err();
-        let SourceError::MissingKeyColumn { key, columns, .. } = &err else {
+        let CsvError::MissingKeyColumn { key, columns, .. } = &err else {
             panic!("expected MissingKeyColumn, got {err:?}");
         };
         assert_eq!(key, "id");
@@ -806,20 +810,20 @@ mod tests {
     fn header_problems_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
         let err = read(&settings(&dir, b"", None)).unwrap_err();
-        assert!(matches!(err, SourceError::NoHeader { .. }), "{err:?}");
+        assert!(matches!(err, CsvError::NoHeader { .. }), "{err:?}");
         let err = read(&settings(&dir, b"id,Email,email\n1,a,b\n", None)).unwrap_err();
         assert!(
-            matches!(&err, SourceError::DuplicateColumn { column, .. } if column == "email"),
+            matches!(&err, CsvError::DuplicateColumn { column, .. } if column == "email"),
             "{err:?}"
         );
         let err = read(&settings(&dir, b"id,e\xFCmail\n1,a\n", None)).unwrap_err();
         assert!(
-            matches!(err, SourceError::HeaderNotUtf8 { column: 2, .. }),
+            matches!(err, CsvError::HeaderNotUtf8 { column: 2, .. }),
             "{err:?}"
         );
         let err = read(&settings(&dir, b"id\n1\n", Some(b"team,user\nx,1\n"))).unwrap_err();
         assert!(
-            matches!(&err, SourceError::MissingGroupColumns { columns, .. } if columns == &["team", "user"]),
+            matches!(&err, CsvError::MissingGroupColumns { columns, .. } if columns == &["team", "user"]),
             "{err:?}"
         );
         assert!(!err.is_unavailable());
@@ -856,7 +860,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                SourceError::MalformedRow {
+                CsvError::MalformedRow {
                     line: 3,
                     fault: CsvFault::FieldCount { .. },
                     ..
@@ -873,7 +877,7 @@ mod tests {
         s.users = dir.path().join("nope.csv");
         let err = read(&s).unwrap_err();
         assert!(
-            matches!(&err, SourceError::FileUnreadable { file, .. } if file.ends_with("nope.csv")),
+            matches!(&err, CsvError::FileUnreadable { file, .. } if file.ends_with("nope.csv")),
             "{err:?}"
         );
         assert!(err.is_unavailable());
