@@ -45,7 +45,7 @@ impl Exit {
 
 impl fmt::Display for Exit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.code())
+        fmt::Display::fmt(&self.code(), f)
     }
 }
 

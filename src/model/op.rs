@@ -62,7 +62,7 @@ impl OpKind {
 
 impl fmt::Display for OpKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 
@@ -92,5 +92,10 @@ mod tests {
             assert_eq!(serde_json::from_str::<OpKind>(&json).unwrap(), kind);
         }
         assert_eq!(OpKind::parse("create_users"), None);
+    }
+
+    #[test]
+    fn a_kind_is_padded_in_columns_like_its_name() {
+        assert_eq!(format!("[{:<14}]", OpKind::AddMembers), "[add_members   ]");
     }
 }
