@@ -6,7 +6,8 @@
 #     and it works in a container without systemd as PID 1), chromium (the HTML report
 #     is opened headless in a test), samba (a throw-away Active Directory DC for
 #     tests/ad)
-#   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests)
+#   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests) and
+#     aiosmtpd (the mail server the alert e2e tests send to)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
 set -euo pipefail
@@ -15,6 +16,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ENV_DIR="$ROOT/.test-env"
 VENV="$ENV_DIR/venv"
 SCIM2_SERVER_VERSION="0.8.3"
+AIOSMTPD_VERSION="1.4.6"
 
 log() { printf 'test-env: %s\n' "$*" >&2; }
 
@@ -153,4 +155,12 @@ else
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "scim2-server==$SCIM2_SERVER_VERSION"
 fi
 
-log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk); chromium=$(command -v chromium)"
+installed_version="$("$VENV/bin/python" -m pip show aiosmtpd 2>/dev/null | sed -n 's/^Version: //p' || true)"
+if [ "$installed_version" = "$AIOSMTPD_VERSION" ]; then
+    log "aiosmtpd $AIOSMTPD_VERSION: already installed"
+else
+    log "installing aiosmtpd==$AIOSMTPD_VERSION into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+fi
+
+log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; aiosmtpd in $VENV; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk); chromium=$(command -v chromium)"

@@ -564,11 +564,24 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
             "not provisioned"
         }
     );
+    if let Some(notify) = &settings.notify {
+        println!("  notify:  {}", esc(&notify.describe()));
+    }
     warn_cleartext(&settings);
     if let Err(e) = settings.target.token.read().map_err(ConfigError::from) {
         eprintln!("warning: {}", esc(&e));
         if let Some(h) = e.hint() {
             eprintln!("hint: {} (needed by check and sync, not by plan)", esc(&h));
+        }
+    }
+    let smtp_login = settings
+        .notify
+        .as_ref()
+        .and_then(|n| n.email.as_ref()?.login.as_ref());
+    if let Some(Err(e)) = smtp_login.map(|login| login.password.read()) {
+        eprintln!("warning: {}", esc(&e));
+        if let Some(h) = e.hint() {
+            eprintln!("hint: {} (needed to send alert emails)", esc(&h));
         }
     }
     // What the target required when a sync last read its schema: validate
@@ -646,7 +659,40 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
     if let Some(schema) = client.schema() {
         missing_requirements(settings, &schema, "required in its /Schemas")?;
     }
+    check_email(settings).await;
     Ok(Exit::Ok)
+}
+
+/// Logs in to the SMTP server alert emails go through, when one is
+/// configured, and says how that went. A failure is a warning: like a failed
+/// alert, it does not change the exit code.
+async fn check_email(settings: &Settings) {
+    let Some(email) = settings.notify.as_ref().and_then(|n| n.email.as_ref()) else {
+        return;
+    };
+    let started = Instant::now();
+    let server = report::escape(&email.server());
+    match sync::email::probe(email).await {
+        Ok(()) => println!(
+            "email: ok, {server} answered (tls: {}{}) ({:.1}s)",
+            email.tls.name(),
+            if email.login.is_some() {
+                ", logged in"
+            } else {
+                ""
+            },
+            started.elapsed().as_secs_f64()
+        ),
+        Err(why) => {
+            eprintln!(
+                "warning: notify.email: the SMTP server {server} failed: {}",
+                report::escape(&why)
+            );
+            eprintln!(
+                "hint: check notify.email (smtp, tls, username and the password); alert emails cannot be sent until it answers"
+            );
+        }
+    }
 }
 
 /// Fails `check` (and `validate`, against what the last sync recorded) when

@@ -47,11 +47,17 @@ pub(super) fn expand_env(text: &str, file: &str) -> Result<String, ConfigError> 
     Ok(out)
 }
 
+/// Whether `name` can be an environment variable's name: letters, digits and
+/// `_`, not starting with a digit.
+pub(super) fn is_variable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+}
+
 /// The value of `${name}`, or what is wrong with it and what to do.
 fn variable(name: &str) -> Result<String, (String, String)> {
-    let valid = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
+    let valid = is_variable_name(name);
     let value = if valid {
         std::env::var(name).ok()
     } else {

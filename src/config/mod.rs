@@ -6,10 +6,11 @@
 //! `policy:` — and says where a mistake is; this module places it in the file.
 //! Here are only the file's shape and the order of compilation, with its parts:
 //! `${VAR}` expansion (`env`), YAML errors (`located`), the `source:` section's
-//! two-pass read (`kinded`), `schedule:` and `notify:`. Secrets are located but
-//! read only when a command needs them (`TokenSource::read`), so an offline
-//! `plan` needs none.
+//! two-pass read (`kinded`), `schedule:`, `notify:` and its `email:`. Secrets
+//! are located but read only when a command needs them (`TokenSource::read`,
+//! `SmtpPassword::read`), so an offline `plan` needs none.
 
+mod email;
 mod env;
 mod error;
 mod kinded;
@@ -34,6 +35,7 @@ use crate::source::csv::{CsvConfig, CsvSettings};
 use crate::source::entra::{EntraConfig, EntraSettings};
 use crate::source::ldap::{LdapConfig, LdapSettings};
 use crate::source::{Source, SourceConfigError};
+pub use email::{EmailSettings, SmtpLogin, SmtpPassword, SmtpTls};
 use env::expand_env;
 pub use error::ConfigError;
 use kinded::Kinded;
@@ -272,7 +274,7 @@ impl Settings {
         let schedule = Schedule::compile(raw.schedule.as_ref(), &file)?;
         let notify = match &raw.notify {
             None => None,
-            Some(n) => Some(NotifySettings::compile(n, &file)?),
+            Some(n) => Some(NotifySettings::compile(n, &file, &base)?),
         };
 
         let mut hasher = blake3::Hasher::new();

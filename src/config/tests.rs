@@ -44,23 +44,150 @@ fn metrics_file_and_notify_are_read_with_their_defaults() {
         Some(Path::new("/etc/idsync/metrics/idsync.prom"))
     );
     let notify = s.notify.expect("notify");
-    assert_eq!(notify.webhook_url_env, "IDSYNC_WEBHOOK");
+    assert_eq!(notify.webhook_url_env.as_deref(), Some("IDSYNC_WEBHOOK"));
+    assert!(notify.email.is_none());
+    // Every event by default, each by its name in `on:`.
+    let names: Vec<&str> = notify.on.iter().map(|e| e.name()).collect();
     assert_eq!(
-        notify.on,
-        [
-            NotifyEvent::GuardStop,
-            NotifyEvent::Quarantine,
-            NotifyEvent::Failures
-        ]
+        names.join(" "),
+        "guard_stop quarantine failures source_error bad_data recovered"
     );
     let s = compile_with("notify: { webhook_url_env: W, on: [guard_stop] }\n").unwrap();
     assert_eq!(s.notify.unwrap().on, [NotifyEvent::GuardStop]);
+    let s =
+        compile_with("notify: { webhook_url_env: W, on: [source_error, bad_data, recovered] }\n")
+            .unwrap();
+    assert_eq!(
+        s.notify.unwrap().on,
+        [
+            NotifyEvent::SourceError,
+            NotifyEvent::BadData,
+            NotifyEvent::Recovered
+        ]
+    );
     let e = compile_with("notify: { webhook_url_env: W, on: [sometimes] }\n").unwrap_err();
     assert!(e.to_string().contains("sometimes"), "{e}");
     // The URL itself is refused where a variable name belongs.
     let e = compile_with("notify: { webhook_url_env: \"https://hooks.example/x\" }\n").unwrap_err();
     assert!(
         e.to_string().contains("not an environment variable name"),
+        "{e}"
+    );
+}
+
+const EMAIL: &str = "notify:\n  email:\n    smtp: smtp.example.com:587\n    from: idsync@example.com\n    to: [it-ops@example.com, \"On Call <oncall@example.com>\"]\n";
+
+#[test]
+fn notify_email_is_read_with_its_defaults() {
+    let s = compile_with(&format!(
+        "{EMAIL}    username: idsync\n    password_file: secrets/smtp\n"
+    ))
+    .expect("valid");
+    let notify = s.notify.expect("notify");
+    assert_eq!(notify.webhook_url_env, None);
+    assert_eq!(notify.on.len(), 6);
+    let email = notify.email.expect("email");
+    assert_eq!((email.host.as_str(), email.port), ("smtp.example.com", 587));
+    assert_eq!(email.tls, SmtpTls::StartTls);
+    assert_eq!(email.from.email.to_string(), "idsync@example.com");
+    let to: Vec<String> = email.to.iter().map(ToString::to_string).collect();
+    assert_eq!(to, ["it-ops@example.com", "On Call <oncall@example.com>"]);
+    assert_eq!(
+        email.login,
+        Some(SmtpLogin {
+            username: "idsync".into(),
+            password: SmtpPassword::File("/etc/idsync/secrets/smtp".into()),
+        })
+    );
+    // The port follows the encryption unless given.
+    let s = compile_with(
+        "notify:\n  email: { smtp: mail.example.com, tls: implicit, from: a@example.com, to: [b@example.com], username: u, password_env: SMTP_PW }\n",
+    )
+    .expect("valid");
+    let email = s.notify.unwrap().email.unwrap();
+    assert_eq!((email.port, email.tls), (465, SmtpTls::Implicit));
+    assert_eq!(
+        email.login.unwrap().password,
+        SmtpPassword::Env("SMTP_PW".into())
+    );
+    // No encryption to this machine is allowed, without a login too.
+    for host in ["127.0.0.1:2525", "localhost", "[::1]:25"] {
+        let s = compile_with(&format!(
+            "notify:\n  email: {{ smtp: \"{host}\", tls: none, from: a@example.com, to: [b@example.com] }}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{host}: {e}"));
+        let email = s.notify.unwrap().email.unwrap();
+        assert_eq!((email.tls, email.login), (SmtpTls::Plain, None), "{host}");
+    }
+}
+
+/// The error `notify.email` with `extra` lines makes, at its line and column.
+fn email_error(extra: &str) -> (String, String) {
+    let e = compile_with(&format!("{EMAIL}{extra}")).expect_err("refused");
+    (e.to_string(), e.hint().unwrap_or_default())
+}
+
+#[test]
+fn notify_email_mistakes_are_refused_where_they_are_with_the_fix() {
+    // Clear text to another host: refused at `tls`, naming the key and the fix.
+    let (e, hint) = email_error("    tls: none\n");
+    assert!(
+        e.starts_with("/etc/idsync/idsync.yaml:10:10: notify.email.tls: none would send"),
+        "{e}"
+    );
+    assert!(
+        hint.contains("tls: starttls") && hint.contains("localhost, 127.0.0.1, ::1"),
+        "{hint}"
+    );
+    let (e, _) = email_error("    username: idsync\n");
+    assert!(
+        e.contains(":10:15: notify.email.username needs a password"),
+        "{e}"
+    );
+    let (e, _) = email_error("    password_env: SMTP_PW\n");
+    assert!(
+        e.contains(":10:19: notify.email: a password without `username`"),
+        "{e}"
+    );
+    let (e, _) = email_error("    username: u\n    password_env: A\n    password_file: f\n");
+    assert!(e.contains("both `password_env` and `password_file`"), "{e}");
+    let (e, hint) = email_error("    username: u\n    password_env: hunter2!\n");
+    assert!(e.contains("is not an environment variable name"), "{e}");
+    assert!(hint.contains("never goes in the config"), "{hint}");
+    // A password in the config itself is not a key at all.
+    let (e, _) = email_error("    password: hunter2\n");
+    assert!(e.contains("password"), "{e}");
+
+    let email = |fields: &str| {
+        compile_with(&format!("notify:\n  email: {{ {fields} }}\n"))
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = email("smtp: \"smtp://mail:25\", from: a@example.com, to: [b@example.com]");
+    assert!(
+        e.contains("notify.email.smtp \"smtp://mail:25\" is not host:port"),
+        "{e}"
+    );
+    let e = email("smtp: \"mail:99999\", from: a@example.com, to: [b@example.com]");
+    assert!(e.contains("is not a port"), "{e}");
+    let e = email("smtp: mail, from: not-an-address, to: [b@example.com]");
+    assert!(
+        e.contains("notify.email.from: \"not-an-address\" is not an email address"),
+        "{e}"
+    );
+    let e = email("smtp: mail, from: a@example.com, to: []");
+    assert!(e.contains("notify.email.to names no recipient"), "{e}");
+    let e = email("smtp: mail, from: a@example.com, to: [b@example.com, nobody]");
+    assert!(
+        e.contains("notify.email.to: \"nobody\" is not an email address"),
+        "{e}"
+    );
+    let e = email("smtp: mail, from: a@example.com, to: [b@example.com], tls: sometimes");
+    assert!(e.contains("sometimes"), "{e}");
+    // Neither a webhook nor email: nothing could be sent.
+    let e = compile_with("notify: { on: [guard_stop] }\n").unwrap_err();
+    assert!(
+        e.to_string().contains("notify: names no way to send"),
         "{e}"
     );
 }

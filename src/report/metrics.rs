@@ -228,8 +228,10 @@ mod tests {
             throttled: 0,
             quarantined: false,
             entered_quarantine: false,
+            applied: 3,
             failed: 1,
-            stopped: None,
+            trouble: None,
+            recovered: None,
         }
     }
 

@@ -111,6 +111,17 @@ pub struct OpLine {
     pub error: Option<String>,
 }
 
+/// The runs since the newest that ended with exit code 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunsSinceSuccess {
+    pub count: u64,
+    /// When the first of them started (RFC 3339).
+    pub first_started_at: Option<String>,
+    /// How the newest run ended; `None` when it never finished (interrupted)
+    /// or there is none.
+    pub last_exit: Option<Exit>,
+}
+
 /// How a run ended, for its history entry.
 #[derive(Clone, Debug)]
 pub struct RunEnd<'a> {
@@ -411,6 +422,30 @@ impl StateDb {
                 "SELECT MAX(ended_at) FROM runs WHERE exit_code = 0",
                 [],
                 |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The runs after the newest that ended with exit code 0 (every run when
+    /// none did): the cycles that ended badly since the last good one. Runs
+    /// recorded under `ignored` (a command that is no whole cycle) count
+    /// neither way.
+    pub fn runs_since_success(&self, ignored: &str) -> Result<RunsSinceSuccess, StateError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), MIN(started_at),
+                        (SELECT exit_code FROM runs WHERE command != ?1 ORDER BY id DESC LIMIT 1)
+                 FROM runs
+                 WHERE command != ?1 AND id > COALESCE(
+                     (SELECT MAX(id) FROM runs WHERE exit_code = 0 AND command != ?1), 0)",
+                [ignored],
+                |r| {
+                    Ok(RunsSinceSuccess {
+                        count: r.get::<_, i64>(0)? as u64,
+                        first_started_at: r.get(1)?,
+                        last_exit: r.get(2)?,
+                    })
+                },
             )
             .map_err(|e| self.err(e))
     }

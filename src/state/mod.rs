@@ -23,6 +23,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 pub use history::{
     AppliedOp, FailureRecord, LogFilter, LogRecord, OpLine, RunEnd, RunPoint, RunRecord,
+    RunsSinceSuccess,
 };
 pub use journal::{JournalEntry, OpOutcome, OpRecord, RunId};
 
@@ -352,11 +353,11 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::model::OpKind;
     use crate::model::{
         AttrHash, GroupKey, Ownership, ScimId, SourceKey, StateChange, StateUser, Status, UserAttr,
         UserAttrs,
     };
+    use crate::model::{Exit, OpKind};
 
     #[test]
     fn a_db_that_cannot_be_written_is_refused_at_open() {
@@ -771,6 +772,36 @@ mod tests {
         .unwrap();
         let state = db.load().unwrap();
         assert!(state.memberships.is_empty());
+    }
+
+    #[test]
+    fn the_runs_since_the_last_success_are_counted_with_how_the_newest_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+        let none = RunsSinceSuccess {
+            count: 0,
+            first_started_at: None,
+            last_exit: None,
+        };
+        assert_eq!(db.runs_since_success("sync --only").unwrap(), none);
+        db.record_stopped_run("sync", Exit::Unreachable, "source")
+            .unwrap();
+        db.record_stopped_run("sync", Exit::Guard, "guard").unwrap();
+        let bad = db.runs_since_success("sync --only").unwrap();
+        assert_eq!((bad.count, bad.last_exit), (2, Some(Exit::Guard)));
+        assert!(bad.first_started_at.is_some());
+        db.record_stopped_run("sync", Exit::Ok, "").unwrap();
+        let good = db.runs_since_success("sync --only").unwrap();
+        assert_eq!((good.count, good.last_exit), (0, Some(Exit::Ok)));
+        // A run that never finished (killed) counts as a bad one.
+        db.begin_run("sync", &[]).unwrap();
+        let killed = db.runs_since_success("sync --only").unwrap();
+        assert_eq!((killed.count, killed.last_exit), (1, None));
+        // Runs of the ignored command count neither way.
+        db.record_stopped_run("sync --only", Exit::Ok, "").unwrap();
+        db.record_stopped_run("sync --only", Exit::Guard, "")
+            .unwrap();
+        assert_eq!(db.runs_since_success("sync --only").unwrap(), killed);
     }
 }
 

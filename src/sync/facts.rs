@@ -35,10 +35,50 @@ pub struct CycleFacts {
     pub quarantined: bool,
     /// Whether this cycle put the target into quarantine.
     pub entered_quarantine: bool,
+    /// Operations applied.
+    pub applied: u64,
     /// Operations that failed.
     pub failed: u64,
-    /// Why the cycle stopped early or could not run (a guard, an error).
-    pub stopped: Option<String>,
+    /// Why the cycle ended badly, when it did.
+    pub trouble: Option<Trouble>,
+    /// When this cycle ended well after bad ones: those.
+    pub recovered: Option<BadCycles>,
+}
+
+/// Why a cycle ended badly, as notifications name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trouble {
+    pub kind: TroubleKind,
+    /// What happened, in one line (an error's first line: the records it may
+    /// go on to list are left out).
+    pub what: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+/// The kinds of bad ends notifications tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TroubleKind {
+    /// A guard stopped the cycle, or a lost state DB did (exit 3).
+    GuardStop,
+    /// The source could not be read (exit 5).
+    SourceError,
+    /// The source was read, but its data cannot be used (exit 2).
+    BadData,
+    /// Operations failed, the cycle stopped early, or it could not run for
+    /// another reason (the target, the token, the state DB).
+    Failures,
+}
+
+/// The bad cycles since the last good one, as the state DB's history records
+/// them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadCycles {
+    pub count: u64,
+    /// When the first of them started.
+    pub since: Option<DateTime<Utc>>,
+    /// How the last of them ended; `None`: it was interrupted.
+    pub last_exit: Option<Exit>,
 }
 
 /// Users and groups in scope in the source.

@@ -4,10 +4,11 @@
 //! planning half, so a dry run is the same plan, rendered and stopped.
 //! `inspect` gathers what `status` and `explain` show; `daemon` runs cycles
 //! on a schedule; `quarantine` backs scheduled cycles off
-//! a failing target; `observe` writes the metrics file and `notify` posts
-//! alerts after each cycle.
+//! a failing target; `observe` writes the metrics file and `notify` sends
+//! alerts after each cycle (to a webhook, and by `email`).
 
 pub mod daemon;
+pub mod email;
 pub mod facts;
 pub mod inspect;
 pub mod notify;
@@ -597,6 +598,10 @@ where
     Ok(out)
 }
 
+/// The command `sync --only` runs are recorded under: provisioning on demand,
+/// not a cycle of the whole directory.
+pub const ONLY_COMMAND: &str = "sync --only";
+
 impl SyncOptions {
     /// The command a run is recorded under in the history, whether it
     /// finished or stopped.
@@ -604,7 +609,7 @@ impl SyncOptions {
         match (&self.plan_file, self.full, self.only.is_empty()) {
             (Some(_), _, _) => "sync --plan",
             (None, true, _) => "sync --full",
-            (None, false, false) => "sync --only",
+            (None, false, false) => ONLY_COMMAND,
             (None, false, true) => "sync",
         }
     }

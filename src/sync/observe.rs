@@ -1,10 +1,15 @@
 //! What operators watch from outside a cycle: after every real cycle (`sync`
 //! and each daemon cycle, finished, failed or stopped) the facts of it are
 //! gathered into a [`CycleFacts`], written as a metrics file for
-//! node_exporter's textfile collector, and — when something needs a person —
-//! posted to the configured webhook ([`super::notify`]). Neither ever changes
-//! how the cycle ends: a metrics file that cannot be written or a webhook that
-//! fails is a warning.
+//! node_exporter's textfile collector, and — when something needs a person,
+//! or the first good cycle follows bad ones — sent to the configured webhook
+//! or by email ([`super::notify`]). Neither ever changes how the cycle ends: a
+//! metrics file that cannot be written or a notification that fails is a
+//! warning.
+//!
+//! Whether the cycles before were bad is read from the state DB's history
+//! before the cycle starts: the runs recorded after the newest that ended
+//! with exit code 0 (`sync --only` runs left out).
 //!
 //! The metrics text itself is rendered by `report` (which `sync` does not
 //! import): callers pass the renderer in as a [`MetricsRenderer`].
@@ -20,10 +25,11 @@ use chrono::{DateTime, Utc};
 
 use crate::apply::Progress;
 use crate::config::Settings;
-use crate::state::StateDb;
+use crate::model::Exit;
+use crate::state::{RunsSinceSuccess, StateDb};
 
-use super::facts::CycleFacts;
-use super::{RunSummary, SyncError, SyncOptions, client, notify, quarantine};
+use super::facts::{BadCycles, CycleFacts, Trouble, TroubleKind};
+use super::{ONLY_COMMAND, RunSummary, SyncError, SyncOptions, client, notify, quarantine};
 
 /// Renders the metrics file from a cycle's facts and the previous file's text
 /// (counters continue from it).
@@ -35,16 +41,37 @@ pub type MetricsRenderer = fn(&CycleFacts, Option<&str>) -> String;
 struct Before {
     latest_run: Option<i64>,
     quarantined: bool,
+    /// The runs since the last good one (none: the history cannot tell).
+    bad_runs: Option<RunsSinceSuccess>,
 }
 
 impl Before {
-    fn look(db: &StateDb) -> Before {
+    /// Before a run of `command`. `sync --only` provisions a few users on
+    /// demand: its runs neither end a streak of bad cycles nor count in one.
+    fn look(db: &StateDb, command: &str) -> Before {
         Before {
             latest_run: db.latest_run_id().ok(),
             quarantined: quarantine::load(db)
                 .ok()
                 .is_some_and(|q| q.holds(Utc::now())),
+            bad_runs: (command != ONLY_COMMAND)
+                .then(|| db.runs_since_success(ONLY_COMMAND).ok())
+                .flatten(),
         }
+    }
+
+    /// The bad cycles a good cycle ended, if it followed any.
+    fn recovered_from(&self) -> Option<BadCycles> {
+        let bad = self.bad_runs.as_ref().filter(|b| b.count > 0)?;
+        Some(BadCycles {
+            count: bad.count,
+            since: bad
+                .first_started_at
+                .as_deref()
+                .and_then(|at| DateTime::parse_from_rfc3339(at).ok())
+                .map(|at| at.with_timezone(&Utc)),
+            last_exit: bad.last_exit,
+        })
     }
 }
 
@@ -77,7 +104,7 @@ pub async fn observed_sync(
         Ok(client) => match StateDb::open(&settings.state_path) {
             Err(e) => (Err(SyncError::from(e)), None),
             Ok(mut db) => {
-                let before = Before::look(&db);
+                let before = Before::look(&db, opts.command());
                 let result =
                     super::sync_with(settings, &client, &mut db, opts, shutdown, progress).await;
                 let ran = Ran {
@@ -105,9 +132,13 @@ fn gather(
     duration: Duration,
 ) -> CycleFacts {
     let finished_at = Utc::now();
-    let (exit_code, failed, stopped, source_objects) = match result {
-        Ok(s) => (s.exit_code, s.failed, s.stopped.clone(), s.source_objects),
-        Err(e) => (e.exit(), 0, Some(e.to_string()), None),
+    let (exit_code, applied, failed, source_objects) = match result {
+        Ok(s) => (s.exit_code, s.applied, s.failed, s.source_objects),
+        Err(e) => (e.exit(), 0, 0, None),
+    };
+    let trouble = match result {
+        Ok(s) => summary_trouble(s),
+        Err(e) => error_trouble(e),
     };
     let (db, before, http, throttled) = match ran {
         Some(ran) => (Some(ran.db), Some(ran.before), ran.http, ran.throttled),
@@ -137,7 +168,13 @@ fn gather(
         .as_ref()
         .and_then(|db| quarantine::load(db).ok())
         .is_some_and(|q| q.holds(finished_at));
-    let entered_quarantine = before.is_some_and(|b| quarantined && !b.quarantined);
+    let entered_quarantine = before
+        .as_ref()
+        .is_some_and(|b| quarantined && !b.quarantined);
+    let recovered = before
+        .as_ref()
+        .filter(|_| exit_code == Exit::Ok)
+        .and_then(Before::recovered_from);
     CycleFacts {
         finished_at,
         duration,
@@ -150,9 +187,76 @@ fn gather(
         throttled,
         quarantined,
         entered_quarantine,
+        applied,
         failed,
-        stopped,
+        trouble,
+        recovered,
     }
+}
+
+/// Why a cycle that ran to its end ended badly, if it did.
+fn summary_trouble(s: &RunSummary) -> Option<Trouble> {
+    if s.exit_code == Exit::Ok {
+        return None;
+    }
+    let what = if s.failed > 0 {
+        format!(
+            "{} operation{} failed",
+            s.failed,
+            if s.failed == 1 { "" } else { "s" }
+        )
+    } else if let Some(stop) = &s.stopped {
+        format!("the cycle stopped early: {stop}")
+    } else if s.held_groups > 0 {
+        format!(
+            "{} source group{} held back and left unchanged; `idsync plan` says why",
+            s.held_groups,
+            if s.held_groups == 1 { " was" } else { "s were" }
+        )
+    } else {
+        format!("the cycle ended with exit {}", s.exit_code)
+    };
+    Some(Trouble {
+        kind: TroubleKind::Failures,
+        what: first_line(&what),
+        hint: Some(
+            "`idsync status` and `idsync log --outcome failed` show what failed and why; failed operations are retried next cycle"
+                .into(),
+        ),
+    })
+}
+
+/// Why a cycle that stopped with `e` ended badly. Another run holding the
+/// state DB is not a bad end: that run tells its own.
+fn error_trouble(e: &SyncError) -> Option<Trouble> {
+    let (kind, hint) = match e {
+        _ if e.exit() == Exit::Locked => return None,
+        SyncError::Guard { .. } | SyncError::NoState { .. } => (TroubleKind::GuardStop, e.hint()),
+        SyncError::Source(source) if source.is_unavailable() => {
+            (TroubleKind::SourceError, e.hint())
+        }
+        // The records the error lists are not in the message: the hint says
+        // where to see them.
+        SyncError::Source(_) | SyncError::Mapping { .. } => (
+            TroubleKind::BadData,
+            Some(
+                "`idsync plan` lists every problem (it changes nothing); fix the source's data (or the mapping), then run again"
+                    .into(),
+            ),
+        ),
+        _ => (TroubleKind::Failures, e.hint()),
+    };
+    Some(Trouble {
+        kind,
+        what: first_line(&e.to_string()),
+        hint,
+    })
+}
+
+/// The first line of `text`, without a colon that introduced the rest.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default().trim();
+    line.strip_suffix(':').unwrap_or(line).to_string()
 }
 
 /// Writes the metrics file and sends the notification a cycle calls for.
@@ -170,9 +274,9 @@ pub async fn publish(settings: &Settings, facts: &CycleFacts, render: MetricsRen
         }
     }
     if let Some(notify) = &settings.notify
-        && let Some(message) = notify::message(notify, facts, &settings.config_path)
+        && let Some(alert) = notify::alert(notify, facts, &settings.config_path)
     {
-        notify::send(notify, &message).await;
+        notify::send(notify, &alert).await;
     }
 }
 
@@ -215,6 +319,94 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::SourceError;
+    use crate::source::csv::CsvError;
+    use crate::state::StateError;
+
+    fn kind_of(e: SyncError) -> Option<(TroubleKind, String, Option<String>)> {
+        error_trouble(&e).map(|t| (t.kind, t.what, t.hint))
+    }
+
+    #[test]
+    fn each_bad_end_is_told_by_what_stopped_it() {
+        let unreadable = SyncError::Source(SourceError::Csv(CsvError::FileUnreadable {
+            file: "/srv/hr/users.csv".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }));
+        let (kind, what, hint) = kind_of(unreadable).unwrap();
+        assert_eq!(kind, TroubleKind::SourceError);
+        assert!(what.starts_with("cannot read /srv/hr/users.csv"), "{what}");
+        assert!(hint.unwrap().contains("source paths"));
+
+        // Bad data: the first line, not the records listed after it.
+        let mapping = SyncError::Mapping {
+            total: 2,
+            listed: vec!["  u1: no email".into(), "  u2: no email".into()],
+        };
+        let (kind, what, hint) = kind_of(mapping).unwrap();
+        assert_eq!(kind, TroubleKind::BadData);
+        assert_eq!(
+            what,
+            "2 source records cannot be mapped; nothing was planned or changed"
+        );
+        assert!(
+            hint.unwrap()
+                .starts_with("`idsync plan` lists every problem")
+        );
+        let no_header = SyncError::Source(SourceError::Csv(CsvError::NoHeader {
+            file: "/srv/hr/users.csv".into(),
+        }));
+        assert_eq!(kind_of(no_header).unwrap().0, TroubleKind::BadData);
+
+        let lost = SyncError::NoState {
+            path: "/var/lib/idsync/idsync.db".into(),
+        };
+        assert_eq!(kind_of(lost).unwrap().0, TroubleKind::GuardStop);
+        let stale = SyncError::StalePlan {
+            path: "plan.json".into(),
+        };
+        assert_eq!(kind_of(stale).unwrap().0, TroubleKind::Failures);
+        // Another run holds the state DB: that run tells its own end.
+        let locked = SyncError::State(StateError::Locked {
+            path: "/var/lib/idsync/idsync.db.lock".into(),
+        });
+        assert_eq!(kind_of(locked), None);
+    }
+
+    #[test]
+    fn a_finished_cycle_is_bad_only_when_its_exit_code_is() {
+        let mut s = RunSummary {
+            summary: Default::default(),
+            applied: 4,
+            failed: 0,
+            skipped: 0,
+            duration_ms: 1,
+            exit_code: Exit::Ok,
+            failures: Vec::new(),
+            warnings: Vec::new(),
+            held_groups: 0,
+            stopped: None,
+            dry_run: false,
+            dry_run_plan: None,
+            source_objects: None,
+        };
+        assert_eq!(summary_trouble(&s), None);
+        s.exit_code = Exit::Partial;
+        s.held_groups = 1;
+        let held = summary_trouble(&s).unwrap();
+        assert_eq!(held.kind, TroubleKind::Failures);
+        assert_eq!(
+            held.what,
+            "1 source group was held back and left unchanged; `idsync plan` says why"
+        );
+        s.stopped = Some("stopped by a signal\nmore".into());
+        assert_eq!(
+            summary_trouble(&s).unwrap().what,
+            "the cycle stopped early: stopped by a signal"
+        );
+        s.failed = 2;
+        assert_eq!(summary_trouble(&s).unwrap().what, "2 operations failed");
+    }
 
     #[test]
     fn the_metrics_file_is_replaced_whole_and_no_temporary_file_is_left() {

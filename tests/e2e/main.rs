@@ -10,6 +10,7 @@
 //! This binary does not own: unit tests of the planner, mapping or SCIM client
 //! (next to the code), fault injection (429/5xx) or LDAP sources.
 
+mod alerts;
 mod assignment;
 mod atlassian;
 mod bad_input;

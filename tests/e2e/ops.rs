@@ -2,7 +2,8 @@
 //! `systemd-analyze verify`, the README's cron line parsed with idsync's own
 //! cron rules, the metrics file after real cycles parsed back with a strict
 //! Prometheus text-format parser, and webhook alerts received by a listener
-//! on 127.0.0.1 (and a failing webhook that leaves the exit code alone).
+//! on 127.0.0.1 (and a failing webhook that leaves the exit code alone);
+//! alert emails are in `alerts`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -741,7 +742,7 @@ fn the_daemon_writes_the_metrics_file_after_each_cycle_failed_ones_too() {
 }
 
 #[test]
-fn entering_quarantine_is_posted_to_the_webhook_once() {
+fn every_failed_cycle_is_posted_and_entering_quarantine_once() {
     let hook = Webhook::start(Answer::Status(204));
     let mut ws = Workspace::with_target(&closed_port_url(), &fresh_token("ops-notify-q"));
     ws.write_directory(&three_people());
@@ -749,16 +750,18 @@ fn entering_quarantine_is_posted_to_the_webhook_once() {
         Some(without_retries(&ws) + &format!("notify: {{ webhook_url_env: {WEBHOOK_ENV} }}\n"));
     ws.env.push((WEBHOOK_ENV.into(), hook.url()));
     ws.extra_secrets.push(hook.url());
-    // The first failed cycle is not worth a message; the second quarantines.
-    ws.run(&["sync"]).assert_code(5);
-    assert!(hook.bodies().is_empty(), "{:?}", hook.bodies());
-    ws.run(&["sync"]).assert_code(5);
-    let bodies = hook.bodies();
-    assert_eq!(bodies.len(), 1, "{bodies:?}");
-    assert!(bodies[0].contains("quarantined"), "{}", bodies[0]);
-    // Still quarantined: not posted again.
-    ws.run(&["sync"]).assert_code(5);
-    assert_eq!(hook.bodies().len(), 1);
+    // Every failed cycle is posted; the second also quarantines, and says so.
+    // Still quarantined on the third: the failure is posted, the quarantine
+    // not again.
+    const QUARANTINED: &str = "the target failed two cycles in a row and is quarantined";
+    for (cycle, quarantined) in [(1, false), (2, true), (3, false)] {
+        ws.run(&["sync"]).assert_code(5);
+        let bodies = hook.bodies();
+        assert_eq!(bodies.len(), cycle, "{bodies:?}");
+        let body = &bodies[cycle - 1];
+        assert!(body.contains("the cycle failed: target: "), "{body}");
+        assert_eq!(body.contains(QUARANTINED), quarantined, "{body}");
+    }
 }
 
 #[cfg(unix)]
