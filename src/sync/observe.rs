@@ -8,6 +8,12 @@
 //!
 //! The metrics text itself is rendered by `report` (which `sync` does not
 //! import): callers pass the renderer in as a [`MetricsRenderer`].
+//!
+//! Every real cycle starts here, so the two reasons to skip one are checked
+//! here, before anything is read or sent: `paused: true` (before the state DB
+//! is opened at all; the metrics say paused, which is not a failure), and the
+//! quarantine (on the state DB the cycle opens, see `sync_with`; a held cycle
+//! writes no metrics, so the last run's time stops moving).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -66,10 +72,21 @@ pub async fn observed_sync(
     progress: &dyn Progress,
     render: MetricsRenderer,
 ) -> Result<RunSummary, SyncError> {
+    let started = Instant::now();
+    if settings.paused && !opts.dry_run {
+        let paused = SyncError::Paused {
+            config: settings.config_path.clone(),
+        };
+        tracing::info!("{paused} (exit {}); this cycle was skipped", paused.exit());
+        let result = Err(paused);
+        // The state DB only read (if it exists), for the counts the file holds.
+        let facts = gather(settings, None, &result, started.elapsed());
+        publish(settings, &facts, render).await;
+        return result;
+    }
     if opts.dry_run || (settings.metrics_file.is_none() && settings.notify.is_none()) {
         return super::sync(settings, opts, shutdown, progress).await;
     }
-    let started = Instant::now();
     // The state DB is opened once, by the cycle, after the client (a missing
     // token creates no DB).
     let (result, ran) = match client(settings) {
@@ -90,6 +107,9 @@ pub async fn observed_sync(
             }
         },
     };
+    if matches!(result, Err(SyncError::Quarantined { .. })) {
+        return result;
+    }
     let facts = gather(settings, ran, &result, started.elapsed());
     publish(settings, &facts, render).await;
     result

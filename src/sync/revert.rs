@@ -107,13 +107,17 @@ pub fn revert(settings: &Settings, id: i64) -> Result<Plan, SyncError> {
             op.display_subject()
         ));
     }
+    // Nor is anything whose action is switched off (`policy.actions`).
+    let (kept, skipped) = settings.policy.actions.split(kept);
     plan.summary = Summary::of(&kept);
     plan.operations = kept;
+    plan.skipped = skipped;
     plan.fingerprint = plan::fingerprint(
         &settings.fingerprint,
         state.generation,
         false,
         &plan.operations,
+        &plan.skipped,
     );
     Ok(plan)
 }
@@ -412,6 +416,7 @@ impl Undo {
             full: false,
             summary: Summary::of(&ops),
             operations: ops,
+            skipped: Vec::new(),
             warnings: notes,
             ignored_members: 0,
             source_users: 0,
