@@ -61,8 +61,9 @@ impl OpKind {
 }
 
 impl fmt::Display for OpKind {
+    /// The name, honouring width and alignment (`{:<14}` in the log's columns).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
 }
 

@@ -136,7 +136,7 @@ impl Skipped {
     /// Why it was not sent, as the run's log records it.
     pub fn reason(&self) -> String {
         format!(
-            "action off: policy.actions.{} is false, so it was not sent",
+            "action off: policy.actions.{} is false; not sent",
             self.action_off
         )
     }

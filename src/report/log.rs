@@ -46,7 +46,7 @@ pub fn log_text(records: &[LogRecord]) -> String {
         if let Some(error) = &r.error {
             // A skipped operation was not sent: why is no error.
             let label = if r.outcome == OpOutcome::Skipped {
-                "reason"
+                "skipped"
             } else {
                 "error"
             };

@@ -45,8 +45,9 @@ impl OpOutcome {
 }
 
 impl std::fmt::Display for OpOutcome {
+    /// The name, honouring width and alignment (the log's columns).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

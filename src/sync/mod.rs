@@ -213,7 +213,7 @@ impl SyncError {
                 "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
             }
             SyncError::Paused { .. } => {
-                "set `paused: false` (or remove the line) to resume provisioning; `idsync plan` shows what the next cycle would do"
+                "set `paused: false` (or remove the line) to resume provisioning"
             }
             SyncError::Quarantined { .. } => {
                 "`idsync status` shows the failures; `idsync sync --force` runs a cycle now, and one that succeeds lifts the quarantine"

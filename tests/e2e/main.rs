@@ -13,6 +13,7 @@ mod assignment;
 mod atlassian;
 mod bad_input;
 mod cli;
+mod controls;
 mod crash;
 mod csv_sync;
 mod faults;

@@ -756,8 +756,10 @@ fn entering_quarantine_is_posted_to_the_webhook_once() {
     let bodies = hook.bodies();
     assert_eq!(bodies.len(), 1, "{bodies:?}");
     assert!(bodies[0].contains("quarantined"), "{}", bodies[0]);
-    // Still quarantined: not posted again.
-    ws.run(&["sync"]).assert_code(5);
+    // Quarantined now: the next sync is held (exit 7) and posts nothing; one
+    // that runs anyway and fails again is not posted again either.
+    ws.run(&["sync"]).assert_code(7);
+    ws.run(&["sync", "--force"]).assert_code(5);
     assert_eq!(hook.bodies().len(), 1);
 }
 
