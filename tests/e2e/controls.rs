@@ -244,6 +244,20 @@ fn paused_skips_sync_and_the_daemon_with_exit_6_reading_sending_and_writing_noth
         validate.contains("paused: provisioning is paused"),
         "{validate}"
     );
+    let check = ws.run(&["check"]).assert_code(0).stdout.clone();
+    assert!(
+        check.contains("note: paused: provisioning is paused"),
+        "{check}"
+    );
+    // A dry run is the plan: it runs, and says a sync would be skipped.
+    let dry = ws.run(&["sync", "--dry-run"]);
+    dry.assert_code(0);
+    assert!(dry.stdout.contains("Rear Admiral"), "{}", dry.dump());
+    assert!(
+        dry.stderr.contains("provisioning is paused"),
+        "{}",
+        dry.dump()
+    );
 
     // The daemon skips every cycle and keeps running.
     ws.raw_config = Some(ws.config_text() + "schedule: { interval: 1s }\n");
