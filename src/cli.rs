@@ -4,7 +4,9 @@
 //!
 //! Exit codes: 0 success, 1 partial failure, 2 usage or configuration error,
 //! 3 a guard stopped the cycle, 4 another run holds the lock, 5 the source or
-//! target is unreachable or refused the credentials.
+//! target is unreachable or refused the credentials, 6 the cycle was skipped
+//! because provisioning is paused, 7 the cycle was skipped because cycles are
+//! quarantined (`sync --force` runs it anyway).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -192,6 +194,11 @@ enum Command {
         /// userName or email) and their memberships; repeatable.
         #[arg(long, value_name = "KEY|EMAIL", conflicts_with_all = ["full", "plan"])]
         only: Vec<String>,
+        /// Run even while cycles are quarantined after repeated failures
+        /// (without it, a quarantined sync is skipped with exit 7, reading
+        /// and sending nothing). Does not override `paused: true`.
+        #[arg(long)]
+        force: bool,
     },
     /// Run cycles on the configured interval or cron schedule.
     Daemon {
@@ -383,6 +390,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             metrics_file,
             detail,
             only,
+            force,
         } => {
             let mut settings = Settings::load(&config.config)?;
             if metrics_file.is_some() {
@@ -395,6 +403,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
                 plan_file: plan,
                 allow_deletes,
                 only,
+                force,
             };
             sync_command(&settings, &opts, format.into(), detail).await
         }
@@ -567,6 +576,9 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
     if let Some(notify) = &settings.notify {
         println!("  notify:  {}", esc(&notify.describe()));
     }
+    for line in controls_lines(&settings) {
+        println!("  {line}");
+    }
     warn_cleartext(&settings);
     if let Err(e) = settings.target.token.read().map_err(ConfigError::from) {
         eprintln!("warning: {}", esc(&e));
@@ -591,6 +603,38 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
         missing_requirements(&settings, &schema, "as its /Schemas said at the last sync")?;
     }
     Ok(Exit::Ok)
+}
+
+/// The controls set away from their defaults, one line each: switched-off
+/// actions, `disabled_action`, `paused`.
+fn controls_lines(settings: &Settings) -> Vec<String> {
+    let policy = &settings.policy;
+    let mut lines = Vec::new();
+    let off = policy.actions.off();
+    if !off.is_empty() {
+        let names: Vec<&str> = off.iter().map(|a| a.name()).collect();
+        lines.push(format!(
+            "actions: off: {} (planned as skipped, never sent)",
+            names.join(", ")
+        ));
+    }
+    if policy.disabled_action == crate::plan::DisabledAction::RemoveAction {
+        lines.push(format!(
+            "disabled_action: remove_action (a user disabled in the source is {})",
+            if policy.deletes_disabled_users() {
+                "deleted, as remove_action is delete"
+            } else {
+                "disabled, as remove_action is disable"
+            }
+        ));
+    }
+    if settings.paused {
+        lines.push(
+            "paused: provisioning is paused (`paused: true`): sync and daemon cycles are skipped with exit 6, reading and sending nothing"
+                .to_string(),
+        );
+    }
+    lines
 }
 
 /// Says loudly when the token would travel in clear text (see
@@ -660,6 +704,9 @@ async fn check(settings: &Settings) -> Result<Exit, Failure> {
         missing_requirements(settings, &schema, "required in its /Schemas")?;
     }
     check_email(settings).await;
+    for line in controls_lines(settings) {
+        println!("note: {line}");
+    }
     Ok(Exit::Ok)
 }
 
@@ -755,7 +802,12 @@ async fn plan(
     } = sync::preview(settings, &opts, sync::Purpose::Review).await?;
     for stop in &would_stop {
         eprintln!(
-            "warning: `sync` would stop here: {}",
+            "warning: `sync` would {}: {}",
+            if stop.exit().is_skip() {
+                "skip the cycle"
+            } else {
+                "stop here"
+            },
             report::escape(&stop.to_string())
         );
         if let Some(h) = stop.hint() {
@@ -829,6 +881,9 @@ async fn sync_command(
     .await
     {
         Ok(summary) => summary,
+        // Skipped on purpose (paused, quarantined): the one log line that
+        // says so, and why, is written; nothing else is printed.
+        Err(e) if e.exit().is_skip() => return Ok(e.exit()),
         Err(e) => {
             if let SyncError::Guard {
                 held,

@@ -95,6 +95,9 @@ pub struct Outcome {
     /// what the failure budget weighs.
     pub target_failed: u64,
     pub skipped: u64,
+    /// Of `skipped`, the operations not sent because their action is
+    /// switched off (`policy.actions`).
+    pub action_off: u64,
     pub failures: Vec<FailedOp>,
     pub stopped: Option<Stop>,
 }
@@ -189,6 +192,7 @@ impl<T: Target> Executor<'_, T> {
             .map(|op| (op.name(), op.subject().to_string()))
             .collect();
         let run = self.db.begin_run(command, &journal)?;
+        let action_off = self.record_action_off(run, plan)?;
         let first_members = first_members(ops);
 
         let mut outcome = Outcome::default();
@@ -220,8 +224,41 @@ impl<T: Target> Executor<'_, T> {
         }
         outcome.skipped +=
             (ops.len() as u64).saturating_sub(outcome.applied + outcome.failed + outcome.skipped);
+        outcome.skipped += action_off;
+        outcome.action_off = action_off;
         self.progress.finish();
         Ok((outcome, run))
+    }
+
+    /// The plan's operations whose action is switched off, in the run's log
+    /// as skipped with the reason, numbered after the operations it sends.
+    /// Returns how many.
+    fn record_action_off(&mut self, run: RunId, plan: &Plan) -> Result<u64, StateError> {
+        let first = plan.operations.len();
+        let records: Vec<OpRecord> = plan
+            .skipped
+            .iter()
+            .enumerate()
+            .map(|(i, skipped)| OpRecord {
+                seq: (first + i) as i64,
+                op: skipped.op.kind(),
+                subject: skipped.op.subject().to_string(),
+                outcome: OpOutcome::Skipped,
+                http_status: None,
+                error: Some(skipped.reason()),
+                old_values: None,
+                new_values: serde_json::to_string(&skipped.op).ok(),
+            })
+            .collect();
+        self.db.record_unsent(run, &records)?;
+        if !records.is_empty() {
+            tracing::info!(
+                operations = records.len(),
+                actions_off = ?plan.skipped.iter().map(|s| s.action_off.name()).collect::<BTreeSet<_>>(),
+                "operations not sent: their action is switched off (policy.actions)"
+            );
+        }
+        Ok(records.len() as u64)
     }
 
     /// `--full`: what the target showed, committed after the adoptions (so the

@@ -66,6 +66,8 @@ struct RawConfig<S> {
     metrics_file: Option<Spanned<String>>,
     #[serde(default)]
     notify: Option<Spanned<RawNotify>>,
+    #[serde(default)]
+    paused: bool,
 }
 
 /// The `source:` section: `kind` picks the adapter, whose own config reads the
@@ -109,6 +111,7 @@ impl<S> RawConfig<S> {
             history_days,
             metrics_file,
             notify,
+            paused,
         } = self;
         RawConfig {
             source: Spanned::new(f(source.value), source.referenced, source.defined),
@@ -120,6 +123,7 @@ impl<S> RawConfig<S> {
             history_days,
             metrics_file,
             notify,
+            paused,
         }
     }
 }
@@ -185,6 +189,10 @@ pub struct Settings {
     /// Prometheus text written after every cycle (`metrics_file:` or `--metrics-file`).
     pub metrics_file: Option<PathBuf>,
     pub notify: Option<NotifySettings>,
+    /// `paused: true` (Entra's provisioning status Off): `sync` and daemon
+    /// cycles are skipped (exit 6), reading and sending nothing; `plan`,
+    /// `status` and the other commands work and say so.
+    pub paused: bool,
 }
 
 impl Settings {
@@ -281,6 +289,16 @@ impl Settings {
         hasher.update(text.as_bytes());
         hasher.update(&[0]);
         hasher.update(&mapping_text);
+        // The switches as compiled, should a `${VAR}` set them: a plan saved
+        // under other switches must not pass for this config's. Left out when
+        // every switch is on, so such plans keep the fingerprint they had.
+        if !policy.actions.all_on() {
+            hasher.update(&[0]);
+            for action in policy.actions.off() {
+                hasher.update(action.name().as_bytes());
+                hasher.update(&[0]);
+            }
+        }
         let fingerprint = hasher.finalize().to_hex()[..16].to_string();
 
         Ok(Settings {
@@ -296,6 +314,7 @@ impl Settings {
             history_days: raw.history_days.unwrap_or(30),
             metrics_file: raw.metrics_file.as_ref().map(|m| resolve(&m.value)),
             notify,
+            paused: raw.paused,
         })
     }
 }

@@ -20,21 +20,35 @@ pub enum Exit {
     Locked = 4,
     /// The source or target is unreachable or refused the credentials.
     Unreachable = 5,
+    /// Provisioning is paused (`paused: true`): the cycle was skipped,
+    /// nothing was read or sent. Not a failure.
+    Paused = 6,
+    /// The cycles are quarantined after repeated failures: this one was
+    /// skipped (`sync --force` runs it anyway). Nothing was read or sent.
+    Quarantined = 7,
 }
 
 impl Exit {
-    pub const ALL: [Exit; 6] = [
+    pub const ALL: [Exit; 8] = [
         Exit::Ok,
         Exit::Partial,
         Exit::Usage,
         Exit::Guard,
         Exit::Locked,
         Exit::Unreachable,
+        Exit::Paused,
+        Exit::Quarantined,
     ];
 
     /// The process exit code.
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// Whether the cycle was skipped on purpose (paused, or held by the
+    /// quarantine): nothing was read or sent, and nothing failed.
+    pub fn is_skip(self) -> bool {
+        matches!(self, Exit::Paused | Exit::Quarantined)
     }
 
     /// The exit with this code, if idsync has one.
@@ -66,5 +80,9 @@ mod tests {
             assert_eq!(Exit::from_code(exit.code().into()), Some(exit));
         }
         assert_eq!(Exit::from_code(99), None);
+        assert_eq!(Exit::from_code(6), Some(Exit::Paused));
+        assert_eq!(Exit::from_code(7), Some(Exit::Quarantined));
+        let skips: Vec<Exit> = Exit::ALL.into_iter().filter(|e| e.is_skip()).collect();
+        assert_eq!(skips, [Exit::Paused, Exit::Quarantined]);
     }
 }

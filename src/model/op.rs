@@ -61,6 +61,7 @@ impl OpKind {
 }
 
 impl fmt::Display for OpKind {
+    /// The name, honouring width and alignment (`{:<14}` in the log's columns).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(self.name())
     }

@@ -6,7 +6,8 @@
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use super::policy::{OnRename, Policy, RemovalLimit, RemoveAction, ReuseAccounts};
+use super::actions::Actions;
+use super::policy::{DisabledAction, OnRename, Policy, RemovalLimit, RemoveAction, ReuseAccounts};
 
 /// The `policy:` section, as written.
 #[derive(Debug, Default, Deserialize)]
@@ -32,6 +33,13 @@ pub struct PolicyConfig {
     /// leaver's account is deleted first and a new one is created either way.
     #[serde(default)]
     reuse_accounts: Option<ReuseAccounts>,
+    /// What a user disabled in the source becomes: `disable` (default) or
+    /// `remove_action` (deleted under `remove_action: delete`).
+    #[serde(default)]
+    disabled_action: Option<DisabledAction>,
+    /// Per-action switches, each on unless written `false`.
+    #[serde(default)]
+    actions: Option<Actions>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +90,12 @@ impl PolicyConfig {
         }
         if let Some(r) = self.reuse_accounts {
             policy.reuse_accounts = r;
+        }
+        if let Some(d) = self.disabled_action {
+            policy.disabled_action = d;
+        }
+        if let Some(actions) = self.actions {
+            policy.actions = actions;
         }
         if let Some(limit) = &self.max_removals {
             policy.max_removals = limit_at(
@@ -167,5 +181,55 @@ mod tests {
         assert!(parse(RawLimit::Text("150%".into())).is_err());
         assert!(parse(RawLimit::Text("lots".into())).is_err());
         assert_eq!(RemovalLimit::Percent(5.0).resolve(50), 2);
+    }
+
+    fn compiled(yaml: &str) -> Policy {
+        let raw: PolicyConfig = serde_saphyr::from_str(yaml).expect("policy parses");
+        raw.compile(Policy::default()).expect("policy compiles")
+    }
+
+    #[test]
+    fn actions_are_on_unless_written_off_and_disabled_action_defaults_to_disable() {
+        let default = compiled("remove_action: delete\n");
+        assert!(default.actions.all_on());
+        assert_eq!(default.disabled_action, DisabledAction::Disable);
+        assert!(!default.deletes_disabled_users());
+
+        let some = compiled(
+            "remove_action: delete\ndisabled_action: remove_action\nactions:\n  users: { create: false, delete: false }\n  groups: { update: false }\n",
+        );
+        let off: Vec<&str> = some.actions.off().iter().map(|a| a.name()).collect();
+        assert_eq!(off, ["users.create", "users.delete", "groups.update"]);
+        assert!(some.deletes_disabled_users());
+        // Under remove_action: disable, a disabled user is disabled either way.
+        let disable = compiled("disabled_action: remove_action\n");
+        assert!(!disable.deletes_disabled_users());
+    }
+
+    #[test]
+    fn a_misspelt_action_is_an_error() {
+        for yaml in [
+            "actions: { users: { craete: false } }\n",
+            "actions: { people: { create: false } }\n",
+            "actions: { groups: { disable: false } }\n",
+            "disabled_action: delete\n",
+        ] {
+            assert!(
+                serde_saphyr::from_str::<PolicyConfig>(yaml).is_err(),
+                "{yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_percentage_limit_has_a_floor_and_a_count_is_taken_as_written() {
+        let policy = |yaml: &str| compiled(yaml);
+        // 5% of 19 users is 0: the floor lets the first leavers through.
+        assert_eq!(policy("max_removals: 5%\n").removal_limit(19), 3);
+        assert_eq!(policy("max_removals: 5%\n").removal_limit(200), 10);
+        assert_eq!(policy("max_removals: 0\n").removal_limit(19), 0);
+        assert_eq!(policy("max_removals: 1\n").removal_limit(1000), 1);
+        assert_eq!(Policy::default().removal_limit(19), 3);
+        assert_eq!(Policy::default().member_removal_limit(30), 10);
     }
 }

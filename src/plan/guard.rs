@@ -2,9 +2,12 @@
 //! removals above the configured limit, or group memberships removed above
 //! theirs (on Atlassian a membership is product access) stop the cycle (exit 3)
 //! with a message saying how many would be removed and how to proceed; nothing
-//! is changed.
+//! is changed. A percentage limit has a floor (see [`REMOVALS_FLOOR`] and
+//! [`MEMBER_REMOVALS_FLOOR`]), so a small directory can still lose a leaver.
+//! Operations skipped because their action is off (`policy.actions`) are not
+//! in the plan's operations, so they count toward no limit.
 
-use super::{Operation, Plan, Policy, RemovalLimit};
+use super::{MEMBER_REMOVALS_FLOOR, Operation, Plan, Policy, REMOVALS_FLOOR, RemovalLimit};
 
 /// Why a guard stopped the cycle.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -14,7 +17,8 @@ pub enum GuardStop {
     )]
     EmptySource { managed: u64 },
     #[error(
-        "the plan removes {removals} objects ({disables} disables, {deletes} user deletes, {group_deletes} group deletes), above the limit of {limit} (max_removals {setting} of {managed} managed users)"
+        "the plan removes {removals} objects ({disables} disables, {deletes} user deletes, {group_deletes} group deletes), above the limit of {limit} (max_removals {setting} of {managed} managed users{})",
+        at_least(*.floor)
     )]
     TooManyRemovals {
         removals: u64,
@@ -24,9 +28,12 @@ pub enum GuardStop {
         limit: u64,
         setting: RemovalLimit,
         managed: u64,
+        /// The fewest removals a percentage allows (none for a count).
+        floor: Option<u64>,
     },
     #[error(
-        "the plan removes {removals} group memberships (from {groups} groups), above the limit of {limit} (max_member_removals {setting} of {managed} managed memberships)"
+        "the plan removes {removals} group memberships (from {groups} groups), above the limit of {limit} (max_member_removals {setting} of {managed} managed memberships{})",
+        at_least(*.floor)
     )]
     TooManyMemberRemovals {
         removals: u64,
@@ -34,7 +41,16 @@ pub enum GuardStop {
         limit: u64,
         setting: RemovalLimit,
         managed: u64,
+        /// The fewest removals a percentage allows (none for a count).
+        floor: Option<u64>,
     },
+}
+
+/// How a stop message names a percentage's floor.
+fn at_least(floor: Option<u64>) -> String {
+    floor
+        .map(|n| format!(", at least {n} for a percentage"))
+        .unwrap_or_default()
 }
 
 impl GuardStop {
@@ -74,7 +90,7 @@ pub fn check(plan: &Plan, policy: &Policy, allow_deletes: bool) -> Result<(), Gu
     }
     let s = &plan.summary;
     let removals = s.removals();
-    let limit = policy.max_removals.resolve(managed);
+    let limit = policy.removal_limit(managed);
     if removals > limit {
         return Err(GuardStop::TooManyRemovals {
             removals,
@@ -84,6 +100,7 @@ pub fn check(plan: &Plan, policy: &Policy, allow_deletes: bool) -> Result<(), Gu
             limit,
             setting: policy.max_removals,
             managed,
+            floor: policy.max_removals.floor(REMOVALS_FLOOR),
         });
     }
     check_member_removals(plan, policy)
@@ -108,6 +125,7 @@ fn check_member_removals(plan: &Plan, policy: &Policy) -> Result<(), GuardStop> 
             limit,
             setting: policy.max_member_removals,
             managed,
+            floor: policy.max_member_removals.floor(MEMBER_REMOVALS_FLOOR),
         });
     }
     Ok(())

@@ -13,9 +13,11 @@
 //! (`reconcile`), so the same planner also corrects hand-made drift. The guards
 //! (`guard`) check a plan before anyone acts on it; `verify` checks a saved plan
 //! against the state it is applied to. `config` reads the `policy:` section of
-//! the configuration into a [`Policy`]. `revert` plans the undoing of a past
-//! run's operations, against the state as it is now.
+//! the configuration into a [`Policy`]; `actions` holds its per-action
+//! switches, and sets aside what they switch off as [`Skipped`]. `revert`
+//! plans the undoing of a past run's operations, against the state as it is now.
 
+mod actions;
 pub(crate) mod config;
 pub(crate) mod guard;
 mod input;
@@ -35,12 +37,13 @@ use crate::model::{
     UserName,
 };
 
+pub use actions::{Action, Actions, GroupActions, Skipped, UserActions};
 pub use input::{PlanOptions, PlanningInput};
 pub use names::{claimed_name, released_name, temporary_user_name};
 pub use planner::{diff, fingerprint, plan};
 pub use policy::{
-    DEFAULT_MAX_MEMBER_REMOVALS, DEFAULT_MAX_REMOVALS, MEMBER_REMOVALS_FLOOR, OnRename, Policy,
-    RemovalLimit, RemoveAction, ReuseAccounts,
+    DEFAULT_MAX_MEMBER_REMOVALS, DEFAULT_MAX_REMOVALS, DisabledAction, MEMBER_REMOVALS_FLOOR,
+    OnRename, Policy, REMOVALS_FLOOR, RemovalLimit, RemoveAction, ReuseAccounts,
 };
 pub use revert::{Destroyed, RevertedRun, Undo, revert};
 pub use verify::{Mismatch, PlanMismatch, verify_saved};
@@ -513,6 +516,11 @@ pub struct Plan {
     pub full: bool,
     pub summary: Summary,
     pub operations: Vec<Operation>,
+    /// Operations planned but not sent because their action is switched off
+    /// (`policy.actions`), in the executor's order. Never sent; the run
+    /// records each as skipped. Counted toward no removal limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// Group members left out because they are not in-scope users (outside the
@@ -541,6 +549,8 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Nothing to send (operations skipped because their action is off may
+    /// remain).
     pub fn is_empty(&self) -> bool {
         self.operations.is_empty()
     }

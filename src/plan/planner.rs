@@ -11,7 +11,8 @@ use crate::model::{
 use super::names;
 use super::reconcile::reconcile;
 use super::{
-    Change, Changes, OnRename, Operation, Plan, PlanningInput, Policy, RemoveAction, Summary,
+    Action, Change, Changes, OnRename, Operation, Plan, PlanningInput, Policy, RemoveAction,
+    Skipped, Summary,
 };
 
 /// Makes the plan: for `--full`, first folds what the target holds into the
@@ -33,7 +34,7 @@ pub fn plan(input: &PlanningInput) -> Plan {
         .copied()
         .collect();
 
-    let (mut ops, mut warnings) = diff_state(desired, state, policy, &skip);
+    let (mut ops, mut skipped, mut warnings) = diff_state(desired, state, policy, &skip);
     let managed_users = state.managed_users() as u64;
     let managed_memberships = state.managed_memberships() as u64;
     let mut observed = Vec::new();
@@ -42,9 +43,14 @@ pub fn plan(input: &PlanningInput) -> Plan {
         adoptions.append(&mut ops);
         ops = adoptions;
         if !r.dangling.is_empty() {
-            ops.extend(r.dangling);
+            let (dangling, held) = policy.actions.split(r.dangling);
+            ops.extend(dangling);
             // Stable: the order within a phase and subject stays.
             ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+            if !held.is_empty() {
+                skipped.extend(held);
+                skipped.sort_by(|a, b| a.op.sort_key().cmp(&b.op.sort_key()));
+            }
         }
         observed = r.observed;
     }
@@ -70,10 +76,12 @@ pub fn plan(input: &PlanningInput) -> Plan {
             input.state.generation,
             input.is_full(),
             &ops,
+            &skipped,
         ),
         full: input.is_full(),
         summary,
         operations: ops,
+        skipped,
         warnings,
         ignored_members: desired.ignored_members as u64,
         // Only groups that would be synced hold anything back.
@@ -89,10 +97,18 @@ pub fn plan(input: &PlanningInput) -> Plan {
     }
 }
 
-/// Ties a plan to the config and mapping (`config`), the state generation it
-/// was made against, whether it was a `--full` plan, and its operations (a
-/// digest of their JSON), so a saved plan edited after review no longer matches.
-pub fn fingerprint(config: &str, generation: i64, full: bool, operations: &[Operation]) -> String {
+/// Ties a plan to the config and mapping (`config`, which covers the
+/// `policy.actions` switches too), the state generation it was made against,
+/// whether it was a `--full` plan, and its operations and skipped operations
+/// (a digest of their JSON), so a saved plan edited after review no longer
+/// matches.
+pub fn fingerprint(
+    config: &str,
+    generation: i64,
+    full: bool,
+    operations: &[Operation],
+    skipped: &[Skipped],
+) -> String {
     // The JSON of typed operations is canonical: fields in declaration order,
     // attribute maps sorted, and a plan read back from a file writes the same.
     // Streamed into the hasher: a million creates would be a gigabyte of text.
@@ -101,6 +117,11 @@ pub fn fingerprint(config: &str, generation: i64, full: bool, operations: &[Oper
         use std::io::Write as _;
         let mut buffered = std::io::BufWriter::with_capacity(1 << 16, &mut hasher);
         serde_json::to_writer(&mut buffered, operations).expect("operations always serialise");
+        // Only when there are any: a plan without skipped operations keeps
+        // the fingerprint it always had.
+        if !skipped.is_empty() {
+            serde_json::to_writer(&mut buffered, skipped).expect("operations always serialise");
+        }
         buffered.flush().expect("hashing cannot fail");
     }
     let digest = hasher.finalize().to_hex();
@@ -111,15 +132,20 @@ pub fn fingerprint(config: &str, generation: i64, full: bool, operations: &[Oper
     )
 }
 
-/// The operations (sorted) and warnings that take `state` to `desired`.
+/// The operations (sorted), the operations their switched-off action holds
+/// back (sorted), and the warnings that take `state` to `desired`.
 fn diff_state(
     desired: &Desired,
     state: &State,
     policy: &Policy,
     skip: &BTreeSet<UserAttr>,
-) -> (Vec<Operation>, Vec<String>) {
+) -> (Vec<Operation>, Vec<Skipped>, Vec<String>) {
     let mut ops = Vec::new();
+    let mut skipped = Vec::new();
     let mut warnings = Vec::new();
+    // Managed users disabled in the source that leave as leavers do
+    // (`disabled_action: remove_action` under `remove_action: delete`).
+    let mut disabled: FastSet<&SourceKey> = FastSet::default();
 
     // Users that will exist in the target once the user phases ran. Every
     // desired user with a live state record is in it (whatever else happens to
@@ -163,6 +189,10 @@ fn diff_state(
                     present.insert(&d.key);
                 }
             }
+            Some(_) if !d.active && policy.deletes_disabled_users() => {
+                // Removed below as a leaver is: out of its groups, then deleted.
+                disabled.insert(&d.key);
+            }
             Some(s) => {
                 present.insert(&d.key);
                 plan_existing_user(d, s, skip, &mut ops);
@@ -185,7 +215,9 @@ fn diff_state(
         if out_of_scope && policy.skip_out_of_scope_deletions {
             continue;
         }
-        let reason = if out_of_scope {
+        let reason = if disabled.contains(key) {
+            "inactive in the source"
+        } else if out_of_scope {
             "out of scope"
         } else {
             "not in the source"
@@ -213,8 +245,20 @@ fn diff_state(
     }
 
     if policy.provision_groups {
-        plan_groups(desired, state, policy, &present, &mut ops, &mut warnings);
+        plan_groups(
+            desired,
+            state,
+            policy,
+            &present,
+            (&mut ops, &mut skipped),
+            &mut warnings,
+        );
     }
+    // What is switched off is set aside before userNames are sequenced: a
+    // name a skipped removal or rename would free stays taken.
+    let (mut ops, held) = policy.actions.split(ops);
+    skipped.extend(held);
+    skipped.sort_by(|a, b| a.op.sort_key().cmp(&b.op.sort_key()));
 
     if names::may_move_names(&ops, state) {
         // Only when a userName moves between users: a set of every key.
@@ -224,7 +268,7 @@ fn diff_state(
     } else {
         ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     }
-    (ops, warnings)
+    (ops, skipped, warnings)
 }
 
 /// The user's email domain, when a verified-domains list is set and the domain
@@ -328,14 +372,18 @@ pub fn diff(old: Option<&UserAttrs>, new: &UserAttrs, create_only: &BTreeSet<Use
     changes
 }
 
+/// The groups' operations into `out.0`; a rename by recreation that a
+/// switched-off action forbids into `out.1` (the group keeps its old name and
+/// its members are kept in step).
 fn plan_groups(
     desired: &Desired,
     state: &State,
     policy: &Policy,
     present: &FastSet<&SourceKey>,
-    ops: &mut Vec<Operation>,
+    out: (&mut Vec<Operation>, &mut Vec<Skipped>),
     warnings: &mut Vec<String>,
 ) {
+    let (ops, skipped) = out;
     let no_members = BTreeSet::new();
     let mut desired_keys = HashSet::new();
 
@@ -363,8 +411,28 @@ fn plan_groups(
             Some(s) => {
                 let pushed = state.memberships.get(&g.key).unwrap_or(&no_members);
                 if s.display_name != g.display_name {
-                    match (policy.target_renames_groups, policy.on_rename) {
-                        (_, OnRename::Recreate) => {
+                    let recreate_off = [Action::CreateGroups, Action::DeleteGroups]
+                        .into_iter()
+                        .find(|a| !policy.actions.allows(*a));
+                    match (policy.target_renames_groups, policy.on_rename, recreate_off) {
+                        (_, OnRename::Recreate, Some(action_off)) => {
+                            skipped.extend(
+                                [
+                                    Operation::CreateGroup {
+                                        key: g.key.clone(),
+                                        display_name: g.display_name.clone(),
+                                    },
+                                    Operation::DeleteGroup {
+                                        key: g.key.clone(),
+                                        scim_id: s.scim_id.clone(),
+                                        display_name: s.display_name.clone(),
+                                        reason: format!("renamed to {:?}", g.display_name.as_str()),
+                                    },
+                                ]
+                                .map(|op| Skipped { op, action_off }),
+                            );
+                        }
+                        (_, OnRename::Recreate, None) => {
                             ops.push(Operation::CreateGroup {
                                 key: g.key.clone(),
                                 display_name: g.display_name.clone(),
@@ -378,13 +446,13 @@ fn plan_groups(
                             });
                             continue;
                         }
-                        (true, OnRename::Keep) => ops.push(Operation::UpdateGroup {
+                        (true, OnRename::Keep, _) => ops.push(Operation::UpdateGroup {
                             key: g.key.clone(),
                             scim_id: s.scim_id.clone(),
                             display_name: g.display_name.clone(),
                             old_display_name: s.display_name.clone(),
                         }),
-                        (false, OnRename::Keep) => warnings.push(format!(
+                        (false, OnRename::Keep, _) => warnings.push(format!(
                             "group {:?} is now named {:?} in the source; the target cannot rename groups, so it keeps its old name (set policy.groups.on_rename: recreate to replace it)",
                             s.display_name.as_str(),
                             g.display_name.as_str()

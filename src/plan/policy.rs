@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::Operation;
+use super::actions::Actions;
 use crate::model::{Domain, GroupName, UserName};
 
 /// What leaving the directory means for a user (Entra and PingOne's REMOVE_ACTION).
@@ -17,6 +18,20 @@ pub enum RemoveAction {
     Disable,
     /// SCIM DELETE: on Atlassian, deactivates the account and unlinks the record.
     Delete,
+}
+
+/// What a user disabled in the source (its mapped `active` false) becomes in
+/// the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisabledAction {
+    /// Disabled (`active=false`), whatever `remove_action` says: reversible,
+    /// as Entra's provisioning does.
+    #[default]
+    Disable,
+    /// As a user who left: under `remove_action: delete` deleted (PingOne's
+    /// behaviour with REMOVE_ACTION Delete), under `disable` disabled.
+    RemoveAction,
 }
 
 /// Whether a new source key whose userName belongs to the account of a user who
@@ -101,6 +116,10 @@ pub struct Policy {
     pub verified_domains: BTreeSet<Domain>,
     /// Whether a reused address may take over a leaver's account.
     pub reuse_accounts: ReuseAccounts,
+    /// What a user disabled in the source becomes.
+    pub disabled_action: DisabledAction,
+    /// Which kinds of change may be sent (`policy.actions`).
+    pub actions: Actions,
 }
 
 impl Default for Policy {
@@ -119,6 +138,8 @@ impl Default for Policy {
             target_renames_groups: true,
             verified_domains: BTreeSet::new(),
             reuse_accounts: ReuseAccounts::Never,
+            disabled_action: DisabledAction::Disable,
+            actions: Actions::default(),
         }
     }
 }
@@ -139,13 +160,45 @@ pub const DEFAULT_MAX_MEMBER_REMOVALS: RemovalLimit = RemovalLimit::Percent(10.0
 /// people change teams. A count is taken as written.
 pub const MEMBER_REMOVALS_FLOOR: u64 = 10;
 
+/// A percentage `max_removals` never allows fewer removals than this: in a
+/// small directory 5% is nothing (5% of 19 users is 0), and the first leaver
+/// would stop every cycle. A count is taken as written.
+pub const REMOVALS_FLOOR: u64 = 3;
+
+impl RemovalLimit {
+    /// The floor this limit has: `floor` for a percentage, none for a count.
+    pub fn floor(self, floor: u64) -> Option<u64> {
+        matches!(self, RemovalLimit::Percent(_)).then_some(floor)
+    }
+
+    /// The limit for `managed` objects, a percentage never below `floor`.
+    pub fn resolve_with_floor(self, managed: u64, floor: u64) -> u64 {
+        match self {
+            RemovalLimit::Count(n) => n,
+            percent => percent.resolve(managed).max(floor),
+        }
+    }
+}
+
 impl Policy {
+    /// The most users disabled or deleted and groups deleted one cycle may
+    /// make, for `managed` users.
+    pub fn removal_limit(&self, managed: u64) -> u64 {
+        self.max_removals
+            .resolve_with_floor(managed, REMOVALS_FLOOR)
+    }
+
     /// The most memberships one cycle may remove, out of `managed`.
     pub fn member_removal_limit(&self, managed: u64) -> u64 {
-        match self.max_member_removals {
-            RemovalLimit::Count(n) => n,
-            percent => percent.resolve(managed).max(MEMBER_REMOVALS_FLOOR),
-        }
+        self.max_member_removals
+            .resolve_with_floor(managed, MEMBER_REMOVALS_FLOOR)
+    }
+
+    /// Whether a user disabled in the source is deleted (as a leaver is under
+    /// `remove_action: delete`) rather than disabled.
+    pub fn deletes_disabled_users(&self) -> bool {
+        self.disabled_action == DisabledAction::RemoveAction
+            && self.remove_action == RemoveAction::Delete
     }
 
     /// Whether `policy.protect` names this user: idsync never changes it.

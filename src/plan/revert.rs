@@ -140,7 +140,13 @@ pub fn revert(
     draft.groups();
     draft.memberships();
     let mut plan = draft.finish(policy);
-    plan.fingerprint = fingerprint(config, state.generation, false, &plan.operations);
+    plan.fingerprint = fingerprint(
+        config,
+        state.generation,
+        false,
+        &plan.operations,
+        &plan.skipped,
+    );
     plan
 }
 
@@ -441,11 +447,14 @@ impl<'a> Draft<'a> {
                 op.display_subject()
             ));
         }
+        // Nor is anything whose action is switched off (`policy.actions`).
+        let (kept, skipped) = policy.actions.split(kept);
         Plan {
             fingerprint: String::new(),
             full: false,
             summary: Summary::of(&kept),
             operations: kept,
+            skipped,
             warnings: notes,
             ignored_members: 0,
             source_users: 0,

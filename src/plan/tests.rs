@@ -6,7 +6,10 @@ use std::collections::BTreeSet;
 use proptest::prelude::*;
 
 use super::testkit::*;
-use super::{OnRename, Operation, PlanningInput, Policy, RemovalLimit, RemoveAction, guard};
+use super::{
+    Action, Actions, DisabledAction, OnRename, Operation, PlanningInput, Policy, RemovalLimit,
+    RemoveAction, guard,
+};
 use crate::model::{
     AttrHash, Desired, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
     StateChange, Status, TargetSnapshot, UserAttr, UserName,
@@ -311,7 +314,7 @@ fn emptying_groups_is_held_by_the_member_removal_limit() {
     let stop = guard::check(&p, &policy, false).unwrap_err();
     assert_eq!(
         stop.to_string(),
-        "the plan removes 30 group memberships (from 1 groups), above the limit of 10 (max_member_removals 10% of 30 managed memberships)"
+        "the plan removes 30 group memberships (from 1 groups), above the limit of 10 (max_member_removals 10% of 30 managed memberships, at least 10 for a percentage)"
     );
     assert!(p.operations.iter().all(|op| stop.holds(op)));
     assert!(guard::check(&p, &policy, true).is_ok());
@@ -850,4 +853,361 @@ fn a_create_is_written_as_new_changes_and_read_back_only_as_such() {
     edited["changes"]["title"]["old"] = "Boss".into();
     let err = serde_json::from_value::<Operation>(edited).unwrap_err();
     assert!(err.to_string().contains("`title`"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// The controls admins know: per-action switches, disabled users under
+// `remove_action: delete`, the floor of a percentage removal limit.
+
+/// The plan's skipped operations as `"<name> <subject> (<switch>)"`, in order.
+fn skipped_names(plan: &super::Plan) -> Vec<String> {
+    plan.skipped
+        .iter()
+        .map(|s| format!("{} {} ({})", s.op.name(), s.op.subject(), s.action_off))
+        .collect()
+}
+
+fn with_actions(off: &[Action]) -> Policy {
+    let mut actions = Actions::default();
+    for a in off {
+        match a {
+            Action::CreateUsers => actions.users.create = false,
+            Action::UpdateUsers => actions.users.update = false,
+            Action::DisableUsers => actions.users.disable = false,
+            Action::DeleteUsers => actions.users.delete = false,
+            Action::CreateGroups => actions.groups.create = false,
+            Action::UpdateGroups => actions.groups.update = false,
+            Action::DeleteGroups => actions.groups.delete = false,
+        }
+    }
+    Policy {
+        actions,
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn a_create_switched_off_is_skipped_with_its_memberships_and_planned_again() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let state = with_group(state_of(&[(&a, Status::Active)]), "eng", "Eng", &["1"]);
+    let d = desired(
+        vec![a.clone(), b.clone()],
+        vec![
+            group("eng", "Eng", &["1", "2"]),
+            group("ops", "Ops", &["2"]),
+        ],
+    );
+    let policy = with_actions(&[Action::CreateUsers]);
+    let p = plan(&d, &state, &policy);
+    // Ops is created (empty); nobody is added anywhere.
+    assert_eq!(names(&p), ["create_group ops"]);
+    assert_eq!(
+        skipped_names(&p),
+        [
+            "create_user 2 (users.create)",
+            "add_members eng (users.create)",
+            "add_members ops (users.create)"
+        ]
+    );
+    assert_eq!(p.summary.create_users, 0);
+    // Nothing was recorded: the next plan skips it again, then creates it.
+    assert_eq!(plan(&d, &state, &policy).skipped, p.skipped);
+    let on = plan(&d, &state, &Policy::default());
+    assert_eq!(
+        names(&on),
+        [
+            "create_user 2",
+            "create_group ops",
+            "add_members eng",
+            "add_members ops"
+        ]
+    );
+    assert!(on.skipped.is_empty());
+    // The fingerprint covers what is skipped.
+    assert_ne!(p.fingerprint, on.fingerprint);
+}
+
+#[test]
+fn skipped_removals_keep_the_account_and_its_groups_and_pass_the_removal_limit() {
+    let users: Vec<_> = (0..4)
+        .map(|i| person(&i.to_string(), &format!("{i}@x.com"), "Eng"))
+        .collect();
+    let state = with_group(
+        state_of(
+            &users
+                .iter()
+                .map(|u| (u, Status::Active))
+                .collect::<Vec<_>>(),
+        ),
+        "eng",
+        "Eng",
+        &["0", "1", "2", "3"],
+    );
+    let d = desired(users[..1].to_vec(), vec![group("eng", "Eng", &["0"])]);
+    let strict = Policy {
+        max_removals: RemovalLimit::Count(0),
+        max_member_removals: RemovalLimit::Count(0),
+        ..with_actions(&[Action::DisableUsers])
+    };
+    let p = plan(&d, &state, &strict);
+    assert!(p.operations.is_empty(), "{:?}", names(&p));
+    assert_eq!(
+        skipped_names(&p),
+        [
+            "remove_members eng (users.disable)",
+            "disable_user 1 (users.disable)",
+            "disable_user 2 (users.disable)",
+            "disable_user 3 (users.disable)"
+        ]
+    );
+    assert_eq!(p.summary.removals(), 0);
+    assert!(guard::check(&p, &strict, false).is_ok());
+    // With disables on, the same plan is stopped.
+    let on = Policy {
+        actions: Actions::default(),
+        ..strict.clone()
+    };
+    assert!(guard::check(&plan(&d, &state, &on), &on, false).is_err());
+    // Under remove_action: delete the delete switch decides.
+    let delete_off = Policy {
+        remove_action: RemoveAction::Delete,
+        ..with_actions(&[Action::DeleteUsers])
+    };
+    let p = plan(&d, &state, &delete_off);
+    assert!(p.operations.is_empty(), "{:?}", names(&p));
+    assert_eq!(p.skipped.len(), 4);
+    assert!(
+        p.skipped
+            .iter()
+            .all(|s| s.action_off == Action::DeleteUsers)
+    );
+}
+
+#[test]
+fn an_enable_is_an_update_and_a_rename_in_place_a_group_update() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = with_group(state_of(&[(&a, Status::Disabled)]), "eng", "Eng", &[]);
+    let d = desired(vec![a], vec![group("eng", "Engineering", &["1"])]);
+    let p = plan(&d, &state, &with_actions(&[Action::UpdateUsers]));
+    assert_eq!(names(&p), ["update_group eng", "add_members eng"]);
+    assert_eq!(skipped_names(&p), ["enable_user 1 (users.update)"]);
+    let p = plan(&d, &state, &with_actions(&[Action::UpdateGroups]));
+    assert_eq!(names(&p), ["enable_user 1"]);
+    assert_eq!(
+        skipped_names(&p),
+        [
+            "update_group eng (groups.update)",
+            "add_members eng (groups.update)"
+        ]
+    );
+}
+
+#[test]
+fn a_recreate_needs_both_group_switches_and_otherwise_keeps_the_group_in_step() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let state = with_group(
+        state_of(&[(&a, Status::Active), (&b, Status::Active)]),
+        "eng",
+        "Eng",
+        &["1"],
+    );
+    let d = desired(vec![a, b], vec![group("eng", "Platform", &["1", "2"])]);
+    let recreate = |off: &[Action]| Policy {
+        on_rename: OnRename::Recreate,
+        ..with_actions(off)
+    };
+    let p = plan(&d, &state, &recreate(&[]));
+    assert_eq!(
+        names(&p),
+        ["create_group eng", "add_members eng", "delete_group eng"]
+    );
+    for (off, switch) in [
+        (Action::DeleteGroups, "groups.delete"),
+        (Action::CreateGroups, "groups.create"),
+    ] {
+        let p = plan(&d, &state, &recreate(&[off]));
+        // The old group stays, under its old name, and gains the new member.
+        assert_eq!(names(&p), ["add_members eng"], "{switch}");
+        assert_eq!(
+            skipped_names(&p),
+            [
+                format!("create_group eng ({switch})"),
+                format!("delete_group eng ({switch})")
+            ]
+        );
+    }
+}
+
+#[test]
+fn a_user_disabled_in_the_source_is_deleted_only_with_disabled_action_remove_action() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let state = with_group(
+        state_of(&[(&a, Status::Active), (&b, Status::Active)]),
+        "eng",
+        "Eng",
+        &["1", "2"],
+    );
+    let mut off = b.clone();
+    off.active = false;
+    let d = desired(vec![a, off], vec![group("eng", "Eng", &["1", "2"])]);
+    let delete = Policy {
+        remove_action: RemoveAction::Delete,
+        ..Policy::default()
+    };
+    // The default: disabled, whatever remove_action says (as Entra does).
+    assert_eq!(names(&plan(&d, &state, &delete)), ["disable_user 2"]);
+    let pingone = Policy {
+        disabled_action: DisabledAction::RemoveAction,
+        ..delete
+    };
+    let p = plan(&d, &state, &pingone);
+    // As a leaver under delete: out of its groups, then deleted.
+    assert_eq!(names(&p), ["remove_members eng", "delete_user 2"]);
+    let Operation::DeleteUser { reason, .. } = &p.operations[1] else {
+        unreachable!()
+    };
+    assert_eq!(reason, "inactive in the source");
+    assert_eq!(p.summary.removals(), 1);
+    // An account already disabled is deleted too.
+    let disabled = with_group(state_of(&[(&b, Status::Disabled)]), "eng", "Eng", &[]);
+    let p = plan(
+        &desired(vec![d.users[1].clone()], vec![]),
+        &disabled,
+        &pingone,
+    );
+    assert_eq!(names(&p), ["delete_user 2"]);
+    // Under remove_action: disable it is disabled either way.
+    let disable = Policy {
+        disabled_action: DisabledAction::RemoveAction,
+        ..Policy::default()
+    };
+    assert_eq!(names(&plan(&d, &state, &disable)), ["disable_user 2"]);
+}
+
+#[test]
+fn a_percentage_removal_limit_lets_the_first_leavers_of_a_small_directory_through() {
+    let users: Vec<_> = (0..19)
+        .map(|i| person(&format!("{i:02}"), &format!("{i}@x.com"), "Eng"))
+        .collect();
+    let state = state_of(
+        &users
+            .iter()
+            .map(|u| (u, Status::Active))
+            .collect::<Vec<_>>(),
+    );
+    let policy = Policy::default();
+    assert_eq!(policy.max_removals, RemovalLimit::Percent(5.0));
+    // 5% of 19 is 0; one leaver, and three, pass.
+    for left in [1, 3] {
+        let p = plan(&desired(users[left..].to_vec(), vec![]), &state, &policy);
+        assert_eq!(p.summary.removals(), left as u64);
+        assert!(guard::check(&p, &policy, false).is_ok(), "{left} leavers");
+    }
+    let p = plan(&desired(users[4..].to_vec(), vec![]), &state, &policy);
+    let stop = guard::check(&p, &policy, false).unwrap_err();
+    assert_eq!(
+        stop.to_string(),
+        "the plan removes 4 objects (4 disables, 0 user deletes, 0 group deletes), above the limit of 3 (max_removals 5% of 19 managed users, at least 3 for a percentage)"
+    );
+    // A count is taken as written, and says no floor.
+    let counted = Policy {
+        max_removals: RemovalLimit::Count(0),
+        ..Policy::default()
+    };
+    let p = plan(&desired(users[1..].to_vec(), vec![]), &state, &counted);
+    let stop = guard::check(&p, &counted, false).unwrap_err();
+    assert!(
+        stop.to_string()
+            .ends_with("(max_removals 0 of 19 managed users)"),
+        "{stop}"
+    );
+}
+
+#[test]
+fn a_plan_with_skipped_operations_renders_them_under_their_switch() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let state = state_of(&[(&a, Status::Active)]);
+    let d = desired(vec![b], vec![]);
+    let p = plan(
+        &d,
+        &state,
+        &with_actions(&[Action::CreateUsers, Action::DisableUsers]),
+    );
+    let text = plan_text(&p, PlanView::new(Style { color: false }));
+    assert_eq!(
+        text,
+        "No changes to send; 2 operations skipped because their action is off (policy.actions).\n\
+         \nSkipped, not sent (policy.actions.users.create is off):\n\
+         \x20 + create user b@x.com (key 2)\n\
+         \nSkipped, not sent (policy.actions.users.disable is off):\n\
+         \x20 - disable user a@x.com (not in the source)\n"
+    );
+    let mut json = Vec::new();
+    write_plan_json(&p, &mut json).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json["operations"], serde_json::json!([]));
+    assert_eq!(json["skipped"][0]["op"], "create_user");
+    assert_eq!(json["skipped"][0]["action_off"], "users.create");
+    assert_eq!(json["skipped"][1]["action_off"], "users.disable");
+    // A saved plan reads back whole.
+    let back: super::Plan = serde_json::from_value(json).unwrap();
+    assert_eq!(back.skipped, p.skipped);
+}
+
+fn arb_actions() -> impl Strategy<Value = Actions> {
+    proptest::collection::vec(any::<bool>(), 7).prop_map(|on| {
+        let mut a = Actions::default();
+        a.users.create = on[0];
+        a.users.update = on[1];
+        a.users.disable = on[2];
+        a.users.delete = on[3];
+        a.groups.create = on[4];
+        a.groups.update = on[5];
+        a.groups.delete = on[6];
+        a
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Nothing a switch turns off is ever among the operations to send, and
+    /// nobody whose create is skipped is added to a group.
+    #[test]
+    fn switched_off_actions_are_never_sent(
+        (d, state) in arb_world(),
+        policy in arb_policy(),
+        actions in arb_actions(),
+    ) {
+        let policy = Policy { actions, ..policy };
+        let p = plan(&d, &state, &policy);
+        let created: std::collections::HashSet<&GroupKey> = p
+            .operations
+            .iter()
+            .filter_map(|op| match op {
+                Operation::CreateGroup { key, .. } => Some(key),
+                _ => None,
+            })
+            .collect();
+        for op in &p.operations {
+            if let Some(action) = Actions::action_of(op, &created) {
+                prop_assert!(actions.allows(action), "{op:?} sent with {action} off");
+            }
+        }
+        let not_created: BTreeSet<&SourceKey> = p
+            .skipped
+            .iter()
+            .filter(|s| matches!(s.op, Operation::CreateUser { .. }))
+            .filter_map(|s| s.op.user_key())
+            .collect();
+        for op in &p.operations {
+            if let Operation::AddMembers { members, .. } = op {
+                prop_assert!(members.iter().all(|m| !not_created.contains(m)), "{op:?}");
+            }
+        }
+        for s in &p.skipped {
+            prop_assert!(!actions.allows(s.action_off), "{s:?}");
+        }
+        prop_assert_eq!(p.summary.clone(), super::Summary::of(&p.operations));
+    }
 }

@@ -12,7 +12,7 @@
 
 use std::fmt::Write;
 
-use crate::state::LogRecord;
+use crate::state::{LogRecord, OpOutcome};
 
 use super::{escape, json_text, show};
 
@@ -44,7 +44,13 @@ pub fn log_text(records: &[LogRecord]) -> String {
             detail_text(&mut out, detail);
         }
         if let Some(error) = &r.error {
-            let _ = writeln!(out, "    error: {}", escape(error));
+            // A skipped operation was not sent: why is no error.
+            let label = if r.outcome == OpOutcome::Skipped {
+                "skipped"
+            } else {
+                "error"
+            };
+            let _ = writeln!(out, "    {label}: {}", escape(error));
         }
     }
     out

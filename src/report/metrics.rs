@@ -46,7 +46,7 @@ pub fn metrics_text(facts: &CycleFacts, previous: Option<&str>) -> String {
     gauge(
         &mut out,
         "idsync_last_exit_code",
-        "Exit code of the last cycle (0 ok, 1 failures, 2 input, 3 guard stop, 4 locked, 5 unreachable).",
+        "Exit code of the last cycle (0 ok, 1 failures, 2 input, 3 guard stop, 4 locked, 5 unreachable, 6 paused).",
         &[(String::new(), f64::from(facts.exit_code.code()))],
     );
     gauge(
@@ -117,8 +117,21 @@ pub fn metrics_text(facts: &CycleFacts, previous: Option<&str>) -> String {
     gauge(
         &mut out,
         "idsync_quarantined",
-        "1 while the target is quarantined (scheduled cycles held back), else 0.",
+        "1 while cycles are quarantined (held back after repeated failures), else 0.",
         &[(String::new(), if facts.quarantined { 1.0 } else { 0.0 })],
+    );
+    gauge(
+        &mut out,
+        "idsync_paused",
+        "1 when the last cycle was skipped because provisioning is paused (paused: true), else 0.",
+        &[(
+            String::new(),
+            if facts.exit_code == crate::model::Exit::Paused {
+                1.0
+            } else {
+                0.0
+            },
+        )],
     );
     out
 }
@@ -271,6 +284,25 @@ mod tests {
                 "a third field: {line}"
             );
         }
+    }
+
+    #[test]
+    fn a_paused_cycle_says_so_and_keeps_the_last_success() {
+        let paused = metrics_text(
+            &CycleFacts {
+                exit_code: crate::model::Exit::Paused,
+                last_success: chrono::DateTime::from_timestamp(1_699_999_000, 0),
+                operations: Vec::new(),
+                failed: 0,
+                ..facts()
+            },
+            None,
+        );
+        assert!(paused.contains("\nidsync_paused 1\n"), "{paused}");
+        assert!(paused.contains("\nidsync_last_exit_code 6\n"), "{paused}");
+        assert!(paused.contains("\nidsync_last_success_timestamp_seconds 1699999000\n"));
+        let running = metrics_text(&facts(), None);
+        assert!(running.contains("\nidsync_paused 0\n"), "{running}");
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! one heading per kind ("Users to create", "Memberships to remove", …), each
 //! membership change naming its members (up to [`MEMBERS_LISTED`] a group).
 //! With `detail`, a created user shows every mapped attribute it is created with.
+//! What the plan skips because its action is switched off follows, under a
+//! heading per switch, after everything it sends.
 
 use std::fmt::Write as _;
 
 use crate::model::OpKind;
 use crate::model::{GroupName, SourceKey, UserAttrs};
-use crate::plan::{Change, Changes, NameStep, Operation, Plan, released_name};
+use crate::plan::{Action, Change, Changes, NameStep, Operation, Plan, released_name};
 
 use super::{Style, plural, quote, show};
 
@@ -249,7 +251,15 @@ fn removal_lines(
 pub fn plan_text(plan: &Plan, view: PlanView) -> String {
     let mut out = String::new();
     let s = &plan.summary;
-    if plan.operations.is_empty() {
+    let skipped = plan.skipped.len();
+    if plan.operations.is_empty() && skipped > 0 {
+        let _ = writeln!(
+            out,
+            "No changes to send; {skipped} operation{} skipped because {} action is off (policy.actions).",
+            plural(skipped),
+            if skipped == 1 { "its" } else { "their" }
+        );
+    } else if plan.operations.is_empty() {
         // Only a plan that read the target knows what it holds.
         out.push_str(if plan.full {
             "No changes. The target matches the source.\n"
@@ -277,6 +287,13 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
                 s.remove_dangling_members
             );
         }
+        if skipped > 0 {
+            let _ = writeln!(
+                out,
+                "Skipped, not sent: {skipped} operation{} whose action is off (policy.actions).",
+                plural(skipped)
+            );
+        }
     }
     for (kind, heading) in SECTIONS {
         let mut ops = plan
@@ -292,7 +309,8 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
             out.push_str(&op_lines(op, view));
         }
     }
-    if !plan.operations.is_empty()
+    skipped_sections(&mut out, plan, view);
+    if !(plan.operations.is_empty() && plan.skipped.is_empty())
         && (plan.ignored_members > 0
             || (plan.full && plan.observed_objects() > 0)
             || !plan.warnings.is_empty())
@@ -319,6 +337,25 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
         let _ = writeln!(out, "{} {w}", view.style.paint("33", "warning:"));
     }
     out
+}
+
+/// What the plan skips because its action is off: a heading per switch, in
+/// the order the switches are written, then the operations as they would be.
+fn skipped_sections(out: &mut String, plan: &Plan, view: PlanView) {
+    for action in Action::ALL {
+        let mut ops = plan
+            .skipped
+            .iter()
+            .filter(|s| s.action_off == action)
+            .peekable();
+        if ops.peek().is_none() {
+            continue;
+        }
+        let _ = writeln!(out, "\nSkipped, not sent (policy.actions.{action} is off):");
+        for skipped in ops {
+            out.push_str(&op_lines(&skipped.op, view));
+        }
+    }
 }
 
 /// Removals a guard held back, for the operator to review: a heading, then up

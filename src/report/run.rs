@@ -40,6 +40,14 @@ pub fn run_text(run: &RunSummary, style: Style) -> String {
         run.skipped,
         run.duration_ms as f64 / 1000.0
     );
+    if run.skipped_action_off > 0 {
+        let _ = writeln!(
+            out,
+            "Not sent: {} operation{} whose action is off (policy.actions); `idsync log --outcome skipped` lists them.",
+            run.skipped_action_off,
+            if run.skipped_action_off == 1 { "" } else { "s" }
+        );
+    }
     if let Some(stopped) = &run.stopped {
         let _ = writeln!(out, "Stopped early: {}", escape(stopped));
     }

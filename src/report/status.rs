@@ -8,13 +8,24 @@ use super::{NOTE_EFFECT, escape, json_text, quote};
 
 pub fn status_json(report: &StatusReport) -> String {
     if !report.exists {
-        return "{\"runs\":[],\"managed_users\":0,\"managed_groups\":0}".to_string();
+        let paused = if report.paused {
+            ",\"paused\":true"
+        } else {
+            ""
+        };
+        return format!("{{\"runs\":[],\"managed_users\":0,\"managed_groups\":0{paused}}}");
     }
     json_text(serde_json::to_string_pretty(report).expect("a status report always serialises"))
 }
 
+/// The line `status` starts with while provisioning is paused.
+const PAUSED: &str = "Provisioning: paused (`paused: true` in the config): sync and daemon cycles are skipped with exit 6, reading and sending nothing; `idsync plan` shows what the next cycle would do";
+
 pub fn status_text(report: &StatusReport) -> String {
     let mut out = String::new();
+    if report.paused {
+        let _ = writeln!(out, "{PAUSED}");
+    }
     if !report.exists {
         let _ = writeln!(
             out,
@@ -53,7 +64,10 @@ pub fn status_text(report: &StatusReport) -> String {
             "Quarantine: {} failed cycle(s) in a row{}; last reason: {}",
             q.failed_cycles,
             q.until
-                .map(|u| format!(", scheduled cycles held until {}", u.to_rfc3339()))
+                .map(|u| format!(
+                    ", cycles held until {} (`sync --force` runs one now)",
+                    u.to_rfc3339()
+                ))
                 .unwrap_or_default(),
             q.reason.as_deref().map(quote).unwrap_or_default()
         );

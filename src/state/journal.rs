@@ -45,6 +45,7 @@ impl OpOutcome {
 }
 
 impl std::fmt::Display for OpOutcome {
+    /// The name, honouring width and alignment (the log's columns).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(self.as_str())
     }
@@ -155,28 +156,52 @@ impl StateDb {
         tx.prepare_cached("UPDATE journal SET state = ?3 WHERE run_id = ?1 AND seq = ?2")
             .and_then(|mut s| s.execute(params![run, record.seq, record.outcome.journal_state()]))
             .map_err(|e| sqlite(&path, e))?;
-        tx.prepare_cached(
-            "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error,
-                                  old_values, new_values)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                run,
-                record.seq,
-                at,
-                record.op,
-                record.subject,
-                record.outcome,
-                record.http_status.map(i64::from),
-                record.error,
-                record.old_values,
-                record.new_values
-            ])
-        })
-        .map_err(|e| sqlite(&path, e))?;
+        insert_run_op(&tx, run, record, &at).map_err(|e| sqlite(&path, e))?;
         tx.commit().map_err(|e| sqlite(&path, e))
     }
+
+    /// Records operations the run does not send (their action is switched
+    /// off) in its log, all in one transaction. They are not in the journal:
+    /// nothing of them can be in flight, and the run's planned count is
+    /// what it sends.
+    pub fn record_unsent(&mut self, run: RunId, records: &[OpRecord]) -> Result<(), StateError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
+        let at = now();
+        for record in records {
+            insert_run_op(&tx, run, record, &at).map_err(|e| sqlite(&path, e))?;
+        }
+        tx.commit().map_err(|e| sqlite(&path, e))
+    }
+}
+
+/// One line of a run's log.
+fn insert_run_op(
+    tx: &rusqlite::Transaction<'_>,
+    run: RunId,
+    record: &OpRecord,
+    at: &str,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "INSERT INTO run_ops (run_id, seq, at, op, subject, outcome, http_status, error,
+                              old_values, new_values)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        run,
+        record.seq,
+        at,
+        record.op,
+        record.subject,
+        record.outcome,
+        record.http_status.map(i64::from),
+        record.error,
+        record.old_values,
+        record.new_values
+    ])
 }
 
 // Operation kinds and outcomes are stored by name; a name this idsync does

@@ -1,6 +1,8 @@
 //! The daemon: cycles on the configured interval or cron schedule. A failed
 //! cycle is logged and the next one runs on time; the config is re-read each
-//! cycle so edits take effect; a quarantined target holds scheduled cycles back.
+//! cycle so edits take effect (`paused: true` included). A paused or
+//! quarantined cycle is skipped by the cycle itself (see `observe`), which
+//! logs why; the daemon goes on to the next.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::apply::NoProgress;
 use crate::config::{ConfigError, Schedule, Settings};
-use crate::state::StateDb;
 
+use super::SyncOptions;
 use super::observe::{MetricsRenderer, observed_sync};
-use super::{SyncOptions, quarantine};
 
 /// How long to wait before re-reading a config that failed to load.
 const RETRY_BROKEN_CONFIG: Duration = Duration::from_secs(60);
@@ -45,36 +46,29 @@ pub async fn run(
                 continue;
             }
         };
-        if let Some(q) = held_by_quarantine(&settings) {
-            tracing::warn!(
-                until = ?q.until,
-                failed_cycles = q.failed_cycles,
-                reason = ?q.reason,
-                "target quarantined after repeated failures; skipping this cycle (run `idsync sync` by hand to try now)"
-            );
-        } else {
-            match observed_sync(
-                &settings,
-                &SyncOptions::default(),
-                shutdown.clone(),
-                &NoProgress,
-                render,
-            )
-            .await
-            {
-                Ok(summary) => tracing::info!(
-                    applied = summary.applied,
-                    failed = summary.failed,
-                    exit_code = summary.exit_code.code(),
-                    "cycle done"
-                ),
-                Err(e) => tracing::error!(
-                    exit_code = e.exit().code(),
-                    error = ?e.to_string(),
-                    hint = ?e.hint().unwrap_or_default(),
-                    "cycle stopped"
-                ),
-            }
+        match observed_sync(
+            &settings,
+            &SyncOptions::default(),
+            shutdown.clone(),
+            &NoProgress,
+            render,
+        )
+        .await
+        {
+            Ok(summary) => tracing::info!(
+                applied = summary.applied,
+                failed = summary.failed,
+                exit_code = summary.exit_code.code(),
+                "cycle done"
+            ),
+            // Paused or quarantined: the cycle logged why it was skipped.
+            Err(e) if e.exit().is_skip() => {}
+            Err(e) => tracing::error!(
+                exit_code = e.exit().code(),
+                error = ?e.to_string(),
+                hint = ?e.hint().unwrap_or_default(),
+                "cycle stopped"
+            ),
         }
         if shutdown.load(Ordering::SeqCst) {
             break;
@@ -82,13 +76,6 @@ pub async fn run(
         wait_for_next_cycle(&settings.schedule, &shutdown).await;
     }
     Ok(())
-}
-
-/// The quarantine, when it holds scheduled cycles back now.
-fn held_by_quarantine(settings: &Settings) -> Option<quarantine::Quarantine> {
-    let db = StateDb::open_read_only(&settings.state_path).ok()??;
-    let q = quarantine::load(&db).ok()?;
-    q.holds(chrono::Utc::now()).then_some(q)
 }
 
 pub fn describe_schedule(s: &Schedule) -> String {

@@ -31,7 +31,7 @@ pub struct CycleFacts {
     pub http: BTreeMap<u16, u64>,
     /// This cycle's 429 answers.
     pub throttled: u64,
-    /// Whether scheduled cycles are held back now.
+    /// Whether cycles are held back now.
     pub quarantined: bool,
     /// Whether this cycle put the target into quarantine.
     pub entered_quarantine: bool,

@@ -26,6 +26,9 @@ const EXPLAIN_HISTORY: usize = 10;
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
     pub state: PathBuf,
+    /// `paused: true`: sync and daemon cycles are skipped (exit 6).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// False when no state DB exists yet (no run has happened).
     #[serde(skip)]
     pub exists: bool,
@@ -65,6 +68,7 @@ pub struct MirrorStatus {
 pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     let mut report = StatusReport {
         state: settings.state_path.clone(),
+        paused: settings.paused,
         exists: false,
         managed_users: 0,
         active_users: 0,

@@ -3,7 +3,7 @@
 //! `sync` and the daemon all of them, `plan` and `sync --dry-run` the
 //! planning half, so a dry run is the same plan, rendered and stopped.
 //! `inspect` gathers what `status` and `explain` show; `daemon` runs cycles
-//! on a schedule; `quarantine` backs scheduled cycles off
+//! on a schedule; `quarantine` backs cycles off
 //! a failing target; `observe` writes the metrics file and `notify` sends
 //! alerts after each cycle (to a webhook, and by `email`).
 
@@ -71,6 +71,8 @@ pub struct SyncOptions {
     /// `--only`: plan and apply just these users (key, userName or email) and
     /// their memberships.
     pub only: Vec<String>,
+    /// `--force`: run even while the quarantine holds cycles back.
+    pub force: bool,
 }
 
 /// Why a cycle (or a plan) stopped. The command line turns each into an exit
@@ -147,6 +149,24 @@ pub enum SyncError {
         path: PathBuf,
         mismatch: plan::PlanMismatch,
     },
+    /// `paused: true`: the cycle is skipped before anything is read or sent.
+    #[error(
+        "provisioning is paused (`paused: true` in {}): sync and daemon cycles read and send nothing",
+        .config.display()
+    )]
+    Paused { config: PathBuf },
+    /// The quarantine holds cycles back after repeated failures: the cycle is
+    /// skipped before anything is read or sent.
+    #[error(
+        "cycles are quarantined until {} after {failed_cycles} failed cycles in a row (last failure: {})",
+        .until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        .reason.as_deref().unwrap_or("unknown")
+    )]
+    Quarantined {
+        until: chrono::DateTime<chrono::Utc>,
+        failed_cycles: u32,
+        reason: Option<String>,
+    },
 }
 
 impl SyncError {
@@ -193,6 +213,12 @@ impl SyncError {
             SyncError::PlanMismatch { .. } => {
                 "the plan file was changed after `plan --out` wrote it; make a new plan with `idsync plan --out` and review it again"
             }
+            SyncError::Paused { .. } => {
+                "set `paused: false` (or remove the line) to resume provisioning"
+            }
+            SyncError::Quarantined { .. } => {
+                "`idsync status` shows the failures; `idsync sync --force` runs a cycle now, and one that succeeds lifts the quarantine"
+            }
         };
         Some(text.to_string())
     }
@@ -205,6 +231,8 @@ impl SyncError {
             SyncError::StateWrite(_) => Exit::Partial,
             SyncError::Target(_) | SyncError::PartialListing { .. } => Exit::Unreachable,
             SyncError::Guard { .. } | SyncError::NoState { .. } => Exit::Guard,
+            SyncError::Paused { .. } => Exit::Paused,
+            SyncError::Quarantined { .. } => Exit::Quarantined,
             SyncError::Config(_)
             | SyncError::Source(_)
             | SyncError::Mapping { .. }
@@ -227,6 +255,10 @@ pub struct RunSummary {
     pub applied: u64,
     pub failed: u64,
     pub skipped: u64,
+    /// Of `skipped`, the operations not sent because their action is
+    /// switched off (`policy.actions`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped_action_off: u64,
     pub duration_ms: u64,
     pub exit_code: Exit,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -696,6 +728,7 @@ pub async fn preview(
     purpose: Purpose,
 ) -> Result<Planned, SyncError> {
     let mut db = StateDb::open_read_only(&settings.state_path)?;
+    let skips = would_skip(settings, db.as_ref());
     let (target, rules) = if opts.full {
         let client = client(settings)?;
         client.check().await.map_err(SyncError::Target)?;
@@ -706,7 +739,7 @@ pub async fn preview(
         let rules = quick_rules(client.as_ref()).await;
         (client, rules)
     };
-    plan_checked(
+    let mut planned = plan_checked(
         settings,
         settings.source.adapter(),
         db.as_mut(),
@@ -715,7 +748,41 @@ pub async fn preview(
         opts,
         purpose,
     )
-    .await
+    .await?;
+    match purpose {
+        // Said first: a sync now would not get as far as the other stops.
+        Purpose::Review => {
+            planned.would_stop.splice(0..0, skips);
+        }
+        Purpose::DryRun | Purpose::Sync => {
+            for skip in skips {
+                tracing::warn!(
+                    "{skip}: a `sync` now is skipped (exit {}); this dry run shows the plan it would apply",
+                    skip.exit()
+                );
+            }
+        }
+    }
+    Ok(planned)
+}
+
+/// Why a real `sync` now would be skipped (paused, then quarantined), for
+/// `plan` and `sync --dry-run` to say: they are never held themselves.
+fn would_skip(settings: &Settings, db: Option<&StateDb>) -> Vec<SyncError> {
+    let mut skips = Vec::new();
+    if settings.paused {
+        skips.push(SyncError::Paused {
+            config: settings.config_path.clone(),
+        });
+    }
+    // A quarantine that cannot be read is no reason to refuse a plan.
+    if let Some(db) = db
+        && let Err(held @ SyncError::Quarantined { .. }) =
+            held_by_quarantine_quietly(db, chrono::Utc::now())
+    {
+        skips.push(held);
+    }
+    skips
 }
 
 /// `sync --only`: the plan cut down to the users asked for (unchanged when
@@ -863,7 +930,8 @@ pub async fn sync(
     sync_with(settings, &client, &mut db, opts, shutdown, progress).await
 }
 
-/// One real (not dry) `sync` through `client`, on the state DB `db`.
+/// One real (not dry) `sync` through `client`, on the state DB `db`: held
+/// back first by the quarantine, unless `--force`.
 pub async fn sync_with(
     settings: &Settings,
     client: &ScimClient,
@@ -872,6 +940,9 @@ pub async fn sync_with(
     shutdown: Arc<AtomicBool>,
     progress: &dyn Progress,
 ) -> Result<RunSummary, SyncError> {
+    if !opts.force {
+        held_by_quarantine(db, chrono::Utc::now())?;
+    }
     let summary = cycle_on(
         db,
         settings,
@@ -894,6 +965,41 @@ pub async fn sync_with(
     Ok(summary)
 }
 
+/// The one check of the quarantine, on the state DB the cycle holds: a
+/// [`SyncError::Quarantined`] while it holds cycles back at `now` (logged
+/// once, with until when and why). Never for `plan` or a dry run, which do
+/// not come here.
+fn held_by_quarantine(db: &StateDb, now: chrono::DateTime<chrono::Utc>) -> Result<(), SyncError> {
+    let held = match held_by_quarantine_quietly(db, now) {
+        Ok(()) => return Ok(()),
+        Err(held @ SyncError::Quarantined { .. }) => held,
+        Err(other) => return Err(other),
+    };
+    tracing::warn!(
+        "{held}: this cycle is skipped (exit {}); {}",
+        held.exit(),
+        held.hint().unwrap_or_default()
+    );
+    Err(held)
+}
+
+/// [`SyncError::Quarantined`] while the quarantine holds cycles back at
+/// `now`, without a word.
+fn held_by_quarantine_quietly(
+    db: &StateDb,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), SyncError> {
+    let q = quarantine::load(db)?;
+    match q.until.filter(|_| q.holds(now)) {
+        None => Ok(()),
+        Some(until) => Err(SyncError::Quarantined {
+            until,
+            failed_cycles: q.failed_cycles,
+            reason: q.reason,
+        }),
+    }
+}
+
 /// `sync --dry-run`: steps 1 and 3–6, the plan rendered and stopped.
 async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
     let started = Instant::now();
@@ -902,7 +1008,8 @@ async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, 
         summary: plan.summary.clone(),
         applied: 0,
         failed: 0,
-        skipped: plan.operations.len() as u64,
+        skipped: (plan.operations.len() + plan.skipped.len()) as u64,
+        skipped_action_off: plan.skipped.len() as u64,
         duration_ms: started.elapsed().as_millis() as u64,
         exit_code: Exit::Ok,
         failures: Vec::new(),
@@ -1035,6 +1142,7 @@ async fn cycle_on<T: Target>(
         applied: outcome.applied,
         failed: outcome.failed,
         skipped: outcome.skipped,
+        skipped_action_off: outcome.action_off,
         duration_ms: started.elapsed().as_millis() as u64,
         exit_code: exit,
         failures: outcome.failures,
@@ -1100,16 +1208,11 @@ async fn prepare<T: Target>(
     })
 }
 
-/// Step 2: the target answers (a failure counts towards its quarantine), and
-/// what its schema requires is recorded for `validate`.
+/// Step 2: the target answers (a failure counts towards the quarantine, as
+/// [`stopped`] records it), and what its schema requires is recorded for
+/// `validate`.
 async fn check_target<T: Target>(db: &StateDb, target: &T) -> Result<(), SyncError> {
-    if let Err(e) = target.check().await {
-        let e = SyncError::Target(e);
-        if let Err(record) = quarantine::record(db, Some(&e.to_string()), chrono::Utc::now()) {
-            tracing::warn!(error = %record, "could not record the target's failure for its quarantine");
-        }
-        return Err(e);
-    }
+    target.check().await.map_err(SyncError::Target)?;
     if let Some(required) = target.required_paths() {
         record_required(db, &required).map_err(SyncError::StateWrite)?;
     }
@@ -1117,9 +1220,11 @@ async fn check_target<T: Target>(db: &StateDb, target: &T) -> Result<(), SyncErr
 }
 
 /// Step 8 for a cycle that stopped before anything was applied: the stop is
-/// recorded under `command`, so `status` shows it, and `e` is handed back.
-/// A failure to record it is logged, not returned: the operator needs to
-/// know why the cycle stopped more than that the history missed it.
+/// recorded under `command`, so `status` shows it, and `e` is handed back. A
+/// source or target that could not be reached or read (exit 5) counts toward
+/// the quarantine. A failure to record either is logged, not returned: the
+/// operator needs to know why the cycle stopped more than that the history
+/// missed it.
 fn stopped(db: &mut StateDb, command: &str, e: SyncError) -> SyncError {
     // A guard stop is recorded as the stop itself: "nothing was changed" goes
     // without saying in the history.
@@ -1133,6 +1238,11 @@ fn stopped(db: &mut StateDb, command: &str, e: SyncError) -> SyncError {
             stopped = %reason,
             "could not record the stopped run in the state DB's history"
         );
+    }
+    if e.exit() == Exit::Unreachable
+        && let Err(record) = quarantine::record(db, Some(&reason), chrono::Utc::now())
+    {
+        tracing::warn!(error = %record, "could not record the failure for the quarantine");
     }
     e
 }
@@ -1185,6 +1295,7 @@ fn saved_plan(
         state.generation,
         false,
         &plan.operations,
+        &plan.skipped,
     );
     if plan.full || plan.fingerprint != expected {
         return Err(SyncError::StalePlan {

@@ -66,7 +66,7 @@ fn events(facts: &CycleFacts) -> Vec<(NotifyEvent, String)> {
     if facts.entered_quarantine {
         out.push((
             NotifyEvent::Quarantine,
-            "the target failed two cycles in a row and is quarantined: scheduled cycles are held back"
+            "two cycles in a row could not reach the source or the target, so cycles are quarantined: `sync` and the daemon hold them back for a while (`sync --force` runs one anyway)"
                 .to_string(),
         ));
     }
@@ -433,7 +433,7 @@ mod tests {
         let body = assert_complete(
             &a,
             "failures, target quarantined",
-            "the cycle failed: target: connection refused;\nthe target failed two cycles in a row and is quarantined",
+            "the cycle failed: target: connection refused;\ntwo cycles in a row could not reach the source or the target, so cycles are quarantined",
             5,
         );
         assert!(body.contains("; the target is quarantined\n"), "{body}");
@@ -446,7 +446,7 @@ mod tests {
         assert_complete(
             &a,
             "target quarantined",
-            "the target failed two cycles in a row and is quarantined: scheduled cycles are held back.",
+            "two cycles in a row could not reach the source or the target, so cycles are quarantined: `sync` and the daemon hold them back for a while (`sync --force` runs one anyway).",
             5,
         );
         // Still quarantined, not entered this cycle: the failure alone.

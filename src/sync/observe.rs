@@ -13,6 +13,12 @@
 //!
 //! The metrics text itself is rendered by `report` (which `sync` does not
 //! import): callers pass the renderer in as a [`MetricsRenderer`].
+//!
+//! Every real cycle starts here, so the two reasons to skip one are checked
+//! here, before anything is read or sent: `paused: true` (before the state DB
+//! is opened at all; the metrics say paused, which is not a failure), and the
+//! quarantine (on the state DB the cycle opens, see `sync_with`; a held cycle
+//! writes no metrics, so the last run's time stops moving).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -93,10 +99,21 @@ pub async fn observed_sync(
     progress: &dyn Progress,
     render: MetricsRenderer,
 ) -> Result<RunSummary, SyncError> {
+    let started = Instant::now();
+    if settings.paused && !opts.dry_run {
+        let paused = SyncError::Paused {
+            config: settings.config_path.clone(),
+        };
+        tracing::info!("{paused} (exit {}); this cycle was skipped", paused.exit());
+        let result = Err(paused);
+        // The state DB only read (if it exists), for the counts the file holds.
+        let facts = gather(settings, None, &result, started.elapsed());
+        publish(settings, &facts, render).await;
+        return result;
+    }
     if opts.dry_run || (settings.metrics_file.is_none() && settings.notify.is_none()) {
         return super::sync(settings, opts, shutdown, progress).await;
     }
-    let started = Instant::now();
     // The state DB is opened once, by the cycle, after the client (a missing
     // token creates no DB).
     let (result, ran) = match client(settings) {
@@ -117,6 +134,9 @@ pub async fn observed_sync(
             }
         },
     };
+    if matches!(result, Err(SyncError::Quarantined { .. })) {
+        return result;
+    }
     let facts = gather(settings, ran, &result, started.elapsed());
     publish(settings, &facts, render).await;
     result
@@ -230,7 +250,9 @@ fn summary_trouble(s: &RunSummary) -> Option<Trouble> {
 /// state DB is not a bad end: that run tells its own.
 fn error_trouble(e: &SyncError) -> Option<Trouble> {
     let (kind, hint) = match e {
-        _ if e.exit() == Exit::Locked => return None,
+        // Not bad cycles: another run reports its own end, a pause is
+        // asked for, and a held cycle's quarantine was told when it began.
+        _ if matches!(e.exit(), Exit::Locked | Exit::Paused | Exit::Quarantined) => return None,
         SyncError::Guard { .. } | SyncError::NoState { .. } => (TroubleKind::GuardStop, e.hint()),
         SyncError::Source(source) if source.is_unavailable() => {
             (TroubleKind::SourceError, e.hint())
@@ -328,6 +350,20 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_or_held_cycle_is_not_a_bad_one() {
+        let paused = SyncError::Paused {
+            config: "/etc/idsync/idsync.yaml".into(),
+        };
+        assert!(kind_of(paused).is_none());
+        let held = SyncError::Quarantined {
+            until: Utc::now(),
+            failed_cycles: 2,
+            reason: None,
+        };
+        assert!(kind_of(held).is_none());
+    }
+
+    #[test]
     fn each_bad_end_is_told_by_what_stopped_it() {
         let unreadable = SyncError::Source(SourceError::Csv(CsvError::FileUnreadable {
             file: "/srv/hr/users.csv".into(),
@@ -380,6 +416,7 @@ mod tests {
             applied: 4,
             failed: 0,
             skipped: 0,
+            skipped_action_off: 0,
             duration_ms: 1,
             exit_code: Exit::Ok,
             failures: Vec::new(),

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use crate::model::{Email, GroupKey, SourceKey, UserName};
-use crate::plan::{self, Operation, Plan, PlanningInput, Summary};
+use crate::plan::{self, Operation, Plan, PlanningInput, Skipped, Summary};
 
 use super::SyncError;
 
@@ -45,74 +45,103 @@ fn find(input: &PlanningInput, who: &str) -> Option<SourceKey> {
 }
 
 /// `plan` restricted to `keys`: their user operations, membership changes
-/// naming only them, and the group creations those additions need. The
-/// fingerprint is made again over what is left.
+/// naming only them, and the group creations those additions need; the same
+/// cut of what the plan skips (its action off). The fingerprint is made again
+/// over what is left.
 pub fn restrict(
     plan: Plan,
     keys: &BTreeSet<SourceKey>,
     config_fingerprint: &str,
     generation: i64,
 ) -> Plan {
-    let mut operations: Vec<Operation> = Vec::new();
     let mut needed_groups: BTreeSet<GroupKey> = BTreeSet::new();
-    for op in &plan.operations {
+    let skipped_ops = plan.skipped.iter().map(|s| &s.op);
+    for op in plan.operations.iter().chain(skipped_ops) {
         if let Operation::AddMembers { key, members, .. } = op
             && members.iter().any(|m| keys.contains(m))
         {
             needed_groups.insert(key.clone());
         }
     }
-    for op in plan.operations {
-        let kept = match op {
-            Operation::AdoptUser { ref key, .. }
-            | Operation::CreateUser { ref key, .. }
-            | Operation::UpdateUser { ref key, .. }
-            | Operation::EnableUser { ref key, .. }
-            | Operation::DisableUser { ref key, .. }
-            | Operation::DeleteUser { ref key, .. } => keys.contains(key).then_some(op),
-            Operation::CreateGroup { ref key, .. } => needed_groups.contains(key).then_some(op),
-            Operation::AdoptGroup { .. }
-            | Operation::UpdateGroup { .. }
-            | Operation::DeleteGroup { .. } => None,
-            Operation::AddMembers {
-                key,
-                display_name,
-                members,
-            } => {
-                let members: Vec<SourceKey> =
-                    members.into_iter().filter(|m| keys.contains(m)).collect();
-                (!members.is_empty()).then_some(Operation::AddMembers {
-                    key,
-                    display_name,
-                    members,
-                })
-            }
-            // Dangling members are nobody's: `--only` never removes them.
-            Operation::RemoveMembers {
-                key,
-                display_name,
-                members,
-                dangling: _,
-                name_step,
-            } => {
-                let members: Vec<SourceKey> =
-                    members.into_iter().filter(|m| keys.contains(m)).collect();
-                (!members.is_empty()).then_some(Operation::RemoveMembers {
-                    key,
-                    display_name,
-                    members,
-                    dangling: Vec::new(),
-                    name_step,
-                })
-            }
-        };
-        operations.extend(kept);
-    }
+    let operations: Vec<Operation> = plan
+        .operations
+        .into_iter()
+        .filter_map(|op| cut(op, keys, &needed_groups))
+        .collect();
+    let skipped: Vec<Skipped> = plan
+        .skipped
+        .into_iter()
+        .filter_map(|s| {
+            cut(s.op, keys, &needed_groups).map(|op| Skipped {
+                op,
+                action_off: s.action_off,
+            })
+        })
+        .collect();
     Plan {
-        fingerprint: plan::fingerprint(config_fingerprint, generation, plan.full, &operations),
+        fingerprint: plan::fingerprint(
+            config_fingerprint,
+            generation,
+            plan.full,
+            &operations,
+            &skipped,
+        ),
         summary: Summary::of(&operations),
         operations,
+        skipped,
         ..plan
+    }
+}
+
+/// `op` as far as it concerns `keys` (and the groups their additions need),
+/// if at all.
+fn cut(
+    op: Operation,
+    keys: &BTreeSet<SourceKey>,
+    needed_groups: &BTreeSet<GroupKey>,
+) -> Option<Operation> {
+    match op {
+        Operation::AdoptUser { ref key, .. }
+        | Operation::CreateUser { ref key, .. }
+        | Operation::UpdateUser { ref key, .. }
+        | Operation::EnableUser { ref key, .. }
+        | Operation::DisableUser { ref key, .. }
+        | Operation::DeleteUser { ref key, .. } => keys.contains(key).then_some(op),
+        Operation::CreateGroup { ref key, .. } => needed_groups.contains(key).then_some(op),
+        Operation::AdoptGroup { .. }
+        | Operation::UpdateGroup { .. }
+        | Operation::DeleteGroup { .. } => None,
+        Operation::AddMembers {
+            key,
+            display_name,
+            members,
+        } => {
+            let members: Vec<SourceKey> =
+                members.into_iter().filter(|m| keys.contains(m)).collect();
+            (!members.is_empty()).then_some(Operation::AddMembers {
+                key,
+                display_name,
+                members,
+            })
+        }
+        // Dangling members are nobody's: `--only` never removes them.
+        Operation::RemoveMembers {
+            key,
+            display_name,
+            members,
+            dangling: _,
+            name_step,
+        } => {
+            let members: Vec<SourceKey> =
+                members.into_iter().filter(|m| keys.contains(m)).collect();
+            (!members.is_empty()).then_some(Operation::RemoveMembers {
+                key,
+                display_name,
+                members,
+                dangling: Vec::new(),
+                name_step,
+            })
+        }
     }
 }
 
@@ -131,6 +160,7 @@ mod tests {
             full: false,
             summary: Summary::of(&operations),
             operations,
+            skipped: Vec::new(),
             warnings: Vec::new(),
             ignored_members: 0,
             source_users: 0,
@@ -205,7 +235,7 @@ mod tests {
         assert_eq!(cut.summary, Summary::of(&cut.operations));
         assert_eq!(
             cut.fingerprint,
-            plan::fingerprint("config", 7, false, &cut.operations)
+            plan::fingerprint("config", 7, false, &cut.operations, &[])
         );
     }
 }

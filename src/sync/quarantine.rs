@@ -1,8 +1,11 @@
-//! Quarantine: when cycles keep failing against the target (token refused, target
-//! unreachable, most calls failing), later scheduled cycles back off — 1 h, then
-//! 6 h, then once a day — until one succeeds, as Entra's provisioning service
-//! does. A `sync` run by hand always tries at once. Kept in the state DB's meta
-//! table so it survives restarts.
+//! Quarantine: when cycles keep failing to reach the source or the target
+//! (token refused, server unreachable, most calls failing: exit 5), later
+//! cycles back off — 1 h, then 6 h, then once a day — until one succeeds, as
+//! Entra's provisioning service does. Every real cycle honours it, `sync` from
+//! a timer or cron as much as the daemon's: a held cycle is skipped with exit 7
+//! before anything is read or sent; `sync --force` runs one anyway, and one
+//! that succeeds lifts it. `plan` and `sync --dry-run` are never held. Kept in
+//! the state DB's meta table so it survives restarts.
 
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ const FAILED_CYCLES: &str = "quarantine.failed_cycles";
 const UNTIL: &str = "quarantine.until";
 const REASON: &str = "quarantine.reason";
 
-/// How long to hold scheduled cycles after `failed` consecutive failed cycles.
+/// How long to hold cycles after `failed` consecutive failed cycles.
 /// One failure may be a blip: the next cycle runs on schedule.
 pub fn backoff(failed: u32) -> Option<Duration> {
     const HOUR: u64 = 3600;
@@ -35,7 +38,7 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
-    /// Whether a scheduled cycle should be skipped at `now`.
+    /// Whether a cycle should be skipped at `now`.
     pub fn holds(&self, now: DateTime<Utc>) -> bool {
         self.until.is_some_and(|u| u > now)
     }
@@ -75,7 +78,7 @@ pub fn record(
         Some(wait) => {
             let until = now + chrono::Duration::from_std(wait).unwrap_or_default();
             db.set_meta(UNTIL, Some(&until.to_rfc3339()))?;
-            tracing::warn!(failed_cycles = failed, until = %until, "target quarantined: scheduled cycles back off");
+            tracing::warn!(failed_cycles = failed, until = %until, "quarantined: cycles are held back until then (`sync --force` runs one anyway)");
         }
         None => db.set_meta(UNTIL, None)?,
     }

@@ -549,3 +549,114 @@ async fn a_stopped_run_that_cannot_be_recorded_still_fails_with_its_own_error() 
     assert!(matches!(err, SyncError::Source(_)), "{err}");
     assert_eq!(inspect::status(&settings).unwrap().runs.len(), runs);
 }
+
+/// `settings`' config file with its `policy:` line replaced by `policy` (a
+/// flow mapping's inside), loaded again.
+fn with_policy(settings: &Settings, policy: &str) -> Settings {
+    let path = &settings.config_path;
+    let text: String = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| match line.starts_with("policy:") {
+            true => format!("policy: {{ {policy} }}\n"),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+    Settings::load(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switched_off_actions_are_logged_as_skipped_and_counted_but_never_sent() {
+    let (dir, settings, target) = synced_four().await;
+    let settings = with_policy(
+        &settings,
+        "max_removals: 1, actions: { users: { create: false, disable: false } }",
+    );
+    let held = |target: &MemoryTarget| {
+        let w = target.world.lock().unwrap();
+        format!("{:?} {:?}", w.users, w.groups)
+    };
+    let before = held(&target);
+    // e4 leaves, e5 joins: a disable and a create, and their memberships.
+    let mut people = FOUR[..3].to_vec();
+    people.push(("e5", "eve@example.com", "Engineer"));
+    write_users(dir.path(), &people);
+    let summary = run(&settings, &target).await.unwrap();
+    assert_eq!(summary.exit_code, Exit::Ok);
+    assert_eq!((summary.applied, summary.failed), (0, 0));
+    assert_eq!((summary.skipped, summary.skipped_action_off), (4, 4));
+    assert_eq!(summary.summary.removals(), 0);
+    assert_eq!(held(&target), before, "something was sent");
+
+    let filter = crate::state::LogFilter {
+        outcome: Some(crate::state::OpOutcome::Skipped),
+        ..Default::default()
+    };
+    let log = inspect::log(&settings, &filter).unwrap();
+    let mut lines: Vec<String> = log
+        .iter()
+        .map(|r| format!("{} {}", r.op, r.subject))
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "add_members everyone",
+            "create_user e5",
+            "disable_user e4",
+            "remove_members everyone"
+        ]
+    );
+    assert_eq!(log.len(), 4, "{lines:?}");
+    for r in &log {
+        let why = r.error.as_deref().unwrap_or_default();
+        assert!(
+            why.starts_with("action off: policy.actions.users."),
+            "{why}"
+        );
+    }
+    // Each is planned again, and sent once switched on.
+    let settings = with_policy(&settings, "max_removals: 1");
+    let again = run(&settings, &target).await.unwrap();
+    assert_eq!(again.skipped_action_off, 0);
+    assert_eq!(again.applied, 4);
+    assert!(user_names(&target).contains(&"eve@example.com".to_string()));
+    assert!(!user_names(&target).contains(&"di@example.com".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_cannot_be_read_counts_toward_the_quarantine() {
+    let (dir, settings, target) = synced_four().await;
+    std::fs::remove_file(dir.path().join("users.csv")).unwrap();
+    for round in 1..=2 {
+        let err = run(&settings, &target).await.unwrap_err();
+        assert_eq!(err.exit(), Exit::Unreachable, "round {round}: {err}");
+    }
+    let db = StateDb::open(&settings.state_path).unwrap();
+    let now = chrono::Utc::now();
+    let q = quarantine::load(&db).unwrap();
+    assert_eq!(q.failed_cycles, 2);
+    assert!(q.holds(now), "{q:?}");
+    assert!(
+        q.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("users.csv"),
+        "{q:?}"
+    );
+    let held = held_by_quarantine(&db, now).unwrap_err();
+    assert_eq!(held.exit(), Exit::Quarantined);
+    assert!(
+        held.to_string().contains("2 failed cycles in a row"),
+        "{held}"
+    );
+    // An hour later it holds no more; a cycle that succeeds lifts it.
+    assert!(held_by_quarantine(&db, now + chrono::Duration::minutes(61)).is_ok());
+    drop(db);
+    write_users(dir.path(), &FOUR);
+    run(&settings, &target).await.unwrap();
+    let db = StateDb::open(&settings.state_path).unwrap();
+    assert!(held_by_quarantine(&db, chrono::Utc::now()).is_ok());
+    assert_eq!(quarantine::load(&db).unwrap().failed_cycles, 0);
+}

@@ -448,9 +448,13 @@ fn failure_budget_stops_early_and_repeated_failures_quarantine() {
     let text = rig.ws.run(&["status"]).assert_code(0).stdout.to_lowercase();
     assert!(text.contains("quarantine"), "status text: {text}");
 
-    // The target recovers: a manual sync runs at once and lifts the quarantine.
+    // The target recovers: a sync is still held until the quarantine ends
+    // (exit 7); `--force` runs one at once, which lifts it.
     rig.proxy.set_schedule(crate::proxy::pass_through());
-    rig.ws.sync_ok();
+    rig.ws.run(&["sync"]).assert_code(7);
+    rig.ws
+        .run(&["sync", "--force", "--format", "json"])
+        .assert_code(0);
     assert_exact(&rig.server, &rig.ws, &rig.dir);
     let status = rig
         .ws

@@ -15,6 +15,7 @@ mod assignment;
 mod atlassian;
 mod bad_input;
 mod cli;
+mod controls;
 mod crash;
 mod csv_sync;
 mod faults;

@@ -751,10 +751,9 @@ fn every_failed_cycle_is_posted_and_entering_quarantine_once() {
     ws.env.push((WEBHOOK_ENV.into(), hook.url()));
     ws.extra_secrets.push(hook.url());
     // Every failed cycle is posted; the second also quarantines, and says so.
-    // Still quarantined on the third: the failure is posted, the quarantine
-    // not again.
-    const QUARANTINED: &str = "the target failed two cycles in a row and is quarantined";
-    for (cycle, quarantined) in [(1, false), (2, true), (3, false)] {
+    const QUARANTINED: &str =
+        "two cycles in a row could not reach the source or the target, so cycles are quarantined";
+    for (cycle, quarantined) in [(1, false), (2, true)] {
         ws.run(&["sync"]).assert_code(5);
         let bodies = hook.bodies();
         assert_eq!(bodies.len(), cycle, "{bodies:?}");
@@ -762,6 +761,19 @@ fn every_failed_cycle_is_posted_and_entering_quarantine_once() {
         assert!(body.contains("the cycle failed: target: "), "{body}");
         assert_eq!(body.contains(QUARANTINED), quarantined, "{body}");
     }
+    // Quarantined now: the next sync is held (exit 7) and posts nothing; one
+    // that runs anyway and fails again is posted, the quarantine not again.
+    ws.run(&["sync"]).assert_code(7);
+    assert_eq!(hook.bodies().len(), 2, "{:?}", hook.bodies());
+    ws.run(&["sync", "--force"]).assert_code(5);
+    let bodies = hook.bodies();
+    assert_eq!(bodies.len(), 3, "{bodies:?}");
+    assert!(
+        bodies[2].contains("the cycle failed: target: "),
+        "{}",
+        bodies[2]
+    );
+    assert!(!bodies[2].contains(QUARANTINED), "{}", bodies[2]);
 }
 
 #[cfg(unix)]

@@ -1212,3 +1212,125 @@ fn check_against_a_quirky_schema_names_what_the_target_drops_refuses_and_require
         &check_transcript(&ws),
     );
 }
+
+// ---------------------------------------------------------------------------
+// The controls: actions switched off, provisioning paused, a held cycle
+
+#[test]
+fn plan_sync_and_log_with_actions_switched_off_show_what_was_skipped() {
+    let (server, mut ws) = fresh("snap-actions-off");
+    let mut r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    // u4 leaves, u5 joins engineering, u1's title changes: only the update
+    // is sent.
+    dir.remove_user("u4");
+    dir.users.push(user(
+        "u5",
+        "barbara@example.com",
+        "Barbara",
+        "Liskov",
+        "Engineer",
+        "R&D",
+    ));
+    dir.groups
+        .get_mut("engineering")
+        .expect("engineering")
+        .push("u5".into());
+    dir.user_mut("u1").title = "Rear Admiral".into();
+    ws.write_directory(&dir);
+    ws.raw_config = Some(config_with(
+        &ws,
+        "policy:\n",
+        "policy:\n  actions: { users: { create: false, disable: false } }\n",
+    ));
+    let (text, json, plan) = plans(&ws, &r, false);
+    assert_eq!(operations(&plan).len(), 1, "{plan}");
+    assert_eq!(plan["skipped"].as_array().map(Vec::len), Some(4), "{plan}");
+    assert_parses_as_json(&json);
+    let scenario = "after u4 (edsger@) left, u5 (barbara@) joined engineering and u1's title changed, with policy.actions.users.create and .disable false";
+    snap(
+        "plan_actions_off_text",
+        &format!("plan (text) {scenario}"),
+        &text,
+    );
+    snap(
+        "plan_actions_off_json",
+        &format!("plan --format json {scenario}"),
+        &json,
+    );
+    let sync = ws.run(&["sync"]);
+    sync.assert_code(0);
+    assert!(
+        server
+            .contents()
+            .users_named("barbara@example.com")
+            .is_empty()
+    );
+    let log = ws.run(&["log", "--outcome", "skipped"]);
+    log.assert_code(0);
+    snap(
+        "sync_and_log_actions_off",
+        &format!("sync (text) {scenario}, then log --outcome skipped"),
+        &r.apply(&format!(
+            "{}\n{}",
+            transcript_stdout(&sync),
+            transcript_stdout(&log)
+        )),
+    );
+}
+
+#[test]
+fn a_paused_sync_plan_and_status_say_provisioning_is_paused() {
+    let (server, mut ws) = fresh("snap-paused");
+    let mut r = Redactor::new(&ws);
+    let mut dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    dir.user_mut("u2").title = "Rear Admiral".into();
+    ws.write_directory(&dir);
+    ws.raw_config = Some(ws.config_text() + "paused: true\n");
+    let sync = ws.run(&["sync"]);
+    sync.assert_code(6);
+    let plan = ws.run(&["plan"]);
+    plan.assert_code(0);
+    let status = ws.run(&["status"]);
+    status.assert_code(0);
+    snap(
+        "paused",
+        "with `paused: true` after u2's title changed: sync (skipped, exit 6), plan, status",
+        &r.apply(&format!(
+            "{}\n{}\n{}",
+            transcript(&sync),
+            transcript(&plan),
+            transcript(&status)
+        )),
+    );
+}
+
+#[test]
+fn a_sync_held_by_the_quarantine_says_until_when_and_why() {
+    let (server, ws) = fresh("snap-held");
+    let mut r = Redactor::new(&ws);
+    let dir = small_directory();
+    sync_and_learn(&server, &ws, &dir, &mut r);
+    std::fs::remove_file(ws.path().join("users.csv")).expect("remove users.csv");
+    ws.run(&["sync"]).assert_code(5);
+    ws.run(&["sync"]).assert_code(5);
+    ws.write_directory(&dir);
+    let held = ws.run(&["sync"]);
+    held.assert_code(7);
+    let plan = ws.run(&["plan"]);
+    plan.assert_code(0);
+    let status = ws.run(&["status"]);
+    status.assert_code(0);
+    snap(
+        "quarantine_held",
+        "after two syncs that could not read users.csv: sync (held, exit 7), plan, status",
+        &r.apply(&format!(
+            "{}\n{}\n{}",
+            transcript(&held),
+            transcript(&plan),
+            transcript(&status)
+        )),
+    );
+}

@@ -37,7 +37,8 @@ fn refingerprint(plan: &mut Value) {
         config,
         generation,
         false,
-        &typed.operations
+        &typed.operations,
+        &typed.skipped
     ));
 }
 

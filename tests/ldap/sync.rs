@@ -961,10 +961,16 @@ fn check_and_source_failures_exit_5_and_change_nothing() {
         "the change is still pending"
     );
 
+    // Two syncs failed to read the source in a row: cycles are quarantined,
+    // and a sync is held (exit 7) without reading anything until `--force`.
+    let out = op.run(&["sync"]);
+    out.assert_code(7);
+    assert!(out.stderr.contains("quarantined until"), "{}", out.dump());
+
     // The server stops answering (SIGSTOP): the source timeout ends the run.
     slapd.signal("STOP");
     let started = Instant::now();
-    let out = op.run(&["sync"]);
+    let out = op.run(&["sync", "--force"]);
     slapd.signal("CONT");
     out.assert_code(5);
     assert!(
@@ -978,7 +984,7 @@ fn check_and_source_failures_exit_5_and_change_nothing() {
     wait_for("slapd to exit", || {
         std::net::TcpStream::connect(("127.0.0.1", slapd.port)).is_err()
     });
-    for cmd in [&["check"][..], &["plan"], &["sync"]] {
+    for cmd in [&["check"][..], &["plan"], &["sync", "--force"]] {
         let out = op.run(cmd);
         out.assert_code(5);
         assert!(
