@@ -88,6 +88,15 @@ impl From<OutputFormat> for Format {
     }
 }
 
+/// `plan --format` and `revert --format`: a plan also as Markdown, for a
+/// pull-request comment or a change ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "idsync",
@@ -154,7 +163,7 @@ enum Command {
         #[arg(long)]
         full: bool,
         #[arg(long, value_enum, default_value = "text")]
-        format: OutputFormat,
+        format: PlanFormat,
         /// Save the plan (JSON) for review and `sync --plan`.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -249,7 +258,7 @@ enum Command {
         /// The run's number, as `idsync status` lists it.
         run: i64,
         #[arg(long, value_enum, default_value = "text")]
-        format: OutputFormat,
+        format: PlanFormat,
         /// Save the plan (JSON) for `sync --plan`.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -371,7 +380,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             detail,
         } => {
             let settings = Settings::load(&config.config)?;
-            plan(&settings, full, format.into(), out.as_deref(), detail).await
+            plan(&settings, full, format, out.as_deref(), detail).await
         }
         Command::Sync {
             config,
@@ -468,9 +477,17 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             if let Some(path) = &out {
                 save_plan(&plan, path)?;
             }
-            match Format::from(format) {
-                Format::Json => print_plan_json(&plan)?,
-                Format::Text => print!("{}", report::plan_text(&plan, plan_view(true))),
+            match format {
+                PlanFormat::Json => print_plan_json(&plan)?,
+                PlanFormat::Text => print!("{}", report::plan_text(&plan, plan_view(true))),
+                PlanFormat::Markdown => {
+                    let review = report::PlanReview {
+                        title: format!("idsync revert of run {run}"),
+                        would_stop: Vec::new(),
+                        saved_only: true,
+                    };
+                    print!("{}", report::plan_markdown(&plan, &review));
+                }
             }
             Ok(Exit::Ok)
         }
@@ -693,7 +710,7 @@ fn missing_requirements(
 async fn plan(
     settings: &Settings,
     full: bool,
-    format: Format,
+    format: PlanFormat,
     out: Option<&Path>,
     detail: bool,
 ) -> Result<Exit, Failure> {
@@ -702,11 +719,15 @@ async fn plan(
         ..SyncOptions::default()
     };
     let sync::Planned {
-        plan,
+        mut plan,
         input,
         would_stop,
         ..
     } = sync::preview(settings, &opts, sync::Purpose::Review).await?;
+    if format != PlanFormat::Json {
+        plan.member_names =
+            crate::plan::MemberNames::of(&plan.operations, Some(input.desired()), input.state());
+    }
     for stop in &would_stop {
         eprintln!(
             "warning: `sync` would stop here: {}",
@@ -720,8 +741,24 @@ async fn plan(
         save_plan(&plan, path)?;
     }
     match format {
-        Format::Json => print_plan_json(&plan)?,
-        Format::Text => print!("{}", report::plan_text(&plan, plan_view(detail))),
+        PlanFormat::Json => print_plan_json(&plan)?,
+        PlanFormat::Text => print!("{}", report::plan_text(&plan, plan_view(detail))),
+        PlanFormat::Markdown => {
+            let review = report::PlanReview {
+                title: if full {
+                    "idsync plan --full"
+                } else {
+                    "idsync plan"
+                }
+                .to_owned(),
+                would_stop: would_stop
+                    .iter()
+                    .map(|stop| (stop.to_string(), stop.hint()))
+                    .collect(),
+                saved_only: false,
+            };
+            print!("{}", report::plan_markdown(&plan, &review));
+        }
     }
     // The process ends here: freeing a million users' records one by one
     // costs a tenth of the run, and the operating system takes the memory

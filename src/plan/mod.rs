@@ -18,6 +18,7 @@
 pub(crate) mod config;
 pub(crate) mod guard;
 mod input;
+mod member_names;
 mod names;
 mod planner;
 mod policy;
@@ -34,6 +35,7 @@ use crate::model::{
 };
 
 pub use input::{PlanOptions, PlanningInput};
+pub use member_names::MemberNames;
 pub use names::{claimed_name, released_name, temporary_user_name};
 pub use planner::{diff, fingerprint, plan};
 pub use policy::{
@@ -535,6 +537,11 @@ pub struct Plan {
     /// adoptions and before any other operation. Full plans are never saved.
     #[serde(skip)]
     pub observed: Vec<StateChange>,
+    /// The userNames of the members the membership operations name, for
+    /// people reading the plan: looked up where a plan is rendered for them
+    /// (empty otherwise, and never saved).
+    #[serde(skip)]
+    pub member_names: MemberNames,
 }
 
 impl Plan {

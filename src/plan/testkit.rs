@@ -9,9 +9,8 @@ use crate::model::{
     AttrHash, Desired, DesiredGroup, DesiredUser, GroupKey, Origin, Ownership, ScimId, SourceKey,
     State, StateGroup, StateUser, Status, UserAttr, UserAttrs,
 };
-use crate::plan::{OnRename, Plan, PlanOptions, PlanningInput, Policy, RemoveAction};
+use crate::plan::{MemberNames, OnRename, Plan, PlanOptions, PlanningInput, Policy, RemoveAction};
 
-/// Plans `desired` against `state` (whose pushed attributes are all loaded).
 /// The plan's operations as `"<name> <subject>"`, in order.
 pub fn names(plan: &Plan) -> Vec<String> {
     plan.operations
@@ -20,8 +19,12 @@ pub fn names(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
+/// Plans `desired` against `state` (whose pushed attributes are all loaded),
+/// with the members named as `plan` names them for people.
 pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
-    crate::plan::plan(&input(desired, state, policy))
+    let mut plan = crate::plan::plan(&input(desired, state, policy));
+    plan.member_names = MemberNames::of(&plan.operations, Some(desired), state);
+    plan
 }
 
 pub fn input(desired: &Desired, state: &State, policy: &Policy) -> PlanningInput {

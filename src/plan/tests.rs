@@ -587,15 +587,30 @@ fn a_membership_change_names_its_members_up_to_the_limit() {
         text.contains("\nMemberships to add:\n  + add 23 members to group Engineering\n"),
         "{text}"
     );
+    // By userName and key.
+    assert!(
+        text.contains("      + p0@example.com (key k00)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "      + p{0}@example.com (key k{0:02})\n",
+            MEMBERS_LISTED - 1
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!(
+            "+ p{0}@example.com (key k{0:02})\n",
+            MEMBERS_LISTED
+        )),
+        "{text}"
+    );
+    // A member no one can name (a plan read back from a file) by key alone.
+    let mut unnamed = plan.clone();
+    unnamed.member_names = Default::default();
+    let text = plan_text(&unnamed, PlanView::new(Style { color: false }));
     assert!(text.contains("      + key k00\n"), "{text}");
-    assert!(
-        text.contains(&format!("      + key k{:02}\n", MEMBERS_LISTED - 1)),
-        "{text}"
-    );
-    assert!(
-        !text.contains(&format!("+ key k{:02}", MEMBERS_LISTED)),
-        "{text}"
-    );
     assert!(text.contains("      … and 3 more\n"), "{text}");
 }
 

@@ -15,6 +15,7 @@ mod explain;
 mod fields;
 mod html;
 mod log;
+mod markdown;
 mod metrics;
 mod plan;
 mod run;
@@ -24,6 +25,7 @@ pub use explain::explain_text;
 pub use fields::{JsonSafe, LogFields};
 pub use html::report_html;
 pub use log::{log_csv, log_json, log_text};
+pub use markdown::{PlanReview, plan_markdown};
 pub use metrics::metrics_text;
 #[cfg(test)]
 pub use plan::MEMBERS_LISTED;

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::model::OpKind;
 use crate::model::{GroupName, SourceKey, UserAttrs};
-use crate::plan::{Change, Changes, NameStep, Operation, Plan, released_name};
+use crate::plan::{Change, Changes, MemberNames, NameStep, Operation, Plan, released_name};
 
 use super::{Style, plural, quote, show};
 
@@ -35,7 +35,7 @@ impl PlanView {
 
 /// The headings, in the order a reviewer reads them (and the executor runs
 /// them, removals last).
-const SECTIONS: [(OpKind, &str); 12] = [
+pub(super) const SECTIONS: [(OpKind, &str); 12] = [
     (OpKind::AdoptUser, "Users to adopt"),
     (OpKind::AdoptGroup, "Groups to adopt"),
     (OpKind::CreateUser, "Users to create"),
@@ -71,17 +71,26 @@ fn created_lines(out: &mut String, attrs: &UserAttrs) {
     }
 }
 
-fn member_lines(out: &mut String, sign: char, members: &[SourceKey]) {
+fn member_lines(out: &mut String, sign: char, members: &[SourceKey], names: &MemberNames) {
     for m in members.iter().take(MEMBERS_LISTED) {
-        let _ = writeln!(out, "      {sign} key {}", show(m.as_str()));
+        let _ = match names.get(m) {
+            Some(name) => writeln!(
+                out,
+                "      {sign} {} (key {})",
+                show(name.as_str()),
+                show(m.as_str())
+            ),
+            None => writeln!(out, "      {sign} key {}", show(m.as_str())),
+        };
     }
     if members.len() > MEMBERS_LISTED {
         let _ = writeln!(out, "      … and {} more", members.len() - MEMBERS_LISTED);
     }
 }
 
-/// One operation's lines, indented under its heading.
-pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
+/// One operation's lines, indented under its heading; members by userName
+/// where `names` knows it, and by key.
+pub(crate) fn op_lines(op: &Operation, view: PlanView, names: &MemberNames) -> String {
     let style = view.style;
     let mut out = String::new();
     let mut head = |color: &str, text: String| {
@@ -186,14 +195,14 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
                     show(display_name.as_str())
                 ),
             );
-            member_lines(&mut out, '+', members);
+            member_lines(&mut out, '+', members, names);
         }
         Operation::RemoveMembers {
             display_name,
             members,
             dangling,
             ..
-        } => removal_lines(&mut out, style, display_name, members, dangling),
+        } => removal_lines(&mut out, style, display_name, members, dangling, names),
     }
     if let Some(note) = step_note(op) {
         let _ = writeln!(out, "      ↳ {note}");
@@ -209,6 +218,7 @@ fn removal_lines(
     display_name: &GroupName,
     members: &[SourceKey],
     dangling: &[String],
+    names: &MemberNames,
 ) {
     let head = |out: &mut String, text: String| {
         let _ = writeln!(out, "  {}", style.paint("31", &text));
@@ -223,7 +233,7 @@ fn removal_lines(
                 show(display_name.as_str())
             ),
         );
-        member_lines(out, '-', members);
+        member_lines(out, '-', members, names);
     }
     if !dangling.is_empty() {
         head(
@@ -289,7 +299,7 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
         }
         let _ = writeln!(out, "\n{heading}:");
         for op in ops {
-            out.push_str(&op_lines(op, view));
+            out.push_str(&op_lines(op, view, &plan.member_names));
         }
     }
     if !plan.operations.is_empty()
@@ -327,7 +337,7 @@ pub fn held_text(held: &[Operation], limit: usize) -> String {
     let mut out = format!("held back {} removal(s):\n", held.len());
     let view = PlanView::new(Style { color: false });
     for op in held.iter().take(limit) {
-        out.push_str(&op_lines(op, view));
+        out.push_str(&op_lines(op, view, &MemberNames::default()));
     }
     if held.len() > limit {
         let _ = writeln!(
@@ -351,7 +361,7 @@ pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result
 
 /// The line under an operation that moves a userName between users: what the
 /// planner decided, for the reviewer.
-fn step_note(op: &Operation) -> Option<String> {
+pub(super) fn step_note(op: &Operation) -> Option<String> {
     let step = op.name_step()?;
     Some(match (step, op) {
         (NameStep::Frees { for_key }, Operation::RemoveMembers { .. }) => format!(

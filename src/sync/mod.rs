@@ -892,7 +892,11 @@ pub async fn sync_with(
 /// `sync --dry-run`: steps 1 and 3–6, the plan rendered and stopped.
 async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
     let started = Instant::now();
-    let Planned { plan, input, .. } = preview(settings, opts, Purpose::DryRun).await?;
+    let Planned {
+        mut plan, input, ..
+    } = preview(settings, opts, Purpose::DryRun).await?;
+    plan.member_names =
+        plan::MemberNames::of(&plan.operations, Some(input.desired()), input.state());
     Ok(RunSummary {
         summary: plan.summary.clone(),
         applied: 0,

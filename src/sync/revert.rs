@@ -407,6 +407,7 @@ impl Undo {
 
         notes.extend(left_out);
         ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        let member_names = plan::MemberNames::of(&ops, None, state);
         Plan {
             fingerprint: String::new(),
             full: false,
@@ -419,6 +420,7 @@ impl Undo {
             managed_memberships: state.managed_memberships() as u64,
             observed: Vec::new(),
             held_groups: 0,
+            member_names,
         }
     }
 }

@@ -25,6 +25,7 @@ mod quirks_members;
 mod quirks_schema;
 mod quirks_truth;
 mod report;
+mod review;
 mod selftest;
 mod snapshots;
 mod trust_hostile;
