@@ -97,6 +97,15 @@ enum PlanFormat {
     Markdown,
 }
 
+/// `audit --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AuditFormat {
+    Text,
+    Json,
+    Csv,
+    Html,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "idsync",
@@ -260,6 +269,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: PlanFormat,
         /// Save the plan (JSON) for `sync --plan`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Read the target and the source and report what the directory does not
+    /// account for: orphans, stale access, group access not from the
+    /// directory, drift. Writes nothing; exits 1 when anything is found.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_enum, default_value = "text")]
+        format: AuditFormat,
+        /// Write the report to this file instead of stdout (for `--format html`).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -477,19 +498,21 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             if let Some(path) = &out {
                 save_plan(&plan, path)?;
             }
-            match format {
-                PlanFormat::Json => print_plan_json(&plan)?,
-                PlanFormat::Text => print!("{}", report::plan_text(&plan, plan_view(true))),
-                PlanFormat::Markdown => {
-                    let review = report::PlanReview {
-                        title: format!("idsync revert of run {run}"),
-                        would_stop: Vec::new(),
-                        saved_only: true,
-                    };
-                    print!("{}", report::plan_markdown(&plan, &review));
-                }
-            }
+            print_plan(&plan, format, true, || report::PlanReview {
+                title: format!("idsync revert of run {run}"),
+                would_stop: Vec::new(),
+                saved_only: true,
+            })?;
             Ok(Exit::Ok)
+        }
+        Command::Audit {
+            config,
+            format,
+            out,
+        } => {
+            let settings = Settings::load(&config.config)?;
+            warn_cleartext(&settings);
+            audit(&settings, format, out.as_deref()).await
         }
         Command::Explain { config, user } => {
             let explanation = inspect::explain(&Settings::load(&config.config)?, &user).await?;
@@ -501,6 +524,42 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             action: StateAction::ForgetNotes { attr },
         } => forget_notes(&Settings::load(&config.config)?, attr.as_deref()),
     }
+}
+
+/// `audit`: the findings on stdout or in `out`; exit 1 when there are any.
+async fn audit(
+    settings: &Settings,
+    format: AuditFormat,
+    out: Option<&Path>,
+) -> Result<Exit, Failure> {
+    let report = sync::audit::audit(settings).await?;
+    let text = match format {
+        AuditFormat::Text => report::audit_text(&report),
+        AuditFormat::Json => format!("{}\n", report::audit_json(&report)),
+        AuditFormat::Csv => report::audit_csv(&report),
+        AuditFormat::Html => report::audit_html(&report),
+    };
+    match out {
+        None => print!("{text}"),
+        Some(path) => {
+            std::fs::write(path, text).map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("cannot write {}: {e}", path.display()),
+                    None,
+                )
+            })?;
+            eprintln!(
+                "audit written to {}",
+                report::escape(&path.display().to_string())
+            );
+        }
+    }
+    Ok(if report.audit.is_clean() {
+        Exit::Ok
+    } else {
+        Exit::Partial
+    })
 }
 
 /// `state forget-notes`: clears what earlier answers showed the target does
@@ -740,31 +799,40 @@ async fn plan(
     if let Some(path) = out {
         save_plan(&plan, path)?;
     }
-    match format {
-        PlanFormat::Json => print_plan_json(&plan)?,
-        PlanFormat::Text => print!("{}", report::plan_text(&plan, plan_view(detail))),
-        PlanFormat::Markdown => {
-            let review = report::PlanReview {
-                title: if full {
-                    "idsync plan --full"
-                } else {
-                    "idsync plan"
-                }
-                .to_owned(),
-                would_stop: would_stop
-                    .iter()
-                    .map(|stop| (stop.to_string(), stop.hint()))
-                    .collect(),
-                saved_only: false,
-            };
-            print!("{}", report::plan_markdown(&plan, &review));
+    print_plan(&plan, format, detail, || report::PlanReview {
+        title: if full {
+            "idsync plan --full"
+        } else {
+            "idsync plan"
         }
-    }
+        .to_owned(),
+        would_stop: would_stop
+            .iter()
+            .map(|stop| (stop.to_string(), stop.hint()))
+            .collect(),
+        saved_only: false,
+    })?;
     // The process ends here: freeing a million users' records one by one
     // costs a tenth of the run, and the operating system takes the memory
     // back at once.
     std::mem::forget((plan, input));
     Ok(Exit::Ok)
+}
+
+/// A plan on stdout as `format` asks; `review` is what its Markdown form
+/// says beside the operations.
+fn print_plan(
+    plan: &crate::plan::Plan,
+    format: PlanFormat,
+    detail: bool,
+    review: impl FnOnce() -> report::PlanReview,
+) -> Result<(), Failure> {
+    match format {
+        PlanFormat::Json => print_plan_json(plan)?,
+        PlanFormat::Text => print!("{}", report::plan_text(plan, plan_view(detail))),
+        PlanFormat::Markdown => print!("{}", report::plan_markdown(plan, &review())),
+    }
+    Ok(())
 }
 
 /// Writes a plan for review and `sync --plan`.
@@ -1094,6 +1162,15 @@ mod tests {
             &[
                 "idsync", "report", "-c", "x.yaml", "--html", "r.html", "--since", "7d",
             ],
+            &["idsync", "plan", "-c", "x.yaml", "--format", "markdown"],
+            &[
+                "idsync", "revert", "-c", "x.yaml", "3", "--format", "markdown",
+            ],
+            &["idsync", "audit", "-c", "x.yaml"],
+            &[
+                "idsync", "audit", "-c", "x.yaml", "--format", "html", "--out", "a.html",
+            ],
+            &["idsync", "audit", "-c", "x.yaml", "--format", "csv"],
         ] {
             assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
         }

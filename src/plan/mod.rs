@@ -15,6 +15,7 @@
 //! against the state it is applied to. `config` reads the `policy:` section of
 //! the configuration into a [`Policy`].
 
+pub mod audit;
 pub(crate) mod config;
 pub(crate) mod guard;
 mod input;

@@ -460,6 +460,7 @@ fn full_resync_matches_members_stored_by_user_name_or_ref_and_removes_dangling_o
             ],
         }],
         gone_members: ["deleted-9".to_owned()].into(),
+        ..Default::default()
     };
     let d = desired(vec![a, b, c], vec![group("g", "G", &["1", "2", "3"])]);
     let input = PlanningInput::new(

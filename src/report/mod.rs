@@ -11,6 +11,7 @@
 //! ([`json_text`]), so it stays lossless. A name with a newline, an escape
 //! sequence or a bidirectional override cannot forge or disguise a line.
 
+mod audit;
 mod explain;
 mod fields;
 mod html;
@@ -21,6 +22,7 @@ mod plan;
 mod run;
 mod status;
 
+pub use audit::{audit_csv, audit_html, audit_json, audit_text};
 pub use explain::explain_text;
 pub use fields::{JsonSafe, LogFields};
 pub use html::report_html;

@@ -2,7 +2,9 @@
 //!
 //! The text plan is for a reviewer: a summary line, then the operations under
 //! one heading per kind ("Users to create", "Memberships to remove", …), each
-//! membership change naming its members (up to [`MEMBERS_LISTED`] a group).
+//! membership change naming its members by userName and key (up to
+//! [`MEMBERS_LISTED`] a group; by key alone where the plan does not know the
+//! name, as in the removals a guard held back).
 //! With `detail`, a created user shows every mapped attribute it is created with.
 
 use std::fmt::Write as _;

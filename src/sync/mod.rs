@@ -7,6 +7,7 @@
 //! a failing target; `observe` writes the metrics file and `notify` posts
 //! alerts after each cycle.
 
+pub mod audit;
 pub mod daemon;
 pub mod facts;
 pub mod inspect;

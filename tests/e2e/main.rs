@@ -11,6 +11,7 @@
 
 mod assignment;
 mod atlassian;
+mod audit;
 mod bad_input;
 mod cli;
 mod crash;

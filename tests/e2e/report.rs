@@ -29,7 +29,7 @@ fn chromium() -> PathBuf {
 
 /// Runs headless Chromium on `page` with `extra` flags, in a new empty
 /// profile, bounded by [`CHROMIUM_TIMEOUT`]; returns its stdout.
-fn run_chromium(page: &Path, extra: &[String]) -> String {
+pub(crate) fn run_chromium(page: &Path, extra: &[String]) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let mut cmd = Command::new(chromium());
     cmd.args([
