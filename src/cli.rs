@@ -474,17 +474,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             since,
         } => {
             let data = inspect::report(&Settings::load(&config.config)?, since)?;
-            std::fs::write(&html, report::report_html(&data)).map_err(|e| {
-                Failure::new(
-                    Exit::Usage,
-                    format!("cannot write {}: {e}", html.display()),
-                    None,
-                )
-            })?;
-            eprintln!(
-                "report written to {}",
-                report::escape(&html.display().to_string())
-            );
+            write_page(&html, &report::report_html(&data), "report")?;
             Ok(Exit::Ok)
         }
         Command::Revert {
@@ -541,25 +531,29 @@ async fn audit(
     };
     match out {
         None => print!("{text}"),
-        Some(path) => {
-            std::fs::write(path, text).map_err(|e| {
-                Failure::new(
-                    Exit::Usage,
-                    format!("cannot write {}: {e}", path.display()),
-                    None,
-                )
-            })?;
-            eprintln!(
-                "audit written to {}",
-                report::escape(&path.display().to_string())
-            );
-        }
+        Some(path) => write_page(path, &text, "audit")?,
     }
     Ok(if report.audit.is_clean() {
         Exit::Ok
     } else {
         Exit::Partial
     })
+}
+
+/// Writes `what` (a report, an audit) to `path`, and says so on stderr.
+fn write_page(path: &Path, text: &str, what: &str) -> Result<(), Failure> {
+    std::fs::write(path, text).map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("cannot write {}: {e}", path.display()),
+            None,
+        )
+    })?;
+    eprintln!(
+        "{what} written to {}",
+        report::escape(&path.display().to_string())
+    );
+    Ok(())
 }
 
 /// `state forget-notes`: clears what earlier answers showed the target does

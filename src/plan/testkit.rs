@@ -120,6 +120,35 @@ pub fn with_group(mut state: State, key: &str, name: &str, members: &[&str]) -> 
     state
 }
 
+/// The golden plans' scenario: ada unchanged, bob's title changed, chloé new
+/// (in Engineering and a new group Design), dmitri gone (out of Engineering).
+pub fn golden_scenario() -> (Desired, State) {
+    let a = person("1", "ada@example.com", "Engineer");
+    let b = person("2", "bob@example.com", "Engineer");
+    let c = person("3", "chloé@example.com", "Designer");
+    let d = person("4", "dmitri@example.com", "Sales");
+    let state = with_group(
+        state_of(&[
+            (&a, Status::Active),
+            (&b, Status::Active),
+            (&d, Status::Active),
+        ]),
+        "eng",
+        "Engineering",
+        &["1", "2", "4"],
+    );
+    let mut b2 = b.clone();
+    b2.attrs.insert(UserAttr::Title, "Lead \"Core\" Engineer");
+    let desired = desired(
+        vec![a, b2, c],
+        vec![
+            group("eng", "Engineering", &["1", "2", "3"]),
+            group("design", "Design", &["3"]),
+        ],
+    );
+    (desired, state)
+}
+
 pub fn arb_user(key: usize) -> impl Strategy<Value = DesiredUser> {
     (
         0..3usize,

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use super::testkit::*;
 use super::{OnRename, Operation, PlanningInput, Policy, RemovalLimit, RemoveAction, guard};
 use crate::model::{
-    AttrHash, Desired, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
+    AttrHash, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
     StateChange, Status, TargetSnapshot, UserAttr, UserName,
 };
 use crate::report::{MEMBERS_LISTED, PlanView, Style, plan_text, write_plan_json};
@@ -523,43 +523,16 @@ fn a_forgotten_preload_cannot_hide_an_update() {
 // ---------------------------------------------------------------------------
 // Golden snapshots.
 
-fn scenario() -> (Desired, State) {
-    let a = person("1", "ada@example.com", "Engineer");
-    let b = person("2", "bob@example.com", "Engineer");
-    let c = person("3", "chloé@example.com", "Designer");
-    let d = person("4", "dmitri@example.com", "Sales");
-    let state = with_group(
-        state_of(&[
-            (&a, Status::Active),
-            (&b, Status::Active),
-            (&d, Status::Active),
-        ]),
-        "eng",
-        "Engineering",
-        &["1", "2", "4"],
-    );
-    let mut b2 = b.clone();
-    b2.attrs.insert(UserAttr::Title, "Lead \"Core\" Engineer");
-    let desired = desired(
-        vec![a, b2, c],
-        vec![
-            group("eng", "Engineering", &["1", "2", "3"]),
-            group("design", "Design", &["3"]),
-        ],
-    );
-    (desired, state)
-}
-
 #[test]
 fn golden_plan_text() {
-    let (d, s) = scenario();
+    let (d, s) = golden_scenario();
     let plan = plan(&d, &s, &Policy::default());
     insta::assert_snapshot!(plan_text(&plan, PlanView::new(Style { color: false })));
 }
 
 #[test]
 fn golden_plan_text_in_detail_shows_what_a_created_user_is_created_with() {
-    let (d, s) = scenario();
+    let (d, s) = golden_scenario();
     let plan = plan(&d, &s, &Policy::default());
     let view = PlanView {
         style: Style { color: false },
@@ -617,7 +590,7 @@ fn a_membership_change_names_its_members_up_to_the_limit() {
 
 #[test]
 fn golden_plan_json() {
-    let (d, s) = scenario();
+    let (d, s) = golden_scenario();
     let mut plan = plan(&d, &s, &Policy::default());
     plan.fingerprint = "fixed".into();
     let mut json = Vec::new();

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use crate::model::{OpKind, SourceKey};
 use crate::plan::{Changes, MemberNames, Operation, Plan};
 
-use super::plan::{SECTIONS, step_note};
+use super::plan::{SECTIONS, no_changes, step_note};
 use super::{escape, plural, quote, show};
 
 /// Rows shown as they are; a longer table is folded into `<details>`.
@@ -358,11 +358,7 @@ fn warnings(out: &mut String, plan: &Plan) {
 pub fn plan_markdown(plan: &Plan, review: &PlanReview) -> String {
     let mut out = format!("## {}\n\n", md(&review.title));
     if plan.operations.is_empty() {
-        out.push_str(if plan.full {
-            "No changes. The target matches the source.\n"
-        } else {
-            "No changes.\n"
-        });
+        out.push_str(no_changes(plan));
     } else {
         summary_table(plan).write(&mut out, "Summary");
     }

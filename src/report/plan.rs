@@ -262,12 +262,7 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
     let mut out = String::new();
     let s = &plan.summary;
     if plan.operations.is_empty() {
-        // Only a plan that read the target knows what it holds.
-        out.push_str(if plan.full {
-            "No changes. The target matches the source.\n"
-        } else {
-            "No changes.\n"
-        });
+        out.push_str(no_changes(plan));
     } else {
         let _ = writeln!(
             out,
@@ -331,6 +326,16 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
         let _ = writeln!(out, "{} {w}", view.style.paint("33", "warning:"));
     }
     out
+}
+
+/// What an empty plan says: only a plan that read the target knows what it
+/// holds.
+pub(super) fn no_changes(plan: &Plan) -> &'static str {
+    if plan.full {
+        "No changes. The target matches the source.\n"
+    } else {
+        "No changes.\n"
+    }
 }
 
 /// Removals a guard held back, for the operator to review: a heading, then up

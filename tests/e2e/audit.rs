@@ -9,11 +9,12 @@ use regex::Regex;
 use serde_json::{Value, json};
 
 use crate::harness::{Directory, ScimServer, USER_SCHEMA, UserRow, Workspace, fresh_token, str_at};
-use crate::report::run_chromium;
+use crate::report::{assert_refers_to_nothing, assert_screenshot, run_chromium};
 
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 
-fn directory() -> Directory {
+/// Five people; engineering (u1, u2, u3) and finance (u4).
+pub(crate) fn directory() -> Directory {
     let users = vec![
         UserRow::new("u1", "ada@example.com", "Ada", "Lovelace"),
         UserRow::new("u2", "grace@example.com", "Grace", "Hopper"),
@@ -273,24 +274,6 @@ fn the_audit_page_renders_in_chromium_with_a_row_per_finding() {
         "{dom}"
     );
     assert!(dom.contains(r#"<p id="verdict" class="failed">"#), "{dom}");
-    let external =
-        Regex::new(r#"(?i)\b(src|href|action|srcset|poster)\s*=|url\(|@import|https?://[^"\s<]*"#)
-            .expect("regex");
-    let found: Vec<&str> = external
-        .find_iter(&dom)
-        .map(|m| m.as_str())
-        .filter(|m| !m.starts_with("http://127.0.0.1:"))
-        .collect();
-    assert!(found.is_empty(), "external references: {found:?}");
-
-    let shot = ws.path().join("audit.png");
-    run_chromium(
-        &page,
-        &[
-            format!("--screenshot={}", shot.display()),
-            "--window-size=1000,1400".to_owned(),
-        ],
-    );
-    let png = std::fs::read(&shot).expect("screenshot written");
-    assert!(png.len() > 1000 && png.starts_with(b"\x89PNG"), "not a PNG");
+    assert_refers_to_nothing(&dom, &["http://127.0.0.1:"]);
+    assert_screenshot(&page, &ws.path().join("audit.png"));
 }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::model::{State, Status, UserAttr};
-use crate::plan::testkit::{desired, group, person, plan, state_of, with_group};
+use crate::plan::testkit::{desired, golden_scenario, group, person, plan, state_of, with_group};
 use crate::plan::{Policy, RemovalLimit, RemoveAction};
 
 fn review() -> PlanReview {
@@ -25,29 +25,8 @@ fn planned(d: &crate::model::Desired, s: &State, policy: &Policy) -> Plan {
 
 #[test]
 fn golden_markdown_plan_of_creates_updates_memberships_and_a_leaver() {
-    let ann = person("e1", "ann@example.com", "Engineer");
-    let bob = person("e2", "bob@example.com", "Engineer");
-    let cy = person("e3", "cy@example.com", "Designer");
-    let dee = person("e4", "dee@example.com", "Sales");
-    let state = with_group(
-        state_of(&[
-            (&ann, Status::Active),
-            (&bob, Status::Active),
-            (&dee, Status::Active),
-        ]),
-        "eng",
-        "Engineering",
-        &["e1", "e2", "e4"],
-    );
-    let mut bob2 = bob.clone();
-    bob2.attrs.insert(UserAttr::Title, "Lead \"Core\" Engineer");
-    let d = desired(
-        vec![ann, bob2, cy],
-        vec![
-            group("eng", "Engineering", &["e1", "e2", "e3"]),
-            group("design", "Design", &["e3"]),
-        ],
-    );
+    // The scenario of the golden text and JSON plans.
+    let (d, state) = golden_scenario();
     let p = planned(&d, &state, &Policy::default());
     insta::assert_snapshot!(plan_markdown(&p, &review()));
 }
