@@ -533,7 +533,7 @@ async fn audit(
         None => print!("{text}"),
         Some(path) => write_page(path, &text, "audit")?,
     }
-    Ok(if report.audit.is_clean() {
+    Ok(if report.clean {
         Exit::Ok
     } else {
         Exit::Partial

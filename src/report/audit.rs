@@ -331,8 +331,6 @@ pub fn audit_html(report: &AuditReport) -> String {
         .and_then(|t| {
             t.render(minijinja::context! {
                 report => report,
-                clean => report.audit.is_clean(),
-                findings => report.audit.findings(),
             })
         })
         .expect("the audit template renders any audit")

@@ -25,6 +25,10 @@ pub struct AuditReport {
     pub generated_at: String,
     /// The target's base URL.
     pub target: String,
+    /// Nothing found (what `policy.protect` names aside): the exit code is 0.
+    pub clean: bool,
+    /// How many findings there are (see [`Audit::findings`]).
+    pub findings: usize,
     #[serde(flatten)]
     pub audit: Audit,
 }
@@ -61,6 +65,8 @@ pub async fn audit(settings: &Settings) -> Result<AuditReport, SyncError> {
     Ok(AuditReport {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         target: settings.target.base_url.to_string(),
+        clean: audit.is_clean(),
+        findings: audit.findings(),
         audit,
     })
 }

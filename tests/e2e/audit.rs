@@ -108,6 +108,10 @@ fn audit_of_a_clean_target_right_after_a_sync_reports_nothing_and_exits_0() {
         assert_eq!(report[finding], json!([]), "{finding}: {report}");
     }
     assert_eq!(report["drift"]["users"], 0, "{report}");
+    assert_eq!(
+        (&report["clean"], &report["findings"]),
+        (&json!(true), &json!(0))
+    );
     assert_eq!(report["counts"]["managed_users"], 5, "{report}");
 }
 
@@ -167,6 +171,10 @@ fn audit_reports_orphans_stale_access_hand_made_group_access_and_drift_and_exits
     let json = ws.run(&["audit", "--format", "json"]);
     json.assert_code(1);
     let report = json.json();
+    assert_eq!(
+        (&report["clean"], &report["findings"]),
+        (&json!(false), &json!(9))
+    );
     let orphans = report["orphans"].as_array().expect("orphans");
     assert_eq!(orphans.len(), 1, "{report}");
     assert_eq!(orphans[0]["user_name"], "stranger@example.com");

@@ -11,59 +11,66 @@ use crate::plan::audit::{Counts, Drift, ForeignMember, Orphan, Protected, Stale,
 const EVIL: &str = "=HYPERLINK(\"x\") <script>alert(1)</script>\nforged\u{202e}";
 
 fn report() -> AuditReport {
+    let audit = Audit {
+        counts: Counts {
+            target_users: 5,
+            target_groups: 3,
+            managed_users: 3,
+            managed_groups: 1,
+            source_users: 2,
+            source_groups: 1,
+        },
+        orphans: vec![Orphan {
+            scim_id: ScimId::new("hand-1"),
+            user_name: Some(EVIL.into()),
+            external_id: None,
+            created: Some("2024-05-01T10:00:00Z".into()),
+            groups: vec!["engineering".into()],
+            note: None,
+        }],
+        stale: vec![Stale {
+            key: SourceKey::new("u4"),
+            user_name: "edsger@example.com".into(),
+            scim_id: ScimId::new("id-4"),
+            source: "not in the source",
+            reason: "its removal is held by a guard: the plan removes 3 objects".into(),
+        }],
+        foreign_members: vec![ForeignMember {
+            group: "engineering".into(),
+            group_key: GroupKey::new("engineering"),
+            user_name: Some("-zed@example.com".into()),
+            key: None,
+            scim_id: ScimId::new("hand-2"),
+            reason: "added by hand in the target".into(),
+        }],
+        unmanaged_groups: vec![UnmanagedGroup {
+            scim_id: ScimId::new("g-9"),
+            display_name: "@Contractors".into(),
+            members: 2,
+            created: None,
+        }],
+        drift: Drift {
+            users: 1,
+            by_attribute: BTreeMap::from([("title".to_owned(), 1)]),
+            missing_users: 1,
+            ..Drift::default()
+        },
+        protected: vec![Protected {
+            kind: "user",
+            name: "admin@example.com".into(),
+            finding: "active, not managed by idsync and not in the source".into(),
+        }],
+    };
+    report_of(audit)
+}
+
+fn report_of(audit: Audit) -> AuditReport {
     AuditReport {
         generated_at: "2026-01-02T03:04:05Z".into(),
         target: "http://127.0.0.1:8090/v2".into(),
-        audit: Audit {
-            counts: Counts {
-                target_users: 5,
-                target_groups: 3,
-                managed_users: 3,
-                managed_groups: 1,
-                source_users: 2,
-                source_groups: 1,
-            },
-            orphans: vec![Orphan {
-                scim_id: ScimId::new("hand-1"),
-                user_name: Some(EVIL.into()),
-                external_id: None,
-                created: Some("2024-05-01T10:00:00Z".into()),
-                groups: vec!["engineering".into()],
-                note: None,
-            }],
-            stale: vec![Stale {
-                key: SourceKey::new("u4"),
-                user_name: "edsger@example.com".into(),
-                scim_id: ScimId::new("id-4"),
-                source: "not in the source",
-                reason: "its removal is held by a guard: the plan removes 3 objects".into(),
-            }],
-            foreign_members: vec![ForeignMember {
-                group: "engineering".into(),
-                group_key: GroupKey::new("engineering"),
-                user_name: Some("-zed@example.com".into()),
-                key: None,
-                scim_id: ScimId::new("hand-2"),
-                reason: "added by hand in the target".into(),
-            }],
-            unmanaged_groups: vec![UnmanagedGroup {
-                scim_id: ScimId::new("g-9"),
-                display_name: "@Contractors".into(),
-                members: 2,
-                created: None,
-            }],
-            drift: Drift {
-                users: 1,
-                by_attribute: BTreeMap::from([("title".to_owned(), 1)]),
-                missing_users: 1,
-                ..Drift::default()
-            },
-            protected: vec![Protected {
-                kind: "user",
-                name: "admin@example.com".into(),
-                finding: "active, not managed by idsync and not in the source".into(),
-            }],
-        },
+        clean: audit.is_clean(),
+        findings: audit.findings(),
+        audit,
     }
 }
 
@@ -74,11 +81,10 @@ fn golden_audit_text() {
 
 #[test]
 fn a_clean_audit_says_nothing_was_found() {
-    let mut r = report();
-    r.audit = Audit {
-        counts: r.audit.counts.clone(),
+    let r = report_of(Audit {
+        counts: report().audit.counts,
         ..Audit::default()
-    };
+    });
     let text = audit_text(&r);
     assert!(text.contains("\nNothing found:"), "{text}");
     assert_eq!(text.lines().count(), 3, "{text}");
@@ -129,6 +135,10 @@ fn json_is_the_report_with_the_findings_at_the_top_level() {
     assert_eq!(json["stale"][0]["key"], "u4");
     assert_eq!(json["drift"]["by_attribute"]["title"], 1);
     assert_eq!(json["counts"]["target_users"], 5);
+    assert_eq!(
+        (&json["clean"], &json["findings"]),
+        (&false.into(), &6.into())
+    );
     assert!(!audit_json(&report()).contains('\u{202e}'));
 }
 
