@@ -90,6 +90,24 @@ impl From<OutputFormat> for Format {
     }
 }
 
+/// `plan --format` and `revert --format`: a plan also as Markdown, for a
+/// pull-request comment or a change ticket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+/// `audit --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AuditFormat {
+    Text,
+    Json,
+    Csv,
+    Html,
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "idsync",
@@ -156,7 +174,7 @@ enum Command {
         #[arg(long)]
         full: bool,
         #[arg(long, value_enum, default_value = "text")]
-        format: OutputFormat,
+        format: PlanFormat,
         /// Save the plan (JSON) for review and `sync --plan`.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -256,8 +274,20 @@ enum Command {
         /// The run's number, as `idsync status` lists it.
         run: i64,
         #[arg(long, value_enum, default_value = "text")]
-        format: OutputFormat,
+        format: PlanFormat,
         /// Save the plan (JSON) for `sync --plan`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Read the target and the source and report what the directory does not
+    /// account for: orphans, stale access, group access not from the
+    /// directory, drift. Writes nothing; exits 1 when anything is found.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, value_enum, default_value = "text")]
+        format: AuditFormat,
+        /// Write the report to this file instead of stdout (for `--format html`).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -378,7 +408,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             detail,
         } => {
             let settings = Settings::load(&config.config)?;
-            plan(&settings, full, format.into(), out.as_deref(), detail).await
+            plan(&settings, full, format, out.as_deref(), detail).await
         }
         Command::Sync {
             config,
@@ -453,17 +483,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             since,
         } => {
             let data = inspect::report(&Settings::load(&config.config)?, since)?;
-            std::fs::write(&html, report::report_html(&data)).map_err(|e| {
-                Failure::new(
-                    Exit::Usage,
-                    format!("cannot write {}: {e}", html.display()),
-                    None,
-                )
-            })?;
-            eprintln!(
-                "report written to {}",
-                report::escape(&html.display().to_string())
-            );
+            write_page(&html, &report::report_html(&data), "report")?;
             Ok(Exit::Ok)
         }
         Command::Revert {
@@ -477,11 +497,21 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             if let Some(path) = &out {
                 save_plan(&plan, path)?;
             }
-            match Format::from(format) {
-                Format::Json => print_plan_json(&plan)?,
-                Format::Text => print!("{}", report::plan_text(&plan, plan_view(true))),
-            }
+            print_plan(&plan, format, true, || report::PlanReview {
+                title: format!("idsync revert of run {run}"),
+                would_stop: Vec::new(),
+                saved_only: true,
+            })?;
             Ok(Exit::Ok)
+        }
+        Command::Audit {
+            config,
+            format,
+            out,
+        } => {
+            let settings = Settings::load(&config.config)?;
+            warn_cleartext(&settings);
+            audit(&settings, format, out.as_deref()).await
         }
         Command::Explain { config, user } => {
             let explanation = inspect::explain(&Settings::load(&config.config)?, &user).await?;
@@ -493,6 +523,46 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             action: StateAction::ForgetNotes { attr },
         } => forget_notes(&Settings::load(&config.config)?, attr.as_deref()),
     }
+}
+
+/// `audit`: the findings on stdout or in `out`; exit 1 when there are any.
+async fn audit(
+    settings: &Settings,
+    format: AuditFormat,
+    out: Option<&Path>,
+) -> Result<Exit, Failure> {
+    let report = sync::audit::audit(settings).await?;
+    let text = match format {
+        AuditFormat::Text => report::audit_text(&report),
+        AuditFormat::Json => format!("{}\n", report::audit_json(&report)),
+        AuditFormat::Csv => report::audit_csv(&report),
+        AuditFormat::Html => report::audit_html(&report),
+    };
+    match out {
+        None => print!("{text}"),
+        Some(path) => write_page(path, &text, "audit")?,
+    }
+    Ok(if report.clean {
+        Exit::Ok
+    } else {
+        Exit::Partial
+    })
+}
+
+/// Writes `what` (a report, an audit) to `path`, and says so on stderr.
+fn write_page(path: &Path, text: &str, what: &str) -> Result<(), Failure> {
+    std::fs::write(path, text).map_err(|e| {
+        Failure::new(
+            Exit::Usage,
+            format!("cannot write {}: {e}", path.display()),
+            None,
+        )
+    })?;
+    eprintln!(
+        "{what} written to {}",
+        report::escape(&path.display().to_string())
+    );
+    Ok(())
 }
 
 /// `state forget-notes`: clears what earlier answers showed the target does
@@ -786,7 +856,7 @@ fn missing_requirements(
 async fn plan(
     settings: &Settings,
     full: bool,
-    format: Format,
+    format: PlanFormat,
     out: Option<&Path>,
     detail: bool,
 ) -> Result<Exit, Failure> {
@@ -795,11 +865,15 @@ async fn plan(
         ..SyncOptions::default()
     };
     let sync::Planned {
-        plan,
+        mut plan,
         input,
         would_stop,
         ..
     } = sync::preview(settings, &opts, sync::Purpose::Review).await?;
+    if format != PlanFormat::Json {
+        plan.member_names =
+            crate::plan::MemberNames::of(plan.planned(), Some(input.desired()), input.state());
+    }
     for stop in &would_stop {
         eprintln!(
             "warning: `sync` would {}: {}",
@@ -817,15 +891,40 @@ async fn plan(
     if let Some(path) = out {
         save_plan(&plan, path)?;
     }
-    match format {
-        Format::Json => print_plan_json(&plan)?,
-        Format::Text => print!("{}", report::plan_text(&plan, plan_view(detail))),
-    }
+    print_plan(&plan, format, detail, || report::PlanReview {
+        title: if full {
+            "idsync plan --full"
+        } else {
+            "idsync plan"
+        }
+        .to_owned(),
+        would_stop: would_stop
+            .iter()
+            .map(|stop| (stop.to_string(), stop.hint()))
+            .collect(),
+        saved_only: false,
+    })?;
     // The process ends here: freeing a million users' records one by one
     // costs a tenth of the run, and the operating system takes the memory
     // back at once.
     std::mem::forget((plan, input));
     Ok(Exit::Ok)
+}
+
+/// A plan on stdout as `format` asks; `review` is what its Markdown form
+/// says beside the operations.
+fn print_plan(
+    plan: &crate::plan::Plan,
+    format: PlanFormat,
+    detail: bool,
+    review: impl FnOnce() -> report::PlanReview,
+) -> Result<(), Failure> {
+    match format {
+        PlanFormat::Json => print_plan_json(plan)?,
+        PlanFormat::Text => print!("{}", report::plan_text(plan, plan_view(detail))),
+        PlanFormat::Markdown => print!("{}", report::plan_markdown(plan, &review())),
+    }
+    Ok(())
 }
 
 /// Writes a plan for review and `sync --plan`.
@@ -1159,6 +1258,15 @@ mod tests {
             &[
                 "idsync", "report", "-c", "x.yaml", "--html", "r.html", "--since", "7d",
             ],
+            &["idsync", "plan", "-c", "x.yaml", "--format", "markdown"],
+            &[
+                "idsync", "revert", "-c", "x.yaml", "3", "--format", "markdown",
+            ],
+            &["idsync", "audit", "-c", "x.yaml"],
+            &[
+                "idsync", "audit", "-c", "x.yaml", "--format", "html", "--out", "a.html",
+            ],
+            &["idsync", "audit", "-c", "x.yaml", "--format", "csv"],
         ] {
             assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
         }

@@ -30,7 +30,7 @@ pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
 pub use op::OpKind;
 pub use record::{Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceUser};
 pub use remote::{
-    MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,
+    CreatedAt, MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,
     TargetSnapshot,
 };
 pub use rules::TargetRules;

@@ -80,6 +80,16 @@ pub struct TargetSnapshot {
     /// id, answered 404: dangling, removable. An unresolved value not in here
     /// (never looked up, or the lookup failed) is left alone.
     pub gone_members: std::collections::HashSet<String>,
+    /// When the target says it made what its listings held.
+    pub created: CreatedAt,
+}
+
+/// `meta.created` as the target wrote it, by id, for the users and groups a
+/// listing held that carried one (not every target reports it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CreatedAt {
+    pub users: HashMap<ScimId, String>,
+    pub groups: HashMap<ScimId, String>,
 }
 
 /// How a group's stored members resolve to the users a read found.

@@ -85,6 +85,11 @@ impl PlanningInput {
         &self.state
     }
 
+    /// What a `--full` read found in the target.
+    pub fn target(&self) -> Option<&TargetSnapshot> {
+        self.target.as_ref()
+    }
+
     pub fn is_full(&self) -> bool {
         self.target.is_some()
     }

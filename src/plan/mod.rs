@@ -18,9 +18,11 @@
 //! plans the undoing of a past run's operations, against the state as it is now.
 
 mod actions;
+pub mod audit;
 pub(crate) mod config;
 pub(crate) mod guard;
 mod input;
+mod member_names;
 mod names;
 mod planner;
 mod policy;
@@ -39,6 +41,7 @@ use crate::model::{
 
 pub use actions::{Action, Actions, GroupActions, Skipped, UserActions};
 pub use input::{PlanOptions, PlanningInput};
+pub use member_names::MemberNames;
 pub use names::{claimed_name, released_name, temporary_user_name};
 pub use planner::{diff, fingerprint, plan};
 pub use policy::{
@@ -546,6 +549,11 @@ pub struct Plan {
     /// adoptions and before any other operation. Full plans are never saved.
     #[serde(skip)]
     pub observed: Vec<StateChange>,
+    /// The userNames of the members the membership operations name, for
+    /// people reading the plan: looked up where a plan is rendered for them
+    /// (empty otherwise, and never saved).
+    #[serde(skip)]
+    pub member_names: MemberNames,
 }
 
 impl Plan {
@@ -553,6 +561,13 @@ impl Plan {
     /// remain).
     pub fn is_empty(&self) -> bool {
         self.operations.is_empty()
+    }
+
+    /// Every operation the plan names: those to send, then those skipped.
+    pub fn planned(&self) -> impl Iterator<Item = &Operation> {
+        self.operations
+            .iter()
+            .chain(self.skipped.iter().map(|s| &s.op))
     }
 
     /// Users and groups whose recorded state `--full` corrects to what the

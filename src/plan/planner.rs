@@ -94,6 +94,7 @@ pub fn plan(input: &PlanningInput) -> Plan {
         managed_users,
         managed_memberships,
         observed,
+        member_names: Default::default(),
     }
 }
 

@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use super::{Change, Changes, Operation, Plan, Policy, RemoveAction, Summary, fingerprint};
+use super::{
+    Change, Changes, MemberNames, Operation, Plan, Policy, RemoveAction, Summary, fingerprint,
+};
 use crate::model::{GroupKey, GroupName, SourceKey, State, Status, UserAttr, UserAttrs, UserName};
 
 /// What a delete destroyed, as the executor recorded it.
@@ -449,6 +451,11 @@ impl<'a> Draft<'a> {
         }
         // Nor is anything whose action is switched off (`policy.actions`).
         let (kept, skipped) = policy.actions.split(kept);
+        let member_names = MemberNames::of(
+            kept.iter().chain(skipped.iter().map(|s| &s.op)),
+            None,
+            state,
+        );
         Plan {
             fingerprint: String::new(),
             full: false,
@@ -462,6 +469,7 @@ impl<'a> Draft<'a> {
             managed_memberships: state.managed_memberships() as u64,
             observed: Vec::new(),
             held_groups: 0,
+            member_names,
         }
     }
 }

@@ -9,9 +9,8 @@ use crate::model::{
     AttrHash, Desired, DesiredGroup, DesiredUser, GroupKey, Origin, Ownership, ScimId, SourceKey,
     State, StateGroup, StateUser, Status, UserAttr, UserAttrs,
 };
-use crate::plan::{OnRename, Plan, PlanOptions, PlanningInput, Policy, RemoveAction};
+use crate::plan::{MemberNames, OnRename, Plan, PlanOptions, PlanningInput, Policy, RemoveAction};
 
-/// Plans `desired` against `state` (whose pushed attributes are all loaded).
 /// The plan's operations as `"<name> <subject>"`, in order.
 pub fn names(plan: &Plan) -> Vec<String> {
     plan.operations
@@ -20,8 +19,12 @@ pub fn names(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
+/// Plans `desired` against `state` (whose pushed attributes are all loaded),
+/// with the members named as `plan` names them for people.
 pub fn plan(desired: &Desired, state: &State, policy: &Policy) -> Plan {
-    crate::plan::plan(&input(desired, state, policy))
+    let mut plan = crate::plan::plan(&input(desired, state, policy));
+    plan.member_names = MemberNames::of(plan.planned(), Some(desired), state);
+    plan
 }
 
 pub fn input(desired: &Desired, state: &State, policy: &Policy) -> PlanningInput {
@@ -115,6 +118,35 @@ pub fn with_group(mut state: State, key: &str, name: &str, members: &[&str]) -> 
         members.iter().map(|m| SourceKey::new(*m)).collect(),
     );
     state
+}
+
+/// The golden plans' scenario: ada unchanged, bob's title changed, chloé new
+/// (in Engineering and a new group Design), dmitri gone (out of Engineering).
+pub fn golden_scenario() -> (Desired, State) {
+    let a = person("1", "ada@example.com", "Engineer");
+    let b = person("2", "bob@example.com", "Engineer");
+    let c = person("3", "chloé@example.com", "Designer");
+    let d = person("4", "dmitri@example.com", "Sales");
+    let state = with_group(
+        state_of(&[
+            (&a, Status::Active),
+            (&b, Status::Active),
+            (&d, Status::Active),
+        ]),
+        "eng",
+        "Engineering",
+        &["1", "2", "4"],
+    );
+    let mut b2 = b.clone();
+    b2.attrs.insert(UserAttr::Title, "Lead \"Core\" Engineer");
+    let desired = desired(
+        vec![a, b2, c],
+        vec![
+            group("eng", "Engineering", &["1", "2", "3"]),
+            group("design", "Design", &["3"]),
+        ],
+    );
+    (desired, state)
 }
 
 pub fn arb_user(key: usize) -> impl Strategy<Value = DesiredUser> {

@@ -11,7 +11,7 @@ use super::{
     RemoveAction, guard,
 };
 use crate::model::{
-    AttrHash, Desired, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
+    AttrHash, GroupKey, RemoteGroup, RemoteMember, RemoteUser, ScimId, SourceKey, State,
     StateChange, Status, TargetSnapshot, UserAttr, UserName,
 };
 use crate::report::{MEMBERS_LISTED, PlanView, Style, plan_text, write_plan_json};
@@ -463,6 +463,7 @@ fn full_resync_matches_members_stored_by_user_name_or_ref_and_removes_dangling_o
             ],
         }],
         gone_members: ["deleted-9".to_owned()].into(),
+        ..Default::default()
     };
     let d = desired(vec![a, b, c], vec![group("g", "G", &["1", "2", "3"])]);
     let input = PlanningInput::new(
@@ -525,43 +526,16 @@ fn a_forgotten_preload_cannot_hide_an_update() {
 // ---------------------------------------------------------------------------
 // Golden snapshots.
 
-fn scenario() -> (Desired, State) {
-    let a = person("1", "ada@example.com", "Engineer");
-    let b = person("2", "bob@example.com", "Engineer");
-    let c = person("3", "chloé@example.com", "Designer");
-    let d = person("4", "dmitri@example.com", "Sales");
-    let state = with_group(
-        state_of(&[
-            (&a, Status::Active),
-            (&b, Status::Active),
-            (&d, Status::Active),
-        ]),
-        "eng",
-        "Engineering",
-        &["1", "2", "4"],
-    );
-    let mut b2 = b.clone();
-    b2.attrs.insert(UserAttr::Title, "Lead \"Core\" Engineer");
-    let desired = desired(
-        vec![a, b2, c],
-        vec![
-            group("eng", "Engineering", &["1", "2", "3"]),
-            group("design", "Design", &["3"]),
-        ],
-    );
-    (desired, state)
-}
-
 #[test]
 fn golden_plan_text() {
-    let (d, s) = scenario();
+    let (d, s) = golden_scenario();
     let plan = plan(&d, &s, &Policy::default());
     insta::assert_snapshot!(plan_text(&plan, PlanView::new(Style { color: false })));
 }
 
 #[test]
 fn golden_plan_text_in_detail_shows_what_a_created_user_is_created_with() {
-    let (d, s) = scenario();
+    let (d, s) = golden_scenario();
     let plan = plan(&d, &s, &Policy::default());
     let view = PlanView {
         style: Style { color: false },
@@ -590,21 +564,36 @@ fn a_membership_change_names_its_members_up_to_the_limit() {
         text.contains("\nMemberships to add:\n  + add 23 members to group Engineering\n"),
         "{text}"
     );
+    // By userName and key.
+    assert!(
+        text.contains("      + p0@example.com (key k00)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "      + p{0}@example.com (key k{0:02})\n",
+            MEMBERS_LISTED - 1
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&format!(
+            "+ p{0}@example.com (key k{0:02})\n",
+            MEMBERS_LISTED
+        )),
+        "{text}"
+    );
+    // A member no one can name (a plan read back from a file) by key alone.
+    let mut unnamed = plan.clone();
+    unnamed.member_names = Default::default();
+    let text = plan_text(&unnamed, PlanView::new(Style { color: false }));
     assert!(text.contains("      + key k00\n"), "{text}");
-    assert!(
-        text.contains(&format!("      + key k{:02}\n", MEMBERS_LISTED - 1)),
-        "{text}"
-    );
-    assert!(
-        !text.contains(&format!("+ key k{:02}", MEMBERS_LISTED)),
-        "{text}"
-    );
     assert!(text.contains("      … and 3 more\n"), "{text}");
 }
 
 #[test]
 fn golden_plan_json() {
-    let (d, s) = scenario();
+    let (d, s) = golden_scenario();
     let mut plan = plan(&d, &s, &Policy::default());
     plan.fingerprint = "fixed".into();
     let mut json = Vec::new();

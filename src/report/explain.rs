@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use crate::model::Ownership;
+use crate::model::{Ownership, UserAttr, UserName};
+use crate::plan::{MemberNames, Operation};
 use crate::sync::inspect::{Explanation, Found, Mapped};
 
 use super::plan::{PlanView, op_lines};
@@ -34,11 +35,31 @@ fn groups_and_next(out: &mut String, e: &Explanation) {
                 style: Style { color: false },
                 detail: true,
             };
+            let names = member_names(e, ops);
             for op in ops {
-                out.push_str(&op_lines(op, view));
+                out.push_str(&op_lines(op, view, &names));
             }
         }
     }
+}
+
+/// The explained user's userName, for the membership lines of the next
+/// cycle (which name only this user): as mapped from the source, else as
+/// the user's own operation carries it.
+fn member_names(e: &Explanation, ops: &[Operation]) -> MemberNames {
+    let mapped = match &e.found {
+        Found::InSource(user) => match &user.mapping {
+            Mapped::InScope { attrs, .. } => attrs
+                .get(UserAttr::UserName)
+                .map(|name| (user.key.clone(), UserName::new(name))),
+            _ => None,
+        },
+        Found::NotInSource { .. } => None,
+    };
+    ops.iter()
+        .filter_map(|op| Some((op.user_key()?.clone(), op.user_name()?.clone())))
+        .chain(mapped)
+        .collect()
 }
 
 pub fn explain_text(e: &Explanation) -> String {

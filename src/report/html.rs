@@ -164,8 +164,9 @@ fn count_chart(runs: &[RunPoint]) -> CountChart {
     }
 }
 
-/// The report page.
-pub fn report_html(data: &ReportData) -> String {
+/// A template environment with HTML auto-escaping on, and every string
+/// [`super::escape`]d before it is HTML-escaped; `template` added as `name`.
+pub(super) fn environment(name: &'static str, template: &'static str) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_auto_escape_callback(|_| AutoEscape::Html);
     env.set_formatter(|out, state, value| match value.as_str() {
@@ -174,8 +175,14 @@ pub fn report_html(data: &ReportData) -> String {
         }
         _ => minijinja::escape_formatter(out, state, value),
     });
-    env.add_template("report.html", TEMPLATE)
-        .expect("the report template compiles");
+    env.add_template(name, template)
+        .expect("the page's template compiles");
+    env
+}
+
+/// The report page.
+pub fn report_html(data: &ReportData) -> String {
+    let env = environment("report.html", TEMPLATE);
     let ops = ops_chart(&data.runs);
     let counts = count_chart(&data.runs);
     env.get_template("report.html")

@@ -175,7 +175,7 @@ pub fn log_csv(records: &[LogRecord]) -> String {
 }
 
 /// A field a spreadsheet would take for a formula, prefixed with `'`.
-fn spreadsheet_safe(field: &str) -> String {
+pub(super) fn spreadsheet_safe(field: &str) -> String {
     if field.starts_with(['=', '+', '-', '@']) {
         format!("'{field}")
     } else {

@@ -11,19 +11,23 @@
 //! ([`json_text`]), so it stays lossless. A name with a newline, an escape
 //! sequence or a bidirectional override cannot forge or disguise a line.
 
+mod audit;
 mod explain;
 mod fields;
 mod html;
 mod log;
+mod markdown;
 mod metrics;
 mod plan;
 mod run;
 mod status;
 
+pub use audit::{audit_csv, audit_html, audit_json, audit_text};
 pub use explain::explain_text;
 pub use fields::{JsonSafe, LogFields};
 pub use html::report_html;
 pub use log::{log_csv, log_json, log_text};
+pub use markdown::{PlanReview, plan_markdown};
 pub use metrics::metrics_text;
 #[cfg(test)]
 pub use plan::MEMBERS_LISTED;

@@ -2,7 +2,9 @@
 //!
 //! The text plan is for a reviewer: a summary line, then the operations under
 //! one heading per kind ("Users to create", "Memberships to remove", …), each
-//! membership change naming its members (up to [`MEMBERS_LISTED`] a group).
+//! membership change naming its members by userName and key (up to
+//! [`MEMBERS_LISTED`] a group; by key alone where the plan does not know the
+//! name, as in the removals a guard held back).
 //! With `detail`, a created user shows every mapped attribute it is created with.
 //! What the plan skips because its action is switched off follows, under a
 //! heading per switch, after everything it sends.
@@ -11,7 +13,7 @@ use std::fmt::Write as _;
 
 use crate::model::OpKind;
 use crate::model::{GroupName, SourceKey, UserAttrs};
-use crate::plan::{Action, Change, Changes, NameStep, Operation, Plan, released_name};
+use crate::plan::{Action, Change, Changes, MemberNames, NameStep, Operation, Plan, released_name};
 
 use super::{Style, plural, quote, show};
 
@@ -37,7 +39,7 @@ impl PlanView {
 
 /// The headings, in the order a reviewer reads them (and the executor runs
 /// them, removals last).
-const SECTIONS: [(OpKind, &str); 12] = [
+pub(super) const SECTIONS: [(OpKind, &str); 12] = [
     (OpKind::AdoptUser, "Users to adopt"),
     (OpKind::AdoptGroup, "Groups to adopt"),
     (OpKind::CreateUser, "Users to create"),
@@ -73,17 +75,26 @@ fn created_lines(out: &mut String, attrs: &UserAttrs) {
     }
 }
 
-fn member_lines(out: &mut String, sign: char, members: &[SourceKey]) {
+fn member_lines(out: &mut String, sign: char, members: &[SourceKey], names: &MemberNames) {
     for m in members.iter().take(MEMBERS_LISTED) {
-        let _ = writeln!(out, "      {sign} key {}", show(m.as_str()));
+        let _ = match names.get(m) {
+            Some(name) => writeln!(
+                out,
+                "      {sign} {} (key {})",
+                show(name.as_str()),
+                show(m.as_str())
+            ),
+            None => writeln!(out, "      {sign} key {}", show(m.as_str())),
+        };
     }
     if members.len() > MEMBERS_LISTED {
         let _ = writeln!(out, "      … and {} more", members.len() - MEMBERS_LISTED);
     }
 }
 
-/// One operation's lines, indented under its heading.
-pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
+/// One operation's lines, indented under its heading; members by userName
+/// where `names` knows it, and by key.
+pub(crate) fn op_lines(op: &Operation, view: PlanView, names: &MemberNames) -> String {
     let style = view.style;
     let mut out = String::new();
     let mut head = |color: &str, text: String| {
@@ -188,14 +199,14 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView) -> String {
                     show(display_name.as_str())
                 ),
             );
-            member_lines(&mut out, '+', members);
+            member_lines(&mut out, '+', members, names);
         }
         Operation::RemoveMembers {
             display_name,
             members,
             dangling,
             ..
-        } => removal_lines(&mut out, style, display_name, members, dangling),
+        } => removal_lines(&mut out, style, display_name, members, dangling, names),
     }
     if let Some(note) = step_note(op) {
         let _ = writeln!(out, "      ↳ {note}");
@@ -211,6 +222,7 @@ fn removal_lines(
     display_name: &GroupName,
     members: &[SourceKey],
     dangling: &[String],
+    names: &MemberNames,
 ) {
     let head = |out: &mut String, text: String| {
         let _ = writeln!(out, "  {}", style.paint("31", &text));
@@ -225,7 +237,7 @@ fn removal_lines(
                 show(display_name.as_str())
             ),
         );
-        member_lines(out, '-', members);
+        member_lines(out, '-', members, names);
     }
     if !dangling.is_empty() {
         head(
@@ -260,12 +272,7 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
             if skipped == 1 { "its" } else { "their" }
         );
     } else if plan.operations.is_empty() {
-        // Only a plan that read the target knows what it holds.
-        out.push_str(if plan.full {
-            "No changes. The target matches the source.\n"
-        } else {
-            "No changes.\n"
-        });
+        out.push_str(no_changes(plan));
     } else {
         let _ = writeln!(
             out,
@@ -306,7 +313,7 @@ pub fn plan_text(plan: &Plan, view: PlanView) -> String {
         }
         let _ = writeln!(out, "\n{heading}:");
         for op in ops {
-            out.push_str(&op_lines(op, view));
+            out.push_str(&op_lines(op, view, &plan.member_names));
         }
     }
     skipped_sections(&mut out, plan, view);
@@ -353,8 +360,18 @@ fn skipped_sections(out: &mut String, plan: &Plan, view: PlanView) {
         }
         let _ = writeln!(out, "\nSkipped, not sent (policy.actions.{action} is off):");
         for skipped in ops {
-            out.push_str(&op_lines(&skipped.op, view));
+            out.push_str(&op_lines(&skipped.op, view, &plan.member_names));
         }
+    }
+}
+
+/// What an empty plan says: only a plan that read the target knows what it
+/// holds.
+pub(super) fn no_changes(plan: &Plan) -> &'static str {
+    if plan.full {
+        "No changes. The target matches the source.\n"
+    } else {
+        "No changes.\n"
     }
 }
 
@@ -364,7 +381,7 @@ pub fn held_text(held: &[Operation], limit: usize) -> String {
     let mut out = format!("held back {} removal(s):\n", held.len());
     let view = PlanView::new(Style { color: false });
     for op in held.iter().take(limit) {
-        out.push_str(&op_lines(op, view));
+        out.push_str(&op_lines(op, view, &MemberNames::default()));
     }
     if held.len() > limit {
         let _ = writeln!(
@@ -388,7 +405,7 @@ pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result
 
 /// The line under an operation that moves a userName between users: what the
 /// planner decided, for the reviewer.
-fn step_note(op: &Operation) -> Option<String> {
+pub(super) fn step_note(op: &Operation) -> Option<String> {
     let step = op.name_step()?;
     Some(match (step, op) {
         (NameStep::Frees { for_key }, Operation::RemoveMembers { .. }) => format!(

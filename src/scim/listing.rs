@@ -252,6 +252,34 @@ impl ScimClient {
             return Ok(());
         }
         let users = self.list("Users", resource::user_from_json).await?;
+        self.keep_listing(users);
+        Ok(())
+    }
+
+    /// Every user and every group, listed now, each with when the target
+    /// says it made it: what a `--full` read (and `audit`) sees. The user
+    /// listing becomes this cycle's.
+    pub async fn list_all_created(
+        &self,
+    ) -> Result<(Vec<RemoteUser>, Vec<RemoteGroup>, CreatedAt), ScimError> {
+        let users = {
+            let _one_at_a_time = self.inner.listing_users.lock().await;
+            let listed = self.list("Users", resource::listed_user).await?;
+            let (users, created) = with_created(listed, |u: &RemoteUser| &u.id);
+            self.keep_listing(users.clone());
+            (users, created)
+        };
+        let listed = self.list("Groups", resource::listed_group).await?;
+        let (groups, group_created) = with_created(listed, |g: &RemoteGroup| &g.id);
+        let created = CreatedAt {
+            users: users.1,
+            groups: group_created,
+        };
+        Ok((users.0, groups, created))
+    }
+
+    /// Makes `users` the cycle's user listing.
+    fn keep_listing(&self, users: Vec<RemoteUser>) {
         if self.user_names_unique() != Some(false)
             && let Some(name) = duplicate_user_name(&users)
         {
@@ -262,7 +290,6 @@ impl ScimClient {
             self.set_user_names_unique(Some(false));
         }
         *self.users_cache() = Some(Listing::new(users));
-        Ok(())
     }
 
     pub(super) fn users_cache(&self) -> std::sync::MutexGuard<'_, Option<Listing>> {
@@ -358,6 +385,24 @@ impl Listing {
             }
         }
     }
+}
+
+/// Listed resources apart from their `meta.created`, kept by id.
+fn with_created<T>(
+    listed: Vec<(T, Option<String>)>,
+    id: impl Fn(&T) -> &ScimId,
+) -> (Vec<T>, HashMap<ScimId, String>) {
+    let mut created = HashMap::new();
+    let items = listed
+        .into_iter()
+        .map(|(item, at)| {
+            if let Some(at) = at {
+                created.insert(id(&item).clone(), at);
+            }
+            item
+        })
+        .collect();
+    (items, created)
 }
 
 /// Whether a failed list request that carried `count` may have failed because

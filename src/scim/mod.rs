@@ -34,7 +34,7 @@ use serde_json::Value;
 use crate::apply::RequiredPaths;
 use crate::model::TargetRules;
 use crate::model::{
-    GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
+    CreatedAt, GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
 };
 pub use crate::retry::RetryPolicy;
 use crate::retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};

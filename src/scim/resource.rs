@@ -341,6 +341,21 @@ pub fn user_from_json(resource: &Value) -> Result<RemoteUser, String> {
     Ok(RemoteUser { id, attrs, active })
 }
 
+/// `meta.created` as the target wrote it, when it did.
+pub fn created_of(resource: &Value) -> Option<String> {
+    non_empty_str(resource.get("meta").and_then(|m| m.get("created")))
+}
+
+/// A user of a listing, with its `meta.created`.
+pub fn listed_user(resource: &Value) -> Result<(RemoteUser, Option<String>), String> {
+    Ok((user_from_json(resource)?, created_of(resource)))
+}
+
+/// A group of a listing, with its `meta.created`.
+pub fn listed_group(resource: &Value) -> Result<(RemoteGroup, Option<String>), String> {
+    Ok((group_from_json(resource)?, created_of(resource)))
+}
+
 pub fn group_to_json(display_name: &str, external_id: Option<&str>) -> Value {
     let mut obj = json!({ "schemas": [GROUP_SCHEMA], "displayName": display_name });
     if let Some(external_id) = external_id {
@@ -796,6 +811,20 @@ mod tests {
             }
         );
         assert!(group_to_json("Eng", None).get("externalId").is_none());
+    }
+
+    #[test]
+    fn a_listed_resource_keeps_when_the_target_made_it() {
+        let user = json!({
+            "id": "u1", "userName": "ann@x.com",
+            "meta": { "resourceType": "User", "created": "2024-05-01T10:00:00Z" }
+        });
+        let (remote, created) = listed_user(&user).unwrap();
+        assert_eq!(remote.id, ScimId::new("u1"));
+        assert_eq!(created.as_deref(), Some("2024-05-01T10:00:00Z"));
+        let group = json!({ "id": "g1", "displayName": "G", "meta": { "created": "" } });
+        assert_eq!(listed_group(&group).unwrap().1, None);
+        assert_eq!(created_of(&json!({ "id": "x" })), None);
     }
 
     #[test]

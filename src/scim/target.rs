@@ -59,12 +59,12 @@ impl Target for ScimClient {
     }
 
     async fn read_all(&self) -> Result<TargetSnapshot, TargetError> {
-        let users = self.list_users().await?;
-        let groups = self.list_groups().await?;
+        let (users, groups, created) = self.list_all_created().await?;
         tracing::info!(users = users.len(), groups = groups.len(), "target read");
         Ok(TargetSnapshot {
             users,
             groups,
+            created,
             ..TargetSnapshot::default()
         })
     }

@@ -7,6 +7,7 @@
 //! a failing target; `observe` writes the metrics file and `notify` sends
 //! alerts after each cycle (to a webhook, and by `email`).
 
+pub mod audit;
 pub mod daemon;
 pub mod email;
 pub mod facts;
@@ -1003,7 +1004,10 @@ fn held_by_quarantine_quietly(
 /// `sync --dry-run`: steps 1 and 3–6, the plan rendered and stopped.
 async fn dry_run(settings: &Settings, opts: &SyncOptions) -> Result<RunSummary, SyncError> {
     let started = Instant::now();
-    let Planned { plan, input, .. } = preview(settings, opts, Purpose::DryRun).await?;
+    let Planned {
+        mut plan, input, ..
+    } = preview(settings, opts, Purpose::DryRun).await?;
+    plan.member_names = plan::MemberNames::of(plan.planned(), Some(input.desired()), input.state());
     Ok(RunSummary {
         summary: plan.summary.clone(),
         applied: 0,

@@ -168,6 +168,7 @@ mod tests {
             managed_memberships: 0,
             observed: Vec::new(),
             held_groups: 0,
+            member_names: Default::default(),
         }
     }
 

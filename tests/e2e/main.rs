@@ -13,6 +13,7 @@
 mod alerts;
 mod assignment;
 mod atlassian;
+mod audit;
 mod bad_input;
 mod cli;
 mod controls;
@@ -27,6 +28,7 @@ mod quirks_members;
 mod quirks_schema;
 mod quirks_truth;
 mod report;
+mod review;
 mod selftest;
 mod snapshots;
 #[path = "../support/mod.rs"]

@@ -29,7 +29,7 @@ fn chromium() -> PathBuf {
 
 /// Runs headless Chromium on `page` with `extra` flags, in a new empty
 /// profile, bounded by [`CHROMIUM_TIMEOUT`]; returns its stdout.
-fn run_chromium(page: &Path, extra: &[String]) -> String {
+pub(crate) fn run_chromium(page: &Path, extra: &[String]) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
     let mut cmd = Command::new(chromium());
     cmd.args([
@@ -139,25 +139,35 @@ fn the_html_report_renders_in_chromium_with_a_mark_per_run_and_the_last_runs_ope
         "{dom}"
     );
     // Nothing on the page can reach the network: no external reference at all.
+    assert_refers_to_nothing(&dom, &["http://www.w3.org/2000/svg"]);
+    assert_screenshot(&page, &ws.path().join("report.png"));
+}
+
+/// Asserts that the DOM Chromium built refers to nothing outside the page
+/// (no `src`, `href`, `url(`, `@import` or address), but the text that
+/// starts with one of `allowed`.
+pub(crate) fn assert_refers_to_nothing(dom: &str, allowed: &[&str]) {
     let external = Regex::new(
         r#"(?i)\b(src|href|action|srcset|poster)\s*=|url\(|@import|https?://[^"\s]*[^"\s/]"#,
     )
     .expect("regex");
     let found: Vec<&str> = external
-        .find_iter(&dom)
+        .find_iter(dom)
         .map(|m| m.as_str())
-        .filter(|m| *m != "http://www.w3.org/2000/svg")
+        .filter(|m| !allowed.iter().any(|a| m.starts_with(a)))
         .collect();
     assert!(found.is_empty(), "external references: {found:?}");
+}
 
-    let shot = ws.path().join("report.png");
+/// Takes a screenshot of `page` into `shot` with Chromium, and checks it is one.
+pub(crate) fn assert_screenshot(page: &Path, shot: &Path) {
     run_chromium(
-        &page,
+        page,
         &[
             format!("--screenshot={}", shot.display()),
             "--window-size=1000,1400".to_owned(),
         ],
     );
-    let png = std::fs::read(&shot).expect("screenshot written");
+    let png = std::fs::read(shot).expect("screenshot written");
     assert!(png.len() > 1000 && png.starts_with(b"\x89PNG"), "not a PNG");
 }
