@@ -397,7 +397,9 @@ pub fn held_text(held: &[Operation], limit: usize) -> String {
 /// (a million operations would be a gigabyte of string).
 pub fn write_plan_json(plan: &Plan, out: impl std::io::Write) -> std::io::Result<()> {
     use std::io::Write as _;
-    let mut out = super::JsonSafe::new(std::io::BufWriter::new(out));
+    // serde_json writes token by token: buffered first, so the escaping
+    // writer looks at large chunks, not at every comma.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, super::JsonSafe::new(out));
     serde_json::to_writer_pretty(&mut out, plan).map_err(std::io::Error::other)?;
     out.write_all(b"\n")?;
     out.flush()
