@@ -523,10 +523,11 @@ impl<'a> Assigned<'a> {
     /// Why a group the read has is not pushed (the plan's reason when one
     /// idsync manages is deleted).
     pub(crate) fn unassigned_group(&self) -> &'static str {
-        if self.reads_source {
-            "no longer assigned (not in assign.groups, not assigned to the app)"
-        } else {
-            "no longer assigned (not in assign.groups)"
+        let in_config = self.groups.iter().any(|(_, via)| *via == Via::Config);
+        match (self.reads_source, in_config) {
+            (true, false) => "no longer assigned to the app",
+            (true, true) => "no longer assigned: not in assign.groups, not assigned to the app",
+            (false, _) => "no longer assigned: not in assign.groups",
         }
     }
 }

@@ -95,6 +95,16 @@ fn members_of_assigned_groups_are_in_scope_and_only_assigned_groups_are_pushed()
     assert_eq!(keys(&desired), (vec!["u1", "u2"], vec!["g-eng"]));
     let out: Vec<&str> = desired.out_of_scope.iter().map(SourceKey::as_str).collect();
     assert_eq!(out, ["u3", "u4", "u5"]);
+    let unassigned: Vec<&str> = desired
+        .unassigned_users
+        .iter()
+        .map(SourceKey::as_str)
+        .collect();
+    assert_eq!(
+        unassigned,
+        ["u4", "u5"],
+        "u3 is assigned, out by the mapping's rule"
+    );
     assert_eq!(
         desired.groups[0].members,
         [SourceKey::new("u1"), SourceKey::new("u2")],
@@ -108,8 +118,8 @@ fn members_of_assigned_groups_are_in_scope_and_only_assigned_groups_are_pushed()
     assert_eq!(
         unassigned,
         [
-            ("g-ops", "no longer assigned (not in assign.groups)"),
-            ("g-team", "no longer assigned (not in assign.groups)")
+            ("g-ops", "no longer assigned: not in assign.groups"),
+            ("g-team", "no longer assigned: not in assign.groups")
         ]
     );
 }
@@ -192,8 +202,14 @@ fn the_sources_own_assignments_scope_direct_members_and_push_their_groups() {
     assert_eq!(keys(&desired), (vec!["u1", "u4"], vec!["g-eng"]));
     assert_eq!(
         desired.unassigned_groups[&GroupKey::new("g-ops")],
-        "no longer assigned (not in assign.groups, not assigned to the app)"
+        "no longer assigned to the app"
     );
+    let unassigned: Vec<&str> = desired
+        .unassigned_users
+        .iter()
+        .map(SourceKey::as_str)
+        .collect();
+    assert_eq!(unassigned, ["u2", "u3", "u5"], "u3 is also a contractor");
     // Everything unassigned in the app: nobody is in scope (the planner's
     // guards decide what that may remove).
     dir.assignments = Some(SourceAssignments::default());

@@ -746,6 +746,7 @@ impl Mapping {
             mapped: MappedUsers {
                 users: Vec::with_capacity(expected_users),
                 out_of_scope: Vec::new(),
+                unassigned: Vec::new(),
                 errors: Vec::new(),
                 assigned_groups,
             },
@@ -766,6 +767,7 @@ impl Mapping {
         let MappedUsers {
             mut users,
             out_of_scope,
+            unassigned,
             mut errors,
             assigned_groups,
         } = mapped;
@@ -813,6 +815,7 @@ impl Mapping {
             // Bulk-built from (usually already sorted) keys: far cheaper than
             // inserting one by one.
             out_of_scope: out_of_scope.into_iter().collect(),
+            unassigned_users: unassigned.into_iter().collect(),
             create_only: self.create_only.clone(),
             ignored_members: built.ignored_members,
             held_groups,
@@ -1030,7 +1033,12 @@ impl UserMapper<'_, '_> {
                 attrs,
                 active,
             }),
-            Ok(None) => mapped.out_of_scope.push(user.key),
+            Ok(None) => {
+                if !assigned {
+                    mapped.unassigned.push(user.key.clone());
+                }
+                mapped.out_of_scope.push(user.key);
+            }
             Err(problem) => mapped.errors.push(RecordError {
                 origin: user.origin,
                 record: RecordId::User(user.key),
@@ -1068,6 +1076,8 @@ fn unknown_named_user(assigned: &Assigned<'_>, assign: &Assign, i: usize) -> Rec
 pub struct MappedUsers {
     users: Vec<DesiredUser>,
     out_of_scope: Vec<SourceKey>,
+    /// Out of scope because nothing assigns them (also in `out_of_scope`).
+    unassigned: Vec<SourceKey>,
     errors: Vec<RecordError>,
     /// With `assign`: the groups it pushes.
     assigned_groups: Option<AssignedGroups>,

@@ -185,7 +185,9 @@ fn diff_state(
         if out_of_scope && policy.skip_out_of_scope_deletions {
             continue;
         }
-        let reason = if out_of_scope {
+        let reason = if desired.unassigned_users.contains(key) {
+            "no longer assigned"
+        } else if out_of_scope {
             "out of scope"
         } else {
             "not in the source"
