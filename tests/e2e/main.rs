@@ -16,6 +16,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod csv_sync;
+mod examples;
 mod faults;
 mod harness;
 mod lifecycle;

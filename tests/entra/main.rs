@@ -703,6 +703,10 @@ fn the_shipped_example_validates() {
         .env("ENTRA_TENANT_ID", "contoso.onmicrosoft.com")
         .env("ENTRA_CLIENT_ID", CLIENT_ID)
         .env(
+            "ENTRA_APP_OBJECT_ID",
+            "5f6e0000-aaaa-bbbb-cccc-000000000001",
+        )
+        .env(
             "ATLASSIAN_DIRECTORY_ID",
             "00000000-0000-0000-0000-000000000000",
         )
