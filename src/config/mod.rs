@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use crate::mapping::{AssignConfig, AssignRules, Mapping, Nesting};
+use crate::mapping::{AssignConfig, AssignRules, Mapping};
 use crate::model::Domain;
 use crate::plan::config::PolicyConfig;
 use crate::plan::{PlanOptions, Policy};
@@ -320,21 +320,9 @@ impl Settings {
 /// default (each system's own rule) and whether it reads an app's assignments.
 fn assign_rules(source: &SourceSettings) -> AssignRules {
     match source {
-        SourceSettings::Csv(_) => AssignRules {
-            default_nesting: Nesting::Flatten,
-            reads_app: false,
-            source: "csv",
-        },
-        SourceSettings::Ldap(_) => AssignRules {
-            default_nesting: Nesting::Flatten,
-            reads_app: false,
-            source: "ldap",
-        },
-        SourceSettings::Entra(_) => AssignRules {
-            default_nesting: Nesting::Direct,
-            reads_app: true,
-            source: "entra",
-        },
+        SourceSettings::Csv(_) => AssignRules::flattening("csv"),
+        SourceSettings::Ldap(_) => AssignRules::flattening("ldap"),
+        SourceSettings::Entra(_) => AssignRules::entra(),
     }
 }
 

@@ -113,6 +113,28 @@ pub struct AssignRules {
     pub source: &'static str,
 }
 
+impl AssignRules {
+    /// LDAP's, Active Directory's and CSV's: nested groups flattened, no app
+    /// to read assignments from.
+    pub fn flattening(source: &'static str) -> AssignRules {
+        AssignRules {
+            default_nesting: Nesting::Flatten,
+            reads_app: false,
+            source,
+        }
+    }
+
+    /// Entra ID's: an assigned group counts its direct members, and the
+    /// enterprise app's assignments can be read.
+    pub fn entra() -> AssignRules {
+        AssignRules {
+            default_nesting: Nesting::Direct,
+            reads_app: true,
+            source: "entra",
+        }
+    }
+}
+
 /// A mistake in the `assign:` section, at the offending value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -696,14 +718,10 @@ mod tests {
     }
 
     fn compile(text: &str, entra: bool) -> Result<Assign, AssignConfigError> {
-        let rules = AssignRules {
-            default_nesting: if entra {
-                Nesting::Direct
-            } else {
-                Nesting::Flatten
-            },
-            reads_app: entra,
-            source: if entra { "entra" } else { "ldap" },
+        let rules = if entra {
+            AssignRules::entra()
+        } else {
+            AssignRules::flattening("ldap")
         };
         section(text).compile("config.yaml", Location::UNKNOWN, rules)
     }

@@ -61,14 +61,10 @@ users:
 "#;
 
 fn mapping(text: &str, assign: &str, entra: bool) -> Mapping {
-    let rules = AssignRules {
-        default_nesting: if entra {
-            Nesting::Direct
-        } else {
-            Nesting::Flatten
-        },
-        reads_app: entra,
-        source: if entra { "entra" } else { "ldap" },
+    let rules = if entra {
+        AssignRules::entra()
+    } else {
+        AssignRules::flattening("ldap")
     };
     let section: AssignConfig = serde_saphyr::from_str(assign).expect("assign parses");
     let assign = section

@@ -153,7 +153,7 @@ use crate::model::{
     SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr,
     UserAttrs,
 };
-pub use assign::{Assign, AssignConfig, AssignRules, Nesting};
+pub use assign::{Assign, AssignConfig, AssignRules};
 use assign::{Assigned, Memberships, Missing};
 use expr::{Expr, Record};
 use scope::Scope;
@@ -609,12 +609,7 @@ impl Mapping {
     /// `assign` (`assigned` given), assigned or added by an include rule.
     fn group_scope_of(&self, group: &SourceGroup, assigned: Option<bool>) -> GroupScope {
         let empty = SourceAttrs::new();
-        let rec = Record {
-            key: group.key.as_str(),
-            name: &group.name,
-            attrs: &empty,
-            memberships: &NO_MEMBERSHIPS,
-        };
+        let rec = group_record(group, &empty);
         match assigned {
             None if self.group_scope.contains(&rec) => GroupScope::Pushed,
             Some(_) if self.group_scope.excludes(&rec) => GroupScope::Out,
@@ -628,12 +623,7 @@ impl Mapping {
     /// The group's display name, by the `groups.displayName` rule.
     fn group_display_name(&self, group: &SourceGroup) -> Result<String, RecordProblem> {
         let empty = SourceAttrs::new();
-        let rec = Record {
-            key: group.key.as_str(),
-            name: &group.name,
-            attrs: &empty,
-            memberships: &NO_MEMBERSHIPS,
-        };
+        let rec = group_record(group, &empty);
         let name = self.group_name.eval(&rec);
         if name.trim().is_empty() {
             return Err(RecordProblem::EmptyGroupName);
@@ -893,6 +883,17 @@ impl Mapping {
             ));
         }
         out
+    }
+}
+
+/// What the group rules see of a group: its key and name (`empty`: groups
+/// have no other attributes).
+fn group_record<'a>(group: &'a SourceGroup, empty: &'a SourceAttrs) -> Record<'a> {
+    Record {
+        key: group.key.as_str(),
+        name: &group.name,
+        attrs: empty,
+        memberships: &NO_MEMBERSHIPS,
     }
 }
 

@@ -280,6 +280,19 @@ fn config_with(ws: &Workspace, text: &str, with: &str) -> String {
     config.replace(text, with)
 }
 
+/// `explain` of each of `who` (each expected to exit 0), redacted: stdout
+/// only, as the log lines on stderr are not what is pinned.
+fn explained(ws: &Workspace, r: &Redactor, who: &[&str]) -> String {
+    let mut text = String::new();
+    for who in who {
+        let out = ws.run(&["explain", who]);
+        out.assert_code(0);
+        text.push_str(&transcript_stdout(&out));
+        text.push('\n');
+    }
+    r.apply(&text)
+}
+
 fn assert_parses_as_json(text: &str) {
     serde_json::from_str::<serde_json::Value>(text)
         .unwrap_or_else(|e| panic!("not JSON after redaction ({e}):\n{text}"));
@@ -761,20 +774,16 @@ fn explain_an_in_scope_user_an_out_of_scope_user_a_leaver_and_an_unknown_one() {
         .push("u1".into());
     ws.write_directory(&dir);
 
-    let mut text = String::new();
-    for who in [
-        "ada@example.com",
-        "u9",
-        "edsger@example.com",
-        "nobody@example.com",
-    ] {
-        let out = ws.run(&["explain", who]);
-        out.assert_code(0);
-        // stdout only: the log lines on stderr are not what is pinned here.
-        text.push_str(&transcript_stdout(&out));
-        text.push('\n');
-    }
-    let text = r.apply(&text);
+    let text = explained(
+        &ws,
+        &r,
+        &[
+            "ada@example.com",
+            "u9",
+            "edsger@example.com",
+            "nobody@example.com",
+        ],
+    );
     snap(
         "explain",
         "explain for ada@ (in scope, provisioned; her title changed and she joined finance since the last sync), u9 (department Contractors, out of scope), edsger@ (left the source, disabled) and nobody@ (unknown); mapping = mappings/csv.yaml + scope exclude department Contractors",
@@ -820,18 +829,15 @@ fn explain_names_the_assignment_that_put_a_user_in_scope_or_its_absence() {
     ws.extra_config =
         "assign:\n  groups: [Engineering]\n  users: [CONTRACTOR@example.com]\n".into();
     sync_and_learn(&server, &ws, &assigned_directory(), &mut r);
-    let mut text = String::new();
-    for who in [
-        "ada@example.com",
-        "contractor@example.com",
-        "alan@example.com",
-    ] {
-        let out = ws.run(&["explain", who]);
-        out.assert_code(0);
-        text.push_str(&transcript_stdout(&out));
-        text.push('\n');
-    }
-    let text = r.apply(&text);
+    let text = explained(
+        &ws,
+        &r,
+        &[
+            "ada@example.com",
+            "contractor@example.com",
+            "alan@example.com",
+        ],
+    );
     for says in [
         "Scope: in scope: assigned through group \"engineering\"",
         "Scope: in scope: assigned directly (assign.users)",

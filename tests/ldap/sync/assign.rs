@@ -19,6 +19,29 @@ fn narrowed(want: &Want, group: &str, assigned: &BTreeSet<String>) -> Want {
     w
 }
 
+/// The target holds exactly the `assigned` users of `want` (and `disabled`
+/// ones, deactivated) and the one pushed group `group`.
+fn assert_assigned(
+    server: &ScimServer,
+    want: &Want,
+    group: &str,
+    assigned: &BTreeSet<String>,
+    disabled: &BTreeSet<String>,
+) {
+    assert_target(
+        &narrowed(want, group, assigned),
+        disabled,
+        &server.contents(),
+    );
+}
+
+/// `plan` exits 0 and its text holds `says`.
+fn assert_plan_says(op: &Operator, says: &str) {
+    let plan = op.run(&["plan"]);
+    plan.assert_code(0);
+    assert!(plan.stdout.contains(says), "{says}: {}", plan.dump());
+}
+
 #[test]
 fn an_assigned_group_scopes_users_flattening_nested_groups_unless_direct() {
     let n = 40;
@@ -37,51 +60,29 @@ fn an_assigned_group_scopes_users_flattening_nested_groups_unless_direct() {
     );
     op.sync_ok();
     let mut disabled = BTreeSet::new();
-    assert_target(
-        &narrowed(&want, "engineering", &engineering),
-        &disabled,
-        &server.contents(),
-    );
+    assert_assigned(&server, &want, "engineering", &engineering, &disabled);
     op.assert_plan_empty();
 
     // Direct: only the user engineering lists itself; the teams' members go.
     op.extra_config = "assign:\n  groups: [engineering]\n  nested: direct\n".into();
-    let plan = op.run(&["plan"]);
-    plan.assert_code(0);
-    assert!(
-        plan.stdout.contains("(no longer assigned)"),
-        "{}",
-        plan.dump()
-    );
+    assert_plan_says(&op, "(no longer assigned)");
     // More than max_removals (5%) leave: the guard holds them until reviewed.
     op.run(&["sync"]).assert_code(3);
     op.run(&["sync", "--allow-deletes"]).assert_code(0);
     let direct = BTreeSet::from([user_key(&want, 3)]);
     disabled.extend(engineering.difference(&direct).cloned());
-    assert_target(
-        &narrowed(&want, "engineering", &direct),
-        &disabled,
-        &server.contents(),
-    );
+    assert_assigned(&server, &want, "engineering", &direct, &disabled);
     op.assert_plan_empty();
 
     // all-staff, flattened two levels down: everyone comes back, user 4 too;
     // engineering is no longer assigned and is deleted (groups.delete on).
     op.extra_config = "assign: { groups: [all-staff] }\n".into();
-    let plan = op.run(&["plan"]);
-    plan.assert_code(0);
-    assert!(
-        plan.stdout
-            .contains("delete group engineering (no longer assigned: not in assign.groups)"),
-        "{}",
-        plan.dump()
+    assert_plan_says(
+        &op,
+        "delete group engineering (no longer assigned: not in assign.groups)",
     );
     // A group delete is a removal too (above 5% of the few managed users).
     op.run(&["sync", "--allow-deletes"]).assert_code(0);
-    assert_target(
-        &narrowed(&want, "all-staff", &all_staff),
-        &BTreeSet::new(),
-        &server.contents(),
-    );
+    assert_assigned(&server, &want, "all-staff", &all_staff, &BTreeSet::new());
     op.assert_plan_empty();
 }
