@@ -632,6 +632,9 @@ fn validate(path: &Path) -> Result<Exit, Failure> {
         settings.target.flavour
     );
     println!("  state:   {}", esc(&settings.state_path.display()));
+    if let Some(assign) = settings.mapping.assign() {
+        println!("  assign:  {}", esc(&assign.describe()));
+    }
     println!(
         "  policy:  remove_action {:?}, max_removals {}, max_member_removals {}, groups {}",
         settings.policy.remove_action,

@@ -3,7 +3,8 @@
 //! compiled, limits parsed). Every mistake surfaces here, in `idsync validate`,
 //! with the file, line and column. Each section's owner reads and compiles it —
 //! the source adapters `source:`, `scim::config` `target:`, `plan::config`
-//! `policy:` — and says where a mistake is; this module places it in the file.
+//! `policy:`, the mapping `assign:` — and says where a mistake is; this module
+//! places it in the file.
 //! Here are only the file's shape and the order of compilation, with its parts:
 //! `${VAR}` expansion (`env`), YAML errors (`located`), the `source:` section's
 //! two-pass read (`kinded`), `schedule:`, `notify:` and its `email:`. Secrets
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
-use crate::mapping::Mapping;
+use crate::mapping::{AssignConfig, AssignRules, Mapping};
 use crate::model::Domain;
 use crate::plan::config::PolicyConfig;
 use crate::plan::{PlanOptions, Policy};
@@ -68,6 +69,7 @@ struct RawConfig<S> {
     notify: Option<Spanned<RawNotify>>,
     #[serde(default)]
     paused: bool,
+    assign: Option<Spanned<AssignConfig>>,
 }
 
 /// The `source:` section: `kind` picks the adapter, whose own config reads the
@@ -112,6 +114,7 @@ impl<S> RawConfig<S> {
             metrics_file,
             notify,
             paused,
+            assign,
         } = self;
         RawConfig {
             source: Spanned::new(f(source.value), source.referenced, source.defined),
@@ -124,6 +127,7 @@ impl<S> RawConfig<S> {
             metrics_file,
             notify,
             paused,
+            assign,
         }
     }
 }
@@ -235,13 +239,26 @@ impl Settings {
         };
 
         let refused = |e: SourceConfigError| at(&e.location, e.message, e.hint);
-        let source = match raw.source.value {
+        let mut source = match raw.source.value {
             RawSource::Csv(csv) => SourceSettings::Csv(csv.compile(&base).map_err(refused)?),
             RawSource::Ldap(ldap) => {
                 SourceSettings::Ldap(Box::new(ldap.compile(&base).map_err(refused)?))
             }
             RawSource::Entra(entra) => {
                 SourceSettings::Entra(Box::new(entra.compile(&base).map_err(refused)?))
+            }
+        };
+        let assign = match &raw.assign {
+            None => None,
+            Some(section) => {
+                let assign = section
+                    .value
+                    .compile(&file, section.referenced, assign_rules(&source))
+                    .map_err(|e| at(&e.location, e.message, e.hint))?;
+                if let (Some(app), SourceSettings::Entra(entra)) = (assign.app(), &mut source) {
+                    entra.read_app_assignments(app);
+                }
+                Some(assign)
             }
         };
 
@@ -259,7 +276,7 @@ impl Settings {
                         "paths are relative to the config file's folder".into(),
                     ));
                 }
-                let mapping = Mapping::load(&p)?;
+                let mapping = Mapping::load(&p)?.with_assign(assign);
                 (p, mapping)
             }
             None => {
@@ -316,6 +333,16 @@ impl Settings {
             notify,
             paused: raw.paused,
         })
+    }
+}
+
+/// What the source decides about `assign:`: how nested groups count by
+/// default (each system's own rule) and whether it reads an app's assignments.
+fn assign_rules(source: &SourceSettings) -> AssignRules {
+    match source {
+        SourceSettings::Csv(_) => AssignRules::flattening("csv"),
+        SourceSettings::Ldap(_) => AssignRules::flattening("ldap"),
+        SourceSettings::Entra(_) => AssignRules::entra(),
     }
 }
 

@@ -452,3 +452,48 @@ fn credentials_in_base_url_are_refused_at_the_field() {
     let e = with_base_url("https://scim.example/v2").to_string();
     assert!(e.contains("mapping file"), "{e}");
 }
+
+#[test]
+fn assign_is_compiled_into_the_mapping_and_its_mistakes_are_located() {
+    let s = compile_with("assign:\n  groups: [Engineering]\n  users: [E1001]\n").expect("valid");
+    assert_eq!(
+        s.mapping.assign().expect("assign").describe(),
+        "1 group (nested groups flattened), 1 user named directly"
+    );
+    assert!(compile_with("").unwrap().mapping.assign().is_none());
+    // A CSV source has no app to read assignments from.
+    let e = compile_with("assign:\n  app: 5f6e0000-0000-0000-0000-000000000001\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/etc/idsync/idsync.yaml:6:8: `assign.app` reads an Entra ID"),
+        "{e}"
+    );
+    let e = compile_with("assign:\n  groups: []\n").unwrap_err();
+    assert!(
+        e.to_string().starts_with("/etc/idsync/idsync.yaml:6:11:"),
+        "{e}"
+    );
+    let e = compile_with("assign: { group: [x] }\n").unwrap_err();
+    assert!(e.to_string().contains("unknown field `group`"), "{e}");
+}
+
+#[test]
+fn an_entra_source_reads_the_app_and_counts_direct_members_by_default() {
+    let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/entra.yaml");
+    let text = format!(
+        "mapping: {}\ntarget: {{ kind: scim, base_url: https://scim.example, token_env: T }}\nstate: s.db\nsource: {{ kind: entra, tenant_id: t, client_id: c, client_secret_env: S }}\nassign: {{ app: 5f6e0000-0000-0000-0000-000000000001, groups: [Eng] }}\n",
+        mapping.display()
+    );
+    let s = Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text).expect("valid");
+    assert_eq!(
+        s.mapping.assign().unwrap().describe(),
+        "1 group (direct members only), the assignments of enterprise app 5f6e0000-0000-0000-0000-000000000001 (direct members of its groups)"
+    );
+    let SourceSettings::Entra(entra) = &s.source else {
+        panic!("entra")
+    };
+    assert!(
+        format!("{entra:?}").contains("app: Some(\"5f6e0000"),
+        "{entra:?}"
+    );
+}

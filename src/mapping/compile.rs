@@ -662,6 +662,7 @@ impl Compiler<'_> {
             group_scope,
             source_attributes,
             create_only,
+            assign: None,
         }
     }
 }

@@ -29,7 +29,7 @@ pub(crate) struct Record<'a> {
     pub name: &'a str,
     pub attrs: &'a SourceAttrs,
     /// Group memberships for `member_of` scope clauses (empty for groups).
-    pub memberships: &'a super::memberships::Memberships<'a>,
+    pub memberships: &'a super::assign::Memberships<'a>,
 }
 
 /// A compiled expression.
@@ -679,7 +679,7 @@ mod tests {
     fn run(expr: &str, a: &SourceAttrs) -> String {
         let e = compile(expr, RecordKind::User).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
         e.eval(&Record {
-            memberships: &crate::mapping::memberships::Memberships::none(),
+            memberships: &crate::mapping::assign::Memberships::none(),
             key: "k-1",
             name: "",
             attrs: a,
@@ -827,7 +827,7 @@ mod tests {
             compile_template(src, RecordKind::User)
                 .unwrap()
                 .eval(&Record {
-                    memberships: &crate::mapping::memberships::Memberships::none(),
+                    memberships: &crate::mapping::assign::Memberships::none(),
                     key: "k",
                     name: "",
                     attrs: &a,

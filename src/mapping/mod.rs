@@ -89,6 +89,15 @@
 //! as out of scope; groups out of scope are dropped; group members who are not
 //! in-scope users are left out of the group.
 //!
+//! ## Assignments
+//!
+//! The config's `assign:` section ([`Assign`], attached with
+//! [`Mapping::with_assign`]) narrows both scopes: a user must also be assigned
+//! (named in `assign.users`, a member of a group in `assign.groups`, or
+//! assigned by the source itself: Entra's app assignments), and only assigned
+//! groups are pushed, plus those a `groups.scope` include rule adds. A
+//! `member_of` clause is the same lookup written in the mapping.
+//!
 //! ## `groups`
 //!
 //! `displayName:` is a rule over `name` and `key` (default: `name`). Two groups
@@ -126,9 +135,9 @@
 //! Unknown functions, wrong numbers of arguments, bad regexes, unknown SCIM
 //! attributes and unknown keys are errors when the mapping is loaded.
 
+mod assign;
 mod compile;
 mod expr;
-mod memberships;
 mod scope;
 
 use std::borrow::Cow;
@@ -140,11 +149,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, FastHash, GroupKey, GroupName, HeldGroup, Origin,
-    SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr, UserAttrs,
+    Desired, DesiredGroup, DesiredUser, FastHash, FastSet, GroupKey, GroupName, HeldGroup, Origin,
+    SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, UserAttr,
+    UserAttrs,
 };
+pub use assign::{Assign, AssignConfig, AssignRules};
+use assign::{Assigned, Memberships, Missing};
 use expr::{Expr, Record};
-use memberships::Memberships;
 use scope::Scope;
 
 /// What group records see for `member_of` (a user-only clause).
@@ -169,6 +180,8 @@ pub struct Mapping {
     group_scope: Scope,
     source_attributes: BTreeSet<String>,
     create_only: BTreeSet<UserAttr>,
+    /// The config's `assign:` section, when it has one.
+    assign: Option<Assign>,
 }
 
 /// One mistake in a mapping file.
@@ -264,6 +277,10 @@ pub enum RecordProblem {
     EmptyGroupName,
     /// A `member_of` scope clause names a group the source does not have.
     UnknownScopeGroup,
+    /// `assign.groups` names a group the source does not have.
+    UnknownAssignedGroup,
+    /// `assign.users` names a user the source does not have.
+    UnknownAssignedUser,
 }
 
 /// A source record the mapping cannot turn into a valid SCIM object.
@@ -305,6 +322,8 @@ impl RecordError {
             RecordProblem::DuplicateKey { .. } => "source keys must be unique: check the key column or attribute (`source.key`)".into(),
             RecordProblem::TooLong { .. } => format!("values are limited to {MAX_VALUE_BYTES} bytes: fix the source value, or stop mapping it"),
             RecordProblem::UnknownScopeGroup => "check the group's name in the source (a renamed or deleted group would take every member out of scope), then correct `member_of` in the mapping; nothing was planned".into(),
+            RecordProblem::UnknownAssignedGroup => "check the group's name in the source (a renamed or deleted group would take every member out of scope), then correct `assign.groups` in the config; nothing was planned".into(),
+            RecordProblem::UnknownAssignedUser => "check the key or userName in the source, then correct `assign.users` in the config (someone who left must be taken out of it too); nothing was planned".into(),
             RecordProblem::EmptyGroupName => "give the group a name in the source, or change the groups.displayName rule".into(),
         }
     }
@@ -345,7 +364,15 @@ impl fmt::Display for RecordError {
             RecordProblem::EmptyGroupName => write!(f, "the group's displayName mapped to empty")?,
             RecordProblem::UnknownScopeGroup => write!(
                 f,
-                "the users' scope has `member_of` this group, but the source has no group with that name or key"
+                "the users' scope has `member_of` this group, but the source has no group with that name, DN or key"
+            )?,
+            RecordProblem::UnknownAssignedGroup => write!(
+                f,
+                "`assign.groups` names this group, but the source has no group with that name, DN or key"
+            )?,
+            RecordProblem::UnknownAssignedUser => write!(
+                f,
+                "`assign.users` names this user, but the source has no user with that key or userName"
             )?,
         }
         write!(f, "\n  hint: {}", self.hint())
@@ -402,17 +429,30 @@ impl Mapping {
         self.create_only.clone()
     }
 
-    /// Maps one user of a read whose groups are `groups` (for `member_of`
-    /// scope clauses): `None` when the user is out of scope.
+    /// The mapping with the config's `assign:` section (which narrows the
+    /// users and groups in scope to those assigned).
+    pub fn with_assign(mut self, assign: Option<Assign>) -> Mapping {
+        self.assign = assign;
+        self
+    }
+
+    /// The config's `assign:` section, when it has one.
+    pub fn assign(&self) -> Option<&Assign> {
+        self.assign.as_ref()
+    }
+
+    /// Maps one user of the read `dir` (whose groups and assignments decide
+    /// `member_of` clauses and `assign`): `None` when the user is out of scope.
     pub fn map_user(
         &self,
         user: &SourceUser,
-        groups: &[SourceGroup],
+        dir: &SourceDirectory,
     ) -> Result<Option<DesiredUser>, RecordError> {
         let memberships = self
-            .memberships(groups)
+            .memberships(&dir.groups, dir.assignments.as_ref())
             .map_err(|mut errors| errors.swap_remove(0))?;
-        match self.map_attrs(user.key.as_str(), &user.attrs, &memberships) {
+        let assigned = self.is_assigned(user.key.as_str(), &user.attrs, &memberships, None);
+        match self.map_attrs(user.key.as_str(), &user.attrs, &memberships, assigned) {
             Ok(Some((attrs, active))) => Ok(Some(DesiredUser {
                 key: user.key.clone(),
                 origin: user.origin.clone(),
@@ -428,44 +468,136 @@ impl Mapping {
         }
     }
 
-    /// Which scope rule puts `user` in or out of scope, in words (`explain`).
-    pub fn scope_verdict(&self, user: &SourceUser, groups: &[SourceGroup]) -> String {
-        let Ok(memberships) = self.memberships(groups) else {
-            return "unknown: a `member_of` scope clause names a group the source does not have"
-                .into();
+    /// Which assignment and which scope rule put `user` in or out of scope,
+    /// in words (`explain`).
+    pub fn scope_verdict(&self, user: &SourceUser, dir: &SourceDirectory) -> String {
+        let memberships = match self.memberships(&dir.groups, dir.assignments.as_ref()) {
+            Ok(m) => m,
+            Err(errors) => {
+                let what = match errors[0].problem {
+                    RecordProblem::UnknownAssignedGroup => "`assign.groups`",
+                    _ => "a `member_of` scope clause",
+                };
+                return format!(
+                    "unknown: {what} names a group the source does not have ({})",
+                    errors[0].record
+                );
+            }
         };
-        self.user_scope.verdict(&Record {
+        let rec = Record {
             key: user.key.as_str(),
             name: "",
             attrs: &user.attrs,
             memberships: &memberships,
-        })
+        };
+        let verdict = self.user_scope.verdict(&rec);
+        let Some(assigned) = memberships.assigned() else {
+            return match (verdict.in_scope, verdict.rule) {
+                (true, None) => "in scope: the mapping has no scope rules".into(),
+                (true, Some(rule)) => format!("in scope: {rule}"),
+                (false, rule) => format!("out of scope: {}", rule.unwrap_or_default()),
+            };
+        };
+        let user_name = self.user_name_of(&rec);
+        let reasons = assigned.reasons(rec.key, Some(user_name.trim()));
+        if reasons.is_empty() {
+            return format!("out of scope: {}", assigned.unassigned());
+        }
+        let reasons = reasons.join(", ");
+        match (verdict.in_scope, verdict.rule) {
+            (true, None) => format!("in scope: {reasons}"),
+            (true, Some(rule)) => format!("in scope: {reasons}; {rule}"),
+            (false, rule) => format!("out of scope: {reasons}, but {}", rule.unwrap_or_default()),
+        }
     }
 
-    /// Resolves the `member_of` scope clauses against a read's groups. A listed
-    /// group the source does not have fails the read: its members would all
-    /// drop out of scope, which looks exactly like a mass departure.
+    /// Resolves the `member_of` scope clauses and the `assign:` section
+    /// against a read's groups (and the source's own assignments). A group
+    /// either names that the source does not have fails the read: its members
+    /// would all drop out of scope, which looks exactly like a mass departure.
     fn memberships<'d>(
-        &self,
+        &'d self,
         groups: &'d [SourceGroup],
+        source: Option<&'d SourceAssignments>,
     ) -> Result<Memberships<'d>, Vec<RecordError>> {
-        Memberships::resolve(self.user_scope.member_of(), groups).map_err(|missing| {
-            missing
+        Memberships::resolve(
+            self.user_scope.member_of(),
+            self.assign.as_ref(),
+            groups,
+            source,
+        )
+        .map_err(|missing| {
+            let Missing {
+                member_of,
+                assigned_groups,
+            } = missing;
+            let assign_file = self.assign.as_ref().map_or(&self.file, |a| &a.file);
+            let unknown = |file: &Arc<str>, problem: RecordProblem, name: Box<str>| RecordError {
+                origin: Origin::new(file.clone()),
+                record: RecordId::Group(GroupKey::new(name)),
+                problem,
+            };
+            member_of
                 .into_iter()
-                .map(|name| RecordError {
-                    origin: Origin::new(self.file.clone()),
-                    record: RecordId::Group(GroupKey::new(&*name)),
-                    problem: RecordProblem::UnknownScopeGroup,
-                })
+                .map(|name| unknown(&self.file, RecordProblem::UnknownScopeGroup, name))
+                .chain(
+                    assigned_groups.into_iter().map(|name| {
+                        unknown(assign_file, RecordProblem::UnknownAssignedGroup, name)
+                    }),
+                )
                 .collect()
         })
     }
 
-    /// Maps one group's display name: `None` when the group is out of scope.
+    /// The userName `rec` maps to (empty when none).
+    fn user_name_of<'a>(&'a self, rec: &Record<'a>) -> Cow<'a, str> {
+        self.attributes
+            .iter()
+            .find(|(attr, _)| *attr == UserAttr::UserName)
+            .map_or(Cow::Borrowed(""), |(_, expr)| expr.eval(rec))
+    }
+
+    /// Whether `assign` (if any) holds for a user: through an assigned group,
+    /// by the source, or named in `assign.users` by key or userName. `found`
+    /// records which `assign.users` entries named someone.
+    fn is_assigned(
+        &self,
+        key: &str,
+        attrs: &SourceAttrs,
+        memberships: &Memberships<'_>,
+        found: Option<&mut Vec<bool>>,
+    ) -> bool {
+        let Some(assigned) = memberships.assigned() else {
+            return true;
+        };
+        let mut yes = assigned.through_groups(key);
+        if assigned.names_users() {
+            let rec = Record {
+                key,
+                name: "",
+                attrs,
+                memberships,
+            };
+            let user_name = self.user_name_of(&rec);
+            let entries = assigned.named_entries(key, Some(user_name.trim()));
+            if let Some(found) = found {
+                for i in &entries {
+                    found[*i] = true;
+                }
+            }
+            yes |= !entries.is_empty();
+        }
+        yes
+    }
+
+    /// Maps one group's display name by the mapping alone (not `assign`):
+    /// `None` when the group is out of the mapping's scope.
     pub fn map_group(&self, group: &SourceGroup) -> Result<Option<String>, RecordError> {
-        let empty = SourceAttrs::new();
-        self.group_display_name(group, &empty)
-            .map(|name| name.map(Cow::into_owned))
+        if self.group_scope_of(group, None) != GroupScope::Pushed {
+            return Ok(None);
+        }
+        self.group_display_name(group)
+            .map(Some)
             .map_err(|problem| RecordError {
                 origin: group.origin.clone(),
                 record: RecordId::Group(group.key.clone()),
@@ -473,32 +605,40 @@ impl Mapping {
             })
     }
 
-    fn group_display_name<'a>(
-        &'a self,
-        group: &'a SourceGroup,
-        empty: &'a SourceAttrs,
-    ) -> Result<Option<Cow<'a, str>>, RecordProblem> {
-        let rec = Record {
-            key: group.key.as_str(),
-            name: &group.name,
-            attrs: empty,
-            memberships: &NO_MEMBERSHIPS,
-        };
-        if !self.group_scope.contains(&rec) {
-            return Ok(None);
+    /// Whether a group is pushed: in the mapping's group scope and, with
+    /// `assign` (`assigned` given), assigned or added by an include rule.
+    fn group_scope_of(&self, group: &SourceGroup, assigned: Option<bool>) -> GroupScope {
+        let empty = SourceAttrs::new();
+        let rec = group_record(group, &empty);
+        match assigned {
+            None if self.group_scope.contains(&rec) => GroupScope::Pushed,
+            Some(_) if self.group_scope.excludes(&rec) => GroupScope::Out,
+            Some(true) => GroupScope::Pushed,
+            Some(false) if self.group_scope.includes(&rec) => GroupScope::Pushed,
+            Some(false) => GroupScope::Unassigned,
+            None => GroupScope::Out,
         }
+    }
+
+    /// The group's display name, by the `groups.displayName` rule.
+    fn group_display_name(&self, group: &SourceGroup) -> Result<String, RecordProblem> {
+        let empty = SourceAttrs::new();
+        let rec = group_record(group, &empty);
         let name = self.group_name.eval(&rec);
         if name.trim().is_empty() {
             return Err(RecordProblem::EmptyGroupName);
         }
-        Ok(Some(name))
+        Ok(name.into_owned())
     }
 
+    /// A user's attributes and whether it is active: `None` when it is not
+    /// `assigned` or out of the mapping's scope.
     fn map_attrs(
         &self,
         key: &str,
         attrs: &SourceAttrs,
         memberships: &Memberships<'_>,
+        assigned: bool,
     ) -> Result<Option<(UserAttrs, bool)>, RecordProblem> {
         let rec = Record {
             key,
@@ -506,7 +646,7 @@ impl Mapping {
             attrs,
             memberships,
         };
-        if !self.user_scope.contains(&rec) {
+        if !assigned || !self.user_scope.contains(&rec) {
             return Ok(None);
         }
         // Evaluated first, packed once: a packed insert rebuilds the buffer.
@@ -556,30 +696,49 @@ impl Mapping {
     /// record error is collected; any error fails the whole build, since
     /// provisioning a partial directory would deprovision the rest.
     pub fn build(&self, dir: SourceDirectory) -> Result<Desired, Vec<RecordError>> {
-        let mut mapper = self.user_mapper(&dir.groups, dir.users.len())?;
-        for user in dir.users {
+        let SourceDirectory {
+            users,
+            groups,
+            unresolved_members,
+            assignments,
+        } = dir;
+        let mut mapper = self.user_mapper(&groups, assignments.as_ref(), users.len())?;
+        for user in users {
             mapper.push(user);
         }
-        let users = mapper.finish();
-        self.build_groups(users, dir.groups, dir.unresolved_members)
+        let mapped = mapper.finish();
+        self.build_groups(mapped, groups, unresolved_members)
     }
 
     /// Maps users one at a time, as a source hands them over (so a large
     /// directory's records need not all be held at once); `groups` are the
-    /// read's groups, for `member_of` scope clauses. Then
-    /// [`Mapping::build_groups`] completes the desired state.
+    /// read's groups and `source` its own assignments, for `member_of` scope
+    /// clauses and `assign`. Then [`Mapping::build_groups`] completes the
+    /// desired state.
     pub fn user_mapper<'m, 'g>(
         &'m self,
         groups: &'g [SourceGroup],
+        source: Option<&'g SourceAssignments>,
         expected_users: usize,
-    ) -> Result<UserMapper<'m, 'g>, Vec<RecordError>> {
+    ) -> Result<UserMapper<'m, 'g>, Vec<RecordError>>
+    where
+        'm: 'g,
+    {
+        let memberships = self.memberships(groups, source)?;
+        let assigned_groups = memberships.assigned().map(|a| AssignedGroups {
+            keys: a.group_keys(),
+            reason: a.unassigned_group(),
+        });
         Ok(UserMapper {
             mapping: self,
-            memberships: self.memberships(groups)?,
+            named_found: vec![false; self.assign.as_ref().map_or(0, |a| a.users.len())],
+            memberships,
             mapped: MappedUsers {
                 users: Vec::with_capacity(expected_users),
                 out_of_scope: Vec::new(),
+                unassigned: Vec::new(),
                 errors: Vec::new(),
+                assigned_groups,
             },
         })
     }
@@ -598,11 +757,12 @@ impl Mapping {
         let MappedUsers {
             mut users,
             out_of_scope,
+            unassigned,
             mut errors,
+            assigned_groups,
         } = mapped;
 
         errors.extend(duplicate_user_names(&users));
-
         if !users.is_sorted_by(|a, b| a.key <= b.key) {
             users.sort_by(|a, b| a.key.cmp(&b.key));
         }
@@ -618,61 +778,11 @@ impl Mapping {
             }
         }
 
-        let empty = SourceAttrs::new();
-        let mut ignored_members = unresolved_members;
-        let mut groups: Vec<(DesiredGroup, Origin)> = Vec::with_capacity(source_groups.len());
-        let mut names: HashMap<GroupName, usize> = HashMap::with_capacity(source_groups.len());
-        // The first group with a name (an index into `groups`) → the later ones.
-        let mut shared_names: BTreeMap<usize, Vec<(GroupKey, Origin)>> = BTreeMap::new();
-        let in_scope = if source_groups.iter().any(|g| !g.members.is_empty()) {
-            UserIndex::of(&users)
-        } else {
-            UserIndex::default()
-        };
-        for group in source_groups {
-            let display_name = match self.group_display_name(&group, &empty) {
-                Ok(Some(name)) => name.into_owned(),
-                Ok(None) => continue,
-                Err(problem) => {
-                    errors.push(RecordError {
-                        origin: group.origin.clone(),
-                        record: RecordId::Group(group.key.clone()),
-                        problem,
-                    });
-                    continue;
-                }
-            };
-            match names.entry(GroupName::new(display_name.as_str())) {
-                Entry::Occupied(first) => {
-                    // Common in Active Directory (a `cn` is unique only within
-                    // its OU): a problem of these groups, not of the whole read.
-                    shared_names
-                        .entry(*first.get())
-                        .or_default()
-                        .push((group.key, group.origin));
-                    continue;
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(groups.len());
-                }
-            }
-            let mut members = group.members;
-            members.sort_unstable();
-            members.dedup();
-            let before = members.len();
-            members.retain(|m| in_scope.contains(&users, m));
-            ignored_members += before - members.len();
-            groups.push((
-                DesiredGroup {
-                    key: group.key,
-                    display_name: display_name.into(),
-                    members,
-                },
-                group.origin,
-            ));
-        }
-        drop(in_scope);
-        let held_groups = hold_shared_names(&mut groups, shared_names);
+        let mut built = self.pushed_groups(&users, source_groups, assigned_groups.as_ref());
+        built.ignored_members += unresolved_members;
+        errors.append(&mut built.errors);
+        let mut groups = built.groups;
+        let held_groups = hold_shared_names(&mut groups, built.shared_names);
         groups.sort_by(|a, b| a.0.key.cmp(&b.0.key));
         for pair in groups.windows(2) {
             if pair[0].0.key == pair[1].0.key {
@@ -695,11 +805,124 @@ impl Mapping {
             // Bulk-built from (usually already sorted) keys: far cheaper than
             // inserting one by one.
             out_of_scope: out_of_scope.into_iter().collect(),
+            unassigned_users: unassigned.into_iter().collect(),
             create_only: self.create_only.clone(),
-            ignored_members,
+            ignored_members: built.ignored_members,
             held_groups,
+            unassigned_groups: built.unassigned,
         })
     }
+
+    /// The groups to push, their names mapped and their members kept only
+    /// when they are in-scope `users`; groups sharing a display name set
+    /// apart; with `assign`, the groups left out because nothing assigns them.
+    fn pushed_groups(
+        &self,
+        users: &[DesiredUser],
+        source_groups: Vec<SourceGroup>,
+        assigned: Option<&AssignedGroups>,
+    ) -> PushedGroups {
+        let mut out = PushedGroups {
+            groups: Vec::with_capacity(source_groups.len()),
+            ..PushedGroups::default()
+        };
+        let mut names: HashMap<GroupName, usize> = HashMap::with_capacity(source_groups.len());
+        let in_scope = if source_groups.iter().any(|g| !g.members.is_empty()) {
+            UserIndex::of(users)
+        } else {
+            UserIndex::default()
+        };
+        for group in source_groups {
+            match self.group_scope_of(&group, assigned.map(|a| a.keys.contains(&group.key))) {
+                GroupScope::Pushed => {}
+                GroupScope::Out => continue,
+                GroupScope::Unassigned => {
+                    let reason = assigned.map_or("", |a| a.reason);
+                    out.unassigned.insert(group.key, reason.to_string());
+                    continue;
+                }
+            }
+            let display_name = match self.group_display_name(&group) {
+                Ok(name) => name,
+                Err(problem) => {
+                    out.errors.push(RecordError {
+                        origin: group.origin.clone(),
+                        record: RecordId::Group(group.key.clone()),
+                        problem,
+                    });
+                    continue;
+                }
+            };
+            match names.entry(GroupName::new(display_name.as_str())) {
+                Entry::Occupied(first) => {
+                    // Common in Active Directory (a `cn` is unique only within
+                    // its OU): a problem of these groups, not of the whole read.
+                    out.shared_names
+                        .entry(*first.get())
+                        .or_default()
+                        .push((group.key, group.origin));
+                    continue;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(out.groups.len());
+                }
+            }
+            let mut members = group.members;
+            members.sort_unstable();
+            members.dedup();
+            let before = members.len();
+            members.retain(|m| in_scope.contains(users, m));
+            out.ignored_members += before - members.len();
+            out.groups.push((
+                DesiredGroup {
+                    key: group.key,
+                    display_name: display_name.into(),
+                    members,
+                },
+                group.origin,
+            ));
+        }
+        out
+    }
+}
+
+/// What the group rules see of a group: its key and name (`empty`: groups
+/// have no other attributes).
+fn group_record<'a>(group: &'a SourceGroup, empty: &'a SourceAttrs) -> Record<'a> {
+    Record {
+        key: group.key.as_str(),
+        name: &group.name,
+        attrs: empty,
+        memberships: &NO_MEMBERSHIPS,
+    }
+}
+
+/// Whether a source group is pushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GroupScope {
+    Pushed,
+    /// Out of the mapping's group scope.
+    Out,
+    /// In the mapping's group scope, but nothing assigns it.
+    Unassigned,
+}
+
+/// The groups `assign` pushes, and why the others are left out.
+#[derive(Debug)]
+struct AssignedGroups {
+    keys: FastSet<GroupKey>,
+    reason: &'static str,
+}
+
+/// What [`Mapping::pushed_groups`] made of a read's groups.
+#[derive(Default)]
+struct PushedGroups {
+    groups: Vec<(DesiredGroup, Origin)>,
+    /// The first group with a name (an index into `groups`) → the later ones.
+    shared_names: BTreeMap<usize, Vec<(GroupKey, Origin)>>,
+    unassigned: BTreeMap<GroupKey, String>,
+    ignored_members: usize,
+    errors: Vec<RecordError>,
 }
 
 /// The positions of users by key, to tell whether a group member is an
@@ -784,6 +1007,8 @@ fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
 pub struct UserMapper<'m, 'g> {
     mapping: &'m Mapping,
     memberships: Memberships<'g>,
+    /// Which `assign.users` entries named a user of the read so far.
+    named_found: Vec<bool>,
     mapped: MappedUsers,
 }
 
@@ -791,10 +1016,17 @@ impl UserMapper<'_, '_> {
     /// Maps one user: kept when in scope, noted when out of scope, its error
     /// collected otherwise. The source record is not kept.
     pub fn push(&mut self, user: SourceUser) {
+        let key = user.key.as_str();
+        let assigned = self.mapping.is_assigned(
+            key,
+            &user.attrs,
+            &self.memberships,
+            Some(&mut self.named_found),
+        );
         let mapped = &mut self.mapped;
         match self
             .mapping
-            .map_attrs(user.key.as_str(), &user.attrs, &self.memberships)
+            .map_attrs(key, &user.attrs, &self.memberships, assigned)
         {
             Ok(Some((attrs, active))) => mapped.users.push(DesiredUser {
                 key: user.key,
@@ -802,7 +1034,12 @@ impl UserMapper<'_, '_> {
                 attrs,
                 active,
             }),
-            Ok(None) => mapped.out_of_scope.push(user.key),
+            Ok(None) => {
+                if !assigned {
+                    mapped.unassigned.push(user.key.clone());
+                }
+                mapped.out_of_scope.push(user.key);
+            }
             Err(problem) => mapped.errors.push(RecordError {
                 origin: user.origin,
                 record: RecordId::User(user.key),
@@ -811,9 +1048,27 @@ impl UserMapper<'_, '_> {
         }
     }
 
-    /// The users mapped so far, in the order given.
+    /// The users mapped so far, in the order given; an `assign.users` entry
+    /// that named none of them is an error (a typo would otherwise quietly
+    /// provision nobody).
     pub fn finish(self) -> MappedUsers {
-        self.mapped
+        let mut mapped = self.mapped;
+        if let (Some(assigned), Some(assign)) =
+            (self.memberships.assigned(), self.mapping.assign.as_ref())
+        {
+            for (i, _) in self.named_found.iter().enumerate().filter(|(_, f)| !**f) {
+                mapped.errors.push(unknown_named_user(assigned, assign, i));
+            }
+        }
+        mapped
+    }
+}
+
+fn unknown_named_user(assigned: &Assigned<'_>, assign: &Assign, i: usize) -> RecordError {
+    RecordError {
+        origin: Origin::new(assign.file.clone()),
+        record: RecordId::User(SourceKey::new(assigned.named(i))),
+        problem: RecordProblem::UnknownAssignedUser,
     }
 }
 
@@ -822,7 +1077,11 @@ impl UserMapper<'_, '_> {
 pub struct MappedUsers {
     users: Vec<DesiredUser>,
     out_of_scope: Vec<SourceKey>,
+    /// Out of scope because nothing assigns them (also in `out_of_scope`).
+    unassigned: Vec<SourceKey>,
     errors: Vec<RecordError>,
+    /// With `assign`: the groups it pushes.
+    assigned_groups: Option<AssignedGroups>,
 }
 
 impl MappedUsers {
@@ -872,5 +1131,7 @@ fn hold_shared_names(
     held
 }
 
+#[cfg(test)]
+mod assign_tests;
 #[cfg(test)]
 mod tests;

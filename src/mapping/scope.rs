@@ -3,9 +3,9 @@
 //! A record is in scope when it matches any include rule (or there are none) and
 //! no exclude rule; a rule matches when all of its clauses hold. This is the model
 //! of Entra ID's scoping filters (OR of AND-groups), plus exclusions that win.
-//! `member_of` clauses are Entra's "assigned users and groups", offered for every
-//! source: users who are members of any listed group (sources hand groups over
-//! with nesting already flattened, so membership is transitive).
+//! `member_of` clauses are assignments written in the mapping (see `assign`):
+//! users who are members of any listed group, nested groups flattened, so
+//! membership is transitive.
 
 use regex::Regex;
 
@@ -39,7 +39,7 @@ pub(crate) enum Clause {
     /// A test on an attribute's values.
     Attr { subject: Subject, test: Test },
     /// The user is a member of one of these groups (names or keys, as written).
-    /// `slot` indexes the resolved sets in [`Memberships`](super::memberships::Memberships).
+    /// `slot` indexes the resolved sets in [`Memberships`](super::assign::Memberships).
     MemberOf { slot: usize, groups: Vec<Box<str>> },
 }
 
@@ -82,36 +82,63 @@ impl Test {
     }
 }
 
+/// Which scope rule decided about a record.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub in_scope: bool,
+    /// The rule, in words (rules are numbered from 1 in the order the mapping
+    /// lists them); `None` when the mapping has no scope rules.
+    pub rule: Option<String>,
+}
+
 impl Scope {
-    /// Which rule decided whether `rec` is in scope, in words (rules are
-    /// numbered from 1 in the order the mapping lists them).
-    pub(crate) fn verdict(&self, rec: &Record<'_>) -> String {
+    /// Which rule decided whether `rec` is in scope.
+    pub(crate) fn verdict(&self, rec: &Record<'_>) -> Verdict {
         let rule = |clauses: &Vec<Clause>| clauses.iter().all(|c| c.holds(rec));
-        if let Some(i) = self.exclude.iter().position(rule) {
-            return format!("out of scope: exclude rule {} matches", i + 1);
-        }
-        if self.include.is_empty() {
-            return if self.exclude.is_empty() {
-                "in scope: the mapping has no scope rules".into()
-            } else {
-                format!(
-                    "in scope: none of the {} exclude rule(s) matches",
-                    self.exclude.len()
-                )
-            };
-        }
-        match self.include.iter().position(rule) {
-            Some(i) => format!("in scope: include rule {} matches", i + 1),
-            None => format!(
-                "out of scope: none of the {} include rule(s) matches",
-                self.include.len()
-            ),
+        let (in_scope, rule) = if let Some(i) = self.exclude.iter().position(rule) {
+            (false, format!("exclude rule {} matches", i + 1))
+        } else if self.include.is_empty() {
+            if self.exclude.is_empty() {
+                return Verdict {
+                    in_scope: true,
+                    rule: None,
+                };
+            }
+            (
+                true,
+                format!("none of the {} exclude rule(s) matches", self.exclude.len()),
+            )
+        } else {
+            match self.include.iter().position(rule) {
+                Some(i) => (true, format!("include rule {} matches", i + 1)),
+                None => (
+                    false,
+                    format!("none of the {} include rule(s) matches", self.include.len()),
+                ),
+            }
+        };
+        Verdict {
+            in_scope,
+            rule: Some(rule),
         }
     }
 
     pub(crate) fn contains(&self, rec: &Record<'_>) -> bool {
-        let rule = |clauses: &Vec<Clause>| clauses.iter().all(|c| c.holds(rec));
-        (self.include.is_empty() || self.include.iter().any(rule)) && !self.exclude.iter().any(rule)
+        (self.include.is_empty() || self.includes(rec)) && !self.excludes(rec)
+    }
+
+    /// Whether an include rule matches (false when there are none).
+    pub(crate) fn includes(&self, rec: &Record<'_>) -> bool {
+        self.include
+            .iter()
+            .any(|clauses| clauses.iter().all(|c| c.holds(rec)))
+    }
+
+    /// Whether an exclude rule matches.
+    pub(crate) fn excludes(&self, rec: &Record<'_>) -> bool {
+        self.exclude
+            .iter()
+            .any(|clauses| clauses.iter().all(|c| c.holds(rec)))
     }
 
     pub(crate) fn attributes(&self) -> impl Iterator<Item = &str> {

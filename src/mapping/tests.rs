@@ -16,12 +16,12 @@ fn user(key: &str, line: usize, attrs: &[(&str, &str)]) -> SourceUser {
 }
 
 fn group(key: &str, members: &[&str]) -> SourceGroup {
-    SourceGroup {
-        key: GroupKey::new(key),
-        name: key.to_owned(),
-        origin: Origin::new(format!("groups.csv group {key}")),
-        members: members.iter().map(|m| SourceKey::new(*m)).collect(),
-    }
+    SourceGroup::new(
+        GroupKey::new(key),
+        key.to_owned(),
+        Origin::new(format!("groups.csv group {key}")),
+        members.iter().map(|m| SourceKey::new(*m)).collect(),
+    )
 }
 
 fn compile(text: &str) -> Mapping {
@@ -77,7 +77,10 @@ fn employee(key: &str, line: usize, extra: &[(&str, &str)]) -> SourceUser {
 fn maps_the_documented_example() {
     let m = compile(BRIEF);
     let u = m
-        .map_user(&employee("u1", 2, &[("department", "Sales")]), &[])
+        .map_user(
+            &employee("u1", 2, &[("department", "Sales")]),
+            &SourceDirectory::default(),
+        )
         .unwrap()
         .expect("in scope");
     let names: Vec<_> = u.attrs.iter().map(|(a, v)| (a.name(), v)).collect();
@@ -145,15 +148,22 @@ groups:
 "#,
     );
     let u = employee("u", 1, &[("title", "Engineer")]);
-    assert!(m.map_user(&u, &[]).unwrap().is_some());
+    assert!(
+        m.map_user(&u, &SourceDirectory::default())
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(m.map_group(&group("ops", &[])).unwrap(), None);
 }
 
 #[test]
 fn scope_include_is_or_clauses_are_and_exclude_wins() {
     let m = compile(BRIEF);
-    let in_scope =
-        |extra: &[(&str, &str)]| m.map_user(&employee("u", 1, extra), &[]).unwrap().is_some();
+    let in_scope = |extra: &[(&str, &str)]| {
+        m.map_user(&employee("u", 1, extra), &SourceDirectory::default())
+            .unwrap()
+            .is_some()
+    };
     // First include rule.
     assert!(in_scope(&[("department", "Sales")]));
     assert!(
@@ -176,10 +186,16 @@ fn scope_include_is_or_clauses_are_and_exclude_wins() {
         1,
         &[("department", "Sales"), ("employeeType", "Employee")],
     );
-    assert_eq!(m.map_user(&no_email, &[]).unwrap(), None);
+    assert_eq!(
+        m.map_user(&no_email, &SourceDirectory::default()).unwrap(),
+        None
+    );
     // not_equals holds when the attribute is absent, so the exclude applies.
     let no_type = user("y", 1, &[("department", "Sales"), ("email", "y@x")]);
-    assert_eq!(m.map_user(&no_type, &[]).unwrap(), None);
+    assert_eq!(
+        m.map_user(&no_type, &SourceDirectory::default()).unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -188,14 +204,20 @@ fn no_include_rules_means_everyone() {
         "users:\n  attributes:\n    userName: email\n  scope:\n    exclude:\n      - { attribute: key, regex: '^svc-' }\n",
     );
     assert!(
-        m.map_user(&user("u1", 1, &[("email", "a@x")]), &[])
-            .unwrap()
-            .is_some()
+        m.map_user(
+            &user("u1", 1, &[("email", "a@x")]),
+            &SourceDirectory::default()
+        )
+        .unwrap()
+        .is_some()
     );
     assert!(
-        m.map_user(&user("svc-1", 1, &[("email", "b@x")]), &[])
-            .unwrap()
-            .is_none()
+        m.map_user(
+            &user("svc-1", 1, &[("email", "b@x")]),
+            &SourceDirectory::default()
+        )
+        .unwrap()
+        .is_none()
     );
 }
 
@@ -206,7 +228,11 @@ fn multi_valued_attributes_in_scope() {
     );
     let mut u = user("u1", 1, &[("mail", "a@x")]);
     u.attrs.push("memberOf", ["cn=Other", "cn=staff"]);
-    assert!(m.map_user(&u, &[]).unwrap().is_some());
+    assert!(
+        m.map_user(&u, &SourceDirectory::default())
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[test]
@@ -215,7 +241,7 @@ fn active_values() {
     let active = |v: &str| {
         m.map_user(
             &employee("u", 7, &[("department", "Sales"), ("active", v)]),
-            &[],
+            &SourceDirectory::default(),
         )
         .map(|u| u.unwrap().active)
     };
@@ -238,7 +264,10 @@ fn missing_required_attribute_is_a_record_error() {
         "users:\n  attributes:\n    userName: { expr: 'lower(email)' }\n    emails: email\n    title: title\n  required: [emails, title]\n",
     );
     let e = m
-        .map_user(&user("u-12", 12, &[("email", "  ")]), &[])
+        .map_user(
+            &user("u-12", 12, &[("email", "  ")]),
+            &SourceDirectory::default(),
+        )
         .unwrap_err();
     assert_eq!(
         e.problem,
@@ -277,6 +306,7 @@ fn build_sorts_filters_and_counts() {
             group("other", &["u1"]),
         ],
         unresolved_members: 5,
+        assignments: None,
     };
     let d = m.build(dir).unwrap();
     let keys: Vec<_> = d.users.iter().map(|u| u.key.as_str()).collect();
@@ -324,6 +354,7 @@ fn build_collects_every_record_error() {
         // groups_sharing_a_display_name_are_held_and_users_still_map.
         groups: vec![group("Team", &[]), group("team", &[])],
         unresolved_members: 0,
+        assignments: None,
     };
     let errors = m.build(dir).unwrap_err();
     let text: Vec<String> = errors
@@ -388,7 +419,7 @@ fn non_ascii_and_quoted_values_pass_through() {
                         ("nick", "C:\\x"),
                     ],
                 ),
-                &[],
+                &SourceDirectory::default(),
             )
             .unwrap()
             .unwrap();
@@ -504,7 +535,7 @@ fn default_csv_mapping_compiles_and_maps() {
                     ("active", ""),
                 ],
             ),
-            &[],
+            &SourceDirectory::default(),
         )
         .unwrap()
         .unwrap();
@@ -527,7 +558,12 @@ fn default_csv_mapping_compiles_and_maps() {
         ]
     );
     let off = user("1002", 3, &[("email", "b@x"), ("active", "false")]);
-    assert!(!csv.map_user(&off, &[]).unwrap().unwrap().active);
+    assert!(
+        !csv.map_user(&off, &SourceDirectory::default())
+            .unwrap()
+            .unwrap()
+            .active
+    );
 }
 
 #[test]
@@ -547,7 +583,7 @@ fn default_ldap_mapping_compiles_and_maps() {
                     ("employeeNumber", "42"),
                 ],
             ),
-            &[],
+            &SourceDirectory::default(),
         )
         .unwrap()
         .unwrap();
@@ -556,9 +592,12 @@ fn default_ldap_mapping_compiles_and_maps() {
     assert_eq!(u.attrs.get(UserAttr::FamilyName).unwrap(), "Lee");
     assert_eq!(u.attrs.get(UserAttr::EmployeeNumber).unwrap(), "42");
     assert!(
-        ldap.map_user(&user("uuid-2", 3, &[("cn", "No Mail")]), &[])
-            .unwrap()
-            .is_none()
+        ldap.map_user(
+            &user("uuid-2", 3, &[("cn", "No Mail")]),
+            &SourceDirectory::default()
+        )
+        .unwrap()
+        .is_none()
     );
 }
 
@@ -581,7 +620,10 @@ fn default_active_directory_mapping_compiles_and_maps() {
             ],
         )
     };
-    let u = ad.map_user(&ad_user("512", ""), &[]).unwrap().unwrap();
+    let u = ad
+        .map_user(&ad_user("512", ""), &SourceDirectory::default())
+        .unwrap()
+        .unwrap();
     assert_eq!(
         u.user_name().as_str(),
         "ann@corp.example.com",
@@ -590,7 +632,10 @@ fn default_active_directory_mapping_compiles_and_maps() {
     assert_eq!(u.attrs.get(UserAttr::Organization).unwrap(), "Acme");
     assert!(u.active);
     let u = ad
-        .map_user(&ad_user("514", "ann@example.com"), &[])
+        .map_user(
+            &ad_user("514", "ann@example.com"),
+            &SourceDirectory::default(),
+        )
         .unwrap()
         .unwrap();
     assert_eq!(u.user_name().as_str(), "ann@example.com");
@@ -599,7 +644,11 @@ fn default_active_directory_mapping_compiles_and_maps() {
     computer.attrs = SourceAttrs::new();
     computer.attrs.push("sAMAccountName", ["PC01$"]);
     computer.attrs.push("userPrincipalName", ["pc01@corp"]);
-    assert!(ad.map_user(&computer, &[]).unwrap().is_none());
+    assert!(
+        ad.map_user(&computer, &SourceDirectory::default())
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]
@@ -621,7 +670,7 @@ fn default_entra_mapping_compiles_and_maps() {
                     ("accountEnabled", "false"),
                 ],
             ),
-            &[],
+            &SourceDirectory::default(),
         )
         .unwrap()
         .unwrap();
@@ -643,7 +692,7 @@ fn default_entra_mapping_compiles_and_maps() {
                     ("userType", "Guest"),
                 ],
             ),
-            &[],
+            &SourceDirectory::default(),
         )
         .unwrap();
     assert!(guest.is_none(), "guests are out of scope by default");
@@ -713,6 +762,8 @@ pub(crate) fn generated_directory(n: usize) -> SourceDirectory {
             key: GroupKey::new(format!("g{g:03}")),
             name: format!("team-{g}"),
             origin: Origin::new("groups.csv"),
+            direct_members: None,
+            dn: None,
             members: (0..n)
                 .filter(|i| i % 100 == g)
                 .map(|i| SourceKey::new(format!("{i:08}")))
@@ -723,6 +774,7 @@ pub(crate) fn generated_directory(n: usize) -> SourceDirectory {
         users,
         groups,
         unresolved_members: 0,
+        assignments: None,
     }
 }
 
@@ -741,7 +793,7 @@ fn huge_values_are_rejected_per_record() {
         origin: Origin::new("users.csv line 2"),
         attrs,
     };
-    let err = m.map_user(&user, &[]).unwrap_err();
+    let err = m.map_user(&user, &SourceDirectory::default()).unwrap_err();
     assert!(
         err.to_string()
             .contains("users.csv line 2: user \"k1\": `title` would be 4097 bytes long"),
@@ -771,6 +823,7 @@ fn directory(users: &[(&str, &str)], groups: Vec<SourceGroup>) -> SourceDirector
             .collect(),
         groups,
         unresolved_members: 0,
+        assignments: None,
     }
 }
 
@@ -877,6 +930,7 @@ fn record_errors_quote_and_escape_directory_values() {
         ],
         groups: vec![],
         unresolved_members: 0,
+        assignments: None,
     };
     let errors = m.build(dir).unwrap_err();
     let text = errors[0].to_string();
@@ -898,6 +952,7 @@ fn user_names_differing_only_in_unicode_normalisation_are_duplicates() {
         ],
         groups: vec![],
         unresolved_members: 0,
+        assignments: None,
     };
     let errors = m.build(dir).unwrap_err();
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -913,17 +968,17 @@ fn the_scope_verdict_names_the_rule_that_decided() {
     let m = compile(BRIEF);
     let sales = employee("s", 2, &[("department", "Sales")]);
     assert_eq!(
-        m.scope_verdict(&sales, &[]),
+        m.scope_verdict(&sales, &SourceDirectory::default()),
         "in scope: include rule 1 matches"
     );
     let engineer = employee("e", 3, &[("title", "Engineer"), ("country", "DE")]);
     assert_eq!(
-        m.scope_verdict(&engineer, &[]),
+        m.scope_verdict(&engineer, &SourceDirectory::default()),
         "in scope: include rule 2 matches"
     );
     let other = employee("o", 4, &[("department", "Finance")]);
     assert_eq!(
-        m.scope_verdict(&other, &[]),
+        m.scope_verdict(&other, &SourceDirectory::default()),
         "out of scope: none of the 2 include rule(s) matches"
     );
     let contractor = employee(
@@ -932,12 +987,12 @@ fn the_scope_verdict_names_the_rule_that_decided() {
         &[("department", "Sales"), ("employeeType", "Contractor")],
     );
     assert_eq!(
-        m.scope_verdict(&contractor, &[]),
+        m.scope_verdict(&contractor, &SourceDirectory::default()),
         "out of scope: exclude rule 2 matches"
     );
     let open = compile("users:\n  attributes:\n    userName: email\n");
     assert_eq!(
-        open.scope_verdict(&sales, &[]),
+        open.scope_verdict(&sales, &SourceDirectory::default()),
         "in scope: the mapping has no scope rules"
     );
 }

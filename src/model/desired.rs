@@ -1,7 +1,7 @@
 //! The desired snapshot: what the mapping made of one complete source read, the
 //! target as it should be.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     Email, FoldedRef, GroupKey, GroupName, Origin, SourceKey, UserAttr, UserAttrs, UserName,
@@ -72,6 +72,12 @@ pub struct Desired {
     /// created, renamed or deleted, their memberships neither added nor removed —
     /// as if their read were incomplete. The cycle ends with exit 1.
     pub held_groups: Vec<HeldGroup>,
+    /// With `assign`: users out of scope because nothing assigns them (a
+    /// subset of `out_of_scope`; the reason a managed one is removed).
+    pub unassigned_users: BTreeSet<SourceKey>,
+    /// With `assign`: groups the source has that are not pushed because
+    /// nothing assigns them, with why (the reason a managed one is deleted).
+    pub unassigned_groups: BTreeMap<GroupKey, String>,
 }
 
 /// A source group left alone this cycle, and why.

@@ -8,6 +8,7 @@
 mod attr;
 mod attrs;
 mod desired;
+mod dn;
 mod exit;
 mod identity;
 mod mirror;
@@ -22,13 +23,16 @@ pub use attr::{
 };
 pub use attrs::UserAttrs;
 pub use desired::{AttrHash, Desired, DesiredGroup, DesiredUser, HeldGroup};
+pub use dn::normalize_dn;
 pub use exit::Exit;
 pub use identity::{
     Domain, Email, FoldedRef, GroupKey, GroupName, ScimId, SourceKey, UserName, fold,
 };
 pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
 pub use op::OpKind;
-pub use record::{Origin, SourceAttrs, SourceDirectory, SourceGroup, SourceUser};
+pub use record::{
+    Origin, SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup, SourceUser,
+};
 pub use remote::{
     CreatedAt, MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,
     TargetSnapshot,

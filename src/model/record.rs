@@ -146,7 +146,46 @@ pub struct SourceGroup {
     pub key: GroupKey,
     pub name: String,
     pub origin: Origin,
+    /// Sorted, without duplicates: every user of the group, through nested
+    /// groups too.
     pub members: Vec<SourceKey>,
+    /// The users who are members themselves, not through a nested group
+    /// (sorted, without duplicates), when the group has nested groups; `None`
+    /// when every member is direct. Assignments that count direct members
+    /// only (Entra's) read these.
+    pub direct_members: Option<Vec<SourceKey>>,
+    /// The group's distinguished name, for a source that has them (LDAP).
+    pub dn: Option<String>,
+}
+
+impl SourceGroup {
+    /// A group without nested groups and without a DN.
+    pub fn new(key: GroupKey, name: String, origin: Origin, members: Vec<SourceKey>) -> Self {
+        SourceGroup {
+            key,
+            name,
+            origin,
+            members,
+            direct_members: None,
+            dn: None,
+        }
+    }
+
+    /// The users who are members themselves, not through a nested group.
+    pub fn direct(&self) -> &[SourceKey] {
+        self.direct_members.as_deref().unwrap_or(&self.members)
+    }
+}
+
+/// What the source itself says is provisioned (Entra ID: the users and groups
+/// assigned to the enterprise app), by key. An assigned group assigns its
+/// direct members only, as Entra does. Only objects of this read are listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceAssignments {
+    /// Where the assignments come from, for messages: `the app 5f6e…`.
+    pub from: String,
+    pub users: Vec<SourceKey>,
+    pub groups: Vec<GroupKey>,
 }
 
 /// Everything one complete source read produced.
@@ -157,6 +196,9 @@ pub struct SourceDirectory {
     /// Members of groups that are not users of this read (outside the base DN,
     /// filtered out, unknown keys): counted, never provisioned.
     pub unresolved_members: usize,
+    /// The source's own assignments, when it has them and the config asks
+    /// for them (`assign.app`).
+    pub assignments: Option<SourceAssignments>,
 }
 
 #[cfg(test)]

@@ -218,6 +218,8 @@ fn diff_state(
         }
         let reason = if disabled.contains(key) {
             "inactive in the source"
+        } else if desired.unassigned_users.contains(key) {
+            "no longer assigned"
         } else if out_of_scope {
             "out of scope"
         } else {
@@ -482,11 +484,16 @@ fn plan_groups(
             {
                 continue;
             }
+            // A group the source still has left because its assignment did.
+            let reason = desired
+                .unassigned_groups
+                .get(key)
+                .map_or("not in the source", String::as_str);
             ops.push(Operation::DeleteGroup {
                 key: key.clone(),
                 scim_id: s.scim_id.clone(),
                 display_name: s.display_name.clone(),
-                reason: "not in the source".to_string(),
+                reason: reason.to_string(),
             });
         }
     }

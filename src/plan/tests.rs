@@ -250,6 +250,58 @@ fn group_deletion_is_opt_in() {
 }
 
 #[test]
+fn a_user_who_is_no_longer_assigned_is_removed_saying_so() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let state = state_of(&[(&a, Status::Active), (&b, Status::Active)]);
+    let mut d = desired(vec![], vec![]);
+    d.out_of_scope.extend([a.key.clone(), b.key.clone()]);
+    d.unassigned_users.insert(b.key.clone());
+    let planned = plan(&d, &state, &Policy::default());
+    let reasons: Vec<&str> = planned
+        .operations
+        .iter()
+        .filter_map(|op| match op {
+            Operation::DisableUser { reason, .. } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, ["out of scope", "no longer assigned"]);
+}
+
+#[test]
+fn a_group_that_is_no_longer_assigned_is_deleted_saying_so() {
+    let state = with_group(State::default(), "old", "Old", &[]);
+    let state = with_group(state, "gone", "Gone", &[]);
+    let mut d = desired(vec![], vec![]);
+    d.unassigned_groups.insert(
+        GroupKey::new("old"),
+        "no longer assigned: not in assign.groups".into(),
+    );
+    let policy = Policy {
+        delete_groups: true,
+        ..Policy::default()
+    };
+    let planned = plan(&d, &state, &policy);
+    let reasons: Vec<(&str, &str)> = planned
+        .operations
+        .iter()
+        .filter_map(|op| match op {
+            Operation::DeleteGroup { key, reason, .. } => Some((key.as_str(), reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("gone", "not in the source"),
+            ("old", "no longer assigned: not in assign.groups")
+        ]
+    );
+    // Without `groups.delete` it stays, as any group leaving scope does.
+    assert!(plan(&d, &state, &Policy::default()).is_empty());
+}
+
+#[test]
 fn members_who_will_not_exist_are_not_added() {
     let mut a = person("1", "a@x.com", "Eng");
     a.active = false;

@@ -360,8 +360,8 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
         explanation.found = Found::NotInSource { known };
         return Ok(explanation);
     };
-    let scope = settings.mapping.scope_verdict(record, &dir.groups);
-    let mapping = match settings.mapping.map_user(record, &dir.groups) {
+    let scope = settings.mapping.scope_verdict(record, &dir);
+    let mapping = match settings.mapping.map_user(record, &dir) {
         Err(e) => Mapped::Error(e.to_string()),
         Ok(None) => Mapped::OutOfScope,
         Ok(Some(user)) => Mapped::InScope {

@@ -388,7 +388,7 @@ fn stream_mapped(
 ) -> Result<StreamedBuild, SourceError> {
     let started = Instant::now();
     let groups = source.read_groups()?;
-    let mut mapper = match mapping.user_mapper(&groups, 0) {
+    let mut mapper = match mapping.user_mapper(&groups, None, 0) {
         Ok(mapper) => mapper,
         Err(errors) => {
             source.read_users(&mut |_| {})?;

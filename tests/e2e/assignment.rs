@@ -1,5 +1,6 @@
-//! Scope by assignment (`member_of`) end to end: a CSV source whose groups file
-//! decides who is provisioned, against a real scim2-server.
+//! Scope by assignment end to end: a CSV source whose groups file decides
+//! who is provisioned, through the config's `assign:` section and through
+//! `member_of` scope clauses (the same concept), against a real scim2-server.
 
 use crate::harness::*;
 
@@ -58,17 +59,7 @@ fn only_users_assigned_to_the_group_are_provisioned_and_unassigned_ones_leave() 
         .map(|m| email_of(m))
         .collect();
     want.sort();
-    let active = |server: &ScimServer| {
-        let mut names: Vec<String> = server
-            .users()
-            .iter()
-            .filter(|u| u["active"].as_bool().unwrap_or(true))
-            .filter_map(|u| u["userName"].as_str().map(str::to_lowercase))
-            .collect();
-        names.sort();
-        names
-    };
-    assert_eq!(active(&server), want);
+    assert_eq!(active_names(&server), want);
 
     // Unassign one member: they leave scope and are disabled.
     let mut dir2 = dir.clone();
@@ -84,7 +75,7 @@ fn only_users_assigned_to_the_group_are_provisioned_and_unassigned_ones_leave() 
     ws.write_directory(&dir2);
     ws.sync_ok();
     want.retain(|e| *e != email_of(&leaver));
-    assert_eq!(active(&server), want);
+    assert_eq!(active_names(&server), want);
     ws.assert_plan_empty();
 }
 
@@ -102,4 +93,170 @@ fn a_missing_assignment_group_fails_the_read_and_changes_nothing() {
         out.dump()
     );
     assert_eq!(server.contents().normalized(), before.normalized());
+}
+
+/// The userNames of the target's active users, lower-cased and sorted.
+fn active_names(server: &ScimServer) -> Vec<String> {
+    let mut names: Vec<String> = server
+        .users()
+        .iter()
+        .filter(|u| u["active"].as_bool().unwrap_or(true))
+        .filter_map(|u| u["userName"].as_str().map(str::to_lowercase))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The userNames (lower-cased, sorted) of the active users among `keys`.
+fn names_of(dir: &Directory, keys: &[&String]) -> Vec<String> {
+    let mut names: Vec<String> = dir
+        .users
+        .iter()
+        .filter(|u| u.active && keys.contains(&&u.id))
+        .map(|u| u.user_name().to_lowercase())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn group_names(server: &ScimServer) -> Vec<String> {
+    let mut names: Vec<String> = server
+        .contents()
+        .groups
+        .iter()
+        .map(|g| str_at(g, "displayName").to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn assigned_groups_and_a_user_named_directly_are_provisioned_and_only_assigned_groups_pushed() {
+    let server = ScimServer::start(&fresh_token("assign-groups"));
+    let mut ws = Workspace::new(&server);
+    let dir = Directory::generate(12, 3);
+    ws.write_directory(&dir);
+    let members = &dir.groups["group-01"];
+    let outsider = dir
+        .users
+        .iter()
+        .find(|u| u.active && !members.contains(&u.id))
+        .expect("an active user outside group-01");
+    // The group by name in another case, the user by userName in another case.
+    ws.extra_config = format!(
+        "assign:\n  groups: [GROUP-01]\n  users: [\"{}\"]\n",
+        outsider.user_name().to_uppercase()
+    );
+    ws.sync_ok();
+
+    let mut want: Vec<&String> = members.iter().collect();
+    want.push(&outsider.id);
+    assert_eq!(active_names(&server), names_of(&dir, &want));
+    assert_eq!(
+        group_names(&server),
+        ["group-01"],
+        "only the assigned group"
+    );
+    let contents = server.contents();
+    let group = &contents.groups[0];
+    assert_eq!(
+        member_ids(group).len(),
+        names_of(&dir, &members.iter().collect::<Vec<_>>()).len(),
+        "the group holds its active members, not the user named directly"
+    );
+    ws.assert_plan_empty();
+}
+
+/// Assigns group-01 and group-02, syncs, then leaves group-02 out.
+fn unassign_a_group(remove_action: &str) -> (ScimServer, Workspace, Directory, Vec<String>) {
+    let server = ScimServer::start(&fresh_token("assign-leave"));
+    let mut ws = Workspace::new(&server);
+    ws.remove_action = remove_action.into();
+    let dir = Directory::generate(12, 3);
+    ws.write_directory(&dir);
+    ws.extra_config = "assign: { groups: [group-01, group-02] }\n".into();
+    ws.sync_ok();
+    assert_eq!(group_names(&server), ["group-01", "group-02"]);
+    let only_in_02: Vec<String> = dir.groups["group-02"]
+        .iter()
+        .filter(|k| !dir.groups["group-01"].contains(k))
+        .cloned()
+        .collect();
+    assert!(!only_in_02.is_empty(), "the generator changed shape");
+
+    ws.extra_config = "assign: { groups: [group-01] }\n".into();
+    let plan = ws.run(&["plan"]);
+    plan.assert_code(0);
+    assert!(
+        plan.stdout
+            .contains("no longer assigned: not in assign.groups"),
+        "the plan says why group-02 goes:\n{}",
+        plan.dump()
+    );
+    ws.sync_ok();
+    (server, ws, dir, only_in_02)
+}
+
+#[test]
+fn unassigned_users_are_disabled_and_a_group_leaving_scope_is_deleted() {
+    let (server, ws, dir, only_in_02) = unassign_a_group("disable");
+    assert_eq!(
+        group_names(&server),
+        ["group-01"],
+        "groups.delete removed it"
+    );
+    let want = names_of(&dir, &dir.groups["group-01"].iter().collect::<Vec<_>>());
+    assert_eq!(active_names(&server), want);
+    let contents = server.contents();
+    for key in &only_in_02 {
+        let name = dir.user(key).user_name();
+        let found = contents.users_named(&name);
+        assert_eq!(found.len(), 1, "{name} is kept, disabled");
+        assert_eq!(found[0]["active"].as_bool(), Some(false), "{name}");
+    }
+    ws.assert_plan_empty();
+}
+
+#[test]
+fn unassigned_users_are_deleted_under_remove_action_delete() {
+    let (server, ws, dir, only_in_02) = unassign_a_group("delete");
+    for key in &only_in_02 {
+        let name = dir.user(key).user_name();
+        assert!(
+            server.contents().users_named(&name).is_empty(),
+            "{name} is deleted"
+        );
+    }
+    assert_eq!(server.users().len(), active_names(&server).len());
+    ws.assert_plan_empty();
+}
+
+#[test]
+fn an_assigned_group_or_user_the_source_does_not_have_exits_2_and_changes_nothing() {
+    let (server, mut ws, _dir) = synced(6, 2);
+    let before = server.contents();
+    for (section, named, key) in [
+        (
+            "assign: { groups: [group-01, Platform Team] }\n",
+            "Platform Team",
+            "assign.groups",
+        ),
+        (
+            "assign: { users: [u0001, nobody@example.com] }\n",
+            "nobody@example.com",
+            "assign.users",
+        ),
+    ] {
+        ws.extra_config = section.into();
+        let out = ws.run(&["sync"]);
+        out.assert_code(2);
+        assert!(
+            out.stderr.contains(named) && out.stderr.contains(key),
+            "{}",
+            out.dump()
+        );
+        assert!(out.stderr.contains("nothing was planned"), "{}", out.dump());
+        assert_eq!(server.contents().normalized(), before.normalized());
+    }
 }

@@ -141,6 +141,9 @@ pub struct Workspace {
     pub timeout: String,
     /// When set, written as `config.yaml` verbatim instead of the generated config.
     pub raw_config: Option<String>,
+    /// Top-level lines appended to the generated config (e.g. an `assign:`
+    /// section), each ending in a newline.
+    pub extra_config: String,
 }
 
 impl Deref for Workspace {
@@ -179,6 +182,7 @@ impl Workspace {
             groups_delete: true,
             timeout: "10s".into(),
             raw_config: None,
+            extra_config: String::new(),
         };
         ws.write_file("users.csv", Directory::default().users_csv().as_bytes());
         ws.write_file("groups.csv", Directory::default().groups_csv().as_bytes());
@@ -243,7 +247,8 @@ impl Workspace {
              \x20 max_removals: {max_removals}\n\
              {member_limit}\
              \x20 groups: {{ provision: true, delete: {groups_delete} }}\n\
-             state: state/idsync.db\n",
+             state: state/idsync.db\n\
+             {extra}",
             mapping = Self::mapping_path().display(),
             base_url = self.base_url,
             timeout = self.timeout,
@@ -255,6 +260,7 @@ impl Workspace {
                 .map(|l| format!("  max_member_removals: {l}\n"))
                 .unwrap_or_default(),
             groups_delete = self.groups_delete,
+            extra = self.extra_config,
         )
     }
 

@@ -280,6 +280,19 @@ fn config_with(ws: &Workspace, text: &str, with: &str) -> String {
     config.replace(text, with)
 }
 
+/// `explain` of each of `who` (each expected to exit 0), redacted: stdout
+/// only, as the log lines on stderr are not what is pinned.
+fn explained(ws: &Workspace, r: &Redactor, who: &[&str]) -> String {
+    let mut text = String::new();
+    for who in who {
+        let out = ws.run(&["explain", who]);
+        out.assert_code(0);
+        text.push_str(&transcript_stdout(&out));
+        text.push('\n');
+    }
+    r.apply(&text)
+}
+
 fn assert_parses_as_json(text: &str) {
     serde_json::from_str::<serde_json::Value>(text)
         .unwrap_or_else(|e| panic!("not JSON after redaction ({e}):\n{text}"));
@@ -761,23 +774,80 @@ fn explain_an_in_scope_user_an_out_of_scope_user_a_leaver_and_an_unknown_one() {
         .push("u1".into());
     ws.write_directory(&dir);
 
-    let mut text = String::new();
-    for who in [
-        "ada@example.com",
-        "u9",
-        "edsger@example.com",
-        "nobody@example.com",
-    ] {
-        let out = ws.run(&["explain", who]);
-        out.assert_code(0);
-        // stdout only: the log lines on stderr are not what is pinned here.
-        text.push_str(&transcript_stdout(&out));
-        text.push('\n');
-    }
-    let text = r.apply(&text);
+    let text = explained(
+        &ws,
+        &r,
+        &[
+            "ada@example.com",
+            "u9",
+            "edsger@example.com",
+            "nobody@example.com",
+        ],
+    );
     snap(
         "explain",
         "explain for ada@ (in scope, provisioned; her title changed and she joined finance since the last sync), u9 (department Contractors, out of scope), edsger@ (left the source, disabled) and nobody@ (unknown); mapping = mappings/csv.yaml + scope exclude department Contractors",
+        &text,
+    );
+}
+
+/// small_directory plus u9, a contractor in no group, assigned by the config.
+fn assigned_directory() -> Directory {
+    let mut dir = small_directory();
+    dir.users.push(user(
+        "u9",
+        "contractor@example.com",
+        "Con",
+        "Tractor",
+        "Consultant",
+        "Contractors",
+    ));
+    dir
+}
+
+#[test]
+fn plan_when_a_group_and_a_user_are_no_longer_assigned() {
+    let (server, mut ws) = fresh("snap-assign-plan");
+    let mut r = Redactor::new(&ws);
+    ws.extra_config = "assign:\n  groups: [engineering, finance]\n  users: [u9]\n".into();
+    sync_and_learn(&server, &ws, &assigned_directory(), &mut r);
+    // finance (Alan's only group) and Con are taken out of `assign`.
+    ws.extra_config = "assign:\n  groups: [engineering]\n".into();
+    let (text, json, plan) = plans(&ws, &r, false);
+    assert_eq!(ops_of(&plan, "delete_group").len(), 1, "{plan}");
+    assert_eq!(ops_of(&plan, "disable_user").len(), 2, "{plan}");
+    assert_parses_as_json(&json);
+    let description = "small directory + u9 synced with assign { groups: [engineering, finance], users: [u9] }; then assign { groups: [engineering] }: finance leaves (groups.delete on), Alan (only in finance) and u9 are disabled";
+    snap("plan_unassigned_text", description, &text);
+    snap("plan_unassigned_json", description, &json);
+}
+
+#[test]
+fn explain_names_the_assignment_that_put_a_user_in_scope_or_its_absence() {
+    let (server, mut ws) = fresh("snap-assign-explain");
+    let mut r = Redactor::new(&ws);
+    ws.extra_config =
+        "assign:\n  groups: [Engineering]\n  users: [CONTRACTOR@example.com]\n".into();
+    sync_and_learn(&server, &ws, &assigned_directory(), &mut r);
+    let text = explained(
+        &ws,
+        &r,
+        &[
+            "ada@example.com",
+            "contractor@example.com",
+            "alan@example.com",
+        ],
+    );
+    for says in [
+        "Scope: in scope: assigned through group \"engineering\"",
+        "Scope: in scope: assigned directly (assign.users)",
+        "Scope: out of scope: not assigned",
+    ] {
+        assert!(text.contains(says), "{says}:\n{text}");
+    }
+    snap(
+        "explain_assigned",
+        "explain with assign { groups: [Engineering], users: [CONTRACTOR@example.com] } for ada@ (in engineering), contractor@ (named by userName) and alan@ (only in finance, not assigned)",
         &text,
     );
 }

@@ -14,6 +14,10 @@
 //!   the group; with `repeat_objects`, every user of a round appears twice
 //!   (first with only some properties);
 //! - `GET /v1.0/users` and `/v1.0/groups` (`$top`), for `idsync check`;
+//! - `GET /v1.0/servicePrincipals/{id}/appRoleAssignedTo` (`$top`): the
+//!   enterprise app's `appRoleAssignment`s (principal types `User`, `Group`,
+//!   `ServicePrincipal`), paged by `@odata.nextLink` with a `$skiptoken`; no
+//!   delta; an unknown service principal is `404 Request_ResourceNotFound`;
 //! - faults: expired delta tokens (410 `SyncStateNotFound` or 400
 //!   `syncStateNotFound`), 429 with `Retry-After`, 403 on a resource.
 //!
@@ -53,6 +57,15 @@ pub struct Group {
     pub members: BTreeSet<String>,
 }
 
+/// One `appRoleAssignment` of an enterprise app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// `User`, `Group` or `ServicePrincipal`.
+    pub principal_type: String,
+    pub principal_id: String,
+    pub principal_name: String,
+}
+
 /// The directory the test edits.
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
@@ -60,9 +73,39 @@ pub struct Directory {
     /// Soft-deleted users (restorable): reported `@removed: changed`.
     pub deleted_users: BTreeMap<String, Props>,
     pub groups: BTreeMap<String, Group>,
+    /// Enterprise apps (service principal object ids) and their assignments.
+    pub apps: BTreeMap<String, Vec<Assignment>>,
 }
 
 impl Directory {
+    /// Assigns the user or group `id` to the app `sp` (found in the directory
+    /// by id; anything else is a service principal).
+    pub fn assign(&mut self, sp: &str, id: &str) {
+        let (principal_type, principal_name) = if let Some(g) = self.groups.get(id) {
+            ("Group", g.name.clone())
+        } else if let Some(u) = self.users.get(id) {
+            let name = u.get("displayName").and_then(Value::as_str).unwrap_or("");
+            ("User", name.to_string())
+        } else {
+            ("ServicePrincipal", "Some daemon app".to_string())
+        };
+        self.apps
+            .entry(sp.to_string())
+            .or_default()
+            .push(Assignment {
+                principal_type: principal_type.into(),
+                principal_id: id.to_string(),
+                principal_name,
+            });
+    }
+
+    /// Removes every assignment of `id` to the app `sp`.
+    pub fn unassign(&mut self, sp: &str, id: &str) {
+        if let Some(list) = self.apps.get_mut(sp) {
+            list.retain(|a| a.principal_id != id);
+        }
+    }
+
     pub fn soft_delete(&mut self, id: &str) {
         let u = self.users.remove(id).expect("user to soft-delete");
         self.deleted_users.insert(id.to_string(), u);
@@ -106,6 +149,8 @@ struct State {
     /// Knobs.
     pub users_per_page: usize,
     pub members_per_page: usize,
+    /// Assignments per `appRoleAssignedTo` page (at most the `$top` asked).
+    pub assignments_per_page: usize,
     pub repeat_objects: bool,
     /// Status of an expired delta token: 410 or 400.
     pub expired_status: u16,
@@ -142,6 +187,7 @@ impl GraphServer {
             certificate: None,
             users_per_page: 200,
             members_per_page: 400,
+            assignments_per_page: 100,
             repeat_objects: true,
             expired_status: 410,
             throttle: None,
@@ -192,6 +238,11 @@ impl GraphServer {
         let mut s = self.state.lock().unwrap();
         s.users_per_page = users;
         s.members_per_page = members;
+    }
+
+    /// Sets how many assignments an `appRoleAssignedTo` page holds.
+    pub fn assignment_pages(&self, per_page: usize) {
+        self.state.lock().unwrap().assignments_per_page = per_page;
     }
 
     /// Whether every user of a round appears twice (first with only some
@@ -509,6 +560,14 @@ fn handle(req: &Request, base: &str, s: &mut State) -> Reply {
             (200, vec![], json!({"value": ids}))
         }
         "/v1.0/users/delta" | "/v1.0/groups/delta" => delta(s, base, &resource, &params),
+        _ if path.starts_with("/v1.0/servicePrincipals/")
+            && path.ends_with("/appRoleAssignedTo") =>
+        {
+            let sp = path
+                .trim_start_matches("/v1.0/servicePrincipals/")
+                .trim_end_matches("/appRoleAssignedTo");
+            assignments(s, base, sp, &params)
+        }
         _ => (404, vec![], graph_error("notFound", "no such endpoint")),
     }
 }
@@ -606,6 +665,59 @@ fn delta(s: &mut State, base: &str, resource: &str, params: &HashMap<String, Str
     let first = pages[0].clone();
     s.rounds.insert(round, pages);
     (200, vec![], first)
+}
+
+/// A page of the app `sp`'s assignments, from `$skiptoken` (an offset).
+fn assignments(s: &State, base: &str, sp: &str, params: &HashMap<String, String>) -> Reply {
+    let Some(all) = s.dir.apps.get(sp) else {
+        return (
+            404,
+            vec![],
+            graph_error(
+                "Request_ResourceNotFound",
+                &format!(
+                    "Resource '{sp}' does not exist or one of its queried reference-property objects are not present."
+                ),
+            ),
+        );
+    };
+    let top: usize = params
+        .get("$top")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(100);
+    let per_page = top.min(s.assignments_per_page).max(1);
+    let from: usize = params
+        .get("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let value: Vec<Value> = all
+        .iter()
+        .enumerate()
+        .skip(from)
+        .take(per_page)
+        .map(|(i, a)| {
+            json!({
+                "id": format!("assignment-{i}"),
+                "appRoleId": "00000000-0000-0000-0000-000000000000",
+                "principalType": a.principal_type,
+                "principalId": a.principal_id,
+                "principalDisplayName": a.principal_name,
+                "resourceId": sp,
+                "resourceDisplayName": "Atlassian Cloud"
+            })
+        })
+        .collect();
+    let mut page = json!({
+        "@odata.context": format!("{base}/v1.0/$metadata#servicePrincipals('{sp}')/appRoleAssignedTo"),
+        "value": value
+    });
+    if from + per_page < all.len() {
+        page["@odata.nextLink"] = json!(format!(
+            "{base}/v1.0/servicePrincipals/{sp}/appRoleAssignedTo?$top={top}&$skiptoken={}",
+            from + per_page
+        ));
+    }
+    (200, vec![], page)
 }
 
 /// A user as Graph sends it: `id` and every selected property (null when not set).

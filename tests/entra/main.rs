@@ -5,6 +5,7 @@
 //! compared with the directory (computed here from the directory itself, with
 //! the default mapping's rules and nested groups flattened).
 
+mod assignment;
 mod graph_server;
 #[path = "../support/mod.rs"]
 mod support;
@@ -36,6 +37,9 @@ struct Setup {
     full_every: &'static str,
     /// The credential's lines of the `source:` section.
     credential: String,
+    /// Top-level lines appended to the config (an `assign:` section), each
+    /// ending in a newline.
+    extra_config: String,
 }
 
 impl Setup {
@@ -66,6 +70,7 @@ impl Setup {
             max_removals: "100%",
             full_every: "24h",
             credential: "  client_secret_file: client-secret\n".into(),
+            extra_config: String::new(),
         }
     }
 
@@ -90,13 +95,15 @@ impl Setup {
              \x20 max_removals: {max}\n\
              \x20 max_member_removals: 100%\n\
              \x20 groups: {{ provision: true, delete: true }}\n\
-             state: state/idsync.db\n",
+             state: state/idsync.db\n\
+             {extra}",
             mapping = self.mapping.display(),
             target = scim_target_yaml(&self.base_url, "10s"),
             remove = self.remove_action,
             max = self.max_removals,
             full_every = self.full_every,
             credential = self.credential,
+            extra = self.extra_config,
         )
     }
 
@@ -695,6 +702,10 @@ fn the_shipped_example_validates() {
         .current_dir(dir.path())
         .env("ENTRA_TENANT_ID", "contoso.onmicrosoft.com")
         .env("ENTRA_CLIENT_ID", CLIENT_ID)
+        .env(
+            "ENTRA_APP_OBJECT_ID",
+            "5f6e0000-aaaa-bbbb-cccc-000000000001",
+        )
         .env(
             "ATLASSIAN_DIRECTORY_ID",
             "00000000-0000-0000-0000-000000000000",

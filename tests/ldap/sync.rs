@@ -28,6 +28,8 @@ use crate::support::scim::{
 };
 use crate::support::workdir::{Idsync, Workdir, idsync_command, scim_target_yaml};
 
+mod assign;
+
 /// The environment variable the generated configs name in `bind_password_env`.
 const PASSWORD_ENV: &str = "IDSYNC_TEST_LDAP_PASSWORD";
 /// One `idsync` run may take this long before it is killed (debug build, 2 cores).
@@ -51,6 +53,9 @@ struct Operator {
     ldap_timeout: &'static str,
     /// More `source:` lines (TLS settings), each ending in a newline.
     extra_source: String,
+    /// Top-level lines appended to the config (an `assign:` section), each
+    /// ending in a newline.
+    extra_config: String,
 }
 
 impl Operator {
@@ -65,6 +70,7 @@ impl Operator {
             password: SYNC_PW.to_owned(),
             ldap_timeout: "10s",
             extra_source: String::new(),
+            extra_config: String::new(),
         }
     }
 
@@ -84,13 +90,15 @@ impl Operator {
              \x20 remove_action: disable\n\
              \x20 max_removals: 5%\n\
              \x20 groups: {{ provision: true, delete: true }}\n\
-             state: state/idsync.db\n",
+             state: state/idsync.db\n\
+             {extra_config}",
             url = self.ldap_url,
             bind_dn = self.bind_dn,
             timeout = self.ldap_timeout,
             extra = self.extra_source,
             mapping = repo().join("mappings/ldap-inetorgperson.yaml").display(),
             target = scim_target_yaml(&self.scim_url, "30s"),
+            extra_config = self.extra_config,
         )
     }
 

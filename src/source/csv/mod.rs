@@ -147,6 +147,7 @@ pub fn read(settings: &CsvSettings) -> Result<SourceDirectory, CsvError> {
         users,
         groups,
         unresolved_members,
+        assignments: None,
     })
 }
 
@@ -610,12 +611,12 @@ fn read_groups(
             let mut members = acc.members;
             members.sort_unstable();
             members.dedup();
-            SourceGroup {
+            SourceGroup::new(
                 key,
-                name: acc.name,
-                origin: Origin::line(Arc::from(name.as_str()), acc.line),
+                acc.name,
+                Origin::line(Arc::from(name.as_str()), acc.line),
                 members,
-            }
+            )
         })
         .collect();
     Ok((groups, unresolved))

@@ -12,15 +12,20 @@
 //!   a member entry with `@removed` is a removed membership, never a deleted
 //!   user; member entries carry only `@odata.type` and `id`, which say nothing
 //!   about the member's properties;
-//! - nested groups are flattened from the member edges (cycles tolerated).
+//! - nested groups are flattened from the member edges (cycles tolerated);
+//!   each group keeps its direct members too, for app assignments (an
+//!   assigned group assigns its direct members only).
+//!
+//! App assignments (`appRoleAssignedTo`) have no delta: they are read whole
+//! every cycle and resolved against the mirror ([`app_assignments`]).
 
 use std::collections::HashMap;
 
 use serde_json::Value;
 
 use crate::model::{
-    GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, SourceAttrs, SourceDirectory, SourceGroup,
-    SourceKey, SourceUser,
+    GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, SourceAssignments, SourceAttrs,
+    SourceDirectory, SourceGroup, SourceKey, SourceUser,
 };
 use crate::source::nested::flatten;
 
@@ -195,16 +200,27 @@ pub fn directory(mirror: &Mirror) -> SourceDirectory {
         .groups
         .iter()
         .zip(flat)
-        .filter_map(|((id, group), members)| {
+        .enumerate()
+        .filter_map(|(i, ((id, group), members))| {
             let Some(name) = group.display_name.clone().filter(|n| !n.trim().is_empty()) else {
                 unnamed += 1;
                 return None;
             };
+            let keys = |found: &[usize]| found.iter().map(|&u| users[u].key.clone()).collect();
+            // Users are indexed in key order, so the keys come sorted.
+            let direct_members = (!child_groups[i].is_empty()).then(|| {
+                let mut direct = direct_users[i].clone();
+                direct.sort_unstable();
+                direct.dedup();
+                keys(&direct)
+            });
             Some(SourceGroup {
                 key: GroupKey::new(id.clone()),
                 name,
                 origin: Origin::new(format!("Entra group {id}")),
-                members: members.into_iter().map(|u| users[u].key.clone()).collect(),
+                members: keys(&members),
+                direct_members,
+                dn: None,
             })
         })
         .collect();
@@ -218,7 +234,57 @@ pub fn directory(mirror: &Mirror) -> SourceDirectory {
         users,
         groups,
         unresolved_members: unresolved,
+        assignments: None,
     }
+}
+
+/// What the app's assignments held besides the users and groups they assign.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AssignmentStats {
+    /// Assignments to other service principals (apps, not people): ignored.
+    pub service_principals: usize,
+    /// Users and groups the mirror does not have (not replicated to delta
+    /// yet, or deleted): their ids and names, left out this cycle.
+    pub unknown: Vec<String>,
+}
+
+/// The users and groups the `appRoleAssignment`s in `items` assign, as far as
+/// the mirror has them: each once (a principal with several app roles comes
+/// several times), sorted.
+pub fn app_assignments(items: &[Value], mirror: &Mirror) -> (SourceAssignments, AssignmentStats) {
+    let mut assigned = SourceAssignments {
+        from: "the app".into(),
+        ..SourceAssignments::default()
+    };
+    let mut stats = AssignmentStats::default();
+    for item in items {
+        let Some(id) = item["principalId"].as_str().filter(|id| !id.is_empty()) else {
+            continue;
+        };
+        let known = match item["principalType"].as_str() {
+            Some(t) if t.eq_ignore_ascii_case("user") => mirror.users.contains_key(id).then(|| {
+                assigned.users.push(SourceKey::new(id));
+            }),
+            Some(t) if t.eq_ignore_ascii_case("group") => {
+                mirror.groups.contains_key(id).then(|| {
+                    assigned.groups.push(GroupKey::new(id));
+                })
+            }
+            _ => {
+                stats.service_principals += 1;
+                continue;
+            }
+        };
+        if known.is_none() {
+            let name = item["principalDisplayName"].as_str().unwrap_or("");
+            stats.unknown.push(format!("{id} ({name:?})"));
+        }
+    }
+    assigned.users.sort_unstable();
+    assigned.users.dedup();
+    assigned.groups.sort_unstable();
+    assigned.groups.dedup();
+    (assigned, stats)
 }
 
 #[cfg(test)]
@@ -334,5 +400,51 @@ mod tests {
             assert_eq!(members, vec!["u1", "u2"], "{}", g.name);
         }
         assert_eq!(dir.unresolved_members, 1);
+    }
+
+    #[test]
+    fn app_assignments_keep_users_and_groups_the_mirror_has_once_each() {
+        let mut m = users_of(&[json!([{"id": "u1"}, {"id": "u2"}])]);
+        apply_groups(
+            &mut m.groups,
+            json!([{"id": "g1", "displayName": "Eng"}])
+                .as_array()
+                .unwrap(),
+        );
+        let items = json!([
+            {"principalType": "User", "principalId": "u2", "principalDisplayName": "Bo"},
+            {"principalType": "User", "principalId": "u2", "appRoleId": "another role"},
+            {"principalType": "Group", "principalId": "g1", "principalDisplayName": "Eng"},
+            {"principalType": "ServicePrincipal", "principalId": "sp1"},
+            {"principalType": "User", "principalId": "u-new", "principalDisplayName": "New"},
+            {"principalType": "Group", "principalId": "g-gone"}
+        ]);
+        let (assigned, stats) = app_assignments(items.as_array().unwrap(), &m);
+        assert_eq!(assigned.users, vec![SourceKey::new("u2")]);
+        assert_eq!(assigned.groups, vec![GroupKey::new("g1")]);
+        assert_eq!(stats.service_principals, 1);
+        assert_eq!(stats.unknown, vec!["u-new (\"New\")", "g-gone (\"\")"]);
+    }
+
+    #[test]
+    fn groups_with_nested_groups_keep_their_direct_members() {
+        let mut m = users_of(&[json!([{"id": "u1"}, {"id": "u2"}, {"id": "u3"}])]);
+        apply_groups(
+            &mut m.groups,
+            json!([
+                {"id": "ga", "displayName": "A", "members@delta": [{"id": "u3"}, {"id": "gb"}]},
+                {"id": "gb", "displayName": "B", "members@delta": [{"id": "u1"}, {"id": "u2"}]}
+            ])
+            .as_array()
+            .unwrap(),
+        );
+        let dir = directory(&m);
+        let keys = |k: &[SourceKey]| k.iter().map(|k| k.as_str().to_string()).collect::<Vec<_>>();
+        assert_eq!(keys(&dir.groups[0].members), ["u1", "u2", "u3"]);
+        assert_eq!(keys(dir.groups[0].direct()), ["u3"]);
+        assert_eq!(
+            dir.groups[1].direct_members, None,
+            "no nested group: all direct"
+        );
     }
 }

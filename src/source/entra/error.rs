@@ -104,6 +104,13 @@ impl EntraError {
                 )
                 .into();
             }
+            GraphRefused {
+                status: 404, url, ..
+            } if url.contains("/servicePrincipals/") => {
+                "check `assign.app`: it is the enterprise app's object id (Enterprise \
+                 applications → the app → Properties → Object ID), not the app registration's \
+                 client id; then run `idsync check`"
+            }
             GraphRefused { .. } => {
                 "run `idsync check`; the next cycle reads the same changes again"
             }

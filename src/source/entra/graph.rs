@@ -386,7 +386,9 @@ fn header(response: &reqwest::Response, name: &str) -> Option<String> {
 /// The application permission reading `url` needs.
 fn permission_for(url: &str) -> Option<&'static str> {
     let path = shown(url);
-    if path.contains("/groups") {
+    if path.contains("/servicePrincipals/") {
+        Some("Application.Read.All")
+    } else if path.contains("/groups") {
         Some("GroupMember.Read.All")
     } else if path.contains("/users") {
         Some("User.Read.All")
@@ -481,6 +483,10 @@ mod tests {
         assert_eq!(
             permission_for("https://g/v1.0/groups/delta?$deltatoken=x"),
             Some("GroupMember.Read.All")
+        );
+        assert_eq!(
+            permission_for("https://g/v1.0/servicePrincipals/5f6e/appRoleAssignedTo?$top=999"),
+            Some("Application.Read.All")
         );
         assert_eq!(
             shown("https://g/v1.0/users/delta?$deltatoken=secret"),

@@ -15,6 +15,11 @@
 //! `syncStateNotFound`/`resyncRequired`), when the mapping's `$select` changed,
 //! and every `full_every`.
 //!
+//! With `assign.app`, the enterprise app's assignments
+//! (`/servicePrincipals/{id}/appRoleAssignedTo`) are read whole every cycle
+//! after the delta rounds (they have no delta) and handed over with the
+//! directory; they are not kept in the mirror.
+//!
 //! Owns: the `source` section for `kind: entra`, the token, Graph requests,
 //! the merge rules (`delta`). Does not own: storing the mirror (`state`), when it
 //! is committed (`sync`).
@@ -32,9 +37,11 @@ use futures_util::future::BoxFuture;
 use serde_saphyr::Spanned;
 
 use super::{Source, SourceConfigError, SourceError};
-use crate::model::{Mirror, SourceDirectory};
+use crate::model::{Mirror, SourceAssignments, SourceDirectory};
 use credential::Credential;
-pub use delta::{PageStats, apply_groups, apply_users, directory};
+pub use delta::{
+    AssignmentStats, PageStats, app_assignments, apply_groups, apply_users, directory,
+};
 pub use error::EntraError;
 use graph::{Answer, Graph, shown};
 
@@ -94,6 +101,9 @@ pub struct EntraSettings {
     full_every: Duration,
     rate_limit: u32,
     timeout: Duration,
+    /// The enterprise app (service principal object id) whose assignments
+    /// are read every cycle (`assign.app`).
+    app: Option<String>,
 }
 
 const README_HINT: &str = "see the Entra ID source section of the README";
@@ -269,7 +279,16 @@ impl EntraConfig {
             full_every,
             rate_limit,
             timeout,
+            app: None,
         })
+    }
+}
+
+impl EntraSettings {
+    /// Reads the assignments of the enterprise app `app` (its service
+    /// principal's object id) every cycle, beside the delta rounds.
+    pub fn read_app_assignments(&mut self, app: &str) {
+        self.app = Some(app.to_string());
     }
 }
 
@@ -376,7 +395,10 @@ pub async fn read(
             (full(&graph, settings, &select, hash, now).await?, "full")
         }
     };
-    let dir = directory(&updated);
+    let mut dir = directory(&updated);
+    if let Some(app) = &settings.app {
+        dir.assignments = Some(read_assignments(&graph, settings, app, &updated).await?);
+    }
     tracing::info!(
         round = kind,
         users = dir.users.len(),
@@ -448,6 +470,71 @@ async fn full(
     Ok(m)
 }
 
+/// The enterprise app's assignments, resolved against the updated mirror.
+/// Graph's replication can lag behind an assignment made or removed a moment
+/// ago; the next cycle reads them again.
+async fn read_assignments(
+    graph: &Graph<'_>,
+    settings: &EntraSettings,
+    app: &str,
+    mirror: &Mirror,
+) -> Result<SourceAssignments, EntraError> {
+    let url = assignments_url(settings, app, 999);
+    let items = list(graph, &url).await?;
+    let (assigned, stats) = app_assignments(&items, mirror);
+    if !stats.unknown.is_empty() {
+        tracing::warn!(
+            count = stats.unknown.len(),
+            principals = %stats.unknown.join(", "),
+            "users or groups assigned to the app are not in the directory read (not replicated yet, or deleted); left out this cycle"
+        );
+    }
+    tracing::info!(
+        assignments = items.len(),
+        users = assigned.users.len(),
+        groups = assigned.groups.len(),
+        service_principals = stats.service_principals,
+        "Entra app assignments read"
+    );
+    Ok(assigned)
+}
+
+fn assignments_url(settings: &EntraSettings, app: &str, top: usize) -> String {
+    format!(
+        "{}/v1.0/servicePrincipals/{app}/appRoleAssignedTo?$top={top}",
+        settings.graph_url
+    )
+}
+
+/// Every item of a paged list (not a delta round): `@odata.nextLink` is
+/// followed until a page has none.
+async fn list(graph: &Graph<'_>, start: &str) -> Result<Vec<serde_json::Value>, EntraError> {
+    let mut next = start.to_string();
+    let mut items = Vec::new();
+    for _ in 0..MAX_PAGES_PER_ROUND {
+        let bad = |reason: &str| EntraError::GraphBadAnswer {
+            url: shown(&next),
+            reason: reason.to_string(),
+        };
+        let page = match graph.get(&next).await? {
+            Answer::Ok(page) => page,
+            Answer::Resync { .. } => return Err(bad("a list answered as an expired delta link")),
+        };
+        let objects = page["value"]
+            .as_array()
+            .ok_or_else(|| bad("a page without a `value` list"))?;
+        items.extend(objects.iter().cloned());
+        match page["@odata.nextLink"].as_str() {
+            Some(link) => next = link.to_string(),
+            None => return Ok(items),
+        }
+    }
+    Err(EntraError::GraphBadAnswer {
+        url: shown(start),
+        reason: format!("the list did not end within {MAX_PAGES_PER_ROUND} pages"),
+    })
+}
+
 /// Follows `@odata.nextLink` from `start` to the `@odata.deltaLink`, giving
 /// each page's objects to `apply`. The link in progress is local to the round;
 /// only the final delta link is returned. `None`: the link was expired.
@@ -492,8 +579,18 @@ async fn round(
 pub async fn check(settings: &EntraSettings) -> Result<String, EntraError> {
     let graph = Graph::new(settings)?;
     let mut found = Vec::new();
-    for what in ["users", "groups"] {
-        let url = format!("{}/v1.0/{what}?$select=id&$top=1", settings.graph_url);
+    let mut urls: Vec<(String, String)> = ["users", "groups"]
+        .iter()
+        .map(|what| {
+            let url = format!("{}/v1.0/{what}?$select=id&$top=1", settings.graph_url);
+            (what.to_string(), url)
+        })
+        .collect();
+    if let Some(app) = &settings.app {
+        let what = format!("assignments of enterprise app {app}");
+        urls.push((what, assignments_url(settings, app, 1)));
+    }
+    for (what, url) in urls {
         match graph.get(&url).await? {
             Answer::Ok(page) => {
                 let n = page["value"].as_array().map_or(0, Vec::len);

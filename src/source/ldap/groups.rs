@@ -389,22 +389,24 @@ pub(super) fn resolve(raw: Vec<RawGroup>, users: &Users) -> (Vec<SourceGroup>, u
         }
     });
 
+    let keys = |found: &[usize]| {
+        let mut keys: Vec<_> = found.iter().map(|&u| users.users[u].key.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    };
     let mut groups: Vec<SourceGroup> = raw
         .into_iter()
         .zip(flat)
-        .map(|(group, members)| {
-            let mut members: Vec<_> = members
-                .into_iter()
-                .map(|u| users.users[u].key.clone())
-                .collect();
-            members.sort_unstable();
-            members.dedup();
-            SourceGroup {
-                key: group.key,
-                name: group.name,
-                origin: Origin::new(group.dn),
-                members,
-            }
+        .enumerate()
+        .map(|(i, (group, members))| SourceGroup {
+            key: group.key,
+            name: group.name,
+            origin: Origin::new(group.dn.as_str()),
+            members: keys(&members),
+            // Kept apart only where they differ: `assign` with `nested: direct`.
+            direct_members: (!child_groups[i].is_empty()).then(|| keys(&direct_users[i])),
+            dn: Some(group.dn),
         })
         .collect();
     groups.sort_unstable_by(|a, b| a.key.cmp(&b.key));

@@ -503,6 +503,7 @@ pub async fn read(
         users,
         groups,
         unresolved_members,
+        assignments: None,
     })
 }
 
