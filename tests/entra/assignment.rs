@@ -205,5 +205,9 @@ fn a_403_on_the_assignments_names_application_read_all_and_a_wrong_id_points_at_
         "{}",
         check.dump()
     );
+    // Two failed cycles in a row quarantined cycles: the fixed config runs
+    // when forced, and its success lifts the quarantine.
+    s.run(&["sync"]).assert_code(7);
+    s.run(&["sync", "--force"]).assert_code(0);
     let _: Value = s.sync_ok();
 }
