@@ -139,16 +139,27 @@ pub fn json_text(json: String) -> String {
 
 /// [`json_text`] of `json`, appended to `out`.
 pub(crate) fn push_json_text(out: &mut String, json: &str) {
-    for c in json.chars() {
+    // Runs of text that need nothing are copied whole; ASCII below DEL (nearly
+    // all of a document) is never decoded.
+    let bytes = json.as_bytes();
+    let (mut i, mut copied) = (0, 0);
+    while i < bytes.len() {
+        if bytes[i] < 0x7f {
+            i += 1;
+            continue;
+        }
+        let c = json[i..].chars().next().expect("i is at a character boundary");
         if json_needs_escape(c) {
+            out.push_str(&json[copied..i]);
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
-                out.push_str(&format!("\\u{unit:04x}"));
+                let _ = std::fmt::Write::write_fmt(out, format_args!("\\u{unit:04x}"));
             }
-        } else {
-            out.push(c);
+            copied = i + c.len_utf8();
         }
+        i += c.len_utf8();
     }
+    out.push_str(&json[copied..]);
 }
 
 /// What [`escape`] escapes, less the C0 controls: serde_json escapes those in
@@ -271,6 +282,37 @@ mod tests {
             escape_lines("3 records cannot be mapped:\n  line 2: \"a\u{1b}[2J\"\r"),
             "3 records cannot be mapped:\n  line 2: \"a\\u{1b}[2J\"\\r"
         );
+    }
+
+    #[test]
+    fn json_text_copies_runs_and_escapes_the_same_characters_as_one_at_a_time() {
+        // The reference: every character looked at on its own.
+        let reference = |text: &str| {
+            let mut out = String::new();
+            for c in text.chars() {
+                if json_needs_escape(c) {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        out.push_str(&format!("\\u{unit:04x}"));
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        let pieces = [
+            "plain", "Bj\u{f8}rn", "\u{7f}", "\u{85}", "\u{202e}gpj", "\u{2028}", "\u{e0041}",
+            "\u{1f600}", "\u{ad}", "\"q\"", "\u{fffd}",
+        ];
+        for a in pieces {
+            for b in pieces {
+                let text = format!("{a}{b}{a}");
+                let mut out = String::new();
+                push_json_text(&mut out, &text);
+                assert_eq!(out, reference(&text), "{text:?}");
+            }
+        }
     }
 
     #[test]
