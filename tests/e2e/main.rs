@@ -27,6 +27,8 @@ mod quirks_truth;
 mod report;
 mod selftest;
 mod snapshots;
+mod state_durability;
+mod state_recovery;
 #[path = "../support/mod.rs"]
 mod support;
 mod trust_hostile;
