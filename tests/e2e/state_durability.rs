@@ -15,7 +15,7 @@ use crate::faults::assert_exact;
 use crate::harness::{
     Directory, Idsync, ScimServer, TargetContents, Workspace, fresh_token, str_at,
 };
-use crate::state_recovery::{beside, db_count, state_check, sync_killed_at};
+use crate::state_recovery::{beside, db_count, slow_writes, state_check, sync_killed_when};
 
 /// A tmpfs mounted over a folder for one test, unmounted on drop (also when
 /// the test fails).
@@ -188,11 +188,9 @@ fn commit_ends(wal: &[u8]) -> Vec<usize> {
 
 #[test]
 fn a_lost_tail_of_the_write_ahead_log_converges_without_duplicates() {
-    let server = ScimServer::start(&fresh_token("wal-tail"));
-    let ws = Workspace::new(&server);
-    let dir = Directory::generate(90, 4);
-    ws.write_directory(&dir);
-    sync_killed_at(&ws, &server, 60);
+    let rig = crate::faults::rig("wal-tail", 90, 4, slow_writes(30));
+    let (server, ws, dir) = (&rig.server, &rig.ws, &rig.dir);
+    sync_killed_when(ws, || rig.proxy.writes() >= 70);
     let db = ws.state_db();
     let wal_path = beside(&db, "-wal");
     let wal = std::fs::read(&wal_path).unwrap();
@@ -205,14 +203,14 @@ fn a_lost_tail_of_the_write_ahead_log_converges_without_duplicates() {
     let keep = ends[ends.len() / 2] + 1000;
     std::fs::write(&wal_path, &wal[..keep]).unwrap();
     let users_after = db_count(&db, "SELECT count(*) FROM users");
-    let on_target = server.contents().users.len() as i64;
+    let on_target = crate::state_recovery::settled(server).users.len() as i64;
     eprintln!(
         "state: {users_before} users before the cut, {users_after} after; the target holds {on_target}"
     );
     assert!(users_after < users_before, "the cut lost no user");
     assert!(users_after < on_target);
-    state_check(&ws, 0);
+    state_check(ws, 0);
     ws.sync_ok();
-    assert_exact(&server, &ws, &dir);
-    state_check(&ws, 0);
+    assert_exact(server, ws, dir);
+    state_check(ws, 0);
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::faults::{assert_exact, rig};
-use crate::harness::{Directory, Idsync, Output, ScimServer, Workspace, fresh_token, synced};
+use crate::harness::{Directory, Idsync, Output, ScimServer, Workspace, fresh_token};
 use crate::proxy::{Fault, Schedule};
 
 /// `path` with `suffix` appended to its name (`-wal`, `-shm`).
@@ -37,16 +37,28 @@ pub fn state_check(ws: &Workspace, code: i32) -> Output {
     out
 }
 
-/// Starts `sync` and SIGKILLs it once the target holds at least `users`
-/// users (or it ended first: then it must have got there). A `-wal` is left.
-pub fn sync_killed_at(ws: &Workspace, server: &ScimServer, users: usize) {
+/// A schedule that holds every write `ms` milliseconds: a run slow enough to
+/// be caught in the middle.
+pub fn slow_writes(ms: u64) -> Schedule {
+    std::sync::Arc::new(move |req: &crate::proxy::Req| {
+        if req.is_write() {
+            Fault::Delay(Duration::from_millis(ms))
+        } else {
+            Fault::Forward
+        }
+    })
+}
+
+/// Starts `sync` and SIGKILLs it once `reached` holds; it must still be
+/// running then. A `-wal` is left.
+pub fn sync_killed_when(ws: &Workspace, reached: impl Fn() -> bool) {
     let mut running = ws.spawn(&["sync", "--format", "json"]);
-    let reached = crate::harness::wait_until(Duration::from_secs(60), || {
-        server.contents().users.len() >= users || !running.is_running()
+    let got_there = crate::harness::wait_until(Duration::from_secs(60), || {
+        reached() || !running.is_running()
     });
-    assert!(reached, "the sync never got to {users} users");
     running.signal("KILL");
     let out = running.wait(Duration::from_secs(30));
+    assert!(got_there, "the sync never got there\n{}", out.dump());
     assert_eq!(
         out.code,
         -1,
@@ -54,6 +66,21 @@ pub fn sync_killed_at(ws: &Workspace, server: &ScimServer, users: usize) {
         out.dump()
     );
     assert!(beside(&ws.state_db(), "-wal").exists());
+}
+
+/// What the target holds once requests a killed run left in the proxy's
+/// hands have landed: two looks 200 ms apart agree (bounded).
+pub fn settled(server: &ScimServer) -> crate::harness::TargetContents {
+    let mut last = server.contents().normalized();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = server.contents().normalized();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the target kept changing");
 }
 
 /// What a refused DB must show: exit 2, the file named, the way out, no
@@ -92,7 +119,9 @@ fn assert_refused(ws: &Workspace, what: &str, problem: &str, plan_reads_it: bool
 
 #[test]
 fn a_damaged_cut_incomplete_or_too_new_state_db_is_refused_and_nothing_is_sent() {
-    let (server, ws, dir) = synced(40, 4);
+    let rig = rig("damaged", 40, 4, slow_writes(40));
+    let (server, ws, dir) = (&rig.server, &rig.ws, &rig.dir);
+    ws.sync_ok();
     let db = ws.state_db();
     let pristine = std::fs::read(&db).unwrap();
     assert!(!beside(&db, "-wal").exists(), "a clean run leaves no log");
@@ -108,15 +137,14 @@ fn a_damaged_cut_incomplete_or_too_new_state_db_is_refused_and_nothing_is_sent()
         ("a page overwritten", overwritten, false),
     ] {
         put(&db, &bytes);
-        assert_refused(&ws, what, "the file is damaged", plan_reads_it);
+        assert_refused(ws, what, "the file is damaged", plan_reads_it);
         assert_eq!(
             std::fs::read(&db).unwrap(),
             bytes,
             "{what}: the file changed"
         );
-        assert_eq!(
-            server.contents().normalized(),
-            before,
+        assert!(
+            server.contents().normalized() == before,
             "{what}: the target changed"
         );
     }
@@ -127,28 +155,35 @@ fn a_damaged_cut_incomplete_or_too_new_state_db_is_refused_and_nothing_is_sent()
         .pragma_update(None, "user_version", 99)
         .unwrap();
     assert_refused(
-        &ws,
+        ws,
         "too new",
         "schema version 99 is newer than this idsync understands",
         true,
     );
-    assert_eq!(server.contents().normalized(), before);
+    assert!(
+        server.contents().normalized() == before,
+        "too new: the target changed"
+    );
 
     // A run killed mid-way leaves its work in the log; the log then goes.
     put(&db, &pristine);
-    let dir = grown(&dir, 30);
+    let dir = grown(dir, 30);
     ws.write_directory(&dir);
-    sync_killed_at(&ws, &server, 50);
+    let writes = rig.proxy.writes();
+    sync_killed_when(ws, || rig.proxy.writes() >= writes + 12);
     let wal = std::fs::read(beside(&db, "-wal")).unwrap();
     std::fs::remove_file(beside(&db, "-wal")).unwrap();
-    let target = server.contents().normalized();
-    assert_refused(&ws, "log missing", "-wal is missing", true);
-    assert_eq!(server.contents().normalized(), target);
+    let target = settled(server);
+    assert_refused(ws, "log missing", "-wal is missing", true);
+    assert!(
+        server.contents().normalized() == target,
+        "log missing: the target changed"
+    );
     // Put back, the log is read and the run resumes.
     std::fs::write(beside(&db, "-wal"), wal).unwrap();
     ws.sync_ok();
-    assert_exact(&server, &ws, &dir);
-    let sound = state_check(&ws, 0);
+    assert_exact(server, ws, &dir);
+    let sound = state_check(ws, 0);
     assert!(sound.stdout.contains(": sound"), "{}", sound.dump());
 }
 
@@ -168,14 +203,7 @@ pub fn grown(dir: &Directory, more: usize) -> Directory {
 
 #[test]
 fn a_backup_taken_while_a_sync_runs_passes_check_and_restoring_it_converges() {
-    let slow: Schedule = std::sync::Arc::new(|req: &crate::proxy::Req| {
-        if req.is_write() {
-            Fault::Delay(Duration::from_millis(40))
-        } else {
-            Fault::Forward
-        }
-    });
-    let rig = rig("backup-live", 160, 5, slow);
+    let rig = rig("backup-live", 160, 5, slow_writes(40));
     let (server, ws, dir) = (&rig.server, &rig.ws, &rig.dir);
     let copy = ws.path().join("backups/during-sync.db");
     std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
