@@ -46,7 +46,7 @@ impl OpOutcome {
 
 impl std::fmt::Display for OpOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
