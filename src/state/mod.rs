@@ -527,7 +527,7 @@ mod tests {
         assert_eq!(probes, 0);
     }
 
-    fn user(id: &str, name: &str) -> StateUser {
+    pub(super) fn user(id: &str, name: &str) -> StateUser {
         let mut attrs = UserAttrs::new();
         attrs.insert(UserAttr::UserName, name);
         StateUser {

@@ -3,27 +3,13 @@
 //! panic; `state check` names what is wrong; backups are whole, private and
 //! made before every migration.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use super::tests::user;
 use super::*;
 use crate::model::{
-    AttrHash, GroupKey, GroupName, OpKind, Ownership, ScimId, SourceKey, StateChange, StateGroup,
-    StateUser, Status, UserAttr, UserAttrs,
+    GroupKey, GroupName, OpKind, Ownership, ScimId, SourceKey, StateChange, StateGroup, Status,
 };
-
-fn user(id: &str, name: &str) -> StateUser {
-    let mut attrs = UserAttrs::new();
-    attrs.insert(UserAttr::UserName, name);
-    StateUser {
-        scim_id: ScimId::new(id),
-        user_name: name.into(),
-        hash: AttrHash::of(&attrs, &BTreeSet::new()),
-        status: Status::Active,
-        ownership: Ownership::Created,
-        attrs: Some(Box::new(attrs)),
-    }
-}
 
 fn record(seq: i64, op: OpKind, subject: &str) -> OpRecord {
     OpRecord {

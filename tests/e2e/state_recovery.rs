@@ -83,6 +83,18 @@ pub fn settled(server: &ScimServer) -> crate::harness::TargetContents {
     panic!("the target kept changing");
 }
 
+/// `out`'s stderr says each of `expected`, and nothing panicked.
+pub fn assert_says(out: &Output, what: &str, expected: &[&str]) {
+    for text in expected {
+        assert!(
+            out.stderr.contains(text),
+            "{what}: stderr lacks {text:?}\n{}",
+            out.dump()
+        );
+    }
+    assert!(!out.stderr.contains("panicked"), "{what}\n{}", out.dump());
+}
+
 /// What a refused DB must show: exit 2, the file named, the way out, no
 /// panic; `plan` refuses it too when `plan_reads_it` (a read-only command
 /// reads only what it needs, and a damaged page of the history is met only
@@ -91,19 +103,16 @@ fn assert_refused(ws: &Workspace, what: &str, problem: &str, plan_reads_it: bool
     let db = ws.state_db().display().to_string();
     let out = ws.run(&["sync"]);
     out.assert_code(2);
-    for expected in [
-        db.as_str(),
-        problem,
-        "hint: ",
-        "`idsync sync --full` against a fresh DB",
-    ] {
-        assert!(
-            out.stderr.contains(expected),
-            "{what}: sync's error lacks {expected:?}\n{}",
-            out.dump()
-        );
-    }
-    assert!(!out.stderr.contains("panicked"), "{what}\n{}", out.dump());
+    assert_says(
+        &out,
+        what,
+        &[
+            db.as_str(),
+            problem,
+            "hint: ",
+            "`idsync sync --full` against a fresh DB",
+        ],
+    );
     if plan_reads_it {
         let plan = ws.run(&["plan"]);
         plan.assert_code(2);
