@@ -316,6 +316,18 @@ enum StateAction {
         /// Only the notes on this attribute (e.g. externalId, name.familyName).
         attr: Option<String>,
     },
+    /// Check the state DB: SQLite's integrity and foreign-key checks and
+    /// idsync's own invariants. Reads only; exit 1 names each problem.
+    Check,
+    /// Copy the state DB to FILE with SQLite's online backup: a consistent
+    /// copy, also while a sync runs.
+    Backup {
+        /// Where to write the copy (refused if it exists, unless --force).
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -518,10 +530,16 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             print!("{}", report::explain_text(&explanation));
             Ok(Exit::Ok)
         }
-        Command::State {
-            config,
-            action: StateAction::ForgetNotes { attr },
-        } => forget_notes(&Settings::load(&config.config)?, attr.as_deref()),
+        Command::State { config, action } => {
+            let settings = Settings::load(&config.config)?;
+            match action {
+                StateAction::ForgetNotes { attr } => forget_notes(&settings, attr.as_deref()),
+                StateAction::Check => state_check(&settings.state_path),
+                StateAction::Backup { file, force } => {
+                    state_backup(&settings.state_path, &file, force)
+                }
+            }
+        }
     }
 }
 
@@ -563,6 +581,53 @@ fn write_page(path: &Path, text: &str, what: &str) -> Result<(), Failure> {
         report::escape(&path.display().to_string())
     );
     Ok(())
+}
+
+/// `state check`: the report on stdout; problems end it with exit 1.
+fn state_check(path: &Path) -> Result<Exit, Failure> {
+    let shown = report::escape(&path.display().to_string());
+    if !path.exists() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("no state DB at {shown}"),
+            Some("check `state:` in the config; the first sync creates the DB"),
+        ));
+    }
+    let checked = crate::state::StateDb::check(path).map_err(SyncError::State)?;
+    if checked.is_sound() {
+        println!("state DB {shown}: sound");
+    } else {
+        println!("state DB {shown}: {} problem(s)", checked.problems.len());
+        for problem in &checked.problems {
+            println!("  problem: {}", report::escape(problem));
+        }
+    }
+    for fact in &checked.facts {
+        println!("  {}", report::escape(fact));
+    }
+    if checked.is_sound() {
+        return Ok(Exit::Ok);
+    }
+    Err(Failure {
+        exit: Exit::Partial,
+        message: format!(
+            "state DB {shown} is not sound: {} problem(s), listed above",
+            checked.problems.len()
+        ),
+        hint: Some(crate::state::recovery_hint(path)),
+    })
+}
+
+/// `state backup FILE [--force]`: a consistent copy through SQLite's online
+/// backup, without the run lock.
+fn state_backup(path: &Path, file: &Path, force: bool) -> Result<Exit, Failure> {
+    let bytes = crate::state::StateDb::backup(path, file, force).map_err(SyncError::State)?;
+    println!(
+        "Backed up {} to {} ({bytes} bytes; SQLite quick_check of the copy: ok).",
+        report::escape(&path.display().to_string()),
+        report::escape(&file.display().to_string())
+    );
+    Ok(Exit::Ok)
 }
 
 /// `state forget-notes`: clears what earlier answers showed the target does
@@ -1157,6 +1222,45 @@ mod tests {
             message: "disk full".into(),
         });
         assert_eq!(exit_of(disk), Exit::Partial);
+        // A full disk, at open (nothing sent) or in the middle of a run, and a
+        // damaged, incomplete or too new DB: each with its own way out.
+        let full = || StateError::DiskFull {
+            path: "s.db".into(),
+        };
+        let at_open = Failure::from(SyncError::State(full()));
+        assert_eq!(at_open.exit, Exit::Usage);
+        let mid_run = Failure::from(SyncError::StateWrite(full()));
+        assert_eq!(mid_run.exit, Exit::Partial);
+        assert!(
+            mid_run.hint.unwrap().contains("free space")
+                && mid_run.message.contains("no space left")
+        );
+        for refused in [
+            StateError::Damaged {
+                path: "s.db".into(),
+                detail: "database disk image is malformed".into(),
+            },
+            StateError::WalMissing {
+                path: "s.db".into(),
+                frames: 3,
+            },
+            StateError::TooNew {
+                path: "s.db".into(),
+                found: 9,
+                supported: 7,
+            },
+        ] {
+            let failure = Failure::from(SyncError::State(refused));
+            assert_eq!(failure.exit, Exit::Usage);
+            assert!(
+                failure
+                    .hint
+                    .as_deref()
+                    .unwrap()
+                    .contains("`idsync sync --full` against a fresh DB"),
+                "{failure:?}"
+            );
+        }
         let short = SyncError::PartialListing {
             collection: "Users",
             listed: 0,
@@ -1258,6 +1362,12 @@ mod tests {
                 "idsync", "sync", "-c", "x.yaml", "--only", "u1", "--only", "u2",
             ],
             &["idsync", "revert", "-c", "x.yaml", "3", "--out", "r.json"],
+            &["idsync", "state", "-c", "x.yaml", "check"],
+            &["idsync", "state", "-c", "x.yaml", "backup", "b.db"],
+            &[
+                "idsync", "state", "-c", "x.yaml", "backup", "--force", "b.db",
+            ],
+            &["idsync", "state", "-c", "x.yaml", "forget-notes", "title"],
             &[
                 "idsync", "report", "-c", "x.yaml", "--html", "r.html", "--since", "7d",
             ],

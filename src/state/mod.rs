@@ -2,13 +2,19 @@
 //! pushed (per object: source key, SCIM id, attribute hash and values, status,
 //! ownership) and group memberships as pushed (`store`), the journal of the run
 //! in progress (`journal`), and the history of runs with a per-operation log
-//! (`history`); `schema` holds the numbered migrations.
+//! (`history`); `schema` holds the numbered migrations. `files` looks at the
+//! files beside the DB before SQLite opens it, `check` checks a DB for
+//! `idsync state check`, and `backup` copies it (on demand, and before every
+//! migration).
 //!
 //! All work here is synchronous and transactional: each operation's outcome and
 //! its state change commit together, so a run killed at any point resumes without
 //! duplicates and without losing work. An advisory lock beside the DB allows one
 //! writer at a time; `plan` reads without it and writes nothing.
 
+mod backup;
+mod check;
+mod files;
 mod history;
 mod journal;
 mod mirror;
@@ -21,6 +27,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
+pub use backup::MIGRATION_BACKUPS_KEPT;
+pub use check::CheckReport;
 pub use history::{
     AppliedOp, FailureRecord, LogFilter, LogRecord, OpLine, RunEnd, RunPoint, RunRecord,
     RunsSinceSuccess,
@@ -38,7 +46,7 @@ pub enum StateError {
     Locked { path: PathBuf },
     #[error("cannot use {}: {message}", .path.display())]
     Io { path: PathBuf, message: String },
-    #[error("state DB {}: schema version {found} is newer than this idsync understands ({supported})", .path.display())]
+    #[error("state DB {}: schema version {found} is newer than this idsync understands ({supported}); it was written by a newer idsync", .path.display())]
     TooNew {
         path: PathBuf,
         found: i64,
@@ -49,15 +57,84 @@ pub enum StateError {
     ReadOnly { path: PathBuf, message: String },
     #[error("state DB {}: a stored value is corrupt: {message}", .path.display())]
     Corrupt { path: PathBuf, message: String },
+    /// SQLite found the file damaged, or not a database at all (a truncated
+    /// file, bytes overwritten).
+    #[error("state DB {}: the file is damaged ({detail})", .path.display())]
+    Damaged { path: PathBuf, detail: String },
+    /// The file system that holds the DB has no space left.
+    #[error("state DB {}: no space left on the file system that holds it", .path.display())]
+    DiskFull { path: PathBuf },
+    /// The write-ahead log is gone while its index shows it held writes not
+    /// yet in the DB file: the file alone is older than the last run left it.
+    #[error(
+        "state DB {}: its write-ahead log {} is missing, but {} shows the log held {frames} page write(s) not yet copied into the DB file; the DB file alone is older than what the last run recorded, so it was not used",
+        .path.display(), files::beside(.path, "-wal").display(), files::beside(.path, "-shm").display()
+    )]
+    WalMissing { path: PathBuf, frames: u32 },
+    /// `state backup` was asked to write over a file without `--force`.
+    #[error("{} exists; the backup was not written over it", .path.display())]
+    Exists { path: PathBuf },
+}
+
+/// The way out for a state DB at `path` that cannot be used as it is.
+pub fn recovery_hint(path: &Path) -> String {
+    format!(
+        "restore a backup (stop idsync's timer or daemon, copy the backup over {db}, remove {db}-wal and {db}-shm, run sync), or move {db} aside and run `idsync sync --full` against a fresh DB (it adopts what the target holds by name)",
+        db = path.display()
+    )
+}
+
+impl StateError {
+    /// What the operator should do next, when this error has advice of its
+    /// own: a damaged, too new or incomplete DB is never used as it is.
+    pub fn hint(&self) -> Option<String> {
+        let recover = |path: &Path| {
+            format!(
+                "{}; `idsync state check` lists what is wrong",
+                recovery_hint(path)
+            )
+        };
+        Some(match self {
+            StateError::DiskFull { path } => format!(
+                "free space on the file system that holds {}, then run `idsync sync` again: what was committed is kept, and the run resumes without duplicates",
+                path.display()
+            ),
+            StateError::Damaged { path, .. } | StateError::Corrupt { path, .. } => recover(path),
+            StateError::TooNew {
+                path, supported, ..
+            } => format!(
+                "run the idsync that wrote it (or a newer one); or go back to the copy the newer idsync made before migrating ({db}.v{supported}-….bak beside it, if it made one) or another backup taken before the upgrade, or move {db} aside and run `idsync sync --full` against a fresh DB",
+                db = path.display()
+            ),
+            StateError::WalMissing { path, .. } => format!(
+                "if {db}-wal was moved or not copied along, put it back beside {db}; otherwise {}; or accept the DB file as the older copy it is by removing {db}-shm (the next sync then converges as after restoring an older backup)",
+                recover(path),
+                db = path.display()
+            ),
+            StateError::Exists { .. } => {
+                "choose another file name, or pass --force to replace it".to_string()
+            }
+            StateError::Locked { .. } => {
+                "wait for the other run to finish (one run at a time per state DB)".to_string()
+            }
+            StateError::Sqlite { .. } | StateError::Io { .. } | StateError::ReadOnly { .. } => {
+                return None;
+            }
+        })
+    }
 }
 
 /// Fails unless a write transaction can be made. SQLite opens a file it cannot
 /// write read-only without a word; the first write of a run would then fail
 /// and every operation be counted as failed, though nothing was attempted.
 fn check_writable(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
-    let refused = |e: rusqlite::Error| StateError::ReadOnly {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+    // A full disk or a damaged file is said as such.
+    let refused = |e: rusqlite::Error| match sqlite(path, e) {
+        StateError::Sqlite { source, .. } => StateError::ReadOnly {
+            path: path.to_path_buf(),
+            message: source.to_string(),
+        },
+        other => other,
     };
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -92,6 +169,7 @@ impl StateDb {
             })?;
         }
         let lock = acquire_lock(&canonical(path)?)?;
+        files::check_wal(path)?;
         // Made owner-only before SQLite opens it: SQLite gives the `-wal` and
         // `-shm` files it creates the DB file's permissions.
         create_private(path, false).map_err(|e| io(path, e))?;
@@ -101,14 +179,16 @@ impl StateDb {
             path: path.to_path_buf(),
             _lock: Some(lock),
         };
+        // Read before anything is set: a file a newer idsync wrote is left
+        // exactly as it is.
+        db.refuse_too_new()?;
         db.configure()?;
+        db.quick_check()?;
         check_writable(&mut db.conn, path)?;
         db.migrate()?;
         // Files an older idsync left readable by others.
         for suffix in ["-wal", "-shm"] {
-            let mut side = path.as_os_str().to_owned();
-            side.push(suffix);
-            let side = PathBuf::from(side);
+            let side = files::beside(path, suffix);
             if side.exists() {
                 restrict(&side).map_err(|e| io(&side, e))?;
             }
@@ -122,6 +202,7 @@ impl StateDb {
         if !path.exists() {
             return Ok(None);
         }
+        files::check_wal(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -135,14 +216,12 @@ impl StateDb {
             path: path.to_path_buf(),
             _lock: None,
         };
-        let version = db.user_version()?;
-        if version > schema::SCHEMA_VERSION {
-            return Err(StateError::TooNew {
-                path: path.to_path_buf(),
-                found: version,
-                supported: schema::SCHEMA_VERSION,
-            });
-        }
+        let version = db.refuse_too_new()?;
+        // The schema is read whatever the version says: a file cut short
+        // reads as version 0, and must not pass for a DB not yet made.
+        db.conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(|e| db.err(e))?;
         if version < schema::OLDEST_READABLE {
             // Not yet initialised (or older): nothing to read that we understand.
             return Ok(None);
@@ -180,6 +259,33 @@ impl StateDb {
         self.conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| self.err(e))
+    }
+
+    /// The schema version, unless a newer idsync wrote the file.
+    fn refuse_too_new(&self) -> Result<i64, StateError> {
+        let version = self.user_version()?;
+        if version > schema::SCHEMA_VERSION {
+            return Err(StateError::TooNew {
+                path: self.path.clone(),
+                found: version,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+        Ok(version)
+    }
+
+    /// SQLite's structural check of every page, before a run writes (and
+    /// before anything is sent): a damaged file is refused here rather than
+    /// met half-way through a run. About 0.7 s for a million users.
+    fn quick_check(&self) -> Result<(), StateError> {
+        let found = sqlite_check(&self.conn, "quick_check", 5).map_err(|e| self.err(e))?;
+        if found.is_empty() {
+            return Ok(());
+        }
+        Err(StateError::Damaged {
+            path: self.path.clone(),
+            detail: format!("SQLite quick_check: {}", found.join("; ")),
+        })
     }
 
     pub fn generation(&self) -> Result<i64, StateError> {
@@ -244,16 +350,51 @@ fn restrict(path: &Path) -> std::io::Result<()> {
 }
 
 fn io(path: &Path, e: std::io::Error) -> StateError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return StateError::DiskFull {
+            path: path.to_path_buf(),
+        };
+    }
     StateError::Io {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
 }
 
+/// Runs `PRAGMA <pragma>(<limit>)` (`quick_check` or `integrity_check`) and
+/// returns what it found, one line each (without SQLite's "*** in database
+/// main ***" heading): nothing when it says "ok".
+fn sqlite_check(conn: &Connection, pragma: &str, limit: usize) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({limit})"))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    if rows == ["ok"] {
+        return Ok(Vec::new());
+    }
+    let lines: Vec<String> = rows
+        .iter()
+        .flat_map(|row| row.lines())
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("*** in database"))
+        .map(str::to_string)
+        .collect();
+    // Never "ok" by accident: whatever SQLite said that is not "ok" counts.
+    Ok(if lines.is_empty() { rows } else { lines })
+}
+
+/// SQLite's error about the DB at `path`; a full disk and a damaged file
+/// are told apart, since each has its own way out.
 fn sqlite(path: &Path, source: rusqlite::Error) -> StateError {
-    StateError::Sqlite {
-        path: path.to_path_buf(),
-        source,
+    use rusqlite::ErrorCode;
+    let path = path.to_path_buf();
+    match source.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StateError::DiskFull { path },
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StateError::Damaged {
+            path,
+            detail: source.to_string(),
+        },
+        _ => StateError::Sqlite { path, source },
     }
 }
 
@@ -282,9 +423,7 @@ fn canonical(path: &Path) -> Result<PathBuf, StateError> {
 }
 
 fn lock_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
+    files::beside(db, ".lock")
 }
 
 /// The run holding a state DB's lock, for `status`.
@@ -349,6 +488,8 @@ fn acquire_lock(db: &Path) -> Result<File, StateError> {
 }
 
 #[cfg(test)]
+mod recovery_tests;
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
 
@@ -387,7 +528,7 @@ mod tests {
         assert_eq!(probes, 0);
     }
 
-    fn user(id: &str, name: &str) -> StateUser {
+    pub(super) fn user(id: &str, name: &str) -> StateUser {
         let mut attrs = UserAttrs::new();
         attrs.insert(UserAttr::UserName, name);
         StateUser {
@@ -487,7 +628,7 @@ mod tests {
     }
 
     /// Undoes migrations 7 to 4, as an idsync of schema version 3 left a file.
-    const BACK_TO_VERSION_3: &str = "DROP INDEX users_live_scim_id;
+    pub(super) const BACK_TO_VERSION_3: &str = "DROP INDEX users_live_scim_id;
          ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values;
          ALTER TABLE runs DROP COLUMN managed_users; ALTER TABLE runs DROP COLUMN managed_groups;
          DROP TABLE target_notes;

@@ -1,7 +1,8 @@
 //! The schema: numbered migrations, each applied in one transaction with the
-//! version bump (`PRAGMA user_version`).
+//! version bump (`PRAGMA user_version`), after a copy of the file as it was
+//! (see `backup`).
 
-use super::{StateDb, StateError, sqlite};
+use super::{StateDb, StateError, backup, sqlite};
 
 /// The version this idsync writes.
 pub(super) const SCHEMA_VERSION: i64 = 7;
@@ -153,13 +154,16 @@ CREATE TABLE target_notes (
 
 impl StateDb {
     pub(super) fn migrate(&mut self) -> Result<(), StateError> {
-        let version = self.user_version()?;
-        if version > SCHEMA_VERSION {
-            return Err(StateError::TooNew {
-                path: self.path.clone(),
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
+        let version = self.refuse_too_new()?;
+        // A file that holds a schema is copied first; a new one holds nothing.
+        if version > 0 && version < SCHEMA_VERSION {
+            let copy = backup::before_migration(&self.conn, &self.path, version)?;
+            tracing::info!(
+                from = version,
+                to = SCHEMA_VERSION,
+                copy = %copy.display(),
+                "migrating the state DB; the file as it was is copied beside it"
+            );
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let path = self.path.clone();

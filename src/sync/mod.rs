@@ -176,17 +176,18 @@ impl SyncError {
         let text = match self {
             SyncError::Config(e) => return e.hint(),
             SyncError::Source(e) => return Some(e.hint().into_owned()),
-            SyncError::State(StateError::Locked { .. }) => {
-                "wait for the other run to finish (one run at a time per state DB)"
-            }
-            SyncError::State(_) => {
-                "check the `state:` path and its permissions; the DB is never changed by a failed open"
+            SyncError::State(e) => {
+                return e.hint().or_else(|| {
+                    Some("check the `state:` path and its permissions; the DB is never changed by a failed open".into())
+                });
             }
             SyncError::Mapping { .. } => {
                 "fix the records (or the mapping) listed above, then run again"
             }
-            SyncError::StateWrite(_) => {
-                "operations committed before this are safe; free disk space or fix the DB's permissions, then run sync again (it resumes without duplicates)"
+            SyncError::StateWrite(e) => {
+                return e.hint().or_else(|| {
+                    Some("operations committed before this are safe; free disk space or fix the DB's permissions, then run sync again (it resumes without duplicates)".into())
+                });
             }
             SyncError::TargetSetup(_) => "check the target section of the config",
             SyncError::Target(TargetError::Unauthorized { .. }) => {

@@ -32,6 +32,8 @@ mod report;
 mod review;
 mod selftest;
 mod snapshots;
+mod state_durability;
+mod state_recovery;
 #[path = "../support/mod.rs"]
 mod support;
 mod trust_hostile;
