@@ -36,4 +36,4 @@ NETFAULTS_USERS="$USERS" cargo test --release --test netfaults figures:: \
     cat "$log" >&2
     exit 1
 }
-grep -E '^(figure:|note:)' "$log"
+grep -oE "(figure|note): .*" "$log"

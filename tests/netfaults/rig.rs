@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::harness::{
-    Directory, Idsync, ScimServer, TargetContents, Workspace, assert_target_matches, fresh_token,
-    str_at,
+    Directory, Idsync, Output, ScimServer, TargetContents, Workspace, assert_target_matches,
+    fresh_token, str_at,
 };
 use crate::support::netns::Netns;
 use crate::support::relay::{Delay, Relay};
@@ -110,6 +110,25 @@ impl ScimRig {
         );
         assert_eq!(status, 200, "{page}");
         page["totalResults"].as_u64().unwrap_or(0)
+    }
+}
+
+/// Panics unless `out` ended with one of `codes`, and unless an exit 1 (some
+/// operations failed) names its failures in the run summary: an honest end.
+pub fn assert_honest(out: &Output, codes: &[i32], what: &str) {
+    assert!(
+        codes.contains(&out.code),
+        "{what}: exit {}\n{}",
+        out.code,
+        out.dump()
+    );
+    if out.code == 1 {
+        let summary = out.json();
+        assert!(
+            summary["failed"].as_u64().unwrap_or(0) > 0,
+            "{what}: exit 1 without a failure named\n{}",
+            out.dump()
+        );
     }
 }
 
