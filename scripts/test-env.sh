@@ -5,7 +5,9 @@
 #     systemd (its `systemd-analyze verify` checks examples/systemd/; nothing is started,
 #     and it works in a container without systemd as PID 1), chromium (the HTML report
 #     is opened headless in a test), samba (a throw-away Active Directory DC for
-#     tests/ad)
+#     tests/ad), iproute2 and iptables (tests/netfaults: network namespaces, veth
+#     pairs, iptables rules inside them; the nft or legacy backend, whichever
+#     the kernel has)
 #   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests) and
 #     aiosmtpd (the mail server the alert e2e tests send to)
 # The packaged slapd service is never left running: tests start their own slapd
@@ -87,7 +89,7 @@ stop_packaged_slapd() {
 
 install_slapd
 stop_packaged_slapd
-apt_install wrk openssl ca-certificates systemd chromium
+apt_install wrk openssl ca-certificates systemd chromium iproute2 iptables
 
 # --- samba (the Active Directory tests) ----------------------------------------
 # tests/ad runs its own Samba AD DC (scripts/samba-ad.sh) from a folder of its own;

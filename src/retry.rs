@@ -62,12 +62,36 @@ impl TransportKind {
             TransportKind::Timeout
         } else if error.is_connect() {
             TransportKind::Connect
+        } else if error.is_decode() && broke_in_body(error) {
+            // reqwest reports a body cut short (a reset, a close before its
+            // Content-Length) as a decode error too.
+            TransportKind::Interrupted
         } else if error.is_builder() || error.is_decode() || error.is_redirect() {
             TransportKind::Local
         } else {
             TransportKind::Interrupted
         }
     }
+}
+
+/// Whether a reqwest error was caused by the connection failing while the
+/// body was read (an I/O error under it), not by bytes that cannot be decoded.
+fn broke_in_body(error: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    // Bounded: error chains are short, and this stops at 16 links.
+    for _ in 0..16 {
+        let Some(cause) = source else {
+            return false;
+        };
+        let body = cause
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_body);
+        if body || cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// One attempt's failure, as far as retrying is concerned.
@@ -579,5 +603,39 @@ mod tests {
         )
         .await;
         assert_eq!(waits, [Duration::from_millis(500), Duration::from_secs(1)]);
+    }
+
+    /// A server that sends a header promising 1,000 bytes, 10 of them, and
+    /// closes: the response's body read fails; the connection broke (worth a
+    /// retry), nothing failed to decode.
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_interrupted_connection() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let head =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+            stream.write_all(head.as_bytes()).expect("write head");
+            stream
+                .write_all(b"{\"Resource")
+                .expect("write part of the body");
+        });
+        let response = reqwest::Client::new()
+            .get(format!("http://{addr}/"))
+            .send()
+            .await
+            .expect("the head arrives");
+        let error = response.bytes().await.expect_err("the body is cut short");
+        server.join().expect("server thread");
+        assert!(error.is_decode(), "{error:?}");
+        assert_eq!(
+            TransportKind::of(&error),
+            TransportKind::Interrupted,
+            "{error:?}"
+        );
     }
 }

@@ -42,17 +42,10 @@ pub fn rig(tag: &str, n_users: usize, n_groups: usize, schedule: Schedule) -> Ri
 
 /// Rewrites the generated config: each `(from, to)` must occur in it.
 pub fn edit_config(ws: &mut Workspace, edits: &[(&str, &str)]) {
-    ws.raw_config = None;
-    let mut text = ws.config_text();
-    for (from, to) in edits {
-        assert!(text.contains(from), "config has no {from:?}:\n{text}");
-        text = text.replace(from, to);
-    }
-    ws.raw_config = Some(text);
+    ws.edit_config(edits);
 }
 
-pub const DEFAULT_RATE: &str = "rate_limit: { per_second: 1000, burst: 100 }";
-pub const DEFAULT_TIMEOUT_LINE: &str = "  timeout: ";
+pub use crate::harness::{DEFAULT_RATE, DEFAULT_TIMEOUT_LINE};
 
 /// Panics when two users share a userName or two groups a displayName.
 pub fn assert_no_duplicates(target: &TargetContents) {

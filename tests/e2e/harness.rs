@@ -122,6 +122,11 @@ impl Drop for SilentTarget {
 // ---------------------------------------------------------------------------
 // Workspace
 
+/// The generated config's rate-limit line and the start of its timeout line,
+/// for [`Workspace::edit_config`].
+pub const DEFAULT_RATE: &str = "rate_limit: { per_second: 1000, burst: 100 }";
+pub const DEFAULT_TIMEOUT_LINE: &str = "  timeout: ";
+
 /// A temporary directory with `users.csv`, `groups.csv`, `config.yaml` and a
 /// `state/` folder, running `idsync` against one target.
 /// `Workdir`'s files, knobs and runs are the workspace's own (through `Deref`).
@@ -262,6 +267,19 @@ impl Workspace {
             groups_delete = self.groups_delete,
             extra = self.extra_config,
         )
+    }
+
+    /// Rewrites the config the knobs describe into `raw_config`: each
+    /// `(from, to)` must occur in it (e.g. [`DEFAULT_RATE`],
+    /// [`DEFAULT_TIMEOUT_LINE`]).
+    pub fn edit_config(&mut self, edits: &[(&str, &str)]) {
+        self.raw_config = None;
+        let mut text = self.config_text();
+        for (from, to) in edits {
+            assert!(text.contains(from), "config has no {from:?}:\n{text}");
+            text = text.replace(from, to);
+        }
+        self.raw_config = Some(text);
     }
 
     /// Writes `config.yaml` as the knobs describe it (see [`Workdir::write_config`]).

@@ -10,9 +10,12 @@
 //!   the built `idsync` runs;
 //! - `compare`: the pieces of comparing a target with a directory;
 //! - `ldap`: the OpenLDAP client tools and their LDIF;
-//! - `proxy`: a fault-injecting HTTP proxy in front of a SCIM server.
+//! - `proxy`: a fault-injecting HTTP proxy in front of a SCIM server;
+//! - `netns`, `relay`: faults below HTTP: a network namespace of a test's own
+//!   joined by veth, iptables rules in it, and a delaying TCP relay.
 //!
-//! Safety rules every test inherits: servers listen on 127.0.0.1 only and are
+//! Safety rules every test inherits: servers listen on 127.0.0.1 only (or on
+//! the private veth address of a network namespace of the test's own) and are
 //! killed by PID on drop (also on panic); every wait is bounded; no secret may
 //! appear in anything `idsync` prints (checked on every run).
 
@@ -22,7 +25,9 @@
 
 pub mod compare;
 pub mod ldap;
+pub mod netns;
 pub mod process;
 pub mod proxy;
+pub mod relay;
 pub mod scim;
 pub mod workdir;

@@ -112,6 +112,7 @@ impl TargetContents {
 /// `scim2-server` running on a free loopback port; killed by PID on drop.
 pub struct ScimServer {
     guard: ChildGuard,
+    host: String,
     port: u16,
     token: String,
     runtime: tokio::runtime::Runtime,
@@ -141,6 +142,19 @@ fn scim2_server_path() -> PathBuf {
 impl ScimServer {
     /// Starts a server that requires `Authorization: Bearer <token>`.
     pub fn start(token: &str) -> ScimServer {
+        ScimServer::start_with(token, "127.0.0.1", &|p| Command::new(p), &free_port)
+    }
+
+    /// Starts a server listening on `host` (an address of this machine),
+    /// launched by the command `launch` makes of the program (e.g. wrapped in
+    /// `ip netns exec`; the child's PID must be the server's), on a port
+    /// `port` picks.
+    pub fn start_with(
+        token: &str,
+        host: &str,
+        launch: &dyn Fn(&std::path::Path) -> Command,
+        port: &dyn Fn() -> u16,
+    ) -> ScimServer {
         let program = scim2_server_path();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -156,11 +170,11 @@ impl ScimServer {
         // A few attempts: another process may take the port between our probe and
         // the server's bind.
         for attempt in 0..5 {
-            let port = free_port();
+            let port = port();
             let log_path = log_dir.path().join(format!("scim2-server-{attempt}.log"));
             let log = std::fs::File::create(&log_path).expect("server log");
-            let child = Command::new(&program)
-                .args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
+            let child = launch(&program)
+                .args(["--hostname", host, "--port", &port.to_string()])
                 .args(["--bearer-token", token])
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log fd"))
@@ -168,8 +182,8 @@ impl ScimServer {
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
             let mut guard = ChildGuard::new(child, format!("scim2-server on port {port}"));
-            let url = format!("http://127.0.0.1:{port}/v2/ServiceProviderConfig");
-            let users_url = format!("http://127.0.0.1:{port}/v2/Users?count=1");
+            let url = format!("http://{host}:{port}/v2/ServiceProviderConfig");
+            let users_url = format!("http://{host}:{port}/v2/Users?count=1");
             let deadline = Instant::now() + SERVER_START_TIMEOUT;
             let ready = loop {
                 if guard.try_exit_code().is_some() {
@@ -202,6 +216,7 @@ impl ScimServer {
             if ready {
                 return ScimServer {
                     guard,
+                    host: host.to_owned(),
                     port,
                     token: token.to_owned(),
                     runtime,
@@ -230,9 +245,9 @@ impl ScimServer {
         &self.token
     }
 
-    /// `http://127.0.0.1:PORT/v2`
+    /// `http://127.0.0.1:PORT/v2` (the server's host and port)
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/v2", self.port)
+        format!("http://{}:{}/v2", self.host, self.port)
     }
 
     fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The README's network figures: the cycle time of an initial sync of N users
+# (2,000 by default) into scim2-server over a link with a 150 ms round trip
+# (75 ms ± 15 ms each way, some segments held longer), without loss and with
+# 5 % of the segments dropped at random in each direction.
+#
+#   bash scripts/netfaults-figures.sh [USERS]
+#
+# Runs the two tests of tests/netfaults/figures.rs (release build, one at a
+# time) with NETFAULTS_USERS=USERS and prints their `figure:` lines. Each run
+# is also checked: the target must end exactly as the directory says, with
+# no duplicate. Needs root (network namespaces, veth, iptables) and the test
+# environment (scripts/test-env.sh). CI runs the same tests at 200 users.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+USERS="${1:-2000}"
+case "$USERS" in '' | *[!0-9]*) echo "usage: $0 [USERS]" >&2; exit 2 ;; esac
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: network namespaces need root" >&2
+    exit 1
+fi
+export IDSYNC_SCIM2_SERVER="${IDSYNC_SCIM2_SERVER:-$ROOT/.test-env/venv/bin/scim2-server}"
+if [ ! -x "$IDSYNC_SCIM2_SERVER" ]; then
+    echo "error: scim2-server not found at $IDSYNC_SCIM2_SERVER (run scripts/test-env.sh)" >&2
+    exit 1
+fi
+
+echo "# $(date -u +%Y-%m-%d) on $(uname -n): $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+# The figures are one test each; a failed check fails the script.
+NETFAULTS_USERS="$USERS" cargo test --release --test netfaults figures:: \
+    -- --test-threads=1 --nocapture >"$log" 2>&1 || {
+    cat "$log" >&2
+    exit 1
+}
+grep -oE "(figure|note): .*" "$log"
