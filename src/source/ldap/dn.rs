@@ -38,6 +38,12 @@ fn normalize_any(dn: &str) -> String {
         };
         match c {
             '\\' => {
+                // A backslash that escapes nothing (the DN's last character)
+                // is dropped, and the spaces before it are trailing ones: kept,
+                // they made a normal form that normalised differently.
+                if i + 1 == bytes.len() {
+                    break;
+                }
                 if !at_boundary {
                     out.extend(std::iter::repeat_n(' ', pending_spaces));
                 }
@@ -199,6 +205,18 @@ mod tests {
         assert_eq!(normalize(r"cn=\4Aane,ou=x"), "cn=jane,ou=x");
         // An escaped trailing space is significant.
         assert_ne!(normalize(r"cn=a\ ,ou=x"), normalize("cn=a,ou=x"));
+    }
+
+    #[test]
+    fn a_dangling_backslash_is_dropped_with_the_spaces_before_it() {
+        // Found by the `ldap` fuzz target (fuzz/regressions/ldap-dangling-backslash):
+        // the normal form of "\u{1}  \\" was "\u{1}  ", whose own was "\u{1}".
+        for dn in ["\u{1}  \\", "cn=a  \\", "cn=\\", "\\"] {
+            let normal = normalize(dn);
+            assert_eq!(normalize(&normal), normal, "{dn:?}");
+        }
+        assert_eq!(normalize("cn=Ada  \\"), "cn=ada");
+        assert_eq!(normalize("cn=Ada\\ "), "cn=ada\\ ");
     }
 
     #[test]
