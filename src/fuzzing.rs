@@ -358,8 +358,10 @@ pub fn render(values: Vec<String>) -> Rendered {
         }],
         ..Audit::default()
     };
+    // When it was made and when a log line was written are idsync's own
+    // clock's (RFC 3339), not outside input.
     let audit = AuditReport {
-        generated_at: value(3),
+        generated_at: "2026-01-02T03:04:05Z".into(),
         target: value(6),
         clean: false,
         findings: audit.findings(),
@@ -372,7 +374,7 @@ pub fn render(values: Vec<String>) -> Rendered {
     let log = vec![LogRecord {
         run_id: 1,
         seq: 0,
-        at: value(3),
+        at: "2026-01-02T03:04:05.000Z".into(),
         command: "sync".into(),
         op: OpKind::CreateUser,
         subject: value(8),

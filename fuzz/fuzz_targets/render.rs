@@ -7,6 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|values: Vec<String>| {
+    // The page with every value empty: what the template itself holds.
+    let template = idsync::fuzzing::render(vec![String::new(); values.len()]).html;
     let rendered = idsync::fuzzing::render(values);
     for text in &rendered.text {
         if let Some(c) = text.chars().find(|&c| !idsync::fuzzing::shown_raw(c)) {
@@ -14,9 +16,12 @@ fuzz_target!(|values: Vec<String>| {
         }
     }
     for input in &rendered.inputs {
+        // More copies than the template's own (`</s` of `</span>`) came from
+        // the input as it is.
         if is_markup(input) {
             assert!(
-                !rendered.html.contains(input.as_str()),
+                rendered.html.matches(input.as_str()).count()
+                    <= template.matches(input.as_str()).count(),
                 "markup {input:?} unescaped in HTML"
             );
         }
