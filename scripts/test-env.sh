@@ -10,6 +10,7 @@
 #     the kernel has)
 #   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests) and
 #     aiosmtpd (the mail server the alert e2e tests send to)
+#   - cargo-fuzz (the fuzz smoke run in scripts/test.sh; skipped without it)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
 set -euo pipefail
@@ -163,6 +164,16 @@ if [ "$installed_version" = "$AIOSMTPD_VERSION" ]; then
 else
     log "installing aiosmtpd==$AIOSMTPD_VERSION into $VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+fi
+
+# --- cargo-fuzz (scripts/fuzz-smoke.sh, scripts/fuzz.sh) --------------------
+# Best effort: without it the fuzz smoke run is skipped (and says so), so a
+# failed install must not fail the set-up.
+if command -v cargo-fuzz >/dev/null 2>&1; then
+    log "cargo-fuzz: already installed"
+else
+    log "installing cargo-fuzz (cargo install --locked)"
+    cargo install cargo-fuzz --locked --quiet || log "cargo-fuzz: install failed; fuzzing will be skipped"
 fi
 
 log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; aiosmtpd in $VENV; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk); chromium=$(command -v chromium)"

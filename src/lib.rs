@@ -12,6 +12,9 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod mapping;
 pub mod model;
 pub mod plan;

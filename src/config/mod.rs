@@ -220,7 +220,7 @@ impl Settings {
         }
     }
 
-    fn compile(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    pub(crate) fn compile(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         let file = path.display().to_string();
         let expanded = expand_env(text, &file)?;
         let raw = parse_raw(&file, &expanded)?;
@@ -358,5 +358,26 @@ fn target_policy(target: &TargetSettings) -> Policy {
             .map(|d| Domain::new(d.trim().trim_start_matches('@')))
             .collect(),
         ..Policy::default()
+    }
+}
+
+/// The config file's text as the fuzz target `config` feeds it: expanded,
+/// parsed and, when its mapping file is one under `sandbox` (a fuzzer would
+/// find `/dev/zero`), compiled in full as if it were the file at `path`.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_text(sandbox: &Path, path: &Path, text: &str) {
+    let file = path.display().to_string();
+    let Ok(expanded) = expand_env(text, &file) else {
+        return;
+    };
+    let Ok(raw) = parse_raw(&file, &expanded) else {
+        return;
+    };
+    let folder = path.parent().unwrap_or(sandbox);
+    let inside = raw.mapping.as_ref().is_none_or(|m| {
+        std::fs::canonicalize(folder.join(&m.value)).is_ok_and(|p| p.starts_with(sandbox))
+    });
+    if inside {
+        let _ = Settings::compile(path, text);
     }
 }

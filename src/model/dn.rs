@@ -40,6 +40,12 @@ fn normalize_any(dn: &str) -> String {
         };
         match c {
             '\\' => {
+                // A backslash that escapes nothing (the DN's last character)
+                // is dropped, and the spaces before it are trailing ones: kept,
+                // they made a normal form that normalised differently.
+                if i + 1 == bytes.len() {
+                    break;
+                }
                 if !at_boundary {
                     out.extend(std::iter::repeat_n(' ', pending_spaces));
                 }
@@ -121,6 +127,18 @@ fn hex_pair(high: u8, low: u8) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dangling_backslash_is_dropped_with_the_spaces_before_it() {
+        // Found by the `ldap` fuzz target (fuzz/regressions/ldap-dangling-backslash):
+        // the normal form of "\u{1}  \\" was "\u{1}  ", whose own was "\u{1}".
+        for dn in ["\u{1}  \\", "cn=a  \\", "cn=\\", "\\"] {
+            let normal = normalize_dn(dn);
+            assert_eq!(normalize_dn(&normal), normal, "{dn:?}");
+        }
+        assert_eq!(normalize_dn("cn=Ada  \\"), "cn=ada");
+        assert_eq!(normalize_dn("cn=Ada\\ "), "cn=ada\\ ");
+    }
 
     #[test]
     fn the_shortcut_for_plain_dns_agrees_with_the_general_rule() {

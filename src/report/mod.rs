@@ -148,7 +148,10 @@ pub(crate) fn push_json_text(out: &mut String, json: &str) {
             i += 1;
             continue;
         }
-        let c = json[i..].chars().next().expect("i is at a character boundary");
+        let c = json[i..]
+            .chars()
+            .next()
+            .expect("i is at a character boundary");
         if json_needs_escape(c) {
             out.push_str(&json[copied..i]);
             let mut units = [0u16; 2];
@@ -302,8 +305,17 @@ mod tests {
             out
         };
         let pieces = [
-            "plain", "Bj\u{f8}rn", "\u{7f}", "\u{85}", "\u{202e}gpj", "\u{2028}", "\u{e0041}",
-            "\u{1f600}", "\u{ad}", "\"q\"", "\u{fffd}",
+            "plain",
+            "Bj\u{f8}rn",
+            "\u{7f}",
+            "\u{85}",
+            "\u{202e}gpj",
+            "\u{2028}",
+            "\u{e0041}",
+            "\u{1f600}",
+            "\u{ad}",
+            "\"q\"",
+            "\u{fffd}",
         ];
         for a in pieces {
             for b in pieces {

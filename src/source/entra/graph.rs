@@ -168,23 +168,16 @@ impl<'a> Graph<'a> {
             |_| self.token_attempt(&url, &form),
         )
         .await?;
-        let Some(access) = body["access_token"].as_str().filter(|t| !t.is_empty()) else {
+        let Some((access, lifetime)) = token_answer(&body) else {
             return Err(EntraError::GraphBadAnswer {
                 url,
                 reason: "the token endpoint's answer has no access_token".into(),
             });
         };
-        let lifetime = Duration::from_secs(
-            body["expires_in"]
-                .as_u64()
-                .or_else(|| body["expires_in"].as_str().and_then(|t| t.parse().ok()))
-                .unwrap_or(3600),
-        );
-        let margin = RENEW_MARGIN.min(lifetime / 10);
         let value = SecretString::from(access.to_string());
         *self.cached_token() = Some(Token {
             value: value.clone(),
-            renew_at: Instant::now() + lifetime.saturating_sub(margin),
+            renew_at: renew_at(Instant::now(), lifetime),
         });
         tracing::debug!(
             lifetime_s = lifetime.as_secs(),
@@ -374,6 +367,33 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// The access token and its lifetime (`expires_in`, a number or a numeric
+/// string; an hour when absent) of the token endpoint's answer; `None`
+/// without a non-empty `access_token`.
+pub(crate) fn token_answer(body: &Value) -> Option<(&str, Duration)> {
+    let access = body["access_token"].as_str().filter(|t| !t.is_empty())?;
+    let lifetime = Duration::from_secs(
+        body["expires_in"]
+            .as_u64()
+            .or_else(|| body["expires_in"].as_str().and_then(|t| t.parse().ok()))
+            .unwrap_or(3600),
+    );
+    Some((access, lifetime))
+}
+
+/// The longest a token is kept: the token endpoint's `expires_in` is taken at
+/// its word up to a day (Entra's tokens live about an hour); past that it
+/// would overflow the clock (`expires_in: 18446744073709551615` panicked).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// When a token obtained at `now` that lives `lifetime` is renewed: a margin
+/// before it expires.
+pub(crate) fn renew_at(now: Instant, lifetime: Duration) -> Instant {
+    let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+    let margin = RENEW_MARGIN.min(lifetime / 10);
+    now + lifetime.saturating_sub(margin)
+}
+
 /// A header's value, if it is text.
 fn header(response: &reqwest::Response, name: &str) -> Option<String> {
     response
@@ -492,5 +512,26 @@ mod tests {
             shown("https://g/v1.0/users/delta?$deltatoken=secret"),
             "https://g/v1.0/users/delta"
         );
+    }
+
+    #[test]
+    fn token_answer_with_an_absurd_expires_in_renews_within_a_day() {
+        // Found by the `graph` fuzz target (fuzz/regressions/graph-token-expires-in-overflow).
+        let body: Value =
+            serde_json::from_str(r#"{"access_token":"t","expires_in":18446744073709551615}"#)
+                .unwrap();
+        let (token, lifetime) = token_answer(&body).unwrap();
+        assert_eq!(token, "t");
+        let now = Instant::now();
+        let renew = renew_at(now, lifetime);
+        assert!(renew > now && renew <= now + MAX_TOKEN_LIFETIME);
+        // A string of digits is read the same; an ordinary hour keeps its margin.
+        let body = serde_json::json!({"access_token": "t", "expires_in": "99999999999999999999"});
+        assert_eq!(token_answer(&body).unwrap().1, Duration::from_secs(3600));
+        assert_eq!(
+            renew_at(now, Duration::from_secs(3600)),
+            now + Duration::from_secs(3600 - 300)
+        );
+        assert!(token_answer(&serde_json::json!({"access_token": ""})).is_none());
     }
 }

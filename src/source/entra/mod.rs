@@ -44,6 +44,8 @@ pub use delta::{
 };
 pub use error::EntraError;
 use graph::{Answer, Graph, shown};
+#[cfg(fuzzing)]
+pub(crate) use graph::{renew_at, token_answer};
 
 pub const DEFAULT_AUTHORITY_URL: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";

@@ -18,6 +18,9 @@ mod entry;
 mod error;
 mod groups;
 
+#[cfg(fuzzing)]
+pub(crate) use fuzzing::entry as fuzz_entry;
+
 pub use error::{
     BadEntries, BindRefusal, CaFileProblem, EntryProblem, KeyProblem, LdapError, LdapOperation,
     SearchLimit,
@@ -740,3 +743,47 @@ impl PasswordSource {
 
 #[cfg(test)]
 mod tests;
+
+/// What the fuzz target `ldap` reaches: DNs and entry values as a server sends them.
+#[cfg(fuzzing)]
+mod fuzzing {
+    use super::{dn, entry};
+
+    /// Normalises `dn` (and asserts the normal form is a fixed point, as DN
+    /// indexes need), reads the entry's keys the ways a config may ask for
+    /// them, its SID and its GUID bytes.
+    pub(crate) fn entry(
+        dn_text: &str,
+        attrs: Vec<(String, Vec<String>)>,
+        bin_attrs: Vec<(String, Vec<Vec<u8>>)>,
+    ) {
+        let normal = dn::normalize(dn_text);
+        assert_eq!(
+            dn::normalize(&normal),
+            normal,
+            "normalize is not idempotent"
+        );
+        let _ = dn::is_in_builtin(dn_text);
+        let _ = dn::normalize(dn::strip_unique_member_uid(dn_text));
+        let entry = entry::Entry {
+            dn: dn_text.to_string(),
+            attrs,
+            bin_attrs,
+        };
+        for attribute in ["entryUUID", "objectGUID", "uid", "member"] {
+            let _ = entry::key_of(&entry, attribute);
+        }
+        let _ = entry::Sid::of(&entry);
+        for (_, values) in &entry.bin_attrs {
+            for value in values {
+                let _ = entry::guid_text(value);
+                let _ = entry::Sid::parse(value);
+            }
+        }
+        for (_, values) in &entry.attrs {
+            for value in values {
+                let _ = dn::normalize(dn::strip_unique_member_uid(value));
+            }
+        }
+    }
+}
