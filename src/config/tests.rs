@@ -452,3 +452,30 @@ fn credentials_in_base_url_are_refused_at_the_field() {
     let e = with_base_url("https://scim.example/v2").to_string();
     assert!(e.contains("mapping file"), "{e}");
 }
+
+#[test]
+fn history_runs_is_optional_and_at_least_one() {
+    let s = compile_with("").expect("valid");
+    assert_eq!(
+        s.retention(),
+        Retention {
+            days: 30,
+            runs: None
+        }
+    );
+    let s = compile_with("history_days: 90\nhistory_runs: 500\n").expect("valid");
+    assert_eq!(
+        s.retention(),
+        Retention {
+            days: 90,
+            runs: Some(500)
+        }
+    );
+    let e = compile_with("history_runs: 0\n")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.starts_with("/etc/idsync/idsync.yaml:5:15: history_runs must be at least 1"),
+        "{e}"
+    );
+}

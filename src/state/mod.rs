@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 pub use history::{
-    AppliedOp, FailureRecord, LogFilter, LogRecord, OpLine, RunEnd, RunPoint, RunRecord,
+    AppliedOp, FailureRecord, LogFilter, LogRecord, OpLine, Retention, RunEnd, RunPoint, RunRecord,
     RunsSinceSuccess,
 };
 pub use journal::{JournalEntry, OpOutcome, OpRecord, RunId};
@@ -400,6 +400,12 @@ mod tests {
         }
     }
 
+    /// The default retention: 30 days, any number of runs.
+    const KEEP: Retention = Retention {
+        days: 30,
+        runs: None,
+    };
+
     fn record(seq: i64) -> OpRecord {
         OpRecord {
             seq,
@@ -581,7 +587,15 @@ mod tests {
             summary: "{}",
             error: None,
         };
-        db.finish_run(run, &end, 30).unwrap();
+        db.finish_run(
+            run,
+            &end,
+            Retention {
+                days: 30,
+                runs: None,
+            },
+        )
+        .unwrap();
         let points = db.runs_since("2000-01-01T00:00:00Z").unwrap();
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].managed_users, Some(0));
@@ -784,13 +798,14 @@ mod tests {
             last_exit: None,
         };
         assert_eq!(db.runs_since_success("sync --only").unwrap(), none);
-        db.record_stopped_run("sync", Exit::Unreachable, "source")
+        db.record_stopped_run("sync", Exit::Unreachable, "source", KEEP)
             .unwrap();
-        db.record_stopped_run("sync", Exit::Guard, "guard").unwrap();
+        db.record_stopped_run("sync", Exit::Guard, "guard", KEEP)
+            .unwrap();
         let bad = db.runs_since_success("sync --only").unwrap();
         assert_eq!((bad.count, bad.last_exit), (2, Some(Exit::Guard)));
         assert!(bad.first_started_at.is_some());
-        db.record_stopped_run("sync", Exit::Ok, "").unwrap();
+        db.record_stopped_run("sync", Exit::Ok, "", KEEP).unwrap();
         let good = db.runs_since_success("sync --only").unwrap();
         assert_eq!((good.count, good.last_exit), (0, Some(Exit::Ok)));
         // A run that never finished (killed) counts as a bad one.
@@ -798,8 +813,9 @@ mod tests {
         let killed = db.runs_since_success("sync --only").unwrap();
         assert_eq!((killed.count, killed.last_exit), (1, None));
         // Runs of the ignored command count neither way.
-        db.record_stopped_run("sync --only", Exit::Ok, "").unwrap();
-        db.record_stopped_run("sync --only", Exit::Guard, "")
+        db.record_stopped_run("sync --only", Exit::Ok, "", KEEP)
+            .unwrap();
+        db.record_stopped_run("sync --only", Exit::Guard, "", KEEP)
             .unwrap();
         assert_eq!(db.runs_since_success("sync --only").unwrap(), killed);
     }

@@ -41,7 +41,7 @@ use crate::model::{
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
 use crate::source::{Source, SourceError, StreamedSource};
-use crate::state::{RunEnd, StateDb, StateError};
+use crate::state::{Retention, RunEnd, StateDb, StateError};
 
 /// How long `plan` waits for the target when it looks whether a state-less
 /// sync would meet existing users or groups.
@@ -1096,7 +1096,7 @@ async fn cycle_on<T: Target>(
     let command = opts.command();
     let ready = match prepare(db, settings, source, target, opts).await {
         Ok(ready) => ready,
-        Err(e) => return Err(stopped(db, command, e)),
+        Err(e) => return Err(stopped(db, command, settings.retention(), e)),
     };
     for w in &ready.plan.warnings {
         tracing::warn!("{w}");
@@ -1229,14 +1229,14 @@ async fn check_target<T: Target>(db: &StateDb, target: &T) -> Result<(), SyncErr
 /// the quarantine. A failure to record either is logged, not returned: the
 /// operator needs to know why the cycle stopped more than that the history
 /// missed it.
-fn stopped(db: &mut StateDb, command: &str, e: SyncError) -> SyncError {
+fn stopped(db: &mut StateDb, command: &str, keep: Retention, e: SyncError) -> SyncError {
     // A guard stop is recorded as the stop itself: "nothing was changed" goes
     // without saying in the history.
     let reason = match &e {
         SyncError::Guard { stop, .. } => stop.to_string(),
         e => e.to_string(),
     };
-    if let Err(record) = db.record_stopped_run(command, e.exit(), &reason) {
+    if let Err(record) = db.record_stopped_run(command, e.exit(), &reason, keep) {
         tracing::warn!(
             error = %record,
             stopped = %reason,
@@ -1270,7 +1270,7 @@ fn finish(
             summary: &summary_json,
             error: summary.stopped.as_deref(),
         },
-        settings.history_days,
+        settings.retention(),
     )?;
     quarantine::record(db, target_failure, chrono::Utc::now())?;
     Ok(())

@@ -660,3 +660,63 @@ async fn a_source_that_cannot_be_read_counts_toward_the_quarantine() {
     assert!(held_by_quarantine(&db, chrono::Utc::now()).is_ok());
     assert_eq!(quarantine::load(&db).unwrap().failed_cycles, 0);
 }
+
+/// The runs the history holds, newest first: (command, exit code).
+fn history(settings: &Settings) -> Vec<(String, Option<Exit>)> {
+    inspect::status(settings)
+        .unwrap()
+        .runs
+        .into_iter()
+        .map(|r| (r.command, r.exit_code))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cycles_that_keep_stopping_at_a_guard_still_prune_the_history() {
+    let (dir, settings, target) = synced_four().await;
+    // The history so far is long past `history_days`.
+    let conn = rusqlite::Connection::open(&settings.state_path).unwrap();
+    conn.execute(
+        "UPDATE runs SET started_at = '2001-01-01T00:00:00.000Z'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    // Then every cycle stops at the removal guard (three of four leave,
+    // above max_removals 1): nothing is applied, no run finishes.
+    write_users(dir.path(), &FOUR[..1]);
+    for _ in 0..2 {
+        let err = run(&settings, &target).await.unwrap_err();
+        assert!(matches!(err, SyncError::Guard { .. }), "{err}");
+    }
+    assert_eq!(
+        history(&settings),
+        [
+            ("sync".to_string(), Some(Exit::Guard)),
+            ("sync".to_string(), Some(Exit::Guard))
+        ],
+        "the runs older than history_days are pruned by stopped cycles too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_runs_bounds_the_history_of_frequent_cycles() {
+    let (dir, mut settings, target) = synced_four().await;
+    settings.history_runs = Some(3);
+    for title in ["A", "B", "C", "D", "E"] {
+        let people: Vec<(&str, &str, &str)> = FOUR
+            .iter()
+            .map(|(id, email, _)| (*id, *email, title))
+            .collect();
+        write_users(dir.path(), &people);
+        let done = run(&settings, &target).await.unwrap();
+        assert_eq!(done.summary.update_users, 4);
+    }
+    assert_eq!(history(&settings).len(), 3);
+    let log = crate::state::StateDb::open_read_only(&settings.state_path)
+        .unwrap()
+        .unwrap()
+        .op_log(&crate::state::LogFilter::default())
+        .unwrap();
+    assert_eq!(log.len(), 12, "the operations of the three runs kept");
+}
