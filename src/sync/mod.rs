@@ -1115,6 +1115,7 @@ async fn cycle_on<T: Target>(
         .await
         .map_err(SyncError::StateWrite)?;
     let plan = ready.plan;
+    kill_point("before-mirror-commit");
 
     // The mirror (and its delta links) is committed only when the whole plan
     // was applied (or was empty): otherwise the next cycle reads the same
@@ -1157,9 +1158,27 @@ async fn cycle_on<T: Target>(
         dry_run_plan: None,
         source_objects: ready.source_objects,
     };
+    kill_point("before-finish");
     finish(db, settings, run, &summary, target_failure.as_deref())?;
     Ok(summary)
 }
+
+/// A hook of debug builds for the crash tests: with `IDSYNC_TEST_KILL_AT=POINT`
+/// the process kills itself (SIGKILL) when a cycle reaches `POINT`, a moment a
+/// signal sent from outside almost never hits. `before-mirror-commit`: every
+/// operation committed, an incremental source's mirror and delta links not
+/// yet; `before-finish`: those committed, the run not yet closed. Release
+/// builds have no hook.
+#[cfg(debug_assertions)]
+fn kill_point(point: &str) {
+    if std::env::var_os("IDSYNC_TEST_KILL_AT").is_some_and(|at| at == point) {
+        // SAFETY: raise() only sends a signal to this process.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn kill_point(_point: &str) {}
 
 /// Steps 2–6 done for a real sync: what the executor is given.
 struct Ready {
