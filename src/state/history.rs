@@ -132,6 +132,13 @@ pub struct RunEnd<'a> {
     pub summary: &'a str,
     /// Why it stopped early, if it did.
     pub error: Option<&'a str>,
+    /// Whether the run took over what interrupted runs before it left in
+    /// flight: a plain or `--full` sync that ran to its end (it looked up
+    /// their creates, and read the target when other operations were in
+    /// flight). Their journals are then cleared with its own; otherwise
+    /// (`--only`, a saved plan, a run stopped early) their started operations
+    /// stay for the next cycle to settle.
+    pub settles_interrupted: bool,
 }
 
 /// How much of the run history is kept (`history_days`, `history_runs`):
@@ -179,8 +186,9 @@ fn prune(tx: &rusqlite::Transaction<'_>, keep: Retention) -> rusqlite::Result<()
 }
 
 impl StateDb {
-    /// Closes a run: its counts and exit code, the journal of it (and of any
-    /// interrupted run before it) cleared, history beyond `keep` pruned.
+    /// Closes a run: its counts and exit code, its journal cleared (and the
+    /// journals of interrupted runs before it, when it settled them; see
+    /// [`RunEnd::settles_interrupted`]), history beyond `keep` pruned.
     pub fn finish_run(
         &mut self,
         run: RunId,
@@ -208,8 +216,12 @@ impl StateDb {
             params![run, at],
         )
         .map_err(|e| sqlite(&path, e))?;
-        tx.execute("DELETE FROM journal WHERE run_id <= ?1", params![run])
-            .map_err(|e| sqlite(&path, e))?;
+        tx.execute(
+            "DELETE FROM journal WHERE run_id = ?1
+                OR (run_id < ?1 AND (?2 OR state != 'started'))",
+            params![run, end.settles_interrupted],
+        )
+        .map_err(|e| sqlite(&path, e))?;
         prune(&tx, keep).map_err(|e| sqlite(&path, e))?;
         tx.commit().map_err(|e| sqlite(&path, e))
     }
@@ -631,6 +643,7 @@ mod tests {
             exit_code: Exit::Ok,
             summary: "{}",
             error: None,
+            settles_interrupted: true,
         }
     }
 

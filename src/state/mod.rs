@@ -485,6 +485,8 @@ mod tests {
         let log = db.op_log(&LogFilter::default()).unwrap();
         assert_eq!(log.len(), 3);
         assert!(log.iter().all(|r| r.detail.is_none()));
+        // `status` reads the journal of a file without names (schema 8).
+        assert!(db.interrupted_ops().unwrap().is_empty());
         // A sync migrates it again.
         drop(db);
         let db = StateDb::open(&path).unwrap();
@@ -492,8 +494,9 @@ mod tests {
         assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 3);
     }
 
-    /// Undoes migrations 7 to 4, as an idsync of schema version 3 left a file.
-    const BACK_TO_VERSION_3: &str = "DROP INDEX users_live_scim_id;
+    /// Undoes migrations 8 to 4, as an idsync of schema version 3 left a file.
+    const BACK_TO_VERSION_3: &str = "ALTER TABLE journal DROP COLUMN name;
+         DROP INDEX users_live_scim_id;
          ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values;
          ALTER TABLE runs DROP COLUMN managed_users; ALTER TABLE runs DROP COLUMN managed_groups;
          DROP TABLE target_notes;
@@ -586,6 +589,7 @@ mod tests {
             exit_code: crate::model::Exit::Ok,
             summary: "{}",
             error: None,
+            settles_interrupted: true,
         };
         db.finish_run(
             run,

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod observe;
 pub mod only;
 pub mod quarantine;
+mod resume;
 pub mod revert;
 #[cfg(test)]
 mod tests;
@@ -74,6 +75,11 @@ pub struct SyncOptions {
     pub only: Vec<String>,
     /// `--force`: run even while the quarantine holds cycles back.
     pub force: bool,
+    /// Set by a cycle after a run killed with changes in flight (see
+    /// `resume`): the target is read whole and planned against, as `--full`
+    /// does, while the source is read as usual (an incremental source from
+    /// its delta links, which `--full` drops).
+    pub settle: bool,
 }
 
 /// Why a cycle (or a plan) stopped. The command line turns each into an exit
@@ -405,12 +411,14 @@ fn stream_mapped(
 /// Builds the one planning input: the source read and mapped, the state loaded
 /// (with the attributes the planner compares), and for `--full` the target read.
 /// For a source with a mirror, also the mirror as loaded and as updated by the
-/// read (nothing is written here).
+/// read (nothing is written here); `restart_source` reads it from scratch,
+/// without its delta links.
 pub async fn planning_input<T: Target>(
     settings: &Settings,
     source: &dyn Source,
     mut db: Option<&mut StateDb>,
     full_target: Option<&T>,
+    restart_source: bool,
     rules: TargetRules,
 ) -> Result<(PlanningInput, Option<MirrorUpdate>), SyncError> {
     let old_mirror = if source.uses_mirror() {
@@ -427,7 +435,7 @@ pub async fn planning_input<T: Target>(
     // `--full` is a full resync on both sides: a source with a mirror reads
     // everything again too (without links, the adapter starts a full round).
     let mirror_in = old_mirror.map(|mut m| {
-        if full_target.is_some() {
+        if restart_source {
             m.users_link = None;
             m.groups_link = None;
         }
@@ -684,9 +692,16 @@ async fn plan_checked<T: Target>(
     opts: &SyncOptions,
     purpose: Purpose,
 ) -> Result<Planned, SyncError> {
-    let full_target = target.filter(|_| opts.full);
-    let (input, mirror) =
-        planning_input(settings, source, db.as_deref_mut(), full_target, rules).await?;
+    let full_target = target.filter(|_| opts.full || opts.settle);
+    let (input, mirror) = planning_input(
+        settings,
+        source,
+        db.as_deref_mut(),
+        full_target,
+        opts.full,
+        rules,
+    )
+    .await?;
     let plan = plan::plan(&input);
     let plan = restrict_to_only(plan, &input, settings, &opts.only)?;
     let mut would_stop = Vec::new();
@@ -705,7 +720,7 @@ async fn plan_checked<T: Target>(
     ) {
         stop(e)?;
     }
-    if !opts.full
+    if !(opts.full || opts.settle)
         && let Some(e) = lost_state(settings, input.state(), db.as_deref(), target, purpose).await?
     {
         stop(e)?;
@@ -730,6 +745,13 @@ pub async fn preview(
 ) -> Result<Planned, SyncError> {
     let mut db = StateDb::open_read_only(&settings.state_path)?;
     let skips = would_skip(settings, db.as_ref());
+    if let Some(db) = db.as_ref()
+        && db.interrupted_ops().is_ok_and(|ops| !ops.is_empty())
+    {
+        tracing::warn!(
+            "a run was interrupted with changes in flight; the next `sync` settles them first (it looks up the creates they started and reads the target), so its plan may differ from this one"
+        );
+    }
     let (target, rules) = if opts.full {
         let client = client(settings)?;
         client.check().await.map_err(SyncError::Target)?;
@@ -1159,7 +1181,17 @@ async fn cycle_on<T: Target>(
         source_objects: ready.source_objects,
     };
     kill_point("before-finish");
-    finish(db, settings, run, &summary, target_failure.as_deref())?;
+    // A plain or full cycle that ran to its end settled what interrupted
+    // runs left in flight; `--only` and a saved plan leave it to the next.
+    let settles = opts.only.is_empty() && opts.plan_file.is_none() && outcome.stopped.is_none();
+    finish(
+        db,
+        settings,
+        run,
+        &summary,
+        target_failure.as_deref(),
+        settles,
+    )?;
     Ok(summary)
 }
 
@@ -1199,6 +1231,9 @@ async fn prepare<T: Target>(
 ) -> Result<Ready, SyncError> {
     check_target(db, target).await?;
     let Some(path) = &opts.plan_file else {
+        let settled = resume::settle_creates(db, target).await?;
+        let resumed = resume::resume_options(db, opts, &settled)?;
+        let opts = resumed.as_ref().unwrap_or(opts);
         let planned = plan_checked(
             settings,
             source,
@@ -1278,6 +1313,7 @@ fn finish(
     run: i64,
     summary: &RunSummary,
     target_failure: Option<&str>,
+    settles_interrupted: bool,
 ) -> Result<(), SyncError> {
     let summary_json = serde_json::to_string(&summary.summary).unwrap_or_default();
     db.finish_run(
@@ -1288,6 +1324,7 @@ fn finish(
             exit_code: summary.exit_code,
             summary: &summary_json,
             error: summary.stopped.as_deref(),
+            settles_interrupted,
         },
         settings.retention(),
     )?;
