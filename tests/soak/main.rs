@@ -23,6 +23,9 @@ mod graph_server;
 #[allow(unused_imports)]
 #[path = "../e2e/harness.rs"]
 mod harness;
+mod kill_entra;
+mod kill_ldap;
+mod kills;
 mod probe;
 #[allow(unused_imports)]
 #[path = "../ldap/harness.rs"]
