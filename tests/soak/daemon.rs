@@ -8,8 +8,9 @@
 //! stop, the daemon converges, SIGTERM ends it, and the target must hold
 //! exactly what the source says, nothing twice, with an empty plan.
 //!
-//! CI runs a short form (`a_short_soak_…`); `scripts/soak.sh` runs the long
-//! one (`soak_long`, ignored by default) and collects its figures.
+//! CI runs a short form (`a_short_soak_…`, 30 cycles); `scripts/soak.sh`
+//! runs the long one (`soak_long`, ignored by default) and collects its
+//! figures.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,11 +33,15 @@ const GROUPS: usize = 8;
 const CONVERGE_CYCLES: usize = 10;
 
 /// The target's faults, drawn per request from `seed` and its arrival number:
-/// about 8.5% of requests are answered badly.
+/// about 8.5% of requests are answered badly, and one write in 200 is refused
+/// outright (422: that operation fails, and the next cycle tries it again).
 fn faults(seed: u64) -> Schedule {
     Arc::new(move |req: &Req| {
         let mut rng = Rng::new(seed ^ (req.seq as u64).wrapping_mul(0xA24B_AED4_963E_E407));
         rng.next_u64();
+        if req.is_write() && rng.unit() < 0.005 {
+            return Fault::Status(422, "refused (soak)".into());
+        }
         match rng.unit() {
             p if p < 0.015 => Fault::Status(503, "unavailable (soak)".into()),
             p if p < 0.025 => Fault::Status(500, "internal error (soak)".into()),
@@ -404,7 +409,7 @@ fn assert_no_fd_growth(f: &Figures) {
 
 #[test]
 fn a_short_soak_of_the_daemon_converges_exactly_without_fd_growth() {
-    let cycles = probe::knob("IDSYNC_SOAK_SHORT_CYCLES", 40) as usize;
+    let cycles = probe::knob("IDSYNC_SOAK_SHORT_CYCLES", 30) as usize;
     let figures = soak(cycles, probe::knob("IDSYNC_SOAK_SEED", 0x50a4));
     assert_no_fd_growth(&figures);
 }
