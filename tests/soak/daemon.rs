@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use crate::churn::{Change, Churn};
 use crate::harness::{Directory, Workspace, assert_target_matches};
-use crate::probe::{self, DbSample, ProcSample, report};
+use crate::probe::{self, DbSample, POLICY, ProcSample, report};
 use crate::support::process::{Running, fresh_token};
 use crate::support::proxy::{Fault, FaultProxy, Req, Rng, Schedule, pass_through};
-use crate::support::scim::{PLAN_JSON, ScimServer, TOKEN_ENV, assert_plan_empty};
-use crate::support::workdir::Workdir;
+use crate::support::scim::{PLAN_JSON, ScimServer, assert_plan_empty};
+use crate::support::workdir::{Workdir, scim_target_yaml};
 
 /// How long one cycle may take before the soak gives up on the daemon.
 const CYCLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -122,34 +122,19 @@ impl Soak {
         format!(
             "source: {{ kind: csv, users: users.csv, groups: groups.csv }}\n\
              mapping: {mapping}\n\
-             target:\n\
-             \x20 kind: scim\n\
-             \x20 base_url: {url}\n\
-             \x20 token_env: {TOKEN_ENV}\n\
-             \x20 concurrency: 4\n\
-             \x20 timeout: 10s\n\
-             policy:\n\
-             \x20 remove_action: delete\n\
-             \x20 max_removals: 100%\n\
-             \x20 max_member_removals: 100%\n\
-             \x20 groups: {{ provision: true, delete: true }}\n\
-             state: state/idsync.db\n\
+             {target}\
+             {POLICY}\
              schedule: {{ interval: 1s }}\n\
              history_runs: {runs}\n\
              metrics_file: metrics.prom\n",
             mapping = Workspace::mapping_path().display(),
-            url = self.proxy.base_url(),
+            target = scim_target_yaml(&self.proxy.base_url(), "10s"),
             runs = self.history_runs,
         )
     }
 
     fn write_source(&self) {
-        probe::write_whole(self.ws.path(), "users.csv", self.dir.users_csv().as_bytes());
-        probe::write_whole(
-            self.ws.path(),
-            "groups.csv",
-            self.dir.groups_csv().as_bytes(),
-        );
+        probe::write_directory(self.ws.path(), &self.dir);
     }
 
     /// A day's changes: most cycles a few, some none, now and then a

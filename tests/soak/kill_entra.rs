@@ -10,14 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use crate::graph_server::{CLIENT_ID, Directory, GraphServer, Group, Props, TENANT};
-use crate::kills::{World, slow_writes};
-use crate::probe;
+use crate::graph_server::{Directory, GraphServer, Group, Props, source_yaml};
+use crate::kills::{Rig, World};
 use crate::support::compare::{Diffs, index_by, member_ids};
 use crate::support::process::{fresh_token, repo};
-use crate::support::proxy::{FaultProxy, Rng};
-use crate::support::scim::{ENTERPRISE_SCHEMA, ScimServer, attr, str_at};
-use crate::support::workdir::{Workdir, scim_target_yaml};
+use crate::support::proxy::Rng;
+use crate::support::scim::{ENTERPRISE_SCHEMA, attr, str_at};
 
 const TITLES: &[&str] = &["Engineer", "Analyst", "Manager", "Lead"];
 /// The group whose members are the teams.
@@ -47,9 +45,7 @@ fn person(n: usize) -> Props {
 
 pub struct EntraWorld {
     graph: GraphServer,
-    server: ScimServer,
-    proxy: FaultProxy,
-    ws: Workdir,
+    rig: Rig,
     rng: Rng,
     fresh: usize,
 }
@@ -58,15 +54,14 @@ impl EntraWorld {
     pub fn new(seed: u64) -> EntraWorld {
         let secret = fresh_token("kills-entra-secret");
         let graph = GraphServer::start(&secret);
-        let server = ScimServer::start(&fresh_token("kills-entra"));
-        let proxy = FaultProxy::start(server.port(), slow_writes(seed));
-        let mut ws = Workdir::new("idsync-kills-entra-", server.token());
-        ws.extra_secrets.push(secret.clone());
-        ws.write_file("client-secret", format!("{secret}\n").as_bytes());
+        let mut rig = Rig::start("kills-entra", seed);
+        rig.ws.extra_secrets.push(secret.clone());
+        rig.ws
+            .write_file("client-secret", format!("{secret}\n").as_bytes());
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(
-                ws.path().join("client-secret"),
+                rig.ws.path().join("client-secret"),
                 std::fs::Permissions::from_mode(0o600),
             )
             .expect("chmod");
@@ -95,9 +90,7 @@ impl EntraWorld {
         });
         EntraWorld {
             graph,
-            server,
-            proxy,
-            ws,
+            rig,
             rng: Rng::new(seed),
             fresh: 1000,
         }
@@ -187,61 +180,25 @@ fn leave(d: &mut Directory, user: &str, how: impl FnOnce(&mut Directory, &str)) 
     how(d, user);
 }
 
-/// The users of group `id`, groups of groups flattened.
-fn flattened(d: &Directory, id: &str) -> BTreeSet<String> {
-    let mut users = BTreeSet::new();
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![id.to_owned()];
-    while let Some(next) = todo.pop() {
-        if !seen.insert(next.clone()) {
-            continue;
-        }
-        for m in &d.groups[&next].members {
-            if d.groups.contains_key(m) {
-                todo.push(m.clone());
-            } else if d.users.contains_key(m) {
-                users.insert(m.clone());
-            }
-        }
-    }
-    users
-}
-
 impl World for EntraWorld {
     fn source(&self) -> &'static str {
         "Entra"
     }
 
-    fn workdir(&self) -> &Workdir {
-        &self.ws
-    }
-
-    fn proxy(&self) -> &FaultProxy {
-        &self.proxy
+    fn rig(&self) -> &Rig {
+        &self.rig
     }
 
     fn config(&self) -> String {
-        let url = self.graph.url();
         format!(
-            "source:\n\
-             \x20 kind: entra\n\
-             \x20 tenant_id: {TENANT}\n\
-             \x20 client_id: {CLIENT_ID}\n\
-             \x20 client_secret_file: client-secret\n\
-             \x20 authority_url: {url}\n\
-             \x20 graph_url: {url}\n\
+            "{source}\
              \x20 rate_limit: 500\n\
              \x20 timeout: 10s\n\
              mapping: {mapping}\n\
-             {target}\
-             policy:\n\
-             \x20 remove_action: delete\n\
-             \x20 max_removals: 100%\n\
-             \x20 max_member_removals: 100%\n\
-             \x20 groups: {{ provision: true, delete: true }}\n\
-             state: state/idsync.db\n",
+             {tail}",
             mapping = repo().join("mappings/entra.yaml").display(),
-            target = scim_target_yaml(&self.proxy.base_url(), "10s"),
+            tail = self.rig.config_tail(),
+            source = source_yaml(&self.graph.url(), "  client_secret_file: client-secret\n"),
         )
     }
 
@@ -255,7 +212,7 @@ impl World for EntraWorld {
 
     fn assert_exact(&self) {
         let dir = self.graph.directory();
-        let target = self.server.contents();
+        let target = self.rig.server.contents();
         let mut diffs = Diffs::default();
         let by_key = index_by(&target.users, "externalId", false);
         for key in by_key.keys().filter(|k| !dir.users.contains_key(*k)) {
@@ -305,16 +262,13 @@ impl World for EntraWorld {
                 diffs.push(format!("missing group {:?}", g.name));
                 continue;
             };
-            let want: BTreeSet<String> = flattened(&dir, id)
+            let want: BTreeSet<String> = dir
+                .flattened_users(id)
                 .iter()
                 .map(|u| ids.get(u).cloned().unwrap_or_else(|| format!("<{u}>")))
                 .collect();
             diffs.members(&g.name, &want, &member_ids(found[0]), |_| None);
         }
         diffs.finish(&target);
-    }
-
-    fn duplicates(&self) -> Vec<String> {
-        probe::duplicates(&self.server.contents())
     }
 }

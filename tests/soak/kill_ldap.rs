@@ -11,14 +11,12 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::kills::{World, slow_writes};
-use crate::probe;
+use crate::kills::{Rig, World};
 use crate::slapd::{GROUPS, Ldif, PEOPLE, SUFFIX, SYNC_DN, SYNC_PW, Slapd};
 use crate::support::compare::{Diffs, index_by, member_ids};
-use crate::support::process::{fresh_token, repo};
-use crate::support::proxy::{FaultProxy, Rng};
-use crate::support::scim::{ScimServer, attr, str_at};
-use crate::support::workdir::{Workdir, scim_target_yaml};
+use crate::support::process::repo;
+use crate::support::proxy::Rng;
+use crate::support::scim::{attr, str_at};
 
 /// Keeps a `groupOfNames` valid when the test takes its last member out:
 /// a member outside the base, which idsync does not follow.
@@ -32,11 +30,8 @@ struct Person {
 }
 
 pub struct LdapWorld {
-    // Dropped after the runs that read it.
     slapd: Slapd,
-    server: ScimServer,
-    proxy: FaultProxy,
-    ws: Workdir,
+    rig: Rig,
     /// People by uid.
     people: BTreeMap<String, Person>,
     /// Groups by cn: the uids of their members.
@@ -79,15 +74,11 @@ impl LdapWorld {
             group_entry(&mut ldif, cn, members);
         }
         let slapd = Slapd::start(ldif.text());
-        let server = ScimServer::start(&fresh_token("kills-ldap"));
-        let proxy = FaultProxy::start(server.port(), slow_writes(seed));
-        let mut ws = Workdir::new("idsync-kills-ldap-", server.token());
-        ws.extra_secrets.push(SYNC_PW.into());
+        let mut rig = Rig::start("kills-ldap", seed);
+        rig.ws.extra_secrets.push(SYNC_PW.into());
         LdapWorld {
             slapd,
-            server,
-            proxy,
-            ws,
+            rig,
             people,
             groups,
             rng: Rng::new(seed),
@@ -286,12 +277,8 @@ impl World for LdapWorld {
         "LDAP"
     }
 
-    fn workdir(&self) -> &Workdir {
-        &self.ws
-    }
-
-    fn proxy(&self) -> &FaultProxy {
-        &self.proxy
+    fn rig(&self) -> &Rig {
+        &self.rig
     }
 
     fn config(&self) -> String {
@@ -304,17 +291,11 @@ impl World for LdapWorld {
              \x20 base_dn: {SUFFIX}\n\
              \x20 timeout: 10s\n\
              mapping: {mapping}\n\
-             {target}\
-             policy:\n\
-             \x20 remove_action: delete\n\
-             \x20 max_removals: 100%\n\
-             \x20 max_member_removals: 100%\n\
-             \x20 groups: {{ provision: true, delete: true }}\n\
-             state: state/idsync.db\n",
+             {tail}",
             url = self.slapd.url,
             password = self.slapd.sync_password_file().display(),
             mapping = repo().join("mappings/ldap-inetorgperson.yaml").display(),
-            target = scim_target_yaml(&self.proxy.base_url(), "10s"),
+            tail = self.rig.config_tail(),
         )
     }
 
@@ -326,7 +307,7 @@ impl World for LdapWorld {
     }
 
     fn assert_exact(&self) {
-        let target = self.server.contents();
+        let target = self.rig.server.contents();
         let mut diffs = Diffs::default();
         let by_name = index_by(&target.users, "userName", true);
         let want: BTreeMap<String, (&String, &Person)> = self
@@ -371,9 +352,5 @@ impl World for LdapWorld {
             diffs.members(cn, &want, &member_ids(found[0]), |_| None);
         }
         diffs.finish(&target);
-    }
-
-    fn duplicates(&self) -> Vec<String> {
-        probe::duplicates(&self.server.contents())
     }
 }

@@ -20,34 +20,57 @@ use std::time::{Duration, Instant};
 
 use crate::churn::Churn;
 use crate::harness::{Directory, Workspace, assert_target_matches};
-use crate::probe::{self, report};
+use crate::probe::{self, POLICY, report};
 use crate::support::process::{Output, Running, fresh_token};
 use crate::support::proxy::{Fault, FaultProxy, Req, Rng, Schedule};
-use crate::support::scim::{PLAN_JSON, SYNC_JSON, ScimServer, TOKEN_ENV, assert_plan_empty};
-use crate::support::workdir::Workdir;
+use crate::support::scim::{PLAN_JSON, SYNC_JSON, ScimServer, assert_plan_empty};
+use crate::support::workdir::{Workdir, scim_target_yaml};
 
 /// Runs needed at most to finish after a kill (each resumes the last).
 const FINISH_RUNS: usize = 5;
 /// How long a killed run may take to be reaped.
 const REAP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The target side of every world: a scim2-server, the proxy in front of it
+/// holding writes ([`slow_writes`]), and the folder idsync runs in.
+pub struct Rig {
+    pub server: ScimServer,
+    pub proxy: FaultProxy,
+    pub ws: Workdir,
+}
+
+impl Rig {
+    pub fn start(tag: &str, seed: u64) -> Rig {
+        let server = ScimServer::start(&fresh_token(tag));
+        let proxy = FaultProxy::start(server.port(), slow_writes(seed));
+        let ws = Workdir::new(&format!("idsync-{tag}-"), server.token());
+        Rig { server, proxy, ws }
+    }
+
+    /// The `target:`, `policy:` and `state:` lines every world's config ends
+    /// with.
+    pub fn config_tail(&self) -> String {
+        format!(
+            "{}{POLICY}",
+            scim_target_yaml(&self.proxy.base_url(), "10s")
+        )
+    }
+}
+
 /// One source and target pair the kills are aimed at.
 pub trait World {
     /// `CSV`, `LDAP` or `Entra`.
     fn source(&self) -> &'static str;
-    fn workdir(&self) -> &Workdir;
+    fn rig(&self) -> &Rig;
     fn config(&self) -> String;
-    fn proxy(&self) -> &FaultProxy;
-    /// Environment and secrets a run needs besides the target's token.
-    fn run_env(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
     /// Changes the source: `changes` random edits.
     fn churn(&mut self, changes: usize);
     /// Panics unless the target holds exactly what the source says.
     fn assert_exact(&self);
     /// What the target holds twice (userNames, group names).
-    fn duplicates(&self) -> Vec<String>;
+    fn duplicates(&self) -> Vec<String> {
+        probe::duplicates(&self.rig().server.contents())
+    }
 }
 
 /// Writes held 15–45 ms, so the apply phase of a run is long enough to be
@@ -64,21 +87,19 @@ pub fn slow_writes(seed: u64) -> Schedule {
 
 /// Starts `idsync sync` in `world`, with `kill_at` set as the hook's point.
 fn spawn_sync(world: &dyn World, kill_at: Option<&str>) -> Running {
-    let mut env: Vec<(String, String)> = world.run_env();
-    if let Some(point) = kill_at {
-        env.push(("IDSYNC_TEST_KILL_AT".into(), point.into()));
-    }
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env: Vec<(&str, &str)> = kill_at
+        .map(|point| ("IDSYNC_TEST_KILL_AT", point))
+        .into_iter()
+        .collect();
     world
-        .workdir()
+        .rig()
+        .ws
         .spawn_with(&world.config(), SYNC_JSON, &env, &[])
 }
 
 /// `idsync ARGS` in `world` to the end.
 pub fn run(world: &dyn World, args: &[&str]) -> Output {
-    let env = world.run_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    world.workdir().run_with(&world.config(), args, &env, &[])
+    world.rig().ws.run(&world.config(), args)
 }
 
 /// Syncs until a run exits 0 (each resuming the one before); panics after
@@ -173,7 +194,7 @@ pub fn kill_cycles(world: &mut dyn World, kills: usize, check_every: usize, seed
         let changes = rng.range(5, 26) as usize;
         world.churn(changes);
         let point = point_for(world.source(), k.landed());
-        let writes_before = world.proxy().writes();
+        let writes_before = world.rig().proxy.writes();
         let started = Instant::now();
         let mut running = spawn_sync(world, point);
         let delay = match point {
@@ -190,7 +211,7 @@ pub fn kill_cycles(world: &mut dyn World, kills: usize, check_every: usize, seed
             (-1, Some(p)) => *k.at_points.entry(p).or_default() += 1,
             (-1, None) => {
                 k.random += 1;
-                if world.proxy().writes() > writes_before {
+                if world.rig().proxy.writes() > writes_before {
                     k.with_writes += 1;
                 }
             }
@@ -236,36 +257,20 @@ pub fn report_kills(source: &str, k: &Kills, took: Duration) {
 
 /// A CSV directory synced into scim2-server through the proxy.
 pub struct CsvWorld {
-    server: ScimServer,
-    proxy: FaultProxy,
-    ws: Workdir,
+    rig: Rig,
     dir: Directory,
     churn: Churn,
 }
 
 impl CsvWorld {
     pub fn new(seed: u64) -> CsvWorld {
-        let server = ScimServer::start(&fresh_token("kills-csv"));
-        let proxy = FaultProxy::start(server.port(), slow_writes(seed));
-        let ws = Workdir::new("idsync-kills-csv-", server.token());
         let world = CsvWorld {
-            server,
-            proxy,
-            ws,
+            rig: Rig::start("kills-csv", seed),
             dir: Directory::generate(120, 8),
             churn: Churn::new(seed, 120),
         };
-        world.write_source();
+        probe::write_directory(world.rig.ws.path(), &world.dir);
         world
-    }
-
-    fn write_source(&self) {
-        probe::write_whole(self.ws.path(), "users.csv", self.dir.users_csv().as_bytes());
-        probe::write_whole(
-            self.ws.path(),
-            "groups.csv",
-            self.dir.groups_csv().as_bytes(),
-        );
     }
 }
 
@@ -274,41 +279,26 @@ impl World for CsvWorld {
         "CSV"
     }
 
-    fn workdir(&self) -> &Workdir {
-        &self.ws
-    }
-
-    fn proxy(&self) -> &FaultProxy {
-        &self.proxy
+    fn rig(&self) -> &Rig {
+        &self.rig
     }
 
     fn config(&self) -> String {
         format!(
             "source: {{ kind: csv, users: users.csv, groups: groups.csv }}\n\
-             mapping: {mapping}\n\
-             target: {{ kind: scim, base_url: {url}, token_env: {TOKEN_ENV}, concurrency: 4, timeout: 10s }}\n\
-             policy:\n\
-             \x20 remove_action: delete\n\
-             \x20 max_removals: 100%\n\
-             \x20 max_member_removals: 100%\n\
-             \x20 groups: {{ provision: true, delete: true }}\n\
-             state: state/idsync.db\n",
-            mapping = Workspace::mapping_path().display(),
-            url = self.proxy.base_url(),
+             mapping: {}\n{}",
+            Workspace::mapping_path().display(),
+            self.rig.config_tail(),
         )
     }
 
     fn churn(&mut self, changes: usize) {
         self.churn.step(&mut self.dir, changes);
-        self.write_source();
+        probe::write_directory(self.rig.ws.path(), &self.dir);
     }
 
     fn assert_exact(&self) {
-        assert_target_matches(&self.dir, &[], &self.server.contents());
-    }
-
-    fn duplicates(&self) -> Vec<String> {
-        probe::duplicates(&self.server.contents())
+        assert_target_matches(&self.dir, &[], &self.rig.server.contents());
     }
 }
 

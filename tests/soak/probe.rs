@@ -8,7 +8,18 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::Path;
 
+use crate::harness::Directory;
 use crate::support::scim::{TargetContents, str_at};
+
+/// The `policy:` and `state:` lines of every soak config: leavers deleted, no
+/// removal limits (a reorganisation removes more in one cycle than the
+/// default limits let through), groups provisioned and deleted.
+pub const POLICY: &str = "policy:\n\
+    \x20 remove_action: delete\n\
+    \x20 max_removals: 100%\n\
+    \x20 max_member_removals: 100%\n\
+    \x20 groups: { provision: true, delete: true }\n\
+    state: state/idsync.db\n";
 
 /// One look at a running process.
 #[derive(Clone, Copy, Debug, Default)]
@@ -120,6 +131,12 @@ pub fn write_whole(dir: &Path, name: &str, bytes: &[u8]) {
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
     std::fs::rename(&tmp, dir.join(name)).unwrap_or_else(|e| panic!("rename {name}: {e}"));
+}
+
+/// Writes `users.csv` and `groups.csv` of `directory` into `dir`, each whole.
+pub fn write_directory(dir: &Path, directory: &Directory) {
+    write_whole(dir, "users.csv", directory.users_csv().as_bytes());
+    write_whole(dir, "groups.csv", directory.groups_csv().as_bytes());
 }
 
 /// A number from the environment (`IDSYNC_SOAK_…`), or `default`.
