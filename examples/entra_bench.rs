@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use graph_server::{CLIENT_ID, Directory, GraphServer, Group, TENANT};
+use graph_server::{Directory, GraphServer, Group};
 use idsync::apply::assume_success;
 use idsync::config::Settings;
 use idsync::model::{Mirror, MirrorDigest, State};
@@ -223,13 +223,7 @@ fn write_config(dir: &Path, graph_url: &str, scim_port: u16) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "source:\n\
-             \x20 kind: entra\n\
-             \x20 tenant_id: {TENANT}\n\
-             \x20 client_id: {CLIENT_ID}\n\
-             \x20 client_secret_file: client-secret\n\
-             \x20 authority_url: {graph_url}\n\
-             \x20 graph_url: {graph_url}\n\
+            "{source}\
              \x20 rate_limit: 1000\n\
              \x20 timeout: 60s\n\
              mapping: {}/mappings/entra.yaml\n\
@@ -241,7 +235,8 @@ fn write_config(dir: &Path, graph_url: &str, scim_port: u16) -> PathBuf {
              \x20 max_removals: 5%\n\
              \x20 groups: {{ provision: true }}\n\
              state: bench.db\n",
-            env!("CARGO_MANIFEST_DIR")
+            env!("CARGO_MANIFEST_DIR"),
+            source = graph_server::source_yaml(graph_url, "  client_secret_file: client-secret\n"),
         ),
     )
     .expect("config");

@@ -446,6 +446,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
                 allow_deletes,
                 only,
                 force,
+                settle: false,
             };
             sync_command(&settings, &opts, format.into(), detail).await
         }

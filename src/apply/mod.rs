@@ -44,9 +44,9 @@ pub use transition::{Response, Transition, assume_success, members_present, tran
 /// come last.
 const FAILURE_BUDGET_MIN_OPS: u64 = 20;
 
-/// Creates marked started at a time (one journal write), per concurrency
+/// Operations marked started at a time (one journal write), per concurrency
 /// slot: few writes, and a crash costs few lookups on resume.
-const CREATE_WINDOW_PER_SLOT: usize = 16;
+const START_WINDOW_PER_SLOT: usize = 16;
 
 /// Why the executor stopped before the end of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,11 +187,11 @@ impl<T: Target> Executor<'_, T> {
                 "a previous run was interrupted; creates it had started are looked up before being sent again"
             );
         }
-        let journal: Vec<(&'static str, String)> = ops
+        let journal: Vec<(&'static str, String, Option<String>)> = ops
             .iter()
-            .map(|op| (op.name(), op.subject().to_string()))
+            .map(|op| (op.name(), op.subject().to_string(), created_name(op)))
             .collect();
-        let run = self.db.begin_run(command, &journal)?;
+        let run = self.db.begin_run_named(command, &journal)?;
         let action_off = self.record_action_off(run, plan)?;
         let first_members = first_members(ops);
 
@@ -215,7 +215,7 @@ impl<T: Target> Executor<'_, T> {
                 interrupted: &interrupted,
                 first_members: &first_members,
             };
-            self.run_phase(run, seq, &ops[seq..end], phase, &ctx, &mut outcome)
+            self.run_phase(run, seq, &ops[seq..end], &ctx, &mut outcome)
                 .await?;
             seq = end;
         }
@@ -276,20 +276,20 @@ impl<T: Target> Executor<'_, T> {
         run: RunId,
         first_seq: usize,
         ops: &[Operation],
-        phase: Phase,
         ctx: &PhaseContext<'_>,
         outcome: &mut Outcome,
     ) -> Result<(), StateError> {
-        // Creates are marked started in windows, each just before its first
-        // request leaves: after a crash, a started create is looked up before
-        // being created again, so nothing is duplicated, and only about one
-        // window is looked up. The window slides: the next one is marked when
-        // the first of its operations is queued, while the previous one's
-        // requests are still in flight, so the slots never wait for each
-        // other (and a new window does not send `concurrency` requests at the
-        // same instant).
-        let marks = matches!(phase, Phase::CreateUsers | Phase::CreateGroups);
-        let window = self.concurrency.max(1) * CREATE_WINDOW_PER_SLOT;
+        // Operations are marked started in windows, each just before its
+        // first request leaves: after a crash, a started create is looked up
+        // before being created again, so nothing is duplicated, and only
+        // about one window is looked up; any other started operation may have
+        // changed the target unrecorded, so the next cycle reads the target
+        // before planning (see `sync::resume_options`). The window slides: the
+        // next one is marked when the first of its operations is queued,
+        // while the previous one's requests are still in flight, so the slots
+        // never wait for each other (and a new window does not send
+        // `concurrency` requests at the same instant).
+        let window = self.concurrency.max(1) * START_WINDOW_PER_SLOT;
         let end_seq = first_seq + ops.len();
         let mut marked_until = first_seq;
         let slots = self.concurrency.max(1);
@@ -346,7 +346,7 @@ impl<T: Target> Executor<'_, T> {
             // Each operation is prepared as it is queued, against the state
             // as the operations committed so far left it.
             while next < end_seq {
-                if marks && next >= marked_until {
+                if next >= marked_until {
                     if halt.load(Ordering::SeqCst) {
                         // Stopping: the window marked is closed (its operations
                         // committed as interrupted); no new one starts.
@@ -679,6 +679,15 @@ impl<T: Target> Executor<'_, T> {
             _ => return Ok(None),
         };
         Ok(Some(value.to_string()))
+    }
+}
+
+/// The name a create sends, which finds what it made after a crash.
+fn created_name(op: &Operation) -> Option<String> {
+    match op {
+        Operation::CreateUser { user_name, .. } => Some(user_name.to_string()),
+        Operation::CreateGroup { display_name, .. } => Some(display_name.to_string()),
+        _ => None,
     }
 }
 

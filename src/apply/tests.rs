@@ -549,7 +549,7 @@ fn a_slow_create_does_not_hold_back_the_creates_after_its_window() {
     // window holds: the other slot must go on into the next window meanwhile
     // instead of waiting for the whole window to finish.
     let target = MemoryTarget::default();
-    const { assert!(2 * CREATE_WINDOW_PER_SLOT < 45) };
+    const { assert!(2 * START_WINDOW_PER_SLOT < 45) };
     target.world.lock().unwrap().hold = Some((0, 45));
     let (outcome, db, _dir) = create_sixty(&target, 2);
     assert_eq!(outcome.applied, 60);

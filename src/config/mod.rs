@@ -36,6 +36,7 @@ use crate::source::csv::{CsvConfig, CsvSettings};
 use crate::source::entra::{EntraConfig, EntraSettings};
 use crate::source::ldap::{LdapConfig, LdapSettings};
 use crate::source::{Source, SourceConfigError};
+use crate::state::Retention;
 pub use email::{EmailSettings, SmtpLogin, SmtpPassword, SmtpTls};
 use env::expand_env;
 pub use error::ConfigError;
@@ -63,6 +64,8 @@ struct RawConfig<S> {
     schedule: Option<Spanned<RawSchedule>>,
     #[serde(default)]
     history_days: Option<u32>,
+    #[serde(default)]
+    history_runs: Option<Spanned<u32>>,
     #[serde(default)]
     metrics_file: Option<Spanned<String>>,
     #[serde(default)]
@@ -111,6 +114,7 @@ impl<S> RawConfig<S> {
             state,
             schedule,
             history_days,
+            history_runs,
             metrics_file,
             notify,
             paused,
@@ -124,6 +128,7 @@ impl<S> RawConfig<S> {
             state,
             schedule,
             history_days,
+            history_runs,
             metrics_file,
             notify,
             paused,
@@ -190,6 +195,9 @@ pub struct Settings {
     pub state_path: PathBuf,
     pub schedule: Schedule,
     pub history_days: u32,
+    /// At most this many runs kept (`history_runs:`; none: only `history_days`
+    /// limits the history).
+    pub history_runs: Option<u32>,
     /// Prometheus text written after every cycle (`metrics_file:` or `--metrics-file`).
     pub metrics_file: Option<PathBuf>,
     pub notify: Option<NotifySettings>,
@@ -207,6 +215,14 @@ impl Settings {
             source,
         })?;
         Settings::compile(path, &text)
+    }
+
+    /// How much run history the state DB keeps.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            days: self.history_days,
+            runs: self.history_runs,
+        }
     }
 
     /// What the planner needs from the config.
@@ -297,6 +313,13 @@ impl Settings {
             .compile(target_policy(&target))
             .map_err(|e| at(&e.location, e.message, e.hint))?;
         let schedule = Schedule::compile(raw.schedule.as_ref(), &file)?;
+        if let Some(runs) = raw.history_runs.as_ref().filter(|r| r.value == 0) {
+            return Err(at(
+                &runs.referenced,
+                "history_runs must be at least 1".into(),
+                "it is how many runs the history keeps at most (with history_days); leave it out to keep every run of the last history_days days".into(),
+            ));
+        }
         let notify = match &raw.notify {
             None => None,
             Some(n) => Some(NotifySettings::compile(n, &file, &base)?),
@@ -329,6 +352,7 @@ impl Settings {
             state_path: resolve(&raw.state.value),
             schedule,
             history_days: raw.history_days.unwrap_or(30),
+            history_runs: raw.history_runs.as_ref().map(|r| r.value),
             metrics_file: raw.metrics_file.as_ref().map(|m| resolve(&m.value)),
             notify,
             paused: raw.paused,

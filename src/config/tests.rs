@@ -497,3 +497,30 @@ fn an_entra_source_reads_the_app_and_counts_direct_members_by_default() {
         "{entra:?}"
     );
 }
+
+#[test]
+fn history_runs_is_optional_and_at_least_one() {
+    let s = compile_with("").expect("valid");
+    assert_eq!(
+        s.retention(),
+        Retention {
+            days: 30,
+            runs: None
+        }
+    );
+    let s = compile_with("history_days: 90\nhistory_runs: 500\n").expect("valid");
+    assert_eq!(
+        s.retention(),
+        Retention {
+            days: 90,
+            runs: Some(500)
+        }
+    );
+    let e = compile_with("history_runs: 0\n")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.starts_with("/etc/idsync/idsync.yaml:5:15: history_runs must be at least 1"),
+        "{e}"
+    );
+}

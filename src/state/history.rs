@@ -132,16 +132,68 @@ pub struct RunEnd<'a> {
     pub summary: &'a str,
     /// Why it stopped early, if it did.
     pub error: Option<&'a str>,
+    /// Whether the run took over what interrupted runs before it left in
+    /// flight: a plain or `--full` sync that ran to its end (it looked up
+    /// their creates, and read the target when other operations were in
+    /// flight). Their journals are then cleared with its own; otherwise
+    /// (`--only`, a saved plan, a run stopped early) their started operations
+    /// stay for the next cycle to settle.
+    pub settles_interrupted: bool,
+}
+
+/// How much of the run history is kept (`history_days`, `history_runs`):
+/// the runs started within the last `days` days, and of those at most the
+/// newest `runs` when that is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub days: u32,
+    pub runs: Option<u32>,
+}
+
+/// Deletes the runs the history no longer keeps (see [`Retention`]) and
+/// their operations' lines. A run that has not ended — the one in progress,
+/// or one killed and not yet resumed — is never pruned, nor is a run whose
+/// journal is still there; the journal itself is never touched here (it is
+/// cleared only by the run that resumes it, in [`StateDb::finish_run`]).
+fn prune(tx: &rusqlite::Transaction<'_>, keep: Retention) -> rusqlite::Result<()> {
+    let cutoff = (chrono::Utc::now() - chrono::Duration::days(i64::from(keep.days)))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // The id of the oldest run kept by count; without a count limit, 0 keeps
+    // every run.
+    let oldest_by_count: i64 = match keep.runs {
+        None => 0,
+        Some(n) => tx
+            .query_row(
+                "SELECT id FROM runs ORDER BY id DESC LIMIT 1 OFFSET ?1",
+                params![i64::from(n.max(1)) - 1],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0),
+    };
+    let prunable = "ended_at IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM journal WHERE journal.run_id = runs.id)
+        AND (started_at < ?1 OR id < ?2)";
+    tx.execute(
+        &format!("DELETE FROM run_ops WHERE run_id IN (SELECT id FROM runs WHERE {prunable})"),
+        params![cutoff, oldest_by_count],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM runs WHERE {prunable}"),
+        params![cutoff, oldest_by_count],
+    )?;
+    Ok(())
 }
 
 impl StateDb {
-    /// Closes a run: its counts and exit code, the journal of it (and of any
-    /// interrupted run before it) cleared, history beyond `keep_days` pruned.
+    /// Closes a run: its counts and exit code, its journal cleared (and the
+    /// journals of interrupted runs before it, when it settled them; see
+    /// [`RunEnd::settles_interrupted`]), history beyond `keep` pruned.
     pub fn finish_run(
         &mut self,
         run: RunId,
         end: &RunEnd<'_>,
-        keep_days: u32,
+        keep: Retention,
     ) -> Result<(), StateError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
@@ -164,36 +216,36 @@ impl StateDb {
             params![run, at],
         )
         .map_err(|e| sqlite(&path, e))?;
-        tx.execute("DELETE FROM journal WHERE run_id <= ?1", params![run])
-            .map_err(|e| sqlite(&path, e))?;
-        let cutoff = (chrono::Utc::now() - chrono::Duration::days(i64::from(keep_days)))
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         tx.execute(
-            "DELETE FROM run_ops WHERE run_id IN (SELECT id FROM runs WHERE started_at < ?1)",
-            params![cutoff],
+            "DELETE FROM journal WHERE run_id = ?1
+                OR (run_id < ?1 AND (?2 OR state != 'started'))",
+            params![run, end.settles_interrupted],
         )
         .map_err(|e| sqlite(&path, e))?;
-        tx.execute("DELETE FROM runs WHERE started_at < ?1", params![cutoff])
-            .map_err(|e| sqlite(&path, e))?;
+        prune(&tx, keep).map_err(|e| sqlite(&path, e))?;
         tx.commit().map_err(|e| sqlite(&path, e))
     }
 
     /// Records a cycle that stopped before applying anything (guard, source or
-    /// target failure), so `status` shows it.
+    /// target failure), so `status` shows it, and prunes the history beyond
+    /// `keep`: cycles that keep stopping must not grow it without end either.
     pub fn record_stopped_run(
         &mut self,
         command: &str,
         exit_code: Exit,
         error: &str,
+        keep: Retention,
     ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
         let at = now();
-        self.conn
-            .execute(
-                "INSERT INTO runs (command, started_at, ended_at, exit_code, error) VALUES (?1, ?2, ?2, ?3, ?4)",
-                params![command, at, exit_code, error],
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        tx.execute(
+            "INSERT INTO runs (command, started_at, ended_at, exit_code, error) VALUES (?1, ?2, ?2, ?3, ?4)",
+            params![command, at, exit_code, error],
+        )
+        .map_err(|e| sqlite(&path, e))?;
+        prune(&tx, keep).map_err(|e| sqlite(&path, e))?;
+        tx.commit().map_err(|e| sqlite(&path, e))
     }
 
     /// Whether any run ever had operations to apply (finished, failed or
@@ -578,4 +630,178 @@ fn failure_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FailureRecord> {
         http_status: r.get(4)?,
         error: r.get(5)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end() -> RunEnd<'static> {
+        RunEnd {
+            applied: 1,
+            failed: 0,
+            exit_code: Exit::Ok,
+            summary: "{}",
+            error: None,
+            settles_interrupted: true,
+        }
+    }
+
+    fn applied(seq: i64, subject: &str) -> crate::state::OpRecord {
+        crate::state::OpRecord {
+            seq,
+            op: OpKind::CreateUser,
+            subject: subject.into(),
+            outcome: OpOutcome::Applied,
+            http_status: None,
+            error: None,
+            old_values: None,
+            new_values: None,
+        }
+    }
+
+    fn count(db: &StateDb, table: &str) -> i64 {
+        db.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Every run so far started in 2001, long before any cutoff.
+    fn backdate_all(db: &StateDb) {
+        db.conn
+            .execute(
+                "UPDATE runs SET started_at = '2001-01-01T00:00:00.000Z'",
+                [],
+            )
+            .unwrap();
+    }
+
+    /// A finished run of one applied operation.
+    fn finished_run(db: &mut StateDb, subject: &str, keep: Retention) -> RunId {
+        let run = db
+            .begin_run("sync", &[("create_user", subject.into())])
+            .unwrap();
+        db.commit(run, &applied(0, subject), None).unwrap();
+        db.finish_run(run, &end(), keep).unwrap();
+        run
+    }
+
+    #[test]
+    fn history_runs_keeps_the_newest_runs_and_their_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+        let keep = Retention {
+            days: 30,
+            runs: Some(3),
+        };
+        let runs: Vec<RunId> = (0..6)
+            .map(|i| finished_run(&mut db, &format!("k{i}"), keep))
+            .collect();
+        let kept: Vec<i64> = db.recent_runs(100).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(kept, [runs[5], runs[4], runs[3]]);
+        assert_eq!(
+            count(&db, "run_ops"),
+            3,
+            "the operations of pruned runs go too"
+        );
+        // A stopped cycle counts as a run and prunes too.
+        db.record_stopped_run("sync", Exit::Guard, "guard", keep)
+            .unwrap();
+        assert_eq!(count(&db, "runs"), 3);
+        assert_eq!(count(&db, "run_ops"), 2);
+    }
+
+    #[test]
+    fn without_history_runs_only_the_days_limit_prunes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+        let keep = Retention {
+            days: 30,
+            runs: None,
+        };
+        for i in 0..5 {
+            finished_run(&mut db, &format!("k{i}"), keep);
+        }
+        assert_eq!(count(&db, "runs"), 5);
+        backdate_all(&db);
+        let newest = finished_run(&mut db, "k9", keep);
+        let kept: Vec<i64> = db.recent_runs(100).unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(kept, [newest]);
+        assert_eq!(count(&db, "run_ops"), 1);
+    }
+
+    #[test]
+    fn cycles_that_keep_stopping_prune_the_history_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+        let keep = Retention {
+            days: 30,
+            runs: None,
+        };
+        finished_run(&mut db, "k1", keep);
+        db.record_stopped_run("sync", Exit::Guard, "guard", keep)
+            .unwrap();
+        backdate_all(&db);
+        // From now on every cycle stops (a guard, an unreachable source).
+        db.record_stopped_run("sync", Exit::Unreachable, "source", keep)
+            .unwrap();
+        assert_eq!(count(&db, "runs"), 1, "only the newest stopped run is kept");
+        assert_eq!(count(&db, "run_ops"), 0);
+    }
+
+    #[test]
+    fn pruning_never_touches_the_journal_of_an_unfinished_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+        let keep = Retention {
+            days: 0,
+            runs: Some(1),
+        };
+        finished_run(&mut db, "k0", keep);
+        // A run killed while its creates were in flight: one committed, two
+        // started, one planned.
+        let journal = [
+            ("create_user", "k1".to_string()),
+            ("create_user", "k2".to_string()),
+            ("create_user", "k3".to_string()),
+            ("create_user", "k4".to_string()),
+        ];
+        let killed = db.begin_run("sync", &journal).unwrap();
+        db.mark_started_from(killed, 0, 3).unwrap();
+        db.commit(killed, &applied(0, "k1"), None).unwrap();
+        backdate_all(&db);
+        // Then cycles that stop before applying anything, each pruning as
+        // hard as it can (0 days, 1 run).
+        for _ in 0..3 {
+            db.record_stopped_run("sync", Exit::Unreachable, "source", keep)
+                .unwrap();
+        }
+        let started: Vec<String> = db
+            .interrupted_ops()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.subject)
+            .collect();
+        assert_eq!(
+            started,
+            ["k2", "k3"],
+            "the resume still knows what was in flight"
+        );
+        assert_eq!(count(&db, "journal"), 4, "the journal is untouched");
+        let runs = db.recent_runs(100).unwrap();
+        assert!(
+            runs.iter().any(|r| r.id == killed && r.ended_at.is_none()),
+            "the unfinished run stays in the history: {runs:?}"
+        );
+        assert_eq!(
+            db.run_log(killed).unwrap().len(),
+            1,
+            "with its committed operation"
+        );
+        // The run that resumes it clears the journal; only then is the
+        // killed run (now ended as interrupted) pruned like any other.
+        finished_run(&mut db, "k5", keep);
+        assert_eq!(count(&db, "journal"), 0);
+        assert!(db.run(killed).unwrap().is_none());
+    }
 }

@@ -58,6 +58,9 @@ pub struct JournalEntry {
     pub op: OpKind,
     /// The source key it was about.
     pub subject: String,
+    /// What a create sent as the object's name (userName, displayName);
+    /// `None` for other operations and entries from before schema 8.
+    pub name: Option<String>,
 }
 
 /// The outcome of one operation, for the run's per-operation log.
@@ -81,11 +84,25 @@ pub struct OpRecord {
 
 impl StateDb {
     /// Starts a run in the history and writes its journal: every planned
-    /// operation, in order.
+    /// operation, in order, by kind and subject.
     pub fn begin_run(
         &mut self,
         command: &str,
         journal: &[(&'static str, String)],
+    ) -> Result<RunId, StateError> {
+        let named: Vec<(&'static str, String, Option<String>)> = journal
+            .iter()
+            .map(|(op, subject)| (*op, subject.clone(), None))
+            .collect();
+        self.begin_run_named(command, &named)
+    }
+
+    /// [`StateDb::begin_run`] with, for each operation, the name a create
+    /// sends (see [`JournalEntry::name`]).
+    pub fn begin_run_named(
+        &mut self,
+        command: &str,
+        journal: &[(&'static str, String, Option<String>)],
     ) -> Result<RunId, StateError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
@@ -97,10 +114,10 @@ impl StateDb {
         let run = tx.last_insert_rowid();
         {
             let mut stmt = tx
-                .prepare("INSERT INTO journal (run_id, seq, op, subject, state) VALUES (?1, ?2, ?3, ?4, 'planned')")
+                .prepare("INSERT INTO journal (run_id, seq, op, subject, name, state) VALUES (?1, ?2, ?3, ?4, ?5, 'planned')")
                 .map_err(|e| sqlite(&path, e))?;
-            for (seq, (op, subject)) in journal.iter().enumerate() {
-                stmt.execute(params![run, seq as i64, op, subject])
+            for (seq, (op, subject, name)) in journal.iter().enumerate() {
+                stmt.execute(params![run, seq as i64, op, subject, name])
                     .map_err(|e| sqlite(&path, e))?;
             }
         }
@@ -123,15 +140,24 @@ impl StateDb {
 
     /// Operations a previous, interrupted run had started but not finished.
     pub fn interrupted_ops(&self) -> Result<Vec<JournalEntry>, StateError> {
+        // A file older than schema 8, read without migrating, has no names.
+        let name = if self.user_version()? >= 8 {
+            "name"
+        } else {
+            "NULL"
+        };
         let mut stmt = self
             .conn
-            .prepare("SELECT op, subject FROM journal WHERE state = 'started'")
+            .prepare(&format!(
+                "SELECT op, subject, {name} FROM journal WHERE state = 'started' ORDER BY run_id, seq"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(JournalEntry {
                     op: r.get(0)?,
                     subject: r.get(1)?,
+                    name: r.get(2)?,
                 })
             })
             .map_err(|e| self.err(e))?;

@@ -30,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 pub use backup::MIGRATION_BACKUPS_KEPT;
 pub use check::CheckReport;
 pub use history::{
-    AppliedOp, FailureRecord, LogFilter, LogRecord, OpLine, RunEnd, RunPoint, RunRecord,
+    AppliedOp, FailureRecord, LogFilter, LogRecord, OpLine, Retention, RunEnd, RunPoint, RunRecord,
     RunsSinceSuccess,
 };
 pub use journal::{JournalEntry, OpOutcome, OpRecord, RunId};
@@ -541,6 +541,12 @@ mod tests {
         }
     }
 
+    /// The default retention: 30 days, any number of runs.
+    const KEEP: Retention = Retention {
+        days: 30,
+        runs: None,
+    };
+
     fn record(seq: i64) -> OpRecord {
         OpRecord {
             seq,
@@ -620,6 +626,8 @@ mod tests {
         let log = db.op_log(&LogFilter::default()).unwrap();
         assert_eq!(log.len(), 3);
         assert!(log.iter().all(|r| r.detail.is_none()));
+        // `status` reads the journal of a file without names (schema 8).
+        assert!(db.interrupted_ops().unwrap().is_empty());
         // A sync migrates it again.
         drop(db);
         let db = StateDb::open(&path).unwrap();
@@ -627,8 +635,9 @@ mod tests {
         assert_eq!(db.op_log(&LogFilter::default()).unwrap().len(), 3);
     }
 
-    /// Undoes migrations 7 to 4, as an idsync of schema version 3 left a file.
-    pub(super) const BACK_TO_VERSION_3: &str = "DROP INDEX users_live_scim_id;
+    /// Undoes migrations 8 to 4, as an idsync of schema version 3 left a file.
+    pub(super) const BACK_TO_VERSION_3: &str = "ALTER TABLE journal DROP COLUMN name;
+         DROP INDEX users_live_scim_id;
          ALTER TABLE run_ops DROP COLUMN old_values; ALTER TABLE run_ops DROP COLUMN new_values;
          ALTER TABLE runs DROP COLUMN managed_users; ALTER TABLE runs DROP COLUMN managed_groups;
          DROP TABLE target_notes;
@@ -721,8 +730,17 @@ mod tests {
             exit_code: crate::model::Exit::Ok,
             summary: "{}",
             error: None,
+            settles_interrupted: true,
         };
-        db.finish_run(run, &end, 30).unwrap();
+        db.finish_run(
+            run,
+            &end,
+            Retention {
+                days: 30,
+                runs: None,
+            },
+        )
+        .unwrap();
         let points = db.runs_since("2000-01-01T00:00:00Z").unwrap();
         assert_eq!(points.len(), 1);
         assert_eq!(points[0].managed_users, Some(0));
@@ -925,13 +943,14 @@ mod tests {
             last_exit: None,
         };
         assert_eq!(db.runs_since_success("sync --only").unwrap(), none);
-        db.record_stopped_run("sync", Exit::Unreachable, "source")
+        db.record_stopped_run("sync", Exit::Unreachable, "source", KEEP)
             .unwrap();
-        db.record_stopped_run("sync", Exit::Guard, "guard").unwrap();
+        db.record_stopped_run("sync", Exit::Guard, "guard", KEEP)
+            .unwrap();
         let bad = db.runs_since_success("sync --only").unwrap();
         assert_eq!((bad.count, bad.last_exit), (2, Some(Exit::Guard)));
         assert!(bad.first_started_at.is_some());
-        db.record_stopped_run("sync", Exit::Ok, "").unwrap();
+        db.record_stopped_run("sync", Exit::Ok, "", KEEP).unwrap();
         let good = db.runs_since_success("sync --only").unwrap();
         assert_eq!((good.count, good.last_exit), (0, Some(Exit::Ok)));
         // A run that never finished (killed) counts as a bad one.
@@ -939,8 +958,9 @@ mod tests {
         let killed = db.runs_since_success("sync --only").unwrap();
         assert_eq!((killed.count, killed.last_exit), (1, None));
         // Runs of the ignored command count neither way.
-        db.record_stopped_run("sync --only", Exit::Ok, "").unwrap();
-        db.record_stopped_run("sync --only", Exit::Guard, "")
+        db.record_stopped_run("sync --only", Exit::Ok, "", KEEP)
+            .unwrap();
+        db.record_stopped_run("sync --only", Exit::Guard, "", KEEP)
             .unwrap();
         assert_eq!(db.runs_since_success("sync --only").unwrap(), killed);
     }

@@ -68,8 +68,17 @@ fn populate(db: &mut StateDb, n: usize) {
         exit_code: crate::model::Exit::Ok,
         summary: "{}",
         error: None,
+        settles_interrupted: true,
     };
-    db.finish_run(run, &end, 30).unwrap();
+    db.finish_run(
+        run,
+        &end,
+        super::Retention {
+            days: 30,
+            runs: None,
+        },
+    )
+    .unwrap();
 }
 
 /// A closed DB (no `-wal` left) with `n` users, at `dir/idsync.db`.
@@ -454,22 +463,22 @@ fn check_names_each_broken_invariant() {
             "memberships only of known users and groups: a membership of user 'k0' in group 'nowhere'",
         ),
         (
-            "INSERT INTO journal VALUES (1, 0, 'create_user', 'k0', 'done');",
+            "INSERT INTO journal (run_id, seq, op, subject, state) VALUES (1, 0, 'create_user', 'k0', 'done');",
             "a journal only for runs in progress: journal entries of run #1, which ended ",
         ),
         (
             "INSERT INTO runs (command, started_at, planned) VALUES ('sync', '2025', 2);
-             INSERT INTO journal VALUES (2, 0, 'create_user', 'k9', 'planned');",
+             INSERT INTO journal (run_id, seq, op, subject, state) VALUES (2, 0, 'create_user', 'k9', 'planned');",
             "every planned operation in the journal: run #2 planned 2 operation(s), its journal holds 1",
         ),
         (
             "INSERT INTO runs (command, started_at, planned) VALUES ('sync', '2025', 1);
-             INSERT INTO journal VALUES (2, 0, 'create_user', 'k9', 'done');",
+             INSERT INTO journal (run_id, seq, op, subject, state) VALUES (2, 0, 'create_user', 'k9', 'done');",
             "the journal agrees with the run's log: run #2 operation 0 (create_user 'k9') is done in the journal but has no log line",
         ),
         (
             "INSERT INTO runs (command, started_at, planned) VALUES ('sync', '2025', 1);
-             INSERT INTO journal VALUES (2, 0, 'create_user', 'k9', 'started');
+             INSERT INTO journal (run_id, seq, op, subject, state) VALUES (2, 0, 'create_user', 'k9', 'started');
              INSERT INTO run_ops (run_id, seq, at, op, subject, outcome) VALUES (2, 0, '', 'create_user', 'k9', 'failed');",
             "the journal agrees with the run's log: run #2 operation 0 (create_user 'k9') is started in the journal but is logged as create_user 'k9', failed",
         ),

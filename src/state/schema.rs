@@ -5,7 +5,7 @@
 use super::{StateDb, StateError, backup, sqlite};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses).
 pub(super) const OLDEST_READABLE: i64 = 1;
@@ -150,6 +150,11 @@ CREATE TABLE target_notes (
     PRIMARY KEY (user_key, attr)
 ) STRICT;
 "#,
+    // 8: the name a create sends (a user's userName, a group's displayName)
+    // beside its journal entry: after a crash, the account or group a started
+    // create may have made is found by that name even when the source has
+    // renamed or dropped it since, and is settled as idsync's own.
+    "ALTER TABLE journal ADD COLUMN name TEXT;",
 ];
 
 impl StateDb {

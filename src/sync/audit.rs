@@ -43,6 +43,7 @@ pub async fn audit(settings: &Settings) -> Result<AuditReport, SyncError> {
         settings.source.adapter(),
         db.as_mut(),
         Some(&client),
+        true,
         client.rules(),
     )
     .await?;

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod observe;
 pub mod only;
 pub mod quarantine;
+mod resume;
 pub mod revert;
 #[cfg(test)]
 mod tests;
@@ -41,7 +42,7 @@ use crate::model::{
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
 use crate::source::{Source, SourceError, StreamedSource};
-use crate::state::{RunEnd, StateDb, StateError};
+use crate::state::{Retention, RunEnd, StateDb, StateError};
 
 /// How long `plan` waits for the target when it looks whether a state-less
 /// sync would meet existing users or groups.
@@ -74,6 +75,11 @@ pub struct SyncOptions {
     pub only: Vec<String>,
     /// `--force`: run even while the quarantine holds cycles back.
     pub force: bool,
+    /// Set by a cycle after a run killed with changes in flight (see
+    /// `resume`): the target is read whole and planned against, as `--full`
+    /// does, while the source is read as usual (an incremental source from
+    /// its delta links, which `--full` drops).
+    pub settle: bool,
 }
 
 /// Why a cycle (or a plan) stopped. The command line turns each into an exit
@@ -406,12 +412,14 @@ fn stream_mapped(
 /// Builds the one planning input: the source read and mapped, the state loaded
 /// (with the attributes the planner compares), and for `--full` the target read.
 /// For a source with a mirror, also the mirror as loaded and as updated by the
-/// read (nothing is written here).
+/// read (nothing is written here); `restart_source` reads it from scratch,
+/// without its delta links.
 pub async fn planning_input<T: Target>(
     settings: &Settings,
     source: &dyn Source,
     mut db: Option<&mut StateDb>,
     full_target: Option<&T>,
+    restart_source: bool,
     rules: TargetRules,
 ) -> Result<(PlanningInput, Option<MirrorUpdate>), SyncError> {
     let old_mirror = if source.uses_mirror() {
@@ -428,7 +436,7 @@ pub async fn planning_input<T: Target>(
     // `--full` is a full resync on both sides: a source with a mirror reads
     // everything again too (without links, the adapter starts a full round).
     let mirror_in = old_mirror.map(|mut m| {
-        if full_target.is_some() {
+        if restart_source {
             m.users_link = None;
             m.groups_link = None;
         }
@@ -685,9 +693,16 @@ async fn plan_checked<T: Target>(
     opts: &SyncOptions,
     purpose: Purpose,
 ) -> Result<Planned, SyncError> {
-    let full_target = target.filter(|_| opts.full);
-    let (input, mirror) =
-        planning_input(settings, source, db.as_deref_mut(), full_target, rules).await?;
+    let full_target = target.filter(|_| opts.full || opts.settle);
+    let (input, mirror) = planning_input(
+        settings,
+        source,
+        db.as_deref_mut(),
+        full_target,
+        opts.full,
+        rules,
+    )
+    .await?;
     let plan = plan::plan(&input);
     let plan = restrict_to_only(plan, &input, settings, &opts.only)?;
     let mut would_stop = Vec::new();
@@ -706,7 +721,7 @@ async fn plan_checked<T: Target>(
     ) {
         stop(e)?;
     }
-    if !opts.full
+    if !(opts.full || opts.settle)
         && let Some(e) = lost_state(settings, input.state(), db.as_deref(), target, purpose).await?
     {
         stop(e)?;
@@ -731,6 +746,13 @@ pub async fn preview(
 ) -> Result<Planned, SyncError> {
     let mut db = StateDb::open_read_only(&settings.state_path)?;
     let skips = would_skip(settings, db.as_ref());
+    if let Some(db) = db.as_ref()
+        && db.interrupted_ops().is_ok_and(|ops| !ops.is_empty())
+    {
+        tracing::warn!(
+            "a run was interrupted with changes in flight; the next `sync` settles them first (it looks up the creates they started and reads the target), so its plan may differ from this one"
+        );
+    }
     let (target, rules) = if opts.full {
         let client = client(settings)?;
         client.check().await.map_err(SyncError::Target)?;
@@ -1097,7 +1119,7 @@ async fn cycle_on<T: Target>(
     let command = opts.command();
     let ready = match prepare(db, settings, source, target, opts).await {
         Ok(ready) => ready,
-        Err(e) => return Err(stopped(db, command, e)),
+        Err(e) => return Err(stopped(db, command, settings.retention(), e)),
     };
     for w in &ready.plan.warnings {
         tracing::warn!("{w}");
@@ -1116,6 +1138,7 @@ async fn cycle_on<T: Target>(
         .await
         .map_err(SyncError::StateWrite)?;
     let plan = ready.plan;
+    kill_point("before-mirror-commit");
 
     // The mirror (and its delta links) is committed only when the whole plan
     // was applied (or was empty): otherwise the next cycle reads the same
@@ -1158,9 +1181,37 @@ async fn cycle_on<T: Target>(
         dry_run_plan: None,
         source_objects: ready.source_objects,
     };
-    finish(db, settings, run, &summary, target_failure.as_deref())?;
+    kill_point("before-finish");
+    // A plain or full cycle that ran to its end settled what interrupted
+    // runs left in flight; `--only` and a saved plan leave it to the next.
+    let settles = opts.only.is_empty() && opts.plan_file.is_none() && outcome.stopped.is_none();
+    finish(
+        db,
+        settings,
+        run,
+        &summary,
+        target_failure.as_deref(),
+        settles,
+    )?;
     Ok(summary)
 }
+
+/// A hook of debug builds for the crash tests: with `IDSYNC_TEST_KILL_AT=POINT`
+/// the process kills itself (SIGKILL) when a cycle reaches `POINT`, a moment a
+/// signal sent from outside almost never hits. `before-mirror-commit`: every
+/// operation committed, an incremental source's mirror and delta links not
+/// yet; `before-finish`: those committed, the run not yet closed. Release
+/// builds have no hook.
+#[cfg(debug_assertions)]
+fn kill_point(point: &str) {
+    if std::env::var_os("IDSYNC_TEST_KILL_AT").is_some_and(|at| at == point) {
+        // SAFETY: raise() only sends a signal to this process.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn kill_point(_point: &str) {}
 
 /// Steps 2–6 done for a real sync: what the executor is given.
 struct Ready {
@@ -1181,6 +1232,9 @@ async fn prepare<T: Target>(
 ) -> Result<Ready, SyncError> {
     check_target(db, target).await?;
     let Some(path) = &opts.plan_file else {
+        let settled = resume::settle_creates(db, target).await?;
+        let resumed = resume::resume_options(db, opts, &settled)?;
+        let opts = resumed.as_ref().unwrap_or(opts);
         let planned = plan_checked(
             settings,
             source,
@@ -1230,14 +1284,14 @@ async fn check_target<T: Target>(db: &StateDb, target: &T) -> Result<(), SyncErr
 /// the quarantine. A failure to record either is logged, not returned: the
 /// operator needs to know why the cycle stopped more than that the history
 /// missed it.
-fn stopped(db: &mut StateDb, command: &str, e: SyncError) -> SyncError {
+fn stopped(db: &mut StateDb, command: &str, keep: Retention, e: SyncError) -> SyncError {
     // A guard stop is recorded as the stop itself: "nothing was changed" goes
     // without saying in the history.
     let reason = match &e {
         SyncError::Guard { stop, .. } => stop.to_string(),
         e => e.to_string(),
     };
-    if let Err(record) = db.record_stopped_run(command, e.exit(), &reason) {
+    if let Err(record) = db.record_stopped_run(command, e.exit(), &reason, keep) {
         tracing::warn!(
             error = %record,
             stopped = %reason,
@@ -1260,6 +1314,7 @@ fn finish(
     run: i64,
     summary: &RunSummary,
     target_failure: Option<&str>,
+    settles_interrupted: bool,
 ) -> Result<(), SyncError> {
     let summary_json = serde_json::to_string(&summary.summary).unwrap_or_default();
     db.finish_run(
@@ -1270,8 +1325,9 @@ fn finish(
             exit_code: summary.exit_code,
             summary: &summary_json,
             error: summary.stopped.as_deref(),
+            settles_interrupted,
         },
-        settings.history_days,
+        settings.retention(),
     )?;
     quarantine::record(db, target_failure, chrono::Utc::now())?;
     Ok(())

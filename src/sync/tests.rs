@@ -1,6 +1,7 @@
 //! Whole cycles in-process: a CSV source on disk, the real mapping, planner,
 //! guards, executor and state DB, and an in-memory target.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -659,4 +660,308 @@ async fn a_source_that_cannot_be_read_counts_toward_the_quarantine() {
     let db = StateDb::open(&settings.state_path).unwrap();
     assert!(held_by_quarantine(&db, chrono::Utc::now()).is_ok());
     assert_eq!(quarantine::load(&db).unwrap().failed_cycles, 0);
+}
+
+/// The runs the history holds, newest first: (command, exit code).
+fn history(settings: &Settings) -> Vec<(String, Option<Exit>)> {
+    inspect::status(settings)
+        .unwrap()
+        .runs
+        .into_iter()
+        .map(|r| (r.command, r.exit_code))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cycles_that_keep_stopping_at_a_guard_still_prune_the_history() {
+    let (dir, settings, target) = synced_four().await;
+    // The history so far is long past `history_days`.
+    let conn = rusqlite::Connection::open(&settings.state_path).unwrap();
+    conn.execute(
+        "UPDATE runs SET started_at = '2001-01-01T00:00:00.000Z'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    // Then every cycle stops at the removal guard (three of four leave,
+    // above max_removals 1): nothing is applied, no run finishes.
+    write_users(dir.path(), &FOUR[..1]);
+    for _ in 0..2 {
+        let err = run(&settings, &target).await.unwrap_err();
+        assert!(matches!(err, SyncError::Guard { .. }), "{err}");
+    }
+    assert_eq!(
+        history(&settings),
+        [
+            ("sync".to_string(), Some(Exit::Guard)),
+            ("sync".to_string(), Some(Exit::Guard))
+        ],
+        "the runs older than history_days are pruned by stopped cycles too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_runs_bounds_the_history_of_frequent_cycles() {
+    let (dir, mut settings, target) = synced_four().await;
+    settings.history_runs = Some(3);
+    for title in ["A", "B", "C", "D", "E"] {
+        let people: Vec<(&str, &str, &str)> = FOUR
+            .iter()
+            .map(|(id, email, _)| (*id, *email, title))
+            .collect();
+        write_users(dir.path(), &people);
+        let done = run(&settings, &target).await.unwrap();
+        assert_eq!(done.summary.update_users, 4);
+    }
+    assert_eq!(history(&settings).len(), 3);
+    let log = crate::state::StateDb::open_read_only(&settings.state_path)
+        .unwrap()
+        .unwrap()
+        .op_log(&crate::state::LogFilter::default())
+        .unwrap();
+    assert_eq!(log.len(), 12, "the operations of the three runs kept");
+}
+
+// ---------------------------------------------------------------------------
+// A run killed with a change in flight, then the source changing again before
+// the next run: what landed must not outlive the source's mind.
+
+/// Writes the FOUR users (`e3` with `active`, everyone titled `title`) in
+/// group `everyone`, and group `team` holding `team`.
+fn write_four(dir: &Path, title: &str, e3_active: bool, team: &[&str]) {
+    let mut csv = HEADER.to_string();
+    for (id, email, _) in FOUR {
+        let active = id != "e3" || e3_active;
+        csv.push_str(&format!("{id},{email},A,B,A B,{title},R&D,{active}\n"));
+    }
+    let mut groups = "group,member\n".to_string();
+    for (id, _, _) in FOUR {
+        groups.push_str(&format!("everyone,{id}\n"));
+    }
+    for id in team {
+        groups.push_str(&format!("team,{id}\n"));
+    }
+    std::fs::write(dir.join("users.csv"), csv).unwrap();
+    std::fs::write(dir.join("groups.csv"), groups).unwrap();
+}
+
+/// One cycle whose first request reaches the target and then the process
+/// dies (the cycle's future is dropped, as a SIGKILL leaves the state DB).
+async fn killed_at_first_request(settings: &Settings, target: &MemoryTarget) {
+    killed_at_request(settings, target, 0).await;
+}
+
+/// One cycle killed once its request `nth` (0: the first) reached the target.
+async fn killed_at_request(settings: &Settings, target: &MemoryTarget, nth: usize) {
+    {
+        let mut w = target.world.lock().unwrap();
+        let next = w.calls + nth;
+        w.faults.insert(next, crate::apply::testkit::Fault::Crash);
+    }
+    let crashed = target.crashed.clone();
+    tokio::select! {
+        out = run(settings, target) => panic!("the cycle was not killed: {out:?}"),
+        _ = crashed.notified() => {}
+    }
+}
+
+/// A workspace whose source is [`write_four`]`(title "Engineer", e3 active,
+/// team [e2])`, synced once.
+async fn synced_with_team() -> (tempfile::TempDir, Settings, MemoryTarget) {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings::load(&workspace(dir.path(), &FOUR)).unwrap();
+    write_four(dir.path(), "Engineer", true, &["e2"]);
+    let target = MemoryTarget::default();
+    let first = run(&settings, &target).await.unwrap();
+    assert_eq!(first.exit_code, Exit::Ok);
+    (dir, settings, target)
+}
+
+fn team_members(target: &MemoryTarget) -> Vec<String> {
+    let w = target.world.lock().unwrap();
+    let team = w
+        .groups
+        .values()
+        .find(|g| g.display_name.as_str() == "team")
+        .expect("team");
+    let mut names: Vec<String> = team
+        .members
+        .iter()
+        .filter_map(|m| w.users.get(&crate::model::ScimId::new(m.value.as_str())))
+        .filter_map(|u| u.user_name().map(|n| n.to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_by_a_killed_run_is_removed_when_the_source_drops_it_before_the_resume() {
+    let (dir, settings, target) = synced_with_team().await;
+    // Ada joins the team; the add reaches the target, the run dies.
+    write_four(dir.path(), "Engineer", true, &["e1", "e2"]);
+    killed_at_first_request(&settings, &target).await;
+    assert_eq!(
+        team_members(&target),
+        ["ada@example.com", "bob@example.com"]
+    );
+    // Before the next run, the source takes her out again.
+    write_four(dir.path(), "Engineer", true, &["e2"]);
+    let resumed = run(&settings, &target).await.unwrap();
+    assert_eq!(resumed.exit_code, Exit::Ok, "{resumed:?}");
+    assert_eq!(team_members(&target), ["bob@example.com"]);
+    let again = run(&settings, &target).await.unwrap();
+    assert_eq!((again.applied, again.failed), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_sent_by_a_killed_run_is_undone_when_the_source_keeps_the_user() {
+    let (dir, settings, target) = synced_with_team().await;
+    write_four(dir.path(), "Engineer", false, &["e2"]);
+    killed_at_first_request(&settings, &target).await;
+    let cy = id_of(&target, "cy@example.com");
+    assert!(!target.world.lock().unwrap().users[&cy].active);
+    write_four(dir.path(), "Engineer", true, &["e2"]);
+    let resumed = run(&settings, &target).await.unwrap();
+    assert_eq!(resumed.exit_code, Exit::Ok, "{resumed:?}");
+    assert!(
+        target.world.lock().unwrap().users[&cy].active,
+        "Cy is in the source, active, and must be active in the target"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_sent_by_a_killed_run_is_undone_when_the_source_reverts_it() {
+    let (dir, settings, target) = synced_with_team().await;
+    write_four(dir.path(), "Director", true, &["e2"]);
+    killed_at_first_request(&settings, &target).await;
+    write_four(dir.path(), "Engineer", true, &["e2"]);
+    let resumed = run(&settings, &target).await.unwrap();
+    assert_eq!(resumed.exit_code, Exit::Ok, "{resumed:?}");
+    let w = target.world.lock().unwrap();
+    let titles: BTreeSet<&str> = w
+        .users
+        .values()
+        .filter_map(|u| u.attrs.get(crate::model::UserAttr::Title))
+        .collect();
+    assert_eq!(titles, BTreeSet::from(["Engineer"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_only_run_after_a_kill_leaves_the_changes_in_flight_for_the_next_cycle_to_settle() {
+    let (dir, settings, target) = synced_with_team().await;
+    write_four(dir.path(), "Engineer", true, &["e1", "e2"]);
+    killed_at_first_request(&settings, &target).await;
+    // Someone provisions Di on demand in between: a run of its own that
+    // neither reads the target nor settles what the killed run left.
+    let only = SyncOptions {
+        only: vec!["e4".into()],
+        ..SyncOptions::default()
+    };
+    run_with(&settings, &target, &only).await.unwrap();
+    write_four(dir.path(), "Engineer", true, &["e2"]);
+    run(&settings, &target).await.unwrap();
+    assert_eq!(team_members(&target), ["bob@example.com"]);
+}
+
+/// Writes `users` (`id,email`, all active, titled Engineer) and `groups`
+/// (`group,member` rows).
+fn write_source(dir: &Path, users: &[(&str, &str)], groups: &[(&str, &str)]) {
+    let mut csv = HEADER.to_string();
+    for (id, email) in users {
+        csv.push_str(&format!("{id},{email},A,B,A B,Engineer,R&D,true\n"));
+    }
+    let mut rows = "group,member\n".to_string();
+    for (group, member) in groups {
+        rows.push_str(&format!("{group},{member}\n"));
+    }
+    std::fs::write(dir.join("users.csv"), csv).unwrap();
+    std::fs::write(dir.join("groups.csv"), rows).unwrap();
+}
+
+const FOUR_IDS: [(&str, &str); 4] = [
+    ("e1", "ada@example.com"),
+    ("e2", "bob@example.com"),
+    ("e3", "cy@example.com"),
+    ("e4", "di@example.com"),
+];
+
+/// The FOUR users and a joiner `e5` (Eve) whose create reaches the target
+/// before the run is killed.
+async fn joiner_created_by_a_killed_run() -> (tempfile::TempDir, Settings, MemoryTarget) {
+    let (dir, settings, target) = synced_four().await;
+    let mut five = FOUR_IDS.to_vec();
+    five.push(("e5", "eve@example.com"));
+    write_source(dir.path(), &five, &[]);
+    killed_at_first_request(&settings, &target).await;
+    assert_eq!(accounts_named(&target, "eve@example.com"), [true]);
+    (dir, settings, target)
+}
+
+/// Whether each account named `user_name` is active.
+fn accounts_named(target: &MemoryTarget, user_name: &str) -> Vec<bool> {
+    let w = target.world.lock().unwrap();
+    w.users
+        .values()
+        .filter(|u| u.user_name().is_some_and(|n| n.as_str() == user_name))
+        .map(|u| u.active)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_created_by_a_killed_run_is_removed_when_the_joiner_leaves_before_the_resume() {
+    let (dir, settings, target) = joiner_created_by_a_killed_run().await;
+    write_source(dir.path(), &FOUR_IDS, &[]);
+    let resumed = run(&settings, &target).await.unwrap();
+    assert_eq!(resumed.exit_code, Exit::Ok, "{resumed:?}");
+    assert_eq!(
+        accounts_named(&target, "eve@example.com"),
+        [false],
+        "Eve's account, made by idsync, is disabled as a leaver's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_created_by_a_killed_run_is_renamed_not_duplicated_when_the_joiner_is_renamed() {
+    let (dir, settings, target) = joiner_created_by_a_killed_run().await;
+    let mut five = FOUR_IDS.to_vec();
+    five.push(("e5", "eve.adams@example.com"));
+    write_source(dir.path(), &five, &[]);
+    let resumed = run(&settings, &target).await.unwrap();
+    assert_eq!(resumed.exit_code, Exit::Ok, "{resumed:?}");
+    assert_eq!(
+        accounts_named(&target, "eve@example.com"),
+        Vec::<bool>::new()
+    );
+    assert_eq!(accounts_named(&target, "eve.adams@example.com"), [true]);
+    assert_eq!(target.world.lock().unwrap().users.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_created_by_a_killed_run_is_deleted_when_the_source_drops_it_before_the_resume() {
+    let (dir, settings, target) = synced_four().await;
+    let settings = with_policy(&settings, "max_removals: 1, groups: { delete: true }");
+    write_source(dir.path(), &FOUR_IDS, &[("everyone", "e1"), ("team", "e1")]);
+    run(&settings, &target).await.unwrap();
+    write_source(
+        dir.path(),
+        &FOUR_IDS,
+        &[("everyone", "e1"), ("team", "e1"), ("guild", "e2")],
+    );
+    // The create is looked up by name first, then sent.
+    killed_at_request(&settings, &target, 1).await;
+    let groups = |target: &MemoryTarget| -> Vec<String> {
+        let w = target.world.lock().unwrap();
+        let mut names: Vec<String> = w
+            .groups
+            .values()
+            .map(|g| g.display_name.to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(groups(&target), ["everyone", "guild", "team"]);
+    write_source(dir.path(), &FOUR_IDS, &[("everyone", "e1"), ("team", "e1")]);
+    let resumed = run(&settings, &target).await.unwrap();
+    assert_eq!(resumed.exit_code, Exit::Ok, "{resumed:?}");
+    assert_eq!(groups(&target), ["everyone", "team"]);
 }

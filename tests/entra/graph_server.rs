@@ -47,6 +47,22 @@ const GROUPS_PER_PAGE: usize = 2;
 pub const TENANT: &str = "contoso.onmicrosoft.com";
 pub const CLIENT_ID: &str = "0a1b2c3d-1111-2222-3333-444455556666";
 
+/// The lines of a config's `source:` section that point idsync at a
+/// stand-in listening at `url` (its `url()`): kind, tenant, client,
+/// `credential` (its lines, each ending in a newline) and both URLs. The
+/// caller adds what else it wants (`rate_limit:`, `timeout:`, …).
+pub fn source_yaml(url: &str, credential: &str) -> String {
+    format!(
+        "source:\n\
+         \x20 kind: entra\n\
+         \x20 tenant_id: {TENANT}\n\
+         \x20 client_id: {CLIENT_ID}\n\
+         {credential}\
+         \x20 authority_url: {url}\n\
+         \x20 graph_url: {url}\n"
+    )
+}
+
 /// A user: its properties (without `id`).
 pub type Props = Map<String, Value>;
 
@@ -120,6 +136,33 @@ impl Directory {
     pub fn hard_delete(&mut self, id: &str) {
         self.users.remove(id);
         self.deleted_users.remove(id);
+    }
+
+    /// The ids of the users of group `id`, groups of groups flattened (each
+    /// group once, so a cycle ends).
+    pub fn flattened_users(&self, id: &str) -> BTreeSet<String> {
+        let mut users = BTreeSet::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![id.to_owned()];
+        while let Some(next) = todo.pop() {
+            if !seen.insert(next.clone()) {
+                continue;
+            }
+            for m in self
+                .groups
+                .get(&next)
+                .map(|g| &g.members)
+                .into_iter()
+                .flatten()
+            {
+                if self.groups.contains_key(m) {
+                    todo.push(m.clone());
+                } else if self.users.contains_key(m) {
+                    users.insert(m.clone());
+                }
+            }
+        }
+        users
     }
 }
 

@@ -76,15 +76,8 @@ impl Setup {
 
     /// The config the fields describe.
     fn config(&self) -> String {
-        let url = self.graph.url();
         format!(
-            "source:\n\
-             \x20 kind: entra\n\
-             \x20 tenant_id: {TENANT}\n\
-             \x20 client_id: {CLIENT_ID}\n\
-             {credential}\
-             \x20 authority_url: {url}\n\
-             \x20 graph_url: {url}\n\
+            "{source}\
              \x20 rate_limit: 500\n\
              \x20 full_every: {full_every}\n\
              \x20 timeout: 10s\n\
@@ -102,7 +95,7 @@ impl Setup {
             remove = self.remove_action,
             max = self.max_removals,
             full_every = self.full_every,
-            credential = self.credential,
+            source = graph_server::source_yaml(&self.graph.url(), &self.credential),
             extra = self.extra_config,
         )
     }
@@ -283,21 +276,12 @@ fn assert_matches(dir: &Directory, target: &TargetContents, remove_action: &str)
         .collect();
     assert_eq!(target.groups.len(), dir.groups.len(), "groups");
     for (gid, g) in &dir.groups {
-        let mut users = BTreeSet::new();
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![gid.clone()];
-        while let Some(next) = todo.pop() {
-            if !seen.insert(next.clone()) {
-                continue;
-            }
-            for m in &dir.groups[&next].members {
-                if dir.groups.contains_key(m) {
-                    todo.push(m.clone());
-                } else if in_scope.contains_key(m) {
-                    users.insert(scim_id[m.as_str()].to_string());
-                }
-            }
-        }
+        let users: BTreeSet<String> = dir
+            .flattened_users(gid)
+            .iter()
+            .filter(|m| in_scope.contains_key(m))
+            .map(|m| scim_id[m.as_str()].to_string())
+            .collect();
         let group = target
             .groups
             .iter()

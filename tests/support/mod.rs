@@ -1,5 +1,5 @@
 //! What the integration-test binaries (`tests/e2e`, `tests/ldap`, `tests/ad`,
-//! `tests/entra`) share, included by each with
+//! `tests/entra`, `tests/soak`) share, included by each with
 //! `#[path = "../support/mod.rs"] mod support;`:
 //!
 //! - `process`: child processes killed by PID on drop, bounded runs with their

@@ -16,7 +16,7 @@
 //! usable from the synchronous tests and from `examples/apply_bench.rs`, which
 //! includes this file with `#[path]`. Safety: listens on 127.0.0.1 only; every
 //! socket has read/write time-outs; the accept loop ends on drop (or after at most
-//! 15 minutes).
+//! 15 minutes, or the lifetime a soak test gives [`FaultProxy::start_for`]).
 
 #![allow(dead_code)] // not every user of the proxy uses every helper
 
@@ -254,6 +254,12 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy on a free loopback port in front of `127.0.0.1:upstream_port`.
     pub fn start(upstream_port: u16, schedule: Schedule) -> FaultProxy {
+        FaultProxy::start_for(upstream_port, schedule, MAX_LIFETIME)
+    }
+
+    /// [`FaultProxy::start`] for a run longer than the usual bound (a soak
+    /// test): the accept loop ends after `lifetime` (or on drop).
+    pub fn start_for(upstream_port: u16, schedule: Schedule, lifetime: Duration) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy on 127.0.0.1");
         let port = listener.local_addr().expect("proxy addr").port();
         let shared = Arc::new(Shared {
@@ -268,7 +274,7 @@ impl FaultProxy {
         });
         let thread = {
             let shared = Arc::clone(&shared);
-            std::thread::spawn(move || accept_loop(listener, shared))
+            std::thread::spawn(move || accept_loop(listener, shared, lifetime))
         };
         FaultProxy {
             port,
@@ -391,8 +397,8 @@ impl Drop for FaultProxy {
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let deadline = Instant::now() + MAX_LIFETIME;
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, lifetime: Duration) {
+    let deadline = Instant::now() + lifetime;
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
             return;
