@@ -27,6 +27,14 @@ build_log="$(mktemp)"
 scratch="$(mktemp -d)"
 trap 'rm -rf "$build_log" "$scratch"' EXIT
 if ! cargo fuzz build --dev >"$build_log" 2>&1; then
+    # idsync's own code (the fuzzing seam, a target) not compiling is a
+    # failure, not a toolchain this run cannot use.
+    if grep -qE '^error(\[E[0-9]+\])?: ' "$build_log" &&
+        grep -qE -- "--> ($ROOT/)?(src/|fuzz/fuzz_targets/|fuzz_targets/)" "$build_log"; then
+        grep -E -A12 '^error(\[E[0-9]+\])?: ' "$build_log" | head -60 >&2
+        echo "fuzz-smoke: the fuzz targets or the fuzzing seam (src/fuzzing.rs) do not compile" >&2
+        exit 1
+    fi
     tail -15 "$build_log" >&2
     skip "the fuzz targets do not build with this toolchain ($(rustc --version 2>/dev/null))"
 fi

@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::model::{
-    GroupKey, GroupName, Mirror, OpKind, Origin, Ownership, ScimId, SourceAttrs, SourceGroup,
-    SourceKey, SourceUser, State, StateGroup, StateUser, Status, UserAttr, UserAttrs, UserName,
+    GroupKey, GroupName, Mirror, OpKind, Origin, Ownership, ScimId, SourceAttrs, SourceDirectory,
+    SourceGroup, SourceKey, SourceUser, State, StateGroup, StateUser, Status, UserAttr, UserAttrs,
+    UserName,
 };
 use crate::plan::Plan;
 use crate::plan::audit::{Audit, ForeignMember, Orphan, Stale, UnmanagedGroup};
@@ -75,6 +76,8 @@ pub fn mapping(data: &[u8]) {
                 name: name.to_string(),
                 origin: Origin::new("fuzz"),
                 members: vec![SourceKey::new("u1")],
+                direct_members: None,
+                dn: None,
             });
         } else if let Some((name, value)) = line.split_once('=') {
             attrs.push(name, [value]);
@@ -85,9 +88,13 @@ pub fn mapping(data: &[u8]) {
         origin: Origin::new("fuzz"),
         attrs,
     };
-    let _ = mapping.map_user(&user, &groups);
-    let _ = mapping.scope_verdict(&user, &groups);
-    for group in &groups {
+    let dir = SourceDirectory {
+        groups,
+        ..SourceDirectory::default()
+    };
+    let _ = mapping.map_user(&user, &dir);
+    let _ = mapping.scope_verdict(&user, &dir);
+    for group in &dir.groups {
         let _ = mapping.map_group(group);
     }
 }
