@@ -368,19 +368,17 @@ impl Operation {
 
     /// The name people know the object by: the userName or group name.
     pub fn display_subject(&self) -> &str {
+        if let Some(user_name) = self.user_name() {
+            return user_name.as_str();
+        }
         match self {
-            Operation::AdoptUser { user_name, .. }
-            | Operation::CreateUser { user_name, .. }
-            | Operation::UpdateUser { user_name, .. }
-            | Operation::EnableUser { user_name, .. }
-            | Operation::DisableUser { user_name, .. }
-            | Operation::DeleteUser { user_name, .. } => user_name.as_str(),
             Operation::AdoptGroup { display_name, .. }
             | Operation::CreateGroup { display_name, .. }
             | Operation::UpdateGroup { display_name, .. }
             | Operation::DeleteGroup { display_name, .. }
             | Operation::AddMembers { display_name, .. }
             | Operation::RemoveMembers { display_name, .. } => display_name.as_str(),
+            _ => unreachable!("every user operation has a userName"),
         }
     }
 
