@@ -19,6 +19,7 @@ mod cli;
 mod controls;
 mod crash;
 mod csv_sync;
+mod endpoint;
 mod examples;
 mod faults;
 mod harness;
