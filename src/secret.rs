@@ -6,7 +6,9 @@
 //! one thing: read access for idsync's own group (its effective group, not
 //! root's), which is how Kubernetes hands a pod its Secret files when the
 //! pod has an `fsGroup` (owned by root, group fsGroup, mode 0440, whatever
-//! `defaultMode` says). Owns the rule and its
+//! `defaultMode` says). And a folder on a read-only mount is one nobody can
+//! write to, whatever its mode (a Secret volume's root is a read-only tmpfs
+//! of mode 1777). Owns the rule and its
 //! wording; each caller turns a refusal into its own layer's error and says
 //! what the content must be (trimmed, not empty). Imports nothing of idsync.
 
@@ -188,12 +190,29 @@ pub fn check_secret_file_as(path: &Path, uid: u32, gid: u32) -> Result<(), Secre
             continue;
         };
         let mode = folder_meta.mode() & 0o7777;
-        if mode & FOLDER_WRITE_BITS != 0 {
+        if mode & FOLDER_WRITE_BITS != 0 && !read_only_mount(folder) {
             let folder = folder.to_path_buf();
             return Err(refused(path, Problem::FolderWritable { folder, mode }));
         }
     }
     Ok(())
+}
+
+/// Whether `folder` is on a file system mounted read-only, where nobody can
+/// write whatever its mode says: Kubernetes mounts a Secret volume so, on a
+/// tmpfs whose root has mode 1777.
+#[cfg(unix)]
+fn read_only_mount(folder: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(name) = std::ffi::CString::new(folder.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `name` is a NUL-terminated path and `stat` is written by a
+    // successful call before it is read.
+    let ok = unsafe { libc::statvfs(name.as_ptr(), stat.as_mut_ptr()) } == 0;
+    // SAFETY: initialised by the successful call above.
+    ok && unsafe { stat.assume_init() }.f_flag & libc::ST_RDONLY != 0
 }
 
 #[cfg(all(test, unix))]
@@ -237,6 +256,13 @@ mod tests {
             let e = check_secret_file_as(&file, owner, ROOT_GID).unwrap_err();
             assert!(matches!(e.problem, Problem::Exposed { .. }), "{e}");
         }
+    }
+
+    #[test]
+    fn a_writable_folder_is_not_a_read_only_mount() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!read_only_mount(dir.path()));
+        assert!(!read_only_mount(Path::new("/no/such/folder")));
     }
 
     #[test]
