@@ -116,6 +116,12 @@ fn the_endpoint_serves_the_metrics_files_series_and_says_it_is_live_and_ready() 
     daemon.signal("TERM");
     let out = daemon.wait(Duration::from_secs(30));
     out.assert_code(0);
+    assert!(
+        out.stderr
+            .contains("serving /metrics, /healthz and /readyz"),
+        "{}",
+        out.dump()
+    );
     assert!(!out.stderr.contains(server.token()));
     assert!(
         TcpStream::connect(("127.0.0.1", port)).is_err(),

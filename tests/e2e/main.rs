@@ -23,6 +23,7 @@ mod endpoint;
 mod examples;
 mod faults;
 mod harness;
+mod kubernetes;
 mod lifecycle;
 mod ops;
 mod quirks_field;
