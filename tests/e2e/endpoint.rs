@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Workspace, synced};
+use crate::harness::{Workspace, closed_port_url, fresh_token, synced};
 use crate::support::process::{free_port, wait_until};
 
 /// The most a response may hold before the client stops reading.
@@ -127,6 +127,38 @@ fn the_endpoint_serves_the_metrics_files_series_and_says_it_is_live_and_ready() 
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "still listening after the daemon stopped"
     );
+}
+
+#[test]
+fn an_unreachable_target_makes_the_daemon_not_ready_but_never_not_live() {
+    // A failing target must not fail liveness: a restart loop cures nothing.
+    let mut ws = Workspace::with_target(&closed_port_url(), &fresh_token("endpoint"));
+    ws.timeout = "2s".into();
+    let port = free_port();
+    with_endpoint(&mut ws, port);
+    let mut daemon = ws.spawn(&["daemon"]);
+    let failed = wait_until(Duration::from_secs(60), || {
+        get(port, "/readyz").is_some_and(|(s, body)| s == 503 && body.contains("exit 5"))
+    });
+    assert!(
+        failed && daemon.is_running(),
+        "{}",
+        daemon.wait(Duration::from_secs(10)).dump()
+    );
+    let (status, ready) = get(port, "/readyz").unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        ready.starts_with("not ready: the last cycle ended with exit 5 at "),
+        "{ready}"
+    );
+    let (status, live) = get(port, "/healthz").unwrap();
+    assert_eq!(status, 200, "{live}");
+    let (_, metrics) = get(port, "/metrics").unwrap();
+    assert!(metrics.contains("\nidsync_last_exit_code 5\n"), "{metrics}");
+    assert!(metrics.contains("\nidsync_daemon_live 1\n"), "{metrics}");
+    assert!(metrics.contains("\nidsync_daemon_ready 0\n"), "{metrics}");
+    daemon.signal("TERM");
+    daemon.wait(Duration::from_secs(30)).assert_code(0);
 }
 
 #[test]
