@@ -64,9 +64,9 @@ def check_cronjob(overlay, doc):
 
 def listen_port(container):
     args = container.get("args", [])
-    if "--listen" not in args:
+    if "--metrics-listen" not in args:
         return None
-    return int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
+    return int(args[args.index("--metrics-listen") + 1].rsplit(":", 1)[1])
 
 
 def check_deployment(overlay, doc, services):
@@ -78,12 +78,12 @@ def check_deployment(overlay, doc, services):
     container = pod_spec(doc)["containers"][0]
     port = listen_port(container)
     if port is None:
-        problem(overlay, "the daemon has no --listen: its probes would find nothing")
+        problem(overlay, "the daemon has no --metrics-listen: its probes would find nothing")
     ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = container.get(probe, {}).get("httpGet", {})
         if get.get("path") != path or ports.get(get.get("port"), get.get("port")) != port:
-            problem(overlay, f"the {probe} is not GET {path} on the --listen port")
+            problem(overlay, f"the {probe} is not GET {path} on the --metrics-listen port")
     labels = doc["spec"]["template"]["metadata"]["labels"]
     scraped = [
         s for s in services

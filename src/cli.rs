@@ -227,9 +227,9 @@ enum Command {
         #[arg(long)]
         metrics_file: Option<PathBuf>,
         /// Serve /metrics, /healthz and /readyz on this address, e.g.
-        /// 0.0.0.0:9184 (overrides `listen:`; default: no endpoint).
+        /// 0.0.0.0:9184 (overrides `metrics_listen:`; default: no endpoint).
         #[arg(long, value_name = "IP:PORT", value_parser = listen_arg)]
-        listen: Option<SocketAddr>,
+        metrics_listen: Option<SocketAddr>,
     },
     /// The provisioning log: every operation of the runs kept for `history_days`.
     Log {
@@ -458,11 +458,11 @@ async fn run(command: Command) -> Result<Exit, Failure> {
         Command::Daemon {
             config,
             metrics_file,
-            listen,
+            metrics_listen,
         } => {
             let options = sync::daemon::DaemonOptions {
                 metrics_file,
-                listen,
+                metrics_listen,
                 render: report::metrics_text,
                 render_daemon: report::daemon_metrics_text,
             };
@@ -667,7 +667,7 @@ fn forget_notes(settings: &Settings, attr: Option<&str>) -> Result<Exit, Failure
     Ok(Exit::Ok)
 }
 
-/// `--listen`: the rule `listen:` is held to, with its hint.
+/// `--metrics-listen`: the rule `metrics_listen:` is held to, with its hint.
 fn listen_arg(text: &str) -> Result<SocketAddr, String> {
     crate::config::parse_listen(text).map_err(|(message, hint)| format!("{message}; {hint}"))
 }
@@ -1351,7 +1351,14 @@ mod tests {
                 "--metrics-file",
                 "m.prom",
             ],
-            &["idsync", "daemon", "-c", "x.yaml", "--listen", "[::]:9184"],
+            &[
+                "idsync",
+                "daemon",
+                "-c",
+                "x.yaml",
+                "--metrics-listen",
+                "[::]:9184",
+            ],
             &["idsync", "sync", "-c", "x.yaml", "--metrics-file", "m.prom"],
             &[
                 "idsync",

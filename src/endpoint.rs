@@ -1,4 +1,4 @@
-//! The daemon's HTTP endpoint (`listen:`): a deliberately small HTTP/1.1
+//! The daemon's HTTP endpoint (`metrics_listen:`): a deliberately small HTTP/1.1
 //! server for `/metrics`, `/healthz` and `/readyz`, written by hand on a tokio
 //! `TcpListener` because it needs four things a full server brings a
 //! configuration surface for: GET only, one request per connection, a bounded

@@ -75,7 +75,7 @@ struct RawConfig<S> {
     paused: bool,
     assign: Option<Spanned<AssignConfig>>,
     #[serde(default)]
-    listen: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 /// The `source:` section: `kind` picks the adapter, whose own config reads the
@@ -122,7 +122,7 @@ impl<S> RawConfig<S> {
             notify,
             paused,
             assign,
-            listen,
+            metrics_listen,
         } = self;
         RawConfig {
             source: Spanned::new(f(source.value), source.referenced, source.defined),
@@ -137,7 +137,7 @@ impl<S> RawConfig<S> {
             notify,
             paused,
             assign,
-            listen,
+            metrics_listen,
         }
     }
 }
@@ -211,9 +211,9 @@ pub struct Settings {
     /// `status` and the other commands work and say so.
     pub paused: bool,
     /// Where the daemon serves `/metrics`, `/healthz` and `/readyz`
-    /// (`listen:` or `daemon --listen`; none: no endpoint). Other commands
+    /// (`metrics_listen:` or `daemon --metrics-listen`; none: no endpoint). Other commands
     /// ignore it.
-    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -333,7 +333,7 @@ impl Settings {
             None => None,
             Some(n) => Some(NotifySettings::compile(n, &file, &base)?),
         };
-        let listen = match &raw.listen {
+        let metrics_listen = match &raw.metrics_listen {
             None => None,
             Some(l) => Some(
                 parse_listen(&l.value)
@@ -372,18 +372,18 @@ impl Settings {
             metrics_file: raw.metrics_file.as_ref().map(|m| resolve(&m.value)),
             notify,
             paused: raw.paused,
-            listen,
+            metrics_listen,
         })
     }
 }
 
-/// An address for the daemon's endpoint (`listen:` or `daemon --listen`):
+/// An address for the daemon's endpoint (`metrics_listen:` or `daemon --metrics-listen`):
 /// an IP address and a port, never a host name (nothing is looked up).
 /// The error is the message and its hint.
 pub fn parse_listen(text: &str) -> Result<SocketAddr, (String, String)> {
     text.trim().parse::<SocketAddr>().map_err(|_| {
         (
-            format!("listen: {text:?} is not an IP address and port"),
+            format!("metrics_listen: {text:?} is not an IP address and port"),
             "write it like 0.0.0.0:9184 (every interface, as in a container) or 127.0.0.1:9184 (this machine only); a host name is not accepted".into(),
         )
     })

@@ -4,7 +4,7 @@
 //! quarantined cycle is skipped by the cycle itself (see `observe`), which
 //! logs why; the daemon goes on to the next.
 //!
-//! With `listen:` (or `--listen`) it serves `/metrics`, `/healthz` and
+//! With `metrics_listen:` (or `--metrics-listen`) it serves `/metrics`, `/healthz` and
 //! `/readyz` on that address from the start until it stops (see `vitals`);
 //! the address is read once, at start.
 
@@ -30,8 +30,8 @@ const RETRY_BROKEN_CONFIG: Duration = Duration::from_secs(60);
 pub struct DaemonOptions {
     /// `--metrics-file`: wins over `metrics_file:`.
     pub metrics_file: Option<PathBuf>,
-    /// `--listen`: wins over `listen:`.
-    pub listen: Option<SocketAddr>,
+    /// `--metrics-listen`: wins over `metrics_listen:`.
+    pub metrics_listen: Option<SocketAddr>,
     /// Renders a cycle's metrics (the file's and `/metrics`' text).
     pub render: MetricsRenderer,
     /// Renders the daemon's own series on `/metrics`.
@@ -56,7 +56,7 @@ pub async fn run(
         period(&settings.schedule),
         options.render_daemon,
     ));
-    let server = match options.listen.or(settings.listen) {
+    let server = match options.metrics_listen.or(settings.metrics_listen) {
         None => None,
         Some(addr) => {
             let listener = endpoint::bind(addr)
@@ -142,9 +142,9 @@ pub async fn run(
 fn cannot_listen(path: &Path, addr: SocketAddr, e: &std::io::Error) -> ConfigError {
     ConfigError::File {
         file: path.display().to_string(),
-        message: format!("listen: cannot listen on {addr}: {e}"),
+        message: format!("metrics_listen: cannot listen on {addr}: {e}"),
         hint: Some(
-            "another process may hold the port (or a port below 1024 needs privileges): pick another in `listen:` or `daemon --listen`".into(),
+            "another process may hold the port (or a port below 1024 needs privileges): pick another in `metrics_listen:` or `daemon --metrics-listen`".into(),
         ),
     }
 }

@@ -1,4 +1,4 @@
-//! What the daemon's endpoint answers (`listen:`): the daemon loop tells
+//! What the daemon's endpoint answers (`metrics_listen:`): the daemon loop tells
 //! [`Vitals`] when a cycle starts and how it ended and when the next is due;
 //! the endpoint asks it.
 //!

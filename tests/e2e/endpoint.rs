@@ -1,8 +1,8 @@
-//! The daemon's endpoint (`listen:`), from outside: a real daemon against a
+//! The daemon's endpoint (`metrics_listen:`), from outside: a real daemon against a
 //! real scim2-server, fetched over TCP by a bounded client. `/metrics` says
 //! what the metrics file says after a cycle (then the daemon's own series),
 //! `/healthz` and `/readyz` answer, bad and oversized requests are refused,
-//! idle clients are cut off and connections are capped; without `listen:`
+//! idle clients are cut off and connections are capped; without `metrics_listen:`
 //! nothing listens.
 
 use std::io::{Read, Write};
@@ -56,7 +56,7 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
 /// cycle an hour (so one cycle runs in the test).
 fn with_endpoint(ws: &mut Workspace, port: u16) {
     ws.raw_config = Some(format!(
-        "{}schedule: {{ interval: 1h }}\nmetrics_file: metrics.prom\nlisten: 127.0.0.1:{port}\n",
+        "{}schedule: {{ interval: 1h }}\nmetrics_file: metrics.prom\nmetrics_listen: 127.0.0.1:{port}\n",
         ws.config_text()
     ));
 }
@@ -216,7 +216,7 @@ fn bad_oversized_and_idle_requests_are_refused_and_connections_are_capped() {
 }
 
 #[test]
-fn without_listen_the_daemon_serves_nothing() {
+fn without_metrics_listen_the_daemon_serves_nothing() {
     let (_server, mut ws, _dir) = synced(1, 0);
     let port = free_port();
     ws.raw_config = Some(format!(
@@ -242,18 +242,21 @@ fn without_listen_the_daemon_serves_nothing() {
 }
 
 #[test]
-fn a_listen_address_that_is_not_an_ip_and_port_is_refused_at_its_line() {
+fn a_metrics_listen_address_that_is_not_an_ip_and_port_is_refused_at_its_line() {
     let (_server, mut ws, _dir) = synced(1, 0);
-    ws.raw_config = Some(format!("{}listen: localhost:9184\n", ws.config_text()));
+    ws.raw_config = Some(format!(
+        "{}metrics_listen: localhost:9184\n",
+        ws.config_text()
+    ));
     let out = ws.run(&["validate"]);
     out.assert_code(2);
     assert!(
         out.stderr
-            .contains("listen: \"localhost:9184\" is not an IP address and port"),
+            .contains("metrics_listen: \"localhost:9184\" is not an IP address and port"),
         "{}",
         out.dump()
     );
-    let out = ws.run(&["daemon", "--listen", "9184"]);
+    let out = ws.run(&["daemon", "--metrics-listen", "9184"]);
     out.assert_code(2);
     assert!(
         out.stderr
