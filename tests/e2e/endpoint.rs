@@ -242,7 +242,7 @@ fn without_metrics_listen_the_daemon_serves_nothing() {
 }
 
 #[test]
-fn a_metrics_listen_address_that_is_not_an_ip_and_port_is_refused_at_its_line() {
+fn a_metrics_listen_address_that_is_not_an_ip_and_port_or_is_taken_is_refused() {
     let (_server, mut ws, _dir) = synced(1, 0);
     ws.raw_config = Some(format!(
         "{}metrics_listen: localhost:9184\n",
@@ -253,6 +253,18 @@ fn a_metrics_listen_address_that_is_not_an_ip_and_port_is_refused_at_its_line() 
     assert!(
         out.stderr
             .contains("metrics_listen: \"localhost:9184\" is not an IP address and port"),
+        "{}",
+        out.dump()
+    );
+    // A port another process holds: the daemon stops at start, naming it.
+    ws.raw_config = None;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = ws.run(&["daemon", "--metrics-listen", &addr.to_string()]);
+    out.assert_code(2);
+    assert!(
+        out.stderr
+            .contains(&format!("metrics_listen: cannot listen on {addr}: ")),
         "{}",
         out.dump()
     );
