@@ -305,10 +305,19 @@ impl Run {
 fn run(idsync: &Path, args: &[&str], config: &Path) -> Run {
     let usage_file = config.with_file_name("rusage");
     let me = std::env::current_exe().expect("current exe");
-    let out = std::process::Command::new(me)
-        .arg("--launch")
-        .arg(&usage_file)
-        .arg(idsync)
+    // `ENTRA_BENCH_WRAP="perf record -g -o FILE"` (or valgrind) runs the
+    // `sync` cycles under a profiler; the figures then measure the profiler too.
+    let wrap: Vec<String> = match std::env::var("ENTRA_BENCH_WRAP") {
+        Ok(w) if args.first() == Some(&"sync") => w.split_whitespace().map(String::from).collect(),
+        _ => Vec::new(),
+    };
+    let mut command = std::process::Command::new(me);
+    command.arg("--launch").arg(&usage_file);
+    match wrap.split_first() {
+        Some((program, rest)) => command.arg(program).args(rest).arg(idsync),
+        None => command.arg(idsync),
+    };
+    let out = command
         .args(args)
         .arg("-c")
         .arg(config)

@@ -84,6 +84,11 @@ impl SourceAttrs {
         self.0.push_str(value);
     }
 
+    /// A record from text already framed as records are.
+    pub(super) fn from_framed(text: String) -> SourceAttrs {
+        SourceAttrs(text)
+    }
+
     /// A copy without spare capacity: for a record built in a reused buffer.
     pub fn compacted(&self) -> SourceAttrs {
         let mut text = String::with_capacity(self.0.len());

@@ -19,12 +19,13 @@
 //! App assignments (`appRoleAssignedTo`) have no delta: they are read whole
 //! every cycle and resolved against the mirror ([`app_assignments`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::Value;
 
 use crate::model::{
-    GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, SourceAssignments, SourceAttrs,
+    GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, PropChange, SourceAssignments,
     SourceDirectory, SourceGroup, SourceKey, SourceUser,
 };
 use crate::source::nested::flatten;
@@ -45,13 +46,15 @@ fn id_of(object: &Value) -> Option<&str> {
 }
 
 /// A property's values as the mapping sees them; `None` for null (cleared).
-fn values(value: &Value) -> Option<Vec<String>> {
-    let one = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
+fn values(value: &Value) -> Option<Vec<Cow<'_, str>>> {
+    fn one(v: &Value) -> Option<Cow<'_, str>> {
+        match v {
+            Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        }
+    }
     match value {
         Value::Null => None,
         Value::Array(items) => Some(items.iter().filter_map(one).collect()),
@@ -65,6 +68,7 @@ pub fn apply_users(
     page: &[Value],
 ) -> PageStats {
     let mut stats = PageStats::default();
+    let mut changes: Vec<PropChange<'_>> = Vec::new();
     for object in page {
         let Some(id) = id_of(object) else { continue };
         if object.get("@removed").is_some() {
@@ -73,25 +77,23 @@ pub fn apply_users(
             }
             continue;
         }
-        let props = users.entry(id.to_string()).or_default();
+        let props = match users.get_mut(id) {
+            Some(props) => props,
+            None => users.entry(id.to_string()).or_default(),
+        };
         let Some(fields) = object.as_object() else {
             continue;
         };
-        for (name, value) in fields {
-            // `id` is the key; annotations (`@odata.type`, `manager@delta`) are not
-            // properties.
-            if name == "id" || name.contains('@') || value.is_object() {
-                continue;
-            }
-            match values(value) {
-                Some(v) => {
-                    props.insert(name.clone(), v);
-                }
-                None => {
-                    props.remove(name);
-                }
-            }
-        }
+        // `id` is the key; annotations (`@odata.type`, `manager@delta`) are not
+        // properties.
+        changes.clear();
+        changes.extend(
+            fields
+                .iter()
+                .filter(|(name, value)| *name != "id" && !name.contains('@') && !value.is_object())
+                .map(|(name, value)| (name.as_str(), values(value))),
+        );
+        props.update(&mut changes);
         stats.upserted += 1;
     }
     stats
@@ -140,23 +142,13 @@ pub fn apply_groups(
 /// flattened to users through nested groups. Member ids that are neither a
 /// user nor a group of the mirror (devices, out-of-scope objects) are counted.
 pub fn directory(mirror: &Mirror) -> SourceDirectory {
-    // Every user has the same few property names: one shared copy of each.
     let users: Vec<SourceUser> = mirror
         .users
         .iter()
-        .map(|(id, props)| {
-            let mut attrs = SourceAttrs::with_capacity(props.len() + 1);
-            attrs.push("id", [id]);
-            for (name, values) in props {
-                if !name.eq_ignore_ascii_case("id") {
-                    attrs.push(name, values);
-                }
-            }
-            SourceUser {
-                key: SourceKey::new(id.clone()),
-                origin: Origin::new(format!("Entra user {id}")),
-                attrs,
-            }
+        .map(|(id, props)| SourceUser {
+            key: SourceKey::new(id.clone()),
+            origin: Origin::new(format!("Entra user {id}")),
+            attrs: props.attrs(id),
         })
         .collect();
     let user_index: HashMap<&str, usize> = mirror
@@ -307,8 +299,8 @@ mod tests {
             json!([{"id": "u1", "jobTitle": "Lead", "mail": null}]),
         ]);
         let u = &m.users["u1"];
-        assert_eq!(u["displayName"], vec!["Ann"]);
-        assert_eq!(u["jobTitle"], vec!["Lead"]);
+        assert_eq!(u.get("displayName").collect::<Vec<_>>(), ["Ann"]);
+        assert_eq!(u.get("jobTitle").collect::<Vec<_>>(), ["Lead"]);
         assert!(!u.contains_key("mail"));
         assert!(!u.contains_key("id"));
     }
@@ -320,8 +312,8 @@ mod tests {
             "proxyAddresses": ["SMTP:a@x", "smtp:b@x"], "manager@delta": [{"id": "m"}]
         }])]);
         let u = &m.users["u1"];
-        assert_eq!(u["accountEnabled"], vec!["false"]);
-        assert_eq!(u["proxyAddresses"].len(), 2);
+        assert_eq!(u.get("accountEnabled").collect::<Vec<_>>(), ["false"]);
+        assert_eq!(u.get("proxyAddresses").count(), 2);
         assert_eq!(u.len(), 2, "{u:?}");
     }
 
