@@ -161,6 +161,74 @@ impl MirrorProps {
     }
 }
 
+impl MirrorProps {
+    /// Reads a state DB row: the JSON object [`Serialize`] writes. Rows as
+    /// idsync writes them (names in order, values without escapes) are read
+    /// by a scan for quotes; anything else goes through the JSON parser.
+    pub fn from_json(json: &str) -> Result<MirrorProps, serde_json::Error> {
+        match scan_json(json) {
+            Some(props) => Ok(props),
+            None => serde_json::from_str(json),
+        }
+    }
+}
+
+/// The properties of `{"name":["value",…],…}` written without whitespace,
+/// names in strictly ascending order, and no string with an escape or a
+/// control character; `None` for anything else.
+fn scan_json(json: &str) -> Option<MirrorProps> {
+    let bytes = json.as_bytes();
+    let mut out = String::with_capacity(json.len());
+    // A string starting after the quote at `at`: its text and the index after
+    // its closing quote.
+    let string = |at: usize| -> Option<(&str, usize)> {
+        let len = bytes[at..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        (bytes[at + len] == b'"').then(|| (&json[at..at + len], at + len + 1))
+    };
+    let expect = |at: usize, byte: u8| (bytes.get(at) == Some(&byte)).then_some(at + 1);
+    let mut at = expect(0, b'{')?;
+    let mut last: Option<&str> = None;
+    if bytes.get(at) == Some(&b'}') {
+        at += 1;
+    } else {
+        loop {
+            let (name, next) = string(expect(at, b'"')?)?;
+            if last.is_some_and(|l| l >= name) {
+                return None;
+            }
+            last = Some(name);
+            at = expect(expect(next, b':')?, b'[')?;
+            if bytes.get(at) == Some(&b']') {
+                at += 1;
+            } else {
+                loop {
+                    let (value, next) = string(expect(at, b'"')?)?;
+                    push_pair(&mut out, name, value);
+                    match bytes.get(next) {
+                        Some(b',') => at = next + 1,
+                        Some(b']') => {
+                            at = next + 1;
+                            break;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            match bytes.get(at) {
+                Some(b',') => at += 1,
+                Some(b'}') => {
+                    at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    (at == bytes.len()).then(|| MirrorProps(out.into_boxed_str()))
+}
+
 impl fmt::Debug for MirrorProps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
@@ -462,9 +530,13 @@ mod tests {
             let json = serde_json::to_string(&packed).unwrap();
             prop_assert_eq!(&json, &serde_json::to_string(&expected).unwrap());
             prop_assert_eq!(&serde_json::from_str::<MirrorProps>(&json).unwrap(), &packed);
+            prop_assert_eq!(&MirrorProps::from_json(&json).unwrap(), &packed);
+            let spaced = serde_json::to_string_pretty(&packed).unwrap();
+            prop_assert_eq!(&MirrorProps::from_json(&spaced).unwrap(), &packed);
             // Rows written with the old map (empty lists and all) load the same.
             let old_json = serde_json::to_string(&old).unwrap();
             prop_assert_eq!(&serde_json::from_str::<MirrorProps>(&old_json).unwrap(), &packed);
+            prop_assert_eq!(&MirrorProps::from_json(&old_json).unwrap(), &packed);
 
             // The record: `id` first, then every property but `id` (any case).
             let mut record = SourceAttrs::new();
@@ -490,8 +562,20 @@ mod tests {
             serde_json::to_string(&props).unwrap(),
             r#"{"cn":["A","B"],"mail":["b@x"]}"#
         );
-        let escaped: MirrorProps = serde_json::from_str(r#"{"t\u00e9": ["\"q\""]}"#).unwrap();
+        assert_eq!(MirrorProps::from_json(json).unwrap(), props);
+        let escaped = MirrorProps::from_json(r#"{"t\u00e9":["\"q\""]}"#).unwrap();
         assert_eq!(escaped.get("té").collect::<Vec<_>>(), ["\"q\""]);
+        for (json, pairs) in [
+            ("{}", vec![]),
+            (r#"{"a":[]}"#, vec![]),
+            (
+                r#"{"a":["x","é"],"b":[""]}"#,
+                vec![("a", "x"), ("a", "é"), ("b", "")],
+            ),
+        ] {
+            let props = MirrorProps::from_json(json).unwrap();
+            assert_eq!(props.iter().collect::<Vec<_>>(), pairs, "{json}");
+        }
     }
 
     #[test]
@@ -501,8 +585,16 @@ mod tests {
             r#"{"mail": [1]}"#,
             "[]",
             r#"{"mail": [null]}"#,
+            r#"{"mail":"a@x"}"#,
+            r#"{"mail":[1]}"#,
+            r#"{"mail":["a"]"#,
+            r#"{"mail":["a"]}x"#,
+            r#"{"mail":["a]}"#,
+            "{\"mail\":[\"a\u{1}\"]}",
+            "",
         ] {
             assert!(serde_json::from_str::<MirrorProps>(bad).is_err(), "{bad}");
+            assert!(MirrorProps::from_json(bad).is_err(), "{bad}");
         }
     }
 }

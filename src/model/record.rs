@@ -98,9 +98,24 @@ impl SourceAttrs {
 
     /// All values of `name` (case-insensitive), in order; none when absent.
     pub fn get<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // The mapping looks up every attribute it reads this way: names are
+        // compared as bytes, and only a match's value is sliced out.
+        let text = self.0.as_str();
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            while at < bytes.len() {
+                let (name_len, skip) = read_len(&bytes[at..]);
+                let name_at = at + skip;
+                let (value_len, skip) = read_len(&bytes[name_at + name_len..]);
+                let value_at = name_at + name_len + skip;
+                at = value_at + value_len;
+                if bytes[name_at..name_at + name_len].eq_ignore_ascii_case(name.as_bytes()) {
+                    return Some(&text[value_at..at]);
+                }
+            }
+            None
+        })
     }
 
     /// The first non-empty value of `name`.

@@ -74,7 +74,7 @@ impl StateDb {
                 let json = json
                     .as_str()
                     .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
-                let props: MirrorProps = serde_json::from_str(json)
+                let props = MirrorProps::from_json(json)
                     .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
                 users.push((id, props));
             }

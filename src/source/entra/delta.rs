@@ -147,7 +147,7 @@ pub fn directory(mirror: &Mirror) -> SourceDirectory {
         .iter()
         .map(|(id, props)| SourceUser {
             key: SourceKey::new(id.clone()),
-            origin: Origin::new(format!("Entra user {id}")),
+            origin: Origin::new(["Entra user ", id].concat()),
             attrs: props.attrs(id),
         })
         .collect();
