@@ -78,9 +78,9 @@ impl StateDb {
                     .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
                 users.push((id, props));
             }
-            // Sorted in one go (rows come in the order written, which is id
-            // order), then built into the map without a search per user.
-            users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            // Built in one go from the rows, which come in the order written
+            // (id order): the map sorts them (a check, when sorted) and
+            // fills its nodes without a search per user.
             mirror.users = users.into_iter().collect();
         }
         {
@@ -92,8 +92,11 @@ impl StateDb {
                 let id: String = row.get(0).map_err(err)?;
                 let display_name: Option<String> = row.get(1).map_err(err)?;
                 let json: String = row.get(2).map_err(err)?;
-                let members = serde_json::from_str(&json)
+                // Written in order: collected as a list, the set is built
+                // without a search per member.
+                let members: Vec<String> = serde_json::from_str(&json)
                     .map_err(|e| corrupt(format!("mirror group {id:?}: {e}")))?;
+                let members = members.into_iter().collect();
                 mirror.groups.insert(
                     id,
                     MirrorGroup {

@@ -20,12 +20,11 @@
 //! every cycle and resolved against the mirror ([`app_assignments`]).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use serde_json::Value;
 
 use crate::model::{
-    GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, PropChange, SourceAssignments,
+    FastMap, GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, PropChange, SourceAssignments,
     SourceDirectory, SourceGroup, SourceKey, SourceUser,
 };
 use crate::source::nested::flatten;
@@ -151,14 +150,14 @@ pub fn directory(mirror: &Mirror) -> SourceDirectory {
             attrs: props.attrs(id),
         })
         .collect();
-    let user_index: HashMap<&str, usize> = mirror
+    let user_index: FastMap<&str, usize> = mirror
         .users
         .keys()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
         .collect();
     let group_ids: Vec<&String> = mirror.groups.keys().collect();
-    let group_index: HashMap<&str, usize> = group_ids
+    let group_index: FastMap<&str, usize> = group_ids
         .iter()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
