@@ -226,7 +226,8 @@ fn scan_json(json: &str) -> Option<MirrorProps> {
             }
         }
     }
-    (at == bytes.len()).then(|| MirrorProps(out.into_boxed_str()))
+    // Copied out at its size (shrinking the buffer would copy it as well).
+    (at == bytes.len()).then(|| MirrorProps(Box::from(out.as_str())))
 }
 
 impl fmt::Debug for MirrorProps {
