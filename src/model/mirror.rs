@@ -13,7 +13,8 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::SourceAttrs;
-use super::attrs::{push_len, read_len};
+use super::attrs::push_len;
+use super::record::{framed_pairs, take_framed};
 
 /// A user's selected properties by name; a property never set (set to null,
 /// or to an empty list) is absent. Multi-valued properties keep every value,
@@ -38,27 +39,6 @@ fn push_pair(buf: &mut String, name: &str, value: &str) {
     buf.push_str(value);
 }
 
-/// Splits one length-framed string off the front of `rest`.
-fn take(rest: &str) -> (&str, &str) {
-    let (len, at) = read_len(rest.as_bytes());
-    (&rest[at..at + len], &rest[at + len..])
-}
-
-/// The name and value pairs of framed text.
-fn pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
-    let mut rest = text;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let name;
-        (name, rest) = take(rest);
-        let value;
-        (value, rest) = take(rest);
-        Some((name, value))
-    })
-}
-
 impl MirrorProps {
     pub fn new() -> Self {
         Self::default()
@@ -66,7 +46,7 @@ impl MirrorProps {
 
     /// Every value with its property's name, properties in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        pairs(&self.0)
+        framed_pairs(&self.0)
     }
 
     /// Each property once, with its values' framed text (name and value
@@ -78,14 +58,14 @@ impl MirrorProps {
                 return None;
             }
             let start = rest;
-            let (name, _) = take(rest);
+            let (name, _) = take_framed(rest);
             let mut end = 0;
             while !rest.is_empty() {
-                let (n, after_name) = take(rest);
+                let (n, after_name) = take_framed(rest);
                 if n != name {
                     break;
                 }
-                let (_, after_value) = take(after_name);
+                let (_, after_value) = take_framed(after_name);
                 end += rest.len() - after_value.len();
                 rest = after_value;
             }
@@ -242,7 +222,7 @@ impl Serialize for MirrorProps {
         struct Values<'a>(&'a str);
         impl Serialize for Values<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_seq(pairs(self.0).map(|(_, v)| v))
+                serializer.collect_seq(framed_pairs(self.0).map(|(_, v)| v))
             }
         }
         let mut map = serializer.serialize_map(None)?;
@@ -333,7 +313,7 @@ impl<'de> Deserialize<'de> for MirrorProps {
                 let mut sorted = MirrorProps::new();
                 let mut changes: Vec<PropChange<'_>> = Vec::new();
                 for (name, framed) in props.properties() {
-                    let values = pairs(framed).map(|(_, v)| Cow::Borrowed(v));
+                    let values = framed_pairs(framed).map(|(_, v)| Cow::Borrowed(v));
                     changes.push((name, Some(values.collect())));
                 }
                 sorted.update(&mut changes);

@@ -125,22 +125,27 @@ impl SourceAttrs {
 
     /// Every value with its name, in the order pushed.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut rest = self.0.as_str();
-        std::iter::from_fn(move || {
-            if rest.is_empty() {
-                return None;
-            }
-            let name;
-            (name, rest) = take(rest);
-            let value;
-            (value, rest) = take(rest);
-            Some((name, value))
-        })
+        framed_pairs(&self.0)
     }
 }
 
+/// The name and value pairs of text framed as records are.
+pub(super) fn framed_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let name;
+        (name, rest) = take_framed(rest);
+        let value;
+        (value, rest) = take_framed(rest);
+        Some((name, value))
+    })
+}
+
 /// Splits one length-framed string off the front of `rest`.
-fn take(rest: &str) -> (&str, &str) {
+pub(super) fn take_framed(rest: &str) -> (&str, &str) {
     let (len, at) = read_len(rest.as_bytes());
     (&rest[at..at + len], &rest[at + len..])
 }
