@@ -281,7 +281,110 @@ pub fn app_assignments(items: &[Value], mirror: &Mirror) -> (SourceAssignments, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SourceAttrs;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// The mirror's users as they were held before the compact form: a map of
+    /// property names to values per user, merged by the same rules.
+    type OldUsers =
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>>;
+
+    fn old_apply_users(users: &mut OldUsers, page: &[Value]) {
+        for object in page {
+            let Some(id) = id_of(object) else { continue };
+            if object.get("@removed").is_some() {
+                users.remove(id);
+                continue;
+            }
+            let props = users.entry(id.to_string()).or_default();
+            for (name, value) in object.as_object().into_iter().flatten() {
+                if name == "id" || name.contains('@') || value.is_object() {
+                    continue;
+                }
+                match values(value) {
+                    Some(v) => {
+                        let v = v.into_iter().map(|s| s.into_owned()).collect();
+                        props.insert(name.clone(), v);
+                    }
+                    None => {
+                        props.remove(name);
+                    }
+                }
+            }
+        }
+    }
+
+    fn delta_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            ".{0,12}".prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            prop::collection::vec(
+                prop_oneof![".{0,8}".prop_map(Value::from), Just(json!({}))],
+                0..3
+            )
+            .prop_map(Value::from),
+            Just(json!({"nested": "object"})),
+        ]
+    }
+
+    fn delta_object() -> impl Strategy<Value = Value> {
+        let name = prop::sample::select(vec![
+            "mail",
+            "givenName",
+            "ID",
+            "jobTitle",
+            "@odata.type",
+            "manager@delta",
+        ]);
+        (
+            prop::sample::select(vec!["u1", "u2", "u3", ""]),
+            prop::collection::vec((name, delta_value()), 0..5),
+            prop::bool::weighted(0.15),
+        )
+            .prop_map(|(id, fields, removed)| {
+                let mut object = serde_json::Map::new();
+                object.insert("id".into(), id.into());
+                for (name, value) in fields {
+                    object.insert(name.to_string(), value);
+                }
+                if removed {
+                    object.insert("@removed".into(), json!({"reason": "deleted"}));
+                }
+                Value::Object(object)
+            })
+    }
+
+    proptest! {
+        /// Any run of delta pages gives the same directory records from the
+        /// compact mirror as from the map of strings it replaced.
+        #[test]
+        fn the_compact_mirror_gives_the_directory_the_old_map_gave(
+            pages in prop::collection::vec(prop::collection::vec(delta_object(), 0..6), 0..5)
+        ) {
+            let mut m = Mirror::default();
+            let mut old = OldUsers::new();
+            for page in &pages {
+                apply_users(&mut m.users, page);
+                old_apply_users(&mut old, page);
+            }
+            let dir = directory(&m);
+            prop_assert_eq!(dir.users.len(), old.len());
+            for (user, (id, props)) in dir.users.iter().zip(&old) {
+                let mut attrs = SourceAttrs::new();
+                attrs.push("id", [id]);
+                for (name, values) in props {
+                    if !name.eq_ignore_ascii_case("id") {
+                        attrs.push(name, values);
+                    }
+                }
+                prop_assert_eq!(user.key.as_str(), id.as_str());
+                prop_assert_eq!(&user.attrs, &attrs);
+            }
+        }
+    }
 
     fn users_of(pages: &[Value]) -> Mirror {
         let mut m = Mirror::default();
