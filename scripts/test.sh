@@ -30,3 +30,8 @@ cargo test --all-targets --no-fail-fast
 # saying why, where the toolchain cannot build them (scripts/fuzz-smoke.sh).
 step "scripts/fuzz-smoke.sh"
 bash scripts/fuzz-smoke.sh "${IDSYNC_FUZZ_SECONDS:-10}"
+
+# The container image built from Containerfile and run (scripts/container-check.sh);
+# skipped, saying why, where buildah or podman cannot run.
+step "scripts/container-check.sh"
+bash scripts/container-check.sh
