@@ -12,9 +12,11 @@
 #   - a real sync as the image runs in production: config mounted read-only,
 #     the token as a file, the state on a volume, a read-only root filesystem
 #     with no writable /tmp, into a real scim2-server on 127.0.0.1; then
-#     `plan` says "No changes." and the token appears in no output;
+#     `plan` says "No changes.", the default command (the daemon) runs a cycle
+#     and exits 0 on SIGTERM, and the token appears in no output;
 #   - nothing baked in beyond the binary, the mappings and the examples: every
-#     file the image adds to its base is listed and must be expected.
+#     file the image adds to its base is listed and must be expected; the
+#     build context holds no .git, .test-env, build output or state.
 # Prints `container-check: SKIPPED: <reason>` and exits 0 where the tools
 # cannot run here (not root, not installed, no namespaces); fails on anything
 # else. The builder stage (rust image from a registry) is not built here.
@@ -57,12 +59,14 @@ pod() {
     podman "${STORE[@]}" --cgroup-manager cgroupfs --events-backend file \
         --tmpdir "$WORK/podman-tmp" --runtime runc "$@"
 }
-RUN=(run --rm --ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
+LIMITS=(--ulimit nofile=4096:4096 --ulimit nproc=4096:4096)
+RUN=(run --rm "${LIMITS[@]}")
 
 SCRATCH="$(mktemp -d "$WORK/scratch.XXXXXX")"
 scim_port=""
 cleanup() {
     if [ -n "$scim_port" ]; then bash "$ROOT/scripts/scim-server.sh" stop "$scim_port" >/dev/null 2>&1 || true; fi
+    pod rm -f idsync-check-daemon >/dev/null 2>&1 || true
     bah rm --all >/dev/null 2>&1 || true
     pod rmi -f "$IMAGE" >/dev/null 2>&1 || true
     # The prebuilt stage's image, left untagged by the build.
@@ -249,20 +253,35 @@ EOF
     chown -R 10001:10001 "$secrets" "$state"
     chmod 0700 "$secrets" "$state"
     chmod 0400 "$secrets/scim-token"
-    local in=("${RUN[@]}" --network host "${RO[@]}" -v "$etc:/etc/idsync:ro"
-        -v "$secrets:/run/secrets:ro" -v "$state:/var/lib/idsync" "$IMAGE")
+    local opts=("${LIMITS[@]}" --network host "${RO[@]}" -v "$etc:/etc/idsync:ro"
+        -v "$secrets:/run/secrets:ro" -v "$state:/var/lib/idsync")
+    local in=(run --rm "${opts[@]}" "$IMAGE")
     pod "${in[@]}" validate >"$SCRATCH/validate.out" 2>&1 ||
         fail "validate of a mounted config: $(cat "$SCRATCH/validate.out")"
     pod "${in[@]}" sync >"$SCRATCH/sync.out" 2>&1 || fail "sync into scim2-server: $(tail -n 20 "$SCRATCH/sync.out")"
     pod "${in[@]}" plan >"$SCRATCH/plan.out" 2>"$SCRATCH/plan.err" || fail "plan after the sync: $(cat "$SCRATCH/plan.err")"
     [ "$(cat "$SCRATCH/plan.out")" = "No changes." ] ||
         fail "plan after the sync is not 'No changes.': $(head -n 5 "$SCRATCH/plan.out")"
+    # The image's default command: the daemon, one cycle, then SIGTERM.
+    pod run -d --name idsync-check-daemon "${opts[@]}" "$IMAGE" >/dev/null
+    local waited=0
+    until pod logs idsync-check-daemon 2>&1 | grep -q 'cycle done'; do
+        [ "$waited" -lt 60 ] || fail "the daemon finished no cycle in 60 s: $(pod logs idsync-check-daemon 2>&1 | tail -n 5)"
+        sleep 1
+        waited=$((waited + 1))
+    done
+    pod stop -t 30 idsync-check-daemon >/dev/null
+    local code
+    code="$(pod inspect --format '{{.State.ExitCode}}' idsync-check-daemon)"
+    pod logs idsync-check-daemon >"$SCRATCH/daemon.out" 2>&1
+    pod rm idsync-check-daemon >/dev/null
+    [ "$code" = 0 ] || fail "the daemon exited $code on SIGTERM: $(tail -n 5 "$SCRATCH/daemon.out")"
     [ "$(stat -c %u:%g "$state/idsync.db")" = "10001:10001" ] ||
         fail "the state DB on the volume: $(stat -c '%u:%g' "$state/idsync.db" 2>&1), want 10001:10001"
     if grep -l -F "$TOKEN" "$SCRATCH"/*.out "$SCRATCH/plan.err"; then
         fail "the token appears in idsync's output (files above)"
     fi
-    log "validate, sync into scim2-server on 127.0.0.1:$scim_port, plan (No changes.): as expected"
+    log "validate, sync into scim2-server on 127.0.0.1:$scim_port, plan (No changes.), the daemon (a cycle, SIGTERM, exit 0): as expected"
 }
 
 # --- run it --------------------------------------------------------------------
