@@ -36,8 +36,10 @@ skip() {
     printf 'container-check: SKIPPED: %s\n' "$*"
     exit 0
 }
+keep_scratch=0
 fail() {
     printf 'container-check: FAILED: %s\n' "$*" >&2
+    keep_scratch=1
     exit 1
 }
 
@@ -71,7 +73,11 @@ cleanup() {
     pod rmi -f "$IMAGE" >/dev/null 2>&1 || true
     # The prebuilt stage's image, left untagged by the build.
     pod image prune -f >/dev/null 2>&1 || true
-    rm -rf "$SCRATCH"
+    if [ "$keep_scratch" -eq 1 ]; then
+        log "logs and files of this run kept in $SCRATCH"
+    else
+        rm -rf "$SCRATCH"
+    fi
 }
 trap cleanup EXIT
 
