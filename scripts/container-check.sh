@@ -175,9 +175,9 @@ PY
 # --- what the image holds ------------------------------------------------------
 bah from --pull-never --name idsync-check-files "$IMAGE" >/dev/null
 bah from --pull-never --name idsync-check-base "$BASE" >/dev/null
-python3 - "$(bah mount idsync-check-base)" "$(bah mount idsync-check-files)" "$ROOT" <<'PY' || fail "the image holds files it should not (above)"
+python3 - "$(bah mount idsync-check-base)" "$(bah mount idsync-check-files)" "$ROOT" "$HOST_BIN" <<'PY' || fail "the image holds files it should not (above)"
 import filecmp, os, stat, sys
-base, image, repo = sys.argv[1:4]
+base, image, repo, binary = sys.argv[1:5]
 
 def tree(top):
     """Every path under top but /dev (device nodes, which image commits drop)."""
@@ -194,7 +194,9 @@ before, after = tree(base), tree(image)
 # The user's entries and their backups; the binary, the mappings and the
 # examples; the empty config and state folders.
 accounts = {f"/etc/{n}{s}" for n in ("passwd", "group", "shadow", "gshadow") for s in ("", "-")}
-shipped = ("/usr/local/bin/idsync", "/usr/share/idsync")
+shipped = ("/usr/share/idsync/mappings/", "/usr/share/idsync/examples/")
+folders = ("/etc/idsync", "/var/lib/idsync", "/usr/share/idsync", "/usr/share/idsync/mappings",
+           "/usr/share/idsync/examples")
 bad = []
 for path, st in sorted(after.items()):
     old = before.get(path)
@@ -205,7 +207,7 @@ for path, st in sorted(after.items()):
     else:
         same = stat.S_ISDIR(st.st_mode) or (
             old.st_size == st.st_size and filecmp.cmp(base + path, image + path, shallow=False))
-    if same or path in accounts or path in ("/etc/idsync", "/var/lib/idsync"):
+    if same or path in accounts or path in folders or path == "/usr/local/bin/idsync":
         continue
     if path.startswith(shipped):
         continue
@@ -222,8 +224,11 @@ for sub, src in (("mappings", "mappings"), ("examples", "examples")):
         for name in files:
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, os.path.join(image, "usr/share/idsync", sub))
-            if not filecmp.cmp(path, os.path.join(repo, src, rel), shallow=False):
+            theirs = os.path.join(repo, src, rel)
+            if not os.path.isfile(theirs) or not filecmp.cmp(path, theirs, shallow=False):
                 bad.append(f"/usr/share/idsync/{sub}/{rel} is not {src}/{rel}")
+if not filecmp.cmp(image + "/usr/local/bin/idsync", binary, shallow=False):
+    bad.append(f"/usr/local/bin/idsync is not {binary}")
 for line in bad:
     print("container-check:", line, file=sys.stderr)
 sys.exit(1 if bad else 0)
