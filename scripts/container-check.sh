@@ -310,8 +310,9 @@ want_same "id" "uid=10001(idsync) gid=10001(idsync) groups=10001(idsync)" \
 # which the image does not hold.
 rc=0
 out="$(pod "${RUN[@]}" --network none "${RO[@]}" "$IMAGE" 2>&1)" || rc=$?
-[ "$rc" -eq 2 ] && [[ "$out" == *"cannot read /etc/idsync/config.yaml"* ]] ||
+if [ "$rc" -ne 2 ] || [[ "$out" != *"cannot read /etc/idsync/config.yaml"* ]]; then
     fail "the default command without a config: exit $rc, '$out' (want exit 2, cannot read /etc/idsync/config.yaml)"
+fi
 
 # The README's quickstart, from the examples the image ships.
 mkdir -p "$SCRATCH/host"
