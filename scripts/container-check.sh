@@ -66,8 +66,12 @@ RUN=(run --rm "${LIMITS[@]}")
 
 SCRATCH="$(mktemp -d "$WORK/scratch.XXXXXX")"
 scim_port=""
+scim_pid=""
 cleanup() {
-    if [ -n "$scim_port" ]; then bash "$ROOT/scripts/scim-server.sh" stop "$scim_port" >/dev/null 2>&1 || true; fi
+    if [ -n "$scim_pid" ]; then
+        kill "$scim_pid" 2>/dev/null || true
+        wait "$scim_pid" 2>/dev/null || true
+    fi
     pod rm -f idsync-check-daemon >/dev/null 2>&1 || true
     bah rm --all >/dev/null 2>&1 || true
     pod rmi -f "$IMAGE" >/dev/null 2>&1 || true
@@ -236,13 +240,30 @@ PY
 bah umount idsync-check-files idsync-check-base >/dev/null
 bah rm idsync-check-files idsync-check-base >/dev/null
 
+# scim2-server on a free loopback port, its log in the scratch folder; stopped
+# by its PID on exit.
+start_scim_server() {
+    local server="${IDSYNC_SCIM2_SERVER:-$ROOT/.test-env/venv/bin/scim2-server}"
+    [ -x "$server" ] || fail "scim2-server not found at $server (run scripts/test-env.sh or set IDSYNC_SCIM2_SERVER)"
+    scim_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    "$server" --hostname 127.0.0.1 --port "$scim_port" --bearer-token "$TOKEN" >"$SCRATCH/scim2-server.log" 2>&1 &
+    scim_pid=$!
+    local tries=0
+    until python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1).read()' \
+        "http://127.0.0.1:$scim_port/v2/ServiceProviderConfig" >/dev/null 2>&1; do
+        kill -0 "$scim_pid" 2>/dev/null || fail "scim2-server exited: $(tail -n 5 "$SCRATCH/scim2-server.log")"
+        [ "$tries" -lt 100 ] || fail "scim2-server did not answer on 127.0.0.1:$scim_port within 20 s"
+        sleep 0.2
+        tries=$((tries + 1))
+    done
+}
+
 # A sync as the image runs in production, into a real scim2-server on the
 # host's loopback (the container shares the host's network for this one): the
 # config mounted read-only, the token a file of idsync's user (mode 0400, in a
 # folder of its own), the state on a volume.
 run_for_real() {
-    scim_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-    bash "$ROOT/scripts/scim-server.sh" start "$scim_port" "$TOKEN" >/dev/null
+    start_scim_server
     local etc="$SCRATCH/etc" secrets="$SCRATCH/secrets" state="$SCRATCH/state"
     mkdir -p "$etc" "$secrets" "$state"
     cat >"$etc/config.yaml" <<EOF
