@@ -163,6 +163,7 @@ want = {
     "Cmd": ["daemon"],
     "WorkingDir": "/var/lib/idsync",
     "Volumes": {"/var/lib/idsync": {}},
+    "ExposedPorts": {"9184/tcp": {}},
 }
 bad = [f"{k}: {config.get(k)!r}, want {v!r}" for k, v in want.items() if config.get(k) != v]
 if "IDSYNC_CONFIG=/etc/idsync/config.yaml" not in config.get("Env", []):
@@ -264,6 +265,8 @@ start_scim_server() {
 # folder of its own), the state on a volume.
 run_for_real() {
     start_scim_server
+    local metrics_port
+    metrics_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     local etc="$SCRATCH/etc" secrets="$SCRATCH/secrets" state="$SCRATCH/state"
     mkdir -p "$etc" "$secrets" "$state"
     cat >"$etc/config.yaml" <<EOF
@@ -280,6 +283,7 @@ policy:
   remove_action: disable
   groups: { provision: true, delete: false, on_rename: keep }
 state: /var/lib/idsync/idsync.db
+metrics_listen: 127.0.0.1:$metrics_port
 EOF
     printf '%s\n' "$TOKEN" >"$secrets/scim-token"
     chown -R 10001:10001 "$secrets" "$state"
@@ -302,6 +306,12 @@ EOF
         sleep 1
         waited=$((waited + 1))
     done
+    local path
+    for path in healthz readyz; do
+        python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+            "http://127.0.0.1:$metrics_port/$path" >"$SCRATCH/$path.out" 2>&1 ||
+            fail "the daemon's /$path on 127.0.0.1:$metrics_port: $(tail -n 3 "$SCRATCH/$path.out")"
+    done
     pod stop -t 30 idsync-check-daemon >/dev/null
     local code
     code="$(pod inspect --format '{{.State.ExitCode}}' idsync-check-daemon)"
@@ -313,7 +323,7 @@ EOF
     if grep -l -F "$TOKEN" "$SCRATCH"/*.out "$SCRATCH/plan.err"; then
         fail "the token appears in idsync's output (files above)"
     fi
-    log "validate, sync into scim2-server on 127.0.0.1:$scim_port, plan (No changes.), the daemon (a cycle, SIGTERM, exit 0): as expected"
+    log "validate, sync into scim2-server on 127.0.0.1:$scim_port, plan (No changes.), the daemon (a cycle, /healthz and /readyz 200, SIGTERM, exit 0): as expected"
 }
 
 # --- run it --------------------------------------------------------------------
