@@ -12,8 +12,9 @@
 #   - a real sync as the image runs in production: config mounted read-only,
 #     the token as a file, the state on a volume, a read-only root filesystem
 #     with no writable /tmp, into a real scim2-server on 127.0.0.1; then
-#     `plan` says "No changes.", the default command (the daemon) runs a cycle
-#     and exits 0 on SIGTERM, and the token appears in no output;
+#     `plan` says "No changes.", the default command (the daemon) runs a cycle,
+#     answers on /healthz and /readyz, exits 0 on SIGTERM, and the token
+#     appears in no output;
 #   - nothing baked in beyond the binary, the mappings and the examples: every
 #     file the image adds to its base is listed and must be expected; the
 #     build context holds no .git, .test-env, build output or state.
