@@ -4,7 +4,7 @@
 //! (`src/cli/args.rs`, included here as it is), so they never drift from
 //! what the binary parses.
 //!
-//! The pages and completions go to `<target dir>/<profile>/man/` and
+//! The pages (plain, and gzipped for the package) and completions go to `<target dir>/<profile>/man/` and
 //! `<target dir>/<profile>/completions/`, where `cargo deb` packages them
 //! from (`target/release/...` in Cargo.toml). Nothing here fails the build
 //! for want of git: the commit is then "unknown".
@@ -165,8 +165,14 @@ fn write_page(cmd: &clap::Command, dir: &Path, parent: Option<&str>) -> std::io:
     }
     see_also_section(&mut roff, parent, &children);
     roff.to_writer(&mut page)?;
-    let mut file = std::fs::File::create(dir.join(man.get_filename()))?;
-    file.write_all(once_preamble(&String::from_utf8_lossy(&page)).as_bytes())
+    let page = once_preamble(&String::from_utf8_lossy(&page));
+    let path = dir.join(man.get_filename());
+    std::fs::write(&path, &page)?;
+    // The packaged copy, gzipped (mtime 0 in the header: reproducible).
+    let gz = std::fs::File::create(path.with_extension("1.gz"))?;
+    let mut encoder = flate2::write::GzEncoder::new(gz, flate2::Compression::best());
+    encoder.write_all(page.as_bytes())?;
+    encoder.finish()?.sync_all()
 }
 
 /// The page with roff's apostrophe preamble (which each separately rendered

@@ -30,3 +30,8 @@ cargo test --all-targets --no-fail-fast
 # saying why, where the toolchain cannot build them (scripts/fuzz-smoke.sh).
 step "scripts/fuzz-smoke.sh"
 bash scripts/fuzz-smoke.sh "${IDSYNC_FUZZ_SECONDS:-10}"
+
+# The Debian package: a release build, its contents, units, man pages and
+# completions, and (as root) a real install and purge.
+step "scripts/package-check.sh"
+bash scripts/package-check.sh
