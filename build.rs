@@ -20,6 +20,8 @@ use clap_mangen::roff::{Roff, bold, roman};
 #[allow(dead_code)]
 #[path = "src/cli/args.rs"]
 mod args;
+#[path = "src/cli/commit.rs"]
+mod commit;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -43,27 +45,20 @@ fn main() {
     }
 }
 
-/// `IDSYNC_BUILD_COMMIT` if set, else `git rev-parse --short HEAD` (with
-/// `-dirty` when tracked files differ from it), else "unknown".
+/// The commit (`src/cli/commit.rs` says how); reruns this script when HEAD
+/// moves or the index changes (commit, add, checkout).
 fn commit() -> String {
-    if let Ok(commit) = std::env::var("IDSYNC_BUILD_COMMIT")
-        && !commit.trim().is_empty()
-    {
-        return commit.trim().to_string();
+    let override_commit = std::env::var("IDSYNC_BUILD_COMMIT").ok();
+    let commit = commit::resolve(override_commit.as_deref(), &mut |args: &[&str]| git(args));
+    if override_commit.is_none() {
+        for name in ["HEAD", "index", "packed-refs"] {
+            watch_git_path(name);
+        }
+        if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watch_git_path(&reference);
+        }
     }
-    let Some(head) = git(&["rev-parse", "--short=10", "HEAD"]) else {
-        return "unknown".to_string();
-    };
-    // Rebuild when HEAD moves or the index changes (commit, add, checkout).
-    for name in ["HEAD", "index", "packed-refs"] {
-        watch_git_path(name);
-    }
-    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        watch_git_path(&reference);
-    }
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-        .is_some_and(|status| !status.is_empty());
-    if dirty { format!("{head}-dirty") } else { head }
+    commit
 }
 
 /// Reruns this script when the git file `name` changes (only if it exists:

@@ -10,9 +10,12 @@
 //!
 //! The definitions (commands, options, help texts) are in `args`, which the
 //! build script also reads to write the manual pages and completions;
-//! `version` says what was built.
+//! `version` says what was built, from the commit `commit` works out.
 
 mod args;
+// The build script's: here for its tests.
+#[cfg(test)]
+mod commit;
 mod version;
 
 use std::path::Path;
