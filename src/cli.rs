@@ -18,6 +18,7 @@ mod args;
 mod commit;
 mod version;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -230,14 +231,16 @@ async fn run(command: Command) -> Result<Exit, Failure> {
         Command::Daemon {
             config,
             metrics_file,
+            metrics_listen,
         } => {
-            sync::daemon::run(
-                &config.config,
-                shutdown_flag(),
+            let metrics_listen = metrics_listen.as_deref().map(listen_arg).transpose()?;
+            let options = sync::daemon::DaemonOptions {
                 metrics_file,
-                report::metrics_text,
-            )
-            .await?;
+                metrics_listen,
+                render: report::metrics_text,
+                render_daemon: report::daemon_metrics_text,
+            };
+            sync::daemon::run(&config.config, shutdown_flag(), options).await?;
             Ok(Exit::Ok)
         }
         Command::Log {
@@ -450,6 +453,17 @@ fn forget_notes(settings: &Settings, attr: Option<&str>) -> Result<Exit, Failure
             .unwrap_or_default()
     );
     Ok(Exit::Ok)
+}
+
+/// `--metrics-listen`: the rule `metrics_listen:` is held to, with its hint.
+fn listen_arg(text: &str) -> Result<SocketAddr, Failure> {
+    crate::config::parse_listen(text).map_err(|(message, hint)| {
+        Failure::new(
+            Exit::Usage,
+            format!("--metrics-listen: {message}"),
+            Some(&hint),
+        )
+    })
 }
 
 /// Set when SIGTERM or Ctrl-C arrives: the executor finishes what is in flight,
@@ -835,7 +849,7 @@ async fn sync_command(
         opts,
         shutdown_flag(),
         &progress,
-        report::metrics_text,
+        sync::observe::MetricsOut::file_only(report::metrics_text),
     )
     .await
     {
@@ -1131,6 +1145,14 @@ mod tests {
                 "x.yaml",
                 "--metrics-file",
                 "m.prom",
+            ],
+            &[
+                "idsync",
+                "daemon",
+                "-c",
+                "x.yaml",
+                "--metrics-listen",
+                "[::]:9184",
             ],
             &["idsync", "sync", "-c", "x.yaml", "--metrics-file", "m.prom"],
             &[

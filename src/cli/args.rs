@@ -280,13 +280,19 @@ pub(crate) enum Command {
     /// config's `schedule:` until SIGTERM, which lets the operations in
     /// flight finish and commits. Paused and quarantined cycles are skipped
     /// and logged; the daemon keeps running.
-    #[command(after_long_help = "Examples:\n  idsync daemon -c /etc/idsync/config.yaml")]
+    #[command(
+        after_long_help = "Examples:\n  idsync daemon -c /etc/idsync/config.yaml\n  idsync daemon -c /etc/idsync/config.yaml --metrics-listen 127.0.0.1:9184"
+    )]
     Daemon {
         #[command(flatten)]
         config: ConfigArg,
         /// Write Prometheus metrics here after each cycle (overrides `metrics_file:`).
         #[arg(long)]
         metrics_file: Option<PathBuf>,
+        /// Serve /metrics, /healthz and /readyz on this address, e.g.
+        /// 0.0.0.0:9184 (overrides `metrics_listen:`; default: no endpoint).
+        #[arg(long, value_name = "IP:PORT")]
+        metrics_listen: Option<String>,
     },
     /// The provisioning log: every operation of the runs kept for `history_days`.
     #[command(
