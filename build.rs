@@ -219,10 +219,13 @@ fn list_section(roff: &mut Roff, title: &str, items: &[(String, String)]) {
     }
 }
 
-/// The parent page, the pages of the subcommands, and for the top page the
-/// systemd pages the units need.
+/// idsync(1), the parent page, the pages of the subcommands, and for the
+/// top page the systemd pages the units need.
 fn see_also_section(roff: &mut Roff, parent: Option<&str>, children: &[String]) {
     let mut pages: Vec<String> = parent.into_iter().map(str::to_string).collect();
+    if parent.is_some_and(|p| p != "idsync") {
+        pages.insert(0, "idsync".to_string());
+    }
     pages.extend(children.iter().cloned());
     if parent.is_none() {
         pages.extend(["systemd.service".to_string(), "systemd.timer".to_string()]);

@@ -415,15 +415,22 @@ pub(crate) enum StateAction {
     /// Forget the notes on values the target did not keep as sent (`status`
     /// lists them). Nothing is sent: `sync --full` compares what the target
     /// holds and sends what differs.
+    #[command(
+        after_long_help = "Examples:\n  idsync state -c /etc/idsync/config.yaml forget-notes\n  idsync state -c /etc/idsync/config.yaml forget-notes name.familyName"
+    )]
     ForgetNotes {
         /// Only the notes on this attribute (e.g. externalId, name.familyName).
         attr: Option<String>,
     },
     /// Check the state DB: SQLite's integrity and foreign-key checks and
     /// idsync's own invariants. Reads only; exit 1 names each problem.
+    #[command(after_long_help = "Examples:\n  idsync state -c /etc/idsync/config.yaml check")]
     Check,
     /// Copy the state DB to FILE with SQLite's online backup: a consistent
     /// copy, also while a sync runs.
+    #[command(
+        after_long_help = "Examples:\n  idsync state -c /etc/idsync/config.yaml backup --force /var/backups/idsync.db"
+    )]
     Backup {
         /// Where to write the copy (refused if it exists, unless --force).
         file: PathBuf,
