@@ -12,6 +12,7 @@
 #     aiosmtpd (the mail server the alert e2e tests send to) and
 #     kubernetes-validate (scripts/kube-check.sh)
 #   - cargo-fuzz (the fuzz smoke run in scripts/test.sh; skipped without it)
+#   - cargo-deb, man-db, zsh and fish (scripts/package-check.sh)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
 set -euo pipefail
@@ -189,6 +190,18 @@ if command -v cargo-fuzz >/dev/null 2>&1; then
 else
     log "installing cargo-fuzz (cargo install --locked)"
     cargo install cargo-fuzz --locked --quiet || log "cargo-fuzz: install failed; fuzzing will be skipped"
+fi
+
+# --- packaging (scripts/package-check.sh) ------------------------------------
+# cargo-deb builds the Debian package (pinned: 3.8.0 builds with Rust 1.95);
+# man-db renders the pages, zsh and fish load the completion scripts.
+apt_install man-db zsh fish
+CARGO_DEB_VERSION="3.8.0"
+if [ "$(cargo deb --version 2>/dev/null)" = "cargo-deb $CARGO_DEB_VERSION" ]; then
+    log "cargo-deb $CARGO_DEB_VERSION: already installed"
+else
+    log "installing cargo-deb $CARGO_DEB_VERSION (cargo install --locked)"
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet
 fi
 
 log "ready: IDSYNC_SCIM2_SERVER=$VENV/bin/scim2-server; aiosmtpd in $VENV; slapd=$(command -v slapd || echo /usr/sbin/slapd); wrk=$(command -v wrk); chromium=$(command -v chromium)"

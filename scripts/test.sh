@@ -34,6 +34,11 @@ bash scripts/kube-check.sh
 step "scripts/fuzz-smoke.sh"
 bash scripts/fuzz-smoke.sh "${IDSYNC_FUZZ_SECONDS:-10}"
 
+# The Debian package: a release build, its contents, units, man pages and
+# completions, and (as root) a real install and purge.
+step "scripts/package-check.sh"
+bash scripts/package-check.sh
+
 # The container image built from Containerfile and run (scripts/container-check.sh);
 # skipped, saying why, where buildah or podman cannot run.
 step "scripts/container-check.sh"

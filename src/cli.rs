@@ -7,15 +7,25 @@
 //! target is unreachable or refused the credentials, 6 the cycle was skipped
 //! because provisioning is paused, 7 the cycle was skipped because cycles are
 //! quarantined (`sync --force` runs it anyway).
+//!
+//! The definitions (commands, options, help texts) are in `args`, which the
+//! build script also reads to write the manual pages and completions;
+//! `version` says what was built, from the commit `commit` works out.
+
+mod args;
+// The build script's: here for its tests.
+#[cfg(test)]
+mod commit;
+mod version;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::apply::Progress;
 use crate::config::{ConfigError, Settings};
@@ -23,6 +33,19 @@ use crate::report::{self, Format, Style};
 use crate::source::SourceError;
 use crate::state::OpOutcome;
 use crate::sync::{self, Exit, SyncError, SyncOptions, inspect};
+use args::{
+    AuditFormat, Cli, Command, LogFormat, LogFormatArg, LogOutcome, OutputFormat, PlanFormat,
+    StateAction,
+};
+
+impl From<OutputFormat> for Format {
+    fn from(f: OutputFormat) -> Format {
+        match f {
+            OutputFormat::Text => Format::Text,
+            OutputFormat::Json => Format::Json,
+        }
+    }
+}
 
 /// Removals listed on stderr when a guard holds a plan back.
 const HELD_LISTED: usize = 50;
@@ -75,269 +98,9 @@ impl From<SyncError> for Failure {
     }
 }
 
-/// `--format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum OutputFormat {
-    Text,
-    Json,
-}
-
-impl From<OutputFormat> for Format {
-    fn from(f: OutputFormat) -> Format {
-        match f {
-            OutputFormat::Text => Format::Text,
-            OutputFormat::Json => Format::Json,
-        }
-    }
-}
-
-/// `plan --format` and `revert --format`: a plan also as Markdown, for a
-/// pull-request comment or a change ticket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum PlanFormat {
-    Text,
-    Json,
-    Markdown,
-}
-
-/// `audit --format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum AuditFormat {
-    Text,
-    Json,
-    Csv,
-    Html,
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "idsync",
-    version,
-    about = "Keep a SCIM 2.0 directory (Atlassian Cloud first) in step with your company directory"
-)]
-pub struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
-    /// More logging (-v info, -vv debug); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// `log --outcome`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum LogOutcome {
-    Applied,
-    Failed,
-    Skipped,
-}
-
-/// `log --format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormatArg {
-    Text,
-    Json,
-    Csv,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, clap::Args)]
-struct ConfigArg {
-    /// The configuration file.
-    #[arg(short = 'c', long = "config", env = "IDSYNC_CONFIG")]
-    config: PathBuf,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Parse and compile the config and mapping; no network.
-    Validate {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// Reach the source and the target, authenticate, read target capabilities.
-    Check {
-        #[command(flatten)]
-        config: ConfigArg,
-    },
-    /// Show what a sync would do; changes nothing.
-    Plan {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Also read the whole target: adopt, repair drift, recreate what is missing.
-        #[arg(long)]
-        full: bool,
-        #[arg(long, value_enum, default_value = "text")]
-        format: PlanFormat,
-        /// Save the plan (JSON) for review and `sync --plan`.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Also show the attributes each created user is created with.
-        #[arg(long)]
-        detail: bool,
-    },
-    /// Apply the plan to the target.
-    Sync {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// One-shot full resync: read the whole target too, adopt matching
-        /// accounts, correct hand-made drift, recreate what is missing.
-        #[arg(long)]
-        full: bool,
-        /// Plan and stop; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Apply a plan saved with `plan --out` (refused if config or state changed).
-        #[arg(long, conflicts_with_all = ["full", "dry_run"])]
-        plan: Option<PathBuf>,
-        /// Let removals above `max_removals` or `max_member_removals` (or from an
-        /// empty source) through.
-        #[arg(long)]
-        allow_deletes: bool,
-        #[arg(long, value_enum, default_value = "text")]
-        format: OutputFormat,
-        /// Write Prometheus metrics here after the cycle (overrides `metrics_file:`).
-        #[arg(long)]
-        metrics_file: Option<PathBuf>,
-        /// With --dry-run: also show the attributes each created user is created with.
-        #[arg(long)]
-        detail: bool,
-        /// Provision on demand: plan and apply only this user (source key,
-        /// userName or email) and their memberships; repeatable.
-        #[arg(long, value_name = "KEY|EMAIL", conflicts_with_all = ["full", "plan"])]
-        only: Vec<String>,
-        /// Run even while cycles are quarantined after repeated failures
-        /// (without it, a quarantined sync is skipped with exit 7, reading
-        /// and sending nothing). Does not override `paused: true`.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Run cycles on the configured interval or cron schedule.
-    Daemon {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Write Prometheus metrics here after each cycle (overrides `metrics_file:`).
-        #[arg(long)]
-        metrics_file: Option<PathBuf>,
-        /// Serve /metrics, /healthz and /readyz on this address, e.g.
-        /// 0.0.0.0:9184 (overrides `metrics_listen:`; default: no endpoint).
-        #[arg(long, value_name = "IP:PORT", value_parser = listen_arg)]
-        metrics_listen: Option<SocketAddr>,
-    },
-    /// The provisioning log: every operation of the runs kept for `history_days`.
-    Log {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Only operations this recent (e.g. 2d, 12h).
-        #[arg(long)]
-        since: Option<String>,
-        /// Only this run (the run numbers `status` shows).
-        #[arg(long)]
-        run: Option<i64>,
-        /// Only operations on this user (source key, userName or email).
-        #[arg(long)]
-        user: Option<String>,
-        /// Only these operations (create_user, update_user, disable_user, add_members, ...).
-        #[arg(long, value_delimiter = ',')]
-        action: Vec<String>,
-        /// Only operations that ended so.
-        #[arg(long, value_enum)]
-        outcome: Option<LogOutcome>,
-        #[arg(long, value_enum, default_value = "text")]
-        format: LogFormatArg,
-    },
-    /// Last runs, failures, pending work.
-    Status {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[arg(long, value_enum, default_value = "text")]
-        format: OutputFormat,
-    },
-    /// Write one self-contained HTML page: runs over time, the last run's
-    /// operations, quarantine and guards.
-    Report {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The file to write.
-        #[arg(long)]
-        html: PathBuf,
-        /// The period shown, back from now (e.g. 30d, 12h).
-        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
-        since: std::time::Duration,
-    },
-    /// A plan that undoes what run RUN did (review it, then `sync --plan`).
-    Revert {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The run's number, as `idsync status` lists it.
-        run: i64,
-        #[arg(long, value_enum, default_value = "text")]
-        format: PlanFormat,
-        /// Save the plan (JSON) for `sync --plan`.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Read the target and the source and report what the directory does not
-    /// account for: orphans, stale access, group access not from the
-    /// directory, drift. Writes nothing; exits 1 when anything is found.
-    Audit {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[arg(long, value_enum, default_value = "text")]
-        format: AuditFormat,
-        /// Write the report to this file instead of stdout (for `--format html`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// Why one user is or is not provisioned, and as what.
-    Explain {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// The user's source key, userName or email.
-        user: String,
-    },
-    /// Look after the state DB.
-    State {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[command(subcommand)]
-        action: StateAction,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum StateAction {
-    /// Forget the notes on values the target did not keep as sent (`status`
-    /// lists them). Nothing is sent: `sync --full` compares what the target
-    /// holds and sends what differs.
-    ForgetNotes {
-        /// Only the notes on this attribute (e.g. externalId, name.familyName).
-        attr: Option<String>,
-    },
-    /// Check the state DB: SQLite's integrity and foreign-key checks and
-    /// idsync's own invariants. Reads only; exit 1 names each problem.
-    Check,
-    /// Copy the state DB to FILE with SQLite's online backup: a consistent
-    /// copy, also while a sync runs.
-    Backup {
-        /// Where to write the copy (refused if it exists, unless --force).
-        file: PathBuf,
-        /// Replace FILE if it exists.
-        #[arg(long)]
-        force: bool,
-    },
-}
-
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args() {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -367,6 +130,16 @@ pub fn main() -> ExitCode {
             ExitCode::from(f.exit.code())
         }
     }
+}
+
+/// The command line, parsed by the definitions in `args` with `--version`
+/// saying what was built (commit, features), which the build script that
+/// shares those definitions cannot know.
+fn parse_args() -> Result<Cli, clap::Error> {
+    let matches = Cli::command()
+        .long_version(version::long_version())
+        .try_get_matches()?;
+    Cli::from_arg_matches(&matches)
 }
 
 /// `error: …` and `hint: …` on stderr. A message may be several lines that
@@ -460,6 +233,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             metrics_file,
             metrics_listen,
         } => {
+            let metrics_listen = metrics_listen.as_deref().map(listen_arg).transpose()?;
             let options = sync::daemon::DaemonOptions {
                 metrics_file,
                 metrics_listen,
@@ -501,6 +275,13 @@ async fn run(command: Command) -> Result<Exit, Failure> {
             html,
             since,
         } => {
+            let since = humantime::parse_duration(&since).map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    format!("--since {since}: {e}"),
+                    Some("give a period such as 30d, 12h or 90min"),
+                )
+            })?;
             let data = inspect::report(&Settings::load(&config.config)?, since)?;
             write_page(&html, &report::report_html(&data), "report")?;
             Ok(Exit::Ok)
@@ -535,6 +316,13 @@ async fn run(command: Command) -> Result<Exit, Failure> {
         Command::Explain { config, user } => {
             let explanation = inspect::explain(&Settings::load(&config.config)?, &user).await?;
             print!("{}", report::explain_text(&explanation));
+            Ok(Exit::Ok)
+        }
+        Command::Version { format } => {
+            match format {
+                OutputFormat::Text => print!("{}", version::text()),
+                OutputFormat::Json => println!("{}", version::json()),
+            }
             Ok(Exit::Ok)
         }
         Command::State { config, action } => {
@@ -668,8 +456,14 @@ fn forget_notes(settings: &Settings, attr: Option<&str>) -> Result<Exit, Failure
 }
 
 /// `--metrics-listen`: the rule `metrics_listen:` is held to, with its hint.
-fn listen_arg(text: &str) -> Result<SocketAddr, String> {
-    crate::config::parse_listen(text).map_err(|(message, hint)| format!("{message}; {hint}"))
+fn listen_arg(text: &str) -> Result<SocketAddr, Failure> {
+    crate::config::parse_listen(text).map_err(|(message, hint)| {
+        Failure::new(
+            Exit::Usage,
+            format!("--metrics-listen: {message}"),
+            Some(&hint),
+        )
+    })
 }
 
 /// Set when SIGTERM or Ctrl-C arrives: the executor finishes what is in flight,
@@ -1181,6 +975,7 @@ mod tests {
     use crate::plan::guard::GuardStop;
     use crate::source::ldap::LdapError;
     use crate::state::StateError;
+    use clap::Parser;
 
     fn exit_of(e: SyncError) -> Exit {
         Failure::from(e).exit
@@ -1406,6 +1201,112 @@ mod tests {
         // A saved plan is applied as it is: no --full or --dry-run with it.
         assert!(
             Cli::try_parse_from(["idsync", "sync", "-c", "x", "--plan", "p", "--full"]).is_err()
+        );
+    }
+
+    #[test]
+    fn manual_exit_codes_are_the_engines_exit_codes() {
+        let listed: Vec<u8> = args::EXIT_CODES.iter().map(|(code, _)| *code).collect();
+        let engine: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(listed, engine);
+    }
+
+    #[test]
+    fn version_json_names_every_field() {
+        let text = version::json().to_string();
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for field in [
+            "name", "version", "commit", "features", "target", "rustc", "sqlite",
+        ] {
+            assert!(parsed.get(field).is_some(), "{field} missing: {text}");
+        }
+        assert_eq!(parsed["name"], "idsync");
+        assert_eq!(parsed["version"], env!("CARGO_PKG_VERSION"));
+        assert!(!parsed["commit"].as_str().unwrap().is_empty(), "{text}");
+        let features: Vec<&str> = parsed["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        for wanted in ["source-csv", "source-ldap", "source-entra"] {
+            assert!(features.contains(&wanted), "{features:?}");
+        }
+        let sqlite = format!("sqlite-{}-bundled", rusqlite::version());
+        assert!(features.contains(&sqlite.as_str()), "{features:?}");
+    }
+
+    #[test]
+    fn long_version_names_the_commit_and_the_features() {
+        let text = version::long_version();
+        assert!(text.starts_with(env!("CARGO_PKG_VERSION")), "{text}");
+        assert!(
+            text.contains(&format!("(commit {})", version::COMMIT)),
+            "{text}"
+        );
+        assert!(text.contains("source-ldap"), "{text}");
+        let err = Cli::command()
+            .long_version(version::long_version())
+            .try_get_matches_from(["idsync", "--version"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert!(err.to_string().contains(version::COMMIT), "{err}");
+    }
+
+    /// Every command, nested ones too, by its page name (`idsync-state-check`).
+    fn page_names(cmd: &clap::Command, prefix: &str, names: &mut Vec<String>) {
+        let name = if prefix.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{prefix}-{}", cmd.get_name())
+        };
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if sub.get_name() != "help" {
+                page_names(sub, &name, names);
+            }
+        }
+        names.push(name);
+    }
+
+    #[test]
+    fn build_script_wrote_a_manual_page_for_every_command() {
+        // `<target dir>/<profile>/man`, three levels up from the build
+        // script's OUT_DIR (`<profile>/build/idsync-HASH/out`).
+        let profile = Path::new(env!("OUT_DIR")).ancestors().nth(3).unwrap();
+        let mut names = Vec::new();
+        page_names(&Cli::command(), "", &mut names);
+        assert!(
+            names.contains(&"idsync-state-check".to_string()),
+            "{names:?}"
+        );
+        for name in &names {
+            let page = profile.join("man").join(format!("{name}.1"));
+            let text = std::fs::read_to_string(&page)
+                .unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+            assert!(text.contains(".SH \"EXIT STATUS\""), "{}", page.display());
+        }
+        for file in ["idsync", "_idsync", "idsync.fish"] {
+            let script = profile.join("completions").join(file);
+            let text = std::fs::read_to_string(&script).unwrap();
+            assert!(text.contains("forget-notes"), "{}", script.display());
+        }
+    }
+
+    #[test]
+    fn report_since_must_be_a_period() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let cli = Cli::try_parse_from([
+            "idsync", "report", "-c", "x.yaml", "--html", "r.html", "--since", "soon",
+        ])
+        .unwrap();
+        let failure = runtime.block_on(run(cli.command)).unwrap_err();
+        assert_eq!(failure.exit, Exit::Usage);
+        assert!(
+            failure.message.contains("--since soon"),
+            "{}",
+            failure.message
         );
     }
 }

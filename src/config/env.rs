@@ -80,7 +80,7 @@ fn variable(name: &str) -> Result<String, (String, String)> {
                 format!("${{{name}}} is not a valid variable reference")
             },
             if name == "CREDENTIALS_DIRECTORY" {
-                "systemd sets CREDENTIALS_DIRECTORY only for a unit with `LoadCredential=` (see examples/systemd/idsync.service); outside systemd, point token_file at the file itself".to_string()
+                "systemd sets CREDENTIALS_DIRECTORY only for a unit with `LoadCredential=` (see examples/systemd/idsync.service); by hand, set it to the folder holding the secret files (CREDENTIALS_DIRECTORY=/etc/idsync for the packaged config), or point token_file at the file itself".to_string()
             } else {
                 format!("export {name}=… or write the value in the file")
             },

@@ -6,6 +6,7 @@
 //! `policy:`, the mapping `assign:` — and says where a mistake is; this module
 //! places it in the file.
 //! Here are only the file's shape and the order of compilation, with its parts:
+//! the example's unfilled `CHANGE-ME` values (`placeholder`, refused first),
 //! `${VAR}` expansion (`env`), YAML errors (`located`), the `source:` section's
 //! two-pass read (`kinded`), `schedule:`, `notify:` and its `email:`. Secrets
 //! are located but read only when a command needs them (`TokenSource::read`,
@@ -17,6 +18,7 @@ mod error;
 mod kinded;
 mod located;
 mod notify;
+mod placeholder;
 mod schedule;
 #[cfg(test)]
 mod tests;
@@ -247,6 +249,7 @@ impl Settings {
 
     pub(crate) fn compile(path: &Path, text: &str) -> Result<Settings, ConfigError> {
         let file = path.display().to_string();
+        placeholder::refuse_unfilled(text, &file)?;
         let expanded = expand_env(text, &file)?;
         let raw = parse_raw(&file, &expanded)?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();

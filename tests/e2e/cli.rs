@@ -176,3 +176,45 @@ fn human_plan_output() {
         "NO_COLOR output has escape codes"
     );
 }
+
+#[test]
+fn version_says_the_commit_and_features_in_text_and_json() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_idsync"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let long = run(&["--version"]);
+    let json: serde_json::Value = serde_json::from_str(&run(&["version", "--format", "json"]))
+        .expect("version --format json prints one JSON object");
+    let commit = json["commit"].as_str().expect("commit is a string");
+    assert!(!commit.is_empty());
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    // Built from a git checkout without an override: the commit is HEAD's.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=10", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Ok(head) = head
+        && head.status.success()
+        && option_env!("IDSYNC_BUILD_COMMIT").is_none()
+    {
+        let head = String::from_utf8(head.stdout).unwrap();
+        assert!(commit.starts_with(head.trim()), "{commit} vs HEAD {head}");
+    }
+    assert!(
+        long.starts_with(&format!(
+            "idsync {} (commit {commit})",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{long}"
+    );
+    for feature in json["features"].as_array().unwrap() {
+        assert!(long.contains(feature.as_str().unwrap()), "{long}");
+    }
+    // `idsync version` says the same as `--version`.
+    assert_eq!(run(&["version"]), long);
+}

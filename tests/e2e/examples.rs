@@ -2,6 +2,8 @@
 //! validate` (with the variables it names set), every Atlassian example sets
 //! verified domains, protects the admin account and pushes assigned groups
 //! only, and the HR export example plans its sample data as its comments say.
+//! The Debian package's config is refused until its CHANGE-ME values are
+//! filled in, and valid with only those given.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -162,4 +164,58 @@ fn the_hr_export_example_plans_its_sample_data() {
         .filter_map(|op| op["displayName"].as_str())
         .collect();
     assert_eq!(groups, ["atlassian-users", "engineering"]);
+}
+
+/// The Debian package's `/etc/idsync/config.yaml`: refused (exit 2) by
+/// `validate` and `check` while it holds a CHANGE-ME, naming each such line;
+/// valid once only those values are given (the mapping where the package
+/// puts it, here the checkout's `mappings/`).
+#[test]
+fn packaged_config_is_refused_until_its_change_me_values_are_filled_in() {
+    let packaged = manifest_dir().join("packaging/deb/config.yaml");
+    for command in ["validate", "check"] {
+        let out = idsync(&[command], &packaged);
+        out.assert_code(2);
+        for line in [
+            "users: /CHANGE-ME/users.csv",
+            "base_url: https://",
+            "verified_domains:",
+        ] {
+            assert!(
+                out.stderr.contains(line),
+                "{command} should name {line}\n{}",
+                out.dump()
+            );
+        }
+        assert!(
+            out.stderr.contains("hint: replace each CHANGE-ME"),
+            "{}",
+            out.dump()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = manifest_dir().join("examples/data");
+    let text = std::fs::read_to_string(&packaged)
+        .unwrap()
+        .replace("/CHANGE-ME/", &format!("{}/", data.display()))
+        .replace("directory/CHANGE-ME", "directory/0123-abcd")
+        .replace("CHANGE-ME.example.com", "example.com")
+        .replace(
+            "/usr/share/idsync/mappings/",
+            &format!("{}/", manifest_dir().join("mappings").display()),
+        )
+        .replace("/var/lib/idsync/", &format!("{}/", dir.path().display()));
+    let unfilled: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains("CHANGE-ME"))
+        .collect();
+    assert!(unfilled.is_empty(), "{unfilled:?}");
+    let filled = dir.path().join("config.yaml");
+    std::fs::write(&filled, text).unwrap();
+    let mut cmd = idsync_command(None);
+    cmd.args(["validate", "-c"])
+        .arg(&filled)
+        .env("CREDENTIALS_DIRECTORY", dir.path());
+    let out = run_bounded(cmd, Duration::from_secs(60), None);
+    out.assert_code(0);
 }

@@ -55,7 +55,7 @@ fn every_systemd_unit_passes_systemd_analyze_verify() {
     let binary = env!("CARGO_BIN_EXE_idsync");
     let mut files = Vec::new();
     for name in UNITS {
-        let text = unit_text(name).replace("/usr/local/bin/idsync", binary);
+        let text = unit_text(name).replace("/usr/bin/idsync", binary);
         // A template is verified as an instance of it.
         let name = name.replace("@.", "@corp.");
         std::fs::write(dir.path().join(&name), text).unwrap();
@@ -103,7 +103,7 @@ fn systemd_analyze_reports_a_misspelt_key_as_a_warning_the_test_reads() {
     };
     let dir = tempfile::tempdir().unwrap();
     let text = unit_text("idsync.service")
-        .replace("/usr/local/bin/idsync", env!("CARGO_BIN_EXE_idsync"))
+        .replace("/usr/bin/idsync", env!("CARGO_BIN_EXE_idsync"))
         .replace("TimeoutStartSec=", "TimeoutStartSecs=");
     let file = dir.path().join("idsync.service");
     std::fs::write(&file, text).unwrap();
@@ -128,7 +128,7 @@ fn the_units_bound_a_cycle_harden_the_service_and_pass_the_token_as_a_credential
         for needed in [
             "Type=oneshot",
             "TimeoutStartSec=",
-            "DynamicUser=yes",
+            "User=idsync",
             "StateDirectory=idsync",
             "ProtectSystem=strict",
             "NoNewPrivileges=yes",
@@ -196,7 +196,7 @@ fn the_readme_cron_line_parses_with_the_five_field_rules_idsync_uses() {
         fields[6].ends_with("/idsync") && fields[7] == "sync",
         "{line}"
     );
-    assert!(line.contains(" -c /etc/idsync/idsync.yaml"), "{line}");
+    assert!(line.contains(" -c /etc/idsync/config.yaml"), "{line}");
     // Every 40 minutes as cron can say it: at :00 and :40 of every hour.
     let minutes: std::collections::BTreeSet<u32> = schedule
         .upcoming(chrono::Utc)
