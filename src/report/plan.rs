@@ -15,7 +15,7 @@ use crate::model::OpKind;
 use crate::model::{GroupName, SourceKey, UserAttrs};
 use crate::plan::{Action, Change, Changes, MemberNames, NameStep, Operation, Plan, released_name};
 
-use super::{Style, plural, quote, show};
+use super::{Style, escape, plural, quote, show};
 
 /// Members named per group and membership operation before "… and N more".
 pub const MEMBERS_LISTED: usize = 20;
@@ -153,13 +153,21 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView, names: &MemberNames) -> S
             user_name, reason, ..
         } => head(
             "31",
-            format!("- disable user {} ({reason})", show(user_name.as_str())),
+            format!(
+                "- disable user {} ({})",
+                show(user_name.as_str()),
+                escape(reason)
+            ),
         ),
         Operation::DeleteUser {
             user_name, reason, ..
         } => head(
             "31",
-            format!("- delete user {} ({reason})", show(user_name.as_str())),
+            format!(
+                "- delete user {} ({})",
+                show(user_name.as_str()),
+                escape(reason)
+            ),
         ),
         Operation::CreateGroup { display_name, .. } => head(
             "32",
@@ -183,7 +191,11 @@ pub(crate) fn op_lines(op: &Operation, view: PlanView, names: &MemberNames) -> S
             ..
         } => head(
             "31",
-            format!("- delete group {} ({reason})", show(display_name.as_str())),
+            format!(
+                "- delete group {} ({})",
+                show(display_name.as_str()),
+                escape(reason)
+            ),
         ),
         Operation::AddMembers {
             display_name,
@@ -443,4 +455,53 @@ pub(super) fn step_note(op: &Operation) -> Option<String> {
             status.as_str()
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GroupKey, ScimId, Status};
+    use crate::plan::testkit::{desired, person, plan, state_of};
+    use crate::plan::{Policy, RemoveAction};
+
+    /// A saved plan (`sync --plan FILE`) is read back from a file, so its
+    /// removal reasons are text from outside like any other. Found by the
+    /// `saved_plan` fuzz target (fuzz/regressions/saved-plan-raw-reason): a
+    /// DEL in a group's removal reason reached the terminal raw.
+    #[test]
+    fn a_saved_plans_removal_reasons_are_escaped_in_the_text_plan() {
+        let leaver = person("k1", "a@example.com", "Eng");
+        let stayer = person("k2", "b@example.com", "Eng");
+        let state = state_of(&[(&leaver, Status::Active), (&stayer, Status::Active)]);
+        let d = desired(vec![stayer.clone()], Vec::new());
+        let hostile = "gone\u{7f}\u{1b}[2J\u{202e}";
+        for remove_action in [RemoveAction::Disable, RemoveAction::Delete] {
+            let policy = Policy {
+                remove_action,
+                ..Policy::default()
+            };
+            let mut p = plan(&d, &state, &policy);
+            let mut reasons = 0;
+            for op in &mut p.operations {
+                if let Operation::DisableUser { reason, .. }
+                | Operation::DeleteUser { reason, .. }
+                | Operation::DeleteGroup { reason, .. } = op
+                {
+                    *reason = hostile.to_string();
+                    reasons += 1;
+                }
+            }
+            assert_eq!(reasons, 1, "the leaver removed: {p:?}");
+            p.operations.push(Operation::DeleteGroup {
+                key: GroupKey::new("ops"),
+                scim_id: ScimId::new("g1"),
+                display_name: "Ops".into(),
+                reason: hostile.to_string(),
+            });
+            let text = plan_text(&p, PlanView::new(Style { color: false }));
+            assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text}");
+            assert!(!text.contains('\u{202e}'), "{text}");
+            assert!(text.contains(r"gone\u{7f}\u{1b}[2J\u{202e}"), "{text}");
+        }
+    }
 }
