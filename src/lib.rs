@@ -17,6 +17,7 @@ pub mod config;
 pub mod fuzzing;
 mod mapping;
 pub mod model;
+mod pace;
 pub mod plan;
 mod report;
 mod retry;
