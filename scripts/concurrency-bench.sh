@@ -19,20 +19,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 USERS="${1:-3000}"
 case "$USERS" in '' | *[!0-9]*) echo "usage: $0 [USERS]" >&2; exit 2 ;; esac
-if [ "$(id -u)" -ne 0 ]; then
-    echo "error: network namespaces need root" >&2
-    exit 1
-fi
-export IDSYNC_SCIM2_SERVER="${IDSYNC_SCIM2_SERVER:-$ROOT/.test-env/venv/bin/scim2-server}"
-if [ ! -x "$IDSYNC_SCIM2_SERVER" ]; then
-    echo "error: scim2-server not found at $IDSYNC_SCIM2_SERVER (run scripts/test-env.sh)" >&2
-    exit 1
-fi
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+netns_test_env "$ROOT"
 
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -n) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'): $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-PACE_USERS="$USERS" cargo test --release --test netfaults pace:: \
+PACE_USERS="$USERS" cargo test --release --test netfaults pace::concurrency_sweep \
     -- --ignored --test-threads=1 --nocapture >"$log" 2>&1 || {
     cat "$log" >&2
     exit 1

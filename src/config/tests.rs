@@ -25,9 +25,18 @@ fn a_bad_member_removal_limit_is_reported_at_its_value() {
 }
 
 fn compile_with(extra: &str) -> Result<Settings, ConfigError> {
+    compile_around(
+        "target: { kind: scim, base_url: https://scim.example, token_env: T }\n",
+        extra,
+    )
+}
+
+/// A config of the CSV mapping, `target` (its lines), a state DB and a CSV
+/// source, then `extra`.
+fn compile_around(target: &str, extra: &str) -> Result<Settings, ConfigError> {
     let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
     let text = format!(
-        "mapping: {}\ntarget: {{ kind: scim, base_url: https://scim.example, token_env: T }}\nstate: s.db\nsource: {{ kind: csv, users: u.csv }}\n{extra}",
+        "mapping: {}\n{target}state: s.db\nsource: {{ kind: csv, users: u.csv }}\n{extra}",
         mapping.display()
     );
     Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text)
@@ -527,12 +536,12 @@ fn history_runs_is_optional_and_at_least_one() {
 
 /// The settings of `target:` with `extra` in it (a YAML block).
 fn compile_target(extra: &str) -> Result<Settings, ConfigError> {
-    let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
-    let text = format!(
-        "mapping: {}\ntarget:\n  kind: scim\n  base_url: https://scim.example\n  token_env: T\n{extra}state: s.db\nsource: {{ kind: csv, users: u.csv }}\n",
-        mapping.display()
-    );
-    Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text)
+    compile_around(
+        &format!(
+            "target:\n  kind: scim\n  base_url: https://scim.example\n  token_env: T\n{extra}"
+        ),
+        "",
+    )
 }
 
 #[test]

@@ -995,24 +995,23 @@ pub async fn sync_with(
 /// The requests in flight this cycle allowed: what `concurrency: auto`
 /// chose, or the fixed number.
 fn concurrency_facts(settings: &Settings, client: &ScimClient) -> facts::ConcurrencyFacts {
-    let ceiling = settings.target.concurrency.slots() as u64;
-    match client.concurrency_record() {
-        Some(r) => facts::ConcurrencyFacts {
-            auto: true,
-            ceiling,
-            settled: r.settled as u64,
-            last: r.last as u64,
-            min: r.min as u64,
-            max: r.max as u64,
-        },
-        None => facts::ConcurrencyFacts {
-            auto: false,
-            ceiling,
-            settled: ceiling,
-            last: ceiling,
-            min: ceiling,
-            max: ceiling,
-        },
+    let ceiling = settings.target.concurrency.slots();
+    let record = client.concurrency_record();
+    let r = record.clone().unwrap_or(crate::scim::PaceRecord {
+        ceiling,
+        last: ceiling,
+        min: ceiling,
+        max: ceiling,
+        settled: ceiling,
+        ..Default::default()
+    });
+    facts::ConcurrencyFacts {
+        auto: record.is_some(),
+        ceiling: ceiling as u64,
+        settled: r.settled as u64,
+        last: r.last as u64,
+        min: r.min as u64,
+        max: r.max as u64,
     }
 }
 

@@ -123,3 +123,25 @@ fn concurrency_sweep_at_100ms_rtt() {
         if ratio >= 0.90 { "✔" } else { "✘" }
     );
 }
+
+/// The short form run with the other network tests: 300 users at fixed
+/// concurrency 8 and 16, then auto. Auto must reach 75 % of the better of
+/// the two: slack for a busy machine (the 90 % target is the sweep's, which
+/// `scripts/concurrency-bench.sh` measures), enough to catch a controller
+/// that stays low or collapses.
+#[test]
+fn auto_keeps_up_with_fixed_8_and_16_at_100ms_rtt() {
+    if !available() {
+        return;
+    }
+    let users = 300;
+    let best = ["8", "16"]
+        .iter()
+        .map(|c| sync_at(c, users).rate())
+        .fold(0.0, f64::max);
+    let auto = sync_at("auto", users).rate();
+    assert!(
+        auto >= 0.75 * best,
+        "auto {auto:.1} users/s, below 75 % of the better fixed rate {best:.1} users/s"
+    );
+}
