@@ -79,7 +79,7 @@ pub struct Record {
     pub last: usize,
     pub min: usize,
     pub max: usize,
-    /// The limit in force for the longest time.
+    /// The limit most requests were sent under.
     pub settled: usize,
     pub increases: u64,
     pub decreases: u64,
@@ -130,15 +130,14 @@ pub struct Controller {
     quiet_at_cap: u32,
     past: Option<Past>,
     window: Window,
-    /// Time spent at each limit, since the cycle began.
-    held_for: BTreeMap<usize, Duration>,
-    since: Instant,
+    /// Requests sent under each limit, since the cycle began.
+    sent_under: BTreeMap<usize, u64>,
     record: Record,
 }
 
 impl Controller {
-    /// A controller starting at [`INITIAL`] (or `ceiling`, when lower) at `now`.
-    pub fn new(ceiling: usize, now: Instant) -> Controller {
+    /// A controller starting at [`INITIAL`] (or `ceiling`, when lower).
+    pub fn new(ceiling: usize) -> Controller {
         let ceiling = ceiling.max(1);
         let limit = INITIAL.min(ceiling);
         let mut c = Controller {
@@ -150,11 +149,10 @@ impl Controller {
             quiet_at_cap: 0,
             past: None,
             window: Window::default(),
-            held_for: BTreeMap::new(),
-            since: now,
+            sent_under: BTreeMap::new(),
             record: Record::default(),
         };
-        c.begin_cycle(now);
+        c.begin_cycle();
         c
     }
 
@@ -163,9 +161,8 @@ impl Controller {
     }
 
     /// Forgets the limits recorded so far (what was learned stays).
-    pub fn begin_cycle(&mut self, now: Instant) {
-        self.held_for.clear();
-        self.since = now;
+    pub fn begin_cycle(&mut self) {
+        self.sent_under.clear();
         self.record = Record {
             ceiling: self.ceiling,
             last: self.limit,
@@ -180,6 +177,7 @@ impl Controller {
     /// A request was sent with `in_flight` requests in flight (itself
     /// included).
     pub fn sent(&mut self, in_flight: usize) {
+        *self.sent_under.entry(self.limit).or_default() += 1;
         if in_flight >= self.limit {
             self.window.saturated = true;
         }
@@ -262,8 +260,6 @@ impl Controller {
     }
 
     fn moved(&mut self, now: Instant, change: Change) {
-        *self.held_for.entry(change.from).or_default() += now.duration_since(self.since);
-        self.since = now;
         self.limit = change.to;
         if change.to < change.from {
             self.last_decrease = Some(now);
@@ -279,14 +275,13 @@ impl Controller {
         }
     }
 
-    /// The limits since the cycle began, as of `now`.
-    pub fn record(&self, now: Instant) -> Record {
-        let mut held = self.held_for.clone();
-        *held.entry(self.limit).or_default() += now.saturating_duration_since(self.since);
-        let settled = held
+    /// The limits since the cycle began.
+    pub fn record(&self) -> Record {
+        let settled = self
+            .sent_under
             .iter()
-            // The longest; of equal times, the higher limit.
-            .max_by_key(|(limit, time)| (**time, **limit))
+            // The most requests; of equal counts, the higher limit.
+            .max_by_key(|(limit, sent)| (**sent, **limit))
             .map_or(self.limit, |(limit, _)| *limit);
         Record {
             settled,
@@ -338,29 +333,28 @@ mod tests {
     #[test]
     fn slow_start_doubles_to_the_ceiling_while_the_round_trip_holds() {
         let mut t = Instant::now();
-        let mut c = Controller::new(32, t);
+        let mut c = Controller::new(32);
         assert_eq!(c.limit(), INITIAL);
         let limits = rounds(&mut c, &mut t, 8, 100 * MS, usize::MAX);
         // A round is judged when the next one's answers begin to arrive
         // (the first, at its second answer).
         assert_eq!(limits[..5], [4, 8, 16, 32, 32]);
         assert_eq!(c.limit(), 32, "never above the ceiling");
-        let r = c.record(t);
+        let r = c.record();
         assert_eq!((r.min, r.max, r.last, r.ceiling), (4, 32, 32, 32));
         assert_eq!(r.settled, 32);
     }
 
     #[test]
     fn a_ceiling_below_the_start_is_where_it_starts() {
-        let t = Instant::now();
-        assert_eq!(Controller::new(2, t).limit(), 2);
-        assert_eq!(Controller::new(0, t).limit(), 1);
+        assert_eq!(Controller::new(2).limit(), 2);
+        assert_eq!(Controller::new(0).limit(), 1);
     }
 
     #[test]
     fn an_unsaturated_limit_does_not_grow() {
         let mut t = Instant::now();
-        let mut c = Controller::new(32, t);
+        let mut c = Controller::new(32);
         for _ in 0..50 {
             let sent = t;
             c.sent(1);
@@ -373,7 +367,7 @@ mod tests {
     #[test]
     fn back_pressure_halves_the_limit_once_per_window() {
         let mut t = Instant::now();
-        let mut c = Controller::new(32, t);
+        let mut c = Controller::new(32);
         rounds(&mut c, &mut t, 6, 100 * MS, usize::MAX);
         assert_eq!(c.limit(), 32);
         // 32 answers of one round, half of them 429: one halving, not five.
@@ -391,7 +385,7 @@ mod tests {
     fn under_an_in_flight_limit_it_settles_below_it() {
         for allowed in [3, 6, 10, 20] {
             let mut t = Instant::now();
-            let mut c = Controller::new(32, t);
+            let mut c = Controller::new(32);
             let limits = rounds(&mut c, &mut t, 400, 100 * MS, allowed);
             let over = limits[100..].iter().filter(|&&l| l > allowed).count();
             // Only the probes go over: two rounds (the probe, and the one
@@ -400,7 +394,7 @@ mod tests {
                 over * PROBE_AFTER as usize <= 2 * 300,
                 "allowed {allowed}: {over} rounds of 300 above it: {limits:?}"
             );
-            let r = c.record(t);
+            let r = c.record();
             assert!(
                 r.settled <= allowed && r.settled + 1 >= allowed,
                 "allowed {allowed}: {r:?}"
@@ -411,7 +405,7 @@ mod tests {
     #[test]
     fn a_rising_round_trip_cuts_a_tenth() {
         let mut t = Instant::now();
-        let mut c = Controller::new(64, t);
+        let mut c = Controller::new(64);
         rounds(&mut c, &mut t, 7, 100 * MS, usize::MAX);
         assert_eq!(c.limit(), 64);
         // The round trip doubles: 64 → 57, and slow start is over.
@@ -437,12 +431,12 @@ mod tests {
     #[test]
     fn a_steady_round_trip_with_jitter_is_not_rising_latency() {
         let mut t = Instant::now();
-        let mut c = Controller::new(16, t);
+        let mut c = Controller::new(16);
         for i in 0..200u32 {
             let rtt = Duration::from_micros(100_000 + u64::from(i % 7) * 2_000);
             rounds(&mut c, &mut t, 1, rtt, usize::MAX);
         }
-        assert_eq!(c.record(t).decreases, 0);
+        assert_eq!(c.record().decreases, 0);
         assert_eq!(c.limit(), 16);
     }
 
@@ -474,7 +468,7 @@ mod tests {
             events in proptest::collection::vec(event(), 1..400),
         ) {
             let mut t = Instant::now();
-            let mut c = Controller::new(ceiling, t);
+            let mut c = Controller::new(ceiling);
             let mut saturated = false;
             for e in events {
                 match e {
@@ -506,7 +500,7 @@ mod tests {
                 }
                 prop_assert!(c.limit() >= 1 && c.limit() <= ceiling, "limit {} ceiling {}", c.limit(), ceiling);
             }
-            let r = c.record(t);
+            let r = c.record();
             prop_assert!(r.min >= 1 && r.max <= ceiling && r.min <= r.settled && r.settled <= r.max);
         }
     }

@@ -36,7 +36,7 @@ impl Pace {
     pub fn new(ceiling: usize) -> Pace {
         Pace {
             state: Mutex::new(State {
-                controller: Controller::new(ceiling, Instant::now()),
+                controller: Controller::new(ceiling),
                 in_flight: 0,
             }),
             freed: tokio::sync::Notify::new(),
@@ -54,12 +54,12 @@ impl Pace {
 
     /// Starts recording a new cycle's limits (what was learned stays).
     pub fn begin_cycle(&self) {
-        self.state().controller.begin_cycle(Instant::now());
+        self.state().controller.begin_cycle();
     }
 
     /// The limits since the cycle began.
     pub fn record(&self) -> Record {
-        self.state().controller.record(Instant::now())
+        self.state().controller.record()
     }
 
     /// Waits until fewer requests than the limit are in flight, and takes a

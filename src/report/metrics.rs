@@ -165,7 +165,7 @@ fn concurrency(out: &mut String, c: &ConcurrencyFacts) {
     gauge(
         out,
         "idsync_concurrency_limit",
-        "The limit on requests in flight during the last cycle: in force longest (settled), at the end (last), lowest and highest.",
+        "The limit on requests in flight during the last cycle: the one most requests were sent under (settled), at the end (last), lowest and highest.",
         &limits,
     );
 }

@@ -53,7 +53,7 @@ pub struct CycleFacts {
 pub struct ConcurrencyFacts {
     pub auto: bool,
     pub ceiling: u64,
-    /// The limit in force for the longest time.
+    /// The limit most requests were sent under.
     pub settled: u64,
     pub last: u64,
     pub min: u64,
