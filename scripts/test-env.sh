@@ -8,8 +8,9 @@
 #     tests/ad), iproute2 and iptables (tests/netfaults: network namespaces, veth
 #     pairs, iptables rules inside them; the nft or legacy backend, whichever
 #     the kernel has)
-#   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests) and
-#     aiosmtpd (the mail server the alert e2e tests send to)
+#   - a Python venv at .test-env/venv with scim2-server (SCIM e2e tests),
+#     aiosmtpd (the mail server the alert e2e tests send to) and
+#     kubernetes-validate (scripts/kube-check.sh)
 #   - cargo-fuzz (the fuzz smoke run in scripts/test.sh; skipped without it)
 # The packaged slapd service is never left running: tests start their own slapd
 # on a loopback port.
@@ -164,6 +165,17 @@ if [ "$installed_version" = "$AIOSMTPD_VERSION" ]; then
 else
     log "installing aiosmtpd==$AIOSMTPD_VERSION into $VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+fi
+
+# kubernetes-validate (scripts/kube-check.sh): the Kubernetes schemas ship in
+# its wheel, so the manifests are validated offline.
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+installed_version="$("$VENV/bin/python" -m pip show kubernetes-validate 2>/dev/null | sed -n 's/^Version: //p' || true)"
+if [ "$installed_version" = "$KUBERNETES_VALIDATE_VERSION" ]; then
+    log "kubernetes-validate $KUBERNETES_VALIDATE_VERSION: already installed"
+else
+    log "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 
 # --- cargo-fuzz (scripts/fuzz-smoke.sh, scripts/fuzz.sh) --------------------

@@ -26,6 +26,9 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast
 
+step "scripts/kube-check.sh"
+bash scripts/kube-check.sh
+
 # Every fuzz target for a few seconds over its checked-in corpus; skipped,
 # saying why, where the toolchain cannot build them (scripts/fuzz-smoke.sh).
 step "scripts/fuzz-smoke.sh"

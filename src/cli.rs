@@ -8,6 +8,7 @@
 //! because provisioning is paused, 7 the cycle was skipped because cycles are
 //! quarantined (`sync --force` runs it anyway).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -225,6 +226,10 @@ enum Command {
         /// Write Prometheus metrics here after each cycle (overrides `metrics_file:`).
         #[arg(long)]
         metrics_file: Option<PathBuf>,
+        /// Serve /metrics, /healthz and /readyz on this address, e.g.
+        /// 0.0.0.0:9184 (overrides `metrics_listen:`; default: no endpoint).
+        #[arg(long, value_name = "IP:PORT", value_parser = listen_arg)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// The provisioning log: every operation of the runs kept for `history_days`.
     Log {
@@ -453,14 +458,15 @@ async fn run(command: Command) -> Result<Exit, Failure> {
         Command::Daemon {
             config,
             metrics_file,
+            metrics_listen,
         } => {
-            sync::daemon::run(
-                &config.config,
-                shutdown_flag(),
+            let options = sync::daemon::DaemonOptions {
                 metrics_file,
-                report::metrics_text,
-            )
-            .await?;
+                metrics_listen,
+                render: report::metrics_text,
+                render_daemon: report::daemon_metrics_text,
+            };
+            sync::daemon::run(&config.config, shutdown_flag(), options).await?;
             Ok(Exit::Ok)
         }
         Command::Log {
@@ -659,6 +665,11 @@ fn forget_notes(settings: &Settings, attr: Option<&str>) -> Result<Exit, Failure
             .unwrap_or_default()
     );
     Ok(Exit::Ok)
+}
+
+/// `--metrics-listen`: the rule `metrics_listen:` is held to, with its hint.
+fn listen_arg(text: &str) -> Result<SocketAddr, String> {
+    crate::config::parse_listen(text).map_err(|(message, hint)| format!("{message}; {hint}"))
 }
 
 /// Set when SIGTERM or Ctrl-C arrives: the executor finishes what is in flight,
@@ -1044,7 +1055,7 @@ async fn sync_command(
         opts,
         shutdown_flag(),
         &progress,
-        report::metrics_text,
+        sync::observe::MetricsOut::file_only(report::metrics_text),
     )
     .await
     {
@@ -1339,6 +1350,14 @@ mod tests {
                 "x.yaml",
                 "--metrics-file",
                 "m.prom",
+            ],
+            &[
+                "idsync",
+                "daemon",
+                "-c",
+                "x.yaml",
+                "--metrics-listen",
+                "[::]:9184",
             ],
             &["idsync", "sync", "-c", "x.yaml", "--metrics-file", "m.prom"],
             &[

@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+mod endpoint;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -21,6 +21,7 @@ mod schedule;
 #[cfg(test)]
 mod tests;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -73,6 +74,8 @@ struct RawConfig<S> {
     #[serde(default)]
     paused: bool,
     assign: Option<Spanned<AssignConfig>>,
+    #[serde(default)]
+    metrics_listen: Option<Spanned<String>>,
 }
 
 /// The `source:` section: `kind` picks the adapter, whose own config reads the
@@ -119,6 +122,7 @@ impl<S> RawConfig<S> {
             notify,
             paused,
             assign,
+            metrics_listen,
         } = self;
         RawConfig {
             source: Spanned::new(f(source.value), source.referenced, source.defined),
@@ -133,6 +137,7 @@ impl<S> RawConfig<S> {
             notify,
             paused,
             assign,
+            metrics_listen,
         }
     }
 }
@@ -205,6 +210,10 @@ pub struct Settings {
     /// cycles are skipped (exit 6), reading and sending nothing; `plan`,
     /// `status` and the other commands work and say so.
     pub paused: bool,
+    /// Where the daemon serves `/metrics`, `/healthz` and `/readyz`
+    /// (`metrics_listen:` or `daemon --metrics-listen`; none: no endpoint). Other commands
+    /// ignore it.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Settings {
@@ -324,6 +333,13 @@ impl Settings {
             None => None,
             Some(n) => Some(NotifySettings::compile(n, &file, &base)?),
         };
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(l) => Some(
+                parse_listen(&l.value)
+                    .map_err(|(message, hint)| at(&l.referenced, message, hint))?,
+            ),
+        };
 
         let mut hasher = blake3::Hasher::new();
         hasher.update(text.as_bytes());
@@ -356,8 +372,21 @@ impl Settings {
             metrics_file: raw.metrics_file.as_ref().map(|m| resolve(&m.value)),
             notify,
             paused: raw.paused,
+            metrics_listen,
         })
     }
+}
+
+/// An address for the daemon's endpoint (`metrics_listen:` or `daemon --metrics-listen`):
+/// an IP address and a port, never a host name (nothing is looked up).
+/// The error is the message and its hint.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, (String, String)> {
+    text.trim().parse::<SocketAddr>().map_err(|_| {
+        (
+            format!("metrics_listen: {text:?} is not an IP address and port"),
+            "write it like 0.0.0.0:9184 (every interface, as in a container) or 127.0.0.1:9184 (this machine only); a host name is not accepted".into(),
+        )
+    })
 }
 
 /// What the source decides about `assign:`: how nested groups count by

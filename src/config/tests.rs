@@ -591,3 +591,22 @@ fn concurrency_is_auto_by_default_with_a_ceiling_or_a_fixed_number() {
         assert!(e.starts_with(start), "{extra:?}: {e}");
     }
 }
+
+#[test]
+fn metrics_listen_is_an_ip_address_and_port_and_a_host_name_is_refused_at_its_line() {
+    assert_eq!(compile_with("").unwrap().metrics_listen, None);
+    let s = compile_with("metrics_listen: 0.0.0.0:9184\n").unwrap();
+    assert_eq!(s.metrics_listen, Some("0.0.0.0:9184".parse().unwrap()));
+    let s = compile_with("metrics_listen: \"[::1]:9184\"\n").unwrap();
+    assert_eq!(s.metrics_listen, Some("[::1]:9184".parse().unwrap()));
+    for bad in ["localhost:9184", "9184", "0.0.0.0", "0.0.0.0:99999"] {
+        let e = compile_with(&format!("metrics_listen: \"{bad}\"\n")).expect_err(bad);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/etc/idsync/idsync.yaml:5:17: metrics_listen: ")
+                && text.contains("is not an IP address and port"),
+            "{bad}: {text}"
+        );
+        assert!(e.hint().unwrap().contains("0.0.0.0:9184"), "{bad}");
+    }
+}

@@ -141,7 +141,13 @@ fn digits(mut len: usize) -> usize {
 }
 
 /// Most significant digit first; every digit but the last carries bit 6.
+#[inline]
 pub(super) fn push_len(buf: &mut String, len: usize) {
+    if len < 64 {
+        // One digit: most names and values.
+        buf.push(char::from(len as u8));
+        return;
+    }
     let n = digits(len);
     for i in (0..n).rev() {
         let digit = ((len >> (6 * i)) & 0x3f) as u8;
@@ -152,7 +158,12 @@ pub(super) fn push_len(buf: &mut String, len: usize) {
 
 /// A length written by [`push_len`] at the start of `bytes`, and where the
 /// text after it starts.
+#[inline]
 pub(super) fn read_len(bytes: &[u8]) -> (usize, usize) {
+    if bytes[0] & 0x40 == 0 {
+        // One digit: most names and values.
+        return (usize::from(bytes[0]), 1);
+    }
     let mut len = 0usize;
     let mut at = 0;
     loop {

@@ -4,11 +4,340 @@
 //! changes to the loaded mirror; the engine commits what changed (found through
 //! a digest taken at load) after the cycle applied.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
-/// A user's selected properties by name; a property never set (or set to null)
-/// is absent. Multi-valued properties keep every value.
-pub type MirrorProps = BTreeMap<String, Vec<String>>;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::SourceAttrs;
+use super::attrs::push_len;
+use super::record::{framed_pairs, take_framed};
+
+/// A user's selected properties by name; a property never set (set to null,
+/// or to an empty list) is absent. Multi-valued properties keep every value,
+/// in order.
+///
+/// Held in one string, framed as [`SourceAttrs`] are (the name's length, the
+/// name, the value's length, the value, for every value), properties in name
+/// order: at 100,000 users this is one allocation a user instead of a map
+/// node, a vector and two strings a property, and the directory copies it
+/// whole into the record the mapping reads. In the state DB (and JSON) it is
+/// an object of property names to lists of values, as the map it replaced.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct MirrorProps(Box<str>);
+
+/// One property's new values, as a delta object gives them: `None` clears it.
+pub type PropChange<'a> = (&'a str, Option<Vec<Cow<'a, str>>>);
+
+fn push_pair(buf: &mut String, name: &str, value: &str) {
+    push_len(buf, name.len());
+    buf.push_str(name);
+    push_len(buf, value.len());
+    buf.push_str(value);
+}
+
+impl MirrorProps {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every value with its property's name, properties in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        framed_pairs(&self.0)
+    }
+
+    /// Each property once, with its values' framed text (name and value
+    /// pairs), in name order.
+    fn properties(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut rest: &str = &self.0;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let start = rest;
+            let (name, _) = take_framed(rest);
+            let mut end = 0;
+            while !rest.is_empty() {
+                let (n, after_name) = take_framed(rest);
+                if n != name {
+                    break;
+                }
+                let (_, after_value) = take_framed(after_name);
+                end += rest.len() - after_value.len();
+                rest = after_value;
+            }
+            Some((name, &start[..end]))
+        })
+    }
+
+    /// The values of the property `name` (exact spelling); none when absent.
+    pub fn get<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.iter().any(|(n, _)| n == name)
+    }
+
+    /// How many properties are set.
+    pub fn len(&self) -> usize {
+        self.properties().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Applies one delta object's properties: each named property is replaced
+    /// by its values (or cleared by `None`); properties not named keep theirs.
+    /// When a name comes twice, the later wins. One rebuild of the string.
+    pub fn update(&mut self, changes: &mut [PropChange<'_>]) {
+        if changes.is_empty() {
+            return;
+        }
+        // Stable, so the later of two equal names stays later.
+        changes.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out = String::with_capacity(self.0.len() + 16 * changes.len());
+        let mut old = self.properties().peekable();
+        let mut i = 0;
+        while i < changes.len() {
+            let name = changes[i].0;
+            while i + 1 < changes.len() && changes[i + 1].0 == name {
+                i += 1;
+            }
+            while let Some((_, framed)) = old.next_if(|(n, _)| *n < name) {
+                out.push_str(framed);
+            }
+            old.next_if(|(n, _)| *n == name);
+            for value in changes[i].1.iter().flatten() {
+                push_pair(&mut out, name, value);
+            }
+            i += 1;
+        }
+        for (_, framed) in old {
+            out.push_str(framed);
+        }
+        self.0 = out.into_boxed_str();
+    }
+
+    /// The record the mapping reads for the user `id`: `id` first, then every
+    /// property but one named `id` (in any case), as the source spells them.
+    pub fn attrs(&self, id: &str) -> SourceAttrs {
+        let mut text = String::with_capacity(self.0.len() + id.len() + 4);
+        push_pair(&mut text, "id", id);
+        if self.iter().any(|(n, _)| n.eq_ignore_ascii_case("id")) {
+            for (name, value) in self.iter() {
+                if !name.eq_ignore_ascii_case("id") {
+                    push_pair(&mut text, name, value);
+                }
+            }
+        } else {
+            text.push_str(&self.0);
+        }
+        SourceAttrs::from_framed(text)
+    }
+}
+
+impl MirrorProps {
+    /// Reads a state DB row: the JSON object [`Serialize`] writes. Rows as
+    /// idsync writes them (names in order, values without escapes) are read
+    /// by a scan for quotes; anything else goes through the JSON parser.
+    pub fn from_json(json: &str) -> Result<MirrorProps, serde_json::Error> {
+        match scan_json(json) {
+            Some(props) => Ok(props),
+            None => serde_json::from_str(json),
+        }
+    }
+}
+
+/// The properties of `{"name":["value",…],…}` written without whitespace,
+/// names in strictly ascending order, and no string with an escape or a
+/// control character; `None` for anything else.
+fn scan_json(json: &str) -> Option<MirrorProps> {
+    let bytes = json.as_bytes();
+    let mut out = String::with_capacity(json.len());
+    // A string starting after the quote at `at`: its text and the index after
+    // its closing quote.
+    let string = |at: usize| -> Option<(&str, usize)> {
+        let len = bytes[at..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        (bytes[at + len] == b'"').then(|| (&json[at..at + len], at + len + 1))
+    };
+    let expect = |at: usize, byte: u8| (bytes.get(at) == Some(&byte)).then_some(at + 1);
+    let mut at = expect(0, b'{')?;
+    let mut last: Option<&str> = None;
+    if bytes.get(at) == Some(&b'}') {
+        at += 1;
+    } else {
+        loop {
+            let (name, next) = string(expect(at, b'"')?)?;
+            if last.is_some_and(|l| l >= name) {
+                return None;
+            }
+            last = Some(name);
+            at = expect(expect(next, b':')?, b'[')?;
+            if bytes.get(at) == Some(&b']') {
+                at += 1;
+            } else {
+                loop {
+                    let (value, next) = string(expect(at, b'"')?)?;
+                    push_pair(&mut out, name, value);
+                    match bytes.get(next) {
+                        Some(b',') => at = next + 1,
+                        Some(b']') => {
+                            at = next + 1;
+                            break;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            match bytes.get(at) {
+                Some(b',') => at += 1,
+                Some(b'}') => {
+                    at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    // Copied out at its size (shrinking the buffer would copy it as well).
+    (at == bytes.len()).then(|| MirrorProps(Box::from(out.as_str())))
+}
+
+impl fmt::Debug for MirrorProps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// `{"name": ["value", …], …}`, names in order.
+impl Serialize for MirrorProps {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Values<'a>(&'a str);
+        impl Serialize for Values<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(framed_pairs(self.0).map(|(_, v)| v))
+            }
+        }
+        let mut map = serializer.serialize_map(None)?;
+        for (name, framed) in self.properties() {
+            map.serialize_entry(name, &Values(framed))?;
+        }
+        map.end()
+    }
+}
+
+/// A string borrowed from the input when it has no escapes.
+struct Text<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor)
+    }
+}
+
+/// Appends a property's list of values to the framed text, each under `name`.
+struct ValuesSeed<'a> {
+    name: &'a str,
+    out: &'a mut String,
+}
+
+impl<'de> DeserializeSeed<'de> for ValuesSeed<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValuesSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of strings")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(Text(value)) = seq.next_element()? {
+            push_pair(self.out, self.name, &value);
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for MirrorProps {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PropsVisitor;
+        impl<'de> Visitor<'de> for PropsVisitor {
+            type Value = MirrorProps;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of property names to lists of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MirrorProps, A::Error> {
+                let mut out = String::with_capacity(256);
+                let mut last: Option<Text<'de>> = None;
+                let mut in_order = true;
+                while let Some(name) = map.next_key::<Text<'de>>()? {
+                    in_order &= last.as_ref().is_none_or(|l| l.0 < name.0);
+                    map.next_value_seed(ValuesSeed {
+                        name: &name.0,
+                        out: &mut out,
+                    })?;
+                    last = Some(name);
+                }
+                let props = MirrorProps(out.into_boxed_str());
+                if in_order {
+                    return Ok(props);
+                }
+                // Written by another hand: sort the properties (a repeated
+                // name keeps its last values, as a map would).
+                let mut sorted = MirrorProps::new();
+                let mut changes: Vec<PropChange<'_>> = Vec::new();
+                for (name, framed) in props.properties() {
+                    let values = framed_pairs(framed).map(|(_, v)| Cow::Borrowed(v));
+                    changes.push((name, Some(values.collect())));
+                }
+                sorted.update(&mut changes);
+                Ok(sorted)
+            }
+        }
+        deserializer.deserialize_map(PropsVisitor)
+    }
+}
+
+impl<N: AsRef<str>, V: AsRef<str>, const K: usize> From<[(N, Vec<V>); K]> for MirrorProps {
+    fn from(properties: [(N, Vec<V>); K]) -> Self {
+        let mut props = MirrorProps::new();
+        let mut changes: Vec<PropChange<'_>> = properties
+            .iter()
+            .map(|(n, vs)| {
+                let values = vs.iter().map(|v| Cow::Borrowed(v.as_ref())).collect();
+                (n.as_ref(), Some(values))
+            })
+            .collect();
+        props.update(&mut changes);
+        props
+    }
+}
 
 /// A group: its name and its direct members' ids (users, groups or other
 /// objects; resolved against the mirror when the directory is built).
@@ -103,5 +432,150 @@ impl Mirror {
     /// True when there is nothing to continue from.
     pub fn has_links(&self) -> bool {
         self.users_link.is_some() && self.groups_link.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The map these properties used to be.
+    type OldProps = BTreeMap<String, Vec<String>>;
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "mail",
+            "id",
+            "ID",
+            "jobTitle",
+            "mailNickname",
+            "é",
+            "a",
+        ])
+        .prop_map(String::from)
+    }
+
+    fn change() -> impl Strategy<Value = (String, Option<Vec<String>>)> {
+        (
+            name(),
+            prop::option::of(prop::collection::vec(".{0,70}", 0..3)),
+        )
+    }
+
+    /// The old form without the lists a framed string cannot hold (an empty
+    /// list is as absent to every reader).
+    fn present(old: &OldProps) -> OldProps {
+        old.iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
+    proptest! {
+        /// Updates, the JSON form and the record the mapping reads are
+        /// exactly as with the map of strings the mirror used to hold.
+        #[test]
+        fn behaves_as_the_map_it_replaced(
+            objects in prop::collection::vec(prop::collection::vec(change(), 0..6), 0..8)
+        ) {
+            let mut packed = MirrorProps::new();
+            let mut old = OldProps::new();
+            for object in &objects {
+                let mut changes: Vec<PropChange<'_>> = object
+                    .iter()
+                    .map(|(n, v)| {
+                        let values = v.as_ref().map(|v| v.iter().map(|s| Cow::Borrowed(s.as_str())).collect());
+                        (n.as_str(), values)
+                    })
+                    .collect();
+                packed.update(&mut changes);
+                for (n, v) in object {
+                    match v {
+                        Some(v) => { old.insert(n.clone(), v.clone()); }
+                        None => { old.remove(n); }
+                    }
+                }
+                let expected = present(&old);
+                let pairs: Vec<(&str, &str)> = packed.iter().collect();
+                let old_pairs: Vec<(&str, &str)> = expected
+                    .iter()
+                    .flat_map(|(n, vs)| vs.iter().map(move |v| (n.as_str(), v.as_str())))
+                    .collect();
+                prop_assert_eq!(&pairs, &old_pairs);
+                prop_assert_eq!(packed.len(), expected.len());
+                prop_assert_eq!(packed.is_empty(), expected.is_empty());
+            }
+            let expected = present(&old);
+            let json = serde_json::to_string(&packed).unwrap();
+            prop_assert_eq!(&json, &serde_json::to_string(&expected).unwrap());
+            prop_assert_eq!(&serde_json::from_str::<MirrorProps>(&json).unwrap(), &packed);
+            prop_assert_eq!(&MirrorProps::from_json(&json).unwrap(), &packed);
+            let spaced = serde_json::to_string_pretty(&packed).unwrap();
+            prop_assert_eq!(&MirrorProps::from_json(&spaced).unwrap(), &packed);
+            // Rows written with the old map (empty lists and all) load the same.
+            let old_json = serde_json::to_string(&old).unwrap();
+            prop_assert_eq!(&serde_json::from_str::<MirrorProps>(&old_json).unwrap(), &packed);
+            prop_assert_eq!(&MirrorProps::from_json(&old_json).unwrap(), &packed);
+
+            // The record: `id` first, then every property but `id` (any case).
+            let mut record = SourceAttrs::new();
+            record.push("id", ["u-1"]);
+            for (n, vs) in &old {
+                if !n.eq_ignore_ascii_case("id") {
+                    record.push(n, vs);
+                }
+            }
+            prop_assert_eq!(packed.attrs("u-1"), record);
+        }
+    }
+
+    #[test]
+    fn properties_written_out_of_order_or_twice_load_sorted_and_the_last_one_wins() {
+        let json = r#"{"mail": ["a@x"], "cn": ["A", "B"], "mail": ["b@x"], "sn": []}"#;
+        let props: MirrorProps = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            props.iter().collect::<Vec<_>>(),
+            [("cn", "A"), ("cn", "B"), ("mail", "b@x")]
+        );
+        assert_eq!(
+            serde_json::to_string(&props).unwrap(),
+            r#"{"cn":["A","B"],"mail":["b@x"]}"#
+        );
+        assert_eq!(MirrorProps::from_json(json).unwrap(), props);
+        let escaped = MirrorProps::from_json(r#"{"t\u00e9":["\"q\""]}"#).unwrap();
+        assert_eq!(escaped.get("té").collect::<Vec<_>>(), ["\"q\""]);
+        for (json, pairs) in [
+            ("{}", vec![]),
+            (r#"{"a":[]}"#, vec![]),
+            (
+                r#"{"a":["x","é"],"b":[""]}"#,
+                vec![("a", "x"), ("a", "é"), ("b", "")],
+            ),
+        ] {
+            let props = MirrorProps::from_json(json).unwrap();
+            assert_eq!(props.iter().collect::<Vec<_>>(), pairs, "{json}");
+        }
+    }
+
+    #[test]
+    fn a_row_that_is_not_a_map_of_lists_of_strings_is_refused() {
+        for bad in [
+            r#"{"mail": "a@x"}"#,
+            r#"{"mail": [1]}"#,
+            "[]",
+            r#"{"mail": [null]}"#,
+            r#"{"mail":"a@x"}"#,
+            r#"{"mail":[1]}"#,
+            r#"{"mail":["a"]"#,
+            r#"{"mail":["a"]}x"#,
+            r#"{"mail":["a]}"#,
+            "{\"mail\":[\"a\u{1}\"]}",
+            "",
+        ] {
+            assert!(serde_json::from_str::<MirrorProps>(bad).is_err(), "{bad}");
+            assert!(MirrorProps::from_json(bad).is_err(), "{bad}");
+        }
     }
 }

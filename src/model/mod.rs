@@ -28,7 +28,7 @@ pub use exit::Exit;
 pub use identity::{
     Domain, Email, FoldedRef, GroupKey, GroupName, ScimId, SourceKey, UserName, fold,
 };
-pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
+pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps, PropChange};
 pub use op::OpKind;
 pub use record::{
     Origin, SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup, SourceUser,

@@ -84,6 +84,11 @@ impl SourceAttrs {
         self.0.push_str(value);
     }
 
+    /// A record from text already framed as records are.
+    pub(super) fn from_framed(text: String) -> SourceAttrs {
+        SourceAttrs(text)
+    }
+
     /// A copy without spare capacity: for a record built in a reused buffer.
     pub fn compacted(&self) -> SourceAttrs {
         let mut text = String::with_capacity(self.0.len());
@@ -93,9 +98,24 @@ impl SourceAttrs {
 
     /// All values of `name` (case-insensitive), in order; none when absent.
     pub fn get<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // The mapping looks up every attribute it reads this way: names are
+        // compared as bytes, and only a match's value is sliced out.
+        let text = self.0.as_str();
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            while at < bytes.len() {
+                let (name_len, skip) = read_len(&bytes[at..]);
+                let name_at = at + skip;
+                let (value_len, skip) = read_len(&bytes[name_at + name_len..]);
+                let value_at = name_at + name_len + skip;
+                at = value_at + value_len;
+                if bytes[name_at..name_at + name_len].eq_ignore_ascii_case(name.as_bytes()) {
+                    return Some(&text[value_at..at]);
+                }
+            }
+            None
+        })
     }
 
     /// The first non-empty value of `name`.
@@ -105,22 +125,27 @@ impl SourceAttrs {
 
     /// Every value with its name, in the order pushed.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut rest = self.0.as_str();
-        std::iter::from_fn(move || {
-            if rest.is_empty() {
-                return None;
-            }
-            let name;
-            (name, rest) = take(rest);
-            let value;
-            (value, rest) = take(rest);
-            Some((name, value))
-        })
+        framed_pairs(&self.0)
     }
 }
 
+/// The name and value pairs of text framed as records are.
+pub(super) fn framed_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let name;
+        (name, rest) = take_framed(rest);
+        let value;
+        (value, rest) = take_framed(rest);
+        Some((name, value))
+    })
+}
+
 /// Splits one length-framed string off the front of `rest`.
-fn take(rest: &str) -> (&str, &str) {
+pub(super) fn take_framed(rest: &str) -> (&str, &str) {
     let (len, at) = read_len(rest.as_bytes());
     (&rest[at..at + len], &rest[at + len..])
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::sync::facts::{ConcurrencyFacts, CycleFacts};
+use crate::sync::facts::{ConcurrencyFacts, CycleFacts, DaemonFacts};
 
 const LAST_SUCCESS: &str = "idsync_last_success_timestamp_seconds";
 const OPERATIONS: &str = "idsync_operations_total";
@@ -168,6 +168,50 @@ fn concurrency(out: &mut String, c: &ConcurrencyFacts) {
         "The limit on requests in flight during the last cycle: the one most requests were sent under (settled), at the end (last), lowest and highest.",
         &limits,
     );
+}
+
+/// The daemon's own series, served on `/metrics` after the last cycle's
+/// (never in the metrics file: they describe the process serving them).
+pub fn daemon_metrics_text(facts: &DaemonFacts) -> String {
+    let mut out = String::new();
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    gauge(
+        &mut out,
+        "idsync_daemon_start_time_seconds",
+        "Unix time the daemon started.",
+        &[(String::new(), seconds(facts.started_at))],
+    );
+    gauge(
+        &mut out,
+        "idsync_daemon_cycle_running",
+        "1 while a cycle runs, 0 while the daemon waits for the next.",
+        &[(String::new(), flag(facts.cycle_running))],
+    );
+    if let Some(next) = facts.next_cycle_at {
+        gauge(
+            &mut out,
+            "idsync_daemon_next_cycle_timestamp_seconds",
+            "Unix time the next cycle is due (while the daemon waits for it).",
+            &[(String::new(), seconds(next))],
+        );
+    }
+    gauge(
+        &mut out,
+        "idsync_daemon_live",
+        "1 when /healthz answers 200 (the loop is not stuck).",
+        &[(String::new(), flag(facts.live))],
+    );
+    gauge(
+        &mut out,
+        "idsync_daemon_ready",
+        "1 when /readyz answers 200 (the last cycle ended with exit 0 or 6).",
+        &[(String::new(), flag(facts.ready))],
+    );
+    out
+}
+
+fn seconds(at: chrono::DateTime<chrono::Utc>) -> f64 {
+    at.timestamp_millis() as f64 / 1000.0
 }
 
 /// `{a="x",b="y"}` with the values escaped as the format wants.
@@ -369,6 +413,34 @@ mod tests {
             None,
         );
         assert!(!unreached.contains("idsync_concurrency"), "{unreached}");
+    }
+
+    #[test]
+    fn the_daemon_series_say_what_it_does_and_the_next_cycle_only_while_waiting() {
+        let waiting = DaemonFacts {
+            started_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            cycle_running: false,
+            next_cycle_at: chrono::DateTime::from_timestamp(1_700_002_400, 0),
+            live: true,
+            ready: false,
+        };
+        let text = daemon_metrics_text(&waiting);
+        for line in [
+            "\nidsync_daemon_start_time_seconds 1700000000\n",
+            "\nidsync_daemon_cycle_running 0\n",
+            "\nidsync_daemon_next_cycle_timestamp_seconds 1700002400\n",
+            "\nidsync_daemon_live 1\n",
+            "\nidsync_daemon_ready 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+        let running = daemon_metrics_text(&DaemonFacts {
+            cycle_running: true,
+            next_cycle_at: None,
+            ..waiting
+        });
+        assert!(running.contains("\nidsync_daemon_cycle_running 1\n"));
+        assert!(!running.contains("idsync_daemon_next_cycle"), "{running}");
     }
 
     #[test]

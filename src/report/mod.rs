@@ -28,7 +28,7 @@ pub use fields::{JsonSafe, LogFields};
 pub use html::report_html;
 pub use log::{log_csv, log_json, log_text};
 pub use markdown::{PlanReview, plan_markdown};
-pub use metrics::metrics_text;
+pub use metrics::{daemon_metrics_text, metrics_text};
 #[cfg(test)]
 pub use plan::MEMBERS_LISTED;
 pub use plan::{PlanView, held_text, plan_text, write_plan_json};

@@ -459,6 +459,13 @@ mod tests {
     #[test]
     fn a_token_file_readable_by_others_or_owned_by_someone_else_is_refused() {
         let (_dir, file) = token_in_private_folder(0o640);
+        // Readable by a group that is not idsync's own.
+        let other_group = crate::secret::current_gid().wrapping_add(1);
+        let e = crate::secret::check_secret_file_as(&file, current_uid(), other_group)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("can be read by other users"), "{e}");
+        let (_dir, file) = token_in_private_folder(0o604);
         assert!(secret_message(read_secret_file(&file)).contains("can be read by other users"));
         let (_dir, file) = token_in_private_folder(0o600);
         // A file of user A read by idsync running as user B (neither root).

@@ -58,17 +58,30 @@ impl StateDb {
             }
         }
         {
+            let count: i64 = tx
+                .query_row("SELECT count(*) FROM mirror_users", [], |r| r.get(0))
+                .map_err(err)?;
+            let mut users = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
             let mut stmt = tx
                 .prepare("SELECT id, props FROM mirror_users")
                 .map_err(err)?;
             let mut rows = stmt.query([]).map_err(err)?;
             while let Some(row) = rows.next().map_err(err)? {
                 let id: String = row.get(0).map_err(err)?;
-                let json: String = row.get(1).map_err(err)?;
-                let props: MirrorProps = serde_json::from_str(&json)
+                // Parsed where SQLite holds it: the values are copied once,
+                // into the user's one framed string.
+                let json = row.get_ref(1).map_err(err)?;
+                let json = json
+                    .as_str()
                     .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
-                mirror.users.insert(id, props);
+                let props = MirrorProps::from_json(json)
+                    .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
+                users.push((id, props));
             }
+            // Built in one go from the rows, which come in the order written
+            // (id order): the map sorts them (a check, when sorted) and
+            // fills its nodes without a search per user.
+            mirror.users = users.into_iter().collect();
         }
         {
             let mut stmt = tx
@@ -79,8 +92,11 @@ impl StateDb {
                 let id: String = row.get(0).map_err(err)?;
                 let display_name: Option<String> = row.get(1).map_err(err)?;
                 let json: String = row.get(2).map_err(err)?;
-                let members = serde_json::from_str(&json)
+                // Written in order: collected as a list, the set is built
+                // without a search per member.
+                let members: Vec<String> = serde_json::from_str(&json)
                     .map_err(|e| corrupt(format!("mirror group {id:?}: {e}")))?;
+                let members = members.into_iter().collect();
                 mirror.groups.insert(
                     id,
                     MirrorGroup {
@@ -172,10 +188,7 @@ mod tests {
         let mut db = StateDb::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(db.load_mirror().unwrap(), Mirror::default());
         let mut m = Mirror::default();
-        m.users.insert(
-            "u1".into(),
-            [("mail".to_string(), vec!["a@x".to_string()])].into(),
-        );
+        m.users.insert("u1".into(), [("mail", vec!["a@x"])].into());
         m.users.insert("u2".into(), MirrorProps::new());
         m.groups.insert(
             "g1".into(),

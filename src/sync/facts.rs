@@ -102,3 +102,22 @@ pub struct SourceCounts {
     pub users: u64,
     pub groups: u64,
 }
+
+/// The daemon as its own series on `/metrics` see it (beside the last
+/// cycle's): plain data for the renderer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DaemonFacts {
+    pub started_at: DateTime<Utc>,
+    /// Whether a cycle is running now.
+    pub cycle_running: bool,
+    /// When the next cycle is due, while the daemon waits for it.
+    pub next_cycle_at: Option<DateTime<Utc>>,
+    /// Whether `/healthz` answers 200 now.
+    pub live: bool,
+    /// Whether `/readyz` answers 200 now.
+    pub ready: bool,
+}
+
+/// The last cycle's metrics text as the daemon serves it on `/metrics`:
+/// the text the metrics file gets, rendered once for both.
+pub type ServedMetrics = std::sync::Mutex<Option<String>>;

@@ -5,7 +5,8 @@
 //! `inspect` gathers what `status` and `explain` show; `daemon` runs cycles
 //! on a schedule; `quarantine` backs cycles off
 //! a failing target; `observe` writes the metrics file and `notify` sends
-//! alerts after each cycle (to a webhook, and by `email`).
+//! alerts after each cycle (to a webhook, and by `email`); `vitals` is what
+//! the daemon's endpoint answers (`/metrics`, `/healthz`, `/readyz`).
 
 pub mod audit;
 pub mod daemon;
@@ -20,6 +21,7 @@ mod resume;
 pub mod revert;
 #[cfg(test)]
 mod tests;
+pub mod vitals;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

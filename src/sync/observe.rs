@@ -34,12 +34,31 @@ use crate::config::Settings;
 use crate::model::Exit;
 use crate::state::{RunsSinceSuccess, StateDb};
 
-use super::facts::{BadCycles, ConcurrencyFacts, CycleFacts, Trouble, TroubleKind};
+use super::facts::{BadCycles, ConcurrencyFacts, CycleFacts, ServedMetrics, Trouble, TroubleKind};
 use super::{ONLY_COMMAND, RunSummary, SyncError, SyncOptions, client, notify, quarantine};
 
 /// Renders the metrics file from a cycle's facts and the previous file's text
 /// (counters continue from it).
 pub type MetricsRenderer = fn(&CycleFacts, Option<&str>) -> String;
+
+/// Where a cycle's metrics go: rendered once by `render`, into the metrics
+/// file (`metrics_file`) and, in a daemon with an endpoint, into `served`
+/// for `/metrics`.
+#[derive(Clone, Copy)]
+pub struct MetricsOut<'a> {
+    pub render: MetricsRenderer,
+    pub served: Option<&'a ServedMetrics>,
+}
+
+impl MetricsOut<'_> {
+    /// Only the metrics file (a `sync`).
+    pub fn file_only(render: MetricsRenderer) -> MetricsOut<'static> {
+        MetricsOut {
+            render,
+            served: None,
+        }
+    }
+}
 
 /// What is known before a cycle starts, to tell its own runs and a new
 /// quarantine apart afterwards: read from the state DB the cycle holds, so
@@ -98,7 +117,7 @@ pub async fn observed_sync(
     opts: &SyncOptions,
     shutdown: Arc<AtomicBool>,
     progress: &dyn Progress,
-    render: MetricsRenderer,
+    metrics: MetricsOut<'_>,
 ) -> Result<RunSummary, SyncError> {
     let started = Instant::now();
     if settings.paused && !opts.dry_run {
@@ -109,10 +128,12 @@ pub async fn observed_sync(
         let result = Err(paused);
         // The state DB only read (if it exists), for the counts the file holds.
         let facts = gather(settings, None, &result, started.elapsed());
-        publish(settings, &facts, render).await;
+        publish(settings, &facts, metrics).await;
         return result;
     }
-    if opts.dry_run || (settings.metrics_file.is_none() && settings.notify.is_none()) {
+    let unobserved =
+        settings.metrics_file.is_none() && settings.notify.is_none() && metrics.served.is_none();
+    if opts.dry_run || unobserved {
         return super::sync(settings, opts, shutdown, progress).await;
     }
     // The state DB is opened once, by the cycle, after the client (a missing
@@ -140,7 +161,7 @@ pub async fn observed_sync(
         return result;
     }
     let facts = gather(settings, ran, &result, started.elapsed());
-    publish(settings, &facts, render).await;
+    publish(settings, &facts, metrics).await;
     result
 }
 
@@ -291,18 +312,29 @@ fn first_line(text: &str) -> String {
     line.strip_suffix(':').unwrap_or(line).to_string()
 }
 
-/// Writes the metrics file and sends the notification a cycle calls for.
-pub async fn publish(settings: &Settings, facts: &CycleFacts, render: MetricsRenderer) {
-    if let Some(path) = &settings.metrics_file {
-        let previous = std::fs::read_to_string(path).ok();
-        let text = render(facts, previous.as_deref());
-        match write_atomically(path, text.as_bytes()) {
-            Ok(()) => tracing::debug!(path = %path.display(), "metrics written"),
-            Err(e) => tracing::warn!(
-                path = %path.display(),
-                error = %e,
-                "cannot write the metrics file; the cycle itself is not affected"
-            ),
+/// Writes the metrics file (and the served metrics) and sends the
+/// notification a cycle calls for. The text is rendered once: the counters
+/// continue from the file when there is one, else from the served text, so
+/// the file and `/metrics` say the same.
+pub async fn publish(settings: &Settings, facts: &CycleFacts, metrics: MetricsOut<'_>) {
+    let file = settings.metrics_file.as_deref();
+    if file.is_some() || metrics.served.is_some() {
+        let previous = file
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .or_else(|| metrics.served.and_then(|s| lock(s).clone()));
+        let text = (metrics.render)(facts, previous.as_deref());
+        if let Some(path) = file {
+            match write_atomically(path, text.as_bytes()) {
+                Ok(()) => tracing::debug!(path = %path.display(), "metrics written"),
+                Err(e) => tracing::warn!(
+                    path = %path.display(),
+                    error = %e,
+                    "cannot write the metrics file; the cycle itself is not affected"
+                ),
+            }
+        }
+        if let Some(served) = metrics.served {
+            *lock(served) = Some(text);
         }
     }
     if let Some(notify) = &settings.notify
@@ -310,6 +342,14 @@ pub async fn publish(settings: &Settings, facts: &CycleFacts, render: MetricsRen
     {
         notify::send(notify, &alert).await;
     }
+}
+
+/// The served text, also after a thread panicked holding it (it is only
+/// ever replaced whole).
+pub fn lock(served: &ServedMetrics) -> std::sync::MutexGuard<'_, Option<String>> {
+    served
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Writes `bytes` to a temporary file in `path`'s folder and renames it over

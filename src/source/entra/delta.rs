@@ -19,12 +19,12 @@
 //! App assignments (`appRoleAssignedTo`) have no delta: they are read whole
 //! every cycle and resolved against the mirror ([`app_assignments`]).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use serde_json::Value;
 
 use crate::model::{
-    GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, SourceAssignments, SourceAttrs,
+    FastMap, GroupKey, Mirror, MirrorGroup, MirrorProps, Origin, PropChange, SourceAssignments,
     SourceDirectory, SourceGroup, SourceKey, SourceUser,
 };
 use crate::source::nested::flatten;
@@ -45,13 +45,15 @@ fn id_of(object: &Value) -> Option<&str> {
 }
 
 /// A property's values as the mapping sees them; `None` for null (cleared).
-fn values(value: &Value) -> Option<Vec<String>> {
-    let one = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
+fn values(value: &Value) -> Option<Vec<Cow<'_, str>>> {
+    fn one(v: &Value) -> Option<Cow<'_, str>> {
+        match v {
+            Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+            Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+            Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        }
+    }
     match value {
         Value::Null => None,
         Value::Array(items) => Some(items.iter().filter_map(one).collect()),
@@ -65,6 +67,7 @@ pub fn apply_users(
     page: &[Value],
 ) -> PageStats {
     let mut stats = PageStats::default();
+    let mut changes: Vec<PropChange<'_>> = Vec::new();
     for object in page {
         let Some(id) = id_of(object) else { continue };
         if object.get("@removed").is_some() {
@@ -73,25 +76,23 @@ pub fn apply_users(
             }
             continue;
         }
-        let props = users.entry(id.to_string()).or_default();
+        let props = match users.get_mut(id) {
+            Some(props) => props,
+            None => users.entry(id.to_string()).or_default(),
+        };
         let Some(fields) = object.as_object() else {
             continue;
         };
-        for (name, value) in fields {
-            // `id` is the key; annotations (`@odata.type`, `manager@delta`) are not
-            // properties.
-            if name == "id" || name.contains('@') || value.is_object() {
-                continue;
-            }
-            match values(value) {
-                Some(v) => {
-                    props.insert(name.clone(), v);
-                }
-                None => {
-                    props.remove(name);
-                }
-            }
-        }
+        // `id` is the key; annotations (`@odata.type`, `manager@delta`) are not
+        // properties.
+        changes.clear();
+        changes.extend(
+            fields
+                .iter()
+                .filter(|(name, value)| *name != "id" && !name.contains('@') && !value.is_object())
+                .map(|(name, value)| (name.as_str(), values(value))),
+        );
+        props.update(&mut changes);
         stats.upserted += 1;
     }
     stats
@@ -140,33 +141,23 @@ pub fn apply_groups(
 /// flattened to users through nested groups. Member ids that are neither a
 /// user nor a group of the mirror (devices, out-of-scope objects) are counted.
 pub fn directory(mirror: &Mirror) -> SourceDirectory {
-    // Every user has the same few property names: one shared copy of each.
     let users: Vec<SourceUser> = mirror
         .users
         .iter()
-        .map(|(id, props)| {
-            let mut attrs = SourceAttrs::with_capacity(props.len() + 1);
-            attrs.push("id", [id]);
-            for (name, values) in props {
-                if !name.eq_ignore_ascii_case("id") {
-                    attrs.push(name, values);
-                }
-            }
-            SourceUser {
-                key: SourceKey::new(id.clone()),
-                origin: Origin::new(format!("Entra user {id}")),
-                attrs,
-            }
+        .map(|(id, props)| SourceUser {
+            key: SourceKey::new(id.clone()),
+            origin: Origin::new(["Entra user ", id].concat()),
+            attrs: props.attrs(id),
         })
         .collect();
-    let user_index: HashMap<&str, usize> = mirror
+    let user_index: FastMap<&str, usize> = mirror
         .users
         .keys()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
         .collect();
     let group_ids: Vec<&String> = mirror.groups.keys().collect();
-    let group_index: HashMap<&str, usize> = group_ids
+    let group_index: FastMap<&str, usize> = group_ids
         .iter()
         .enumerate()
         .map(|(i, id)| (id.as_str(), i))
@@ -290,7 +281,110 @@ pub fn app_assignments(items: &[Value], mirror: &Mirror) -> (SourceAssignments, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::SourceAttrs;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// The mirror's users as they were held before the compact form: a map of
+    /// property names to values per user, merged by the same rules.
+    type OldUsers =
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>>;
+
+    fn old_apply_users(users: &mut OldUsers, page: &[Value]) {
+        for object in page {
+            let Some(id) = id_of(object) else { continue };
+            if object.get("@removed").is_some() {
+                users.remove(id);
+                continue;
+            }
+            let props = users.entry(id.to_string()).or_default();
+            for (name, value) in object.as_object().into_iter().flatten() {
+                if name == "id" || name.contains('@') || value.is_object() {
+                    continue;
+                }
+                match values(value) {
+                    Some(v) => {
+                        let v = v.into_iter().map(|s| s.into_owned()).collect();
+                        props.insert(name.clone(), v);
+                    }
+                    None => {
+                        props.remove(name);
+                    }
+                }
+            }
+        }
+    }
+
+    fn delta_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            ".{0,12}".prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            any::<i32>().prop_map(Value::from),
+            prop::collection::vec(
+                prop_oneof![".{0,8}".prop_map(Value::from), Just(json!({}))],
+                0..3
+            )
+            .prop_map(Value::from),
+            Just(json!({"nested": "object"})),
+        ]
+    }
+
+    fn delta_object() -> impl Strategy<Value = Value> {
+        let name = prop::sample::select(vec![
+            "mail",
+            "givenName",
+            "ID",
+            "jobTitle",
+            "@odata.type",
+            "manager@delta",
+        ]);
+        (
+            prop::sample::select(vec!["u1", "u2", "u3", ""]),
+            prop::collection::vec((name, delta_value()), 0..5),
+            prop::bool::weighted(0.15),
+        )
+            .prop_map(|(id, fields, removed)| {
+                let mut object = serde_json::Map::new();
+                object.insert("id".into(), id.into());
+                for (name, value) in fields {
+                    object.insert(name.to_string(), value);
+                }
+                if removed {
+                    object.insert("@removed".into(), json!({"reason": "deleted"}));
+                }
+                Value::Object(object)
+            })
+    }
+
+    proptest! {
+        /// Any run of delta pages gives the same directory records from the
+        /// compact mirror as from the map of strings it replaced.
+        #[test]
+        fn the_compact_mirror_gives_the_directory_the_old_map_gave(
+            pages in prop::collection::vec(prop::collection::vec(delta_object(), 0..6), 0..5)
+        ) {
+            let mut m = Mirror::default();
+            let mut old = OldUsers::new();
+            for page in &pages {
+                apply_users(&mut m.users, page);
+                old_apply_users(&mut old, page);
+            }
+            let dir = directory(&m);
+            prop_assert_eq!(dir.users.len(), old.len());
+            for (user, (id, props)) in dir.users.iter().zip(&old) {
+                let mut attrs = SourceAttrs::new();
+                attrs.push("id", [id]);
+                for (name, values) in props {
+                    if !name.eq_ignore_ascii_case("id") {
+                        attrs.push(name, values);
+                    }
+                }
+                prop_assert_eq!(user.key.as_str(), id.as_str());
+                prop_assert_eq!(&user.attrs, &attrs);
+            }
+        }
+    }
 
     fn users_of(pages: &[Value]) -> Mirror {
         let mut m = Mirror::default();
@@ -307,8 +401,8 @@ mod tests {
             json!([{"id": "u1", "jobTitle": "Lead", "mail": null}]),
         ]);
         let u = &m.users["u1"];
-        assert_eq!(u["displayName"], vec!["Ann"]);
-        assert_eq!(u["jobTitle"], vec!["Lead"]);
+        assert_eq!(u.get("displayName").collect::<Vec<_>>(), ["Ann"]);
+        assert_eq!(u.get("jobTitle").collect::<Vec<_>>(), ["Lead"]);
         assert!(!u.contains_key("mail"));
         assert!(!u.contains_key("id"));
     }
@@ -320,8 +414,8 @@ mod tests {
             "proxyAddresses": ["SMTP:a@x", "smtp:b@x"], "manager@delta": [{"id": "m"}]
         }])]);
         let u = &m.users["u1"];
-        assert_eq!(u["accountEnabled"], vec!["false"]);
-        assert_eq!(u["proxyAddresses"].len(), 2);
+        assert_eq!(u.get("accountEnabled").collect::<Vec<_>>(), ["false"]);
+        assert_eq!(u.get("proxyAddresses").count(), 2);
         assert_eq!(u.len(), 2, "{u:?}");
     }
 
