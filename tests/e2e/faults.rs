@@ -515,12 +515,28 @@ fn one_refused_user_fails_alone_and_is_retried_next_cycle() {
 
 #[test]
 fn rate_limit_is_never_exceeded() {
+    rate_limit_holds_at("  concurrency: 4\n");
+}
+
+/// `concurrency: auto` grows its limit while the round trip holds, which it
+/// does under a rate limit: the token bucket still paces every request.
+#[test]
+fn rate_limit_is_never_exceeded_under_auto_concurrency() {
+    rate_limit_holds_at("  concurrency: auto\n");
+}
+
+/// A sync at `concurrency` (its config line) under a limit of 20 requests
+/// a second, burst 1: never more, and not much less.
+fn rate_limit_holds_at(concurrency: &str) {
     const RATE: usize = 20;
     const BURST: usize = 1;
     let mut rig = rig("pacing", 110, 0, crate::proxy::pass_through());
     edit_config(
         &mut rig.ws,
-        &[(DEFAULT_RATE, "rate_limit: { per_second: 20, burst: 1 }")],
+        &[
+            (DEFAULT_RATE, "rate_limit: { per_second: 20, burst: 1 }"),
+            ("  concurrency: 4\n", concurrency),
+        ],
     );
     rig.ws.sync_ok();
     let times = rig.proxy.forwarded_times();
