@@ -1021,11 +1021,6 @@ fn concurrency_facts(settings: &Settings, client: &ScimClient) -> facts::Concurr
 fn log_concurrency(c: &facts::ConcurrencyFacts) {
     if c.auto {
         tracing::info!(
-            settled = c.settled,
-            ceiling = c.ceiling,
-            min = c.min,
-            max = c.max,
-            last = c.last,
             "concurrency: auto settled at {} (ceiling {}, min {}, max {}, last {})",
             c.settled,
             c.ceiling,
