@@ -92,6 +92,9 @@ stop_packaged_slapd() {
 install_slapd
 stop_packaged_slapd
 apt_install wrk openssl ca-certificates systemd chromium iproute2 iptables
+# The container image check (scripts/container-check.sh): buildah builds, podman
+# runs with runc, debootstrap makes the local Debian base; no daemon.
+apt_install buildah podman runc debootstrap
 
 # --- samba (the Active Directory tests) ----------------------------------------
 # tests/ad runs its own Samba AD DC (scripts/samba-ad.sh) from a folder of its own;

@@ -33,3 +33,8 @@ bash scripts/kube-check.sh
 # saying why, where the toolchain cannot build them (scripts/fuzz-smoke.sh).
 step "scripts/fuzz-smoke.sh"
 bash scripts/fuzz-smoke.sh "${IDSYNC_FUZZ_SECONDS:-10}"
+
+# The container image built from Containerfile and run (scripts/container-check.sh);
+# skipped, saying why, where buildah or podman cannot run.
+step "scripts/container-check.sh"
+bash scripts/container-check.sh
