@@ -17,15 +17,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 USERS="${1:-2000}"
 case "$USERS" in '' | *[!0-9]*) echo "usage: $0 [USERS]" >&2; exit 2 ;; esac
-if [ "$(id -u)" -ne 0 ]; then
-    echo "error: network namespaces need root" >&2
-    exit 1
-fi
-export IDSYNC_SCIM2_SERVER="${IDSYNC_SCIM2_SERVER:-$ROOT/.test-env/venv/bin/scim2-server}"
-if [ ! -x "$IDSYNC_SCIM2_SERVER" ]; then
-    echo "error: scim2-server not found at $IDSYNC_SCIM2_SERVER (run scripts/test-env.sh)" >&2
-    exit 1
-fi
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+netns_test_env "$ROOT"
 
 echo "# $(date -u +%Y-%m-%d) on $(uname -n): $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 log="$(mktemp)"

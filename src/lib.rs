@@ -18,6 +18,7 @@ mod endpoint;
 pub mod fuzzing;
 mod mapping;
 pub mod model;
+mod pace;
 pub mod plan;
 mod report;
 mod retry;

@@ -288,8 +288,8 @@ impl<T: Target> Executor<'_, T> {
         // next one is marked when the first of its operations is queued,
         // while the previous one's requests are still in flight, so the slots
         // never wait for each other (and a new window does not send
-        // `concurrency` requests at the same instant).
-        let window = self.concurrency.max(1) * START_WINDOW_PER_SLOT;
+        // `concurrency` requests at the same instant). Under `concurrency:
+        // auto` a window is sized by the limit in force when it is marked.
         let end_seq = first_seq + ops.len();
         let mut marked_until = first_seq;
         let slots = self.concurrency.max(1);
@@ -352,7 +352,7 @@ impl<T: Target> Executor<'_, T> {
                         // committed as interrupted); no new one starts.
                         break;
                     }
-                    let count = window.min(end_seq - next);
+                    let count = self.window().min(end_seq - next);
                     self.db.mark_started_from(run, next as i64, count as i64)?;
                     marked_until = next + count;
                 }
@@ -403,6 +403,14 @@ impl<T: Target> Executor<'_, T> {
             }
         }
         Ok(())
+    }
+
+    /// Operations marked started at a time: [`START_WINDOW_PER_SLOT`] per
+    /// request the target lets in flight.
+    fn window(&self) -> usize {
+        let slots = self.concurrency.max(1);
+        let in_flight = self.target.in_flight_limit().unwrap_or(slots);
+        in_flight.clamp(1, slots) * START_WINDOW_PER_SLOT
     }
 
     /// A create met an existing account with its userName: adopted only when no

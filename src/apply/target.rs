@@ -108,6 +108,13 @@ pub trait Target: Clone + Send + Sync + 'static {
         None
     }
 
+    /// The requests the target's client lets in flight now, when it finds
+    /// that itself (`concurrency: auto`); `None`: the executor's slots bound
+    /// them.
+    fn in_flight_limit(&self) -> Option<usize> {
+        None
+    }
+
     /// Whether the target holds any user or group at all: a cheap look (one
     /// resource asked for per collection), made when the state DB records
     /// nothing, to tell a first run from a lost state DB.

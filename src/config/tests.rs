@@ -25,9 +25,18 @@ fn a_bad_member_removal_limit_is_reported_at_its_value() {
 }
 
 fn compile_with(extra: &str) -> Result<Settings, ConfigError> {
+    compile_around(
+        "target: { kind: scim, base_url: https://scim.example, token_env: T }\n",
+        extra,
+    )
+}
+
+/// A config of the CSV mapping, `target` (its lines), a state DB and a CSV
+/// source, then `extra`.
+fn compile_around(target: &str, extra: &str) -> Result<Settings, ConfigError> {
     let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/csv.yaml");
     let text = format!(
-        "mapping: {}\ntarget: {{ kind: scim, base_url: https://scim.example, token_env: T }}\nstate: s.db\nsource: {{ kind: csv, users: u.csv }}\n{extra}",
+        "mapping: {}\n{target}state: s.db\nsource: {{ kind: csv, users: u.csv }}\n{extra}",
         mapping.display()
     );
     Settings::compile(Path::new("/etc/idsync/idsync.yaml"), &text)
@@ -523,6 +532,64 @@ fn history_runs_is_optional_and_at_least_one() {
         e.starts_with("/etc/idsync/idsync.yaml:5:15: history_runs must be at least 1"),
         "{e}"
     );
+}
+
+/// The settings of `target:` with `extra` in it (a YAML block).
+fn compile_target(extra: &str) -> Result<Settings, ConfigError> {
+    compile_around(
+        &format!(
+            "target:\n  kind: scim\n  base_url: https://scim.example\n  token_env: T\n{extra}"
+        ),
+        "",
+    )
+}
+
+#[test]
+fn concurrency_is_auto_by_default_with_a_ceiling_or_a_fixed_number() {
+    use crate::scim::config::Concurrency;
+    let c = |extra: &str| compile_target(extra).expect("valid").target.concurrency;
+    assert_eq!(c(""), Concurrency::Auto { ceiling: 32 });
+    assert_eq!(
+        c("  concurrency: auto\n"),
+        Concurrency::Auto { ceiling: 32 }
+    );
+    assert_eq!(
+        c("  concurrency: auto\n  concurrency_max: 8\n"),
+        Concurrency::Auto { ceiling: 8 }
+    );
+    assert_eq!(
+        c("  concurrency_max: 64\n"),
+        Concurrency::Auto { ceiling: 64 }
+    );
+    assert_eq!(c("  concurrency: 4\n"), Concurrency::Fixed(4));
+    assert_eq!(Concurrency::Fixed(4).slots(), 4);
+    assert_eq!(Concurrency::Auto { ceiling: 8 }.slots(), 8);
+    let refused = |extra: &str| compile_target(extra).expect_err("refused").to_string();
+    for (extra, start) in [
+        (
+            "  concurrency: 0\n",
+            "/etc/idsync/idsync.yaml:6:16: concurrency 0 is out of range",
+        ),
+        (
+            "  concurrency: 65\n",
+            "/etc/idsync/idsync.yaml:6:16: concurrency 65 is out of range",
+        ),
+        (
+            "  concurrency: fast\n",
+            "/etc/idsync/idsync.yaml:6:16: concurrency \"fast\" is neither a number nor `auto`",
+        ),
+        (
+            "  concurrency_max: 100\n",
+            "/etc/idsync/idsync.yaml:6:20: concurrency_max 100 is out of range",
+        ),
+        (
+            "  concurrency: 4\n  concurrency_max: 8\n",
+            "/etc/idsync/idsync.yaml:7:20: concurrency_max applies to `concurrency: auto`",
+        ),
+    ] {
+        let e = refused(extra);
+        assert!(e.starts_with(start), "{extra:?}: {e}");
+    }
 }
 
 #[test]

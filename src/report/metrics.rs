@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::sync::facts::{CycleFacts, DaemonFacts};
+use crate::sync::facts::{ConcurrencyFacts, CycleFacts, DaemonFacts};
 
 const LAST_SUCCESS: &str = "idsync_last_success_timestamp_seconds";
 const OPERATIONS: &str = "idsync_operations_total";
@@ -114,6 +114,9 @@ pub fn metrics_text(facts: &CycleFacts, previous: Option<&str>) -> String {
             std::iter::once((String::new(), facts.throttled as f64)),
         ),
     );
+    if let Some(c) = &facts.concurrency {
+        concurrency(&mut out, c);
+    }
     gauge(
         &mut out,
         "idsync_quarantined",
@@ -134,6 +137,37 @@ pub fn metrics_text(facts: &CycleFacts, previous: Option<&str>) -> String {
         )],
     );
     out
+}
+
+/// The requests in flight the cycle allowed.
+fn concurrency(out: &mut String, c: &ConcurrencyFacts) {
+    gauge(
+        out,
+        "idsync_concurrency_auto",
+        "1 when the requests in flight are found from the target's answers (concurrency: auto), 0 when fixed.",
+        &[(String::new(), if c.auto { 1.0 } else { 0.0 })],
+    );
+    gauge(
+        out,
+        "idsync_concurrency_ceiling",
+        "The most requests in flight allowed (concurrency_max under auto, else concurrency).",
+        &[(String::new(), c.ceiling as f64)],
+    );
+    let limits: Vec<(String, f64)> = [
+        ("settled", c.settled),
+        ("last", c.last),
+        ("min", c.min),
+        ("max", c.max),
+    ]
+    .iter()
+    .map(|(stat, v)| (labels(&[("stat", stat)]), *v as f64))
+    .collect();
+    gauge(
+        out,
+        "idsync_concurrency_limit",
+        "The limit on requests in flight during the last cycle: the one most requests were sent under (settled), at the end (last), lowest and highest.",
+        &limits,
+    );
 }
 
 /// The daemon's own series, served on `/metrics` after the last cycle's
@@ -283,6 +317,14 @@ mod tests {
             }),
             http: [(201, 3), (500, 2), (0, 1)].into_iter().collect(),
             throttled: 0,
+            concurrency: Some(ConcurrencyFacts {
+                auto: true,
+                ceiling: 32,
+                settled: 12,
+                last: 11,
+                min: 3,
+                max: 14,
+            }),
             quarantined: false,
             entered_quarantine: false,
             applied: 3,
@@ -347,6 +389,30 @@ mod tests {
         assert!(paused.contains("\nidsync_last_success_timestamp_seconds 1699999000\n"));
         let running = metrics_text(&facts(), None);
         assert!(running.contains("\nidsync_paused 0\n"), "{running}");
+    }
+
+    #[test]
+    fn the_concurrency_chosen_is_shown_and_absent_when_the_target_was_not_reached() {
+        let text = metrics_text(&facts(), None);
+        for line in [
+            "\nidsync_concurrency_auto 1\n",
+            "\nidsync_concurrency_ceiling 32\n",
+            "\nidsync_concurrency_limit{stat=\"settled\"} 12\n",
+            "\nidsync_concurrency_limit{stat=\"last\"} 11\n",
+            "\nidsync_concurrency_limit{stat=\"min\"} 3\n",
+            "\nidsync_concurrency_limit{stat=\"max\"} 14\n",
+            "\n# TYPE idsync_concurrency_limit gauge\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in {text}");
+        }
+        let unreached = metrics_text(
+            &CycleFacts {
+                concurrency: None,
+                ..facts()
+            },
+            None,
+        );
+        assert!(!unreached.contains("idsync_concurrency"), "{unreached}");
     }
 
     #[test]

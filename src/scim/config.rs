@@ -29,7 +29,9 @@ pub struct TargetConfig {
     #[serde(default)]
     rate_limit: Option<RawRateLimit>,
     #[serde(default)]
-    concurrency: Option<Spanned<u32>>,
+    concurrency: Option<Spanned<RawConcurrency>>,
+    #[serde(default)]
+    concurrency_max: Option<Spanned<u32>>,
     #[serde(default)]
     timeout: Option<Spanned<String>>,
     #[serde(default)]
@@ -43,6 +45,50 @@ pub struct TargetConfig {
     #[serde(default)]
     verified_domains: Vec<String>,
 }
+
+/// `concurrency:` as written: `auto` or a number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawConcurrency {
+    Fixed(u32),
+    Word(String),
+}
+
+/// How many requests the client keeps in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Exactly this many (`concurrency: N`).
+    Fixed(usize),
+    /// Found from the target's answers, never above `ceiling`
+    /// (`concurrency: auto`, `concurrency_max`).
+    Auto { ceiling: usize },
+}
+
+impl Concurrency {
+    /// The default: `auto`, up to [`DEFAULT_CONCURRENCY_MAX`].
+    pub const DEFAULT: Concurrency = Concurrency::Auto {
+        ceiling: DEFAULT_CONCURRENCY_MAX,
+    };
+
+    /// The most requests ever in flight: the executor's slots.
+    pub fn slots(self) -> usize {
+        match self {
+            Concurrency::Fixed(n) => n,
+            Concurrency::Auto { ceiling } => ceiling,
+        }
+    }
+
+    /// The ceiling of an adaptive limit; `None` when fixed.
+    pub fn adaptive(self) -> Option<usize> {
+        match self {
+            Concurrency::Fixed(_) => None,
+            Concurrency::Auto { ceiling } => Some(ceiling),
+        }
+    }
+}
+
+/// `concurrency_max` when not written.
+pub const DEFAULT_CONCURRENCY_MAX: usize = 32;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,7 +133,7 @@ pub struct TargetSettings {
     pub base_url: String,
     pub token: TokenSource,
     pub rate_limit: Option<RateLimit>,
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
     pub timeout: Duration,
     /// Resources per list request; `None`: the target's advertised
     /// `maxResults` (within the flavour's limit).
@@ -130,17 +176,7 @@ impl TargetConfig {
                 ));
             }
         };
-        let concurrency = match &self.concurrency {
-            None => 4,
-            Some(c) if c.value >= 1 && c.value <= 64 => c.value as usize,
-            Some(c) => {
-                return Err(refused(
-                    &c.referenced,
-                    format!("concurrency {} is out of range", c.value),
-                    "use 1 to 64",
-                ));
-            }
-        };
+        let concurrency = self.concurrency()?;
         let timeout = match &self.timeout {
             None => Duration::from_secs(30),
             Some(t) => parse_duration(&t.value).map_err(|e| {
@@ -163,6 +199,49 @@ impl TargetConfig {
             user_limit: self.user_limit,
             verified_domains: self.verified_domains.clone(),
         })
+    }
+
+    /// `concurrency:` and `concurrency_max:`; `auto` when not written.
+    fn concurrency(&self) -> Result<Concurrency, TargetConfigError> {
+        let ceiling = match &self.concurrency_max {
+            None => DEFAULT_CONCURRENCY_MAX,
+            Some(c) if (1..=64).contains(&c.value) => c.value as usize,
+            Some(c) => {
+                return Err(refused(
+                    &c.referenced,
+                    format!("concurrency_max {} is out of range", c.value),
+                    "use 1 to 64 (the most requests `concurrency: auto` keeps in flight)",
+                ));
+            }
+        };
+        let Some(c) = &self.concurrency else {
+            return Ok(Concurrency::Auto { ceiling });
+        };
+        match &c.value {
+            RawConcurrency::Fixed(n) if (1..=64).contains(n) => {
+                if let Some(max) = &self.concurrency_max {
+                    return Err(refused(
+                        &max.referenced,
+                        format!(
+                            "concurrency_max applies to `concurrency: auto`, and concurrency is {n}"
+                        ),
+                        "remove concurrency_max, or write `concurrency: auto`",
+                    ));
+                }
+                Ok(Concurrency::Fixed(*n as usize))
+            }
+            RawConcurrency::Fixed(n) => Err(refused(
+                &c.referenced,
+                format!("concurrency {n} is out of range"),
+                "use 1 to 64, or `auto`",
+            )),
+            RawConcurrency::Word(w) if w == "auto" => Ok(Concurrency::Auto { ceiling }),
+            RawConcurrency::Word(w) => Err(refused(
+                &c.referenced,
+                format!("concurrency {w:?} is neither a number nor `auto`"),
+                "use `auto` (the default) or a number from 1 to 64",
+            )),
+        }
     }
 
     /// `retry:` over the defaults.
@@ -299,7 +378,7 @@ mod tests {
             base_url: url.into(),
             token: TokenSource::Env("T".into()),
             rate_limit: None,
-            concurrency: 4,
+            concurrency: Concurrency::Fixed(4),
             timeout: Duration::from_secs(30),
             page_size: None,
             member_chunk: 100,

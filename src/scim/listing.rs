@@ -309,6 +309,9 @@ impl ScimClient {
         *self.users_cache() = None;
         self.inner.count_refused.store(false, Ordering::Relaxed);
         self.inner.create_lookups.store(0, Ordering::Relaxed);
+        if let Some(pace) = &self.inner.pace {
+            pace.begin_cycle();
+        }
         if let Ok(mut lookup) = self.inner.create_lookup.try_lock() {
             *lookup = None;
         }

@@ -36,6 +36,8 @@ use crate::model::TargetRules;
 use crate::model::{
     CreatedAt, GroupName, MemberRef, RemoteGroup, RemoteUser, ScimId, UserAttr, UserAttrs, UserName,
 };
+use crate::pace::Pace;
+pub use crate::pace::Record as PaceRecord;
 pub use crate::retry::RetryPolicy;
 use crate::retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
 use learned::{Learned, flavour_shape};
@@ -99,6 +101,10 @@ pub struct ClientOptions {
     pub page_size: Option<u32>,
     /// Members per group PATCH request.
     pub member_chunk: usize,
+    /// `concurrency: auto`: the requests in flight are found from the
+    /// target's answers, never more than this (see [`crate::pace`]); `None`:
+    /// the caller bounds them.
+    pub adaptive_ceiling: Option<usize>,
 }
 
 impl ClientOptions {
@@ -114,6 +120,7 @@ impl ClientOptions {
             retry: RetryPolicy::default(),
             page_size: None,
             member_chunk: 100,
+            adaptive_ceiling: None,
         }
     }
 }
@@ -245,6 +252,8 @@ struct Inner {
     base: Url,
     flavour: Flavour,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// `concurrency: auto`: the gate every request passes.
+    pace: Option<Pace>,
     retry: RetryPolicy,
     page_size: Option<u32>,
     member_chunk: usize,
@@ -355,6 +364,7 @@ impl ScimClient {
                 base,
                 flavour: opts.flavour,
                 limiter,
+                pace: opts.adaptive_ceiling.map(Pace::new),
                 retry: opts.retry,
                 page_size: opts.page_size,
                 member_chunk: opts.member_chunk,
@@ -390,6 +400,17 @@ impl ScimClient {
             retries: self.inner.retries.load(Ordering::Relaxed),
             throttled: self.inner.throttled.load(Ordering::Relaxed),
         }
+    }
+
+    /// `concurrency: auto`: the limits it had this cycle; `None` when the
+    /// concurrency is fixed.
+    pub fn concurrency_record(&self) -> Option<PaceRecord> {
+        self.inner.pace.as_ref().map(Pace::record)
+    }
+
+    /// `concurrency: auto`: the limit on requests in flight now.
+    pub fn concurrency_limit(&self) -> Option<usize> {
+        self.inner.pace.as_ref().map(Pace::limit)
     }
 
     /// Request attempts by the HTTP status they were answered with (0: no

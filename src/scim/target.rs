@@ -50,6 +50,10 @@ impl Target for ScimClient {
         ScimClient::rules(self)
     }
 
+    fn in_flight_limit(&self) -> Option<usize> {
+        self.concurrency_limit()
+    }
+
     fn required_paths(&self) -> Option<RequiredPaths> {
         self.learned().map(|l| l.required.clone())
     }

@@ -4,6 +4,7 @@
 //! becomes a [`ScimError`].
 
 use super::*;
+use crate::pace::Answer;
 
 impl ScimClient {
     pub(super) fn url(&self, segments: &[&str]) -> Url {
@@ -66,9 +67,36 @@ impl ScimClient {
         if let Some(until) = cooldown {
             tokio::time::sleep_until(until).await;
         }
+        // A place under the adaptive limit first, then a token: a request
+        // never holds a token while it waits for a place, so the bucket's
+        // burst is never exceeded.
+        let mut permit = match &inner.pace {
+            Some(pace) => Some(pace.enter().await),
+            None => None,
+        };
         if let Some(limiter) = &inner.limiter {
             limiter.until_ready().await;
         }
+        if let Some(p) = &mut permit {
+            p.sending();
+        }
+        let answer = self.exchange(method, url, query, body).await;
+        if let Some(p) = permit {
+            p.answered(answer.pace);
+        }
+        answer.attempt
+    }
+
+    /// One request sent and its answer read; what the answer says about the
+    /// target's pace.
+    async fn exchange(
+        &self,
+        method: &Method,
+        url: &Url,
+        query: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> Exchanged {
+        let inner = &self.inner;
         inner.requests.fetch_add(1, Ordering::Relaxed);
         let mut request = inner.http.request(method.clone(), url.clone());
         if !query.is_empty() {
@@ -89,7 +117,7 @@ impl ScimClient {
             Ok(response) => response,
             Err(e) => {
                 count(0);
-                return transport_failure(&e, &inner.redactor);
+                return Exchanged::failed(&e, &inner.redactor);
             }
         };
         let status = response.status();
@@ -106,15 +134,18 @@ impl ScimClient {
         let rate_limit_reset = header("x-ratelimit-reset");
         let body = match response.bytes().await {
             Ok(bytes) => bytes.to_vec(),
-            Err(e) => return transport_failure(&e, &inner.redactor),
+            Err(e) => return Exchanged::failed(&e, &inner.redactor),
         };
         tracing::debug!(%method, path = url.path(), status = status.as_u16(), "SCIM request");
         if status.is_success() {
-            return Attempt::Success(Reply {
-                status,
-                location,
-                body,
-            });
+            return Exchanged {
+                attempt: Attempt::Success(Reply {
+                    status,
+                    location,
+                    body,
+                }),
+                pace: Answer::Held,
+            };
         }
         if status == StatusCode::TOO_MANY_REQUESTS {
             inner.throttled.fetch_add(1, Ordering::Relaxed);
@@ -132,7 +163,10 @@ impl ScimClient {
             Verdict::Paced(wait) => self.hold_off(wait.min(inner.retry.max_elapsed)),
             Verdict::Fatal | Verdict::Backoff => {}
         }
-        verdict.attempt(error)
+        Exchanged {
+            attempt: verdict.attempt(error),
+            pace: pace_of_status(status.as_u16()),
+        }
     }
 
     /// Makes every request wait `wait` from now (or longer, if already asked to).
@@ -146,6 +180,38 @@ impl ScimClient {
         if cooldown.is_none_or(|current| current < until) {
             *cooldown = Some(until);
         }
+    }
+}
+
+/// One request's outcome, and what it says about the target's pace.
+struct Exchanged {
+    attempt: Attempt<Reply, ScimError>,
+    pace: Answer,
+}
+
+impl Exchanged {
+    /// No answer: a timeout is the target pushing back; a refused or broken
+    /// connection says nothing about its pace.
+    fn failed(error: &reqwest::Error, redactor: &Redactor) -> Exchanged {
+        let pace = match TransportKind::of(error) {
+            TransportKind::Timeout => Answer::BackPressure,
+            _ => Answer::Ignored,
+        };
+        Exchanged {
+            attempt: transport_failure(error, redactor),
+            pace,
+        }
+    }
+}
+
+/// What an answer's status says about the target's pace: 429 and 503 (and
+/// the timeouts 408 and 504) push back; other errors (a 500) say nothing;
+/// the rest are answers in their round trip.
+fn pace_of_status(status: u16) -> Answer {
+    match status {
+        429 | 503 | 408 | 504 => Answer::BackPressure,
+        500..=599 => Answer::Ignored,
+        _ => Answer::Held,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct CycleFacts {
     pub http: BTreeMap<u16, u64>,
     /// This cycle's 429 answers.
     pub throttled: u64,
+    /// The requests in flight the cycle allowed, when it reached the target.
+    pub concurrency: Option<ConcurrencyFacts>,
     /// Whether cycles are held back now.
     pub quarantined: bool,
     /// Whether this cycle put the target into quarantine.
@@ -43,6 +45,19 @@ pub struct CycleFacts {
     pub trouble: Option<Trouble>,
     /// When this cycle ended well after bad ones: those.
     pub recovered: Option<BadCycles>,
+}
+
+/// The requests in flight a cycle allowed: the limits `concurrency: auto`
+/// chose, or the fixed number (then every figure is that number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConcurrencyFacts {
+    pub auto: bool,
+    pub ceiling: u64,
+    /// The limit most requests were sent under.
+    pub settled: u64,
+    pub last: u64,
+    pub min: u64,
+    pub max: u64,
 }
 
 /// Why a cycle ended badly, as notifications name it.

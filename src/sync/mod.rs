@@ -307,6 +307,7 @@ pub fn client(settings: &Settings) -> Result<ScimClient, SyncError> {
         retry: t.retry,
         page_size: t.page_size,
         member_chunk: t.member_chunk,
+        adaptive_ceiling: t.concurrency.adaptive(),
     })
     .map_err(SyncError::TargetSetup)
 }
@@ -466,7 +467,7 @@ pub async fn planning_input<T: Target>(
         .map(|(old, new)| MirrorUpdate { old, new });
     let state = loaded.transpose()?.unwrap_or_default();
     let target = match full_target {
-        Some(t) => Some(read_target(t, &state, settings.target.concurrency).await?),
+        Some(t) => Some(read_target(t, &state, settings.target.concurrency.slots()).await?),
         None => None,
     };
     let mut options = settings.plan_options();
@@ -921,6 +922,7 @@ fn quick_client(settings: &Settings) -> Option<ScimClient> {
         },
         page_size: t.page_size,
         member_chunk: t.member_chunk,
+        adaptive_ceiling: None,
     })
     .ok()
 }
@@ -988,7 +990,45 @@ pub async fn sync_with(
         throttled = stats.throttled,
         "cycle finished"
     );
+    log_concurrency(&concurrency_facts(settings, client));
     Ok(summary)
+}
+
+/// The requests in flight this cycle allowed: what `concurrency: auto`
+/// chose, or the fixed number.
+fn concurrency_facts(settings: &Settings, client: &ScimClient) -> facts::ConcurrencyFacts {
+    let ceiling = settings.target.concurrency.slots();
+    let record = client.concurrency_record();
+    let r = record.clone().unwrap_or(crate::scim::PaceRecord {
+        ceiling,
+        last: ceiling,
+        min: ceiling,
+        max: ceiling,
+        settled: ceiling,
+        ..Default::default()
+    });
+    facts::ConcurrencyFacts {
+        auto: record.is_some(),
+        ceiling: ceiling as u64,
+        settled: r.settled as u64,
+        last: r.last as u64,
+        min: r.min as u64,
+        max: r.max as u64,
+    }
+}
+
+/// `concurrency: auto settled at 12 (ceiling 32, min 3, max 14, last 12)`.
+fn log_concurrency(c: &facts::ConcurrencyFacts) {
+    if c.auto {
+        tracing::info!(
+            "concurrency: auto settled at {} (ceiling {}, min {}, max {}, last {})",
+            c.settled,
+            c.ceiling,
+            c.min,
+            c.max,
+            c.last
+        );
+    }
 }
 
 /// The one check of the quarantine, on the state DB the cycle holds: a
@@ -1131,7 +1171,7 @@ async fn cycle_on<T: Target>(
         db: &mut *db,
         state: ready.state,
         create_only: settings.mapping.create_only(),
-        concurrency: settings.target.concurrency,
+        concurrency: settings.target.concurrency.slots(),
         shutdown,
         progress,
     };

@@ -285,6 +285,7 @@ mod tests {
             }),
             http: BTreeMap::new(),
             throttled: 0,
+            concurrency: None,
             quarantined: false,
             entered_quarantine: false,
             applied: 0,

@@ -34,7 +34,7 @@ use crate::config::Settings;
 use crate::model::Exit;
 use crate::state::{RunsSinceSuccess, StateDb};
 
-use super::facts::{BadCycles, CycleFacts, ServedMetrics, Trouble, TroubleKind};
+use super::facts::{BadCycles, ConcurrencyFacts, CycleFacts, ServedMetrics, Trouble, TroubleKind};
 use super::{ONLY_COMMAND, RunSummary, SyncError, SyncOptions, client, notify, quarantine};
 
 /// Renders the metrics file from a cycle's facts and the previous file's text
@@ -107,6 +107,7 @@ struct Ran {
     before: Before,
     http: BTreeMap<u16, u64>,
     throttled: u64,
+    concurrency: ConcurrencyFacts,
 }
 
 /// One `sync` with its metrics file written and its notification sent. A dry
@@ -150,6 +151,7 @@ pub async fn observed_sync(
                     before,
                     http: client.status_counts(),
                     throttled: client.stats().throttled,
+                    concurrency: super::concurrency_facts(settings, &client),
                 };
                 (result, Some(ran))
             }
@@ -181,13 +183,20 @@ fn gather(
         Ok(s) => summary_trouble(s),
         Err(e) => error_trouble(e),
     };
-    let (db, before, http, throttled) = match ran {
-        Some(ran) => (Some(ran.db), Some(ran.before), ran.http, ran.throttled),
+    let (db, before, http, throttled, concurrency) = match ran {
+        Some(ran) => (
+            Some(ran.db),
+            Some(ran.before),
+            ran.http,
+            ran.throttled,
+            Some(ran.concurrency),
+        ),
         None => (
             StateDb::open_read_only(&settings.state_path).ok().flatten(),
             None,
             BTreeMap::new(),
             0,
+            None,
         ),
     };
     let operations = match (&db, &before) {
@@ -226,6 +235,7 @@ fn gather(
         source_objects,
         http,
         throttled,
+        concurrency,
         quarantined,
         entered_quarantine,
         applied,

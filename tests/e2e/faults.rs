@@ -515,12 +515,28 @@ fn one_refused_user_fails_alone_and_is_retried_next_cycle() {
 
 #[test]
 fn rate_limit_is_never_exceeded() {
+    rate_limit_holds_at("  concurrency: 4\n");
+}
+
+/// `concurrency: auto` grows its limit while the round trip holds, which it
+/// does under a rate limit: the token bucket still paces every request.
+#[test]
+fn rate_limit_is_never_exceeded_under_auto_concurrency() {
+    rate_limit_holds_at("  concurrency: auto\n");
+}
+
+/// A sync at `concurrency` (its config line) under a limit of 20 requests
+/// a second, burst 1: never more, and not much less.
+fn rate_limit_holds_at(concurrency: &str) {
     const RATE: usize = 20;
     const BURST: usize = 1;
     let mut rig = rig("pacing", 110, 0, crate::proxy::pass_through());
     edit_config(
         &mut rig.ws,
-        &[(DEFAULT_RATE, "rate_limit: { per_second: 20, burst: 1 }")],
+        &[
+            (DEFAULT_RATE, "rate_limit: { per_second: 20, burst: 1 }"),
+            ("  concurrency: 4\n", concurrency),
+        ],
     );
     rig.ws.sync_ok();
     let times = rig.proxy.forwarded_times();
@@ -595,5 +611,80 @@ fn the_daemon_keeps_running_after_a_cycle_stopped_by_the_failure_budget() {
         out.stderr.to_lowercase().contains("quarantine"),
         "the daemon should log the quarantine\n{}",
         out.dump()
+    );
+}
+
+/// `concurrency: auto` against a server that answers 429 (`Retry-After: 1`)
+/// whenever more than `LIMIT` requests are in flight: the sync converges
+/// exactly, nothing lost or duplicated, and the limit it reports (log and
+/// metrics file) settled at or below `LIMIT`, with few 429s beyond the first
+/// ones that taught it.
+#[test]
+fn auto_concurrency_settles_under_a_servers_in_flight_limit() {
+    const LIMIT: usize = 6;
+    let mut rig = rig(
+        "auto-concurrency",
+        300,
+        4,
+        crate::proxy::in_flight_limit(LIMIT, 1),
+    );
+    edit_config(
+        &mut rig.ws,
+        &[("  concurrency: 4\n", "  concurrency: auto\n")],
+    );
+    rig.ws.raw_config = Some(rig.ws.config_text() + "metrics_file: metrics.prom\n");
+    let out = rig.ws.run(&["sync", "--format", "json"]);
+    out.assert_code(0);
+    let throttled = rig.proxy.count_fault("429-retry-after");
+    let requests = rig.proxy.requests();
+    assert!(
+        throttled > 0,
+        "the limit was never met: {}",
+        rig.proxy.summary()
+    );
+    assert!(
+        throttled * 10 < requests,
+        "{throttled} of {requests} requests answered 429: it did not settle"
+    );
+
+    let settled = |text: &str| -> usize {
+        let (_, rest) = text
+            .split_once("concurrency: auto settled at ")
+            .unwrap_or_else(|| panic!("no settled line in the log:\n{text}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let logged = settled(&out.stderr);
+    let metrics = std::fs::read_to_string(rig.ws.path().join("metrics.prom")).expect("metrics");
+    let sample = |series: &str| -> usize {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    assert_eq!(sample("idsync_concurrency_limit{stat=\"settled\"}"), logged);
+    assert_eq!(sample("idsync_concurrency_auto"), 1);
+    assert_eq!(sample("idsync_concurrency_ceiling"), 32);
+    assert!(
+        (1..=LIMIT).contains(&logged),
+        "settled at {logged}, the server allows {LIMIT}\n{}",
+        out.stderr
+    );
+    assert!(
+        sample("idsync_concurrency_limit{stat=\"max\"}") > LIMIT,
+        "it never tried more"
+    );
+
+    rig.proxy.set_schedule(crate::proxy::pass_through());
+    assert_exact(&rig.server, &rig.ws, &rig.dir);
+    // No create sent twice: one answered create per user on the target.
+    let posts = rig
+        .proxy
+        .entries()
+        .iter()
+        .filter(|e| e.kind == "POST /Users" && e.status == Some(201))
+        .count();
+    assert_eq!(posts, rig.server.users().len(), "{}", rig.proxy.summary());
+    eprintln!(
+        "settled at {logged} under a limit of {LIMIT}; {throttled} of {requests} requests answered 429"
     );
 }

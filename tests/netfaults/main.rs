@@ -22,6 +22,7 @@ mod figures;
 #[path = "../e2e/harness.rs"]
 mod harness;
 mod ldap;
+mod pace;
 mod rig;
 mod scim;
 #[path = "../support/mod.rs"]

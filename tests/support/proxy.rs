@@ -46,6 +46,9 @@ pub struct Req {
     /// Path and query, e.g. `/v2/Users?filter=…`.
     pub path: String,
     pub body: String,
+    /// Requests the proxy is handling as this one arrives (read, not yet
+    /// answered), this one included.
+    pub in_flight: usize,
 }
 
 impl Req {
@@ -194,6 +197,19 @@ impl Rng {
     }
 }
 
+/// A server that limits concurrency: every request arriving while more than
+/// `n` are in flight (itself included) is answered 429 with `Retry-After:
+/// retry_after` seconds; the others are forwarded.
+pub fn in_flight_limit(n: usize, retry_after: u64) -> Schedule {
+    Arc::new(move |req: &Req| {
+        if req.in_flight > n {
+            Fault::RetryAfter(retry_after)
+        } else {
+            Fault::Forward
+        }
+    })
+}
+
 /// A seeded schedule: each request (by `seq`) gets `fault` with probability `p`,
 /// the same for the same seed and arrival order.
 pub fn seeded(seed: u64, p: f64, fault: Fault) -> Schedule {
@@ -242,6 +258,8 @@ struct Shared {
     started_wall: chrono::DateTime<chrono::Utc>,
     stop: AtomicBool,
     open: AtomicUsize,
+    /// Requests read and not yet answered.
+    in_flight: AtomicUsize,
 }
 
 /// The proxy; stops accepting and joins its accept loop on drop.
@@ -271,6 +289,7 @@ impl FaultProxy {
             started_wall: chrono::Utc::now(),
             stop: AtomicBool::new(false),
             open: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
         });
         let thread = {
             let shared = Arc::clone(&shared);
@@ -451,6 +470,25 @@ fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<
     Ok(Some((head, body)))
 }
 
+/// One request counted in flight until dropped (answered, or given up).
+struct InFlight<'a> {
+    counter: &'a AtomicUsize,
+    count: usize,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> InFlight<'a> {
+        let count = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        InFlight { counter, count }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -462,6 +500,7 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let Some((head, body)) = read_request(&mut client)? else {
         return Ok(());
     };
+    let in_flight = InFlight::enter(&shared.in_flight);
     let arrived = shared.started.elapsed();
     let head_text = String::from_utf8_lossy(&head).into_owned();
     let mut request_line = head_text.lines().next().unwrap_or("").split_whitespace();
@@ -488,6 +527,7 @@ fn handle(mut client: TcpStream, shared: &Shared) -> std::io::Result<()> {
             method: method.clone(),
             path: path.clone(),
             body: body_text.clone(),
+            in_flight: in_flight.count,
         };
         let schedule = Arc::clone(&*shared.schedule.lock().unwrap_or_else(|p| p.into_inner()));
         let fault = schedule(&req);
