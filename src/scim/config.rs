@@ -65,10 +65,12 @@ pub enum Concurrency {
 }
 
 impl Concurrency {
-    /// The default: `auto`, up to [`DEFAULT_CONCURRENCY_MAX`].
-    pub const DEFAULT: Concurrency = Concurrency::Auto {
-        ceiling: DEFAULT_CONCURRENCY_MAX,
-    };
+    /// The default: a fixed 4. `auto` is opt-in: at 100 ms of round trip
+    /// against a server whose pace had fallen (its accept queue full on a
+    /// busy machine) it held 29–32 in flight and synced at a quarter of a
+    /// fixed 8's rate, so it does not become the default until it backs off
+    /// there.
+    pub const DEFAULT: Concurrency = Concurrency::Fixed(4);
 
     /// The most requests ever in flight: the executor's slots.
     pub fn slots(self) -> usize {
@@ -201,7 +203,8 @@ impl TargetConfig {
         })
     }
 
-    /// `concurrency:` and `concurrency_max:`; `auto` when not written.
+    /// `concurrency:` and `concurrency_max:`; [`Concurrency::DEFAULT`] when
+    /// neither is written, `auto` when only the ceiling is.
     fn concurrency(&self) -> Result<Concurrency, TargetConfigError> {
         let ceiling = match &self.concurrency_max {
             None => DEFAULT_CONCURRENCY_MAX,
@@ -215,7 +218,11 @@ impl TargetConfig {
             }
         };
         let Some(c) = &self.concurrency else {
-            return Ok(Concurrency::Auto { ceiling });
+            // A ceiling written alone asks for the adaptive limit under it.
+            return Ok(match self.concurrency_max {
+                Some(_) => Concurrency::Auto { ceiling },
+                None => Concurrency::DEFAULT,
+            });
         };
         match &c.value {
             RawConcurrency::Fixed(n) if (1..=64).contains(n) => {
@@ -239,7 +246,7 @@ impl TargetConfig {
             RawConcurrency::Word(w) => Err(refused(
                 &c.referenced,
                 format!("concurrency {w:?} is neither a number nor `auto`"),
-                "use `auto` (the default) or a number from 1 to 64",
+                "use a number from 1 to 64 (4 when not written) or `auto`",
             )),
         }
     }
