@@ -4,36 +4,63 @@
 //! control). It reads no clock: every event carries its own time, so the same
 //! events always give the same limits.
 //!
-//! The answers are judged in windows of about one round trip (the mean of the
-//! past round trips). When a window closes:
+//! The answers are judged in windows of about one round trip (a smoothed mean
+//! of the past round trips), each answer by the limit its request was sent
+//! under: answers to requests sent under a higher limit were judged already
+//! and are passed over; those sent under a lower one can show a queue but
+//! cannot show that the limit now is fine. When a window closes:
 //!
 //! - **back-pressure** (a 429, a 503, a timeout) in it: the limit is halved,
 //!   and the limit it had, less one, becomes a cap the limit climbs back to
 //!   but not past — until [`PROBE_AFTER`] quiet windows at the cap let it try
 //!   one more;
-//! - **rising latency** (the window's mean round trip above the past mean by
-//!   more than [`DEVIATIONS`] deviations, and by at least [`MIN_RISE`] of
-//!   it): the limit is cut by a tenth;
-//! - **saturated and latency held** (the limit was reached while requests
-//!   were sent, and the round trip did not rise): the limit grows, doubling
-//!   until the first decrease (slow start), by one afterwards;
+//! - **a queue at the target** (the window's mean round trip above
+//!   [`TOLERANCE`] times the *base*, the shortest window mean seen): the limit
+//!   is cut in proportion, `limit × TOLERANCE × base ÷ mean`, by at most a
+//!   quarter.
+//!   A round trip within the tolerance means at most about as many requests
+//!   wait at the target as are on the way, so keeping the limit there loses
+//!   no pace and a target that slows down under load (a full listen queue,
+//!   a busy server) is not pushed further. When a cut leaves the round trip
+//!   where it was for three windows (after a cut by a quarter or more; the
+//!   limit waits meanwhile), the rise was not the queue this client makes
+//!   (the path or the target got slower): the shortest of those means
+//!   becomes the base;
+//! - **saturated and within the tolerance** (the limit was reached while
+//!   requests were sent, and requests sent under it came back in time): the
+//!   limit grows, doubling until the first decrease (slow start), by an
+//!   eighth (at least one) afterwards;
 //! - otherwise it stays.
 //!
-//! The limit never leaves `1..=ceiling`. The past round trip is an
-//! exponentially weighted mean and deviation of the windows' means.
+//! The limit never leaves `1..=ceiling`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Weight of the newest window in the past mean and deviation.
+/// Weight of the newest window in the smoothed round trip that sets the
+/// windows' length.
 const ALPHA: f64 = 0.4;
-/// How many deviations above the past mean a window's round trip may rise.
-const DEVIATIONS: f64 = 2.5;
-/// A rise smaller than this share of the past mean is never "rising latency"
-/// (a steady target has a tiny deviation).
-const MIN_RISE: f64 = 0.15;
-/// The share of the limit kept on rising latency.
-const LATENCY_KEEP: f64 = 0.9;
+/// How far above the base a window's mean round trip may be before the limit
+/// is cut: twice the base leaves about one request waiting at the target for
+/// every one on the way.
+pub const TOLERANCE: f64 = 2.0;
+/// A cut for a queue keeps at least this share of the limit (a round trip
+/// inflated by a few stalled requests cuts by a quarter, not by half).
+const MIN_KEEP: f64 = 0.75;
+/// After a cut for a queue of at least [`TELLING_CUT`], a round trip that
+/// falls by less than this share in [`VERDICT_WINDOWS`] windows was not made
+/// by the queue: the shortest of them becomes the base.
+const NOT_OURS: f64 = 0.1;
+/// How many windows a telling cut waits for the round trip to fall (a queue
+/// at a busy target drains over more than one).
+const VERDICT_WINDOWS: u32 = 3;
+/// A cut to this share of the limit or below tells whether the queue was
+/// ours (a smaller one moves the round trip too little to tell).
+const TELLING_CUT: f64 = 0.75;
+/// After slow start, a window that held grows the limit by this share of it
+/// (at least one): back from a cut to the ceiling in a few windows, and past a
+/// target's threshold by little.
+const GROWTH_SHARE: usize = 8;
 /// Quiet windows at the cap (learned from back-pressure) before the limit may
 /// try one more than it.
 pub const PROBE_AFTER: u32 = 16;
@@ -59,7 +86,7 @@ pub enum Why {
     Held,
     /// 429/503/timeouts.
     BackPressure,
-    /// The round trip rose.
+    /// The round trip passed the tolerance over its base.
     Latency,
 }
 
@@ -85,32 +112,53 @@ pub struct Record {
     pub decreases: u64,
 }
 
-/// Past round trips: an exponentially weighted mean and variance, seconds.
-#[derive(Clone, Copy, Debug)]
-struct Past {
-    mean: f64,
-    var: f64,
+/// Round trips summed.
+#[derive(Clone, Copy, Debug, Default)]
+struct Trips {
+    sum: f64,
+    count: u32,
 }
 
-impl Past {
-    fn update(&mut self, x: f64) {
-        let d = x - self.mean;
-        self.mean += ALPHA * d;
-        self.var = (1.0 - ALPHA) * (self.var + ALPHA * d * d);
+impl Trips {
+    fn add(&mut self, rtt: f64) {
+        self.sum += rtt;
+        self.count += 1;
     }
 
-    /// How far above the mean a window may be and still count as held.
-    fn tolerance(&self) -> f64 {
-        (DEVIATIONS * self.var.sqrt()).max(MIN_RISE * self.mean)
+    fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / f64::from(self.count))
     }
+}
+
+/// A telling cut waiting to see whether the round trip falls.
+#[derive(Clone, Copy, Debug)]
+struct Verdict {
+    /// The mean round trip of the window that made the cut.
+    cut_at: f64,
+    /// Judged windows since, and the shortest mean among them.
+    windows: u32,
+    shortest: f64,
+}
+
+/// What a window's round trip says.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Judged {
+    /// Within the tolerance over the base.
+    Within,
+    /// Past it: the share of the limit to keep.
+    Queue(f64),
+    /// Waiting for a telling cut's verdict: nothing moves.
+    Wait,
 }
 
 /// What the current window saw.
 #[derive(Clone, Copy, Debug, Default)]
 struct Window {
     started: Option<Instant>,
-    rtt_sum: f64,
-    answers: u32,
+    /// Answers to requests sent under the limit now.
+    at_limit: Trips,
+    /// Those and the answers to requests sent under a lower limit.
+    at_or_below: Trips,
     back_pressure: bool,
     saturated: bool,
 }
@@ -124,11 +172,14 @@ pub struct Controller {
     /// After back-pressure: the limit climbs back to this, no further, until
     /// `quiet_at_cap` reaches [`PROBE_AFTER`].
     cap: usize,
-    /// When the limit last went down: back-pressure on requests sent before
-    /// then was answered to the old limit, and is not counted again.
-    last_decrease: Option<Instant>,
     quiet_at_cap: u32,
-    past: Option<Past>,
+    /// The smoothed round trip, seconds: the windows' length.
+    smoothed: Option<f64>,
+    /// The shortest window mean round trip, seconds (see the module's
+    /// documentation for when it is replaced by a longer one).
+    base: Option<f64>,
+    /// After a telling cut for a queue: whether the round trip falls.
+    verdict: Option<Verdict>,
     window: Window,
     /// Requests sent under each limit, since the cycle began.
     sent_under: BTreeMap<usize, u64>,
@@ -145,9 +196,10 @@ impl Controller {
             limit,
             slow_start: true,
             cap: ceiling,
-            last_decrease: None,
             quiet_at_cap: 0,
-            past: None,
+            smoothed: None,
+            base: None,
+            verdict: None,
             window: Window::default(),
             sent_under: BTreeMap::new(),
             record: Record::default(),
@@ -175,22 +227,28 @@ impl Controller {
     }
 
     /// A request was sent with `in_flight` requests in flight (itself
-    /// included).
-    pub fn sent(&mut self, in_flight: usize) {
+    /// included); the limit it was sent under, to hand back with its answer.
+    pub fn sent(&mut self, in_flight: usize) -> usize {
         *self.sent_under.entry(self.limit).or_default() += 1;
         if in_flight >= self.limit {
             self.window.saturated = true;
         }
+        self.limit
     }
 
-    /// A request sent at `sent` was answered at `now`; the limit's change, if
-    /// this answer closed a window that moved it. A window lasts about one
-    /// past round trip (the first one, until a second answer): the first
-    /// answer after that closes it and opens the next one.
-    pub fn answered(&mut self, sent: Instant, now: Instant, answer: Answer) -> Option<Change> {
-        let period = self.past.map_or(Duration::ZERO, |p| {
-            Duration::from_secs_f64(p.mean.clamp(0.0, 60.0))
-        });
+    /// A request sent at `sent` under the limit `under` was answered at
+    /// `now`; the limit's change, if this answer closed a window that moved
+    /// it. A window lasts about one smoothed round trip (the first one, until
+    /// a second answer): the first answer after that closes it and opens the
+    /// next one.
+    pub fn answered(
+        &mut self,
+        sent: Instant,
+        under: usize,
+        now: Instant,
+        answer: Answer,
+    ) -> Option<Change> {
+        let period = Duration::from_secs_f64(self.smoothed.unwrap_or(0.0).clamp(0.0, 60.0));
         let mut change = None;
         match self.window.started {
             None => self.window.started = Some(now),
@@ -199,50 +257,82 @@ impl Controller {
                 self.window.started = Some(now);
                 change = self.close(&window);
                 if let Some(c) = change {
-                    self.moved(now, c);
+                    self.moved(c);
                 }
             }
             Some(_) => {}
         }
+        // An answer to a request sent under a higher limit was judged.
+        if under > self.limit {
+            return change;
+        }
         match answer {
             Answer::Held => {
-                self.window.rtt_sum += now.saturating_duration_since(sent).as_secs_f64();
-                self.window.answers += 1;
+                let rtt = now.saturating_duration_since(sent).as_secs_f64();
+                self.window.at_or_below.add(rtt);
+                if under == self.limit {
+                    self.window.at_limit.add(rtt);
+                }
             }
-            Answer::BackPressure if self.last_decrease.is_none_or(|at| sent >= at) => {
-                self.window.back_pressure = true;
-            }
-            Answer::BackPressure | Answer::Ignored => {}
+            Answer::BackPressure => self.window.back_pressure = true,
+            Answer::Ignored => {}
         }
         change
+    }
+
+    /// Takes a closed window's mean round trip into the smoothed one and the
+    /// base, and judges it.
+    fn learn(&mut self, mean: f64) -> Judged {
+        self.smoothed = Some(self.smoothed.map_or(mean, |s| s + ALPHA * (mean - s)));
+        let mut base = self.base.map_or(mean, |b| b.min(mean));
+        if let Some(v) = &mut self.verdict {
+            if mean < v.cut_at * (1.0 - NOT_OURS) {
+                // It fell: the queue was ours.
+                self.verdict = None;
+            } else {
+                v.windows += 1;
+                v.shortest = v.shortest.min(mean);
+                if v.windows < VERDICT_WINDOWS {
+                    self.base = Some(base);
+                    return Judged::Wait;
+                }
+                // It stayed: the path or the target got slower.
+                base = base.max(v.shortest);
+                self.verdict = None;
+            }
+        }
+        self.base = Some(base);
+        // (A hair over exactly the tolerance is not past it.)
+        if mean > TOLERANCE * base * (1.0 + 1e-9) {
+            Judged::Queue((TOLERANCE * base / mean).max(MIN_KEEP))
+        } else {
+            Judged::Within
+        }
     }
 
     /// Judges a closed window; moves the limit.
     fn close(&mut self, window: &Window) -> Option<Change> {
         let from = self.limit;
-        let mean = (window.answers > 0).then(|| window.rtt_sum / f64::from(window.answers));
-        let rose = match (self.past, mean) {
-            (Some(past), Some(m)) => m > past.mean + past.tolerance(),
-            _ => false,
-        };
-        if let Some(m) = mean {
-            match &mut self.past {
-                Some(past) => past.update(m),
-                None => self.past = Some(Past { mean: m, var: 0.0 }),
-            }
-        }
+        let mean = window.at_or_below.mean();
+        let judged = mean.map(|m| self.learn(m));
         let (to, why) = if window.back_pressure {
             self.slow_start = false;
             self.cap = from.saturating_sub(1).max(1);
             self.quiet_at_cap = 0;
             ((from / 2).max(1), Why::BackPressure)
-        } else if rose {
+        } else if let (Some(Judged::Queue(keep)), Some(mean)) = (judged, mean) {
             self.slow_start = false;
-            (
-                ((from as f64 * LATENCY_KEEP).floor() as usize).max(1),
-                Why::Latency,
-            )
-        } else if window.saturated && mean.is_some() {
+            if keep <= TELLING_CUT {
+                self.verdict = Some(Verdict {
+                    cut_at: mean,
+                    windows: 0,
+                    shortest: mean,
+                });
+            }
+            (((from as f64 * keep).floor() as usize).max(1), Why::Latency)
+        } else if judged == Some(Judged::Wait) {
+            return None;
+        } else if window.saturated && window.at_limit.count > 0 {
             if from >= self.cap {
                 self.quiet_at_cap += 1;
                 if self.quiet_at_cap < PROBE_AFTER {
@@ -251,7 +341,11 @@ impl Controller {
                 self.quiet_at_cap = 0;
                 self.cap = (self.cap + 1).min(self.ceiling);
             }
-            let grown = if self.slow_start { from * 2 } else { from + 1 };
+            let grown = if self.slow_start {
+                from * 2
+            } else {
+                from + (from / GROWTH_SHARE).max(1)
+            };
             (grown.min(self.cap).min(self.ceiling), Why::Held)
         } else {
             return None;
@@ -259,11 +353,8 @@ impl Controller {
         (to != from).then_some(Change { from, to, why })
     }
 
-    fn moved(&mut self, now: Instant, change: Change) {
+    fn moved(&mut self, change: Change) {
         self.limit = change.to;
-        if change.to < change.from {
-            self.last_decrease = Some(now);
-        }
         let r = &mut self.record;
         r.last = change.to;
         r.min = r.min.min(change.to);
@@ -324,7 +415,7 @@ mod tests {
                 } else {
                     Answer::Held
                 };
-                c.answered(sent, *t, answer);
+                c.answered(sent, limit, *t, answer);
             }
         }
         limits
@@ -337,8 +428,10 @@ mod tests {
         assert_eq!(c.limit(), INITIAL);
         let limits = rounds(&mut c, &mut t, 8, 100 * MS, usize::MAX);
         // A round is judged when the next one's answers begin to arrive
-        // (the first, at its second answer).
-        assert_eq!(limits[..5], [4, 8, 16, 32, 32]);
+        // (the first, at its second answer); after a doubling, the round
+        // still in flight was sent under the old limit, so the next doubling
+        // waits for a round sent under the new one.
+        assert_eq!(limits[..7], [4, 8, 8, 16, 16, 32, 32]);
         assert_eq!(c.limit(), 32, "never above the ceiling");
         let r = c.record();
         assert_eq!((r.min, r.max, r.last, r.ceiling), (4, 32, 32, 32));
@@ -357,9 +450,9 @@ mod tests {
         let mut c = Controller::new(32);
         for _ in 0..50 {
             let sent = t;
-            c.sent(1);
+            let under = c.sent(1);
             t += 100 * MS;
-            assert_eq!(c.answered(sent, t, Answer::Held), None);
+            assert_eq!(c.answered(sent, under, t, Answer::Held), None);
         }
         assert_eq!(c.limit(), INITIAL);
     }
@@ -374,10 +467,10 @@ mod tests {
         rounds(&mut c, &mut t, 1, 100 * MS, 16);
         rounds(&mut c, &mut t, 1, 100 * MS, usize::MAX);
         assert_eq!(c.limit(), 16);
-        // A 429 to a request sent before the decrease is not counted again.
+        // A 429 to a request sent under the higher limit is not counted again.
         let before = t - 50 * MS;
         t += 200 * MS;
-        assert_eq!(c.answered(before, t, Answer::BackPressure), None);
+        assert_eq!(c.answered(before, 32, t, Answer::BackPressure), None);
         assert_eq!(c.limit(), 16);
     }
 
@@ -403,29 +496,113 @@ mod tests {
     }
 
     #[test]
-    fn a_rising_round_trip_cuts_a_tenth() {
+    fn a_round_trip_past_twice_its_base_cuts_the_limit_in_proportion() {
         let mut t = Instant::now();
         let mut c = Controller::new(64);
-        rounds(&mut c, &mut t, 7, 100 * MS, usize::MAX);
+        rounds(&mut c, &mut t, 8, 100 * MS, usize::MAX);
         assert_eq!(c.limit(), 64);
-        // The round trip doubles: 64 → 57, and slow start is over.
-        rounds(&mut c, &mut t, 1, 200 * MS, usize::MAX);
-        rounds(&mut c, &mut t, 1, 100 * MS, usize::MAX);
-        assert_eq!(c.limit(), 57);
-        let sent = t;
-        c.sent(57);
-        // Past the window (the past mean rose to 140 ms).
-        t += 200 * MS;
-        let change = c.answered(sent, t, Answer::Held);
-        assert_eq!(
-            change,
-            Some(Change {
-                from: 57,
-                to: 58,
-                why: Why::Held
-            }),
-            "additive once slow start is over"
+        // The round trip rises by half: 64 × 2 ÷ 2.5 → 51, and slow start is
+        // over.
+        rounds(&mut c, &mut t, 2, 250 * MS, usize::MAX);
+        assert_eq!(c.limit(), 51);
+        assert_eq!(c.record().decreases, 1, "one cut, not one per answer");
+        // Back to the base: growth by an eighth a window.
+        let limits = rounds(&mut c, &mut t, 6, 100 * MS, usize::MAX);
+        assert!(
+            limits.windows(2).all(|w| w[1] <= w[0] + w[0] / 8),
+            "{limits:?}"
         );
+        assert!(c.limit() > 51, "{limits:?}");
+        // Tripled: by a quarter at most.
+        let before = c.limit();
+        rounds(&mut c, &mut t, 2, 300 * MS, usize::MAX);
+        assert_eq!(c.limit(), before * 3 / 4, "{before}");
+    }
+
+    #[test]
+    fn a_cut_that_leaves_the_round_trip_as_it_was_takes_it_as_the_new_base() {
+        let mut t = Instant::now();
+        let mut c = Controller::new(32);
+        rounds(&mut c, &mut t, 6, 100 * MS, usize::MAX);
+        assert_eq!(c.limit(), 32);
+        // The path gets five times slower, whatever the limit: one cut, by a
+        // quarter, then the limit grows again at the new round trip.
+        let limits = rounds(&mut c, &mut t, 60, 500 * MS, usize::MAX);
+        assert_eq!(limits.iter().min(), Some(&24), "{limits:?}");
+        assert_eq!(c.record().decreases, 1, "{limits:?}");
+        assert_eq!(c.limit(), 32, "{limits:?}");
+    }
+
+    /// Rounds against a target whose round trip depends on the requests in
+    /// flight, `rtt(limit)`: requests answered per second over the last
+    /// `judged` rounds, and the highest limit among them.
+    fn pace_against(rtt: impl Fn(usize) -> Duration, n: usize, judged: usize) -> (f64, usize) {
+        let mut t = Instant::now();
+        let mut c = Controller::new(32);
+        let (mut answered, mut took, mut highest) = (0usize, Duration::ZERO, 0);
+        for round in 0..n {
+            let limit = c.limit();
+            let rtt = rtt(limit);
+            rounds(&mut c, &mut t, 1, rtt, usize::MAX);
+            if round >= n - judged {
+                answered += limit;
+                took += rtt;
+                highest = highest.max(limit);
+            }
+        }
+        (answered as f64 / took.as_secs_f64(), highest)
+    }
+
+    #[test]
+    fn a_queueing_target_is_kept_at_its_pace_with_a_short_queue() {
+        // 100 ms away, 80 requests a second: 8 on the way fill it, and more
+        // only wait in its queue.
+        let rtt = |limit: usize| (100 * MS).max(Duration::from_secs_f64(limit as f64 / 80.0));
+        let (rate, highest) = pace_against(rtt, 200, 100);
+        assert!(rate >= 0.9 * 80.0, "{rate:.1} requests/s");
+        // Twice the round trip is 16 in flight; the growth that passes it
+        // passes it by an eighth.
+        assert!(highest <= 18, "{highest}");
+    }
+
+    #[test]
+    fn a_target_that_stalls_past_ten_in_flight_is_kept_near_ten() {
+        // 100 ms away; every request in flight past ten costs every request
+        // another 100 ms (a full listen queue: dropped connections retried).
+        let rtt = |limit: usize| 100 * MS * (1 + limit.saturating_sub(10) as u32);
+        let (rate, highest) = pace_against(rtt, 300, 200);
+        let best = 10.0 / 0.1;
+        let at_the_ceiling = 32.0 / (rtt(32).as_secs_f64());
+        assert!(rate >= 0.6 * best, "{rate:.1} requests/s, best {best}");
+        assert!(rate >= 4.0 * at_the_ceiling, "{rate:.1} requests/s");
+        assert!(highest <= 12, "{highest}");
+    }
+
+    #[test]
+    fn a_queue_that_drains_over_several_windows_is_still_ours() {
+        // The stalls of the test above, but a round pays for the most that
+        // were in flight in the last three (a backlog left behind drains
+        // slowly): after each cut the round trip stays up for two rounds.
+        let mut t = Instant::now();
+        let mut c = Controller::new(32);
+        let mut recent = std::collections::VecDeque::from([0usize; 3]);
+        let mut late = Vec::new();
+        for round in 0..300 {
+            recent.pop_front();
+            recent.push_back(c.limit());
+            let worst = recent.iter().copied().max().unwrap_or(0);
+            let rtt = 100 * MS * (1 + worst.saturating_sub(10) as u32);
+            if round >= 100 {
+                late.push(c.limit());
+            }
+            rounds(&mut c, &mut t, 1, rtt, usize::MAX);
+        }
+        let base = c.base.expect("a base");
+        assert!(
+            (base - 0.1).abs() < 1e-6,
+            "the base stays the unloaded round trip: {base}"
+        );
+        assert!(late.iter().all(|&l| l <= 12), "{late:?}");
     }
 
     #[test]
@@ -447,16 +624,21 @@ mod tests {
             sent_ago: u64,
             after: u64,
             answer: Answer,
+            /// The limit it was sent under: the limit now, half, or twice.
+            under: u8,
         },
     }
 
     fn event() -> impl Strategy<Value = Event> {
         prop_oneof![
             (1usize..80).prop_map(Event::Sent),
-            (0u64..2000, 0u64..300, 0u8..3).prop_map(|(sent_ago, after, a)| Event::Answered {
-                sent_ago,
-                after,
-                answer: [Answer::Held, Answer::BackPressure, Answer::Ignored][usize::from(a)],
+            (0u64..2000, 0u64..300, 0u8..3, 0u8..3).prop_map(|(sent_ago, after, a, under)| {
+                Event::Answered {
+                    sent_ago,
+                    after,
+                    answer: [Answer::Held, Answer::BackPressure, Answer::Ignored][usize::from(a)],
+                    under,
+                }
             }),
         ]
     }
@@ -476,20 +658,23 @@ mod tests {
                         saturated |= n >= c.limit();
                         c.sent(n);
                     }
-                    Event::Answered { sent_ago, after, answer } => {
+                    Event::Answered { sent_ago, after, answer, under } => {
                         t += Duration::from_millis(after);
                         let sent = t.checked_sub(Duration::from_millis(sent_ago)).unwrap_or(t);
+                        let under = [c.limit(), (c.limit() / 2).max(1), c.limit() * 2][usize::from(under)];
                         let open = c.window.started;
-                        let change = c.answered(sent, t, answer);
+                        let slow_start = c.slow_start;
+                        let change = c.answered(sent, under, t, answer);
                         let closed = open.is_some() && c.window.started != open;
                         if let Some(ch) = change {
                             prop_assert_eq!(ch.from, ch.from.max(1));
                             match ch.why {
                                 Why::BackPressure => prop_assert_eq!(ch.to, (ch.from / 2).max(1)),
-                                Why::Latency => prop_assert!(ch.to < ch.from && ch.to * 10 >= ch.from * 9 - 10),
+                                Why::Latency => prop_assert!(ch.to < ch.from && 2 * ch.to + 1 >= ch.from),
                                 Why::Held => {
                                     prop_assert!(saturated, "grew without being saturated");
                                     prop_assert!(ch.to > ch.from && ch.to <= ch.from * 2);
+                                    prop_assert!(slow_start || ch.to <= ch.from + (ch.from / 8).max(1));
                                 }
                             }
                         }

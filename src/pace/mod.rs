@@ -74,9 +74,11 @@ impl Pace {
                 let mut state = self.state();
                 if state.in_flight < state.controller.limit() {
                     state.in_flight += 1;
+                    let under = state.controller.limit();
                     return Permit {
                         pace: self,
                         sent: Instant::now(),
+                        under,
                     };
                 }
             }
@@ -90,6 +92,8 @@ impl Pace {
 pub struct Permit<'a> {
     pace: &'a Pace,
     sent: Instant,
+    /// The limit it was sent under.
+    under: usize,
 }
 
 impl Permit<'_> {
@@ -99,16 +103,16 @@ impl Permit<'_> {
         self.sent = Instant::now();
         let mut state = self.pace.state();
         let in_flight = state.in_flight;
-        state.controller.sent(in_flight);
+        self.under = state.controller.sent(in_flight);
     }
 
     /// The request was answered: the controller hears how.
     pub fn answered(self, answer: Answer) {
-        let change = self
-            .pace
-            .state()
-            .controller
-            .answered(self.sent, Instant::now(), answer);
+        let change =
+            self.pace
+                .state()
+                .controller
+                .answered(self.sent, self.under, Instant::now(), answer);
         if let Some(c) = change {
             tracing::debug!(from = c.from, to = c.to, why = ?c.why, "concurrency limit changed");
         }

@@ -59,9 +59,20 @@ fn sync_at(concurrency: &str, users: usize) -> Point {
     // Two round trips a request (a new connection each), one at a time at
     // worst: more than that is a hang.
     rig.ws.run_timeout = Duration::from_secs(120) + Duration::from_millis(250) * users as u32;
+    // PACE_LOG_DIR keeps each sync's debug log (the limit's every move).
+    let log_dir = std::env::var_os("PACE_LOG_DIR");
+    let args: &[&str] = if log_dir.is_some() {
+        &["sync", "-vv"]
+    } else {
+        &["sync"]
+    };
     let started = Instant::now();
-    let out = rig.ws.run(&["sync"]);
+    let out = rig.ws.run(args);
     let took = started.elapsed();
+    if let Some(dir) = log_dir {
+        let file = std::path::Path::new(&dir).join(format!("{concurrency}-{users}.log"));
+        std::fs::write(&file, &out.stderr).expect("write the sync's log");
+    }
     out.assert_code(0);
     let active = rig.dir.users.iter().filter(|u| u.active).count();
     assert_eq!(
