@@ -545,10 +545,10 @@ fn compile_target(extra: &str) -> Result<Settings, ConfigError> {
 }
 
 #[test]
-fn concurrency_is_a_fixed_4_by_default_or_auto_with_a_ceiling() {
+fn concurrency_is_auto_under_32_by_default() {
     use crate::scim::config::Concurrency;
     let c = |extra: &str| compile_target(extra).expect("valid").target.concurrency;
-    assert_eq!(c(""), Concurrency::Fixed(4));
+    assert_eq!(c(""), Concurrency::Auto { ceiling: 32 });
     assert_eq!(
         c("  concurrency: auto\n"),
         Concurrency::Auto { ceiling: 32 }

@@ -65,12 +65,10 @@ pub enum Concurrency {
 }
 
 impl Concurrency {
-    /// The default: a fixed 4. `auto` is opt-in: at 100 ms of round trip
-    /// against a server whose pace had fallen (its accept queue full on a
-    /// busy machine) it held 29–32 in flight and synced at a quarter of a
-    /// fixed 8's rate, so it does not become the default until it backs off
-    /// there.
-    pub const DEFAULT: Concurrency = Concurrency::Fixed(4);
+    /// The default: `auto` under [`DEFAULT_CONCURRENCY_MAX`].
+    pub const DEFAULT: Concurrency = Concurrency::Auto {
+        ceiling: DEFAULT_CONCURRENCY_MAX,
+    };
 
     /// The most requests ever in flight: the executor's slots.
     pub fn slots(self) -> usize {

@@ -138,12 +138,13 @@ fn concurrency_sweep_at_100ms_rtt() {
 /// The short form run with the other network tests: 300 users at fixed
 /// concurrency 8 and 16, then auto. Auto must reach half the better of the
 /// two: on two busy cores a 300-user sync's rate moves by a third from run
-/// to run (the 90 % target is the sweep's, which
-/// `scripts/concurrency-bench.sh` measures), but one that collapses falls
-/// below half; and the limit most of its requests went out under must be
-/// above 8 (a controller stuck at its start, 4, fails that).
+/// to run, and more when the server's pace falls off past some number in
+/// flight (the 90 % target is the sweep's, which
+/// `scripts/concurrency-bench.sh` measures), but one that holds a limit the
+/// target cannot take falls far below half (the controller this replaced
+/// synced 6.2 users/s at 29 in flight against 26.8 at a fixed 8 there); and
+/// the limit must have grown past its start (4) at some point.
 #[test]
-#[ignore = "auto collapsed here on a busy machine (6.2 users/s at 29 in flight against 26.8 at a fixed 8); opt-in until it backs off there: README, concurrency"]
 fn auto_keeps_up_with_fixed_8_and_16_at_100ms_rtt() {
     if !available() {
         return;
@@ -154,13 +155,16 @@ fn auto_keeps_up_with_fixed_8_and_16_at_100ms_rtt() {
         .map(|c| sync_at(c, users).rate())
         .fold(0.0, f64::max);
     let auto = sync_at("auto", users);
-    // Whatever the machine's load: most requests went out above 8.
-    let settled: usize = auto
+    let max: usize = auto
         .settled
         .as_deref()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .expect("the log says where auto settled");
-    assert!(settled > 8, "auto settled at {settled}");
+        .and_then(|s| s.split_once("max ")?.1.split(',').next()?.parse().ok())
+        .expect("the log says how high auto went");
+    assert!(
+        max >= 8,
+        "auto never grew past its start: {:?}",
+        auto.settled
+    );
     let auto = auto.rate();
     assert!(
         auto >= 0.5 * best,
