@@ -12,9 +12,11 @@
 # page size (500), output to a file, each in its own process (connect + bind +
 # paged search). It is timed against the read stage of idsync's log ("LDAP
 # directory read ... elapsed_ms": connect, bind, rootDSE, both paged searches,
-# member resolution). The table gives each pair, its ratio, the median ratio
-# and the target (at most 1.3x ldapsearch, stated for 100,000 users); and the
-# peak RSS of each `idsync plan` (wait4, via /usr/bin/time) against 1 GiB
+# member resolution; the read hands each user to the mapping as it arrives,
+# and that time, logged as handed_over_ms, is not counted: the old, unstreamed
+# read mapped after it). The table gives each pair, its ratio, the median ratio
+# and the target (at most 1.2x ldapsearch, stated for 100,000 users); and the
+# peak RSS of each `idsync plan` (wait4, via /usr/bin/time) against 512 MiB
 # (stated for 1,000,000 users).
 #
 # BENCH_COMPARE=OLD_BINARY adds the old binary to each round (ldapsearch, new,
@@ -198,9 +200,9 @@ print("|---|---|---|")
 for r, q in zip(rows, ratios):
     print(f"| {r[0] / 1000:.2f} s | {r[1] / 1000:.2f} s | {q:.2f}x |")
 note = "" if n == 100_000 else " (the target is stated for 100,000 users)"
-print(f"median ratio {median:.2f}x, target <= 1.3x{note}: {mark(median <= 1.3)}")
+print(f"median ratio {median:.2f}x, target <= 1.2x{note}: {mark(median <= 1.2)}")
 note = "" if n == 1_000_000 else " (the target is stated for 1,000,000 users)"
-print(f"peak RSS of idsync plan (largest of {len(rows)}): {peak} MiB, target < 1024 MiB{note}: {mark(peak < 1024)}")
+print(f"peak RSS of idsync plan (largest of {len(rows)}): {peak} MiB, target < 512 MiB{note}: {mark(peak < 512)}")
 if len(rows[0]) > 3:
     new_old = [r[1] / r[3] for r in rows]
     print("side by side, new/old read per round: " + ", ".join(f"{q:.2f}" for q in new_old)
