@@ -158,8 +158,43 @@ impl<'s> LdapRead<'s> {
             unresolved_members = unresolved,
             elapsed_ms = elapsed.as_millis() as u64,
             handed_over_ms = self.handed_over.as_millis() as u64,
+            peak_rss_mib = peak_rss_kib().map(|kib| kib / 1024),
             "LDAP directory read"
         );
         Ok(unresolved)
+    }
+}
+
+/// The process's peak resident set so far (Linux's `VmHWM`), in KiB; `None`
+/// where /proc does not say. Logged with the read: at its end the users are
+/// read and mapped, and planning has not started.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_peak_rss_kib(&status)
+}
+
+fn parse_peak_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line["VmHWM:".len()..]
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peak_resident_set_is_read_from_the_status_file() {
+        let status = "Name:\tidsync\nVmPeak:\t  900 kB\nVmHWM:\t  524288 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(parse_peak_rss_kib(status), Some(524_288));
+        assert_eq!(parse_peak_rss_kib("VmRSS: 1 kB\n"), None);
+        assert_eq!(parse_peak_rss_kib("VmHWM: lots\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_kib().is_some_and(|kib| kib > 0));
+        }
     }
 }
