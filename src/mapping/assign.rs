@@ -20,7 +20,8 @@ use serde::Deserialize;
 use serde_saphyr::{Location, Spanned};
 
 use crate::model::{
-    FastHash, FastSet, GroupKey, GroupName, SourceAssignments, SourceGroup, fold, normalize_dn,
+    FastHash, FastSet, GroupKey, GroupName, GroupsOf, SourceAssignments, SourceGroup, fold,
+    normalize_dn,
 };
 
 /// How the members of nested groups count for an assigned group.
@@ -53,21 +54,22 @@ pub(crate) struct GroupRefs {
 }
 
 impl GroupRefs {
-    /// The groups of the read each name refers to, and the names that refer
-    /// to none.
-    fn find<'g>(&self, groups: &'g [SourceGroup]) -> (Vec<&'g SourceGroup>, Vec<Box<str>>) {
+    /// The groups of the read each name refers to (by position in `groups`),
+    /// and the names that refer to none.
+    fn find(&self, groups: &[SourceGroup]) -> (Vec<usize>, Vec<Box<str>>) {
         let (mut found, mut missing) = (Vec::new(), Vec::new());
         for name in &self.names {
             let as_name = GroupName::new(&**name);
             // A DN has an `=`; only then are the groups' DNs normalised.
             let as_dn = name.contains('=').then(|| normalize_dn(name));
             let before = found.len();
-            found.extend(groups.iter().filter(|g| {
-                g.key.as_str() == &**name
+            found.extend(groups.iter().enumerate().filter_map(|(i, g)| {
+                (g.key.as_str() == &**name
                     || GroupName::new(g.name.as_str()) == as_name
                     || as_dn
                         .as_ref()
-                        .is_some_and(|dn| g.dn.as_deref().map(normalize_dn).as_ref() == Some(dn))
+                        .is_some_and(|dn| g.dn.as_deref().map(normalize_dn).as_ref() == Some(dn)))
+                .then_some(i)
             }));
             if found.len() == before {
                 missing.push(name.clone());
@@ -322,11 +324,28 @@ pub(crate) struct Assigned<'a> {
 
 /// Group memberships as scope sees them, resolved against one read: one set
 /// of user keys per `member_of` clause (in slot order), and the `assign:`
-/// section.
+/// section. A source that resolves members only as its users arrive (LDAP)
+/// names each user's groups with the user instead ([`Memberships::set_current`]).
 #[derive(Debug, Default)]
 pub(crate) struct Memberships<'a> {
     sets: Vec<FastSet<&'a str>>,
     assigned: Option<Assigned<'a>>,
+    /// Per slot, the groups (positions in the read's groups) it names.
+    slot_groups: Vec<Vec<usize>>,
+    /// The groups whose members are assigned: every member, nested groups
+    /// included (`all`), or the direct members only (`direct`).
+    assigned_groups: GroupsOf<Vec<usize>>,
+    /// The user being mapped, when the source named its groups.
+    current: Option<CurrentUser>,
+}
+
+/// What the source said about the user being mapped: which `member_of`
+/// slots it is in and whether an assigned group holds it.
+#[derive(Debug, Default)]
+struct CurrentUser {
+    key: String,
+    slots: Vec<bool>,
+    through_groups: bool,
 }
 
 /// Names a read does not have, by where they were written.
@@ -344,6 +363,12 @@ impl<'a> Memberships<'a> {
         Memberships {
             sets: Vec::new(),
             assigned: None,
+            slot_groups: Vec::new(),
+            assigned_groups: GroupsOf {
+                all: Vec::new(),
+                direct: Vec::new(),
+            },
+            current: None,
         }
     }
 
@@ -356,27 +381,43 @@ impl<'a> Memberships<'a> {
         source: Option<&'a SourceAssignments>,
     ) -> Result<Memberships<'a>, Missing> {
         let mut missing = Missing::default();
-        let mut sets = Vec::new();
+        let (mut sets, mut slot_groups) = (Vec::new(), Vec::new());
         for names in clauses {
             let refs = GroupRefs {
                 names: names.to_vec(),
                 nesting: Nesting::Flatten,
             };
-            let (found, unknown) = refs.find(groups);
+            let (mut found, unknown) = refs.find(groups);
             missing.member_of.extend(unknown);
             let mut set = FastSet::default();
-            for g in found {
-                set.extend(refs.members(g).iter().map(|m| m.as_str()));
+            for &g in &found {
+                set.extend(refs.members(&groups[g]).iter().map(|m| m.as_str()));
             }
             sets.push(set);
+            found.sort_unstable();
+            slot_groups.push(found);
         }
+        let mut assigned_groups = GroupsOf::default();
         let assigned = assign.map(|a| {
-            let (found, unknown) = a.groups.find(groups);
+            let (mut found, unknown) = a.groups.find(groups);
             missing.assigned_groups.extend(unknown);
-            Assigned::new(a, found, groups, source)
+            let found_groups = found.iter().map(|&g| &groups[g]).collect();
+            found.sort_unstable();
+            found.dedup();
+            match a.groups.nesting {
+                Nesting::Flatten => assigned_groups.all = found,
+                Nesting::Direct => assigned_groups.direct = found,
+            }
+            Assigned::new(a, found_groups, groups, source)
         });
         if missing.member_of.is_empty() && missing.assigned_groups.is_empty() {
-            Ok(Memberships { sets, assigned })
+            Ok(Memberships {
+                sets,
+                assigned,
+                slot_groups,
+                assigned_groups,
+                current: None,
+            })
         } else {
             Err(missing)
         }
@@ -384,6 +425,47 @@ impl<'a> Memberships<'a> {
 
     pub(crate) fn contains(&self, slot: usize, user: &str) -> bool {
         self.sets.get(slot).is_some_and(|s| s.contains(user))
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.key == user && c.slots.get(slot) == Some(&true))
+    }
+
+    /// Whether an assigned group holds the user with `key`, or the source
+    /// assigned it (see [`Assigned::through_groups`]).
+    pub(crate) fn through_groups(&self, key: &str) -> bool {
+        self.assigned
+            .as_ref()
+            .is_some_and(|a| a.through_groups(key))
+            || self
+                .current
+                .as_ref()
+                .is_some_and(|c| c.key == key && c.through_groups)
+    }
+
+    /// The user with `key` is in `groups` (positions in the read's groups,
+    /// each list sorted): until [`Memberships::clear_current`], scope and
+    /// assignments see it as a member of them, as if the groups listed it.
+    pub(crate) fn set_current(&mut self, key: &str, groups: GroupsOf<&[usize]>) {
+        let any_in =
+            |wanted: &[usize], have: &[usize]| wanted.iter().any(|g| have.binary_search(g).is_ok());
+        let mut current = self.current.take().unwrap_or_default();
+        current.key.clear();
+        current.key.push_str(key);
+        current.slots.clear();
+        current
+            .slots
+            .extend(self.slot_groups.iter().map(|slot| any_in(slot, groups.all)));
+        current.through_groups = any_in(&self.assigned_groups.all, groups.all)
+            || any_in(&self.assigned_groups.direct, groups.direct);
+        self.current = Some(current);
+    }
+
+    /// Ends [`Memberships::set_current`].
+    pub(crate) fn clear_current(&mut self) {
+        if let Some(current) = &mut self.current {
+            current.key.clear();
+        }
     }
 
     /// The `assign:` section resolved, when there is one.

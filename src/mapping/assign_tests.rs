@@ -284,3 +284,74 @@ fn a_streamed_read_finds_named_users_across_the_whole_read() {
     let errors = m.build_groups(mapper.finish(), dir.groups, 0).unwrap_err();
     assert_eq!(errors[0].record, RecordId::User(SourceKey::new("u1")));
 }
+
+/// What the engine builds from `dir` when the source names each user's groups
+/// as it arrives (LDAP): the mapper sees the groups with empty member lists,
+/// each user with the positions of its groups, and the member lists only
+/// come for `build_groups`.
+fn built_as_streamed(m: &Mapping, dir: SourceDirectory) -> Desired {
+    let positions = |of: &dyn Fn(&SourceGroup) -> &[SourceKey], key: &SourceKey| {
+        let groups = dir.groups.iter().enumerate();
+        groups
+            .filter(|(_, g)| of(g).contains(key))
+            .map(|(i, _)| i)
+            .collect::<Vec<usize>>()
+    };
+    let empty: Vec<SourceGroup> = dir
+        .groups
+        .iter()
+        .map(|g| SourceGroup {
+            members: Vec::new(),
+            direct_members: g.direct_members.as_ref().map(|_| Vec::new()),
+            ..g.clone()
+        })
+        .collect();
+    let mut mapper = m.user_mapper(&empty, None, 0).unwrap();
+    for user in dir.users {
+        let all = positions(&|g| &g.members, &user.key);
+        let direct = positions(&|g| g.direct(), &user.key);
+        let groups = crate::model::GroupsOf {
+            all: &all[..],
+            direct: &direct[..],
+        };
+        mapper.push_in(user, groups);
+    }
+    let mapped = mapper.finish();
+    m.build_groups(mapped, dir.groups, 0).unwrap()
+}
+
+#[test]
+fn users_that_name_their_groups_as_they_arrive_are_scoped_as_when_groups_list_them() {
+    let member_of = r#"
+users:
+  attributes:
+    userName: email
+  scope:
+    include: [ { member_of: [team, Ops] } ]
+    exclude: [ { attribute: department, equals: Contractors } ]
+"#;
+    let cases = [
+        mapping(MAPPING, "groups: [Engineering]\n", false),
+        mapping(MAPPING, "groups: [Engineering]\nnested: direct\n", false),
+        mapping(MAPPING, "groups: [Ops]\nusers: [u5]\n", false),
+        Mapping::parse(member_of, "m.yaml").expect("mapping compiles"),
+    ];
+    for (i, m) in cases.iter().enumerate() {
+        let whole = m.build(directory()).unwrap();
+        let streamed = built_as_streamed(m, directory());
+        assert_eq!(streamed.users, whole.users, "case {i}");
+        assert_eq!(streamed.groups, whole.groups, "case {i}");
+        assert_eq!(streamed.out_of_scope, whole.out_of_scope, "case {i}");
+        assert_eq!(
+            streamed.unassigned_users, whole.unassigned_users,
+            "case {i}"
+        );
+        assert!(!whole.users.is_empty() && !whole.out_of_scope.is_empty());
+    }
+    // The cases differ: the rules decide, not the path.
+    let users = |m: &Mapping| keys(&built_as_streamed(m, directory())).0.join(",");
+    assert_eq!(users(&cases[0]), "u1,u2");
+    assert_eq!(users(&cases[1]), "u1");
+    assert_eq!(users(&cases[2]), "u4", "u5 is named, but a contractor");
+    assert_eq!(users(&cases[3]), "u2,u4");
+}

@@ -570,7 +570,7 @@ impl Mapping {
         let Some(assigned) = memberships.assigned() else {
             return true;
         };
-        let mut yes = assigned.through_groups(key);
+        let mut yes = memberships.through_groups(key);
         if assigned.names_users() {
             let rec = Record {
                 key,
@@ -1046,6 +1046,16 @@ impl UserMapper<'_, '_> {
                 problem,
             }),
         }
+    }
+
+    /// Maps one user whose groups the source names with it (positions in
+    /// the groups given to [`Mapping::user_mapper`], each list sorted): for a
+    /// source that resolves members only as its users arrive, so those
+    /// groups' member lists are still empty here.
+    pub fn push_in(&mut self, user: SourceUser, groups: crate::model::GroupsOf<&[usize]>) {
+        self.memberships.set_current(user.key.as_str(), groups);
+        self.push(user);
+        self.memberships.clear_current();
     }
 
     /// The users mapped so far, in the order given; an `assign.users` entry

@@ -31,7 +31,7 @@ pub use identity::{
 pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps, PropChange};
 pub use op::OpKind;
 pub use record::{
-    Origin, SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup, SourceUser,
+    GroupsOf, Origin, SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup, SourceUser,
 };
 pub use remote::{
     CreatedAt, MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,

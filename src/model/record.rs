@@ -164,6 +164,16 @@ pub struct SourceUser {
     pub attrs: SourceAttrs,
 }
 
+/// Groups by position in a read's groups: those a user (or an assignment)
+/// reaches through nested groups, and those it is a direct member of. A
+/// source that resolves members only as its users arrive (LDAP) names each
+/// user's groups this way.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GroupsOf<T> {
+    pub all: T,
+    pub direct: T,
+}
+
 /// A group as the source adapter read it: members are source keys of users
 /// (already flattened when the source nests groups).
 #[derive(Clone, Debug)]

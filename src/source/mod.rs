@@ -1,7 +1,7 @@
 //! Source adapters: read a whole directory into canonical records
-//! (`SourceDirectory`), or, for a source that can ([`StreamedSource`]), its
-//! groups and then its users one at a time, for the engine to map as they
-//! arrive. A read that fails or is incomplete fails the cycle before anything
+//! (`SourceDirectory`), or, for a source that can ([`StreamedRead`]: CSV
+//! through [`StreamedSource`], LDAP), its groups and then its users one at a
+//! time, for the engine to map as they arrive. A read that fails or is incomplete fails the cycle before anything
 //! is planned; adapters never return a partial directory.
 //!
 //! Each adapter owns its configuration as written (`CsvConfig`, `LdapConfig`) and
@@ -23,9 +23,9 @@ pub use error::{SourceConfigError, SourceError};
 
 use std::collections::BTreeSet;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, LocalBoxFuture};
 
-use crate::model::{Mirror, SourceDirectory, SourceGroup, SourceUser};
+use crate::model::{GroupsOf, Mirror, SourceDirectory, SourceGroup, SourceUser};
 
 /// A directory idsync reads from.
 pub trait Source: Send + Sync {
@@ -63,6 +63,17 @@ pub trait Source: Send + Sync {
         None
     }
 
+    /// Starts a streamed read: groups first, then users one at a time (see
+    /// [`StreamedRead`]); `attributes` as for [`Source::read`]. By default
+    /// the [`Source::streamed`] read, whose groups come complete; a source
+    /// that can only resolve its groups' members as its users arrive (LDAP)
+    /// gives its own.
+    fn stream(&self, attributes: &BTreeSet<String>) -> Option<Box<dyn StreamedRead + '_>> {
+        let _ = attributes;
+        self.streamed()
+            .map(|s| Box::new(CompleteGroups(s)) as Box<dyn StreamedRead + '_>)
+    }
+
     /// `idsync check`: reaches and authenticates without reading everything, and
     /// says what it found.
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>>;
@@ -83,4 +94,50 @@ pub trait StreamedSource {
     /// still fails the read, once the whole file was read (so every problem is
     /// reported at once).
     fn read_users(&self, each: &mut dyn FnMut(SourceUser)) -> Result<(), SourceError>;
+}
+
+/// A user as a streamed read hands it over: with the groups it is in (by
+/// position in the read's groups, each list sorted) when the groups' member
+/// lists are still to be completed, `None` when they already list it.
+pub type UserEach<'a> = dyn FnMut(SourceUser, Option<GroupsOf<&[usize]>>) + 'a;
+
+/// One streamed read in progress: its groups, then its users handed over one
+/// at a time, then the groups' members completed. Together one complete read,
+/// all or nothing, exactly as [`Source::read`]: a failure of any step fails it.
+pub trait StreamedRead {
+    /// The groups, in the order the positions of [`StreamedRead::users`]
+    /// refer to. Their members may still be empty (LDAP): then each user
+    /// names its groups as it arrives.
+    fn groups(&mut self) -> LocalBoxFuture<'_, Result<Vec<SourceGroup>, SourceError>>;
+
+    /// Hands every user to `each`, keeping none.
+    fn users<'a>(
+        &'a mut self,
+        each: &'a mut UserEach<'_>,
+    ) -> LocalBoxFuture<'a, Result<(), SourceError>>;
+
+    /// Completes `groups` (as [`StreamedRead::groups`] gave them) with the
+    /// members the users named, and returns how many members were not users
+    /// of the read. A bad record found on the way fails the read here.
+    fn finish(self: Box<Self>, groups: &mut [SourceGroup]) -> Result<usize, SourceError>;
+}
+
+/// A [`StreamedSource`] as a [`StreamedRead`]: its groups come complete.
+struct CompleteGroups<'s>(&'s dyn StreamedSource);
+
+impl StreamedRead for CompleteGroups<'_> {
+    fn groups(&mut self) -> LocalBoxFuture<'_, Result<Vec<SourceGroup>, SourceError>> {
+        Box::pin(async move { self.0.read_groups() })
+    }
+
+    fn users<'a>(
+        &'a mut self,
+        each: &'a mut UserEach<'_>,
+    ) -> LocalBoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move { self.0.read_users(&mut |user| each(user, None)) })
+    }
+
+    fn finish(self: Box<Self>, _groups: &mut [SourceGroup]) -> Result<usize, SourceError> {
+        Ok(0)
+    }
 }

@@ -43,7 +43,7 @@ use crate::model::{
 };
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
-use crate::source::{Source, SourceError, StreamedSource};
+use crate::source::{Source, SourceError, StreamedRead};
 use crate::state::{Retention, RunEnd, StateDb, StateError};
 
 /// How long `plan` waits for the target when it looks whether a state-less
@@ -333,14 +333,14 @@ async fn desired(
     let started = Instant::now();
     let attributes = settings.mapping.source_attributes();
     let streamed = if mirror.is_none() {
-        source.streamed()
+        source.stream(&attributes)
     } else {
         None
     };
     let (built, users, mirror, read) = match (streamed, mirror) {
         (Some(streamed), _) => {
             // The read time includes mapping the users, done as they arrive.
-            let (built, users, read) = stream_mapped(streamed, &settings.mapping)?;
+            let (built, users, read) = stream_mapped(streamed, &settings.mapping).await?;
             (built, users, None, read)
         }
         (None, mirror) => {
@@ -392,24 +392,35 @@ type StreamedBuild = (Result<Desired, Vec<RecordError>>, usize, Duration);
 /// Reads a source that streams its users and maps each as it arrives (the
 /// records are never all held). A failed read wins over mapping errors, as
 /// when the directory is read whole first.
-fn stream_mapped(
-    source: &dyn StreamedSource,
+async fn stream_mapped(
+    mut source: Box<dyn StreamedRead + '_>,
     mapping: &Mapping,
 ) -> Result<StreamedBuild, SourceError> {
     let started = Instant::now();
-    let groups = source.read_groups()?;
+    let mut groups = source.groups().await?;
     let mut mapper = match mapping.user_mapper(&groups, None, 0) {
         Ok(mapper) => mapper,
         Err(errors) => {
-            source.read_users(&mut |_| {})?;
+            source.users(&mut |_, _| {}).await?;
+            source.finish(&mut groups)?;
             return Ok((Err(errors), 0, started.elapsed()));
         }
     };
-    source.read_users(&mut |user| mapper.push(user))?;
-    let read = started.elapsed();
+    source
+        .users(&mut |user, groups| match groups {
+            Some(groups) => mapper.push_in(user, groups),
+            None => mapper.push(user),
+        })
+        .await?;
     let mapped = mapper.finish();
+    let unresolved = source.finish(&mut groups)?;
+    let read = started.elapsed();
     let users = mapped.read();
-    Ok((mapping.build_groups(mapped, groups, 0), users, read))
+    Ok((
+        mapping.build_groups(mapped, groups, unresolved),
+        users,
+        read,
+    ))
 }
 
 /// Builds the one planning input: the source read and mapped, the state loaded

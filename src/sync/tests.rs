@@ -369,8 +369,8 @@ async fn whole_and_streamed(
             .map_err(|e| format!("mapping: {}", e.len())),
         Err(e) => Err(format!("source: {e}")),
     };
-    let streamed = source.streamed().expect("a CSV source streams");
-    let streamed = match stream_mapped(streamed, &settings.mapping) {
+    let streamed = source.stream(&attributes).expect("a CSV source streams");
+    let streamed = match stream_mapped(streamed, &settings.mapping).await {
         Ok((built, _, _)) => built.map_err(|e| format!("mapping: {}", e.len())),
         Err(e) => Err(format!("source: {e}")),
     };

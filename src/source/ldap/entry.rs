@@ -2,14 +2,13 @@
 //! objectGUID in its canonical text form), attributes as the server names them
 //! plus the entry's DN as `dn`, and the DN index groups are resolved against.
 
-use std::collections::HashMap;
-
 use ldap3::ResultEntry;
 use ldap3::asn1::{PL, StructureTag};
 
+use super::digest::{DigestSet, digest};
 use super::error::{BadEntries, EntryProblem, KeyProblem, LdapError};
-use super::{Flavour, LdapSettings, dn};
-use crate::model::{FastHash, Origin, SourceAttrs, SourceKey, SourceUser};
+use super::{Flavour, LdapSettings};
+use crate::model::{Origin, SourceAttrs, SourceKey, SourceUser};
 use crate::source::problems::Problems;
 
 /// A search result entry: its DN and its attributes in the order the server
@@ -229,22 +228,23 @@ pub(super) fn key_of(entry: &Entry, attribute: &str) -> Result<String, KeyProble
     }
 }
 
-/// The users of one read and what groups need to find them.
-pub(super) struct Users {
-    pub(super) users: Vec<SourceUser>,
-    /// Normalised DN → index in `users`.
-    pub(super) by_dn: HashMap<String, usize, FastHash>,
-    /// Active Directory: primary group (its domain and RID) → indexes in `users`.
-    pub(super) by_primary_group: HashMap<Sid, Vec<usize>>,
+/// A user converted from its entry: the record, and (Active Directory) the
+/// primary group its `primaryGroupID` names, which `member` does not list.
+pub(super) struct ReadUser {
+    pub(super) user: SourceUser,
+    pub(super) primary_group: Option<Sid>,
 }
 
-/// Turns user entries into `SourceUser`s as the search streams them in.
+/// Turns user entries into `SourceUser`s as the search streams them in,
+/// keeping none: keys are checked for duplicates among 16-byte digests.
 pub(super) struct UserReader {
     key_attribute: String,
-    /// Index users by their primary group (Active Directory).
+    /// Read users' primary groups (Active Directory).
     primary_groups: bool,
-    users: Users,
-    keys: HashMap<SourceKey, usize, FastHash>,
+    /// The digests of the keys read so far, at the position of their entry.
+    keys: DigestSet,
+    /// Entries read (with or without a problem).
+    entries: usize,
     problems: Problems<EntryProblem>,
     url: String,
     base: String,
@@ -256,12 +256,8 @@ impl UserReader {
         UserReader {
             key_attribute: settings.key_attribute.clone(),
             primary_groups: flavour == Flavour::ActiveDirectory,
-            users: Users {
-                users: Vec::new(),
-                by_dn: HashMap::default(),
-                by_primary_group: HashMap::new(),
-            },
-            keys: HashMap::default(),
+            keys: DigestSet::default(),
+            entries: 0,
             problems: Problems::default(),
             url: settings.url.clone(),
             base: settings.user_base_dn.clone(),
@@ -269,7 +265,10 @@ impl UserReader {
         }
     }
 
-    pub(super) fn add(&mut self, entry: Entry) {
+    /// The user of `entry`; `None`, with the problem noted for
+    /// [`UserReader::finish`], when it has no usable key or another entry's.
+    pub(super) fn convert(&mut self, entry: Entry) -> Option<ReadUser> {
+        self.entries += 1;
         let key = match key_of(&entry, &self.key_attribute) {
             Ok(key) => SourceKey::new(key),
             Err(problem) => {
@@ -278,30 +277,24 @@ impl UserReader {
                     attribute: self.key_attribute.clone(),
                     problem,
                 });
-                return;
+                return None;
             }
         };
-        let index = self.users.users.len();
-        if let Some(&other) = self.keys.get(&key) {
+        let (first, new) = self.keys.insert(digest(key.as_str()), self.entries);
+        if !new {
             self.problems.push(EntryProblem::DuplicateKey {
                 dn: entry.dn,
                 attribute: self.key_attribute.clone(),
                 key: key.as_str().to_string(),
-                other: self.users.users[other].origin.to_string(),
+                other: format!("entry {first} of the same search"),
             });
-            return;
+            return None;
         }
-        self.keys.insert(key.clone(), index);
-        self.users.by_dn.insert(dn::normalize(&entry.dn), index);
-        if self.primary_groups
-            && let Some(group) = primary_group(&entry)
-        {
-            self.users
-                .by_primary_group
-                .entry(group)
-                .or_default()
-                .push(index);
-        }
+        let primary_group = if self.primary_groups {
+            primary_group(&entry)
+        } else {
+            None
+        };
 
         let Entry {
             dn,
@@ -325,16 +318,25 @@ impl UserReader {
         for (name, values) in &named {
             source_attrs.push(name, values);
         }
-        self.users.users.push(SourceUser {
-            key,
-            origin: Origin::new(dn),
-            attrs: source_attrs,
-        });
+        Some(ReadUser {
+            user: SourceUser {
+                key,
+                origin: Origin::new(dn),
+                attrs: source_attrs,
+            },
+            primary_group,
+        })
     }
 
-    pub(super) fn finish(self) -> Result<Users, LdapError> {
+    /// Entries read so far.
+    pub(super) fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Fails with every problem noted, once the whole search was read.
+    pub(super) fn finish(self) -> Result<(), LdapError> {
         if self.problems.is_empty() {
-            return Ok(self.users);
+            return Ok(());
         }
         let (problems, more) = self.problems.into_parts();
         Err(LdapError::BadUsers(Box::new(BadEntries {
@@ -482,6 +484,39 @@ mod tests {
             parts[0].payload = PL::P(vec![0xff, 0xfe]);
         }
         assert_eq!(Entry::decode(bad_dn), None);
+    }
+
+    #[test]
+    fn a_key_taken_by_an_earlier_entry_fails_the_read_naming_both() {
+        let mut reader = UserReader {
+            key_attribute: "entryUUID".into(),
+            primary_groups: false,
+            keys: DigestSet::default(),
+            entries: 0,
+            problems: Problems::default(),
+            url: "ldap://127.0.0.1:389".into(),
+            base: "dc=example".into(),
+            filter: "(objectClass=inetOrgPerson)".into(),
+        };
+        let with_key = |dn: &str, key: &str| Entry {
+            dn: dn.into(),
+            attrs: vec![("entryUUID".into(), vec![key.into()])],
+            bin_attrs: Vec::new(),
+        };
+        let first = reader.convert(with_key("uid=a,dc=example", "k1")).unwrap();
+        assert_eq!(first.user.key.as_str(), "k1");
+        assert!(reader.convert(with_key("uid=b,dc=example", "k2")).is_some());
+        // The third entry has the first one's key: not handed over, and the
+        // read fails once every entry was seen.
+        assert!(reader.convert(with_key("uid=c,dc=example", "k1")).is_none());
+        assert_eq!(reader.entries(), 3);
+        let error = reader.finish().unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "uid=c,dc=example: entryUUID k1 is also the key of entry 1 of the same search"
+            ),
+            "{error}"
+        );
     }
 
     const GUID_BYTES: [u8; 16] = [

@@ -1,19 +1,18 @@
 //! Groups: read from `groupOfNames`/AD `group` (`member` DNs),
 //! `groupOfUniqueNames` (`uniqueMember` DNs, optional `#'…'B` suffix) and
-//! `posixGroup` (`memberUid` = a user's `uid`), then resolved against the users
-//! of the same read, with nested groups flattened (cycles tolerated). Members
-//! that are neither a user nor a group of this read are counted as unresolved.
-//! Active Directory's ranged `member;range=0-1499` values are fetched in full.
+//! `posixGroup` (`memberUid` = a user's `uid`), with their members as the
+//! directory names them; the read's users resolve them later (the parent's
+//! `members`). Active Directory's ranged `member;range=0-1499` values are
+//! fetched in full.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use ldap3::Ldap;
 
-use super::entry::{Entry, OBJECT_SID, Sid, Users, key_of};
+use super::entry::{Entry, OBJECT_SID, Sid, key_of};
 use super::error::{BadEntries, EntryProblem, LdapError};
 use super::{Flavour, LdapSettings, connect, dn};
-use crate::model::{FastHash, GroupKey, Origin, SourceGroup, fold};
-use crate::source::nested::flatten;
+use crate::model::GroupKey;
 use crate::source::problems::Problems;
 
 /// Bounds the follow-up requests for one AD ranged attribute: at AD's 1500
@@ -81,12 +80,12 @@ pub(super) enum Member {
 
 #[derive(Debug)]
 pub(super) struct RawGroup {
-    key: GroupKey,
-    name: String,
-    dn: String,
-    members: Vec<Member>,
+    pub(super) key: GroupKey,
+    pub(super) name: String,
+    pub(super) dn: String,
+    pub(super) members: Vec<Member>,
     /// Active Directory: the group's SID, which users name in `primaryGroupID`.
-    sid: Option<Sid>,
+    pub(super) sid: Option<Sid>,
 }
 
 impl RawGroup {
@@ -311,111 +310,10 @@ impl GroupReader {
     }
 }
 
-/// Resolves members to user keys, flattening nested groups. Returns the groups
-/// (sorted by key, members sorted and without duplicates) and the number of
-/// unresolved direct memberships.
-pub(super) fn resolve(raw: Vec<RawGroup>, users: &Users) -> (Vec<SourceGroup>, usize) {
-    let group_by_dn: HashMap<String, usize, FastHash> = raw
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (dn::normalize(&g.dn), i))
-        .collect();
-    let needs_uids = raw
-        .iter()
-        .any(|g| g.members.iter().any(|m| matches!(m, Member::Uid(_))));
-    let mut user_by_uid: HashMap<String, Vec<usize>, FastHash> = HashMap::default();
-    if needs_uids {
-        for (index, user) in users.users.iter().enumerate() {
-            for uid in user.attrs.get("uid") {
-                user_by_uid.entry(fold(uid)).or_default().push(index);
-            }
-        }
-    }
-
-    let mut unresolved = 0;
-    let mut direct_users: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
-    let mut child_groups: Vec<Vec<usize>> = Vec::with_capacity(raw.len());
-    for group in &raw {
-        let mut members: Vec<&Member> = group.members.iter().collect();
-        members.sort_unstable();
-        members.dedup();
-        let (mut found_users, mut found_groups) = (Vec::new(), Vec::new());
-        for member in members {
-            let resolved = match member {
-                Member::Dn(dn) => {
-                    if let Some(&user) = users.by_dn.get(dn) {
-                        found_users.push(user);
-                        true
-                    } else if let Some(&child) = group_by_dn.get(dn) {
-                        found_groups.push(child);
-                        true
-                    } else {
-                        false
-                    }
-                }
-                Member::Uid(uid) => match user_by_uid.get(&fold(uid)) {
-                    Some(matches) => {
-                        found_users.extend(matches);
-                        true
-                    }
-                    None => false,
-                },
-            };
-            if !resolved {
-                unresolved += 1;
-                tracing::trace!(group = %group.dn, ?member, "group member is not a user of this read");
-            }
-        }
-        // Active Directory: users whose primary group this is (not in `member`).
-        if let Some(primary) = group
-            .sid
-            .as_ref()
-            .and_then(|sid| users.by_primary_group.get(sid))
-        {
-            found_users.extend(primary);
-        }
-        direct_users.push(found_users);
-        child_groups.push(found_groups);
-    }
-
-    let mut cycles = HashSet::new();
-    let flat = flatten(&direct_users, &child_groups, |from, to| {
-        if cycles.insert((from, to)) {
-            tracing::debug!(
-                group = %raw[from].dn,
-                member = %raw[to].dn,
-                "nested groups form a cycle; each member is counted once"
-            );
-        }
-    });
-
-    let keys = |found: &[usize]| {
-        let mut keys: Vec<_> = found.iter().map(|&u| users.users[u].key.clone()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys
-    };
-    let mut groups: Vec<SourceGroup> = raw
-        .into_iter()
-        .zip(flat)
-        .enumerate()
-        .map(|(i, (group, members))| SourceGroup {
-            key: group.key,
-            name: group.name,
-            origin: Origin::new(group.dn.as_str()),
-            members: keys(&members),
-            // Kept apart only where they differ: `assign` with `nested: direct`.
-            direct_members: (!child_groups[i].is_empty()).then(|| keys(&direct_users[i])),
-            dn: Some(group.dn),
-        })
-        .collect();
-    groups.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    (groups, unresolved)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::nested::flatten;
 
     #[test]
     fn nested_groups_flatten_through_a_cycle() {
@@ -593,68 +491,5 @@ mod tests {
             }
             other => panic!("unexpected {other}"),
         }
-    }
-
-    fn raw(key: &str, dn: &str, members: &[Member]) -> RawGroup {
-        RawGroup {
-            key: GroupKey::new(key),
-            name: key.to_string(),
-            dn: dn.to_string(),
-            members: members.to_vec(),
-            sid: None,
-        }
-    }
-
-    #[test]
-    fn members_resolve_by_dn_uid_and_nesting_and_the_rest_are_counted() {
-        use crate::model::{SourceAttrs, SourceKey, SourceUser};
-        let user = |key: &str, dn: &str, uid: &str| {
-            let mut attrs = SourceAttrs::new();
-            attrs.push("uid", [uid]);
-            SourceUser {
-                key: SourceKey::new(key),
-                origin: Origin::new(dn),
-                attrs,
-            }
-        };
-        let list = vec![
-            user("k-ann", "uid=ann,ou=people,dc=x", "ann"),
-            user("k-bob", "uid=bob,ou=people,dc=x", "bob"),
-        ];
-        let by_dn = list
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (dn::normalize(&u.origin.to_string()), i))
-            .collect();
-        let users = Users {
-            users: list,
-            by_dn,
-            by_primary_group: HashMap::new(),
-        };
-        let dn_member = |d: &str| Member::Dn(dn::normalize(d));
-        let groups = vec![
-            raw(
-                "g-outer",
-                "cn=outer,ou=groups,dc=x",
-                &[
-                    dn_member("UID=ann, ou=People,dc=x"),
-                    dn_member("cn=inner,ou=groups,dc=x"),
-                    dn_member("uid=ghost,ou=elsewhere,dc=x"),
-                ],
-            ),
-            raw(
-                "g-inner",
-                "cn=inner,ou=groups,dc=x",
-                &[Member::Uid("BOB".into()), Member::Uid("nobody".into())],
-            ),
-        ];
-        let (groups, unresolved) = resolve(groups, &users);
-        assert_eq!(unresolved, 2);
-        assert_eq!(groups[0].key.as_str(), "g-inner");
-        assert_eq!(groups[0].members, vec![SourceKey::new("k-bob")]);
-        assert_eq!(
-            groups[1].members,
-            vec![SourceKey::new("k-ann"), SourceKey::new("k-bob")]
-        );
     }
 }

@@ -13,10 +13,13 @@
 //! departed users.
 
 mod connect;
+mod digest;
 mod dn;
 mod entry;
 mod error;
 mod groups;
+mod members;
+mod stream;
 
 #[cfg(fuzzing)]
 pub(crate) use fuzzing::entry as fuzz_entry;
@@ -28,15 +31,16 @@ pub use error::{
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, LocalBoxFuture};
 use secrecy::{ExposeSecret, SecretString};
 use serde_saphyr::Spanned;
 
-use super::{Source, SourceConfigError, SourceError};
-use crate::model::{SourceDirectory, SourceUser};
+use super::{Source, SourceConfigError, SourceError, StreamedRead, UserEach};
+use crate::model::{SourceDirectory, SourceGroup};
 use crate::secret;
+use stream::LdapRead;
 
 /// Users: every inetOrgPerson (AD: set `(&(objectCategory=person)(objectClass=user))`).
 pub const DEFAULT_USER_FILTER: &str = "(objectClass=inetOrgPerson)";
@@ -391,6 +395,10 @@ impl Source for LdapSettings {
         Box::pin(async move { Ok(read(self, attributes).await?) })
     }
 
+    fn stream(&self, attributes: &BTreeSet<String>) -> Option<Box<dyn StreamedRead + '_>> {
+        Some(Box::new(Streamed(LdapRead::new(self, attributes))))
+    }
+
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>> {
         Box::pin(async move { Ok(check(self).await?) })
     }
@@ -447,67 +455,48 @@ async fn flavour(ldap: &mut ldap3::Ldap, settings: &LdapSettings) -> Result<Flav
 }
 
 /// Reads every user and group completely. `attributes` are the user attributes
-/// the mapping references; the key, `uid` (for posixGroup members) and the DN (as
-/// attribute `dn`) are always there.
+/// the mapping references; the key, `uid` (for posixGroup members) and the DN
+/// (as attribute `dn`) are always there.
 pub async fn read(
     settings: &LdapSettings,
     attributes: &BTreeSet<String>,
 ) -> Result<SourceDirectory, LdapError> {
-    let started = Instant::now();
-    let mut ldap = connect::open(settings).await?;
-    let flavour = flavour(&mut ldap, settings).await?;
-    let group_filter = settings.group_filter(flavour);
-
-    let mut users = entry::UserReader::new(settings, flavour);
-    let mut raw_groups = groups::GroupReader::new(settings, flavour, &group_filter);
-    let user_attrs = user_attributes(settings, attributes, flavour);
-    let group_attrs = raw_groups.attributes();
-    // One search after the other: OpenLDAP keeps one paged search per connection
-    // (a second one invalidates the first one's cookie). Entries are converted
-    // as they arrive, so raw entries never pile up.
-    connect::search_each(
-        &mut ldap,
-        settings,
-        &settings.user_base_dn,
-        &settings.user_filter,
-        user_attrs,
-        |e| users.add(e),
-    )
-    .await?;
-    connect::search_each(
-        &mut ldap,
-        settings,
-        &settings.group_base_dn,
-        &group_filter,
-        group_attrs,
-        |e| {
-            if settings.reads_group_at(flavour, &e.dn) {
-                raw_groups.add(e);
-            }
-        },
-    )
-    .await?;
-    raw_groups.complete_ranges(&mut ldap, settings).await?;
-    connect::close(ldap).await;
-
-    let users = users.finish()?;
-    let raw_groups = raw_groups.finish()?;
-    let (groups, unresolved_members) = groups::resolve(raw_groups, &users);
-    tracing::info!(
-        url = %settings.url,
-        users = users.users.len(),
-        groups = groups.len(),
-        unresolved_members,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "LDAP directory read"
-    );
-    let users: Vec<SourceUser> = users.users;
+    let mut read = LdapRead::new(settings, attributes);
+    let mut groups = read.groups().await?;
+    let mut users = Vec::new();
+    read.users(|user, _| users.push(user)).await?;
+    let unresolved_members = read.finish(&mut groups)?;
     Ok(SourceDirectory {
         users,
         groups,
         unresolved_members,
         assignments: None,
     })
+}
+
+/// The streamed read the engine maps users from as they arrive.
+struct Streamed<'s>(LdapRead<'s>);
+
+impl StreamedRead for Streamed<'_> {
+    fn groups(&mut self) -> LocalBoxFuture<'_, Result<Vec<SourceGroup>, SourceError>> {
+        Box::pin(async move { Ok(self.0.groups().await?) })
+    }
+
+    fn users<'a>(
+        &'a mut self,
+        each: &'a mut UserEach<'_>,
+    ) -> LocalBoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .users(|user, groups| each(user, Some(groups)))
+                .await?)
+        })
+    }
+
+    fn finish(self: Box<Self>, groups: &mut [SourceGroup]) -> Result<usize, SourceError> {
+        Ok(self.0.finish(groups)?)
+    }
 }
 
 /// Connects, binds and reads each configured base DN's entry: proves that the
