@@ -871,7 +871,15 @@ impl Mapping {
             members.sort_unstable();
             members.dedup();
             let before = members.len();
-            members.retain(|m| in_scope.contains(users, m));
+            // Each kept member shares its user's key (one copy of a long
+            // key, however many groups name it).
+            members.retain_mut(|m| match in_scope.find(users, m) {
+                Some(user) => {
+                    *m = user.key.clone();
+                    true
+                }
+                None => false,
+            });
             out.ignored_members += before - members.len();
             out.groups.push((
                 DesiredGroup {
@@ -946,12 +954,13 @@ impl UserIndex {
         UserIndex { hasher, positions }
     }
 
-    fn contains(&self, users: &[DesiredUser], key: &SourceKey) -> bool {
+    /// The user with `key`, if any.
+    fn find<'a>(&self, users: &'a [DesiredUser], key: &SourceKey) -> Option<&'a DesiredUser> {
         self.positions
             .find(self.hasher.hash_one(key.as_str()), |&i| {
                 users[i as usize].key == *key
             })
-            .is_some()
+            .map(|&i| &users[i as usize])
     }
 }
 

@@ -168,12 +168,24 @@ fn open(path: &Path, delimiter: u8) -> Result<Reader, CsvError> {
             file: path.to_path_buf(),
         });
     }
+    // Fields are trimmed where they are read (`field`), as the parser's own
+    // trimming would, without its copy of every record.
     Ok(csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
         .flexible(false)
-        .trim(csv::Trim::All)
+        .buffer_capacity(1 << 16)
         .from_reader(LineTracker::new(file)))
+}
+
+/// A field without the ASCII whitespace around it.
+fn trimmed(field: &[u8]) -> &[u8] {
+    field.trim_ascii()
+}
+
+/// Whether every field of a record is empty once trimmed (a blank line).
+fn is_blank(record: &csv::ByteRecord) -> bool {
+    record.iter().all(|f| trimmed(f).is_empty())
 }
 
 /// Passes a file through to the CSV parser and notes where each non-blank line
@@ -226,22 +238,32 @@ impl<R> LineTracker<R> {
 impl<R: std::io::Read> std::io::Read for LineTracker<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        for &byte in &buf[..n] {
-            match byte {
-                b'\n' => {
+        let chunk = &buf[..n];
+        let mut i = 0;
+        while i < n {
+            if self.at_line_start {
+                match chunk[i] {
+                    b'\n' => self.line += 1,
+                    b'\r' => {}
+                    _ => {
+                        self.starts.push_back((self.offset + i as u64, self.line));
+                        self.at_line_start = false;
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            // Within a line only its end matters: found a word at a time.
+            match memchr::memchr(b'\n', &chunk[i..]) {
+                Some(at) => {
+                    i += at + 1;
                     self.line += 1;
                     self.at_line_start = true;
                 }
-                b'\r' => {}
-                _ => {
-                    if self.at_line_start {
-                        self.starts.push_back((self.offset, self.line));
-                    }
-                    self.at_line_start = false;
-                }
+                None => i = n,
             }
-            self.offset += 1;
         }
+        self.offset += n as u64;
         Ok(n)
     }
 }
@@ -261,7 +283,7 @@ fn header(reader: &mut Reader, path: &Path) -> Result<Vec<Arc<str>>, CsvError> {
         Err(e) => return Err(csv_error(reader, path, &e)),
     };
     let mut names: Vec<Arc<str>> = Vec::with_capacity(record.len());
-    for (i, field) in record.iter().enumerate() {
+    for (i, field) in record.iter().map(trimmed).enumerate() {
         let field = if i == 0 {
             field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
         } else {
@@ -371,12 +393,12 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
             }
         }
         let line = record_line(&mut reader, &record);
-        if record.iter().all(|f| f.is_empty()) {
+        if is_blank(&record) {
             continue; // a blank line, not a user
         }
         scratch.clear();
         let mut bad = false;
-        for (i, field) in record.iter().enumerate() {
+        for (i, field) in record.iter().map(trimmed).enumerate() {
             match std::str::from_utf8(field) {
                 Ok(value) => {
                     if !value.is_empty() {
@@ -395,7 +417,7 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
         if bad {
             continue;
         }
-        let key = match std::str::from_utf8(&record[key_index]) {
+        let key = match std::str::from_utf8(trimmed(&record[key_index])) {
             Ok(k) if !k.is_empty() => k,
             _ => {
                 problems.push(RowProblem::EmptyKey {
@@ -461,7 +483,7 @@ fn duplicate_keys(
     {
         let line = record_line(&mut reader, &record);
         if wanted.contains(&line)
-            && let Some(key) = record.get(key_index)
+            && let Some(key) = record.get(key_index).map(trimmed)
         {
             at_line.insert(line, String::from_utf8_lossy(key).into_owned());
         }
@@ -541,10 +563,10 @@ fn read_groups(
             Err(e) => return Err(csv_error(&mut reader, path, &e)),
         }
         let line = record_line(&mut reader, &record);
-        if record.iter().all(|f| f.is_empty()) {
+        if is_blank(&record) {
             continue;
         }
-        let field = |i: usize| std::str::from_utf8(&record[i]);
+        let field = |i: usize| std::str::from_utf8(trimmed(&record[i]));
         let not_utf8 = |i: usize| RowProblem::NotUtf8 {
             line,
             column: columns[i].to_string(),
