@@ -285,6 +285,8 @@ struct Present<'a> {
     state: &'a State,
     by_position: Vec<bool>,
     created: FastSet<&'a SourceKey>,
+    /// How many desired users were marked.
+    marked: usize,
 }
 
 impl<'a> Present<'a> {
@@ -298,11 +300,13 @@ impl<'a> Present<'a> {
                 wanted.saturating_sub(state.users.len()),
                 Default::default(),
             ),
+            marked: 0,
         }
     }
 
     /// Marks the desired user `key`, at `position` in the state if it has one.
     fn insert(&mut self, position: Option<usize>, key: &'a SourceKey) {
+        self.marked += 1;
         match position {
             Some(i) => self.by_position[i] = true,
             None => {
@@ -314,6 +318,12 @@ impl<'a> Present<'a> {
     /// Whether the state's user at `position` is present.
     fn at(&self, position: usize) -> bool {
         self.by_position[position]
+    }
+
+    /// Whether every one of `desired`'s users was marked (each is marked at
+    /// most once): then every group member, being one of them, is present.
+    fn holds_all(&self, desired: &Desired) -> bool {
+        self.marked == desired.users.len()
     }
 
     fn contains(&self, key: &SourceKey) -> bool {
@@ -438,6 +448,9 @@ fn plan_groups(
 ) {
     let (ops, skipped) = out;
     let no_members = BTreeSet::new();
+    // A group's members are in-scope users of `desired` (`DesiredGroup`):
+    // when all of those are present, no member needs looking up.
+    let all_present = present.holds_all(desired);
     let mut desired_keys = HashSet::new();
 
     for g in &desired.groups {
@@ -448,8 +461,11 @@ fn plan_groups(
         {
             continue;
         }
-        let mut wanted: Vec<&SourceKey> =
-            g.members.iter().filter(|m| present.contains(m)).collect();
+        let mut wanted: Vec<&SourceKey> = g
+            .members
+            .iter()
+            .filter(|m| all_present || present.contains(m))
+            .collect();
         // Mappings hand members over sorted; sorting again costs one pass then.
         wanted.sort_unstable();
         wanted.dedup();
