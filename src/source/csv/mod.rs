@@ -954,23 +954,27 @@ mod line_tests {
     /// The line of each user read from `users` (as `users.csv`).
     fn user_lines(users: &[u8]) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.csv");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(users)
-            .unwrap();
-        let settings = CsvSettings {
-            users: path,
-            groups: None,
-            key: "id".into(),
-            delimiter: b',',
-        };
-        read(&settings)
+        read(&users_file(&dir, users))
             .unwrap()
             .users
             .iter()
             .map(|u| format!("{} {}", u.key.as_str(), u.origin))
             .collect()
+    }
+
+    /// Settings reading `users` as `users.csv` in `dir`, keyed by `id`.
+    fn users_file(dir: &tempfile::TempDir, users: &[u8]) -> CsvSettings {
+        let path = dir.path().join("users.csv");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(users)
+            .unwrap();
+        CsvSettings {
+            users: path,
+            groups: None,
+            key: "id".into(),
+            delimiter: b',',
+        }
     }
 
     const USERS: &str = "id,email\n1,a@x.com\n\n2,\"b\nb@x.com\"\n3,c@x.com\n";
@@ -993,18 +997,10 @@ mod line_tests {
     #[test]
     fn fields_are_read_without_the_whitespace_around_them() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.csv");
-        std::fs::write(
-            &path,
-            " id ,\temail\n 1 , a@x.com\t\n   ,  \n\t2,\" b@x.com \"\n",
-        )
-        .unwrap();
-        let settings = CsvSettings {
-            users: path,
-            groups: None,
-            key: "id".into(),
-            delimiter: b',',
-        };
+        let settings = users_file(
+            &dir,
+            b" id ,\temail\n 1 , a@x.com\t\n   ,  \n\t2,\" b@x.com \"\n",
+        );
         let dir = read(&settings).unwrap();
         let users: Vec<(&str, Option<&str>)> = dir
             .users
