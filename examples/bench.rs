@@ -147,8 +147,8 @@ fn orchestrate(users: usize, groups: usize) {
 fn targets(users: usize, creates: bool) -> (Option<f64>, Option<f64>) {
     match (users, creates) {
         (100_000, false) => (Some(0.5), None),
-        (1_000_000, false) => (Some(5.0), Some(512.0)),
-        (1_000_000, true) => (Some(8.0), Some(1024.0)),
+        (1_000_000, false) => (Some(1.5), Some(384.0)),
+        (1_000_000, true) => (Some(4.0), Some(512.0)),
         _ => (None, None),
     }
 }

@@ -25,6 +25,7 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast
+step "scripts/memory-guard.sh"; bash scripts/memory-guard.sh
 
 step "scripts/kube-check.sh"
 bash scripts/kube-check.sh

@@ -8,7 +8,9 @@
 //!
 //! The layout is one `str`: for each present attribute, in [`UserAttr`] order,
 //! its index as one ASCII byte, its value's length in ASCII-safe 6-bit digits
-//! (bit 6 set on every digit but the last), then the value. Every byte of the
+//! (bit 6 set on every digit but the last), then the value. A value equal to
+//! the userName (`emails` is, in most directories) is its index with bit 6
+//! set and nothing else: the userName is always first. Every byte of the
 //! framing is ASCII, so the buffer is valid UTF-8 and each value is a plain
 //! `&str` slice of it.
 
@@ -24,6 +26,10 @@ use super::attr::ATTRIBUTE_COUNT;
 
 /// The width of a decoded table: one slot per managed attribute.
 const WIDTH: usize = ATTRIBUTE_COUNT;
+
+/// On an index byte: the value is the userName's (no length, no text follow).
+const SAME_AS_USER_NAME: u8 = 0x40;
+const _: () = assert!(WIDTH < SAME_AS_USER_NAME as usize);
 
 /// The managed attributes of one user, each a single non-empty string, in
 /// [`UserAttr`] order. Reads like a sorted map; a change rebuilds the
@@ -48,7 +54,10 @@ impl UserAttrs {
 
     /// Present attributes and their values, in attribute order.
     pub fn iter(&self) -> Iter<'_> {
-        Iter { rest: &self.0 }
+        Iter {
+            rest: &self.0,
+            user_name: "",
+        }
     }
 
     pub fn keys(&self) -> impl Iterator<Item = UserAttr> + '_ {
@@ -113,14 +122,27 @@ impl UserAttrs {
     }
 
     fn from_table(table: &[Option<&str>; WIDTH]) -> Self {
+        let user_name = table[UserAttr::UserName as usize].filter(|v| !v.is_empty());
+        let repeats = |i: usize, value: &str| i > 0 && user_name == Some(value);
         let len = table
             .iter()
-            .flatten()
-            .map(|v| 1 + digits(v.len()) + v.len())
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| (i, v)))
+            .map(|(i, v)| {
+                if repeats(i, v) {
+                    1
+                } else {
+                    1 + digits(v.len()) + v.len()
+                }
+            })
             .sum();
         let mut buf = String::with_capacity(len);
         for (i, value) in table.iter().enumerate() {
             if let Some(value) = value {
+                if repeats(i, value) {
+                    buf.push(char::from(i as u8 | SAME_AS_USER_NAME));
+                    continue;
+                }
                 buf.push(char::from(i as u8));
                 push_len(&mut buf, value.len());
                 buf.push_str(value);
@@ -179,6 +201,8 @@ pub(super) fn read_len(bytes: &[u8]) -> (usize, usize) {
 /// The attributes of a [`UserAttrs`], in order.
 pub struct Iter<'a> {
     rest: &'a str,
+    /// The userName, once read (it comes first).
+    user_name: &'a str,
 }
 
 impl<'a> Iterator for Iter<'a> {
@@ -187,11 +211,20 @@ impl<'a> Iterator for Iter<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let bytes = self.rest.as_bytes();
         let index = *bytes.first()?;
+        if index & SAME_AS_USER_NAME != 0 {
+            self.rest = &self.rest[1..];
+            let attr = UserAttr::at(usize::from(index & !SAME_AS_USER_NAME));
+            return Some((attr, self.user_name));
+        }
         let (len, at) = read_len(&bytes[1..]);
         let at = at + 1;
         let value = &self.rest[at..at + len];
         self.rest = &self.rest[at + len..];
-        Some((UserAttr::at(usize::from(index)), value))
+        let attr = UserAttr::at(usize::from(index));
+        if attr == UserAttr::UserName {
+            self.user_name = value;
+        }
+        Some((attr, value))
     }
 }
 
@@ -299,6 +332,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_value_equal_to_the_user_name_takes_one_byte() {
+        let name = "ada.lovelace@example.com";
+        let attrs = UserAttrs::from([
+            (UserAttr::UserName, name),
+            (UserAttr::Email, name),
+            (UserAttr::Title, "Engineer"),
+        ]);
+        assert_eq!(attrs.get(UserAttr::Email), Some(name));
+        assert_eq!(attrs.len(), 3);
+        assert_eq!(attrs.0.len(), (2 + name.len()) + 1 + (2 + "Engineer".len()));
+        // Without a userName, or with another value, the value is written out.
+        let mut other = attrs.clone();
+        other.insert(UserAttr::Email, "ada@example.com");
+        assert_eq!(other.get(UserAttr::Email), Some("ada@example.com"));
+        other.remove(UserAttr::UserName);
+        other.insert(UserAttr::Email, name);
+        assert_eq!(other.get(UserAttr::Email), Some(name));
+        assert_eq!(other.get(UserAttr::UserName), None);
+    }
+
     fn attr() -> impl Strategy<Value = UserAttr> {
         (0..WIDTH).prop_map(UserAttr::at)
     }
@@ -308,7 +362,11 @@ mod tests {
         /// `BTreeMap` these attributes used to be.
         #[test]
         fn behaves_as_a_sorted_map(
-            steps in prop::collection::vec((attr(), prop::option::of(".{0,80}")), 0..40)
+            // Values from two letters too: many equal the userName (or are empty).
+            steps in prop::collection::vec(
+                (attr(), prop::option::of(prop_oneof![".{0,80}", "[ab]{0,2}"])),
+                0..40,
+            )
         ) {
             let mut packed = UserAttrs::new();
             let mut model: BTreeMap<UserAttr, String> = BTreeMap::new();

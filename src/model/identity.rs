@@ -7,19 +7,27 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 
+use ecow::EcoString;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 
+/// Keys and SCIM ids are held in 16 bytes: up to 15 bytes inline (most
+/// employee numbers, short ids), longer ones on the heap with a reference
+/// count, so a clone (a group member, a state membership) shares the one copy
+/// instead of allocating its own. They compare, hash and sort as `str`.
 macro_rules! exact_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(Box<str>);
+        pub struct $name(EcoString);
 
         impl $name {
-            pub fn new(value: impl Into<Box<str>>) -> Self {
-                Self(value.into())
+            /// The longest value held inline, without an allocation.
+            pub const INLINE: usize = EcoString::INLINE_LIMIT;
+
+            pub fn new(value: impl AsRef<str>) -> Self {
+                Self(EcoString::from(value.as_ref()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0

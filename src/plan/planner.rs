@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashSet};
 
 use crate::model::{
-    Desired, DesiredGroup, DesiredUser, Domain, FastHash, FastSet, SourceKey, State, StateUser,
-    Status, UserAttr, UserAttrs,
+    Desired, DesiredGroup, DesiredUser, Domain, FastSet, SourceKey, State, StateUser, Status,
+    UserAttr, UserAttrs,
 };
 
 use super::names;
@@ -151,11 +151,13 @@ fn diff_state(
     // Users that will exist in the target once the user phases ran. Every
     // desired user with a live state record is in it (whatever else happens to
     // that user below), so it also tells which live users the source still has.
-    let mut present: FastSet<&SourceKey> =
-        FastSet::with_capacity_and_hasher(desired.users.len(), FastHash::default());
+    let mut present = Present::new(state, desired.users.len());
 
     for d in &desired.users {
-        let live = state.live_user(&d.key);
+        let (position, live) = match state.users.get_full(&d.key) {
+            Some((i, _, s)) => (Some(i), Some(s).filter(|s| s.status != Status::Removed)),
+            None => (None, None),
+        };
         if let Some(domain) = unverified_domain(d, &policy.verified_domains) {
             warnings.push(format!(
                 "user {:?} ({}) skipped: its email domain {:?} is not in target.verified_domains",
@@ -164,7 +166,7 @@ fn diff_state(
                 domain.folded()
             ));
             if live.is_some() {
-                present.insert(&d.key);
+                present.insert(position, &d.key);
             }
             continue;
         }
@@ -174,7 +176,7 @@ fn diff_state(
                 || live.is_some_and(|s| policy.protects_user(&s.user_name)))
         {
             if live.is_some() {
-                present.insert(&d.key);
+                present.insert(position, &d.key);
             }
             continue;
         }
@@ -187,7 +189,7 @@ fn diff_state(
                         attrs: d.attrs.clone(),
                         name_step: None,
                     });
-                    present.insert(&d.key);
+                    present.insert(position, &d.key);
                 }
             }
             Some(_) if !d.active && policy.deletes_disabled_users() => {
@@ -195,7 +197,7 @@ fn diff_state(
                 disabled.insert(&d.key);
             }
             Some(s) => {
-                present.insert(&d.key);
+                present.insert(position, &d.key);
                 plan_existing_user(d, s, skip, &mut ops);
             }
         }
@@ -205,7 +207,9 @@ fn diff_state(
     let mut leaving: Vec<(&SourceKey, &StateUser)> = state
         .users
         .iter()
-        .filter(|(k, s)| s.status != Status::Removed && !present.contains(k))
+        .enumerate()
+        .filter(|(i, (_, s))| s.status != Status::Removed && !present.at(*i))
+        .map(|(_, user)| user)
         .collect();
     leaving.sort_unstable_by(|a, b| a.0.cmp(b.0));
     for (key, s) in leaving {
@@ -272,6 +276,62 @@ fn diff_state(
         ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     }
     (ops, skipped, warnings)
+}
+
+/// Users that will exist in the target once the user phases ran: those the
+/// state holds marked by their position in it (no set of a million keys to
+/// build and probe), the others (created now) by key.
+struct Present<'a> {
+    state: &'a State,
+    by_position: Vec<bool>,
+    created: FastSet<&'a SourceKey>,
+    /// How many desired users were marked.
+    marked: usize,
+}
+
+impl<'a> Present<'a> {
+    /// For `wanted` desired users: those beyond the state's count are likely
+    /// created, and a first sync's million are not rehashed as they come.
+    fn new(state: &'a State, wanted: usize) -> Self {
+        Present {
+            state,
+            by_position: vec![false; state.users.len()],
+            created: FastSet::with_capacity_and_hasher(
+                wanted.saturating_sub(state.users.len()),
+                Default::default(),
+            ),
+            marked: 0,
+        }
+    }
+
+    /// Marks the desired user `key`, at `position` in the state if it has one.
+    fn insert(&mut self, position: Option<usize>, key: &'a SourceKey) {
+        self.marked += 1;
+        match position {
+            Some(i) => self.by_position[i] = true,
+            None => {
+                self.created.insert(key);
+            }
+        }
+    }
+
+    /// Whether the state's user at `position` is present.
+    fn at(&self, position: usize) -> bool {
+        self.by_position[position]
+    }
+
+    /// Whether every one of `desired`'s users was marked (each is marked at
+    /// most once): then every group member, being one of them, is present.
+    fn holds_all(&self, desired: &Desired) -> bool {
+        self.marked == desired.users.len()
+    }
+
+    fn contains(&self, key: &SourceKey) -> bool {
+        match self.state.users.get_index_of(key) {
+            Some(i) => self.by_position[i],
+            None => self.created.contains(key),
+        }
+    }
 }
 
 /// The user's email domain, when a verified-domains list is set and the domain
@@ -382,12 +442,15 @@ fn plan_groups(
     desired: &Desired,
     state: &State,
     policy: &Policy,
-    present: &FastSet<&SourceKey>,
+    present: &Present,
     out: (&mut Vec<Operation>, &mut Vec<Skipped>),
     warnings: &mut Vec<String>,
 ) {
     let (ops, skipped) = out;
     let no_members = BTreeSet::new();
+    // A group's members are in-scope users of `desired` (`DesiredGroup`):
+    // when all of those are present, no member needs looking up.
+    let all_present = present.holds_all(desired);
     let mut desired_keys = HashSet::new();
 
     for g in &desired.groups {
@@ -398,8 +461,11 @@ fn plan_groups(
         {
             continue;
         }
-        let mut wanted: Vec<&SourceKey> =
-            g.members.iter().filter(|m| present.contains(m)).collect();
+        let mut wanted: Vec<&SourceKey> = g
+            .members
+            .iter()
+            .filter(|m| all_present || present.contains(m))
+            .collect();
         // Mappings hand members over sorted; sorting again costs one pass then.
         wanted.sort_unstable();
         wanted.dedup();

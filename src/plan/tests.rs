@@ -102,6 +102,35 @@ fn inactive_users_are_disabled_but_never_created() {
 }
 
 #[test]
+fn group_members_are_the_users_the_target_will_hold_whether_or_not_all_of_them_are() {
+    let (a, b) = (person("1", "a@x.com", "Eng"), person("2", "b@x.com", "Eng"));
+    let members = |plan: &crate::plan::Plan| -> Vec<String> {
+        plan.operations
+            .iter()
+            .filter_map(|op| match op {
+                Operation::AddMembers { members, .. } => Some(members),
+                _ => None,
+            })
+            .flatten()
+            .map(|m| m.as_str().to_string())
+            .collect()
+    };
+    // Every desired user will be held: every member is added.
+    let everyone = desired(
+        vec![a.clone(), b.clone()],
+        vec![group("g", "G", &["1", "2"])],
+    );
+    let plan1 = plan(&everyone, &State::default(), &Policy::default());
+    assert_eq!(members(&plan1), ["1", "2"]);
+    // A new user inactive in the source is never created, so not added either.
+    let mut inactive = b.clone();
+    inactive.active = false;
+    let some = desired(vec![a, inactive], vec![group("g", "G", &["1", "2"])]);
+    let plan2 = plan(&some, &State::default(), &Policy::default());
+    assert_eq!(members(&plan2), ["1"]);
+}
+
+#[test]
 fn create_only_attributes_are_not_updated() {
     let a = person("1", "a@x.com", "Eng");
     let mut d = desired(vec![a.clone()], vec![]);

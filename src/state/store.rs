@@ -40,23 +40,29 @@ impl StateDb {
                 .map_err(|e| sqlite(&path, e))?;
             let mut rows = stmt.query([]).map_err(|e| sqlite(&path, e))?;
             while let Some(row) = rows.next().map_err(|e| sqlite(&path, e))? {
-                let key: String = row.get(0).map_err(|e| sqlite(&path, e))?;
-                let hash: Vec<u8> = row.get(3).map_err(|e| sqlite(&path, e))?;
-                let status: String = row.get(4).map_err(|e| sqlite(&path, e))?;
-                let ownership: String = row.get(5).map_err(|e| sqlite(&path, e))?;
+                // Read in place: a million users are five million strings
+                // otherwise, each copied once more into its field.
+                let text = |i: usize| {
+                    row.get_ref(i)
+                        .and_then(|v| v.as_str().map_err(Into::into))
+                        .map_err(|e| sqlite(&path, e))
+                };
+                let key = text(0)?;
                 let corrupt = |what: &str| StateError::Corrupt {
                     path: path.clone(),
                     message: format!("user {key:?}: {what}"),
                 };
+                let hash = row
+                    .get_ref(3)
+                    .and_then(|v| v.as_blob().map_err(Into::into))
+                    .map_err(|e| sqlite(&path, e))?;
                 let hash: [u8; 16] = hash.try_into().map_err(|_| corrupt("bad hash"))?;
                 let user = StateUser {
-                    scim_id: ScimId::new(row.get::<_, String>(1).map_err(|e| sqlite(&path, e))?),
-                    user_name: UserName::new(
-                        row.get::<_, String>(2).map_err(|e| sqlite(&path, e))?,
-                    ),
+                    scim_id: ScimId::new(text(1)?),
+                    user_name: UserName::new(text(2)?),
                     hash: AttrHash(hash),
-                    status: Status::parse(&status).ok_or_else(|| corrupt("bad status"))?,
-                    ownership: Ownership::parse(&ownership)
+                    status: Status::parse(text(4)?).ok_or_else(|| corrupt("bad status"))?,
+                    ownership: Ownership::parse(text(5)?)
                         .ok_or_else(|| corrupt("bad ownership"))?,
                     attrs: None,
                 };
@@ -102,16 +108,20 @@ impl StateDb {
                     .map_err(|e| sqlite(&path, e))?
                     .as_str()
                     .map_err(|e| sqlite(&path, e.into()))?;
-                let user: String = row.get(1).map_err(|e| sqlite(&path, e))?;
+                let user = row
+                    .get_ref(1)
+                    .and_then(|v| v.as_str().map_err(Into::into))
+                    .map_err(|e| sqlite(&path, e))?;
+                let user = shared_key(&state, user);
                 match &mut current {
-                    Some((g, members)) if g == group => members.push(SourceKey::new(user)),
+                    Some((g, members)) if g == group => members.push(user),
                     _ => {
                         if let Some((g, members)) = current.take() {
                             state
                                 .memberships
                                 .insert(GroupKey::new(g), members.into_iter().collect());
                         }
-                        current = Some((group.to_string(), vec![SourceKey::new(user)]));
+                        current = Some((group.to_string(), vec![user]));
                     }
                 }
             }
@@ -191,6 +201,19 @@ impl StateDb {
         bump_generation(&tx).map_err(|e| sqlite(&path, e))?;
         tx.commit().map_err(|e| sqlite(&path, e))
     }
+}
+
+/// A member's key as the state's user record holds it, so the membership
+/// shares that copy; a key short enough to sit inline (or of no recorded
+/// user) is made anew, which costs no allocation or no more than before.
+fn shared_key(state: &State, key: &str) -> SourceKey {
+    if key.len() <= SourceKey::INLINE {
+        return SourceKey::new(key);
+    }
+    state
+        .users
+        .get_key_value(key)
+        .map_or_else(|| SourceKey::new(key), |(k, _)| k.clone())
 }
 
 /// Two live users recorded with one SCIM id, if any: `(key, key, id)`. A sort

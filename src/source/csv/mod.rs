@@ -168,12 +168,24 @@ fn open(path: &Path, delimiter: u8) -> Result<Reader, CsvError> {
             file: path.to_path_buf(),
         });
     }
+    // Fields are trimmed where they are read (`field`), as the parser's own
+    // trimming would, without its copy of every record.
     Ok(csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
         .flexible(false)
-        .trim(csv::Trim::All)
+        .buffer_capacity(1 << 16)
         .from_reader(LineTracker::new(file)))
+}
+
+/// A field without the ASCII whitespace around it.
+fn trimmed(field: &[u8]) -> &[u8] {
+    field.trim_ascii()
+}
+
+/// Whether every field of a record is empty once trimmed (a blank line).
+fn is_blank(record: &csv::ByteRecord) -> bool {
+    record.iter().all(|f| trimmed(f).is_empty())
 }
 
 /// Passes a file through to the CSV parser and notes where each non-blank line
@@ -226,22 +238,32 @@ impl<R> LineTracker<R> {
 impl<R: std::io::Read> std::io::Read for LineTracker<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        for &byte in &buf[..n] {
-            match byte {
-                b'\n' => {
+        let chunk = &buf[..n];
+        let mut i = 0;
+        while i < n {
+            if self.at_line_start {
+                match chunk[i] {
+                    b'\n' => self.line += 1,
+                    b'\r' => {}
+                    _ => {
+                        self.starts.push_back((self.offset + i as u64, self.line));
+                        self.at_line_start = false;
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            // Within a line only its end matters: found a word at a time.
+            match memchr::memchr(b'\n', &chunk[i..]) {
+                Some(at) => {
+                    i += at + 1;
                     self.line += 1;
                     self.at_line_start = true;
                 }
-                b'\r' => {}
-                _ => {
-                    if self.at_line_start {
-                        self.starts.push_back((self.offset, self.line));
-                    }
-                    self.at_line_start = false;
-                }
+                None => i = n,
             }
-            self.offset += 1;
         }
+        self.offset += n as u64;
         Ok(n)
     }
 }
@@ -261,7 +283,7 @@ fn header(reader: &mut Reader, path: &Path) -> Result<Vec<Arc<str>>, CsvError> {
         Err(e) => return Err(csv_error(reader, path, &e)),
     };
     let mut names: Vec<Arc<str>> = Vec::with_capacity(record.len());
-    for (i, field) in record.iter().enumerate() {
+    for (i, field) in record.iter().map(trimmed).enumerate() {
         let field = if i == 0 {
             field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
         } else {
@@ -350,11 +372,11 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
     }
     let file: Arc<str> = Arc::from(name.as_str());
     let mut problems = Problems::default();
-    // A digest of each user's key, and its line: duplicate keys are found
-    // among equal digests (16 bytes a user, where the keys themselves took
-    // about twice that at a million users).
+    // A digest of each user's key: duplicate keys are found among equal
+    // digests (8 bytes a user, where the keys themselves took four times
+    // that at a million users).
     let hasher = FastHash::default();
-    let mut keys: Vec<(u64, u64)> = Vec::new();
+    let mut keys: Vec<u64> = Vec::new();
     let mut record = csv::ByteRecord::new();
     // Each record is built here, then copied out at its exact size.
     let mut scratch = SourceAttrs::with_capacity(columns.len());
@@ -371,12 +393,12 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
             }
         }
         let line = record_line(&mut reader, &record);
-        if record.iter().all(|f| f.is_empty()) {
+        if is_blank(&record) {
             continue; // a blank line, not a user
         }
         scratch.clear();
         let mut bad = false;
-        for (i, field) in record.iter().enumerate() {
+        for (i, field) in record.iter().map(trimmed).enumerate() {
             match std::str::from_utf8(field) {
                 Ok(value) => {
                     if !value.is_empty() {
@@ -395,7 +417,7 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
         if bad {
             continue;
         }
-        let key = match std::str::from_utf8(&record[key_index]) {
+        let key = match std::str::from_utf8(trimmed(&record[key_index])) {
             Ok(k) if !k.is_empty() => k,
             _ => {
                 problems.push(RowProblem::EmptyKey {
@@ -405,14 +427,15 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
                 continue;
             }
         };
-        keys.push((hasher.hash_one(key), line));
+        keys.push(hasher.hash_one(key));
         each(SourceUser {
             key: SourceKey::new(key),
             origin: Origin::line(file.clone(), line),
             attrs: scratch.compacted(),
         });
     }
-    for problem in duplicate_keys(settings, key_index, keys, &stamp)? {
+    let digest = |key: &str| hasher.hash_one(key);
+    for problem in duplicate_keys(settings, key_index, (keys, &digest), &stamp)? {
         problems.push(problem);
     }
     if !problems.is_empty() {
@@ -421,22 +444,28 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
     Ok(())
 }
 
+/// How a key was digested (the read's hasher; a constant in tests).
+type KeyDigest<'a> = dyn Fn(&str) -> u64 + 'a;
+
 /// A key seen again, at each later line, in line order, against the first
-/// line that had it; from the digests and lines of every user's key. Lines
-/// whose digests are equal (duplicates, or very rarely two keys that hash
-/// alike) have their keys read again from the file to tell which.
+/// line that had it; from the digests of every user's key (made by `digests.1`,
+/// which the file's keys are digested by again).
+/// Keys whose digests are equal (duplicates, or very rarely two keys that
+/// hash alike) are read again from the file, with their lines, to tell which.
 fn duplicate_keys(
     settings: &CsvSettings,
     key_index: usize,
-    mut keys: Vec<(u64, u64)>,
+    digests: (Vec<u64>, &KeyDigest),
     read: &Option<(u64, std::time::SystemTime)>,
 ) -> Result<Vec<RowProblem>, CsvError> {
-    keys.sort_unstable();
-    let runs: Vec<&[(u64, u64)]> = keys
-        .chunk_by(|a, b| a.0 == b.0)
-        .filter(|run| run.len() > 1)
-        .collect();
-    if runs.is_empty() {
+    let (mut digests, digest_of) = digests;
+    digests.sort_unstable();
+    let mut repeated: FastMap<u64, usize> = FastMap::default();
+    for run in digests.chunk_by(|a, b| a == b).filter(|run| run.len() > 1) {
+        repeated.insert(run[0], run.len());
+    }
+    drop(digests);
+    if repeated.is_empty() {
         return Ok(Vec::new());
     }
     // An export rewriting the file meanwhile would make the lines say
@@ -447,11 +476,9 @@ fn duplicate_keys(
     if read.is_none() || stamp(&settings.users) != *read {
         return Err(changed());
     }
-    let wanted: FastSet<u64> = runs
-        .iter()
-        .flat_map(|run| run.iter().map(|k| k.1))
-        .collect();
-    let mut at_line: FastMap<u64, String> = FastMap::default();
+    // (digest, line, key) of the rows whose key has a repeated digest, taken
+    // from the rows the first read took a key from.
+    let mut found: Vec<(u64, u64, String)> = Vec::new();
     let mut reader = open(&settings.users, settings.delimiter)?;
     header(&mut reader, &settings.users)?;
     let mut record = csv::ByteRecord::new();
@@ -460,21 +487,31 @@ fn duplicate_keys(
         .map_err(|e| csv_error(&mut reader, &settings.users, &e))?
     {
         let line = record_line(&mut reader, &record);
-        if wanted.contains(&line)
-            && let Some(key) = record.get(key_index)
-        {
-            at_line.insert(line, String::from_utf8_lossy(key).into_owned());
+        if is_blank(&record) || record.iter().any(|f| std::str::from_utf8(f).is_err()) {
+            continue;
+        }
+        let Some(key) = record
+            .get(key_index)
+            .map(trimmed)
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .filter(|k| !k.is_empty())
+        else {
+            continue;
+        };
+        let digest = digest_of(key);
+        if repeated.contains_key(&digest) {
+            found.push((digest, line, key.to_string()));
         }
     }
-    if wanted.iter().any(|line| !at_line.contains_key(line)) || stamp(&settings.users) != *read {
+    if found.len() != repeated.values().sum::<usize>() || stamp(&settings.users) != *read {
         return Err(changed());
     }
+    found.sort_unstable_by_key(|f| (f.0, f.1));
     let mut duplicates = Vec::new();
-    for run in runs {
+    for run in found.chunk_by(|a, b| a.0 == b.0) {
         // Sorted by line within a run: the first equal key is the first line.
-        for (j, (_, line)) in run.iter().enumerate().skip(1) {
-            let key = &at_line[line];
-            if let Some((_, first_line)) = run[..j].iter().find(|(_, l)| at_line[l] == *key) {
+        for (j, (_, line, key)) in run.iter().enumerate().skip(1) {
+            if let Some((_, first_line, _)) = run[..j].iter().find(|f| f.2 == *key) {
                 duplicates.push(RowProblem::DuplicateKey {
                     line: *line,
                     key: key.clone(),
@@ -541,10 +578,10 @@ fn read_groups(
             Err(e) => return Err(csv_error(&mut reader, path, &e)),
         }
         let line = record_line(&mut reader, &record);
-        if record.iter().all(|f| f.is_empty()) {
+        if is_blank(&record) {
             continue;
         }
-        let field = |i: usize| std::str::from_utf8(&record[i]);
+        let field = |i: usize| std::str::from_utf8(trimmed(&record[i]));
         let not_utf8 = |i: usize| RowProblem::NotUtf8 {
             line,
             column: columns[i].to_string(),
@@ -681,9 +718,9 @@ mod tests {
             b"id,email\n1,a@x.com\n2,b@x.com\n1,c@x.com\n\n1,d@x.com\n",
             None,
         );
-        // Every line given the same digest, as if every key hashed alike.
-        let digests = vec![(7, 2), (7, 3), (7, 4), (7, 6)];
-        let found = duplicate_keys(&s, 0, digests, &stamp(&s.users)).unwrap();
+        // Every key given the same digest, as if every key hashed alike.
+        let digests = vec![7, 7, 7, 7];
+        let found = duplicate_keys(&s, 0, (digests, &|_| 7), &stamp(&s.users)).unwrap();
         let lines: Vec<(u64, u64)> = found
             .iter()
             .map(|p| match p {
@@ -702,7 +739,7 @@ mod tests {
         let s = settings(&dir, b"id,email\n1,a@x.com\n1,b@x.com\n", None);
         let read = stamp(&s.users);
         std::fs::write(&s.users, b"id,email\n1,a@x.com\n2,b@x.com\n3,c@x.com\n").unwrap();
-        let err = duplicate_keys(&s, 0, vec![(7, 2), (7, 3)], &read).unwrap_err();
+        let err = duplicate_keys(&s, 0, (vec![7, 7], &|_| 7), &read).unwrap_err();
         assert!(err.is_unavailable(), "{err}");
         assert!(
             err.to_string().contains("changed while it was read"),
@@ -917,23 +954,27 @@ mod line_tests {
     /// The line of each user read from `users` (as `users.csv`).
     fn user_lines(users: &[u8]) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.csv");
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(users)
-            .unwrap();
-        let settings = CsvSettings {
-            users: path,
-            groups: None,
-            key: "id".into(),
-            delimiter: b',',
-        };
-        read(&settings)
+        read(&users_file(&dir, users))
             .unwrap()
             .users
             .iter()
             .map(|u| format!("{} {}", u.key.as_str(), u.origin))
             .collect()
+    }
+
+    /// Settings reading `users` as `users.csv` in `dir`, keyed by `id`.
+    fn users_file(dir: &tempfile::TempDir, users: &[u8]) -> CsvSettings {
+        let path = dir.path().join("users.csv");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(users)
+            .unwrap();
+        CsvSettings {
+            users: path,
+            groups: None,
+            key: "id".into(),
+            delimiter: b',',
+        }
     }
 
     const USERS: &str = "id,email\n1,a@x.com\n\n2,\"b\nb@x.com\"\n3,c@x.com\n";
@@ -951,6 +992,60 @@ mod line_tests {
             expected,
             "CRLF"
         );
+    }
+
+    #[test]
+    fn fields_are_read_without_the_whitespace_around_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = users_file(
+            &dir,
+            b" id ,\temail\n 1 , a@x.com\t\n   ,  \n\t2,\" b@x.com \"\n",
+        );
+        let dir = read(&settings).unwrap();
+        let users: Vec<(&str, Option<&str>)> = dir
+            .users
+            .iter()
+            .map(|u| (u.key.as_str(), u.attrs.first("email")))
+            .collect();
+        // The line of spaces is blank, not a user without a key.
+        assert_eq!(users, [("1", Some("a@x.com")), ("2", Some("b@x.com"))]);
+    }
+
+    /// Hands its bytes over `step` at a time.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn line_starts_are_the_same_however_the_file_arrives() {
+        let text = "id\r\n\r\n\n1\r\n2\n\n\r\r\n3\nx";
+        let starts = |step: usize| {
+            let mut tracker = LineTracker::new(Trickle {
+                bytes: text.as_bytes(),
+                step,
+            });
+            std::io::Read::read_to_end(&mut tracker, &mut Vec::new()).unwrap();
+            (tracker.starts, tracker.line, tracker.offset)
+        };
+        let whole = starts(usize::MAX);
+        assert_eq!(
+            whole.0,
+            [(0, 1), (7, 4), (10, 5), (16, 8), (18, 9)],
+            "(offset, line) of each non-blank line"
+        );
+        for step in 1..5 {
+            assert_eq!(starts(step), whole, "{step} bytes at a time");
+        }
     }
 
     #[test]
