@@ -233,6 +233,17 @@ mod tests {
         m
     }
 
+    /// A DB at `dir/name` holding the [`sample`] mirror.
+    fn saved_sample(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Mirror) {
+        let path = dir.join(name);
+        let m = sample();
+        StateDb::open(&path)
+            .unwrap()
+            .save_mirror(&MirrorDigest::default(), &m)
+            .unwrap();
+        (path, m)
+    }
+
     /// The DB at `path` as idsync 8 left it: the mirror's user rows in JSON.
     fn back_to_version_8(path: &std::path::Path) {
         let conn = rusqlite::Connection::open(path).unwrap();
@@ -265,12 +276,7 @@ mod tests {
     #[test]
     fn a_version_8_mirror_is_read_as_it_is_and_migrated_to_framed_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let m = sample();
-        StateDb::open(&path)
-            .unwrap()
-            .save_mirror(&MirrorDigest::default(), &m)
-            .unwrap();
+        let (path, m) = saved_sample(dir.path(), "s.db");
         back_to_version_8(&path);
         assert!(raw_props(&path, "u1").starts_with('{'), "JSON again");
         // `plan` reads the older file as it is.
@@ -289,12 +295,7 @@ mod tests {
     #[test]
     fn a_damaged_mirror_row_is_a_clear_error_at_load_and_stops_a_migration() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let m = sample();
-        StateDb::open(&path)
-            .unwrap()
-            .save_mirror(&MirrorDigest::default(), &m)
-            .unwrap();
+        let (path, m) = saved_sample(dir.path(), "s.db");
         let conn = rusqlite::Connection::open(&path).unwrap();
         let framed = m.users["u1"].as_framed();
         conn.execute(
@@ -314,11 +315,7 @@ mod tests {
         assert!(err.hint().unwrap().contains("restore a backup"));
 
         // A version 8 row that is not JSON: the migration stops, nothing changed.
-        let old = dir.path().join("old.db");
-        StateDb::open(&old)
-            .unwrap()
-            .save_mirror(&MirrorDigest::default(), &m)
-            .unwrap();
+        let (old, _) = saved_sample(dir.path(), "old.db");
         back_to_version_8(&old);
         let conn = rusqlite::Connection::open(&old).unwrap();
         conn.execute(
