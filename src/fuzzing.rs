@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::model::{
-    GroupKey, GroupName, Mirror, OpKind, Origin, Ownership, ScimId, SourceAttrs, SourceDirectory,
-    SourceGroup, SourceKey, SourceUser, State, StateGroup, StateUser, Status, UserAttr, UserAttrs,
-    UserName,
+    GroupKey, GroupName, Mirror, MirrorProps, OpKind, Origin, Ownership, ScimId, SourceAttrs,
+    SourceDirectory, SourceGroup, SourceKey, SourceUser, State, StateGroup, StateUser, Status,
+    UserAttr, UserAttrs, UserName,
 };
 use crate::plan::Plan;
 use crate::plan::audit::{Audit, ForeignMember, Orphan, Stale, UnmanagedGroup};
@@ -234,6 +234,28 @@ pub fn graph(data: &[u8]) {
                 let _ = entra::renew_at(std::time::Instant::now(), lifetime);
             }
         }
+    }
+}
+
+/// `mirror_row`: a state DB row of a mirrored user (`mirror_users.props`,
+/// framed text), which a writing run reads back from the file. Read as the
+/// load reads it; what reads is used as a cycle uses it, and must be the text
+/// idsync would write for the same properties.
+pub fn mirror_row(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(mut props) = MirrorProps::from_framed(text) else {
+        return;
+    };
+    let json = serde_json::to_string(&props).expect("strings serialize");
+    let again = MirrorProps::from_json(&json).expect("JSON written is read");
+    assert_eq!(again.as_framed(), text, "a row reads as idsync writes it");
+    let _ = props.attrs("u-1");
+    let _ = props.len();
+    let names: Vec<String> = props.iter().map(|(name, _)| name.to_string()).collect();
+    if let Some(name) = names.first() {
+        props.update(&mut [(name.as_str(), None)]);
     }
 }
 

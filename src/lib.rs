@@ -27,4 +27,5 @@ mod secret;
 pub mod source;
 pub mod state;
 mod sync;
+mod tls;
 mod yaml;

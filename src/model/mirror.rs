@@ -153,6 +153,79 @@ impl MirrorProps {
     }
 }
 
+impl MirrorProps {
+    /// The framed text itself, as the state DB stores it (schema version 9
+    /// on).
+    pub fn as_framed(&self) -> &str {
+        &self.0
+    }
+
+    /// Reads a state DB row written by [`MirrorProps::as_framed`]. The row
+    /// comes from a file, so it is checked before it is used: every length
+    /// within the text, on a character boundary and written as idsync writes
+    /// it (the fewest digits), and property names in order, each property's
+    /// values together. Anything else is an error saying where.
+    pub fn from_framed(text: &str) -> Result<MirrorProps, String> {
+        let mut at = 0;
+        let mut last: Option<&str> = None;
+        while at < text.len() {
+            let name = checked_framed(text, &mut at)?;
+            if last.is_some_and(|l| l > name) {
+                return Err(format!(
+                    "property {name:?} comes after {:?}: properties are out of order",
+                    last.unwrap_or_default()
+                ));
+            }
+            last = Some(name);
+            checked_framed(text, &mut at)?;
+        }
+        Ok(MirrorProps(Box::from(text)))
+    }
+}
+
+/// The most digits a length in a row may take (64^5: a gigabyte).
+const MAX_LEN_DIGITS: usize = 5;
+
+/// The framed string at `*at` in `text`, checked; `*at` moves past it.
+fn checked_framed<'a>(text: &'a str, at: &mut usize) -> Result<&'a str, String> {
+    let bytes = text.as_bytes();
+    let start = *at;
+    let bad = |what: &str| format!("the length at byte {start} {what}");
+    let mut len = 0usize;
+    let mut digits = 0;
+    loop {
+        let Some(&digit) = bytes.get(*at) else {
+            return Err(bad("is cut short"));
+        };
+        if digit >= 0x80 || digits == MAX_LEN_DIGITS {
+            return Err(bad("is not one idsync writes"));
+        }
+        // A leading zero digit is not how idsync writes a length.
+        if digits == 0 && digit == 0x40 {
+            return Err(bad("is not one idsync writes"));
+        }
+        *at += 1;
+        digits += 1;
+        len = (len << 6) | usize::from(digit & 0x3f);
+        if digit & 0x40 == 0 {
+            break;
+        }
+    }
+    if digits > 1 && len < 64 {
+        return Err(bad("is not one idsync writes"));
+    }
+    let end = at
+        .checked_add(len)
+        .filter(|&end| end <= text.len())
+        .ok_or_else(|| bad(&format!("({len}) runs past the end of the row")))?;
+    if !text.is_char_boundary(end) {
+        return Err(bad(&format!("({len}) ends inside a character")));
+    }
+    let framed = &text[*at..end];
+    *at = end;
+    Ok(framed)
+}
+
 /// The properties of `{"name":["value",…],…}` written without whitespace,
 /// names in strictly ascending order, and no string with an escape or a
 /// control character; `None` for anything else.
@@ -512,6 +585,7 @@ mod tests {
             prop_assert_eq!(&json, &serde_json::to_string(&expected).unwrap());
             prop_assert_eq!(&serde_json::from_str::<MirrorProps>(&json).unwrap(), &packed);
             prop_assert_eq!(&MirrorProps::from_json(&json).unwrap(), &packed);
+            prop_assert_eq!(&MirrorProps::from_framed(packed.as_framed()).unwrap(), &packed);
             let spaced = serde_json::to_string_pretty(&packed).unwrap();
             prop_assert_eq!(&MirrorProps::from_json(&spaced).unwrap(), &packed);
             // Rows written with the old map (empty lists and all) load the same.
@@ -529,6 +603,54 @@ mod tests {
             }
             prop_assert_eq!(packed.attrs("u-1"), record);
         }
+    }
+
+    proptest! {
+        #[test]
+        fn any_row_text_reads_as_props_or_as_an_error_never_a_panic(text in "(.|[\\x00-\\x7f]){0,40}") {
+            if let Ok(props) = MirrorProps::from_framed(&text) {
+                // What reads is as idsync writes it: the same text again.
+                let json = serde_json::to_string(&props).unwrap();
+                let again = MirrorProps::from_json(&json).unwrap();
+                prop_assert_eq!(again.as_framed(), text.as_str());
+                let _ = props.attrs("u-1");
+                prop_assert_eq!(props.len(), props.properties().count());
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_framed_row_is_an_error_saying_where() {
+        let props = MirrorProps::from([
+            ("department", vec!["Dept 0"]),
+            ("mail", vec!["a@x", "b@x"]),
+            ("note", vec!["é".repeat(70).as_str()]),
+        ]);
+        let text = props.as_framed();
+        assert_eq!(MirrorProps::from_framed(text).unwrap(), props);
+        // Cut anywhere: an error, or (at the end of a property) fewer
+        // properties; never a panic.
+        for cut in (0..text.len()).filter(|&cut| text.is_char_boundary(cut)) {
+            if let Ok(short) = MirrorProps::from_framed(&text[..cut]) {
+                assert!(short.len() < props.len(), "cut at {cut}");
+            }
+        }
+        let err = MirrorProps::from_framed(&text[..text.len() - 2]).unwrap_err();
+        assert!(err.contains("runs past the end of the row"), "{err}");
+        // Out of order.
+        let swapped = MirrorProps::from([("b", vec!["1"])])
+            .as_framed()
+            .to_string()
+            + MirrorProps::from([("a", vec!["2"])]).as_framed();
+        let err = MirrorProps::from_framed(&swapped).unwrap_err();
+        assert!(err.contains("out of order"), "{err}");
+        // A length ending inside a character, and one no writer makes.
+        let err = MirrorProps::from_framed("\u{1}a\u{1}é").unwrap_err();
+        assert!(err.contains("inside a character"), "{err}");
+        let err = MirrorProps::from_framed("\u{40}\u{1}a\u{0}").unwrap_err();
+        assert!(err.contains("not one idsync writes"), "{err}");
+        let err = MirrorProps::from_framed("é").unwrap_err();
+        assert!(err.contains("not one idsync writes"), "{err}");
     }
 
     #[test]

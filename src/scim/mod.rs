@@ -349,7 +349,10 @@ impl ScimClient {
         headers.insert(AUTHORIZATION, auth);
         headers.insert(ACCEPT, HeaderValue::from_static(ACCEPT_JSON));
 
+        let tls = crate::tls::client_config()
+            .map_err(|e| ScimError::Config(format!("HTTP client: {e}")))?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .default_headers(headers)
             .user_agent(concat!("idsync/", env!("CARGO_PKG_VERSION")))
             .timeout(opts.timeout)

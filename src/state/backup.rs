@@ -72,7 +72,7 @@ fn refuse_own_files(path: &Path, dest: &Path) -> Result<(), StateError> {
     let (Some(db), Some(dest_resolved)) = (resolve(path), resolve(dest)) else {
         return Ok(());
     };
-    let own = ["", "-wal", "-shm", "-journal", ".lock"]
+    let own = ["", "-wal", "-shm", "-journal", ".lock", ".sealed"]
         .iter()
         .any(|suffix| files::beside(&db, suffix) == dest_resolved);
     if own || std::fs::canonicalize(dest).is_ok_and(|d| Some(d) == std::fs::canonicalize(path).ok())

@@ -5,7 +5,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{StateDb, StateError, sqlite};
+use super::{StateDb, StateError, schema, sqlite};
 use crate::model::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
 
 const USERS_LINK: &str = "users_link";
@@ -32,6 +32,11 @@ impl StateDb {
         if exists.is_none() {
             return Ok(mirror);
         }
+        // A read-only command reads an older file as it is: JSON rows.
+        let framed = tx
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map_err(err)?
+            >= schema::FRAMED_MIRROR;
         let corrupt = |what: String| StateError::Corrupt {
             path: path.clone(),
             message: what,
@@ -68,14 +73,18 @@ impl StateDb {
             let mut rows = stmt.query([]).map_err(err)?;
             while let Some(row) = rows.next().map_err(err)? {
                 let id: String = row.get(0).map_err(err)?;
-                // Parsed where SQLite holds it: the values are copied once,
-                // into the user's one framed string.
-                let json = row.get_ref(1).map_err(err)?;
-                let json = json
+                // Read where SQLite holds it: the text is checked and copied
+                // once, into the user's one framed string.
+                let text = row.get_ref(1).map_err(err)?;
+                let text = text
                     .as_str()
                     .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
-                let props = MirrorProps::from_json(json)
-                    .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
+                let props = if framed {
+                    MirrorProps::from_framed(text)
+                } else {
+                    MirrorProps::from_json(text).map_err(|e| e.to_string())
+                };
+                let props = props.map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
                 users.push((id, props));
             }
             // Built in one go from the rows, which come in the order written
@@ -132,8 +141,9 @@ impl StateDb {
                 .map_err(err)?;
             for (id, props) in &new.users {
                 if !old.user_unchanged(id, props) {
-                    let json = serde_json::to_string(props).expect("strings serialize");
-                    upsert.execute(params![id, json]).map_err(err)?;
+                    upsert
+                        .execute(params![id, props.as_framed()])
+                        .map_err(err)?;
                 }
             }
             let mut delete = tx
@@ -210,5 +220,122 @@ mod tests {
         next.users_link = Some("https://g/v1.0/users/delta?$deltatoken=c".into());
         db.save_mirror(&MirrorDigest::of(&m), &next).unwrap();
         assert_eq!(db.load_mirror().unwrap(), next);
+    }
+
+    fn sample() -> Mirror {
+        let mut m = Mirror::default();
+        m.users.insert(
+            "u1".into(),
+            [("mail", vec!["a@x"]), ("displayName", vec!["Zoë \"Z\""])].into(),
+        );
+        m.users.insert("u2".into(), MirrorProps::new());
+        m.users_link = Some("https://g/v1.0/users/delta?$deltatoken=a".into());
+        m
+    }
+
+    /// A DB at `dir/name` holding the [`sample`] mirror.
+    fn saved_sample(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, Mirror) {
+        let path = dir.join(name);
+        let m = sample();
+        StateDb::open(&path)
+            .unwrap()
+            .save_mirror(&MirrorDigest::default(), &m)
+            .unwrap();
+        (path, m)
+    }
+
+    /// The DB at `path` as idsync 8 left it: the mirror's user rows in JSON.
+    fn back_to_version_8(path: &std::path::Path) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let rows: Vec<(String, String)> = conn
+            .prepare("SELECT id, props FROM mirror_users")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (id, framed) in rows {
+            let json = serde_json::to_string(&MirrorProps::from_framed(&framed).unwrap()).unwrap();
+            conn.execute(
+                "UPDATE mirror_users SET props = ?2 WHERE id = ?1",
+                params![id, json],
+            )
+            .unwrap();
+        }
+        conn.pragma_update(None, "user_version", 8).unwrap();
+    }
+
+    fn raw_props(path: &std::path::Path, id: &str) -> String {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row("SELECT props FROM mirror_users WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_version_8_mirror_is_read_as_it_is_and_migrated_to_framed_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, m) = saved_sample(dir.path(), "s.db");
+        back_to_version_8(&path);
+        assert!(raw_props(&path, "u1").starts_with('{'), "JSON again");
+        // `plan` reads the older file as it is.
+        let mut read_only = StateDb::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(read_only.load_mirror().unwrap(), m);
+        drop(read_only);
+        // A sync migrates it: every row framed, the mirror the same.
+        let mut db = StateDb::open(&path).unwrap();
+        assert_eq!(db.user_version().unwrap(), schema::FRAMED_MIRROR);
+        assert_eq!(db.load_mirror().unwrap(), m);
+        drop(db);
+        assert_eq!(raw_props(&path, "u1"), m.users["u1"].as_framed());
+        assert_eq!(raw_props(&path, "u2"), "");
+    }
+
+    #[test]
+    fn a_damaged_mirror_row_is_a_clear_error_at_load_and_stops_a_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, m) = saved_sample(dir.path(), "s.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let framed = m.users["u1"].as_framed();
+        conn.execute(
+            "UPDATE mirror_users SET props = ?1 WHERE id = 'u1'",
+            [&framed[..framed.len() - 1]],
+        )
+        .unwrap();
+        drop(conn);
+        let err = StateDb::open(&path).unwrap().load_mirror().unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("mirror user \"u1\": the length at byte")
+                && text.contains("runs past the end of the row"),
+            "{text}"
+        );
+        assert!(err.hint().unwrap().contains("restore a backup"));
+
+        // A version 8 row that is not JSON: the migration stops, nothing changed.
+        let (old, _) = saved_sample(dir.path(), "old.db");
+        back_to_version_8(&old);
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        conn.execute(
+            "UPDATE mirror_users SET props = '{\"mail\":' WHERE id = 'u1'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let err = StateDb::open(&old).err().expect("the migration stops");
+        let text = err.to_string();
+        assert!(
+            matches!(err, StateError::Corrupt { .. })
+                && text.contains("mirror user \"u1\" (while migrating to schema version 9)"),
+            "{text}"
+        );
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 8);
+        assert_eq!(raw_props(&old, "u2"), "{}", "no row rewritten");
     }
 }

@@ -20,6 +20,7 @@ mod journal;
 mod mirror;
 mod notes;
 mod schema;
+mod seal;
 mod store;
 
 use std::fs::File;
@@ -156,6 +157,11 @@ pub struct StateDb {
     /// Held for the life of a writing session; released on drop (and by the OS
     /// if the process dies).
     _lock: Option<File>,
+    /// When SQLite's `quick_check` last read the whole file: at this open,
+    /// or, for a file still as a clean close sealed it, before (see `seal`).
+    checked_at: u64,
+    /// Set when the run ended cleanly: the file is sealed as it is closed.
+    seal_on_close: bool,
 }
 
 impl StateDb {
@@ -170,6 +176,9 @@ impl StateDb {
         }
         let lock = acquire_lock(&canonical(path)?)?;
         files::check_wal(path)?;
+        // Hashed before SQLite opens it, and compared with the seal the last
+        // clean close left.
+        let sealed = seal::still_sealed(path, seal::now_secs());
         // Made owner-only before SQLite opens it: SQLite gives the `-wal` and
         // `-shm` files it creates the DB file's permissions.
         create_private(path, false).map_err(|e| io(path, e))?;
@@ -178,12 +187,20 @@ impl StateDb {
             conn,
             path: path.to_path_buf(),
             _lock: Some(lock),
+            checked_at: seal::now_secs(),
+            seal_on_close: false,
         };
         // Read before anything is set: a file a newer idsync wrote is left
         // exactly as it is.
         db.refuse_too_new()?;
         db.configure()?;
-        db.quick_check()?;
+        match sealed {
+            Some(checked_at) => {
+                tracing::debug!(path = %path.display(), "the state DB is as the last run sealed it; quick_check not repeated");
+                db.checked_at = checked_at;
+            }
+            None => db.quick_check()?,
+        }
         check_writable(&mut db.conn, path)?;
         db.migrate()?;
         // Files an older idsync left readable by others.
@@ -215,6 +232,8 @@ impl StateDb {
             conn,
             path: path.to_path_buf(),
             _lock: None,
+            checked_at: 0,
+            seal_on_close: false,
         };
         let version = db.refuse_too_new()?;
         // The schema is read whatever the version says: a file cut short
@@ -231,6 +250,13 @@ impl StateDb {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The run on this DB ended cleanly: when it is closed, the file is
+    /// sealed (see `seal`), and the next run that finds it unchanged does
+    /// not run `quick_check` again. Only for a DB opened to write.
+    pub fn seal_on_close(&mut self) {
+        self.seal_on_close = self._lock.is_some();
     }
 
     fn err(&self, source: rusqlite::Error) -> StateError {
@@ -305,6 +331,30 @@ impl StateDb {
         StateError::Corrupt {
             path: self.path.clone(),
             message: message.to_string(),
+        }
+    }
+}
+
+impl Drop for StateDb {
+    /// Seals the file of a run that ended cleanly: the connection is closed
+    /// first (its log copied into the file and removed), the lock still held.
+    fn drop(&mut self) {
+        if !self.seal_on_close {
+            return;
+        }
+        let Ok(spare) = Connection::open_in_memory() else {
+            return;
+        };
+        let conn = std::mem::replace(&mut self.conn, spare);
+        if let Err((_, e)) = conn.close() {
+            tracing::debug!(error = %e, "state DB not closed cleanly; not sealed");
+            return;
+        }
+        match seal::seal(&self.path, self.checked_at) {
+            Ok(sealed) => tracing::debug!(sealed, "state DB closed"),
+            Err(e) => {
+                tracing::debug!(error = %e, "state DB not sealed; the next run checks it in full")
+            }
         }
     }
 }

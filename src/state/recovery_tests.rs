@@ -81,14 +81,50 @@ fn populate(db: &mut StateDb, n: usize) {
     .unwrap();
 }
 
-/// A closed DB (no `-wal` left) with `n` users, at `dir/idsync.db`.
+/// A DB closed as a run that ended cleanly closes it (no `-wal` left, and
+/// sealed) with `n` users, at `dir/idsync.db`.
 fn closed_db(dir: &Path, n: usize) -> PathBuf {
     let path = dir.join("idsync.db");
     let mut db = StateDb::open(&path).unwrap();
     populate(&mut db, n);
+    db.seal_on_close();
     drop(db);
     assert!(!files::beside(&path, "-wal").exists());
+    assert!(seal::path(&path).exists(), "sealed");
     path
+}
+
+/// Writes `bytes` as the DB at `path`, with the seal of the DB at `sealed`
+/// beside it: a file changed since it was sealed.
+fn write_with_seal(path: &Path, bytes: &[u8], sealed: &Path) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::copy(seal::path(sealed), seal::path(path)).unwrap();
+}
+
+#[test]
+fn a_sealed_db_as_it_was_closed_is_not_checked_again_until_a_day_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = closed_db(dir.path(), 50);
+    // The seal dated as if the check had run an hour ago: an open that
+    // trusts it carries that time forward instead of checking now.
+    let hour_ago = seal::now_secs() - 3600;
+    let text = std::fs::read_to_string(seal::path(&path)).unwrap();
+    let (head, _) = text.split_once("checked_at ").unwrap();
+    std::fs::write(seal::path(&path), format!("{head}checked_at {hour_ago}\n")).unwrap();
+    let mut db = StateDb::open(&path).unwrap();
+    assert_eq!(db.checked_at, hour_ago, "quick_check was not run again");
+    db.seal_on_close();
+    drop(db);
+    let db = StateDb::open(&path).unwrap();
+    assert_eq!(db.checked_at, hour_ago, "still the same check");
+    drop(db);
+    // A day old: checked again, and the time is now.
+    let day_ago = seal::now_secs() - seal::CHECK_STANDS_SECS;
+    let text = std::fs::read_to_string(seal::path(&path)).unwrap();
+    let (head, _) = text.split_once("checked_at ").unwrap();
+    std::fs::write(seal::path(&path), format!("{head}checked_at {day_ago}\n")).unwrap();
+    let db = StateDb::open(&path).unwrap();
+    assert!(db.checked_at > day_ago, "checked again");
 }
 
 /// Asserts `err` is a damaged file named by `path`, with advice to restore a
@@ -116,7 +152,7 @@ fn a_truncated_file_is_refused_as_damaged_never_read_as_empty() {
     assert!(whole.len() > 8 * 4096, "{} bytes", whole.len());
     for cut in [whole.len() / 2, whole.len() - 4096, 4096, 100, 50] {
         let cut_path = dir.path().join(format!("cut-{cut}.db"));
-        std::fs::write(&cut_path, &whole[..cut]).unwrap();
+        write_with_seal(&cut_path, &whole[..cut], &path);
         let err = StateDb::open(&cut_path)
             .err()
             .expect("a cut file is refused");
@@ -160,7 +196,7 @@ fn random_bytes_over_any_page_are_refused_before_a_run_writes() {
         let mut bytes = whole.clone();
         rng.fill(&mut bytes[page * page_size..(page + 1) * page_size]);
         let damaged = dir.path().join(format!("page-{page}.db"));
-        std::fs::write(&damaged, &bytes).unwrap();
+        write_with_seal(&damaged, &bytes, &path);
         let err = StateDb::open(&damaged)
             .err()
             .unwrap_or_else(|| panic!("page {} of {pages} overwritten, yet opened", page + 1));

@@ -2,12 +2,18 @@
 //! version bump (`PRAGMA user_version`), after a copy of the file as it was
 //! (see `backup`).
 
+use std::path::Path;
+
+use rusqlite::{Transaction, params};
+
 use super::{StateDb, StateError, backup, sqlite};
+use crate::model::MirrorProps;
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 /// The oldest version a read-only open understands without migrating (every
-/// migration since only removed what no reader uses).
+/// migration since only removed what no reader uses, or changed how a row is
+/// written in a way readers tell by the version: see [`FRAMED_MIRROR`]).
 pub(super) const OLDEST_READABLE: i64 = 1;
 
 /// Numbered migrations; each runs in one transaction with the version bump.
@@ -155,7 +161,16 @@ CREATE TABLE target_notes (
     // create may have made is found by that name even when the source has
     // renamed or dropped it since, and is settled as idsync's own.
     "ALTER TABLE journal ADD COLUMN name TEXT;",
+    // 9: a mirrored user's properties are stored as the framed text idsync
+    // holds them in (names, values and their lengths) instead of a JSON
+    // object: read back with a check of the framing instead of a parse, and
+    // a smaller file. The rows are rewritten in Rust (`frame_mirror_rows`).
+    "",
 ];
+
+/// The version from which `mirror_users.props` holds framed text (before:
+/// JSON).
+pub(super) const FRAMED_MIRROR: i64 = 9;
 
 impl StateDb {
     pub(super) fn migrate(&mut self) -> Result<(), StateError> {
@@ -174,10 +189,39 @@ impl StateDb {
             let path = self.path.clone();
             let tx = self.conn.transaction().map_err(|e| sqlite(&path, e))?;
             tx.execute_batch(sql).map_err(|e| sqlite(&path, e))?;
+            if i + 1 == FRAMED_MIRROR as usize {
+                frame_mirror_rows(&tx, &path)?;
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(|e| sqlite(&path, e))?;
             tx.commit().map_err(|e| sqlite(&path, e))?;
         }
         Ok(())
     }
+}
+
+/// Migration 9: each mirrored user's JSON row rewritten as framed text, in
+/// the migration's transaction. A row that is not the JSON idsync wrote
+/// stops the migration (nothing is changed) with the user named.
+fn frame_mirror_rows(tx: &Transaction<'_>, path: &Path) -> Result<(), StateError> {
+    let err = |e| sqlite(path, e);
+    let mut read = tx
+        .prepare("SELECT id, props FROM mirror_users")
+        .map_err(err)?;
+    let mut write = tx
+        .prepare("UPDATE mirror_users SET props = ?2 WHERE id = ?1")
+        .map_err(err)?;
+    let mut rows = read.query([]).map_err(err)?;
+    while let Some(row) = rows.next().map_err(err)? {
+        let id: String = row.get(0).map_err(err)?;
+        let json: String = row.get(1).map_err(err)?;
+        let props = MirrorProps::from_json(&json).map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "mirror user {id:?} (while migrating to schema version {FRAMED_MIRROR}): {e}"
+            ),
+        })?;
+        write.execute(params![id, props.as_framed()]).map_err(err)?;
+    }
+    Ok(())
 }

@@ -992,6 +992,8 @@ pub async fn sync_with(
         progress,
     )
     .await?;
+    // Ended cleanly: the file is sealed as it is closed.
+    db.seal_on_close();
     let stats = client.stats();
     tracing::info!(
         applied = summary.applied,

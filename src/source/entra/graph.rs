@@ -108,15 +108,19 @@ impl<'a> Graph<'a> {
     /// Reads the secret; nothing is sent yet.
     pub fn new(settings: &'a EntraSettings) -> Result<Graph<'a>, EntraError> {
         let credential = settings.credential.read()?;
+        let unreachable = |reason: String| EntraError::GraphUnreachable {
+            url: settings.graph_url.clone(),
+            reason,
+        };
+        let tls = crate::tls::client_config()
+            .map_err(|e| unreachable(format!("HTTP client set-up failed: {e}")))?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .user_agent(concat!("idsync/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| EntraError::GraphUnreachable {
-                url: settings.graph_url.clone(),
-                reason: format!("HTTP client set-up failed: {e}"),
-            })?;
+            .map_err(|e| unreachable(format!("HTTP client set-up failed: {e}")))?;
         Ok(Graph {
             settings,
             http,
