@@ -10,7 +10,8 @@
 //! and are passed over; those sent under a lower one can show a queue but
 //! cannot show that the limit now is fine. When a window closes:
 //!
-//! - **back-pressure** (a 429, a 503, a timeout) in it: the limit is halved,
+//! - **back-pressure** (a 429, a 503, a timeout; it closes the window at
+//!   once, not at its end): the limit is halved,
 //!   and the limit it had, less one, becomes a cap the limit climbs back to
 //!   but not past — until [`PROBE_AFTER`] quiet windows at the cap let it try
 //!   one more;
@@ -240,7 +241,8 @@ impl Controller {
     /// `now`; the limit's change, if this answer closed a window that moved
     /// it. A window lasts about one smoothed round trip (the first one, until
     /// a second answer): the first answer after that closes it and opens the
-    /// next one.
+    /// next one. Back-pressure closes the window at once: waiting out the
+    /// window would let every place freed meanwhile draw another 429.
     pub fn answered(
         &mut self,
         sent: Instant,
@@ -248,34 +250,41 @@ impl Controller {
         now: Instant,
         answer: Answer,
     ) -> Option<Change> {
-        let period = Duration::from_secs_f64(self.smoothed.unwrap_or(0.0).clamp(0.0, 60.0));
-        let mut change = None;
-        match self.window.started {
-            None => self.window.started = Some(now),
-            Some(started) if now.saturating_duration_since(started) >= period => {
-                let window = std::mem::take(&mut self.window);
-                self.window.started = Some(now);
-                change = self.close(&window);
-                if let Some(c) = change {
-                    self.moved(c);
-                }
-            }
-            Some(_) => {}
-        }
         // An answer to a request sent under a higher limit was judged.
-        if under > self.limit {
-            return change;
+        let fresh = under <= self.limit;
+        if fresh && answer == Answer::BackPressure {
+            self.window.back_pressure = true;
+            return self.close_window(now);
         }
-        match answer {
-            Answer::Held => {
-                let rtt = now.saturating_duration_since(sent).as_secs_f64();
-                self.window.at_or_below.add(rtt);
-                if under == self.limit {
-                    self.window.at_limit.add(rtt);
-                }
+        let period = Duration::from_secs_f64(self.smoothed.unwrap_or(0.0).clamp(0.0, 60.0));
+        let change = match self.window.started {
+            None => {
+                self.window.started = Some(now);
+                None
             }
-            Answer::BackPressure => self.window.back_pressure = true,
-            Answer::Ignored => {}
+            Some(started) if now.saturating_duration_since(started) >= period => {
+                self.close_window(now)
+            }
+            Some(_) => None,
+        };
+        if fresh && answer == Answer::Held {
+            let rtt = now.saturating_duration_since(sent).as_secs_f64();
+            self.window.at_or_below.add(rtt);
+            if under == self.limit {
+                self.window.at_limit.add(rtt);
+            }
+        }
+        change
+    }
+
+    /// Judges the window, moves the limit, and opens the next window at
+    /// `now`.
+    fn close_window(&mut self, now: Instant) -> Option<Change> {
+        let window = std::mem::take(&mut self.window);
+        self.window.started = Some(now);
+        let change = self.close(&window);
+        if let Some(c) = change {
+            self.moved(c);
         }
         change
     }
@@ -472,6 +481,33 @@ mod tests {
         t += 200 * MS;
         assert_eq!(c.answered(before, 32, t, Answer::BackPressure), None);
         assert_eq!(c.limit(), 16);
+    }
+
+    #[test]
+    fn back_pressure_cuts_at_once_not_when_the_window_ends() {
+        let mut t = Instant::now();
+        let mut c = Controller::new(32);
+        rounds(&mut c, &mut t, 6, 100 * MS, usize::MAX);
+        assert_eq!(c.limit(), 32);
+        // A window opens with a held answer; a 429 a millisecond later (a
+        // far target answers 429 at once) halves the limit there and then,
+        // before the places it frees can draw more.
+        let sent = t;
+        let under = c.sent(32);
+        t += 100 * MS;
+        c.answered(sent, under, t, Answer::Held);
+        let sent = t;
+        let under = c.sent(32);
+        t += MS;
+        let change = c.answered(sent, under, t, Answer::BackPressure);
+        assert_eq!(
+            change,
+            Some(Change {
+                from: 32,
+                to: 16,
+                why: Why::BackPressure
+            })
+        );
     }
 
     #[test]

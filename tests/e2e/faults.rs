@@ -614,8 +614,10 @@ fn the_daemon_keeps_running_after_a_cycle_stopped_by_the_failure_budget() {
     );
 }
 
-/// `concurrency: auto` against a server that answers 429 (`Retry-After: 1`)
-/// whenever more than `LIMIT` requests are in flight: the sync converges
+/// `concurrency: auto` against a server 50 ms away that answers 429
+/// (`Retry-After: 1`) whenever more than `LIMIT` requests are in flight
+/// (without the distance, the local server's round trip rises first and
+/// auto stays under `LIMIT` without a 429): the sync converges
 /// exactly, nothing lost or duplicated, and the limit it reports (log and
 /// metrics file) settled at or below `LIMIT`, with few 429s beyond the first
 /// ones that taught it.
@@ -626,7 +628,7 @@ fn auto_concurrency_settles_under_a_servers_in_flight_limit() {
         "auto-concurrency",
         300,
         4,
-        crate::proxy::in_flight_limit(LIMIT, 1),
+        crate::proxy::in_flight_limit(LIMIT, 1, Duration::from_millis(50)),
     );
     edit_config(
         &mut rig.ws,

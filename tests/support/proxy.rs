@@ -197,15 +197,18 @@ impl Rng {
     }
 }
 
-/// A server that limits concurrency: every request arriving while more than
-/// `n` are in flight (itself included) is answered 429 with `Retry-After:
-/// retry_after` seconds; the others are forwarded.
-pub fn in_flight_limit(n: usize, retry_after: u64) -> Schedule {
+/// A server that limits concurrency, `delay` away: every request arriving
+/// while more than `n` are in flight (itself included) is answered 429 with
+/// `Retry-After: retry_after` seconds; the others are forwarded after
+/// `delay`. The delay stands for a far target: against the local server
+/// alone the round trip rises with every request in flight, and a client
+/// that backs off on a rising round trip never reaches `n`.
+pub fn in_flight_limit(n: usize, retry_after: u64, delay: Duration) -> Schedule {
     Arc::new(move |req: &Req| {
         if req.in_flight > n {
             Fault::RetryAfter(retry_after)
         } else {
-            Fault::Forward
+            Fault::Delay(delay)
         }
     })
 }
