@@ -115,10 +115,6 @@ impl Permit<'_> {
                 .answered(self.sent, self.under, Instant::now(), answer);
         if let Some(c) = change {
             tracing::debug!(from = c.from, to = c.to, why = ?c.why, "concurrency limit changed");
-            if c.to > c.from {
-                // A grown limit may admit more than one: every waiter looks.
-                self.pace.freed.notify_waiters();
-            }
         }
         // Dropped here: the place is freed.
     }
@@ -127,8 +123,8 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.pace.state().in_flight -= 1;
-        // One place: one waiter (a waiter that gives up passes it on).
-        self.pace.freed.notify_one();
+        // Every waiter looks again: a grown limit may admit more than one.
+        self.pace.freed.notify_waiters();
     }
 }
 
