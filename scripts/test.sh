@@ -25,6 +25,8 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --all-targets --no-fail-fast"
 cargo test --all-targets --no-fail-fast
+step "concurrency: auto against fixed 8 and 16 (alone: it compares rates)"
+cargo test --test netfaults -- --ignored --exact pace::auto_keeps_up_with_fixed_8_and_16_at_100ms_rtt
 step "scripts/memory-guard.sh"; bash scripts/memory-guard.sh
 
 step "scripts/kube-check.sh"

@@ -14,7 +14,7 @@
 //!   once, not at its end): the limit is halved,
 //!   and the limit it had, less one, becomes a cap the limit climbs back to
 //!   but not past — until [`PROBE_AFTER`] quiet windows at the cap let it try
-//!   one more;
+//!   one more (twice as many after each probe that ends in a cut);
 //! - **a queue at the target** (the window's mean round trip above
 //!   [`TOLERANCE`] times the *base*, the shortest window mean seen): the limit
 //!   is cut in proportion, `limit × TOLERANCE × base ÷ mean`, by at most a
@@ -22,11 +22,15 @@
 //!   A round trip within the tolerance means at most about as many requests
 //!   wait at the target as are on the way, so keeping the limit there loses
 //!   no pace and a target that slows down under load (a full listen queue,
-//!   a busy server) is not pushed further. When a cut leaves the round trip
-//!   where it was for three windows (after a cut by a quarter or more; the
-//!   limit waits meanwhile), the rise was not the queue this client makes
-//!   (the path or the target got slower): the shortest of those means
-//!   becomes the base;
+//!   a busy server) is not pushed further. The cuts go on, a window at a
+//!   time, until the round trip falls by a tenth or the limit is half of
+//!   where they began. When it falls, the queue was ours; when the round
+//!   trip was more than twice the tolerance over the base (the target had
+//!   fallen over rather than queued), the limit that felled it becomes a cap
+//!   as after back-pressure. When the limit is at half and the round trip
+//!   still where it was for three windows (the limit waits meanwhile), the
+//!   rise was not the queue this client makes (the path or the target got
+//!   slower): the shortest of those means becomes the base;
 //! - **saturated and within the tolerance** (the limit was reached while
 //!   requests were sent, and requests sent under it came back in time): the
 //!   limit grows, doubling until the first decrease (slow start), by an
@@ -48,23 +52,39 @@ pub const TOLERANCE: f64 = 2.0;
 /// A cut for a queue keeps at least this share of the limit (a round trip
 /// inflated by a few stalled requests cuts by a quarter, not by half).
 const MIN_KEEP: f64 = 0.75;
-/// After a cut for a queue of at least [`TELLING_CUT`], a round trip that
-/// falls by less than this share in [`VERDICT_WINDOWS`] windows was not made
-/// by the queue: the shortest of them becomes the base.
+/// After cuts for a queue have brought the limit to [`TELLING_CUT`] of where
+/// they began, a round trip that has fallen by less than this share in
+/// [`VERDICT_WINDOWS`] windows was not made by the queue: the shortest of
+/// them becomes the base.
 const NOT_OURS: f64 = 0.1;
 /// How many windows a telling cut waits for the round trip to fall (a queue
 /// at a busy target drains over more than one).
 const VERDICT_WINDOWS: u32 = 3;
-/// A cut to this share of the limit or below tells whether the queue was
-/// ours (a smaller one moves the round trip too little to tell).
-const TELLING_CUT: f64 = 0.75;
+/// A window mean this many times the base says the target fell over (a
+/// full listen queue retrying connections, a server thrashing), not that a
+/// queue of requests built up: when a cut brings it down, the limit that
+/// felled it becomes a cap, as back-pressure's does.
+const FELL_OVER: f64 = 2.0 * TOLERANCE;
+/// Cuts that bring the limit to this share of where they began, in one
+/// window or several, tell whether the queue was ours. A smaller one cannot:
+/// a target that has fallen over (connections piling up in a full listen
+/// queue) can stay down at three quarters of the load that felled it.
+const TELLING_CUT: f64 = 0.5;
 /// After slow start, a window that held grows the limit by this share of it
 /// (at least one): back from a cut to the ceiling in a few windows, and past a
 /// target's threshold by little.
 const GROWTH_SHARE: usize = 8;
-/// Quiet windows at the cap (learned from back-pressure) before the limit may
-/// try one more than it.
+/// Quiet windows at the cap (learned from back-pressure or a queue) before
+/// the limit may try one more than it.
 pub const PROBE_AFTER: u32 = 16;
+/// Each probe past the cap that ends in a cut doubles the quiet windows the
+/// next one waits for, up to this many; one that holds brings them back to
+/// [`PROBE_AFTER`]. A probe that fells the target costs all its requests a
+/// stall, so one that keeps failing is tried less and less often.
+const PROBE_AFTER_MAX: u32 = 16 * PROBE_AFTER;
+/// How much faster than the limit's steady pace requests may leave (see
+/// [`Controller::spacing`]).
+const PACING_HEADROOM: f64 = 2.0;
 /// The limit a controller starts at (when the ceiling allows).
 pub const INITIAL: usize = 4;
 
@@ -131,13 +151,16 @@ impl Trips {
     }
 }
 
-/// A telling cut waiting to see whether the round trip falls.
+/// Cuts for a queue waiting to see whether the round trip falls.
 #[derive(Clone, Copy, Debug)]
 struct Verdict {
-    /// The mean round trip of the window that made the cut.
+    /// The mean round trip of the window that made the first cut.
     cut_at: f64,
-    /// Judged windows since, and the shortest mean among them.
+    /// The limit before the first cut.
+    from: usize,
+    /// Judged windows since the limit reached [`TELLING_CUT`] of `from`.
     windows: u32,
+    /// The shortest window mean since the first cut.
     shortest: f64,
 }
 
@@ -174,6 +197,10 @@ pub struct Controller {
     /// `quiet_at_cap` reaches [`PROBE_AFTER`].
     cap: usize,
     quiet_at_cap: u32,
+    /// Quiet windows the next probe waits for.
+    probe_after: u32,
+    /// The cap was last moved by a probe, which no cut has answered yet.
+    probing: bool,
     /// The smoothed round trip, seconds: the windows' length.
     smoothed: Option<f64>,
     /// The shortest window mean round trip, seconds (see the module's
@@ -198,6 +225,8 @@ impl Controller {
             slow_start: true,
             cap: ceiling,
             quiet_at_cap: 0,
+            probe_after: PROBE_AFTER,
+            probing: false,
             smoothed: None,
             base: None,
             verdict: None,
@@ -211,6 +240,19 @@ impl Controller {
 
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// The least time between two requests' departures: the limit's worth
+    /// over half the base round trip, twice the pace the limit sustains
+    /// against an unloaded target. Answers that come back together (after a
+    /// stall, or when the limit grows) would otherwise send their
+    /// successors in one burst of new connections, which is what overflows
+    /// a small listen queue. None until a round trip is known.
+    pub fn spacing(&self) -> Option<Duration> {
+        let base = self.base?;
+        Some(Duration::from_secs_f64(
+            (base / PACING_HEADROOM / self.limit as f64).clamp(0.0, 0.1),
+        ))
     }
 
     /// Forgets the limits recorded so far (what was learned stays).
@@ -295,12 +337,18 @@ impl Controller {
         self.smoothed = Some(self.smoothed.map_or(mean, |s| s + ALPHA * (mean - s)));
         let mut base = self.base.map_or(mean, |b| b.min(mean));
         if let Some(v) = &mut self.verdict {
+            v.shortest = v.shortest.min(mean);
             if mean < v.cut_at * (1.0 - NOT_OURS) {
-                // It fell: the queue was ours.
+                // It fell: the queue was ours. If the target had fallen
+                // over, the limit that felled it is one to climb back to
+                // slowly, as after back-pressure.
+                let (made_it, fell_over) = (v.from, v.cut_at > FELL_OVER * base);
                 self.verdict = None;
-            } else {
+                if fell_over {
+                    self.cap_below(made_it);
+                }
+            } else if self.limit as f64 <= v.from as f64 * TELLING_CUT {
                 v.windows += 1;
-                v.shortest = v.shortest.min(mean);
                 if v.windows < VERDICT_WINDOWS {
                     self.base = Some(base);
                     return Judged::Wait;
@@ -309,6 +357,7 @@ impl Controller {
                 base = base.max(v.shortest);
                 self.verdict = None;
             }
+            // Else not cut far enough to tell: judged as any window.
         }
         self.base = Some(base);
         // (A hair over exactly the tolerance is not past it.)
@@ -326,28 +375,31 @@ impl Controller {
         let judged = mean.map(|m| self.learn(m));
         let (to, why) = if window.back_pressure {
             self.slow_start = false;
-            self.cap = from.saturating_sub(1).max(1);
-            self.quiet_at_cap = 0;
+            self.cap_below(from);
             ((from / 2).max(1), Why::BackPressure)
         } else if let (Some(Judged::Queue(keep)), Some(mean)) = (judged, mean) {
             self.slow_start = false;
-            if keep <= TELLING_CUT {
-                self.verdict = Some(Verdict {
-                    cut_at: mean,
-                    windows: 0,
-                    shortest: mean,
-                });
-            }
+            self.verdict.get_or_insert(Verdict {
+                cut_at: mean,
+                from,
+                windows: 0,
+                shortest: mean,
+            });
             (((from as f64 * keep).floor() as usize).max(1), Why::Latency)
         } else if judged == Some(Judged::Wait) {
             return None;
         } else if window.saturated && window.at_limit.count > 0 {
             if from >= self.cap {
                 self.quiet_at_cap += 1;
-                if self.quiet_at_cap < PROBE_AFTER {
+                if self.quiet_at_cap < self.probe_after {
                     return None;
                 }
+                if self.probing {
+                    // The last probe held.
+                    self.probe_after = PROBE_AFTER;
+                }
                 self.quiet_at_cap = 0;
+                self.probing = true;
                 self.cap = (self.cap + 1).min(self.ceiling);
             }
             let grown = if self.slow_start {
@@ -360,6 +412,16 @@ impl Controller {
             return None;
         };
         (to != from).then_some(Change { from, to, why })
+    }
+
+    /// The limit `made_it` made the target push back or queue: the limit
+    /// climbs back to one less, no further, until a probe.
+    fn cap_below(&mut self, made_it: usize) {
+        self.cap = made_it.saturating_sub(1).max(1);
+        self.quiet_at_cap = 0;
+        if std::mem::take(&mut self.probing) {
+            self.probe_after = (self.probe_after * 2).min(PROBE_AFTER_MAX);
+        }
     }
 
     fn moved(&mut self, change: Change) {
@@ -561,11 +623,13 @@ mod tests {
         let mut c = Controller::new(32);
         rounds(&mut c, &mut t, 6, 100 * MS, usize::MAX);
         assert_eq!(c.limit(), 32);
-        // The path gets five times slower, whatever the limit: one cut, by a
-        // quarter, then the limit grows again at the new round trip.
+        // The path gets five times slower, whatever the limit: cuts by a
+        // quarter until the limit is half of where they began (32, 24, 18,
+        // 13), three windows there, then the limit grows again at the new
+        // round trip.
         let limits = rounds(&mut c, &mut t, 60, 500 * MS, usize::MAX);
-        assert_eq!(limits.iter().min(), Some(&24), "{limits:?}");
-        assert_eq!(c.record().decreases, 1, "{limits:?}");
+        assert_eq!(limits.iter().min(), Some(&13), "{limits:?}");
+        assert_eq!(c.record().decreases, 3, "{limits:?}");
         assert_eq!(c.limit(), 32, "{limits:?}");
     }
 
@@ -612,6 +676,20 @@ mod tests {
         assert!(rate >= 0.6 * best, "{rate:.1} requests/s, best {best}");
         assert!(rate >= 4.0 * at_the_ceiling, "{rate:.1} requests/s");
         assert!(highest <= 12, "{highest}");
+    }
+
+    #[test]
+    fn a_collapse_a_quarter_cut_does_not_relieve_is_not_taken_for_a_slower_path() {
+        // 100 ms away and fine up to 18 in flight; past that, connections
+        // pile up in a full listen queue and every request waits 2 s for its
+        // retried SYN. A cut from 32 by a quarter (24) leaves it collapsed;
+        // taking that for a slower path made 2 s the base, and the limit
+        // climbed back into the collapse.
+        let rtt = |limit: usize| if limit > 18 { 2000 * MS } else { 100 * MS };
+        let (rate, highest) = pace_against(rtt, 300, 200);
+        let best = 18.0 / 0.1;
+        assert!(rate >= 0.6 * best, "{rate:.1} requests/s, best {best}");
+        assert!(highest <= 21, "{highest}");
     }
 
     #[test]

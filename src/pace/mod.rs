@@ -29,6 +29,8 @@ pub struct Pace {
 struct State {
     controller: Controller,
     in_flight: usize,
+    /// When the last place was given out (or is due to leave).
+    last_release: Option<Instant>,
 }
 
 impl Pace {
@@ -38,6 +40,7 @@ impl Pace {
             state: Mutex::new(State {
                 controller: Controller::new(ceiling),
                 in_flight: 0,
+                last_release: None,
             }),
             freed: tokio::sync::Notify::new(),
         }
@@ -70,17 +73,32 @@ impl Pace {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            {
+            let taken = {
                 let mut state = self.state();
-                if state.in_flight < state.controller.limit() {
+                (state.in_flight < state.controller.limit()).then(|| {
                     state.in_flight += 1;
-                    let under = state.controller.limit();
-                    return Permit {
-                        pace: self,
-                        sent: Instant::now(),
-                        under,
+                    let now = Instant::now();
+                    let release = match (state.last_release, state.controller.spacing()) {
+                        (Some(last), Some(spacing)) => now.max(last + spacing),
+                        _ => now,
                     };
+                    state.last_release = Some(release);
+                    (state.controller.limit(), release)
+                })
+            };
+            if let Some((under, release)) = taken {
+                // The place is held from here (a cancelled wait frees it),
+                // and its request leaves spaced from the one before.
+                let mut permit = Permit {
+                    pace: self,
+                    sent: release,
+                    under,
+                };
+                if release > Instant::now() {
+                    tokio::time::sleep_until(release.into()).await;
                 }
+                permit.sent = Instant::now();
+                return permit;
             }
             freed.await;
         }
@@ -152,6 +170,48 @@ mod tests {
         drop(held.pop());
         let entered = tokio::time::timeout(Duration::from_secs(5), pace.enter()).await;
         assert!(entered.is_ok(), "the freed place was not taken");
+    }
+
+    /// Requests one at a time, each answered after `rtt`: the controller
+    /// learns its base round trip without growing (never saturated).
+    async fn learn_round_trip(pace: &Pace, rtt: Duration, n: usize) {
+        for _ in 0..n {
+            let mut permit = pace.enter().await;
+            permit.sending();
+            tokio::time::sleep(rtt).await;
+            permit.answered(Answer::Held);
+        }
+    }
+
+    #[tokio::test]
+    async fn places_given_out_together_leave_spaced_by_the_base_round_trip() {
+        let pace = Pace::new(32);
+        learn_round_trip(&pace, Duration::from_millis(40), 6).await;
+        let spacing = pace.state().controller.spacing().expect("a base by now");
+        // 40 ms or a little more, over twice the limit of 4.
+        assert!(spacing >= Duration::from_millis(5), "{spacing:?}");
+        let started = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(pace.enter().await);
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= spacing * 3,
+            "four places in {took:?}, spacing {spacing:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_cancelled_while_it_waits_to_leave_frees_its_place() {
+        let pace = Pace::new(32);
+        learn_round_trip(&pace, Duration::from_millis(400), 3).await;
+        let first = pace.enter().await;
+        // The next one waits its spacing (400 ms ÷ 8): cancelled meanwhile.
+        let waited = tokio::time::timeout(Duration::from_millis(1), pace.enter()).await;
+        assert!(waited.is_err(), "it should have waited to leave");
+        drop(first);
+        assert_eq!(pace.state().in_flight, 0, "a place was kept");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
