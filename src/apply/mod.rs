@@ -47,6 +47,10 @@ const FAILURE_BUDGET_MIN_OPS: u64 = 20;
 /// Operations marked started at a time (one journal write), per concurrency
 /// slot: few writes, and a crash costs few lookups on resume.
 const START_WINDOW_PER_SLOT: usize = 16;
+/// The most operations marked started at a time, whatever the concurrency:
+/// a run killed at 32 in flight leaves at most this many creates (and those
+/// in flight) to look up on resume, not 32 × 16.
+const START_WINDOW_MAX: usize = 128;
 
 /// Why the executor stopped before the end of the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -406,11 +410,11 @@ impl<T: Target> Executor<'_, T> {
     }
 
     /// Operations marked started at a time: [`START_WINDOW_PER_SLOT`] per
-    /// request the target lets in flight.
+    /// request the target lets in flight, at most [`START_WINDOW_MAX`].
     fn window(&self) -> usize {
         let slots = self.concurrency.max(1);
         let in_flight = self.target.in_flight_limit().unwrap_or(slots);
-        in_flight.clamp(1, slots) * START_WINDOW_PER_SLOT
+        (in_flight.clamp(1, slots) * START_WINDOW_PER_SLOT).min(START_WINDOW_MAX)
     }
 
     /// A create met an existing account with its userName: adopted only when no

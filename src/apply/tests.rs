@@ -543,6 +543,26 @@ fn target_failures_still_stop_the_cycle_early() {
 }
 
 #[test]
+fn a_kill_at_32_in_flight_leaves_at_most_128_creates_marked_and_unanswered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+    let desired = crate::plan::testkit::desired(vec![], vec![]);
+    let (_, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
+    let mut executor = Executor {
+        target: MemoryTarget::default(),
+        db: &mut db,
+        state,
+        create_only: BTreeSet::new(),
+        concurrency: 32,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        progress: &NoProgress,
+    };
+    assert_eq!(executor.window(), 128, "32 slots");
+    executor.concurrency = 4;
+    assert_eq!(executor.window(), 4 * START_WINDOW_PER_SLOT, "4 slots");
+}
+
+#[test]
 fn a_slow_create_does_not_hold_back_the_creates_after_its_window() {
     // Creates are marked started window by window (concurrency × 16). The
     // first create is answered only once 45 requests were made, more than one
