@@ -510,12 +510,21 @@ mod tests {
         // read fails once every entry was seen.
         assert!(reader.convert(with_key("uid=c,dc=example", "k1")).is_none());
         assert_eq!(reader.entries(), 3);
-        let error = reader.finish().unwrap_err().to_string();
+        let error = reader.finish().unwrap_err();
+        let (text, hint) = (error.to_string(), error.hint());
         assert!(
-            error.contains(
+            text.contains(
                 "uid=c,dc=example: entryUUID k1 is also the key of entry 1 of the same search"
             ),
-            "{error}"
+            "{text}"
+        );
+        // The earlier entry is named by its place, so the hint says how to
+        // find both.
+        assert!(
+            hint.ends_with(
+                "; both entries of a shared key are found with `ldapsearch -b \"dc=example\" \"(entryUUID=k1)\" dn`"
+            ),
+            "{hint}"
         );
     }
 

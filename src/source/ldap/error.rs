@@ -227,17 +227,19 @@ impl LdapError {
             BadUsers(bad) => {
                 return format!(
                     "every user needs exactly one {} and keys must be unique; fix the entries, \
-                     or narrow user_filter to exclude them",
-                    bad.key_attribute
+                     or narrow user_filter to exclude them{}",
+                    bad.key_attribute,
+                    bad.find_duplicates()
                 )
                 .into();
             }
             BadGroups(bad) => {
                 return format!(
                     "every group needs one {} and a {}; fix the entries, or narrow \
-                     group_filter to exclude them",
+                     group_filter to exclude them{}",
                     bad.key_attribute,
-                    bad.name_attribute.as_deref().unwrap_or("name")
+                    bad.name_attribute.as_deref().unwrap_or("name"),
+                    bad.find_duplicates()
                 )
                 .into();
             }
@@ -412,6 +414,23 @@ pub struct BadEntries {
 }
 
 impl BadEntries {
+    /// How to find the entries that share the first duplicate key (the
+    /// report names the later one by its DN, the earlier by its place in the
+    /// search): the search that returns both. Empty without a duplicate.
+    fn find_duplicates(&self) -> String {
+        self.problems
+            .iter()
+            .find_map(|p| match p {
+                EntryProblem::DuplicateKey { attribute, key, .. } => Some(format!(
+                    "; both entries of a shared key are found with `ldapsearch -b \"{}\" \"({attribute}={})\" dn`",
+                    self.base,
+                    escape_filter_value(key)
+                )),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     /// The report; `what` is "users" or "groups".
     fn render(&self, what: &str) -> String {
         let listed = self.problems.iter().map(ToString::to_string);
@@ -424,6 +443,19 @@ impl BadEntries {
             self.more,
         )
     }
+}
+
+/// `value` as an LDAP filter's assertion value: `*`, `(`, `)`, `\\` and NUL
+/// escaped as `\\XX`.
+fn escape_filter_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '*' | '(' | ')' | '\\' | '\0' => out.push_str(&format!("\\{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Why `ca_file` cannot be used.
@@ -572,5 +604,16 @@ impl fmt::Display for LdapOperation {
             LdapOperation::ReadEntry { dn } => write!(f, "the read of {dn}"),
             LdapOperation::SampleSearch { base } => write!(f, "the sample search under {base}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_filter_value;
+
+    #[test]
+    fn a_filter_value_escapes_what_a_filter_gives_meaning() {
+        assert_eq!(escape_filter_value("k1"), "k1");
+        assert_eq!(escape_filter_value("a*(b)\\c"), "a\\2a\\28b\\29\\5cc");
     }
 }
