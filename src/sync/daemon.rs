@@ -7,6 +7,11 @@
 //! With `metrics_listen:` (or `--metrics-listen`) it serves `/metrics`, `/healthz` and
 //! `/readyz` on that address from the start until it stops (see `vitals`);
 //! the address is read once, at start.
+//!
+//! A config that stops parsing skips cycles until it is fixed (read again
+//! after a minute, or the schedule's period if that is shorter); the last
+//! valid config's `notify:` hears of it once, and once more when it parses
+//! again.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,15 +20,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::apply::NoProgress;
-use crate::config::{ConfigError, Schedule, Settings};
+use crate::config::{ConfigError, NotifySettings, Schedule, Settings};
 use crate::endpoint;
 use crate::model::Exit;
 
 use super::SyncOptions;
+use super::notify;
 use super::observe::{MetricsOut, MetricsRenderer, observed_sync};
 use super::vitals::{DaemonRenderer, Vitals};
 
-/// How long to wait before re-reading a config that failed to load.
+/// The longest wait before re-reading a config that failed to load.
 const RETRY_BROKEN_CONFIG: Duration = Duration::from_secs(60);
 
 /// What `idsync daemon` was asked for besides the config.
@@ -75,19 +81,33 @@ pub async fn run(
         render: options.render,
         served: server.is_some().then(|| vitals.served()),
     };
+    // Who hears that the config broke: the last valid config's notify.
+    let mut notify = settings.notify.clone();
+    let mut told_broken = false;
+    let mut retry = RETRY_BROKEN_CONFIG.min(period(&settings.schedule));
     while !shutdown.load(Ordering::SeqCst) {
         let settings = match Settings::load(path) {
             Ok(mut s) => {
                 if options.metrics_file.is_some() {
                     s.metrics_file = options.metrics_file.clone();
                 }
+                notify = s.notify.clone();
+                retry = RETRY_BROKEN_CONFIG.min(period(&s.schedule));
+                if std::mem::take(&mut told_broken) {
+                    tell(notify.as_ref(), |n| notify::config_fixed(n, path)).await;
+                }
                 s
             }
             Err(e) => {
                 tracing::error!(error = %e, "config is invalid; skipping this cycle");
                 vitals.cycle_ended(Exit::Usage, &format!("the config is invalid: {e}"));
-                vitals.waiting(RETRY_BROKEN_CONFIG, RETRY_BROKEN_CONFIG);
-                wait_for_next_cycle(RETRY_BROKEN_CONFIG, &shutdown).await;
+                if !told_broken {
+                    let error = e.to_string();
+                    told_broken =
+                        tell(notify.as_ref(), |n| notify::config_broken(n, path, &error)).await;
+                }
+                vitals.waiting(retry, retry);
+                wait_for_next_cycle(retry, &shutdown).await;
                 continue;
             }
         };
@@ -158,6 +178,22 @@ pub fn describe_schedule(s: &Schedule) -> String {
 
 /// The time between two cycles: the interval, or the gap between a cron
 /// line's next two times.
+/// Sends the alert `make` gives for the notify settings, if any; whether one
+/// was sent (a failing webhook or mail server is a warning, as for cycles).
+async fn tell(
+    settings: Option<&NotifySettings>,
+    make: impl FnOnce(&NotifySettings) -> Option<notify::Alert>,
+) -> bool {
+    let Some(settings) = settings else {
+        return false;
+    };
+    let Some(alert) = make(settings) else {
+        return false;
+    };
+    notify::send(settings, &alert).await;
+    true
+}
+
 fn period(schedule: &Schedule) -> Duration {
     match schedule {
         Schedule::Interval(d) => *d,

@@ -127,6 +127,36 @@ pub fn alert(settings: &NotifySettings, facts: &CycleFacts, config: &Path) -> Op
     Some(Alert { subject, body })
 }
 
+/// The daemon's config stopped parsing: it skips its cycles until the file
+/// is fixed, so the operator hears of it once (a `failures` event), with the
+/// error's first line. `settings` are the last valid config's.
+pub fn config_broken(settings: &NotifySettings, config: &Path, error: &str) -> Option<Alert> {
+    settings.on.contains(&NotifyEvent::Failures).then(|| {
+        let first = error.lines().next().unwrap_or_default();
+        Alert {
+            subject: format!("idsync: invalid config (exit 2) for {}", config.display()),
+            body: format!(
+                "idsync ({config}): the config is invalid, so the daemon runs no cycle until it is fixed (it reads the file again before each): {first}.\n\n\
+                 Exit code: 2\n\
+                 Hint: `idsync validate -c {config}` shows where; nothing was read or changed meanwhile\n",
+                config = config.display()
+            ),
+        }
+    })
+}
+
+/// The daemon's config parses again after [`config_broken`] was sent (a
+/// `recovered` event).
+pub fn config_fixed(settings: &NotifySettings, config: &Path) -> Option<Alert> {
+    settings.on.contains(&NotifyEvent::Recovered).then(|| Alert {
+        subject: format!("idsync: recovered (config valid) for {}", config.display()),
+        body: format!(
+            "idsync ({}): recovered: the config is valid again, and the daemon runs its cycles; the next cycle's outcome is sent as usual.\n",
+            config.display()
+        ),
+    })
+}
+
 /// An event as a subject names it.
 fn title(event: NotifyEvent) -> &'static str {
     match event {

@@ -818,6 +818,57 @@ fn a_token_in_a_systemd_credentials_folder_is_read_through_credentials_directory
 }
 
 // ---------------------------------------------------------------------------
+/// A daemon whose config stops parsing tells the last valid config's webhook
+/// once, however many cycles it skips, and once more when it parses again.
+#[test]
+fn the_daemon_tells_once_that_its_config_broke_and_once_that_it_parses_again() {
+    let server = ScimServer::start(&fresh_token("ops-daemon-config"));
+    let hook = Webhook::start(Answer::Status(200));
+    let mut ws = notifying_workspace(&server, &hook.url());
+    let good = ws.config_text() + "schedule: { interval: 1s }\n";
+    ws.raw_config = Some(good.clone());
+    let mut daemon = ws.spawn(&["daemon"]);
+    let runs = |ws: &Workspace| -> usize {
+        let status = ws.run(&["status", "--format", "json"]);
+        status.json()["runs"].as_array().map_or(0, Vec::len)
+    };
+    // A cycle of its own on the valid config first (one sync ran by hand).
+    assert!(
+        wait_until(Duration::from_secs(60), || !daemon.is_running()
+            || runs(&ws) >= 2),
+        "the daemon ran no cycle"
+    );
+    assert!(daemon.is_running(), "the daemon exited");
+
+    ws.raw_config = Some(good.clone() + "target: [\n");
+    ws.write_config();
+    let told = |needle: &str| hook.bodies().iter().filter(|b| b.contains(needle)).count();
+    let broken = "the config is invalid, so the daemon runs no cycle until it is fixed";
+    assert!(
+        wait_until(Duration::from_secs(30), || told(broken) >= 1),
+        "no message for the broken config: {:?}",
+        hook.bodies()
+    );
+    // It reads the file again every second meanwhile: still one message.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(told(broken), 1, "{:?}", hook.bodies());
+    assert!(told("idsync validate -c") == 1, "{:?}", hook.bodies());
+
+    ws.raw_config = Some(good);
+    ws.write_config();
+    assert!(
+        wait_until(Duration::from_secs(30), || told(
+            "the config is valid again"
+        ) >= 1),
+        "no message for the fixed config: {:?}",
+        hook.bodies()
+    );
+    daemon.signal("TERM");
+    let out = daemon.wait(Duration::from_secs(15));
+    assert_eq!(out.code, 0, "{}", out.dump());
+    assert_eq!(told(broken), 1, "{:?}", hook.bodies());
+}
+
 // The daemon on its own
 
 /// A daemon on a one-second interval picks up a change in the source without
