@@ -13,10 +13,13 @@
 mod controller;
 
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use controller::Controller;
 pub use controller::{Answer, Record};
+
+/// The shortest wait the gate sleeps for (tokio's timer granularity).
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
 
 /// The gate; shared by the clones of one client.
 #[derive(Debug)]
@@ -94,7 +97,9 @@ impl Pace {
                     sent: release,
                     under,
                 };
-                if release > Instant::now() {
+                // The timer's resolution is a millisecond: a shorter wait
+                // would cost up to one (a target that near needs none).
+                if release.saturating_duration_since(Instant::now()) >= TIMER_RESOLUTION {
                     tokio::time::sleep_until(release.into()).await;
                 }
                 permit.sent = Instant::now();
