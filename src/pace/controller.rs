@@ -60,11 +60,16 @@ const NOT_OURS: f64 = 0.1;
 /// How many windows a telling cut waits for the round trip to fall (a queue
 /// at a busy target drains over more than one).
 const VERDICT_WINDOWS: u32 = 3;
-/// A window mean this many times the base says the target fell over (a
+/// A window mean this many times the base (and [`FELL_OVER_BY`] over it)
+/// says the target fell over (a
 /// full listen queue retrying connections, a server thrashing), not that a
 /// queue of requests built up: when a cut brings it down, the limit that
 /// felled it becomes a cap, as back-pressure's does.
 const FELL_OVER: f64 = 2.0 * TOLERANCE;
+/// …and at least this many seconds over it: a near target's round trip of a
+/// millisecond or two is four times longer whenever this machine is busy for
+/// a moment, which says nothing about the target.
+const FELL_OVER_BY: f64 = 0.1;
 /// Cuts that bring the limit to this share of where they began, in one
 /// window or several, tell whether the queue was ours. A smaller one cannot:
 /// a target that has fallen over (connections piling up in a full listen
@@ -342,7 +347,8 @@ impl Controller {
                 // It fell: the queue was ours. If the target had fallen
                 // over, the limit that felled it is one to climb back to
                 // slowly, as after back-pressure.
-                let (made_it, fell_over) = (v.from, v.cut_at > FELL_OVER * base);
+                let fell_over = v.cut_at > FELL_OVER * base && v.cut_at - base >= FELL_OVER_BY;
+                let made_it = v.from;
                 self.verdict = None;
                 if fell_over {
                     self.cap_below(made_it);
@@ -690,6 +696,21 @@ mod tests {
         let best = 18.0 / 0.1;
         assert!(rate >= 0.6 * best, "{rate:.1} requests/s, best {best}");
         assert!(highest <= 21, "{highest}");
+    }
+
+    #[test]
+    fn a_near_targets_momentary_delay_sets_no_cap() {
+        // A millisecond away; one round takes six (this machine busy for a
+        // moment): one cut, and the limit grows straight back to the
+        // ceiling, not to a cap below it.
+        let mut t = Instant::now();
+        let mut c = Controller::new(32);
+        rounds(&mut c, &mut t, 8, MS, usize::MAX);
+        assert_eq!(c.limit(), 32);
+        rounds(&mut c, &mut t, 2, 6 * MS, usize::MAX);
+        assert_eq!(c.limit(), 24);
+        let limits = rounds(&mut c, &mut t, 12, MS, usize::MAX);
+        assert_eq!(c.limit(), 32, "{limits:?}");
     }
 
     #[test]
