@@ -23,12 +23,4 @@ case "$USERS" in '' | *[!0-9]*) echo "usage: $0 [USERS]" >&2; exit 2 ;; esac
 source "$ROOT/scripts/lib.sh"
 netns_test_env "$ROOT"
 
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -n) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'): $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-PACE_USERS="$USERS" cargo test --release --test netfaults pace::concurrency_sweep \
-    -- --ignored --test-threads=1 --nocapture >"$log" 2>&1 || {
-    cat "$log" >&2
-    exit 1
-}
-grep -oE "figure: .*" "$log"
+PACE_USERS="$USERS" netfaults_figures "figure: .*" pace::concurrency_sweep --ignored

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the project's scripts (sourced, not run).
 
 # Prints the path of the program NAME: from PATH, else from the sbin and bin
@@ -35,4 +36,24 @@ netns_test_env() {
         echo "error: scim2-server not found at $IDSYNC_SCIM2_SERVER (run scripts/test-env.sh)" >&2
         exit 1
     fi
+}
+
+# Runs the release netfaults tests FILTER (one at a time, with LIBTEST_ARGS
+# such as --ignored) after a header line naming the date, machine, commit,
+# cores and load; prints the output's lines matching the extended regex
+# PATTERN, or all of it (and exits 1) when a test fails. Call after
+# netns_test_env, from the project's root.
+#   netfaults_figures PATTERN FILTER [LIBTEST_ARGS...]
+netfaults_figures() {
+    local pattern="$1" filter="$2" log
+    shift 2
+    echo "# $(date -u +%Y-%m-%dT%H:%MZ) on $(uname -n) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'): $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    log="$(mktemp)"
+    if ! cargo test --release --test netfaults "$filter" -- "$@" --test-threads=1 --nocapture >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        exit 1
+    fi
+    grep -oE "$pattern" "$log"
+    rm -f "$log"
 }

@@ -21,13 +21,4 @@ case "$USERS" in '' | *[!0-9]*) echo "usage: $0 [USERS]" >&2; exit 2 ;; esac
 source "$ROOT/scripts/lib.sh"
 netns_test_env "$ROOT"
 
-echo "# $(date -u +%Y-%m-%d) on $(uname -n): $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
-# The figures are one test each; a failed check fails the script.
-NETFAULTS_USERS="$USERS" cargo test --release --test netfaults figures:: \
-    -- --test-threads=1 --nocapture >"$log" 2>&1 || {
-    cat "$log" >&2
-    exit 1
-}
-grep -oE "(figure|note): .*" "$log"
+NETFAULTS_USERS="$USERS" netfaults_figures "(figure|note): .*" figures::
