@@ -445,8 +445,78 @@ pub struct Mirror {
 /// old one — odds of 2^-64 — would not be saved until it changes again.)
 #[derive(Clone, Debug, Default)]
 pub struct MirrorDigest {
-    users: std::collections::HashMap<String, u64, foldhash::fast::FixedState>,
-    groups: std::collections::HashMap<String, u64, foldhash::fast::FixedState>,
+    users: Digests,
+    groups: Digests,
+}
+
+/// Objects' ids (in order, as the mirror's maps hold them) and digests: the
+/// ids in one string, so that taking and dropping the digest of 100,000 users
+/// is not 100,000 allocations, and comparing it with the mirror is one walk
+/// of two sorted lists rather than a search per object.
+#[derive(Clone, Debug, Default)]
+struct Digests {
+    ids: String,
+    /// Where each id ends in `ids`, and its object's digest.
+    entries: Vec<(usize, u64)>,
+}
+
+impl Digests {
+    fn of<V: std::hash::Hash>(objects: &BTreeMap<String, V>) -> Digests {
+        let mut ids = String::with_capacity(objects.keys().map(String::len).sum());
+        let mut entries = Vec::with_capacity(objects.len());
+        for (id, value) in objects {
+            ids.push_str(id);
+            entries.push((ids.len(), digest(value)));
+        }
+        Digests { ids, entries }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        let mut start = 0;
+        self.entries.iter().map(move |&(end, digest)| {
+            let id = &self.ids[start..end];
+            start = end;
+            (id, digest)
+        })
+    }
+
+    /// How `now` differs from the objects digested: one walk of both, each
+    /// in id order.
+    fn diff<'a, V: std::hash::Hash>(&'a self, now: &'a BTreeMap<String, V>) -> MirrorDiff<'a, V> {
+        use std::cmp::Ordering;
+        let mut diff = MirrorDiff {
+            removed: Vec::new(),
+            changed: Vec::new(),
+        };
+        let mut old = self.iter().peekable();
+        for (id, value) in now {
+            while let Some((gone, _)) = old.next_if(|(o, _)| *o < id.as_str()) {
+                diff.removed.push(gone);
+            }
+            let same = match old.peek() {
+                Some(&(o, d)) if o.cmp(id) == Ordering::Equal => {
+                    old.next();
+                    d == digest(value)
+                }
+                _ => false,
+            };
+            if !same {
+                diff.changed.push((id, value));
+            }
+        }
+        diff.removed.extend(old.map(|(gone, _)| gone));
+        diff
+    }
+}
+
+/// What changed in one of a mirror's maps since its digest was taken, in id
+/// order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorDiff<'a, V> {
+    /// Objects that were there and are gone.
+    pub removed: Vec<&'a str>,
+    /// Objects that are new, or changed.
+    pub changed: Vec<(&'a str, &'a V)>,
 }
 
 /// One fixed seed, so digests taken at load and at save time agree.
@@ -461,43 +531,19 @@ impl MirrorDigest {
     /// The digest of `mirror`'s objects.
     pub fn of(mirror: &Mirror) -> MirrorDigest {
         MirrorDigest {
-            users: mirror
-                .users
-                .iter()
-                .map(|(id, props)| (id.clone(), digest(props)))
-                .collect(),
-            groups: mirror
-                .groups
-                .iter()
-                .map(|(id, g)| (id.clone(), digest(g)))
-                .collect(),
+            users: Digests::of(&mirror.users),
+            groups: Digests::of(&mirror.groups),
         }
     }
 
-    /// Users that were there and are gone from `now`.
-    pub fn removed_users<'a>(&'a self, now: &'a Mirror) -> impl Iterator<Item = &'a str> {
-        self.users
-            .keys()
-            .filter(|id| !now.users.contains_key(*id))
-            .map(String::as_str)
+    /// The users removed from, added to or changed in `now` since the digest.
+    pub fn users<'a>(&'a self, now: &'a Mirror) -> MirrorDiff<'a, MirrorProps> {
+        self.users.diff(&now.users)
     }
 
-    /// Groups that were there and are gone from `now`.
-    pub fn removed_groups<'a>(&'a self, now: &'a Mirror) -> impl Iterator<Item = &'a str> {
-        self.groups
-            .keys()
-            .filter(|id| !now.groups.contains_key(*id))
-            .map(String::as_str)
-    }
-
-    /// Whether the user `id` holds `props` as it did at load.
-    pub fn user_unchanged(&self, id: &str, props: &MirrorProps) -> bool {
-        self.users.get(id) == Some(&digest(props))
-    }
-
-    /// Whether the group `id` is as it was at load.
-    pub fn group_unchanged(&self, id: &str, group: &MirrorGroup) -> bool {
-        self.groups.get(id) == Some(&digest(group))
+    /// The groups removed from, added to or changed in `now` since the digest.
+    pub fn groups<'a>(&'a self, now: &'a Mirror) -> MirrorDiff<'a, MirrorGroup> {
+        self.groups.diff(&now.groups)
     }
 }
 
@@ -544,6 +590,52 @@ mod tests {
             .filter(|(_, v)| !v.is_empty())
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect()
+    }
+
+    proptest! {
+        /// The walk of the digest and the mirror finds exactly the users and
+        /// groups that a lookup of each one finds: gone, new or changed.
+        #[test]
+        fn the_digest_finds_what_changed_as_a_lookup_of_each_object_does(
+            before in prop::collection::btree_map("[a-c]{0,3}", 0u8..3, 0..12),
+            after in prop::collection::btree_map("[a-c]{0,3}", 0u8..3, 0..12),
+        ) {
+            let mirror = |objects: &BTreeMap<String, u8>| {
+                let mut m = Mirror::default();
+                for (id, v) in objects {
+                    let value = v.to_string();
+                    m.users.insert(id.clone(), [("mail", vec![value.as_str()])].into());
+                    m.groups.insert(id.clone(), MirrorGroup {
+                        display_name: Some(value.clone()),
+                        members: BTreeSet::new(),
+                    });
+                }
+                m
+            };
+            let (old, now) = (mirror(&before), mirror(&after));
+            let digest = MirrorDigest::of(&old);
+            let removed: Vec<&str> = before
+                .keys()
+                .filter(|id| !after.contains_key(*id))
+                .map(String::as_str)
+                .collect();
+            let changed: Vec<&str> = after
+                .iter()
+                .filter(|(id, v)| before.get(*id) != Some(v))
+                .map(|(id, _)| id.as_str())
+                .collect();
+            let users = digest.users(&now);
+            prop_assert_eq!(&users.removed, &removed);
+            let ids: Vec<&str> = users.changed.iter().map(|(id, _)| *id).collect();
+            prop_assert_eq!(&ids, &changed);
+            prop_assert!(users.changed.iter().all(|(id, p)| now.users.get(*id) == Some(*p)));
+            let groups = digest.groups(&now);
+            prop_assert_eq!(&groups.removed, &removed);
+            let ids: Vec<&str> = groups.changed.iter().map(|(id, _)| *id).collect();
+            prop_assert_eq!(&ids, &changed);
+            let unchanged = digest.users(&old);
+            prop_assert!(unchanged.removed.is_empty() && unchanged.changed.is_empty());
+        }
     }
 
     proptest! {

@@ -127,10 +127,11 @@ impl StateDb {
         let err = |e| sqlite(&path, e);
         let tx = self.conn.transaction().map_err(err)?;
         {
+            let users = old.users(new);
             let mut delete = tx
                 .prepare_cached("DELETE FROM mirror_users WHERE id = ?1")
                 .map_err(err)?;
-            for id in old.removed_users(new) {
+            for id in users.removed {
                 delete.execute([id]).map_err(err)?;
             }
             let mut upsert = tx
@@ -139,17 +140,16 @@ impl StateDb {
                      ON CONFLICT (id) DO UPDATE SET props = excluded.props",
                 )
                 .map_err(err)?;
-            for (id, props) in &new.users {
-                if !old.user_unchanged(id, props) {
-                    upsert
-                        .execute(params![id, props.as_framed()])
-                        .map_err(err)?;
-                }
+            for (id, props) in users.changed {
+                upsert
+                    .execute(params![id, props.as_framed()])
+                    .map_err(err)?;
             }
+            let groups = old.groups(new);
             let mut delete = tx
                 .prepare_cached("DELETE FROM mirror_groups WHERE id = ?1")
                 .map_err(err)?;
-            for id in old.removed_groups(new) {
+            for id in groups.removed {
                 delete.execute([id]).map_err(err)?;
             }
             let mut upsert = tx
@@ -159,13 +159,11 @@ impl StateDb {
                      members = excluded.members",
                 )
                 .map_err(err)?;
-            for (id, group) in &new.groups {
-                if !old.group_unchanged(id, group) {
-                    let json = serde_json::to_string(&group.members).expect("strings serialize");
-                    upsert
-                        .execute(params![id, group.display_name, json])
-                        .map_err(err)?;
-                }
+            for (id, group) in groups.changed {
+                let json = serde_json::to_string(&group.members).expect("strings serialize");
+                upsert
+                    .execute(params![id, group.display_name, json])
+                    .map_err(err)?;
             }
             tx.execute("DELETE FROM mirror_meta", []).map_err(err)?;
             let mut meta = tx
