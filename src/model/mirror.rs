@@ -190,6 +190,14 @@ const MAX_LEN_DIGITS: usize = 5;
 fn checked_framed<'a>(text: &'a str, at: &mut usize) -> Result<&'a str, String> {
     let bytes = text.as_bytes();
     let start = *at;
+    // Most lengths are under 64: one byte, the length itself. `get` checks
+    // the end is within the text and on a character boundary.
+    if let Some(&len) = bytes.get(start).filter(|&&b| b < 0x40)
+        && let Some(framed) = text.get(start + 1..start + 1 + usize::from(len))
+    {
+        *at = start + 1 + usize::from(len);
+        return Ok(framed);
+    }
     let bad = |what: &str| format!("the length at byte {start} {what}");
     let mut len = 0usize;
     let mut digits = 0;
