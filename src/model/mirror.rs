@@ -428,6 +428,41 @@ pub struct MirrorGroup {
     pub members: BTreeSet<String>,
 }
 
+impl MirrorGroup {
+    /// The members as the state DB stores them (schema version 10 on): each
+    /// id framed as a property's value is (its length, then the id), in
+    /// order.
+    pub fn framed_members(&self) -> String {
+        let mut text = String::with_capacity(self.members.iter().map(|m| m.len() + 2).sum());
+        for member in &self.members {
+            push_len(&mut text, member.len());
+            text.push_str(member);
+        }
+        text
+    }
+
+    /// Reads members written by [`MirrorGroup::framed_members`]. The row
+    /// comes from a file, so it is checked as a user's row is: every length
+    /// within the text, on a character boundary and written as idsync writes
+    /// it, and the ids in strictly ascending order (a set, as written).
+    /// Anything else is an error saying where.
+    pub fn members_from_framed(text: &str) -> Result<BTreeSet<String>, String> {
+        let mut at = 0;
+        let mut members: Vec<String> = Vec::new();
+        while at < text.len() {
+            let member = checked_framed(text, &mut at)?;
+            if let Some(last) = members.last().filter(|l| l.as_str() >= member) {
+                return Err(format!(
+                    "member {member:?} comes after {last:?}: members are out of order or repeated"
+                ));
+            }
+            members.push(member.to_string());
+        }
+        // In order: the set is built without a search per member.
+        Ok(members.into_iter().collect())
+    }
+}
+
 /// Everything kept between cycles for an incremental source.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mirror {
@@ -716,6 +751,22 @@ mod tests {
                 let _ = props.attrs("u-1");
                 prop_assert_eq!(props.len(), props.properties().count());
             }
+        }
+
+        #[test]
+        fn any_members_text_reads_as_a_set_or_as_an_error_never_a_panic(text in "(.|[\\x00-\\x7f]){0,40}") {
+            if let Ok(members) = MirrorGroup::members_from_framed(&text) {
+                // What reads is as idsync writes it: the same text again.
+                let group = MirrorGroup { display_name: None, members };
+                prop_assert_eq!(group.framed_members(), text);
+            }
+        }
+
+        #[test]
+        fn members_read_back_as_written(members in prop::collection::btree_set(".{0,70}", 0..8)) {
+            let group = MirrorGroup { display_name: None, members };
+            let read = MirrorGroup::members_from_framed(&group.framed_members()).unwrap();
+            prop_assert_eq!(read, group.members);
         }
     }
 

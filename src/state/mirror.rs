@@ -33,10 +33,11 @@ impl StateDb {
             return Ok(mirror);
         }
         // A read-only command reads an older file as it is: JSON rows.
-        let framed = tx
+        let version = tx
             .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-            .map_err(err)?
-            >= schema::FRAMED_MIRROR;
+            .map_err(err)?;
+        let framed = version >= schema::FRAMED_MIRROR;
+        let framed_members = version >= schema::FRAMED_MEMBERS;
         let corrupt = |what: String| StateError::Corrupt {
             path: path.clone(),
             message: what,
@@ -100,12 +101,20 @@ impl StateDb {
             while let Some(row) = rows.next().map_err(err)? {
                 let id: String = row.get(0).map_err(err)?;
                 let display_name: Option<String> = row.get(1).map_err(err)?;
-                let json: String = row.get(2).map_err(err)?;
-                // Written in order: collected as a list, the set is built
-                // without a search per member.
-                let members: Vec<String> = serde_json::from_str(&json)
+                let text = row.get_ref(2).map_err(err)?;
+                let text = text
+                    .as_str()
                     .map_err(|e| corrupt(format!("mirror group {id:?}: {e}")))?;
-                let members = members.into_iter().collect();
+                let members = if framed_members {
+                    MirrorGroup::members_from_framed(text)
+                } else {
+                    // Written in order: collected as a list, the set is built
+                    // without a search per member.
+                    serde_json::from_str::<Vec<String>>(text)
+                        .map(|members| members.into_iter().collect())
+                        .map_err(|e| e.to_string())
+                };
+                let members = members.map_err(|e| corrupt(format!("mirror group {id:?}: {e}")))?;
                 mirror.groups.insert(
                     id,
                     MirrorGroup {
@@ -160,9 +169,8 @@ impl StateDb {
                 )
                 .map_err(err)?;
             for (id, group) in groups.changed {
-                let json = serde_json::to_string(&group.members).expect("strings serialize");
                 upsert
-                    .execute(params![id, group.display_name, json])
+                    .execute(params![id, group.display_name, group.framed_members()])
                     .map_err(err)?;
             }
             tx.execute("DELETE FROM mirror_meta", []).map_err(err)?;
@@ -227,6 +235,14 @@ mod tests {
             [("mail", vec!["a@x"]), ("displayName", vec!["Zoë \"Z\""])].into(),
         );
         m.users.insert("u2".into(), MirrorProps::new());
+        m.groups.insert(
+            "g1".into(),
+            MirrorGroup {
+                display_name: Some("Eng".into()),
+                members: ["u1".to_string(), "u2".to_string(), "Zoë".to_string()].into(),
+            },
+        );
+        m.groups.insert("g2".into(), MirrorGroup::default());
         m.users_link = Some("https://g/v1.0/users/delta?$deltatoken=a".into());
         m
     }
@@ -242,8 +258,32 @@ mod tests {
         (path, m)
     }
 
-    /// The DB at `path` as idsync 8 left it: the mirror's user rows in JSON.
+    /// The DB at `path` as idsync 9 left it: the mirror's group members in
+    /// JSON lists.
+    fn back_to_version_9(path: &std::path::Path) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let rows: Vec<(String, String)> = conn
+            .prepare("SELECT id, members FROM mirror_groups")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (id, framed) in rows {
+            let members = MirrorGroup::members_from_framed(&framed).unwrap();
+            conn.execute(
+                "UPDATE mirror_groups SET members = ?2 WHERE id = ?1",
+                params![id, serde_json::to_string(&members).unwrap()],
+            )
+            .unwrap();
+        }
+        conn.pragma_update(None, "user_version", 9).unwrap();
+    }
+
+    /// The DB at `path` as idsync 8 left it: the mirror's user rows (and
+    /// group members) in JSON.
     fn back_to_version_8(path: &std::path::Path) {
+        back_to_version_9(path);
         let conn = rusqlite::Connection::open(path).unwrap();
         let rows: Vec<(String, String)> = conn
             .prepare("SELECT id, props FROM mirror_users")
@@ -283,11 +323,96 @@ mod tests {
         drop(read_only);
         // A sync migrates it: every row framed, the mirror the same.
         let mut db = StateDb::open(&path).unwrap();
-        assert_eq!(db.user_version().unwrap(), schema::FRAMED_MIRROR);
+        assert_eq!(db.user_version().unwrap(), schema::SCHEMA_VERSION);
         assert_eq!(db.load_mirror().unwrap(), m);
         drop(db);
         assert_eq!(raw_props(&path, "u1"), m.users["u1"].as_framed());
         assert_eq!(raw_props(&path, "u2"), "");
+        assert_eq!(raw_members(&path, "g1"), m.groups["g1"].framed_members());
+    }
+
+    fn raw_members(path: &std::path::Path, id: &str) -> String {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row(
+            "SELECT members FROM mirror_groups WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_version_9_mirror_is_read_as_it_is_and_migrated_to_framed_members() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, m) = saved_sample(dir.path(), "s.db");
+        assert_eq!(raw_members(&path, "g1"), "\u{4}Zoë\u{2}u1\u{2}u2");
+        assert_eq!(raw_members(&path, "g2"), "");
+        back_to_version_9(&path);
+        assert_eq!(raw_members(&path, "g1"), r#"["Zoë","u1","u2"]"#);
+        // `plan` reads the older file as it is.
+        let mut read_only = StateDb::open_read_only(&path).unwrap().unwrap();
+        assert_eq!(read_only.load_mirror().unwrap(), m);
+        drop(read_only);
+        // A sync migrates it: every group's members framed, the mirror the same.
+        let mut db = StateDb::open(&path).unwrap();
+        assert_eq!(db.user_version().unwrap(), schema::FRAMED_MEMBERS);
+        assert_eq!(db.load_mirror().unwrap(), m);
+        drop(db);
+        assert_eq!(raw_members(&path, "g1"), m.groups["g1"].framed_members());
+        assert_eq!(raw_members(&path, "g2"), "");
+    }
+
+    #[test]
+    fn a_damaged_members_row_is_a_clear_error_naming_the_group_and_stops_a_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = saved_sample(dir.path(), "s.db");
+        for (row, says) in [
+            ("\u{2}u1\u{5}u2", "runs past the end of the row"),
+            ("\u{2}u2\u{2}u1", "member \"u1\" comes after \"u2\""),
+            ("\u{2}u1\u{2}u1", "out of order or repeated"),
+        ] {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute(
+                "UPDATE mirror_groups SET members = ?1 WHERE id = 'g1'",
+                [row],
+            )
+            .unwrap();
+            drop(conn);
+            let err = StateDb::open(&path).unwrap().load_mirror().unwrap_err();
+            let text = err.to_string();
+            assert!(
+                matches!(err, StateError::Corrupt { .. })
+                    && text.contains("mirror group \"g1\": ")
+                    && text.contains(says),
+                "{text}"
+            );
+            assert!(err.hint().unwrap().contains("restore a backup"));
+        }
+
+        // A version 9 row that is not a JSON list: the migration stops,
+        // nothing changed.
+        let (old, _) = saved_sample(dir.path(), "old.db");
+        back_to_version_9(&old);
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        conn.execute(
+            "UPDATE mirror_groups SET members = '[\"u1\",' WHERE id = 'g1'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let err = StateDb::open(&old).err().expect("the migration stops");
+        let text = err.to_string();
+        assert!(
+            matches!(err, StateError::Corrupt { .. })
+                && text.contains("mirror group \"g1\" (while migrating to schema version 10)"),
+            "{text}"
+        );
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 9);
+        assert_eq!(raw_members(&old, "g2"), "[]", "no row rewritten");
     }
 
     #[test]
