@@ -3,7 +3,9 @@
 //! after the cycle applied its plan. Saving writes the difference from the
 //! mirror that was loaded, so an incremental cycle writes a handful of rows.
 
-use rusqlite::{OptionalExtension, params};
+use std::collections::BTreeSet;
+
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{StateDb, StateError, schema, sqlite};
 use crate::model::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
@@ -12,6 +14,92 @@ const USERS_LINK: &str = "users_link";
 const GROUPS_LINK: &str = "groups_link";
 const SELECT_HASH: &str = "select_hash";
 const FULL_AT: &str = "full_at";
+
+/// A mirrored user's row: framed text from schema version 9 on, JSON before.
+fn user_row(text: &str, framed: bool) -> Result<MirrorProps, String> {
+    if framed {
+        MirrorProps::from_framed(text)
+    } else {
+        MirrorProps::from_json(text).map_err(|e| e.to_string())
+    }
+}
+
+/// A mirrored group's members: framed text from schema version 10 on, a JSON
+/// list before.
+fn members_row(text: &str, framed: bool) -> Result<BTreeSet<String>, String> {
+    if framed {
+        MirrorGroup::members_from_framed(text)
+    } else {
+        // Written in order: collected as a list, the set is built without a
+        // search per member.
+        serde_json::from_str::<Vec<String>>(text)
+            .map(|members| members.into_iter().collect())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Reads one row's text (framed or not) for its errors only.
+type ReadRow = fn(&str, bool) -> Result<(), String>;
+
+/// For `state check`: each mirror row (of a DB at schema `version`) that
+/// does not read as a writing run reads it, one line naming the user or
+/// group, at most `listed` and a count of the rest. Nothing when the DB has
+/// no mirror.
+pub(super) fn unreadable_rows(
+    conn: &Connection,
+    version: i64,
+    listed: usize,
+) -> rusqlite::Result<Vec<String>> {
+    let mirrored: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('mirror_users', 'mirror_groups')",
+        [],
+        |r| r.get(0),
+    )?;
+    let mut lines = Vec::new();
+    let mut more = 0usize;
+    if mirrored < 2 {
+        return Ok(lines);
+    }
+    let mut note = |line: String| {
+        if lines.len() < listed {
+            lines.push(line);
+        } else {
+            more += 1;
+        }
+    };
+    let tables: [(&str, &str, ReadRow, bool); 2] = [
+        (
+            "user",
+            "SELECT id, props FROM mirror_users",
+            |text, framed| user_row(text, framed).map(drop),
+            version >= schema::FRAMED_MIRROR,
+        ),
+        (
+            "group",
+            "SELECT id, members FROM mirror_groups",
+            |text, framed| members_row(text, framed).map(drop),
+            version >= schema::FRAMED_MEMBERS,
+        ),
+    ];
+    for (what, sql, read, framed) in tables {
+        let mut stmt = conn.prepare(sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let found = match row.get_ref(1)?.as_str() {
+                Ok(text) => read(text, framed),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = found {
+                note(format!("mirror {what} {id:?}: {e}"));
+            }
+        }
+    }
+    if more > 0 {
+        lines.push(format!("… and {more} more"));
+    }
+    Ok(lines)
+}
 
 impl StateDb {
     /// The mirror as last committed; empty when none was (or the DB predates
@@ -80,12 +168,8 @@ impl StateDb {
                 let text = text
                     .as_str()
                     .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
-                let props = if framed {
-                    MirrorProps::from_framed(text)
-                } else {
-                    MirrorProps::from_json(text).map_err(|e| e.to_string())
-                };
-                let props = props.map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
+                let props = user_row(text, framed)
+                    .map_err(|e| corrupt(format!("mirror user {id:?}: {e}")))?;
                 users.push((id, props));
             }
             // Built in one go from the rows, which come in the order written
@@ -105,16 +189,8 @@ impl StateDb {
                 let text = text
                     .as_str()
                     .map_err(|e| corrupt(format!("mirror group {id:?}: {e}")))?;
-                let members = if framed_members {
-                    MirrorGroup::members_from_framed(text)
-                } else {
-                    // Written in order: collected as a list, the set is built
-                    // without a search per member.
-                    serde_json::from_str::<Vec<String>>(text)
-                        .map(|members| members.into_iter().collect())
-                        .map_err(|e| e.to_string())
-                };
-                let members = members.map_err(|e| corrupt(format!("mirror group {id:?}: {e}")))?;
+                let members = members_row(text, framed_members)
+                    .map_err(|e| corrupt(format!("mirror group {id:?}: {e}")))?;
                 mirror.groups.insert(
                     id,
                     MirrorGroup {
@@ -360,6 +436,41 @@ mod tests {
         drop(db);
         assert_eq!(raw_members(&path, "g1"), m.groups["g1"].framed_members());
         assert_eq!(raw_members(&path, "g2"), "");
+    }
+
+    #[test]
+    fn state_check_names_each_mirror_row_that_does_not_read_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, m) = saved_sample(dir.path(), "s.db");
+        assert!(StateDb::check(&path).unwrap().is_sound());
+        // An older file's JSON rows are read as that version wrote them.
+        back_to_version_8(&path);
+        let report = StateDb::check(&path).unwrap();
+        assert!(report.is_sound(), "{report:?}");
+        let (path, _) = saved_sample(dir.path(), "damaged.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let framed = m.users["u1"].as_framed();
+        conn.execute(
+            "UPDATE mirror_users SET props = ?1 WHERE id = 'u1'",
+            [&framed[..framed.len() - 1]],
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE mirror_groups SET members = ?1 WHERE id = 'g2'",
+            ["\u{2}u2\u{2}u1"],
+        )
+        .unwrap();
+        drop(conn);
+        let report = StateDb::check(&path).unwrap();
+        let problems = report.problems.join("\n");
+        assert!(
+            problems.contains("mirror rows that read as written: mirror user \"u1\": the length at byte")
+                && problems.contains(
+                    "mirror rows that read as written: mirror group \"g2\": member \"u1\" comes after \"u2\""
+                )
+                && report.problems.len() == 2,
+            "{problems}"
+        );
     }
 
     #[test]
