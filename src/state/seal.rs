@@ -9,10 +9,11 @@
 //! cleanly — fails the comparison, and the full check runs.
 //!
 //! The file is hashed in chunks of [`CHUNK`] bytes, and the seal's hash is
-//! the hash of the chunks' hashes. A run reads and hashes the whole file once,
-//! at open (about a third of `quick_check`'s walk of every page); at close it
-//! hashes again only the chunks holding the pages its write-ahead log wrote
-//! back, and those the file grew or shrank by. Whatever the bookkeeping of
+//! the hash of the chunks' hashes. A run reads and hashes the whole file once
+//! (about a third of `quick_check`'s walk of every page): at open when a seal
+//! could stand, and then at close it hashes again only the chunks holding the
+//! pages its write-ahead log wrote back, and those the file grew or shrank
+//! by; without such a seal, at close. Whatever the bookkeeping of
 //! written pages misses — a page written outside the log, another program
 //! writing during the run — leaves a hash in the seal that the file's bytes do
 //! not match, so the next run checks in full: a slip can cost a check, never
@@ -254,8 +255,9 @@ pub(super) struct AtOpen {
     /// still stands (within [`CHECK_STANDS_SECS`] of now). `None` means: run
     /// the check.
     pub checked_at: Option<u64>,
-    /// The file's chunk hashes, for the seal at close; `None` when a log
-    /// holds writes (the file alone is not the DB) or it could not be read.
+    /// The file's chunk hashes, for the seal at close; `None` when there was
+    /// no seal that could stand (the file is then not read at open), a log
+    /// holds writes (the file alone is not the DB), or it could not be read.
     pub hashes: Option<FileHashes>,
 }
 
@@ -263,26 +265,33 @@ pub(super) struct AtOpen {
 /// it with its seal. Nothing here is an error; whatever cannot be read is
 /// unsealed.
 pub(super) fn at_open(db: &Path, now: u64) -> AtOpen {
-    if log_holds_writes(db) {
-        return AtOpen {
-            checked_at: None,
-            hashes: None,
-        };
-    }
-    let hashes = FileHashes::read(db).ok();
-    let checked_at = std::fs::read_to_string(path(db))
+    let unsealed = AtOpen {
+        checked_at: None,
+        hashes: None,
+    };
+    // Without a seal that could stand, the file is not read here: the check
+    // runs, and a run that seals hashes the whole file at close instead (a
+    // run that writes without sealing pays nothing).
+    let Some(seal) = std::fs::read_to_string(path(db))
         .ok()
         .and_then(|text| Seal::parse(&text))
         .filter(|seal| {
             now.saturating_sub(seal.checked_at) < CHECK_STANDS_SECS && seal.checked_at <= now
         })
-        .filter(|seal| {
-            hashes
-                .as_ref()
-                .is_some_and(|h| h.size == seal.size && h.root() == seal.hash)
-        })
-        .map(|seal| seal.checked_at);
-    AtOpen { checked_at, hashes }
+    else {
+        return unsealed;
+    };
+    if log_holds_writes(db) {
+        return unsealed;
+    }
+    let Ok(hashes) = FileHashes::read(db) else {
+        return unsealed;
+    };
+    let matches = hashes.size == seal.size && hashes.root() == seal.hash;
+    AtOpen {
+        checked_at: matches.then_some(seal.checked_at),
+        hashes: Some(hashes),
+    }
 }
 
 /// When `quick_check` last passed on the DB at `db`, if it is still sealed
