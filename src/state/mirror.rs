@@ -502,28 +502,41 @@ mod tests {
 
         // A version 9 row that is not a JSON list: the migration stops,
         // nothing changed.
-        let (old, _) = saved_sample(dir.path(), "old.db");
-        back_to_version_9(&old);
-        let conn = rusqlite::Connection::open(&old).unwrap();
-        conn.execute(
+        let old = assert_migration_stops(
+            dir.path(),
+            (back_to_version_9, 9),
             "UPDATE mirror_groups SET members = '[\"u1\",' WHERE id = 'g1'",
-            [],
-        )
-        .unwrap();
+            "mirror group \"g1\" (while migrating to schema version 10)",
+        );
+        assert_eq!(raw_members(&old, "g2"), "[]", "no row rewritten");
+    }
+
+    /// A sample DB set back to `version` by `back`, then changed by `sql`:
+    /// the migration stops with an error that `says` so, and the file keeps
+    /// its version. Its path, to look at its rows.
+    fn assert_migration_stops(
+        dir: &std::path::Path,
+        (back, version): (fn(&std::path::Path), i64),
+        sql: &str,
+        says: &str,
+    ) -> std::path::PathBuf {
+        let (old, _) = saved_sample(dir, "old.db");
+        back(&old);
+        let conn = rusqlite::Connection::open(&old).unwrap();
+        conn.execute(sql, []).unwrap();
         drop(conn);
         let err = StateDb::open(&old).err().expect("the migration stops");
         let text = err.to_string();
         assert!(
-            matches!(err, StateError::Corrupt { .. })
-                && text.contains("mirror group \"g1\" (while migrating to schema version 10)"),
+            matches!(err, StateError::Corrupt { .. }) && text.contains(says),
             "{text}"
         );
         let conn = rusqlite::Connection::open(&old).unwrap();
-        let version: i64 = conn
+        let found: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 9);
-        assert_eq!(raw_members(&old, "g2"), "[]", "no row rewritten");
+        assert_eq!(found, version);
+        old
     }
 
     #[test]
@@ -549,27 +562,12 @@ mod tests {
         assert!(err.hint().unwrap().contains("restore a backup"));
 
         // A version 8 row that is not JSON: the migration stops, nothing changed.
-        let (old, _) = saved_sample(dir.path(), "old.db");
-        back_to_version_8(&old);
-        let conn = rusqlite::Connection::open(&old).unwrap();
-        conn.execute(
+        let old = assert_migration_stops(
+            dir.path(),
+            (back_to_version_8, 8),
             "UPDATE mirror_users SET props = '{\"mail\":' WHERE id = 'u1'",
-            [],
-        )
-        .unwrap();
-        drop(conn);
-        let err = StateDb::open(&old).err().expect("the migration stops");
-        let text = err.to_string();
-        assert!(
-            matches!(err, StateError::Corrupt { .. })
-                && text.contains("mirror user \"u1\" (while migrating to schema version 9)"),
-            "{text}"
+            "mirror user \"u1\" (while migrating to schema version 9)",
         );
-        let conn = rusqlite::Connection::open(&old).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, 8);
         assert_eq!(raw_props(&old, "u2"), "{}", "no row rewritten");
     }
 }

@@ -215,26 +215,16 @@ impl StateDb {
 /// the migration's transaction. A row that is not the JSON idsync wrote
 /// stops the migration (nothing is changed) with the user named.
 fn frame_mirror_rows(tx: &Transaction<'_>, path: &Path) -> Result<(), StateError> {
-    let err = |e| sqlite(path, e);
-    let mut read = tx
-        .prepare("SELECT id, props FROM mirror_users")
-        .map_err(err)?;
-    let mut write = tx
-        .prepare("UPDATE mirror_users SET props = ?2 WHERE id = ?1")
-        .map_err(err)?;
-    let mut rows = read.query([]).map_err(err)?;
-    while let Some(row) = rows.next().map_err(err)? {
-        let id: String = row.get(0).map_err(err)?;
-        let json: String = row.get(1).map_err(err)?;
-        let props = MirrorProps::from_json(&json).map_err(|e| StateError::Corrupt {
-            path: path.to_path_buf(),
-            message: format!(
-                "mirror user {id:?} (while migrating to schema version {FRAMED_MIRROR}): {e}"
-            ),
-        })?;
-        write.execute(params![id, props.as_framed()]).map_err(err)?;
-    }
-    Ok(())
+    rewrite_rows(
+        tx,
+        path,
+        ("user", "mirror_users", "props", FRAMED_MIRROR),
+        |json| {
+            MirrorProps::from_json(json)
+                .map(|props| props.as_framed().to_string())
+                .map_err(|e| e.to_string())
+        },
+    )
 }
 
 /// Migration 10: each mirrored group's JSON list of members rewritten as
@@ -242,31 +232,51 @@ fn frame_mirror_rows(tx: &Transaction<'_>, path: &Path) -> Result<(), StateError
 /// list of strings stops the migration (nothing is changed) with the group
 /// named.
 fn frame_group_members(tx: &Transaction<'_>, path: &Path) -> Result<(), StateError> {
+    rewrite_rows(
+        tx,
+        path,
+        ("group", "mirror_groups", "members", FRAMED_MEMBERS),
+        |json| {
+            serde_json::from_str(json)
+                .map(|members| {
+                    MirrorGroup {
+                        display_name: None,
+                        members,
+                    }
+                    .framed_members()
+                })
+                .map_err(|e| e.to_string())
+        },
+    )
+}
+
+/// Rewrites `column` of every row of a mirror `table` (keyed by `id`) with
+/// `convert`; the first row it refuses stops the migration to `version`,
+/// naming the `what` (user or group) by its id.
+fn rewrite_rows(
+    tx: &Transaction<'_>,
+    path: &Path,
+    (what, table, column, version): (&str, &str, &str, i64),
+    convert: impl Fn(&str) -> Result<String, String>,
+) -> Result<(), StateError> {
     let err = |e| sqlite(path, e);
     let mut read = tx
-        .prepare("SELECT id, members FROM mirror_groups")
+        .prepare(&format!("SELECT id, {column} FROM {table}"))
         .map_err(err)?;
     let mut write = tx
-        .prepare("UPDATE mirror_groups SET members = ?2 WHERE id = ?1")
+        .prepare(&format!("UPDATE {table} SET {column} = ?2 WHERE id = ?1"))
         .map_err(err)?;
     let mut rows = read.query([]).map_err(err)?;
     while let Some(row) = rows.next().map_err(err)? {
         let id: String = row.get(0).map_err(err)?;
-        let json: String = row.get(1).map_err(err)?;
-        let group = serde_json::from_str(&json)
-            .map(|members| MirrorGroup {
-                display_name: None,
-                members,
-            })
-            .map_err(|e| StateError::Corrupt {
-                path: path.to_path_buf(),
-                message: format!(
-                    "mirror group {id:?} (while migrating to schema version {FRAMED_MEMBERS}): {e}"
-                ),
-            })?;
-        write
-            .execute(params![id, group.framed_members()])
-            .map_err(err)?;
+        let old: String = row.get(1).map_err(err)?;
+        let new = convert(&old).map_err(|e| StateError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "mirror {what} {id:?} (while migrating to schema version {version}): {e}"
+            ),
+        })?;
+        write.execute(params![id, new]).map_err(err)?;
     }
     Ok(())
 }
