@@ -10,7 +10,7 @@
 //!
 //! The file is hashed in chunks of [`CHUNK`] bytes, and the seal's hash is
 //! the hash of the chunks' hashes. A run reads and hashes the whole file once
-//! (about a third of `quick_check`'s walk of every page): at open when a seal
+//! (a fraction of `quick_check`'s walk of every page): at open when a seal
 //! could stand, and then at close it hashes again only the chunks holding the
 //! pages its write-ahead log wrote back, and those the file grew or shrank
 //! by; without such a seal, at close. Whatever the bookkeeping of
