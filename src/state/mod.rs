@@ -355,7 +355,7 @@ impl Drop for StateDb {
         let known = self
             .hashes_at_open
             .take()
-            .zip(seal::written_chunks(&self.path));
+            .and_then(|hashes| Some((hashes, seal::written_chunks(&self.path)?)));
         let conn = std::mem::replace(&mut self.conn, spare);
         if let Err((_, e)) = conn.close() {
             tracing::debug!(error = %e, "state DB not closed cleanly; not sealed");
