@@ -229,7 +229,7 @@ pub(super) fn written_chunks(db: &Path) -> Option<Vec<usize>> {
             break;
         }
         let page = be32(&frame_header, 0) as usize;
-        let start = page.checked_sub(1)? * page_size;
+        let start = page.checked_sub(1)?.checked_mul(page_size)?;
         chunks.extend(start / CHUNK..=(start + page_size - 1) / CHUNK);
         at += frame;
     }
