@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::model::{
-    GroupKey, GroupName, Mirror, MirrorProps, OpKind, Origin, Ownership, ScimId, SourceAttrs,
-    SourceDirectory, SourceGroup, SourceKey, SourceUser, State, StateGroup, StateUser, Status,
-    UserAttr, UserAttrs, UserName,
+    GroupKey, GroupName, Mirror, MirrorGroup, MirrorProps, OpKind, Origin, Ownership, ScimId,
+    SourceAttrs, SourceDirectory, SourceGroup, SourceKey, SourceUser, State, StateGroup, StateUser,
+    Status, UserAttr, UserAttrs, UserName,
 };
 use crate::plan::Plan;
 use crate::plan::audit::{Audit, ForeignMember, Orphan, Stale, UnmanagedGroup};
@@ -240,11 +240,23 @@ pub fn graph(data: &[u8]) {
 /// `mirror_row`: a state DB row of a mirrored user (`mirror_users.props`,
 /// framed text), which a writing run reads back from the file. Read as the
 /// load reads it; what reads is used as a cycle uses it, and must be the text
-/// idsync would write for the same properties.
+/// idsync would write for the same properties. The same text is read as a
+/// group's members row (`mirror_groups.members`) too.
 pub fn mirror_row(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    if let Ok(members) = MirrorGroup::members_from_framed(text) {
+        let group = MirrorGroup {
+            display_name: None,
+            members,
+        };
+        assert_eq!(
+            group.framed_members(),
+            text,
+            "members read as idsync writes them"
+        );
+    }
     let Ok(mut props) = MirrorProps::from_framed(text) else {
         return;
     };

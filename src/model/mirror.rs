@@ -190,6 +190,14 @@ const MAX_LEN_DIGITS: usize = 5;
 fn checked_framed<'a>(text: &'a str, at: &mut usize) -> Result<&'a str, String> {
     let bytes = text.as_bytes();
     let start = *at;
+    // Most lengths are under 64: one byte, the length itself. `get` checks
+    // the end is within the text and on a character boundary.
+    if let Some(&len) = bytes.get(start).filter(|&&b| b < 0x40)
+        && let Some(framed) = text.get(start + 1..start + 1 + usize::from(len))
+    {
+        *at = start + 1 + usize::from(len);
+        return Ok(framed);
+    }
     let bad = |what: &str| format!("the length at byte {start} {what}");
     let mut len = 0usize;
     let mut digits = 0;
@@ -420,6 +428,41 @@ pub struct MirrorGroup {
     pub members: BTreeSet<String>,
 }
 
+impl MirrorGroup {
+    /// The members as the state DB stores them (schema version 10 on): each
+    /// id framed as a property's value is (its length, then the id), in
+    /// order.
+    pub fn framed_members(&self) -> String {
+        let mut text = String::with_capacity(self.members.iter().map(|m| m.len() + 2).sum());
+        for member in &self.members {
+            push_len(&mut text, member.len());
+            text.push_str(member);
+        }
+        text
+    }
+
+    /// Reads members written by [`MirrorGroup::framed_members`]. The row
+    /// comes from a file, so it is checked as a user's row is: every length
+    /// within the text, on a character boundary and written as idsync writes
+    /// it, and the ids in strictly ascending order (a set, as written).
+    /// Anything else is an error saying where.
+    pub fn members_from_framed(text: &str) -> Result<BTreeSet<String>, String> {
+        let mut at = 0;
+        let mut members: Vec<String> = Vec::new();
+        while at < text.len() {
+            let member = checked_framed(text, &mut at)?;
+            if let Some(last) = members.last().filter(|l| l.as_str() >= member) {
+                return Err(format!(
+                    "member {member:?} comes after {last:?}: members are out of order or repeated"
+                ));
+            }
+            members.push(member.to_string());
+        }
+        // In order: the set is built without a search per member.
+        Ok(members.into_iter().collect())
+    }
+}
+
 /// Everything kept between cycles for an incremental source.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Mirror {
@@ -445,8 +488,78 @@ pub struct Mirror {
 /// old one — odds of 2^-64 — would not be saved until it changes again.)
 #[derive(Clone, Debug, Default)]
 pub struct MirrorDigest {
-    users: std::collections::HashMap<String, u64, foldhash::fast::FixedState>,
-    groups: std::collections::HashMap<String, u64, foldhash::fast::FixedState>,
+    users: Digests,
+    groups: Digests,
+}
+
+/// Objects' ids (in order, as the mirror's maps hold them) and digests: the
+/// ids in one string, so that taking and dropping the digest of 100,000 users
+/// is not 100,000 allocations, and comparing it with the mirror is one walk
+/// of two sorted lists rather than a search per object.
+#[derive(Clone, Debug, Default)]
+struct Digests {
+    ids: String,
+    /// Where each id ends in `ids`, and its object's digest.
+    entries: Vec<(usize, u64)>,
+}
+
+impl Digests {
+    fn of<V: std::hash::Hash>(objects: &BTreeMap<String, V>) -> Digests {
+        let mut ids = String::with_capacity(objects.keys().map(String::len).sum());
+        let mut entries = Vec::with_capacity(objects.len());
+        for (id, value) in objects {
+            ids.push_str(id);
+            entries.push((ids.len(), digest(value)));
+        }
+        Digests { ids, entries }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        let mut start = 0;
+        self.entries.iter().map(move |&(end, digest)| {
+            let id = &self.ids[start..end];
+            start = end;
+            (id, digest)
+        })
+    }
+
+    /// How `now` differs from the objects digested: one walk of both, each
+    /// in id order.
+    fn diff<'a, V: std::hash::Hash>(&'a self, now: &'a BTreeMap<String, V>) -> MirrorDiff<'a, V> {
+        use std::cmp::Ordering;
+        let mut diff = MirrorDiff {
+            removed: Vec::new(),
+            changed: Vec::new(),
+        };
+        let mut old = self.iter().peekable();
+        for (id, value) in now {
+            while let Some((gone, _)) = old.next_if(|(o, _)| *o < id.as_str()) {
+                diff.removed.push(gone);
+            }
+            let same = match old.peek() {
+                Some(&(o, d)) if o.cmp(id) == Ordering::Equal => {
+                    old.next();
+                    d == digest(value)
+                }
+                _ => false,
+            };
+            if !same {
+                diff.changed.push((id, value));
+            }
+        }
+        diff.removed.extend(old.map(|(gone, _)| gone));
+        diff
+    }
+}
+
+/// What changed in one of a mirror's maps since its digest was taken, in id
+/// order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MirrorDiff<'a, V> {
+    /// Objects that were there and are gone.
+    pub removed: Vec<&'a str>,
+    /// Objects that are new, or changed.
+    pub changed: Vec<(&'a str, &'a V)>,
 }
 
 /// One fixed seed, so digests taken at load and at save time agree.
@@ -461,43 +574,19 @@ impl MirrorDigest {
     /// The digest of `mirror`'s objects.
     pub fn of(mirror: &Mirror) -> MirrorDigest {
         MirrorDigest {
-            users: mirror
-                .users
-                .iter()
-                .map(|(id, props)| (id.clone(), digest(props)))
-                .collect(),
-            groups: mirror
-                .groups
-                .iter()
-                .map(|(id, g)| (id.clone(), digest(g)))
-                .collect(),
+            users: Digests::of(&mirror.users),
+            groups: Digests::of(&mirror.groups),
         }
     }
 
-    /// Users that were there and are gone from `now`.
-    pub fn removed_users<'a>(&'a self, now: &'a Mirror) -> impl Iterator<Item = &'a str> {
-        self.users
-            .keys()
-            .filter(|id| !now.users.contains_key(*id))
-            .map(String::as_str)
+    /// The users removed from, added to or changed in `now` since the digest.
+    pub fn users<'a>(&'a self, now: &'a Mirror) -> MirrorDiff<'a, MirrorProps> {
+        self.users.diff(&now.users)
     }
 
-    /// Groups that were there and are gone from `now`.
-    pub fn removed_groups<'a>(&'a self, now: &'a Mirror) -> impl Iterator<Item = &'a str> {
-        self.groups
-            .keys()
-            .filter(|id| !now.groups.contains_key(*id))
-            .map(String::as_str)
-    }
-
-    /// Whether the user `id` holds `props` as it did at load.
-    pub fn user_unchanged(&self, id: &str, props: &MirrorProps) -> bool {
-        self.users.get(id) == Some(&digest(props))
-    }
-
-    /// Whether the group `id` is as it was at load.
-    pub fn group_unchanged(&self, id: &str, group: &MirrorGroup) -> bool {
-        self.groups.get(id) == Some(&digest(group))
+    /// The groups removed from, added to or changed in `now` since the digest.
+    pub fn groups<'a>(&'a self, now: &'a Mirror) -> MirrorDiff<'a, MirrorGroup> {
+        self.groups.diff(&now.groups)
     }
 }
 
@@ -544,6 +633,52 @@ mod tests {
             .filter(|(_, v)| !v.is_empty())
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect()
+    }
+
+    proptest! {
+        /// The walk of the digest and the mirror finds exactly the users and
+        /// groups that a lookup of each one finds: gone, new or changed.
+        #[test]
+        fn the_digest_finds_what_changed_as_a_lookup_of_each_object_does(
+            before in prop::collection::btree_map("[a-c]{0,3}", 0u8..3, 0..12),
+            after in prop::collection::btree_map("[a-c]{0,3}", 0u8..3, 0..12),
+        ) {
+            let mirror = |objects: &BTreeMap<String, u8>| {
+                let mut m = Mirror::default();
+                for (id, v) in objects {
+                    let value = v.to_string();
+                    m.users.insert(id.clone(), [("mail", vec![value.as_str()])].into());
+                    m.groups.insert(id.clone(), MirrorGroup {
+                        display_name: Some(value.clone()),
+                        members: BTreeSet::new(),
+                    });
+                }
+                m
+            };
+            let (old, now) = (mirror(&before), mirror(&after));
+            let digest = MirrorDigest::of(&old);
+            let removed: Vec<&str> = before
+                .keys()
+                .filter(|id| !after.contains_key(*id))
+                .map(String::as_str)
+                .collect();
+            let changed: Vec<&str> = after
+                .iter()
+                .filter(|(id, v)| before.get(*id) != Some(v))
+                .map(|(id, _)| id.as_str())
+                .collect();
+            let users = digest.users(&now);
+            prop_assert_eq!(&users.removed, &removed);
+            let ids: Vec<&str> = users.changed.iter().map(|(id, _)| *id).collect();
+            prop_assert_eq!(&ids, &changed);
+            prop_assert!(users.changed.iter().all(|(id, p)| now.users.get(*id) == Some(*p)));
+            let groups = digest.groups(&now);
+            prop_assert_eq!(&groups.removed, &removed);
+            let ids: Vec<&str> = groups.changed.iter().map(|(id, _)| *id).collect();
+            prop_assert_eq!(&ids, &changed);
+            let unchanged = digest.users(&old);
+            prop_assert!(unchanged.removed.is_empty() && unchanged.changed.is_empty());
+        }
     }
 
     proptest! {
@@ -616,6 +751,22 @@ mod tests {
                 let _ = props.attrs("u-1");
                 prop_assert_eq!(props.len(), props.properties().count());
             }
+        }
+
+        #[test]
+        fn any_members_text_reads_as_a_set_or_as_an_error_never_a_panic(text in "(.|[\\x00-\\x7f]){0,40}") {
+            if let Ok(members) = MirrorGroup::members_from_framed(&text) {
+                // What reads is as idsync writes it: the same text again.
+                let group = MirrorGroup { display_name: None, members };
+                prop_assert_eq!(group.framed_members(), text);
+            }
+        }
+
+        #[test]
+        fn members_read_back_as_written(members in prop::collection::btree_set(".{0,70}", 0..8)) {
+            let group = MirrorGroup { display_name: None, members };
+            let read = MirrorGroup::members_from_framed(&group.framed_members()).unwrap();
+            prop_assert_eq!(read, group.members);
         }
     }
 

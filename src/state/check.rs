@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{StateDb, StateError, files, schema, sqlite, sqlite_check};
+use super::{StateDb, StateError, files, mirror, schema, sqlite, sqlite_check};
 
 /// Lines of one SQLite check (or one invariant) listed before the rest are
 /// counted.
@@ -208,6 +208,11 @@ fn check_open(conn: &Connection, path: &Path, report: &mut CheckReport) -> rusql
         for breach in listed(conn, sql)? {
             report.problems.push(format!("{name}: {breach}"));
         }
+    }
+    for breach in mirror::unreadable_rows(conn, version, LISTED)? {
+        report
+            .problems
+            .push(format!("mirror rows that read as written: {breach}"));
     }
     facts(
         conn,

@@ -162,6 +162,9 @@ pub struct StateDb {
     checked_at: u64,
     /// Set when the run ended cleanly: the file is sealed as it is closed.
     seal_on_close: bool,
+    /// The file's chunk hashes, taken before SQLite opened it: the seal at
+    /// close hashes again only what the run wrote.
+    hashes_at_open: Option<seal::FileHashes>,
 }
 
 impl StateDb {
@@ -178,7 +181,7 @@ impl StateDb {
         files::check_wal(path)?;
         // Hashed before SQLite opens it, and compared with the seal the last
         // clean close left.
-        let sealed = seal::still_sealed(path, seal::now_secs());
+        let opened = seal::at_open(path, seal::now_secs());
         // Made owner-only before SQLite opens it: SQLite gives the `-wal` and
         // `-shm` files it creates the DB file's permissions.
         create_private(path, false).map_err(|e| io(path, e))?;
@@ -189,12 +192,13 @@ impl StateDb {
             _lock: Some(lock),
             checked_at: seal::now_secs(),
             seal_on_close: false,
+            hashes_at_open: opened.hashes,
         };
         // Read before anything is set: a file a newer idsync wrote is left
         // exactly as it is.
         db.refuse_too_new()?;
         db.configure()?;
-        match sealed {
+        match opened.checked_at {
             Some(checked_at) => {
                 tracing::debug!(path = %path.display(), "the state DB is as the last run sealed it; quick_check not repeated");
                 db.checked_at = checked_at;
@@ -234,6 +238,7 @@ impl StateDb {
             _lock: None,
             checked_at: 0,
             seal_on_close: false,
+            hashes_at_open: None,
         };
         let version = db.refuse_too_new()?;
         // The schema is read whatever the version says: a file cut short
@@ -345,12 +350,18 @@ impl Drop for StateDb {
         let Ok(spare) = Connection::open_in_memory() else {
             return;
         };
+        // The pages the run wrote, listed by the log before the close copies
+        // them into the file and removes it.
+        let known = self
+            .hashes_at_open
+            .take()
+            .and_then(|hashes| Some((hashes, seal::written_chunks(&self.path)?)));
         let conn = std::mem::replace(&mut self.conn, spare);
         if let Err((_, e)) = conn.close() {
             tracing::debug!(error = %e, "state DB not closed cleanly; not sealed");
             return;
         }
-        match seal::seal(&self.path, self.checked_at) {
+        match seal::seal(&self.path, self.checked_at, known) {
             Ok(sealed) => tracing::debug!(sealed, "state DB closed"),
             Err(e) => {
                 tracing::debug!(error = %e, "state DB not sealed; the next run checks it in full")

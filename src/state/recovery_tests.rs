@@ -127,6 +127,104 @@ fn a_sealed_db_as_it_was_closed_is_not_checked_again_until_a_day_has_passed() {
     assert!(db.checked_at > day_ago, "checked again");
 }
 
+/// Dates the check the seal of the DB at `path` records `secs` seconds ago,
+/// so that an open which trusts the seal shows it by carrying that time.
+fn date_check(path: &Path, secs: u64) -> u64 {
+    let at = seal::now_secs() - secs;
+    let text = std::fs::read_to_string(seal::path(path)).unwrap();
+    let (head, _) = text.split_once("checked_at ").unwrap();
+    std::fs::write(seal::path(path), format!("{head}checked_at {at}\n")).unwrap();
+    at
+}
+
+/// One user put by a run on the open DB.
+fn put_one(db: &mut StateDb, i: usize) {
+    let change = StateChange::PutUser {
+        key: SourceKey::new(format!("late{i}")),
+        user: user(&format!("late-{i}"), &format!("late{i}@example.com")),
+    };
+    db.commit_changes(&[change]).unwrap();
+}
+
+#[test]
+fn a_run_that_writes_a_few_pages_seals_the_file_from_the_chunks_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = closed_db(dir.path(), 3000);
+    let chunks = std::fs::metadata(&path).unwrap().len() as usize / seal::CHUNK;
+    assert!(chunks > 8, "{chunks} chunks");
+    let hour_ago = date_check(&path, 3600);
+    let mut db = StateDb::open(&path).unwrap();
+    assert_eq!(db.checked_at, hour_ago, "sealed");
+    put_one(&mut db, 1);
+    let written = seal::written_chunks(&path).expect("the log lists what the run wrote");
+    assert!(
+        !written.is_empty() && written.len() < chunks / 2,
+        "{written:?} of {chunks}"
+    );
+    db.seal_on_close();
+    drop(db);
+    // The seal is that of every byte, as a hash of the whole file gives it.
+    let whole = seal::FileHashes::read(&path).unwrap();
+    let text = std::fs::read_to_string(seal::path(&path)).unwrap();
+    assert!(
+        text.contains(&blake3::Hash::from_bytes(whole.root()).to_hex().to_string()),
+        "{text}"
+    );
+    let mut db = StateDb::open(&path).unwrap();
+    assert_eq!(db.checked_at, hour_ago, "still sealed: no quick_check");
+    assert_eq!(db.load().unwrap().users.len(), 3001);
+}
+
+#[test]
+fn a_log_that_started_over_during_the_run_is_sealed_from_the_whole_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = closed_db(dir.path(), 500);
+    let hour_ago = date_check(&path, 3600);
+    let mut db = StateDb::open(&path).unwrap();
+    put_one(&mut db, 1);
+    assert!(seal::written_chunks(&path).is_some());
+    // Copied into the file, the log starts over at the next write: the pages
+    // written before are no longer listed.
+    db.conn
+        .query_row("PRAGMA wal_checkpoint", [], |_| Ok(()))
+        .unwrap();
+    put_one(&mut db, 2);
+    assert_eq!(seal::written_chunks(&path), None, "the log started over");
+    db.seal_on_close();
+    drop(db);
+    let mut db = StateDb::open(&path).unwrap();
+    assert_eq!(db.checked_at, hour_ago, "sealed from the whole file");
+    assert_eq!(db.load().unwrap().users.len(), 502);
+}
+
+#[test]
+fn a_byte_changed_by_another_hand_during_a_run_is_not_sealed_as_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = closed_db(dir.path(), 3000);
+    let hour_ago = date_check(&path, 3600);
+    let mut db = StateDb::open(&path).unwrap();
+    put_one(&mut db, 1);
+    let written = seal::written_chunks(&path).unwrap();
+    let untouched = (1..)
+        .find(|i| !written.contains(i))
+        .expect("a chunk the run did not write");
+    // One bit, in a chunk the run does not write, while the run holds the DB.
+    let at = untouched * seal::CHUNK + 100;
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    db.seal_on_close();
+    drop(db);
+    // The seal holds the chunk as it was at open: the next run checks.
+    match StateDb::open(&path) {
+        Ok(db) => assert!(
+            db.checked_at > hour_ago,
+            "the flipped bit was sealed as good"
+        ),
+        Err(err) => assert_damaged(&err, &path),
+    }
+}
+
 /// Asserts `err` is a damaged file named by `path`, with advice to restore a
 /// backup or start again with `--full`.
 fn assert_damaged(err: &StateError, path: &Path) {

@@ -7,10 +7,10 @@ use std::path::Path;
 use rusqlite::{Transaction, params};
 
 use super::{StateDb, StateError, backup, sqlite};
-use crate::model::MirrorProps;
+use crate::model::{MirrorGroup, MirrorProps};
 
 /// The version this idsync writes.
-pub(super) const SCHEMA_VERSION: i64 = 9;
+pub(super) const SCHEMA_VERSION: i64 = 10;
 /// The oldest version a read-only open understands without migrating (every
 /// migration since only removed what no reader uses, or changed how a row is
 /// written in a way readers tell by the version: see [`FRAMED_MIRROR`]).
@@ -166,11 +166,19 @@ CREATE TABLE target_notes (
     // object: read back with a check of the framing instead of a parse, and
     // a smaller file. The rows are rewritten in Rust (`frame_mirror_rows`).
     "",
+    // 10: a mirrored group's members are stored framed as well (each id's
+    // length, then the id, in order) instead of a JSON list, read back with
+    // a check of the framing instead of a parse. Rewritten in Rust
+    // (`frame_group_members`).
+    "",
 ];
 
 /// The version from which `mirror_users.props` holds framed text (before:
 /// JSON).
 pub(super) const FRAMED_MIRROR: i64 = 9;
+/// The version from which `mirror_groups.members` holds framed text (before:
+/// a JSON list).
+pub(super) const FRAMED_MEMBERS: i64 = 10;
 
 impl StateDb {
     pub(super) fn migrate(&mut self) -> Result<(), StateError> {
@@ -192,6 +200,9 @@ impl StateDb {
             if i + 1 == FRAMED_MIRROR as usize {
                 frame_mirror_rows(&tx, &path)?;
             }
+            if i + 1 == FRAMED_MEMBERS as usize {
+                frame_group_members(&tx, &path)?;
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(|e| sqlite(&path, e))?;
             tx.commit().map_err(|e| sqlite(&path, e))?;
@@ -204,24 +215,68 @@ impl StateDb {
 /// the migration's transaction. A row that is not the JSON idsync wrote
 /// stops the migration (nothing is changed) with the user named.
 fn frame_mirror_rows(tx: &Transaction<'_>, path: &Path) -> Result<(), StateError> {
+    rewrite_rows(
+        tx,
+        path,
+        ("user", "mirror_users", "props", FRAMED_MIRROR),
+        |json| {
+            MirrorProps::from_json(json)
+                .map(|props| props.as_framed().to_string())
+                .map_err(|e| e.to_string())
+        },
+    )
+}
+
+/// Migration 10: each mirrored group's JSON list of members rewritten as
+/// framed text, in the migration's transaction. A row that is not a JSON
+/// list of strings stops the migration (nothing is changed) with the group
+/// named.
+fn frame_group_members(tx: &Transaction<'_>, path: &Path) -> Result<(), StateError> {
+    rewrite_rows(
+        tx,
+        path,
+        ("group", "mirror_groups", "members", FRAMED_MEMBERS),
+        |json| {
+            serde_json::from_str(json)
+                .map(|members| {
+                    MirrorGroup {
+                        display_name: None,
+                        members,
+                    }
+                    .framed_members()
+                })
+                .map_err(|e| e.to_string())
+        },
+    )
+}
+
+/// Rewrites `column` of every row of a mirror `table` (keyed by `id`) with
+/// `convert`; the first row it refuses stops the migration to `version`,
+/// naming the `what` (user or group) by its id.
+fn rewrite_rows(
+    tx: &Transaction<'_>,
+    path: &Path,
+    (what, table, column, version): (&str, &str, &str, i64),
+    convert: impl Fn(&str) -> Result<String, String>,
+) -> Result<(), StateError> {
     let err = |e| sqlite(path, e);
     let mut read = tx
-        .prepare("SELECT id, props FROM mirror_users")
+        .prepare(&format!("SELECT id, {column} FROM {table}"))
         .map_err(err)?;
     let mut write = tx
-        .prepare("UPDATE mirror_users SET props = ?2 WHERE id = ?1")
+        .prepare(&format!("UPDATE {table} SET {column} = ?2 WHERE id = ?1"))
         .map_err(err)?;
     let mut rows = read.query([]).map_err(err)?;
     while let Some(row) = rows.next().map_err(err)? {
         let id: String = row.get(0).map_err(err)?;
-        let json: String = row.get(1).map_err(err)?;
-        let props = MirrorProps::from_json(&json).map_err(|e| StateError::Corrupt {
+        let old: String = row.get(1).map_err(err)?;
+        let new = convert(&old).map_err(|e| StateError::Corrupt {
             path: path.to_path_buf(),
             message: format!(
-                "mirror user {id:?} (while migrating to schema version {FRAMED_MIRROR}): {e}"
+                "mirror {what} {id:?} (while migrating to schema version {version}): {e}"
             ),
         })?;
-        write.execute(params![id, props.as_framed()]).map_err(err)?;
+        write.execute(params![id, new]).map_err(err)?;
     }
     Ok(())
 }

@@ -141,13 +141,21 @@ pub fn apply_groups(
 /// flattened to users through nested groups. Member ids that are neither a
 /// user nor a group of the mirror (devices, out-of-scope objects) are counted.
 pub fn directory(mirror: &Mirror) -> SourceDirectory {
+    // The origin's text is built in one buffer and copied once, into its
+    // shared string; the key is copied from the id (no clone in between).
+    let mut origin = String::new();
     let users: Vec<SourceUser> = mirror
         .users
         .iter()
-        .map(|(id, props)| SourceUser {
-            key: SourceKey::new(id.clone()),
-            origin: Origin::new(["Entra user ", id].concat()),
-            attrs: props.attrs(id),
+        .map(|(id, props)| {
+            origin.clear();
+            origin.push_str("Entra user ");
+            origin.push_str(id);
+            SourceUser {
+                key: SourceKey::new(id),
+                origin: Origin::new(origin.as_str()),
+                attrs: props.attrs(id),
+            }
         })
         .collect();
     let user_index: FastMap<&str, usize> = mirror
@@ -206,7 +214,7 @@ pub fn directory(mirror: &Mirror) -> SourceDirectory {
                 keys(&direct)
             });
             Some(SourceGroup {
-                key: GroupKey::new(id.clone()),
+                key: GroupKey::new(id),
                 name,
                 origin: Origin::new(format!("Entra group {id}")),
                 members: keys(&members),
