@@ -34,7 +34,13 @@ pub fn plan(input: &PlanningInput) -> Plan {
         .copied()
         .collect();
 
-    let (mut ops, mut skipped, mut warnings) = diff_state(desired, state, policy, &skip);
+    // The hash check's positions index the state as loaded, not a reconciled one.
+    let positions: &[u32] = if reconciled.is_some() {
+        &[]
+    } else {
+        &input.positions
+    };
+    let (mut ops, mut skipped, mut warnings) = diff_state(desired, state, positions, policy, &skip);
     let managed_users = state.managed_users() as u64;
     let managed_memberships = state.managed_memberships() as u64;
     let mut observed = Vec::new();
@@ -134,10 +140,12 @@ pub fn fingerprint(
 }
 
 /// The operations (sorted), the operations their switched-off action holds
-/// back (sorted), and the warnings that take `state` to `desired`.
+/// back (sorted), and the warnings that take `state` to `desired`; `positions`
+/// are where the desired users sit in `state` as far as known (may be empty).
 fn diff_state(
     desired: &Desired,
     state: &State,
+    positions: &[u32],
     policy: &Policy,
     skip: &BTreeSet<UserAttr>,
 ) -> (Vec<Operation>, Vec<Skipped>, Vec<String>) {
@@ -153,9 +161,9 @@ fn diff_state(
     // that user below), so it also tells which live users the source still has.
     let mut present = Present::new(state, desired.users.len());
 
-    for d in &desired.users {
-        let (position, live) = match state.users.get_full(&d.key) {
-            Some((i, _, s)) => (Some(i), Some(s).filter(|s| s.status != Status::Removed)),
+    for (n, d) in desired.users.iter().enumerate() {
+        let (position, live) = match state_user(state, positions, n, &d.key) {
+            Some((i, s)) => (Some(i), Some(s).filter(|s| s.status != Status::Removed)),
             None => (None, None),
         };
         if let Some(domain) = unverified_domain(d, &policy.verified_domains) {
@@ -276,6 +284,26 @@ fn diff_state(
         ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     }
     (ops, skipped, warnings)
+}
+
+/// The state's record of the `n`th desired user (`key`) and its position:
+/// at the position the attribute hash check found when the key there is
+/// still `key` (a comparison instead of a hash look-up), else looked up.
+fn state_user<'s>(
+    state: &'s State,
+    positions: &[u32],
+    n: usize,
+    key: &SourceKey,
+) -> Option<(usize, &'s StateUser)> {
+    let hinted = positions.get(n).and_then(|&i| {
+        let i = i as usize;
+        state
+            .users
+            .get_index(i)
+            .filter(|(k, _)| *k == key)
+            .map(|(_, s)| (i, s))
+    });
+    hinted.or_else(|| state.users.get_full(key).map(|(i, _, s)| (i, s)))
 }
 
 /// Users that will exist in the target once the user phases ran: those the

@@ -1281,3 +1281,50 @@ proptest! {
         prop_assert_eq!(p.summary.clone(), super::Summary::of(&p.operations));
     }
 }
+
+#[test]
+fn stale_or_missing_state_positions_do_not_change_the_plan() {
+    let (a, b, c, d) = (
+        person("1", "a@x.com", "Eng"),
+        person("2", "b@x.com", "Eng"),
+        person("3", "c@x.com", "Eng"),
+        person("4", "d@x.com", "Eng"),
+    );
+    let mut state = state_of(&[
+        (&d, Status::Active),
+        (&b, Status::Disabled),
+        (&a, Status::Active),
+    ]);
+    state.users.insert(
+        SourceKey::new("9"),
+        pushed(&person("9", "z@x.com", "Eng"), Status::Active),
+    );
+    let now = desired(
+        vec![a, b.clone(), c, person("4", "d@x.com", "Lead")],
+        vec![],
+    );
+    let policy = Policy::default();
+    let mut input = input(&now, &state, &policy);
+    assert_eq!(input.positions, [2, 1, u32::MAX, 0]);
+    let expected = super::plan(&input);
+    assert_eq!(
+        names(&expected),
+        [
+            "create_user 3",
+            "enable_user 2",
+            "update_user 4",
+            "disable_user 9"
+        ]
+    );
+    for positions in [
+        vec![],
+        vec![0, 0, 0, 0],
+        vec![3, 2, 1, 0],
+        vec![u32::MAX; 4],
+    ] {
+        input.positions = positions;
+        let plan = super::plan(&input);
+        assert_eq!(plan.operations, expected.operations);
+        assert_eq!(plan.fingerprint, expected.fingerprint);
+    }
+}
