@@ -1032,6 +1032,72 @@ fn groups_sharing_a_display_name_are_held_and_users_still_map() {
     assert!(reason.contains("sAMAccountName"), "{reason}");
 }
 
+/// A directory in key order large enough for the userName check to run on a
+/// thread of its own reports the same errors, in the same order, as a small
+/// one: userNames first (in source order), then keys; and its groups are built.
+#[test]
+fn a_large_sorted_directory_checks_user_names_beside_the_groups_with_the_same_errors() {
+    let m = compile("users:\n  attributes:\n    userName: { from: email }\n");
+    let build = |count: usize| {
+        let mut users: Vec<SourceUser> = (0..count)
+            .map(|i| {
+                let email = match i {
+                    10 | 40 => "same@example.com".to_string(),
+                    _ => format!("u{i}@example.com"),
+                };
+                user(&format!("k{i:06}"), i + 2, &[("email", &email)])
+            })
+            .collect();
+        // A repeated key, next to the first so the order stays sorted.
+        users.insert(
+            21,
+            user("k000020", 9999999, &[("email", "other@example.com")]),
+        );
+        let dir = SourceDirectory {
+            users,
+            groups: vec![group("g", &["k000001", "k000020", "nobody"])],
+            unresolved_members: 0,
+            assignments: None,
+        };
+        m.build(dir).unwrap_err()
+    };
+    let describe = |errors: Vec<RecordError>| -> Vec<String> {
+        errors
+            .iter()
+            .map(|e| e.to_string().lines().next().unwrap_or_default().to_string())
+            .collect()
+    };
+    let large = describe(build(PARALLEL_MIN + 10));
+    assert_eq!(large, describe(build(100)));
+    assert_eq!(large.len(), 2, "{large:?}");
+    assert!(
+        large[0].contains("\"k000040\"") && large[0].contains("same@example.com"),
+        "{large:?}"
+    );
+    assert!(large[1].contains("\"k000020\""), "{large:?}");
+
+    // Without errors, the groups are built from the large read too.
+    let users: Vec<SourceUser> = (0..PARALLEL_MIN + 10)
+        .map(|i| {
+            user(
+                &format!("k{i:06}"),
+                i + 2,
+                &[("email", &format!("u{i}@example.com"))],
+            )
+        })
+        .collect();
+    let desired = m
+        .build(SourceDirectory {
+            users,
+            groups: vec![group("g", &["k000001", "k000020", "nobody"])],
+            unresolved_members: 0,
+            assignments: None,
+        })
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(desired.groups[0].members.len(), 2);
+    assert_eq!(desired.ignored_members, 1);
+}
+
 proptest::proptest! {
     /// The sort-based check reports exactly what a map of names seen so far
     /// would: each later user against the first with the same folded name.
