@@ -218,10 +218,11 @@ fn shared_key(state: &State, key: &str) -> SourceKey {
 
 /// Two live users recorded with one SCIM id, if any: `(key, key, id)`. A sort
 /// of 64-bit digests (tens of milliseconds at a million users, against a second
-/// for the same check in SQL); a digest collision is confirmed on the ids.
+/// for the same check in SQL); a digest collision is confirmed on the ids, so
+/// the digests need not resist crafted ids and a fast hash does.
 fn shared_account(state: &State) -> Option<(String, String, String)> {
-    use std::hash::{BuildHasher, RandomState};
-    let hasher = RandomState::new();
+    use std::hash::BuildHasher;
+    let hasher = crate::model::FastHash::default();
     let mut digests: Vec<u64> = state
         .users
         .values()
