@@ -986,9 +986,10 @@ impl UserIndex {
 /// the first one that has it, in source order: the later record is the one
 /// reported. Found by sorting digests of the folded names (8 bytes a user)
 /// rather than in a hash map of names, which at a million users was one of the
-/// largest allocations of a cycle. The digests are 4 bytes (this runs beside
-/// the groups' building, whose index is held at the same time): the few
-/// names that share one by chance are told apart when compared.
+/// largest allocations of a cycle. The digests are 4 bytes (at a million
+/// users this runs beside the groups' building, and what both hold at once is
+/// the cycle's peak): the few names that share one by chance are told apart
+/// when compared.
 fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
     let hasher = FastHash::default();
     // The high half of the hash (the low bits of some hashers are weaker).
