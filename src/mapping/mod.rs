@@ -984,15 +984,15 @@ impl UserIndex {
 
 /// A user whose userName (compared folded) an earlier user already has, against
 /// the first one that has it, in source order: the later record is the one
-/// reported. Found by sorting digests of the folded names (8 bytes a user)
+/// reported. Found by sorting digests of the folded names (4 bytes a user)
 /// rather than in a hash map of names, which at a million users was one of the
-/// largest allocations of a cycle. The digests are 4 bytes (at a million
-/// users this runs beside the groups' building, and what both hold at once is
-/// the cycle's peak): the few names that share one by chance are told apart
+/// largest allocations of a cycle. Four bytes, not eight: at a million users
+/// this runs beside the groups' building, and what both hold at once is the
+/// cycle's peak; the few names that share a digest by chance are told apart
 /// when compared.
 fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
     let hasher = FastHash::default();
-    // The high half of the hash (the low bits of some hashers are weaker).
+    // The hash's high half.
     let digest = |u: &DesiredUser| (hasher.hash_one(u.user_name_ref()) >> 32) as u32;
     // The digests alone first (4 bytes a user); only the users whose digest
     // repeats are digested again, with their positions.
