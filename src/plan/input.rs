@@ -145,6 +145,10 @@ fn keys_needing_attrs(
         }
         keys
     };
+    if state.users.is_empty() {
+        // A first sync: nothing to compare, nor any position to note.
+        return (Vec::new(), Vec::new());
+    }
     let mut positions = vec![NOT_IN_STATE; desired.users.len()];
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let slices = cores.min(desired.users.len() / slice_min).max(1);
@@ -243,5 +247,8 @@ mod tests {
         assert_eq!(expected.iter().filter(|&&p| p != NOT_IN_STATE).count(), 10);
         assert_eq!(keys_needing_attrs(&now, &state, usize::MAX).1, expected);
         assert_eq!(keys_needing_attrs(&now, &state, 1).1, expected);
+        // An empty state (a first sync) notes none.
+        let none = keys_needing_attrs(&now, &State::default(), 1);
+        assert!(none.0.is_empty() && none.1.is_empty());
     }
 }
