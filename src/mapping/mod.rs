@@ -762,25 +762,10 @@ impl Mapping {
             assigned_groups,
         } = mapped;
 
-        // The userName check reads the users in source order, so it runs
-        // first when they still need sorting; when they came in key order (as
-        // most exports do), on a core of its own beside the groups' building,
-        // which needs only the users as they are.
-        let sorted = users.is_sorted_by(|a, b| a.key <= b.key);
-        let parallel = sorted && users.len() >= PARALLEL_MIN;
-        if !parallel {
-            errors.extend(duplicate_user_names(&users));
-        }
-        if !sorted {
+        errors.extend(duplicate_user_names(&users));
+        if !users.is_sorted_by(|a, b| a.key <= b.key) {
             users.sort_by(|a, b| a.key.cmp(&b.key));
         }
-        let (name_errors, mut built) = std::thread::scope(|scope| {
-            let names = parallel.then(|| scope.spawn(|| duplicate_user_names(&users)));
-            let built = self.pushed_groups(&users, source_groups, assigned_groups.as_ref());
-            let names = names.map(|n| n.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-            (names.unwrap_or_default(), built)
-        });
-        errors.extend(name_errors);
         for pair in users.windows(2) {
             if pair[0].key == pair[1].key {
                 errors.push(RecordError {
@@ -793,6 +778,7 @@ impl Mapping {
             }
         }
 
+        let mut built = self.pushed_groups(&users, source_groups, assigned_groups.as_ref());
         built.ignored_members += unresolved_members;
         errors.append(&mut built.errors);
         let mut groups = built.groups;
@@ -947,10 +933,6 @@ struct PushedGroups {
     errors: Vec<RecordError>,
 }
 
-/// The fewest users for which the userName check gets a thread of its own
-/// (below this, starting one costs more than it saves).
-const PARALLEL_MIN: usize = 50_000;
-
 /// The positions of users by key, to tell whether a group member is an
 /// in-scope user. Hashing the keys once beats a binary search per member over
 /// large, pointer-heavy user records; and a table of 4-byte positions (the keys
@@ -984,21 +966,17 @@ impl UserIndex {
 
 /// A user whose userName (compared folded) an earlier user already has, against
 /// the first one that has it, in source order: the later record is the one
-/// reported. Found by sorting digests of the folded names (4 bytes a user)
+/// reported. Found by sorting digests of the folded names (8 bytes a user)
 /// rather than in a hash map of names, which at a million users was one of the
-/// largest allocations of a cycle. Four bytes, not eight: at a million users
-/// this runs beside the groups' building, and what both hold at once is the
-/// cycle's peak; the few names that share a digest by chance are told apart
-/// when compared.
+/// largest allocations of a cycle.
 fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
     let hasher = FastHash::default();
-    // The hash's high half.
-    let digest = |u: &DesiredUser| (hasher.hash_one(u.user_name_ref()) >> 32) as u32;
-    // The digests alone first (4 bytes a user); only the users whose digest
+    let digest = |u: &DesiredUser| hasher.hash_one(u.user_name_ref());
+    // The digests alone first (8 bytes a user); only the users whose digest
     // repeats are digested again, with their positions.
-    let mut all: Vec<u32> = users.iter().map(digest).collect();
+    let mut all: Vec<u64> = users.iter().map(digest).collect();
     all.sort_unstable();
-    let repeated: FastSet<u32> = all
+    let repeated: FastSet<u64> = all
         .chunk_by(|a, b| a == b)
         .filter(|run| run.len() > 1)
         .map(|run| run[0])
@@ -1007,7 +985,7 @@ fn duplicate_user_names(users: &[DesiredUser]) -> Vec<RecordError> {
     if repeated.is_empty() {
         return Vec::new();
     }
-    let mut digests: Vec<(u32, u32)> = users
+    let mut digests: Vec<(u64, u32)> = users
         .iter()
         .enumerate()
         .map(|(i, u)| (digest(u), i as u32))
