@@ -661,10 +661,6 @@ fn read_groups(
             let mut members = acc.members;
             members.sort_unstable();
             members.dedup();
-            // Grown one member at a time, a large group's list has up to
-            // half of it to spare (at a million users, megabytes held
-            // through the peak that follows the read).
-            members.shrink_to_fit();
             SourceGroup::new(
                 key,
                 acc.name,
