@@ -34,16 +34,7 @@ pub struct PlanningInput {
     pub(super) state: State,
     pub(super) target: Option<TargetSnapshot>,
     pub(super) options: PlanOptions,
-    /// Where each desired user (in order) sits in the state's users, as the
-    /// attribute hash check found it ([`NOT_IN_STATE`] when it has no record),
-    /// so the planner need not look every user up again; empty when that
-    /// check did not run (`--full`). A hint only: the planner uses a position
-    /// when the key there is the user's.
-    pub(super) positions: Vec<u32>,
 }
-
-/// A desired user's position when the state holds no record of it.
-pub(super) const NOT_IN_STATE: u32 = u32::MAX;
 
 impl PlanningInput {
     /// Gathers the input. `load_attrs` fills in the last pushed attributes of the
@@ -59,14 +50,13 @@ impl PlanningInput {
         options: PlanOptions,
         load_attrs: impl FnOnce(&mut State, &[SourceKey]) -> Result<(), E>,
     ) -> Result<PlanningInput, E> {
-        let (keys, positions) = if target.is_some() {
-            let keys = state
+        let keys = if target.is_some() {
+            state
                 .users
                 .iter()
                 .filter(|(_, u)| u.status != Status::Removed && u.attrs.is_none())
                 .map(|(k, _)| k.clone())
-                .collect();
-            (keys, Vec::new())
+                .collect()
         } else {
             keys_needing_attrs(&desired, &state, SLICE_MIN)
         };
@@ -83,7 +73,6 @@ impl PlanningInput {
             state,
             target,
             options,
-            positions,
         })
     }
 
@@ -119,57 +108,45 @@ impl PlanningInput {
 const SLICE_MIN: usize = 50_000;
 
 /// Users whose pushed attributes the planner must compare: those whose desired
-/// attributes hash differently from what was pushed; and where every desired
-/// user sits in the state (see [`PlanningInput::positions`]), found by the same
-/// look-up. A large directory is hashed in slices on every core (a million
-/// users take most of a second on one); the keys come back in the desired
-/// order either way.
-fn keys_needing_attrs(
-    desired: &Desired,
-    state: &State,
-    slice_min: usize,
-) -> (Vec<SourceKey>, Vec<u32>) {
-    let changed = |users: &[DesiredUser], positions: &mut [u32]| -> Vec<SourceKey> {
-        let mut keys = Vec::new();
-        for (d, position) in users.iter().zip(positions) {
-            let Some((i, _, s)) = state.users.get_full(&d.key) else {
-                continue;
-            };
-            *position = u32::try_from(i).unwrap_or(NOT_IN_STATE);
-            if s.status != Status::Removed
-                && s.attrs.is_none()
-                && s.hash != AttrHash::of(&d.attrs, &desired.create_only)
-            {
-                keys.push(d.key.clone());
-            }
-        }
-        keys
+/// attributes hash differently from what was pushed. A large directory is
+/// hashed in slices on every core (a million users take most of a second on
+/// one); the keys come back in the desired order either way.
+fn keys_needing_attrs(desired: &Desired, state: &State, slice_min: usize) -> Vec<SourceKey> {
+    let changed = |users: &[DesiredUser]| -> Vec<SourceKey> {
+        // In key order, so a state recorded in key order is walked.
+        let mut records = state.user_cursor();
+        users
+            .iter()
+            .filter(|d| match records.find(&d.key) {
+                Some((_, s)) if s.status != Status::Removed && s.attrs.is_none() => {
+                    s.hash != AttrHash::of(&d.attrs, &desired.create_only)
+                }
+                _ => false,
+            })
+            .map(|d| d.key.clone())
+            .collect()
     };
     if state.users.is_empty() {
-        // A first sync: nothing to compare, nor any position to note.
-        return (Vec::new(), Vec::new());
+        // A first sync: nothing to compare.
+        return Vec::new();
     }
-    let mut positions = vec![NOT_IN_STATE; desired.users.len()];
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let slices = cores.min(desired.users.len() / slice_min).max(1);
     if slices == 1 {
-        let keys = changed(&desired.users, &mut positions);
-        return (keys, positions);
+        return changed(&desired.users);
     }
     let slice_len = desired.users.len().div_ceil(slices);
-    let keys = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let workers: Vec<_> = desired
             .users
             .chunks(slice_len)
-            .zip(positions.chunks_mut(slice_len))
-            .map(|(users, positions)| scope.spawn(move || changed(users, positions)))
+            .map(|users| scope.spawn(move || changed(users)))
             .collect();
         workers
             .into_iter()
             .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
-    });
-    (keys, positions)
+    })
 }
 
 #[cfg(test)]
@@ -211,44 +188,7 @@ mod tests {
             .map(|i| SourceKey::new(format!("u{i:02}")))
             .collect();
         // One slice, and as many slices as the machine has cores.
-        assert_eq!(keys_needing_attrs(&now, &state, usize::MAX).0, expected);
-        assert_eq!(keys_needing_attrs(&now, &state, 1).0, expected);
-    }
-
-    #[test]
-    fn positions_are_each_desired_users_place_in_the_state_in_one_slice_or_many() {
-        let people: Vec<DesiredUser> = (0..30)
-            .map(|i| {
-                person(
-                    &format!("u{i:02}"),
-                    &format!("u{i}@example.com"),
-                    "Engineer",
-                )
-            })
-            .collect();
-        // The state holds every third user, in reverse order.
-        let held: Vec<(&DesiredUser, Status)> = people
-            .iter()
-            .step_by(3)
-            .rev()
-            .map(|d| (d, Status::Active))
-            .collect();
-        let state = state_of(&held);
-        let now = desired(people.clone(), Vec::new());
-        let expected: Vec<u32> = people
-            .iter()
-            .map(|d| {
-                state
-                    .users
-                    .get_index_of(&d.key)
-                    .map_or(NOT_IN_STATE, |i| i as u32)
-            })
-            .collect();
-        assert_eq!(expected.iter().filter(|&&p| p != NOT_IN_STATE).count(), 10);
-        assert_eq!(keys_needing_attrs(&now, &state, usize::MAX).1, expected);
-        assert_eq!(keys_needing_attrs(&now, &state, 1).1, expected);
-        // An empty state (a first sync) notes none.
-        let none = keys_needing_attrs(&now, &State::default(), 1);
-        assert!(none.0.is_empty() && none.1.is_empty());
+        assert_eq!(keys_needing_attrs(&now, &state, usize::MAX), expected);
+        assert_eq!(keys_needing_attrs(&now, &state, 1), expected);
     }
 }

@@ -34,13 +34,7 @@ pub fn plan(input: &PlanningInput) -> Plan {
         .copied()
         .collect();
 
-    // The hash check's positions index the state as loaded, not a reconciled one.
-    let positions: &[u32] = if reconciled.is_some() {
-        &[]
-    } else {
-        &input.positions
-    };
-    let (mut ops, mut skipped, mut warnings) = diff_state(desired, state, positions, policy, &skip);
+    let (mut ops, mut skipped, mut warnings) = diff_state(desired, state, policy, &skip);
     let managed_users = state.managed_users() as u64;
     let managed_memberships = state.managed_memberships() as u64;
     let mut observed = Vec::new();
@@ -140,12 +134,10 @@ pub fn fingerprint(
 }
 
 /// The operations (sorted), the operations their switched-off action holds
-/// back (sorted), and the warnings that take `state` to `desired`; `positions`
-/// are where the desired users sit in `state` as far as known (may be empty).
+/// back (sorted), and the warnings that take `state` to `desired`.
 fn diff_state(
     desired: &Desired,
     state: &State,
-    positions: &[u32],
     policy: &Policy,
     skip: &BTreeSet<UserAttr>,
 ) -> (Vec<Operation>, Vec<Skipped>, Vec<String>) {
@@ -161,8 +153,11 @@ fn diff_state(
     // that user below), so it also tells which live users the source still has.
     let mut present = Present::new(state, desired.users.len());
 
-    for (n, d) in desired.users.iter().enumerate() {
-        let (position, live) = match state_user(state, positions, n, &d.key) {
+    // Desired users come in key order: a state recorded in key order is
+    // walked rather than looked up.
+    let mut records = state.user_cursor();
+    for d in &desired.users {
+        let (position, live) = match records.find(&d.key) {
             Some((i, s)) => (Some(i), Some(s).filter(|s| s.status != Status::Removed)),
             None => (None, None),
         };
@@ -284,26 +279,6 @@ fn diff_state(
         ops.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     }
     (ops, skipped, warnings)
-}
-
-/// The state's record of the `n`th desired user (`key`) and its position:
-/// at the position the attribute hash check found when the key there is
-/// still `key` (a comparison instead of a hash look-up), else looked up.
-fn state_user<'s>(
-    state: &'s State,
-    positions: &[u32],
-    n: usize,
-    key: &SourceKey,
-) -> Option<(usize, &'s StateUser)> {
-    let hinted = positions.get(n).and_then(|&i| {
-        let i = i as usize;
-        state
-            .users
-            .get_index(i)
-            .filter(|(k, _)| *k == key)
-            .map(|(_, s)| (i, s))
-    });
-    hinted.or_else(|| state.users.get_full(key).map(|(i, _, s)| (i, s)))
 }
 
 /// Users that will exist in the target once the user phases ran: those the
