@@ -126,10 +126,6 @@ fn keys_needing_attrs(desired: &Desired, state: &State, slice_min: usize) -> Vec
             .map(|d| d.key.clone())
             .collect()
     };
-    if state.users.is_empty() {
-        // A first sync: nothing to compare.
-        return Vec::new();
-    }
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let slices = cores.min(desired.users.len() / slice_min).max(1);
     if slices == 1 {
