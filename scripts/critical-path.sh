@@ -5,13 +5,12 @@
 # millisecond of a thread's CPU), put together along the planning path's
 # known joins:
 #
-#   read + map (main)  ‖ state load (its own thread)     -> joined
-#   mapping's checks and groups (main) ‖ userName check  -> joined
-#   attribute hash check (one thread a core)             -> joined
+#   read + map (main)  ‖ state load (its own thread)  -> joined
+#   mapping's checks and groups (main)
+#   attribute hash check (one thread a core)          -> joined
 #   planning and the rest (main)
 #
-# critical path = max(read, load) + max(groups, names) + slowest hash slice
-#                 + the rest
+# critical path = max(read, load) + groups + slowest hash slice + the rest
 #
 # Samples count CPU time, not waiting, so the estimate moves far less with
 # other jobs' load than the wall time does (it still grows a little: caches
@@ -82,15 +81,13 @@ for _, tid, time, stack in samples:
             ms["other"] += 1
     elif "StateDb>::load" in stack:
         ms["load"] += 1
-    elif "duplicate_user_names" in stack:
-        ms["names"] += 1
     else:
         ms["unattributed"] += 1
 
 slowest_hash = max(hash_threads.values(), default=0)
 path = (
     max(ms["read"] + ms["other"], ms["load"])
-    + max(ms["groups"], ms["names"])
+    + ms["groups"]
     + slowest_hash
     + ms["rest"]
 )
@@ -99,7 +96,6 @@ def f(n):
 print(f"read + map (main)      {f(ms['read'] + ms['other'])}")
 print(f"state load             {f(ms['load'])}")
 print(f"groups (main)          {f(ms['groups'])}")
-print(f"userName check         {f(ms['names'])}")
 print(f"hash check, per thread {', '.join(f(n) for n in hash_threads.values()) or '-'}")
 print(f"the rest (main)        {f(ms['rest'])}")
 print(f"unattributed           {f(ms['unattributed'])}")
