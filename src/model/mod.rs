@@ -39,7 +39,8 @@ pub use remote::{
 };
 pub use rules::TargetRules;
 pub use state::{
-    AttrNote, NoteSummary, Ownership, State, StateChange, StateGroup, StateUser, StateUsers, Status,
+    AttrNote, NoteSummary, Ownership, State, StateChange, StateGroup, StateUser, StateUsers,
+    Status, UserCursor,
 };
 
 /// A fast, randomly seeded hasher for the large in-memory maps of a cycle.

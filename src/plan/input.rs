@@ -113,10 +113,12 @@ const SLICE_MIN: usize = 50_000;
 /// one); the keys come back in the desired order either way.
 fn keys_needing_attrs(desired: &Desired, state: &State, slice_min: usize) -> Vec<SourceKey> {
     let changed = |users: &[DesiredUser]| -> Vec<SourceKey> {
+        // In key order, so a state recorded in key order is walked.
+        let mut records = state.user_cursor();
         users
             .iter()
-            .filter(|d| match state.users.get(&d.key) {
-                Some(s) if s.status != Status::Removed && s.attrs.is_none() => {
+            .filter(|d| match records.find(&d.key) {
+                Some((_, s)) if s.status != Status::Removed && s.attrs.is_none() => {
                     s.hash != AttrHash::of(&d.attrs, &desired.create_only)
                 }
                 _ => false,

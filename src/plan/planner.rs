@@ -153,9 +153,12 @@ fn diff_state(
     // that user below), so it also tells which live users the source still has.
     let mut present = Present::new(state, desired.users.len());
 
+    // Desired users come in key order: a state recorded in key order is
+    // walked rather than looked up.
+    let mut records = state.user_cursor();
     for d in &desired.users {
-        let (position, live) = match state.users.get_full(&d.key) {
-            Some((i, _, s)) => (Some(i), Some(s).filter(|s| s.status != Status::Removed)),
+        let (position, live) = match records.find(&d.key) {
+            Some((i, s)) => (Some(i), Some(s).filter(|s| s.status != Status::Removed)),
             None => (None, None),
         };
         if let Some(domain) = unverified_domain(d, &policy.verified_domains) {

@@ -217,19 +217,24 @@ fn shared_key(state: &State, key: &str) -> SourceKey {
 }
 
 /// Two live users recorded with one SCIM id, if any: `(key, key, id)`. A sort
-/// of 64-bit digests (tens of milliseconds at a million users, against a second
-/// for the same check in SQL); a digest collision is confirmed on the ids.
+/// of 32-bit digests (tens of milliseconds at a million users, against a second
+/// for the same check in SQL); a digest collision is confirmed on the ids, so
+/// the digests need not resist crafted ids, and a fast hash and four bytes
+/// do (the few ids that share a digest by chance are compared). This runs
+/// as the load ends, often while the source read's last stage holds its own
+/// index: four bytes a user there are part of the cycle's peak.
 fn shared_account(state: &State) -> Option<(String, String, String)> {
-    use std::hash::{BuildHasher, RandomState};
-    let hasher = RandomState::new();
-    let mut digests: Vec<u64> = state
+    use std::hash::BuildHasher;
+    let hasher = crate::model::FastHash::default();
+    let digest = |id: &ScimId| (hasher.hash_one(id.as_str()) >> 32) as u32;
+    let mut digests: Vec<u32> = state
         .users
         .values()
         .filter(|u| u.status != Status::Removed)
-        .map(|u| hasher.hash_one(u.scim_id.as_str()))
+        .map(|u| digest(&u.scim_id))
         .collect();
     digests.sort_unstable();
-    let suspects: std::collections::HashSet<u64> = digests
+    let suspects: std::collections::HashSet<u32> = digests
         .windows(2)
         .filter(|w| w[0] == w[1])
         .map(|w| w[0])
@@ -241,9 +246,7 @@ fn shared_account(state: &State) -> Option<(String, String, String)> {
     let mut live: Vec<(&SourceKey, &StateUser)> = state
         .users
         .iter()
-        .filter(|(_, u)| {
-            u.status != Status::Removed && suspects.contains(&hasher.hash_one(u.scim_id.as_str()))
-        })
+        .filter(|(_, u)| u.status != Status::Removed && suspects.contains(&digest(&u.scim_id)))
         .collect();
     live.sort_by(|a, b| a.0.cmp(b.0));
     for (key, u) in live {
