@@ -279,8 +279,6 @@ pub enum RecordProblem {
     UnknownScopeGroup,
     /// `assign.groups` names a group the source does not have.
     UnknownAssignedGroup,
-    /// `assign.users` names a user the source does not have.
-    UnknownAssignedUser,
 }
 
 /// A source record the mapping cannot turn into a valid SCIM object.
@@ -323,7 +321,6 @@ impl RecordError {
             RecordProblem::TooLong { .. } => format!("values are limited to {MAX_VALUE_BYTES} bytes: fix the source value, or stop mapping it"),
             RecordProblem::UnknownScopeGroup => "check the group's name in the source (a renamed or deleted group would take every member out of scope), then correct `member_of` in the mapping; nothing was planned".into(),
             RecordProblem::UnknownAssignedGroup => "check the group's name in the source (a renamed or deleted group would take every member out of scope), then correct `assign.groups` in the config; nothing was planned".into(),
-            RecordProblem::UnknownAssignedUser => "check the key or userName in the source, then correct `assign.users` in the config (someone who left must be taken out of it too); nothing was planned".into(),
             RecordProblem::EmptyGroupName => "give the group a name in the source, or change the groups.displayName rule".into(),
         }
     }
@@ -369,10 +366,6 @@ impl fmt::Display for RecordError {
             RecordProblem::UnknownAssignedGroup => write!(
                 f,
                 "`assign.groups` names this group, but the source has no group with that name, DN or key"
-            )?,
-            RecordProblem::UnknownAssignedUser => write!(
-                f,
-                "`assign.users` names this user, but the source has no user with that key or userName"
             )?,
         }
         write!(f, "\n  hint: {}", self.hint())
@@ -1082,28 +1075,30 @@ impl UserMapper<'_, '_> {
         self.memberships.clear_current();
     }
 
-    /// The users mapped so far, in the order given; an `assign.users` entry
-    /// that named none of them is an error (a typo would otherwise quietly
-    /// provision nobody).
+    /// The users mapped so far, in the order given. An `assign.users` entry
+    /// that named none of them is a warning, not an error: most often the
+    /// person left the directory, and a leaver is removed as any other is
+    /// (one user, counted by the removal guard), while failing the cycle
+    /// would hold back everyone else until the config is edited. A misspelt
+    /// entry is warned of every cycle.
     pub fn finish(self) -> MappedUsers {
-        let mut mapped = self.mapped;
         if let (Some(assigned), Some(assign)) =
             (self.memberships.assigned(), self.mapping.assign.as_ref())
         {
             for (i, _) in self.named_found.iter().enumerate().filter(|(_, f)| !**f) {
-                mapped.errors.push(unknown_named_user(assigned, assign, i));
+                warn_unknown_named_user(assigned, assign, i);
             }
         }
-        mapped
+        self.mapped
     }
 }
 
-fn unknown_named_user(assigned: &Assigned<'_>, assign: &Assign, i: usize) -> RecordError {
-    RecordError {
-        origin: Origin::new(assign.file.clone()),
-        record: RecordId::User(SourceKey::new(assigned.named(i))),
-        problem: RecordProblem::UnknownAssignedUser,
-    }
+fn warn_unknown_named_user(assigned: &Assigned<'_>, assign: &Assign, i: usize) {
+    tracing::warn!(
+        "{}: `assign.users` names \"{}\", which the source does not have (they left, or the key or userName is misspelt): nothing assigns them, so an account idsync made for them is removed per remove_action; take the entry out of `assign.users`, or correct it",
+        assign.file,
+        assigned.named(i)
+    );
 }
 
 /// Users mapped one by one, before the groups complete the desired state.

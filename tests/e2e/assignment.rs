@@ -233,30 +233,51 @@ fn unassigned_users_are_deleted_under_remove_action_delete() {
 }
 
 #[test]
-fn an_assigned_group_or_user_the_source_does_not_have_exits_2_and_changes_nothing() {
+fn an_assigned_user_who_left_the_source_is_removed_and_the_cycle_goes_on() {
+    let (server, mut ws, mut dir) = synced(6, 2);
+    ws.extra_config = "assign: { users: [u0001, u0002] }\n".into();
+    ws.max_removals = "10".into();
+    ws.sync_ok();
+    let leaver = dir.user("u0002").user_name();
+    // u0002 leaves the directory; the config still names them.
+    dir.remove_user("u0002");
+    ws.write_directory(&dir);
+    let out = ws.run(&["sync"]);
+    out.assert_code(0);
+    assert!(
+        out.stderr
+            .contains("`assign.users` names \"u0002\", which the source does not have")
+            && out.stderr.contains("take the entry out of `assign.users`"),
+        "{}",
+        out.dump()
+    );
+    let users = server.users();
+    let account = users
+        .iter()
+        .find(|u| u["userName"] == leaver.as_str())
+        .expect("the leaver's account is kept, disabled");
+    assert_eq!(account["active"], false, "{account}");
+    let kept = dir.user("u0001").user_name();
+    assert!(
+        users
+            .iter()
+            .any(|u| u["userName"] == kept.as_str() && u["active"] == true),
+        "u0001 stays"
+    );
+}
+
+#[test]
+fn an_assigned_group_the_source_does_not_have_exits_2_and_changes_nothing() {
     let (server, mut ws, _dir) = synced(6, 2);
     let before = server.contents();
-    for (section, named, key) in [
-        (
-            "assign: { groups: [group-01, Platform Team] }\n",
-            "Platform Team",
-            "assign.groups",
-        ),
-        (
-            "assign: { users: [u0001, nobody@example.com] }\n",
-            "nobody@example.com",
-            "assign.users",
-        ),
-    ] {
-        ws.extra_config = section.into();
-        let out = ws.run(&["sync"]);
-        out.assert_code(2);
-        assert!(
-            out.stderr.contains(named) && out.stderr.contains(key),
-            "{}",
-            out.dump()
-        );
-        assert!(out.stderr.contains("nothing was planned"), "{}", out.dump());
-        assert_eq!(server.contents().normalized(), before.normalized());
-    }
+    ws.extra_config = "assign: { groups: [group-01, Platform Team] }\n".into();
+    let out = ws.run(&["sync"]);
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("Platform Team") && out.stderr.contains("assign.groups"),
+        "{}",
+        out.dump()
+    );
+    assert!(out.stderr.contains("nothing was planned"), "{}", out.dump());
+    assert_eq!(server.contents().normalized(), before.normalized());
 }
