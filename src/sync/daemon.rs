@@ -176,8 +176,6 @@ pub fn describe_schedule(s: &Schedule) -> String {
     }
 }
 
-/// The time between two cycles: the interval, or the gap between a cron
-/// line's next two times.
 /// Sends the alert `make` gives for the notify settings, if any; whether one
 /// was sent (a failing webhook or mail server is a warning, as for cycles).
 async fn tell(
@@ -194,6 +192,8 @@ async fn tell(
     true
 }
 
+/// The time between two cycles: the interval, or the gap between a cron
+/// line's next two times.
 fn period(schedule: &Schedule) -> Duration {
     match schedule {
         Schedule::Interval(d) => *d,

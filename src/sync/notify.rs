@@ -132,11 +132,11 @@ pub fn alert(settings: &NotifySettings, facts: &CycleFacts, config: &Path) -> Op
 /// error's first line. `settings` are the last valid config's.
 pub fn config_broken(settings: &NotifySettings, config: &Path, error: &str) -> Option<Alert> {
     settings.on.contains(&NotifyEvent::Failures).then(|| {
-        let first = error.lines().next().unwrap_or_default();
+        let first = error.lines().next().unwrap_or_default().trim_end_matches('.');
         Alert {
             subject: format!("idsync: invalid config (exit 2) for {}", config.display()),
             body: format!(
-                "idsync ({config}): the config is invalid, so the daemon runs no cycle until it is fixed (it reads the file again before each): {first}.\n\n\
+                "idsync ({config}): the config is invalid, so the daemon runs no cycle until it is fixed (it reads the file again every minute, or every cycle's period if that is shorter): {first}.\n\n\
                  Exit code: 2\n\
                  Hint: `idsync validate -c {config}` shows where; nothing was read or changed meanwhile\n",
                 config = config.display()
