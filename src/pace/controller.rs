@@ -25,9 +25,9 @@
 //!   a busy server) is not pushed further. The cuts go on, a window at a
 //!   time, until the round trip falls by a tenth or the limit is half of
 //!   where they began. When it falls, the queue was ours; when the round
-//!   trip was more than twice the tolerance over the base (the target had
-//!   fallen over rather than queued), the limit that felled it becomes a cap
-//!   as after back-pressure. When the limit is at half and the round trip
+//!   trip was more than twice the tolerance over the base, and by at least
+//!   100 ms (the target had fallen over rather than queued), the limit that
+//!   felled it becomes a cap as after back-pressure. When the limit is at half and the round trip
 //!   still where it was for three windows (the limit waits meanwhile), the
 //!   rise was not the queue this client makes (the path or the target got
 //!   slower): the shortest of those means becomes the base;
@@ -61,14 +61,14 @@ const NOT_OURS: f64 = 0.1;
 /// at a busy target drains over more than one).
 const VERDICT_WINDOWS: u32 = 3;
 /// A window mean this many times the base (and [`FELL_OVER_BY`] over it)
-/// says the target fell over (a
-/// full listen queue retrying connections, a server thrashing), not that a
-/// queue of requests built up: when a cut brings it down, the limit that
-/// felled it becomes a cap, as back-pressure's does.
+/// says the target fell over (a full listen queue retrying connections, a
+/// server thrashing), not that a queue of requests built up: when a cut
+/// brings it down, the limit that felled it becomes a cap, as
+/// back-pressure's does.
 const FELL_OVER: f64 = 2.0 * TOLERANCE;
-/// …and at least this many seconds over it: a near target's round trip of a
-/// millisecond or two is four times longer whenever this machine is busy for
-/// a moment, which says nothing about the target.
+/// How many seconds over the base a fallen-over window must also be: a near
+/// target's round trip of a millisecond or two is four times longer whenever
+/// this machine is busy for a moment, which says nothing about the target.
 const FELL_OVER_BY: f64 = 0.1;
 /// Cuts that bring the limit to this share of where they began, in one
 /// window or several, tell whether the queue was ours. A smaller one cannot:

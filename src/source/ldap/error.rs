@@ -446,16 +446,9 @@ impl BadEntries {
 }
 
 /// `value` as an LDAP filter's assertion value: `*`, `(`, `)`, `\\` and NUL
-/// escaped as `\\XX`.
-fn escape_filter_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '*' | '(' | ')' | '\\' | '\0' => out.push_str(&format!("\\{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out
+/// escaped as `\\XX` (RFC 4515).
+fn escape_filter_value(value: &str) -> std::borrow::Cow<'_, str> {
+    ldap3::ldap_escape(value)
 }
 
 /// Why `ca_file` cannot be used.
