@@ -5,6 +5,7 @@
 //! Its `config` part reads the `target:` section of the configuration.
 
 pub(crate) mod config;
+mod connect;
 mod learned;
 mod listing;
 mod lookup;
@@ -40,6 +41,7 @@ use crate::pace::Pace;
 pub use crate::pace::Record as PaceRecord;
 pub use crate::retry::RetryPolicy;
 use crate::retry::{Attempt, Outcome, PacedTooLong, TransportKind, Verdict};
+use connect::ConnectDeadline;
 use learned::{Learned, flavour_shape};
 use listing::Listing;
 use lookup::CreateLookup;
@@ -357,6 +359,7 @@ impl ScimClient {
             .user_agent(concat!("idsync/", env!("CARGO_PKG_VERSION")))
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(MAX_CONNECT_TIMEOUT))
+            .connector_layer(ConnectDeadline::new(opts.timeout.min(MAX_CONNECT_TIMEOUT)))
             .build()
             .map_err(|e| ScimError::Config(format!("HTTP client: {}", error_chain(&e))))?;
 

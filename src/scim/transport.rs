@@ -6,6 +6,10 @@
 use super::*;
 use crate::pace::Answer;
 
+/// How many times in a row one attempt's connection is made again after
+/// being given up at its deadline.
+const RECONNECTS: u32 = 3;
+
 impl ScimClient {
     pub(super) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.inner.base.clone();
@@ -98,13 +102,16 @@ impl ScimClient {
     ) -> Exchanged {
         let inner = &self.inner;
         inner.requests.fetch_add(1, Ordering::Relaxed);
-        let mut request = inner.http.request(method.clone(), url.clone());
-        if !query.is_empty() {
-            request = request.query(query);
-        }
-        if let Some(body) = body {
-            request = request.header(CONTENT_TYPE, SCIM_JSON).body(body.to_vec());
-        }
+        let request = || {
+            let mut request = inner.http.request(method.clone(), url.clone());
+            if !query.is_empty() {
+                request = request.query(query);
+            }
+            if let Some(body) = body {
+                request = request.header(CONTENT_TYPE, SCIM_JSON).body(body.to_vec());
+            }
+            request
+        };
         let count = |status: u16| {
             *inner
                 .statuses
@@ -113,11 +120,21 @@ impl ScimClient {
                 .entry(status)
                 .or_insert(0) += 1;
         };
-        let response = match request.send().await {
-            Ok(response) => response,
-            Err(e) => {
-                count(0);
-                return Exchanged::failed(&e, &inner.redactor);
+        // A connection given up at its deadline sent nothing: it is made
+        // again at once, a few times (see `connect`), before it is a failed
+        // attempt like any other.
+        let mut given_up = 0;
+        let response = loop {
+            match request().send().await {
+                Ok(response) => break response,
+                Err(e) if given_up < RECONNECTS && connect::gave_up(&e) => {
+                    given_up += 1;
+                    tracing::debug!(%method, path = url.path(), error = %error_chain(&e), "connecting again");
+                }
+                Err(e) => {
+                    count(0);
+                    return Exchanged::failed(&e, &inner.redactor);
+                }
             }
         };
         let status = response.status();

@@ -312,3 +312,117 @@ async fn errors_from_the_target_carry_no_token_and_are_cut() {
         &text[text.len() - 60..]
     );
 }
+
+/// A server with a listen queue of one that closes every connection after
+/// its answer, and that can stop accepting for a while: what a small
+/// threaded server under load is. A connection made while its queue is full
+/// loses its SYN, which the kernel sends again only after a second.
+struct ShortQueueServer {
+    port: u16,
+    accepting: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ShortQueueServer {
+    fn start(user: Value) -> ShortQueueServer {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind on 127.0.0.1");
+        let listener = socket.listen(1).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let body = user.to_string();
+        let (accepting, mut open) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                if open.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                // One request (no body: a GET), or nothing from a
+                // connection that only held a place in the queue.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if request.is_empty() {
+                    continue;
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {SCIM_JSON}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        ShortQueueServer {
+            port,
+            accepting,
+            task,
+        }
+    }
+
+    /// Stops accepting and fills the listen queue with idle connections, up
+    /// to the first whose SYN is dropped; they are returned to be closed.
+    async fn fill_queue(&self) -> Vec<tokio::net::TcpStream> {
+        self.accepting.send_replace(false);
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            let connecting = tokio::net::TcpStream::connect(("127.0.0.1", self.port));
+            match tokio::time::timeout(Duration::from_millis(200), connecting).await {
+                Ok(Ok(stream)) => held.push(stream),
+                Ok(Err(e)) => panic!("connect to the short-queue server: {e}"),
+                // Not made: the queue is full.
+                Err(_) => return held,
+            }
+        }
+        panic!("the listen queue of one never filled");
+    }
+}
+
+impl Drop for ShortQueueServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_connection_lost_to_a_full_listen_queue_is_made_again_without_waiting_a_second() {
+    let server = ShortQueueServer::start(user_json("u1", "a@example.com"));
+    let client =
+        ScimClient::new(options(&format!("http://127.0.0.1:{}/v2", server.port))).expect("client");
+    // Connections made quickly: this target connects in well under the floor.
+    for _ in 0..connect::SAMPLES_BEFORE_DEADLINE {
+        client.get_user(&ScimId::new("u1")).await.expect("answered");
+    }
+    let held = server.fill_queue().await;
+    let asking = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let user = client.get_user(&ScimId::new("u1")).await;
+            (user, started.elapsed())
+        })
+    };
+    // The request's SYN is lost while the queue is full; the queue drains.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(held);
+    server.accepting.send_replace(true);
+    let (user, took) = asking.await.expect("the request task");
+    assert!(user.expect("answered").is_some());
+    // The kernel's own retry of the SYN comes after a second.
+    assert!(
+        took < Duration::from_millis(700),
+        "the lost connection was waited for: {took:?}"
+    );
+    // Made again inside the attempt: not a retry, nothing sent twice.
+    assert_eq!(client.stats().retries, 0);
+}
