@@ -129,7 +129,8 @@ impl ScimClient {
                 Ok(response) => break response,
                 Err(e) if given_up < RECONNECTS && connect::gave_up(&e) => {
                     given_up += 1;
-                    tracing::debug!(%method, path = url.path(), error = %error_chain(&e), "connecting again");
+                    let error = inner.redactor.clean(&error_chain(&e));
+                    tracing::debug!(%method, path = url.path(), %error, "connecting again");
                 }
                 Err(e) => {
                     count(0);

@@ -418,9 +418,10 @@ async fn a_connection_lost_to_a_full_listen_queue_is_made_again_without_waiting_
     server.accepting.send_replace(true);
     let (user, took) = asking.await.expect("the request task");
     assert!(user.expect("answered").is_some());
-    // The kernel's own retry of the SYN comes after a second.
+    // The kernel's own retry of the SYN comes after a second; made again at
+    // the deadline (50 ms here, more on a loaded machine), it takes far less.
     assert!(
-        took < Duration::from_millis(700),
+        took < Duration::from_millis(900),
         "the lost connection was waited for: {took:?}"
     );
     // Made again inside the attempt: not a retry, nothing sent twice.
