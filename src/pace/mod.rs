@@ -34,6 +34,9 @@ struct State {
     in_flight: usize,
     /// When the last place was given out (or is due to leave).
     last_release: Option<Instant>,
+    /// How many times a waiter looked for a place (each wake-up is one).
+    #[cfg(test)]
+    looks: usize,
 }
 
 impl Pace {
@@ -44,6 +47,8 @@ impl Pace {
                 controller: Controller::new(ceiling),
                 in_flight: 0,
                 last_release: None,
+                #[cfg(test)]
+                looks: 0,
             }),
             freed: tokio::sync::Notify::new(),
         }
@@ -70,6 +75,11 @@ impl Pace {
 
     /// Waits until fewer requests than the limit are in flight, and takes a
     /// place.
+    ///
+    /// A freed place wakes one waiter, not all of them: a waiter that takes
+    /// a place and finds another still free (the limit grew) wakes the next,
+    /// and one woken but cancelled before it looked passes its wake-up on
+    /// (tokio's `Notify` does that for `notify_one`).
     pub async fn enter(&self) -> Permit<'_> {
         loop {
             // Registered before the check: a place freed in between wakes it.
@@ -78,6 +88,10 @@ impl Pace {
             freed.as_mut().enable();
             let taken = {
                 let mut state = self.state();
+                #[cfg(test)]
+                {
+                    state.looks += 1;
+                }
                 (state.in_flight < state.controller.limit()).then(|| {
                     state.in_flight += 1;
                     let now = Instant::now();
@@ -86,10 +100,14 @@ impl Pace {
                         _ => now,
                     };
                     state.last_release = Some(release);
-                    (state.controller.limit(), release)
+                    let more = state.in_flight < state.controller.limit();
+                    (state.controller.limit(), release, more)
                 })
             };
-            if let Some((under, release)) = taken {
+            if let Some((under, release, more)) = taken {
+                if more {
+                    self.freed.notify_one();
+                }
                 // The place is held from here (a cancelled wait frees it),
                 // and its request leaves spaced from the one before.
                 let mut permit = Permit {
@@ -146,8 +164,8 @@ impl Permit<'_> {
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         self.pace.state().in_flight -= 1;
-        // Every waiter looks again: a grown limit may admit more than one.
-        self.pace.freed.notify_waiters();
+        // One waiter looks; it wakes the next if a grown limit admits more.
+        self.pace.freed.notify_one();
     }
 }
 
@@ -217,6 +235,76 @@ mod tests {
         assert!(waited.is_err(), "it should have waited to leave");
         drop(first);
         assert_eq!(pace.state().in_flight, 0, "a place was kept");
+    }
+
+    /// `waiters` tasks waiting at a full gate of `pace` (limit 4).
+    async fn waiting_at_a_full_gate(
+        pace: &Arc<Pace>,
+        waiters: usize,
+    ) -> (Vec<Permit<'_>>, Vec<tokio::task::JoinHandle<()>>) {
+        let held: Vec<_> = futures_util::future::join_all((0..4).map(|_| pace.enter())).await;
+        let entered = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..waiters)
+            .map(|_| {
+                let (pace, entered) = (pace.clone(), entered.clone());
+                tokio::spawn(async move {
+                    let permit = pace.enter().await;
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    // Held until the task is aborted or the test ends.
+                    std::future::pending::<()>().await;
+                    drop(permit);
+                })
+            })
+            .collect();
+        // Every waiter has looked once and is waiting.
+        for _ in 0..1000 {
+            if pace.state().looks >= 4 + waiters {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            pace.state().looks,
+            4 + waiters,
+            "the waiters did not all wait"
+        );
+        (held, tasks)
+    }
+
+    #[tokio::test]
+    async fn a_freed_place_wakes_one_waiter_not_all() {
+        let pace = Arc::new(Pace::new(32));
+        let (mut held, _tasks) = waiting_at_a_full_gate(&pace, 28).await;
+        let before = pace.state().looks;
+        drop(held.pop());
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let state = pace.state();
+        assert_eq!(state.in_flight, 4, "the freed place was not taken");
+        assert!(
+            state.looks - before <= 2,
+            "{} waiters looked for one place",
+            state.looks - before
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_woken_then_cancelled_passes_its_wake_up_on() {
+        let pace = Arc::new(Pace::new(32));
+        let (mut held, tasks) = waiting_at_a_full_gate(&pace, 2).await;
+        // The first waiter is woken for the freed place, and cancelled
+        // before it looks: the second must take the place.
+        drop(held.pop());
+        tasks[0].abort();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            if pace.state().in_flight == 4 {
+                break;
+            }
+        }
+        assert_eq!(pace.state().in_flight, 4, "the freed place stayed free");
+        assert!(!tasks[1].is_finished());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
