@@ -77,21 +77,20 @@ impl TransportKind {
 /// Whether a reqwest error was caused by the connection failing while the
 /// body was read (an I/O error under it), not by bytes that cannot be decoded.
 fn broke_in_body(error: &reqwest::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    // Bounded: error chains are short, and this stops at 16 links.
-    for _ in 0..16 {
-        let Some(cause) = source else {
-            return false;
-        };
-        let body = cause
+    causes(error).skip(1).any(|cause| {
+        cause
             .downcast_ref::<reqwest::Error>()
-            .is_some_and(reqwest::Error::is_body);
-        if body || cause.is::<std::io::Error>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+            .is_some_and(reqwest::Error::is_body)
+            || cause.is::<std::io::Error>()
+    })
+}
+
+/// `error` and the errors under it, outermost first; bounded, since error
+/// chains are short: at most 16.
+pub(crate) fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source()).take(16)
 }
 
 /// One attempt's failure, as far as retrying is concerned.

@@ -27,10 +27,11 @@
 //!   where they began. When it falls, the queue was ours; when the round
 //!   trip was more than twice the tolerance over the base, and by at least
 //!   100 ms (the target had fallen over rather than queued), the limit that
-//!   felled it becomes a cap as after back-pressure. When the limit is at half and the round trip
-//!   still where it was for three windows (the limit waits meanwhile), the
-//!   rise was not the queue this client makes (the path or the target got
-//!   slower): the shortest of those means becomes the base;
+//!   felled it becomes a cap as after back-pressure. When the limit is at
+//!   half and the round trip still where it was for three windows (the
+//!   limit waits meanwhile), the rise was not the queue this client makes
+//!   (the path or the target got slower): the shortest of those means
+//!   becomes the base;
 //! - **saturated and within the tolerance** (the limit was reached while
 //!   requests were sent, and requests sent under it came back in time): the
 //!   limit grows, doubling until the first decrease (slow start), by an

@@ -67,18 +67,7 @@ impl std::error::Error for GaveUp {}
 /// Whether `error` (a reqwest error, or anything carrying one) ended with a
 /// given-up connection attempt.
 pub(crate) fn gave_up(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    // Bounded: error chains are short, and this stops at 16 links.
-    for _ in 0..16 {
-        let Some(e) = cause else {
-            return false;
-        };
-        if e.is::<GaveUp>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    crate::retry::causes(error).any(|e| e.is::<GaveUp>())
 }
 
 /// How long this target's latest connections took, and how many attempts

@@ -353,13 +353,14 @@ impl ScimClient {
 
         let tls = crate::tls::client_config()
             .map_err(|e| ScimError::Config(format!("HTTP client: {e}")))?;
+        let connect_timeout = opts.timeout.min(MAX_CONNECT_TIMEOUT);
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .default_headers(headers)
             .user_agent(concat!("idsync/", env!("CARGO_PKG_VERSION")))
             .timeout(opts.timeout)
-            .connect_timeout(opts.timeout.min(MAX_CONNECT_TIMEOUT))
-            .connector_layer(ConnectDeadline::new(opts.timeout.min(MAX_CONNECT_TIMEOUT)))
+            .connect_timeout(connect_timeout)
+            .connector_layer(ConnectDeadline::new(connect_timeout))
             .build()
             .map_err(|e| ScimError::Config(format!("HTTP client: {}", error_chain(&e))))?;
 
