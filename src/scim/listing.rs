@@ -186,11 +186,44 @@ impl ScimClient {
     }
 
     /// The first page of a collection, one resource long where the target
-    /// takes `count`.
+    /// takes `count`. The `Users` page is read once a cycle, and again only
+    /// after this client has sent a change.
     pub(super) async fn first_page(
         &self,
         collection: &str,
     ) -> Result<resource::ListPage, ScimError> {
+        let users = collection == "Users";
+        if users && let Some(page) = self.users_first_page() {
+            return Ok(page);
+        }
+        // Kept with the changes counted before it was sent: one that ends
+        // while it is out makes it stale.
+        let changes = self.inner.changes.load(Ordering::SeqCst);
+        let page = self.read_first_page(collection).await?;
+        if users {
+            *self.first_page_kept() = Some((changes, page.clone()));
+        }
+        Ok(page)
+    }
+
+    /// The first page of `Users` read this cycle, if no change this client
+    /// sent has ended since it was asked for.
+    fn users_first_page(&self) -> Option<resource::ListPage> {
+        let changes = self.inner.changes.load(Ordering::SeqCst);
+        self.first_page_kept()
+            .as_ref()
+            .filter(|(at, _)| *at == changes)
+            .map(|(_, page)| page.clone())
+    }
+
+    fn first_page_kept(&self) -> std::sync::MutexGuard<'_, Option<(u64, resource::ListPage)>> {
+        self.inner
+            .users_first_page
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn read_first_page(&self, collection: &str) -> Result<resource::ListPage, ScimError> {
         let url = self.url(&[collection]);
         let page = if self.inner.count_refused.load(Ordering::Relaxed) {
             self.list_page(&url, &[], false).await?
@@ -251,6 +284,15 @@ impl ScimClient {
         if self.users_cache().is_some() {
             return Ok(());
         }
+        // An empty first page, read since this client's last change, is the
+        // whole listing.
+        if self
+            .users_first_page()
+            .is_some_and(|page| page.total == Some(0) && page.resources.is_empty())
+        {
+            self.keep_listing(Vec::new());
+            return Ok(());
+        }
         let users = self.list("Users", resource::user_from_json).await?;
         self.keep_listing(users);
         Ok(())
@@ -307,6 +349,7 @@ impl ScimClient {
     /// this cycle's reads see the target as it is now.
     pub fn begin_cycle(&self) {
         *self.users_cache() = None;
+        *self.first_page_kept() = None;
         self.inner.count_refused.store(false, Ordering::Relaxed);
         self.inner.create_lookups.store(0, Ordering::Relaxed);
         if let Some(pace) = &self.inner.pace {

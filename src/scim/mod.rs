@@ -276,6 +276,12 @@ struct Inner {
     /// The user collection as listed this cycle, kept up to date with the
     /// creates, changes and deletes sent since (see [`ScimClient::list_users`]).
     users: Mutex<Option<Listing>>,
+    /// Changes (any request but a GET) that have ended, answered or not.
+    changes: AtomicU64,
+    /// The first page of `Users` read this cycle, with the count of changes
+    /// it was read at: the connectivity probe, the empty-target guard and the
+    /// create lookup ask the same question, and an empty page is the listing.
+    users_first_page: Mutex<Option<(u64, resource::ListPage)>>,
     /// Held while the users are listed: lookups that need the listing at the
     /// same time (concurrent 409s) wait for one read instead of each making one.
     listing_users: tokio::sync::Mutex<()>,
@@ -382,6 +388,8 @@ impl ScimClient {
                 warned_filter_ignored: AtomicBool::new(false),
                 count_refused: AtomicBool::new(false),
                 users: Mutex::new(None),
+                changes: AtomicU64::new(0),
+                users_first_page: Mutex::new(None),
                 listing_users: tokio::sync::Mutex::new(()),
                 members_by_user_name: AtomicBool::new(false),
                 user_names_unique: RwLock::new(None),

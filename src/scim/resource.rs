@@ -473,7 +473,7 @@ pub fn eq_filter(attr: &str, value: &str) -> String {
 }
 
 /// One page of a ListResponse.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ListPage {
     pub total: Option<u64>,
     pub resources: Vec<Value>,

@@ -10,6 +10,15 @@ use crate::pace::Answer;
 /// being given up at its deadline.
 const RECONNECTS: u32 = 3;
 
+/// Counts a change (any request but a GET) when it is dropped.
+struct ChangeEnds<'a>(&'a AtomicU64);
+
+impl Drop for ChangeEnds<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 impl ScimClient {
     pub(super) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.inner.base.clone();
@@ -84,6 +93,9 @@ impl ScimClient {
         if let Some(p) = &mut permit {
             p.sending();
         }
+        // Counted as it ends, answered, failed or cancelled: the first page
+        // of users read before is stale (see `first_page`).
+        let _ended = (*method != Method::GET).then(|| ChangeEnds(&inner.changes));
         let answer = self.exchange(method, url, query, body).await;
         if let Some(p) = permit {
             p.answered(answer.pace);

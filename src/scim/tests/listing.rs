@@ -363,3 +363,98 @@ async fn a_listing_with_one_user_name_twice_shows_duplicates_are_accepted() {
     client.list_users().await.expect("list");
     assert_eq!(client.user_names_unique(), Some(false));
 }
+
+/// GET /Users requests the server has had.
+async fn users_read(server: &MockServer) -> usize {
+    server
+        .received_requests()
+        .await
+        .expect("recorded")
+        .iter()
+        .filter(|r| r.method.as_str() == "GET" && r.url.path().ends_with("/Users"))
+        .count()
+}
+
+/// The first sync into an empty target asked it three times for one user
+/// (the connectivity probe, the empty-state guard, the create lookup's
+/// sizing) and then listed it: one request says it all.
+#[tokio::test]
+async fn an_empty_target_is_asked_for_its_users_once_before_the_first_create() {
+    let server = MockServer::start().await;
+    on("GET", "/Schemas")
+        .respond_with(scim(200).set_body_json(schemas_doc(
+            json!([{"name": "userName", "caseExact": false, "uniqueness": "server"}]),
+            json!([]),
+        )))
+        .mount(&server)
+        .await;
+    on("GET", "/Users")
+        .respond_with(scim(200).set_body_json(list_json(0, vec![])))
+        .mount(&server)
+        .await;
+    on("POST", "/Users")
+        .respond_with(scim(201).set_body_json(user_json("u1", "ann@x.com")))
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    client.read_schema().await.expect("schema");
+    assert!(!client.holds_any("Users").await.expect("probe"));
+    assert!(!client.holds_any("Users").await.expect("guard"));
+    let attrs: UserAttrs = [(UserAttr::UserName, "ann@x.com".to_owned())].into();
+    client.create_user(&attrs, true).await.expect("created");
+    let bob: UserAttrs = [(UserAttr::UserName, "bob@x.com".to_owned())].into();
+    client.create_user(&bob, true).await.expect("created");
+    assert_eq!(users_read(&server).await, 1, "one read of the users");
+
+    // A change sent since: the page is read again; so it is in a new cycle.
+    assert!(!client.holds_any("Users").await.expect("after a create"));
+    assert_eq!(users_read(&server).await, 2);
+    client.begin_cycle();
+    assert!(!client.holds_any("Users").await.expect("next cycle"));
+    assert_eq!(users_read(&server).await, 3);
+}
+
+/// A page read while a change was out may not show it: it is not kept.
+#[tokio::test]
+async fn a_first_page_read_while_a_change_is_out_is_read_again() {
+    let server = MockServer::start().await;
+    on("GET", "/Users")
+        .respond_with(scim(200).set_body_json(list_json(0, vec![])))
+        .mount(&server)
+        .await;
+    on("POST", "/Users")
+        .respond_with(
+            scim(201)
+                .set_body_json(user_json("u1", "ann@x.com"))
+                .set_delay(Duration::from_millis(300)),
+        )
+        .mount(&server)
+        .await;
+    let client = client_for(&server).await;
+    let attrs: UserAttrs = [(UserAttr::UserName, "ann@x.com".to_owned())].into();
+    let creating = {
+        let client = client.clone();
+        tokio::spawn(async move { client.create_user(&attrs, true).await })
+    };
+    // Bounded: the POST is answered after 300 ms.
+    for _ in 0..100 {
+        if !server
+            .received_requests()
+            .await
+            .expect("recorded")
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !client
+            .holds_any("Users")
+            .await
+            .expect("read while the create is out")
+    );
+    creating.await.expect("joined").expect("created");
+    assert!(!client.holds_any("Users").await.expect("read again"));
+    assert_eq!(users_read(&server).await, 2);
+}
