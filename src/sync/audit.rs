@@ -38,6 +38,11 @@ pub async fn audit(settings: &Settings) -> Result<AuditReport, SyncError> {
     let client = super::client(settings)?;
     Target::check(&client).await.map_err(SyncError::Target)?;
     let mut db = StateDb::open_read_only(&settings.state_path)?;
+    // Accounts a killed run created are idsync's, as the next sync records.
+    let settled = match db.as_mut() {
+        Some(db) => super::resume::find_started_creates(db, &client).await?.0,
+        None => Vec::new(),
+    };
     let (input, _mirror) = super::planning_input(
         settings,
         settings.source.adapter(),
@@ -45,6 +50,7 @@ pub async fn audit(settings: &Settings) -> Result<AuditReport, SyncError> {
         Some(&client),
         true,
         client.rules(),
+        &settled,
     )
     .await?;
     let plan = plan::plan(&input);

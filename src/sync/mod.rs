@@ -38,8 +38,8 @@ use crate::mapping::{Mapping, RecordError};
 pub use crate::model::Exit;
 use crate::model::TargetRules;
 use crate::model::{
-    Desired, MemberResolver, Mirror, MirrorDigest, RemoteUser, ScimId, SourceKey, State, Status,
-    TargetSnapshot,
+    Desired, MemberResolver, Mirror, MirrorDigest, RemoteUser, ScimId, SourceKey, State,
+    StateChange, Status, TargetSnapshot,
 };
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
@@ -82,6 +82,10 @@ pub struct SyncOptions {
     /// does, while the source is read as usual (an incremental source from
     /// its delta links, which `--full` drops).
     pub settle: bool,
+    /// Set by `plan` and `sync --dry-run` after such a run: the creates it
+    /// started that the target holds, applied to the state in memory before
+    /// planning (a cycle records them in the DB first).
+    pub settled: Vec<StateChange>,
 }
 
 /// Why a cycle (or a plan) stopped. The command line turns each into an exit
@@ -435,6 +439,7 @@ pub async fn planning_input<T: Target>(
     full_target: Option<&T>,
     restart_source: bool,
     rules: TargetRules,
+    settled: &[StateChange],
 ) -> Result<(PlanningInput, Option<MirrorUpdate>), SyncError> {
     let old_mirror = if source.uses_mirror() {
         Some(match db.as_mut() {
@@ -476,7 +481,18 @@ pub async fn planning_input<T: Target>(
     let mirror = old_digest
         .zip(new_mirror)
         .map(|(old, new)| MirrorUpdate { old, new });
-    let state = loaded.transpose()?.unwrap_or_default();
+    let mut state = loaded.transpose()?.unwrap_or_default();
+    for change in settled {
+        state.apply(change);
+    }
+    // A settled user's attributes are the target's, not an older record's.
+    let settled_keys: HashSet<&SourceKey> = settled
+        .iter()
+        .filter_map(|change| match change {
+            StateChange::PutUser { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect();
     let target = match full_target {
         Some(t) => Some(read_target(t, &state, settings.target.concurrency.slots()).await?),
         None => None,
@@ -492,7 +508,7 @@ pub async fn planning_input<T: Target>(
         target,
         options,
         |state: &mut State, keys: &[SourceKey]| match &db {
-            Some(db) => db.load_attrs(state, keys.iter()),
+            Some(db) => db.load_attrs(state, keys.iter().filter(|key| !settled_keys.contains(key))),
             None => Ok(()),
         },
     )?;
@@ -715,6 +731,7 @@ async fn plan_checked<T: Target>(
         full_target,
         opts.full,
         rules,
+        &opts.settled,
     )
     .await?;
     let plan = plan::plan(&input);
@@ -760,14 +777,21 @@ pub async fn preview(
 ) -> Result<Planned, SyncError> {
     let mut db = StateDb::open_read_only(&settings.state_path)?;
     let skips = would_skip(settings, db.as_ref());
-    if let Some(db) = db.as_ref()
-        && db.interrupted_ops().is_ok_and(|ops| !ops.is_empty())
-    {
-        tracing::warn!(
-            "a run was interrupted with changes in flight; the next `sync` settles them first (it looks up the creates they started and reads the target), so its plan may differ from this one"
-        );
-    }
-    let (target, rules) = if opts.full {
+    let resumed = match db.as_mut() {
+        Some(db) if db.interrupted_ops().is_ok_and(|ops| !ops.is_empty()) => {
+            settle_in_memory(settings, db, opts).await
+        }
+        _ => None,
+    };
+    let (opts, settling) = match resumed {
+        Some((opts, client)) => (opts, Some(client)),
+        None => (opts.clone(), None),
+    };
+    let opts = &opts;
+    let (target, rules) = if let Some(client) = settling {
+        let rules = client.rules();
+        (Some(client), rules)
+    } else if opts.full {
         let client = client(settings)?;
         client.check().await.map_err(SyncError::Target)?;
         let rules = client.rules();
@@ -802,6 +826,48 @@ pub async fn preview(
         }
     }
     Ok(planned)
+}
+
+/// `plan` and `sync --dry-run` after a run killed with changes in flight:
+/// what the next `sync` settles first (see `resume`), done in memory. The
+/// creates it started are looked up on the target and those found applied
+/// to the state, and the target is read whole where that `sync` would read
+/// it. `None` when the target cannot be asked: the plan is made from the
+/// state DB as it is, with a warning that the next `sync` may differ.
+async fn settle_in_memory(
+    settings: &Settings,
+    db: &mut StateDb,
+    opts: &SyncOptions,
+) -> Option<(SyncOptions, ScimClient)> {
+    let looked_up = async {
+        let client = client(settings)?;
+        client.check().await.map_err(SyncError::Target)?;
+        let (changes, settled) = resume::find_started_creates(db, &client).await?;
+        let resumed = resume::resume_options(db, opts, &settled)?;
+        let opts = SyncOptions {
+            settled: changes,
+            ..resumed.unwrap_or_else(|| opts.clone())
+        };
+        Ok::<_, SyncError>((opts, client, settled))
+    };
+    match looked_up.await {
+        Ok((opts, client, settled)) => {
+            tracing::warn!(
+                settled_users = settled.users,
+                settled_groups = settled.groups,
+                reads_target = opts.settle || opts.full,
+                "a run was interrupted with changes in flight; this plan settles them as the next `sync` will (the creates they started are looked up on the target, and those found count as idsync's own), without recording anything"
+            );
+            Some((opts, client))
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "a run was interrupted with changes in flight, and the target could not be asked about them; the next `sync` settles them first (it looks up the creates they started and reads the target), so its plan may differ from this one"
+            );
+            None
+        }
+    }
 }
 
 /// Why a real `sync` now would be skipped (paused, then quarantined), for

@@ -43,6 +43,24 @@ pub(super) async fn settle_creates<T: Target>(
     db: &mut StateDb,
     target: &T,
 ) -> Result<Settled, SyncError> {
+    let (changes, settled) = find_started_creates(db, target).await?;
+    if !changes.is_empty() {
+        tracing::warn!(
+            users = settled.users,
+            groups = settled.groups,
+            "a previous run was interrupted while creating these; found in the target, they are recorded as idsync's own"
+        );
+        db.commit_changes(&changes)?;
+    }
+    Ok(settled)
+}
+
+/// What [`settle_creates`] would record, found and not recorded: `plan` and
+/// `sync --dry-run` apply it to the state in memory.
+pub(super) async fn find_started_creates<T: Target>(
+    db: &mut StateDb,
+    target: &T,
+) -> Result<(Vec<StateChange>, Settled), SyncError> {
     let started: Vec<JournalEntry> = db
         .interrupted_ops()?
         .into_iter()
@@ -50,7 +68,7 @@ pub(super) async fn settle_creates<T: Target>(
         .collect();
     let mut settled = Settled::default();
     if started.is_empty() {
-        return Ok(settled);
+        return Ok((Vec::new(), settled));
     }
     let state = db.load()?;
     let mut changes = Vec::new();
@@ -117,15 +135,7 @@ pub(super) async fn settle_creates<T: Target>(
             settled.groups += 1;
         }
     }
-    if !changes.is_empty() {
-        tracing::warn!(
-            users = settled.users,
-            groups = settled.groups,
-            "a previous run was interrupted while creating these; found in the target, they are recorded as idsync's own"
-        );
-        db.commit_changes(&changes)?;
-    }
-    Ok(settled)
+    Ok((changes, settled))
 }
 
 /// The options of a plain cycle after a run that was killed with operations

@@ -272,3 +272,63 @@ fn sigkill_with_requests_in_flight_at_a_slow_target() {
     rig.ws.sync_ok();
     assert_exact(&rig.server, &rig.ws, &rig.dir);
 }
+
+/// `plan` and `sync --dry-run` after a run killed with creates in flight
+/// settle them in memory as the next `sync` does: they show the plan that
+/// sync applies, not creates of accounts the target already holds, and
+/// record nothing.
+#[test]
+fn plan_after_a_kill_is_the_plan_the_next_sync_applies() {
+    let rig = rig("plan-after-kill", 80, 3, slow(300));
+    let code = sync_killed_when(&rig.ws, Duration::from_secs(30), || {
+        progress(&rig.server).0 >= 8
+    });
+    assert_eq!(code, -1, "the kill landed before the run finished");
+    // Let the orphaned requests land, then take the delay away.
+    std::thread::sleep(Duration::from_millis(400));
+    rig.proxy.set_schedule(pass_through());
+    let interrupted = || {
+        rig.ws
+            .run(&["status", "--format", "json"])
+            .assert_code(0)
+            .json()["interrupted_operations"]
+            .as_u64()
+    };
+    let in_flight = interrupted();
+    assert!(
+        in_flight > Some(0),
+        "the journal holds the killed run's operations"
+    );
+
+    let plan = rig.ws.run(&["plan", "--format", "json"]);
+    plan.assert_code(0);
+    assert!(
+        plan.stderr
+            .contains("this plan settles them as the next `sync` will"),
+        "{}",
+        plan.dump()
+    );
+    let plan = plan.json();
+    let dry = rig
+        .ws
+        .run(&["sync", "--dry-run", "--format", "json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(dry, plan, "sync --dry-run --format json is not the plan");
+    assert_eq!(
+        interrupted(),
+        in_flight,
+        "plan and --dry-run recorded nothing"
+    );
+
+    let synced = rig
+        .ws
+        .run(&["sync", "--format", "json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(
+        plan["summary"], synced["summary"],
+        "the plan shown after the kill is not the one the next sync applied\nplan: {plan:#}\nsync: {synced:#}"
+    );
+    assert_exact(&rig.server, &rig.ws, &rig.dir);
+}
