@@ -315,10 +315,18 @@ fn plan_after_a_kill_is_the_plan_the_next_sync_applies() {
         .assert_code(0)
         .json();
     assert_eq!(dry, plan, "sync --dry-run --format json is not the plan");
+    // Every user on the target was made by idsync: the audit counts the
+    // killed run's as its own too, as the next sync records them.
+    let audit = rig.ws.run(&["audit", "--format", "json"]).json();
+    assert_eq!(
+        audit["counts"]["managed_users"].as_u64(),
+        Some(rig.server.contents().users.len() as u64),
+        "{audit:#}"
+    );
     assert_eq!(
         interrupted(),
         in_flight,
-        "plan and --dry-run recorded nothing"
+        "plan, --dry-run and audit recorded nothing"
     );
 
     let synced = rig
