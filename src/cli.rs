@@ -742,8 +742,21 @@ async fn plan(
         mut plan,
         input,
         would_stop,
+        settled_in_memory,
         ..
     } = sync::preview(settings, &opts, sync::Purpose::Review).await?;
+    if settled_in_memory && let Some(path) = out {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "plan not saved to {}: a run was interrupted with changes in flight, and this plan counts them as settled, which only `idsync sync` records",
+                report::escape(&path.display().to_string())
+            ),
+            Some(
+                "run `idsync sync` once (it settles them first, then applies its plan), or review the plan with `idsync plan` without --out; save plans again after that",
+            ),
+        ));
+    }
     if format != PlanFormat::Json {
         plan.member_names =
             crate::plan::MemberNames::of(plan.planned(), Some(input.desired()), input.state());

@@ -708,6 +708,10 @@ pub struct Planned {
     /// [`Purpose::Review`] only: the stops a sync of this plan would make, in
     /// the order it would meet them.
     pub would_stop: Vec<SyncError>,
+    /// The plan counts what an interrupted run had in flight as settled, in
+    /// memory only (see `settle_in_memory`): until a `sync` records that, it
+    /// cannot be saved for `sync --plan`.
+    pub settled_in_memory: bool,
 }
 
 /// Steps 3–6, the one sequence every command that plans runs: plan, `--only`,
@@ -762,6 +766,7 @@ async fn plan_checked<T: Target>(
         input,
         mirror,
         would_stop,
+        settled_in_memory: false,
     })
 }
 
@@ -787,6 +792,7 @@ pub async fn preview(
         Some((opts, client)) => (opts, Some(client)),
         None => (opts.clone(), None),
     };
+    let settled_in_memory = settling.is_some();
     let opts = &opts;
     let (target, rules) = if let Some(client) = settling {
         let rules = client.rules();
@@ -811,6 +817,7 @@ pub async fn preview(
         purpose,
     )
     .await?;
+    planned.settled_in_memory = settled_in_memory;
     match purpose {
         // Said first: a sync now would not get as far as the other stops.
         Purpose::Review => {

@@ -329,6 +329,19 @@ fn plan_after_a_kill_is_the_plan_the_next_sync_applies() {
         "plan, --dry-run and audit recorded nothing"
     );
 
+    // Such a plan cannot be saved: `sync --plan` would find the state it
+    // counted on missing from the DB and refuse it as stale.
+    let saved = rig.ws.path().join("saved-plan.json");
+    let refused = rig
+        .ws
+        .run(&["plan", "--out", saved.to_str().expect("utf-8 path")]);
+    refused.assert_code(2);
+    assert!(
+        refused.stderr.contains("only `idsync sync` records") && !saved.exists(),
+        "{}",
+        refused.dump()
+    );
+
     let synced = rig
         .ws
         .run(&["sync", "--format", "json"])
@@ -339,4 +352,9 @@ fn plan_after_a_kill_is_the_plan_the_next_sync_applies() {
         "the plan shown after the kill is not the one the next sync applied\nplan: {plan:#}\nsync: {synced:#}"
     );
     assert_exact(&rig.server, &rig.ws, &rig.dir);
+    // Settled by that sync: plans are saved again.
+    rig.ws
+        .run(&["plan", "--out", saved.to_str().expect("utf-8 path")])
+        .assert_code(0);
+    assert!(saved.exists());
 }
