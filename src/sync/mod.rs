@@ -792,7 +792,8 @@ pub async fn preview(
         Some((opts, client)) => (opts, Some(client)),
         None => (opts.clone(), None),
     };
-    let settled_in_memory = settling.is_some();
+    // Only a plan that counts on the settling differs from the state DB's.
+    let settled_in_memory = opts.settle || !opts.settled.is_empty();
     let opts = &opts;
     let (target, rules) = if let Some(client) = settling {
         let rules = client.rules();

@@ -165,7 +165,7 @@ pub(super) fn resume_options(
         operations = in_flight,
         settled_users = settled.users,
         settled_groups = settled.groups,
-        "a previous run was interrupted with changes in flight that may or may not have reached the target; this cycle reads the target first, as `sync --full` does"
+        "a previous run was interrupted with changes in flight that may or may not have reached the target; the target is read first, as `sync --full` does"
     );
     Ok(Some(SyncOptions {
         settle: true,
