@@ -276,6 +276,7 @@ fn a_streamed_read_finds_named_users_across_the_whole_read() {
         .build_groups(mapper.finish(), dir.groups.clone(), 0)
         .unwrap();
     assert_eq!(keys(&desired).0, ["u1"]);
+    assert!(desired.warnings.is_empty(), "{:?}", desired.warnings);
     // The same users, but u1 missing from this read: named and absent, so
     // nobody is assigned (a warning), and the read is not an error.
     let mut mapper = m.user_mapper(&dir.groups, None, 0).unwrap();
@@ -284,6 +285,12 @@ fn a_streamed_read_finds_named_users_across_the_whole_read() {
     }
     let desired = m.build_groups(mapper.finish(), dir.groups, 0).unwrap();
     assert!(keys(&desired).0.is_empty(), "{:?}", keys(&desired).0);
+    assert_eq!(desired.warnings.len(), 1, "{:?}", desired.warnings);
+    assert!(
+        desired.warnings[0].contains("`assign.users` names \"u1\", which the source does not have"),
+        "{}",
+        desired.warnings[0]
+    );
 }
 
 /// What the engine builds from `dir` when the source names each user's groups

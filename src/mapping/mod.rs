@@ -732,6 +732,7 @@ impl Mapping {
                 unassigned: Vec::new(),
                 errors: Vec::new(),
                 assigned_groups,
+                warnings: Vec::new(),
             },
         })
     }
@@ -753,6 +754,7 @@ impl Mapping {
             unassigned,
             mut errors,
             assigned_groups,
+            warnings,
         } = mapped;
 
         errors.extend(duplicate_user_names(&users));
@@ -803,6 +805,7 @@ impl Mapping {
             ignored_members: built.ignored_members,
             held_groups,
             unassigned_groups: built.unassigned,
+            warnings,
         })
     }
 
@@ -1080,25 +1083,29 @@ impl UserMapper<'_, '_> {
     /// person left the directory, and a leaver is removed as any other is
     /// (one user, counted by the removal guard), while failing the cycle
     /// would hold back everyone else until the config is edited. A misspelt
-    /// entry is warned of every cycle.
-    pub fn finish(self) -> MappedUsers {
+    /// entry is warned of every cycle, in the plan's warnings: `plan` and a
+    /// pull-request comment show it before anything is applied, and a sync's
+    /// log and summary carry it.
+    pub fn finish(mut self) -> MappedUsers {
         if let (Some(assigned), Some(assign)) =
             (self.memberships.assigned(), self.mapping.assign.as_ref())
         {
             for (i, _) in self.named_found.iter().enumerate().filter(|(_, f)| !**f) {
-                warn_unknown_named_user(assigned, assign, i);
+                self.mapped
+                    .warnings
+                    .push(unknown_named_user(assigned, assign, i));
             }
         }
         self.mapped
     }
 }
 
-fn warn_unknown_named_user(assigned: &Assigned<'_>, assign: &Assign, i: usize) {
-    tracing::warn!(
+fn unknown_named_user(assigned: &Assigned<'_>, assign: &Assign, i: usize) -> String {
+    format!(
         "{}: `assign.users` names \"{}\", which the source does not have (they left, or the key or userName is misspelt): nothing assigns them, so an account idsync made for them is removed per remove_action; take the entry out of `assign.users`, or correct it",
         assign.file,
         assigned.named(i)
-    );
+    )
 }
 
 /// Users mapped one by one, before the groups complete the desired state.
@@ -1111,6 +1118,8 @@ pub struct MappedUsers {
     errors: Vec<RecordError>,
     /// With `assign`: the groups it pushes.
     assigned_groups: Option<AssignedGroups>,
+    /// What the read's mapping warns of (see [`UserMapper::finish`]).
+    warnings: Vec<String>,
 }
 
 impl MappedUsers {

@@ -78,6 +78,9 @@ pub struct Desired {
     /// With `assign`: groups the source has that are not pushed because
     /// nothing assigns them, with why (the reason a managed one is deleted).
     pub unassigned_groups: BTreeMap<GroupKey, String>,
+    /// What the mapping warns of (an `assign.users` entry naming no user of
+    /// the read): the plan carries each among its warnings.
+    pub warnings: Vec<String>,
 }
 
 /// A source group left alone this cycle, and why.

@@ -143,7 +143,8 @@ fn diff_state(
 ) -> (Vec<Operation>, Vec<Skipped>, Vec<String>) {
     let mut ops = Vec::new();
     let mut skipped = Vec::new();
-    let mut warnings = Vec::new();
+    // The mapping's own come first: they are about the config.
+    let mut warnings = desired.warnings.clone();
     // Managed users disabled in the source that leave as leavers do
     // (`disabled_action: remove_action` under `remove_action: delete`).
     let mut disabled: FastSet<&SourceKey> = FastSet::default();

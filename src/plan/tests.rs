@@ -298,6 +298,20 @@ fn a_user_who_is_no_longer_assigned_is_removed_saying_so() {
 }
 
 #[test]
+fn the_mappings_warnings_lead_the_plans_and_change_no_operation() {
+    let a = person("1", "a@x.com", "Eng");
+    let state = state_of(&[(&a, Status::Active)]);
+    let mut d = desired(vec![a.clone()], vec![]);
+    let quiet = plan(&d, &state, &Policy::default());
+    d.warnings
+        .push("mapping.yaml: `assign.users` names \"gone\", which the source does not have".into());
+    let warned = plan(&d, &state, &Policy::default());
+    assert_eq!(warned.warnings, d.warnings);
+    assert_eq!(warned.operations, quiet.operations);
+    assert_eq!(warned.fingerprint, quiet.fingerprint);
+}
+
+#[test]
 fn a_group_that_is_no_longer_assigned_is_deleted_saying_so() {
     let state = with_group(State::default(), "old", "Old", &[]);
     let state = with_group(state, "gone", "Gone", &[]);

@@ -242,8 +242,30 @@ fn an_assigned_user_who_left_the_source_is_removed_and_the_cycle_goes_on() {
     // u0002 leaves the directory; the config still names them.
     dir.remove_user("u0002");
     ws.write_directory(&dir);
-    let out = ws.run(&["sync"]);
+    // The plan shows the entry before anything is applied, in its text and
+    // in its JSON (which a pull-request comment is made from).
+    let named = "`assign.users` names \"u0002\", which the source does not have";
+    let out = ws.run(&["plan"]);
     out.assert_code(0);
+    assert!(
+        out.stdout.contains("warning:") && out.stdout.contains(named),
+        "{}",
+        out.dump()
+    );
+    let out = ws.run(&["plan", "--format", "json"]);
+    out.assert_code(0);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).expect("plan JSON");
+    let warned = |v: &serde_json::Value| {
+        v["warnings"].as_array().is_some_and(|w| {
+            w.iter()
+                .any(|w| w.as_str().is_some_and(|w| w.contains(named)))
+        })
+    };
+    assert!(warned(&plan), "{}", out.dump());
+    let out = ws.run(&["sync", "--format", "json"]);
+    out.assert_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&out.stdout).expect("summary JSON");
+    assert!(warned(&summary), "{}", out.dump());
     assert!(
         out.stderr
             .contains("`assign.users` names \"u0002\", which the source does not have")
