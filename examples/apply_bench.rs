@@ -80,11 +80,11 @@ fn main() {
         let ratios: Vec<String> = r
             .pairs
             .iter()
-            .map(|p| format!("{:.0} %", p.ratio()))
+            .map(|p| format!("{:.1} %", p.ratio()))
             .collect();
         let median = r.median_ratio();
         println!(
-            "| apply, no rate limit, concurrency {}: at least 95 % of `wrk`'s rate, median of {} pair(s) | {median:.0} % (pairs: {}) | {} |",
+            "| apply, no rate limit, concurrency {}: at least 95 % of `wrk`'s rate, median of {} pair(s) | {median:.1} % (pairs: {}) | {} |",
             r.conc,
             r.pairs.len(),
             ratios.join(", "),
@@ -178,7 +178,7 @@ impl Row {
                 p.b_secs
             );
             println!(
-                "| pair {n}: (c) wrk -t1 -c{conc} -d10s POST /v2/Users, just before and just after (b) | {:.0} and {:.0} req/s, mean {:.0}: idsync {:.0} % |",
+                "| pair {n}: (c) wrk -t1 -c{conc} -d10s POST /v2/Users, just before and just after (b) | {:.0} and {:.0} req/s, mean {:.0}: idsync {:.1} % |",
                 p.wrk_before,
                 p.wrk_after,
                 p.wrk_mean(),
