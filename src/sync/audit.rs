@@ -53,6 +53,11 @@ pub async fn audit(settings: &Settings) -> Result<AuditReport, SyncError> {
         &settled,
     )
     .await?;
+    // What the mapping warns of (a misspelt `assign.users` entry), as a sync
+    // logs it.
+    for w in &input.desired().warnings {
+        tracing::warn!("{w}");
+    }
     let plan = plan::plan(&input);
     let stop = guard::check(&plan, &settings.policy, false).err();
     let failed = match &db {

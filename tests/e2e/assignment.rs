@@ -262,6 +262,9 @@ fn an_assigned_user_who_left_the_source_is_removed_and_the_cycle_goes_on() {
         })
     };
     assert!(warned(&plan), "{}", out.dump());
+    // `audit` reads the same source through the same mapping.
+    let out = ws.run(&["audit"]);
+    assert!(out.stderr.contains(named), "{}", out.dump());
     let out = ws.run(&["sync", "--format", "json"]);
     out.assert_code(0);
     let summary: serde_json::Value = serde_json::from_str(&out.stdout).expect("summary JSON");
