@@ -61,15 +61,14 @@ async fn a_target_without_schemas_gets_rfc_defaults_but_a_refused_token_fails() 
 #[tokio::test]
 async fn an_immutable_user_name_change_is_refused_without_being_sent() {
     let server = MockServer::start().await;
-    on("GET", "/Schemas")
-        .respond_with(scim(200).set_body_json(schemas_doc(
-            json!([{"name": "userName", "mutability": "immutable", "uniqueness": "none"},
-                   {"name": "externalId", "mutability": "readOnly"},
-                   {"name": "title"}]),
-            json!([]),
-        )))
-        .mount(&server)
-        .await;
+    mount_schemas(
+        &server,
+        json!([{"name": "userName", "mutability": "immutable", "uniqueness": "none"},
+               {"name": "externalId", "mutability": "readOnly"},
+               {"name": "title"}]),
+        json!([]),
+    )
+    .await;
     on("PATCH", "/Users/u1")
         .and(body_json(json!({
             "schemas": [resource::PATCH_OP_SCHEMA],
@@ -115,13 +114,12 @@ async fn an_immutable_user_name_change_is_refused_without_being_sent() {
 #[tokio::test]
 async fn required_group_members_go_into_the_post_and_are_not_added_again() {
     let server = MockServer::start().await;
-    on("GET", "/Schemas")
-        .respond_with(scim(200).set_body_json(schemas_doc(
-            json!([{"name": "userName"}]),
-            json!([{"name": "displayName"}, {"name": "members", "required": true}]),
-        )))
-        .mount(&server)
-        .await;
+    mount_schemas(
+        &server,
+        json!([{"name": "userName"}]),
+        json!([{"name": "displayName"}, {"name": "members", "required": true}]),
+    )
+    .await;
     on("GET", "/Groups")
         .respond_with(scim(200).set_body_json(list_json(0, vec![])))
         .mount(&server)
@@ -167,13 +165,12 @@ async fn required_group_members_go_into_the_post_and_are_not_added_again() {
 #[tokio::test]
 async fn atlassian_keeps_the_primary_email_it_requires_whatever_its_schema_lists() {
     let server = MockServer::start().await;
-    on("GET", "/Schemas")
-        .respond_with(scim(200).set_body_json(schemas_doc(
-            json!([{"name": "emails", "subAttributes": [{"name": "value"}]}]),
-            json!([]),
-        )))
-        .mount(&server)
-        .await;
+    mount_schemas(
+        &server,
+        json!([{"name": "emails", "subAttributes": [{"name": "value"}]}]),
+        json!([]),
+    )
+    .await;
     let generic = client_for(&server).await;
     generic.read_schema().await.expect("schema");
     let shape = generic.payload_shape();

@@ -381,13 +381,12 @@ async fn users_read(server: &MockServer) -> usize {
 #[tokio::test]
 async fn an_empty_target_is_asked_for_its_users_once_before_the_first_create() {
     let server = MockServer::start().await;
-    on("GET", "/Schemas")
-        .respond_with(scim(200).set_body_json(schemas_doc(
-            json!([{"name": "userName", "caseExact": false, "uniqueness": "server"}]),
-            json!([]),
-        )))
-        .mount(&server)
-        .await;
+    mount_schemas(
+        &server,
+        json!([{"name": "userName", "caseExact": false, "uniqueness": "server"}]),
+        json!([]),
+    )
+    .await;
     on("GET", "/Users")
         .respond_with(scim(200).set_body_json(list_json(0, vec![])))
         .mount(&server)

@@ -220,13 +220,12 @@ async fn creates_look_up_first_where_user_names_are_not_unique() {
 #[tokio::test]
 async fn a_create_finds_a_case_variant_on_a_target_with_case_sensitive_eq() {
     let server = MockServer::start().await;
-    on("GET", "/Schemas")
-        .respond_with(scim(200).set_body_json(schemas_doc(
-            json!([{"name": "userName", "caseExact": false, "uniqueness": "server"}]),
-            json!([]),
-        )))
-        .mount(&server)
-        .await;
+    mount_schemas(
+        &server,
+        json!([{"name": "userName", "caseExact": false, "uniqueness": "server"}]),
+        json!([]),
+    )
+    .await;
     on("GET", "/Users")
         .and(query_param_is_missing("filter"))
         .respond_with(scim(200).set_body_json(list_json(

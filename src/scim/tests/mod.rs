@@ -103,12 +103,17 @@ fn query_number(request: &Request, name: &str) -> Option<usize> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-fn schemas_doc(user_attrs: Value, group_attrs: Value) -> Value {
-    list_json(
+/// `GET /Schemas` answers with these user and group attributes.
+async fn mount_schemas(server: &MockServer, user_attrs: Value, group_attrs: Value) {
+    let schemas = list_json(
         2,
         vec![
             json!({"id": resource::USER_SCHEMA, "attributes": user_attrs}),
             json!({"id": resource::GROUP_SCHEMA, "attributes": group_attrs}),
         ],
-    )
+    );
+    on("GET", "/Schemas")
+        .respond_with(scim(200).set_body_json(schemas))
+        .mount(server)
+        .await;
 }
