@@ -21,16 +21,26 @@
 //! just before and after it. The last table is the issue's: the median of
 //! the pairs' idsync ÷ wrk at each concurrency, against the 95 % target.
 //!
+//! The server runs on one CPU and the client (`wrk` or idsync) on another,
+//! by `taskset`, when the process may use two: with the two sharing both
+//! cores, the Python server's threads are woken on whichever core the client
+//! just used, and what it serves then depends on how the scheduler places
+//! the client rather than on the client's work (see the README's apply
+//! section). A target across the network shares no core with idsync.
+//! `APPLY_PIN=0` runs everything unpinned.
+//!
 //! Every server and proxy it starts listens on 127.0.0.1 and is stopped by PID.
 //! Not a timed test: the numbers go in the README.
 
 #[path = "../tests/support/proxy.rs"]
 mod proxy;
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use proxy::{FaultProxy, max_in_window, pass_through, steady_rate};
@@ -59,6 +69,13 @@ fn main() {
         "apply_bench: {users} users, rate {rate}/s, concurrency {concs:?}, {pairs} pair(s) each"
     );
     println!("idsync: {}", idsync.display());
+    match pinning() {
+        Some(pin) => println!(
+            "pinned: scim2-server to CPU {}, wrk and idsync to CPU {} (APPLY_PIN=0: unpinned)",
+            pin.server, pin.client
+        ),
+        None => println!("unpinned: scim2-server, wrk and idsync share every CPU"),
+    }
 
     let mut rows = Vec::new();
     for &conc in &concs {
@@ -172,10 +189,14 @@ impl Row {
                 p.b_rate, p.b_secs
             );
             println!(
-                "| pair {n}: (b) CPU during (b): idsync / scim2-server | {} / {} (wall {:.1} s, 2 cores shared) |",
+                "| pair {n}: (b) CPU during (b): idsync / scim2-server | {} / {} (wall {:.1} s, {}) |",
                 show(p.b_cpu),
                 show(p.b_server_cpu),
-                p.b_secs
+                p.b_secs,
+                match pinning() {
+                    Some(pin) => format!("CPU {} / CPU {}", pin.client, pin.server),
+                    None => "every CPU shared".into(),
+                }
             );
             println!(
                 "| pair {n}: (c) wrk -t1 -c{conc} -d10s POST /v2/Users, just before and just after (b) | {:.0} and {:.0} req/s, mean {:.0}: idsync {:.1} % |",
@@ -309,6 +330,71 @@ fn idsync_binary() -> PathBuf {
     bin
 }
 
+/// The CPUs the server and the client run on, one each.
+struct Pinning {
+    server: String,
+    client: String,
+}
+
+/// Two CPUs of the ones this process may use, when `taskset` is there and
+/// `APPLY_PIN` is not `0`.
+fn pinning() -> Option<&'static Pinning> {
+    static PINNING: OnceLock<Option<Pinning>> = OnceLock::new();
+    PINNING
+        .get_or_init(|| {
+            if std::env::var("APPLY_PIN").is_ok_and(|v| v == "0") {
+                return None;
+            }
+            let status = std::fs::read_to_string("/proc/self/status").ok()?;
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+            let mut cpus = allowed_cpus(list.trim()).into_iter();
+            let (server, client) = (cpus.next()?, cpus.next()?);
+            let taskset = Command::new("taskset")
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            taskset.is_ok_and(|s| s.success()).then(|| Pinning {
+                server: server.to_string(),
+                client: client.to_string(),
+            })
+        })
+        .as_ref()
+}
+
+/// The CPUs of a list like `0-3,6,8-9`, in order.
+fn allowed_cpus(list: &str) -> Vec<u32> {
+    list.split(',')
+        .filter_map(|part| match part.split_once('-') {
+            Some((a, b)) => Some(a.trim().parse().ok()?..=b.trim().parse().ok()?),
+            None => part.trim().parse().ok().map(|c| c..=c),
+        })
+        .flatten()
+        .collect()
+}
+
+/// `program`, run on `cpu` when pinning, else as it is.
+fn on_cpu(cpu: Option<&str>, program: impl AsRef<OsStr>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", cpu]).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+fn server_cpu() -> Option<&'static str> {
+    pinning().map(|p| p.server.as_str())
+}
+
+fn client_cpu() -> Option<&'static str> {
+    pinning().map(|p| p.client.as_str())
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -331,7 +417,8 @@ impl Server {
             });
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new(&program)
+            // `taskset` sets the CPU and execs the server: the PID is the server's.
+            let child = on_cpu(server_cpu(), &program)
                 .args(["--hostname", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--bearer-token", TOKEN])
                 .stdin(Stdio::null())
@@ -436,11 +523,11 @@ impl Work {
         let time_out = self.dir.path().join("time.txt");
         let timer = Path::new("/usr/bin/time");
         let mut cmd = if timer.exists() {
-            let mut c = Command::new(timer);
+            let mut c = on_cpu(client_cpu(), timer);
             c.args(["-f", "%U %S", "-o"]).arg(&time_out).arg(idsync);
             c
         } else {
-            Command::new(idsync)
+            on_cpu(client_cpu(), idsync)
         };
         let started = Instant::now();
         let out = cmd
@@ -509,7 +596,7 @@ fn wrk(server: &Server, conc: usize, kind: &str, template: &str) -> f64 {
     );
     std::fs::write(&script, format!("{header}{body}")).expect("lua");
     let server_before = cpu_seconds(server.child.id());
-    let out = Command::new("wrk")
+    let out = on_cpu(client_cpu(), "wrk")
         .args(["-t1", &format!("-c{conc}"), "-d10s", "-s"])
         .arg(&script)
         .arg(format!("http://127.0.0.1:{}/", server.port))
@@ -522,6 +609,15 @@ fn wrk(server: &Server, conc: usize, kind: &str, template: &str) -> f64 {
             return 0.0;
         }
     };
+    if !out.status.success() {
+        // Under `taskset`, a missing `wrk` is taskset's failure to exec it.
+        println!(
+            "(c) wrk failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return 0.0;
+    }
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let rps: f64 = text
         .lines()
