@@ -128,7 +128,7 @@ fn concurrency_sweep_at_100ms_rtt() {
     let (best_c, best_rate) = best.expect("at least one fixed point");
     let ratio = auto.rate() / best_rate;
     println!(
-        "figure: best fixed concurrency {best_c} at {best_rate:.1} users/s; auto {:.1} users/s = {:.0} % of it (target at least 90 %) {}",
+        "figure: best fixed concurrency {best_c} at {best_rate:.1} users/s; auto {:.1} users/s = {:.1} % of it (target at least 90 %) {}",
         auto.rate(),
         ratio * 100.0,
         if ratio >= 0.90 { "✔" } else { "✘" }
