@@ -336,8 +336,9 @@ struct Pinning {
     client: String,
 }
 
-/// Two CPUs of the ones this process may use, when `taskset` is there and
-/// `APPLY_PIN` is not `0`.
+/// Two CPUs of the ones this process may use, when `taskset` can put a
+/// process on each (it is there, and the container lets it set affinity)
+/// and `APPLY_PIN` is not `0`.
 fn pinning() -> Option<&'static Pinning> {
     static PINNING: OnceLock<Option<Pinning>> = OnceLock::new();
     PINNING
@@ -351,12 +352,17 @@ fn pinning() -> Option<&'static Pinning> {
                 .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
             let mut cpus = allowed_cpus(list.trim()).into_iter();
             let (server, client) = (cpus.next()?, cpus.next()?);
-            let taskset = Command::new("taskset")
-                .arg("-V")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            taskset.is_ok_and(|s| s.success()).then(|| Pinning {
+            // Tried for real: a server that `taskset` failed to start would
+            // otherwise read as "scim2-server did not start".
+            let runs_on = |cpu: u32| {
+                Command::new("taskset")
+                    .args(["-c", &cpu.to_string(), "true"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            (runs_on(server) && runs_on(client)).then(|| Pinning {
                 server: server.to_string(),
                 client: client.to_string(),
             })
