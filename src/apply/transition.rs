@@ -476,8 +476,10 @@ fn deleted_group(state: &State, key: &GroupKey, scim_id: &ScimId) -> Transition 
 }
 
 /// The state changes `plan` makes when every request succeeds, with made-up
-/// SCIM ids (`id-N`, `g-N`): what a completed run leaves behind, through the
-/// same transition. For benchmarks that seed a state DB without a target.
+/// SCIM ids shaped as targets make them (random-looking UUIDs, as Atlassian
+/// and most SCIM servers answer): what a completed run leaves behind, through
+/// the same transition. For benchmarks that seed a state DB without a target,
+/// so the ids cost there what they cost in a real state.
 pub fn assume_success(
     state: &State,
     plan: &crate::plan::Plan,
@@ -488,12 +490,12 @@ pub fn assume_success(
     for (i, op) in plan.operations.iter().enumerate() {
         let response = match op {
             Operation::CreateUser { attrs, .. } => Response::UserCreated {
-                id: ScimId::new(format!("id-{i}")),
+                id: made_up_id(i),
                 ownership: Ownership::Created,
                 attrs: attrs.clone(),
             },
             Operation::CreateGroup { .. } => Response::GroupCreated {
-                id: ScimId::new(format!("g-{i}")),
+                id: made_up_id(i),
                 ownership: Ownership::Created,
             },
             _ => Response::Ok,
@@ -506,10 +508,44 @@ pub fn assume_success(
     changes
 }
 
+/// A version-4-shaped UUID made from `n` (splitmix64 twice): distinct for
+/// distinct `n`, the same from run to run.
+fn made_up_id(n: usize) -> ScimId {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let n = n as u64;
+    let (hi, lo) = (mix(n.wrapping_mul(2)), mix(n.wrapping_mul(2) + 1));
+    let hi = (hi & !0xf000) | 0x4000;
+    let lo = (lo & !(0xc << 60)) | (0x8 << 60);
+    ScimId::new(format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::{Change, Changes};
+
+    #[test]
+    fn made_up_ids_are_distinct_uuids() {
+        let ids: BTreeSet<ScimId> = (0..10_000).map(made_up_id).collect();
+        assert_eq!(ids.len(), 10_000);
+        let id = made_up_id(7);
+        let s = id.as_str();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_eq!(made_up_id(7), id);
+    }
 
     #[test]
     fn an_update_records_what_the_target_answered_it_keeps() {
