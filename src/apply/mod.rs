@@ -509,7 +509,7 @@ impl<T: Target> Executor<'_, T> {
                     .flatten()
                     .filter_map(|m| {
                         self.state.live_user(m).map(|u| MemberRef {
-                            id: u.scim_id.clone(),
+                            id: u.scim_id.to_scim_id(),
                             user_name: Some(u.user_name.clone()),
                         })
                     })
@@ -535,7 +535,7 @@ impl<T: Target> Executor<'_, T> {
                     .into_iter()
                     .filter_map(|m| self.state.live_user(m))
                     .map(|u| MemberRef {
-                        id: u.scim_id.clone(),
+                        id: u.scim_id.to_scim_id(),
                         user_name: Some(u.user_name.clone()),
                     })
                     .collect();

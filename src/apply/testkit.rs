@@ -392,9 +392,9 @@ pub fn target_for(state: &State) -> MemoryTarget {
         let mut w = target.world.lock().unwrap();
         for u in state.users.values().filter(|u| u.status != Status::Removed) {
             w.users.insert(
-                u.scim_id.clone(),
+                u.scim_id.to_scim_id(),
                 RemoteUser {
-                    id: u.scim_id.clone(),
+                    id: u.scim_id.to_scim_id(),
                     attrs: u.attrs.as_deref().cloned().unwrap_or_default(),
                     active: u.status == Status::Active,
                 },
@@ -412,7 +412,7 @@ pub fn target_for(state: &State) -> MemoryTarget {
                 .filter_map(|k| {
                     state
                         .live_user(k)
-                        .map(|u| RemoteMember::id(u.scim_id.as_str()))
+                        .map(|u| RemoteMember::id(&*u.scim_id.text()))
                 })
                 .collect();
             w.groups.insert(

@@ -111,7 +111,7 @@ fn assert_target_matches(
             continue;
         };
         prop_assert_eq!(found, 1, "user {} should exist once", name);
-        let remote = w.users.get(&pushed.scim_id);
+        let remote = w.users.get(&pushed.scim_id.to_scim_id());
         prop_assert!(remote.is_some(), "user {} recorded with a missing id", name);
         let remote = remote.unwrap();
         prop_assert_eq!(&remote.attrs, &d.attrs, "attributes of {}", name);
@@ -131,11 +131,11 @@ fn assert_target_matches(
             if policy.target_renames_groups || policy.on_rename == crate::plan::OnRename::Recreate {
                 prop_assert_eq!(&remote.display_name, &g.display_name);
             }
-            let have: BTreeSet<&str> = remote.members.iter().map(|m| m.value.as_str()).collect();
-            let want: BTreeSet<&str> = g
+            let have: BTreeSet<String> = remote.members.iter().map(|m| m.value.clone()).collect();
+            let want: BTreeSet<String> = g
                 .members
                 .iter()
-                .filter_map(|k| state.live_user(k).map(|u| u.scim_id.as_str()))
+                .filter_map(|k| state.live_user(k).map(|u| u.scim_id.to_string()))
                 .collect();
             prop_assert_eq!(have, want, "members of {}", g.display_name);
         }
@@ -342,7 +342,7 @@ fn adoptions_are_committed_like_any_other_operation() {
     )));
     let stored = db.load().unwrap();
     let user = &stored.users[&SourceKey::new("1")];
-    assert_eq!(user.scim_id.as_str(), "hand");
+    assert_eq!(user.scim_id.to_string(), "hand");
     assert_eq!(user.ownership, crate::model::Ownership::Adopted);
     assert_eq!(user.status, Status::Active);
     let (next, _) = plan_from_db(&mut db, &desired, &Policy::default(), None);
@@ -389,7 +389,10 @@ fn adopt_in_another_case(fixed: BTreeSet<UserAttr>) -> (usize, String) {
         1
     )));
     let stored = db.load().unwrap();
-    assert_eq!(stored.users[&SourceKey::new("1")].scim_id.as_str(), "hand");
+    assert_eq!(
+        stored.users[&SourceKey::new("1")].scim_id.to_string(),
+        "hand"
+    );
     let w = target.world.lock().unwrap();
     (
         w.calls - calls_before,
@@ -483,7 +486,7 @@ fn refused_updates_do_not_starve_the_removals() {
     let stored = db.load().unwrap();
     assert_eq!(stored.users[&leaver.key].status, Status::Disabled);
     let w = target.world.lock().unwrap();
-    let remote = &w.users[&stored.users[&leaver.key].scim_id];
+    let remote = &w.users[&stored.users[&leaver.key].scim_id.to_scim_id()];
     assert!(!remote.active, "the leaver keeps access");
 }
 
@@ -940,7 +943,10 @@ fn a_takeover_waits_when_the_leavers_disable_failed() {
     let outcome = cycle(&mut db, &target, &desired, &policy);
     assert_eq!(outcome.failed, 0, "{:?}", outcome.failures);
     let stored = db.load().unwrap();
-    assert_eq!(stored.users[&SourceKey::new("2")].scim_id.as_str(), "id-1");
+    assert_eq!(
+        stored.users[&SourceKey::new("2")].scim_id.to_string(),
+        "id-1"
+    );
     assert_eq!(stored.users[&SourceKey::new("1")].status, Status::Removed);
     let (next, _) = plan_from_db(&mut db, &desired, &policy, None);
     assert!(next.is_empty(), "{:#?}", next.operations);

@@ -375,7 +375,7 @@ fn updated_user(
     put_user(
         key,
         StateUser::pushed(
-            current.scim_id.clone(),
+            current.scim_id.to_scim_id(),
             attrs
                 .get(UserAttr::UserName)
                 .map(UserName::new)

@@ -17,6 +17,7 @@ mod record;
 mod remote;
 mod rules;
 mod state;
+mod stored_id;
 
 pub use attr::{
     AttrSchema, AttrShape, AttrSpec, ENTERPRISE_USER, GROUP_SCHEMA, USER_SCHEMA, UserAttr,
@@ -42,6 +43,7 @@ pub use state::{
     AttrNote, NoteSummary, Ownership, State, StateChange, StateGroup, StateUser, StateUsers,
     Status, UserCursor,
 };
+pub use stored_id::{IdText, StoredId};
 
 /// A fast, randomly seeded hasher for the large in-memory maps of a cycle.
 pub type FastHash = foldhash::fast::RandomState;

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AttrHash, FastHash, GroupKey, GroupName, ScimId, SourceKey, UserAttr, UserAttrs, UserName,
+    AttrHash, FastHash, GroupKey, GroupName, ScimId, SourceKey, StoredId, UserAttr, UserAttrs,
+    UserName,
 };
 
 /// Whether idsync created an object or adopted one that already existed. Only
@@ -67,7 +68,8 @@ impl Status {
 /// One managed user as last pushed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StateUser {
-    pub scim_id: ScimId,
+    /// Held compactly: a million users' ids are most of a state's size.
+    pub scim_id: StoredId,
     pub user_name: UserName,
     pub hash: AttrHash,
     pub status: Status,
@@ -90,7 +92,7 @@ impl StateUser {
         create_only: &BTreeSet<UserAttr>,
     ) -> StateUser {
         StateUser {
-            scim_id,
+            scim_id: scim_id.into(),
             user_name,
             hash: AttrHash::of(&attrs, create_only),
             status,
@@ -391,7 +393,7 @@ mod tests {
         (
             SourceKey::new(key),
             StateUser {
-                scim_id: ScimId::new(format!("id-{key}")),
+                scim_id: ScimId::new(format!("id-{key}")).into(),
                 user_name: UserName::new(format!("{key}@example.com")),
                 hash: AttrHash([0; 16]),
                 status: Status::Active,

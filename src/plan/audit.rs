@@ -213,9 +213,9 @@ pub fn audit(input: &AuditInput<'_>) -> Audit {
 struct Context<'a> {
     input: &'a AuditInput<'a>,
     /// Live managed users: SCIM id → key.
-    managed: HashMap<&'a str, &'a SourceKey>,
+    managed: HashMap<ScimId, &'a SourceKey>,
     /// Accounts idsync recorded as removed: SCIM id → key.
-    removed: HashMap<&'a str, &'a SourceKey>,
+    removed: HashMap<ScimId, &'a SourceKey>,
     managed_groups: HashMap<&'a str, (&'a GroupKey, &'a StateGroup)>,
     desired_users: HashMap<&'a SourceKey, &'a DesiredUser>,
     desired_groups: HashMap<&'a GroupKey, &'a DesiredGroup>,
@@ -262,7 +262,7 @@ impl<'a> Context<'a> {
                 .users
                 .iter()
                 .filter(move |(_, u)| (u.status == Status::Removed) == removed)
-                .map(|(k, u)| (u.scim_id.as_str(), k))
+                .map(|(k, u)| (u.scim_id.to_scim_id(), k))
                 .collect()
         };
         Context {
@@ -362,7 +362,7 @@ impl<'a> Context<'a> {
             .iter()
             .filter(|(_, s)| s.status != Status::Removed)
         {
-            let Some(remote) = self.users_by_id.get(s.scim_id.as_str()) else {
+            let Some(remote) = self.users_by_id.get(&*s.scim_id.text()) else {
                 continue;
             };
             if !remote.active {
@@ -387,7 +387,7 @@ impl<'a> Context<'a> {
             audit.stale.push(Stale {
                 key: key.clone(),
                 user_name: user_name.as_str().to_owned(),
-                scim_id: s.scim_id.clone(),
+                scim_id: s.scim_id.to_scim_id(),
                 source,
                 reason: self.stale_reason(key, s.status, source),
             });

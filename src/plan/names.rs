@@ -182,7 +182,7 @@ fn link(
                     &mut ops[i],
                     NameStep::TakesOver {
                         from: holder_key.clone(),
-                        scim_id: holder.scim_id.clone(),
+                        scim_id: holder.scim_id.to_scim_id(),
                     },
                 );
             }
@@ -195,7 +195,7 @@ fn link(
                     &mut ops[i],
                     NameStep::TakesOver {
                         from: holder_key.clone(),
-                        scim_id: holder.scim_id.clone(),
+                        scim_id: holder.scim_id.to_scim_id(),
                     },
                 );
             }

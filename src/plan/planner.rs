@@ -239,7 +239,7 @@ fn diff_state(
                 ops.push(Operation::DisableUser {
                     key: key.clone(),
                     user_name: s.user_name.clone(),
-                    scim_id: s.scim_id.clone(),
+                    scim_id: s.scim_id.to_scim_id(),
                     reason,
                     name_step: None,
                 })
@@ -248,7 +248,7 @@ fn diff_state(
             RemoveAction::Delete => ops.push(Operation::DeleteUser {
                 key: key.clone(),
                 user_name: s.user_name.clone(),
-                scim_id: s.scim_id.clone(),
+                scim_id: s.scim_id.to_scim_id(),
                 reason,
                 name_step: None,
             }),
@@ -361,7 +361,14 @@ fn plan_existing_user(
         Some(old) => diff(Some(old), &d.attrs, skip),
         None => Changes::new(),
     };
-    let common = |changes| (d.key.clone(), d.user_name(), s.scim_id.clone(), changes);
+    let common = |changes| {
+        (
+            d.key.clone(),
+            d.user_name(),
+            s.scim_id.to_scim_id(),
+            changes,
+        )
+    };
     match (s.status, d.active) {
         (Status::Disabled, true) => {
             let (key, user_name, scim_id, changes) = common(changes);
@@ -386,7 +393,7 @@ fn plan_existing_user(
             ops.push(Operation::DisableUser {
                 key: d.key.clone(),
                 user_name: d.user_name(),
-                scim_id: s.scim_id.clone(),
+                scim_id: s.scim_id.to_scim_id(),
                 reason: "inactive in the source".to_string(),
                 name_step: None,
             });

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::model::{
     AttrHash, Desired, DesiredUser, GroupName, MemberResolver, Ownership, RemoteGroup, RemoteUser,
-    SourceKey, State, StateChange, StateGroup, StateUser, Status, TargetSnapshot, UserAttr,
+    ScimId, SourceKey, State, StateChange, StateGroup, StateUser, Status, TargetSnapshot, UserAttr,
     UserAttrs, UserName,
 };
 
@@ -154,7 +154,7 @@ impl<'a> Reconciling<'a> {
             if s.status == Status::Removed {
                 continue;
             }
-            let change = match by_id.get(s.scim_id.as_str()) {
+            let change = match by_id.get(&*s.scim_id.text()) {
                 Some(remote) => {
                     self.claimed.insert(remote.id.as_str());
                     let (hash, attrs) = self.held_attrs(
@@ -202,12 +202,12 @@ impl<'a> Reconciling<'a> {
         }
         // Accounts the state records for keys it marked removed are still
         // those keys' accounts (a leaver's, say): never adopted for another key.
-        let removed_owner: HashMap<&str, &SourceKey> = self
+        let removed_owner: HashMap<ScimId, &SourceKey> = self
             .state
             .users
             .iter()
             .filter(|(_, u)| u.status == Status::Removed)
-            .map(|(k, u)| (u.scim_id.as_str(), k))
+            .map(|(k, u)| (u.scim_id.to_scim_id(), k))
             .collect();
         for d in &self.desired.users {
             if self.out.live_user(&d.key).is_some() {
@@ -243,7 +243,7 @@ impl<'a> Reconciling<'a> {
         self.out.users.insert(
             d.key.clone(),
             StateUser {
-                scim_id: remote.id.clone(),
+                scim_id: (&remote.id).into(),
                 user_name: user_name.clone(),
                 hash,
                 attrs: Some(Box::new(attrs.clone())),
@@ -333,12 +333,12 @@ impl<'a> Reconciling<'a> {
     fn observe_memberships(&mut self) -> Vec<Operation> {
         let resolver = MemberResolver::new(&self.target.users);
         let mut dangling = Vec::new();
-        let key_of: HashMap<&str, &SourceKey> = self
+        let key_of: HashMap<ScimId, &SourceKey> = self
             .out
             .users
             .iter()
             .filter(|(_, u)| u.status != Status::Removed)
-            .map(|(k, u)| (u.scim_id.as_str(), k))
+            .map(|(k, u)| (u.scim_id.to_scim_id(), k))
             .collect();
         let mut memberships = Vec::new();
         for (key, g) in &self.out.groups {

@@ -229,7 +229,7 @@ impl<'a> Draft<'a> {
             let (key, user_name, scim_id, reason) = (
                 key.clone(),
                 user.user_name.clone(),
-                user.scim_id.clone(),
+                user.scim_id.to_scim_id(),
                 self.reason.clone(),
             );
             self.ops.push(match remove_action {
@@ -295,14 +295,14 @@ impl<'a> Draft<'a> {
                 self.ops.push(Operation::EnableUser {
                     key: key.clone(),
                     user_name: user_name.clone(),
-                    scim_id: user.scim_id.clone(),
+                    scim_id: user.scim_id.to_scim_id(),
                     changes,
                 });
             } else if !changes.is_empty() {
                 self.ops.push(Operation::UpdateUser {
                     key: key.clone(),
                     user_name: user_name.clone(),
-                    scim_id: user.scim_id.clone(),
+                    scim_id: user.scim_id.to_scim_id(),
                     changes,
                     name_step: None,
                 });
@@ -311,7 +311,7 @@ impl<'a> Draft<'a> {
                 self.ops.push(Operation::DisableUser {
                     key: key.clone(),
                     user_name,
-                    scim_id: user.scim_id.clone(),
+                    scim_id: user.scim_id.to_scim_id(),
                     reason: self.reason.clone(),
                     name_step: None,
                 });
@@ -487,7 +487,7 @@ mod tests {
         state.users.insert(
             SourceKey::new(key),
             StateUser {
-                scim_id: ScimId::new(format!("id-{key}")),
+                scim_id: ScimId::new(format!("id-{key}")).into(),
                 user_name: UserName::new(format!("{key}@example.com")),
                 hash: AttrHash::of(&attrs, &BTreeSet::new()),
                 status,

@@ -68,7 +68,7 @@ pub fn person(key: &str, email: &str, title: &str) -> DesiredUser {
 
 pub fn pushed(d: &DesiredUser, status: Status) -> StateUser {
     StateUser {
-        scim_id: ScimId::new(format!("id-{}", d.key)),
+        scim_id: ScimId::new(format!("id-{}", d.key)).into(),
         user_name: d.user_name(),
         hash: AttrHash::of(&d.attrs, &BTreeSet::new()),
         status,

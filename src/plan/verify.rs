@@ -267,11 +267,16 @@ impl<'a> Context<'a> {
     }
 }
 
-fn same_id(plan: &ScimId, state: &ScimId) -> Result<(), Mismatch> {
-    if plan != state {
+/// Whether the plan names the account the state holds (a user's id is held
+/// as a [`crate::model::StoredId`], a group's as a `ScimId`).
+fn same_id<S: PartialEq<ScimId> + std::fmt::Display>(
+    plan: &ScimId,
+    state: &S,
+) -> Result<(), Mismatch> {
+    if state != plan {
         return Err(Mismatch::ScimId {
             plan: plan.clone(),
-            state: state.clone(),
+            state: ScimId::new(state.to_string()),
         });
     }
     Ok(())

@@ -593,7 +593,7 @@ mod tests {
         let mut attrs = UserAttrs::new();
         attrs.insert(UserAttr::UserName, name);
         StateUser {
-            scim_id: ScimId::new(id),
+            scim_id: ScimId::new(id).into(),
             user_name: name.into(),
             hash: AttrHash::of(&attrs, &BTreeSet::new()),
             status: Status::Active,
@@ -1066,7 +1066,7 @@ mod transition_tests {
                     attrs.insert(UserAttr::Title, format!("t{id}"));
                     StateChange::PutUser {
                         user: StateUser {
-                            scim_id: ScimId::new(format!("id-{key}-{id}")),
+                            scim_id: ScimId::new(format!("id-{key}-{id}")).into(),
                             user_name: format!("{key}.{id}@x.com").into(),
                             hash: AttrHash::of(&attrs, &BTreeSet::new()),
                             status,

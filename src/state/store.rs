@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{StateDb, StateError, now, sqlite};
 use crate::model::{
     AttrHash, GroupKey, GroupName, Ownership, ScimId, SourceKey, State, StateChange, StateGroup,
-    StateUser, Status, UserAttrs, UserName,
+    StateUser, Status, StoredId, UserAttrs, UserName,
 };
 
 impl StateDb {
@@ -58,7 +58,7 @@ impl StateDb {
                     .map_err(|e| sqlite(&path, e))?;
                 let hash: [u8; 16] = hash.try_into().map_err(|_| corrupt("bad hash"))?;
                 let user = StateUser {
-                    scim_id: ScimId::new(text(1)?),
+                    scim_id: StoredId::new(text(1)?),
                     user_name: UserName::new(text(2)?),
                     hash: AttrHash(hash),
                     status: Status::parse(text(4)?).ok_or_else(|| corrupt("bad status"))?,
@@ -226,7 +226,7 @@ fn shared_key(state: &State, key: &str) -> SourceKey {
 fn shared_account(state: &State) -> Option<(String, String, String)> {
     use std::hash::BuildHasher;
     let hasher = crate::model::FastHash::default();
-    let digest = |id: &ScimId| (hasher.hash_one(id.as_str()) >> 32) as u32;
+    let digest = |id: &StoredId| (hasher.hash_one(id) >> 32) as u32;
     let mut digests: Vec<u32> = state
         .users
         .values()
@@ -242,7 +242,8 @@ fn shared_account(state: &State) -> Option<(String, String, String)> {
     if suspects.is_empty() {
         return None;
     }
-    let mut seen: std::collections::HashMap<&str, &SourceKey> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<&StoredId, &SourceKey> =
+        std::collections::HashMap::new();
     let mut live: Vec<(&SourceKey, &StateUser)> = state
         .users
         .iter()
@@ -250,7 +251,7 @@ fn shared_account(state: &State) -> Option<(String, String, String)> {
         .collect();
     live.sort_by(|a, b| a.0.cmp(b.0));
     for (key, u) in live {
-        if let Some(first) = seen.insert(u.scim_id.as_str(), key) {
+        if let Some(first) = seen.insert(&u.scim_id, key) {
             return Some((first.to_string(), key.to_string(), u.scim_id.to_string()));
         }
     }
@@ -287,7 +288,7 @@ fn put_user(
             .prepare_cached(
                 "SELECT key FROM users WHERE scim_id = ?1 AND key != ?2 AND status != 'removed' LIMIT 1",
             )?
-            .query_row(params![user.scim_id.as_str(), key.as_str()], |r| r.get(0))
+            .query_row(params![&*user.scim_id.text(), key.as_str()], |r| r.get(0))
             .optional()?;
         if let Some(holder) = holder {
             return Err(rusqlite::Error::ToSqlConversionFailure(
@@ -308,7 +309,7 @@ fn put_user(
     )?
     .execute(params![
         key.as_str(),
-        user.scim_id.as_str(),
+        &*user.scim_id.text(),
         user.user_name.as_str(),
         attrs,
         &user.hash.0[..],

@@ -354,7 +354,7 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
             .find(|(k, u)| k.as_str() == who || u.user_name == wanted)
             .map(|(key, u)| KnownUser {
                 key: key.clone(),
-                scim_id: u.scim_id.clone(),
+                scim_id: u.scim_id.to_scim_id(),
                 status: u.status,
             });
         explanation.found = Found::NotInSource { known };
@@ -371,7 +371,7 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
     };
     let target = match (state.users.get(&record.key), db.as_ref()) {
         (Some(u), Some(db)) => Some(Provisioned {
-            scim_id: u.scim_id.clone(),
+            scim_id: u.scim_id.to_scim_id(),
             status: u.status,
             ownership: u.ownership,
             attrs: db.user_attrs(&record.key)?,

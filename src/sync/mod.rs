@@ -532,7 +532,7 @@ async fn read_target<T: Target>(
             .users
             .values()
             .filter(|u| u.status != Status::Removed)
-            .map(|u| &u.scim_id),
+            .map(|u| u.scim_id.to_scim_id()),
         &listed_users,
     )?;
     let listed_groups: HashSet<&ScimId> = snapshot.groups.iter().map(|g| &g.id).collect();
@@ -542,7 +542,7 @@ async fn read_target<T: Target>(
             .groups
             .values()
             .filter(|g| g.status != Status::Removed)
-            .map(|g| &g.scim_id),
+            .map(|g| g.scim_id.clone()),
         &listed_groups,
     )?;
     let width = concurrency.max(1);
@@ -625,18 +625,17 @@ fn unresolved_members(snapshot: &TargetSnapshot, state: &State) -> Vec<(String, 
 
 /// The live ids (`managed`) the listing (`listed`) left out, or a
 /// [`SyncError::PartialListing`] when it left out too many to be believed.
-fn unlisted<'a>(
+fn unlisted(
     collection: &'static str,
-    managed: impl Iterator<Item = &'a ScimId>,
+    managed: impl Iterator<Item = ScimId>,
     listed: &HashSet<&ScimId>,
 ) -> Result<Vec<ScimId>, SyncError> {
-    let managed: Vec<&ScimId> = managed.collect();
+    let mut total = 0u64;
     let missing: Vec<ScimId> = managed
-        .iter()
-        .filter(|id| !listed.contains(*id))
-        .map(|id| (*id).clone())
+        .inspect(|_| total += 1)
+        .filter(|id| !listed.contains(id))
         .collect();
-    let (total, found) = (managed.len() as u64, (managed.len() - missing.len()) as u64);
+    let found = total - missing.len() as u64;
     if found * 100 < total * MIN_LISTED_SHARE_PERCENT {
         return Err(SyncError::PartialListing {
             collection,

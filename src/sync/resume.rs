@@ -92,7 +92,7 @@ pub(super) async fn find_started_creates<T: Target>(
             changes.push(StateChange::PutUser {
                 key,
                 user: StateUser {
-                    scim_id: remote.id,
+                    scim_id: remote.id.into(),
                     user_name,
                     hash: AttrHash::of(&remote.attrs, &BTreeSet::new()),
                     status: if remote.active {
