@@ -32,7 +32,8 @@ pub use identity::{
 pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps, PropChange};
 pub use op::OpKind;
 pub use record::{
-    GroupsOf, Origin, SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup, SourceUser,
+    ArcStr, GroupsOf, Origin, SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup,
+    SourceUser,
 };
 pub use remote::{
     CreatedAt, MemberRef, MemberResolver, RemoteGroup, RemoteMember, RemoteUser, ResolvedMembers,

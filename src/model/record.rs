@@ -2,22 +2,25 @@
 //! messages) and their attributes as the source spells them.
 
 use std::fmt;
-use std::sync::Arc;
+
+pub use arcstr::ArcStr;
 
 use super::attrs::{push_len, read_len};
 use super::{GroupKey, SourceKey};
 
 /// Where a source record came from, for error messages: `users.csv line 12`, a DN.
-/// Cheap to clone: the file name is shared, the line kept as a number.
+/// Cheap to clone: the file name is shared, the line kept as a number. In 16
+/// bytes (a thin pointer to the counted name, and the line): every desired
+/// user holds one, so at a million users each 8 bytes is 8 MB of the peak.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
-    name: Arc<str>,
+    name: ArcStr,
     /// 1-based; 0 when the origin is not a line (a DN).
     line: u32,
 }
 
 impl Origin {
-    pub fn new(value: impl Into<Arc<str>>) -> Self {
+    pub fn new(value: impl Into<ArcStr>) -> Self {
         Self {
             name: value.into(),
             line: 0,
@@ -25,7 +28,7 @@ impl Origin {
     }
 
     /// A line of a file; `file` is shared by every record of that file.
-    pub fn line(file: Arc<str>, line: u64) -> Self {
+    pub fn line(file: ArcStr, line: u64) -> Self {
         Self {
             name: file,
             line: u32::try_from(line).unwrap_or(u32::MAX),
@@ -53,6 +56,8 @@ impl fmt::Display for Origin {
 /// [`UserAttrs`]: super::UserAttrs
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SourceAttrs(String);
+
+const _: () = assert!(std::mem::size_of::<Origin>() == 16);
 
 impl SourceAttrs {
     pub fn new() -> Self {

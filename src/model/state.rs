@@ -80,6 +80,9 @@ pub struct StateUser {
     pub attrs: Option<Box<UserAttrs>>,
 }
 
+// A million of these are held through a cycle, with the SCIM id inside.
+const _: () = assert!(std::mem::size_of::<StateUser>() == 64);
+
 impl StateUser {
     /// A user as just pushed: its attributes as the target now holds them,
     /// hashed as the planner compares them (leaving out `create_only`).

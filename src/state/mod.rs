@@ -1060,10 +1060,17 @@ mod transition_tests {
     /// The ids targets give: short text, or a UUID with or without hyphens
     /// (held packed in memory, so each must come back from the file as sent).
     fn target_id(key: &SourceKey, id: usize) -> String {
-        let n = key.as_str().bytes().fold(0u64, |n, b| n * 31 + u64::from(b));
+        let n = key
+            .as_str()
+            .bytes()
+            .fold(0u64, |n, b| n * 31 + u64::from(b));
         match id {
             0 => format!("id-{key}"),
-            1 => format!("{:08x}-5b2e-4c7d-9e0f-{:012x}", n as u32, n & 0xffff_ffff_ffff),
+            1 => format!(
+                "{:08x}-5b2e-4c7d-9e0f-{:012x}",
+                n as u32,
+                n & 0xffff_ffff_ffff
+            ),
             _ => format!("{:016x}9e0f4c7d{:08x}", n, n as u32),
         }
     }

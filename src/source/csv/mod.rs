@@ -20,8 +20,8 @@ pub use error::{CsvError, CsvFault, RowProblem};
 use super::problems::Problems;
 use super::{Source, SourceConfigError, SourceError, StreamedSource};
 use crate::model::{
-    FastHash, FastMap, FastSet, GroupKey, Origin, SourceAttrs, SourceDirectory, SourceGroup,
-    SourceKey, SourceUser,
+    ArcStr, FastHash, FastMap, FastSet, GroupKey, Origin, SourceAttrs, SourceDirectory,
+    SourceGroup, SourceKey, SourceUser,
 };
 use error::file_name;
 
@@ -369,7 +369,7 @@ fn each_user(settings: &CsvSettings, each: &mut dyn FnMut(SourceUser)) -> Result
             columns: column_names(&columns),
         });
     }
-    let file: Arc<str> = Arc::from(name.as_str());
+    let file = ArcStr::from(name.as_str());
     let mut problems = Problems::default();
     // A digest of each user's key: duplicate keys are found among equal
     // digests (8 bytes a user, where the keys themselves took four times
@@ -664,7 +664,7 @@ fn read_groups(
             SourceGroup::new(
                 key,
                 acc.name,
-                Origin::line(Arc::from(name.as_str()), acc.line),
+                Origin::line(ArcStr::from(name.as_str()), acc.line),
                 members,
             )
         })
