@@ -17,6 +17,7 @@ mod record;
 mod remote;
 mod rules;
 mod state;
+mod state_users;
 mod stored_id;
 
 pub use attr::{
@@ -41,9 +42,9 @@ pub use remote::{
 };
 pub use rules::TargetRules;
 pub use state::{
-    AttrNote, NoteSummary, Ownership, State, StateChange, StateGroup, StateUser, StateUsers,
-    Status, UserCursor,
+    AttrNote, NoteSummary, Ownership, State, StateChange, StateGroup, StateUser, Status, UserCursor,
 };
+pub use state_users::StateUsers;
 pub use stored_id::{IdText, StoredId};
 
 /// A fast, randomly seeded hasher for the large in-memory maps of a cycle.

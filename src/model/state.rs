@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AttrHash, FastHash, GroupKey, GroupName, ScimId, SourceKey, StoredId, UserAttr, UserAttrs,
+    AttrHash, GroupKey, GroupName, ScimId, SourceKey, StateUsers, StoredId, UserAttr, UserAttrs,
     UserName,
 };
 
@@ -113,11 +113,6 @@ pub struct StateGroup {
     pub status: Status,
     pub ownership: Ownership,
 }
-
-/// Managed users by key. An index map: the entries sit in one vector and the
-/// hash table holds only their positions, so a million users cost their
-/// entries plus 8 bytes a slot, not a power-of-two table of whole entries.
-pub type StateUsers = indexmap::IndexMap<SourceKey, StateUser, FastHash>;
 
 /// The last pushed snapshot: the planner's view of the target.
 #[derive(Clone, Debug, Default, PartialEq)]
