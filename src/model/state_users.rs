@@ -100,17 +100,25 @@ impl StateUsers {
     /// Records `user` under `key`: in place of the record there was (which is
     /// returned), or after the last one.
     pub fn insert(&mut self, key: SourceKey, user: StateUser) -> Option<StateUser> {
-        if let Some(i) = self.get_index_of(&key) {
-            return Some(std::mem::replace(&mut self.entries[i].1, user));
-        }
-        let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 users");
+        let next = u32::try_from(self.entries.len()).expect("fewer than 2^32 users");
         let hash = self.hash(key.as_str());
         let (entries, hasher) = (&self.entries, &self.hasher);
-        self.positions.insert_unique(hash, i, |&j| {
-            hasher.hash_one(entries[j as usize].0.as_str())
-        });
-        self.entries.push((key, user));
-        None
+        // One hash and one probe, whether the key is new or recorded again.
+        match self.positions.entry(
+            hash,
+            |&i| entries[i as usize].0 == key,
+            |&i| hasher.hash_one(entries[i as usize].0.as_str()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(found) => {
+                let i = *found.get() as usize;
+                Some(std::mem::replace(&mut self.entries[i].1, user))
+            }
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(next);
+                self.entries.push((key, user));
+                None
+            }
+        }
     }
 
     pub fn iter(&self) -> Iter<'_> {
