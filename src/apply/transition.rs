@@ -476,8 +476,8 @@ fn deleted_group(state: &State, key: &GroupKey, scim_id: &ScimId) -> Transition 
 }
 
 /// The state changes `plan` makes when every request succeeds, with made-up
-/// SCIM ids shaped as targets make them (random-looking UUIDs, as Atlassian
-/// and most SCIM servers answer): what a completed run leaves behind, through
+/// SCIM ids shaped as targets make them (random-looking UUIDs, as most SCIM
+/// servers answer): what a completed run leaves behind, through
 /// the same transition. For benchmarks that seed a state DB without a target,
 /// so the ids cost there what they cost in a real state.
 pub fn assume_success(
