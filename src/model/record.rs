@@ -19,6 +19,8 @@ pub struct Origin {
     line: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<Origin>() == 16);
+
 impl Origin {
     pub fn new(value: impl Into<ArcStr>) -> Self {
         Self {
@@ -56,8 +58,6 @@ impl fmt::Display for Origin {
 /// [`UserAttrs`]: super::UserAttrs
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct SourceAttrs(String);
-
-const _: () = assert!(std::mem::size_of::<Origin>() == 16);
 
 impl SourceAttrs {
     pub fn new() -> Self {

@@ -307,9 +307,11 @@ impl State {
     /// `scim_id`: the account is that user's, not `key`'s. A scan: for the rare
     /// paths (a 409, a resumed create), never per operation.
     pub fn owner_of(&self, scim_id: &ScimId, key: &SourceKey) -> Option<(&SourceKey, &StateUser)> {
+        // Packed once, then compared as held: 16 bytes a user.
+        let wanted = StoredId::from(scim_id);
         self.users
             .iter()
-            .filter(|(k, u)| *k != key && u.scim_id == *scim_id)
+            .filter(|(k, u)| *k != key && u.scim_id == wanted)
             .min_by_key(|(_, u)| u.status == Status::Removed)
     }
 

@@ -25,12 +25,6 @@ impl StateUsers {
         StateUsers::default()
     }
 
-    pub fn with_capacity(users: usize) -> StateUsers {
-        let mut map = StateUsers::new();
-        map.reserve(users);
-        map
-    }
-
     /// Room for `more` users without growing.
     pub fn reserve(&mut self, more: usize) {
         self.entries.reserve_exact(more);
@@ -123,10 +117,6 @@ impl StateUsers {
 
     pub fn iter(&self) -> Iter<'_> {
         self.entries.iter().map(|(k, user)| (k, user))
-    }
-
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&SourceKey, &mut StateUser)> {
-        self.entries.iter_mut().map(|(k, user)| (&*k, user))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &SourceKey> {
@@ -234,7 +224,8 @@ mod tests {
             ops in proptest::collection::vec((0u32..60, 0u32..1000), 0..300),
             reserve in 0usize..100,
         ) {
-            let mut ours = StateUsers::with_capacity(reserve);
+            let mut ours = StateUsers::new();
+            ours.reserve(reserve);
             let mut theirs: indexmap::IndexMap<SourceKey, StateUser> = indexmap::IndexMap::new();
             for (k, id) in ops {
                 let key = SourceKey::new(format!("k{k}"));

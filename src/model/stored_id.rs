@@ -173,9 +173,21 @@ impl From<&ScimId> for StoredId {
     }
 }
 
+impl StoredId {
+    /// Whether this is the id `text`: the text is packed to compare (an id
+    /// that packs is never held boxed), so nothing is written out.
+    fn is(&self, text: &str) -> bool {
+        match (&self.0, Packed::of(text)) {
+            (Repr::Uuid(packed), Some(other)) => *packed == other,
+            (Repr::Other(id), None) => id.as_str() == text,
+            _ => false,
+        }
+    }
+}
+
 impl PartialEq<ScimId> for StoredId {
     fn eq(&self, other: &ScimId) -> bool {
-        *self.text() == *other.as_str()
+        self.is(other.as_str())
     }
 }
 
@@ -187,7 +199,7 @@ impl PartialEq<StoredId> for ScimId {
 
 impl PartialEq<str> for StoredId {
     fn eq(&self, other: &str) -> bool {
-        *self.text() == *other
+        self.is(other)
     }
 }
 
