@@ -13,6 +13,7 @@ mod exit;
 mod identity;
 mod mirror;
 mod op;
+mod positions;
 mod record;
 mod remote;
 mod rules;

@@ -10,6 +10,7 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::hash::BuildHasher;
 
+use super::positions::table_in_slot_order;
 use super::{FastHash, SourceKey, StateUser};
 
 /// Managed users by key, in the order they were recorded.
@@ -112,6 +113,35 @@ impl StateUsers {
                 self.entries.push((key, user));
                 None
             }
+        }
+    }
+
+    /// The users `entries` holds, in their order, each key once; or the
+    /// first key found twice. A state's load builds its users this way: the
+    /// table is filled in the order of its slots (see [`table_in_slot_order`]).
+    pub fn from_unique(entries: Vec<(SourceKey, StateUser)>) -> Result<StateUsers, SourceKey> {
+        assert!(
+            u32::try_from(entries.len()).is_ok(),
+            "fewer than 2^32 users"
+        );
+        let hasher = FastHash::default();
+        let hashed = entries
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| (hasher.hash_one(key.as_str()), i as u32))
+            .collect();
+        let key = |i: u32| &entries[i as usize].0;
+        match table_in_slot_order(
+            hashed,
+            |i, j| key(i) == key(j),
+            |&i| hasher.hash_one(key(i).as_str()),
+        ) {
+            Ok(positions) => Ok(StateUsers {
+                entries,
+                positions,
+                hasher,
+            }),
+            Err((_, later)) => Err(key(later).clone()),
         }
     }
 
@@ -241,6 +271,45 @@ mod tests {
                 prop_assert_eq!(ours.get_index_of(key.as_str()), theirs.get_index_of(key.as_str()));
             }
         }
+    }
+
+    proptest! {
+        /// A load's users, built in one go, are the users inserted one by
+        /// one: the same order and look-ups, and later inserts (a new key,
+        /// a key recorded again) behave alike.
+        #[test]
+        fn users_built_in_one_go_are_the_users_inserted_one_by_one(
+            keys in proptest::collection::btree_set(0u32..100_000, 0..400),
+            later in proptest::collection::vec(0u32..100_000, 0..20),
+        ) {
+            let entries: Vec<(SourceKey, StateUser)> = keys
+                .iter()
+                .rev()
+                .map(|&k| (SourceKey::new(format!("user-key-number-{k}")), user(k)))
+                .collect();
+            let mut ours = StateUsers::from_unique(entries.clone()).unwrap();
+            let mut theirs: StateUsers = entries.into_iter().collect();
+            for k in later {
+                let key = SourceKey::new(format!("user-key-number-{k}"));
+                prop_assert_eq!(ours.insert(key.clone(), user(k + 1)), theirs.insert(key, user(k + 1)));
+            }
+            let ours_in_order: Vec<_> = ours.iter().collect();
+            let theirs_in_order: Vec<_> = theirs.iter().collect();
+            prop_assert_eq!(ours_in_order, theirs_in_order);
+            for k in keys.iter().copied().chain([100_001]) {
+                let key = format!("user-key-number-{k}");
+                prop_assert_eq!(ours.get_index_of(key.as_str()), theirs.get_index_of(key.as_str()));
+            }
+        }
+    }
+
+    #[test]
+    fn users_built_in_one_go_refuse_a_key_recorded_twice() {
+        let entries = ["a", "b", "c", "b"]
+            .map(|k| (SourceKey::new(k), user(1)))
+            .to_vec();
+        let refused = StateUsers::from_unique(entries).map(|_| ()).unwrap_err();
+        assert_eq!(refused, SourceKey::new("b"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{StateDb, StateError, now, sqlite};
 use crate::model::{
     AttrHash, GroupKey, GroupName, Ownership, ScimId, SourceKey, State, StateChange, StateGroup,
-    StateUser, Status, StoredId, UserAttrs, UserName,
+    StateUser, StateUsers, Status, StoredId, UserAttrs, UserName,
 };
 
 impl StateDb {
@@ -34,7 +34,7 @@ impl StateDb {
             let count: i64 = tx
                 .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
                 .map_err(|e| sqlite(&path, e))?;
-            state.users.reserve(usize::try_from(count).unwrap_or(0));
+            let mut users = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
             let mut stmt = tx
                 .prepare("SELECT key, scim_id, user_name, hash, status, ownership FROM users")
                 .map_err(|e| sqlite(&path, e))?;
@@ -66,8 +66,12 @@ impl StateDb {
                         .ok_or_else(|| corrupt("bad ownership"))?,
                     attrs: None,
                 };
-                state.users.insert(SourceKey::new(key), user);
+                users.push((SourceKey::new(key), user));
             }
+            state.users = StateUsers::from_unique(users).map_err(|key| StateError::Corrupt {
+                path: path.clone(),
+                message: format!("user {key:?} is recorded twice"),
+            })?;
         }
         {
             let mut stmt = tx
