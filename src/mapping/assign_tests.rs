@@ -83,6 +83,12 @@ fn keys(desired: &Desired) -> (Vec<&str>, Vec<&str>) {
 }
 
 #[test]
+fn assign_makes_users_need_their_groups() {
+    assert!(mapping(MAPPING, "groups: [Engineering]\n", false).users_need_groups());
+    assert!(mapping(MAPPING, "users: [u4]\n", false).users_need_groups());
+}
+
+#[test]
 fn members_of_assigned_groups_are_in_scope_and_only_assigned_groups_are_pushed() {
     let m = mapping(MAPPING, "groups: [Engineering]\n", false);
     let desired = m.build(directory()).unwrap();

@@ -406,6 +406,14 @@ impl Mapping {
         &self.file
     }
 
+    /// Whether mapping a user looks at the groups it is in (a `member_of`
+    /// scope clause, `assign`). When it does not, a source's groups can be
+    /// read while its users are mapped, and are needed only to build the
+    /// groups after.
+    pub fn users_need_groups(&self) -> bool {
+        self.assign.is_some() || self.user_scope.member_of().next().is_some()
+    }
+
     /// Every source attribute the mapping reads, once each (compared
     /// case-insensitively, first spelling kept): what LDAP and Graph should request.
     pub fn source_attributes(&self) -> BTreeSet<String> {

@@ -835,6 +835,15 @@ fn named(key: &str, name: &str, members: &[&str]) -> SourceGroup {
 }
 
 #[test]
+fn only_member_of_clauses_and_assign_make_users_need_their_groups() {
+    // The groups of a read whose users need none are read beside its users.
+    assert!(!default_mapping("csv.yaml").users_need_groups());
+    assert!(compile(ASSIGNED).users_need_groups());
+    let excluded = "users:\n  attributes:\n    userName: email\n  scope:\n    exclude: [ { member_of: [suspended] } ]\n";
+    assert!(compile(excluded).users_need_groups());
+}
+
+#[test]
 fn member_of_scopes_users_to_assigned_groups_by_name_or_key() {
     let m = compile(ASSIGNED);
     let dir = directory(

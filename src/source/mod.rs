@@ -82,10 +82,11 @@ pub trait Source: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// A directory read in two passes, groups then users, each blocking (the
-/// engine calls them on a thread set aside for the read). Together they are
-/// one complete read, all or nothing, exactly as [`Source::read`].
-pub trait StreamedSource {
+/// A directory read in two passes, groups and users, each blocking (the
+/// engine calls them on threads set aside for the read: one after the other,
+/// or both at once when the mapping needs no user's groups). Together they
+/// are one complete read, all or nothing, exactly as [`Source::read`].
+pub trait StreamedSource: Sync {
     /// The groups, each member as the source names it: members that are not
     /// users of this read are left in, for the mapping to count and ignore.
     fn read_groups(&self) -> Result<Vec<SourceGroup>, SourceError>;

@@ -43,7 +43,7 @@ use crate::model::{
 };
 use crate::plan::{self, Operation, Plan, PlanningInput, Summary, guard::GuardStop};
 use crate::scim::{ClientOptions, RetryPolicy, ScimClient, ScimError};
-use crate::source::{Source, SourceError, StreamedRead};
+use crate::source::{Source, SourceError, StreamedRead, StreamedSource};
 use crate::state::{Retention, RunEnd, StateDb, StateError};
 
 /// How long `plan` waits for the target when it looks whether a state-less
@@ -336,18 +336,29 @@ async fn desired(
 ) -> Result<(Desired, Option<Mirror>), SyncError> {
     let started = Instant::now();
     let attributes = settings.mapping.source_attributes();
-    let streamed = if mirror.is_none() {
+    // Users mapped without their groups leave the groups' read free to run
+    // beside theirs.
+    let beside = match (&mirror, source.streamed()) {
+        (None, Some(streamed)) if !settings.mapping.users_need_groups() => Some(streamed),
+        _ => None,
+    };
+    let streamed = if mirror.is_none() && beside.is_none() {
         source.stream(&attributes)
     } else {
         None
     };
-    let (built, users, mirror, read) = match (streamed, mirror) {
-        (Some(streamed), _) => {
+    let (built, users, mirror, read) = match (beside, streamed, mirror) {
+        (Some(source), _, _) => {
+            let (built, users, read) =
+                tokio::task::block_in_place(|| mapped_beside_groups(source, &settings.mapping))?;
+            (built, users, None, read)
+        }
+        (None, Some(streamed), _) => {
             // The read time includes mapping the users, done as they arrive.
             let (built, users, read) = stream_mapped(streamed, &settings.mapping).await?;
             (built, users, None, read)
         }
-        (None, mirror) => {
+        (None, None, mirror) => {
             let (dir, mirror) = match mirror {
                 Some(m) => {
                     let (dir, m) = source.read_mirrored(&attributes, m).await?;
@@ -425,6 +436,35 @@ async fn stream_mapped(
         users,
         read,
     ))
+}
+
+/// A streamed read whose users the mapping maps without their groups (no
+/// `member_of` scope clause, no `assign`): the groups are read on a thread of
+/// their own while the users are read and mapped, then the groups are built
+/// from both. At a million users the groups' read is a tenth of a cycle's
+/// work, taken off its longest path. A failed read wins over mapping errors,
+/// and the groups' failure over the users', as when the groups are read
+/// first.
+fn mapped_beside_groups(
+    source: &dyn StreamedSource,
+    mapping: &Mapping,
+) -> Result<StreamedBuild, SourceError> {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let groups = scope.spawn(|| source.read_groups());
+        let mut mapper = mapping
+            .user_mapper(&[], None, 0)
+            .unwrap_or_else(|_| unreachable!("a mapping that needs no groups names none"));
+        let users = source.read_users(&mut |user| mapper.push(user));
+        let groups = groups
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let (groups, ()) = (groups?, users?);
+        let mapped = mapper.finish();
+        let read = started.elapsed();
+        let users = mapped.read();
+        Ok((mapping.build_groups(mapped, groups, 0), users, read))
+    })
 }
 
 /// Builds the one planning input: the source read and mapped, the state loaded

@@ -355,8 +355,10 @@ async fn status_tells_a_running_sync_from_an_interrupted_one() {
     assert!(text.contains("sync interrupted"), "{text}");
 }
 
-/// What the engine maps from a CSV read whole and from the same files
-/// streamed user by user (the path a cycle takes).
+/// What the engine maps from a CSV read whole, from the same files streamed
+/// user by user after the groups, and streamed with the groups read beside
+/// the users (the path a cycle takes when the mapping needs no user's
+/// groups). The two streamed reads must agree, to the error.
 async fn whole_and_streamed(
     settings: &Settings,
 ) -> (Result<Desired, String>, Result<Desired, String>) {
@@ -369,11 +371,26 @@ async fn whole_and_streamed(
             .map_err(|e| format!("mapping: {}", e.len())),
         Err(e) => Err(format!("source: {e}")),
     };
-    let streamed = source.stream(&attributes).expect("a CSV source streams");
-    let streamed = match stream_mapped(streamed, &settings.mapping).await {
+    let outcome = |built: Result<StreamedBuild, SourceError>| match built {
         Ok((built, _, _)) => built.map_err(|e| format!("mapping: {}", e.len())),
         Err(e) => Err(format!("source: {e}")),
     };
+    let streamed = source.stream(&attributes).expect("a CSV source streams");
+    let streamed = outcome(stream_mapped(streamed, &settings.mapping).await);
+    assert!(!settings.mapping.users_need_groups());
+    let beside = source.streamed().expect("a CSV source streams");
+    let beside = outcome(mapped_beside_groups(beside, &settings.mapping));
+    match (&streamed, &beside) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.users, b.users);
+            assert_eq!(a.groups, b.groups);
+            assert_eq!(a.out_of_scope, b.out_of_scope);
+            assert_eq!(a.ignored_members, b.ignored_members);
+            assert_eq!(a.held_groups, b.held_groups);
+            assert_eq!(a.warnings, b.warnings);
+        }
+        (a, b) => assert_eq!(a.as_ref().err(), b.as_ref().err()),
+    }
     (whole, streamed)
 }
 
@@ -443,6 +460,47 @@ async fn a_streamed_csv_read_with_bad_rows_fails_as_a_source_error_before_any_ma
     let (whole, streamed) = whole_and_streamed(&settings).await;
     assert_eq!(whole.unwrap_err(), "mapping: 1");
     assert_eq!(streamed.unwrap_err(), "mapping: 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_read_beside_the_users_fail_the_read_first_as_when_read_before_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = workspace(
+        dir.path(),
+        &[("1", "a@x.com", "Eng"), ("2", "b@x.com", "Eng")],
+    );
+    // A groups row without its member, and a users row with a field too many.
+    std::fs::write(
+        dir.path().join("groups.csv"),
+        "group,member
+everyone,1
+leads
+",
+    )
+    .unwrap();
+    let mut users = std::fs::read_to_string(dir.path().join("users.csv")).unwrap();
+    users.push_str("3,c@x.com,A,B,A B,Eng,R&D,true,extra\n");
+    std::fs::write(dir.path().join("users.csv"), &users).unwrap();
+    let settings = Settings::load(&config).unwrap();
+    let (whole, streamed) = whole_and_streamed(&settings).await;
+    let streamed = streamed.unwrap_err();
+    assert!(streamed.contains("groups.csv"), "{streamed}");
+    assert!(whole.unwrap_err().starts_with("source: "));
+
+    // The groups fixed, the users' row is the one reported.
+    std::fs::write(
+        dir.path().join("groups.csv"),
+        "group,member
+everyone,1
+",
+    )
+    .unwrap();
+    let (_, streamed) = whole_and_streamed(&settings).await;
+    let streamed = streamed.unwrap_err();
+    assert!(
+        streamed.contains("users.csv") && streamed.contains("line 4"),
+        "{streamed}"
+    );
 }
 
 /// The newest run in the history: (command, exit code, error).
