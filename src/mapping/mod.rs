@@ -871,12 +871,43 @@ impl Mapping {
                     slot.insert(out.groups.len());
                 }
             }
-            let mut members = group.members;
+            out.groups.push((
+                DesiredGroup {
+                    key: group.key,
+                    display_name: display_name.into(),
+                    members: group.members,
+                },
+                group.origin,
+            ));
+        }
+        out.ignored_members +=
+            keep_user_members(&mut out.groups, users, &in_scope, MEMBERS_PER_THREAD);
+        out
+    }
+}
+
+/// Members below this many are kept on the calling thread alone.
+const MEMBERS_PER_THREAD: usize = 100_000;
+
+/// Keeps each group's members that are in-scope `users`, sorted and once
+/// each, and returns how many were dropped. Each kept member shares its
+/// user's key (one copy of a long key, however many groups name it). At a
+/// million users the groups hold millions of members, each looked up in
+/// `in_scope`: the groups are shared out between the machine's cores, a
+/// thread for every `per_thread` members at most.
+fn keep_user_members(
+    groups: &mut [(DesiredGroup, Origin)],
+    users: &[DesiredUser],
+    in_scope: &UserIndex,
+    per_thread: usize,
+) -> usize {
+    let keep = |groups: &mut [(DesiredGroup, Origin)]| -> usize {
+        let mut dropped = 0;
+        for (group, _) in groups {
+            let members = &mut group.members;
             members.sort_unstable();
             members.dedup();
             let before = members.len();
-            // Each kept member shares its user's key (one copy of a long
-            // key, however many groups name it).
             members.retain_mut(|m| match in_scope.find(users, m) {
                 Some(user) => {
                     *m = user.key.clone();
@@ -884,18 +915,44 @@ impl Mapping {
                 }
                 None => false,
             });
-            out.ignored_members += before - members.len();
-            out.groups.push((
-                DesiredGroup {
-                    key: group.key,
-                    display_name: display_name.into(),
-                    members,
-                },
-                group.origin,
-            ));
+            dropped += before - members.len();
         }
-        out
+        dropped
+    };
+    let total: usize = groups.iter().map(|(g, _)| g.members.len()).sum();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = cores.min(total / per_thread.max(1)).max(1);
+    if threads == 1 || groups.len() < 2 {
+        return keep(groups);
     }
+    // Slices of about equal members, not of equal groups: one large group
+    // (everyone) is common.
+    let share = total.div_ceil(threads);
+    let mut slices = Vec::with_capacity(threads);
+    let mut rest = groups;
+    while !rest.is_empty() {
+        let mut members = 0;
+        let end = rest
+            .iter()
+            .position(|(g, _)| {
+                members += g.members.len();
+                members >= share
+            })
+            .map_or(rest.len(), |i| i + 1);
+        let (slice, after) = rest.split_at_mut(end);
+        slices.push(slice);
+        rest = after;
+    }
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = slices
+            .into_iter()
+            .map(|slice| scope.spawn(|| keep(slice)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .sum()
+    })
 }
 
 /// What the group rules see of a group: its key and name (`empty`: groups

@@ -1078,3 +1078,57 @@ proptest::proptest! {
         proptest::prop_assert_eq!(got, expected);
     }
 }
+
+#[test]
+fn members_kept_on_several_threads_are_those_kept_on_one() {
+    let key = |i: usize| format!("user-key-{i:04}-past-inline-length");
+    let users: Vec<DesiredUser> = (0..300)
+        .filter(|i| i % 3 != 0)
+        .map(|i| DesiredUser {
+            key: SourceKey::new(key(i)),
+            origin: Origin::new("users.csv"),
+            attrs: UserAttrs::default(),
+            active: true,
+        })
+        .collect();
+    let index = UserIndex::of(&users);
+    let group = |name: &str, members: Vec<String>| {
+        (
+            DesiredGroup {
+                key: GroupKey::new(name),
+                display_name: GroupName::new(name),
+                members: members.into_iter().map(SourceKey::new).collect(),
+            },
+            Origin::new("groups.csv"),
+        )
+    };
+    // One large group among small ones; members named twice, and names
+    // that are no user (every third key, and a stranger).
+    let mut groups = vec![group("everyone", (0..300).rev().map(key).collect())];
+    for g in 0..20 {
+        let mut members: Vec<String> = (g..300).step_by(7).map(key).collect();
+        members.push(key(g));
+        members.push("stranger".into());
+        groups.push(group(&format!("team-{g}"), members));
+    }
+    groups.push(group("empty", Vec::new()));
+    let (mut one, mut several) = (groups.clone(), groups);
+    let dropped = keep_user_members(&mut one, &users, &index, usize::MAX);
+    assert_eq!(keep_user_members(&mut several, &users, &index, 1), dropped);
+    assert_eq!(one, several);
+
+    let everyone: Vec<&str> = one[0].0.members.iter().map(SourceKey::as_str).collect();
+    let expected: Vec<String> = (0..300).filter(|i| i % 3 != 0).map(key).collect();
+    assert_eq!(everyone, expected);
+    // Each kept member is the user's own key, not a copy.
+    assert!(std::ptr::eq(
+        one[0].0.members[0].as_str(),
+        users[0].key.as_str()
+    ));
+    // Dropped: 100 in `everyone`; per team, its keys of no user and the
+    // stranger (a member named twice is kept once, not counted as dropped).
+    let teams: usize = (0..20usize)
+        .map(|g| (g..300).step_by(7).filter(|i| i % 3 == 0).count() + 1)
+        .sum();
+    assert_eq!(dropped, 100 + teams);
+}
