@@ -349,8 +349,7 @@ async fn desired(
     };
     let (built, users, mirror, read) = match (beside, streamed, mirror) {
         (Some(source), _, _) => {
-            let (built, users, read) =
-                tokio::task::block_in_place(|| mapped_beside_groups(source, &settings.mapping))?;
+            let (built, users, read) = mapped_beside_groups(source, &settings.mapping)?;
             (built, users, None, read)
         }
         (None, Some(streamed), _) => {
