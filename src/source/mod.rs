@@ -74,6 +74,18 @@ pub trait Source: Send + Sync {
             .map(|s| Box::new(CompleteGroups(s)) as Box<dyn StreamedRead + '_>)
     }
 
+    /// Whether a cycle's read runs best on a runtime of its own on the
+    /// reading thread, rather than on the shared runtime's workers. LDAP: the
+    /// connection's messages are then parsed on the thread that decodes their
+    /// entries, with no hand-over between threads for each message and nothing
+    /// allocated on one thread freed on another (a fifth less time for the
+    /// read of 100,000 users). A source whose clients outlive the read (a
+    /// pooled HTTP connection is bound to the runtime that opened it) keeps
+    /// the default.
+    fn reads_on_one_thread(&self) -> bool {
+        false
+    }
+
     /// `idsync check`: reaches and authenticates without reading everything, and
     /// says what it found.
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>>;

@@ -510,8 +510,11 @@ pub async fn planning_input<T: Target>(
                 let loaded = db.as_mut().map(|db| db.load());
                 (db, loaded)
             });
-            let desired =
-                tokio::runtime::Handle::current().block_on(desired(settings, source, mirror_in));
+            let read = desired(settings, source, mirror_in);
+            let desired = match one_thread_runtime(source) {
+                Some(runtime) => runtime.block_on(read),
+                None => tokio::runtime::Handle::current().block_on(read),
+            };
             let (db, loaded) = loader.join().expect("the state loader does not panic");
             (desired, db, loaded)
         })
@@ -552,6 +555,20 @@ pub async fn planning_input<T: Target>(
         },
     )?;
     Ok((input, mirror))
+}
+
+/// A runtime on the reading thread alone, for a source that reads best so
+/// ([`Source::reads_on_one_thread`]); `None` for the others, and should the
+/// system refuse one (the shared runtime then reads, as for any source).
+fn one_thread_runtime(source: &dyn Source) -> Option<tokio::runtime::Runtime> {
+    if !source.reads_on_one_thread() {
+        return None;
+    }
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| tracing::debug!(error = %e, "no runtime of its own for the read"))
+        .ok()
 }
 
 /// `--full`: the whole target, as far as idsync's own objects go, trusted.

@@ -1023,3 +1023,78 @@ async fn a_group_created_by_a_killed_run_is_deleted_when_the_source_drops_it_bef
     assert_eq!(resumed.exit_code, Exit::Ok, "{resumed:?}");
     assert_eq!(groups(&target), ["everyone", "team"]);
 }
+
+/// A CSV source that asks to be read on one thread, and notes the threads
+/// its read and a task its read spawns ran on.
+struct OnOneThread {
+    csv: crate::source::csv::CsvSettings,
+    threads: std::sync::Mutex<Vec<std::thread::ThreadId>>,
+}
+
+impl Source for OnOneThread {
+    fn read<'a>(
+        &'a self,
+        attributes: &'a BTreeSet<String>,
+    ) -> futures_util::future::BoxFuture<'a, Result<crate::model::SourceDirectory, SourceError>>
+    {
+        Box::pin(async move {
+            let spawned = tokio::spawn(async { std::thread::current().id() })
+                .await
+                .unwrap();
+            let reading = std::thread::current().id();
+            self.threads.lock().unwrap().extend([reading, spawned]);
+            self.csv.read(attributes).await
+        })
+    }
+
+    fn reads_on_one_thread(&self) -> bool {
+        true
+    }
+
+    fn check(&self) -> futures_util::future::BoxFuture<'_, Result<String, SourceError>> {
+        self.csv.check()
+    }
+
+    fn describe(&self) -> String {
+        self.csv.describe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_read_on_one_thread_runs_its_tasks_on_the_reading_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = workspace(
+        dir.path(),
+        &[("1", "a@x.com", "Eng"), ("2", "b@x.com", "Eng")],
+    );
+    let settings = Settings::load(&config).unwrap();
+    let source = OnOneThread {
+        csv: crate::source::csv::CsvSettings {
+            users: dir.path().join("users.csv"),
+            groups: None,
+            key: "id".into(),
+            delimiter: b',',
+        },
+        threads: Default::default(),
+    };
+    let (input, _) = planning_input(
+        &settings,
+        &source,
+        None,
+        None::<&MemoryTarget>,
+        false,
+        TargetRules::default(),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(input.desired().users.len(), 2);
+    let threads = source.threads.lock().unwrap();
+    assert_eq!(threads.len(), 2);
+    // The LDAP connection's driver is such a task: it parses each message on
+    // the thread that decodes its entries.
+    assert_eq!(
+        threads[0], threads[1],
+        "the spawned task ran on another thread"
+    );
+}

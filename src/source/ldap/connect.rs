@@ -488,6 +488,14 @@ mod tests {
         config.compile(Path::new("/")).unwrap()
     }
 
+    #[test]
+    fn a_cycle_reads_ldap_on_the_reading_thread_alone() {
+        use crate::source::Source;
+        // Each read opens and closes its own connection, so no client of the
+        // read outlives the runtime it runs on.
+        assert!(settings().reads_on_one_thread());
+    }
+
     fn result(rc: u32, text: &str, refs: &[&str]) -> LdapResult {
         LdapResult {
             rc,

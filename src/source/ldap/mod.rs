@@ -399,6 +399,11 @@ impl Source for LdapSettings {
         Some(Box::new(Streamed(LdapRead::new(self, attributes))))
     }
 
+    /// Each read opens its own connection and closes it when done.
+    fn reads_on_one_thread(&self) -> bool {
+        true
+    }
+
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>> {
         Box::pin(async move { Ok(check(self).await?) })
     }
