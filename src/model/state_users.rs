@@ -26,14 +26,6 @@ impl StateUsers {
         StateUsers::default()
     }
 
-    /// Room for `more` users without growing.
-    pub fn reserve(&mut self, more: usize) {
-        self.entries.reserve_exact(more);
-        let (entries, hasher) = (&self.entries, &self.hasher);
-        self.positions
-            .reserve(more, |&i| hasher.hash_one(entries[i as usize].0.as_str()));
-    }
-
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -248,14 +240,12 @@ mod tests {
 
     proptest! {
         /// Inserts (new keys and replacements) and look-ups agree with an
-        /// `IndexMap`, order included, whether or not room was reserved.
+        /// `IndexMap`, order included.
         #[test]
         fn the_map_keeps_what_an_index_map_keeps(
             ops in proptest::collection::vec((0u32..60, 0u32..1000), 0..300),
-            reserve in 0usize..100,
         ) {
             let mut ours = StateUsers::new();
-            ours.reserve(reserve);
             let mut theirs: indexmap::IndexMap<SourceKey, StateUser> = indexmap::IndexMap::new();
             for (k, id) in ops {
                 let key = SourceKey::new(format!("k{k}"));
