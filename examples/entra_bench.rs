@@ -303,13 +303,17 @@ fn seed(config: &Path) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let settings = Settings::load(config).expect("config");
     let attributes = settings.mapping.source_attributes();
+    let source = settings
+        .source
+        .adapter()
+        .mirrored()
+        .expect("Entra keeps a mirror");
     let (dir, mirror) = rt
-        .block_on(
-            settings
-                .source
-                .adapter()
-                .read_mirrored(&attributes, Mirror::default()),
-        )
+        .block_on(async {
+            let (mirror, assignments) = source.update(&attributes, Mirror::default()).await?;
+            let dir = idsync::source::read_whole(source.directory(&mirror), assignments).await?;
+            Ok::<_, idsync::source::SourceError>((dir, mirror))
+        })
         .expect("full round");
     assert!(mirror.has_links(), "the full round ended without links");
     let desired = settings.mapping.build(dir).expect("mapping");

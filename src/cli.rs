@@ -224,6 +224,7 @@ async fn run(command: Command) -> Result<Exit, Failure> {
                 allow_deletes,
                 only,
                 force,
+                exits_after: true,
                 ..SyncOptions::default()
             };
             sync_command(&settings, &opts, format.into(), detail).await

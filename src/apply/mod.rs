@@ -182,7 +182,11 @@ pub struct Executor<'a, T: Target> {
 
 impl<T: Target> Executor<'_, T> {
     /// Applies `plan` (already checked by the guards) as run `command`.
-    pub async fn run(mut self, command: &str, plan: &Plan) -> Result<(Outcome, RunId), StateError> {
+    pub async fn run(
+        &mut self,
+        command: &str,
+        plan: &Plan,
+    ) -> Result<(Outcome, RunId), StateError> {
         let ops = &plan.operations;
         let interrupted = Interrupted::from_journal(self.db.interrupted_ops()?);
         if !interrupted.is_empty() {

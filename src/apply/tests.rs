@@ -68,7 +68,7 @@ async fn run_once(
     create_only: &BTreeSet<UserAttr>,
     concurrency: usize,
 ) -> bool {
-    let executor = Executor {
+    let mut executor = Executor {
         target: target.clone(),
         db,
         state,
@@ -470,7 +470,7 @@ fn refused_updates_do_not_starve_the_removals() {
     let (plan, state) = plan_from_db(&mut db, &second, &policy, None);
     assert_eq!(plan.summary.update_users as usize, USERS - 1);
     assert_eq!(plan.summary.disable_users, 1);
-    let executor = Executor {
+    let mut executor = Executor {
         target: target.clone(),
         db: &mut db,
         state,
@@ -507,7 +507,7 @@ fn create_sixty(
     let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
     let desired = crate::plan::testkit::desired(people, vec![]);
     let (plan, state) = plan_from_db(&mut db, &desired, &Policy::default(), None);
-    let executor = Executor {
+    let mut executor = Executor {
         target: target.clone(),
         db: &mut db,
         state,
@@ -607,7 +607,7 @@ fn a_membership_change_the_target_did_not_take_is_failed_and_not_recorded() {
         .unwrap()
         .faults
         .insert(members_call, Fault::NotApplied);
-    let executor = Executor {
+    let mut executor = Executor {
         target: target.clone(),
         db: &mut db,
         state,
@@ -806,7 +806,7 @@ fn cycle(db: &mut StateDb, target: &MemoryTarget, desired: &Desired, policy: &Po
         .build()
         .unwrap();
     let (plan, state) = plan_from_db(db, desired, policy, None);
-    let executor = Executor {
+    let mut executor = Executor {
         target: target.clone(),
         db,
         state,
@@ -1011,7 +1011,7 @@ fn a_failed_update_is_recorded_once_and_the_log_shows_what_it_tried() {
     let second = crate::plan::testkit::desired(vec![promoted], vec![]);
     let (plan, state) = plan_from_db(&mut db, &second, &policy, None);
     assert_eq!(plan.summary.update_users, 1);
-    let executor = Executor {
+    let mut executor = Executor {
         target: target.clone(),
         db: &mut db,
         state,

@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 
 use futures_util::future::{BoxFuture, LocalBoxFuture};
 
-use crate::model::{GroupsOf, Mirror, SourceDirectory, SourceGroup, SourceUser};
+use crate::model::{GroupsOf, Mirror, SourceAssignments, SourceDirectory, SourceGroup, SourceUser};
 
 /// A directory idsync reads from.
 pub trait Source: Send + Sync {
@@ -36,23 +36,12 @@ pub trait Source: Send + Sync {
         attributes: &'a BTreeSet<String>,
     ) -> BoxFuture<'a, Result<SourceDirectory, SourceError>>;
 
-    /// True for a source that reports changes rather than a directory and keeps
-    /// a [`Mirror`] in the state DB between cycles (Entra ID): the engine then
-    /// calls [`Source::read_mirrored`] instead of [`Source::read`].
-    fn uses_mirror(&self) -> bool {
-        false
-    }
-
-    /// Reads the changes since `mirror` was committed, applies them to it, and
-    /// returns the whole directory and the updated mirror (to be committed by
-    /// the engine once the cycle applied). Sources without a mirror read
-    /// everything and hand the mirror back untouched.
-    fn read_mirrored<'a>(
-        &'a self,
-        attributes: &'a BTreeSet<String>,
-        mirror: Mirror,
-    ) -> BoxFuture<'a, Result<(SourceDirectory, Mirror), SourceError>> {
-        Box::pin(async move { Ok((self.read(attributes).await?, mirror)) })
+    /// A source that reports changes rather than a directory and keeps a
+    /// [`Mirror`] in the state DB between cycles (Entra ID): the engine then
+    /// reads it through [`MirroredSource`] instead of [`Source::read`].
+    /// `None` (the default): a source read whole every time.
+    fn mirrored(&self) -> Option<&dyn MirroredSource> {
+        None
     }
 
     /// A source that can give its groups first and then its users one at a
@@ -92,6 +81,43 @@ pub trait Source: Send + Sync {
 
     /// One line naming the source, for `validate` and messages.
     fn describe(&self) -> String;
+}
+
+/// A source read through a mirror of it that the engine keeps between cycles
+/// (see [`Source::mirrored`]).
+pub trait MirroredSource: Sync {
+    /// Reads the changes since `mirror` was committed and returns the mirror
+    /// updated (for the engine to commit once the cycle applied), with the
+    /// source's own assignments when the config asks for them.
+    fn update<'a>(
+        &'a self,
+        attributes: &'a BTreeSet<String>,
+        mirror: Mirror,
+    ) -> BoxFuture<'a, Result<(Mirror, Option<SourceAssignments>), SourceError>>;
+
+    /// The directory `mirror` stands for, as a streamed read: its groups
+    /// whole, then each user made from the mirror as it is handed over, so
+    /// the records of a large directory are never all held at once.
+    fn directory<'m>(&self, mirror: &'m Mirror) -> Box<dyn StreamedRead + 'm>;
+}
+
+/// Drives `read` to its end and keeps every record: the whole directory (with
+/// `assignments`, the source's own), for a caller that looks through it
+/// (`explain`) rather than maps it.
+pub async fn read_whole(
+    mut read: Box<dyn StreamedRead + '_>,
+    assignments: Option<SourceAssignments>,
+) -> Result<SourceDirectory, SourceError> {
+    let mut groups = read.groups().await?;
+    let mut users = Vec::new();
+    read.users(&mut |user, _| users.push(user)).await?;
+    let unresolved_members = read.finish(&mut groups)?;
+    Ok(SourceDirectory {
+        users,
+        groups,
+        unresolved_members,
+        assignments,
+    })
 }
 
 /// A directory read in two passes, groups and users, each blocking (the

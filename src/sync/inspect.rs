@@ -104,7 +104,7 @@ pub fn status(settings: &Settings) -> Result<StatusReport, SyncError> {
     report.quarantine = Some(quarantine::load(&db)?);
     report.target_notes = db.note_summaries()?;
     report.running = StateDb::lock_holder(&settings.state_path)?;
-    if settings.source.adapter().uses_mirror() {
+    if settings.source.adapter().mirrored().is_some() {
         let mirror = db.load_mirror()?;
         report.mirror = Some(MirrorStatus {
             users: mirror.users.len(),
@@ -286,12 +286,13 @@ pub async fn explain(settings: &Settings, who: &str) -> Result<Explanation, Sync
     let attributes = settings.mapping.source_attributes();
     // A source with a mirror continues from it (the updated mirror is dropped:
     // `explain` writes nothing).
-    let dir = if source.uses_mirror() {
+    let dir = if let Some(mirrored) = source.mirrored() {
         let mirror = match db.as_mut() {
             Some(db) => db.load_mirror()?,
             None => Default::default(),
         };
-        source.read_mirrored(&attributes, mirror).await?.0
+        let (mirror, assignments) = mirrored.update(&attributes, mirror).await?;
+        crate::source::read_whole(mirrored.directory(&mirror), assignments).await?
     } else {
         source.read(&attributes).await?
     };

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use super::*;
 use crate::apply::NoProgress;
 use crate::apply::testkit::MemoryTarget;
-use crate::model::UserName;
+use crate::model::{SourceDirectory, UserName};
 
 const HEADER: &str = "id,email,given_name,family_name,display_name,title,department,active\n";
 
@@ -376,7 +376,7 @@ async fn whole_and_streamed(
         Err(e) => Err(format!("source: {e}")),
     };
     let streamed = source.stream(&attributes).expect("a CSV source streams");
-    let streamed = outcome(stream_mapped(streamed, &settings.mapping).await);
+    let streamed = outcome(stream_mapped(streamed, None, 0, &settings.mapping).await);
     assert!(!settings.mapping.users_need_groups());
     let beside = source.streamed().expect("a CSV source streams");
     let beside = outcome(mapped_beside_groups(beside, &settings.mapping));
@@ -431,6 +431,121 @@ async fn a_streamed_csv_read_maps_to_exactly_what_a_whole_read_does() {
             .collect::<Vec<_>>(),
         ["1", "2", "3", "4"]
     );
+}
+
+/// An Entra mirror of five users: `ga` holds u1 and, through the nested
+/// `gb`, u2 and u3; `gb` also names a device; `gc` has no name; u4 is a guest
+/// and u5 is in no group.
+fn entra_mirror() -> Mirror {
+    use crate::source::entra::{apply_groups, apply_users};
+    let mut m = Mirror::default();
+    let user = |n: u32, kind: &str| {
+        serde_json::json!({
+            "id": format!("u{n}"),
+            "userPrincipalName": format!("user{n}@contoso.com"),
+            "givenName": format!("Given{n}"),
+            "surname": "Sur",
+            "userType": kind,
+        })
+    };
+    let users = serde_json::json!([
+        user(3, "Member"),
+        user(1, "Member"),
+        user(2, "Member"),
+        user(4, "Guest"),
+        user(5, "Member"),
+    ]);
+    apply_users(&mut m.users, users.as_array().unwrap());
+    let groups = serde_json::json!([
+        {"id": "ga", "displayName": "A", "members@delta": [{"id": "u1"}, {"id": "gb"}]},
+        {"id": "gb", "displayName": "B", "members@delta": [{"id": "u3"}, {"id": "u2"}, {"id": "device-1"}]},
+        {"id": "gc", "members@delta": [{"id": "u5"}]}
+    ]);
+    apply_groups(&mut m.groups, groups.as_array().unwrap());
+    m
+}
+
+/// The mapping a cycle builds from `mirror` read whole, and streamed user by
+/// user after the groups (the path a cycle takes), with `assignments`.
+async fn mirror_whole_and_streamed(
+    mapping: &crate::mapping::Mapping,
+    mirror: &Mirror,
+    assignments: Option<SourceAssignments>,
+) -> (Desired, Desired) {
+    let dir = crate::source::entra::directory(mirror);
+    let whole = mapping
+        .build(SourceDirectory {
+            assignments: assignments.clone(),
+            ..dir
+        })
+        .expect("the whole directory maps");
+    let read = Box::new(crate::source::entra::MirrorRead::new(mirror));
+    let (built, users, _) = stream_mapped(read, assignments.as_ref(), 5, mapping)
+        .await
+        .expect("the mirror reads");
+    assert_eq!(users, mirror.users.len());
+    (whole, built.expect("the streamed directory maps"))
+}
+
+#[tokio::test]
+async fn a_mirror_streamed_maps_to_exactly_what_its_whole_directory_does() {
+    use crate::mapping::{AssignConfig, AssignRules, Mapping};
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/entra.yaml"))
+            .unwrap();
+    let plain = Mapping::parse(&text, "entra.yaml").unwrap();
+    let app = "5f6e0000-0000-0000-0000-000000000001";
+    let section: AssignConfig = serde_saphyr::from_str(&format!(
+        "app: {app}
+groups: [B]
+"
+    ))
+    .unwrap();
+    let assigned = Mapping::parse(&text, "entra.yaml")
+        .unwrap()
+        .with_assign(Some(
+            section
+                .compile(
+                    "idsync.yaml",
+                    serde_saphyr::Location::UNKNOWN,
+                    AssignRules::entra(),
+                )
+                .unwrap(),
+        ));
+    // The app assigns u5 and the group `gb` (u2 and u3), not u1.
+    let by_app = || SourceAssignments {
+        from: format!("the app {app}"),
+        users: vec![SourceKey::new("u5")],
+        groups: vec![crate::model::GroupKey::new("gb")],
+    };
+    let mirror = entra_mirror();
+    for (mapping, assignments) in [(&plain, None), (&assigned, Some(by_app()))] {
+        let (whole, streamed) = mirror_whole_and_streamed(mapping, &mirror, assignments).await;
+        assert_eq!(streamed.users, whole.users);
+        assert_eq!(streamed.groups, whole.groups);
+        assert_eq!(streamed.out_of_scope, whole.out_of_scope);
+        assert_eq!(streamed.unassigned_users, whole.unassigned_users);
+        assert_eq!(streamed.ignored_members, whole.ignored_members);
+        assert_eq!(streamed.held_groups, whole.held_groups);
+        assert_eq!(streamed.warnings, whole.warnings);
+    }
+    // What each read holds, so the two cannot agree on nothing.
+    let (_, plain) = mirror_whole_and_streamed(&plain, &mirror, None).await;
+    let keys = |d: &Desired| {
+        d.users
+            .iter()
+            .map(|u| u.key.as_str().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(&plain),
+        ["u1", "u2", "u3", "u5"],
+        "the guest is out of scope"
+    );
+    assert_eq!(plain.groups.len(), 2, "the unnamed group is left out");
+    assert_eq!(plain.ignored_members, 1, "the device");
+    let (_, assigned) = mirror_whole_and_streamed(&assigned, &mirror, Some(by_app())).await;
+    assert_eq!(keys(&assigned), ["u2", "u3", "u5"], "u1 is not assigned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1097,4 +1212,23 @@ async fn a_source_read_on_one_thread_runs_its_tasks_on_the_reading_thread() {
         threads[0], threads[1],
         "the spawned task ran on another thread"
     );
+}
+
+#[test]
+fn a_cycle_that_ends_the_process_leaves_what_it_held_to_the_exit() {
+    struct Counted<'a>(&'a std::cell::Cell<usize>);
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+    let dropped = std::cell::Cell::new(0);
+    release(Counted(&dropped), &SyncOptions::default());
+    assert_eq!(dropped.get(), 1, "a daemon's cycle frees what it held");
+    let last = SyncOptions {
+        exits_after: true,
+        ..SyncOptions::default()
+    };
+    release(Counted(&dropped), &last);
+    assert_eq!(dropped.get(), 1, "the exit frees it");
 }

@@ -136,103 +136,147 @@ pub fn apply_groups(
     stats
 }
 
-/// The whole directory the mirror stands for: every user (with `id` as an
-/// attribute besides the selected properties) and every named group, members
-/// flattened to users through nested groups. Member ids that are neither a
-/// user nor a group of the mirror (devices, out-of-scope objects) are counted.
-pub fn directory(mirror: &Mirror) -> SourceDirectory {
-    // The origin's text is built in one buffer and copied once, into its
-    // shared string; the key is copied from the id (no clone in between).
-    let mut origin = String::new();
-    let users: Vec<SourceUser> = mirror
-        .users
-        .iter()
-        .map(|(id, props)| {
+/// The directory the mirror stands for, read in two steps: its groups, then
+/// its users one at a time. Every user (with `id` as an attribute besides
+/// the selected properties) and every named group, members flattened to users
+/// through nested groups. Member ids that are neither a user nor a group of
+/// the mirror (devices, out-of-scope objects) are counted.
+///
+/// A user's record is made only as it is handed over: the engine maps it and
+/// drops it before the next is made, so at 100,000 users the records of the
+/// whole directory (a copy of every property) are never held at once.
+pub struct MirrorRead<'m> {
+    mirror: &'m Mirror,
+    /// Each user's key, in the mirror's order: made once, shared by the
+    /// user's record and its group memberships.
+    keys: Vec<SourceKey>,
+    unresolved: usize,
+}
+
+impl<'m> MirrorRead<'m> {
+    pub fn new(mirror: &'m Mirror) -> Self {
+        MirrorRead {
+            mirror,
+            keys: mirror.users.keys().map(SourceKey::new).collect(),
+            unresolved: 0,
+        }
+    }
+
+    /// The named groups, members sorted; the unnamed are left out (and
+    /// counted in a warning).
+    pub fn groups(&mut self) -> Vec<SourceGroup> {
+        let mirror = self.mirror;
+        let user_index: FastMap<&str, usize> = mirror
+            .users
+            .keys()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        let group_ids: Vec<&String> = mirror.groups.keys().collect();
+        let group_index: FastMap<&str, usize> = group_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        let mut unresolved = 0;
+        let mut direct_users = Vec::with_capacity(group_ids.len());
+        let mut child_groups = Vec::with_capacity(group_ids.len());
+        for group in mirror.groups.values() {
+            let (mut found_users, mut found_groups) = (Vec::new(), Vec::new());
+            for member in &group.members {
+                if let Some(&u) = user_index.get(member.as_str()) {
+                    found_users.push(u);
+                } else if let Some(&g) = group_index.get(member.as_str()) {
+                    found_groups.push(g);
+                } else {
+                    unresolved += 1;
+                }
+            }
+            direct_users.push(found_users);
+            child_groups.push(found_groups);
+        }
+        self.unresolved = unresolved;
+        let flat = flatten(&direct_users, &child_groups, |from, to| {
+            tracing::debug!(
+                group = %group_ids[from],
+                member = %group_ids[to],
+                "nested groups form a cycle; each member is counted once"
+            );
+        });
+        let keys = &self.keys;
+        let mut unnamed = 0;
+        let groups: Vec<SourceGroup> = mirror
+            .groups
+            .iter()
+            .zip(flat)
+            .enumerate()
+            .filter_map(|(i, ((id, group), members))| {
+                let Some(name) = group.display_name.clone().filter(|n| !n.trim().is_empty()) else {
+                    unnamed += 1;
+                    return None;
+                };
+                let keys = |found: &[usize]| found.iter().map(|&u| keys[u].clone()).collect();
+                // Users are indexed in key order, so the keys come sorted.
+                let direct_members = (!child_groups[i].is_empty()).then(|| {
+                    let mut direct = direct_users[i].clone();
+                    direct.sort_unstable();
+                    direct.dedup();
+                    keys(&direct)
+                });
+                Some(SourceGroup {
+                    key: GroupKey::new(id),
+                    name,
+                    origin: Origin::new(format!("Entra group {id}")),
+                    members: keys(&members),
+                    direct_members,
+                    dn: None,
+                })
+            })
+            .collect();
+        if unnamed > 0 {
+            tracing::warn!(
+                count = unnamed,
+                "Entra groups without a displayName were left out"
+            );
+        }
+        groups
+    }
+
+    /// Hands every user to `each`, in id order, keeping none.
+    pub fn users(&self, mut each: impl FnMut(SourceUser)) {
+        // The origin's text is built in one buffer and copied once, into its
+        // shared string.
+        let mut origin = String::new();
+        for ((id, props), key) in self.mirror.users.iter().zip(&self.keys) {
             origin.clear();
             origin.push_str("Entra user ");
             origin.push_str(id);
-            SourceUser {
-                key: SourceKey::new(id),
+            each(SourceUser {
+                key: key.clone(),
                 origin: Origin::new(origin.as_str()),
                 attrs: props.attrs(id),
-            }
-        })
-        .collect();
-    let user_index: FastMap<&str, usize> = mirror
-        .users
-        .keys()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    let group_ids: Vec<&String> = mirror.groups.keys().collect();
-    let group_index: FastMap<&str, usize> = group_ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
-    let mut unresolved = 0;
-    let mut direct_users = Vec::with_capacity(group_ids.len());
-    let mut child_groups = Vec::with_capacity(group_ids.len());
-    for group in mirror.groups.values() {
-        let (mut found_users, mut found_groups) = (Vec::new(), Vec::new());
-        for member in &group.members {
-            if let Some(&u) = user_index.get(member.as_str()) {
-                found_users.push(u);
-            } else if let Some(&g) = group_index.get(member.as_str()) {
-                found_groups.push(g);
-            } else {
-                unresolved += 1;
-            }
-        }
-        direct_users.push(found_users);
-        child_groups.push(found_groups);
-    }
-    let flat = flatten(&direct_users, &child_groups, |from, to| {
-        tracing::debug!(
-            group = %group_ids[from],
-            member = %group_ids[to],
-            "nested groups form a cycle; each member is counted once"
-        );
-    });
-    let mut unnamed = 0;
-    let groups: Vec<SourceGroup> = mirror
-        .groups
-        .iter()
-        .zip(flat)
-        .enumerate()
-        .filter_map(|(i, ((id, group), members))| {
-            let Some(name) = group.display_name.clone().filter(|n| !n.trim().is_empty()) else {
-                unnamed += 1;
-                return None;
-            };
-            let keys = |found: &[usize]| found.iter().map(|&u| users[u].key.clone()).collect();
-            // Users are indexed in key order, so the keys come sorted.
-            let direct_members = (!child_groups[i].is_empty()).then(|| {
-                let mut direct = direct_users[i].clone();
-                direct.sort_unstable();
-                direct.dedup();
-                keys(&direct)
             });
-            Some(SourceGroup {
-                key: GroupKey::new(id),
-                name,
-                origin: Origin::new(format!("Entra group {id}")),
-                members: keys(&members),
-                direct_members,
-                dn: None,
-            })
-        })
-        .collect();
-    if unnamed > 0 {
-        tracing::warn!(
-            count = unnamed,
-            "Entra groups without a displayName were left out"
-        );
+        }
     }
+
+    /// Member ids of the groups read that are neither a user nor a group of
+    /// the mirror.
+    pub fn unresolved(&self) -> usize {
+        self.unresolved
+    }
+}
+
+/// The whole directory the mirror stands for (see [`MirrorRead`]), every
+/// record at once.
+pub fn directory(mirror: &Mirror) -> SourceDirectory {
+    let mut read = MirrorRead::new(mirror);
+    let groups = read.groups();
+    let mut users = Vec::with_capacity(mirror.users.len());
+    read.users(|user| users.push(user));
     SourceDirectory {
         users,
         groups,
-        unresolved_members: unresolved,
+        unresolved_members: read.unresolved(),
         assignments: None,
     }
 }

@@ -33,14 +33,14 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, LocalBoxFuture};
 use serde_saphyr::Spanned;
 
-use super::{Source, SourceConfigError, SourceError};
-use crate::model::{Mirror, SourceAssignments, SourceDirectory};
+use super::{MirroredSource, Source, SourceConfigError, SourceError, StreamedRead, UserEach};
+use crate::model::{Mirror, SourceAssignments, SourceDirectory, SourceGroup};
 use credential::Credential;
 pub use delta::{
-    AssignmentStats, PageStats, app_assignments, apply_groups, apply_users, directory,
+    AssignmentStats, MirrorRead, PageStats, app_assignments, apply_groups, apply_users, directory,
 };
 pub use error::EntraError;
 use graph::{Answer, Graph, shown};
@@ -296,27 +296,22 @@ impl EntraSettings {
 
 impl Source for EntraSettings {
     /// Without a mirror (never used by the engine, which reads through
-    /// [`Source::read_mirrored`]): a full round.
+    /// [`Source::mirrored`]): a full round.
     fn read<'a>(
         &'a self,
         attributes: &'a BTreeSet<String>,
     ) -> BoxFuture<'a, Result<SourceDirectory, SourceError>> {
         Box::pin(async move {
-            let (dir, _) = read(self, attributes, Mirror::default()).await?;
-            Ok(dir)
+            let (mirror, assignments) = update(self, attributes, Mirror::default()).await?;
+            Ok(SourceDirectory {
+                assignments,
+                ..directory(&mirror)
+            })
         })
     }
 
-    fn uses_mirror(&self) -> bool {
-        true
-    }
-
-    fn read_mirrored<'a>(
-        &'a self,
-        attributes: &'a BTreeSet<String>,
-        mirror: Mirror,
-    ) -> BoxFuture<'a, Result<(SourceDirectory, Mirror), SourceError>> {
-        Box::pin(async move { Ok(read(self, attributes, mirror).await?) })
+    fn mirrored(&self) -> Option<&dyn MirroredSource> {
+        Some(self)
     }
 
     fn check(&self) -> BoxFuture<'_, Result<String, SourceError>> {
@@ -325,6 +320,40 @@ impl Source for EntraSettings {
 
     fn describe(&self) -> String {
         format!("entra tenant {} ({})", self.tenant_id, self.graph_url)
+    }
+}
+
+impl MirroredSource for EntraSettings {
+    fn update<'a>(
+        &'a self,
+        attributes: &'a BTreeSet<String>,
+        mirror: Mirror,
+    ) -> BoxFuture<'a, Result<(Mirror, Option<SourceAssignments>), SourceError>> {
+        Box::pin(async move { Ok(update(self, attributes, mirror).await?) })
+    }
+
+    fn directory<'m>(&self, mirror: &'m Mirror) -> Box<dyn StreamedRead + 'm> {
+        Box::new(MirrorRead::new(mirror))
+    }
+}
+
+impl StreamedRead for MirrorRead<'_> {
+    fn groups(&mut self) -> LocalBoxFuture<'_, Result<Vec<SourceGroup>, SourceError>> {
+        Box::pin(async move { Ok(MirrorRead::groups(self)) })
+    }
+
+    fn users<'a>(
+        &'a mut self,
+        each: &'a mut UserEach<'_>,
+    ) -> LocalBoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move {
+            MirrorRead::users(self, |user| each(user, None));
+            Ok(())
+        })
+    }
+
+    fn finish(self: Box<Self>, _groups: &mut [SourceGroup]) -> Result<usize, SourceError> {
+        Ok(self.unresolved())
     }
 }
 
@@ -371,12 +400,13 @@ fn full_round_reason(
 }
 
 /// Reads the changes since `mirror` (or everything, see the module docs) and
-/// returns the directory and the updated mirror.
-pub async fn read(
+/// returns the updated mirror, with the app's assignments when the config
+/// reads them.
+pub async fn update(
     settings: &EntraSettings,
     attributes: &BTreeSet<String>,
     mirror: Mirror,
-) -> Result<(SourceDirectory, Mirror), EntraError> {
+) -> Result<(Mirror, Option<SourceAssignments>), EntraError> {
     let started = Instant::now();
     let select = user_select(attributes);
     let hash = select_hash(&select);
@@ -397,20 +427,19 @@ pub async fn read(
             (full(&graph, settings, &select, hash, now).await?, "full")
         }
     };
-    let mut dir = directory(&updated);
-    if let Some(app) = &settings.app {
-        dir.assignments = Some(read_assignments(&graph, settings, app, &updated).await?);
-    }
+    let assignments = match &settings.app {
+        Some(app) => Some(read_assignments(&graph, settings, app, &updated).await?),
+        None => None,
+    };
     tracing::info!(
         round = kind,
-        users = dir.users.len(),
-        groups = dir.groups.len(),
-        unresolved_members = dir.unresolved_members,
+        users = updated.users.len(),
+        groups = updated.groups.len(),
         graph_requests = graph.requests(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Entra directory read"
     );
-    Ok((dir, updated))
+    Ok((updated, assignments))
 }
 
 /// Continues from the committed links, applying the changes to `mirror` (the
