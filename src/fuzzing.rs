@@ -246,16 +246,25 @@ pub fn mirror_row(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(members) = MirrorGroup::members_from_framed(text) {
+    if let Ok(mut members) = MirrorGroup::members_from_framed(text) {
+        // Kept as read; the ids it gives, written again as a set, are the
+        // same text (strictly ascending, lengths as idsync writes them).
+        let set: std::collections::BTreeSet<String> = members.iter().map(str::to_string).collect();
+        assert_eq!(set.len(), members.len(), "each member once");
         let group = MirrorGroup {
             display_name: None,
-            members,
+            members: set.into(),
         };
         assert_eq!(
             group.framed_members(),
             text,
             "members read as idsync writes them"
         );
+        // A delta round may change what was read.
+        if members.insert("x") {
+            members.remove("x");
+        }
+        assert_eq!(members, group.members);
     }
     let Ok(mut props) = MirrorProps::from_framed(text) else {
         return;

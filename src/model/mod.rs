@@ -31,7 +31,7 @@ pub use exit::Exit;
 pub use identity::{
     Domain, Email, FoldedRef, GroupKey, GroupName, ScimId, SourceKey, UserName, fold,
 };
-pub use mirror::{Mirror, MirrorDigest, MirrorGroup, MirrorProps, PropChange};
+pub use mirror::{MemberIds, Mirror, MirrorDigest, MirrorGroup, MirrorProps, PropChange};
 pub use op::OpKind;
 pub use record::{
     ArcStr, GroupsOf, Origin, SourceAssignments, SourceAttrs, SourceDirectory, SourceGroup,

@@ -3,12 +3,10 @@
 //! after the cycle applied its plan. Saving writes the difference from the
 //! mirror that was loaded, so an incremental cycle writes a handful of rows.
 
-use std::collections::BTreeSet;
-
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{StateDb, StateError, schema, sqlite};
-use crate::model::{Mirror, MirrorDigest, MirrorGroup, MirrorProps};
+use crate::model::{MemberIds, Mirror, MirrorDigest, MirrorGroup, MirrorProps};
 
 const USERS_LINK: &str = "users_link";
 const GROUPS_LINK: &str = "groups_link";
@@ -26,14 +24,14 @@ fn user_row(text: &str, framed: bool) -> Result<MirrorProps, String> {
 
 /// A mirrored group's members: framed text from schema version 10 on, a JSON
 /// list before.
-fn members_row(text: &str, framed: bool) -> Result<BTreeSet<String>, String> {
+fn members_row(text: &str, framed: bool) -> Result<MemberIds, String> {
     if framed {
         MirrorGroup::members_from_framed(text)
     } else {
         // Written in order: collected as a list, the set is built without a
         // search per member.
         serde_json::from_str::<Vec<String>>(text)
-            .map(|members| members.into_iter().collect())
+            .map(|members| MemberIds::Set(members.into_iter().collect()))
             .map_err(|e| e.to_string())
     }
 }
@@ -347,6 +345,7 @@ mod tests {
             .unwrap();
         for (id, framed) in rows {
             let members = MirrorGroup::members_from_framed(&framed).unwrap();
+            let members: Vec<&str> = members.iter().collect();
             conn.execute(
                 "UPDATE mirror_groups SET members = ?2 WHERE id = ?1",
                 params![id, serde_json::to_string(&members).unwrap()],

@@ -237,11 +237,11 @@ fn frame_group_members(tx: &Transaction<'_>, path: &Path) -> Result<(), StateErr
         path,
         ("group", "mirror_groups", "members", FRAMED_MEMBERS),
         |json| {
-            serde_json::from_str(json)
+            serde_json::from_str::<std::collections::BTreeSet<String>>(json)
                 .map(|members| {
                     MirrorGroup {
                         display_name: None,
-                        members,
+                        members: members.into(),
                     }
                     .framed_members()
                 })

@@ -126,7 +126,7 @@ pub fn apply_groups(
                 if member.get("@removed").is_some() {
                     group.members.remove(member_id);
                 } else {
-                    group.members.insert(member_id.to_string());
+                    group.members.insert(member_id);
                 }
                 stats.member_changes += 1;
             }
@@ -183,10 +183,10 @@ impl<'m> MirrorRead<'m> {
         let mut child_groups = Vec::with_capacity(group_ids.len());
         for group in mirror.groups.values() {
             let (mut found_users, mut found_groups) = (Vec::new(), Vec::new());
-            for member in &group.members {
-                if let Some(&u) = user_index.get(member.as_str()) {
+            for member in group.members.iter() {
+                if let Some(&u) = user_index.get(member) {
                     found_users.push(u);
-                } else if let Some(&g) = group_index.get(member.as_str()) {
+                } else if let Some(&g) = group_index.get(member) {
                     found_groups.push(g);
                 } else {
                     unresolved += 1;
