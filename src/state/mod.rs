@@ -958,6 +958,46 @@ mod tests {
     }
 
     #[test]
+    fn memberships_load_as_written_sharing_their_users_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();
+        // Keys too long to sit inline, one short key, and a member with no
+        // user record; three groups, the middle one empty of users.
+        let long = |n: u32| SourceKey::new(format!("00000000-0000-0000-0000-{n:012}"));
+        let (a, b, short, stranger) = (long(1), long(2), SourceKey::new("k3"), long(9));
+        let mut changes: Vec<StateChange> = [(&a, "1"), (&b, "2"), (&short, "3")]
+            .into_iter()
+            .map(|(key, id)| StateChange::PutUser {
+                key: key.clone(),
+                user: user(id, &format!("user{id}")),
+            })
+            .collect();
+        let groups = [
+            ("g1", vec![b.clone(), a.clone(), short.clone()]),
+            ("g2", vec![stranger.clone()]),
+            ("g3", vec![a.clone(), stranger.clone()]),
+        ];
+        changes.extend(groups.iter().map(|(g, users)| StateChange::MembersAdded {
+            group: GroupKey::new(*g),
+            users: users.clone(),
+        }));
+        db.commit_changes(&changes).unwrap();
+        let state = db.load().unwrap();
+        for (g, users) in &groups {
+            let loaded: Vec<&SourceKey> = state.memberships[&GroupKey::new(*g)].iter().collect();
+            let mut written: Vec<&SourceKey> = users.iter().collect();
+            written.sort();
+            assert_eq!(loaded, written, "{g}");
+        }
+        // A long key is one copy, the user record's.
+        let record = |k: &SourceKey| state.users.get_key_value(k).unwrap().0.as_str().as_ptr();
+        for (g, key) in [("g1", &a), ("g1", &b), ("g3", &a)] {
+            let member = state.memberships[&GroupKey::new(g)].get(key).unwrap();
+            assert_eq!(member.as_str().as_ptr(), record(key), "{g} {key}");
+        }
+    }
+
+    #[test]
     fn removing_a_user_drops_its_memberships() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = StateDb::open(&dir.path().join("idsync.db")).unwrap();

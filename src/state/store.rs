@@ -1,6 +1,8 @@
 //! The store: loading the last pushed snapshot and persisting [`StateChange`]s —
 //! the same values the executor applies in memory with [`State::apply`].
 
+use std::collections::BTreeSet;
+
 use rusqlite::{OptionalExtension, params};
 
 use super::{StateDb, StateError, now, sqlite};
@@ -100,12 +102,15 @@ impl StateDb {
         }
         {
             // Rows arrive in key order (the primary key), so each group's set is
-            // built in bulk from a sorted run.
+            // built in bulk from a sorted run. A group's member keys are
+            // gathered first and shared with the users' records in one pass
+            // (see `shared_keys`).
             let mut stmt = tx
                 .prepare("SELECT group_key, user_key FROM memberships ORDER BY group_key, user_key")
                 .map_err(|e| sqlite(&path, e))?;
             let mut rows = stmt.query([]).map_err(|e| sqlite(&path, e))?;
-            let mut current: Option<(String, Vec<SourceKey>)> = None;
+            let mut current: Option<String> = None;
+            let mut members = MemberRun::default();
             while let Some(row) = rows.next().map_err(|e| sqlite(&path, e))? {
                 let group = row
                     .get_ref(0)
@@ -116,23 +121,18 @@ impl StateDb {
                     .get_ref(1)
                     .and_then(|v| v.as_str().map_err(Into::into))
                     .map_err(|e| sqlite(&path, e))?;
-                let user = shared_key(&state, user);
-                match &mut current {
-                    Some((g, members)) if g == group => members.push(user),
-                    _ => {
-                        if let Some((g, members)) = current.take() {
-                            state
-                                .memberships
-                                .insert(GroupKey::new(g), members.into_iter().collect());
-                        }
-                        current = Some((group.to_string(), vec![user]));
+                if current.as_deref() != Some(group) {
+                    if let Some(g) = current.take() {
+                        let keys = members.shared_keys(&state);
+                        state.memberships.insert(GroupKey::new(g), keys);
                     }
+                    current = Some(group.to_string());
                 }
+                members.push(user);
             }
-            if let Some((g, members)) = current {
-                state
-                    .memberships
-                    .insert(GroupKey::new(g), members.into_iter().collect());
+            if let Some(g) = current {
+                let keys = members.shared_keys(&state);
+                state.memberships.insert(GroupKey::new(g), keys);
             }
         }
         if let Some((a, b, scim_id)) = shared_account(&state) {
@@ -207,17 +207,48 @@ impl StateDb {
     }
 }
 
-/// A member's key as the state's user record holds it, so the membership
-/// shares that copy; a key short enough to sit inline (or of no recorded
-/// user) is made anew, which costs no allocation or no more than before.
-fn shared_key(state: &State, key: &str) -> SourceKey {
-    if key.len() <= SourceKey::INLINE {
-        return SourceKey::new(key);
+/// One group's member keys as its rows give them, in one buffer.
+#[derive(Default)]
+struct MemberRun {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl MemberRun {
+    fn push(&mut self, key: &str) {
+        self.text.push_str(key);
+        self.ends.push(self.text.len());
     }
-    state
-        .users
-        .get_key_value(key)
-        .map_or_else(|| SourceKey::new(key), |(k, _)| k.clone())
+
+    /// The keys gathered (then forgotten), each as the state's user record
+    /// holds it, so the membership shares that copy; a key short enough to
+    /// sit inline (or of no recorded user) is made anew, which costs no
+    /// allocation or no more than before. The look-ups run one after another
+    /// with nothing in between: each waits on memory (the table, the record,
+    /// the key's text), and run together the waits overlap (with a database
+    /// row read between each, they did not).
+    fn shared_keys(&mut self, state: &State) -> BTreeSet<SourceKey> {
+        let mut start = 0;
+        let keys: Vec<SourceKey> = self
+            .ends
+            .iter()
+            .map(|&end| {
+                let key = &self.text[start..end];
+                start = end;
+                if key.len() <= SourceKey::INLINE {
+                    return SourceKey::new(key);
+                }
+                state
+                    .users
+                    .get_key_value(key)
+                    .map_or_else(|| SourceKey::new(key), |(k, _)| k.clone())
+            })
+            .collect();
+        self.text.clear();
+        self.ends.clear();
+        // In order: the set is built without a search per member.
+        keys.into_iter().collect()
+    }
 }
 
 /// Two live users recorded with one SCIM id, if any: `(key, key, id)`. A sort
