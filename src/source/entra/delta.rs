@@ -239,6 +239,12 @@ impl<'m> MirrorRead<'m> {
                 "Entra groups without a displayName were left out"
             );
         }
+        // Members that are neither users nor groups (devices, other objects).
+        tracing::info!(
+            groups = groups.len(),
+            unresolved_members = unresolved,
+            "Entra groups read from the mirror"
+        );
         groups
     }
 
